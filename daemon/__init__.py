@@ -1,0 +1,1 @@
+"""cued's engine: configuration, pure scheduling core, durable store, runner and CLI."""

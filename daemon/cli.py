@@ -1,0 +1,231 @@
+"""The ``cued`` command: a thin face over the same functions the API calls.
+
+Errors are one clear line on stderr, never a traceback: exit status 2 for an invalid
+configuration or usage, 1 for anything else that went wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+
+from .app import control_socket_path, open_runner, run_daemon
+from .config import load_config
+from .errors import ConfigError, CuedError, DaemonUnavailable, NotFound
+from .logs import configure_logging
+from .sqlite import open_store
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .config import Config
+    from .store import RunRow
+
+__all__ = ["main"]
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cued", description="Event-driven orchestration daemon")
+    parser.add_argument(
+        "--config", "-c", default=os.environ.get("CUED_CONFIG", "config.toml"),
+        help="configuration file (default: $CUED_CONFIG or ./config.toml)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="run the daemon")
+    sub.add_parser("validate", help="check the configuration and exit (status 2 if invalid)")
+    trigger = sub.add_parser("trigger", help="start a run of a pipeline now")
+    trigger.add_argument("pipeline")
+    trigger.add_argument(
+        "-i", "--input", action="append", default=[], metavar="KEY=VALUE",
+        help="an input (VALUE is read as JSON if it parses, else as text); repeatable",
+    )
+    trigger.add_argument("--wait", action="store_true", help="wait for the run to finish")
+    runs = sub.add_parser("runs", help="list recent runs")
+    runs.add_argument("--pipeline", "-p")
+    runs.add_argument("--state", "-s")
+    runs.add_argument("--failed", action="store_true", help="only failed runs, with their errors")
+    runs.add_argument("--limit", "-n", type=int, default=20)
+    show = sub.add_parser("show", help="a run's tasks, attempts, durations, errors and outputs")
+    show.add_argument("run_id")
+    cancel = sub.add_parser("cancel", help="cancel a run (through the running daemon)")
+    cancel.add_argument("run_id")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        configure_logging(config.daemon.log_level)
+        if args.command == "validate":
+            pipelines = len(config.pipelines)
+            tasks = sum(len(p.tasks) for p in config.pipelines.values())
+            _out(f"{args.config}: valid ({pipelines} pipelines, {tasks} tasks)")
+            return 0
+        if args.command == "run":
+            anyio.run(run_daemon, config)
+            return 0
+        return anyio.run(_COMMANDS[args.command], config, args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"{problem}\n")
+        sys.stderr.write(f"cued: {len(exc.problems)} problem(s) in {args.config}\n")
+        return 2
+    except CuedError as exc:
+        sys.stderr.write(f"cued: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+def _parse_inputs(pairs: list[str]) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CuedError(f"input {pair!r} is not KEY=VALUE")
+        try:
+            inputs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            inputs[key] = value
+    return inputs
+
+
+async def _control(config: Config, method: str, path: str, body: Any = None) -> httpx.Response:
+    """A request to the running daemon over its control socket.
+
+    :raises DaemonUnavailable: if no daemon answers there
+    """
+    socket_path = control_socket_path(config.state_path)
+    if not socket_path.exists():
+        raise DaemonUnavailable(f"no daemon socket at {str(socket_path)!r}")
+    transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://cued", timeout=None) as client:
+        try:
+            response = await client.request(method, path, json=body)
+        except httpx.TransportError as exc:
+            raise DaemonUnavailable(f"no daemon answers on {str(socket_path)!r}: {exc}") from exc
+    if response.status_code >= 400:
+        message = response.json().get("error", {}).get("message", response.text)
+        raise (NotFound if response.status_code == 404 else CuedError)(message)
+    return response
+
+
+async def _trigger(config: Config, args: argparse.Namespace) -> int:
+    inputs = _parse_inputs(args.input)
+    path = f"/api/v1/pipelines/{args.pipeline}/runs" + ("?wait=true" if args.wait else "")
+    try:
+        response = await _control(config, "POST", path, {"inputs": inputs})
+    except DaemonUnavailable:
+        # no daemon on this state file: run it here, to the end
+        async with open_runner(config) as runner:
+            run_id = await runner.submit(args.pipeline, inputs)
+            _out(f"started run {run_id} of {args.pipeline} (no daemon runs: running it here)")
+            row = await runner.wait(run_id)
+        _out(f"run {run_id}: {row.state}" + (f": {row.error}" if row.error else ""))
+        return 0 if row.state == "succeeded" else 1
+    data = response.json()
+    if not args.wait:
+        _out(f"started run {data['run_id']} of {args.pipeline}")
+        return 0
+    _out(f"run {data['run_id']}: {data['state']}" + (f": {data['error']}" if data.get("error") else ""))
+    return 0 if data["state"] == "succeeded" else 1
+
+
+async def _cancel(config: Config, args: argparse.Namespace) -> int:
+    data = (await _control(config, "POST", f"/api/v1/runs/{args.run_id}/cancel")).json()
+    _out(f"run {data['run_id']}: {data['state']}")
+    return 0
+
+
+async def _runs(config: Config, args: argparse.Namespace) -> int:
+    state = "failed" if args.failed else args.state
+    async with open_store(config.state_path) as store:
+        rows = await store.list_runs(limit=args.limit, pipeline=args.pipeline, state=state)
+    table = [["RUN", "PIPELINE", "STATE", "CREATED", "DURATION"] + (["ERROR"] if args.failed else [])]
+    for r in rows:
+        line = [r.run_id, r.pipeline, r.state, _time(r.created_at), _duration(r.started_at, r.ended_at)]
+        if args.failed:
+            line.append(r.error or "")
+        table.append(line)
+    _table(table)
+    return 0
+
+
+async def _show(config: Config, args: argparse.Namespace) -> int:
+    async with open_store(config.state_path) as store:
+        run = await store.get_run(args.run_id)
+        if run is None:
+            raise NotFound(f"no run {args.run_id!r} in {str(config.state_path)!r}")
+        instances = await store.get_instances(run.run_id)
+        attempts = await store.get_attempts(run.run_id)
+    _print_run(run)
+    _out()
+    _table(
+        [["TASK", "STATE", "ATTEMPTS"]]
+        + [[i.key, i.state, str(i.attempts)] for i in instances]
+    )
+    _out()
+    table = [["TASK", "ATTEMPT", "STATE", "STARTED", "DURATION", "ERROR / OUTPUT"]]
+    for a in attempts:
+        detail = a.error if a.error else ("" if a.output is None else json.dumps(a.output))
+        table.append([a.key, str(a.attempt), a.state, _time(a.started_at),
+                      _duration(a.started_at, a.ended_at), _clip(detail or "")])
+    _table(table)
+    return 0
+
+
+def _print_run(run: RunRow) -> None:
+    _out(f"run       {run.run_id}")
+    _out(f"pipeline  {run.pipeline}")
+    _out(f"state     {run.state}")
+    _out(f"created   {_time(run.created_at)}")
+    _out(f"duration  {_duration(run.started_at, run.ended_at)}")
+    _out(f"inputs    {json.dumps(run.inputs)}")
+    if run.error:
+        _out(f"error     {run.error}")
+
+
+def _time(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def _duration(start: float | None, end: float | None) -> str:
+    if start is None:
+        return "-"
+    seconds = (end if end is not None else time.time()) - start
+    text = f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.1f}s"
+    return text if end is not None else text + "+"
+
+
+def _clip(text: str, width: int = 100) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        _out("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+_COMMANDS = {"trigger": _trigger, "runs": _runs, "show": _show, "cancel": _cancel}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""Durations as users write them in config: ``"250ms"``, ``"30s"``, ``"15m"``, ``"1h30m"``."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import BeforeValidator
+
+__all__ = ["Duration", "parse_duration"]
+
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """Return a duration in seconds.
+
+    :param value: a number of seconds, or a string of number-unit parts (ms, s, m, h, d)
+    :raises ValueError: if the value is neither
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as '30s', got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        pos, total = 0, 0.0
+        for m in _PART.finditer(text):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _UNIT_S[m.group(2)]
+            pos = m.end()
+        if text and pos == len(text):
+            return total
+    raise ValueError(
+        f"{value!r} is not a duration: write a number and a unit, e.g. '500ms', '30s', '15m', '2h'"
+    )
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""A duration in seconds, parsed from ``"30s"``-style strings or plain numbers."""

@@ -1,0 +1,91 @@
+"""
+The exceptions cued raises, as a tree:
+
+* CuedError
+  x ConfigError          - the configuration is invalid (carries every problem found)
+  x StoreError           - the durable store cannot be opened or is of an unknown version
+  x DaemonUnavailable    - no daemon answers on the control socket
+  x NotFound             - a run, pipeline or task named by the user does not exist
+  x InvalidRequest       - a request names things that exist but asks what cannot be done
+  x TaskError            - a task attempt failed (retried while retries are left)
+    + TaskTimeout        - a task attempt ran past its timeout
+    + PermanentTaskError - a task attempt failed in a way that retrying cannot mend
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ConfigError",
+    "ConfigProblem",
+    "CuedError",
+    "DaemonUnavailable",
+    "InvalidRequest",
+    "NotFound",
+    "PermanentTaskError",
+    "StoreError",
+    "TaskError",
+    "TaskTimeout",
+]
+
+
+class CuedError(Exception):
+    """Base class for all cued errors."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with a configuration file, and where it is."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        key = f" {self.path}:" if self.path else ""
+        return f"{where}:{key} {self.message}"
+
+
+class ConfigError(CuedError):
+    """The configuration is invalid; ``problems`` lists every problem found, not only the first."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        lines = "\n".join(str(p) for p in problems)
+        super().__init__(f"{len(problems)} problem(s) in the configuration:\n{lines}")
+
+
+class StoreError(CuedError):
+    """The durable store cannot be used."""
+
+
+class DaemonUnavailable(CuedError):
+    """No daemon answers on the control socket."""
+
+
+class NotFound(CuedError):
+    """A run, pipeline or task named by the user does not exist."""
+
+
+class InvalidRequest(CuedError):
+    """A request cannot be done as asked (an undeclared input, say)."""
+
+
+class TaskError(CuedError):
+    """A task attempt failed; it is retried while the task has retries left."""
+
+
+class TaskTimeout(TaskError):
+    """A task attempt ran past its timeout."""
+
+    def __init__(self, task: str, timeout_s: float) -> None:
+        super().__init__(f"Task {task!r} did not finish within {timeout_s:g}s")
+        self.task = task
+        self.timeout_s = timeout_s
+
+
+class PermanentTaskError(TaskError):
+    """A task attempt failed in a way that retrying cannot mend (bad parameters, say)."""

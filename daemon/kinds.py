@@ -1,0 +1,57 @@
+"""The task-kind interface: what a plugin implements and what it is given to run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import httpx
+    import structlog
+    from pydantic import BaseModel
+
+__all__ = ["TaskContext", "TaskKind"]
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a task attempt knows of the world besides its parameters.
+
+    :param run_id: the run this task instance belongs to
+    :param pipeline: the pipeline's name
+    :param task: the task's name; ``map_index`` tells mapped instances apart
+    :param map_index: position in the mapped list, or ``None`` for an unmapped task
+    :param attempt: 1 for the first attempt, 2 for the first retry, ...
+    :param idempotency_key: unique per task instance and the same on every attempt, also
+        across a crash and restart; send it to services that deduplicate requests
+    :param log: a logger with run id, pipeline, task and attempt bound
+    :param http: the daemon's one shared HTTP client (one connection pool for all tasks)
+    """
+
+    run_id: str
+    pipeline: str
+    task: str
+    map_index: int | None
+    attempt: int
+    idempotency_key: str
+    log: structlog.typing.FilteringBoundLogger
+    http: httpx.AsyncClient
+
+
+@runtime_checkable
+class TaskKind(Protocol):
+    """A kind of task (``http``, ``shell``, ...), registered under the ``cued.task_kinds``
+    entry point group.
+
+    ``Params`` is a pydantic model with ``extra="forbid"``: ``cued validate`` checks a task's
+    parameters against it before anything runs (values holding ``{{ templates }}`` are
+    checked again, rendered, before each attempt). ``execute`` returns the task's output, a
+    JSON-serialisable value that downstream tasks reach as ``tasks.NAME.output``. It raises
+    :class:`~cued.daemon.errors.TaskError` (or any exception) to fail the attempt, and
+    :class:`~cued.daemon.errors.PermanentTaskError` when retrying cannot help.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
+
+    async def execute(self, params: Any, ctx: TaskContext) -> Any: ...

@@ -1,0 +1,33 @@
+"""Task kinds (and, later, sources) found through entry points, so other packages add their own."""
+
+from __future__ import annotations
+
+import functools
+from importlib.metadata import entry_points
+from typing import Any
+
+from .errors import CuedError
+
+__all__ = ["TASK_KINDS_GROUP", "load_group", "task_kinds"]
+
+TASK_KINDS_GROUP = "cued.task_kinds"
+
+
+@functools.cache
+def load_group(group: str) -> dict[str, Any]:
+    """Load every entry point of ``group``, by name.
+
+    :raises CuedError: if an entry point cannot be imported (named, with the reason)
+    """
+    found: dict[str, Any] = {}
+    for ep in entry_points(group=group):
+        try:
+            found[ep.name] = ep.load()
+        except Exception as exc:
+            raise CuedError(f"cannot load {group} entry point {ep.name!r} ({ep.value}): {exc}") from exc
+    return found
+
+
+def task_kinds() -> dict[str, Any]:
+    """The task-kind classes by name (``http``, ``shell``, ...)."""
+    return load_group(TASK_KINDS_GROUP)

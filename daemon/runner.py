@@ -1,0 +1,363 @@
+"""The runner: carries out the engine's decisions in one task group.
+
+Every run is driven by one coroutine with its own task group inside the runner's, so
+cancelling a run cancels exactly its tasks. Limits: a global ``CapacityLimiter`` on running
+tasks, one per named pool, and ``max_active_runs`` per pipeline (runs beyond it wait in the
+bounded :class:`~cued.daemon.backlog.Backlog`). Every state change goes to the store; a
+task's result is durable before anything downstream of it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from pydantic import ValidationError
+
+from .backlog import Backlog
+from .engine import Instance, RunEngine, RunState, Start, State, Wait
+from .errors import InvalidRequest, NotFound, PermanentTaskError, TaskTimeout
+from .kinds import TaskContext
+from .logs import get_logger
+from .plan import PipelinePlan
+from .store import AttemptRow, InstanceRow, RunRow, new_id, now
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import httpx
+    from pydantic import BaseModel
+
+    from .config import Config, TaskConfig
+    from .engine import Command
+    from .kinds import TaskKind
+    from .store import Row, Store
+
+__all__ = ["Runner", "backoff_s"]
+
+_FINISHED = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
+
+
+def backoff_s(task: TaskConfig, attempt: int, rand: float) -> float:
+    """Delay before the retry that follows attempt ``attempt``: exponential from
+    ``retry_backoff``, capped at ``retry_backoff_max``, with jitter (between half and all of
+    it, so retries of many tasks that failed together spread out)."""
+    base = min(task.retry_backoff * 2 ** (attempt - 1), task.retry_backoff_max)
+    return base * (0.5 + rand / 2)
+
+
+@dataclass
+class _Run:
+    row: RunRow
+    plan: PipelinePlan
+    prior: dict[str, Instance] = field(default_factory=dict)
+    engine: RunEngine | None = None
+    scope: anyio.CancelScope | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+class Runner:
+    """Runs pipelines: accepts runs, starts them as slots free up, resumes unfinished ones.
+
+    :param config: the checked configuration
+    :param store: where every state change goes
+    :param kinds: task kinds by name, one instance each
+    :param http: the shared HTTP client handed to tasks
+    """
+
+    def __init__(
+        self, config: Config, store: Store, kinds: dict[str, TaskKind], http: httpx.AsyncClient
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.kinds = kinds
+        self.http = http
+        self.plans = {name: PipelinePlan.build(name, p) for name, p in config.pipelines.items()}
+        self.backlog: Backlog[_Run] = Backlog(
+            config.daemon.backlog_high_water, config.daemon.backlog_low_water
+        )
+        self._task_slots = anyio.CapacityLimiter(config.daemon.max_running_tasks)
+        self._pools = {name: anyio.CapacityLimiter(n) for name, n in config.daemon.pools.items()}
+        self._active: dict[str, int] = dict.fromkeys(self.plans, 0)
+        self._runs: dict[str, _Run] = {}
+        self._static_params: dict[tuple[str, str], BaseModel] = {}
+        self._run_listeners: list[Callable[[RunRow], None]] = []
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.log = get_logger()
+        self.running_tasks = 0
+        self._draining = False
+        self._idle = anyio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Resume unfinished runs, then run whatever is submitted until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            resumed = await self._resume()
+            if resumed:
+                self.log.info("runs_resumed", count=resumed)
+            task_status.started()
+            await anyio.sleep_forever()
+
+    def on_run_finished(self, listener: Callable[[RunRow], None]) -> None:
+        """Call ``listener(row)`` when a run ends (succeeded, failed or cancelled)."""
+        self._run_listeners.append(listener)
+
+    async def drain(self) -> None:
+        """Start no more task attempts and return once none runs; those not started stay
+        queued in the store and run after a restart."""
+        self._draining = True
+        if self.running_tasks:
+            await self._idle.wait()
+
+    # -- submitting --------------------------------------------------------------------
+
+    def new_run(self, pipeline: str, inputs: dict[str, Any] | None = None, *, event_id: str | None = None) -> RunRow:
+        """A queued run of ``pipeline``, its inputs checked and defaults filled in; record it
+        (``store.submit``), then hand it to :meth:`enqueue`.
+
+        :raises NotFound: if there is no such pipeline
+        :raises InvalidRequest: if an input is not declared by the pipeline
+        """
+        plan = self.plans.get(pipeline)
+        if plan is None:
+            known = ", ".join(sorted(self.plans)) or "none"
+            raise NotFound(f"no pipeline {pipeline!r} (known: {known})")
+        declared = plan.config.inputs
+        given = inputs or {}
+        if unknown := sorted(set(given) - set(declared)):
+            raise InvalidRequest(
+                f"pipeline {pipeline!r} has no input {unknown[0]!r} "
+                f"(declared: {', '.join(sorted(declared)) or 'none'})"
+            )
+        return RunRow(new_id(), pipeline, RunState.QUEUED.value, {**declared, **given}, now(), event_id=event_id)
+
+    async def submit(self, pipeline: str, inputs: dict[str, Any] | None = None) -> str:
+        """Record a new run durably and queue it; returns its id."""
+        row = self.new_run(pipeline, inputs)
+        await self.store.submit([row]).wait()
+        self.enqueue(row)
+        return row.run_id
+
+    def enqueue(self, row: RunRow, prior: dict[str, Instance] | None = None) -> None:
+        """Start a recorded run now if its pipeline has a free slot, else queue it."""
+        run = _Run(row, self.plans[row.pipeline], prior or {})
+        self._runs[row.run_id] = run
+        if self._active[row.pipeline] < run.plan.config.max_active_runs:
+            self._launch(run)
+        else:
+            self.backlog.push(row.pipeline, run)
+
+    async def cancel(self, run_id: str) -> RunRow:
+        """Cancel a run: its running tasks are cancelled, nothing more of it starts.
+
+        :raises NotFound: if the run is not known or already finished
+        """
+        run = self._runs.get(run_id)
+        if run is None:
+            raise NotFound(f"no unfinished run {run_id!r}")
+        if run.engine is None:  # still waiting in the backlog
+            self.backlog.remove(run.row.pipeline, lambda r: r is run)
+            await self._finish(run, RunState.CANCELLED)
+            return run.row
+        run.engine.cancel()
+        self._write(run)
+        if run.scope is not None:
+            run.scope.cancel()
+        await run.done.wait()
+        return run.row
+
+    async def wait(self, run_id: str) -> RunRow:
+        """Wait for a run to finish and return its final row.
+
+        :raises NotFound: if the run does not exist
+        """
+        run = self._runs.get(run_id)
+        if run is not None:
+            await run.done.wait()
+            return run.row
+        row = await self.store.get_run(run_id)
+        if row is None:
+            raise NotFound(f"no run {run_id!r}")
+        return row
+
+    # -- driving runs -------------------------------------------------------------------
+
+    async def _resume(self) -> int:
+        resumed = 0
+        for row, instances, outputs in await self.store.runs_to_resume():
+            if row.pipeline not in self.plans:
+                failed = RunRow(**{**_asdict(row), "state": "failed", "ended_at": now(),
+                                   "error": f"pipeline {row.pipeline!r} is no longer in the configuration"})
+                await self.store.submit([failed]).wait()
+                continue
+            prior = {
+                i.key: Instance(i.task, i.map_index, State(i.state), i.attempts, outputs.get(i.key), i.error)
+                for i in instances
+            }
+            self.enqueue(row, prior)
+            resumed += 1
+        return resumed
+
+    def _launch(self, run: _Run) -> None:
+        assert self._tg is not None, "the runner is not serving"
+        self._active[run.row.pipeline] += 1
+        self._tg.start_soon(self._drive, run, name=f"run {run.row.run_id}")
+
+    async def _drive(self, run: _Run) -> None:
+        log = self.log.bind(run_id=run.row.run_id, pipeline=run.row.pipeline)
+        try:
+            run.row = RunRow(**{**_asdict(run.row), "state": RunState.RUNNING.value,
+                                "started_at": run.row.started_at or now()})
+            engine = run.engine = RunEngine(run.plan, run.row.run_id, run.row.inputs, run.prior)
+            log.info("run_started", resumed=bool(run.prior))
+            async with anyio.create_task_group() as tg:
+                run.scope = tg.cancel_scope
+                self.store.submit([run.row])
+                self._apply(run, tg, engine.begin())
+            if engine.state in _FINISHED and not run.done.is_set():
+                await self._finish(run, engine.state)
+        finally:
+            self._active[run.row.pipeline] -= 1
+            if (following := self.backlog.pop(run.row.pipeline)) is not None:
+                self._launch(following)
+
+    def _apply(self, run: _Run, tg: anyio.abc.TaskGroup, commands: list[Command]) -> None:
+        assert run.engine is not None
+        self._write(run)
+        for command in commands:
+            if isinstance(command, Start):
+                tg.start_soon(self._attempt, run, tg, command)
+            elif isinstance(command, Wait):
+                tg.start_soon(self._retry_later, run, tg, command)
+            # Finish needs nothing here: the run's task group empties and _drive finishes it
+
+    def _write(self, run: _Run, extra: list[Row] | None = None) -> Any:
+        """Submit the instances the engine changed, and ``extra`` rows, in one go."""
+        assert run.engine is not None
+        rows: list[Row] = [InstanceRow.of(run.row.run_id, i) for i in run.engine.drain_changes()]
+        if extra:
+            rows.extend(extra)
+        return self.store.submit(rows) if rows else None
+
+    async def _retry_later(self, run: _Run, tg: anyio.abc.TaskGroup, command: Wait) -> None:
+        assert run.engine is not None
+        task = run.plan.tasks[command.instance.task].config
+        await anyio.sleep(backoff_s(task, command.attempt, random.random()))
+        self._apply(run, tg, run.engine.retry_due(command.instance))
+
+    async def _attempt(self, run: _Run, tg: anyio.abc.TaskGroup, start: Start) -> None:
+        engine = run.engine
+        assert engine is not None
+        inst, run_id = start.instance, run.row.run_id
+        task = run.plan.tasks[inst.task].config
+        kind = self.kinds[task.kind]
+        async with AsyncExitStack() as slots:
+            if task.pool is not None:
+                await slots.enter_async_context(self._pools[task.pool])
+            await slots.enter_async_context(self._task_slots)
+            if self._draining:
+                await anyio.sleep_forever()  # cancelled at shutdown; queued in the store
+            engine.started(inst)
+            started_at = now()
+            self._write(run, [AttemptRow(run_id, inst.key, start.attempt, "running", started_at)])
+            log = self.log.bind(run_id=run_id, pipeline=run.row.pipeline, task=inst.key, attempt=start.attempt)
+            log.debug("task_started")
+            ctx = TaskContext(
+                run_id=run_id,
+                pipeline=run.row.pipeline,
+                task=inst.task,
+                map_index=inst.index,
+                attempt=start.attempt,
+                idempotency_key=f"{run_id}/{inst.key}",
+                log=log,
+                http=self.http,
+            )
+            self.running_tasks += 1
+            error: str | None = None
+            retryable = True
+            output_json: str | None = None
+            output: Any = None
+            try:
+                params = self._params(run.plan, inst.task, task, start.params)
+                if task.timeout is not None:
+                    with anyio.fail_after(task.timeout):
+                        output = await kind.execute(params, ctx)
+                else:
+                    output = await kind.execute(params, ctx)
+            except anyio.get_cancelled_exc_class():
+                # a cancelled run marks its instances cancelled; a daemon shutting down
+                # leaves them running, so that a restart runs them again
+                state = "cancelled" if engine.state is RunState.CANCELLED else "interrupted"
+                self.store.submit([AttemptRow(run_id, inst.key, start.attempt, state, started_at, now())])
+                raise
+            except TimeoutError:
+                error = str(TaskTimeout(inst.key, task.timeout or 0))
+            except (PermanentTaskError, ValidationError) as exc:
+                error, retryable = _describe(exc), False
+            except Exception as exc:
+                error = _describe(exc)
+            finally:
+                self.running_tasks -= 1
+                if self._draining and not self.running_tasks:
+                    self._idle.set()
+        ended_at = now()
+        if error is None:
+            try:
+                output_json = json.dumps(output)
+            except (TypeError, ValueError) as exc:
+                error, retryable = f"output is not JSON-serialisable: {exc}", False
+        if error is None:
+            log.debug("task_succeeded", duration_s=round(ended_at - started_at, 6))
+            commands = engine.succeeded(inst, output)
+            attempt = AttemptRow(run_id, inst.key, start.attempt, "succeeded", started_at, ended_at, None, output_json)
+        else:
+            commands = engine.failed(inst, error, retryable=retryable)
+            log.warning("task_failed", error=error, will_retry=inst.state is State.UP_FOR_RETRY)
+            attempt = AttemptRow(run_id, inst.key, start.attempt, "failed", started_at, ended_at, error)
+        # durable before anything downstream starts: a succeeded task never runs again
+        await self._write(run, [attempt]).wait()
+        self._apply(run, tg, commands)
+
+    def _params(self, plan: PipelinePlan, name: str, task: TaskConfig, params: dict[str, Any]) -> BaseModel:
+        model = self.kinds[task.kind].Params
+        if plan.tasks[name].templated:
+            return model.model_validate(params)
+        key = (plan.name, name)
+        if (cached := self._static_params.get(key)) is None:
+            cached = self._static_params[key] = model.model_validate(params)
+        return cached
+
+    async def _finish(self, run: _Run, state: RunState) -> None:
+        error = None
+        if state is RunState.FAILED and run.engine is not None:
+            failed = [i for i in run.engine.instances() if i.state is State.FAILED]
+            error = "; ".join(f"{i.key}: {i.error}" for i in failed[:3]) or None
+        run.row = RunRow(**{**_asdict(run.row), "state": state.value, "ended_at": now(), "error": error})
+        with anyio.CancelScope(shield=True):
+            rows: list[Row] = [run.row]
+            if run.engine is not None:
+                rows.extend(InstanceRow.of(run.row.run_id, i) for i in run.engine.drain_changes())
+            await self.store.submit(rows).wait()
+        self.log.info("run_finished", run_id=run.row.run_id, pipeline=run.row.pipeline, state=state.value)
+        self._runs.pop(run.row.run_id, None)
+        run.done.set()
+        for listener in self._run_listeners:
+            listener(run.row)
+
+
+def _asdict(row: RunRow) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in row.__slots__}
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, ValidationError):
+        text = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return f"invalid parameters: {text}"
+    return text if text else type(exc).__name__

@@ -1,0 +1,73 @@
+"""Serving an ASGI app with uvicorn inside the daemon's task group.
+
+uvicorn is made to own the process (its ``serve`` installs signal handlers); here the
+daemon owns signals and the task group owns the server: it starts with ``tg.start`` once
+it listens, and stops when its scope is cancelled, finishing open requests first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import uvicorn
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from socket import socket
+
+__all__ = ["serve_asgi"]
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the daemon handles SIGTERM and SIGINT itself
+
+
+async def serve_asgi(
+    app: Any,
+    *,
+    sockets: list[socket] | None = None,
+    uds: str | None = None,
+    grace_s: float = 5.0,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on already bound ``sockets`` or on the Unix socket ``uds`` until
+    cancelled.
+
+    :param grace_s: how long open requests may take to finish at shutdown
+    """
+    config = uvicorn.Config(
+        app,
+        uds=uds,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=max(1, int(grace_s)),
+    )
+    server = _Server(config)
+    stopped = anyio.Event()
+
+    async def run() -> None:
+        # shielded: a cancelled scope would kill uvicorn mid-request and leave its socket
+        # open; it stops through should_exit instead, below
+        try:
+            with anyio.CancelScope(shield=True):
+                await server.serve(sockets=sockets)
+        finally:
+            stopped.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        try:
+            # uvicorn has no ready callback; `started` flips once it listens
+            while not server.started:
+                if stopped.is_set():
+                    raise RuntimeError(f"the HTTP server did not start ({uds or sockets})")
+                await anyio.sleep(0.005)
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            server.should_exit = True

@@ -1,0 +1,309 @@
+"""The SQLite store: WAL, one writer with group commit, versioned migrations.
+
+One connection writes and one reads (WAL lets readers go on while the writer commits).
+Every submission joins the open batch; the writer commits a whole batch in one transaction
+with one ``executemany`` per table, so the cost of an fsync is shared by every state change
+that arrived meanwhile instead of paid by each.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import aiosqlite
+import anyio
+
+from .errors import StoreError
+from .store import AttemptRow, InstanceRow, RunRow
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from .store import Row
+
+__all__ = ["SqliteStore", "open_store"]
+
+Synchronous = Literal["full", "normal"]
+
+# Each entry moves the schema one version up; PRAGMA user_version holds the current one.
+# Never edit an entry once released: add a new one.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE runs (
+        run_id      TEXT PRIMARY KEY,   -- sortable by creation time
+        pipeline    TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        inputs      TEXT NOT NULL,      -- JSON
+        created_at  REAL NOT NULL,
+        started_at  REAL,
+        ended_at    REAL,
+        error       TEXT,
+        event_id    TEXT
+    );
+    CREATE INDEX runs_unfinished ON runs (state) WHERE state IN ('queued', 'running');
+    CREATE INDEX runs_by_pipeline ON runs (pipeline, run_id);
+    CREATE TABLE task_instances (
+        run_id      TEXT NOT NULL,
+        key         TEXT NOT NULL,      -- task name, or name[i] for a mapped instance
+        task        TEXT NOT NULL,
+        map_index   INTEGER,
+        state       TEXT NOT NULL,
+        attempts    INTEGER NOT NULL,
+        error       TEXT,
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (run_id, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE attempts (
+        run_id      TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        attempt     INTEGER NOT NULL,
+        state       TEXT NOT NULL,
+        started_at  REAL NOT NULL,
+        ended_at    REAL,
+        error       TEXT,
+        output      TEXT,               -- JSON
+        PRIMARY KEY (run_id, key, attempt)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        event_id    TEXT PRIMARY KEY,
+        source      TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        dedupe_key  TEXT,
+        payload     TEXT NOT NULL,      -- JSON
+        status      TEXT NOT NULL,      -- matched, unmatched, invalid, duplicate
+        error       TEXT
+    );
+    CREATE INDEX events_by_source ON events (source, event_id);
+    """,
+)
+
+_UPSERT_RUN = """
+INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
+    ended_at = excluded.ended_at, error = excluded.error
+"""
+_PUT_INSTANCE = "INSERT OR REPLACE INTO task_instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_PUT_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+class _Batch:
+    """Submissions that commit together."""
+
+    __slots__ = ("attempts", "done", "error", "instances", "runs")
+
+    def __init__(self) -> None:
+        self.runs: dict[str, RunRow] = {}
+        self.instances: dict[tuple[str, str], InstanceRow] = {}
+        self.attempts: dict[tuple[str, str, int], AttemptRow] = {}
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+    def add(self, row: Row) -> None:
+        # whole rows: a later submission of the same row replaces the earlier one
+        if isinstance(row, InstanceRow):
+            self.instances[row.run_id, row.key] = row
+        elif isinstance(row, AttemptRow):
+            self.attempts[row.run_id, row.key, row.attempt] = row
+        else:
+            self.runs[row.run_id] = row
+
+    def __bool__(self) -> bool:
+        return bool(self.runs or self.instances or self.attempts)
+
+    async def wait(self) -> None:
+        await self.done.wait()
+        if self.error is not None:
+            raise StoreError(f"the store could not commit: {self.error}") from self.error
+
+
+class SqliteStore:
+    """Runs, task instances, attempts and events in one SQLite file."""
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._batch = _Batch()
+        self._wake = anyio.Event()
+        self._closing = False
+        self.commits = 0
+        self.commit_seconds = 0.0
+
+    # -- writing -----------------------------------------------------------------------
+
+    def submit(self, rows: list[Row]) -> _Batch:
+        if self._closing:
+            raise StoreError("the store is closed")
+        batch = self._batch
+        for row in rows:
+            batch.add(row)
+        self._wake.set()
+        return batch
+
+    async def _write_loop(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            batch, self._batch = self._batch, _Batch()
+            if batch:
+                # a commit under way finishes even if we are cancelled: a half-sent batch
+                # would leave waiters hanging and the transaction open
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self._commit(batch)
+                    except Exception as exc:
+                        batch.error = exc
+                        raise StoreError(f"cannot write to {str(self.path)!r}: {exc}") from exc
+                    finally:
+                        batch.done.set()
+            batch.done.set()
+            if self._closing and not self._batch:
+                return
+
+    async def _commit(self, batch: _Batch) -> None:
+        started = anyio.current_time()
+        db = self._writer
+        if batch.runs:
+            await db.executemany(
+                _UPSERT_RUN,
+                [
+                    (r.run_id, r.pipeline, r.state, json.dumps(r.inputs), r.created_at,
+                     r.started_at, r.ended_at, r.error, r.event_id)
+                    for r in batch.runs.values()
+                ],
+            )
+        if batch.instances:
+            await db.executemany(
+                _PUT_INSTANCE,
+                [
+                    (i.run_id, i.key, i.task, i.map_index, i.state, i.attempts, i.error, i.updated_at)
+                    for i in batch.instances.values()
+                ],
+            )
+        if batch.attempts:
+            await db.executemany(
+                _PUT_ATTEMPT,
+                [
+                    (a.run_id, a.key, a.attempt, a.state, a.started_at, a.ended_at, a.error, a.output)
+                    for a in batch.attempts.values()
+                ],
+            )
+        await db.commit()
+        self.commits += 1
+        self.commit_seconds += anyio.current_time() - started
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def runs_to_resume(self) -> list[tuple[RunRow, list[InstanceRow], dict[str, Any]]]:
+        runs = await self._runs("WHERE state IN ('queued', 'running') ORDER BY run_id", ())
+        found = []
+        for run in runs:
+            outputs = {
+                key: json.loads(out) if out is not None else None
+                for key, out in await self._reader.execute_fetchall(
+                    "SELECT key, output FROM attempts WHERE run_id = ? AND state = 'succeeded'",
+                    (run.run_id,),
+                )
+            }
+            found.append((run, await self.get_instances(run.run_id), outputs))
+        return found
+
+    async def list_runs(
+        self, *, limit: int = 50, pipeline: str | None = None, state: str | None = None
+    ) -> list[RunRow]:
+        where, args = [], []
+        if pipeline:
+            where.append("pipeline = ?")
+            args.append(pipeline)
+        if state:
+            where.append("state = ?")
+            args.append(state)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        return await self._runs(f"{clause} ORDER BY run_id DESC LIMIT ?", (*args, limit))
+
+    async def get_run(self, run_id: str) -> RunRow | None:
+        runs = await self._runs("WHERE run_id = ?", (run_id,))
+        return runs[0] if runs else None
+
+    async def get_instances(self, run_id: str) -> list[InstanceRow]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT * FROM task_instances WHERE run_id = ? ORDER BY updated_at, key", (run_id,)
+        )
+        return [InstanceRow(*row) for row in rows]
+
+    async def get_attempts(self, run_id: str) -> list[AttemptRow]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT * FROM attempts WHERE run_id = ? ORDER BY started_at, key, attempt", (run_id,)
+        )
+        return [
+            AttemptRow(*row[:7], output=json.loads(row[7]) if row[7] is not None else None)
+            for row in rows
+        ]
+
+    async def _runs(self, clause: str, args: tuple[Any, ...]) -> list[RunRow]:
+        rows = await self._reader.execute_fetchall(f"SELECT * FROM runs {clause}", args)
+        return [RunRow(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
+
+
+async def _connect(path: Path, synchronous: Synchronous) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path)
+    await db.execute("PRAGMA journal_mode = WAL")
+    await db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    # another process (the CLI, a second daemon) may hold the write lock for a moment
+    await db.execute("PRAGMA busy_timeout = 10000")
+    return db
+
+
+async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
+    ((version,),) = await db.execute_fetchall("PRAGMA user_version")
+    if version > len(_MIGRATIONS):
+        raise StoreError(
+            f"{str(path)!r} has schema version {version}, newer than this cued knows "
+            f"({len(_MIGRATIONS)}): upgrade cued"
+        )
+    for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+        await db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+
+@asynccontextmanager
+async def open_store(
+    path: str | Path, *, synchronous: Synchronous = "full"
+) -> AsyncIterator[SqliteStore]:
+    """Open (creating and migrating as needed) the store at ``path``.
+
+    On exit, whatever was submitted is committed before the connections close.
+
+    :param synchronous: ``full`` makes every commit survive a power loss; ``normal``
+        survives a crash of the process but may lose the last commits on power loss
+    :raises StoreError: if the file cannot be opened or has a newer schema
+    """
+    path = Path(path)
+    try:
+        writer = await _connect(path, synchronous)
+    except Exception as exc:
+        raise StoreError(f"cannot open the state file {str(path)!r}: {exc}") from exc
+    try:
+        await _migrate(writer, path)
+        reader = await _connect(path, synchronous)
+    except BaseException:
+        await writer.close()
+        raise
+    store = SqliteStore(path, writer, reader)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(store._write_loop)
+            try:
+                yield store
+            finally:
+                store._closing = True
+                store._wake.set()  # the loop commits what is left, then returns
+    finally:
+        with anyio.CancelScope(shield=True):
+            await reader.close()
+            await writer.close()
+
+

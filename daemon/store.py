@@ -1,0 +1,116 @@
+"""The durable store's interface: one small Protocol, so a PostgreSQL backend can follow.
+
+Writes are *submitted* (``submit``), not awaited one by one: a single writer commits
+whatever has been submitted in one transaction (group commit), and ``Durable.wait()``
+returns once the transaction holding a submission has committed. Rows are whole rows, so
+the writer can coalesce several submissions for the same row into the last one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .engine import Instance
+
+__all__ = [
+    "AttemptRow",
+    "Durable",
+    "InstanceRow",
+    "RunRow",
+    "Store",
+    "new_id",
+    "now",
+]
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id() -> str:
+    """A sortable unique id (ULID layout: 48-bit milliseconds, then 80 random bits)."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(secrets.token_bytes(10), "big")
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def now() -> float:
+    """Wall-clock time as stored: seconds since the epoch."""
+    return time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    run_id: str
+    pipeline: str
+    state: str
+    inputs: dict[str, Any]
+    created_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    error: str | None = None
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    run_id: str
+    key: str
+    task: str
+    map_index: int | None
+    state: str
+    attempts: int
+    error: str | None
+    updated_at: float
+
+    @classmethod
+    def of(cls, run_id: str, inst: Instance) -> InstanceRow:
+        return cls(run_id, inst.key, inst.task, inst.index, inst.state.value, inst.attempts, inst.error, now())
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    run_id: str
+    key: str
+    attempt: int
+    state: str
+    started_at: float
+    ended_at: float | None = None
+    error: str | None = None
+    output: Any = None
+
+
+Row = RunRow | InstanceRow | AttemptRow
+
+
+class Durable(Protocol):
+    async def wait(self) -> None:
+        """Return once the submission is committed.
+
+        :raises StoreError: if the transaction holding it failed
+        """
+
+
+class Store(Protocol):
+    """Durable state of runs, task instances, attempts and events."""
+
+    path: str | os.PathLike[str]
+
+    def submit(self, rows: list[Row]) -> Durable:
+        """Queue rows for the next group commit; all of them commit in one transaction."""
+
+    async def runs_to_resume(self) -> list[tuple[RunRow, list[InstanceRow], dict[str, Any]]]:
+        """Runs that are not finished, with their instances and the outputs of the
+        instances that succeeded (by instance key)."""
+
+    async def list_runs(
+        self, *, limit: int = 50, pipeline: str | None = None, state: str | None = None
+    ) -> list[RunRow]: ...
+
+    async def get_run(self, run_id: str) -> RunRow | None: ...
+
+    async def get_instances(self, run_id: str) -> list[InstanceRow]: ...
+
+    async def get_attempts(self, run_id: str) -> list[AttemptRow]: ...

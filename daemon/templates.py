@@ -1,0 +1,162 @@
+"""Parameters templated from a run's inputs and upstream outputs, in a sandbox.
+
+Templates are Jinja2 in its immutable sandbox: expressions and filters, no attribute access
+to Python internals, no calls with side effects, no arbitrary code. A string that is one
+whole ``{{ expression }}`` evaluates to the expression's native value (a list stays a list,
+which is what ``map`` needs); any other string renders to a string.
+
+Names a template may use:
+
+* ``inputs.NAME``          the run's inputs (declared with defaults on the pipeline)
+* ``tasks.NAME.output``    an upstream task's output (a list, for a mapped task)
+* ``item``                 the current element, in a mapped task
+* ``run.id``, ``run.pipeline``
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+__all__ = ["TemplateProblem", "has_template", "references", "render", "render_value"]
+
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    """Dict keys before attributes: ``inputs.items`` is the input named ``items``, not the
+    ``dict.items`` method that Jinja would otherwise find first."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+_ENV = _Environment(undefined=StrictUndefined, autoescape=False)
+_WHOLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
+_ROOTS = frozenset({"inputs", "tasks", "item", "run", "event"})
+
+
+class TemplateProblem(ValueError):
+    """A template cannot be compiled or rendered."""
+
+
+def has_template(value: Any) -> bool:
+    """True if ``value`` (or any string inside it) holds template syntax."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, dict):
+        return any(has_template(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(has_template(v) for v in value)
+    return False
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile(text: str) -> Callable[[Mapping[str, Any]], Any]:
+    try:
+        if whole := _WHOLE.match(text):
+            expression = _ENV.compile_expression(whole.group("expr"), undefined_to_none=False)
+            return lambda ctx: _defined(expression(**ctx))
+        template = _ENV.from_string(text)
+        return lambda ctx: template.render(**ctx)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(f"template {text!r} does not parse: {exc.message}") from exc
+
+
+def _defined(value: Any) -> Any:
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
+    return value
+
+
+def render(text: str, context: Mapping[str, Any]) -> Any:
+    """Render one template string.
+
+    :raises TemplateProblem: if it does not parse or refers to something that is not there
+    """
+    if "{{" not in text and "{%" not in text:
+        return text
+    try:
+        return _compile(text)(context)
+    except UndefinedError as exc:
+        raise TemplateProblem(f"template {text!r}: {exc.message}") from exc
+    except SecurityError as exc:
+        raise TemplateProblem(f"template {text!r} is not allowed: {exc}") from exc
+    except TemplateProblem:
+        raise
+    except Exception as exc:  # a filter or operator failed on the values it was given
+        raise TemplateProblem(f"template {text!r} failed: {exc}") from exc
+
+
+def render_value(value: Any, context: Mapping[str, Any]) -> Any:
+    """Render every string inside ``value`` (dicts and lists are walked)."""
+    if isinstance(value, str):
+        return render(value, context)
+    if isinstance(value, dict):
+        return {k: render_value(v, context) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render_value(v, context) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A name a template reads: ``("tasks", "extract")``, ``("inputs", "day")``, ``("item",)``."""
+
+    root: str
+    name: str | None
+
+
+def references(value: Any) -> list[Reference]:
+    """Every name the templates inside ``value`` read, for ``cued validate``.
+
+    :raises TemplateProblem: if a template does not parse
+    """
+    found: list[Reference] = []
+    if isinstance(value, dict):
+        for v in value.values():
+            found.extend(references(v))
+        return found
+    if isinstance(value, list):
+        for v in value:
+            found.extend(references(v))
+        return found
+    if not isinstance(value, str) or not has_template(value):
+        return found
+    try:
+        whole = _WHOLE.match(value)
+        source = "{{" + whole.group("expr") + "}}" if whole else value
+        tree = _ENV.parse(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(f"template {value!r} does not parse: {exc.message}") from exc
+    bound = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    for node in tree.find_all(nodes.Getattr):
+        if isinstance(node.node, nodes.Name) and node.node.name not in bound:
+            found.append(Reference(node.node.name, node.attr))
+    for node in tree.find_all(nodes.Getitem):
+        if (
+            isinstance(node.node, nodes.Name)
+            and node.node.name not in bound
+            and isinstance(node.arg, nodes.Const)
+            and isinstance(node.arg.value, str)
+        ):
+            found.append(Reference(node.node.name, node.arg.value))
+    named = {(r.root) for r in found}
+    for node in tree.find_all(nodes.Name):
+        if node.ctx == "load" and node.name not in bound | named | _ENV.globals.keys():
+            found.append(Reference(node.name, None))
+    return found
+
+
+def known_roots() -> frozenset[str]:
+    """The top-level names a template may use."""
+    return _ROOTS

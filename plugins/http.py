@@ -1,0 +1,149 @@
+"""The ``http`` task kind: send one HTTP request with the daemon's shared client."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx
+from cued.daemon.errors import PermanentTaskError, TaskError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from cued.daemon.kinds import TaskContext
+
+__all__ = ["HttpParams", "HttpTask"]
+
+#: How much of an unexpected response's body an error message quotes.
+_ERROR_BODY_CHARS = 500
+
+#: 4xx statuses that say "try again later" rather than "this request is wrong".
+_RETRYABLE_4XX = frozenset({408, 425, 429})
+
+
+class HttpParams(BaseModel):
+    """Parameters of an ``http`` task.
+
+    There is no timeout here: the engine applies the task's timeout to the whole attempt.
+
+    :param method: the HTTP method, case-insensitive
+    :param url: the absolute URL to request
+    :param headers: request headers; an ``Idempotency-Key`` given here replaces the
+        daemon's own
+    :param json: a value to send as a JSON body (``json`` and ``body`` exclude each other)
+    :param body: a text body, sent as UTF-8
+    :param expected_status: the statuses that count as success; by default any 2xx
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: str = Field(default="GET", min_length=1)
+    url: str = Field(min_length=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Stored as ``json_body`` because a field named ``json`` would shadow ``BaseModel.json``.
+    json_body: Any = Field(default=None, alias="json")
+    body: str | None = None
+    expected_status: list[int] | None = Field(default=None, min_length=1)
+
+    @field_validator("method")
+    @classmethod
+    def _upper_method(cls, value: str) -> str:
+        return value.upper()
+
+    @field_validator("expected_status")
+    @classmethod
+    def _check_statuses(cls, value: list[int] | None) -> list[int] | None:
+        for status in value or ():
+            if not 100 <= status <= 599:
+                raise ValueError(f"{status!r} is not an HTTP status code")
+        return value
+
+    @model_validator(mode="after")
+    def _one_body(self) -> HttpParams:
+        if self.has_json and self.body is not None:
+            raise ValueError("give either 'json' or 'body', not both")
+        return self
+
+    @property
+    def has_json(self) -> bool:
+        """Whether ``json`` was given, telling an explicit JSON ``null`` from no body."""
+        return "json_body" in self.model_fields_set
+
+
+class HttpTask:
+    """Send one HTTP request and succeed with ``{"status": ..., "body": ...}``.
+
+    The body is the parsed JSON when the response says it is JSON, else the text. Every
+    request carries the attempt's ``Idempotency-Key``, the same on each retry, so a service
+    that deduplicates can tell a retry from a new request.
+    """
+
+    name: ClassVar[str] = "http"
+    Params: ClassVar[type[BaseModel]] = HttpParams
+
+    async def execute(self, params: HttpParams, ctx: TaskContext) -> Any:
+        """Send the request described by ``params`` with ``ctx.http``.
+
+        :param params: the validated parameters
+        :param ctx: the attempt's context
+        :return: ``{"status": <int>, "body": <parsed JSON or text>}``
+        :raises PermanentTaskError: if the URL is unusable, or the response has an
+            unexpected 4xx status other than 408, 425 and 429
+        :raises TaskError: if the request fails on the network, or the response has any
+            other unexpected status
+        """
+        headers = httpx.Headers(params.headers)
+        # Headers are case-insensitive, so this keeps a user's "idempotency-key" too.
+        headers.setdefault("Idempotency-Key", ctx.idempotency_key)
+        content: bytes | str | None = params.body
+        if params.has_json:
+            # Encoded here rather than with httpx's ``json=``, which sends no body at all
+            # for ``None``: an explicit JSON null is a body too.
+            content = json.dumps(
+                params.json_body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode()
+            headers.setdefault("Content-Type", "application/json")
+
+        what = f"{params.method} {params.url!r}"
+        try:
+            response = await ctx.http.request(
+                params.method, params.url, headers=headers, content=content
+            )
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            raise PermanentTaskError(f"{what} cannot be sent: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise TaskError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+
+        status = response.status_code
+        if not _is_expected(status, params.expected_status):
+            message = (
+                f"{what} answered with unexpected status {status}: "
+                f"{response.text[:_ERROR_BODY_CHARS]!r}"
+            )
+            if 400 <= status < 500 and status not in _RETRYABLE_4XX:
+                raise PermanentTaskError(message)
+            raise TaskError(message)
+
+        return {"status": status, "body": _parse_body(response, ctx)}
+
+
+def _is_expected(status: int, expected: list[int] | None) -> bool:
+    if expected is None:
+        return 200 <= status < 300
+    return status in expected
+
+
+def _parse_body(response: httpx.Response, ctx: TaskContext) -> Any:
+    media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        return response.text
+    if not response.content:
+        # A 204, say, often keeps its Content-Type but has no body.
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        # A server mislabelling its body should not fail a request that succeeded;
+        # downstream tasks still get what was sent.
+        ctx.log.warning("http_body_not_json", status=response.status_code)
+        return response.text

@@ -1,0 +1,162 @@
+"""The ``python`` task kind: call a Python function by its import path."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import anyio.to_thread
+from cued.daemon.errors import PermanentTaskError
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from cued.daemon.kinds import TaskContext
+
+__all__ = ["PythonParams", "PythonTask"]
+
+_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
+# ``package.module:function``, the entry-point syntax, which also allows ``:Class.method``.
+_FUNCTION_PATTERN = rf"^{_IDENTIFIER}(\.{_IDENTIFIER})*:{_IDENTIFIER}(\.{_IDENTIFIER})*$"
+
+
+class PythonParams(BaseModel):
+    """Parameters of a ``python`` task.
+
+    :param function: the function as ``package.module:function``
+    :param args: keyword arguments to call it with
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    function: str = Field(pattern=_FUNCTION_PATTERN)
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A function imported once, with what ``execute`` needs to know to call it."""
+
+    function: Callable[..., Any]
+    is_async: bool
+    wants_ctx: bool
+    signature: inspect.Signature | None
+
+
+class PythonTask:
+    """Call a function; succeed with its return value, which must be JSON-serialisable.
+
+    A coroutine function is awaited on the event loop. Any other function runs in a worker
+    thread, so a blocking function never stalls the daemon. A function with a parameter
+    named ``ctx`` is also given the attempt's
+    :class:`~cued.daemon.kinds.TaskContext`.
+    """
+
+    name: ClassVar[str] = "python"
+    Params: ClassVar[type[BaseModel]] = PythonParams
+
+    def __init__(self) -> None:
+        self._targets: dict[str, _Target] = {}
+
+    async def execute(self, params: PythonParams, ctx: TaskContext) -> Any:
+        """Import ``params.function`` (once) and call it with ``params.args``.
+
+        When the attempt is cancelled, a coroutine function is cancelled with it, but a
+        function in a worker thread cannot be stopped: the attempt ends at once and the
+        thread runs on to completion, its result discarded.
+
+        :param params: the validated parameters
+        :param ctx: the attempt's context
+        :return: the function's return value
+        :raises PermanentTaskError: if the function cannot be imported, does not accept
+            ``args``, or returns a value that is not JSON-serialisable
+        """
+        target = self._targets.get(params.function)
+        if target is None:
+            # Importing runs the module's top-level code, which may block: keep it off
+            # the event loop too.
+            target = await anyio.to_thread.run_sync(_load, params.function)
+            self._targets[params.function] = target
+
+        kwargs = dict(params.args)
+        if target.wants_ctx:
+            if "ctx" in kwargs:
+                raise PermanentTaskError(
+                    f"{params.function!r} is given the task context as 'ctx', so 'ctx' "
+                    f"cannot be one of its args"
+                )
+            kwargs["ctx"] = ctx
+        if target.signature is not None:
+            try:
+                target.signature.bind(**kwargs)
+            except TypeError as exc:
+                raise PermanentTaskError(
+                    f"{params.function!r} cannot be called with args {sorted(params.args)!r}: {exc}"
+                ) from exc
+
+        if target.is_async:
+            result = await target.function(**kwargs)
+        else:
+            # Abandoned on cancellation, so the engine's timeout holds even though the
+            # thread cannot be interrupted.
+            result = await anyio.to_thread.run_sync(
+                functools.partial(target.function, **kwargs), abandon_on_cancel=True
+            )
+            if inspect.isawaitable(result):
+                # A sync callable that returns a coroutine (a partial of an async def, a
+                # class with an async __call__): run it here, on the loop.
+                result = await result
+
+        try:
+            json.dumps(result, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise PermanentTaskError(
+                f"{params.function!r} returned a value that is not JSON-serialisable "
+                f"({type(result).__name__}): {exc}"
+            ) from exc
+        return result
+
+
+def _load(path: str) -> _Target:
+    module_name, _, qualname = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except (ImportError, SyntaxError) as exc:
+        raise PermanentTaskError(
+            f"Cannot import module {module_name!r} for function {qualname!r}: {exc}"
+        ) from exc
+
+    for part in qualname.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise PermanentTaskError(
+                f"Module {module_name!r} has no attribute {qualname!r}"
+            ) from exc
+    if not callable(obj):
+        raise PermanentTaskError(
+            f"{qualname!r} in module {module_name!r} is a {type(obj).__name__}, not a function"
+        )
+
+    try:
+        signature: inspect.Signature | None = inspect.signature(obj)
+    except (TypeError, ValueError):
+        signature = None  # Some builtins have none; call them without checking.
+    wants_ctx = False
+    if signature is not None:
+        parameter = signature.parameters.get("ctx")
+        wants_ctx = parameter is not None and parameter.kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.KEYWORD_ONLY,
+        )
+    return _Target(
+        function=obj,
+        is_async=inspect.iscoroutinefunction(obj),
+        wants_ctx=wants_ctx,
+        signature=signature,
+    )

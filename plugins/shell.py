@@ -1,0 +1,198 @@
+"""The ``shell`` task kind: run a program and keep the tail of what it prints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import anyio
+from cued.daemon.errors import PermanentTaskError, TaskError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from anyio.abc import ByteReceiveStream, Process
+    from cued.daemon.kinds import TaskContext
+
+__all__ = ["ShellParams", "ShellTask"]
+
+#: How many of stderr's last lines a failure message quotes.
+_ERROR_STDERR_LINES = 10
+
+#: How much of a ``command`` a failure message quotes.
+_ERROR_COMMAND_CHARS = 200
+
+
+class ShellParams(BaseModel):
+    """Parameters of a ``shell`` task; give exactly one of ``argv`` and ``command``.
+
+    :param argv: the program and its arguments, run directly with no shell in between
+    :param command: a command line, run by ``/bin/sh -c``; only this form expands
+        variables, globs and pipes
+    :param env: variables set over the daemon's own environment
+    :param cwd: the working directory, by default the daemon's
+    :param output_tail_bytes: how many of the last bytes of stdout and of stderr to keep
+        (each); the rest is read and dropped, so a chatty program cannot exhaust memory
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    argv: list[str] | None = Field(default=None, min_length=1)
+    command: str | None = Field(default=None, min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    output_tail_bytes: int = Field(default=64 * 1024, ge=0)
+
+    @model_validator(mode="after")
+    def _argv_xor_command(self) -> ShellParams:
+        if (self.argv is None) == (self.command is None):
+            raise ValueError("give exactly one of 'argv' and 'command'")
+        return self
+
+
+class ShellTask:
+    """Run a program; succeed with ``{"exit_code": 0, "stdout": ..., "stderr": ...}``.
+
+    The program gets no stdin and runs in a process group of its own. When the attempt is
+    cancelled (its timeout, or the daemon shutting down), the whole group is sent SIGTERM,
+    then SIGKILL after :attr:`terminate_grace_s`, so neither the program nor anything it
+    started outlives the attempt.
+    """
+
+    name: ClassVar[str] = "shell"
+    Params: ClassVar[type[BaseModel]] = ShellParams
+
+    #: How long a cancelled program has between SIGTERM and SIGKILL.
+    terminate_grace_s: float = 5.0
+
+    async def execute(self, params: ShellParams, ctx: TaskContext) -> Any:
+        """Run the program described by ``params`` to completion.
+
+        :param params: the validated parameters
+        :param ctx: the attempt's context
+        :return: ``{"exit_code": 0, "stdout": <tail>, "stderr": <tail>}``, the tails
+            decoded as UTF-8 with undecodable bytes replaced
+        :raises PermanentTaskError: if the executable or the working directory does not
+            exist or cannot be used
+        :raises TaskError: if the program exits with a non-zero code or by a signal
+        """
+        command: str | list[str]
+        if params.argv is not None:
+            command = params.argv
+            what = f"Program {params.argv[0]!r}"
+        else:
+            assert params.command is not None
+            command = params.command
+            what = f"Command {params.command[:_ERROR_COMMAND_CHARS]!r}"
+
+        # ``None`` inherits the environment without copying it.
+        env = {**os.environ, **params.env} if params.env else None
+        try:
+            process = await anyio.open_process(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=params.cwd,
+                env=env,
+                # A group of its own, so cancellation can signal the program's children
+                # as well (a ``command`` runs under /bin/sh, whose children would
+                # otherwise be orphaned).
+                start_new_session=True,
+            )
+        except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+            # The child reports a failed chdir with the directory as the file name.
+            if params.cwd is not None and exc.filename == params.cwd:
+                raise PermanentTaskError(
+                    f"Working directory {params.cwd!r} cannot be used: {exc.strerror}"
+                ) from exc
+            if isinstance(exc, FileNotFoundError):
+                raise PermanentTaskError(f"{what} was not found") from exc
+            raise PermanentTaskError(f"{what} cannot be executed: {exc.strerror}") from exc
+        except OSError as exc:
+            # Out of processes or file descriptors, say: may well pass.
+            raise TaskError(f"{what} could not be started: {exc}") from exc
+
+        stdout = _Tail(params.output_tail_bytes)
+        stderr = _Tail(params.output_tail_bytes)
+        finished = False
+        try:
+            async with anyio.create_task_group() as tg:
+                assert process.stdout is not None
+                assert process.stderr is not None
+                tg.start_soon(stdout.drain, process.stdout)
+                tg.start_soon(stderr.drain, process.stderr)
+                exit_code = await process.wait()
+            finished = True
+        finally:
+            with anyio.CancelScope(shield=True):
+                if not finished:
+                    await self._stop(process)
+                await process.aclose()
+
+        if exit_code != 0:
+            lines = stderr.text().rstrip("\n").splitlines()[-_ERROR_STDERR_LINES:]
+            how = (
+                f"was killed by {_signal_name(-exit_code)}"
+                if exit_code < 0
+                else f"exited with code {exit_code}"
+            )
+            detail = ":\n" + "\n".join(lines) if lines else " (stderr was empty)"
+            raise TaskError(f"{what} {how}{detail}")
+
+        return {"exit_code": exit_code, "stdout": stdout.text(), "stderr": stderr.text()}
+
+    async def _stop(self, process: Process) -> None:
+        # The program's pid is its process group's id (start_new_session). SIGKILL goes
+        # to the group even when the program itself exited on SIGTERM, for children that
+        # ignored it.
+        _signal_group(process.pid, signal.SIGTERM)
+        with anyio.move_on_after(self.terminate_grace_s):
+            await process.wait()
+        _signal_group(process.pid, signal.SIGKILL)
+        await process.wait()
+
+
+class _Tail:
+    """The last ``limit`` bytes read from a stream."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._buffer = bytearray()
+        self._truncated = False
+
+    async def drain(self, stream: ByteReceiveStream) -> None:
+        # Read to the end even when nothing is kept: a program blocked on a full pipe
+        # would never exit.
+        async for chunk in stream:
+            self._buffer += chunk
+            excess = len(self._buffer) - self._limit
+            if excess > 0:
+                del self._buffer[:excess]
+                self._truncated = True
+
+    def text(self) -> str:
+        data = bytes(self._buffer)
+        if self._truncated:
+            # The cut may have split a UTF-8 sequence: drop its continuation bytes rather
+            # than start the text with a replacement character.
+            start = 0
+            while start < min(3, len(data)) and 0x80 <= data[start] <= 0xBF:
+                start += 1
+            data = data[start:]
+        return data.decode("utf-8", errors="replace")
+
+
+def _signal_group(pgid: int, signum: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass  # Everyone in the group has exited already.
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
