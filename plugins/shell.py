@@ -86,8 +86,17 @@ class ShellTask:
             command = params.command
             what = f"Command {params.command[:_ERROR_COMMAND_CHARS]!r}"
 
-        # ``None`` inherits the environment without copying it.
-        env = {**os.environ, **params.env} if params.env else None
+        # What the program needs to deduplicate its own side effects across retries and
+        # restarts: the idempotency key is the same on every attempt of this instance.
+        env = {
+            **os.environ,
+            "CUED_RUN_ID": ctx.run_id,
+            "CUED_PIPELINE": ctx.pipeline,
+            "CUED_TASK": ctx.task,
+            "CUED_ATTEMPT": str(ctx.attempt),
+            "CUED_IDEMPOTENCY_KEY": ctx.idempotency_key,
+            **params.env,
+        }
         try:
             process = await anyio.open_process(
                 command,

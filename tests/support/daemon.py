@@ -1,0 +1,92 @@
+"""The daemon as a real subprocess, for tests of what survives a crash."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from cued.daemon.app import control_socket_path
+
+
+def cued(config: Path, *args: str, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run the ``cued`` command line to the end."""
+    return subprocess.run(
+        [sys.executable, "-m", "cued.daemon.cli", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+class Daemon:
+    """``cued run`` in a subprocess; ``start`` returns once its control socket answers."""
+
+    def __init__(self, config: Path, state: Path) -> None:
+        self.config = config
+        self.state = state
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = config.parent / "daemon.log"
+
+    async def start(self, timeout_s: float = 20) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cued.daemon.cli", "--config", str(self.config), "run"],
+                stdout=log,
+                stderr=log,
+            )
+        socket_path = control_socket_path(self.state)
+        with anyio.fail_after(timeout_s):
+            # nothing signals readiness across processes but the socket itself
+            while not await _answers(socket_path):
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"daemon exited with {self.process.returncode}:\n{self.log.read_text()}")
+                await anyio.sleep(0.02)
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self, timeout_s: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+async def _answers(socket_path: Path) -> bool:
+    if not socket_path.exists():
+        return False
+    try:
+        stream = await anyio.connect_unix(socket_path)
+    except OSError:
+        return False
+    await stream.aclose()
+    return True
+
+
+def query(state: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Read the daemon's state file directly (WAL lets us while it writes)."""
+    with sqlite3.connect(state, timeout=10) as db:
+        return db.execute(sql, args).fetchall()
+
+
+async def wait_for(predicate, timeout_s: float = 30, interval_s: float = 0.02) -> None:
+    """Poll ``predicate`` until true: for effects in another process, which cannot signal us."""
+    with anyio.fail_after(timeout_s):
+        while not predicate():
+            await anyio.sleep(interval_s)
+
+

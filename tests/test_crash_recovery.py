@@ -1,0 +1,90 @@
+"""kill -9 of the daemon while a run is half done, then restart: the run completes, and no
+task that had succeeded runs again."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from tests.support.daemon import Daemon, cued, query, wait_for
+
+CONFIG = """
+[daemon]
+state = "state.db"
+max_running_tasks = 8
+shutdown_grace = "1s"
+
+[pipelines.crash]
+inputs = {{ n = 60 }}
+
+[pipelines.crash.tasks.first]
+kind = "shell"
+command = "echo start first >> {ledger}; echo end first >> {ledger}"
+
+[pipelines.crash.tasks.fan]
+kind = "shell"
+needs = ["first"]
+map = "{{{{ range(inputs.n) | list }}}}"
+command = "echo start fan[{{{{ item }}}}] >> {ledger}; sleep 0.05; echo end fan[{{{{ item }}}}] >> {ledger}"
+
+[pipelines.crash.tasks.gate]
+kind = "shell"
+needs = ["fan"]
+command = "echo start gate >> {ledger}; while [ ! -f {release} ]; do sleep 0.02; done; echo end gate >> {ledger}"
+
+[pipelines.crash.tasks.last]
+kind = "shell"
+needs = ["gate"]
+command = "echo start last $CUED_IDEMPOTENCY_KEY >> {ledger}"
+"""
+
+
+def lines(path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def test_kill_9_mid_run_then_restart_completes_it_without_rerunning_finished_tasks(tmp_path):
+    ledger, release = tmp_path / "ledger", tmp_path / "release"
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG.format(ledger=ledger, release=release))
+    state = tmp_path / "state.db"
+
+    daemon = Daemon(config, state)
+    await daemon.start()
+    try:
+        triggered = cued(config, "trigger", "crash")
+        assert triggered.returncode == 0, triggered.stderr
+        run_id = triggered.stdout.split()[2]
+        # half done: a good part of the fan-out has finished, the rest is in flight
+        await wait_for(lambda: sum(line.startswith("end fan") for line in lines(ledger)) >= 20)
+    finally:
+        daemon.kill9()
+
+    done_before = {key for (key,) in query(state, "SELECT key FROM task_instances WHERE run_id = ? AND state = 'succeeded'", run_id)}
+    assert "first" in done_before
+    assert 20 <= len(done_before) < 61, "the kill came after the fan-out, or too early"
+    release.touch()
+
+    daemon = Daemon(config, state)
+    await daemon.start()
+    try:
+        await wait_for(lambda: query(state, "SELECT state FROM runs WHERE run_id = ?", run_id)[0][0] != "running")
+    finally:
+        assert daemon.stop() == 0
+
+    assert query(state, "SELECT state FROM runs WHERE run_id = ?", run_id) == [("succeeded",)]
+    starts = Counter(line.split()[1] for line in lines(ledger) if line.startswith("start"))
+    # every task that had succeeded before the kill ran exactly once
+    for key in done_before:
+        assert starts[key] == 1, key
+    # every instance ran to its end, and those downstream of the crash ran once
+    ends = Counter(line.split()[1] for line in lines(ledger) if line.startswith("end"))
+    assert all(ends[f"fan[{i}]"] >= 1 for i in range(60))
+    assert starts["gate"] == 1
+    assert starts["last"] == 1
+    # an instance interrupted by the kill ran again as a new attempt with the same key
+    rerun = query(
+        state, "SELECT key, max(attempt) FROM attempts WHERE run_id = ? GROUP BY key HAVING max(attempt) > 1", run_id
+    )
+    assert rerun, "nothing was in flight at the kill"
+    assert {key for key, _ in rerun}.isdisjoint(done_before)
+    assert f"start last {run_id}/last" in lines(ledger)
