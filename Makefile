@@ -25,7 +25,9 @@ run: $(VENV)/.installed
 check: $(VENV)/.installed-test
 	$(BIN)/ruff check daemon connectors plugins tests bench
 	$(BIN)/ruff format --check daemon connectors plugins tests bench
-	$(BIN)/mypy
+	mkdir -p build/typecheck/cued
+	for p in daemon connectors plugins; do ln -sfn ../../../$$p build/typecheck/cued/$$p; done
+	MYPYPATH=build/typecheck $(BIN)/mypy -p cued.daemon -p cued.connectors -p cued.plugins
 
 test: check
 	$(BIN)/pytest -q

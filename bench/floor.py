@@ -110,14 +110,14 @@ class GroupCommitWriter:
             done.set_result(None)
 
     async def _write(self, batch: list[tuple[str, Params]]) -> None:
-        # One executemany per distinct statement, in first-seen order. Order within a
-        # statement is kept, and every INSERT here is seen before any UPDATE (a row's
-        # INSERT is queued before its UPDATE), so no UPDATE runs before its row exists.
+        # One executemany per distinct statement, INSERTs first, so no UPDATE runs before
+        # its row exists; queue order is kept within each statement. (Each row here gets
+        # one INSERT and then UPDATEs, so this reordering is safe.)
         groups: dict[str, list[Params]] = {}
         for sql, params in batch:
             groups.setdefault(sql, []).append(params)
-        for sql, rows in groups.items():
-            await self.conn.executemany(sql, rows)
+        for sql in sorted(groups, key=lambda s: not s.startswith("INSERT")):
+            await self.conn.executemany(sql, groups[sql])
         await self.conn.commit()
         self.batches += 1
         self.rows += len(batch)

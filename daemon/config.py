@@ -216,7 +216,7 @@ class _Checker:
         if cycle := graph.find_cycle(deps):
             self.add((*at, "tasks", cycle[0], "needs"), "cycle: " + " -> ".join(cycle))
             return
-        inputs = raw.get("inputs") if isinstance(raw.get("inputs"), dict) else {}
+        inputs: dict[str, Any] = raw["inputs"] if isinstance(raw.get("inputs"), dict) else {}
         for task_name, task in tasks.items():
             self.check_templates(task_name, task, at, inputs, graph.ancestors(deps, task_name))
 

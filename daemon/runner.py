@@ -46,7 +46,7 @@ def backoff_s(task: TaskConfig, attempt: int, rand: float) -> float:
     """Delay before the retry that follows attempt ``attempt``: exponential from
     ``retry_backoff``, capped at ``retry_backoff_max``, with jitter (between half and all of
     it, so retries of many tasks that failed together spread out)."""
-    base = min(task.retry_backoff * 2 ** (attempt - 1), task.retry_backoff_max)
+    base: float = min(task.retry_backoff * 2.0 ** (attempt - 1), task.retry_backoff_max)
     return base * (0.5 + rand / 2)
 
 

@@ -240,8 +240,8 @@ class SqliteStore:
             "SELECT * FROM attempts WHERE run_id = ? ORDER BY started_at, key, attempt", (run_id,)
         )
         return [
-            AttemptRow(*row[:7], output=json.loads(row[7]) if row[7] is not None else None)
-            for row in rows
+            AttemptRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], None if r[7] is None else json.loads(r[7]))
+            for r in rows
         ]
 
     async def _runs(self, clause: str, args: tuple[Any, ...]) -> list[RunRow]:

@@ -96,7 +96,9 @@ class Durable(Protocol):
 class Store(Protocol):
     """Durable state of runs, task instances, attempts and events."""
 
-    path: str | os.PathLike[str]
+    @property
+    def path(self) -> os.PathLike[str]:
+        """Where the state lives (shown in messages)."""
 
     def submit(self, rows: list[Row]) -> Durable:
         """Queue rows for the next group commit; all of them commit in one transaction."""

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -139,21 +140,21 @@ def references(value: Any) -> list[Reference]:
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"template {value!r} does not parse: {exc.message}") from exc
     bound = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
-    for node in tree.find_all(nodes.Getattr):
-        if isinstance(node.node, nodes.Name) and node.node.name not in bound:
-            found.append(Reference(node.node.name, node.attr))
-    for node in tree.find_all(nodes.Getitem):
+    for attr in tree.find_all(nodes.Getattr):
+        if isinstance(attr.node, nodes.Name) and attr.node.name not in bound:
+            found.append(Reference(attr.node.name, attr.attr))
+    for item in tree.find_all(nodes.Getitem):
         if (
-            isinstance(node.node, nodes.Name)
-            and node.node.name not in bound
-            and isinstance(node.arg, nodes.Const)
-            and isinstance(node.arg.value, str)
+            isinstance(item.node, nodes.Name)
+            and item.node.name not in bound
+            and isinstance(item.arg, nodes.Const)
+            and isinstance(item.arg.value, str)
         ):
-            found.append(Reference(node.node.name, node.arg.value))
-    named = {(r.root) for r in found}
-    for node in tree.find_all(nodes.Name):
-        if node.ctx == "load" and node.name not in bound | named | _ENV.globals.keys():
-            found.append(Reference(node.name, None))
+            found.append(Reference(item.node.name, item.arg.value))
+    named = {r.root for r in found}
+    for name in tree.find_all(nodes.Name):
+        if name.ctx == "load" and name.name not in bound | named | _ENV.globals.keys():
+            found.append(Reference(name.name, None))
     return found
 
 
