@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -68,27 +67,41 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config)
-        configure_logging(config.daemon.log_level)
-        if args.command == "validate":
-            pipelines = len(config.pipelines)
-            tasks = sum(len(p.tasks) for p in config.pipelines.values())
-            _out(f"{args.config}: valid ({pipelines} pipelines, {tasks} tasks)")
-            return 0
-        if args.command == "run":
-            anyio.run(run_daemon, config)
-            return 0
-        return anyio.run(_COMMANDS[args.command], config, args)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            sys.stderr.write(f"{problem}\n")
-        sys.stderr.write(f"cued: {len(exc.problems)} problem(s) in {args.config}\n")
-        return 2
-    except CuedError as exc:
-        sys.stderr.write(f"cued: error: {exc}\n")
-        return 1
+        return _main(args)
     except KeyboardInterrupt:
         return 130
+    except (CuedError, BaseExceptionGroup) as exc:
+        # errors raised inside a task group arrive wrapped in an exception group
+        leaf = _leaf(exc)
+        if isinstance(leaf, ConfigError):
+            for problem in leaf.problems:
+                sys.stderr.write(f"{problem}\n")
+            sys.stderr.write(f"cued: {len(leaf.problems)} problem(s) in {args.config}\n")
+            return 2
+        if isinstance(leaf, CuedError):
+            sys.stderr.write(f"cued: error: {leaf}\n")
+            return 1
+        raise
+
+
+def _main(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging(config.daemon.log_level)
+    if args.command == "validate":
+        pipelines = len(config.pipelines)
+        tasks = sum(len(p.tasks) for p in config.pipelines.values())
+        _out(f"{args.config}: valid ({pipelines} pipelines, {tasks} tasks)")
+        return 0
+    if args.command == "run":
+        anyio.run(run_daemon, config)
+        return 0
+    return anyio.run(_COMMANDS[args.command], config, args)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 # -- commands --------------------------------------------------------------------------

@@ -136,7 +136,7 @@ def parse_config(text: str, *, file: str = "<config>", base_dir: Path | None = N
 
         try:
             raw.setdefault("pipelines", {}).update(load_modules(modules, base_dir))
-        except Exception as exc:
+        except (ImportError, ValueError) as exc:
             checker.add(("daemon", "python_modules"), str(exc))
     config = checker.check(raw)
     config._base_dir = base_dir

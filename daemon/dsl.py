@@ -56,7 +56,7 @@ class Pipeline:
         *,
         name: str | None = None,
         needs: Sequence[Callable[..., Any] | str] = (),
-        map: Callable[..., Any] | str | None = None,  # noqa: A002 - the config key's name
+        map: Callable[..., Any] | str | None = None,
         **options: Any,
     ) -> Any:
         """Make ``fn`` a task of this pipeline; ``options`` are the task keys of the config
@@ -65,6 +65,8 @@ class Pipeline:
         def register(fn: F) -> F:
             task_name = name or fn.__name__
             need_names = [n if isinstance(n, str) else _task_name(n) for n in needs]
+            if map is not None and not isinstance(map, str) and _task_name(map) not in need_names:
+                need_names.append(_task_name(map))  # mapping over a task's output needs it
             args: dict[str, str] = {}
             for param in inspect.signature(fn).parameters:
                 if param == "ctx":
@@ -72,9 +74,9 @@ class Pipeline:
                 if param == "item" and map is not None:
                     args[param] = "{{ item }}"
                 elif param in need_names:
-                    args[param] = "{{ tasks.%s.output }}" % param
+                    args[param] = f"{{{{ tasks.{param}.output }}}}"
                 elif param in self.inputs:
-                    args[param] = "{{ inputs.%s }}" % param
+                    args[param] = f"{{{{ inputs.{param} }}}}"
             spec: dict[str, Any] = {
                 "kind": "python",
                 "function": f"{fn.__module__}:{fn.__qualname__}",
@@ -84,7 +86,7 @@ class Pipeline:
             if need_names:
                 spec["needs"] = need_names
             if map is not None:
-                spec["map"] = map if isinstance(map, str) else "{{ tasks.%s.output }}" % _task_name(map)
+                spec["map"] = map if isinstance(map, str) else f"{{{{ tasks.{_task_name(map)}.output }}}}"
             self.tasks[task_name] = spec
             fn.__cued_task__ = task_name  # type: ignore[attr-defined]
             return fn

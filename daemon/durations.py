@@ -20,7 +20,8 @@ def parse_duration(value: object) -> float:
     :raises ValueError: if the value is neither
     """
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration such as '30s', got {value!r}")
+        raise ValueError(  # noqa: TRY004 - pydantic reports ValueError as a validation error
+           f"expected a duration such as '30s', got {value!r}")
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"a duration cannot be negative, got {value!r}")

@@ -300,7 +300,7 @@ class Runner:
                 error = str(TaskTimeout(inst.key, task.timeout or 0))
             except (PermanentTaskError, ValidationError) as exc:
                 error, retryable = _describe(exc), False
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever a task raises fails its attempt
                 error = _describe(exc)
             finally:
                 self.running_tasks -= 1

@@ -8,13 +8,14 @@ the writer can coalesce several submissions for the same row into the last one.
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import os
+
     from .engine import Instance
 
 __all__ = [

@@ -140,21 +140,25 @@ def references(value: Any) -> list[Reference]:
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"template {value!r} does not parse: {exc.message}") from exc
     bound = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
-    for attr in tree.find_all(nodes.Getattr):
-        if isinstance(attr.node, nodes.Name) and attr.node.name not in bound:
-            found.append(Reference(attr.node.name, attr.attr))
-    for item in tree.find_all(nodes.Getitem):
-        if (
-            isinstance(item.node, nodes.Name)
-            and item.node.name not in bound
-            and isinstance(item.arg, nodes.Const)
-            and isinstance(item.arg.value, str)
-        ):
-            found.append(Reference(item.node.name, item.arg.value))
-    named = {r.root for r in found}
-    for name in tree.find_all(nodes.Name):
-        if name.ctx == "load" and name.name not in bound | named | _ENV.globals.keys():
-            found.append(Reference(name.name, None))
+    found.extend(
+        Reference(attr.node.name, attr.attr)
+        for attr in tree.find_all(nodes.Getattr)
+        if isinstance(attr.node, nodes.Name) and attr.node.name not in bound
+    )
+    found.extend(
+        Reference(item.node.name, item.arg.value)
+        for item in tree.find_all(nodes.Getitem)
+        if isinstance(item.node, nodes.Name)
+        and item.node.name not in bound
+        and isinstance(item.arg, nodes.Const)
+        and isinstance(item.arg.value, str)
+    )
+    skip = bound | {r.root for r in found} | _ENV.globals.keys()
+    found.extend(
+        Reference(name.name, None)
+        for name in tree.find_all(nodes.Name)
+        if name.ctx == "load" and name.name not in skip
+    )
     return found
 
 

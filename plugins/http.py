@@ -6,8 +6,9 @@ import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
-from cued.daemon.errors import PermanentTaskError, TaskError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cued.daemon.errors import PermanentTaskError, TaskError
 
 if TYPE_CHECKING:
     from cued.daemon.kinds import TaskContext

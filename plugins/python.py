@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio.to_thread
-from cued.daemon.errors import PermanentTaskError
 from pydantic import BaseModel, ConfigDict, Field
+
+from cued.daemon.errors import PermanentTaskError
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -8,11 +8,13 @@ import subprocess
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
-from cued.daemon.errors import PermanentTaskError, TaskError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cued.daemon.errors import PermanentTaskError, TaskError
 
 if TYPE_CHECKING:
     from anyio.abc import ByteReceiveStream, Process
+
     from cued.daemon.kinds import TaskContext
 
 __all__ = ["ShellParams", "ShellTask"]

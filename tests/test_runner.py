@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import anyio
 import pytest
 from starlette.applications import Starlette
@@ -139,7 +141,7 @@ args = {{ name = "{{{{ tasks.fetch.output.body.path }}}}" }}
 """
         )
         probe = probes.reset()
-        runner, row = await run_to_end(config, "p")
+        _, row = await run_to_end(config, "p")
         async with open_runner(config) as runner:
             attempts = await runner.store.get_attempts(row.run_id)
     assert row.state == "succeeded"
@@ -147,7 +149,7 @@ args = {{ name = "{{{{ tasks.fetch.output.body.path }}}}" }}
     assert len({key for _, key in seen}) == 1
     assert [a.state for a in attempts if a.key == "fetch"] == ["failed", "failed", "succeeded"]
     # exponential backoff with jitter between half and all of 40ms, then 80ms
-    gaps = [b[0] - a[0] for a, b in zip(seen, seen[1:], strict=False)]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(seen)]
     assert gaps[0] >= 0.02
     assert gaps[1] >= 0.04
 
@@ -169,7 +171,7 @@ needs = ["slow"]
 trigger_rule = "all_done"
 """
     )
-    runner, row = await run_to_end(config, "p", timeout_s=10)
+    _, row = await run_to_end(config, "p", timeout_s=10)
     async with open_runner(config) as runner:
         states = {i.key: (i.state, i.error) for i in await runner.store.get_instances(row.run_id)}
     assert row.state == "failed"
@@ -197,7 +199,7 @@ args = { name = "{{ tasks.each.output | length }}:{{ tasks.each.output[999] }}" 
 """
     )
     probe = probes.reset()
-    runner, row = await run_to_end(config, "fan")
+    _, row = await run_to_end(config, "fan")
     assert row.state == "succeeded"
     assert probe.counts["item-0"] == 1
     assert len(probe.calls) == 1001
@@ -210,8 +212,7 @@ async def test_cancelling_a_run_cancels_its_running_tasks(make_config):
     async with open_runner(config) as runner:
         with anyio.fail_after(10):
             run_id = await runner.submit("p")
-            while probe.in_flight == 0:
-                await anyio.sleep(0.005)
+            await probe.entered.wait()
             row = await runner.cancel(run_id)
             instances = {i.key: i.state for i in await runner.store.get_instances(run_id)}
             attempts = await runner.store.get_attempts(run_id)
@@ -237,7 +238,7 @@ async def test_inputs_are_checked_and_defaults_filled(make_config):
 async def test_a_failing_task_fails_the_run_with_its_error(make_config):
     config = make_config(probe_pipeline("p", {"bad": 'args = { name = "bad", fail = true }\nretries = 1\nretry_backoff = "1ms"'}))
     probes.reset()
-    runner, row = await run_to_end(config, "p")
+    _, row = await run_to_end(config, "p")
     async with open_runner(config) as runner:
         attempts = await runner.store.get_attempts(row.run_id)
     assert row.state == "failed"

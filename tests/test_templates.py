@@ -105,7 +105,7 @@ def test_sandbox_refuses_python_internals(text):
     ],
 )
 def test_undefined_names_raise_template_problem(text):
-    with pytest.raises(TemplateProblem, match="missing|nothing|load"):
+    with pytest.raises(TemplateProblem, match=r"missing|nothing|load"):
         render(text, CONTEXT)
 
 
@@ -151,9 +151,7 @@ def test_has_template(value, expected):
     [
         pytest.param("{{ inputs.day }}", [Reference("inputs", "day")], id="input"),
         pytest.param("{{ inputs['day'] }}", [Reference("inputs", "day")], id="input-subscript"),
-        pytest.param(
-            "{{ tasks.extract.output.rows }}", [Reference("tasks", "extract")], id="task"
-        ),
+        pytest.param("{{ tasks.extract.output.rows }}", [Reference("tasks", "extract")], id="task"),
         pytest.param(
             "{{ tasks['extract'].output }}", [Reference("tasks", "extract")], id="task-subscript"
         ),

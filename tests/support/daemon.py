@@ -6,12 +6,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from cued.daemon.app import control_socket_path
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def cued(config: Path, *args: str, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
@@ -36,7 +38,7 @@ class Daemon:
 
     async def start(self, timeout_s: float = 20) -> None:
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
+            self.process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
                 [sys.executable, "-m", "cued.daemon.cli", "--config", str(self.config), "run"],
                 stdout=log,
                 stderr=log,
@@ -67,7 +69,7 @@ class Daemon:
 
 
 async def _answers(socket_path: Path) -> bool:
-    if not socket_path.exists():
+    if not socket_path.exists():  # noqa: ASYNC240 - a stat, not I/O that blocks
         return False
     try:
         stream = await anyio.connect_unix(socket_path)
@@ -86,7 +88,7 @@ def query(state: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 async def wait_for(predicate, timeout_s: float = 30, interval_s: float = 0.02) -> None:
     """Poll ``predicate`` until true: for effects in another process, which cannot signal us."""
     with anyio.fail_after(timeout_s):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - effects in another process
             await anyio.sleep(interval_s)
 
 

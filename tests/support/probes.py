@@ -21,6 +21,7 @@ class Probe:
     barrier: int = 0
     arrived: int = 0
     all_arrived: anyio.Event = field(default_factory=anyio.Event)
+    entered: anyio.Event = field(default_factory=anyio.Event)
 
 
 PROBE = Probe()
@@ -39,6 +40,7 @@ async def record(name: str, hold_s: float = 0.0, group: str = "", fail: bool = F
     p.calls.append(name)
     p.counts[name] += 1
     p.in_flight += 1
+    p.entered.set()
     p.max_in_flight = max(p.max_in_flight, p.in_flight)
     if group:
         p.by_group[group] += 1

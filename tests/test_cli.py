@@ -1,0 +1,91 @@
+"""The ``cued`` command line, as a user runs it: real processes, real files."""
+
+from __future__ import annotations
+
+from tests.support.daemon import Daemon, cued
+
+CONFIG = """
+[daemon]
+state = "state.db"
+[pipelines.hello]
+inputs = { name = "world" }
+[pipelines.hello.tasks.greet]
+kind = "shell"
+argv = ["echo", "hello {{ inputs.name }}"]
+[pipelines.broken]
+[pipelines.broken.tasks.fail]
+kind = "shell"
+argv = ["false"]
+"""
+
+
+def write_config(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG)
+    return config
+
+
+def test_trigger_without_a_daemon_runs_here_and_waits(tmp_path):
+    config = write_config(tmp_path)
+    result = cued(config, "trigger", "hello", "-i", "name=cli")
+    assert result.returncode == 0, result.stderr
+    assert "(no daemon runs: running it here)" in result.stdout
+    run_id = result.stdout.split()[2]
+    assert f"run {run_id}: succeeded" in result.stdout
+
+    shown = cued(config, "show", run_id)
+    assert shown.returncode == 0
+    assert "state     succeeded" in shown.stdout
+    assert '"name": "cli"' in shown.stdout
+    assert "hello cli" in shown.stdout  # the output of the attempt
+
+
+def test_a_failed_run_exits_1_and_is_listed_with_its_error(tmp_path):
+    config = write_config(tmp_path)
+    result = cued(config, "trigger", "broken")
+    assert result.returncode == 1
+    listed = cued(config, "runs", "--failed")
+    assert "broken" in listed.stdout
+    assert "fail: Program 'false' exited with code 1" in listed.stdout
+    assert "hello" not in listed.stdout
+
+
+async def test_trigger_goes_through_the_running_daemon(tmp_path):
+    config = write_config(tmp_path)
+    daemon = Daemon(config, tmp_path / "state.db")
+    await daemon.start()
+    try:
+        result = cued(config, "trigger", "hello", "--wait")
+        assert result.returncode == 0, result.stderr
+        assert "running it here" not in result.stdout
+        assert "succeeded" in result.stdout
+        listed = cued(config, "runs")
+        assert listed.stdout.splitlines()[0].split() == ["RUN", "PIPELINE", "STATE", "CREATED", "DURATION"]
+        assert "hello" in listed.stdout
+        # a second daemon on the same state file would run everything twice
+        second = cued(config, "run")
+        assert second.returncode == 1
+        assert "another cued daemon is running on" in second.stderr
+    finally:
+        assert daemon.stop() == 0
+    assert not (tmp_path / "state.db.sock").exists()
+
+
+def test_errors_are_one_line_without_a_traceback(tmp_path):
+    config = write_config(tmp_path)
+    for args, message in [
+        (("trigger", "nope"), "cued: error: no pipeline 'nope' (known: broken, hello)"),
+        (("trigger", "hello", "-i", "colour=red"), "cued: error: pipeline 'hello' has no input 'colour' (declared: name)"),
+        (("trigger", "hello", "-i", "oops"), "cued: error: input 'oops' is not KEY=VALUE"),
+        (("show", "r-missing"), "cued: error: no run 'r-missing'"),
+    ]:
+        result = cued(config, *args)
+        assert result.returncode == 1, args
+        assert result.stderr.startswith(message), result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file_is_named(tmp_path):
+    result = cued(tmp_path / "nope.toml", "validate")
+    assert result.returncode == 2
+    assert f"{tmp_path / 'nope.toml'}: cannot read: No such file or directory" in result.stderr

@@ -1,0 +1,93 @@
+"""The SQLite store: migrations, group commit, and what it hands back after a restart."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import anyio
+import pytest
+
+from cued.daemon.errors import StoreError
+from cued.daemon.sqlite import open_store
+from cued.daemon.store import AttemptRow, InstanceRow, RunRow, new_id, now
+
+
+async def test_a_new_file_is_migrated_to_the_current_schema_in_wal_mode(tmp_path):
+    path = tmp_path / "state.db"
+    async with open_store(path):
+        pass
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"runs", "task_instances", "attempts", "events"} <= tables
+
+
+async def test_a_file_from_a_newer_cued_is_refused_with_a_clear_error(tmp_path):
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="has schema version 99, newer than this cued knows \\(1\\): upgrade cued"):
+        async with open_store(path):
+            pass
+
+
+async def test_many_submissions_share_few_commits_and_the_last_row_wins(tmp_path):
+    async with open_store(tmp_path / "state.db") as store:
+        run = RunRow(new_id(), "p", "running", {"x": 1}, now())
+        store.submit([run])
+        batches = []
+        for i in range(1000):
+            batches.append(store.submit([InstanceRow(run.run_id, f"t{i % 10}", f"t{i % 10}", None, "running", i, None, now())]))
+        for batch in batches:
+            await batch.wait()
+        commits = store.commits
+        instances = await store.get_instances(run.run_id)
+    assert commits < 10, "each submission paid for its own commit"
+    assert len(instances) == 10
+    assert {i.attempts for i in instances} == set(range(990, 1000))
+
+
+async def test_unfinished_runs_come_back_with_the_outputs_of_succeeded_instances(tmp_path):
+    path = tmp_path / "state.db"
+    async with open_store(path) as store:
+        done = RunRow(new_id(), "p", "succeeded", {}, now())
+        half = RunRow(new_id(), "p", "running", {"day": "mon"}, now())
+        queued = RunRow(new_id(), "p", "queued", {}, now())
+        await store.submit(
+            [
+                done,
+                half,
+                queued,
+                InstanceRow(half.run_id, "a", "a", None, "succeeded", 1, None, now()),
+                InstanceRow(half.run_id, "b", "b", None, "running", 2, None, now()),
+                AttemptRow(half.run_id, "a", 1, "succeeded", now(), now(), None, '{"rows": 3}'),
+                AttemptRow(half.run_id, "b", 1, "failed", now(), now(), "boom"),
+                AttemptRow(half.run_id, "b", 2, "running", now()),
+            ]
+        ).wait()
+    async with open_store(path) as store:
+        resumed = await store.runs_to_resume()
+    assert [r.run_id for r, _, _ in resumed] == sorted([half.run_id, queued.run_id])
+    row, instances, outputs = next(x for x in resumed if x[0].run_id == half.run_id)
+    assert row.inputs == {"day": "mon"}
+    assert {(i.key, i.state, i.attempts) for i in instances} == {("a", "succeeded", 1), ("b", "running", 2)}
+    assert outputs == {"a": {"rows": 3}}
+
+
+async def test_what_was_submitted_is_committed_when_the_store_closes(tmp_path):
+    path = tmp_path / "state.db"
+    async with open_store(path) as store:
+        run = RunRow(new_id(), "p", "queued", {}, now())
+        store.submit([run])  # not awaited
+    async with open_store(path) as store:
+        assert await store.get_run(run.run_id) == run
+
+
+def test_ids_sort_by_creation_time():
+    ids = []
+    for _ in range(3):
+        ids.append(new_id())
+        anyio.run(anyio.sleep, 0.002)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 3
