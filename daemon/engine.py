@@ -149,18 +149,24 @@ class RunEngine:
 
     def started(self, instance: Instance) -> None:
         """The runner gave ``instance`` a slot and its attempt is running now."""
+        if instance.state in TERMINAL:
+            return  # cancelled while it waited for the slot
         instance.state = State.RUNNING
         self._changes.append(instance)
 
     def succeeded(self, instance: Instance, output: Any) -> list[Command]:
+        if self.state is not RunState.RUNNING:
+            return []  # a late report from a cancelled run: its instances stay cancelled
         instance.state, instance.output, instance.error = State.SUCCEEDED, output, None
         return self._done(instance)
 
     def failed(self, instance: Instance, error: str, *, retryable: bool = True) -> list[Command]:
         """An attempt failed; retried while the task has retries left and ``retryable``."""
+        if self.state is not RunState.RUNNING:
+            return []
         instance.error = error
         task = self.plan.tasks[instance.task]
-        if retryable and instance.attempts <= task.config.retries and self.state is RunState.RUNNING:
+        if retryable and instance.attempts <= task.config.retries:
             instance.state = State.UP_FOR_RETRY
             self._changes.append(instance)
             return [Wait(instance, instance.attempts)]
@@ -174,7 +180,10 @@ class RunEngine:
         return [start] if start else self._done(instance)
 
     def cancel(self) -> list[Command]:
-        """Stop the run: every unfinished instance is cancelled, nothing new starts."""
+        """Stop the run: every unfinished instance is cancelled, nothing new starts. A run
+        that has already finished stays as it ended."""
+        if self.state is not RunState.RUNNING:
+            return []
         self.state = RunState.CANCELLED
         for name, task in self._tasks.items():
             if task.instances is None:

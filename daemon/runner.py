@@ -165,10 +165,10 @@ class Runner:
             self.backlog.remove(run.row.pipeline, lambda r: r is run)
             await self._finish(run, RunState.CANCELLED)
             return run.row
-        run.engine.cancel()
-        self._write(run)
-        if run.scope is not None:
-            run.scope.cancel()
+        if run.engine.cancel():  # empty if it has just finished: let it finish as it did
+            self._write(run)
+            if run.scope is not None:
+                run.scope.cancel()
         await run.done.wait()
         return run.row
 
