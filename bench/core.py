@@ -39,7 +39,13 @@ def main() -> None:
     args = parser.parse_args()
     py = sys.executable
     halves = {
-        "cued, synchronous=full (default)": [py, "-m", "bench.cued_workload", "--synchronous", "full"],
+        "cued, synchronous=full (default)": [
+            py,
+            "-m",
+            "bench.cued_workload",
+            "--synchronous",
+            "full",
+        ],
         "cued, synchronous=normal": [py, "-m", "bench.cued_workload", "--synchronous", "normal"],
         "floor: asyncio.gather + aiosqlite group commit (normal)": [py, "bench/floor.py"],
     }
@@ -50,25 +56,31 @@ def main() -> None:
     daemon = run([py, "-m", "bench.daemon_latency"])
     prefect = None
     if args.prefect_runs:
-        prefect = run(["bash", "bench/run_prefect.sh", "--runs", str(args.prefect_runs), "--tasks", "100"])
+        prefect = run(
+            ["bash", "bench/run_prefect.sh", "--runs", str(args.prefect_runs), "--tasks", "100"]
+        )
 
     def med(name: str, key: str) -> float:
         return statistics.median(float(r[key]) for r in results[name])  # type: ignore[arg-type]
 
     floor = "floor: asyncio.gather + aiosqlite group commit (normal)"
     lines = [
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"medians of {args.rounds} rounds; 100 runs x 100 no-op tasks, runs one after another.",
+        (
+            f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}; medians of {args.rounds} rounds; "
+            "100 runs x 100 no-op tasks, runs one after another."
+        ),
         "",
         "| what | task instances/s | vs floor | start to first task p50 / p99 | peak RSS |",
         "|---|---|---|---|---|",
     ]
-    for name in halves:
-        lines.append(
-            f"| {name} | {med(name, 'tasks_per_s'):,.0f} | {med(name, 'tasks_per_s') / med(floor, 'tasks_per_s'):.2f}x "
-            f"| {med(name, 'first_task_p50_ms'):.2f} ms / {med(name, 'first_task_p99_ms'):.2f} ms "
-            f"| {med(name, 'peak_rss_mb'):.0f} MB |"
-        )
+    lines.extend(
+        f"| {name} | {med(name, 'tasks_per_s'):,.0f} "
+        f"| {med(name, 'tasks_per_s') / med(floor, 'tasks_per_s'):.2f}x "
+        f"| {med(name, 'first_task_p50_ms'):.2f} ms / {med(name, 'first_task_p99_ms'):.2f} ms "
+        f"| {med(name, 'peak_rss_mb'):.0f} MB |"
+        for name in halves
+    )
     lines.append(
         f"| cued daemon, run requested over its control socket (HTTP on a Unix socket) | - | - "
         f"| {daemon['first_task_p50_ms']} ms / {daemon['first_task_p99_ms']} ms | - |"

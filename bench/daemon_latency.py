@@ -44,12 +44,13 @@ async def main(runs: int) -> dict[str, object]:
         config.write_text(CONFIG)
         state = Path(tmp) / "state.db"
         socket_path = control_socket_path(state)
-        daemon = subprocess.Popen([sys.executable, "-m", "cued.daemon.cli", "--config", str(config), "run"])
+        command = [sys.executable, "-m", "cued.daemon.cli", "--config", str(config), "run"]
+        daemon = subprocess.Popen(command)  # noqa: ASYNC220 - returns at once
         try:
             transport = httpx.AsyncHTTPTransport(uds=str(socket_path), retries=50)
             async with httpx.AsyncClient(transport=transport, base_url="http://cued") as client:
                 with anyio.fail_after(20):
-                    while not socket_path.exists():
+                    while not socket_path.exists():  # noqa: ASYNC110 - another process
                         await anyio.sleep(0.01)
                 requested: dict[str, float] = {}
                 for i in range(runs + 10):
@@ -62,13 +63,19 @@ async def main(runs: int) -> dict[str, object]:
             daemon.terminate()
             daemon.wait(30)
         with sqlite3.connect(state) as db:
-            started = dict(db.execute("SELECT run_id, output FROM attempts WHERE state = 'succeeded'").fetchall())
+            started = dict(
+                db.execute(
+                    "SELECT run_id, output FROM attempts WHERE state = 'succeeded'"
+                ).fetchall()
+            )
     latencies = sorted((float(started[r]) - t) * 1000 for r, t in requested.items())
     return {
         "name": "cued daemon, trigger over the control socket",
         "runs": runs,
         "first_task_p50_ms": round(statistics.median(latencies), 3),
-        "first_task_p99_ms": round(latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))], 3),
+        "first_task_p99_ms": round(
+            latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))], 3
+        ),
     }
 
 

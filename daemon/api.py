@@ -20,16 +20,19 @@ from .errors import InvalidRequest, NotFound
 if TYPE_CHECKING:
     from starlette.requests import Request
 
+    from .intake import DaemonIntake
     from .runner import Runner
 
 __all__ = ["build_app", "error_response"]
 
 
 def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers or None)
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status, headers=headers or None
+    )
 
 
-def build_app(runner: Runner) -> Starlette:
+def build_app(runner: Runner, intake: DaemonIntake | None = None) -> Starlette:
     async def trigger(request: Request) -> JSONResponse:
         try:
             body = json.loads(await request.body() or b"{}")
@@ -72,4 +75,8 @@ def build_app(runner: Runner) -> Starlette:
 
 
 def _run(row: Any) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in row.__slots__} if hasattr(row, "__slots__") else asdict(row)
+    return (
+        {name: getattr(row, name) for name in row.__slots__}
+        if hasattr(row, "__slots__")
+        else asdict(row)
+    )

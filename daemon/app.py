@@ -3,9 +3,11 @@
 ```
 async with store, http client, task group:
     runner.serve        resumes unfinished runs, then runs what is submitted
-    control API         on a Unix socket beside the state file (the CLI's way in)
-    signals             SIGTERM/SIGINT: stop taking work, let running tasks finish for
-                        `shutdown_grace`, then cancel what is left (it runs again on restart)
+    control API         on a Unix socket beside the state file (the CLI's way in), and
+    HTTP front          on [http] listen: webhooks (and the same API)
+    sources             each in the task group, handing events to intake
+    signals             SIGTERM/SIGINT: sources stop, running tasks may finish for
+                        `shutdown_grace`, the rest is cancelled (and runs again on restart)
 ```
 """
 
@@ -15,8 +17,11 @@ import fcntl
 import hashlib
 import os
 import signal
+import socket
 import tempfile
 from contextlib import asynccontextmanager, contextmanager, nullcontext
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,18 +30,21 @@ import httpx
 
 from .api import build_app
 from .errors import CuedError
+from .intake import DaemonIntake
 from .logs import get_logger
-from .registry import task_kinds
+from .registry import source_kinds, task_kinds
 from .runner import Runner
 from .server import serve_asgi
+from .sources import SourceContext
 from .sqlite import open_store
+from .web import WebFront
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
     from .config import Config
 
-__all__ = ["control_socket_path", "open_runner", "run_daemon"]
+__all__ = ["DaemonInfo", "control_socket_path", "open_runner", "run_daemon"]
 
 _MAX_UDS_PATH = 100  # sun_path holds 108 bytes on Linux; leave room
 
@@ -95,29 +103,91 @@ async def open_runner(config: Config, *, lock: bool = True) -> AsyncIterator[Run
                 tg.cancel_scope.cancel()
 
 
+def _bind(listen: str) -> socket.socket:
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except (OSError, ValueError) as exc:
+        sock.close()
+        raise CuedError(f"cannot listen on {listen!r} ([http] listen): {exc}") from exc
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _sources(config: Config, intake: DaemonIntake, front: WebFront) -> list[Any]:
+    kinds = source_kinds()
+    built = []
+    for name, source in config.sources.items():
+        ctx = SourceContext(
+            source=name,
+            intake=intake,
+            log=get_logger(source=name),
+            routes=front,
+            base_dir=config.base_dir,
+        )
+        cls = kinds[source.kind]
+        built.append(cls(cls.Config.model_validate(source.params), ctx))
+    return built
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    """What a started daemon tells whoever started it (tests, embedding programs)."""
+
+    runner: Runner
+    intake: DaemonIntake
+    http_address: tuple[str, int] | None
+
+
 async def run_daemon(
-    config: Config, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    config: Config, *, task_status: anyio.abc.TaskStatus[DaemonInfo] = anyio.TASK_STATUS_IGNORED
 ) -> None:
-    """Run the daemon until SIGTERM or SIGINT (or until cancelled)."""
+    """Run the daemon until SIGTERM or SIGINT (or until cancelled).
+
+    Shutdown, in order: sources stop taking events (what they took is recorded, and
+    acknowledged); running tasks get ``shutdown_grace`` to finish, no new one starts;
+    what is still running is cancelled and runs again on restart; the store commits what
+    it was given and closes.
+    """
     log = get_logger()
     socket_path = control_socket_path(config.state_path)
     async with open_runner(config) as runner, anyio.create_task_group() as tg:
-        await tg.start(lambda task_status: serve_asgi(build_app(runner), uds=str(socket_path), task_status=task_status))
-        log.info(
-            "daemon_started",
-            state=str(config.state_path),
-            control_socket=str(socket_path),
-            pipelines=sorted(config.pipelines),
-        )
-        task_status.started()
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("daemon_stopping", signal=signal.Signals(signum).name, grace_s=config.daemon.shutdown_grace)
-                break
-        with anyio.move_on_after(config.daemon.shutdown_grace):
+        intake = DaemonIntake(config, runner, runner.store)
+        runner.asset_sink = intake.record
+        front = WebFront(build_app(runner, intake))
+        grace = config.daemon.shutdown_grace
+        await tg.start(partial(serve_asgi, front, uds=str(socket_path), grace_s=grace))
+        address = None
+        if config.http.listen:
+            sock = _bind(config.http.listen)
+            address = sock.getsockname()[:2]
+            await tg.start(partial(serve_asgi, front, sockets=[sock], grace_s=grace))
+        sources = _sources(config, intake, front)
+        async with anyio.create_task_group() as sources_tg:
+            for source in sources:
+                await sources_tg.start(source.run)
+            log.info(
+                "daemon_started",
+                state=str(config.state_path),
+                control_socket=str(socket_path),
+                http=f"http://{address[0]}:{address[1]}" if address else None,
+                pipelines=sorted(config.pipelines),
+                sources=sorted(config.sources),
+            )
+            task_status.started(DaemonInfo(runner, intake, address))
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("daemon_stopping", signal=signal.Signals(signum).name, grace_s=grace)
+                    break
+            sources_tg.cancel_scope.cancel()
+        with anyio.move_on_after(grace):
             await runner.drain()
-        left = runner.running_tasks
-        if left:
+        if left := runner.running_tasks:
             log.warning("daemon_stopping_tasks", running=left, note="they run again on restart")
         tg.cancel_scope.cancel()
     socket_path.unlink(missing_ok=True)

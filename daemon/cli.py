@@ -39,7 +39,9 @@ def _out(text: str = "") -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cued", description="Event-driven orchestration daemon")
     parser.add_argument(
-        "--config", "-c", default=os.environ.get("CUED_CONFIG", "config.toml"),
+        "--config",
+        "-c",
+        default=os.environ.get("CUED_CONFIG", "config.toml"),
         help="configuration file (default: $CUED_CONFIG or ./config.toml)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -48,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     trigger = sub.add_parser("trigger", help="start a run of a pipeline now")
     trigger.add_argument("pipeline")
     trigger.add_argument(
-        "-i", "--input", action="append", default=[], metavar="KEY=VALUE",
+        "-i",
+        "--input",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="an input (VALUE is read as JSON if it parses, else as text); repeatable",
     )
     trigger.add_argument("--wait", action="store_true", help="wait for the run to finish")
@@ -129,7 +135,9 @@ async def _control(config: Config, method: str, path: str, body: Any = None) -> 
     if not socket_path.exists():
         raise DaemonUnavailable(f"no daemon socket at {str(socket_path)!r}")
     transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
-    async with httpx.AsyncClient(transport=transport, base_url="http://cued", timeout=None) as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://cued", timeout=None
+    ) as client:
         try:
             response = await client.request(method, path, json=body)
         except httpx.TransportError as exc:
@@ -157,7 +165,10 @@ async def _trigger(config: Config, args: argparse.Namespace) -> int:
     if not args.wait:
         _out(f"started run {data['run_id']} of {args.pipeline}")
         return 0
-    _out(f"run {data['run_id']}: {data['state']}" + (f": {data['error']}" if data.get("error") else ""))
+    _out(
+        f"run {data['run_id']}: {data['state']}"
+        + (f": {data['error']}" if data.get("error") else "")
+    )
     return 0 if data["state"] == "succeeded" else 1
 
 
@@ -171,9 +182,17 @@ async def _runs(config: Config, args: argparse.Namespace) -> int:
     state = "failed" if args.failed else args.state
     async with open_store(config.state_path) as store:
         rows = await store.list_runs(limit=args.limit, pipeline=args.pipeline, state=state)
-    table = [["RUN", "PIPELINE", "STATE", "CREATED", "DURATION"] + (["ERROR"] if args.failed else [])]
+    table = [
+        ["RUN", "PIPELINE", "STATE", "CREATED", "DURATION"] + (["ERROR"] if args.failed else [])
+    ]
     for r in rows:
-        line = [r.run_id, r.pipeline, r.state, _time(r.created_at), _duration(r.started_at, r.ended_at)]
+        line = [
+            r.run_id,
+            r.pipeline,
+            r.state,
+            _time(r.created_at),
+            _duration(r.started_at, r.ended_at),
+        ]
         if args.failed:
             line.append(r.error or "")
         table.append(line)
@@ -190,16 +209,21 @@ async def _show(config: Config, args: argparse.Namespace) -> int:
         attempts = await store.get_attempts(run.run_id)
     _print_run(run)
     _out()
-    _table(
-        [["TASK", "STATE", "ATTEMPTS"]]
-        + [[i.key, i.state, str(i.attempts)] for i in instances]
-    )
+    _table([["TASK", "STATE", "ATTEMPTS"]] + [[i.key, i.state, str(i.attempts)] for i in instances])
     _out()
     table = [["TASK", "ATTEMPT", "STATE", "STARTED", "DURATION", "ERROR / OUTPUT"]]
     for a in attempts:
         detail = a.error if a.error else ("" if a.output is None else json.dumps(a.output))
-        table.append([a.key, str(a.attempt), a.state, _time(a.started_at),
-                      _duration(a.started_at, a.ended_at), _clip(detail or "")])
+        table.append(
+            [
+                a.key,
+                str(a.attempt),
+                a.state,
+                _time(a.started_at),
+                _duration(a.started_at, a.ended_at),
+                _clip(detail or ""),
+            ]
+        )
     _table(table)
     return 0
 

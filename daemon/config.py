@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,10 +20,21 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from . import graph, templates
 from .durations import Duration
 from .errors import ConfigError, ConfigProblem
-from .registry import task_kinds
+from .registry import source_kinds, task_kinds
 from .tomlpos import KeyLines
+from .triggers import when_expression
 
-__all__ = ["Config", "DaemonConfig", "PipelineConfig", "TaskConfig", "load_config", "parse_config"]
+__all__ = [
+    "Config",
+    "DaemonConfig",
+    "HttpConfig",
+    "PipelineConfig",
+    "SourceConfig",
+    "TaskConfig",
+    "TriggerConfig",
+    "load_config",
+    "parse_config",
+]
 
 TriggerRule = Literal["all_success", "all_done"]
 
@@ -86,11 +98,54 @@ class PipelineConfig(_Model):
     tasks: dict[str, TaskConfig]
 
 
+class HttpConfig(_Model):
+    """The ``[http]`` table: the daemon's HTTP server (webhooks, and the API)."""
+
+    listen: str = "127.0.0.1:8080"
+    """``host:port``; an empty string turns the server off."""
+
+
+class SourceConfig(BaseModel):
+    """One ``[sources.NAME]`` table: ``kind``, and the source kind's own keys."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    kind: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TriggerConfig(_Model):
+    """One ``[[triggers]]`` entry: events of ``source`` that satisfy ``when`` start
+    ``pipeline`` with ``inputs``."""
+
+    source: str
+    """A source's name, or ``asset:NAME`` for runs that produce the asset ``NAME``."""
+    pipeline: str
+    name: str | None = None
+    """Names the trigger in events and dedupe keys (default ``SOURCE->PIPELINE``)."""
+    when: str | None = None
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    dedupe: str | None = None
+    """A business key: an event whose key started a run within ``dedupe_window`` starts
+    nothing."""
+    dedupe_window: Duration = 86400.0
+
+    @property
+    def key(self) -> str:
+        return self.name or f"{self.source}->{self.pipeline}"
+
+
 class Config(_Model):
     """A whole configuration file."""
 
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    triggers: list[TriggerConfig] = Field(default_factory=list)
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @property
@@ -103,8 +158,14 @@ class Config(_Model):
         return self._base_dir / self.daemon.state
 
 
-_TOP_KEYS = ("daemon", "pipelines")
-_TASK_KEYS = tuple(TaskConfig.model_fields)
+def _keys(model: type[BaseModel]) -> tuple[str, ...]:
+    """The keys a table for ``model`` may hold: a field's alias where it has one (the http
+    kind's ``json`` is stored as ``json_body``), since models are validated by alias."""
+    return tuple(field.alias or name for name, field in model.model_fields.items())
+
+
+_TOP_KEYS = ("daemon", "http", "pipelines", "sources", "triggers")
+_TASK_KEYS = _keys(TaskConfig)
 
 
 def load_config(path: str | Path) -> Config:
@@ -116,7 +177,9 @@ def load_config(path: str | Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([ConfigProblem(str(path), None, "", f"cannot read: {exc.strerror}")]) from exc
+        raise ConfigError(
+            [ConfigProblem(str(path), None, "", f"cannot read: {exc.strerror}")]
+        ) from exc
     return parse_config(text, file=str(path), base_dir=path.resolve().parent)
 
 
@@ -125,13 +188,15 @@ def parse_config(text: str, *, file: str = "<config>", base_dir: Path | None = N
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        # tomllib says "(at line L, column C)", or "(at end of document)" when the text
+        # stops inside something left open, which is the last line
         m = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(
-            [ConfigProblem(file, int(m.group(1)) if m else None, "", f"invalid TOML: {exc}")]
-        ) from exc
+        line = int(m.group(1)) if m else max(1, len(text.splitlines()))
+        raise ConfigError([ConfigProblem(file, line, "", f"invalid TOML: {exc}")]) from exc
     base_dir = base_dir or Path.cwd()
     checker = _Checker(file, KeyLines(text))
-    if modules := (raw.get("daemon") or {}).get("python_modules"):
+    daemon = raw.get("daemon")
+    if isinstance(daemon, dict) and (modules := daemon.get("python_modules")):
         from .dsl import load_modules  # the Python API, only when a config asks for it
 
         try:
@@ -155,35 +220,72 @@ class _Checker:
         )
 
     def validate(
-        self, model: type[BaseModel], data: Any, at: tuple[str | int, ...], *, known: tuple[str, ...] = ()
+        self,
+        model: type[BaseModel],
+        data: Any,
+        at: tuple[str | int, ...],
+        *,
+        known: tuple[str, ...] = (),
+        rendered: bool = False,
     ) -> Any:
+        """``data`` as a ``model``, or ``None`` after adding a problem for each error.
+
+        :param known: the keys to suggest for an unknown one; by default the model's
+        :param rendered: ``data`` is rendered before each attempt and checked again then,
+            so a template may stand where a value of another type is expected
+        """
         try:
             return model.model_validate(data)
         except ValidationError as exc:
             for err in exc.errors():
-                if templates.has_template(err.get("input")):
-                    continue  # checked again, rendered, before each attempt
-                self.add((*at, *err["loc"]), _message(err, known or tuple(model.model_fields)))
+                # A template's value is checked when it is rendered; an unknown key is
+                # wrong whatever its value holds.
+                if (
+                    rendered
+                    and err["type"] != "extra_forbidden"
+                    and templates.has_template(err.get("input"))
+                ):
+                    continue
+                # ``loc`` names fields by alias, as written, since models validate by alias
+                self.add((*at, *err["loc"]), _message(err, known or _keys(model)))
             return None
 
     def check(self, raw: dict[str, Any]) -> Config:
         for key in raw:
             if key not in _TOP_KEYS:
                 self.add((key,), _unknown(key, _TOP_KEYS))
-        daemon = self.validate(DaemonConfig, raw.get("daemon", {}), ("daemon",)) or DaemonConfig()
-        if daemon.backlog_low_water >= daemon.backlog_high_water:
+        daemon_raw = raw.get("daemon", {})
+        daemon = self.validate(DaemonConfig, daemon_raw, ("daemon",))
+        if daemon is not None and daemon.backlog_low_water >= daemon.backlog_high_water:
             self.add(("daemon", "backlog_low_water"), "must be below backlog_high_water")
+        # The pool names as written, so that a mistake elsewhere in [daemon] (or in a pool's
+        # size) does not make every task's pool look unknown as well
+        pools_raw = daemon_raw.get("pools") if isinstance(daemon_raw, dict) else None
+        pools = set(pools_raw) if isinstance(pools_raw, dict) else set()
         pipelines = raw.get("pipelines", {})
         if not isinstance(pipelines, dict):
             self.add(("pipelines",), "must be a table of pipelines, [pipelines.NAME]")
             pipelines = {}
         for name, pipeline in pipelines.items():
-            self.check_pipeline(name, pipeline, daemon)
+            self.check_pipeline(name, pipeline, pools)
+        self.validate(HttpConfig, raw.get("http", {}), ("http",))
+        sources = raw.get("sources", {})
+        if not isinstance(sources, dict):
+            self.add(("sources",), "must be a table of sources, [sources.NAME]")
+            sources = {}
+        for name, source in sources.items():
+            self.check_source(name, source)
+        triggers = raw.get("triggers", [])
+        if not isinstance(triggers, list):
+            self.add(("triggers",), "must be an array of tables, [[triggers]]")
+            triggers = []
+        for index, trigger in enumerate(triggers):
+            self.check_trigger(index, trigger, sources, pipelines)
         if self.problems:
             raise ConfigError(self.problems)
         return Config.model_validate(raw)
 
-    def check_pipeline(self, name: str, raw: Any, daemon: DaemonConfig) -> None:
+    def check_pipeline(self, name: str, raw: Any, pools: set[str]) -> None:
         at: tuple[str | int, ...] = ("pipelines", name)
         if not isinstance(raw, dict):
             self.add(at, "must be a table")
@@ -192,49 +294,141 @@ class _Checker:
         self.validate(PipelineConfig, {**head, "tasks": {}}, at)
         tasks_raw = raw.get("tasks")
         if not isinstance(tasks_raw, dict) or not tasks_raw:
-            self.add((*at, "tasks"), "a pipeline needs at least one task, [pipelines.NAME.tasks.TASK]")
+            self.add(
+                (*at, "tasks"), "a pipeline needs at least one task, [pipelines.NAME.tasks.TASK]"
+            )
             return
-        tasks: dict[str, TaskConfig] = {}
+        tasks: dict[str, _TaskKeys] = {}
         for task_name, task_raw in tasks_raw.items():
             task_at = (*at, "tasks", task_name)
-            common = {k: v for k, v in task_raw.items() if k in _TASK_KEYS} if isinstance(task_raw, dict) else task_raw
-            task = self.validate(TaskConfig, common, task_at)
-            if task is None:
+            if not isinstance(task_raw, dict):
+                self.validate(TaskConfig, task_raw, task_at)  # says what a task must be
                 continue
-            tasks[task_name] = task = TaskConfig.model_validate(task_raw)
-            self.check_kind(task, task_at)
-            if task.pool is not None and task.pool not in daemon.pools:
-                known = ", ".join(sorted(daemon.pools)) or "none are declared in [daemon] pools"
+            self.validate(
+                TaskConfig, {k: v for k, v in task_raw.items() if k in _TASK_KEYS}, task_at
+            )
+            # Whether or not a common key was wrong, check the rest of the task, and the
+            # pipeline around it, as written: all problems at once, and none made up.
+            tasks[task_name] = task = _TaskKeys.read(task_raw)
+            if task.kind is not None:
+                self.check_kind(task, task_at)
+            if task.pool is not None and task.pool not in pools:
+                known = ", ".join(sorted(pools)) or "none are declared in [daemon] pools"
                 self.add((*task_at, "pool"), f"unknown pool {task.pool!r} (known: {known})")
         for task_name, task in tasks.items():
-            for need in task.needs:
+            for need in task.needs or ():
                 if need == task_name:
                     self.add((*at, "tasks", task_name, "needs"), "a task cannot need itself")
                 elif need not in tasks_raw:
-                    self.add((*at, "tasks", task_name, "needs"), _unknown(need, tuple(tasks_raw), "task"))
-        deps = {t: tuple(n for n in c.needs if n in tasks and n != t) for t, c in tasks.items()}
+                    self.add(
+                        (*at, "tasks", task_name, "needs"), _unknown(need, tuple(tasks_raw), "task")
+                    )
+        deps = {
+            t: tuple(n for n in c.needs or () if n in tasks_raw and n != t)
+            for t, c in tasks.items()
+        }
         if cycle := graph.find_cycle(deps):
             self.add((*at, "tasks", cycle[0], "needs"), "cycle: " + " -> ".join(cycle))
-            return
+        # A task whose needs could not be read hides what is upstream of it and of the tasks
+        # below it; their references to tasks go unchecked rather than wrongly reported.
+        unread = {t for t, c in tasks.items() if c.needs is None}
         inputs: dict[str, Any] = raw["inputs"] if isinstance(raw.get("inputs"), dict) else {}
         for task_name, task in tasks.items():
-            self.check_templates(task_name, task, at, inputs, graph.ancestors(deps, task_name))
+            upstream = graph.ancestors(deps, task_name)  # copes with cycles
+            known_upstream = None if unread & {task_name, *upstream} else upstream
+            self.check_templates(task_name, task, at, inputs, known_upstream)
 
-    def check_kind(self, task: TaskConfig, at: tuple[str | int, ...]) -> None:
+    def check_source(self, name: str, raw: Any) -> None:
+        at: tuple[str | int, ...] = ("sources", name)
+        source = self.validate(SourceConfig, raw, at)
+        if source is None:
+            return
+        kinds = source_kinds()
+        if source.kind not in kinds:
+            known = ", ".join(sorted(kinds))
+            self.add((*at, "kind"), f"unknown source kind {source.kind!r} (known: {known})")
+            return
+        model = kinds[source.kind].Config
+        self.validate(model, source.params, at, known=("kind", *_keys(model)))
+
+    def check_trigger(
+        self, index: int, raw: Any, sources: dict[str, Any], pipelines: dict[str, Any]
+    ) -> None:
+        at: tuple[str | int, ...] = ("triggers", index)
+        trigger = self.validate(TriggerConfig, raw, at)
+        if trigger is None:
+            return
+        if trigger.source.startswith("asset:"):
+            asset = trigger.source.removeprefix("asset:")
+            produced = {
+                a
+                for p in pipelines.values()
+                if isinstance(p, dict)
+                for t in (p.get("tasks") or {}).values()
+                if isinstance(t, dict)
+                for a in t.get("produces", ())
+                if isinstance(a, str)
+            }
+            if asset not in produced:
+                known = ", ".join(sorted(produced)) or "none"
+                self.add((*at, "source"), f"no task produces asset {asset!r} (produced: {known})")
+        elif trigger.source not in sources:
+            self.add((*at, "source"), _unknown(trigger.source, tuple(sources), "source"))
+        pipeline = pipelines.get(trigger.pipeline)
+        if not isinstance(pipeline, dict):
+            self.add((*at, "pipeline"), _unknown(trigger.pipeline, tuple(pipelines), "pipeline"))
+        else:
+            inputs = pipeline.get("inputs")
+            declared: dict[str, Any] = inputs if isinstance(inputs, dict) else {}
+            for key in trigger.inputs:
+                if key not in declared:
+                    names = ", ".join(sorted(declared)) or "none"
+                    self.add(
+                        (*at, "inputs", key),
+                        f"pipeline {trigger.pipeline!r} has no input {key!r} (declared: {names})",
+                    )
+        checked: list[tuple[tuple[str | int, ...], Any]] = [((*at, "inputs"), trigger.inputs)]
+        if trigger.when is not None:
+            checked.append(((*at, "when"), when_expression(trigger.when)))
+        if trigger.dedupe is not None:
+            checked.append(((*at, "dedupe"), trigger.dedupe))
+        for where, value in checked:
+            try:
+                refs = templates.references(value)
+            except templates.TemplateProblem as exc:
+                self.add(where, str(exc))
+                continue
+            for ref in refs:
+                if ref.root != "event":
+                    self.add(
+                        where, f"refers to {ref.root!r}, which does not exist here (use event)"
+                    )
+                elif ref.name not in (None, "id", "source", "data", "meta", "received_at"):
+                    self.add(
+                        where,
+                        f"refers to event.{ref.name}, which does not exist "
+                        "(event.id, event.source, event.data, event.meta, event.received_at do)",
+                    )
+
+    def check_kind(self, task: _TaskKeys, at: tuple[str | int, ...]) -> None:
         kinds = task_kinds()
         if task.kind not in kinds:
-            self.add((*at, "kind"), f"unknown task kind {task.kind!r} (known: {', '.join(sorted(kinds))})")
+            self.add(
+                (*at, "kind"),
+                f"unknown task kind {task.kind!r} (known: {', '.join(sorted(kinds))})",
+            )
             return
         params_model = kinds[task.kind].Params
-        self.validate(params_model, task.params, at, known=(*_TASK_KEYS, *params_model.model_fields))
+        known = (*_TASK_KEYS, *_keys(params_model))
+        self.validate(params_model, task.params, at, known=known, rendered=True)
 
     def check_templates(
         self,
         task_name: str,
-        task: TaskConfig,
+        task: _TaskKeys,
         at: tuple[str | int, ...],
         inputs: dict[str, Any],
-        upstream: set[str],
+        upstream: set[str] | None,
     ) -> None:
         fields: list[tuple[str, Any]] = list(task.params.items())
         if task.map is not None:
@@ -247,27 +441,69 @@ class _Checker:
                 self.add(where, str(exc))
                 continue
             for ref in refs:
-                problem = _reference_problem(ref, key, task, inputs, upstream)
+                problem = _reference_problem(ref, key, task.map is not None, inputs, upstream)
                 if problem:
                     self.add(where, problem)
 
 
+@dataclass(frozen=True)
+class _TaskKeys:
+    """What the checks of a pipeline need of one task, read from its table as written, so
+    that they can go on when a common key is wrong (the task's validation reports that)."""
+
+    kind: str | None
+    """``None`` if not a string."""
+    needs: tuple[str, ...] | None
+    """The names among ``needs``; ``None`` if it is not a list, so what the task needs is
+    not known."""
+    pool: str | None
+    """``None`` if not a string."""
+    map: Any
+    """As written; templates are checked in whatever it holds."""
+    params: dict[str, Any]
+    """The kind's parameters: the keys that are not common ones."""
+
+    @classmethod
+    def read(cls, raw: dict[str, Any]) -> _TaskKeys:
+        kind, needs, pool = raw.get("kind"), raw.get("needs", ()), raw.get("pool")
+        return cls(
+            kind=kind if isinstance(kind, str) else None,
+            needs=tuple(n for n in needs if isinstance(n, str))
+            if isinstance(needs, list | tuple)
+            else None,
+            pool=pool if isinstance(pool, str) else None,
+            map=raw.get("map"),
+            params={k: v for k, v in raw.items() if k not in _TASK_KEYS},
+        )
+
+
 def _reference_problem(
-    ref: templates.Reference, key: str, task: TaskConfig, inputs: dict[str, Any], upstream: set[str]
+    ref: templates.Reference,
+    key: str,
+    mapped: bool,
+    inputs: dict[str, Any],
+    upstream: set[str] | None,
 ) -> str | None:
+    """What is wrong with a reference in the template at ``key``, if anything.
+
+    :param mapped: the task has ``map``
+    :param upstream: the tasks the task needs, directly or not; ``None`` if not known
+    """
     if ref.root == "inputs":
         if ref.name is not None and ref.name not in inputs:
             declared = ", ".join(sorted(inputs)) or "none"
             return f"template refers to input {ref.name!r}, which the pipeline does not declare (declared: {declared})"
     elif ref.root == "tasks":
-        if ref.name is not None and ref.name not in upstream:
+        if ref.name is not None and upstream is not None and ref.name not in upstream:
             return f"template refers to task {ref.name!r}, which is not upstream of this task (add it to needs)"
     elif ref.root == "item":
-        if task.map is None or key == "map":
+        if not mapped or key == "map":
             return "template refers to 'item', which exists only in a task with map"
     elif ref.root == "run":
         if ref.name not in (None, "id", "pipeline"):
-            return f"template refers to run.{ref.name}, which does not exist (run.id, run.pipeline do)"
+            return (
+                f"template refers to run.{ref.name}, which does not exist (run.id, run.pipeline do)"
+            )
     else:
         return f"template refers to {ref.root!r}, which does not exist (use inputs, tasks, item or run)"
     return None
@@ -285,4 +521,8 @@ def _message(err: Any, known: tuple[str, ...]) -> str:
     if err["type"] == "missing":
         return "required key is missing"
     msg = str(err["msg"]).removeprefix("Value error, ")
-    return f"{msg} (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) and "got" not in msg else msg
+    return (
+        f"{msg} (got {err['input']!r})"
+        if "input" in err and not isinstance(err["input"], dict) and "got" not in msg
+        else msg
+    )

@@ -86,7 +86,9 @@ class Pipeline:
             if need_names:
                 spec["needs"] = need_names
             if map is not None:
-                spec["map"] = map if isinstance(map, str) else f"{{{{ tasks.{_task_name(map)}.output }}}}"
+                spec["map"] = (
+                    map if isinstance(map, str) else f"{{{{ tasks.{_task_name(map)}.output }}}}"
+                )
             self.tasks[task_name] = spec
             fn.__cued_task__ = task_name  # type: ignore[attr-defined]
             return fn
@@ -106,7 +108,9 @@ def pipeline(name: str, *, inputs: dict[str, Any] | None = None, **options: Any)
 def _task_name(fn: Callable[..., Any]) -> str:
     task_name = getattr(fn, "__cued_task__", None)
     if task_name is None:
-        raise ValueError(f"{fn.__qualname__!r} is not a task: decorate it with @pipeline.task first")
+        raise ValueError(
+            f"{fn.__qualname__!r} is not a task: decorate it with @pipeline.task first"
+        )
     return str(task_name)
 
 
@@ -130,7 +134,9 @@ def load_modules(modules: Sequence[str], base_dir: Path) -> dict[str, dict[str, 
         try:
             imported = importlib.import_module(name)
         except Exception as exc:
-            raise ImportError(f"cannot import python module {module!r}: {type(exc).__name__}: {exc}") from exc
+            raise ImportError(
+                f"cannot import python module {module!r}: {type(exc).__name__}: {exc}"
+            ) from exc
         for pname, p in _PIPELINES.items():
             if pname not in before or any(
                 t["function"].startswith(imported.__name__ + ":") for t in p.tasks.values()

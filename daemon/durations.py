@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
@@ -17,12 +18,18 @@ def parse_duration(value: object) -> float:
     """Return a duration in seconds.
 
     :param value: a number of seconds, or a string of number-unit parts (ms, s, m, h, d)
-    :raises ValueError: if the value is neither
+    :raises ValueError: if the value is neither, or is negative, NaN or infinite
     """
     if isinstance(value, bool):
         raise ValueError(  # noqa: TRY004 - pydantic reports ValueError as a validation error
-           f"expected a duration such as '30s', got {value!r}")
+            f"expected a duration such as '30s', got {value!r}"
+        )
     if isinstance(value, int | float):
+        # TOML has ``nan`` and ``inf``. NaN compares false with everything, so it would slip
+        # past the sign check; and neither is a length of time (a task without a timeout
+        # leaves the key out).
+        if not math.isfinite(value):
+            raise ValueError(f"a duration must be a finite number of seconds, got {value!r}")
         if value < 0:
             raise ValueError(f"a duration cannot be negative, got {value!r}")
         return float(value)
@@ -34,7 +41,8 @@ def parse_duration(value: object) -> float:
                 break
             total += float(m.group(1)) * _UNIT_S[m.group(2)]
             pos = m.end()
-        if text and pos == len(text):
+        # enough digits overflow float to inf, e.g. a 400-digit number of seconds
+        if text and pos == len(text) and math.isfinite(total):
             return total
     raise ValueError(
         f"{value!r} is not a duration: write a number and a unit, e.g. '500ms', '30s', '15m', '2h'"

@@ -134,7 +134,9 @@ class RunEngine:
     _unfinished_tasks: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self._tasks = {name: _Task(open_needs=len(t.config.needs)) for name, t in self.plan.tasks.items()}
+        self._tasks = {
+            name: _Task(open_needs=len(t.config.needs)) for name, t in self.plan.tasks.items()
+        }
         self._unfinished_tasks = len(self._tasks)
 
     # -- events -----------------------------------------------------------------------
@@ -220,14 +222,18 @@ class RunEngine:
         try:
             items = render(plan.config.map, self._context(plan, None))
             if not isinstance(items, list | tuple):
-                raise TemplateProblem(f"map must give a list, got {type(items).__name__}: {items!r}")
+                raise TemplateProblem(
+                    f"map must give a list, got {type(items).__name__}: {items!r}"
+                )
         except TemplateProblem as exc:
             self._create(name, task, [Instance(name, None, State.FAILED, error=str(exc))], commands)
             return
         self._items[name] = list(items)
         self._create(name, task, [self._restored(name, i) for i in range(len(items))], commands)
 
-    def _create(self, name: str, task: _Task, instances: list[Instance], commands: list[Command]) -> None:
+    def _create(
+        self, name: str, task: _Task, instances: list[Instance], commands: list[Command]
+    ) -> None:
         task.instances = instances
         plan = self.plan.tasks[name]
         starts: list[Command] = []

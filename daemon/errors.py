@@ -3,6 +3,7 @@ The exceptions cued raises, as a tree:
 
 * CuedError
   x ConfigError          - the configuration is invalid (carries every problem found)
+  x ConnectorError       - an event source cannot start or lost its connection for good
   x StoreError           - the durable store cannot be opened or is of an unknown version
   x DaemonUnavailable    - no daemon answers on the control socket
   x NotFound             - a run, pipeline or task named by the user does not exist
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 __all__ = [
     "ConfigError",
     "ConfigProblem",
+    "ConnectorError",
     "CuedError",
     "DaemonUnavailable",
     "InvalidRequest",
@@ -56,6 +58,10 @@ class ConfigError(CuedError):
         self.problems = problems
         lines = "\n".join(str(p) for p in problems)
         super().__init__(f"{len(problems)} problem(s) in the configuration:\n{lines}")
+
+
+class ConnectorError(CuedError):
+    """An event source cannot start (a missing secret, an unreachable broker, ...)."""
 
 
 class StoreError(CuedError):

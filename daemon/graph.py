@@ -28,7 +28,7 @@ def find_cycle(deps: Mapping[str, Sequence[str]]) -> list[str] | None:
                 colour[path.pop()] = black
                 continue
             if colour.get(nxt, black) == grey:
-                return [*path[path.index(nxt):], nxt]
+                return [*path[path.index(nxt) :], nxt]
             if colour.get(nxt) == white:
                 colour[nxt] = grey
                 path.append(nxt)

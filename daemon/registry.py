@@ -1,4 +1,4 @@
-"""Task kinds (and, later, sources) found through entry points, so other packages add their own."""
+"""Task kinds and event sources found through entry points, so other packages add their own."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 
 from .errors import CuedError
 
-__all__ = ["TASK_KINDS_GROUP", "load_group", "task_kinds"]
+__all__ = ["SOURCES_GROUP", "TASK_KINDS_GROUP", "load_group", "source_kinds", "task_kinds"]
 
 TASK_KINDS_GROUP = "cued.task_kinds"
+SOURCES_GROUP = "cued.sources"
 
 
 @functools.cache
@@ -24,10 +25,17 @@ def load_group(group: str) -> dict[str, Any]:
         try:
             found[ep.name] = ep.load()
         except Exception as exc:
-            raise CuedError(f"cannot load {group} entry point {ep.name!r} ({ep.value}): {exc}") from exc
+            raise CuedError(
+                f"cannot load {group} entry point {ep.name!r} ({ep.value}): {exc}"
+            ) from exc
     return found
 
 
 def task_kinds() -> dict[str, Any]:
     """The task-kind classes by name (``http``, ``shell``, ...)."""
     return load_group(TASK_KINDS_GROUP)
+
+
+def source_kinds() -> dict[str, Any]:
+    """The event-source classes by kind (``webhook``, ``kafka``, ...)."""
+    return load_group(SOURCES_GROUP)

@@ -24,10 +24,11 @@ from .errors import InvalidRequest, NotFound, PermanentTaskError, TaskTimeout
 from .kinds import TaskContext
 from .logs import get_logger
 from .plan import PipelinePlan
+from .sources import Event
 from .store import AttemptRow, InstanceRow, RunRow, new_id, now
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     import httpx
     from pydantic import BaseModel
@@ -86,6 +87,10 @@ class Runner:
         self._runs: dict[str, _Run] = {}
         self._static_params: dict[tuple[str, str], BaseModel] = {}
         self._run_listeners: list[Callable[[RunRow], None]] = []
+        self.asset_sink: Callable[[list[Event]], Awaitable[object]] | None = None
+        """Where the asset events of a succeeded run go (intake), before the run is
+        recorded as succeeded: a crash in between resumes the run, which finishes again
+        and sends the same events, which intake recognises."""
         self._tg: anyio.abc.TaskGroup | None = None
         self.log = get_logger()
         self.running_tasks = 0
@@ -94,7 +99,9 @@ class Runner:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Resume unfinished runs, then run whatever is submitted until cancelled."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -117,7 +124,9 @@ class Runner:
 
     # -- submitting --------------------------------------------------------------------
 
-    def new_run(self, pipeline: str, inputs: dict[str, Any] | None = None, *, event_id: str | None = None) -> RunRow:
+    def new_run(
+        self, pipeline: str, inputs: dict[str, Any] | None = None, *, event_id: str | None = None
+    ) -> RunRow:
         """A queued run of ``pipeline``, its inputs checked and defaults filled in; record it
         (``store.submit``), then hand it to :meth:`enqueue`.
 
@@ -135,7 +144,14 @@ class Runner:
                 f"pipeline {pipeline!r} has no input {unknown[0]!r} "
                 f"(declared: {', '.join(sorted(declared)) or 'none'})"
             )
-        return RunRow(new_id(), pipeline, RunState.QUEUED.value, {**declared, **given}, now(), event_id=event_id)
+        return RunRow(
+            new_id(),
+            pipeline,
+            RunState.QUEUED.value,
+            {**declared, **given},
+            now(),
+            event_id=event_id,
+        )
 
     async def submit(self, pipeline: str, inputs: dict[str, Any] | None = None) -> str:
         """Record a new run durably and queue it; returns its id."""
@@ -192,12 +208,20 @@ class Runner:
         resumed = 0
         for row, instances, outputs in await self.store.runs_to_resume():
             if row.pipeline not in self.plans:
-                failed = RunRow(**{**_asdict(row), "state": "failed", "ended_at": now(),
-                                   "error": f"pipeline {row.pipeline!r} is no longer in the configuration"})
+                failed = RunRow(
+                    **{
+                        **_asdict(row),
+                        "state": "failed",
+                        "ended_at": now(),
+                        "error": f"pipeline {row.pipeline!r} is no longer in the configuration",
+                    }
+                )
                 await self.store.submit([failed]).wait()
                 continue
             prior = {
-                i.key: Instance(i.task, i.map_index, State(i.state), i.attempts, outputs.get(i.key), i.error)
+                i.key: Instance(
+                    i.task, i.map_index, State(i.state), i.attempts, outputs.get(i.key), i.error
+                )
                 for i in instances
             }
             self.enqueue(row, prior)
@@ -212,8 +236,13 @@ class Runner:
     async def _drive(self, run: _Run) -> None:
         log = self.log.bind(run_id=run.row.run_id, pipeline=run.row.pipeline)
         try:
-            run.row = RunRow(**{**_asdict(run.row), "state": RunState.RUNNING.value,
-                                "started_at": run.row.started_at or now()})
+            run.row = RunRow(
+                **{
+                    **_asdict(run.row),
+                    "state": RunState.RUNNING.value,
+                    "started_at": run.row.started_at or now(),
+                }
+            )
             engine = run.engine = RunEngine(run.plan, run.row.run_id, run.row.inputs, run.prior)
             log.info("run_started", resumed=bool(run.prior))
             async with anyio.create_task_group() as tg:
@@ -266,7 +295,9 @@ class Runner:
             engine.started(inst)
             started_at = now()
             self._write(run, [AttemptRow(run_id, inst.key, start.attempt, "running", started_at)])
-            log = self.log.bind(run_id=run_id, pipeline=run.row.pipeline, task=inst.key, attempt=start.attempt)
+            log = self.log.bind(
+                run_id=run_id, pipeline=run.row.pipeline, task=inst.key, attempt=start.attempt
+            )
             log.debug("task_started")
             ctx = TaskContext(
                 run_id=run_id,
@@ -294,7 +325,9 @@ class Runner:
                 # a cancelled run marks its instances cancelled; a daemon shutting down
                 # leaves them running, so that a restart runs them again
                 state = "cancelled" if engine.state is RunState.CANCELLED else "interrupted"
-                self.store.submit([AttemptRow(run_id, inst.key, start.attempt, state, started_at, now())])
+                self.store.submit(
+                    [AttemptRow(run_id, inst.key, start.attempt, state, started_at, now())]
+                )
                 raise
             except TimeoutError:
                 error = str(TaskTimeout(inst.key, task.timeout or 0))
@@ -315,16 +348,29 @@ class Runner:
         if error is None:
             log.debug("task_succeeded", duration_s=round(ended_at - started_at, 6))
             commands = engine.succeeded(inst, output)
-            attempt = AttemptRow(run_id, inst.key, start.attempt, "succeeded", started_at, ended_at, None, output_json)
+            attempt = AttemptRow(
+                run_id,
+                inst.key,
+                start.attempt,
+                "succeeded",
+                started_at,
+                ended_at,
+                None,
+                output_json,
+            )
         else:
             commands = engine.failed(inst, error, retryable=retryable)
             log.warning("task_failed", error=error, will_retry=inst.state is State.UP_FOR_RETRY)
-            attempt = AttemptRow(run_id, inst.key, start.attempt, "failed", started_at, ended_at, error)
+            attempt = AttemptRow(
+                run_id, inst.key, start.attempt, "failed", started_at, ended_at, error
+            )
         # durable before anything downstream starts: a succeeded task never runs again
         await self._write(run, [attempt]).wait()
         self._apply(run, tg, commands)
 
-    def _params(self, plan: PipelinePlan, name: str, task: TaskConfig, params: dict[str, Any]) -> BaseModel:
+    def _params(
+        self, plan: PipelinePlan, name: str, task: TaskConfig, params: dict[str, Any]
+    ) -> BaseModel:
         model = self.kinds[task.kind].Params
         if plan.tasks[name].templated:
             return model.model_validate(params)
@@ -333,18 +379,55 @@ class Runner:
             cached = self._static_params[key] = model.model_validate(params)
         return cached
 
+    def _asset_events(self, run: _Run) -> list[Event]:
+        assert run.engine is not None
+        events = []
+        outputs: dict[str, list[Any]] = {}
+        for inst in run.engine.instances():
+            outputs.setdefault(inst.task, []).append(inst.output)
+        for name, task in run.plan.tasks.items():
+            for asset in task.config.produces:
+                output = outputs.get(name, [None])
+                events.append(
+                    Event(
+                        source=f"asset:{asset}",
+                        event_id=f"asset:{asset}:{run.row.run_id}",
+                        data={
+                            "asset": asset,
+                            "run_id": run.row.run_id,
+                            "pipeline": run.row.pipeline,
+                            "task": name,
+                            "inputs": run.row.inputs,
+                            "output": output if task.config.map is not None else output[0],
+                        },
+                        meta={"producer": f"{run.row.pipeline}.{name}"},
+                        received_at=now(),
+                    )
+                )
+        return events
+
     async def _finish(self, run: _Run, state: RunState) -> None:
+        if (
+            state is RunState.SUCCEEDED
+            and self.asset_sink is not None
+            and (events := self._asset_events(run))
+        ):
+            await self.asset_sink(events)
         error = None
         if state is RunState.FAILED and run.engine is not None:
             failed = [i for i in run.engine.instances() if i.state is State.FAILED]
             error = "; ".join(f"{i.key}: {i.error}" for i in failed[:3]) or None
-        run.row = RunRow(**{**_asdict(run.row), "state": state.value, "ended_at": now(), "error": error})
+        run.row = RunRow(
+            **{**_asdict(run.row), "state": state.value, "ended_at": now(), "error": error}
+        )
         with anyio.CancelScope(shield=True):
             rows: list[Row] = [run.row]
             if run.engine is not None:
                 rows.extend(InstanceRow.of(run.row.run_id, i) for i in run.engine.drain_changes())
             await self.store.submit(rows).wait()
-        self.log.info("run_finished", run_id=run.row.run_id, pipeline=run.row.pipeline, state=state.value)
+        self.log.info(
+            "run_finished", run_id=run.row.run_id, pipeline=run.row.pipeline, state=state.value
+        )
         self._runs.pop(run.row.run_id, None)
         run.done.set()
         for listener in self._run_listeners:

@@ -17,7 +17,7 @@ import aiosqlite
 import anyio
 
 from .errors import StoreError
-from .store import AttemptRow, InstanceRow, RunRow
+from .store import AttemptRow, CursorRow, DedupeRow, EventRow, InstanceRow, RunRow
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -68,13 +68,26 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, key, attempt)
     ) WITHOUT ROWID;
     CREATE TABLE events (
-        event_id    TEXT PRIMARY KEY,
+        event_id    TEXT PRIMARY KEY,   -- the same for a redelivery, where the source can tell
         source      TEXT NOT NULL,
         received_at REAL NOT NULL,
-        dedupe_key  TEXT,
-        payload     TEXT NOT NULL,      -- JSON
-        status      TEXT NOT NULL,      -- matched, unmatched, invalid, duplicate
+        status      TEXT NOT NULL,      -- matched, unmatched, invalid
+        data        TEXT,               -- JSON
+        meta        TEXT NOT NULL,      -- JSON: headers, topic/partition/offset, path, ...
+        run_ids     TEXT NOT NULL,      -- JSON list of the runs it started
         error       TEXT
+    );
+    CREATE INDEX runs_by_event ON runs (event_id) WHERE event_id IS NOT NULL;
+    CREATE TABLE dedupe_keys (
+        trigger     TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        seen_at     REAL NOT NULL,
+        PRIMARY KEY (trigger, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE source_cursors (
+        source      TEXT PRIMARY KEY,
+        cursor      TEXT NOT NULL,      -- a source's position, e.g. a schedule's last tick
+        updated_at  REAL NOT NULL
     );
     CREATE INDEX events_by_source ON events (source, event_id);
     """,
@@ -87,17 +100,23 @@ ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, started_at = excluded
 """
 _PUT_INSTANCE = "INSERT OR REPLACE INTO task_instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _PUT_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_PUT_EVENT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_PUT_DEDUPE = "INSERT OR REPLACE INTO dedupe_keys VALUES (?, ?, ?)"
+_PUT_CURSOR = "INSERT OR REPLACE INTO source_cursors VALUES (?, ?, ?)"
 
 
 class _Batch:
     """Submissions that commit together."""
 
-    __slots__ = ("attempts", "done", "error", "instances", "runs")
+    __slots__ = ("attempts", "cursors", "dedupe", "done", "error", "events", "instances", "runs")
 
     def __init__(self) -> None:
         self.runs: dict[str, RunRow] = {}
         self.instances: dict[tuple[str, str], InstanceRow] = {}
         self.attempts: dict[tuple[str, str, int], AttemptRow] = {}
+        self.events: dict[str, EventRow] = {}
+        self.dedupe: dict[tuple[str, str], DedupeRow] = {}
+        self.cursors: dict[str, CursorRow] = {}
         self.done = anyio.Event()
         self.error: BaseException | None = None
 
@@ -107,11 +126,24 @@ class _Batch:
             self.instances[row.run_id, row.key] = row
         elif isinstance(row, AttemptRow):
             self.attempts[row.run_id, row.key, row.attempt] = row
-        else:
+        elif isinstance(row, RunRow):
             self.runs[row.run_id] = row
+        elif isinstance(row, EventRow):
+            self.events[row.event_id] = row
+        elif isinstance(row, DedupeRow):
+            self.dedupe[row.trigger, row.key] = row
+        else:
+            self.cursors[row.source] = row
 
     def __bool__(self) -> bool:
-        return bool(self.runs or self.instances or self.attempts)
+        return bool(
+            self.runs
+            or self.instances
+            or self.attempts
+            or self.events
+            or self.dedupe
+            or self.cursors
+        )
 
     async def wait(self) -> None:
         await self.done.wait()
@@ -122,7 +154,9 @@ class _Batch:
 class SqliteStore:
     """Runs, task instances, attempts and events in one SQLite file."""
 
-    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection
+    ) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
@@ -171,8 +205,17 @@ class SqliteStore:
             await db.executemany(
                 _UPSERT_RUN,
                 [
-                    (r.run_id, r.pipeline, r.state, json.dumps(r.inputs), r.created_at,
-                     r.started_at, r.ended_at, r.error, r.event_id)
+                    (
+                        r.run_id,
+                        r.pipeline,
+                        r.state,
+                        json.dumps(r.inputs),
+                        r.created_at,
+                        r.started_at,
+                        r.ended_at,
+                        r.error,
+                        r.event_id,
+                    )
                     for r in batch.runs.values()
                 ],
             )
@@ -180,7 +223,16 @@ class SqliteStore:
             await db.executemany(
                 _PUT_INSTANCE,
                 [
-                    (i.run_id, i.key, i.task, i.map_index, i.state, i.attempts, i.error, i.updated_at)
+                    (
+                        i.run_id,
+                        i.key,
+                        i.task,
+                        i.map_index,
+                        i.state,
+                        i.attempts,
+                        i.error,
+                        i.updated_at,
+                    )
                     for i in batch.instances.values()
                 ],
             )
@@ -188,9 +240,43 @@ class SqliteStore:
             await db.executemany(
                 _PUT_ATTEMPT,
                 [
-                    (a.run_id, a.key, a.attempt, a.state, a.started_at, a.ended_at, a.error, a.output)
+                    (
+                        a.run_id,
+                        a.key,
+                        a.attempt,
+                        a.state,
+                        a.started_at,
+                        a.ended_at,
+                        a.error,
+                        a.output,
+                    )
                     for a in batch.attempts.values()
                 ],
+            )
+        if batch.events:
+            await db.executemany(
+                _PUT_EVENT,
+                [
+                    (
+                        e.event_id,
+                        e.source,
+                        e.received_at,
+                        e.status,
+                        json.dumps(e.data),
+                        json.dumps(e.meta),
+                        json.dumps(list(e.run_ids)),
+                        e.error,
+                    )
+                    for e in batch.events.values()
+                ],
+            )
+        if batch.dedupe:
+            await db.executemany(
+                _PUT_DEDUPE, [(d.trigger, d.key, d.seen_at) for d in batch.dedupe.values()]
+            )
+        if batch.cursors:
+            await db.executemany(
+                _PUT_CURSOR, [(c.source, c.cursor, c.updated_at) for c in batch.cursors.values()]
             )
         await db.commit()
         self.commits += 1
@@ -240,13 +326,75 @@ class SqliteStore:
             "SELECT * FROM attempts WHERE run_id = ? ORDER BY started_at, key, attempt", (run_id,)
         )
         return [
-            AttemptRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], None if r[7] is None else json.loads(r[7]))
+            AttemptRow(
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6], None if r[7] is None else json.loads(r[7])
+            )
+            for r in rows
+        ]
+
+    async def known_events(self, event_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(event_ids):
+            rows = await self._reader.execute_fetchall(
+                f"SELECT event_id FROM events WHERE event_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update(r[0] for r in rows)
+        return found
+
+    async def dedupe_seen(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], float]:
+        seen: dict[tuple[str, str], float] = {}
+        for trigger, key in keys:
+            rows = await self._reader.execute_fetchall(
+                "SELECT seen_at FROM dedupe_keys WHERE trigger = ? AND key = ?", (trigger, key)
+            )
+            for (seen_at,) in rows:
+                seen[trigger, key] = seen_at
+        return seen
+
+    async def get_cursor(self, source: str) -> str | None:
+        rows = await self._reader.execute_fetchall(
+            "SELECT cursor FROM source_cursors WHERE source = ?", (source,)
+        )
+        return next((str(cursor) for (cursor,) in rows), None)
+
+    async def list_events(
+        self, *, limit: int = 50, source: str | None = None, status: str | None = None
+    ) -> list[EventRow]:
+        where, args = [], []
+        if source:
+            where.append("source = ?")
+            args.append(source)
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = await self._reader.execute_fetchall(
+            f"SELECT * FROM events {clause} ORDER BY received_at DESC, event_id DESC LIMIT ?",
+            (*args, limit),
+        )
+        return [
+            EventRow(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                json.loads(r[4]),
+                json.loads(r[5]),
+                tuple(json.loads(r[6])),
+                r[7],
+            )
             for r in rows
         ]
 
     async def _runs(self, clause: str, args: tuple[Any, ...]) -> list[RunRow]:
         rows = await self._reader.execute_fetchall(f"SELECT * FROM runs {clause}", args)
         return [RunRow(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
+
+
+def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
+    # SQLite caps the number of parameters of one statement
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 async def _connect(path: Path, synchronous: Synchronous) -> aiosqlite.Connection:
@@ -266,7 +414,9 @@ async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
             f"({len(_MIGRATIONS)}): upgrade cued"
         )
     for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-        await db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
+        await db.executescript(
+            f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
+        )
 
 
 @asynccontextmanager
@@ -305,5 +455,3 @@ async def open_store(
         with anyio.CancelScope(shield=True):
             await reader.close()
             await writer.close()
-
-

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AttemptRow",
+    "CursorRow",
+    "DedupeRow",
     "Durable",
+    "EventRow",
     "InstanceRow",
     "RunRow",
     "Store",
@@ -68,7 +71,16 @@ class InstanceRow:
 
     @classmethod
     def of(cls, run_id: str, inst: Instance) -> InstanceRow:
-        return cls(run_id, inst.key, inst.task, inst.index, inst.state.value, inst.attempts, inst.error, now())
+        return cls(
+            run_id,
+            inst.key,
+            inst.task,
+            inst.index,
+            inst.state.value,
+            inst.attempts,
+            inst.error,
+            now(),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +95,37 @@ class AttemptRow:
     output: Any = None
 
 
-Row = RunRow | InstanceRow | AttemptRow
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    event_id: str
+    source: str
+    received_at: float
+    status: str  # matched, unmatched, invalid
+    data: Any
+    meta: dict[str, Any]
+    run_ids: tuple[str, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeRow:
+    """A trigger's business key was seen (starting a run) at ``seen_at``."""
+
+    trigger: str
+    key: str
+    seen_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CursorRow:
+    """A source's position, committed with the events that moved it."""
+
+    source: str
+    cursor: str
+    updated_at: float
+
+
+Row = RunRow | InstanceRow | AttemptRow | EventRow | DedupeRow | CursorRow
 
 
 class Durable(Protocol):
@@ -117,3 +159,15 @@ class Store(Protocol):
     async def get_instances(self, run_id: str) -> list[InstanceRow]: ...
 
     async def get_attempts(self, run_id: str) -> list[AttemptRow]: ...
+
+    async def known_events(self, event_ids: list[str]) -> set[str]:
+        """Which of these events are recorded already."""
+
+    async def dedupe_seen(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], float]:
+        """When each of these (trigger, business key) pairs last started a run."""
+
+    async def get_cursor(self, source: str) -> str | None: ...
+
+    async def list_events(
+        self, *, limit: int = 50, source: str | None = None, status: str | None = None
+    ) -> list[EventRow]: ...

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError, meta, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 __all__ = ["TemplateProblem", "has_template", "references", "render", "render_value"]
-
 
 
 class _Environment(ImmutableSandboxedEnvironment):
@@ -41,8 +40,29 @@ class _Environment(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
 
-_ENV = _Environment(undefined=StrictUndefined, autoescape=False)
+def _defined(value: Any) -> Any:
+    """``value``, after failing if it is undefined or holds something undefined.
+
+    StrictUndefined fails only when a value is used (printed, iterated, compared), and a
+    list or dict literal does not use its items: ``[inputs.missing]`` would come out as
+    ``[Undefined]``, and print as that too, unless the result is walked.
+    """
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
+    if isinstance(value, list | tuple):
+        for item in value:
+            _defined(item)
+    elif isinstance(value, dict):  # an undefined key failed already, when it was hashed
+        for item in value.values():
+            _defined(item)
+    return value
+
+
+# ``finalize`` sees each ``{{ ... }}`` of a template rendered to a string before it is
+# printed; ``_compile`` applies ``_defined`` to a whole-expression's native value itself.
+_ENV = _Environment(undefined=StrictUndefined, autoescape=False, finalize=_defined)
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
+# The top-level names of a template's context; ``event`` is for triggers, not tasks.
 _ROOTS = frozenset({"inputs", "tasks", "item", "run", "event"})
 
 
@@ -71,12 +91,6 @@ def _compile(text: str) -> Callable[[Mapping[str, Any]], Any]:
         return lambda ctx: template.render(**ctx)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"template {text!r} does not parse: {exc.message}") from exc
-
-
-def _defined(value: Any) -> Any:
-    if isinstance(value, Undefined):
-        value._fail_with_undefined_error()
-    return value
 
 
 def render(text: str, context: Mapping[str, Any]) -> Any:
@@ -137,31 +151,26 @@ def references(value: Any) -> list[Reference]:
         whole = _WHOLE.match(value)
         source = "{{" + whole.group("expr") + "}}" if whole else value
         tree = _ENV.parse(source)
+        # The names the template reads from its context, as Jinja's compiler sees them: not
+        # its globals (``range``), nor names it binds itself (``{% set %}``, loop targets
+        # and ``loop``, macro parameters and ``caller``). Compiling also finds unknown
+        # filters and tests, which parsing does not.
+        free = meta.find_undeclared_variables(tree)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"template {value!r} does not parse: {exc.message}") from exc
-    bound = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
     found.extend(
         Reference(attr.node.name, attr.attr)
         for attr in tree.find_all(nodes.Getattr)
-        if isinstance(attr.node, nodes.Name) and attr.node.name not in bound
+        if isinstance(attr.node, nodes.Name) and attr.node.name in free
     )
     found.extend(
         Reference(item.node.name, item.arg.value)
         for item in tree.find_all(nodes.Getitem)
         if isinstance(item.node, nodes.Name)
-        and item.node.name not in bound
+        and item.node.name in free
         and isinstance(item.arg, nodes.Const)
         and isinstance(item.arg.value, str)
     )
-    skip = bound | {r.root for r in found} | _ENV.globals.keys()
-    found.extend(
-        Reference(name.name, None)
-        for name in tree.find_all(nodes.Name)
-        if name.ctx == "load" and name.name not in skip
-    )
+    named = {r.root for r in found}
+    found.extend(Reference(name, None) for name in sorted(free - named))
     return found
-
-
-def known_roots() -> frozenset[str]:
-    """The top-level names a template may use."""
-    return _ROOTS

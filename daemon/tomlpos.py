@@ -35,16 +35,12 @@ class KeyLines:
         self._lines: dict[tuple[str | int, ...], int] = {}
         arrays: dict[tuple[str, ...], int] = {}
         table: tuple[str | int, ...] = ()
-        in_multiline: str | None = None
+        open_string: str | None = None  # the quotes of a multi-line string left open
         depth = 0  # open brackets of a multi-line array or inline table
-        for number, raw in enumerate(text.splitlines(), start=1):
-            line = raw
-            if in_multiline:
-                if in_multiline in line:
-                    in_multiline = None
-                continue
-            if depth > 0:
-                depth += _bracket_balance(line)
+        for number, line in enumerate(text.splitlines(), start=1):
+            if open_string or depth > 0:
+                code, open_string = _code(line, open_string)
+                depth += _bracket_balance(code)
                 continue
             if header := _HEADER.match(line):
                 keys = _split(header.group(2))
@@ -62,10 +58,8 @@ class KeyLines:
                 value = assign.group(2)
                 for inner in _INLINE_KEY.finditer(value):
                     self._lines.setdefault((*path, *_split(inner.group(1))), number)
-                for quote in ('"""', "'''"):
-                    if value.count(quote) % 2 == 1:
-                        in_multiline = quote
-                depth = max(0, _bracket_balance(value))
+                code, open_string = _code(value, None)
+                depth = max(0, _bracket_balance(code))
 
     def line_of(self, path: tuple[str | int, ...]) -> int | None:
         """The line of ``path``, or of its longest prefix that has one."""
@@ -75,6 +69,44 @@ class KeyLines:
         return None
 
 
-def _bracket_balance(text: str) -> int:
-    text = re.sub(_QUOTED, "", text.split("#", 1)[0])
-    return text.count("[") + text.count("{") - text.count("]") - text.count("}")
+# Where a multi-line string ends: its closing quotes, and up to two more quotes that belong
+# to its content (``"""a""""`` holds ``a"``); in a basic string, ``\"`` is no quote.
+_CLOSE = {
+    '"""': re.compile(r'(?:[^"\\]|\\.|"(?!""))*""""{0,2}'),
+    "'''": re.compile(r"(?:[^']|'(?!''))*''''{0,2}"),
+}
+# The next thing on a line that changes how the rest of it reads: a multi-line string's
+# opening quotes (before ``_QUOTED``, which would read ``"""`` as ``""`` and ``"``), a
+# one-line string, or a comment.
+_TOKEN = re.compile(rf"\"\"\"|'''|{_QUOTED}|#")
+
+
+def _code(line: str, open_string: str | None) -> tuple[str, str | None]:
+    """The parts of ``line`` outside strings and comments, and the quotes of the multi-line
+    string open at its end (``open_string``: the one open at its start).
+
+    One scan, left to right, because strings and comments hide each other: ``"a#b"`` holds
+    no comment, and triple quotes after a ``#`` open no string.
+    """
+    code: list[str] = []
+    pos = 0
+    while True:
+        if open_string is not None:
+            close = _CLOSE[open_string].match(line, pos)
+            if close is None:
+                return "".join(code), open_string
+            pos, open_string = close.end(), None
+        token = _TOKEN.search(line, pos)
+        if token is None:
+            code.append(line[pos:])
+            return "".join(code), None
+        code.append(line[pos : token.start()])
+        if token.group() == "#":
+            return "".join(code), None
+        if token.group() in _CLOSE:
+            open_string = token.group()
+        pos = token.end()
+
+
+def _bracket_balance(code: str) -> int:
+    return code.count("[") + code.count("{") - code.count("]") - code.count("}")

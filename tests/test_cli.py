@@ -5,6 +5,9 @@ from __future__ import annotations
 from tests.support.daemon import Daemon, cued
 
 CONFIG = """
+[http]
+listen = "127.0.0.1:0"
+
 [daemon]
 state = "state.db"
 [pipelines.hello]
@@ -60,7 +63,13 @@ async def test_trigger_goes_through_the_running_daemon(tmp_path):
         assert "running it here" not in result.stdout
         assert "succeeded" in result.stdout
         listed = cued(config, "runs")
-        assert listed.stdout.splitlines()[0].split() == ["RUN", "PIPELINE", "STATE", "CREATED", "DURATION"]
+        assert listed.stdout.splitlines()[0].split() == [
+            "RUN",
+            "PIPELINE",
+            "STATE",
+            "CREATED",
+            "DURATION",
+        ]
         assert "hello" in listed.stdout
         # a second daemon on the same state file would run everything twice
         second = cued(config, "run")
@@ -75,7 +84,10 @@ def test_errors_are_one_line_without_a_traceback(tmp_path):
     config = write_config(tmp_path)
     for args, message in [
         (("trigger", "nope"), "cued: error: no pipeline 'nope' (known: broken, hello)"),
-        (("trigger", "hello", "-i", "colour=red"), "cued: error: pipeline 'hello' has no input 'colour' (declared: name)"),
+        (
+            ("trigger", "hello", "-i", "colour=red"),
+            "cued: error: pipeline 'hello' has no input 'colour' (declared: name)",
+        ),
         (("trigger", "hello", "-i", "oops"), "cued: error: input 'oops' is not KEY=VALUE"),
         (("show", "r-missing"), "cued: error: no run 'r-missing'"),
     ]:

@@ -60,7 +60,7 @@ ONE_PROBLEM = [
         """,
         1,
         "version",
-        ["unknown key 'version'", "daemon, pipelines"],
+        ["unknown key 'version'", "daemon, http, pipelines, sources, triggers"],
         id="unknown-top-level-key",
     ),
     pytest.param(
@@ -624,10 +624,12 @@ def test_every_problem_is_reported_at_once():
         (15, "pipelines.p.tasks.b.kind"),
         (16, "pipelines.p.tasks.b.needs"),
         (17, "pipelines.p.tasks.b.pool"),
+        (22, "pipelines.p.tasks.c.argv"),
+        (22, "pipelines.p.tasks.c.argv"),
         (23, "pipelines.p.tasks.c.timeout"),
         (25, "pipelines.q.tasks.d.url"),
     ]
-    assert len(found) == 8
+    assert len(found) == 10
     messages = " | ".join(p.message for p in found)
     for word in ("'daemon'", "'retries'", "'bash'", "unknown task 'zz'", "unknown pool 'gpu'"):
         assert word in messages

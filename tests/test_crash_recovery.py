@@ -8,6 +8,9 @@ from collections import Counter
 from tests.support.daemon import Daemon, cued, query, wait_for
 
 CONFIG = """
+[http]
+listen = "127.0.0.1:0"
+
 [daemon]
 state = "state.db"
 max_running_tasks = 8
@@ -59,7 +62,12 @@ async def test_kill_9_mid_run_then_restart_completes_it_without_rerunning_finish
     finally:
         daemon.kill9()
 
-    done_before = {key for (key,) in query(state, "SELECT key FROM task_instances WHERE run_id = ? AND state = 'succeeded'", run_id)}
+    done_before = {
+        key
+        for (key,) in query(
+            state, "SELECT key FROM task_instances WHERE run_id = ? AND state = 'succeeded'", run_id
+        )
+    }
     assert "first" in done_before
     assert 20 <= len(done_before) < 61, "the kill came after the fan-out, or too early"
     release.touch()
@@ -67,7 +75,11 @@ async def test_kill_9_mid_run_then_restart_completes_it_without_rerunning_finish
     daemon = Daemon(config, state)
     await daemon.start()
     try:
-        await wait_for(lambda: query(state, "SELECT state FROM runs WHERE run_id = ?", run_id)[0][0] != "running")
+        await wait_for(
+            lambda: (
+                query(state, "SELECT state FROM runs WHERE run_id = ?", run_id)[0][0] != "running"
+            )
+        )
     finally:
         assert daemon.stop() == 0
 
@@ -83,7 +95,9 @@ async def test_kill_9_mid_run_then_restart_completes_it_without_rerunning_finish
     assert starts["last"] == 1
     # an instance interrupted by the kill ran again as a new attempt with the same key
     rerun = query(
-        state, "SELECT key, max(attempt) FROM attempts WHERE run_id = ? GROUP BY key HAVING max(attempt) > 1", run_id
+        state,
+        "SELECT key, max(attempt) FROM attempts WHERE run_id = ? GROUP BY key HAVING max(attempt) > 1",
+        run_id,
     )
     assert rerun, "nothing was in flight at the kill"
     assert {key for key, _ in rerun}.isdisjoint(done_before)

@@ -8,7 +8,7 @@ import pytest
 from cued.daemon.app import open_runner
 from cued.daemon.errors import ConfigError
 
-MODULE = '''
+MODULE = """
 from cued.daemon.dsl import pipeline
 
 etl = pipeline("etl", inputs={"day": "monday"}, max_active_runs=2)
@@ -24,7 +24,7 @@ def clean(item):
 @etl.task(needs=[extract, clean])
 async def load(extract, clean, ctx):
     return {"raw": extract, "clean": clean, "run": ctx.run_id}
-'''
+"""
 
 
 async def test_decorated_functions_become_a_pipeline_that_runs(make_config, tmp_path):
@@ -42,7 +42,11 @@ async def test_decorated_functions_become_a_pipeline_that_runs(make_config, tmp_
             row = await runner.wait(run_id)
         attempts = {a.key: a.output for a in await runner.store.get_attempts(run_id)}
     assert row.state == "succeeded", row.error
-    assert attempts["load"] == {"raw": ["friday-a", "friday-b"], "clean": ["FRIDAY-A", "FRIDAY-B"], "run": run_id}
+    assert attempts["load"] == {
+        "raw": ["friday-a", "friday-b"],
+        "clean": ["FRIDAY-A", "FRIDAY-B"],
+        "run": run_id,
+    }
 
 
 def test_a_module_that_does_not_import_is_a_config_error(make_config, tmp_path):

@@ -59,7 +59,7 @@ async def test_independent_tasks_really_run_at_once(make_config):
     # each task waits until all 100 are in flight: only true concurrency gets past that
     probe = probes.reset(barrier=100)
     config = make_config(
-        '[pipelines.wide]\ninputs = { n = 100 }\n[pipelines.wide.tasks.t]\n'
+        "[pipelines.wide]\ninputs = { n = 100 }\n[pipelines.wide.tasks.t]\n"
         + PROBE_TASK
         + 'map = "{{ range(inputs.n) | list }}"\nargs = { name = "t{{ item }}" }\n'
     )
@@ -100,7 +100,9 @@ async def test_max_active_runs_queues_the_rest_in_the_backlog(make_config):
     probe = probes.reset()
     config = make_config(
         probe_pipeline(
-            "p", {"only": 'args = { name = "only", hold_s = 0.02, group = "runs" }'}, head="max_active_runs = 2"
+            "p",
+            {"only": 'args = { name = "only", hold_s = 0.02, group = "runs" }'},
+            head="max_active_runs = 2",
         )
     )
     async with open_runner(config) as runner:
@@ -207,7 +209,11 @@ args = { name = "{{ tasks.each.output | length }}:{{ tasks.each.output[999] }}" 
 
 
 async def test_cancelling_a_run_cancels_its_running_tasks(make_config):
-    config = make_config(probe_pipeline("p", {"long": 'args = { name = "long", hold_s = 60 }', "next": 'needs = ["long"]'}))
+    config = make_config(
+        probe_pipeline(
+            "p", {"long": 'args = { name = "long", hold_s = 60 }', "next": 'needs = ["long"]'}
+        )
+    )
     probe = probes.reset()
     async with open_runner(config) as runner:
         with anyio.fail_after(10):
@@ -223,20 +229,32 @@ async def test_cancelling_a_run_cancels_its_running_tasks(make_config):
 
 
 async def test_inputs_are_checked_and_defaults_filled(make_config):
-    config = make_config(probe_pipeline("p", {"t": 'args = { name = "{{ inputs.day }}-{{ inputs.n }}" }'}, head='inputs = { day = "today", n = 1 }'))
+    config = make_config(
+        probe_pipeline(
+            "p",
+            {"t": 'args = { name = "{{ inputs.day }}-{{ inputs.n }}" }'},
+            head='inputs = { day = "today", n = 1 }',
+        )
+    )
     probe = probes.reset()
     _, row = await run_to_end(config, "p", {"n": 7})
     assert probe.calls == ["today-7"]
     assert row.inputs == {"day": "today", "n": 7}
     async with open_runner(config) as runner:
-        with pytest.raises(InvalidRequest, match="pipeline 'p' has no input 'nope' \\(declared: day, n\\)"):
+        with pytest.raises(
+            InvalidRequest, match="pipeline 'p' has no input 'nope' \\(declared: day, n\\)"
+        ):
             await runner.submit("p", {"nope": 1})
         with pytest.raises(NotFound, match="no pipeline 'q' \\(known: p\\)"):
             await runner.submit("q")
 
 
 async def test_a_failing_task_fails_the_run_with_its_error(make_config):
-    config = make_config(probe_pipeline("p", {"bad": 'args = { name = "bad", fail = true }\nretries = 1\nretry_backoff = "1ms"'}))
+    config = make_config(
+        probe_pipeline(
+            "p", {"bad": 'args = { name = "bad", fail = true }\nretries = 1\nretry_backoff = "1ms"'}
+        )
+    )
     probes.reset()
     _, row = await run_to_end(config, "p")
     async with open_runner(config) as runner:

@@ -19,7 +19,9 @@ async def test_a_new_file_is_migrated_to_the_current_schema_in_wal_mode(tmp_path
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (1,)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {
+            name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
     assert {"runs", "task_instances", "attempts", "events"} <= tables
 
 
@@ -27,7 +29,9 @@ async def test_a_file_from_a_newer_cued_is_refused_with_a_clear_error(tmp_path):
     path = tmp_path / "state.db"
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA user_version = 99")
-    with pytest.raises(StoreError, match="has schema version 99, newer than this cued knows \\(1\\): upgrade cued"):
+    with pytest.raises(
+        StoreError, match="has schema version 99, newer than this cued knows \\(1\\): upgrade cued"
+    ):
         async with open_store(path):
             pass
 
@@ -36,9 +40,16 @@ async def test_many_submissions_share_few_commits_and_the_last_row_wins(tmp_path
     async with open_store(tmp_path / "state.db") as store:
         run = RunRow(new_id(), "p", "running", {"x": 1}, now())
         store.submit([run])
-        batches = []
-        for i in range(1000):
-            batches.append(store.submit([InstanceRow(run.run_id, f"t{i % 10}", f"t{i % 10}", None, "running", i, None, now())]))
+        batches = [
+            store.submit(
+                [
+                    InstanceRow(
+                        run.run_id, f"t{i % 10}", f"t{i % 10}", None, "running", i, None, now()
+                    )
+                ]
+            )
+            for i in range(1000)
+        ]
         for batch in batches:
             await batch.wait()
         commits = store.commits
@@ -71,7 +82,10 @@ async def test_unfinished_runs_come_back_with_the_outputs_of_succeeded_instances
     assert [r.run_id for r, _, _ in resumed] == sorted([half.run_id, queued.run_id])
     row, instances, outputs = next(x for x in resumed if x[0].run_id == half.run_id)
     assert row.inputs == {"day": "mon"}
-    assert {(i.key, i.state, i.attempts) for i in instances} == {("a", "succeeded", 1), ("b", "running", 2)}
+    assert {(i.key, i.state, i.attempts) for i in instances} == {
+        ("a", "succeeded", 1),
+        ("b", "running", 2),
+    }
     assert outputs == {"a": {"rows": 3}}
 
 

@@ -16,17 +16,17 @@ import httpx
 import pydantic
 import pytest
 import structlog
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from structlog.testing import capture_logs
+
 from cued.daemon.errors import PermanentTaskError, TaskError
 from cued.daemon.kinds import TaskContext, TaskKind
 from cued.plugins.http import HttpTask
 from cued.plugins.python import PythonTask
 from cued.plugins.shell import ShellTask
 from cued.plugins.sleep import SleepTask
-from starlette.applications import Starlette
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
-from structlog.testing import capture_logs
-
 from tests.support import pyfuncs
 from tests.support.http_server import serve_app
 

@@ -48,7 +48,9 @@ class Daemon:
             # nothing signals readiness across processes but the socket itself
             while not await _answers(socket_path):
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"daemon exited with {self.process.returncode}:\n{self.log.read_text()}")
+                    raise RuntimeError(
+                        f"daemon exited with {self.process.returncode}:\n{self.log.read_text()}"
+                    )
                 await anyio.sleep(0.02)
 
     def kill9(self) -> None:
@@ -90,5 +92,3 @@ async def wait_for(predicate, timeout_s: float = 30, interval_s: float = 0.02) -
     with anyio.fail_after(timeout_s):
         while not predicate():  # noqa: ASYNC110 - effects in another process
             await anyio.sleep(interval_s)
-
-

@@ -1,0 +1,238 @@
+"""``webhook`` source: HTTP requests to a path of the daemon's HTTP server become events.
+
+The answer is ``202`` with the event id only once the event (and the runs it starts) is
+committed. Refusals, each with a JSON body ``{"error": {"code", "message"}}``:
+
+========  =====================================================================
+status    when
+========  =====================================================================
+400       the body is not valid JSON although it says it is (recorded: invalid)
+401       the signature or token is missing or wrong (not recorded)
+405       a method other than those configured
+413       the body is larger than ``max_body_bytes`` (not recorded)
+429       the daemon is behind (backlog saturated); ``Retry-After`` says when to retry
+========  =====================================================================
+
+A redelivery that carries the same delivery id (``id_header``; GitHub's
+``X-GitHub-Delivery`` by default for ``signature = "github"``) is answered ``200`` with
+status ``duplicate`` and starts nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from urllib.parse import parse_qsl
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from cued.daemon.errors import ConnectorError
+from cued.daemon.sources import Event
+from cued.daemon.store import new_id, now
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import anyio.abc
+    from starlette.types import Receive, Scope, Send
+
+    from cued.daemon.sources import SourceContext
+
+__all__ = ["WebhookConfig", "WebhookSource"]
+
+_RETRY_AFTER_S = 1
+
+
+class WebhookConfig(BaseModel):
+    """Keys of a ``[sources.NAME]`` table with ``kind = "webhook"``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str = Field(pattern=r"^/[A-Za-z0-9._~/-]*$")
+    signature: Literal["none", "github", "hmac-sha256", "token"] = "none"
+    secret: str | None = None
+    """The shared secret or token: ``env:NAME`` (from the environment), ``file:PATH``, or
+    the value itself (keep that out of version control)."""
+    header: str | None = None
+    """``hmac-sha256``: the header with the hex digest (``sha256=`` prefix optional);
+    ``token``: the header with the token (default ``Authorization``, ``Bearer `` optional)."""
+    id_header: str | None = None
+    """A header with a unique delivery id, used as the event id so redeliveries are
+    recognised (default ``X-GitHub-Delivery`` with ``signature = "github"``)."""
+    methods: tuple[str, ...] = ("POST",)
+    max_body_bytes: int = Field(1024 * 1024, ge=1)
+
+    @model_validator(mode="after")
+    def _secret_when_signed(self) -> WebhookConfig:
+        if self.signature != "none" and not self.secret:
+            raise ValueError(f"signature {self.signature!r} needs a secret")
+        if self.signature == "hmac-sha256" and not self.header:
+            raise ValueError("signature 'hmac-sha256' needs the header that carries it")
+        return self
+
+
+def resolve_secret(value: str, base_dir: Path) -> str:
+    """The secret behind ``env:NAME``, ``file:PATH`` or a literal.
+
+    :raises ConnectorError: if the variable is unset or the file unreadable
+    """
+    if value.startswith("env:"):
+        name = value[4:]
+        if name not in os.environ:
+            raise ConnectorError(f"environment variable {name!r} (for a webhook secret) is not set")
+        return os.environ[name]
+    if value.startswith("file:"):
+        path = base_dir / value[5:]
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ConnectorError(
+                f"cannot read the webhook secret file {str(path)!r}: {exc.strerror}"
+            ) from exc
+    return value
+
+
+def _error(status: int, code: str, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status, headers=headers or None
+    )
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class WebhookSource:
+    """Serves one webhook path on the daemon's HTTP server."""
+
+    kind: ClassVar[str] = "webhook"
+    Config: ClassVar[type[BaseModel]] = WebhookConfig
+
+    def __init__(self, config: WebhookConfig, ctx: SourceContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self._secret = (
+            resolve_secret(config.secret, ctx.base_dir).encode() if config.secret else b""
+        )
+        self._id_header = config.id_header or (
+            "X-GitHub-Delivery" if config.signature == "github" else None
+        )
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        import anyio
+
+        self.ctx.routes.mount(self.config.path, self)
+        try:
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            # stopping: requests to the path are refused from now on, none half-recorded
+            self.ctx.routes.unmount(self.config.path)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self._handle(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def _handle(self, request: Request) -> JSONResponse:
+        if request.method not in self.config.methods:
+            return _error(
+                405,
+                "method_not_allowed",
+                f"{self.config.path} takes {', '.join(self.config.methods)}",
+            )
+        if not self.ctx.intake.accepting():
+            return _error(
+                429,
+                "backpressure",
+                "the daemon is behind; retry later",
+                **{"Retry-After": str(_RETRY_AFTER_S)},
+            )
+        try:
+            body = await self._body(request)
+        except _TooLarge:
+            return _error(
+                413, "body_too_large", f"the body is larger than {self.config.max_body_bytes} bytes"
+            )
+        if problem := self._check_signature(request, body):
+            return _error(401, "unauthorized", problem)
+        data, error = _parse(request.headers.get("content-type", ""), body)
+        delivery = request.headers.get(self._id_header) if self._id_header else None
+        event = Event(
+            source=self.ctx.source,
+            event_id=f"{self.ctx.source}:{delivery}" if delivery else new_id(),
+            data=data,
+            meta={
+                "path": request.url.path,
+                "query": dict(request.query_params),
+                "headers": {
+                    k: v for k, v in request.headers.items() if k not in ("authorization", "cookie")
+                },
+            },
+            received_at=now(),
+            error=error,
+        )
+        (receipt,) = await self.ctx.intake.record([event])
+        if error is not None:
+            return _error(400, "invalid_body", f"{error} (recorded as event {event.event_id})")
+        status = 200 if receipt.status == "duplicate" else 202
+        return JSONResponse(
+            {"event_id": receipt.event_id, "status": receipt.status, "runs": list(receipt.run_ids)},
+            status,
+        )
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _TooLarge
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _check_signature(self, request: Request, body: bytes) -> str | None:
+        kind = self.config.signature
+        if kind == "none":
+            return None
+        if kind == "token":
+            header = self.config.header or "Authorization"
+            given = request.headers.get(header, "").removeprefix("Bearer ").strip()
+            if not given:
+                return f"missing token in header {header!r}"
+            return None if hmac.compare_digest(given.encode(), self._secret) else "wrong token"
+        header = "X-Hub-Signature-256" if kind == "github" else (self.config.header or "")
+        given = request.headers.get(header, "").strip().removeprefix("sha256=")
+        if not given:
+            return f"missing signature header {header!r}"
+        expected = hmac.new(self._secret, body, hashlib.sha256).hexdigest()
+        return (
+            None
+            if hmac.compare_digest(given.lower(), expected)
+            else f"signature in {header!r} does not match the body"
+        )
+
+
+def _parse(content_type: str, body: bytes) -> tuple[Any, str | None]:
+    """The payload as data: JSON, a form as a dict, else text."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    text = body.decode("utf-8", errors="replace")
+    if (
+        media == "application/json"
+        or media.endswith("+json")
+        or (not media and text.lstrip()[:1] in ("{", "["))
+    ):
+        try:
+            return json.loads(body or b"null"), None
+        except json.JSONDecodeError as exc:
+            return text[:10_000], f"body is not valid JSON: {exc}"
+    if media == "application/x-www-form-urlencoded":
+        return dict(parse_qsl(text)), None
+    return text, None
