@@ -65,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", "-n", type=int, default=20)
     show = sub.add_parser("show", help="a run's tasks, attempts, durations, errors and outputs")
     show.add_argument("run_id")
+    events = sub.add_parser(
+        "events", help="recent events: matched, unmatched or invalid, with their runs"
+    )
+    events.add_argument("--source", "-S")
+    events.add_argument("--status", "-s", choices=["matched", "unmatched", "invalid"])
+    events.add_argument("--limit", "-n", type=int, default=20)
+    events.add_argument("--data", action="store_true", help="show each event's payload")
     cancel = sub.add_parser("cancel", help="cancel a run (through the running daemon)")
     cancel.add_argument("run_id")
     return parser
@@ -228,6 +235,37 @@ async def _show(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _events(config: Config, args: argparse.Namespace) -> int:
+    async with open_store(config.state_path) as store:
+        rows = await store.list_events(limit=args.limit, source=args.source, status=args.status)
+    table = [
+        [
+            "EVENT",
+            "SOURCE",
+            "STATUS",
+            "RECEIVED",
+            "RUNS",
+            "ERROR" + (" / DATA" if args.data else ""),
+        ]
+    ]
+    for e in rows:
+        detail = e.error or ""
+        if args.data:
+            detail = (detail + " " if detail else "") + json.dumps(e.data)
+        table.append(
+            [
+                e.event_id,
+                e.source,
+                e.status,
+                _time(e.received_at),
+                " ".join(e.run_ids) or "-",
+                _clip(detail),
+            ]
+        )
+    _table(table)
+    return 0
+
+
 def _print_run(run: RunRow) -> None:
     _out(f"run       {run.run_id}")
     _out(f"pipeline  {run.pipeline}")
@@ -235,6 +273,8 @@ def _print_run(run: RunRow) -> None:
     _out(f"created   {_time(run.created_at)}")
     _out(f"duration  {_duration(run.started_at, run.ended_at)}")
     _out(f"inputs    {json.dumps(run.inputs)}")
+    if run.event_id:
+        _out(f"event     {run.event_id}")
     if run.error:
         _out(f"error     {run.error}")
 
@@ -262,7 +302,13 @@ def _table(rows: list[list[str]]) -> None:
         _out("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
 
 
-_COMMANDS = {"trigger": _trigger, "runs": _runs, "show": _show, "cancel": _cancel}
+_COMMANDS = {
+    "trigger": _trigger,
+    "runs": _runs,
+    "show": _show,
+    "events": _events,
+    "cancel": _cancel,
+}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import anyio
+
+from cued.daemon.app import open_runner
+from cued.daemon.config import load_config
+from cued.daemon.intake import DaemonIntake
+from cued.daemon.sources import Event
 from tests.support.daemon import Daemon, cued
 
 CONFIG = """
@@ -101,3 +107,47 @@ def test_missing_config_file_is_named(tmp_path):
     result = cued(tmp_path / "nope.toml", "validate")
     assert result.returncode == 2
     assert f"{tmp_path / 'nope.toml'}: cannot read: No such file or directory" in result.stderr
+
+
+def test_events_lists_matched_unmatched_and_invalid_events(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(
+        CONFIG
+        + """
+[sources.hook]
+kind = "webhook"
+path = "/hook"
+
+[[triggers]]
+source = "hook"
+pipeline = "hello"
+when = "event.data.go"
+inputs = { name = "{{ event.data.name }}" }
+"""
+    )
+
+    async def feed():
+        async with open_runner(load_config(config)) as runner:
+            intake = DaemonIntake(runner.config, runner, runner.store)
+            receipts = await intake.record(
+                [
+                    Event("hook", "e-1", {"go": True, "name": "ev"}),
+                    Event("hook", "e-2", {"go": False}),
+                    Event("hook", "e-3", "not json", error="body is not valid JSON"),
+                ]
+            )
+            await runner.wait(receipts[0].run_ids[0])
+            return receipts
+
+    receipts = anyio.run(feed)
+    listed = cued(config, "events", "--data")
+    assert listed.returncode == 0, listed.stderr
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
+    assert lines["e-1"].split()[2] == "matched"
+    assert receipts[0].run_ids[0] in lines["e-1"]
+    assert '"name": "ev"' in lines["e-1"]
+    assert lines["e-2"].split()[2] == "unmatched"
+    assert "invalid" in lines["e-3"]
+    assert "body is not valid JSON" in lines["e-3"]
+    shown = cued(config, "show", receipts[0].run_ids[0])
+    assert "event     e-1" in shown.stdout

