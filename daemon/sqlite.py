@@ -344,11 +344,14 @@ class SqliteStore:
 
     async def dedupe_seen(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], float]:
         seen: dict[tuple[str, str], float] = {}
-        for trigger, key in keys:
+        for i in range(0, len(keys), 250):
+            chunk = keys[i : i + 250]
             rows = await self._reader.execute_fetchall(
-                "SELECT seen_at FROM dedupe_keys WHERE trigger = ? AND key = ?", (trigger, key)
+                "SELECT trigger, key, seen_at FROM dedupe_keys WHERE (trigger, key) IN "
+                f"(VALUES {','.join(['(?, ?)'] * len(chunk))})",
+                [part for pair in chunk for part in pair],
             )
-            for (seen_at,) in rows:
+            for trigger, key, seen_at in rows:
                 seen[trigger, key] = seen_at
         return seen
 

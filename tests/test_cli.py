@@ -127,8 +127,9 @@ inputs = { name = "{{ event.data.name }}" }
     )
 
     async def feed():
-        async with open_runner(load_config(config)) as runner:
+        async with open_runner(load_config(config)) as runner, anyio.create_task_group() as tg:
             intake = DaemonIntake(runner.config, runner, runner.store)
+            await tg.start(intake.run)
             receipts = await intake.record(
                 [
                     Event("hook", "e-1", {"go": True, "name": "ev"}),
@@ -137,6 +138,7 @@ inputs = { name = "{{ event.data.name }}" }
                 ]
             )
             await runner.wait(receipts[0].run_ids[0])
+            tg.cancel_scope.cancel()
             return receipts
 
     receipts = anyio.run(feed)

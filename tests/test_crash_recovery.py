@@ -102,3 +102,55 @@ async def test_kill_9_mid_run_then_restart_completes_it_without_rerunning_finish
     assert rerun, "nothing was in flight at the kill"
     assert {key for key, _ in rerun}.isdisjoint(done_before)
     assert f"start last {run_id}/last" in lines(ledger)
+
+
+GRACEFUL = """
+[http]
+listen = "127.0.0.1:0"
+
+[daemon]
+state = "state.db"
+shutdown_grace = "20s"
+
+[pipelines.two]
+[pipelines.two.tasks.a]
+kind = "shell"
+command = "echo start a >> {ledger}; sleep 1; echo end a >> {ledger}"
+[pipelines.two.tasks.b]
+kind = "shell"
+needs = ["a"]
+command = "echo start b >> {ledger}"
+"""
+
+
+async def test_sigterm_lets_running_tasks_finish_and_the_rest_runs_after_restart(tmp_path):
+    ledger = tmp_path / "ledger"
+    config = tmp_path / "config.toml"
+    config.write_text(GRACEFUL.format(ledger=ledger))
+    state = tmp_path / "state.db"
+
+    daemon = Daemon(config, state)
+    await daemon.start()
+    run_id = cued(config, "trigger", "two").stdout.split()[2]
+    await wait_for(lambda: "start a" in lines(ledger))
+    assert daemon.stop() == 0  # SIGTERM, within the grace period
+    assert lines(ledger) == ["start a", "end a"], "the running task was not let finish"
+    assert query(
+        state, "SELECT key, state FROM task_instances WHERE run_id = ? ORDER BY key", run_id
+    ) == [
+        ("a", "succeeded"),
+        ("b", "queued"),
+    ]
+    assert query(state, "SELECT state FROM runs WHERE run_id = ?", run_id) == [("running",)]
+
+    daemon = Daemon(config, state)
+    await daemon.start()
+    try:
+        await wait_for(
+            lambda: (
+                query(state, "SELECT state FROM runs WHERE run_id = ?", run_id) == [("succeeded",)]
+            )
+        )
+    finally:
+        assert daemon.stop() == 0
+    assert lines(ledger) == ["start a", "end a", "start b"]
