@@ -35,10 +35,14 @@ async def daemon_running(config: Config) -> AsyncIterator[DaemonInfo]:
 
 async def runs_of_event(info: DaemonInfo, event_id: str) -> list[str]:
     """The ids of the runs an event started, as recorded."""
-    (event,) = [e for e in await info.runner.store.list_events(limit=100_000) if e.event_id == event_id]
+    (event,) = [
+        e for e in await info.runner.store.list_events(limit=100_000) if e.event_id == event_id
+    ]
     return list(event.run_ids)
 
 
-async def wait_finished(info: DaemonInfo, run_ids: list[str], timeout_s: float = 20) -> list[RunRow]:
+async def wait_finished(
+    info: DaemonInfo, run_ids: list[str], timeout_s: float = 20
+) -> list[RunRow]:
     with anyio.fail_after(timeout_s):
         return [await info.runner.wait(r) for r in run_ids]
