@@ -71,6 +71,8 @@ class Instance:
     attempts: int = 0
     output: Any = None
     error: str | None = None
+    retry_base: int = 0
+    """Attempts made before the latest rerun: a rerun gets the task's retries afresh."""
 
     @property
     def key(self) -> str:
@@ -168,7 +170,7 @@ class RunEngine:
             return []
         instance.error = error
         task = self.plan.tasks[instance.task]
-        if retryable and instance.attempts <= task.config.retries:
+        if retryable and instance.attempts - instance.retry_base <= task.config.retries:
             instance.state = State.UP_FOR_RETRY
             self._changes.append(instance)
             return [Wait(instance, instance.attempts)]

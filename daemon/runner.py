@@ -220,7 +220,8 @@ class Runner:
                 continue
             prior = {
                 i.key: Instance(
-                    i.task, i.map_index, State(i.state), i.attempts, outputs.get(i.key), i.error
+                    i.task, i.map_index, State(i.state), i.attempts, outputs.get(i.key), i.error,
+                    i.retry_base,
                 )
                 for i in instances
             }

@@ -17,7 +17,16 @@ import aiosqlite
 import anyio
 
 from .errors import StoreError
-from .store import AttemptRow, CursorRow, DedupeRow, EventRow, InstanceRow, RunRow
+from .store import (
+    AttemptRow,
+    CursorRow,
+    DedupeRow,
+    EventRow,
+    InstanceGone,
+    InstanceRow,
+    OutboxRow,
+    RunRow,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -91,6 +100,24 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_by_source ON events (source, event_id);
     """,
+    """
+    ALTER TABLE task_instances ADD COLUMN retry_base INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN cost REAL;
+    ALTER TABLE attempts ADD COLUMN usage TEXT;   -- JSON
+    CREATE INDEX attempts_with_cost ON attempts (started_at) WHERE cost IS NOT NULL;
+    CREATE TABLE outbox (
+        alert_id    TEXT PRIMARY KEY,   -- the same on every resend
+        channel     TEXT NOT NULL,
+        rule        TEXT NOT NULL,
+        payload     TEXT NOT NULL,      -- JSON
+        created_at  REAL NOT NULL,
+        sent_at     REAL,
+        attempts    INTEGER NOT NULL,
+        last_error  TEXT,
+        next_at     REAL NOT NULL
+    );
+    CREATE INDEX outbox_unsent ON outbox (next_at) WHERE sent_at IS NULL;
+    """,
 )
 
 _UPSERT_RUN = """
@@ -98,8 +125,16 @@ INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
     ended_at = excluded.ended_at, error = excluded.error
 """
-_PUT_INSTANCE = "INSERT OR REPLACE INTO task_instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_PUT_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_PUT_INSTANCE = "INSERT OR REPLACE INTO task_instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_DELETE_INSTANCE = "DELETE FROM task_instances WHERE run_id = ? AND key = ?"
+_PUT_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# an alert already queued keeps its place and its history: only its delivery is updated
+_PUT_OUTBOX = """
+INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (alert_id) DO UPDATE SET sent_at = excluded.sent_at, attempts = excluded.attempts,
+    last_error = excluded.last_error, next_at = excluded.next_at
+WHERE excluded.attempts > 0
+"""
 _PUT_EVENT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _PUT_DEDUPE = "INSERT OR REPLACE INTO dedupe_keys VALUES (?, ?, ?)"
 _PUT_CURSOR = "INSERT OR REPLACE INTO source_cursors VALUES (?, ?, ?)"
@@ -108,7 +143,10 @@ _PUT_CURSOR = "INSERT OR REPLACE INTO source_cursors VALUES (?, ?, ?)"
 class _Batch:
     """Submissions that commit together."""
 
-    __slots__ = ("attempts", "cursors", "dedupe", "done", "error", "events", "instances", "runs")
+    __slots__ = (
+        "attempts", "cursors", "dedupe", "done", "error", "events", "gone", "instances", "outbox",
+        "runs",
+    )
 
     def __init__(self) -> None:
         self.runs: dict[str, RunRow] = {}
@@ -117,6 +155,8 @@ class _Batch:
         self.events: dict[str, EventRow] = {}
         self.dedupe: dict[tuple[str, str], DedupeRow] = {}
         self.cursors: dict[str, CursorRow] = {}
+        self.gone: dict[tuple[str, str], InstanceGone] = {}
+        self.outbox: dict[str, OutboxRow] = {}
         self.done = anyio.Event()
         self.error: BaseException | None = None
 
@@ -124,6 +164,12 @@ class _Batch:
         # whole rows: a later submission of the same row replaces the earlier one
         if isinstance(row, InstanceRow):
             self.instances[row.run_id, row.key] = row
+            self.gone.pop((row.run_id, row.key), None)
+        elif isinstance(row, InstanceGone):
+            self.gone[row.run_id, row.key] = row
+            self.instances.pop((row.run_id, row.key), None)
+        elif isinstance(row, OutboxRow):
+            self.outbox[row.alert_id] = row
         elif isinstance(row, AttemptRow):
             self.attempts[row.run_id, row.key, row.attempt] = row
         elif isinstance(row, RunRow):
@@ -143,6 +189,8 @@ class _Batch:
             or self.events
             or self.dedupe
             or self.cursors
+            or self.gone
+            or self.outbox
         )
 
     async def wait(self) -> None:
@@ -201,83 +249,19 @@ class SqliteStore:
     async def _commit(self, batch: _Batch) -> None:
         started = anyio.current_time()
         db = self._writer
-        if batch.runs:
-            await db.executemany(
-                _UPSERT_RUN,
-                [
-                    (
-                        r.run_id,
-                        r.pipeline,
-                        r.state,
-                        json.dumps(r.inputs),
-                        r.created_at,
-                        r.started_at,
-                        r.ended_at,
-                        r.error,
-                        r.event_id,
-                    )
-                    for r in batch.runs.values()
-                ],
-            )
-        if batch.instances:
-            await db.executemany(
-                _PUT_INSTANCE,
-                [
-                    (
-                        i.run_id,
-                        i.key,
-                        i.task,
-                        i.map_index,
-                        i.state,
-                        i.attempts,
-                        i.error,
-                        i.updated_at,
-                    )
-                    for i in batch.instances.values()
-                ],
-            )
-        if batch.attempts:
-            await db.executemany(
-                _PUT_ATTEMPT,
-                [
-                    (
-                        a.run_id,
-                        a.key,
-                        a.attempt,
-                        a.state,
-                        a.started_at,
-                        a.ended_at,
-                        a.error,
-                        a.output,
-                    )
-                    for a in batch.attempts.values()
-                ],
-            )
-        if batch.events:
-            await db.executemany(
-                _PUT_EVENT,
-                [
-                    (
-                        e.event_id,
-                        e.source,
-                        e.received_at,
-                        e.status,
-                        json.dumps(e.data),
-                        json.dumps(e.meta),
-                        json.dumps(list(e.run_ids)),
-                        e.error,
-                    )
-                    for e in batch.events.values()
-                ],
-            )
-        if batch.dedupe:
-            await db.executemany(
-                _PUT_DEDUPE, [(d.trigger, d.key, d.seen_at) for d in batch.dedupe.values()]
-            )
-        if batch.cursors:
-            await db.executemany(
-                _PUT_CURSOR, [(c.source, c.cursor, c.updated_at) for c in batch.cursors.values()]
-            )
+        if batch.gone:
+            await db.executemany(_DELETE_INSTANCE, [(g.run_id, g.key) for g in batch.gone.values()])
+        for rows, sql in (
+            (batch.runs, _UPSERT_RUN),
+            (batch.instances, _PUT_INSTANCE),
+            (batch.attempts, _PUT_ATTEMPT),
+            (batch.events, _PUT_EVENT),
+            (batch.dedupe, _PUT_DEDUPE),
+            (batch.cursors, _PUT_CURSOR),
+            (batch.outbox, _PUT_OUTBOX),
+        ):
+            if rows:
+                await db.executemany(sql, [_params(row) for row in rows.values()])
         await db.commit()
         self.commits += 1
         self.commit_seconds += anyio.current_time() - started
@@ -326,9 +310,7 @@ class SqliteStore:
             "SELECT * FROM attempts WHERE run_id = ? ORDER BY started_at, key, attempt", (run_id,)
         )
         return [
-            AttemptRow(
-                r[0], r[1], r[2], r[3], r[4], r[5], r[6], None if r[7] is None else json.loads(r[7])
-            )
+            AttemptRow(*r[:7], output=_loads(r[7]), cost=r[8], usage=_loads(r[9]))  # type: ignore[misc]
             for r in rows
         ]
 
@@ -354,6 +336,32 @@ class SqliteStore:
             for trigger, key, seen_at in rows:
                 seen[trigger, key] = seen_at
         return seen
+
+    async def outbox_due(self, before: float, limit: int = 100) -> list[OutboxRow]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT * FROM outbox WHERE sent_at IS NULL AND next_at <= ? ORDER BY next_at LIMIT ?",
+            (before, limit),
+        )
+        return [OutboxRow(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
+
+    async def outbox_next_at(self) -> float | None:
+        rows = await self._reader.execute_fetchall(
+            "SELECT min(next_at) FROM outbox WHERE sent_at IS NULL"
+        )
+        return next((float(at) for (at,) in rows if at is not None), None)
+
+    async def costs(self, *, run_id: str | None = None, since: float | None = None) -> float:
+        where, args = ["cost IS NOT NULL"], []
+        if run_id is not None:
+            where.append("run_id = ?")
+            args.append(run_id)
+        if since is not None:
+            where.append("started_at >= ?")
+            args.append(since)
+        rows = await self._reader.execute_fetchall(
+            f"SELECT coalesce(sum(cost), 0) FROM attempts WHERE {' AND '.join(where)}", args
+        )
+        return next((float(total) for (total,) in rows), 0.0)
 
     async def get_cursor(self, source: str) -> str | None:
         rows = await self._reader.execute_fetchall(
@@ -393,6 +401,22 @@ class SqliteStore:
     async def _runs(self, clause: str, args: tuple[Any, ...]) -> list[RunRow]:
         rows = await self._reader.execute_fetchall(f"SELECT * FROM runs {clause}", args)
         return [RunRow(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+# Row fields held as JSON text; every other field is stored as it is. A row's fields are
+# in the order of its table's columns.
+_JSON_FIELDS = frozenset({"inputs", "data", "meta", "run_ids", "payload", "usage"})
+
+
+def _params(row: Row) -> tuple[Any, ...]:
+    return tuple(
+        json.dumps(getattr(row, name)) if name in _JSON_FIELDS else getattr(row, name)
+        for name in row.__slots__  # type: ignore[union-attr]
+    )
 
 
 def _chunks(items: list[str], size: int = 500) -> list[list[str]]:

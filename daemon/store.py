@@ -24,6 +24,8 @@ __all__ = [
     "DedupeRow",
     "Durable",
     "EventRow",
+    "InstanceGone",
+    "OutboxRow",
     "InstanceRow",
     "RunRow",
     "Store",
@@ -68,6 +70,8 @@ class InstanceRow:
     attempts: int
     error: str | None
     updated_at: float
+    retry_base: int = 0
+    """Attempts made before the latest rerun: retries count from there."""
 
     @classmethod
     def of(cls, run_id: str, inst: Instance) -> InstanceRow:
@@ -80,6 +84,7 @@ class InstanceRow:
             inst.attempts,
             inst.error,
             now(),
+            inst.retry_base,
         )
 
 
@@ -93,6 +98,34 @@ class AttemptRow:
     ended_at: float | None = None
     error: str | None = None
     output: Any = None
+    cost: float | None = None
+    """Money an AI step spent in this attempt (in the unit its prices are given in)."""
+    usage: dict[str, Any] | None = None
+    """Token usage reported by an AI step."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceGone:
+    """Remove an instance that a rerun replaces and that has no attempts to keep (the
+    placeholder of a mapped task that never expanded)."""
+
+    run_id: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """An alert to send; ``alert_id`` is the same on every resend."""
+
+    alert_id: str
+    channel: str
+    rule: str
+    payload: dict[str, Any]
+    created_at: float
+    sent_at: float | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    next_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +158,7 @@ class CursorRow:
     updated_at: float
 
 
-Row = RunRow | InstanceRow | AttemptRow | EventRow | DedupeRow | CursorRow
+Row = RunRow | InstanceRow | AttemptRow | EventRow | DedupeRow | CursorRow | InstanceGone | OutboxRow
 
 
 class Durable(Protocol):
@@ -167,6 +200,15 @@ class Store(Protocol):
         """When each of these (trigger, business key) pairs last started a run."""
 
     async def get_cursor(self, source: str) -> str | None: ...
+
+    async def outbox_due(self, before: float, limit: int = 100) -> list[OutboxRow]:
+        """Unsent alerts whose next try is due by ``before``, oldest first."""
+
+    async def outbox_next_at(self) -> float | None:
+        """When the earliest unsent alert is due, if any is."""
+
+    async def costs(self, *, run_id: str | None = None, since: float | None = None) -> float:
+        """Money spent by attempts (of one run, or since a time)."""
 
     async def list_events(
         self, *, limit: int = 50, source: str | None = None, status: str | None = None
