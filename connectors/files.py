@@ -44,13 +44,13 @@ from watchfiles import Change, awatch
 
 from cued.daemon.durations import Duration
 from cued.daemon.errors import ConnectorError, StoreError
-from cued.daemon.sources import Event
+from cued.daemon.sources import Event, Receipt
 from cued.daemon.store import now
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
-    from cued.daemon.sources import Receipt, SourceContext
+    from cued.daemon.sources import SourceContext
 
 __all__ = ["FilesConfig", "FilesSource"]
 
@@ -143,6 +143,7 @@ class FilesSource:
         async with anyio.create_task_group() as tg:
             await tg.start(self._watch, stop)
             try:
+                await self._move_recorded()
                 task_status.started()
                 self.log.info("files_watching", folder=self._dir, pattern=self.config.pattern)
                 await self._take_loop()
@@ -171,6 +172,17 @@ class FilesSource:
                 error=str(exc),
                 note=f"listing the folder every {self.config.rescan_every:g}s only",
             )
+
+    async def _move_recorded(self) -> None:
+        """Move the files whose events were recorded before a crash could move them, before
+        the daemon resumes the runs they started (which look for them in processed/)."""
+        found: list[_Found] = []
+        await anyio.to_thread.run_sync(self._list, self._dir, found)
+        planned = await anyio.to_thread.run_sync(self._plan, found)
+        known = await self.ctx.intake.known([p.event.event_id for p in planned])
+        for item in planned:
+            if item.event.event_id in known:
+                self._move(item, Receipt(item.event.event_id, "duplicate"))
 
     async def _take_loop(self) -> None:
         while True:
@@ -203,20 +215,19 @@ class FilesSource:
         # Shielded: what is recorded is moved even while the daemon stops, so a clean stop
         # leaves no file recorded but not moved (a crash may: see the module's docstring).
         with anyio.CancelScope(shield=True):
+            def move(receipts: list[Receipt]) -> None:
+                # called by intake once the events are committed and before their runs
+                # start, so each run finds its file at ``data.path``
+                for item, receipt in zip(planned, receipts, strict=True):
+                    self._move(item, receipt)
+
             try:
-                receipts = await self.ctx.intake.record([p.event for p in planned])
+                await self.ctx.intake.record([p.event for p in planned], acknowledge=move)
             except StoreError as exc:
                 # nothing was recorded: the files stay, and are tried again later
                 retry = time.monotonic() + self.config.rescan_every
                 self._retry_at.update(dict.fromkeys((p.found.path for p in planned), retry))
                 self.log.error("files_not_recorded", files=len(planned), error=str(exc))
-                return
-            # Moved at once, without yielding to the event loop: the runs these events
-            # started have been handed to the runner but start no task before this task
-            # yields, so each finds its file at ``data.path``. Renames within a file
-            # system are quick.
-            for item, receipt in zip(planned, receipts, strict=True):
-                self._move(item, receipt)
 
     # -- the folder: listed in worker threads, files moved in the event loop ---------
 

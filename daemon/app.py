@@ -80,11 +80,14 @@ def _kinds(config: Config) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def open_runner(config: Config, *, lock: bool = True) -> AsyncIterator[Runner]:
+async def open_runner(
+    config: Config, *, lock: bool = True, resume: bool = True
+) -> AsyncIterator[Runner]:
     """A runner on the config's store, serving in a task group of its own: for the daemon,
     and for ``cued trigger`` when no daemon runs.
 
     :param lock: take the state file's daemon lock
+    :param resume: resume unfinished runs at once (the daemon does it after its sources start)
     :raises CuedError: if another daemon holds the lock
     """
     state = config.state_path
@@ -96,7 +99,7 @@ async def open_runner(config: Config, *, lock: bool = True) -> AsyncIterator[Run
             anyio.create_task_group() as tg,
         ):
             runner = Runner(config, store, _kinds(config), http)
-            await tg.start(runner.serve)
+            await tg.start(partial(runner.serve, resume=resume))
             try:
                 yield runner
             finally:
@@ -173,7 +176,9 @@ async def _serve(
 ) -> None:
     log = get_logger()
     socket_path = control_socket_path(config.state_path)
-    async with open_runner(config) as runner, anyio.create_task_group() as tg:
+    # unfinished runs are resumed once the sources have started: a source may first have
+    # to finish acknowledging what a crash left recorded but unacknowledged
+    async with open_runner(config, resume=False) as runner, anyio.create_task_group() as tg:
         intake = DaemonIntake(config, runner, runner.store)
         await tg.start(intake.run)
         runner.asset_sink = intake.record
@@ -189,6 +194,7 @@ async def _serve(
         async with anyio.create_task_group() as sources_tg:
             for source in sources:
                 await sources_tg.start(source.run)
+            await runner.resume()
             log.info(
                 "daemon_started",
                 state=str(config.state_path),

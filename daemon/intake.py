@@ -28,11 +28,14 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .errors import CuedError, StoreError
+from .logs import get_logger
 from .sources import Receipt
 from .store import CursorRow, DedupeRow, EventRow, now
 from .triggers import Match, match
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .config import Config, TriggerConfig
     from .runner import Runner
     from .sources import Event
@@ -47,6 +50,7 @@ class _Request:
 
     events: list[Event]
     cursor: str | None
+    acknowledge: Callable[[list[Receipt]], None] | None = None
     receipts: list[Receipt] = field(default_factory=list)
     error: BaseException | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
@@ -81,6 +85,7 @@ class DaemonIntake:
         self._pending_ids: set[str] = set()
         self._pending_keys: set[tuple[str, str]] = set()
         self.received: dict[str, int] = defaultdict(int)
+        self._log = get_logger()
 
     # -- what sources call ------------------------------------------------------------
 
@@ -93,14 +98,23 @@ class DaemonIntake:
     async def cursor(self, source: str) -> str | None:
         return await self._store.get_cursor(source)
 
-    async def record(self, events: list[Event], *, cursor: str | None = None) -> list[Receipt]:
+    async def known(self, event_ids: list[str]) -> set[str]:
+        return await self._store.known_events(event_ids) | (self._pending_ids & set(event_ids))
+
+    async def record(
+        self,
+        events: list[Event],
+        *,
+        cursor: str | None = None,
+        acknowledge: Callable[[list[Receipt]], None] | None = None,
+    ) -> list[Receipt]:
         """See :meth:`cued.daemon.sources.Intake.record`.
 
         :raises StoreError: if the transaction failed (nothing of it was recorded)
         """
         if not events and cursor is None:
             return []
-        request = _Request(list(events), cursor)
+        request = _Request(list(events), cursor, acknowledge)
         self._queue.append(request)
         self._wake.set()
         await request.done.wait()
@@ -197,12 +211,17 @@ class DaemonIntake:
         finally:
             self._pending_ids -= batch.ids
             self._pending_keys -= batch.keys
+        for request in batch.requests:
+            request.error = error
+            if error is None and request.acknowledge is not None:
+                try:
+                    request.acknowledge(request.receipts)
+                except Exception as exc:  # noqa: BLE001 - the source's failure, not the batch's
+                    self._log.error("acknowledge_failed", error=repr(exc))
+            request.done.set()
         if error is None:
             for run in batch.runs:
                 self._runner.enqueue(run)
-        for request in batch.requests:
-            request.error = error
-            request.done.set()
 
     def _start_runs(
         self,

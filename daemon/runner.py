@@ -100,16 +100,27 @@ class Runner:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def serve(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        *,
+        resume: bool = True,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Resume unfinished runs, then run whatever is submitted until cancelled."""
+        """Run whatever is submitted until cancelled; first resume unfinished runs, unless
+        ``resume`` is false (the daemon resumes them once its sources have started: see
+        :meth:`resume`)."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            resumed = await self._resume()
-            if resumed:
-                self.log.info("runs_resumed", count=resumed)
+            if resume:
+                await self.resume()
             task_status.started()
             await anyio.sleep_forever()
+
+    async def resume(self) -> int:
+        """Go on with every run that was unfinished when the daemon last stopped."""
+        resumed = await self._resume()
+        if resumed:
+            self.log.info("runs_resumed", count=resumed)
+        return resumed
 
     def on_run_finished(self, listener: Callable[[RunRow], None]) -> None:
         """Call ``listener(row)`` when a run ends (succeeded, failed or cancelled)."""

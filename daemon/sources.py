@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     import anyio.abc
@@ -62,16 +63,29 @@ class Receipt:
 
 
 class Intake(Protocol):
-    async def record(self, events: list[Event], *, cursor: str | None = None) -> list[Receipt]:
+    async def record(
+        self,
+        events: list[Event],
+        *,
+        cursor: str | None = None,
+        acknowledge: Callable[[list[Receipt]], None] | None = None,
+    ) -> list[Receipt]:
         """Record ``events`` and start the runs they trigger, all in one transaction;
         return once it is committed.
 
         :param cursor: the source's position after these events (a schedule's last tick),
             committed in the same transaction; read back with :meth:`cursor`
+        :param acknowledge: called with the receipts once committed and before any run
+            they started begins: for an acknowledgement the runs depend on (the files
+            source moves each file to where its event says it is)
         """
 
     async def cursor(self, source: str) -> str | None:
         """The last cursor recorded for ``source``."""
+
+    async def known(self, event_ids: list[str]) -> set[str]:
+        """Which of these events are recorded (or being recorded) already: for a source
+        to finish acknowledging, at start, what a crash left recorded but unacknowledged."""
 
     def accepting(self) -> bool:
         """Whether the daemon takes events now (False while the backlog is saturated)."""

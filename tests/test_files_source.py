@@ -11,6 +11,8 @@ import pytest
 
 from cued.daemon.config import parse_config
 from cued.daemon.errors import ConfigError, ConnectorError
+from cued.daemon.sqlite import open_store
+from cued.daemon.store import EventRow, RunRow, new_id, now
 from tests.support import probes
 from tests.support.running import daemon_running
 
@@ -19,7 +21,6 @@ if TYPE_CHECKING:
 
     from cued.daemon.app import DaemonInfo
     from cued.daemon.config import Config
-    from cued.daemon.store import EventRow, RunRow
 
 READ_TASK = """kind = "python"
 function = "tests.test_files_source:read_dropped"
@@ -390,3 +391,31 @@ def leaves(exc: BaseException) -> list[BaseException]:
 def test_config_is_checked(tmp_path: Path, line: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         files_config(tmp_path, line)
+
+
+async def test_after_a_crash_between_recording_and_moving_the_resumed_run_finds_its_file(
+    tmp_path: Path, landing: Path
+) -> None:
+    config = files_config(tmp_path)
+    drop = landing / "late.csv"
+    drop.write_text("a,b\n")
+    stat = drop.stat()
+    event_id = f"landing:late.csv:{stat.st_size}:{stat.st_mtime_ns}"
+    processed = str(landing / "processed" / "late.csv")
+    # what a crash right after the commit leaves: the event and its run recorded, the run
+    # not started, the file not yet moved
+    run = RunRow(new_id(), "ingest", "queued", {"path": processed}, now(), event_id=event_id)
+    async with open_store(config.state_path) as store:
+        await store.submit(
+            [EventRow(event_id, "landing", now(), "matched", {"path": processed}, {}, (run.run_id,)), run]
+        ).wait()
+
+    async with daemon_running(config) as info:
+        with anyio.fail_after(20):
+            row = await info.runner.wait(run.run_id)
+        (attempt,) = await info.runner.store.get_attempts(run.run_id)
+        events = await info.runner.store.list_events(source="landing")
+    assert row.state == "succeeded", row.error
+    assert attempt.output == {"path": processed, "text": "a,b\n"}
+    assert [e.event_id for e in events] == [event_id], "the file started a second run"
+    assert not drop.exists()
