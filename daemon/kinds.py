@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -10,7 +10,35 @@ if TYPE_CHECKING:
     import structlog
     from pydantic import BaseModel
 
-__all__ = ["TaskContext", "TaskKind"]
+__all__ = ["Meter", "Spending", "TaskContext", "TaskKind"]
+
+
+@dataclass
+class Meter:
+    """What an attempt spent, reported by the task kind (an AI step's tokens and their
+    price); the runner records it with the attempt, also when the attempt fails."""
+
+    cost: float | None = None
+    usage: dict[str, Any] | None = None
+
+    def add(self, cost: float, usage: dict[str, Any] | None = None) -> None:
+        self.cost = (self.cost or 0.0) + cost
+        if usage:
+            merged = dict(self.usage or {})
+            for key, value in usage.items():
+                merged[key] = (
+                    merged.get(key, 0) + value if isinstance(value, int | float) else value
+                )
+            self.usage = merged
+
+
+class Spending(Protocol):
+    """Money spent so far by attempts that reported a cost, for budgets."""
+
+    async def by_run(self, run_id: str) -> float: ...
+
+    async def today(self) -> float:
+        """Since midnight UTC."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +54,8 @@ class TaskContext:
         across a crash and restart; send it to services that deduplicate requests
     :param log: a logger with run id, pipeline, task and attempt bound
     :param http: the daemon's one shared HTTP client (one connection pool for all tasks)
+    :param meter: where the attempt reports what it spent (AI steps)
+    :param spending: what was spent already, by this run and today, for cost caps
     """
 
     run_id: str
@@ -36,6 +66,8 @@ class TaskContext:
     idempotency_key: str
     log: structlog.typing.FilteringBoundLogger
     http: httpx.AsyncClient
+    meter: Meter = field(default_factory=Meter)
+    spending: Spending | None = None
 
 
 @runtime_checkable

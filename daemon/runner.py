@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import UTC, datetime
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 from .backlog import Backlog
 from .engine import Instance, RunEngine, RunState, Start, State, Wait
 from .errors import InvalidRequest, NotFound, PermanentTaskError, TaskTimeout
-from .kinds import TaskContext
+from .kinds import Meter, TaskContext
 from .logs import get_logger
 from .plan import PipelinePlan
 from .sources import Event
@@ -93,6 +94,7 @@ class Runner:
         and sends the same events, which intake recognises."""
         self._tg: anyio.abc.TaskGroup | None = None
         self.log = get_logger()
+        self._spending = _StoreSpending(store)
         self.running_tasks = 0
         self._draining = False
         self._idle = anyio.Event()
@@ -231,7 +233,12 @@ class Runner:
                 continue
             prior = {
                 i.key: Instance(
-                    i.task, i.map_index, State(i.state), i.attempts, outputs.get(i.key), i.error,
+                    i.task,
+                    i.map_index,
+                    State(i.state),
+                    i.attempts,
+                    outputs.get(i.key),
+                    i.error,
                     i.retry_base,
                 )
                 for i in instances
@@ -311,6 +318,7 @@ class Runner:
                 run_id=run_id, pipeline=run.row.pipeline, task=inst.key, attempt=start.attempt
             )
             log.debug("task_started")
+            meter = Meter()
             ctx = TaskContext(
                 run_id=run_id,
                 pipeline=run.row.pipeline,
@@ -320,6 +328,8 @@ class Runner:
                 idempotency_key=f"{run_id}/{inst.key}",
                 log=log,
                 http=self.http,
+                meter=meter,
+                spending=self._spending,
             )
             self.running_tasks += 1
             error: str | None = None
@@ -338,7 +348,18 @@ class Runner:
                 # leaves them running, so that a restart runs them again
                 state = "cancelled" if engine.state is RunState.CANCELLED else "interrupted"
                 self.store.submit(
-                    [AttemptRow(run_id, inst.key, start.attempt, state, started_at, now())]
+                    [
+                        AttemptRow(
+                            run_id,
+                            inst.key,
+                            start.attempt,
+                            state,
+                            started_at,
+                            now(),
+                            cost=meter.cost,
+                            usage=meter.usage,
+                        )
+                    ]
                 )
                 raise
             except TimeoutError:
@@ -369,12 +390,22 @@ class Runner:
                 ended_at,
                 None,
                 output_json,
+                meter.cost,
+                meter.usage,
             )
         else:
             commands = engine.failed(inst, error, retryable=retryable)
             log.warning("task_failed", error=error, will_retry=inst.state is State.UP_FOR_RETRY)
             attempt = AttemptRow(
-                run_id, inst.key, start.attempt, "failed", started_at, ended_at, error
+                run_id,
+                inst.key,
+                start.attempt,
+                "failed",
+                started_at,
+                ended_at,
+                error,
+                cost=meter.cost,
+                usage=meter.usage,
             )
         # durable before anything downstream starts: a succeeded task never runs again
         await self._write(run, [attempt]).wait()
@@ -444,6 +475,21 @@ class Runner:
         run.done.set()
         for listener in self._run_listeners:
             listener(run.row)
+
+
+class _StoreSpending:
+    """Costs from the store. A cost is recorded when its attempt ends, so attempts still
+    running are not counted: a cap can be overrun by the AI steps running at that time."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def by_run(self, run_id: str) -> float:
+        return await self._store.costs(run_id=run_id)
+
+    async def today(self) -> float:
+        midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return await self._store.costs(since=midnight.timestamp())
 
 
 def _asdict(row: RunRow) -> dict[str, Any]:

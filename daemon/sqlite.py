@@ -144,7 +144,15 @@ class _Batch:
     """Submissions that commit together."""
 
     __slots__ = (
-        "attempts", "cursors", "dedupe", "done", "error", "events", "gone", "instances", "outbox",
+        "attempts",
+        "cursors",
+        "dedupe",
+        "done",
+        "error",
+        "events",
+        "gone",
+        "instances",
+        "outbox",
         "runs",
     )
 
@@ -351,7 +359,8 @@ class SqliteStore:
         return next((float(at) for (at,) in rows if at is not None), None)
 
     async def costs(self, *, run_id: str | None = None, since: float | None = None) -> float:
-        where, args = ["cost IS NOT NULL"], []
+        where: list[str] = ["cost IS NOT NULL"]
+        args: list[str | float] = []
         if run_id is not None:
             where.append("run_id = ?")
             args.append(run_id)
@@ -415,7 +424,7 @@ _JSON_FIELDS = frozenset({"inputs", "data", "meta", "run_ids", "payload", "usage
 def _params(row: Row) -> tuple[Any, ...]:
     return tuple(
         json.dumps(getattr(row, name)) if name in _JSON_FIELDS else getattr(row, name)
-        for name in row.__slots__  # type: ignore[union-attr]
+        for name in row.__slots__
     )
 
 

@@ -25,8 +25,8 @@ __all__ = [
     "Durable",
     "EventRow",
     "InstanceGone",
-    "OutboxRow",
     "InstanceRow",
+    "OutboxRow",
     "RunRow",
     "Store",
     "new_id",
@@ -158,7 +158,9 @@ class CursorRow:
     updated_at: float
 
 
-Row = RunRow | InstanceRow | AttemptRow | EventRow | DedupeRow | CursorRow | InstanceGone | OutboxRow
+Row = (
+    RunRow | InstanceRow | AttemptRow | EventRow | DedupeRow | CursorRow | InstanceGone | OutboxRow
+)
 
 
 class Durable(Protocol):
