@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import UTC, datetime
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from pydantic import ValidationError
@@ -29,7 +29,7 @@ from .sources import Event
 from .store import AttemptRow, InstanceRow, RunRow, new_id, now
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
     import httpx
     from pydantic import BaseModel
@@ -42,6 +42,18 @@ if TYPE_CHECKING:
 __all__ = ["Runner", "backoff_s"]
 
 _FINISHED = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
+
+
+class AlertSink(Protocol):
+    """The alerts, as the runner sees them."""
+
+    def rows(self, rule: str, key: str, payload: dict[str, Any]) -> Sequence[Row]:
+        """Outbox rows for an alert of ``rule`` (one per channel that wants it). ``key``
+        names the occurrence (rule, run, task, attempt) and makes the alert id, the same
+        on every resend."""
+
+    def wake(self) -> None:
+        """New rows are committed: send them."""
 
 
 def backoff_s(task: TaskConfig, attempt: int, rand: float) -> float:
@@ -88,6 +100,8 @@ class Runner:
         self._runs: dict[str, _Run] = {}
         self._static_params: dict[tuple[str, str], BaseModel] = {}
         self._run_listeners: list[Callable[[RunRow], None]] = []
+        self.alerts: AlertSink | None = None
+        """Where alerts go (the outbox): set by the daemon when alerts are configured."""
         self.asset_sink: Callable[[list[Event]], Awaitable[object]] | None = None
         """Where the asset events of a succeeded run go (intake), before the run is
         recorded as succeeded: a crash in between resumes the run, which finishes again
@@ -407,9 +421,39 @@ class Runner:
                 cost=meter.cost,
                 usage=meter.usage,
             )
+        extra: list[Row] = [attempt]
+        if inst.state is State.FAILED:  # for good: no retry left, or none would help
+            extra.extend(
+                self._alert("task_failed", run, task=inst.key, attempt=start.attempt, error=error)
+            )
         # durable before anything downstream starts: a succeeded task never runs again
-        await self._write(run, [attempt]).wait()
+        await self._write(run, extra).wait()
+        if inst.state is State.FAILED:
+            self._wake_alerts()
         self._apply(run, tg, commands)
+
+    def _alert(self, rule: str, run: _Run, **details: Any) -> list[Row]:
+        """Outbox rows for ``rule`` about ``run``; they commit with the change they report,
+        so a crash cannot lose an alert, and the alert id is the same on every resend."""
+        if self.alerts is None:
+            return []
+        parts = [rule, run.row.run_id]
+        if "task" in details:
+            parts += [str(details["task"]), str(details.get("attempt", ""))]
+        key = ":".join(parts)
+        payload = {
+            "rule": rule,
+            "run_id": run.row.run_id,
+            "pipeline": run.row.pipeline,
+            "event_id": run.row.event_id,
+            "inputs": run.row.inputs,
+            **details,
+        }
+        return list(self.alerts.rows(rule, key, payload))
+
+    def _wake_alerts(self) -> None:
+        if self.alerts is not None:
+            self.alerts.wake()
 
     def _params(
         self, plan: PipelinePlan, name: str, task: TaskConfig, params: dict[str, Any]
@@ -467,7 +511,11 @@ class Runner:
             rows: list[Row] = [run.row]
             if run.engine is not None:
                 rows.extend(InstanceRow.of(run.row.run_id, i) for i in run.engine.drain_changes())
+            rule = {RunState.FAILED: "run_failed", RunState.SUCCEEDED: "run_succeeded"}.get(state)
+            if rule is not None:
+                rows.extend(self._alert(rule, run, error=error))
             await self.store.submit(rows).wait()
+            self._wake_alerts()
         self.log.info(
             "run_finished", run_id=run.row.run_id, pipeline=run.row.pipeline, state=state.value
         )

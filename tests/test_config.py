@@ -176,7 +176,7 @@ ONE_PROBLEM = [
         """,
         2,
         "pipelines.p.tasks.a.kind",
-        ["unknown task kind 'bash'", "known: http, kafka, python, shell, sleep"],
+        ["unknown task kind 'bash'", "known: approval, http, kafka, llm, python, shell, sleep"],
         id="unknown-kind",
     ),
     pytest.param(
