@@ -40,6 +40,7 @@ class State(StrEnum):
     QUEUED = "queued"  # handed to the runner, waiting for a slot
     RUNNING = "running"
     UP_FOR_RETRY = "up_for_retry"
+    WAITING = "waiting"  # for a decision (an approval gate): in the store, not in memory
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     UPSTREAM_FAILED = "upstream_failed"
@@ -52,6 +53,7 @@ TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.UPSTREAM_FAILED, Stat
 class RunState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    WAITING = "waiting"  # nothing runs, a decision is awaited: parked in the store
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -158,17 +160,38 @@ class RunEngine:
         instance.state = State.RUNNING
         self._changes.append(instance)
 
+    def waiting(self, instance: Instance) -> None:
+        """The attempt asks for a decision (an approval gate) and ends; the instance waits,
+        holding no slot, until :meth:`succeeded` or :meth:`failed` settles it."""
+        if self.state is RunState.RUNNING and instance.state not in TERMINAL:
+            instance.state = State.WAITING
+            self._changes.append(instance)
+
+    def parked(self) -> bool:
+        """Nothing runs or is about to, but something waits for a decision: the run can
+        leave memory and resume when the decision comes."""
+        live = False
+        for inst in self.instances():
+            if inst.state is State.WAITING:
+                live = True
+            elif inst.state not in TERMINAL:
+                return False
+        return live and self.state is RunState.RUNNING
+
     def succeeded(self, instance: Instance, output: Any) -> list[Command]:
         if self.state is not RunState.RUNNING:
             return []  # a late report from a cancelled run: its instances stay cancelled
         instance.state, instance.output, instance.error = State.SUCCEEDED, output, None
         return self._done(instance)
 
-    def failed(self, instance: Instance, error: str, *, retryable: bool = True) -> list[Command]:
-        """An attempt failed; retried while the task has retries left and ``retryable``."""
+    def failed(
+        self, instance: Instance, error: str, *, retryable: bool = True, output: Any = None
+    ) -> list[Command]:
+        """An attempt failed; retried while the task has retries left and ``retryable``.
+        ``output`` (a rejected gate's decision, say) stays readable by ``all_done`` tasks."""
         if self.state is not RunState.RUNNING:
             return []
-        instance.error = error
+        instance.error, instance.output = error, output
         task = self.plan.tasks[instance.task]
         if retryable and instance.attempts - instance.retry_base <= task.config.retries:
             instance.state = State.UP_FOR_RETRY
@@ -240,7 +263,7 @@ class RunEngine:
         plan = self.plan.tasks[name]
         starts: list[Command] = []
         for inst in instances:
-            if inst.state not in TERMINAL and self.state is RunState.RUNNING:
+            if inst.state not in TERMINAL and inst.state is not State.WAITING and self.state is RunState.RUNNING:
                 start = self._start(inst, plan)
                 if isinstance(start, Start):
                     starts.append(start)

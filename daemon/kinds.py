@@ -10,7 +10,30 @@ if TYPE_CHECKING:
     import structlog
     from pydantic import BaseModel
 
-__all__ = ["Meter", "Spending", "TaskContext", "TaskKind"]
+__all__ = ["AwaitingDecision", "Meter", "Spending", "TaskContext", "TaskKind"]
+
+
+@dataclass(frozen=True)
+class AwaitingDecision:
+    """What a task kind returns to stop its instance until people decide (an approval
+    gate). The run waits in the store, holding no slot and, once nothing else of it runs,
+    no memory; a decision (or the timeout) settles the instance and the run goes on.
+
+    :param message: what the deciders are asked
+    :param approvers: who may decide: user names, or ``group:NAME``; empty for anyone
+        with the ``approver`` role
+    :param min_approvals: approvals needed; one rejection settles it as rejected
+    :param timeout_s: how long to wait, or ``None`` for ever
+    :param on_timeout: ``approve``, ``reject`` or ``fail`` when the time is up
+    :param payload: a proposal the deciders may edit (an AI step's draft, say)
+    """
+
+    message: str
+    approvers: tuple[str, ...] = ()
+    min_approvals: int = 1
+    timeout_s: float | None = None
+    on_timeout: str = "fail"
+    payload: Any = None
 
 
 @dataclass

@@ -18,7 +18,9 @@ import anyio
 
 from .errors import StoreError
 from .store import (
+    ApprovalRow,
     AttemptRow,
+    DecisionRow,
     CursorRow,
     DedupeRow,
     EventRow,
@@ -117,6 +119,33 @@ _MIGRATIONS: tuple[str, ...] = (
         next_at     REAL NOT NULL
     );
     CREATE INDEX outbox_unsent ON outbox (next_at) WHERE sent_at IS NULL;
+    CREATE TABLE approvals (
+        run_id        TEXT NOT NULL,
+        key           TEXT NOT NULL,
+        attempt       INTEGER NOT NULL,
+        message       TEXT NOT NULL,
+        approvers     TEXT NOT NULL,    -- JSON: names and group:NAME
+        min_approvals INTEGER NOT NULL,
+        on_timeout    TEXT NOT NULL,
+        payload       TEXT NOT NULL,    -- JSON: the proposal
+        requested_at  REAL NOT NULL,
+        deadline_at   REAL,
+        state         TEXT NOT NULL,    -- waiting, approved, rejected, timed_out
+        decided_at    REAL,
+        PRIMARY KEY (run_id, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX approvals_waiting ON approvals (deadline_at) WHERE state = 'waiting';
+    CREATE TABLE decisions (
+        run_id      TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        attempt     INTEGER NOT NULL,   -- decisions of an earlier rerun do not count
+        who         TEXT NOT NULL,
+        decision    TEXT NOT NULL,      -- approve, reject
+        payload     TEXT,               -- JSON: the proposal as this decider edited it
+        comment     TEXT,
+        decided_at  REAL NOT NULL,
+        PRIMARY KEY (run_id, key, attempt, who)
+    ) WITHOUT ROWID;
     """,
 )
 
@@ -127,6 +156,8 @@ ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, started_at = excluded
 """
 _PUT_INSTANCE = "INSERT OR REPLACE INTO task_instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _DELETE_INSTANCE = "DELETE FROM task_instances WHERE run_id = ? AND key = ?"
+_PUT_APPROVAL = "INSERT OR REPLACE INTO approvals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_PUT_DECISION = "INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _PUT_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # an alert already queued keeps its place and its history: only its delivery is updated
 _PUT_OUTBOX = """
@@ -154,6 +185,8 @@ class _Batch:
         "instances",
         "outbox",
         "runs",
+        "approvals",
+        "decisions",
     )
 
     def __init__(self) -> None:
@@ -165,6 +198,8 @@ class _Batch:
         self.cursors: dict[str, CursorRow] = {}
         self.gone: dict[tuple[str, str], InstanceGone] = {}
         self.outbox: dict[str, OutboxRow] = {}
+        self.approvals: dict[tuple[str, str], ApprovalRow] = {}
+        self.decisions: dict[tuple[str, str, int, str], DecisionRow] = {}
         self.done = anyio.Event()
         self.error: BaseException | None = None
 
@@ -178,6 +213,10 @@ class _Batch:
             self.instances.pop((row.run_id, row.key), None)
         elif isinstance(row, OutboxRow):
             self.outbox[row.alert_id] = row
+        elif isinstance(row, ApprovalRow):
+            self.approvals[row.run_id, row.key] = row
+        elif isinstance(row, DecisionRow):
+            self.decisions[row.run_id, row.key, row.attempt, row.who] = row
         elif isinstance(row, AttemptRow):
             self.attempts[row.run_id, row.key, row.attempt] = row
         elif isinstance(row, RunRow):
@@ -199,6 +238,8 @@ class _Batch:
             or self.cursors
             or self.gone
             or self.outbox
+            or self.approvals
+            or self.decisions
         )
 
     async def wait(self) -> None:
@@ -267,6 +308,8 @@ class SqliteStore:
             (batch.dedupe, _PUT_DEDUPE),
             (batch.cursors, _PUT_CURSOR),
             (batch.outbox, _PUT_OUTBOX),
+            (batch.approvals, _PUT_APPROVAL),
+            (batch.decisions, _PUT_DECISION),
         ):
             if rows:
                 await db.executemany(sql, [_params(row) for row in rows.values()])
@@ -278,17 +321,58 @@ class SqliteStore:
 
     async def runs_to_resume(self) -> list[tuple[RunRow, list[InstanceRow], dict[str, Any]]]:
         runs = await self._runs("WHERE state IN ('queued', 'running') ORDER BY run_id", ())
-        found = []
-        for run in runs:
-            outputs = {
-                key: json.loads(out) if out is not None else None
-                for key, out in await self._reader.execute_fetchall(
-                    "SELECT key, output FROM attempts WHERE run_id = ? AND state = 'succeeded'",
-                    (run.run_id,),
-                )
-            }
-            found.append((run, await self.get_instances(run.run_id), outputs))
-        return found
+        return [(run, *await self._run_state(run.run_id)) for run in runs]
+
+    async def run_state(
+        self, run_id: str
+    ) -> tuple[RunRow, list[InstanceRow], dict[str, Any]] | None:
+        run = await self.get_run(run_id)
+        return None if run is None else (run, *await self._run_state(run_id))
+
+    async def _run_state(self, run_id: str) -> tuple[list[InstanceRow], dict[str, Any]]:
+        # the output of each instance's latest attempt: a succeeded one's result, or what a
+        # failed one left for all_done tasks (a rejected gate's decision)
+        rows = await self._reader.execute_fetchall(
+            "SELECT key, output FROM attempts a WHERE run_id = ? AND output IS NOT NULL AND "
+            "attempt = (SELECT max(attempt) FROM attempts b WHERE b.run_id = a.run_id AND b.key = a.key)",
+            (run_id,),
+        )
+        outputs = {key: json.loads(out) for key, out in rows}
+        return await self.get_instances(run_id), outputs
+
+    async def get_approval(self, run_id: str, key: str) -> ApprovalRow | None:
+        rows = await self._reader.execute_fetchall(
+            "SELECT * FROM approvals WHERE run_id = ? AND key = ?", (run_id, key)
+        )
+        return next((_approval(r) for r in rows), None)
+
+    async def list_approvals(
+        self, *, state: str | None = "waiting", limit: int = 100
+    ) -> list[ApprovalRow]:
+        clause, args = ("WHERE state = ?", [state]) if state else ("", [])
+        rows = await self._reader.execute_fetchall(
+            f"SELECT * FROM approvals {clause} ORDER BY requested_at LIMIT ?", [*args, limit]
+        )
+        return [_approval(r) for r in rows]
+
+    async def next_approval_deadline(self) -> float | None:
+        rows = await self._reader.execute_fetchall(
+            "SELECT min(deadline_at) FROM approvals WHERE state = 'waiting'"
+        )
+        return next((float(at) for (at,) in rows if at is not None), None)
+
+    async def approvals_due(self, before: float) -> list[ApprovalRow]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT * FROM approvals WHERE state = 'waiting' AND deadline_at <= ?", (before,)
+        )
+        return [_approval(r) for r in rows]
+
+    async def get_decisions(self, run_id: str, key: str | None = None) -> list[DecisionRow]:
+        clause, args = ("AND key = ?", [run_id, key]) if key else ("", [run_id])
+        rows = await self._reader.execute_fetchall(
+            f"SELECT * FROM decisions WHERE run_id = ? {clause} ORDER BY decided_at", args
+        )
+        return [DecisionRow(r[0], r[1], r[2], r[3], r[4], _loads(r[5]), r[6], r[7]) for r in rows]
 
     async def list_runs(
         self, *, limit: int = 50, pipeline: str | None = None, state: str | None = None
@@ -418,7 +502,24 @@ def _loads(text: str | None) -> Any:
 
 # Row fields held as JSON text; every other field is stored as it is. A row's fields are
 # in the order of its table's columns.
-_JSON_FIELDS = frozenset({"inputs", "data", "meta", "run_ids", "payload", "usage"})
+_JSON_FIELDS = frozenset({"inputs", "data", "meta", "run_ids", "payload", "usage", "approvers"})
+
+
+def _approval(r: Any) -> ApprovalRow:
+    return ApprovalRow(
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        tuple(json.loads(r[4])),
+        r[5],
+        r[6],
+        json.loads(r[7]),
+        r[8],
+        r[9],
+        r[10],
+        r[11],
+    )
 
 
 def _params(row: Row) -> tuple[Any, ...]:

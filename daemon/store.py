@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from .engine import Instance
 
 __all__ = [
+    "ApprovalRow",
     "AttemptRow",
+    "DecisionRow",
     "CursorRow",
     "DedupeRow",
     "Durable",
@@ -158,8 +160,49 @@ class CursorRow:
     updated_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class ApprovalRow:
+    """An approval gate's request, and how it was settled."""
+
+    run_id: str
+    key: str
+    attempt: int
+    message: str
+    approvers: tuple[str, ...]
+    min_approvals: int
+    on_timeout: str
+    payload: Any
+    requested_at: float
+    deadline_at: float | None
+    state: str  # waiting, approved, rejected, timed_out
+    decided_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """One person's decision on a gate: who, when and why."""
+
+    run_id: str
+    key: str
+    attempt: int
+    who: str
+    decision: str  # approve, reject
+    payload: Any
+    comment: str | None
+    decided_at: float
+
+
 Row = (
-    RunRow | InstanceRow | AttemptRow | EventRow | DedupeRow | CursorRow | InstanceGone | OutboxRow
+    RunRow
+    | InstanceRow
+    | AttemptRow
+    | EventRow
+    | DedupeRow
+    | CursorRow
+    | InstanceGone
+    | OutboxRow
+    | ApprovalRow
+    | DecisionRow
 )
 
 
@@ -202,6 +245,23 @@ class Store(Protocol):
         """When each of these (trigger, business key) pairs last started a run."""
 
     async def get_cursor(self, source: str) -> str | None: ...
+
+    async def run_state(
+        self, run_id: str
+    ) -> tuple[RunRow, list[InstanceRow], dict[str, Any]] | None:
+        """A run with its instances and the outputs of their latest attempts."""
+
+    async def get_approval(self, run_id: str, key: str) -> ApprovalRow | None: ...
+
+    async def list_approvals(
+        self, *, state: str | None = "waiting", limit: int = 100
+    ) -> list[ApprovalRow]: ...
+
+    async def next_approval_deadline(self) -> float | None: ...
+
+    async def approvals_due(self, before: float) -> list[ApprovalRow]: ...
+
+    async def get_decisions(self, run_id: str, key: str | None = None) -> list[DecisionRow]: ...
 
     async def outbox_due(self, before: float, limit: int = 100) -> list[OutboxRow]:
         """Unsent alerts whose next try is due by ``before``, oldest first."""
