@@ -6,6 +6,7 @@ async with store, http client, task group:
     control API         on a Unix socket beside the state file (the CLI's way in), and
     HTTP front          on [http] listen: webhooks (and the same API)
     sources             each in the task group, handing events to intake
+    alerts              sends the alert outbox (webhook, email, command), retrying
     signals             SIGTERM/SIGINT: sources stop, running tasks may finish for
                         `shutdown_grace`, the rest is cancelled (and runs again on restart)
 ```
@@ -28,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 
-from .api import build_app
+from .alerts import Alerts
+from .api import Caller, Users, build_app
 from .errors import CuedError
 from .intake import DaemonIntake
 from .logs import get_logger
@@ -142,6 +144,19 @@ def _sources(config: Config, intake: DaemonIntake, front: WebFront) -> list[Any]
     return built
 
 
+def _users(config: Config) -> Users:
+    from cued.connectors.webhook import resolve_secret  # env:/file: secrets, as webhooks have
+
+    return Users(
+        {
+            resolve_secret(user.token, config.base_dir): Caller(
+                name, frozenset(user.roles), frozenset(user.groups)
+            )
+            for name, user in config.auth.users.items()
+        }
+    )
+
+
 @dataclass(frozen=True)
 class DaemonInfo:
     """What a started daemon tells whoever started it (tests, embedding programs)."""
@@ -179,12 +194,19 @@ async def _serve(
     # unfinished runs are resumed once the sources have started: a source may first have
     # to finish acknowledging what a crash left recorded but unacknowledged
     async with open_runner(config, resume=False) as runner, anyio.create_task_group() as tg:
+        if config.alerts:
+            # before anything can start a run: every alert it raises goes to the outbox,
+            # and the sender first sends what a crash left there
+            alerts = Alerts(config.alerts, runner.store, runner.http, config.base_dir)
+            runner.alerts = alerts
+            await tg.start(alerts.run)
         intake = DaemonIntake(config, runner, runner.store)
         await tg.start(intake.run)
         runner.asset_sink = intake.record
-        front = WebFront(build_app(runner, intake))
+        front = WebFront(build_app(runner, trusted=False, users=_users(config)))
+        control = build_app(runner, trusted=True)
         grace = config.daemon.shutdown_grace
-        await tg.start(partial(serve_asgi, front, uds=str(socket_path), grace_s=grace))
+        await tg.start(partial(serve_asgi, control, uds=str(socket_path), grace_s=grace))
         address = None
         if config.http.listen:
             sock = _bind(config.http.listen)

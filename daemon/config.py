@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from . import graph, templates
+from .alerts import ALERT_KINDS, AlertConfig
 from .durations import Duration
 from .errors import ConfigError, ConfigProblem
 from .registry import source_kinds, task_kinds
@@ -138,14 +139,32 @@ class TriggerConfig(_Model):
         return self.name or f"{self.source}->{self.pipeline}"
 
 
+class UserConfig(_Model):
+    """One ``[auth.users.NAME]`` table: an API user."""
+
+    token: str
+    """``env:NAME``, ``file:PATH`` or the token itself (keep that out of version control)."""
+    roles: tuple[Literal["viewer", "operator", "approver"], ...] = ("viewer",)
+    groups: list[str] = Field(default_factory=list)
+    """For approval gates whose approvers name ``group:NAME``."""
+
+
+class AuthConfig(_Model):
+    """The ``[auth]`` table."""
+
+    users: dict[str, UserConfig] = Field(default_factory=dict)
+
+
 class Config(_Model):
     """A whole configuration file."""
 
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     triggers: list[TriggerConfig] = Field(default_factory=list)
+    alerts: dict[str, AlertConfig] = Field(default_factory=dict)
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @property
@@ -164,7 +183,7 @@ def _keys(model: type[BaseModel]) -> tuple[str, ...]:
     return tuple(field.alias or name for name, field in model.model_fields.items())
 
 
-_TOP_KEYS = ("daemon", "http", "pipelines", "sources", "triggers")
+_TOP_KEYS = ("daemon", "http", "auth", "pipelines", "sources", "triggers", "alerts")
 _TASK_KEYS = _keys(TaskConfig)
 
 
@@ -269,6 +288,7 @@ class _Checker:
         for name, pipeline in pipelines.items():
             self.check_pipeline(name, pipeline, pools)
         self.validate(HttpConfig, raw.get("http", {}), ("http",))
+        self.validate(AuthConfig, raw.get("auth", {}), ("auth",))
         sources = raw.get("sources", {})
         if not isinstance(sources, dict):
             self.add(("sources",), "must be a table of sources, [sources.NAME]")
@@ -281,6 +301,12 @@ class _Checker:
             triggers = []
         for index, trigger in enumerate(triggers):
             self.check_trigger(index, trigger, sources, pipelines)
+        alerts = raw.get("alerts", {})
+        if not isinstance(alerts, dict):
+            self.add(("alerts",), "must be a table of alert channels, [alerts.NAME]")
+            alerts = {}
+        for name, alert in alerts.items():
+            self.check_alert(name, alert, pipelines)
         if self.problems:
             raise ConfigError(self.problems)
         return Config.model_validate(raw)
@@ -409,6 +435,38 @@ class _Checker:
                         f"refers to event.{ref.name}, which does not exist "
                         "(event.id, event.source, event.data, event.meta, event.received_at do)",
                     )
+
+    def check_alert(self, name: str, raw: Any, pipelines: dict[str, Any]) -> None:
+        at: tuple[str | int, ...] = ("alerts", name)
+        if not isinstance(raw, dict):
+            self.add(at, "must be a table")
+            return
+        kind = raw.get("kind")
+        if kind not in ALERT_KINDS:
+            known = ", ".join(sorted(ALERT_KINDS))
+            problem = "required key is missing" if kind is None else f"unknown alert kind {kind!r}"
+            self.add((*at, "kind"), f"{problem} (known: {known})")
+            return
+        model = ALERT_KINDS[kind]
+        self.validate(model, raw, at)
+        # as written, so that a mistake in one key does not hide those in the others
+        named = raw.get("pipelines")
+        for pipeline in named if isinstance(named, list) else ():
+            if isinstance(pipeline, str) and pipeline not in pipelines:
+                self.add((*at, "pipelines"), _unknown(pipeline, tuple(pipelines), "pipeline"))
+        for key in model.template_keys:
+            value = raw.get(key)
+            # each element of a list on its own: one that does not parse hides no other
+            for index, text in enumerate(value if isinstance(value, list) else [value]):
+                where = (*at, key, index) if isinstance(value, list) else (*at, key)
+                try:
+                    refs = templates.references(text)
+                except templates.TemplateProblem as exc:
+                    self.add(where, str(exc))
+                    continue
+                for ref in refs:
+                    if ref.root != "alert":
+                        self.add(where, f"refers to {ref.root!r}, which does not exist (use alert)")
 
     def check_kind(self, task: _TaskKeys, at: tuple[str | int, ...]) -> None:
         kinds = task_kinds()

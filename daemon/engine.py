@@ -263,7 +263,11 @@ class RunEngine:
         plan = self.plan.tasks[name]
         starts: list[Command] = []
         for inst in instances:
-            if inst.state not in TERMINAL and inst.state is not State.WAITING and self.state is RunState.RUNNING:
+            if (
+                inst.state not in TERMINAL
+                and inst.state is not State.WAITING
+                and self.state is RunState.RUNNING
+            ):
                 start = self._start(inst, plan)
                 if isinstance(start, Start):
                     starts.append(start)

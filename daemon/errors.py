@@ -8,6 +8,7 @@ The exceptions cued raises, as a tree:
   x DaemonUnavailable    - no daemon answers on the control socket
   x NotFound             - a run, pipeline or task named by the user does not exist
   x InvalidRequest       - a request names things that exist but asks what cannot be done
+  x Forbidden            - whoever asks may not do that (not an approver of the gate, say)
   x TaskError            - a task attempt failed (retried while retries are left)
     + TaskTimeout        - a task attempt ran past its timeout
     + PermanentTaskError - a task attempt failed in a way that retrying cannot mend
@@ -23,6 +24,7 @@ __all__ = [
     "ConnectorError",
     "CuedError",
     "DaemonUnavailable",
+    "Forbidden",
     "InvalidRequest",
     "NotFound",
     "PermanentTaskError",
@@ -78,6 +80,10 @@ class NotFound(CuedError):
 
 class InvalidRequest(CuedError):
     """A request cannot be done as asked (an undeclared input, say)."""
+
+
+class Forbidden(CuedError):
+    """Whoever asks may not do that."""
 
 
 class TaskError(CuedError):

@@ -10,6 +10,7 @@ task's result is durable before anything downstream of it starts.
 from __future__ import annotations
 
 import json
+import math
 import random
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -22,11 +23,11 @@ from pydantic import ValidationError
 from .backlog import Backlog
 from .engine import Instance, RunEngine, RunState, Start, State, Wait
 from .errors import InvalidRequest, NotFound, PermanentTaskError, TaskTimeout
-from .kinds import Meter, TaskContext
+from .kinds import AwaitingDecision, Meter, TaskContext
 from .logs import get_logger
 from .plan import PipelinePlan
 from .sources import Event
-from .store import AttemptRow, InstanceRow, RunRow, new_id, now
+from .store import ApprovalRow, AttemptRow, InstanceRow, RunRow, new_id, now
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -71,6 +72,7 @@ class _Run:
     prior: dict[str, Instance] = field(default_factory=dict)
     engine: RunEngine | None = None
     scope: anyio.CancelScope | None = None
+    tg: anyio.abc.TaskGroup | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
 
 
@@ -112,6 +114,9 @@ class Runner:
         self.running_tasks = 0
         self._draining = False
         self._idle = anyio.Event()
+        self._gates_changed = anyio.Event()
+        self.gate_lock = anyio.Lock()
+        """Held while a gate is decided: two decisions at once must not both settle it."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -128,6 +133,7 @@ class Runner:
             self._tg = tg
             if resume:
                 await self.resume()
+            tg.start_soon(self._gate_timeouts)
             task_status.started()
             await anyio.sleep_forever()
 
@@ -231,6 +237,15 @@ class Runner:
 
     # -- driving runs -------------------------------------------------------------------
 
+    async def resume_run(self, run_id: str) -> None:
+        """Go on with a recorded run that is not in memory: a parked one whose decision
+        came, or one that is rerun."""
+        found = await self.store.run_state(run_id)
+        if found is None:
+            raise NotFound(f"no run {run_id!r}")
+        row, instances, outputs = found
+        self.enqueue(row, _prior(instances, outputs))
+
     async def _resume(self) -> int:
         resumed = 0
         for row, instances, outputs in await self.store.runs_to_resume():
@@ -245,19 +260,7 @@ class Runner:
                 )
                 await self.store.submit([failed]).wait()
                 continue
-            prior = {
-                i.key: Instance(
-                    i.task,
-                    i.map_index,
-                    State(i.state),
-                    i.attempts,
-                    outputs.get(i.key),
-                    i.error,
-                    i.retry_base,
-                )
-                for i in instances
-            }
-            self.enqueue(row, prior)
+            self.enqueue(row, _prior(instances, outputs))
             resumed += 1
         return resumed
 
@@ -279,11 +282,14 @@ class Runner:
             engine = run.engine = RunEngine(run.plan, run.row.run_id, run.row.inputs, run.prior)
             log.info("run_started", resumed=bool(run.prior))
             async with anyio.create_task_group() as tg:
-                run.scope = tg.cancel_scope
+                run.scope, run.tg = tg.cancel_scope, tg
                 self.store.submit([run.row])
                 self._apply(run, tg, engine.begin())
+            run.tg = None
             if engine.state in _FINISHED and not run.done.is_set():
                 await self._finish(run, engine.state)
+            elif engine.parked():
+                await self._park(run)
         finally:
             self._active[run.row.pipeline] -= 1
             if (following := self.backlog.pop(run.row.pipeline)) is not None:
@@ -387,6 +393,9 @@ class Runner:
                 if self._draining and not self.running_tasks:
                     self._idle.set()
         ended_at = now()
+        if error is None and isinstance(output, AwaitingDecision):
+            await self._await_decision(run, inst, start.attempt, started_at, output)
+            return
         if error is None:
             try:
                 output_json = json.dumps(output)
@@ -493,6 +502,90 @@ class Runner:
                 )
         return events
 
+    async def _await_decision(
+        self, run: _Run, inst: Instance, attempt: int, started_at: float, ask: AwaitingDecision
+    ) -> None:
+        assert run.engine is not None
+        run.engine.waiting(inst)
+        requested = now()
+        gate = ApprovalRow(
+            run.row.run_id,
+            inst.key,
+            attempt,
+            ask.message,
+            ask.approvers,
+            ask.min_approvals,
+            ask.on_timeout,
+            ask.payload,
+            requested,
+            None if ask.timeout_s is None else requested + ask.timeout_s,
+            "waiting",
+        )
+        rows: list[Row] = [
+            AttemptRow(run.row.run_id, inst.key, attempt, "waiting", started_at),
+            gate,
+        ]
+        rows.extend(
+            self._alert(
+                "approval_waiting", run, task=inst.key, attempt=attempt, message=ask.message
+            )
+        )
+        await self._write(run, rows).wait()
+        self.log.info("approval_waiting", run_id=run.row.run_id, task=inst.key, message=ask.message)
+        self._gates_changed.set()
+        self._wake_alerts()
+
+    async def _park(self, run: _Run) -> None:
+        """Nothing of the run runs, and a gate waits for a decision: leave it in the store
+        (its slot freed, nothing of it in memory) until :meth:`resume_run`."""
+        assert run.engine is not None
+        run.row = RunRow(**{**_asdict(run.row), "state": RunState.WAITING.value})
+        with anyio.CancelScope(shield=True):
+            await self._write(run, [run.row]).wait()
+        self.log.info("run_waiting", run_id=run.row.run_id, pipeline=run.row.pipeline)
+        self._runs.pop(run.row.run_id, None)
+        run.done.set()
+
+    def groups_of(self, user: str) -> frozenset[str]:
+        """The groups of ``[auth.users]`` that ``user`` belongs to."""
+        found = self.config.auth.users.get(user)
+        return frozenset(found.groups) if found else frozenset()
+
+    def is_active(self, run_id: str) -> bool:
+        """Whether the run is in memory (queued or running here, not parked or finished)."""
+        return run_id in self._runs
+
+    def settle(self, run_id: str, key: str, *, ok: bool, output: Any, error: str | None) -> bool:
+        """Settle a waiting instance of a run that is in memory (other tasks of it still
+        run); False if the run is parked, and the caller resumes it from the store."""
+        run = self._runs.get(run_id)
+        if run is None or run.engine is None or run.tg is None:
+            return False
+        inst = next((i for i in run.engine.instances() if i.key == key), None)
+        if inst is None or inst.state is not State.WAITING:
+            return False
+        if ok:
+            commands = run.engine.succeeded(inst, output)
+        else:
+            commands = run.engine.failed(inst, error or "rejected", retryable=False, output=output)
+        self._apply(run, run.tg, commands)
+        return True
+
+    async def _gate_timeouts(self) -> None:
+        """Settle approval gates whose time is up, as their ``on_timeout`` says; wakes for
+        the earliest deadline in the store, and whenever a gate starts waiting."""
+        from .approvals import expire_due  # approvals builds on the runner
+
+        while True:
+            self._gates_changed = anyio.Event()
+            next_at = await self.store.next_approval_deadline()
+            delay = None if next_at is None else max(0.0, next_at - now())
+            if delay == 0.0:
+                await expire_due(self)
+                continue
+            with anyio.move_on_after(delay if delay is not None else math.inf):
+                await self._gates_changed.wait()
+
     async def _finish(self, run: _Run, state: RunState) -> None:
         if (
             state is RunState.SUCCEEDED
@@ -538,6 +631,21 @@ class _StoreSpending:
     async def today(self) -> float:
         midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         return await self._store.costs(since=midnight.timestamp())
+
+
+def _prior(instances: list[InstanceRow], outputs: dict[str, Any]) -> dict[str, Instance]:
+    return {
+        i.key: Instance(
+            i.task,
+            i.map_index,
+            State(i.state),
+            i.attempts,
+            outputs.get(i.key),
+            i.error,
+            i.retry_base,
+        )
+        for i in instances
+    }
 
 
 def _asdict(row: RunRow) -> dict[str, Any]:

@@ -20,8 +20,8 @@ from .errors import StoreError
 from .store import (
     ApprovalRow,
     AttemptRow,
-    DecisionRow,
     CursorRow,
+    DecisionRow,
     DedupeRow,
     EventRow,
     InstanceGone,
@@ -175,8 +175,10 @@ class _Batch:
     """Submissions that commit together."""
 
     __slots__ = (
+        "approvals",
         "attempts",
         "cursors",
+        "decisions",
         "dedupe",
         "done",
         "error",
@@ -185,8 +187,6 @@ class _Batch:
         "instances",
         "outbox",
         "runs",
-        "approvals",
-        "decisions",
     )
 
     def __init__(self) -> None:

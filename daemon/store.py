@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ApprovalRow",
     "AttemptRow",
-    "DecisionRow",
     "CursorRow",
+    "DecisionRow",
     "DedupeRow",
     "Durable",
     "EventRow",

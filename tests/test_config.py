@@ -60,7 +60,7 @@ ONE_PROBLEM = [
         """,
         1,
         "version",
-        ["unknown key 'version'", "daemon, http, pipelines, sources, triggers"],
+        ["unknown key 'version'", "daemon, http, auth, pipelines, sources, triggers"],
         id="unknown-top-level-key",
     ),
     pytest.param(
