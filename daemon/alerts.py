@@ -288,7 +288,9 @@ class Alerts:
                     for row in fresh[:room]:
                         self._in_flight.add(row.alert_id)
                         tg.start_soon(self._deliver, row, name=f"alert {row.alert_id}")
-                next_at = await self._next_at() if len(self._in_flight) < self.max_concurrent else None
+                next_at = (
+                    await self._next_at() if len(self._in_flight) < self.max_concurrent else None
+                )
                 # a delivery that ends wakes us, so rows beyond the room left are not stuck
                 delay = math.inf if next_at is None else max(0.0, next_at - now())
                 with anyio.move_on_after(delay):
@@ -301,9 +303,7 @@ class Alerts:
         else:
             # rows in flight still show the next_at they were picked with: look past them
             upcoming = await self.store.outbox_due(_NEVER, limit=len(self._in_flight) + 1)
-            next_at = next(
-                (r.next_at for r in upcoming if r.alert_id not in self._in_flight), None
-            )
+            next_at = next((r.next_at for r in upcoming if r.alert_id not in self._in_flight), None)
         return None if next_at is None or next_at >= _NEVER else next_at
 
     async def _deliver(self, row: OutboxRow) -> None:
@@ -373,7 +373,11 @@ def _message(rule: str, alert: Mapping[str, Any]) -> str:
     elif rule == "deadline_missed":
         text = f"The {run} missed its deadline"
     elif rule == "approval_waiting":
-        text = f"Task {task!r} of {run} waits for approval" if task else f"The {run} waits for approval"
+        text = (
+            f"Task {task!r} of {run} waits for approval"
+            if task
+            else f"The {run} waits for approval"
+        )
     else:
         text = f"{rule}: {run}"
     if error := alert.get("error"):
@@ -449,7 +453,9 @@ class _Webhook:
                 try:
                     json.loads(rendered)
                 except ValueError as exc:
-                    raise AlertDeliveryError(f"the body template did not render JSON: {exc}") from exc
+                    raise AlertDeliveryError(
+                        f"the body template did not render JSON: {exc}"
+                    ) from exc
                 return rendered.encode()
             return json.dumps(rendered).encode()
         if self.config.format == "slack":

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 
+from . import approvals, repair
 from .app import control_socket_path, open_runner, run_daemon
 from .config import load_config
 from .errors import ConfigError, CuedError, DaemonUnavailable, NotFound
@@ -24,9 +25,10 @@ from .logs import configure_logging
 from .sqlite import open_store
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from .config import Config
+    from .runner import Runner
     from .store import RunRow
 
 __all__ = ["main"]
@@ -72,8 +74,38 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--status", "-s", choices=["matched", "unmatched", "invalid"])
     events.add_argument("--limit", "-n", type=int, default=20)
     events.add_argument("--data", action="store_true", help="show each event's payload")
-    cancel = sub.add_parser("cancel", help="cancel a run (through the running daemon)")
+    cancel = sub.add_parser("cancel", help="cancel a run; its running tasks are cancelled")
     cancel.add_argument("run_id")
+    retry = sub.add_parser(
+        "retry", help="rerun a finished run from the point of failure, keeping good outputs"
+    )
+    retry.add_argument("run_id")
+    retry.add_argument(
+        "--task",
+        "-t",
+        action="append",
+        default=[],
+        metavar="TASK",
+        help="rerun these tasks and everything downstream (default: the failed ones)",
+    )
+    clear = sub.add_parser("clear", help="rerun the given tasks of a finished run")
+    clear.add_argument("run_id")
+    clear.add_argument("--task", "-t", action="append", required=True, metavar="TASK")
+    clear.add_argument("--downstream", action="store_true", help="and everything downstream")
+    for verb in ("approve", "reject"):
+        gate = sub.add_parser(verb, help=f"{verb} an approval gate of a run")
+        gate.add_argument("run_id")
+        gate.add_argument("task", help="the gate's task (name, or name[i] if mapped)")
+        gate.add_argument("--comment", "-m")
+        gate.add_argument(
+            "--as",
+            dest="who",
+            default=os.environ.get("USER") or "cli",
+            help="who decides (default: $USER)",
+        )
+        if verb == "approve":
+            gate.add_argument("--payload", help="the proposal as edited, as JSON")
+    sub.add_parser("approvals", help="approval gates waiting for a decision")
     return parser
 
 
@@ -179,18 +211,113 @@ async def _trigger(config: Config, args: argparse.Namespace) -> int:
     return 0 if data["state"] == "succeeded" else 1
 
 
+async def _act(
+    config: Config, path: str, body: Any, here: Callable[[Runner], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """POST to the running daemon, or, if none runs on this state file, do it here."""
+    try:
+        return dict((await _control(config, "POST", path, body)).json())
+    except DaemonUnavailable:
+        async with open_runner(config) as runner:
+            return await here(runner)
+
+
+def _say_run(data: dict[str, Any]) -> int:
+    _out(
+        f"run {data['run_id']}: {data['state']}"
+        + (f": {data['error']}" if data.get("error") else "")
+    )
+    return 0 if data["state"] in ("succeeded", "waiting", "cancelled") else 1
+
+
 async def _cancel(config: Config, args: argparse.Namespace) -> int:
-    data = (await _control(config, "POST", f"/api/v1/runs/{args.run_id}/cancel")).json()
+    async def here(runner: Runner) -> dict[str, Any]:
+        return _fields(await repair.cancel(runner, args.run_id))
+
+    data = await _act(config, f"/api/v1/runs/{args.run_id}/cancel", None, here)
     _out(f"run {data['run_id']}: {data['state']}")
     return 0
+
+
+async def _retry(config: Config, args: argparse.Namespace) -> int:
+    downstream = getattr(args, "downstream", True)
+
+    async def here(runner: Runner) -> dict[str, Any]:
+        row = await repair.rerun(runner, args.run_id, tasks=args.task, downstream=downstream)
+        return _fields(await runner.wait(row.run_id))
+
+    body = {"tasks": args.task, "downstream": downstream}
+    return _say_run(await _act(config, f"/api/v1/runs/{args.run_id}/retry?wait=true", body, here))
+
+
+async def _decide(config: Config, args: argparse.Namespace) -> int:
+    approve = args.command == "approve"
+    body: dict[str, Any] = {"who": args.who, "comment": args.comment}
+    if getattr(args, "payload", None) is not None:
+        try:
+            body["payload"] = json.loads(args.payload)
+        except json.JSONDecodeError as exc:
+            raise CuedError(f"--payload is not JSON: {exc}") from exc
+
+    async def here(runner: Runner) -> dict[str, Any]:
+        extra = {"payload": body["payload"]} if "payload" in body else {}
+        gate = await approvals.decide(
+            runner,
+            args.run_id,
+            args.task,
+            who=args.who,
+            approve=approve,
+            comment=args.comment,
+            groups=runner.groups_of(args.who),
+            **extra,
+        )
+        if gate.state != "waiting":
+            await runner.wait(args.run_id)  # the run goes on here: see it to its end or next gate
+        return _fields(gate)
+
+    path = f"/api/v1/runs/{args.run_id}/tasks/{args.task}/{args.command}"
+    gate = await _act(config, path, body, here)
+    if gate["state"] == "waiting":
+        _out(
+            f"gate {args.task} of run {args.run_id}: {args.command}d by {args.who}; "
+            f"waiting for {gate['min_approvals']} approvals"
+        )
+    else:
+        _out(f"gate {args.task} of run {args.run_id}: {gate['state']}")
+    return 0
+
+
+async def _approvals(config: Config, args: argparse.Namespace) -> int:
+    async with open_store(config.state_path) as store:
+        gates = await store.list_approvals()
+    table = [["RUN", "TASK", "SINCE", "DEADLINE", "APPROVERS", "MESSAGE"]]
+    table.extend(
+        [
+            g.run_id,
+            g.key,
+            _time(g.requested_at),
+            _time(g.deadline_at),
+            ", ".join(g.approvers) or "any approver",
+            _clip(g.message, 60),
+        ]
+        for g in gates
+    )
+    _table(table)
+    return 0
+
+
+def _fields(row: Any) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in row.__slots__}
 
 
 async def _runs(config: Config, args: argparse.Namespace) -> int:
     state = "failed" if args.failed else args.state
     async with open_store(config.state_path) as store:
         rows = await store.list_runs(limit=args.limit, pipeline=args.pipeline, state=state)
+    # failed runs are the dead letters: with their error and the event that started them
     table = [
-        ["RUN", "PIPELINE", "STATE", "CREATED", "DURATION"] + (["ERROR"] if args.failed else [])
+        ["RUN", "PIPELINE", "STATE", "CREATED", "DURATION"]
+        + (["EVENT", "ERROR"] if args.failed else [])
     ]
     for r in rows:
         line = [
@@ -201,7 +328,7 @@ async def _runs(config: Config, args: argparse.Namespace) -> int:
             _duration(r.started_at, r.ended_at),
         ]
         if args.failed:
-            line.append(r.error or "")
+            line += [r.event_id or "-", r.error or ""]
         table.append(line)
     _table(table)
     return 0
@@ -214,6 +341,8 @@ async def _show(config: Config, args: argparse.Namespace) -> int:
             raise NotFound(f"no run {args.run_id!r} in {str(config.state_path)!r}")
         instances = await store.get_instances(run.run_id)
         attempts = await store.get_attempts(run.run_id)
+        gates = [await store.get_approval(run.run_id, i.key) for i in instances]
+        decisions = await store.get_decisions(run.run_id)
     _print_run(run)
     _out()
     _table([["TASK", "STATE", "ATTEMPTS"]] + [[i.key, i.state, str(i.attempts)] for i in instances])
@@ -221,6 +350,8 @@ async def _show(config: Config, args: argparse.Namespace) -> int:
     table = [["TASK", "ATTEMPT", "STATE", "STARTED", "DURATION", "ERROR / OUTPUT"]]
     for a in attempts:
         detail = a.error if a.error else ("" if a.output is None else json.dumps(a.output))
+        if a.cost is not None:
+            detail = f"cost {a.cost:g}; " + detail
         table.append(
             [
                 a.key,
@@ -232,6 +363,27 @@ async def _show(config: Config, args: argparse.Namespace) -> int:
             ]
         )
     _table(table)
+    if found := [g for g in gates if g is not None]:
+        _out()
+        table = [["GATE", "STATE", "ASKED", "WHO", "DECISION", "WHEN", "COMMENT"]]
+        for g in found:
+            table.append(
+                [
+                    g.key,
+                    g.state,
+                    _time(g.requested_at),
+                    "",
+                    "",
+                    _time(g.decided_at),
+                    _clip(g.message, 50),
+                ]
+            )
+            table.extend(
+                ["", "", "", d.who, d.decision, _time(d.decided_at), _clip(d.comment or "", 50)]
+                for d in decisions
+                if d.key == g.key and d.attempt == g.attempt
+            )
+        _table(table)
     return 0
 
 
@@ -303,6 +455,11 @@ def _table(rows: list[list[str]]) -> None:
 
 
 _COMMANDS = {
+    "retry": _retry,
+    "clear": _retry,
+    "approve": _decide,
+    "reject": _decide,
+    "approvals": _approvals,
     "trigger": _trigger,
     "runs": _runs,
     "show": _show,

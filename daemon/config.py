@@ -442,7 +442,7 @@ class _Checker:
             self.add(at, "must be a table")
             return
         kind = raw.get("kind")
-        if kind not in ALERT_KINDS:
+        if not isinstance(kind, str) or kind not in ALERT_KINDS:
             known = ", ".join(sorted(ALERT_KINDS))
             problem = "required key is missing" if kind is None else f"unknown alert kind {kind!r}"
             self.add((*at, "kind"), f"{problem} (known: {known})")
