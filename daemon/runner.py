@@ -508,6 +508,10 @@ class Runner:
         assert run.engine is not None
         run.engine.waiting(inst)
         requested = now()
+        # a gate's task `timeout` is how long to wait for the decision
+        wait_s = (
+            ask.timeout_s if ask.timeout_s is not None else run.plan.tasks[inst.task].config.timeout
+        )
         gate = ApprovalRow(
             run.row.run_id,
             inst.key,
@@ -518,7 +522,7 @@ class Runner:
             ask.on_timeout,
             ask.payload,
             requested,
-            None if ask.timeout_s is None else requested + ask.timeout_s,
+            None if wait_s is None else requested + wait_s,
             "waiting",
         )
         rows: list[Row] = [

@@ -6,7 +6,8 @@ Decide with ``cued approve RUN_ID TASK`` / ``cued reject RUN_ID TASK`` or over H
 (``POST /api/v1/runs/{run}/tasks/{task}/approve`` with a bearer token). The output, for
 downstream tasks: ``{"decision": "approved" | "rejected" | "timed_out", "decided_by":
 [...], "comment": ..., "payload": <as proposed, or as edited by the last approver>,
-"message": ...}``. A rejection fails the task (downstream tasks are ``upstream_failed``,
+"message": ...}``. The task's ``timeout`` is how long to wait for a decision, and
+``on_timeout`` what then happens (``fail`` by default). A rejection fails the task (downstream tasks are ``upstream_failed``,
 but ``all_done`` ones run and can read the decision).
 """
 
@@ -16,7 +17,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cued.daemon.durations import Duration
 from cued.daemon.kinds import AwaitingDecision
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ class ApprovalParams(BaseModel):
     approvers: list[str] = Field(default_factory=list)
     """User names, or ``group:NAME`` (groups of ``[auth.users]``); empty: any approver."""
     min_approvals: int = Field(1, ge=1)
-    timeout: Duration | None = None
+    # how long to wait is the task's own ``timeout`` (a common key of every task)
     on_timeout: Literal["approve", "reject", "fail"] = "fail"
     payload: Any = None
     """A proposal for the deciders, which they may edit (usually from an upstream task)."""
@@ -51,7 +51,6 @@ class ApprovalTask:
             message=params.message,
             approvers=tuple(params.approvers),
             min_approvals=params.min_approvals,
-            timeout_s=params.timeout,
             on_timeout=params.on_timeout,
             payload=params.payload,
         )
