@@ -65,6 +65,7 @@ __all__ = [
     "CommandAlertConfig",
     "EmailAlertConfig",
     "WebhookAlertConfig",
+    "backoff_s",
     "message_id",
 ]
 
@@ -435,9 +436,8 @@ class _Webhook:
             **{k: resolve_secret(v, self.base_dir) for k, v in config.headers.items()},
             "Idempotency-Key": row.alert_id,
         }
-        response = await self.http.post(
-            url, content=self.body(row), headers=headers, timeout=config.timeout
-        )
+        # no timeout of httpx's own: the sender's (``timeout``) bounds the whole delivery
+        response = await self.http.post(url, content=self.body(row), headers=headers, timeout=None)
         if not response.is_success:
             # the host only: the URL of a Slack or Teams webhook is itself a secret
             raise AlertDeliveryError(
@@ -523,7 +523,7 @@ class _Email:
             password=password,
             use_tls=config.tls,
             start_tls=config.starttls and not config.tls,
-            timeout=config.timeout,
+            timeout=None,  # the sender's ``timeout`` bounds the whole delivery
         )
 
 

@@ -97,7 +97,8 @@ async def open_runner(
     with _exclusive(state) if lock else nullcontext():
         async with (
             open_store(state, synchronous=config.daemon.synchronous) as store,
-            httpx.AsyncClient(limits=limits) as http,
+            # no read timeout of its own: each task's `timeout` bounds its requests
+            httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=10.0)) as http,
             anyio.create_task_group() as tg,
         ):
             runner = Runner(config, store, _kinds(config), http)

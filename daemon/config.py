@@ -84,6 +84,9 @@ class TaskConfig(BaseModel):
     trigger_rule: TriggerRule = "all_success"
     map: str | None = None
     produces: tuple[str, ...] = ()
+    deadline: Duration | None = None
+    """An SLA: still unfinished this long after the run was created raises
+    ``deadline_missed``, once."""
 
     @property
     def params(self) -> dict[str, Any]:
@@ -96,6 +99,9 @@ class PipelineConfig(_Model):
 
     max_active_runs: int = Field(16, ge=1)
     inputs: dict[str, Any] = Field(default_factory=dict)
+    deadline: Duration | None = None
+    """An SLA: a run still unfinished this long after it was created raises
+    ``deadline_missed``, once."""
     tasks: dict[str, TaskConfig]
 
 

@@ -21,6 +21,7 @@ import anyio
 from pydantic import ValidationError
 
 from .backlog import Backlog
+from .deadlines import Deadlines
 from .engine import Instance, RunEngine, RunState, Start, State, Wait
 from .errors import InvalidRequest, NotFound, PermanentTaskError, TaskTimeout
 from .kinds import AwaitingDecision, Meter, TaskContext
@@ -116,6 +117,7 @@ class Runner:
         self._idle = anyio.Event()
         self._gates_changed = anyio.Event()
         self.gate_lock = anyio.Lock()
+        self.deadlines = Deadlines(self)
         """Held while a gate is decided: two decisions at once must not both settle it."""
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -134,6 +136,7 @@ class Runner:
             if resume:
                 await self.resume()
             tg.start_soon(self._gate_timeouts)
+            await tg.start(self.deadlines.run)
             task_status.started()
             await anyio.sleep_forever()
 
@@ -197,6 +200,7 @@ class Runner:
         """Start a recorded run now if its pipeline has a free slot, else queue it."""
         run = _Run(row, self.plans[row.pipeline], prior or {})
         self._runs[row.run_id] = run
+        self.deadlines.watch(row)
         if self._active[row.pipeline] < run.plan.config.max_active_runs:
             self._launch(run)
         else:
@@ -357,7 +361,12 @@ class Runner:
             output_json: str | None = None
             output: Any = None
             try:
-                params = self._params(run.plan, inst.task, task, start.params)
+                try:
+                    params = self._params(run.plan, inst.task, task, start.params)
+                except ValidationError as exc:
+                    # only the parameters' own check: a pydantic error inside a kind is that
+                    # kind's failure, retried like any other
+                    raise PermanentTaskError(_describe(exc)) from exc
                 if task.timeout is not None:
                     with anyio.fail_after(task.timeout):
                         output = await kind.execute(params, ctx)
@@ -384,7 +393,7 @@ class Runner:
                 raise
             except TimeoutError:
                 error = str(TaskTimeout(inst.key, task.timeout or 0))
-            except (PermanentTaskError, ValidationError) as exc:
+            except PermanentTaskError as exc:
                 error, retryable = _describe(exc), False
             except Exception as exc:  # noqa: BLE001 - whatever a task raises fails its attempt
                 error = _describe(exc)
@@ -433,34 +442,37 @@ class Runner:
         extra: list[Row] = [attempt]
         if inst.state is State.FAILED:  # for good: no retry left, or none would help
             extra.extend(
-                self._alert("task_failed", run, task=inst.key, attempt=start.attempt, error=error)
+                self.alert_rows(
+                    "task_failed", run.row, task=inst.key, attempt=start.attempt, error=error
+                )
             )
         # durable before anything downstream starts: a succeeded task never runs again
         await self._write(run, extra).wait()
         if inst.state is State.FAILED:
-            self._wake_alerts()
+            self.wake_alerts()
         self._apply(run, tg, commands)
 
-    def _alert(self, rule: str, run: _Run, **details: Any) -> list[Row]:
-        """Outbox rows for ``rule`` about ``run``; they commit with the change they report,
-        so a crash cannot lose an alert, and the alert id is the same on every resend."""
+    def alert_rows(self, rule: str, row: RunRow, **details: Any) -> list[Row]:
+        """Outbox rows for ``rule`` about the run ``row``; they commit with the change they
+        report, so a crash cannot lose an alert, and the alert id is the same on every
+        resend."""
         if self.alerts is None:
             return []
-        parts = [rule, run.row.run_id]
+        parts = [rule, row.run_id]
         if "task" in details:
             parts += [str(details["task"]), str(details.get("attempt", ""))]
         key = ":".join(parts)
         payload = {
             "rule": rule,
-            "run_id": run.row.run_id,
-            "pipeline": run.row.pipeline,
-            "event_id": run.row.event_id,
-            "inputs": run.row.inputs,
+            "run_id": row.run_id,
+            "pipeline": row.pipeline,
+            "event_id": row.event_id,
+            "inputs": row.inputs,
             **details,
         }
         return list(self.alerts.rows(rule, key, payload))
 
-    def _wake_alerts(self) -> None:
+    def wake_alerts(self) -> None:
         if self.alerts is not None:
             self.alerts.wake()
 
@@ -530,14 +542,14 @@ class Runner:
             gate,
         ]
         rows.extend(
-            self._alert(
-                "approval_waiting", run, task=inst.key, attempt=attempt, message=ask.message
+            self.alert_rows(
+                "approval_waiting", run.row, task=inst.key, attempt=attempt, message=ask.message
             )
         )
         await self._write(run, rows).wait()
         self.log.info("approval_waiting", run_id=run.row.run_id, task=inst.key, message=ask.message)
         self._gates_changed.set()
-        self._wake_alerts()
+        self.wake_alerts()
 
     async def _park(self, run: _Run) -> None:
         """Nothing of the run runs, and a gate waits for a decision: leave it in the store
@@ -610,9 +622,9 @@ class Runner:
                 rows.extend(InstanceRow.of(run.row.run_id, i) for i in run.engine.drain_changes())
             rule = {RunState.FAILED: "run_failed", RunState.SUCCEEDED: "run_succeeded"}.get(state)
             if rule is not None:
-                rows.extend(self._alert(rule, run, error=error))
+                rows.extend(self.alert_rows(rule, run.row, error=error))
             await self.store.submit(rows).wait()
-            self._wake_alerts()
+            self.wake_alerts()
         self.log.info(
             "run_finished", run_id=run.row.run_id, pipeline=run.row.pipeline, state=state.value
         )

@@ -1,16 +1,771 @@
-"""Being written: a placeholder so the entry point resolves meanwhile."""
+"""The ``llm`` task kind: one chat completion from an OpenAI-compatible endpoint.
+
+An AI step is a task like any other: templated messages in, a JSON-serialisable output out,
+the task's timeout and retries around it. What it adds:
+
+* cost caps, per run and per day, checked before each call against what attempts recorded;
+* usage and cost reported through ``ctx.meter`` (so the attempt row carries them), also
+  when the answer then fails its schema: the tokens were paid for;
+* 429 and 5xx answers retried inside the attempt, honouring ``Retry-After``;
+* structured output: ``response_schema`` is sent as ``response_format`` and the answer is
+  checked against it here too, since not every compatible server enforces it. A model is
+  nondeterministic, so an answer that does not fit fails the attempt as retryable.
+
+The schema check uses pydantic (``jsonschema`` is not a dependency): :func:`compile_schema`
+turns the common JSON Schema shapes into pydantic types and rejects, when the configuration
+is checked, any keyword it does not implement, rather than skip a check silently.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import functools
+import json
+import math
+import os
+import random
+import re
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict
+import annotated_types
+import anyio
+import httpx
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from cued.daemon.errors import PermanentTaskError, TaskError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from cued.daemon.kinds import TaskContext
+
+__all__ = ["LlmParams", "LlmTask", "Message", "SchemaProblem", "compile_schema"]
+
+#: How much of an unexpected response's body, or of an answer, an error message quotes.
+_ERROR_TEXT_CHARS = 500
+
+#: How many of an answer's schema violations an error message lists.
+_ERROR_COUNT = 10
+
+#: 4xx statuses that say "try again later": the task's own retries may mend them. (429 is
+#: retried inside the attempt, with 5xx.)
+_RETRYABLE_4XX = frozenset({408, 409})
+
+#: Waits between calls when the server gives no ``Retry-After``: exponential from the
+#: first, capped, with jitter (between half and all of it).
+_BACKOFF_FIRST_S = 0.5
+_BACKOFF_MAX_S = 20.0
+
+#: The longest ``Retry-After`` waited for inside an attempt. A longer one fails the
+#: attempt instead: its retry waits without holding one of the daemon's task slots.
+_MAX_RETRY_AFTER_S = 60.0
+
+#: Only connecting has a timeout of its own; the task's timeout bounds the whole attempt
+#: (a completion may well take minutes, far past the shared client's default).
+_TIMEOUT = httpx.Timeout(None, connect=10.0)
+
+#: What the ``name`` of a ``json_schema`` response format may hold (OpenAI's rule).
+_SCHEMA_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class Message(BaseModel):
+    """One chat message; a ``content`` that is not a string (a template that evaluates to
+    an upstream task's whole output, say) is sent as JSON text."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _json_unless_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value
+        return json.dumps(value, ensure_ascii=False)
+
+
+class LlmParams(BaseModel):
+    """Parameters of an ``llm`` task.
+
+    There is no timeout here: the engine applies the task's timeout to the whole attempt,
+    waits between retried calls included.
+
+    :param base_url: the API's root, such as ``https://api.openai.com/v1``; requests go to
+        ``{base_url}/chat/completions``
+    :param model: the model's name, as the server knows it
+    :param messages: the conversation, ``{role, content}`` each; templates in them are
+        rendered before the attempt
+    :param api_key: ``env:NAME`` (read from the environment when the task runs),
+        ``file:PATH`` (an absolute path, read when the task runs), or the key itself (keep
+        that out of version control); sent as a Bearer token, never logged. Leave it out
+        for a local server that wants none.
+    :param temperature: sampling temperature; the server's default if not given
+    :param max_tokens: a cap on the answer's tokens
+    :param response_schema: a JSON Schema the answer must satisfy: sent as a strict
+        ``json_schema`` response format, and the answer is parsed and checked against it
+        (see :func:`compile_schema` for the keywords understood)
+    :param price_per_1k_input: price of 1000 prompt tokens, for the recorded cost
+    :param price_per_1k_output: price of 1000 completion tokens
+    :param max_cost_per_run: no call is made once the run's attempts have spent this much
+    :param max_cost_per_day: no call is made once all attempts since midnight UTC have
+        spent this much
+    :param max_429_retries: how often a 429 or 5xx answer is retried within the attempt
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    base_url: str = Field(pattern=r"^https?://\S+$")
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    api_key: str | None = Field(default=None, min_length=1, repr=False)
+    temperature: float | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    response_schema: dict[str, Any] | None = None
+    price_per_1k_input: float = Field(default=0.0, ge=0)
+    price_per_1k_output: float = Field(default=0.0, ge=0)
+    max_cost_per_run: float | None = Field(default=None, ge=0)
+    max_cost_per_day: float | None = Field(default=None, ge=0)
+    max_429_retries: int = Field(default=5, ge=0)
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_key_source(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if value.startswith("env:") and not value[4:]:
+            raise ValueError("'env:' needs the variable's name, as in 'env:OPENAI_API_KEY'")
+        if value.startswith("file:") and not os.path.isabs(os.path.expanduser(value[5:])):
+            # a task is not told where the configuration file is, so a relative path would
+            # depend on the folder the daemon was started from
+            raise ValueError(f"'file:' needs an absolute path, not {value[5:]!r}")
+        return value
+
+    @field_validator("response_schema")
+    @classmethod
+    def _check_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # a schema this kind cannot check is a configuration problem, which ``cued
+        # validate`` reports, rather than a failure of every attempt
+        if value is not None:
+            try:
+                text = json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"must hold only JSON values: {exc}") from exc
+            _compiled(text)
+        return value
+
+    @property
+    def answer_validator(self) -> TypeAdapter[Any] | None:
+        """What checks the answer, if ``response_schema`` is given."""
+        if self.response_schema is None:
+            return None
+        return _compiled(json.dumps(self.response_schema))
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+    def request_body(self, schema_name: str) -> dict[str, Any]:
+        """The chat completion request, as JSON."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [m.model_dump() for m in self.messages],
+        }
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
+        if self.response_schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": schema_name,
+                    "schema": self.response_schema,
+                    "strict": True,
+                },
+            }
+        return body
+
+
+class _Usage(BaseModel):
+    """The part of a response's ``usage`` that is recorded (not the nested details)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    total_tokens: int | None = Field(default=None, ge=0)
 
 
 class LlmTask:
-    name: ClassVar[str] = "placeholder"
-    Params: ClassVar[type[BaseModel]] = _Params
+    """Ask a chat model; succeed with ``{"content", "json", "model", "usage", "cost",
+    "finish_reason"}``.
+
+    ``json`` is the parsed answer when ``response_schema`` is given (else ``None``), so a
+    downstream task reads ``tasks.NAME.output.json.FIELD``. Every request carries the
+    attempt's ``Idempotency-Key``, the same on each call and each retry.
+    """
+
+    name: ClassVar[str] = "llm"
+    Params: ClassVar[type[BaseModel]] = LlmParams
+
+    async def execute(self, params: LlmParams, ctx: TaskContext) -> dict[str, Any]:
+        """Check the cost caps, call the endpoint, record what it cost, check the answer.
+
+        :param params: the validated parameters
+        :param ctx: the attempt's context
+        :return: the answer and what it cost (see the class)
+        :raises PermanentTaskError: if a cost cap is reached, the key cannot be found, or
+            the server rejects the request with a 4xx other than 408, 409 and 429
+        :raises TaskError: if the server cannot be reached, keeps answering 429 or 5xx,
+            answers with something that is not a chat completion, or the answer does not
+            fit ``response_schema``
+        """
+        await _check_caps(params, ctx)
+        headers = {"Idempotency-Key": ctx.idempotency_key}
+        if params.api_key is not None:
+            headers["Authorization"] = f"Bearer {await _resolve_key(params.api_key)}"
+        name = _schema_name(params.response_schema, ctx.task)
+        response = await _call(params, ctx, params.request_body(name), headers)
+        return _answer(params, ctx, response)
+
+
+# -- calling --------------------------------------------------------------------------------
+
+
+async def _check_caps(params: LlmParams, ctx: TaskContext) -> None:
+    if params.max_cost_per_run is None and params.max_cost_per_day is None:
+        return
+    if ctx.spending is None:
+        raise PermanentTaskError("a cost cap is set but this daemon keeps no record of costs")
+    if params.max_cost_per_run is not None:
+        spent = await ctx.spending.by_run(ctx.run_id)
+        _enforce("this run", spent, "max_cost_per_run", params.max_cost_per_run)
+    if params.max_cost_per_day is not None:
+        spent = await ctx.spending.today()
+        _enforce("today (since midnight UTC)", spent, "max_cost_per_day", params.max_cost_per_day)
+
+
+def _enforce(who: str, spent: float, cap: str, limit: float) -> None:
+    if spent >= limit:
+        raise PermanentTaskError(
+            f"cost cap reached: {who} spent {_money(spent)} of {cap} {_money(limit)}"
+        )
+
+
+async def _resolve_key(value: str) -> str:
+    """The key behind ``env:NAME``, ``file:PATH`` or the value itself. Errors name where
+    the key was looked for, never what was found."""
+    if value.startswith("env:"):
+        source = f"environment variable {value[4:]!r}"
+        key = os.environ.get(value[4:])
+        if key is None:
+            # the daemon's environment does not change while it runs: retrying cannot help
+            raise PermanentTaskError(f"api_key: {source} is not set")
+    elif value.startswith("file:"):
+        path = await anyio.Path(value[5:]).expanduser()
+        source = f"file {str(path)!r}"
+        try:
+            key = await path.read_text()
+        except OSError as exc:  # a secret being mounted or rotated: worth a retry
+            raise TaskError(f"api_key: cannot read {source}: {exc.strerror}") from exc
+    else:
+        source, key = "the value given", value
+    key = key.strip()
+    if not key:
+        raise PermanentTaskError(f"api_key: {source} is empty")
+    return key
+
+
+def _schema_name(schema: Mapping[str, Any] | None, task: str) -> str:
+    title = schema.get("title") if schema else None
+    name = _SCHEMA_NAME_UNSAFE.sub("_", title if isinstance(title, str) else task)[:64]
+    return name or "answer"
+
+
+async def _call(
+    params: LlmParams, ctx: TaskContext, body: dict[str, Any], headers: dict[str, str]
+) -> httpx.Response:
+    """POST the request, again after each 429 or 5xx, up to ``max_429_retries`` times."""
+    url = params.url
+    tries = params.max_429_retries + 1
+    for number in range(1, tries + 1):
+        try:
+            response = await ctx.http.post(url, json=body, headers=headers, timeout=_TIMEOUT)
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            raise PermanentTaskError(f"POST {url!r} cannot be sent: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise TaskError(f"POST {url!r} failed: {type(exc).__name__}: {exc}") from exc
+        status = response.status_code
+        if 200 <= status < 300:
+            return response
+        message = f"POST {url!r} answered {status}: {_server_message(response)!r}"
+        if status != 429 and status < 500:
+            if 400 <= status < 500 and status not in _RETRYABLE_4XX:
+                raise PermanentTaskError(message)
+            raise TaskError(message)
+        if number == tries:
+            raise TaskError(f"{message} (tried {tries} times)")
+        wait_s = _retry_after_s(response.headers, datetime.now(UTC))
+        if wait_s is None:
+            wait_s = _backoff_s(number, random.random())
+        elif wait_s > _MAX_RETRY_AFTER_S:
+            raise TaskError(f"{message} (asked to retry after {wait_s:g}s)")
+        ctx.log.info("llm_retrying", status=status, wait_s=round(wait_s, 3), retry=number)
+        await anyio.sleep(wait_s)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _retry_after_s(headers: httpx.Headers, now: datetime) -> float | None:
+    """How long the server asks to wait: ``retry-after-ms`` (OpenAI's), or ``Retry-After``
+    in seconds or as an HTTP date; ``None`` if it says nothing usable."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(float(ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # "-0000": UTC, by RFC 5322
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - now).total_seconds()
+    return None if math.isnan(seconds) else max(seconds, 0.0)
+
+
+def _backoff_s(number: int, rand: float) -> float:
+    """The wait after call ``number`` (from 1) when the server gave no ``Retry-After``."""
+    return min(_BACKOFF_FIRST_S * 2.0 ** (number - 1), _BACKOFF_MAX_S) * (0.5 + rand / 2)
+
+
+def _server_message(response: httpx.Response) -> str:
+    """The error's message, from OpenAI's ``{"error": {"message": ...}}`` or similar."""
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:_ERROR_TEXT_CHARS]
+    error = data.get("error", data) if isinstance(data, dict) else data
+    if isinstance(error, dict):
+        for key in ("message", "detail"):
+            if isinstance(error.get(key), str):
+                return str(error[key])[:_ERROR_TEXT_CHARS]
+    if isinstance(error, str):
+        return error[:_ERROR_TEXT_CHARS]
+    return response.text[:_ERROR_TEXT_CHARS]
+
+
+# -- the answer -----------------------------------------------------------------------------
+
+
+def _answer(params: LlmParams, ctx: TaskContext, response: httpx.Response) -> dict[str, Any]:
+    what = f"POST {params.url!r}"
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise TaskError(
+            f"{what} answered {response.status_code} with no JSON object: "
+            f"{response.text[:_ERROR_TEXT_CHARS]!r}"
+        )
+    # first record what was spent, whatever the rest of the answer is like
+    usage, cost = _meter(params, ctx, data.get("usage"))
+    choices = data.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(choice, dict) or not isinstance(message, dict):
+        raise TaskError(f"{what} answered with no message in 'choices': {_clip(response.text)!r}")
+    finish_reason = choice.get("finish_reason")
+    content = message.get("content")
+    if not isinstance(content, str):
+        if refusal := message.get("refusal"):
+            raise TaskError(f"the model refused: {refusal!r}")
+        content = ""
+    ctx.log.debug(
+        "llm_answered", model=data.get("model"), finish_reason=finish_reason, usage=usage, cost=cost
+    )
+    parsed = None
+    if (validator := params.answer_validator) is not None:
+        parsed = _structured(validator, content, finish_reason)
+    return {
+        "content": content,
+        "json": parsed,
+        "model": data.get("model") or params.model,
+        "usage": usage,
+        "cost": cost,
+        "finish_reason": finish_reason,
+    }
+
+
+def _meter(
+    params: LlmParams, ctx: TaskContext, raw: Any
+) -> tuple[dict[str, int] | None, float | None]:
+    try:
+        usage = _Usage.model_validate(raw) if raw is not None else None
+    except ValidationError:
+        usage = None
+    if usage is None:
+        if params.price_per_1k_input or params.price_per_1k_output:
+            ctx.log.warning("llm_usage_missing", note="the server reported no usage: no cost")
+        return None, None
+    recorded = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": (
+            usage.total_tokens
+            if usage.total_tokens is not None
+            else usage.prompt_tokens + usage.completion_tokens
+        ),
+    }
+    cost = (
+        usage.prompt_tokens / 1000 * params.price_per_1k_input
+        + usage.completion_tokens / 1000 * params.price_per_1k_output
+    )
+    ctx.meter.add(cost, recorded)
+    return recorded, cost
+
+
+def _structured(adapter: TypeAdapter[Any], content: str, finish_reason: Any) -> Any:
+    cut = (
+        " (finish_reason 'length': the answer was cut off at max_tokens)"
+        if finish_reason == "length"
+        else ""
+    )
+    try:
+        parsed = json.loads(content)
+    except ValueError as exc:
+        raise TaskError(f"the answer is not JSON ({exc}){cut}: {_clip(content)!r}") from exc
+    try:
+        # strict: JSON Schema does not turn "3" into 3, nor 1 into true
+        adapter.validate_python(parsed, strict=True)
+    except ValidationError as exc:
+        errors = exc.errors()
+        listed = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(the answer)'}: {e['msg']}"
+            for e in errors[:_ERROR_COUNT]
+        )
+        more = f" (and {len(errors) - _ERROR_COUNT} more)" if len(errors) > _ERROR_COUNT else ""
+        raise TaskError(
+            f"the answer does not match response_schema{cut}: {listed}{more}; "
+            f"answer: {_clip(content)!r}"
+        ) from exc
+    return parsed
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _ERROR_TEXT_CHARS else text[:_ERROR_TEXT_CHARS] + "..."
+
+
+def _money(amount: float) -> str:
+    """``0.0123``, not ``0.012300000000000002`` nor ``1.23e-05``."""
+    return f"{amount:.10f}".rstrip("0").rstrip(".")
+
+
+# -- JSON Schema as pydantic ----------------------------------------------------------------
+
+
+class SchemaProblem(ValueError):
+    """A response schema uses JSON Schema that :func:`compile_schema` cannot check."""
+
+
+#: Keywords that only describe: they check nothing, so they are accepted and skipped.
+_ANNOTATIONS = frozenset(
+    {
+        "title",
+        "description",
+        "default",
+        "examples",
+        "$schema",
+        "$id",
+        "$comment",
+        "format",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+    }
+)
+
+#: The checking keywords understood, by the type they apply to.
+_KEYWORDS: dict[str, frozenset[str]] = {
+    "object": frozenset({"properties", "required", "additionalProperties"}),
+    "array": frozenset({"items", "minItems", "maxItems"}),
+    "string": frozenset({"minLength", "maxLength", "pattern"}),
+    "number": frozenset(
+        {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"}
+    ),
+}
+_GENERAL = frozenset({"type", "enum", "const", "anyOf", "$ref"})
+_UNDERSTOOD = _GENERAL.union(*_KEYWORDS.values())
+_TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(schema_json: str) -> TypeAdapter[Any]:
+    """:func:`compile_schema` once per schema: templated parameters are validated again
+    before each attempt."""
+    try:
+        return compile_schema(json.loads(schema_json))
+    except SchemaProblem as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def compile_schema(schema: Mapping[str, Any]) -> TypeAdapter[Any]:
+    """A validator for the answers ``schema`` describes, built of pydantic types.
+
+    Understood: ``type`` (one or a list, of ``object``, ``array``, ``string``,
+    ``integer``, ``number``, ``boolean``, ``null``); ``enum``, ``const``, ``anyOf``;
+    objects' ``properties``, ``required``, ``additionalProperties`` (``false``, ``true``,
+    or a schema for an object without ``properties``); arrays' ``items``, ``minItems``,
+    ``maxItems``; strings' ``minLength``, ``maxLength``, ``pattern`` (Python's ``re``,
+    unanchored as JSON Schema's); numbers' ``minimum``, ``maximum``,
+    ``exclusiveMinimum``, ``exclusiveMaximum``, ``multipleOf``; ``$ref`` to ``#/$defs/NAME``
+    or ``#/definitions/NAME``, not recursive. Annotations (``title``, ``description``,
+    ``format``, ...) are skipped. Validate with ``strict=True``, as JSON Schema compares
+    types without converting values.
+
+    :raises SchemaProblem: if the schema uses anything else, naming what and where
+    """
+    compiler = _Compiler(schema)
+    root = compiler.node(schema, "")
+    try:
+        return TypeAdapter(root)
+    except Exception as exc:  # pydantic's schema errors; none is expected
+        raise SchemaProblem(f"cannot be compiled: {exc}") from exc
+
+
+class _Compiler:
+    def __init__(self, root: Mapping[str, Any]) -> None:
+        self.root = root
+        self.resolving: list[str] = []
+
+    def node(self, schema: Any, at: str) -> Any:
+        """The type for the schema at JSON pointer ``at``."""
+        where = f"at {at!r}" if at else "at the root"
+        if schema is True or schema == {}:
+            return Any
+        if not isinstance(schema, dict):
+            raise SchemaProblem(f"{where}: a schema must be an object, not {schema!r}")
+        known = _UNDERSTOOD | _ANNOTATIONS | ({"$defs", "definitions"} if not at else set())
+        if unknown := sorted(set(schema) - known):
+            raise SchemaProblem(
+                f"{where}: {unknown[0]!r} is not supported (supported: "
+                f"{', '.join(sorted(_UNDERSTOOD))})"
+            )
+        if "$ref" in schema:
+            if others := sorted(set(schema) & (_UNDERSTOOD - {"$ref"})):
+                raise SchemaProblem(f"{where}: {others[0]!r} beside '$ref' is not supported")
+            return self.ref(schema["$ref"], where)
+        checks: list[Any] = []
+        if "enum" in schema:
+            values = schema["enum"]
+            if not isinstance(values, list) or not values:
+                raise SchemaProblem(f"{where}: 'enum' must be a list of values")
+            checks.append(AfterValidator(_one_of(values)))
+        if "const" in schema:
+            checks.append(AfterValidator(_one_of([schema["const"]])))
+        if "anyOf" in schema:
+            options = schema["anyOf"]
+            if not isinstance(options, list) or not options:
+                raise SchemaProblem(f"{where}: 'anyOf' must be a list of schemas")
+            if "type" in schema:
+                raise SchemaProblem(f"{where}: 'type' beside 'anyOf' is not supported")
+            base = _union([self.node(s, f"{at}/anyOf/{i}") for i, s in enumerate(options)])
+        else:
+            base = self.typed(schema, at, where)
+        return _annotated(base, checks)
+
+    def typed(self, schema: dict[str, Any], at: str, where: str) -> Any:
+        types = schema.get("type")
+        if types is None:
+            # keywords of one type and no "type": take it to be meant as that type
+            implied = [t for t, words in _KEYWORDS.items() if words & set(schema)]
+            if not implied:
+                return Any
+            if len(implied) > 1:
+                raise SchemaProblem(f"{where}: give 'type' with keywords of several types")
+            types = implied[0]
+        names = types if isinstance(types, list) else [types]
+        if not names or any(t not in _TYPES for t in names):
+            raise SchemaProblem(f"{where}: 'type' must be one or a list of {', '.join(_TYPES)}")
+        return _union([self.one_type(t, schema, at, where) for t in names])
+
+    def one_type(self, name: str, schema: dict[str, Any], at: str, where: str) -> Any:
+        if name == "null":
+            return type(None)
+        if name == "boolean":
+            return bool
+        if name in ("integer", "number"):
+            return _annotated(int if name == "integer" else float, _number_checks(schema, where))
+        if name == "string":
+            return _annotated(str, _string_checks(schema, where))
+        if name == "array":
+            items = self.node(schema.get("items", True), f"{at}/items")
+            return _annotated(list[items], _lengths(schema, "minItems", "maxItems", where))  # type: ignore[valid-type]
+        return self.object(schema, at, where)
+
+    def object(self, schema: dict[str, Any], at: str, where: str) -> Any:
+        properties = schema.get("properties")
+        extra = schema.get("additionalProperties", True)
+        required = schema.get("required", [])
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise SchemaProblem(f"{where}: 'required' must be a list of names")
+        if properties is None:
+            if required:
+                raise SchemaProblem(f"{where}: 'required' needs 'properties' naming them")
+            if extra is False:
+                return Annotated[dict[str, Any], annotated_types.MaxLen(0)]
+            return dict[str, self.node(extra, f"{at}/additionalProperties")]  # type: ignore[misc]
+        if not isinstance(properties, dict):
+            raise SchemaProblem(f"{where}: 'properties' must be an object")
+        if not isinstance(extra, bool):
+            raise SchemaProblem(
+                f"{where}: 'additionalProperties' as a schema beside 'properties' is not supported"
+            )
+        if missing := sorted(set(required) - set(properties)):
+            raise SchemaProblem(f"{where}: 'required' names {missing[0]!r}, not in 'properties'")
+        fields: dict[str, Any] = {}
+        for i, (name, sub) in enumerate(properties.items()):
+            kind = self.node(sub, f"{at}/properties/{name}")
+            # Absent and optional: the default, not validated. Present as null: checked
+            # against the type, as JSON Schema does. Python names: a property may be called
+            # "json" or "model_config", and be no identifier at all.
+            default = ... if name in required else None
+            fields[f"p{i}"] = (kind, Field(default, alias=name))
+        config = ConfigDict(extra="ignore" if extra else "forbid", strict=True)
+        # the name shows in errors: "Input should be a valid dictionary or instance of object"
+        return create_model("object", __config__=config, **fields)
+
+    def ref(self, ref: Any, where: str) -> Any:
+        match = re.fullmatch(r"#/(\$defs|definitions)/([^/]+)", ref if isinstance(ref, str) else "")
+        if match is None:
+            raise SchemaProblem(
+                f"{where}: '$ref' {ref!r} is not supported (only '#/$defs/NAME' and "
+                "'#/definitions/NAME')"
+            )
+        section, name = match.groups()
+        defs = self.root.get(section)
+        if not isinstance(defs, dict) or name not in defs:
+            raise SchemaProblem(f"{where}: '$ref' {ref!r} names no definition")
+        if ref in self.resolving:
+            raise SchemaProblem(f"{where}: recursive '$ref' {ref!r} is not supported")
+        self.resolving.append(ref)
+        try:
+            return self.node(defs[name], f"/{section}/{name}")
+        finally:
+            self.resolving.pop()
+
+
+def _annotated(base: Any, checks: list[Any]) -> Any:
+    return Annotated[(base, *checks)] if checks else base
+
+
+def _union(options: list[Any]) -> Any:
+    return options[0] if len(options) == 1 else Union[tuple(options)]  # noqa: UP007
+
+
+def _lengths(schema: dict[str, Any], low: str, high: str, where: str) -> list[Any]:
+    """A ``Len`` check from ``minItems``/``maxItems`` or ``minLength``/``maxLength``."""
+    counts = []
+    for key in (low, high):
+        value = schema.get(key)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 0
+        ):
+            raise SchemaProblem(f"{where}: {key!r} must be a whole number, not {value!r}")
+        counts.append(value)
+    if counts == [None, None]:
+        return []
+    return [annotated_types.Len(counts[0] or 0, counts[1])]
+
+
+def _number_checks(schema: dict[str, Any], where: str) -> list[Any]:
+    bounds: list[tuple[str, Callable[[Any], Any]]] = [
+        ("minimum", lambda v: annotated_types.Ge(v)),
+        ("maximum", lambda v: annotated_types.Le(v)),
+        ("exclusiveMinimum", lambda v: annotated_types.Gt(v)),
+        ("exclusiveMaximum", lambda v: annotated_types.Lt(v)),
+        ("multipleOf", lambda v: annotated_types.MultipleOf(v)),
+    ]
+    checks = []
+    for key, make in bounds:
+        if key in schema:
+            value = schema[key]
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise SchemaProblem(f"{where}: {key!r} must be a number, not {value!r}")
+            if key == "multipleOf" and value <= 0:
+                raise SchemaProblem(f"{where}: 'multipleOf' must be above 0, not {value!r}")
+            checks.append(make(value))
+    return checks
+
+
+def _string_checks(schema: dict[str, Any], where: str) -> list[Any]:
+    checks = _lengths(schema, "minLength", "maxLength", where)
+    if "pattern" in schema:
+        pattern = schema["pattern"]
+        try:
+            compiled = re.compile(pattern)
+        except (re.error, TypeError) as exc:
+            raise SchemaProblem(f"{where}: 'pattern' {pattern!r} is not a regex: {exc}") from exc
+        checks.append(AfterValidator(_matches(compiled)))
+    return checks
+
+
+def _matches(pattern: re.Pattern[str]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if pattern.search(value) is None:
+            raise PydanticCustomError(
+                "string_pattern_mismatch",
+                "String should match pattern '{pattern}'",
+                {"pattern": pattern.pattern},
+            )
+        return value
+
+    return check
+
+
+def _one_of(values: list[Any]) -> Callable[[Any], Any]:
+    shown = ", ".join(json.dumps(v) for v in values)
+
+    def check(value: Any) -> Any:
+        if not any(_same(value, v) for v in values):
+            if len(values) == 1:
+                raise PydanticCustomError(
+                    "const", "Input should be {expected}", {"expected": shown}
+                )
+            raise PydanticCustomError(
+                "enum", "Input should be one of {expected}", {"expected": shown}
+            )
+        return value
+
+    return check
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values: ``1 == 1.0``, but ``true != 1``."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and bool(a == b)
