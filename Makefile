@@ -20,6 +20,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
+	mkdir -p drop
 	$(BIN)/cued --config $(CONFIG) run
 
 check: $(VENV)/.installed-test
