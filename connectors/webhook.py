@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import parse_qsl
 
@@ -31,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from cued.daemon.errors import ConnectorError
+from cued.daemon.errors import ConnectorError, CuedError
+from cued.daemon.secrets import resolve_secret
 from cued.daemon.sources import Event
 from cued.daemon.store import new_id, now
 
@@ -76,25 +76,11 @@ class WebhookConfig(BaseModel):
         return self
 
 
-def resolve_secret(value: str, base_dir: Path) -> str:
-    """The secret behind ``env:NAME``, ``file:PATH`` or a literal.
-
-    :raises ConnectorError: if the variable is unset or the file unreadable
-    """
-    if value.startswith("env:"):
-        name = value[4:]
-        if name not in os.environ:
-            raise ConnectorError(f"environment variable {name!r} (for a webhook secret) is not set")
-        return os.environ[name]
-    if value.startswith("file:"):
-        path = base_dir / value[5:]
-        try:
-            return path.read_text().strip()
-        except OSError as exc:
-            raise ConnectorError(
-                f"cannot read the webhook secret file {str(path)!r}: {exc.strerror}"
-            ) from exc
-    return value
+def _secret(value: str, base_dir: Path) -> bytes:
+    try:
+        return resolve_secret(value, base_dir, what="a webhook secret").encode()
+    except CuedError as exc:
+        raise ConnectorError(str(exc)) from exc
 
 
 def _error(status: int, code: str, message: str, **headers: str) -> JSONResponse:
@@ -116,9 +102,7 @@ class WebhookSource:
     def __init__(self, config: WebhookConfig, ctx: SourceContext) -> None:
         self.config = config
         self.ctx = ctx
-        self._secret = (
-            resolve_secret(config.secret, ctx.base_dir).encode() if config.secret else b""
-        )
+        self._secret = _secret(config.secret, ctx.base_dir) if config.secret else b""
         self._id_header = config.id_header or (
             "X-GitHub-Delivery" if config.signature == "github" else None
         )

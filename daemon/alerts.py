@@ -40,12 +40,11 @@ import anyio
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cued.connectors.webhook import resolve_secret
-
 from . import templates
 from .durations import Duration
-from .errors import CuedError
+from .errors import AlertDeliveryError, CuedError
 from .logs import get_logger
+from .secrets import resolve_secret
 from .store import OutboxRow, now
 
 if TYPE_CHECKING:
@@ -60,7 +59,6 @@ __all__ = [
     "ALERT_KINDS",
     "RULES",
     "AlertConfig",
-    "AlertDeliveryError",
     "Alerts",
     "CommandAlertConfig",
     "EmailAlertConfig",
@@ -80,24 +78,23 @@ _NEVER = 253402300799.0
 _ERROR_CHARS = 500
 
 _DEFAULT_SUBJECT = "[cued] {{ alert.rule }}: {{ alert.pipeline }} {{ alert.run_id }}"
+# Every rule's alert renders: what only some alerts have is tested for first
 _DEFAULT_BODY = """\
 {{ alert.message }}
 
 Rule:      {{ alert.rule }}
 Pipeline:  {{ alert.pipeline }}
 Run:       {{ alert.run_id }}
-{% if alert.task is defined %}Task:      {{ alert.task }} (attempt {{ alert.attempt }})
+{% if alert.task is defined %}Task:      {{ alert.task }}\
+{% if alert.attempt is defined %} (attempt {{ alert.attempt }}){% endif %}
+{% endif %}{% if alert.detail is defined and alert.detail %}Detail:    {{ alert.detail }}
 {% endif %}{% if alert.error is defined and alert.error %}Error:
 {{ alert.error }}
 
-{% endif %}Inputs:    {{ alert.inputs | tojson }}
-At:        {{ alert.created_at }}
+{% endif %}{% if alert.inputs is defined %}Inputs:    {{ alert.inputs | tojson }}
+{% endif %}At:        {{ alert.created_at }}
 Alert id:  {{ alert.alert_id }}
 """
-
-
-class AlertDeliveryError(CuedError):
-    """An alert channel did not take an alert (it is tried again later)."""
 
 
 # -- configuration ---------------------------------------------------------------------
@@ -117,6 +114,7 @@ class _ChannelConfig(BaseModel):
     backoff: Duration = 1.0
     """Delay before the first retry; it doubles with each failure, with jitter."""
     backoff_max: Duration = 300.0
+    """The longest delay between two tries."""
     timeout: Duration = Field(30.0, gt=0)
     """How long one delivery may take (a command is killed after it)."""
 
@@ -241,9 +239,11 @@ class Alerts:
             every resend
         :param payload: what the runner knows (rule, run_id, pipeline, inputs, task, error,
             ...); the row's payload adds ``alert_id``, ``channel``, ``message`` (one line
-            for people) and ``created_at`` (ISO 8601)
+            for people; a ``message`` given here moves to ``detail``) and ``created_at``
+            (ISO 8601)
         """
         created = now()
+        line = _message(rule, payload)
         rows = []
         for name, config in self.configs.items():
             if rule not in config.on:
@@ -256,9 +256,11 @@ class Alerts:
                 "rule": rule,
                 "alert_id": alert_id,
                 "channel": name,
-                "message": _message(rule, payload),
+                "message": line,
                 "created_at": datetime.fromtimestamp(created, UTC).isoformat(),
             }
+            if "message" in payload:  # the caller's own (an approval's question), kept whole
+                full["detail"] = payload["message"]
             rows.append(OutboxRow(alert_id, name, rule, full, created, next_at=created))
         return rows
 
@@ -362,9 +364,12 @@ _ATEXT = frozenset(
 
 
 def _message(rule: str, alert: Mapping[str, Any]) -> str:
-    """One line for people."""
-    run = f"run {alert.get('run_id')} of pipeline {alert.get('pipeline')!r}"
+    """One line for people. A ``message`` the caller gave (an approval's question) is
+    part of it."""
+    run_id = alert.get("run_id")
+    run = f"run {run_id} of pipeline {alert.get('pipeline')!r}"
     task = alert.get("task")
+    subject = f"Task {task!r} of {run}" if task else f"The {run}"
     if rule == "task_failed":
         text = f"Task {task!r} failed for good (attempt {alert.get('attempt')}) in {run}"
     elif rule == "run_failed":
@@ -372,19 +377,23 @@ def _message(rule: str, alert: Mapping[str, Any]) -> str:
     elif rule == "run_succeeded":
         text = f"The {run} succeeded"
     elif rule == "deadline_missed":
-        text = f"The {run} missed its deadline"
+        text = f"{subject} missed its deadline"
     elif rule == "approval_waiting":
-        text = (
-            f"Task {task!r} of {run} waits for approval"
-            if task
-            else f"The {run} waits for approval"
-        )
+        text = f"{subject} waits for approval"
+        if asked := alert.get("message"):
+            text += f": {_one_line(asked)}"
+        if task:
+            text += f" (cued approve {run_id} {task})"
     else:
         text = f"{rule}: {run}"
     if error := alert.get("error"):
-        line = " ".join(str(error).split())
-        text += f": {line[:200]}{'...' if len(line) > 200 else ''}"
+        text += f": {_one_line(error)}"
     return text
+
+
+def _one_line(value: Any, limit: int = 200) -> str:
+    line = " ".join(str(value).split())
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 def _describe(exc: BaseException) -> str:

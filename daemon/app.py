@@ -36,6 +36,7 @@ from .intake import DaemonIntake
 from .logs import get_logger
 from .registry import source_kinds, task_kinds
 from .runner import Runner
+from .secrets import resolve_secret
 from .server import serve_asgi
 from .sources import SourceContext
 from .sqlite import open_store
@@ -102,6 +103,10 @@ async def open_runner(
             anyio.create_task_group() as tg,
         ):
             runner = Runner(config, store, _kinds(config), http)
+            if config.alerts:
+                # before anything can start a run: every alert a run raises goes to the
+                # outbox in the transaction of what it reports; the daemon sends them
+                runner.alerts = Alerts(config.alerts, store, http, config.base_dir)
             await tg.start(partial(runner.serve, resume=resume))
             try:
                 yield runner
@@ -146,11 +151,9 @@ def _sources(config: Config, intake: DaemonIntake, front: WebFront) -> list[Any]
 
 
 def _users(config: Config) -> Users:
-    from cued.connectors.webhook import resolve_secret  # env:/file: secrets, as webhooks have
-
     return Users(
         {
-            resolve_secret(user.token, config.base_dir): Caller(
+            resolve_secret(user.token, config.base_dir, what=f"the token of {name!r}"): Caller(
                 name, frozenset(user.roles), frozenset(user.groups)
             )
             for name, user in config.auth.users.items()
@@ -195,12 +198,9 @@ async def _serve(
     # unfinished runs are resumed once the sources have started: a source may first have
     # to finish acknowledging what a crash left recorded but unacknowledged
     async with open_runner(config, resume=False) as runner, anyio.create_task_group() as tg:
-        if config.alerts:
-            # before anything can start a run: every alert it raises goes to the outbox,
-            # and the sender first sends what a crash left there
-            alerts = Alerts(config.alerts, runner.store, runner.http, config.base_dir)
-            runner.alerts = alerts
-            await tg.start(alerts.run)
+        if isinstance(runner.alerts, Alerts):
+            # the sender first sends what a crash (or `cued trigger` without a daemon) left
+            await tg.start(runner.alerts.run)
         intake = DaemonIntake(config, runner, runner.store)
         await tg.start(intake.run)
         runner.asset_sink = intake.record

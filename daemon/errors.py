@@ -4,6 +4,7 @@ The exceptions cued raises, as a tree:
 * CuedError
   x ConfigError          - the configuration is invalid (carries every problem found)
   x ConnectorError       - an event source cannot start or lost its connection for good
+  x AlertDeliveryError   - an alert channel did not take an alert (it is tried again)
   x StoreError           - the durable store cannot be opened or is of an unknown version
   x DaemonUnavailable    - no daemon answers on the control socket
   x NotFound             - a run, pipeline or task named by the user does not exist
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "AlertDeliveryError",
     "ConfigError",
     "ConfigProblem",
     "ConnectorError",
@@ -64,6 +66,10 @@ class ConfigError(CuedError):
 
 class ConnectorError(CuedError):
     """An event source cannot start (a missing secret, an unreachable broker, ...)."""
+
+
+class AlertDeliveryError(CuedError):
+    """An alert channel did not take an alert (it is tried again later)."""
 
 
 class StoreError(CuedError):

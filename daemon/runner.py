@@ -191,10 +191,14 @@ class Runner:
 
     async def submit(self, pipeline: str, inputs: dict[str, Any] | None = None) -> str:
         """Record a new run durably and queue it; returns its id."""
+        return (await self.submit_run(pipeline, inputs)).run_id
+
+    async def submit_run(self, pipeline: str, inputs: dict[str, Any] | None = None) -> RunRow:
+        """Record a new run durably and queue it; returns it as recorded."""
         row = self.new_run(pipeline, inputs)
         await self.store.submit([row]).wait()
         self.enqueue(row)
-        return row.run_id
+        return row
 
     def enqueue(self, row: RunRow, prior: dict[str, Instance] | None = None) -> None:
         """Start a recorded run now if its pipeline has a free slot, else queue it."""
@@ -452,7 +456,9 @@ class Runner:
             self.wake_alerts()
         self._apply(run, tg, commands)
 
-    def alert_rows(self, rule: str, row: RunRow, **details: Any) -> list[Row]:
+    def alert_rows(
+        self, rule: str, row: RunRow, *, occurrence: str | None = None, **details: Any
+    ) -> list[Row]:
         """Outbox rows for ``rule`` about the run ``row``; they commit with the change they
         report, so a crash cannot lose an alert, and the alert id is the same on every
         resend."""
@@ -461,6 +467,8 @@ class Runner:
         parts = [rule, row.run_id]
         if "task" in details:
             parts += [str(details["task"]), str(details.get("attempt", ""))]
+        if occurrence is not None:
+            parts.append(occurrence)
         key = ":".join(parts)
         payload = {
             "rule": rule,
@@ -567,6 +575,18 @@ class Runner:
         found = self.config.auth.users.get(user)
         return frozenset(found.groups) if found else frozenset()
 
+    @property
+    def active_runs(self) -> int:
+        """Runs that hold a slot now (started, not parked or finished): for metrics."""
+        return sum(self._active.values())
+
+    @property
+    def tasks_waiting(self) -> int:
+        """Task attempts ready to run that wait for a slot (global or a pool's): for metrics."""
+        return self._task_slots.statistics().tasks_waiting + sum(
+            pool.statistics().tasks_waiting for pool in self._pools.values()
+        )
+
     def is_active(self, run_id: str) -> bool:
         """Whether the run is in memory (queued or running here, not parked or finished)."""
         return run_id in self._runs
@@ -622,7 +642,11 @@ class Runner:
                 rows.extend(InstanceRow.of(run.row.run_id, i) for i in run.engine.drain_changes())
             rule = {RunState.FAILED: "run_failed", RunState.SUCCEEDED: "run_succeeded"}.get(state)
             if rule is not None:
-                rows.extend(self.alert_rows(rule, run.row, error=error))
+                # a rerun run ends again: that end is an alert of its own. Each rerun raises
+                # the sum of the instances' retry bases, so it tells the ends apart.
+                reruns = sum(i.retry_base for i in run.engine.instances()) if run.engine else 0
+                occurrence = f"rerun{reruns}" if reruns else None
+                rows.extend(self.alert_rows(rule, run.row, occurrence=occurrence, error=error))
             await self.store.submit(rows).wait()
             self.wake_alerts()
         self.log.info(

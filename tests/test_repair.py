@@ -198,3 +198,29 @@ def test_failed_runs_are_listed_with_their_error_and_event(tmp_path):
     assert header.split() == ["RUN", "PIPELINE", "STATE", "CREATED", "DURATION", "EVENT", "ERROR"]
     assert line.startswith(run_id)
     assert "t3: Command" in line
+
+
+async def test_each_end_of_a_rerun_run_raises_its_own_alert(make_config, tmp_path):
+    import sqlite3
+
+    config = make_config(
+        """
+[alerts.ops]
+kind = "webhook"
+url = "http://127.0.0.1:9/unused"
+on = ["run_failed"]
+[pipelines.p]
+[pipelines.p.tasks.bad]
+kind = "shell"
+argv = ["false"]
+"""
+    )
+    async with open_runner(config) as runner:
+        with anyio.fail_after(20):
+            run_id = await runner.submit("p")
+            await runner.wait(run_id)
+            await repair.rerun(runner, run_id)
+            await runner.wait(run_id)
+    with sqlite3.connect(config.state_path) as db:
+        ids = sorted(a for (a,) in db.execute("SELECT alert_id FROM outbox"))
+    assert ids == [f"ops:run_failed:{run_id}", f"ops:run_failed:{run_id}:rerun1"]
