@@ -466,7 +466,9 @@ class Runner:
             return []
         parts = [rule, row.run_id]
         if "task" in details:
-            parts += [str(details["task"]), str(details.get("attempt", ""))]
+            parts.append(str(details["task"]))
+            if "attempt" in details:
+                parts.append(str(details["attempt"]))
         if occurrence is not None:
             parts.append(occurrence)
         key = ":".join(parts)
