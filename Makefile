@@ -30,7 +30,14 @@ check: $(VENV)/.installed-test
 	for p in daemon connectors plugins; do ln -sfn ../../../$$p build/typecheck/cued/$$p; done
 	MYPYPATH=build/typecheck $(BIN)/mypy -p cued.daemon -p cued.connectors -p cued.plugins
 
-test: check
+# The browser tests (tests/test_ui.py) drive Debian's Chromium through Playwright; a test
+# tool's own browser download does not work here, so `playwright install` is never run.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+		|| (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+test: check $(CHROMIUM)
 	$(BIN)/pytest -q
 
 bench: $(VENV)/.installed-test

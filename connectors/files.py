@@ -215,6 +215,7 @@ class FilesSource:
         # Shielded: what is recorded is moved even while the daemon stops, so a clean stop
         # leaves no file recorded but not moved (a crash may: see the module's docstring).
         with anyio.CancelScope(shield=True):
+
             def move(receipts: list[Receipt]) -> None:
                 # called by intake once the events are committed and before their runs
                 # start, so each run finds its file at ``data.path``

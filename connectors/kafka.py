@@ -1,18 +1,443 @@
-"""Being written: a placeholder so the entry point resolves meanwhile."""
+"""``kafka`` source: messages of Kafka topics become events, read in a consumer group.
+
+The loop, per batch of up to ``max_batch`` messages::
+
+    getmany  ->  one Event per message  ->  await intake.record(events)  ->  commit offsets
+
+Offsets are committed only after intake has committed the events (and the runs they start)
+to the store, so a crash in between redelivers the batch. The commit goes on in the
+background while the next batch is taken (commits that pile up meanwhile go as one). Every event's id is
+``SOURCE:TOPIC:PARTITION:OFFSET``, the same on every delivery of a message, so intake
+recognises a redelivery as a duplicate and starts nothing twice: at-least-once delivery,
+exactly-once runs. (A topic deleted and created again under the same name starts its
+offsets from 0 again: its messages would be taken for the old ones. Name the new topic
+differently, or give the source a new name.)
+
+Backpressure: while the daemon's backlog is saturated the consumer pauses every assigned
+partition and keeps polling (which returns nothing for paused partitions but keeps the
+member in its group), and resumes once the backlog has drained.
+
+Rebalances: the batch in flight is recorded, and every recorded offset committed, before
+the consumer gives its partitions up, so the member that takes them over starts after it; messages fetched for a
+partition that was taken away meanwhile are dropped, for its new owner to read.
+
+What an event holds:
+
+* ``data``: the value parsed as JSON; else its text (``meta.encoding = "text"``); else,
+  when it is not UTF-8, base64 (``meta.encoding = "base64"``). A tombstone (no value)
+  is ``null`` with ``meta.encoding = "none"``.
+* ``meta``: ``topic``, ``partition``, ``offset``, ``key`` (text, or ``null``),
+  ``headers`` (name to text), ``timestamp_ms`` (the message's Kafka timestamp),
+  ``encoding``, and ``base64`` listing the key or headers given as base64 when they are
+  not UTF-8 (``["key", "headers.trace"]``), only when there are such.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import base64
+import json
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+import anyio
+import anyio.abc
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
+from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
+from aiokafka.errors import (  # type: ignore[import-untyped]
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+)
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cued.daemon.durations import Duration
+from cued.daemon.errors import ConnectorError, CuedError
+from cued.daemon.secrets import resolve_secret
+from cued.daemon.sources import Event
+from cued.daemon.store import now
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from aiokafka import ConsumerRecord, TopicPartition
+
+    from cued.daemon.sources import SourceContext
+
+__all__ = ["KafkaConfig", "KafkaSource", "message_event"]
+
+#: How long one poll waits for messages when there are none.
+_POLL_MS = 1000
+#: While paused, how often the consumer polls (keeping its place in the group) and checks
+#: the backlog; resuming happens at once when the backlog drains, without waiting for it.
+_PAUSED_POLL_S = 1.0
+#: How long a commit may take before it is given up (the next batch's commit covers it).
+_COMMIT_TIMEOUT_S = 10.0
+#: How long a rebalance waits for this member to rejoin: it first records and commits its
+#: batch in flight, which must fit in here or the group goes on without it.
+_REBALANCE_TIMEOUT_S = 60.0
+#: At shutdown, how long leaving the group and closing connections may take.
+_STOP_TIMEOUT_S = 10.0
+#: Retry delays while the broker cannot be reached at start.
+_CONNECT_RETRY_S = (0.1, 2.0)
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class KafkaConfig(BaseModel):
+    """Keys of a ``[sources.NAME]`` table with ``kind = "kafka"``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap: str = Field(min_length=1)
+    """``host:port`` of one or more brokers, comma-separated."""
+    topics: list[str] = Field(min_length=1)
+    group: str = Field(min_length=1)
+    """The consumer group: daemons sharing it share the partitions."""
+    max_batch: int = Field(500, ge=1)
+    """The most messages taken, recorded (in one transaction) and committed at once."""
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where a group without a committed offset starts: at the oldest message or after
+    the newest."""
+    client_id: str = "cued"
+    fetch_max_wait: Duration = Field(0.5, ge=0)
+    """How long the broker may hold a fetch while it has no new messages. Kafka answers as
+    soon as one arrives; brokers that do not (Tansu waits about half of it) add up to this
+    to every event's latency."""
+    session_timeout: Duration = Field(10.0, gt=0)
+    """How long the broker waits for a member's heartbeat before giving its partitions to
+    others (heartbeats go every third of it)."""
+    connect_timeout: Duration = Field(10.0, ge=0)
+    """At start, how long to keep trying to reach the brokers before the daemon fails."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: str | None = None
+    """CA certificates to check the brokers' with (``SSL``, ``SASL_SSL``), relative to the
+    config file; the system's by default."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    """``env:NAME`` (from the environment), ``file:PATH``, or the value itself."""
+
+    @model_validator(mode="after")
+    def _security(self) -> KafkaConfig:
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and not (self.sasl_username and self.sasl_password):
+            raise ValueError(
+                f"security_protocol {self.security_protocol!r} needs sasl_username and "
+                f"sasl_password"
+            )
+        if not sasl and (self.sasl_username or self.sasl_password):
+            raise ValueError(
+                f"sasl_username and sasl_password need security_protocol 'SASL_PLAINTEXT' "
+                f"or 'SASL_SSL', not {self.security_protocol!r}"
+            )
+        if self.ssl_cafile and not self.security_protocol.endswith("SSL"):
+            raise ValueError(
+                f"ssl_cafile needs security_protocol 'SSL' or 'SASL_SSL', "
+                f"not {self.security_protocol!r}"
+            )
+        return self
+
+
+def client_options(config: KafkaConfig, base_dir: Path) -> dict[str, Any]:
+    """The aiokafka client arguments for ``config``'s connection and security settings.
+
+    :raises ConnectorError: if the password's variable is unset or its file unreadable
+    """
+    options: dict[str, Any] = {
+        "bootstrap_servers": config.bootstrap,
+        "client_id": config.client_id,
+        "security_protocol": config.security_protocol,
+    }
+    if config.security_protocol.endswith("SSL"):
+        from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
+
+        cafile = str(base_dir / config.ssl_cafile) if config.ssl_cafile else None
+        options["ssl_context"] = create_ssl_context(cafile=cafile)
+    if config.sasl_username is not None and config.sasl_password is not None:
+        options["sasl_mechanism"] = config.sasl_mechanism
+        options["sasl_plain_username"] = config.sasl_username
+        options["sasl_plain_password"] = _secret(config.sasl_password, base_dir)
+    return options
+
+
+def _secret(value: str, base_dir: Path) -> str:
+    try:
+        return resolve_secret(value, base_dir, what="a Kafka password")
+    except CuedError as exc:
+        raise ConnectorError(str(exc)) from exc
+
+
+def _text(raw: bytes) -> tuple[str, bool]:
+    """``raw`` as text, and whether that text is base64 (``raw`` is not UTF-8)."""
+    try:
+        return raw.decode(), False
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), True
+
+
+def message_event(source: str, record: ConsumerRecord[Any, Any], received_at: float) -> Event:
+    """The event for one consumed message (its value and key still bytes)."""
+    value: bytes | None = record.value
+    data: Any
+    if value is None:
+        data, encoding = None, "none"
+    else:
+        try:
+            text = value.decode()
+        except UnicodeDecodeError:
+            data, encoding = base64.b64encode(value).decode("ascii"), "base64"
+        else:
+            try:
+                data, encoding = json.loads(text), "json"
+            except ValueError:
+                data, encoding = text, "text"
+    binary: list[str] = []
+    key: str | None = None
+    if record.key is not None:
+        key, is_b64 = _text(record.key)
+        if is_b64:
+            binary.append("key")
+    headers: dict[str, str] = {}
+    for name, raw in record.headers or ():
+        headers[name], is_b64 = _text(raw or b"")
+        if is_b64:
+            binary.append(f"headers.{name}")
+    meta: dict[str, Any] = {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "key": key,
+        "headers": headers,
+        "timestamp_ms": record.timestamp,
+        "encoding": encoding,
+    }
+    if binary:
+        meta["base64"] = binary
+    return Event(
+        source=source,
+        event_id=f"{source}:{record.topic}:{record.partition}:{record.offset}",
+        data=data,
+        meta=meta,
+        received_at=received_at,
+    )
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands partitions over only between batches, and keeps new ones paused while the
+    source is."""
+
+    def __init__(self, source: KafkaSource, consumer: AIOKafkaConsumer) -> None:
+        self._source = source
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        # The batch in flight holds the lock while it is recorded: once we have it, every
+        # batch taken is recorded; commit what is not yet, and the member that gets these
+        # partitions next starts after it.
+        async with self._source._batch_lock:
+            await self._source._commit(self._consumer)
+        if revoked:
+            self._source.ctx.log.info("kafka_partitions_revoked", partitions=_names(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self._source._paused and assigned:
+            self._consumer.pause(*assigned)
+        self._source.ctx.log.info("kafka_partitions_assigned", partitions=_names(assigned))
+
+
+def _names(partitions: set[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)
 
 
 class KafkaSource:
-    kind: ClassVar[str] = "placeholder"
-    name: ClassVar[str] = "placeholder"
-    Config: ClassVar[type[BaseModel]] = _Params
-    Params: ClassVar[type[BaseModel]] = _Params
+    """Consumes topics in a consumer group; see the module's documentation."""
+
+    kind: ClassVar[str] = "kafka"
+    Config: ClassVar[type[BaseModel]] = KafkaConfig
+
+    def __init__(self, config: KafkaConfig, ctx: SourceContext) -> None:
+        """:raises ConnectorError: if a SASL password cannot be read"""
+        self.config = config
+        self.ctx = ctx
+        self._options = client_options(config, ctx.base_dir)
+        self._batch_lock = anyio.Lock()
+        self._paused = False
+        self._uncommitted: dict[TopicPartition, int] = {}
+        """Offsets to commit: of messages recorded, not yet acknowledged to the broker."""
+        self._commit_lock = anyio.Lock()
+        self._commit_wanted = anyio.Event()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Consume until cancelled. Ready once subscribed: joining the group (some seconds)
+        goes on in the background.
+
+        :raises ConnectorError: if no broker answers within ``connect_timeout``, or the
+            brokers refuse the consumer for good (authorisation, say)
+        """
+        consumer = await self._start()
+        try:
+            consumer.subscribe(self.config.topics, listener=_Rebalance(self, consumer))
+            self.ctx.log.info(
+                "kafka_subscribed",
+                bootstrap=self.config.bootstrap,
+                topics=self.config.topics,
+                group=self.config.group,
+            )
+            task_status.started()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._commit_loop, consumer)
+                await self._consume(consumer)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._commit(consumer)  # what was recorded is acknowledged
+            await _stop(consumer)
+
+    async def _start(self) -> AIOKafkaConsumer:
+        """A started consumer, after retrying for up to ``connect_timeout``."""
+        config = self.config
+        deadline = anyio.current_time() + config.connect_timeout
+        delay, max_delay = _CONNECT_RETRY_S
+        while True:
+            consumer = AIOKafkaConsumer(
+                **self._options,
+                group_id=config.group,
+                enable_auto_commit=False,
+                auto_offset_reset=config.auto_offset_reset,
+                max_poll_records=config.max_batch,
+                fetch_max_wait_ms=round(config.fetch_max_wait * 1000),
+                session_timeout_ms=round(config.session_timeout * 1000),
+                heartbeat_interval_ms=max(1, round(config.session_timeout * 1000 / 3)),
+                rebalance_timeout_ms=round(_REBALANCE_TIMEOUT_S * 1000),
+            )
+            try:
+                with anyio.fail_after(max(deadline - anyio.current_time(), 0.001)):
+                    await consumer.start()
+                return consumer
+            except (KafkaError, OSError, TimeoutError) as exc:
+                await _stop(consumer)
+                retriable = not isinstance(exc, KafkaError) or exc.retriable
+                if not retriable or anyio.current_time() + delay >= deadline:
+                    raise ConnectorError(
+                        f"kafka source {self.ctx.source!r}: cannot connect to {config.bootstrap!r}"
+                        f" within {config.connect_timeout:g}s (connect_timeout): "
+                        f"{_describe(exc)}"
+                    ) from exc
+                self.ctx.log.warning(
+                    "kafka_unreachable",
+                    bootstrap=config.bootstrap,
+                    error=_describe(exc),
+                    retry_in_s=delay,
+                )
+                await anyio.sleep(delay)
+                delay = min(delay * 2, max_delay)
+            except BaseException:
+                await _stop(consumer)
+                raise
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        intake = self.ctx.intake
+        log = self.ctx.log
+        while True:
+            if intake.accepting():
+                if self._paused:
+                    self._paused = False
+                    consumer.resume(*consumer.assignment())
+                    log.info("kafka_resumed")
+                timeout_ms = _POLL_MS
+            else:
+                if not self._paused:
+                    self._paused = True
+                    log.info("kafka_paused", partitions=_names(consumer.assignment()))
+                consumer.pause(*consumer.assignment())
+                with anyio.move_on_after(_PAUSED_POLL_S):
+                    await intake.wait_accepting()
+                # polling keeps the member in its group (max.poll.interval); paused
+                # partitions return nothing (and drop what was prefetched for them)
+                timeout_ms = 0
+            try:
+                batch = await consumer.getmany(
+                    timeout_ms=timeout_ms, max_records=self.config.max_batch
+                )
+            except KafkaError as exc:
+                if not exc.retriable:
+                    raise ConnectorError(
+                        f"kafka source {self.ctx.source!r} ({self.config.bootstrap!r}): "
+                        f"{_describe(exc)}"
+                    ) from exc
+                log.warning("kafka_poll_failed", error=_describe(exc))
+                await anyio.sleep(_CONNECT_RETRY_S[0])
+                continue
+            if batch:
+                await self._record(consumer, batch)
+
+    async def _record(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]],
+    ) -> None:
+        """Record a batch, and have its offsets committed."""
+        async with self._batch_lock:
+            assigned = consumer.assignment()
+            received_at = now()
+            source = self.ctx.source
+            events: list[Event] = []
+            offsets: dict[TopicPartition, int] = {}
+            for tp, records in batch.items():
+                if tp not in assigned:
+                    continue  # taken away meanwhile: its new owner reads it from the last commit
+                events.extend(message_event(source, r, received_at) for r in records)
+                offsets[tp] = records[-1].offset + 1
+            if not events:
+                return
+            # A batch taken is recorded even when the daemon stops meanwhile (intake
+            # returns once the store has committed, which it does at shutdown too)
+            with anyio.CancelScope(shield=True):
+                await self.ctx.intake.record(events)
+            self._uncommitted.update(offsets)
+            self._commit_wanted.set()
+
+    async def _commit_loop(self, consumer: AIOKafkaConsumer) -> None:
+        """Commit recorded offsets in the background: the next batch is fetched and recorded
+        meanwhile, rather than after a round trip to the broker (much longer than one while
+        the event loop is busy with runs). Commits that pile up meanwhile go as one."""
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted = anyio.Event()
+            await self._commit(consumer)
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        """Commit the offsets of what has been recorded, unless the broker is gone: then it
+        comes again, and intake recognises it."""
+        async with self._commit_lock:
+            offsets, self._uncommitted = self._uncommitted, {}
+            if not offsets:
+                return
+            retry = False
+            with anyio.move_on_after(_COMMIT_TIMEOUT_S, shield=True) as scope:
+                try:
+                    await consumer.commit(offsets)
+                except (CommitFailedError, IllegalStateError) as exc:
+                    self.ctx.log.warning(
+                        "kafka_commit_failed",
+                        error=_describe(exc),
+                        note="a rebalance took the partitions; their new owner reads the "
+                        "batch again and intake recognises it",
+                    )
+                except KafkaError as exc:
+                    self.ctx.log.error("kafka_commit_failed", error=_describe(exc))
+                    retry = True
+            if scope.cancelled_caught:
+                self.ctx.log.warning("kafka_commit_timed_out", timeout_s=_COMMIT_TIMEOUT_S)
+                retry = True
+            if retry:  # with the next commit, unless that has newer offsets
+                for tp, offset in offsets.items():
+                    self._uncommitted.setdefault(tp, offset)
+
+
+async def _stop(consumer: AIOKafkaConsumer) -> None:
+    """Leave the group and close the connections, also when cancelled (bounded)."""
+    with anyio.move_on_after(_STOP_TIMEOUT_S, shield=True):
+        await consumer.stop()
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

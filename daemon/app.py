@@ -33,13 +33,16 @@ from .alerts import Alerts
 from .api import Caller, Users, build_app
 from .errors import CuedError
 from .intake import DaemonIntake
+from .live import Live, publish_committed
 from .logs import get_logger
+from .metrics import Metrics
 from .registry import source_kinds, task_kinds
 from .runner import Runner
 from .secrets import resolve_secret
 from .server import serve_asgi
 from .sources import SourceContext
 from .sqlite import open_store
+from .ui import with_ui
 from .web import WebFront
 
 if TYPE_CHECKING:
@@ -100,9 +103,10 @@ async def open_runner(
             open_store(state, synchronous=config.daemon.synchronous) as store,
             # no read timeout of its own: each task's `timeout` bounds its requests
             httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=10.0)) as http,
+            _closing(kinds := _kinds(config)),
             anyio.create_task_group() as tg,
         ):
-            runner = Runner(config, store, _kinds(config), http)
+            runner = Runner(config, store, kinds, http)
             if config.alerts:
                 # before anything can start a run: every alert a run raises goes to the
                 # outbox in the transaction of what it reports; the daemon sends them
@@ -112,6 +116,19 @@ async def open_runner(
                 yield runner
             finally:
                 tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _closing(kinds: dict[str, Any]) -> AsyncIterator[None]:
+    """Close the task kinds that hold connections (a Kafka producer) once the last task
+    has ended, before the store closes."""
+    try:
+        yield
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+            for kind in kinds.values():
+                if (aclose := getattr(kind, "aclose", None)) is not None:
+                    await aclose()
 
 
 def _bind(listen: str) -> socket.socket:
@@ -168,6 +185,8 @@ class DaemonInfo:
     runner: Runner
     intake: DaemonIntake
     http_address: tuple[str, int] | None
+    live: Live | None = None
+    metrics: Metrics | None = None
 
 
 async def run_daemon(
@@ -204,8 +223,21 @@ async def _serve(
         intake = DaemonIntake(config, runner, runner.store)
         await tg.start(intake.run)
         runner.asset_sink = intake.record
-        front = WebFront(build_app(runner, trusted=False, users=_users(config)))
-        control = build_app(runner, trusted=True)
+        # live updates and metrics follow the store: they show only what is committed
+        live, metrics = Live(), Metrics(runner)
+        runner.store.on_commit(metrics.committed)
+        runner.store.on_commit(partial(publish_committed, live))
+        await tg.start(live.serve)  # at shutdown, ends open streams: no server waits on them
+        up, stopping = anyio.Event(), anyio.Event()
+
+        def ready() -> bool:
+            return up.is_set() and not stopping.is_set()
+
+        api = build_app(
+            runner, trusted=False, users=_users(config), live=live, metrics=metrics, ready=ready
+        )
+        front = WebFront(with_ui(api, runner, intake, _users(config)))  # UI: daemon/ui
+        control = build_app(runner, trusted=True, live=live, metrics=metrics, ready=ready)
         grace = config.daemon.shutdown_grace
         await tg.start(partial(serve_asgi, control, uds=str(socket_path), grace_s=grace))
         address = None
@@ -226,10 +258,12 @@ async def _serve(
                 pipelines=sorted(config.pipelines),
                 sources=sorted(config.sources),
             )
-            task_status.started(DaemonInfo(runner, intake, address))
+            up.set()
+            task_status.started(DaemonInfo(runner, intake, address, live, metrics))
             async for signum in signals:
                 log.info("daemon_stopping", signal=signal.Signals(signum).name, grace_s=grace)
                 break
+            stopping.set()
             sources_tg.cancel_scope.cancel()
         with anyio.move_on_after(grace):
             await runner.drain()

@@ -101,7 +101,9 @@ class TaskKind(Protocol):
     ``Params`` is a pydantic model with ``extra="forbid"``: ``cued validate`` checks a task's
     parameters against it before anything runs (values holding ``{{ templates }}`` are
     checked again, rendered, before each attempt). ``execute`` returns the task's output, a
-    JSON-serialisable value that downstream tasks reach as ``tasks.NAME.output``. It raises
+    JSON-serialisable value that downstream tasks reach as ``tasks.NAME.output``. A kind
+    that holds connections may have ``async def aclose(self) -> None``: the daemon calls it
+    once, after the last task has ended. ``execute`` raises
     :class:`~cued.daemon.errors.TaskError` (or any exception) to fail the attempt, and
     :class:`~cued.daemon.errors.PermanentTaskError` when retrying cannot help.
     """

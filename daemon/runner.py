@@ -75,6 +75,8 @@ class _Run:
     scope: anyio.CancelScope | None = None
     tg: anyio.abc.TaskGroup | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
+    cancelled: bool = False
+    """Cancelled before it started: it must not start."""
 
 
 class Runner:
@@ -218,7 +220,8 @@ class Runner:
         run = self._runs.get(run_id)
         if run is None:
             raise NotFound(f"no unfinished run {run_id!r}")
-        if run.engine is None:  # still waiting in the backlog
+        if run.engine is None:  # still waiting in the backlog, or about to start
+            run.cancelled = True
             self.backlog.remove(run.row.pipeline, lambda r: r is run)
             await self._finish(run, RunState.CANCELLED)
             return run.row
@@ -280,6 +283,8 @@ class Runner:
     async def _drive(self, run: _Run) -> None:
         log = self.log.bind(run_id=run.row.run_id, pipeline=run.row.pipeline)
         try:
+            if run.cancelled:
+                return  # cancelled between leaving the backlog and starting here
             run.row = RunRow(
                 **{
                     **_asdict(run.row),

@@ -17,6 +17,7 @@ import aiosqlite
 import anyio
 
 from .errors import StoreError
+from .logs import get_logger
 from .store import (
     ApprovalRow,
     AttemptRow,
@@ -28,16 +29,20 @@ from .store import (
     InstanceRow,
     OutboxRow,
     RunRow,
+    id_at,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from .store import Row
 
-__all__ = ["SqliteStore", "open_store"]
+__all__ = ["SqliteStore", "events_query", "open_store", "runs_query"]
 
 Synchronous = Literal["full", "normal"]
+
+_ID_SLACK_S = 60.0
+_log = get_logger()
 
 # Each entry moves the schema one version up; PRAGMA user_version holds the current one.
 # Never edit an entry once released: add a new one.
@@ -147,6 +152,15 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, key, attempt, who)
     ) WITHOUT ROWID;
     """,
+    # the API's lists: runs newest first by pipeline and/or state, events newest first
+    # by time, source or status, each a range scan from a page's cursor
+    """
+    CREATE INDEX runs_by_state ON runs (state, run_id);
+    CREATE INDEX runs_by_pipeline_state ON runs (pipeline, state, run_id);
+    CREATE INDEX events_by_time ON events (received_at, event_id);
+    CREATE INDEX events_by_source_time ON events (source, received_at, event_id);
+    CREATE INDEX events_by_status_time ON events (status, received_at, event_id);
+    """,
 )
 
 _UPSERT_RUN = """
@@ -228,6 +242,21 @@ class _Batch:
         else:
             self.cursors[row.source] = row
 
+    def rows(self) -> list[Row]:
+        """Every row of the batch, runs first."""
+        return [
+            *self.runs.values(),
+            *self.instances.values(),
+            *self.attempts.values(),
+            *self.events.values(),
+            *self.approvals.values(),
+            *self.decisions.values(),
+            *self.outbox.values(),
+            *self.dedupe.values(),
+            *self.cursors.values(),
+            *self.gone.values(),
+        ]
+
     def __bool__(self) -> bool:
         return bool(
             self.runs
@@ -262,6 +291,20 @@ class SqliteStore:
         self._closing = False
         self.commits = 0
         self.commit_seconds = 0.0
+        self._commit_listeners: list[Callable[[float, Sequence[Row]], None]] = []
+
+    def on_commit(self, listener: Callable[[float, Sequence[Row]], None]) -> None:
+        self._commit_listeners.append(listener)
+
+    def _committed(self, seconds: float, batch: _Batch) -> None:
+        if not self._commit_listeners:
+            return
+        rows = batch.rows()
+        for listener in self._commit_listeners:
+            try:
+                listener(seconds, rows)
+            except Exception as exc:  # noqa: BLE001 - an observer's bug must not stop the writer
+                _log.error("commit_listener_failed", error=repr(exc))
 
     # -- writing -----------------------------------------------------------------------
 
@@ -285,7 +328,7 @@ class SqliteStore:
                 # would leave waiters hanging and the transaction open
                 with anyio.CancelScope(shield=True):
                     try:
-                        await self._commit(batch)
+                        self._committed(await self._commit(batch), batch)
                     except Exception as exc:
                         batch.error = exc
                         raise StoreError(f"cannot write to {str(self.path)!r}: {exc}") from exc
@@ -295,7 +338,7 @@ class SqliteStore:
             if self._closing and not self._batch:
                 return
 
-    async def _commit(self, batch: _Batch) -> None:
+    async def _commit(self, batch: _Batch) -> float:
         started = anyio.current_time()
         db = self._writer
         if batch.gone:
@@ -314,8 +357,10 @@ class SqliteStore:
             if rows:
                 await db.executemany(sql, [_params(row) for row in rows.values()])
         await db.commit()
+        seconds = anyio.current_time() - started
         self.commits += 1
-        self.commit_seconds += anyio.current_time() - started
+        self.commit_seconds += seconds
+        return seconds
 
     # -- reading -----------------------------------------------------------------------
 
@@ -374,18 +419,46 @@ class SqliteStore:
         )
         return [DecisionRow(r[0], r[1], r[2], r[3], r[4], _loads(r[5]), r[6], r[7]) for r in rows]
 
+    async def ping(self) -> None:
+        try:
+            await self._reader.execute_fetchall("SELECT 1")
+        except Exception as exc:
+            raise StoreError(f"{str(self.path)!r} does not answer: {exc}") from exc
+
     async def list_runs(
-        self, *, limit: int = 50, pipeline: str | None = None, state: str | None = None
+        self,
+        *,
+        limit: int = 50,
+        pipeline: str | None = None,
+        state: str | None = None,
+        before: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[RunRow]:
-        where, args = [], []
-        if pipeline:
-            where.append("pipeline = ?")
-            args.append(pipeline)
-        if state:
-            where.append("state = ?")
-            args.append(state)
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
-        return await self._runs(f"{clause} ORDER BY run_id DESC LIMIT ?", (*args, limit))
+        sql, args = runs_query(
+            limit=limit,
+            pipeline=pipeline,
+            state=state,
+            before=before,
+            created_after=created_after,
+            created_before=created_before,
+        )
+        rows = await self._reader.execute_fetchall(sql, args)
+        return [_run(r) for r in rows]
+
+    async def get_runs(self, run_ids: Sequence[str]) -> list[RunRow]:
+        found: list[RunRow] = []
+        for chunk in _chunks(list(run_ids)):
+            found += await self._runs(
+                f"WHERE run_id IN ({','.join('?' * len(chunk))})", tuple(chunk)
+            )
+        return found
+
+    async def get_approvals(self, run_id: str) -> list[ApprovalRow]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT * FROM approvals WHERE run_id = ? ORDER BY requested_at, key", (run_id,)
+        )
+        return [_approval(r) for r in rows]
 
     async def get_run(self, run_id: str) -> RunRow | None:
         runs = await self._runs("WHERE run_id = ?", (run_id,))
@@ -463,37 +536,106 @@ class SqliteStore:
         return next((str(cursor) for (cursor,) in rows), None)
 
     async def list_events(
-        self, *, limit: int = 50, source: str | None = None, status: str | None = None
+        self,
+        *,
+        limit: int = 50,
+        source: str | None = None,
+        status: str | None = None,
+        before: tuple[float, str] | None = None,
     ) -> list[EventRow]:
-        where, args = [], []
-        if source:
-            where.append("source = ?")
-            args.append(source)
-        if status:
-            where.append("status = ?")
-            args.append(status)
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
-        rows = await self._reader.execute_fetchall(
-            f"SELECT * FROM events {clause} ORDER BY received_at DESC, event_id DESC LIMIT ?",
-            (*args, limit),
-        )
-        return [
-            EventRow(
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                json.loads(r[4]),
-                json.loads(r[5]),
-                tuple(json.loads(r[6])),
-                r[7],
+        sql, args = events_query(limit=limit, source=source, status=status, before=before)
+        return [_event(r) for r in await self._reader.execute_fetchall(sql, args)]
+
+    async def get_events(self, event_ids: Sequence[str]) -> list[EventRow]:
+        found: list[EventRow] = []
+        for chunk in _chunks(list(event_ids)):
+            rows = await self._reader.execute_fetchall(
+                f"SELECT * FROM events WHERE event_id IN ({','.join('?' * len(chunk))})", chunk
             )
-            for r in rows
-        ]
+            found += [_event(r) for r in rows]
+        return found
+
+    async def list_assets(self) -> list[tuple[str, int, EventRow]]:
+        # SQLite fills the bare columns of a max() aggregate from the row holding the
+        # maximum: each asset's latest event, in one range scan of events_by_source_time
+        rows = await self._reader.execute_fetchall(
+            "SELECT *, count(*), max(received_at) FROM events "
+            "WHERE source >= 'asset:' AND source < 'asset;' GROUP BY source ORDER BY source"
+        )
+        return [(r[1].removeprefix("asset:"), r[8], _event(r)) for r in rows]
 
     async def _runs(self, clause: str, args: tuple[Any, ...]) -> list[RunRow]:
         rows = await self._reader.execute_fetchall(f"SELECT * FROM runs {clause}", args)
-        return [RunRow(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
+        return [_run(r) for r in rows]
+
+
+def runs_query(
+    *,
+    limit: int,
+    pipeline: str | None = None,
+    state: str | None = None,
+    before: str | None = None,
+    created_after: float | None = None,
+    created_before: float | None = None,
+) -> tuple[str, list[Any]]:
+    """The SELECT of :meth:`SqliteStore.list_runs` and its parameters (also for
+    benchmarks, and for tests of its query plan)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if pipeline:
+        where.append("pipeline = ?")
+        args.append(pipeline)
+    if state:
+        where.append("state = ?")
+        args.append(state)
+    if before is not None:
+        where.append("run_id < ?")
+        args.append(before)
+    # ids sort by creation time: the id bounds (a minute wider than the times, for clocks
+    # that stepped between making the id and stamping the row) turn a time range into a
+    # range of an index
+    if created_after is not None:
+        where.append("created_at >= ? AND run_id >= ?")
+        args += [created_after, id_at(created_after - _ID_SLACK_S)]
+    if created_before is not None:
+        where.append("created_at < ? AND run_id < ?")
+        args += [created_before, id_at(created_before + _ID_SLACK_S)]
+    clause = ("WHERE " + " AND ".join(where)) if where else ""
+    return f"SELECT * FROM runs {clause} ORDER BY run_id DESC LIMIT ?", [*args, limit]
+
+
+def events_query(
+    *,
+    limit: int,
+    source: str | None = None,
+    status: str | None = None,
+    before: tuple[float, str] | None = None,
+) -> tuple[str, list[Any]]:
+    """The SELECT of :meth:`SqliteStore.list_events` and its parameters."""
+    where: list[str] = []
+    args: list[Any] = []
+    if source:
+        where.append("source = ?")
+        args.append(source)
+    if status:
+        where.append("status = ?")
+        args.append(status)
+    if before is not None:
+        where.append("(received_at, event_id) < (?, ?)")
+        args += list(before)
+    clause = ("WHERE " + " AND ".join(where)) if where else ""
+    sql = f"SELECT * FROM events {clause} ORDER BY received_at DESC, event_id DESC LIMIT ?"
+    return sql, [*args, limit]
+
+
+def _run(r: Any) -> RunRow:
+    return RunRow(r[0], r[1], r[2], json.loads(r[3]), *r[4:])
+
+
+def _event(r: Any) -> EventRow:
+    return EventRow(
+        r[0], r[1], r[2], r[3], _loads(r[4]), json.loads(r[5]), tuple(json.loads(r[6])), r[7]
+    )
 
 
 def _loads(text: str | None) -> Any:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Callable, Sequence
 
     from .engine import Instance
 
@@ -31,6 +32,7 @@ __all__ = [
     "OutboxRow",
     "RunRow",
     "Store",
+    "id_at",
     "new_id",
     "now",
 ]
@@ -41,6 +43,14 @@ _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 def new_id() -> str:
     """A sortable unique id (ULID layout: 48-bit milliseconds, then 80 random bits)."""
     value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(secrets.token_bytes(10), "big")
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def id_at(seconds: float) -> str:
+    """The smallest id :func:`new_id` can make at ``seconds`` since the epoch: run ids sort
+    by creation time, so a time range is an id range (clamped to what ids can hold)."""
+    ms = min(max(int(seconds * 1000), 0), (1 << 48) - 1)
+    value = ms << 80
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
@@ -228,9 +238,37 @@ class Store(Protocol):
         """Runs that are not finished, with their instances and the outputs of the
         instances that succeeded (by instance key)."""
 
+    def on_commit(self, listener: Callable[[float, Sequence[Row]], None]) -> None:
+        """Call ``listener(seconds, rows)`` after every commit, with how long it took and
+        the rows it committed (a row submitted twice within one commit is there once, as
+        last submitted): for live updates and metrics, which must only ever show what is
+        durable. Listeners run in the writer: they must be quick and must not block."""
+
+    async def ping(self) -> None:
+        """Answer a trivial query (readiness).
+
+        :raises StoreError: if the store cannot answer
+        """
+
     async def list_runs(
-        self, *, limit: int = 50, pipeline: str | None = None, state: str | None = None
-    ) -> list[RunRow]: ...
+        self,
+        *,
+        limit: int = 50,
+        pipeline: str | None = None,
+        state: str | None = None,
+        before: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> list[RunRow]:
+        """Runs, newest first.
+
+        :param before: only runs whose id sorts before this one (a page's cursor)
+        :param created_after: only runs created at or after this time
+        :param created_before: only runs created before this time
+        """
+
+    async def get_runs(self, run_ids: Sequence[str]) -> list[RunRow]:
+        """These runs (those that exist), in no particular order."""
 
     async def get_run(self, run_id: str) -> RunRow | None: ...
 
@@ -273,5 +311,25 @@ class Store(Protocol):
         """Money spent by attempts (of one run, or since a time)."""
 
     async def list_events(
-        self, *, limit: int = 50, source: str | None = None, status: str | None = None
-    ) -> list[EventRow]: ...
+        self,
+        *,
+        limit: int = 50,
+        source: str | None = None,
+        status: str | None = None,
+        before: tuple[float, str] | None = None,
+    ) -> list[EventRow]:
+        """Events, newest first (by time received, then id).
+
+        :param before: only events that sort after this ``(received_at, event_id)`` in
+            that order (a page's cursor)
+        """
+
+    async def get_events(self, event_ids: Sequence[str]) -> list[EventRow]:
+        """These events (those that exist), in no particular order."""
+
+    async def get_approvals(self, run_id: str) -> list[ApprovalRow]:
+        """Every approval gate of a run, whatever its state."""
+
+    async def list_assets(self) -> list[tuple[str, int, EventRow]]:
+        """Every asset that has been produced: its name, how many versions it has (asset
+        events ``asset:NAME``) and the latest of them."""

@@ -26,8 +26,12 @@ class WebFront:
         path = "/" + path.strip("/")
         if path in self._mounted:
             raise ValueError(f"two sources serve the path {path!r}")
-        if path.startswith("/api/"):
-            raise ValueError(f"path {path!r} is the daemon's API")
+        if (
+            path == "/"
+            or path.startswith(("/api/", "/ui/"))
+            or path in ("/metrics", "/healthz", "/readyz")
+        ):
+            raise ValueError(f"path {path!r} is the daemon's own (API, UI, metrics)")
         self._mounted[path] = app
 
     def unmount(self, path: str) -> None:

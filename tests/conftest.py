@@ -26,3 +26,12 @@ def make_config(tmp_path: Path):
         return parse_config(text, file=str(tmp_path / "config.toml"), base_dir=tmp_path)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    """A real Kafka-protocol broker (Tansu) for the session, on a free loopback port."""
+    from tests.support.kafka_broker import running_broker
+
+    with running_broker() as broker:
+        yield broker

@@ -407,7 +407,12 @@ async def test_after_a_crash_between_recording_and_moving_the_resumed_run_finds_
     run = RunRow(new_id(), "ingest", "queued", {"path": processed}, now(), event_id=event_id)
     async with open_store(config.state_path) as store:
         await store.submit(
-            [EventRow(event_id, "landing", now(), "matched", {"path": processed}, {}, (run.run_id,)), run]
+            [
+                EventRow(
+                    event_id, "landing", now(), "matched", {"path": processed}, {}, (run.run_id,)
+                ),
+                run,
+            ]
         ).wait()
 
     async with daemon_running(config) as info:

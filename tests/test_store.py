@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from cued.daemon.errors import StoreError
-from cued.daemon.sqlite import open_store
+from cued.daemon.sqlite import _MIGRATIONS, open_store
 from cued.daemon.store import AttemptRow, InstanceRow, RunRow, new_id, now
 
 
@@ -17,7 +17,7 @@ async def test_a_new_file_is_migrated_to_the_current_schema_in_wal_mode(tmp_path
     async with open_store(path):
         pass
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (len(_MIGRATIONS),)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {
             name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -30,26 +30,27 @@ async def test_a_file_from_a_newer_cued_is_refused_with_a_clear_error(tmp_path):
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(
-        StoreError, match="has schema version 99, newer than this cued knows \\(2\\): upgrade cued"
+        StoreError,
+        match=f"has schema version 99, newer than this cued knows \\({len(_MIGRATIONS)}\\): upgrade",
     ):
         async with open_store(path):
             pass
 
 
 async def test_a_file_of_an_older_schema_is_migrated_keeping_its_rows(tmp_path):
-    from cued.daemon.sqlite import _MIGRATIONS
-
     path = tmp_path / "state.db"
     with sqlite3.connect(path) as db:
         db.executescript(_MIGRATIONS[0] + "; PRAGMA user_version = 1;")
-        db.execute("INSERT INTO runs VALUES ('r1', 'p', 'succeeded', '{}', 1.0, 1.0, 2.0, NULL, NULL)")
+        db.execute(
+            "INSERT INTO runs VALUES ('r1', 'p', 'succeeded', '{}', 1.0, 1.0, 2.0, NULL, NULL)"
+        )
         db.execute("INSERT INTO attempts VALUES ('r1', 't', 1, 'succeeded', 1.0, 2.0, NULL, '3')")
     async with open_store(path) as store:
         (attempt,) = await store.get_attempts("r1")
         assert (await store.get_run("r1")).state == "succeeded"
     assert (attempt.output, attempt.cost) == (3, None)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (len(_MIGRATIONS),)
 
 
 async def test_many_submissions_share_few_commits_and_the_last_row_wins(tmp_path):

@@ -95,7 +95,12 @@ def test_kinds_are_task_kinds_with_frozen_params(kind: Any) -> None:
 
 def test_kinds_are_registered_under_their_names() -> None:
     found = {ep.name: ep.load() for ep in importlib.metadata.entry_points(group="cued.task_kinds")}
-    assert {"http": HttpTask, "shell": ShellTask, "python": PythonTask, "sleep": SleepTask}.items() <= found.items()
+    assert {
+        "http": HttpTask,
+        "shell": ShellTask,
+        "python": PythonTask,
+        "sleep": SleepTask,
+    }.items() <= found.items()
     assert all(kind.name == name for name, kind in found.items())
 
 

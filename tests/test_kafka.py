@@ -1,0 +1,772 @@
+"""The ``kafka`` source and task kind against a real Kafka-protocol broker (Tansu, in memory).
+
+Most tests run the whole daemon in process; every test has topics and groups of its own on
+the session's one broker. Sources use a 2 s session timeout: the broker holds a group's
+first join for half of it (5 s with the default 10 s).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+import structlog
+from aiokafka import (  # type: ignore[import-untyped]
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRecord,
+    TopicPartition,
+)
+from pydantic import ValidationError
+
+from cued.connectors.kafka import KafkaConfig, KafkaSource, message_event
+from cued.daemon.app import open_runner
+from cued.daemon.errors import ConnectorError, StoreError
+from cued.daemon.sources import Receipt, SourceContext
+from cued.plugins.kafka import IDEMPOTENCY_HEADER, KafkaProduceTask
+from tests.support import probes
+from tests.support.kafka_broker import (
+    committed_offsets,
+    create_topics,
+    reset_group_offsets,
+    unique_name,
+)
+from tests.support.running import daemon_running
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator
+    from pathlib import Path
+
+    from cued.daemon.app import DaemonInfo
+    from cued.daemon.sources import Event
+    from cued.daemon.store import EventRow, RunRow
+    from tests.support.kafka_broker import Broker
+
+WAIT_S = 20
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def source_toml(name: str, bootstrap: str, topics: list[str], group: str, extra: str = "") -> str:
+    return (
+        f'[sources.{name}]\nkind = "kafka"\nbootstrap = "{bootstrap}"\n'
+        f'topics = {json.dumps(topics)}\ngroup = "{group}"\nsession_timeout = "2s"\n{extra}\n'
+    )
+
+
+PROBE_PIPELINE = """
+[pipelines.orders]
+inputs = { order_id = "" }
+[pipelines.orders.tasks.handle]
+kind = "python"
+function = "tests.support.probes:record"
+args = { name = "{{ inputs.order_id }}" }
+"""
+
+
+def daemon_toml(*parts: str, daemon: str = "") -> str:
+    return (
+        f'[daemon]\nlog_level = "warning"\n{daemon}\n[http]\nlisten = "127.0.0.1:0"\n'
+        + "\n".join(parts)
+    )
+
+
+def to_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return json.dumps(value).encode()
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    values: list[Any],
+    *,
+    key: bytes | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+    partition: int | None = None,
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(
+                topic, to_bytes(value), key=key, headers=headers, partition=partition
+            )
+    finally:
+        await producer.stop()
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = WAIT_S) -> Any:
+    """Poll ``check`` until it returns something true, and return that."""
+    with anyio.fail_after(timeout_s):
+        while not (result := await check()):  # noqa: ASYNC110 - broker and store: nothing to wait on
+            await anyio.sleep(0.02)
+        return result
+
+
+async def events_of(info: DaemonInfo, source: str) -> list[EventRow]:
+    return await info.runner.store.list_events(limit=100_000, source=source)
+
+
+async def finished_runs(info: DaemonInfo, pipeline: str, count: int) -> list[RunRow]:
+    """Wait for ``count`` finished runs of ``pipeline`` (and no more than that) and return them."""
+
+    async def check() -> list[RunRow]:
+        runs = await info.runner.store.list_runs(limit=100_000, pipeline=pipeline)
+        done = [r for r in runs if r.state in ("succeeded", "failed", "cancelled")]
+        assert len(runs) <= count, f"{len(runs)} runs of {pipeline!r}, expected {count}"
+        return done if len(done) == count else []
+
+    return list(await eventually(check))
+
+
+# -- the source: events, triggers, offsets ------------------------------------------------
+
+
+async def test_messages_start_runs_with_inputs_from_the_event(kafka, make_config):
+    probe = probes.reset()
+    topic, group = unique_name("orders"), unique_name("cued")
+    await create_topics(kafka.bootstrap, topic)
+    config = make_config(
+        daemon_toml(
+            PROBE_PIPELINE,
+            source_toml("shop", kafka.bootstrap, [topic], group),
+            '[[triggers]]\nsource = "shop"\npipeline = "orders"\n'
+            "when = \"event.data.status == 'paid'\"\n"
+            'inputs = { order_id = "{{ event.data.id }}" }\n',
+        )
+    )
+    async with daemon_running(config) as info:
+        await produce(
+            kafka.bootstrap,
+            topic,
+            [{"id": "o1", "status": "paid"}, {"id": "o2", "status": "open"}],
+            key=b"customer-7",
+            headers=[("trace", b"t-1")],
+        )
+        await produce(kafka.bootstrap, topic, [{"id": "o3", "status": "paid"}, "plain text"])
+        runs = await finished_runs(info, "orders", 2)
+        events = {e.event_id: e for e in await eventually(lambda: events_of(info, "shop"))}
+        offsets = await committed_offsets(kafka.bootstrap, group, [(topic, 0)])
+
+    assert {r.state for r in runs} == {"succeeded"}
+    assert sorted(r.inputs["order_id"] for r in runs) == ["o1", "o3"]
+    assert sorted(probe.calls) == ["o1", "o3"]
+    assert sorted(events) == [f"shop:{topic}:0:{offset}" for offset in range(4)]
+    first = events[f"shop:{topic}:0:0"]
+    assert first.status == "matched"
+    assert first.data == {"id": "o1", "status": "paid"}
+    assert first.meta["key"] == "customer-7"
+    assert first.meta["headers"] == {"trace": "t-1"}
+    assert (first.meta["topic"], first.meta["partition"], first.meta["offset"]) == (topic, 0, 0)
+    assert first.meta["encoding"] == "json"
+    assert events[f"shop:{topic}:0:1"].status == "unmatched"
+    text = events[f"shop:{topic}:0:3"]
+    assert (text.status, text.data, text.meta["encoding"]) == ("unmatched", "plain text", "text")
+    assert offsets == {(topic, 0): 4}
+
+
+async def test_a_dedupe_key_starts_one_run_per_business_key(kafka, make_config):
+    probes.reset()
+    topic, group = unique_name("orders"), unique_name("cued")
+    await create_topics(kafka.bootstrap, topic)
+    config = make_config(
+        daemon_toml(
+            PROBE_PIPELINE,
+            source_toml("shop", kafka.bootstrap, [topic], group),
+            '[[triggers]]\nsource = "shop"\npipeline = "orders"\n'
+            'inputs = { order_id = "{{ event.data.id }}" }\ndedupe = "{{ event.data.id }}"\n',
+        )
+    )
+    async with daemon_running(config) as info:
+        await produce(kafka.bootstrap, topic, [{"id": i} for i in ["a", "b", "a", "c", "b"]])
+        events = await eventually(lambda: _at_least(events_of(info, "shop"), 5), timeout_s=WAIT_S)
+        runs = await finished_runs(info, "orders", 3)
+    assert sorted(r.inputs["order_id"] for r in runs) == ["a", "b", "c"]
+    assert sorted(e.status for e in events) == ["matched"] * 3 + ["unmatched"] * 2
+
+
+async def _at_least(rows: Awaitable[list[Any]], n: int) -> list[Any]:
+    found = await rows
+    return found if len(found) >= n else []
+
+
+async def test_one_source_reads_several_topics_and_partitions(kafka, make_config):
+    probes.reset()
+    a, b, group = unique_name("a"), unique_name("b"), unique_name("cued")
+    await create_topics(kafka.bootstrap, a, b, partitions=2)
+    config = make_config(
+        daemon_toml(
+            PROBE_PIPELINE,
+            source_toml("many", kafka.bootstrap, [a, b], group),
+            '[[triggers]]\nsource = "many"\npipeline = "orders"\n'
+            'inputs = { order_id = "{{ event.meta.topic }}/{{ event.data.n }}" }\n',
+        )
+    )
+    async with daemon_running(config) as info:
+        for topic in (a, b):
+            for partition in (0, 1):
+                await produce(
+                    kafka.bootstrap,
+                    topic,
+                    [{"n": f"{partition}.{i}"} for i in range(3)],
+                    partition=partition,
+                )
+        runs = await finished_runs(info, "orders", 12)
+        offsets = await committed_offsets(
+            kafka.bootstrap, group, [(t, p) for t in (a, b) for p in (0, 1)]
+        )
+    assert sorted(r.inputs["order_id"] for r in runs) == sorted(
+        f"{t}/{p}.{i}" for t in (a, b) for p in (0, 1) for i in range(3)
+    )
+    assert offsets == {(t, p): 3 for t in (a, b) for p in (0, 1)}
+
+
+async def test_a_redelivery_starts_nothing_twice(kafka, make_config):
+    probe = probes.reset()
+    topic, group = unique_name("orders"), unique_name("cued")
+    await create_topics(kafka.bootstrap, topic, partitions=2)
+    config = make_config(
+        daemon_toml(
+            PROBE_PIPELINE,
+            source_toml("shop", kafka.bootstrap, [topic], group),
+            '[[triggers]]\nsource = "shop"\npipeline = "orders"\n'
+            'inputs = { order_id = "{{ event.data.id }}" }\n',
+        )
+    )
+    partitions = [(topic, 0), (topic, 1)]
+    await produce(kafka.bootstrap, topic, [{"id": f"p0-{i}"} for i in range(4)], partition=0)
+    await produce(kafka.bootstrap, topic, [{"id": f"p1-{i}"} for i in range(3)], partition=1)
+    async with daemon_running(config) as info:
+        await finished_runs(info, "orders", 7)
+        await eventually(
+            lambda: _equals(
+                committed_offsets(kafka.bootstrap, group, partitions),
+                {
+                    (topic, 0): 4,
+                    (topic, 1): 3,
+                },
+            )
+        )
+
+    # what a crash between recording and committing leaves: the broker delivers again
+    await reset_group_offsets(kafka.bootstrap, group, {(topic, 0): 0, (topic, 1): 1})
+    async with daemon_running(config) as info:
+        await eventually(
+            lambda: _equals(
+                committed_offsets(kafka.bootstrap, group, partitions),
+                {
+                    (topic, 0): 4,
+                    (topic, 1): 3,
+                },
+            )
+        )
+        runs = await info.runner.store.list_runs(limit=100, pipeline="orders")
+        events = await events_of(info, "shop")
+    assert len(runs) == 7
+    assert len(events) == 7
+    assert sorted(probe.calls) == sorted(
+        [f"p0-{i}" for i in range(4)] + [f"p1-{i}" for i in range(3)]
+    )
+
+
+async def _equals(value: Awaitable[Any], expected: Any) -> bool:
+    return bool(await value == expected)
+
+
+# -- offsets are committed after recording, with a fake intake ---------------------------
+
+
+class GatedIntake:
+    """Records nothing: holds each batch until released, then succeeds or fails."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Event]] = []
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+        self.fail = False
+
+    async def record(
+        self,
+        events: list[Event],
+        *,
+        cursor: str | None = None,
+        acknowledge: Callable[[list[Receipt]], None] | None = None,
+    ) -> list[Receipt]:
+        self.batches.append(events)
+        self.entered.set()
+        await self.release.wait()
+        if self.fail:
+            raise StoreError("the store could not commit: disk full")
+        receipts = [Receipt(e.event_id, "unmatched") for e in events]
+        if acknowledge is not None:
+            acknowledge(receipts)
+        return receipts
+
+    async def cursor(self, source: str) -> str | None:
+        return None
+
+    async def known(self, event_ids: list[str]) -> set[str]:
+        return set()
+
+    def accepting(self) -> bool:
+        return True
+
+    async def wait_accepting(self) -> None:
+        return None
+
+
+class NoRoutes:
+    def mount(self, path: str, app: Any) -> None:
+        raise AssertionError("a kafka source serves no HTTP")
+
+    def unmount(self, path: str) -> None:
+        raise AssertionError("a kafka source serves no HTTP")
+
+
+def bare_source(broker: Broker, intake: GatedIntake, tmp_path: Path, **config: Any) -> KafkaSource:
+    ctx = SourceContext(
+        source="raw",
+        intake=intake,
+        log=structlog.get_logger(),
+        routes=NoRoutes(),
+        base_dir=tmp_path,
+    )
+    return KafkaSource(
+        KafkaConfig.model_validate(
+            {"bootstrap": broker.bootstrap, "session_timeout": "2s", **config}
+        ),
+        ctx,
+    )
+
+
+async def test_offsets_are_committed_only_once_the_batch_is_recorded(kafka, tmp_path):
+    topic, group = unique_name("raw"), unique_name("cued")
+    await create_topics(kafka.bootstrap, topic)
+    await produce(kafka.bootstrap, topic, [{"n": i} for i in range(3)])
+    intake = GatedIntake()
+    source = bare_source(kafka, intake, tmp_path, topics=[topic], group=group)
+    async with anyio.create_task_group() as tg:
+        await tg.start(source.run)
+        with anyio.fail_after(WAIT_S):
+            await intake.entered.wait()
+        # recording is under way: nothing may be committed yet
+        assert await committed_offsets(kafka.bootstrap, group, [(topic, 0)]) == {}
+        intake.release.set()
+        await eventually(
+            lambda: _equals(
+                committed_offsets(kafka.bootstrap, group, [(topic, 0)]), {(topic, 0): 3}
+            )
+        )
+        tg.cancel_scope.cancel()
+    assert [e.event_id for e in intake.batches[0]] == [f"raw:{topic}:0:{i}" for i in range(3)]
+
+
+async def test_a_batch_that_cannot_be_recorded_is_not_committed_and_comes_again(kafka, tmp_path):
+    topic, group = unique_name("raw"), unique_name("cued")
+    await create_topics(kafka.bootstrap, topic)
+    await produce(kafka.bootstrap, topic, [{"n": i} for i in range(3)])
+    failing = GatedIntake()
+    failing.fail = True
+    failing.release.set()
+    with pytest.raises(ExceptionGroup) as caught:
+        async with anyio.create_task_group() as tg:
+            await tg.start(bare_source(kafka, failing, tmp_path, topics=[topic], group=group).run)
+    assert caught.group_contains(StoreError)
+    assert await committed_offsets(kafka.bootstrap, group, [(topic, 0)]) == {}
+
+    again = GatedIntake()
+    again.release.set()
+    async with anyio.create_task_group() as tg:
+        await tg.start(bare_source(kafka, again, tmp_path, topics=[topic], group=group).run)
+        await eventually(
+            lambda: _equals(
+                committed_offsets(kafka.bootstrap, group, [(topic, 0)]), {(topic, 0): 3}
+            )
+        )
+        tg.cancel_scope.cancel()
+    ids = [e.event_id for e in failing.batches[0]]
+    assert [e.event_id for batch in again.batches for e in batch] == ids
+
+
+async def test_an_unreachable_broker_fails_the_start_naming_it(tmp_path):
+    async def start(source: KafkaSource) -> None:
+        async with anyio.create_task_group() as tg:
+            with anyio.fail_after(WAIT_S):
+                await tg.start(source.run)
+
+    with socket_closed() as bootstrap, pytest.raises(ExceptionGroup) as caught:
+        await start(bare_source_at(bootstrap, tmp_path))
+    assert caught.group_contains(
+        ConnectorError, match=rf"cannot connect to '{bootstrap}' within 0\.3s"
+    )
+
+
+@contextlib.contextmanager
+def socket_closed() -> Iterator[str]:
+    """A loopback address where nothing listens (the port is bound, never listened on)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def bare_source_at(bootstrap: str, tmp_path: Path) -> KafkaSource:
+    ctx = SourceContext(
+        source="raw",
+        intake=GatedIntake(),
+        log=structlog.get_logger(),
+        routes=NoRoutes(),
+        base_dir=tmp_path,
+    )
+    config = KafkaConfig(bootstrap=bootstrap, topics=["t"], group="g", connect_timeout=0.3)
+    return KafkaSource(config, ctx)
+
+
+async def test_a_rebalance_waits_for_the_batch_in_flight(kafka, tmp_path):
+    """A member joining while a batch is being recorded gets partitions only once that
+    batch is committed, and starts after it: no message is taken by both."""
+    topic, group = unique_name("raw"), unique_name("cued")
+    await create_topics(kafka.bootstrap, topic, partitions=2)
+    for partition in (0, 1):
+        await produce(kafka.bootstrap, topic, [{"n": i} for i in range(10)], partition=partition)
+    intake = GatedIntake()
+    source = bare_source(kafka, intake, tmp_path, topics=[topic], group=group)
+    other = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        session_timeout_ms=2000,
+        heartbeat_interval_ms=600,
+    )
+    theirs: set[tuple[int, int]] = set()
+    assigned_while_held: float | None = None
+    async with anyio.create_task_group() as tg:
+        await tg.start(source.run)
+        with anyio.fail_after(WAIT_S):
+            await intake.entered.wait()
+        held = {(e.meta["partition"], e.meta["offset"]) for e in intake.batches[0]}
+        await other.start()
+        try:
+            other.subscribe([topic])
+            # An unhindered rebalance takes about 2 s here (heartbeat, then the broker's
+            # join delay): hold the batch twice as long.
+            joined = anyio.current_time()
+            with anyio.move_on_after(4):
+                while not other.assignment():
+                    await other.getmany(timeout_ms=100)
+                assigned_while_held = anyio.current_time() - joined
+            intake.release.set()
+            for partition in (0, 1):
+                await produce(
+                    kafka.bootstrap, topic, [{"n": i} for i in range(10, 15)], partition=partition
+                )
+            with anyio.fail_after(WAIT_S):
+                while not other.assignment() or any(
+                    (tp.partition, 14) not in theirs for tp in other.assignment()
+                ):
+                    for tp, records in (await other.getmany(timeout_ms=100)).items():
+                        theirs.update((tp.partition, r.offset) for r in records)
+        finally:
+            intake.release.set()
+            await other.stop()
+        tg.cancel_scope.cancel()
+    assert assigned_while_held is None, f"got partitions {assigned_while_held:.1f}s in"
+    assert held
+    assert held & theirs == set()
+    assert {o for _, o in theirs} <= set(range(10, 15))
+
+
+# -- backpressure --------------------------------------------------------------------------
+
+GATE: anyio.Event | None = None
+HELD: list[str] = []
+
+
+async def held(order_id: str) -> None:
+    """A task that waits for the test to open the gate."""
+    HELD.append(order_id)
+    assert GATE is not None
+    await GATE.wait()
+
+
+async def test_a_saturated_backlog_pauses_the_partitions_until_it_drains(kafka, make_config):
+    global GATE
+    GATE = anyio.Event()
+    HELD.clear()
+    topic, group = unique_name("orders"), unique_name("cued")
+    await create_topics(kafka.bootstrap, topic)
+    config = make_config(
+        daemon_toml(
+            """
+[pipelines.slow]
+max_active_runs = 1
+inputs = { order_id = "" }
+[pipelines.slow.tasks.hold]
+kind = "python"
+function = "tests.test_kafka:held"
+args = { order_id = "{{ inputs.order_id }}" }
+""",
+            source_toml("shop", kafka.bootstrap, [topic], group, "max_batch = 10"),
+            '[[triggers]]\nsource = "shop"\npipeline = "slow"\n'
+            'inputs = { order_id = "{{ event.data.id }}" }\n',
+            daemon="backlog_high_water = 5\nbacklog_low_water = 2",
+        )
+    )
+    await produce(kafka.bootstrap, topic, [{"id": f"o{i}"} for i in range(100)])
+    async with daemon_running(config) as info:
+        backlog = info.runner.backlog
+        await eventually(lambda: _true(backlog.saturated))
+        committed = await eventually(
+            lambda: committed_offsets(kafka.bootstrap, group, [(topic, 0)])
+        )
+        # saturated: the consumer takes no more, however long the backlog stays full
+        for _ in range(3):
+            await anyio.sleep(0.5)
+            assert await committed_offsets(kafka.bootstrap, group, [(topic, 0)]) == committed
+            assert len(await events_of(info, "shop")) == committed[topic, 0]
+        assert backlog.saturated
+        assert committed[topic, 0] <= backlog.high_water + 10  # one batch past the mark at most
+        GATE.set()
+        runs = await finished_runs(info, "slow", 100)
+        await eventually(
+            lambda: _equals(
+                committed_offsets(kafka.bootstrap, group, [(topic, 0)]), {(topic, 0): 100}
+            )
+        )
+    assert {r.state for r in runs} == {"succeeded"}
+    assert sorted(HELD) == sorted(f"o{i}" for i in range(100))
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+# -- the kafka task kind --------------------------------------------------------------------
+
+
+async def read_all(bootstrap: str, topic: str, count: int) -> list[ConsumerRecord[bytes, bytes]]:
+    """``count`` messages of partition 0 of ``topic``, from its start (no group: no join)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        found: list[ConsumerRecord[bytes, bytes]] = []
+        with anyio.fail_after(WAIT_S):
+            while len(found) < count:
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    found.extend(records)
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def test_the_kafka_task_sends_a_message_with_its_idempotency_key(kafka, make_config):
+    topic = unique_name("out")
+    await create_topics(kafka.bootstrap, topic)
+    config = make_config(
+        f"""
+[pipelines.notify]
+inputs = {{ id = "" }}
+[pipelines.notify.tasks.send]
+kind = "kafka"
+bootstrap = "{kafka.bootstrap}"
+topic = "{topic}"
+key = "{{{{ inputs.id }}}}"
+value = {{ id = "{{{{ inputs.id }}}}", items = [1, 2] }}
+headers = {{ origin = "cued" }}
+[pipelines.notify.tasks.text]
+kind = "kafka"
+bootstrap = "{kafka.bootstrap}"
+topic = "{topic}"
+value = "done {{{{ inputs.id }}}}"
+acks = 1
+needs = ["send"]
+"""
+    )
+    async with open_runner(config) as runner:
+        kind = runner.kinds["kafka"]
+        assert isinstance(kind, KafkaProduceTask)
+        try:
+            with anyio.fail_after(WAIT_S):
+                run_id = await runner.submit("notify", {"id": "x1"})
+                row = await runner.wait(run_id)
+            attempts = {a.key: a for a in await runner.store.get_attempts(run_id)}
+        finally:
+            await kind.aclose()
+    assert row.state == "succeeded", row.error
+    first, second = await read_all(kafka.bootstrap, topic, 2)
+    assert json.loads(first.value) == {"id": "x1", "items": [1, 2]}
+    assert first.key == b"x1"
+    assert dict(first.headers) == {
+        IDEMPOTENCY_HEADER: f"{run_id}/send".encode(),
+        "origin": b"cued",
+    }
+    assert attempts["send"].output == {"topic": topic, "partition": 0, "offset": 0}
+    assert second.value == b"done x1"
+    assert dict(second.headers)[IDEMPOTENCY_HEADER] == f"{run_id}/text".encode()
+
+
+async def test_the_kafka_task_fails_retryably_when_the_broker_is_unreachable(make_config):
+    with socket_closed() as bootstrap:
+        config = make_config(
+            f"""
+[pipelines.notify]
+[pipelines.notify.tasks.send]
+kind = "kafka"
+bootstrap = "{bootstrap}"
+topic = "t"
+value = {{ n = 1 }}
+retries = 1
+retry_backoff = "10ms"
+"""
+        )
+        async with open_runner(config) as runner:
+            try:
+                with anyio.fail_after(WAIT_S):
+                    row = await runner.wait(await runner.submit("notify"))
+                attempts = await runner.store.get_attempts(row.run_id)
+            finally:
+                kind = runner.kinds["kafka"]
+                assert isinstance(kind, KafkaProduceTask)
+                await kind.aclose()
+    assert row.state == "failed"
+    assert [a.state for a in attempts] == ["failed", "failed"]
+    assert f"cannot connect to the Kafka broker at {bootstrap!r}" in (attempts[-1].error or "")
+
+
+async def test_a_task_produces_to_a_topic_that_another_trigger_consumes(kafka, make_config):
+    probes.reset()
+    first, second = unique_name("in"), unique_name("chained")
+    await create_topics(kafka.bootstrap, first, second)
+    config = make_config(
+        daemon_toml(
+            f"""
+[pipelines.forward]
+inputs = {{ id = "" }}
+[pipelines.forward.tasks.send]
+kind = "kafka"
+bootstrap = "{kafka.bootstrap}"
+topic = "{second}"
+value = {{ id = "{{{{ inputs.id }}}}", via = "forward" }}
+
+[pipelines.sink]
+inputs = {{ id = "", key = "" }}
+[pipelines.sink.tasks.handle]
+kind = "python"
+function = "tests.support.probes:record"
+args = {{ name = "{{{{ inputs.id }}}}" }}
+""",
+            source_toml("incoming", kafka.bootstrap, [first], unique_name("cued")),
+            source_toml("chained", kafka.bootstrap, [second], unique_name("cued")),
+            '[[triggers]]\nsource = "incoming"\npipeline = "forward"\n'
+            'inputs = { id = "{{ event.data.id }}" }\n'
+            '[[triggers]]\nsource = "chained"\npipeline = "sink"\n'
+            "when = \"event.data.via == 'forward'\"\n"
+            'inputs = { id = "{{ event.data.id }}", '
+            "key = \"{{ event.meta.headers['cued-idempotency-key'] }}\" }\n",
+        )
+    )
+    async with daemon_running(config) as info:
+        await produce(kafka.bootstrap, first, [{"id": "c1"}, {"id": "c2"}])
+        forwarded = await finished_runs(info, "forward", 2)
+        sunk = await finished_runs(info, "sink", 2)
+    by_id = {r.inputs["id"]: r for r in forwarded}
+    assert {r.state for r in [*forwarded, *sunk]} == {"succeeded"}
+    assert {r.inputs["id"]: r.inputs["key"] for r in sunk} == {
+        i: f"{by_id[i].run_id}/send" for i in ("c1", "c2")
+    }
+
+
+# -- pure parts -----------------------------------------------------------------------------
+
+
+def record(value: bytes | None, key: bytes | None = None, headers=()) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(
+        topic="t",
+        partition=2,
+        offset=41,
+        timestamp=1_700_000_000_000,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key or b""),
+        serialized_value_size=len(value or b""),
+        headers=list(headers),
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "data", "encoding"),
+    [
+        pytest.param(b'{"a": [1, 2]}', {"a": [1, 2]}, "json", id="json"),
+        pytest.param(b"caf\xc3\xa9 ok", "café ok", "text", id="text"),
+        pytest.param(
+            b"\xff\xfe\x00", base64.b64encode(b"\xff\xfe\x00").decode(), "base64", id="binary"
+        ),
+        pytest.param(None, None, "none", id="tombstone"),
+    ],
+)
+def test_a_message_value_becomes_event_data(value, data, encoding):
+    event = message_event("src", record(value), 12.5)
+    assert event.event_id == "src:t:2:41"
+    assert (event.data, event.meta["encoding"]) == (data, encoding)
+    assert event.received_at == 12.5
+    assert event.meta["timestamp_ms"] == 1_700_000_000_000
+    assert "base64" not in event.meta
+
+
+def test_binary_keys_and_headers_are_base64_and_say_so():
+    event = message_event(
+        "src", record(b"1", key=b"\x80", headers=[("ok", b"v"), ("raw", b"\x81")]), 0.0
+    )
+    assert event.meta["key"] == base64.b64encode(b"\x80").decode()
+    assert event.meta["headers"] == {"ok": "v", "raw": base64.b64encode(b"\x81").decode()}
+    assert event.meta["base64"] == ["key", "headers.raw"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param({"security_protocol": "SASL_SSL"}, id="sasl-without-credentials"),
+        pytest.param({"sasl_username": "u", "sasl_password": "p"}, id="credentials-without-sasl"),
+        pytest.param({"ssl_cafile": "ca.pem"}, id="cafile-without-ssl"),
+        pytest.param({"topics": []}, id="no-topics"),
+        pytest.param({"max_batch": 0}, id="empty-batches"),
+        pytest.param({"offset": 3}, id="unknown-key"),
+    ],
+)
+def test_the_config_refuses_what_cannot_work(extra):
+    with pytest.raises(ValidationError):
+        KafkaConfig.model_validate({"bootstrap": "b:9092", "topics": ["t"], "group": "g", **extra})
+
+
+def test_a_sasl_password_comes_from_the_environment(monkeypatch, tmp_path):
+    from cued.connectors.kafka import client_options
+
+    monkeypatch.setenv("KAFKA_PW", "s3cret")
+    config = KafkaConfig(
+        bootstrap="b:9092",
+        topics=["t"],
+        group="g",
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-256",
+        sasl_username="cued",
+        sasl_password="env:KAFKA_PW",
+    )
+    options = client_options(config, tmp_path)
+    assert options["sasl_plain_password"] == "s3cret"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-256"
+    monkeypatch.delenv("KAFKA_PW")
+    with pytest.raises(ConnectorError, match="'KAFKA_PW'"):
+        client_options(config, tmp_path)
