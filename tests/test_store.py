@@ -8,7 +8,8 @@ import anyio
 import pytest
 
 from cued.daemon.errors import StoreError
-from cued.daemon.sqlite import _MIGRATIONS, open_store
+from cued.daemon.migrations import MIGRATIONS
+from cued.daemon.sqlite import open_store
 from cued.daemon.store import AttemptRow, InstanceRow, RunRow, new_id, now
 
 
@@ -17,7 +18,7 @@ async def test_a_new_file_is_migrated_to_the_current_schema_in_wal_mode(tmp_path
     async with open_store(path):
         pass
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (len(_MIGRATIONS),)
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {
             name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -31,7 +32,7 @@ async def test_a_file_from_a_newer_cued_is_refused_with_a_clear_error(tmp_path):
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(
         StoreError,
-        match=f"has schema version 99, newer than this cued knows \\({len(_MIGRATIONS)}\\): upgrade",
+        match=f"has schema version 99, newer than this cued knows \\({len(MIGRATIONS)}\\): upgrade",
     ):
         async with open_store(path):
             pass
@@ -40,7 +41,7 @@ async def test_a_file_from_a_newer_cued_is_refused_with_a_clear_error(tmp_path):
 async def test_a_file_of_an_older_schema_is_migrated_keeping_its_rows(tmp_path):
     path = tmp_path / "state.db"
     with sqlite3.connect(path) as db:
-        db.executescript(_MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+        db.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
         db.execute(
             "INSERT INTO runs VALUES ('r1', 'p', 'succeeded', '{}', 1.0, 1.0, 2.0, NULL, NULL)"
         )
@@ -50,7 +51,7 @@ async def test_a_file_of_an_older_schema_is_migrated_keeping_its_rows(tmp_path):
         assert (await store.get_run("r1")).state == "succeeded"
     assert (attempt.output, attempt.cost) == (3, None)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (len(_MIGRATIONS),)
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
 
 
 async def test_many_submissions_share_few_commits_and_the_last_row_wins(tmp_path):
