@@ -197,6 +197,7 @@ def _authenticate(
     token_always: bool,
 ) -> Caller:
     if not ctx.users.by_token and not token_always:
+        _loopback_host(request)
         _same_origin(request)
         return _OPEN
     if "authorization" in request.headers:
@@ -223,6 +224,22 @@ def _check_csrf(request: Request) -> None:
             "csrf",
             f"a request with the session cookie that changes state needs the header "
             f"{CSRF_HEADER} equal to the cookie {CSRF_COOKIE}",
+        )
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _loopback_host(request: Request) -> None:
+    """An open API answers only requests addressed to a loopback name: a page whose own
+    host name an attacker points at 127.0.0.1 (DNS rebinding) is refused, since its
+    requests carry that name."""
+    host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+    if host not in _LOOPBACK_NAMES and not host.startswith("127."):
+        raise ApiError(
+            403,
+            "host",
+            f"with no [auth.users], the API answers only to loopback host names, not {host!r}",
         )
 
 

@@ -602,7 +602,11 @@ async def test_with_no_users_the_api_is_open_but_deciding_needs_a_token(make_con
         same_origin = await client.post(
             "/api/v1/pipelines/publish/runs", headers={"origin": str(client.base_url).rstrip("/")}
         )
+        # DNS rebinding: a page of evil.example whose name now points at 127.0.0.1
+        rebound = await client.get("/api/v1/runs", headers={"host": "evil.example:8080"})
     assert listed.status_code == 200
+    assert rebound.status_code == 403
+    assert rebound.json()["error"]["code"] == "host"
     assert me == {"name": "anonymous", "roles": ["operator", "viewer"], "groups": [], "via": "open"}
     assert triggered.status_code == 201
     assert approve.status_code == 401
