@@ -172,6 +172,7 @@ class SqliteStore:
         self._batch = _Batch()
         self._wake = anyio.Event()
         self._closing = False
+        self._failed: StoreError | None = None
         self.commits = 0
         self.commit_seconds = 0.0
         self._commit_listeners: list[Callable[[float, Sequence[Row]], None]] = []
@@ -192,6 +193,8 @@ class SqliteStore:
     # -- writing -----------------------------------------------------------------------
 
     def submit(self, rows: list[Row]) -> _Batch:
+        if self._failed is not None:
+            raise self._failed
         if self._closing:
             raise StoreError("the store is closed")
         batch = self._batch
@@ -202,24 +205,29 @@ class SqliteStore:
 
     async def _write_loop(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         task_status.started()
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            batch, self._batch = self._batch, _Batch()
-            if batch:
-                # a commit under way finishes even if we are cancelled: a half-sent batch
-                # would leave waiters hanging and the transaction open
-                with anyio.CancelScope(shield=True):
+        # Shielded: the writer outlives everything that submits to it, also when the whole
+        # daemon is cancelled from outside (every task at once); it stops when the store
+        # closes, after the last submission, so no waiter is left hanging.
+        with anyio.CancelScope(shield=True):
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                batch, self._batch = self._batch, _Batch()
+                if batch:
                     try:
                         self._committed(await self._commit(batch), batch)
                     except Exception as exc:
-                        batch.error = exc
-                        raise StoreError(f"cannot write to {str(self.path)!r}: {exc}") from exc
+                        # the writer stops: what waits now, and what comes later, fails
+                        # at once instead of waiting for a commit that will not come
+                        self._failed = StoreError(f"cannot write to {str(self.path)!r}: {exc}")
+                        batch.error = self._batch.error = exc
+                        self._batch.done.set()
+                        raise self._failed from exc
                     finally:
                         batch.done.set()
-            batch.done.set()
-            if self._closing and not self._batch:
-                return
+                batch.done.set()
+                if self._closing and not self._batch:
+                    return
 
     async def _commit(self, batch: _Batch) -> float:
         started = anyio.current_time()

@@ -123,3 +123,27 @@ def test_ids_sort_by_creation_time():
         anyio.run(anyio.sleep, 0.002)
     assert ids == sorted(ids)
     assert len(set(ids)) == 3
+
+
+async def test_the_writer_commits_what_is_waited_for_even_when_everything_is_cancelled(tmp_path):
+    # a daemon cancelled from outside cancels every task at once; a run finishing then
+    # waits, shielded, for its last rows: the writer must still commit them
+    run = RunRow(new_id(), "p", "succeeded", {}, now())
+    committed = anyio.Event()
+
+    async def daemon(*, task_status):
+        async with open_store(tmp_path / "state.db") as store:
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await store.submit([run]).wait()
+                    committed.set()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(daemon)
+        tg.cancel_scope.cancel()
+    assert committed.is_set()
+    async with open_store(tmp_path / "state.db") as store:
+        assert await store.get_run(run.run_id) == run
