@@ -62,8 +62,6 @@ def _defined(value: Any) -> Any:
 # printed; ``_compile`` applies ``_defined`` to a whole-expression's native value itself.
 _ENV = _Environment(undefined=StrictUndefined, autoescape=False, finalize=_defined)
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
-# The top-level names of a template's context; ``event`` is for triggers, not tasks.
-_ROOTS = frozenset({"inputs", "tasks", "item", "run", "event"})
 
 
 class TemplateProblem(ValueError):
