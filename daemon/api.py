@@ -212,7 +212,7 @@ async def trigger(
     row = await ctx.runner.submit_run(pipeline, (body or TriggerBody()).inputs)
     if wait:
         row = await ctx.runner.wait(row.run_id)
-    return json_response(Run.of(row), 201)
+    return json_response(Run.from_row(row), 201)
 
 
 @_api.get("/runs", response_model=RunPage, tags=["runs"])
@@ -241,7 +241,9 @@ async def list_runs(
     page = rows[:limit]
     more = len(rows) > limit
     return json_response(
-        RunPage(items=[Run.of(r) for r in page], next_cursor=page[-1].run_id if more else None)
+        RunPage(
+            items=[Run.from_row(r) for r in page], next_cursor=page[-1].run_id if more else None
+        )
     )
 
 
@@ -264,7 +266,7 @@ async def get_run(run_id: str, ctx: Ctx, caller: Viewer) -> Response:
     produced = await lineage.produced(store, ctx.runner.plans, row)
     return json_response(
         RunDetail(
-            **Run.of(row).model_dump(),
+            **Run.from_row(row).model_dump(),
             tasks=[TaskInstance.of(i, attempts.get(i.key, [])) for i in instances],
             approvals=[Approval.of(g, decisions) for g in gates],
             event=EventSummary.of(started_by[0]) if started_by else None,
@@ -279,7 +281,7 @@ async def get_run(run_id: str, ctx: Ctx, caller: Viewer) -> Response:
 @_api.post("/runs/{run_id}/cancel", response_model=Run, tags=["runs"])
 async def cancel(run_id: str, ctx: Ctx, caller: Operator) -> Response:
     """Cancel a run that runs or waits: its running tasks are cancelled."""
-    return json_response(Run.of(await repair.cancel(ctx.runner, run_id)))
+    return json_response(Run.from_row(await repair.cancel(ctx.runner, run_id)))
 
 
 @_api.post("/runs/{run_id}/retry", response_model=Run, tags=["runs"])
@@ -295,7 +297,7 @@ async def retry(
     row = await repair.rerun(ctx.runner, run_id, tasks=body.tasks, downstream=body.downstream)
     if wait:
         row = await ctx.runner.wait(row.run_id)
-    return json_response(Run.of(row))
+    return json_response(Run.from_row(row))
 
 
 # -- approvals ---------------------------------------------------------------------------
@@ -401,7 +403,7 @@ async def get_event(event_id: str, ctx: Ctx, caller: Viewer) -> Response:
     event = await _event(ctx, event_id)
     runs = lineage.in_order(await ctx.runner.store.get_runs(event.run_ids), event.run_ids)
     return json_response(
-        EventDetail(**Event.of(event).model_dump(), runs=[Run.of(r) for r in runs])
+        EventDetail(**Event.of(event).model_dump(), runs=[Run.from_row(r) for r in runs])
     )
 
 

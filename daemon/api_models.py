@@ -7,13 +7,13 @@ bodies also forbid unknown keys, so a typo is an error rather than silently igno
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from .config import PipelineConfig, TriggerConfig
-    from .store import ApprovalRow, AttemptRow, DecisionRow, EventRow, InstanceRow, RunRow
+    from .store import ApprovalRow, AttemptRow, DecisionRow, EventRow, InstanceRow
 
 __all__ = [
     "Approval",
@@ -57,7 +57,12 @@ __all__ = [
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    @classmethod
+    def from_row(cls, row: object) -> Self:
+        """The model of a store row whose fields it shares by name."""
+        return cls.model_validate(row)
 
 
 class _Body(BaseModel):
@@ -161,20 +166,6 @@ class Run(_Model):
     error: str | None
     event_id: str | None = Field(description="the event that started it, if one did")
 
-    @classmethod
-    def of(cls, row: RunRow) -> Run:
-        return cls(
-            run_id=row.run_id,
-            pipeline=row.pipeline,
-            state=row.state,
-            inputs=row.inputs,
-            created_at=row.created_at,
-            started_at=row.started_at,
-            ended_at=row.ended_at,
-            error=row.error,
-            event_id=row.event_id,
-        )
-
 
 class RunPage(_Model):
     items: list[Run]
@@ -195,19 +186,6 @@ class Attempt(_Model):
     cost: float | None = Field(description="what an AI step spent in this attempt")
     usage: dict[str, Any] | None = Field(description="token usage an AI step reported")
 
-    @classmethod
-    def of(cls, row: AttemptRow) -> Attempt:
-        return cls(
-            attempt=row.attempt,
-            state=row.state,
-            started_at=row.started_at,
-            ended_at=row.ended_at,
-            error=row.error,
-            output=row.output,
-            cost=row.cost,
-            usage=row.usage,
-        )
-
 
 class TaskInstance(_Model):
     key: str = Field(description="the task's name, or name[i] for an instance of a mapped task")
@@ -227,7 +205,7 @@ class TaskInstance(_Model):
             state=row.state,
             error=row.error,
             updated_at=row.updated_at,
-            attempts=[Attempt.of(a) for a in sorted(attempts, key=lambda a: a.attempt)],
+            attempts=[Attempt.from_row(a) for a in sorted(attempts, key=lambda a: a.attempt)],
         )
 
 
@@ -238,17 +216,6 @@ class Decision(_Model):
     comment: str | None
     payload: Any = None
     decided_at: float
-
-    @classmethod
-    def of(cls, row: DecisionRow) -> Decision:
-        return cls(
-            attempt=row.attempt,
-            who=row.who,
-            decision=row.decision,
-            comment=row.comment,
-            payload=row.payload,
-            decided_at=row.decided_at,
-        )
 
 
 class Approval(_Model):
@@ -284,7 +251,7 @@ class Approval(_Model):
             state=row.state,
             decided_at=row.decided_at,
             decisions=[
-                Decision.of(d)
+                Decision.from_row(d)
                 for d in decisions
                 if d.run_id == row.run_id and d.key == row.key and d.attempt == row.attempt
             ],
@@ -495,19 +462,6 @@ class RunUpdate(_Model):
     error: str | None
     event_id: str | None
 
-    @classmethod
-    def of(cls, row: RunRow) -> RunUpdate:
-        return cls(
-            run_id=row.run_id,
-            pipeline=row.pipeline,
-            state=row.state,
-            created_at=row.created_at,
-            started_at=row.started_at,
-            ended_at=row.ended_at,
-            error=row.error,
-            event_id=row.event_id,
-        )
-
 
 class TaskUpdate(_Model):
     """``event: task``: a task instance's state as committed."""
@@ -520,19 +474,6 @@ class TaskUpdate(_Model):
     attempts: int
     error: str | None
     updated_at: float
-
-    @classmethod
-    def of(cls, row: InstanceRow) -> TaskUpdate:
-        return cls(
-            run_id=row.run_id,
-            key=row.key,
-            task=row.task,
-            map_index=row.map_index,
-            state=row.state,
-            attempts=row.attempts,
-            error=row.error,
-            updated_at=row.updated_at,
-        )
 
 
 class ApprovalUpdate(_Model):
@@ -575,18 +516,6 @@ class DecisionUpdate(_Model):
     decision: str
     comment: str | None
     decided_at: float
-
-    @classmethod
-    def of(cls, row: DecisionRow) -> DecisionUpdate:
-        return cls(
-            run_id=row.run_id,
-            key=row.key,
-            attempt=row.attempt,
-            who=row.who,
-            decision=row.decision,
-            comment=row.comment,
-            decided_at=row.decided_at,
-        )
 
 
 LineageRun.model_rebuild()

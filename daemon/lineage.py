@@ -135,7 +135,7 @@ async def downstream(
             )
             for asset, event in await produced(store, plans, run)
         ]
-        found.append(LineageRun(run=Run.of(run), tasks=tasks, assets=assets))
+        found.append(LineageRun(run=Run.from_row(run), tasks=tasks, assets=assets))
     return found
 
 
@@ -156,7 +156,7 @@ async def upstream(store: Store, event: EventRow, budget: Budget) -> list[Upstre
         steps.append(
             UpstreamStep(
                 asset=event.source.removeprefix("asset:"),
-                run=Run.of(producer) if producer else None,
+                run=Run.from_row(producer) if producer else None,
                 event=EventSummary.of(before[0]) if before else None,
             )
         )
@@ -188,9 +188,9 @@ async def asset_versions(store: Store, rows: Sequence[EventRow]) -> list[AssetVe
                 produced_at=row.received_at,
                 run_id=producer_id if isinstance(producer_id, str) else None,
                 task=task if isinstance(task, str) else None,
-                run=Run.of(producer) if producer else None,
+                run=Run.from_row(producer) if producer else None,
                 started_by=EventSummary.of(started_by) if started_by else None,
-                runs=[Run.of(runs[r]) for r in row.run_ids if r in runs],
+                runs=[Run.from_row(runs[r]) for r in row.run_ids if r in runs],
             )
         )
     return versions
