@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .engine import RunState, State
 from .errors import Forbidden, InvalidRequest, NotFound
-from .store import AttemptRow, DecisionRow, RunRow, now
+from .store import AttemptRow, DecisionRow, now
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -186,5 +186,5 @@ async def _parked_rows(runner: Runner, gate: ApprovalRow, ok: bool, error: str |
     state = State.SUCCEEDED if ok else State.FAILED
     return [
         replace(inst, state=state.value, error=error, updated_at=now()),
-        RunRow(**{**{n: getattr(run, n) for n in run.__slots__}, "state": RunState.QUEUED.value}),
+        replace(run, state=RunState.QUEUED.value),
     ]

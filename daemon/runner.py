@@ -13,7 +13,7 @@ import json
 import math
 import random
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -261,13 +261,11 @@ class Runner:
         resumed = 0
         for row, instances, outputs in await self.store.runs_to_resume():
             if row.pipeline not in self.plans:
-                failed = RunRow(
-                    **{
-                        **_asdict(row),
-                        "state": "failed",
-                        "ended_at": now(),
-                        "error": f"pipeline {row.pipeline!r} is no longer in the configuration",
-                    }
+                failed = replace(
+                    row,
+                    state=RunState.FAILED.value,
+                    ended_at=now(),
+                    error=f"pipeline {row.pipeline!r} is no longer in the configuration",
                 )
                 await self.store.submit([failed]).wait()
                 continue
@@ -285,12 +283,8 @@ class Runner:
         try:
             if run.cancelled:
                 return  # cancelled between leaving the backlog and starting here
-            run.row = RunRow(
-                **{
-                    **_asdict(run.row),
-                    "state": RunState.RUNNING.value,
-                    "started_at": run.row.started_at or now(),
-                }
+            run.row = replace(
+                run.row, state=RunState.RUNNING.value, started_at=run.row.started_at or now()
             )
             engine = run.engine = RunEngine(run.plan, run.row.run_id, run.row.inputs, run.prior)
             log.info("run_started", resumed=bool(run.prior))
@@ -570,7 +564,7 @@ class Runner:
         """Nothing of the run runs, and a gate waits for a decision: leave it in the store
         (its slot freed, nothing of it in memory) until :meth:`resume_run`."""
         assert run.engine is not None
-        run.row = RunRow(**{**_asdict(run.row), "state": RunState.WAITING.value})
+        run.row = replace(run.row, state=RunState.WAITING.value)
         with anyio.CancelScope(shield=True):
             await self._write(run, [run.row]).wait()
         self.log.info("run_waiting", run_id=run.row.run_id, pipeline=run.row.pipeline)
@@ -640,9 +634,7 @@ class Runner:
         if state is RunState.FAILED and run.engine is not None:
             failed = [i for i in run.engine.instances() if i.state is State.FAILED]
             error = "; ".join(f"{i.key}: {i.error}" for i in failed[:3]) or None
-        run.row = RunRow(
-            **{**_asdict(run.row), "state": state.value, "ended_at": now(), "error": error}
-        )
+        run.row = replace(run.row, state=state.value, ended_at=now(), error=error)
         with anyio.CancelScope(shield=True):
             rows: list[Row] = [run.row]
             if run.engine is not None:
@@ -693,10 +685,6 @@ def _prior(instances: list[InstanceRow], outputs: dict[str, Any]) -> dict[str, I
         )
         for i in instances
     }
-
-
-def _asdict(row: RunRow) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in row.__slots__}
 
 
 def _describe(exc: BaseException) -> str:
