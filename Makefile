@@ -4,20 +4,28 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.toml
 
-.PHONY: run test check bench clean
+.PHONY: run test check bench clean constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Reinstall when the package's metadata changes (dependencies, entry points).
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+# Reinstall when the package's metadata or the pinned versions change. constraints.txt
+# pins every package to the versions CI tested (pyproject.toml gives only floors).
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -c constraints.txt -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@ $(VENV)/.installed
+
+# After a dependency changed in pyproject.toml: install the newest allowed, pin them.
+constraints: | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade -e '.[test]'
+	(sed -n '1,/^$$/p' constraints.txt | grep '^#'; \
+	 $(BIN)/pip freeze --exclude-editable | grep -v '^cued') > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 run: $(VENV)/.installed
 	mkdir -p drop

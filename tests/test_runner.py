@@ -101,14 +101,17 @@ async def test_max_active_runs_queues_the_rest_in_the_backlog(make_config):
     config = make_config(
         probe_pipeline(
             "p",
-            {"only": 'args = { name = "only", hold_s = 0.02, group = "runs" }'},
+            {"only": 'args = { name = "only", group = "runs", until_released = true }'},
             head="max_active_runs = 2",
         )
     )
     async with open_runner(config) as runner:
         with anyio.fail_after(20):
+            # the first two hold their slots until released: however slow the machine,
+            # the other eight wait in the backlog meanwhile
             ids = [await runner.submit("p") for _ in range(10)]
             assert runner.backlog.depth == 8
+            probe.released.set()
             rows = [await runner.wait(i) for i in ids]
     assert {r.state for r in rows} == {"succeeded"}
     assert probe.max_by_group["runs"] == 2

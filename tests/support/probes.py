@@ -22,6 +22,8 @@ class Probe:
     arrived: int = 0
     all_arrived: anyio.Event = field(default_factory=anyio.Event)
     entered: anyio.Event = field(default_factory=anyio.Event)
+    released: anyio.Event = field(default_factory=anyio.Event)
+    """Calls made with ``until_released`` hold their slot until the test sets this."""
 
 
 PROBE = Probe()
@@ -33,9 +35,16 @@ def reset(barrier: int = 0) -> Probe:
     return PROBE
 
 
-async def record(name: str, hold_s: float = 0.0, group: str = "", fail: bool = False) -> str:
+async def record(
+    name: str,
+    hold_s: float = 0.0,
+    group: str = "",
+    fail: bool = False,
+    until_released: bool = False,
+) -> str:
     """Count a call and hold a slot for ``hold_s``; with a barrier set, hold until that many
-    calls are in flight at once (which only happens if they really run concurrently)."""
+    calls are in flight at once (which only happens if they really run concurrently); with
+    ``until_released``, hold until the test sets ``released``."""
     p = PROBE
     p.calls.append(name)
     p.counts[name] += 1
@@ -51,6 +60,8 @@ async def record(name: str, hold_s: float = 0.0, group: str = "", fail: bool = F
             if p.arrived >= p.barrier:
                 p.all_arrived.set()
             await p.all_arrived.wait()
+        if until_released:
+            await p.released.wait()
         await anyio.sleep(hold_s)
     finally:
         p.in_flight -= 1
