@@ -27,7 +27,9 @@ command = "echo start first >> {ledger}; echo end first >> {ledger}"
 kind = "shell"
 needs = ["first"]
 map = "{{{{ range(inputs.n) | list }}}}"
-command = "echo start fan[{{{{ item }}}}] >> {ledger}; sleep 0.05; echo end fan[{{{{ item }}}}] >> {ledger}"
+# the first half ends at once; the second half holds until the file `hold` exists, so the
+# kill below falls mid-fan-out however fast or slow the machine is
+command = "echo start fan[{{{{ item }}}}] >> {ledger}; if [ {{{{ item }}}} -ge 30 ]; then while [ ! -f {hold} ]; do sleep 0.02; done; fi; echo end fan[{{{{ item }}}}] >> {ledger}"
 
 [pipelines.crash.tasks.gate]
 kind = "shell"
@@ -46,9 +48,9 @@ def lines(path) -> list[str]:
 
 
 async def test_kill_9_mid_run_then_restart_completes_it_without_rerunning_finished_tasks(tmp_path):
-    ledger, release = tmp_path / "ledger", tmp_path / "release"
+    ledger, release, hold = tmp_path / "ledger", tmp_path / "release", tmp_path / "hold"
     config = tmp_path / "config.toml"
-    config.write_text(CONFIG.format(ledger=ledger, release=release))
+    config.write_text(CONFIG.format(ledger=ledger, release=release, hold=hold))
     state = tmp_path / "state.db"
 
     daemon = Daemon(config, state)
@@ -57,8 +59,15 @@ async def test_kill_9_mid_run_then_restart_completes_it_without_rerunning_finish
         triggered = cued(config, "trigger", "crash")
         assert triggered.returncode == 0, triggered.stderr
         run_id = triggered.stdout.split()[2]
-        # half done: a good part of the fan-out has finished, the rest is in flight
-        await wait_for(lambda: sum(line.startswith("end fan") for line in lines(ledger)) >= 20)
+        # half done: the first half of the fan-out has finished, the second is in flight
+        # (8 at a time, max_running_tasks) and held
+        succeeded = "SELECT count(*) FROM task_instances WHERE run_id = ? AND state = 'succeeded'"
+        await wait_for(
+            lambda: (
+                query(state, succeeded, run_id) == [(31,)]
+                and sum(line.startswith("start fan") for line in lines(ledger)) == 38
+            )
+        )
     finally:
         daemon.kill9()
 
@@ -68,8 +77,8 @@ async def test_kill_9_mid_run_then_restart_completes_it_without_rerunning_finish
             state, "SELECT key FROM task_instances WHERE run_id = ? AND state = 'succeeded'", run_id
         )
     }
-    assert "first" in done_before
-    assert 20 <= len(done_before) < 61, "the kill came after the fan-out, or too early"
+    assert done_before == {"first"} | {f"fan[{i}]" for i in range(30)}
+    hold.touch()
     release.touch()
 
     daemon = Daemon(config, state)
