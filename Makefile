@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.toml
 
-.PHONY: run test check bench clean constraints
+.PHONY: run test test-fast check bench clean constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ $(CHROMIUM):
 
 test: check $(CHROMIUM)
 	$(BIN)/pytest -q
+
+# The lane to run while working: no lint, no processes started (see tests/conftest.py).
+test-fast: $(VENV)/.installed-test
+	$(BIN)/pytest -q -m "not slow"
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.core

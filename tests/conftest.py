@@ -35,3 +35,23 @@ def kafka():
 
     with running_broker() as broker:
         yield broker
+
+
+# `make test-fast` leaves out what starts other processes (daemons killed with -9 and
+# restarted, the Kafka broker, Chromium, the CLI as a subprocess): the lane to run while
+# working. `make test` runs everything.
+_SLOW_MODULES = frozenset(
+    {"test_all_sources_crash", "test_crash_recovery", "test_kafka", "test_ui", "test_cli"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+        if (
+            module in _SLOW_MODULES
+            or "kafka" in getattr(item, "fixturenames", ())
+            or "kill_9" in item.name
+            or "restart" in item.name
+        ):
+            item.add_marker(pytest.mark.slow)
