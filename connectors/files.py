@@ -9,8 +9,18 @@ its size and mtime have not changed for ``stable_for``; with ``"marker"`` when a
    "mtime"}``, ``path`` being where the file *will* be (in ``processed/``);
 2. ``intake.record`` of what is complete at once, in one transaction;
 3. only then the file is renamed into ``processed/`` (its marker too), or into ``failed/``
-   when its event is ``invalid``: the file cannot be stat'ed (a dangling link), is not a
-   regular file, or cannot be read.
+   when its event is ``invalid``: it is a symbolic link, is not a regular file (a pipe, a
+   socket, a device), cannot be read, or its name is not valid UTF-8.
+
+Nothing is ever followed through a link: entries are looked at with ``lstat``, so a link
+(to a file, to a folder, dangling, or part of a loop) is itself the thing found, and is
+renamed into ``failed/`` as a link; its target is never opened, read or moved. A name
+that is not valid UTF-8 (Linux allows any bytes but ``/`` and NUL) is shown in the event
+as text with ``\\xNN`` escapes (:func:`cued.daemon.untrusted.os_name`), and the file goes
+to ``failed/`` under its own bytes. ``processed/`` and ``failed/`` stay inside the watched
+folder: the config refuses ``..`` and absolute paths, and the source refuses to start when
+one resolves (through a link) to somewhere outside, or to move a file into a folder that
+does.
 
 A crash between 2 and 3 leaves the file where it was; after the restart it has the same
 event id, intake answers ``duplicate`` and the file is just moved: nothing runs twice.
@@ -31,6 +41,7 @@ daemon's backlog is saturated no file is taken: they wait in the folder.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import stat
 import time
@@ -39,13 +50,14 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 import anyio
 import anyio.to_thread
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from watchfiles import Change, awatch
 
 from cued.daemon.durations import Duration
 from cued.daemon.errors import ConnectorError, StoreError
 from cued.daemon.sources import Event, Receipt
 from cued.daemon.store import now
+from cued.daemon.untrusted import bounded_id, os_name
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
@@ -58,6 +70,9 @@ _IGNORED_SUFFIXES = (".tmp", ".part")
 
 #: The most files one ``intake.record`` takes (one transaction).
 _MAX_BATCH = 256
+
+#: The least time between two starts of the watcher (see ``_watch``).
+_WATCH_RESTART_S = 1.0
 
 
 class FilesConfig(BaseModel):
@@ -83,15 +98,33 @@ class FilesConfig(BaseModel):
     rescan_every: Duration = Field(5.0, gt=0)
     """How often the folder is listed even when the watcher reported nothing."""
 
+    @field_validator("processed_dir", "failed_dir")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        # Relative and without a way up: files moved there stay in the tree the source
+        # owns, and never land in a folder someone else reads (or runs things from).
+        if os.path.isabs(value):
+            raise ValueError("must be a folder inside the watched folder, given relative to it")
+        norm = os.path.normpath(value)
+        if norm == os.curdir:
+            raise ValueError("cannot be the watched folder itself")
+        if norm == os.pardir or norm.startswith(os.pardir + os.sep):
+            raise ValueError("must stay inside the watched folder, but '..' leads out of it")
+        return value
+
 
 @dataclass(frozen=True, slots=True)
 class _Found:
     """A file that may be taken, as the last listing saw it."""
 
     path: str
-    """Where it is, absolute."""
+    """Where it is, absolute (as the OS gave it: undecodable bytes as lone surrogates)."""
     name: str
     """Relative to the watched folder, with ``/``: just its name unless ``recursive``."""
+    shown: str
+    """``name`` as text that can be stored and logged (undecodable bytes as ``\\xNN``)."""
+    utf8: bool
+    """Whether ``name`` is valid UTF-8 as it is (then ``shown == name``)."""
     size: int
     mtime_ns: int
     error: str | None
@@ -105,6 +138,9 @@ class _Planned:
     found: _Found
     event: Event
     dest: str
+    """Where the file goes, as an OS path (its name in its own bytes)."""
+    root: str
+    """``processed/`` or ``failed/``, whichever ``dest`` is in."""
     marker: str | None
 
 
@@ -121,6 +157,8 @@ class FilesSource:
         self._dir = os.path.abspath(ctx.base_dir / config.path)
         self._processed = os.path.normpath(os.path.join(self._dir, config.processed_dir))
         self._failed = os.path.normpath(os.path.join(self._dir, config.failed_dir))
+        # processed/ and failed/ as they resolve (through links): set by _check_folders
+        self._real: dict[str, str] = {}
         self._marker = config.marker_suffix if config.complete_when == "marker" else None
         # stable: each file seen -> ((size, mtime_ns), when it was first seen so), monotonic
         self._seen: dict[str, tuple[tuple[int, int], float]] = {}
@@ -153,25 +191,44 @@ class FilesSource:
                 stop.set()
 
     async def _watch(self, stop: anyio.Event, *, task_status: TaskStatus[None]) -> None:
-        changes = awatch(
-            self._dir,
-            watch_filter=self._relevant,
-            stop_event=stop,
-            recursive=self.config.recursive,
-        )
-        # ``awatch`` sets up the OS watch before its first wait, and the task that started
-        # this one resumes only once this one waits: so the first listing, which follows,
-        # misses nothing dropped after it.
-        task_status.started()
-        try:
-            async for _ in changes:
-                self._wake.set()
-        except (OSError, RuntimeError) as exc:  # e.g. out of inotify watches
-            self.log.warning(
-                "files_watch_failed",
-                error=str(exc),
-                note=f"listing the folder every {self.config.rescan_every:g}s only",
+        started = False
+        restarted_at = -_WATCH_RESTART_S
+        while not stop.is_set():
+            changes = awatch(
+                self._dir,
+                watch_filter=self._relevant,
+                stop_event=stop,
+                recursive=self.config.recursive,
             )
+            if not started:
+                # ``awatch`` sets up the OS watch before its first wait, and the task that
+                # started this one resumes only once this one waits: so the first listing,
+                # which follows, misses nothing dropped after it.
+                task_status.started()
+                started = True
+            failure: BaseException | None = None
+            try:
+                async for _ in changes:
+                    self._wake.set()
+            except* (OSError, RuntimeError) as group:  # e.g. out of inotify watches
+                failure = _leaf(group)
+            if failure is None:
+                return  # stopped
+            if not _undecodable(failure):
+                self.log.warning(
+                    "files_watch_failed",
+                    error=str(failure),
+                    note=f"listing the folder every {self.config.rescan_every:g}s only",
+                )
+                return
+            # watchfiles cannot report a change to a name that is not UTF-8, and its watch
+            # ends with it: list the folder now (which takes that file), and watch anew --
+            # at most once a second, should a stream of such names come
+            self._wake.set()
+            self.log.info("files_watch_restarted", reason=str(failure))
+            with anyio.move_on_after(restarted_at + _WATCH_RESTART_S - anyio.current_time()):
+                await stop.wait()
+            restarted_at = anyio.current_time()
 
     async def _move_recorded(self) -> None:
         """Move the files whose events were recorded before a crash could move them, before
@@ -243,6 +300,9 @@ class FilesSource:
                 raise ConnectorError(
                     f"files source {self.ctx.source!r}: {key} cannot be the watched folder"
                 )
+            # before making it (makedirs goes through links) and after (it may have been
+            # swapped for a link meanwhile)
+            self._check_inside(key, folder)
             try:
                 os.makedirs(folder, exist_ok=True)
                 same = os.stat(folder).st_dev == device
@@ -251,11 +311,26 @@ class FilesSource:
                     f"files source {self.ctx.source!r}: cannot make {key} {folder!r}: "
                     f"{exc.strerror}"
                 ) from exc
+            self._real[folder] = self._check_inside(key, folder)
             if not same:
                 raise ConnectorError(
                     f"files source {self.ctx.source!r}: {key} {folder!r} is on another file "
                     f"system than {self._dir!r}, so files cannot be moved there atomically"
                 )
+
+    def _check_inside(self, key: str, folder: str) -> str:
+        """``folder`` resolved through links, if that is inside the watched folder.
+
+        :raises ConnectorError: if it is not (a link out of the tree)
+        """
+        real = os.path.realpath(folder)
+        if not _within(real, os.path.realpath(self._dir)):
+            raise ConnectorError(
+                f"files source {self.ctx.source!r}: {key} {folder!r} resolves to {real!r}, "
+                f"outside the watched folder {self._dir!r} (a link out of it?): files are "
+                "only ever moved within the watched folder"
+            )
+        return real
 
     def _relevant(self, change: Change, path: str) -> bool:
         """Whether a change reported by the watcher may make a file ready to take."""
@@ -304,20 +379,25 @@ class FilesSource:
             with os.scandir(folder) as listing:
                 entries = list(listing)
         except OSError as exc:
-            self.log.warning("files_listing_failed", folder=folder, error=exc.strerror)
+            self.log.warning("files_listing_failed", folder=_text(folder), error=exc.strerror)
             return
         names = {e.name for e in entries}
         for entry in entries:
             name = entry.name
-            if _ignored(name):
+            if _ignored(name) or entry.path in self._excluded:
                 continue
             try:
-                is_dir = entry.is_dir()
-                is_link = entry.is_symlink()
+                # the entry itself, never what a link points to: a link to a folder is a
+                # link, and goes to failed/ like any other
+                is_dir = entry.is_dir(follow_symlinks=False)
             except OSError:
-                continue
+                continue  # gone meanwhile
             if is_dir:
-                if self.config.recursive and not is_link and entry.path not in self._excluded:
+                # processed/ or failed/ may be reached under another name, through a link
+                if (
+                    self.config.recursive
+                    and os.path.realpath(entry.path) not in self._real.values()
+                ):
                     self._list(entry.path, found)
                 continue
             if self._marker is not None and (
@@ -330,22 +410,26 @@ class FilesSource:
                 found.append(f)
 
     def _stat(self, path: str) -> _Found | None:
-        """The file at ``path`` as it is now; ``None`` if it is gone."""
+        """The file at ``path`` as it is now (a link as a link); ``None`` if it is gone."""
         name = os.path.relpath(path, self._dir).replace(os.sep, "/")
-        error: str | None = None
+        shown, utf8 = os_name(name)
         try:
-            st = os.stat(path)
-            if not stat.S_ISREG(st.st_mode):
-                error = f"{name!r} is not a regular file"
-            elif not os.access(path, os.R_OK):
-                error = f"{name!r} cannot be read: permission denied"
-        except OSError as exc:
-            try:
-                st = os.lstat(path)  # a dangling link, say: it is there but unusable
-            except OSError:
-                return None
-            error = f"{name!r} cannot be stat'ed: {exc.strerror}"
-        return _Found(path, name, st.st_size, st.st_mtime_ns, error)
+            st = os.lstat(path)
+        except OSError:
+            return None
+        error: str | None = None
+        if stat.S_ISLNK(st.st_mode):
+            error = (
+                f"{shown!r} is a symbolic link: links are not followed, it is moved to "
+                "failed/ as it is"
+            )
+        elif not stat.S_ISREG(st.st_mode):
+            error = f"{shown!r} is not a regular file"
+        elif not utf8:
+            error = f"the name {shown!r} is not valid UTF-8 (bytes that are not are shown as \\xNN)"
+        elif not os.access(path, os.R_OK):
+            error = f"{shown!r} cannot be read: permission denied"
+        return _Found(path, name, shown, utf8, st.st_size, st.st_mtime_ns, error)
 
     def _plan(self, batch: list[_Found]) -> list[_Planned]:
         """Events for the files of ``batch`` that are still as listed."""
@@ -354,18 +438,33 @@ class FilesSource:
             f = self._stat(listed.path)
             if f != listed:
                 continue  # gone or changed since: the next listing sees it anew
-            dest = self._destination(f, self._failed if f.error else self._processed)
+            root = self._failed if f.error else self._processed
+            dest = self._destination(f, root)
             event = Event(
                 source=self.ctx.source,
-                event_id=f"{self.ctx.source}:{f.name}:{f.size}:{f.mtime_ns}",
-                data={"path": dest, "name": f.name, "size": f.size, "mtime": f.mtime_ns / 1e9},
-                meta={"original_path": f.path, "mtime_ns": f.mtime_ns},
+                event_id=self._event_id(f),
+                data={
+                    "path": _text(dest),
+                    "name": f.shown,
+                    "size": f.size,
+                    "mtime": f.mtime_ns / 1e9,
+                },
+                meta={"original_path": _text(f.path), "mtime_ns": f.mtime_ns},
                 received_at=now(),
                 error=f.error,
             )
             marker = f.path + self._marker if self._marker is not None else None
-            planned.append(_Planned(f, event, dest, marker))
+            planned.append(_Planned(f, event, dest, root, marker))
         return planned
+
+    def _event_id(self, f: _Found) -> str:
+        """``SOURCE:NAME:SIZE:MTIME``, the same for the same file after a restart."""
+        event_id = f"{self.ctx.source}:{f.shown}:{f.size}:{f.mtime_ns}"
+        if not f.utf8:
+            # Escaped names can coincide (the bytes ``\xff`` and the text ``\\xff``
+            # look alike): the hash of the real bytes keeps their ids apart.
+            event_id += ":" + hashlib.sha256(os.fsencode(f.name)).hexdigest()[:16]
+        return bounded_id(event_id)
 
     @staticmethod
     def _destination(f: _Found, folder: str) -> str:
@@ -379,26 +478,70 @@ class FilesSource:
 
     def _move(self, item: _Planned, receipt: Receipt) -> None:
         f = item.found
-        log = self.log.bind(file=f.name, event_id=receipt.event_id, status=receipt.status)
+        log = self.log.bind(file=f.shown, event_id=receipt.event_id, status=receipt.status)
+        folder = os.path.dirname(item.dest)
+        root = self._real.get(item.root, item.root)
         try:
-            os.makedirs(os.path.dirname(item.dest), exist_ok=True)
+            # A sub-folder of processed/ (recursive) may have been made a link out of the
+            # tree since: makedirs, and the rename, would follow it. (``rename`` itself
+            # never follows the file: a link is moved as a link.)
+            if not _within(os.path.realpath(folder), root, same=True):
+                raise _Escapes(folder)
+            os.makedirs(folder, exist_ok=True)
+            if not _within(os.path.realpath(folder), root, same=True):
+                raise _Escapes(folder)
             os.replace(f.path, item.dest)
         except FileNotFoundError:
             log.warning("file_vanished", note="removed after its event was recorded")
             return
+        except _Escapes:
+            self._retry_at[f.path] = time.monotonic() + self.config.rescan_every
+            log.error(
+                "file_move_refused",
+                to=_text(item.dest),
+                error=f"{_text(folder)!r} resolves to outside {_text(root)!r} (a link?)",
+            )
+            return
         except OSError as exc:
             self._retry_at[f.path] = time.monotonic() + self.config.rescan_every
-            log.error("file_move_failed", to=item.dest, error=exc.strerror)
+            log.error("file_move_failed", to=_text(item.dest), error=exc.strerror)
             return
         if item.marker is not None:
             try:
                 os.replace(item.marker, item.dest + self.config.marker_suffix)
             except OSError as exc:
-                log.warning("marker_move_failed", marker=item.marker, error=exc.strerror)
+                log.warning("marker_move_failed", marker=_text(item.marker), error=exc.strerror)
         if receipt.status == "invalid":
-            log.warning("file_failed", to=item.dest, error=receipt.error)
+            log.warning("file_failed", to=_text(item.dest), error=receipt.error)
         else:
-            log.info("file_taken", to=item.dest, runs=list(receipt.run_ids), error=receipt.error)
+            log.info(
+                "file_taken", to=_text(item.dest), runs=list(receipt.run_ids), error=receipt.error
+            )
+
+
+class _Escapes(Exception):
+    """A destination folder that resolves to outside where it should be."""
+
+
+def _within(path: str, folder: str, *, same: bool = False) -> bool:
+    """Whether ``path`` is inside ``folder`` (or is it, with ``same``); both resolved."""
+    return (same and path == folder) or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _undecodable(exc: BaseException) -> bool:
+    """Whether the watcher stopped at a name it cannot turn into text (not UTF-8)."""
+    return isinstance(exc, RuntimeError) and "decode path" in str(exc)
+
+
+def _text(path: str) -> str:
+    """A path as the OS gave it, as text that can be logged and stored."""
+    return os_name(path)[0]
 
 
 def _ignored(name: str) -> bool:

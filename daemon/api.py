@@ -19,6 +19,8 @@ GET  /api/v1/events/{event_id}                its data, and the runs it started
 GET  /api/v1/events/{event_id}/lineage        upstream and downstream
 GET  /api/v1/assets, /api/v1/assets/{name}    assets, their versions
 GET  /api/v1/stream                           live updates (server-sent events)
+GET  /api/v1/retention                        what [retention] lets go now (a dry run)
+POST /api/v1/retention/prune                  (operator) delete it now
 POST|GET|DELETE /api/v1/session               log in (cookie), who am I, log out
 GET  /healthz, /readyz, /metrics              no token
 ```
@@ -44,7 +46,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from . import approvals, lineage, repair
+from . import approvals, lineage, repair, retention
 from .api_auth import (
     ERRORS,
     ApiContext,
@@ -74,6 +76,7 @@ from .api_models import (
     EventSummary,
     Health,
     Pipeline,
+    PruneReport,
     RetryBody,
     Run,
     RunDetail,
@@ -85,7 +88,7 @@ from .errors import CuedError, Forbidden, InvalidRequest, NotFound, StoreError
 from .live import EventStream, Live
 from .metrics import CONTENT_TYPE, Metrics
 from .runner import Runner
-from .store import AttemptRow, EventRow
+from .store import AttemptRow, EventRow, now
 
 __all__ = ["Caller", "Users", "build_app", "error_response"]
 
@@ -460,6 +463,28 @@ async def get_asset(
             versions=await lineage.asset_versions(ctx.runner.store, page),
             next_cursor=_event_cursor(page[-1]) if more else None,
         )
+    )
+
+
+# -- retention ---------------------------------------------------------------------------
+
+
+@_api.get("/retention", response_model=PruneReport, tags=["retention"])
+async def prunable(ctx: Ctx, caller: Viewer) -> Response:
+    """What pruning would delete now, as ``[retention]`` says, deleting nothing."""
+    policy = retention.policy(ctx.runner.config, now())
+    counts = await ctx.runner.store.prunable(policy)
+    return json_response(PruneReport.model_validate(retention.report(policy, counts, dry_run=True)))
+
+
+@_api.post("/retention/prune", response_model=PruneReport, tags=["retention"])
+async def prune(ctx: Ctx, caller: Operator) -> Response:
+    """Delete now what ``[retention]`` lets go (the daemon does it every ``prune_every``
+    too), in small transactions that take turns with the daemon's other writes."""
+    policy = retention.policy(ctx.runner.config, now())
+    counts = await ctx.runner.store.prune(policy)
+    return json_response(
+        PruneReport.model_validate(retention.report(policy, counts, dry_run=False))
     )
 
 

@@ -39,6 +39,8 @@ __all__ = [
     "LineageRun",
     "LoginBody",
     "Pipeline",
+    "PruneCutoffs",
+    "PruneReport",
     "RetryBody",
     "Run",
     "RunDetail",
@@ -445,6 +447,29 @@ class SessionCreated(Session):
 class Health(_Model):
     status: str
     checks: dict[str, str]
+
+
+# -- retention ---------------------------------------------------------------------------
+
+
+class PruneCutoffs(_Model):
+    """What is old enough to go: each a time, ``null`` when that kind is kept for ever."""
+
+    runs: float | None = Field(description="finished runs that ended before this")
+    events: float | None = Field(description="events received before this")
+    alerts: float | None = Field(description="alerts raised before this, sent or given up")
+    dedupe_keys: dict[str, float] = Field(description="by trigger: keys seen before this")
+    dedupe_keys_other: float | None = Field(
+        description="keys of triggers no longer configured, seen before this"
+    )
+
+
+class PruneReport(_Model):
+    """What a prune deleted (or, ``dry_run``, would delete), by table."""
+
+    dry_run: bool
+    cutoffs: PruneCutoffs
+    counts: dict[str, int]
 
 
 # -- live stream messages ----------------------------------------------------------------

@@ -7,6 +7,7 @@ async with store, http client, task group:
     HTTP front          on [http] listen: webhooks (and the same API)
     sources             each in the task group, handing events to intake
     alerts              sends the alert outbox (webhook, email, command), retrying
+    retention           prunes what [retention] lets go, every prune_every
     signals             SIGTERM/SIGINT: sources stop, running tasks may finish for
                         `shutdown_grace`, the rest is cancelled (and runs again on restart)
 ```
@@ -37,6 +38,7 @@ from .live import Live, publish_committed
 from .logs import get_logger
 from .metrics import Metrics
 from .registry import source_kinds, task_kinds
+from .retention import prune_periodically
 from .runner import Runner
 from .secrets import resolve_secret
 from .server import serve_asgi
@@ -250,6 +252,9 @@ async def _serve(
             for source in sources:
                 await sources_tg.start(source.run)
             await runner.resume()
+            # after the sources' start: the files source first moves what a crash left
+            # recorded, which it recognises by the recorded event
+            tg.start_soon(prune_periodically, config, runner.store)
             log.info(
                 "daemon_started",
                 state=str(config.state_path),

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 
-from . import approvals, repair
+from . import approvals, repair, retention
 from .app import control_socket_path, open_runner, run_daemon
 from .config import load_config
 from .errors import ConfigError, CuedError, DaemonUnavailable, NotFound
 from .logs import configure_logging
 from .sqlite import open_store
+from .store import now
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -106,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
         if verb == "approve":
             gate.add_argument("--payload", help="the proposal as edited, as JSON")
     sub.add_parser("approvals", help="approval gates waiting for a decision")
+    prune = sub.add_parser(
+        "prune", help="delete what [retention] lets go now (the daemon does it periodically)"
+    )
+    prune.add_argument(
+        "--dry-run", action="store_true", help="show what would go, by table; delete nothing"
+    )
     return parser
 
 
@@ -418,6 +425,45 @@ async def _events(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _prune(config: Config, args: argparse.Namespace) -> int:
+    # through the daemon if one runs: its writer is the one that writes; else here
+    try:
+        if args.dry_run:
+            response = await _control(config, "GET", "/api/v1/retention")
+        else:
+            response = await _control(config, "POST", "/api/v1/retention/prune")
+        done = dict(response.json())
+    except DaemonUnavailable:
+        policy = retention.policy(config, now())
+        async with open_store(config.state_path, synchronous=config.daemon.synchronous) as store:
+            found = await (store.prunable(policy) if args.dry_run else store.prune(policy))
+        done = retention.report(policy, found, dry_run=args.dry_run)
+    cutoffs = done["cutoffs"]
+    dedupe = cutoffs["dedupe_keys"]
+    _out("what goes:")
+    _out(f"  finished runs that ended before  {_cutoff(cutoffs['runs'])}")
+    _out(f"  events received before           {_cutoff(cutoffs['events'])}")
+    _out(f"  alerts raised before             {_cutoff(cutoffs['alerts'])}, once sent or given up")
+    for trigger, before in sorted(dedupe.items()):
+        _out(f"  dedupe keys of trigger {trigger!r} seen before {_cutoff(before)}")
+    _out(f"  other dedupe keys seen before    {_cutoff(cutoffs['dedupe_keys_other'])}")
+    _out()
+    counts: dict[str, int] = done["counts"]
+    _table([["TABLE", "ROWS"], *([table, str(n)] for table, n in counts.items())])
+    total = sum(counts.values())
+    _out()
+    _out(
+        f"{total} rows would go (dry run: nothing deleted)"
+        if args.dry_run
+        else f"{total} rows deleted"
+    )
+    return 0
+
+
+def _cutoff(at: float | None) -> str:
+    return "(kept for ever)" if at is None else _time(at) + " UTC"
+
+
 def _print_run(run: RunRow) -> None:
     _out(f"run       {run.run_id}")
     _out(f"pipeline  {run.pipeline}")
@@ -465,6 +511,7 @@ _COMMANDS = {
     "show": _show,
     "events": _events,
     "cancel": _cancel,
+    "prune": _prune,
 }
 
 if __name__ == "__main__":

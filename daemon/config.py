@@ -30,6 +30,7 @@ __all__ = [
     "DaemonConfig",
     "HttpConfig",
     "PipelineConfig",
+    "RetentionConfig",
     "SourceConfig",
     "TaskConfig",
     "TriggerConfig",
@@ -155,6 +156,26 @@ class UserConfig(_Model):
     """For approval gates whose approvers name ``group:NAME``."""
 
 
+_DAY_S = 86400.0
+
+
+class RetentionConfig(_Model):
+    """The ``[retention]`` table: how long what is finished is kept. An age of ``0`` keeps
+    it for ever (deleting things the moment they finish would be of no use to anyone).
+    Dedupe keys need no age: each goes once past its trigger's ``dedupe_window``."""
+
+    runs: Duration = 30 * _DAY_S
+    """Finished runs (succeeded, failed, cancelled), by when they ended, with their task
+    instances, attempts, approval gates and decisions. Runs not finished, or waiting at
+    an approval gate, are kept whatever their age."""
+    events: Duration = 30 * _DAY_S
+    """Events, by when they were received (a run they started keeps their id)."""
+    alerts: Duration = 7 * _DAY_S
+    """Alerts sent, or given up on, by when they were raised."""
+    prune_every: Duration = Field(300.0, gt=0)
+    """How often the daemon prunes (and once when it starts)."""
+
+
 class AuthConfig(_Model):
     """The ``[auth]`` table."""
 
@@ -171,6 +192,7 @@ class Config(_Model):
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     triggers: list[TriggerConfig] = Field(default_factory=list)
     alerts: dict[str, AlertConfig] = Field(default_factory=dict)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @property
@@ -189,7 +211,7 @@ def _keys(model: type[BaseModel]) -> tuple[str, ...]:
     return tuple(field.alias or name for name, field in model.model_fields.items())
 
 
-_TOP_KEYS = ("daemon", "http", "auth", "pipelines", "sources", "triggers", "alerts")
+_TOP_KEYS = ("daemon", "http", "auth", "pipelines", "sources", "triggers", "alerts", "retention")
 _TASK_KEYS = _keys(TaskConfig)
 
 
@@ -295,6 +317,7 @@ class _Checker:
             self.check_pipeline(name, pipeline, pools)
         self.validate(HttpConfig, raw.get("http", {}), ("http",))
         self.validate(AuthConfig, raw.get("auth", {}), ("auth",))
+        self.validate(RetentionConfig, raw.get("retention", {}), ("retention",))
         sources = raw.get("sources", {})
         if not isinstance(sources, dict):
             self.add(("sources",), "must be a table of sources, [sources.NAME]")

@@ -132,6 +132,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX events_by_source_time ON events (source, received_at, event_id);
     CREATE INDEX events_by_status_time ON events (status, received_at, event_id);
     """,
+    # retention (cued.daemon.pruning): what is old enough to go, oldest first, as a range
+    # scan (events have events_by_time already)
+    """
+    CREATE INDEX runs_finished ON runs (ended_at)
+        WHERE state IN ('succeeded', 'failed', 'cancelled');
+    CREATE INDEX dedupe_by_age ON dedupe_keys (trigger, seen_at);
+    CREATE INDEX outbox_by_age ON outbox (created_at);
+    """,
 )
 
 

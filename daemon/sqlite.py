@@ -9,6 +9,7 @@ that arrived meanwhile instead of paid by each.
 from __future__ import annotations
 
 import json
+from collections import deque
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import aiosqlite
 import anyio
 
+from . import pruning
 from .errors import StoreError
 from .logs import get_logger
 from .migrations import migrate
@@ -29,14 +31,15 @@ from .store import (
     InstanceGone,
     InstanceRow,
     OutboxRow,
+    PruneCounts,
     RunRow,
     id_at,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-    from .store import Row
+    from .store import PrunePolicy, Row
 
 __all__ = ["SqliteStore", "events_query", "open_store", "runs_query"]
 
@@ -159,6 +162,23 @@ class _Batch:
         if self.error is not None:
             raise StoreError(f"the store could not commit: {self.error}") from self.error
 
+    def run_ids(self) -> set[str]:
+        """The runs that rows of this batch belong to."""
+        keyed = (self.instances, self.attempts, self.approvals, self.decisions, self.gone)
+        return set(self.runs) | {key[0] for rows in keyed for key in rows}
+
+
+class _Chore:
+    """Work the writer does between two group commits, as one transaction of its own."""
+
+    __slots__ = ("done", "error", "result", "work")
+
+    def __init__(self, work: Callable[[aiosqlite.Connection], Awaitable[Any]]) -> None:
+        self.work = work
+        self.done = anyio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
 
 class SqliteStore:
     """Runs, task instances, attempts and events in one SQLite file."""
@@ -173,6 +193,7 @@ class SqliteStore:
         self._wake = anyio.Event()
         self._closing = False
         self._failed: StoreError | None = None
+        self._chores: deque[_Chore] = deque()
         self.commits = 0
         self.commit_seconds = 0.0
         self._commit_listeners: list[Callable[[float, Sequence[Row]], None]] = []
@@ -222,11 +243,18 @@ class SqliteStore:
                         self._failed = StoreError(f"cannot write to {str(self.path)!r}: {exc}")
                         batch.error = self._batch.error = exc
                         self._batch.done.set()
+                        self._drop_chores(self._failed)
                         raise self._failed from exc
                     finally:
                         batch.done.set()
                 batch.done.set()
+                # one chore per turn: the writes submitted meanwhile commit before the next
+                if self._chores:
+                    await self._do_chore(self._chores.popleft())
+                    if self._chores:
+                        self._wake.set()
                 if self._closing and not self._batch:
+                    self._drop_chores(StoreError("the store is closed"))
                     return
 
     async def _commit(self, batch: _Batch) -> float:
@@ -252,6 +280,65 @@ class SqliteStore:
         self.commits += 1
         self.commit_seconds += seconds
         return seconds
+
+    async def _chore(self, work: Callable[[aiosqlite.Connection], Awaitable[Any]]) -> Any:
+        """Run ``work`` on the writing connection, in the writer's loop between two group
+        commits, as one transaction; return what it returns.
+
+        :raises StoreError: if it failed (its transaction is rolled back)
+        """
+        if self._failed is not None:
+            raise self._failed
+        if self._closing:
+            raise StoreError("the store is closed")
+        chore = _Chore(work)
+        self._chores.append(chore)
+        self._wake.set()
+        await chore.done.wait()
+        if chore.error is not None:
+            raise StoreError(f"{str(self.path)!r}: {chore.error}") from chore.error
+        return chore.result
+
+    async def _do_chore(self, chore: _Chore) -> None:
+        started = anyio.current_time()
+        db = self._writer
+        try:
+            # IMMEDIATE: the write lock from the start, so what the chore reads is what it
+            # changes, even with another process (the CLI) writing to the file
+            await db.execute("BEGIN IMMEDIATE")
+            chore.result = await chore.work(db)
+            await db.commit()
+        except Exception as exc:  # noqa: BLE001 - the chore's caller gets it; writes go on
+            chore.error = exc
+            try:
+                await db.rollback()
+            except Exception as rollback:  # noqa: BLE001 - the next commit reports a broken file
+                _log.error("store_rollback_failed", error=repr(rollback))
+        else:
+            self.commits += 1
+            self.commit_seconds += anyio.current_time() - started
+        finally:
+            chore.done.set()
+
+    def _drop_chores(self, error: StoreError) -> None:
+        while self._chores:
+            chore = self._chores.popleft()
+            chore.error = error
+            chore.done.set()
+
+    async def prune(self, policy: PrunePolicy, *, batch: int = 500) -> PruneCounts:
+        total = PruneCounts()
+
+        async def step(db: aiosqlite.Connection) -> PruneCounts:
+            # the runs with rows in the open batch (to commit after this) stay, this time
+            return await pruning.step(db, policy, batch, self._batch.run_ids())
+
+        while (pruned := await self._chore(step)).total:
+            total += pruned
+        return total
+
+    async def prunable(self, policy: PrunePolicy) -> PruneCounts:
+        return await pruning.count(self._reader, policy)
 
     # -- reading -----------------------------------------------------------------------
 

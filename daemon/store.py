@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from .engine import Instance
 
@@ -30,6 +30,8 @@ __all__ = [
     "InstanceGone",
     "InstanceRow",
     "OutboxRow",
+    "PruneCounts",
+    "PrunePolicy",
     "RunRow",
     "Store",
     "id_at",
@@ -216,6 +218,54 @@ Row = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class PrunePolicy:
+    """What may be deleted: rows older than a cutoff (seconds since the epoch); a cutoff
+    of ``None`` keeps everything of its kind. Unfinished runs, and runs parked at an
+    approval gate, are never deleted, whatever their age."""
+
+    runs_before: float | None = None
+    """Finished runs that ended before this, with their task instances, attempts,
+    approval gates and decisions."""
+    events_before: float | None = None
+    """Events received before this (a run keeps its ``event_id``, which may then name
+    an event no longer kept)."""
+    alerts_before: float | None = None
+    """Alerts of the outbox created before this that were sent or given up."""
+    dedupe_before: Mapping[str, float] = field(default_factory=dict)
+    """Per trigger: its dedupe keys seen before this (past its window, they stop nothing)."""
+    dedupe_other_before: float | None = None
+    """Dedupe keys of the triggers not in ``dedupe_before`` (no longer configured)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PruneCounts:
+    """Rows deleted (or that would be), by table."""
+
+    runs: int = 0
+    task_instances: int = 0
+    attempts: int = 0
+    approvals: int = 0
+    decisions: int = 0
+    events: int = 0
+    dedupe_keys: int = 0
+    outbox: int = 0
+
+    def __add__(self, other: PruneCounts) -> PruneCounts:
+        return PruneCounts(*(getattr(self, f) + getattr(other, f) for f in self.tables()))
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, f) for f in self.tables())
+
+    def as_dict(self) -> dict[str, int]:
+        return {f: getattr(self, f) for f in self.tables()}
+
+    @classmethod
+    def tables(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
 class Durable(Protocol):
     async def wait(self) -> None:
         """Return once the submission is committed.
@@ -333,3 +383,14 @@ class Store(Protocol):
     async def list_assets(self) -> list[tuple[str, int, EventRow]]:
         """Every asset that has been produced: its name, how many versions it has (asset
         events ``asset:NAME``) and the latest of them."""
+
+    async def prune(self, policy: PrunePolicy, *, batch: int = 500) -> PruneCounts:
+        """Delete what ``policy`` lets go, at most ``batch`` rows per transaction, each
+        transaction taking its turn between the group commits of other writes (so none
+        waits long behind it); return once nothing more goes.
+
+        :raises StoreError: if a transaction failed (those before it stay committed)
+        """
+
+    async def prunable(self, policy: PrunePolicy) -> PruneCounts:
+        """What :meth:`prune` would delete now, deleting nothing."""

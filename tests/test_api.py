@@ -442,6 +442,7 @@ async def test_no_get_changes_state(make_config):
             f"/api/v1/runs/{run['run_id']}/retry",
             f"/api/v1/runs/{run['run_id']}/tasks/gate/approve",
             f"/api/v1/runs/{run['run_id']}/tasks/gate/reject",
+            "/api/v1/retention/prune",
         ):
             answer = await client.get(path, headers=auth(ROOT))
             assert answer.status_code == 405, path
@@ -461,6 +462,7 @@ async def test_no_get_changes_state(make_config):
         "/api/v1/runs/{run_id}/retry",
         "/api/v1/runs/{run_id}/tasks/{task}/approve",
         "/api/v1/runs/{run_id}/tasks/{task}/reject",
+        "/api/v1/retention/prune",
         "/api/v1/session",
     }
 

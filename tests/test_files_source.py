@@ -243,7 +243,7 @@ async def test_a_file_whose_trigger_fails_to_render_is_unmatched_and_still_proce
     assert event.data["path"] == str(processed)
 
 
-async def test_a_file_that_cannot_be_stated_is_recorded_invalid_and_moved_to_failed(
+async def test_a_dangling_link_is_recorded_invalid_and_moved_to_failed_as_a_link(
     tmp_path: Path, landing: Path
 ) -> None:
     (landing / "ghost.csv").symlink_to(tmp_path / "nowhere.csv")  # dangling
@@ -253,7 +253,7 @@ async def test_a_file_that_cannot_be_stated_is_recorded_invalid_and_moved_to_fai
         await until(lambda: failed.is_symlink() and (landing / "processed" / "fine.csv").exists())
         events = {e.data["name"]: e for e in await events_of(info)}
     assert events["ghost.csv"].status == "invalid"
-    assert "cannot be stat'ed" in (events["ghost.csv"].error or "")
+    assert "symbolic link" in (events["ghost.csv"].error or "")
     assert events["ghost.csv"].data["path"] == str(failed)
     assert events["ghost.csv"].run_ids == ()
     assert events["fine.csv"].status == "matched"

@@ -387,6 +387,8 @@ class _Ui:
         for a in attempts[:_MAX_ROWS]:
             by_key.setdefault(a.key, []).append(a)
         finished = run.state in ("succeeded", "failed", "cancelled")
+        # [retention] may have deleted the event while keeping the run
+        event_kept = bool(run.event_id and await store.known_events([run.event_id]))
         return {
             "active": "/ui/runs",
             "run": run,
@@ -402,6 +404,7 @@ class _Ui:
             "has_cost": any(a.cost is not None for a in attempts),
             "duration": (end - start) if run.started_at else None,
             "finished": finished,
+            "event_kept": event_kept,
             "can_retry": run.state in ("failed", "cancelled"),
             "now": at,
             "self_url": f"/ui/runs/{quote(run_id)}",
