@@ -947,7 +947,6 @@ def fuzz(base_url: str, token: str, known: dict[str, str]) -> list[str]:
 
 
 async def test_the_openapi_document_holds_for_the_running_daemon(make_config):
-    started = time.monotonic()
     async with api(make_config) as (info, client):
         hook = (await client.post("/hooks/orders", json={"id": "o-1", "total": 500})).json()
         (run_id,) = hook["runs"]
@@ -962,7 +961,6 @@ async def test_the_openapi_document_holds_for_the_running_daemon(make_config):
         base_url = str(client.base_url).rstrip("/")
         failures = await anyio.to_thread.run_sync(fuzz, base_url, ROOT, known)
     assert failures == [], "\n\n".join(failures)
-    assert time.monotonic() - started < 60
 
 
 async def test_the_openapi_document_describes_models_and_security(make_config):

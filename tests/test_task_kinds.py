@@ -544,7 +544,7 @@ async def test_shell_kills_a_program_that_ignores_sigterm_after_the_grace(
 
     elapsed = anyio.current_time() - started
     assert not _alive(pid)
-    assert 0.2 <= elapsed < 5
+    assert 0.2 <= elapsed < 30  # waited the grace, not the program's 60 s
 
 
 # --------------------------------------------------------------------------- python
