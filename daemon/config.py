@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from . import graph, templates
 from .alerts import ALERT_KINDS, AlertConfig
 from .durations import Duration
+from .environment import EnvName
 from .errors import ConfigError, ConfigProblem
 from .registry import source_kinds, task_kinds
 from .tomlpos import KeyLines
@@ -65,6 +66,9 @@ class DaemonConfig(_Model):
     """Modules (importable, or ``.py`` files relative to the config) that define pipelines
     with the Python API."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    task_env: list[EnvName] = Field(default_factory=list)
+    """Variables of the daemon's environment that every program a task starts gets,
+    besides the base (PATH, HOME, LANG, ...): nothing else of it is passed on."""
 
 
 class TaskConfig(BaseModel):

@@ -79,6 +79,9 @@ class TaskContext:
     :param http: the daemon's one shared HTTP client (one connection pool for all tasks)
     :param meter: where the attempt reports what it spent (AI steps)
     :param spending: what was spent already, by this run and today, for cost caps
+    :param pass_env: names of the daemon's environment variables that every program a
+        task starts gets (``[daemon] task_env``), besides the base; see
+        :func:`cued.daemon.environment.program_env`
     """
 
     run_id: str
@@ -91,6 +94,7 @@ class TaskContext:
     http: httpx.AsyncClient
     meter: Meter = field(default_factory=Meter)
     spending: Spending | None = None
+    pass_env: tuple[str, ...] = ()
 
 
 @runtime_checkable

@@ -38,6 +38,7 @@ from pydantic import (
     field_validator,
 )
 
+from cued.daemon import secrets
 from cued.daemon.errors import PermanentTaskError, TaskError
 
 if TYPE_CHECKING:
@@ -282,6 +283,7 @@ async def _resolve_key(value: str) -> str:
     key = key.strip()
     if not key:
         raise PermanentTaskError(f"api_key: {source} is empty")
+    secrets.remember(key)  # an answer or an error that quotes it has it redacted
     return key
 
 

@@ -1,4 +1,9 @@
-"""The ``shell`` task kind: run a program and keep the tail of what it prints."""
+"""The ``shell`` task kind: run a program and keep the tail of what it prints.
+
+The program does not inherit the daemon's environment, which holds the secrets that
+``env:`` names: it gets a small base, the names ``[daemon] task_env`` and the task's
+``env`` let through, and the values ``env`` sets (see :mod:`cued.daemon.environment`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cued.daemon.environment import EnvSpec, ProgramEnv, program_env
 from cued.daemon.errors import PermanentTaskError, TaskError
 
 if TYPE_CHECKING:
@@ -32,7 +38,10 @@ class ShellParams(BaseModel):
     :param argv: the program and its arguments, run directly with no shell in between
     :param command: a command line, run by ``/bin/sh -c``; only this form expands
         variables, globs and pipes
-    :param env: variables set over the daemon's own environment
+    :param env: what the program's environment holds besides the base and ``[daemon]
+        task_env``: ``["NAME", "NAME=value"]`` (a name alone is passed through from the
+        daemon's environment, if set there), or a table of values. Names are written
+        out; values may be templates.
     :param cwd: the working directory, by default the daemon's
     :param output_tail_bytes: how many of the last bytes of stdout and of stderr to keep
         (each); the rest is read and dropped, so a chatty program cannot exhaust memory
@@ -42,7 +51,7 @@ class ShellParams(BaseModel):
 
     argv: list[str] | None = Field(default=None, min_length=1)
     command: str | None = Field(default=None, min_length=1)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvSpec = Field(default_factory=dict)
     cwd: str | None = None
     output_tail_bytes: int = Field(default=64 * 1024, ge=0)
 
@@ -90,15 +99,16 @@ class ShellTask:
 
         # What the program needs to deduplicate its own side effects across retries and
         # restarts: the idempotency key is the same on every attempt of this instance.
-        env = {
-            **os.environ,
-            "CUED_RUN_ID": ctx.run_id,
-            "CUED_PIPELINE": ctx.pipeline,
-            "CUED_TASK": ctx.task,
-            "CUED_ATTEMPT": str(ctx.attempt),
-            "CUED_IDEMPOTENCY_KEY": ctx.idempotency_key,
-            **params.env,
-        }
+        wanted = ProgramEnv.read(params.env)
+        env = program_env((*ctx.pass_env, *wanted.names))
+        env.update(
+            CUED_RUN_ID=ctx.run_id,
+            CUED_PIPELINE=ctx.pipeline,
+            CUED_TASK=ctx.task,
+            CUED_ATTEMPT=str(ctx.attempt),
+            CUED_IDEMPOTENCY_KEY=ctx.idempotency_key,
+        )
+        env.update(wanted.values)
         try:
             process = await anyio.open_process(
                 command,
