@@ -1,19 +1,35 @@
-"""The ``http`` task kind: send one HTTP request with the daemon's shared client."""
+"""The ``http`` task kind: send one HTTP request with the daemon's shared client.
+
+Where a request goes is the configuration's to say, not the event data's: ``cued
+validate`` refuses a template in the URL's scheme or host (it may give the path and
+query) unless the task lists the hosts it may reach in ``allow_hosts``, which are then
+checked before each request.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cued.daemon import templates
 from cued.daemon.errors import PermanentTaskError, TaskError
+from cued.daemon.kinds import ParamProblem
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
     from cued.daemon.kinds import TaskContext
 
 __all__ = ["HttpParams", "HttpTask"]
+
+#: A URL's scheme and authority, written out up to where its path, query or fragment
+#: starts: what a URL must start with before its first template.
+_LITERAL_ORIGIN = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*[/?#]")
 
 #: How much of an unexpected response's body an error message quotes.
 _ERROR_BODY_CHARS = 500
@@ -34,6 +50,10 @@ class HttpParams(BaseModel):
     :param json: a value to send as a JSON body (``json`` and ``body`` exclude each other)
     :param body: a text body, sent as UTF-8
     :param expected_status: the statuses that count as success; by default any 2xx
+    :param allow_hosts: the hosts the request may go to, ``api.example.com``, an IP
+        address, or ``*.example.com`` (any name below ``example.com``, not an address);
+        checked, with the scheme (http or https), before each request; any port. With
+        it, a template may choose the host.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -45,6 +65,31 @@ class HttpParams(BaseModel):
     json_body: Any = Field(default=None, alias="json")
     body: str | None = None
     expected_status: list[int] | None = Field(default=None, min_length=1)
+    allow_hosts: list[str] | None = Field(default=None, min_length=1)
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [_host_pattern(host) for host in value]
+
+    @classmethod
+    def template_problems(cls, params: Mapping[str, Any]) -> Iterator[ParamProblem]:
+        """A template in the URL's scheme or host, without ``allow_hosts``: refused, since
+        event data would choose where the request (and its headers) go."""
+        url = params.get("url")
+        if not isinstance(url, str) or not templates.has_template(url):
+            return
+        if "allow_hosts" in params:
+            return  # checked before each request
+        starts = [i for i in (url.find("{{"), url.find("{%")) if i >= 0]
+        if not _LITERAL_ORIGIN.match(url[: min(starts)]):
+            yield ParamProblem(
+                ("url",),
+                "a template may not choose the URL's scheme or host (event data would "
+                "choose where the request goes): write them out, as in "
+                "'https://api.example.com/{{ ... }}', or list the hosts it may reach in "
+                "allow_hosts",
+            )
 
     @field_validator("method")
     @classmethod
@@ -107,9 +152,10 @@ class HttpTask:
 
         what = f"{params.method} {params.url!r}"
         try:
-            response = await ctx.http.request(
-                params.method, params.url, headers=headers, content=content
-            )
+            url = httpx.URL(params.url)
+            if params.allow_hosts is not None:
+                _check_allowed(url, params.allow_hosts, what)
+            response = await ctx.http.request(params.method, url, headers=headers, content=content)
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise PermanentTaskError(f"{what} cannot be sent: {exc}") from exc
         except httpx.HTTPError as exc:
@@ -132,6 +178,52 @@ def _is_expected(status: int, expected: list[int] | None) -> bool:
     if expected is None:
         return 200 <= status < 300
     return status in expected
+
+
+def _host_pattern(host: str) -> str:
+    """An ``allow_hosts`` entry, lower-cased, without brackets or a final dot.
+
+    :raises ValueError: if it is not a host name, an IP address or ``*.domain``
+    """
+    pattern = host.strip().lower().rstrip(".")
+    if pattern.startswith("[") and pattern.endswith("]"):
+        pattern = pattern[1:-1]
+    name = pattern.removeprefix("*.")
+    if (
+        not name
+        or any(c in name for c in "/@?#*[] \t")
+        or (":" in name and name.count(":") < 2)  # not IPv6: a port
+    ):
+        raise ValueError(
+            f"{host!r} is not a host ('api.example.com', '*.example.com', an IP address; "
+            "no scheme, port or path)"
+        )
+    return pattern
+
+
+def _check_allowed(url: httpx.URL, allow_hosts: list[str], what: str) -> None:
+    """:raises PermanentTaskError: if ``url`` is not http(s) to a host of ``allow_hosts``"""
+    if url.scheme not in ("http", "https"):
+        raise PermanentTaskError(
+            f"{what} was not sent: its scheme {url.scheme!r} is not http or https"
+        )
+    host = url.host.lower().rstrip(".")
+    # a wildcard is for names: "*.0.0.1" must not let through every address ending so
+    named = not _is_ip_address(host)
+    for pattern in allow_hosts:
+        if host == pattern or (named and pattern.startswith("*.") and host.endswith(pattern[1:])):
+            return
+    raise PermanentTaskError(
+        f"{what} was not sent: its host {host!r} is not in allow_hosts ({', '.join(allow_hosts)})"
+    )
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_body(response: httpx.Response, ctx: TaskContext) -> Any:
