@@ -45,7 +45,7 @@ from .durations import Duration
 from .environment import EnvSpec, ProgramEnv, program_env
 from .errors import AlertDeliveryError, CuedError
 from .logs import get_logger
-from .secrets import remember_secret, resolve_secret
+from .secrets import redact, remember_secret, resolve_secret
 from .store import OutboxRow, now
 
 if TYPE_CHECKING:
@@ -331,7 +331,8 @@ class Alerts:
             assert config is not None
             error = f"no answer within {config.timeout:g}s"
         except Exception as exc:  # noqa: BLE001 - a channel's failure is recorded, never raised
-            error = _describe(exc)
+            # a command's stderr, a server's answer: may quote a secret, and is stored
+            error = redact(_describe(exc))
         at = now()
         if error is None:
             update = replace(row, sent_at=at, attempts=attempt, last_error=None, next_at=at)

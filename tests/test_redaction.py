@@ -20,7 +20,7 @@ from cued.daemon.secrets import (
     SecretRegistry,
     resolve_secret,
 )
-from tests.support.daemon import Daemon, cued, query
+from tests.support.daemon import Daemon, cued, query, wait_for
 from tests.support.running import daemon_running, wait_finished
 
 
@@ -160,11 +160,22 @@ env = ["X={{ inputs.x }}"]
 kind = "shell"
 command = 'printf "cannot use %s\\n" "$X" >&2; exit 3'
 env = ["X={{ inputs.x }}"]
+[pipelines.leak.tasks.say]
+kind = "python"
+function = "tests.support.pyfuncs:log_text"
+args = { text = "it is {{ inputs.x }}" }
+
+[alerts.loud]
+kind = "command"
+argv = ["sh", "-c", "echo \\"no: $CUED_TEST_SECRET\\" >&2; exit 1"]
+env = ["CUED_TEST_SECRET"]
+on = ["run_failed"]
+max_attempts = 1
 """
 
 
-async def test_a_secret_printed_by_a_task_is_redacted_in_output_error_and_api(
-    make_config, monkeypatch
+async def test_a_secret_printed_by_a_task_or_an_alert_is_redacted_where_it_is_kept(
+    make_config, monkeypatch, tmp_path
 ) -> None:
     secret = fresh_secret()
     monkeypatch.setenv("CUED_TEST_SECRET", secret)
@@ -177,6 +188,10 @@ async def test_a_secret_printed_by_a_task_is_redacted_in_output_error_and_api(
             shown = await client.get(
                 f"/api/v1/runs/{row.run_id}", headers={"authorization": "Bearer vera-viewer-token"}
             )
+            # given up (next_at: never) after its one try: a program of its own, and a commit
+            await wait_for(
+                lambda: query(tmp_path / "state.db", "SELECT 1 FROM outbox WHERE next_at > 1e11")
+            )
     assert shown.status_code == 200, shown.text
     run = shown.json()
     tasks = {t["key"]: t for t in run["tasks"]}
@@ -187,6 +202,8 @@ async def test_a_secret_printed_by_a_task_is_redacted_in_output_error_and_api(
     assert secret not in json.dumps([run["tasks"], run["error"]])
     # the inputs are kept as they were given: they are the caller's own data
     assert run["inputs"] == {"x": secret}
+    ((alert_error,),) = query(tmp_path / "state.db", "SELECT last_error FROM outbox")
+    assert alert_error == f"program 'sh' exited with code 1: no: {REDACTED}"
 
 
 async def test_the_daemons_log_lines_hold_no_secret(tmp_path) -> None:
@@ -213,6 +230,8 @@ async def test_the_daemons_log_lines_hold_no_secret(tmp_path) -> None:
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     (failed,) = [line for line in lines if line["event"] == "task_failed"]
     assert failed["error"].endswith(f"cannot use {REDACTED}")
+    (said,) = [line for line in lines if line["event"] == "task_says"]
+    assert said["text"] == f"it is {REDACTED}"
     assert secret not in log
     assert secret not in result.stdout + result.stderr
     (error,) = query(tmp_path / "state.db", "SELECT error FROM attempts WHERE error IS NOT NULL")
