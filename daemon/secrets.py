@@ -86,9 +86,12 @@ class SecretRegistry:
         """``value`` with every known secret in its strings replaced with
         :data:`REDACTED`; dicts (keys too), lists and tuples are walked, and a value
         holding no secret is returned as it is."""
-        if not self._forms:
+        forms = self._forms
+        # looked through first, so that a large output with no secret in it (the usual
+        # case) is neither copied nor rebuilt
+        if not forms or not self._holds(value, forms):
             return value
-        return self._walk(value, self._forms)  # type: ignore[no-any-return]
+        return self._walk(value, forms)  # type: ignore[no-any-return]
 
     def redact_text(self, text: str) -> str:
         """``text`` with every known secret replaced with :data:`REDACTED`."""
@@ -96,6 +99,15 @@ class SecretRegistry:
         if not forms or not any(form in text for form in forms):
             return text
         return self._rewrite(text, forms)
+
+    def _holds(self, value: Any, forms: tuple[str, ...]) -> bool:
+        if isinstance(value, str):
+            return any(form in value for form in forms)
+        if isinstance(value, dict):
+            return any(self._holds(k, forms) or self._holds(v, forms) for k, v in value.items())
+        if isinstance(value, list | tuple):
+            return any(self._holds(v, forms) for v in value)
+        return False
 
     def _walk(self, value: Any, forms: tuple[str, ...]) -> Any:
         if isinstance(value, str):

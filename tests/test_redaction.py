@@ -78,7 +78,8 @@ def test_text_that_holds_no_secret_comes_back_as_it_was(secret: str, text: str) 
     registry = SecretRegistry()
     assume(registry.remember(secret) and secret not in text)
     assert registry.redact(text) is text
-    assert registry.redact({"a": [text]}) == {"a": [text]}
+    nested = {"a": [text, (text, 3)], text: None}
+    assert registry.redact(nested) is nested
 
 
 def test_a_secret_quoted_by_repr_or_json_is_redacted_too() -> None:
