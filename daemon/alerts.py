@@ -42,9 +42,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from . import templates
 from .durations import Duration
+from .environment import EnvSpec, ProgramEnv, program_env
 from .errors import AlertDeliveryError, CuedError
 from .logs import get_logger
-from .secrets import resolve_secret
+from .secrets import redact, remember_secret, resolve_secret
 from .store import OutboxRow, now
 
 if TYPE_CHECKING:
@@ -185,6 +186,10 @@ class CommandAlertConfig(_ChannelConfig):
     kind: Literal["command"]
     argv: list[str] = Field(min_length=1)
     """The program and its arguments (templates), run with no shell, in the config's folder."""
+    env: EnvSpec = Field(default_factory=dict)
+    """The program's environment besides the base (PATH, HOME, LANG, ...): ``["NAME",
+    "NAME=value"]`` (a name alone passes the daemon's variable through), or a table of
+    values; used as written, not templates. Nothing else of the daemon's is passed on."""
 
     template_keys: ClassVar[tuple[str, ...]] = ("argv",)
 
@@ -228,6 +233,8 @@ class Alerts:
         self._channels = {
             name: _channel(config, http, base_dir) for name, config in self.configs.items()
         }
+        for config in self.configs.values():
+            _remember_secrets(config, base_dir)
         self._wake: anyio.Event | None = None
         self._in_flight: set[str] = set()
         self.log = get_logger(component="alerts")
@@ -324,7 +331,8 @@ class Alerts:
             assert config is not None
             error = f"no answer within {config.timeout:g}s"
         except Exception as exc:  # noqa: BLE001 - a channel's failure is recorded, never raised
-            error = _describe(exc)
+            # a command's stderr, a server's answer: may quote a secret, and is stored
+            error = redact(_describe(exc))
         at = now()
         if error is None:
             update = replace(row, sent_at=at, attempts=attempt, last_error=None, next_at=at)
@@ -423,6 +431,17 @@ class _Channel(Protocol):
         """
 
 
+def _remember_secrets(config: AlertConfig, base_dir: Path) -> None:
+    """Have a channel's secrets redacted from the start, not only once it first sent an
+    alert: a task could print one before then."""
+    if isinstance(config, WebhookAlertConfig):
+        # a URL or a header given as itself is no secret (application/json is not)
+        for value in (config.url, *config.headers.values()):
+            remember_secret(value, base_dir, literal_is_secret=False)
+    elif isinstance(config, EmailAlertConfig) and config.password is not None:
+        remember_secret(config.password, base_dir)
+
+
 def _channel(config: AlertConfig, http: httpx.AsyncClient, base_dir: Path) -> _Channel:
     if isinstance(config, WebhookAlertConfig):
         return _Webhook(config, http, base_dir)
@@ -439,10 +458,13 @@ class _Webhook:
 
     async def send(self, row: OutboxRow) -> None:
         config = self.config
-        url = httpx.URL(resolve_secret(config.url, self.base_dir))
+        url = httpx.URL(resolve_secret(config.url, self.base_dir, literal_is_secret=False))
         headers = {
             "Content-Type": "application/json",
-            **{k: resolve_secret(v, self.base_dir) for k, v in config.headers.items()},
+            **{
+                k: resolve_secret(v, self.base_dir, literal_is_secret=False)
+                for k, v in config.headers.items()
+            },
             "Idempotency-Key": row.alert_id,
         }
         # no timeout of httpx's own: the sender's (``timeout``) bounds the whole delivery
@@ -547,11 +569,11 @@ class _Command:
     async def send(self, row: OutboxRow) -> None:
         ctx = _context(row)
         argv = [_text(templates.render(arg, ctx)) for arg in self.config.argv]
-        env = {
-            **os.environ,
-            "CUED_ALERT_ID": row.alert_id,
-            "CUED_ALERT_JSON": json.dumps(row.payload),
-        }
+        # not the daemon's environment: it holds the secrets that env: names
+        wanted = ProgramEnv.read(self.config.env)
+        env = program_env(wanted.names)
+        env.update(CUED_ALERT_ID=row.alert_id, CUED_ALERT_JSON=json.dumps(row.payload))
+        env.update(wanted.values)
         try:
             process = await anyio.open_process(
                 argv,

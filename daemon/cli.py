@@ -21,7 +21,7 @@ from . import approvals, repair, retention
 from .app import control_socket_path, open_runner, run_daemon
 from .config import load_config
 from .errors import ConfigError, CuedError, DaemonUnavailable, NotFound
-from .logs import configure_logging
+from .logs import configure_logging, get_logger
 from .sqlite import open_store
 from .store import now
 
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # errors raised inside a task group arrive wrapped in an exception group
         leaf = _leaf(exc)
         if isinstance(leaf, ConfigError):
-            for problem in leaf.problems:
+            for problem in [*leaf.problems, *leaf.warnings]:
                 sys.stderr.write(f"{problem}\n")
             sys.stderr.write(f"cued: {len(leaf.problems)} problem(s) in {args.config}\n")
             return 2
@@ -140,11 +140,17 @@ def _main(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     configure_logging(config.daemon.log_level)
     if args.command == "validate":
+        for warning in config.warnings:
+            sys.stderr.write(f"{warning}\n")
         pipelines = len(config.pipelines)
         tasks = sum(len(p.tasks) for p in config.pipelines.values())
-        _out(f"{args.config}: valid ({pipelines} pipelines, {tasks} tasks)")
+        warned = f", {len(config.warnings)} warning(s)" if config.warnings else ""
+        _out(f"{args.config}: valid ({pipelines} pipelines, {tasks} tasks{warned})")
         return 0
     if args.command == "run":
+        log = get_logger()
+        for warning in config.warnings:
+            log.warning("config_warning", problem=str(warning))
         anyio.run(run_daemon, config)
         return 0
     return anyio.run(_COMMANDS[args.command], config, args)

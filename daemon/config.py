@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from . import graph, templates
 from .alerts import ALERT_KINDS, AlertConfig
 from .durations import Duration
+from .environment import EnvName
 from .errors import ConfigError, ConfigProblem
 from .registry import source_kinds, task_kinds
 from .tomlpos import KeyLines
@@ -66,6 +67,9 @@ class DaemonConfig(_Model):
     """Modules (importable, or ``.py`` files relative to the config) that define pipelines
     with the Python API."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    task_env: list[EnvName] = Field(default_factory=list)
+    """Variables of the daemon's environment that every program a task starts gets,
+    besides the base (PATH, HOME, LANG, ...): nothing else of it is passed on."""
 
 
 class TaskConfig(BaseModel):
@@ -194,11 +198,18 @@ class Config(_Model):
     alerts: dict[str, AlertConfig] = Field(default_factory=dict)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _warnings: tuple[ConfigProblem, ...] = PrivateAttr(default=())
 
     @property
     def base_dir(self) -> Path:
         """The config file's folder: relative paths in it are relative to this."""
         return self._base_dir
+
+    @property
+    def warnings(self) -> tuple[ConfigProblem, ...]:
+        """What the check found that does not make the configuration invalid (a shell
+        command whose template is not quoted, say)."""
+        return self._warnings
 
     @property
     def state_path(self) -> Path:
@@ -252,6 +263,7 @@ def parse_config(text: str, *, file: str = "<config>", base_dir: Path | None = N
             checker.add(("daemon", "python_modules"), str(exc))
     config = checker.check(raw)
     config._base_dir = base_dir
+    config._warnings = tuple(checker.warnings)
     return config
 
 
@@ -260,11 +272,13 @@ class _Checker:
         self.file = file
         self.lines = lines
         self.problems: list[ConfigProblem] = []
+        self.warnings: list[ConfigProblem] = []
 
-    def add(self, path: tuple[str | int, ...], message: str) -> None:
-        self.problems.append(
-            ConfigProblem(self.file, self.lines.line_of(path), ".".join(map(str, path)), message)
+    def add(self, path: tuple[str | int, ...], message: str, *, warning: bool = False) -> None:
+        problem = ConfigProblem(
+            self.file, self.lines.line_of(path), ".".join(map(str, path)), message, warning
         )
+        (self.warnings if warning else self.problems).append(problem)
 
     def validate(
         self,
@@ -337,7 +351,7 @@ class _Checker:
         for name, alert in alerts.items():
             self.check_alert(name, alert, pipelines)
         if self.problems:
-            raise ConfigError(self.problems)
+            raise ConfigError(self.problems, self.warnings)
         return Config.model_validate(raw)
 
     def check_pipeline(self, name: str, raw: Any, pools: set[str]) -> None:
@@ -508,6 +522,10 @@ class _Checker:
         params_model = kinds[task.kind].Params
         known = (*_TASK_KEYS, *_keys(params_model))
         self.validate(params_model, task.params, at, known=known, rendered=True)
+        # what the rendered values cannot show: where a template may not be at all
+        if (template_problems := getattr(params_model, "template_problems", None)) is not None:
+            for problem in template_problems(task.params):
+                self.add((*at, *problem.key), problem.message, warning=problem.warning)
 
     def check_templates(
         self,

@@ -42,24 +42,31 @@ class CuedError(Exception):
 
 @dataclass(frozen=True)
 class ConfigProblem:
-    """One thing wrong with a configuration file, and where it is."""
+    """One thing wrong with a configuration file, and where it is; a ``warning`` leaves
+    the configuration valid (something legal but likely dangerous)."""
 
     file: str
     line: int | None
     path: str
     message: str
+    warning: bool = False
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
         key = f" {self.path}:" if self.path else ""
-        return f"{where}:{key} {self.message}"
+        level = " warning:" if self.warning else ""
+        return f"{where}:{key}{level} {self.message}"
 
 
 class ConfigError(CuedError):
-    """The configuration is invalid; ``problems`` lists every problem found, not only the first."""
+    """The configuration is invalid; ``problems`` lists every problem found, not only the
+    first, and ``warnings`` what was found besides that would not make it invalid."""
 
-    def __init__(self, problems: list[ConfigProblem]) -> None:
+    def __init__(
+        self, problems: list[ConfigProblem], warnings: list[ConfigProblem] | None = None
+    ) -> None:
         self.problems = problems
+        self.warnings = warnings or []
         lines = "\n".join(str(p) for p in problems)
         super().__init__(f"{len(problems)} problem(s) in the configuration:\n{lines}")
 

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     import structlog
     from pydantic import BaseModel
 
-__all__ = ["AwaitingDecision", "Meter", "Spending", "TaskContext", "TaskKind"]
+__all__ = ["AwaitingDecision", "Meter", "ParamProblem", "Spending", "TaskContext", "TaskKind"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,21 @@ class AwaitingDecision:
     timeout_s: float | None = None
     on_timeout: str = "fail"
     payload: Any = None
+
+
+@dataclass(frozen=True)
+class ParamProblem:
+    """Something ``cued validate`` finds in a task's parameters as written, beyond what
+    their model checks: a template where none may be, say (see :class:`TaskKind`).
+
+    :param key: where, under the task: ``("url",)``, ``("env", 0)``
+    :param message: what is wrong
+    :param warning: reported, but the configuration stays valid
+    """
+
+    key: tuple[str | int, ...]
+    message: str
+    warning: bool = False
 
 
 @dataclass
@@ -79,6 +94,9 @@ class TaskContext:
     :param http: the daemon's one shared HTTP client (one connection pool for all tasks)
     :param meter: where the attempt reports what it spent (AI steps)
     :param spending: what was spent already, by this run and today, for cost caps
+    :param pass_env: names of the daemon's environment variables that every program a
+        task starts gets (``[daemon] task_env``), besides the base; see
+        :func:`cued.daemon.environment.program_env`
     """
 
     run_id: str
@@ -91,6 +109,7 @@ class TaskContext:
     http: httpx.AsyncClient
     meter: Meter = field(default_factory=Meter)
     spending: Spending | None = None
+    pass_env: tuple[str, ...] = ()
 
 
 @runtime_checkable
@@ -106,6 +125,11 @@ class TaskKind(Protocol):
     once, after the last task has ended. ``execute`` raises
     :class:`~cued.daemon.errors.TaskError` (or any exception) to fail the attempt, and
     :class:`~cued.daemon.errors.PermanentTaskError` when retrying cannot help.
+
+    ``Params`` may also have a classmethod ``template_problems(params) -> Iterable[
+    ParamProblem]``, given the parameters as written (templates unrendered): ``cued
+    validate`` reports what it yields. It is for what the rendered values cannot show,
+    such as a template that would let event data choose a host or a program.
     """
 
     name: ClassVar[str]

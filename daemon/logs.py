@@ -1,4 +1,5 @@
-"""structlog set-up: JSON lines when not on a terminal, pretty on a terminal."""
+"""structlog set-up: JSON lines when not on a terminal, pretty on a terminal, and never a
+secret the daemon resolved (see :mod:`cued.daemon.secrets`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from typing import Any
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger"]
+from . import secrets
+
+__all__ = ["configure_logging", "get_logger", "redact_secrets"]
+
+#: Values a log line holds as they are; any other is checked as its ``repr``, which is
+#: what the JSON renderer prints of it.
+_PLAIN = (str, int, float, bool, type(None), list, tuple, dict)
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -29,12 +36,32 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_secrets,  # after the traceback became text: it may quote one too
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def redact_secrets(
+    logger: Any, method_name: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """A structlog processor: every secret the daemon resolved, replaced in the line's
+    values with ``[redacted]``."""
+    if not secrets.known():
+        return event_dict
+    redacted = {}
+    for key, value in event_dict.items():
+        if isinstance(value, _PLAIN):
+            redacted[key] = secrets.redact(value)
+        else:
+            # an exception, a path: printed as its repr, which may quote a secret
+            text = repr(value)
+            cleaned = secrets.redact_text(text)
+            redacted[key] = value if cleaned is text else cleaned
+    return redacted
 
 
 def get_logger(**bound: Any) -> structlog.typing.FilteringBoundLogger:

@@ -27,6 +27,7 @@ from .errors import InvalidRequest, NotFound, PermanentTaskError, TaskTimeout
 from .kinds import AwaitingDecision, Meter, TaskContext
 from .logs import get_logger
 from .plan import PipelinePlan
+from .secrets import redact
 from .sources import Event
 from .store import ApprovalRow, AttemptRow, InstanceRow, RunRow, new_id, now
 
@@ -357,6 +358,7 @@ class Runner:
                 http=self.http,
                 meter=meter,
                 spending=self._spending,
+                pass_env=tuple(self.config.daemon.task_env),
             )
             self.running_tasks += 1
             error: str | None = None
@@ -405,6 +407,9 @@ class Runner:
                 if self._draining and not self.running_tasks:
                     self._idle.set()
         ended_at = now()
+        # what is kept and shown holds no secret the daemon resolved, in memory as in the
+        # store, so that downstream tasks see the same after a restart as before one
+        output, error = redact(output), redact(error)
         if error is None and isinstance(output, AwaitingDecision):
             await self._await_decision(run, inst, start.attempt, started_at, output)
             return

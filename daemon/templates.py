@@ -11,12 +11,16 @@ Names a template may use:
 * ``tasks.NAME.output``    an upstream task's output (a list, for a mapped task)
 * ``item``                 the current element, in a mapped task
 * ``run.id``, ``run.pipeline``
+
+Besides Jinja's own filters, ``shell_quote`` (alias ``quote``) makes a value one word of a
+``/bin/sh`` command line, whatever it holds: ``echo {{ inputs.name | shell_quote }}``.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +31,16 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-__all__ = ["TemplateProblem", "has_template", "references", "render", "render_value"]
+__all__ = [
+    "SHELL_QUOTE_FILTERS",
+    "TemplateProblem",
+    "has_template",
+    "parse",
+    "references",
+    "render",
+    "render_value",
+    "shell_quote",
+]
 
 
 class _Environment(ImmutableSandboxedEnvironment):
@@ -58,9 +71,26 @@ def _defined(value: Any) -> Any:
     return value
 
 
+def shell_quote(value: Any) -> str:
+    """``value`` as one word of a POSIX shell command line (``shlex.quote``), so that
+    nothing in it is expanded or run: ``$(...)``, ``;``, quotes and spaces stay text.
+
+    A list or tuple becomes its items, each quoted, separated by spaces (one word each).
+    Anything else is quoted as the template would print it.
+    """
+    if isinstance(value, list | tuple):
+        return " ".join(shell_quote(item) for item in value)
+    _defined(value)
+    return shlex.quote(value if isinstance(value, str) else str(value))
+
+
+#: The names of :func:`shell_quote` among the filters.
+SHELL_QUOTE_FILTERS = frozenset({"shell_quote", "quote"})
+
 # ``finalize`` sees each ``{{ ... }}`` of a template rendered to a string before it is
 # printed; ``_compile`` applies ``_defined`` to a whole-expression's native value itself.
 _ENV = _Environment(undefined=StrictUndefined, autoescape=False, finalize=_defined)
+_ENV.filters.update(dict.fromkeys(SHELL_QUOTE_FILTERS, shell_quote))
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
 
 
@@ -121,6 +151,21 @@ def render_value(value: Any, context: Mapping[str, Any]) -> Any:
     return value
 
 
+def parse(text: str) -> nodes.Template:
+    """The syntax tree of a template, for checks of what it does (``cued validate``).
+
+    A string that is one whole ``{{ expression }}`` parses as a template printing it.
+
+    :raises TemplateProblem: if it does not parse
+    """
+    whole = _WHOLE.match(text)
+    source = "{{" + whole.group("expr") + "}}" if whole else text
+    try:
+        return _ENV.parse(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(f"template {text!r} does not parse: {exc.message}") from exc
+
+
 @dataclass(frozen=True)
 class Reference:
     """A name a template reads: ``("tasks", "extract")``, ``("inputs", "day")``, ``("item",)``."""
@@ -145,10 +190,8 @@ def references(value: Any) -> list[Reference]:
         return found
     if not isinstance(value, str) or not has_template(value):
         return found
+    tree = parse(value)
     try:
-        whole = _WHOLE.match(value)
-        source = "{{" + whole.group("expr") + "}}" if whole else value
-        tree = _ENV.parse(source)
         # The names the template reads from its context, as Jinja's compiler sees them: not
         # its globals (``range``), nor names it binds itself (``{% set %}``, loop targets
         # and ``loop``, macro parameters and ``caller``). Compiling also finds unknown

@@ -1,19 +1,40 @@
-"""The ``http`` task kind: send one HTTP request with the daemon's shared client."""
+"""The ``http`` task kind: send one HTTP request with the daemon's shared client.
+
+Where a request goes is the configuration's to say, not the event data's: ``cued
+validate`` refuses a template in the URL's scheme or host (it may give the path and
+query) unless the task lists the hosts it may reach in ``allow_hosts``, which are then
+checked before each request. What is kept of a response is at most ``max_output_bytes``
+of its body: more is not even read.
+"""
 
 from __future__ import annotations
 
+import codecs
+import ipaddress
 import json
+import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cued.daemon import templates
 from cued.daemon.errors import PermanentTaskError, TaskError
+from cued.daemon.kinds import ParamProblem
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
     from cued.daemon.kinds import TaskContext
 
 __all__ = ["HttpParams", "HttpTask"]
+
+#: How much of a response's body is kept by default: 1 MiB.
+DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
+
+#: A URL's scheme and authority, written out up to where its path, query or fragment
+#: starts: what a URL must start with before its first template.
+_LITERAL_ORIGIN = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*[/?#]")
 
 #: How much of an unexpected response's body an error message quotes.
 _ERROR_BODY_CHARS = 500
@@ -34,6 +55,12 @@ class HttpParams(BaseModel):
     :param json: a value to send as a JSON body (``json`` and ``body`` exclude each other)
     :param body: a text body, sent as UTF-8
     :param expected_status: the statuses that count as success; by default any 2xx
+    :param allow_hosts: the hosts the request may go to, ``api.example.com``, an IP
+        address, or ``*.example.com`` (any name below ``example.com``, not an address);
+        checked, with the scheme (http or https), before each request; any port. With
+        it, a template may choose the host.
+    :param max_output_bytes: how much of the response's body is read and kept; the
+        output of a longer one says ``"truncated": true``
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -45,6 +72,32 @@ class HttpParams(BaseModel):
     json_body: Any = Field(default=None, alias="json")
     body: str | None = None
     expected_status: list[int] | None = Field(default=None, min_length=1)
+    allow_hosts: list[str] | None = Field(default=None, min_length=1)
+    max_output_bytes: int = Field(default=DEFAULT_MAX_OUTPUT_BYTES, ge=0)
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [_host_pattern(host) for host in value]
+
+    @classmethod
+    def template_problems(cls, params: Mapping[str, Any]) -> Iterator[ParamProblem]:
+        """A template in the URL's scheme or host, without ``allow_hosts``: refused, since
+        event data would choose where the request (and its headers) go."""
+        url = params.get("url")
+        if not isinstance(url, str) or not templates.has_template(url):
+            return
+        if "allow_hosts" in params:
+            return  # checked before each request
+        starts = [i for i in (url.find("{{"), url.find("{%")) if i >= 0]
+        if not _LITERAL_ORIGIN.match(url[: min(starts)]):
+            yield ParamProblem(
+                ("url",),
+                "a template may not choose the URL's scheme or host (event data would "
+                "choose where the request goes): write them out, as in "
+                "'https://api.example.com/{{ ... }}', or list the hosts it may reach in "
+                "allow_hosts",
+            )
 
     @field_validator("method")
     @classmethod
@@ -74,7 +127,10 @@ class HttpParams(BaseModel):
 class HttpTask:
     """Send one HTTP request and succeed with ``{"status": ..., "body": ...}``.
 
-    The body is the parsed JSON when the response says it is JSON, else the text. Every
+    The body is the parsed JSON when the response says it is JSON, else the text. A body
+    longer than ``max_output_bytes`` is cut there, kept as text (cut JSON does not parse),
+    and the output says so: ``"truncated": true`` and ``"content_length"`` (the
+    response's ``Content-Length`` header, ``None`` if it had none). Every
     request carries the attempt's ``Idempotency-Key``, the same on each retry, so a service
     that deduplicates can tell a retry from a new request.
     """
@@ -87,7 +143,8 @@ class HttpTask:
 
         :param params: the validated parameters
         :param ctx: the attempt's context
-        :return: ``{"status": <int>, "body": <parsed JSON or text>}``
+        :return: ``{"status": <int>, "body": <parsed JSON or text>}``, with
+            ``"truncated": true`` and ``"content_length"`` if the body was cut
         :raises PermanentTaskError: if the URL is unusable, or the response has an
             unexpected 4xx status other than 408, 425 and 429
         :raises TaskError: if the request fails on the network, or the response has any
@@ -107,9 +164,13 @@ class HttpTask:
 
         what = f"{params.method} {params.url!r}"
         try:
-            response = await ctx.http.request(
-                params.method, params.url, headers=headers, content=content
-            )
+            url = httpx.URL(params.url)
+            if params.allow_hosts is not None:
+                _check_allowed(url, params.allow_hosts, what)
+            async with ctx.http.stream(
+                params.method, url, headers=headers, content=content
+            ) as response:
+                data, truncated = await _read(response, params.max_output_bytes)
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise PermanentTaskError(f"{what} cannot be sent: {exc}") from exc
         except httpx.HTTPError as exc:
@@ -117,15 +178,24 @@ class HttpTask:
 
         status = response.status_code
         if not _is_expected(status, params.expected_status):
+            # at most 4 bytes a character: enough bytes for the characters quoted
+            quoted = _text(response, data[: _ERROR_BODY_CHARS * 4], final=False)
             message = (
-                f"{what} answered with unexpected status {status}: "
-                f"{response.text[:_ERROR_BODY_CHARS]!r}"
+                f"{what} answered with unexpected status {status}: {quoted[:_ERROR_BODY_CHARS]!r}"
             )
             if 400 <= status < 500 and status not in _RETRYABLE_4XX:
                 raise PermanentTaskError(message)
             raise TaskError(message)
 
-        return {"status": status, "body": _parse_body(response, ctx)}
+        if truncated:
+            # a cut JSON body does not parse: the text of what was kept, and a note
+            return {
+                "status": status,
+                "body": _text(response, data, final=False),
+                "truncated": True,
+                "content_length": _content_length(response),
+            }
+        return {"status": status, "body": _parse_body(response, data, ctx)}
 
 
 def _is_expected(status: int, expected: list[int] | None) -> bool:
@@ -134,17 +204,92 @@ def _is_expected(status: int, expected: list[int] | None) -> bool:
     return status in expected
 
 
-def _parse_body(response: httpx.Response, ctx: TaskContext) -> Any:
+def _host_pattern(host: str) -> str:
+    """An ``allow_hosts`` entry, lower-cased, without brackets or a final dot.
+
+    :raises ValueError: if it is not a host name, an IP address or ``*.domain``
+    """
+    pattern = host.strip().lower().rstrip(".")
+    if pattern.startswith("[") and pattern.endswith("]"):
+        pattern = pattern[1:-1]
+    name = pattern.removeprefix("*.")
+    if (
+        not name
+        or any(c in name for c in "/@?#*[] \t")
+        or (":" in name and name.count(":") < 2)  # not IPv6: a port
+    ):
+        raise ValueError(
+            f"{host!r} is not a host ('api.example.com', '*.example.com', an IP address; "
+            "no scheme, port or path)"
+        )
+    return pattern
+
+
+def _check_allowed(url: httpx.URL, allow_hosts: list[str], what: str) -> None:
+    """:raises PermanentTaskError: if ``url`` is not http(s) to a host of ``allow_hosts``"""
+    if url.scheme not in ("http", "https"):
+        raise PermanentTaskError(
+            f"{what} was not sent: its scheme {url.scheme!r} is not http or https"
+        )
+    host = url.host.lower().rstrip(".")
+    # a wildcard is for names: "*.0.0.1" must not let through every address ending so
+    named = not _is_ip_address(host)
+    for pattern in allow_hosts:
+        if host == pattern or (named and pattern.startswith("*.") and host.endswith(pattern[1:])):
+            return
+    raise PermanentTaskError(
+        f"{what} was not sent: its host {host!r} is not in allow_hosts ({', '.join(allow_hosts)})"
+    )
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def _read(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """The body, up to ``limit`` bytes (decoded from its ``Content-Encoding``), and
+    whether there was more; what is past the limit is never read."""
+    data = bytearray()
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) > limit:
+            del data[limit:]
+            return bytes(data), True
+    return bytes(data), False
+
+
+def _text(response: httpx.Response, data: bytes, *, final: bool = True) -> str:
+    """``data`` decoded as the response's charset says (UTF-8 if it says none), bad bytes
+    replaced; with ``final`` false, a character cut at the end is left out."""
+    try:
+        decoder = codecs.getincrementaldecoder(response.charset_encoding or "utf-8")
+    except LookupError:  # a charset Python does not know
+        decoder = codecs.getincrementaldecoder("utf-8")
+    return decoder(errors="replace").decode(data, final=final)
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    try:
+        return int(response.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _parse_body(response: httpx.Response, data: bytes, ctx: TaskContext) -> Any:
     media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
-        return response.text
-    if not response.content:
+        return _text(response, data)
+    if not data:
         # A 204, say, often keeps its Content-Type but has no body.
         return None
     try:
-        return response.json()
+        return json.loads(data)
     except ValueError:
         # A server mislabelling its body should not fail a request that succeeded;
         # downstream tasks still get what was sent.
         ctx.log.warning("http_body_not_json", status=response.status_code)
-        return response.text
+        return _text(response, data)

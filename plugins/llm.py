@@ -38,10 +38,12 @@ from pydantic import (
     field_validator,
 )
 
+from cued.daemon import secrets, templates
 from cued.daemon.errors import PermanentTaskError, TaskError
+from cued.daemon.kinds import ParamProblem
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
     from cued.daemon.kinds import TaskContext
 
@@ -135,6 +137,21 @@ class LlmParams(BaseModel):
     max_cost_per_run: float | None = Field(default=None, ge=0)
     max_cost_per_day: float | None = Field(default=None, ge=0)
     max_429_retries: int = Field(default=5, ge=0)
+
+    @classmethod
+    def template_problems(cls, params: Mapping[str, Any]) -> Iterator[ParamProblem]:
+        """A template in ``base_url`` or ``api_key``: refused. Event data choosing the
+        server would have the key sent to it; choosing the key's variable or file would
+        send any of the daemon's secrets to the server."""
+        for key in ("base_url", "api_key"):
+            if templates.has_template(params.get(key)):
+                yield ParamProblem(
+                    (key,),
+                    "must be written out, not a template: event data would choose "
+                    + (
+                        "where the api key is sent" if key == "base_url" else "which secret is sent"
+                    ),
+                )
 
     @field_validator("api_key")
     @classmethod
@@ -282,6 +299,7 @@ async def _resolve_key(value: str) -> str:
     key = key.strip()
     if not key:
         raise PermanentTaskError(f"api_key: {source} is empty")
+    secrets.remember(key)  # an answer or an error that quotes it has it redacted
     return key
 
 

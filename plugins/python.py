@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field
 
+from cued.daemon import templates
 from cued.daemon.errors import PermanentTaskError
+from cued.daemon.kinds import ParamProblem
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator, Mapping
 
     from cued.daemon.kinds import TaskContext
 
@@ -37,6 +39,17 @@ class PythonParams(BaseModel):
 
     function: str = Field(pattern=_FUNCTION_PATTERN)
     args: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def template_problems(cls, params: Mapping[str, Any]) -> Iterator[ParamProblem]:
+        """A template in ``function``: refused, since event data could then call any
+        function of any module (``os:system``)."""
+        if templates.has_template(params.get("function")):
+            yield ParamProblem(
+                ("function",),
+                "must be written out, not a template: event data could call any function "
+                "(os:system); pass what varies in args",
+            )
 
 
 @dataclass(frozen=True)

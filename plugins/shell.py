@@ -1,4 +1,9 @@
-"""The ``shell`` task kind: run a program and keep the tail of what it prints."""
+"""The ``shell`` task kind: run a program and keep the tail of what it prints.
+
+The program does not inherit the daemon's environment, which holds the secrets that
+``env:`` names: it gets a small base, the names ``[daemon] task_env`` and the task's
+``env`` let through, and the values ``env`` sets (see :mod:`cued.daemon.environment`).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,17 @@ import subprocess
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
+from jinja2 import nodes
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cued.daemon import templates
+from cued.daemon.environment import EnvSpec, ProgramEnv, program_env
 from cued.daemon.errors import PermanentTaskError, TaskError
+from cued.daemon.kinds import ParamProblem
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
     from anyio.abc import ByteReceiveStream, Process
 
     from cued.daemon.kinds import TaskContext
@@ -31,8 +42,12 @@ class ShellParams(BaseModel):
 
     :param argv: the program and its arguments, run directly with no shell in between
     :param command: a command line, run by ``/bin/sh -c``; only this form expands
-        variables, globs and pipes
-    :param env: variables set over the daemon's own environment
+        variables, globs and pipes. A template in it should go through ``shell_quote``
+        (``cued validate`` warns otherwise): event data would be run as shell code.
+    :param env: what the program's environment holds besides the base and ``[daemon]
+        task_env``: ``["NAME", "NAME=value"]`` (a name alone is passed through from the
+        daemon's environment, if set there), or a table of values. Names are written
+        out; values may be templates.
     :param cwd: the working directory, by default the daemon's
     :param output_tail_bytes: how many of the last bytes of stdout and of stderr to keep
         (each); the rest is read and dropped, so a chatty program cannot exhaust memory
@@ -42,7 +57,7 @@ class ShellParams(BaseModel):
 
     argv: list[str] | None = Field(default=None, min_length=1)
     command: str | None = Field(default=None, min_length=1)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvSpec = Field(default_factory=dict)
     cwd: str | None = None
     output_tail_bytes: int = Field(default=64 * 1024, ge=0)
 
@@ -51,6 +66,25 @@ class ShellParams(BaseModel):
         if (self.argv is None) == (self.command is None):
             raise ValueError("give exactly one of 'argv' and 'command'")
         return self
+
+    @classmethod
+    def template_problems(cls, params: Mapping[str, Any]) -> Iterator[ParamProblem]:
+        """Names in ``env`` that a template would choose (event data picking which of
+        the daemon's variables, its secrets, to pass on): refused. A template in
+        ``command`` that is not made one word by ``shell_quote``: a warning."""
+        env = params.get("env")
+        if isinstance(env, str) and templates.has_template(env):
+            yield ParamProblem(("env",), "must be written out, not a template")
+        for index, item in enumerate(env if isinstance(env, list) else ()):
+            if isinstance(item, str) and templates.has_template(item.partition("=")[0]):
+                yield ParamProblem(
+                    ("env", index),
+                    f"{item!r}: a variable's name must be written out, not a template "
+                    "(a template may give the value, after NAME=)",
+                )
+        command = params.get("command")
+        if isinstance(command, str) and templates.has_template(command):
+            yield from _unquoted(command)
 
 
 class ShellTask:
@@ -90,15 +124,16 @@ class ShellTask:
 
         # What the program needs to deduplicate its own side effects across retries and
         # restarts: the idempotency key is the same on every attempt of this instance.
-        env = {
-            **os.environ,
-            "CUED_RUN_ID": ctx.run_id,
-            "CUED_PIPELINE": ctx.pipeline,
-            "CUED_TASK": ctx.task,
-            "CUED_ATTEMPT": str(ctx.attempt),
-            "CUED_IDEMPOTENCY_KEY": ctx.idempotency_key,
-            **params.env,
-        }
+        wanted = ProgramEnv.read(params.env)
+        env = program_env((*ctx.pass_env, *wanted.names))
+        env.update(
+            CUED_RUN_ID=ctx.run_id,
+            CUED_PIPELINE=ctx.pipeline,
+            CUED_TASK=ctx.task,
+            CUED_ATTEMPT=str(ctx.attempt),
+            CUED_IDEMPOTENCY_KEY=ctx.idempotency_key,
+        )
+        env.update(wanted.values)
         try:
             process = await anyio.open_process(
                 command,
@@ -193,6 +228,65 @@ class _Tail:
                 start += 1
             data = data[start:]
         return data.decode("utf-8", errors="replace")
+
+
+def _unquoted(command: str) -> Iterator[ParamProblem]:
+    """A warning for each ``{{ expression }}`` of ``command`` that the shell could read as
+    more than one word of text: not passed through ``shell_quote`` last, or inside quotes
+    (where its own quotes are text, and ``"$(...)"`` still runs)."""
+    try:
+        tree = templates.parse(command)
+    except templates.TemplateProblem:
+        return  # reported with the other template checks
+    quote: str | None = None  # the quote the text so far leaves open
+    for output in tree.find_all(nodes.Output):
+        for node in output.nodes:
+            if isinstance(node, nodes.TemplateData):
+                quote = _quote_after(node.data, quote)
+                continue
+            what = _expression(node)
+            if not (isinstance(node, nodes.Filter) and node.name in templates.SHELL_QUOTE_FILTERS):
+                yield ParamProblem(
+                    ("command",),
+                    f"{{{{ {what} }}}} is run as shell code if it holds any (;, $(...), "
+                    f"quotes): write {{{{ {what} | shell_quote }}}}, or use argv",
+                    warning=True,
+                )
+            elif quote is not None:
+                yield ParamProblem(
+                    ("command",),
+                    f"{{{{ {what} }}}} is inside {quote}...{quote}: shell_quote quotes it "
+                    "already, leave the quotes out",
+                    warning=True,
+                )
+
+
+def _quote_after(text: str, quote: str | None) -> str | None:
+    """The quote left open after ``text``, which starts with ``quote`` open."""
+    escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote is None and char in "'\"":
+            quote = char
+        elif char == quote:
+            quote = None
+    return quote
+
+
+def _expression(node: nodes.Node) -> str:
+    """A short text for an expression, as it would be written (``inputs.name``)."""
+    if isinstance(node, nodes.Name):
+        return node.name
+    if isinstance(node, nodes.Getattr):
+        return f"{_expression(node.node)}.{node.attr}"
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+        return f"{_expression(node.node)}[{node.arg.value!r}]"
+    if isinstance(node, nodes.Filter) and node.node is not None:
+        return f"{_expression(node.node)} | {node.name}"
+    return "..."
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:

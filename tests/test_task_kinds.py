@@ -378,9 +378,7 @@ def test_shell_params_need_exactly_one_of_argv_and_command(values: dict[str, Any
         ShellTask.Params.model_validate(values)
 
 
-async def test_shell_merges_env_over_the_daemons_and_runs_in_cwd(
-    ctx: TaskContext, tmp_path: Path
-) -> None:
+async def test_shell_sets_env_and_runs_in_cwd(ctx: TaskContext, tmp_path: Path) -> None:
     params = _params(
         ShellTask,
         argv=_py("""

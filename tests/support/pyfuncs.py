@@ -55,3 +55,8 @@ def wait_for_release() -> str:
         return "released"
     finally:
         RELEASED.set()
+
+
+def log_text(ctx: TaskContext, text: str) -> None:
+    """Log ``text`` with the task's logger, at warning level (the tests' level)."""
+    ctx.log.warning("task_says", text=text)

@@ -1,0 +1,453 @@
+"""Event data stays data: it is not run as shell code, does not choose the function a
+python task calls, nor the host an http or llm task sends its request (and key) to."""
+
+from __future__ import annotations
+
+import subprocess
+from textwrap import dedent
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from cued.daemon.config import parse_config
+from cued.daemon.errors import ConfigError, PermanentTaskError
+from cued.daemon.kinds import TaskContext
+from cued.daemon.templates import render, shell_quote
+from cued.plugins.http import HttpTask
+from cued.plugins.shell import ShellParams
+from tests.support.daemon import cued
+from tests.support.http_server import serve_app
+from tests.support.running import daemon_running, wait_finished
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from starlette.requests import Request
+
+    from cued.daemon.errors import ConfigProblem
+
+# -- shell_quote -----------------------------------------------------------------------------
+
+#: What an argument of a program can hold: any text but NUL (surrogates do not encode).
+arguments = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=arguments)
+def test_shell_quote_makes_any_text_one_word_that_sh_prints_back(text: str) -> None:
+    command = render("printf %s {{ x | shell_quote }}", {"x": text})
+    done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, check=True)
+    assert done.stdout == text.encode()
+
+
+def test_shell_quote_makes_each_item_of_a_list_a_word_and_quote_is_its_alias() -> None:
+    assert render("{{ x | shell_quote }}", {"x": ["a b", "$c", 3]}) == "'a b' '$c' 3"
+    assert render("echo {{ x | quote }}", {"x": "it's"}) == shell_quote_of("echo", "it's")
+
+
+def shell_quote_of(*words: str) -> str:
+    return " ".join([words[0], *(shell_quote(w) for w in words[1:])])
+
+
+WEBHOOK = """
+[http]
+listen = "127.0.0.1:0"
+[daemon]
+state = "state.db"
+
+[sources.hooks]
+kind = "webhook"
+path = "/hooks/in"
+signature = "none"
+
+[[triggers]]
+source = "hooks"
+pipeline = "echo"
+inputs = { x = "{{ event.data.x }}" }
+
+[pipelines.echo]
+inputs = { x = "" }
+[pipelines.echo.tasks.say]
+kind = "shell"
+command = "echo {{ inputs.x | shell_quote }}"
+"""
+
+
+async def test_a_webhook_body_given_to_a_quoted_command_is_printed_not_run(
+    make_config, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("SECRET", "the-daemons-own")
+    pwned = tmp_path / "pwned"
+    body = f"$(touch {pwned}); echo INJECTED-$SECRET `touch {pwned}` ' \" \\"
+    async with daemon_running(make_config(WEBHOOK)) as info:
+        host, port = info.http_address
+        async with httpx.AsyncClient(timeout=10) as client:
+            hook = await client.post(f"http://{host}:{port}/hooks/in", json={"x": body})
+        assert hook.status_code == 202, hook.text
+        (run_id,) = hook.json()["runs"]
+        (row,) = await wait_finished(info, [run_id])
+        found = await info.runner.store.run_state(run_id)
+    assert row.state == "succeeded", row.error
+    assert found is not None
+    assert found[2]["say"]["stdout"] == body + "\n"
+    assert not pwned.exists()
+
+
+# -- cued validate: warnings -----------------------------------------------------------------
+
+SHELL = """\
+[pipelines.p]
+inputs = {{ x = "", n = 1 }}
+[pipelines.p.tasks.t]
+kind = "shell"
+command = {command}
+"""
+
+
+def warnings_of(command: str) -> list[ConfigProblem]:
+    config = parse_config(SHELL.format(command=command), file="config.toml")
+    return list(config.warnings)
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        pytest.param('"echo {{ inputs.x }}"', "{{ inputs.x | shell_quote }}", id="bare"),
+        pytest.param('"{{ inputs.x }}"', "{{ inputs.x | shell_quote }}", id="whole-command"),
+        pytest.param(
+            '"echo {{ inputs.x | shell_quote | upper }}"',
+            "{{ inputs.x | shell_quote | upper | shell_quote }}",
+            id="quoted-then-changed",
+        ),
+        pytest.param(
+            '"{% if inputs.n %}rm {{ inputs.x }}{% endif %}"',
+            "{{ inputs.x | shell_quote }}",
+            id="inside-a-block",
+        ),
+        pytest.param(
+            "'echo \"{{ inputs.x | shell_quote }}\"'", 'inside "..."', id="inside-double-quotes"
+        ),
+        pytest.param(
+            "\"echo '{{ inputs.x | shell_quote }}'\"", "inside '...'", id="inside-single-quotes"
+        ),
+    ],
+)
+def test_validate_warns_of_a_command_template_the_shell_would_run(command, words) -> None:
+    (warning,) = warnings_of(command)
+    assert warning.warning
+    assert (warning.line, warning.path) == (5, "pipelines.p.tasks.t.command")
+    assert words in warning.message
+    assert str(warning).startswith("config.toml:5: pipelines.p.tasks.t.command: warning: ")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param('"echo {{ inputs.x | shell_quote }}"', id="quoted"),
+        pytest.param('"echo {{ inputs.x | quote }} > out"', id="alias"),
+        pytest.param('"echo {{ inputs.x | default(1) | shell_quote }}"', id="quoted-last"),
+        pytest.param("\"echo 'it''s' {{ inputs.x | shell_quote }}\"", id="after-closed-quotes"),
+        pytest.param('"echo \\\\\\" {{ inputs.x | shell_quote }}"', id="after-escaped-quote"),
+        pytest.param('"echo $HOME"', id="no-template"),
+    ],
+)
+def test_validate_is_quiet_about_a_command_whose_templates_are_quoted(command) -> None:
+    assert warnings_of(command) == []
+
+
+def test_cued_validate_prints_the_warning_and_succeeds(tmp_path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(SHELL.format(command='"echo {{ inputs.x }}"'))
+    done = cued(config, "validate")
+    assert done.returncode == 0, done.stderr
+    assert "valid (1 pipelines, 1 tasks, 1 warning(s))" in done.stdout
+    assert f"{config}:5: pipelines.p.tasks.t.command: warning: " in done.stderr
+
+
+def test_warnings_are_listed_with_the_errors_of_an_invalid_file() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(SHELL.format(command='"echo {{ inputs.x }}"') + "retries = -1\n")
+    assert [p.path for p in info.value.problems] == ["pipelines.p.tasks.t.retries"]
+    assert [p.path for p in info.value.warnings] == ["pipelines.p.tasks.t.command"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(command=st.text(alphabet="{}%|'\"\\ $ab.xinputs_quote", max_size=40))
+def test_the_command_check_copes_with_any_text(command: str) -> None:
+    for problem in ShellParams.template_problems({"command": command}):
+        assert problem.key == ("command",)
+
+
+# -- cued validate: refusals -----------------------------------------------------------------
+
+PIPELINE = """\
+[pipelines.p]
+inputs = { x = "", url = "", host = "", f = "" }
+[pipelines.p.tasks.t]
+"""
+
+
+def refusals_of(task: str) -> list[ConfigProblem]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(PIPELINE + dedent(task), file="config.toml")
+    return info.value.problems
+
+
+@pytest.mark.parametrize(
+    ("task", "key", "words"),
+    [
+        pytest.param(
+            'kind = "python"\nfunction = "{{ inputs.f }}"\n',
+            "function",
+            "could call any function",
+            id="python-function",
+        ),
+        pytest.param(
+            'kind = "python"\nfunction = "os:{{ inputs.f }}"\n',
+            "function",
+            "could call any function",
+            id="python-function-part",
+        ),
+        pytest.param(
+            'kind = "llm"\nbase_url = "{{ inputs.url }}"\nmodel = "m"\n'
+            'messages = [{ role = "user", content = "hi" }]\n',
+            "base_url",
+            "where the api key is sent",
+            id="llm-base-url",
+        ),
+        pytest.param(
+            'kind = "llm"\nbase_url = "https://{{ inputs.host }}/v1"\nmodel = "m"\n'
+            'messages = [{ role = "user", content = "hi" }]\n',
+            "base_url",
+            "where the api key is sent",
+            id="llm-base-url-host",
+        ),
+        pytest.param(
+            'kind = "llm"\nbase_url = "https://api.example.com/v1"\nmodel = "m"\n'
+            'api_key = "env:{{ inputs.x }}"\nmessages = [{ role = "user", content = "hi" }]\n',
+            "api_key",
+            "which secret is sent",
+            id="llm-api-key",
+        ),
+        pytest.param(
+            'kind = "http"\nurl = "http://{{ inputs.host }}/x"\n',
+            "url",
+            "scheme or host",
+            id="http-host",
+        ),
+        pytest.param(
+            'kind = "http"\nurl = "{{ inputs.url }}"\n', "url", "scheme or host", id="http-whole"
+        ),
+        pytest.param(
+            'kind = "http"\nurl = "http://example.com{{ inputs.x }}"\n',
+            "url",
+            "scheme or host",
+            id="http-right-after-the-host",
+        ),
+        pytest.param(
+            'kind = "http"\nurl = "http://example.com:{{ inputs.x }}/"\n',
+            "url",
+            "scheme or host",
+            id="http-port",
+        ),
+        pytest.param(
+            'kind = "http"\nurl = "{{ inputs.x }}://example.com/"\n',
+            "url",
+            "scheme or host",
+            id="http-scheme",
+        ),
+        pytest.param(
+            'kind = "shell"\nargv = ["env"]\nenv = ["{{ inputs.x }}"]\n',
+            "env.0",
+            "must be written out",
+            id="shell-env-name",
+        ),
+        pytest.param(
+            'kind = "shell"\nargv = ["env"]\nenv = "{{ inputs.x }}"\n',
+            "env",
+            "must be written out",
+            id="shell-env-whole",
+        ),
+    ],
+)
+def test_validate_refuses_a_template_that_would_choose_code_or_destination(task, key, words):
+    (problem,) = refusals_of(task)
+    assert problem.path == f"pipelines.p.tasks.t.{key}"
+    assert not problem.warning
+    assert words in problem.message
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        pytest.param('kind = "http"\nurl = "http://example.com/{{ inputs.x }}"\n', id="path"),
+        pytest.param('kind = "http"\nurl = "https://example.com?q={{ inputs.x }}"\n', id="query"),
+        pytest.param(
+            'kind = "http"\nurl = "http://{{ inputs.host }}/x"\nallow_hosts = ["api.example.com"]\n',
+            id="host-with-allow-hosts",
+        ),
+        pytest.param(
+            'kind = "shell"\nargv = ["env"]\nenv = ["MODE={{ inputs.x }}", "HOME"]\n',
+            id="env-value",
+        ),
+        pytest.param(
+            'kind = "shell"\nargv = ["env"]\nenv = { MODE = "{{ inputs.x }}" }\n', id="env-table"
+        ),
+    ],
+)
+def test_validate_accepts_templates_that_choose_no_destination(task) -> None:
+    config = parse_config(PIPELINE + dedent(task), file="config.toml")
+    assert config.warnings == ()
+
+
+def test_allow_hosts_must_be_hosts() -> None:
+    problems = refusals_of(
+        'kind = "http"\nurl = "http://{{ inputs.host }}/"\n'
+        'allow_hosts = ["https://api.example.com", "api.example.com:443", "*"]\n'
+    )
+    assert [p.path for p in problems] == ["pipelines.p.tasks.t.allow_hosts"]
+    assert "'https://api.example.com' is not a host" in problems[0].message
+
+
+# -- allow_hosts at run time -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        pytest.param("api.example.com", True, id="listed"),
+        pytest.param("API.Example.COM.", True, id="case-and-final-dot"),
+        pytest.param("a.b.internal.example.com", True, id="below-a-wildcard"),
+        pytest.param("internal.example.com", False, id="the-wildcards-own-domain"),
+        pytest.param("evilinternal.example.com", False, id="not-a-label-below"),
+        pytest.param("api.example.com.evil.org", False, id="listed-name-as-a-prefix"),
+        pytest.param("[::1]", True, id="ipv6"),
+        pytest.param("10.0.0.1", False, id="address-not-listed"),
+    ],
+)
+def test_allow_hosts_match_names_wildcards_and_addresses(host: str, allowed: bool) -> None:
+    from cued.plugins.http import _check_allowed
+
+    params = HttpTask.Params.model_validate(
+        {"url": "http://x/", "allow_hosts": ["api.example.com", "*.internal.example.com", "[::1]"]}
+    )
+    assert params.allow_hosts is not None
+    url = httpx.URL(f"https://{host}:8443/path")
+    if allowed:
+        _check_allowed(url, params.allow_hosts, "GET")
+    else:
+        with pytest.raises(PermanentTaskError, match="is not in allow_hosts"):
+            _check_allowed(url, params.allow_hosts, "GET")
+
+
+@pytest.fixture
+async def http_client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+@pytest.fixture
+def ctx(http_client: httpx.AsyncClient) -> TaskContext:
+    return TaskContext(
+        run_id="run-1",
+        pipeline="p",
+        task="t",
+        map_index=None,
+        attempt=1,
+        idempotency_key="run-1/t",
+        log=structlog.get_logger(),
+        http=http_client,
+    )
+
+
+def counting_app(hits: list[str]) -> Starlette:
+    async def anything(request: Request) -> PlainTextResponse:
+        hits.append(str(request.url))
+        return PlainTextResponse("reached")
+
+    return Starlette(routes=[Route("/{path:path}", anything, methods=["GET"])])
+
+
+async def fetch(ctx: TaskContext, url: str, allow_hosts: list[str]) -> Any:
+    params = HttpTask.Params.model_validate({"url": url, "allow_hosts": allow_hosts})
+    return await HttpTask().execute(params, ctx)
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_hosts", "words"),
+    [
+        pytest.param(
+            "http://localhost:{port}/x",
+            ["127.0.0.1"],
+            "host 'localhost' is not in",
+            id="other-name",
+        ),
+        pytest.param(
+            "http://api.example.com@127.0.0.1:{port}/x",
+            ["api.example.com"],
+            "host '127.0.0.1' is not in",
+            id="userinfo-trick",
+        ),
+        pytest.param(
+            "http://127.0.0.1:{port}/x",
+            ["*.0.0.1", "api.example.com"],
+            "host '127.0.0.1' is not in allow_hosts (*.0.0.1, api.example.com)",
+            id="a-wildcard-matches-no-address",
+        ),
+        pytest.param(
+            "ftp://127.0.0.1:{port}/x", ["127.0.0.1"], "scheme 'ftp' is not http", id="scheme"
+        ),
+    ],
+)
+async def test_a_host_outside_allow_hosts_fails_the_task_before_any_request(
+    ctx, url, allow_hosts, words
+) -> None:
+    hits: list[str] = []
+    async with serve_app(counting_app(hits)) as base:
+        port = httpx.URL(base).port
+        with pytest.raises(PermanentTaskError, match="was not sent") as info:
+            await fetch(ctx, url.format(port=port), allow_hosts)
+        # the same server answers a request to a host that is allowed
+        reached = await fetch(ctx, f"{base}/ok", ["127.0.0.1"])
+    assert words in str(info.value)
+    assert reached == {"status": 200, "body": "reached"}
+    assert hits == [f"{base}/ok"]
+
+
+async def test_a_templated_host_in_allow_hosts_is_reached_and_one_outside_is_not(
+    make_config,
+) -> None:
+    hits: list[str] = []
+    async with serve_app(counting_app(hits)) as base:
+        port = httpx.URL(base).port
+        config = make_config(
+            f"""
+[http]
+listen = ""
+[daemon]
+state = "state.db"
+[pipelines.get]
+inputs = {{ host = "" }}
+[pipelines.get.tasks.fetch]
+kind = "http"
+url = "http://{{{{ inputs.host }}}}:{port}/from-{{{{ inputs.host }}}}"
+allow_hosts = ["127.0.0.1", "*.example.com"]
+"""
+        )
+        async with daemon_running(config) as info:
+            allowed = await info.runner.submit("get", {"host": "127.0.0.1"})
+            refused = await info.runner.submit("get", {"host": "localhost"})
+            ok, failed = await wait_finished(info, [allowed, refused])
+    assert ok.state == "succeeded"
+    assert failed.state == "failed"
+    assert "host 'localhost' is not in allow_hosts (127.0.0.1, *.example.com)" in (
+        failed.error or ""
+    )
+    assert hits == [f"{base}/from-127.0.0.1"]
