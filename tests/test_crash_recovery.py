@@ -3,6 +3,7 @@ task that had succeeded runs again."""
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
 
 from tests.support.daemon import Daemon, cued, query, wait_for
@@ -124,7 +125,8 @@ shutdown_grace = "20s"
 [pipelines.two]
 [pipelines.two.tasks.a]
 kind = "shell"
-command = "echo start a >> {ledger}; sleep 1; echo end a >> {ledger}"
+# a holds until the test has seen the daemon begin to stop, then ends within the grace
+command = "echo start a >> {ledger}; while [ ! -f {release} ]; do sleep 0.02; done; echo end a >> {ledger}"
 [pipelines.two.tasks.b]
 kind = "shell"
 needs = ["a"]
@@ -133,16 +135,20 @@ command = "echo start b >> {ledger}"
 
 
 async def test_sigterm_lets_running_tasks_finish_and_the_rest_runs_after_restart(tmp_path):
-    ledger = tmp_path / "ledger"
+    ledger, release = tmp_path / "ledger", tmp_path / "release"
     config = tmp_path / "config.toml"
-    config.write_text(GRACEFUL.format(ledger=ledger))
+    config.write_text(GRACEFUL.format(ledger=ledger, release=release))
     state = tmp_path / "state.db"
 
     daemon = Daemon(config, state)
     await daemon.start()
     run_id = cued(config, "trigger", "two").stdout.split()[2]
     await wait_for(lambda: "start a" in lines(ledger))
-    assert daemon.stop() == 0  # SIGTERM, within the grace period
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGTERM)
+    await wait_for(lambda: "daemon_stopping" in daemon.log.read_text())
+    release.touch()  # a ends within the grace period
+    assert daemon.stop() == 0
     assert lines(ledger) == ["start a", "end a"], "the running task was not let finish"
     assert query(
         state, "SELECT key, state FROM task_instances WHERE run_id = ? ORDER BY key", run_id
