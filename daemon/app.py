@@ -32,6 +32,7 @@ import httpx
 from .alerts import Alerts
 from .api import Caller, Users, build_app
 from .errors import CuedError
+from .filemodes import private_file
 from .intake import DaemonIntake
 from .live import Live, publish_committed
 from .logs import get_logger
@@ -69,7 +70,8 @@ def control_socket_path(state: Path) -> Path:
 def _exclusive(state: Path) -> Iterator[None]:
     """One daemon per state file: a second one would run every run twice."""
     lock_path = state.resolve().with_name(state.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    private_file(lock_path)  # made 0644 by older versions
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
