@@ -6,8 +6,9 @@ control socket            -> "local": every role, no token (whoever may reach th
 Authorization: Bearer T   -> the user of [auth.users] whose token is T, else 401
 cookie cued_token=T       -> the same; to change state also X-CSRF-Token == cookie cued_csrf
 nothing                   -> 401; or, with no users configured, "anonymous" (viewer and
-                             operator; never approver), refused if a browser says another
-                             site's page sent a request that changes state
+                             operator; never approver), for requests addressed to a
+                             loopback host only (daemon/loopback.py), refused if a browser
+                             says another site's page sent a request that changes state
 the role the operation needs, missing -> 403
 ```
 """
@@ -29,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 
 from .api_models import ErrorResponse, LoginBody, Session, SessionCreated
 from .live import Live
+from .loopback import is_loopback_host
 from .metrics import Metrics
 from .runner import Runner
 
@@ -48,6 +50,7 @@ __all__ = [
     "Viewer",
     "error_response",
     "json_response",
+    "open_caller",
     "session_routes",
 ]
 
@@ -184,6 +187,17 @@ Approver = Annotated[Caller, Depends(_Need("approver", token_always=True))]
 Anyone = Annotated[Caller, Depends(_Need(None))]
 
 
+def open_caller(request: Request) -> Caller:
+    """The caller of an open API (no users configured): anyone on this machine, for a
+    request addressed to a loopback host and not sent by another site's page.
+
+    :raises ApiError: 403 otherwise
+    """
+    _loopback_host(request)
+    _same_origin(request)
+    return _OPEN
+
+
 def _unauthorized(message: str = "a valid bearer token is needed") -> ApiError:
     return ApiError(401, "unauthorized", message, **{"WWW-Authenticate": "Bearer"})
 
@@ -197,9 +211,7 @@ def _authenticate(
     token_always: bool,
 ) -> Caller:
     if not ctx.users.by_token and not token_always:
-        _loopback_host(request)
-        _same_origin(request)
-        return _OPEN
+        return open_caller(request)
     if "authorization" in request.headers:
         found = ctx.users.find(bearer.credentials) if bearer is not None else None
         if found is None:
@@ -227,19 +239,18 @@ def _check_csrf(request: Request) -> None:
         )
 
 
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
 def _loopback_host(request: Request) -> None:
-    """An open API answers only requests addressed to a loopback name: a page whose own
+    """An open API answers only requests addressed to a loopback host: a page whose own
     host name an attacker points at 127.0.0.1 (DNS rebinding) is refused, since its
     requests carry that name."""
-    host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
-    if host not in _LOOPBACK_NAMES and not host.startswith("127."):
+    host = request.headers.get("host", "")
+    if not is_loopback_host(host):
+        shown = host if len(host) <= 100 else host[:99] + "…"
         raise ApiError(
             403,
             "host",
-            f"with no [auth.users], the API answers only to loopback host names, not {host!r}",
+            "with no [auth.users], the API and UI answer only requests addressed to "
+            f"localhost, 127.0.0.1 or [::1], not to {shown!r}",
         )
 
 
