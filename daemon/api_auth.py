@@ -2,7 +2,8 @@
 session cookie with its CSRF check, and the session endpoints.
 
 ```
-control socket            -> "local": every role, no token (whoever may reach the socket)
+control socket            -> the OS user who connected (SO_PEERCRED), every role, no token;
+                             only users daemon/control.py lets in get this far
 Authorization: Bearer T   -> the user of [auth.users] whose token is T, else 401
 cookie cued_token=T       -> the same; to change state also X-CSRF-Token == cookie cued_csrf
 nothing                   -> 401; or, with no users configured, "anonymous" (viewer and
@@ -29,6 +30,7 @@ from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
 from .api_models import ErrorResponse, LoginBody, Session, SessionCreated
+from .control import peer_of
 from .live import Live
 from .loopback import is_loopback_host
 from .metrics import Metrics
@@ -128,7 +130,7 @@ class Users:
         return found
 
 
-_TRUSTED = Caller("local", frozenset({"viewer", "operator", "approver"}), via="local")
+_ALL_ROLES = frozenset({"viewer", "operator", "approver"})
 _OPEN = Caller("anonymous", frozenset({"viewer", "operator"}), via="open")
 
 
@@ -173,7 +175,7 @@ class _Need:
     ) -> Caller:
         ctx = _context(request)
         if ctx.trusted:
-            return _TRUSTED
+            return _local_caller(request)
         caller = _authenticate(ctx, request, bearer, cookie, token_always=self.token_always)
         if self.role is not None and self.role not in caller.roles:
             raise ApiError(403, "forbidden", f"{caller.name!r} lacks the {self.role!r} role")
@@ -185,6 +187,15 @@ Viewer = Annotated[Caller, Depends(_Need("viewer"))]
 Operator = Annotated[Caller, Depends(_Need("operator"))]
 Approver = Annotated[Caller, Depends(_Need("approver", token_always=True))]
 Anyone = Annotated[Caller, Depends(_Need(None))]
+
+
+def _local_caller(request: Request) -> Caller:
+    """The OS user at the other end of the control socket: every role, since only the
+    daemon's own user, root and its control group get in (daemon/control.py)."""
+    peer = peer_of(request.scope)
+    if peer is None:  # not served with PeerCredentials: nobody is trusted blindly
+        raise ApiError(403, "local_user", "the control socket cannot tell who is calling")
+    return Caller(peer.name, _ALL_ROLES, via="local")
 
 
 def open_caller(request: Request) -> Caller:

@@ -66,6 +66,10 @@ class DaemonConfig(_Model):
     """Modules (importable, or ``.py`` files relative to the config) that define pipelines
     with the Python API."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    control_group: str | None = None
+    """An OS group whose members may use the control socket (the CLI), as the daemon's own
+    user and root may; the socket's folder and the socket get this group. One group: a
+    file has one."""
 
 
 class TaskConfig(BaseModel):
