@@ -12,7 +12,8 @@ GET  /api/v1/runs                             ?pipeline&state&created_after&crea
 GET  /api/v1/runs/{run_id}                    tasks, attempts, gates, event, assets
 POST /api/v1/runs/{run_id}/cancel             (operator)
 POST /api/v1/runs/{run_id}/retry              (operator) {tasks, downstream}, ?wait=true
-POST /api/v1/runs/{run_id}/tasks/{task}/approve, .../reject   (approver, always a token)
+POST /api/v1/runs/{run_id}/tasks/{task}/approve, .../reject   (approver, always a token;
+                                              recorded under the caller's own name)
 GET  /api/v1/approvals                        gates waiting for a decision
 GET  /api/v1/events                           ?source&status&limit&cursor
 GET  /api/v1/events/{event_id}                its data, and the runs it started
@@ -316,7 +317,15 @@ async def _decide(
     approve: bool,
 ) -> Response:
     body = body or DecideBody()
-    who = body.who if ctx.trusted and body.who else caller.name  # the CLI says who its user is
+    # one person, one name: else one person could fill min_approvals alone
+    who = caller.name
+    if body.who is not None and body.who != who:
+        raise ApiError(
+            403,
+            "who",
+            f"a decision is recorded under the name of whoever makes it, {who!r} "
+            f"(not {body.who!r})",
+        )
     extra = {"payload": body.payload} if "payload" in body.model_fields_set else {}
     gate = await approvals.decide(
         ctx.runner,

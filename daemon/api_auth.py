@@ -2,12 +2,14 @@
 session cookie with its CSRF check, and the session endpoints.
 
 ```
-control socket            -> "local": every role, no token (whoever may reach the socket)
+control socket            -> the OS user who connected (SO_PEERCRED), every role, no token;
+                             only users daemon/control.py lets in get this far
 Authorization: Bearer T   -> the user of [auth.users] whose token is T, else 401
 cookie cued_token=T       -> the same; to change state also X-CSRF-Token == cookie cued_csrf
 nothing                   -> 401; or, with no users configured, "anonymous" (viewer and
-                             operator; never approver), refused if a browser says another
-                             site's page sent a request that changes state
+                             operator; never approver), for requests addressed to a
+                             loopback host only (daemon/loopback.py), refused if a browser
+                             says another site's page sent a request that changes state
 the role the operation needs, missing -> 403
 ```
 """
@@ -28,7 +30,9 @@ from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
 from .api_models import ErrorResponse, LoginBody, Session, SessionCreated
+from .control import peer_of
 from .live import Live
+from .loopback import is_loopback_host
 from .metrics import Metrics
 from .runner import Runner
 
@@ -48,6 +52,7 @@ __all__ = [
     "Viewer",
     "error_response",
     "json_response",
+    "open_caller",
     "session_routes",
 ]
 
@@ -125,7 +130,7 @@ class Users:
         return found
 
 
-_TRUSTED = Caller("local", frozenset({"viewer", "operator", "approver"}), via="local")
+_ALL_ROLES = frozenset({"viewer", "operator", "approver"})
 _OPEN = Caller("anonymous", frozenset({"viewer", "operator"}), via="open")
 
 
@@ -170,7 +175,7 @@ class _Need:
     ) -> Caller:
         ctx = _context(request)
         if ctx.trusted:
-            return _TRUSTED
+            return _local_caller(request)
         caller = _authenticate(ctx, request, bearer, cookie, token_always=self.token_always)
         if self.role is not None and self.role not in caller.roles:
             raise ApiError(403, "forbidden", f"{caller.name!r} lacks the {self.role!r} role")
@@ -182,6 +187,26 @@ Viewer = Annotated[Caller, Depends(_Need("viewer"))]
 Operator = Annotated[Caller, Depends(_Need("operator"))]
 Approver = Annotated[Caller, Depends(_Need("approver", token_always=True))]
 Anyone = Annotated[Caller, Depends(_Need(None))]
+
+
+def _local_caller(request: Request) -> Caller:
+    """The OS user at the other end of the control socket: every role, since only the
+    daemon's own user, root and its control group get in (daemon/control.py)."""
+    peer = peer_of(request.scope)
+    if peer is None:  # not served with PeerCredentials: nobody is trusted blindly
+        raise ApiError(403, "local_user", "the control socket cannot tell who is calling")
+    return Caller(peer.name, _ALL_ROLES, via="local")
+
+
+def open_caller(request: Request) -> Caller:
+    """The caller of an open API (no users configured): anyone on this machine, for a
+    request addressed to a loopback host and not sent by another site's page.
+
+    :raises ApiError: 403 otherwise
+    """
+    _loopback_host(request)
+    _same_origin(request)
+    return _OPEN
 
 
 def _unauthorized(message: str = "a valid bearer token is needed") -> ApiError:
@@ -197,9 +222,7 @@ def _authenticate(
     token_always: bool,
 ) -> Caller:
     if not ctx.users.by_token and not token_always:
-        _loopback_host(request)
-        _same_origin(request)
-        return _OPEN
+        return open_caller(request)
     if "authorization" in request.headers:
         found = ctx.users.find(bearer.credentials) if bearer is not None else None
         if found is None:
@@ -227,19 +250,18 @@ def _check_csrf(request: Request) -> None:
         )
 
 
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
 def _loopback_host(request: Request) -> None:
-    """An open API answers only requests addressed to a loopback name: a page whose own
+    """An open API answers only requests addressed to a loopback host: a page whose own
     host name an attacker points at 127.0.0.1 (DNS rebinding) is refused, since its
     requests carry that name."""
-    host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
-    if host not in _LOOPBACK_NAMES and not host.startswith("127."):
+    host = request.headers.get("host", "")
+    if not is_loopback_host(host):
+        shown = host if len(host) <= 100 else host[:99] + "…"
         raise ApiError(
             403,
             "host",
-            f"with no [auth.users], the API answers only to loopback host names, not {host!r}",
+            "with no [auth.users], the API and UI answer only requests addressed to "
+            f"localhost, 127.0.0.1 or [::1], not to {shown!r}",
         )
 
 

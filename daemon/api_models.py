@@ -419,7 +419,10 @@ class DecideBody(_Body):
     comment: str | None = None
     payload: Any = Field(None, description="the proposal as edited; absent: as proposed")
     who: str | None = Field(
-        None, description="whom the decision is by: heeded on the control socket only"
+        None,
+        description="none, or the caller's own name (a token's user; on the control socket "
+        "the OS user): a decision is recorded under whoever makes it, and another name is "
+        "refused with 403",
     )
 
 

@@ -3,7 +3,8 @@
 ```
 async with store, http client, task group:
     runner.serve        resumes unfinished runs, then runs what is submitted
-    control API         on a Unix socket beside the state file (the CLI's way in), and
+    control API         on a Unix socket beside the state file (the CLI's way in; who may
+                        use it: daemon/control.py), and
     HTTP front          on [http] listen: webhooks (and the same API)
     sources             each in the task group, handing events to intake
     alerts              sends the alert outbox (webhook, email, command), retrying
@@ -16,15 +17,12 @@ async with store, http client, task group:
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import signal
 import socket
-import tempfile
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -32,7 +30,15 @@ import httpx
 
 from .alerts import Alerts
 from .api import Caller, Users, build_app
+from .control import (
+    ControlAccess,
+    ControlGuard,
+    PeerCredentials,
+    bind_control_socket,
+    control_socket_path,
+)
 from .errors import CuedError
+from .filemodes import private_file
 from .intake import DaemonIntake
 from .live import Live, publish_committed
 from .logs import get_logger
@@ -49,29 +55,19 @@ from .web import WebFront
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
 
     from .config import Config
 
 __all__ = ["DaemonInfo", "control_socket_path", "open_runner", "run_daemon"]
-
-_MAX_UDS_PATH = 100  # sun_path holds 108 bytes on Linux; leave room
-
-
-def control_socket_path(state: Path) -> Path:
-    """The daemon's control socket: beside the state file, or in the temp folder (named by
-    a hash of the state file's path) when that path is too long for a Unix socket."""
-    beside = state.resolve().with_name(state.name + ".sock")
-    if len(str(beside)) <= _MAX_UDS_PATH:
-        return beside
-    digest = hashlib.sha256(str(state.resolve()).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"cued-{digest}.sock"
 
 
 @contextmanager
 def _exclusive(state: Path) -> Iterator[None]:
     """One daemon per state file: a second one would run every run twice."""
     lock_path = state.resolve().with_name(state.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    private_file(lock_path)  # made 0644 by older versions
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -216,6 +212,8 @@ async def _serve(
 ) -> None:
     log = get_logger()
     socket_path = control_socket_path(config.state_path)
+    # callers are named by their OS user, and only those `access` allows get in
+    access = ControlAccess.of(config.daemon.control_group)
     # unfinished runs are resumed once the sources have started: a source may first have
     # to finish acknowledging what a crash left recorded but unacknowledged
     async with open_runner(config, resume=False) as runner, anyio.create_task_group() as tg:
@@ -239,9 +237,16 @@ async def _serve(
             runner, trusted=False, users=_users(config), live=live, metrics=metrics, ready=ready
         )
         front = WebFront(with_ui(api, runner, intake, _users(config)))  # UI: daemon/ui
-        control = build_app(runner, trusted=True, live=live, metrics=metrics, ready=ready)
+        control = ControlGuard(
+            build_app(runner, trusted=True, live=live, metrics=metrics, ready=ready), access
+        )
         grace = config.daemon.shutdown_grace
-        await tg.start(partial(serve_asgi, control, uds=str(socket_path), grace_s=grace))
+        control_sock = bind_control_socket(socket_path, access)  # under the state's lock
+        await tg.start(
+            partial(
+                serve_asgi, control, sockets=[control_sock], http=PeerCredentials, grace_s=grace
+            )
+        )
         address = None
         if config.http.listen:
             sock = _bind(config.http.listen)

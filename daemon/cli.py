@@ -20,6 +20,7 @@ import httpx
 from . import approvals, repair, retention
 from .app import control_socket_path, open_runner, run_daemon
 from .config import load_config
+from .control import os_user_name
 from .errors import ConfigError, CuedError, DaemonUnavailable, NotFound
 from .logs import configure_logging, get_logger
 from .sqlite import open_store
@@ -27,6 +28,7 @@ from .store import now
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
+    from pathlib import Path
 
     from .config import Config
     from .runner import Runner
@@ -94,16 +96,18 @@ def _parser() -> argparse.ArgumentParser:
     clear.add_argument("--task", "-t", action="append", required=True, metavar="TASK")
     clear.add_argument("--downstream", action="store_true", help="and everything downstream")
     for verb in ("approve", "reject"):
-        gate = sub.add_parser(verb, help=f"{verb} an approval gate of a run")
+        gate = sub.add_parser(
+            verb,
+            help=f"{verb} an approval gate of a run",
+            description=f"{verb.capitalize()} an approval gate of a run. The decision is "
+            "recorded under the name of the OS user who runs this command: there is no way "
+            "to decide under another name (--as NAME is refused unless NAME is yours).",
+        )
         gate.add_argument("run_id")
         gate.add_argument("task", help="the gate's task (name, or name[i] if mapped)")
         gate.add_argument("--comment", "-m")
-        gate.add_argument(
-            "--as",
-            dest="who",
-            default=os.environ.get("USER") or "cli",
-            help="who decides (default: $USER)",
-        )
+        # kept only to refuse it clearly: it used to let one person decide as anyone
+        gate.add_argument("--as", dest="who", help=argparse.SUPPRESS)
         if verb == "approve":
             gate.add_argument("--payload", help="the proposal as edited, as JSON")
     sub.add_parser("approvals", help="approval gates waiting for a decision")
@@ -184,8 +188,12 @@ async def _control(config: Config, method: str, path: str, body: Any = None) -> 
     :raises DaemonUnavailable: if no daemon answers there
     """
     socket_path = control_socket_path(config.state_path)
-    if not socket_path.exists():
-        raise DaemonUnavailable(f"no daemon socket at {str(socket_path)!r}")
+    try:
+        socket_path.stat()
+    except PermissionError:
+        raise _not_allowed(socket_path) from None
+    except OSError as exc:
+        raise DaemonUnavailable(f"no daemon socket at {str(socket_path)!r}") from exc
     transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
     async with httpx.AsyncClient(
         transport=transport, base_url="http://cued", timeout=None
@@ -193,11 +201,33 @@ async def _control(config: Config, method: str, path: str, body: Any = None) -> 
         try:
             response = await client.request(method, path, json=body)
         except httpx.TransportError as exc:
+            if _caused_by(exc, PermissionError):
+                raise _not_allowed(socket_path) from exc
             raise DaemonUnavailable(f"no daemon answers on {str(socket_path)!r}: {exc}") from exc
     if response.status_code >= 400:
         message = response.json().get("error", {}).get("message", response.text)
         raise (NotFound if response.status_code == 404 else CuedError)(message)
     return response
+
+
+def _not_allowed(socket_path: Path) -> CuedError:
+    # not DaemonUnavailable: a daemon runs, and doing it here instead would be wrong
+    return CuedError(
+        f"permission denied on the control socket {str(socket_path)!r}: only the daemon's "
+        "own user, root and members of its [daemon] control_group may use it"
+    )
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``kind`` is in the chain of causes of ``exc`` (httpx wraps the OSError)."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, kind):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
 
 
 async def _trigger(config: Config, args: argparse.Namespace) -> int:
@@ -265,7 +295,14 @@ async def _retry(config: Config, args: argparse.Namespace) -> int:
 
 async def _decide(config: Config, args: argparse.Namespace) -> int:
     approve = args.command == "approve"
-    body: dict[str, Any] = {"who": args.who, "comment": args.comment}
+    # the daemon names us by our OS user (SO_PEERCRED); deciding here, without it, the same
+    who = os_user_name(os.geteuid())
+    if args.who is not None and args.who != who:
+        raise CuedError(
+            f"--as {args.who!r} is refused: a decision is recorded under the name of the OS "
+            f"user who makes it, {who!r}"
+        )
+    body: dict[str, Any] = {"comment": args.comment}
     if getattr(args, "payload", None) is not None:
         try:
             body["payload"] = json.loads(args.payload)
@@ -278,10 +315,10 @@ async def _decide(config: Config, args: argparse.Namespace) -> int:
             runner,
             args.run_id,
             args.task,
-            who=args.who,
+            who=who,
             approve=approve,
             comment=args.comment,
-            groups=runner.groups_of(args.who),
+            groups=runner.groups_of(who),
             **extra,
         )
         if gate.state != "waiting":
@@ -292,7 +329,7 @@ async def _decide(config: Config, args: argparse.Namespace) -> int:
     gate = await _act(config, path, body, here)
     if gate["state"] == "waiting":
         _out(
-            f"gate {args.task} of run {args.run_id}: {args.command}d by {args.who}; "
+            f"gate {args.task} of run {args.run_id}: {args.command}d by {who}; "
             f"waiting for {gate['min_approvals']} approvals"
         )
     else:

@@ -22,6 +22,7 @@ from .alerts import ALERT_KINDS, AlertConfig
 from .durations import Duration
 from .environment import EnvName
 from .errors import ConfigError, ConfigProblem
+from .loopback import is_loopback_listen
 from .registry import source_kinds, task_kinds
 from .tomlpos import KeyLines
 from .triggers import when_expression
@@ -70,6 +71,10 @@ class DaemonConfig(_Model):
     task_env: list[EnvName] = Field(default_factory=list)
     """Variables of the daemon's environment that every program a task starts gets,
     besides the base (PATH, HOME, LANG, ...): nothing else of it is passed on."""
+    control_group: str | None = None
+    """An OS group whose members may use the control socket (the CLI), as the daemon's own
+    user and root may; the socket's folder and the socket get this group. One group: a
+    file has one."""
 
 
 class TaskConfig(BaseModel):
@@ -114,7 +119,8 @@ class HttpConfig(_Model):
     """The ``[http]`` table: the daemon's HTTP server (webhooks, and the API)."""
 
     listen: str = "127.0.0.1:8080"
-    """``host:port``; an empty string turns the server off."""
+    """``host:port``; an empty string turns the server off. With no ``[auth.users]``, a
+    loopback address only (127.0.0.1, [::1], localhost)."""
 
 
 class SourceConfig(BaseModel):
@@ -329,9 +335,22 @@ class _Checker:
             pipelines = {}
         for name, pipeline in pipelines.items():
             self.check_pipeline(name, pipeline, pools)
-        self.validate(HttpConfig, raw.get("http", {}), ("http",))
-        self.validate(AuthConfig, raw.get("auth", {}), ("auth",))
         self.validate(RetentionConfig, raw.get("retention", {}), ("retention",))
+        http = self.validate(HttpConfig, raw.get("http", {}), ("http",))
+        auth = self.validate(AuthConfig, raw.get("auth", {}), ("auth",))
+        if (
+            http is not None
+            and auth is not None
+            and not auth.users  # no token needed: the API must be this machine's only
+            and http.listen
+            and not is_loopback_listen(http.listen)
+        ):
+            self.add(
+                ("http", "listen"),
+                f"{http.listen!r} is not a loopback address, and with no [auth.users] the "
+                "API and UI take no token: listen on 127.0.0.1, [::1] or localhost, or "
+                "add [auth.users.NAME] with tokens",
+            )
         sources = raw.get("sources", {})
         if not isinstance(sources, dict):
             self.add(("sources",), "must be a table of sources, [sources.NAME]")

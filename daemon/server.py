@@ -3,6 +3,9 @@
 uvicorn is made to own the process (its ``serve`` installs signal handlers); here the
 daemon owns signals and the task group owns the server: it starts with ``tg.start`` once
 it listens, and stops when its scope is cancelled, finishing open requests first.
+
+Sockets are always bound by the caller and passed in: uvicorn's own ``uds=`` makes a Unix
+socket world-writable (0666), which the control socket must never be.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import anyio
 import uvicorn
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Iterator
     from socket import socket
 
@@ -29,19 +33,20 @@ class _Server(uvicorn.Server):
 async def serve_asgi(
     app: Any,
     *,
-    sockets: list[socket] | None = None,
-    uds: str | None = None,
+    sockets: list[socket],
+    http: type[asyncio.Protocol] | None = None,
     grace_s: float = 5.0,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` on already bound ``sockets`` or on the Unix socket ``uds`` until
-    cancelled.
+    """Serve ``app`` on already bound, listening ``sockets`` until cancelled.
 
+    :param http: uvicorn's HTTP protocol class to use instead of its default (one that
+        reads the peer's credentials, say)
     :param grace_s: how long open requests may take to finish at shutdown
     """
     config = uvicorn.Config(
         app,
-        uds=uds,
+        http=http if http is not None else "auto",
         log_config=None,
         access_log=False,
         lifespan="off",
@@ -65,7 +70,7 @@ async def serve_asgi(
             # uvicorn has no ready callback; `started` flips once it listens
             while not server.started:
                 if stopped.is_set():
-                    raise RuntimeError(f"the HTTP server did not start ({uds or sockets})")
+                    raise RuntimeError(f"the HTTP server did not start ({sockets})")
                 await anyio.sleep(0.005)
             task_status.started()
             await anyio.sleep_forever()

@@ -19,6 +19,7 @@ import anyio
 
 from . import pruning
 from .errors import StoreError
+from .filemodes import private_state_files
 from .logs import get_logger
 from .migrations import migrate
 from .store import (
@@ -677,6 +678,7 @@ async def open_store(
     """
     path = Path(path)
     try:
+        private_state_files(path)  # 0600: it holds payloads, headers and outputs
         writer = await _connect(path, synchronous)
     except Exception as exc:
         raise StoreError(f"cannot open the state file {str(path)!r}: {exc}") from exc

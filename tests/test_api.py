@@ -6,6 +6,8 @@ against the running daemon."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import secrets
 import time
 from contextlib import asynccontextmanager
@@ -660,24 +662,38 @@ async def test_a_cookie_session_needs_the_csrf_header_to_act(make_config):
     assert after.status_code == 401
 
 
-async def test_the_control_socket_trusts_its_caller(make_config, tmp_path):
+async def test_the_control_socket_names_its_caller_by_their_os_user(make_config):
     from cued.daemon.app import control_socket_path
 
+    me = pwd.getpwuid(os.geteuid()).pw_name
     config = make_config(CONFIG)
     async with daemon_running(config) as info:
         transport = httpx.AsyncHTTPTransport(uds=str(control_socket_path(config.state_path)))
         async with httpx.AsyncClient(transport=transport, base_url="http://cued") as client:
             run = await client.post("/api/v1/pipelines/gated/runs?wait=true", json={})
-            decided = await client.post(
-                f"/api/v1/runs/{run.json()['run_id']}/tasks/gate/approve",
-                json={"who": "anna", "comment": "from the CLI"},
-            )
-            me = (await client.get("/api/v1/session")).json()
-            await wait_finished(info, [run.json()["run_id"]])
+            url = f"/api/v1/runs/{run.json()['run_id']}/tasks/gate/approve"
+            as_anna = await client.post(url, json={"who": "anna", "comment": "from the CLI"})
+            as_me = await client.post(url, json={"who": me})
+            me_seen = (await client.get("/api/v1/session")).json()
+        decisions = await info.runner.store.get_decisions(run.json()["run_id"])
     assert run.json()["state"] == "waiting"
-    assert decided.status_code == 200, decided.text
-    assert decided.json()["decisions"][0]["who"] == "anna"
-    assert me["via"] == "local"
+    # one OS user has one name: the approver 'anna' cannot be claimed over the socket
+    assert as_anna.status_code == 403
+    assert as_anna.json()["error"] == {
+        "code": "who",
+        "message": f"a decision is recorded under the name of whoever makes it, {me!r} "
+        "(not 'anna')",
+    }
+    # and the OS user is not among the gate's approvers (anna, group:ops)
+    assert as_me.status_code == 403
+    assert f"{me!r} may not decide gate 'gate'" in as_me.json()["error"]["message"]
+    assert decisions == []
+    assert me_seen == {
+        "name": me,
+        "roles": ["approver", "operator", "viewer"],
+        "groups": [],
+        "via": "local",
+    }
 
 
 # -- live --------------------------------------------------------------------------------

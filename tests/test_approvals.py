@@ -4,6 +4,8 @@ the CLI and over HTTP with a token; who decided, when and why is kept."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 
 import anyio
 import httpx
@@ -40,7 +42,7 @@ argv = ["echo", "A post about {{{{ inputs.topic }}}}"]
 kind = "approval"
 needs = ["draft"]
 message = "Publish '{{{{ tasks.draft.output.stdout | trim }}}}'?"
-approvers = ["alice", "group:ops"]
+approvers = [{approvers}]
 payload = {{ title = "{{{{ tasks.draft.output.stdout | trim }}}}" }}
 {gate_extra}
 [pipelines.post.tasks.publish]
@@ -55,9 +57,17 @@ argv = ["echo", "{{{{ tasks.gate.output.decision }}}}"]
 """
 
 
-def config_file(tmp_path, gate_extra: str = ""):
+ME = pwd.getpwuid(os.geteuid()).pw_name
+"""The OS user running the tests: the CLI decides under this name."""
+
+
+def gated(gate_extra: str = "", approvers: str = '"alice", "group:ops"') -> str:
+    return GATED.format(gate_extra=gate_extra, approvers=approvers)
+
+
+def config_file(tmp_path, gate_extra: str = "", approvers: str = '"alice", "group:ops"'):
     config = tmp_path / "config.toml"
-    config.write_text(GATED.format(gate_extra=gate_extra))
+    config.write_text(gated(gate_extra, approvers))
     return config
 
 
@@ -75,7 +85,7 @@ def outputs(tmp_path, run_id):
 
 
 async def test_a_gate_waits_across_a_restart_and_is_approved_through_the_cli(tmp_path):
-    config = config_file(tmp_path)
+    config = config_file(tmp_path, approvers=f'"alice", "{ME}"')
     daemon = Daemon(config, tmp_path / "state.db")
     await daemon.start()
     run_id = cued(config, "trigger", "post").stdout.split()[2]
@@ -89,17 +99,19 @@ async def test_a_gate_waits_across_a_restart_and_is_approved_through_the_cli(tmp
         assert run_id in waiting.stdout
         assert "Publish 'A post about cats'?" in waiting.stdout
 
-        refused = cued(config, "approve", run_id, "gate", "--as", "mallory")
+        # the CLI decides as the OS user who runs it, never under another name
+        refused = cued(config, "approve", run_id, "gate", "--as", "alice")
         assert refused.returncode == 1
-        assert "'mallory' may not decide gate 'gate'" in refused.stderr
+        assert refused.stderr == (
+            "cued: error: --as 'alice' is refused: a decision is recorded under the name "
+            f"of the OS user who makes it, {ME!r}\n"
+        )
 
         approved = cued(
             config,
             "approve",
             run_id,
             "gate",
-            "--as",
-            "alice",
             "--comment",
             "lovely",
             "--payload",
@@ -114,18 +126,38 @@ async def test_a_gate_waits_across_a_restart_and_is_approved_through_the_cli(tmp
     out = outputs(tmp_path, run_id)
     assert out["publish"]["stdout"] == "published Cats, edited (approved)\n"
     assert out["gate"]["decided_by"][0] | {"at": None} == {
-        "who": "alice",
+        "who": ME,
         "decision": "approve",
         "comment": "lovely",
         "at": None,
     }
     shown = cued(config, "show", run_id).stdout
-    assert "alice" in shown
     assert "lovely" in shown
 
 
+async def test_the_cli_without_a_daemon_decides_under_the_os_user_name(tmp_path):
+    config = config_file(tmp_path, gate_extra="min_approvals = 2", approvers=f'"alice", "{ME}"')
+    run_id = cued(config, "trigger", "post").stdout.split()[2]
+    assert run_state(tmp_path, run_id) == "waiting"
+    first = cued(config, "approve", run_id, "gate", "-m", "one")
+    again = cued(config, "approve", run_id, "gate", "-m", "two")
+    as_alice = cued(config, "approve", run_id, "gate", "--as", "alice")
+    decisions = query(
+        tmp_path / "state.db", "SELECT who, comment FROM decisions WHERE run_id = ?", run_id
+    )
+    assert first.returncode == 0, first.stderr
+    assert f"approved by {ME}; waiting for 2 approvals" in first.stdout
+    # the same person approving twice is still one approval
+    assert again.returncode == 0, again.stderr
+    assert f"approved by {ME}; waiting for 2 approvals" in again.stdout
+    assert as_alice.returncode == 1
+    assert "--as 'alice' is refused" in as_alice.stderr
+    assert decisions == [(ME, "two")]
+    assert run_state(tmp_path, run_id) == "waiting"
+
+
 async def test_http_decisions_need_a_token_of_an_approver(make_config):
-    config = make_config(GATED.format(gate_extra=""))
+    config = make_config(gated())
     async with daemon_running(config) as info:
         host, port = info.http_address
         async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
@@ -161,7 +193,7 @@ async def test_http_decisions_need_a_token_of_an_approver(make_config):
 
 
 async def test_a_gate_needing_two_approvals_waits_for_the_second(make_config):
-    config = make_config(GATED.format(gate_extra="min_approvals = 2"))
+    config = make_config(gated("min_approvals = 2"))
     async with daemon_running(config) as info:
         with anyio.fail_after(20):
             run_id = await info.runner.submit("post")
@@ -176,7 +208,7 @@ async def test_a_gate_needing_two_approvals_waits_for_the_second(make_config):
 
 
 async def test_a_rejection_fails_the_gate_and_clean_up_reads_the_decision(make_config):
-    config = make_config(GATED.format(gate_extra=""))
+    config = make_config(gated())
     async with daemon_running(config) as info:
         with anyio.fail_after(20):
             run_id = await info.runner.submit("post")
@@ -209,7 +241,7 @@ async def test_a_rejection_fails_the_gate_and_clean_up_reads_the_decision(make_c
 async def test_a_gate_that_times_out_settles_as_configured(
     make_config, on_timeout, run_state, gate_state
 ):
-    config = make_config(GATED.format(gate_extra=f'timeout = "300ms"\non_timeout = "{on_timeout}"'))
+    config = make_config(gated(f'timeout = "300ms"\non_timeout = "{on_timeout}"'))
     async with daemon_running(config) as info:
         with anyio.fail_after(20):
             run_id = await info.runner.submit("post")
@@ -226,7 +258,7 @@ async def test_a_gate_that_times_out_settles_as_configured(
 
 async def test_a_waiting_run_frees_its_slot_and_memory_and_can_be_cancelled(make_config):
     config = make_config(
-        GATED.format(gate_extra="").replace(
+        gated().replace(
             'inputs = { topic = "cats" }', 'max_active_runs = 1\ninputs = { topic = "cats" }'
         )
     )

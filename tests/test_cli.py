@@ -83,7 +83,7 @@ async def test_trigger_goes_through_the_running_daemon(tmp_path):
         assert "another cued daemon is running on" in second.stderr
     finally:
         assert daemon.stop() == 0
-    assert not (tmp_path / "state.db.sock").exists()
+    assert not (tmp_path / "state.db.d" / "control.sock").exists()
 
 
 def test_errors_are_one_line_without_a_traceback(tmp_path):

@@ -43,7 +43,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ..api_auth import SESSION_COOKIE, Caller
+from ..api_auth import SESSION_COOKIE, ApiError, Caller, open_caller
 from . import draw
 
 if TYPE_CHECKING:
@@ -65,8 +65,6 @@ _MAX_ROWS = 100  # attempts and timeline rows shown on one run page (keeps it sm
 _STATES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled")
 _ACTIVE = _STATES[:3]
 _COUNT_CAP = 10_000
-# as the API: with no users, anyone may read and operate; deciding gates needs a token
-_OPEN = Caller("anonymous", frozenset({"viewer", "operator"}), via="open")
 # no inline script, nothing from elsewhere; inline style attributes place the timeline bars
 _HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; "
@@ -188,10 +186,14 @@ class _Ui:
     # -- who asks -----------------------------------------------------------------------
 
     def caller(self, request: Request) -> Caller | None:
-        """Whoever the request's bearer token or session cookie names; anyone when no
-        users are configured (as the API does)."""
+        """Whoever the request's bearer token or session cookie names; with no users
+        configured, the API's open caller: anyone, if the request is addressed to a
+        loopback host.
+
+        :raises ApiError: if the open caller is refused
+        """
         if not self.users.by_token:
-            return _OPEN
+            return open_caller(request)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return self.users.find(token.strip())
@@ -207,7 +209,15 @@ class _Ui:
         template = self.env.get_template(name)
 
         async def endpoint(request: Request) -> Response:
-            caller = self.caller(request)
+            try:
+                caller = self.caller(request)
+            except ApiError as exc:
+                return self.render(
+                    self.env.get_template("message.html"),
+                    {"title": "Forbidden", "text": exc.message},
+                    None,
+                    status=exc.status,
+                )
             fragment = request.headers.get("hx-request") == "true"
             if caller is None:
                 login = "/ui/login?" + urlencode({"next": request.url.path})

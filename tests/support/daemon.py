@@ -13,13 +13,19 @@ import anyio
 from cued.daemon.app import control_socket_path
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
 
-def cued(config: Path, *args: str, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run the ``cued`` command line to the end."""
+def cued(
+    config: Path, *args: str, timeout_s: float = 30, run_as: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``cued`` command line to the end.
+
+    :param run_as: a command that runs the rest as another user (``setpriv ...``)
+    """
     return subprocess.run(
-        [sys.executable, "-m", "cued.daemon.cli", "--config", str(config), *args],
+        [*run_as, sys.executable, "-m", "cued.daemon.cli", "--config", str(config), *args],
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -30,16 +36,19 @@ def cued(config: Path, *args: str, timeout_s: float = 30) -> subprocess.Complete
 class Daemon:
     """``cued run`` in a subprocess; ``start`` returns once its control socket answers."""
 
-    def __init__(self, config: Path, state: Path) -> None:
+    def __init__(self, config: Path, state: Path, *, run_as: Sequence[str] = ()) -> None:
+        """:param run_as: a command that runs the rest as another user (``setpriv ...``)"""
         self.config = config
         self.state = state
+        self.run_as = list(run_as)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = config.parent / "daemon.log"
 
     async def start(self, timeout_s: float = 20) -> None:
+        command = [sys.executable, "-m", "cued.daemon.cli", "--config", str(self.config), "run"]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-                [sys.executable, "-m", "cued.daemon.cli", "--config", str(self.config), "run"],
+                [*self.run_as, *command],
                 stdout=log,
                 stderr=log,
             )
