@@ -31,6 +31,7 @@ import httpx
 
 from .alerts import Alerts
 from .api import Caller, Users, build_app
+from .body_limit import BodyLimit
 from .errors import CuedError
 from .intake import DaemonIntake
 from .live import Live, publish_committed
@@ -236,16 +237,24 @@ async def _serve(
         api = build_app(
             runner, trusted=False, users=_users(config), live=live, metrics=metrics, ready=ready
         )
-        front = WebFront(with_ui(api, runner, intake, _users(config)))  # UI: daemon/ui
-        control = build_app(runner, trusted=True, live=live, metrics=metrics, ready=ready)
+        front = WebFront(
+            with_ui(api, runner, intake, _users(config)),  # UI: daemon/ui
+            max_body_bytes=config.http.max_body_bytes,
+        )
+        control = BodyLimit(
+            build_app(runner, trusted=True, live=live, metrics=metrics, ready=ready),
+            config.http.max_body_bytes,
+        )
         grace = config.daemon.shutdown_grace
         await tg.start(partial(serve_asgi, control, uds=str(socket_path), grace_s=grace))
+        # created before the server listens: a webhook reserves its path, which answers
+        # 503 (not 404) until the source has started
+        sources = _sources(config, intake, front)
         address = None
         if config.http.listen:
             sock = _bind(config.http.listen)
             address = sock.getsockname()[:2]
             await tg.start(partial(serve_asgi, front, sockets=[sock], grace_s=grace))
-        sources = _sources(config, intake, front)
         async with anyio.create_task_group() as sources_tg:
             for source in sources:
                 await sources_tg.start(source.run)
