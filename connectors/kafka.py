@@ -21,26 +21,41 @@ Rebalances: the batch in flight is recorded, and every recorded offset committed
 the consumer gives its partitions up, so the member that takes them over starts after it; messages fetched for a
 partition that was taken away meanwhile are dropped, for its new owner to read.
 
-What an event holds:
+What an event holds (everything from the message goes through
+:mod:`cued.daemon.untrusted`: no message, of any bytes, stops the source):
 
-* ``data``: the value parsed as JSON; else its text (``meta.encoding = "text"``); else,
-  when it is not UTF-8, base64 (``meta.encoding = "base64"``). A tombstone (no value)
-  is ``null`` with ``meta.encoding = "none"``.
+* ``data``: the value parsed as JSON (``meta.encoding = "json"``); else its text
+  (``"text"``); else, when it is not UTF-8, base64 (``"base64"``). A tombstone (no value)
+  is ``null`` with ``"none"``.
+* A value that opens an object or an array (``{`` or ``[`` after whitespace) but is not
+  JSON cued can keep (it does not parse, or nests deeper than 64 levels) is recorded as
+  an ``invalid`` event: ``data`` is its text (the first 10,000 characters,
+  ``"text"``), the event's error says what is wrong, and it starts nothing. Any other
+  value that does not parse as JSON (``hello``, ``NaN``, a number of 5,000 digits) is
+  text, as it always was.
 * ``meta``: ``topic``, ``partition``, ``offset``, ``key`` (text, or ``null``),
   ``headers`` (name to text), ``timestamp_ms`` (the message's Kafka timestamp),
   ``encoding``, and ``base64`` listing the key or headers given as base64 when they are
   not UTF-8 (``["key", "headers.trace"]``), only when there are such.
+
+Either way the offset is committed: a message that cannot be used is recorded once, and
+not met again after a restart.
+
+A message aiokafka cannot read at all (it decodes header *names* as UTF-8, strictly, and
+fails the whole fetch on one that is not) is recorded as an ``invalid`` event of its
+offset, with ``data = null`` and ``meta.encoding = "unreadable"``; so are the messages
+after it in the same producer batch, which aiokafka cannot get past. (In a compacted
+topic, offsets removed just before it may be recorded as well.) The source then reads on.
 """
 
 from __future__ import annotations
 
-import base64
-import json
+import contextlib
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import anyio
 import anyio.abc
-from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
 from aiokafka.errors import (  # type: ignore[import-untyped]
     CommitFailedError,
@@ -49,6 +64,7 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 )
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cued.daemon import untrusted
 from cued.daemon.durations import Duration
 from cued.daemon.errors import ConnectorError, CuedError
 from cued.daemon.secrets import resolve_secret
@@ -58,7 +74,7 @@ from cued.daemon.store import now
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from aiokafka import ConsumerRecord, TopicPartition
+    from aiokafka import ConsumerRecord
 
     from cued.daemon.sources import SourceContext
 
@@ -164,39 +180,36 @@ def _secret(value: str, base_dir: Path) -> str:
         raise ConnectorError(str(exc)) from exc
 
 
-def _text(raw: bytes) -> tuple[str, bool]:
-    """``raw`` as text, and whether that text is base64 (``raw`` is not UTF-8)."""
+def _value(value: bytes | None) -> tuple[Any, str, str | None]:
+    """A message's value as ``(data, encoding, error)``: see the module's documentation."""
+    if value is None:
+        return None, "none", None
     try:
-        return raw.decode(), False
+        text = value.decode("utf-8")
     except UnicodeDecodeError:
-        return base64.b64encode(raw).decode("ascii"), True
+        return untrusted.text_or_base64(value)[0], "base64", None
+    if not text.strip():  # json_value reads an empty body as null; a message is text
+        return text, "text", None
+    parsed = untrusted.json_value(value)
+    if parsed.error is None:
+        return parsed.data, "json", None
+    if untrusted.looks_like_json(value):
+        return parsed.data, "text", parsed.error
+    return text, "text", None
 
 
 def message_event(source: str, record: ConsumerRecord[Any, Any], received_at: float) -> Event:
-    """The event for one consumed message (its value and key still bytes)."""
-    value: bytes | None = record.value
-    data: Any
-    if value is None:
-        data, encoding = None, "none"
-    else:
-        try:
-            text = value.decode()
-        except UnicodeDecodeError:
-            data, encoding = base64.b64encode(value).decode("ascii"), "base64"
-        else:
-            try:
-                data, encoding = json.loads(text), "json"
-            except ValueError:
-                data, encoding = text, "text"
+    """The event for one consumed message (its value and key still bytes); never raises."""
+    data, encoding, error = _value(record.value)
     binary: list[str] = []
     key: str | None = None
     if record.key is not None:
-        key, is_b64 = _text(record.key)
+        key, is_b64 = untrusted.text_or_base64(record.key)
         if is_b64:
             binary.append("key")
     headers: dict[str, str] = {}
     for name, raw in record.headers or ():
-        headers[name], is_b64 = _text(raw or b"")
+        headers[name], is_b64 = untrusted.text_or_base64(raw or b"")
         if is_b64:
             binary.append(f"headers.{name}")
     meta: dict[str, Any] = {
@@ -216,6 +229,30 @@ def message_event(source: str, record: ConsumerRecord[Any, Any], received_at: fl
         data=data,
         meta=meta,
         received_at=received_at,
+        error=error,
+    )
+
+
+def _unreadable_event(
+    source: str, tp: TopicPartition, offset: int, received_at: float, reason: BaseException
+) -> Event:
+    """The event for a message aiokafka could not read (see the module's documentation)."""
+    return Event(
+        source=source,
+        event_id=f"{source}:{tp.topic}:{tp.partition}:{offset}",
+        data=None,
+        meta={
+            "topic": tp.topic,
+            "partition": tp.partition,
+            "offset": offset,
+            "key": None,
+            "headers": {},
+            "timestamp_ms": None,
+            "encoding": "unreadable",
+        },
+        received_at=received_at,
+        error=f"aiokafka could not read the message ({reason}): a header name in it, or "
+        "in a message before it in its batch, is not UTF-8",
     )
 
 
@@ -233,6 +270,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # partitions next starts after it.
         async with self._source._batch_lock:
             await self._source._commit(self._consumer)
+        for tp in revoked:  # its next owner starts from the committed offset
+            self._source._next.pop(tp, None)
         if revoked:
             self._source.ctx.log.info("kafka_partitions_revoked", partitions=_names(revoked))
 
@@ -243,7 +282,25 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def _names(partitions: set[TopicPartition]) -> list[str]:
-    return sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)
+    return sorted(_name(tp) for tp in partitions)
+
+
+def _name(tp: TopicPartition) -> str:
+    return f"{tp.topic}:{tp.partition}"
+
+
+def _failed_partition(error: BaseException) -> TopicPartition | None:
+    """The partition whose message aiokafka failed to read, from ``error``'s traceback:
+    its fetcher holds the partition it reads in a local ``tp`` (the innermost one is the
+    partition of the message)."""
+    found = None
+    tb = error.__traceback__
+    while tb is not None:
+        tp = tb.tb_frame.f_locals.get("tp")
+        if isinstance(tp, TopicPartition):
+            found = tp
+        tb = tb.tb_next
+    return found
 
 
 class KafkaSource:
@@ -261,6 +318,8 @@ class KafkaSource:
         self._paused = False
         self._uncommitted: dict[TopicPartition, int] = {}
         """Offsets to commit: of messages recorded, not yet acknowledged to the broker."""
+        self._next: dict[TopicPartition, int] = {}
+        """Where the last message recorded from each assigned partition leaves it."""
         self._commit_lock = anyio.Lock()
         self._commit_wanted = anyio.Event()
 
@@ -357,6 +416,9 @@ class KafkaSource:
                 batch = await consumer.getmany(
                     timeout_ms=timeout_ms, max_records=self.config.max_batch
                 )
+            except UnicodeDecodeError as exc:
+                await self._read_past_unreadable(consumer, exc)
+                continue
             except KafkaError as exc:
                 if not exc.retriable:
                     raise ConnectorError(
@@ -386,14 +448,102 @@ class KafkaSource:
                     continue  # taken away meanwhile: its new owner reads it from the last commit
                 events.extend(message_event(source, r, received_at) for r in records)
                 offsets[tp] = records[-1].offset + 1
-            if not events:
-                return
-            # A batch taken is recorded even when the daemon stops meanwhile (intake
-            # returns once the store has committed, which it does at shutdown too)
-            with anyio.CancelScope(shield=True):
-                await self.ctx.intake.record(events)
-            self._uncommitted.update(offsets)
-            self._commit_wanted.set()
+            await self._recorded(events, offsets)
+
+    async def _recorded(self, events: list[Event], offsets: dict[TopicPartition, int]) -> None:
+        """Record ``events`` and have ``offsets`` committed (holding the batch lock)."""
+        if not events:
+            return
+        # A batch taken is recorded even when the daemon stops meanwhile (intake returns
+        # once the store has committed, which it does at shutdown too)
+        with anyio.CancelScope(shield=True):
+            await self.ctx.intake.record(events)
+        self._next.update(offsets)
+        self._uncommitted.update(offsets)
+        self._commit_wanted.set()
+
+    async def _read_past_unreadable(
+        self, consumer: AIOKafkaConsumer, error: UnicodeDecodeError
+    ) -> None:
+        """aiokafka failed a fetch on a message it cannot read: record the messages of
+        that partition up to it, then it (and what of its batch cannot be read either) as
+        ``invalid``, and read on after it.
+
+        aiokafka's error does not say which partition; the traceback does (see
+        :func:`_failed_partition`). The failed fetch may have taken messages of other
+        partitions (and of this one) before it failed, moving their positions on, and
+        they are lost with it: every partition goes back to where the last message
+        recorded from it left it.
+
+        :raises ConnectorError: if the partition cannot be told, or the partitions cannot
+            be put back (the broker is gone): better stopped than messages skipped
+        """
+        tp = _failed_partition(error)
+        if tp is None:
+            raise ConnectorError(
+                f"kafka source {self.ctx.source!r}: a message could not be read: {error}"
+            ) from error
+        try:
+            for assigned in consumer.assignment():
+                with contextlib.suppress(IllegalStateError):  # taken away meanwhile: its
+                    await self._rewind(consumer, assigned)  # next owner starts at the commit
+        except KafkaError as exc:  # a position not put back could skip messages: stop
+            raise ConnectorError(
+                f"kafka source {self.ctx.source!r}: cannot go back to the last recorded "
+                f"offsets after a message that could not be read: {_describe(exc)}"
+            ) from exc
+        taken, next_offset = await self._read_one_by_one(consumer, tp)
+        async with self._batch_lock:
+            if taken and tp in consumer.assignment():
+                await self._recorded(taken, {tp: next_offset})
+
+    async def _read_one_by_one(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition
+    ) -> tuple[list[Event], int]:
+        """Read ``tp`` a message at a time up to and past the messages that cannot be read:
+        a read that fails takes nothing, and the partition's position is then the offset
+        of the message that cannot be read. Stops at the first message read after those
+        (reading goes on as ever from there), or when nothing comes.
+
+        :returns: the events, and the offset after the last of them
+        """
+        source = self.ctx.source
+        taken: list[Event] = []
+        next_offset, unreadable = 0, False
+        try:
+            while len(taken) < self.config.max_batch:
+                try:
+                    got = await consumer.getmany(tp, timeout_ms=_POLL_MS, max_records=1)
+                except UnicodeDecodeError as exc:
+                    offset = await consumer.position(tp)
+                    self.ctx.log.warning(
+                        "kafka_message_unreadable", partition=_name(tp), offset=offset
+                    )
+                    taken.append(_unreadable_event(source, tp, offset, now(), exc))
+                    next_offset, unreadable = offset + 1, True
+                    consumer.seek(tp, next_offset)
+                    continue
+                records = got.get(tp, [])
+                if not records:
+                    break
+                taken += [message_event(source, r, now()) for r in records]
+                next_offset = records[-1].offset + 1
+                if unreadable:
+                    break
+        except KafkaError as exc:  # what was read is recorded; the rest comes again
+            self.ctx.log.warning("kafka_poll_failed", error=_describe(exc))
+        return taken, next_offset
+
+    async def _rewind(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        """Put ``tp`` back where the last message recorded from it left it."""
+        offset = self._next.get(tp)
+        if offset is None:  # nothing recorded since it was assigned: where that started
+            offset = await consumer.committed(tp)
+        if offset is not None:
+            consumer.seek(tp, offset)
+        elif self.config.auto_offset_reset == "earliest":
+            await consumer.seek_to_beginning(tp)
+        # else it started at the end: where that was is not known any more
 
     async def _commit_loop(self, consumer: AIOKafkaConsumer) -> None:
         """Commit recorded offsets in the background: the next batch is fetched and recorded

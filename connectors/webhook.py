@@ -6,30 +6,46 @@ committed. Refusals, each with a JSON body ``{"error": {"code", "message"}}``:
 ========  =====================================================================
 status    when
 ========  =====================================================================
-400       the body is not valid JSON although it says it is (recorded: invalid)
+400       the body is not what it says it is: JSON that does not parse or nests
+          deeper than 64 levels, a form of more than 1,000 fields (recorded:
+          invalid, the body kept as escaped text)
 401       the signature or token is missing or wrong (not recorded)
 405       a method other than those configured
 413       the body is larger than ``max_body_bytes`` (not recorded)
 429       the daemon is behind (backlog saturated); ``Retry-After`` says when to retry
+503       the daemon is starting or stopping and the path is not served yet, or
+          no longer; ``Retry-After`` says when to retry (not recorded)
 ========  =====================================================================
+
+What an event holds (everything from the request goes through
+:mod:`cued.daemon.untrusted`, so no body or header can fail the daemon):
+
+* ``data``: the body parsed as JSON when its media type is ``application/json`` or
+  ``*+json``, or when it has none and the body opens an object or an array; a form
+  (``application/x-www-form-urlencoded``) as a dict of field to value; anything else as
+  text, with bytes that are not UTF-8 escaped as ``\\xNN``.
+* ``meta``: ``path``, ``query``, and ``headers`` (as UTF-8 text, escaped where they are
+  not), without ``Authorization``, ``Cookie`` and the header that carries the signature
+  or token: events are shown to every viewer, and a signature with its body could be
+  sent again.
 
 A redelivery that carries the same delivery id (``id_header``; GitHub's
 ``X-GitHub-Delivery`` by default for ``signature = "github"``) is answered ``200`` with
-status ``duplicate`` and starts nothing.
+status ``duplicate`` and starts nothing. Ids longer than 200 characters are shortened
+to a prefix and a hash.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
-from urllib.parse import parse_qsl
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from cued.daemon import untrusted
 from cued.daemon.errors import ConnectorError, CuedError
 from cued.daemon.secrets import resolve_secret
 from cued.daemon.sources import Event
@@ -106,6 +122,10 @@ class WebhookSource:
         self._id_header = config.id_header or (
             "X-GitHub-Delivery" if config.signature == "github" else None
         )
+        self._unstored = frozenset(
+            h.lower() for h in ("authorization", "cookie", *_signature_headers(config))
+        )
+        ctx.routes.reserve(config.path, max_body_bytes=config.max_body_bytes)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         import anyio
@@ -115,7 +135,8 @@ class WebhookSource:
             task_status.started()
             await anyio.sleep_forever()
         finally:
-            # stopping: requests to the path are refused from now on, none half-recorded
+            # stopping: requests to the path are answered 503 from now on (the path is
+            # reserved), none half-recorded
             self.ctx.routes.unmount(self.config.path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,25 +165,33 @@ class WebhookSource:
             )
         if problem := self._check_signature(request, body):
             return _error(401, "unauthorized", problem)
-        data, error = _parse(request.headers.get("content-type", ""), body)
+        parsed = _parse(request.headers.get("content-type", ""), body)
         delivery = request.headers.get(self._id_header) if self._id_header else None
         event = Event(
             source=self.ctx.source,
-            event_id=f"{self.ctx.source}:{delivery}" if delivery else new_id(),
-            data=data,
+            event_id=(
+                f"{self.ctx.source}:{untrusted.bounded_id(untrusted.header_text(delivery))}"
+                if delivery
+                else new_id()
+            ),
+            data=parsed.data,
             meta={
                 "path": request.url.path,
                 "query": dict(request.query_params),
                 "headers": {
-                    k: v for k, v in request.headers.items() if k not in ("authorization", "cookie")
+                    k: untrusted.header_text(v)
+                    for k, v in request.headers.items()
+                    if k not in self._unstored
                 },
             },
             received_at=now(),
-            error=error,
+            error=parsed.error,
         )
         (receipt,) = await self.ctx.intake.record([event])
-        if error is not None:
-            return _error(400, "invalid_body", f"{error} (recorded as event {event.event_id})")
+        if parsed.error is not None:
+            return _error(
+                400, "invalid_body", f"{parsed.error} (recorded as event {event.event_id})"
+            )
         status = 200 if receipt.status == "duplicate" else 202
         return JSONResponse(
             {"event_id": receipt.event_id, "status": receipt.status, "runs": list(receipt.run_ids)},
@@ -183,20 +212,22 @@ class WebhookSource:
         return b"".join(chunks)
 
     def _check_signature(self, request: Request, body: bytes) -> str | None:
+        """What is wrong with the request's signature or token, if anything. Compared as
+        bytes (the header's own, as sent): a header of any bytes is only wrong."""
         kind = self.config.signature
         if kind == "none":
             return None
+        header = _signature_headers(self.config)[0]
+        given = _header_bytes(request, header).strip()
         if kind == "token":
-            header = self.config.header or "Authorization"
-            given = request.headers.get(header, "").removeprefix("Bearer ").strip()
+            given = given.removeprefix(b"Bearer ").strip()
             if not given:
                 return f"missing token in header {header!r}"
-            return None if hmac.compare_digest(given.encode(), self._secret) else "wrong token"
-        header = "X-Hub-Signature-256" if kind == "github" else (self.config.header or "")
-        given = request.headers.get(header, "").strip().removeprefix("sha256=")
+            return None if hmac.compare_digest(given, self._secret) else "wrong token"
+        given = given.removeprefix(b"sha256=")
         if not given:
             return f"missing signature header {header!r}"
-        expected = hmac.new(self._secret, body, hashlib.sha256).hexdigest()
+        expected = hmac.new(self._secret, body, hashlib.sha256).hexdigest().encode()
         return (
             None
             if hmac.compare_digest(given.lower(), expected)
@@ -204,19 +235,32 @@ class WebhookSource:
         )
 
 
-def _parse(content_type: str, body: bytes) -> tuple[Any, str | None]:
-    """The payload as data: JSON, a form as a dict, else text."""
+def _signature_headers(config: WebhookConfig) -> tuple[str, ...]:
+    """The header that carries the signature or token (first), and any other that
+    carries a signature of the body."""
+    if config.signature == "token":
+        return (config.header or "Authorization",)
+    if config.signature == "github":
+        return ("X-Hub-Signature-256", "X-Hub-Signature")  # GitHub sends a SHA-1 one too
+    if config.signature == "hmac-sha256":
+        return (config.header or "",)
+    return ()
+
+
+def _header_bytes(request: Request, name: str) -> bytes:
+    # Starlette gives header values decoded as Latin-1: one character per byte as sent
+    return request.headers.get(name, "").encode("latin-1")
+
+
+def _parse(content_type: str, body: bytes) -> untrusted.Parsed:
+    """The payload as data: JSON, a form as a dict, else text; never raises."""
     media = content_type.split(";", 1)[0].strip().lower()
-    text = body.decode("utf-8", errors="replace")
     if (
         media == "application/json"
         or media.endswith("+json")
-        or (not media and text.lstrip()[:1] in ("{", "["))
+        or (not media and untrusted.looks_like_json(body))
     ):
-        try:
-            return json.loads(body or b"null"), None
-        except json.JSONDecodeError as exc:
-            return text[:10_000], f"body is not valid JSON: {exc}"
+        return untrusted.json_value(body)
     if media == "application/x-www-form-urlencoded":
-        return dict(parse_qsl(text)), None
-    return text, None
+        return untrusted.form(body)
+    return untrusted.Parsed(untrusted.text(body))

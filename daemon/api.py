@@ -28,15 +28,15 @@ GET  /healthz, /readyz, /metrics              no token
 
 Who may call is :mod:`cued.daemon.api_auth`'s business. Errors are JSON,
 ``{"error": {"code": ..., "message": ...}}``, with a 4xx status that says whose fault it
-is: FastAPI's own (validation, unknown path, method) too. No request changes state on GET.
+is: FastAPI's own (validation, unknown path, method) too; a cursor this API did not give
+is ``422``. No request changes state on GET. Bodies are capped before a request gets
+here (``413``, :mod:`cued.daemon.body_limit`), and what the store gives back to show was
+repaired on the way (:func:`cued.daemon.untrusted.stored`).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the annotations of the
 # endpoints at run time.
 
-import base64
-import binascii
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -47,7 +47,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from . import approvals, lineage, repair, retention
+from . import approvals, lineage, repair, retention, untrusted
 from .api_auth import (
     ERRORS,
     ApiContext,
@@ -578,22 +578,18 @@ def _str_or_none(value: Any) -> str | None:
 
 def _event_cursor(row: EventRow) -> str:
     """Opaque to clients: where a page of events ended, (received_at, event_id)."""
-    raw = json.dumps([row.received_at, row.event_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return untrusted.page_cursor(row.received_at, row.event_id)
 
 
 def _event_position(cursor: str | None) -> tuple[float, str] | None:
+    """:raises ApiError: 422 if ``cursor`` is not one :func:`_event_cursor` made"""
     if cursor is None:
         return None
-    try:
-        at, event_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if isinstance(at, bool) or not isinstance(at, int | float) or not isinstance(event_id, str):
-            raise TypeError(cursor)
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise ApiError(
-            422, "invalid_request", f"cursor {cursor!r} is not one this API gave"
-        ) from exc
-    return float(at), event_id
+    position = untrusted.page_position(cursor)
+    if position is None:
+        shown = cursor if len(cursor) <= 100 else f"{cursor[:100]}\u2026"
+        raise ApiError(422, "invalid_request", f"cursor {shown!r} is not one this API gave")
+    return position
 
 
 async def _event(ctx: ApiContext, event_id: str) -> EventRow:

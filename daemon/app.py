@@ -30,6 +30,7 @@ import httpx
 
 from .alerts import Alerts
 from .api import Caller, Users, build_app
+from .body_limit import BodyLimit
 from .control import (
     ControlAccess,
     ControlGuard,
@@ -236,9 +237,16 @@ async def _serve(
         api = build_app(
             runner, trusted=False, users=_users(config), live=live, metrics=metrics, ready=ready
         )
-        front = WebFront(with_ui(api, runner, intake, _users(config)))  # UI: daemon/ui
+        front = WebFront(
+            with_ui(api, runner, intake, _users(config)),  # UI: daemon/ui
+            max_body_bytes=config.http.max_body_bytes,
+        )
         control = ControlGuard(
-            build_app(runner, trusted=True, live=live, metrics=metrics, ready=ready), access
+            BodyLimit(
+                build_app(runner, trusted=True, live=live, metrics=metrics, ready=ready),
+                config.http.max_body_bytes,
+            ),
+            access,
         )
         grace = config.daemon.shutdown_grace
         control_sock = bind_control_socket(socket_path, access)  # under the state's lock
@@ -247,12 +255,14 @@ async def _serve(
                 serve_asgi, control, sockets=[control_sock], http=PeerCredentials, grace_s=grace
             )
         )
+        # created before the server listens: a webhook reserves its path, which answers
+        # 503 (not 404) until the source has started
+        sources = _sources(config, intake, front)
         address = None
         if config.http.listen:
             sock = _bind(config.http.listen)
             address = sock.getsockname()[:2]
             await tg.start(partial(serve_asgi, front, sockets=[sock], grace_s=grace))
-        sources = _sources(config, intake, front)
         async with anyio.create_task_group() as sources_tg:
             for source in sources:
                 await sources_tg.start(source.run)

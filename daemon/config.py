@@ -121,6 +121,10 @@ class HttpConfig(_Model):
     listen: str = "127.0.0.1:8080"
     """``host:port``; an empty string turns the server off. With no ``[auth.users]``, a
     loopback address only (127.0.0.1, [::1], localhost)."""
+    max_body_bytes: int = Field(1024 * 1024, ge=1)
+    """The largest request body the API and UI take (and the control socket): a larger
+    one is answered ``413`` before it is read or its token checked. A webhook's own
+    ``max_body_bytes`` applies to its path."""
 
 
 class SourceConfig(BaseModel):

@@ -95,6 +95,16 @@ class Intake(Protocol):
 
 
 class WebRoutes(Protocol):
+    def reserve(self, path: str, *, max_body_bytes: int) -> None:
+        """Declare, when the source is created (before the server listens), that it will
+        serve ``path``: until it mounts, and after it unmounts, requests to the path are
+        answered ``503`` with ``Retry-After`` rather than ``404``.
+
+        :param max_body_bytes: the largest body the source takes (the server's cap on
+            bodies sent to ``path`` is at least this)
+        :raises ValueError: if another source reserved that path, or the daemon serves it
+        """
+
     def mount(self, path: str, app: ASGIApp) -> None:
         """Serve ``app`` for requests to ``path`` on the daemon's HTTP server.
 

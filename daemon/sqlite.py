@@ -36,6 +36,7 @@ from .store import (
     RunRow,
     id_at,
 )
+from .untrusted import stored
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -612,8 +613,18 @@ def _run(r: Any) -> RunRow:
 
 
 def _event(r: Any) -> EventRow:
+    # data and meta came from outside: what an older daemon kept unrepaired (lone
+    # surrogates, values nested hundreds deep) must not fail every page that shows it
+    meta = stored(r[5])
     return EventRow(
-        r[0], r[1], r[2], r[3], _loads(r[4]), json.loads(r[5]), tuple(json.loads(r[6])), r[7]
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        stored(r[4]),
+        meta if isinstance(meta, dict) else {"stored": meta},
+        tuple(json.loads(r[6])),
+        r[7],
     )
 
 

@@ -16,28 +16,45 @@ What comes out is safe to store and to show again:
 * numbers are ones Python can print again (no integer of more than 4,300 digits, no
   ``NaN`` or ``Infinity``, which JSON does not have);
 * ids are of bounded length.
+
+The store reads what it kept through :func:`stored`, which repairs what an older daemon
+let in (before this module existed) the same way.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import codecs
 import hashlib
+import itertools
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 __all__ = [
+    "MAX_CURSOR_CHARS",
     "MAX_DEPTH",
+    "MAX_FORM_FIELDS",
     "MAX_ID_CHARS",
     "MAX_INVALID_TEXT_CHARS",
     "Parsed",
     "bounded_id",
     "clean",
+    "form",
     "header_text",
     "json_value",
+    "looks_like_json",
     "os_name",
+    "page_cursor",
+    "page_position",
+    "stored",
     "text",
+    "text_or_base64",
 ]
 
 MAX_DEPTH = 64
@@ -50,9 +67,21 @@ MAX_ID_CHARS = 200
 MAX_INVALID_TEXT_CHARS = 10_000
 """How much of an unparseable payload is kept, as text, in its ``invalid`` event."""
 
+MAX_FORM_FIELDS = 1000
+"""A form body with more fields than this is refused (as Django and Werkzeug do)."""
+
+MAX_CURSOR_CHARS = 2000
+"""A page cursor this API gives is far shorter; a longer one is not one of them."""
+
+_CUT_CHARS = 200
+"""How much of a subtree that nests too deep :func:`stored` keeps, as JSON text."""
+_CUT_LEVELS = 20
+"""How deep that text goes (the subtree itself may nest deeper than the stack allows)."""
+
 # Lone surrogates can only come out of JSON as ``\\uD800``-``\\uDFFF`` escapes: the text
 # itself was decoded strictly as UTF-8, which has none.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_TEXT_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _OPENERS = (b"[", b"{")
 
 
@@ -75,6 +104,17 @@ def text(raw: bytes, *, limit: int | None = None) -> str:
     """
     out = raw.decode("utf-8", "backslashreplace")
     return out if limit is None else out[:limit]
+
+
+def text_or_base64(raw: bytes) -> tuple[str, bool]:
+    """``raw`` as text if it is UTF-8, else as base64; and whether it is base64.
+
+    For what is kept as it came (a Kafka key or header), so the bytes can be had again.
+    """
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), True
 
 
 def _repair(value: str) -> str:
@@ -118,25 +158,46 @@ def bounded_id(value: str, *, limit: int = MAX_ID_CHARS) -> str:
     return f"{value[: limit - 33]}#{digest}"
 
 
-def clean(value: Any, *, max_depth: int = MAX_DEPTH) -> Any:
+def clean(value: Any, *, max_depth: int = MAX_DEPTH, cut: bool = False) -> Any:
     """``value`` (made of JSON's types) with lone surrogates escaped in strings and keys.
 
-    :raises ValueError: if it nests deeper than ``max_depth``
+    :param cut: replace what nests deeper than ``max_depth`` by its JSON text, shortened
+        and with a note, instead of refusing the whole
+    :raises ValueError: if it nests deeper than ``max_depth`` (and ``cut`` is false)
     """
-    return _walk(value, 0, max_depth)
+    return _walk(value, 0, max_depth, cut)
 
 
-def _walk(value: Any, depth: int, max_depth: int) -> Any:
+def _walk(value: Any, depth: int, max_depth: int, cut: bool) -> Any:
     if isinstance(value, str):
         return _repair(value)
+    if isinstance(value, list | tuple | dict) and depth >= max_depth:
+        if cut:
+            return _cut(value, max_depth)
+        raise _Refused(f"it nests deeper than {max_depth} levels")
     if isinstance(value, list | tuple):
-        if depth >= max_depth:
-            raise _Refused(f"it nests deeper than {max_depth} levels")
-        return [_walk(v, depth + 1, max_depth) for v in value]
+        return [_walk(v, depth + 1, max_depth, cut) for v in value]
     if isinstance(value, dict):
-        if depth >= max_depth:
-            raise _Refused(f"it nests deeper than {max_depth} levels")
-        return {_repair(str(k)): _walk(v, depth + 1, max_depth) for k, v in value.items()}
+        return {_repair(str(k)): _walk(v, depth + 1, max_depth, cut) for k, v in value.items()}
+    return value
+
+
+def _cut(value: Any, max_depth: int) -> str:
+    try:
+        shown = json.dumps(_shallow(value, _CUT_LEVELS))[:_CUT_CHARS]
+    except ValueError:  # an integer past Python's digit limit
+        shown = "[" if isinstance(value, list | tuple) else "{"
+    return f"{_repair(shown)}\u2026 (cut: nests deeper than {max_depth} levels)"
+
+
+def _shallow(value: Any, levels: int) -> Any:
+    """``value`` with what nests deeper than ``levels`` as "…": short enough to show."""
+    if isinstance(value, list | tuple | dict) and levels <= 0:
+        return "\u2026"
+    if isinstance(value, list | tuple):
+        return [_shallow(v, levels - 1) for v in itertools.islice(value, _CUT_CHARS)]
+    if isinstance(value, dict):
+        return {k: _shallow(v, levels - 1) for k, v in itertools.islice(value.items(), _CUT_CHARS)}
     return value
 
 
@@ -183,3 +244,81 @@ def _short(exc: ValueError) -> str:
     if "integer string conversion" in message:
         return "a number has more digits than Python reads (4300)"
     return message[:200]
+
+
+def looks_like_json(raw: bytes) -> bool:
+    """Whether ``raw`` opens an object or an array (after a BOM and whitespace): a body
+    that says nothing of its type is taken as JSON then."""
+    return raw.removeprefix(codecs.BOM_UTF8).lstrip()[:1] in _OPENERS
+
+
+def form(raw: bytes, *, max_fields: int = MAX_FORM_FIELDS) -> Parsed:
+    """``raw`` as an HTML form (``application/x-www-form-urlencoded``): a dict of each
+    field to its value (the last one of a repeated field; empty fields left out); never
+    raises.
+
+    Bytes and percent-escapes that are not UTF-8 come out escaped as ``\\xNN``. On failure
+    (more than ``max_fields`` fields), ``data`` is the body as escaped text and ``error``
+    says why.
+    """
+    if raw.count(b"&") >= max_fields:
+        return _invalid(raw, f"form body has more than {max_fields} fields")
+    return Parsed(dict(parse_qsl(text(raw), errors="backslashreplace")))
+
+
+def stored(doc: str | None, *, max_depth: int = MAX_DEPTH) -> Any:
+    """JSON text the store kept, back as data safe to show: lone surrogates escaped and
+    what nests deeper than ``max_depth`` cut (see :func:`clean`); never raises.
+
+    What a daemon keeps now went through this module on its way in, but an older one kept
+    whatever came, and a page that shows such an event must not fail. Cheap scans of the
+    text leave the walk over the value to documents that could need it.
+    """
+    if doc is None:
+        return None
+    try:
+        value = json.loads(doc)
+    except RecursionError:  # deeper than the stack: keep the start of it
+        return _cut_text(doc, f"nests deeper than {max_depth} levels")
+    except ValueError as exc:  # not JSON: only a file written by something else
+        return _cut_text(doc, f"not JSON: {_short(exc)}")
+    if doc.count("[") + doc.count("{") < max_depth and not _TEXT_SURROGATE_ESCAPE.search(doc):
+        return value
+    try:
+        return clean(value, max_depth=max_depth, cut=True)
+    except RecursionError:  # the walk goes max_depth deep: only on a stack used up already
+        return _cut_text(doc, f"nests deeper than {max_depth} levels")
+
+
+def _cut_text(doc: str, why: str) -> str:
+    return f"{_repair(doc[:_CUT_CHARS])}\u2026 (cut: {why})"
+
+
+def page_cursor(at: float, key: str) -> str:
+    """An opaque cursor for the position ``(at, key)`` in a list: :func:`page_position`
+    reads it back."""
+    raw = json.dumps([at, key]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def page_position(cursor: str) -> tuple[float, str] | None:
+    """The position a cursor made by :func:`page_cursor` holds, or ``None`` if ``cursor``
+    is not one (of any text: a made-up cursor is no error of the daemon's); never raises.
+    """
+    if len(cursor) > MAX_CURSOR_CHARS:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (binascii.Error, ValueError):  # ValueError: not ASCII
+        return None
+    parsed = json_value(raw, max_depth=2)
+    if parsed.error is not None:
+        return None
+    match parsed.data:
+        case [int() | float() as at, str() as key] if not isinstance(at, bool):
+            try:
+                position = float(at)  # an integer past a float's range overflows
+            except OverflowError:
+                return None
+            return (position, key) if math.isfinite(position) else None  # 1e999 reads as inf
+    return None

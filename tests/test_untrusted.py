@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import os
 
 import pytest
@@ -11,13 +13,20 @@ from hypothesis import strategies as st
 
 from cued.daemon.untrusted import (
     MAX_DEPTH,
+    MAX_FORM_FIELDS,
     MAX_ID_CHARS,
     bounded_id,
     clean,
+    form,
     header_text,
     json_value,
+    looks_like_json,
     os_name,
+    page_cursor,
+    page_position,
+    stored,
     text,
+    text_or_base64,
 )
 
 
@@ -119,3 +128,162 @@ def test_text_escapes_what_is_not_utf8() -> None:
 def test_clean_refuses_too_deep() -> None:
     with pytest.raises(ValueError, match="nests deeper"):
         clean([[[1]]], max_depth=2)
+
+
+def test_clean_can_cut_what_nests_too_deep_instead() -> None:
+    cut = clean({"a": [[1, 2]], "b": 1}, max_depth=2, cut=True)
+    assert cut["b"] == 1
+    (note,) = cut["a"]
+    assert note.startswith("[1, 2]")
+    assert "nests deeper than 2 levels" in note
+
+
+# -- forms ------------------------------------------------------------------------------
+
+
+@given(st.binary(max_size=1024))
+def test_form_bodies_of_any_bytes_parse_or_give_an_error_never_raise(raw: bytes) -> None:
+    parsed = form(raw)
+    _storable(parsed.data)
+    assert isinstance(parsed.data, dict if parsed.error is None else str)
+
+
+def test_a_form_reads_percent_escapes_as_utf8_and_escapes_what_is_not() -> None:
+    assert form(b"name=caf%C3%A9&raw=%FF&plus=a+b&bare=\xff&empty=").data == {
+        "name": "caf\u00e9",
+        "raw": "\\xff",
+        "plus": "a b",
+        "bare": "\\xff",
+    }
+
+
+def test_a_form_of_too_many_fields_is_refused() -> None:
+    assert form(b"&".join([b"a=1"] * MAX_FORM_FIELDS)).error is None
+    parsed = form(b"&".join([b"a=1"] * (MAX_FORM_FIELDS + 1)))
+    assert parsed.error == f"form body has more than {MAX_FORM_FIELDS} fields"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(b'  {"a": 1}', True, id="object"),
+        pytest.param(b"\xef\xbb\xbf\n[1]", True, id="bom-array"),
+        pytest.param(b"42", False, id="number"),
+        pytest.param(b"", False, id="empty"),
+        pytest.param(b"hello", False, id="text"),
+    ],
+)
+def test_what_looks_like_json(raw: bytes, expected: bool) -> None:
+    assert looks_like_json(raw) is expected
+
+
+# -- what the store kept ----------------------------------------------------------------
+
+_STORED_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=40,
+)
+
+
+@given(_STORED_VALUES)
+def test_anything_the_store_kept_reads_back_safe_to_show(value: object) -> None:
+    # an older daemon kept what json.loads gave: lone surrogates, NaN, deep values
+    shown = stored(json.dumps(value))
+    json.dumps(shown, ensure_ascii=False).encode("utf-8")
+    if "\\ud" not in json.dumps(value).lower() and not _has_nan(value):
+        assert shown == value
+
+
+def _has_nan(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, list):
+        return any(_has_nan(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nan(v) for v in value.values())
+    return False
+
+
+def test_a_stored_value_nested_900_deep_is_cut_with_a_note() -> None:
+    doc = '{"a": ' * 900 + "1" + "}" * 900
+    shown = stored(doc)
+    inner = shown
+    for _ in range(MAX_DEPTH):
+        inner = inner["a"]
+    assert isinstance(inner, str)
+    assert inner.startswith('{"a": {"a": ')
+    assert inner.endswith(f"(cut: nests deeper than {MAX_DEPTH} levels)")
+    json.dumps(shown).encode("utf-8")
+
+
+def test_a_stored_value_deeper_than_the_stack_keeps_its_start() -> None:
+    shown = stored("[" * 100_000 + "]" * 100_000)
+    assert isinstance(shown, str)
+    assert shown.startswith("[[[")
+    assert "nests deeper" in shown
+
+
+def test_stored_lone_surrogates_are_escaped() -> None:
+    assert stored('{"k\\udc80": ["\\ud800", "\\ud83d\\ude00"]}') == {
+        "k\\udc80": ["\\ud800", "\U0001f600"]
+    }
+    assert stored(None) is None
+
+
+# -- page cursors -----------------------------------------------------------------------
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False), st.text())
+def test_a_page_cursor_reads_back_as_its_position(at: float, key: str) -> None:
+    key = key.encode("utf-8", "backslashreplace").decode()  # ids are valid text
+    assert page_position(page_cursor(at, key)) == (at, key)
+
+
+@given(st.text(max_size=3000))
+def test_any_text_is_a_page_position_or_none_never_raises(cursor: str) -> None:
+    position = page_position(cursor)
+    if position is not None:
+        at, key = position
+        assert math.isfinite(at)
+        key.encode("utf-8")
+
+
+def _b64(doc: bytes) -> str:
+    return base64.urlsafe_b64encode(doc).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        pytest.param(_b64(b"[" + b"9" * 400 + b', "e"]'), id="float-overflow"),
+        pytest.param(_b64(b"[" + b"9" * 5000 + b', "e"]'), id="huge-integer"),
+        pytest.param(_b64(b'[NaN, "e"]'), id="nan"),
+        pytest.param(_b64(b'[1e999, "e"]'), id="infinite"),
+        pytest.param(_b64(b'[true, "e"]'), id="bool"),
+        pytest.param(_b64(b'[[[[1]]], "e"]'), id="nested"),
+        pytest.param(_b64(b"[" * 5000 + b"]" * 5000), id="deep"),
+        pytest.param(_b64(b'[1, "e", 3]'), id="three"),
+        pytest.param(_b64(b'{"at": 1}'), id="object"),
+        pytest.param(_b64(b"\xff\xfe"), id="not-utf8"),
+        pytest.param("caf\u00e9", id="not-ascii"),
+        pytest.param("abc", id="bad-padding"),
+        pytest.param("", id="empty"),
+        pytest.param("A" * 5000, id="long"),
+    ],
+)
+def test_cursors_that_are_not_ours_have_no_position(cursor: str) -> None:
+    assert page_position(cursor) is None
+
+
+def test_a_lone_surrogate_in_a_cursor_comes_back_escaped() -> None:
+    assert page_position(_b64(b'[1.5, "a\\ud800"]')) == (1.5, "a\\ud800")
+
+
+# -- keys and headers kept as they came --------------------------------------------------
+
+
+@given(st.binary(max_size=64))
+def test_bytes_are_text_or_base64_and_come_back(raw: bytes) -> None:
+    shown, is_base64 = text_or_base64(raw)
+    assert (base64.b64decode(shown) if is_base64 else shown.encode("utf-8")) == raw

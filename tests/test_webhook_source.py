@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 
 import anyio
 import httpx
 import pytest
 
+from cued.daemon.app import run_daemon
 from cued.daemon.errors import ConnectorError
 from tests.support import probes
+from tests.support.raw_http import free_port
 from tests.support.running import daemon_running, wait_finished
 
 SECRET = "s3cret"
@@ -324,3 +327,59 @@ inputs = { version = "{{ event.data.output }} from {{ event.data.run_id }}" }
     assert event.event_id == f"asset:sales_table:{run_id}"
     assert consumer.state == "succeeded"
     assert probe.calls == ["table-tue", f"read table-tue from {run_id}"]
+
+
+async def test_a_webhook_path_answers_503_not_404_while_the_daemon_starts(make_config):
+    port = free_port()
+    with socket.socket() as closed:  # bound, never listened on: the Kafka source never starts
+        closed.bind(("127.0.0.1", 0))
+        config = make_config(
+            f"""
+[http]
+listen = "127.0.0.1:{port}"
+[sources.first]
+kind = "kafka"
+bootstrap = "127.0.0.1:{closed.getsockname()[1]}"
+topics = ["t"]
+group = "g"
+connect_timeout = "120s"
+[sources.orders]
+kind = "webhook"
+path = "/hooks/orders"
+"""
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_daemon, config)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                with anyio.fail_after(20):
+                    while True:
+                        try:
+                            answer = await client.post("/hooks/orders", json={"id": 1})
+                            break
+                        except httpx.ConnectError:  # not listening yet
+                            await anyio.sleep(0.02)
+                ready = await client.get("/readyz")
+            tg.cancel_scope.cancel()
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "2"
+    assert answer.json()["error"]["code"] == "unavailable"
+    assert ready.status_code == 503
+
+
+async def test_the_signature_headers_are_not_kept_with_the_event(config):
+    body = b"{}"
+    async with daemon_running(config) as info, httpx.AsyncClient(base_url=base_url(info)) as client:
+        answer = await client.post(
+            "/hooks/github",
+            content=body,
+            headers={
+                "x-github-event": "ping",
+                "x-hub-signature-256": signed(body),
+                "x-hub-signature": "sha1=00",
+                "cookie": "a=b",
+            },
+        )
+        assert answer.status_code == 202
+        (event,) = await info.runner.store.list_events(source="github")
+    assert event.meta["headers"]["x-github-event"] == "ping"
+    assert not {"x-hub-signature-256", "x-hub-signature", "cookie"} & set(event.meta["headers"])

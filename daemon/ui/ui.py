@@ -44,6 +44,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from ..api_auth import SESSION_COOKIE, ApiError, Caller, open_caller
+from ..untrusted import page_cursor, page_position
 from . import draw
 
 if TYPE_CHECKING:
@@ -439,7 +440,8 @@ class _Ui:
         q = request.query_params
         source = q.get("source") or None
         status = q.get("status") or None
-        before = _event_position(q.get("before"))
+        # a cursor that is not one of ours (made up, or from an older daemon): first page
+        before = page_position(q.get("before") or "")
         rows = await self.runner.store.list_events(
             limit=_PAGE_SIZE + 1, source=source, status=status, before=before
         )
@@ -448,7 +450,7 @@ class _Ui:
             set(self.runner.config.sources) | set(getattr(self.intake, "received", {}))
         )
         last = rows[_PAGE_SIZE - 1] if len(rows) > _PAGE_SIZE else None
-        older = f"{last.received_at!r}|{last.event_id}" if last else None
+        older = page_cursor(last.received_at, last.event_id) if last else None
         return {
             "active": "/ui/events",
             "events": rows[:_PAGE_SIZE],
@@ -511,15 +513,6 @@ async def _to_ui(request: Request) -> Response:
 def _url(path: str, query: Mapping[str, str | None]) -> str:
     given = {k: v for k, v in query.items() if v}
     return f"{path}?{urlencode(given)}" if given else path
-
-
-def _event_position(cursor: str | None) -> tuple[float, str] | None:
-    """``received_at|event_id`` of the last event on a page, as the store's cursor."""
-    at, _, event_id = (cursor or "").partition("|")
-    try:
-        return (float(at), event_id) if event_id else None
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)

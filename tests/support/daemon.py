@@ -6,6 +6,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -101,3 +102,12 @@ async def wait_for(predicate, timeout_s: float = 30, interval_s: float = 0.02) -
     with anyio.fail_after(timeout_s):
         while not predicate():  # noqa: ASYNC110 - effects in another process
             await anyio.sleep(interval_s)
+
+
+def wait_until(predicate, *, what: str, timeout_s: float = 30, interval_s: float = 0.02) -> None:
+    """:func:`wait_for` for tests that are not async (hypothesis drives them)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s}s for {what}")
+        time.sleep(interval_s)

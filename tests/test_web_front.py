@@ -1,0 +1,116 @@
+"""The HTTP front on its own, over real HTTP: reserved paths answer 503 until a source
+mounts them and after it unmounts them, and request bodies are capped before any app
+reads them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from cued.daemon.body_limit import BodyLimit
+from cued.daemon.web import RETRY_AFTER_S, WebFront
+from tests.support.http_server import serve_app
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+CAP = 1000
+
+
+async def _echo(request: Request) -> JSONResponse:
+    body = await request.body()
+    return JSONResponse({"app": request.app.state.name, "size": len(body)})
+
+
+def app(name: str) -> Starlette:
+    made = Starlette(routes=[Route("/{path:path}", _echo, methods=["GET", "POST"])])
+    made.state.name = name
+    return made
+
+
+def front() -> WebFront:
+    return WebFront(app("api"), max_body_bytes=CAP)
+
+
+async def test_a_reserved_path_answers_503_until_mounted_and_after_unmounted():
+    web = front()
+    web.reserve("/hooks/a", max_body_bytes=CAP)
+    async with serve_app(web) as url, httpx.AsyncClient(base_url=url) as client:
+        starting = await client.post("/hooks/a", json={})
+        web.mount("/hooks/a", app("hook"))
+        serving = await client.post("/hooks/a/", json={})
+        web.unmount("/hooks/a")
+        stopping = await client.post("/hooks/a", json={})
+        elsewhere = await client.post("/hooks/b", json={})
+    for answer in (starting, stopping):
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == str(RETRY_AFTER_S)
+        assert answer.json()["error"]["code"] == "unavailable"
+        assert "/hooks/a is not served at the moment" in answer.json()["error"]["message"]
+    assert serving.json()["app"] == "hook"
+    assert elsewhere.json()["app"] == "api", "a path nobody reserved is the API's"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_body_over_the_cap_is_413_before_the_app_has_it(chunked):
+    async def body(size: int):
+        for _ in range(size // 100):
+            yield b"x" * 100
+
+    async with serve_app(front()) as url, httpx.AsyncClient(base_url=url) as client:
+        over = b"x" * (CAP + 100)
+        answer = await client.post("/api/v1/x", content=body(len(over)) if chunked else over)
+        within = await client.post("/api/v1/x", content=b"x" * CAP)
+    assert answer.status_code == 413
+    assert answer.json() == {
+        "error": {"code": "body_too_large", "message": f"the body is larger than {CAP} bytes"}
+    }
+    assert within.json() == {"app": "api", "size": CAP}
+
+
+async def test_a_reserved_path_takes_bodies_up_to_its_own_larger_cap():
+    web = front()
+    web.reserve("/hooks/big", max_body_bytes=5 * CAP)
+    web.mount("/hooks/big", app("hook"))
+    async with serve_app(web) as url, httpx.AsyncClient(base_url=url) as client:
+        big = await client.post("/hooks/big", content=b"x" * (3 * CAP))
+        too_big = await client.post("/hooks/big", content=b"x" * (5 * CAP + 1))
+        api = await client.post("/api/v1/x", content=b"x" * (3 * CAP))
+    assert big.json() == {"app": "hook", "size": 3 * CAP}
+    assert too_big.status_code == 413
+    assert api.status_code == 413
+
+
+async def test_the_body_limit_wraps_any_app():
+    async with (
+        serve_app(BodyLimit(app("control"), CAP)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        over = await client.post("/api/v1/x", content=b"x" * (CAP + 1))
+        within = await client.post("/api/v1/x", content=b"x" * CAP)
+    assert over.status_code == 413
+    assert within.json() == {"app": "control", "size": CAP}
+
+
+@pytest.mark.parametrize("path", ["/", "/api/v1/hook", "/ui/hook", "/ui", "/metrics", "/healthz"])
+def test_the_daemons_own_paths_cannot_be_reserved_or_mounted(path):
+    web = front()
+    with pytest.raises(ValueError, match="is the daemon's own"):
+        web.reserve(path, max_body_bytes=CAP)
+    with pytest.raises(ValueError, match="is the daemon's own"):
+        web.mount(path, app("hook"))
+
+
+def test_two_sources_cannot_serve_one_path():
+    web = front()
+    web.reserve("/hooks/a", max_body_bytes=CAP)
+    with pytest.raises(ValueError, match="two sources serve the path '/hooks/a'"):
+        web.reserve("hooks/a/", max_body_bytes=CAP)
+    web.mount("/hooks/a", app("one"))
+    with pytest.raises(ValueError, match="two sources serve the path '/hooks/a'"):
+        web.mount("/hooks/a", app("two"))
