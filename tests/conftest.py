@@ -55,3 +55,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             or "restart" in item.name
         ):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+async def http_client():
+    """An HTTP client for task kinds called directly (``kind.execute(params, ctx)``)."""
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+@pytest.fixture
+def ctx(http_client):
+    """The context of one attempt, see :func:`tests.support.kinds.task_context`."""
+    from tests.support.kinds import task_context
+
+    return task_context(http_client)

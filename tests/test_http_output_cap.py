@@ -8,15 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-import httpx
 import pydantic
 import pytest
-import structlog
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cued.daemon.kinds import TaskContext
 from cued.plugins.http import HttpTask
 from tests.support.http_server import serve_app
 
@@ -25,28 +22,10 @@ if TYPE_CHECKING:
 
     from starlette.requests import Request
 
+    from cued.daemon.kinds import TaskContext
+
 CHUNK = b"x" * 65536
 CHUNKS = 2000  # 128 MiB, far more than any socket buffers hold
-
-
-@pytest.fixture
-async def http_client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
-@pytest.fixture
-def ctx(http_client: httpx.AsyncClient) -> TaskContext:
-    return TaskContext(
-        run_id="run-1",
-        pipeline="p",
-        task="t",
-        map_index=None,
-        attempt=1,
-        idempotency_key="run-1/t",
-        log=structlog.get_logger(),
-        http=http_client,
-    )
 
 
 class Endless:

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -18,7 +17,6 @@ from starlette.routing import Route
 
 from cued.daemon.config import parse_config
 from cued.daemon.errors import ConfigError, PermanentTaskError
-from cued.daemon.kinds import TaskContext
 from cued.daemon.templates import render, shell_quote
 from cued.plugins.http import HttpTask
 from cued.plugins.shell import ShellParams
@@ -27,11 +25,10 @@ from tests.support.http_server import serve_app
 from tests.support.running import daemon_running, wait_finished
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from starlette.requests import Request
 
     from cued.daemon.errors import ConfigProblem
+    from cued.daemon.kinds import TaskContext
 
 # -- shell_quote -----------------------------------------------------------------------------
 
@@ -345,26 +342,6 @@ def test_allow_hosts_match_names_wildcards_and_addresses(host: str, allowed: boo
     else:
         with pytest.raises(PermanentTaskError, match="is not in allow_hosts"):
             _check_allowed(url, params.allow_hosts, "GET")
-
-
-@pytest.fixture
-async def http_client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
-@pytest.fixture
-def ctx(http_client: httpx.AsyncClient) -> TaskContext:
-    return TaskContext(
-        run_id="run-1",
-        pipeline="p",
-        task="t",
-        map_index=None,
-        attempt=1,
-        idempotency_key="run-1/t",
-        log=structlog.get_logger(),
-        http=http_client,
-    )
 
 
 def counting_app(hits: list[str]) -> Starlette:

@@ -11,17 +11,18 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pydantic
 import pytest
-import structlog
 
 from cued.daemon.environment import BASE_NAMES, program_env
 from cued.daemon.errors import ConfigError
-from cued.daemon.kinds import TaskContext
 from cued.plugins.shell import ShellTask
 from tests.support.daemon import wait_for
+from tests.support.kinds import task_context
 from tests.support.running import daemon_running, wait_finished
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from cued.daemon.kinds import TaskContext
 
 #: A program that prints its environment as JSON.
 PRINT_ENV = [sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"]
@@ -34,17 +35,7 @@ async def http_client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def context(http: httpx.AsyncClient, **extra: Any) -> TaskContext:
-    return TaskContext(
-        run_id="run-1",
-        pipeline="p",
-        task="t",
-        map_index=None,
-        attempt=1,
-        idempotency_key="run-1/t",
-        log=structlog.get_logger(),
-        http=http,
-        **extra,
-    )
+    return task_context(http, pipeline="p", task="t", idempotency_key="run-1/t", **extra)
 
 
 async def env_of(http: httpx.AsyncClient, ctx_extra: dict[str, Any] | None = None, **params):

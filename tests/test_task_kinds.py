@@ -15,7 +15,6 @@ import anyio
 import httpx
 import pydantic
 import pytest
-import structlog
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -31,7 +30,6 @@ from tests.support import pyfuncs
 from tests.support.http_server import serve_app
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from starlette.requests import Request
@@ -39,26 +37,6 @@ if TYPE_CHECKING:
 PY = sys.executable
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-async def http_client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
-@pytest.fixture
-def ctx(http_client: httpx.AsyncClient) -> TaskContext:
-    return TaskContext(
-        run_id="run-1",
-        pipeline="orders",
-        task="notify",
-        map_index=None,
-        attempt=1,
-        idempotency_key="run-1:notify",
-        log=structlog.get_logger(),
-        http=http_client,
-    )
 
 
 def _params(kind: Any, **values: Any) -> Any:
