@@ -45,12 +45,13 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
 		|| (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
+# Two workers: most tests wait on processes, sockets and fsync, not on a core.
 test: check $(CHROMIUM)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 # The lane to run while working: no lint, no processes started (see tests/conftest.py).
 test-fast: $(VENV)/.installed-test
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n 2 -m "not slow"
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.core

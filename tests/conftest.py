@@ -38,19 +38,23 @@ def kafka():
 
 
 # `make test-fast` leaves out what starts other processes (daemons killed with -9 and
-# restarted, the Kafka broker, Chromium, the CLI as a subprocess): the lane to run while
-# working. `make test` runs everything.
+# restarted, the CLI, the Kafka broker, Chromium): the lane to run while working.
+# `make test` runs everything.
 _SLOW_MODULES = frozenset(
     {"test_all_sources_crash", "test_crash_recovery", "test_kafka", "test_ui", "test_cli"}
 )
+# a test whose own code names one of these starts a process (tests/support/daemon.py)
+_STARTS_PROCESSES = frozenset({"Daemon", "cued", "subprocess"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+        code = getattr(getattr(item, "function", None), "__code__", None)
         if (
             module in _SLOW_MODULES
             or "kafka" in getattr(item, "fixturenames", ())
+            or (code is not None and _STARTS_PROCESSES & set(code.co_names))
             or "kill_9" in item.name
             or "restart" in item.name
         ):
