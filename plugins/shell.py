@@ -13,13 +13,13 @@ import subprocess
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
-from jinja2 import nodes
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cued.daemon import templates
 from cued.daemon.environment import EnvSpec, ProgramEnv, program_env
 from cued.daemon.errors import PermanentTaskError, TaskError
 from cued.daemon.kinds import ParamProblem
+from cued.plugins._shell_templates import argv_problems, command_problems, cwd_problems
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -48,7 +48,8 @@ class ShellParams(BaseModel):
         task_env``: ``["NAME", "NAME=value"]`` (a name alone is passed through from the
         daemon's environment, if set there), or a table of values. Names are written
         out; values may be templates.
-    :param cwd: the working directory, by default the daemon's
+    :param cwd: the working directory, by default the daemon's; a template here is
+        warned of (refused if the program is a relative path)
     :param output_tail_bytes: how many of the last bytes of stdout and of stderr to keep
         (each); the rest is read and dropped, so a chatty program cannot exhaust memory
     """
@@ -70,8 +71,11 @@ class ShellParams(BaseModel):
     @classmethod
     def template_problems(cls, params: Mapping[str, Any]) -> Iterator[ParamProblem]:
         """Names in ``env`` that a template would choose (event data picking which of
-        the daemon's variables, its secrets, to pass on): refused. A template in
-        ``command`` that is not made one word by ``shell_quote``: a warning."""
+        the daemon's variables, its secrets, to pass on), and a template choosing the
+        program: refused. A template in ``command``, or in the script of ``argv = ["sh",
+        "-c", ...]``, that ``shell_quote`` does not make one word (or that sits in an
+        unquoted here-document), one in the code of ``python -c`` and the like, and one
+        in ``cwd``: a warning (see :mod:`cued.plugins._shell_templates`)."""
         env = params.get("env")
         if isinstance(env, str) and templates.has_template(env):
             yield ParamProblem(("env",), "must be written out, not a template")
@@ -83,8 +87,12 @@ class ShellParams(BaseModel):
                     "(a template may give the value, after NAME=)",
                 )
         command = params.get("command")
-        if isinstance(command, str) and templates.has_template(command):
-            yield from _unquoted(command)
+        if isinstance(command, str):
+            yield from command_problems(command)
+        argv = params.get("argv")
+        if isinstance(argv, list):
+            yield from argv_problems(argv)
+        yield from cwd_problems(params.get("cwd"), argv if isinstance(argv, list) else None)
 
 
 class ShellTask:
@@ -228,65 +236,6 @@ class _Tail:
                 start += 1
             data = data[start:]
         return data.decode("utf-8", errors="replace")
-
-
-def _unquoted(command: str) -> Iterator[ParamProblem]:
-    """A warning for each ``{{ expression }}`` of ``command`` that the shell could read as
-    more than one word of text: not passed through ``shell_quote`` last, or inside quotes
-    (where its own quotes are text, and ``"$(...)"`` still runs)."""
-    try:
-        tree = templates.parse(command)
-    except templates.TemplateProblem:
-        return  # reported with the other template checks
-    quote: str | None = None  # the quote the text so far leaves open
-    for output in tree.find_all(nodes.Output):
-        for node in output.nodes:
-            if isinstance(node, nodes.TemplateData):
-                quote = _quote_after(node.data, quote)
-                continue
-            what = _expression(node)
-            if not (isinstance(node, nodes.Filter) and node.name in templates.SHELL_QUOTE_FILTERS):
-                yield ParamProblem(
-                    ("command",),
-                    f"{{{{ {what} }}}} is run as shell code if it holds any (;, $(...), "
-                    f"quotes): write {{{{ {what} | shell_quote }}}}, or use argv",
-                    warning=True,
-                )
-            elif quote is not None:
-                yield ParamProblem(
-                    ("command",),
-                    f"{{{{ {what} }}}} is inside {quote}...{quote}: shell_quote quotes it "
-                    "already, leave the quotes out",
-                    warning=True,
-                )
-
-
-def _quote_after(text: str, quote: str | None) -> str | None:
-    """The quote left open after ``text``, which starts with ``quote`` open."""
-    escaped = False
-    for char in text:
-        if escaped:
-            escaped = False
-        elif char == "\\" and quote != "'":
-            escaped = True
-        elif quote is None and char in "'\"":
-            quote = char
-        elif char == quote:
-            quote = None
-    return quote
-
-
-def _expression(node: nodes.Node) -> str:
-    """A short text for an expression, as it would be written (``inputs.name``)."""
-    if isinstance(node, nodes.Name):
-        return node.name
-    if isinstance(node, nodes.Getattr):
-        return f"{_expression(node.node)}.{node.attr}"
-    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
-        return f"{_expression(node.node)}[{node.arg.value!r}]"
-    if isinstance(node, nodes.Filter) and node.node is not None:
-        return f"{_expression(node.node)} | {node.name}"
-    return "..."
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:

@@ -743,14 +743,14 @@ def test_problems_in_several_pipelines_are_all_reported():
 @pytest.mark.parametrize(
     "text",
     [
-        pytest.param('argv = ["{{ inputs.n }}"]', id="argv-item"),
+        pytest.param('argv = ["echo", "{{ inputs.n }}"]', id="argv-item"),
         pytest.param('command = "sleep {{ inputs.n }}"', id="command"),
         pytest.param('argv = ["echo"]\nenv = { N = "{{ inputs.n }}" }', id="env-value"),
-        pytest.param('argv = ["{{ item }}"]\nmap = "{{ inputs.xs }}"', id="item-in-mapped"),
-        pytest.param('argv = ["{{ run.id }}", "{{ run.pipeline }}"]', id="run"),
-        pytest.param("argv = [\"{{ range(3) | list | join(',') }}\"]", id="jinja-global"),
+        pytest.param('argv = ["echo", "{{ item }}"]\nmap = "{{ inputs.xs }}"', id="item-in-mapped"),
+        pytest.param('argv = ["echo", "{{ run.id }}", "{{ run.pipeline }}"]', id="run"),
+        pytest.param('argv = ["echo", "{{ range(3) | list | join(\',\') }}"]', id="jinja-global"),
         pytest.param(
-            'argv = ["{% for x in inputs.xs %}{{ loop.index }}{{ x }}{% endfor %}"]',
+            'argv = ["echo", "{% for x in inputs.xs %}{{ loop.index }}{{ x }}{% endfor %}"]',
             id="for-loop-variables",
         ),
     ],

@@ -272,6 +272,24 @@ def refusals_of(task: str) -> list[ConfigProblem]:
             "must be written out",
             id="shell-env-whole",
         ),
+        pytest.param(
+            'kind = "shell"\nargv = ["env", "MODE={{ inputs.x }}", "{{ inputs.x }}"]\n',
+            "argv.2",
+            "the program must be written out",
+            id="shell-program-after-env",
+        ),
+        pytest.param(
+            'kind = "shell"\nargv = ["busybox", "{{ inputs.x }}"]\n',
+            "argv.1",
+            "must be written out",
+            id="shell-busybox-applet",
+        ),
+        pytest.param(
+            'kind = "shell"\nargv = ["./run.sh"]\ncwd = "{{ inputs.x }}"\n',
+            "cwd",
+            "relative path",
+            id="shell-cwd-of-a-relative-program",
+        ),
     ],
 )
 def test_validate_refuses_a_template_that_would_choose_code_or_destination(task, key, words):
@@ -297,11 +315,59 @@ def test_validate_refuses_a_template_that_would_choose_code_or_destination(task,
         pytest.param(
             'kind = "shell"\nargv = ["env"]\nenv = { MODE = "{{ inputs.x }}" }\n', id="env-table"
         ),
+        pytest.param(
+            'kind = "shell"\nargv = ["sh", "-c", "echo \\"$1\\"", "sh", "{{ inputs.x }}"]\n',
+            id="sh-c-argument-after-the-script",
+        ),
+        pytest.param(
+            'kind = "shell"\nargv = ["bash", "-o", "pipefail", "-ec", "echo {{ inputs.x | quote }}"]\n',
+            id="sh-c-quoted",
+        ),
+        pytest.param('kind = "shell"\nargv = ["sh", "run.sh", "{{ inputs.x }}"]\n', id="sh-file"),
+        pytest.param(
+            'kind = "shell"\ncommand = "cat <<\'EOF\'\\n{{ inputs.x }}\\nEOF"\n',
+            id="here-document-quoted-delimiter",
+        ),
+        pytest.param(
+            'kind = "shell"\ncommand = "cat <<EOF\\nit\'s\\nEOF\\necho {{ inputs.x | quote }}"\n',
+            id="after-a-here-document",
+        ),
     ],
 )
 def test_validate_accepts_templates_that_choose_no_destination(task) -> None:
     config = parse_config(PIPELINE + dedent(task), file="config.toml")
     assert config.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("task", "key", "words"),
+    [
+        pytest.param(
+            'argv = ["env", "A=1", "busybox", "sh", "-xc", "echo {{ inputs.x }}"]\n',
+            "argv.5",
+            "shell_quote",
+            id="sh-xc-under-env-and-busybox",
+        ),
+        pytest.param(
+            'argv = ["python3", "-c", "print(\'{{ inputs.x }}\')"]\n',
+            "argv.2",
+            "run as code",
+            id="python-c",
+        ),
+        pytest.param(
+            'command = "cat <<-EOF\\n\\t{{ inputs.x | shell_quote }}\\n\\tEOF"\n',
+            "command",
+            "here-document",
+            id="here-document-with-tabs",
+        ),
+        pytest.param('argv = ["make"]\ncwd = "/srv/{{ inputs.x }}"\n', "cwd", "Makefile", id="cwd"),
+    ],
+)
+def test_validate_warns_of_a_template_that_may_become_code(task, key, words) -> None:
+    config = parse_config(PIPELINE + 'kind = "shell"\n' + task, file="config.toml")
+    (warning,) = config.warnings
+    assert (warning.path, warning.warning) == (f"pipelines.p.tasks.t.{key}", True)
+    assert words in warning.message
 
 
 def test_allow_hosts_must_be_hosts() -> None:
