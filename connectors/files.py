@@ -20,7 +20,10 @@ as text with ``\\xNN`` escapes (:func:`cued.daemon.untrusted.os_name`), and the 
 to ``failed/`` under its own bytes. ``processed/`` and ``failed/`` stay inside the watched
 folder: the config refuses ``..`` and absolute paths, and the source refuses to start when
 one resolves (through a link) to somewhere outside, or to move a file into a folder that
-does.
+does. What is renamed must be the file that was recorded (same device, inode and type):
+one swapped for a link or another file meanwhile goes to ``failed/`` as it is, with a
+warning (its event's runs will not find their file). ``recursive`` lists sub-folders
+``_MAX_DEPTH`` levels deep, without recursion; what lies deeper is left alone.
 
 A crash between 2 and 3 leaves the file where it was; after the restart it has the same
 event id, intake answers ``duplicate`` and the file is just moved: nothing runs twice.
@@ -70,6 +73,11 @@ _IGNORED_SUFFIXES = (".tmp", ".part")
 
 #: The most files one ``intake.record`` takes (one transaction).
 _MAX_BATCH = 256
+
+#: How many levels of sub-folders ``recursive`` lists: what lies deeper is left alone (and
+#: named in a warning). Deeper trees are rare, and paths near PATH_MAX (4 KiB) cannot be
+#: moved into ``processed/`` under their sub-folders anyway.
+_MAX_DEPTH = 64
 
 #: The least time between two starts of the watcher (see ``_watch``).
 _WATCH_RESTART_S = 1.0
@@ -127,6 +135,8 @@ class _Found:
     """Whether ``name`` is valid UTF-8 as it is (then ``shown == name``)."""
     size: int
     mtime_ns: int
+    identity: tuple[int, int, int]
+    """Its device, inode and file type: what is renamed must be what was recorded."""
     error: str | None
     """Why it cannot be processed (its event will be invalid), if it cannot."""
 
@@ -164,6 +174,8 @@ class FilesSource:
         self._seen: dict[str, tuple[tuple[int, int], float]] = {}
         # files whose move failed -> when to try again (each try records a duplicate)
         self._retry_at: dict[str, float] = {}
+        # sub-folders the last listing did not enter (past _MAX_DEPTH): warned about once
+        self._too_deep: set[str] = set()
         self._batch = 1
         self._wake: anyio.Event  # set by the watcher; made in run, in the event loop
 
@@ -375,13 +387,39 @@ class FilesSource:
         return ready, wait_s
 
     def _list(self, folder: str, found: list[_Found]) -> None:
+        """Add the files in ``folder`` that may be taken to ``found`` (and, ``recursive``,
+        those in its sub-folders down to ``_MAX_DEPTH`` levels)."""
+        # An explicit stack, not recursion: a tree deeper than Python's stack (Linux allows
+        # ~2,000 levels within PATH_MAX) must not end the listing, nor the daemon.
+        pending = [(folder, 0)]
+        too_deep: set[str] = set()
+        while pending:
+            folder, depth = pending.pop()
+            for sub in self._list_one(folder, found):
+                if depth + 1 <= _MAX_DEPTH:
+                    pending.append((sub, depth + 1))
+                else:
+                    too_deep.add(sub)
+        for sub in too_deep - self._too_deep:
+            self.log.warning(
+                "files_too_deep",
+                folder=_text(sub),
+                note=f"sub-folders are listed {_MAX_DEPTH} levels deep: what lies deeper "
+                "is left alone",
+            )
+        # only folders still there are remembered, so each is named once while it stays
+        self._too_deep = too_deep
+
+    def _list_one(self, folder: str, found: list[_Found]) -> list[str]:
+        """Add the files of ``folder`` to ``found``; its sub-folders to list (``recursive``)."""
         try:
             with os.scandir(folder) as listing:
                 entries = list(listing)
         except OSError as exc:
             self.log.warning("files_listing_failed", folder=_text(folder), error=exc.strerror)
-            return
+            return []
         names = {e.name for e in entries}
+        subs: list[str] = []
         for entry in entries:
             name = entry.name
             if _ignored(name) or entry.path in self._excluded:
@@ -398,7 +436,7 @@ class FilesSource:
                     self.config.recursive
                     and os.path.realpath(entry.path) not in self._real.values()
                 ):
-                    self._list(entry.path, found)
+                    subs.append(entry.path)
                 continue
             if self._marker is not None and (
                 name.endswith(self._marker) or name + self._marker not in names
@@ -408,6 +446,7 @@ class FilesSource:
                 continue
             if (f := self._stat(entry.path)) is not None:
                 found.append(f)
+        return subs
 
     def _stat(self, path: str) -> _Found | None:
         """The file at ``path`` as it is now (a link as a link); ``None`` if it is gone."""
@@ -429,7 +468,7 @@ class FilesSource:
             error = f"the name {shown!r} is not valid UTF-8 (bytes that are not are shown as \\xNN)"
         elif not os.access(path, os.R_OK):
             error = f"{shown!r} cannot be read: permission denied"
-        return _Found(path, name, shown, utf8, st.st_size, st.st_mtime_ns, error)
+        return _Found(path, name, shown, utf8, st.st_size, st.st_mtime_ns, _identity(st), error)
 
     def _plan(self, batch: list[_Found]) -> list[_Planned]:
         """Events for the files of ``batch`` that are still as listed."""
@@ -479,48 +518,89 @@ class FilesSource:
     def _move(self, item: _Planned, receipt: Receipt) -> None:
         f = item.found
         log = self.log.bind(file=f.shown, event_id=receipt.event_id, status=receipt.status)
-        folder = os.path.dirname(item.dest)
-        root = self._real.get(item.root, item.root)
+        dest = item.dest
+        changed = False
         try:
-            # A sub-folder of processed/ (recursive) may have been made a link out of the
-            # tree since: makedirs, and the rename, would follow it. (``rename`` itself
-            # never follows the file: a link is moved as a link.)
-            if not _within(os.path.realpath(folder), root, same=True):
-                raise _Escapes(folder)
-            os.makedirs(folder, exist_ok=True)
-            if not _within(os.path.realpath(folder), root, same=True):
-                raise _Escapes(folder)
-            os.replace(f.path, item.dest)
+            # Whoever may write the folder can swap the file (``rename`` is atomic) for a
+            # link or another file while its event commits: only the file that was
+            # recorded goes where its event says, anything else goes to failed/ as it is.
+            if _identity(os.lstat(f.path)) != f.identity:
+                changed = True
+                dest = self._destination(f, self._failed)
+                self._rename(f.path, dest, self._failed)
+            else:
+                self._rename(f.path, dest, item.root)
+                if item.root != self._failed and _identity(os.lstat(dest)) != f.identity:
+                    # swapped between the check above and the rename
+                    changed = True
+                    moved, dest = dest, self._destination(f, self._failed)
+                    self._rename(moved, dest, self._failed)
         except FileNotFoundError:
             log.warning("file_vanished", note="removed after its event was recorded")
             return
-        except _Escapes:
+        except _Escapes as exc:
             self._retry_at[f.path] = time.monotonic() + self.config.rescan_every
             log.error(
                 "file_move_refused",
-                to=_text(item.dest),
-                error=f"{_text(folder)!r} resolves to outside {_text(root)!r} (a link?)",
+                to=_text(dest),
+                error=f"{_text(exc.folder)!r} resolves to outside {_text(exc.root)!r} (a link?)",
             )
             return
         except OSError as exc:
             self._retry_at[f.path] = time.monotonic() + self.config.rescan_every
-            log.error("file_move_failed", to=_text(item.dest), error=exc.strerror)
+            log.error("file_move_failed", to=_text(dest), error=exc.strerror)
             return
         if item.marker is not None:
             try:
-                os.replace(item.marker, item.dest + self.config.marker_suffix)
+                os.replace(item.marker, dest + self.config.marker_suffix)
             except OSError as exc:
                 log.warning("marker_move_failed", marker=_text(item.marker), error=exc.strerror)
-        if receipt.status == "invalid":
-            log.warning("file_failed", to=_text(item.dest), error=receipt.error)
-        else:
-            log.info(
-                "file_taken", to=_text(item.dest), runs=list(receipt.run_ids), error=receipt.error
+        if changed:
+            log.warning(
+                "file_changed_after_recorded",
+                to=_text(dest),
+                error=f"{f.shown!r} was swapped for another file or a link after its event "
+                "was recorded: it is moved to failed/ as it is, and the recorded event's "
+                f"runs will not find their file at {_text(item.dest)!r}",
+                runs=list(receipt.run_ids),
             )
+        elif receipt.status == "invalid":
+            log.warning("file_failed", to=_text(dest), error=receipt.error)
+        else:
+            log.info("file_taken", to=_text(dest), runs=list(receipt.run_ids), error=receipt.error)
+
+    def _rename(self, path: str, dest: str, root: str) -> None:
+        """Rename ``path`` to ``dest`` in ``root`` (``processed/`` or ``failed/``), making
+        the sub-folders ``dest`` needs.
+
+        :raises _Escapes: if ``dest``'s folder resolves to outside ``root`` (a link)
+        :raises OSError: if the rename fails
+        """
+        folder = os.path.dirname(dest)
+        real = self._real.get(root, root)
+        # A sub-folder of processed/ (recursive) may have been made a link out of the tree
+        # since: makedirs, and the rename, would follow it. (``rename`` itself never
+        # follows the file: a link is moved as a link.)
+        if not _within(os.path.realpath(folder), real, same=True):
+            raise _Escapes(folder, real)
+        os.makedirs(folder, exist_ok=True)
+        if not _within(os.path.realpath(folder), real, same=True):
+            raise _Escapes(folder, real)
+        os.replace(path, dest)
 
 
 class _Escapes(Exception):
     """A destination folder that resolves to outside where it should be."""
+
+    def __init__(self, folder: str, root: str) -> None:
+        super().__init__(f"{folder!r} resolves to outside {root!r}")
+        self.folder = folder
+        self.root = root
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    """What tells one file apart from another put in its place: device, inode, type."""
+    return (st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode))
 
 
 def _within(path: str, folder: str, *, same: bool = False) -> bool:

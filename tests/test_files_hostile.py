@@ -13,11 +13,15 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 import pytest
+import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
+from cued.connectors.files import _MAX_DEPTH, FilesConfig, FilesSource
 from cued.daemon.config import load_config, parse_config
 from cued.daemon.errors import ConfigError, ConnectorError
+from cued.daemon.sources import SourceContext
 from cued.daemon.untrusted import os_name
 from tests.support.daemon import Daemon, cued, query, wait_for
 from tests.support.running import daemon_running
@@ -29,6 +33,7 @@ from tests.test_files_source import (
     output_of,
     until,
 )
+from tests.test_review_findings import NoRoutes, SwappingIntake
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -331,3 +336,34 @@ def test_validate_reports_a_processed_folder_out_of_the_tree_with_its_line(
     assert validated.returncode == 2
     number = text.splitlines().index(line) + 1
     assert f"{config}:{number}: sources.landing.processed_dir: " in validated.stderr
+
+
+# -- deep trees ----------------------------------------------------------------------------
+
+
+def test_a_recursive_listing_stops_at_its_depth_and_says_so_once(landing: Path) -> None:
+    """Sub-folders deeper than ``_MAX_DEPTH`` are left alone, named in one warning while
+    they stay; files above them are taken as ever."""
+
+    deep = landing
+    for level in range(1, _MAX_DEPTH + 2):
+        deep = deep / "d"
+        deep.mkdir()
+        (deep / f"at-{level}.csv").write_text("x")
+    with capture_logs() as logs:
+        ctx = SourceContext(
+            source="landing",
+            intake=SwappingIntake(lambda: None),
+            log=structlog.get_logger(),
+            routes=NoRoutes(),
+            base_dir=landing.parent,
+        )
+        source = FilesSource(FilesConfig(path="landing", recursive=True, stable_for=0), ctx)
+        ready, _ = source._scan()
+        source._scan()
+    assert sorted(f.name.rsplit("/", 1)[1] for f in ready) == sorted(
+        f"at-{level}.csv" for level in range(1, _MAX_DEPTH + 1)
+    )
+    warned = [e for e in logs if e["event"] == "files_too_deep"]
+    assert len(warned) == 1
+    assert warned[0]["folder"] == str(deep)
