@@ -23,7 +23,7 @@ GET  /api/v1/stream                           live updates (server-sent events)
 GET  /api/v1/retention                        what [retention] lets go now (a dry run)
 POST /api/v1/retention/prune                  (operator) delete it now
 POST|GET|DELETE /api/v1/session               log in (cookie), who am I, log out
-GET  /healthz, /readyz, /metrics              no token
+GET  /healthz, /readyz, /metrics              no token (with no users: to a loopback Host)
 ```
 
 Who may call is :mod:`cued.daemon.api_auth`'s business. Errors are JSON,
@@ -37,15 +37,16 @@ repaired on the way (:func:`cued.daemon.untrusted.stored`).
 # No `from __future__ import annotations` here: FastAPI reads the annotations of the
 # endpoints at run time.
 
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from . import approvals, lineage, repair, retention, untrusted
 from .api_auth import (
@@ -60,6 +61,7 @@ from .api_auth import (
     Viewer,
     error_response,
     json_response,
+    open_host,
     session_routes,
 )
 from .api_models import (
@@ -85,6 +87,7 @@ from .api_models import (
     TaskInstance,
     TriggerBody,
 )
+from .control import ControlAccess
 from .errors import CuedError, Forbidden, InvalidRequest, NotFound, StoreError
 from .live import EventStream, Live
 from .metrics import CONTENT_TYPE, Metrics
@@ -110,6 +113,7 @@ def build_app(
     live: Live | None = None,
     metrics: Metrics | None = None,
     ready: Callable[[], bool] = lambda: True,
+    access: ControlAccess | None = None,
 ) -> FastAPI:
     """The API app.
 
@@ -117,16 +121,26 @@ def build_app(
     :param live: where ``/api/v1/stream`` reads from (a silent one if not given)
     :param metrics: served at ``/metrics`` (404 if not given)
     :param ready: whether the sources have started (for ``/readyz``)
+    :param access: with no users, the OS users who may call (the daemon's own user and
+        root if not given)
     """
     app = FastAPI(
         title="cued",
         summary="The API of the cued orchestration daemon",
         version="1",
-        openapi_url="/api/v1/openapi.json",
+        openapi_url=None,  # served by _ops, behind the open API's Host check
         docs_url=None,  # the docs pages load their scripts from the internet
         redoc_url=None,
     )
-    app.state.cued = ApiContext(runner, trusted, users or Users(), live or Live(), metrics, ready)
+    app.state.cued = ApiContext(
+        runner,
+        trusted,
+        users or Users(),
+        live or Live(),
+        metrics,
+        ready,
+        access or ControlAccess(os.geteuid()),
+    )
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(CuedError, _cued_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -138,7 +152,9 @@ def build_app(
 
 
 _api = APIRouter(prefix="/api/v1", responses=ERRORS)
-_ops = APIRouter(tags=["operations"])
+# with no users, answered only to a loopback Host: a page whose host name an attacker
+# points at 127.0.0.1 (DNS rebinding) must not read them either
+_ops = APIRouter(tags=["operations"], dependencies=[Depends(open_host)])
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -561,6 +577,12 @@ async def metrics(ctx: Ctx) -> Response:
     if ctx.metrics is None:
         raise NotFound("metrics are not collected here")
     return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@_ops.get("/api/v1/openapi.json", include_in_schema=False)
+async def openapi(request: Request) -> Response:
+    """The OpenAPI document."""
+    return JSONResponse(request.app.openapi())
 
 
 # -- helpers -----------------------------------------------------------------------------

@@ -6,10 +6,13 @@ control socket            -> the OS user who connected (SO_PEERCRED), every role
                              only users daemon/control.py lets in get this far
 Authorization: Bearer T   -> the user of [auth.users] whose token is T, else 401
 cookie cued_token=T       -> the same; to change state also X-CSRF-Token == cookie cued_csrf
-nothing                   -> 401; or, with no users configured, "anonymous" (viewer and
-                             operator; never approver), for requests addressed to a
-                             loopback host only (daemon/loopback.py), refused if a browser
-                             says another site's page sent a request that changes state
+nothing                   -> 401; or, with no users configured, the OS user who opened
+                             the loopback connection (viewer and operator; never
+                             approver), if it is one daemon/control.py lets in (the
+                             daemon's own user, root, [daemon] control_group), for
+                             requests addressed to a loopback host only
+                             (daemon/loopback.py), refused if a browser says another
+                             site's page sent a request that changes state
 the role the operation needs, missing -> 403
 ```
 """
@@ -18,6 +21,8 @@ the role the operation needs, missing -> 403
 # dependencies and endpoints at run time.
 
 import hmac
+import os
+import pwd
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,9 +35,9 @@ from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
 from .api_models import ErrorResponse, LoginBody, Session, SessionCreated
-from .control import peer_of
+from .control import ControlAccess, Peer, os_user_name, peer_of
 from .live import Live
-from .loopback import is_loopback_host
+from .loopback import is_loopback_host, tcp_client_uid
 from .metrics import Metrics
 from .runner import Runner
 
@@ -53,6 +58,7 @@ __all__ = [
     "error_response",
     "json_response",
     "open_caller",
+    "open_host",
     "session_routes",
 ]
 
@@ -131,7 +137,7 @@ class Users:
 
 
 _ALL_ROLES = frozenset({"viewer", "operator", "approver"})
-_OPEN = Caller("anonymous", frozenset({"viewer", "operator"}), via="open")
+_OPEN_ROLES = frozenset({"viewer", "operator"})
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,8 @@ class ApiContext:
     live: Live
     metrics: Metrics | None
     ready: Callable[[], bool]
+    access: ControlAccess = field(default_factory=lambda: ControlAccess(os.geteuid()))
+    """Who may use the open API (no users): the same OS users as the control socket"""
 
 
 def _context(request: Request) -> ApiContext:
@@ -198,15 +206,68 @@ def _local_caller(request: Request) -> Caller:
     return Caller(peer.name, _ALL_ROLES, via="local")
 
 
-def open_caller(request: Request) -> Caller:
-    """The caller of an open API (no users configured): anyone on this machine, for a
-    request addressed to a loopback host and not sent by another site's page.
+def open_caller(request: Request, access: ControlAccess) -> Caller:
+    """The caller of an open API (no users configured): the OS user who opened the
+    loopback connection, if ``access`` lets it use the control socket, for a request
+    addressed to a loopback host and not sent by another site's page.
 
-    :raises ApiError: 403 otherwise
+    Runs run as the daemon's user, so an open API lets in no one the control socket
+    would refuse: another local user needs a token of ``[auth.users]``.
+
+    :raises ApiError: 403 otherwise, or if the connection's owner cannot be told
     """
     _loopback_host(request)
     _same_origin(request)
-    return _OPEN
+    peer = _tcp_peer(request)
+    if not access.allows(peer):
+        raise ApiError(
+            403,
+            "local_user",
+            f"with no [auth.users], only the OS users who may use the control socket may "
+            f"use the API and UI, and OS user {peer.name!r} (uid {peer.uid}) may not: "
+            f"{_ADD_USERS}",
+        )
+    return Caller(peer.name, _OPEN_ROLES, via="open")
+
+
+def open_host(request: Request) -> None:
+    """With no users configured, refuse a request not addressed to a loopback host (for
+    what needs no caller: health, metrics, the OpenAPI document).
+
+    :raises ApiError: 403 if so
+    """
+    ctx = _context(request)
+    if not ctx.trusted and not ctx.users.by_token:
+        _loopback_host(request)
+
+
+_ADD_USERS = "give each user a token in [auth.users] of the daemon's configuration"
+
+
+def _tcp_peer(request: Request) -> Peer:
+    """The OS user at the other end of the request's loopback TCP connection, told by
+    Linux's socket tables (daemon/loopback.py), read at each request: the open API is
+    for one person's scripts and browser, so this is cheap enough.
+
+    :raises ApiError: 403 if it cannot be told (fail closed)
+    """
+    client, server = request.scope.get("client"), request.scope.get("server")
+    uid = None
+    if client and server and server[1] is not None:
+        uid = tcp_client_uid((client[0], client[1]), (server[0], server[1]))
+    if uid is None:
+        raise ApiError(
+            403,
+            "local_user",
+            "with no [auth.users], the API and UI answer only the OS users who may use the "
+            "control socket, and this connection's owner cannot be told (it is read from "
+            f"/proc/net/tcp and /proc/net/tcp6, Linux): {_ADD_USERS}",
+        )
+    try:
+        gid = pwd.getpwuid(uid).pw_gid  # the process's own group is not known over TCP
+    except KeyError:
+        gid = -1
+    return Peer(pid=0, uid=uid, gid=gid, name=os_user_name(uid))
 
 
 def _unauthorized(message: str = "a valid bearer token is needed") -> ApiError:
@@ -222,7 +283,7 @@ def _authenticate(
     token_always: bool,
 ) -> Caller:
     if not ctx.users.by_token and not token_always:
-        return open_caller(request)
+        return open_caller(request, ctx.access)
     if "authorization" in request.headers:
         found = ctx.users.find(bearer.credentials) if bearer is not None else None
         if found is None:

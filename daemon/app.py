@@ -235,10 +235,16 @@ async def _serve(
             return up.is_set() and not stopping.is_set()
 
         api = build_app(
-            runner, trusted=False, users=_users(config), live=live, metrics=metrics, ready=ready
+            runner,
+            trusted=False,
+            users=_users(config),
+            live=live,
+            metrics=metrics,
+            ready=ready,
+            access=access,
         )
         front = WebFront(
-            with_ui(api, runner, intake, _users(config)),  # UI: daemon/ui
+            with_ui(api, runner, intake, _users(config), access),  # UI: daemon/ui
             max_body_bytes=config.http.max_body_bytes,
         )
         control = ControlGuard(

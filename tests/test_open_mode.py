@@ -6,7 +6,11 @@ daemon."""
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import socket
+import sys
+from pathlib import Path
 
 import anyio
 import httpx
@@ -15,7 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cued.daemon.errors import ConfigError
-from cued.daemon.loopback import is_loopback_host, is_loopback_listen
+from cued.daemon.loopback import (
+    TcpSocket,
+    is_loopback_host,
+    is_loopback_listen,
+    parse_tcp_table,
+    tcp_client_uid,
+    tcp_owner,
+)
 from tests.support.daemon import cued
 from tests.support.running import daemon_running
 
@@ -236,3 +247,168 @@ def test_the_listen_problem_is_reported_with_the_others(make_config):
         (4, "daemon.stat"),
         (2, "http.listen"),
     ]
+
+
+# -- who opened the connection -----------------------------------------------------------
+
+TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 100 1
+   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 101 1
+   2: 0100007F:D431 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1000        0 102 1
+   3: 0100007F:D432 0100007F:1F90 06 00000000:00000000 03:00001770 00000000     0        0 0 3
+"""
+V4_MAPPED = "0000000000000000FFFF00000100007F"  # ::ffff:127.0.0.1
+V6_LOOPBACK = "00000000000000000000000001000000"  # ::1
+REST = "01 00000000:00000000 00:00000000 00000000"
+TCP6 = (
+    "  sl  local_address                         remote_address                        st\n"
+    f"   0: {V4_MAPPED}:D433 {V4_MAPPED}:1F90 {REST} 65534 0 200 1\n"
+    f"   1: {V6_LOOPBACK}:D434 {V6_LOOPBACK}:1F90 {REST} 33 0 201 1\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("table", "client", "expected"),
+    [
+        pytest.param(TCP, ("127.0.0.1", 54321), 1000, id="v4-client-row-not-the-servers"),
+        pytest.param(TCP, ("127.0.0.1", 54322), None, id="time-wait-shows-uid-0-is-no-owner"),
+        pytest.param(TCP, ("127.0.0.1", 54323), None, id="no-such-connection"),
+        pytest.param(TCP6, ("::ffff:127.0.0.1", 54323), 65534, id="v4-mapped-in-tcp6"),
+        pytest.param(TCP6, ("127.0.0.1", 54323), 65534, id="v4-matches-v4-mapped"),
+        pytest.param(TCP6, ("::1", 54324), 33, id="v6"),
+        pytest.param(TCP6, ("not an address", 54324), None, id="bad-client-address"),
+    ],
+)
+def test_the_owner_of_a_connection_is_the_uid_of_the_clients_row(table, client, expected):
+    server = ("::1", 8080) if client[0] == "::1" else ("127.0.0.1", 8080)
+    if sys.byteorder != "little":
+        pytest.fail("these tables are a little-endian machine's")
+    assert tcp_owner(parse_tcp_table(table), client, server) == expected
+
+
+def test_the_header_and_malformed_lines_of_a_table_are_left_out():
+    table = TCP + "   4: 0100007F:XYZW 0100007F:1F90 01 0 0 0 1000 0 5 1\n   5: short\n"
+    assert [row.inode for row in parse_tcp_table(table)] == [100, 101, 102, 0]
+
+
+def row_text(row: TcpSocket) -> str:
+    def endpoint(address, port):
+        packed = address.packed
+        words = (int.from_bytes(packed[i : i + 4], sys.byteorder) for i in range(0, len(packed), 4))
+        return "".join(f"{word:08X}" for word in words) + f":{port:04X}"
+
+    return (
+        f"   0: {endpoint(*row.local)} {endpoint(*row.remote)} 01 00000000:00000000 "
+        f"00:00000000 00000000 {row.uid:5d} 0 {row.inode} 1 0000000000000000 100 0 0 10 0"
+    )
+
+
+addresses = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6))
+tcp_sockets = st.builds(
+    lambda family, lp, rp, uid, inode: TcpSocket((family[0], lp), (family[1], rp), uid, inode),
+    st.one_of(
+        st.tuples(st.ip_addresses(v=4), st.ip_addresses(v=4)),
+        st.tuples(st.ip_addresses(v=6), st.ip_addresses(v=6)),
+    ),
+    st.integers(0, 65535),
+    st.integers(0, 65535),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**64 - 1),
+)
+
+
+@given(st.lists(tcp_sockets, max_size=5))
+def test_rows_as_the_kernel_writes_them_parse_back(rows):
+    text = "  sl  local_address rem_address   st ... uid  timeout inode\n"
+    assert parse_tcp_table(text + "\n".join(row_text(row) for row in rows)) == rows
+
+
+@given(st.text(max_size=400), addresses.map(str), st.integers(0, 65535))
+def test_any_text_parses_without_an_error(text, host, port):
+    rows = parse_tcp_table(text)
+    assert all(0 <= row.local[1] <= 65535 and row.uid >= 0 for row in rows)
+    owner = tcp_owner(rows, (host, port), ("127.0.0.1", 8080))
+    assert owner is None or owner >= 0
+
+
+@pytest.mark.parametrize(
+    ("family", "host"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+)
+def test_the_owner_of_a_real_loopback_connection_is_this_process_user(family, host):
+    with socket.socket(family) as server:
+        server.bind((host, 0))
+        server.listen()
+        with socket.create_connection(server.getsockname()[:2]) as client:
+            accepted, peer = server.accept()
+            with accepted:
+                owner = tcp_client_uid(peer[:2], accepted.getsockname()[:2])
+                gone = tcp_client_uid(peer[:2], ("127.0.0.2", 1))
+                blind = tcp_client_uid(
+                    peer[:2], accepted.getsockname()[:2], proc_net=Path("/nonexistent")
+                )
+                _ = client
+    assert owner == os.geteuid()
+    assert gone is None
+    assert blind is None
+
+
+NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+
+
+async def curl(run_as: tuple[str, ...], url: str, *args: str) -> tuple[int, str]:
+    done = await anyio.run_process(
+        [*run_as, "curl", "-s", "-w", "\n%{http_code}", *args, url], check=True
+    )
+    body, _, status = done.stdout.decode().rpartition("\n")
+    return int(status), body
+
+
+async def test_with_no_users_another_os_user_is_refused_and_told_to_use_tokens(make_config):
+    async with daemon_running(make_config(OPEN)) as info:
+        assert info.http_address is not None
+        base = "http://{}:{}".format(*info.http_address)
+        trigger = await curl(NOBODY, f"{base}/api/v1/pipelines/hello/runs", "-X", "POST")
+        listed = await curl(NOBODY, f"{base}/api/v1/runs")
+        page = await curl(NOBODY, f"{base}/ui/runs")
+        own = await curl((), f"{base}/api/v1/session")
+        runs = await info.runner.store.list_runs(limit=10)
+    assert runs == []
+    assert trigger[0] == listed[0] == page[0] == 403
+    error = json.loads(trigger[1])["error"]
+    assert error["code"] == "local_user"
+    assert "OS user 'nobody'" in error["message"]
+    assert "[auth.users]" in error["message"]
+    assert "OS user &#39;nobody&#39;" in page[1] or "OS user 'nobody'" in page[1]
+    assert own[0] == 200
+    assert json.loads(own[1])["name"] == "root"
+
+
+async def test_with_no_users_the_control_group_may_use_the_api(make_config):
+    config = make_config(OPEN.replace("[daemon]\n", '[daemon]\ncontrol_group = "nogroup"\n'))
+    async with daemon_running(config) as info:
+        assert info.http_address is not None
+        base = "http://{}:{}".format(*info.http_address)
+        me = await curl(NOBODY, f"{base}/api/v1/session")
+    assert me[0] == 200
+    assert json.loads(me[1]) == {
+        "name": "nobody",
+        "roles": ["operator", "viewer"],
+        "groups": [],
+        "via": "open",
+    }
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/healthz", "/readyz", "/api/v1/openapi.json"])
+async def test_with_no_users_health_metrics_and_the_api_document_need_a_loopback_host(
+    make_config, path
+):
+    async with daemon_running(make_config(OPEN)) as info:
+        assert info.http_address is not None
+        host, port = info.http_address
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as client:
+            local = await client.get(path, headers={"host": f"localhost:{port}"})
+            rebound = await client.get(path, headers={"host": "evil.example"})
+    assert local.status_code == 200
+    assert rebound.status_code == 403
+    assert rebound.json()["error"]["code"] == "host"

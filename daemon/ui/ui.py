@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
     from ..api_auth import Users
+    from ..control import ControlAccess
     from ..runner import Runner
     from ..store import RunRow
 
@@ -78,13 +79,16 @@ _HEADERS = {
 _TYPES = {".css": "text/css", ".js": "text/javascript", ".txt": "text/plain"}
 
 
-def with_ui(api: ASGIApp, runner: Runner, intake: Any, users: Users) -> ASGIApp:
+def with_ui(
+    api: ASGIApp, runner: Runner, intake: Any, users: Users, access: ControlAccess
+) -> ASGIApp:
     """The HTTP front's app: ``/`` and ``/ui/...`` are the UI, anything else ``api``.
 
     :param intake: whatever counts events per source in ``received`` (the daemon's intake)
     :param users: the tokens the API knows; the UI reads the same cookie and tokens
+    :param access: with no users, the OS users who may use the UI (as for the API)
     """
-    return _Front(api, _Ui(runner, intake, users).app())
+    return _Front(api, _Ui(runner, intake, users, access).app())
 
 
 class _Front:
@@ -144,10 +148,11 @@ class _Rates:
 
 
 class _Ui:
-    def __init__(self, runner: Runner, intake: Any, users: Users) -> None:
+    def __init__(self, runner: Runner, intake: Any, users: Users, access: ControlAccess) -> None:
         self.runner = runner
         self.intake = intake
         self.users = users
+        self.access = access
         self.assets = _assets()
         self.rates = _Rates()
         env = Environment(
@@ -194,7 +199,7 @@ class _Ui:
         :raises ApiError: if the open caller is refused
         """
         if not self.users.by_token:
-            return open_caller(request)
+            return open_caller(request, self.access)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return self.users.find(token.strip())
