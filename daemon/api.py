@@ -30,8 +30,10 @@ Who may call is :mod:`cued.daemon.api_auth`'s business. Errors are JSON,
 ``{"error": {"code": ..., "message": ...}}``, with a 4xx status that says whose fault it
 is: FastAPI's own (validation, unknown path, method) too; a cursor this API did not give
 is ``422``. No request changes state on GET. Bodies are capped before a request gets
-here (``413``, :mod:`cued.daemon.body_limit`), and what the store gives back to show was
-repaired on the way (:func:`cued.daemon.untrusted.stored`).
+here (``413``, :mod:`cued.daemon.body_limit`), JSON bodies go through
+:mod:`cued.daemon.untrusted` before FastAPI reads them (``400`` if refused,
+:mod:`cued.daemon.json_bodies`), and what the store gives back to show was repaired on
+the way (:func:`cued.daemon.untrusted.stored`).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the annotations of the
@@ -89,6 +91,7 @@ from .api_models import (
 )
 from .control import ControlAccess
 from .errors import CuedError, Forbidden, InvalidRequest, NotFound, StoreError
+from .json_bodies import CleanJsonBodies
 from .live import EventStream, Live
 from .metrics import CONTENT_TYPE, Metrics
 from .runner import Runner
@@ -141,6 +144,9 @@ def build_app(
         ready,
         access or ControlAccess(os.geteuid()),
     )
+    # JSON bodies through cued.daemon.untrusted before FastAPI parses them: json.loads
+    # takes lone surrogates, depth and NaN that no run or answer can keep
+    app.add_middleware(CleanJsonBodies)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(CuedError, _cued_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

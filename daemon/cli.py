@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 
-from . import approvals, repair, retention
+from . import approvals, repair, retention, untrusted
 from .app import control_socket_path, open_runner, run_daemon
 from .config import load_config
 from .control import os_user_name
@@ -53,12 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the daemon")
     sub.add_parser("validate", help="check the configuration and exit (status 2 if invalid)")
     trigger = sub.add_parser("trigger", help="start a run of a pipeline now")
-    trigger.add_argument("pipeline")
+    trigger.add_argument("pipeline", type=_text)
     trigger.add_argument(
         "-i",
         "--input",
         action="append",
         default=[],
+        type=_text,
         metavar="KEY=VALUE",
         help="an input (VALUE is read as JSON if it parses, else as text); repeatable",
     )
@@ -103,13 +104,13 @@ def _parser() -> argparse.ArgumentParser:
             "recorded under the name of the OS user who runs this command: there is no way "
             "to decide under another name (--as NAME is refused unless NAME is yours).",
         )
-        gate.add_argument("run_id")
-        gate.add_argument("task", help="the gate's task (name, or name[i] if mapped)")
-        gate.add_argument("--comment", "-m")
+        gate.add_argument("run_id", type=_text)
+        gate.add_argument("task", type=_text, help="the gate's task (name, or name[i] if mapped)")
+        gate.add_argument("--comment", "-m", type=_text)
         # kept only to refuse it clearly: it used to let one person decide as anyone
         gate.add_argument("--as", dest="who", help=argparse.SUPPRESS)
         if verb == "approve":
-            gate.add_argument("--payload", help="the proposal as edited, as JSON")
+            gate.add_argument("--payload", type=_text, help="the proposal as edited, as JSON")
     sub.add_parser("approvals", help="approval gates waiting for a decision")
     prune = sub.add_parser(
         "prune", help="delete what [retention] lets go now (the daemon does it periodically)"
@@ -118,6 +119,12 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="show what would go, by table; delete nothing"
     )
     return parser
+
+
+def _text(arg: str) -> str:
+    """An argument as text: bytes of it that are not UTF-8 (which Python keeps as lone
+    surrogates, and no JSON body, store or terminal takes) escaped as ``\\xNN``."""
+    return untrusted.os_name(arg)[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,11 +182,27 @@ def _parse_inputs(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise CuedError(f"input {pair!r} is not KEY=VALUE")
-        try:
-            inputs[key] = json.loads(value)
-        except json.JSONDecodeError:
-            inputs[key] = value
+        inputs[key] = _input_value(key, value)
     return inputs
+
+
+def _input_value(key: str, value: str) -> Any:
+    """``value`` as JSON if it is JSON (through :mod:`cued.daemon.untrusted`, as the API
+    reads it), else as text.
+
+    :raises CuedError: if it is JSON that cued does not keep (``NaN``, ``1e999``, nested
+        deeper than the API takes)
+    """
+    if not value.strip():
+        return value
+    parsed = untrusted.json_value(value.encode("utf-8"))
+    if parsed.error is None:
+        return parsed.data
+    try:
+        json.loads(value)
+    except (ValueError, RecursionError):  # not JSON at all: text
+        return value
+    raise CuedError(f"input {key!r} {parsed.error.removeprefix('body ')}")
 
 
 async def _control(config: Config, method: str, path: str, body: Any = None) -> httpx.Response:
@@ -304,10 +327,10 @@ async def _decide(config: Config, args: argparse.Namespace) -> int:
         )
     body: dict[str, Any] = {"comment": args.comment}
     if getattr(args, "payload", None) is not None:
-        try:
-            body["payload"] = json.loads(args.payload)
-        except json.JSONDecodeError as exc:
-            raise CuedError(f"--payload is not JSON: {exc}") from exc
+        parsed = untrusted.json_value(args.payload.encode("utf-8"))
+        if parsed.error is not None:
+            raise CuedError(f"--payload {parsed.error.removeprefix('body ')}")
+        body["payload"] = parsed.data
 
     async def here(runner: Runner) -> dict[str, Any]:
         extra = {"payload": body["payload"]} if "payload" in body else {}

@@ -362,7 +362,7 @@ class SqliteStore:
             "attempt = (SELECT max(attempt) FROM attempts b WHERE b.run_id = a.run_id AND b.key = a.key)",
             (run_id,),
         )
-        outputs = {key: json.loads(out) for key, out in rows}
+        outputs = {key: stored(out) for key, out in rows}
         return await self.get_instances(run_id), outputs
 
     async def get_approval(self, run_id: str, key: str) -> ApprovalRow | None:
@@ -397,7 +397,7 @@ class SqliteStore:
         rows = await self._reader.execute_fetchall(
             f"SELECT * FROM decisions WHERE run_id = ? {clause} ORDER BY decided_at", args
         )
-        return [DecisionRow(r[0], r[1], r[2], r[3], r[4], _loads(r[5]), r[6], r[7]) for r in rows]
+        return [DecisionRow(r[0], r[1], r[2], r[3], r[4], stored(r[5]), r[6], r[7]) for r in rows]
 
     async def ping(self) -> None:
         try:
@@ -455,7 +455,7 @@ class SqliteStore:
             "SELECT * FROM attempts WHERE run_id = ? ORDER BY started_at, key, attempt", (run_id,)
         )
         return [
-            AttemptRow(*r[:7], output=_loads(r[7]), cost=r[8], usage=_loads(r[9]))  # type: ignore[misc]
+            AttemptRow(*r[:7], output=stored(r[7]), cost=r[8], usage=_loads(r[9]))  # type: ignore[misc]
             for r in rows
         ]
 
@@ -609,7 +609,12 @@ def events_query(
 
 
 def _run(r: Any) -> RunRow:
-    return RunRow(r[0], r[1], r[2], json.loads(r[3]), *r[4:])
+    # inputs, like event data, came from outside: what an older daemon kept unrepaired
+    # (lone surrogates, values nested hundreds deep) must not fail every list of runs
+    inputs = stored(r[3])
+    return RunRow(
+        r[0], r[1], r[2], inputs if isinstance(inputs, dict) else {"stored": inputs}, *r[4:]
+    )
 
 
 def _event(r: Any) -> EventRow:
@@ -646,7 +651,7 @@ def _approval(r: Any) -> ApprovalRow:
         tuple(json.loads(r[4])),
         r[5],
         r[6],
-        json.loads(r[7]),
+        stored(r[7]),  # rendered from event data
         r[8],
         r[9],
         r[10],

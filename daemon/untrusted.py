@@ -205,9 +205,16 @@ def _no_constant(name: str) -> Any:
     raise _Refused(f"{name} is not a JSON value")
 
 
+def _finite_float(literal: str) -> float:
+    number = float(literal)
+    if math.isinf(number):  # ``1e999``: a number JSON has, but no float holds
+        raise _Refused(f"the number {literal[:40]} is too large for a float")
+    return number
+
+
 # one decoder for every call: ``json.loads`` with any keyword builds a new one each time,
 # which costs more than decoding a small body
-_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
 
 
 def json_value(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Parsed:

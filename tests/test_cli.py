@@ -103,6 +103,34 @@ def test_errors_are_one_line_without_a_traceback(tmp_path):
         assert "Traceback" not in result.stderr
 
 
+async def test_an_input_of_bytes_that_are_not_utf8_is_kept_escaped(tmp_path):
+    """Python gives such bytes of argv as lone surrogates, which no JSON body takes."""
+    config = write_config(tmp_path)
+    daemon = Daemon(config, tmp_path / "state.db")
+    await daemon.start()
+    try:
+        result = cued(config, "trigger", "hello", "-i", "name=caf\udcff", "--wait")
+        assert result.returncode == 0, result.stderr
+        run_id = result.stdout.split()[1].rstrip(":")
+        shown = cued(config, "show", run_id)
+        assert '"name": "caf\\\\xff"' in shown.stdout, shown.stdout
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_an_input_of_json_cued_does_not_keep_is_refused_in_one_line(tmp_path):
+    config = write_config(tmp_path)
+    for value, message in [
+        ("NaN", "cued: error: input 'name' is not valid JSON: NaN is not a JSON value"),
+        ("1e999", "cued: error: input 'name' is not valid JSON: the number 1e999 is too large"),
+        ("[" * 100 + "]" * 100, "cued: error: input 'name' is not valid JSON for cued: it nests"),
+    ]:
+        result = cued(config, "trigger", "hello", "-i", f"name={value}")
+        assert result.returncode == 1, value
+        assert result.stderr.startswith(message), result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_missing_config_file_is_named(tmp_path):
     result = cued(tmp_path / "nope.toml", "validate")
     assert result.returncode == 2

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import re
 import signal
@@ -446,6 +447,112 @@ def test_events_an_older_daemon_kept_unrepaired_read_back(daemon):
         deep_data = deep_data["a"]
     assert deep_data.endswith("(cut: nests deeper than 64 levels)")
     assert get(daemon, "/ui/events").status == 200, "the first page of everyone's events"
+
+
+def test_runs_an_older_daemon_kept_unrepaired_read_back(daemon):
+    """Before API bodies went through the untrusted module, a trigger's lone surrogates and
+    values nested ~900 deep were kept as they came; every list showing the run failed."""
+    deep = '{"a": ' * 900 + "1" + "}" * 900
+    at = time.time() + 3600
+    with sqlite3.connect(daemon.state, timeout=10) as db:
+        db.executemany(
+            "INSERT INTO runs VALUES (?, 'p', 'succeeded', ?, ?, ?, ?, NULL, NULL)",
+            [
+                ("r-old-surrogate", '{"n": "\\ud800"}', at, at, at),
+                ("r-old-deep", '{"n": ' + deep + "}", at, at, at),
+                ("r-old-nan", '{"n": NaN}', at, at, at),
+            ],
+        )
+        db.execute(
+            "INSERT INTO task_instances VALUES ('r-old-deep', 't', 't', NULL, 'succeeded', 1, "
+            "NULL, ?, 0)",
+            (at,),
+        )
+        db.execute(
+            "INSERT INTO attempts VALUES ('r-old-deep', 't', 1, 'succeeded', ?, ?, NULL, ?, "
+            "NULL, NULL)",
+            (at, at, '["\\udfff", ' + deep + "]"),
+        )
+        db.execute(
+            "INSERT INTO approvals VALUES ('r-old-deep', 't', 1, 'ok?', '[\"ada\"]', 1, "
+            "'reject', ?, ?, NULL, 'approved', ?)",
+            (deep, at, at),
+        )
+        db.execute(
+            "INSERT INTO decisions VALUES ('r-old-deep', 't', 1, 'ada', 'approve', ?, 'fine', ?)",
+            ('{"k": "\\udc80"}', at),
+        )
+    listed = get(daemon, "/api/v1/runs?pipeline=p")
+    assert listed.status == 200, listed
+    inputs = {run["run_id"]: run["inputs"] for run in listed.json()["items"]}
+    assert inputs["r-old-surrogate"] == {"n": "\\ud800"}
+    assert inputs["r-old-nan"] == {"n": None}
+    deep_input = inputs["r-old-deep"]["n"]
+    for _ in range(63):
+        deep_input = deep_input["a"]
+    assert deep_input.endswith("(cut: nests deeper than 64 levels)")
+    detail = get(daemon, "/api/v1/runs/r-old-deep")
+    assert detail.status == 200, detail
+    assert detail.json()["tasks"][0]["attempts"][0]["output"][0] == "\\udfff"
+    assert detail.json()["approvals"][0]["decisions"][0]["payload"] == {"k": "\\udc80"}
+    assert get(daemon, "/ui/runs").status == 200, "the first page of everyone's runs"
+
+
+# -- API request bodies -----------------------------------------------------------------
+
+HOSTILE_INPUTS = [
+    pytest.param(b'"\\ud800"', 201, "\\ud800", id="lone-surrogate"),
+    pytest.param(b'{"\\udc80": ["\\ud83d\\ude00"]}', 201, {"\\udc80": ["\U0001f600"]}, id="key"),
+    pytest.param(b"[" * 900 + b"]" * 900, 400, "nests deeper than 64 levels", id="deep"),
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, 400, "nests deeper", id="deeper-than-stack"),
+    pytest.param(b"NaN", 400, "NaN is not a JSON value", id="nan"),
+    pytest.param(b"-Infinity", 400, "-Infinity is not a JSON value", id="infinity"),
+    pytest.param(b"1e999", 400, "too large for a float", id="float-overflow"),
+    pytest.param(b"9" * 5000, 400, "more digits", id="huge-integer"),
+    pytest.param(b'"\xff"', 400, "not UTF-8", id="not-utf8"),
+]
+
+
+@pytest.mark.parametrize(("value", "status", "kept"), HOSTILE_INPUTS)
+def test_a_trigger_keeps_its_inputs_repaired_or_refuses_them_with_a_json_400(
+    daemon, value, status, kept
+):
+    headers = [(b"Authorization", TOKEN), (b"Content-Type", b"application/json")]
+    answer = raw_http.request(
+        daemon.port,
+        "POST",
+        "/api/v1/pipelines/p/runs",
+        headers=headers,
+        body=b'{"inputs": {"n": ' + value + b"}}",
+    )
+    assert answer.status == status, answer
+    if status == 400:
+        assert answer.json()["error"]["code"] == "invalid_body"
+        assert kept in answer.json()["error"]["message"]
+    else:
+        run = get(daemon, f"/api/v1/runs/{answer.json()['run_id']}").json()
+        assert run["inputs"] == {"n": kept}
+    assert get(daemon, "/api/v1/runs").status == 200
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/api/v1/runs/r-none/retry",
+        "/api/v1/runs/r-none/tasks/t/approve",
+        "/api/v1/runs/r-none/tasks/t/reject",
+        "/api/v1/session",
+    ],
+)
+def test_every_api_body_is_refused_with_a_json_400_when_it_cannot_be_kept(daemon, target):
+    bodies = [b'{"comment": "\\ud800", "x": NaN}', b"[" * 900]
+    for body, content_type in itertools.product(bodies, [b"application/json", None]):
+        headers = [(b"Authorization", TOKEN)]
+        if content_type is not None:  # read as JSON too (by FastAPI if not strict)
+            headers.append((b"Content-Type", content_type))
+        answer = raw_http.request(daemon.port, "POST", target, headers=headers, body=body)
+        assert answer.status == 400, answer
+        assert answer.json()["error"]["code"] == "invalid_body"
 
 
 # -- bodies too large, before any token is checked -------------------------------------

@@ -57,6 +57,8 @@ def test_json_documents_come_back_as_they_were(value: object) -> None:
         pytest.param(b"9" * 5000, "more digits", id="huge-integer"),
         pytest.param(b"NaN", "not a JSON value", id="nan"),
         pytest.param(b'{"x": -Infinity}', "not a JSON value", id="infinity"),
+        pytest.param(b'{"x": [1e999]}', "too large for a float", id="float-overflow"),
+        pytest.param(b"-1" + b"0" * 400 + b".5", "too large for a float", id="long-float"),
         pytest.param(b'{"a": "\xff"}', "not UTF-8", id="not-utf8"),
         pytest.param(b"{oops", "not valid JSON", id="syntax"),
     ],
