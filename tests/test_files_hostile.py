@@ -33,7 +33,7 @@ from tests.test_files_source import (
     output_of,
     until,
 )
-from tests.test_review_findings import NoRoutes, SwappingIntake
+from tests.test_attacks import NoRoutes, SwappingIntake
 
 if TYPE_CHECKING:
     from pathlib import Path

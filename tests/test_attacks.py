@@ -1,17 +1,17 @@
-"""Defects the review of issue 8 (hardening) found in what landed: each test states what
-should hold, and fails on the branch as reviewed.
+"""Attacks a review of the hardening (issue 8) tried on a real daemon, each stated as what
+must hold:
 
-- the API's own request bodies (a trigger's inputs) are not parsed through
-  ``daemon/untrusted.py``: a lone surrogate, or inputs nested deeper than pydantic
-  serialises, is committed, answered 500, and then fails ``GET /api/v1/runs`` for everyone;
-- ``untrusted.json_value`` lets ``1e999`` through as ``inf`` (stored as ``Infinity``);
-- ``cued validate`` lets a template choose a shell task's program (``argv[0]``), and says
-  nothing of a template in the script of ``sh -c`` or of a quoted one in a here-document;
-- the files source moves a file that was swapped for a link after it was listed into
-  ``processed/``, as a valid event whose run reads the link's target;
-- with ``recursive = true``, a folder tree ~1,000 deep kills the daemon at every start
-  (``RecursionError`` in the listing);
-- in open mode, any local user can trigger runs (as the daemon's user) over loopback TCP.
+- the API's own request bodies (a trigger's inputs) go through ``daemon/untrusted.py``: a
+  lone surrogate or inputs nested deeper than pydantic serialises are answered 4xx or kept
+  repaired, and ``GET /api/v1/runs`` stays readable for everyone;
+- ``untrusted.json_value`` does not let ``1e999`` through as ``inf``;
+- ``cued validate`` refuses a template that chooses a shell task's program (``argv[0]``),
+  and warns of one in the script of ``sh -c`` or inside a here-document;
+- a file swapped for a link after it was listed does not reach ``processed/`` as a valid
+  event;
+- with ``recursive = true``, a folder tree ~1,000 deep does not kill the daemon;
+- in open mode, another local user cannot trigger runs (as the daemon's user) over
+  loopback TCP.
 """
 
 from __future__ import annotations
