@@ -25,6 +25,7 @@ from cued.daemon.sources import SourceContext
 from cued.daemon.untrusted import os_name
 from tests.support.daemon import Daemon, cued, query, wait_for
 from tests.support.running import daemon_running
+from tests.test_attacks import NoRoutes, SwappingIntake
 from tests.test_files_source import (
     Finished,
     events_of,
@@ -33,7 +34,6 @@ from tests.test_files_source import (
     output_of,
     until,
 )
-from tests.test_attacks import NoRoutes, SwappingIntake
 
 if TYPE_CHECKING:
     from pathlib import Path
