@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 from textwrap import dedent
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
@@ -36,6 +36,7 @@ from cued.daemon.config import parse_config
 from cued.daemon.errors import ConfigError
 from cued.daemon.sources import Event, Receipt, SourceContext
 from tests.support.daemon import Daemon, query, wait_for
+from tests.support.fakes import AcceptingIntake, NoRoutes
 from tests.support.running import daemon_running
 
 if TYPE_CHECKING:
@@ -140,7 +141,7 @@ def test_validate_warns_of_shell_quote_inside_a_here_document() -> None:
 # -- the files source --------------------------------------------------------------------
 
 
-class SwappingIntake:
+class SwappingIntake(AcceptingIntake):
     """Records every event as matched; before acknowledging (the file is moved then), it
     calls ``meanwhile``: what a local user can do while the transaction commits."""
 
@@ -165,29 +166,6 @@ class SwappingIntake:
             acknowledge(receipts)
         self.acknowledged.set()
         return receipts
-
-    async def cursor(self, source: str) -> str | None:
-        return None
-
-    async def known(self, event_ids: list[str]) -> set[str]:
-        return set()
-
-    def accepting(self) -> bool:
-        return True
-
-    async def wait_accepting(self) -> None:
-        return None
-
-
-class NoRoutes:
-    def reserve(self, path: str, *, max_body_bytes: int) -> None:
-        raise AssertionError("a files source serves no HTTP")
-
-    def mount(self, path: str, app: Any) -> None:
-        raise AssertionError("a files source serves no HTTP")
-
-    def unmount(self, path: str) -> None:
-        raise AssertionError("a files source serves no HTTP")
 
 
 async def test_a_file_swapped_for_a_link_after_it_was_listed_is_not_moved_to_processed(

@@ -24,8 +24,9 @@ from cued.daemon.errors import ConfigError, ConnectorError
 from cued.daemon.sources import SourceContext
 from cued.daemon.untrusted import os_name
 from tests.support.daemon import Daemon, cued, query, wait_for
+from tests.support.fakes import NoRoutes
 from tests.support.running import daemon_running
-from tests.test_attacks import NoRoutes, SwappingIntake
+from tests.test_attacks import SwappingIntake
 from tests.test_files_source import (
     Finished,
     events_of,

@@ -29,6 +29,7 @@ from cued.daemon.errors import ConnectorError, StoreError
 from cued.daemon.sources import Receipt, SourceContext
 from cued.plugins.kafka import IDEMPOTENCY_HEADER, KafkaProduceTask
 from tests.support import probes
+from tests.support.fakes import AcceptingIntake, NoRoutes
 from tests.support.kafka_broker import (
     committed_offsets,
     create_topics,
@@ -285,7 +286,7 @@ async def _equals(value: Awaitable[Any], expected: Any) -> bool:
 # -- offsets are committed after recording, with a fake intake ---------------------------
 
 
-class GatedIntake:
+class GatedIntake(AcceptingIntake):
     """Records nothing: holds each batch until released, then succeeds or fails."""
 
     def __init__(self) -> None:
@@ -310,26 +311,6 @@ class GatedIntake:
         if acknowledge is not None:
             acknowledge(receipts)
         return receipts
-
-    async def cursor(self, source: str) -> str | None:
-        return None
-
-    async def known(self, event_ids: list[str]) -> set[str]:
-        return set()
-
-    def accepting(self) -> bool:
-        return True
-
-    async def wait_accepting(self) -> None:
-        return None
-
-
-class NoRoutes:
-    def mount(self, path: str, app: Any) -> None:
-        raise AssertionError("a kafka source serves no HTTP")
-
-    def unmount(self, path: str) -> None:
-        raise AssertionError("a kafka source serves no HTTP")
 
 
 def bare_source(broker: Broker, intake: GatedIntake, tmp_path: Path, **config: Any) -> KafkaSource:
