@@ -9,6 +9,8 @@ that arrived meanwhile instead of paid by each.
 from __future__ import annotations
 
 import json
+import os
+import pwd
 from collections import deque
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -673,11 +675,27 @@ def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
 
 async def _connect(path: Path, synchronous: Synchronous) -> aiosqlite.Connection:
     db = await aiosqlite.connect(path)
-    await db.execute("PRAGMA journal_mode = WAL")
-    await db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-    # another process (the CLI, a second daemon) may hold the write lock for a moment
-    await db.execute("PRAGMA busy_timeout = 10000")
+    try:
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        # another process (the CLI, a second daemon) may hold the write lock for a moment
+        await db.execute("PRAGMA busy_timeout = 10000")
+    except BaseException:
+        # closed here: its thread would otherwise answer into a loop that has ended
+        await db.close()
+        raise
     return db
+
+
+def _not_yours(path: Path, exc: BaseException) -> str:
+    try:
+        owner = pwd.getpwuid(path.stat().st_uid).pw_name
+    except (OSError, KeyError):
+        owner = "the daemon's user"
+    return (
+        f"cannot open the state file {str(path)!r} ({exc}): only OS user {owner!r} may "
+        f"read it; run cued as {owner!r}"
+    )
 
 
 @asynccontextmanager
@@ -696,7 +714,11 @@ async def open_store(
     try:
         private_state_files(path)  # 0600: it holds payloads, headers and outputs
         writer = await _connect(path, synchronous)
+    except PermissionError as exc:
+        raise StoreError(_not_yours(path, exc)) from exc
     except Exception as exc:
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            raise StoreError(_not_yours(path, exc)) from exc
         raise StoreError(f"cannot open the state file {str(path)!r}: {exc}") from exc
     try:
         await migrate(writer, path)

@@ -5,7 +5,11 @@ task outputs; files an older version left readable by others are tightened at st
 from __future__ import annotations
 
 import json
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 from tests.support.daemon import Daemon, cued
@@ -66,3 +70,25 @@ async def test_state_files_left_readable_by_others_are_tightened_at_start(tmp_pa
     }
     assert modes == {"state.db": 0o600, "state.db.lock": 0o600}
     assert tightened == {"state.db": ("0644", "0600"), "state.db.lock": ("0644", "0600")}
+
+
+def test_another_user_reading_the_state_is_told_whose_it_is_in_one_line(tmp_path):
+    # tmp_path's folders are root's 0700: a world-readable copy of the folder lets `nobody`
+    # reach the config, and the state file itself stays 0600, as the daemon leaves it
+    folder = Path(tempfile.mkdtemp())
+    try:
+        folder.chmod(0o755)
+        config = write_config(folder)
+        assert cued(config, "trigger", "hello", "--wait").returncode == 0
+        config.chmod(0o644)
+        as_nobody = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             sys.executable, "-m", "cued.daemon.cli", "--config", str(config), "runs"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(folder)
+    assert as_nobody.returncode == 1
+    assert as_nobody.stderr.count("\n") == 1, as_nobody.stderr
+    assert "only OS user 'root' may read it" in as_nobody.stderr
+    assert "Traceback" not in as_nobody.stderr
