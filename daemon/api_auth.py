@@ -40,6 +40,7 @@ from .live import Live
 from .loopback import is_loopback_host, tcp_client_uid
 from .metrics import Metrics
 from .runner import Runner
+from .server import connection_memo
 
 __all__ = [
     "CSRF_COOKIE",
@@ -246,15 +247,22 @@ _ADD_USERS = "give each user a token in [auth.users] of the daemon's configurati
 
 def _tcp_peer(request: Request) -> Peer:
     """The OS user at the other end of the request's loopback TCP connection, told by
-    Linux's socket tables (daemon/loopback.py), read at each request: the open API is
-    for one person's scripts and browser, so this is cheap enough.
+    Linux's socket tables (daemon/loopback.py), once per connection.
 
     :raises ApiError: 403 if it cannot be told (fail closed)
     """
-    client, server = request.scope.get("client"), request.scope.get("server")
-    uid = None
-    if client and server and server[1] is not None:
-        uid = tcp_client_uid((client[0], client[1]), (server[0], server[1]))
+    # Linux takes ~5 ms to list each socket table, so a connection's owner is learnt once
+    # and kept for its later requests (a keep-alive browser or script pays it once)
+    memo = connection_memo(request.scope)
+    if memo is not None and "uid" in memo:
+        uid: int | None = memo["uid"]
+    else:
+        uid = None
+        client, server = request.scope.get("client"), request.scope.get("server")
+        if client and server and server[1] is not None:
+            uid = tcp_client_uid((client[0], client[1]), (server[0], server[1]))
+        if memo is not None and uid is not None:
+            memo["uid"] = uid
     if uid is None:
         raise ApiError(
             403,

@@ -48,7 +48,7 @@ from .registry import source_kinds, task_kinds
 from .retention import prune_periodically
 from .runner import Runner
 from .secrets import resolve_secret
-from .server import serve_asgi
+from .server import PerConnection, serve_asgi
 from .sources import SourceContext
 from .sqlite import open_store
 from .ui import with_ui
@@ -268,7 +268,10 @@ async def _serve(
         if config.http.listen:
             sock = _bind(config.http.listen)
             address = sock.getsockname()[:2]
-            await tg.start(partial(serve_asgi, front, sockets=[sock], grace_s=grace))
+            # one memo per connection: the open API learns who opened it once (api_auth)
+            await tg.start(
+                partial(serve_asgi, front, sockets=[sock], http=PerConnection, grace_s=grace)
+            )
         async with anyio.create_task_group() as sources_tg:
             for source in sources:
                 await sources_tg.start(source.run)

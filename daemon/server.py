@@ -15,13 +15,40 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Iterator
     from socket import socket
 
-__all__ = ["serve_asgi"]
+    from starlette.types import Scope
+
+__all__ = ["PerConnection", "connection_memo", "serve_asgi"]
+
+_MEMO_KEY = "cued.connection"
+
+
+class PerConnection(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, giving every request of one connection the same dict
+    (read with :func:`connection_memo`): for what costs too much to learn at each request
+    and holds for the connection's life (who opened it).
+
+    uvicorn makes one protocol instance per connection (the class given as ``http=``) and
+    hands each request a shallow copy of ``app_state`` as ``scope["state"]``: a dict put
+    there when the connection is made is that connection's, shared by its requests only.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.app_state = {**self.app_state, _MEMO_KEY: {}}
+
+
+def connection_memo(scope: Scope) -> dict[str, Any] | None:
+    """The dict of the connection ``scope`` came on, if it is served by
+    :class:`PerConnection`."""
+    found = scope.get("state", {}).get(_MEMO_KEY)
+    return found if isinstance(found, dict) else None
 
 
 class _Server(uvicorn.Server):

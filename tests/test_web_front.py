@@ -4,8 +4,10 @@ reads them."""
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING
 
+import anyio
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -13,6 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from cued.daemon.body_limit import BodyLimit
+from cued.daemon.server import PerConnection, connection_memo, serve_asgi
 from cued.daemon.web import RETRY_AFTER_S, WebFront
 from tests.support.http_server import serve_app
 
@@ -114,3 +117,29 @@ def test_two_sources_cannot_serve_one_path():
     web.mount("/hooks/a", app("one"))
     with pytest.raises(ValueError, match="two sources serve the path '/hooks/a'"):
         web.mount("/hooks/a", app("two"))
+
+
+async def test_requests_of_one_connection_share_its_memo_and_no_other_connection_does():
+    async def app(scope, receive, send):
+        memo = connection_memo(scope)
+        assert memo is not None
+        memo["requests"] = memo.get("requests", 0) + 1
+        body = str(memo["requests"]).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    sock.setblocking(False)
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    async with anyio.create_task_group() as tg:
+        await tg.start(lambda task_status: serve_asgi(
+            app, sockets=[sock], http=PerConnection, grace_s=1, task_status=task_status
+        ))  # fmt: skip
+        async with httpx.AsyncClient(base_url=base) as one, httpx.AsyncClient(base_url=base) as two:
+            counts = [(await one.get("/")).text for _ in range(3)]
+            other = (await two.get("/")).text
+        tg.cancel_scope.cancel()
+    assert counts == ["1", "2", "3"]  # one connection, one memo
+    assert other == "1"  # a connection of its own starts afresh
