@@ -687,7 +687,7 @@ async def _connect(path: Path, synchronous: Synchronous) -> aiosqlite.Connection
     return db
 
 
-def _not_yours(path: Path, exc: BaseException) -> str:
+def _not_yours(path: Path, exc: BaseException | str) -> str:
     try:
         owner = pwd.getpwuid(path.stat().st_uid).pw_name
     except (OSError, KeyError):
@@ -711,14 +711,15 @@ async def open_store(
     :raises StoreError: if the file cannot be opened or has a newer schema
     """
     path = Path(path)
+    # told before SQLite is asked: the file is 0600, its owner's alone
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise StoreError(_not_yours(path, "permission denied"))
     try:
         private_state_files(path)  # 0600: it holds payloads, headers and outputs
         writer = await _connect(path, synchronous)
     except PermissionError as exc:
         raise StoreError(_not_yours(path, exc)) from exc
     except Exception as exc:
-        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-            raise StoreError(_not_yours(path, exc)) from exc
         raise StoreError(f"cannot open the state file {str(path)!r}: {exc}") from exc
     try:
         await migrate(writer, path)
