@@ -65,36 +65,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     trigger.add_argument("--wait", action="store_true", help="wait for the run to finish")
     runs = sub.add_parser("runs", help="list recent runs")
-    runs.add_argument("--pipeline", "-p")
-    runs.add_argument("--state", "-s")
+    runs.add_argument("--pipeline", "-p", type=_text)
+    runs.add_argument("--state", "-s", type=_text)
     runs.add_argument("--failed", action="store_true", help="only failed runs, with their errors")
     runs.add_argument("--limit", "-n", type=int, default=20)
     show = sub.add_parser("show", help="a run's tasks, attempts, durations, errors and outputs")
-    show.add_argument("run_id")
+    show.add_argument("run_id", type=_text)
     events = sub.add_parser(
         "events", help="recent events: matched, unmatched or invalid, with their runs"
     )
-    events.add_argument("--source", "-S")
+    events.add_argument("--source", "-S", type=_text)
     events.add_argument("--status", "-s", choices=["matched", "unmatched", "invalid"])
     events.add_argument("--limit", "-n", type=int, default=20)
     events.add_argument("--data", action="store_true", help="show each event's payload")
     cancel = sub.add_parser("cancel", help="cancel a run; its running tasks are cancelled")
-    cancel.add_argument("run_id")
+    cancel.add_argument("run_id", type=_text)
     retry = sub.add_parser(
         "retry", help="rerun a finished run from the point of failure, keeping good outputs"
     )
-    retry.add_argument("run_id")
+    retry.add_argument("run_id", type=_text)
     retry.add_argument(
         "--task",
         "-t",
         action="append",
         default=[],
         metavar="TASK",
+        type=_text,
         help="rerun these tasks and everything downstream (default: the failed ones)",
     )
     clear = sub.add_parser("clear", help="rerun the given tasks of a finished run")
-    clear.add_argument("run_id")
-    clear.add_argument("--task", "-t", action="append", required=True, metavar="TASK")
+    clear.add_argument("run_id", type=_text)
+    clear.add_argument("--task", "-t", action="append", required=True, metavar="TASK", type=_text)
     clear.add_argument("--downstream", action="store_true", help="and everything downstream")
     for verb in ("approve", "reject"):
         gate = sub.add_parser(
@@ -108,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         gate.add_argument("task", type=_text, help="the gate's task (name, or name[i] if mapped)")
         gate.add_argument("--comment", "-m", type=_text)
         # kept only to refuse it clearly: it used to let one person decide as anyone
-        gate.add_argument("--as", dest="who", help=argparse.SUPPRESS)
+        gate.add_argument("--as", dest="who", type=_text, help=argparse.SUPPRESS)
         if verb == "approve":
             gate.add_argument("--payload", type=_text, help="the proposal as edited, as JSON")
     sub.add_parser("approvals", help="approval gates waiting for a decision")

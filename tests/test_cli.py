@@ -118,6 +118,28 @@ async def test_an_input_of_bytes_that_are_not_utf8_is_kept_escaped(tmp_path):
         assert daemon.stop() == 0
 
 
+async def test_arguments_of_bytes_that_are_not_utf8_get_an_answer_not_a_traceback(tmp_path):
+    config = write_config(tmp_path)
+    bad = "caf\udcff"  # how Python gives argv bytes that are not UTF-8
+    daemon = Daemon(config, tmp_path / "state.db")
+    await daemon.start()
+    try:
+        for args in [
+            ("show", bad),
+            ("cancel", bad),
+            ("retry", bad, "-t", bad),
+            ("clear", bad, "-t", bad),
+            ("runs", "--pipeline", bad),
+            ("events", "--source", bad),
+        ]:
+            result = cued(config, *args)
+            assert "Traceback" not in result.stderr, (args, result.stderr)
+            assert result.stderr.count("\n") <= 1, (args, result.stderr)
+            assert result.returncode in (0, 1), (args, result.stderr)
+    finally:
+        assert daemon.stop() == 0
+
+
 def test_an_input_of_json_cued_does_not_keep_is_refused_in_one_line(tmp_path):
     config = write_config(tmp_path)
     for value, message in [
