@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .engine import RunState, State
 from .errors import Forbidden, InvalidRequest, NotFound
@@ -20,16 +20,36 @@ from .store import AttemptRow, DecisionRow, now
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from .runner import Runner
-    from .store import ApprovalRow, Row
+    import anyio
+    import structlog
 
-__all__ = ["decide", "expire_due"]
+    from .store import ApprovalRow, Row, Store
+
+__all__ = ["GateHost", "decide", "expire_due"]
+
+
+class GateHost(Protocol):
+    """What deciding a gate needs of the runner (a port: the runner calls
+    :func:`expire_due`, so this module must not know the runner)."""
+
+    @property
+    def store(self) -> Store: ...
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger: ...
+    @property
+    def gate_lock(self) -> anyio.Lock: ...
+    def is_active(self, run_id: str) -> bool: ...
+    def settle(
+        self, run_id: str, key: str, *, ok: bool, output: Any, error: str | None
+    ) -> bool: ...
+    async def resume_run(self, run_id: str) -> None: ...
+
 
 _UNSET: Any = object()
 
 
 async def decide(
-    runner: Runner,
+    runner: GateHost,
     run_id: str,
     key: str,
     *,
@@ -80,7 +100,7 @@ async def decide(
         return await _settle(runner, gate, outcome, decisions, [decision])
 
 
-async def expire_due(runner: Runner) -> None:
+async def expire_due(runner: GateHost) -> None:
     """Settle every waiting gate whose time is up, as its ``on_timeout`` says."""
     for due in await runner.store.approvals_due(now()):
         async with runner.gate_lock:
@@ -102,7 +122,7 @@ async def expire_due(runner: Runner) -> None:
             await _settle(runner, gate, outcome, decisions, [], timed_out=True)
 
 
-async def _waiting_gate(runner: Runner, run_id: str, key: str) -> ApprovalRow:
+async def _waiting_gate(runner: GateHost, run_id: str, key: str) -> ApprovalRow:
     gate = await runner.store.get_approval(run_id, key)
     if gate is None:
         raise NotFound(f"run {run_id!r} has no approval gate {key!r}")
@@ -112,7 +132,7 @@ async def _waiting_gate(runner: Runner, run_id: str, key: str) -> ApprovalRow:
 
 
 async def _settle(
-    runner: Runner,
+    runner: GateHost,
     gate: ApprovalRow,
     outcome: str,
     decisions: list[DecisionRow],
@@ -177,7 +197,9 @@ async def _settle(
     return settled
 
 
-async def _parked_rows(runner: Runner, gate: ApprovalRow, ok: bool, error: str | None) -> list[Row]:
+async def _parked_rows(
+    runner: GateHost, gate: ApprovalRow, ok: bool, error: str | None
+) -> list[Row]:
     found = await runner.store.run_state(gate.run_id)
     if found is None:
         raise NotFound(f"no run {gate.run_id!r}")

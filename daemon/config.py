@@ -25,7 +25,6 @@ from .errors import ConfigError, ConfigProblem
 from .loopback import is_loopback_listen
 from .registry import source_kinds, task_kinds
 from .tomlpos import KeyLines
-from .triggers import when_expression
 
 __all__ = [
     "Config",
@@ -481,7 +480,7 @@ class _Checker:
                     )
         checked: list[tuple[tuple[str | int, ...], Any]] = [((*at, "inputs"), trigger.inputs)]
         if trigger.when is not None:
-            checked.append(((*at, "when"), when_expression(trigger.when)))
+            checked.append(((*at, "when"), templates.when_expression(trigger.when)))
         if trigger.dedupe is not None:
             checked.append(((*at, "dedupe"), trigger.dedupe))
         for where, value in checked:

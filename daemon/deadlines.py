@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
@@ -18,19 +18,38 @@ from .engine import RunState, State
 from .store import now
 
 if TYPE_CHECKING:
-    from .runner import Runner
-    from .store import RunRow
+    from collections.abc import Mapping
 
-__all__ = ["Deadlines"]
+    import structlog
+
+    from .plan import PipelinePlan
+    from .store import Row, RunRow, Store
+
+__all__ = ["DeadlineHost", "Deadlines"]
 
 _FINISHED = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
 _DONE = frozenset({State.SUCCEEDED, State.FAILED, State.UPSTREAM_FAILED, State.CANCELLED})
 
 
+class DeadlineHost(Protocol):
+    """What deadlines need of the runner (a port, so this module need not know it)."""
+
+    @property
+    def plans(self) -> Mapping[str, PipelinePlan]: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger: ...
+    def alert_rows(
+        self, rule: str, row: RunRow, *, occurrence: str | None = None, **details: Any
+    ) -> list[Row]: ...
+    def wake_alerts(self) -> None: ...
+
+
 class Deadlines:
     """Watches the deadlines of unfinished runs; serve :meth:`run` in the runner's group."""
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: DeadlineHost) -> None:
         self._runner = runner
         self._due: list[tuple[float, str, str]] = []  # (at, run id, task or "")
         self._watched: set[tuple[str, str]] = set()

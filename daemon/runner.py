@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 from pydantic import ValidationError
 
+from .approvals import expire_due
 from .backlog import Backlog
 from .deadlines import Deadlines
 from .engine import Instance, RunEngine, RunState, Start, State, Wait
@@ -316,7 +317,7 @@ class Runner:
     def _write(self, run: _Run, extra: list[Row] | None = None) -> Any:
         """Submit the instances the engine changed, and ``extra`` rows, in one go."""
         assert run.engine is not None
-        rows: list[Row] = [InstanceRow.of(run.row.run_id, i) for i in run.engine.drain_changes()]
+        rows: list[Row] = [_instance_row(run.row.run_id, i) for i in run.engine.drain_changes()]
         if extra:
             rows.extend(extra)
         return self.store.submit(rows) if rows else None
@@ -616,8 +617,6 @@ class Runner:
     async def _gate_timeouts(self) -> None:
         """Settle approval gates whose time is up, as their ``on_timeout`` says; wakes for
         the earliest deadline in the store, and whenever a gate starts waiting."""
-        from .approvals import expire_due  # approvals builds on the runner
-
         while True:
             self._gates_changed = anyio.Event()
             next_at = await self.store.next_approval_deadline()
@@ -643,7 +642,7 @@ class Runner:
         with anyio.CancelScope(shield=True):
             rows: list[Row] = [run.row]
             if run.engine is not None:
-                rows.extend(InstanceRow.of(run.row.run_id, i) for i in run.engine.drain_changes())
+                rows.extend(_instance_row(run.row.run_id, i) for i in run.engine.drain_changes())
             rule = {RunState.FAILED: "run_failed", RunState.SUCCEEDED: "run_succeeded"}.get(state)
             if rule is not None:
                 # a rerun run ends again: that end is an alert of its own. Each rerun raises
@@ -698,3 +697,18 @@ def _describe(exc: BaseException) -> str:
         text = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return f"invalid parameters: {text}"
     return text if text else type(exc).__name__
+
+
+def _instance_row(run_id: str, inst: Instance) -> InstanceRow:
+    """The store's row of an engine instance (here: the store knows rows, not the engine)."""
+    return InstanceRow(
+        run_id,
+        inst.key,
+        inst.task,
+        inst.index,
+        inst.state.value,
+        inst.attempts,
+        inst.error,
+        now(),
+        inst.retry_base,
+    )

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Callable, Mapping, Sequence
 
-    from .engine import Instance
 
 __all__ = [
     "ApprovalRow",
@@ -86,20 +85,6 @@ class InstanceRow:
     updated_at: float
     retry_base: int = 0
     """Attempts made before the latest rerun: retries count from there."""
-
-    @classmethod
-    def of(cls, run_id: str, inst: Instance) -> InstanceRow:
-        return cls(
-            run_id,
-            inst.key,
-            inst.task,
-            inst.index,
-            inst.state.value,
-            inst.attempts,
-            inst.error,
-            now(),
-            inst.retry_base,
-        )
 
 
 @dataclass(frozen=True, slots=True)

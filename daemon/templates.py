@@ -40,6 +40,7 @@ __all__ = [
     "render",
     "render_value",
     "shell_quote",
+    "when_expression",
 ]
 
 
@@ -92,6 +93,12 @@ SHELL_QUOTE_FILTERS = frozenset({"shell_quote", "quote"})
 _ENV = _Environment(undefined=StrictUndefined, autoescape=False, finalize=_defined)
 _ENV.filters.update(dict.fromkeys(SHELL_QUOTE_FILTERS, shell_quote))
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
+
+
+def when_expression(when: str) -> str:
+    """A ``when`` condition as a template, so the template machinery compiles, checks and
+    runs it (config checks it, triggers evaluate it)."""
+    return "{{ " + when + " }}"
 
 
 class TemplateProblem(ValueError):

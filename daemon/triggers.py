@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .templates import TemplateProblem, render, render_value
+from .templates import TemplateProblem, render, render_value, when_expression
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .config import TriggerConfig
     from .sources import Event
 
-__all__ = ["Match", "event_context", "match", "when_expression"]
+__all__ = ["Match", "event_context", "match"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +44,6 @@ def event_context(event: Event) -> dict[str, Any]:
             "received_at": event.received_at,
         }
     }
-
-
-def when_expression(when: str) -> str:
-    """``when`` as a template, so the template machinery compiles, checks and runs it."""
-    return "{{ " + when + " }}"
 
 
 def match(triggers: Sequence[TriggerConfig], event: Event) -> tuple[list[Match], list[str]]:
