@@ -47,6 +47,7 @@ from starlette.responses import JSONResponse
 
 from cued.daemon import untrusted
 from cued.daemon.errors import ConnectorError, CuedError
+from cued.daemon.http_errors import error_response as _error
 from cued.daemon.secrets import resolve_secret
 from cued.daemon.sources import Event
 from cued.daemon.store import new_id, now
@@ -97,12 +98,6 @@ def _secret(value: str, base_dir: Path) -> bytes:
         return resolve_secret(value, base_dir, what="a webhook secret").encode()
     except CuedError as exc:
         raise ConnectorError(str(exc)) from exc
-
-
-def _error(status: int, code: str, message: str, **headers: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status, headers=headers or None
-    )
 
 
 class _TooLarge(Exception):

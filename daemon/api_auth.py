@@ -32,10 +32,11 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from .api_models import ErrorResponse, LoginBody, Session, SessionCreated
 from .control import ControlAccess, Peer, os_user_name, peer_of
+from .http_errors import error_response
 from .live import Live
 from .loopback import is_loopback_host, tcp_client_uid
 from .metrics import Metrics
@@ -67,12 +68,6 @@ SESSION_COOKIE = "cued_token"
 CSRF_COOKIE = "cued_csrf"
 CSRF_HEADER = "X-CSRF-Token"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status, headers=headers or None
-    )
 
 
 def json_response(content: BaseModel | Sequence[BaseModel], status: int = 200) -> Response:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from starlette.responses import JSONResponse
+from .http_errors import error_response
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -93,5 +93,4 @@ def _declared_length(scope: Scope) -> int:
 
 async def _too_large(scope: Scope, receive: Receive, send: Send, max_body_bytes: int) -> None:
     message = f"the body is larger than {max_body_bytes} bytes"
-    response = JSONResponse({"error": {"code": "body_too_large", "message": message}}, 413)
-    await response(scope, receive, send)
+    await error_response(413, "body_too_large", message)(scope, receive, send)

@@ -26,12 +26,12 @@ import socket
 import stat
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from starlette.responses import JSONResponse
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .errors import CuedError
+from .http_errors import error_response
 
 if TYPE_CHECKING:
     import asyncio
@@ -264,9 +264,7 @@ class ControlGuard:
         if scope["type"] != "lifespan":
             peer = peer_of(scope)
             if peer is None or not self._access.allows(peer):
-                body: dict[str, Any] = {
-                    "error": {"code": "local_user", "message": self._access.refusal(peer)}
-                }
-                await JSONResponse(body, 403)(scope, receive, send)
+                refused = error_response(403, "local_user", self._access.refusal(peer))
+                await refused(scope, receive, send)
                 return
         await self._app(scope, receive, send)

@@ -18,9 +18,8 @@ import json
 from email.message import Message as MimeMessage
 from typing import TYPE_CHECKING
 
-from starlette.responses import JSONResponse
-
 from . import untrusted
+from .http_errors import error_response
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -51,8 +50,8 @@ class CleanJsonBodies:
         if raw.strip():
             parsed = untrusted.json_value(raw)
             if parsed.error is not None:
-                body = {"error": {"code": "invalid_body", "message": parsed.error}}
-                await JSONResponse(body, 400)(scope, receive, send)
+                refused = error_response(400, "invalid_body", parsed.error)
+                await refused(scope, receive, send)
                 return
             raw = json.dumps(parsed.data, ensure_ascii=False).encode("utf-8")
             scope = {**scope, "headers": _with_length(scope["headers"], len(raw))}

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from starlette.responses import JSONResponse
-
 from .body_limit import limit_body
+from .http_errors import error_response
 
 if TYPE_CHECKING:
+    from starlette.responses import JSONResponse
     from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["RETRY_AFTER_S", "WebFront"]
@@ -103,8 +103,4 @@ def _unavailable(path: str) -> JSONResponse:
         f"{path} is not served at the moment (the daemon is starting or stopping); "
         f"retry in {RETRY_AFTER_S}s"
     )
-    return JSONResponse(
-        {"error": {"code": "unavailable", "message": message}},
-        503,
-        headers={"Retry-After": str(RETRY_AFTER_S)},
-    )
+    return error_response(503, "unavailable", message, **{"Retry-After": str(RETRY_AFTER_S)})
