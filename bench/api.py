@@ -1,7 +1,7 @@
 """HTTP API benchmark: ``.venv/bin/python -m bench.api``.
 
 The latency of ``GET /api/v1/runs?limit=50`` with 100,000 runs in the store, side by side
-with the bare query: the same SELECT (``cued.daemon.sqlite.runs_query``) through aiosqlite
+with the bare query: the same SELECT (``cued.daemon.store.sqlite.runs_query``) through aiosqlite
 in this process, on the same file at the same time. The daemon runs as ``cued run`` in its
 own process, with a viewer token required, and is asked over HTTP on loopback, one request
 after another on a keep-alive connection (the time includes reading the whole answer).
@@ -36,8 +36,9 @@ import aiosqlite
 import anyio
 import httpx
 
-from cued.daemon.sqlite import open_store, runs_query
-from cued.daemon.store import RunRow, id_at, new_id
+from cued.daemon.core.ids import id_at, new_id
+from cued.daemon.store import RunRow
+from cued.daemon.store.sqlite import open_store, runs_query
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-viewer-token"

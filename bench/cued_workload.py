@@ -24,7 +24,7 @@ from pathlib import Path
 
 import anyio
 
-from cued.daemon.app import open_runner
+from cued.daemon.assembly import open_runner
 from cued.daemon.config import parse_config
 from cued.daemon.logs import configure_logging
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import anyio
 import httpx
 
-from cued.daemon.app import control_socket_path
+from cued.daemon.assembly import control_socket_path
 
 CONFIG = """
 [daemon]

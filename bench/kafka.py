@@ -355,7 +355,7 @@ async def cued(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def cued_throughput(args: argparse.Namespace) -> dict[str, Any]:
-    from cued.daemon.app import run_daemon
+    from cued.daemon.assembly import run_daemon
 
     group = f"cued-{os.getpid()}-{random.random()}"
     body = THROUGHPUT_CONFIG
@@ -433,7 +433,7 @@ async def cued_throughput(args: argparse.Namespace) -> dict[str, Any]:
 async def cued_latency(args: argparse.Namespace) -> list[tuple[float, float]]:
     # the task imports this file as bench.kafka, not as __main__
     from bench.kafka import STAMPS as stamps
-    from cued.daemon.app import run_daemon
+    from cued.daemon.assembly import run_daemon
 
     topic = f"latency-{os.getpid()}-{random.random()}"
     await create_topic(args.bootstrap, topic, 1)

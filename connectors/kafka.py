@@ -22,7 +22,7 @@ the consumer gives its partitions up, so the member that takes them over starts 
 partition that was taken away meanwhile are dropped, for its new owner to read.
 
 What an event holds (everything from the message goes through
-:mod:`cued.daemon.untrusted`: no message, of any bytes, stops the source):
+:mod:`cued.daemon.core.untrusted`: no message, of any bytes, stops the source):
 
 * ``data``: the value parsed as JSON (``meta.encoding = "json"``); else its text
   (``"text"``); else, when it is not UTF-8, base64 (``"base64"``). A tombstone (no value)
@@ -64,19 +64,19 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 )
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cued.daemon import untrusted
-from cued.daemon.durations import Duration
+from cued.daemon.config.durations import Duration
+from cued.daemon.config.secrets import resolve_secret
+from cued.daemon.core import untrusted
+from cued.daemon.core.ids import now
 from cued.daemon.errors import ConnectorError, CuedError
-from cued.daemon.secrets import resolve_secret
-from cued.daemon.sources import Event
-from cued.daemon.store import now
+from cued.daemon.sdk.sources import Event
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from aiokafka import ConsumerRecord
 
-    from cued.daemon.sources import SourceContext
+    from cued.daemon.sdk.sources import SourceContext
 
 __all__ = ["KafkaConfig", "KafkaSource", "message_event"]
 

@@ -61,16 +61,16 @@ import anyio
 from croniter import CroniterBadDateError, CroniterError, croniter  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cued.daemon.durations import Duration
+from cued.daemon.config.durations import Duration
 from cued.daemon.errors import ConnectorError
-from cued.daemon.sources import Event
+from cued.daemon.sdk.sources import Event
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from anyio.abc import TaskStatus
 
-    from cued.daemon.sources import SourceContext
+    from cued.daemon.sdk.sources import SourceContext
 
 __all__ = ["Schedule", "ScheduleConfig", "ScheduleSource", "tick_iso"]
 

@@ -18,7 +18,7 @@ status    when
 ========  =====================================================================
 
 What an event holds (everything from the request goes through
-:mod:`cued.daemon.untrusted`, so no body or header can fail the daemon):
+:mod:`cued.daemon.core.untrusted`, so no body or header can fail the daemon):
 
 * ``data``: the body parsed as JSON when its media type is ``application/json`` or
   ``*+json``, or when it has none and the body opens an object or an array; a form
@@ -45,12 +45,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from cued.daemon import untrusted
+from cued.daemon.config.secrets import resolve_secret
+from cued.daemon.core import untrusted
+from cued.daemon.core.ids import new_id, now
 from cued.daemon.errors import ConnectorError, CuedError
-from cued.daemon.http_errors import error_response as _error
-from cued.daemon.secrets import resolve_secret
-from cued.daemon.sources import Event
-from cued.daemon.store import new_id, now
+from cued.daemon.sdk.http_errors import error_response as _error
+from cued.daemon.sdk.sources import Event
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     import anyio.abc
     from starlette.types import Receive, Scope, Send
 
-    from cued.daemon.sources import SourceContext
+    from cued.daemon.sdk.sources import SourceContext
 
 __all__ = ["WebhookConfig", "WebhookSource"]
 

@@ -17,22 +17,24 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 
-from . import approvals, repair, retention, untrusted
-from .app import control_socket_path, open_runner, run_daemon
-from .config import load_config
-from .control import os_user_name
-from .errors import ConfigError, CuedError, DaemonUnavailable, NotFound
-from .logs import configure_logging, get_logger
-from .sqlite import open_store
-from .store import now
+from cued.daemon.assembly import control_socket_path, open_runner, run_daemon
+from cued.daemon.config import load_config
+from cued.daemon.core import untrusted
+from cued.daemon.core.ids import now
+from cued.daemon.errors import ConfigError, CuedError, DaemonUnavailable, NotFound
+from cued.daemon.logs import configure_logging, get_logger
+from cued.daemon.ops import repair
+from cued.daemon.runtime import gates, retention
+from cued.daemon.store.sqlite import open_store
+from cued.daemon.web.control import os_user_name
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
     from pathlib import Path
 
-    from .config import Config
-    from .runner import Runner
-    from .store import RunRow
+    from cued.daemon.config import Config
+    from cued.daemon.runtime.runner import Runner
+    from cued.daemon.store import RunRow
 
 __all__ = ["main"]
 
@@ -188,7 +190,7 @@ def _parse_inputs(pairs: list[str]) -> dict[str, Any]:
 
 
 def _input_value(key: str, value: str) -> Any:
-    """``value`` as JSON if it is JSON (through :mod:`cued.daemon.untrusted`, as the API
+    """``value`` as JSON if it is JSON (through :mod:`cued.daemon.core.untrusted`, as the API
     reads it), else as text.
 
     :raises CuedError: if it is JSON that cued does not keep (``NaN``, ``1e999``, nested
@@ -335,7 +337,7 @@ async def _decide(config: Config, args: argparse.Namespace) -> int:
 
     async def here(runner: Runner) -> dict[str, Any]:
         extra = {"payload": body["payload"]} if "payload" in body else {}
-        gate = await approvals.decide(
+        gate = await gates.decide(
             runner,
             args.run_id,
             args.task,

@@ -1,5 +1,5 @@
 """structlog set-up: JSON lines when not on a terminal, pretty on a terminal, and never a
-secret the daemon resolved (see :mod:`cued.daemon.secrets`)."""
+secret the daemon resolved (see :mod:`cued.daemon.config.secrets`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from . import secrets
+from cued.daemon.config import secrets
 
 __all__ = ["configure_logging", "get_logger", "redact_secrets"]
 

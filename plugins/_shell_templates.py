@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from jinja2 import nodes
 
-from cued.daemon import templates
-from cued.daemon.kinds import ParamProblem
+from cued.daemon.core import templates
+from cued.daemon.sdk.kinds import ParamProblem
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence

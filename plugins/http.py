@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cued.daemon import templates
+from cued.daemon.core import templates
 from cued.daemon.errors import PermanentTaskError, TaskError
-from cued.daemon.kinds import ParamProblem
+from cued.daemon.sdk.kinds import ParamProblem
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
-    from cued.daemon.kinds import TaskContext
+    from cued.daemon.sdk.kinds import TaskContext
 
 __all__ = ["HttpParams", "HttpTask"]
 

@@ -20,7 +20,7 @@ from cued.daemon.errors import PermanentTaskError, TaskError
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from cued.daemon.kinds import TaskContext
+    from cued.daemon.sdk.kinds import TaskContext
 
 __all__ = ["IDEMPOTENCY_HEADER", "KafkaProduceParams", "KafkaProduceTask", "encode_value"]
 

@@ -38,14 +38,15 @@ from pydantic import (
     field_validator,
 )
 
-from cued.daemon import secrets, templates
+from cued.daemon.config import secrets
+from cued.daemon.core import templates
 from cued.daemon.errors import PermanentTaskError, TaskError
-from cued.daemon.kinds import ParamProblem
+from cued.daemon.sdk.kinds import ParamProblem
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
-    from cued.daemon.kinds import TaskContext
+    from cued.daemon.sdk.kinds import TaskContext
 
 from ._json_schema import SchemaProblem, compile_schema, compiled
 

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field
 
-from cued.daemon import templates
+from cued.daemon.core import templates
 from cued.daemon.errors import PermanentTaskError
-from cued.daemon.kinds import ParamProblem
+from cued.daemon.sdk.kinds import ParamProblem
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
 
-    from cued.daemon.kinds import TaskContext
+    from cued.daemon.sdk.kinds import TaskContext
 
 __all__ = ["PythonParams", "PythonTask"]
 
@@ -68,7 +68,7 @@ class PythonTask:
     A coroutine function is awaited on the event loop. Any other function runs in a worker
     thread, so a blocking function never stalls the daemon. A function with a parameter
     named ``ctx`` is also given the attempt's
-    :class:`~cued.daemon.kinds.TaskContext`.
+    :class:`~cued.daemon.sdk.kinds.TaskContext`.
     """
 
     name: ClassVar[str] = "python"

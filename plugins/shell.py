@@ -2,7 +2,7 @@
 
 The program does not inherit the daemon's environment, which holds the secrets that
 ``env:`` names: it gets a small base, the names ``[daemon] task_env`` and the task's
-``env`` let through, and the values ``env`` sets (see :mod:`cued.daemon.environment`).
+``env`` let through, and the values ``env`` sets (see :mod:`cued.daemon.config.environment`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cued.daemon import templates
-from cued.daemon.environment import EnvSpec, ProgramEnv, program_env
+from cued.daemon.config.environment import EnvSpec, ProgramEnv, program_env
+from cued.daemon.core import templates
 from cued.daemon.errors import PermanentTaskError, TaskError
-from cued.daemon.kinds import ParamProblem
+from cued.daemon.sdk.kinds import ParamProblem
 from cued.plugins._shell_templates import argv_problems, command_problems, cwd_problems
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import ByteReceiveStream, Process
 
-    from cued.daemon.kinds import TaskContext
+    from cued.daemon.sdk.kinds import TaskContext
 
 __all__ = ["ShellParams", "ShellTask"]
 

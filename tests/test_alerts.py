@@ -20,10 +20,10 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cued.daemon import templates
-from cued.daemon.alerts import Alerts, backoff_s, message_id
 from cued.daemon.config import parse_config
+from cued.daemon.core import templates
 from cued.daemon.errors import ConfigError
+from cued.daemon.runtime.alerts import Alerts, backoff_s, message_id
 from tests.support.daemon import Daemon, cued, query, wait_for
 from tests.support.http_server import serve_app
 from tests.support.running import daemon_running, wait_finished

@@ -18,24 +18,16 @@ import httpx
 import pytest
 import structlog
 
-from cued.daemon.api_models import (
+from cued.daemon.core.ids import id_at, new_id
+from cued.daemon.store import ApprovalRow, AttemptRow, DecisionRow, EventRow, InstanceRow, RunRow
+from cued.daemon.store.sqlite import events_query, open_store, runs_query
+from cued.daemon.web.live import Live, publish_committed
+from cued.daemon.web.schemas import (
     ApprovalUpdate,
     DecisionUpdate,
     EventSummary,
     RunUpdate,
     TaskUpdate,
-)
-from cued.daemon.live import Live, publish_committed
-from cued.daemon.sqlite import events_query, open_store, runs_query
-from cued.daemon.store import (
-    ApprovalRow,
-    AttemptRow,
-    DecisionRow,
-    EventRow,
-    InstanceRow,
-    RunRow,
-    id_at,
-    new_id,
 )
 from tests.support.running import daemon_running, wait_finished
 
@@ -664,7 +656,7 @@ async def test_a_cookie_session_needs_the_csrf_header_to_act(make_config):
 
 
 async def test_the_control_socket_names_its_caller_by_their_os_user(make_config):
-    from cued.daemon.app import control_socket_path
+    from cued.daemon.assembly import control_socket_path
 
     me = pwd.getpwuid(os.geteuid()).pw_name
     config = make_config(CONFIG)

@@ -11,8 +11,9 @@ import anyio
 import httpx
 import pytest
 
-from cued.daemon import approvals, repair
 from cued.daemon.errors import Forbidden, InvalidRequest
+from cued.daemon.ops import repair
+from cued.daemon.runtime import gates
 from tests.support.daemon import Daemon, cued, query, wait_for
 from tests.support.running import daemon_running
 
@@ -198,9 +199,9 @@ async def test_a_gate_needing_two_approvals_waits_for_the_second(make_config):
         with anyio.fail_after(20):
             run_id = await info.runner.submit("post")
             await info.runner.wait(run_id)
-            first = await approvals.decide(info.runner, run_id, "gate", who="alice", approve=True)
+            first = await gates.decide(info.runner, run_id, "gate", who="alice", approve=True)
             assert first.state == "waiting"
-            second = await approvals.decide(
+            second = await gates.decide(
                 info.runner, run_id, "gate", who="olga", approve=True, groups={"ops"}
             )
             assert second.state == "approved"
@@ -214,8 +215,8 @@ async def test_a_rejection_fails_the_gate_and_clean_up_reads_the_decision(make_c
             run_id = await info.runner.submit("post")
             await info.runner.wait(run_id)
             with pytest.raises(Forbidden):
-                await approvals.decide(info.runner, run_id, "gate", who="eve", approve=False)
-            await approvals.decide(
+                await gates.decide(info.runner, run_id, "gate", who="eve", approve=False)
+            await gates.decide(
                 info.runner, run_id, "gate", who="alice", approve=False, comment="off topic"
             )
             row = await info.runner.wait(run_id)

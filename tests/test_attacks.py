@@ -31,10 +31,10 @@ import pytest
 import structlog
 
 from cued.connectors.files import FilesConfig, FilesSource
-from cued.daemon import untrusted
 from cued.daemon.config import parse_config
+from cued.daemon.core import untrusted
 from cued.daemon.errors import ConfigError
-from cued.daemon.sources import Event, Receipt, SourceContext
+from cued.daemon.sdk.sources import Event, Receipt, SourceContext
 from tests.support.daemon import Daemon, query, wait_for
 from tests.support.fakes import AcceptingIntake, NoRoutes
 from tests.support.running import daemon_running

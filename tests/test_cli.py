@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import anyio
 
-from cued.daemon.app import open_runner
+from cued.daemon.assembly import open_runner
 from cued.daemon.config import load_config
-from cued.daemon.intake import DaemonIntake
-from cued.daemon.sources import Event
+from cued.daemon.runtime.intake import DaemonIntake
+from cued.daemon.sdk.sources import Event
 from tests.support.daemon import Daemon, cued
 
 CONFIG = """

@@ -29,10 +29,10 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from cued.daemon.app import control_socket_path
-from cued.daemon.control import ControlAccess, ControlGuard, PeerCredentials
+from cued.daemon.assembly import control_socket_path
 from cued.daemon.errors import CuedError
-from cued.daemon.server import serve_asgi
+from cued.daemon.web.control import ControlAccess, ControlGuard, PeerCredentials
+from cued.daemon.web.server import serve_asgi
 from tests.support.daemon import Daemon, cued, query, wait_for
 
 if TYPE_CHECKING:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import anyio
 
-from cued.daemon.sqlite import open_store
-from cued.daemon.store import RunRow, new_id, now
+from cued.daemon.core.ids import new_id, now
+from cued.daemon.store import RunRow
+from cued.daemon.store.sqlite import open_store
 from tests.support.http_server import serve_app
 from tests.support.running import daemon_running
 from tests.test_alerts import Receiver

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from cued.daemon.app import open_runner
+from cued.daemon.assembly import open_runner
 from cued.daemon.errors import ConfigError
 
 MODULE = """

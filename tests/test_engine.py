@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cued.daemon.config import parse_config
-from cued.daemon.engine import (
+from cued.daemon.core.engine import (
     TERMINAL,
     Finish,
     Instance,
@@ -20,7 +20,7 @@ from cued.daemon.engine import (
     State,
     Wait,
 )
-from cued.daemon.plan import PipelinePlan
+from cued.daemon.core.plan import PipelinePlan
 
 # --------------------------------------------------------------------------- helpers
 

@@ -20,9 +20,9 @@ from structlog.testing import capture_logs
 
 from cued.connectors.files import _MAX_DEPTH, FilesConfig, FilesSource
 from cued.daemon.config import load_config, parse_config
+from cued.daemon.core.untrusted import os_name
 from cued.daemon.errors import ConfigError, ConnectorError
-from cued.daemon.sources import SourceContext
-from cued.daemon.untrusted import os_name
+from cued.daemon.sdk.sources import SourceContext
 from tests.support.daemon import Daemon, cued, query, wait_for
 from tests.support.fakes import NoRoutes
 from tests.support.running import daemon_running
@@ -39,7 +39,7 @@ from tests.test_files_source import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from cued.daemon.app import DaemonInfo
+    from cued.daemon.assembly import DaemonInfo
     from cued.daemon.store import EventRow
 
 BAD = b"bad-\xff.csv"

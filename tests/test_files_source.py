@@ -10,16 +10,17 @@ import anyio
 import pytest
 
 from cued.daemon.config import parse_config
+from cued.daemon.core.ids import new_id, now
 from cued.daemon.errors import ConfigError, ConnectorError
-from cued.daemon.sqlite import open_store
-from cued.daemon.store import EventRow, RunRow, new_id, now
+from cued.daemon.store import EventRow, RunRow
+from cued.daemon.store.sqlite import open_store
 from tests.support import probes
 from tests.support.running import daemon_running
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from cued.daemon.app import DaemonInfo
+    from cued.daemon.assembly import DaemonInfo
     from cued.daemon.config import Config
 
 READ_TASK = """kind = "python"

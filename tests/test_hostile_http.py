@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cued.daemon.app import control_socket_path
-from cued.daemon.untrusted import bounded_id, header_text, page_cursor
+from cued.daemon.assembly import control_socket_path
+from cued.daemon.core.untrusted import bounded_id, header_text, page_cursor
 from tests.support import raw_http
 from tests.support.daemon import Daemon, wait_until
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from starlette.requests import Request
 
-    from cued.daemon.kinds import TaskContext
+    from cued.daemon.sdk.kinds import TaskContext
 
 CHUNK = b"x" * 65536
 CHUNKS = 2000  # 128 MiB, far more than any socket buffers hold

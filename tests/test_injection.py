@@ -16,8 +16,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from cued.daemon.config import parse_config
+from cued.daemon.core.templates import render, shell_quote
 from cued.daemon.errors import ConfigError, PermanentTaskError
-from cued.daemon.templates import render, shell_quote
 from cued.plugins.http import HttpTask
 from cued.plugins.shell import ShellParams
 from tests.support.daemon import cued
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
     from cued.daemon.errors import ConfigProblem
-    from cued.daemon.kinds import TaskContext
+    from cued.daemon.sdk.kinds import TaskContext
 
 # -- shell_quote -----------------------------------------------------------------------------
 

@@ -24,9 +24,9 @@ from aiokafka import (  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
 from cued.connectors.kafka import KafkaConfig, KafkaSource, message_event
-from cued.daemon.app import open_runner
+from cued.daemon.assembly import open_runner
 from cued.daemon.errors import ConnectorError, StoreError
-from cued.daemon.sources import Receipt, SourceContext
+from cued.daemon.sdk.sources import Receipt, SourceContext
 from cued.plugins.kafka import IDEMPOTENCY_HEADER, KafkaProduceTask
 from tests.support import probes
 from tests.support.fakes import AcceptingIntake, NoRoutes
@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
     from pathlib import Path
 
-    from cued.daemon.app import DaemonInfo
-    from cued.daemon.sources import Event
+    from cued.daemon.assembly import DaemonInfo
+    from cued.daemon.sdk.sources import Event
     from cued.daemon.store import EventRow, RunRow
     from tests.support.kafka_broker import Broker
 

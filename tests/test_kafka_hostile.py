@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cued.connectors.kafka import message_event
-from cued.daemon.untrusted import json_value, looks_like_json
+from cued.daemon.core.untrusted import json_value, looks_like_json
 from tests.support import raw_http
 from tests.support.daemon import Daemon, wait_until
 from tests.support.kafka_broker import (
@@ -33,7 +33,7 @@ from tests.test_kafka import daemon_toml, eventually, produce, record, source_to
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from cued.daemon.app import DaemonInfo
+    from cued.daemon.assembly import DaemonInfo
     from cued.daemon.store import EventRow
     from tests.support.kafka_broker import Broker
 

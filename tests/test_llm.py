@@ -25,7 +25,7 @@ from tests.support.running import daemon_running
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from cued.daemon.app import DaemonInfo
+    from cued.daemon.assembly import DaemonInfo
     from cued.daemon.config import Config
     from cued.daemon.store import AttemptRow, InstanceRow, RunRow
 

@@ -10,9 +10,9 @@ import anyio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from cued.daemon.api import build_app
-from cued.daemon.app import open_runner
-from cued.daemon.metrics import Metrics
+from cued.daemon.assembly import open_runner
+from cued.daemon.runtime.metrics import Metrics
+from cued.daemon.web.api import build_app
 from tests.support.running import daemon_running, wait_finished
 
 if TYPE_CHECKING:

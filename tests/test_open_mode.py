@@ -18,8 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cued.daemon.errors import ConfigError
-from cued.daemon.loopback import (
+from cued.daemon.core.loopback import (
     TcpSocket,
     is_loopback_host,
     is_loopback_listen,
@@ -27,6 +26,7 @@ from cued.daemon.loopback import (
     tcp_client_uid,
     tcp_owner,
 )
+from cued.daemon.errors import ConfigError
 from tests.support.daemon import cued
 from tests.support.running import daemon_running
 

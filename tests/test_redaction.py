@@ -12,14 +12,9 @@ import httpx
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from cued.daemon import secrets as daemon_secrets
+from cued.daemon.config import secrets as daemon_secrets
+from cued.daemon.config.secrets import MIN_REDACTED_CHARS, REDACTED, SecretRegistry, resolve_secret
 from cued.daemon.logs import redact_secrets
-from cued.daemon.secrets import (
-    MIN_REDACTED_CHARS,
-    REDACTED,
-    SecretRegistry,
-    resolve_secret,
-)
 from tests.support.daemon import Daemon, cued, query, wait_for
 from tests.support.running import daemon_running, wait_finished
 

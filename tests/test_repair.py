@@ -6,9 +6,9 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from cued.daemon import repair
-from cued.daemon.app import open_runner
+from cued.daemon.assembly import open_runner
 from cued.daemon.errors import InvalidRequest, NotFound
+from cued.daemon.ops import repair
 from tests.support.daemon import Daemon, cued, query
 
 CHAIN = """

@@ -16,13 +16,11 @@ import anyio
 import httpx
 import pytest
 
-from cued.daemon import pruning, retention
-from cued.daemon.api import Caller, Users, build_app
-from cued.daemon.app import open_runner
+from cued.daemon.assembly import open_runner
 from cued.daemon.config import parse_config
+from cued.daemon.core.ids import new_id, now
 from cued.daemon.errors import ConfigError
-from cued.daemon.server import serve_asgi
-from cued.daemon.sqlite import open_store
+from cued.daemon.runtime import retention
 from cued.daemon.store import (
     ApprovalRow,
     AttemptRow,
@@ -34,9 +32,11 @@ from cued.daemon.store import (
     PruneCounts,
     PrunePolicy,
     RunRow,
-    new_id,
-    now,
+    pruning,
 )
+from cued.daemon.store.sqlite import open_store
+from cued.daemon.web.api import Caller, Users, build_app
+from cued.daemon.web.server import serve_asgi
 from tests.support.daemon import Daemon, cued, query, wait_for
 from tests.support.running import daemon_running
 

@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cued.daemon.app import open_runner
+from cued.daemon.assembly import open_runner
 from cued.daemon.errors import InvalidRequest, NotFound
 from tests.support import probes
 from tests.support.http_server import serve_app

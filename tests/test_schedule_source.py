@@ -18,16 +18,16 @@ from structlog.testing import capture_logs
 from cued.connectors.schedule import Schedule, ScheduleConfig, ScheduleSource, tick_iso
 from cued.daemon.config import parse_config
 from cued.daemon.errors import ConfigError
-from cued.daemon.intake import DaemonIntake
-from cued.daemon.sources import Receipt, SourceContext
+from cued.daemon.runtime.intake import DaemonIntake
+from cued.daemon.sdk.sources import Receipt, SourceContext
 from tests.support import probes
 from tests.support.running import daemon_running, wait_finished
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from cued.daemon.app import DaemonInfo
-    from cued.daemon.sources import Event
+    from cued.daemon.assembly import DaemonInfo
+    from cued.daemon.sdk.sources import Event
 
 
 def utc(

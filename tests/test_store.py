@@ -7,10 +7,11 @@ import sqlite3
 import anyio
 import pytest
 
+from cued.daemon.core.ids import new_id, now
 from cued.daemon.errors import StoreError
-from cued.daemon.migrations import MIGRATIONS
-from cued.daemon.sqlite import open_store
-from cued.daemon.store import AttemptRow, InstanceRow, RunRow, new_id, now
+from cued.daemon.store import AttemptRow, InstanceRow, RunRow
+from cued.daemon.store.migrations import MIGRATIONS
+from cued.daemon.store.sqlite import open_store
 
 
 async def test_a_new_file_is_migrated_to_the_current_schema_in_wal_mode(tmp_path):

@@ -12,7 +12,7 @@ import httpx
 import pydantic
 import pytest
 
-from cued.daemon.environment import BASE_NAMES, program_env
+from cued.daemon.config.environment import BASE_NAMES, program_env
 from cued.daemon.errors import ConfigError
 from cued.plugins.shell import ShellTask
 from tests.support.daemon import wait_for
@@ -22,7 +22,7 @@ from tests.support.running import daemon_running, wait_finished
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from cued.daemon.kinds import TaskContext
+    from cued.daemon.sdk.kinds import TaskContext
 
 #: A program that prints its environment as JSON.
 PRINT_ENV = [sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"]

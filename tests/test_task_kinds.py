@@ -21,7 +21,7 @@ from starlette.routing import Route
 from structlog.testing import capture_logs
 
 from cued.daemon.errors import PermanentTaskError, TaskError
-from cued.daemon.kinds import TaskContext, TaskKind
+from cued.daemon.sdk.kinds import TaskContext, TaskKind
 from cued.plugins.http import HttpTask
 from cued.plugins.python import PythonTask
 from cued.plugins.shell import ShellTask

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from cued.daemon.durations import parse_duration
-from cued.daemon.templates import (
+from cued.daemon.config.durations import parse_duration
+from cued.daemon.core.templates import (
     Reference,
     TemplateProblem,
     has_template,

@@ -7,9 +7,9 @@ import textwrap
 import pytest
 
 from cued.daemon.config import parse_config
+from cued.daemon.core.triggers import match
 from cued.daemon.errors import ConfigError
-from cued.daemon.sources import Event
-from cued.daemon.triggers import match
+from cued.daemon.sdk.sources import Event
 
 BASE = """\
 [sources.orders]

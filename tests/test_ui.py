@@ -18,7 +18,7 @@ import pytest
 from playwright.async_api import async_playwright, expect
 
 from cued.daemon.store import AttemptRow, InstanceRow
-from cued.daemon.ui.draw import gantt, layers, summarise, task_graph
+from cued.daemon.web.ui.draw import gantt, layers, summarise, task_graph
 from tests.support.running import daemon_running, wait_finished
 
 if TYPE_CHECKING:

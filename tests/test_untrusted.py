@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cued.daemon.untrusted import (
+from cued.daemon.core.untrusted import (
     MAX_DEPTH,
     MAX_FORM_FIELDS,
     MAX_ID_CHARS,

@@ -14,9 +14,9 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cued.daemon.body_limit import BodyLimit
-from cued.daemon.server import PerConnection, connection_memo, serve_asgi
-from cued.daemon.web import RETRY_AFTER_S, WebFront
+from cued.daemon.web.body_limit import BodyLimit
+from cued.daemon.web.front import RETRY_AFTER_S, WebFront
+from cued.daemon.web.server import PerConnection, connection_memo, serve_asgi
 from tests.support.http_server import serve_app
 
 if TYPE_CHECKING:

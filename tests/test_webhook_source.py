@@ -11,7 +11,7 @@ import anyio
 import httpx
 import pytest
 
-from cued.daemon.app import run_daemon
+from cued.daemon.assembly import run_daemon
 from cued.daemon.errors import ConnectorError
 from tests.support import probes
 from tests.support.raw_http import free_port

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from cued.daemon.app import control_socket_path
+from cued.daemon.assembly import control_socket_path
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from cued.daemon.kinds import TaskContext
+from cued.daemon.sdk.kinds import TaskContext
 
 if TYPE_CHECKING:
     import httpx

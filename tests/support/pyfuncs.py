@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 if TYPE_CHECKING:
-    from cued.daemon.kinds import TaskContext
+    from cued.daemon.sdk.kinds import TaskContext
 
 
 def add(a: int, b: int) -> int:

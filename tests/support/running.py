@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from cued.daemon.app import run_daemon
+from cued.daemon.assembly import run_daemon
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from cued.daemon.app import DaemonInfo
+    from cued.daemon.assembly import DaemonInfo
     from cued.daemon.config import Config
     from cued.daemon.store import RunRow
 

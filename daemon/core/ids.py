@@ -1,0 +1,29 @@
+"""Ids and time stamps as the store keeps them: sortable ids, seconds since the epoch."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+__all__ = ["id_at", "new_id", "now"]
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id() -> str:
+    """A sortable unique id (ULID layout: 48-bit milliseconds, then 80 random bits)."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(secrets.token_bytes(10), "big")
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def id_at(seconds: float) -> str:
+    """The smallest id :func:`new_id` can make at ``seconds`` since the epoch: run ids sort
+    by creation time, so a time range is an id range (clamped to what ids can hold)."""
+    ms = min(max(int(seconds * 1000), 0), (1 << 48) - 1)
+    value = ms << 80
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def now() -> float:
+    """Wall-clock time as stored: seconds since the epoch."""
+    return time.time()

@@ -1,0 +1,124 @@
+"""Repairing recorded runs: rerun from the point of failure, clear tasks, cancel.
+
+A rerun resets the chosen task instances to pending, keeping their attempt numbers (so the
+run's history keeps every attempt of every rerun) and giving them their retries afresh;
+instances that succeeded and are not chosen keep their outputs and do not run again. The
+reset commits in one transaction, then the run resumes from the store exactly as after a
+crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from cued.daemon.core import graph
+from cued.daemon.core.engine import RunState, State
+from cued.daemon.core.ids import now
+from cued.daemon.errors import InvalidRequest, NotFound
+from cued.daemon.store import InstanceGone, RunRow
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from cued.daemon.runtime.runner import Runner
+    from cued.daemon.store import Row
+
+__all__ = ["cancel", "rerun"]
+
+_RERUN = frozenset({State.FAILED, State.UPSTREAM_FAILED, State.CANCELLED})
+
+
+async def rerun(
+    runner: Runner, run_id: str, *, tasks: Sequence[str] = (), downstream: bool = True
+) -> RunRow:
+    """Run a finished run again from the point of failure.
+
+    :param tasks: the tasks to run again; none: those that failed, were skipped because
+        something upstream failed, or were cancelled
+    :param downstream: also everything downstream of them (for named tasks; the failed
+        ones always take their downstream along)
+    :raises NotFound: if the run or a named task does not exist
+    :raises InvalidRequest: if the run is not finished, or nothing is there to rerun
+    """
+    if runner.is_active(run_id):
+        raise InvalidRequest(f"run {run_id!r} is still running: wait for it, or cancel it first")
+    found = await runner.store.run_state(run_id)
+    if found is None:
+        raise NotFound(f"no run {run_id!r}")
+    run, instances, _ = found
+    if run.state in (RunState.WAITING, RunState.QUEUED, RunState.RUNNING):
+        raise InvalidRequest(f"run {run_id!r} is {run.state}, not finished: it cannot be rerun now")
+    plan = runner.plans.get(run.pipeline)
+    if plan is None:
+        raise InvalidRequest(
+            f"pipeline {run.pipeline!r} of run {run_id!r} is no longer in the configuration"
+        )
+    deps = {name: t.config.needs for name, t in plan.tasks.items()}
+    if tasks:
+        if unknown := [t for t in tasks if t not in plan.tasks]:
+            raise NotFound(
+                f"pipeline {run.pipeline!r} has no task {unknown[0]!r} (tasks: {', '.join(plan.tasks)})"
+            )
+        chosen = set(tasks) | (graph.descendants(deps, set(tasks)) if downstream else set())
+    else:
+        failed = {i.task for i in instances if State(i.state) in _RERUN}
+        if not failed:
+            raise InvalidRequest(
+                f"nothing failed in run {run_id!r} ({run.state}): name tasks to run them again"
+            )
+        chosen = failed | graph.descendants(deps, failed)
+    stamp = now()
+    rows: list[Row] = []
+    for inst in instances:
+        if inst.task not in chosen:
+            continue
+        if inst.attempts == 0:
+            rows.append(InstanceGone(run_id, inst.key))  # never ran: made anew if needed
+        else:
+            rows.append(
+                replace(
+                    inst,
+                    state=State.PENDING.value,
+                    error=None,
+                    retry_base=inst.attempts,
+                    updated_at=stamp,
+                )
+            )
+    queued = replace(run, state=RunState.QUEUED.value, ended_at=None, error=None)
+    rows.append(queued)
+    await runner.store.submit(rows).wait()
+    runner.log.info("run_rerun", run_id=run_id, tasks=sorted(chosen))
+    await runner.resume_run(run_id)
+    return queued
+
+
+async def cancel(runner: Runner, run_id: str) -> RunRow:
+    """Cancel a run, whether it runs here or is parked waiting for a decision.
+
+    :raises NotFound: if there is no such run
+    :raises InvalidRequest: if it has finished already
+    """
+    if runner.is_active(run_id):
+        return await runner.cancel(run_id)
+    found = await runner.store.run_state(run_id)
+    if found is None:
+        raise NotFound(f"no run {run_id!r}")
+    run, instances, _ = found
+    if run.state != RunState.WAITING:
+        raise InvalidRequest(f"run {run_id!r} has finished already ({run.state})")
+    stamp = now()
+    rows: list[Row] = [
+        replace(i, state=State.CANCELLED.value, updated_at=stamp)
+        for i in instances
+        if State(i.state) not in (State.SUCCEEDED, State.FAILED, State.UPSTREAM_FAILED)
+    ]
+    rows.extend(
+        replace(gate, state="cancelled", decided_at=stamp)
+        for gate in await runner.store.list_approvals(state="waiting", limit=10_000)
+        if gate.run_id == run_id
+    )
+    cancelled = replace(run, state=RunState.CANCELLED.value, ended_at=stamp)
+    rows.append(cancelled)
+    await runner.store.submit(rows).wait()
+    return cancelled

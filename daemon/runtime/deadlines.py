@@ -1,0 +1,117 @@
+"""Deadlines (SLAs): a run, or a task of it, still unfinished ``deadline`` after the run was
+created raises a ``deadline_missed`` alert, once.
+
+Times come from the store (the run's creation), so a deadline that passed while the daemon
+was down is missed at start; the alert's id is made of the rule, the run and the task, so
+it is raised once however often it is found missed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+
+from cued.daemon.core.engine import RunState, State
+from cued.daemon.core.ids import now
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import structlog
+
+    from cued.daemon.core.plan import PipelinePlan
+    from cued.daemon.store import Row, RunRow, Store
+
+__all__ = ["DeadlineHost", "Deadlines"]
+
+_FINISHED = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
+_DONE = frozenset({State.SUCCEEDED, State.FAILED, State.UPSTREAM_FAILED, State.CANCELLED})
+
+
+class DeadlineHost(Protocol):
+    """What deadlines need of the runner (a port, so this module need not know it)."""
+
+    @property
+    def plans(self) -> Mapping[str, PipelinePlan]: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger: ...
+    def alert_rows(
+        self, rule: str, row: RunRow, *, occurrence: str | None = None, **details: Any
+    ) -> list[Row]: ...
+    def wake_alerts(self) -> None: ...
+
+
+class Deadlines:
+    """Watches the deadlines of unfinished runs; serve :meth:`run` in the runner's group."""
+
+    def __init__(self, runner: DeadlineHost) -> None:
+        self._runner = runner
+        self._due: list[tuple[float, str, str]] = []  # (at, run id, task or "")
+        self._watched: set[tuple[str, str]] = set()
+        self._rows: dict[str, RunRow] = {}
+        self._wake = anyio.Event()
+
+    def watch(self, row: RunRow) -> None:
+        """Watch the deadlines of ``row``'s pipeline and tasks (once per run)."""
+        plan = self._runner.plans.get(row.pipeline)
+        if plan is None:
+            return
+        marks = [("", plan.config.deadline)] + [
+            (name, t.config.deadline) for name, t in plan.tasks.items()
+        ]
+        for task, deadline in marks:
+            if deadline is None or (row.run_id, task) in self._watched:
+                continue
+            self._watched.add((row.run_id, task))
+            self._rows[row.run_id] = row
+            heapq.heappush(self._due, (row.created_at + deadline, row.run_id, task))
+            self._wake.set()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        # runs parked at a gate are not in memory: watch them from the store
+        for state in (RunState.WAITING, RunState.QUEUED, RunState.RUNNING):
+            for row in await self._runner.store.list_runs(state=state.value, limit=1_000_000):
+                self.watch(row)
+        task_status.started()
+        while True:
+            self._wake = anyio.Event()
+            delay = self._due[0][0] - now() if self._due else math.inf
+            if delay <= 0:
+                at, run_id, task = heapq.heappop(self._due)
+                self._watched.discard((run_id, task))
+                await self._check(run_id, task, at)
+                continue
+            with anyio.move_on_after(delay):
+                await self._wake.wait()
+
+    async def _check(self, run_id: str, task: str, at: float) -> None:
+        store = self._runner.store
+        row = await store.get_run(run_id)
+        if row is None or RunState(row.state) in _FINISHED:
+            return
+        if task:
+            instances = [i for i in await store.get_instances(run_id) if i.task == task]
+            if instances and all(State(i.state) in _DONE for i in instances):
+                return
+        what = f"task {task!r} of run {run_id}" if task else f"run {run_id}"
+        self._runner.log.warning(
+            "deadline_missed", run_id=run_id, pipeline=row.pipeline, task=task or None
+        )
+        details = {"task": task} if task else {}
+        rows = self._runner.alert_rows(
+            "deadline_missed",
+            row,
+            deadline_at=at,
+            message=f"{what} ({row.pipeline}) missed its deadline",
+            **details,
+        )
+        if rows:
+            await store.submit(rows).wait()
+            self._runner.wake_alerts()

@@ -1,0 +1,259 @@
+"""Intake: events in, recorded with the runs they start in one transaction, then handed to
+the runner. The only way events enter the daemon.
+
+Sources call :meth:`DaemonIntake.record` concurrently; one intake loop takes whatever
+has been handed in meanwhile and works through it as one batch (group intake, as the
+store does group commit), so a hundred webhook requests in flight cost one duplicate
+check and one commit, not a hundred of each:
+
+1. drop events already recorded (a redelivery after a crash or a rebalance: same id);
+2. match each against its source's triggers (pure, :mod:`cued.daemon.core.triggers`), and drop
+   matches whose dedupe key fired within its window;
+3. submit event rows, run rows, dedupe keys and the sources' cursors as *one* submission,
+   which the store commits in one transaction;
+4. once committed: hand the new runs to the runner and answer every caller, which then
+   acknowledges to its source.
+
+The loop goes on to the next batch while a batch commits; ids and dedupe keys stay
+"pending" until their commit, so two deliveries of one event racing each other start its
+runs once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
+
+from cued.daemon.core.ids import now
+from cued.daemon.core.triggers import Match, match
+from cued.daemon.errors import CuedError, StoreError
+from cued.daemon.logs import get_logger
+from cued.daemon.sdk.sources import Receipt
+from cued.daemon.store import CursorRow, DedupeRow, EventRow
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from cued.daemon.config import Config, TriggerConfig
+    from cued.daemon.runtime.runner import Runner
+    from cued.daemon.sdk.sources import Event
+    from cued.daemon.store import Durable, Row, RunRow, Store
+
+__all__ = ["DaemonIntake"]
+
+
+@dataclass(eq=False)
+class _Request:
+    """One call of ``record``, waiting for its batch to commit."""
+
+    events: list[Event]
+    cursor: str | None
+    acknowledge: Callable[[list[Receipt]], None] | None = None
+    receipts: list[Receipt] = field(default_factory=list)
+    error: BaseException | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+@dataclass
+class _Batch:
+    requests: list[_Request]
+    rows: list[Row] = field(default_factory=list)
+    runs: list[RunRow] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+    keys: set[tuple[str, str]] = field(default_factory=set)
+
+
+class DaemonIntake:
+    """Records events and starts the runs their triggers ask for; serve it with
+    :meth:`run` in the daemon's task group.
+
+    :param config: triggers come from here
+    :param runner: new runs go here (and its backlog says whether sources may send more)
+    :param store: where events, runs and dedupe keys are recorded
+    """
+
+    def __init__(self, config: Config, runner: Runner, store: Store) -> None:
+        self._runner = runner
+        self._store = store
+        self._triggers: dict[str, list[TriggerConfig]] = defaultdict(list)
+        for trigger in config.triggers:
+            self._triggers[trigger.source].append(trigger)
+        self._queue: list[_Request] = []
+        self._wake = anyio.Event()
+        self._pending_ids: set[str] = set()
+        self._pending_keys: set[tuple[str, str]] = set()
+        self.received: dict[str, int] = defaultdict(int)
+        self._log = get_logger()
+
+    # -- what sources call ------------------------------------------------------------
+
+    def accepting(self) -> bool:
+        return self._runner.backlog.accepting()
+
+    async def wait_accepting(self) -> None:
+        await self._runner.backlog.wait_accepting()
+
+    async def cursor(self, source: str) -> str | None:
+        return await self._store.get_cursor(source)
+
+    async def known(self, event_ids: list[str]) -> set[str]:
+        return await self._store.known_events(event_ids) | (self._pending_ids & set(event_ids))
+
+    async def record(
+        self,
+        events: list[Event],
+        *,
+        cursor: str | None = None,
+        acknowledge: Callable[[list[Receipt]], None] | None = None,
+    ) -> list[Receipt]:
+        """See :meth:`cued.daemon.sdk.sources.Intake.record`.
+
+        :raises StoreError: if the transaction failed (nothing of it was recorded)
+        """
+        if not events and cursor is None:
+            return []
+        request = _Request(list(events), cursor, acknowledge)
+        self._queue.append(request)
+        self._wake.set()
+        await request.done.wait()
+        if request.error is not None:
+            raise StoreError(f"events were not recorded: {request.error}") from request.error
+        return request.receipts
+
+    # -- the loop ---------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Work through what is handed in, batch after batch, until cancelled."""
+        async with anyio.create_task_group() as tg:
+            task_status.started()
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                requests, self._queue = self._queue, []
+                if not requests:
+                    continue
+                try:
+                    batch, durable = await self._prepare(requests)
+                except Exception as exc:  # noqa: BLE001 - the callers get it, the loop goes on
+                    for request in requests:
+                        request.error = exc
+                        request.done.set()
+                    continue
+                tg.start_soon(self._complete, batch, durable)
+
+    async def _prepare(self, requests: list[_Request]) -> tuple[_Batch, Durable]:
+        batch = _Batch(requests)
+        events = [e for r in requests for e in r.events]
+        ids = [e.event_id for e in events]
+        known = await self._store.known_events(ids) | (self._pending_ids & set(ids))
+        stamp = now()
+        plans: list[tuple[_Request, Event, list[Match] | None, list[str]]] = []
+        wanted: list[tuple[str, str]] = []
+        for request in requests:
+            for event in request.events:
+                if event.event_id in known:
+                    plans.append((request, event, None, []))
+                    continue
+                known.add(event.event_id)  # a second copy in this batch is a duplicate
+                batch.ids.add(event.event_id)
+                if event.error is not None:
+                    plans.append((request, event, [], []))
+                    continue
+                matches, notes = match(self._triggers.get(event.source, ()), event)
+                wanted.extend(
+                    (m.trigger, m.dedupe_key) for m in matches if m.dedupe_key is not None
+                )
+                plans.append((request, event, matches, notes))
+        seen = await self._store.dedupe_seen(wanted) if wanted else {}
+
+        for request, event, fired, notes in plans:
+            if fired is None:
+                request.receipts.append(Receipt(event.event_id, "duplicate"))
+                continue
+            started, errors = self._start_runs(event, fired, seen, batch, stamp)
+            errors = [*([event.error] if event.error else []), *notes, *errors]
+            status = "invalid" if event.error else ("matched" if started else "unmatched")
+            run_ids = tuple(r.run_id for r in started)
+            error = "; ".join(errors) or None
+            batch.rows.append(
+                EventRow(
+                    event.event_id,
+                    event.source,
+                    event.received_at or stamp,
+                    status,
+                    event.data,
+                    event.meta,
+                    run_ids,
+                    error,
+                )
+            )
+            batch.runs.extend(started)
+            request.receipts.append(Receipt(event.event_id, status, run_ids, error))
+            self.received[event.source] += 1
+        for request in requests:
+            if request.cursor is not None and request.events:
+                batch.rows.append(CursorRow(request.events[0].source, request.cursor, stamp))
+        batch.rows.extend(batch.runs)
+        self._pending_ids |= batch.ids
+        self._pending_keys |= batch.keys
+        return batch, self._store.submit(batch.rows)
+
+    async def _complete(self, batch: _Batch, durable: Durable) -> None:
+        error: BaseException | None = None
+        try:
+            await durable.wait()
+        except StoreError as exc:
+            error = exc
+        finally:
+            self._pending_ids -= batch.ids
+            self._pending_keys -= batch.keys
+        for request in batch.requests:
+            request.error = error
+            if error is None and request.acknowledge is not None:
+                try:
+                    request.acknowledge(request.receipts)
+                except Exception as exc:  # noqa: BLE001 - the source's failure, not the batch's
+                    self._log.error("acknowledge_failed", error=repr(exc))
+            request.done.set()
+        if error is None:
+            for run in batch.runs:
+                self._runner.enqueue(run)
+
+    def _start_runs(
+        self,
+        event: Event,
+        matches: list[Match],
+        seen: dict[tuple[str, str], float],
+        batch: _Batch,
+        stamp: float,
+    ) -> tuple[list[RunRow], list[str]]:
+        started: list[RunRow] = []
+        errors: list[str] = []
+        for m in matches:
+            if m.error is not None:
+                errors.append(m.error)
+                continue
+            if m.dedupe_key is not None:
+                pair = (m.trigger, m.dedupe_key)
+                last = seen.get(pair)
+                if (
+                    pair in batch.keys
+                    or pair in self._pending_keys
+                    or (last is not None and stamp - last < m.dedupe_window_s)
+                ):
+                    errors.append(
+                        f"trigger {m.trigger!r}: duplicate of key {m.dedupe_key!r} within its window"
+                    )
+                    continue
+                batch.keys.add(pair)
+                batch.rows.append(DedupeRow(m.trigger, m.dedupe_key, stamp))
+            try:
+                started.append(self._runner.new_run(m.pipeline, m.inputs, event_id=event.event_id))
+            except CuedError as exc:
+                errors.append(f"trigger {m.trigger!r}: {exc}")
+        return started, errors

@@ -1,0 +1,1 @@
+"""What plugin authors import: the interfaces of event sources and task kinds."""

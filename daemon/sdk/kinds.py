@@ -1,0 +1,138 @@
+"""The task-kind interface: what a plugin implements and what it is given to run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import httpx
+    import structlog
+    from pydantic import BaseModel
+
+__all__ = ["AwaitingDecision", "Meter", "ParamProblem", "Spending", "TaskContext", "TaskKind"]
+
+
+@dataclass(frozen=True)
+class AwaitingDecision:
+    """What a task kind returns to stop its instance until people decide (an approval
+    gate). The run waits in the store, holding no slot and, once nothing else of it runs,
+    no memory; a decision (or the timeout) settles the instance and the run goes on.
+
+    :param message: what the deciders are asked
+    :param approvers: who may decide: user names, or ``group:NAME``; empty for anyone
+        with the ``approver`` role
+    :param min_approvals: approvals needed; one rejection settles it as rejected
+    :param timeout_s: how long to wait, or ``None`` for ever
+    :param on_timeout: ``approve``, ``reject`` or ``fail`` when the time is up
+    :param payload: a proposal the deciders may edit (an AI step's draft, say)
+    """
+
+    message: str
+    approvers: tuple[str, ...] = ()
+    min_approvals: int = 1
+    timeout_s: float | None = None
+    on_timeout: str = "fail"
+    payload: Any = None
+
+
+@dataclass(frozen=True)
+class ParamProblem:
+    """Something ``cued validate`` finds in a task's parameters as written, beyond what
+    their model checks: a template where none may be, say (see :class:`TaskKind`).
+
+    :param key: where, under the task: ``("url",)``, ``("env", 0)``
+    :param message: what is wrong
+    :param warning: reported, but the configuration stays valid
+    """
+
+    key: tuple[str | int, ...]
+    message: str
+    warning: bool = False
+
+
+@dataclass
+class Meter:
+    """What an attempt spent, reported by the task kind (an AI step's tokens and their
+    price); the runner records it with the attempt, also when the attempt fails."""
+
+    cost: float | None = None
+    usage: dict[str, Any] | None = None
+
+    def add(self, cost: float, usage: dict[str, Any] | None = None) -> None:
+        self.cost = (self.cost or 0.0) + cost
+        if usage:
+            merged = dict(self.usage or {})
+            for key, value in usage.items():
+                merged[key] = (
+                    merged.get(key, 0) + value if isinstance(value, int | float) else value
+                )
+            self.usage = merged
+
+
+class Spending(Protocol):
+    """Money spent so far by attempts that reported a cost, for budgets."""
+
+    async def by_run(self, run_id: str) -> float: ...
+
+    async def today(self) -> float:
+        """Since midnight UTC."""
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a task attempt knows of the world besides its parameters.
+
+    :param run_id: the run this task instance belongs to
+    :param pipeline: the pipeline's name
+    :param task: the task's name; ``map_index`` tells mapped instances apart
+    :param map_index: position in the mapped list, or ``None`` for an unmapped task
+    :param attempt: 1 for the first attempt, 2 for the first retry, ...
+    :param idempotency_key: unique per task instance and the same on every attempt, also
+        across a crash and restart; send it to services that deduplicate requests
+    :param log: a logger with run id, pipeline, task and attempt bound
+    :param http: the daemon's one shared HTTP client (one connection pool for all tasks)
+    :param meter: where the attempt reports what it spent (AI steps)
+    :param spending: what was spent already, by this run and today, for cost caps
+    :param pass_env: names of the daemon's environment variables that every program a
+        task starts gets (``[daemon] task_env``), besides the base; see
+        :func:`cued.daemon.config.environment.program_env`
+    """
+
+    run_id: str
+    pipeline: str
+    task: str
+    map_index: int | None
+    attempt: int
+    idempotency_key: str
+    log: structlog.typing.FilteringBoundLogger
+    http: httpx.AsyncClient
+    meter: Meter = field(default_factory=Meter)
+    spending: Spending | None = None
+    pass_env: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class TaskKind(Protocol):
+    """A kind of task (``http``, ``shell``, ...), registered under the ``cued.task_kinds``
+    entry point group.
+
+    ``Params`` is a pydantic model with ``extra="forbid"``: ``cued validate`` checks a task's
+    parameters against it before anything runs (values holding ``{{ templates }}`` are
+    checked again, rendered, before each attempt). ``execute`` returns the task's output, a
+    JSON-serialisable value that downstream tasks reach as ``tasks.NAME.output``. A kind
+    that holds connections may have ``async def aclose(self) -> None``: the daemon calls it
+    once, after the last task has ended. ``execute`` raises
+    :class:`~cued.daemon.errors.TaskError` (or any exception) to fail the attempt, and
+    :class:`~cued.daemon.errors.PermanentTaskError` when retrying cannot help.
+
+    ``Params`` may also have a classmethod ``template_problems(params) -> Iterable[
+    ParamProblem]``, given the parameters as written (templates unrendered): ``cued
+    validate`` reports what it yields. It is for what the rendered values cannot show,
+    such as a template that would let event data choose a host or a program.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
+
+    async def execute(self, params: Any, ctx: TaskContext) -> Any: ...

@@ -1,0 +1,8 @@
+"""Durable state: the rows and the Store Protocol, and the SQLite store behind it.
+
+The rows and the Protocol (:mod:`cued.daemon.store.rows`) are re-exported here: the rest
+of the daemon knows the Protocol, only the assembly knows which store it opened.
+"""
+
+from cued.daemon.store.rows import *
+from cued.daemon.store.rows import __all__ as __all__

@@ -1,0 +1,160 @@
+"""The SQLite schema, as versioned migrations: ``PRAGMA user_version`` holds the version a
+file is at, and opening it applies the migrations after that, each in its own
+transaction."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cued.daemon.errors import StoreError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import aiosqlite
+
+__all__ = ["MIGRATIONS", "migrate"]
+
+# Each entry moves the schema one version up; PRAGMA user_version holds the current one.
+# Never edit an entry once released: add a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE runs (
+        run_id      TEXT PRIMARY KEY,   -- sortable by creation time
+        pipeline    TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        inputs      TEXT NOT NULL,      -- JSON
+        created_at  REAL NOT NULL,
+        started_at  REAL,
+        ended_at    REAL,
+        error       TEXT,
+        event_id    TEXT
+    );
+    CREATE INDEX runs_unfinished ON runs (state) WHERE state IN ('queued', 'running');
+    CREATE INDEX runs_by_pipeline ON runs (pipeline, run_id);
+    CREATE TABLE task_instances (
+        run_id      TEXT NOT NULL,
+        key         TEXT NOT NULL,      -- task name, or name[i] for a mapped instance
+        task        TEXT NOT NULL,
+        map_index   INTEGER,
+        state       TEXT NOT NULL,
+        attempts    INTEGER NOT NULL,
+        error       TEXT,
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (run_id, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE attempts (
+        run_id      TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        attempt     INTEGER NOT NULL,
+        state       TEXT NOT NULL,
+        started_at  REAL NOT NULL,
+        ended_at    REAL,
+        error       TEXT,
+        output      TEXT,               -- JSON
+        PRIMARY KEY (run_id, key, attempt)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        event_id    TEXT PRIMARY KEY,   -- the same for a redelivery, where the source can tell
+        source      TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        status      TEXT NOT NULL,      -- matched, unmatched, invalid
+        data        TEXT,               -- JSON
+        meta        TEXT NOT NULL,      -- JSON: headers, topic/partition/offset, path, ...
+        run_ids     TEXT NOT NULL,      -- JSON list of the runs it started
+        error       TEXT
+    );
+    CREATE INDEX runs_by_event ON runs (event_id) WHERE event_id IS NOT NULL;
+    CREATE TABLE dedupe_keys (
+        trigger     TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        seen_at     REAL NOT NULL,
+        PRIMARY KEY (trigger, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE source_cursors (
+        source      TEXT PRIMARY KEY,
+        cursor      TEXT NOT NULL,      -- a source's position, e.g. a schedule's last tick
+        updated_at  REAL NOT NULL
+    );
+    CREATE INDEX events_by_source ON events (source, event_id);
+    """,
+    """
+    ALTER TABLE task_instances ADD COLUMN retry_base INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN cost REAL;
+    ALTER TABLE attempts ADD COLUMN usage TEXT;   -- JSON
+    CREATE INDEX attempts_with_cost ON attempts (started_at) WHERE cost IS NOT NULL;
+    CREATE TABLE outbox (
+        alert_id    TEXT PRIMARY KEY,   -- the same on every resend
+        channel     TEXT NOT NULL,
+        rule        TEXT NOT NULL,
+        payload     TEXT NOT NULL,      -- JSON
+        created_at  REAL NOT NULL,
+        sent_at     REAL,
+        attempts    INTEGER NOT NULL,
+        last_error  TEXT,
+        next_at     REAL NOT NULL
+    );
+    CREATE INDEX outbox_unsent ON outbox (next_at) WHERE sent_at IS NULL;
+    CREATE TABLE approvals (
+        run_id        TEXT NOT NULL,
+        key           TEXT NOT NULL,
+        attempt       INTEGER NOT NULL,
+        message       TEXT NOT NULL,
+        approvers     TEXT NOT NULL,    -- JSON: names and group:NAME
+        min_approvals INTEGER NOT NULL,
+        on_timeout    TEXT NOT NULL,
+        payload       TEXT NOT NULL,    -- JSON: the proposal
+        requested_at  REAL NOT NULL,
+        deadline_at   REAL,
+        state         TEXT NOT NULL,    -- waiting, approved, rejected, timed_out
+        decided_at    REAL,
+        PRIMARY KEY (run_id, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX approvals_waiting ON approvals (deadline_at) WHERE state = 'waiting';
+    CREATE TABLE decisions (
+        run_id      TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        attempt     INTEGER NOT NULL,   -- decisions of an earlier rerun do not count
+        who         TEXT NOT NULL,
+        decision    TEXT NOT NULL,      -- approve, reject
+        payload     TEXT,               -- JSON: the proposal as this decider edited it
+        comment     TEXT,
+        decided_at  REAL NOT NULL,
+        PRIMARY KEY (run_id, key, attempt, who)
+    ) WITHOUT ROWID;
+    """,
+    # the API's lists: runs newest first by pipeline and/or state, events newest first
+    # by time, source or status, each a range scan from a page's cursor
+    """
+    CREATE INDEX runs_by_state ON runs (state, run_id);
+    CREATE INDEX runs_by_pipeline_state ON runs (pipeline, state, run_id);
+    CREATE INDEX events_by_time ON events (received_at, event_id);
+    CREATE INDEX events_by_source_time ON events (source, received_at, event_id);
+    CREATE INDEX events_by_status_time ON events (status, received_at, event_id);
+    """,
+    # retention (cued.daemon.store.pruning): what is old enough to go, oldest first, as a range
+    # scan (events have events_by_time already)
+    """
+    CREATE INDEX runs_finished ON runs (ended_at)
+        WHERE state IN ('succeeded', 'failed', 'cancelled');
+    CREATE INDEX dedupe_by_age ON dedupe_keys (trigger, seen_at);
+    CREATE INDEX outbox_by_age ON outbox (created_at);
+    """,
+)
+
+
+async def migrate(db: aiosqlite.Connection, path: Path) -> None:
+    """Bring the file to the current schema.
+
+    :raises StoreError: if it is at a newer version than this cued knows
+    """
+    ((version,),) = await db.execute_fetchall("PRAGMA user_version")
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"{str(path)!r} has schema version {version}, newer than this cued knows "
+            f"({len(MIGRATIONS)}): upgrade cued"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        await db.executescript(
+            f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
+        )

@@ -1,0 +1,362 @@
+"""The durable store's interface: one small Protocol, so a PostgreSQL backend can follow.
+
+Writes are *submitted* (``submit``), not awaited one by one: a single writer commits
+whatever has been submitted in one transaction (group commit), and ``Durable.wait()``
+returns once the transaction holding a submission has committed. Rows are whole rows, so
+the writer can coalesce several submissions for the same row into the last one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Mapping, Sequence
+
+
+__all__ = [
+    "GIVEN_UP_AT",
+    "ApprovalRow",
+    "AttemptRow",
+    "CursorRow",
+    "DecisionRow",
+    "DedupeRow",
+    "Durable",
+    "EventRow",
+    "InstanceGone",
+    "InstanceRow",
+    "OutboxRow",
+    "PruneCounts",
+    "PrunePolicy",
+    "Row",
+    "RunRow",
+    "Store",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    run_id: str
+    pipeline: str
+    state: str
+    inputs: dict[str, Any]
+    created_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    error: str | None = None
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    run_id: str
+    key: str
+    task: str
+    map_index: int | None
+    state: str
+    attempts: int
+    error: str | None
+    updated_at: float
+    retry_base: int = 0
+    """Attempts made before the latest rerun: retries count from there."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    run_id: str
+    key: str
+    attempt: int
+    state: str
+    started_at: float
+    ended_at: float | None = None
+    error: str | None = None
+    output: Any = None
+    cost: float | None = None
+    """Money an AI step spent in this attempt (in the unit its prices are given in)."""
+    usage: dict[str, Any] | None = None
+    """Token usage reported by an AI step."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceGone:
+    """Remove an instance that a rerun replaces and that has no attempts to keep (the
+    placeholder of a mapped task that never expanded)."""
+
+    run_id: str
+    key: str
+
+
+#: ``next_at`` of an alert that is no longer tried (9999-12-31): a real number, so the row
+#: stays readable as JSON, and later than anything ``outbox_due`` is asked for.
+GIVEN_UP_AT = 253402300799.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """An alert to send; ``alert_id`` is the same on every resend."""
+
+    alert_id: str
+    channel: str
+    rule: str
+    payload: dict[str, Any]
+    created_at: float
+    sent_at: float | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    next_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    event_id: str
+    source: str
+    received_at: float
+    status: str  # matched, unmatched, invalid
+    data: Any
+    meta: dict[str, Any]
+    run_ids: tuple[str, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeRow:
+    """A trigger's business key was seen (starting a run) at ``seen_at``."""
+
+    trigger: str
+    key: str
+    seen_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CursorRow:
+    """A source's position, committed with the events that moved it."""
+
+    source: str
+    cursor: str
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRow:
+    """An approval gate's request, and how it was settled."""
+
+    run_id: str
+    key: str
+    attempt: int
+    message: str
+    approvers: tuple[str, ...]
+    min_approvals: int
+    on_timeout: str
+    payload: Any
+    requested_at: float
+    deadline_at: float | None
+    state: str  # waiting, approved, rejected, timed_out
+    decided_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """One person's decision on a gate: who, when and why."""
+
+    run_id: str
+    key: str
+    attempt: int
+    who: str
+    decision: str  # approve, reject
+    payload: Any
+    comment: str | None
+    decided_at: float
+
+
+Row = (
+    RunRow
+    | InstanceRow
+    | AttemptRow
+    | EventRow
+    | DedupeRow
+    | CursorRow
+    | InstanceGone
+    | OutboxRow
+    | ApprovalRow
+    | DecisionRow
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PrunePolicy:
+    """What may be deleted: rows older than a cutoff (seconds since the epoch); a cutoff
+    of ``None`` keeps everything of its kind. Unfinished runs, and runs parked at an
+    approval gate, are never deleted, whatever their age."""
+
+    runs_before: float | None = None
+    """Finished runs that ended before this, with their task instances, attempts,
+    approval gates and decisions."""
+    events_before: float | None = None
+    """Events received before this (a run keeps its ``event_id``, which may then name
+    an event no longer kept)."""
+    alerts_before: float | None = None
+    """Alerts of the outbox created before this that were sent or given up."""
+    dedupe_before: Mapping[str, float] = field(default_factory=dict)
+    """Per trigger: its dedupe keys seen before this (past its window, they stop nothing)."""
+    dedupe_other_before: float | None = None
+    """Dedupe keys of the triggers not in ``dedupe_before`` (no longer configured)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PruneCounts:
+    """Rows deleted (or that would be), by table."""
+
+    runs: int = 0
+    task_instances: int = 0
+    attempts: int = 0
+    approvals: int = 0
+    decisions: int = 0
+    events: int = 0
+    dedupe_keys: int = 0
+    outbox: int = 0
+
+    def __add__(self, other: PruneCounts) -> PruneCounts:
+        return PruneCounts(*(getattr(self, f) + getattr(other, f) for f in self.tables()))
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, f) for f in self.tables())
+
+    def as_dict(self) -> dict[str, int]:
+        return {f: getattr(self, f) for f in self.tables()}
+
+    @classmethod
+    def tables(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+class Durable(Protocol):
+    async def wait(self) -> None:
+        """Return once the submission is committed.
+
+        :raises StoreError: if the transaction holding it failed
+        """
+
+
+class Store(Protocol):
+    """Durable state of runs, task instances, attempts and events."""
+
+    @property
+    def path(self) -> os.PathLike[str]:
+        """Where the state lives (shown in messages)."""
+
+    def submit(self, rows: list[Row]) -> Durable:
+        """Queue rows for the next group commit; all of them commit in one transaction."""
+
+    async def runs_to_resume(self) -> list[tuple[RunRow, list[InstanceRow], dict[str, Any]]]:
+        """Runs that are not finished, with their instances and the outputs of the
+        instances that succeeded (by instance key)."""
+
+    def on_commit(self, listener: Callable[[float, Sequence[Row]], None]) -> None:
+        """Call ``listener(seconds, rows)`` after every commit, with how long it took and
+        the rows it committed (a row submitted twice within one commit is there once, as
+        last submitted): for live updates and metrics, which must only ever show what is
+        durable. Listeners run in the writer: they must be quick and must not block."""
+
+    async def ping(self) -> None:
+        """Answer a trivial query (readiness).
+
+        :raises StoreError: if the store cannot answer
+        """
+
+    async def list_runs(
+        self,
+        *,
+        limit: int = 50,
+        pipeline: str | None = None,
+        state: str | None = None,
+        before: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> list[RunRow]:
+        """Runs, newest first.
+
+        :param before: only runs whose id sorts before this one (a page's cursor)
+        :param created_after: only runs created at or after this time
+        :param created_before: only runs created before this time
+        """
+
+    async def get_runs(self, run_ids: Sequence[str]) -> list[RunRow]:
+        """These runs (those that exist), in no particular order."""
+
+    async def get_run(self, run_id: str) -> RunRow | None: ...
+
+    async def get_instances(self, run_id: str) -> list[InstanceRow]: ...
+
+    async def get_attempts(self, run_id: str) -> list[AttemptRow]: ...
+
+    async def known_events(self, event_ids: list[str]) -> set[str]:
+        """Which of these events are recorded already."""
+
+    async def dedupe_seen(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], float]:
+        """When each of these (trigger, business key) pairs last started a run."""
+
+    async def get_cursor(self, source: str) -> str | None: ...
+
+    async def run_state(
+        self, run_id: str
+    ) -> tuple[RunRow, list[InstanceRow], dict[str, Any]] | None:
+        """A run with its instances and the outputs of their latest attempts."""
+
+    async def get_approval(self, run_id: str, key: str) -> ApprovalRow | None: ...
+
+    async def list_approvals(
+        self, *, state: str | None = "waiting", limit: int = 100
+    ) -> list[ApprovalRow]: ...
+
+    async def next_approval_deadline(self) -> float | None: ...
+
+    async def approvals_due(self, before: float) -> list[ApprovalRow]: ...
+
+    async def get_decisions(self, run_id: str, key: str | None = None) -> list[DecisionRow]: ...
+
+    async def outbox_due(self, before: float, limit: int = 100) -> list[OutboxRow]:
+        """Unsent alerts whose next try is due by ``before``, oldest first."""
+
+    async def outbox_next_at(self) -> float | None:
+        """When the earliest unsent alert is due, if any is."""
+
+    async def costs(self, *, run_id: str | None = None, since: float | None = None) -> float:
+        """Money spent by attempts (of one run, or since a time)."""
+
+    async def list_events(
+        self,
+        *,
+        limit: int = 50,
+        source: str | None = None,
+        status: str | None = None,
+        before: tuple[float, str] | None = None,
+    ) -> list[EventRow]:
+        """Events, newest first (by time received, then id).
+
+        :param before: only events that sort after this ``(received_at, event_id)`` in
+            that order (a page's cursor)
+        """
+
+    async def get_events(self, event_ids: Sequence[str]) -> list[EventRow]:
+        """These events (those that exist), in no particular order."""
+
+    async def get_approvals(self, run_id: str) -> list[ApprovalRow]:
+        """Every approval gate of a run, whatever its state."""
+
+    async def list_assets(self) -> list[tuple[str, int, EventRow]]:
+        """Every asset that has been produced: its name, how many versions it has (asset
+        events ``asset:NAME``) and the latest of them."""
+
+    async def prune(self, policy: PrunePolicy, *, batch: int = 500) -> PruneCounts:
+        """Delete what ``policy`` lets go, at most ``batch`` rows per transaction, each
+        transaction taking its turn between the group commits of other writes (so none
+        waits long behind it); return once nothing more goes.
+
+        :raises StoreError: if a transaction failed (those before it stay committed)
+        """
+
+    async def prunable(self, policy: PrunePolicy) -> PruneCounts:
+        """What :meth:`prune` would delete now, deleting nothing."""

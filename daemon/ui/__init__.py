@@ -1,8 +1,0 @@
-"""The daemon's web UI at ``/ui/``: server-rendered pages, live through the API's event
-stream, every action a call of the API (see :mod:`cued.daemon.ui.ui`)."""
-
-from __future__ import annotations
-
-from .ui import with_ui as with_ui
-
-__all__ = ["with_ui"]

@@ -1,0 +1,630 @@
+"""The daemon's API under ``/api/v1`` (FastAPI; the OpenAPI document is at
+``/api/v1/openapi.json``), with ``/healthz``, ``/readyz`` and ``/metrics`` beside it. The
+CLI talks to it over the control socket, scripts and the web UI over HTTP. Every action of
+the CLI is a call here.
+
+```
+GET  /api/v1/pipelines                        pipelines, their inputs, tasks, triggers
+GET  /api/v1/pipelines/{pipeline}
+POST /api/v1/pipelines/{pipeline}/runs        trigger (operator) {inputs}, ?wait=true
+GET  /api/v1/runs                             ?pipeline&state&created_after&created_before
+                                              &limit&cursor -> {items, next_cursor}
+GET  /api/v1/runs/{run_id}                    tasks, attempts, gates, event, assets
+POST /api/v1/runs/{run_id}/cancel             (operator)
+POST /api/v1/runs/{run_id}/retry              (operator) {tasks, downstream}, ?wait=true
+POST /api/v1/runs/{run_id}/tasks/{task}/approve, .../reject   (approver, always a token;
+                                              recorded under the caller's own name)
+GET  /api/v1/approvals                        gates waiting for a decision
+GET  /api/v1/events                           ?source&status&limit&cursor
+GET  /api/v1/events/{event_id}                its data, and the runs it started
+GET  /api/v1/events/{event_id}/lineage        upstream and downstream
+GET  /api/v1/assets, /api/v1/assets/{name}    assets, their versions
+GET  /api/v1/stream                           live updates (server-sent events)
+GET  /api/v1/retention                        what [retention] lets go now (a dry run)
+POST /api/v1/retention/prune                  (operator) delete it now
+POST|GET|DELETE /api/v1/session               log in (cookie), who am I, log out
+GET  /healthz, /readyz, /metrics              no token (with no users: to a loopback Host)
+```
+
+Who may call is :mod:`cued.daemon.web.auth`'s business. Errors are JSON,
+``{"error": {"code": ..., "message": ...}}``, with a 4xx status that says whose fault it
+is: FastAPI's own (validation, unknown path, method) too; a cursor this API did not give
+is ``422``. No request changes state on GET. Bodies are capped before a request gets
+here (``413``, :mod:`cued.daemon.web.body_limit`), JSON bodies go through
+:mod:`cued.daemon.core.untrusted` before FastAPI reads them (``400`` if refused,
+:mod:`cued.daemon.web.json_bodies`), and what the store gives back to show was repaired on
+the way (:func:`cued.daemon.core.untrusted.stored`).
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the annotations of the
+# endpoints at run time.
+
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import anyio
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+
+from cued.daemon.core import untrusted
+from cued.daemon.core.ids import now
+from cued.daemon.errors import CuedError, Forbidden, InvalidRequest, NotFound, StoreError
+from cued.daemon.ops import lineage, repair
+from cued.daemon.runtime import gates, retention
+from cued.daemon.runtime.metrics import CONTENT_TYPE, Metrics
+from cued.daemon.runtime.runner import Runner
+from cued.daemon.store import AttemptRow, EventRow
+from cued.daemon.web.auth import (
+    ERRORS,
+    ApiContext,
+    ApiError,
+    Approver,
+    Caller,
+    Ctx,
+    Operator,
+    Users,
+    Viewer,
+    error_response,
+    json_response,
+    open_host,
+    session_routes,
+)
+from cued.daemon.web.control import ControlAccess
+from cued.daemon.web.json_bodies import CleanJsonBodies
+from cued.daemon.web.live import EventStream, Live
+from cued.daemon.web.schemas import (
+    Approval,
+    Asset,
+    AssetDetail,
+    AssetRef,
+    AssetVersionBrief,
+    DecideBody,
+    ErrorResponse,
+    Event,
+    EventDetail,
+    EventLineage,
+    EventPage,
+    EventSummary,
+    Health,
+    Pipeline,
+    PruneReport,
+    RetryBody,
+    Run,
+    RunDetail,
+    RunPage,
+    TaskInstance,
+    TriggerBody,
+)
+
+__all__ = ["Caller", "Users", "build_app", "error_response"]
+
+_MAX_LIMIT = 500
+_READY_TIMEOUT_S = 2.0
+
+RunStateName = Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"]
+EventStatus = Literal["matched", "unmatched", "invalid"]
+Limit = Annotated[int, Query(ge=1, le=_MAX_LIMIT, description="items per page")]
+Cursor = Annotated[str | None, Query(description="next_cursor of the page before")]
+
+
+def build_app(
+    runner: Runner,
+    *,
+    trusted: bool,
+    users: Users | None = None,
+    live: Live | None = None,
+    metrics: Metrics | None = None,
+    ready: Callable[[], bool] = lambda: True,
+    access: ControlAccess | None = None,
+) -> FastAPI:
+    """The API app.
+
+    :param trusted: for the control socket; else requests authenticate
+    :param live: where ``/api/v1/stream`` reads from (a silent one if not given)
+    :param metrics: served at ``/metrics`` (404 if not given)
+    :param ready: whether the sources have started (for ``/readyz``)
+    :param access: with no users, the OS users who may call (the daemon's own user and
+        root if not given)
+    """
+    app = FastAPI(
+        title="cued",
+        summary="The API of the cued orchestration daemon",
+        version="1",
+        openapi_url=None,  # served by _ops, behind the open API's Host check
+        docs_url=None,  # the docs pages load their scripts from the internet
+        redoc_url=None,
+    )
+    app.state.cued = ApiContext(
+        runner,
+        trusted,
+        users or Users(),
+        live or Live(),
+        metrics,
+        ready,
+        access or ControlAccess(os.geteuid()),
+    )
+    # JSON bodies through cued.daemon.core.untrusted before FastAPI parses them: json.loads
+    # takes lone surrogates, depth and NaN that no run or answer can keep
+    app.add_middleware(CleanJsonBodies)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(CuedError, _cued_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.include_router(_api)
+    app.include_router(session_routes)
+    app.include_router(_ops)
+    return app
+
+
+_api = APIRouter(prefix="/api/v1", responses=ERRORS)
+# with no users, answered only to a loopback Host: a page whose host name an attacker
+# points at 127.0.0.1 (DNS rebinding) must not read them either
+_ops = APIRouter(tags=["operations"], dependencies=[Depends(open_host)])
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, **exc.headers)
+
+
+async def _cued_error(request: Request, exc: Exception) -> Response:
+    message = str(exc)
+    if isinstance(exc, NotFound):
+        return error_response(404, "not_found", message)
+    if isinstance(exc, Forbidden):
+        return error_response(403, "forbidden", message)
+    if isinstance(exc, InvalidRequest):
+        conflict = any(w in message for w in ("already", "not finished", "still running"))
+        return error_response(409 if conflict else 422, "invalid_request", message)
+    return error_response(500, "error", message)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    message = "; ".join(
+        ".".join(str(p) for p in e.get("loc", ())[1:] or e.get("loc", ())) + ": " + e["msg"]
+        for e in errors[:5]
+    )
+    if any(e.get("loc", ("",))[0] == "body" for e in errors):
+        return error_response(400, "invalid_body", f"invalid request body: {message}")
+    return error_response(422, "invalid_request", message)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(404, "not_found", f"no such path {request.url.path!r}")
+    if exc.status_code == 405:
+        return error_response(
+            405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path!r}"
+        )
+    return error_response(exc.status_code, "http_error", str(exc.detail))
+
+
+# -- pipelines and runs ------------------------------------------------------------------
+
+
+@_api.get("/pipelines", response_model=list[Pipeline], tags=["pipelines"])
+async def list_pipelines(ctx: Ctx, caller: Viewer) -> Response:
+    """Every pipeline with its inputs (and their defaults), tasks and triggers."""
+    config = ctx.runner.config
+    return json_response([Pipeline.of(n, p, config.triggers) for n, p in config.pipelines.items()])
+
+
+@_api.get("/pipelines/{pipeline}", response_model=Pipeline, tags=["pipelines"])
+async def get_pipeline(pipeline: str, ctx: Ctx, caller: Viewer) -> Response:
+    config = ctx.runner.config
+    if pipeline not in config.pipelines:
+        raise NotFound(f"no pipeline {pipeline!r}")
+    return json_response(Pipeline.of(pipeline, config.pipelines[pipeline], config.triggers))
+
+
+@_api.post(
+    "/pipelines/{pipeline}/runs", status_code=201, response_model=Run, tags=["pipelines", "runs"]
+)
+async def trigger(
+    pipeline: str,
+    ctx: Ctx,
+    caller: Operator,
+    body: TriggerBody | None = None,
+    wait: Annotated[bool, Query(description="answer once the run has finished")] = False,
+) -> Response:
+    """Start a run (recorded before the answer); inputs not given take their defaults."""
+    row = await ctx.runner.submit_run(pipeline, (body or TriggerBody()).inputs)
+    if wait:
+        row = await ctx.runner.wait(row.run_id)
+    return json_response(Run.from_row(row), 201)
+
+
+@_api.get("/runs", response_model=RunPage, tags=["runs"])
+async def list_runs(
+    ctx: Ctx,
+    caller: Viewer,
+    pipeline: str | None = None,
+    state: RunStateName | None = None,
+    created_after: Annotated[
+        datetime | None, Query(description="ISO 8601, or seconds since the epoch")
+    ] = None,
+    created_before: Annotated[datetime | None, Query(description="the same")] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Response:
+    """Runs, newest first, a page at a time (the cursor is the last run id of a page: run
+    ids sort by creation time)."""
+    rows = await ctx.runner.store.list_runs(
+        limit=limit + 1,
+        pipeline=pipeline,
+        state=state,
+        before=cursor,
+        created_after=_seconds(created_after),
+        created_before=_seconds(created_before),
+    )
+    page = rows[:limit]
+    more = len(rows) > limit
+    return json_response(
+        RunPage(
+            items=[Run.from_row(r) for r in page], next_cursor=page[-1].run_id if more else None
+        )
+    )
+
+
+@_api.get("/runs/{run_id}", response_model=RunDetail, tags=["runs"])
+async def get_run(run_id: str, ctx: Ctx, caller: Viewer) -> Response:
+    """A run with its task instances and their attempts (outputs, errors, costs), its
+    approval gates and their decisions, the event that started it and the assets it
+    produced."""
+    store = ctx.runner.store
+    row = await store.get_run(run_id)
+    if row is None:
+        raise NotFound(f"no run {run_id!r}")
+    instances = await store.get_instances(run_id)
+    attempts: dict[str, list[AttemptRow]] = {}
+    for a in await store.get_attempts(run_id):
+        attempts.setdefault(a.key, []).append(a)
+    gates = await store.get_approvals(run_id)
+    decisions = await store.get_decisions(run_id) if gates else []
+    started_by = await store.get_events([row.event_id]) if row.event_id else []
+    produced = await lineage.produced(store, ctx.runner.plans, row)
+    return json_response(
+        RunDetail(
+            **Run.from_row(row).model_dump(),
+            tasks=[TaskInstance.of(i, attempts.get(i.key, [])) for i in instances],
+            approvals=[Approval.of(g, decisions) for g in gates],
+            event=EventSummary.of(started_by[0]) if started_by else None,
+            assets=[
+                AssetRef(asset=asset, event_id=e.event_id, runs=list(e.run_ids))
+                for asset, e in produced
+            ],
+        )
+    )
+
+
+@_api.post("/runs/{run_id}/cancel", response_model=Run, tags=["runs"])
+async def cancel(run_id: str, ctx: Ctx, caller: Operator) -> Response:
+    """Cancel a run that runs or waits: its running tasks are cancelled."""
+    return json_response(Run.from_row(await repair.cancel(ctx.runner, run_id)))
+
+
+@_api.post("/runs/{run_id}/retry", response_model=Run, tags=["runs"])
+async def retry(
+    run_id: str,
+    ctx: Ctx,
+    caller: Operator,
+    body: RetryBody | None = None,
+    wait: Annotated[bool, Query(description="answer once the run has finished")] = False,
+) -> Response:
+    """Run a finished run again from the point of failure, or from the named tasks."""
+    body = body or RetryBody()
+    row = await repair.rerun(ctx.runner, run_id, tasks=body.tasks, downstream=body.downstream)
+    if wait:
+        row = await ctx.runner.wait(row.run_id)
+    return json_response(Run.from_row(row))
+
+
+# -- approvals ---------------------------------------------------------------------------
+
+
+async def _decide(
+    ctx: ApiContext,
+    caller: Caller,
+    run_id: str,
+    task: str,
+    body: DecideBody | None,
+    *,
+    approve: bool,
+) -> Response:
+    body = body or DecideBody()
+    # one person, one name: else one person could fill min_approvals alone
+    who = caller.name
+    if body.who is not None and body.who != who:
+        raise ApiError(
+            403,
+            "who",
+            f"a decision is recorded under the name of whoever makes it, {who!r} "
+            f"(not {body.who!r})",
+        )
+    extra = {"payload": body.payload} if "payload" in body.model_fields_set else {}
+    gate = await gates.decide(
+        ctx.runner,
+        run_id,
+        task,
+        who=who,
+        approve=approve,
+        comment=body.comment,
+        groups=caller.groups | ctx.runner.groups_of(who),
+        **extra,
+    )
+    return json_response(Approval.of(gate, await ctx.runner.store.get_decisions(run_id, task)))
+
+
+@_api.post("/runs/{run_id}/tasks/{task}/approve", response_model=Approval, tags=["approvals"])
+async def approve(
+    run_id: str, task: str, ctx: Ctx, caller: Approver, body: DecideBody | None = None
+) -> Response:
+    """Approve a waiting gate (as an approver: always with a token)."""
+    return await _decide(ctx, caller, run_id, task, body, approve=True)
+
+
+@_api.post("/runs/{run_id}/tasks/{task}/reject", response_model=Approval, tags=["approvals"])
+async def reject(
+    run_id: str, task: str, ctx: Ctx, caller: Approver, body: DecideBody | None = None
+) -> Response:
+    """Reject a waiting gate: one rejection settles it."""
+    return await _decide(ctx, caller, run_id, task, body, approve=False)
+
+
+@_api.get("/approvals", response_model=list[Approval], tags=["approvals"])
+async def list_approvals(ctx: Ctx, caller: Viewer, limit: Limit = 100) -> Response:
+    """Gates waiting for a decision, oldest first, with the decisions made so far."""
+    store = ctx.runner.store
+    gates = await store.list_approvals(limit=limit)
+    return json_response(
+        [Approval.of(g, await store.get_decisions(g.run_id, g.key)) for g in gates]
+    )
+
+
+# -- events and lineage ------------------------------------------------------------------
+
+
+@_api.get("/events", response_model=EventPage, tags=["events"])
+async def list_events(
+    ctx: Ctx,
+    caller: Viewer,
+    source: Annotated[str | None, Query(description="a source's name, or asset:NAME")] = None,
+    status: EventStatus | None = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Response:
+    """Events, newest first, a page at a time (without their data: see one event)."""
+    rows = await ctx.runner.store.list_events(
+        limit=limit + 1, source=source, status=status, before=_event_position(cursor)
+    )
+    page = rows[:limit]
+    more = len(rows) > limit
+    return json_response(
+        EventPage(
+            items=[EventSummary.of(r) for r in page],
+            next_cursor=_event_cursor(page[-1]) if more else None,
+        )
+    )
+
+
+@_api.get("/events/{event_id:path}/lineage", response_model=EventLineage, tags=["events"])
+async def event_lineage(event_id: str, ctx: Ctx, caller: Viewer) -> Response:
+    """Where an event came from (for an asset event: the run that produced it, the event
+    that started that run, and so on back) and what followed from it: the runs it
+    started, their tasks, the assets they produced and the runs those started, onwards."""
+    store = ctx.runner.store
+    event = await _event(ctx, event_id)
+    budget = lineage.Budget()
+    upstream = await lineage.upstream(store, event, budget)
+    runs = await lineage.downstream(store, ctx.runner.plans, event.run_ids, budget)
+    return json_response(
+        EventLineage(
+            event=EventSummary.of(event), upstream=upstream, runs=runs, truncated=budget.truncated
+        )
+    )
+
+
+@_api.get("/events/{event_id:path}", response_model=EventDetail, tags=["events"])
+async def get_event(event_id: str, ctx: Ctx, caller: Viewer) -> Response:
+    """An event with its data and meta, and the runs it started."""
+    event = await _event(ctx, event_id)
+    runs = lineage.in_order(await ctx.runner.store.get_runs(event.run_ids), event.run_ids)
+    return json_response(
+        EventDetail(**Event.of(event).model_dump(), runs=[Run.from_row(r) for r in runs])
+    )
+
+
+# -- assets ------------------------------------------------------------------------------
+
+
+@_api.get("/assets", response_model=list[Asset], tags=["assets"])
+async def list_assets(ctx: Ctx, caller: Viewer) -> Response:
+    """Every asset, configured or produced, with its latest version."""
+    config = ctx.runner.config
+    made_by = lineage.producers(config)
+    produced = {name: (n, e) for name, n, e in await ctx.runner.store.list_assets()}
+    assets = []
+    for name in sorted(set(made_by) | set(produced)):
+        count, latest = produced.get(name, (0, None))
+        assets.append(
+            Asset(
+                name=name,
+                producers=made_by.get(name, []),
+                consumers=lineage.consumers(config, name),
+                versions=count,
+                latest=None
+                if latest is None
+                else AssetVersionBrief(
+                    event_id=latest.event_id,
+                    run_id=_str_or_none(lineage.data_of(latest).get("run_id")),
+                    produced_at=latest.received_at,
+                ),
+            )
+        )
+    return json_response(assets)
+
+
+@_api.get("/assets/{name}", response_model=AssetDetail, tags=["assets"])
+async def get_asset(
+    name: str, ctx: Ctx, caller: Viewer, limit: Limit = 50, cursor: Cursor = None
+) -> Response:
+    """An asset's versions, newest first: for each, the run that produced it and the event
+    that started that run, and the runs this version started."""
+    config = ctx.runner.config
+    made_by = lineage.producers(config)
+    rows = await ctx.runner.store.list_events(
+        limit=limit + 1, source=f"asset:{name}", before=_event_position(cursor)
+    )
+    if not rows and cursor is None and name not in made_by:
+        raise NotFound(f"no asset {name!r}")
+    page = rows[:limit]
+    more = len(rows) > limit
+    return json_response(
+        AssetDetail(
+            name=name,
+            producers=made_by.get(name, []),
+            consumers=lineage.consumers(config, name),
+            versions=await lineage.asset_versions(ctx.runner.store, page),
+            next_cursor=_event_cursor(page[-1]) if more else None,
+        )
+    )
+
+
+# -- retention ---------------------------------------------------------------------------
+
+
+@_api.get("/retention", response_model=PruneReport, tags=["retention"])
+async def prunable(ctx: Ctx, caller: Viewer) -> Response:
+    """What pruning would delete now, as ``[retention]`` says, deleting nothing."""
+    policy = retention.policy(ctx.runner.config, now())
+    counts = await ctx.runner.store.prunable(policy)
+    return json_response(PruneReport.model_validate(retention.report(policy, counts, dry_run=True)))
+
+
+@_api.post("/retention/prune", response_model=PruneReport, tags=["retention"])
+async def prune(ctx: Ctx, caller: Operator) -> Response:
+    """Delete now what ``[retention]`` lets go (the daemon does it every ``prune_every``
+    too), in small transactions that take turns with the daemon's other writes."""
+    policy = retention.policy(ctx.runner.config, now())
+    counts = await ctx.runner.store.prune(policy)
+    return json_response(
+        PruneReport.model_validate(retention.report(policy, counts, dry_run=False))
+    )
+
+
+# -- live updates ------------------------------------------------------------------------
+
+
+@_api.get(
+    "/stream",
+    tags=["live"],
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Server-sent events, each one JSON `data:` line, of type (`event:`) "
+            "`run`, `task`, `event`, `approval`, `decision`, and a last `reset` for a reader "
+            "that fell behind (or reconnected with Last-Event-ID): reload, then reconnect. "
+            "A comment line every 15 s keeps the connection alive.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def stream(request: Request, ctx: Ctx, caller: Viewer) -> Response:
+    """Live updates of runs, tasks, events and approval gates, as they are committed."""
+    return EventStream(ctx.live, reset_first="last-event-id" in request.headers)
+
+
+# -- health and metrics ------------------------------------------------------------------
+
+
+@_ops.get("/healthz", response_model=Health)
+async def healthz() -> Response:
+    """The process is up."""
+    return json_response(Health(status="ok", checks={}))
+
+
+@_ops.get(
+    "/readyz",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "Not ready: see the checks"}},
+)
+async def readyz(ctx: Ctx) -> Response:
+    """Ready: the store is open and answers, and the sources have started."""
+    checks = {}
+    try:
+        with anyio.fail_after(_READY_TIMEOUT_S):
+            await ctx.runner.store.ping()
+        checks["store"] = "ok"
+    except (StoreError, TimeoutError) as exc:
+        checks["store"] = f"error: {exc or 'no answer'}"
+    checks["sources"] = "started" if ctx.ready() else "not started"
+    ok = checks == {"store": "ok", "sources": "started"}
+    answer = Health(status="ready" if ok else "not_ready", checks=checks)
+    return json_response(answer, 200 if ok else 503)
+
+
+@_ops.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"description": "Prometheus' text format", "content": {"text/plain": {}}},
+        404: {"model": ErrorResponse, "description": "Metrics are not collected here"},
+    },
+)
+async def metrics(ctx: Ctx) -> Response:
+    """Prometheus metrics."""
+    if ctx.metrics is None:
+        raise NotFound("metrics are not collected here")
+    return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@_ops.get("/api/v1/openapi.json", include_in_schema=False)
+async def openapi(request: Request) -> Response:
+    """The OpenAPI document."""
+    return JSONResponse(request.app.openapi())
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _seconds(at: datetime | None) -> float | None:
+    if at is None:
+        return None
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _event_cursor(row: EventRow) -> str:
+    """Opaque to clients: where a page of events ended, (received_at, event_id)."""
+    return untrusted.page_cursor(row.received_at, row.event_id)
+
+
+def _event_position(cursor: str | None) -> tuple[float, str] | None:
+    """:raises ApiError: 422 if ``cursor`` is not one :func:`_event_cursor` made"""
+    if cursor is None:
+        return None
+    position = untrusted.page_position(cursor)
+    if position is None:
+        shown = cursor if len(cursor) <= 100 else f"{cursor[:100]}\u2026"
+        raise ApiError(422, "invalid_request", f"cursor {shown!r} is not one this API gave")
+    return position
+
+
+async def _event(ctx: ApiContext, event_id: str) -> EventRow:
+    found = await ctx.runner.store.get_events([event_id])
+    if not found:
+        raise NotFound(f"no event {event_id!r}")
+    return found[0]

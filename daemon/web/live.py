@@ -1,0 +1,276 @@
+"""Live updates: a broadcaster that the daemon publishes state changes to, and that every
+open ``GET /api/v1/stream`` subscribes to.
+
+Publishing never waits: it is called from the store's writer right after a commit, and a
+slow reader must not hold up the daemon. Each subscriber has a bounded buffer (anyio
+memory object stream); one that falls that far behind is dropped, and the next thing it
+reads is a final ``reset`` message that tells it to reload what it shows, since it has
+missed updates. Memory stays bounded whatever the readers do.
+
+```
+store commit --> publish(kind, data) --send_nowait--> [buffer] --> subscriber 1 --> SSE
+                                     --send_nowait--> [buffer] --> subscriber 2 --> SSE
+                                      full? drop it: its next message is "reset"
+```
+
+What the stream carries (:func:`publish_committed`), one JSON ``data:`` line per message:
+
+========  ==========================================================================
+event:    data
+========  ==========================================================================
+run       a run's state as committed: run_id, pipeline, state, created_at, started_at,
+          ended_at, error, event_id (not its inputs)
+task      a task instance's state: run_id, key, task, map_index, state, attempts (how
+          many), error, updated_at
+event     an event recorded: event_id, source, received_at, status, run_ids, error
+approval  a gate asks or is settled: run_id, key, attempt, state, message, approvers,
+          min_approvals, requested_at, deadline_at, decided_at
+decision  someone decided: run_id, key, attempt, who, decision, comment, decided_at
+reset     the reader missed messages (it fell behind, or reconnected): reload, then
+          connect again; the stream ends after it
+========  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+from starlette.responses import Response
+
+from cued.daemon.store import ApprovalRow, DecisionRow, EventRow, InstanceRow, RunRow
+from cued.daemon.web.schemas import (
+    ApprovalUpdate,
+    DecisionUpdate,
+    EventSummary,
+    RunUpdate,
+    TaskUpdate,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from types import TracebackType
+
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+    from starlette.types import Receive, Scope, Send
+
+    from cued.daemon.store import Row
+
+__all__ = ["EventStream", "Live", "Message", "Subscription", "publish_committed"]
+
+RESET = "reset"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One update: ``kind`` (``run``, ``task``, ``event``, ``approval``, ``decision``,
+    ``reset``), its JSON-ready ``data``, and a number that grows with every message."""
+
+    kind: str
+    data: dict[str, Any]
+    id: int
+    sse: bytes
+    """The message as a server-sent event (one ``data:`` line of JSON), encoded once for
+    every subscriber."""
+
+
+@dataclass(eq=False)
+class Subscription:
+    """What one subscriber reads: use it as a context manager (leaving it unsubscribes),
+    and :meth:`receive` messages until :class:`anyio.EndOfStream`."""
+
+    _live: Live
+    _send: MemoryObjectSendStream[Message]
+    _receive: MemoryObjectReceiveStream[Message]
+    dropped: bool = False
+    """It fell behind and was dropped; its next message is the ``reset``."""
+    _reset_sent: bool = field(default=False, repr=False)
+
+    async def receive(self) -> Message:
+        """The next message.
+
+        :raises anyio.EndOfStream: once the broadcaster closed, or after the ``reset``
+        """
+        if self.dropped:
+            if self._reset_sent:
+                raise anyio.EndOfStream
+            self._reset_sent = True
+            # what is still buffered is stale: the reader reloads instead
+            return self._live.message(RESET, {"reason": "fell behind: reload"})
+        return await self._receive.receive()
+
+    def _drop(self) -> None:
+        self.dropped = True
+        self._send.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._live._subscribers.discard(self)
+        self._send.close()
+        self._receive.close()
+
+
+class Live:
+    """The broadcaster.
+
+    :param buffer: messages a subscriber may fall behind by before it is dropped
+    :param heartbeat_s: how often an idle stream sends a comment, so that proxies and
+        clients see the connection is alive
+    """
+
+    def __init__(self, *, buffer: int = 1024, heartbeat_s: float = 15.0) -> None:
+        self.buffer = buffer
+        self.heartbeat_s = heartbeat_s
+        self._subscribers: set[Subscription] = set()
+        self._last_id = 0
+        self._closed = False
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def message(self, kind: str, data: dict[str, Any]) -> Message:
+        """A message with the next number."""
+        self._last_id += 1
+        sse = f"id: {self._last_id}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
+        return Message(kind, data, self._last_id, sse.encode())
+
+    def publish(self, kind: str, data: dict[str, Any]) -> None:
+        """Hand a message to every subscriber; never waits. A subscriber whose buffer is
+        full is dropped (it reads ``reset`` next)."""
+        if not self._subscribers:
+            return
+        message = self.message(kind, data)
+        for sub in list(self._subscribers):
+            try:
+                sub._send.send_nowait(message)
+            except anyio.WouldBlock:
+                self._subscribers.discard(sub)
+                sub._drop()
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._subscribers.discard(sub)
+
+    def subscribe(self, buffer: int | None = None) -> Subscription:
+        """A new subscription; enter it as a context manager.
+
+        :param buffer: its buffer, if not the broadcaster's default
+        """
+        send, receive = anyio.create_memory_object_stream[Message](buffer or self.buffer)
+        sub = Subscription(self, send, receive)
+        if self._closed:
+            send.close()  # it reads the end at once
+        else:
+            self._subscribers.add(sub)
+        return sub
+
+    def close(self) -> None:
+        """End every subscription (its reader gets what is buffered, then the end), and
+        every later one at once: the daemon stops, and open streams must not keep the
+        HTTP server waiting for them."""
+        self._closed = True
+        for sub in self._subscribers:
+            sub._send.close()
+        self._subscribers.clear()
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until cancelled, then :meth:`close`: start it in the task group that
+        serves HTTP, so that streams end when the daemon stops."""
+        try:
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            self.close()
+
+
+# which rows become which messages, with the fields of the models that document them;
+# built as plain dicts, not models: this runs in the store's writer for every row
+_MESSAGES: dict[type, tuple[str, tuple[str, ...]]] = {
+    RunRow: ("run", tuple(RunUpdate.model_fields)),
+    InstanceRow: ("task", tuple(TaskUpdate.model_fields)),
+    EventRow: ("event", tuple(EventSummary.model_fields)),
+    ApprovalRow: ("approval", tuple(ApprovalUpdate.model_fields)),
+    DecisionRow: ("decision", tuple(DecisionUpdate.model_fields)),
+}
+
+
+def publish_committed(live: Live, seconds: float, rows: Sequence[Row]) -> None:
+    """Publish what a commit made durable (a ``store.on_commit`` listener)."""
+    if not live.subscribers:
+        return
+    for row in rows:
+        found = _MESSAGES.get(type(row))
+        if found is not None:
+            kind, fields = found
+            live.publish(kind, {name: getattr(row, name) for name in fields})
+
+
+class EventStream(Response):
+    """A ``text/event-stream`` of a new subscription to ``live``, until the client goes,
+    the daemon stops, or the subscription is dropped (then it ends with ``reset``).
+
+    :param reset_first: send only a ``reset`` (a client that reconnects with
+        ``Last-Event-ID``: what it missed cannot be replayed)
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, live: Live, *, reset_first: bool = False) -> None:
+        # not Response.__init__: that would declare a Content-Length for an empty body
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),  # proxies must not hold messages back
+        ]
+        self._live = live
+        self._reset_first = reset_first
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # subscribed before the answer starts: nothing committed after it can be missed
+        with self._live.subscribe() as subscription:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+                await self._pump(subscription, send)
+                tg.cancel_scope.cancel()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _pump(self, subscription: Subscription, send: Send) -> None:
+        async def chunk(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        await chunk(b"retry: 2000\n\n")
+        if self._reset_first:
+            await chunk(self._live.message(RESET, {"reason": "reconnected: reload"}).sse)
+            return
+        while True:
+            message = None
+            with anyio.move_on_after(self._live.heartbeat_s):
+                try:
+                    message = await subscription.receive()
+                except anyio.EndOfStream:
+                    return
+            if message is None:
+                await chunk(b": keep-alive\n\n")
+                continue
+            await chunk(message.sse)
+            if message.kind == RESET:
+                return
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()

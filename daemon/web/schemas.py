@@ -1,0 +1,549 @@
+"""What the API takes and answers, as pydantic models: the OpenAPI document is made from
+them, and the live stream's messages use the same shapes.
+
+Times are seconds since the epoch (floats), as stored. Responses are frozen models; request
+bodies also forbid unknown keys, so a typo is an error rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from cued.daemon.config import PipelineConfig, TriggerConfig
+    from cued.daemon.store import ApprovalRow, AttemptRow, DecisionRow, EventRow, InstanceRow
+
+__all__ = [
+    "Approval",
+    "ApprovalUpdate",
+    "Asset",
+    "AssetDetail",
+    "AssetRef",
+    "AssetVersion",
+    "AssetVersionBrief",
+    "Attempt",
+    "DecideBody",
+    "Decision",
+    "DecisionUpdate",
+    "ErrorDetail",
+    "ErrorResponse",
+    "Event",
+    "EventDetail",
+    "EventLineage",
+    "EventPage",
+    "EventSummary",
+    "Health",
+    "LineageAsset",
+    "LineageRun",
+    "LoginBody",
+    "Pipeline",
+    "PruneCutoffs",
+    "PruneReport",
+    "RetryBody",
+    "Run",
+    "RunDetail",
+    "RunPage",
+    "RunUpdate",
+    "Session",
+    "SessionCreated",
+    "TaskBrief",
+    "TaskInstance",
+    "TaskSpec",
+    "TaskUpdate",
+    "TriggerBody",
+    "TriggerSpec",
+    "UpstreamStep",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    @classmethod
+    def from_row(cls, row: object) -> Self:
+        """The model of a store row whose fields it shares by name."""
+        return cls.model_validate(row)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class ErrorDetail(_Model):
+    code: str = Field(examples=["not_found"])
+    message: str
+
+
+class ErrorResponse(_Model):
+    """Every error: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+
+# -- pipelines ---------------------------------------------------------------------------
+
+
+class TaskSpec(_Model):
+    """A task as configured (its kind's parameters are left out: they may hold secrets)."""
+
+    name: str
+    kind: str
+    needs: list[str]
+    produces: list[str]
+    map: str | None
+    trigger_rule: str
+    retries: int
+    timeout_s: float | None
+    pool: str | None
+    deadline_s: float | None
+
+
+class TriggerSpec(_Model):
+    """A trigger that starts the pipeline."""
+
+    name: str
+    source: str
+    when: str | None
+    dedupe: str | None
+
+    @classmethod
+    def of(cls, trigger: TriggerConfig) -> TriggerSpec:
+        return cls(
+            name=trigger.key, source=trigger.source, when=trigger.when, dedupe=trigger.dedupe
+        )
+
+
+class Pipeline(_Model):
+    name: str
+    inputs: dict[str, Any] = Field(description="declared inputs with their defaults")
+    max_active_runs: int
+    deadline_s: float | None
+    tasks: list[TaskSpec]
+    triggers: list[TriggerSpec]
+
+    @classmethod
+    def of(cls, name: str, config: PipelineConfig, triggers: list[TriggerConfig]) -> Pipeline:
+        return cls(
+            name=name,
+            inputs=config.inputs,
+            max_active_runs=config.max_active_runs,
+            deadline_s=config.deadline,
+            tasks=[
+                TaskSpec(
+                    name=task_name,
+                    kind=t.kind,
+                    needs=list(t.needs),
+                    produces=list(t.produces),
+                    map=t.map,
+                    trigger_rule=t.trigger_rule,
+                    retries=t.retries,
+                    timeout_s=t.timeout,
+                    pool=t.pool,
+                    deadline_s=t.deadline,
+                )
+                for task_name, t in config.tasks.items()
+            ],
+            triggers=[TriggerSpec.of(t) for t in triggers if t.pipeline == name],
+        )
+
+
+# -- runs --------------------------------------------------------------------------------
+
+
+class Run(_Model):
+    run_id: str = Field(description="sorts by creation time")
+    pipeline: str
+    state: str = Field(
+        description="queued, running, waiting (for a decision), succeeded, failed, cancelled"
+    )
+    inputs: dict[str, Any]
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    error: str | None
+    event_id: str | None = Field(description="the event that started it, if one did")
+
+
+class RunPage(_Model):
+    items: list[Run]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null on the last page"
+    )
+
+
+class Attempt(_Model):
+    attempt: int
+    state: str = Field(
+        description="running, waiting, succeeded, failed, cancelled, interrupted (by a stop)"
+    )
+    started_at: float
+    ended_at: float | None
+    error: str | None
+    output: Any = None
+    cost: float | None = Field(description="what an AI step spent in this attempt")
+    usage: dict[str, Any] | None = Field(description="token usage an AI step reported")
+
+
+class TaskInstance(_Model):
+    key: str = Field(description="the task's name, or name[i] for an instance of a mapped task")
+    task: str
+    map_index: int | None
+    state: str
+    error: str | None
+    updated_at: float
+    attempts: list[Attempt] = Field(description="every attempt of every rerun, oldest first")
+
+    @classmethod
+    def of(cls, row: InstanceRow, attempts: list[AttemptRow]) -> TaskInstance:
+        return cls(
+            key=row.key,
+            task=row.task,
+            map_index=row.map_index,
+            state=row.state,
+            error=row.error,
+            updated_at=row.updated_at,
+            attempts=[Attempt.from_row(a) for a in sorted(attempts, key=lambda a: a.attempt)],
+        )
+
+
+class Decision(_Model):
+    attempt: int
+    who: str
+    decision: str = Field(description="approve or reject")
+    comment: str | None
+    payload: Any = None
+    decided_at: float
+
+
+class Approval(_Model):
+    """An approval gate: what it asks, and who decided what."""
+
+    run_id: str
+    key: str
+    attempt: int
+    message: str
+    approvers: list[str]
+    min_approvals: int
+    on_timeout: str
+    payload: Any = None
+    requested_at: float
+    deadline_at: float | None
+    state: str = Field(description="waiting, approved, rejected, timed_out, cancelled")
+    decided_at: float | None
+    decisions: list[Decision] = Field(description="of the gate's current attempt")
+
+    @classmethod
+    def of(cls, row: ApprovalRow, decisions: list[DecisionRow]) -> Approval:
+        return cls(
+            run_id=row.run_id,
+            key=row.key,
+            attempt=row.attempt,
+            message=row.message,
+            approvers=list(row.approvers),
+            min_approvals=row.min_approvals,
+            on_timeout=row.on_timeout,
+            payload=row.payload,
+            requested_at=row.requested_at,
+            deadline_at=row.deadline_at,
+            state=row.state,
+            decided_at=row.decided_at,
+            decisions=[
+                Decision.from_row(d)
+                for d in decisions
+                if d.run_id == row.run_id and d.key == row.key and d.attempt == row.attempt
+            ],
+        )
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+class EventSummary(_Model):
+    event_id: str
+    source: str = Field(description="a source's name, or asset:NAME")
+    received_at: float
+    status: str = Field(description="matched, unmatched, invalid")
+    run_ids: list[str] = Field(description="the runs it started")
+    error: str | None
+
+    @classmethod
+    def of(cls, row: EventRow) -> EventSummary:
+        return cls(
+            event_id=row.event_id,
+            source=row.source,
+            received_at=row.received_at,
+            status=row.status,
+            run_ids=list(row.run_ids),
+            error=row.error,
+        )
+
+
+class Event(EventSummary):
+    data: Any = None
+    meta: dict[str, Any] = Field(
+        description="where it came from: headers, topic/partition/offset, path, tick"
+    )
+
+    @classmethod
+    def of(cls, row: EventRow) -> Event:
+        return cls(**EventSummary.of(row).model_dump(), data=row.data, meta=row.meta)
+
+
+class EventPage(_Model):
+    items: list[EventSummary]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null on the last page"
+    )
+
+
+class EventDetail(Event):
+    runs: list[Run] = Field(description="the runs it started")
+
+
+class AssetRef(_Model):
+    """An asset a run produced: its asset event, and the runs that event started."""
+
+    asset: str
+    event_id: str
+    runs: list[str]
+
+
+class RunDetail(Run):
+    tasks: list[TaskInstance]
+    approvals: list[Approval]
+    event: EventSummary | None = Field(description="the event that started the run")
+    assets: list[AssetRef] = Field(description="the assets the run produced")
+
+
+# -- lineage -----------------------------------------------------------------------------
+
+
+class TaskBrief(_Model):
+    key: str
+    task: str
+    state: str
+
+
+class LineageRun(_Model):
+    """A run, its tasks, and the assets it produced with what they started in turn."""
+
+    run: Run
+    tasks: list[TaskBrief]
+    assets: list[LineageAsset]
+
+
+class LineageAsset(_Model):
+    asset: str
+    event: EventSummary
+    runs: list[LineageRun] = Field(description="the runs this version of the asset started")
+
+
+class UpstreamStep(_Model):
+    """One step back: the run that produced an asset event, and the event that started
+    that run."""
+
+    asset: str
+    run: Run | None
+    event: EventSummary | None
+
+
+class EventLineage(_Model):
+    event: EventSummary
+    upstream: list[UpstreamStep] = Field(
+        description="for an asset event: the run that produced it, the event that started "
+        "that run, and so on back, nearest first"
+    )
+    runs: list[LineageRun] = Field(description="the runs the event started, and onwards")
+    truncated: bool = Field(description="the graph was cut at its depth or size limit")
+
+
+# -- assets ------------------------------------------------------------------------------
+
+
+class AssetVersionBrief(_Model):
+    event_id: str
+    run_id: str | None
+    produced_at: float
+
+
+class Asset(_Model):
+    name: str
+    producers: list[str] = Field(description="pipeline.task of the tasks that produce it")
+    consumers: list[str] = Field(description="pipelines that asset:NAME triggers start")
+    versions: int
+    latest: AssetVersionBrief | None
+
+
+class AssetVersion(_Model):
+    """One version: the asset event, the run that produced it (and the event that started
+    that run), and the runs the version started."""
+
+    event_id: str
+    produced_at: float
+    run_id: str | None
+    task: str | None
+    run: Run | None
+    started_by: EventSummary | None
+    runs: list[Run]
+
+
+class AssetDetail(_Model):
+    name: str
+    producers: list[str]
+    consumers: list[str]
+    versions: list[AssetVersion] = Field(description="newest first")
+    next_cursor: str | None
+
+
+# -- requests ----------------------------------------------------------------------------
+
+
+class TriggerBody(_Body):
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class RetryBody(_Body):
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="tasks to run again; none: those that failed (and what follows them)",
+    )
+    downstream: bool = Field(True, description="also rerun what follows the named tasks")
+
+
+class DecideBody(_Body):
+    comment: str | None = None
+    payload: Any = Field(None, description="the proposal as edited; absent: as proposed")
+    who: str | None = Field(
+        None,
+        description="none, or the caller's own name (a token's user; on the control socket "
+        "the OS user): a decision is recorded under whoever makes it, and another name is "
+        "refused with 403",
+    )
+
+
+class LoginBody(_Body):
+    token: str
+
+
+# -- session, health ---------------------------------------------------------------------
+
+
+class Session(_Model):
+    name: str
+    roles: list[str]
+    groups: list[str]
+    via: str = Field(description="token, cookie, open (no users configured) or local")
+
+
+class SessionCreated(Session):
+    csrf_token: str = Field(
+        description="also in the cookie cued_csrf: send it as X-CSRF-Token with every "
+        "request that changes state"
+    )
+
+
+class Health(_Model):
+    status: str
+    checks: dict[str, str]
+
+
+# -- retention ---------------------------------------------------------------------------
+
+
+class PruneCutoffs(_Model):
+    """What is old enough to go: each a time, ``null`` when that kind is kept for ever."""
+
+    runs: float | None = Field(description="finished runs that ended before this")
+    events: float | None = Field(description="events received before this")
+    alerts: float | None = Field(description="alerts raised before this, sent or given up")
+    dedupe_keys: dict[str, float] = Field(description="by trigger: keys seen before this")
+    dedupe_keys_other: float | None = Field(
+        description="keys of triggers no longer configured, seen before this"
+    )
+
+
+class PruneReport(_Model):
+    """What a prune deleted (or, ``dry_run``, would delete), by table."""
+
+    dry_run: bool
+    cutoffs: PruneCutoffs
+    counts: dict[str, int]
+
+
+# -- live stream messages ----------------------------------------------------------------
+
+
+class RunUpdate(_Model):
+    """``event: run``: a run's state as committed (inputs left out)."""
+
+    run_id: str
+    pipeline: str
+    state: str
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    error: str | None
+    event_id: str | None
+
+
+class TaskUpdate(_Model):
+    """``event: task``: a task instance's state as committed."""
+
+    run_id: str
+    key: str
+    task: str
+    map_index: int | None
+    state: str
+    attempts: int
+    error: str | None
+    updated_at: float
+
+
+class ApprovalUpdate(_Model):
+    """``event: approval``: a gate asks, or is settled."""
+
+    run_id: str
+    key: str
+    attempt: int
+    state: str
+    message: str
+    approvers: list[str]
+    min_approvals: int
+    requested_at: float
+    deadline_at: float | None
+    decided_at: float | None
+
+    @classmethod
+    def of(cls, row: ApprovalRow) -> ApprovalUpdate:
+        return cls(
+            run_id=row.run_id,
+            key=row.key,
+            attempt=row.attempt,
+            state=row.state,
+            message=row.message,
+            approvers=list(row.approvers),
+            min_approvals=row.min_approvals,
+            requested_at=row.requested_at,
+            deadline_at=row.deadline_at,
+            decided_at=row.decided_at,
+        )
+
+
+class DecisionUpdate(_Model):
+    """``event: decision``: someone decided on a gate (it may still wait for others)."""
+
+    run_id: str
+    key: str
+    attempt: int
+    who: str
+    decision: str
+    comment: str | None
+    decided_at: float
+
+
+LineageRun.model_rebuild()

@@ -1,0 +1,577 @@
+"""The web UI's routes: pages rendered on the server from the store, kept live by the API's
+event stream, every action a call of the API from the browser.
+
+```
+/                     -> /ui/
+/ui/login             a token; the browser posts it to POST /api/v1/session (a cookie)
+/ui/                  overview: sources (rates, totals, backpressure), runs per state,
+                      waiting approvals, pipelines with a trigger form
+/ui/runs              runs, filtered by pipeline and state, a page at a time (cursor)
+/ui/runs/{id}         a run: task graph (SVG), timeline, attempts, gates, its event, assets
+/ui/approvals         gates waiting for a decision, with approve / reject
+/ui/events            events with their payload and the runs they started
+/ui/events/{id}       one event
+/ui/static/{name}     the stylesheet, htmx and our script; gzipped once, cached for good
+anything else         the API
+```
+
+A page is read with the same cookie or bearer token the API takes, and needs the
+``viewer`` role. Each page has one live region; when the browser hears of a change on
+``GET /api/v1/stream`` it asks for that region again (htmx sends ``HX-Request``, and the
+route then renders only the page's ``live`` block), so the page never depends on what a
+stream message carries.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from cued.daemon.core.untrusted import page_cursor, page_position
+from cued.daemon.web.auth import SESSION_COOKIE, ApiError, Caller, open_caller
+from cued.daemon.web.ui import draw
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+
+    from jinja2 import Template
+    from starlette.requests import Request
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from cued.daemon.runtime.runner import Runner
+    from cued.daemon.store import RunRow
+    from cued.daemon.web.auth import Users
+    from cued.daemon.web.control import ControlAccess
+
+__all__ = ["with_ui"]
+
+_HERE = Path(__file__).resolve().parent
+_PAGE_SIZE = 50
+_MAX_ROWS = 100  # attempts and timeline rows shown on one run page (keeps it small)
+_STATES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled")
+_ACTIVE = _STATES[:3]
+_COUNT_CAP = 10_000
+# no inline script, nothing from elsewhere; inline style attributes place the timeline bars
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+    "Vary": "HX-Request, Accept-Encoding",
+}
+_TYPES = {".css": "text/css", ".js": "text/javascript", ".txt": "text/plain"}
+
+
+def with_ui(
+    api: ASGIApp, runner: Runner, intake: Any, users: Users, access: ControlAccess
+) -> ASGIApp:
+    """The HTTP front's app: ``/`` and ``/ui/...`` are the UI, anything else ``api``.
+
+    :param intake: whatever counts events per source in ``received`` (the daemon's intake)
+    :param users: the tokens the API knows; the UI reads the same cookie and tokens
+    :param access: with no users, the OS users who may use the UI (as for the API)
+    """
+    return _Front(api, _Ui(runner, intake, users, access).app())
+
+
+class _Front:
+    def __init__(self, api: ASGIApp, ui: ASGIApp) -> None:
+        self._api = api
+        self._ui = ui
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path in ("/", "/ui") or path.startswith("/ui/")):
+            await self._ui(scope, receive, send)
+        else:
+            await self._api(scope, receive, send)
+
+
+@dataclass(frozen=True)
+class _Asset:
+    body: bytes
+    gzipped: bytes
+    etag: str
+    media_type: str
+
+
+def _assets() -> dict[str, _Asset]:
+    assets = {}
+    for path in sorted((_HERE / "static").iterdir()):
+        if path.suffix in _TYPES:
+            body = path.read_bytes()
+            etag = hashlib.sha256(body).hexdigest()[:16]
+            gzipped = gzip.compress(body, 9, mtime=0)
+            assets[path.name] = _Asset(body, gzipped, etag, _TYPES[path.suffix])
+    return assets
+
+
+class _Rates:
+    """Events per second per source over about the last minute, from the intake's running
+    totals, sampled whenever a page asks (at most once a second)."""
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        self._window_s = window_s
+        self._samples: deque[tuple[float, dict[str, int]]] = deque()
+
+    def rates(self, totals: Mapping[str, int], at: float) -> dict[str, float | None]:
+        samples = self._samples
+        if not samples or at - samples[-1][0] >= 1.0:
+            samples.append((at, dict(totals)))
+        # keep one sample at least a window old, if there is one, and none older
+        while len(samples) > 2 and at - samples[1][0] >= self._window_s:
+            samples.popleft()
+        first_at, first = samples[0]
+        if at - first_at < 1.0 or at - first_at > 3 * self._window_s:
+            if at - first_at > 3 * self._window_s:  # nobody looked for long: start again
+                samples.clear()
+                samples.append((at, dict(totals)))
+            return dict.fromkeys(totals)
+        return {s: (n - first.get(s, 0)) / (at - first_at) for s, n in totals.items()}
+
+
+class _Ui:
+    def __init__(self, runner: Runner, intake: Any, users: Users, access: ControlAccess) -> None:
+        self.runner = runner
+        self.intake = intake
+        self.users = users
+        self.access = access
+        self.assets = _assets()
+        self.rates = _Rates()
+        env = Environment(
+            loader=FileSystemLoader(_HERE / "templates"),
+            autoescape=select_autoescape(["html"]),
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        env.globals.update(static=self.static_url, nav=_NAV)
+        env.filters.update(ts=_ts, dur=_dur, pretty=_pretty, money=_money, q=_q, s=_plural)
+        env.globals["ui"] = env.get_template("_macros.html").module
+        self.env = env
+
+    def static_url(self, name: str) -> str:
+        return f"/ui/static/{name}?v={self.assets[name].etag}"
+
+    def app(self) -> ASGIApp:
+        page = self.page
+        return Starlette(
+            routes=[
+                Route("/", _to_ui),
+                Route("/ui", _to_ui),
+                Route("/ui/", page("overview.html", self.overview)),
+                Route("/ui/login", self.login),
+                Route("/ui/runs", page("runs.html", self.runs)),
+                Route("/ui/runs/{run_id}", page("run.html", self.run)),
+                Route("/ui/approvals", page("approvals.html", self.approvals)),
+                Route("/ui/events", page("events.html", self.events)),
+                # event ids may hold "/" (a Kafka event's topic/partition/offset)
+                Route("/ui/events/{event_id:path}", page("event.html", self.event)),
+                Route("/ui/static/{name}", self.static),
+            ],
+            middleware=[Middleware(GZipMiddleware, minimum_size=1000, compresslevel=6)],
+        )
+
+    # -- who asks -----------------------------------------------------------------------
+
+    def caller(self, request: Request) -> Caller | None:
+        """Whoever the request's bearer token or session cookie names; with no users
+        configured, the API's open caller: anyone, if the request is addressed to a
+        loopback host.
+
+        :raises ApiError: if the open caller is refused
+        """
+        if not self.users.by_token:
+            return open_caller(request, self.access)
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return self.users.find(token.strip())
+        cookie = request.cookies.get(SESSION_COOKIE)
+        found = self.users.find(cookie) if cookie else None
+        return replace(found, via="cookie") if found is not None else None
+
+    def page(
+        self,
+        name: str,
+        handler: Callable[[Request], Awaitable[dict[str, Any] | Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        template = self.env.get_template(name)
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                caller = self.caller(request)
+            except ApiError as exc:
+                return self.render(
+                    self.env.get_template("message.html"),
+                    {"title": "Forbidden", "text": exc.message},
+                    None,
+                    status=exc.status,
+                )
+            fragment = request.headers.get("hx-request") == "true"
+            if caller is None:
+                login = "/ui/login?" + urlencode({"next": request.url.path})
+                if fragment:  # htmx follows this header instead of swapping
+                    return Response(status_code=401, headers={"HX-Redirect": login})
+                return RedirectResponse(login, 303)
+            if "viewer" not in caller.roles:
+                return self.render(
+                    self.env.get_template("message.html"),
+                    {"title": "Forbidden", "text": f"{caller.name!r} lacks the 'viewer' role"},
+                    caller,
+                    status=403,
+                )
+            found = await handler(request)
+            if isinstance(found, Response):
+                return found
+            return self.render(template, found, caller, fragment=fragment)
+
+        return endpoint
+
+    def render(
+        self,
+        template: Template,
+        context: dict[str, Any],
+        caller: Caller | None,
+        *,
+        fragment: bool = False,
+        status: int = 200,
+    ) -> HTMLResponse:
+        roles = caller.roles if caller is not None else frozenset()
+        context = {
+            "caller": caller,
+            "can": {r: r in roles for r in ("viewer", "operator", "approver")},
+            "login": bool(self.users.by_token),
+            "active": "",
+            **context,
+        }
+        if fragment and "live" in template.blocks:
+            ctx = template.new_context(context)
+            html = "".join(template.blocks["live"](ctx))
+        else:
+            html = template.render(context)
+        return HTMLResponse(html, status, headers=_HEADERS)
+
+    # -- pages --------------------------------------------------------------------------
+
+    async def login(self, request: Request) -> Response:
+        target = request.query_params.get("next", "/ui/")
+        if not target.startswith("/ui/") or target.startswith("//"):
+            target = "/ui/"
+        if not self.users.by_token:
+            return RedirectResponse(target, 303)
+        return self.render(
+            self.env.get_template("login.html"), {"next": target, "active": ""}, None
+        )
+
+    async def overview(self, request: Request) -> dict[str, Any]:
+        store, runner = self.runner.store, self.runner
+        totals: dict[str, int] = dict.fromkeys(runner.config.sources, 0)
+        totals.update(getattr(self.intake, "received", {}))
+        rates = self.rates.rates(totals, time.monotonic())
+        kinds = {name: s.kind for name, s in runner.config.sources.items()}
+        backlog = runner.backlog
+        sources = [
+            {
+                "name": name,
+                "kind": kinds.get(name, "asset" if name.startswith("asset:") else "?"),
+                "received": totals[name],
+                "rate": rates.get(name),
+            }
+            for name in sorted(totals)
+        ]
+        recent = await store.list_runs(limit=1000)
+        counts: Counter[str] = Counter(r.state for r in recent)
+        for state in _ACTIVE:
+            counts[state] = len(await store.list_runs(limit=_COUNT_CAP, state=state))
+        waiting = len(await store.list_approvals(state="waiting", limit=_COUNT_CAP))
+        pipelines = [
+            {
+                "name": name,
+                "tasks": len(plan.tasks),
+                "inputs": [_input_field(k, v) for k, v in plan.config.inputs.items()],
+            }
+            for name, plan in sorted(runner.plans.items())
+        ]
+        return {
+            "active": "/ui/",
+            "sources": sources,
+            "backlog": {
+                "depth": backlog.depth,
+                "high": backlog.high_water,
+                "low": backlog.low_water,
+                "saturated": backlog.saturated,
+            },
+            "counts": counts,
+            "states": _STATES,
+            "cap": _COUNT_CAP,
+            "recent": recent[:10],
+            "waiting": waiting,
+            "running_tasks": runner.running_tasks,
+            "pipelines": pipelines,
+        }
+
+    async def runs(self, request: Request) -> dict[str, Any]:
+        q = request.query_params
+        pipeline = q.get("pipeline") or None
+        state = q.get("state") or None
+        before = q.get("before") or None
+        rows = await self.runner.store.list_runs(
+            limit=_PAGE_SIZE + 1, pipeline=pipeline, state=state, before=before
+        )
+        query = {k: v for k, v in (("pipeline", pipeline), ("state", state)) if v}
+        older = rows[_PAGE_SIZE - 1].run_id if len(rows) > _PAGE_SIZE else None
+        return {
+            "active": "/ui/runs",
+            "runs": rows[:_PAGE_SIZE],
+            "pipeline": pipeline or "",
+            "state": state or "",
+            "pipelines": sorted(self.runner.plans),
+            "states": _STATES,
+            "newest": _url("/ui/runs", query) if before else None,
+            "older": _url("/ui/runs", {**query, "before": older}) if older else None,
+            "self_url": _url("/ui/runs", {**query, "before": before}),
+            "now": time.time(),
+        }
+
+    async def run(self, request: Request) -> dict[str, Any] | Response:
+        store = self.runner.store
+        run_id = request.path_params["run_id"]
+        run = await store.get_run(run_id)
+        if run is None:
+            return self._not_found(request, f"no run {run_id!r}")
+        instances = await store.get_instances(run_id)
+        attempts = await store.get_attempts(run_id)
+        plan = self.runner.plans.get(run.pipeline)
+        at = time.time()
+        graph = None
+        gates: list[dict[str, Any]] = []
+        assets = []
+        if plan is not None:
+            needs = {name: t.config.needs for name, t in plan.tasks.items()}
+            mapped = [name for name, t in plan.tasks.items() if t.config.map is not None]
+            boxes = draw.summarise(plan.order, mapped, instances)
+            graph = draw.task_graph(plan.order, needs, boxes)
+            found = await store.get_approvals(run_id)
+            decisions = await store.get_decisions(run_id) if found else []
+            gates = [
+                {
+                    "gate": gate,
+                    "decisions": [
+                        d for d in decisions if d.key == gate.key and d.attempt == gate.attempt
+                    ],
+                }
+                for gate in found
+            ]
+            # a run that succeeded records one asset event per produced asset, by this id
+            produces = {
+                f"asset:{a}:{run_id}": (a, name)
+                for name, t in plan.tasks.items()
+                for a in t.config.produces
+            }
+            if produces:
+                recorded = await store.get_events(list(produces))
+                assets = [
+                    {
+                        "asset": produces[e.event_id][0],
+                        "task": produces[e.event_id][1],
+                        "event_id": e.event_id,
+                        "runs": e.run_ids,
+                    }
+                    for e in sorted(recorded, key=lambda e: e.event_id)
+                ]
+        start = run.started_at or run.created_at
+        end = run.ended_at if run.ended_at is not None else at
+        timeline, span = draw.gantt(attempts[:_MAX_ROWS], start, end, now=at)
+        by_key: dict[str, list[Any]] = {}
+        for a in attempts[:_MAX_ROWS]:
+            by_key.setdefault(a.key, []).append(a)
+        finished = run.state in ("succeeded", "failed", "cancelled")
+        # [retention] may have deleted the event while keeping the run
+        event_kept = bool(run.event_id and await store.known_events([run.event_id]))
+        return {
+            "active": "/ui/runs",
+            "run": run,
+            "graph": graph,
+            "instances": instances,
+            "attempts": attempts[:_MAX_ROWS],
+            "more_attempts": max(len(attempts) - _MAX_ROWS, 0),
+            "timeline": timeline,
+            "span": span,
+            "gates": gates,
+            "assets": assets,
+            "cost": sum(a.cost or 0.0 for a in attempts),
+            "has_cost": any(a.cost is not None for a in attempts),
+            "duration": (end - start) if run.started_at else None,
+            "finished": finished,
+            "event_kept": event_kept,
+            "can_retry": run.state in ("failed", "cancelled"),
+            "now": at,
+            "self_url": f"/ui/runs/{quote(run_id)}",
+        }
+
+    async def approvals(self, request: Request) -> dict[str, Any]:
+        store = self.runner.store
+        gates = []
+        runs: dict[str, RunRow | None] = {}
+        for gate in await store.list_approvals(state="waiting", limit=100):
+            if gate.run_id not in runs:
+                runs[gate.run_id] = await store.get_run(gate.run_id)
+            decisions = [
+                d
+                for d in await store.get_decisions(gate.run_id, gate.key)
+                if d.attempt == gate.attempt
+            ]
+            gates.append({"gate": gate, "run": runs[gate.run_id], "decisions": decisions})
+        return {"active": "/ui/approvals", "gates": gates, "now": time.time()}
+
+    async def events(self, request: Request) -> dict[str, Any]:
+        q = request.query_params
+        source = q.get("source") or None
+        status = q.get("status") or None
+        # a cursor that is not one of ours (made up, or from an older daemon): first page
+        before = page_position(q.get("before") or "")
+        rows = await self.runner.store.list_events(
+            limit=_PAGE_SIZE + 1, source=source, status=status, before=before
+        )
+        query = {k: v for k, v in (("source", source), ("status", status)) if v}
+        sources = sorted(
+            set(self.runner.config.sources) | set(getattr(self.intake, "received", {}))
+        )
+        last = rows[_PAGE_SIZE - 1] if len(rows) > _PAGE_SIZE else None
+        older = page_cursor(last.received_at, last.event_id) if last else None
+        return {
+            "active": "/ui/events",
+            "events": rows[:_PAGE_SIZE],
+            "source": source or "",
+            "status": status or "",
+            "sources": sources,
+            "statuses": ("matched", "unmatched", "invalid"),
+            "newest": _url("/ui/events", query) if before else None,
+            "older": _url("/ui/events", {**query, "before": older}) if older else None,
+            "self_url": _url("/ui/events", {**query, "before": q.get("before")}),
+        }
+
+    async def event(self, request: Request) -> dict[str, Any] | Response:
+        event_id = request.path_params["event_id"]
+        found = await self.runner.store.get_events([event_id])
+        if not found:
+            return self._not_found(request, f"no event {event_id!r}")
+        return {"active": "/ui/events", "e": found[0]}
+
+    def _not_found(self, request: Request, text: str) -> Response:
+        return self.render(
+            self.env.get_template("message.html"),
+            {"title": "Not found", "text": text, "active": ""},
+            self.caller(request),
+            status=404,
+        )
+
+    async def static(self, request: Request) -> Response:
+        asset = self.assets.get(request.path_params["name"])
+        if asset is None:
+            return Response("not found", 404, media_type="text/plain")
+        headers = {
+            "ETag": f'"{asset.etag}"',
+            # the URL carries the content's hash (?v=), so it may be cached for good
+            "Cache-Control": "public, max-age=31536000, immutable",
+            "Vary": "Accept-Encoding",
+            "X-Content-Type-Options": "nosniff",
+        }
+        if request.headers.get("if-none-match") == f'"{asset.etag}"':
+            return Response(status_code=304, headers=headers)
+        body = asset.body
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            body = asset.gzipped
+            headers["Content-Encoding"] = "gzip"
+        return Response(body, media_type=asset.media_type, headers=headers)
+
+
+_NAV = (
+    ("/ui/", "Overview"),
+    ("/ui/runs", "Runs"),
+    ("/ui/approvals", "Approvals"),
+    ("/ui/events", "Events"),
+)
+
+
+async def _to_ui(request: Request) -> Response:
+    return RedirectResponse("/ui/", 307)
+
+
+def _url(path: str, query: Mapping[str, str | None]) -> str:
+    given = {k: v for k, v in query.items() if v}
+    return f"{path}?{urlencode(given)}" if given else path
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    value: str
+    json: bool
+
+
+def _input_field(name: str, default: Any) -> _Field:
+    # a string default is typed as it is; anything else is edited as JSON
+    if isinstance(default, str):
+        return _Field(name, default, json=False)
+    return _Field(name, json.dumps(default), json=True)
+
+
+# -- filters ------------------------------------------------------------------------------
+
+
+def _ts(at: float | None) -> str:
+    if at is None:
+        return "\u2013"
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _dur(seconds: float | None) -> str:
+    if seconds is None or math.isnan(seconds):
+        return "\u2013"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} m {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} m"
+
+
+def _pretty(value: Any, limit: int = 2000) -> str:
+    text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    if len(text) > limit:
+        return f"{text[:limit]}\n\u2026 ({len(text) - limit:,} more characters)"
+    return text
+
+
+def _money(value: float | None) -> str:
+    return "\u2013" if value is None else f"{value:.4f}"
+
+
+def _plural(count: int) -> str:
+    return "" if count == 1 else "s"
+
+
+def _q(value: str) -> str:
+    """A value as one URL path segment."""
+    return quote(value, safe="")
