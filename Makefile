@@ -37,6 +37,7 @@ check: $(VENV)/.installed-test
 	mkdir -p build/typecheck/cued
 	for p in daemon connectors plugins; do ln -sfn ../../../$$p build/typecheck/cued/$$p; done
 	MYPYPATH=build/typecheck $(BIN)/mypy -p cued.daemon -p cued.connectors -p cued.plugins
+	PYTHONPATH=build/typecheck $(BIN)/lint-imports --no-cache
 
 # The browser tests (tests/test_ui.py) drive Debian's Chromium through Playwright; a test
 # tool's own browser download does not work here, so `playwright install` is never run.
