@@ -16,7 +16,7 @@ Nothing is ever followed through a link: entries are looked at with ``lstat``, s
 (to a file, to a folder, dangling, or part of a loop) is itself the thing found, and is
 renamed into ``failed/`` as a link; its target is never opened, read or moved. A name
 that is not valid UTF-8 (Linux allows any bytes but ``/`` and NUL) is shown in the event
-as text with ``\\xNN`` escapes (:func:`cued.daemon.core.untrusted.os_name`), and the file goes
+as text with ``\\xNN`` escapes (:func:`cued.daemon.sdk.os_name`), and the file goes
 to ``failed/`` under its own bytes. ``processed/`` and ``failed/`` stay inside the watched
 folder: the config refuses ``..`` and absolute paths, and the source refuses to start when
 one resolves (through a link) to somewhere outside, or to move a file into a folder that
@@ -56,16 +56,21 @@ import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from watchfiles import Change, awatch
 
-from cued.daemon.config.durations import Duration
-from cued.daemon.core.ids import now
-from cued.daemon.core.untrusted import bounded_id, os_name
-from cued.daemon.errors import ConnectorError, StoreError
-from cued.daemon.sdk.sources import Event, Receipt
+from cued.daemon.sdk import (
+    ConnectorError,
+    Duration,
+    Event,
+    Receipt,
+    StoreError,
+    bounded_id,
+    now,
+    os_name,
+)
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
-    from cued.daemon.sdk.sources import SourceContext
+    from cued.daemon.sdk import SourceContext
 
 __all__ = ["FilesConfig", "FilesSource"]
 

@@ -64,19 +64,24 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 )
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cued.daemon.config.durations import Duration
-from cued.daemon.config.secrets import resolve_secret
-from cued.daemon.core import untrusted
-from cued.daemon.core.ids import now
-from cued.daemon.errors import ConnectorError, CuedError
-from cued.daemon.sdk.sources import Event
+from cued.daemon.sdk import (
+    ConnectorError,
+    CuedError,
+    Duration,
+    Event,
+    json_value,
+    looks_like_json,
+    now,
+    resolve_secret,
+    text_or_base64,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from aiokafka import ConsumerRecord
 
-    from cued.daemon.sdk.sources import SourceContext
+    from cued.daemon.sdk import SourceContext
 
 __all__ = ["KafkaConfig", "KafkaSource", "message_event"]
 
@@ -187,13 +192,13 @@ def _value(value: bytes | None) -> tuple[Any, str, str | None]:
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError:
-        return untrusted.text_or_base64(value)[0], "base64", None
+        return text_or_base64(value)[0], "base64", None
     if not text.strip():  # json_value reads an empty body as null; a message is text
         return text, "text", None
-    parsed = untrusted.json_value(value)
+    parsed = json_value(value)
     if parsed.error is None:
         return parsed.data, "json", None
-    if untrusted.looks_like_json(value):
+    if looks_like_json(value):
         return parsed.data, "text", parsed.error
     return text, "text", None
 
@@ -204,12 +209,12 @@ def message_event(source: str, record: ConsumerRecord[Any, Any], received_at: fl
     binary: list[str] = []
     key: str | None = None
     if record.key is not None:
-        key, is_b64 = untrusted.text_or_base64(record.key)
+        key, is_b64 = text_or_base64(record.key)
         if is_b64:
             binary.append("key")
     headers: dict[str, str] = {}
     for name, raw in record.headers or ():
-        headers[name], is_b64 = untrusted.text_or_base64(raw or b"")
+        headers[name], is_b64 = text_or_base64(raw or b"")
         if is_b64:
             binary.append(f"headers.{name}")
     meta: dict[str, Any] = {

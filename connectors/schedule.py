@@ -61,16 +61,14 @@ import anyio
 from croniter import CroniterBadDateError, CroniterError, croniter  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cued.daemon.config.durations import Duration
-from cued.daemon.errors import ConnectorError
-from cued.daemon.sdk.sources import Event
+from cued.daemon.sdk import ConnectorError, Duration, Event
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from anyio.abc import TaskStatus
 
-    from cued.daemon.sdk.sources import SourceContext
+    from cued.daemon.sdk import SourceContext
 
 __all__ = ["Schedule", "ScheduleConfig", "ScheduleSource", "tick_iso"]
 

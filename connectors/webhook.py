@@ -45,12 +45,22 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from cued.daemon.config.secrets import resolve_secret
-from cued.daemon.core import untrusted
-from cued.daemon.core.ids import new_id, now
-from cued.daemon.errors import ConnectorError, CuedError
-from cued.daemon.sdk.http_errors import error_response as _error
-from cued.daemon.sdk.sources import Event
+from cued.daemon.sdk import (
+    ConnectorError,
+    CuedError,
+    Event,
+    Parsed,
+    bounded_id,
+    decode_text,
+    error_response,
+    form_value,
+    header_text,
+    json_value,
+    looks_like_json,
+    new_id,
+    now,
+    resolve_secret,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -58,7 +68,7 @@ if TYPE_CHECKING:
     import anyio.abc
     from starlette.types import Receive, Scope, Send
 
-    from cued.daemon.sdk.sources import SourceContext
+    from cued.daemon.sdk import SourceContext
 
 __all__ = ["WebhookConfig", "WebhookSource"]
 
@@ -140,13 +150,13 @@ class WebhookSource:
 
     async def _handle(self, request: Request) -> JSONResponse:
         if request.method not in self.config.methods:
-            return _error(
+            return error_response(
                 405,
                 "method_not_allowed",
                 f"{self.config.path} takes {', '.join(self.config.methods)}",
             )
         if not self.ctx.intake.accepting():
-            return _error(
+            return error_response(
                 429,
                 "backpressure",
                 "the daemon is behind; retry later",
@@ -155,28 +165,24 @@ class WebhookSource:
         try:
             body = await self._body(request)
         except _TooLarge:
-            return _error(
+            return error_response(
                 413, "body_too_large", f"the body is larger than {self.config.max_body_bytes} bytes"
             )
         if problem := self._check_signature(request, body):
-            return _error(401, "unauthorized", problem)
+            return error_response(401, "unauthorized", problem)
         parsed = _parse(request.headers.get("content-type", ""), body)
         delivery = request.headers.get(self._id_header) if self._id_header else None
         event = Event(
             source=self.ctx.source,
             event_id=(
-                f"{self.ctx.source}:{untrusted.bounded_id(untrusted.header_text(delivery))}"
-                if delivery
-                else new_id()
+                f"{self.ctx.source}:{bounded_id(header_text(delivery))}" if delivery else new_id()
             ),
             data=parsed.data,
             meta={
                 "path": request.url.path,
                 "query": dict(request.query_params),
                 "headers": {
-                    k: untrusted.header_text(v)
-                    for k, v in request.headers.items()
-                    if k not in self._unstored
+                    k: header_text(v) for k, v in request.headers.items() if k not in self._unstored
                 },
             },
             received_at=now(),
@@ -184,7 +190,7 @@ class WebhookSource:
         )
         (receipt,) = await self.ctx.intake.record([event])
         if parsed.error is not None:
-            return _error(
+            return error_response(
                 400, "invalid_body", f"{parsed.error} (recorded as event {event.event_id})"
             )
         status = 200 if receipt.status == "duplicate" else 202
@@ -247,15 +253,15 @@ def _header_bytes(request: Request, name: str) -> bytes:
     return request.headers.get(name, "").encode("latin-1")
 
 
-def _parse(content_type: str, body: bytes) -> untrusted.Parsed:
+def _parse(content_type: str, body: bytes) -> Parsed:
     """The payload as data: JSON, a form as a dict, else text; never raises."""
     media = content_type.split(";", 1)[0].strip().lower()
     if (
         media == "application/json"
         or media.endswith("+json")
-        or (not media and untrusted.looks_like_json(body))
+        or (not media and looks_like_json(body))
     ):
-        return untrusted.json_value(body)
+        return json_value(body)
     if media == "application/x-www-form-urlencoded":
-        return untrusted.form(body)
-    return untrusted.Parsed(untrusted.text(body))
+        return form_value(body)
+    return Parsed(decode_text(body))

@@ -15,8 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from jinja2 import nodes
 
-from cued.daemon.core import templates
-from cued.daemon.sdk.kinds import ParamProblem
+from cued.daemon.sdk import (
+    SHELL_QUOTE_FILTERS,
+    ParamProblem,
+    TemplateProblem,
+    has_template,
+    parse_template,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -54,7 +59,7 @@ def argv_problems(argv: Sequence[Any]) -> Iterator[ParamProblem]:
     words = [w if isinstance(w, str) else "" for w in argv]
     start = _program_index(words)
     for index in range(min(start + 1, len(words))):
-        if templates.has_template(words[index].partition("=")[0] if index else words[0]):
+        if has_template(words[index].partition("=")[0] if index else words[0]):
             what = "the program" if index == start else f"an argument of {words[0]!r}"
             yield ParamProblem(
                 ("argv", index),
@@ -66,7 +71,7 @@ def argv_problems(argv: Sequence[Any]) -> Iterator[ParamProblem]:
     program = _basename(words[start])
     if program == "busybox" and start + 1 < len(words):
         start, program = start + 1, _basename(words[start + 1])
-        if templates.has_template(words[start]):
+        if has_template(words[start]):
             yield ParamProblem(
                 ("argv", start),
                 f"{words[start]!r}: the program busybox runs must be written out, not a "
@@ -90,7 +95,7 @@ def argv_problems(argv: Sequence[Any]) -> Iterator[ParamProblem]:
             return  # a script file: what follows are its own arguments
         if word in flags:
             index = start + 2 + offset
-            if templates.has_template(words[index]):
+            if has_template(words[index]):
                 yield ParamProblem(
                     ("argv", index),
                     f"a template in the code {program} {word} runs is run as code if it "
@@ -111,7 +116,7 @@ def cwd_problems(cwd: Any, argv: Sequence[Any] | None) -> Iterator[ParamProblem]
     """A template in ``cwd``: refused when ``argv[0]`` is a relative path (event data
     would choose the file run), a warning otherwise (programs read code from their
     working directory: a Makefile, ``.git/config``, ``package.json``)."""
-    if not (isinstance(cwd, str) and templates.has_template(cwd)):
+    if not (isinstance(cwd, str) and has_template(cwd)):
         return
     program = argv[0] if argv and isinstance(argv[0], str) else ""
     if "/" in program and not program.startswith("/"):
@@ -161,7 +166,7 @@ def _shell_script(args: list[str]) -> int | None:
         if word in _SHELL_VALUED:
             index += 2
             continue
-        if not word.startswith(("-", "+")) or templates.has_template(word):
+        if not word.startswith(("-", "+")) or has_template(word):
             break
         if not word.startswith("--") and "c" in word[1:]:
             dash_c = True  # -c, and combined: -ec, -xc, -euc
@@ -178,11 +183,11 @@ def _shell_code(script: str, key: tuple[str | int, ...], *, instead: str) -> Ite
     read as more than one word of text: not passed through ``shell_quote`` last, inside
     quotes (where its own quotes are text, and ``"$(...)"`` still runs), or inside a
     here-document with an unquoted delimiter (where quotes are text and ``$(...)`` runs)."""
-    if not templates.has_template(script):
+    if not has_template(script):
         return
     try:
-        tree = templates.parse(script)
-    except templates.TemplateProblem:
+        tree = parse_template(script)
+    except TemplateProblem:
         return  # reported with the other template checks
     scan = _Scan()
     for output in tree.find_all(nodes.Output):
@@ -192,7 +197,7 @@ def _shell_code(script: str, key: tuple[str | int, ...], *, instead: str) -> Ite
                 continue
             scan.expression()
             what = _expression(node)
-            quoted = isinstance(node, nodes.Filter) and node.name in templates.SHELL_QUOTE_FILTERS
+            quoted = isinstance(node, nodes.Filter) and node.name in SHELL_QUOTE_FILTERS
             if scan.body is not None:
                 if not scan.body.quoted:
                     yield ParamProblem(

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cued.daemon.sdk.kinds import AwaitingDecision
+from cued.daemon.sdk import AwaitingDecision
 
 if TYPE_CHECKING:
-    from cued.daemon.sdk.kinds import TaskContext
+    from cued.daemon.sdk import TaskContext
 
 __all__ = ["ApprovalParams", "ApprovalTask"]
 

@@ -18,14 +18,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cued.daemon.core import templates
-from cued.daemon.errors import PermanentTaskError, TaskError
-from cued.daemon.sdk.kinds import ParamProblem
+from cued.daemon.sdk import ParamProblem, PermanentTaskError, TaskError, has_template
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
-    from cued.daemon.sdk.kinds import TaskContext
+    from cued.daemon.sdk import TaskContext
 
 __all__ = ["HttpParams", "HttpTask"]
 
@@ -85,7 +83,7 @@ class HttpParams(BaseModel):
         """A template in the URL's scheme or host, without ``allow_hosts``: refused, since
         event data would choose where the request (and its headers) go."""
         url = params.get("url")
-        if not isinstance(url, str) or not templates.has_template(url):
+        if not isinstance(url, str) or not has_template(url):
             return
         if "allow_hosts" in params:
             return  # checked before each request

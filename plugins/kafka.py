@@ -15,12 +15,12 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field
 
-from cued.daemon.errors import PermanentTaskError, TaskError
+from cued.daemon.sdk import PermanentTaskError, TaskError
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from cued.daemon.sdk.kinds import TaskContext
+    from cued.daemon.sdk import TaskContext
 
 __all__ = ["IDEMPOTENCY_HEADER", "KafkaProduceParams", "KafkaProduceTask", "encode_value"]
 

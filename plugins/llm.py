@@ -38,15 +38,19 @@ from pydantic import (
     field_validator,
 )
 
-from cued.daemon.config import secrets
-from cued.daemon.core import templates
-from cued.daemon.errors import PermanentTaskError, TaskError
-from cued.daemon.sdk.kinds import ParamProblem
+from cued.daemon.sdk import (
+    ParamProblem,
+    PermanentTaskError,
+    TaskError,
+    backoff_s,
+    has_template,
+    mark_secret,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
-    from cued.daemon.sdk.kinds import TaskContext
+    from cued.daemon.sdk import TaskContext
 
 from ._json_schema import SchemaProblem, compile_schema, compiled
 
@@ -145,7 +149,7 @@ class LlmParams(BaseModel):
         server would have the key sent to it; choosing the key's variable or file would
         send any of the daemon's secrets to the server."""
         for key in ("base_url", "api_key"):
-            if templates.has_template(params.get(key)):
+            if has_template(params.get(key)):
                 yield ParamProblem(
                     (key,),
                     "must be written out, not a template: event data would choose "
@@ -300,7 +304,7 @@ async def _resolve_key(value: str) -> str:
     key = key.strip()
     if not key:
         raise PermanentTaskError(f"api_key: {source} is empty")
-    secrets.remember(key)  # an answer or an error that quotes it has it redacted
+    mark_secret(key)  # an answer or an error that quotes it has it redacted
     return key
 
 
@@ -335,7 +339,9 @@ async def _call(
             raise TaskError(f"{message} (tried {tries} times)")
         wait_s = _retry_after_s(response.headers, datetime.now(UTC))
         if wait_s is None:
-            wait_s = _backoff_s(number, random.random())
+            wait_s = backoff_s(
+                number, first_s=_BACKOFF_FIRST_S, max_s=_BACKOFF_MAX_S, rand=random.random()
+            )
         elif wait_s > _MAX_RETRY_AFTER_S:
             raise TaskError(f"{message} (asked to retry after {wait_s:g}s)")
         ctx.log.info("llm_retrying", status=status, wait_s=round(wait_s, 3), retry=number)
@@ -365,11 +371,6 @@ def _retry_after_s(headers: httpx.Headers, now: datetime) -> float | None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - now).total_seconds()
     return None if math.isnan(seconds) else max(seconds, 0.0)
-
-
-def _backoff_s(number: int, rand: float) -> float:
-    """The wait after call ``number`` (from 1) when the server gave no ``Retry-After``."""
-    return min(_BACKOFF_FIRST_S * 2.0 ** (number - 1), _BACKOFF_MAX_S) * (0.5 + rand / 2)
 
 
 def _server_message(response: httpx.Response) -> str:

@@ -12,14 +12,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field
 
-from cued.daemon.core import templates
-from cued.daemon.errors import PermanentTaskError
-from cued.daemon.sdk.kinds import ParamProblem
+from cued.daemon.sdk import ParamProblem, PermanentTaskError, has_template
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
 
-    from cued.daemon.sdk.kinds import TaskContext
+    from cued.daemon.sdk import TaskContext
 
 __all__ = ["PythonParams", "PythonTask"]
 
@@ -44,7 +42,7 @@ class PythonParams(BaseModel):
     def template_problems(cls, params: Mapping[str, Any]) -> Iterator[ParamProblem]:
         """A template in ``function``: refused, since event data could then call any
         function of any module (``os:system``)."""
-        if templates.has_template(params.get("function")):
+        if has_template(params.get("function")):
             yield ParamProblem(
                 ("function",),
                 "must be written out, not a template: event data could call any function "

@@ -7,26 +7,27 @@ The program does not inherit the daemon's environment, which holds the secrets t
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import anyio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cued.daemon.config.environment import EnvSpec, ProgramEnv, program_env
-from cued.daemon.core import templates
-from cued.daemon.errors import PermanentTaskError, TaskError
-from cued.daemon.sdk.kinds import ParamProblem
+from cued.daemon.sdk import (
+    EnvSpec,
+    ParamProblem,
+    PermanentTaskError,
+    ProgramEnv,
+    TaskError,
+    has_template,
+    program_env,
+    run_program,
+)
 from cued.plugins._shell_templates import argv_problems, command_problems, cwd_problems
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
-    from anyio.abc import ByteReceiveStream, Process
-
-    from cued.daemon.sdk.kinds import TaskContext
+    from cued.daemon.sdk import TaskContext
 
 __all__ = ["ShellParams", "ShellTask"]
 
@@ -77,10 +78,10 @@ class ShellParams(BaseModel):
         unquoted here-document), one in the code of ``python -c`` and the like, and one
         in ``cwd``: a warning (see :mod:`cued.plugins._shell_templates`)."""
         env = params.get("env")
-        if isinstance(env, str) and templates.has_template(env):
+        if isinstance(env, str) and has_template(env):
             yield ParamProblem(("env",), "must be written out, not a template")
         for index, item in enumerate(env if isinstance(env, list) else ()):
-            if isinstance(item, str) and templates.has_template(item.partition("=")[0]):
+            if isinstance(item, str) and has_template(item.partition("=")[0]):
                 yield ParamProblem(
                     ("env", index),
                     f"{item!r}: a variable's name must be written out, not a template "
@@ -143,17 +144,12 @@ class ShellTask:
         )
         env.update(wanted.values)
         try:
-            process = await anyio.open_process(
+            done = await run_program(
                 command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=params.cwd,
                 env=env,
-                # A group of its own, so cancellation can signal the program's children
-                # as well (a ``command`` runs under /bin/sh, whose children would
-                # otherwise be orphaned).
-                start_new_session=True,
+                cwd=params.cwd,
+                tail_bytes=params.output_tail_bytes,
+                terminate_grace_s=self.terminate_grace_s,
             )
         except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
             # The child reports a failed chdir with the directory as the file name.
@@ -168,25 +164,9 @@ class ShellTask:
             # Out of processes or file descriptors, say: may well pass.
             raise TaskError(f"{what} could not be started: {exc}") from exc
 
-        stdout = _Tail(params.output_tail_bytes)
-        stderr = _Tail(params.output_tail_bytes)
-        finished = False
-        try:
-            async with anyio.create_task_group() as tg:
-                assert process.stdout is not None
-                assert process.stderr is not None
-                tg.start_soon(stdout.drain, process.stdout)
-                tg.start_soon(stderr.drain, process.stderr)
-                exit_code = await process.wait()
-            finished = True
-        finally:
-            with anyio.CancelScope(shield=True):
-                if not finished:
-                    await self._stop(process)
-                await process.aclose()
-
+        exit_code = done.exit_code
         if exit_code != 0:
-            lines = stderr.text().rstrip("\n").splitlines()[-_ERROR_STDERR_LINES:]
+            lines = done.stderr.rstrip("\n").splitlines()[-_ERROR_STDERR_LINES:]
             how = (
                 f"was killed by {_signal_name(-exit_code)}"
                 if exit_code < 0
@@ -195,54 +175,7 @@ class ShellTask:
             detail = ":\n" + "\n".join(lines) if lines else " (stderr was empty)"
             raise TaskError(f"{what} {how}{detail}")
 
-        return {"exit_code": exit_code, "stdout": stdout.text(), "stderr": stderr.text()}
-
-    async def _stop(self, process: Process) -> None:
-        # The program's pid is its process group's id (start_new_session). SIGKILL goes
-        # to the group even when the program itself exited on SIGTERM, for children that
-        # ignored it.
-        _signal_group(process.pid, signal.SIGTERM)
-        with anyio.move_on_after(self.terminate_grace_s):
-            await process.wait()
-        _signal_group(process.pid, signal.SIGKILL)
-        await process.wait()
-
-
-class _Tail:
-    """The last ``limit`` bytes read from a stream."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._buffer = bytearray()
-        self._truncated = False
-
-    async def drain(self, stream: ByteReceiveStream) -> None:
-        # Read to the end even when nothing is kept: a program blocked on a full pipe
-        # would never exit.
-        async for chunk in stream:
-            self._buffer += chunk
-            excess = len(self._buffer) - self._limit
-            if excess > 0:
-                del self._buffer[:excess]
-                self._truncated = True
-
-    def text(self) -> str:
-        data = bytes(self._buffer)
-        if self._truncated:
-            # The cut may have split a UTF-8 sequence: drop its continuation bytes rather
-            # than start the text with a replacement character.
-            start = 0
-            while start < min(3, len(data)) and 0x80 <= data[start] <= 0xBF:
-                start += 1
-            data = data[start:]
-        return data.decode("utf-8", errors="replace")
-
-
-def _signal_group(pgid: int, signum: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        pass  # Everyone in the group has exited already.
+        return {"exit_code": exit_code, "stdout": done.stdout, "stderr": done.stderr}
 
 
 def _signal_name(signum: int) -> str:

@@ -8,7 +8,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from cued.daemon.sdk.kinds import TaskContext
+    from cued.daemon.sdk import TaskContext
 
 __all__ = ["SleepParams", "SleepTask"]
 

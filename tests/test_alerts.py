@@ -22,8 +22,9 @@ from starlette.routing import Route
 
 from cued.daemon.config import parse_config
 from cued.daemon.core import templates
+from cued.daemon.core.backoff import backoff_s
 from cued.daemon.errors import ConfigError
-from cued.daemon.runtime.alerts import Alerts, backoff_s, message_id
+from cued.daemon.runtime.alerts import Alerts, message_id
 from tests.support.daemon import Daemon, cued, query, wait_for
 from tests.support.http_server import serve_app
 from tests.support.running import daemon_running, wait_finished
@@ -272,9 +273,13 @@ def test_backoff_doubles_with_jitter_up_to_its_cap(make_config):
         + '[alerts.a]\nkind = "command"\nargv = ["true"]\nbackoff = "1s"\nbackoff_max = "5m"\n'
     )
     channel = config.alerts["a"]
-    assert [backoff_s(channel, n, 1.0) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
-    assert backoff_s(channel, 3, 0.0) == 2.0
-    assert backoff_s(channel, 50, 1.0) == 300.0
+
+    def delay(attempt: int, rand: float) -> float:
+        return backoff_s(attempt, first_s=channel.backoff, max_s=channel.backoff_max, rand=rand)
+
+    assert [delay(n, 1.0) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
+    assert delay(3, 0.0) == 2.0
+    assert delay(50, 1.0) == 300.0
 
 
 def test_message_id_is_the_alert_id_made_valid():

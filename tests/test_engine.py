@@ -10,17 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cued.daemon.config import parse_config
-from cued.daemon.core.engine import (
-    TERMINAL,
-    Finish,
-    Instance,
-    RunEngine,
-    RunState,
-    Start,
-    State,
-    Wait,
-)
+from cued.daemon.core.engine import Finish, Instance, RunEngine, Start, Wait
 from cued.daemon.core.plan import PipelinePlan
+from cued.daemon.core.states import TERMINAL_TASK_STATES, RunState, State
 
 # --------------------------------------------------------------------------- helpers
 
@@ -437,7 +429,7 @@ def test_a_late_success_after_cancel_leaves_every_instance_terminal():
     engine.cancel()
     assert succeed(engine, begun["a"]) == []
     assert engine.state is RunState.CANCELLED
-    assert all(i.state in TERMINAL for i in engine.instances()), states(engine)
+    assert all(i.state in TERMINAL_TASK_STATES for i in engine.instances()), states(engine)
     assert states(engine)["b"] is State.CANCELLED
 
 
@@ -626,7 +618,7 @@ def test_engine_drives_any_dag_to_one_consistent_finish(tasks, data):
                     need_insts = [i for i in engine.instances() if i.task == f"t{need}"]
                     width = spec[f"t{need}"]["width"]
                     assert need_insts or width == 0, f"{inst.key} started before t{need}"
-                    assert all(i.state in TERMINAL for i in need_insts)
+                    assert all(i.state in TERMINAL_TASK_STATES for i in need_insts)
                     if not spec[inst.task]["all_done"]:
                         assert all(i.state is State.SUCCEEDED for i in need_insts)
         pending.extend(c for c in commands if not isinstance(c, Finish))
@@ -649,7 +641,7 @@ def test_engine_drives_any_dag_to_one_consistent_finish(tasks, data):
     assert len(finished) == 1
     instances = engine.instances()
     # (e) every instance ends terminal
-    assert all(i.state in TERMINAL for i in instances), states(engine)
+    assert all(i.state in TERMINAL_TASK_STATES for i in instances), states(engine)
     # (d) the run succeeded iff every instance did
     ok = all(i.state is State.SUCCEEDED for i in instances)
     assert finished[0].state is (RunState.SUCCEEDED if ok else RunState.FAILED)

@@ -13,9 +13,9 @@ item, keyed ``name[i]``, created when its upstream tasks are done and the list i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from cued.daemon.core.states import TERMINAL_TASK_STATES, RunState, State
 from cued.daemon.core.templates import TemplateProblem, render, render_value
 
 if TYPE_CHECKING:
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
     from cued.daemon.core.plan import PipelinePlan, TaskPlan
 
+# State and RunState live in core/states.py; the engine's API speaks them, so they are
+# importable from here too.
 __all__ = [
     "Finish",
     "Instance",
@@ -33,30 +35,6 @@ __all__ = [
     "Wait",
     "instance_key",
 ]
-
-
-class State(StrEnum):
-    PENDING = "pending"
-    QUEUED = "queued"  # handed to the runner, waiting for a slot
-    RUNNING = "running"
-    UP_FOR_RETRY = "up_for_retry"
-    WAITING = "waiting"  # for a decision (an approval gate): in the store, not in memory
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    UPSTREAM_FAILED = "upstream_failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.UPSTREAM_FAILED, State.CANCELLED})
-
-
-class RunState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    WAITING = "waiting"  # nothing runs, a decision is awaited: parked in the store
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 def instance_key(task: str, index: int | None) -> str:
@@ -155,7 +133,7 @@ class RunEngine:
 
     def started(self, instance: Instance) -> None:
         """The runner gave ``instance`` a slot and its attempt is running now."""
-        if instance.state in TERMINAL:
+        if instance.state in TERMINAL_TASK_STATES:
             return  # cancelled while it waited for the slot
         instance.state = State.RUNNING
         self._changes.append(instance)
@@ -163,7 +141,7 @@ class RunEngine:
     def waiting(self, instance: Instance) -> None:
         """The attempt asks for a decision (an approval gate) and ends; the instance waits,
         holding no slot, until :meth:`succeeded` or :meth:`failed` settles it."""
-        if self.state is RunState.RUNNING and instance.state not in TERMINAL:
+        if self.state is RunState.RUNNING and instance.state not in TERMINAL_TASK_STATES:
             instance.state = State.WAITING
             self._changes.append(instance)
 
@@ -174,7 +152,7 @@ class RunEngine:
         for inst in self.instances():
             if inst.state is State.WAITING:
                 live = True
-            elif inst.state not in TERMINAL:
+            elif inst.state not in TERMINAL_TASK_STATES:
                 return False
         return live and self.state is RunState.RUNNING
 
@@ -217,7 +195,7 @@ class RunEngine:
                 task.instances = [Instance(name, None)]
                 task.unfinished = 1
             for inst in task.instances:
-                if inst.state not in TERMINAL:
+                if inst.state not in TERMINAL_TASK_STATES:
                     inst.state = State.CANCELLED
                     self._changes.append(inst)
         return [Finish(RunState.CANCELLED)]
@@ -264,7 +242,7 @@ class RunEngine:
         starts: list[Command] = []
         for inst in instances:
             if (
-                inst.state not in TERMINAL
+                inst.state not in TERMINAL_TASK_STATES
                 and inst.state is not State.WAITING
                 and self.state is RunState.RUNNING
             ):
@@ -272,9 +250,9 @@ class RunEngine:
                 if isinstance(start, Start):
                     starts.append(start)
                     continue
-            if inst.state in TERMINAL and inst.key not in self.prior:
+            if inst.state in TERMINAL_TASK_STATES and inst.key not in self.prior:
                 self._changes.append(inst)
-        task.unfinished = sum(1 for i in instances if i.state not in TERMINAL)
+        task.unfinished = sum(1 for i in instances if i.state not in TERMINAL_TASK_STATES)
         commands.extend(starts)
         if task.unfinished == 0:
             self._task_done(name, commands)

@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import signal
-import subprocess
 from dataclasses import replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -41,7 +38,6 @@ import httpx
 
 from cued.daemon.config.alerting import (
     AlertConfig,
-    ChannelConfig,
     CommandAlertConfig,
     EmailAlertConfig,
     WebhookAlertConfig,
@@ -49,22 +45,21 @@ from cued.daemon.config.alerting import (
 from cued.daemon.config.environment import ProgramEnv, program_env
 from cued.daemon.config.secrets import redact, remember_secret, resolve_secret
 from cued.daemon.core import templates
+from cued.daemon.core.backoff import backoff_s
 from cued.daemon.core.ids import now
 from cued.daemon.errors import AlertDeliveryError, CuedError
 from cued.daemon.logs import get_logger
+from cued.daemon.sdk.processes import run_program
 from cued.daemon.store import GIVEN_UP_AT, OutboxRow
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
-    from anyio.abc import ByteReceiveStream
-
     from cued.daemon.store import Store
 
 __all__ = [
     "Alerts",
-    "backoff_s",
     "message_id",
 ]
 
@@ -206,7 +201,9 @@ class Alerts:
             update = replace(row, attempts=attempt, last_error=error, next_at=GIVEN_UP_AT)
             log.error("alert_given_up", attempt=attempt, error=error)
         else:
-            delay = backoff_s(config, attempt, random.random())
+            delay = backoff_s(
+                attempt, first_s=config.backoff, max_s=config.backoff_max, rand=random.random()
+            )
             update = replace(row, attempts=attempt, last_error=error, next_at=at + delay)
             log.warning("alert_failed", attempt=attempt, error=error, retry_in_s=round(delay, 3))
         try:
@@ -214,14 +211,6 @@ class Alerts:
         finally:
             self._in_flight.discard(row.alert_id)
             self.wake()
-
-
-def backoff_s(config: ChannelConfig, attempt: int, rand: float) -> float:
-    """Delay before the try that follows failed try ``attempt``: exponential from
-    ``backoff``, capped at ``backoff_max``, between half and all of it (jitter, so that
-    the alerts of an outage do not all come back at once)."""
-    base = min(config.backoff * 2.0 ** min(attempt - 1, 64), config.backoff_max)
-    return base * (0.5 + rand / 2)
 
 
 def message_id(alert_id: str) -> str:
@@ -440,42 +429,17 @@ class _Command:
         env.update(CUED_ALERT_ID=row.alert_id, CUED_ALERT_JSON=json.dumps(row.payload))
         env.update(wanted.values)
         try:
-            process = await anyio.open_process(
+            done = await run_program(
                 argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                cwd=self.base_dir,
                 env=env,
-                start_new_session=True,  # a group of its own: a timeout kills its children too
+                cwd=self.base_dir,
+                tail_bytes=self.stderr_tail_bytes,
+                keep_stdout=False,
             )
         except OSError as exc:
             raise AlertDeliveryError(f"program {argv[0]!r} cannot be run: {exc}") from exc
-        stderr = bytearray()
-        try:
-            async with anyio.create_task_group() as tg:
-                assert process.stderr is not None
-                tg.start_soon(self._drain, process.stderr, stderr)
-                code = await process.wait()
-        finally:
-            with anyio.CancelScope(shield=True):
-                if process.returncode is None:  # cancelled: the timeout, or a stop
-                    _kill_group(process.pid)
-                    await process.wait()
-                await process.aclose()
+        code = done.exit_code
         if code != 0:
-            tail = stderr.decode(errors="replace").strip()[-_ERROR_CHARS:]
+            tail = done.stderr.strip()[-_ERROR_CHARS:]
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
             raise AlertDeliveryError(f"program {argv[0]!r} {how}" + (f": {tail}" if tail else ""))
-
-    async def _drain(self, stream: ByteReceiveStream, into: bytearray) -> None:
-        async for chunk in stream:
-            into += chunk
-            del into[: -self.stderr_tail_bytes]
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass  # gone already

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from cued.daemon.core.engine import RunState, State
 from cued.daemon.core.ids import now
+from cued.daemon.core.states import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES, RunState, State
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -26,9 +26,6 @@ if TYPE_CHECKING:
     from cued.daemon.store import Row, RunRow, Store
 
 __all__ = ["DeadlineHost", "Deadlines"]
-
-_FINISHED = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
-_DONE = frozenset({State.SUCCEEDED, State.FAILED, State.UPSTREAM_FAILED, State.CANCELLED})
 
 
 class DeadlineHost(Protocol):
@@ -94,11 +91,11 @@ class Deadlines:
     async def _check(self, run_id: str, task: str, at: float) -> None:
         store = self._runner.store
         row = await store.get_run(run_id)
-        if row is None or RunState(row.state) in _FINISHED:
+        if row is None or RunState(row.state) in TERMINAL_RUN_STATES:
             return
         if task:
             instances = [i for i in await store.get_instances(run_id) if i.task == task]
-            if instances and all(State(i.state) in _DONE for i in instances):
+            if instances and all(State(i.state) in TERMINAL_TASK_STATES for i in instances):
                 return
         what = f"task {task!r} of run {run_id}" if task else f"run {run_id}"
         self._runner.log.warning(

@@ -21,9 +21,11 @@ import anyio
 from pydantic import ValidationError
 
 from cued.daemon.config.secrets import redact
+from cued.daemon.core.backoff import backoff_s
 from cued.daemon.core.engine import Instance, RunEngine, RunState, Start, State, Wait
 from cued.daemon.core.ids import new_id, now
 from cued.daemon.core.plan import PipelinePlan
+from cued.daemon.core.states import TERMINAL_RUN_STATES
 from cued.daemon.errors import InvalidRequest, NotFound, PermanentTaskError, TaskTimeout
 from cued.daemon.logs import get_logger
 from cued.daemon.runtime.backlog import Backlog
@@ -44,9 +46,7 @@ if TYPE_CHECKING:
     from cued.daemon.sdk.kinds import TaskKind
     from cued.daemon.store import Row, Store
 
-__all__ = ["Runner", "backoff_s"]
-
-_FINISHED = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
+__all__ = ["Runner"]
 
 
 class AlertSink(Protocol):
@@ -59,14 +59,6 @@ class AlertSink(Protocol):
 
     def wake(self) -> None:
         """New rows are committed: send them."""
-
-
-def backoff_s(task: TaskConfig, attempt: int, rand: float) -> float:
-    """Delay before the retry that follows attempt ``attempt``: exponential from
-    ``retry_backoff``, capped at ``retry_backoff_max``, with jitter (between half and all of
-    it, so retries of many tasks that failed together spread out)."""
-    base: float = min(task.retry_backoff * 2.0 ** (attempt - 1), task.retry_backoff_max)
-    return base * (0.5 + rand / 2)
 
 
 @dataclass
@@ -296,7 +288,7 @@ class Runner:
                 self.store.submit([run.row])
                 self._apply(run, tg, engine.begin())
             run.tg = None
-            if engine.state in _FINISHED and not run.done.is_set():
+            if engine.state in TERMINAL_RUN_STATES and not run.done.is_set():
                 await self._finish(run, engine.state)
             elif engine.parked():
                 await self._park(run)
@@ -326,7 +318,14 @@ class Runner:
     async def _retry_later(self, run: _Run, tg: anyio.abc.TaskGroup, command: Wait) -> None:
         assert run.engine is not None
         task = run.plan.tasks[command.instance.task].config
-        await anyio.sleep(backoff_s(task, command.attempt, random.random()))
+        await anyio.sleep(
+            backoff_s(
+                command.attempt,
+                first_s=task.retry_backoff,
+                max_s=task.retry_backoff_max,
+                rand=random.random(),
+            )
+        )
         self._apply(run, tg, run.engine.retry_due(command.instance))
 
     async def _attempt(self, run: _Run, tg: anyio.abc.TaskGroup, start: Start) -> None:

@@ -96,7 +96,7 @@ class TaskContext:
     :param spending: what was spent already, by this run and today, for cost caps
     :param pass_env: names of the daemon's environment variables that every program a
         task starts gets (``[daemon] task_env``), besides the base; see
-        :func:`cued.daemon.config.environment.program_env`
+        :func:`cued.daemon.sdk.program_env`
     """
 
     run_id: str
@@ -123,8 +123,8 @@ class TaskKind(Protocol):
     JSON-serialisable value that downstream tasks reach as ``tasks.NAME.output``. A kind
     that holds connections may have ``async def aclose(self) -> None``: the daemon calls it
     once, after the last task has ended. ``execute`` raises
-    :class:`~cued.daemon.errors.TaskError` (or any exception) to fail the attempt, and
-    :class:`~cued.daemon.errors.PermanentTaskError` when retrying cannot help.
+    :class:`~cued.daemon.sdk.TaskError` (or any exception) to fail the attempt, and
+    :class:`~cued.daemon.sdk.PermanentTaskError` when retrying cannot help.
 
     ``Params`` may also have a classmethod ``template_problems(params) -> Iterable[
     ParamProblem]``, given the parameters as written (templates unrendered): ``cued

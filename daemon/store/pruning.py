@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cued.daemon.core.states import TERMINAL_RUN_STATES, RunState
 from cued.daemon.store.rows import GIVEN_UP_AT, PruneCounts
 
 if TYPE_CHECKING:
@@ -26,10 +27,14 @@ if TYPE_CHECKING:
 
 __all__ = ["count", "step"]
 
-# As in the partial index runs_finished, word for word: SQLite uses a partial index only
-# for a query whose WHERE implies the index's. Named, since the planner would rather take
-# runs_by_state for the IN, which holds every finished run there is, then sort them all.
-_FINISHED = "state IN ('succeeded', 'failed', 'cancelled')"
+# As in the partial index runs_finished (migration 4), word for word: SQLite uses a
+# partial index only for a query whose WHERE implies the index's. Named, since the planner
+# would rather take runs_by_state for the IN, which holds every finished run there is,
+# then sort them all. The states in the order RunState declares them, as the index has
+# them: "state IN ('succeeded', 'failed', 'cancelled')".
+_FINISHED = "state IN ({})".format(
+    ", ".join(f"'{state.value}'" for state in RunState if state in TERMINAL_RUN_STATES)
+)
 _OLD_RUNS = f"runs INDEXED BY runs_finished WHERE {_FINISHED} AND ended_at < ?"
 
 # The tables keyed by run, each with its primary key (run_id first)

@@ -57,6 +57,7 @@ from cued.daemon.ops import lineage, repair
 from cued.daemon.runtime import gates, retention
 from cued.daemon.runtime.metrics import CONTENT_TYPE, Metrics
 from cued.daemon.runtime.runner import Runner
+from cued.daemon.sdk.http_errors import error_response
 from cued.daemon.store import AttemptRow, EventRow
 from cued.daemon.web.auth import (
     ERRORS,
@@ -68,7 +69,6 @@ from cued.daemon.web.auth import (
     Operator,
     Users,
     Viewer,
-    error_response,
     json_response,
     open_host,
     session_routes,
@@ -100,7 +100,7 @@ from cued.daemon.web.schemas import (
     TriggerBody,
 )
 
-__all__ = ["Caller", "Users", "build_app", "error_response"]
+__all__ = ["Caller", "Users", "build_app"]
 
 _MAX_LIMIT = 500
 _READY_TIMEOUT_S = 2.0

@@ -37,7 +37,6 @@ from starlette.responses import Response
 from cued.daemon.core.loopback import is_loopback_host, tcp_client_uid
 from cued.daemon.runtime.metrics import Metrics
 from cued.daemon.runtime.runner import Runner
-from cued.daemon.sdk.http_errors import error_response
 from cued.daemon.web.control import ControlAccess, Peer, os_user_name, peer_of
 from cued.daemon.web.live import Live
 from cued.daemon.web.schemas import ErrorResponse, LoginBody, Session, SessionCreated
@@ -57,7 +56,6 @@ __all__ = [
     "Operator",
     "Users",
     "Viewer",
-    "error_response",
     "json_response",
     "open_caller",
     "open_host",

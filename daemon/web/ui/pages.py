@@ -43,6 +43,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from cued.daemon.core.states import TERMINAL_RUN_STATES
 from cued.daemon.core.untrusted import page_cursor, page_position
 from cued.daemon.web.auth import SESSION_COOKIE, ApiError, Caller, open_caller
 from cued.daemon.web.ui import draw
@@ -402,7 +403,7 @@ class _Ui:
         by_key: dict[str, list[Any]] = {}
         for a in attempts[:_MAX_ROWS]:
             by_key.setdefault(a.key, []).append(a)
-        finished = run.state in ("succeeded", "failed", "cancelled")
+        finished = run.state in TERMINAL_RUN_STATES
         # [retention] may have deleted the event while keeping the run
         event_kept = bool(run.event_id and await store.known_events([run.event_id]))
         return {
