@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from cued.daemon.core.untrusted import page_cursor, page_position
 from cued.daemon.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["Page", "cursor", "event_position", "page_of", "run_position"]
 
@@ -38,11 +41,12 @@ def cursor(at: float, key: str) -> str:
     return page_cursor(at, key)
 
 
-def page_of(rows: list[T], limit: int, position: tuple[float, str] | None) -> Page[T]:
-    """``rows`` (read with ``limit + 1``) as a page of ``limit``; ``position`` is where
-    its last item is, if there is a page after it."""
-    more = len(rows) > limit
-    return Page(rows[:limit], cursor(*position) if more and position else None)
+def page_of(rows: list[T], limit: int, position: Callable[[T], tuple[float, str]]) -> Page[T]:
+    """``rows``, read with ``limit + 1``, as a page of ``limit``: its cursor is where its
+    last item is (``position`` of it), if a page follows."""
+    if len(rows) <= limit:
+        return Page(rows, None)
+    return Page(rows[:limit], cursor(*position(rows[limit - 1])))
 
 
 def event_position(text: str) -> tuple[float, str]:

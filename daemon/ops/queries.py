@@ -198,8 +198,7 @@ class Queries:
             created_after=created_after,
             created_before=created_before,
         )
-        last = rows[limit - 1] if len(rows) > limit else None
-        return page_of(rows, limit, (last.created_at, last.run_id) if last else None)
+        return page_of(rows, limit, lambda r: (r.created_at, r.run_id))
 
     async def runs(self, run_ids: Sequence[str]) -> list[RunRow]:
         """These runs (those kept), in the order of ``run_ids``."""
@@ -222,16 +221,6 @@ class Queries:
         """How many gates wait for a decision."""
         return await self._store.count_waiting_approvals()
 
-    async def gate(self, run_id: str, key: str) -> Gate:
-        """A run's gate ``key`` as it now stands.
-
-        :raises NotFound: if there is no such gate
-        """
-        found = await self._store.get_approval(run_id, key)
-        if found is None:
-            raise NotFound(f"run {run_id!r} has no approval gate {key!r}")
-        return Gate.of(found, await self._store.get_decisions(run_id, key))
-
     # -- events ---------------------------------------------------------------------------
 
     async def events_page(
@@ -253,7 +242,7 @@ class Queries:
             status=status,
             before=None if cursor is None else event_position(cursor),
         )
-        return page_of(rows, limit, _event_at(rows, limit))
+        return page_of(rows, limit, _event_at)
 
     async def event(self, event_id: str) -> EventRow:
         """:raises NotFound: if there is no such event (or it is no longer kept)"""
@@ -318,7 +307,7 @@ class Queries:
         )
         if not rows and cursor is None and name not in made_by:
             raise NotFound(f"no asset {name!r}")
-        page = page_of(rows, limit, _event_at(rows, limit))
+        page = page_of(rows, limit, _event_at)
         return AssetDetail(
             name,
             made_by.get(name, []),
@@ -327,9 +316,5 @@ class Queries:
         )
 
 
-def _event_at(rows: Sequence[EventRow], limit: int) -> tuple[float, str] | None:
-    """Where the last event of a page of ``limit`` is, if a page follows it."""
-    if len(rows) <= limit:
-        return None
-    last = rows[limit - 1]
-    return last.received_at, last.event_id
+def _event_at(row: EventRow) -> tuple[float, str]:
+    return row.received_at, row.event_id

@@ -16,11 +16,11 @@ anything else         the API
 ```
 
 A page reads through :class:`cued.daemon.ops.queries.Queries`, as the API does. It is read
-with the same cookie or bearer token the API takes (the caller is resolved by the API's
-own :func:`cued.daemon.web.auth.caller_of`), and needs the ``viewer`` role. Each page has one live region; when the browser hears of a change on
-``GET /api/v1/stream`` it asks for that region again (htmx sends ``HX-Request``, and the
-route then renders only the page's ``live`` block), so the page never depends on what a
-stream message carries.
+with the same cookie or bearer token the API takes (the caller is told by the API's own
+:func:`cued.daemon.web.auth.caller_of`), and needs the ``viewer`` role. Each page has one
+live region; when the browser hears of a change on ``GET /api/v1/stream`` it asks for that
+region again (htmx sends ``HX-Request``, and the route then renders only the page's
+``live`` block), so the page never depends on what a stream message carries.
 """
 
 from __future__ import annotations
@@ -89,7 +89,6 @@ def with_ui(
 
     :param daemon: the running daemon (the runtime's runner): its configuration, store,
         backlog and running tasks
-
     :param intake: whatever counts events per source in ``received`` (the daemon's intake)
     :param users: the tokens the API knows; the UI reads the same cookie and tokens
     :param access: with no users, the OS users who may use the UI (as for the API)
