@@ -44,6 +44,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from cued.daemon.core.assets import asset_of
 from cued.daemon.errors import InvalidRequest, NotFound
 from cued.daemon.ops.queries import Queries
 from cued.daemon.web.auth import ApiError, Caller, caller_of
@@ -298,7 +299,7 @@ class _Ui:
         sources = [
             {
                 "name": name,
-                "kind": kinds.get(name, "asset" if name.startswith("asset:") else "?"),
+                "kind": kinds.get(name, "asset" if asset_of(name) is not None else "?"),
                 "received": totals[name],
                 "rate": rates.get(name),
             }
