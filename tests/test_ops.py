@@ -13,6 +13,7 @@ from cued.daemon.core.ids import id_at, new_id
 from cued.daemon.core.untrusted import page_position
 from cued.daemon.errors import Conflict, InvalidRequest, NotFound
 from cued.daemon.ops import commands
+from cued.daemon.ops.queries import Load, Queries, load
 from cued.daemon.store import (
     ApprovalRow,
     AttemptRow,
@@ -190,8 +191,11 @@ async def test_a_decision_on_a_settled_gate_is_a_conflict(make_config):
     config = make_config(CONFIG)
     async with open_runner(config) as daemon:
         with anyio.fail_after(20):
+            idle = load(daemon)
             run = await commands.trigger(daemon, "gated", wait=True)
             assert run.state == "waiting"
+            (waiting,) = await Queries.of(daemon).waiting_gates()
+            assert (waiting.gate.run_id, waiting.gate.message) == (run.run_id, "Ship it?")
             gate = await commands.decide(
                 daemon, run.run_id, "gate", who="anna", approve=True, comment="ok"
             )
@@ -200,6 +204,8 @@ async def test_a_decision_on_a_settled_gate_is_a_conflict(make_config):
             with pytest.raises(Conflict, match="settled already"):
                 await commands.decide(daemon, run.run_id, "gate", who="olga", approve=False)
             assert (await commands.wait(daemon, run.run_id)).state == "succeeded"
+    high, low = config.daemon.backlog_high_water, config.daemon.backlog_low_water
+    assert idle == Load(0, high, low, False, 0)
 
 
 async def test_prune_counts_then_deletes_what_retention_lets_go(make_config):

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from cued.daemon.config import Config
+    from cued.daemon.ops.host import Daemon
     from cued.daemon.store import (
         ApprovalRow,
         AttemptRow,
@@ -38,8 +39,10 @@ __all__ = [
     "EventDetail",
     "EventLineage",
     "Gate",
+    "Load",
     "Queries",
     "RunDetail",
+    "load",
 ]
 
 
@@ -128,12 +131,44 @@ class AssetDetail:
     versions: Page[lineage.AssetVersion]
 
 
+@dataclass(frozen=True, slots=True)
+class Load:
+    """How busy the running daemon is now (held in memory, not in the store)."""
+
+    backlog: int
+    """Runs waiting for a slot of their pipeline."""
+    high_water: int
+    """Sources pause once this many runs wait..."""
+    low_water: int
+    """...and take events again once fewer than this wait."""
+    saturated: bool
+    """Sources are paused (backpressure)."""
+    running_tasks: int
+
+
+def load(daemon: Daemon) -> Load:
+    """How busy ``daemon`` is now."""
+    backlog = daemon.backlog
+    return Load(
+        backlog.depth,
+        backlog.high_water,
+        backlog.low_water,
+        backlog.saturated,
+        daemon.running_tasks,
+    )
+
+
 class Queries:
     """The reads of one store under one configuration.
 
     :param plans: the pipelines' plans (the running daemon's; built from ``config`` if
         not given)
     """
+
+    @classmethod
+    def of(cls, daemon: Daemon) -> Queries:
+        """The reads of the running daemon's store, under its configuration."""
+        return cls(daemon.store, daemon.config, daemon.plans)
 
     def __init__(
         self, store: Store, config: Config, plans: Mapping[str, PipelinePlan] | None = None

@@ -143,7 +143,7 @@ def build_app(
     )
     app.state.cued = ApiContext(
         daemon,
-        Queries(daemon.store, daemon.config, daemon.plans),
+        Queries.of(daemon),
         trusted,
         users or Users(),
         live or Live(),

@@ -46,7 +46,7 @@ from starlette.routing import Route
 
 from cued.daemon.core.assets import asset_of
 from cued.daemon.errors import InvalidRequest, NotFound
-from cued.daemon.ops.queries import Queries
+from cued.daemon.ops.queries import Queries, load
 from cued.daemon.web.auth import ApiError, Caller, caller_of
 from cued.daemon.web.ui import draw
 
@@ -88,8 +88,8 @@ def with_ui(
 ) -> ASGIApp:
     """The HTTP front's app: ``/`` and ``/ui/...`` are the UI, anything else ``api``.
 
-    :param daemon: the running daemon (the runtime's runner): its configuration, store,
-        backlog and running tasks
+    :param daemon: the running daemon (the runtime's runner), read through
+        :mod:`cued.daemon.ops.queries`
     :param intake: whatever counts events per source in ``received`` (the daemon's intake)
     :param users: the tokens the API knows; the UI reads the same cookie and tokens
     :param access: with no users, the OS users who may use the UI (as for the API)
@@ -156,7 +156,7 @@ class _Rates:
 class _Ui:
     def __init__(self, daemon: Daemon, intake: Any, users: Users, access: ControlAccess) -> None:
         self.daemon = daemon
-        self.queries = Queries(daemon.store, daemon.config, daemon.plans)
+        self.queries = Queries.of(daemon)
         self.intake = intake
         self.users = users
         self.access = access
@@ -290,12 +290,12 @@ class _Ui:
         )
 
     async def overview(self, request: Request) -> dict[str, Any]:
-        daemon, queries = self.daemon, self.queries
+        queries = self.queries
         totals: dict[str, int] = dict.fromkeys(queries.config.sources, 0)
         totals.update(getattr(self.intake, "received", {}))
         rates = self.rates.rates(totals, time.monotonic())
         kinds = {name: s.kind for name, s in queries.config.sources.items()}
-        backlog = daemon.backlog
+        busy = load(self.daemon)
         sources = [
             {
                 "name": name,
@@ -318,16 +318,16 @@ class _Ui:
             "active": "/ui/",
             "sources": sources,
             "backlog": {
-                "depth": backlog.depth,
-                "high": backlog.high_water,
-                "low": backlog.low_water,
-                "saturated": backlog.saturated,
+                "depth": busy.backlog,
+                "high": busy.high_water,
+                "low": busy.low_water,
+                "saturated": busy.saturated,
             },
             "counts": counts,
             "states": _STATES,
             "recent": (await queries.runs_page(limit=_RECENT)).items,
             "waiting": await queries.waiting_count(),
-            "running_tasks": daemon.running_tasks,
+            "running_tasks": busy.running_tasks,
             "pipelines": pipelines,
         }
 
