@@ -32,6 +32,7 @@ from cued.daemon.config.registry import source_kinds, task_kinds
 from cued.daemon.config.secrets import resolve_secret
 from cued.daemon.errors import CuedError
 from cued.daemon.logs import get_logger
+from cued.daemon.ops.local import Local
 from cued.daemon.runtime.alerts import Alerts
 from cued.daemon.runtime.intake import DaemonIntake
 from cued.daemon.runtime.metrics import Metrics
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 
     from cued.daemon.config import Config
 
-__all__ = ["DaemonInfo", "control_socket_path", "open_runner", "run_daemon"]
+__all__ = ["DaemonInfo", "control_socket_path", "open_runner", "open_state", "run_daemon"]
 
 
 @contextmanager
@@ -115,6 +116,17 @@ async def open_runner(
                 yield runner
             finally:
                 tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_state(config: Config) -> AsyncIterator[Local]:
+    """The config's state file for a face with no daemon of its own: the CLI reads it
+    (beside a running daemon, WAL lets it), and prunes through it when no daemon runs.
+
+    :raises StoreError: if the file cannot be opened or has a newer schema
+    """
+    async with open_store(config.state_path, synchronous=config.daemon.synchronous) as store:
+        yield Local(store, config)
 
 
 @asynccontextmanager

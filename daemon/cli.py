@@ -1,4 +1,9 @@
-"""The ``cued`` command: a thin face over the same functions the API calls.
+"""The ``cued`` command: a thin face over :mod:`cued.daemon.ops`, as the API and the UI are.
+
+What changes state goes to the running daemon over its control socket (the API); with no
+daemon on the state file, the CLI opens a runner of its own (the assembly's) and calls the
+same :mod:`cued.daemon.ops.commands`. Reads go to the state file through
+:class:`cued.daemon.ops.queries.Queries` (``cued.daemon.assembly.open_state``).
 
 Errors are one clear line on stderr, never a traceback: exit status 2 for an invalid
 configuration or usage, 1 for anything else that went wrong.
@@ -17,15 +22,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 
-from cued.daemon.assembly import control_socket_path, open_runner, run_daemon
+from cued.daemon.assembly import control_socket_path, open_runner, open_state, run_daemon
 from cued.daemon.config import load_config
 from cued.daemon.core import untrusted
-from cued.daemon.core.ids import now
 from cued.daemon.errors import ConfigError, CuedError, DaemonUnavailable, NotFound
 from cued.daemon.logs import configure_logging, get_logger
-from cued.daemon.ops import repair
-from cued.daemon.runtime import gates, retention
-from cued.daemon.store.sqlite import open_store
+from cued.daemon.ops import commands
 from cued.daemon.web.control import os_user_name
 
 if TYPE_CHECKING:
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from cued.daemon.config import Config
-    from cued.daemon.runtime.runner import Runner
+    from cued.daemon.ops.host import Daemon
     from cued.daemon.store import RunRow
 
 __all__ = ["main"]
@@ -263,10 +265,10 @@ async def _trigger(config: Config, args: argparse.Namespace) -> int:
         response = await _control(config, "POST", path, {"inputs": inputs})
     except DaemonUnavailable:
         # no daemon on this state file: run it here, to the end
-        async with open_runner(config) as runner:
-            run_id = await runner.submit(args.pipeline, inputs)
+        async with open_runner(config) as daemon:
+            run_id = (await commands.trigger(daemon, args.pipeline, inputs)).run_id
             _out(f"started run {run_id} of {args.pipeline} (no daemon runs: running it here)")
-            row = await runner.wait(run_id)
+            row = await commands.wait(daemon, run_id)
         _out(f"run {run_id}: {row.state}" + (f": {row.error}" if row.error else ""))
         return 0 if row.state == "succeeded" else 1
     data = response.json()
@@ -281,14 +283,14 @@ async def _trigger(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _act(
-    config: Config, path: str, body: Any, here: Callable[[Runner], Awaitable[dict[str, Any]]]
+    config: Config, path: str, body: Any, here: Callable[[Daemon], Awaitable[dict[str, Any]]]
 ) -> dict[str, Any]:
     """POST to the running daemon, or, if none runs on this state file, do it here."""
     try:
         return dict((await _control(config, "POST", path, body)).json())
     except DaemonUnavailable:
-        async with open_runner(config) as runner:
-            return await here(runner)
+        async with open_runner(config) as daemon:
+            return await here(daemon)
 
 
 def _say_run(data: dict[str, Any]) -> int:
@@ -300,8 +302,8 @@ def _say_run(data: dict[str, Any]) -> int:
 
 
 async def _cancel(config: Config, args: argparse.Namespace) -> int:
-    async def here(runner: Runner) -> dict[str, Any]:
-        return _fields(await repair.cancel(runner, args.run_id))
+    async def here(daemon: Daemon) -> dict[str, Any]:
+        return _fields(await commands.cancel(daemon, args.run_id))
 
     data = await _act(config, f"/api/v1/runs/{args.run_id}/cancel", None, here)
     _out(f"run {data['run_id']}: {data['state']}")
@@ -311,9 +313,9 @@ async def _cancel(config: Config, args: argparse.Namespace) -> int:
 async def _retry(config: Config, args: argparse.Namespace) -> int:
     downstream = getattr(args, "downstream", True)
 
-    async def here(runner: Runner) -> dict[str, Any]:
-        row = await repair.rerun(runner, args.run_id, tasks=args.task, downstream=downstream)
-        return _fields(await runner.wait(row.run_id))
+    async def here(daemon: Daemon) -> dict[str, Any]:
+        row = await commands.rerun(daemon, args.run_id, tasks=args.task, downstream=downstream)
+        return _fields(await commands.wait(daemon, row.run_id))
 
     body = {"tasks": args.task, "downstream": downstream}
     return _say_run(await _act(config, f"/api/v1/runs/{args.run_id}/retry?wait=true", body, here))
@@ -335,21 +337,20 @@ async def _decide(config: Config, args: argparse.Namespace) -> int:
             raise CuedError(f"--payload {parsed.error.removeprefix('body ')}")
         body["payload"] = parsed.data
 
-    async def here(runner: Runner) -> dict[str, Any]:
-        extra = {"payload": body["payload"]} if "payload" in body else {}
-        gate = await gates.decide(
-            runner,
+    async def here(daemon: Daemon) -> dict[str, Any]:
+        found = await commands.decide(
+            daemon,
             args.run_id,
             args.task,
             who=who,
             approve=approve,
             comment=args.comment,
-            groups=runner.groups_of(who),
-            **extra,
+            payload=body.get("payload", commands.AS_PROPOSED),
         )
-        if gate.state != "waiting":
-            await runner.wait(args.run_id)  # the run goes on here: see it to its end or next gate
-        return _fields(gate)
+        if found.gate.state != "waiting":
+            # the run goes on here: see it to its end or next gate
+            await commands.wait(daemon, args.run_id)
+        return _fields(found.gate)
 
     path = f"/api/v1/runs/{args.run_id}/tasks/{args.task}/{args.command}"
     gate = await _act(config, path, body, here)
@@ -364,8 +365,8 @@ async def _decide(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _approvals(config: Config, args: argparse.Namespace) -> int:
-    async with open_store(config.state_path) as store:
-        gates = await store.list_approvals()
+    async with open_state(config) as state:
+        gates = [g.gate for g in await state.queries.waiting_gates()]
     table = [["RUN", "TASK", "SINCE", "DEADLINE", "APPROVERS", "MESSAGE"]]
     table.extend(
         [
@@ -388,8 +389,9 @@ def _fields(row: Any) -> dict[str, Any]:
 
 async def _runs(config: Config, args: argparse.Namespace) -> int:
     state = "failed" if args.failed else args.state
-    async with open_store(config.state_path) as store:
-        rows = await store.list_runs(limit=args.limit, pipeline=args.pipeline, state=state)
+    async with open_state(config) as local:
+        page = await local.queries.runs_page(limit=args.limit, pipeline=args.pipeline, state=state)
+    rows = page.items
     # failed runs are the dead letters: with their error and the event that started them
     table = [
         ["RUN", "PIPELINE", "STATE", "CREATED", "DURATION"]
@@ -411,14 +413,14 @@ async def _runs(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _show(config: Config, args: argparse.Namespace) -> int:
-    async with open_store(config.state_path) as store:
-        run = await store.get_run(args.run_id)
-        if run is None:
-            raise NotFound(f"no run {args.run_id!r} in {str(config.state_path)!r}")
-        instances = await store.get_instances(run.run_id)
-        attempts = await store.get_attempts(run.run_id)
-        gates = [await store.get_approval(run.run_id, i.key) for i in instances]
-        decisions = await store.get_decisions(run.run_id)
+    async with open_state(config) as state:
+        shown = await state.queries.run_detail(args.run_id)
+    if shown is None:
+        raise NotFound(f"no run {args.run_id!r} in {str(config.state_path)!r}")
+    run, instances, attempts = shown.run, shown.instances, shown.attempts
+    # as the instances are listed
+    order = {i.key: n for n, i in enumerate(instances)}
+    gates = sorted((g for g in shown.gates if g.gate.key in order), key=lambda g: order[g.gate.key])
     _print_run(run)
     _out()
     _table([["TASK", "STATE", "ATTEMPTS"]] + [[i.key, i.state, str(i.attempts)] for i in instances])
@@ -439,10 +441,11 @@ async def _show(config: Config, args: argparse.Namespace) -> int:
             ]
         )
     _table(table)
-    if found := [g for g in gates if g is not None]:
+    if gates:
         _out()
         table = [["GATE", "STATE", "ASKED", "WHO", "DECISION", "WHEN", "COMMENT"]]
-        for g in found:
+        for found in gates:
+            g = found.gate
             table.append(
                 [
                     g.key,
@@ -456,16 +459,18 @@ async def _show(config: Config, args: argparse.Namespace) -> int:
             )
             table.extend(
                 ["", "", "", d.who, d.decision, _time(d.decided_at), _clip(d.comment or "", 50)]
-                for d in decisions
-                if d.key == g.key and d.attempt == g.attempt
+                for d in found.decisions
             )
         _table(table)
     return 0
 
 
 async def _events(config: Config, args: argparse.Namespace) -> int:
-    async with open_store(config.state_path) as store:
-        rows = await store.list_events(limit=args.limit, source=args.source, status=args.status)
+    async with open_state(config) as state:
+        page = await state.queries.events_page(
+            limit=args.limit, source=args.source, status=args.status
+        )
+    rows = page.items
     table = [
         [
             "EVENT",
@@ -503,10 +508,8 @@ async def _prune(config: Config, args: argparse.Namespace) -> int:
             response = await _control(config, "POST", "/api/v1/retention/prune")
         done = dict(response.json())
     except DaemonUnavailable:
-        policy = retention.policy(config, now())
-        async with open_store(config.state_path, synchronous=config.daemon.synchronous) as store:
-            found = await (store.prunable(policy) if args.dry_run else store.prune(policy))
-        done = retention.report(policy, found, dry_run=args.dry_run)
+        async with open_state(config) as state:
+            done = await commands.prune(state, dry_run=args.dry_run)
     cutoffs = done["cutoffs"]
     dedupe = cutoffs["dedupe_keys"]
     _out("what goes:")

@@ -9,6 +9,7 @@ The exceptions cued raises, as a tree:
   x DaemonUnavailable    - no daemon answers on the control socket
   x NotFound             - a run, pipeline or task named by the user does not exist
   x InvalidRequest       - a request names things that exist but asks what cannot be done
+    + Conflict           - not now: the run or gate is in a state that does not allow it
   x Forbidden            - whoever asks may not do that (not an approver of the gate, say)
   x TaskError            - a task attempt failed (retried while retries are left)
     + TaskTimeout        - a task attempt ran past its timeout
@@ -23,6 +24,7 @@ __all__ = [
     "AlertDeliveryError",
     "ConfigError",
     "ConfigProblem",
+    "Conflict",
     "ConnectorError",
     "CuedError",
     "DaemonUnavailable",
@@ -93,6 +95,12 @@ class NotFound(CuedError):
 
 class InvalidRequest(CuedError):
     """A request cannot be done as asked (an undeclared input, say)."""
+
+
+class Conflict(InvalidRequest):
+    """A request that the state of a run or gate does not allow now (it is still running,
+    has finished already, or was settled already): the same request may do later, or
+    did earlier."""
 
 
 class Forbidden(CuedError):

@@ -20,7 +20,6 @@ import structlog
 
 from cued.daemon.core.ids import id_at, new_id
 from cued.daemon.store import ApprovalRow, AttemptRow, DecisionRow, EventRow, InstanceRow, RunRow
-from cued.daemon.store.sqlite import events_query, open_store, runs_query
 from cued.daemon.web.live import Live, publish_committed
 from cued.daemon.web.schemas import (
     ApprovalUpdate,
@@ -865,32 +864,6 @@ async def test_committed_rows_become_messages_of_the_documented_shapes():
     assert "inputs" not in got[0].data  # a stream is light: read the run for them
     assert "data" not in got[2].data
     assert [m.id for m in got] == sorted(m.id for m in got)
-
-
-# -- the store's queries -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "query",
-    [
-        pytest.param(runs_query(limit=51), id="runs"),
-        pytest.param(runs_query(limit=51, before="01m"), id="runs-cursor"),
-        pytest.param(runs_query(limit=51, pipeline="p", before="01m"), id="runs-pipeline"),
-        pytest.param(runs_query(limit=51, state="failed", before="01m"), id="runs-state"),
-        pytest.param(runs_query(limit=51, pipeline="p", state="failed"), id="runs-both"),
-        pytest.param(runs_query(limit=51, created_after=1.0, created_before=2.0), id="runs-time"),
-        pytest.param(events_query(limit=51, before=(1.0, "e")), id="events-cursor"),
-        pytest.param(events_query(limit=51, source="s", before=(1.0, "e")), id="events-source"),
-        pytest.param(events_query(limit=51, status="invalid", before=(1.0, "e")), id="status"),
-    ],
-)
-async def test_list_queries_are_range_scans_of_an_index(tmp_path, query):
-    sql, args = query
-    async with open_store(tmp_path / "state.db") as store:
-        plan = await store._reader.execute_fetchall("EXPLAIN QUERY PLAN " + sql, args)
-    details = " ".join(row[3] for row in plan)
-    assert "USING INDEX" in details or "USING PRIMARY KEY" in details, details
-    assert "TEMP B-TREE" not in details, details  # no sort of the whole table
 
 
 # -- the OpenAPI document ----------------------------------------------------------------

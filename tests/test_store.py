@@ -11,7 +11,13 @@ from cued.daemon.core.ids import new_id, now
 from cued.daemon.errors import StoreError
 from cued.daemon.store import AttemptRow, InstanceRow, RunRow
 from cued.daemon.store.migrations import MIGRATIONS
-from cued.daemon.store.sqlite import open_store
+from cued.daemon.store.sqlite import (
+    COUNT_RUNS_BY_STATE,
+    COUNT_WAITING_APPROVALS,
+    events_query,
+    open_store,
+    runs_query,
+)
 
 
 async def test_a_new_file_is_migrated_to_the_current_schema_in_wal_mode(tmp_path):
@@ -148,3 +154,44 @@ async def test_the_writer_commits_what_is_waited_for_even_when_everything_is_can
     assert committed.is_set()
     async with open_store(tmp_path / "state.db") as store:
         assert await store.get_run(run.run_id) == run
+
+
+# -- the queries of lists and counts --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param(runs_query(limit=51), id="runs"),
+        pytest.param(runs_query(limit=51, before="01m"), id="runs-cursor"),
+        pytest.param(runs_query(limit=51, pipeline="p", before="01m"), id="runs-pipeline"),
+        pytest.param(runs_query(limit=51, state="failed", before="01m"), id="runs-state"),
+        pytest.param(runs_query(limit=51, pipeline="p", state="failed"), id="runs-both"),
+        pytest.param(runs_query(limit=51, created_after=1.0, created_before=2.0), id="runs-time"),
+        pytest.param(events_query(limit=51, before=(1.0, "e")), id="events-cursor"),
+        pytest.param(events_query(limit=51, source="s", before=(1.0, "e")), id="events-source"),
+        pytest.param(events_query(limit=51, status="invalid", before=(1.0, "e")), id="status"),
+    ],
+)
+async def test_list_queries_are_range_scans_of_an_index(tmp_path, query):
+    sql, args = query
+    async with open_store(tmp_path / "state.db") as store:
+        plan = await store._reader.execute_fetchall("EXPLAIN QUERY PLAN " + sql, args)
+    details = " ".join(row[3] for row in plan)
+    assert "USING INDEX" in details or "USING PRIMARY KEY" in details, details
+    assert "TEMP B-TREE" not in details, details  # no sort of the whole table
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        pytest.param(COUNT_RUNS_BY_STATE, id="runs-by-state"),
+        pytest.param(COUNT_WAITING_APPROVALS, id="waiting-approvals"),
+    ],
+)
+async def test_counts_read_an_index_not_the_table(tmp_path, sql):
+    async with open_store(tmp_path / "state.db") as store:
+        plan = await store._reader.execute_fetchall("EXPLAIN QUERY PLAN " + sql)
+    details = " ".join(row[3] for row in plan)
+    assert "USING COVERING INDEX" in details or "USING INDEX" in details, details
+    assert "TEMP B-TREE" not in details, details

@@ -3,9 +3,12 @@ and what the assets started in turn; and back, from an asset event to the run th
 produced it and the event that started that run.
 
 Assets leave no table of their own: a run that produces ``NAME`` and succeeds records the
-asset event ``asset:NAME:RUN_ID`` (source ``asset:NAME``), and its data names the run and
-the task. So a run's assets are found by id, and an asset's versions are the events of
-its source.
+asset event ``asset:NAME:RUN_ID`` (source ``asset:NAME``, both spelt by
+:mod:`cued.daemon.core.assets`), and its data names the run and the task. So a run's
+assets are found by id, and an asset's versions are the events of its source.
+
+What it answers is domain data (store rows in frozen dataclasses); the faces turn it into
+what they show (the API: :mod:`cued.daemon.web.schemas`).
 
 ```
 event --run_ids--> run --(produces)--> asset:NAME:RUN --run_ids--> run --> ...
@@ -19,25 +22,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cued.daemon.web.schemas import (
-    AssetVersion,
-    EventSummary,
-    LineageAsset,
-    LineageRun,
-    Run,
-    TaskBrief,
-    UpstreamStep,
-)
+from cued.daemon.core.assets import asset_event_id, asset_of, asset_source
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from cued.daemon.config import Config
     from cued.daemon.core.plan import PipelinePlan
-    from cued.daemon.store import EventRow, RunRow, Store
+    from cued.daemon.store import EventRow, InstanceRow, RunRow, Store
 
 __all__ = [
+    "AssetVersion",
     "Budget",
+    "LineageAsset",
+    "LineageRun",
+    "ProducedAsset",
+    "UpstreamStep",
     "asset_versions",
     "consumers",
     "data_of",
@@ -62,6 +62,57 @@ class Budget:
     seen: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True, slots=True)
+class ProducedAsset:
+    """A version of an asset that a run produced: its event, and the task that produces
+    it (as the pipeline is configured now)."""
+
+    asset: str
+    task: str
+    event: EventRow
+
+
+@dataclass(frozen=True, slots=True)
+class LineageRun:
+    """A run in a lineage graph, with its tasks and the assets it produced."""
+
+    run: RunRow
+    tasks: list[InstanceRow]
+    assets: list[LineageAsset]
+
+
+@dataclass(frozen=True, slots=True)
+class LineageAsset:
+    """An asset version a run produced, and the runs this version started."""
+
+    asset: str
+    event: EventRow
+    runs: list[LineageRun]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamStep:
+    """One step back from an asset event: the run that produced it (if still kept) and
+    the event that started that run (if one did and it is kept)."""
+
+    asset: str
+    run: RunRow | None
+    event: EventRow | None
+
+
+@dataclass(frozen=True, slots=True)
+class AssetVersion:
+    """An asset event as a version: the run that produced it, the event that started that
+    run, and the runs the version started."""
+
+    event: EventRow
+    run_id: str | None
+    task: str | None
+    run: RunRow | None
+    started_by: EventRow | None
+    runs: list[RunRow]
+
+
 def data_of(row: EventRow) -> dict[str, Any]:
     return row.data if isinstance(row.data, dict) else {}
 
@@ -84,25 +135,29 @@ def producers(config: Config) -> dict[str, list[str]]:
 
 def consumers(config: Config, asset: str) -> list[str]:
     """The pipelines that the asset's events start."""
-    return sorted({t.pipeline for t in config.triggers if t.source == f"asset:{asset}"})
+    return sorted({t.pipeline for t in config.triggers if t.source == asset_source(asset)})
 
 
 async def produced(
-    store: Store, plans: dict[str, PipelinePlan], run: RunRow
-) -> list[tuple[str, EventRow]]:
-    """The asset events a run produced (its pipeline as configured says which to look for)."""
+    store: Store, plans: Mapping[str, PipelinePlan], run: RunRow
+) -> list[ProducedAsset]:
+    """The asset versions a run produced, by asset name (its pipeline as configured says
+    which to look for)."""
     plan = plans.get(run.pipeline)
-    assets = sorted({a for t in plan.tasks.values() for a in t.config.produces}) if plan else []
-    if not assets:
+    if plan is None:
         return []
-    ids = {a: f"asset:{a}:{run.run_id}" for a in assets}
+    # by asset: the last task that produces it, as the pipeline's tasks are listed
+    made_by = {a: name for name, t in plan.tasks.items() for a in t.config.produces}
+    ids = {a: asset_event_id(a, run.run_id) for a in sorted(made_by)}
+    if not ids:
+        return []
     found = {e.event_id: e for e in await store.get_events(list(ids.values()))}
-    return [(a, found[i]) for a, i in ids.items() if i in found]
+    return [ProducedAsset(a, made_by[a], found[i]) for a, i in ids.items() if i in found]
 
 
 async def downstream(
     store: Store,
-    plans: dict[str, PipelinePlan],
+    plans: Mapping[str, PipelinePlan],
     run_ids: Sequence[str],
     budget: Budget,
     depth: int = 0,
@@ -123,19 +178,16 @@ async def downstream(
             break
         budget.runs -= 1
         budget.seen.add(run.run_id)
-        tasks = [
-            TaskBrief(key=i.key, task=i.task, state=i.state)
-            for i in await store.get_instances(run.run_id)
-        ]
+        tasks = await store.get_instances(run.run_id)
         assets = [
             LineageAsset(
-                asset=asset,
-                event=EventSummary.of(event),
-                runs=await downstream(store, plans, event.run_ids, budget, depth + 1),
+                p.asset,
+                p.event,
+                await downstream(store, plans, p.event.run_ids, budget, depth + 1),
             )
-            for asset, event in await produced(store, plans, run)
+            for p in await produced(store, plans, run)
         ]
-        found.append(LineageRun(run=Run.from_row(run), tasks=tasks, assets=assets))
+        found.append(LineageRun(run, tasks, assets))
     return found
 
 
@@ -144,7 +196,7 @@ async def upstream(store: Store, event: EventRow, budget: Budget) -> list[Upstre
     and on back while that is an asset event too; nearest first."""
     steps: list[UpstreamStep] = []
     seen = {event.event_id}
-    while event.source.startswith("asset:"):
+    while (asset := asset_of(event.source)) is not None:
         if len(steps) >= budget.depth:
             budget.truncated = True
             break
@@ -153,13 +205,7 @@ async def upstream(store: Store, event: EventRow, budget: Budget) -> list[Upstre
         before = (
             await store.get_events([producer.event_id]) if producer and producer.event_id else []
         )
-        steps.append(
-            UpstreamStep(
-                asset=event.source.removeprefix("asset:"),
-                run=Run.from_row(producer) if producer else None,
-                event=EventSummary.of(before[0]) if before else None,
-            )
-        )
+        steps.append(UpstreamStep(asset, producer, before[0] if before else None))
         if not before or before[0].event_id in seen:
             break
         event = before[0]
@@ -184,13 +230,12 @@ async def asset_versions(store: Store, rows: Sequence[EventRow]) -> list[AssetVe
         task = data_of(row).get("task")
         versions.append(
             AssetVersion(
-                event_id=row.event_id,
-                produced_at=row.received_at,
-                run_id=producer_id if isinstance(producer_id, str) else None,
-                task=task if isinstance(task, str) else None,
-                run=Run.from_row(producer) if producer else None,
-                started_by=EventSummary.of(started_by) if started_by else None,
-                runs=[Run.from_row(runs[r]) for r in row.run_ids if r in runs],
+                row,
+                producer_id if isinstance(producer_id, str) else None,
+                task if isinstance(task, str) else None,
+                producer,
+                started_by,
+                [runs[r] for r in row.run_ids if r in runs],
             )
         )
     return versions

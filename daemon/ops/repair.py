@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 from cued.daemon.core import graph
 from cued.daemon.core.engine import RunState, State
 from cued.daemon.core.ids import now
-from cued.daemon.errors import InvalidRequest, NotFound
+from cued.daemon.errors import Conflict, InvalidRequest, NotFound
 from cued.daemon.store import InstanceGone, RunRow
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from cued.daemon.runtime.runner import Runner
+    from cued.daemon.ops.host import Daemon
     from cued.daemon.store import Row
 
 __all__ = ["cancel", "rerun"]
@@ -30,7 +30,7 @@ _RERUN = frozenset({State.FAILED, State.UPSTREAM_FAILED, State.CANCELLED})
 
 
 async def rerun(
-    runner: Runner, run_id: str, *, tasks: Sequence[str] = (), downstream: bool = True
+    daemon: Daemon, run_id: str, *, tasks: Sequence[str] = (), downstream: bool = True
 ) -> RunRow:
     """Run a finished run again from the point of failure.
 
@@ -39,17 +39,18 @@ async def rerun(
     :param downstream: also everything downstream of them (for named tasks; the failed
         ones always take their downstream along)
     :raises NotFound: if the run or a named task does not exist
-    :raises InvalidRequest: if the run is not finished, or nothing is there to rerun
+    :raises Conflict: if the run is not finished
+    :raises InvalidRequest: if nothing is there to rerun, or its pipeline is gone
     """
-    if runner.is_active(run_id):
-        raise InvalidRequest(f"run {run_id!r} is still running: wait for it, or cancel it first")
-    found = await runner.store.run_state(run_id)
+    if daemon.is_active(run_id):
+        raise Conflict(f"run {run_id!r} is still running: wait for it, or cancel it first")
+    found = await daemon.store.run_state(run_id)
     if found is None:
         raise NotFound(f"no run {run_id!r}")
     run, instances, _ = found
     if run.state in (RunState.WAITING, RunState.QUEUED, RunState.RUNNING):
-        raise InvalidRequest(f"run {run_id!r} is {run.state}, not finished: it cannot be rerun now")
-    plan = runner.plans.get(run.pipeline)
+        raise Conflict(f"run {run_id!r} is {run.state}, not finished: it cannot be rerun now")
+    plan = daemon.plans.get(run.pipeline)
     if plan is None:
         raise InvalidRequest(
             f"pipeline {run.pipeline!r} of run {run_id!r} is no longer in the configuration"
@@ -87,26 +88,26 @@ async def rerun(
             )
     queued = replace(run, state=RunState.QUEUED.value, ended_at=None, error=None)
     rows.append(queued)
-    await runner.store.submit(rows).wait()
-    runner.log.info("run_rerun", run_id=run_id, tasks=sorted(chosen))
-    await runner.resume_run(run_id)
+    await daemon.store.submit(rows).wait()
+    daemon.log.info("run_rerun", run_id=run_id, tasks=sorted(chosen))
+    await daemon.resume_run(run_id)
     return queued
 
 
-async def cancel(runner: Runner, run_id: str) -> RunRow:
+async def cancel(daemon: Daemon, run_id: str) -> RunRow:
     """Cancel a run, whether it runs here or is parked waiting for a decision.
 
     :raises NotFound: if there is no such run
-    :raises InvalidRequest: if it has finished already
+    :raises Conflict: if it has finished already
     """
-    if runner.is_active(run_id):
-        return await runner.cancel(run_id)
-    found = await runner.store.run_state(run_id)
+    if daemon.is_active(run_id):
+        return await daemon.cancel(run_id)
+    found = await daemon.store.run_state(run_id)
     if found is None:
         raise NotFound(f"no run {run_id!r}")
     run, instances, _ = found
     if run.state != RunState.WAITING:
-        raise InvalidRequest(f"run {run_id!r} has finished already ({run.state})")
+        raise Conflict(f"run {run_id!r} has finished already ({run.state})")
     stamp = now()
     rows: list[Row] = [
         replace(i, state=State.CANCELLED.value, updated_at=stamp)
@@ -115,10 +116,10 @@ async def cancel(runner: Runner, run_id: str) -> RunRow:
     ]
     rows.extend(
         replace(gate, state="cancelled", decided_at=stamp)
-        for gate in await runner.store.list_approvals(state="waiting", limit=10_000)
-        if gate.run_id == run_id
+        for gate in await daemon.store.get_approvals(run_id)
+        if gate.state == "waiting"
     )
     cancelled = replace(run, state=RunState.CANCELLED.value, ended_at=stamp)
     rows.append(cancelled)
-    await runner.store.submit(rows).wait()
+    await daemon.store.submit(rows).wait()
     return cancelled

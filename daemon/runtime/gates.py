@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cued.daemon.core.engine import RunState, State
 from cued.daemon.core.ids import now
-from cued.daemon.errors import Forbidden, InvalidRequest, NotFound
+from cued.daemon.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from cued.daemon.store import AttemptRow, DecisionRow
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ async def decide(
     :param groups: the groups ``who`` belongs to (for ``group:NAME`` approvers)
     :param payload: the proposal as edited by ``who`` (default: as proposed)
     :raises NotFound: if there is no such gate
-    :raises InvalidRequest: if the gate was settled already
+    :raises Conflict: if the gate was settled already
     :raises Forbidden: if ``who`` is not among its approvers
     """
     async with runner.gate_lock:
@@ -128,7 +128,7 @@ async def _waiting_gate(runner: GateHost, run_id: str, key: str) -> ApprovalRow:
     if gate is None:
         raise NotFound(f"run {run_id!r} has no approval gate {key!r}")
     if gate.state != "waiting":
-        raise InvalidRequest(f"gate {key!r} of run {run_id!r} is settled already: {gate.state}")
+        raise Conflict(f"gate {key!r} of run {run_id!r} is settled already: {gate.state}")
     return gate
 
 

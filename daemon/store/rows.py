@@ -286,6 +286,9 @@ class Store(Protocol):
     async def get_runs(self, run_ids: Sequence[str]) -> list[RunRow]:
         """These runs (those that exist), in no particular order."""
 
+    async def count_runs_by_state(self) -> dict[str, int]:
+        """How many runs are in each state (states without runs are left out)."""
+
     async def get_run(self, run_id: str) -> RunRow | None: ...
 
     async def get_instances(self, run_id: str) -> list[InstanceRow]: ...
@@ -310,6 +313,9 @@ class Store(Protocol):
     async def list_approvals(
         self, *, state: str | None = "waiting", limit: int = 100
     ) -> list[ApprovalRow]: ...
+
+    async def count_waiting_approvals(self) -> int:
+        """How many approval gates wait for a decision."""
 
     async def next_approval_deadline(self) -> float | None: ...
 

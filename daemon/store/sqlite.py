@@ -45,7 +45,14 @@ if TYPE_CHECKING:
 
     from cued.daemon.store import PrunePolicy, Row
 
-__all__ = ["SqliteStore", "events_query", "open_store", "runs_query"]
+__all__ = [
+    "COUNT_RUNS_BY_STATE",
+    "COUNT_WAITING_APPROVALS",
+    "SqliteStore",
+    "events_query",
+    "open_store",
+    "runs_query",
+]
 
 Synchronous = Literal["full", "normal"]
 
@@ -73,6 +80,10 @@ WHERE excluded.attempts > 0
 _PUT_EVENT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _PUT_DEDUPE = "INSERT OR REPLACE INTO dedupe_keys VALUES (?, ?, ?)"
 _PUT_CURSOR = "INSERT OR REPLACE INTO source_cursors VALUES (?, ?, ?)"
+# one pass over the index runs_by_state, not over the table
+COUNT_RUNS_BY_STATE = "SELECT state, count(*) FROM runs GROUP BY state"
+# the literal lets SQLite count the partial index approvals_waiting
+COUNT_WAITING_APPROVALS = "SELECT count(*) FROM approvals WHERE state = 'waiting'"
 
 
 class _Batch:
@@ -382,6 +393,10 @@ class SqliteStore:
         )
         return [_approval(r) for r in rows]
 
+    async def count_waiting_approvals(self) -> int:
+        rows = await self._reader.execute_fetchall(COUNT_WAITING_APPROVALS)
+        return next((int(n) for (n,) in rows), 0)
+
     async def next_approval_deadline(self) -> float | None:
         rows = await self._reader.execute_fetchall(
             "SELECT min(deadline_at) FROM approvals WHERE state = 'waiting'"
@@ -427,6 +442,10 @@ class SqliteStore:
         )
         rows = await self._reader.execute_fetchall(sql, args)
         return [_run(r) for r in rows]
+
+    async def count_runs_by_state(self) -> dict[str, int]:
+        rows = await self._reader.execute_fetchall(COUNT_RUNS_BY_STATE)
+        return {str(state): int(count) for state, count in rows}
 
     async def get_runs(self, run_ids: Sequence[str]) -> list[RunRow]:
         found: list[RunRow] = []

@@ -26,10 +26,13 @@ POST|GET|DELETE /api/v1/session               log in (cookie), who am I, log out
 GET  /healthz, /readyz, /metrics              no token (with no users: to a loopback Host)
 ```
 
-Who may call is :mod:`cued.daemon.web.auth`'s business. Errors are JSON,
-``{"error": {"code": ..., "message": ...}}``, with a 4xx status that says whose fault it
-is: FastAPI's own (validation, unknown path, method) too; a cursor this API did not give
-is ``422``. No request changes state on GET. Bodies are capped before a request gets
+Every endpoint reads through :class:`cued.daemon.ops.queries.Queries` and acts through
+:mod:`cued.daemon.ops.commands`, and turns what they answer into
+:mod:`cued.daemon.web.schemas`. Who may call is :mod:`cued.daemon.web.auth`'s business.
+Errors are JSON, ``{"error": {"code": ..., "message": ...}}``, with a 4xx status that says
+whose fault it is: FastAPI's own (validation, unknown path, method) too; a cursor this API
+did not give is ``422``, a run or gate whose state does not allow the request now
+(:class:`~cued.daemon.errors.Conflict`) ``409``. No request changes state on GET. Bodies are capped before a request gets
 here (``413``, :mod:`cued.daemon.web.body_limit`), JSON bodies go through
 :mod:`cued.daemon.core.untrusted` before FastAPI reads them (``400`` if refused,
 :mod:`cued.daemon.web.json_bodies`), and what the store gives back to show was repaired on
@@ -42,7 +45,7 @@ the way (:func:`cued.daemon.core.untrusted.stored`).
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -50,15 +53,19 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from cued.daemon.core import untrusted
-from cued.daemon.core.ids import now
-from cued.daemon.errors import CuedError, Forbidden, InvalidRequest, NotFound, StoreError
-from cued.daemon.ops import lineage, repair
-from cued.daemon.runtime import gates, retention
+from cued.daemon.errors import (
+    Conflict,
+    CuedError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    StoreError,
+)
+from cued.daemon.ops import commands
+from cued.daemon.ops.host import Daemon
+from cued.daemon.ops.queries import Queries
 from cued.daemon.runtime.metrics import CONTENT_TYPE, Metrics
-from cued.daemon.runtime.runner import Runner
 from cued.daemon.sdk.http_errors import error_response
-from cued.daemon.store import AttemptRow, EventRow
 from cued.daemon.web.auth import (
     ERRORS,
     ApiContext,
@@ -80,15 +87,11 @@ from cued.daemon.web.schemas import (
     Approval,
     Asset,
     AssetDetail,
-    AssetRef,
-    AssetVersionBrief,
     DecideBody,
     ErrorResponse,
-    Event,
     EventDetail,
     EventLineage,
     EventPage,
-    EventSummary,
     Health,
     Pipeline,
     PruneReport,
@@ -96,7 +99,6 @@ from cued.daemon.web.schemas import (
     Run,
     RunDetail,
     RunPage,
-    TaskInstance,
     TriggerBody,
 )
 
@@ -112,7 +114,7 @@ Cursor = Annotated[str | None, Query(description="next_cursor of the page before
 
 
 def build_app(
-    runner: Runner,
+    daemon: Daemon,
     *,
     trusted: bool,
     users: Users | None = None,
@@ -123,6 +125,7 @@ def build_app(
 ) -> FastAPI:
     """The API app.
 
+    :param daemon: the running daemon (the runtime's runner)
     :param trusted: for the control socket; else requests authenticate
     :param live: where ``/api/v1/stream`` reads from (a silent one if not given)
     :param metrics: served at ``/metrics`` (404 if not given)
@@ -139,7 +142,8 @@ def build_app(
         redoc_url=None,
     )
     app.state.cued = ApiContext(
-        runner,
+        daemon,
+        Queries.of(daemon),
         trusted,
         users or Users(),
         live or Live(),
@@ -180,9 +184,10 @@ async def _cued_error(request: Request, exc: Exception) -> Response:
         return error_response(404, "not_found", message)
     if isinstance(exc, Forbidden):
         return error_response(403, "forbidden", message)
+    if isinstance(exc, Conflict):
+        return error_response(409, "invalid_request", message)
     if isinstance(exc, InvalidRequest):
-        conflict = any(w in message for w in ("already", "not finished", "still running"))
-        return error_response(409 if conflict else 422, "invalid_request", message)
+        return error_response(422, "invalid_request", message)
     return error_response(500, "error", message)
 
 
@@ -215,13 +220,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 @_api.get("/pipelines", response_model=list[Pipeline], tags=["pipelines"])
 async def list_pipelines(ctx: Ctx, caller: Viewer) -> Response:
     """Every pipeline with its inputs (and their defaults), tasks and triggers."""
-    config = ctx.runner.config
+    config = ctx.queries.config
     return json_response([Pipeline.of(n, p, config.triggers) for n, p in config.pipelines.items()])
 
 
 @_api.get("/pipelines/{pipeline}", response_model=Pipeline, tags=["pipelines"])
 async def get_pipeline(pipeline: str, ctx: Ctx, caller: Viewer) -> Response:
-    config = ctx.runner.config
+    config = ctx.queries.config
     if pipeline not in config.pipelines:
         raise NotFound(f"no pipeline {pipeline!r}")
     return json_response(Pipeline.of(pipeline, config.pipelines[pipeline], config.triggers))
@@ -238,9 +243,7 @@ async def trigger(
     wait: Annotated[bool, Query(description="answer once the run has finished")] = False,
 ) -> Response:
     """Start a run (recorded before the answer); inputs not given take their defaults."""
-    row = await ctx.runner.submit_run(pipeline, (body or TriggerBody()).inputs)
-    if wait:
-        row = await ctx.runner.wait(row.run_id)
+    row = await commands.trigger(ctx.daemon, pipeline, (body or TriggerBody()).inputs, wait=wait)
     return json_response(Run.from_row(row), 201)
 
 
@@ -257,23 +260,16 @@ async def list_runs(
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:
-    """Runs, newest first, a page at a time (the cursor is the last run id of a page: run
-    ids sort by creation time)."""
-    rows = await ctx.runner.store.list_runs(
-        limit=limit + 1,
+    """Runs, newest first, a page at a time (run ids sort by creation time)."""
+    page = await ctx.queries.runs_page(
+        limit=limit,
         pipeline=pipeline,
         state=state,
-        before=cursor,
         created_after=_seconds(created_after),
         created_before=_seconds(created_before),
+        cursor=cursor,
     )
-    page = rows[:limit]
-    more = len(rows) > limit
-    return json_response(
-        RunPage(
-            items=[Run.from_row(r) for r in page], next_cursor=page[-1].run_id if more else None
-        )
-    )
+    return json_response(RunPage.of(page))
 
 
 @_api.get("/runs/{run_id}", response_model=RunDetail, tags=["runs"])
@@ -281,36 +277,16 @@ async def get_run(run_id: str, ctx: Ctx, caller: Viewer) -> Response:
     """A run with its task instances and their attempts (outputs, errors, costs), its
     approval gates and their decisions, the event that started it and the assets it
     produced."""
-    store = ctx.runner.store
-    row = await store.get_run(run_id)
-    if row is None:
+    detail = await ctx.queries.run_detail(run_id)
+    if detail is None:
         raise NotFound(f"no run {run_id!r}")
-    instances = await store.get_instances(run_id)
-    attempts: dict[str, list[AttemptRow]] = {}
-    for a in await store.get_attempts(run_id):
-        attempts.setdefault(a.key, []).append(a)
-    gates = await store.get_approvals(run_id)
-    decisions = await store.get_decisions(run_id) if gates else []
-    started_by = await store.get_events([row.event_id]) if row.event_id else []
-    produced = await lineage.produced(store, ctx.runner.plans, row)
-    return json_response(
-        RunDetail(
-            **Run.from_row(row).model_dump(),
-            tasks=[TaskInstance.of(i, attempts.get(i.key, [])) for i in instances],
-            approvals=[Approval.of(g, decisions) for g in gates],
-            event=EventSummary.of(started_by[0]) if started_by else None,
-            assets=[
-                AssetRef(asset=asset, event_id=e.event_id, runs=list(e.run_ids))
-                for asset, e in produced
-            ],
-        )
-    )
+    return json_response(RunDetail.of(detail))
 
 
 @_api.post("/runs/{run_id}/cancel", response_model=Run, tags=["runs"])
 async def cancel(run_id: str, ctx: Ctx, caller: Operator) -> Response:
     """Cancel a run that runs or waits: its running tasks are cancelled."""
-    return json_response(Run.from_row(await repair.cancel(ctx.runner, run_id)))
+    return json_response(Run.from_row(await commands.cancel(ctx.daemon, run_id)))
 
 
 @_api.post("/runs/{run_id}/retry", response_model=Run, tags=["runs"])
@@ -323,9 +299,9 @@ async def retry(
 ) -> Response:
     """Run a finished run again from the point of failure, or from the named tasks."""
     body = body or RetryBody()
-    row = await repair.rerun(ctx.runner, run_id, tasks=body.tasks, downstream=body.downstream)
+    row = await commands.rerun(ctx.daemon, run_id, tasks=body.tasks, downstream=body.downstream)
     if wait:
-        row = await ctx.runner.wait(row.run_id)
+        row = await commands.wait(ctx.daemon, row.run_id)
     return json_response(Run.from_row(row))
 
 
@@ -351,18 +327,17 @@ async def _decide(
             f"a decision is recorded under the name of whoever makes it, {who!r} "
             f"(not {body.who!r})",
         )
-    extra = {"payload": body.payload} if "payload" in body.model_fields_set else {}
-    gate = await gates.decide(
-        ctx.runner,
+    gate = await commands.decide(
+        ctx.daemon,
         run_id,
         task,
         who=who,
         approve=approve,
         comment=body.comment,
-        groups=caller.groups | ctx.runner.groups_of(who),
-        **extra,
+        payload=body.payload if "payload" in body.model_fields_set else commands.AS_PROPOSED,
+        groups=caller.groups,
     )
-    return json_response(Approval.of(gate, await ctx.runner.store.get_decisions(run_id, task)))
+    return json_response(Approval.of(gate.gate, gate.decisions))
 
 
 @_api.post("/runs/{run_id}/tasks/{task}/approve", response_model=Approval, tags=["approvals"])
@@ -384,11 +359,8 @@ async def reject(
 @_api.get("/approvals", response_model=list[Approval], tags=["approvals"])
 async def list_approvals(ctx: Ctx, caller: Viewer, limit: Limit = 100) -> Response:
     """Gates waiting for a decision, oldest first, with the decisions made so far."""
-    store = ctx.runner.store
-    gates = await store.list_approvals(limit=limit)
-    return json_response(
-        [Approval.of(g, await store.get_decisions(g.run_id, g.key)) for g in gates]
-    )
+    gates = await ctx.queries.waiting_gates(limit)
+    return json_response([Approval.of(g.gate, g.decisions) for g in gates])
 
 
 # -- events and lineage ------------------------------------------------------------------
@@ -404,17 +376,8 @@ async def list_events(
     cursor: Cursor = None,
 ) -> Response:
     """Events, newest first, a page at a time (without their data: see one event)."""
-    rows = await ctx.runner.store.list_events(
-        limit=limit + 1, source=source, status=status, before=_event_position(cursor)
-    )
-    page = rows[:limit]
-    more = len(rows) > limit
-    return json_response(
-        EventPage(
-            items=[EventSummary.of(r) for r in page],
-            next_cursor=_event_cursor(page[-1]) if more else None,
-        )
-    )
+    page = await ctx.queries.events_page(limit=limit, source=source, status=status, cursor=cursor)
+    return json_response(EventPage.of(page))
 
 
 @_api.get("/events/{event_id:path}/lineage", response_model=EventLineage, tags=["events"])
@@ -422,26 +385,13 @@ async def event_lineage(event_id: str, ctx: Ctx, caller: Viewer) -> Response:
     """Where an event came from (for an asset event: the run that produced it, the event
     that started that run, and so on back) and what followed from it: the runs it
     started, their tasks, the assets they produced and the runs those started, onwards."""
-    store = ctx.runner.store
-    event = await _event(ctx, event_id)
-    budget = lineage.Budget()
-    upstream = await lineage.upstream(store, event, budget)
-    runs = await lineage.downstream(store, ctx.runner.plans, event.run_ids, budget)
-    return json_response(
-        EventLineage(
-            event=EventSummary.of(event), upstream=upstream, runs=runs, truncated=budget.truncated
-        )
-    )
+    return json_response(EventLineage.of(await ctx.queries.lineage(event_id)))
 
 
 @_api.get("/events/{event_id:path}", response_model=EventDetail, tags=["events"])
 async def get_event(event_id: str, ctx: Ctx, caller: Viewer) -> Response:
     """An event with its data and meta, and the runs it started."""
-    event = await _event(ctx, event_id)
-    runs = lineage.in_order(await ctx.runner.store.get_runs(event.run_ids), event.run_ids)
-    return json_response(
-        EventDetail(**Event.of(event).model_dump(), runs=[Run.from_row(r) for r in runs])
-    )
+    return json_response(EventDetail.of_detail(await ctx.queries.event_detail(event_id)))
 
 
 # -- assets ------------------------------------------------------------------------------
@@ -450,28 +400,7 @@ async def get_event(event_id: str, ctx: Ctx, caller: Viewer) -> Response:
 @_api.get("/assets", response_model=list[Asset], tags=["assets"])
 async def list_assets(ctx: Ctx, caller: Viewer) -> Response:
     """Every asset, configured or produced, with its latest version."""
-    config = ctx.runner.config
-    made_by = lineage.producers(config)
-    produced = {name: (n, e) for name, n, e in await ctx.runner.store.list_assets()}
-    assets = []
-    for name in sorted(set(made_by) | set(produced)):
-        count, latest = produced.get(name, (0, None))
-        assets.append(
-            Asset(
-                name=name,
-                producers=made_by.get(name, []),
-                consumers=lineage.consumers(config, name),
-                versions=count,
-                latest=None
-                if latest is None
-                else AssetVersionBrief(
-                    event_id=latest.event_id,
-                    run_id=_str_or_none(lineage.data_of(latest).get("run_id")),
-                    produced_at=latest.received_at,
-                ),
-            )
-        )
-    return json_response(assets)
+    return json_response([Asset.of(a) for a in await ctx.queries.assets()])
 
 
 @_api.get("/assets/{name}", response_model=AssetDetail, tags=["assets"])
@@ -480,24 +409,7 @@ async def get_asset(
 ) -> Response:
     """An asset's versions, newest first: for each, the run that produced it and the event
     that started that run, and the runs this version started."""
-    config = ctx.runner.config
-    made_by = lineage.producers(config)
-    rows = await ctx.runner.store.list_events(
-        limit=limit + 1, source=f"asset:{name}", before=_event_position(cursor)
-    )
-    if not rows and cursor is None and name not in made_by:
-        raise NotFound(f"no asset {name!r}")
-    page = rows[:limit]
-    more = len(rows) > limit
-    return json_response(
-        AssetDetail(
-            name=name,
-            producers=made_by.get(name, []),
-            consumers=lineage.consumers(config, name),
-            versions=await lineage.asset_versions(ctx.runner.store, page),
-            next_cursor=_event_cursor(page[-1]) if more else None,
-        )
-    )
+    return json_response(AssetDetail.of(await ctx.queries.asset(name, limit=limit, cursor=cursor)))
 
 
 # -- retention ---------------------------------------------------------------------------
@@ -506,20 +418,16 @@ async def get_asset(
 @_api.get("/retention", response_model=PruneReport, tags=["retention"])
 async def prunable(ctx: Ctx, caller: Viewer) -> Response:
     """What pruning would delete now, as ``[retention]`` says, deleting nothing."""
-    policy = retention.policy(ctx.runner.config, now())
-    counts = await ctx.runner.store.prunable(policy)
-    return json_response(PruneReport.model_validate(retention.report(policy, counts, dry_run=True)))
+    report = await commands.prune(ctx.daemon, dry_run=True)
+    return json_response(PruneReport.model_validate(report))
 
 
 @_api.post("/retention/prune", response_model=PruneReport, tags=["retention"])
 async def prune(ctx: Ctx, caller: Operator) -> Response:
     """Delete now what ``[retention]`` lets go (the daemon does it every ``prune_every``
     too), in small transactions that take turns with the daemon's other writes."""
-    policy = retention.policy(ctx.runner.config, now())
-    counts = await ctx.runner.store.prune(policy)
-    return json_response(
-        PruneReport.model_validate(retention.report(policy, counts, dry_run=False))
-    )
+    report = await commands.prune(ctx.daemon, dry_run=False)
+    return json_response(PruneReport.model_validate(report))
 
 
 # -- live updates ------------------------------------------------------------------------
@@ -563,7 +471,7 @@ async def readyz(ctx: Ctx) -> Response:
     checks = {}
     try:
         with anyio.fail_after(_READY_TIMEOUT_S):
-            await ctx.runner.store.ping()
+            await ctx.queries.ping()
         checks["store"] = "ok"
     except (StoreError, TimeoutError) as exc:
         checks["store"] = f"error: {exc or 'no answer'}"
@@ -601,30 +509,3 @@ def _seconds(at: datetime | None) -> float | None:
     if at is None:
         return None
     return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _event_cursor(row: EventRow) -> str:
-    """Opaque to clients: where a page of events ended, (received_at, event_id)."""
-    return untrusted.page_cursor(row.received_at, row.event_id)
-
-
-def _event_position(cursor: str | None) -> tuple[float, str] | None:
-    """:raises ApiError: 422 if ``cursor`` is not one :func:`_event_cursor` made"""
-    if cursor is None:
-        return None
-    position = untrusted.page_position(cursor)
-    if position is None:
-        shown = cursor if len(cursor) <= 100 else f"{cursor[:100]}\u2026"
-        raise ApiError(422, "invalid_request", f"cursor {shown!r} is not one this API gave")
-    return position
-
-
-async def _event(ctx: ApiContext, event_id: str) -> EventRow:
-    found = await ctx.runner.store.get_events([event_id])
-    if not found:
-        raise NotFound(f"no event {event_id!r}")
-    return found[0]

@@ -31,12 +31,14 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel
 from starlette.responses import Response
 
 from cued.daemon.core.loopback import is_loopback_host, tcp_client_uid
+from cued.daemon.ops.host import Daemon
+from cued.daemon.ops.queries import Queries
 from cued.daemon.runtime.metrics import Metrics
-from cued.daemon.runtime.runner import Runner
 from cued.daemon.web.control import ControlAccess, Peer, os_user_name, peer_of
 from cued.daemon.web.live import Live
 from cued.daemon.web.schemas import ErrorResponse, LoginBody, Session, SessionCreated
@@ -56,6 +58,7 @@ __all__ = [
     "Operator",
     "Users",
     "Viewer",
+    "caller_of",
     "json_response",
     "open_caller",
     "open_host",
@@ -138,7 +141,10 @@ _OPEN_ROLES = frozenset({"viewer", "operator"})
 class ApiContext:
     """What the endpoints work with (``app.state.cued``)."""
 
-    runner: Runner
+    daemon: Daemon
+    """What the endpoints act on, through :mod:`cued.daemon.ops.commands`"""
+    queries: Queries
+    """What the endpoints read"""
     trusted: bool
     users: Users
     live: Live
@@ -172,13 +178,14 @@ class _Need:
     async def __call__(
         self,
         request: Request,
+        # read again by caller_of: declared here for the OpenAPI document's security
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         cookie: Annotated[str | None, Depends(_cookie)],
     ) -> Caller:
         ctx = _context(request)
         if ctx.trusted:
             return _local_caller(request)
-        caller = _authenticate(ctx, request, bearer, cookie, token_always=self.token_always)
+        caller = caller_of(request, ctx.users, ctx.access, token_always=self.token_always)
         if self.role is not None and self.role not in caller.roles:
             raise ApiError(403, "forbidden", f"{caller.name!r} lacks the {self.role!r} role")
         return caller
@@ -275,23 +282,29 @@ def _unauthorized(message: str = "a valid bearer token is needed") -> ApiError:
     return ApiError(401, "unauthorized", message, **{"WWW-Authenticate": "Bearer"})
 
 
-def _authenticate(
-    ctx: ApiContext,
-    request: Request,
-    bearer: HTTPAuthorizationCredentials | None,
-    cookie: str | None,
-    *,
-    token_always: bool,
+def caller_of(
+    request: Request, users: Users, access: ControlAccess, *, token_always: bool = False
 ) -> Caller:
-    if not ctx.users.by_token and not token_always:
-        return open_caller(request, ctx.access)
+    """Who makes a request over HTTP (not the control socket), for the API and the UI
+    alike: the user of ``users`` whose token the bearer header or the session cookie
+    holds (a cookie that changes state needs the CSRF header too); with no users (and
+    unless ``token_always``), the open caller (:func:`open_caller`).
+
+    :raises ApiError: 401 if no valid token is given, 403 if the open caller is refused
+        or the CSRF header is missing
+    """
+    if not users.by_token and not token_always:
+        return open_caller(request, access)
     if "authorization" in request.headers:
-        found = ctx.users.find(bearer.credentials) if bearer is not None else None
+        # as fastapi.security.HTTPBearer reads it (the scheme the OpenAPI document names)
+        scheme, token = get_authorization_scheme_param(request.headers["authorization"])
+        found = users.find(token) if scheme.lower() == "bearer" and token else None
         if found is None:
             raise _unauthorized()
         return replace(found, via="token")
+    cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
-        found = ctx.users.find(cookie)
+        found = users.find(cookie)
         if found is None:
             raise _unauthorized("the session is no longer valid: log in again")
         if request.method not in _SAFE_METHODS:

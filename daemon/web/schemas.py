@@ -13,7 +13,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from cued.daemon.config import PipelineConfig, TriggerConfig
-    from cued.daemon.store import ApprovalRow, AttemptRow, DecisionRow, EventRow, InstanceRow
+    from cued.daemon.ops import lineage, queries
+    from cued.daemon.ops.cursors import Page
+    from cued.daemon.store import (
+        ApprovalRow,
+        AttemptRow,
+        DecisionRow,
+        EventRow,
+        InstanceRow,
+        RunRow,
+    )
 
 __all__ = [
     "Approval",
@@ -175,6 +184,10 @@ class RunPage(_Model):
         description="pass as `cursor` for the next page; null on the last page"
     )
 
+    @classmethod
+    def of(cls, page: Page[RunRow]) -> RunPage:
+        return cls(items=[Run.from_row(r) for r in page.items], next_cursor=page.next_cursor)
+
 
 class Attempt(_Model):
     attempt: int
@@ -300,9 +313,19 @@ class EventPage(_Model):
         description="pass as `cursor` for the next page; null on the last page"
     )
 
+    @classmethod
+    def of(cls, page: Page[EventRow]) -> EventPage:
+        return cls(items=[EventSummary.of(r) for r in page.items], next_cursor=page.next_cursor)
+
 
 class EventDetail(Event):
     runs: list[Run] = Field(description="the runs it started")
+
+    @classmethod
+    def of_detail(cls, detail: queries.EventDetail) -> EventDetail:
+        return cls(
+            **Event.of(detail.event).model_dump(), runs=[Run.from_row(r) for r in detail.runs]
+        )
 
 
 class AssetRef(_Model):
@@ -318,6 +341,19 @@ class RunDetail(Run):
     approvals: list[Approval]
     event: EventSummary | None = Field(description="the event that started the run")
     assets: list[AssetRef] = Field(description="the assets the run produced")
+
+    @classmethod
+    def of(cls, detail: queries.RunDetail) -> RunDetail:
+        return cls(
+            **Run.from_row(detail.run).model_dump(),
+            tasks=[TaskInstance.of(i, detail.attempts_of(i.key)) for i in detail.instances],
+            approvals=[Approval.of(g.gate, g.decisions) for g in detail.gates],
+            event=EventSummary.of(detail.event) if detail.event else None,
+            assets=[
+                AssetRef(asset=p.asset, event_id=p.event.event_id, runs=list(p.event.run_ids))
+                for p in detail.assets
+            ],
+        )
 
 
 # -- lineage -----------------------------------------------------------------------------
@@ -336,11 +372,27 @@ class LineageRun(_Model):
     tasks: list[TaskBrief]
     assets: list[LineageAsset]
 
+    @classmethod
+    def of(cls, found: lineage.LineageRun) -> LineageRun:
+        return cls(
+            run=Run.from_row(found.run),
+            tasks=[TaskBrief(key=i.key, task=i.task, state=i.state) for i in found.tasks],
+            assets=[LineageAsset.of(a) for a in found.assets],
+        )
+
 
 class LineageAsset(_Model):
     asset: str
     event: EventSummary
     runs: list[LineageRun] = Field(description="the runs this version of the asset started")
+
+    @classmethod
+    def of(cls, found: lineage.LineageAsset) -> LineageAsset:
+        return cls(
+            asset=found.asset,
+            event=EventSummary.of(found.event),
+            runs=[LineageRun.of(r) for r in found.runs],
+        )
 
 
 class UpstreamStep(_Model):
@@ -351,6 +403,14 @@ class UpstreamStep(_Model):
     run: Run | None
     event: EventSummary | None
 
+    @classmethod
+    def of(cls, step: lineage.UpstreamStep) -> UpstreamStep:
+        return cls(
+            asset=step.asset,
+            run=Run.from_row(step.run) if step.run else None,
+            event=EventSummary.of(step.event) if step.event else None,
+        )
+
 
 class EventLineage(_Model):
     event: EventSummary
@@ -360,6 +420,15 @@ class EventLineage(_Model):
     )
     runs: list[LineageRun] = Field(description="the runs the event started, and onwards")
     truncated: bool = Field(description="the graph was cut at its depth or size limit")
+
+    @classmethod
+    def of(cls, found: queries.EventLineage) -> EventLineage:
+        return cls(
+            event=EventSummary.of(found.event),
+            upstream=[UpstreamStep.of(s) for s in found.upstream],
+            runs=[LineageRun.of(r) for r in found.runs],
+            truncated=found.truncated,
+        )
 
 
 # -- assets ------------------------------------------------------------------------------
@@ -378,6 +447,21 @@ class Asset(_Model):
     versions: int
     latest: AssetVersionBrief | None
 
+    @classmethod
+    def of(cls, found: queries.AssetSummary) -> Asset:
+        latest = found.latest
+        return cls(
+            name=found.name,
+            producers=found.producers,
+            consumers=found.consumers,
+            versions=found.versions,
+            latest=None
+            if latest is None
+            else AssetVersionBrief(
+                event_id=latest.event_id, run_id=found.latest_run_id, produced_at=latest.received_at
+            ),
+        )
+
 
 class AssetVersion(_Model):
     """One version: the asset event, the run that produced it (and the event that started
@@ -391,6 +475,18 @@ class AssetVersion(_Model):
     started_by: EventSummary | None
     runs: list[Run]
 
+    @classmethod
+    def of(cls, version: lineage.AssetVersion) -> AssetVersion:
+        return cls(
+            event_id=version.event.event_id,
+            produced_at=version.event.received_at,
+            run_id=version.run_id,
+            task=version.task,
+            run=Run.from_row(version.run) if version.run else None,
+            started_by=EventSummary.of(version.started_by) if version.started_by else None,
+            runs=[Run.from_row(r) for r in version.runs],
+        )
+
 
 class AssetDetail(_Model):
     name: str
@@ -398,6 +494,16 @@ class AssetDetail(_Model):
     consumers: list[str]
     versions: list[AssetVersion] = Field(description="newest first")
     next_cursor: str | None
+
+    @classmethod
+    def of(cls, found: queries.AssetDetail) -> AssetDetail:
+        return cls(
+            name=found.name,
+            producers=found.producers,
+            consumers=found.consumers,
+            versions=[AssetVersion.of(v) for v in found.versions.items],
+            next_cursor=found.versions.next_cursor,
+        )
 
 
 # -- requests ----------------------------------------------------------------------------

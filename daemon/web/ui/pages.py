@@ -15,11 +15,12 @@ event stream, every action a call of the API from the browser.
 anything else         the API
 ```
 
-A page is read with the same cookie or bearer token the API takes, and needs the
-``viewer`` role. Each page has one live region; when the browser hears of a change on
-``GET /api/v1/stream`` it asks for that region again (htmx sends ``HX-Request``, and the
-route then renders only the page's ``live`` block), so the page never depends on what a
-stream message carries.
+A page reads through :class:`cued.daemon.ops.queries.Queries`, as the API does. It is read
+with the same cookie or bearer token the API takes (the caller is told by the API's own
+:func:`cued.daemon.web.auth.caller_of`), and needs the ``viewer`` role. Each page has one
+live region; when the browser hears of a change on ``GET /api/v1/stream`` it asks for that
+region again (htmx sends ``HX-Request``, and the route then renders only the page's
+``live`` block), so the page never depends on what a stream message carries.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ import hashlib
 import json
 import math
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, replace
+from collections import deque
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -43,9 +44,11 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from cued.daemon.core.assets import asset_of
 from cued.daemon.core.states import TERMINAL_RUN_STATES
-from cued.daemon.core.untrusted import page_cursor, page_position
-from cued.daemon.web.auth import SESSION_COOKIE, ApiError, Caller, open_caller
+from cued.daemon.errors import InvalidRequest, NotFound
+from cued.daemon.ops.queries import Queries, load
+from cued.daemon.web.auth import ApiError, Caller, caller_of
 from cued.daemon.web.ui import draw
 
 if TYPE_CHECKING:
@@ -55,8 +58,9 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-    from cued.daemon.runtime.runner import Runner
-    from cued.daemon.store import RunRow
+    from cued.daemon.ops.cursors import Page
+    from cued.daemon.ops.host import Daemon
+    from cued.daemon.store import EventRow, RunRow
     from cued.daemon.web.auth import Users
     from cued.daemon.web.control import ControlAccess
 
@@ -66,8 +70,8 @@ _HERE = Path(__file__).resolve().parent
 _PAGE_SIZE = 50
 _MAX_ROWS = 100  # attempts and timeline rows shown on one run page (keeps it small)
 _STATES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled")
-_ACTIVE = _STATES[:3]
-_COUNT_CAP = 10_000
+_RECENT = 10  # latest runs on the overview
+_T = TypeVar("_T")
 # no inline script, nothing from elsewhere; inline style attributes place the timeline bars
 _HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; "
@@ -81,15 +85,17 @@ _TYPES = {".css": "text/css", ".js": "text/javascript", ".txt": "text/plain"}
 
 
 def with_ui(
-    api: ASGIApp, runner: Runner, intake: Any, users: Users, access: ControlAccess
+    api: ASGIApp, daemon: Daemon, intake: Any, users: Users, access: ControlAccess
 ) -> ASGIApp:
     """The HTTP front's app: ``/`` and ``/ui/...`` are the UI, anything else ``api``.
 
+    :param daemon: the running daemon (the runtime's runner), read through
+        :mod:`cued.daemon.ops.queries`
     :param intake: whatever counts events per source in ``received`` (the daemon's intake)
     :param users: the tokens the API knows; the UI reads the same cookie and tokens
     :param access: with no users, the OS users who may use the UI (as for the API)
     """
-    return _Front(api, _Ui(runner, intake, users, access).app())
+    return _Front(api, _Ui(daemon, intake, users, access).app())
 
 
 class _Front:
@@ -149,8 +155,9 @@ class _Rates:
 
 
 class _Ui:
-    def __init__(self, runner: Runner, intake: Any, users: Users, access: ControlAccess) -> None:
-        self.runner = runner
+    def __init__(self, daemon: Daemon, intake: Any, users: Users, access: ControlAccess) -> None:
+        self.daemon = daemon
+        self.queries = Queries.of(daemon)
         self.intake = intake
         self.users = users
         self.access = access
@@ -193,25 +200,22 @@ class _Ui:
     # -- who asks -----------------------------------------------------------------------
 
     def caller(self, request: Request) -> Caller | None:
-        """Whoever the request's bearer token or session cookie names; with no users
-        configured, the API's open caller: anyone, if the request is addressed to a
-        loopback host.
+        """Whoever the API would take the request's caller to be; ``None`` if it would
+        answer 401 (no valid token or session: the page asks to log in).
 
-        :raises ApiError: if the open caller is refused
+        :raises ApiError: if the caller is refused otherwise (403)
         """
-        if not self.users.by_token:
-            return open_caller(request, self.access)
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return self.users.find(token.strip())
-        cookie = request.cookies.get(SESSION_COOKIE)
-        found = self.users.find(cookie) if cookie else None
-        return replace(found, via="cookie") if found is not None else None
+        try:
+            return caller_of(request, self.users, self.access)
+        except ApiError as exc:
+            if exc.status == 401:
+                return None
+            raise
 
     def page(
         self,
         name: str,
-        handler: Callable[[Request], Awaitable[dict[str, Any] | Response]],
+        handler: Callable[[Request], Awaitable[dict[str, Any] | _NotFound]],
     ) -> Callable[[Request], Awaitable[Response]]:
         template = self.env.get_template(name)
 
@@ -239,8 +243,13 @@ class _Ui:
                     status=403,
                 )
             found = await handler(request)
-            if isinstance(found, Response):
-                return found
+            if isinstance(found, _NotFound):
+                return self.render(
+                    self.env.get_template("message.html"),
+                    {"title": "Not found", "text": found.text, "active": ""},
+                    caller,
+                    status=404,
+                )
             return self.render(template, found, caller, fragment=fragment)
 
         return endpoint
@@ -282,49 +291,44 @@ class _Ui:
         )
 
     async def overview(self, request: Request) -> dict[str, Any]:
-        store, runner = self.runner.store, self.runner
-        totals: dict[str, int] = dict.fromkeys(runner.config.sources, 0)
+        queries = self.queries
+        totals: dict[str, int] = dict.fromkeys(queries.config.sources, 0)
         totals.update(getattr(self.intake, "received", {}))
         rates = self.rates.rates(totals, time.monotonic())
-        kinds = {name: s.kind for name, s in runner.config.sources.items()}
-        backlog = runner.backlog
+        kinds = {name: s.kind for name, s in queries.config.sources.items()}
+        busy = load(self.daemon)
         sources = [
             {
                 "name": name,
-                "kind": kinds.get(name, "asset" if name.startswith("asset:") else "?"),
+                "kind": kinds.get(name, "asset" if asset_of(name) is not None else "?"),
                 "received": totals[name],
                 "rate": rates.get(name),
             }
             for name in sorted(totals)
         ]
-        recent = await store.list_runs(limit=1000)
-        counts: Counter[str] = Counter(r.state for r in recent)
-        for state in _ACTIVE:
-            counts[state] = len(await store.list_runs(limit=_COUNT_CAP, state=state))
-        waiting = len(await store.list_approvals(state="waiting", limit=_COUNT_CAP))
+        counts = dict.fromkeys(_STATES, 0) | await queries.run_counts()
         pipelines = [
             {
                 "name": name,
                 "tasks": len(plan.tasks),
                 "inputs": [_input_field(k, v) for k, v in plan.config.inputs.items()],
             }
-            for name, plan in sorted(runner.plans.items())
+            for name, plan in sorted(queries.plans.items())
         ]
         return {
             "active": "/ui/",
             "sources": sources,
             "backlog": {
-                "depth": backlog.depth,
-                "high": backlog.high_water,
-                "low": backlog.low_water,
-                "saturated": backlog.saturated,
+                "depth": busy.backlog,
+                "high": busy.high_water,
+                "low": busy.low_water,
+                "saturated": busy.saturated,
             },
             "counts": counts,
             "states": _STATES,
-            "cap": _COUNT_CAP,
-            "recent": recent[:10],
-            "waiting": waiting,
-            "running_tasks": runner.running_tasks,
+            "recent": (await queries.runs_page(limit=_RECENT)).items,
+            "waiting": await queries.waiting_count(),
+            "running_tasks": busy.running_tasks,
             "pipelines": pipelines,
         }
 
@@ -333,17 +337,20 @@ class _Ui:
         pipeline = q.get("pipeline") or None
         state = q.get("state") or None
         before = q.get("before") or None
-        rows = await self.runner.store.list_runs(
-            limit=_PAGE_SIZE + 1, pipeline=pipeline, state=state, before=before
+        page: Page[RunRow] = await _from_cursor(
+            lambda cursor: self.queries.runs_page(
+                limit=_PAGE_SIZE, pipeline=pipeline, state=state, cursor=cursor
+            ),
+            before,
         )
         query = {k: v for k, v in (("pipeline", pipeline), ("state", state)) if v}
-        older = rows[_PAGE_SIZE - 1].run_id if len(rows) > _PAGE_SIZE else None
+        older = page.next_cursor
         return {
             "active": "/ui/runs",
-            "runs": rows[:_PAGE_SIZE],
+            "runs": page.items,
             "pipeline": pipeline or "",
             "state": state or "",
-            "pipelines": sorted(self.runner.plans),
+            "pipelines": sorted(self.queries.plans),
             "states": _STATES,
             "newest": _url("/ui/runs", query) if before else None,
             "older": _url("/ui/runs", {**query, "before": older}) if older else None,
@@ -351,52 +358,29 @@ class _Ui:
             "now": time.time(),
         }
 
-    async def run(self, request: Request) -> dict[str, Any] | Response:
-        store = self.runner.store
+    async def run(self, request: Request) -> dict[str, Any] | _NotFound:
         run_id = request.path_params["run_id"]
-        run = await store.get_run(run_id)
-        if run is None:
-            return self._not_found(request, f"no run {run_id!r}")
-        instances = await store.get_instances(run_id)
-        attempts = await store.get_attempts(run_id)
-        plan = self.runner.plans.get(run.pipeline)
+        detail = await self.queries.run_detail(run_id)
+        if detail is None:
+            return _NotFound(f"no run {run_id!r}")
+        run, instances, attempts = detail.run, detail.instances, detail.attempts
+        plan = self.queries.plans.get(run.pipeline)
         at = time.time()
         graph = None
-        gates: list[dict[str, Any]] = []
-        assets = []
         if plan is not None:
             needs = {name: t.config.needs for name, t in plan.tasks.items()}
             mapped = [name for name, t in plan.tasks.items() if t.config.map is not None]
             boxes = draw.summarise(plan.order, mapped, instances)
             graph = draw.task_graph(plan.order, needs, boxes)
-            found = await store.get_approvals(run_id)
-            decisions = await store.get_decisions(run_id) if found else []
-            gates = [
-                {
-                    "gate": gate,
-                    "decisions": [
-                        d for d in decisions if d.key == gate.key and d.attempt == gate.attempt
-                    ],
-                }
-                for gate in found
-            ]
-            # a run that succeeded records one asset event per produced asset, by this id
-            produces = {
-                f"asset:{a}:{run_id}": (a, name)
-                for name, t in plan.tasks.items()
-                for a in t.config.produces
+        assets = [
+            {
+                "asset": p.asset,
+                "task": p.task,
+                "event_id": p.event.event_id,
+                "runs": p.event.run_ids,
             }
-            if produces:
-                recorded = await store.get_events(list(produces))
-                assets = [
-                    {
-                        "asset": produces[e.event_id][0],
-                        "task": produces[e.event_id][1],
-                        "event_id": e.event_id,
-                        "runs": e.run_ids,
-                    }
-                    for e in sorted(recorded, key=lambda e: e.event_id)
-                ]
+            for p in detail.assets
+        ]
         start = run.started_at or run.created_at
         end = run.ended_at if run.ended_at is not None else at
         timeline, span = draw.gantt(attempts[:_MAX_ROWS], start, end, now=at)
@@ -405,7 +389,7 @@ class _Ui:
             by_key.setdefault(a.key, []).append(a)
         finished = run.state in TERMINAL_RUN_STATES
         # [retention] may have deleted the event while keeping the run
-        event_kept = bool(run.event_id and await store.known_events([run.event_id]))
+        event_kept = detail.event is not None
         return {
             "active": "/ui/runs",
             "run": run,
@@ -415,7 +399,7 @@ class _Ui:
             "more_attempts": max(len(attempts) - _MAX_ROWS, 0),
             "timeline": timeline,
             "span": span,
-            "gates": gates,
+            "gates": detail.gates,
             "assets": assets,
             "cost": sum(a.cost or 0.0 for a in attempts),
             "has_cost": any(a.cost is not None for a in attempts),
@@ -428,38 +412,33 @@ class _Ui:
         }
 
     async def approvals(self, request: Request) -> dict[str, Any]:
-        store = self.runner.store
-        gates = []
-        runs: dict[str, RunRow | None] = {}
-        for gate in await store.list_approvals(state="waiting", limit=100):
-            if gate.run_id not in runs:
-                runs[gate.run_id] = await store.get_run(gate.run_id)
-            decisions = [
-                d
-                for d in await store.get_decisions(gate.run_id, gate.key)
-                if d.attempt == gate.attempt
-            ]
-            gates.append({"gate": gate, "run": runs[gate.run_id], "decisions": decisions})
+        waiting = await self.queries.waiting_gates(limit=100)
+        runs = {r.run_id: r for r in await self.queries.runs([g.gate.run_id for g in waiting])}
+        gates = [
+            {"gate": g.gate, "run": runs.get(g.gate.run_id), "decisions": g.decisions}
+            for g in waiting
+        ]
         return {"active": "/ui/approvals", "gates": gates, "now": time.time()}
 
     async def events(self, request: Request) -> dict[str, Any]:
         q = request.query_params
         source = q.get("source") or None
         status = q.get("status") or None
-        # a cursor that is not one of ours (made up, or from an older daemon): first page
-        before = page_position(q.get("before") or "")
-        rows = await self.runner.store.list_events(
-            limit=_PAGE_SIZE + 1, source=source, status=status, before=before
+        before = q.get("before") or None
+        page: Page[EventRow] = await _from_cursor(
+            lambda cursor: self.queries.events_page(
+                limit=_PAGE_SIZE, source=source, status=status, cursor=cursor
+            ),
+            before,
         )
         query = {k: v for k, v in (("source", source), ("status", status)) if v}
         sources = sorted(
-            set(self.runner.config.sources) | set(getattr(self.intake, "received", {}))
+            set(self.queries.config.sources) | set(getattr(self.intake, "received", {}))
         )
-        last = rows[_PAGE_SIZE - 1] if len(rows) > _PAGE_SIZE else None
-        older = page_cursor(last.received_at, last.event_id) if last else None
+        older = page.next_cursor
         return {
             "active": "/ui/events",
-            "events": rows[:_PAGE_SIZE],
+            "events": page.items,
             "source": source or "",
             "status": status or "",
             "sources": sources,
@@ -469,20 +448,12 @@ class _Ui:
             "self_url": _url("/ui/events", {**query, "before": q.get("before")}),
         }
 
-    async def event(self, request: Request) -> dict[str, Any] | Response:
+    async def event(self, request: Request) -> dict[str, Any] | _NotFound:
         event_id = request.path_params["event_id"]
-        found = await self.runner.store.get_events([event_id])
-        if not found:
-            return self._not_found(request, f"no event {event_id!r}")
-        return {"active": "/ui/events", "e": found[0]}
-
-    def _not_found(self, request: Request, text: str) -> Response:
-        return self.render(
-            self.env.get_template("message.html"),
-            {"title": "Not found", "text": text, "active": ""},
-            self.caller(request),
-            status=404,
-        )
+        try:
+            return {"active": "/ui/events", "e": await self.queries.event(event_id)}
+        except NotFound as exc:
+            return _NotFound(str(exc))
 
     async def static(self, request: Request) -> Response:
         asset = self.assets.get(request.path_params["name"])
@@ -510,6 +481,24 @@ _NAV = (
     ("/ui/approvals", "Approvals"),
     ("/ui/events", "Events"),
 )
+
+
+@dataclass(frozen=True)
+class _NotFound:
+    """What a page handler answers for a thing that does not exist (a 404 page)."""
+
+    text: str
+
+
+async def _from_cursor(read: Callable[[str | None], Awaitable[_T]], cursor: str | None) -> _T:
+    """A page read from ``cursor``; the first page if ``cursor`` is not one a page gave
+    (made up, or cut short): a link is no error of the daemon's."""
+    if cursor is not None:
+        try:
+            return await read(cursor)
+        except InvalidRequest:
+            pass
+    return await read(None)
 
 
 async def _to_ui(request: Request) -> Response:

@@ -1,0 +1,99 @@
+"""Acts: what the API, the UI (through the API) and the CLI ask the daemon to do.
+
+```
+trigger       start a run of a pipeline (and wait for its end, if asked)
+cancel        cancel a run that runs or waits for a decision          (.repair)
+rerun         run a finished run again from the point of failure      (.repair)
+decide        approve or reject an approval gate, as its caller
+wait          see a run to its end (or to its next gate)
+prune         delete what [retention] lets go now, or count it (a dry run)
+```
+
+A request that the state of a run or gate does not allow now raises
+:class:`~cued.daemon.errors.Conflict`; the faces tell it by its type.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from cued.daemon.core.ids import now
+from cued.daemon.ops.queries import Gate
+from cued.daemon.ops.repair import cancel, rerun
+from cued.daemon.runtime import gates, retention
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from cued.daemon.ops.host import Daemon, Recorded
+    from cued.daemon.store import RunRow
+
+__all__ = ["AS_PROPOSED", "cancel", "decide", "prune", "rerun", "trigger", "wait"]
+
+AS_PROPOSED: Any = object()
+"""The ``payload`` of a decision that takes a gate's proposal as it is."""
+
+
+async def trigger(
+    daemon: Daemon, pipeline: str, inputs: dict[str, Any] | None = None, *, wait: bool = False
+) -> RunRow:
+    """Start a run (recorded before this returns); inputs not given take their defaults.
+
+    :param wait: return once the run has finished (or waits for a decision)
+    :raises NotFound: if there is no such pipeline
+    :raises InvalidRequest: if an input is not declared by the pipeline
+    """
+    row = await daemon.submit_run(pipeline, inputs)
+    return await daemon.wait(row.run_id) if wait else row
+
+
+async def wait(daemon: Daemon, run_id: str) -> RunRow:
+    """Wait for a run to finish (or to park at a gate) and return its row.
+
+    :raises NotFound: if there is no such run
+    """
+    return await daemon.wait(run_id)
+
+
+async def decide(
+    daemon: Daemon,
+    run_id: str,
+    key: str,
+    *,
+    who: str,
+    approve: bool,
+    comment: str | None = None,
+    payload: Any = AS_PROPOSED,
+    groups: Iterable[str] = (),
+) -> Gate:
+    """Record ``who``'s decision on gate ``key`` of run ``run_id`` (settling the gate if
+    that decides it); returns the gate as it now stands, with its decisions.
+
+    :param groups: groups ``who`` belongs to besides those of ``[auth.users]``
+    :param payload: the proposal as edited by ``who`` (default: as proposed)
+    :raises NotFound: if there is no such gate
+    :raises Conflict: if the gate was settled already
+    :raises Forbidden: if ``who`` is not among its approvers
+    """
+    extra = {} if payload is AS_PROPOSED else {"payload": payload}
+    gate = await gates.decide(
+        daemon,
+        run_id,
+        key,
+        who=who,
+        approve=approve,
+        comment=comment,
+        groups=frozenset(groups) | daemon.groups_of(who),
+        **extra,
+    )
+    return Gate.of(gate, await daemon.store.get_decisions(run_id, key))
+
+
+async def prune(recorded: Recorded, *, dry_run: bool = False) -> dict[str, Any]:
+    """Delete now what ``[retention]`` lets go (in small transactions that take turns with
+    the daemon's other writes), or with ``dry_run`` only count it; returns the report of
+    :func:`cued.daemon.runtime.retention.report`."""
+    policy = retention.policy(recorded.config, now())
+    store = recorded.store
+    counts = await (store.prunable(policy) if dry_run else store.prune(policy))
+    return retention.report(policy, counts, dry_run=dry_run)

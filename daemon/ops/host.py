@@ -1,0 +1,48 @@
+"""What ops needs of the daemon: narrow ports that the runtime's ``Runner`` satisfies, so
+the faces (web, the CLI) and ops never import the runner itself.
+
+Every call ops makes into the running daemon goes through :class:`Daemon`; what needs only
+the recorded state (pruning) takes a :class:`Recorded`, which a face with no daemon of its
+own opens too (:class:`cued.daemon.ops.local.Local`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from cued.daemon.runtime.gates import GateHost
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from cued.daemon.config import Config
+    from cued.daemon.core.plan import PipelinePlan
+    from cued.daemon.runtime.backlog import Backlog
+    from cued.daemon.store import RunRow, Store
+
+__all__ = ["Daemon", "Recorded"]
+
+
+class Recorded(Protocol):
+    """A store and the configuration it is kept under."""
+
+    @property
+    def store(self) -> Store: ...
+    @property
+    def config(self) -> Config: ...
+
+
+class Daemon(GateHost, Recorded, Protocol):
+    """The running daemon as ops sees it (the runtime's runner): its configuration and
+    store, and the few calls that start, cancel, resume and wait for runs."""
+
+    @property
+    def plans(self) -> Mapping[str, PipelinePlan]: ...
+    @property
+    def backlog(self) -> Backlog[Any]: ...
+    @property
+    def running_tasks(self) -> int: ...
+    async def submit_run(self, pipeline: str, inputs: dict[str, Any] | None = None) -> RunRow: ...
+    async def cancel(self, run_id: str) -> RunRow: ...
+    async def wait(self, run_id: str) -> RunRow: ...
+    def groups_of(self, user: str) -> frozenset[str]: ...

@@ -1,0 +1,355 @@
+"""Reads: the one read model the API, the UI and the CLI share.
+
+A run's detail, pages of runs and of events (one cursor format, :mod:`.cursors`), counts
+of runs by state, gates waiting for a decision, events with the runs they started, assets
+and lineage (:mod:`.lineage`). Every answer is domain data: store rows in frozen
+dataclasses, never a face's shape (the API turns them into :mod:`cued.daemon.web.schemas`,
+the UI into HTML, the CLI into tables).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cued.daemon.core.assets import asset_source
+from cued.daemon.core.plan import PipelinePlan
+from cued.daemon.errors import NotFound
+from cued.daemon.ops import lineage
+from cued.daemon.ops.cursors import Page, event_position, page_of, run_position
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from cued.daemon.config import Config
+    from cued.daemon.ops.host import Daemon
+    from cued.daemon.store import (
+        ApprovalRow,
+        AttemptRow,
+        DecisionRow,
+        EventRow,
+        InstanceRow,
+        RunRow,
+        Store,
+    )
+
+__all__ = [
+    "AssetDetail",
+    "AssetSummary",
+    "EventDetail",
+    "EventLineage",
+    "Gate",
+    "Load",
+    "Queries",
+    "RunDetail",
+    "load",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """An approval gate with the decisions made on its current attempt."""
+
+    gate: ApprovalRow
+    decisions: list[DecisionRow]
+
+    @classmethod
+    def of(cls, gate: ApprovalRow, decisions: Sequence[DecisionRow]) -> Gate:
+        """``gate`` with those of ``decisions`` that are on it, in its current attempt."""
+        return cls(
+            gate,
+            [
+                d
+                for d in decisions
+                if d.run_id == gate.run_id and d.key == gate.key and d.attempt == gate.attempt
+            ],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunDetail:
+    """A run with everything recorded about it."""
+
+    run: RunRow
+    instances: list[InstanceRow]
+    attempts: list[AttemptRow]
+    """Every attempt of every rerun, by the time it started."""
+    gates: list[Gate]
+    """Its approval gates, by the time each asked."""
+    event: EventRow | None
+    """The event that started it, if one did and ``[retention]`` kept it."""
+    assets: list[lineage.ProducedAsset]
+    """The asset versions it produced, by asset name."""
+
+    def attempts_of(self, key: str) -> list[AttemptRow]:
+        """The attempts of the instance ``key``, oldest first."""
+        return sorted((a for a in self.attempts if a.key == key), key=lambda a: a.attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class EventDetail:
+    """An event and the runs it started (those still kept), in the order it started them."""
+
+    event: EventRow
+    runs: list[RunRow]
+
+
+@dataclass(frozen=True, slots=True)
+class EventLineage:
+    """Where an event came from, and what followed from it."""
+
+    event: EventRow
+    upstream: list[lineage.UpstreamStep]
+    """For an asset event: the run that produced it, the event that started that run, and
+    on back; nearest first."""
+    runs: list[lineage.LineageRun]
+    """The runs it started, their assets and the runs those started, onwards."""
+    truncated: bool
+    """The graph was cut at its depth or size limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class AssetSummary:
+    """An asset, configured or produced, with its latest version."""
+
+    name: str
+    producers: list[str]
+    consumers: list[str]
+    versions: int
+    latest: EventRow | None
+    latest_run_id: str | None
+    """The run that produced the latest version (as its event's data says)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AssetDetail:
+    """An asset and a page of its versions, newest first."""
+
+    name: str
+    producers: list[str]
+    consumers: list[str]
+    versions: Page[lineage.AssetVersion]
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """How busy the running daemon is now (held in memory, not in the store)."""
+
+    backlog: int
+    """Runs waiting for a slot of their pipeline."""
+    high_water: int
+    """Sources pause once this many runs wait..."""
+    low_water: int
+    """...and take events again once fewer than this wait."""
+    saturated: bool
+    """Sources are paused (backpressure)."""
+    running_tasks: int
+
+
+def load(daemon: Daemon) -> Load:
+    """How busy ``daemon`` is now."""
+    backlog = daemon.backlog
+    return Load(
+        backlog.depth,
+        backlog.high_water,
+        backlog.low_water,
+        backlog.saturated,
+        daemon.running_tasks,
+    )
+
+
+class Queries:
+    """The reads of one store under one configuration.
+
+    :param plans: the pipelines' plans (the running daemon's; built from ``config`` if
+        not given)
+    """
+
+    @classmethod
+    def of(cls, daemon: Daemon) -> Queries:
+        """The reads of the running daemon's store, under its configuration."""
+        return cls(daemon.store, daemon.config, daemon.plans)
+
+    def __init__(
+        self, store: Store, config: Config, plans: Mapping[str, PipelinePlan] | None = None
+    ) -> None:
+        self._store = store
+        self.config = config
+        self.plans: Mapping[str, PipelinePlan] = (
+            plans
+            if plans is not None
+            else {name: PipelinePlan.build(name, p) for name, p in config.pipelines.items()}
+        )
+
+    async def ping(self) -> None:
+        """Answer a trivial query of the store (readiness).
+
+        :raises StoreError: if the store cannot answer
+        """
+        await self._store.ping()
+
+    # -- runs -----------------------------------------------------------------------------
+
+    async def run_detail(self, run_id: str) -> RunDetail | None:
+        """A run with its task instances, their attempts, its approval gates with their
+        decisions, the event that started it and the assets it produced; ``None`` if
+        there is no such run."""
+        store = self._store
+        run = await store.get_run(run_id)
+        if run is None:
+            return None
+        gates = await store.get_approvals(run_id)
+        decisions = await store.get_decisions(run_id) if gates else []
+        started_by = await store.get_events([run.event_id]) if run.event_id else []
+        return RunDetail(
+            run,
+            await store.get_instances(run_id),
+            await store.get_attempts(run_id),
+            [Gate.of(g, decisions) for g in gates],
+            started_by[0] if started_by else None,
+            await lineage.produced(store, self.plans, run),
+        )
+
+    async def runs_page(
+        self,
+        *,
+        limit: int,
+        pipeline: str | None = None,
+        state: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        cursor: str | None = None,
+    ) -> Page[RunRow]:
+        """Runs, newest first, a page at a time.
+
+        :param cursor: ``next_cursor`` of the page before
+        :raises InvalidRequest: if ``cursor`` is not one a page gave
+        """
+        rows = await self._store.list_runs(
+            limit=limit + 1,
+            pipeline=pipeline,
+            state=state,
+            before=None if cursor is None else run_position(cursor),
+            created_after=created_after,
+            created_before=created_before,
+        )
+        return page_of(rows, limit, lambda r: (r.created_at, r.run_id))
+
+    async def runs(self, run_ids: Sequence[str]) -> list[RunRow]:
+        """These runs (those kept), in the order of ``run_ids``."""
+        return lineage.in_order(await self._store.get_runs(run_ids), run_ids)
+
+    async def run_counts(self) -> dict[str, int]:
+        """How many runs are in each state (states without runs are left out)."""
+        return await self._store.count_runs_by_state()
+
+    # -- approvals ------------------------------------------------------------------------
+
+    async def waiting_gates(self, limit: int = 100) -> list[Gate]:
+        """Gates waiting for a decision, oldest first, with the decisions made so far."""
+        return [
+            Gate.of(g, await self._store.get_decisions(g.run_id, g.key))
+            for g in await self._store.list_approvals(state="waiting", limit=limit)
+        ]
+
+    async def waiting_count(self) -> int:
+        """How many gates wait for a decision."""
+        return await self._store.count_waiting_approvals()
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def events_page(
+        self,
+        *,
+        limit: int,
+        source: str | None = None,
+        status: str | None = None,
+        cursor: str | None = None,
+    ) -> Page[EventRow]:
+        """Events, newest first, a page at a time.
+
+        :param source: a source's name, or ``asset:NAME``
+        :raises InvalidRequest: if ``cursor`` is not one a page gave
+        """
+        rows = await self._store.list_events(
+            limit=limit + 1,
+            source=source,
+            status=status,
+            before=None if cursor is None else event_position(cursor),
+        )
+        return page_of(rows, limit, _event_at)
+
+    async def event(self, event_id: str) -> EventRow:
+        """:raises NotFound: if there is no such event (or it is no longer kept)"""
+        found = await self._store.get_events([event_id])
+        if not found:
+            raise NotFound(f"no event {event_id!r}")
+        return found[0]
+
+    async def event_detail(self, event_id: str) -> EventDetail:
+        """An event and the runs it started.
+
+        :raises NotFound: if there is no such event
+        """
+        event = await self.event(event_id)
+        return EventDetail(event, await self.runs(event.run_ids))
+
+    async def lineage(self, event_id: str) -> EventLineage:
+        """Where an event came from (for an asset event: the run that produced it, the
+        event that started that run, and so on back) and what followed from it.
+
+        :raises NotFound: if there is no such event
+        """
+        event = await self.event(event_id)
+        budget = lineage.Budget()
+        upstream = await lineage.upstream(self._store, event, budget)
+        runs = await lineage.downstream(self._store, self.plans, event.run_ids, budget)
+        return EventLineage(event, upstream, runs, budget.truncated)
+
+    # -- assets ---------------------------------------------------------------------------
+
+    async def assets(self) -> list[AssetSummary]:
+        """Every asset, configured or produced, by name."""
+        made_by = lineage.producers(self.config)
+        produced = {name: (n, e) for name, n, e in await self._store.list_assets()}
+        found = []
+        for name in sorted(set(made_by) | set(produced)):
+            count, latest = produced.get(name, (0, None))
+            run_id = None if latest is None else lineage.data_of(latest).get("run_id")
+            found.append(
+                AssetSummary(
+                    name,
+                    made_by.get(name, []),
+                    lineage.consumers(self.config, name),
+                    count,
+                    latest,
+                    run_id if isinstance(run_id, str) else None,
+                )
+            )
+        return found
+
+    async def asset(self, name: str, *, limit: int, cursor: str | None = None) -> AssetDetail:
+        """An asset's versions, newest first, a page at a time.
+
+        :raises NotFound: if no task produces ``name`` and it has no versions
+        :raises InvalidRequest: if ``cursor`` is not one a page gave
+        """
+        made_by = lineage.producers(self.config)
+        rows = await self._store.list_events(
+            limit=limit + 1,
+            source=asset_source(name),
+            before=None if cursor is None else event_position(cursor),
+        )
+        if not rows and cursor is None and name not in made_by:
+            raise NotFound(f"no asset {name!r}")
+        page = page_of(rows, limit, _event_at)
+        return AssetDetail(
+            name,
+            made_by.get(name, []),
+            lineage.consumers(self.config, name),
+            Page(await lineage.asset_versions(self._store, page.items), page.next_cursor),
+        )
+
+
+def _event_at(row: EventRow) -> tuple[float, str]:
+    return row.received_at, row.event_id
