@@ -11,13 +11,16 @@ the task's timeout and retries around it. What it adds:
   checked against it here too, since not every compatible server enforces it. A model is
   nondeterministic, so an answer that does not fit fails the attempt as retryable.
 
-The schema check uses pydantic (``jsonschema`` is not a dependency): :func:`compile_schema`
-turns the common JSON Schema shapes into pydantic types and rejects, when the configuration
-is checked, any keyword it does not implement, rather than skip a check silently.
+The answer is checked with the ``jsonschema`` library, as JSON Schema Draft 2020-12. The
+schema itself is checked with the configuration, against the draft's metaschema and, so that
+no check is skipped silently, stricter than JSON Schema on two points: a keyword the draft
+does not define (a misspelt ``minLenght``) is refused, and so is a ``$ref`` that does not
+resolve within the schema (nothing is fetched).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -29,14 +32,18 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import anyio
 import httpx
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    TypeAdapter,
     ValidationError,
     field_validator,
 )
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from cued.daemon.sdk import (
     ParamProblem,
@@ -48,19 +55,21 @@ from cued.daemon.sdk import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+    from referencing import Resource
+    from referencing._core import Resolver  # documented, but not re-exported
 
     from cued.daemon.sdk import TaskContext
 
-from ._json_schema import SchemaProblem, compile_schema, compiled
-
-__all__ = ["LlmParams", "LlmTask", "Message", "SchemaProblem", "compile_schema"]
+__all__ = ["LlmParams", "LlmTask", "Message"]
 
 #: How much of an unexpected response's body, or of an answer, an error message quotes.
 _ERROR_TEXT_CHARS = 500
 
-#: How many of an answer's schema violations an error message lists.
+#: How many of an answer's schema violations an error message lists, and how much of each.
 _ERROR_COUNT = 10
+_ERROR_VALUE_CHARS = 200
 
 #: 4xx statuses that say "try again later": the task's own retries may mend them. (429 is
 #: retried inside the attempt, with 5xx.)
@@ -117,9 +126,10 @@ class LlmParams(BaseModel):
         for a local server that wants none.
     :param temperature: sampling temperature; the server's default if not given
     :param max_tokens: a cap on the answer's tokens
-    :param response_schema: a JSON Schema the answer must satisfy: sent as a strict
-        ``json_schema`` response format, and the answer is parsed and checked against it
-        (see :func:`compile_schema` for the keywords understood)
+    :param response_schema: a JSON Schema (Draft 2020-12) the answer must satisfy: sent as
+        a strict ``json_schema`` response format, and the answer is parsed and checked
+        against it; a keyword the draft does not define, or a ``$ref`` outside the schema,
+        is refused with the configuration
     :param price_per_1k_input: price of 1000 prompt tokens, for the recorded cost
     :param price_per_1k_output: price of 1000 completion tokens
     :param max_cost_per_run: no call is made once the run's attempts have spent this much
@@ -181,15 +191,15 @@ class LlmParams(BaseModel):
                 text = json.dumps(value, allow_nan=False)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"must hold only JSON values: {exc}") from exc
-            compiled(text)
+            _schema_validator(text)
         return value
 
     @property
-    def answer_validator(self) -> TypeAdapter[Any] | None:
+    def answer_validator(self) -> Draft202012Validator | None:
         """What checks the answer, if ``response_schema`` is given."""
         if self.response_schema is None:
             return None
-        return compiled(json.dumps(self.response_schema))
+        return _schema_validator(json.dumps(self.response_schema))
 
     @property
     def url(self) -> str:
@@ -258,6 +268,106 @@ class LlmTask:
         name = _schema_name(params.response_schema, ctx.task)
         response = await _call(params, ctx, params.request_body(name), headers)
         return _answer(params, ctx, response)
+
+
+# -- the answer's schema ------------------------------------------------------------------
+
+#: Keywords that describe and check nothing. Any other keyword Draft 2020-12 does not define
+#: is refused, where JSON Schema would ignore it: a misspelt check must not pass silently.
+_ANNOTATIONS = frozenset(
+    {
+        "$schema",
+        "$id",
+        "$anchor",
+        "$dynamicAnchor",
+        "$vocabulary",
+        "$comment",
+        "$defs",
+        "definitions",  # the older drafts' $defs, which "#/definitions/NAME" still reaches
+        "title",
+        "description",
+        "default",
+        "examples",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "contentEncoding",
+        "contentMediaType",
+        "contentSchema",
+    }
+)
+#: Keywords the validator checks, some through a neighbour: "then" and "else" with "if",
+#: "minContains" and "maxContains" with "contains".
+_KEYWORDS = _ANNOTATIONS | frozenset(
+    {*Draft202012Validator.VALIDATORS, "then", "else", "minContains", "maxContains"}
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_validator(schema_json: str) -> Draft202012Validator:
+    """The validator of answers for a ``response_schema``, checked and built once per schema:
+    templated parameters are validated again before each attempt.
+
+    :raises ValueError: if the schema is not valid Draft 2020-12, uses a keyword the draft
+        does not define, or holds a ``$ref`` that does not resolve within it
+    """
+    schema = json.loads(schema_json)
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise ValueError(f"{_at(exc.absolute_path)}: {exc.message}") from exc
+    root = DRAFT202012.create_resource(schema)
+    _check_subschemas(schema, root, Registry().resolver_with_root(root))
+    # an empty registry: no $ref is fetched from the network, at this point or later
+    return Draft202012Validator(schema, registry=Registry())
+
+
+def _check_subschemas(schema: Any, resource: Resource[Any], resolver: Resolver[Any]) -> None:
+    """Refuse, in ``resource`` and every schema within it, a keyword the draft does not
+    define and a reference that does not resolve within ``schema``."""
+    contents = resource.contents
+    if isinstance(contents, dict):
+        if unknown := sorted(set(contents) - _KEYWORDS):
+            raise ValueError(
+                f"{_at(_path_to(schema, contents))}: {unknown[0]!r} is not a keyword of "
+                "JSON Schema Draft 2020-12, so it would check nothing"
+            )
+        for keyword in ("$ref", "$dynamicRef"):
+            if isinstance(ref := contents.get(keyword), str):
+                try:
+                    resolver.lookup(ref)
+                except Unresolvable as exc:
+                    raise ValueError(
+                        f"{_at(_path_to(schema, contents))}: {keyword!r} {ref!r} does not "
+                        "resolve within the schema (nothing is fetched)"
+                    ) from exc
+    for sub in resource.subresources():
+        _check_subschemas(schema, sub, resolver.in_subresource(sub))
+
+
+def _path_to(value: Any, part: object) -> list[str | int] | None:
+    """Where ``part`` (the very object) is within ``value``: ``["properties", "a"]``."""
+    if value is part:
+        return []
+    inside: Iterable[tuple[str | int, Any]]
+    if isinstance(value, dict):
+        inside = value.items()
+    elif isinstance(value, list):
+        inside = enumerate(value)
+    else:
+        return None
+    for key, item in inside:
+        if (path := _path_to(item, part)) is not None:
+            return [key, *path]
+    return None
+
+
+def _at(path: Sequence[str | int] | None) -> str:
+    """``at '/properties/a'`` (a JSON pointer) or ``at the root``."""
+    if not path:
+        return "at the root"
+    pointer = "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+    return f"at {pointer!r}"
 
 
 # -- calling --------------------------------------------------------------------------------
@@ -460,7 +570,7 @@ def _meter(
     return recorded, cost
 
 
-def _structured(adapter: TypeAdapter[Any], content: str, finish_reason: Any) -> Any:
+def _structured(validator: Draft202012Validator, content: str, finish_reason: Any) -> Any:
     cut = (
         " (finish_reason 'length': the answer was cut off at max_tokens)"
         if finish_reason == "length"
@@ -470,25 +580,29 @@ def _structured(adapter: TypeAdapter[Any], content: str, finish_reason: Any) -> 
         parsed = json.loads(content)
     except ValueError as exc:
         raise TaskError(f"the answer is not JSON ({exc}){cut}: {_clip(content)!r}") from exc
-    try:
-        # strict: JSON Schema does not turn "3" into 3, nor 1 into true
-        adapter.validate_python(parsed, strict=True)
-    except ValidationError as exc:
-        errors = exc.errors()
-        listed = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or '(the answer)'}: {e['msg']}"
-            for e in errors[:_ERROR_COUNT]
-        )
-        more = f" (and {len(errors) - _ERROR_COUNT} more)" if len(errors) > _ERROR_COUNT else ""
+    if problems := _answer_problems(validator, parsed):
+        listed = "; ".join(problems[:_ERROR_COUNT])
+        more = f" (and {len(problems) - _ERROR_COUNT} more)" if len(problems) > _ERROR_COUNT else ""
         raise TaskError(
             f"the answer does not match response_schema{cut}: {listed}{more}; "
             f"answer: {_clip(content)!r}"
-        ) from exc
+        )
     return parsed
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= _ERROR_TEXT_CHARS else text[:_ERROR_TEXT_CHARS] + "..."
+def _answer_problems(validator: Draft202012Validator, answer: Any) -> list[str]:
+    """What is wrong with ``answer``, one violation each, named by where it is in the answer:
+    ``lines.0.qty: 11 is greater than the maximum of 10``."""
+    return [
+        f"{'.'.join(map(str, error.absolute_path)) or '(the answer)'}: "
+        # a message quotes the value, which may be all of a large answer
+        + _clip(error.message, _ERROR_VALUE_CHARS)
+        for error in validator.iter_errors(answer)
+    ]
+
+
+def _clip(text: str, chars: int = _ERROR_TEXT_CHARS) -> str:
+    return text if len(text) <= chars else text[:chars] + "..."
 
 
 def _money(amount: float) -> str:
