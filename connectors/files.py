@@ -223,6 +223,11 @@ class FilesSource:
                 # which follows, misses nothing dropped after it.
                 task_status.started()
                 started = True
+            else:
+                # A file dropped while no watch was set (the pause below) is listed now:
+                # the take loop runs only once this task waits, inside awatch, after the
+                # new watch is set up -- so between the two, nothing is missed.
+                self._wake.set()
             failure: BaseException | None = None
             try:
                 async for _ in changes:
