@@ -23,10 +23,10 @@ from cued.daemon.core.loopback import (
     is_loopback_host,
     is_loopback_listen,
     parse_tcp_table,
-    tcp_client_uid,
     tcp_owner,
 )
 from cued.daemon.errors import ConfigError
+from cued.daemon.web.peers import tcp_client_uid
 from tests.support.daemon import cued
 from tests.support.running import daemon_running
 

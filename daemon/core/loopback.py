@@ -19,7 +19,8 @@ anything else               not: other names, other addresses, bare IPv6 in Host
 A loopback connection also says who made it, on Linux: ``/proc/net/tcp`` (IPv4) and
 ``/proc/net/tcp6`` (IPv6) list every TCP socket of this network namespace with the uid of
 its owner, so the row whose local address is the client's and whose remote address is the
-server's names the OS user at the other end (:func:`tcp_client_uid`).
+server's names the OS user at the other end (:func:`tcp_owner`; the API reads the
+tables in :mod:`cued.daemon.web.peers`).
 
 ```
   sl  local_address rem_address   st ... uid  timeout inode ...
@@ -38,7 +39,6 @@ from __future__ import annotations
 import ipaddress
 import re
 import sys
-from pathlib import Path
 from typing import NamedTuple
 
 __all__ = [
@@ -46,11 +46,9 @@ __all__ = [
     "is_loopback_host",
     "is_loopback_listen",
     "parse_tcp_table",
-    "tcp_client_uid",
     "tcp_owner",
 ]
 
-_PROC_NET = Path("/proc/net")
 _HEX = re.compile(r"[0-9A-Fa-f]+")
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -147,27 +145,6 @@ def tcp_owner(
             continue
         if _normal(row.local) == wanted_local and _normal(row.remote) == wanted_remote:
             return row.uid
-    return None
-
-
-def tcp_client_uid(
-    client: tuple[str, int], server: tuple[str, int], *, proc_net: Path = _PROC_NET
-) -> int | None:
-    """The uid of the OS user at the client end of a TCP connection on this machine, read
-    from ``proc_net/tcp`` and ``proc_net/tcp6`` now; None if it cannot be told (no such
-    files, not Linux, the client in another network namespace or gone).
-
-    :param client: the peer address of the server's socket (host, port)
-    :param server: the server's own address on the connection (host, port)
-    """
-    for name in ("tcp", "tcp6"):
-        try:
-            text = (proc_net / name).read_text(encoding="ascii", errors="replace")
-        except OSError:
-            continue
-        uid = tcp_owner(parse_tcp_table(text), client, server)
-        if uid is not None:
-            return uid
     return None
 
 

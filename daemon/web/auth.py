@@ -35,12 +35,13 @@ from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from cued.daemon.core.loopback import is_loopback_host, tcp_client_uid
+from cued.daemon.core.loopback import is_loopback_host
 from cued.daemon.ops.host import Daemon
 from cued.daemon.ops.queries import Queries
 from cued.daemon.runtime.metrics import Metrics
 from cued.daemon.web.control import ControlAccess, Peer, os_user_name, peer_of
 from cued.daemon.web.live import Live
+from cued.daemon.web.peers import tcp_client_uid
 from cued.daemon.web.schemas import ErrorResponse, LoginBody, Session, SessionCreated
 from cued.daemon.web.server import connection_memo
 
