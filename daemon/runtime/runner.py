@@ -7,40 +7,41 @@ per pipeline (runs beyond it wait in the bounded
 :class:`~cued.daemon.runtime.backlog.Backlog`). Every state change goes to the store; a
 task's result is durable before anything downstream of it starts.
 
-What the runner does not do itself, it is given or owns as a part of its own:
+The runner drives runs and their attempts; the rest it is given, or owns as parts:
 
 ```
-alerts          RunAlerts (run_alerts.py) builds the outbox rows it commits with each change
+task attempts   TaskAttempts (attempts.py) runs one, with the kinds, HTTP client and
+                Spending (spending.py) the runner is given; the runner holds its slots
+slots           Slots (slots.py): run slots, task slots, pools, draining
+alerts          RunAlerts (run_alerts.py) builds the outbox rows committed with each change
+                they report, for the AlertSink (alerts.py) the runner is given
 asset events    asset_events.py builds them; the AssetSink it is given (intake) records them
 approval gates  Gates (gates.py) decide and expire them; the runner is their GateHost
 deadlines       Deadlines (deadlines.py) watch the runs it starts
-spending        the Spending it is given (spending.py) is handed to tasks
 ```
 """
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from pydantic import ValidationError
 
-from cued.daemon.config.secrets import redact
 from cued.daemon.core.engine import Instance, RunEngine, RunState, Start, State, Wait
 from cued.daemon.core.ids import new_id, now
 from cued.daemon.core.plan import PipelinePlan
-from cued.daemon.errors import InvalidRequest, NotFound, PermanentTaskError, TaskTimeout
+from cued.daemon.errors import InvalidRequest, NotFound
 from cued.daemon.logs import get_logger
 from cued.daemon.runtime.asset_events import asset_events
+from cued.daemon.runtime.attempts import TaskAttempts
 from cued.daemon.runtime.deadlines import Deadlines
 from cued.daemon.runtime.gates import Gates, gate_row
 from cued.daemon.runtime.instance_rows import instance_row, instances_of
 from cued.daemon.runtime.run_alerts import RunAlerts
 from cued.daemon.runtime.slots import Slots
-from cued.daemon.sdk.kinds import AwaitingDecision, Meter, TaskContext
+from cued.daemon.sdk.kinds import Meter
 from cued.daemon.store import AttemptRow, RunRow
 
 if TYPE_CHECKING:
@@ -48,14 +49,13 @@ if TYPE_CHECKING:
 
     import httpx
     import structlog
-    from pydantic import BaseModel
 
     from cued.daemon.config import Config, TaskConfig
     from cued.daemon.core.engine import Command
     from cued.daemon.runtime.asset_events import AssetSink
     from cued.daemon.runtime.backlog import Backlog
     from cued.daemon.runtime.run_alerts import AlertSink
-    from cued.daemon.sdk.kinds import Spending, TaskKind
+    from cued.daemon.sdk.kinds import AwaitingDecision, Spending, TaskKind
     from cued.daemon.store import Durable, Row, Store
 
 __all__ = ["Runner", "backoff_s"]
@@ -125,13 +125,11 @@ class Runner:
         self.gates = Gates(store, self)
         """The approval gates of this runner's runs: decide them here."""
         self.log: structlog.typing.FilteringBoundLogger = get_logger()
-        self._http = http
-        self._spending = spending
+        self._attempts = TaskAttempts(kinds, http, spending, config.daemon.task_env)
         self._alerts = RunAlerts(alerts)
         self._assets = assets
         self._deadlines = Deadlines(self.plans, store, self._alerts)
         self._runs: dict[str, _Run] = {}
-        self._static_params: dict[tuple[str, str], BaseModel] = {}
         self._run_listeners: list[Callable[[RunRow], None]] = []
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -369,8 +367,7 @@ class Runner:
         engine = run.engine
         assert engine is not None
         inst, run_id = start.instance, run.row.run_id
-        task = run.plan.tasks[inst.task].config
-        async with self.slots.task_slot(task.pool):
+        async with self.slots.task_slot(run.plan.tasks[inst.task].config.pool):
             engine.started(inst)
             started_at = now()
             self._write(run, [AttemptRow(run_id, inst.key, start.attempt, "running", started_at)])
@@ -380,127 +377,49 @@ class Runner:
             log.debug("task_started")
             meter = Meter()
             with self.slots.running():
-                output, error, retryable = await self._execute(
-                    run, start, task, self._context(run, start, log, meter), started_at
-                )
+                try:
+                    outcome = await self._attempts.run(run.plan, run.row, start, log, meter)
+                except anyio.get_cancelled_exc_class():
+                    # a cancelled run marks its instances cancelled; a daemon shutting down
+                    # leaves them running, so that a restart runs them again
+                    state = "cancelled" if engine.state is RunState.CANCELLED else "interrupted"
+                    self.store.submit(
+                        [
+                            AttemptRow(
+                                run_id,
+                                inst.key,
+                                start.attempt,
+                                state,
+                                started_at,
+                                now(),
+                                cost=meter.cost,
+                                usage=meter.usage,
+                            )
+                        ]
+                    )
+                    raise
         ended_at = now()
-        # what is kept and shown holds no secret the daemon resolved, in memory as in the
-        # store, so that downstream tasks see the same after a restart as before one
-        output, error = redact(output), redact(error)
-        if error is None and isinstance(output, AwaitingDecision):
-            await self._await_decision(run, inst, start.attempt, started_at, output)
+        outcome = outcome.kept()
+        if (ask := outcome.awaiting) is not None:
+            await self._await_decision(run, inst, start.attempt, started_at, ask)
             return
-        output_json: str | None = None
-        if error is None:
-            try:
-                output_json = json.dumps(output)
-            except (TypeError, ValueError) as exc:
-                error, retryable = f"output is not JSON-serialisable: {exc}", False
-        if error is None:
+        if outcome.error is None:
             log.debug("task_succeeded", duration_s=round(ended_at - started_at, 6))
-            commands = engine.succeeded(inst, output)
-            state = "succeeded"
+            commands = engine.succeeded(inst, outcome.output)
         else:
-            commands = engine.failed(inst, error, retryable=retryable)
-            log.warning("task_failed", error=error, will_retry=inst.state is State.UP_FOR_RETRY)
-            state = "failed"
-        extra: list[Row] = [
-            AttemptRow(
-                run_id,
-                inst.key,
-                start.attempt,
-                state,
-                started_at,
-                ended_at,
-                error,
-                output_json,
-                meter.cost,
-                meter.usage,
+            commands = engine.failed(inst, outcome.error, retryable=outcome.retryable)
+            log.warning(
+                "task_failed", error=outcome.error, will_retry=inst.state is State.UP_FOR_RETRY
             )
-        ]
+        extra: list[Row] = [outcome.attempt_row(run_id, start, started_at, ended_at, meter)]
         failed_for_good = inst.state is State.FAILED  # no retry left, or none would help
         if failed_for_good:
-            extra.extend(self._alerts.task_failed(run.row, inst.key, start.attempt, error))
+            extra.extend(self._alerts.task_failed(run.row, inst.key, start.attempt, outcome.error))
         # durable before anything downstream starts: a succeeded task never runs again
         await self._commit(run, extra)
         if failed_for_good:
             self._alerts.wake()
         self._apply(run, tg, commands)
-
-    def _context(
-        self, run: _Run, start: Start, log: structlog.typing.FilteringBoundLogger, meter: Meter
-    ) -> TaskContext:
-        inst, run_id = start.instance, run.row.run_id
-        return TaskContext(
-            run_id=run_id,
-            pipeline=run.row.pipeline,
-            task=inst.task,
-            map_index=inst.index,
-            attempt=start.attempt,
-            idempotency_key=f"{run_id}/{inst.key}",
-            log=log,
-            http=self._http,
-            meter=meter,
-            spending=self._spending,
-            pass_env=tuple(self.config.daemon.task_env),
-        )
-
-    async def _execute(
-        self, run: _Run, start: Start, task: TaskConfig, ctx: TaskContext, started_at: float
-    ) -> tuple[Any, str | None, bool]:
-        """Run one attempt of a task kind: its output, or the error that failed it and
-        whether a retry could help."""
-        assert run.engine is not None
-        inst = start.instance
-        kind = self.kinds[task.kind]
-        try:
-            try:
-                params = self._params(run.plan, inst.task, task, start.params)
-            except ValidationError as exc:
-                # only the parameters' own check: a pydantic error inside a kind is that
-                # kind's failure, retried like any other
-                raise PermanentTaskError(_describe(exc)) from exc
-            if task.timeout is not None:
-                with anyio.fail_after(task.timeout):
-                    return await kind.execute(params, ctx), None, True
-            return await kind.execute(params, ctx), None, True
-        except anyio.get_cancelled_exc_class():
-            # a cancelled run marks its instances cancelled; a daemon shutting down
-            # leaves them running, so that a restart runs them again
-            state = "cancelled" if run.engine.state is RunState.CANCELLED else "interrupted"
-            meter = ctx.meter
-            self.store.submit(
-                [
-                    AttemptRow(
-                        ctx.run_id,
-                        inst.key,
-                        start.attempt,
-                        state,
-                        started_at,
-                        now(),
-                        cost=meter.cost,
-                        usage=meter.usage,
-                    )
-                ]
-            )
-            raise
-        except TimeoutError:
-            return None, str(TaskTimeout(inst.key, task.timeout or 0)), True
-        except PermanentTaskError as exc:
-            return None, _describe(exc), False
-        except Exception as exc:  # noqa: BLE001 - whatever a task raises fails its attempt
-            return None, _describe(exc), True
-
-    def _params(
-        self, plan: PipelinePlan, name: str, task: TaskConfig, params: dict[str, Any]
-    ) -> BaseModel:
-        model = self.kinds[task.kind].Params
-        if plan.tasks[name].templated:
-            return model.model_validate(params)
-        key = (plan.name, name)
-        if (cached := self._static_params.get(key)) is None:
-            cached = self._static_params[key] = model.model_validate(params)
-        return cached
 
     async def _await_decision(
         self, run: _Run, inst: Instance, attempt: int, started_at: float, ask: AwaitingDecision
@@ -585,11 +504,3 @@ class Runner:
     def running_tasks(self) -> int:
         """Old name of ``slots.running_tasks``."""
         return self.slots.running_tasks
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    if isinstance(exc, ValidationError):
-        text = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return f"invalid parameters: {text}"
-    return text if text else type(exc).__name__
