@@ -277,3 +277,13 @@ async def test_a_waiting_run_frees_its_slot_and_memory_and_can_be_cancelled(make
             gate = await info.runner.store.get_approval(first, "gate")
     assert cancelled.state == "cancelled"
     assert gate.state == "cancelled"
+
+
+def test_the_groups_of_a_user_come_from_auth_users(make_config):
+    auth = make_config(
+        '[auth.users.olga]\ntoken = "t-olga"\nroles = ["approver"]\ngroups = ["ops", "db"]\n'
+        '[auth.users.eve]\ntoken = "t-eve"\n'
+    ).auth
+    assert auth.groups_of("olga") == {"ops", "db"}
+    assert auth.groups_of("eve") == frozenset()
+    assert auth.groups_of("nobody") == frozenset()
