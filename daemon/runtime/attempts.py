@@ -19,6 +19,7 @@ import anyio
 from pydantic import ValidationError
 
 from cued.daemon.config.secrets import redact
+from cued.daemon.core.ids import now
 from cued.daemon.errors import PermanentTaskError, TaskTimeout
 from cued.daemon.sdk.kinds import AwaitingDecision, TaskContext
 from cued.daemon.store import AttemptRow
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from cued.daemon.sdk.kinds import Meter, Spending, TaskKind
     from cued.daemon.store import RunRow
 
-__all__ = ["Outcome", "TaskAttempts"]
+__all__ = ["Outcome", "TaskAttempts", "stopped_row"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,23 @@ class Outcome:
             meter.cost,
             meter.usage,
         )
+
+
+def stopped_row(
+    run_id: str, start: Start, state: str, started_at: float, meter: Meter
+) -> AttemptRow:
+    """The row of an attempt stopped before it ended: ``cancelled`` with its run, or
+    ``interrupted`` by a daemon shutting down (it runs again after the restart)."""
+    return AttemptRow(
+        run_id,
+        start.instance.key,
+        start.attempt,
+        state,
+        started_at,
+        now(),
+        cost=meter.cost,
+        usage=meter.usage,
+    )
 
 
 class TaskAttempts:

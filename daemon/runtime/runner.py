@@ -7,11 +7,13 @@ per pipeline (runs beyond it wait in the bounded
 :class:`~cued.daemon.runtime.backlog.Backlog`). Every state change goes to the store; a
 task's result is durable before anything downstream of it starts.
 
-The runner drives runs and their attempts; the rest it is given, or owns as parts:
+The runner knows which runs are in memory and starts them as slots free up; the rest it
+is given, or owns as parts:
 
 ```
+a run           ActiveRun (active_run.py) drives one: its engine, attempts, retries, gates
 task attempts   TaskAttempts (attempts.py) runs one, with the kinds, HTTP client and
-                Spending (spending.py) the runner is given; the runner holds its slots
+                Spending (spending.py) the runner is given
 slots           Slots (slots.py): run slots, task slots, pools, draining
 alerts          RunAlerts (run_alerts.py) builds the outbox rows committed with each change
                 they report, for the AlertSink (alerts.py) the runner is given
@@ -24,25 +26,24 @@ deadlines       Deadlines (deadlines.py) watch the runs it starts
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from cued.daemon.core.engine import Instance, RunEngine, RunState, Start, State, Wait
+from cued.daemon.core.engine import Instance, RunState
 from cued.daemon.core.ids import new_id, now
 from cued.daemon.core.plan import PipelinePlan
 from cued.daemon.errors import InvalidRequest, NotFound
 from cued.daemon.logs import get_logger
-from cued.daemon.runtime.asset_events import asset_events
+from cued.daemon.runtime.active_run import ActiveRun, Driving
 from cued.daemon.runtime.attempts import TaskAttempts
 from cued.daemon.runtime.deadlines import Deadlines
-from cued.daemon.runtime.gates import Gates, gate_row
-from cued.daemon.runtime.instance_rows import instance_row, instances_of
+from cued.daemon.runtime.gates import Gates
+from cued.daemon.runtime.instance_rows import instances_of
 from cued.daemon.runtime.run_alerts import RunAlerts
 from cued.daemon.runtime.slots import Slots
-from cued.daemon.sdk.kinds import Meter
-from cued.daemon.store import AttemptRow, RunRow
+from cued.daemon.store import RunRow
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -51,12 +52,11 @@ if TYPE_CHECKING:
     import structlog
 
     from cued.daemon.config import Config, TaskConfig
-    from cued.daemon.core.engine import Command
     from cued.daemon.runtime.asset_events import AssetSink
     from cued.daemon.runtime.backlog import Backlog
     from cued.daemon.runtime.run_alerts import AlertSink
-    from cued.daemon.sdk.kinds import AwaitingDecision, Spending, TaskKind
-    from cued.daemon.store import Durable, Row, Store
+    from cued.daemon.sdk.kinds import Spending, TaskKind
+    from cued.daemon.store import Store
 
 __all__ = ["Runner", "backoff_s"]
 
@@ -69,19 +69,6 @@ def backoff_s(task: TaskConfig, attempt: int, rand: float) -> float:
     it, so retries of many tasks that failed together spread out)."""
     base: float = min(task.retry_backoff * 2.0 ** (attempt - 1), task.retry_backoff_max)
     return base * (0.5 + rand / 2)
-
-
-@dataclass
-class _Run:
-    row: RunRow
-    plan: PipelinePlan
-    prior: dict[str, Instance] = field(default_factory=dict)
-    engine: RunEngine | None = None
-    scope: anyio.CancelScope | None = None
-    tg: anyio.abc.TaskGroup | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)
-    cancelled: bool = False
-    """Cancelled before it started: it must not start."""
 
 
 class Runner:
@@ -116,7 +103,7 @@ class Runner:
         self.store = store
         self.kinds = kinds
         self.plans = {name: PipelinePlan.build(name, p) for name, p in config.pipelines.items()}
-        self.backlog: Backlog[_Run] = backlog
+        self.backlog: Backlog[ActiveRun] = backlog
         self.slots = Slots(
             config.daemon.max_running_tasks,
             config.daemon.pools,
@@ -125,11 +112,20 @@ class Runner:
         self.gates = Gates(store, self)
         """The approval gates of this runner's runs: decide them here."""
         self.log: structlog.typing.FilteringBoundLogger = get_logger()
-        self._attempts = TaskAttempts(kinds, http, spending, config.daemon.task_env)
-        self._alerts = RunAlerts(alerts)
-        self._assets = assets
-        self._deadlines = Deadlines(self.plans, store, self._alerts)
-        self._runs: dict[str, _Run] = {}
+        run_alerts = RunAlerts(alerts)
+        self._deadlines = Deadlines(self.plans, store, run_alerts)
+        self._driving = Driving(
+            store,
+            TaskAttempts(kinds, http, spending, config.daemon.task_env),
+            self.slots,
+            run_alerts,
+            self.gates,
+            assets,
+            self._retry_delay_s,
+            self._left,
+            self.log,
+        )
+        self._runs: dict[str, ActiveRun] = {}
         self._run_listeners: list[Callable[[RunRow], None]] = []
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -226,7 +222,7 @@ class Runner:
 
     def enqueue(self, row: RunRow, prior: dict[str, Instance] | None = None) -> None:
         """Start a recorded run now if its pipeline has a free slot, else queue it."""
-        run = _Run(row, self.plans[row.pipeline], prior or {})
+        run = ActiveRun(row, self.plans[row.pipeline], prior or {}, self._driving)
         self._runs[row.run_id] = run
         self._deadlines.watch(row)
         if self.slots.run_slot_free(row.pipeline):
@@ -255,15 +251,8 @@ class Runner:
         if run is None:
             raise NotFound(f"no unfinished run {run_id!r}")
         if run.engine is None:  # still waiting in the backlog, or about to start
-            run.cancelled = True
             self.backlog.remove(run.row.pipeline, lambda r: r is run)
-            await self._finish(run, RunState.CANCELLED)
-            return run.row
-        if run.engine.cancel():  # empty if it has just finished: let it finish as it did
-            self._write(run)
-            if run.scope is not None:
-                run.scope.cancel()
-        await run.done.wait()
+        await run.cancel()
         return run.row
 
     async def wait(self, run_id: str) -> RunRow:
@@ -290,196 +279,37 @@ class Runner:
         """Settle a waiting instance of a run that is in memory (other tasks of it still
         run); False if the run is parked, and the caller resumes it from the store."""
         run = self._runs.get(run_id)
-        if run is None or run.engine is None or run.tg is None:
-            return False
-        inst = next((i for i in run.engine.instances() if i.key == key), None)
-        if inst is None or inst.state is not State.WAITING:
-            return False
-        if ok:
-            commands = run.engine.succeeded(inst, output)
-        else:
-            commands = run.engine.failed(inst, error or "rejected", retryable=False, output=output)
-        self._apply(run, run.tg, commands)
-        return True
+        return run is not None and run.settle_gate(key, ok=ok, output=output, error=error)
 
     # -- driving runs -------------------------------------------------------------------
 
-    def _launch(self, run: _Run) -> None:
+    def _launch(self, run: ActiveRun) -> None:
         assert self._tg is not None, "the runner is not serving"
         self.slots.take_run_slot(run.row.pipeline)
         self._tg.start_soon(self._drive, run, name=f"run {run.row.run_id}")
 
-    async def _drive(self, run: _Run) -> None:
-        log = self.log.bind(run_id=run.row.run_id, pipeline=run.row.pipeline)
+    async def _drive(self, run: ActiveRun) -> None:
         try:
-            if run.cancelled:
-                return  # cancelled between leaving the backlog and starting here
-            run.row = replace(
-                run.row, state=RunState.RUNNING.value, started_at=run.row.started_at or now()
-            )
-            engine = run.engine = RunEngine(run.plan, run.row.run_id, run.row.inputs, run.prior)
-            log.info("run_started", resumed=bool(run.prior))
-            async with anyio.create_task_group() as tg:
-                run.scope, run.tg = tg.cancel_scope, tg
-                self.store.submit([run.row])
-                self._apply(run, tg, engine.begin())
-            run.tg = None
-            if engine.state in _FINISHED and not run.done.is_set():
-                await self._finish(run, engine.state)
-            elif engine.parked():
-                await self._park(run)
+            state = await run.drive()
+            if state is None:
+                return  # cancelled before it started
+            if state in _FINISHED and not run.done.is_set():
+                await run.finish(state)
+            elif run.engine is not None and run.engine.parked():
+                await run.park()
         finally:
             self.slots.free_run_slot(run.row.pipeline)
             if (following := self.backlog.pop(run.row.pipeline)) is not None:
                 self._launch(following)
 
-    def _apply(self, run: _Run, tg: anyio.abc.TaskGroup, commands: list[Command]) -> None:
-        assert run.engine is not None
-        self._write(run)
-        for command in commands:
-            if isinstance(command, Start):
-                tg.start_soon(self._attempt, run, tg, command)
-            elif isinstance(command, Wait):
-                tg.start_soon(self._retry_later, run, tg, command)
-            # Finish needs nothing here: the run's task group empties and _drive finishes it
+    def _retry_delay_s(self, task: TaskConfig, attempt: int) -> float:
+        return backoff_s(task, attempt, random.random())
 
-    def _write(self, run: _Run, extra: list[Row] | None = None) -> Durable | None:
-        """Submit the instances the engine changed, and ``extra`` rows, in one go."""
-        assert run.engine is not None
-        rows: list[Row] = [instance_row(run.row.run_id, i) for i in run.engine.drain_changes()]
-        if extra:
-            rows.extend(extra)
-        return self.store.submit(rows) if rows else None
-
-    async def _commit(self, run: _Run, rows: list[Row]) -> None:
-        """:meth:`_write` ``rows`` (not empty) and wait until they are durable."""
-        durable = self._write(run, rows)
-        assert durable is not None
-        await durable.wait()
-
-    async def _retry_later(self, run: _Run, tg: anyio.abc.TaskGroup, command: Wait) -> None:
-        assert run.engine is not None
-        task = run.plan.tasks[command.instance.task].config
-        await anyio.sleep(backoff_s(task, command.attempt, random.random()))
-        self._apply(run, tg, run.engine.retry_due(command.instance))
-
-    async def _attempt(self, run: _Run, tg: anyio.abc.TaskGroup, start: Start) -> None:
-        engine = run.engine
-        assert engine is not None
-        inst, run_id = start.instance, run.row.run_id
-        async with self.slots.task_slot(run.plan.tasks[inst.task].config.pool):
-            engine.started(inst)
-            started_at = now()
-            self._write(run, [AttemptRow(run_id, inst.key, start.attempt, "running", started_at)])
-            log = self.log.bind(
-                run_id=run_id, pipeline=run.row.pipeline, task=inst.key, attempt=start.attempt
-            )
-            log.debug("task_started")
-            meter = Meter()
-            with self.slots.running():
-                try:
-                    outcome = await self._attempts.run(run.plan, run.row, start, log, meter)
-                except anyio.get_cancelled_exc_class():
-                    # a cancelled run marks its instances cancelled; a daemon shutting down
-                    # leaves them running, so that a restart runs them again
-                    state = "cancelled" if engine.state is RunState.CANCELLED else "interrupted"
-                    self.store.submit(
-                        [
-                            AttemptRow(
-                                run_id,
-                                inst.key,
-                                start.attempt,
-                                state,
-                                started_at,
-                                now(),
-                                cost=meter.cost,
-                                usage=meter.usage,
-                            )
-                        ]
-                    )
-                    raise
-        ended_at = now()
-        outcome = outcome.kept()
-        if (ask := outcome.awaiting) is not None:
-            await self._await_decision(run, inst, start.attempt, started_at, ask)
-            return
-        if outcome.error is None:
-            log.debug("task_succeeded", duration_s=round(ended_at - started_at, 6))
-            commands = engine.succeeded(inst, outcome.output)
-        else:
-            commands = engine.failed(inst, outcome.error, retryable=outcome.retryable)
-            log.warning(
-                "task_failed", error=outcome.error, will_retry=inst.state is State.UP_FOR_RETRY
-            )
-        extra: list[Row] = [outcome.attempt_row(run_id, start, started_at, ended_at, meter)]
-        failed_for_good = inst.state is State.FAILED  # no retry left, or none would help
-        if failed_for_good:
-            extra.extend(self._alerts.task_failed(run.row, inst.key, start.attempt, outcome.error))
-        # durable before anything downstream starts: a succeeded task never runs again
-        await self._commit(run, extra)
-        if failed_for_good:
-            self._alerts.wake()
-        self._apply(run, tg, commands)
-
-    async def _await_decision(
-        self, run: _Run, inst: Instance, attempt: int, started_at: float, ask: AwaitingDecision
-    ) -> None:
-        assert run.engine is not None
-        run.engine.waiting(inst)
-        # a gate's task `timeout` is how long to wait for the decision
-        gate = gate_row(
-            run.row.run_id, inst.key, attempt, ask, run.plan.tasks[inst.task].config.timeout
-        )
-        rows: list[Row] = [
-            AttemptRow(run.row.run_id, inst.key, attempt, "waiting", started_at),
-            gate,
-            *self._alerts.approval_waiting(run.row, inst.key, attempt, ask.message),
-        ]
-        await self._commit(run, rows)
-        self.log.info("approval_waiting", run_id=run.row.run_id, task=inst.key, message=ask.message)
-        self.gates.opened()
-        self._alerts.wake()
-
-    async def _park(self, run: _Run) -> None:
-        """Nothing of the run runs, and a gate waits for a decision: leave it in the store
-        (its slot freed, nothing of it in memory) until :meth:`resume_recorded`."""
-        assert run.engine is not None
-        run.row = replace(run.row, state=RunState.WAITING.value)
-        with anyio.CancelScope(shield=True):
-            await self._commit(run, [run.row])
-        self.log.info("run_waiting", run_id=run.row.run_id, pipeline=run.row.pipeline)
+    def _left(self, run: ActiveRun, ended: bool) -> None:
         self._runs.pop(run.row.run_id, None)
-        run.done.set()
-
-    async def _finish(self, run: _Run, state: RunState) -> None:
-        if (
-            state is RunState.SUCCEEDED
-            and self._assets is not None
-            and run.engine is not None
-            and (events := asset_events(run.plan, run.row, run.engine.instances()))
-        ):
-            await self._assets(events)
-        error = None
-        if state is RunState.FAILED and run.engine is not None:
-            failed = [i for i in run.engine.instances() if i.state is State.FAILED]
-            error = "; ".join(f"{i.key}: {i.error}" for i in failed[:3]) or None
-        run.row = replace(run.row, state=state.value, ended_at=now(), error=error)
-        with anyio.CancelScope(shield=True):
-            rows: list[Row] = [run.row]
-            reruns = 0
-            if run.engine is not None:
-                rows.extend(instance_row(run.row.run_id, i) for i in run.engine.drain_changes())
-                reruns = sum(i.retry_base for i in run.engine.instances())
-            rows.extend(self._alerts.run_ended(run.row, state, reruns, error))
-            await self.store.submit(rows).wait()
-            self._alerts.wake()
-        self.log.info(
-            "run_finished", run_id=run.row.run_id, pipeline=run.row.pipeline, state=state.value
-        )
-        self._runs.pop(run.row.run_id, None)
-        run.done.set()
-        for listener in self._run_listeners:
-            listener(run.row)
+        if ended:
+            for listener in self._run_listeners:
+                listener(run.row)
 
     # -- names before issue 9: daemon/web, daemon/cli and daemon/ops still call them. Delete
     # -- this section once the merge has renamed those calls (see the branch's report).
