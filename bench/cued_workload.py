@@ -5,7 +5,7 @@ dependencies between them), one after another, through cued's own runner with du
 state on: every run and every task state change goes through the SQLite group-commit
 writer, and a run counts as done when its final state is committed. Then ``--latency-runs``
 runs of a one-task pipeline on an idle runner, timing the moment the run is requested
-(``runner.submit``, which commits the run before it returns) to the moment its task body
+(``runner.start_run``, which commits the run before it returns) to the moment its task body
 starts.
 
 Prints one JSON line on stdout, in the same shape as the other halves.
@@ -70,10 +70,10 @@ async def main(runs: int, tasks: int, latency_runs: int, synchronous: str) -> di
             CONFIG.format(tasks=tasks, synchronous=synchronous), file="bench", base_dir=Path(tmp)
         )
         async with open_runner(config) as runner:
-            await runner.wait(await runner.submit("wide"))  # warm-up
+            await runner.wait((await runner.start_run("wide")).run_id)  # warm-up
             started = time.perf_counter()
             for _ in range(runs):
-                row = await runner.wait(await runner.submit("wide"))
+                row = await runner.wait((await runner.start_run("wide")).run_id)
                 assert row.state == "succeeded", row
             elapsed = time.perf_counter() - started
 
@@ -83,7 +83,7 @@ async def main(runs: int, tasks: int, latency_runs: int, synchronous: str) -> di
             latencies = []
             for _ in range(latency_runs):
                 requested = time.perf_counter()
-                run_id = await runner.submit("first")
+                run_id = (await runner.start_run("first")).run_id
                 await runner.wait(run_id)
                 latencies.append((stamps[-1] - requested) * 1000)
             commits = runner.store.commits  # type: ignore[attr-defined]

@@ -4,7 +4,7 @@
 async with store, http client, task group:
     runner.serve        resumes unfinished runs, then runs what is submitted
     control API         on a Unix socket beside the state file (the CLI's way in; who may
-                        use it: daemon/control.py), and
+                        use it: daemon/web/control.py), and
     HTTP front          on [http] listen: webhooks (and the same API)
     sources             each in the task group, handing events to intake
     alerts              sends the alert outbox (webhook, email, command), retrying
@@ -34,10 +34,12 @@ from cued.daemon.errors import CuedError
 from cued.daemon.logs import get_logger
 from cued.daemon.ops.local import Local
 from cued.daemon.runtime.alerts import Alerts
+from cued.daemon.runtime.backlog import Backlog
 from cued.daemon.runtime.intake import DaemonIntake
 from cued.daemon.runtime.metrics import Metrics
 from cued.daemon.runtime.retention import prune_periodically
 from cued.daemon.runtime.runner import Runner
+from cued.daemon.runtime.spending import StoreSpending
 from cued.daemon.sdk.sources import SourceContext
 from cued.daemon.store.filemodes import private_file
 from cued.daemon.store.sqlite import open_store
@@ -60,6 +62,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from cued.daemon.config import Config
+    from cued.daemon.runtime.asset_events import AssetSink
+    from cued.daemon.sdk.kinds import TaskKind
+    from cued.daemon.store import Store
 
 __all__ = ["DaemonInfo", "control_socket_path", "open_runner", "open_state", "run_daemon"]
 
@@ -80,7 +85,7 @@ def _exclusive(state: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _kinds(config: Config) -> dict[str, Any]:
+def _kinds(config: Config) -> dict[str, TaskKind]:
     used = {t.kind for p in config.pipelines.values() for t in p.tasks.values()}
     return {name: cls() for name, cls in task_kinds().items() if name in used}
 
@@ -89,13 +94,49 @@ def _kinds(config: Config) -> dict[str, Any]:
 async def open_runner(
     config: Config, *, lock: bool = True, resume: bool = True
 ) -> AsyncIterator[Runner]:
-    """A runner on the config's store, serving in a task group of its own: for the daemon,
-    and for ``cued trigger`` when no daemon runs.
+    """A runner on the config's store, serving in a task group of its own: for ``cued
+    trigger`` when no daemon runs (the daemon builds its own, with intake beside it).
 
     :param lock: take the state file's daemon lock
-    :param resume: resume unfinished runs at once (the daemon does it after its sources start)
+    :param resume: resume unfinished runs at once
     :raises CuedError: if another daemon holds the lock
     """
+    async with _opened(config, lock=lock) as (store, http, kinds):
+        alerts = _alerts(config, store, http)
+        runner = _runner(config, store, http, kinds, _backlog(config), alerts)
+        async with _serving(runner, resume_unfinished=resume):
+            yield runner
+
+
+@dataclass(frozen=True)
+class _Parts:
+    store: Store
+    runner: Runner
+    intake: DaemonIntake
+    alerts: Alerts | None
+
+
+@asynccontextmanager
+async def _open_parts(config: Config) -> AsyncIterator[_Parts]:
+    """The daemon's store, runner (serving) and intake, and its alerts if configured."""
+    async with _opened(config, lock=True) as (store, http, kinds):
+        alerts = _alerts(config, store, http)
+        backlog = _backlog(config)
+        # each needs the other: the runner records the asset events of the runs that
+        # succeed through intake, and intake's loop is given the runner to start runs
+        intake = DaemonIntake(config, store, backlog)
+        runner = _runner(config, store, http, kinds, backlog, alerts, intake.record)
+        # unfinished runs are resumed once the sources have started: a source may first
+        # have to finish acknowledging what a crash left recorded but unacknowledged
+        async with _serving(runner, resume_unfinished=False):
+            yield _Parts(store, runner, intake, alerts)
+
+
+@asynccontextmanager
+async def _opened(
+    config: Config, *, lock: bool
+) -> AsyncIterator[tuple[Store, httpx.AsyncClient, dict[str, TaskKind]]]:
+    """The store, the shared HTTP client and the task kinds, closed in the reverse order."""
     state = config.state_path
     limits = httpx.Limits(max_connections=config.daemon.max_running_tasks)
     with _exclusive(state) if lock else nullcontext():
@@ -104,18 +145,51 @@ async def open_runner(
             # no read timeout of its own: each task's `timeout` bounds its requests
             httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=10.0)) as http,
             _closing(kinds := _kinds(config)),
-            anyio.create_task_group() as tg,
         ):
-            runner = Runner(config, store, kinds, http)
-            if config.alerts:
-                # before anything can start a run: every alert a run raises goes to the
-                # outbox in the transaction of what it reports; the daemon sends them
-                runner.alerts = Alerts(config.alerts, store, http, config.base_dir)
-            await tg.start(partial(runner.serve, resume=resume))
-            try:
-                yield runner
-            finally:
-                tg.cancel_scope.cancel()
+            yield store, http, kinds
+
+
+def _backlog(config: Config) -> Backlog[Any]:
+    return Backlog(config.daemon.backlog_high_water, config.daemon.backlog_low_water)
+
+
+def _alerts(config: Config, store: Store, http: httpx.AsyncClient) -> Alerts | None:
+    # given to the runner before anything can start a run: every alert a run raises goes
+    # to the outbox in the transaction of what it reports; the daemon sends them
+    return Alerts(config.alerts, store, http, config.base_dir) if config.alerts else None
+
+
+def _runner(
+    config: Config,
+    store: Store,
+    http: httpx.AsyncClient,
+    kinds: dict[str, TaskKind],
+    backlog: Backlog[Any],
+    alerts: Alerts | None,
+    assets: AssetSink | None = None,
+) -> Runner:
+    return Runner(
+        config,
+        store,
+        kinds,
+        http,
+        backlog=backlog,
+        spending=StoreSpending(store),
+        alerts=alerts,
+        assets=assets,
+    )
+
+
+@asynccontextmanager
+async def _serving(runner: Runner, *, resume_unfinished: bool) -> AsyncIterator[None]:
+    """Serve ``runner`` in a task group of its own for the block's time (its runs are
+    cancelled when the block ends)."""
+    async with anyio.create_task_group() as tg:
+        await tg.start(partial(runner.serve, resume_unfinished=resume_unfinished))
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
 
 
 @asynccontextmanager
@@ -227,19 +301,16 @@ async def _serve(
     socket_path = control_socket_path(config.state_path)
     # callers are named by their OS user, and only those `access` allows get in
     access = ControlAccess.of(config.daemon.control_group)
-    # unfinished runs are resumed once the sources have started: a source may first have
-    # to finish acknowledging what a crash left recorded but unacknowledged
-    async with open_runner(config, resume=False) as runner, anyio.create_task_group() as tg:
-        if isinstance(runner.alerts, Alerts):
+    async with _open_parts(config) as parts, anyio.create_task_group() as tg:
+        store, runner, intake = parts.store, parts.runner, parts.intake
+        if parts.alerts is not None:
             # the sender first sends what a crash (or `cued trigger` without a daemon) left
-            await tg.start(runner.alerts.run)
-        intake = DaemonIntake(config, runner, runner.store)
-        await tg.start(intake.run)
-        runner.asset_sink = intake.record
+            await tg.start(parts.alerts.run)
+        await tg.start(intake.run, runner)
         # live updates and metrics follow the store: they show only what is committed
         live, metrics = Live(), Metrics(runner)
-        runner.store.on_commit(metrics.committed)
-        runner.store.on_commit(partial(publish_committed, live))
+        store.on_commit(metrics.committed)
+        store.on_commit(partial(publish_committed, live))
         await tg.start(live.serve)  # at shutdown, ends open streams: no server waits on them
         up, stopping = anyio.Event(), anyio.Event()
 
@@ -287,10 +358,10 @@ async def _serve(
         async with anyio.create_task_group() as sources_tg:
             for source in sources:
                 await sources_tg.start(source.run)
-            await runner.resume()
+            await runner.resume_unfinished()
             # after the sources' start: the files source first moves what a crash left
             # recorded, which it recognises by the recorded event
-            tg.start_soon(prune_periodically, config, runner.store)
+            tg.start_soon(prune_periodically, config, store)
             log.info(
                 "daemon_started",
                 state=str(config.state_path),
@@ -308,6 +379,6 @@ async def _serve(
             sources_tg.cancel_scope.cancel()
         with anyio.move_on_after(grace):
             await runner.drain()
-        if left := runner.running_tasks:
+        if left := runner.slots.running_tasks:
             log.warning("daemon_stopping_tasks", running=left, note="they run again on restart")
         tg.cancel_scope.cancel()

@@ -398,7 +398,9 @@ pipelines = ["good"]
         )
         with anyio.fail_after(15):
             async with daemon_running(config) as info:
-                runs = {p: await info.runner.submit(p) for p in ("bad", "good", "other")}
+                runs = {
+                    p: (await info.runner.start_run(p)).run_id for p in ("bad", "good", "other")
+                }
                 rows = await wait_finished(info, list(runs.values()))
                 assert [r.state for r in rows] == ["failed", "succeeded", "succeeded"]
                 # every alert committed with the change it reports, before the run ended
@@ -495,7 +497,7 @@ on = ["run_failed"]
         try:
             with anyio.fail_after(15):
                 async with daemon_running(config) as info:
-                    runs = [await info.runner.submit("bad") for _ in range(3)]
+                    runs = [(await info.runner.start_run("bad")).run_id for _ in range(3)]
                     rows = await wait_finished(info, runs)
                     assert {r.state for r in rows} == {"failed"}
                     await receiver.until(lambda: len(receiver.delivered("/fine")) == 3)
@@ -555,7 +557,7 @@ on = ["task_failed"]
         )
         with anyio.fail_after(15):
             async with daemon_running(config) as info:
-                run_id = await info.runner.submit("bad", {})
+                run_id = (await info.runner.start_run("bad", {})).run_id
                 await wait_finished(info, [run_id])
                 await mailbox.until(1)
     finally:
@@ -607,7 +609,7 @@ timeout = "300ms"
     state = tmp_path / "state.db"
     with anyio.fail_after(15):
         async with daemon_running(config) as info:
-            run_id = await info.runner.submit("bad")
+            run_id = (await info.runner.start_run("bad")).run_id
             await wait_finished(info, [run_id])
             written = tmp_path / "alert-bad.txt"
             # effects of other processes (the commands), and of the sender's commits

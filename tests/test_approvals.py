@@ -13,7 +13,6 @@ import pytest
 
 from cued.daemon.errors import Forbidden, InvalidRequest
 from cued.daemon.ops import repair
-from cued.daemon.runtime import gates
 from tests.support.daemon import Daemon, cued, query, wait_for
 from tests.support.running import daemon_running
 
@@ -163,7 +162,7 @@ async def test_http_decisions_need_a_token_of_an_approver(make_config):
         host, port = info.http_address
         async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
             with anyio.fail_after(20):
-                run_id = await info.runner.submit("post")
+                run_id = (await info.runner.start_run("post")).run_id
                 assert (await info.runner.wait(run_id)).state == "waiting"
                 url = f"/api/v1/runs/{run_id}/tasks/gate/approve"
                 assert (await client.post(url, json={})).status_code == 401
@@ -197,12 +196,12 @@ async def test_a_gate_needing_two_approvals_waits_for_the_second(make_config):
     config = make_config(gated("min_approvals = 2"))
     async with daemon_running(config) as info:
         with anyio.fail_after(20):
-            run_id = await info.runner.submit("post")
+            run_id = (await info.runner.start_run("post")).run_id
             await info.runner.wait(run_id)
-            first = await gates.decide(info.runner, run_id, "gate", who="alice", approve=True)
+            first = await info.runner.gates.decide(run_id, "gate", who="alice", approve=True)
             assert first.state == "waiting"
-            second = await gates.decide(
-                info.runner, run_id, "gate", who="olga", approve=True, groups={"ops"}
+            second = await info.runner.gates.decide(
+                run_id, "gate", who="olga", approve=True, groups={"ops"}
             )
             assert second.state == "approved"
             assert (await info.runner.wait(run_id)).state == "succeeded"
@@ -212,12 +211,12 @@ async def test_a_rejection_fails_the_gate_and_clean_up_reads_the_decision(make_c
     config = make_config(gated())
     async with daemon_running(config) as info:
         with anyio.fail_after(20):
-            run_id = await info.runner.submit("post")
+            run_id = (await info.runner.start_run("post")).run_id
             await info.runner.wait(run_id)
             with pytest.raises(Forbidden):
-                await gates.decide(info.runner, run_id, "gate", who="eve", approve=False)
-            await gates.decide(
-                info.runner, run_id, "gate", who="alice", approve=False, comment="off topic"
+                await info.runner.gates.decide(run_id, "gate", who="eve", approve=False)
+            await info.runner.gates.decide(
+                run_id, "gate", who="alice", approve=False, comment="off topic"
             )
             row = await info.runner.wait(run_id)
             states = {
@@ -245,7 +244,7 @@ async def test_a_gate_that_times_out_settles_as_configured(
     config = make_config(gated(f'timeout = "300ms"\non_timeout = "{on_timeout}"'))
     async with daemon_running(config) as info:
         with anyio.fail_after(20):
-            run_id = await info.runner.submit("post")
+            run_id = (await info.runner.start_run("post")).run_id
             assert (await info.runner.wait(run_id)).state == "waiting"
             while (gate := await info.runner.store.get_approval(run_id, "gate")).state == "waiting":  # noqa: ASYNC110
                 await anyio.sleep(0.05)
@@ -265,8 +264,8 @@ async def test_a_waiting_run_frees_its_slot_and_memory_and_can_be_cancelled(make
     )
     async with daemon_running(config) as info:
         with anyio.fail_after(20):
-            first = await info.runner.submit("post")
-            second = await info.runner.submit("post")
+            first = (await info.runner.start_run("post")).run_id
+            second = (await info.runner.start_run("post")).run_id
             assert (await info.runner.wait(first)).state == "waiting"
             assert (await info.runner.wait(second)).state == "waiting", (
                 "the parked run kept its slot"
@@ -278,3 +277,13 @@ async def test_a_waiting_run_frees_its_slot_and_memory_and_can_be_cancelled(make
             gate = await info.runner.store.get_approval(first, "gate")
     assert cancelled.state == "cancelled"
     assert gate.state == "cancelled"
+
+
+def test_the_groups_of_a_user_come_from_auth_users(make_config):
+    auth = make_config(
+        '[auth.users.olga]\ntoken = "t-olga"\nroles = ["approver"]\ngroups = ["ops", "db"]\n'
+        '[auth.users.eve]\ntoken = "t-eve"\n'
+    ).auth
+    assert auth.groups_of("olga") == {"ops", "db"}
+    assert auth.groups_of("eve") == frozenset()
+    assert auth.groups_of("nobody") == frozenset()

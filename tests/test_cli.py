@@ -178,8 +178,8 @@ inputs = { name = "{{ event.data.name }}" }
 
     async def feed():
         async with open_runner(load_config(config)) as runner, anyio.create_task_group() as tg:
-            intake = DaemonIntake(runner.config, runner, runner.store)
-            await tg.start(intake.run)
+            intake = DaemonIntake(runner.config, runner.store, runner.backlog)
+            await tg.start(intake.run, runner)
             receipts = await intake.record(
                 [
                     Event("hook", "e-1", {"go": True, "name": "ev"}),

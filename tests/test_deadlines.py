@@ -43,8 +43,8 @@ async def test_a_run_past_its_deadline_raises_one_alert_and_one_in_time_none(mak
         config = make_config(CONFIG.format(base=base))
         async with daemon_running(config) as info:
             with anyio.fail_after(20):
-                quick = await info.runner.submit("quick")
-                slow = await info.runner.submit("slow")
+                quick = (await info.runner.start_run("quick")).run_id
+                slow = (await info.runner.start_run("slow")).run_id
                 await info.runner.wait(quick)
                 await info.runner.wait(slow)
                 await receiver.until(lambda: len(receiver.hits) >= 2)

@@ -38,7 +38,7 @@ async def test_decorated_functions_become_a_pipeline_that_runs(make_config, tmp_
 
     async with open_runner(config) as runner:
         with anyio.fail_after(20):
-            run_id = await runner.submit("etl", {"day": "friday"})
+            run_id = (await runner.start_run("etl", {"day": "friday"})).run_id
             row = await runner.wait(run_id)
         attempts = {a.key: a.output for a in await runner.store.get_attempts(run_id)}
     assert row.state == "succeeded", row.error

@@ -485,8 +485,8 @@ allow_hosts = ["127.0.0.1", "*.example.com"]
 """
         )
         async with daemon_running(config) as info:
-            allowed = await info.runner.submit("get", {"host": "127.0.0.1"})
-            refused = await info.runner.submit("get", {"host": "localhost"})
+            allowed = (await info.runner.start_run("get", {"host": "127.0.0.1"})).run_id
+            refused = (await info.runner.start_run("get", {"host": "localhost"})).run_id
             ok, failed = await wait_finished(info, [allowed, refused])
     assert ok.state == "succeeded"
     assert failed.state == "failed"

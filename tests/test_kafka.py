@@ -579,7 +579,7 @@ needs = ["send"]
         assert isinstance(kind, KafkaProduceTask)
         try:
             with anyio.fail_after(WAIT_S):
-                run_id = await runner.submit("notify", {"id": "x1"})
+                run_id = (await runner.start_run("notify", {"id": "x1"})).run_id
                 row = await runner.wait(run_id)
             attempts = {a.key: a for a in await runner.store.get_attempts(run_id)}
         finally:
@@ -614,7 +614,7 @@ retry_backoff = "10ms"
         async with open_runner(config) as runner:
             try:
                 with anyio.fail_after(WAIT_S):
-                    row = await runner.wait(await runner.submit("notify"))
+                    row = await runner.wait((await runner.start_run("notify")).run_id)
                 attempts = await runner.store.get_attempts(row.run_id)
             finally:
                 kind = runner.kinds["kafka"]

@@ -79,7 +79,7 @@ class Outcome:
 
 async def run(info: DaemonInfo) -> Outcome:
     with anyio.fail_after(10):
-        run_id = await info.runner.submit("p")
+        run_id = (await info.runner.start_run("p")).run_id
         row = await info.runner.wait(run_id)
     store = info.runner.store
     attempts: dict[str, list[AttemptRow]] = {}

@@ -101,9 +101,9 @@ async def test_gauges_show_what_runs_what_waits_and_backpressure(make_config):
     async with daemon_running(config) as info:
         host, port = info.http_address
         async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
-            runs = [await info.runner.submit("slow") for _ in range(4)]
+            runs = [(await info.runner.start_run("slow")).run_id for _ in range(4)]
             with anyio.fail_after(10):
-                while info.runner.running_tasks < 1:  # noqa: ASYNC110 - the first one starts
+                while info.runner.slots.running_tasks < 1:  # noqa: ASYNC110 - the first one starts
                     await anyio.sleep(0.01)
             busy = (await client.get("/metrics")).text
             for run_id in runs:

@@ -179,7 +179,7 @@ async def test_a_secret_printed_by_a_task_or_an_alert_is_redacted_where_it_is_ke
         host, port = info.http_address
         base = f"http://{host}:{port}"
         async with httpx.AsyncClient(base_url=base, timeout=10) as client:
-            row = await info.runner.submit_run("leak", {"x": secret})
+            row = await info.runner.start_run("leak", {"x": secret})
             await wait_finished(info, [row.run_id])
             shown = await client.get(
                 f"/api/v1/runs/{row.run_id}", headers={"authorization": "Bearer vera-viewer-token"}

@@ -161,7 +161,7 @@ retry_backoff = "1ms"
     )
     async with open_runner(config) as runner:
         with anyio.fail_after(20):
-            run_id = await runner.submit("p")
+            run_id = (await runner.start_run("p")).run_id
             assert (await runner.wait(run_id)).state == "failed"
             await repair.rerun(runner, run_id)
             assert (await runner.wait(run_id)).state == "failed"
@@ -182,7 +182,7 @@ retry_backoff = "1ms"
 async def test_a_running_run_cannot_be_rerun_and_an_unknown_one_is_not_found(make_config):
     config = make_config('[pipelines.p]\n[pipelines.p.tasks.s]\nkind = "sleep"\nseconds = 30\n')
     async with open_runner(config) as runner:
-        run_id = await runner.submit("p")
+        run_id = (await runner.start_run("p")).run_id
         with pytest.raises(InvalidRequest, match="is still running"):
             await repair.rerun(runner, run_id)
         with pytest.raises(NotFound):
@@ -217,7 +217,7 @@ argv = ["false"]
     )
     async with open_runner(config) as runner:
         with anyio.fail_after(20):
-            run_id = await runner.submit("p")
+            run_id = (await runner.start_run("p")).run_id
             await runner.wait(run_id)
             await repair.rerun(runner, run_id)
             await runner.wait(run_id)

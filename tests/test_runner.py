@@ -30,7 +30,7 @@ def probe_pipeline(name: str, tasks: dict[str, str], *, head: str = "") -> str:
 async def run_to_end(config, pipeline: str, inputs=None, timeout_s: float = 30):
     async with open_runner(config) as runner:
         with anyio.fail_after(timeout_s):
-            run_id = await runner.submit(pipeline, inputs)
+            run_id = (await runner.start_run(pipeline, inputs)).run_id
             row = await runner.wait(run_id)
         return runner, row
 
@@ -109,7 +109,7 @@ async def test_max_active_runs_queues_the_rest_in_the_backlog(make_config):
         with anyio.fail_after(20):
             # the first two hold their slots until released: however slow the machine,
             # the other eight wait in the backlog meanwhile
-            ids = [await runner.submit("p") for _ in range(10)]
+            ids = [(await runner.start_run("p")).run_id for _ in range(10)]
             assert runner.backlog.depth == 8
             probe.released.set()
             rows = [await runner.wait(i) for i in ids]
@@ -220,7 +220,7 @@ async def test_cancelling_a_run_cancels_its_running_tasks(make_config):
     probe = probes.reset()
     async with open_runner(config) as runner:
         with anyio.fail_after(10):
-            run_id = await runner.submit("p")
+            run_id = (await runner.start_run("p")).run_id
             await probe.entered.wait()
             row = await runner.cancel(run_id)
             instances = {i.key: i.state for i in await runner.store.get_instances(run_id)}
@@ -247,9 +247,9 @@ async def test_inputs_are_checked_and_defaults_filled(make_config):
         with pytest.raises(
             InvalidRequest, match="pipeline 'p' has no input 'nope' \\(declared: day, n\\)"
         ):
-            await runner.submit("p", {"nope": 1})
+            await runner.start_run("p", {"nope": 1})
         with pytest.raises(NotFound, match="no pipeline 'q' \\(known: p\\)"):
-            await runner.submit("q")
+            await runner.start_run("q")
 
 
 async def test_a_failing_task_fails_the_run_with_its_error(make_config):

@@ -164,7 +164,7 @@ async def test_no_secret_of_the_daemons_environment_reaches_tasks_or_alert_comma
     monkeypatch.setenv("CUED_TEST_VISIBLE", "visible")
     monkeypatch.setenv("CUED_TEST_EVERYWHERE", "everywhere")
     async with daemon_running(make_config(DAEMON)) as info:
-        row = await info.runner.submit_run("envs")
+        row = await info.runner.start_run("envs")
         await wait_finished(info, [row.run_id])
         written = tmp_path / "alert-env.txt"
         await wait_for(written.exists)  # another process's effect

@@ -257,7 +257,7 @@ async def test_cancel_then_retry_from_the_run_page(config):
     async with daemon_running(config) as info:
         base = "http://{}:{}".format(*info.http_address)
         async with browser_page(base) as page:
-            run_id = await info.runner.submit("slow")
+            run_id = (await info.runner.start_run("slow")).run_id
             await page.goto(f"{base}/ui/runs/{run_id}")
             await expect(page.locator("#run-state .badge")).to_have_text("running")
             await page.click("#cancel")
@@ -272,7 +272,7 @@ async def test_cancel_then_retry_from_the_run_page(config):
 async def test_pages_need_a_login_stay_small_and_filter_runs(config):
     async with daemon_running(config) as info:
         base = "http://{}:{}".format(*info.http_address)
-        ids = [await info.runner.submit("hello", {"items": []}) for _ in range(55)]
+        ids = [(await info.runner.start_run("hello", {"items": []})).run_id for _ in range(55)]
         await wait_finished(info, ids)
         async with httpx.AsyncClient(base_url=base) as anonymous:
             answer = await anonymous.get("/ui/runs")

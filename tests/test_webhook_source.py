@@ -320,7 +320,7 @@ inputs = { version = "{{ event.data.output }} from {{ event.data.run_id }}" }
     )
     async with daemon_running(config) as info:
         with anyio.fail_after(20):
-            run_id = await info.runner.submit("make", {"day": "tue"})
+            run_id = (await info.runner.start_run("make", {"day": "tue"})).run_id
             await info.runner.wait(run_id)
             (event,) = await info.runner.store.list_events(source="asset:sales_table")
             (consumer,) = await wait_finished(info, list(event.run_ids))

@@ -194,6 +194,12 @@ class AuthConfig(_Model):
 
     users: dict[str, UserConfig] = Field(default_factory=dict)
 
+    def groups_of(self, user: str) -> frozenset[str]:
+        """The groups ``user`` belongs to (none if there is no such user): who may decide
+        an approval gate whose approvers name ``group:NAME``."""
+        found = self.users.get(user)
+        return frozenset(found.groups) if found else frozenset()
+
 
 class Config(_Model):
     """A whole configuration file."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from cued.daemon.core.ids import now
 from cued.daemon.ops.queries import Gate
 from cued.daemon.ops.repair import cancel, rerun
-from cued.daemon.runtime import gates, retention
+from cued.daemon.runtime import retention
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -43,7 +43,7 @@ async def trigger(
     :raises NotFound: if there is no such pipeline
     :raises InvalidRequest: if an input is not declared by the pipeline
     """
-    row = await daemon.submit_run(pipeline, inputs)
+    row = await daemon.start_run(pipeline, inputs)
     return await daemon.wait(row.run_id) if wait else row
 
 
@@ -76,14 +76,13 @@ async def decide(
     :raises Forbidden: if ``who`` is not among its approvers
     """
     extra = {} if payload is AS_PROPOSED else {"payload": payload}
-    gate = await gates.decide(
-        daemon,
+    gate = await daemon.gates.decide(
         run_id,
         key,
         who=who,
         approve=approve,
         comment=comment,
-        groups=frozenset(groups) | daemon.groups_of(who),
+        groups=frozenset(groups) | daemon.config.auth.groups_of(who),
         **extra,
     )
     return Gate.of(gate, await daemon.store.get_decisions(run_id, key))

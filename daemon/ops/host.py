@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cued.daemon.runtime.gates import GateHost
-
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    import structlog
 
     from cued.daemon.config import Config
     from cued.daemon.core.plan import PipelinePlan
     from cued.daemon.runtime.backlog import Backlog
+    from cued.daemon.runtime.gates import Gates
+    from cued.daemon.runtime.slots import Slots
     from cued.daemon.store import RunRow, Store
 
 __all__ = ["Daemon", "Recorded"]
@@ -32,17 +34,23 @@ class Recorded(Protocol):
     def config(self) -> Config: ...
 
 
-class Daemon(GateHost, Recorded, Protocol):
+class Daemon(Recorded, Protocol):
     """The running daemon as ops sees it (the runtime's runner): its configuration and
-    store, and the few calls that start, cancel, resume and wait for runs."""
+    store, its gates and slots, and the few calls that start, cancel, resume and wait for
+    runs."""
 
     @property
     def plans(self) -> Mapping[str, PipelinePlan]: ...
     @property
     def backlog(self) -> Backlog[Any]: ...
     @property
-    def running_tasks(self) -> int: ...
-    async def submit_run(self, pipeline: str, inputs: dict[str, Any] | None = None) -> RunRow: ...
+    def slots(self) -> Slots: ...
+    @property
+    def gates(self) -> Gates: ...
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger: ...
+    async def start_run(self, pipeline: str, inputs: dict[str, Any] | None = None) -> RunRow: ...
     async def cancel(self, run_id: str) -> RunRow: ...
     async def wait(self, run_id: str) -> RunRow: ...
-    def groups_of(self, user: str) -> frozenset[str]: ...
+    async def resume_recorded(self, run_id: str) -> None: ...
+    def is_active(self, run_id: str) -> bool: ...

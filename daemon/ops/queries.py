@@ -154,7 +154,7 @@ def load(daemon: Daemon) -> Load:
         backlog.high_water,
         backlog.low_water,
         backlog.saturated,
-        daemon.running_tasks,
+        daemon.slots.running_tasks,
     )
 
 

@@ -90,7 +90,7 @@ async def rerun(
     rows.append(queued)
     await daemon.store.submit(rows).wait()
     daemon.log.info("run_rerun", run_id=run_id, tasks=sorted(chosen))
-    await daemon.resume_run(run_id)
+    await daemon.resume_recorded(run_id)
     return queued
 
 

@@ -1,8 +1,9 @@
 """Alerts: tell people at once when a task fails for good, a run fails (or succeeds).
 
 An alert is an outbox row. The runner commits it in the same transaction as the change it
-reports (see ``Runner._alert``), so a crash cannot lose one; the sender loop here
-(:meth:`Alerts.run`) delivers what is due and records each try on the row:
+reports (:mod:`~cued.daemon.runtime.run_alerts` builds the rows), so a crash cannot lose
+one; the sender loop here (:meth:`Alerts.run`) delivers what is due and records each try
+on the row:
 
 ```
 runner commits [instance failed, outbox row]  ->  Alerts.wake()

@@ -10,44 +10,37 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 import anyio
 
 from cued.daemon.core.ids import now
 from cued.daemon.core.states import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES, RunState, State
+from cued.daemon.logs import get_logger
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    import structlog
-
     from cued.daemon.core.plan import PipelinePlan
-    from cued.daemon.store import Row, RunRow, Store
+    from cued.daemon.runtime.run_alerts import RunAlerts
+    from cued.daemon.store import RunRow, Store
 
-__all__ = ["DeadlineHost", "Deadlines"]
-
-
-class DeadlineHost(Protocol):
-    """What deadlines need of the runner (a port, so this module need not know it)."""
-
-    @property
-    def plans(self) -> Mapping[str, PipelinePlan]: ...
-    @property
-    def store(self) -> Store: ...
-    @property
-    def log(self) -> structlog.typing.FilteringBoundLogger: ...
-    def alert_rows(
-        self, rule: str, row: RunRow, *, occurrence: str | None = None, **details: Any
-    ) -> list[Row]: ...
-    def wake_alerts(self) -> None: ...
+__all__ = ["Deadlines"]
 
 
 class Deadlines:
-    """Watches the deadlines of unfinished runs; serve :meth:`run` in the runner's group."""
+    """Watches the deadlines of unfinished runs; serve :meth:`run` in the runner's group.
 
-    def __init__(self, runner: DeadlineHost) -> None:
-        self._runner = runner
+    :param plans: the pipelines' plans, by name (their deadlines and their tasks')
+    :param store: where runs are (read when a deadline comes)
+    :param alerts: raises ``deadline_missed``
+    """
+
+    def __init__(self, plans: Mapping[str, PipelinePlan], store: Store, alerts: RunAlerts) -> None:
+        self._plans = plans
+        self._store = store
+        self._alerts = alerts
+        self._log = get_logger()
         self._due: list[tuple[float, str, str]] = []  # (at, run id, task or "")
         self._watched: set[tuple[str, str]] = set()
         self._rows: dict[str, RunRow] = {}
@@ -55,7 +48,7 @@ class Deadlines:
 
     def watch(self, row: RunRow) -> None:
         """Watch the deadlines of ``row``'s pipeline and tasks (once per run)."""
-        plan = self._runner.plans.get(row.pipeline)
+        plan = self._plans.get(row.pipeline)
         if plan is None:
             return
         marks = [("", plan.config.deadline)] + [
@@ -74,7 +67,7 @@ class Deadlines:
     ) -> None:
         # runs parked at a gate are not in memory: watch them from the store
         for state in (RunState.WAITING, RunState.QUEUED, RunState.RUNNING):
-            for row in await self._runner.store.list_runs(state=state.value, limit=1_000_000):
+            for row in await self._store.list_runs(state=state.value, limit=1_000_000):
                 self.watch(row)
         task_status.started()
         while True:
@@ -89,7 +82,7 @@ class Deadlines:
                 await self._wake.wait()
 
     async def _check(self, run_id: str, task: str, at: float) -> None:
-        store = self._runner.store
+        store = self._store
         row = await store.get_run(run_id)
         if row is None or RunState(row.state) in TERMINAL_RUN_STATES:
             return
@@ -98,17 +91,12 @@ class Deadlines:
             if instances and all(State(i.state) in TERMINAL_TASK_STATES for i in instances):
                 return
         what = f"task {task!r} of run {run_id}" if task else f"run {run_id}"
-        self._runner.log.warning(
+        self._log.warning(
             "deadline_missed", run_id=run_id, pipeline=row.pipeline, task=task or None
         )
-        details = {"task": task} if task else {}
-        rows = self._runner.alert_rows(
-            "deadline_missed",
-            row,
-            deadline_at=at,
-            message=f"{what} ({row.pipeline}) missed its deadline",
-            **details,
+        rows = self._alerts.deadline_missed(
+            row, task, at, f"{what} ({row.pipeline}) missed its deadline"
         )
         if rows:
             await store.submit(rows).wait()
-            self._runner.wake_alerts()
+            self._alerts.wake()

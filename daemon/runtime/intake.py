@@ -11,8 +11,8 @@ check and one commit, not a hundred of each:
    matches whose dedupe key fired within its window;
 3. submit event rows, run rows, dedupe keys and the sources' cursors as *one* submission,
    which the store commits in one transaction;
-4. once committed: hand the new runs to the runner and answer every caller, which then
-   acknowledges to its source.
+4. once committed: hand the new runs to the runner (the :class:`RunQueue` the loop is
+   given) and answer every caller, which then acknowledges to its source.
 
 The loop goes on to the next batch while a batch commits; ids and dedupe keys stay
 "pending" until their commit, so two deliveries of one event racing each other start its
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
@@ -38,11 +38,34 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from cued.daemon.config import Config, TriggerConfig
-    from cued.daemon.runtime.runner import Runner
     from cued.daemon.sdk.sources import Event
     from cued.daemon.store import Durable, Row, RunRow, Store
 
-__all__ = ["DaemonIntake"]
+__all__ = ["Backpressure", "DaemonIntake", "RunQueue"]
+
+
+class Backpressure(Protocol):
+    """Whether sources may send more (the runner's backlog)."""
+
+    def accepting(self) -> bool: ...
+
+    async def wait_accepting(self) -> None: ...
+
+
+class RunQueue(Protocol):
+    """Where the runs events start go (a port: the runner is one, and it records its
+    asset events here, so this module must not know it)."""
+
+    def new_run(
+        self, pipeline: str, inputs: dict[str, Any] | None = None, *, event_id: str | None = None
+    ) -> RunRow:
+        """A queued run of ``pipeline``, to record.
+
+        :raises CuedError: if the pipeline, or an input, is unknown
+        """
+
+    def enqueue(self, row: RunRow) -> None:
+        """Start, or queue, a run that is recorded."""
 
 
 @dataclass(eq=False)
@@ -71,13 +94,13 @@ class DaemonIntake:
     :meth:`run` in the daemon's task group.
 
     :param config: triggers come from here
-    :param runner: new runs go here (and its backlog says whether sources may send more)
     :param store: where events, runs and dedupe keys are recorded
+    :param backpressure: whether sources may send more (the runner's backlog)
     """
 
-    def __init__(self, config: Config, runner: Runner, store: Store) -> None:
-        self._runner = runner
+    def __init__(self, config: Config, store: Store, backpressure: Backpressure) -> None:
         self._store = store
+        self._backpressure = backpressure
         self._triggers: dict[str, list[TriggerConfig]] = defaultdict(list)
         for trigger in config.triggers:
             self._triggers[trigger.source].append(trigger)
@@ -91,10 +114,10 @@ class DaemonIntake:
     # -- what sources call ------------------------------------------------------------
 
     def accepting(self) -> bool:
-        return self._runner.backlog.accepting()
+        return self._backpressure.accepting()
 
     async def wait_accepting(self) -> None:
-        await self._runner.backlog.wait_accepting()
+        await self._backpressure.wait_accepting()
 
     async def cursor(self, source: str) -> str | None:
         return await self._store.get_cursor(source)
@@ -126,9 +149,15 @@ class DaemonIntake:
     # -- the loop ---------------------------------------------------------------------
 
     async def run(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        runs: RunQueue,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Work through what is handed in, batch after batch, until cancelled."""
+        """Work through what is handed in, batch after batch, until cancelled.
+
+        :param runs: where the runs that events start go, once recorded
+        """
         async with anyio.create_task_group() as tg:
             task_status.started()
             while True:
@@ -138,15 +167,15 @@ class DaemonIntake:
                 if not requests:
                     continue
                 try:
-                    batch, durable = await self._prepare(requests)
+                    batch, durable = await self._prepare(requests, runs)
                 except Exception as exc:  # noqa: BLE001 - the callers get it, the loop goes on
                     for request in requests:
                         request.error = exc
                         request.done.set()
                     continue
-                tg.start_soon(self._complete, batch, durable)
+                tg.start_soon(self._complete, batch, durable, runs)
 
-    async def _prepare(self, requests: list[_Request]) -> tuple[_Batch, Durable]:
+    async def _prepare(self, requests: list[_Request], runs: RunQueue) -> tuple[_Batch, Durable]:
         batch = _Batch(requests)
         events = [e for r in requests for e in r.events]
         ids = [e.event_id for e in events]
@@ -175,7 +204,7 @@ class DaemonIntake:
             if fired is None:
                 request.receipts.append(Receipt(event.event_id, "duplicate"))
                 continue
-            started, errors = self._start_runs(event, fired, seen, batch, stamp)
+            started, errors = self._start_runs(runs, event, fired, seen, batch, stamp)
             errors = [*([event.error] if event.error else []), *notes, *errors]
             status = "invalid" if event.error else ("matched" if started else "unmatched")
             run_ids = tuple(r.run_id for r in started)
@@ -203,7 +232,7 @@ class DaemonIntake:
         self._pending_keys |= batch.keys
         return batch, self._store.submit(batch.rows)
 
-    async def _complete(self, batch: _Batch, durable: Durable) -> None:
+    async def _complete(self, batch: _Batch, durable: Durable, runs: RunQueue) -> None:
         error: BaseException | None = None
         try:
             await durable.wait()
@@ -222,10 +251,11 @@ class DaemonIntake:
             request.done.set()
         if error is None:
             for run in batch.runs:
-                self._runner.enqueue(run)
+                runs.enqueue(run)
 
     def _start_runs(
         self,
+        runs: RunQueue,
         event: Event,
         matches: list[Match],
         seen: dict[tuple[str, str], float],
@@ -253,7 +283,7 @@ class DaemonIntake:
                 batch.keys.add(pair)
                 batch.rows.append(DedupeRow(m.trigger, m.dedupe_key, stamp))
             try:
-                started.append(self._runner.new_run(m.pipeline, m.inputs, event_id=event.event_id))
+                started.append(runs.new_run(m.pipeline, m.inputs, event_id=event.event_id))
             except CuedError as exc:
                 errors.append(f"trigger {m.trigger!r}: {exc}")
         return started, errors

@@ -4,7 +4,8 @@ global one: two daemons in one process, as in tests, must not clash).
 Counters follow the store: every commit hands its rows to :meth:`Metrics.committed`, so
 what is counted is what is durable. A row that changed twice within one commit (group
 commit keeps the last) is counted in its last state only: the counters of transitions
-count committed states. Gauges are read from the runner when scraped.
+count committed states. Gauges are read when scraped from what the runner shows of its
+load (:class:`Observed`): its slots and its backlog.
 
 ====================================  ========================================================
 metric                                what
@@ -24,7 +25,7 @@ cued_backpressure                     1 while the backlog is saturated (sources 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -33,14 +34,16 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from cued.daemon.store import AttemptRow, EventRow, InstanceRow, RunRow
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
     from prometheus_client.metrics_core import Metric
 
-    from cued.daemon.runtime.runner import Runner
+    from cued.daemon.core.plan import PipelinePlan
+    from cued.daemon.runtime.backlog import Backlog
+    from cued.daemon.runtime.slots import Slots
     from cued.daemon.store import Row
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "Metrics", "Observed"]
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
@@ -50,13 +53,29 @@ _ENDED = frozenset({"succeeded", "failed", "cancelled"})
 _PIPELINES_KEPT = 10_000  # run id -> pipeline, for rows that do not name their pipeline
 
 
+class Observed(Protocol):
+    """What the metrics read of the runner (a port: the runner is one)."""
+
+    @property
+    def plans(self) -> Mapping[str, PipelinePlan]:
+        """The pipelines, for the task kinds of attempts."""
+
+    @property
+    def slots(self) -> Slots:
+        """Runs and attempts running, and attempts waiting for a slot."""
+
+    @property
+    def backlog(self) -> Backlog[Any]:
+        """Runs waiting for a slot."""
+
+
 class Metrics:
     """The daemon's metrics; register :meth:`committed` with ``store.on_commit``.
 
     :param runner: read for the gauges, and for task kinds
     """
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Observed) -> None:
         self._runner = runner
         self.registry = CollectorRegistry(auto_describe=True)
         self.events = Counter(
@@ -135,20 +154,19 @@ class Metrics:
 class _RunnerGauges:
     """What runs and waits now, read from the runner at each scrape."""
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Observed) -> None:
         self._runner = runner
 
     def describe(self) -> list[Metric]:
         return list(self.collect())
 
     def collect(self) -> Iterator[Metric]:
-        runner = self._runner
-        backlog = runner.backlog
+        slots, backlog = self._runner.slots, self._runner.backlog
         for name, doc, value in (
-            ("cued_runs_running", "Runs holding a slot now", runner.active_runs),
+            ("cued_runs_running", "Runs holding a slot now", slots.active_runs),
             ("cued_runs_queued", "Runs waiting for a slot (the backlog)", backlog.depth),
-            ("cued_tasks_running", "Task attempts running now", runner.running_tasks),
-            ("cued_tasks_queued", "Task attempts waiting for a slot", runner.tasks_waiting),
+            ("cued_tasks_running", "Task attempts running now", slots.running_tasks),
+            ("cued_tasks_queued", "Task attempts waiting for a slot", slots.tasks_waiting),
             ("cued_backlog_depth", "Runs waiting in the backlog", backlog.depth),
             (
                 "cued_backpressure",

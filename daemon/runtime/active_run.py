@@ -1,0 +1,278 @@
+"""A run in memory: its engine's decisions carried out, attempt by attempt.
+
+The runner starts one coroutine per run (:meth:`ActiveRun.drive`), with a task group of its
+own inside the runner's, so cancelling a run cancels exactly its tasks. Every change the
+engine makes goes to the store; an attempt's result is durable before anything downstream
+of it starts, and the alerts it raises commit with it. A run leaves memory when it ends
+(:meth:`ActiveRun.finish`) or when nothing of it runs and a gate waits for a decision
+(:meth:`ActiveRun.park`): it is then in the store only, until the decision resumes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from cued.daemon.core.engine import RunEngine, RunState, Start, State, Wait
+from cued.daemon.core.ids import now
+from cued.daemon.runtime.asset_events import asset_events
+from cued.daemon.runtime.attempts import stopped_row
+from cued.daemon.runtime.gates import gate_row
+from cued.daemon.runtime.instance_rows import instance_row
+from cued.daemon.sdk.kinds import Meter
+from cued.daemon.store import AttemptRow
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import structlog
+
+    from cued.daemon.config import TaskConfig
+    from cued.daemon.core.engine import Command, Instance
+    from cued.daemon.core.plan import PipelinePlan
+    from cued.daemon.runtime.asset_events import AssetSink
+    from cued.daemon.runtime.attempts import TaskAttempts
+    from cued.daemon.runtime.gates import Gates
+    from cued.daemon.runtime.run_alerts import RunAlerts
+    from cued.daemon.runtime.slots import Slots
+    from cued.daemon.sdk.kinds import AwaitingDecision
+    from cued.daemon.store import Durable, Row, RunRow, Store
+
+__all__ = ["ActiveRun", "Driving"]
+
+
+@dataclass(frozen=True)
+class Driving:
+    """What every run is driven with: the runner's parts, and its callbacks."""
+
+    store: Store
+    attempts: TaskAttempts
+    slots: Slots
+    alerts: RunAlerts
+    gates: Gates
+    assets: AssetSink | None
+    """Where the asset events of a succeeded run go, before the run is recorded as
+    succeeded: a crash in between resumes the run, which finishes again and sends the same
+    events, which intake recognises."""
+    retry_delay_s: Callable[[TaskConfig, int], float]
+    """How long to wait before the retry that follows an attempt of a task."""
+    left: Callable[[ActiveRun, bool], None]
+    """The run left memory: ended (True), or parked at a gate (False)."""
+    log: structlog.typing.FilteringBoundLogger
+
+
+class ActiveRun:
+    """One run in memory.
+
+    :param row: the run as recorded
+    :param plan: its pipeline's plan
+    :param prior: its instances as recorded, by key (a resumed run goes on from them)
+    """
+
+    def __init__(
+        self, row: RunRow, plan: PipelinePlan, prior: dict[str, Instance], driving: Driving
+    ) -> None:
+        self.row = row
+        self.plan = plan
+        self.engine: RunEngine | None = None
+        """Set once the run starts (None while it waits for a slot)."""
+        self.done = anyio.Event()
+        """Set when the run leaves memory (ended or parked)."""
+        self._prior = prior
+        self._driving = driving
+        self._store = driving.store
+        self._scope: anyio.CancelScope | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._cancelled = False
+
+    async def drive(self) -> RunState | None:
+        """Start the run and drive it until nothing of it runs; returns the engine's state
+        then (None if the run was cancelled before it started)."""
+        if self._cancelled:
+            return None  # cancelled between leaving the backlog and starting here
+        self.row = replace(
+            self.row, state=RunState.RUNNING.value, started_at=self.row.started_at or now()
+        )
+        engine = self.engine = RunEngine(self.plan, self.row.run_id, self.row.inputs, self._prior)
+        self._driving.log.info(
+            "run_started",
+            run_id=self.row.run_id,
+            pipeline=self.row.pipeline,
+            resumed=bool(self._prior),
+        )
+        async with anyio.create_task_group() as tg:
+            self._scope, self._tg = tg.cancel_scope, tg
+            self._store.submit([self.row])
+            self._apply(tg, engine.begin())
+        self._tg = None
+        return engine.state
+
+    async def cancel(self) -> None:
+        """Cancel the run: its running tasks are cancelled, nothing more of it starts.
+        Returns once it has left memory."""
+        if self.engine is None:  # still waiting in the backlog, or about to start
+            self._cancelled = True
+            await self.finish(RunState.CANCELLED)
+            return
+        if self.engine.cancel():  # empty if it has just finished: let it finish as it did
+            self._write()
+            if self._scope is not None:
+                self._scope.cancel()
+        await self.done.wait()
+
+    def settle_gate(self, key: str, *, ok: bool, output: Any, error: str | None) -> bool:
+        """Settle the waiting instance ``key`` as recorded; False if the run is not
+        running, or ``key`` does not wait."""
+        if self.engine is None or self._tg is None:
+            return False
+        inst = next((i for i in self.engine.instances() if i.key == key), None)
+        if inst is None or inst.state is not State.WAITING:
+            return False
+        if ok:
+            commands = self.engine.succeeded(inst, output)
+        else:
+            commands = self.engine.failed(inst, error or "rejected", retryable=False, output=output)
+        self._apply(self._tg, commands)
+        return True
+
+    async def park(self) -> None:
+        """Nothing of the run runs, and a gate waits for a decision: leave it in the store
+        (its slot freed, nothing of it in memory) until the decision resumes it."""
+        self.row = replace(self.row, state=RunState.WAITING.value)
+        with anyio.CancelScope(shield=True):
+            await self._commit([self.row])
+        self._driving.log.info("run_waiting", run_id=self.row.run_id, pipeline=self.row.pipeline)
+        self.done.set()
+        self._driving.left(self, False)
+
+    async def finish(self, state: RunState) -> None:
+        """Record the run's end in ``state``, with the alert it raises; a succeeded run
+        first hands on the events of the assets it produced."""
+        engine, driving = self.engine, self._driving
+        if (
+            state is RunState.SUCCEEDED
+            and driving.assets is not None
+            and engine is not None
+            and (events := asset_events(self.plan, self.row, engine.instances()))
+        ):
+            await driving.assets(events)
+        error = None
+        if state is RunState.FAILED and engine is not None:
+            failed = [i for i in engine.instances() if i.state is State.FAILED]
+            error = "; ".join(f"{i.key}: {i.error}" for i in failed[:3]) or None
+        self.row = replace(self.row, state=state.value, ended_at=now(), error=error)
+        with anyio.CancelScope(shield=True):
+            rows: list[Row] = [self.row]
+            reruns = 0
+            if engine is not None:
+                rows.extend(instance_row(self.row.run_id, i) for i in engine.drain_changes())
+                reruns = sum(i.retry_base for i in engine.instances())
+            rows.extend(driving.alerts.run_ended(self.row, state, reruns, error))
+            await self._store.submit(rows).wait()
+            driving.alerts.wake()
+        driving.log.info(
+            "run_finished", run_id=self.row.run_id, pipeline=self.row.pipeline, state=state.value
+        )
+        self.done.set()
+        driving.left(self, True)
+
+    # -- carrying out the engine's commands --------------------------------------------
+
+    def _apply(self, tg: anyio.abc.TaskGroup, commands: list[Command]) -> None:
+        self._write()
+        for command in commands:
+            if isinstance(command, Start):
+                tg.start_soon(self._attempt, tg, command)
+            elif isinstance(command, Wait):
+                tg.start_soon(self._retry_later, tg, command)
+            # Finish needs nothing here: the run's task group empties and drive returns
+
+    def _write(self, extra: list[Row] | None = None) -> Durable | None:
+        """Submit the instances the engine changed, and ``extra`` rows, in one go."""
+        assert self.engine is not None
+        rows: list[Row] = [instance_row(self.row.run_id, i) for i in self.engine.drain_changes()]
+        if extra:
+            rows.extend(extra)
+        return self._store.submit(rows) if rows else None
+
+    async def _commit(self, rows: list[Row]) -> None:
+        """:meth:`_write` ``rows`` (not empty) and wait until they are durable."""
+        durable = self._write(rows)
+        assert durable is not None
+        await durable.wait()
+
+    async def _retry_later(self, tg: anyio.abc.TaskGroup, command: Wait) -> None:
+        assert self.engine is not None
+        task = self.plan.tasks[command.instance.task].config
+        await anyio.sleep(self._driving.retry_delay_s(task, command.attempt))
+        self._apply(tg, self.engine.retry_due(command.instance))
+
+    async def _attempt(self, tg: anyio.abc.TaskGroup, start: Start) -> None:
+        engine, driving = self.engine, self._driving
+        assert engine is not None
+        inst, run_id = start.instance, self.row.run_id
+        async with driving.slots.task_slot(self.plan.tasks[inst.task].config.pool):
+            engine.started(inst)
+            started_at = now()
+            self._write([AttemptRow(run_id, inst.key, start.attempt, "running", started_at)])
+            log = driving.log.bind(
+                run_id=run_id, pipeline=self.row.pipeline, task=inst.key, attempt=start.attempt
+            )
+            log.debug("task_started")
+            meter = Meter()
+            with driving.slots.running():
+                try:
+                    outcome = await driving.attempts.run(self.plan, self.row, start, log, meter)
+                except anyio.get_cancelled_exc_class():
+                    # a cancelled run marks its instances cancelled; a daemon shutting down
+                    # leaves them running, so that a restart runs them again
+                    state = "cancelled" if engine.state is RunState.CANCELLED else "interrupted"
+                    self._store.submit([stopped_row(run_id, start, state, started_at, meter)])
+                    raise
+        ended_at = now()
+        outcome = outcome.kept()
+        if (ask := outcome.awaiting) is not None:
+            await self._await_decision(inst, start.attempt, started_at, ask)
+            return
+        if outcome.error is None:
+            log.debug("task_succeeded", duration_s=round(ended_at - started_at, 6))
+            commands = engine.succeeded(inst, outcome.output)
+        else:
+            commands = engine.failed(inst, outcome.error, retryable=outcome.retryable)
+            log.warning(
+                "task_failed", error=outcome.error, will_retry=inst.state is State.UP_FOR_RETRY
+            )
+        extra: list[Row] = [outcome.attempt_row(run_id, start, started_at, ended_at, meter)]
+        failed_for_good = inst.state is State.FAILED  # no retry left, or none would help
+        if failed_for_good:
+            extra.extend(
+                driving.alerts.task_failed(self.row, inst.key, start.attempt, outcome.error)
+            )
+        # durable before anything downstream starts: a succeeded task never runs again
+        await self._commit(extra)
+        if failed_for_good:
+            driving.alerts.wake()
+        self._apply(tg, commands)
+
+    async def _await_decision(
+        self, inst: Instance, attempt: int, started_at: float, ask: AwaitingDecision
+    ) -> None:
+        assert self.engine is not None
+        self.engine.waiting(inst)
+        # a gate's task `timeout` is how long to wait for the decision
+        gate = gate_row(
+            self.row.run_id, inst.key, attempt, ask, self.plan.tasks[inst.task].config.timeout
+        )
+        rows: list[Row] = [
+            AttemptRow(self.row.run_id, inst.key, attempt, "waiting", started_at),
+            gate,
+            *self._driving.alerts.approval_waiting(self.row, inst.key, attempt, ask.message),
+        ]
+        await self._commit(rows)
+        self._driving.log.info(
+            "approval_waiting", run_id=self.row.run_id, task=inst.key, message=ask.message
+        )
+        self._driving.gates.opened()
+        self._driving.alerts.wake()

@@ -1,0 +1,189 @@
+"""Task attempts: one attempt of a task kind, from its context to what it ended as.
+
+The runner holds the attempt's slots and tells the engine; here the attempt gets its
+:class:`~cued.daemon.sdk.kinds.TaskContext` and its parameters (validated once for a task
+without templates), runs under the task's ``timeout`` and ends as an :class:`Outcome`: an
+output, or an error and whether a retry could help. Whatever a task raises fails its
+attempt; a task's own :class:`~cued.daemon.errors.PermanentTaskError`, and parameters that
+fail their model's check, fail it for good. Cancellation is not caught here: the runner
+records the attempt as cancelled or interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from pydantic import ValidationError
+
+from cued.daemon.config.secrets import redact
+from cued.daemon.core.ids import now
+from cued.daemon.errors import PermanentTaskError, TaskTimeout
+from cued.daemon.sdk.kinds import AwaitingDecision, TaskContext
+from cued.daemon.store import AttemptRow
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import httpx
+    import structlog
+    from pydantic import BaseModel
+
+    from cued.daemon.core.engine import Start
+    from cued.daemon.core.plan import PipelinePlan
+    from cued.daemon.sdk.kinds import Meter, Spending, TaskKind
+    from cued.daemon.store import RunRow
+
+__all__ = ["Outcome", "TaskAttempts", "stopped_row"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an attempt ended as: ``output`` if ``error`` is None."""
+
+    output: Any = None
+    error: str | None = None
+    retryable: bool = True
+    """Whether a retry could help (if it failed)."""
+    output_json: str | None = None
+    """The output as recorded, once :meth:`kept`."""
+
+    @property
+    def awaiting(self) -> AwaitingDecision | None:
+        """The decision the attempt asks for (an approval gate), if it does."""
+        if self.error is None and isinstance(self.output, AwaitingDecision):
+            return self.output
+        return None
+
+    def kept(self) -> Outcome:
+        """The outcome as it is kept: without a secret the daemon resolved (in memory as in
+        the store, so that downstream tasks see the same after a restart as before one),
+        and with its output as JSON; an output that is not JSON fails the attempt for good.
+        """
+        kept = replace(self, output=redact(self.output), error=redact(self.error))
+        if kept.error is not None or kept.awaiting is not None:
+            return kept
+        try:
+            return replace(kept, output_json=json.dumps(kept.output))
+        except (TypeError, ValueError) as exc:
+            return replace(kept, error=f"output is not JSON-serialisable: {exc}", retryable=False)
+
+    def attempt_row(
+        self, run_id: str, start: Start, started_at: float, ended_at: float, meter: Meter
+    ) -> AttemptRow:
+        """The attempt's row, ended (succeeded or failed), with what it spent."""
+        return AttemptRow(
+            run_id,
+            start.instance.key,
+            start.attempt,
+            "succeeded" if self.error is None else "failed",
+            started_at,
+            ended_at,
+            self.error,
+            self.output_json,
+            meter.cost,
+            meter.usage,
+        )
+
+
+def stopped_row(
+    run_id: str, start: Start, state: str, started_at: float, meter: Meter
+) -> AttemptRow:
+    """The row of an attempt stopped before it ended: ``cancelled`` with its run, or
+    ``interrupted`` by a daemon shutting down (it runs again after the restart)."""
+    return AttemptRow(
+        run_id,
+        start.instance.key,
+        start.attempt,
+        state,
+        started_at,
+        now(),
+        cost=meter.cost,
+        usage=meter.usage,
+    )
+
+
+class TaskAttempts:
+    """Runs attempts of the configured task kinds.
+
+    :param kinds: task kinds by name, one instance each
+    :param http: the shared HTTP client handed to tasks
+    :param spending: what tasks spent so far, handed to them for their budgets
+    :param task_env: the daemon's environment variables tasks may see (``task_env``)
+    """
+
+    def __init__(
+        self,
+        kinds: dict[str, TaskKind],
+        http: httpx.AsyncClient,
+        spending: Spending,
+        task_env: Sequence[str],
+    ) -> None:
+        self._kinds = kinds
+        self._http = http
+        self._spending = spending
+        self._task_env = tuple(task_env)
+        self._static_params: dict[tuple[str, str], BaseModel] = {}
+
+    async def run(
+        self,
+        plan: PipelinePlan,
+        row: RunRow,
+        start: Start,
+        log: structlog.typing.FilteringBoundLogger,
+        meter: Meter,
+    ) -> Outcome:
+        """Run the attempt ``start`` of a task of the run ``row``; ``meter`` gets what it
+        spent. Returns its outcome as the task left it (see :meth:`Outcome.kept`)."""
+        inst = start.instance
+        task = plan.tasks[inst.task].config
+        ctx = TaskContext(
+            run_id=row.run_id,
+            pipeline=row.pipeline,
+            task=inst.task,
+            map_index=inst.index,
+            attempt=start.attempt,
+            idempotency_key=f"{row.run_id}/{inst.key}",
+            log=log,
+            http=self._http,
+            meter=meter,
+            spending=self._spending,
+            pass_env=self._task_env,
+        )
+        kind = self._kinds[task.kind]
+        try:
+            try:
+                params = self._params(plan, inst.task, start.params)
+            except ValidationError as exc:
+                # only the parameters' own check: a pydantic error inside a kind is that
+                # kind's failure, retried like any other
+                raise PermanentTaskError(_describe(exc)) from exc
+            if task.timeout is None:
+                return Outcome(await kind.execute(params, ctx))
+            with anyio.fail_after(task.timeout):
+                return Outcome(await kind.execute(params, ctx))
+        except TimeoutError:
+            return Outcome(error=str(TaskTimeout(inst.key, task.timeout or 0)))
+        except PermanentTaskError as exc:
+            return Outcome(error=_describe(exc), retryable=False)
+        except Exception as exc:  # noqa: BLE001 - whatever a task raises fails its attempt
+            return Outcome(error=_describe(exc))
+
+    def _params(self, plan: PipelinePlan, name: str, params: dict[str, Any]) -> BaseModel:
+        model = self._kinds[plan.tasks[name].config.kind].Params
+        if plan.tasks[name].templated:
+            return model.model_validate(params)
+        key = (plan.name, name)
+        if (cached := self._static_params.get(key)) is None:
+            cached = self._static_params[key] = model.model_validate(params)
+        return cached
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, ValidationError):
+        text = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return f"invalid parameters: {text}"
+    return text if text else type(exc).__name__

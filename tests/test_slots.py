@@ -1,0 +1,89 @@
+"""The runner's slots (daemon/runtime/slots.py): runs per pipeline, attempts in all and
+per pool, and draining."""
+
+from __future__ import annotations
+
+import anyio
+
+from cued.daemon.runtime.slots import Slots
+
+
+def test_a_pipelines_runs_hold_its_slots():
+    slots = Slots(4, {}, {"etl": 2, "other": 1})
+    slots.take_run_slot("etl")
+    assert slots.run_slot_free("etl")
+    slots.take_run_slot("etl")
+    assert not slots.run_slot_free("etl")
+    assert slots.run_slot_free("other")
+    assert slots.active_runs == 2
+    slots.free_run_slot("etl")
+    assert slots.run_slot_free("etl")
+    assert slots.active_runs == 1
+
+
+async def test_attempts_beyond_a_pools_size_wait_and_are_counted():
+    slots = Slots(10, {"db": 1}, {})
+    release = anyio.Event()
+    entered: list[str] = []
+
+    async def attempt(name: str) -> None:
+        async with slots.task_slot("db"):
+            with slots.running():
+                entered.append(name)
+                await release.wait()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(attempt, "first")
+            tg.start_soon(attempt, "second")
+            await anyio.wait_all_tasks_blocked()
+            assert entered == ["first"]
+            assert slots.running_tasks == 1
+            assert slots.tasks_waiting == 1
+            release.set()
+    assert entered == ["first", "second"]
+    assert slots.running_tasks == 0
+    assert slots.tasks_waiting == 0
+
+
+async def test_drain_returns_once_the_running_attempts_end_and_none_starts_after():
+    slots = Slots(1, {}, {})
+    release = anyio.Event()
+    drained = anyio.Event()
+
+    async def running() -> None:
+        async with slots.task_slot(None):
+            with slots.running():
+                await release.wait()
+
+    async def drain() -> None:
+        await slots.drain()
+        drained.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(running)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(drain)
+            await anyio.wait_all_tasks_blocked()
+            assert not drained.is_set()
+            release.set()
+            await drained.wait()
+            assert slots.running_tasks == 0
+
+            # draining: an attempt that gets its slot now waits until cancelled
+            entered = anyio.Event()
+
+            async def late() -> None:
+                async with slots.task_slot(None):
+                    entered.set()  # pragma: no cover - must not be reached
+
+            tg.start_soon(late)
+            await anyio.wait_all_tasks_blocked()
+            assert not entered.is_set()
+            tg.cancel_scope.cancel()
+
+
+async def test_drain_with_nothing_running_returns_at_once():
+    with anyio.fail_after(5):
+        await Slots(1, {}, {}).drain()
