@@ -39,7 +39,7 @@ check: $(VENV)/.installed-test
 	MYPYPATH=build/typecheck $(BIN)/mypy -p cued.daemon -p cued.connectors -p cued.plugins
 	PYTHONPATH=build/typecheck $(BIN)/lint-imports --no-cache
 
-# The browser tests (tests/test_ui.py) drive Debian's Chromium through Playwright; a test
+# The browser tests (tests/e2e/test_ui.py) drive Debian's Chromium through Playwright; a test
 # tool's own browser download does not work here, so `playwright install` is never run.
 CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
