@@ -50,9 +50,13 @@ $(CHROMIUM):
 test: check $(CHROMIUM)
 	$(BIN)/pytest -q -n 2
 
-# The lane to run while working: no lint, no processes started (see tests/conftest.py).
+# Lanes (tests/conftest.py): tests/unit/ is pure, tests/integration/ uses one real component
+# (SQLite, loopback HTTP, the Kafka broker, a daemon in-process), tests/e2e/ processes and
+# Chromium. `make test` runs all of them; `make test-fast`, the lane to run while working,
+# the pure tests but the property tests that ask for more examples than the default: no
+# lint, under 30 s. Schemathesis' pytest plugin is left unloaded there: no unit test uses it.
 test-fast: $(VENV)/.installed-test
-	$(BIN)/pytest -q -n 2 -m "not slow"
+	$(BIN)/pytest -q -n 2 -p no:schemathesis -m "not slow" tests/unit
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.core
