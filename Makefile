@@ -54,9 +54,12 @@ test: check $(CHROMIUM)
 # (SQLite, loopback HTTP, the Kafka broker, a daemon in-process), tests/e2e/ processes and
 # Chromium. `make test` runs all of them; `make test-fast`, the lane to run while working,
 # the pure tests but the property tests that ask for more examples than the default: no
-# lint, under 30 s. Schemathesis' pytest plugin is left unloaded there: no unit test uses it.
+# lint, under 30 s. Start-up is most of it, so Schemathesis' pytest plugin (no unit test
+# uses it) stays unloaded, and Python may cache bytecode even where the shell says not to
+# (PYTHONDONTWRITEBYTECODE): without the cache each of pytest's three processes compiles
+# and rewrites every module again, 2-3 s of CPU each, 25-30 s in all on a busy machine.
 test-fast: $(VENV)/.installed-test
-	$(BIN)/pytest -q -n 2 -p no:schemathesis -m "not slow" tests/unit
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -n 2 -p no:schemathesis -m "not slow" tests/unit
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.core
