@@ -39,7 +39,7 @@ check: $(VENV)/.installed-test
 	MYPYPATH=build/typecheck $(BIN)/mypy -p cued.daemon -p cued.connectors -p cued.plugins
 	PYTHONPATH=build/typecheck $(BIN)/lint-imports --no-cache
 
-# The browser tests (tests/test_ui.py) drive Debian's Chromium through Playwright; a test
+# The browser tests (tests/e2e/test_ui.py) drive Debian's Chromium through Playwright; a test
 # tool's own browser download does not work here, so `playwright install` is never run.
 CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
@@ -50,9 +50,16 @@ $(CHROMIUM):
 test: check $(CHROMIUM)
 	$(BIN)/pytest -q -n 2
 
-# The lane to run while working: no lint, no processes started (see tests/conftest.py).
+# Lanes (tests/conftest.py): tests/unit/ is pure, tests/integration/ uses one real component
+# (SQLite, loopback HTTP, the Kafka broker, a daemon in-process), tests/e2e/ processes and
+# Chromium. `make test` runs all of them; `make test-fast`, the lane to run while working,
+# the pure tests but the property tests that ask for more examples than the default: no
+# lint, under 30 s. Start-up is most of it, so Schemathesis' pytest plugin (no unit test
+# uses it) stays unloaded, and Python may cache bytecode even where the shell says not to
+# (PYTHONDONTWRITEBYTECODE): without the cache each of pytest's three processes compiles
+# and rewrites every module again, 2-3 s of CPU each, 25-30 s in all on a busy machine.
 test-fast: $(VENV)/.installed-test
-	$(BIN)/pytest -q -n 2 -m "not slow"
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -n 2 -p no:schemathesis -m "not slow" tests/unit
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.core

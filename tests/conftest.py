@@ -1,8 +1,36 @@
+"""Fixtures and markers for the whole suite.
+
+The folders say what a test needs:
+
+  unit/         pure and fast: no sockets, no subprocesses, no broker, no browser
+                (files under tmp_path and in-memory fakes are fine)
+  integration/  one real component each: SQLite, loopback HTTP, the Kafka broker, a task
+                kind's program, or the whole daemon in the test's own event loop
+  e2e/          the daemon as a process (kill -9 and restart), the CLI as a process, Chromium
+  support/      helpers the tests share; a test file imports from here, never from another
+
+A file sits in the folder of the most its tests need, so a few tests of a file in e2e/
+would do in integration/ or unit/.
+
+Markers, set below from the folder and the fixtures, never by hand:
+
+  slow     everything in e2e/, the Kafka broker, a browser, and property tests that ask
+           for more than Hypothesis's default 100 examples
+  kafka    uses the ``kafka`` fixture (the session's broker: it starts one, so also slow)
+  browser  its module drives Chromium through Playwright (so also slow)
+
+Lanes (the Makefile): ``make test-fast`` runs ``tests/unit -m "not slow"``, the lane to run
+while working (under 30 s on two cores); ``make test`` runs everything. Others by marker,
+e.g. ``pytest -n 2 -m "not slow"`` (unit and integration without the broker) or
+``pytest tests/integration -m "not kafka"``.
+"""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import is_hypothesis_test, settings
 
 from cued.daemon.config import parse_config
 from cued.daemon.logs import configure_logging
@@ -11,6 +39,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from cued.daemon.config import Config
+
+#: How many examples a property test tries unless it asks for more (Hypothesis's default).
+_DEFAULT_EXAMPLES = settings.get_profile("default").max_examples
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -37,28 +68,32 @@ def kafka():
         yield broker
 
 
-# `make test-fast` leaves out what starts other processes (daemons killed with -9 and
-# restarted, the CLI, the Kafka broker, Chromium): the lane to run while working.
-# `make test` runs everything.
-_SLOW_MODULES = frozenset(
-    {"test_all_sources_crash", "test_crash_recovery", "test_kafka", "test_ui", "test_cli"}
-)
-# a test whose own code names one of these starts a process (tests/support/daemon.py)
-_STARTS_PROCESSES = frozenset({"Daemon", "cued", "subprocess"})
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
-        code = getattr(getattr(item, "function", None), "__code__", None)
-        if (
-            module in _SLOW_MODULES
-            or "kafka" in getattr(item, "fixturenames", ())
-            or (code is not None and _STARTS_PROCESSES & set(code.co_names))
-            or "kill_9" in item.name
-            or "restart" in item.name
-        ):
-            item.add_marker(pytest.mark.slow)
+        for name in _markers_of(item):
+            item.add_marker(name)
+
+
+def _markers_of(item: pytest.Item) -> set[str]:
+    """The markers a test has by its folder and the fixtures it uses (see the docstring)."""
+    found: set[str] = set()
+    if "e2e" in item.path.parts:
+        found.add("slow")
+    if "kafka" in getattr(item, "fixturenames", ()):
+        found |= {"kafka", "slow"}  # the fixture starts the broker
+    module = getattr(item, "module", None)
+    if module is not None and any(
+        getattr(value, "__module__", "").startswith("playwright") for value in vars(module).values()
+    ):
+        found |= {"browser", "slow"}  # its module drives Chromium through Playwright
+    function = getattr(item, "obj", None)
+    if is_hypothesis_test(function):
+        # its author asked for more examples than the default: thoroughness over speed,
+        # the trade `make test` makes and the fast lane does not
+        wanted = getattr(function, "_hypothesis_internal_use_settings", settings.default)
+        if wanted.max_examples > _DEFAULT_EXAMPLES:
+            found.add("slow")
+    return found
 
 
 @pytest.fixture

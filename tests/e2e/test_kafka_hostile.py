@@ -27,8 +27,8 @@ from tests.support.kafka_broker import (
     produce_batch,
     unique_name,
 )
+from tests.support.kafka_source import daemon_toml, eventually, produce, record, source_toml
 from tests.support.running import daemon_running
-from tests.test_kafka import daemon_toml, eventually, produce, record, source_toml
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

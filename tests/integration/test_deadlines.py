@@ -10,7 +10,7 @@ from cued.daemon.store import RunRow
 from cued.daemon.store.sqlite import open_store
 from tests.support.http_server import serve_app
 from tests.support.running import daemon_running
-from tests.test_alerts import Receiver
+from tests.support.webhook_receiver import Receiver
 
 CONFIG = """
 [http]

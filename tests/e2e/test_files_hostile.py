@@ -24,10 +24,8 @@ from cued.daemon.core.untrusted import os_name
 from cued.daemon.errors import ConfigError, ConnectorError
 from cued.daemon.sdk.sources import SourceContext
 from tests.support.daemon import Daemon, cued, query, wait_for
-from tests.support.fakes import NoRoutes
-from tests.support.running import daemon_running
-from tests.test_attacks import SwappingIntake
-from tests.test_files_source import (
+from tests.support.fakes import NoRoutes, SwappingIntake
+from tests.support.files_source import (
     Finished,
     events_of,
     files_config,
@@ -35,6 +33,7 @@ from tests.test_files_source import (
     output_of,
     until,
 )
+from tests.support.running import daemon_running
 
 if TYPE_CHECKING:
     from pathlib import Path

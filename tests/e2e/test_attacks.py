@@ -34,13 +34,13 @@ from cued.connectors.files import FilesConfig, FilesSource
 from cued.daemon.config import parse_config
 from cued.daemon.core import untrusted
 from cued.daemon.errors import ConfigError
-from cued.daemon.sdk.sources import Event, Receipt, SourceContext
+from cued.daemon.sdk.sources import SourceContext
 from tests.support.daemon import Daemon, query, wait_for
-from tests.support.fakes import AcceptingIntake, NoRoutes
+from tests.support.fakes import NoRoutes, SwappingIntake
 from tests.support.running import daemon_running
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
     from cued.daemon.errors import ConfigProblem
 
@@ -139,33 +139,6 @@ def test_validate_warns_of_shell_quote_inside_a_here_document() -> None:
 
 
 # -- the files source --------------------------------------------------------------------
-
-
-class SwappingIntake(AcceptingIntake):
-    """Records every event as matched; before acknowledging (the file is moved then), it
-    calls ``meanwhile``: what a local user can do while the transaction commits."""
-
-    def __init__(self, meanwhile: Callable[[], None]) -> None:
-        self.meanwhile = meanwhile
-        self.events: list[Event] = []
-        self.acknowledged = anyio.Event()
-
-    async def record(
-        self,
-        events: list[Event],
-        *,
-        cursor: str | None = None,
-        acknowledge: Callable[[list[Receipt]], None] | None = None,
-    ) -> list[Receipt]:
-        self.events.extend(events)
-        self.meanwhile()
-        receipts = [
-            Receipt(e.event_id, "invalid" if e.error else "matched", error=e.error) for e in events
-        ]
-        if acknowledge is not None:
-            acknowledge(receipts)
-        self.acknowledged.set()
-        return receipts
 
 
 async def test_a_file_swapped_for_a_link_after_it_was_listed_is_not_moved_to_processed(

@@ -17,7 +17,6 @@ import pytest
 import structlog
 from aiokafka import (  # type: ignore[import-untyped]
     AIOKafkaConsumer,
-    AIOKafkaProducer,
     ConsumerRecord,
     TopicPartition,
 )
@@ -36,6 +35,14 @@ from tests.support.kafka_broker import (
     reset_group_offsets,
     unique_name,
 )
+from tests.support.kafka_source import (
+    WAIT_S,
+    daemon_toml,
+    eventually,
+    produce,
+    record,
+    source_toml,
+)
 from tests.support.running import daemon_running
 
 if TYPE_CHECKING:
@@ -47,17 +54,8 @@ if TYPE_CHECKING:
     from cued.daemon.store import EventRow, RunRow
     from tests.support.kafka_broker import Broker
 
-WAIT_S = 20
-
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def source_toml(name: str, bootstrap: str, topics: list[str], group: str, extra: str = "") -> str:
-    return (
-        f'[sources.{name}]\nkind = "kafka"\nbootstrap = "{bootstrap}"\n'
-        f'topics = {json.dumps(topics)}\ngroup = "{group}"\nsession_timeout = "2s"\n{extra}\n'
-    )
 
 
 PROBE_PIPELINE = """
@@ -68,49 +66,6 @@ kind = "python"
 function = "tests.support.probes:record"
 args = { name = "{{ inputs.order_id }}" }
 """
-
-
-def daemon_toml(*parts: str, daemon: str = "") -> str:
-    return (
-        f'[daemon]\nlog_level = "warning"\n{daemon}\n[http]\nlisten = "127.0.0.1:0"\n'
-        + "\n".join(parts)
-    )
-
-
-def to_bytes(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    return json.dumps(value).encode()
-
-
-async def produce(
-    bootstrap: str,
-    topic: str,
-    values: list[Any],
-    *,
-    key: bytes | None = None,
-    headers: list[tuple[str, bytes]] | None = None,
-    partition: int | None = None,
-) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        for value in values:
-            await producer.send_and_wait(
-                topic, to_bytes(value), key=key, headers=headers, partition=partition
-            )
-    finally:
-        await producer.stop()
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = WAIT_S) -> Any:
-    """Poll ``check`` until it returns something true, and return that."""
-    with anyio.fail_after(timeout_s):
-        while not (result := await check()):  # noqa: ASYNC110 - broker and store: nothing to wait on
-            await anyio.sleep(0.02)
-        return result
 
 
 async def events_of(info: DaemonInfo, source: str) -> list[EventRow]:
@@ -494,7 +449,7 @@ max_active_runs = 1
 inputs = { order_id = "" }
 [pipelines.slow.tasks.hold]
 kind = "python"
-function = "tests.test_kafka:held"
+function = "tests.integration.test_kafka:held"
 args = { order_id = "{{ inputs.order_id }}" }
 """,
             source_toml("shop", kafka.bootstrap, [topic], group, "max_batch = 10"),
@@ -669,22 +624,6 @@ args = {{ name = "{{{{ inputs.id }}}}" }}
 
 
 # -- pure parts -----------------------------------------------------------------------------
-
-
-def record(value: bytes | None, key: bytes | None = None, headers=()) -> ConsumerRecord[Any, Any]:
-    return ConsumerRecord(
-        topic="t",
-        partition=2,
-        offset=41,
-        timestamp=1_700_000_000_000,
-        timestamp_type=0,
-        key=key,
-        value=value,
-        checksum=None,
-        serialized_key_size=len(key or b""),
-        serialized_value_size=len(value or b""),
-        headers=list(headers),
-    )
 
 
 @pytest.mark.parametrize(

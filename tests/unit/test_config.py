@@ -3,18 +3,13 @@ and what is wrong; and a valid file read into the values the daemon uses."""
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-from pathlib import Path
 from textwrap import dedent
 
 import pytest
 
 from cued.daemon.config import load_config, parse_config
 from cued.daemon.errors import ConfigError, ConfigProblem
-
-CUED = Path(sys.executable).with_name("cued")
+from tests.support.config_files import VALID
 
 
 def problems_of(text: str) -> list[ConfigProblem]:
@@ -775,61 +770,6 @@ def test_a_template_may_stand_where_another_type_is_expected():
 
 # --------------------------------------------------------------------------- a valid file
 
-VALID = """\
-# every feature, once
-[daemon]
-state = "state/cued.db"
-max_running_tasks = 32
-pools = { shell = 4, http = 16 }
-backlog_high_water = 100
-backlog_low_water = 10
-shutdown_grace = "1m30s"
-synchronous = "normal"
-log_level = "warning"
-
-[pipelines.orders]
-max_active_runs = 4
-inputs = { day = "2024-05-01", parts = ["a", "b"] }
-
-[pipelines.orders.tasks.fetch]
-kind = "http"
-method = "post"
-url = "http://localhost:9/orders?day={{ inputs.day }}"
-headers = { Authorization = "Bearer x" }
-json = { day = "{{ inputs.day }}" }
-expected_status = [200, 201]
-retries = 3
-retry_backoff = "250ms"
-retry_backoff_max = 60
-timeout = "2h"
-pool = "http"
-produces = ["orders"]
-
-[pipelines.orders.tasks.part]
-kind = "shell"
-needs = ["fetch"]
-map = "{{ inputs.parts }}"
-argv = ["echo", "{{ item }}", "{{ tasks.fetch.output.status }}", "{{ run.id }}"]
-env = { DAY = "{{ inputs.day }}" }
-pool = "shell"
-
-[pipelines.orders.tasks.sum]
-kind = "python"
-needs = ["part"]
-function = "tests.support.pyfuncs:add"
-args = { a = 1, b = "{{ tasks.part.output | length }}" }
-
-[pipelines.orders.tasks.cleanup]
-kind = "sleep"
-needs = ["sum"]
-trigger_rule = "all_done"
-seconds = 0.5
-
-[pipelines.nightly.tasks.only]
-kind = "shell"
-command = "date"
-"""
-
 
 def test_a_valid_file_with_every_feature_loads(tmp_path):
     path = tmp_path / "config.toml"
@@ -916,72 +856,3 @@ def test_a_missing_file_is_a_config_error(tmp_path):
     (problem,) = info.value.problems
     assert problem.file == str(path)
     assert "cannot read" in problem.message
-
-
-# --------------------------------------------------------------------------- the CLI
-
-BAD = """\
-[daemon]
-max_runing_tasks = 3
-
-[pipelines.p.tasks.a]
-kind = "sleep"
-needs = ["b"]
-
-[pipelines.p.tasks.b]
-kind = "sleep"
-needs = ["a"]
-
-[pipelines.p.tasks.c]
-kind = "sleep"
-timeout = "3 parsecs"
-"""
-
-
-def run_cued(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(CUED), *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
-    )
-
-
-def test_cli_validate_reports_every_problem_and_exits_2(tmp_path):
-    path = tmp_path / "bad.toml"
-    path.write_text(BAD, encoding="utf-8")
-    result = run_cued("--config", str(path), "validate", cwd=tmp_path)
-
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert lines == [
-        (
-            f"{path}:2: daemon.max_runing_tasks: unknown key 'max_runing_tasks'; "
-            "did you mean 'max_running_tasks'?"
-        ),
-        (
-            f"{path}:14: pipelines.p.tasks.c.timeout: '3 parsecs' is not a duration: write a "
-            "number and a unit, e.g. '500ms', '30s', '15m', '2h' (got '3 parsecs')"
-        ),
-        f"{path}:6: pipelines.p.tasks.a.needs: cycle: a -> b -> a",
-        f"cued: 3 problem(s) in {path}",
-    ]
-    assert all(re.match(rf"{re.escape(str(path))}:\d+: [\w.]+: \S", line) for line in lines[:-1])
-
-
-def test_cli_validate_of_a_toml_syntax_error_exits_2(tmp_path):
-    path = tmp_path / "bad.toml"
-    path.write_text("[daemon\n", encoding="utf-8")
-    result = run_cued("--config", str(path), "validate", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"{path}:1: invalid TOML")
-
-
-def test_cli_validate_of_a_valid_file_prints_one_line_and_exits_0(tmp_path):
-    path = tmp_path / "config.toml"
-    path.write_text(VALID, encoding="utf-8")
-    result = run_cued("--config", str(path), "validate", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    assert result.stdout == f"{path}: valid (2 pipelines, 5 tasks)\n"
-    assert not (tmp_path / "state").exists()  # validating writes nothing

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cued.daemon.config import load_config, parse_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_readme_config_examples_are_valid_together():

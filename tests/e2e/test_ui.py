@@ -1,6 +1,6 @@
 """The web UI in a real browser: headless Chromium (Debian's, at /usr/bin/chromium) driven
 by Playwright against the whole daemon in this process. Every step leaves a screenshot in
-tests/artifacts/.
+tests/e2e/artifacts/.
 
 Chromium must be there (``make test`` installs it): without it these tests fail, they are
 never skipped.
