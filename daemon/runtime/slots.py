@@ -9,7 +9,7 @@ counts are also what the metrics' gauges show.
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING
 
 import anyio
@@ -63,13 +63,17 @@ class Slots:
     async def task_slot(self, pool: str | None) -> AsyncIterator[None]:
         """Hold a slot of ``pool`` (if any), then a global one; while draining, wait until
         cancelled instead (the attempt stays queued in the store and runs after a restart)."""
-        async with AsyncExitStack() as held:
-            if pool is not None:
-                await held.enter_async_context(self._pools[pool])
-            await held.enter_async_context(self._tasks)
-            if self._draining:
-                await anyio.sleep_forever()  # cancelled at shutdown
-            yield
+        # two plain blocks, not an exit stack: this runs once per attempt
+        if pool is None:
+            async with self._tasks:
+                if self._draining:
+                    await anyio.sleep_forever()  # cancelled at shutdown
+                yield
+        else:
+            async with self._pools[pool], self._tasks:
+                if self._draining:
+                    await anyio.sleep_forever()
+                yield
 
     @contextmanager
     def running(self) -> Iterator[None]:
