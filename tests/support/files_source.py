@@ -1,8 +1,10 @@
 """The ``files`` source in a daemon run in the test's own loop: its config, and waiting for
-what it does to runs, events and the landing folder."""
+what it does to runs, events and the landing folder; files of any name dropped into it."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,12 +20,16 @@ if TYPE_CHECKING:
     from cued.daemon.store import EventRow, RunRow
 
 __all__ = [
+    "BAD",
     "PATH_INPUT",
     "READ_TASK",
     "Finished",
+    "drop",
     "events_of",
     "files_config",
+    "files_config_text",
     "leaves",
+    "names_in",
     "output_of",
     "read_dropped",
     "until",
@@ -115,3 +121,52 @@ def leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for e in exc.exceptions for leaf in leaves(e)]
     return [exc]
+
+
+BAD = b"bad-\xff.csv"
+"""A name Linux allows and UTF-8 does not."""
+
+
+def drop(folder: Path, name: bytes, content: bytes = b"x", *, mtime_ns: int | None = None) -> None:
+    """Write a file under a name of any bytes, atomically (written hidden, then renamed)."""
+    hidden = os.path.join(os.fsencode(folder), b".dropping")
+    with open(hidden, "wb") as f:
+        f.write(content)
+    if mtime_ns is not None:
+        os.utime(hidden, ns=(mtime_ns, mtime_ns))
+    os.rename(hidden, os.path.join(os.fsencode(folder), name))
+
+
+def names_in(folder: Path) -> list[bytes]:
+    """Every entry of ``folder`` that is not a folder (a link to one is a link), as bytes;
+    none while ``folder`` is not there (yet)."""
+    raw = os.fsencode(folder)
+    if not os.path.isdir(raw):
+        return []
+    return sorted(
+        n for n in os.listdir(raw) if not stat.S_ISDIR(os.lstat(os.path.join(raw, n)).st_mode)
+    )
+
+
+def files_config_text(daemon: str = "", *, stable_for: str = "100ms") -> str:
+    """A config file's text like :func:`files_config`, with a task that does nothing."""
+    return f"""
+[http]
+listen = "127.0.0.1:0"
+[daemon]
+{daemon}
+[sources.landing]
+kind = "files"
+path = "landing"
+stable_for = "{stable_for}"
+rescan_every = "100ms"
+[[triggers]]
+source = "landing"
+pipeline = "ingest"
+inputs = {{ path = "{{{{ event.data.path }}}}" }}
+[pipelines.ingest]
+inputs = {{ path = "" }}
+[pipelines.ingest.tasks.read]
+kind = "shell"
+command = "true"
+"""

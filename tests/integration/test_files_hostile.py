@@ -13,23 +13,21 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 import pytest
-import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from structlog.testing import capture_logs
 
-from cued.connectors.files import _MAX_DEPTH, FilesConfig, FilesSource
-from cued.daemon.config import load_config, parse_config
+from cued.daemon.config import parse_config
 from cued.daemon.core.untrusted import os_name
-from cued.daemon.errors import ConfigError, ConnectorError
-from cued.daemon.sdk.sources import SourceContext
-from tests.support.daemon import Daemon, cued, query, wait_for
-from tests.support.fakes import NoRoutes, SwappingIntake
+from cued.daemon.errors import ConnectorError
 from tests.support.files_source import (
+    BAD,
     Finished,
+    drop,
     events_of,
     files_config,
+    files_config_text,
     leaves,
+    names_in,
     output_of,
     until,
 )
@@ -41,36 +39,12 @@ if TYPE_CHECKING:
     from cued.daemon.assembly import DaemonInfo
     from cued.daemon.store import EventRow
 
-BAD = b"bad-\xff.csv"
-"""A name Linux allows and UTF-8 does not."""
-
 
 @pytest.fixture
 def landing(tmp_path: Path) -> Path:
     folder = tmp_path / "landing"
     folder.mkdir()
     return folder
-
-
-def drop(folder: Path, name: bytes, content: bytes = b"x", *, mtime_ns: int | None = None) -> None:
-    """Write a file under a name of any bytes, atomically (written hidden, then renamed)."""
-    hidden = os.path.join(os.fsencode(folder), b".dropping")
-    with open(hidden, "wb") as f:
-        f.write(content)
-    if mtime_ns is not None:
-        os.utime(hidden, ns=(mtime_ns, mtime_ns))
-    os.rename(hidden, os.path.join(os.fsencode(folder), name))
-
-
-def names_in(folder: Path) -> list[bytes]:
-    """Every entry of ``folder`` that is not a folder (a link to one is a link), as bytes;
-    none while ``folder`` is not there (yet)."""
-    raw = os.fsencode(folder)
-    if not os.path.isdir(raw):
-        return []
-    return sorted(
-        n for n in os.listdir(raw) if not stat.S_ISDIR(os.lstat(os.path.join(raw, n)).st_mode)
-    )
 
 
 def by_name(events: list[EventRow]) -> dict[str, EventRow]:
@@ -101,33 +75,6 @@ async def test_a_name_that_is_not_utf8_is_an_invalid_event_and_goes_to_failed_as
     assert output["text"] == "fine"
 
 
-async def test_a_daemon_finding_a_name_that_is_not_utf8_records_it_and_restarts_cleanly(
-    tmp_path: Path, landing: Path
-) -> None:
-    config = tmp_path / "config.toml"
-    config.write_text(files_config_text('state = "state.db"'))
-    drop(landing, BAD)  # there before the daemon starts: what used to kill it at every start
-    daemon = Daemon(config, tmp_path / "state.db")
-    await daemon.start()
-    try:
-        drop(landing, b"\xfe\xfflater.csv")  # and one dropped while it runs
-        await wait_for(lambda: len(names_in(landing / "failed")) == 2)
-    finally:
-        assert daemon.stop() == 0, daemon.log.read_text()
-    assert names_in(landing / "failed") == [BAD, b"\xfe\xfflater.csv"]
-
-    listed = cued(config, "events", "--status", "invalid")
-    assert listed.returncode == 0, listed.stderr
-    assert "bad-\\xff.csv" in listed.stdout
-    assert "\\xfe\\xfflater.csv" in listed.stdout
-
-    daemon = Daemon(config, tmp_path / "state.db")
-    await daemon.start()
-    assert daemon.stop() == 0
-    assert "Traceback" not in daemon.log.read_text()
-    assert query(tmp_path / "state.db", "SELECT status FROM events") == [("invalid",)] * 2
-
-
 async def test_the_watcher_goes_on_after_a_name_it_cannot_report(
     tmp_path: Path, landing: Path
 ) -> None:
@@ -141,30 +88,6 @@ async def test_the_watcher_goes_on_after_a_name_it_cannot_report(
         (row,) = await finished.wait(1)
         output = await output_of(info, row.run_id)
     assert output["text"] == "after"
-
-
-def files_config_text(daemon: str = "", *, stable_for: str = "100ms") -> str:
-    """A config file's text like :func:`files_config`, with a task that does nothing."""
-    return f"""
-[http]
-listen = "127.0.0.1:0"
-[daemon]
-{daemon}
-[sources.landing]
-kind = "files"
-path = "landing"
-stable_for = "{stable_for}"
-rescan_every = "100ms"
-[[triggers]]
-source = "landing"
-pipeline = "ingest"
-inputs = {{ path = "{{{{ event.data.path }}}}" }}
-[pipelines.ingest]
-inputs = {{ path = "" }}
-[pipelines.ingest.tasks.read]
-kind = "shell"
-command = "true"
-"""
 
 
 # What Linux allows in a name: any bytes but "/" and NUL, not "." or "..". Names the source
@@ -299,71 +222,3 @@ async def test_a_processed_folder_that_links_out_of_the_tree_stops_the_source(
     (error,) = errors
     assert "processed_dir" in str(error)
     assert "outside the watched folder" in str(error)
-
-
-@pytest.mark.parametrize(
-    ("line", "message"),
-    [
-        pytest.param('processed_dir = "../elsewhere"', "'..' leads out", id="dot-dot"),
-        pytest.param('failed_dir = "a/../../x"', "'..' leads out", id="dot-dot-inside"),
-        pytest.param('processed_dir = "/tmp/elsewhere"', "relative to it", id="absolute"),
-        pytest.param('failed_dir = "sub/.."', "the watched folder itself", id="itself"),
-    ],
-)
-def test_processed_and_failed_must_stay_inside_the_folder(
-    tmp_path: Path, line: str, message: str
-) -> None:
-    config = tmp_path / "config.toml"
-    text = files_config_text().replace('path = "landing"', f'path = "landing"\n{line}')
-    config.write_text(text)
-    with pytest.raises(ConfigError) as caught:
-        load_config(config)
-    (problem,) = caught.value.problems
-    number = text.splitlines().index(line) + 1
-    key = line.split(" ")[0]
-    assert str(problem).startswith(f"{config}:{number}: sources.landing.{key}: ")
-    assert message in problem.message
-
-
-def test_validate_reports_a_processed_folder_out_of_the_tree_with_its_line(
-    tmp_path: Path,
-) -> None:
-    config = tmp_path / "config.toml"
-    line = 'processed_dir = "../elsewhere"'
-    text = files_config_text().replace('path = "landing"', f'path = "landing"\n{line}')
-    config.write_text(text)
-    validated = cued(config, "validate")
-    assert validated.returncode == 2
-    number = text.splitlines().index(line) + 1
-    assert f"{config}:{number}: sources.landing.processed_dir: " in validated.stderr
-
-
-# -- deep trees ----------------------------------------------------------------------------
-
-
-def test_a_recursive_listing_stops_at_its_depth_and_says_so_once(landing: Path) -> None:
-    """Sub-folders deeper than ``_MAX_DEPTH`` are left alone, named in one warning while
-    they stay; files above them are taken as ever."""
-
-    deep = landing
-    for level in range(1, _MAX_DEPTH + 2):
-        deep = deep / "d"
-        deep.mkdir()
-        (deep / f"at-{level}.csv").write_text("x")
-    with capture_logs() as logs:
-        ctx = SourceContext(
-            source="landing",
-            intake=SwappingIntake(lambda: None),
-            log=structlog.get_logger(),
-            routes=NoRoutes(),
-            base_dir=landing.parent,
-        )
-        source = FilesSource(FilesConfig(path="landing", recursive=True, stable_for=0), ctx)
-        ready, _ = source._scan()
-        source._scan()
-    assert sorted(f.name.rsplit("/", 1)[1] for f in ready) == sorted(
-        f"at-{level}.csv" for level in range(1, _MAX_DEPTH + 1)
-    )
-    warned = [e for e in logs if e["event"] == "files_too_deep"]
-    assert len(warned) == 1
-    assert warned[0]["folder"] == str(deep)

@@ -4,9 +4,7 @@ with old timestamps: no test waits for anything to age."""
 
 from __future__ import annotations
 
-import re
 import socket
-import sqlite3
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING
@@ -17,16 +15,11 @@ import httpx
 import pytest
 
 from cued.daemon.assembly import open_runner
-from cued.daemon.config import parse_config
 from cued.daemon.core.ids import new_id, now
-from cued.daemon.errors import ConfigError
 from cued.daemon.runtime import retention
 from cued.daemon.store import (
-    ApprovalRow,
     AttemptRow,
-    DecisionRow,
     DedupeRow,
-    EventRow,
     InstanceRow,
     OutboxRow,
     PruneCounts,
@@ -37,7 +30,8 @@ from cued.daemon.store import (
 from cued.daemon.store.sqlite import open_store
 from cued.daemon.web.api import Caller, Users, build_app
 from cued.daemon.web.server import serve_asgi
-from tests.support.daemon import Daemon, cued, query, wait_for
+from tests.support.daemon import query
+from tests.support.retention import DAY, NOW, OLD, RECENT, config_of, event_row, run_rows
 from tests.support.running import daemon_running
 
 if TYPE_CHECKING:
@@ -47,65 +41,10 @@ if TYPE_CHECKING:
     from cued.daemon.config import Config
     from cued.daemon.store import Row
 
-DAY = 86400.0
-NOW = now()
-OLD = NOW - 40 * DAY  # past every default age
-RECENT = NOW - 2 * DAY  # within every default age (alerts: 7 days)
 GAVE_UP = 253402300799.0  # an alert's next_at once it is given up
-
-CONFIG = """
-[http]
-listen = "127.0.0.1:0"
-[daemon]
-state = "state.db"
-{daemon}
-[sources.hook]
-kind = "webhook"
-path = "/hooks/orders"
-[[triggers]]
-name = "orders"
-source = "hook"
-pipeline = "p"
-dedupe = "{{{{ event.data.id }}}}"
-dedupe_window = "1h"
-[pipelines.p.tasks.a]
-kind = "sleep"
-[auth.users.root]
-token = "root-token"
-roles = ["viewer", "operator"]
-[auth.users.vera]
-token = "vera-token"
-roles = ["viewer"]
-{retention}
-"""
 
 ROOT = {"authorization": "Bearer root-token"}
 VERA = {"authorization": "Bearer vera-token"}
-
-
-def config_of(tmp_path: Path, retention_table: str = "", daemon: str = "") -> Config:
-    text = CONFIG.format(retention=retention_table, daemon=daemon)
-    return parse_config(text, file=str(tmp_path / "config.toml"), base_dir=tmp_path)
-
-
-def run_rows(
-    ended_at: float | None, state: str = "succeeded", *, event_id: str | None = None
-) -> list[Row]:
-    """A run (ended at ``ended_at``, or not ended) with one row in each table of its own."""
-    at = ended_at if ended_at is not None else OLD
-    run_id = new_id()
-    gate = "approved" if ended_at is not None else "waiting"
-    return [
-        RunRow(run_id, "p", state, {}, at - 60, at - 60, ended_at, None, event_id),
-        InstanceRow(run_id, "a", "a", None, "succeeded", 1, None, at),
-        AttemptRow(run_id, "a", 1, "succeeded", at - 60, at, None, '{"x": 1}'),
-        ApprovalRow(run_id, "gate", 1, "ok?", (), 1, "reject", {}, at - 60, None, gate),
-        DecisionRow(run_id, "gate", 1, "anna", "approve", None, None, at),
-    ]
-
-
-def event_row(received_at: float, *run_ids: str) -> EventRow:
-    return EventRow(new_id(), "hook", received_at, "matched", {"id": 1}, {}, run_ids)
 
 
 def alert(created_at: float, *, sent: bool = False, gave_up: bool = False) -> OutboxRow:
@@ -401,89 +340,3 @@ INDEXES = {
         ("USING PRIMARY KEY (run_id=?",),
     ),
 }
-
-
-# -- the configuration and the command ---------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("table", "message"),
-    [
-        pytest.param("runs = 'a month'", "is not a duration", id="not-a-duration"),
-        pytest.param("runs = -1", "cannot be negative", id="negative"),
-        pytest.param("prune_every = 0", "greater than 0", id="never-pruning"),
-        pytest.param("run = '30d'", "did you mean 'runs'", id="typo"),
-    ],
-)
-def test_the_retention_table_is_checked_with_its_line(
-    tmp_path: Path, table: str, message: str
-) -> None:
-    with pytest.raises(ConfigError) as caught:
-        config_of(tmp_path, f"[retention]\n{table}")
-    (problem,) = caught.value.problems
-    text = CONFIG.format(retention=f"[retention]\n{table}", daemon="")
-    assert problem.line == text.splitlines().index(table) + 1
-    assert problem.path.startswith("retention.")
-    assert message in problem.message
-
-
-def test_the_defaults_keep_runs_and_events_30_days_and_alerts_7(tmp_path: Path) -> None:
-    policy = retention.policy(config_of(tmp_path), NOW)
-    assert policy.runs_before == policy.events_before == NOW - 30 * DAY
-    assert policy.alerts_before == NOW - 7 * DAY
-    assert policy.dedupe_before == {"orders": NOW - 3600}
-    assert policy.dedupe_other_before == NOW - DAY
-
-
-async def test_prune_dry_run_prints_what_would_go_and_deletes_nothing(tmp_path: Path) -> None:
-    config_path = tmp_path / "config.toml"
-    config_path.write_text(CONFIG.format(retention="", daemon=""))
-    state = tmp_path / "state.db"
-    async with open_store(state) as store:
-        await store.submit([*run_rows(OLD), *run_rows(RECENT), event_row(OLD)]).wait()
-
-    dry = cued(config_path, "prune", "--dry-run")
-    assert dry.returncode == 0, dry.stderr
-    counts = counts_in(dry.stdout)
-    assert (counts["runs"], counts["attempts"], counts["events"], counts["outbox"]) == (1, 1, 1, 0)
-    assert "6 rows would go (dry run: nothing deleted)" in dry.stdout
-    assert len(query(state, "SELECT * FROM runs")) == 2
-
-    done = cued(config_path, "prune")
-    assert done.returncode == 0, done.stderr
-    assert "6 rows deleted" in done.stdout
-    assert len(query(state, "SELECT * FROM runs")) == 1
-    assert query(state, "SELECT count(*) FROM events") == [(0,)]
-
-
-async def test_prune_goes_through_a_running_daemon(tmp_path: Path) -> None:
-    config_path = tmp_path / "config.toml"
-    config_path.write_text(
-        CONFIG.format(retention="[retention]\nprune_every = '1h'", daemon='log_level = "debug"')
-    )
-    state = tmp_path / "state.db"
-    daemon = Daemon(config_path, state)
-    await daemon.start()
-    try:
-        # its own prune at start is done (and the next is an hour away): then old rows come
-        await wait_for(lambda: '"event": "pruned"' in daemon.log.read_text())
-        old = run_rows(OLD)[0]
-        with sqlite3.connect(state, timeout=10) as db:
-            db.execute(
-                "INSERT INTO runs VALUES (?, 'p', 'failed', '{}', ?, ?, ?, NULL, NULL)",
-                (old.run_id, OLD, OLD, OLD),  # type: ignore[union-attr]
-            )
-        dry = cued(config_path, "prune", "--dry-run")
-        assert counts_in(dry.stdout)["runs"] == 1, dry.stdout + dry.stderr
-        done = cued(config_path, "prune")
-        assert "1 rows deleted" in done.stdout, done.stdout + done.stderr
-        assert query(state, "SELECT count(*) FROM runs") == [(0,)]
-    finally:
-        assert daemon.stop() == 0
-
-
-def counts_in(output: str) -> dict[str, int]:
-    """The TABLE/ROWS lines of ``cued prune``."""
-    return {
-        m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", output, re.MULTILINE)
-    }
