@@ -9,6 +9,12 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
+import anyio
+
+from cued.daemon.assembly import open_runner
+from cued.daemon.config import load_config
+from cued.daemon.runtime.intake import DaemonIntake
+from cued.daemon.sdk.sources import Event
 from tests.support.daemon import cued
 
 if TYPE_CHECKING:
@@ -155,3 +161,23 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
     os.close(write)
     assert done.stderr == ""
     assert done.returncode == 141
+
+
+def test_events_full_shows_errors_whole(tmp_path):
+    config = project(tmp_path, extra='\n[sources.hook]\nkind = "webhook"\npath = "/hook"\n')
+    long_error = "body is not valid JSON: " + "e" * 300
+
+    async def feed():
+        async with open_runner(load_config(config)) as runner, anyio.create_task_group() as tg:
+            intake = DaemonIntake(runner.config, runner.store, runner.backlog)
+            await tg.start(intake.run, runner)
+            await intake.record([Event("hook", "e-1", "x", error=long_error)])
+            tg.cancel_scope.cancel()
+
+    anyio.run(feed)
+    cut = cued(config, "events")
+    assert long_error not in cut.stdout
+    assert "\u2026" in cut.stdout
+    whole = cued(config, "events", "--full")
+    assert whole.returncode == 0, whole.stderr
+    assert long_error in whole.stdout
