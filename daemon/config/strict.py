@@ -117,7 +117,7 @@ def _file_problems(raw: dict[str, Any], base_dir: Path) -> Iterator[tuple[_At, s
             cwd = task.get("cwd")
             # a shell task runs in the daemon's working directory: this one, for --strict
             fixed = isinstance(cwd, str) and not has_template(cwd)
-            folder = Path.cwd() / cwd if fixed else Path.cwd()
+            folder = Path.cwd() / str(cwd) if fixed else Path.cwd()
             yield from _program_problem((*at, "argv", 0), argv[0], folder)
     for name, alert in _tables(raw.get("alerts")):
         argv = alert.get("argv")

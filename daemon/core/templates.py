@@ -114,10 +114,11 @@ class _Missing(ChainableUndefined):
 
     __slots__ = ()
 
-    def __lt__(self, other: Any) -> bool:
+    # Undefined types these as its failing method; any comparison is a bool here
+    def __lt__(self, other: Any) -> bool:  # type: ignore[override]
         return False
 
-    __le__ = __gt__ = __ge__ = __lt__
+    __le__ = __gt__ = __ge__ = __lt__  # type: ignore[assignment]
 
 
 # ``when`` conditions only: templates that make values (inputs, dedupe keys, parameters)
