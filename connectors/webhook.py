@@ -12,6 +12,9 @@ status    when
 401       the signature or token is missing or wrong (not recorded)
 405       a method other than those configured
 413       the body is larger than ``max_body_bytes`` (not recorded)
+415       a body sent as a form (``application/x-www-form-urlencoded``) that opens
+          ``{`` or ``[``: JSON text sent without its media type, as ``curl -d``
+          does (recorded: invalid, the body kept as text)
 429       the daemon is behind (backlog saturated); ``Retry-After`` says when to retry
 503       the daemon is starting or stopping and the path is not served yet, or
           no longer; ``Retry-After`` says when to retry (not recorded)
@@ -23,7 +26,12 @@ What an event holds (everything from the request goes through
 * ``data``: the body parsed as JSON when its media type is ``application/json`` or
   ``*+json``, or when it has none and the body opens an object or an array; a form
   (``application/x-www-form-urlencoded``) as a dict of field to value; anything else as
-  text, with bytes that are not UTF-8 escaped as ``\\xNN``.
+  text, with bytes that are not UTF-8 escaped as ``\\xNN``. A form never opens with ``{``
+  or ``[`` (a form encoder writes them ``%7B`` and ``%5B``): such a body is JSON sent
+  under the wrong media type (``curl -d`` sends every body as a form), and guessing
+  would hide the sender's mistake, while parsing it as a form keeps nothing of it (the
+  whole body would be one field name without a value). It is refused with ``415``,
+  which tells the sender what to fix, as Flask does for JSON sent as a form.
 * ``meta``: ``path``, ``query``, and ``headers`` (as UTF-8 text, escaped where they are
   not), without ``Authorization``, ``Cookie`` and the header that carries the signature
   or token: events are shown to every viewer, and a signature with its body could be
@@ -170,7 +178,7 @@ class WebhookSource:
             )
         if problem := self._check_signature(request, body):
             return error_response(401, "unauthorized", problem)
-        parsed = _parse(request.headers.get("content-type", ""), body)
+        parsed, media_problem = _parse(request.headers.get("content-type", ""), body)
         delivery = request.headers.get(self._id_header) if self._id_header else None
         event = Event(
             source=self.ctx.source,
@@ -189,6 +197,12 @@ class WebhookSource:
             error=parsed.error,
         )
         (receipt,) = await self.ctx.intake.record([event])
+        if media_problem:
+            return error_response(
+                415,
+                "unsupported_media_type",
+                f"{parsed.error} (recorded as event {event.event_id})",
+            )
         if parsed.error is not None:
             return error_response(
                 400, "invalid_body", f"{parsed.error} (recorded as event {event.event_id})"
@@ -253,15 +267,25 @@ def _header_bytes(request: Request, name: str) -> bytes:
     return request.headers.get(name, "").encode("latin-1")
 
 
-def _parse(content_type: str, body: bytes) -> Parsed:
-    """The payload as data: JSON, a form as a dict, else text; never raises."""
+_FORM = "application/x-www-form-urlencoded"
+
+
+def _parse(content_type: str, body: bytes) -> tuple[Parsed, bool]:
+    """The payload as data: JSON, a form as a dict, else text; never raises. The flag
+    says the error is the body's media type (JSON text sent as a form), not its bytes."""
     media = content_type.split(";", 1)[0].strip().lower()
     if (
         media == "application/json"
         or media.endswith("+json")
         or (not media and looks_like_json(body))
     ):
-        return json_value(body)
-    if media == "application/x-www-form-urlencoded":
-        return form_value(body)
-    return Parsed(decode_text(body))
+        return json_value(body), False
+    if media == _FORM:
+        if looks_like_json(body):
+            return Parsed(
+                decode_text(body),
+                f"the body is JSON but was sent as {_FORM} (curl -d does that): "
+                "send it with Content-Type: application/json",
+            ), True
+        return form_value(body), False
+    return Parsed(decode_text(body)), False

@@ -30,6 +30,7 @@ import httpx
 
 from cued.daemon.config.registry import source_kinds, task_kinds
 from cued.daemon.config.secrets import resolve_secret
+from cued.daemon.config.strict import config_folder_first
 from cued.daemon.errors import CuedError
 from cued.daemon.logs import get_logger
 from cued.daemon.ops.local import Local
@@ -67,6 +68,23 @@ if TYPE_CHECKING:
     from cued.daemon.store import Store
 
 __all__ = ["DaemonInfo", "control_socket_path", "open_runner", "open_state", "run_daemon"]
+
+
+def _state_folder(state: Path) -> None:
+    """Create the folder the state file is to be in (``state = "var/cued.db"`` on a
+    fresh clone): private, as the file is.
+
+    :raises CuedError: if it cannot be created, naming it and why
+    """
+    folder = state.parent
+    if folder.is_dir():
+        return
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CuedError(
+            f"cannot create the folder {str(folder)!r} of the state file: {exc.strerror}"
+        ) from None
 
 
 @contextmanager
@@ -138,6 +156,8 @@ async def _opened(
 ) -> AsyncIterator[tuple[Store, httpx.AsyncClient, dict[str, TaskKind]]]:
     """The store, the shared HTTP client and the task kinds, closed in the reverse order."""
     state = config.state_path
+    _state_folder(state)
+    config_folder_first(config.base_dir)  # python tasks find modules beside the config
     limits = httpx.Limits(max_connections=config.daemon.max_running_tasks)
     with _exclusive(state) if lock else nullcontext():
         async with (
@@ -199,6 +219,7 @@ async def open_state(config: Config) -> AsyncIterator[Local]:
 
     :raises StoreError: if the file cannot be opened or has a newer schema
     """
+    _state_folder(config.state_path)
     async with open_store(config.state_path, synchronous=config.daemon.synchronous) as store:
         yield Local(store, config)
 

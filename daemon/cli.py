@@ -24,6 +24,7 @@ import httpx
 
 from cued.daemon.assembly import control_socket_path, open_runner, open_state, run_daemon
 from cued.daemon.config import load_config
+from cued.daemon.config.strict import environment_problems
 from cued.daemon.core import untrusted
 from cued.daemon.errors import ConfigError, CuedError, DaemonUnavailable, NotFound
 from cued.daemon.logs import configure_logging, get_logger
@@ -55,7 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", help="run the daemon")
-    sub.add_parser("validate", help="check the configuration and exit (status 2 if invalid)")
+    validate = sub.add_parser(
+        "validate", help="check the configuration and exit (status 2 if invalid)"
+    )
+    validate.add_argument(
+        "--strict",
+        action="store_true",
+        help="also check this machine: secrets set, python functions importable, files there",
+    )
     trigger = sub.add_parser("trigger", help="start a run of a pipeline now")
     trigger.add_argument("pipeline", type=_text)
     trigger.add_argument(
@@ -82,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--status", "-s", choices=["matched", "unmatched", "invalid"])
     events.add_argument("--limit", "-n", type=int, default=20)
     events.add_argument("--data", action="store_true", help="show each event's payload")
+    events.add_argument(
+        "--full", action="store_true", help="show errors (and payloads) whole, not cut at 100"
+    )
     cancel = sub.add_parser("cancel", help="cancel a run; its running tasks are cancelled")
     cancel.add_argument("run_id", type=_text)
     retry = sub.add_parser(
@@ -135,12 +146,18 @@ def _text(arg: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _main(args)
+        status = _main(args)
+        sys.stdout.flush()  # here, where a reader gone is caught, not at exit
+        return status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
     except (CuedError, BaseExceptionGroup) as exc:
         # errors raised inside a task group arrive wrapped in an exception group
         leaf = _leaf(exc)
+        if isinstance(leaf, BrokenPipeError):
+            return _reader_gone()
         if isinstance(leaf, ConfigError):
             for problem in [*leaf.problems, *leaf.warnings]:
                 sys.stderr.write(f"{problem}\n")
@@ -156,12 +173,15 @@ def _main(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     configure_logging(config.daemon.log_level)
     if args.command == "validate":
+        if args.strict and (problems := environment_problems(config, args.config)):
+            raise ConfigError(problems, list(config.warnings))
         for warning in config.warnings:
             sys.stderr.write(f"{warning}\n")
         pipelines = len(config.pipelines)
         tasks = sum(len(p.tasks) for p in config.pipelines.values())
         warned = f", {len(config.warnings)} warning(s)" if config.warnings else ""
-        _out(f"{args.config}: valid ({pipelines} pipelines, {tasks} tasks{warned})")
+        here = ", and on this machine" if args.strict else ""
+        _out(f"{args.config}: valid ({pipelines} pipelines, {tasks} tasks{warned}){here}")
         return 0
     if args.command == "run":
         log = get_logger()
@@ -170,6 +190,16 @@ def _main(args: argparse.Namespace) -> int:
         anyio.run(run_daemon, config)
         return 0
     return anyio.run(_COMMANDS[args.command], config, args)
+
+
+def _reader_gone() -> int:
+    """The reader of stdout left (``cued show RUN | head``): stop quietly, as ``cat``
+    does. Python would print a second BrokenPipeError flushing stdout at exit: point
+    stdout at /dev/null first."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141  # 128 + SIGPIPE, what a shell reports for a program ended by it
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -492,7 +522,7 @@ async def _events(config: Config, args: argparse.Namespace) -> int:
                 e.status,
                 _time(e.received_at),
                 " ".join(e.run_ids) or "-",
-                _clip(detail),
+                detail if args.full else _clip(detail),
             ]
         )
     _table(table)

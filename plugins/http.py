@@ -10,6 +10,7 @@ of its body: more is not even read.
 from __future__ import annotations
 
 import codecs
+import html
 import ipaddress
 import json
 import re
@@ -40,6 +41,12 @@ _ERROR_BODY_CHARS = 500
 #: 4xx statuses that say "try again later" rather than "this request is wrong".
 _RETRYABLE_4XX = frozenset({408, 425, 429})
 
+_STATUS_CLASS = re.compile(r"^[1-5]xx$")
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
+_HEADING = re.compile(r"<h1[^>]*>(.*?)</h1\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
+_HIDDEN = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+
 
 class HttpParams(BaseModel):
     """Parameters of an ``http`` task.
@@ -59,6 +66,11 @@ class HttpParams(BaseModel):
         it, a template may choose the host.
     :param max_output_bytes: how much of the response's body is read and kept; the
         output of a longer one says ``"truncated": true``
+    :param retry_on: the unexpected statuses worth another attempt (the task's
+        ``retries``): codes (``404``) and classes (``"5xx"``); by default every one but a
+        4xx other than 408, 425 and 429. Any other unexpected status fails the task for
+        good. A request that
+        got no answer (a network error, a timeout) is always worth another attempt.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -72,6 +84,34 @@ class HttpParams(BaseModel):
     expected_status: list[int] | None = Field(default=None, min_length=1)
     allow_hosts: list[str] | None = Field(default=None, min_length=1)
     max_output_bytes: int = Field(default=DEFAULT_MAX_OUTPUT_BYTES, ge=0)
+    retry_on: list[int | str] | None = None
+
+    @field_validator("retry_on")
+    @classmethod
+    def _check_retry_on(cls, value: list[int | str] | None) -> list[int | str] | None:
+        if value is None:
+            return None
+        checked: list[int | str] = []
+        for entry in value:
+            text = str(entry).strip().lower()
+            if text.isdigit() and 100 <= int(text) <= 599:
+                checked.append(int(text))
+            elif _STATUS_CLASS.match(text):
+                checked.append(text)
+            else:
+                raise ValueError(
+                    f"{entry!r} is not an HTTP status (429) or a class of them ('5xx')"
+                )
+        return checked
+
+    def retries(self, status: int) -> bool:
+        """Whether an unexpected ``status`` is worth another attempt."""
+        if self.retry_on is None:  # a 4xx says the request is wrong, but "try later" ones
+            return not (400 <= status < 500) or status in _RETRYABLE_4XX
+        return any(
+            status == entry if isinstance(entry, int) else str(status)[0] == entry[0]
+            for entry in self.retry_on
+        )
 
     @field_validator("allow_hosts")
     @classmethod
@@ -144,9 +184,10 @@ class HttpTask:
         :return: ``{"status": <int>, "body": <parsed JSON or text>}``, with
             ``"truncated": true`` and ``"content_length"`` if the body was cut
         :raises PermanentTaskError: if the URL is unusable, or the response has an
-            unexpected 4xx status other than 408, 425 and 429
-        :raises TaskError: if the request fails on the network, or the response has any
-            other unexpected status
+            unexpected status not in ``retry_on`` (by default a 4xx other than 408, 425
+            and 429)
+        :raises TaskError: if the request fails on the network, or the response has an
+            unexpected status in ``retry_on``
         """
         headers = httpx.Headers(params.headers)
         # Headers are case-insensitive, so this keeps a user's "idempotency-key" too.
@@ -176,12 +217,13 @@ class HttpTask:
 
         status = response.status_code
         if not _is_expected(status, params.expected_status):
-            # at most 4 bytes a character: enough bytes for the characters quoted
-            quoted = _text(response, data[: _ERROR_BODY_CHARS * 4], final=False)
-            message = (
-                f"{what} answered with unexpected status {status}: {quoted[:_ERROR_BODY_CHARS]!r}"
+            # enough of the body to find a page's title, and the characters quoted
+            text = _text(response, data[: _ERROR_BODY_CHARS * 16], final=False)
+            said = _gist(text, response.headers.get("content-type", ""))
+            message = f"{what} answered with unexpected status {status}" + (
+                f": {said}" if said else f" {response.reason_phrase}".rstrip()
             )
-            if 400 <= status < 500 and status not in _RETRYABLE_4XX:
+            if not params.retries(status):
                 raise PermanentTaskError(message)
             raise TaskError(message)
 
@@ -194,6 +236,19 @@ class HttpTask:
                 "content_length": _content_length(response),
             }
         return {"status": status, "body": _parse_body(response, data, ctx)}
+
+
+def _gist(text: str, content_type: str) -> str:
+    """What an error response says, on one line and short: an HTML page's title (or first
+    heading, or its text without tags), any other body with its whitespace run together,
+    cut at :data:`_ERROR_BODY_CHARS` characters. An error is one line in ``cued show``,
+    ``cued runs --failed`` and the run page, not a page of markup."""
+    if "html" in content_type.lower() or text.lstrip()[:1] == "<":
+        found = _TITLE.search(text) or _HEADING.search(text)
+        text = found.group(1) if found else _HIDDEN.sub(" ", text)
+        text = html.unescape(_TAG.sub(" ", text))
+    text = " ".join(text.split())
+    return text if len(text) <= _ERROR_BODY_CHARS else text[: _ERROR_BODY_CHARS - 1] + "\u2026"
 
 
 def _is_expected(status: int, expected: list[int] | None) -> bool:

@@ -1,7 +1,19 @@
-"""The ``python`` task kind: call a Python function by its import path."""
+"""The ``python`` task kind: call a Python function by its import path.
+
+``function = "steps:summarize"`` finds ``steps.py`` beside the config file: the daemon
+puts the config's folder first on the import path (as Python puts a script's folder
+first for ``python script.py``), so a pipeline's own code needs no install.
+
+What ``cued validate`` can tell of a function without running anything: when its module
+is a file beside the config, the file is read (not imported) and must define the name
+(:meth:`PythonParams.config_problems`). ``cued validate --strict`` imports the module
+and checks the function and its ``args`` (:meth:`PythonParams.environment_problems`).
+"""
 
 from __future__ import annotations
 
+import ast
+import difflib
 import functools
 import importlib
 import inspect
@@ -16,6 +28,7 @@ from cued.daemon.sdk import ParamProblem, PermanentTaskError, has_template
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
+    from pathlib import Path
 
     from cued.daemon.sdk import TaskContext
 
@@ -48,6 +61,71 @@ class PythonParams(BaseModel):
                 "must be written out, not a template: event data could call any function "
                 "(os:system); pass what varies in args",
             )
+
+    @classmethod
+    def config_problems(cls, params: Mapping[str, Any], base_dir: Path) -> Iterator[ParamProblem]:
+        """A function whose module is a file beside the config but does not define it.
+
+        The file is parsed, not imported (validating runs no code). A module that is not
+        beside the config (an installed one) is left to ``validate --strict``.
+        """
+        function = params.get("function")
+        if not isinstance(function, str) or has_template(function) or ":" not in function:
+            return
+        module, _, qualname = function.partition(":")
+        parts = module.split(".")
+        if not ((base_dir / f"{parts[0]}.py").is_file() or (base_dir / parts[0]).is_dir()):
+            return
+        stem = base_dir.joinpath(*parts)
+        path = (
+            stem.with_suffix(".py") if stem.with_suffix(".py").is_file() else stem / "__init__.py"
+        )
+        if not path.is_file():
+            yield ParamProblem(
+                ("function",), f"no module {module!r} beside the config (no {str(path)!r})"
+            )
+            return
+        try:
+            tree = ast.parse(path.read_bytes(), filename=str(path))
+        except (SyntaxError, ValueError) as exc:
+            yield ParamProblem(("function",), f"module {module!r} does not parse: {exc}")
+            return
+        names = _top_level_names(tree)
+        name = qualname.split(".", 1)[0]
+        if names is not None and name not in names:
+            close = difflib.get_close_matches(name, sorted(names), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            yield ParamProblem(
+                ("function",), f"module {module!r} ({path.name}) defines no {name!r}{hint}"
+            )
+
+    @classmethod
+    def environment_problems(
+        cls, params: Mapping[str, Any], base_dir: Path
+    ) -> Iterator[ParamProblem]:
+        """What importing the function shows (``validate --strict``): a module that does
+        not import, a name it lacks, ``args`` the function does not take."""
+        function = params.get("function")
+        if not isinstance(function, str) or has_template(function):
+            return
+        try:
+            target = _load(function)
+        except PermanentTaskError as exc:
+            yield ParamProblem(("function",), str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - the module's own code failed on import
+            yield ParamProblem(
+                ("function",),
+                f"importing {function.partition(':')[0]!r} failed: {type(exc).__name__}: {exc}",
+            )
+            return
+        args = params.get("args")
+        names = set(args) if isinstance(args, dict) else set()
+        if target.signature is not None:
+            try:
+                target.signature.bind_partial(**dict.fromkeys(names))
+            except TypeError as exc:
+                yield ParamProblem(("args",), f"{function!r} does not take these args: {exc}")
 
 
 @dataclass(frozen=True)
@@ -134,13 +212,53 @@ class PythonTask:
         return result
 
 
+def _top_level_names(tree: ast.Module) -> set[str] | None:
+    """The names a module binds at its top level, or ``None`` when it may bind others
+    that cannot be read off (``import *``, a module ``__getattr__``, ``globals()``)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
+            return None
+        if isinstance(node, ast.Name) and node.id == "globals":
+            return None
+    for node in tree.body:
+        for sub in [node, *_nested_statements(node)]:
+            if isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.add(sub.name)
+            elif isinstance(sub, ast.Import | ast.ImportFrom):
+                names.update((a.asname or a.name).split(".", 1)[0] for a in sub.names)
+            elif isinstance(sub, ast.Assign | ast.AnnAssign | ast.AugAssign):
+                targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target]
+                for target in targets:
+                    names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+    return None if "__getattr__" in names else names
+
+
+def _nested_statements(node: ast.stmt) -> list[ast.stmt]:
+    """Statements under an ``if``/``try``/``with`` at the top level: what they bind is
+    bound at the top level too (``try: import x except ImportError: ...``)."""
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return []
+    found: list[ast.stmt] = []
+    for field in ("body", "orelse", "finalbody", "handlers"):
+        for child in getattr(node, field, []):
+            if isinstance(child, ast.ExceptHandler):
+                for sub in child.body:
+                    found += [sub, *_nested_statements(sub)]
+            elif isinstance(child, ast.stmt):
+                found += [child, *_nested_statements(child)]
+    return found
+
+
 def _load(path: str) -> _Target:
     module_name, _, qualname = path.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
     except (ImportError, SyntaxError) as exc:
+        missing = isinstance(exc, ModuleNotFoundError) and module_name.startswith(exc.name or "?")
+        where = " (neither beside the config file nor installed)" if missing else ""
         raise PermanentTaskError(
-            f"Cannot import module {module_name!r} for function {qualname!r}: {exc}"
+            f"Cannot import module {module_name!r} for function {qualname!r}: {exc}{where}"
         ) from exc
 
     for part in qualname.split("."):

@@ -267,7 +267,7 @@ def parse_config(text: str, *, file: str = "<config>", base_dir: Path | None = N
         line = int(m.group(1)) if m else max(1, len(text.splitlines()))
         raise ConfigError([ConfigProblem(file, line, "", f"invalid TOML: {exc}")]) from exc
     base_dir = base_dir or Path.cwd()
-    checker = _Checker(file, KeyLines(text))
+    checker = _Checker(file, KeyLines(text), base_dir)
     daemon = raw.get("daemon")
     if isinstance(daemon, dict) and (modules := daemon.get("python_modules")):
         from cued.daemon.dsl import load_modules  # the Python API, only when a config asks for it
@@ -283,9 +283,10 @@ def parse_config(text: str, *, file: str = "<config>", base_dir: Path | None = N
 
 
 class _Checker:
-    def __init__(self, file: str, lines: KeyLines) -> None:
+    def __init__(self, file: str, lines: KeyLines, base_dir: Path) -> None:
         self.file = file
         self.lines = lines
+        self.base_dir = base_dir
         self.problems: list[ConfigProblem] = []
         self.warnings: list[ConfigProblem] = []
 
@@ -553,6 +554,11 @@ class _Checker:
         # what the rendered values cannot show: where a template may not be at all
         if (template_problems := getattr(params_model, "template_problems", None)) is not None:
             for problem in template_problems(task.params):
+                self.add((*at, *problem.key), problem.message, warning=problem.warning)
+        # what the config's own files show (a python function its module lacks), read
+        # without running them
+        if (config_problems := getattr(params_model, "config_problems", None)) is not None:
+            for problem in config_problems(task.params, self.base_dir):
                 self.add((*at, *problem.key), problem.message, warning=problem.warning)
 
     def check_templates(

@@ -24,7 +24,15 @@ import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError, meta, nodes
+from jinja2 import (
+    ChainableUndefined,
+    StrictUndefined,
+    TemplateSyntaxError,
+    Undefined,
+    UndefinedError,
+    meta,
+    nodes,
+)
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -41,6 +49,7 @@ __all__ = [
     "render_value",
     "shell_quote",
     "when_expression",
+    "when_holds",
 ]
 
 
@@ -93,6 +102,55 @@ SHELL_QUOTE_FILTERS = frozenset({"shell_quote", "quote"})
 _ENV = _Environment(undefined=StrictUndefined, autoescape=False, finalize=_defined)
 _ENV.filters.update(dict.fromkeys(SHELL_QUOTE_FILTERS, shell_quote))
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
+
+
+class _Missing(ChainableUndefined):
+    """A field the event lacks, in a ``when``: false, and so is every comparison with it
+    (``event.data.total > 100`` without a ``total``), and what is read through it
+    (``event.data.order.id`` without an ``order``). Events of one source differ in their
+    fields, and a condition that tests one does not mean "or fail" for events without
+    it. Calling it, or doing arithmetic with it, still fails: that is a mistake in the
+    expression, not a field the event lacks."""
+
+    __slots__ = ()
+
+    # Undefined types these as its failing method; any comparison is a bool here
+    def __lt__(self, other: Any) -> bool:  # type: ignore[override]
+        return False
+
+    __le__ = __gt__ = __ge__ = __lt__  # type: ignore[assignment]
+
+
+# ``when`` conditions only: templates that make values (inputs, dedupe keys, parameters)
+# keep StrictUndefined, since a value made from nothing would pass on silently
+_WHEN_ENV = _Environment(undefined=_Missing, autoescape=False)
+_WHEN_ENV.filters.update(dict.fromkeys(SHELL_QUOTE_FILTERS, shell_quote))
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile_when(when: str) -> Callable[..., Any]:
+    try:
+        return _WHEN_ENV.compile_expression(when, undefined_to_none=False)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(f"template {when!r} does not parse: {exc.message}") from exc
+
+
+def when_holds(when: str, context: Mapping[str, Any]) -> bool:
+    """Whether a trigger's ``when`` holds on ``context``: a field the event lacks is
+    false (see :class:`_Missing`).
+
+    :raises TemplateProblem: if it does not parse, or fails on the values it was given
+    """
+    try:
+        return bool(_compile_when(when)(**context))
+    except TemplateProblem:
+        raise
+    except UndefinedError as exc:
+        raise TemplateProblem(f"{exc.message}") from exc
+    except SecurityError as exc:
+        raise TemplateProblem(f"not allowed: {exc}") from exc
+    except Exception as exc:  # a filter or operator failed on the values it was given
+        raise TemplateProblem(f"failed: {exc}") from exc
 
 
 def when_expression(when: str) -> str:

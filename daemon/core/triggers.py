@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cued.daemon.core.templates import TemplateProblem, render, render_value, when_expression
+from cued.daemon.core.templates import TemplateProblem, render, render_value, when_holds
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -48,14 +48,15 @@ def event_context(event: Event) -> dict[str, Any]:
 
 def match(triggers: Sequence[TriggerConfig], event: Event) -> tuple[list[Match], list[str]]:
     """The triggers (of the event's source) that ``event`` fires, and notes on those whose
-    ``when`` could not be evaluated on it (they do not fire)."""
+    ``when`` could not be evaluated on it (they do not fire). A field the event lacks
+    makes no note: ``when`` reads it as false."""
     context = event_context(event)
     matches: list[Match] = []
     notes: list[str] = []
     for trigger in triggers:
         if trigger.when is not None:
             try:
-                fired = render(when_expression(trigger.when), context)
+                fired = when_holds(trigger.when, context)
             except TemplateProblem as exc:
                 notes.append(f"trigger {trigger.key!r}: when: {exc}")
                 continue

@@ -130,6 +130,13 @@ class TaskKind(Protocol):
     ParamProblem]``, given the parameters as written (templates unrendered): ``cued
     validate`` reports what it yields. It is for what the rendered values cannot show,
     such as a template that would let event data choose a host or a program.
+
+    Two more classmethods are optional, both ``(params, base_dir) -> Iterable[
+    ParamProblem]`` with ``base_dir`` the config file's folder:
+    ``config_problems`` for what the config's own files show without running anything
+    (``cued validate``: a python function its module beside the config lacks), and
+    ``environment_problems`` for what this machine shows (``cued validate --strict``:
+    the function imported).
     """
 
     name: ClassVar[str]

@@ -104,6 +104,15 @@ def _app() -> Starlette:
     async def big_error(request: Request) -> Response:
         return PlainTextResponse("x" * 1000, status_code=500)
 
+    async def html_error(request: Request) -> Response:
+        page = (
+            "<!DOCTYPE html>\n<html>\n<head>\n<style>body { color: red }</style>\n"
+            "<title>502 Bad Gateway &amp; co</title>\n</head>\n<body>\n<h1>Bad</h1>\n"
+            + "<p>filler</p>\n" * 500
+            + "</body>\n</html>\n"
+        )
+        return Response(page, status_code=502, media_type="text/html")
+
     async def text(request: Request) -> Response:
         return PlainTextResponse("hello, world")
 
@@ -121,6 +130,7 @@ def _app() -> Starlette:
             Route("/echo", echo, methods=["GET", "POST", "PUT", "DELETE"]),
             Route("/status/{code:int}", status, methods=["GET", "POST"]),
             Route("/big-error", big_error, methods=["POST"]),
+            Route("/html-error", html_error),
             Route("/text", text),
             Route("/problem", problem),
             Route("/mislabelled", mislabelled),
@@ -260,8 +270,44 @@ async def test_http_error_names_method_url_status_and_start_of_body(ctx: TaskCon
             await HttpTask().execute(_params(HttpTask, method="POST", url=url), ctx)
         message = str(info.value)
         assert message.startswith(f"POST {url!r} answered with unexpected status 500: ")
-        assert "x" * 500 in message
-        assert "x" * 501 not in message
+        assert message.endswith("x" * 499 + "\u2026")  # one line, cut
+
+
+async def test_an_html_error_page_is_its_title_on_one_line(ctx: TaskContext) -> None:
+    async with serve_app(_app()) as base_url:
+        url = f"{base_url}/html-error"
+        with pytest.raises(TaskError) as info:
+            await HttpTask().execute(_params(HttpTask, url=url), ctx)
+    assert str(info.value) == (
+        f"GET {url!r} answered with unexpected status 502: 502 Bad Gateway & co"
+    )
+
+
+@pytest.mark.parametrize(
+    ("retry_on", "status", "retried"),
+    [
+        pytest.param(["4xx"], 404, True, id="class-4xx"),
+        pytest.param([404], 404, True, id="code"),
+        pytest.param(["404"], 404, True, id="code-as-text"),
+        pytest.param([429], 503, False, id="5xx-not-listed"),
+        pytest.param([], 500, False, id="none"),
+        pytest.param(["5XX"], 503, True, id="class-any-case"),
+    ],
+)
+async def test_retry_on_says_which_statuses_are_worth_another_attempt(
+    ctx: TaskContext, retry_on: list[Any], status: int, retried: bool
+) -> None:
+    async with serve_app(_app()) as base_url:
+        params = _params(HttpTask, url=f"{base_url}/status/{status}", retry_on=retry_on)
+        with pytest.raises(TaskError) as info:
+            await HttpTask().execute(params, ctx)
+    assert isinstance(info.value, PermanentTaskError) is not retried
+
+
+@pytest.mark.parametrize("entry", ["4xxx", "600", 99, "often"])
+def test_retry_on_refuses_what_is_no_status(entry: Any) -> None:
+    with pytest.raises(pydantic.ValidationError, match="is not an HTTP status"):
+        _params(HttpTask, url="http://127.0.0.1/", retry_on=[entry])
 
 
 async def test_http_network_error_is_retryable(ctx: TaskContext) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cued.daemon.config import parse_config
 from cued.daemon.core.triggers import match
@@ -154,9 +156,80 @@ def test_when_inputs_and_dedupe_are_evaluated_on_the_event():
     assert match(
         config.triggers, Event("orders", "e2", {"id": 8, "status": "open", "total": 120})
     ) == ([], [])
-    matches, notes = match(config.triggers, Event("orders", "e3", {"id": 9}))
+    # a field the event lacks is false, not an error
+    assert match(config.triggers, Event("orders", "e3", {"id": 9})) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("when", "data", "fires"),
+    [
+        pytest.param("event.data.total > 100", {}, False, id="greater"),
+        pytest.param("event.data.total <= 100", {}, False, id="less-or-equal"),
+        pytest.param("100 < event.data.total", {}, False, id="reflected"),
+        pytest.param("event.data.status == 'paid'", {}, False, id="equal"),
+        pytest.param("event.data.status != 'paid'", {}, True, id="not-equal"),
+        pytest.param("not event.data.flag", {}, True, id="not"),
+        pytest.param("event.data.order.id == 1", {}, False, id="chained"),
+        pytest.param("event.data.order.id == 1", "text", False, id="data-is-text"),
+        pytest.param("'x' in event.data.tags", {}, False, id="in"),
+        pytest.param("event.data.x is defined", {}, False, id="is-defined"),
+        pytest.param("event.data.x is undefined", {}, True, id="is-undefined"),
+        pytest.param("event.data.name | lower == ''", {}, True, id="filter"),
+        pytest.param("event.data.total > 100", {"total": 120}, True, id="present"),
+    ],
+)
+def test_a_when_reads_a_missing_field_as_false(when, data, fires):
+    config = config_with(
+        f"""
+        [[triggers]]
+        source = "orders"
+        pipeline = "etl"
+        when = "{when}"
+        """
+    )
+    matches, notes = match(config.triggers, Event("orders", "e", data))
+    assert notes == []
+    assert bool(matches) is fires
+
+
+@pytest.mark.parametrize(
+    ("when", "data", "words"),
+    [
+        pytest.param("event.data.total > 100", {"total": "many"}, "'>' not supported", id="type"),
+        pytest.param("event.data.check()", {}, "no attribute 'check'", id="call-missing"),
+        pytest.param("event.data.total + 1 > 2", {}, "no attribute 'total'", id="arithmetic"),
+    ],
+)
+def test_a_when_that_goes_wrong_otherwise_is_still_a_note(when, data, words):
+    config = config_with(
+        f"""
+        [[triggers]]
+        source = "orders"
+        pipeline = "etl"
+        when = "{when}"
+        """
+    )
+    matches, notes = match(config.triggers, Event("orders", "e", data))
     assert matches == []
-    assert notes[0].startswith("trigger 'orders->etl': when:")
+    (note,) = notes
+    assert note.startswith("trigger 'orders->etl': when:")
+    assert words in note
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(["status", "total", "a", "b", "x"]), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(json_values)
+def test_a_when_on_any_event_data_fires_or_notes_never_raises(data):
+    (trigger,) = _ANY_DATA_TRIGGERS
+    match([trigger], Event("orders", "e", data))
 
 
 def test_one_event_can_fire_several_triggers():
@@ -189,3 +262,13 @@ def test_inputs_that_do_not_render_are_an_error_of_that_trigger_only():
     (m,), _ = match(config.triggers, Event("orders", "e", {"no_id": 1}))
     assert m.error is not None
     assert "'dict object' has no attribute 'id'" in m.error
+
+
+_ANY_DATA_TRIGGERS = config_with(
+    """
+    [[triggers]]
+    source = "orders"
+    pipeline = "etl"
+    when = "event.data.status == 'paid' and event.data.total > 100 or event.data.a.b"
+    """
+).triggers
