@@ -111,6 +111,10 @@ class PipelineConfig(_Model):
     deadline: Duration | None = None
     """An SLA: a run still unfinished this long after it was created raises
     ``deadline_missed``, once."""
+    when_paused: Literal["queue", "skip"] = "queue"
+    """While the pipeline is paused (``cued pause``), its new runs are recorded and wait
+    until it is resumed (``queue``), or are recorded as ``skipped`` and never start
+    (``skip``)."""
     tasks: dict[str, TaskConfig]
 
 
