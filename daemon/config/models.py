@@ -182,7 +182,7 @@ class RetentionConfig(_Model):
     Dedupe keys need no age: each goes once past its trigger's ``dedupe_window``."""
 
     runs: Duration = 30 * _DAY_S
-    """Finished runs (succeeded, failed, cancelled), by when they ended, with their task
+    """Finished runs (succeeded, failed, cancelled, skipped), by when they ended, with their task
     instances, attempts, approval gates and decisions. Runs not finished, or waiting at
     an approval gate, are kept whatever their age."""
     events: Duration = 30 * _DAY_S
