@@ -317,7 +317,9 @@ async def test_a_pipeline_page_pauses_triggers_and_resumes_its_runs(config, rele
         base = "http://{}:{}".format(*info.http_address)
         async with browser_page(base) as page:
             # from the overview to the page of a pipeline without a run
-            await page.locator("details[data-pipeline=hello] a", has_text="pipeline").click()
+            await page.click("header.top a[href='/ui/pipelines']")
+            await expect(page.locator("tr[data-pipeline=post]")).to_contain_text("active")
+            await page.click("tr[data-pipeline=hello] a")
             await expect(page).to_have_url(f"{base}/ui/pipelines/hello")
             await expect(page.locator("svg.graph g.node")).to_have_count(3)
             await expect(page.locator("tr[data-trigger='orders->hello']")).to_contain_text("orders")
