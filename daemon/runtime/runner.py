@@ -246,6 +246,8 @@ class Runner:
         if row.state == RunState.SKIPPED:
             return
         if prior is None and row.pipeline in self._paused:
+            # its deadline counts from its creation, paused or not (as after a restart)
+            self._deadlines.watch(row)
             if (held := self._unpausing.get(row.pipeline)) is not None:
                 held.append(row)
             return
