@@ -273,6 +273,11 @@ def _sources(config: Config, intake: DaemonIntake, front: WebFront) -> list[Any]
     return built
 
 
+def _host(host: str) -> str:
+    """A host as it goes in a URL: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def _users(config: Config) -> Users:
     return Users(
         {
@@ -387,7 +392,9 @@ async def _serve(
                 "daemon_started",
                 state=str(config.state_path),
                 control_socket=str(socket_path),
-                http=f"http://{address[0]}:{address[1]}" if address else None,
+                http=f"http://{_host(address[0])}:{address[1]}" if address else None,
+                # where a person goes first: the UI (the API is under /api/v1 beside it)
+                ui=f"http://{_host(address[0])}:{address[1]}/ui/" if address else None,
                 pipelines=sorted(config.pipelines),
                 sources=sorted(config.sources),
             )

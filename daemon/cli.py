@@ -18,6 +18,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -134,7 +135,21 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--dry-run", action="store_true", help="show what would go, by table; delete nothing"
     )
+    _pause_parsers(sub)
     return parser
+
+
+def _pause_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pause = sub.add_parser(
+        "pause",
+        help="pause a pipeline: its new runs wait (or are skipped), its events are recorded",
+        description="Pause a pipeline, durably (a restart keeps it paused). Runs that have "
+        "started go on; new ones are recorded and wait until `cued resume`, or are recorded "
+        'as skipped if the pipeline says when_paused = "skip".',
+    )
+    pause.add_argument("pipeline", type=_text)
+    resume = sub.add_parser("resume", help="resume a paused pipeline: the runs that waited start")
+    resume.add_argument("pipeline", type=_text)
 
 
 def _text(arg: str) -> str:
@@ -394,6 +409,32 @@ async def _decide(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _pause(config: Config, args: argparse.Namespace) -> int:
+    pausing = args.command == "pause"
+    who = os_user_name(os.geteuid())  # as the daemon names us over the control socket
+
+    async def here(daemon: Daemon) -> dict[str, Any]:
+        if pausing:
+            await commands.pause(daemon, args.pipeline, who=who)
+            return {"paused": True, "when_paused": config.pipelines[args.pipeline].when_paused}
+        state = await commands.unpause(daemon, args.pipeline, who=who)
+        return {"paused": False, "started": state.started}
+
+    verb = "pause" if pausing else "resume"
+    data = await _act(
+        config, f"/api/v1/pipelines/{quote(args.pipeline, safe='')}/{verb}", None, here
+    )
+    if data["paused"]:
+        waits = "are skipped" if data.get("when_paused") == "skip" else "wait"
+        _out(f"pipeline {args.pipeline}: paused (new runs {waits} until `cued resume`)")
+    else:
+        started = data.get("started") or 0
+        _out(
+            f"pipeline {args.pipeline}: resumed ({started} waiting run{'' if started == 1 else 's'} started)"
+        )
+    return 0
+
+
 async def _approvals(config: Config, args: argparse.Namespace) -> int:
     async with open_state(config) as state:
         gates = [g.gate for g in await state.queries.waiting_gates()]
@@ -614,6 +655,8 @@ _COMMANDS = {
     "events": _events,
     "cancel": _cancel,
     "prune": _prune,
+    "pause": _pause,
+    "resume": _pause,
 }
 
 if __name__ == "__main__":

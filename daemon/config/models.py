@@ -111,6 +111,10 @@ class PipelineConfig(_Model):
     deadline: Duration | None = None
     """An SLA: a run still unfinished this long after it was created raises
     ``deadline_missed``, once."""
+    when_paused: Literal["queue", "skip"] = "queue"
+    """While the pipeline is paused (``cued pause``), its new runs are recorded and wait
+    until it is resumed (``queue``), or are recorded as ``skipped`` and never start
+    (``skip``)."""
     tasks: dict[str, TaskConfig]
 
 
@@ -178,7 +182,7 @@ class RetentionConfig(_Model):
     Dedupe keys need no age: each goes once past its trigger's ``dedupe_window``."""
 
     runs: Duration = 30 * _DAY_S
-    """Finished runs (succeeded, failed, cancelled), by when they ended, with their task
+    """Finished runs (succeeded, failed, cancelled, skipped), by when they ended, with their task
     instances, attempts, approval gates and decisions. Runs not finished, or waiting at
     an approval gate, are kept whatever their age."""
     events: Duration = 30 * _DAY_S

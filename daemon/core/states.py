@@ -35,6 +35,7 @@ class RunState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # its pipeline was paused with when_paused = "skip": never started
 
 
 #: A task instance in one of these changes no more (until a retry from outside resets it).
@@ -45,5 +46,5 @@ TERMINAL_TASK_STATES: frozenset[State] = frozenset(
 #: A run in one of these has ended. The members are ``str`` too, so a state read back from
 #: the store as text tests true against them: ``"failed" in TERMINAL_RUN_STATES``.
 TERMINAL_RUN_STATES: frozenset[RunState] = frozenset(
-    {RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED}
+    {RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.SKIPPED}
 )

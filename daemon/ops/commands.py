@@ -7,6 +7,8 @@ rerun         run a finished run again from the point of failure      (.repair)
 decide        approve or reject an approval gate, as its caller
 wait          see a run to its end (or to its next gate)
 prune         delete what [retention] lets go now, or count it (a dry run)
+pause         pause a pipeline: its new runs wait (or are skipped), durably
+unpause       resume a paused pipeline: what waited starts
 ```
 
 A request that the state of a run or gate does not allow now raises
@@ -15,6 +17,7 @@ A request that the state of a run or gate does not allow now raises
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cued.daemon.core.ids import now
@@ -26,9 +29,20 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from cued.daemon.ops.host import Daemon, Recorded
-    from cued.daemon.store import RunRow
+    from cued.daemon.store import PauseRow, RunRow
 
-__all__ = ["AS_PROPOSED", "cancel", "decide", "prune", "rerun", "trigger", "wait"]
+__all__ = [
+    "AS_PROPOSED",
+    "PipelineState",
+    "cancel",
+    "decide",
+    "pause",
+    "prune",
+    "rerun",
+    "trigger",
+    "unpause",
+    "wait",
+]
 
 AS_PROPOSED: Any = object()
 """The ``payload`` of a decision that takes a gate's proposal as it is."""
@@ -96,3 +110,32 @@ async def prune(recorded: Recorded, *, dry_run: bool = False) -> dict[str, Any]:
     store = recorded.store
     counts = await (store.prunable(policy) if dry_run else store.prune(policy))
     return retention.report(policy, counts, dry_run=dry_run)
+
+
+@dataclass(frozen=True)
+class PipelineState:
+    """Whether a pipeline is paused (since when, by whom), after a pause or unpause."""
+
+    pipeline: str
+    pause: PauseRow | None
+    started: int = 0
+    """Runs that had waited and were started by an unpause."""
+
+
+async def pause(daemon: Daemon, pipeline: str, *, who: str | None = None) -> PipelineState:
+    """Pause ``pipeline`` (durably, before this returns): its runs that have started go
+    on; new ones are recorded and wait, or are recorded as skipped (its ``when_paused``).
+    Pausing a paused pipeline changes nothing.
+
+    :raises NotFound: if there is no such pipeline
+    """
+    return PipelineState(pipeline, await daemon.pause(pipeline, by=who))
+
+
+async def unpause(daemon: Daemon, pipeline: str, *, who: str | None = None) -> PipelineState:
+    """Resume ``pipeline`` (durably) and start the runs that waited, oldest first, as its
+    ``max_active_runs`` allows. Resuming a pipeline that is not paused changes nothing.
+
+    :raises NotFound: if there is no such pipeline
+    """
+    return PipelineState(pipeline, None, await daemon.unpause(pipeline, by=who))

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         DecisionRow,
         EventRow,
         InstanceRow,
+        PauseRow,
         RunRow,
         Store,
     )
@@ -242,6 +243,17 @@ class Queries:
     async def run_counts(self) -> dict[str, int]:
         """How many runs are in each state (states without runs are left out)."""
         return await self._store.count_runs_by_state()
+
+    async def started_by(self, runs: Sequence[RunRow]) -> dict[str, EventRow]:
+        """The events (those kept) that started these runs, by event id."""
+        ids = sorted({r.event_id for r in runs if r.event_id is not None})
+        return {e.event_id: e for e in await self._store.get_events(ids)} if ids else {}
+
+    # -- pipelines ------------------------------------------------------------------------
+
+    async def paused(self) -> dict[str, PauseRow]:
+        """The paused pipelines (as recorded), by name."""
+        return await self._store.paused_pipelines()
 
     # -- approvals ------------------------------------------------------------------------
 

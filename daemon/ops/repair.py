@@ -95,7 +95,8 @@ async def rerun(
 
 
 async def cancel(daemon: Daemon, run_id: str) -> RunRow:
-    """Cancel a run, whether it runs here or is parked waiting for a decision.
+    """Cancel a run, whether it runs here, is parked waiting for a decision, or waits for
+    its paused pipeline.
 
     :raises NotFound: if there is no such run
     :raises Conflict: if it has finished already
@@ -106,7 +107,8 @@ async def cancel(daemon: Daemon, run_id: str) -> RunRow:
     if found is None:
         raise NotFound(f"no run {run_id!r}")
     run, instances, _ = found
-    if run.state != RunState.WAITING:
+    # waiting: parked at a gate; queued and not here: held while its pipeline is paused
+    if run.state not in (RunState.WAITING, RunState.QUEUED):
         raise Conflict(f"run {run_id!r} has finished already ({run.state})")
     stamp = now()
     rows: list[Row] = [

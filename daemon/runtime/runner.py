@@ -21,6 +21,12 @@ asset events    asset_events.py builds them; the AssetSink it is given (intake) 
 approval gates  Gates (gates.py) decide and expire them; the runner is their GateHost
 deadlines       Deadlines (deadlines.py) watch the runs it starts
 ```
+
+A paused pipeline (:meth:`Runner.pause`, recorded in the store) starts no new run: its
+new runs are recorded queued and stay in the store only (not in memory, not in the
+backlog, so a long pause neither fills memory nor holds back other pipelines' sources),
+or are recorded ``skipped`` if its ``when_paused`` says so. Runs that had started go on.
+:meth:`Runner.unpause` starts what waited, oldest first, as its slots allow.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from cued.daemon.runtime.gates import Gates
 from cued.daemon.runtime.instance_rows import instances_of
 from cued.daemon.runtime.run_alerts import RunAlerts
 from cued.daemon.runtime.slots import Slots
-from cued.daemon.store import RunRow
+from cued.daemon.store import PauseRow, RunRow
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -120,6 +126,10 @@ class Runner:
         self._runs: dict[str, ActiveRun] = {}
         self._run_listeners: list[Callable[[RunRow], None]] = []
         self._tg: anyio.abc.TaskGroup | None = None
+        self._paused: dict[str, PauseRow] = {}
+        # pipelines being unpaused: what is held meanwhile is remembered here, as the
+        # store's answer may predate its commit
+        self._unpausing: dict[str, list[RunRow]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -134,6 +144,12 @@ class Runner:
         started: see :meth:`resume_unfinished`)."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            # before anything starts a run: a pause outlives a restart
+            self._paused = {
+                name: pause
+                for name, pause in (await self.store.paused_pipelines()).items()
+                if name in self.plans
+            }
             if resume_unfinished:
                 await self.resume_unfinished()
             tg.start_soon(self.gates.expire_when_due)
@@ -155,6 +171,8 @@ class Runner:
                 )
                 await self.store.submit([failed]).wait()
                 continue
+            if row.pipeline in self._paused and row.state == RunState.QUEUED and not instances:
+                continue  # it waits in the store until its pipeline is unpaused
             self.enqueue(row, instances_of(instances, outputs))
             resumed += 1
         if resumed:
@@ -181,16 +199,25 @@ class Runner:
         :raises NotFound: if there is no such pipeline
         :raises InvalidRequest: if an input is not declared by the pipeline
         """
-        plan = self.plans.get(pipeline)
-        if plan is None:
-            known = ", ".join(sorted(self.plans)) or "none"
-            raise NotFound(f"no pipeline {pipeline!r} (known: {known})")
+        plan = self._plan(pipeline)
         declared = plan.config.inputs
         given = inputs or {}
         if unknown := sorted(set(given) - set(declared)):
             raise InvalidRequest(
                 f"pipeline {pipeline!r} has no input {unknown[0]!r} "
                 f"(declared: {', '.join(sorted(declared)) or 'none'})"
+            )
+        if pipeline in self._paused and plan.config.when_paused == "skip":
+            stamp = now()
+            return RunRow(
+                new_id(),
+                pipeline,
+                RunState.SKIPPED.value,
+                {**declared, **given},
+                stamp,
+                ended_at=stamp,
+                error=f"skipped: pipeline {pipeline!r} was paused",
+                event_id=event_id,
             )
         return RunRow(
             new_id(),
@@ -213,7 +240,17 @@ class Runner:
         return row
 
     def enqueue(self, row: RunRow, prior: dict[str, Instance] | None = None) -> None:
-        """Start a recorded run now if its pipeline has a free slot, else queue it."""
+        """Start a recorded run now if its pipeline has a free slot, else queue it; a new
+        run (no ``prior``) of a paused pipeline waits in the store, a skipped one ends
+        here."""
+        if row.state == RunState.SKIPPED:
+            return
+        if prior is None and row.pipeline in self._paused:
+            # its deadline counts from its creation, paused or not (as after a restart)
+            self._deadlines.watch(row)
+            if (held := self._unpausing.get(row.pipeline)) is not None:
+                held.append(row)
+            return
         run = ActiveRun(row, self.plans[row.pipeline], prior or {}, self._driving)
         self._runs[row.run_id] = run
         self._deadlines.watch(row)
@@ -221,6 +258,69 @@ class Runner:
             self._launch(run)
         else:
             self.backlog.push(row.pipeline, run)
+
+    # -- pausing pipelines ----------------------------------------------------------------
+
+    @property
+    def paused(self) -> dict[str, PauseRow]:
+        """The paused pipelines, by name."""
+        return dict(self._paused)
+
+    async def pause(self, pipeline: str, *, by: str | None = None) -> PauseRow:
+        """Pause a pipeline, durably: no new run of it starts until :meth:`unpause`.
+
+        :raises NotFound: if there is no such pipeline
+        """
+        self._plan(pipeline)
+        if (pause := self._paused.get(pipeline)) is not None:
+            return pause
+        pause = PauseRow(pipeline, now(), by)
+        await self.store.set_paused(pipeline, pause)
+        self._paused[pipeline] = pause
+        self.log.info("pipeline_paused", pipeline=pipeline, by=by)
+        return pause
+
+    async def unpause(self, pipeline: str, *, by: str | None = None) -> int:
+        """Resume a paused pipeline, durably, and start what waited (oldest first, as
+        ``max_active_runs`` allows); returns how many runs had waited in the store.
+
+        :raises NotFound: if there is no such pipeline
+        """
+        self._plan(pipeline)
+        if pipeline not in self._paused or pipeline in self._unpausing:
+            return 0
+        self._unpausing[pipeline] = []
+        try:
+            await self.store.set_paused(pipeline, None)
+            recorded = await self.store.list_runs(
+                pipeline=pipeline, state=RunState.QUEUED.value, limit=1_000_000
+            )
+        finally:
+            held = self._unpausing.pop(pipeline)
+        del self._paused[pipeline]
+        waiting = {r.run_id: r for r in [*recorded, *held] if not self.is_active(r.run_id)}
+        # what was read may have changed meanwhile (cancelled): read it again, with the
+        # pipeline unpaused, so whatever comes now starts by itself
+        fresh = await self.store.get_runs(sorted(waiting))
+        started = 0
+        while (
+            self.slots.run_slot_free(pipeline)
+            and (following := self.backlog.pop(pipeline)) is not None
+        ):
+            self._launch(following)
+        for row in sorted(fresh, key=lambda r: r.run_id):
+            if row.state == RunState.QUEUED and not self.is_active(row.run_id):
+                self.enqueue(row, {})
+                started += 1
+        self.log.info("pipeline_unpaused", pipeline=pipeline, by=by, waiting=started)
+        return started
+
+    def _plan(self, pipeline: str) -> PipelinePlan:
+        plan = self.plans.get(pipeline)
+        if plan is None:
+            known = ", ".join(sorted(self.plans)) or "none"
+            raise NotFound(f"no pipeline {pipeline!r} (known: {known})")
+        return plan
 
     async def resume_recorded(self, run_id: str) -> None:
         """Go on with a recorded run that is not in memory: a parked one whose decision
@@ -291,7 +391,11 @@ class Runner:
                 await run.park()
         finally:
             self.slots.free_run_slot(run.row.pipeline)
-            if (following := self.backlog.pop(run.row.pipeline)) is not None:
+            # a paused pipeline keeps what waits in the backlog until it is unpaused
+            if (
+                run.row.pipeline not in self._paused
+                and (following := self.backlog.pop(run.row.pipeline)) is not None
+            ):
                 self._launch(following)
 
     def _retry_delay_s(self, task: TaskConfig, attempt: int) -> float:

@@ -140,6 +140,19 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX dedupe_by_age ON dedupe_keys (trigger, seen_at);
     CREATE INDEX outbox_by_age ON outbox (created_at);
     """,
+    # pause: which pipelines are paused (a row while paused), durable across restarts;
+    # runs of a paused pipeline with when_paused = "skip" end "skipped", which retention
+    # counts as finished: the partial index names the states pruning reads, word for word
+    """
+    CREATE TABLE paused_pipelines (
+        pipeline    TEXT PRIMARY KEY,
+        paused_at   REAL NOT NULL,
+        paused_by   TEXT
+    );
+    DROP INDEX runs_finished;
+    CREATE INDEX runs_finished ON runs (ended_at)
+        WHERE state IN ('succeeded', 'failed', 'cancelled', 'skipped');
+    """,
 )
 
 

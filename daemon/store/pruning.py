@@ -27,11 +27,12 @@ if TYPE_CHECKING:
 
 __all__ = ["count", "step"]
 
-# As in the partial index runs_finished (migration 4), word for word: SQLite uses a
-# partial index only for a query whose WHERE implies the index's. Named, since the planner
+# As in the partial index runs_finished (made anew by the migration that added "skipped"),
+# word for word: SQLite uses a partial index only for a query whose WHERE implies the
+# index's. Named, since the planner
 # would rather take runs_by_state for the IN, which holds every finished run there is,
 # then sort them all. The states in the order RunState declares them, as the index has
-# them: "state IN ('succeeded', 'failed', 'cancelled')".
+# them: "state IN ('succeeded', 'failed', 'cancelled', 'skipped')".
 _FINISHED = "state IN ({})".format(
     ", ".join(f"'{state.value}'" for state in RunState if state in TERMINAL_RUN_STATES)
 )

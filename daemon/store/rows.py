@@ -28,6 +28,7 @@ __all__ = [
     "InstanceGone",
     "InstanceRow",
     "OutboxRow",
+    "PauseRow",
     "PruneCounts",
     "PrunePolicy",
     "Row",
@@ -168,6 +169,15 @@ class DecisionRow:
     payload: Any
     comment: str | None
     decided_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PauseRow:
+    """A pipeline is paused: its new runs wait (or are skipped) until it is resumed."""
+
+    pipeline: str
+    paused_at: float
+    paused_by: str | None = None
 
 
 Row = (
@@ -366,3 +376,13 @@ class Store(Protocol):
 
     async def prunable(self, policy: PrunePolicy) -> PruneCounts:
         """What :meth:`prune` would delete now, deleting nothing."""
+
+    async def set_paused(self, pipeline: str, pause: PauseRow | None) -> None:
+        """Record that ``pipeline`` is paused (``pause``) or not (``None``), durably before
+        this returns (in a transaction of its own).
+
+        :raises StoreError: if it could not be recorded
+        """
+
+    async def paused_pipelines(self) -> dict[str, PauseRow]:
+        """The pipelines that are paused, by name."""

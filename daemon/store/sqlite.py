@@ -33,6 +33,7 @@ from cued.daemon.store import (
     InstanceGone,
     InstanceRow,
     OutboxRow,
+    PauseRow,
     PruneCounts,
     RunRow,
     pruning,
@@ -354,6 +355,22 @@ class SqliteStore:
 
     async def prunable(self, policy: PrunePolicy) -> PruneCounts:
         return await pruning.count(self._reader, policy)
+
+    async def set_paused(self, pipeline: str, pause: PauseRow | None) -> None:
+        async def work(db: aiosqlite.Connection) -> None:
+            if pause is None:
+                await db.execute("DELETE FROM paused_pipelines WHERE pipeline = ?", (pipeline,))
+            else:
+                await db.execute(
+                    "INSERT OR REPLACE INTO paused_pipelines VALUES (?, ?, ?)",
+                    (pipeline, pause.paused_at, pause.paused_by),
+                )
+
+        await self._chore(work)
+
+    async def paused_pipelines(self) -> dict[str, PauseRow]:
+        rows = await self._reader.execute_fetchall("SELECT * FROM paused_pipelines")
+        return {str(r[0]): PauseRow(str(r[0]), float(r[1]), r[2]) for r in rows}
 
     # -- reading -----------------------------------------------------------------------
 

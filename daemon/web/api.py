@@ -7,6 +7,8 @@ the CLI is a call here.
 GET  /api/v1/pipelines                        pipelines, their inputs, tasks, triggers
 GET  /api/v1/pipelines/{pipeline}
 POST /api/v1/pipelines/{pipeline}/runs        trigger (operator) {inputs}, ?wait=true
+POST /api/v1/pipelines/{pipeline}/pause       (operator) new runs wait, or are skipped
+POST /api/v1/pipelines/{pipeline}/resume      (operator) what waited starts
 GET  /api/v1/runs                             ?pipeline&state&created_after&created_before
                                               &limit&cursor -> {items, next_cursor}
 GET  /api/v1/runs/{run_id}                    tasks, attempts, gates, event, assets
@@ -107,7 +109,9 @@ __all__ = ["Caller", "Users", "build_app"]
 _MAX_LIMIT = 500
 _READY_TIMEOUT_S = 2.0
 
-RunStateName = Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"]
+RunStateName = Literal[
+    "queued", "running", "waiting", "succeeded", "failed", "cancelled", "skipped"
+]
 EventStatus = Literal["matched", "unmatched", "invalid"]
 Limit = Annotated[int, Query(ge=1, le=_MAX_LIMIT, description="items per page")]
 Cursor = Annotated[str | None, Query(description="next_cursor of the page before")]
@@ -221,7 +225,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def list_pipelines(ctx: Ctx, caller: Viewer) -> Response:
     """Every pipeline with its inputs (and their defaults), tasks and triggers."""
     config = ctx.queries.config
-    return json_response([Pipeline.of(n, p, config.triggers) for n, p in config.pipelines.items()])
+    paused = await ctx.queries.paused()
+    return json_response(
+        [Pipeline.of(n, p, config.triggers, paused.get(n)) for n, p in config.pipelines.items()]
+    )
 
 
 @_api.get("/pipelines/{pipeline}", response_model=Pipeline, tags=["pipelines"])
@@ -229,7 +236,33 @@ async def get_pipeline(pipeline: str, ctx: Ctx, caller: Viewer) -> Response:
     config = ctx.queries.config
     if pipeline not in config.pipelines:
         raise NotFound(f"no pipeline {pipeline!r}")
-    return json_response(Pipeline.of(pipeline, config.pipelines[pipeline], config.triggers))
+    pause = (await ctx.queries.paused()).get(pipeline)
+    return json_response(Pipeline.of(pipeline, config.pipelines[pipeline], config.triggers, pause))
+
+
+@_api.post("/pipelines/{pipeline}/pause", response_model=Pipeline, tags=["pipelines"])
+async def pause(pipeline: str, ctx: Ctx, caller: Operator) -> Response:
+    """Pause a pipeline (durably): runs that have started go on; new ones (from events or
+    triggers) are recorded and wait, or are recorded as skipped, as its ``when_paused``
+    says. Pausing a paused pipeline changes nothing."""
+    state = await commands.pause(ctx.daemon, pipeline, who=caller.name)
+    config = ctx.queries.config
+    return json_response(
+        Pipeline.of(pipeline, config.pipelines[pipeline], config.triggers, state.pause)
+    )
+
+
+@_api.post("/pipelines/{pipeline}/resume", response_model=Pipeline, tags=["pipelines"])
+async def resume(pipeline: str, ctx: Ctx, caller: Operator) -> Response:
+    """Resume a paused pipeline (durably) and start the runs that waited, oldest first, as
+    its ``max_active_runs`` allows (``started`` says how many had waited)."""
+    state = await commands.unpause(ctx.daemon, pipeline, who=caller.name)
+    config = ctx.queries.config
+    return json_response(
+        Pipeline.of(
+            pipeline, config.pipelines[pipeline], config.triggers, None, started=state.started
+        )
+    )
 
 
 @_api.post(

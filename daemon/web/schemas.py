@@ -7,7 +7,7 @@ bodies also forbid unknown keys, so a typo is an error rather than silently igno
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         DecisionRow,
         EventRow,
         InstanceRow,
+        PauseRow,
         RunRow,
     )
 
@@ -134,14 +135,36 @@ class Pipeline(_Model):
     deadline_s: float | None
     tasks: list[TaskSpec]
     triggers: list[TriggerSpec]
+    when_paused: Literal["queue", "skip"] = Field(
+        description="while paused, new runs wait (queue) or are recorded as skipped (skip)"
+    )
+    paused: bool = False
+    paused_at: float | None = None
+    paused_by: str | None = None
+    started: int | None = Field(
+        None, description="after a resume: how many runs that had waited were started"
+    )
 
     @classmethod
-    def of(cls, name: str, config: PipelineConfig, triggers: list[TriggerConfig]) -> Pipeline:
+    def of(
+        cls,
+        name: str,
+        config: PipelineConfig,
+        triggers: list[TriggerConfig],
+        pause: PauseRow | None = None,
+        *,
+        started: int | None = None,
+    ) -> Pipeline:
         return cls(
             name=name,
             inputs=config.inputs,
             max_active_runs=config.max_active_runs,
             deadline_s=config.deadline,
+            when_paused=config.when_paused,
+            paused=pause is not None,
+            paused_at=pause.paused_at if pause else None,
+            paused_by=pause.paused_by if pause else None,
+            started=started,
             tasks=[
                 TaskSpec(
                     name=task_name,
@@ -168,7 +191,8 @@ class Run(_Model):
     run_id: str = Field(description="sorts by creation time")
     pipeline: str
     state: str = Field(
-        description="queued, running, waiting (for a decision), succeeded, failed, cancelled"
+        description="queued, running, waiting (for a decision), succeeded, failed, cancelled, "
+        "skipped (its pipeline was paused)"
     )
     inputs: dict[str, Any]
     created_at: float

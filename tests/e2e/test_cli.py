@@ -8,7 +8,7 @@ from cued.daemon.assembly import open_runner
 from cued.daemon.config import load_config
 from cued.daemon.runtime.intake import DaemonIntake
 from cued.daemon.sdk.sources import Event
-from tests.support.daemon import Daemon, cued
+from tests.support.daemon import Daemon, cued, query, wait_for
 
 CONFIG = """
 [http]
@@ -203,3 +203,37 @@ inputs = { name = "{{ event.data.name }}" }
     assert "body is not valid JSON" in lines["e-3"]
     shown = cued(config, "show", receipts[0].run_ids[0])
     assert "event     e-1" in shown.stdout
+
+
+async def test_pause_and_resume_a_pipeline_with_or_without_a_daemon(tmp_path):
+    config = write_config(tmp_path)
+    state = tmp_path / "state.db"
+    # no daemon: recorded in the state file, which the daemon reads when it starts
+    paused = cued(config, "pause", "hello")
+    assert paused.returncode == 0, paused.stderr
+    assert paused.stdout == "pipeline hello: paused (new runs wait until `cued resume`)\n"
+    unknown = cued(config, "pause", "nope")
+    assert unknown.returncode == 1
+    assert unknown.stderr.startswith("cued: error: no pipeline 'nope' (known: broken, hello)")
+    assert "Traceback" not in unknown.stderr
+    daemon = Daemon(config, state)
+    await daemon.start()
+    try:
+        started = cued(config, "trigger", "hello")
+        assert started.returncode == 0, started.stderr
+        run_id = started.stdout.split()[2]
+        assert query(state, "SELECT state FROM runs WHERE run_id = ?", run_id) == [("queued",)]
+        resumed = cued(config, "resume", "hello")
+        assert resumed.returncode == 0, resumed.stderr
+        assert resumed.stdout == "pipeline hello: resumed (1 waiting run started)\n"
+        await wait_for(
+            lambda: (
+                query(state, "SELECT state FROM runs WHERE run_id = ?", run_id) == [("succeeded",)]
+            )
+        )
+        # through the daemon: named by the OS user who asked
+        cued(config, "pause", "hello")
+        (by,) = query(state, "SELECT paused_by FROM paused_pipelines WHERE pipeline = 'hello'")
+        assert by[0]
+    finally:
+        daemon.stop()

@@ -312,6 +312,69 @@ async def test_pages_need_a_login_stay_small_and_filter_runs(config):
             assert assets < 30_000
 
 
+async def test_a_pipeline_page_pauses_triggers_and_resumes_its_runs(config, release):
+    async with daemon_running(config) as info:
+        base = "http://{}:{}".format(*info.http_address)
+        async with browser_page(base) as page:
+            # from the overview to the page of a pipeline without a run
+            await page.click("header.top a[href='/ui/pipelines']")
+            await expect(page.locator("tr[data-pipeline=post]")).to_contain_text("active")
+            await page.click("tr[data-pipeline=hello] a")
+            await expect(page).to_have_url(f"{base}/ui/pipelines/hello")
+            await expect(page.locator("svg.graph g.node")).to_have_count(3)
+            await expect(page.locator("tr[data-trigger='orders->hello']")).to_contain_text("orders")
+            await expect(page.locator("table.runs")).to_contain_text("No runs yet.")
+            await expect(page.locator("#pipeline-state")).to_have_text("active")
+            await shot(page, "09-pipeline")
+            await page.click("#pause")  # confirmed in the dialog
+            await expect(page.locator("#pipeline-state")).to_have_text("paused")
+            await expect(page.locator("#paused-note")).to_contain_text("by ada")
+            # a run triggered from the page's form waits while the pipeline is paused
+            form = page.locator("form#trigger")
+            await expect(form.locator("input[name='inputs.items']")).to_have_value("[1, 2, 3]")
+            await form.locator("input[name='inputs.name']").fill("paused")
+            await form.locator("button[type=submit]").click()
+            await page.wait_for_url(re.compile(r"/ui/runs/\w+$"))
+            by_hand = page.url.rsplit("/", 1)[1]
+            await expect(page.locator("#run-state .badge")).to_have_text("queued")
+            await page.goto(f"{base}/ui/pipelines/hello")
+            # an event's run waits too, and shows up live with what started it
+            async with httpx.AsyncClient(base_url=base) as client:
+                answer = await client.post("/hooks/orders", json={"customer": "acme"})
+            event_id, (from_event,) = answer.json()["event_id"], answer.json()["runs"]
+            row = page.locator(f"tr[data-run='{from_event}']")
+            await expect(row).to_contain_text("queued")
+            await expect(row).to_contain_text("orders->hello")
+            await expect(row.locator(f"a[data-event='{event_id}']")).to_be_visible()
+            await expect(page.locator("[data-count=queued]")).to_have_text("2")
+            await expect(page.locator(f"tr[data-run='{by_hand}']")).to_contain_text("by hand")
+            await shot(page, "10-pipeline-paused")
+            assert not info.runner.is_active(from_event)
+            await page.click("#resume")
+            await expect(page.locator("#pipeline-state")).to_have_text("active")
+            release()
+            await expect(row).to_contain_text("succeeded")
+            await expect(page.locator(f"tr[data-run='{by_hand}']")).to_contain_text("succeeded")
+            await shot(page, "11-pipeline-resumed")
+            # the runs list says what started each run, the event a link
+            await page.goto(f"{base}/ui/runs")
+            listed = page.locator(f"tr[data-run='{from_event}']")
+            await expect(listed).to_contain_text("orders->hello")
+            await listed.locator(f"a[data-event='{event_id}']").click()
+            await expect(page.locator("h1")).to_contain_text(event_id)
+            # an unknown UI path is a page, not JSON; / goes to the overview
+            missing = await page.goto(f"{base}/ui/no/such/page")
+            assert missing is not None
+            assert missing.status == 404
+            await expect(page.locator("h1")).to_have_text("Not found")
+            await expect(page.locator("main")).to_contain_text("/ui/no/such/page")
+            await page.goto(f"{base}/")
+            await expect(page).to_have_url(f"{base}/ui/")
+        rows = {r.run_id: r for r in await wait_finished(info, [by_hand, from_event])}
+        assert rows[by_hand].inputs["name"] == "paused"
+        assert rows[from_event].state == "succeeded"
+
+
 def test_the_graph_puts_each_task_one_column_right_of_its_deepest_need():
     needs = {"a": (), "b": ("a",), "c": (), "d": ("b", "c"), "e": ("a",)}
     assert layers(["a", "c", "b", "e", "d"], needs) == [["a", "c"], ["b", "e"], ["d"]]

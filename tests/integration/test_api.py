@@ -431,6 +431,8 @@ async def test_no_get_changes_state(make_config):
         before = len(await info.runner.store.list_runs(limit=1000))
         for path in (
             "/api/v1/pipelines/etl/runs",
+            "/api/v1/pipelines/etl/pause",
+            "/api/v1/pipelines/etl/resume",
             f"/api/v1/runs/{run['run_id']}/cancel",
             f"/api/v1/runs/{run['run_id']}/retry",
             f"/api/v1/runs/{run['run_id']}/tasks/gate/approve",
@@ -451,6 +453,8 @@ async def test_no_get_changes_state(make_config):
     assert all(method in ("post", "delete") for method, _ in acting)
     assert {path for method, path in acting if method == "post"} == {
         "/api/v1/pipelines/{pipeline}/runs",
+        "/api/v1/pipelines/{pipeline}/pause",
+        "/api/v1/pipelines/{pipeline}/resume",
         "/api/v1/runs/{run_id}/cancel",
         "/api/v1/runs/{run_id}/retry",
         "/api/v1/runs/{run_id}/tasks/{task}/approve",

@@ -68,3 +68,19 @@ async def test_a_deadline_that_passed_while_the_daemon_was_down_is_raised_at_sta
                 await receiver.until(lambda: len(receiver.hits) >= 1)
                 await info.runner.wait(late.run_id)
     assert f"ops:deadline_missed:{late.run_id}" in receiver.delivered("/alerts")
+
+
+async def test_a_run_waiting_for_its_paused_pipeline_still_has_its_deadline(make_config):
+    receiver = Receiver()
+    async with serve_app(receiver.app) as base:
+        config = make_config(CONFIG.format(base=base))
+        async with daemon_running(config) as info:
+            await info.runner.pause("quick")
+            waiting = (await info.runner.start_run("quick")).run_id
+            assert not info.runner.is_active(waiting)
+            with anyio.fail_after(20):
+                await receiver.until(lambda: len(receiver.hits) >= 1)
+            assert list(receiver.delivered("/alerts")) == [f"ops:deadline_missed:{waiting}"]
+            await info.runner.unpause("quick")
+            with anyio.fail_after(20):
+                assert (await info.runner.wait(waiting)).state == "succeeded"

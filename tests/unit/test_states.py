@@ -14,7 +14,12 @@ def test_terminal_states():
         "upstream_failed",
         "cancelled",
     }
-    assert {s.value for s in TERMINAL_RUN_STATES} == {"succeeded", "failed", "cancelled"}
+    assert {s.value for s in TERMINAL_RUN_STATES} == {
+        "succeeded",
+        "failed",
+        "cancelled",
+        "skipped",
+    }
     assert TERMINAL_TASK_STATES <= set(State)
     assert TERMINAL_RUN_STATES <= set(RunState)
 

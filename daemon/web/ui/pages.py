@@ -6,12 +6,17 @@ event stream, every action a call of the API from the browser.
 /ui/login             a token; the browser posts it to POST /api/v1/session (a cookie)
 /ui/                  overview: sources (rates, totals, backpressure), runs per state,
                       waiting approvals, pipelines with a trigger form
-/ui/runs              runs, filtered by pipeline and state, a page at a time (cursor)
+/ui/pipelines         pipelines: tasks, triggers, paused or not
+/ui/pipelines/{name}  a pipeline, also one without a run: task graph, triggers, recent
+                      runs, a trigger form with its inputs, pause / resume
+/ui/runs              runs, filtered by pipeline and state, a page at a time (cursor),
+                      each with the trigger and event that started it
 /ui/runs/{id}         a run: task graph (SVG), timeline, attempts, gates, its event, assets
 /ui/approvals         gates waiting for a decision, with approve / reject
 /ui/events            events with their payload and the runs they started
 /ui/events/{id}       one event
 /ui/static/{name}     the stylesheet, htmx and our script; gzipped once, cached for good
+/ui/anything else     a 404 page (HTML, not the API's JSON)
 anything else         the API
 ```
 
@@ -52,7 +57,7 @@ from cued.daemon.web.auth import ApiError, Caller, caller_of
 from cued.daemon.web.ui import draw
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from jinja2 import Template
     from starlette.requests import Request
@@ -69,7 +74,7 @@ __all__ = ["with_ui"]
 _HERE = Path(__file__).resolve().parent
 _PAGE_SIZE = 50
 _MAX_ROWS = 100  # attempts and timeline rows shown on one run page (keeps it small)
-_STATES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled")
+_STATES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled", "skipped")
 _RECENT = 10  # latest runs on the overview
 _T = TypeVar("_T")
 # no inline script, nothing from elsewhere; inline style attributes place the timeline bars
@@ -186,6 +191,8 @@ class _Ui:
                 Route("/ui", _to_ui),
                 Route("/ui/", page("overview.html", self.overview)),
                 Route("/ui/login", self.login),
+                Route("/ui/pipelines", page("pipelines.html", self.pipelines)),
+                Route("/ui/pipelines/{name}", page("pipeline.html", self.pipeline)),
                 Route("/ui/runs", page("runs.html", self.runs)),
                 Route("/ui/runs/{run_id}", page("run.html", self.run)),
                 Route("/ui/approvals", page("approvals.html", self.approvals)),
@@ -193,6 +200,8 @@ class _Ui:
                 # event ids may hold "/" (a Kafka event's topic/partition/offset)
                 Route("/ui/events/{event_id:path}", page("event.html", self.event)),
                 Route("/ui/static/{name}", self.static),
+                # last: any other /ui/ path is a page that does not exist, answered as one
+                Route("/ui/{rest:path}", page("message.html", self.missing)),
             ],
             middleware=[Middleware(GZipMiddleware, minimum_size=1000, compresslevel=6)],
         )
@@ -307,11 +316,13 @@ class _Ui:
             for name in sorted(totals)
         ]
         counts = dict.fromkeys(_STATES, 0) | await queries.run_counts()
+        paused = await queries.paused()
         pipelines = [
             {
                 "name": name,
                 "tasks": len(plan.tasks),
                 "inputs": [_input_field(k, v) for k, v in plan.config.inputs.items()],
+                "paused": name in paused,
             }
             for name, plan in sorted(queries.plans.items())
         ]
@@ -348,6 +359,7 @@ class _Ui:
         return {
             "active": "/ui/runs",
             "runs": page.items,
+            "started_by": await self.started_by(page.items),
             "pipeline": pipeline or "",
             "state": state or "",
             "pipelines": sorted(self.queries.plans),
@@ -357,6 +369,76 @@ class _Ui:
             "self_url": _url("/ui/runs", {**query, "before": before}),
             "now": time.time(),
         }
+
+    async def started_by(self, runs: Sequence[RunRow]) -> dict[str, _StartedBy]:
+        """What started each run (by run id): its event (if still kept) and the trigger
+        of that event's source that starts the run's pipeline, when only one does."""
+        events = await self.queries.started_by(runs)
+        triggers = self.queries.config.triggers
+        out = {}
+        for run in runs:
+            if run.event_id is None:
+                continue
+            event = events.get(run.event_id)
+            names = [
+                t.key
+                for t in triggers
+                if event is not None and t.source == event.source and t.pipeline == run.pipeline
+            ]
+            out[run.run_id] = _StartedBy(
+                run.event_id,
+                event.source if event is not None else None,
+                names[0] if len(names) == 1 else None,
+            )
+        return out
+
+    async def pipelines(self, request: Request) -> dict[str, Any]:
+        paused = await self.queries.paused()
+        config = self.queries.config
+        return {
+            "active": "/ui/pipelines",
+            "pipelines": [
+                {
+                    "name": name,
+                    "tasks": len(plan.tasks),
+                    "triggers": [t.key for t in config.triggers if t.pipeline == name],
+                    "pause": paused.get(name),
+                    "when_paused": plan.config.when_paused,
+                }
+                for name, plan in sorted(self.queries.plans.items())
+            ],
+        }
+
+    async def pipeline(self, request: Request) -> dict[str, Any] | _NotFound:
+        name = request.path_params["name"]
+        plan = self.queries.plans.get(name)
+        if plan is None:
+            return _NotFound(f"no pipeline {name!r}")
+        needs = {task: t.config.needs for task, t in plan.tasks.items()}
+        mapped = [task for task, t in plan.tasks.items() if t.config.map is not None]
+        # no run to colour it: every task as it starts, pending
+        graph = draw.task_graph(plan.order, needs, draw.summarise(plan.order, mapped, []))
+        recent = (await self.queries.runs_page(limit=_RECENT, pipeline=name)).items
+        waiting = await self.queries.runs_page(limit=_RECENT, pipeline=name, state="queued")
+        return {
+            "active": "/ui/pipelines",
+            "name": name,
+            "config": plan.config,
+            "graph": graph,
+            "tasks": [(task, plan.tasks[task].config) for task in plan.order],
+            "triggers": [t for t in self.queries.config.triggers if t.pipeline == name],
+            "inputs": [_input_field(k, v) for k, v in plan.config.inputs.items()],
+            "pause": (await self.queries.paused()).get(name),
+            "queued": len(waiting.items),
+            "more_queued": waiting.next_cursor is not None,
+            "recent": recent,
+            "started_by": await self.started_by(recent),
+            "self_url": f"/ui/pipelines/{quote(name, safe='')}",
+            "now": time.time(),
+        }
+
+    async def missing(self, request: Request) -> _NotFound:
+        return _NotFound(f"there is no page {request.url.path!r}")
 
     async def run(self, request: Request) -> dict[str, Any] | _NotFound:
         run_id = request.path_params["run_id"]
@@ -477,10 +559,20 @@ class _Ui:
 
 _NAV = (
     ("/ui/", "Overview"),
+    ("/ui/pipelines", "Pipelines"),
     ("/ui/runs", "Runs"),
     ("/ui/approvals", "Approvals"),
     ("/ui/events", "Events"),
 )
+
+
+@dataclass(frozen=True)
+class _StartedBy:
+    """What started a run: an event, of a source, through a trigger (if known)."""
+
+    event_id: str
+    source: str | None
+    trigger: str | None
 
 
 @dataclass(frozen=True)
