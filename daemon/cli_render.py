@@ -12,17 +12,13 @@ import os
 import sys
 from typing import TYPE_CHECKING, Protocol
 
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn
-from rich.table import Table
-from rich.text import Text
-
 from cued.daemon.ops.follow import AttemptEnded, AttemptStarted, RunSettled
 
 if TYPE_CHECKING:
     from types import TracebackType
     from typing import IO, Self
+
+    from rich.progress import TaskID
 
     from cued.daemon.ops.follow import Change
 
@@ -66,6 +62,11 @@ def table(rows: list[list[str]]) -> None:
             line = "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True))
             sys.stdout.write(line.rstrip() + "\n")
         return
+    # rich is imported only here and in _LiveView: a command piped does without it
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     shown = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold")
     for name in rows[0]:
         # a terminal narrower than the table folds the last column, never cuts ids
@@ -139,6 +140,9 @@ class _LiveView:
     """A spinner per running task, a mark and its time once it ends."""
 
     def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn
+
         self._progress = Progress(
             SpinnerColumn(finished_text=""),
             TextColumn("{task.description}"),
@@ -155,6 +159,8 @@ class _LiveView:
         self._progress.stop()
 
     def show(self, change: Change) -> None:
+        from rich.markup import escape
+
         if isinstance(change, RunSettled):
             return
         a = change.attempt

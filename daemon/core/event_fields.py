@@ -39,12 +39,16 @@ def data_paths(value: Any) -> list[tuple[str, ...]]:
         if not has_template(text):
             continue
         tree = parse(text)
+        # ``event.data.get('x')`` calls a method: ``get`` is not a field
+        methods = {id(call.node) for call in tree.find_all(nodes.Call)}
         inner: set[int] = set()
         # outermost first: find_all walks parents before children
         for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
             if id(node) in inner:
                 continue
             chain = _chain(node, inner)
+            if chain is not None and id(node) in methods:
+                chain = chain[:-1]
             if chain is not None and len(chain) > 2 and chain[:2] == ("event", "data"):
                 found.setdefault(chain[2:])
     return list(found)
