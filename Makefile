@@ -10,19 +10,25 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# setuptools tells of every editable install, in a dozen lines, that a folder named like
+# the package could shadow it; none can here (the code installs as cued.*, and no folder is
+# named cued), so a first `make run` stays quiet. The text is matched, not the category:
+# pip itself could not import setuptools' warning classes to filter on.
+QUIET_BUILD := PYTHONWARNINGS="ignore:Editable installation"
+
 # Reinstall when the package's metadata or the pinned versions change. constraints.txt
 # pins every package to the versions CI tested (pyproject.toml gives only floors).
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -c constraints.txt -e .
+	$(QUIET_BUILD) $(BIN)/pip install --quiet -c constraints.txt -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(QUIET_BUILD) $(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@ $(VENV)/.installed
 
 # After a dependency changed in pyproject.toml: install the newest allowed, pin them.
 constraints: | $(BIN)/python
-	$(BIN)/pip install --quiet --upgrade -e '.[test]'
+	$(QUIET_BUILD) $(BIN)/pip install --quiet --upgrade -e '.[test]'
 	(sed -n '1,/^$$/p' constraints.txt | grep '^#'; \
 	 $(BIN)/pip freeze --exclude-editable | grep -v '^cued') > constraints.txt.new
 	mv constraints.txt.new constraints.txt

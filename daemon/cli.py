@@ -16,25 +16,30 @@ import json
 import os
 import sys
 import time
+from contextlib import aclosing
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio
 import httpx
 
+from cued.daemon import cli_render
 from cued.daemon.assembly import control_socket_path, open_runner, open_state, run_daemon
 from cued.daemon.config import load_config
+from cued.daemon.config.starter import STARTER_CONFIG, STARTER_DROP_FOLDER
 from cued.daemon.config.strict import environment_problems
 from cued.daemon.core import untrusted
 from cued.daemon.errors import ConfigError, CuedError, DaemonUnavailable, NotFound
 from cued.daemon.logs import configure_logging, get_logger
-from cued.daemon.ops import commands
+from cued.daemon.ops import commands, trials
+from cued.daemon.ops.follow import RunSettled, follow
+from cued.daemon.ops.queries import Queries
 from cued.daemon.web.control import os_user_name
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
-    from pathlib import Path
 
     from cued.daemon.config import Config
     from cued.daemon.ops.host import Daemon
@@ -49,12 +54,7 @@ def _out(text: str = "") -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cued", description="Event-driven orchestration daemon")
-    parser.add_argument(
-        "--config",
-        "-c",
-        default=os.environ.get("CUED_CONFIG", "config.toml"),
-        help="configuration file (default: $CUED_CONFIG or ./config.toml)",
-    )
+    _global_options(parser, default=os.environ.get("CUED_CONFIG", "config.toml"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", help="run the daemon")
     validate = sub.add_parser(
@@ -135,8 +135,23 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--dry-run", action="store_true", help="show what would go, by table; delete nothing"
     )
+    _more_commands(sub)
     _pause_parsers(sub)
+    # `cued validate --config F` as well as `cued --config F validate`: each command takes
+    # the global options too, and sets them only when given there (SUPPRESS), so the one
+    # before the command stays in force otherwise
+    for command in sub.choices.values():
+        _global_options(command, default=argparse.SUPPRESS)
     return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, *, default: str) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=default,
+        help="configuration file (default: $CUED_CONFIG or ./config.toml)",
+    )
 
 
 def _pause_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -185,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.command == "init":
+        return _init(args)
     config = load_config(args.config)
     configure_logging(config.daemon.log_level)
     if args.command == "validate":
@@ -305,7 +322,7 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
 
 async def _trigger(config: Config, args: argparse.Namespace) -> int:
     inputs = _parse_inputs(args.input)
-    path = f"/api/v1/pipelines/{args.pipeline}/runs" + ("?wait=true" if args.wait else "")
+    path = f"/api/v1/pipelines/{args.pipeline}/runs"
     try:
         response = await _control(config, "POST", path, {"inputs": inputs})
     except DaemonUnavailable:
@@ -313,6 +330,8 @@ async def _trigger(config: Config, args: argparse.Namespace) -> int:
         async with open_runner(config) as daemon:
             run_id = (await commands.trigger(daemon, args.pipeline, inputs)).run_id
             _out(f"started run {run_id} of {args.pipeline} (no daemon runs: running it here)")
+            if args.wait:
+                await _follow_run(Queries.of(daemon), run_id)
             row = await commands.wait(daemon, run_id)
         _out(f"run {run_id}: {row.state}" + (f": {row.error}" if row.error else ""))
         return 0 if row.state == "succeeded" else 1
@@ -320,11 +339,23 @@ async def _trigger(config: Config, args: argparse.Namespace) -> int:
     if not args.wait:
         _out(f"started run {data['run_id']} of {args.pipeline}")
         return 0
-    _out(
-        f"run {data['run_id']}: {data['state']}"
-        + (f": {data['error']}" if data.get("error") else "")
-    )
-    return 0 if data["state"] == "succeeded" else 1
+    # the run is followed in the state file the daemon writes, as it goes
+    async with open_state(config) as state:
+        row = await _follow_run(state.queries, data["run_id"])
+    _out(f"run {row.run_id}: {row.state}" + (f": {row.error}" if row.error else ""))
+    return 0 if row.state == "succeeded" else 1
+
+
+async def _follow_run(queries: Queries, run_id: str) -> RunRow:
+    """Show run ``run_id``'s tasks as they start and end; its row once it has ended (or
+    waits for a decision)."""
+    with cli_render.run_view() as view:
+        async with aclosing(follow(queries, run_id)) as changes:
+            async for change in changes:
+                view.show(change)
+                if isinstance(change, RunSettled):
+                    return change.run
+    raise AssertionError("follow ends with RunSettled")  # pragma: no cover
 
 
 async def _act(
@@ -638,9 +669,98 @@ def _clip(text: str, width: int = 100) -> str:
 
 
 def _table(rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        _out("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    # plain when piped, as it always was; coloured on a terminal
+    cli_render.table(rows)
+
+
+# -- init, triggers test ----------------------------------------------------------------
+
+
+def _more_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    init = sub.add_parser(
+        "init",
+        help="write a commented starter configuration (and its drop folder)",
+        description="Write a commented starter configuration that runs as written: a "
+        "webhook, a folder of file drops and an hourly schedule, each starting one "
+        "pipeline. An existing file is never overwritten.",
+    )
+    init.add_argument(
+        "path", nargs="?", type=_text, help="where to write it (default: the --config path)"
+    )
+    triggers = sub.add_parser("triggers", help="the configuration's triggers")
+    verbs = triggers.add_subparsers(dest="triggers_command", required=True, metavar="COMMAND")
+    test = verbs.add_parser(
+        "test",
+        help="try a trigger on stored events: which would match, with what inputs",
+        description="Render a trigger's when, inputs and dedupe key against events stored "
+        "from its source and show which would match and with what inputs; nothing is "
+        "started. A field of event.data that the when reads and no event has is named.",
+    )
+    test.add_argument(
+        "trigger",
+        type=_text,
+        help="its name, SOURCE->PIPELINE if it has none, or its number among [[triggers]] from 1",
+    )
+    which = test.add_mutually_exclusive_group()
+    which.add_argument(
+        "--last", "-n", type=int, default=10, help="the last N events of its source (10)"
+    )
+    which.add_argument("--event", "-e", type=_text, metavar="ID", help="this event only")
+    _global_options(test, default=argparse.SUPPRESS)
+
+
+def _init(args: argparse.Namespace) -> int:
+    path = Path(args.path if args.path is not None else args.config)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # "x": never overwrite, even a file that appears between a check and the write
+        with path.open("x", encoding="utf-8") as out:
+            out.write(STARTER_CONFIG)
+    except FileExistsError:
+        raise CuedError(f"{str(path)!r} exists already: not overwritten") from None
+    except OSError as exc:
+        raise CuedError(f"cannot write {str(path)!r}: {exc.strerror}") from None
+    drop = path.parent / STARTER_DROP_FOLDER
+    try:
+        drop.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise CuedError(f"cannot create the folder {str(drop)!r}: {exc.strerror}") from None
+    _out(f"wrote {path} (and the folder {drop}/ it watches)")
+    _out(f"next: cued --config {path} run")
+    return 0
+
+
+async def _triggers(config: Config, args: argparse.Namespace) -> int:
+    async with open_state(config) as state:
+        tried = await trials.try_trigger(
+            state.queries, args.trigger, last=args.last, event_id=args.event
+        )
+    trigger = tried.trigger
+    _out(f"trigger {tried.number}: {trigger.key} ({trigger.source} -> {trigger.pipeline})")
+    _out(f"  when    {trigger.when or '(always)'}")
+    _out(f"  inputs  {json.dumps(trigger.inputs)}")
+    if trigger.dedupe is not None:
+        _out(f"  dedupe  {trigger.dedupe}")
+    _out()
+    if not tried.trials:
+        _out(f"no events of source {trigger.source!r} are stored yet: nothing to try")
+        return 0
+    table = [["EVENT", "RECEIVED", "WOULD", "INPUTS / ERROR"]]
+    for t in tried.trials:
+        detail = t.error or ("" if t.inputs is None else json.dumps(t.inputs))
+        if t.dedupe_key is not None:
+            detail = f"dedupe {t.dedupe_key!r}; {detail}"
+        table.append([t.event.event_id, _time(t.event.received_at), t.outcome, _clip(detail)])
+    _table(table)
+    matched = sum(t.outcome == "matches" for t in tried.trials)
+    _out()
+    _out(f"{matched} of {len(tried.trials)} events would match (nothing was started)")
+    for field in tried.missing_fields:
+        sys.stderr.write(
+            f"cued: warning: when reads {field}, which none of these events has "
+            "(a misspelt field?)\n"
+        )
+    return 0
 
 
 _COMMANDS = {
@@ -657,6 +777,7 @@ _COMMANDS = {
     "prune": _prune,
     "pause": _pause,
     "resume": _pause,
+    "triggers": _triggers,
 }
 
 if __name__ == "__main__":
