@@ -140,6 +140,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX dedupe_by_age ON dedupe_keys (trigger, seen_at);
     CREATE INDEX outbox_by_age ON outbox (created_at);
     """,
+    # traces: the traceparent a run's spans hang from (its event's span), so a run
+    # resumed after a restart goes on in the trace it began in
+    """
+    ALTER TABLE runs ADD COLUMN traceparent TEXT;
+    """,
 )
 
 
