@@ -29,6 +29,7 @@ from cued.daemon.sdk.sources import Receipt, SourceContext
 from cued.plugins.kafka import IDEMPOTENCY_HEADER, KafkaProduceTask
 from tests.support import probes
 from tests.support.fakes import AcceptingIntake, NoRoutes
+from tests.support.http_server import serve_app
 from tests.support.kafka_broker import (
     committed_offsets,
     create_topics,
@@ -43,7 +44,6 @@ from tests.support.kafka_source import (
     record,
     source_toml,
 )
-from tests.support.http_server import serve_app
 from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.running import daemon_running
 
