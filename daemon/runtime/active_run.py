@@ -168,6 +168,9 @@ class ActiveRun:
             and engine is not None
             and (events := asset_events(self.plan, self.row, engine.instances()))
         ):
+            if (traceparent := self.span.traceparent) is not None:
+                # the runs an asset starts continue the trace of the run that produced it
+                events = [replace(e, meta={**e.meta, "traceparent": traceparent}) for e in events]
             await driving.assets(events)
         error = None
         if state is RunState.FAILED and engine is not None:

@@ -232,3 +232,38 @@ async def test_a_sample_ratio_of_zero_sends_no_new_trace(make_config):
     # still propagated, with the sampled flag off: the callee records nothing either
     flags = target.hits[0].headers["traceparent"].rsplit("-", 1)[1]
     assert int(flags, 16) & 0x01 == 0
+
+
+async def test_a_run_an_asset_starts_continues_the_producing_runs_trace(make_config):
+    otlp, target = OtlpReceiver(), Receiver()
+    async with serve_app(otlp.app()) as endpoint, serve_app(target.app) as target_url:
+        config = make_config(
+            PIPELINE.format(target=target_url).replace(
+                'timeout = "20s"', 'timeout = "20s"\nproduces = ["shipments"]'
+            )
+            + """
+[pipelines.report.tasks.count]
+kind = "sleep"
+seconds = 0
+
+[[triggers]]
+source = "asset:shipments"
+pipeline = "report"
+"""
+            + TELEMETRY.format(endpoint=endpoint)
+        )
+        async with daemon_running(config) as info:
+            (ship,) = await wait_finished(info, await post_order(info, {"traceparent": CALLER}))
+            with anyio.fail_after(20):
+                while not (
+                    reports := await info.runner.store.list_runs(limit=10, pipeline="report")
+                ):  # noqa: ASYNC110 - the store has nothing to wait on
+                    await anyio.sleep(0.02)
+            await wait_finished(info, [reports[0].run_id])
+        with anyio.fail_after(20):
+            await otlp.until(lambda: len(otlp.named("run report")) == 1)
+    assert ship.state == "succeeded"
+    assert {s.trace_id for s in otlp.spans} == {CALLER_TRACE}
+    asset_event = one(otlp.named("event asset:shipments"))
+    assert asset_event.parent_span_id == one(otlp.named("run ship")).span_id
+    assert one(otlp.named("run report")).parent_span_id == asset_event.span_id
