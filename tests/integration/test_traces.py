@@ -252,14 +252,12 @@ pipeline = "report"
 """
             + TELEMETRY.format(endpoint=endpoint)
         )
+        reported = anyio.Event()
         async with daemon_running(config) as info:
+            info.runner.on_run_finished(lambda row: row.pipeline == "report" and reported.set())
             (ship,) = await wait_finished(info, await post_order(info, {"traceparent": CALLER}))
             with anyio.fail_after(20):
-                while not (
-                    reports := await info.runner.store.list_runs(limit=10, pipeline="report")
-                ):  # noqa: ASYNC110 - the store has nothing to wait on
-                    await anyio.sleep(0.02)
-            await wait_finished(info, [reports[0].run_id])
+                await reported.wait()
         with anyio.fail_after(20):
             await otlp.until(lambda: len(otlp.named("run report")) == 1)
     assert ship.state == "succeeded"
