@@ -36,7 +36,9 @@ What an event holds (everything from the message goes through
 * ``meta``: ``topic``, ``partition``, ``offset``, ``key`` (text, or ``null``),
   ``headers`` (name to text), ``timestamp_ms`` (the message's Kafka timestamp),
   ``encoding``, and ``base64`` listing the key or headers given as base64 when they are
-  not UTF-8 (``["key", "headers.trace"]``), only when there are such.
+  not UTF-8 (``["key", "headers.trace"]``), only when there are such; and
+  ``traceparent``, the producer's W3C trace context from a valid ``traceparent``
+  header (the event's span and its runs' continue that trace).
 
 Either way the offset is committed: a message that cannot be used is recorded once, and
 not met again after a restart.
@@ -72,6 +74,7 @@ from cued.daemon.sdk import (
     json_value,
     looks_like_json,
     now,
+    parse_traceparent,
     resolve_secret,
     text_or_base64,
 )
@@ -228,6 +231,9 @@ def message_event(source: str, record: ConsumerRecord[Any, Any], received_at: fl
     }
     if binary:
         meta["base64"] = binary
+    # the producer's trace, which the event's span and its runs' continue
+    if (traceparent := _traceparent(record.headers)) is not None:
+        meta["traceparent"] = traceparent
     return Event(
         source=source,
         event_id=f"{source}:{record.topic}:{record.partition}:{record.offset}",
@@ -236,6 +242,13 @@ def message_event(source: str, record: ConsumerRecord[Any, Any], received_at: fl
         received_at=received_at,
         error=error,
     )
+
+
+def _traceparent(headers: Any) -> str | None:
+    for name, raw in headers or ():
+        if name.lower() == "traceparent":
+            return parse_traceparent(raw)
+    return None
 
 
 def _unreadable_event(

@@ -35,7 +35,8 @@ What an event holds (everything from the request goes through
 * ``meta``: ``path``, ``query``, and ``headers`` (as UTF-8 text, escaped where they are
   not), without ``Authorization``, ``Cookie`` and the header that carries the signature
   or token: events are shown to every viewer, and a signature with its body could be
-  sent again.
+  sent again; and ``traceparent``, the caller's W3C trace context, when it sent a valid
+  one (the event's span and its runs' continue that trace).
 
 A redelivery that carries the same delivery id (``id_header``; GitHub's
 ``X-GitHub-Delivery`` by default for ``signature = "github"``) is answered ``200`` with
@@ -67,6 +68,7 @@ from cued.daemon.sdk import (
     looks_like_json,
     new_id,
     now,
+    parse_traceparent,
     resolve_secret,
 )
 
@@ -192,6 +194,8 @@ class WebhookSource:
                 "headers": {
                     k: header_text(v) for k, v in request.headers.items() if k not in self._unstored
                 },
+                # the caller's trace, which the event's span and its runs' continue
+                **_trace(request.headers.get("traceparent")),
             },
             received_at=now(),
             error=parsed.error,
@@ -289,3 +293,9 @@ def _parse(content_type: str, body: bytes) -> tuple[Parsed, bool]:
             ), True
         return form_value(body), False
     return Parsed(decode_text(body)), False
+
+
+def _trace(header: str | None) -> dict[str, str]:
+    """``meta.traceparent``: the caller's trace context, when it sent a valid one."""
+    traceparent = parse_traceparent(header)
+    return {} if traceparent is None else {"traceparent": traceparent}

@@ -1,7 +1,7 @@
 """The daemon: wires store, runner and servers into one task group, and stops gracefully.
 
 ```
-async with store, http client, task group:
+async with tracing, store, http client, task group:
     runner.serve        resumes unfinished runs, then runs what is submitted
     control API         on a Unix socket beside the state file (the CLI's way in; who may
                         use it: daemon/web/control.py), and
@@ -41,6 +41,7 @@ from cued.daemon.runtime.metrics import Metrics
 from cued.daemon.runtime.retention import prune_periodically
 from cued.daemon.runtime.runner import Runner
 from cued.daemon.runtime.spending import StoreSpending
+from cued.daemon.runtime.telemetry import TracedTransport, open_tracing
 from cued.daemon.sdk.sources import SourceContext
 from cued.daemon.store.filemodes import private_file
 from cued.daemon.store.sqlite import open_store
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from cued.daemon.config import Config
     from cued.daemon.runtime.asset_events import AssetSink
     from cued.daemon.sdk.kinds import TaskKind
+    from cued.daemon.sdk.tracing import Tracing
     from cued.daemon.store import Store
 
 __all__ = ["DaemonInfo", "control_socket_path", "open_runner", "open_state", "run_daemon"]
@@ -119,9 +121,9 @@ async def open_runner(
     :param resume: resume unfinished runs at once
     :raises CuedError: if another daemon holds the lock
     """
-    async with _opened(config, lock=lock) as (store, http, kinds):
+    async with _opened(config, lock=lock) as (store, http, kinds, tracing):
         alerts = _alerts(config, store, http)
-        runner = _runner(config, store, http, kinds, _backlog(config), alerts)
+        runner = _runner(config, store, http, kinds, _backlog(config), alerts, tracing=tracing)
         async with _serving(runner, resume_unfinished=resume):
             yield runner
 
@@ -137,13 +139,15 @@ class _Parts:
 @asynccontextmanager
 async def _open_parts(config: Config) -> AsyncIterator[_Parts]:
     """The daemon's store, runner (serving) and intake, and its alerts if configured."""
-    async with _opened(config, lock=True) as (store, http, kinds):
+    async with _opened(config, lock=True) as (store, http, kinds, tracing):
         alerts = _alerts(config, store, http)
         backlog = _backlog(config)
         # each needs the other: the runner records the asset events of the runs that
         # succeed through intake, and intake's loop is given the runner to start runs
-        intake = DaemonIntake(config, store, backlog)
-        runner = _runner(config, store, http, kinds, backlog, alerts, intake.record)
+        intake = DaemonIntake(config, store, backlog, tracing)
+        runner = _runner(
+            config, store, http, kinds, backlog, alerts, intake.record, tracing=tracing
+        )
         # unfinished runs are resumed once the sources have started: a source may first
         # have to finish acknowledging what a crash left recorded but unacknowledged
         async with _serving(runner, resume_unfinished=False):
@@ -153,20 +157,31 @@ async def _open_parts(config: Config) -> AsyncIterator[_Parts]:
 @asynccontextmanager
 async def _opened(
     config: Config, *, lock: bool
-) -> AsyncIterator[tuple[Store, httpx.AsyncClient, dict[str, TaskKind]]]:
-    """The store, the shared HTTP client and the task kinds, closed in the reverse order."""
+) -> AsyncIterator[tuple[Store, httpx.AsyncClient, dict[str, TaskKind], Tracing]]:
+    """The store, the shared HTTP client, the task kinds and tracing, closed in the
+    reverse order (tracing last: it sends the spans of runs stopped before it)."""
     state = config.state_path
     _state_folder(state)
     config_folder_first(config.base_dir)  # python tasks find modules beside the config
     limits = httpx.Limits(max_connections=config.daemon.max_running_tasks)
     with _exclusive(state) if lock else nullcontext():
         async with (
+            open_tracing(config.telemetry) as tracing,
             open_store(state, synchronous=config.daemon.synchronous) as store,
             # no read timeout of its own: each task's `timeout` bounds its requests
-            httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=10.0)) as http,
+            httpx.AsyncClient(
+                limits=limits,
+                timeout=httpx.Timeout(None, connect=10.0),
+                # traced: each request of a task attempt gets a span and a traceparent
+                transport=(
+                    TracedTransport(httpx.AsyncHTTPTransport(limits=limits))
+                    if tracing.enabled
+                    else None
+                ),
+            ) as http,
             _closing(kinds := _kinds(config)),
         ):
-            yield store, http, kinds
+            yield store, http, kinds, tracing
 
 
 def _backlog(config: Config) -> Backlog[Any]:
@@ -187,6 +202,8 @@ def _runner(
     backlog: Backlog[Any],
     alerts: Alerts | None,
     assets: AssetSink | None = None,
+    *,
+    tracing: Tracing,
 ) -> Runner:
     return Runner(
         config,
@@ -197,6 +214,7 @@ def _runner(
         spending=StoreSpending(store),
         alerts=alerts,
         assets=assets,
+        tracing=tracing,
     )
 
 

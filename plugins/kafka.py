@@ -15,7 +15,12 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field
 
-from cued.daemon.sdk import PermanentTaskError, TaskError
+from cued.daemon.sdk import (
+    PermanentTaskError,
+    TaskError,
+    current_traceparent,
+    outgoing_span,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -100,12 +105,29 @@ class KafkaProduceTask:
         headers = {IDEMPOTENCY_HEADER: ctx.idempotency_key, **params.headers}
         producer = await self._producer(params.bootstrap, params.acks)
         try:
-            sent = await producer.send_and_wait(
-                params.topic,
-                value,
-                key=params.key.encode() if params.key is not None else None,
-                headers=[(name, text.encode()) for name, text in headers.items()],
-            )
+            with outgoing_span(
+                f"kafka produce {params.topic}",
+                kind="producer",
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": params.topic,
+                },
+            ) as span:
+                # the consumer continues this trace (a cued kafka source does)
+                if (traceparent := current_traceparent()) is not None:
+                    headers.setdefault("traceparent", traceparent)
+                sent = await producer.send_and_wait(
+                    params.topic,
+                    value,
+                    key=params.key.encode() if params.key is not None else None,
+                    headers=[(name, text.encode()) for name, text in headers.items()],
+                )
+                span.set(
+                    **{
+                        "messaging.destination.partition.id": str(sent.partition),
+                        "messaging.kafka.offset": sent.offset,
+                    }
+                )
         except MessageSizeTooLargeError as exc:
             raise PermanentTaskError(
                 f"the message for topic {params.topic!r} is too large ({len(value)} bytes): {exc}"

@@ -50,6 +50,7 @@ from cued.daemon.sdk import (
     PermanentTaskError,
     TaskError,
     backoff_s,
+    current_span,
     has_template,
     mark_secret,
 )
@@ -567,6 +568,16 @@ def _meter(
         + usage.completion_tokens / 1000 * params.price_per_1k_output
     )
     ctx.meter.add(cost, recorded)
+    # on the attempt's span, in OpenTelemetry's names for AI calls (the runtime adds the
+    # meter's totals as cued.cost and cued.usage.*)
+    current_span().set(
+        **{
+            "gen_ai.request.model": params.model,
+            "gen_ai.usage.input_tokens": usage.prompt_tokens,
+            "gen_ai.usage.output_tokens": usage.completion_tokens,
+            "gen_ai.usage.cost": cost,
+        }
+    )
     return recorded, cost
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "RetentionConfig",
     "SourceConfig",
     "TaskConfig",
+    "TelemetryConfig",
     "TriggerConfig",
     "load_config",
     "parse_config",
@@ -193,6 +194,24 @@ class RetentionConfig(_Model):
     """How often the daemon prunes (and once when it starts)."""
 
 
+class TelemetryConfig(_Model):
+    """The ``[telemetry]`` table: traces (OpenTelemetry, ``pip install cued[otel]``) sent
+    over OTLP/HTTP. Without the table the daemon makes no spans; with it and without the
+    extra installed, it warns once and runs on without them."""
+
+    enabled: bool = True
+    """``false`` keeps the table but makes no spans."""
+    otlp_endpoint: str | None = Field(None, pattern=r"^https?://[^\s]+$")
+    """The collector's OTLP/HTTP address, ``http://127.0.0.1:4318`` (spans go to its
+    ``/v1/traces``); unset, the standard ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` variable, else ``http://localhost:4318``."""
+    service_name: str = Field("cued", min_length=1)
+    """The ``service.name`` of the spans."""
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    """The share of new traces kept; a trace a caller started follows the caller's
+    choice (its ``traceparent``'s sampled flag)."""
+
+
 class AuthConfig(_Model):
     """The ``[auth]`` table."""
 
@@ -216,6 +235,7 @@ class Config(_Model):
     triggers: list[TriggerConfig] = Field(default_factory=list)
     alerts: dict[str, AlertConfig] = Field(default_factory=dict)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    telemetry: TelemetryConfig | None = None
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _warnings: tuple[ConfigProblem, ...] = PrivateAttr(default=())
 
@@ -241,7 +261,17 @@ def _keys(model: type[BaseModel]) -> tuple[str, ...]:
     return tuple(field.alias or name for name, field in model.model_fields.items())
 
 
-_TOP_KEYS = ("daemon", "http", "auth", "pipelines", "sources", "triggers", "alerts", "retention")
+_TOP_KEYS = (
+    "daemon",
+    "http",
+    "auth",
+    "pipelines",
+    "sources",
+    "triggers",
+    "alerts",
+    "retention",
+    "telemetry",
+)
 _TASK_KEYS = _keys(TaskConfig)
 
 
@@ -350,6 +380,8 @@ class _Checker:
         for name, pipeline in pipelines.items():
             self.check_pipeline(name, pipeline, pools)
         self.validate(RetentionConfig, raw.get("retention", {}), ("retention",))
+        if "telemetry" in raw:
+            self.validate(TelemetryConfig, raw["telemetry"], ("telemetry",))
         http = self.validate(HttpConfig, raw.get("http", {}), ("http",))
         auth = self.validate(AuthConfig, raw.get("auth", {}), ("auth",))
         if (

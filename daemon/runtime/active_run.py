@@ -22,6 +22,7 @@ from cued.daemon.runtime.attempts import stopped_row
 from cued.daemon.runtime.gates import gate_row
 from cued.daemon.runtime.instance_rows import instance_row
 from cued.daemon.sdk.kinds import Meter
+from cued.daemon.sdk.tracing import NO_SPAN, Span
 from cued.daemon.store import AttemptRow
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from cued.daemon.runtime.run_alerts import RunAlerts
     from cued.daemon.runtime.slots import Slots
     from cued.daemon.sdk.kinds import AwaitingDecision
+    from cued.daemon.sdk.tracing import Tracing
     from cued.daemon.store import Durable, Row, RunRow, Store
 
 __all__ = ["ActiveRun", "Driving"]
@@ -61,6 +63,8 @@ class Driving:
     left: Callable[[ActiveRun, bool], None]
     """The run left memory: ended (True), or parked at a gate (False)."""
     log: structlog.typing.FilteringBoundLogger
+    tracing: Tracing
+    """Makes the spans of the run's attempts."""
 
 
 class ActiveRun:
@@ -80,12 +84,19 @@ class ActiveRun:
         """Set once the run starts (None while it waits for a slot)."""
         self.done = anyio.Event()
         """Set when the run leaves memory (ended or parked)."""
+        self.span: Span = NO_SPAN
+        """The span of this time the run is driven: its attempts' spans hang from it."""
         self._prior = prior
         self._driving = driving
         self._store = driving.store
         self._scope: anyio.CancelScope | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._cancelled = False
+
+    @property
+    def prior(self) -> dict[str, Instance]:
+        """Its instances as recorded when it came into memory (empty for a new run)."""
+        return self._prior
 
     async def drive(self) -> RunState | None:
         """Start the run and drive it until nothing of it runs; returns the engine's state
@@ -157,6 +168,9 @@ class ActiveRun:
             and engine is not None
             and (events := asset_events(self.plan, self.row, engine.instances()))
         ):
+            if (traceparent := self.span.traceparent) is not None:
+                # the runs an asset starts continue the trace of the run that produced it
+                events = [replace(e, meta={**e.meta, "traceparent": traceparent}) for e in events]
             await driving.assets(events)
         error = None
         if state is RunState.FAILED and engine is not None:
@@ -222,17 +236,36 @@ class ActiveRun:
             )
             log.debug("task_started")
             meter = Meter()
+            span = driving.tracing.start(
+                f"task {inst.key}",
+                parent=self.span,
+                attributes={
+                    "cued.run.id": run_id,
+                    "cued.task": inst.task,
+                    "cued.task.key": inst.key,
+                    "cued.task.kind": self.plan.tasks[inst.task].config.kind,
+                    "cued.attempt": start.attempt,
+                },
+            )
             with driving.slots.running():
                 try:
-                    outcome = await driving.attempts.run(self.plan, self.row, start, log, meter)
+                    with driving.tracing.current(span):
+                        outcome = await driving.attempts.run(self.plan, self.row, start, log, meter)
                 except anyio.get_cancelled_exc_class():
                     # a cancelled run marks its instances cancelled; a daemon shutting down
                     # leaves them running, so that a restart runs them again
                     state = "cancelled" if engine.state is RunState.CANCELLED else "interrupted"
                     self._store.submit([stopped_row(run_id, start, state, started_at, meter)])
+                    _end_attempt_span(span, meter, state, None)
                     raise
         ended_at = now()
         outcome = outcome.kept()
+        _end_attempt_span(
+            span,
+            meter,
+            "failed" if outcome.error else ("waiting" if outcome.awaiting else "succeeded"),
+            outcome.error,
+        )
         if (ask := outcome.awaiting) is not None:
             await self._await_decision(inst, start.attempt, started_at, ask)
             return
@@ -276,3 +309,14 @@ class ActiveRun:
         )
         self._driving.gates.opened()
         self._driving.alerts.wake()
+
+
+def _end_attempt_span(span: Span, meter: Meter, state: str, error: str | None) -> None:
+    """End an attempt's span with how it ended and what it spent (an AI step's cost and
+    tokens, as its kind reported them)."""
+    span.set(**{"cued.attempt.state": state, "cued.cost": meter.cost})
+    for key, value in (meter.usage or {}).items():
+        span.set(**{f"cued.usage.{key}": value})
+    if error is not None:
+        span.fail(error)
+    span.end()

@@ -14,6 +14,10 @@ check and one commit, not a hundred of each:
 4. once committed: hand the new runs to the runner (the :class:`RunQueue` the loop is
    given) and answer every caller, which then acknowledges to its source.
 
+Each event recorded gets a span, from matching to commit, a child of the caller's span
+when its ``meta.traceparent`` names one (a webhook's or a Kafka message's header); the
+runs it starts keep that span's ``traceparent``, so their spans hang from it.
+
 The loop goes on to the next batch while a batch commits; ids and dedupe keys stay
 "pending" until their commit, so two deliveries of one event racing each other start its
 runs once.
@@ -28,10 +32,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from cued.daemon.core.ids import now
+from cued.daemon.core.tracecontext import parse_traceparent
 from cued.daemon.core.triggers import Match, match
 from cued.daemon.errors import CuedError, StoreError
 from cued.daemon.logs import get_logger
 from cued.daemon.sdk.sources import Receipt
+from cued.daemon.sdk.tracing import Span, Tracing
 from cued.daemon.store import CursorRow, DedupeRow, EventRow
 
 if TYPE_CHECKING:
@@ -57,9 +63,14 @@ class RunQueue(Protocol):
     asset events here, so this module must not know it)."""
 
     def new_run(
-        self, pipeline: str, inputs: dict[str, Any] | None = None, *, event_id: str | None = None
+        self,
+        pipeline: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        event_id: str | None = None,
+        traceparent: str | None = None,
     ) -> RunRow:
-        """A queued run of ``pipeline``, to record.
+        """A queued run of ``pipeline``, to record; its spans hang from ``traceparent``.
 
         :raises CuedError: if the pipeline, or an input, is unknown
         """
@@ -87,6 +98,8 @@ class _Batch:
     runs: list[RunRow] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
     keys: set[tuple[str, str]] = field(default_factory=set)
+    spans: list[Span] = field(default_factory=list)
+    """The events' spans, ended once the batch is committed."""
 
 
 class DaemonIntake:
@@ -96,11 +109,19 @@ class DaemonIntake:
     :param config: triggers come from here
     :param store: where events, runs and dedupe keys are recorded
     :param backpressure: whether sources may send more (the runner's backlog)
+    :param tracing: makes the events' spans (off by default)
     """
 
-    def __init__(self, config: Config, store: Store, backpressure: Backpressure) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        backpressure: Backpressure,
+        tracing: Tracing | None = None,
+    ) -> None:
         self._store = store
         self._backpressure = backpressure
+        self._tracing = tracing or Tracing()
         self._triggers: dict[str, list[TriggerConfig]] = defaultdict(list)
         for trigger in config.triggers:
             self._triggers[trigger.source].append(trigger)
@@ -204,11 +225,18 @@ class DaemonIntake:
             if fired is None:
                 request.receipts.append(Receipt(event.event_id, "duplicate"))
                 continue
-            started, errors = self._start_runs(runs, event, fired, seen, batch, stamp)
+            span = self._event_span(event)
+            started, errors = self._start_runs(
+                runs, event, fired, seen, batch, stamp, span.traceparent or _caller(event)
+            )
             errors = [*([event.error] if event.error else []), *notes, *errors]
             status = "invalid" if event.error else ("matched" if started else "unmatched")
             run_ids = tuple(r.run_id for r in started)
             error = "; ".join(errors) or None
+            span.set(**{"cued.event.status": status, "cued.event.runs": len(run_ids)})
+            if event.error:
+                span.fail(event.error)
+            batch.spans.append(span)
             batch.rows.append(
                 EventRow(
                     event.event_id,
@@ -241,6 +269,10 @@ class DaemonIntake:
         finally:
             self._pending_ids -= batch.ids
             self._pending_keys -= batch.keys
+            for span in batch.spans:
+                if error is not None:
+                    span.fail(f"not recorded: {error}")
+                span.end()
         for request in batch.requests:
             request.error = error
             if error is None and request.acknowledge is not None:
@@ -261,6 +293,7 @@ class DaemonIntake:
         seen: dict[tuple[str, str], float],
         batch: _Batch,
         stamp: float,
+        traceparent: str | None,
     ) -> tuple[list[RunRow], list[str]]:
         started: list[RunRow] = []
         errors: list[str] = []
@@ -283,7 +316,26 @@ class DaemonIntake:
                 batch.keys.add(pair)
                 batch.rows.append(DedupeRow(m.trigger, m.dedupe_key, stamp))
             try:
-                started.append(runs.new_run(m.pipeline, m.inputs, event_id=event.event_id))
+                started.append(
+                    runs.new_run(
+                        m.pipeline, m.inputs, event_id=event.event_id, traceparent=traceparent
+                    )
+                )
             except CuedError as exc:
                 errors.append(f"trigger {m.trigger!r}: {exc}")
         return started, errors
+
+    def _event_span(self, event: Event) -> Span:
+        return self._tracing.start(
+            f"event {event.source}",
+            parent=_caller(event),
+            kind="consumer",
+            attributes={"cued.event.id": event.event_id, "cued.source": event.source},
+        )
+
+
+def _caller(event: Event) -> str | None:
+    """The caller's ``traceparent`` a source read into the event, if any (sources check
+    it; the store gives back what it kept, so it is checked again here)."""
+    value = event.meta.get("traceparent") if isinstance(event.meta, dict) else None
+    return parse_traceparent(value) if isinstance(value, str) else None

@@ -20,6 +20,8 @@ alerts          RunAlerts (run_alerts.py) builds the outbox rows committed with 
 asset events    asset_events.py builds them; the AssetSink it is given (intake) records them
 approval gates  Gates (gates.py) decide and expire them; the runner is their GateHost
 deadlines       Deadlines (deadlines.py) watch the runs it starts
+traces          each time a run is driven, a span from the run row's traceparent (its
+                event's span), which its attempts' spans hang from (sdk/tracing.py)
 ```
 
 A paused pipeline (:meth:`Runner.pause`, recorded in the store) starts no new run: its
@@ -51,6 +53,7 @@ from cued.daemon.runtime.gates import Gates
 from cued.daemon.runtime.instance_rows import instances_of
 from cued.daemon.runtime.run_alerts import RunAlerts
 from cued.daemon.runtime.slots import Slots
+from cued.daemon.sdk.tracing import Tracing
 from cued.daemon.store import PauseRow, RunRow
 
 if TYPE_CHECKING:
@@ -83,6 +86,7 @@ class Runner:
     :param assets: where the asset events of a succeeded run go (intake), before the run
         is recorded as succeeded: a crash in between resumes the run, which finishes again
         and sends the same events, which intake recognises
+    :param tracing: makes the spans of runs and attempts (off by default)
     """
 
     def __init__(
@@ -96,8 +100,10 @@ class Runner:
         spending: Spending,
         alerts: AlertSink | None = None,
         assets: AssetSink | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
+        self.tracing = tracing or Tracing()
         self.store = store
         self.kinds = kinds
         self.plans = {name: PipelinePlan.build(name, p) for name, p in config.pipelines.items()}
@@ -122,6 +128,7 @@ class Runner:
             self._retry_delay_s,
             self._left,
             self.log,
+            self.tracing,
         )
         self._runs: dict[str, ActiveRun] = {}
         self._run_listeners: list[Callable[[RunRow], None]] = []
@@ -191,10 +198,16 @@ class Runner:
     # -- starting and stopping runs ----------------------------------------------------
 
     def new_run(
-        self, pipeline: str, inputs: dict[str, Any] | None = None, *, event_id: str | None = None
+        self,
+        pipeline: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        event_id: str | None = None,
+        traceparent: str | None = None,
     ) -> RunRow:
         """A queued run of ``pipeline``, its inputs checked and defaults filled in; record it
-        (``store.submit``), then hand it to :meth:`enqueue`.
+        (``store.submit``), then hand it to :meth:`enqueue`. Its spans hang from
+        ``traceparent`` (its event's span).
 
         :raises NotFound: if there is no such pipeline
         :raises InvalidRequest: if an input is not declared by the pipeline
@@ -226,6 +239,7 @@ class Runner:
             {**declared, **given},
             now(),
             event_id=event_id,
+            traceparent=traceparent,
         )
 
     async def start_run(self, pipeline: str, inputs: dict[str, Any] | None = None) -> RunRow:
@@ -235,6 +249,13 @@ class Runner:
         :raises InvalidRequest: if an input is not declared by the pipeline
         """
         row = self.new_run(pipeline, inputs)
+        if self.tracing.enabled:
+            # the trace of a run no event started begins here, with a span the run's
+            # spans hang from, also after a restart (the row keeps its traceparent)
+            with self.tracing.span(
+                f"trigger {pipeline}", attributes={"cued.run.id": row.run_id}
+            ) as span:
+                row = replace(row, traceparent=span.traceparent)
         await self.store.submit([row]).wait()
         self.enqueue(row)
         return row
@@ -381,6 +402,17 @@ class Runner:
         self._tg.start_soon(self._drive, run, name=f"run {run.row.run_id}")
 
     async def _drive(self, run: ActiveRun) -> None:
+        # one span for each time the run is driven: a resumed run gets another, in the
+        # same trace and under the same parent
+        run.span = span = self.tracing.start(
+            f"run {run.row.pipeline}",
+            parent=run.row.traceparent,
+            attributes={
+                "cued.run.id": run.row.run_id,
+                "cued.pipeline": run.row.pipeline,
+                "cued.resumed": bool(run.prior),
+            },
+        )
         try:
             state = await run.drive()
             if state is None:
@@ -390,6 +422,11 @@ class Runner:
             elif run.engine is not None and run.engine.parked():
                 await run.park()
         finally:
+            # a run still running here is being stopped with the daemon
+            span.set(**{"cued.run.state": run.row.state})
+            if run.row.error is not None:
+                span.fail(run.row.error)
+            span.end()
             self.slots.free_run_slot(run.row.pipeline)
             # a paused pipeline keeps what waits in the backlog until it is unpaused
             if (

@@ -15,6 +15,10 @@ sources) and ``plugins/`` (task kinds) may use, and an outside plugin should too
 * templates (:func:`has_template`, for a ``Params.template_problems``);
 * programs a task runs: their environment (:func:`program_env`) and :func:`run_program`,
   which kills the program's whole process group when the task is cancelled;
+* traces (when the daemon has them, see ``[telemetry]``): the attempt's span
+  (:func:`current_span`, to set attributes on), a span for each call a task makes
+  (:func:`outgoing_span`), the ``traceparent`` to send on (:func:`current_traceparent`)
+  and the one to read from a caller (:func:`parse_traceparent`, for a source's ``meta``);
 * :func:`backoff_s` for retries inside an attempt, :func:`new_id` and :func:`now`, and
   :func:`error_response`, the daemon's one JSON refusal body, for a source serving HTTP.
 
@@ -32,6 +36,7 @@ from cued.daemon.core.backoff import backoff_s
 from cued.daemon.core.ids import new_id, now
 from cued.daemon.core.templates import SHELL_QUOTE_FILTERS, TemplateProblem, has_template
 from cued.daemon.core.templates import parse as parse_template
+from cued.daemon.core.tracecontext import parse_traceparent
 from cued.daemon.core.untrusted import (
     Parsed,
     bounded_id,
@@ -62,6 +67,7 @@ from cued.daemon.sdk.kinds import (
 )
 from cued.daemon.sdk.processes import ProgramExit, run_program
 from cued.daemon.sdk.sources import Event, Intake, Receipt, Source, SourceContext, WebRoutes
+from cued.daemon.sdk.tracing import Span, current_span, current_traceparent, outgoing_span
 
 __all__ = [
     "SHELL_QUOTE_FILTERS",
@@ -81,6 +87,7 @@ __all__ = [
     "Receipt",
     "Source",
     "SourceContext",
+    "Span",
     "Spending",
     "StoreError",
     "TaskContext",
@@ -91,6 +98,8 @@ __all__ = [
     "WebRoutes",
     "backoff_s",
     "bounded_id",
+    "current_span",
+    "current_traceparent",
     "decode_text",
     "error_response",
     "form_value",
@@ -102,7 +111,9 @@ __all__ = [
     "new_id",
     "now",
     "os_name",
+    "outgoing_span",
     "parse_template",
+    "parse_traceparent",
     "program_env",
     "resolve_secret",
     "run_program",

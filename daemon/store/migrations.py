@@ -153,6 +153,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX runs_finished ON runs (ended_at)
         WHERE state IN ('succeeded', 'failed', 'cancelled', 'skipped');
     """,
+    # traces: the traceparent a run's spans hang from (its event's span), so a run
+    # resumed after a restart goes on in the trace it began in
+    """
+    ALTER TABLE runs ADD COLUMN traceparent TEXT;
+    """,
 )
 
 

@@ -48,6 +48,9 @@ class RunRow:
     ended_at: float | None = None
     error: str | None = None
     event_id: str | None = None
+    traceparent: str | None = None
+    """The W3C ``traceparent`` the run's spans hang from: its event's span, or the
+    caller's (see :mod:`cued.daemon.sdk.tracing`); kept so a resumed run stays in its trace."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,7 +62,7 @@ _log = get_logger()
 
 
 _UPSERT_RUN = """
-INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
     ended_at = excluded.ended_at, error = excluded.error
 """

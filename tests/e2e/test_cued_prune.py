@@ -50,7 +50,8 @@ async def test_prune_goes_through_a_running_daemon(tmp_path: Path) -> None:
         old = run_rows(OLD)[0]
         with sqlite3.connect(state, timeout=10) as db:
             db.execute(
-                "INSERT INTO runs VALUES (?, 'p', 'failed', '{}', ?, ?, ?, NULL, NULL)",
+                "INSERT INTO runs (run_id, pipeline, state, inputs, created_at, started_at, "
+                "ended_at) VALUES (?, 'p', 'failed', '{}', ?, ?, ?)",
                 (old.run_id, OLD, OLD, OLD),  # type: ignore[union-attr]
             )
         dry = cued(config_path, "prune", "--dry-run")

@@ -456,7 +456,8 @@ def test_runs_an_older_daemon_kept_unrepaired_read_back(daemon):
     at = time.time() + 3600
     with sqlite3.connect(daemon.state, timeout=10) as db:
         db.executemany(
-            "INSERT INTO runs VALUES (?, 'p', 'succeeded', ?, ?, ?, ?, NULL, NULL)",
+            "INSERT INTO runs (run_id, pipeline, state, inputs, created_at, started_at, ended_at) "
+            "VALUES (?, 'p', 'succeeded', ?, ?, ?, ?)",
             [
                 ("r-old-surrogate", '{"n": "\\ud800"}', at, at, at),
                 ("r-old-deep", '{"n": ' + deep + "}", at, at, at),

@@ -29,6 +29,7 @@ from cued.daemon.sdk.sources import Receipt, SourceContext
 from cued.plugins.kafka import IDEMPOTENCY_HEADER, KafkaProduceTask
 from tests.support import probes
 from tests.support.fakes import AcceptingIntake, NoRoutes
+from tests.support.http_server import serve_app
 from tests.support.kafka_broker import (
     committed_offsets,
     create_topics,
@@ -43,6 +44,7 @@ from tests.support.kafka_source import (
     record,
     source_toml,
 )
+from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.running import daemon_running
 
 if TYPE_CHECKING:
@@ -621,6 +623,66 @@ args = {{ name = "{{{{ inputs.id }}}}" }}
     assert {r.inputs["id"]: r.inputs["key"] for r in sunk} == {
         i: f"{by_id[i].run_id}/send" for i in ("c1", "c2")
     }
+
+
+async def test_a_messages_trace_goes_on_through_a_produce_into_the_run_it_starts(
+    kafka, make_config
+):
+    otlp = OtlpReceiver()
+    caller_trace, caller_span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    first, second = unique_name("in"), unique_name("chained")
+    await create_topics(kafka.bootstrap, first, second)
+    async with serve_app(otlp.app()) as endpoint:
+        config = make_config(
+            daemon_toml(
+                f"""
+[telemetry]
+otlp_endpoint = "{endpoint}"
+
+[pipelines.forward]
+[pipelines.forward.tasks.send]
+kind = "kafka"
+bootstrap = "{kafka.bootstrap}"
+topic = "{second}"
+value = {{ via = "forward" }}
+
+[pipelines.sink]
+[pipelines.sink.tasks.handle]
+kind = "sleep"
+seconds = 0
+""",
+                source_toml("incoming", kafka.bootstrap, [first], unique_name("cued")),
+                source_toml("chained", kafka.bootstrap, [second], unique_name("cued")),
+                '[[triggers]]\nsource = "incoming"\npipeline = "forward"\n'
+                '[[triggers]]\nsource = "chained"\npipeline = "sink"\n',
+            )
+        )
+        async with daemon_running(config) as info:
+            traceparent = f"00-{caller_trace}-{caller_span}-01".encode()
+            await produce(
+                kafka.bootstrap, first, [{"n": 1}], headers=[("traceparent", traceparent)]
+            )
+            (sunk,) = await finished_runs(info, "sink", 1)
+            (chained,) = await events_of(info, "chained")
+        with anyio.fail_after(WAIT_S):
+            await otlp.until(lambda: len(otlp.named("run ")) >= 2)
+    assert sunk.state == "succeeded"
+    spans = {s.name: s for s in otlp.spans}
+    produced = spans[f"kafka produce {second}"]
+    # one trace from the first producer to the last run; the message produced carries it
+    assert {s.trace_id for s in otlp.spans} == {caller_trace}
+    assert spans["event incoming"].parent_span_id == caller_span
+    assert produced.kind == "producer"
+    assert produced.parent_span_id == spans["task send"].span_id
+    assert chained.meta["traceparent"] == f"00-{caller_trace}-{produced.span_id}-01"
+    assert spans["event chained"].parent_span_id == produced.span_id
+    assert spans["run sink"].parent_span_id == spans["event chained"].span_id
+
+
+def test_a_traceparent_header_that_is_not_one_is_left_out_of_meta():
+    event = message_event("src", record(b"{}", headers=[("traceparent", b"\xff-not-a")]), 0.0)
+    assert "traceparent" not in event.meta
+    assert event.meta["headers"]["traceparent"] == base64.b64encode(b"\xff-not-a").decode()
 
 
 # -- pure parts -----------------------------------------------------------------------------

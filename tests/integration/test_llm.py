@@ -20,6 +20,7 @@ from cued.plugins.llm import _answer_problems, _retry_after_s, _schema_validator
 from tests.support import probes
 from tests.support.fake_llm import FakeLlm, Reply
 from tests.support.http_server import serve_app
+from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.running import daemon_running
 
 if TYPE_CHECKING:
@@ -629,3 +630,30 @@ def test_schemas_that_cannot_be_checked_are_refused(schema, problem):
 def test_retry_after_in_seconds_or_as_a_date(headers, wait_s):
     now = datetime(2015, 10, 21, 7, 28, tzinfo=UTC)
     assert _retry_after_s(httpx.Headers(headers), now) == wait_s
+
+
+async def test_an_ai_steps_tokens_and_cost_are_attributes_of_its_attempts_span(make_config):
+    otlp = OtlpReceiver()
+    fake = FakeLlm(default=Reply.tokens("ok", 1200, 300))
+    priced = {"base_url": BASE, "price_per_1k_input": 1.0, "price_per_1k_output": 2.0}
+    async with serve_app(otlp.app()) as endpoint:
+        telemetry = f'[telemetry]\notlp_endpoint = "{endpoint}"\n'
+        out = await run_once(
+            lambda text: make_config(telemetry + text), fake, task("ask", **priced)
+        )
+        with anyio.fail_after(20):
+            await otlp.until(lambda: len(otlp.named("task ask")) == 1)
+    assert out.row.state == "succeeded"
+    (attempt,) = otlp.named("task ask")
+    assert attempt.attributes["gen_ai.request.model"] == "test-model"
+    assert attempt.attributes["gen_ai.usage.input_tokens"] == 1200
+    assert attempt.attributes["gen_ai.usage.output_tokens"] == 300
+    assert attempt.attributes["gen_ai.usage.cost"] == pytest.approx(1.8)
+    assert attempt.attributes["cued.cost"] == pytest.approx(1.8)
+    assert attempt.attributes["cued.usage.total_tokens"] == 1500
+    # the call itself is a span of its own, and the server was told the trace
+    (call,) = otlp.named("HTTP POST")
+    assert call.parent_span_id == attempt.span_id
+    (received,) = fake.requests
+    # (flags 03: sampled, and a trace id the daemon drew at random)
+    assert received.headers["traceparent"] == f"00-{call.trace_id}-{call.span_id}-03"
