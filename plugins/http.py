@@ -15,6 +15,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import anyio
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -161,6 +162,7 @@ class HttpTask:
             headers.setdefault("Content-Type", "application/json")
 
         what = f"{params.method} {params.url!r}"
+        started = anyio.current_time()
         try:
             url = httpx.URL(params.url)
             if params.allow_hosts is not None:
@@ -172,9 +174,12 @@ class HttpTask:
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise PermanentTaskError(f"{what} cannot be sent: {exc}") from exc
         except httpx.HTTPError as exc:
+            ctx.log_line("http", f"{params.method} {_shown(url)} failed: {type(exc).__name__}")
             raise TaskError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
 
         status = response.status_code
+        took_ms = (anyio.current_time() - started) * 1000
+        ctx.log_line("http", f"{params.method} {_shown(url)} {status} {took_ms:.0f} ms")
         if not _is_expected(status, params.expected_status):
             # at most 4 bytes a character: enough bytes for the characters quoted
             quoted = _text(response, data[: _ERROR_BODY_CHARS * 4], final=False)
@@ -194,6 +199,13 @@ class HttpTask:
                 "content_length": _content_length(response),
             }
         return {"status": status, "body": _parse_body(response, data, ctx)}
+
+
+def _shown(url: httpx.URL) -> str:
+    """The URL as a log line shows it: no user or password, no query (either may hold a
+    token that is no secret the daemon resolved, so redaction would not catch it)."""
+    shown = url.copy_with(username=None, password=None, query=None, fragment=None)
+    return str(shown) + ("?…" if url.query else "")
 
 
 def _is_expected(status: int, expected: list[int] | None) -> bool:

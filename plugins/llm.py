@@ -567,6 +567,11 @@ def _meter(
         + usage.completion_tokens / 1000 * params.price_per_1k_output
     )
     ctx.meter.add(cost, recorded)
+    ctx.log_line(
+        "llm",
+        f"tokens: {recorded['prompt_tokens']} prompt, {recorded['completion_tokens']} "
+        f"completion, {recorded['total_tokens']} total; cost {cost:g}",
+    )
     return recorded, cost
 
 

@@ -54,6 +54,7 @@ from cued.daemon.errors import (
 from cued.daemon.sdk.http_errors import error_response
 from cued.daemon.sdk.kinds import (
     AwaitingDecision,
+    LineWriter,
     Meter,
     ParamProblem,
     Spending,
@@ -72,6 +73,7 @@ __all__ = [
     "EnvSpec",
     "Event",
     "Intake",
+    "LineWriter",
     "Meter",
     "ParamProblem",
     "Parsed",
