@@ -138,10 +138,17 @@ def _logs_parser(sub: Any) -> None:
     logs.add_argument(
         "task", nargs="?", type=_text, help="only this task's (name, or name[i] if mapped)"
     )
-    logs.add_argument("--attempt", "-a", type=int, help="only this attempt's")
+    logs.add_argument("--attempt", "-a", type=_attempt, help="only this attempt's")
     logs.add_argument(
         "--follow", "-f", action="store_true", help="print lines as they come, until the run ends"
     )
+
+
+def _attempt(arg: str) -> int:
+    number = int(arg)
+    if not 1 <= number < 2**63:
+        raise argparse.ArgumentTypeError(f"{arg!r} is not an attempt number (1 or more)")
+    return number
 
 
 def _text(arg: str) -> str:

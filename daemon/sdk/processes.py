@@ -35,7 +35,10 @@ LINE_BYTES = 8192
 class _LineSplitter:
     """Bytes of one stream as lines, each handed to ``on_line`` once it is complete."""
 
-    def __init__(self, stream: str, on_line: Callable[[str, str], None]) -> None:
+    def __init__(
+        self, stream: str, on_line: Callable[[str, str], None], limit: int = LINE_BYTES
+    ) -> None:
+        self._limit = limit
         self._stream = stream
         self._on_line = on_line
         self._partial = bytearray()
@@ -43,19 +46,20 @@ class _LineSplitter:
 
     def feed(self, chunk: bytes) -> None:
         start = 0
-        while (end := chunk.find(b"\n", start)) >= 0:
-            if self._skipping:
-                self._skipping = False
-            else:
-                self._partial += chunk[start:end]
-                self._emit()
+        while True:
+            end = chunk.find(b"\n", start)
+            if not self._skipping:
+                self._partial += chunk[start:] if end < 0 else chunk[start:end]
+                if len(self._partial) > self._limit:
+                    del self._partial[self._limit :]
+                    self._emit(" [line cut]")
+                    self._skipping = True
+                elif end >= 0:
+                    self._emit()
+            if end < 0:
+                return
+            self._skipping = False  # the newline ends the line that was cut
             start = end + 1
-        if not self._skipping:
-            self._partial += chunk[start:]
-            if len(self._partial) > LINE_BYTES:
-                del self._partial[LINE_BYTES:]
-                self._emit(" [line cut]")
-                self._skipping = True
 
     def end(self) -> None:
         if self._partial:

@@ -107,6 +107,7 @@ __all__ = ["Caller", "Users", "build_app"]
 
 _MAX_LIMIT = 500
 _MAX_LOG_LINES = 10_000
+_MAX_SQL_INT = 2**63 - 1  # SQLite's largest integer: a larger one cannot be compared
 _READY_TIMEOUT_S = 2.0
 
 RunStateName = Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"]
@@ -294,8 +295,12 @@ async def get_logs(
         str | None,
         Query(description="only this task's lines: an instance (name[i]) or all of a task's"),
     ] = None,
-    attempt: Annotated[int | None, Query(ge=1, description="only this attempt's")] = None,
-    after: Annotated[int, Query(ge=0, description="only lines after this (a page's after)")] = 0,
+    attempt: Annotated[
+        int | None, Query(ge=1, le=_MAX_SQL_INT, description="only this attempt's")
+    ] = None,
+    after: Annotated[
+        int, Query(ge=0, le=_MAX_SQL_INT, description="only lines after this (a page's after)")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=_MAX_LOG_LINES, description="lines at most")] = 1000,
 ) -> Response:
     """A run's live log: lines its task attempts wrote (output, log records, requests),
