@@ -238,3 +238,36 @@ async def test_two_concurrent_python_attempts_keep_their_own_prints_and_records(
         )
     # outside an attempt, prints go where they went before
     assert sys.stdout.write("") == 0
+
+
+async def test_cued_logs_follow_prints_until_the_run_ends(make_config, tmp_path):
+    text = gated_config(tmp_path)
+    (tmp_path / "config.toml").write_text(text)
+    config = make_config(text)
+    async with daemon_running(config) as info, anyio.create_task_group() as tg:
+        with anyio.fail_after(20):
+            first = anyio.Event()
+
+            async def wait_first() -> None:
+                await line_committed(info, "first")
+                first.set()
+
+            tg.start_soon(wait_first)
+            await anyio.wait_all_tasks_blocked()
+            run = await info.runner.start_run("p")
+            out: list[str] = []
+
+            async def follow() -> None:
+                argv = ["-c", str(tmp_path / "config.toml"), "logs", run.run_id, "--follow"]
+                out.append(await anyio.to_thread.run_sync(_cli, argv))
+
+            await first.wait()
+            tg.start_soon(follow)
+            # the run goes on (and ends) while cued logs --follow runs
+            (tmp_path / "go").touch()
+            await wait_finished(info, [run.run_id])
+    (printed,) = out
+    assert [line.split(" ", 1)[1] for line in printed.splitlines()] == [
+        "talk#1 stdout: first",
+        "talk#1 stderr: second",
+    ]
