@@ -28,6 +28,7 @@ import anyio
 from cued.daemon.config.secrets import redact_text
 from cued.daemon.core.ids import now
 from cued.daemon.errors import StoreError
+from cued.daemon.logs import get_logger
 from cued.daemon.store import LogLineRow, LogTrim
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ __all__ = ["MARKER_STREAM", "AttemptLines", "TaskLogs"]
 #: The stream of the lines the daemon writes itself (the marker of dropped lines).
 MARKER_STREAM = "cued"
 _STREAM_CHARS = 32  # a stream's name is cut to this
+_log = get_logger()
 
 
 @dataclass
@@ -167,7 +169,12 @@ class TaskLogs:
             dirty, self._dirty = self._dirty, set()
             rows = [row for lines in dirty for row in lines._take()]
         if rows:
-            self.store.submit(rows)
+            try:
+                self.store.submit(rows)
+            except StoreError as exc:
+                # the store failed or closes: the runs' own rows fail and say so; lines
+                # must not take the runner down with them
+                _log.warning("task_log_lines_lost", lines=len(rows), error=str(exc))
 
     @asynccontextmanager
     async def attempt(self, run_id: str, key: str, attempt: int) -> AsyncIterator[AttemptLines]:
