@@ -128,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
         gate.add_argument("--as", dest="who", type=_text, help=argparse.SUPPRESS)
         if verb == "approve":
             gate.add_argument("--payload", type=_text, help="the proposal as edited, as JSON")
+    _logs_parser(sub)
     sub.add_parser("approvals", help="approval gates waiting for a decision")
     prune = sub.add_parser(
         "prune", help="delete what [retention] lets go now (the daemon does it periodically)"
@@ -165,6 +166,30 @@ def _pause_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     pause.add_argument("pipeline", type=_text)
     resume = sub.add_parser("resume", help="resume a paused pipeline: the runs that waited start")
     resume.add_argument("pipeline", type=_text)
+
+
+def _logs_parser(sub: Any) -> None:
+    logs = sub.add_parser(
+        "logs",
+        help="a run's live log: what its tasks printed and logged, their requests",
+        description="Lines the run's task attempts wrote (stdout, stderr, log records, "
+        "requests), oldest first. An attempt keeps its latest [daemon] task_log_lines.",
+    )
+    logs.add_argument("run_id", type=_text)
+    logs.add_argument(
+        "task", nargs="?", type=_text, help="only this task's (name, or name[i] if mapped)"
+    )
+    logs.add_argument("--attempt", "-a", type=_attempt, help="only this attempt's")
+    logs.add_argument(
+        "--follow", "-f", action="store_true", help="print lines as they come, until the run ends"
+    )
+
+
+def _attempt(arg: str) -> int:
+    number = int(arg)
+    if not 1 <= number < 2**63:
+        raise argparse.ArgumentTypeError(f"{arg!r} is not an attempt number (1 or more)")
+    return number
 
 
 def _text(arg: str) -> str:
@@ -651,6 +676,29 @@ def _print_run(run: RunRow) -> None:
         _out(f"error     {run.error}")
 
 
+#: How often ``cued logs --follow`` looks for new lines.
+_FOLLOW_EVERY_S = 0.5
+
+
+async def _logs(config: Config, args: argparse.Namespace) -> int:
+    after = 0
+    async with open_state(config) as state:
+        while True:
+            page = await state.queries.task_logs(
+                args.run_id, task=args.task, attempt=args.attempt, after=after
+            )
+            for line in page.lines:
+                clock = datetime.fromtimestamp(line.at, UTC).strftime("%H:%M:%S")
+                _out(f"{clock} {line.key}#{line.attempt} {line.stream}: {line.line}")
+            sys.stdout.flush()
+            after = page.after
+            if page.lines:
+                continue  # a full page: there may be more at once
+            if not args.follow or page.finished:
+                return 0
+            await anyio.sleep(_FOLLOW_EVERY_S)
+
+
 def _time(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
@@ -764,6 +812,7 @@ async def _triggers(config: Config, args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {
+    "logs": _logs,
     "retry": _retry,
     "clear": _retry,
     "approve": _decide,

@@ -16,6 +16,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import anyio
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -202,6 +203,7 @@ class HttpTask:
             headers.setdefault("Content-Type", "application/json")
 
         what = f"{params.method} {params.url!r}"
+        started = anyio.current_time()
         try:
             url = httpx.URL(params.url)
             if params.allow_hosts is not None:
@@ -213,9 +215,12 @@ class HttpTask:
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise PermanentTaskError(f"{what} cannot be sent: {exc}") from exc
         except httpx.HTTPError as exc:
+            ctx.log_line("http", f"{params.method} {_shown(url)} failed: {type(exc).__name__}")
             raise TaskError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
 
         status = response.status_code
+        took_ms = (anyio.current_time() - started) * 1000
+        ctx.log_line("http", f"{params.method} {_shown(url)} {status} {took_ms:.0f} ms")
         if not _is_expected(status, params.expected_status):
             # enough of the body to find a page's title, and the characters quoted
             text = _text(response, data[: _ERROR_BODY_CHARS * 16], final=False)
@@ -249,6 +254,13 @@ def _gist(text: str, content_type: str) -> str:
         text = html.unescape(_TAG.sub(" ", text))
     text = " ".join(text.split())
     return text if len(text) <= _ERROR_BODY_CHARS else text[: _ERROR_BODY_CHARS - 1] + "\u2026"
+
+
+def _shown(url: httpx.URL) -> str:
+    """The URL as a log line shows it: no user or password, no query (either may hold a
+    token that is no secret the daemon resolved, so redaction would not catch it)."""
+    shown = url.copy_with(username=None, password=None, query=None, fragment=None)
+    return str(shown) + ("?…" if url.query else "")
 
 
 def _is_expected(status: int, expected: list[int] | None) -> bool:

@@ -578,6 +578,11 @@ def _meter(
             "gen_ai.usage.cost": cost,
         }
     )
+    ctx.log_line(
+        "llm",
+        f"tokens: {recorded['prompt_tokens']} prompt, {recorded['completion_tokens']} "
+        f"completion, {recorded['total_tokens']} total; cost {cost:g}",
+    )
     return recorded, cost
 
 

@@ -8,6 +8,12 @@ What ``cued validate`` can tell of a function without running anything: when its
 is a file beside the config, the file is read (not imported) and must define the name
 (:meth:`PythonParams.config_problems`). ``cued validate --strict`` imports the module
 and checks the function and its ``args`` (:meth:`PythonParams.environment_problems`).
+
+What the function prints (``sys.stdout``, ``sys.stderr``) and logs (``logging``, INFO and
+up) while it runs goes to its attempt's live log. Attempts run concurrently, so the
+streams and a root logging handler are routed by a context variable set for the call
+(a worker thread inherits it): each attempt gets its own lines, and what is written
+outside any attempt goes where it went before.
 """
 
 from __future__ import annotations
@@ -18,6 +24,10 @@ import functools
 import importlib
 import inspect
 import json
+import logging
+import sys
+import threading
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -128,6 +138,93 @@ class PythonParams(BaseModel):
                 yield ParamProblem(("args",), f"{function!r} does not take these args: {exc}")
 
 
+class _Capture:
+    """One attempt's prints and log records, as lines of its live log."""
+
+    def __init__(self, ctx: TaskContext) -> None:
+        self._ctx = ctx
+        self._partial: dict[str, str] = {}
+        self._lock = threading.Lock()  # prints may come from several threads
+
+    def write(self, stream: str, text: str) -> None:
+        with self._lock:
+            *lines, rest = (self._partial.pop(stream, "") + text).split("\n")
+            if rest:
+                self._partial[stream] = rest
+        for line in lines:
+            self._ctx.log_line(stream, line)
+
+    def end(self) -> None:
+        with self._lock:
+            partial, self._partial = self._partial, {}
+        for stream, rest in partial.items():
+            self._ctx.log_line(stream, rest)
+
+
+_capture: ContextVar[_Capture | None] = ContextVar("cued_python_capture", default=None)
+
+
+class _Routed:
+    """``sys.stdout`` or ``sys.stderr``: an attempt's writes go to its live log, any other
+    to the stream it replaced."""
+
+    def __init__(self, name: str, original: Any) -> None:
+        self._name = name
+        self._original = original
+
+    def write(self, text: str) -> int:
+        capture = _capture.get()
+        if capture is None:
+            return int(self._original.write(text))
+        capture.write(self._name, text)
+        return len(text)
+
+    def flush(self) -> None:
+        if _capture.get() is None:
+            self._original.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
+
+
+class _Records(logging.Handler):
+    """A root handler: an attempt's log records go to its live log; outside attempts,
+    warnings and up go where Python would send them with no handler (stderr)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        capture = _capture.get()
+        if capture is not None:
+            try:
+                capture.write("log", self.format(record) + "\n")
+            except Exception:  # noqa: BLE001 - logging must never fail the function
+                self.handleError(record)
+        elif (
+            logging.lastResort is not None
+            and record.levelno >= logging.lastResort.level
+            and logging.root.handlers == [self]
+        ):
+            logging.lastResort.handle(record)
+
+
+_RECORDS = _Records()
+_RECORDS.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+
+def _route_output() -> None:
+    """Route the streams and log records through :data:`_capture` (again, if someone
+    replaced a stream meanwhile)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if not isinstance(stream, _Routed):
+            setattr(sys, name, _Routed(name, stream))
+    root = logging.getLogger()
+    if _RECORDS not in root.handlers:
+        root.addHandler(_RECORDS)
+        # INFO records reach the handler; left at Python's default, only warnings would
+        if root.level == logging.WARNING:
+            root.setLevel(logging.INFO)
+
+
 @dataclass(frozen=True)
 class _Target:
     """A function imported once, with what ``execute`` needs to know to call it."""
@@ -189,18 +286,14 @@ class PythonTask:
                     f"{params.function!r} cannot be called with args {sorted(params.args)!r}: {exc}"
                 ) from exc
 
-        if target.is_async:
-            result = await target.function(**kwargs)
-        else:
-            # Abandoned on cancellation, so the engine's timeout holds even though the
-            # thread cannot be interrupted.
-            result = await anyio.to_thread.run_sync(
-                functools.partial(target.function, **kwargs), abandon_on_cancel=True
-            )
-            if inspect.isawaitable(result):
-                # A sync callable that returns a coroutine (a partial of an async def, a
-                # class with an async __call__): run it here, on the loop.
-                result = await result
+        _route_output()
+        capture = _Capture(ctx)
+        token = _capture.set(capture)
+        try:
+            result = await _call(target, kwargs)
+        finally:
+            _capture.reset(token)
+            capture.end()
 
         try:
             json.dumps(result, allow_nan=False)
@@ -248,6 +341,22 @@ def _nested_statements(node: ast.stmt) -> list[ast.stmt]:
             elif isinstance(child, ast.stmt):
                 found += [child, *_nested_statements(child)]
     return found
+
+
+async def _call(target: _Target, kwargs: dict[str, Any]) -> Any:
+    if target.is_async:
+        return await target.function(**kwargs)
+    # Abandoned on cancellation, so the engine's timeout holds even though the thread
+    # cannot be interrupted. The thread runs in a copy of this context: its prints and
+    # records still reach this attempt's capture.
+    result = await anyio.to_thread.run_sync(
+        functools.partial(target.function, **kwargs), abandon_on_cancel=True
+    )
+    if inspect.isawaitable(result):
+        # A sync callable that returns a coroutine (a partial of an async def, a class
+        # with an async __call__): run it here, on the loop.
+        result = await result
+    return result
 
 
 def _load(path: str) -> _Target:

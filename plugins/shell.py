@@ -150,6 +150,7 @@ class ShellTask:
                 cwd=params.cwd,
                 tail_bytes=params.output_tail_bytes,
                 terminate_grace_s=self.terminate_grace_s,
+                on_line=ctx.log_line,
             )
         except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
             # The child reports a failed chdir with the directory as the file name.

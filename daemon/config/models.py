@@ -71,6 +71,13 @@ class DaemonConfig(_Model):
     task_env: list[EnvName] = Field(default_factory=list)
     """Variables of the daemon's environment that every program a task starts gets,
     besides the base (PATH, HOME, LANG, ...): nothing else of it is passed on."""
+    task_log_lines: int = Field(10_000, ge=1)
+    """Lines of live log (output, log records, requests) an attempt keeps: its latest;
+    older ones are dropped, and a marker line says how many."""
+    task_log_bytes: int = Field(1024 * 1024, ge=1)
+    """Bytes of live log an attempt keeps at most (its latest lines)."""
+    task_log_flush: Duration = Field(0.5, gt=0)
+    """How often the live log lines written meanwhile are stored (in one batch)."""
     control_group: str | None = None
     """An OS group whose members may use the control socket (the CLI), as the daemon's own
     user and root may; the socket's folder and the socket get this group. One group: a

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from cued.daemon.core.assets import asset_source
 from cued.daemon.core.plan import PipelinePlan
+from cued.daemon.core.states import TERMINAL_RUN_STATES
 from cued.daemon.errors import NotFound
 from cued.daemon.ops import lineage
 from cued.daemon.ops.cursors import Page, event_position, page_of, run_position
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
         DecisionRow,
         EventRow,
         InstanceRow,
+        LogLineRow,
         PauseRow,
         RunRow,
         Store,
@@ -41,6 +43,7 @@ __all__ = [
     "EventLineage",
     "Gate",
     "Load",
+    "LogPage",
     "Queries",
     "RunDetail",
     "load",
@@ -85,6 +88,22 @@ class RunDetail:
     def attempts_of(self, key: str) -> list[AttemptRow]:
         """The attempts of the instance ``key``, oldest first."""
         return sorted((a for a in self.attempts if a.key == key), key=lambda a: a.attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """Live log lines of a run, in order, and where the next page starts."""
+
+    run: RunRow
+    """The run as it was before the lines were read: once it is finished, no line
+    follows the last one read."""
+    lines: list[LogLineRow]
+    after: int
+    """Ask with this ``after`` for the lines that follow (the last one's ``seq``)."""
+
+    @property
+    def finished(self) -> bool:
+        return self.run.state in TERMINAL_RUN_STATES
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +254,30 @@ class Queries:
             created_before=created_before,
         )
         return page_of(rows, limit, lambda r: (r.created_at, r.run_id))
+
+    async def task_logs(
+        self,
+        run_id: str,
+        *,
+        task: str | None = None,
+        attempt: int | None = None,
+        after: int = 0,
+        limit: int = 1000,
+    ) -> LogPage:
+        """A run's live log lines numbered above ``after``, oldest first, at most
+        ``limit``: of all its tasks, or of one (an instance's key, or a task's name for
+        all its instances), or of one attempt of it.
+
+        :raises NotFound: if there is no such run
+        """
+        # the run first: lines committed with its end are there when it shows finished
+        run = await self._store.get_run(run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id!r}")
+        lines = await self._store.get_log_lines(
+            run_id, task=task, attempt=attempt, after=after, limit=limit
+        )
+        return LogPage(run, lines, lines[-1].seq if lines else after)
 
     async def runs(self, run_ids: Sequence[str]) -> list[RunRow]:
         """These runs (those kept), in the order of ``run_ids``."""

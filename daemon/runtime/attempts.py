@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
     from cued.daemon.core.engine import Start
     from cued.daemon.core.plan import PipelinePlan
-    from cued.daemon.sdk.kinds import Meter, Spending, TaskKind
+    from cued.daemon.runtime.task_logs import TaskLogs
+    from cued.daemon.sdk.kinds import LineWriter, Meter, Spending, TaskKind
     from cued.daemon.store import RunRow
 
 __all__ = ["Outcome", "TaskAttempts", "stopped_row"]
@@ -112,6 +113,7 @@ class TaskAttempts:
     :param http: the shared HTTP client handed to tasks
     :param spending: what tasks spent so far, handed to them for their budgets
     :param task_env: the daemon's environment variables tasks may see (``task_env``)
+    :param logs: where attempts' live log lines go (``None``: nowhere)
     """
 
     def __init__(
@@ -120,8 +122,10 @@ class TaskAttempts:
         http: httpx.AsyncClient,
         spending: Spending,
         task_env: Sequence[str],
+        logs: TaskLogs | None = None,
     ) -> None:
         self._kinds = kinds
+        self._logs = logs
         self._http = http
         self._spending = spending
         self._task_env = tuple(task_env)
@@ -137,6 +141,20 @@ class TaskAttempts:
     ) -> Outcome:
         """Run the attempt ``start`` of a task of the run ``row``; ``meter`` gets what it
         spent. Returns its outcome as the task left it (see :meth:`Outcome.kept`)."""
+        if self._logs is None:
+            return await self._run(plan, row, start, log, meter, None)
+        async with self._logs.attempt(row.run_id, start.instance.key, start.attempt) as lines:
+            return await self._run(plan, row, start, log, meter, lines)
+
+    async def _run(
+        self,
+        plan: PipelinePlan,
+        row: RunRow,
+        start: Start,
+        log: structlog.typing.FilteringBoundLogger,
+        meter: Meter,
+        lines: LineWriter | None,
+    ) -> Outcome:
         inst = start.instance
         task = plan.tasks[inst.task].config
         ctx = TaskContext(
@@ -151,6 +169,7 @@ class TaskAttempts:
             meter=meter,
             spending=self._spending,
             pass_env=self._task_env,
+            lines=lines,
         )
         kind = self._kinds[task.kind]
         try:

@@ -53,6 +53,7 @@ from cued.daemon.runtime.gates import Gates
 from cued.daemon.runtime.instance_rows import instances_of
 from cued.daemon.runtime.run_alerts import RunAlerts
 from cued.daemon.runtime.slots import Slots
+from cued.daemon.runtime.task_logs import TaskLogs
 from cued.daemon.sdk.tracing import Tracing
 from cued.daemon.store import PauseRow, RunRow
 
@@ -116,11 +117,18 @@ class Runner:
         self.gates = Gates(store, self)
         """The approval gates of this runner's runs: decide them here."""
         self.log: structlog.typing.FilteringBoundLogger = get_logger()
+        self.task_logs = TaskLogs(
+            store,
+            max_lines=config.daemon.task_log_lines,
+            max_bytes=config.daemon.task_log_bytes,
+            flush_s=config.daemon.task_log_flush,
+        )
+        """Where task attempts' live log lines go."""
         run_alerts = RunAlerts(alerts)
         self._deadlines = Deadlines(self.plans, store, run_alerts)
         self._driving = Driving(
             store,
-            TaskAttempts(kinds, http, spending, config.daemon.task_env),
+            TaskAttempts(kinds, http, spending, config.daemon.task_env, self.task_logs),
             self.slots,
             run_alerts,
             self.gates,
@@ -160,6 +168,7 @@ class Runner:
             if resume_unfinished:
                 await self.resume_unfinished()
             tg.start_soon(self.gates.expire_when_due)
+            tg.start_soon(self.task_logs.serve)
             await tg.start(self._deadlines.run)
             task_status.started()
             await anyio.sleep_forever()

@@ -59,6 +59,7 @@ from cued.daemon.errors import (
 from cued.daemon.sdk.http_errors import error_response
 from cued.daemon.sdk.kinds import (
     AwaitingDecision,
+    LineWriter,
     Meter,
     ParamProblem,
     Spending,
@@ -78,6 +79,7 @@ __all__ = [
     "EnvSpec",
     "Event",
     "Intake",
+    "LineWriter",
     "Meter",
     "ParamProblem",
     "Parsed",

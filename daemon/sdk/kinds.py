@@ -10,7 +10,15 @@ if TYPE_CHECKING:
     import structlog
     from pydantic import BaseModel
 
-__all__ = ["AwaitingDecision", "Meter", "ParamProblem", "Spending", "TaskContext", "TaskKind"]
+__all__ = [
+    "AwaitingDecision",
+    "LineWriter",
+    "Meter",
+    "ParamProblem",
+    "Spending",
+    "TaskContext",
+    "TaskKind",
+]
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,14 @@ class Spending(Protocol):
         """Since midnight UTC."""
 
 
+class LineWriter(Protocol):
+    """Where an attempt's live log lines go (see :meth:`TaskContext.log_line`)."""
+
+    def write(self, stream: str, text: str) -> None:
+        """Keep ``text`` (one line, or several split at newlines) as written to
+        ``stream``; never blocks, and may be called from any thread."""
+
+
 @dataclass(frozen=True)
 class TaskContext:
     """What a task attempt knows of the world besides its parameters.
@@ -97,6 +113,8 @@ class TaskContext:
     :param pass_env: names of the daemon's environment variables that every program a
         task starts gets (``[daemon] task_env``), besides the base; see
         :func:`cued.daemon.sdk.program_env`
+    :param lines: where :meth:`log_line` sends the attempt's live log lines (``None``:
+        nowhere)
     """
 
     run_id: str
@@ -110,6 +128,18 @@ class TaskContext:
     meter: Meter = field(default_factory=Meter)
     spending: Spending | None = None
     pass_env: tuple[str, ...] = ()
+    lines: LineWriter | None = None
+
+    def log_line(self, stream: str, text: str) -> None:
+        """Show ``text`` in the attempt's live log (``cued logs``, the API, the run page)
+        as written to ``stream`` (``stdout``, ``stderr``, ``log``, or a name of the
+        kind's own, such as ``http``). Several lines may be given at once, split at
+        newlines. Secrets the daemon resolved are redacted; an attempt keeps its latest
+        lines up to a bound (``[daemon] task_log_lines`` and ``task_log_bytes``). Never
+        blocks; safe from any thread (a worker thread of a ``python`` task, say).
+        """
+        if self.lines is not None:
+            self.lines.write(stream, text)
 
 
 @runtime_checkable

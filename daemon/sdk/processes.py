@@ -1,5 +1,6 @@
 """Programs a task or an alert runs: in a process group of their own, their output kept
-to a tail, and the whole group killed when the caller is cancelled.
+to a tail (and, if asked, handed on line by line as it comes), and the whole group killed
+when the caller is cancelled.
 
 The ``shell`` task kind and the ``command`` alert channel both run programs this way: a
 program may start children (``/bin/sh -c`` always does), and a timeout or a stop must end
@@ -19,32 +20,80 @@ from typing import TYPE_CHECKING
 import anyio
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
 
     from anyio.abc import ByteReceiveStream, Process
 
-__all__ = ["ProgramExit", "run_program"]
+__all__ = ["LINE_BYTES", "ProgramExit", "run_program"]
+
+#: The longest line handed on: a longer one is cut there (its rest is skipped up to the
+#: next newline), so a program that writes megabytes without a newline is not held whole.
+LINE_BYTES = 8192
+
+
+class _LineSplitter:
+    """Bytes of one stream as lines, each handed to ``on_line`` once it is complete."""
+
+    def __init__(
+        self, stream: str, on_line: Callable[[str, str], None], limit: int = LINE_BYTES
+    ) -> None:
+        self._limit = limit
+        self._stream = stream
+        self._on_line = on_line
+        self._partial = bytearray()
+        self._skipping = False  # in the rest of a line cut at LINE_BYTES
+
+    def feed(self, chunk: bytes) -> None:
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            if not self._skipping:
+                self._partial += chunk[start:] if end < 0 else chunk[start:end]
+                if len(self._partial) > self._limit:
+                    del self._partial[self._limit :]
+                    self._emit(" [line cut]")
+                    self._skipping = True
+                elif end >= 0:
+                    self._emit()
+            if end < 0:
+                return
+            self._skipping = False  # the newline ends the line that was cut
+            start = end + 1
+
+    def end(self) -> None:
+        if self._partial:
+            self._emit()
+
+    def _emit(self, suffix: str = "") -> None:
+        text = self._partial.decode("utf-8", errors="replace").removesuffix("\r")
+        self._partial.clear()
+        self._on_line(self._stream, text + suffix)
 
 
 class _OutputTail:
     """The last ``limit`` bytes read from a stream."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, lines: _LineSplitter | None = None) -> None:
         self._limit = limit
         self._buffer = bytearray()
         self._truncated = False
+        self._lines = lines
 
     async def drain(self, stream: ByteReceiveStream) -> None:
         """Read ``stream`` to its end, keeping the last bytes."""
         # Read to the end even when nothing is kept: a program blocked on a full pipe
         # would never exit.
         async for chunk in stream:
+            if self._lines is not None:
+                self._lines.feed(chunk)
             self._buffer += chunk
             excess = len(self._buffer) - self._limit
             if excess > 0:
                 del self._buffer[:excess]
                 self._truncated = True
+        if self._lines is not None:
+            self._lines.end()
 
     def text(self) -> str:
         """What was kept, decoded as UTF-8 with undecodable bytes replaced."""
@@ -81,6 +130,7 @@ async def run_program(
     tail_bytes: int,
     keep_stdout: bool = True,
     terminate_grace_s: float = 0.0,
+    on_line: Callable[[str, str], None] | None = None,
 ) -> ProgramExit:
     """Run a program to its end in a process group of its own, with no stdin.
 
@@ -95,6 +145,9 @@ async def run_program(
     :param tail_bytes: how many of the last bytes of stdout and of stderr to keep (each)
     :param keep_stdout: ``False`` sends stdout to ``/dev/null``
     :param terminate_grace_s: how long a cancelled program has between SIGTERM and SIGKILL
+    :param on_line: called with ``("stdout", line)`` or ``("stderr", line)`` for each line
+        as the program writes it (without its newline, decoded as UTF-8 with undecodable
+        bytes replaced, cut at :data:`LINE_BYTES`); it must not block
     :raises OSError: if the program cannot be started (``FileNotFoundError`` for a missing
         program or working directory, ``PermissionError``, ...)
     """
@@ -109,8 +162,8 @@ async def run_program(
         # (a command line runs under /bin/sh, whose children would otherwise be orphaned).
         start_new_session=True,
     )
-    stdout = _OutputTail(tail_bytes)
-    stderr = _OutputTail(tail_bytes)
+    stdout = _OutputTail(tail_bytes, _LineSplitter("stdout", on_line) if on_line else None)
+    stderr = _OutputTail(tail_bytes, _LineSplitter("stderr", on_line) if on_line else None)
     finished = False
     try:
         async with anyio.create_task_group() as tg:

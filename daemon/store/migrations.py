@@ -158,6 +158,21 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN traceparent TEXT;
     """,
+    # live task logs (cued.daemon.runtime.task_logs): a run's lines in order, and an
+    # attempt's (to read one task's, and to drop an attempt's oldest past its bound)
+    """
+    CREATE TABLE task_logs (
+        run_id      TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        attempt     INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,   -- the line's place among the run's lines
+        at          REAL NOT NULL,
+        stream      TEXT NOT NULL,      -- stdout, stderr, log, http, llm, cued, ...
+        line        TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX task_logs_by_attempt ON task_logs (run_id, key, attempt, seq);
+    """,
 )
 
 

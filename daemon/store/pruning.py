@@ -7,7 +7,7 @@ a year of history never holds the writer for longer than one step, and never wri
 a second connection. Each query is a range scan of an index (migration 4), oldest first.
 
 A run goes with everything that hangs off it (task instances, attempts, approval gates,
-decisions), in the same step: readers never see a run that lost part of its history,
+decisions, task log lines), in the same step: readers never see a run that lost part of its history,
 except a run too big for one step, whose rows go over several steps before it does.
 """
 
@@ -44,6 +44,7 @@ _OF_RUN: dict[str, tuple[str, ...]] = {
     "attempts": ("run_id", "key", "attempt"),
     "approvals": ("run_id", "key"),
     "decisions": ("run_id", "key", "attempt", "who"),
+    "task_logs": ("run_id", "seq"),
 }
 
 _OUTBOX_DONE = "(sent_at IS NOT NULL OR next_at >= ?)"

@@ -27,6 +27,8 @@ __all__ = [
     "EventRow",
     "InstanceGone",
     "InstanceRow",
+    "LogLineRow",
+    "LogTrim",
     "OutboxRow",
     "PauseRow",
     "PruneCounts",
@@ -90,6 +92,31 @@ class InstanceGone:
 
     run_id: str
     key: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogLineRow:
+    """One line a task attempt wrote while it ran (stdout, stderr, a log record, a
+    request), numbered by ``seq`` in the order of the whole run's lines."""
+
+    run_id: str
+    key: str
+    attempt: int
+    seq: int
+    at: float
+    stream: str
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogTrim:
+    """Drop an attempt's lines numbered below ``before_seq``: it wrote more than it may
+    keep (committed after the lines of the same batch, so a line of the batch goes too)."""
+
+    run_id: str
+    key: str
+    attempt: int
+    before_seq: int
 
 
 #: ``next_at`` of an alert that is no longer tried (9999-12-31): a real number, so the row
@@ -194,6 +221,8 @@ Row = (
     | OutboxRow
     | ApprovalRow
     | DecisionRow
+    | LogLineRow
+    | LogTrim
 )
 
 
@@ -205,7 +234,7 @@ class PrunePolicy:
 
     runs_before: float | None = None
     """Finished runs that ended before this, with their task instances, attempts,
-    approval gates and decisions."""
+    approval gates, decisions and task log lines."""
     events_before: float | None = None
     """Events received before this (a run keeps its ``event_id``, which may then name
     an event no longer kept)."""
@@ -226,6 +255,7 @@ class PruneCounts:
     attempts: int = 0
     approvals: int = 0
     decisions: int = 0
+    task_logs: int = 0
     events: int = 0
     dedupe_keys: int = 0
     outbox: int = 0
@@ -307,6 +337,25 @@ class Store(Protocol):
     async def get_instances(self, run_id: str) -> list[InstanceRow]: ...
 
     async def get_attempts(self, run_id: str) -> list[AttemptRow]: ...
+
+    async def get_log_lines(
+        self,
+        run_id: str,
+        *,
+        task: str | None = None,
+        attempt: int | None = None,
+        after: int = 0,
+        limit: int = 1000,
+    ) -> list[LogLineRow]:
+        """A run's task log lines numbered above ``after``, in order.
+
+        :param task: only an instance's (its key, ``name[i]``) or, given a task's name,
+            those of all its instances
+        :param attempt: only this attempt's
+        """
+
+    async def last_log_seq(self, run_id: str) -> int:
+        """The number of a run's last task log line kept, 0 if none is."""
 
     async def known_events(self, event_ids: list[str]) -> set[str]:
         """Which of these events are recorded already."""

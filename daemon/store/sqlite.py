@@ -32,6 +32,8 @@ from cued.daemon.store import (
     EventRow,
     InstanceGone,
     InstanceRow,
+    LogLineRow,
+    LogTrim,
     OutboxRow,
     PauseRow,
     PruneCounts,
@@ -78,6 +80,8 @@ ON CONFLICT (alert_id) DO UPDATE SET sent_at = excluded.sent_at, attempts = excl
     last_error = excluded.last_error, next_at = excluded.next_at
 WHERE excluded.attempts > 0
 """
+_PUT_LOG_LINE = "INSERT OR REPLACE INTO task_logs VALUES (?, ?, ?, ?, ?, ?, ?)"
+_TRIM_LOG = "DELETE FROM task_logs WHERE run_id = ? AND key = ? AND attempt = ? AND seq < ?"
 _PUT_EVENT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _PUT_DEDUPE = "INSERT OR REPLACE INTO dedupe_keys VALUES (?, ?, ?)"
 _PUT_CURSOR = "INSERT OR REPLACE INTO source_cursors VALUES (?, ?, ?)"
@@ -101,6 +105,8 @@ class _Batch:
         "events",
         "gone",
         "instances",
+        "log_lines",
+        "log_trims",
         "outbox",
         "runs",
     )
@@ -116,6 +122,8 @@ class _Batch:
         self.outbox: dict[str, OutboxRow] = {}
         self.approvals: dict[tuple[str, str], ApprovalRow] = {}
         self.decisions: dict[tuple[str, str, int, str], DecisionRow] = {}
+        self.log_lines: dict[tuple[str, int], LogLineRow] = {}
+        self.log_trims: dict[tuple[str, str, int], LogTrim] = {}
         self.done = anyio.Event()
         self.error: BaseException | None = None
 
@@ -141,6 +149,12 @@ class _Batch:
             self.events[row.event_id] = row
         elif isinstance(row, DedupeRow):
             self.dedupe[row.trigger, row.key] = row
+        elif isinstance(row, LogLineRow):
+            self.log_lines[row.run_id, row.seq] = row
+        elif isinstance(row, LogTrim):
+            trim = self.log_trims.get((row.run_id, row.key, row.attempt))
+            if trim is None or trim.before_seq < row.before_seq:
+                self.log_trims[row.run_id, row.key, row.attempt] = row
         else:
             self.cursors[row.source] = row
 
@@ -157,6 +171,8 @@ class _Batch:
             *self.dedupe.values(),
             *self.cursors.values(),
             *self.gone.values(),
+            *self.log_lines.values(),
+            *self.log_trims.values(),
         ]
 
     def __bool__(self) -> bool:
@@ -171,6 +187,8 @@ class _Batch:
             or self.outbox
             or self.approvals
             or self.decisions
+            or self.log_lines
+            or self.log_trims
         )
 
     async def wait(self) -> None:
@@ -180,7 +198,15 @@ class _Batch:
 
     def run_ids(self) -> set[str]:
         """The runs that rows of this batch belong to."""
-        keyed = (self.instances, self.attempts, self.approvals, self.decisions, self.gone)
+        keyed = (
+            self.instances,
+            self.attempts,
+            self.approvals,
+            self.decisions,
+            self.gone,
+            self.log_lines,
+            self.log_trims,
+        )
         return set(self.runs) | {key[0] for rows in keyed for key in rows}
 
 
@@ -291,6 +317,11 @@ class SqliteStore:
         ):
             if rows:
                 await db.executemany(sql, [_params(row) for row in rows.values()])
+        if batch.log_lines:
+            await db.executemany(_PUT_LOG_LINE, [_params(r) for r in batch.log_lines.values()])
+        if batch.log_trims:
+            # after the lines: a line of this batch below the cut goes too
+            await db.executemany(_TRIM_LOG, [_params(r) for r in batch.log_trims.values()])
         await db.commit()
         seconds = anyio.current_time() - started
         self.commits += 1
@@ -496,6 +527,37 @@ class SqliteStore:
             AttemptRow(*r[:7], output=stored(r[7]), cost=r[8], usage=_loads(r[9]))  # type: ignore[misc]
             for r in rows
         ]
+
+    async def get_log_lines(
+        self,
+        run_id: str,
+        *,
+        task: str | None = None,
+        attempt: int | None = None,
+        after: int = 0,
+        limit: int = 1000,
+    ) -> list[LogLineRow]:
+        where = ["run_id = ?", "seq > ?"]
+        args: list[Any] = [run_id, after]
+        if task is not None:
+            # the instance itself, or a task's mapped instances name[0], name[1], ...
+            # ("\\" is the character after "[")
+            where.append("(key = ? OR (key >= ? AND key < ?))")
+            args += [task, task + "[", task + "\\"]
+        if attempt is not None:
+            where.append("attempt = ?")
+            args.append(attempt)
+        rows = await self._reader.execute_fetchall(
+            f"SELECT * FROM task_logs WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+            [*args, limit],
+        )
+        return [LogLineRow(*r) for r in rows]
+
+    async def last_log_seq(self, run_id: str) -> int:
+        rows = await self._reader.execute_fetchall(
+            "SELECT max(seq) FROM task_logs WHERE run_id = ?", (run_id,)
+        )
+        return next((int(seq) for (seq,) in rows if seq is not None), 0)
 
     async def known_events(self, event_ids: list[str]) -> set[str]:
         found: set[str] = set()

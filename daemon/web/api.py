@@ -95,6 +95,7 @@ from cued.daemon.web.schemas import (
     EventLineage,
     EventPage,
     Health,
+    LogPage,
     Pipeline,
     PruneReport,
     RetryBody,
@@ -107,6 +108,8 @@ from cued.daemon.web.schemas import (
 __all__ = ["Caller", "Users", "build_app"]
 
 _MAX_LIMIT = 500
+_MAX_LOG_LINES = 10_000
+_MAX_SQL_INT = 2**63 - 1  # SQLite's largest integer: a larger one cannot be compared
 _READY_TIMEOUT_S = 2.0
 
 RunStateName = Literal[
@@ -316,6 +319,30 @@ async def get_run(run_id: str, ctx: Ctx, caller: Viewer) -> Response:
     return json_response(RunDetail.of(detail))
 
 
+@_api.get("/runs/{run_id}/logs", response_model=LogPage, tags=["runs"])
+async def get_logs(
+    run_id: str,
+    ctx: Ctx,
+    caller: Viewer,
+    task: Annotated[
+        str | None,
+        Query(description="only this task's lines: an instance (name[i]) or all of a task's"),
+    ] = None,
+    attempt: Annotated[
+        int | None, Query(ge=1, le=_MAX_SQL_INT, description="only this attempt's")
+    ] = None,
+    after: Annotated[
+        int, Query(ge=0, le=_MAX_SQL_INT, description="only lines after this (a page's after)")
+    ] = 0,
+    limit: Annotated[int, Query(ge=1, le=_MAX_LOG_LINES, description="lines at most")] = 1000,
+) -> Response:
+    """A run's live log: lines its task attempts wrote (output, log records, requests),
+    oldest first, from ``after`` on. Poll with the answer's ``after``, or listen to
+    ``event: log`` on ``GET /api/v1/stream``, until ``finished``."""
+    page = await ctx.queries.task_logs(run_id, task=task, attempt=attempt, after=after, limit=limit)
+    return json_response(LogPage.of(page))
+
+
 @_api.post("/runs/{run_id}/cancel", response_model=Run, tags=["runs"])
 async def cancel(run_id: str, ctx: Ctx, caller: Operator) -> Response:
     """Cancel a run that runs or waits: its running tasks are cancelled."""
@@ -473,7 +500,7 @@ async def prune(ctx: Ctx, caller: Operator) -> Response:
     responses={
         200: {
             "description": "Server-sent events, each one JSON `data:` line, of type (`event:`) "
-            "`run`, `task`, `event`, `approval`, `decision`, and a last `reset` for a reader "
+            "`run`, `task`, `event`, `approval`, `decision`, `log`, and a last `reset` for a reader "
             "that fell behind (or reconnected with Last-Event-ID): reload, then reconnect. "
             "A comment line every 15 s keeps the connection alive.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},

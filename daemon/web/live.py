@@ -26,6 +26,8 @@ event     an event recorded: event_id, source, received_at, status, run_ids, err
 approval  a gate asks or is settled: run_id, key, attempt, state, message, approvers,
           min_approvals, requested_at, deadline_at, decided_at
 decision  someone decided: run_id, key, attempt, who, decision, comment, decided_at
+log       an attempt's live log has new lines: run_id, key, attempt, seq (the last);
+          one per attempt and commit, the lines themselves read from the API
 reset     the reader missed messages (it fell behind, or reconnected): reload, then
           connect again; the stream ends after it
 ========  ==========================================================================
@@ -40,7 +42,14 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 from starlette.responses import Response
 
-from cued.daemon.store import ApprovalRow, DecisionRow, EventRow, InstanceRow, RunRow
+from cued.daemon.store import (
+    ApprovalRow,
+    DecisionRow,
+    EventRow,
+    InstanceRow,
+    LogLineRow,
+    RunRow,
+)
 from cued.daemon.web.schemas import (
     ApprovalUpdate,
     DecisionUpdate,
@@ -208,11 +217,19 @@ def publish_committed(live: Live, seconds: float, rows: Sequence[Row]) -> None:
     """Publish what a commit made durable (a ``store.on_commit`` listener)."""
     if not live.subscribers:
         return
+    logs: dict[tuple[str, str, int], int] = {}
     for row in rows:
+        if isinstance(row, LogLineRow):
+            # one message per attempt, not per line: a chatty task must not flood readers
+            at = (row.run_id, row.key, row.attempt)
+            logs[at] = max(logs.get(at, 0), row.seq)
+            continue
         found = _MESSAGES.get(type(row))
         if found is not None:
             kind, fields = found
             live.publish(kind, {name: getattr(row, name) for name in fields})
+    for (run_id, key, attempt), seq in logs.items():
+        live.publish("log", {"run_id": run_id, "key": key, "attempt": attempt, "seq": seq})
 
 
 class EventStream(Response):

@@ -47,6 +47,9 @@ __all__ = [
     "Health",
     "LineageAsset",
     "LineageRun",
+    "LogLine",
+    "LogPage",
+    "LogUpdate",
     "LoginBody",
     "Pipeline",
     "PruneCutoffs",
@@ -380,6 +383,41 @@ class RunDetail(Run):
         )
 
 
+class LogLine(_Model):
+    seq: int = Field(description="the line's place among the run's lines")
+    key: str = Field(description="the task instance that wrote it")
+    attempt: int
+    at: float
+    stream: str = Field(
+        description="stdout, stderr (a program's), log (a python task's records), http, "
+        "llm, cued (the daemon's note of dropped lines), or a plugin's own"
+    )
+    line: str
+
+
+class LogPage(_Model):
+    run_id: str
+    state: str = Field(description="the run's state before the lines were read")
+    finished: bool = Field(description="the run is finished: no line follows these")
+    lines: list[LogLine]
+    after: int = Field(description="pass as `after` for the lines that follow")
+
+    @classmethod
+    def of(cls, page: queries.LogPage) -> LogPage:
+        return cls(
+            run_id=page.run.run_id,
+            state=page.run.state,
+            finished=page.finished,
+            lines=[
+                LogLine(
+                    seq=r.seq, key=r.key, attempt=r.attempt, at=r.at, stream=r.stream, line=r.line
+                )
+                for r in page.lines
+            ],
+            after=page.after,
+        )
+
+
 # -- lineage -----------------------------------------------------------------------------
 
 
@@ -619,6 +657,16 @@ class RunUpdate(_Model):
     ended_at: float | None
     error: str | None
     event_id: str | None
+
+
+class LogUpdate(_Model):
+    """``event: log``: an attempt's live log has new lines (one message per attempt and
+    commit; read them with ``GET /api/v1/runs/{run_id}/logs?after=``)."""
+
+    run_id: str
+    key: str
+    attempt: int
+    seq: int = Field(description="the number of the last of the new lines")
 
 
 class TaskUpdate(_Model):

@@ -375,6 +375,49 @@ async def test_a_pipeline_page_pauses_triggers_and_resumes_its_runs(config, rele
         assert rows[from_event].state == "succeeded"
 
 
+LOGS_CONFIG = """
+[http]
+listen = "127.0.0.1:0"
+[daemon]
+state = "state.db"
+shutdown_grace = "1s"
+task_log_flush = "50ms"
+
+[auth.users.ada]
+token = "ada-token"
+roles = ["viewer"]
+
+[pipelines.talk.tasks.say]
+kind = "shell"
+# prints a line, waits for the test, prints another, waits again: the second line is
+# printed while the page is open and the task still runs
+command = "echo before; while [ ! -e GATE1 ]; do sleep 0.02; done; echo after >&2; while [ ! -e GATE2 ]; do sleep 0.02; done"
+"""
+
+
+async def test_the_run_page_shows_a_tasks_log_lines_as_they_come(make_config, tmp_path):
+    text = LOGS_CONFIG.replace("GATE1", str(tmp_path / "gate1"))
+    config = make_config(text.replace("GATE2", str(tmp_path / "gate2")))
+    async with daemon_running(config) as info:
+        base = "http://{}:{}".format(*info.http_address)
+        run_id = (await info.runner.start_run("talk")).run_id
+        async with browser_page(base) as page:
+            await page.goto(f"{base}/ui/runs/{run_id}")
+            lines = page.locator("#log-lines .log-line")
+            await expect(lines.first).to_have_text("say#1 stdout: before")
+            await expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+            await page.evaluate("window.__sameDocument = true")
+            (tmp_path / "gate1").touch()
+            await expect(page.locator("#log-lines")).to_contain_text("say#1 stderr: after")
+            await expect(page.locator(".log-line[data-stream=stderr]")).to_have_count(1)
+            await expect(page.locator("#run-state .badge")).to_have_text("running")
+            assert await page.evaluate("window.__sameDocument") is True
+            await shot(page, "10-run-logs")
+            (tmp_path / "gate2").touch()
+            await expect(page.locator("#run-state .badge")).to_have_text("succeeded")
+            await expect(lines).to_have_count(2)
+
+
 def test_the_graph_puts_each_task_one_column_right_of_its_deepest_need():
     needs = {"a": (), "b": ("a",), "c": (), "d": ("b", "c"), "e": ("a",)}
     assert layers(["a", "c", "b", "e", "d"], needs) == [["a", "c"], ["b", "e"], ["d"]]

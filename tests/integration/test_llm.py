@@ -76,6 +76,8 @@ class Outcome:
     attempts: dict[str, list[AttemptRow]]
     instances: dict[str, InstanceRow]
     cost: float
+    logs: list[tuple[str, str, str]]
+    """(task, stream, line) of the run's live log"""
 
 
 async def run(info: DaemonInfo) -> Outcome:
@@ -87,7 +89,8 @@ async def run(info: DaemonInfo) -> Outcome:
     for attempt in await store.get_attempts(run_id):
         attempts.setdefault(attempt.key, []).append(attempt)
     instances = {i.key: i for i in await store.get_instances(run_id)}
-    return Outcome(row, attempts, instances, await store.costs(run_id=run_id))
+    logs = [(r.key, r.stream, r.line) for r in await store.get_log_lines(run_id)]
+    return Outcome(row, attempts, instances, await store.costs(run_id=run_id), logs)
 
 
 async def run_once(
@@ -167,6 +170,7 @@ async def test_templated_messages_reach_the_server_and_structured_output_flows_d
     assert attempt.usage == usage
     assert attempt.cost == pytest.approx(1.05)
     assert out.cost == pytest.approx(1.05)
+    assert ("ask", "llm", "tokens: 1200 prompt, 300 completion, 1500 total; cost 1.05") in out.logs
 
 
 @pytest.mark.parametrize(

@@ -336,7 +336,12 @@ INDEXES = {
     "outbox": ("USING INDEX outbox_by_age", "USING INDEX sqlite_autoindex_outbox_1"),
     "dedupe_keys": ("USING COVERING INDEX dedupe_by_age", "USING PRIMARY KEY (trigger=?"),
     **dict.fromkeys(
-        ("t", "task_instances", "attempts", "approvals", "decisions"),
+        ("task_instances", "attempts", "approvals", "decisions"),
         ("USING PRIMARY KEY (run_id=?",),
+    ),
+    # task log lines are counted in their smaller index, deleted by the primary key
+    **dict.fromkeys(
+        ("t", "task_logs"),
+        ("USING PRIMARY KEY (run_id=?", "USING COVERING INDEX task_logs_by_attempt (run_id=?)"),
     ),
 }

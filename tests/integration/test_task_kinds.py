@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import re
 import socket
 import sys
 import textwrap
@@ -694,3 +695,32 @@ async def test_sleep_waits_the_given_seconds(ctx: TaskContext) -> None:
 def test_sleep_params_reject_a_bad_duration(seconds: Any) -> None:
     with pytest.raises(pydantic.ValidationError):
         _params(SleepTask, seconds=seconds)
+
+
+class _Lines:
+    """A LineWriter that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, str]] = []
+
+    def write(self, stream: str, text: str) -> None:
+        self.got.append((stream, text))
+
+
+async def test_http_writes_a_live_log_line_per_request_with_no_credentials(
+    ctx: TaskContext,
+) -> None:
+    lines = _Lines()
+    async with serve_app(_app()) as base_url:
+        url = base_url.replace("http://", "http://user:pw@") + "/echo?token=abc"
+        await HttpTask().execute(_params(HttpTask, url=url), dataclasses.replace(ctx, lines=lines))
+    ((stream, line),) = lines.got
+    assert stream == "http"
+    assert re.fullmatch(rf"GET {re.escape(base_url)}/echo\?… 200 \d+ ms", line), line
+
+
+async def test_shell_hands_on_each_line_of_stdout_and_stderr(ctx: TaskContext) -> None:
+    lines = _Lines()
+    params = _params(ShellTask, command="echo one; echo two >&2; printf 'three'")
+    await ShellTask().execute(params, dataclasses.replace(ctx, lines=lines))
+    assert sorted(lines.got) == [("stderr", "two"), ("stdout", "one"), ("stdout", "three")]

@@ -60,3 +60,22 @@ def wait_for_release() -> str:
 def log_text(ctx: TaskContext, text: str) -> None:
     """Log ``text`` with the task's logger, at warning level (the tests' level)."""
     ctx.log.warning("task_says", text=text)
+
+
+#: Met by the two concurrent attempts of the live-log test: each prints and logs, waits
+#: for the other to have done so, then prints and logs again (their lines interleave).
+TALK_BARRIER = threading.Barrier(2, timeout=20)
+
+
+def talk(name: str) -> str:
+    import logging
+    import sys
+
+    log = logging.getLogger(f"talker.{name}")
+    print(f"{name} says one")  # noqa: T201 - what the test captures
+    log.info("%s logs one", name)
+    TALK_BARRIER.wait()
+    sys.stderr.write(f"{name} warns")  # no newline: flushed when the call ends
+    log.warning("%s logs two", name)
+    TALK_BARRIER.wait()
+    return name

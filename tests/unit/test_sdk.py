@@ -25,6 +25,7 @@ def test_exported_members():
         "EnvSpec",
         "Event",
         "Intake",
+        "LineWriter",
         "Meter",
         "ParamProblem",
         "Parsed",

@@ -11,7 +11,8 @@ event stream, every action a call of the API from the browser.
                       runs, a trigger form with its inputs, pause / resume
 /ui/runs              runs, filtered by pipeline and state, a page at a time (cursor),
                       each with the trigger and event that started it
-/ui/runs/{id}         a run: task graph (SVG), timeline, attempts, gates, its event, assets
+/ui/runs/{id}         a run: task graph (SVG), timeline, attempts, gates, its event, assets,
+                      its live log (appended to as `log` messages come)
 /ui/approvals         gates waiting for a decision, with approve / reject
 /ui/events            events with their payload and the runs they started
 /ui/events/{id}       one event
@@ -74,6 +75,7 @@ __all__ = ["with_ui"]
 _HERE = Path(__file__).resolve().parent
 _PAGE_SIZE = 50
 _MAX_ROWS = 100  # attempts and timeline rows shown on one run page (keeps it small)
+_LOG_LINES = 1000  # live log lines rendered with a run page; its script fetches the rest
 _STATES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled", "skipped")
 _RECENT = 10  # latest runs on the overview
 _T = TypeVar("_T")
@@ -470,6 +472,11 @@ class _Ui:
         for a in attempts[:_MAX_ROWS]:
             by_key.setdefault(a.key, []).append(a)
         finished = run.state in TERMINAL_RUN_STATES
+        # the live log is outside the live region: a refresh of that (htmx) skips it,
+        # and the page's script appends the lines that follow
+        logs = None
+        if request.headers.get("hx-request") != "true":
+            logs = await self.queries.task_logs(run_id, limit=_LOG_LINES)
         # [retention] may have deleted the event while keeping the run
         event_kept = detail.event is not None
         return {
@@ -491,6 +498,8 @@ class _Ui:
             "can_retry": run.state in ("failed", "cancelled"),
             "now": at,
             "self_url": f"/ui/runs/{quote(run_id)}",
+            "log_lines": logs.lines if logs else [],
+            "logs_after": logs.after if logs else 0,
         }
 
     async def approvals(self, request: Request) -> dict[str, Any]:

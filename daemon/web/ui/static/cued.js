@@ -90,6 +90,36 @@
     }
   }
 
+  // a run's live log ([data-logs]): the lines after data-after, appended as text; one
+  // fetch at a time, and one more if lines came meanwhile
+  let logsBusy = false, logsAgain = false;
+  async function moreLogs() {
+    const el = document.querySelector("[data-logs]");
+    if (!el) return;
+    if (logsBusy) { logsAgain = true; return; }
+    logsBusy = true;
+    try {
+      do {
+        logsAgain = false;
+        const r = await fetch(`${el.dataset.logs}?after=${el.dataset.after}`, { headers: { Accept: "application/json" } });
+        if (!r.ok) break;
+        const page = await r.json();
+        const pre = document.getElementById("log-lines");
+        for (const l of page.lines) {
+          const span = document.createElement("span");
+          span.className = "log-line";
+          span.dataset.seq = l.seq;
+          span.dataset.stream = l.stream;
+          span.textContent = `${l.key}#${l.attempt} ${l.stream}: ${l.line}\n`;
+          pre.appendChild(span);
+        }
+        if (page.lines.length) document.getElementById("logs-empty").hidden = true;
+        el.dataset.after = page.after;
+        if (page.lines.length) logsAgain = true; // a full page: there may be more
+      } while (logsAgain);
+    } finally { logsBusy = false; }
+  }
+
   // The stream ends with "reset" when this page fell behind or came back after a break
   // (the browser reconnects with Last-Event-ID): fetch everything again, then listen on a
   // new stream. One the server refuses (401, 404) is not retried by the browser: poll then.
@@ -100,15 +130,19 @@
       const stream = new EventSource("/api/v1/stream");
       for (const type of ["run", "task", "event", "approval"]) stream.addEventListener(type, () => refresh(type));
       stream.addEventListener("decision", () => refresh("approval"));
-      stream.addEventListener("reset", () => { stream.close(); refresh(); listen(1000); });
+      stream.addEventListener("log", (e) => {
+        const el = document.querySelector("[data-logs]");
+        if (el && JSON.parse(e.data).run_id === el.dataset.run) moreLogs();
+      });
+      stream.addEventListener("reset", () => { stream.close(); refresh(); moreLogs(); listen(1000); });
       // what changed between rendering the page and subscribing is fetched once more
-      stream.onopen = () => { conn.dataset.state = "live"; refresh(); };
+      stream.onopen = () => { conn.dataset.state = "live"; refresh(); moreLogs(); };
       stream.onerror = () => {
         conn.dataset.state = "off";
         refresh(); // updates may have been missed while it was down
         if (stream.readyState === EventSource.CLOSED && !poll) {
           conn.dataset.state = "polling";
-          poll = setInterval(refresh, 3000);
+          poll = setInterval(() => { refresh(); moreLogs(); }, 3000);
         }
       };
       window.addEventListener("pagehide", () => stream.close());
