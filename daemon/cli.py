@@ -333,6 +333,13 @@ def _not_allowed(socket_path: Path) -> CuedError:
     )
 
 
+def _waits_paused(pipeline: str, run_id: str) -> str:
+    return (
+        f"run {run_id}: queued: pipeline {pipeline!r} is paused, the run starts at "
+        f"`cued resume {pipeline}`"
+    )
+
+
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     """Whether ``kind`` is in the chain of causes of ``exc`` (httpx wraps the OSError)."""
     seen: set[int] = set()
@@ -354,6 +361,9 @@ async def _trigger(config: Config, args: argparse.Namespace) -> int:
         # no daemon on this state file: run it here, to the end
         async with open_runner(config) as daemon:
             run_id = (await commands.trigger(daemon, args.pipeline, inputs)).run_id
+            if args.pipeline in daemon.paused:
+                _out(_waits_paused(args.pipeline, run_id))
+                return 0
             _out(f"started run {run_id} of {args.pipeline} (no daemon runs: running it here)")
             if args.wait:
                 await _follow_run(Queries.of(daemon), run_id)
@@ -366,6 +376,9 @@ async def _trigger(config: Config, args: argparse.Namespace) -> int:
         return 0
     # the run is followed in the state file the daemon writes, as it goes
     async with open_state(config) as state:
+        if data.get("state") == "queued" and args.pipeline in await state.queries.paused():
+            _out(_waits_paused(args.pipeline, data["run_id"]))
+            return 0
         row = await _follow_run(state.queries, data["run_id"])
     _out(f"run {row.run_id}: {row.state}" + (f": {row.error}" if row.error else ""))
     return 0 if row.state == "succeeded" else 1

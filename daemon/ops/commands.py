@@ -49,15 +49,21 @@ AS_PROPOSED: Any = object()
 
 
 async def trigger(
-    daemon: Daemon, pipeline: str, inputs: dict[str, Any] | None = None, *, wait: bool = False
+    daemon: Daemon,
+    pipeline: str,
+    inputs: dict[str, Any] | None = None,
+    *,
+    wait: bool = False,
+    traceparent: str | None = None,
 ) -> RunRow:
     """Start a run (recorded before this returns); inputs not given take their defaults.
 
     :param wait: return once the run has finished (or waits for a decision)
+    :param traceparent: the caller's W3C trace context, parsed: the run continues its trace
     :raises NotFound: if there is no such pipeline
     :raises InvalidRequest: if an input is not declared by the pipeline
     """
-    row = await daemon.start_run(pipeline, inputs)
+    row = await daemon.start_run(pipeline, inputs, traceparent=traceparent)
     return await daemon.wait(row.run_id) if wait else row
 
 

@@ -251,18 +251,25 @@ class Runner:
             traceparent=traceparent,
         )
 
-    async def start_run(self, pipeline: str, inputs: dict[str, Any] | None = None) -> RunRow:
+    async def start_run(
+        self,
+        pipeline: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        traceparent: str | None = None,
+    ) -> RunRow:
         """Record a new run of ``pipeline`` durably and queue it; returns it as recorded.
 
+        :param traceparent: the caller's trace context (parsed), which the run continues
         :raises NotFound: if there is no such pipeline
         :raises InvalidRequest: if an input is not declared by the pipeline
         """
-        row = self.new_run(pipeline, inputs)
+        row = replace(self.new_run(pipeline, inputs), traceparent=traceparent)
         if self.tracing.enabled:
-            # the trace of a run no event started begins here, with a span the run's
-            # spans hang from, also after a restart (the row keeps its traceparent)
+            # the run's spans hang from a span of its own start (in the caller's trace if
+            # it sent one), also after a restart (the row keeps its traceparent)
             with self.tracing.span(
-                f"trigger {pipeline}", attributes={"cued.run.id": row.run_id}
+                f"trigger {pipeline}", parent=traceparent, attributes={"cued.run.id": row.run_id}
             ) as span:
                 row = replace(row, traceparent=span.traceparent)
         await self.store.submit([row]).wait()

@@ -50,11 +50,12 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import anyio
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
+from cued.daemon.core.tracecontext import parse_traceparent
 from cued.daemon.errors import (
     Conflict,
     CuedError,
@@ -277,9 +278,18 @@ async def trigger(
     caller: Operator,
     body: TriggerBody | None = None,
     wait: Annotated[bool, Query(description="answer once the run has finished")] = False,
+    traceparent: Annotated[
+        str | None, Header(description="W3C trace context: the run continues the caller's trace")
+    ] = None,
 ) -> Response:
     """Start a run (recorded before the answer); inputs not given take their defaults."""
-    row = await commands.trigger(ctx.daemon, pipeline, (body or TriggerBody()).inputs, wait=wait)
+    row = await commands.trigger(
+        ctx.daemon,
+        pipeline,
+        (body or TriggerBody()).inputs,
+        wait=wait,
+        traceparent=parse_traceparent(traceparent),
+    )
     return json_response(Run.from_row(row), 201)
 
 

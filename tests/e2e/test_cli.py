@@ -216,19 +216,34 @@ async def test_pause_and_resume_a_pipeline_with_or_without_a_daemon(tmp_path):
     assert unknown.returncode == 1
     assert unknown.stderr.startswith("cued: error: no pipeline 'nope' (known: broken, hello)")
     assert "Traceback" not in unknown.stderr
+    # triggered here while paused: recorded, and said to wait (not run, not a failure)
+    here = cued(config, "trigger", "hello")
+    assert here.returncode == 0, here.stderr
+    early = here.stdout.split()[1].rstrip(":")
+    assert here.stdout == (
+        f"run {early}: queued: pipeline 'hello' is paused, the run starts at `cued resume hello`\n"
+    )
     daemon = Daemon(config, state)
     await daemon.start()
     try:
+        waited = cued(config, "trigger", "hello", "--wait")
+        assert waited.returncode == 0, waited.stderr
+        assert "is paused, the run starts at `cued resume hello`" in waited.stdout
         started = cued(config, "trigger", "hello")
         assert started.returncode == 0, started.stderr
         run_id = started.stdout.split()[2]
         assert query(state, "SELECT state FROM runs WHERE run_id = ?", run_id) == [("queued",)]
         resumed = cued(config, "resume", "hello")
         assert resumed.returncode == 0, resumed.stderr
-        assert resumed.stdout == "pipeline hello: resumed (1 waiting run started)\n"
+        assert resumed.stdout == "pipeline hello: resumed (3 waiting runs started)\n"
         await wait_for(
             lambda: (
                 query(state, "SELECT state FROM runs WHERE run_id = ?", run_id) == [("succeeded",)]
+            )
+        )
+        await wait_for(
+            lambda: (
+                query(state, "SELECT state FROM runs WHERE run_id = ?", early) == [("succeeded",)]
             )
         )
         # through the daemon: named by the OS user who asked

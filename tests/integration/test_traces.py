@@ -179,6 +179,31 @@ async def test_a_triggered_run_keeps_the_trace_it_began_in(make_config):
     assert run.traceparent.startswith(f"00-{trigger.trace_id}-{trigger.span_id}-")
 
 
+async def test_a_run_triggered_through_the_api_continues_the_callers_trace(make_config):
+    otlp, target = OtlpReceiver(), Receiver()
+    async with serve_app(otlp.app()) as endpoint, serve_app(target.app) as target_url:
+        config = make_config(
+            PIPELINE.format(target=target_url) + TELEMETRY.format(endpoint=endpoint)
+        )
+        async with daemon_running(config) as info:
+            host, port = info.http_address
+            async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+                answer = await client.post(
+                    "/api/v1/pipelines/ship/runs",
+                    json={"inputs": {"order": 7}},
+                    headers={"traceparent": CALLER},
+                )
+            assert answer.status_code == 201, answer.text
+            (run,) = await wait_finished(info, [answer.json()["run_id"]])
+        with anyio.fail_after(20):
+            await otlp.until(lambda: len(otlp.spans) >= 4)
+    trigger = one(otlp.named("trigger ship"))
+    assert (trigger.trace_id, trigger.parent_span_id) == (CALLER_TRACE, CALLER_SPAN)
+    assert one(otlp.named("run ship")).parent_span_id == trigger.span_id
+    assert run.traceparent is not None
+    assert run.traceparent.startswith(f"00-{CALLER_TRACE}-{trigger.span_id}-")
+
+
 async def test_with_telemetry_off_nothing_is_sent_and_no_traceparent_added(
     make_config, monkeypatch
 ):
