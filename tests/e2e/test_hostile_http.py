@@ -168,16 +168,18 @@ CONTENT_TYPES = st.sampled_from(
 def test_any_webhook_body_is_recorded_or_refused_never_a_failure(daemon, body, content_type):
     headers = [] if content_type is None else [(b"Content-Type", content_type.encode())]
     answer = raw_http.request(daemon.port, "POST", "/hooks/any", headers=headers, body=body)
-    assert answer.status in (202, 400), answer
+    # 415: JSON sent as a form (a form encoder escapes what opens it)
+    refusals = {400: "invalid_body", 415: "unsupported_media_type"}
+    assert answer.status == 202 or answer.status in refusals, answer
     if answer.status == 202:
         event_id = answer.json()["event_id"]
     else:
         assert answer.is_json_error(), answer
         message = answer.json()["error"]["message"]
-        assert answer.json()["error"]["code"] == "invalid_body"
+        assert answer.json()["error"]["code"] == refusals[answer.status]
         (event_id,) = re.findall(r"\(recorded as event (\S+)\)$", message)
     event = read_back(daemon, event_id, source="any")
-    assert (event["status"] == "invalid") == (answer.status == 400)
+    assert (event["status"] == "invalid") == (answer.status in refusals)
     still_answers(daemon)
 
 

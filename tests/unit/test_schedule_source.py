@@ -315,4 +315,6 @@ async def test_ticks_at_or_before_the_cursor_never_fire_even_if_the_clock_went_b
         tick_iso(cursor + timedelta(milliseconds=200)),
         tick_iso(cursor + timedelta(milliseconds=400)),
     ]
-    assert [entry["event"] for entry in logs] == ["schedule_cursor_ahead_of_clock"]
+    # info lines show or not by the level another test of this process set: count the rest
+    warned = [entry["event"] for entry in logs if entry["log_level"] != "info"]
+    assert warned == ["schedule_cursor_ahead_of_clock"]
