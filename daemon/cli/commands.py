@@ -1,17 +1,10 @@
-"""The ``cued`` command: a thin face over :mod:`cued.daemon.ops`, as the API and the UI are.
-
-What changes state goes to the running daemon over its control socket (the API); with no
-daemon on the state file, the CLI opens a runner of its own (the assembly's) and calls the
-same :mod:`cued.daemon.ops.commands`. Reads go to the state file through
-:class:`cued.daemon.ops.queries.Queries` (``cued.daemon.assembly.open_state``).
-
-Errors are one clear line on stderr, never a traceback: exit status 2 for an invalid
-configuration or usage, 1 for anything else that went wrong.
-"""
+"""What each ``cued`` command does, once :mod:`cued.daemon.cli.main` has parsed it: reads
+through :class:`cued.daemon.ops.queries.Queries`, actions through the running daemon's
+control socket or, with none, through :mod:`cued.daemon.ops.commands` on a runner of the
+CLI's own."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,8 +18,8 @@ from urllib.parse import quote
 import anyio
 import httpx
 
-from cued.daemon import cli_render
 from cued.daemon.assembly import control_socket_path, open_runner, open_state, run_daemon
+from cued.daemon.cli import render
 from cued.daemon.config import load_config
 from cued.daemon.config.starter import STARTER_CONFIG, STARTER_DROP_FOLDER
 from cued.daemon.config.strict import environment_problems
@@ -39,192 +32,22 @@ from cued.daemon.ops.queries import Queries
 from cued.daemon.web.control import os_user_name
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    import argparse
+    from collections.abc import Awaitable, Callable
 
     from cued.daemon.config import Config
     from cued.daemon.ops.host import Daemon
     from cued.daemon.store import RunRow
 
-__all__ = ["main"]
+__all__ = ["run"]
 
 
 def _out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cued", description="Event-driven orchestration daemon")
-    _global_options(parser, default=os.environ.get("CUED_CONFIG", "config.toml"))
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("run", help="run the daemon")
-    validate = sub.add_parser(
-        "validate", help="check the configuration and exit (status 2 if invalid)"
-    )
-    validate.add_argument(
-        "--strict",
-        action="store_true",
-        help="also check this machine: secrets set, python functions importable, files there",
-    )
-    trigger = sub.add_parser("trigger", help="start a run of a pipeline now")
-    trigger.add_argument("pipeline", type=_text)
-    trigger.add_argument(
-        "-i",
-        "--input",
-        action="append",
-        default=[],
-        type=_text,
-        metavar="KEY=VALUE",
-        help="an input (VALUE is read as JSON if it parses, else as text); repeatable",
-    )
-    trigger.add_argument("--wait", action="store_true", help="wait for the run to finish")
-    runs = sub.add_parser("runs", help="list recent runs")
-    runs.add_argument("--pipeline", "-p", type=_text)
-    runs.add_argument("--state", "-s", type=_text)
-    runs.add_argument("--failed", action="store_true", help="only failed runs, with their errors")
-    runs.add_argument("--limit", "-n", type=int, default=20)
-    show = sub.add_parser("show", help="a run's tasks, attempts, durations, errors and outputs")
-    show.add_argument("run_id", type=_text)
-    events = sub.add_parser(
-        "events", help="recent events: matched, unmatched or invalid, with their runs"
-    )
-    events.add_argument("--source", "-S", type=_text)
-    events.add_argument("--status", "-s", choices=["matched", "unmatched", "invalid"])
-    events.add_argument("--limit", "-n", type=int, default=20)
-    events.add_argument("--data", action="store_true", help="show each event's payload")
-    events.add_argument(
-        "--full", action="store_true", help="show errors (and payloads) whole, not cut at 100"
-    )
-    cancel = sub.add_parser("cancel", help="cancel a run; its running tasks are cancelled")
-    cancel.add_argument("run_id", type=_text)
-    retry = sub.add_parser(
-        "retry", help="rerun a finished run from the point of failure, keeping good outputs"
-    )
-    retry.add_argument("run_id", type=_text)
-    retry.add_argument(
-        "--task",
-        "-t",
-        action="append",
-        default=[],
-        metavar="TASK",
-        type=_text,
-        help="rerun these tasks and everything downstream (default: the failed ones)",
-    )
-    clear = sub.add_parser("clear", help="rerun the given tasks of a finished run")
-    clear.add_argument("run_id", type=_text)
-    clear.add_argument("--task", "-t", action="append", required=True, metavar="TASK", type=_text)
-    clear.add_argument("--downstream", action="store_true", help="and everything downstream")
-    for verb in ("approve", "reject"):
-        gate = sub.add_parser(
-            verb,
-            help=f"{verb} an approval gate of a run",
-            description=f"{verb.capitalize()} an approval gate of a run. The decision is "
-            "recorded under the name of the OS user who runs this command: there is no way "
-            "to decide under another name (--as NAME is refused unless NAME is yours).",
-        )
-        gate.add_argument("run_id", type=_text)
-        gate.add_argument("task", type=_text, help="the gate's task (name, or name[i] if mapped)")
-        gate.add_argument("--comment", "-m", type=_text)
-        # kept only to refuse it clearly: it used to let one person decide as anyone
-        gate.add_argument("--as", dest="who", type=_text, help=argparse.SUPPRESS)
-        if verb == "approve":
-            gate.add_argument("--payload", type=_text, help="the proposal as edited, as JSON")
-    _logs_parser(sub)
-    sub.add_parser("approvals", help="approval gates waiting for a decision")
-    prune = sub.add_parser(
-        "prune", help="delete what [retention] lets go now (the daemon does it periodically)"
-    )
-    prune.add_argument(
-        "--dry-run", action="store_true", help="show what would go, by table; delete nothing"
-    )
-    _more_commands(sub)
-    _pause_parsers(sub)
-    # `cued validate --config F` as well as `cued --config F validate`: each command takes
-    # the global options too, and sets them only when given there (SUPPRESS), so the one
-    # before the command stays in force otherwise
-    for command in sub.choices.values():
-        _global_options(command, default=argparse.SUPPRESS)
-    return parser
-
-
-def _global_options(parser: argparse.ArgumentParser, *, default: str) -> None:
-    parser.add_argument(
-        "--config",
-        "-c",
-        default=default,
-        help="configuration file (default: $CUED_CONFIG or ./config.toml)",
-    )
-
-
-def _pause_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    pause = sub.add_parser(
-        "pause",
-        help="pause a pipeline: its new runs wait (or are skipped), its events are recorded",
-        description="Pause a pipeline, durably (a restart keeps it paused). Runs that have "
-        "started go on; new ones are recorded and wait until `cued resume`, or are recorded "
-        'as skipped if the pipeline says when_paused = "skip".',
-    )
-    pause.add_argument("pipeline", type=_text)
-    resume = sub.add_parser("resume", help="resume a paused pipeline: the runs that waited start")
-    resume.add_argument("pipeline", type=_text)
-
-
-def _logs_parser(sub: Any) -> None:
-    logs = sub.add_parser(
-        "logs",
-        help="a run's live log: what its tasks printed and logged, their requests",
-        description="Lines the run's task attempts wrote (stdout, stderr, log records, "
-        "requests), oldest first. An attempt keeps its latest [daemon] task_log_lines.",
-    )
-    logs.add_argument("run_id", type=_text)
-    logs.add_argument(
-        "task", nargs="?", type=_text, help="only this task's (name, or name[i] if mapped)"
-    )
-    logs.add_argument("--attempt", "-a", type=_attempt, help="only this attempt's")
-    logs.add_argument(
-        "--follow", "-f", action="store_true", help="print lines as they come, until the run ends"
-    )
-
-
-def _attempt(arg: str) -> int:
-    number = int(arg)
-    if not 1 <= number < 2**63:
-        raise argparse.ArgumentTypeError(f"{arg!r} is not an attempt number (1 or more)")
-    return number
-
-
-def _text(arg: str) -> str:
-    """An argument as text: bytes of it that are not UTF-8 (which Python keeps as lone
-    surrogates, and no JSON body, store or terminal takes) escaped as ``\\xNN``."""
-    return untrusted.os_name(arg)[0]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        status = _main(args)
-        sys.stdout.flush()  # here, where a reader gone is caught, not at exit
-        return status
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return _reader_gone()
-    except (CuedError, BaseExceptionGroup) as exc:
-        # errors raised inside a task group arrive wrapped in an exception group
-        leaf = _leaf(exc)
-        if isinstance(leaf, BrokenPipeError):
-            return _reader_gone()
-        if isinstance(leaf, ConfigError):
-            for problem in [*leaf.problems, *leaf.warnings]:
-                sys.stderr.write(f"{problem}\n")
-            sys.stderr.write(f"cued: {len(leaf.problems)} problem(s) in {args.config}\n")
-            return 2
-        if isinstance(leaf, CuedError):
-            sys.stderr.write(f"cued: error: {leaf}\n")
-            return 1
-        raise
-
-
-def _main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Do what ``args`` (parsed) say; returns the exit status."""
     if args.command == "init":
         return _init(args)
     config = load_config(args.config)
@@ -247,25 +70,6 @@ def _main(args: argparse.Namespace) -> int:
         anyio.run(run_daemon, config)
         return 0
     return anyio.run(_COMMANDS[args.command], config, args)
-
-
-def _reader_gone() -> int:
-    """The reader of stdout left (``cued show RUN | head``): stop quietly, as ``cat``
-    does. Python would print a second BrokenPipeError flushing stdout at exit: point
-    stdout at /dev/null first."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    return 141  # 128 + SIGPIPE, what a shell reports for a program ended by it
-
-
-def _leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
-# -- commands --------------------------------------------------------------------------
 
 
 def _parse_inputs(pairs: list[str]) -> dict[str, Any]:
@@ -387,7 +191,7 @@ async def _trigger(config: Config, args: argparse.Namespace) -> int:
 async def _follow_run(queries: Queries, run_id: str) -> RunRow:
     """Show run ``run_id``'s tasks as they start and end; its row once it has ended (or
     waits for a decision)."""
-    with cli_render.run_view() as view:
+    with render.run_view() as view:
         async with aclosing(follow(queries, run_id)) as changes:
             async for change in changes:
                 view.show(change)
@@ -731,43 +535,10 @@ def _clip(text: str, width: int = 100) -> str:
 
 def _table(rows: list[list[str]]) -> None:
     # plain when piped, as it always was; coloured on a terminal
-    cli_render.table(rows)
+    render.table(rows)
 
 
 # -- init, triggers test ----------------------------------------------------------------
-
-
-def _more_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    init = sub.add_parser(
-        "init",
-        help="write a commented starter configuration (and its drop folder)",
-        description="Write a commented starter configuration that runs as written: a "
-        "webhook, a folder of file drops and an hourly schedule, each starting one "
-        "pipeline. An existing file is never overwritten.",
-    )
-    init.add_argument(
-        "path", nargs="?", type=_text, help="where to write it (default: the --config path)"
-    )
-    triggers = sub.add_parser("triggers", help="the configuration's triggers")
-    verbs = triggers.add_subparsers(dest="triggers_command", required=True, metavar="COMMAND")
-    test = verbs.add_parser(
-        "test",
-        help="try a trigger on stored events: which would match, with what inputs",
-        description="Render a trigger's when, inputs and dedupe key against events stored "
-        "from its source and show which would match and with what inputs; nothing is "
-        "started. A field of event.data that the when reads and no event has is named.",
-    )
-    test.add_argument(
-        "trigger",
-        type=_text,
-        help="its name, SOURCE->PIPELINE if it has none, or its number among [[triggers]] from 1",
-    )
-    which = test.add_mutually_exclusive_group()
-    which.add_argument(
-        "--last", "-n", type=int, default=10, help="the last N events of its source (10)"
-    )
-    which.add_argument("--event", "-e", type=_text, metavar="ID", help="this event only")
-    _global_options(test, default=argparse.SUPPRESS)
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -841,6 +612,3 @@ _COMMANDS = {
     "resume": _pause,
     "triggers": _triggers,
 }
-
-if __name__ == "__main__":
-    raise SystemExit(main())
