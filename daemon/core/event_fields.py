@@ -60,11 +60,17 @@ def has_path(data: Any, path: tuple[str, ...]) -> bool:
     for part in path:
         if isinstance(data, dict) and part in data:
             data = data[part]
-        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
-            data = data[int(part)]
+        elif isinstance(data, list) and _index(part) < len(data):
+            data = data[_index(part)]
         else:
             return False
     return True
+
+
+def _index(part: str) -> int:
+    """``part`` as a list index, or one past any list's end when it is none: ASCII digits
+    only (``"¹"`` is a digit to ``str.isdigit`` but not to ``int``), and few of them."""
+    return int(part) if part.isascii() and part.isdigit() and len(part) <= 18 else 1 << 62
 
 
 def _strings(value: Any) -> Iterator[str]:

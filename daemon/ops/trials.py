@@ -57,7 +57,8 @@ def find_trigger(triggers: list[TriggerConfig], ref: str) -> tuple[int, TriggerC
 
     :raises NotFound: if none is so named, or the key is that of several triggers
     """
-    if ref.isdigit() and 1 <= int(ref) <= len(triggers):
+    # ASCII digits only ("¹" is a digit to isdigit, not to int), and few of them
+    if ref.isascii() and ref.isdigit() and len(ref) <= 9 and 1 <= int(ref) <= len(triggers):
         return int(ref), triggers[int(ref) - 1]
     found = [(n, t) for n, t in enumerate(triggers, 1) if t.key == ref]
     if len(found) == 1:

@@ -111,6 +111,8 @@ async def test_the_last_n_or_one_event(make_config):
         pytest.param("5", "no trigger '5'", id="number-past-the-end"),
         pytest.param("0", "no trigger '0'", id="number-zero"),
         pytest.param("other->ship", "2 triggers are 'other->ship' (numbers 3, 4)", id="twice"),
+        pytest.param("\u00b9", "no trigger '\u00b9'", id="a-digit-to-isdigit-not-to-int"),
+        pytest.param("9" * 5000, "no trigger '999", id="more-digits-than-int-takes"),
     ],
 )
 async def test_a_trigger_not_found_is_named(make_config, ref, message):

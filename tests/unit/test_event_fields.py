@@ -83,3 +83,16 @@ def test_has_path_answers_on_any_payload(raw, path):
 @given(data=_json, path=st.lists(st.text(max_size=3), max_size=4))
 def test_has_path_on_any_json(data, path):
     assert has_path(data, tuple(path)) in (True, False)
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        pytest.param("\u00b9", id="superscript-one-is-a-digit-to-isdigit"),
+        pytest.param("\u0661", id="arabic-indic-one"),
+        pytest.param("9" * 5000, id="more-digits-than-int-takes"),
+        pytest.param("-1", id="negative"),
+    ],
+)
+def test_a_part_that_is_no_ascii_index_is_no_path_into_a_list(part: str) -> None:
+    assert has_path({"items": [1, 2]}, ("items", part)) is False
