@@ -23,6 +23,7 @@ from cued.daemon.config.environment import EnvName
 from cued.daemon.config.registry import source_kinds, task_kinds
 from cued.daemon.config.tomlpos import KeyLines
 from cued.daemon.core import graph, templates
+from cued.daemon.core.assets import asset_of
 from cued.daemon.core.loopback import is_loopback_listen
 from cued.daemon.errors import ConfigError, ConfigProblem
 
@@ -499,8 +500,7 @@ class _Checker:
         trigger = self.validate(TriggerConfig, raw, at)
         if trigger is None:
             return
-        if trigger.source.startswith("asset:"):
-            asset = trigger.source.removeprefix("asset:")
+        if (asset := asset_of(trigger.source)) is not None:
             produced = {
                 a
                 for p in pipelines.values()

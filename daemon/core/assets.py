@@ -7,9 +7,12 @@ versions are the events of its source.
 
 from __future__ import annotations
 
-__all__ = ["asset_event_id", "asset_of", "asset_source"]
+__all__ = ["ASSET_SOURCES", "asset_event_id", "asset_of", "asset_source"]
 
 _PREFIX = "asset:"
+
+#: Every asset source sorts in ``[low, high)`` (``asset;`` follows ``asset:``): a range scan.
+ASSET_SOURCES = (_PREFIX, _PREFIX[:-1] + chr(ord(_PREFIX[-1]) + 1))
 
 
 def asset_source(asset: str) -> str:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import aiosqlite
 import anyio
 
+from cued.daemon.core.assets import ASSET_SOURCES, asset_of
 from cued.daemon.core.ids import id_at
 from cued.daemon.core.untrusted import stored
 from cued.daemon.errors import StoreError
@@ -640,9 +641,10 @@ class SqliteStore:
         # maximum: each asset's latest event, in one range scan of events_by_source_time
         rows = await self._reader.execute_fetchall(
             "SELECT *, count(*), max(received_at) FROM events "
-            "WHERE source >= 'asset:' AND source < 'asset;' GROUP BY source ORDER BY source"
+            "WHERE source >= ? AND source < ? GROUP BY source ORDER BY source",
+            ASSET_SOURCES,
         )
-        return [(r[1].removeprefix("asset:"), r[8], _event(r)) for r in rows]
+        return [(asset_of(r[1]) or r[1], r[8], _event(r)) for r in rows]
 
     async def _runs(self, clause: str, args: tuple[Any, ...]) -> list[RunRow]:
         rows = await self._reader.execute_fetchall(f"SELECT * FROM runs {clause}", args)
