@@ -581,7 +581,12 @@ async def _triggers(config: Config, args: argparse.Namespace) -> int:
     for t in tried.trials:
         detail = t.error or ("" if t.inputs is None else json.dumps(t.inputs))
         if t.dedupe_key is not None:
-            detail = f"dedupe {t.dedupe_key!r}; {detail}"
+            seen = (
+                ""
+                if t.key_seen_at is None
+                else f" (started a run {_time(t.key_seen_at)}: a new one would be a duplicate)"
+            )
+            detail = f"dedupe {t.dedupe_key!r}{seen}; {detail}"
         table.append([t.event.event_id, _time(t.event.received_at), t.outcome, _clip(detail)])
     _table(table)
     matched = sum(t.outcome == "matches" for t in tried.trials)

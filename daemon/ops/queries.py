@@ -334,6 +334,11 @@ class Queries:
         )
         return page_of(rows, limit, _event_at)
 
+    async def dedupe_seen(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], float]:
+        """When each (trigger, dedupe key) pair last started a run (pairs never seen, or
+        pruned, are left out)."""
+        return await self._store.dedupe_seen(keys) if keys else {}
+
     async def event(self, event_id: str) -> EventRow:
         """:raises NotFound: if there is no such event (or it is no longer kept)"""
         found = await self._store.get_events([event_id])

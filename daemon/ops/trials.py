@@ -8,10 +8,11 @@ nothing is recorded and no run starts. Fields of ``event.data`` that the trigger
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from cued.daemon.core.event_fields import has_path, when_data_paths
+from cued.daemon.core.ids import now
 from cued.daemon.core.templates import TemplateProblem
 from cued.daemon.core.triggers import match
 from cued.daemon.errors import InvalidRequest, NotFound
@@ -37,6 +38,9 @@ class Trial:
     inputs: dict[str, Any] | None = None
     dedupe_key: str | None = None
     error: str | None = None
+    key_seen_at: float | None = None
+    """When its dedupe key last started a run, if that is within the trigger's window: an
+    event like this one arriving now would be dropped as a duplicate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +97,26 @@ async def try_trigger(
         if last < 1:
             raise InvalidRequest(f"--last {last!r} is not a positive number")
         events = (await queries.events_page(limit=last, source=trigger.source)).items
-    trials = [_try(trigger, row) for row in events]
+    trials = await _with_keys_seen(queries, trigger, [_try(trigger, row) for row in events])
     return TriggerTrial(trigger, number, trials, _missing(trigger, events))
+
+
+async def _with_keys_seen(
+    queries: Queries, trigger: TriggerConfig, trials: list[Trial]
+) -> list[Trial]:
+    """Mark the matches whose dedupe key started a run within the trigger's window (as
+    intake would find it, were the event to come now)."""
+    keyed = {(trigger.key, t.dedupe_key) for t in trials if t.dedupe_key is not None}
+    seen = await queries.dedupe_seen(sorted(keyed))
+    at = now()
+    return [
+        replace(t, key_seen_at=last)
+        if t.dedupe_key is not None
+        and (last := seen.get((trigger.key, t.dedupe_key))) is not None
+        and at - last < trigger.dedupe_window
+        else t
+        for t in trials
+    ]
 
 
 def _try(trigger: TriggerConfig, row: EventRow) -> Trial:

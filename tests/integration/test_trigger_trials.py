@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 
 from cued.daemon.assembly import open_state
+from cued.daemon.core.ids import now
 from cued.daemon.errors import InvalidRequest, NotFound
 from cued.daemon.ops.trials import try_trigger
-from cued.daemon.store import EventRow
+from cued.daemon.store import DedupeRow, EventRow
 
 CONFIG = """
 [daemon]
@@ -121,3 +122,24 @@ async def test_a_trigger_not_found_is_named(make_config, ref, message):
         with pytest.raises(NotFound) as caught:
             await try_trigger(state.queries, ref)
     assert str(caught.value).startswith(message)
+
+
+async def test_a_match_whose_dedupe_key_started_a_run_within_its_window_is_marked(make_config):
+    config = make_config(CONFIG)
+    seen_at = now()
+    async with open_state(config) as state:
+        await state.store.submit(
+            [
+                *EVENTS,
+                EventRow("e-5", "orders", 6.0, "matched", {"id": 5, "total": 900}, {}),
+                # order 1's key started a run just now; order 5's a window (1 day) ago
+                DedupeRow("big-orders", "order-1", seen_at),
+                DedupeRow("big-orders", "order-5", seen_at - 86_401),
+            ]
+        ).wait()
+        tried = await try_trigger(state.queries, "big-orders")
+    outcomes = {t.event.event_id: t for t in tried.trials}
+    assert outcomes["e-1"].key_seen_at == seen_at
+    assert outcomes["e-5"].outcome == "matches"
+    assert outcomes["e-5"].key_seen_at is None
+    assert all(outcomes[e].key_seen_at is None for e in ("e-2", "e-3", "e-4"))
