@@ -52,8 +52,15 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
 		|| (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
+# The README's curl lines are run as written (tests/e2e/test_readme_examples.py), and the
+# open-mode tests call curl as another user: the real program, from Debian.
+CURL := /usr/bin/curl
+$(CURL):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y curl \
+		|| (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y curl)
+
 # Two workers: most tests wait on processes, sockets and fsync, not on a core.
-test: check $(CHROMIUM)
+test: check $(CHROMIUM) $(CURL)
 	$(BIN)/pytest -q -n 2
 
 # Lanes (tests/conftest.py): tests/unit/ is pure, tests/integration/ uses one real component

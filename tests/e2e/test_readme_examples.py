@@ -11,23 +11,18 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import anyio
 import httpx
-import pytest
 
 from tests.support.daemon import Daemon
 from tests.support.raw_http import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
-
-pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl program")
-
 
 def quick_start_commands() -> list[str]:
     """The commands of the paragraph after ``make run``: "Then, from another shell: ..."."""
