@@ -60,6 +60,7 @@ from cued.daemon.sdk import (
     Event,
     Parsed,
     bounded_id,
+    decimal,
     decode_text,
     error_response,
     form_value,
@@ -220,7 +221,7 @@ class WebhookSource:
     async def _body(self, request: Request) -> bytes:
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if declared is not None and (decimal(declared, max_digits=30) or 0) > limit:
             raise _TooLarge
         chunks, size = [], 0
         async for chunk in request.stream():

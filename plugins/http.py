@@ -20,7 +20,7 @@ import anyio
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cued.daemon.sdk import ParamProblem, PermanentTaskError, TaskError, has_template
+from cued.daemon.sdk import ParamProblem, PermanentTaskError, TaskError, decimal, has_template
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -95,8 +95,8 @@ class HttpParams(BaseModel):
         checked: list[int | str] = []
         for entry in value:
             text = str(entry).strip().lower()
-            if text.isdigit() and 100 <= int(text) <= 599:
-                checked.append(int(text))
+            if (status := decimal(text, max_digits=3)) is not None and 100 <= status <= 599:
+                checked.append(status)
             elif _STATUS_CLASS.match(text):
                 checked.append(text)
             else:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import nodes
 
 from cued.daemon.core.templates import has_template, parse, when_expression
+from cued.daemon.core.untrusted import decimal
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -60,17 +61,11 @@ def has_path(data: Any, path: tuple[str, ...]) -> bool:
     for part in path:
         if isinstance(data, dict) and part in data:
             data = data[part]
-        elif isinstance(data, list) and _index(part) < len(data):
-            data = data[_index(part)]
+        elif isinstance(data, list) and (index := decimal(part)) is not None and index < len(data):
+            data = data[index]
         else:
             return False
     return True
-
-
-def _index(part: str) -> int:
-    """``part`` as a list index, or one past any list's end when it is none: ASCII digits
-    only (``"¹"`` is a digit to ``str.isdigit`` but not to ``int``), and few of them."""
-    return int(part) if part.isascii() and part.isdigit() and len(part) <= 18 else 1 << 62
 
 
 def _strings(value: Any) -> Iterator[str]:

@@ -41,6 +41,8 @@ import re
 import sys
 from typing import NamedTuple
 
+from cued.daemon.core.untrusted import decimal
+
 __all__ = [
     "TcpSocket",
     "is_loopback_host",
@@ -120,10 +122,10 @@ def parse_tcp_table(text: str) -> list[TcpSocket]:
         if len(fields) < 10:
             continue
         local, remote = _endpoint(fields[1]), _endpoint(fields[2])
-        uid, inode = fields[7], fields[9]
-        if local is None or remote is None or not (_decimal(uid) and _decimal(inode)):
+        uid, inode = decimal(fields[7], max_digits=20), decimal(fields[9], max_digits=20)
+        if local is None or remote is None or uid is None or inode is None:
             continue
-        rows.append(TcpSocket(local, remote, int(uid), int(inode)))
+        rows.append(TcpSocket(local, remote, uid, inode))
     return rows
 
 
@@ -146,10 +148,6 @@ def tcp_owner(
         if _normal(row.local) == wanted_local and _normal(row.remote) == wanted_remote:
             return row.uid
     return None
-
-
-def _decimal(text: str) -> bool:
-    return text.isascii() and text.isdigit() and len(text) <= 20
 
 
 def _endpoint(text: str) -> tuple[_Address, int] | None:

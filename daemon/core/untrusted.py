@@ -45,6 +45,7 @@ __all__ = [
     "Parsed",
     "bounded_id",
     "clean",
+    "decimal",
     "form",
     "header_text",
     "json_value",
@@ -95,6 +96,16 @@ class Parsed:
 
 class _Refused(ValueError):
     """A value that parsed but may not be kept as it is."""
+
+
+def decimal(text: str, *, max_digits: int = 18) -> int | None:
+    """``text`` as a whole number if it is ASCII digits only, at most ``max_digits`` of
+    them; else None. ``str.isdigit`` alone is not enough: it takes ``"¹"`` (which ``int``
+    refuses) and ``"٣"`` (which ``int`` reads as 3), and ``int`` of thousands of digits
+    costs time or raises."""
+    if text.isascii() and text.isdigit() and len(text) <= max_digits:
+        return int(text)
+    return None
 
 
 def text(raw: bytes, *, limit: int | None = None) -> str:

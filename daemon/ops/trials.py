@@ -15,6 +15,7 @@ from cued.daemon.core.event_fields import has_path, when_data_paths
 from cued.daemon.core.ids import now
 from cued.daemon.core.templates import TemplateProblem
 from cued.daemon.core.triggers import match
+from cued.daemon.core.untrusted import decimal
 from cued.daemon.errors import InvalidRequest, NotFound
 from cued.daemon.sdk.sources import Event
 
@@ -61,9 +62,8 @@ def find_trigger(triggers: list[TriggerConfig], ref: str) -> tuple[int, TriggerC
 
     :raises NotFound: if none is so named, or the key is that of several triggers
     """
-    # ASCII digits only ("¹" is a digit to isdigit, not to int), and few of them
-    if ref.isascii() and ref.isdigit() and len(ref) <= 9 and 1 <= int(ref) <= len(triggers):
-        return int(ref), triggers[int(ref) - 1]
+    if (number := decimal(ref)) is not None and 1 <= number <= len(triggers):
+        return number, triggers[number - 1]
     found = [(n, t) for n, t in enumerate(triggers, 1) if t.key == ref]
     if len(found) == 1:
         return found[0]

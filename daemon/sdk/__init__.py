@@ -40,6 +40,7 @@ from cued.daemon.core.tracecontext import parse_traceparent
 from cued.daemon.core.untrusted import (
     Parsed,
     bounded_id,
+    decimal,
     header_text,
     json_value,
     looks_like_json,
@@ -102,6 +103,7 @@ __all__ = [
     "bounded_id",
     "current_span",
     "current_traceparent",
+    "decimal",
     "decode_text",
     "error_response",
     "form_value",

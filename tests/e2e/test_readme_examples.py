@@ -24,6 +24,7 @@ from tests.support.raw_http import free_port
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
+
 def quick_start_commands() -> list[str]:
     """The commands of the paragraph after ``make run``: "Then, from another shell: ..."."""
     paragraph = README.split("Then, from another shell:", 1)[1].split("\n\n", 1)[0]

@@ -48,6 +48,7 @@ def test_exported_members():
         "bounded_id",
         "current_span",
         "current_traceparent",
+        "decimal",
         "decode_text",
         "error_response",
         "form_value",

@@ -17,6 +17,7 @@ from cued.daemon.core.untrusted import (
     MAX_ID_CHARS,
     bounded_id,
     clean,
+    decimal,
     form,
     header_text,
     json_value,
@@ -289,3 +290,26 @@ def test_a_lone_surrogate_in_a_cursor_comes_back_escaped() -> None:
 def test_bytes_are_text_or_base64_and_come_back(raw: bytes) -> None:
     shown, is_base64 = text_or_base64(raw)
     assert (base64.b64decode(shown) if is_base64 else shown.encode("utf-8")) == raw
+
+
+@given(st.text())
+def test_decimal_is_a_number_exactly_when_the_text_is_few_ascii_digits(text: str) -> None:
+    value = decimal(text)
+    if text and len(text) <= 18 and all("0" <= c <= "9" for c in text):
+        assert value == int(text)
+    else:
+        assert value is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("\u00b9", id="superscript-one-int-refuses"),
+        pytest.param("\u0663", id="arabic-indic-three-int-reads-as-3"),
+        pytest.param("9" * 5000, id="more-digits-than-int-takes"),
+        pytest.param("", id="empty"),
+        pytest.param("+1", id="signed"),
+    ],
+)
+def test_decimal_refuses_what_isdigit_or_int_would_take(text: str) -> None:
+    assert decimal(text) is None
