@@ -10,7 +10,8 @@ async with tracing, store, http client, task group:
     alerts              sends the alert outbox (webhook, email, command), retrying
     retention           prunes what [retention] lets go, every prune_every
     signals             SIGTERM/SIGINT: sources stop, running tasks may finish for
-                        `shutdown_grace`, the rest is cancelled (and runs again on restart)
+                        `shutdown_grace`, the rest is cancelled (and runs again on restart);
+                        SIGHUP: reload the configuration file (daemon/runtime/reload.py)
 ```
 """
 
@@ -31,6 +32,7 @@ import httpx
 from cued.daemon.config.registry import source_kinds, task_kinds
 from cued.daemon.config.secrets import resolve_secret
 from cued.daemon.config.strict import config_folder_first
+from cued.daemon.core.ids import now
 from cued.daemon.errors import CuedError
 from cued.daemon.logs import get_logger
 from cued.daemon.ops.local import Local
@@ -38,8 +40,10 @@ from cued.daemon.runtime.alerts import Alerts
 from cued.daemon.runtime.backlog import Backlog
 from cued.daemon.runtime.intake import DaemonIntake
 from cued.daemon.runtime.metrics import Metrics
+from cued.daemon.runtime.reload import Reloader
 from cued.daemon.runtime.retention import prune_periodically
 from cued.daemon.runtime.runner import Runner
+from cued.daemon.runtime.sources import SourceSet
 from cued.daemon.runtime.spending import StoreSpending
 from cued.daemon.runtime.telemetry import TracedTransport, open_tracing
 from cued.daemon.sdk.sources import SourceContext
@@ -60,12 +64,15 @@ from cued.daemon.web.server import PerConnection, serve_asgi
 from cued.daemon.web.ui import with_ui
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
     from pathlib import Path
 
-    from cued.daemon.config import Config
+    from starlette.types import ASGIApp
+
+    from cued.daemon.config import Config, SourceConfig
     from cued.daemon.runtime.asset_events import AssetSink
     from cued.daemon.sdk.kinds import TaskKind
+    from cued.daemon.sdk.sources import Source
     from cued.daemon.sdk.tracing import Tracing
     from cued.daemon.store import Store
 
@@ -140,7 +147,8 @@ class _Parts:
 async def _open_parts(config: Config) -> AsyncIterator[_Parts]:
     """The daemon's store, runner (serving) and intake, and its alerts if configured."""
     async with _opened(config, lock=True) as (store, http, kinds, tracing):
-        alerts = _alerts(config, store, http)
+        # always: a reload may add the first alert channel
+        alerts = Alerts(config.alerts, store, http, config.base_dir)
         backlog = _backlog(config)
         # each needs the other: the runner records the asset events of the runs that
         # succeed through intake, and intake's loop is given the runner to start runs
@@ -275,20 +283,57 @@ def _bind(listen: str) -> socket.socket:
     return sock
 
 
-def _sources(config: Config, intake: DaemonIntake, front: WebFront) -> list[Any]:
-    kinds = source_kinds()
-    built = []
-    for name, source in config.sources.items():
+class _SourceRoutes:
+    """One source's way to the web front: the paths it reserves are remembered, to be
+    released when it stops for good (removed or replaced at a reload)."""
+
+    def __init__(self, front: WebFront) -> None:
+        self._front = front
+        self.paths: list[str] = []
+
+    def reserve(self, path: str, *, max_body_bytes: int) -> None:
+        self._front.reserve(path, max_body_bytes=max_body_bytes)
+        self.paths.append(path)
+
+    def mount(self, path: str, app: ASGIApp) -> None:
+        self._front.mount(path, app)
+
+    def unmount(self, path: str) -> None:
+        self._front.unmount(path)
+
+    def release(self, path: str) -> None:
+        self._front.release(path)
+
+
+class _Sources:
+    """Makes the configured sources (:class:`~cued.daemon.runtime.sources.BuildSource`)."""
+
+    def __init__(self, config: Config, intake: DaemonIntake) -> None:
+        self._base_dir = config.base_dir
+        self._intake = intake
+        self.front: WebFront | None = None
+        """Where webhooks mount: set before any source is made."""
+        self._routes: dict[str, _SourceRoutes] = {}
+
+    def __call__(self, name: str, config: SourceConfig) -> Source:
+        assert self.front is not None, "the web front is not made yet"
+        routes = self._routes[name] = _SourceRoutes(self.front)
         ctx = SourceContext(
             source=name,
-            intake=intake,
+            intake=self._intake,
             log=get_logger(source=name),
-            routes=front,
-            base_dir=config.base_dir,
+            routes=routes,
+            base_dir=self._base_dir,
         )
-        cls = kinds[source.kind]
-        built.append(cls(cls.Config.model_validate(source.params), ctx))
-    return built
+        cls = source_kinds()[config.kind]
+        built: Source = cls(cls.Config.model_validate(config.params), ctx)
+        return built
+
+    def release(self, name: str) -> None:
+        routes = self._routes.pop(name, None)
+        if routes is not None:
+            for path in routes.paths:
+                routes.release(path)
 
 
 def _host(host: str) -> str:
@@ -297,6 +342,10 @@ def _host(host: str) -> str:
 
 
 def _users(config: Config) -> Users:
+    """The API's users, their tokens resolved.
+
+    :raises CuedError: if a token's variable is unset or its file unreadable
+    """
     return Users(
         {
             resolve_secret(user.token, config.base_dir, what=f"the token of {name!r}"): Caller(
@@ -316,6 +365,8 @@ class DaemonInfo:
     http_address: tuple[str, int] | None
     live: Live | None = None
     metrics: Metrics | None = None
+    reloader: Reloader | None = None
+    sources: SourceSet | None = None
 
 
 async def run_daemon(
@@ -332,7 +383,7 @@ async def run_daemon(
     socket_path = control_socket_path(config.state_path)
     # Signals are caught from the start: one that arrives while the daemon starts up is
     # acted on once it is up, instead of killing it half-started.
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         await _serve(config, signals, task_status)
     socket_path.unlink(missing_ok=True)
     log.info("daemon_stopped")
@@ -347,6 +398,8 @@ async def _serve(
     access = ControlAccess.of(config.daemon.control_group)
     async with _open_parts(config) as parts, anyio.create_task_group() as tg:
         store, runner, intake = parts.store, parts.runner, parts.intake
+        version = await _record_version(config, store)
+        runner.reconfigure(config, version, {})
         if parts.alerts is not None:
             # the sender first sends what a crash (or `cued trigger` without a daemon) left
             await tg.start(parts.alerts.run)
@@ -361,22 +414,46 @@ async def _serve(
         def ready() -> bool:
             return up.is_set() and not stopping.is_set()
 
+        # one set of users for the API and the UI, changed in place by a reload
+        users = _users(config)
+        # the sources reach the web front, which is made after the API that reloads them
+        build_sources = _Sources(config, intake)
+        sources_set = SourceSet(build_sources)
+        reloader = Reloader(
+            config,
+            version,
+            store=store,
+            runner=runner,
+            intake=intake,
+            sources=sources_set,
+            alerts=parts.alerts,
+            prepare=[partial(_new_users, users)],
+        )
         api = build_app(
             runner,
             trusted=False,
-            users=_users(config),
+            users=users,
             live=live,
             metrics=metrics,
             ready=ready,
             access=access,
+            reloader=reloader,
         )
         front = WebFront(
-            with_ui(api, runner, intake, _users(config), access),  # UI: daemon/ui
+            with_ui(api, runner, intake, users, access),  # UI: daemon/ui
             max_body_bytes=config.http.max_body_bytes,
         )
+        build_sources.front = front
         control = ControlGuard(
             BodyLimit(
-                build_app(runner, trusted=True, live=live, metrics=metrics, ready=ready),
+                build_app(
+                    runner,
+                    trusted=True,
+                    live=live,
+                    metrics=metrics,
+                    ready=ready,
+                    reloader=reloader,
+                ),
                 config.http.max_body_bytes,
             ),
             access,
@@ -388,9 +465,9 @@ async def _serve(
                 serve_asgi, control, sockets=[control_sock], http=PeerCredentials, grace_s=grace
             )
         )
-        # created before the server listens: a webhook reserves its path, which answers
+        # made before the server listens: a webhook reserves its path, which answers
         # 503 (not 404) until the source has started
-        sources = _sources(config, intake, front)
+        sources_set.build(config.sources)
         address = None
         if config.http.listen:
             sock = _bind(config.http.listen)
@@ -400,8 +477,7 @@ async def _serve(
                 partial(serve_asgi, front, sockets=[sock], http=PerConnection, grace_s=grace)
             )
         async with anyio.create_task_group() as sources_tg:
-            for source in sources:
-                await sources_tg.start(source.run)
+            await sources_tg.start(sources_set.serve)
             await runner.resume_unfinished()
             # after the sources' start: the files source first moves what a crash left
             # recorded, which it recognises by the recorded event
@@ -415,10 +491,16 @@ async def _serve(
                 ui=f"http://{_host(address[0])}:{address[1]}/ui/" if address else None,
                 pipelines=sorted(config.pipelines),
                 sources=sorted(config.sources),
+                config_version=version,
             )
             up.set()
-            task_status.started(DaemonInfo(runner, intake, address, live, metrics))
+            task_status.started(
+                DaemonInfo(runner, intake, address, live, metrics, reloader, sources_set)
+            )
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await reloader.reload()
+                    continue
                 log.info("daemon_stopping", signal=signal.Signals(signum).name, grace_s=grace)
                 break
             stopping.set()
@@ -428,3 +510,24 @@ async def _serve(
         if left := runner.slots.running_tasks:
             log.warning("daemon_stopping_tasks", running=left, note="they run again on restart")
         tg.cancel_scope.cancel()
+
+
+async def _record_version(config: Config, store: Store) -> int | None:
+    """Keep the configuration the daemon starts with as a version (``None`` for one
+    built in code, not read from a file)."""
+    if config.text is None:
+        return None
+    file = str(config.file) if config.file is not None else "<config>"
+    return (await store.add_config_version(config.text, file, now())).version
+
+
+def _new_users(users: Users, config: Config) -> Callable[[], None]:
+    """Check the users of a reloaded configuration (their tokens resolve); return how to
+    put them in place of the old ones."""
+    fresh = _users(config).by_token
+
+    def apply() -> None:
+        users.by_token.clear()
+        users.by_token.update(fresh)
+
+    return apply

@@ -246,6 +246,8 @@ class Config(_Model):
     telemetry: TelemetryConfig | None = None
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _warnings: tuple[ConfigProblem, ...] = PrivateAttr(default=())
+    _text: str | None = PrivateAttr(default=None)
+    _file: Path | None = PrivateAttr(default=None)
 
     @property
     def base_dir(self) -> Path:
@@ -257,6 +259,18 @@ class Config(_Model):
         """What the check found that does not make the configuration invalid (a shell
         command whose template is not quoted, say)."""
         return self._warnings
+
+    @property
+    def text(self) -> str | None:
+        """The text it was read from (``None`` if it was built in code): kept as a
+        config version, and compared at a reload."""
+        return self._text
+
+    @property
+    def file(self) -> Path | None:
+        """The file it was read from (``None`` if it was not read from one): a reload
+        reads it again."""
+        return self._file
 
     @property
     def state_path(self) -> Path:
@@ -295,7 +309,9 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(
             [ConfigProblem(str(path), None, "", f"cannot read: {exc.strerror}")]
         ) from exc
-    return parse_config(text, file=str(path), base_dir=path.resolve().parent)
+    config = parse_config(text, file=str(path), base_dir=path.resolve().parent)
+    config._file = path.absolute()
+    return config
 
 
 def parse_config(text: str, *, file: str = "<config>", base_dir: Path | None = None) -> Config:
@@ -321,6 +337,7 @@ def parse_config(text: str, *, file: str = "<config>", base_dir: Path | None = N
     config = checker.check(raw)
     config._base_dir = base_dir
     config._warnings = tuple(checker.warnings)
+    config._text = text
     return config
 
 

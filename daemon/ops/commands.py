@@ -9,6 +9,7 @@ wait          see a run to its end (or to its next gate)
 prune         delete what [retention] lets go now, or count it (a dry run)
 pause         pause a pipeline: its new runs wait (or are skipped), durably
 unpause       resume a paused pipeline: what waited starts
+reload        read the configuration file again and apply it (or refuse it)
 ```
 
 A request that the state of a run or gate does not allow now raises
@@ -28,7 +29,8 @@ from cued.daemon.runtime import retention
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from cued.daemon.ops.host import Daemon, Recorded
+    from cued.daemon.ops.host import Daemon, Recorded, Reloading
+    from cued.daemon.runtime.reload import ReloadOutcome
     from cued.daemon.store import PauseRow, RunRow
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "decide",
     "pause",
     "prune",
+    "reload",
     "rerun",
     "trigger",
     "unpause",
@@ -145,3 +148,9 @@ async def unpause(daemon: Daemon, pipeline: str, *, who: str | None = None) -> P
     :raises NotFound: if there is no such pipeline
     """
     return PipelineState(pipeline, None, await daemon.unpause(pipeline, by=who))
+
+
+async def reload(daemon: Reloading) -> ReloadOutcome:
+    """Read the configuration file again and apply it in place; an invalid one is refused
+    (the outcome says why, file:line) and the running one is kept."""
+    return await daemon.reload()

@@ -19,10 +19,11 @@ if TYPE_CHECKING:
     from cued.daemon.core.plan import PipelinePlan
     from cued.daemon.runtime.backlog import Backlog
     from cued.daemon.runtime.gates import Gates
+    from cued.daemon.runtime.reload import ReloadOutcome
     from cued.daemon.runtime.slots import Slots
     from cued.daemon.store import PauseRow, RunRow, Store
 
-__all__ = ["Daemon", "Recorded"]
+__all__ = ["Daemon", "Recorded", "Reloading"]
 
 
 class Recorded(Protocol):
@@ -64,3 +65,14 @@ class Daemon(Recorded, Protocol):
     async def wait(self, run_id: str) -> RunRow: ...
     async def resume_recorded(self, run_id: str) -> None: ...
     def is_active(self, run_id: str) -> bool: ...
+
+
+class Reloading(Protocol):
+    """The running daemon's reload (the runtime's reloader): read its configuration file
+    again and apply it, or refuse it and keep the running one."""
+
+    @property
+    def version(self) -> int | None: ...
+    @property
+    def last(self) -> ReloadOutcome | None: ...
+    async def reload(self) -> ReloadOutcome: ...

@@ -9,6 +9,7 @@ the UI into HTML, the CLI into tables).
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from cued.daemon.store import (
         ApprovalRow,
         AttemptRow,
+        ConfigVersionRow,
         DecisionRow,
         EventRow,
         InstanceRow,
@@ -187,19 +189,28 @@ class Queries:
 
     @classmethod
     def of(cls, daemon: Daemon) -> Queries:
-        """The reads of the running daemon's store, under its configuration."""
-        return cls(daemon.store, daemon.config, daemon.plans)
+        """The reads of the running daemon's store, under its configuration (the one
+        running now: it follows reloads)."""
+        queries = cls(daemon.store, daemon.config, daemon.plans)
+        queries._daemon = daemon
+        return queries
 
     def __init__(
         self, store: Store, config: Config, plans: Mapping[str, PipelinePlan] | None = None
     ) -> None:
         self._store = store
-        self.config = config
+        self._daemon: Daemon | None = None
+        self._config = config
         self.plans: Mapping[str, PipelinePlan] = (
             plans
             if plans is not None
             else {name: PipelinePlan.build(name, p) for name, p in config.pipelines.items()}
         )
+
+    @property
+    def config(self) -> Config:
+        """The configuration the reads are under (the running daemon's, if any)."""
+        return self._daemon.config if self._daemon is not None else self._config
 
     async def ping(self) -> None:
         """Answer a trivial query of the store (readiness).
@@ -297,6 +308,38 @@ class Queries:
     async def paused(self) -> dict[str, PauseRow]:
         """The paused pipelines (as recorded), by name."""
         return await self._store.paused_pipelines()
+
+    # -- configuration versions -----------------------------------------------------------
+
+    async def config_versions(self, limit: int = 100) -> list[ConfigVersionRow]:
+        """The configurations the daemon loaded, newest first."""
+        return await self._store.config_versions(limit=limit)
+
+    async def config_version(self, version: int) -> ConfigVersionRow:
+        """One configuration the daemon loaded.
+
+        :raises NotFound: if there is no such version
+        """
+        row = await self._store.config_version(version)
+        if row is None:
+            raise NotFound(f"no config version {version}")
+        return row
+
+    async def config_diff(self, old: int, new: int) -> str:
+        """What changed from version ``old`` to ``new``, as a unified diff of their text
+        (empty if they are the same).
+
+        :raises NotFound: if either is no version
+        """
+        a, b = await self.config_version(old), await self.config_version(new)
+        return "".join(
+            difflib.unified_diff(
+                a.text.splitlines(keepends=True),
+                b.text.splitlines(keepends=True),
+                fromfile=f"version {old}",
+                tofile=f"version {new}",
+            )
+        )
 
     # -- approvals ------------------------------------------------------------------------
 

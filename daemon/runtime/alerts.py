@@ -89,16 +89,30 @@ class Alerts:
         http: httpx.AsyncClient,
         base_dir: Path,
     ) -> None:
-        self.configs = dict(configs)
         self.store = store
-        self._channels = {
-            name: _channel(config, http, base_dir) for name, config in self.configs.items()
-        }
-        for config in self.configs.values():
-            _remember_secrets(config, base_dir)
+        self._http = http
+        self.configs: dict[str, AlertConfig] = {}
+        self._channels: dict[str, _Channel] = {}
+        self.configure(configs, base_dir)
         self._wake: anyio.Event | None = None
         self._in_flight: set[str] = set()
         self.log = get_logger(component="alerts")
+
+    def configure(self, configs: Mapping[str, AlertConfig], base_dir: Path) -> None:
+        """Use these channels from now on (at start, and at a reload): alerts raised
+        from now go to them; one queued for a channel no longer configured is given up
+        when it is due, one for a channel kept is sent as the channel now says."""
+        channels = {
+            name: (
+                self._channels[name]
+                if self.configs.get(name) == config
+                else _channel(config, self._http, base_dir)
+            )
+            for name, config in configs.items()
+        }
+        for config in configs.values():
+            _remember_secrets(config, base_dir)
+        self.configs, self._channels = dict(configs), channels
 
     def rows(self, rule: str, key: str, payload: dict[str, Any]) -> list[OutboxRow]:
         """One outbox row per channel that wants an alert of ``rule`` about this pipeline.

@@ -129,7 +129,9 @@ class TaskAttempts:
         self._http = http
         self._spending = spending
         self._task_env = tuple(task_env)
-        self._static_params: dict[tuple[str, str], BaseModel] = {}
+        # by pipeline and task, with the plan they were read from: after a reload, runs
+        # of the old plan and of the new one each get their own task's parameters
+        self._static_params: dict[tuple[str, str], tuple[PipelinePlan, BaseModel]] = {}
 
     async def run(
         self,
@@ -195,9 +197,10 @@ class TaskAttempts:
         if plan.tasks[name].templated:
             return model.model_validate(params)
         key = (plan.name, name)
-        if (cached := self._static_params.get(key)) is None:
-            cached = self._static_params[key] = model.model_validate(params)
-        return cached
+        cached = self._static_params.get(key)
+        if cached is None or cached[0] is not plan:
+            cached = self._static_params[key] = (plan, model.model_validate(params))
+        return cached[1]
 
 
 def _describe(exc: BaseException) -> str:

@@ -122,15 +122,18 @@ class DaemonIntake:
         self._store = store
         self._backpressure = backpressure
         self._tracing = tracing or Tracing()
-        self._triggers: dict[str, list[TriggerConfig]] = defaultdict(list)
-        for trigger in config.triggers:
-            self._triggers[trigger.source].append(trigger)
+        self._triggers = _by_source(config.triggers)
         self._queue: list[_Request] = []
         self._wake = anyio.Event()
         self._pending_ids: set[str] = set()
         self._pending_keys: set[tuple[str, str]] = set()
         self.received: dict[str, int] = defaultdict(int)
         self._log = get_logger()
+
+    def reconfigure(self, config: Config) -> None:
+        """Match events against ``config``'s triggers from the next batch on (a reload); a
+        batch being prepared keeps the triggers it started with."""
+        self._triggers = _by_source(config.triggers)
 
     # -- what sources call ------------------------------------------------------------
 
@@ -332,6 +335,13 @@ class DaemonIntake:
             kind="consumer",
             attributes={"cued.event.id": event.event_id, "cued.source": event.source},
         )
+
+
+def _by_source(triggers: list[TriggerConfig]) -> dict[str, list[TriggerConfig]]:
+    found: dict[str, list[TriggerConfig]] = defaultdict(list)
+    for trigger in triggers:
+        found[trigger.source].append(trigger)
+    return found
 
 
 def _caller(event: Event) -> str | None:

@@ -104,6 +104,8 @@ class Runner:
         tracing: Tracing | None = None,
     ) -> None:
         self.config = config
+        self.config_version: int | None = None
+        """The configuration version new runs start under (recorded with each)."""
         self.tracing = tracing or Tracing()
         self.store = store
         self.kinds = kinds
@@ -145,6 +147,40 @@ class Runner:
         # pipelines being unpaused: what is held meanwhile is remembered here, as the
         # store's answer may predate its commit
         self._unpausing: dict[str, list[RunRow]] = {}
+        # the plans of each configuration version loaded by this process: a run resumed
+        # from the store (a decision came, a rerun) goes on in the definition it began in
+        self._plans_of: dict[int | None, dict[str, PipelinePlan]] = {None: dict(self.plans)}
+
+    # -- reloading ---------------------------------------------------------------------
+
+    def reconfigure(self, config: Config, version: int | None, kinds: dict[str, TaskKind]) -> None:
+        """Start new runs under ``config`` (a reload), from now on: runs already started,
+        or waiting for a slot, finish on the definition they started with.
+
+        :param version: its configuration version, recorded with each new run
+        :param kinds: the task kinds its pipelines use that the runner has not got yet
+        """
+        for name, kind in kinds.items():
+            self.kinds.setdefault(name, kind)
+        plans = {
+            name: (
+                old
+                if (old := self.plans.get(name)) is not None and old.config == pipeline
+                else PipelinePlan.build(name, pipeline)
+            )
+            for name, pipeline in config.pipelines.items()
+        }
+        # in place: the deadlines and the faces' queries read this same mapping
+        self.plans.clear()
+        self.plans.update(plans)
+        self._plans_of[version] = dict(plans)
+        self.slots.configure(
+            config.daemon.max_running_tasks,
+            config.daemon.pools,
+            {name: plan.config.max_active_runs for name, plan in plans.items()},
+        )
+        self.config = config
+        self.config_version = version
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -240,6 +276,7 @@ class Runner:
                 ended_at=stamp,
                 error=f"skipped: pipeline {pipeline!r} was paused",
                 event_id=event_id,
+                config_version=self.config_version,
             )
         return RunRow(
             new_id(),
@@ -249,6 +286,7 @@ class Runner:
             now(),
             event_id=event_id,
             traceparent=traceparent,
+            config_version=self.config_version,
         )
 
     async def start_run(
@@ -288,7 +326,7 @@ class Runner:
             if (held := self._unpausing.get(row.pipeline)) is not None:
                 held.append(row)
             return
-        run = ActiveRun(row, self.plans[row.pipeline], prior or {}, self._driving)
+        run = ActiveRun(row, self._plan_of(row), prior or {}, self._driving)
         self._runs[row.run_id] = run
         self._deadlines.watch(row)
         if self.slots.run_slot_free(row.pipeline):
@@ -351,6 +389,12 @@ class Runner:
                 started += 1
         self.log.info("pipeline_unpaused", pipeline=pipeline, by=by, waiting=started)
         return started
+
+    def _plan_of(self, row: RunRow) -> PipelinePlan:
+        """The plan ``row`` runs on: its configuration version's, if this process loaded
+        it, else the current one."""
+        plan = self._plans_of.get(row.config_version, {}).get(row.pipeline)
+        return plan if plan is not None else self._plan(row.pipeline)
 
     def _plan(self, pipeline: str) -> PipelinePlan:
         plan = self.plans.get(pipeline)

@@ -40,6 +40,22 @@ class Slots:
         self._draining = False
         self._idle = anyio.Event()
 
+    def configure(
+        self, max_running_tasks: int, pools: Mapping[str, int], max_active_runs: Mapping[str, int]
+    ) -> None:
+        """Apply the limits of a reloaded configuration in place: attempts and runs that
+        hold a slot keep it; a lower limit only makes new ones wait longer. A pool or
+        pipeline no longer configured keeps its limit for the runs that still use it."""
+        self._tasks.total_tokens = max_running_tasks
+        for name, total in pools.items():
+            if (pool := self._pools.get(name)) is None:
+                self._pools[name] = anyio.CapacityLimiter(total)
+            else:
+                pool.total_tokens = total
+        self._max_active_runs.update(max_active_runs)
+        for name in max_active_runs:
+            self._active.setdefault(name, 0)
+
     # -- runs ------------------------------------------------------------------------------
 
     def run_slot_free(self, pipeline: str) -> bool:

@@ -173,6 +173,18 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX task_logs_by_attempt ON task_logs (run_id, key, attempt, seq);
     """,
+    # config versions: every configuration the daemon loads (at start, at each reload),
+    # and the version each run started under (`cued config history`, a run's page)
+    """
+    CREATE TABLE config_versions (
+        version     INTEGER PRIMARY KEY,
+        hash        TEXT NOT NULL,      -- sha256 of the text
+        text        TEXT NOT NULL,
+        file        TEXT NOT NULL,
+        loaded_at   REAL NOT NULL
+    );
+    ALTER TABLE runs ADD COLUMN config_version INTEGER;
+    """,
 )
 
 

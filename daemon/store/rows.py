@@ -20,6 +20,7 @@ __all__ = [
     "GIVEN_UP_AT",
     "ApprovalRow",
     "AttemptRow",
+    "ConfigVersionRow",
     "CursorRow",
     "DecisionRow",
     "DedupeRow",
@@ -53,6 +54,9 @@ class RunRow:
     traceparent: str | None = None
     """The W3C ``traceparent`` the run's spans hang from: its event's span, or the
     caller's (see :mod:`cued.daemon.sdk.tracing`); kept so a resumed run stays in its trace."""
+    config_version: int | None = None
+    """The configuration version the run started under (``cued config show VERSION``);
+    ``None`` for runs recorded before versions were kept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +212,18 @@ class PauseRow:
     pipeline: str
     paused_at: float
     paused_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigVersionRow:
+    """A configuration the daemon loaded: at start, or at a reload."""
+
+    version: int
+    hash: str
+    """sha256 of ``text``, in hex"""
+    text: str
+    file: str
+    loaded_at: float
 
 
 Row = (
@@ -438,3 +454,17 @@ class Store(Protocol):
 
     async def paused_pipelines(self) -> dict[str, PauseRow]:
         """The pipelines that are paused, by name."""
+
+    async def add_config_version(self, text: str, file: str, at: float) -> ConfigVersionRow:
+        """Record a configuration the daemon loaded, durably before this returns; the
+        latest version is given back instead when its text is the same (a restart of an
+        unchanged file adds none).
+
+        :raises StoreError: if it could not be recorded
+        """
+
+    async def config_versions(self, *, limit: int = 100) -> list[ConfigVersionRow]:
+        """The configurations loaded, newest first."""
+
+    async def config_version(self, version: int) -> ConfigVersionRow | None:
+        """One configuration loaded, or ``None`` if there is no such version."""

@@ -8,6 +8,7 @@ that arrived meanwhile instead of paid by each.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -27,6 +28,7 @@ from cued.daemon.logs import get_logger
 from cued.daemon.store import (
     ApprovalRow,
     AttemptRow,
+    ConfigVersionRow,
     CursorRow,
     DecisionRow,
     DedupeRow,
@@ -65,7 +67,7 @@ _log = get_logger()
 
 
 _UPSERT_RUN = """
-INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
     ended_at = excluded.ended_at, error = excluded.error
 """
@@ -404,6 +406,41 @@ class SqliteStore:
         rows = await self._reader.execute_fetchall("SELECT * FROM paused_pipelines")
         return {str(r[0]): PauseRow(str(r[0]), float(r[1]), r[2]) for r in rows}
 
+    async def add_config_version(self, text: str, file: str, at: float) -> ConfigVersionRow:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+        async def work(db: aiosqlite.Connection) -> ConfigVersionRow:
+            latest = list(
+                await db.execute_fetchall(
+                    "SELECT * FROM config_versions ORDER BY version DESC LIMIT 1"
+                )
+            )
+            if latest and latest[0][1] == digest:
+                return _config_version(latest[0])
+            cursor = await db.execute(
+                "INSERT INTO config_versions (hash, text, file, loaded_at) VALUES (?, ?, ?, ?)",
+                (digest, text, file, at),
+            )
+            assert cursor.lastrowid is not None
+            return ConfigVersionRow(cursor.lastrowid, digest, text, file, at)
+
+        row: ConfigVersionRow = await self._chore(work)
+        return row
+
+    async def config_versions(self, *, limit: int = 100) -> list[ConfigVersionRow]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT * FROM config_versions ORDER BY version DESC LIMIT ?", (limit,)
+        )
+        return [_config_version(r) for r in rows]
+
+    async def config_version(self, version: int) -> ConfigVersionRow | None:
+        rows = list(
+            await self._reader.execute_fetchall(
+                "SELECT * FROM config_versions WHERE version = ?", (version,)
+            )
+        )
+        return _config_version(rows[0]) if rows else None
+
     # -- reading -----------------------------------------------------------------------
 
     async def runs_to_resume(self) -> list[tuple[RunRow, list[InstanceRow], dict[str, Any]]]:
@@ -717,6 +754,10 @@ def _run(r: Any) -> RunRow:
     return RunRow(
         r[0], r[1], r[2], inputs if isinstance(inputs, dict) else {"stored": inputs}, *r[4:]
     )
+
+
+def _config_version(r: Any) -> ConfigVersionRow:
+    return ConfigVersionRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4]))
 
 
 def _event(r: Any) -> EventRow:

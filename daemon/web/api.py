@@ -24,6 +24,8 @@ GET  /api/v1/assets, /api/v1/assets/{name}    assets, their versions
 GET  /api/v1/stream                           live updates (server-sent events)
 GET  /api/v1/retention                        what [retention] lets go now (a dry run)
 POST /api/v1/retention/prune                  (operator) delete it now
+GET  /api/v1/config, POST /api/v1/config/reload, GET /api/v1/config/versions[/{version}],
+GET  /api/v1/config/diff                      (operator) config versions, reload: config_api.py
 POST|GET|DELETE /api/v1/session               log in (cookie), who am I, log out
 GET  /healthz, /readyz, /metrics              no token (with no users: to a loopback Host)
 ```
@@ -65,7 +67,7 @@ from cued.daemon.errors import (
     StoreError,
 )
 from cued.daemon.ops import commands
-from cued.daemon.ops.host import Daemon
+from cued.daemon.ops.host import Daemon, Reloading
 from cued.daemon.ops.queries import Queries
 from cued.daemon.runtime.metrics import CONTENT_TYPE, Metrics
 from cued.daemon.sdk.http_errors import error_response
@@ -83,6 +85,7 @@ from cued.daemon.web.auth import (
     open_host,
     session_routes,
 )
+from cued.daemon.web.config_api import config_routes
 from cued.daemon.web.control import ControlAccess
 from cued.daemon.web.json_bodies import CleanJsonBodies
 from cued.daemon.web.live import EventStream, Live
@@ -130,6 +133,7 @@ def build_app(
     metrics: Metrics | None = None,
     ready: Callable[[], bool] = lambda: True,
     access: ControlAccess | None = None,
+    reloader: Reloading | None = None,
 ) -> FastAPI:
     """The API app.
 
@@ -140,6 +144,7 @@ def build_app(
     :param ready: whether the sources have started (for ``/readyz``)
     :param access: with no users, the OS users who may call (the daemon's own user and
         root if not given)
+    :param reloader: the daemon's reload (``/api/v1/config`` answers ``404`` without one)
     """
     app = FastAPI(
         title="cued",
@@ -158,6 +163,7 @@ def build_app(
         metrics,
         ready,
         access or ControlAccess(os.geteuid()),
+        reloader,
     )
     # JSON bodies through cued.daemon.core.untrusted before FastAPI parses them: json.loads
     # takes lone surrogates, depth and NaN that no run or answer can keep
@@ -167,6 +173,7 @@ def build_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.include_router(_api)
+    app.include_router(config_routes)
     app.include_router(session_routes)
     app.include_router(_ops)
     return app

@@ -36,7 +36,7 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from cued.daemon.core.loopback import is_loopback_host
-from cued.daemon.ops.host import Daemon
+from cued.daemon.ops.host import Daemon, Reloading
 from cued.daemon.ops.queries import Queries
 from cued.daemon.runtime.metrics import Metrics
 from cued.daemon.web.control import ControlAccess, Peer, os_user_name, peer_of
@@ -153,6 +153,8 @@ class ApiContext:
     ready: Callable[[], bool]
     access: ControlAccess = field(default_factory=lambda: ControlAccess(os.geteuid()))
     """Who may use the open API (no users): the same OS users as the control socket"""
+    reloader: Reloading | None = None
+    """The daemon's reload (``None`` where there is none: ``404``)"""
 
 
 def _context(request: Request) -> ApiContext:

@@ -68,6 +68,13 @@ class WebFront:
     def unmount(self, path: str) -> None:
         self._mounted.pop(_normal(path), None)
 
+    def release(self, path: str) -> None:
+        """Give up a reserved path (its source was removed, or is replaced at a reload):
+        requests to it go to the API (``404``) unless another source reserves it."""
+        path = _normal(path)
+        self._mounted.pop(path, None)
+        self._reserved.pop(path, None)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._fallback(scope, receive, send)

@@ -203,6 +203,10 @@ class Run(_Model):
     ended_at: float | None
     error: str | None
     event_id: str | None = Field(description="the event that started it, if one did")
+    config_version: int | None = Field(
+        None,
+        description="the configuration version it started under (GET /api/v1/config/versions/N)",
+    )
 
 
 class RunPage(_Model):

@@ -1,0 +1,152 @@
+"""The running event sources, each stoppable on its own: what a reload starts and stops.
+
+Every source runs in the set's task group in a cancel scope of its own. Stopping one
+cancels that scope and waits for the source to end: a source's own clean-up records and
+acknowledges what it took (the Kafka source records its batch in flight and commits its
+offsets before it leaves the group; a webhook's requests in flight are answered once
+recorded, new ones get ``503`` while the path is not served). Sources whose settings did
+not change are never touched: a Kafka consumer keeps its partitions, the webhook listener
+its connections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+
+from cued.daemon.logs import get_logger
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from cued.daemon.config import SourceConfig
+    from cued.daemon.sdk.sources import Source
+
+__all__ = ["BuildSource", "RunningSource", "SourceSet"]
+
+
+class BuildSource(Protocol):
+    """Makes the source instance for a ``[sources.NAME]`` table (the assembly's)."""
+
+    def __call__(self, name: str, config: SourceConfig) -> Source: ...
+
+    def release(self, name: str) -> None:
+        """Give up what the source named ``name`` held outside itself (its reserved web
+        paths), once it has stopped: a new source may take them."""
+
+
+@dataclass(eq=False)
+class RunningSource:
+    """A source the set runs, with its settings and how to stop it."""
+
+    name: str
+    config: SourceConfig
+    source: Source
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    ended: anyio.Event = field(default_factory=anyio.Event)
+
+
+class SourceSet:
+    """The daemon's sources; serve them with :meth:`serve` in the daemon's task group.
+
+    :param build: makes a source instance from its settings
+    """
+
+    def __init__(self, build: BuildSource) -> None:
+        self._build = build
+        self._running: dict[str, RunningSource] = {}
+        self._pending: list[tuple[str, SourceConfig, Source]] = []
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._log = get_logger()
+
+    @property
+    def running(self) -> Mapping[str, Source]:
+        """The source instances running now, by name."""
+        return {name: r.source for name, r in self._running.items()}
+
+    def build(self, sources: Mapping[str, SourceConfig]) -> None:
+        """Make the instances of ``sources``, to start with :meth:`serve`: before the HTTP
+        server listens, so that a webhook's path answers ``503``, not ``404``, until its
+        source has started."""
+        self._pending = [
+            (name, config, self._build(name, config)) for name, config in sources.items()
+        ]
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Start the sources built (each is taking events once this has started), then
+        run them until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            pending, self._pending = self._pending, []
+            for name, config, source in pending:
+                await self._start(name, config, source)
+            task_status.started()
+            await anyio.sleep_forever()
+
+    async def apply(
+        self,
+        sources: Mapping[str, SourceConfig],
+        *,
+        stop: tuple[str, ...],
+        start: tuple[str, ...],
+    ) -> list[str]:
+        """Stop the sources named in ``stop`` (each once what it took is recorded and
+        acknowledged), then start those named in ``start`` with their settings in
+        ``sources``; the others go on untouched. Returns what failed to start, one line
+        each (the others are started all the same).
+        """
+        await self._stop(stop)
+        # all made at once, right after the old ones released their paths (no await in
+        # between): a path a changed webhook keeps is never unreserved (503, not 404)
+        failed, built = [], []
+        for name in start:
+            try:
+                built.append((name, self._build(name, sources[name])))
+            except Exception as exc:  # noqa: BLE001 - one source's failure, the rest go on
+                failed.append(self._failed(name, exc))
+        for name, source in built:
+            try:
+                await self._start(name, sources[name], source)
+            except Exception as exc:  # noqa: BLE001 - one source's failure, the rest go on
+                failed.append(self._failed(name, exc))
+        return failed
+
+    async def stop_all(self) -> None:
+        """Stop every source (at shutdown), each once what it took is recorded."""
+        await self._stop(tuple(self._running))
+
+    def _failed(self, name: str, exc: Exception) -> str:
+        self._build.release(name)
+        self._log.error("source_start_failed", source=name, error=str(exc))
+        return f"source {name!r} did not start: {exc}"
+
+    async def _stop(self, names: tuple[str, ...]) -> None:
+        """Stop these sources, all at once, and return once each has ended (and given up
+        its paths)."""
+        stopping = [self._running.pop(n) for n in names if n in self._running]
+        for running in stopping:
+            running.scope.cancel()
+        for running in stopping:
+            await running.ended.wait()
+        for running in stopping:
+            self._build.release(running.name)
+            self._log.info("source_stopped", source=running.name)
+
+    async def _start(self, name: str, config: SourceConfig, source: Source) -> None:
+        assert self._tg is not None, "the sources are not served"
+        running = RunningSource(name, config, source)
+        await self._tg.start(self._run, running)
+        self._running[name] = running
+
+    async def _run(
+        self, running: RunningSource, *, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        try:
+            with running.scope:
+                await running.source.run(task_status=task_status)
+        finally:
+            running.ended.set()
