@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
+import tomllib
 from contextlib import aclosing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,10 +19,11 @@ from urllib.parse import quote
 
 import anyio
 import httpx
+from pydantic import ValidationError
 
 from cued.daemon.assembly import control_socket_path, open_runner, open_state, run_daemon
 from cued.daemon.cli import render
-from cued.daemon.config import load_config
+from cued.daemon.config import Config, DaemonConfig, load_config
 from cued.daemon.config.starter import STARTER_CONFIG, STARTER_DROP_FOLDER
 from cued.daemon.config.strict import environment_problems
 from cued.daemon.core import untrusted
@@ -35,7 +38,6 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Awaitable, Callable
 
-    from cued.daemon.config import Config
     from cued.daemon.ops.host import Daemon
     from cued.daemon.store import RunRow
 
@@ -50,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
     """Do what ``args`` (parsed) say; returns the exit status."""
     if args.command == "init":
         return _init(args)
+    if args.command in ("reload", "config"):
+        # these must work when the file is invalid: a rollback is how to mend it
+        config = _state_of(args.config)
+        configure_logging(config.daemon.log_level)
+        return anyio.run(_COMMANDS[args.command], config, args)
     config = load_config(args.config)
     configure_logging(config.daemon.log_level)
     if args.command == "validate":
@@ -489,6 +496,8 @@ def _print_run(run: RunRow) -> None:
     _out(f"inputs    {json.dumps(run.inputs)}")
     if run.event_id:
         _out(f"event     {run.event_id}")
+    if run.config_version is not None:
+        _out(f"config    version {run.config_version} (cued config show {run.config_version})")
     if run.error:
         _out(f"error     {run.error}")
 
@@ -600,7 +609,100 @@ async def _triggers(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_of(path: str) -> Config:
+    """The configuration at ``path``, or, if it is invalid, one with only its ``[daemon]
+    state`` (which says where the daemon's state and control socket are).
+
+    :raises ConfigError: if not even that can be read
+    """
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            state = raw.get("daemon", {}).get("state", DaemonConfig().state)
+            lenient = Config(daemon=DaemonConfig(state=state))
+        except (OSError, ValueError, AttributeError, ValidationError):
+            raise exc from None
+        lenient._base_dir = Path(path).absolute().parent
+        return lenient
+
+
+async def _reload(config: Config, args: argparse.Namespace) -> int:
+    try:
+        response = await _control(config, "POST", "/api/v1/config/reload")
+    except DaemonUnavailable as exc:
+        raise CuedError(f"no daemon runs on this state file, nothing to reload ({exc})") from exc
+    return _say_reload(response.json())
+
+
+def _say_reload(outcome: dict[str, Any]) -> int:
+    for problem in outcome.get("problems", []):
+        sys.stderr.write(f"{problem}\n")
+    if not outcome.get("applied"):
+        _out(f"refused: the daemon keeps config version {outcome.get('version')}")
+        return 2
+    changes = outcome.get("changes") or {}
+    _out(
+        f"reloaded: config version {outcome.get('version')}"
+        + (f", {json.dumps(changes)}" if changes else ", nothing changed")
+    )
+    return 1 if outcome.get("problems") else 0
+
+
+async def _config(config: Config, args: argparse.Namespace) -> int:
+    verb = args.config_command
+    async with open_state(config) as state:
+        queries = state.queries
+        if verb == "history":
+            rows = await queries.config_versions(args.limit)
+            table = [["VERSION", "LOADED", "HASH", "FILE"]]
+            table += [[str(r.version), _time(r.loaded_at), r.hash[:12], r.file] for r in rows]
+            _table(table)
+            return 0
+        if verb == "show":
+            sys.stdout.write((await queries.config_version(args.version)).text)
+            return 0
+        if verb == "diff":
+            sys.stdout.write(await queries.config_diff(args.old, args.new))
+            return 0
+        text = (await queries.config_version(args.version)).text
+    return await _rollback(config, args, text)
+
+
+async def _rollback(config: Config, args: argparse.Namespace, text: str) -> int:
+    """Write version ``args.version``'s text to the configuration file, then have the
+    daemon reload it."""
+    _write_whole(Path(args.config), text)
+    _out(f"wrote config version {args.version} to {args.config}")
+    try:
+        response = await _control(config, "POST", "/api/v1/config/reload")
+    except DaemonUnavailable:
+        _out("no daemon runs on this state file: it loads this version when it starts")
+        return 0
+    return _say_reload(response.json())
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` at once (a reader, the daemon reloading, never sees
+    half of it), keeping its permissions."""
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    fd, temporary = tempfile.mkstemp(
+        dir=path.absolute().parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 _COMMANDS = {
+    "reload": _reload,
+    "config": _config,
     "logs": _logs,
     "retry": _retry,
     "clear": _retry,

@@ -111,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _more_commands(sub)
     _pause_parsers(sub)
+    _config_parsers(sub)
     # `cued validate --config F` as well as `cued --config F validate`: each command takes
     # the global options too, and sets them only when given there (SUPPRESS), so the one
     # before the command stays in force otherwise
@@ -139,6 +140,42 @@ def _pause_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     pause.add_argument("pipeline", type=_text)
     resume = sub.add_parser("resume", help="resume a paused pipeline: the runs that waited start")
     resume.add_argument("pipeline", type=_text)
+
+
+def _config_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sub.add_parser(
+        "reload",
+        help="have the running daemon read its configuration file again and apply it",
+        description="The daemon checks the file first: an invalid one is refused (its "
+        "problems are printed, with file and line, status 2) and the running configuration "
+        "is kept. A valid one is applied in place; sources whose settings did not change "
+        "keep running, and runs already started finish as they began. SIGHUP does the same.",
+    )
+    versions = sub.add_parser(
+        "config", help="the configuration versions the daemon loaded: history, show, diff, rollback"
+    )
+    verbs = versions.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    history = verbs.add_parser("history", help="every version loaded, newest first")
+    history.add_argument("--limit", "-n", type=int, default=20)
+    show = verbs.add_parser("show", help="the text of a version")
+    show.add_argument("version", type=_version)
+    diff = verbs.add_parser("diff", help="what changed from version A to version B")
+    diff.add_argument("old", type=_version, metavar="A")
+    diff.add_argument("new", type=_version, metavar="B")
+    rollback = verbs.add_parser(
+        "rollback",
+        help="write a version back to the configuration file, and have the daemon reload it",
+    )
+    rollback.add_argument("version", type=_version)
+    for verb in verbs.choices.values():
+        _global_options(verb, default=argparse.SUPPRESS)
+
+
+def _version(arg: str) -> int:
+    number = untrusted.decimal(arg, max_digits=18)
+    if number is None or number < 1:
+        raise argparse.ArgumentTypeError(f"{arg!r} is not a config version (1 or more)")
+    return number
 
 
 def _logs_parser(sub: Any) -> None:
