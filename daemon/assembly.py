@@ -335,6 +335,15 @@ class _Sources:
             for path in routes.paths:
                 routes.release(path)
 
+    def hold(self, name: str) -> None:
+        if (routes := self._routes.get(name)) is not None and self.front is not None:
+            for path in routes.paths:
+                self.front.hand_over(path)
+
+    def settle(self) -> None:
+        if self.front is not None:
+            self.front.settle()
+
 
 def _host(host: str) -> str:
     """A host as it goes in a URL: an IPv6 address in brackets."""

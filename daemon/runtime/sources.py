@@ -36,6 +36,13 @@ class BuildSource(Protocol):
         """Give up what the source named ``name`` held outside itself (its reserved web
         paths), once it has stopped: a new source may take them."""
 
+    def hold(self, name: str) -> None:
+        """The source named ``name`` is about to be replaced: what comes for it meanwhile
+        (a request to its web path) waits for the new one rather than being refused."""
+
+    def settle(self) -> None:
+        """The replacing is done: nothing waits any more."""
+
 
 @dataclass(eq=False)
 class RunningSource:
@@ -99,6 +106,16 @@ class SourceSet:
         ``sources``; the others go on untouched. Returns what failed to start, one line
         each (the others are started all the same).
         """
+        for name in set(stop) & set(start):
+            self._build.hold(name)
+        try:
+            return await self._replace(sources, stop, start)
+        finally:
+            self._build.settle()
+
+    async def _replace(
+        self, sources: Mapping[str, SourceConfig], stop: tuple[str, ...], start: tuple[str, ...]
+    ) -> list[str]:
         await self._stop(stop)
         # all made at once, right after the old ones released their paths (no await in
         # between): a path a changed webhook keeps is never unreserved (503, not 404)
@@ -108,16 +125,19 @@ class SourceSet:
                 built.append((name, self._build(name, sources[name])))
             except Exception as exc:  # noqa: BLE001 - one source's failure, the rest go on
                 failed.append(self._failed(name, exc))
-        for name, source in built:
+
+        async def start_one(name: str, source: Source) -> None:
             try:
                 await self._start(name, sources[name], source)
             except Exception as exc:  # noqa: BLE001 - one source's failure, the rest go on
                 failed.append(self._failed(name, exc))
-        return failed
 
-    async def stop_all(self) -> None:
-        """Stop every source (at shutdown), each once what it took is recorded."""
-        await self._stop(tuple(self._running))
+        # side by side: a webhook waiting to be handed over does not wait for a Kafka
+        # consumer to join its group
+        async with anyio.create_task_group() as tg:
+            for name, source in built:
+                tg.start_soon(start_one, name, source)
+        return failed
 
     def _failed(self, name: str, exc: Exception) -> str:
         self._build.release(name)

@@ -6,7 +6,10 @@ is mounted goes to that source, any other to the API app (with the UI and metric
 
 Between reserving and mounting (the daemon is starting) and after unmounting (it is
 stopping), a request to a reserved path is answered ``503`` with ``Retry-After``, never
-``404``: a sender that gives up on a ``404`` would lose the event.
+``404``: a sender that gives up on a ``404`` would lose the event. While a reload replaces
+the source of a path (its settings changed), the path is *handed over*: a request that
+comes between the old source's unmount and the new one's mount waits for the mount (at most
+``HANDOVER_WAIT_S``) instead of being refused.
 
 Every request body is capped before routing and before any token is checked
 (:mod:`cued.daemon.web.body_limit`): at ``[http] max_body_bytes``, or at the source's own
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import anyio
+
 from cued.daemon.sdk.http_errors import error_response
 from cued.daemon.web.body_limit import limit_body
 
@@ -24,11 +29,15 @@ if TYPE_CHECKING:
     from starlette.responses import JSONResponse
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["RETRY_AFTER_S", "WebFront"]
+__all__ = ["HANDOVER_WAIT_S", "RETRY_AFTER_S", "WebFront"]
 
 RETRY_AFTER_S = 2
 """What ``Retry-After`` says while a reserved path is not served: starting up takes a
 moment, stopping ends in a restart."""
+
+HANDOVER_WAIT_S = 10.0
+"""How long a request to a path being handed over waits for the new source (a Kafka
+source starting beside it may hold the reload this long); then ``503``."""
 
 
 class WebFront:
@@ -43,6 +52,7 @@ class WebFront:
         self._max_body_bytes = max_body_bytes
         self._mounted: dict[str, ASGIApp] = {}
         self._reserved: dict[str, int] = {}
+        self._handovers: dict[str, anyio.Event] = {}
 
     def reserve(self, path: str, *, max_body_bytes: int) -> None:
         """Declare that a source serves ``path`` once it runs.
@@ -64,6 +74,20 @@ class WebFront:
         if path in self._mounted:
             raise ValueError(f"two sources serve the path {path!r}")
         self._mounted[path] = app
+        if (handover := self._handovers.pop(path, None)) is not None:
+            handover.set()
+
+    def hand_over(self, path: str) -> None:
+        """Its source is being replaced (a reload): until it is mounted again, or
+        :meth:`settle`, requests to ``path`` wait instead of being answered ``503``."""
+        self._handovers.setdefault(_normal(path), anyio.Event())
+
+    def settle(self) -> None:
+        """End every handover (the reload is done): what still waits is answered as the
+        path is served now."""
+        handovers, self._handovers = self._handovers, {}
+        for handover in handovers.values():
+            handover.set()
 
     def unmount(self, path: str) -> None:
         self._mounted.pop(_normal(path), None)
@@ -82,6 +106,10 @@ class WebFront:
         path = _normal(scope["path"])
         app = self._mounted.get(path)
         reserved = self._reserved.get(path)
+        if app is None and (handover := self._handovers.get(path)) is not None:
+            with anyio.move_on_after(HANDOVER_WAIT_S):
+                await handover.wait()
+            app, reserved = self._mounted.get(path), self._reserved.get(path)
         if app is None and reserved is not None:
             await _unavailable(path)(scope, receive, send)
             return
