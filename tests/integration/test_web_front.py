@@ -59,6 +59,46 @@ async def test_a_reserved_path_answers_503_until_mounted_and_after_unmounted():
     assert elsewhere.json()["app"] == "api", "a path nobody reserved is the API's"
 
 
+async def test_a_path_handed_over_at_a_reload_waits_for_its_new_source_instead_of_503():
+    web = front()
+    web.reserve("/hooks/a", max_body_bytes=CAP)
+    web.mount("/hooks/a", app("old"))
+    async with serve_app(web) as url, httpx.AsyncClient(base_url=url) as client:
+        web.hand_over("/hooks/a")
+        web.unmount("/hooks/a")  # the old source stopped
+        web.release("/hooks/a")
+        web.reserve("/hooks/a", max_body_bytes=CAP)  # the new one is made
+        answers: list[httpx.Response] = []
+
+        async def post() -> None:
+            answers.append(await client.post("/hooks/a", json={}))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(post)
+            # the request has reached the front and waits (a real socket: no task is
+            # blocked until it is there, so wait for the front to hold it)
+            with anyio.fail_after(10):
+                while not web._handovers["/hooks/a"].statistics().tasks_waiting:
+                    await anyio.sleep(0.005)
+            web.mount("/hooks/a", app("new"))  # the new source started
+        web.hand_over("/hooks/a")
+        web.unmount("/hooks/a")
+        web.settle()  # the reload ended without a new source: answered as it is now
+        settled = await client.post("/hooks/a", json={})
+    assert [a.json()["app"] for a in answers] == ["new"]
+    assert settled.status_code == 503
+
+
+async def test_a_released_path_is_the_apis_again():
+    web = front()
+    web.reserve("/hooks/a", max_body_bytes=CAP)
+    web.mount("/hooks/a", app("hook"))
+    web.release("/hooks/a")  # its source was removed at a reload
+    async with serve_app(web) as url, httpx.AsyncClient(base_url=url) as client:
+        gone = await client.post("/hooks/a", json={})
+    assert gone.json()["app"] == "api"
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 async def test_a_body_over_the_cap_is_413_before_the_app_has_it(chunked):
     async def body(size: int):
