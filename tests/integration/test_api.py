@@ -438,6 +438,7 @@ async def test_no_get_changes_state(make_config):
             f"/api/v1/runs/{run['run_id']}/tasks/gate/approve",
             f"/api/v1/runs/{run['run_id']}/tasks/gate/reject",
             "/api/v1/retention/prune",
+            "/api/v1/config/reload",
         ):
             answer = await client.get(path, headers=auth(ROOT))
             assert answer.status_code == 405, path
@@ -460,6 +461,7 @@ async def test_no_get_changes_state(make_config):
         "/api/v1/runs/{run_id}/tasks/{task}/approve",
         "/api/v1/runs/{run_id}/tasks/{task}/reject",
         "/api/v1/retention/prune",
+        "/api/v1/config/reload",
         "/api/v1/session",
     }
 

@@ -256,6 +256,9 @@ async def test_an_invalid_file_is_refused_with_its_lines_and_the_old_one_serves_
         assert answer.status_code == 202
         (run_id,) = answer.json()["runs"]
         run = await info.runner.wait(run_id)
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+            page = await client.get(f"/ui/runs/{run_id}")
+            api = await client.get(f"/api/v1/runs/{run_id}")
     assert not outcome.applied
     assert outcome.version == version
     assert any("nope" in p and f"{file}:" in p for p in outcome.problems), outcome.problems
@@ -266,6 +269,9 @@ async def test_an_invalid_file_is_refused_with_its_lines_and_the_old_one_serves_
     # the old configuration serves on: its trigger, its generation, its version
     assert run.inputs == {"gen": 0, "n": "after"}
     assert run.config_version == version
+    # the run's page and the API say which version it ran
+    assert f"version {version}" in page.text
+    assert api.json()["config_version"] == version
 
 
 async def test_runs_started_before_a_reload_finish_on_the_definition_they_started_with(
