@@ -78,7 +78,7 @@ async def test_a_path_handed_over_at_a_reload_waits_for_its_new_source_instead_o
             # the request has reached the front and waits (a real socket: no task is
             # blocked until it is there, so wait for the front to hold it)
             with anyio.fail_after(10):
-                while not web._handovers["/hooks/a"].statistics().tasks_waiting:
+                while not web._handovers["/hooks/a"].statistics().tasks_waiting:  # noqa: ASYNC110 - a request over a real socket: nothing signals its arrival
                     await anyio.sleep(0.005)
             web.mount("/hooks/a", app("new"))  # the new source started
         web.hand_over("/hooks/a")
