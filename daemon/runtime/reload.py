@@ -135,7 +135,9 @@ class Reloader:
         if file is None:
             return self._refused(started, ["the configuration was not read from a file"])
         try:
-            new = load_config(file)
+            # in a worker thread: checking a large file (templates parsed, every trigger's
+            # `when` compiled) takes a CPU-bound while, and events keep flowing meanwhile
+            new = await anyio.to_thread.run_sync(load_config, file)
             kinds = self._new_kinds(new)
             applies = [prepare(new) for prepare in self._prepare]
         except ConfigError as exc:
