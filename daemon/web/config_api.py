@@ -16,7 +16,7 @@ GET  /api/v1/config/diff?old=A&new=B          what changed from A to B (unified 
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
@@ -31,6 +31,9 @@ from cued.daemon.web.auth import ERRORS, Ctx, Operator, json_response
 __all__ = ["config_routes"]
 
 config_routes = APIRouter(prefix="/api/v1/config", responses=ERRORS, tags=["config"])
+
+_MAX_SQL_INT = 2**63 - 1  # SQLite's largest integer: a larger one cannot be compared
+Version = Annotated[int, Path(ge=1, le=_MAX_SQL_INT, description="a config version")]
 
 
 class _Model(BaseModel):
@@ -125,7 +128,7 @@ async def versions(
 
 
 @config_routes.get("/versions/{version}", response_model=ConfigVersion)
-async def version(version: int, ctx: Ctx, caller: Operator) -> Response:
+async def version(version: Version, ctx: Ctx, caller: Operator) -> Response:
     """One configuration loaded, with its text (secrets the daemon resolved redacted)."""
     return json_response(ConfigVersion.of(await ctx.queries.config_version(version), text=True))
 
@@ -134,8 +137,8 @@ async def version(version: int, ctx: Ctx, caller: Operator) -> Response:
 async def diff(
     ctx: Ctx,
     caller: Operator,
-    old: Annotated[int, Query(description="the version to compare from")],
-    new: Annotated[int, Query(description="the version to compare to")],
+    old: Annotated[int, Query(ge=1, le=_MAX_SQL_INT, description="the version to compare from")],
+    new: Annotated[int, Query(ge=1, le=_MAX_SQL_INT, description="the version to compare to")],
 ) -> Response:
     """What changed from version ``old`` to ``new``, as a unified diff of their text."""
     text = redact_text(await ctx.queries.config_diff(old, new))
