@@ -471,3 +471,48 @@ async def test_ten_reloads_under_a_kafka_flood_lose_and_double_no_message(kafka,
         "kafka_partitions_assigned"
     ]
     assert reloads.began == RELOADS
+
+
+async def test_users_and_alert_channels_are_replaced_in_place(tmp_path):
+    def users(*names: str) -> str:
+        tables = "".join(
+            f'[auth.users.{n}]\ntoken = "token-of-{n}-0123456789"\nroles = ["viewer"]\n'
+            for n in names
+        )
+        return f'[daemon]\nlog_level = "warning"\n[http]\nlisten = "127.0.0.1:0"\n{tables}'
+
+    broken = '[pipelines.broken.tasks.fail]\nkind = "shell"\nargv = ["false"]\n'
+    # a channel added by the reload: it writes the alert beside the config
+    alert = (
+        '[alerts.ops]\nkind = "command"\non = ["run_failed"]\n'
+        'argv = ["/bin/sh", "-c", "printf %s \\"$CUED_ALERT_JSON\\" > alert.json"]\n'
+    )
+    file, config = await _started(tmp_path, users("ann") + broken)
+    async with daemon_running(config) as info:
+        assert info.reloader is not None
+        host, port = info.http_address or ("", 0)
+
+        async def status(name: str) -> int:
+            async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+                answer = await client.get(
+                    "/api/v1/runs", headers={"Authorization": f"Bearer token-of-{name}-0123456789"}
+                )
+                return answer.status_code
+
+        before = (await status("ann"), await status("bob"))
+        file.write_text(users("bob") + broken + alert)
+        outcome = await info.reloader.reload()
+        after = (await status("ann"), await status("bob"))
+        failed = await info.runner.start_run("broken")
+        sent = await eventually(lambda: _read_when_there(tmp_path / "alert.json"), timeout_s=WAIT_S)
+    assert outcome.applied, outcome.problems
+    assert outcome.changes["users"] == {"added": ["bob"], "removed": ["ann"]}
+    assert outcome.changes["alerts"] == {"added": ["ops"]}
+    assert before == (200, 401)
+    assert after == (401, 200)
+    assert json.loads(sent)["run_id"] == failed.run_id
+
+
+async def _read_when_there(path: Path) -> str | None:
+    text = path.read_text() if path.exists() else ""  # noqa: ASYNC240 - a small file
+    return text if text.endswith("}") else None

@@ -87,3 +87,31 @@ async def test_drain_returns_once_the_running_attempts_end_and_none_starts_after
 async def test_drain_with_nothing_running_returns_at_once():
     with anyio.fail_after(5):
         await Slots(1, {}, {}).drain()
+
+
+async def test_a_reload_applies_new_limits_and_keeps_the_slots_held():
+    slots = Slots(1, {"db": 1}, {"etl": 1})
+    slots.take_run_slot("etl")
+    release = anyio.Event()
+    entered: list[str] = []
+
+    async def attempt(name: str) -> None:
+        async with slots.task_slot("db"):
+            entered.append(name)
+            await release.wait()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(attempt, "first")
+            tg.start_soon(attempt, "second")
+            await anyio.wait_all_tasks_blocked()
+            assert entered == ["first"]
+            # a reload: the pool and the global limit grow, a pipeline is added
+            slots.configure(2, {"db": 2, "new": 1}, {"etl": 2, "added": 1})
+            await anyio.wait_all_tasks_blocked()
+            assert entered == ["first", "second"]
+            release.set()
+    assert slots.run_slot_free("etl"), "one of its two slots is held, by the run before"
+    assert slots.run_slot_free("added")
+    slots.take_run_slot("etl")
+    assert not slots.run_slot_free("etl")

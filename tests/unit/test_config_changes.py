@@ -1,0 +1,75 @@
+"""What a reload changes, part by part: the pure comparison of two checked configurations
+(:mod:`cued.daemon.config.changes`)."""
+
+from __future__ import annotations
+
+from cued.daemon.config import parse_config
+from cued.daemon.config.changes import changes
+
+BASE = """
+[daemon]
+pools = { db = 2 }
+
+[pipelines.etl.tasks.t]
+kind = "sleep"
+
+[pipelines.report.tasks.t]
+kind = "sleep"
+
+[sources.hook]
+kind = "webhook"
+path = "/hook"
+
+[sources.other]
+kind = "webhook"
+path = "/other"
+
+[[triggers]]
+source = "hook"
+pipeline = "etl"
+
+[auth.users.ann]
+token = "t-ann"
+roles = ["operator"]
+"""
+
+
+def test_the_same_text_changes_nothing():
+    found = changes(parse_config(BASE), parse_config(BASE))
+    assert not found.any
+    assert found.summary() == {}
+    assert found.sources.kept == ("hook", "other")
+
+
+def test_each_part_names_what_was_added_changed_and_removed():
+    new = (
+        BASE.replace("pools = { db = 2 }", "pools = { db = 3 }")
+        .replace('path = "/hook"', 'path = "/hook"\nmax_body_bytes = 10')
+        .replace('[sources.other]\nkind = "webhook"\npath = "/other"\n', "")
+        .replace("[pipelines.report.tasks.t]", "[pipelines.daily.tasks.t]")
+        .replace('pipeline = "etl"', 'pipeline = "etl"\nwhen = "true"')
+        .replace('roles = ["operator"]', 'roles = ["viewer"]')
+    )
+    found = changes(parse_config(BASE), parse_config(new))
+    assert found.summary() == {
+        "pipelines": {"added": ["daily"], "removed": ["report"]},
+        "sources": {"changed": ["hook"], "removed": ["other"]},
+        "users": {"changed": ["ann"]},
+        "triggers": "replaced",
+        "pools": "changed",
+    }
+    assert found.pipelines.kept == ("etl",)
+    assert not found.needs_restart
+
+
+def test_settings_read_only_at_start_are_named_as_needing_a_restart():
+    new = (
+        BASE.replace(
+            "pools = { db = 2 }", 'pools = { db = 2 }\nstate = "other.db"\nshutdown_grace = "5s"'
+        )
+        + '\n[http]\nlisten = "127.0.0.1:9999"\n'
+    )
+    found = changes(parse_config(BASE), parse_config(new))
+    assert found.needs_restart == ("daemon.state", "daemon.shutdown_grace", "http")
+    assert found.any
+    assert found.summary() == {"needs_restart": ["daemon.state", "daemon.shutdown_grace", "http"]}
