@@ -255,6 +255,13 @@ def references(value: Any) -> list[Reference]:
         return found
     if not isinstance(value, str) or not has_template(value):
         return found
+    return list(_text_references(value))
+
+
+# Remembered by text: a reload checks every template of the file again, and most are the
+# ones checked before (compiling them is most of the time a large file takes to check)
+@functools.lru_cache(maxsize=4096)
+def _text_references(value: str) -> tuple[Reference, ...]:
     tree = parse(value)
     try:
         # The names the template reads from its context, as Jinja's compiler sees them: not
@@ -264,11 +271,11 @@ def references(value: Any) -> list[Reference]:
         free = meta.find_undeclared_variables(tree)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"template {value!r} does not parse: {exc.message}") from exc
-    found.extend(
+    found = [
         Reference(attr.node.name, attr.attr)
         for attr in tree.find_all(nodes.Getattr)
         if isinstance(attr.node, nodes.Name) and attr.node.name in free
-    )
+    ]
     found.extend(
         Reference(item.node.name, item.arg.value)
         for item in tree.find_all(nodes.Getitem)
@@ -279,4 +286,4 @@ def references(value: Any) -> list[Reference]:
     )
     named = {r.root for r in found}
     found.extend(Reference(name, None) for name in sorted(free - named))
-    return found
+    return tuple(found)
