@@ -12,12 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cued.daemon.core.loopback import is_loopback_listen
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from cued.daemon.config.models import Config
 
-__all__ = ["ConfigChanges", "Named", "changes"]
+__all__ = ["ConfigChanges", "Named", "changes", "reload_problems"]
 
 #: ``[daemon]`` keys a reload applies; every other one needs a restart.
 _DAEMON_APPLIED = frozenset({"max_running_tasks", "pools", "python_modules"})
@@ -131,3 +133,19 @@ def changes(old: Config, new: Config) -> ConfigChanges:
         != (new.daemon.pools, new.daemon.max_running_tasks),
         needs_restart=tuple(restart),
     )
+
+
+def reload_problems(old: Config, new: Config) -> list[str]:
+    """Why ``new``, valid on its own, cannot be applied to a daemon running ``old``: the
+    daemon keeps what it read at start (its listen address) until it restarts.
+    """
+    listen = old.http.listen
+    if listen and not is_loopback_listen(listen) and not new.auth.users:
+        return [
+            (
+                f"the daemon listens on {listen!r} (not a loopback address) until it restarts: "
+                "a reload cannot remove the last of [auth.users], the API would take no token; "
+                "restart it instead"
+            )
+        ]
+    return []

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from cued.daemon.config import load_config
-from cued.daemon.config.changes import changes
+from cued.daemon.config.changes import changes, reload_problems
 from cued.daemon.config.registry import task_kinds
 from cued.daemon.core.ids import now
 from cued.daemon.errors import ConfigError, CuedError
@@ -144,6 +144,8 @@ class Reloader:
             return self._refused(started, [str(p) for p in exc.problems])
         except CuedError as exc:
             return self._refused(started, [str(exc)])
+        if problems := reload_problems(self.config, new):
+            return self._refused(started, problems)
         assert new.text is not None
         found = changes(self.config, new)
         row = await self._store.add_config_version(new.text, str(file), now())

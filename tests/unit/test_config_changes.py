@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from cued.daemon.config import parse_config
-from cued.daemon.config.changes import changes
+from cued.daemon.config.changes import changes, reload_problems
 
 BASE = """
 [daemon]
@@ -73,3 +73,17 @@ def test_settings_read_only_at_start_are_named_as_needing_a_restart():
     assert found.needs_restart == ("daemon.state", "daemon.shutdown_grace", "http")
     assert found.any
     assert found.summary() == {"needs_restart": ["daemon.state", "daemon.shutdown_grace", "http"]}
+
+
+def test_a_reload_may_not_open_the_api_of_a_daemon_listening_beyond_loopback():
+    public = BASE + '\n[http]\nlisten = "0.0.0.0:8080"\n'
+    no_users = BASE.split("[auth.users.ann]")[0] + '\n[http]\nlisten = "127.0.0.1:8080"\n'
+    assert reload_problems(parse_config(public), parse_config(no_users)) == [
+        (
+            "the daemon listens on '0.0.0.0:8080' (not a loopback address) until it restarts: "
+            "a reload cannot remove the last of [auth.users], the API would take no token; "
+            "restart it instead"
+        )
+    ]
+    assert reload_problems(parse_config(public), parse_config(public)) == []
+    assert reload_problems(parse_config(BASE), parse_config(no_users)) == []
