@@ -30,7 +30,7 @@ from cued.daemon.config import load_config
 from cued.daemon.config.changes import changes, reload_problems
 from cued.daemon.config.registry import task_kinds
 from cued.daemon.core.ids import now
-from cued.daemon.errors import ConfigError, CuedError
+from cued.daemon.errors import ConfigError, CuedError, StoreError
 from cued.daemon.logs import get_logger
 
 if TYPE_CHECKING:
@@ -148,7 +148,10 @@ class Reloader:
             return self._refused(started, problems)
         assert new.text is not None
         found = changes(self.config, new)
-        row = await self._store.add_config_version(new.text, str(file), now())
+        try:
+            row = await self._store.add_config_version(new.text, str(file), now())
+        except StoreError as exc:
+            return self._refused(started, [f"the new version could not be recorded: {exc}"])
         # no await from here to the sources: each event is matched, and each run
         # started, wholly under the old configuration or wholly under the new one
         self._runner.reconfigure(new, row.version, kinds)
