@@ -24,6 +24,7 @@ import structlog
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from cued.daemon.config import load_config
+from cued.daemon.ops import commands
 from tests.support import probes
 from tests.support.kafka_broker import create_topics, unique_name
 from tests.support.kafka_source import daemon_toml, eventually, produce, source_toml
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from cued.daemon.assembly import DaemonInfo
     from cued.daemon.config import Config
     from cued.daemon.runtime.reload import ReloadOutcome
+    from cued.daemon.store import RunRow
 
 #: Generous bounds, only so that a broken reload fails instead of hanging.
 WAIT_S = 60
@@ -516,3 +518,47 @@ async def test_users_and_alert_channels_are_replaced_in_place(tmp_path):
 async def _read_when_there(path: Path) -> str | None:
     text = path.read_text() if path.exists() else ""  # noqa: ASYNC240 - a small file
     return text if text.endswith("}") else None
+
+
+async def test_a_run_parked_at_a_gate_goes_on_in_its_own_definition_after_a_reload(tmp_path):
+    def gated(version: str) -> str:
+        return f"""
+[daemon]
+log_level = "warning"
+[http]
+listen = ""
+[auth.users.alice]
+token = "alice-token-0123456789"
+roles = ["approver"]
+[pipelines.post.tasks.gate]
+kind = "approval"
+message = "Publish?"
+approvers = ["alice"]
+[pipelines.post.tasks.publish]
+kind = "shell"
+needs = ["gate"]
+argv = ["echo", "published {version}"]
+"""
+
+    file, config = await _started(tmp_path, gated("v1"))
+    async with daemon_running(config) as info:
+        assert info.reloader is not None
+        run = await info.runner.start_run("post")
+        with anyio.fail_after(WAIT_S):
+            parked = await info.runner.wait(run.run_id)
+        assert parked.state == "waiting"
+        file.write_text(gated("v2"))
+        outcome = await info.reloader.reload()
+        await commands.decide(info.runner, run.run_id, "gate", who="alice", approve=True)
+
+        async def ended() -> RunRow | None:
+            row = await info.runner.wait(run.run_id)
+            return None if row.state == "waiting" else row
+
+        done = await eventually(ended, timeout_s=WAIT_S)
+        attempts = await info.runner.store.get_attempts(run.run_id)
+    assert outcome.applied
+    assert outcome.changes == {"pipelines": {"changed": ["post"]}}
+    assert done.state == "succeeded"
+    (publish,) = [a for a in attempts if a.key == "publish"]
+    assert publish.output["stdout"].strip() == "published v1"
