@@ -138,7 +138,6 @@ class Reloader:
             # in a worker thread: checking a large file (templates parsed, every trigger's
             # `when` compiled) takes a CPU-bound while, and events keep flowing meanwhile
             new = await anyio.to_thread.run_sync(load_config, file)
-            kinds = self._new_kinds(new)
             applies = [prepare(new) for prepare in self._prepare]
         except ConfigError as exc:
             return self._refused(started, [str(p) for p in exc.problems])
@@ -154,7 +153,7 @@ class Reloader:
             return self._refused(started, [f"the new version could not be recorded: {exc}"])
         # no await from here to the sources: each event is matched, and each run
         # started, wholly under the old configuration or wholly under the new one
-        self._runner.reconfigure(new, row.version, kinds)
+        self._runner.reconfigure(new, row.version, self._new_kinds(new))
         self._intake.reconfigure(new)
         if self._alerts is not None:
             self._alerts.configure(new.alerts, new.base_dir)
