@@ -261,6 +261,7 @@ async def test_an_invalid_file_is_refused_with_its_lines_and_the_old_one_serves_
         async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
             page = await client.get(f"/ui/runs/{run_id}")
             api = await client.get(f"/api/v1/runs/{run_id}")
+            versions = await client.get("/ui/config")
     assert not outcome.applied
     assert outcome.version == version
     assert any("nope" in p and f"{file}:" in p for p in outcome.problems), outcome.problems
@@ -274,6 +275,10 @@ async def test_an_invalid_file_is_refused_with_its_lines_and_the_old_one_serves_
     # the run's page and the API say which version it ran
     assert f"version {version}" in page.text
     assert api.json()["config_version"] == version
+    assert versions.status_code == 200
+    assert f'data-version="{version}"' in versions.text
+    assert 'id="reload"' in versions.text, "an operator (open mode: this machine) may reload"
+    assert f'data-version="{(version or 0) + 1}"' not in versions.text, "nothing refused is kept"
 
 
 async def test_runs_started_before_a_reload_finish_on_the_definition_they_started_with(

@@ -198,6 +198,7 @@ class _Ui:
                 Route("/ui/runs", page("runs.html", self.runs)),
                 Route("/ui/runs/{run_id}", page("run.html", self.run)),
                 Route("/ui/approvals", page("approvals.html", self.approvals)),
+                Route("/ui/config", page("config.html", self.config_versions)),
                 Route("/ui/events", page("events.html", self.events)),
                 # event ids may hold "/" (a Kafka event's topic/partition/offset)
                 Route("/ui/events/{event_id:path}", page("event.html", self.event)),
@@ -502,6 +503,13 @@ class _Ui:
             "logs_after": logs.after if logs else 0,
         }
 
+    async def config_versions(self, request: Request) -> dict[str, Any]:
+        """The configurations the daemon loaded: numbers, times and hashes (no text: a
+        config may hold secrets; operators read it with `cued config show`)."""
+        versions = await self.queries.config_versions(100)
+        running = self.queries.config.file
+        return {"active": "/ui/config", "versions": versions, "file": running}
+
     async def approvals(self, request: Request) -> dict[str, Any]:
         waiting = await self.queries.waiting_gates(limit=100)
         runs = {r.run_id: r for r in await self.queries.runs([g.gate.run_id for g in waiting])}
@@ -572,6 +580,7 @@ _NAV = (
     ("/ui/runs", "Runs"),
     ("/ui/approvals", "Approvals"),
     ("/ui/events", "Events"),
+    ("/ui/config", "Config"),
 )
 
 
