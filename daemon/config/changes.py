@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from cued.daemon.config.models import Config
 
-__all__ = ["ConfigChanges", "Named", "changes", "reload_problems"]
+__all__ = ["ConfigChanges", "Named", "changes", "reload_problems", "running_config"]
 
 #: ``[daemon]`` keys a reload applies; every other one needs a restart.
 _DAEMON_APPLIED = frozenset({"max_running_tasks", "pools", "python_modules"})
@@ -149,3 +149,27 @@ def reload_problems(old: Config, new: Config) -> list[str]:
             )
         ]
     return []
+
+
+def running_config(old: Config, new: Config) -> Config:
+    """What runs after ``new`` is applied to a daemon running ``old``: ``new``, but with
+    the settings read only at start (see :attr:`ConfigChanges.needs_restart`) as they
+    were, so that what the daemon shows is what it does, and the next reload names them
+    again until a restart."""
+    daemon = new.daemon.model_copy(
+        update={
+            key: getattr(old.daemon, key)
+            for key in type(old.daemon).model_fields
+            if key not in _DAEMON_APPLIED
+        }
+    )
+    running = new.model_copy(
+        update={
+            "daemon": daemon,
+            "http": old.http,
+            "retention": old.retention,
+            "telemetry": old.telemetry,
+        }
+    )
+    running._base_dir = old.base_dir
+    return running

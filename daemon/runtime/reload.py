@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from cued.daemon.config import load_config
-from cued.daemon.config.changes import changes, reload_problems
+from cued.daemon.config.changes import changes, reload_problems, running_config
 from cued.daemon.config.registry import task_kinds
 from cued.daemon.core.ids import now
 from cued.daemon.errors import ConfigError, CuedError, StoreError
@@ -147,8 +147,9 @@ class Reloader:
             return self._refused(started, problems)
         assert new.text is not None
         found = changes(self.config, new)
+        text, new = new.text, running_config(self.config, new)
         try:
-            row = await self._store.add_config_version(new.text, str(file), now())
+            row = await self._store.add_config_version(text, str(file), now())
         except StoreError as exc:
             return self._refused(started, [f"the new version could not be recorded: {exc}"])
         # no await from here to the sources: each event is matched, and each run

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from cued.daemon.config import parse_config
-from cued.daemon.config.changes import changes, reload_problems
+from cued.daemon.config.changes import changes, reload_problems, running_config
 
 BASE = """
 [daemon]
@@ -87,3 +87,23 @@ def test_a_reload_may_not_open_the_api_of_a_daemon_listening_beyond_loopback():
     ]
     assert reload_problems(parse_config(public), parse_config(public)) == []
     assert reload_problems(parse_config(BASE), parse_config(no_users)) == []
+
+
+def test_what_runs_keeps_the_settings_read_at_start_until_a_restart():
+    new = (
+        BASE.replace("pools = { db = 2 }", 'pools = { db = 5 }\nstate = "other.db"')
+        + '\n[http]\nlisten = "127.0.0.1:9999"\n[retention]\nruns = "1d"\n'
+    )
+    old, loaded = parse_config(BASE), parse_config(new)
+    running = running_config(old, loaded)
+    assert running.daemon.pools == {"db": 5}, "pools apply at a reload"
+    assert running.daemon.state == old.daemon.state
+    assert running.http == old.http
+    assert running.retention == old.retention
+    assert running.text == loaded.text
+    # the next reload of the same file names them again
+    assert changes(running, parse_config(new)).needs_restart == (
+        "daemon.state",
+        "http",
+        "retention",
+    )
