@@ -145,7 +145,9 @@ class _Parts:
 
 @asynccontextmanager
 async def _open_parts(config: Config) -> AsyncIterator[_Parts]:
-    """The daemon's store, runner (serving) and intake, and its alerts if configured."""
+    """The daemon's store, runner (serving), intake and alerts (their sender runs with no
+    channel too: a reload may add one; an alert queued for a channel no longer configured
+    is given up when due)."""
     async with _opened(config, lock=True) as (store, http, kinds, tracing):
         # always: a reload may add the first alert channel
         alerts = Alerts(config.alerts, store, http, config.base_dir)
