@@ -46,6 +46,7 @@ import anyio
 import anyio.abc
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -303,11 +304,13 @@ class MqttSource:
         options = SubscribeOptions(
             qos=self.config.qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
         )
-        granted = await client.subscribe([(t, options) for t in self.config.topics])
+        granted: list[Any] = list(
+            await client.subscribe([(t, options) for t in self.config.topics])
+        )
         refused = [
             t
             for t, code in zip(self.config.topics, granted, strict=False)
-            if int(getattr(code, "value", code)) >= 0x80  # a reason code: refused
+            if (code.is_failure if isinstance(code, ReasonCode) else code >= 0x80)
         ]
         if refused:
             raise ConnectorError(
