@@ -33,6 +33,7 @@ from a valid ``traceparent`` header.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -172,7 +173,10 @@ class AmqpSource:
             send, receive = anyio.create_memory_object_stream[Any](math.inf)
 
             async def deliver(message: AbstractIncomingMessage) -> None:
-                send.send_nowait(message)  # at most `prefetch` unacknowledged: bounded
+                # at most `prefetch` unacknowledged: bounded; after the source stopped,
+                # dropped (unacknowledged, so the broker delivers it again)
+                with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    send.send_nowait(message)
 
             try:
                 channel = await connection.channel()
@@ -188,7 +192,7 @@ class AmqpSource:
                 ) from exc
             self.ctx.log.info("amqp_consuming", queue=self.config.queue)
             task_status.started()
-            async with receive:
+            async with send, receive:
                 await self._consume(receive)
         finally:
             with anyio.move_on_after(10, shield=True):

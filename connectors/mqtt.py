@@ -37,6 +37,7 @@ event, acknowledged like any other). ``meta``: ``topic``, ``qos``, ``retain``, `
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 from urllib.parse import unquote, urlsplit
@@ -238,7 +239,7 @@ class MqttSource:
             send, receive = anyio.create_memory_object_stream[Any](math.inf)
             client = self._client(send)
             try:
-                async with client:
+                async with send, receive, client:
                     await self._subscribe(client)
                     delay = _RETRY_S[0]
                     if not started:
@@ -289,12 +290,14 @@ class MqttSource:
             if message.qos == 0 and send.statistics().current_buffer_used >= _QOS0_BUFFER:
                 self._dropped += 1  # no flow control at QoS 0: bounded memory instead
                 return
-            send.send_nowait(message)
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                send.send_nowait(message)  # after the source stopped: not acknowledged
 
         def disconnected(*args: Any) -> None:
             if on_disconnect is not None:
                 on_disconnect(*args)
-            send.send_nowait(_DISCONNECTED)
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                send.send_nowait(_DISCONNECTED)
 
         inner.on_message = on_message
         inner.on_disconnect = disconnected
