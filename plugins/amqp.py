@@ -113,7 +113,9 @@ class AmqpPublishTask:
             try:
                 with anyio.fail_after(30):
                     connection = await aio_pika.connect_robust(resolve_url(url, "an AMQP URL"))
-                    channel = await connection.channel(publisher_confirms=True)
+                    channel = await connection.channel(
+                        publisher_confirms=True, on_return_raises=True
+                    )
             except (AMQPError, OSError, TimeoutError) as exc:
                 raise TaskError(f"cannot connect to the AMQP broker: {_describe(exc)}") from exc
             self._channels[url] = (connection, channel)

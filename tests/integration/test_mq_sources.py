@@ -17,7 +17,7 @@ from cued.connectors.mqtt import MqttConfig, MqttSource
 from cued.connectors.redis_stream import RedisStreamConfig, RedisStreamSource
 from cued.daemon.sdk.sources import Receipt, SourceContext
 from tests.support.fakes import NoRoutes
-from tests.support.mq_brokers import KINDS, Broker
+from tests.support.mq_brokers import KINDS, Broker, eventually
 from tests.support.running import daemon_running
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 WAIT_S = 30
 
 
-class Crash(Exception):  # noqa: N818 - what it simulates
+class Crash(Exception):
     """The daemon dying after the store committed, before the broker was acknowledged."""
 
 
@@ -144,9 +144,7 @@ async def test_a_crash_after_recording_redelivers_under_the_same_ids(broker, tmp
         await tg.start(second.run)
         await intake.until(40)
         if broker.kind != "mqtt":
-            with anyio.fail_after(WAIT_S):
-                while await broker.waiting():  # noqa: ASYNC110 - the broker signals nothing
-                    await anyio.sleep(0.02)
+            await eventually(lambda: _nothing_waiting(broker))
         tg.cancel_scope.cancel()
 
     # the batch recorded but not acknowledged came again, under the ids it had
@@ -163,9 +161,7 @@ async def test_invalid_payloads_are_recorded_as_invalid_and_acknowledged(broker,
         await tg.start(source.run)
         await intake.until(7)
         if broker.kind != "mqtt":
-            with anyio.fail_after(WAIT_S):
-                while await broker.waiting():  # noqa: ASYNC110 - the broker signals nothing
-                    await anyio.sleep(0.02)
+            await eventually(lambda: _nothing_waiting(broker))
         tg.cancel_scope.cancel()
 
     by_data = {json.dumps(e.data): e for e in intake.events.values()}
@@ -218,9 +214,7 @@ inputs = { n = "{{ event.data.n }}" }
         async def recorded() -> int:
             return len(await store.list_events(limit=1000, source="src"))
 
-        with anyio.fail_after(WAIT_S):
-            while not backlog.saturated:  # noqa: ASYNC110 - polled, as the daemon shows it
-                await anyio.sleep(0.02)
+        await eventually(lambda: _true(backlog.saturated))
         # saturated: the source takes no more, however long the backlog stays full
         await anyio.sleep(0.5)
         taken = await recorded()
@@ -232,15 +226,17 @@ inputs = { n = "{{ event.data.n }}" }
         if broker.kind != "mqtt":
             assert await broker.waiting() > 0  # the rest waits at the broker
         GATE.set()
-        with anyio.fail_after(60):
-            while await recorded() < 100:  # noqa: ASYNC110
-                await anyio.sleep(0.05)
-        with anyio.fail_after(60):
-            while len(
-                [
-                    r
-                    for r in await store.list_runs(limit=1000, pipeline="slow")
-                    if r.state == "succeeded"
-                ]
-            ) < 100:
-                await anyio.sleep(0.05)
+
+        async def all_done() -> bool:
+            runs = await store.list_runs(limit=1000, pipeline="slow")
+            return await recorded() == 100 and sum(r.state == "succeeded" for r in runs) == 100
+
+        await eventually(all_done, timeout_s=60)
+
+
+async def _nothing_waiting(broker: Broker) -> bool:
+    return await broker.waiting() == 0
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -13,13 +13,17 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import aiomqtt
+import anyio
 import redis.asyncio as aioredis
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -167,3 +171,11 @@ class Broker:
             finally:
                 await client.aclose()
 
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 30) -> Any:
+    """Poll ``check`` until it returns something true, and return that: for effects at a
+    broker or in the store, which signal nothing."""
+    with anyio.fail_after(timeout_s):
+        while not (result := await check()):  # noqa: ASYNC110 - nothing to wait on
+            await anyio.sleep(0.02)
+        return result
