@@ -244,7 +244,10 @@ class AmqpSource:
                 message_event(self.ctx.source, self.config.queue, i, m, received_at)
                 for i, m in zip(ids, batch, strict=True)
             ]
-            await self.ctx.intake.record(events, cursor=self._ids.cursor)
+            receipts = await self.ctx.intake.record(events, cursor=self._ids.cursor)
+            if duplicates := sum(r.status == "duplicate" for r in receipts):
+                # recorded before a crash or a lost connection, acknowledged only now
+                self.ctx.log.info("amqp_redelivered", duplicates=duplicates)
             try:
                 with anyio.fail_after(10):
                     await batch[-1].ack(multiple=True)

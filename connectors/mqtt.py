@@ -364,7 +364,10 @@ class MqttSource:
                 message_event(self.ctx.source, i, m, received_at)
                 for i, m in zip(ids, batch, strict=True)
             ]
-            await self.ctx.intake.record(events, cursor=self._ids.cursor)
+            receipts = await self.ctx.intake.record(events, cursor=self._ids.cursor)
+            if duplicates := sum(r.status == "duplicate" for r in receipts):
+                # recorded before a crash or a lost connection, acknowledged only now
+                self.ctx.log.info("mqtt_redelivered", duplicates=duplicates)
             inner: paho.Client = client._client
             for message in batch:  # in the order received, as MQTT asks
                 if message.qos > 0:

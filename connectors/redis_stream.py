@@ -47,7 +47,7 @@ from cued.daemon.sdk import ConnectorError, Duration, Event, now, parse_tracepar
 from ._payload import payload, text_map
 
 if TYPE_CHECKING:
-    from cued.daemon.sdk import SourceContext
+    from cued.daemon.sdk import Receipt, SourceContext
 
 __all__ = ["RedisStreamConfig", "RedisStreamSource", "entry_event"]
 
@@ -234,6 +234,7 @@ class RedisStreamSource:
                     entries = await self._read(">")
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("redis_stream_read_failed", error=str(exc), retry_in_s=delay)
+                own_pending = True  # what a read that failed half-way took: read it again
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _RETRY_S[1])
                 continue
@@ -288,7 +289,8 @@ class RedisStreamSource:
         # acknowledged: what is not acknowledged is read again, and recognised
         with anyio.CancelScope(shield=True):
             if events:
-                await self.ctx.intake.record(events)
+                receipts = await self.ctx.intake.record(events)
+                _log_duplicates(self.ctx, receipts)
             try:
                 with anyio.fail_after(10):
                     await self._redis.xack(
@@ -300,6 +302,11 @@ class RedisStreamSource:
                     error=str(exc) or type(exc).__name__,
                     note="the entries stay pending; read again, intake recognises them",
                 )
+
+
+def _log_duplicates(ctx: SourceContext, receipts: list[Receipt]) -> None:
+    if duplicates := sum(r.status == "duplicate" for r in receipts):
+        ctx.log.info("redis_stream_redelivered", duplicates=duplicates)
 
 
 def _secret(value: str, ctx: SourceContext) -> str:
