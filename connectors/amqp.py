@@ -57,14 +57,13 @@ from ._payload import RedeliveryIds, digest, payload, text_map
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+    from anyio.streams.memory import MemoryObjectReceiveStream
 
     from cued.daemon.sdk import SourceContext
 
 __all__ = ["AmqpConfig", "AmqpSource", "message_event"]
 
 _RETRY_S = (0.1, 2.0)
-#: How long a batch waits for more messages after its first.
-_BATCH_WAIT_S = 0.005
 #: While paused, how often the source looks whether the backlog drained.
 _PAUSED_S = 1.0
 
@@ -215,7 +214,7 @@ class AmqpSource:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, max_delay)
 
-    async def _consume(self, receive: anyio.abc.ObjectReceiveStream[Any]) -> None:
+    async def _consume(self, receive: MemoryObjectReceiveStream[Any]) -> None:
         intake = self.ctx.intake
         log = self.ctx.log
         while True:
@@ -229,10 +228,12 @@ class AmqpSource:
             if self._paused:
                 self._paused = False
                 log.info("amqp_resumed")
+            # what came while the last batch was recorded goes in one transaction; an idle
+            # source records a message as soon as it comes
             batch: list[AbstractIncomingMessage] = [await receive.receive()]
-            with anyio.move_on_after(_BATCH_WAIT_S):
+            with contextlib.suppress(anyio.WouldBlock):
                 while len(batch) < self.config.max_batch:
-                    batch.append(await receive.receive())
+                    batch.append(receive.receive_nowait())
             await self._record(batch)
 
     async def _record(self, batch: list[AbstractIncomingMessage]) -> None:

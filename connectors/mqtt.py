@@ -65,14 +65,13 @@ from ._payload import RedeliveryIds, digest, payload, text_map
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
-    from anyio.streams.memory import MemoryObjectSendStream
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from cued.daemon.sdk import SourceContext
 
 __all__ = ["MqttConfig", "MqttSource", "broker_address", "message_event"]
 
 _RETRY_S = (0.1, 2.0)
-_BATCH_WAIT_S = 0.005
 _PAUSED_S = 1.0
 #: QoS 0 messages have no flow control: beyond this many waiting, they are dropped.
 _QOS0_BUFFER = 10_000
@@ -321,7 +320,7 @@ class MqttSource:
             )
 
     async def _consume(
-        self, client: aiomqtt.Client, receive: anyio.abc.ObjectReceiveStream[Any]
+        self, client: aiomqtt.Client, receive: MemoryObjectReceiveStream[Any]
     ) -> None:
         intake = self.ctx.intake
         log = self.ctx.log
@@ -341,9 +340,10 @@ class MqttSource:
             lost = first is _DISCONNECTED
             if not lost:
                 batch.append(cast("paho.MQTTMessage", first))
-                with anyio.move_on_after(_BATCH_WAIT_S):
+                # what came while the last batch was recorded goes in one transaction
+                with contextlib.suppress(anyio.WouldBlock):
                     while len(batch) < self.config.max_batch:
-                        item = await receive.receive()
+                        item = receive.receive_nowait()
                         if item is _DISCONNECTED:
                             lost = True
                             break

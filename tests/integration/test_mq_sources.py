@@ -240,3 +240,35 @@ async def _nothing_waiting(broker: Broker) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+# -- what the overview page and the metrics show, as for every source ---------------------
+
+
+async def test_the_overview_and_the_metrics_show_the_source(broker, make_config):
+    import httpx
+
+    config = make_config(
+        '[daemon]\nlog_level = "warning"\n[http]\nlisten = "127.0.0.1:0"\n'
+        + broker.source_toml()
+        + '[pipelines.p]\ninputs = { n = "" }\n[pipelines.p.tasks.t]\nkind = "sleep"\n'
+        '[[triggers]]\nsource = "src"\npipeline = "p"\ninputs = { n = "{{ event.data.n }}" }\n'
+    )
+    async with daemon_running(config) as info:
+        await broker.publish([{"n": 1}, {"n": 2}, "{bad"])
+        host, port = info.http_address
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+
+            async def shown() -> tuple[str, str] | None:
+                page = (await client.get("/ui/")).text
+                metrics = (await client.get("/metrics")).text
+                if 'cued_events_total{source="src",status="invalid"} 1.0' not in metrics:
+                    return None
+                return page, metrics
+
+            page, metrics = await eventually(shown)
+
+    row = page.split('<tr data-source="src">', 1)[1].split("</tr>", 1)[0]
+    assert f"<td>{broker.kind}</td>" in row
+    assert '<td class="num">3</td>' in row  # received since start
+    assert 'cued_events_total{source="src",status="matched"} 2.0' in metrics
