@@ -470,11 +470,16 @@ async def cued(args: argparse.Namespace) -> dict[str, Any]:
             async with anyio.create_task_group() as tg:
                 await tg.start(run_daemon, config)
 
+                seen = len(stamps)
+
                 async def task_started() -> float:
-                    before = len(stamps)
-                    while len(stamps) == before:  # noqa: ASYNC110 - the task notes it in a list
+                    # the k-th message sent starts the k-th task (the task may start before
+                    # the broker's reply to the send is read: counted, not compared)
+                    nonlocal seen
+                    while len(stamps) <= seen:  # noqa: ASYNC110 - the task notes it in a list
                         await anyio.sleep(0.0002)
-                    return stamps[-1]
+                    seen += 1
+                    return stamps[seen - 1]
 
                 latencies = await one_at_a_time(args, latency_name, task_started)
                 tg.cancel_scope.cancel()
