@@ -272,3 +272,32 @@ async def test_the_overview_and_the_metrics_show_the_source(broker, make_config)
     assert f"<td>{broker.kind}</td>" in row
     assert '<td class="num">3</td>' in row  # received since start
     assert 'cued_events_total{source="src",status="matched"} 2.0' in metrics
+
+
+async def test_redis_entries_a_dead_consumer_held_are_claimed_and_recorded(tmp_path):
+    import redis.asyncio as aioredis
+
+    broker = Broker("redis_stream")
+    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        await client.xgroup_create(broker.name, "cued", id="0", mkstream=True)
+        await broker.publish([{"n": n} for n in range(5)])
+        # another daemon of the group took them, and died before acknowledging them
+        taken = await client.xreadgroup("cued", "dead", {broker.name: ">"}, count=5)
+        assert len(taken[0][1]) == 5
+        intake = StoreIntake()
+        source = make_source(broker, intake, tmp_path)  # consumer "cued", claim_idle 0.5 s
+        async with anyio.create_task_group() as tg:
+            await tg.start(source.run)
+            await intake.until(5)
+            await eventually(lambda: _nothing_waiting(broker))
+            tg.cancel_scope.cancel()
+        consumers = {
+            c["name"]: c["pending"] for c in await client.xinfo_consumers(broker.name, "cued")
+        }
+    finally:
+        await client.aclose()
+        await broker.remove()
+
+    assert sorted(e.data["n"] for e in intake.events.values()) == list(range(5))
+    assert consumers[b"dead"] == 0  # claimed, recorded and acknowledged
