@@ -23,7 +23,9 @@ unacknowledged. While the daemon's backlog is saturated the source takes none, s
 acknowledges none, and the broker holds the rest.
 
 With ``qos = 0`` there are no acknowledgements: a message received but not yet recorded
-when the daemon dies is lost, and what is published while it is down is not kept.
+when the daemon dies is lost, and what is published while it is down is not kept. A QoS 0
+message (also one published at QoS 0 to a QoS 1 subscription) is never sent again: its id
+is ``SOURCE:q0:UNIQUE``, outside the sequence.
 
 Retained messages are sent when a subscription is new (not again on every reconnect of
 the persistent session).
@@ -56,6 +58,7 @@ from cued.daemon.sdk import (
     CuedError,
     Duration,
     Event,
+    new_id,
     now,
     parse_traceparent,
     resolve_secret,
@@ -358,7 +361,13 @@ class MqttSource:
 
     async def _record(self, client: aiomqtt.Client, batch: list[paho.MQTTMessage]) -> None:
         with anyio.CancelScope(shield=True):
-            ids = await self._ids.assign([(_digest(m), m.qos > 0 and bool(m.dup)) for m in batch])
+            # QoS 0 messages are never sent again: an id of their own each, and none of the
+            # numbers within which a redelivered QoS 1 message is looked for
+            acked = [m for m in batch if m.qos > 0]
+            numbered = iter(await self._ids.assign([(_digest(m), bool(m.dup)) for m in acked]))
+            ids = [
+                next(numbered) if m.qos > 0 else f"{self.ctx.source}:q0:{new_id()}" for m in batch
+            ]
             received_at = now()
             events = [
                 message_event(self.ctx.source, i, m, received_at)

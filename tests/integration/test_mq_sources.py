@@ -301,3 +301,28 @@ async def test_redis_entries_a_dead_consumer_held_are_claimed_and_recorded(tmp_p
 
     assert sorted(e.data["n"] for e in intake.events.values()) == list(range(5))
     assert consumers[b"dead"] == 0  # claimed, recorded and acknowledged
+
+
+async def test_mqtt_qos_0_messages_get_ids_of_their_own_outside_the_sequence(tmp_path):
+    import aiomqtt
+
+    broker = Broker("mqtt")
+    intake = StoreIntake()
+    source = MqttSource(
+        MqttConfig(broker="mqtt://127.0.0.1:1883", topics=[f"{broker.name}/#"], qos=0),
+        SourceContext("src", intake, structlog.get_logger(), NoRoutes(), tmp_path),
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(source.run)
+            async with aiomqtt.Client("127.0.0.1", 1883) as publisher:
+                for n in range(3):
+                    await publisher.publish(f"{broker.name}/a", json.dumps({"n": n}), qos=0)
+            await intake.until(3)
+            tg.cancel_scope.cancel()
+    finally:
+        await broker.remove()
+
+    assert sorted(e.data["n"] for e in intake.events.values()) == [0, 1, 2]
+    assert all(i.startswith("src:q0:") for i in intake.events)
+    assert intake.cursor_value in (None, "0")  # no numbers taken
