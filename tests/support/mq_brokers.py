@@ -53,10 +53,6 @@ class Broker:
     kind: str
     name: str = field(default_factory=lambda: unique_name("cued-test"))
 
-    @property
-    def source_name(self) -> str:
-        return "src"
-
     def source_toml(self, source: str = "src", extra: str = "") -> str:
         head = f'[sources.{source}]\nkind = "{self.kind}"\n'
         if self.kind == "mqtt":
