@@ -171,7 +171,10 @@ ONE_PROBLEM = [
         """,
         2,
         "pipelines.p.tasks.a.kind",
-        ["unknown task kind 'bash'", "known: approval, http, kafka, llm, python, shell, sleep"],
+        [
+            "unknown task kind 'bash'",
+            "known: amqp, approval, http, kafka, llm, mqtt, python, redis_stream, shell, sleep",
+        ],
         id="unknown-kind",
     ),
     pytest.param(

@@ -1,0 +1,136 @@
+"""What every message-broker source makes of a message's bytes, and how it names a message
+that the broker may hand over again without an id of its own.
+
+:func:`payload` is the Kafka source's reading of a value, shared by the ``mqtt``, ``amqp``
+and ``redis_stream`` sources, so a message means the same whichever broker carried it.
+:class:`RedeliveryIds` names messages of brokers whose deliveries carry no id that a
+redelivery repeats (MQTT, AMQP): see its documentation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+from cued.daemon.sdk import decimal, json_value, looks_like_json, text_or_base64
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from cued.daemon.sdk import Intake
+
+__all__ = ["RedeliveryIds", "digest", "payload", "text_map"]
+
+
+def payload(value: bytes | None) -> tuple[Any, str, str | None]:
+    """A message's bytes as ``(data, encoding, error)``, never raising.
+
+    ``data`` is the value parsed as JSON (encoding ``"json"``); else its text (``"text"``);
+    else, when it is not UTF-8, base64 (``"base64"``); no value at all is ``None``
+    (``"none"``). A value that opens an object or an array but is not JSON cued can keep
+    is text with an ``error``: its event is recorded as ``invalid`` and starts nothing.
+    """
+    if value is None:
+        return None, "none", None
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return text_or_base64(value)[0], "base64", None
+    if not text.strip():  # json_value reads an empty body as null; a message is text
+        return text, "text", None
+    parsed = json_value(value)
+    if parsed.error is None:
+        return parsed.data, "json", None
+    if looks_like_json(value):
+        return parsed.data, "text", parsed.error
+    return text, "text", None
+
+
+def text_map(
+    pairs: Iterable[tuple[str | bytes, Any]], prefix: str
+) -> tuple[dict[str, str], list[str]]:
+    """Header-like pairs as ``name -> text``, and which of them were given as base64
+    (``prefix.name``) because their bytes are not UTF-8. Values that are neither text
+    nor bytes (AMQP headers may be numbers) are kept as their ``str``."""
+    out: dict[str, str] = {}
+    binary: list[str] = []
+    for raw_name, raw in pairs:
+        name, name_b64 = (
+            text_or_base64(raw_name) if isinstance(raw_name, bytes) else (raw_name, False)
+        )
+        if isinstance(raw, bytes):
+            value, b64 = text_or_base64(raw)
+        else:
+            value, b64 = (raw if isinstance(raw, str) else str(raw)), False
+        out[name] = value
+        if b64 or name_b64:
+            binary.append(f"{prefix}.{name}")
+    return out, binary
+
+
+def digest(*parts: bytes | str | float | None) -> str:
+    """A short fingerprint of a delivery's content (12 hex digits of SHA-256)."""
+    h = hashlib.sha256()
+    for part in parts:
+        raw = part if isinstance(part, bytes) else repr(part).encode("utf-8", "replace")
+        h.update(len(raw).to_bytes(8, "big"))
+        h.update(raw)
+    return h.hexdigest()[:12]
+
+
+class RedeliveryIds:
+    """Event ids for a broker whose deliveries carry no id a redelivery repeats.
+
+    MQTT and AMQP redeliver a message that was not acknowledged (after a crash, or a lost
+    connection) and flag it as such (MQTT's DUP, AMQP's ``redelivered``), but give it no
+    id of its own. Each message taken gets the next number of a sequence kept as the
+    source's cursor (committed with the events): ``SOURCE:SEQ:DIGEST``, with a digest of
+    the delivery's content. A *flagged* delivery may have been recorded before its
+    acknowledgement was lost: the broker holds at most ``window`` unacknowledged messages
+    (MQTT's receive maximum, AMQP's prefetch), and acknowledgements go in order, so if it
+    was, it is among the last ``window`` numbers, under its digest; intake is asked which
+    of those ids it knows, and the delivery takes that id (and is then a duplicate,
+    starting nothing). A flagged delivery found nowhere is new.
+
+    What this cannot tell apart: a flagged delivery never recorded, whose content equals
+    a message recorded (and acknowledged) within the last ``window`` numbers, is taken for
+    it (see the README for each source).
+    """
+
+    def __init__(self, source: str, intake: Intake, window: int) -> None:
+        self._source = source
+        self._intake = intake
+        self._window = window
+        self._next = 0
+
+    async def load(self) -> None:
+        """Go on from the sequence number recorded last (0 for a new source)."""
+        cursor = await self._intake.cursor(self._source)
+        self._next = (decimal(cursor) or 0) if cursor is not None else 0
+
+    @property
+    def cursor(self) -> str:
+        """The cursor to record with the events named so far."""
+        return str(self._next)
+
+    async def assign(self, deliveries: list[tuple[str, bool]]) -> list[str]:
+        """Ids for ``(digest, flagged)`` deliveries, in order."""
+        earlier: dict[str, str] = {}
+        if any(flagged for _, flagged in deliveries):
+            low = max(0, self._next - self._window)
+            candidates = [
+                f"{self._source}:{seq}:{d}"
+                for d, flagged in deliveries
+                if flagged
+                for seq in range(low, self._next)
+            ]
+            for known in await self._intake.known(candidates):
+                earlier.setdefault(known.rsplit(":", 1)[1], known)  # one per digest
+        ids: list[str] = []
+        for d, flagged in deliveries:
+            if flagged and (found := earlier.pop(d, None)) is not None:
+                ids.append(found)
+            else:
+                ids.append(f"{self._source}:{self._next}:{d}")
+                self._next += 1
+        return ids
