@@ -1,0 +1,292 @@
+"""The PostgreSQL store (asyncpg): the same Store as SQLite's, on a database server.
+
+It *is* :class:`~cued.daemon.store.sqlite.SqliteStore` in everything but the SQL engine:
+the batch that coalesces submissions, the single writer with group commit, the chores it
+runs between two commits (pruning, pauses), and every read are that class's, so the two
+stores cannot drift apart in what they mean. What differs is here:
+
+- the commit: one transaction on the writer's own connection, one ``executemany`` per
+  table (asyncpg pipelines its executions: one round trip per table, not per row);
+- SQL that SQLite spells its own way (``INSERT OR REPLACE`` becomes ``ON CONFLICT ... DO
+  UPDATE``; the latest event of each asset is a ``DISTINCT ON``); the reads' SQL is SQLite's,
+  translated by :func:`pg_sql` (``?`` placeholders numbered, index hints dropped);
+- reads go through a small pool of connections, so the API's reads run beside the writer;
+- text: PostgreSQL keeps no NUL character in text, so one (which a task's output line may
+  hold) is stored as U+FFFD; JSON is text already, with NULs escaped.
+
+The schema is :mod:`cued.daemon.store.pg_migrations`. With ``exclusive``, the writer's
+session holds an advisory lock for the store's lifetime: one daemon per database (a
+second is refused; a daemon killed with -9 loses its session, and with it the lock).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from contextlib import asynccontextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import asyncpg
+
+from cued.daemon.core.assets import ASSET_SOURCES, asset_of
+from cued.daemon.errors import StoreError
+from cued.daemon.store import (
+    ApprovalRow,
+    AttemptRow,
+    CursorRow,
+    DecisionRow,
+    DedupeRow,
+    EventRow,
+    InstanceRow,
+    LogLineRow,
+    OutboxRow,
+    PauseRow,
+    RunRow,
+)
+from cued.daemon.store.pg_migrations import migrate
+from cued.daemon.store.sqlite import (
+    _DELETE_INSTANCE,
+    _TRIM_LOG,
+    SqliteStore,
+    _Batch,
+    _Chore,
+    _event,
+    _params,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable
+
+    import aiosqlite
+
+    from cued.daemon.store import Row
+
+__all__ = ["DAEMON_LOCK", "PostgresStore", "is_database_url", "open_pg_store", "pg_sql", "shown"]
+
+#: The advisory lock (its 64-bit key: ``cued:run`` in ASCII) a daemon's session holds.
+DAEMON_LOCK = int.from_bytes(b"cued:run", "big", signed=True)
+
+_SCHEMES = ("postgresql://", "postgres://")
+_INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
+
+
+def is_database_url(location: str) -> bool:
+    """Whether ``location`` names a PostgreSQL database (else it is a SQLite file)."""
+    return location.startswith(_SCHEMES)
+
+
+def shown(url: str) -> str:
+    """``url`` as it may be shown in messages and logs: without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
+
+
+@lru_cache(maxsize=2048)
+def pg_sql(sql: str) -> str:
+    """SQLite's ``sql`` for PostgreSQL: ``?`` placeholders become ``$1``, ``$2``, ...
+    (no query of the store has a ``?`` in a literal), and ``INDEXED BY`` hints go
+    (PostgreSQL's planner takes none; its indexes are the same)."""
+    numbers = itertools.count(1)
+    return re.sub(r"\?", lambda _: f"${next(numbers)}", _INDEXED_BY.sub("", sql))
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
+def _args(parameters: Iterable[Any] | None) -> list[Any]:
+    return [_text(v) for v in parameters or ()]
+
+
+def _pg_params(row: Row) -> list[Any]:
+    return [_text(v) for v in _params(row)]
+
+
+class _Connection:
+    """One asyncpg connection with aiosqlite's ``execute_fetchall``, SQL translated."""
+
+    __slots__ = ("_db",)
+
+    def __init__(self, db: asyncpg.Connection) -> None:
+        self._db = db
+
+    async def execute_fetchall(
+        self, sql: str, parameters: Iterable[Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self._db.fetch(pg_sql(sql), *_args(parameters))]
+
+
+class _Pool:
+    """The readers: ``execute_fetchall`` on a connection of the pool."""
+
+    __slots__ = ("_pool",)
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def execute_fetchall(
+        self, sql: str, parameters: Iterable[Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        async with self._pool.acquire() as db:
+            rows = await db.fetch(pg_sql(sql), *_args(parameters))
+        return [tuple(r) for r in rows]
+
+
+def _put(
+    row: type[Row], table: str, key: tuple[str, ...], *, update: Iterable[str] | None = None
+) -> str:
+    """An upsert of ``row``'s columns: a row already there takes the new values of
+    ``update`` (all but the key by default, as ``INSERT OR REPLACE`` would)."""
+    columns: tuple[str, ...] = row.__slots__  # type: ignore[assignment]
+    marks = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+    changed = [c for c in columns if c not in key] if update is None else list(update)
+    sets = ", ".join(f"{c} = excluded.{c}" for c in changed)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}"
+    )
+
+
+_UPSERT_RUN = _put(RunRow, "runs", ("run_id",), update=("state", "started_at", "ended_at", "error"))
+_PUT_INSTANCE = _put(InstanceRow, "task_instances", ("run_id", "key"))
+_PUT_ATTEMPT = _put(AttemptRow, "attempts", ("run_id", "key", "attempt"))
+_PUT_EVENT = _put(EventRow, "events", ("event_id",))
+_PUT_DEDUPE = _put(DedupeRow, "dedupe_keys", ("trigger", "key"))
+_PUT_CURSOR = _put(CursorRow, "source_cursors", ("source",))
+# an alert already queued keeps its place and its history: only its delivery is updated
+_PUT_OUTBOX = (
+    _put(OutboxRow, "outbox", ("alert_id",), update=("sent_at", "attempts", "last_error", "next_at"))
+    + " WHERE excluded.attempts > 0"
+)
+_PUT_APPROVAL = _put(ApprovalRow, "approvals", ("run_id", "key"))
+_PUT_DECISION = _put(DecisionRow, "decisions", ("run_id", "key", "attempt", "who"))
+_PUT_LOG_LINE = _put(LogLineRow, "task_logs", ("run_id", "seq"))
+_PUT_PAUSE = _put(PauseRow, "paused_pipelines", ("pipeline",))
+
+
+class PostgresStore(SqliteStore):
+    """Runs, task instances, attempts and events in a PostgreSQL database."""
+
+    def __init__(self, url: str, writer: asyncpg.Connection, readers: asyncpg.Pool) -> None:
+        # the SQLite writer is never used: the commit and the chores are overridden below
+        super().__init__(Path(shown(url)), cast("aiosqlite.Connection", None), _Pool(readers))
+        self.where = shown(url)
+        self._db = writer
+
+    async def _commit(self, batch: _Batch) -> float:
+        started = anyio.current_time()
+        db = self._db
+        async with db.transaction():
+            if batch.gone:
+                await db.executemany(
+                    pg_sql(_DELETE_INSTANCE), [(g.run_id, g.key) for g in batch.gone.values()]
+                )
+            for rows, sql in (
+                (batch.runs, _UPSERT_RUN),
+                (batch.instances, _PUT_INSTANCE),
+                (batch.attempts, _PUT_ATTEMPT),
+                (batch.events, _PUT_EVENT),
+                (batch.dedupe, _PUT_DEDUPE),
+                (batch.cursors, _PUT_CURSOR),
+                (batch.outbox, _PUT_OUTBOX),
+                (batch.approvals, _PUT_APPROVAL),
+                (batch.decisions, _PUT_DECISION),
+                (batch.log_lines, _PUT_LOG_LINE),
+            ):
+                if rows:
+                    await db.executemany(sql, [_pg_params(r) for r in rows.values()])
+            if batch.log_trims:
+                # after the lines: a line of this batch below the cut goes too
+                await db.executemany(
+                    pg_sql(_TRIM_LOG), [_pg_params(r) for r in batch.log_trims.values()]
+                )
+        seconds = anyio.current_time() - started
+        self.commits += 1
+        self.commit_seconds += seconds
+        return seconds
+
+    async def _do_chore(self, chore: _Chore) -> None:
+        started = anyio.current_time()
+        try:
+            async with self._db.transaction():
+                chore.result = await chore.work(_Connection(self._db))
+        except Exception as exc:  # noqa: BLE001 - the chore's caller gets it; writes go on
+            chore.error = exc
+        else:
+            self.commits += 1
+            self.commit_seconds += anyio.current_time() - started
+        finally:
+            chore.done.set()
+
+    async def set_paused(self, pipeline: str, pause: PauseRow | None) -> None:
+        async def work(db: _Connection) -> None:
+            if pause is None:
+                await db.execute_fetchall(
+                    "DELETE FROM paused_pipelines WHERE pipeline = ?", (pipeline,)
+                )
+            else:
+                await db._db.execute(_PUT_PAUSE, *_pg_params(pause))
+
+        await self._chore(work)
+
+    async def list_assets(self) -> list[tuple[str, int, EventRow]]:
+        # each asset's latest event (DISTINCT ON keeps the first of each source, newest
+        # first), with how many there are, in one range scan of events_by_source_time
+        rows = await self._reader.execute_fetchall(
+            "SELECT DISTINCT ON (source) *, count(*) OVER (PARTITION BY source) FROM events "
+            "WHERE source >= ? AND source < ? ORDER BY source, received_at DESC, event_id DESC",
+            ASSET_SOURCES,
+        )
+        return [(asset_of(r[1]) or r[1], int(r[8]), _event(r)) for r in rows]
+
+
+@asynccontextmanager
+async def open_pg_store(url: str, *, exclusive: bool = False) -> AsyncIterator[PostgresStore]:
+    """Open (migrating as needed) the store in the database at ``url``.
+
+    On exit, whatever was submitted is committed before the connections close.
+
+    :param exclusive: hold the daemon's advisory lock while open (one daemon per database)
+    :raises StoreError: if the database cannot be reached, another daemon holds the lock,
+        or its schema is newer than this cued knows
+    """
+    where = shown(url)
+    try:
+        writer = await asyncpg.connect(url, timeout=10)
+    except Exception as exc:
+        raise StoreError(f"cannot connect to the database {where!r}: {exc}") from exc
+    readers: asyncpg.Pool | None = None
+    try:
+        if exclusive and not await writer.fetchval("SELECT pg_try_advisory_lock($1)", DAEMON_LOCK):
+            raise StoreError(f"another cued daemon is running on {where!r}")
+        await migrate(writer, where)
+        readers = await asyncpg.create_pool(url, min_size=1, max_size=4, timeout=10)
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            await writer.close()
+        if isinstance(exc, asyncpg.PostgresError | OSError):
+            raise StoreError(f"cannot open the database {where!r}: {exc}") from exc
+        raise
+    store = PostgresStore(url, writer, readers)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(store._write_loop)
+            try:
+                yield store
+            finally:
+                store._closing = True
+                store._wake.set()  # the loop commits what is left, then returns
+    finally:
+        with anyio.CancelScope(shield=True):
+            await readers.close()
+            await writer.close()

@@ -1,0 +1,76 @@
+"""Both stores for the store's contract tests: a SQLite file under tmp_path, or a database
+of its own on the real PostgreSQL at 127.0.0.1:5432 (created for the test, dropped after;
+a server that is not there fails the test, it is never skipped)."""
+
+from __future__ import annotations
+
+import secrets
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from cued.daemon.store.opening import open_store_at
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+#: The server the tests use (trust auth): its ``postgres`` database is only for
+#: creating and dropping the tests' own.
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+KINDS = ("sqlite", "postgresql")
+
+
+@asynccontextmanager
+async def fresh_database(prefix: str = "cued_test") -> AsyncIterator[str]:
+    """The URL of a new, empty database, dropped (with whoever is still connected to it)
+    when the block ends."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(f"{PG_SERVER}/postgres", timeout=10)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"{PG_SERVER}/{name}"
+        finally:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@dataclass(frozen=True)
+class StoreAt:
+    """One place a store lives, to open (and open again) in a test."""
+
+    kind: str
+    location: str
+
+    def open(self, **options: Any):  # -> AbstractAsyncContextManager[SqliteStore]
+        return open_store_at(self.location, **options)
+
+    async def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Read the state directly (SQLite's SQL, ``?`` placeholders), as a second
+        program would."""
+        import aiosqlite
+
+        from cued.daemon.store.postgresql import pg_sql
+
+        if self.kind == "sqlite":
+            async with aiosqlite.connect(self.location) as db:
+                return [tuple(r) for r in await db.execute_fetchall(sql, args)]
+        db = await asyncpg.connect(self.location, timeout=10)
+        try:
+            return [tuple(r) for r in await db.fetch(pg_sql(sql), *args)]
+        finally:
+            await db.close()
+
+
+@asynccontextmanager
+async def store_at(kind: str, tmp_path: Path) -> AsyncIterator[StoreAt]:
+    if kind == "sqlite":
+        yield StoreAt(kind, str(tmp_path / "state.db"))
+        return
+    async with fresh_database() as url:
+        yield StoreAt(kind, url)
+
