@@ -44,7 +44,7 @@ from cued.daemon.runtime.spending import StoreSpending
 from cued.daemon.runtime.telemetry import TracedTransport, open_tracing
 from cued.daemon.sdk.sources import SourceContext
 from cued.daemon.store.filemodes import private_file
-from cued.daemon.store.sqlite import open_store
+from cued.daemon.store.opening import open_store_at
 from cued.daemon.web.api import Caller, Users, build_app
 from cued.daemon.web.body_limit import BodyLimit
 from cued.daemon.web.control import (
@@ -61,6 +61,7 @@ from cued.daemon.web.ui import with_ui
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+    from contextlib import AbstractAsyncContextManager
     from pathlib import Path
 
     from cued.daemon.config import Config
@@ -91,7 +92,9 @@ def _state_folder(state: Path) -> None:
 
 @contextmanager
 def _exclusive(state: Path) -> Iterator[None]:
-    """One daemon per state file: a second one would run every run twice."""
+    """One daemon per state file (with the state in a database, per config folder, for
+    its control socket; the database has a lock of its own): a second one would run every
+    run twice."""
     lock_path = state.resolve().with_name(state.name + ".lock")
     private_file(lock_path)  # made 0644 by older versions
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -167,7 +170,7 @@ async def _opened(
     with _exclusive(state) if lock else nullcontext():
         async with (
             open_tracing(config.telemetry) as tracing,
-            open_store(state, synchronous=config.daemon.synchronous) as store,
+            _open_store(config, exclusive=lock) as store,
             # no read timeout of its own: each task's `timeout` bounds its requests
             httpx.AsyncClient(
                 limits=limits,
@@ -232,14 +235,26 @@ async def _serving(runner: Runner, *, resume_unfinished: bool) -> AsyncIterator[
 
 @asynccontextmanager
 async def open_state(config: Config) -> AsyncIterator[Local]:
-    """The config's state file for a face with no daemon of its own: the CLI reads it
-    (beside a running daemon, WAL lets it), and prunes through it when no daemon runs.
+    """The config's state for a face with no daemon of its own: the CLI reads it (beside
+    a running daemon: WAL lets it, as PostgreSQL does), and prunes through it when no
+    daemon runs.
 
     :raises StoreError: if the file cannot be opened or has a newer schema
     """
     _state_folder(config.state_path)
-    async with open_store(config.state_path, synchronous=config.daemon.synchronous) as store:
+    async with _open_store(config, exclusive=False) as store:
         yield Local(store, config)
+
+
+def _open_store(config: Config, *, exclusive: bool) -> AbstractAsyncContextManager[Store]:
+    """The config's store: its SQLite file, or its PostgreSQL database (taking the
+    database's daemon lock if ``exclusive``).
+
+    :raises CuedError: if a database URL from the environment or a file is not there
+    """
+    return open_store_at(
+        config.state_location(), synchronous=config.daemon.synchronous, exclusive=exclusive
+    )
 
 
 @asynccontextmanager
@@ -408,7 +423,7 @@ async def _serve(
             tg.start_soon(prune_periodically, config, store)
             log.info(
                 "daemon_started",
-                state=str(config.state_path),
+                state=config.state_shown,
                 control_socket=str(socket_path),
                 http=f"http://{_host(address[0])}:{address[1]}" if address else None,
                 # where a person goes first: the UI (the API is under /api/v1 beside it)

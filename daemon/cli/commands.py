@@ -360,7 +360,7 @@ async def _show(config: Config, args: argparse.Namespace) -> int:
     async with open_state(config) as state:
         shown = await state.queries.run_detail(args.run_id)
     if shown is None:
-        raise NotFound(f"no run {args.run_id!r} in {str(config.state_path)!r}")
+        raise NotFound(f"no run {args.run_id!r} in {config.state_shown!r}")
     run, instances, attempts = shown.run, shown.instances, shown.attempts
     # as the instances are listed
     order = {i.key: n for n, i in enumerate(instances)}

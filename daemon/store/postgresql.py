@@ -27,11 +27,11 @@ from contextlib import asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
 
+from cued.daemon.config.state import is_database_url, shown_url
 from cued.daemon.core.assets import ASSET_SOURCES, asset_of
 from cued.daemon.errors import StoreError
 from cued.daemon.store import (
@@ -65,28 +65,12 @@ if TYPE_CHECKING:
 
     from cued.daemon.store import Row
 
-__all__ = ["DAEMON_LOCK", "PostgresStore", "is_database_url", "open_pg_store", "pg_sql", "shown"]
+__all__ = ["DAEMON_LOCK", "PostgresStore", "is_database_url", "open_pg_store", "pg_sql"]
 
 #: The advisory lock (its 64-bit key: ``cued:run`` in ASCII) a daemon's session holds.
 DAEMON_LOCK = int.from_bytes(b"cued:run", "big", signed=True)
 
-_SCHEMES = ("postgresql://", "postgres://")
 _INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
-
-
-def is_database_url(location: str) -> bool:
-    """Whether ``location`` names a PostgreSQL database (else it is a SQLite file)."""
-    return location.startswith(_SCHEMES)
-
-
-def shown(url: str) -> str:
-    """``url`` as it may be shown in messages and logs: without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
 
 
 @lru_cache(maxsize=2048)
@@ -143,11 +127,15 @@ class _Pool:
 
 
 def _put(
-    row: type[Row], table: str, key: tuple[str, ...], *, update: Iterable[str] | None = None
+    row: type[Row | PauseRow],
+    table: str,
+    key: tuple[str, ...],
+    *,
+    update: Iterable[str] | None = None,
 ) -> str:
     """An upsert of ``row``'s columns: a row already there takes the new values of
     ``update`` (all but the key by default, as ``INSERT OR REPLACE`` would)."""
-    columns: tuple[str, ...] = row.__slots__  # type: ignore[assignment]
+    columns: tuple[str, ...] = row.__slots__
     marks = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
     changed = [c for c in columns if c not in key] if update is None else list(update)
     sets = ", ".join(f"{c} = excluded.{c}" for c in changed)
@@ -165,7 +153,9 @@ _PUT_DEDUPE = _put(DedupeRow, "dedupe_keys", ("trigger", "key"))
 _PUT_CURSOR = _put(CursorRow, "source_cursors", ("source",))
 # an alert already queued keeps its place and its history: only its delivery is updated
 _PUT_OUTBOX = (
-    _put(OutboxRow, "outbox", ("alert_id",), update=("sent_at", "attempts", "last_error", "next_at"))
+    _put(
+        OutboxRow, "outbox", ("alert_id",), update=("sent_at", "attempts", "last_error", "next_at")
+    )
     + " WHERE excluded.attempts > 0"
 )
 _PUT_APPROVAL = _put(ApprovalRow, "approvals", ("run_id", "key"))
@@ -179,8 +169,8 @@ class PostgresStore(SqliteStore):
 
     def __init__(self, url: str, writer: asyncpg.Connection, readers: asyncpg.Pool) -> None:
         # the SQLite writer is never used: the commit and the chores are overridden below
-        super().__init__(Path(shown(url)), cast("aiosqlite.Connection", None), _Pool(readers))
-        self.where = shown(url)
+        super().__init__(Path(shown_url(url)), cast("aiosqlite.Connection", None), _Pool(readers))
+        self.where = shown_url(url)
         self._db = writer
 
     async def _commit(self, batch: _Batch) -> float:
@@ -235,7 +225,9 @@ class PostgresStore(SqliteStore):
                     "DELETE FROM paused_pipelines WHERE pipeline = ?", (pipeline,)
                 )
             else:
-                await db._db.execute(_PUT_PAUSE, *_pg_params(pause))
+                await db.execute_fetchall(
+                    _PUT_PAUSE, (pipeline, pause.paused_at, _text(pause.paused_by))
+                )
 
         await self._chore(work)
 
@@ -260,7 +252,7 @@ async def open_pg_store(url: str, *, exclusive: bool = False) -> AsyncIterator[P
     :raises StoreError: if the database cannot be reached, another daemon holds the lock,
         or its schema is newer than this cued knows
     """
-    where = shown(url)
+    where = shown_url(url)
     try:
         writer = await asyncpg.connect(url, timeout=10)
     except Exception as exc:

@@ -38,6 +38,7 @@ class Connection(Protocol):
         self, sql: str, parameters: Iterable[Any] | None = None
     ) -> Iterable[Any]: ...
 
+
 # As in the partial index runs_finished (made anew by the migration that added "skipped"),
 # word for word: SQLite uses a partial index only for a query whose WHERE implies the
 # index's. Named, since the planner
@@ -133,9 +134,7 @@ async def _runs(
     return rows
 
 
-async def _part_of_run(
-    db: Connection, run_id: str, limit: int, counts: dict[str, int]
-) -> int:
+async def _part_of_run(db: Connection, run_id: str, limit: int, counts: dict[str, int]) -> int:
     deleted = 0
     for table, key in _OF_RUN.items():
         if deleted >= limit:
@@ -187,7 +186,9 @@ async def count(db: Connection, policy: PrunePolicy) -> PruneCounts:
     counts: dict[str, int] = dict.fromkeys(PruneCounts.tables(), 0)
     if policy.runs_before is not None:
         runs = f"SELECT run_id FROM {_OLD_RUNS}"
-        counts["runs"] = await _count(db, f"SELECT count(*) FROM ({runs}) AS old", policy.runs_before)
+        counts["runs"] = await _count(
+            db, f"SELECT count(*) FROM ({runs}) AS old", policy.runs_before
+        )
         for table in _OF_RUN:
             counts[table] = await _count(
                 db,

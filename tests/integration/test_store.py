@@ -10,12 +10,13 @@ import anyio
 import asyncpg
 import pytest
 
+from cued.daemon.config.state import shown_url
 from cued.daemon.core.ids import new_id, now
 from cued.daemon.errors import StoreError
 from cued.daemon.store import AttemptRow, InstanceRow, RunRow
 from cued.daemon.store.migrations import MIGRATIONS
 from cued.daemon.store.pg_migrations import PG_MIGRATIONS
-from cued.daemon.store.postgresql import DAEMON_LOCK, open_pg_store, pg_sql, shown
+from cued.daemon.store.postgresql import DAEMON_LOCK, open_pg_store, pg_sql
 from cued.daemon.store.sqlite import (
     COUNT_RUNS_BY_STATE,
     COUNT_WAITING_APPROVALS,
@@ -213,7 +214,9 @@ async def test_a_new_database_is_migrated_to_the_current_schema():
             assert await db.fetchval("SELECT version FROM cued_schema") == len(PG_MIGRATIONS)
             tables = {
                 r["tablename"]
-                for r in await db.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                for r in await db.fetch(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                )
             }
         finally:
             await db.close()
@@ -281,7 +284,9 @@ async def test_one_daemon_per_database_and_its_lock_goes_with_its_session():
 
 
 async def test_an_absent_server_is_a_store_error_naming_it_without_its_password():
-    with pytest.raises(StoreError, match=r"cannot connect to the database 'postgresql://u@127\.0\.0\.1:1/x'"):
+    with pytest.raises(
+        StoreError, match=r"cannot connect to the database 'postgresql://u@127\.0\.0\.1:1/x'"
+    ):
         async with open_pg_store("postgresql://u:hunter2@127.0.0.1:1/x"):
             pass
 
@@ -291,5 +296,5 @@ def test_sqlite_placeholders_are_numbered_and_index_hints_dropped():
         pg_sql("SELECT * FROM runs INDEXED BY runs_finished WHERE a = ? AND b IN (?, ?)")
         == "SELECT * FROM runs WHERE a = $1 AND b IN ($2, $3)"
     )
-    assert shown("postgresql://cued:s3cret@db:5432/cued") == "postgresql://cued@db:5432/cued"
-    assert shown("postgresql://db/cued") == "postgresql://db/cued"
+    assert shown_url("postgresql://cued:s3cret@db:5432/cued") == "postgresql://cued@db:5432/cued"
+    assert shown_url("postgresql://db/cued") == "postgresql://db/cued"

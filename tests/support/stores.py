@@ -73,4 +73,3 @@ async def store_at(kind: str, tmp_path: Path) -> AsyncIterator[StoreAt]:
         return
     async with fresh_database() as url:
         yield StoreAt(kind, url)
-
