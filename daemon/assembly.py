@@ -91,7 +91,7 @@ def _state_folder(state: Path) -> None:
 
 
 @contextmanager
-def _exclusive(state: Path) -> Iterator[None]:
+def _exclusive(state: Path, shown: str) -> Iterator[None]:
     """One daemon per state file (with the state in a database, per config folder, for
     its control socket; the database has a lock of its own): a second one would run every
     run twice."""
@@ -102,7 +102,7 @@ def _exclusive(state: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise CuedError(f"another cued daemon is running on {str(state)!r}") from None
+            raise CuedError(f"another cued daemon is running on {shown!r}") from None
         yield
     finally:
         os.close(fd)
@@ -167,7 +167,7 @@ async def _opened(
     _state_folder(state)
     config_folder_first(config.base_dir)  # python tasks find modules beside the config
     limits = httpx.Limits(max_connections=config.daemon.max_running_tasks)
-    with _exclusive(state) if lock else nullcontext():
+    with _exclusive(state, config.state_shown) if lock else nullcontext():
         async with (
             open_tracing(config.telemetry) as tracing,
             _open_store(config, exclusive=lock) as store,
