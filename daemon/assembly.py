@@ -30,6 +30,7 @@ import httpx
 
 from cued.daemon.config.registry import source_kinds, task_kinds
 from cued.daemon.config.secrets import resolve_secret
+from cued.daemon.config.state import is_database_url
 from cued.daemon.config.strict import config_folder_first
 from cued.daemon.errors import CuedError
 from cued.daemon.logs import get_logger
@@ -43,6 +44,7 @@ from cued.daemon.runtime.runner import Runner
 from cued.daemon.runtime.spending import StoreSpending
 from cued.daemon.runtime.telemetry import TracedTransport, open_tracing
 from cued.daemon.sdk.sources import SourceContext
+from cued.daemon.store.copying import copy_state
 from cued.daemon.store.filemodes import private_file
 from cued.daemon.store.opening import open_store_at
 from cued.daemon.web.api import Caller, Users, build_app
@@ -60,7 +62,7 @@ from cued.daemon.web.server import PerConnection, serve_asgi
 from cued.daemon.web.ui import with_ui
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
     from contextlib import AbstractAsyncContextManager
     from pathlib import Path
 
@@ -70,7 +72,14 @@ if TYPE_CHECKING:
     from cued.daemon.sdk.tracing import Tracing
     from cued.daemon.store import Store
 
-__all__ = ["DaemonInfo", "control_socket_path", "open_runner", "open_state", "run_daemon"]
+__all__ = [
+    "DaemonInfo",
+    "control_socket_path",
+    "copy_state_between",
+    "open_runner",
+    "open_state",
+    "run_daemon",
+]
 
 
 def _state_folder(state: Path) -> None:
@@ -244,6 +253,32 @@ async def open_state(config: Config) -> AsyncIterator[Local]:
     _state_folder(config.state_path)
     async with _open_store(config, exclusive=False) as store:
         yield Local(store, config)
+
+
+async def copy_state_between(
+    source: str, target: str, *, progress: Callable[[str, int], None] | None = None
+) -> dict[str, int]:
+    """``cued store copy``: every row of the store at ``source`` into the empty one at
+    ``target`` (each a SQLite file's path, a ``postgresql://`` URL, or ``env:NAME``
+    holding either); the rows of each table.
+
+    :raises CuedError: if a variable is unset, the source file is not there, a store
+        cannot be opened, the target is not empty or the counts differ afterwards
+    """
+    source, target = _named_store(source), _named_store(target)
+    if not is_database_url(source) and not os.path.isfile(source):  # noqa: ASYNC240 - one stat
+        raise CuedError(f"no state file at {source!r} to copy from")
+    async with open_store_at(source) as src, open_store_at(target) as dst:
+        return await copy_state(src, dst, progress=progress)
+
+
+def _named_store(name: str) -> str:
+    if not name.startswith("env:"):
+        return name
+    value = os.environ.get(name[4:])
+    if value is None:
+        raise CuedError(f"environment variable {name[4:]!r} (for a store) is not set")
+    return value
 
 
 def _open_store(config: Config, *, exclusive: bool) -> AbstractAsyncContextManager[Store]:

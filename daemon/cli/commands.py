@@ -18,7 +18,13 @@ from urllib.parse import quote
 import anyio
 import httpx
 
-from cued.daemon.assembly import control_socket_path, open_runner, open_state, run_daemon
+from cued.daemon.assembly import (
+    control_socket_path,
+    copy_state_between,
+    open_runner,
+    open_state,
+    run_daemon,
+)
 from cued.daemon.cli import render
 from cued.daemon.config import load_config
 from cued.daemon.config.starter import STARTER_CONFIG, STARTER_DROP_FOLDER
@@ -50,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     """Do what ``args`` (parsed) say; returns the exit status."""
     if args.command == "init":
         return _init(args)
+    if args.command == "store":  # no configuration: both stores are named
+        return anyio.run(_store_copy, args)
     config = load_config(args.config)
     configure_logging(config.daemon.log_level)
     if args.command == "validate":
@@ -539,6 +547,18 @@ def _table(rows: list[list[str]]) -> None:
 
 
 # -- init, triggers test ----------------------------------------------------------------
+
+
+async def _store_copy(args: argparse.Namespace) -> int:
+    def progress(table: str, rows: int) -> None:
+        sys.stderr.write(f"\r{table}: {rows} rows")
+        sys.stderr.flush()
+
+    counts = await copy_state_between(args.source, args.target, progress=progress)
+    sys.stderr.write("\n")
+    _table([["TABLE", "ROWS"], *([table, str(n)] for table, n in counts.items())])
+    _out(f"copied {sum(counts.values())} rows; every table holds as many in both")
+    return 0
 
 
 def _init(args: argparse.Namespace) -> int:

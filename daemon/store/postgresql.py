@@ -109,6 +109,9 @@ class _Connection:
     ) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in await self._db.fetch(pg_sql(sql), *_args(parameters))]
 
+    async def executemany(self, sql: str, parameters: Iterable[Iterable[Any]]) -> None:
+        await self._db.executemany(pg_sql(sql), [_args(p) for p in parameters])
+
 
 class _Pool:
     """The readers: ``execute_fetchall`` on a connection of the pool."""
