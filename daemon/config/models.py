@@ -21,8 +21,14 @@ from cued.daemon.config.alerting import ALERT_KINDS, AlertConfig
 from cued.daemon.config.durations import Duration
 from cued.daemon.config.environment import EnvName
 from cued.daemon.config.registry import source_kinds, task_kinds
-from cued.daemon.config.secrets import resolve_secret
-from cued.daemon.config.state import StateSetting, check_database_url, is_database_url, shown_url
+from cued.daemon.config.secrets import remember, resolve_secret
+from cued.daemon.config.state import (
+    StateSetting,
+    check_database_url,
+    database_password,
+    is_database_url,
+    shown_url,
+)
 from cued.daemon.config.tomlpos import KeyLines
 from cued.daemon.core import graph, templates
 from cued.daemon.core.assets import asset_of
@@ -287,14 +293,19 @@ class Config(_Model):
 
     def state_location(self) -> str:
         """Where the store is: the state file's path, or the database's URL (``env:`` and
-        ``file:`` resolved, and remembered for redaction).
+        ``file:`` resolved; its password remembered for redaction).
 
         :raises CuedError: if the variable is unset, the file unreadable, or what they
             hold is no ``postgresql://`` URL
         """
         if not self.state_in_database:
             return str(self.state_path)
-        url = resolve_secret(self.daemon.state, self._base_dir, what="[daemon] state")
+        # a URL written out is no secret but its password (the log names the database)
+        url = resolve_secret(
+            self.daemon.state, self._base_dir, what="[daemon] state", literal_is_secret=False
+        )
+        if (password := database_password(url)) is not None:
+            remember(password)
         if not is_database_url(url):
             raise CuedError(f"[daemon] state {self.daemon.state!r} must hold a postgresql:// URL")
         if (problem := check_database_url(url)) is not None:

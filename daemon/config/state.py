@@ -18,7 +18,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AfterValidator
 
-__all__ = ["DATABASE_SCHEMES", "StateSetting", "check_database_url", "is_database_url", "shown_url"]
+__all__ = [
+    "DATABASE_SCHEMES",
+    "StateSetting",
+    "check_database_url",
+    "database_password",
+    "is_database_url",
+    "shown_url",
+]
 
 DATABASE_SCHEMES = ("postgresql://", "postgres://")
 _SECRET = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$")
@@ -41,6 +48,14 @@ def shown_url(url: str) -> str:
     host = parts.netloc.rpartition("@")[2]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
+
+
+def database_password(url: str) -> str | None:
+    """The password in ``url``, if it has one."""
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 def check_database_url(url: str) -> str | None:

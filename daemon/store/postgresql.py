@@ -11,6 +11,8 @@ stores cannot drift apart in what they mean. What differs is here:
   UPDATE``; the latest event of each asset is a ``DISTINCT ON``); the reads' SQL is SQLite's,
   translated by :func:`pg_sql` (``?`` placeholders numbered, index hints dropped);
 - reads go through a small pool of connections, so the API's reads run beside the writer;
+- a lost connection: the writer's fails the store at once (it held the daemon's lock),
+  and so stops the daemon; the readers' pool reconnects by itself;
 - text: PostgreSQL keeps no NUL character in text, so one (which a task's output line may
   hold) is stored as U+FFFD; JSON is text already, with NULs escaped.
 
@@ -245,6 +247,22 @@ class PostgresStore(SqliteStore):
         return [(asset_of(r[1]) or r[1], int(r[8]), _event(r)) for r in rows]
 
 
+async def _watch(
+    store: PostgresStore, lost: anyio.Event, *, task_status: anyio.abc.TaskStatus[anyio.CancelScope]
+) -> None:
+    """Fail the store as soon as the writer's connection is lost, not at the next write:
+    with it went the daemon's lock, and an idle daemon might otherwise go on for long
+    without it.
+
+    :raises StoreError: when the connection is lost
+    """
+    with anyio.CancelScope() as scope:
+        task_status.started(scope)
+        await lost.wait()
+        store._failed = StoreError(f"lost the connection to the database {store.where!r}")
+        raise store._failed
+
+
 @asynccontextmanager
 async def open_pg_store(url: str, *, exclusive: bool = False) -> AsyncIterator[PostgresStore]:
     """Open (migrating as needed) the store in the database at ``url``.
@@ -273,12 +291,16 @@ async def open_pg_store(url: str, *, exclusive: bool = False) -> AsyncIterator[P
             raise StoreError(f"cannot open the database {where!r}: {exc}") from exc
         raise
     store = PostgresStore(url, writer, readers)
+    lost = anyio.Event()
+    writer.add_termination_listener(lambda _: lost.set())
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(store._write_loop)
+            watching = await tg.start(_watch, store, lost)
             try:
                 yield store
             finally:
+                watching.cancel()
                 store._closing = True
                 store._wake.set()  # the loop commits what is left, then returns
     finally:

@@ -298,3 +298,27 @@ def test_sqlite_placeholders_are_numbered_and_index_hints_dropped():
     )
     assert shown_url("postgresql://cued:s3cret@db:5432/cued") == "postgresql://cued@db:5432/cued"
     assert shown_url("postgresql://db/cued") == "postgresql://db/cued"
+
+
+async def test_a_lost_connection_fails_the_store_at_once_not_at_the_next_write():
+    # the writer's session held the daemon's lock: a daemon that lost it must stop, even
+    # when idle, before another one may take the database over
+    async with fresh_database() as url:
+        with pytest.raises(ExceptionGroup) as info:  # noqa: PT012 - the store's task group
+            async with open_pg_store(url, exclusive=True) as store:
+                admin = await asyncpg.connect(url)
+                try:
+                    await admin.fetchval(
+                        "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                        "WHERE locktype = 'advisory' AND objid = $1",
+                        DAEMON_LOCK & 0xFFFFFFFF,
+                    )
+                finally:
+                    await admin.close()
+                with anyio.fail_after(10):
+                    await anyio.sleep_forever()  # cancelled by the store's failure
+        with pytest.raises(StoreError, match="lost the connection to the database"):
+            store.submit([RunRow(new_id(), "p", "queued", {}, now())])
+    (error,) = info.value.exceptions
+    assert isinstance(error, StoreError)
+    assert "lost the connection to the database" in str(error)

@@ -956,3 +956,14 @@ def test_strict_checks_name_the_line_of_a_database_url_that_is_not_there(tmp_pat
         4,
         "[daemon] state 'env:CUED_TEST_DB' must hold a postgresql:// URL",
     )
+
+
+def test_a_database_password_is_redacted_and_its_url_is_not(tmp_path):
+    from cued.daemon.config.secrets import redact_text
+
+    config = parse_config(
+        '[daemon]\nstate = "postgresql://cued:pw-d7f3a9@db.internal/cued"\n', base_dir=tmp_path
+    )
+    assert config.state_location() == "postgresql://cued:pw-d7f3a9@db.internal/cued"
+    assert redact_text("auth failed with pw-d7f3a9") == "auth failed with [redacted]"
+    assert redact_text(config.state_shown) == "postgresql://cued@db.internal/cued"
