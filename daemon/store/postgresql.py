@@ -5,8 +5,9 @@ the batch that coalesces submissions, the single writer with group commit, the c
 runs between two commits (pruning, pauses), and every read are that class's, so the two
 stores cannot drift apart in what they mean. What differs is here:
 
-- the commit: one transaction on the writer's own connection, one ``executemany`` per
-  table (asyncpg pipelines its executions: one round trip per table, not per row);
+- the commit: the whole batch as one statement on the writer's own connection, each
+  table's rows sent as one array per column (one round trip, and one transaction without
+  a BEGIN and COMMIT of its own: the commit's cost is the server's WAL flush);
 - SQL that SQLite spells its own way (``INSERT OR REPLACE`` becomes ``ON CONFLICT ... DO
   UPDATE``; the latest event of each asset is a ``DISTINCT ON``); the reads' SQL is SQLite's,
   translated by :func:`pg_sql` (``?`` placeholders numbered, index hints dropped);
@@ -26,6 +27,7 @@ from __future__ import annotations
 import itertools
 import re
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -51,8 +53,6 @@ from cued.daemon.store import (
 )
 from cued.daemon.store.pg_migrations import migrate
 from cued.daemon.store.sqlite import (
-    _DELETE_INSTANCE,
-    _TRIM_LOG,
     SqliteStore,
     _Batch,
     _Chore,
@@ -131,42 +131,121 @@ class _Pool:
         return [tuple(r) for r in rows]
 
 
-def _put(
-    row: type[Row | PauseRow],
-    table: str,
-    key: tuple[str, ...],
-    *,
-    update: Iterable[str] | None = None,
-) -> str:
-    """An upsert of ``row``'s columns: a row already there takes the new values of
-    ``update`` (all but the key by default, as ``INSERT OR REPLACE`` would)."""
-    columns: tuple[str, ...] = row.__slots__
-    marks = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
-    changed = [c for c in columns if c not in key] if update is None else list(update)
-    sets = ", ".join(f"{c} = excluded.{c}" for c in changed)
-    return (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
-        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}"
-    )
+# The type of each column, by name (every table names its columns alike): for the arrays
+# a batch's rows are sent in
+_FLOATS = frozenset(
+    {"created_at", "started_at", "ended_at", "updated_at", "received_at", "seen_at",
+     "sent_at", "next_at", "requested_at", "deadline_at", "decided_at", "at", "cost",
+     "paused_at"}
+)  # fmt: skip
+_INTS = frozenset({"map_index", "attempts", "retry_base", "attempt", "min_approvals", "seq"})
 
 
-_UPSERT_RUN = _put(RunRow, "runs", ("run_id",), update=("state", "started_at", "ended_at", "error"))
-_PUT_INSTANCE = _put(InstanceRow, "task_instances", ("run_id", "key"))
-_PUT_ATTEMPT = _put(AttemptRow, "attempts", ("run_id", "key", "attempt"))
-_PUT_EVENT = _put(EventRow, "events", ("event_id",))
-_PUT_DEDUPE = _put(DedupeRow, "dedupe_keys", ("trigger", "key"))
-_PUT_CURSOR = _put(CursorRow, "source_cursors", ("source",))
-# an alert already queued keeps its place and its history: only its delivery is updated
-_PUT_OUTBOX = (
-    _put(
-        OutboxRow, "outbox", ("alert_id",), update=("sent_at", "attempts", "last_error", "next_at")
-    )
-    + " WHERE excluded.attempts > 0"
+def _type(column: str) -> str:
+    return "float8" if column in _FLOATS else "int8" if column in _INTS else "text"
+
+
+@dataclass(frozen=True)
+class _Put:
+    """An upsert of a table's rows: a row already there takes the new values of
+    ``update`` (all but the key by default, as SQLite's ``INSERT OR REPLACE``)."""
+
+    table: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    update: tuple[str, ...] | None = None
+    where: str = ""
+
+    def sql(self, source: str) -> str:
+        changed = self.update or tuple(c for c in self.columns if c not in self.key)
+        sets = ", ".join(f"{c} = excluded.{c}" for c in changed)
+        return (
+            f"INSERT INTO {self.table} ({', '.join(self.columns)}) {source} "
+            f"ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET {sets}{self.where}"
+        )
+
+    def of_rows(self, rows: Iterable[Row], args: list[Any]) -> str:
+        """The upsert of ``rows``, whose columns it appends to ``args`` as arrays."""
+        return self.sql(f"SELECT * FROM {_unnest(self.columns, rows, args)}")
+
+
+def _unnest(columns: tuple[str, ...], rows: Iterable[Row], args: list[Any]) -> str:
+    """``unnest($n::type[], ...)`` of ``rows``, one array per column appended to ``args``."""
+    marks = []
+    for column, values in zip(
+        columns, zip(*(_pg_params(r) for r in rows), strict=True), strict=True
+    ):
+        args.append(list(values))
+        marks.append(f"${len(args)}::{_type(column)}[]")
+    return f"unnest({', '.join(marks)})"
+
+
+def _put(row: type[Row], table: str, key: tuple[str, ...], **kw: Any) -> _Put:
+    return _Put(table, row.__slots__, key, **kw)
+
+
+_PUTS: dict[str, _Put] = {
+    "runs": _put(RunRow, "runs", ("run_id",), update=("state", "started_at", "ended_at", "error")),
+    "instances": _put(InstanceRow, "task_instances", ("run_id", "key")),
+    "attempts": _put(AttemptRow, "attempts", ("run_id", "key", "attempt")),
+    "events": _put(EventRow, "events", ("event_id",)),
+    "dedupe": _put(DedupeRow, "dedupe_keys", ("trigger", "key")),
+    "cursors": _put(CursorRow, "source_cursors", ("source",)),
+    # an alert already queued keeps its place and its history: only its delivery changes
+    "outbox": _put(
+        OutboxRow,
+        "outbox",
+        ("alert_id",),
+        update=("sent_at", "attempts", "last_error", "next_at"),
+        where=" WHERE excluded.attempts > 0",
+    ),
+    "approvals": _put(ApprovalRow, "approvals", ("run_id", "key")),
+    "decisions": _put(DecisionRow, "decisions", ("run_id", "key", "attempt", "who")),
+    "log_lines": _put(LogLineRow, "task_logs", ("run_id", "seq")),
+}
+_PUT_PAUSE = _Put("paused_pipelines", ("pipeline", "paused_at", "paused_by"), ("pipeline",)).sql(
+    "VALUES ($1, $2, $3)"
 )
-_PUT_APPROVAL = _put(ApprovalRow, "approvals", ("run_id", "key"))
-_PUT_DECISION = _put(DecisionRow, "decisions", ("run_id", "key", "attempt", "who"))
-_PUT_LOG_LINE = _put(LogLineRow, "task_logs", ("run_id", "seq"))
-_PUT_PAUSE = _put(PauseRow, "paused_pipelines", ("pipeline",))
+
+
+def _batch_sql(batch: _Batch) -> tuple[str, list[Any]]:
+    """The whole batch as one statement (and its arguments): each table's rows upserted
+    (or deleted) by a data-modifying ``WITH`` of its own, from one array per column.
+
+    One statement is one round trip and, on its own, one transaction: no BEGIN and COMMIT
+    of their own. Its parts share one snapshot and do not see each other's rows, which
+    holds for a batch: an instance and its removal never both are in one (the batch keeps
+    the later), and lines that a trim of the batch cuts are left out of it here.
+    """
+    args: list[Any] = []
+    parts: list[str] = []
+    if batch.gone:
+        pairs = _unnest(("run_id", "key"), batch.gone.values(), args)
+        parts.append(f"DELETE FROM task_instances WHERE (run_id, key) IN (SELECT * FROM {pairs})")
+    for name, put in _PUTS.items():
+        rows: list[Row] = list(getattr(batch, name).values())
+        if name == "log_lines" and batch.log_trims:
+            rows = [line for line in batch.log_lines.values() if not _trimmed(line, batch)]
+        if rows:
+            parts.append(put.of_rows(rows, args))
+    if batch.log_trims:
+        cuts = _unnest(
+            ("run_id", "key", "attempt", "seq"),
+            batch.log_trims.values(),
+            args,
+        )
+        parts.append(
+            f"DELETE FROM task_logs t USING {cuts} AS c(run_id, key, attempt, before_seq) "
+            "WHERE t.run_id = c.run_id AND t.key = c.key AND t.attempt = c.attempt "
+            "AND t.seq < c.before_seq"
+        )
+    steps = ", ".join(f"s{n} AS ({part})" for n, part in enumerate(parts))
+    return f"WITH {steps} SELECT 1", args
+
+
+def _trimmed(line: LogLineRow, batch: _Batch) -> bool:
+    trim = batch.log_trims.get((line.run_id, line.key, line.attempt))
+    return trim is not None and line.seq < trim.before_seq
 
 
 class PostgresStore(SqliteStore):
@@ -180,31 +259,8 @@ class PostgresStore(SqliteStore):
 
     async def _commit(self, batch: _Batch) -> float:
         started = anyio.current_time()
-        db = self._db
-        async with db.transaction():
-            if batch.gone:
-                await db.executemany(
-                    pg_sql(_DELETE_INSTANCE), [(g.run_id, g.key) for g in batch.gone.values()]
-                )
-            for rows, sql in (
-                (batch.runs, _UPSERT_RUN),
-                (batch.instances, _PUT_INSTANCE),
-                (batch.attempts, _PUT_ATTEMPT),
-                (batch.events, _PUT_EVENT),
-                (batch.dedupe, _PUT_DEDUPE),
-                (batch.cursors, _PUT_CURSOR),
-                (batch.outbox, _PUT_OUTBOX),
-                (batch.approvals, _PUT_APPROVAL),
-                (batch.decisions, _PUT_DECISION),
-                (batch.log_lines, _PUT_LOG_LINE),
-            ):
-                if rows:
-                    await db.executemany(sql, [_pg_params(r) for r in rows.values()])
-            if batch.log_trims:
-                # after the lines: a line of this batch below the cut goes too
-                await db.executemany(
-                    pg_sql(_TRIM_LOG), [_pg_params(r) for r in batch.log_trims.values()]
-                )
+        sql, args = _batch_sql(batch)
+        await self._db.execute(sql, *args)
         seconds = anyio.current_time() - started
         self.commits += 1
         self.commit_seconds += seconds
