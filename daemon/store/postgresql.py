@@ -130,6 +130,9 @@ class _Pool:
             rows = await db.fetch(pg_sql(sql), *_args(parameters))
         return [tuple(r) for r in rows]
 
+    async def close(self) -> None:
+        await self._pool.close()
+
 
 # The type of each column, by name (every table names its columns alike): for the arrays
 # a batch's rows are sent in

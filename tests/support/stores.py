@@ -4,6 +4,7 @@ a server that is not there fails the test, it is never skipped)."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,8 +15,10 @@ import asyncpg
 from cued.daemon.store.opening import open_store_at
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
     from pathlib import Path
+
+    from cued.daemon.config import Config
 
 #: The server the tests use (trust auth): its ``postgres`` database is only for
 #: creating and dropping the tests' own.
@@ -73,3 +76,15 @@ async def store_at(kind: str, tmp_path: Path) -> AsyncIterator[StoreAt]:
         return
     async with fresh_database() as url:
         yield StoreAt(kind, url)
+
+
+def with_state(text: str, at: StoreAt) -> str:
+    """Config ``text`` keeping its state in ``at``: the ``state = "..."`` line of its
+    ``[daemon]`` table names it instead."""
+    assert re.search(r'(?m)^state = ".*"$', text), "the config names no state to replace"
+    return re.sub(r'(?m)^state = ".*"$', f'state = "{at.location}"', text)
+
+
+def keeping_state_in(make: Callable[[str], Config], at: StoreAt) -> Callable[[str], Config]:
+    """``make_config`` whose configs keep their state in ``at`` (see :func:`with_state`)."""
+    return lambda text: make(with_state(text, at))
