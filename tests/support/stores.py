@@ -79,10 +79,15 @@ async def store_at(kind: str, tmp_path: Path) -> AsyncIterator[StoreAt]:
 
 
 def with_state(text: str, at: StoreAt) -> str:
-    """Config ``text`` keeping its state in ``at``: the ``state = "..."`` line of its
-    ``[daemon]`` table names it instead."""
-    assert re.search(r'(?m)^state = ".*"$', text), "the config names no state to replace"
-    return re.sub(r'(?m)^state = ".*"$', f'state = "{at.location}"', text)
+    """Config ``text`` keeping its state in ``at``: its ``state = "..."`` line names it
+    instead, or one is added to its ``[daemon]`` table (made at the top if it has none)."""
+    line = f'state = "{at.location}"'
+    if re.search(r'(?m)^state = ".*"$', text):
+        return re.sub(r'(?m)^state = ".*"$', line, text)
+    if re.search(r"(?m)^\[daemon\]$", text):
+        return re.sub(r"(?m)^\[daemon\]$", f"[daemon]\n{line}", text, count=1)
+    assert not re.match(r"\s*[A-Za-z_\"]", text), "bare keys at the top would join [daemon]"
+    return f"[daemon]\n{line}\n{text}"
 
 
 def keeping_state_in(make: Callable[[str], Config], at: StoreAt) -> Callable[[str], Config]:
