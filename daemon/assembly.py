@@ -20,9 +20,10 @@ import fcntl
 import os
 import signal
 import socket
-from contextlib import asynccontextmanager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -64,7 +65,6 @@ from cued.daemon.web.ui import with_ui
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
     from contextlib import AbstractAsyncContextManager
-    from pathlib import Path
 
     from cued.daemon.config import Config
     from cued.daemon.runtime.asset_events import AssetSink
@@ -268,8 +268,20 @@ async def copy_state_between(
     source, target = _named_store(source), _named_store(target)
     if not is_database_url(source) and not os.path.isfile(source):  # noqa: ASYNC240 - one stat
         raise CuedError(f"no state file at {source!r} to copy from")
-    async with open_store_at(source) as src, open_store_at(target) as dst:
-        return await copy_state(src, dst, progress=progress)
+    # both ends under their daemon's lock: a daemon running on either is refused
+    with _store_lock(source), _store_lock(target):
+        async with (
+            open_store_at(source, exclusive=True) as src,
+            open_store_at(target, exclusive=True) as dst,
+        ):
+            return await copy_state(src, dst, progress=progress)
+
+
+def _store_lock(location: str) -> AbstractContextManager[None]:
+    """A SQLite file's daemon lock (a database's is taken when it is opened)."""
+    if is_database_url(location):
+        return nullcontext()
+    return _exclusive(Path(location), location)
 
 
 def _named_store(name: str) -> str:

@@ -20,6 +20,7 @@ from cued.daemon.store import (
     RunRow,
 )
 from cued.daemon.store.copying import TABLES
+from cued.daemon.store.postgresql import open_pg_store
 from cued.daemon.store.sqlite import open_store
 from tests.support.daemon import cued
 from tests.support.stores import fresh_database
@@ -88,3 +89,13 @@ async def test_a_state_file_that_is_not_there_is_not_made_empty_and_copied(tmp_p
     assert copied.returncode == 1
     assert "no state file at" in copied.stderr
     assert not (tmp_path / "typo.db").exists()
+
+
+async def test_a_store_with_a_daemon_on_it_is_not_copied_into(tmp_path):
+    source = tmp_path / "cued.db"
+    async with open_store(source) as store:
+        await store.submit(every_kind_of_row(1)).wait()
+    async with fresh_database() as url, open_pg_store(url, exclusive=True):  # its daemon
+        copied = cued(tmp_path / "none.toml", "store", "copy", "--from", str(source), "--to", url)
+    assert copied.returncode == 1
+    assert "another cued daemon is running on" in copied.stderr
