@@ -146,6 +146,14 @@ async def _kill_9_mid_flood(tmp_path, db: StoreAt) -> None:
     assert all(ends[key] >= 1 for key in keys)
     # a task whose success was recorded before the kill never ran again
     assert {key: starts[key] for key in done_before} == dict.fromkeys(done_before, 1)
+    # the CLI reads the database itself when no daemon runs
+    ((run_id,),) = await db.query("SELECT run_id FROM runs WHERE event_id = 'hook:d0'")
+    listed = cued(config, "runs", "--limit", "3")
+    shown = cued(config, "show", run_id)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.count("succeeded") == 3
+    assert shown.returncode == 0, shown.stderr
+    assert "second" in shown.stdout
 
 
 async def _at_least(
