@@ -21,9 +21,10 @@ import fcntl
 import os
 import signal
 import socket
-from contextlib import asynccontextmanager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -31,6 +32,7 @@ import httpx
 
 from cued.daemon.config.registry import source_kinds, task_kinds
 from cued.daemon.config.secrets import resolve_secret
+from cued.daemon.config.state import is_database_url
 from cued.daemon.config.strict import config_folder_first
 from cued.daemon.core.ids import now
 from cued.daemon.errors import CuedError
@@ -47,8 +49,9 @@ from cued.daemon.runtime.sources import SourceSet
 from cued.daemon.runtime.spending import StoreSpending
 from cued.daemon.runtime.telemetry import TracedTransport, open_tracing
 from cued.daemon.sdk.sources import SourceContext
+from cued.daemon.store.copying import copy_state
 from cued.daemon.store.filemodes import private_file
-from cued.daemon.store.sqlite import open_store
+from cued.daemon.store.opening import open_store_at
 from cued.daemon.web.api import Caller, Users, build_app
 from cued.daemon.web.body_limit import BodyLimit
 from cued.daemon.web.control import (
@@ -65,7 +68,7 @@ from cued.daemon.web.ui import with_ui
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
-    from pathlib import Path
+    from contextlib import AbstractAsyncContextManager
 
     from starlette.types import ASGIApp
 
@@ -76,7 +79,14 @@ if TYPE_CHECKING:
     from cued.daemon.sdk.tracing import Tracing
     from cued.daemon.store import Store
 
-__all__ = ["DaemonInfo", "control_socket_path", "open_runner", "open_state", "run_daemon"]
+__all__ = [
+    "DaemonInfo",
+    "control_socket_path",
+    "copy_state_between",
+    "open_runner",
+    "open_state",
+    "run_daemon",
+]
 
 
 def _state_folder(state: Path) -> None:
@@ -97,8 +107,10 @@ def _state_folder(state: Path) -> None:
 
 
 @contextmanager
-def _exclusive(state: Path) -> Iterator[None]:
-    """One daemon per state file: a second one would run every run twice."""
+def _exclusive(state: Path, shown: str) -> Iterator[None]:
+    """One daemon per state file (with the state in a database, per config folder, for
+    its control socket; the database has a lock of its own): a second one would run every
+    run twice."""
     lock_path = state.resolve().with_name(state.name + ".lock")
     private_file(lock_path)  # made 0644 by older versions
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -106,7 +118,7 @@ def _exclusive(state: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise CuedError(f"another cued daemon is running on {str(state)!r}") from None
+            raise CuedError(f"another cued daemon is running on {shown!r}") from None
         yield
     finally:
         os.close(fd)
@@ -174,10 +186,10 @@ async def _opened(
     _state_folder(state)
     config_folder_first(config.base_dir)  # python tasks find modules beside the config
     limits = httpx.Limits(max_connections=config.daemon.max_running_tasks)
-    with _exclusive(state) if lock else nullcontext():
+    with _exclusive(state, config.state_shown) if lock else nullcontext():
         async with (
             open_tracing(config.telemetry) as tracing,
-            open_store(state, synchronous=config.daemon.synchronous) as store,
+            _open_store(config, exclusive=lock) as store,
             # no read timeout of its own: each task's `timeout` bounds its requests
             httpx.AsyncClient(
                 limits=limits,
@@ -242,14 +254,64 @@ async def _serving(runner: Runner, *, resume_unfinished: bool) -> AsyncIterator[
 
 @asynccontextmanager
 async def open_state(config: Config) -> AsyncIterator[Local]:
-    """The config's state file for a face with no daemon of its own: the CLI reads it
-    (beside a running daemon, WAL lets it), and prunes through it when no daemon runs.
+    """The config's state for a face with no daemon of its own: the CLI reads it (beside
+    a running daemon: WAL lets it, as PostgreSQL does), and prunes through it when no
+    daemon runs.
 
     :raises StoreError: if the file cannot be opened or has a newer schema
     """
     _state_folder(config.state_path)
-    async with open_store(config.state_path, synchronous=config.daemon.synchronous) as store:
+    async with _open_store(config, exclusive=False) as store:
         yield Local(store, config)
+
+
+async def copy_state_between(
+    source: str, target: str, *, progress: Callable[[str, int], None] | None = None
+) -> dict[str, int]:
+    """``cued store copy``: every row of the store at ``source`` into the empty one at
+    ``target`` (each a SQLite file's path, a ``postgresql://`` URL, or ``env:NAME``
+    holding either); the rows of each table.
+
+    :raises CuedError: if a variable is unset, the source file is not there, a store
+        cannot be opened, the target is not empty or the counts differ afterwards
+    """
+    source, target = _named_store(source), _named_store(target)
+    if not is_database_url(source) and not os.path.isfile(source):  # noqa: ASYNC240 - one stat
+        raise CuedError(f"no state file at {source!r} to copy from")
+    # both ends under their daemon's lock: a daemon running on either is refused
+    with _store_lock(source), _store_lock(target):
+        async with (
+            open_store_at(source, exclusive=True) as src,
+            open_store_at(target, exclusive=True) as dst,
+        ):
+            return await copy_state(src, dst, progress=progress)
+
+
+def _store_lock(location: str) -> AbstractContextManager[None]:
+    """A SQLite file's daemon lock (a database's is taken when it is opened)."""
+    if is_database_url(location):
+        return nullcontext()
+    return _exclusive(Path(location), location)
+
+
+def _named_store(name: str) -> str:
+    if not name.startswith("env:"):
+        return name
+    value = os.environ.get(name[4:])
+    if value is None:
+        raise CuedError(f"environment variable {name[4:]!r} (for a store) is not set")
+    return value
+
+
+def _open_store(config: Config, *, exclusive: bool) -> AbstractAsyncContextManager[Store]:
+    """The config's store: its SQLite file, or its PostgreSQL database (taking the
+    database's daemon lock if ``exclusive``).
+
+    :raises CuedError: if a database URL from the environment or a file is not there
+    """
+    return open_store_at(
+        config.state_location(), synchronous=config.daemon.synchronous, exclusive=exclusive
+    )
 
 
 @asynccontextmanager
@@ -495,7 +557,7 @@ async def _serve(
             tg.start_soon(prune_periodically, config, store)
             log.info(
                 "daemon_started",
-                state=str(config.state_path),
+                state=config.state_shown,
                 control_socket=str(socket_path),
                 http=f"http://{_host(address[0])}:{address[1]}" if address else None,
                 # where a person goes first: the UI (the API is under /api/v1 beside it)

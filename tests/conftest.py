@@ -96,6 +96,17 @@ def _markers_of(item: pytest.Item) -> set[str]:
     return found
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_at(request, tmp_path: Path):
+    """Where a store lives, once on each engine: a SQLite file under tmp_path, and a
+    database of its own on the real PostgreSQL (127.0.0.1:5432), dropped after the test
+    (see :mod:`tests.support.stores`)."""
+    from tests.support.stores import store_at
+
+    async with store_at(request.param, tmp_path) as at:
+        yield at
+
+
 @pytest.fixture
 async def http_client():
     """An HTTP client for task kinds called directly (``kind.execute(params, ctx)``)."""

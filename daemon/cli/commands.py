@@ -21,7 +21,13 @@ import anyio
 import httpx
 from pydantic import ValidationError
 
-from cued.daemon.assembly import control_socket_path, open_runner, open_state, run_daemon
+from cued.daemon.assembly import (
+    control_socket_path,
+    copy_state_between,
+    open_runner,
+    open_state,
+    run_daemon,
+)
 from cued.daemon.cli import render
 from cued.daemon.config import Config, DaemonConfig, load_config
 from cued.daemon.config.starter import STARTER_CONFIG, STARTER_DROP_FOLDER
@@ -57,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         config = _state_of(args.config)
         configure_logging(config.daemon.log_level)
         return anyio.run(_COMMANDS[args.command], config, args)
+    if args.command == "store":  # no configuration: both stores are named
+        return anyio.run(_store_copy, args)
     config = load_config(args.config)
     configure_logging(config.daemon.log_level)
     if args.command == "validate":
@@ -367,7 +375,7 @@ async def _show(config: Config, args: argparse.Namespace) -> int:
     async with open_state(config) as state:
         shown = await state.queries.run_detail(args.run_id)
     if shown is None:
-        raise NotFound(f"no run {args.run_id!r} in {str(config.state_path)!r}")
+        raise NotFound(f"no run {args.run_id!r} in {config.state_shown!r}")
     run, instances, attempts = shown.run, shown.instances, shown.attempts
     # as the instances are listed
     order = {i.key: n for n, i in enumerate(instances)}
@@ -548,6 +556,18 @@ def _table(rows: list[list[str]]) -> None:
 
 
 # -- init, triggers test ----------------------------------------------------------------
+
+
+async def _store_copy(args: argparse.Namespace) -> int:
+    def progress(table: str, rows: int) -> None:
+        sys.stderr.write(f"\r{table}: {rows} rows")
+        sys.stderr.flush()
+
+    counts = await copy_state_between(args.source, args.target, progress=progress)
+    sys.stderr.write("\n")
+    _table([["TABLE", "ROWS"], *([table, str(n)] for table, n in counts.items())])
+    _out(f"copied {sum(counts.values())} rows; every table holds as many in both")
+    return 0
 
 
 def _init(args: argparse.Namespace) -> int:

@@ -265,6 +265,18 @@ def _more_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     init.add_argument(
         "path", nargs="?", type=_text, help="where to write it (default: the --config path)"
     )
+    store = sub.add_parser("store", help="the state itself: copy it to another store")
+    store_verbs = store.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
+    copy = store_verbs.add_parser(
+        "copy",
+        help="copy the whole state into an empty store (SQLite to PostgreSQL, or back)",
+        description="Copy every run, task, attempt, event, approval, alert and dedupe key "
+        "from one store into another that is empty, and check that every table holds as "
+        "many rows in both. Stop the daemon first. A store is a SQLite file's path, a "
+        "postgresql:// URL, or env:NAME holding either.",
+    )
+    copy.add_argument("--from", dest="source", required=True, type=_text, metavar="STORE")
+    copy.add_argument("--to", dest="target", required=True, type=_text, metavar="STORE")
     triggers = sub.add_parser("triggers", help="the configuration's triggers")
     verbs = triggers.add_subparsers(dest="triggers_command", required=True, metavar="COMMAND")
     test = verbs.add_parser(

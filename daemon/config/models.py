@@ -21,11 +21,19 @@ from cued.daemon.config.alerting import ALERT_KINDS, AlertConfig
 from cued.daemon.config.durations import Duration
 from cued.daemon.config.environment import EnvName
 from cued.daemon.config.registry import source_kinds, task_kinds
+from cued.daemon.config.secrets import remember, resolve_secret
+from cued.daemon.config.state import (
+    StateSetting,
+    check_database_url,
+    database_password,
+    is_database_url,
+    shown_url,
+)
 from cued.daemon.config.tomlpos import KeyLines
 from cued.daemon.core import graph, templates
 from cued.daemon.core.assets import asset_of
 from cued.daemon.core.loopback import is_loopback_listen
-from cued.daemon.errors import ConfigError, ConfigProblem
+from cued.daemon.errors import ConfigError, ConfigProblem, CuedError
 
 __all__ = [
     "Config",
@@ -51,8 +59,10 @@ class _Model(BaseModel):
 class DaemonConfig(_Model):
     """The ``[daemon]`` table."""
 
-    state: str = "cued.db"
-    """SQLite file, relative to the config file's folder."""
+    state: StateSetting = "cued.db"
+    """Where the state lives: a SQLite file (relative to the config file's folder), or a
+    PostgreSQL database, ``postgresql://USER@HOST/DATABASE`` (or ``env:NAME`` /
+    ``file:PATH`` holding that URL); see :mod:`cued.daemon.config.state`."""
     max_running_tasks: int = Field(256, ge=1)
     pools: dict[str, int] = Field(default_factory=dict)
     backlog_high_water: int = Field(10_000, ge=1)
@@ -62,7 +72,7 @@ class DaemonConfig(_Model):
     shutdown_grace: Duration = 30.0
     """At SIGTERM, how long running tasks may take to finish before they are cancelled."""
     synchronous: Literal["full", "normal"] = "full"
-    """SQLite's ``synchronous`` setting: ``full`` keeps every commit through a power loss;
+    """SQLite's ``synchronous`` setting (PostgreSQL's durability is the server's own): ``full`` keeps every commit through a power loss;
     ``normal`` keeps them through a crash of the process but a power loss may lose the
     last ones."""
     python_modules: list[str] = Field(default_factory=list)
@@ -273,8 +283,48 @@ class Config(_Model):
         return self._file
 
     @property
+    def state_in_database(self) -> bool:
+        """Whether the state is in a PostgreSQL database (else in a SQLite file)."""
+        state = self.daemon.state
+        return is_database_url(state) or state.startswith(("env:", "file:"))
+
+    @property
     def state_path(self) -> Path:
+        """The state file; with the state in a database, the name that the daemon's local
+        files take, beside the config: its control socket (``postgresql.d/control.sock``)
+        and its lock (``postgresql.lock``)."""
+        if self.state_in_database:
+            return self._base_dir / "postgresql"
         return self._base_dir / self.daemon.state
+
+    @property
+    def state_shown(self) -> str:
+        """Where the state lives, as messages show it (a database's URL without its
+        password, or the ``env:NAME`` it comes from)."""
+        if self.state_in_database:
+            return shown_url(self.daemon.state)
+        return str(self.state_path)
+
+    def state_location(self) -> str:
+        """Where the store is: the state file's path, or the database's URL (``env:`` and
+        ``file:`` resolved; its password remembered for redaction).
+
+        :raises CuedError: if the variable is unset, the file unreadable, or what they
+            hold is no ``postgresql://`` URL
+        """
+        if not self.state_in_database:
+            return str(self.state_path)
+        # a URL written out is no secret but its password (the log names the database)
+        url = resolve_secret(
+            self.daemon.state, self._base_dir, what="[daemon] state", literal_is_secret=False
+        )
+        if (password := database_password(url)) is not None:
+            remember(password)
+        if not is_database_url(url):
+            raise CuedError(f"[daemon] state {self.daemon.state!r} must hold a postgresql:// URL")
+        if (problem := check_database_url(url)) is not None:
+            raise CuedError(f"[daemon] state {self.daemon.state!r} {problem}")
+        return url
 
 
 def _keys(model: type[BaseModel]) -> tuple[str, ...]:

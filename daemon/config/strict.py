@@ -58,6 +58,7 @@ def environment_problems(config: Config, file: str | Path) -> list[ConfigProblem
         ConfigProblem(str(file), lines.line_of(at), ".".join(map(str, at)), message)
         for at, message in [
             *_secret_problems(raw, base_dir),
+            *_state_problems(config),
             *_task_problems(raw, base_dir),
             *_file_problems(raw, base_dir),
         ]
@@ -96,6 +97,15 @@ def _secret_problems(raw: dict[str, Any], base_dir: Path) -> Iterator[tuple[_At,
             resolve_secret(value, base_dir, literal_is_secret=literal_is_secret)
         except CuedError as exc:
             yield at, str(exc).replace(" (for a secret)", "")
+
+
+def _state_problems(config: Config) -> Iterator[tuple[_At, str]]:
+    """A database URL from the environment or a file: there, and a URL."""
+    if config.daemon.state.startswith(("env:", "file:")):
+        try:
+            config.state_location()
+        except CuedError as exc:
+            yield ("daemon", "state"), str(exc).replace(" (for [daemon] state)", "")
 
 
 def _task_problems(raw: dict[str, Any], base_dir: Path) -> Iterator[tuple[_At, str]]:

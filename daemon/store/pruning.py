@@ -1,10 +1,15 @@
-"""Retention in SQLite: the queries that delete what a :class:`~cued.daemon.store.rows.PrunePolicy`
+"""Retention: the queries that delete what a :class:`~cued.daemon.store.rows.PrunePolicy`
 lets go, a bounded step at a time, and count what they would.
 
 A *step* deletes at most ``limit`` rows and is one transaction, run by the store's single
 writer between two group commits (:meth:`cued.daemon.store.sqlite.SqliteStore.prune`): pruning
 a year of history never holds the writer for longer than one step, and never writes from
 a second connection. Each query is a range scan of an index (migration 4), oldest first.
+
+The queries are SQLite's, and PostgreSQL's through the translation of
+:mod:`cued.daemon.store.postgresql` (placeholders, and no index hints): both stores
+delete the same rows in the same order. A connection is anything with SQLite's
+``execute_fetchall``; a DELETE counts its rows with ``RETURNING``, which both have.
 
 A run goes with everything that hangs off it (task instances, attempts, approval gates,
 decisions, task log lines), in the same step: readers never see a run that lost part of its history,
@@ -13,19 +18,26 @@ except a run too big for one step, whose rows go over several steps before it do
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cued.daemon.core.states import TERMINAL_RUN_STATES, RunState
 from cued.daemon.store.rows import GIVEN_UP_AT, PruneCounts
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
-
-    import aiosqlite
+    from collections.abc import Collection, Iterable
 
     from cued.daemon.store import PrunePolicy
 
-__all__ = ["count", "step"]
+__all__ = ["Connection", "count", "step"]
+
+
+class Connection(Protocol):
+    """What pruning needs of a connection: a statement's rows (aiosqlite's method)."""
+
+    async def execute_fetchall(
+        self, sql: str, parameters: Iterable[Any] | None = None
+    ) -> Iterable[Any]: ...
+
 
 # As in the partial index runs_finished (made anew by the migration that added "skipped"),
 # word for word: SQLite uses a partial index only for a query whose WHERE implies the
@@ -51,7 +63,7 @@ _OUTBOX_DONE = "(sent_at IS NOT NULL OR next_at >= ?)"
 
 
 async def step(
-    db: aiosqlite.Connection, policy: PrunePolicy, limit: int, busy: Collection[str] = ()
+    db: Connection, policy: PrunePolicy, limit: int, busy: Collection[str] = ()
 ) -> PruneCounts:
     """Delete at most ``limit`` rows that ``policy`` lets go, oldest first, within the
     transaction the caller holds.
@@ -86,7 +98,7 @@ async def step(
 
 
 async def _runs(
-    db: aiosqlite.Connection,
+    db: Connection,
     before: float,
     limit: int,
     busy: Collection[str],
@@ -122,9 +134,7 @@ async def _runs(
     return rows
 
 
-async def _part_of_run(
-    db: aiosqlite.Connection, run_id: str, limit: int, counts: dict[str, int]
-) -> int:
+async def _part_of_run(db: Connection, run_id: str, limit: int, counts: dict[str, int]) -> int:
     deleted = 0
     for table, key in _OF_RUN.items():
         if deleted >= limit:
@@ -141,7 +151,7 @@ async def _part_of_run(
     return deleted
 
 
-async def _dedupe(db: aiosqlite.Connection, policy: PrunePolicy, limit: int) -> int:
+async def _dedupe(db: Connection, policy: PrunePolicy, limit: int) -> int:
     """Delete dedupe keys past their trigger's window, trigger by trigger."""
     deleted = 0
     trigger = await _next_trigger(db, None)
@@ -158,7 +168,7 @@ async def _dedupe(db: aiosqlite.Connection, policy: PrunePolicy, limit: int) -> 
     return deleted
 
 
-async def _next_trigger(db: aiosqlite.Connection, after: str | None) -> str | None:
+async def _next_trigger(db: Connection, after: str | None) -> str | None:
     # one seek in the primary key per trigger, however many keys each has
     rows = await db.execute_fetchall(
         "SELECT min(trigger) FROM dedupe_keys" + ("" if after is None else " WHERE trigger > ?"),
@@ -167,17 +177,18 @@ async def _next_trigger(db: aiosqlite.Connection, after: str | None) -> str | No
     return next((t for (t,) in rows), None)
 
 
-async def _deleted(db: aiosqlite.Connection, sql: str, args: Any) -> int:
-    cursor = await db.execute(sql, args)
-    return cursor.rowcount
+async def _deleted(db: Connection, sql: str, args: Any) -> int:
+    return len(list(await db.execute_fetchall(sql + " RETURNING 1", args)))
 
 
-async def count(db: aiosqlite.Connection, policy: PrunePolicy) -> PruneCounts:
+async def count(db: Connection, policy: PrunePolicy) -> PruneCounts:
     """How many rows :func:`step` would delete, taken to the end, now."""
     counts: dict[str, int] = dict.fromkeys(PruneCounts.tables(), 0)
     if policy.runs_before is not None:
         runs = f"SELECT run_id FROM {_OLD_RUNS}"
-        counts["runs"] = await _count(db, f"SELECT count(*) FROM ({runs})", policy.runs_before)
+        counts["runs"] = await _count(
+            db, f"SELECT count(*) FROM ({runs}) AS old", policy.runs_before
+        )
         for table in _OF_RUN:
             counts[table] = await _count(
                 db,
@@ -209,6 +220,6 @@ async def count(db: aiosqlite.Connection, policy: PrunePolicy) -> PruneCounts:
     return PruneCounts(**counts)
 
 
-async def _count(db: aiosqlite.Connection, sql: str, *args: Any) -> int:
+async def _count(db: Connection, sql: str, *args: Any) -> int:
     ((n,),) = await db.execute_fetchall(sql, args)
     return int(n)

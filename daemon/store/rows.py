@@ -1,4 +1,4 @@
-"""The durable store's interface: one small Protocol, so a PostgreSQL backend can follow.
+"""The durable store's interface: one small Protocol, with SQLite and PostgreSQL behind it.
 
 Writes are *submitted* (``submit``), not awaited one by one: a single writer commits
 whatever has been submitted in one transaction (group commit), and ``Durable.wait()``
@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Callable, Mapping, Sequence
 
 
@@ -303,8 +302,9 @@ class Store(Protocol):
     """Durable state of runs, task instances, attempts and events."""
 
     @property
-    def path(self) -> os.PathLike[str]:
-        """Where the state lives (shown in messages)."""
+    def where(self) -> str:
+        """Where the state lives, as messages show it: a file's path, or a database's
+        URL without its password."""
 
     def submit(self, rows: list[Row]) -> Durable:
         """Queue rows for the next group commit; all of them commit in one transaction."""

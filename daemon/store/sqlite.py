@@ -218,7 +218,7 @@ class _Chore:
 
     __slots__ = ("done", "error", "result", "work")
 
-    def __init__(self, work: Callable[[aiosqlite.Connection], Awaitable[Any]]) -> None:
+    def __init__(self, work: Callable[[Any], Awaitable[Any]]) -> None:
         self.work = work
         self.done = anyio.Event()
         self.result: Any = None
@@ -229,9 +229,10 @@ class SqliteStore:
     """Runs, task instances, attempts and events in one SQLite file."""
 
     def __init__(
-        self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection
+        self, path: Path, writer: aiosqlite.Connection, reader: pruning.Connection
     ) -> None:
         self.path = path
+        self.where = str(path)
         self._writer = writer
         self._reader = reader
         self._batch = _Batch()
@@ -285,7 +286,7 @@ class SqliteStore:
                     except Exception as exc:
                         # the writer stops: what waits now, and what comes later, fails
                         # at once instead of waiting for a commit that will not come
-                        self._failed = StoreError(f"cannot write to {str(self.path)!r}: {exc}")
+                        self._failed = StoreError(f"cannot write to {self.where!r}: {exc}")
                         batch.error = self._batch.error = exc
                         self._batch.done.set()
                         self._drop_chores(self._failed)
@@ -331,7 +332,7 @@ class SqliteStore:
         self.commit_seconds += seconds
         return seconds
 
-    async def _chore(self, work: Callable[[aiosqlite.Connection], Awaitable[Any]]) -> Any:
+    async def _chore(self, work: Callable[[Any], Awaitable[Any]]) -> Any:
         """Run ``work`` on the writing connection, in the writer's loop between two group
         commits, as one transaction; return what it returns.
 
@@ -346,7 +347,7 @@ class SqliteStore:
         self._wake.set()
         await chore.done.wait()
         if chore.error is not None:
-            raise StoreError(f"{str(self.path)!r}: {chore.error}") from chore.error
+            raise StoreError(f"{self.where!r}: {chore.error}") from chore.error
         return chore.result
 
     async def _do_chore(self, chore: _Chore) -> None:
@@ -506,7 +507,7 @@ class SqliteStore:
         try:
             await self._reader.execute_fetchall("SELECT 1")
         except Exception as exc:
-            raise StoreError(f"{str(self.path)!r} does not answer: {exc}") from exc
+            raise StoreError(f"{self.where!r} does not answer: {exc}") from exc
 
     async def list_runs(
         self,

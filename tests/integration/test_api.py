@@ -29,9 +29,17 @@ from cued.daemon.web.schemas import (
     TaskUpdate,
 )
 from tests.support.running import daemon_running, wait_finished
+from tests.support.stores import keeping_state_in
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+
+@pytest.fixture
+def make_config(make_config, store_at):
+    """This module's configs, once on each store (SQLite and PostgreSQL)."""
+    return keeping_state_in(make_config, store_at)
+
 
 CONFIG = """
 [http]

@@ -12,6 +12,13 @@ from cued.daemon.errors import Forbidden, InvalidRequest
 from cued.daemon.ops import repair
 from tests.support.approvals import gated
 from tests.support.running import daemon_running
+from tests.support.stores import keeping_state_in
+
+
+@pytest.fixture
+def make_config(make_config, store_at):
+    """This module's configs, once on each store (SQLite and PostgreSQL)."""
+    return keeping_state_in(make_config, store_at)
 
 
 async def test_http_decisions_need_a_token_of_an_approver(make_config):

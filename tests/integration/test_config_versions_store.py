@@ -1,15 +1,17 @@
-"""Config versions in the SQLite store: each text the daemon loads is kept once in a row,
+"""Config versions in the store (SQLite and PostgreSQL alike): each text the daemon loads is kept once in a row,
 with its hash and time; loading the latest text again adds none."""
 
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-from cued.daemon.store.sqlite import open_store
+if TYPE_CHECKING:
+    from tests.support.stores import StoreAt
 
 
-async def test_each_loaded_text_is_a_version_and_the_latest_again_adds_none(tmp_path):
-    async with open_store(tmp_path / "state.db") as store:
+async def test_each_loaded_text_is_a_version_and_the_latest_again_adds_none(store_at: StoreAt):
+    async with store_at.open() as store:
         first = await store.add_config_version("a = 1\n", "/etc/cued/config.toml", 10.0)
         again = await store.add_config_version("a = 1\n", "/etc/cued/config.toml", 11.0)
         second = await store.add_config_version("a = 2\n", "/etc/cued/config.toml", 12.0)
@@ -28,10 +30,10 @@ async def test_each_loaded_text_is_a_version_and_the_latest_again_adds_none(tmp_
     assert missing is None
 
 
-async def test_versions_outlive_the_store_being_closed(tmp_path):
-    async with open_store(tmp_path / "state.db") as store:
+async def test_versions_outlive_the_store_being_closed(store_at: StoreAt):
+    async with store_at.open() as store:
         await store.add_config_version("x = 1\n", "c.toml", 1.0)
-    async with open_store(tmp_path / "state.db") as store:
+    async with store_at.open() as store:
         kept = await store.config_versions()
         again = await store.add_config_version("x = 1\n", "c.toml", 2.0)
     assert [v.version for v in kept] == [1]

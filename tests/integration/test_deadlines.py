@@ -4,13 +4,22 @@ created raises ``deadline_missed``, once; one that finished in time raises nothi
 from __future__ import annotations
 
 import anyio
+import pytest
 
 from cued.daemon.core.ids import new_id, now
 from cued.daemon.store import RunRow
-from cued.daemon.store.sqlite import open_store
+from cued.daemon.store.opening import open_store_at
 from tests.support.http_server import serve_app
 from tests.support.running import daemon_running
+from tests.support.stores import keeping_state_in
 from tests.support.webhook_receiver import Receiver
+
+
+@pytest.fixture
+def make_config(make_config, store_at):
+    """This module's configs, once on each store (SQLite and PostgreSQL)."""
+    return keeping_state_in(make_config, store_at)
+
 
 CONFIG = """
 [http]
@@ -61,7 +70,7 @@ async def test_a_deadline_that_passed_while_the_daemon_was_down_is_raised_at_sta
         config = make_config(CONFIG.format(base=base))
         # a run recorded an hour ago, never finished: the daemon was down meanwhile
         late = RunRow(new_id(), "slow", "queued", {}, now() - 3600)
-        async with open_store(config.state_path) as store:
+        async with open_store_at(config.state_location()) as store:
             await store.submit([late]).wait()
         async with daemon_running(config) as info:
             with anyio.fail_after(20):

@@ -4,11 +4,20 @@ retries included, then the run's end; read from the store, as another process wo
 from __future__ import annotations
 
 import anyio
+import pytest
 
 from cued.daemon.assembly import open_runner
 from cued.daemon.ops import commands
 from cued.daemon.ops.follow import AttemptEnded, AttemptStarted, RunSettled, follow
 from cued.daemon.ops.queries import Queries
+from tests.support.stores import keeping_state_in
+
+
+@pytest.fixture
+def make_config(make_config, store_at):
+    """This module's configs, once on each store (SQLite and PostgreSQL)."""
+    return keeping_state_in(make_config, store_at)
+
 
 CONFIG = """
 [daemon]

@@ -8,15 +8,24 @@ from typing import TYPE_CHECKING
 
 import anyio
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cued.daemon.assembly import open_runner
 from cued.daemon.runtime.metrics import Metrics
 from cued.daemon.web.api import build_app
 from tests.support.running import daemon_running, wait_finished
+from tests.support.stores import keeping_state_in
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+
+@pytest.fixture
+def make_config(make_config, store_at):
+    """This module's configs, once on each store (SQLite and PostgreSQL)."""
+    return keeping_state_in(make_config, store_at)
+
 
 CONFIG = """
 [http]

@@ -22,6 +22,14 @@ from cued.daemon.store import (
     InstanceRow,
     RunRow,
 )
+from tests.support.stores import keeping_state_in
+
+
+@pytest.fixture
+def make_config(make_config, store_at):
+    """This module's configs, once on each store (SQLite and PostgreSQL)."""
+    return keeping_state_in(make_config, store_at)
+
 
 CONFIG = """
 [daemon]

@@ -10,12 +10,21 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import pytest
 
 from cued.daemon.core.states import RunState
 from tests.support.running import daemon_running, wait_finished
+from tests.support.stores import keeping_state_in
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+
+@pytest.fixture
+def make_config(make_config, store_at):
+    """This module's configs, once on each store (SQLite and PostgreSQL)."""
+    return keeping_state_in(make_config, store_at)
+
 
 CONFIG = """
 [http]

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from cued.daemon.config import Config
     from cued.daemon.store import Row
+    from tests.support.stores import StoreAt
 
 GAVE_UP = 253402300799.0  # an alert's next_at once it is given up
 
@@ -64,10 +65,16 @@ def ids(state: Path, table: str, column: str = "run_id") -> set[str]:
     return {row[0] for row in query(state, f"SELECT {column} FROM {table}")}
 
 
+async def stored_ids(at: StoreAt, table: str, column: str = "run_id") -> set[str]:
+    return {row[0] for row in await at.query(f"SELECT {column} FROM {table}")}
+
+
 # -- what goes, what stays ---------------------------------------------------------------
 
 
-async def test_what_is_older_than_its_age_goes_and_the_rest_stays(tmp_path: Path) -> None:
+async def test_what_is_older_than_its_age_goes_and_the_rest_stays(
+    tmp_path: Path, store_at: StoreAt
+) -> None:
     config = config_of(tmp_path)
     old_runs = [run_rows(OLD, state) for state in ("succeeded", "failed", "cancelled")]
     recent = run_rows(RECENT)
@@ -88,8 +95,7 @@ async def test_what_is_older_than_its_age_goes_and_the_rest_stays(tmp_path: Path
         DedupeRow("gone", "past-longest", NOW - 2 * DAY),  # no such trigger: longest window, 1d
         DedupeRow("gone", "within-longest", NOW - 3600),
     ]
-    state = config.state_path
-    async with open_store(state) as store:
+    async with store_at.open() as store:
         rows = [r for run in old_runs + kept_runs for r in run]
         await store.submit([*rows, old_event, recent_event, *alerts.values(), *dedupe]).wait()
         policy = retention.policy(config, NOW)
@@ -111,18 +117,18 @@ async def test_what_is_older_than_its_age_goes_and_the_rest_stays(tmp_path: Path
     assert again.total == 0
     kept = {run[0].run_id for run in kept_runs}  # type: ignore[union-attr]
     for table in ("runs", "task_instances", "attempts", "approvals", "decisions"):
-        assert ids(state, table) == kept, table
-    assert ids(state, "events", "event_id") == {recent_event.event_id}
-    assert ids(state, "outbox", "alert_id") == {
+        assert await stored_ids(store_at, table) == kept, table
+    assert await stored_ids(store_at, "events", "event_id") == {recent_event.event_id}
+    assert await stored_ids(store_at, "outbox", "alert_id") == {
         alerts[k].alert_id for k in ("old-still-trying", "recent-sent")
     }
-    assert ids(state, "dedupe_keys", "key") == {"in-window", "within-longest"}
+    assert await stored_ids(store_at, "dedupe_keys", "key") == {"in-window", "within-longest"}
 
 
-async def test_an_age_of_zero_keeps_that_kind_for_ever(tmp_path: Path) -> None:
+async def test_an_age_of_zero_keeps_that_kind_for_ever(tmp_path: Path, store_at: StoreAt) -> None:
     config = config_of(tmp_path, "[retention]\nruns = 0\nevents = '0s'\nalerts = '0d'")
     run = run_rows(OLD)
-    async with open_store(config.state_path) as store:
+    async with store_at.open() as store:
         await store.submit([*run, event_row(OLD), alert(OLD, sent=True)]).wait()
         policy = retention.policy(config, NOW)
         pruned = await store.prune(policy)
@@ -233,10 +239,10 @@ async def api_alone(config: Config) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_a_prune_of_more_rows_than_a_batch_takes_several_transactions(
-    tmp_path: Path,
+    store_at: StoreAt,
 ) -> None:
     policy = PrunePolicy(events_before=NOW - DAY)
-    async with open_store(tmp_path / "state.db") as store:
+    async with store_at.open() as store:
         await store.submit([event_row(OLD) for _ in range(1200)]).wait()
         before = store.commits
         pruned = await store.prune(policy, batch=500)
@@ -248,14 +254,14 @@ async def test_a_prune_of_more_rows_than_a_batch_takes_several_transactions(
 
 
 async def test_a_run_with_more_rows_than_a_batch_goes_over_several_transactions(
-    tmp_path: Path,
+    store_at: StoreAt,
 ) -> None:
     run = RunRow(new_id(), "p", "succeeded", {}, OLD, OLD, OLD)
     rows: list[Row] = [run]
     for i in range(600):
         rows.append(InstanceRow(run.run_id, f"t[{i}]", "t", i, "succeeded", 1, None, OLD))
         rows.append(AttemptRow(run.run_id, f"t[{i}]", 1, "succeeded", OLD, OLD))
-    async with open_store(tmp_path / "state.db") as store:
+    async with store_at.open() as store:
         await store.submit(rows).wait()
         before = store.commits
         pruned = await store.prune(PrunePolicy(runs_before=NOW), batch=500)
@@ -266,9 +272,9 @@ async def test_a_run_with_more_rows_than_a_batch_goes_over_several_transactions(
     assert gone is None
 
 
-async def test_writes_commit_between_the_transactions_of_a_long_prune(tmp_path: Path) -> None:
+async def test_writes_commit_between_the_transactions_of_a_long_prune(store_at: StoreAt) -> None:
     order: list[str] = []
-    async with open_store(tmp_path / "state.db") as store:
+    async with store_at.open() as store:
         await store.submit([event_row(OLD) for _ in range(3000)]).wait()
 
         async def prune() -> None:
@@ -329,11 +335,24 @@ async def test_every_prune_query_searches_an_index_instead_of_scanning_a_table(
                 assert how.startswith(INDEXES[table]), f"{sql}\n{plan}"
 
 
-# The indexes a prune may use, by table (``t``: a run's rows, by the run's id)
+# The indexes a prune may use, by table (``t``: a run's rows, by the run's id); a DELETE
+# that returns only a count (RETURNING 1) finds its rows in the key alone (COVERING)
 INDEXES = {
-    "runs": ("USING INDEX runs_finished", "USING INDEX sqlite_autoindex_runs_1 (run_id=?)"),
-    "events": ("USING COVERING INDEX events_by_time", "USING INDEX sqlite_autoindex_events_1"),
-    "outbox": ("USING INDEX outbox_by_age", "USING INDEX sqlite_autoindex_outbox_1"),
+    "runs": (
+        "USING INDEX runs_finished",
+        "USING INDEX sqlite_autoindex_runs_1 (run_id=?)",
+        "USING COVERING INDEX sqlite_autoindex_runs_1 (run_id=?)",
+    ),
+    "events": (
+        "USING COVERING INDEX events_by_time",
+        "USING INDEX sqlite_autoindex_events_1",
+        "USING COVERING INDEX sqlite_autoindex_events_1",
+    ),
+    "outbox": (
+        "USING INDEX outbox_by_age",
+        "USING INDEX sqlite_autoindex_outbox_1",
+        "USING COVERING INDEX sqlite_autoindex_outbox_1",
+    ),
     "dedupe_keys": ("USING COVERING INDEX dedupe_by_age", "USING PRIMARY KEY (trigger=?"),
     **dict.fromkeys(
         ("task_instances", "attempts", "approvals", "decisions"),

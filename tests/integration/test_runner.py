@@ -14,6 +14,14 @@ from cued.daemon.assembly import open_runner
 from cued.daemon.errors import InvalidRequest, NotFound
 from tests.support import probes
 from tests.support.http_server import serve_app
+from tests.support.stores import keeping_state_in
+
+
+@pytest.fixture
+def make_config(make_config, store_at):
+    """This module's configs, once on each store (SQLite and PostgreSQL)."""
+    return keeping_state_in(make_config, store_at)
+
 
 PROBE_TASK = 'kind = "python"\nfunction = "tests.support.probes:record"\n'
 

@@ -14,15 +14,23 @@ from structlog.testing import capture_logs
 
 from cued.connectors.schedule import ScheduleSource, tick_iso
 from cued.daemon.runtime.intake import DaemonIntake
-from cued.daemon.store.sqlite import open_store
+from cued.daemon.store.opening import open_store_at
 from tests.support import probes
 from tests.support.clocks import MINUTE, ShiftedClock
 from tests.support.running import daemon_running, wait_finished
+from tests.support.stores import keeping_state_in
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from cued.daemon.assembly import DaemonInfo
+
+
+@pytest.fixture
+def make_config(make_config, store_at):
+    """This module's configs, once on each store (SQLite and PostgreSQL)."""
+    return keeping_state_in(make_config, store_at)
+
 
 PIPELINE = """
 [http]
@@ -120,14 +128,17 @@ async def test_no_tick_fires_twice_across_a_restart(make_config, monkeypatch):
         await poll(lambda: _at_least(info, 2))
         first = await cursor_of(info)
     fired_first = list(recorded)
-    async with open_store(config.state_path) as store:
+    async with open_store_at(config.state_location()) as store:
         # what the first daemon committed; a tick its stop cancelled in intake may be missing
         committed_first = {e.event_id for e in await store.list_events(limit=100_000)}
     async with daemon_running(config) as info:
         await poll(lambda: _at_least(info, len(committed_first) + 2))
         second = await cursor_of(info)
-        events = await ticks_of(info)
-        runs = await info.runner.store.list_runs(limit=100_000)
+    async with open_store_at(config.state_location()) as store:
+        # read once the daemon has stopped: a tick committed between two reads of a
+        # running daemon would be in one and not the other
+        events = await store.list_events(limit=100_000, source="nightly")
+        runs = await store.list_runs(limit=100_000)
     assert first is not None
     assert second is not None
     assert second > first

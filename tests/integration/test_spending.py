@@ -6,13 +6,12 @@ import time
 
 from cued.daemon.runtime.spending import StoreSpending
 from cued.daemon.store import AttemptRow
-from cued.daemon.store.sqlite import open_store
 
 
-async def test_costs_by_run_and_since_midnight(tmp_path):
+async def test_costs_by_run_and_since_midnight(store_at):
     today = time.time()
     long_ago = today - 3 * 86400
-    async with open_store(tmp_path / "state.db") as store:
+    async with store_at.open() as store:
         await store.submit(
             [
                 AttemptRow("r1", "ask", 1, "failed", today, today, "boom", cost=0.25),

@@ -1,16 +1,22 @@
-"""The SQLite store: migrations, group commit, and what it hands back after a restart."""
+"""The store's contract, on SQLite and on PostgreSQL alike (the ``store_at`` fixture gives
+each test both): group commit, what it hands back after a restart, what it commits when
+everything is cancelled. Then what is each engine's own: migrations, query plans."""
 
 from __future__ import annotations
 
 import sqlite3
 
 import anyio
+import asyncpg
 import pytest
 
+from cued.daemon.config.state import shown_url
 from cued.daemon.core.ids import new_id, now
 from cued.daemon.errors import StoreError
 from cued.daemon.store import AttemptRow, InstanceRow, RunRow
 from cued.daemon.store.migrations import MIGRATIONS
+from cued.daemon.store.pg_migrations import PG_MIGRATIONS
+from cued.daemon.store.postgresql import DAEMON_LOCK, open_pg_store, pg_sql
 from cued.daemon.store.sqlite import (
     COUNT_RUNS_BY_STATE,
     COUNT_WAITING_APPROVALS,
@@ -18,6 +24,7 @@ from cued.daemon.store.sqlite import (
     open_store,
     runs_query,
 )
+from tests.support.stores import fresh_database
 
 
 async def test_a_new_file_is_migrated_to_the_current_schema_in_wal_mode(tmp_path):
@@ -61,8 +68,8 @@ async def test_a_file_of_an_older_schema_is_migrated_keeping_its_rows(tmp_path):
         assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
 
 
-async def test_many_submissions_share_few_commits_and_the_last_row_wins(tmp_path):
-    async with open_store(tmp_path / "state.db") as store:
+async def test_many_submissions_share_few_commits_and_the_last_row_wins(store_at):
+    async with store_at.open() as store:
         run = RunRow(new_id(), "p", "running", {"x": 1}, now())
         store.submit([run])
         batches = [
@@ -84,9 +91,8 @@ async def test_many_submissions_share_few_commits_and_the_last_row_wins(tmp_path
     assert {i.attempts for i in instances} == set(range(990, 1000))
 
 
-async def test_unfinished_runs_come_back_with_the_outputs_of_succeeded_instances(tmp_path):
-    path = tmp_path / "state.db"
-    async with open_store(path) as store:
+async def test_unfinished_runs_come_back_with_the_outputs_of_succeeded_instances(store_at):
+    async with store_at.open() as store:
         done = RunRow(new_id(), "p", "succeeded", {}, now())
         half = RunRow(new_id(), "p", "running", {"day": "mon"}, now())
         queued = RunRow(new_id(), "p", "queued", {}, now())
@@ -102,7 +108,7 @@ async def test_unfinished_runs_come_back_with_the_outputs_of_succeeded_instances
                 AttemptRow(half.run_id, "b", 2, "running", now()),
             ]
         ).wait()
-    async with open_store(path) as store:
+    async with store_at.open() as store:
         resumed = await store.runs_to_resume()
     assert [r.run_id for r, _, _ in resumed] == sorted([half.run_id, queued.run_id])
     row, instances, outputs = next(x for x in resumed if x[0].run_id == half.run_id)
@@ -114,12 +120,11 @@ async def test_unfinished_runs_come_back_with_the_outputs_of_succeeded_instances
     assert outputs == {"a": {"rows": 3}}
 
 
-async def test_what_was_submitted_is_committed_when_the_store_closes(tmp_path):
-    path = tmp_path / "state.db"
-    async with open_store(path) as store:
+async def test_what_was_submitted_is_committed_when_the_store_closes(store_at):
+    async with store_at.open() as store:
         run = RunRow(new_id(), "p", "queued", {}, now())
         store.submit([run])  # not awaited
-    async with open_store(path) as store:
+    async with store_at.open() as store:
         assert await store.get_run(run.run_id) == run
 
 
@@ -132,14 +137,14 @@ def test_ids_sort_by_creation_time():
     assert len(set(ids)) == 3
 
 
-async def test_the_writer_commits_what_is_waited_for_even_when_everything_is_cancelled(tmp_path):
+async def test_the_writer_commits_what_is_waited_for_even_when_everything_is_cancelled(store_at):
     # a daemon cancelled from outside cancels every task at once; a run finishing then
     # waits, shielded, for its last rows: the writer must still commit them
     run = RunRow(new_id(), "p", "succeeded", {}, now())
     committed = anyio.Event()
 
     async def daemon(*, task_status):
-        async with open_store(tmp_path / "state.db") as store:
+        async with store_at.open() as store:
             task_status.started()
             try:
                 await anyio.sleep_forever()
@@ -152,7 +157,7 @@ async def test_the_writer_commits_what_is_waited_for_even_when_everything_is_can
         await tg.start(daemon)
         tg.cancel_scope.cancel()
     assert committed.is_set()
-    async with open_store(tmp_path / "state.db") as store:
+    async with store_at.open() as store:
         assert await store.get_run(run.run_id) == run
 
 
@@ -195,3 +200,125 @@ async def test_counts_read_an_index_not_the_table(tmp_path, sql):
     details = " ".join(row[3] for row in plan)
     assert "USING COVERING INDEX" in details or "USING INDEX" in details, details
     assert "TEMP B-TREE" not in details, details
+
+
+# -- PostgreSQL's own -----------------------------------------------------------------------
+
+
+async def test_a_new_database_is_migrated_to_the_current_schema():
+    async with fresh_database() as url:
+        async with open_pg_store(url):
+            pass
+        db = await asyncpg.connect(url)
+        try:
+            assert await db.fetchval("SELECT version FROM cued_schema") == len(PG_MIGRATIONS)
+            tables = {
+                r["tablename"]
+                for r in await db.fetch(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                )
+            }
+        finally:
+            await db.close()
+    assert {"runs", "task_instances", "attempts", "events", "task_logs"} <= tables
+
+
+async def test_daemons_that_start_at_once_on_an_empty_database_migrate_it_once():
+    async with fresh_database() as url:
+        opened = 0
+
+        async def start() -> None:
+            nonlocal opened
+            async with open_pg_store(url):
+                opened += 1
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(start)
+        db = await asyncpg.connect(url)
+        try:
+            versions = await db.fetch("SELECT version FROM cued_schema")
+        finally:
+            await db.close()
+    assert opened == 4
+    assert [tuple(v) for v in versions] == [(len(PG_MIGRATIONS),)]
+
+
+async def test_a_database_from_a_newer_cued_is_refused_with_a_clear_error():
+    async with fresh_database() as url:
+        async with open_pg_store(url):
+            pass
+        db = await asyncpg.connect(url)
+        try:
+            await db.execute("UPDATE cued_schema SET version = 99")
+        finally:
+            await db.close()
+        with pytest.raises(
+            StoreError,
+            match=f"has schema version 99, newer than this cued knows \\({len(PG_MIGRATIONS)}\\)",
+        ):
+            async with open_pg_store(url):
+                pass
+
+
+async def test_one_daemon_per_database_and_its_lock_goes_with_its_session():
+    async with fresh_database() as url:
+        async with open_pg_store(url, exclusive=True):
+            with pytest.raises(StoreError, match="another cued daemon is running on"):
+                async with open_pg_store(url, exclusive=True):
+                    pass
+            # readers (the CLI) need no lock
+            async with open_pg_store(url) as reader:
+                await reader.ping()
+        async with open_pg_store(url, exclusive=True) as store:
+            db = await asyncpg.connect(url)
+            try:
+                held = await db.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1",
+                    DAEMON_LOCK & 0xFFFFFFFF,
+                )
+            finally:
+                await db.close()
+            await store.ping()
+    assert held == 1
+
+
+async def test_an_absent_server_is_a_store_error_naming_it_without_its_password():
+    with pytest.raises(
+        StoreError, match=r"cannot connect to the database 'postgresql://u@127\.0\.0\.1:1/x'"
+    ):
+        async with open_pg_store("postgresql://u:hunter2@127.0.0.1:1/x"):
+            pass
+
+
+def test_sqlite_placeholders_are_numbered_and_index_hints_dropped():
+    assert (
+        pg_sql("SELECT * FROM runs INDEXED BY runs_finished WHERE a = ? AND b IN (?, ?)")
+        == "SELECT * FROM runs WHERE a = $1 AND b IN ($2, $3)"
+    )
+    assert shown_url("postgresql://cued:s3cret@db:5432/cued") == "postgresql://cued@db:5432/cued"
+    assert shown_url("postgresql://db/cued") == "postgresql://db/cued"
+
+
+async def test_a_lost_connection_fails_the_store_at_once_not_at_the_next_write():
+    # the writer's session held the daemon's lock: a daemon that lost it must stop, even
+    # when idle, before another one may take the database over
+    async with fresh_database() as url:
+        with pytest.raises(ExceptionGroup) as info:  # noqa: PT012 - the store's task group
+            async with open_pg_store(url, exclusive=True) as store:
+                admin = await asyncpg.connect(url)
+                try:
+                    await admin.fetchval(
+                        "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                        "WHERE locktype = 'advisory' AND objid = $1",
+                        DAEMON_LOCK & 0xFFFFFFFF,
+                    )
+                finally:
+                    await admin.close()
+                with anyio.fail_after(10):
+                    await anyio.sleep_forever()  # cancelled by the store's failure
+        with pytest.raises(StoreError, match="lost the connection to the database"):
+            store.submit([RunRow(new_id(), "p", "queued", {}, now())])
+    (error,) = info.value.exceptions
+    assert isinstance(error, StoreError)
+    assert "lost the connection to the database" in str(error)

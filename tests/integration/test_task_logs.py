@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
+import pytest
 
 from cued.daemon.cli import main
 from cued.daemon.config import secrets
@@ -22,6 +23,7 @@ from cued.daemon.store.sqlite import open_store
 from cued.plugins.python import PythonParams, PythonTask
 from tests.support.running import daemon_running, wait_finished
 from tests.support.secret_values import fresh_secret
+from tests.support.stores import keeping_state_in, with_state
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -29,6 +31,12 @@ if TYPE_CHECKING:
 
     from cued.daemon.assembly import DaemonInfo
     from cued.daemon.store import Row
+
+
+@pytest.fixture
+def make_config(make_config, store_at):
+    """This module's configs, once on each store (SQLite and PostgreSQL)."""
+    return keeping_state_in(make_config, store_at)
 
 
 def gated_config(tmp_path: Path) -> str:
@@ -60,9 +68,9 @@ async def line_committed(info: DaemonInfo, text: str) -> None:
     await seen.wait()
 
 
-async def test_a_shell_tasks_lines_are_seen_while_it_runs(make_config, tmp_path):
+async def test_a_shell_tasks_lines_are_seen_while_it_runs(make_config, tmp_path, store_at):
     text = gated_config(tmp_path)
-    (tmp_path / "config.toml").write_text(text)  # for the CLI
+    (tmp_path / "config.toml").write_text(with_state(text, store_at))  # for the CLI
     config = make_config(text)
     async with daemon_running(config) as info:
         queries = Queries(info.runner.store, config)
@@ -240,9 +248,9 @@ async def test_two_concurrent_python_attempts_keep_their_own_prints_and_records(
     assert sys.stdout.write("") == 0
 
 
-async def test_cued_logs_follow_prints_until_the_run_ends(make_config, tmp_path):
+async def test_cued_logs_follow_prints_until_the_run_ends(make_config, tmp_path, store_at):
     text = gated_config(tmp_path)
-    (tmp_path / "config.toml").write_text(text)
+    (tmp_path / "config.toml").write_text(with_state(text, store_at))
     config = make_config(text)
     async with daemon_running(config) as info, anyio.create_task_group() as tg:
         with anyio.fail_after(20):

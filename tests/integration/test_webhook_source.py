@@ -16,6 +16,14 @@ from cued.daemon.errors import ConnectorError
 from tests.support import probes
 from tests.support.raw_http import free_port
 from tests.support.running import daemon_running, wait_finished
+from tests.support.stores import keeping_state_in
+
+
+@pytest.fixture
+def make_config(make_config, store_at):
+    """This module's configs, once on each store (SQLite and PostgreSQL)."""
+    return keeping_state_in(make_config, store_at)
+
 
 SECRET = "s3cret"
 

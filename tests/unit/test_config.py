@@ -30,6 +30,47 @@ ONE_PROBLEM = [
     pytest.param(
         """\
         [daemon]
+        log_level = "info"
+        state = "mysql://root@db/cued"
+        """,
+        3,
+        "daemon.state",
+        ["mysql:// is no store cued knows", "postgresql:// URL"],
+        id="state-of-another-database",
+    ),
+    pytest.param(
+        """\
+        [daemon]
+        state = "postgresql://cued:hunter2@db.internal"
+        """,
+        2,
+        "daemon.state",
+        ["names no database", "(got 'postgresql://cued@db.internal')"],
+        id="state-url-without-a-database-shows-no-password",
+    ),
+    pytest.param(
+        """\
+        [daemon]
+        state = "postgresql://db:port/cued"
+        """,
+        2,
+        "daemon.state",
+        ["is not a URL PostgreSQL can take", "Port"],
+        id="state-url-with-a-bad-port",
+    ),
+    pytest.param(
+        """\
+        [daemon]
+        state = "env:2BAD"
+        """,
+        2,
+        "daemon.state",
+        ["env:NAME takes a variable's name"],
+        id="state-from-a-bad-variable-name",
+    ),
+    pytest.param(
+        """\
+        [daemon]
         state = "x.db"
         max_running_tasks =
         """,
@@ -859,3 +900,73 @@ def test_a_missing_file_is_a_config_error(tmp_path):
     (problem,) = info.value.problems
     assert problem.file == str(path)
     assert "cannot read" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("state", "in_database", "shown"),
+    [
+        pytest.param("cued.db", False, None, id="sqlite-file"),
+        pytest.param("var/state.db", False, None, id="sqlite-file-in-a-folder"),
+        pytest.param("postgresql://cued:pw@db/cued", True, "postgresql://cued@db/cued", id="url"),
+        pytest.param("postgres://db:5433/cued", True, "postgres://db:5433/cued", id="short-scheme"),
+        pytest.param("env:CUED_DATABASE_URL", True, "env:CUED_DATABASE_URL", id="env"),
+    ],
+)
+def test_the_state_is_a_sqlite_file_or_a_postgresql_database(tmp_path, state, in_database, shown):
+    config = parse_config(f'[daemon]\nstate = "{state}"\n', base_dir=tmp_path)
+    assert config.state_in_database is in_database
+    if in_database:
+        # the daemon's socket and lock are beside the config, named for the engine
+        assert config.state_path == tmp_path / "postgresql"
+        assert config.state_shown == shown
+    else:
+        assert config.state_path == tmp_path / state
+        assert config.state_location() == str(tmp_path / state)
+
+
+def test_a_database_url_from_the_environment_must_be_one(tmp_path, monkeypatch):
+    from cued.daemon.errors import CuedError
+
+    config = parse_config('[daemon]\nstate = "env:CUED_TEST_URL"\n', base_dir=tmp_path)
+    monkeypatch.delenv("CUED_TEST_URL", raising=False)
+    with pytest.raises(CuedError, match=r"environment variable 'CUED_TEST_URL'.*is not set"):
+        config.state_location()
+    monkeypatch.setenv("CUED_TEST_URL", "cued.db")
+    with pytest.raises(CuedError, match="must hold a postgresql:// URL"):
+        config.state_location()
+    monkeypatch.setenv("CUED_TEST_URL", "postgresql://db")
+    with pytest.raises(CuedError, match="names no database"):
+        config.state_location()
+    monkeypatch.setenv("CUED_TEST_URL", "postgresql://u:pw@db/cued")
+    assert config.state_location() == "postgresql://u:pw@db/cued"
+
+
+def test_strict_checks_name_the_line_of_a_database_url_that_is_not_there(tmp_path, monkeypatch):
+    from cued.daemon.config.strict import environment_problems
+
+    file = tmp_path / "config.toml"
+    file.write_text('[http]\nlisten = ""\n[daemon]\nstate = "env:CUED_TEST_DB"\n')
+    config = load_config(file)
+    monkeypatch.delenv("CUED_TEST_DB", raising=False)
+    (unset,) = environment_problems(config, file)
+    monkeypatch.setenv("CUED_TEST_DB", "state.db")
+    (not_url,) = environment_problems(config, file)
+    monkeypatch.setenv("CUED_TEST_DB", "postgresql://db/cued")
+    assert environment_problems(config, file) == []
+    assert (unset.line, unset.path) == (4, "daemon.state")
+    assert unset.message == "environment variable 'CUED_TEST_DB' is not set"
+    assert (not_url.line, not_url.message) == (
+        4,
+        "[daemon] state 'env:CUED_TEST_DB' must hold a postgresql:// URL",
+    )
+
+
+def test_a_database_password_is_redacted_and_its_url_is_not(tmp_path):
+    from cued.daemon.config.secrets import redact_text
+
+    config = parse_config(
+        '[daemon]\nstate = "postgresql://cued:pw-d7f3a9@db.internal/cued"\n', base_dir=tmp_path
+    )
+    assert config.state_location() == "postgresql://cued:pw-d7f3a9@db.internal/cued"
+    assert redact_text("auth failed with pw-d7f3a9") == "auth failed with [redacted]"
+    assert redact_text(config.state_shown) == "postgresql://cued@db.internal/cued"

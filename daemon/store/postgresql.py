@@ -1,0 +1,400 @@
+"""The PostgreSQL store (asyncpg): the same Store as SQLite's, on a database server.
+
+It *is* :class:`~cued.daemon.store.sqlite.SqliteStore` in everything but the SQL engine:
+the batch that coalesces submissions, the single writer with group commit, the chores it
+runs between two commits (pruning, pauses), and every read are that class's, so the two
+stores cannot drift apart in what they mean. What differs is here:
+
+- the commit: the whole batch as one statement on the writer's own connection, each
+  table's rows sent as one array per column (one round trip, and one transaction without
+  a BEGIN and COMMIT of its own: the commit's cost is the server's WAL flush);
+- SQL that SQLite spells its own way (``INSERT OR REPLACE`` becomes ``ON CONFLICT ... DO
+  UPDATE``; the latest event of each asset is a ``DISTINCT ON``); the reads' SQL is SQLite's,
+  translated by :func:`pg_sql` (``?`` placeholders numbered, index hints dropped);
+- reads go through a small pool of connections, so the API's reads run beside the writer;
+- a lost connection: the writer's fails the store at once (it held the daemon's lock),
+  and so stops the daemon; the readers' pool reconnects by itself;
+- text: PostgreSQL keeps no NUL character in text, so one (which a task's output line may
+  hold) is stored as U+FFFD; JSON is text already, with NULs escaped.
+
+The schema is :mod:`cued.daemon.store.pg_migrations`. With ``exclusive``, the writer's
+session holds an advisory lock for the store's lifetime: one daemon per database (a
+second is refused; a daemon killed with -9 loses its session, and with it the lock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+import asyncpg
+
+from cued.daemon.config.state import is_database_url, shown_url
+from cued.daemon.core.assets import ASSET_SOURCES, asset_of
+from cued.daemon.errors import StoreError
+from cued.daemon.store import (
+    ApprovalRow,
+    AttemptRow,
+    ConfigVersionRow,
+    CursorRow,
+    DecisionRow,
+    DedupeRow,
+    EventRow,
+    InstanceRow,
+    LogLineRow,
+    OutboxRow,
+    PauseRow,
+    RunRow,
+)
+from cued.daemon.store.pg_migrations import migrate
+from cued.daemon.store.sqlite import (
+    SqliteStore,
+    _Batch,
+    _Chore,
+    _config_version,
+    _event,
+    _params,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable
+
+    import aiosqlite
+
+    from cued.daemon.store import Row
+
+__all__ = ["DAEMON_LOCK", "PostgresStore", "is_database_url", "open_pg_store", "pg_sql"]
+
+#: The advisory lock (its 64-bit key: ``cued:run`` in ASCII) a daemon's session holds.
+DAEMON_LOCK = int.from_bytes(b"cued:run", "big", signed=True)
+
+_INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
+
+
+@lru_cache(maxsize=2048)
+def pg_sql(sql: str) -> str:
+    """SQLite's ``sql`` for PostgreSQL: ``?`` placeholders become ``$1``, ``$2``, ...
+    (no query of the store has a ``?`` in a literal), and ``INDEXED BY`` hints go
+    (PostgreSQL's planner takes none; its indexes are the same)."""
+    numbers = itertools.count(1)
+    return re.sub(r"\?", lambda _: f"${next(numbers)}", _INDEXED_BY.sub("", sql))
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
+def _args(parameters: Iterable[Any] | None) -> list[Any]:
+    return [_text(v) for v in parameters or ()]
+
+
+def _pg_params(row: Row) -> list[Any]:
+    return [_text(v) for v in _params(row)]
+
+
+class _Connection:
+    """One asyncpg connection with aiosqlite's ``execute_fetchall``, SQL translated."""
+
+    __slots__ = ("_db",)
+
+    def __init__(self, db: asyncpg.Connection) -> None:
+        self._db = db
+
+    async def execute_fetchall(
+        self, sql: str, parameters: Iterable[Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self._db.fetch(pg_sql(sql), *_args(parameters))]
+
+    async def executemany(self, sql: str, parameters: Iterable[Iterable[Any]]) -> None:
+        await self._db.executemany(pg_sql(sql), [_args(p) for p in parameters])
+
+
+class _Pool:
+    """The readers: ``execute_fetchall`` on a connection of the pool."""
+
+    __slots__ = ("_pool",)
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def execute_fetchall(
+        self, sql: str, parameters: Iterable[Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        async with self._pool.acquire() as db:
+            rows = await db.fetch(pg_sql(sql), *_args(parameters))
+        return [tuple(r) for r in rows]
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+# The type of each column, by name (every table names its columns alike): for the arrays
+# a batch's rows are sent in
+_FLOATS = frozenset(
+    {"created_at", "started_at", "ended_at", "updated_at", "received_at", "seen_at",
+     "sent_at", "next_at", "requested_at", "deadline_at", "decided_at", "at", "cost",
+     "paused_at"}
+)  # fmt: skip
+_INTS = frozenset(
+    {"map_index", "attempts", "retry_base", "attempt", "min_approvals", "seq", "config_version"}
+)
+
+
+def _type(column: str) -> str:
+    return "float8" if column in _FLOATS else "int8" if column in _INTS else "text"
+
+
+@dataclass(frozen=True)
+class _Put:
+    """An upsert of a table's rows: a row already there takes the new values of
+    ``update`` (all but the key by default, as SQLite's ``INSERT OR REPLACE``)."""
+
+    table: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    update: tuple[str, ...] | None = None
+    where: str = ""
+
+    def sql(self, source: str) -> str:
+        changed = self.update or tuple(c for c in self.columns if c not in self.key)
+        sets = ", ".join(f"{c} = excluded.{c}" for c in changed)
+        return (
+            f"INSERT INTO {self.table} ({', '.join(self.columns)}) {source} "
+            f"ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET {sets}{self.where}"
+        )
+
+    def of_rows(self, rows: Iterable[Row], args: list[Any]) -> str:
+        """The upsert of ``rows``, whose columns it appends to ``args`` as arrays."""
+        return self.sql(f"SELECT * FROM {_unnest(self.columns, rows, args)}")
+
+
+def _unnest(columns: tuple[str, ...], rows: Iterable[Row], args: list[Any]) -> str:
+    """``unnest($n::type[], ...)`` of ``rows``, one array per column appended to ``args``."""
+    marks = []
+    for column, values in zip(
+        columns, zip(*(_pg_params(r) for r in rows), strict=True), strict=True
+    ):
+        args.append(list(values))
+        marks.append(f"${len(args)}::{_type(column)}[]")
+    return f"unnest({', '.join(marks)})"
+
+
+def _put(row: type[Row], table: str, key: tuple[str, ...], **kw: Any) -> _Put:
+    return _Put(table, row.__slots__, key, **kw)
+
+
+_PUTS: dict[str, _Put] = {
+    "runs": _put(RunRow, "runs", ("run_id",), update=("state", "started_at", "ended_at", "error")),
+    "instances": _put(InstanceRow, "task_instances", ("run_id", "key")),
+    "attempts": _put(AttemptRow, "attempts", ("run_id", "key", "attempt")),
+    "events": _put(EventRow, "events", ("event_id",)),
+    "dedupe": _put(DedupeRow, "dedupe_keys", ("trigger", "key")),
+    "cursors": _put(CursorRow, "source_cursors", ("source",)),
+    # an alert already queued keeps its place and its history: only its delivery changes
+    "outbox": _put(
+        OutboxRow,
+        "outbox",
+        ("alert_id",),
+        update=("sent_at", "attempts", "last_error", "next_at"),
+        where=" WHERE excluded.attempts > 0",
+    ),
+    "approvals": _put(ApprovalRow, "approvals", ("run_id", "key")),
+    "decisions": _put(DecisionRow, "decisions", ("run_id", "key", "attempt", "who")),
+    "log_lines": _put(LogLineRow, "task_logs", ("run_id", "seq")),
+}
+_PUT_PAUSE = _Put("paused_pipelines", ("pipeline", "paused_at", "paused_by"), ("pipeline",)).sql(
+    "VALUES ($1, $2, $3)"
+)
+
+
+def _batch_sql(batch: _Batch) -> tuple[str, list[Any]]:
+    """The whole batch as one statement (and its arguments): each table's rows upserted
+    (or deleted) by a data-modifying ``WITH`` of its own, from one array per column.
+
+    One statement is one round trip and, on its own, one transaction: no BEGIN and COMMIT
+    of their own. Its parts share one snapshot and do not see each other's rows, which
+    holds for a batch: an instance and its removal never both are in one (the batch keeps
+    the later), and lines that a trim of the batch cuts are left out of it here.
+    """
+    args: list[Any] = []
+    parts: list[str] = []
+    if batch.gone:
+        pairs = _unnest(("run_id", "key"), batch.gone.values(), args)
+        parts.append(f"DELETE FROM task_instances WHERE (run_id, key) IN (SELECT * FROM {pairs})")
+    for name, put in _PUTS.items():
+        rows: list[Row] = list(getattr(batch, name).values())
+        if name == "log_lines" and batch.log_trims:
+            rows = [line for line in batch.log_lines.values() if not _trimmed(line, batch)]
+        if rows:
+            parts.append(put.of_rows(rows, args))
+    if batch.log_trims:
+        cuts = _unnest(
+            ("run_id", "key", "attempt", "seq"),
+            batch.log_trims.values(),
+            args,
+        )
+        parts.append(
+            f"DELETE FROM task_logs t USING {cuts} AS c(run_id, key, attempt, before_seq) "
+            "WHERE t.run_id = c.run_id AND t.key = c.key AND t.attempt = c.attempt "
+            "AND t.seq < c.before_seq"
+        )
+    steps = ", ".join(f"s{n} AS ({part})" for n, part in enumerate(parts))
+    return f"WITH {steps} SELECT 1", args
+
+
+def _trimmed(line: LogLineRow, batch: _Batch) -> bool:
+    trim = batch.log_trims.get((line.run_id, line.key, line.attempt))
+    return trim is not None and line.seq < trim.before_seq
+
+
+class PostgresStore(SqliteStore):
+    """Runs, task instances, attempts and events in a PostgreSQL database."""
+
+    def __init__(self, url: str, writer: asyncpg.Connection, readers: asyncpg.Pool) -> None:
+        # the SQLite writer is never used: the commit and the chores are overridden below
+        super().__init__(Path(shown_url(url)), cast("aiosqlite.Connection", None), _Pool(readers))
+        self.where = shown_url(url)
+        self._db = writer
+
+    async def _commit(self, batch: _Batch) -> float:
+        started = anyio.current_time()
+        sql, args = _batch_sql(batch)
+        await self._db.execute(sql, *args)
+        seconds = anyio.current_time() - started
+        self.commits += 1
+        self.commit_seconds += seconds
+        return seconds
+
+    async def _do_chore(self, chore: _Chore) -> None:
+        started = anyio.current_time()
+        try:
+            async with self._db.transaction():
+                chore.result = await chore.work(_Connection(self._db))
+        except Exception as exc:  # noqa: BLE001 - the chore's caller gets it; writes go on
+            chore.error = exc
+        else:
+            self.commits += 1
+            self.commit_seconds += anyio.current_time() - started
+        finally:
+            chore.done.set()
+
+    async def set_paused(self, pipeline: str, pause: PauseRow | None) -> None:
+        async def work(db: _Connection) -> None:
+            if pause is None:
+                await db.execute_fetchall(
+                    "DELETE FROM paused_pipelines WHERE pipeline = ?", (pipeline,)
+                )
+            else:
+                await db.execute_fetchall(
+                    _PUT_PAUSE, (pipeline, pause.paused_at, _text(pause.paused_by))
+                )
+
+        await self._chore(work)
+
+    async def add_config_version(self, text: str, file: str, at: float) -> ConfigVersionRow:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+        async def work(db: _Connection) -> ConfigVersionRow:
+            latest = await db.execute_fetchall(
+                "SELECT * FROM config_versions ORDER BY version DESC LIMIT 1"
+            )
+            if latest and latest[0][1] == digest:
+                return _config_version(latest[0])
+            version = int(latest[0][0]) + 1 if latest else 1
+            await db.execute_fetchall(
+                "INSERT INTO config_versions (version, hash, text, file, loaded_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (version, digest, _text(text), _text(file), at),
+            )
+            return ConfigVersionRow(version, digest, text, file, at)
+
+        row: ConfigVersionRow = await self._chore(work)
+        return row
+
+    async def list_assets(self) -> list[tuple[str, int, EventRow]]:
+        # each asset's latest event (DISTINCT ON keeps the first of each source, newest
+        # first), with how many there are, in one range scan of events_by_source_time
+        rows = await self._reader.execute_fetchall(
+            "SELECT DISTINCT ON (source) *, count(*) OVER (PARTITION BY source) FROM events "
+            "WHERE source >= ? AND source < ? ORDER BY source, received_at DESC, event_id DESC",
+            ASSET_SOURCES,
+        )
+        return [(asset_of(r[1]) or r[1], int(r[8]), _event(r)) for r in rows]
+
+
+async def _as_it_is(_: asyncpg.Connection) -> None:
+    """A reader goes back to the pool as it is: reads change nothing of a session (no
+    locks, no LISTEN, no SET), so asyncpg's reset, a round trip per read, is saved."""
+
+
+async def _watch(
+    store: PostgresStore, lost: anyio.Event, *, task_status: anyio.abc.TaskStatus[anyio.CancelScope]
+) -> None:
+    """Fail the store as soon as the writer's connection is lost, not at the next write:
+    with it went the daemon's lock, and an idle daemon might otherwise go on for long
+    without it.
+
+    :raises StoreError: when the connection is lost
+    """
+    with anyio.CancelScope() as scope:
+        task_status.started(scope)
+        await lost.wait()
+        store._failed = StoreError(f"lost the connection to the database {store.where!r}")
+        raise store._failed
+
+
+@asynccontextmanager
+async def open_pg_store(url: str, *, exclusive: bool = False) -> AsyncIterator[PostgresStore]:
+    """Open (migrating as needed) the store in the database at ``url``.
+
+    On exit, whatever was submitted is committed before the connections close.
+
+    :param exclusive: hold the daemon's advisory lock while open (one daemon per database)
+    :raises StoreError: if the database cannot be reached, another daemon holds the lock,
+        or its schema is newer than this cued knows
+    """
+    where = shown_url(url)
+    try:
+        writer = await asyncpg.connect(url, timeout=10)
+    except Exception as exc:
+        raise StoreError(f"cannot connect to the database {where!r}: {exc}") from exc
+    readers: asyncpg.Pool | None = None
+    try:
+        if exclusive and not await writer.fetchval("SELECT pg_try_advisory_lock($1)", DAEMON_LOCK):
+            raise StoreError(f"another cued daemon is running on {where!r}")
+        await migrate(writer, where)
+        readers = await asyncpg.create_pool(
+            url, min_size=1, max_size=4, timeout=10, reset=_as_it_is
+        )
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            await writer.close()
+        if isinstance(exc, asyncpg.PostgresError | OSError):
+            raise StoreError(f"cannot open the database {where!r}: {exc}") from exc
+        raise
+    store = PostgresStore(url, writer, readers)
+    lost = anyio.Event()
+    writer.add_termination_listener(lambda _: lost.set())
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(store._write_loop)
+            watching = await tg.start(_watch, store, lost)
+            try:
+                yield store
+            finally:
+                watching.cancel()
+                store._closing = True
+                store._wake.set()  # the loop commits what is left, then returns
+    finally:
+        with anyio.CancelScope(shield=True):
+            await readers.close()
+            await writer.close()
