@@ -11,6 +11,9 @@ async with tracing, store, http client, task group:
     retention           prunes what [retention] lets go, every prune_every
     signals             SIGTERM/SIGINT: sources stop, running tasks may finish for
                         `shutdown_grace`, the rest is cancelled (and runs again on restart)
+    systemd             READY=1 once all of the above is up, STATUS=, watchdog pings while
+                        the daemon makes progress, STOPPING=1 at SIGTERM; HTTP on the
+                        sockets it passes (daemon/service/)
 ```
 """
 
@@ -41,8 +44,16 @@ from cued.daemon.runtime.metrics import Metrics
 from cued.daemon.runtime.retention import prune_periodically
 from cued.daemon.runtime.runner import Runner
 from cued.daemon.runtime.spending import StoreSpending
+from cued.daemon.runtime.supervision import Supervision
 from cued.daemon.runtime.telemetry import TracedTransport, open_tracing
 from cued.daemon.sdk.sources import SourceContext
+from cued.daemon.service.activation import inherited_sockets, loopback_only
+from cued.daemon.service.notify import (
+    Notifier,
+    discard_service_environment,
+    watchdog_interval_s,
+)
+from cued.daemon.service.watchdog import Progress, ServiceNotices
 from cued.daemon.store.filemodes import private_file
 from cued.daemon.store.sqlite import open_store
 from cued.daemon.web.api import Caller, Users, build_app
@@ -275,7 +286,9 @@ def _bind(listen: str) -> socket.socket:
     return sock
 
 
-def _sources(config: Config, intake: DaemonIntake, front: WebFront) -> list[Any]:
+def _sources(
+    config: Config, intake: DaemonIntake, front: WebFront, supervision: Supervision
+) -> list[tuple[str, Any]]:
     kinds = source_kinds()
     built = []
     for name, source in config.sources.items():
@@ -287,8 +300,23 @@ def _sources(config: Config, intake: DaemonIntake, front: WebFront) -> list[Any]
             base_dir=config.base_dir,
         )
         cls = kinds[source.kind]
-        built.append(cls(cls.Config.model_validate(source.params), ctx))
+        built.append((name, cls(cls.Config.model_validate(source.params), ctx)))
+        supervision.add(name, source.kind)
     return built
+
+
+def _progress(store: Store, intake: DaemonIntake, supervision: Supervision) -> Progress:
+    return Progress(
+        writer_stalled_s=store.writer_stalled_s(),
+        intake_stalled_s=intake.stalled_s(),
+        ended_sources=tuple(supervision.ended_sources()),
+    )
+
+
+def _address(sock: socket.socket) -> tuple[str, int] | None:
+    """Where a TCP socket listens (None for a Unix one)."""
+    name = sock.getsockname()
+    return (str(name[0]), int(name[1])) if isinstance(name, tuple) else None
 
 
 def _host(host: str) -> str:
@@ -316,6 +344,7 @@ class DaemonInfo:
     http_address: tuple[str, int] | None
     live: Live | None = None
     metrics: Metrics | None = None
+    supervision: Supervision | None = None
 
 
 async def run_daemon(
@@ -330,16 +359,61 @@ async def run_daemon(
     """
     log = get_logger()
     socket_path = control_socket_path(config.state_path)
+    systemd = _Systemd.from_environment()
     # Signals are caught from the start: one that arrives while the daemon starts up is
     # acted on once it is up, instead of killing it half-started.
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        await _serve(config, signals, task_status)
+    try:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            await _serve(config, signals, systemd, task_status)
+    finally:
+        systemd.notifier.close()
     socket_path.unlink(missing_ok=True)
     log.info("daemon_stopped")
 
 
+@dataclass(frozen=True)
+class _Systemd:
+    """What systemd gave the daemon: a notification socket, a watchdog interval and
+    listening sockets (each absent when the daemon runs without systemd)."""
+
+    notifier: Notifier
+    watchdog_s: float | None
+    sockets: list[socket.socket]
+
+    @classmethod
+    def from_environment(cls) -> _Systemd:
+        pid = os.getpid()
+        found = cls(
+            Notifier.from_environment(os.environ),
+            watchdog_interval_s(os.environ, pid),
+            inherited_sockets(os.environ, pid),
+        )
+        discard_service_environment(os.environ)  # no task's process acts on them
+        return found
+
+
+def _listening(config: Config, systemd: _Systemd) -> list[socket.socket]:
+    """The HTTP front's sockets: those systemd passed, else one bound to [http] listen.
+
+    :raises CuedError: if the API is open (no [auth.users]) and a passed socket listens
+        beyond loopback, which ``cued validate`` refuses for ``listen`` too
+    """
+    if systemd.sockets:
+        if not config.auth.users and not loopback_only(systemd.sockets):
+            raise CuedError(
+                "systemd passed a socket that listens beyond loopback, and with no "
+                "[auth.users] the API and UI take no token: set ListenStream= to "
+                "127.0.0.1:PORT or [::1]:PORT, or add [auth.users.NAME] with tokens"
+            )
+        return systemd.sockets
+    return [_bind(config.http.listen)] if config.http.listen else []
+
+
 async def _serve(
-    config: Config, signals: AsyncIterator[int], task_status: anyio.abc.TaskStatus[DaemonInfo]
+    config: Config,
+    signals: AsyncIterator[int],
+    systemd: _Systemd,
+    task_status: anyio.abc.TaskStatus[DaemonInfo],
 ) -> None:
     log = get_logger()
     socket_path = control_socket_path(config.state_path)
@@ -357,6 +431,7 @@ async def _serve(
         store.on_commit(partial(publish_committed, live))
         await tg.start(live.serve)  # at shutdown, ends open streams: no server waits on them
         up, stopping = anyio.Event(), anyio.Event()
+        supervision = Supervision(lambda: runner.backlog.saturated)
 
         def ready() -> bool:
             return up.is_set() and not stopping.is_set()
@@ -369,6 +444,7 @@ async def _serve(
             metrics=metrics,
             ready=ready,
             access=access,
+            supervised=supervision,
         )
         front = WebFront(
             with_ui(api, runner, intake, _users(config), access),  # UI: daemon/ui
@@ -376,7 +452,14 @@ async def _serve(
         )
         control = ControlGuard(
             BodyLimit(
-                build_app(runner, trusted=True, live=live, metrics=metrics, ready=ready),
+                build_app(
+                    runner,
+                    trusted=True,
+                    live=live,
+                    metrics=metrics,
+                    ready=ready,
+                    supervised=supervision,
+                ),
                 config.http.max_body_bytes,
             ),
             access,
@@ -390,18 +473,17 @@ async def _serve(
         )
         # created before the server listens: a webhook reserves its path, which answers
         # 503 (not 404) until the source has started
-        sources = _sources(config, intake, front)
+        sources = _sources(config, intake, front, supervision)
         address = None
-        if config.http.listen:
-            sock = _bind(config.http.listen)
-            address = sock.getsockname()[:2]
+        if listening := _listening(config, systemd):
+            address = _address(listening[0])
             # one memo per connection: the open API learns who opened it once (api_auth)
             await tg.start(
-                partial(serve_asgi, front, sockets=[sock], http=PerConnection, grace_s=grace)
+                partial(serve_asgi, front, sockets=listening, http=PerConnection, grace_s=grace)
             )
         async with anyio.create_task_group() as sources_tg:
-            for source in sources:
-                await sources_tg.start(source.run)
+            for name, source in sources:
+                await sources_tg.start(partial(supervision.run_source, name, source.run))
             await runner.resume_unfinished()
             # after the sources' start: the files source first moves what a crash left
             # recorded, which it recognises by the recorded event
@@ -415,13 +497,29 @@ async def _serve(
                 ui=f"http://{_host(address[0])}:{address[1]}/ui/" if address else None,
                 pipelines=sorted(config.pipelines),
                 sources=sorted(config.sources),
+                socket_activated=bool(systemd.sockets),
             )
+            notices = ServiceNotices(
+                systemd.notifier,
+                runner,
+                supervision,
+                partial(_progress, store, intake, supervision),
+                watchdog_s=systemd.watchdog_s,
+            )
+            store.on_commit(notices.changed)
+            runner.backlog.on_change(notices.changed)
+            await tg.start(notices.run)
             up.set()
-            task_status.started(DaemonInfo(runner, intake, address, live, metrics))
+            # the store is open, unfinished runs resumed, every source takes events and
+            # the HTTP front listens: `After=cued.service` may count on all of it now
+            notices.ready()
+            task_status.started(DaemonInfo(runner, intake, address, live, metrics, supervision))
             async for signum in signals:
                 log.info("daemon_stopping", signal=signal.Signals(signum).name, grace_s=grace)
                 break
+            notices.stopping()
             stopping.set()
+            supervision.stopping()
             sources_tg.cancel_scope.cancel()
         with anyio.move_on_after(grace):
             await runner.drain()
