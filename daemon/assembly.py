@@ -508,11 +508,11 @@ async def _serve(
             )
             store.on_commit(notices.changed)
             runner.backlog.on_change(notices.changed)
-            await tg.start(notices.run)
             up.set()
             # the store is open, unfinished runs resumed, every source takes events and
             # the HTTP front listens: `After=cued.service` may count on all of it now
             notices.ready()
+            await tg.start(notices.run)  # after READY=1: its first STATUS= follows it
             task_status.started(DaemonInfo(runner, intake, address, live, metrics, supervision))
             async for signum in signals:
                 log.info("daemon_stopping", signal=signal.Signals(signum).name, grace_s=grace)
