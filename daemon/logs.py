@@ -78,8 +78,8 @@ def journal_line(logger: Any, method_name: str, event_dict: structlog.typing.Eve
     """A structlog renderer: ``<N>event key=value ...``, one line, no timestamp."""
     priority = _PRIORITIES.get(str(event_dict.pop("level", method_name)), 6)
     event = str(event_dict.pop("event", ""))
-    fields = " ".join(f"{key}={_value(value)}" for key, value in event_dict.items())
-    head = event if _BARE.fullmatch(event) else _json.dumps(event)
+    fields = " ".join(f"{_value(str(key))}={_value(value)}" for key, value in event_dict.items())
+    head = _value(event)
     return f"<{priority}>{head}{' ' + fields if fields else ''}"
 
 

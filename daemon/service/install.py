@@ -54,15 +54,25 @@ def writable_folders(config: Config) -> list[Path]:
 def unit_settings(config: Config, config_path: Path, *, user: str) -> UnitSettings:
     """The unit for ``config``: folders the state directory does not hold are made
     writable with ``ReadWritePaths=``."""
-    executable = shutil.which("cued") or str(Path(sys.argv[0]).resolve())
     outside = [f for f in writable_folders(config) if not f.is_relative_to(_STATE_ROOT)]
     return UnitSettings(
-        executable=Path(executable).resolve(),
+        command=_cued_command(),
         config=config_path.resolve(),
         user=user,
         writable=tuple(outside),
         shutdown_grace_s=config.daemon.shutdown_grace,
     )
+
+
+def _cued_command() -> tuple[str, ...]:
+    """How systemd is to start this very ``cued``: the script beside the running Python
+    (a virtualenv's bin/), else the one on PATH, else the module through this Python."""
+    beside = Path(sys.executable).parent / "cued"
+    if os.access(beside, os.X_OK):
+        return (str(beside),)
+    if found := shutil.which("cued"):
+        return (str(Path(found).resolve()),)
+    return (sys.executable, "-m", "cued.daemon.cli")
 
 
 def _ensure_user(user: str) -> bool:
@@ -110,8 +120,9 @@ def install(config: Config, config_path: Path, *, user: str = "cued", unit_dir: 
     entry = pwd.getpwnam(user)
     uid, gid = entry.pw_uid, entry.pw_gid
     warnings = []
-    folders = [_STATE_ROOT, *writable_folders(config)]
-    for folder in dict.fromkeys(folders):
+    # systemd makes /var/lib/cued itself (StateDirectory=); these are what it does not
+    folders = writable_folders(config)
+    for folder in folders:
         _give(folder, uid, gid)
     config_file = config_path.resolve()
     if config.state_path.resolve().parent == config_file.parent:

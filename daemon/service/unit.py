@@ -35,23 +35,27 @@ def stop_timeout_s(shutdown_grace_s: float) -> int:
 class UnitSettings:
     """What a unit is made from.
 
-    :param executable: the ``cued`` program (absolute)
+    :param command: the ``cued`` program (absolute), with the arguments before ours
     :param config: the configuration file (absolute)
     :param user: the OS user the daemon runs as
     :param writable: folders outside ``/var/lib/cued`` the daemon writes to
     :param shutdown_grace_s: the configuration's ``shutdown_grace``
     """
 
-    executable: Path
+    command: tuple[str, ...]
     config: Path
     user: str = "cued"
     writable: tuple[Path, ...] = field(default_factory=tuple)
     shutdown_grace_s: float = 30.0
 
 
-def _quote(path: Path) -> str:
-    # systemd's command lines split on spaces and take double quotes as shells do
-    return shlex.quote(str(path)) if set(str(path)) & set(" \"'\\$;") else str(path)
+def _quote(arg: str | Path, *, command: bool = False) -> str:
+    # systemd splits on spaces and takes quotes as shells do; `%` would be a specifier,
+    # and `$` a variable in a command line: doubled, they are taken as they are
+    text = str(arg).replace("%", "%%")
+    if command:
+        text = text.replace("$", "$$")
+    return shlex.quote(text) if set(text) & set(" \"'\\;") else text
 
 
 def render_unit(settings: UnitSettings) -> str:
@@ -71,7 +75,8 @@ After=network-online.target
 # the HTTP listener is up; STATUS= says runs, backlog and held-back sources
 Type=notify
 NotifyAccess=main
-ExecStart={_quote(settings.executable)} --config {_quote(settings.config)} run
+ExecStart={" ".join(_quote(a, command=True) for a in settings.command)} \
+--config {_quote(settings.config, command=True)} run
 # pings come only while the event loop, the store writer and the sources make progress
 WatchdogSec={_WATCHDOG_S}s
 Restart=on-failure

@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sqlite3
+import subprocess
 import threading
 
 import httpx
@@ -73,7 +74,7 @@ def _stop(process, timeout_s: float = 60) -> int:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout_s)
-        except Exception:
+        except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
     return process.returncode
@@ -242,17 +243,13 @@ def test_a_passed_socket_beyond_loopback_is_refused_with_an_open_api(setup, tmp_
     config, _ = setup
     log = tmp_path / "daemon.log"
     passed = _listening("0.0.0.0")
-    daemon = spawn_daemon(
-        config, env={}, stderr=log, pass_fds=(passed.fileno(),), listen_pid=True
-    )
+    daemon = spawn_daemon(config, env={}, stderr=log, pass_fds=(passed.fileno(),), listen_pid=True)
     passed.close()
     assert daemon.wait(60) == 1
     assert "listens beyond loopback" in log.read_text()
 
 
-def test_under_journal_stream_each_record_is_one_priority_line_without_timestamp(
-    setup, tmp_path
-):
+def test_under_journal_stream_each_record_is_one_priority_line_without_timestamp(setup, tmp_path):
     config, _ = setup
     log = tmp_path / "daemon.log"
     log.touch()
