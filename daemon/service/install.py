@@ -26,6 +26,7 @@ __all__ = ["Installed", "install", "unit_settings", "writable_folders"]
 
 _STATE_ROOT = Path("/var/lib") / STATE_DIRECTORY
 _CONFIG_ROOT = Path("/etc") / STATE_DIRECTORY  # ConfigurationDirectory=
+_HOMES = (Path("/home"), Path("/root"), Path("/run/user"))  # what ProtectHome= hides
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,18 @@ def unit_settings(config: Config, config_path: Path, *, user: str) -> UnitSettin
     """The unit for ``config``: folders the state directory does not hold are made
     writable with ``ReadWritePaths=``."""
     outside = [f for f in writable_folders(config) if not f.is_relative_to(_STATE_ROOT)]
+    command = _cued_command()
+    read = [
+        Path(command[0]).resolve(),
+        Path(sys.executable).resolve(),
+        Path(sys.prefix).resolve(),
+        Path(sys.base_prefix).resolve(),
+        config_path.resolve(),
+        *outside,
+    ]
     return UnitSettings(
-        command=_cued_command(),
+        command=command,
+        in_home=any(p.is_relative_to(home) for p in read for home in _HOMES),
         config=config_path.resolve(),
         user=user,
         writable=tuple(outside),

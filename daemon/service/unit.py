@@ -40,6 +40,8 @@ class UnitSettings:
     :param user: the OS user the daemon runs as
     :param writable: folders outside ``/var/lib/cued`` the daemon writes to
     :param shutdown_grace_s: the configuration's ``shutdown_grace``
+    :param in_home: something the daemon reads (Python, cued, the config) lies in a home
+        folder: ``ProtectHome=read-only`` instead of hiding them
     """
 
     command: tuple[str, ...]
@@ -47,6 +49,7 @@ class UnitSettings:
     user: str = "cued"
     writable: tuple[Path, ...] = field(default_factory=tuple)
     shutdown_grace_s: float = 30.0
+    in_home: bool = False
 
 
 def _quote(arg: str | Path, *, command: bool = False) -> str:
@@ -56,6 +59,16 @@ def _quote(arg: str | Path, *, command: bool = False) -> str:
     if command:
         text = text.replace("$", "$$")
     return shlex.quote(text) if set(text) & set(" \"'\\;") else text
+
+
+def _protect_home(in_home: bool) -> str:
+    if not in_home:
+        return "ProtectHome=yes"
+    return (
+        "# read-only, not hidden: Python, cued or the config is in a home folder (pyenv,\n"
+        "# a virtualenv in ~); install them elsewhere to hide homes (ProtectHome=yes)\n"
+        "ProtectHome=read-only"
+    )
 
 
 def render_unit(settings: UnitSettings) -> str:
@@ -101,7 +114,7 @@ NoNewPrivileges=yes
 CapabilityBoundingSet=
 AmbientCapabilities=
 ProtectSystem=strict
-ProtectHome=yes
+{_protect_home(settings.in_home)}
 PrivateTmp=yes
 PrivateDevices=yes
 PrivateMounts=yes
