@@ -117,7 +117,8 @@ def main() -> None:
         key: round(statistics.median(r[key] for r in rounds), 3)
         for key in ("floor", "cued", "cued_systemd", "datagrams")
     }
-    print(json.dumps({"seconds": args.seconds, "rounds": args.rounds, "cpu_percent": result}))
+    line = {"seconds": args.seconds, "rounds": args.rounds, "cpu_percent": result}
+    sys.stdout.write(json.dumps(line) + "\n")
 
 
 if __name__ == "__main__":
