@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cued.daemon.cli import render
 from cued.daemon.logs import journal_line, stderr_is_journal
 from cued.daemon.ops.status import DaemonStatus
 from cued.daemon.runtime.supervision import SourceStatus
@@ -172,3 +173,30 @@ def test_the_unit_runs_as_its_own_user_on_a_read_only_system():
     assert "User=cued\n" in unit
     assert "ProtectSystem=strict\n" in unit
     assert "ReadWritePaths=" not in unit  # nothing outside /var/lib/cued given
+
+
+def test_cued_status_shows_the_daemon_then_each_source():
+    answer = {
+        "version": "0.1.0",
+        "started_at": 0.0,
+        "uptime_s": 3725.2,
+        "sources": [
+            {"name": "drop", "kind": "files", "state": "taking events"},
+            {"name": "orders", "kind": "kafka", "state": "held back"},
+        ],
+        "backlog": 120,
+        "saturated": True,
+        "active_runs": 8,
+        "config_version": None,
+        "last_reload": None,
+    }
+    assert render.status(answer).splitlines() == [
+        "cued 0.1.0, up 1h 2m 5s",
+        "active runs: 8",
+        "backlog: 120 (saturated: sources held back)",
+        "config version: not recorded",
+        "last reload: none",
+        "sources:",
+        "  drop    files     taking events",
+        "  orders  kafka     held back",
+    ]
