@@ -59,8 +59,16 @@ $(CURL):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y curl \
 		|| (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y curl)
 
+# The unit file is checked by systemd's own tools (tests/e2e/test_service_unit.py:
+# `systemd-analyze verify` and `security`), from Debian's systemd package; it is not run
+# as PID 1 here, only its tools are used.
+SYSTEMD_ANALYZE := /usr/bin/systemd-analyze
+$(SYSTEMD_ANALYZE):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y systemd \
+		|| (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y systemd)
+
 # Two workers: most tests wait on processes, sockets and fsync, not on a core.
-test: check $(CHROMIUM) $(CURL)
+test: check $(CHROMIUM) $(CURL) $(SYSTEMD_ANALYZE)
 	$(BIN)/pytest -q -n 2
 
 # Lanes (tests/conftest.py): tests/unit/ is pure, tests/integration/ uses one real component

@@ -12,6 +12,10 @@ async with tracing, store, http client, task group:
     signals             SIGTERM/SIGINT: sources stop, running tasks may finish for
                         `shutdown_grace`, the rest is cancelled (and runs again on restart);
                         SIGHUP: reload the configuration file (daemon/runtime/reload.py)
+    systemd             READY=1 once all of the above is up, STATUS=, watchdog pings while
+                        the daemon makes progress, RELOADING=1 then READY=1 around a
+                        reload, STOPPING=1 at SIGTERM; HTTP on the sockets it passes
+                        (daemon/service/)
 ```
 """
 
@@ -38,17 +42,26 @@ from cued.daemon.core.ids import now
 from cued.daemon.errors import CuedError
 from cued.daemon.logs import get_logger
 from cued.daemon.ops.local import Local
+from cued.daemon.ops.status import Reload
 from cued.daemon.runtime.alerts import Alerts
 from cued.daemon.runtime.backlog import Backlog
 from cued.daemon.runtime.intake import DaemonIntake
 from cued.daemon.runtime.metrics import Metrics
-from cued.daemon.runtime.reload import Reloader
+from cued.daemon.runtime.reload import Reloader, ReloadOutcome
 from cued.daemon.runtime.retention import prune_periodically
 from cued.daemon.runtime.runner import Runner
 from cued.daemon.runtime.sources import SourceSet
 from cued.daemon.runtime.spending import StoreSpending
+from cued.daemon.runtime.supervision import Supervision
 from cued.daemon.runtime.telemetry import TracedTransport, open_tracing
 from cued.daemon.sdk.sources import SourceContext
+from cued.daemon.service.activation import inherited_sockets, loopback_only
+from cued.daemon.service.notify import (
+    Notifier,
+    discard_service_environment,
+    watchdog_interval_s,
+)
+from cued.daemon.service.watchdog import Progress, ServiceNotices
 from cued.daemon.store.copying import copy_state
 from cued.daemon.store.filemodes import private_file
 from cued.daemon.store.opening import open_store_at
@@ -409,6 +422,20 @@ class _Sources:
             self.front.settle()
 
 
+def _progress(store: Store, intake: DaemonIntake, supervision: Supervision) -> Progress:
+    return Progress(
+        writer_stalled_s=store.writer_stalled_s(),
+        intake_stalled_s=intake.stalled_s(),
+        ended_sources=tuple(supervision.ended_sources()),
+    )
+
+
+def _address(sock: socket.socket) -> tuple[str, int] | None:
+    """Where a TCP socket listens (None for a Unix one)."""
+    name = sock.getsockname()
+    return (str(name[0]), int(name[1])) if isinstance(name, tuple) else None
+
+
 def _host(host: str) -> str:
     """A host as it goes in a URL: an IPv6 address in brackets."""
     return f"[{host}]" if ":" in host else host
@@ -440,6 +467,7 @@ class DaemonInfo:
     metrics: Metrics | None = None
     reloader: Reloader | None = None
     sources: SourceSet | None = None
+    supervision: Supervision | None = None
 
 
 async def run_daemon(
@@ -454,16 +482,61 @@ async def run_daemon(
     """
     log = get_logger()
     socket_path = control_socket_path(config.state_path)
+    systemd = _Systemd.from_environment()
     # Signals are caught from the start: one that arrives while the daemon starts up is
     # acted on once it is up, instead of killing it half-started.
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        await _serve(config, signals, task_status)
+    try:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            await _serve(config, signals, systemd, task_status)
+    finally:
+        systemd.notifier.close()
     socket_path.unlink(missing_ok=True)
     log.info("daemon_stopped")
 
 
+@dataclass(frozen=True)
+class _Systemd:
+    """What systemd gave the daemon: a notification socket, a watchdog interval and
+    listening sockets (each absent when the daemon runs without systemd)."""
+
+    notifier: Notifier
+    watchdog_s: float | None
+    sockets: list[socket.socket]
+
+    @classmethod
+    def from_environment(cls) -> _Systemd:
+        pid = os.getpid()
+        found = cls(
+            Notifier.from_environment(os.environ),
+            watchdog_interval_s(os.environ, pid),
+            inherited_sockets(os.environ, pid),
+        )
+        discard_service_environment(os.environ)  # no task's process acts on them
+        return found
+
+
+def _listening(config: Config, systemd: _Systemd) -> list[socket.socket]:
+    """The HTTP front's sockets: those systemd passed, else one bound to [http] listen.
+
+    :raises CuedError: if the API is open (no [auth.users]) and a passed socket listens
+        beyond loopback, which ``cued validate`` refuses for ``listen`` too
+    """
+    if systemd.sockets:
+        if not config.auth.users and not loopback_only(systemd.sockets):
+            raise CuedError(
+                "systemd passed a socket that listens beyond loopback, and with no "
+                "[auth.users] the API and UI take no token: set ListenStream= to "
+                "127.0.0.1:PORT or [::1]:PORT, or add [auth.users.NAME] with tokens"
+            )
+        return systemd.sockets
+    return [_bind(config.http.listen)] if config.http.listen else []
+
+
 async def _serve(
-    config: Config, signals: AsyncIterator[int], task_status: anyio.abc.TaskStatus[DaemonInfo]
+    config: Config,
+    signals: AsyncIterator[int],
+    systemd: _Systemd,
+    task_status: anyio.abc.TaskStatus[DaemonInfo],
 ) -> None:
     log = get_logger()
     socket_path = control_socket_path(config.state_path)
@@ -483,6 +556,8 @@ async def _serve(
         store.on_commit(partial(publish_committed, live))
         await tg.start(live.serve)  # at shutdown, ends open streams: no server waits on them
         up, stopping = anyio.Event(), anyio.Event()
+        supervision = Supervision(lambda: runner.backlog.saturated)
+        supervision.config_version = version
 
         def ready() -> bool:
             return up.is_set() and not stopping.is_set()
@@ -491,7 +566,7 @@ async def _serve(
         users = _users(config)
         # the sources reach the web front, which is made after the API that reloads them
         build_sources = _Sources(config, intake)
-        sources_set = SourceSet(build_sources)
+        sources_set = SourceSet(build_sources, supervision)
         reloader = Reloader(
             config,
             version,
@@ -511,6 +586,7 @@ async def _serve(
             ready=ready,
             access=access,
             reloader=reloader,
+            supervised=supervision,
         )
         front = WebFront(
             with_ui(api, runner, intake, users, access),  # UI: daemon/ui
@@ -526,6 +602,7 @@ async def _serve(
                     metrics=metrics,
                     ready=ready,
                     reloader=reloader,
+                    supervised=supervision,
                 ),
                 config.http.max_body_bytes,
             ),
@@ -542,12 +619,11 @@ async def _serve(
         # 503 (not 404) until the source has started
         sources_set.build(config.sources)
         address = None
-        if config.http.listen:
-            sock = _bind(config.http.listen)
-            address = sock.getsockname()[:2]
+        if listening := _listening(config, systemd):
+            address = _address(listening[0])
             # one memo per connection: the open API learns who opened it once (api_auth)
             await tg.start(
-                partial(serve_asgi, front, sockets=[sock], http=PerConnection, grace_s=grace)
+                partial(serve_asgi, front, sockets=listening, http=PerConnection, grace_s=grace)
             )
         async with anyio.create_task_group() as sources_tg:
             await sources_tg.start(sources_set.serve)
@@ -565,10 +641,27 @@ async def _serve(
                 pipelines=sorted(config.pipelines),
                 sources=sorted(config.sources),
                 config_version=version,
+                socket_activated=bool(systemd.sockets),
             )
+            notices = ServiceNotices(
+                systemd.notifier,
+                runner,
+                supervision,
+                partial(_progress, store, intake, supervision),
+                watchdog_s=systemd.watchdog_s,
+            )
+            store.on_commit(notices.changed)
+            runner.backlog.on_change(notices.changed)
+            reloader.on_reload(_ReloadNotices(notices, supervision))
             up.set()
+            # the store is open, unfinished runs resumed, every source takes events and
+            # the HTTP front listens: `After=cued.service` may count on all of it now
+            notices.ready()
+            await tg.start(notices.run)  # after READY=1: its first STATUS= follows it
             task_status.started(
-                DaemonInfo(runner, intake, address, live, metrics, reloader, sources_set)
+                DaemonInfo(
+                    runner, intake, address, live, metrics, reloader, sources_set, supervision
+                )
             )
             async for signum in signals:
                 if signum == signal.SIGHUP:
@@ -576,13 +669,35 @@ async def _serve(
                     continue
                 log.info("daemon_stopping", signal=signal.Signals(signum).name, grace_s=grace)
                 break
+            notices.stopping()
             stopping.set()
+            supervision.stopping()
             sources_tg.cancel_scope.cancel()
         with anyio.move_on_after(grace):
             await runner.drain()
         if left := runner.slots.running_tasks:
             log.warning("daemon_stopping_tasks", running=left, note="they run again on restart")
         tg.cancel_scope.cancel()
+
+
+class _ReloadNotices:
+    """Tells systemd (``RELOADING=1``, then ``READY=1``) and ``cued status`` of each
+    reload."""
+
+    def __init__(self, notices: ServiceNotices, supervision: Supervision) -> None:
+        self._notices = notices
+        self._supervision = supervision
+
+    def reload_began(self) -> None:
+        self._notices.reloading()
+
+    def reload_ended(self, outcome: ReloadOutcome) -> None:
+        error = "; ".join(outcome.problems) or None
+        self._supervision.reloaded(
+            Reload(outcome.ended_at, "applied" if outcome.applied else "refused", error),
+            outcome.version,
+        )
+        self._notices.ready()
 
 
 async def _record_version(config: Config, store: Store) -> int | None:

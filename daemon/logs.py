@@ -1,17 +1,38 @@
-"""structlog set-up: JSON lines when not on a terminal, pretty on a terminal, and never a
-secret the daemon resolved (see :mod:`cued.daemon.config.secrets`)."""
+"""structlog set-up: JSON lines when not on a terminal, pretty on a terminal, journald's
+format under systemd, and never a secret the daemon resolved (see
+:mod:`cued.daemon.config.secrets`).
+
+Under systemd (``JOURNAL_STREAM`` names the device and inode of stderr), each record is
+one line ``<N>event key=value ...``: ``N`` is the syslog priority journald files it under
+(``journalctl -p warning``), and there is no timestamp, journald stamps each line itself.
+A stderr redirected to a file or a pipe keeps JSON lines even under systemd: the variable
+is inherited, the inode is not the same.
+"""
 
 from __future__ import annotations
 
+import json as _json
 import logging
+import os
+import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from cued.daemon.config import secrets
+from cued.daemon.core.untrusted import decimal
 
-__all__ = ["configure_logging", "get_logger", "redact_secrets"]
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "configure_logging",
+    "get_logger",
+    "journal_line",
+    "redact_secrets",
+    "stderr_is_journal",
+]
 
 #: Values a log line holds as they are; any other is checked as its ``repr``, which is
 #: what the JSON renderer prints of it.
@@ -25,16 +46,62 @@ _LEVELS = {
 }
 
 
+#: syslog priorities (``sd-daemon(3)``'s ``SD_WARNING`` and so on) of structlog's levels
+_PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+# printable ASCII but space, '"', '=' and '\\': any other value is quoted as JSON, which
+# escapes control characters (a record stays one line, no terminal escape gets through)
+_BARE = re.compile(r"[!#-<>-\[\]-~]+")
+
+
+def stderr_is_journal(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether stderr is the stream systemd connected to the journal: ``JOURNAL_STREAM``
+    is ``DEVICE:INODE`` of it (``systemd.exec(5)``)."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    expected = (decimal(device, max_digits=20), decimal(inode, max_digits=20))
+    if None in expected:
+        return False
+    try:
+        found = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):  # stderr closed, or not a real file
+        return False
+    return (found.st_dev, found.st_ino) == expected
+
+
+def _value(value: Any) -> str:
+    text = value if isinstance(value, str) else _json.dumps(value, default=repr)
+    # JSON escapes every control character: the record stays one line
+    return text if _BARE.fullmatch(text) else _json.dumps(text)
+
+
+def journal_line(logger: Any, method_name: str, event_dict: structlog.typing.EventDict) -> str:
+    """A structlog renderer: ``<N>event key=value ...``, one line, no timestamp."""
+    priority = _PRIORITIES.get(str(event_dict.pop("level", method_name)), 6)
+    event = str(event_dict.pop("event", ""))
+    fields = " ".join(f"{_value(str(key))}={_value(value)}" for key, value in event_dict.items())
+    head = _value(event)
+    return f"<{priority}>{head}{' ' + fields if fields else ''}"
+
+
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
-    """Log to stderr, JSON lines unless stderr is a terminal (or ``json`` says otherwise)."""
+    """Log to stderr: journald's format when stderr is the journal, else JSON lines
+    unless stderr is a terminal (or ``json`` says otherwise)."""
+    journal = json is None and stderr_is_journal()
     if json is None:
         json = not sys.stderr.isatty()
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    renderer: Any = (
+        journal_line
+        if journal
+        else structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer()
+    )
+    stamp: list[Any] = [] if journal else [structlog.processors.TimeStamper(fmt="iso", utc=True)]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *stamp,
             structlog.processors.format_exc_info,
             redact_secrets,  # after the traceback became text: it may quote one too
             renderer,

@@ -58,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
     """Do what ``args`` (parsed) say; returns the exit status."""
     if args.command == "init":
         return _init(args)
-    if args.command in ("reload", "config"):
-        # these must work when the file is invalid: a rollback is how to mend it
+    if args.command in ("reload", "config", "status"):
+        # these must work when the file is invalid: a rollback is how to mend it, and
+        # the daemon runs on its last good configuration meanwhile
         config = _state_of(args.config)
         configure_logging(config.daemon.log_level)
         return anyio.run(_COMMANDS[args.command], config, args)
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         return anyio.run(_store_copy, args)
     config = load_config(args.config)
     configure_logging(config.daemon.log_level)
+    if args.command == "service":
+        return _service(config, args)
     if args.command == "validate":
         if args.strict and (problems := environment_problems(config, args.config)):
             raise ConfigError(problems, list(config.warnings))
@@ -339,6 +342,37 @@ async def _approvals(config: Config, args: argparse.Namespace) -> int:
         for g in gates
     )
     _table(table)
+    return 0
+
+
+async def _status(config: Config, args: argparse.Namespace) -> int:
+    try:
+        answer = (await _control(config, "GET", "/api/v1/status")).json()
+    except DaemonUnavailable as exc:
+        sys.stderr.write(f"cued: not running ({exc})\n")
+        return 3  # what `systemctl status` and LSB init scripts say of a stopped service
+    _out(render.status(answer))
+    return 0
+
+
+def _service(config: Config, args: argparse.Namespace) -> int:
+    # imported here: only these two commands need them
+    from cued.daemon.service.install import install, unit_settings
+    from cued.daemon.service.unit import render_unit
+
+    path = Path(args.config)
+    if args.service_command == "unit":
+        sys.stdout.write(render_unit(unit_settings(config, path, user=args.user)))
+        return 0
+    done = install(config, path, user=args.user, unit_dir=Path(args.unit_dir))
+    for warning in done.warnings:
+        sys.stderr.write(f"cued: warning: {warning}\n")
+    created = "created" if done.user_created else "kept"
+    _out(f"user {args.user!r} {created}; folders: {', '.join(map(str, done.folders))}")
+    _out(f"wrote {done.unit_path}")
+    if not done.reloaded:
+        _out("systemd does not run here: run `systemctl daemon-reload` where it does")
+    _out("next: systemctl enable --now cued")
     return 0
 
 
@@ -723,6 +757,7 @@ def _write_whole(path: Path, text: str) -> None:
 _COMMANDS = {
     "reload": _reload,
     "config": _config,
+    "status": _status,
     "logs": _logs,
     "retry": _retry,
     "clear": _retry,

@@ -112,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     _more_commands(sub)
     _pause_parsers(sub)
     _config_parsers(sub)
+    _service_parsers(sub)
     # `cued validate --config F` as well as `cued --config F validate`: each command takes
     # the global options too, and sets them only when given there (SUPPRESS), so the one
     # before the command stays in force otherwise
@@ -192,6 +193,33 @@ def _logs_parser(sub: Any) -> None:
     logs.add_argument("--attempt", "-a", type=_attempt, help="only this attempt's")
     logs.add_argument(
         "--follow", "-f", action="store_true", help="print lines as they come, until the run ends"
+    )
+
+
+def _service_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sub.add_parser(
+        "status",
+        help="the running daemon: version, uptime, sources, backlog, active runs "
+        "(status 3 if none runs)",
+    )
+    service = sub.add_parser("service", help="run cued as a systemd service")
+    verbs = service.add_subparsers(dest="service_command", required=True, metavar="COMMAND")
+    unit = verbs.add_parser("unit", help="print the systemd unit for this configuration")
+    install = verbs.add_parser(
+        "install",
+        help="create the user and folders and write the unit (as root)",
+        description="Create the daemon's system user (and group), give it the state "
+        "folder and the folders of files sources, let its group read the configuration, "
+        "and write cued.service; then: systemctl enable --now cued.",
+    )
+    for parser in (unit, install):
+        parser.add_argument("--user", default="cued", type=_text, help="the OS user (cued)")
+        _global_options(parser, default=argparse.SUPPRESS)
+    install.add_argument(
+        "--unit-dir",
+        default="/etc/systemd/system",
+        type=_text,
+        help="where to write cued.service (/etc/systemd/system)",
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cued.daemon.ops.follow import AttemptEnded, AttemptStarted, RunSettled
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from cued.daemon.ops.follow import Change
 
-__all__ = ["RunView", "colour", "run_view", "table"]
+__all__ = ["RunView", "colour", "run_view", "status", "table"]
 
 #: The colour of each run, task or event state, on a terminal.
 _STYLES = {
@@ -181,3 +181,35 @@ class _LiveView:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _uptime(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h {minutes}m" if days else f"{hours}h {minutes}m {secs}s"
+
+
+def status(answer: dict[str, Any]) -> str:
+    """``cued status``: the daemon, then one line per source (the API's answer)."""
+    version = answer.get("config_version") or "not recorded"
+    reload = answer.get("last_reload")
+    lines = [
+        f"cued {answer['version']}, up {_uptime(answer['uptime_s'])}",
+        f"active runs: {answer['active_runs']}",
+        f"backlog: {answer['backlog']}"
+        + (" (saturated: sources held back)" if answer["saturated"] else ""),
+        f"config version: {version}",
+        "last reload: "
+        + (
+            "none"
+            if not reload
+            else f"{reload['outcome']}" + (f" ({reload['error']})" if reload.get("error") else "")
+        ),
+        "sources:",
+    ]
+    width = max((len(s["name"]) for s in answer["sources"]), default=0)
+    lines.extend(f"  {s['name']:<{width}}  {s['kind']:<9} {s['state']}" for s in answer["sources"])
+    if not answer["sources"]:
+        lines.append("  (none configured)")
+    return "\n".join(lines)

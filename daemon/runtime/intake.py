@@ -86,6 +86,7 @@ class _Request:
     events: list[Event]
     cursor: str | None
     acknowledge: Callable[[list[Receipt]], None] | None = None
+    at: float = field(default_factory=anyio.current_time)
     receipts: list[Receipt] = field(default_factory=list)
     error: BaseException | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
@@ -124,6 +125,7 @@ class DaemonIntake:
         self._tracing = tracing or Tracing()
         self._triggers = _by_source(config.triggers)
         self._queue: list[_Request] = []
+        self._waiting: set[_Request] = set()  # handed in, not yet answered
         self._wake = anyio.Event()
         self._pending_ids: set[str] = set()
         self._pending_keys: set[tuple[str, str]] = set()
@@ -164,11 +166,22 @@ class DaemonIntake:
             return []
         request = _Request(list(events), cursor, acknowledge)
         self._queue.append(request)
+        self._waiting.add(request)
         self._wake.set()
-        await request.done.wait()
+        try:
+            await request.done.wait()
+        finally:
+            self._waiting.discard(request)
         if request.error is not None:
             raise StoreError(f"events were not recorded: {request.error}") from request.error
         return request.receipts
+
+    def stalled_s(self) -> float:
+        """How long the oldest event handed in has waited to be recorded (0.0 when none
+        waits): the watchdog's measure of sources that hand in and get no answer."""
+        if not self._waiting:
+            return 0.0
+        return max(0.0, anyio.current_time() - min(r.at for r in self._waiting))
 
     # -- the loop ---------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from cued.daemon.config import SourceConfig
+    from cued.daemon.runtime.supervision import Supervision
     from cued.daemon.sdk.sources import Source
 
 __all__ = ["BuildSource", "RunningSource", "SourceSet"]
@@ -59,10 +60,12 @@ class SourceSet:
     """The daemon's sources; serve them with :meth:`serve` in the daemon's task group.
 
     :param build: makes a source instance from its settings
+    :param supervision: told of each source's state (``cued status``, the watchdog)
     """
 
-    def __init__(self, build: BuildSource) -> None:
+    def __init__(self, build: BuildSource, supervision: Supervision | None = None) -> None:
         self._build = build
+        self._supervision = supervision
         self._running: dict[str, RunningSource] = {}
         self._pending: list[tuple[str, SourceConfig, Source]] = []
         self._tg: anyio.abc.TaskGroup | None = None
@@ -149,6 +152,8 @@ class SourceSet:
         its paths)."""
         stopping = [self._running.pop(n) for n in names if n in self._running]
         for running in stopping:
+            if self._supervision is not None:
+                self._supervision.forget(running.name)
             running.scope.cancel()
         for running in stopping:
             await running.ended.wait()
@@ -159,6 +164,8 @@ class SourceSet:
     async def _start(self, name: str, config: SourceConfig, source: Source) -> None:
         assert self._tg is not None, "the sources are not served"
         running = RunningSource(name, config, source)
+        if self._supervision is not None:
+            self._supervision.add(name, config.kind)
         await self._tg.start(self._run, running)
         self._running[name] = running
 
@@ -167,6 +174,11 @@ class SourceSet:
     ) -> None:
         try:
             with running.scope:
-                await running.source.run(task_status=task_status)
+                if self._supervision is None:
+                    await running.source.run(task_status=task_status)
+                else:
+                    await self._supervision.run_source(
+                        running.name, running.source.run, task_status=task_status
+                    )
         finally:
             running.ended.set()

@@ -319,6 +319,11 @@ class Store(Protocol):
         last submitted): for live updates and metrics, which must only ever show what is
         durable. Listeners run in the writer: they must be quick and must not block."""
 
+    def writer_stalled_s(self) -> float:
+        """How long work submitted to the writer has waited without a commit finishing
+        (0.0 while the writer has nothing to do): the watchdog's measure of a wedged
+        writer."""
+
     async def ping(self) -> None:
         """Answer a trivial query (readiness).
 

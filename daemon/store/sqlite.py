@@ -240,6 +240,8 @@ class SqliteStore:
         self._closing = False
         self._failed: StoreError | None = None
         self._chores: deque[_Chore] = deque()
+        # since when the writer has had work and finished none of it (None: idle)
+        self._busy_since: float | None = None
         self.commits = 0
         self.commit_seconds = 0.0
         self._commit_listeners: list[Callable[[float, Sequence[Row]], None]] = []
@@ -267,8 +269,22 @@ class SqliteStore:
         batch = self._batch
         for row in rows:
             batch.add(row)
-        self._wake.set()
+        self._work_came()
         return batch
+
+    def _work_came(self) -> None:
+        if self._busy_since is None:
+            self._busy_since = anyio.current_time()
+        self._wake.set()
+
+    def _work_done(self) -> None:
+        """A commit or a chore finished: the writer made progress; what is still waiting
+        is timed from now."""
+        self._busy_since = anyio.current_time() if (self._batch or self._chores) else None
+
+    def writer_stalled_s(self) -> float:
+        since = self._busy_since
+        return 0.0 if since is None else max(0.0, anyio.current_time() - since)
 
     async def _write_loop(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         task_status.started()
@@ -293,6 +309,7 @@ class SqliteStore:
                         raise self._failed from exc
                     finally:
                         batch.done.set()
+                    self._work_done()
                 batch.done.set()
                 # one chore per turn: the writes submitted meanwhile commit before the next
                 if self._chores:
@@ -344,7 +361,7 @@ class SqliteStore:
             raise StoreError("the store is closed")
         chore = _Chore(work)
         self._chores.append(chore)
-        self._wake.set()
+        self._work_came()
         await chore.done.wait()
         if chore.error is not None:
             raise StoreError(f"{self.where!r}: {chore.error}") from chore.error
@@ -370,6 +387,7 @@ class SqliteStore:
             self.commit_seconds += anyio.current_time() - started
         finally:
             chore.done.set()
+            self._work_done()
 
     def _drop_chores(self, error: StoreError) -> None:
         while self._chores:

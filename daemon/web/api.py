@@ -27,6 +27,8 @@ POST /api/v1/retention/prune                  (operator) delete it now
 GET  /api/v1/config, POST /api/v1/config/reload, GET /api/v1/config/versions[/{version}],
 GET  /api/v1/config/diff                      (operator) config versions, reload: config_api.py
 POST|GET|DELETE /api/v1/session               log in (cookie), who am I, log out
+GET  /api/v1/status                           version, uptime, sources and their state,
+                                              backlog, active runs (`cued status`)
 GET  /healthz, /readyz, /metrics              no token (with no users: to a loopback Host)
 ```
 
@@ -69,6 +71,7 @@ from cued.daemon.errors import (
 from cued.daemon.ops import commands
 from cued.daemon.ops.host import Daemon, Reloading
 from cued.daemon.ops.queries import Queries
+from cued.daemon.ops.status import Supervised, daemon_status
 from cued.daemon.runtime.metrics import CONTENT_TYPE, Metrics
 from cued.daemon.sdk.http_errors import error_response
 from cued.daemon.web.auth import (
@@ -106,6 +109,7 @@ from cued.daemon.web.schemas import (
     Run,
     RunDetail,
     RunPage,
+    Status,
     TriggerBody,
 )
 
@@ -134,6 +138,7 @@ def build_app(
     ready: Callable[[], bool] = lambda: True,
     access: ControlAccess | None = None,
     reloader: Reloading | None = None,
+    supervised: Supervised | None = None,
 ) -> FastAPI:
     """The API app.
 
@@ -145,6 +150,7 @@ def build_app(
     :param access: with no users, the OS users who may call (the daemon's own user and
         root if not given)
     :param reloader: the daemon's reload (``/api/v1/config`` answers ``404`` without one)
+    :param supervised: the daemon's start and its sources, for ``/api/v1/status``
     """
     app = FastAPI(
         title="cued",
@@ -164,6 +170,7 @@ def build_app(
         ready,
         access or ControlAccess(os.geteuid()),
         reloader,
+        supervised,
     )
     # JSON bodies through cued.daemon.core.untrusted before FastAPI parses them: json.loads
     # takes lone surrogates, depth and NaN that no run or answer can keep
@@ -530,6 +537,14 @@ async def stream(request: Request, ctx: Ctx, caller: Viewer) -> Response:
 
 
 # -- health and metrics ------------------------------------------------------------------
+
+
+@_api.get("/status", response_model=Status, tags=["operations"])
+async def status(ctx: Ctx, caller: Viewer) -> Response:
+    """How the daemon is: version, uptime, sources and their state, backlog, active runs."""
+    if ctx.supervised is None:
+        raise NotFound("this API is not served by a running daemon")
+    return json_response(Status.of(daemon_status(ctx.daemon, ctx.supervised)))
 
 
 @_ops.get("/healthz", response_model=Health)

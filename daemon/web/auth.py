@@ -38,6 +38,7 @@ from starlette.responses import Response
 from cued.daemon.core.loopback import is_loopback_host
 from cued.daemon.ops.host import Daemon, Reloading
 from cued.daemon.ops.queries import Queries
+from cued.daemon.ops.status import Supervised
 from cued.daemon.runtime.metrics import Metrics
 from cued.daemon.web.control import ControlAccess, Peer, os_user_name, peer_of
 from cued.daemon.web.live import Live
@@ -155,6 +156,8 @@ class ApiContext:
     """Who may use the open API (no users): the same OS users as the control socket"""
     reloader: Reloading | None = None
     """The daemon's reload (``None`` where there is none: ``404``)"""
+    supervised: Supervised | None = None
+    """The daemon's own life, for ``/api/v1/status`` (404 without it)"""
 
 
 def _context(request: Request) -> ApiContext:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from cued.daemon.config import PipelineConfig, TriggerConfig
     from cued.daemon.ops import lineage, queries
     from cued.daemon.ops.cursors import Page
+    from cued.daemon.ops.status import DaemonStatus
     from cued.daemon.store import (
         ApprovalRow,
         AttemptRow,
@@ -45,6 +46,7 @@ __all__ = [
     "EventPage",
     "EventSummary",
     "Health",
+    "LastReload",
     "LineageAsset",
     "LineageRun",
     "LogLine",
@@ -61,6 +63,8 @@ __all__ = [
     "RunUpdate",
     "Session",
     "SessionCreated",
+    "SourceState",
+    "Status",
     "TaskBrief",
     "TaskInstance",
     "TaskSpec",
@@ -622,6 +626,53 @@ class SessionCreated(Session):
 class Health(_Model):
     status: str
     checks: dict[str, str]
+
+
+class SourceState(_Model):
+    name: str
+    kind: str
+    state: Literal["starting", "taking events", "held back", "stopped", "failed"] = Field(
+        description="held back: the backlog is saturated and the source pauses"
+    )
+
+
+class LastReload(_Model):
+    at: float
+    outcome: str
+    error: str | None = None
+
+
+class Status(_Model):
+    """How the running daemon is (``cued status``)."""
+
+    version: str = Field(description="cued's version")
+    started_at: float = Field(description="when the daemon started (Unix time)")
+    uptime_s: float
+    sources: list[SourceState]
+    backlog: int = Field(description="runs waiting for a slot")
+    saturated: bool = Field(description="the backlog is past its high water: sources pause")
+    active_runs: int = Field(description="runs holding a slot now")
+    config_version: int | None = Field(
+        None, description="the version of the configuration it runs (`cued config history`)"
+    )
+    last_reload: LastReload | None = Field(None, description="none before the first reload")
+
+    @classmethod
+    def of(cls, status: DaemonStatus) -> Self:
+        reload = status.last_reload
+        return cls(
+            version=status.version,
+            started_at=status.started_at,
+            uptime_s=round(status.uptime_s, 3),
+            sources=[SourceState(name=s.name, kind=s.kind, state=s.state) for s in status.sources],
+            backlog=status.backlog,
+            saturated=status.saturated,
+            active_runs=status.active_runs,
+            config_version=status.config_version,
+            last_reload=None
+            if reload is None
+            else LastReload(at=reload.at, outcome=reload.outcome, error=reload.error),
+        )
 
 
 # -- retention ---------------------------------------------------------------------------
