@@ -90,6 +90,11 @@ Type=notify
 NotifyAccess=main
 ExecStart={" ".join(_quote(a, command=True) for a in settings.command)} \
 --config {_quote(settings.config, command=True)} run
+# `systemctl reload cued`: the daemon checks the file first and keeps its running config
+# if it is invalid; this command waits for the outcome, so a refused reload shows as a
+# failed one in `systemctl reload` and the journal (Type=notify-reload needs systemd 253)
+ExecReload={" ".join(_quote(a, command=True) for a in settings.command)} \
+--config {_quote(settings.config, command=True)} reload
 # pings come only while the event loop, the store writer and the sources make progress
 WatchdogSec={_WATCHDOG_S}s
 Restart=on-failure

@@ -1,7 +1,8 @@
 """The unit `cued service install` writes, run by systemd itself (PID 1 of namespaces of
 its own, see tests/support/systemd_pid1.py): `systemctl start` returns once the daemon is
 ready, and it is, whole, at that moment; the hardened sandbox lets the daemon and a shell
-task run; `systemctl stop` ends it cleanly; a wedged store writer gets it restarted by
+task run; `systemctl reload` applies a good file and fails on a broken one;
+`systemctl stop` ends it cleanly; a wedged store writer gets it restarted by
 systemd's watchdog.
 
 It runs as root (`--user root`), not as a user of its own: the Python of this machine
@@ -145,6 +146,20 @@ def test_systemd_starts_the_installed_unit_when_ready_runs_it_hardened_and_stops
                 f"http://127.0.0.1:{port}/api/v1/runs", timeout=30
             ).text
             time.sleep(0.05)
+
+        # `systemctl reload` waits for the daemon's answer: applied, or refused (a failed
+        # reload) with the running configuration kept
+        good = config.read_text() + '\n[pipelines.added.tasks.t]\nkind = "sleep"\n'
+        config.write_text(good)
+        reloaded = systemd.systemctl("reload", "cued.service")
+        assert reloaded.returncode == 0, reloaded.stderr
+        status = httpx.get(f"http://127.0.0.1:{port}/api/v1/status", timeout=30).json()
+        assert (status["config_version"], status["last_reload"]["outcome"]) == (2, "applied")
+        config.write_text(good + "\n[pipelines.broken]\nnot_a_key = 1\n")
+        refused = systemd.systemctl("reload", "cued.service")
+        assert refused.returncode != 0
+        assert systemd.show("cued", "ActiveState") == {"ActiveState": "active"}
+        config.write_text(good)  # the restart below reads the file again
 
         _wedge_the_writer_until_the_watchdog_restarts_it(systemd, folder, port)
 
