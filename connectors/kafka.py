@@ -71,8 +71,7 @@ from cued.daemon.sdk import (
     CuedError,
     Duration,
     Event,
-    json_value,
-    looks_like_json,
+    message_value,
     now,
     parse_traceparent,
     resolve_secret,
@@ -188,27 +187,9 @@ def _secret(value: str, base_dir: Path) -> str:
         raise ConnectorError(str(exc)) from exc
 
 
-def _value(value: bytes | None) -> tuple[Any, str, str | None]:
-    """A message's value as ``(data, encoding, error)``: see the module's documentation."""
-    if value is None:
-        return None, "none", None
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        return text_or_base64(value)[0], "base64", None
-    if not text.strip():  # json_value reads an empty body as null; a message is text
-        return text, "text", None
-    parsed = json_value(value)
-    if parsed.error is None:
-        return parsed.data, "json", None
-    if looks_like_json(value):
-        return parsed.data, "text", parsed.error
-    return text, "text", None
-
-
 def message_event(source: str, record: ConsumerRecord[Any, Any], received_at: float) -> Event:
     """The event for one consumed message (its value and key still bytes); never raises."""
-    data, encoding, error = _value(record.value)
+    data, encoding, error = message_value(record.value)
     binary: list[str] = []
     key: str | None = None
     if record.key is not None:
