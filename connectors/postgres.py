@@ -29,9 +29,9 @@ Backpressure: while the daemon's backlog is saturated, the source reads nothing.
 What an event holds:
 
 * ``data``: the row, column name to value: numbers, text and booleans as they are;
-  ``numeric`` as an integer when whole, else a float; times, dates and intervals as ISO
-  8601 text (intervals in seconds); ``uuid`` as text; ``bytea`` as base64 (``meta.base64``
-  names the columns); ``json`` and ``jsonb`` parsed, through the same reading as any body
+  ``numeric`` as an integer when whole, else a float; times and dates as ISO 8601 text,
+  intervals in seconds; ``uuid`` as text; ``bytea`` as base64 (``meta.base64`` names the
+  columns), as :func:`cued.daemon.sdk.db_value` reads them; ``json`` and ``jsonb`` parsed, through the same reading as any body
   from outside: a value cued cannot keep (nested deeper than 64 levels, say) makes the
   event ``invalid``, recorded like any other and passed (the cursor moves on).
 * ``meta``: ``table``, ``cursor`` (the cursor column's value as text), and ``base64``
@@ -40,12 +40,7 @@ What an event holds:
 
 from __future__ import annotations
 
-import base64
-import datetime
-import decimal
-import math
 import re
-import uuid
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import anyio
@@ -59,6 +54,7 @@ from cued.daemon.sdk import (
     Duration,
     Event,
     bounded_id,
+    db_value,
     json_value,
     now,
     resolve_secret,
@@ -116,34 +112,6 @@ def quote_identifier(name: str) -> str:
     return ".".join(f'"{part}"' for part in name.split("."))
 
 
-def to_json(value: Any, column: str, binary: list[str]) -> Any:
-    """A value asyncpg read as one JSON can hold (see the module's documentation)."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, decimal.Decimal):
-        if not value.is_finite():
-            return str(value)
-        if value == value.to_integral_value() and value.adjusted() < 18:
-            return int(value)
-        return float(value)
-    if isinstance(value, datetime.timedelta):
-        return value.total_seconds()
-    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        binary.append(column)
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, list | tuple):
-        return [to_json(v, column, binary) for v in value]
-    if isinstance(value, dict):
-        return {str(k): to_json(v, column, binary) for k, v in value.items()}
-    return str(value)
-
-
 def row_event(
     source: str,
     table: str,
@@ -165,7 +133,7 @@ def row_event(
                 errors.append(f"column {column!r}: {parsed.error}")
             data[column] = parsed.data
         else:
-            data[column] = to_json(value, column, binary)
+            data[column] = db_value(value, binary, column)
     meta: dict[str, Any] = {"table": table, "cursor": cursor}
     if binary:
         meta["base64"] = sorted(set(binary))

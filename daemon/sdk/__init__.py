@@ -9,7 +9,8 @@ sources) and ``plugins/`` (task kinds) may use, and an outside plugin should too
 * the errors they raise: :class:`ConnectorError` from a source, :class:`TaskError` (or
   :class:`PermanentTaskError` when retrying cannot help) from a task;
 * what makes outside bytes safe data (:func:`json_value`, :func:`bounded_id`,
-  :func:`os_name`, :func:`message_value` for a broker message's body, ...), cannot fail
+  :func:`os_name`, :func:`message_value` for a broker message's body, :func:`db_value` for a
+  database's, ...), cannot fail
   and is the only way in for a source;
 * config helpers: :data:`Duration` for ``"30s"``-style keys, :func:`resolve_secret` for
   ``env:``/``file:`` values, :func:`mark_secret` to redact a value from logs and outputs;
@@ -36,6 +37,7 @@ from cued.daemon.config.environment import EnvSpec, ProgramEnv, program_env
 from cued.daemon.config.secrets import remember as mark_secret
 from cued.daemon.config.secrets import resolve_secret
 from cued.daemon.core.backoff import backoff_s
+from cued.daemon.core.dbvalues import db_value
 from cued.daemon.core.ids import new_id, now
 from cued.daemon.core.messages import message_value
 from cued.daemon.core.templates import SHELL_QUOTE_FILTERS, TemplateProblem, has_template
@@ -111,6 +113,7 @@ __all__ = [
     "condition_template",
     "current_span",
     "current_traceparent",
+    "db_value",
     "decimal",
     "decode_text",
     "error_response",
