@@ -10,9 +10,12 @@ import anyio
 import httpx
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from cued.connectors.nats import NatsConfig, NatsSource
+from cued.daemon.core.messages import message_value
 from cued.daemon.errors import ConnectorError, PermanentTaskError
 from cued.daemon.sdk.sources import Receipt, SourceContext
 from cued.plugins.nats import MSG_ID_HEADER, NatsPublishTask
@@ -335,3 +338,37 @@ async def _equals(value: Any, expected: Any) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+@settings(max_examples=15, deadline=None)
+@given(bodies=st.lists(st.binary(max_size=300), min_size=1, max_size=8))
+def test_bodies_of_any_bytes_through_the_server_are_each_recorded_and_acknowledged(bodies):
+    async def scenario() -> tuple[list[Event], tuple[int, int]]:
+        async with nats_stream(["any.>"]) as (client, stream):
+            for body in bodies:
+                await client.jetstream().publish("any.x", body)
+            intake = _Recording()
+            durable = unique("cued")
+            source = NatsSource(
+                NatsConfig(servers=[NATS_URL], stream=stream, durable=durable, fetch_wait=0.1),
+                _context(intake),
+            )
+            async with anyio.create_task_group() as tg:
+                await tg.start(source.run)
+                await eventually(lambda: _true(len(intake.events) == len(bodies)))
+                state = await eventually(
+                    lambda: _state_when(consumer_state(client, stream, durable), len(bodies))
+                )
+                tg.cancel_scope.cancel()
+            return intake.events, state
+
+    events, state = anyio.run(scenario)
+    assert [e.meta["sequence"] for e in events] == list(range(1, len(bodies) + 1))
+    for body, event in zip(bodies, events, strict=True):
+        assert (event.data, event.meta["encoding"], event.error) == message_value(body)
+    assert state == (len(bodies), 0)
+
+
+async def _state_when(value: Any, acked: int) -> tuple[int, int] | None:
+    state = await value
+    return state if state == (acked, 0) else None
