@@ -218,7 +218,11 @@ class PostgresSource:
                 with anyio.fail_after(5.0):
                     return await asyncpg.connect(self._dsn)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                fatal = isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidCatalogNameError)
+                fatal = isinstance(
+                    exc,
+                    asyncpg.InvalidAuthorizationSpecificationError
+                    | asyncpg.InvalidCatalogNameError,
+                )
                 if fatal or (deadline is not None and anyio.current_time() + delay >= deadline):
                     raise ConnectorError(
                         f"{self._what}: cannot connect to the database"
@@ -244,7 +248,9 @@ class PostgresSource:
                 table,
             )
         except asyncpg.PostgresError as exc:
-            raise ConnectorError(f"{self._what}: cannot read table {config.table!r}: {exc}") from exc
+            raise ConnectorError(
+                f"{self._what}: cannot read table {config.table!r}: {exc}"
+            ) from exc
         types = {r["attname"]: r["type"] for r in columns}
         if not types:
             raise ConnectorError(f"{self._what}: the table {config.table!r} does not exist")
@@ -266,7 +272,9 @@ class PostgresSource:
         json_columns = frozenset(n for n, t in types.items() if t in ("json", "jsonb"))
         return query, json_columns
 
-    async def _read(self, conn: asyncpg.Connection, query: str, json_columns: frozenset[str]) -> None:
+    async def _read(
+        self, conn: asyncpg.Connection, query: str, json_columns: frozenset[str]
+    ) -> None:
         """Read and record one batch; wait for a NOTIFY or the poll interval if it was
         not full."""
         intake = self.ctx.intake
@@ -299,4 +307,3 @@ async def _close(conn: asyncpg.Connection) -> None:
 
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
-

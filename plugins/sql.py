@@ -205,9 +205,7 @@ class SqlTask:
             except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
                 raise TaskError(f"cannot connect to PostgreSQL: {_describe(exc)}") from exc
             except asyncpg.PostgresError as exc:  # a database or role that does not exist
-                raise PermanentTaskError(
-                    f"cannot connect to PostgreSQL: {_describe(exc)}"
-                ) from exc
+                raise PermanentTaskError(f"cannot connect to PostgreSQL: {_describe(exc)}") from exc
             self._pg[dsn] = pool
             return pool
 
@@ -234,7 +232,9 @@ class SqlTask:
             # lost connections, lock wait timeouts and deadlocks (1205, 1213)
             raise TaskError(f"MariaDB/MySQL: {_describe(exc)}") from exc
         except pymysql.err.MySQLError as exc:
-            raise PermanentTaskError(f"MariaDB/MySQL refused the statement: {_describe(exc)}") from exc
+            raise PermanentTaskError(
+                f"MariaDB/MySQL refused the statement: {_describe(exc)}"
+            ) from exc
 
     async def _mysql_pool(self, dsn: str) -> aiomysql.Pool:
         if (pool := self._mysql.get(dsn)) is not None:
@@ -291,8 +291,7 @@ class SqlTask:
 
 async def _sqlite(dsn: str, params: SqlParams) -> Any:
     path = dsn.removeprefix("sqlite:")
-    if path.startswith("//"):  # sqlite:///abs/path -> /abs/path
-        path = path[2:]
+    path = path.removeprefix("//")  # sqlite:///abs/path -> /abs/path
     if not path:
         raise PermanentTaskError("the SQLite DSN names no file (sqlite:///path/to/file.db)")
     try:
@@ -377,7 +376,7 @@ def _resolve(value: str) -> str:
             raise PermanentTaskError(f"dsn: environment variable {value[4:]!r} is not set")
     elif value.startswith("file:"):
         try:
-            with open(value[5:], encoding="utf-8") as file:  # noqa: ASYNC230 - a small file
+            with open(value[5:], encoding="utf-8") as file:
                 dsn = file.read().strip()
         except OSError as exc:
             raise TaskError(f"dsn: cannot read file {value[5:]!r}: {exc.strerror}") from exc

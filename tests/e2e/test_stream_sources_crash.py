@@ -79,15 +79,15 @@ async def test_kill_9_three_times_while_messages_and_rows_pour_in(tmp_path):
         durable = unique("cued")
         config = tmp_path / "config.toml"
         config.write_text(
-            CONFIG.format(
-                port=free_port(), nats=NATS_URL, stream=stream, durable=durable, dsn=dsn
-            )
+            CONFIG.format(port=free_port(), nats=NATS_URL, stream=stream, durable=durable, dsn=dsn)
         )
         state = tmp_path / "state.db"
 
         async def publish() -> None:
             for n in range(MESSAGES):
-                body = b"{broken %d" % n if n % INVALID_EVERY == 0 else json.dumps({"n": n}).encode()
+                body = (
+                    b"{broken %d" % n if n % INVALID_EVERY == 0 else json.dumps({"n": n}).encode()
+                )
                 await js.publish("orders.new", body)
                 if n % 20 == 0:
                     await anyio.sleep(0.01)
@@ -103,7 +103,8 @@ async def test_kill_9_three_times_while_messages_and_rows_pour_in(tmp_path):
         async with anyio.create_task_group() as tg:
             tg.start_soon(publish)
             tg.start_soon(write_rows)
-            for crashes in range(1, 4):
+            for _ in range(3):
+                crashes += 1
                 daemon = Daemon(config, state)
                 await daemon.start()
                 seen = _count(state, "orders") + _count(state, "outbox")
@@ -127,7 +128,7 @@ async def test_kill_9_three_times_while_messages_and_rows_pour_in(tmp_path):
                 return info.ack_floor.stream_seq == MESSAGES and info.num_ack_pending == 0
 
             with anyio.fail_after(60):
-                while not await acked():
+                while not await acked():  # noqa: ASYNC110 - the server's state: nothing to wait on
                     await anyio.sleep(0.05)
         finally:
             assert daemon.stop() == 0
@@ -152,7 +153,9 @@ async def test_kill_9_three_times_while_messages_and_rows_pour_in(tmp_path):
     inputs = [w for (w,) in query(state, "SELECT json_extract(inputs, '$.what') FROM runs")]
     assert len(inputs) == len(set(inputs))  # no message or row ran twice
     assert query(state, "SELECT count(*) FROM runs WHERE state != 'succeeded'") == [(0,)]
-    assert query(state, "SELECT cursor FROM source_cursors WHERE source = 'outbox'") == [(str(ROWS),)]
+    assert query(state, "SELECT cursor FROM source_cursors WHERE source = 'outbox'") == [
+        (str(ROWS),)
+    ]
 
 
 def _count(state, source: str) -> int:

@@ -206,9 +206,7 @@ async def test_a_stream_that_does_not_exist_fails_the_start_naming_it():
 
 async def test_an_unreachable_server_fails_the_start_naming_it():
     source = NatsSource(
-        NatsConfig(
-            servers=["nats://127.0.0.1:1"], stream="S", durable="cued", connect_timeout=0.5
-        ),
+        NatsConfig(servers=["nats://127.0.0.1:1"], stream="S", durable="cued", connect_timeout=0.5),
         _context(_Recording()),
     )
     with pytest.raises(ConnectorError, match=r"nats://127\.0\.0\.1:1.*connect_timeout"):

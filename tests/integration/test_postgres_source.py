@@ -125,10 +125,18 @@ async def test_new_rows_become_events_and_a_restart_reads_on_after_the_last(make
     assert cursor == "4"
     assert sorted(first) == [f"outbox:outbox:{n}" for n in range(1, 5)]
     order = first["outbox:outbox:1"]
-    assert (order.status, order.data["body"], order.meta["cursor"]) == ("matched", {"id": "o1"}, "1")
+    assert (order.status, order.data["body"], order.meta["cursor"]) == (
+        "matched",
+        {"id": "o1"},
+        "1",
+    )
     assert first["outbox:outbox:2"].status == "unmatched"
     money = first["outbox:outbox:4"]
-    assert (money.data["amount"], money.data["raw"], money.meta["base64"]) == (12.5, "/wA=", ["raw"])
+    assert (money.data["amount"], money.data["raw"], money.meta["base64"]) == (
+        12.5,
+        "/wA=",
+        ["raw"],
+    )
     assert len(events) == 5
 
 
@@ -202,10 +210,14 @@ async def test_a_saturated_backlog_stops_reading_until_it_drains(make_config):
         await conn.execute(OUTBOX)
         await insert(conn, *[("order", {"id": f"o{i}"}) for i in range(100)])
         text = (
-            config_toml(dsn, "max_batch = 10", daemon="backlog_high_water = 5\nbacklog_low_water = 2")
+            config_toml(
+                dsn, "max_batch = 10", daemon="backlog_high_water = 5\nbacklog_low_water = 2"
+            )
             .replace("tests.support.probes:record", "tests.integration.test_postgres_source:held")
             .replace("args = { name =", "args = { order_id =")
-            .replace('inputs = { order_id = "" }', 'max_active_runs = 1\ninputs = { order_id = "" }')
+            .replace(
+                'inputs = { order_id = "" }', 'max_active_runs = 1\ninputs = { order_id = "" }'
+            )
         )
         async with daemon_running(make_config(text)) as info:
             backlog = info.runner.backlog
@@ -231,7 +243,7 @@ async def test_a_table_or_cursor_column_that_is_not_there_fails_the_start():
         with pytest.raises(ConnectorError, match="'nope' does not exist"):
             await missing_table.run()
         missing_column = PostgresSource(PostgresConfig(dsn=dsn, table="outbox"), _context())
-        with pytest.raises(ConnectorError, match="no column 'id'.*'seq'"):
+        with pytest.raises(ConnectorError, match=r"no column 'id'.*'seq'"):
             await missing_column.run()
 
 
@@ -253,7 +265,8 @@ async def test_a_timestamp_cursor_reads_in_time_order(make_config):
         )
         intake = _Recording()
         source = PostgresSource(
-            PostgresConfig(dsn=dsn, table="outbox", cursor="at", poll_interval=0.05), _context(intake)
+            PostgresConfig(dsn=dsn, table="outbox", cursor="at", poll_interval=0.05),
+            _context(intake),
         )
         async with anyio.create_task_group() as tg:
             await tg.start(source.run)
@@ -283,8 +296,7 @@ def test_the_config_refuses_what_cannot_work(extra):
 def test_validate_names_the_line_of_a_bad_table(make_config):
     with pytest.raises(ConfigError, match=r"config\.toml:4: sources\.outbox\.table"):
         make_config(
-            '[sources.outbox]\nkind = "postgres"\ndsn = "postgresql://x/y"\n'
-            'table = "a;b"\n'
+            '[sources.outbox]\nkind = "postgres"\ndsn = "postgresql://x/y"\ntable = "a;b"\n'
         )
 
 

@@ -101,7 +101,9 @@ COUNTER = iter(range(1, 10**9))
 INSERTED: dict[str, int] = {}
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(note=HOSTILE)
 def test_a_bound_parameter_is_stored_as_given_whatever_it_holds(database, note):
     driver, dsn = database
