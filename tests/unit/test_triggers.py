@@ -103,7 +103,7 @@ def problems(extra: str) -> list[tuple[int | None, str, str]]:
             '[sources.x]\nkind = "ftp"\n',
             12,
             "sources.x.kind",
-            "unknown source kind 'ftp' (known: files, kafka, schedule, webhook)",
+            "unknown source kind 'ftp' (known: files, kafka, nats, postgres, schedule, webhook)",
             id="unknown-source-kind",
         ),
         pytest.param(
