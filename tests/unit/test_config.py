@@ -171,7 +171,10 @@ ONE_PROBLEM = [
         """,
         2,
         "pipelines.p.tasks.a.kind",
-        ["unknown task kind 'bash'", "known: approval, http, kafka, llm, nats, python, shell, sleep, sql"],
+        [
+            "unknown task kind 'bash'",
+            "known: approval, http, kafka, llm, nats, python, shell, sleep, sql",
+        ],
         id="unknown-kind",
     ),
     pytest.param(
