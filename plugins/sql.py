@@ -47,6 +47,7 @@ import pymysql  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cued.daemon.sdk import (
+    DataCheckFailed,
     ParamProblem,
     PermanentTaskError,
     TaskError,
@@ -349,7 +350,7 @@ def _checked(params: SqlParams, fetched: list[dict[str, Any]], affected: int | N
             raise PermanentTaskError(f"expect {params.expect!r}: {exc}") from exc
         if not holds:
             shown = json.dumps(rows[0], ensure_ascii=False)[:_ROW_SHOWN_CHARS] if rows else None
-            raise PermanentTaskError(
+            raise DataCheckFailed(
                 f"expect {params.expect!r} does not hold: "
                 + (f"first row {shown}" if shown else "no rows")
                 + f" ({len(rows)} rows, {affected if affected is not None else 'none'} affected)"

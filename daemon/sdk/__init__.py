@@ -60,6 +60,7 @@ from cued.daemon.core.untrusted import text as decode_text
 from cued.daemon.errors import (
     ConnectorError,
     CuedError,
+    DataCheckFailed,
     PermanentTaskError,
     StoreError,
     TaskError,
@@ -84,6 +85,7 @@ __all__ = [
     "AwaitingDecision",
     "ConnectorError",
     "CuedError",
+    "DataCheckFailed",
     "Duration",
     "EnvSpec",
     "Event",

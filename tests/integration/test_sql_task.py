@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from cued.daemon.errors import ConfigError, PermanentTaskError, TaskError
 from cued.plugins.sql import SqlTask
+from tests.support.alerts import outbox
 from tests.support.kinds import task_context
 from tests.support.running import daemon_running, wait_finished
 from tests.support.servers import (
@@ -281,3 +282,76 @@ def test_sqlite_files_stay_sqlite_files(tmp_path: Path):
     anyio.run(run_sql, dsn, "insert into t values (?)", ["ok"])
     with sqlite3.connect(tmp_path / "plain.db") as db:
         assert db.execute("select x from t").fetchall() == [("ok",)]
+
+
+ASSET_CHECK = """
+[daemon]
+log_level = "warning"
+state = "state.db"
+[http]
+listen = "127.0.0.1:0"
+
+[alerts.ops]
+kind = "webhook"
+url = "http://127.0.0.1:9/alerts"        # nobody listens: the alert waits in the outbox
+
+[pipelines.load]
+inputs = {{ total = 0 }}
+[pipelines.load.tasks.upsert]
+kind = "sql"
+dsn = "{dsn}"
+query = "insert into facts (id, total) values (1, $1) on conflict (id) do update set total = excluded.total returning total"
+params = ["{{{{ inputs.total }}}}"]
+expect = "rows[0].total >= 0"
+produces = ["facts"]
+
+[pipelines.report]
+[pipelines.report.tasks.t]
+kind = "sleep"
+seconds = 0
+
+[[triggers]]
+source = "asset:facts"
+pipeline = "report"
+"""
+
+
+async def test_a_failed_check_marks_the_asset_version_bad_and_raises_task_failed(
+    make_config, tmp_path
+):
+    async with postgres_database() as dsn:
+        conn = await asyncpg.connect(dsn)
+        await conn.execute("create table facts (id int primary key, total int)")
+        config = make_config(ASSET_CHECK.format(dsn=dsn))
+        async with daemon_running(config) as info:
+            good = await info.runner.start_run("load", {"total": 5})
+            (good_row,) = await wait_finished(info, [good.run_id])
+            bad = await info.runner.start_run("load", {"total": -1})
+            (bad_row,) = await wait_finished(info, [bad.run_id])
+            versions = await info.runner.store.list_events(limit=100, source="asset:facts")
+            reports = await info.runner.store.list_runs(limit=100, pipeline="report")
+            host, port = info.http_address or ("", 0)
+            async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as api:
+                shown = (await api.get("/api/v1/assets/facts")).json()
+        total = await conn.fetchval("select total from facts where id = 1")
+        await conn.close()
+    assert (good_row.state, bad_row.state) == ("succeeded", "failed")
+    assert total == 5  # the bad load was rolled back with its check
+    by_id = {v.event_id: v for v in versions}
+    assert set(by_id) == {
+        f"asset:facts:{good.run_id}",
+        f"asset:facts:{bad.run_id}:failed-check:1",
+    }
+    marked = by_id[f"asset:facts:{bad.run_id}:failed-check:1"]
+    assert marked.status == "invalid"  # a bad version starts nothing
+    assert (marked.error or "").startswith("data check failed: expect 'rows[0].total >= 0'")
+    assert '{"total": -1}' in (marked.error or "")
+    assert marked.data["run_id"] == bad.run_id
+    assert by_id[f"asset:facts:{good.run_id}"].status == "matched"
+    assert len(reports) == 1  # only the good version started the report
+    # lineage shows the bad version as bad, with the check's error
+    newest, older = shown["versions"]
+    assert (newest["run_id"], newest["bad"], older["bad"]) == (bad.run_id, True, False)
+    assert newest["error"] == marked.error
+    alerts = outbox(tmp_path / "state.db")
+    assert f"ops:task_failed:{bad.run_id}:upsert:1" in alerts

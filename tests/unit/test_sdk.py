@@ -21,6 +21,7 @@ def test_exported_members():
         "AwaitingDecision",
         "ConnectorError",
         "CuedError",
+        "DataCheckFailed",
         "Duration",
         "EnvSpec",
         "Event",
