@@ -3,6 +3,8 @@ each test has a stream of its own, deleted after."""
 
 from __future__ import annotations
 
+import json
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -370,3 +372,43 @@ def test_bodies_of_any_bytes_through_the_server_are_each_recorded_and_acknowledg
 async def _state_when(value: Any, acked: int) -> tuple[int, int] | None:
     state = await value
     return state if state == (acked, 0) else None
+
+
+def publish_raw(subject: str, header_lines: bytes, payload: bytes) -> None:
+    """Publish with headers as bytes, past any client's checks (the protocol's HPUB)."""
+    headers = b"NATS/1.0\r\n" + header_lines + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", 4222), timeout=5) as sock:
+        sock.recv(4096)  # INFO
+        sock.sendall(b'CONNECT {"verbose":false,"headers":true}\r\n')
+        sock.sendall(
+            b"HPUB %s %d %d\r\n" % (subject.encode(), len(headers), len(headers) + len(payload))
+            + headers
+            + payload
+            + b"\r\nPING\r\n"
+        )
+        assert sock.recv(4096).endswith(b"PONG\r\n")
+
+
+async def test_headers_of_any_bytes_are_recorded_and_acknowledged():
+    async with nats_stream(["raw.>"]) as (client, stream):
+        publish_raw("raw.a", b"X-Bad: \xff\xfe", b"one")
+        publish_raw("raw.a", b"no colon \xff", b"two")
+        publish_raw("raw.a", b"K\xff: v\r\ntraceparent: nonsense", b"three")
+        intake = _Recording()
+        durable = unique("cued")
+        source = NatsSource(
+            NatsConfig(servers=[NATS_URL], stream=stream, durable=durable, fetch_wait=0.1),
+            _context(intake),
+        )
+        async with anyio.create_task_group() as tg:
+            await tg.start(source.run)
+            await eventually(lambda: _true(len(intake.events) == 3))
+            state = await eventually(
+                lambda: _state_when(consumer_state(client, stream, durable), 3)
+            )
+            tg.cancel_scope.cancel()
+    assert [e.data for e in intake.events] == ["one", "two", "three"]
+    assert state == (3, 0)
+    for event in intake.events:
+        json.dumps(event.meta).encode("utf-8")  # valid text, storable
+        assert "traceparent" not in event.meta
