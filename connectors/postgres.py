@@ -196,9 +196,12 @@ class PostgresSource:
             while True:
                 try:
                     await self._read(conn, query, json_columns)
-                except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+                except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+                    # the connection lost or ended by the server (a restart, an admin): read
+                    # on from the cursor on a new one; a table gone fails in _prepare
                     self.ctx.log.warning("postgres_connection_lost", error=_describe(exc))
                     await _close(conn)
+                    await anyio.sleep(_RETRY_S[1] / 5)
                     conn = await self._connect(None)
                     query, json_columns = await self._prepare(conn)
                     if config.channel is not None:

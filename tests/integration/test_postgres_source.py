@@ -328,3 +328,22 @@ def _context(intake: Any = None) -> SourceContext:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_connection_the_server_ends_is_made_again_and_reading_goes_on(make_config):
+    probe = probes.reset()
+    async with postgres_database() as dsn:
+        conn = await asyncpg.connect(dsn)
+        await conn.execute(OUTBOX)
+        await insert(conn, ("order", {"id": "before"}))
+        async with daemon_running(make_config(config_toml(dsn))) as info:
+            await finished_runs(info, 1)
+            ended = await conn.fetch(
+                "select pg_terminate_backend(pid) from pg_stat_activity "
+                "where datname = current_database() and pid <> pg_backend_pid()"
+            )
+            await insert(conn, ("order", {"id": "after"}))
+            await finished_runs(info, 2)
+        await conn.close()
+    assert len(ended) >= 1
+    assert probe.calls == ["before", "after"]
