@@ -101,6 +101,10 @@ async def test_messages_start_runs_and_are_acknowledged_once_recorded(make_confi
             runs = await finished_runs(info, "orders", 2)
             events = {e.event_id: e for e in await eventually(lambda: _all(info, "shop", 4))}
             await eventually(lambda: _equals(consumer_state(client, stream, durable), (4, 0)))
+            host, port = info.http_address or ("", 0)
+            async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as web:
+                metrics = (await web.get("/metrics")).text
+                overview = (await web.get("/ui/")).text
 
     assert sorted(probe.calls) == ["o1", "o2"]
     assert {r.state for r in runs} == {"succeeded"}
@@ -114,6 +118,11 @@ async def test_messages_start_runs_and_are_acknowledged_once_recorded(make_confi
     assert "JSON" in (invalid.error or "")
     binary = events[f"shop:{stream}:4"]
     assert (binary.data, binary.meta["encoding"]) == ("//4=", "base64")
+    # the generic path: metrics by source and status, the source on the overview page
+    assert 'cued_events_total{source="shop",status="matched"} 2.0' in metrics
+    assert 'cued_events_total{source="shop",status="invalid"} 1.0' in metrics
+    assert "shop" in overview
+    assert "nats" in overview
 
 
 async def test_a_redelivery_starts_nothing_twice(make_config):
