@@ -34,8 +34,8 @@ One connection pool per DSN (PostgreSQL, MariaDB) serves every task of the daemo
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 from urllib.parse import unquote, urlsplit
 
@@ -47,6 +47,7 @@ import pymysql  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cued.daemon.sdk import (
+    CuedError,
     DataCheckFailed,
     ParamProblem,
     PermanentTaskError,
@@ -59,6 +60,7 @@ from cued.daemon.sdk import (
     has_template,
     mark_secret,
     parse_template,
+    resolve_secret,
 )
 
 if TYPE_CHECKING:
@@ -369,23 +371,18 @@ def _affected(status: str | None) -> int | None:
 
 
 def _resolve(value: str) -> str:
-    """The DSN behind ``env:NAME``, ``file:PATH`` or the value itself, remembered for
-    redaction (it may hold a password). Errors name where it was looked for."""
-    if value.startswith("env:"):
-        dsn = os.environ.get(value[4:])
-        if dsn is None:
-            raise PermanentTaskError(f"dsn: environment variable {value[4:]!r} is not set")
-    elif value.startswith("file:"):
-        try:
-            with open(value[5:], encoding="utf-8") as file:
-                dsn = file.read().strip()
-        except OSError as exc:
-            raise TaskError(f"dsn: cannot read file {value[5:]!r}: {exc.strerror}") from exc
-    else:
-        dsn = value
-    if urlsplit(dsn).password:
+    """The DSN behind ``env:NAME``, ``file:PATH`` (relative to the daemon's working
+    directory: task kinds are not told the config's folder) or the value itself, through
+    the daemon's secrets, which remember it for redaction; a password in a DSN given as
+    itself is remembered too."""
+    try:
+        dsn = resolve_secret(value, Path(), what="a sql task's dsn", literal_is_secret=False)
+    except CuedError as exc:
+        # the daemon's environment does not change while it runs: retrying cannot help
+        raise PermanentTaskError(f"dsn: {exc}") from exc
+    if password := urlsplit(dsn).password:
         mark_secret(dsn)
-        mark_secret(unquote(urlsplit(dsn).password or ""))
+        mark_secret(unquote(password))
     return dsn
 
 

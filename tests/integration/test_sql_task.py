@@ -355,3 +355,15 @@ async def test_a_failed_check_marks_the_asset_version_bad_and_raises_task_failed
     assert newest["error"] == marked.error
     alerts = outbox(tmp_path / "state.db")
     assert f"ops:task_failed:{bad.run_id}:upsert:1" in alerts
+
+
+async def test_a_dsn_variable_that_is_not_set_fails_for_good_naming_it(monkeypatch):
+    monkeypatch.delenv("CUED_TEST_NO_SUCH_DSN", raising=False)
+    with pytest.raises(PermanentTaskError, match="CUED_TEST_NO_SUCH_DSN"):
+        await run_sql("env:CUED_TEST_NO_SUCH_DSN", "select 1")
+
+
+async def test_a_dsn_from_a_file_is_read(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dsn").write_text(f"sqlite:///{tmp_path}/f.db\n")
+    assert (await run_sql("file:dsn", "select 1 as one"))["rows"] == [{"one": 1}]
