@@ -73,7 +73,7 @@ def failed_check_events(
 ) -> list[Event]:
     """The bad versions of the assets whose producing task in ``row`` failed its data
     check (see the module's documentation)."""
-    events = []
+    events: list[Event] = []
     for inst in instances:
         error = inst.error or ""
         task = plan.tasks.get(inst.task)
