@@ -185,6 +185,8 @@ async def test_a_refused_statement_fails_for_good_and_an_unreachable_server_retr
             await run_sql(dsn, "select * from no_such_table")
         with pytest.raises(PermanentTaskError):  # two statements: asyncpg takes one
             await run_sql(dsn, "select 1; select 2", ["x"])
+        with pytest.raises(PermanentTaskError, match="int"):  # a value of the wrong type
+            await run_sql(dsn, "select $1::int", [""])
     with pytest.raises(TaskError) as unreachable:
         await run_sql("postgresql://postgres@127.0.0.1:1/x", "select 1")
     assert not isinstance(unreachable.value, PermanentTaskError)
