@@ -199,6 +199,10 @@ class PostgresSource:
                 except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
                     # the connection lost or ended by the server (a restart, an admin): read
                     # on from the cursor on a new one; a table gone fails in _prepare
+                    if not _passing(exc):
+                        raise ConnectorError(
+                            f"{self._what}: reading {config.table!r} failed: {_describe(exc)}"
+                        ) from exc
                     self.ctx.log.warning("postgres_connection_lost", error=_describe(exc))
                     await _close(conn)
                     await anyio.sleep(_RETRY_S[1] / 5)
@@ -264,6 +268,10 @@ class PostgresSource:
             )
         # the type comes from the catalog, not from the config: safe to write into the SQL
         cast = types[config.cursor]
+        if config.settle > 0 and not cast.startswith("timestamp"):
+            raise ConnectorError(
+                f"{self._what}: settle needs a timestamp cursor; {config.cursor!r} is {cast}"
+            )
         settle = ""
         if config.settle > 0:
             settle = f" AND t.{column} <= now() - make_interval(secs => {config.settle!r})"
@@ -306,6 +314,19 @@ async def _close(conn: asyncpg.Connection) -> None:
             await conn.close()
         except (OSError, asyncpg.InterfaceError):
             conn.terminate()
+
+
+#: SQLSTATE classes of errors that pass: connection exceptions, operator intervention (a
+#: server shutting down, a backend terminated), insufficient resources, transaction
+#: rollbacks, system errors. Any other (no privilege on the table, say) stops the source.
+_PASSING_SQLSTATE = frozenset({"08", "57", "53", "40", "58"})
+
+
+def _passing(exc: BaseException) -> bool:
+    """Whether reading again on a new connection may succeed after ``exc``."""
+    if not isinstance(exc, asyncpg.PostgresError):
+        return True  # the connection itself: lost, closed, reset
+    return str(getattr(exc, "sqlstate", "") or "")[:2] in _PASSING_SQLSTATE
 
 
 def _describe(exc: BaseException) -> str:

@@ -347,3 +347,52 @@ async def test_a_connection_the_server_ends_is_made_again_and_reading_goes_on(ma
         await conn.close()
     assert len(ended) >= 1
     assert probe.calls == ["before", "after"]
+
+
+async def test_a_table_the_source_may_not_read_stops_it_naming_the_table():
+    async with postgres_database() as dsn:
+        conn = await asyncpg.connect(dsn)
+        role = f"cued_reader_{dsn.rsplit('_', 1)[-1]}"
+        await conn.execute("create table outbox (id int primary key)")
+        await conn.execute(f'create role "{role}" login')
+        try:
+            await conn.execute(f'grant select on outbox to "{role}"')
+            source = PostgresSource(
+                PostgresConfig(dsn=dsn.replace("postgres@", f"{role}@"), table="outbox"),
+                _context(),
+            )
+
+            async def read_then_revoke() -> None:
+                async with anyio.create_task_group() as tg:
+                    await tg.start(source.run)
+                    await conn.execute(f'revoke select on outbox from "{role}"')
+
+            with pytest.raises(ExceptionGroup) as stopped:
+                await read_then_revoke()
+            (error,) = stopped.value.exceptions
+            assert isinstance(error, ConnectorError)
+            assert "reading 'outbox' failed: permission denied" in str(error)
+        finally:
+            await conn.execute(f'drop owned by "{role}"')
+            await conn.close()
+            await _drop_role(role)
+
+
+async def _drop_role(role: str) -> None:
+    from tests.support.servers import POSTGRES
+
+    admin = await asyncpg.connect(f"{POSTGRES}/postgres")
+    try:
+        await admin.execute(f'drop role if exists "{role}"')
+    finally:
+        await admin.close()
+
+
+async def test_settle_needs_a_timestamp_cursor():
+    async with postgres_database() as dsn:
+        conn = await asyncpg.connect(dsn)
+        await conn.execute("create table outbox (id int primary key)")
+        await conn.close()
+        source = PostgresSource(PostgresConfig(dsn=dsn, table="outbox", settle=1.0), _context())
+        with pytest.raises(ConnectorError, match="settle needs a timestamp cursor"):
+            await source.run()
