@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cued.daemon.errors import ConfigError, PermanentTaskError, TaskError
+from cued.daemon.ops import repair
 from cued.plugins.sql import SqlTask
 from tests.support.alerts import outbox
 from tests.support.kinds import task_context
@@ -234,12 +235,18 @@ async def test_a_rerun_of_a_load_does_not_double_it_and_a_failed_check_fails_the
             first = await info.runner.start_run("load", {"id": 1, "total": 10})
             second = await info.runner.start_run("load", {"id": 1, "total": 10})
             ran = await wait_finished(info, [first.run_id, second.run_id])
+            # cued rerun of the load (and its check) of a run that succeeded
+            await repair.rerun(info.runner, first.run_id, tasks=["upsert"])
+            (rerun,) = await wait_finished(info, [first.run_id])
+            attempts = await info.runner.store.get_attempts(first.run_id)
             over = await info.runner.start_run("load", {"id": 2, "total": 5000})
             (failed,) = await wait_finished(info, [over.run_id])
             instances = await info.runner.store.get_instances(over.run_id)
         rows = await conn.fetch("select id, total from facts order by id")
         await conn.close()
     assert [r.state for r in ran] == ["succeeded", "succeeded"]
+    assert rerun.state == "succeeded"
+    assert sorted(a.key for a in attempts) == ["check", "check", "upsert", "upsert"]
     assert [tuple(r) for r in rows] == [(1, 10), (2, 5000)]  # the load itself went in
     assert failed.state == "failed"
     check = next(i for i in instances if i.task == "check")
