@@ -35,7 +35,7 @@ Kafka message's does: no message, of any bytes, stops the source):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import anyio
 import anyio.abc
@@ -92,7 +92,7 @@ class NatsConfig(BaseModel):
     durable: str = Field(min_length=1, pattern=r"^[^.*>\s]+$")
     """The durable consumer's name: the server keeps its place; daemons sharing it share
     the messages."""
-    deliver: str = Field("all", pattern=r"^(all|new)$")
+    deliver: Literal["all", "new"] = "all"
     """Where a new consumer starts: at the stream's first message (``all``) or after its
     last (``new``)."""
     max_batch: int = Field(256, ge=1, le=10_000)
