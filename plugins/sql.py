@@ -39,11 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 from urllib.parse import unquote, urlsplit
 
-import aiomysql  # type: ignore[import-untyped]
 import aiosqlite
 import anyio
-import asyncpg  # type: ignore[import-untyped]
-import pymysql  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cued.daemon.sdk import (
@@ -66,6 +63,9 @@ from cued.daemon.sdk import (
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
     from types import TracebackType
+
+    import aiomysql  # type: ignore[import-untyped]
+    import asyncpg  # type: ignore[import-untyped]
 
     from cued.daemon.sdk import TaskContext
 
@@ -175,6 +175,9 @@ class SqlTask:
     # -- PostgreSQL ----------------------------------------------------------------------
 
     async def _postgresql(self, dsn: str, params: SqlParams) -> Any:
+        # imported when used: a daemon without sql tasks does not pay for the drivers
+        import asyncpg
+
         pool = await self._pg_pool(dsn)
         try:
             async with pool.acquire() as conn, conn.transaction():
@@ -196,6 +199,8 @@ class SqlTask:
             raise PermanentTaskError(f"PostgreSQL refused the statement: {_describe(exc)}") from exc
 
     async def _pg_pool(self, dsn: str) -> asyncpg.Pool:
+        import asyncpg
+
         if (pool := self._pg.get(dsn)) is not None:
             return pool
         async with self._lock:
@@ -215,6 +220,9 @@ class SqlTask:
     # -- MariaDB / MySQL -----------------------------------------------------------------
 
     async def _mysql_run(self, dsn: str, params: SqlParams) -> Any:
+        import aiomysql
+        import pymysql  # type: ignore[import-untyped]
+
         pool = await self._mysql_pool(dsn)
         try:
             async with pool.acquire() as conn:
@@ -240,6 +248,9 @@ class SqlTask:
             ) from exc
 
     async def _mysql_pool(self, dsn: str) -> aiomysql.Pool:
+        import aiomysql
+        import pymysql
+
         if (pool := self._mysql.get(dsn)) is not None:
             return pool
         async with self._lock:
