@@ -16,7 +16,9 @@ would be taken for the old ones. Name the new stream differently, or the source.
 
 The consumer is durable (``durable``): the server keeps its place while the daemon is
 down, and daemons sharing it share the messages. It is created when missing, with
-explicit acks, ``ack_wait`` and the subject filter; an existing one is used as it is.
+explicit acks, ``ack_wait`` and the subject filter; an existing one is used as it is, if
+it filters the subjects configured (else the source refuses to start, naming both; so
+does a server before 2.10 given several subjects, which it would ignore).
 
 Backpressure: while the daemon's backlog is saturated the source fetches nothing; what
 the server has not handed out waits in the stream.
@@ -240,9 +242,10 @@ class NatsSource:
         try:
             await js.stream_info(config.stream)
             try:
-                await js.consumer_info(config.stream, config.durable)
+                info = await js.consumer_info(config.stream, config.durable)
             except nats.js.errors.NotFoundError:
-                await js.add_consumer(config.stream, consumer)
+                info = await js.add_consumer(config.stream, consumer)
+            self._check_filter(sorted(subjects), _filters(info.config))
             return await js.pull_subscribe_bind(durable=config.durable, stream=config.stream)
         except nats.js.errors.NotFoundError as exc:
             raise ConnectorError(
@@ -253,6 +256,29 @@ class NatsSource:
                 f"{self._what}: cannot bind the consumer {config.durable!r} of stream "
                 f"{config.stream!r}: {_describe(exc)}"
             ) from exc
+
+    def _check_filter(self, wanted: list[str], found: list[str]) -> None:
+        """The consumer must take the subjects asked for, no more: a server before 2.10
+        ignores several filter subjects (the consumer would take the whole stream), and a
+        consumer made earlier may filter otherwise.
+
+        :raises ConnectorError: if the consumer's filter is not the one configured
+        """
+        if wanted == found:
+            return
+        if len(wanted) > 1 and not found:
+            raise ConnectorError(
+                f"{self._what}: the server ignored subjects {wanted!r} (several filter "
+                f"subjects need NATS server 2.10 or later); the consumer "
+                f"{self.config.durable!r} would take every subject of the stream. Delete it "
+                f"(nats consumer rm {self.config.stream} {self.config.durable}) and give one "
+                "subject, or upgrade the server"
+            )
+        raise ConnectorError(
+            f"{self._what}: the consumer {self.config.durable!r} filters {found or 'nothing'!r}"
+            f", not subjects {wanted or 'none'!r}: delete it to have it made again, or name "
+            "another durable"
+        )
 
     async def _consume(self, subscription: JetStreamContext.PullSubscription) -> None:
         intake = self.ctx.intake
@@ -296,6 +322,13 @@ class NatsSource:
                     await msg.ack()
             except nats.errors.Error as exc:  # redelivered after ack_wait; intake knows it
                 self.ctx.log.warning("nats_ack_failed", error=_describe(exc))
+
+
+def _filters(consumer: ConsumerConfig) -> list[str]:
+    """The subjects a consumer takes, sorted (none: every subject of its stream)."""
+    if consumer.filter_subjects:
+        return sorted(consumer.filter_subjects)
+    return [consumer.filter_subject] if consumer.filter_subject else []
 
 
 def _describe(exc: BaseException) -> str:

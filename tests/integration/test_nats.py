@@ -14,6 +14,7 @@ import pytest
 import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nats.js.api import ConsumerConfig
 from pydantic import ValidationError
 
 from cued.connectors.nats import NatsConfig, NatsSource
@@ -421,3 +422,50 @@ async def test_headers_of_any_bytes_are_recorded_and_acknowledged():
     for event in intake.events:
         json.dumps(event.meta).encode("utf-8")  # valid text, storable
         assert "traceparent" not in event.meta
+
+
+async def test_several_subjects_are_filtered_or_refused_never_widened():
+    """A server before 2.10 ignores several filter subjects: the consumer would take the
+    whole stream. The source either gets the filter it asked for or refuses to start."""
+    async with nats_stream(["many.>"]) as (client, stream):
+        js = client.jetstream()
+        for subject in ("many.a", "many.b", "many.other"):
+            await js.publish(subject, subject.encode())
+        intake = _Recording()
+        config = NatsConfig(
+            servers=[NATS_URL],
+            stream=stream,
+            durable=unique("cued"),
+            subjects=["many.a", "many.b"],
+            fetch_wait=0.1,
+        )
+        source = NatsSource(config, _context(intake))
+        version = client.connected_server_version
+        if (version.major, version.minor) < (2, 10):
+            with pytest.raises(
+                ConnectorError, match=r"several filter subjects need NATS server 2\.10"
+            ):
+                await source.run()
+            return
+        async with anyio.create_task_group() as tg:
+            await tg.start(source.run)
+            await eventually(lambda: _true(len(intake.events) == 2))
+            await anyio.sleep(0.5)  # nothing more comes: many.other is not taken
+            tg.cancel_scope.cancel()
+        assert sorted(e.data for e in intake.events) == ["many.a", "many.b"]
+
+
+async def test_an_existing_consumer_with_another_filter_is_refused_naming_both():
+    async with nats_stream(["flt.>"]) as (client, stream):
+        durable = unique("cued")
+        await client.jetstream().add_consumer(
+            stream, ConsumerConfig(durable_name=durable, filter_subject="flt.old")
+        )
+        source = NatsSource(
+            NatsConfig(servers=[NATS_URL], stream=stream, durable=durable, subjects=["flt.new"]),
+            _context(_Recording()),
+        )
+        with pytest.raises(
+            ConnectorError, match=r"filters \['flt.old'\], not subjects \['flt.new'\]"
+        ):
+            await source.run()
