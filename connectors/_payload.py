@@ -1,8 +1,8 @@
-"""What every message-broker source makes of a message's bytes, and how it names a message
-that the broker may hand over again without an id of its own.
+"""What the message-broker sources share beyond the reading of a message's bytes (that is
+the sdk's ``message_value``, one reading for every broker): header-like pairs as text, a
+delivery's fingerprint, and how to name a message that the broker may hand over again
+without an id of its own.
 
-:func:`payload` is the Kafka source's reading of a value, shared by the ``mqtt``, ``amqp``
-and ``redis_stream`` sources, so a message means the same whichever broker carried it.
 :class:`RedeliveryIds` names messages of brokers whose deliveries carry no id that a
 redelivery repeats (MQTT, AMQP): see its documentation.
 """
@@ -12,38 +12,14 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-from cued.daemon.sdk import decimal, json_value, looks_like_json, text_or_base64
+from cued.daemon.sdk import decimal, text_or_base64
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from cued.daemon.sdk import Intake
 
-__all__ = ["RedeliveryIds", "digest", "payload", "text_map"]
-
-
-def payload(value: bytes | None) -> tuple[Any, str, str | None]:
-    """A message's bytes as ``(data, encoding, error)``, never raising.
-
-    ``data`` is the value parsed as JSON (encoding ``"json"``); else its text (``"text"``);
-    else, when it is not UTF-8, base64 (``"base64"``); no value at all is ``None``
-    (``"none"``). A value that opens an object or an array but is not JSON cued can keep
-    is text with an ``error``: its event is recorded as ``invalid`` and starts nothing.
-    """
-    if value is None:
-        return None, "none", None
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        return text_or_base64(value)[0], "base64", None
-    if not text.strip():  # json_value reads an empty body as null; a message is text
-        return text, "text", None
-    parsed = json_value(value)
-    if parsed.error is None:
-        return parsed.data, "json", None
-    if looks_like_json(value):
-        return parsed.data, "text", parsed.error
-    return text, "text", None
+__all__ = ["RedeliveryIds", "digest", "text_map"]
 
 
 def text_map(

@@ -48,12 +48,13 @@ from cued.daemon.sdk import (
     CuedError,
     Duration,
     Event,
+    message_value,
     now,
     parse_traceparent,
     resolve_secret,
 )
 
-from ._payload import RedeliveryIds, digest, payload, text_map
+from ._payload import RedeliveryIds, digest, text_map
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
@@ -101,7 +102,7 @@ def message_event(
     source: str, queue: str, event_id: str, message: AbstractIncomingMessage, received_at: float
 ) -> Event:
     """The event for one delivered message; never raises."""
-    data, encoding, error = payload(message.body)
+    data, encoding, error = message_value(message.body)
     headers, binary = text_map((message.headers or {}).items(), "headers")
     meta: dict[str, Any] = {
         "queue": queue,

@@ -71,13 +71,12 @@ from cued.daemon.sdk import (
     CuedError,
     Duration,
     Event,
+    message_value,
     now,
     parse_traceparent,
     resolve_secret,
     text_or_base64,
 )
-
-from ._payload import payload
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -190,7 +189,7 @@ def _secret(value: str, base_dir: Path) -> str:
 
 def message_event(source: str, record: ConsumerRecord[Any, Any], received_at: float) -> Event:
     """The event for one consumed message (its value and key still bytes); never raises."""
-    data, encoding, error = payload(record.value)
+    data, encoding, error = message_value(record.value)
     binary: list[str] = []
     key: str | None = None
     if record.key is not None:

@@ -58,13 +58,14 @@ from cued.daemon.sdk import (
     CuedError,
     Duration,
     Event,
+    message_value,
     new_id,
     now,
     parse_traceparent,
     resolve_secret,
 )
 
-from ._payload import RedeliveryIds, digest, payload, text_map
+from ._payload import RedeliveryIds, digest, text_map
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
@@ -173,7 +174,7 @@ def message_event(
     source: str, event_id: str, message: paho.MQTTMessage, received_at: float
 ) -> Event:
     """The event for one received message; never raises."""
-    data, encoding, error = payload(bytes(message.payload))
+    data, encoding, error = message_value(bytes(message.payload))
     topic, _ = text_map([("t", message._topic)], "topic")
     meta: dict[str, Any] = {
         "topic": topic["t"],

@@ -42,9 +42,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cued.daemon.sdk import ConnectorError, Duration, Event, now, parse_traceparent
+from cued.daemon.sdk import ConnectorError, Duration, Event, message_value, now, parse_traceparent
 
-from ._payload import payload, text_map
+from ._payload import text_map
 
 if TYPE_CHECKING:
     from cued.daemon.sdk import Receipt, SourceContext
@@ -119,7 +119,7 @@ def entry_event(
             data, meta["encoding"] = None, "none"
             error = f"the entry has no field {field!r} (fields: {sorted(texts)[:20]})"
         else:
-            data, meta["encoding"], error = payload(raw)
+            data, meta["encoding"], error = message_value(raw)
         meta["fields"] = {k: v for k, v in texts.items() if k != field}
         binary = [b for b in binary if b != f"fields.{field}"]
     if binary:

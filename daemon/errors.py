@@ -14,6 +14,7 @@ The exceptions cued raises, as a tree:
   x TaskError            - a task attempt failed (retried while retries are left)
     + TaskTimeout        - a task attempt ran past its timeout
     + PermanentTaskError - a task attempt failed in a way that retrying cannot mend
+      + DataCheckFailed  - a task's data check found the data bad (an asset check)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "ConnectorError",
     "CuedError",
     "DaemonUnavailable",
+    "DataCheckFailed",
     "Forbidden",
     "InvalidRequest",
     "NotFound",
@@ -122,3 +124,17 @@ class TaskTimeout(TaskError):
 
 class PermanentTaskError(TaskError):
     """A task attempt failed in a way that retrying cannot mend (bad parameters, say)."""
+
+
+class DataCheckFailed(PermanentTaskError):
+    """A task's data check found the data bad (a ``sql`` task's ``expect``): the task fails
+    for good, and each asset it ``produces`` gets a version marked bad instead of a new one.
+
+    Its text starts with :data:`PREFIX`, which is how the run, holding only an attempt's
+    error text, tells such a failure.
+    """
+
+    PREFIX = "data check failed: "
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"{self.PREFIX}{detail}")

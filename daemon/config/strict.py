@@ -69,7 +69,7 @@ def _secrets(raw: dict[str, Any]) -> Iterator[tuple[_At, str, bool]]:
     """Every secret the config names: where, its value as written, and whether a value
     written out is a secret too (a header's is not)."""
     for name, source in _tables(raw.get("sources")):
-        for key in ("secret", "sasl_password"):
+        for key in ("secret", "sasl_password", "password", "token", "dsn"):
             if isinstance(source.get(key), str):
                 yield ("sources", name, key), source[key], True
     auth = raw.get("auth")
@@ -85,8 +85,9 @@ def _secrets(raw: dict[str, Any]) -> Iterator[tuple[_At, str, bool]]:
             if isinstance(value, str):
                 yield ("alerts", name, "headers", header), value, False
     for at, task in _tasks(raw):
-        if isinstance(task.get("api_key"), str):
-            yield (*at, "api_key"), task["api_key"], True
+        for key in ("api_key", "dsn", "token"):  # llm; sql; nats
+            if isinstance(task.get(key), str):
+                yield (*at, key), task[key], True
 
 
 def _secret_problems(raw: dict[str, Any], base_dir: Path) -> Iterator[tuple[_At, str]]:

@@ -17,7 +17,7 @@ import anyio
 
 from cued.daemon.core.engine import RunEngine, RunState, Start, State, Wait
 from cued.daemon.core.ids import now
-from cued.daemon.runtime.asset_events import asset_events
+from cued.daemon.runtime.asset_events import asset_events, failed_check_events
 from cued.daemon.runtime.attempts import stopped_row
 from cued.daemon.runtime.gates import gate_row
 from cued.daemon.runtime.instance_rows import instance_row
@@ -160,7 +160,8 @@ class ActiveRun:
 
     async def finish(self, state: RunState) -> None:
         """Record the run's end in ``state``, with the alert it raises; a succeeded run
-        first hands on the events of the assets it produced."""
+        first hands on the events of the assets it produced, a failed one the bad versions
+        its data checks found."""
         engine, driving = self.engine, self._driving
         if (
             state is RunState.SUCCEEDED
@@ -172,6 +173,13 @@ class ActiveRun:
                 # the runs an asset starts continue the trace of the run that produced it
                 events = [replace(e, meta={**e.meta, "traceparent": traceparent}) for e in events]
             await driving.assets(events)
+        if (
+            state is RunState.FAILED
+            and driving.assets is not None
+            and engine is not None
+            and (bad := failed_check_events(self.plan, self.row, engine.instances()))
+        ):
+            await driving.assets(bad)  # recorded before the run's end, like a good version
         error = None
         if state is RunState.FAILED and engine is not None:
             failed = [i for i in engine.instances() if i.state is State.FAILED]

@@ -9,10 +9,14 @@ sources) and ``plugins/`` (task kinds) may use, and an outside plugin should too
 * the errors they raise: :class:`ConnectorError` from a source, :class:`TaskError` (or
   :class:`PermanentTaskError` when retrying cannot help) from a task;
 * what makes outside bytes safe data (:func:`json_value`, :func:`bounded_id`,
-  :func:`os_name`, ...), cannot fail and is the only way in for a source;
+  :func:`os_name`, :func:`message_value` for a broker message's body, :func:`db_value` for a
+  database's, ...), cannot fail
+  and is the only way in for a source;
 * config helpers: :data:`Duration` for ``"30s"``-style keys, :func:`resolve_secret` for
   ``env:``/``file:`` values, :func:`mark_secret` to redact a value from logs and outputs;
-* templates (:func:`has_template`, for a ``Params.template_problems``);
+* templates (:func:`has_template`, for a ``Params.template_problems``) and conditions
+  in the trigger's ``when`` language (:func:`condition_holds`, a ``sql`` task's
+  ``expect``; :func:`condition_template` to check one with :func:`parse_template`);
 * programs a task runs: their environment (:func:`program_env`) and :func:`run_program`,
   which kills the program's whole process group when the task is cancelled;
 * traces (when the daemon has them, see ``[telemetry]``): the attempt's span
@@ -33,9 +37,13 @@ from cued.daemon.config.environment import EnvSpec, ProgramEnv, program_env
 from cued.daemon.config.secrets import remember as mark_secret
 from cued.daemon.config.secrets import resolve_secret
 from cued.daemon.core.backoff import backoff_s
+from cued.daemon.core.dbvalues import db_value
 from cued.daemon.core.ids import new_id, now
+from cued.daemon.core.messages import message_value
 from cued.daemon.core.templates import SHELL_QUOTE_FILTERS, TemplateProblem, has_template
 from cued.daemon.core.templates import parse as parse_template
+from cued.daemon.core.templates import when_expression as condition_template
+from cued.daemon.core.templates import when_holds as condition_holds
 from cued.daemon.core.tracecontext import parse_traceparent
 from cued.daemon.core.untrusted import (
     Parsed,
@@ -52,6 +60,7 @@ from cued.daemon.core.untrusted import text as decode_text
 from cued.daemon.errors import (
     ConnectorError,
     CuedError,
+    DataCheckFailed,
     PermanentTaskError,
     StoreError,
     TaskError,
@@ -76,6 +85,7 @@ __all__ = [
     "AwaitingDecision",
     "ConnectorError",
     "CuedError",
+    "DataCheckFailed",
     "Duration",
     "EnvSpec",
     "Event",
@@ -101,8 +111,11 @@ __all__ = [
     "WebRoutes",
     "backoff_s",
     "bounded_id",
+    "condition_holds",
+    "condition_template",
     "current_span",
     "current_traceparent",
+    "db_value",
     "decimal",
     "decode_text",
     "error_response",
@@ -112,6 +125,7 @@ __all__ = [
     "json_value",
     "looks_like_json",
     "mark_secret",
+    "message_value",
     "new_id",
     "now",
     "os_name",

@@ -508,6 +508,7 @@ class AssetVersionBrief(_Model):
     event_id: str
     run_id: str | None
     produced_at: float
+    bad: bool = Field(False, description="its producing task failed its data check")
 
 
 class Asset(_Model):
@@ -528,7 +529,10 @@ class Asset(_Model):
             latest=None
             if latest is None
             else AssetVersionBrief(
-                event_id=latest.event_id, run_id=found.latest_run_id, produced_at=latest.received_at
+                event_id=latest.event_id,
+                run_id=found.latest_run_id,
+                produced_at=latest.received_at,
+                bad=latest.status == "invalid",
             ),
         )
 
@@ -541,6 +545,10 @@ class AssetVersion(_Model):
     produced_at: float
     run_id: str | None
     task: str | None
+    bad: bool = Field(
+        False, description="its producing task failed its data check (error says how)"
+    )
+    error: str | None = None
     run: Run | None
     started_by: EventSummary | None
     runs: list[Run]
@@ -552,6 +560,8 @@ class AssetVersion(_Model):
             produced_at=version.event.received_at,
             run_id=version.run_id,
             task=version.task,
+            bad=version.event.status == "invalid",
+            error=version.event.error,
             run=Run.from_row(version.run) if version.run else None,
             started_by=EventSummary.of(version.started_by) if version.started_by else None,
             runs=[Run.from_row(r) for r in version.runs],

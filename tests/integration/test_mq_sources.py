@@ -260,11 +260,11 @@ async def test_the_overview_and_the_metrics_show_the_source(broker, make_config)
         async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
 
             async def shown() -> tuple[str, str] | None:
-                page = (await client.get("/ui/")).text
                 metrics = (await client.get("/metrics")).text
                 if 'cued_events_total{source="src",status="invalid"} 1.0' not in metrics:
                     return None
-                return page, metrics
+                # read after the metrics count all three: the page must show them too
+                return (await client.get("/ui/")).text, metrics
 
             page, metrics = await eventually(shown)
 

@@ -214,7 +214,10 @@ ONE_PROBLEM = [
         "pipelines.p.tasks.a.kind",
         [
             "unknown task kind 'bash'",
-            "known: amqp, approval, http, kafka, llm, mqtt, python, redis_stream, shell, sleep",
+            (
+                "known: amqp, approval, http, kafka, llm, mqtt, nats, python, redis_stream, "
+                "shell, sleep, sql"
+            ),
         ],
         id="unknown-kind",
     ),

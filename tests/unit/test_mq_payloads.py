@@ -19,10 +19,9 @@ from pamqp import commands
 from pamqp.header import ContentHeader
 
 from cued.connectors import amqp, mqtt, redis_stream
-from cued.connectors._payload import RedeliveryIds, payload
+from cued.connectors._payload import RedeliveryIds
 from cued.daemon.config import parse_config
 from cued.daemon.errors import ConfigError
-from cued.daemon.sdk import json_value, looks_like_json
 from tests.support.fakes import AcceptingIntake
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -31,39 +30,6 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 def storable(value: object) -> None:
     """What the store does with data and meta: strict JSON."""
     json.dumps(value, allow_nan=False)
-
-
-# -- payloads ------------------------------------------------------------------------------
-
-
-@given(st.binary(max_size=300))
-def test_any_bytes_are_data_and_only_broken_json_is_invalid(raw):
-    data, encoding, error = payload(raw)
-    storable(data)
-    assert encoding in ("json", "text", "base64")
-    if error is not None:
-        assert looks_like_json(raw)
-        assert json_value(raw).error is not None
-        assert encoding == "text"
-
-
-@pytest.mark.parametrize(
-    ("raw", "data", "encoding", "invalid"),
-    [
-        (b'{"n": 1}', {"n": 1}, "json", False),
-        (b"42", 42, "json", False),
-        (b"hello", "hello", "text", False),
-        (b"", "", "text", False),
-        (b"{oops", "{oops", "text", True),
-        (b"  [1, 2", "  [1, 2", "text", True),
-        (b"\xff\xfe", "//4=", "base64", False),
-        (None, None, "none", False),
-    ],
-)
-def test_a_payload_is_json_text_or_base64(raw, data, encoding, invalid):
-    got = payload(raw)
-    assert got[:2] == (data, encoding)
-    assert (got[2] is not None) is invalid
 
 
 # -- the events of each source, over arbitrary bytes ---------------------------------------

@@ -103,7 +103,8 @@ def problems(extra: str) -> list[tuple[int | None, str, str]]:
             '[sources.x]\nkind = "ftp"\n',
             12,
             "sources.x.kind",
-            "unknown source kind 'ftp' (known: amqp, files, kafka, mqtt, redis_stream, schedule, webhook)",
+            "unknown source kind 'ftp' (known: amqp, files, kafka, mqtt, nats, postgres, "
+            "redis_stream, schedule, webhook)",
             id="unknown-source-kind",
         ),
         pytest.param(
