@@ -26,50 +26,55 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 
-from cued.daemon.config.registry import source_kinds, task_kinds
-from cued.daemon.config.secrets import resolve_secret
-from cued.daemon.config.strict import config_folder_first
 from cued.daemon.errors import CuedError
 from cued.daemon.logs import get_logger
 from cued.daemon.ops.local import Local
-from cued.daemon.runtime.alerts import Alerts
-from cued.daemon.runtime.backlog import Backlog
-from cued.daemon.runtime.intake import DaemonIntake
-from cued.daemon.runtime.metrics import Metrics
-from cued.daemon.runtime.retention import prune_periodically
-from cued.daemon.runtime.runner import Runner
-from cued.daemon.runtime.spending import StoreSpending
-from cued.daemon.runtime.telemetry import TracedTransport, open_tracing
-from cued.daemon.sdk.sources import SourceContext
+from cued.daemon.ops.queries import Queries
 from cued.daemon.store.filemodes import private_file
 from cued.daemon.store.sqlite import open_store
-from cued.daemon.web.api import Caller, Users, build_app
-from cued.daemon.web.body_limit import BodyLimit
-from cued.daemon.web.control import (
-    ControlAccess,
-    ControlGuard,
-    PeerCredentials,
-    bind_control_socket,
-    control_socket_path,
-)
-from cued.daemon.web.front import WebFront
-from cued.daemon.web.live import Live, publish_committed
-from cued.daemon.web.server import PerConnection, serve_asgi
-from cued.daemon.web.ui import with_ui
 
+# The daemon's parts (the runtime, the web stack and its servers, httpx, the sources and
+# task kinds with Kafka among them) are imported in the functions that build them, not
+# here: a read of the state file (`cued runs`, `cued show`) imports this module and needs
+# none of them (they cost ~0.6 s).
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
+    import httpx
+
     from cued.daemon.config import Config
+    from cued.daemon.config.state import StateSettings
+    from cued.daemon.runtime.alerts import Alerts
     from cued.daemon.runtime.asset_events import AssetSink
+    from cued.daemon.runtime.backlog import Backlog
+    from cued.daemon.runtime.intake import DaemonIntake
+    from cued.daemon.runtime.metrics import Metrics
+    from cued.daemon.runtime.runner import Runner
     from cued.daemon.sdk.kinds import TaskKind
     from cued.daemon.sdk.tracing import Tracing
     from cued.daemon.store import Store
+    from cued.daemon.web.api import Users
+    from cued.daemon.web.front import WebFront
+    from cued.daemon.web.live import Live
 
-__all__ = ["DaemonInfo", "control_socket_path", "open_runner", "open_state", "run_daemon"]
+__all__ = [
+    "DaemonInfo",
+    "control_socket_path",
+    "open_reads",
+    "open_runner",
+    "open_state",
+    "run_daemon",
+]
+
+
+def control_socket_path(state: Path) -> Path:
+    """Where the daemon on ``state`` listens for the CLI
+    (:func:`cued.daemon.web.control.control_socket_path`)."""
+    from cued.daemon.web.control import control_socket_path as path_of
+
+    return path_of(state)
 
 
 def _state_folder(state: Path) -> None:
@@ -106,6 +111,8 @@ def _exclusive(state: Path) -> Iterator[None]:
 
 
 def _kinds(config: Config) -> dict[str, TaskKind]:
+    from cued.daemon.config.registry import task_kinds
+
     used = {t.kind for p in config.pipelines.values() for t in p.tasks.values()}
     return {name: cls() for name, cls in task_kinds().items() if name in used}
 
@@ -139,6 +146,8 @@ class _Parts:
 @asynccontextmanager
 async def _open_parts(config: Config) -> AsyncIterator[_Parts]:
     """The daemon's store, runner (serving) and intake, and its alerts if configured."""
+    from cued.daemon.runtime.intake import DaemonIntake
+
     async with _opened(config, lock=True) as (store, http, kinds, tracing):
         alerts = _alerts(config, store, http)
         backlog = _backlog(config)
@@ -160,6 +169,11 @@ async def _opened(
 ) -> AsyncIterator[tuple[Store, httpx.AsyncClient, dict[str, TaskKind], Tracing]]:
     """The store, the shared HTTP client, the task kinds and tracing, closed in the
     reverse order (tracing last: it sends the spans of runs stopped before it)."""
+    import httpx
+
+    from cued.daemon.config.strict import config_folder_first
+    from cued.daemon.runtime.telemetry import TracedTransport, open_tracing
+
     state = config.state_path
     _state_folder(state)
     config_folder_first(config.base_dir)  # python tasks find modules beside the config
@@ -185,10 +199,14 @@ async def _opened(
 
 
 def _backlog(config: Config) -> Backlog[Any]:
+    from cued.daemon.runtime.backlog import Backlog
+
     return Backlog(config.daemon.backlog_high_water, config.daemon.backlog_low_water)
 
 
 def _alerts(config: Config, store: Store, http: httpx.AsyncClient) -> Alerts | None:
+    from cued.daemon.runtime.alerts import Alerts
+
     # given to the runner before anything can start a run: every alert a run raises goes
     # to the outbox in the transaction of what it reports; the daemon sends them
     return Alerts(config.alerts, store, http, config.base_dir) if config.alerts else None
@@ -205,6 +223,9 @@ def _runner(
     *,
     tracing: Tracing,
 ) -> Runner:
+    from cued.daemon.runtime.runner import Runner
+    from cued.daemon.runtime.spending import StoreSpending
+
     return Runner(
         config,
         store,
@@ -243,6 +264,19 @@ async def open_state(config: Config) -> AsyncIterator[Local]:
 
 
 @asynccontextmanager
+async def open_reads(state: StateSettings) -> AsyncIterator[Queries]:
+    """The reads of the state file that need no configuration beyond where it is
+    (``cued runs``, ``cued show``): opened as :func:`open_state` opens it, with none of the
+    configuration's checks and models loaded.
+
+    :raises StoreError: if the file cannot be opened or has a newer schema
+    """
+    _state_folder(state.path)
+    async with open_store(state.path, synchronous=state.synchronous) as store:
+        yield Queries(store)
+
+
+@asynccontextmanager
 async def _closing(kinds: dict[str, Any]) -> AsyncIterator[None]:
     """Close the task kinds that hold connections (a Kafka producer) once the last task
     has ended, before the store closes."""
@@ -276,6 +310,9 @@ def _bind(listen: str) -> socket.socket:
 
 
 def _sources(config: Config, intake: DaemonIntake, front: WebFront) -> list[Any]:
+    from cued.daemon.config.registry import source_kinds
+    from cued.daemon.sdk.sources import SourceContext
+
     kinds = source_kinds()
     built = []
     for name, source in config.sources.items():
@@ -297,6 +334,9 @@ def _host(host: str) -> str:
 
 
 def _users(config: Config) -> Users:
+    from cued.daemon.config.secrets import resolve_secret
+    from cued.daemon.web.api import Caller, Users
+
     return Users(
         {
             resolve_secret(user.token, config.base_dir, what=f"the token of {name!r}"): Caller(
@@ -341,6 +381,21 @@ async def run_daemon(
 async def _serve(
     config: Config, signals: AsyncIterator[int], task_status: anyio.abc.TaskStatus[DaemonInfo]
 ) -> None:
+    from cued.daemon.runtime.metrics import Metrics
+    from cued.daemon.runtime.retention import prune_periodically
+    from cued.daemon.web.api import build_app
+    from cued.daemon.web.body_limit import BodyLimit
+    from cued.daemon.web.control import (
+        ControlAccess,
+        ControlGuard,
+        PeerCredentials,
+        bind_control_socket,
+    )
+    from cued.daemon.web.front import WebFront
+    from cued.daemon.web.live import Live, publish_committed
+    from cued.daemon.web.server import PerConnection, serve_asgi
+    from cued.daemon.web.ui import with_ui
+
     log = get_logger()
     socket_path = control_socket_path(config.state_path)
     # callers are named by their OS user, and only those `access` allows get in

@@ -1,15 +1,20 @@
 """structlog set-up: JSON lines when not on a terminal, pretty on a terminal, and never a
-secret the daemon resolved (see :mod:`cued.daemon.config.secrets`)."""
+secret the daemon resolved (see :mod:`cued.daemon.config.secrets`).
+
+structlog is imported when the first line is logged, not with this module: with its
+console renderer it brings rich (~0.1 s), and a CLI read that logs nothing does without.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
-
-import structlog
+from typing import TYPE_CHECKING, Any, cast
 
 from cued.daemon.config import secrets
+
+if TYPE_CHECKING:
+    import structlog
 
 __all__ = ["configure_logging", "get_logger", "redact_secrets"]
 
@@ -25,8 +30,25 @@ _LEVELS = {
 }
 
 
+#: The set-up asked for and not yet made (structlog not imported yet).
+_pending: tuple[str, bool | None] | None = None
+
+
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
-    """Log to stderr, JSON lines unless stderr is a terminal (or ``json`` says otherwise)."""
+    """Log to stderr, JSON lines unless stderr is a terminal (or ``json`` says otherwise).
+
+    Made at once if structlog is loaded, else by the first line logged."""
+    global _pending
+    if "structlog" in sys.modules:
+        _pending = None
+        _configure(level, json)
+    else:
+        _pending = (level, json)
+
+
+def _configure(level: str, json: bool | None) -> None:
+    import structlog
+
     if json is None:
         json = not sys.stderr.isatty()
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
@@ -65,5 +87,33 @@ def redact_secrets(
 
 
 def get_logger(**bound: Any) -> structlog.typing.FilteringBoundLogger:
+    """The daemon's logger, with ``bound`` bound; structlog is loaded when it is first
+    used (modules take theirs at import)."""
+    return cast("structlog.typing.FilteringBoundLogger", _LazyLogger(bound))
+
+
+def _structlog_logger(bound: dict[str, Any]) -> structlog.typing.FilteringBoundLogger:
+    global _pending
+    import structlog
+
+    if _pending is not None:
+        level, json = _pending
+        _pending = None
+        _configure(level, json)
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("cued")
     return logger.bind(**bound) if bound else logger
+
+
+class _LazyLogger:
+    """Stands for ``structlog.get_logger("cued").bind(**bound)`` until first used."""
+
+    __slots__ = ("_bound", "_logger")
+
+    def __init__(self, bound: dict[str, Any]) -> None:
+        self._bound = bound
+        self._logger: structlog.typing.FilteringBoundLogger | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._logger is None:
+            self._logger = _structlog_logger(self._bound)
+        return getattr(self._logger, name)

@@ -21,6 +21,13 @@ from cued.daemon.config.alerting import ALERT_KINDS, AlertConfig
 from cued.daemon.config.durations import Duration
 from cued.daemon.config.environment import EnvName
 from cued.daemon.config.registry import source_kinds, task_kinds
+from cued.daemon.config.state import (
+    DEFAULT_LOG_LEVEL,
+    DEFAULT_STATE,
+    DEFAULT_SYNCHRONOUS,
+    LogLevel,
+    Synchronous,
+)
 from cued.daemon.config.tomlpos import KeyLines
 from cued.daemon.core import graph, templates
 from cued.daemon.core.assets import asset_of
@@ -51,7 +58,7 @@ class _Model(BaseModel):
 class DaemonConfig(_Model):
     """The ``[daemon]`` table."""
 
-    state: str = "cued.db"
+    state: str = DEFAULT_STATE
     """SQLite file, relative to the config file's folder."""
     max_running_tasks: int = Field(256, ge=1)
     pools: dict[str, int] = Field(default_factory=dict)
@@ -61,14 +68,14 @@ class DaemonConfig(_Model):
     """Runs waiting to start below which paused sources resume."""
     shutdown_grace: Duration = 30.0
     """At SIGTERM, how long running tasks may take to finish before they are cancelled."""
-    synchronous: Literal["full", "normal"] = "full"
+    synchronous: Synchronous = DEFAULT_SYNCHRONOUS
     """SQLite's ``synchronous`` setting: ``full`` keeps every commit through a power loss;
     ``normal`` keeps them through a crash of the process but a power loss may lose the
     last ones."""
     python_modules: list[str] = Field(default_factory=list)
     """Modules (importable, or ``.py`` files relative to the config) that define pipelines
     with the Python API."""
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: LogLevel = DEFAULT_LOG_LEVEL
     task_env: list[EnvName] = Field(default_factory=list)
     """Variables of the daemon's environment that every program a task starts gets,
     besides the base (PATH, HOME, LANG, ...): nothing else of it is passed on."""
