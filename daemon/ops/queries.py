@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cued.daemon.core.assets import asset_source
-from cued.daemon.core.plan import PipelinePlan
 from cued.daemon.core.states import TERMINAL_RUN_STATES
 from cued.daemon.errors import CuedError, NotFound
 from cued.daemon.ops import lineage
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from cued.daemon.config import Config
+    from cued.daemon.core.plan import PipelinePlan
     from cued.daemon.ops.host import Daemon
     from cued.daemon.store import (
         ApprovalRow,
@@ -218,6 +218,10 @@ class Queries:
     def plans(self) -> Mapping[str, PipelinePlan]:
         """The pipelines' plans, by name."""
         if self._plans is None:
+            # here, not at the top: planning brings the template engine, which a read of
+            # runs does without
+            from cued.daemon.core.plan import PipelinePlan
+
             config = self.config
             self._plans = {
                 name: PipelinePlan.build(name, p) for name, p in config.pipelines.items()
