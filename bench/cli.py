@@ -7,8 +7,10 @@ The example ``config.toml`` is used as it is (its HTTP front on a free port), on
 file with ``--populate`` runs of ``hello``, started through a daemon's control socket.
 Every install's modules are compiled to bytecode first, as an installed program's are
 (a checkout run with ``PYTHONDONTWRITEBYTECODE`` set compiles every module at each start).
-The timing is hyperfine's (Debian package ``hyperfine``): ``--warmup`` runs, then
-``--runs`` counted ones per command; medians are quoted.
+The timing is hyperfine's (Debian package ``hyperfine``), in ``--rounds`` calls of
+``--runs`` counted runs per command, the commands in turn and in reverse order every other
+round; the median of all of a command's runs is quoted, and its CPU time (user + system,
+which a busy machine stretches less than the wall).
 
     python -m bench.cli                                  # this venv's cued
     python -m bench.cli --cued /tmp/before/.venv/bin/cued --cued .venv/bin/cued
@@ -24,10 +26,12 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -99,22 +103,46 @@ def _populate(state: Path, runs: int) -> str:
     return run_id
 
 
+@dataclass
+class Timed:
+    """One command's runs: wall seconds of each, and CPU seconds (user + system) in all."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.wall) * 1000
+
+    @property
+    def cpu_ms(self) -> float:
+        return self.cpu / len(self.wall) * 1000
+
+
 def _hyperfine(
-    commands: dict[str, list[str]], warmup: int, runs: int, out: Path
-) -> dict[str, float]:
-    """Median seconds of each command, by label."""
-    names = [arg for label in commands for arg in ("-n", label)]
-    lines = [subprocess.list2cmdline(command) for command in commands.values()]
-    subprocess.run(
-        [
-            *("hyperfine", "-N", "--style", "basic", "-w", str(warmup), "-r", str(runs)),
-            *("--export-json", str(out), *names, *lines),
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    results = json.loads(out.read_text())["results"]
-    return {r["command"]: r["median"] for r in results}
+    commands: dict[str, list[str]], rounds: int, runs: int, warmup: int, out: Path
+) -> dict[str, Timed]:
+    """Each command's runs, by label: ``rounds`` hyperfine calls of ``runs`` runs each
+    (after ``warmup``), the commands in turn and in the other order every other round,
+    so that the machine's drift hits them all alike."""
+    timed = {label: Timed() for label in commands}
+    for n in range(rounds):
+        order = list(commands) if n % 2 == 0 else list(reversed(commands))
+        names = [arg for label in order for arg in ("-n", label)]
+        lines = [subprocess.list2cmdline(commands[label]) for label in order]
+        subprocess.run(
+            [
+                *("hyperfine", "-N", "--style", "basic", "-w", str(warmup), "-r", str(runs)),
+                *("--export-json", str(out), *names, *lines),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        for result in json.loads(out.read_text())["results"]:
+            found = timed[result["command"]]
+            found.wall.extend(result["times"])
+            found.cpu += (result["user"] + result["system"]) * len(result["times"])
+    return timed
 
 
 def _say(text: str = "") -> None:
@@ -129,8 +157,9 @@ def main() -> None:
         type=Path,
         help="a cued command to time (repeatable; default: this venv's)",
     )
-    parser.add_argument("--runs", type=int, default=20, help="counted runs per command")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5, help="hyperfine calls, interleaved")
+    parser.add_argument("--runs", type=int, default=6, help="counted runs per command a round")
+    parser.add_argument("--warmup", type=int, default=1, help="runs not counted, per round")
     parser.add_argument("--populate", type=int, default=50, help="runs in the state file")
     args = parser.parse_args()
     installs = [p.absolute() for p in args.cued or [Path(sys.executable).parent / "cued"]]
@@ -166,20 +195,32 @@ def main() -> None:
             return timed
 
         try:
-            beside = _hyperfine(commands(), args.warmup, args.runs, folder / "beside.json")
+            beside = _hyperfine(commands(), args.rounds, args.runs, args.warmup, folder / "b.json")
         finally:
             _stop(daemon)
-        alone = _hyperfine(commands(), args.warmup, args.runs, folder / "alone.json")
-    _say(f"medians of {args.runs} runs each (after {args.warmup} warm-up), seconds")
+        alone = _hyperfine(commands(), args.rounds, args.runs, args.warmup, folder / "a.json")
+    runs = args.rounds * args.runs
+    _say(f"wall: median of {runs} runs ({args.rounds} rounds); cpu: user + system, mean per run")
     for n, cued in enumerate(installs):
         if len(installs) > 1:
             _say(f"[{n}] {cued}")
     _say()
-    _say("| command | daemon running | no daemon |")
-    _say("|---|---|---|")
-    for label in beside:
-        _say(f"| `{label}` | {beside[label] * 1000:.0f} ms | {alone[label] * 1000:.0f} ms |")
-    _say(json.dumps({"daemon_running": beside, "no_daemon": alone, "runs": args.runs}))
+    _say("| command | daemon running: wall | cpu | no daemon: wall | cpu |")
+    _say("|---|---|---|---|---|")
+    for label, b in beside.items():
+        a = alone[label]
+        _say(
+            f"| `{label}` | {b.median_ms:.0f} ms | {b.cpu_ms:.0f} ms "
+            f"| {a.median_ms:.0f} ms | {a.cpu_ms:.0f} ms |"
+        )
+    figures = {
+        where: {
+            label: {"wall_median_ms": t.median_ms, "cpu_mean_ms": t.cpu_ms}
+            for label, t in found.items()
+        }
+        for where, found in (("daemon_running", beside), ("no_daemon", alone))
+    }
+    _say(json.dumps({**figures, "runs": runs}))
 
 
 if __name__ == "__main__":
