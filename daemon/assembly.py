@@ -43,6 +43,7 @@ from cued.daemon.errors import CuedError
 from cued.daemon.logs import get_logger
 from cued.daemon.ops.local import Local
 from cued.daemon.ops.status import Reload
+from cued.daemon.reading import make_state_folder
 from cued.daemon.runtime.alerts import Alerts
 from cued.daemon.runtime.backlog import Backlog
 from cued.daemon.runtime.intake import DaemonIntake
@@ -100,23 +101,6 @@ __all__ = [
     "open_state",
     "run_daemon",
 ]
-
-
-def _state_folder(state: Path) -> None:
-    """Create the folder the state file is to be in (``state = "var/cued.db"`` on a
-    fresh clone): private, as the file is.
-
-    :raises CuedError: if it cannot be created, naming it and why
-    """
-    folder = state.parent
-    if folder.is_dir():
-        return
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CuedError(
-            f"cannot create the folder {str(folder)!r} of the state file: {exc.strerror}"
-        ) from None
 
 
 @contextmanager
@@ -196,7 +180,7 @@ async def _opened(
     """The store, the shared HTTP client, the task kinds and tracing, closed in the
     reverse order (tracing last: it sends the spans of runs stopped before it)."""
     state = config.state_path
-    _state_folder(state)
+    make_state_folder(state)
     config_folder_first(config.base_dir)  # python tasks find modules beside the config
     limits = httpx.Limits(max_connections=config.daemon.max_running_tasks)
     with _exclusive(state, config.state_shown) if lock else nullcontext():
@@ -273,7 +257,7 @@ async def open_state(config: Config) -> AsyncIterator[Local]:
 
     :raises StoreError: if the file cannot be opened or has a newer schema
     """
-    _state_folder(config.state_path)
+    make_state_folder(config.state_path)
     async with _open_store(config, exclusive=False) as store:
         yield Local(store, config)
 

@@ -7,6 +7,9 @@ one line ``<N>event key=value ...``: ``N`` is the syslog priority journald files
 (``journalctl -p warning``), and there is no timestamp, journald stamps each line itself.
 A stderr redirected to a file or a pipe keeps JSON lines even under systemd: the variable
 is inherited, the inode is not the same.
+
+structlog is imported when the first line is logged, not with this module: with its
+console renderer it brings rich (~0.1 s), and a CLI read that logs nothing does without.
 """
 
 from __future__ import annotations
@@ -16,15 +19,15 @@ import logging
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, Any
-
-import structlog
+from typing import TYPE_CHECKING, Any, cast
 
 from cued.daemon.config import secrets
 from cued.daemon.core.untrusted import decimal
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    import structlog
 
 __all__ = [
     "configure_logging",
@@ -83,9 +86,26 @@ def journal_line(logger: Any, method_name: str, event_dict: structlog.typing.Eve
     return f"<{priority}>{head}{' ' + fields if fields else ''}"
 
 
+#: The set-up asked for and not yet made (structlog not imported yet).
+_pending: tuple[str, bool | None] | None = None
+
+
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     """Log to stderr: journald's format when stderr is the journal, else JSON lines
-    unless stderr is a terminal (or ``json`` says otherwise)."""
+    unless stderr is a terminal (or ``json`` says otherwise).
+
+    Made at once if structlog is loaded, else by the first line logged."""
+    global _pending
+    if "structlog" in sys.modules:
+        _pending = None
+        _configure(level, json)
+    else:
+        _pending = (level, json)
+
+
+def _configure(level: str, json: bool | None) -> None:
+    import structlog
+
     journal = json is None and stderr_is_journal()
     if json is None:
         json = not sys.stderr.isatty()
@@ -132,5 +152,33 @@ def redact_secrets(
 
 
 def get_logger(**bound: Any) -> structlog.typing.FilteringBoundLogger:
+    """The daemon's logger, with ``bound`` bound; structlog is loaded when it is first
+    used (modules take theirs at import)."""
+    return cast("structlog.typing.FilteringBoundLogger", _LazyLogger(bound))
+
+
+def _structlog_logger(bound: dict[str, Any]) -> structlog.typing.FilteringBoundLogger:
+    global _pending
+    import structlog
+
+    if _pending is not None:
+        level, json = _pending
+        _pending = None
+        _configure(level, json)
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("cued")
     return logger.bind(**bound) if bound else logger
+
+
+class _LazyLogger:
+    """Stands for ``structlog.get_logger("cued").bind(**bound)`` until first used."""
+
+    __slots__ = ("_bound", "_logger")
+
+    def __init__(self, bound: dict[str, Any]) -> None:
+        self._bound = bound
+        self._logger: structlog.typing.FilteringBoundLogger | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._logger is None:
+            self._logger = _structlog_logger(self._bound)
+        return getattr(self._logger, name)

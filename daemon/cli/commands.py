@@ -9,10 +9,8 @@ import json
 import os
 import sys
 import tempfile
-import time
 import tomllib
 from contextlib import aclosing
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -50,10 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["run"]
 
 
-def _out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-
-
 def run(args: argparse.Namespace) -> int:
     """Do what ``args`` (parsed) say; returns the exit status."""
     if args.command == "init":
@@ -79,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         tasks = sum(len(p.tasks) for p in config.pipelines.values())
         warned = f", {len(config.warnings)} warning(s)" if config.warnings else ""
         here = ", and on this machine" if args.strict else ""
-        _out(f"{args.config}: valid ({pipelines} pipelines, {tasks} tasks{warned}){here}")
+        render.out(f"{args.config}: valid ({pipelines} pipelines, {tasks} tasks{warned}){here}")
         return 0
     if args.command == "run":
         log = get_logger()
@@ -184,25 +178,25 @@ async def _trigger(config: Config, args: argparse.Namespace) -> int:
         async with open_runner(config) as daemon:
             run_id = (await commands.trigger(daemon, args.pipeline, inputs)).run_id
             if args.pipeline in daemon.paused:
-                _out(_waits_paused(args.pipeline, run_id))
+                render.out(_waits_paused(args.pipeline, run_id))
                 return 0
-            _out(f"started run {run_id} of {args.pipeline} (no daemon runs: running it here)")
+            render.out(f"started run {run_id} of {args.pipeline} (no daemon runs: running it here)")
             if args.wait:
                 await _follow_run(Queries.of(daemon), run_id)
             row = await commands.wait(daemon, run_id)
-        _out(f"run {run_id}: {row.state}" + (f": {row.error}" if row.error else ""))
+        render.out(f"run {run_id}: {row.state}" + (f": {row.error}" if row.error else ""))
         return 0 if row.state == "succeeded" else 1
     data = response.json()
     if not args.wait:
-        _out(f"started run {data['run_id']} of {args.pipeline}")
+        render.out(f"started run {data['run_id']} of {args.pipeline}")
         return 0
     # the run is followed in the state file the daemon writes, as it goes
     async with open_state(config) as state:
         if data.get("state") == "queued" and args.pipeline in await state.queries.paused():
-            _out(_waits_paused(args.pipeline, data["run_id"]))
+            render.out(_waits_paused(args.pipeline, data["run_id"]))
             return 0
         row = await _follow_run(state.queries, data["run_id"])
-    _out(f"run {row.run_id}: {row.state}" + (f": {row.error}" if row.error else ""))
+    render.out(f"run {row.run_id}: {row.state}" + (f": {row.error}" if row.error else ""))
     return 0 if row.state == "succeeded" else 1
 
 
@@ -230,7 +224,7 @@ async def _act(
 
 
 def _say_run(data: dict[str, Any]) -> int:
-    _out(
+    render.out(
         f"run {data['run_id']}: {data['state']}"
         + (f": {data['error']}" if data.get("error") else "")
     )
@@ -242,7 +236,7 @@ async def _cancel(config: Config, args: argparse.Namespace) -> int:
         return _fields(await commands.cancel(daemon, args.run_id))
 
     data = await _act(config, f"/api/v1/runs/{args.run_id}/cancel", None, here)
-    _out(f"run {data['run_id']}: {data['state']}")
+    render.out(f"run {data['run_id']}: {data['state']}")
     return 0
 
 
@@ -291,12 +285,12 @@ async def _decide(config: Config, args: argparse.Namespace) -> int:
     path = f"/api/v1/runs/{args.run_id}/tasks/{args.task}/{args.command}"
     gate = await _act(config, path, body, here)
     if gate["state"] == "waiting":
-        _out(
+        render.out(
             f"gate {args.task} of run {args.run_id}: {args.command}d by {who}; "
             f"waiting for {gate['min_approvals']} approvals"
         )
     else:
-        _out(f"gate {args.task} of run {args.run_id}: {gate['state']}")
+        render.out(f"gate {args.task} of run {args.run_id}: {gate['state']}")
     return 0
 
 
@@ -317,31 +311,12 @@ async def _pause(config: Config, args: argparse.Namespace) -> int:
     )
     if data["paused"]:
         waits = "are skipped" if data.get("when_paused") == "skip" else "wait"
-        _out(f"pipeline {args.pipeline}: paused (new runs {waits} until `cued resume`)")
+        render.out(f"pipeline {args.pipeline}: paused (new runs {waits} until `cued resume`)")
     else:
         started = data.get("started") or 0
-        _out(
+        render.out(
             f"pipeline {args.pipeline}: resumed ({started} waiting run{'' if started == 1 else 's'} started)"
         )
-    return 0
-
-
-async def _approvals(config: Config, args: argparse.Namespace) -> int:
-    async with open_state(config) as state:
-        gates = [g.gate for g in await state.queries.waiting_gates()]
-    table = [["RUN", "TASK", "SINCE", "DEADLINE", "APPROVERS", "MESSAGE"]]
-    table.extend(
-        [
-            g.run_id,
-            g.key,
-            _time(g.requested_at),
-            _time(g.deadline_at),
-            ", ".join(g.approvers) or "any approver",
-            _clip(g.message, 60),
-        ]
-        for g in gates
-    )
-    _table(table)
     return 0
 
 
@@ -351,7 +326,7 @@ async def _status(config: Config, args: argparse.Namespace) -> int:
     except DaemonUnavailable as exc:
         sys.stderr.write(f"cued: not running ({exc})\n")
         return 3  # what `systemctl status` and LSB init scripts say of a stopped service
-    _out(render.status(answer))
+    render.out(render.status(answer))
     return 0
 
 
@@ -368,128 +343,16 @@ def _service(config: Config, args: argparse.Namespace) -> int:
     for warning in done.warnings:
         sys.stderr.write(f"cued: warning: {warning}\n")
     created = "created" if done.user_created else "kept"
-    _out(f"user {args.user!r} {created}; folders: {', '.join(map(str, done.folders))}")
-    _out(f"wrote {done.unit_path}")
+    render.out(f"user {args.user!r} {created}; folders: {', '.join(map(str, done.folders))}")
+    render.out(f"wrote {done.unit_path}")
     if not done.reloaded:
-        _out("systemd does not run here: run `systemctl daemon-reload` where it does")
-    _out("next: systemctl enable --now cued")
+        render.out("systemd does not run here: run `systemctl daemon-reload` where it does")
+    render.out("next: systemctl enable --now cued")
     return 0
 
 
 def _fields(row: Any) -> dict[str, Any]:
     return {name: getattr(row, name) for name in row.__slots__}
-
-
-async def _runs(config: Config, args: argparse.Namespace) -> int:
-    state = "failed" if args.failed else args.state
-    async with open_state(config) as local:
-        page = await local.queries.runs_page(limit=args.limit, pipeline=args.pipeline, state=state)
-    rows = page.items
-    # failed runs are the dead letters: with their error and the event that started them
-    table = [
-        ["RUN", "PIPELINE", "STATE", "CREATED", "DURATION"]
-        + (["EVENT", "ERROR"] if args.failed else [])
-    ]
-    for r in rows:
-        line = [
-            r.run_id,
-            r.pipeline,
-            r.state,
-            _time(r.created_at),
-            _duration(r.started_at, r.ended_at),
-        ]
-        if args.failed:
-            line += [r.event_id or "-", r.error or ""]
-        table.append(line)
-    _table(table)
-    return 0
-
-
-async def _show(config: Config, args: argparse.Namespace) -> int:
-    async with open_state(config) as state:
-        shown = await state.queries.run_detail(args.run_id)
-    if shown is None:
-        raise NotFound(f"no run {args.run_id!r} in {config.state_shown!r}")
-    run, instances, attempts = shown.run, shown.instances, shown.attempts
-    # as the instances are listed
-    order = {i.key: n for n, i in enumerate(instances)}
-    gates = sorted((g for g in shown.gates if g.gate.key in order), key=lambda g: order[g.gate.key])
-    _print_run(run)
-    _out()
-    _table([["TASK", "STATE", "ATTEMPTS"]] + [[i.key, i.state, str(i.attempts)] for i in instances])
-    _out()
-    table = [["TASK", "ATTEMPT", "STATE", "STARTED", "DURATION", "ERROR / OUTPUT"]]
-    for a in attempts:
-        detail = a.error if a.error else ("" if a.output is None else json.dumps(a.output))
-        if a.cost is not None:
-            detail = f"cost {a.cost:g}; " + detail
-        table.append(
-            [
-                a.key,
-                str(a.attempt),
-                a.state,
-                _time(a.started_at),
-                _duration(a.started_at, a.ended_at),
-                _clip(detail or ""),
-            ]
-        )
-    _table(table)
-    if gates:
-        _out()
-        table = [["GATE", "STATE", "ASKED", "WHO", "DECISION", "WHEN", "COMMENT"]]
-        for found in gates:
-            g = found.gate
-            table.append(
-                [
-                    g.key,
-                    g.state,
-                    _time(g.requested_at),
-                    "",
-                    "",
-                    _time(g.decided_at),
-                    _clip(g.message, 50),
-                ]
-            )
-            table.extend(
-                ["", "", "", d.who, d.decision, _time(d.decided_at), _clip(d.comment or "", 50)]
-                for d in found.decisions
-            )
-        _table(table)
-    return 0
-
-
-async def _events(config: Config, args: argparse.Namespace) -> int:
-    async with open_state(config) as state:
-        page = await state.queries.events_page(
-            limit=args.limit, source=args.source, status=args.status
-        )
-    rows = page.items
-    table = [
-        [
-            "EVENT",
-            "SOURCE",
-            "STATUS",
-            "RECEIVED",
-            "RUNS",
-            "ERROR" + (" / DATA" if args.data else ""),
-        ]
-    ]
-    for e in rows:
-        detail = e.error or ""
-        if args.data:
-            detail = (detail + " " if detail else "") + json.dumps(e.data)
-        table.append(
-            [
-                e.event_id,
-                e.source,
-                e.status,
-                _time(e.received_at),
-                " ".join(e.run_ids) or "-",
-                detail if args.full else _clip(detail),
-            ]
-        )
-    _table(table)
-    return 0
 
 
 async def _prune(config: Config, args: argparse.Namespace) -> int:
@@ -505,19 +368,21 @@ async def _prune(config: Config, args: argparse.Namespace) -> int:
             done = await commands.prune(state, dry_run=args.dry_run)
     cutoffs = done["cutoffs"]
     dedupe = cutoffs["dedupe_keys"]
-    _out("what goes:")
-    _out(f"  finished runs that ended before  {_cutoff(cutoffs['runs'])}")
-    _out(f"  events received before           {_cutoff(cutoffs['events'])}")
-    _out(f"  alerts raised before             {_cutoff(cutoffs['alerts'])}, once sent or given up")
+    render.out("what goes:")
+    render.out(f"  finished runs that ended before  {_cutoff(cutoffs['runs'])}")
+    render.out(f"  events received before           {_cutoff(cutoffs['events'])}")
+    render.out(
+        f"  alerts raised before             {_cutoff(cutoffs['alerts'])}, once sent or given up"
+    )
     for trigger, before in sorted(dedupe.items()):
-        _out(f"  dedupe keys of trigger {trigger!r} seen before {_cutoff(before)}")
-    _out(f"  other dedupe keys seen before    {_cutoff(cutoffs['dedupe_keys_other'])}")
-    _out()
+        render.out(f"  dedupe keys of trigger {trigger!r} seen before {_cutoff(before)}")
+    render.out(f"  other dedupe keys seen before    {_cutoff(cutoffs['dedupe_keys_other'])}")
+    render.out()
     counts: dict[str, int] = done["counts"]
-    _table([["TABLE", "ROWS"], *([table, str(n)] for table, n in counts.items())])
+    render.table([["TABLE", "ROWS"], *([table, str(n)] for table, n in counts.items())])
     total = sum(counts.values())
-    _out()
-    _out(
+    render.out()
+    render.out(
         f"{total} rows would go (dry run: nothing deleted)"
         if args.dry_run
         else f"{total} rows deleted"
@@ -526,67 +391,7 @@ async def _prune(config: Config, args: argparse.Namespace) -> int:
 
 
 def _cutoff(at: float | None) -> str:
-    return "(kept for ever)" if at is None else _time(at) + " UTC"
-
-
-def _print_run(run: RunRow) -> None:
-    _out(f"run       {run.run_id}")
-    _out(f"pipeline  {run.pipeline}")
-    _out(f"state     {run.state}")
-    _out(f"created   {_time(run.created_at)}")
-    _out(f"duration  {_duration(run.started_at, run.ended_at)}")
-    _out(f"inputs    {json.dumps(run.inputs)}")
-    if run.event_id:
-        _out(f"event     {run.event_id}")
-    if run.config_version is not None:
-        _out(f"config    version {run.config_version} (cued config show {run.config_version})")
-    if run.error:
-        _out(f"error     {run.error}")
-
-
-#: How often ``cued logs --follow`` looks for new lines.
-_FOLLOW_EVERY_S = 0.5
-
-
-async def _logs(config: Config, args: argparse.Namespace) -> int:
-    after = 0
-    async with open_state(config) as state:
-        while True:
-            page = await state.queries.task_logs(
-                args.run_id, task=args.task, attempt=args.attempt, after=after
-            )
-            for line in page.lines:
-                clock = datetime.fromtimestamp(line.at, UTC).strftime("%H:%M:%S")
-                _out(f"{clock} {line.key}#{line.attempt} {line.stream}: {line.line}")
-            sys.stdout.flush()
-            after = page.after
-            if page.lines:
-                continue  # a full page: there may be more at once
-            if not args.follow or page.finished:
-                return 0
-            await anyio.sleep(_FOLLOW_EVERY_S)
-
-
-def _time(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
-
-
-def _duration(start: float | None, end: float | None) -> str:
-    if start is None:
-        return "-"
-    seconds = (end if end is not None else time.time()) - start
-    text = f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.1f}s"
-    return text if end is not None else text + "+"
-
-
-def _clip(text: str, width: int = 100) -> str:
-    text = text.replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _table(rows: list[list[str]]) -> None:
-    # plain when piped, as it always was; coloured on a terminal
-    render.table(rows)
+    return "(kept for ever)" if at is None else render.timestamp(at) + " UTC"
 
 
 # -- init, triggers test ----------------------------------------------------------------
@@ -599,8 +404,8 @@ async def _store_copy(args: argparse.Namespace) -> int:
 
     counts = await copy_state_between(args.source, args.target, progress=progress)
     sys.stderr.write("\n")
-    _table([["TABLE", "ROWS"], *([table, str(n)] for table, n in counts.items())])
-    _out(f"copied {sum(counts.values())} rows; every table holds as many in both")
+    render.table([["TABLE", "ROWS"], *([table, str(n)] for table, n in counts.items())])
+    render.out(f"copied {sum(counts.values())} rows; every table holds as many in both")
     return 0
 
 
@@ -620,8 +425,8 @@ def _init(args: argparse.Namespace) -> int:
         drop.mkdir(exist_ok=True)
     except OSError as exc:
         raise CuedError(f"cannot create the folder {str(drop)!r}: {exc.strerror}") from None
-    _out(f"wrote {path} (and the folder {drop}/ it watches)")
-    _out(f"next: cued --config {path} run")
+    render.out(f"wrote {path} (and the folder {drop}/ it watches)")
+    render.out(f"next: cued --config {path} run")
     return 0
 
 
@@ -631,14 +436,14 @@ async def _triggers(config: Config, args: argparse.Namespace) -> int:
             state.queries, args.trigger, last=args.last, event_id=args.event
         )
     trigger = tried.trigger
-    _out(f"trigger {tried.number}: {trigger.key} ({trigger.source} -> {trigger.pipeline})")
-    _out(f"  when    {trigger.when or '(always)'}")
-    _out(f"  inputs  {json.dumps(trigger.inputs)}")
+    render.out(f"trigger {tried.number}: {trigger.key} ({trigger.source} -> {trigger.pipeline})")
+    render.out(f"  when    {trigger.when or '(always)'}")
+    render.out(f"  inputs  {json.dumps(trigger.inputs)}")
     if trigger.dedupe is not None:
-        _out(f"  dedupe  {trigger.dedupe}")
-    _out()
+        render.out(f"  dedupe  {trigger.dedupe}")
+    render.out()
     if not tried.trials:
-        _out(f"no events of source {trigger.source!r} are stored yet: nothing to try")
+        render.out(f"no events of source {trigger.source!r} are stored yet: nothing to try")
         return 0
     table = [["EVENT", "RECEIVED", "WOULD", "INPUTS / ERROR"]]
     for t in tried.trials:
@@ -647,14 +452,21 @@ async def _triggers(config: Config, args: argparse.Namespace) -> int:
             seen = (
                 ""
                 if t.key_seen_at is None
-                else f" (started a run {_time(t.key_seen_at)}: a new one would be a duplicate)"
+                else f" (started a run {render.timestamp(t.key_seen_at)}: a new one would be a duplicate)"
             )
             detail = f"dedupe {t.dedupe_key!r}{seen}; {detail}"
-        table.append([t.event.event_id, _time(t.event.received_at), t.outcome, _clip(detail)])
-    _table(table)
+        table.append(
+            [
+                t.event.event_id,
+                render.timestamp(t.event.received_at),
+                t.outcome,
+                render.clip(detail),
+            ]
+        )
+    render.table(table)
     matched = sum(t.outcome == "matches" for t in tried.trials)
-    _out()
-    _out(f"{matched} of {len(tried.trials)} events would match (nothing was started)")
+    render.out()
+    render.out(f"{matched} of {len(tried.trials)} events would match (nothing was started)")
     for field in tried.missing_fields:
         sys.stderr.write(
             f"cued: warning: when reads {field}, which none of these events has "
@@ -694,10 +506,10 @@ def _say_reload(outcome: dict[str, Any]) -> int:
     for problem in outcome.get("problems", []):
         sys.stderr.write(f"{problem}\n")
     if not outcome.get("applied"):
-        _out(f"refused: the daemon keeps config version {outcome.get('version')}")
+        render.out(f"refused: the daemon keeps config version {outcome.get('version')}")
         return 2
     changes = outcome.get("changes") or {}
-    _out(
+    render.out(
         f"reloaded: config version {outcome.get('version')}"
         + (f", {json.dumps(changes)}" if changes else ", nothing changed")
     )
@@ -711,8 +523,10 @@ async def _config(config: Config, args: argparse.Namespace) -> int:
         if verb == "history":
             rows = await queries.config_versions(args.limit)
             table = [["VERSION", "LOADED", "HASH", "FILE"]]
-            table += [[str(r.version), _time(r.loaded_at), r.hash[:12], r.file] for r in rows]
-            _table(table)
+            table += [
+                [str(r.version), render.timestamp(r.loaded_at), r.hash[:12], r.file] for r in rows
+            ]
+            render.table(table)
             return 0
         if verb == "show":
             sys.stdout.write((await queries.config_version(args.version)).text)
@@ -728,11 +542,11 @@ async def _rollback(config: Config, args: argparse.Namespace, text: str) -> int:
     """Write version ``args.version``'s text to the configuration file, then have the
     daemon reload it."""
     _write_whole(Path(args.config), text)
-    _out(f"wrote config version {args.version} to {args.config}")
+    render.out(f"wrote config version {args.version} to {args.config}")
     try:
         response = await _control(config, "POST", "/api/v1/config/reload")
     except DaemonUnavailable:
-        _out("no daemon runs on this state file: it loads this version when it starts")
+        render.out("no daemon runs on this state file: it loads this version when it starts")
         return 0
     return _say_reload(response.json())
 
@@ -758,16 +572,11 @@ _COMMANDS = {
     "reload": _reload,
     "config": _config,
     "status": _status,
-    "logs": _logs,
     "retry": _retry,
     "clear": _retry,
     "approve": _decide,
     "reject": _decide,
-    "approvals": _approvals,
     "trigger": _trigger,
-    "runs": _runs,
-    "show": _show,
-    "events": _events,
     "cancel": _cancel,
     "prune": _prune,
     "pause": _pause,

@@ -3,7 +3,8 @@
 What changes state goes to the running daemon over its control socket (the API); with no
 daemon on the state file, the CLI opens a runner of its own (the assembly's) and calls the
 same :mod:`cued.daemon.ops.commands`. Reads go to the state file through
-:class:`cued.daemon.ops.queries.Queries` (``cued.daemon.assembly.open_state``).
+:class:`cued.daemon.ops.queries.Queries` (``cued.daemon.assembly.open_reads``), knowing
+only where it is (:mod:`cued.daemon.cli.reads`).
 
 Errors are one clear line on stderr, never a traceback: exit status 2 for an invalid
 configuration or usage, 1 for anything else that went wrong.
@@ -240,10 +241,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         # the commands import what they use (the config's models, the store, HTTP, the
-        # daemon): `cued --help` and a usage error need none of it
-        from cued.daemon.cli import commands
+        # daemon): `cued --help` and a usage error need none of it, and the reads of the
+        # state file (`cued runs`, `cued show`) only the store
+        from cued.daemon.cli import reads
 
-        status = commands.run(args)
+        if args.command in reads.COMMANDS:
+            status = reads.run(args)
+        else:
+            from cued.daemon.cli import commands
+
+            status = commands.run(args)
         sys.stdout.flush()  # here, where a reader gone is caught, not at exit
         return status
     except KeyboardInterrupt:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cued.daemon.ops.follow import AttemptEnded, AttemptStarted, RunSettled
@@ -22,7 +24,17 @@ if TYPE_CHECKING:
 
     from cued.daemon.ops.follow import Change
 
-__all__ = ["RunView", "colour", "run_view", "status", "table"]
+__all__ = [
+    "RunView",
+    "clip",
+    "colour",
+    "duration",
+    "out",
+    "run_view",
+    "status",
+    "table",
+    "timestamp",
+]
 
 #: The colour of each run, task or event state, on a terminal.
 _STYLES = {
@@ -42,6 +54,32 @@ _STYLES = {
     "unmatched": "dim",
     "no match": "dim",
 }
+
+
+def out(text: str = "") -> None:
+    """A line to stdout."""
+    sys.stdout.write(text + "\n")
+
+
+def timestamp(ts: float | None) -> str:
+    """A time as ``2026-01-31 12:00:00`` (UTC); ``-`` for none."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def duration(start: float | None, end: float | None) -> str:
+    """From ``start`` to ``end`` (``12ms``, ``3.4s``), or to now with a ``+`` if it has
+    not ended; ``-`` if it has not started."""
+    if start is None:
+        return "-"
+    seconds = (end if end is not None else time.time()) - start
+    text = f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.1f}s"
+    return text if end is not None else text + "+"
+
+
+def clip(text: str, width: int = 100) -> str:
+    """``text`` on one line, cut at ``width`` with an ellipsis."""
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def colour(stream: IO[str] | None = None) -> bool:

@@ -13,9 +13,9 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from cued.daemon.config.alerting import ALERT_KINDS, AlertConfig
 from cued.daemon.config.durations import Duration
@@ -23,12 +23,21 @@ from cued.daemon.config.environment import EnvName
 from cued.daemon.config.registry import source_kinds, task_kinds
 from cued.daemon.config.secrets import remember, resolve_secret
 from cued.daemon.config.state import (
-    StateSetting,
+    DEFAULT_LOG_LEVEL,
+    DEFAULT_STATE,
+    DEFAULT_SYNCHRONOUS,
+    LogLevel,
+    Synchronous,
     check_database_url,
+    check_state,
     database_password,
     is_database_url,
     shown_url,
 )
+
+#: ``[daemon] state``: a SQLite file's path, a ``postgresql://`` URL, or ``env:NAME`` /
+#: ``file:PATH`` holding such a URL.
+StateSetting = Annotated[str, AfterValidator(check_state)]
 from cued.daemon.config.tomlpos import KeyLines
 from cued.daemon.core import graph, templates
 from cued.daemon.core.assets import asset_of
@@ -59,7 +68,7 @@ class _Model(BaseModel):
 class DaemonConfig(_Model):
     """The ``[daemon]`` table."""
 
-    state: StateSetting = "cued.db"
+    state: StateSetting = DEFAULT_STATE
     """Where the state lives: a SQLite file (relative to the config file's folder), or a
     PostgreSQL database, ``postgresql://USER@HOST/DATABASE`` (or ``env:NAME`` /
     ``file:PATH`` holding that URL); see :mod:`cued.daemon.config.state`."""
@@ -71,14 +80,15 @@ class DaemonConfig(_Model):
     """Runs waiting to start below which paused sources resume."""
     shutdown_grace: Duration = 30.0
     """At SIGTERM, how long running tasks may take to finish before they are cancelled."""
-    synchronous: Literal["full", "normal"] = "full"
-    """SQLite's ``synchronous`` setting (PostgreSQL's durability is the server's own): ``full`` keeps every commit through a power loss;
+    synchronous: Synchronous = DEFAULT_SYNCHRONOUS
+    """SQLite's ``synchronous`` setting (PostgreSQL's durability is the server's own):
+    ``full`` keeps every commit through a power loss;
     ``normal`` keeps them through a crash of the process but a power loss may lose the
     last ones."""
     python_modules: list[str] = Field(default_factory=list)
     """Modules (importable, or ``.py`` files relative to the config) that define pipelines
     with the Python API."""
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: LogLevel = DEFAULT_LOG_LEVEL
     task_env: list[EnvName] = Field(default_factory=list)
     """Variables of the daemon's environment that every program a task starts gets,
     besides the base (PATH, HOME, LANG, ...): nothing else of it is passed on."""

@@ -1,7 +1,9 @@
-"""The state file as a face with no daemon of its own uses it: the CLI reads runs, events
-and gates straight from the store (WAL lets it read while a daemon writes), and prunes
-here when no daemon runs. The assembly opens it (``cued.daemon.assembly.open_state``): only
-the assembly knows which store it opened.
+"""The state file as a face with no daemon of its own uses it under its configuration: the
+CLI tries triggers on stored events and follows a run there (WAL lets it read while a
+daemon writes), and prunes here when no daemon runs. The assembly opens it
+(``cued.daemon.assembly.open_state``): only the assembly knows which store it opened. (The
+reads that need no configuration, ``cued runs`` and ``cued show``, are a bare
+:class:`~cued.daemon.ops.queries.Queries`: ``cued.daemon.assembly.open_reads``.)
 """
 
 from __future__ import annotations

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cued.daemon.core.assets import asset_source
-from cued.daemon.core.plan import PipelinePlan
 from cued.daemon.core.states import TERMINAL_RUN_STATES
-from cued.daemon.errors import NotFound
+from cued.daemon.errors import CuedError, NotFound
 from cued.daemon.ops import lineage
 from cued.daemon.ops.cursors import Page, event_position, page_of, run_position
 
@@ -24,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from cued.daemon.config import Config
+    from cued.daemon.core.plan import PipelinePlan
     from cued.daemon.ops.host import Daemon
     from cued.daemon.store import (
         ApprovalRow,
@@ -183,8 +183,12 @@ def load(daemon: Daemon) -> Load:
 class Queries:
     """The reads of one store under one configuration.
 
-    :param plans: the pipelines' plans (the running daemon's; built from ``config`` if
-        not given)
+    :param config: the configuration the store is kept under. Without one (a face that
+        read only where the state file is: the CLI's ``cued runs``), the reads that need
+        none answer as ever, and one that needs it (assets, lineage, triggers) raises
+        :class:`~cued.daemon.errors.CuedError`.
+    :param plans: the pipelines' plans (the running daemon's; built from ``config`` when
+        first needed if not given)
     """
 
     @classmethod
@@ -196,21 +200,42 @@ class Queries:
         return queries
 
     def __init__(
-        self, store: Store, config: Config, plans: Mapping[str, PipelinePlan] | None = None
+        self,
+        store: Store,
+        config: Config | None = None,
+        plans: Mapping[str, PipelinePlan] | None = None,
     ) -> None:
         self._store = store
         self._daemon: Daemon | None = None
         self._config = config
-        self.plans: Mapping[str, PipelinePlan] = (
-            plans
-            if plans is not None
-            else {name: PipelinePlan.build(name, p) for name, p in config.pipelines.items()}
-        )
+        self._plans = plans
 
     @property
     def config(self) -> Config:
-        """The configuration the reads are under (the running daemon's, if any)."""
-        return self._daemon.config if self._daemon is not None else self._config
+        """The configuration the reads are under (the running daemon's, if any: it
+        follows reloads).
+
+        :raises CuedError: if these reads were made without one
+        """
+        if self._daemon is not None:
+            return self._daemon.config
+        if self._config is None:
+            raise CuedError("this read needs the configuration, and none was loaded")
+        return self._config
+
+    @property
+    def plans(self) -> Mapping[str, PipelinePlan]:
+        """The pipelines' plans, by name."""
+        if self._plans is None:
+            # here, not at the top: planning brings the template engine, which a read of
+            # runs does without
+            from cued.daemon.core.plan import PipelinePlan
+
+            config = self.config
+            self._plans = {
+                name: PipelinePlan.build(name, p) for name, p in config.pipelines.items()
+            }
+        return self._plans
 
     async def ping(self) -> None:
         """Answer a trivial query of the store (readiness).
@@ -221,10 +246,14 @@ class Queries:
 
     # -- runs -----------------------------------------------------------------------------
 
-    async def run_detail(self, run_id: str) -> RunDetail | None:
+    async def run_detail(self, run_id: str, *, assets: bool = True) -> RunDetail | None:
         """A run with its task instances, their attempts, its approval gates with their
         decisions, the event that started it and the assets it produced; ``None`` if
-        there is no such run."""
+        there is no such run.
+
+        :param assets: find the assets it produced (its pipeline's plan says which to
+            look for); without, ``assets`` is empty and no configuration is needed
+        """
         store = self._store
         run = await store.get_run(run_id)
         if run is None:
@@ -238,7 +267,7 @@ class Queries:
             await store.get_attempts(run_id),
             [Gate.of(g, decisions) for g in gates],
             started_by[0] if started_by else None,
-            await lineage.produced(store, self.plans, run),
+            await lineage.produced(store, self.plans, run) if assets else [],
         )
 
     async def runs_page(

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from cued.daemon.store.postgresql import is_database_url, open_pg_store
+from cued.daemon.config.state import is_database_url
 from cued.daemon.store.sqlite import open_store
 
 if TYPE_CHECKING:
@@ -35,6 +35,9 @@ async def open_store_at(
     :raises StoreError: if it cannot be opened
     """
     if isinstance(location, str) and is_database_url(location):
+        # here, not at the top: asyncpg is for those who keep their state in PostgreSQL
+        from cued.daemon.store.postgresql import open_pg_store
+
         async with open_pg_store(location, exclusive=exclusive) as pg:
             yield pg
     else:

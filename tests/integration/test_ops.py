@@ -8,12 +8,14 @@ import anyio
 import pytest
 
 from cued.daemon.assembly import open_runner, open_state
+from cued.daemon.config.state import StateSettings, read_state_settings
 from cued.daemon.core.assets import asset_event_id, asset_of, asset_source
 from cued.daemon.core.ids import id_at, new_id
 from cued.daemon.core.untrusted import page_position
-from cued.daemon.errors import Conflict, InvalidRequest, NotFound
+from cued.daemon.errors import Conflict, CuedError, InvalidRequest, NotFound
 from cued.daemon.ops import commands
 from cued.daemon.ops.queries import Load, Queries, load
+from cued.daemon.reading import open_reads
 from cued.daemon.store import (
     ApprovalRow,
     AttemptRow,
@@ -97,6 +99,38 @@ async def test_a_run_detail_has_everything_recorded_about_the_run(make_config):
     assert (asset.asset, asset.task) == ("sales", "load")
     assert asset.event.event_id == f"asset:sales:{run_id}"
     assert asset.event.run_ids == ("r-next",)
+
+
+async def test_reads_that_know_only_where_the_state_is_answer_without_the_configuration(
+    tmp_path, make_config
+):
+    # the CLI's `cued runs` and `cued show`: the state file opened from the [daemon] table
+    # alone, no configuration loaded; a read that needs one says so instead of guessing
+    config = make_config(CONFIG)
+    run_id = run_id_at(100.0)
+    rows = [
+        RunRow(run_id, "etl", "succeeded", {}, 100.0, 101.0, 110.0),
+        InstanceRow(run_id, "load", "load", None, "succeeded", 1, None, 109.0),
+        AttemptRow(run_id, "load", 1, "succeeded", 105.0, 109.0),
+        EventRow(asset_event_id("sales", run_id), asset_source("sales"), 110.0, "matched",
+                 {"run_id": run_id, "task": "load"}, {}, ()),
+    ]  # fmt: skip
+    async with open_state(config) as state:
+        await state.store.submit(rows).wait()
+    assert config.text is not None
+    (tmp_path / "config.toml").write_text(config.text)
+    settings = read_state_settings(tmp_path / "config.toml")
+    assert settings == StateSettings(config.state_location(), "full", "info")
+    async with open_reads(settings) as queries:
+        detail = await queries.run_detail(run_id, assets=False)
+        page = await queries.runs_page(limit=10)
+        with pytest.raises(CuedError, match="needs the configuration"):
+            await queries.run_detail(run_id)  # its assets: the pipeline's plan says which
+        with pytest.raises(CuedError, match="needs the configuration"):
+            await queries.assets()
+    assert detail is not None
+    assert (detail.run, detail.instances, detail.assets) == (rows[0], [rows[1]], [])
+    assert [r.run_id for r in page.items] == [run_id]
 
 
 async def test_a_run_whose_event_is_no_longer_kept_has_none(make_config):

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cued.daemon.config.state import _check_state as check_state
 from cued.daemon.config.state import (
     check_database_url,
+    check_state,
     database_password,
     is_database_url,
     shown_url,
