@@ -542,6 +542,9 @@ def orchestrate(args: argparse.Namespace) -> None:
             no_latency = ("--latency-messages", "0")
             halves[f"queued_{sync}"] = ("cued", sync, ("--max-active-runs", "100", *no_latency))
             halves[f"events_{sync}"] = ("cued", sync, ("--no-runs", *no_latency))
+        if args.only:
+            wanted = set(args.only.split(","))
+            halves = {key: half for key, half in halves.items() if key in wanted}
         results: dict[str, list[dict[str, Any]]] = {key: [] for key in halves}
         for _ in range(args.rounds):
             for key, (kind, sync, extra) in halves.items():
@@ -613,6 +616,11 @@ def main() -> None:
     parser.add_argument("--latency-messages", type=int, default=200)
     parser.add_argument("--write", action="store_true", help="append to BENCHMARKS.md")
     parser.add_argument("--profile", action="store_true", help="one more cued half, profiled")
+    parser.add_argument(
+        "--only",
+        help="these halves alone, comma-separated (floor_full, runs_full, queued_full, "
+        "events_full, and the same with _normal)",
+    )
     parser.add_argument("--half", choices=["floor", "cued"], help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)

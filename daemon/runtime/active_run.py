@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from cued.daemon.core.engine import RunEngine, RunState, Start, State, Wait
+from cued.daemon.core.engine import Finish, RunEngine, RunState, Start, State, Wait
 from cued.daemon.core.ids import now
 from cued.daemon.runtime.asset_events import asset_events
 from cued.daemon.runtime.attempts import stopped_row
@@ -92,6 +92,7 @@ class ActiveRun:
         self._scope: anyio.CancelScope | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._cancelled = False
+        self._fresh = False
 
     @property
     def prior(self) -> dict[str, Instance]:
@@ -100,9 +101,16 @@ class ActiveRun:
 
     async def drive(self) -> RunState | None:
         """Start the run and drive it until nothing of it runs; returns the engine's state
-        then (None if the run was cancelled before it started)."""
+        then (None if the run was cancelled before it started).
+
+        While the engine asks for one thing at a time (one attempt, or one retry's wait),
+        the run's own coroutine carries it out under the run's cancel scope; a task group
+        (a task per attempt) comes only once two things must go on at once. Most runs (one
+        task, or a chain) never need one."""
         if self._cancelled:
             return None  # cancelled between leaving the backlog and starting here
+        # a run that never started has no log lines yet: its attempts need not look
+        self._fresh = self.row.started_at is None
         self.row = replace(
             self.row, state=RunState.RUNNING.value, started_at=self.row.started_at or now()
         )
@@ -113,11 +121,25 @@ class ActiveRun:
             pipeline=self.row.pipeline,
             resumed=bool(self._prior),
         )
-        async with anyio.create_task_group() as tg:
-            self._scope, self._tg = tg.cancel_scope, tg
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            # the start rides with the next commit: nothing waits for it on its own
             self._store.submit([self.row])
-            self._apply(tg, engine.begin())
-        self._tg = None
+            commands = engine.begin()
+            while len(commands) == 1 and not isinstance(commands[0], Finish):
+                self._write()
+                (command,) = commands
+                if isinstance(command, Start):
+                    commands = await self._attempt_steps(command)
+                else:
+                    commands = await self._retry_steps(command)
+            if any(not isinstance(c, Finish) for c in commands):
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    self._apply(tg, commands)
+                self._tg = None
+            else:
+                self._write()
         return engine.state
 
     async def cancel(self) -> None:
@@ -218,18 +240,28 @@ class ActiveRun:
         await durable.wait()
 
     async def _retry_later(self, tg: anyio.abc.TaskGroup, command: Wait) -> None:
+        self._apply(tg, await self._retry_steps(command))
+
+    async def _retry_steps(self, command: Wait) -> list[Command]:
+        """Wait out a retry's backoff; returns what the engine asks for then."""
         assert self.engine is not None
         task = self.plan.tasks[command.instance.task].config
         await anyio.sleep(self._driving.retry_delay_s(task, command.attempt))
-        self._apply(tg, self.engine.retry_due(command.instance))
+        return self.engine.retry_due(command.instance)
 
     async def _attempt(self, tg: anyio.abc.TaskGroup, start: Start) -> None:
+        self._apply(tg, await self._attempt_steps(start))
+
+    async def _attempt_steps(self, start: Start) -> list[Command]:
+        """Run the attempt ``start`` and record how it ended; returns what the engine asks
+        for next."""
         engine, driving = self.engine, self._driving
         assert engine is not None
         inst, run_id = start.instance, self.row.run_id
         async with driving.slots.task_slot(self.plan.tasks[inst.task].config.pool):
             engine.started(inst)
             started_at = now()
+            # not waited for: a task that ends before the next commit writes its end alone
             self._write([AttemptRow(run_id, inst.key, start.attempt, "running", started_at)])
             log = driving.log.bind(
                 run_id=run_id, pipeline=self.row.pipeline, task=inst.key, attempt=start.attempt
@@ -250,7 +282,9 @@ class ActiveRun:
             with driving.slots.running():
                 try:
                     with driving.tracing.current(span):
-                        outcome = await driving.attempts.run(self.plan, self.row, start, log, meter)
+                        outcome = await driving.attempts.run(
+                            self.plan, self.row, start, log, meter, fresh=self._fresh
+                        )
                 except anyio.get_cancelled_exc_class():
                     # a cancelled run marks its instances cancelled; a daemon shutting down
                     # leaves them running, so that a restart runs them again
@@ -268,7 +302,7 @@ class ActiveRun:
         )
         if (ask := outcome.awaiting) is not None:
             await self._await_decision(inst, start.attempt, started_at, ask)
-            return
+            return []
         if outcome.error is None:
             log.debug("task_succeeded", duration_s=round(ended_at - started_at, 6))
             commands = engine.succeeded(inst, outcome.output)
@@ -283,11 +317,17 @@ class ActiveRun:
             extra.extend(
                 driving.alerts.task_failed(self.row, inst.key, start.attempt, outcome.error)
             )
-        # durable before anything downstream starts: a succeeded task never runs again
-        await self._commit(extra)
-        if failed_for_good:
+            await self._commit(extra)
             driving.alerts.wake()
-        self._apply(tg, commands)
+        elif all(isinstance(c, Finish) for c in commands):
+            # nothing starts on this result: it rides with the next commit, which whatever
+            # comes next of this run (its end, or a sibling's result) waits for (the store
+            # commits in order)
+            self._write(extra)
+        else:
+            # durable before anything downstream starts: a succeeded task never runs again
+            await self._commit(extra)
+        return commands
 
     async def _await_decision(
         self, inst: Instance, attempt: int, started_at: float, ask: AwaitingDecision

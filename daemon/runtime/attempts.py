@@ -138,12 +138,19 @@ class TaskAttempts:
         start: Start,
         log: structlog.typing.FilteringBoundLogger,
         meter: Meter,
+        *,
+        fresh: bool = False,
     ) -> Outcome:
         """Run the attempt ``start`` of a task of the run ``row``; ``meter`` gets what it
-        spent. Returns its outcome as the task left it (see :meth:`Outcome.kept`)."""
+        spent. Returns its outcome as the task left it (see :meth:`Outcome.kept`).
+
+        :param fresh: the run had never started before (it has no log lines yet)
+        """
         if self._logs is None:
             return await self._run(plan, row, start, log, meter, None)
-        async with self._logs.attempt(row.run_id, start.instance.key, start.attempt) as lines:
+        async with self._logs.attempt(
+            row.run_id, start.instance.key, start.attempt, fresh=fresh
+        ) as lines:
             return await self._run(plan, row, start, log, meter, lines)
 
     async def _run(
