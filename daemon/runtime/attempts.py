@@ -12,7 +12,7 @@ records the attempt as cancelled or interrupted.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -63,13 +63,14 @@ class Outcome:
         the store, so that downstream tasks see the same after a restart as before one),
         and with its output as JSON; an output that is not JSON fails the attempt for good.
         """
-        kept = replace(self, output=redact(self.output), error=redact(self.error))
-        if kept.error is not None or kept.awaiting is not None:
-            return kept
+        # built once, not by dataclasses.replace: this runs once per attempt
+        output, error = redact(self.output), redact(self.error)
+        if error is not None or isinstance(output, AwaitingDecision):
+            return Outcome(output, error, self.retryable)
         try:
-            return replace(kept, output_json=json.dumps(kept.output))
+            return Outcome(output, None, self.retryable, json.dumps(output))
         except (TypeError, ValueError) as exc:
-            return replace(kept, error=f"output is not JSON-serialisable: {exc}", retryable=False)
+            return Outcome(output, f"output is not JSON-serialisable: {exc}", False)
 
     def attempt_row(
         self, run_id: str, start: Start, started_at: float, ended_at: float, meter: Meter

@@ -13,6 +13,7 @@ import os
 import pwd
 from collections import deque
 from contextlib import asynccontextmanager
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -762,10 +763,32 @@ def _approval(r: Any) -> ApprovalRow:
 
 
 def _params(row: Row) -> tuple[Any, ...]:
-    return tuple(
-        json.dumps(getattr(row, name)) if name in _JSON_FIELDS else getattr(row, name)
-        for name in row.__slots__
-    )
+    read = _READERS.get(type(row))
+    if read is None:
+        read = _READERS[type(row)] = _reader(type(row))
+    return read(row)
+
+
+_READERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+"""How to read each row class's parameters: worked out once per class, as every row of a
+commit goes through here."""
+
+
+def _reader(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    names: tuple[str, ...] = cls.__slots__
+    fields = attrgetter(*names) if len(names) > 1 else (lambda row: (getattr(row, names[0]),))
+    encoded = [i for i, name in enumerate(names) if name in _JSON_FIELDS]
+    if not encoded:
+        return fields  # type: ignore[no-any-return]
+    dumps = json.dumps
+
+    def read(row: Any) -> tuple[Any, ...]:
+        values = list(fields(row))
+        for i in encoded:
+            values[i] = dumps(values[i])
+        return tuple(values)
+
+    return read
 
 
 def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
