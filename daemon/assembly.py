@@ -17,6 +17,7 @@ async with tracing, store, http client, task group:
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import signal
 import socket
@@ -222,6 +223,12 @@ def _runner(
 async def _serving(runner: Runner, *, resume_unfinished: bool) -> AsyncIterator[None]:
     """Serve ``runner`` in a task group of its own for the block's time (its runs are
     cancelled when the block ends)."""
+    # Everything built so far (modules, config, plans) lives as long as the daemon: moved
+    # out of the collector's sight, each collection of the old generation, which the
+    # objects every run makes set off, no longer walks it (about a quarter of the time
+    # per task in bench.cued_workload; see BENCHMARKS.md, "Per-run cost").
+    gc.collect()
+    gc.freeze()
     async with anyio.create_task_group() as tg:
         await tg.start(partial(runner.serve, resume_unfinished=resume_unfinished))
         try:
