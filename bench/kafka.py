@@ -394,6 +394,7 @@ async def cued_throughput(args: argparse.Namespace) -> dict[str, Any]:
                 info.runner.on_run_finished(on_finished)
                 if profiler is not None:
                     profiler.enable()
+                cpu_started = time.process_time()
                 with anyio.fail_after(900):
                     # polled: the source commits inside the daemon, out of our sight
                     while await committed_total(admin, group, tps) < args.messages:  # noqa: ASYNC110 - see above
@@ -401,6 +402,7 @@ async def cued_throughput(args: argparse.Namespace) -> dict[str, Any]:
                     committed_at = time.time()
                     if wait_for_runs:
                         await all_finished.wait()
+                cpu = time.process_time() - cpu_started
                 if profiler is not None:
                     profiler.disable()
                 tg.cancel_scope.cancel()
@@ -423,6 +425,9 @@ async def cued_throughput(args: argparse.Namespace) -> dict[str, Any]:
         "messages": events,
         "seconds": round(elapsed, 3),
         "events_per_s": round(events / elapsed),
+        # CPU time of the whole process (all threads) per event, from the daemon started
+        # to the end: includes the group join's idle wait, not much else on a shared machine
+        "cpu_per_event_us": round(cpu * 1e6 / events, 1),
     }
     if wait_for_runs:
         figures["runs_done_s"] = round(last_finished - first, 3)

@@ -303,9 +303,9 @@ class SqliteStore:
 
     async def _commit(self, batch: _Batch) -> float:
         started = anyio.current_time()
-        db = self._writer
+        work: list[tuple[str, list[tuple[Any, ...]]]] = []
         if batch.gone:
-            await db.executemany(_DELETE_INSTANCE, [(g.run_id, g.key) for g in batch.gone.values()])
+            work.append((_DELETE_INSTANCE, [(g.run_id, g.key) for g in batch.gone.values()]))
         for rows, sql in (
             (batch.runs, _UPSERT_RUN),
             (batch.instances, _PUT_INSTANCE),
@@ -316,15 +316,16 @@ class SqliteStore:
             (batch.outbox, _PUT_OUTBOX),
             (batch.approvals, _PUT_APPROVAL),
             (batch.decisions, _PUT_DECISION),
+            (batch.log_lines, _PUT_LOG_LINE),
+            # after the lines: a line of this batch below the cut goes too
+            (batch.log_trims, _TRIM_LOG),
         ):
             if rows:
-                await db.executemany(sql, [_params(row) for row in rows.values()])
-        if batch.log_lines:
-            await db.executemany(_PUT_LOG_LINE, [_params(r) for r in batch.log_lines.values()])
-        if batch.log_trims:
-            # after the lines: a line of this batch below the cut goes too
-            await db.executemany(_TRIM_LOG, [_params(r) for r in batch.log_trims.values()])
-        await db.commit()
+                work.append((sql, [_params(row) for row in rows.values()]))
+        # one trip to the connection's thread for the whole transaction, not one per
+        # statement: each trip is a wake-up of the event loop (aiosqlite has no public way
+        # to run a function on its thread; ``_execute`` is that, in the pinned version)
+        await self._writer._execute(_write_all, self._writer, work)
         seconds = anyio.current_time() - started
         self.commits += 1
         self.commit_seconds += seconds
@@ -760,6 +761,15 @@ def _approval(r: Any) -> ApprovalRow:
         r[10],
         r[11],
     )
+
+
+def _write_all(db: aiosqlite.Connection, work: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    """On the writing connection's thread: every statement of a group commit, then the
+    commit."""
+    conn = db._conn
+    for sql, params in work:
+        conn.executemany(sql, params)
+    conn.commit()
 
 
 def _params(row: Row) -> tuple[Any, ...]:
