@@ -268,20 +268,27 @@ class ActiveRun:
             )
             log.debug("task_started")
             meter = Meter()
-            span = driving.tracing.start(
-                f"task {inst.key}",
-                parent=self.span,
-                attributes={
-                    "cued.run.id": run_id,
-                    "cued.task": inst.task,
-                    "cued.task.key": inst.key,
-                    "cued.task.kind": self.plan.tasks[inst.task].config.kind,
-                    "cued.attempt": start.attempt,
-                },
-            )
+            span = NO_SPAN
+            if driving.tracing.enabled:
+                span = driving.tracing.start(
+                    f"task {inst.key}",
+                    parent=self.span,
+                    attributes={
+                        "cued.run.id": run_id,
+                        "cued.task": inst.task,
+                        "cued.task.key": inst.key,
+                        "cued.task.kind": self.plan.tasks[inst.task].config.kind,
+                        "cued.attempt": start.attempt,
+                    },
+                )
             with driving.slots.running():
                 try:
-                    with driving.tracing.current(span):
+                    if span:
+                        with driving.tracing.current(span):
+                            outcome = await driving.attempts.run(
+                                self.plan, self.row, start, log, meter, fresh=self._fresh
+                            )
+                    else:
                         outcome = await driving.attempts.run(
                             self.plan, self.row, start, log, meter, fresh=self._fresh
                         )
@@ -354,6 +361,8 @@ class ActiveRun:
 def _end_attempt_span(span: Span, meter: Meter, state: str, error: str | None) -> None:
     """End an attempt's span with how it ended and what it spent (an AI step's cost and
     tokens, as its kind reported them)."""
+    if not span:
+        return  # tracing is off
     span.set(**{"cued.attempt.state": state, "cued.cost": meter.cost})
     for key, value in (meter.usage or {}).items():
         span.set(**{f"cued.usage.{key}": value})

@@ -420,15 +420,17 @@ class Runner:
     async def _drive(self, run: ActiveRun) -> None:
         # one span for each time the run is driven: a resumed run gets another, in the
         # same trace and under the same parent
-        run.span = span = self.tracing.start(
-            f"run {run.row.pipeline}",
-            parent=run.row.traceparent,
-            attributes={
-                "cued.run.id": run.row.run_id,
-                "cued.pipeline": run.row.pipeline,
-                "cued.resumed": bool(run.prior),
-            },
-        )
+        if self.tracing.enabled:
+            run.span = self.tracing.start(
+                f"run {run.row.pipeline}",
+                parent=run.row.traceparent,
+                attributes={
+                    "cued.run.id": run.row.run_id,
+                    "cued.pipeline": run.row.pipeline,
+                    "cued.resumed": bool(run.prior),
+                },
+            )
+        span = run.span
         try:
             state = await run.drive()
             if state is None:
@@ -439,10 +441,11 @@ class Runner:
                 await run.park()
         finally:
             # a run still running here is being stopped with the daemon
-            span.set(**{"cued.run.state": run.row.state})
-            if run.row.error is not None:
-                span.fail(run.row.error)
-            span.end()
+            if span:
+                span.set(**{"cued.run.state": run.row.state})
+                if run.row.error is not None:
+                    span.fail(run.row.error)
+                span.end()
             self.slots.free_run_slot(run.row.pipeline)
             # a paused pipeline keeps what waits in the backlog until it is unpaused
             if (

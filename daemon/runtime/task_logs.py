@@ -197,15 +197,15 @@ class TaskLogs:
                 lines.closed = True
                 self._dirty.discard(lines)
                 rows = lines._take()
-            with anyio.CancelScope(shield=True):
-                if lines.written:
-                    # committed (with what was flushed before) before the attempt's end
-                    # is: a reader that sees it ended sees all it wrote; and before the
-                    # run's numbers are forgotten
+            if lines.written:
+                # committed (with what was flushed before) before the attempt's end is: a
+                # reader that sees it ended sees all it wrote; and before the run's
+                # numbers are forgotten
+                with anyio.CancelScope(shield=True):
                     try:
                         await self.store.submit(rows).wait()
                     except StoreError:
                         pass  # the attempt's own row fails to commit too, and says so
-                run.open -= 1
-                if run.open == 0 and self._runs.get(run_id) is run:
-                    del self._runs[run_id]
+            run.open -= 1
+            if run.open == 0 and self._runs.get(run_id) is run:
+                del self._runs[run_id]
