@@ -23,7 +23,7 @@ from cued.daemon.runtime.gates import gate_row
 from cued.daemon.runtime.instance_rows import instance_row
 from cued.daemon.sdk.kinds import Meter
 from cued.daemon.sdk.tracing import NO_SPAN, Span
-from cued.daemon.store import AttemptRow
+from cued.daemon.store import AttemptRow, RunRow
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from cued.daemon.runtime.slots import Slots
     from cued.daemon.sdk.kinds import AwaitingDecision
     from cued.daemon.sdk.tracing import Tracing
-    from cued.daemon.store import Durable, Row, RunRow, Store
+    from cued.daemon.store import Durable, Row, Store
 
 __all__ = ["ActiveRun", "Driving"]
 
@@ -82,8 +82,8 @@ class ActiveRun:
         self.plan = plan
         self.engine: RunEngine | None = None
         """Set once the run starts (None while it waits for a slot)."""
-        self.done = anyio.Event()
-        """Set when the run leaves memory (ended or parked)."""
+        self._done: anyio.Event | None = None
+        self._left = False
         self.span: Span = NO_SPAN
         """The span of this time the run is driven: its attempts' spans hang from it."""
         self._prior = prior
@@ -93,6 +93,26 @@ class ActiveRun:
         self._tg: anyio.abc.TaskGroup | None = None
         self._cancelled = False
         self._fresh = False
+
+    @property
+    def left(self) -> bool:
+        """Whether the run has left memory (ended or parked)."""
+        return self._left
+
+    async def wait_left(self) -> None:
+        """Return once the run has left memory (ended or parked)."""
+        if self._left:
+            return
+        if self._done is None:
+            # made only for a waiter: most runs have none, and an event per run costs
+            self._done = anyio.Event()
+        await self._done.wait()
+
+    def _leave(self, ended: bool) -> None:
+        self._left = True
+        if self._done is not None:
+            self._done.set()
+        self._driving.left(self, ended)
 
     @property
     def prior(self) -> dict[str, Instance]:
@@ -111,9 +131,7 @@ class ActiveRun:
             return None  # cancelled between leaving the backlog and starting here
         # a run that never started has no log lines yet: its attempts need not look
         self._fresh = self.row.started_at is None
-        self.row = replace(
-            self.row, state=RunState.RUNNING.value, started_at=self.row.started_at or now()
-        )
+        self.row = _run_row(self.row, RunState.RUNNING.value, self.row.started_at or now())
         engine = self.engine = RunEngine(self.plan, self.row.run_id, self.row.inputs, self._prior)
         self._driving.log.info(
             "run_started",
@@ -123,16 +141,16 @@ class ActiveRun:
         )
         with anyio.CancelScope() as scope:
             self._scope = scope
-            # the start rides with the next commit: nothing waits for it on its own
-            self._store.submit([self.row])
             commands = engine.begin()
+            # the start rides with the next commit: nothing waits for it on its own
+            self._write([self.row])
             while len(commands) == 1 and not isinstance(commands[0], Finish):
-                self._write()
                 (command,) = commands
                 if isinstance(command, Start):
                     commands = await self._attempt_steps(command)
                 else:
                     commands = await self._retry_steps(command)
+                self._write()
             if any(not isinstance(c, Finish) for c in commands):
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
@@ -153,7 +171,7 @@ class ActiveRun:
             self._write()
             if self._scope is not None:
                 self._scope.cancel()
-        await self.done.wait()
+        await self.wait_left()
 
     def settle_gate(self, key: str, *, ok: bool, output: Any, error: str | None) -> bool:
         """Settle the waiting instance ``key`` as recorded; False if the run is not
@@ -173,12 +191,13 @@ class ActiveRun:
     async def park(self) -> None:
         """Nothing of the run runs, and a gate waits for a decision: leave it in the store
         (its slot freed, nothing of it in memory) until the decision resumes it."""
-        self.row = replace(self.row, state=RunState.WAITING.value)
+        self.row = _run_row(
+            self.row, RunState.WAITING.value, self.row.started_at, self.row.ended_at, self.row.error
+        )
         with anyio.CancelScope(shield=True):
             await self._commit([self.row])
         self._driving.log.info("run_waiting", run_id=self.row.run_id, pipeline=self.row.pipeline)
-        self.done.set()
-        self._driving.left(self, False)
+        self._leave(False)
 
     async def finish(self, state: RunState) -> None:
         """Record the run's end in ``state``, with the alert it raises; a succeeded run
@@ -198,7 +217,7 @@ class ActiveRun:
         if state is RunState.FAILED and engine is not None:
             failed = [i for i in engine.instances() if i.state is State.FAILED]
             error = "; ".join(f"{i.key}: {i.error}" for i in failed[:3]) or None
-        self.row = replace(self.row, state=state.value, ended_at=now(), error=error)
+        self.row = _run_row(self.row, state.value, self.row.started_at, now(), error)
         with anyio.CancelScope(shield=True):
             rows: list[Row] = [self.row]
             reruns = 0
@@ -211,8 +230,7 @@ class ActiveRun:
         driving.log.info(
             "run_finished", run_id=self.row.run_id, pipeline=self.row.pipeline, state=state.value
         )
-        self.done.set()
-        driving.left(self, True)
+        self._leave(True)
 
     # -- carrying out the engine's commands --------------------------------------------
 
@@ -356,6 +374,28 @@ class ActiveRun:
         )
         self._driving.gates.opened()
         self._driving.alerts.wake()
+
+
+def _run_row(
+    row: RunRow,
+    state: str,
+    started_at: float | None,
+    ended_at: float | None = None,
+    error: str | None = None,
+) -> RunRow:
+    """``row`` in ``state``: built, not ``dataclasses.replace``d (twice per run)."""
+    return RunRow(
+        row.run_id,
+        row.pipeline,
+        state,
+        row.inputs,
+        row.created_at,
+        started_at,
+        ended_at,
+        error,
+        row.event_id,
+        row.traceparent,
+    )
 
 
 def _end_attempt_span(span: Span, meter: Meter, state: str, error: str | None) -> None:

@@ -391,7 +391,7 @@ class Runner:
         """
         run = self._runs.get(run_id)
         if run is not None:
-            await run.done.wait()
+            await run.wait_left()
             return run.row
         row = await self.store.get_run(run_id)
         if row is None:
@@ -435,7 +435,7 @@ class Runner:
             state = await run.drive()
             if state is None:
                 return  # cancelled before it started
-            if state in TERMINAL_RUN_STATES and not run.done.is_set():
+            if state in TERMINAL_RUN_STATES and not run.left:
                 await run.finish(state)
             elif run.engine is not None and run.engine.parked():
                 await run.park()
