@@ -93,6 +93,16 @@ COUNT_RUNS_BY_STATE = "SELECT state, count(*) FROM runs GROUP BY state"
 COUNT_WAITING_APPROVALS = "SELECT count(*) FROM approvals WHERE state = 'waiting'"
 
 
+_KEYED: dict[type, tuple[str, Callable[[Any], Any]]] = {
+    RunRow: ("runs", attrgetter("run_id")),
+    AttemptRow: ("attempts", attrgetter("run_id", "key", "attempt")),
+    EventRow: ("events", attrgetter("event_id")),
+    CursorRow: ("cursors", attrgetter("source")),
+    DedupeRow: ("dedupe", attrgetter("trigger", "key")),
+}
+"""Rows that only replace their like in a batch: the batch's field and the row's key."""
+
+
 class _Batch:
     """Submissions that commit together."""
 
@@ -131,7 +141,11 @@ class _Batch:
 
     def add(self, row: Row) -> None:
         # whole rows: a later submission of the same row replaces the earlier one
-        if isinstance(row, InstanceRow):
+        keyed = _KEYED.get(type(row))
+        if keyed is not None:  # the rows every run writes, found in one look-up
+            field, key = keyed
+            getattr(self, field)[key(row)] = row
+        elif isinstance(row, InstanceRow):
             self.instances[row.run_id, row.key] = row
             self.gone.pop((row.run_id, row.key), None)
         elif isinstance(row, InstanceGone):
@@ -143,14 +157,6 @@ class _Batch:
             self.approvals[row.run_id, row.key] = row
         elif isinstance(row, DecisionRow):
             self.decisions[row.run_id, row.key, row.attempt, row.who] = row
-        elif isinstance(row, AttemptRow):
-            self.attempts[row.run_id, row.key, row.attempt] = row
-        elif isinstance(row, RunRow):
-            self.runs[row.run_id] = row
-        elif isinstance(row, EventRow):
-            self.events[row.event_id] = row
-        elif isinstance(row, DedupeRow):
-            self.dedupe[row.trigger, row.key] = row
         elif isinstance(row, LogLineRow):
             self.log_lines[row.run_id, row.seq] = row
         elif isinstance(row, LogTrim):
@@ -158,7 +164,7 @@ class _Batch:
             if trim is None or trim.before_seq < row.before_seq:
                 self.log_trims[row.run_id, row.key, row.attempt] = row
         else:
-            self.cursors[row.source] = row
+            raise TypeError(f"the store keeps no {type(row).__name__}")
 
     def rows(self) -> list[Row]:
         """Every row of the batch, runs first."""
