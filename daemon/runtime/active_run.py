@@ -148,7 +148,7 @@ class ActiveRun:
                 (command,) = commands
                 if isinstance(command, Start):
                     commands = await self._attempt_steps(command)
-                else:
+                elif isinstance(command, Wait):
                     commands = await self._retry_steps(command)
                 self._write()
             if any(not isinstance(c, Finish) for c in commands):

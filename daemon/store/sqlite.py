@@ -331,7 +331,7 @@ class SqliteStore:
         # one trip to the connection's thread for the whole transaction, not one per
         # statement: each trip is a wake-up of the event loop (aiosqlite has no public way
         # to run a function on its thread; ``_execute`` is that, in the pinned version)
-        await self._writer._execute(_write_all, self._writer, work)
+        await self._writer._execute(_write_all, self._writer, work)  # type: ignore[no-untyped-call]
         seconds = anyio.current_time() - started
         self.commits += 1
         self.commit_seconds += seconds
@@ -791,11 +791,13 @@ commit goes through here."""
 
 
 def _reader(cls: type) -> Callable[[Any], tuple[Any, ...]]:
-    names: tuple[str, ...] = cls.__slots__
-    fields = attrgetter(*names) if len(names) > 1 else (lambda row: (getattr(row, names[0]),))
+    names: tuple[str, ...] = getattr(cls, "__slots__")  # noqa: B009 - mypy knows none on type
+    fields: Callable[[Any], tuple[Any, ...]] = (
+        attrgetter(*names) if len(names) > 1 else (lambda row: (getattr(row, names[0]),))
+    )
     encoded = [i for i, name in enumerate(names) if name in _JSON_FIELDS]
     if not encoded:
-        return fields  # type: ignore[no-any-return]
+        return fields
     dumps = json.dumps
 
     def read(row: Any) -> tuple[Any, ...]:

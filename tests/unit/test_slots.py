@@ -87,3 +87,70 @@ async def test_drain_returns_once_the_running_attempts_end_and_none_starts_after
 async def test_drain_with_nothing_running_returns_at_once():
     with anyio.fail_after(5):
         await Slots(1, {}, {}).drain()
+
+
+async def test_an_attempt_cancelled_while_it_waits_for_a_slot_takes_none_and_the_next_gets_it():
+    slots = Slots(1, {}, {})
+    release = anyio.Event()
+    entered: list[str] = []
+
+    async def attempt(name: str) -> None:
+        async with slots.task_slot(None):
+            entered.append(name)
+            await release.wait()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(attempt, "holder")
+            await anyio.wait_all_tasks_blocked()
+            with anyio.CancelScope() as waiting:
+                tg.start_soon(attempt, "next")
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(attempt, "cancelled")
+                    await anyio.wait_all_tasks_blocked()
+                    assert slots.tasks_waiting == 2
+                    waiting.cancel()
+            assert slots.tasks_waiting == 1
+            release.set()
+    assert entered == ["holder", "next"]
+    assert slots.tasks_waiting == 0
+
+
+async def test_a_slot_handed_to_an_attempt_as_it_is_cancelled_goes_on_to_the_next():
+    slots = Slots(1, {}, {})
+    entered: list[str] = []
+    release = anyio.Event()
+
+    async def attempt(name: str) -> None:
+        async with slots.task_slot(None):
+            entered.append(name)
+            await release.wait()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            holder = anyio.CancelScope()
+
+            async def held() -> None:
+                with holder:
+                    await attempt("holder")
+
+            tg.start_soon(held)
+            await anyio.wait_all_tasks_blocked()
+            doomed = anyio.CancelScope()
+
+            async def cancelled() -> None:
+                with doomed:
+                    await attempt("doomed")
+
+            tg.start_soon(cancelled)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(attempt, "last")
+            await anyio.wait_all_tasks_blocked()
+            # in one step: the holder leaves (handing its slot to the first waiter), and
+            # that waiter is cancelled before it runs again
+            holder.cancel()
+            doomed.cancel()
+            await anyio.wait_all_tasks_blocked()
+            assert entered == ["holder", "last"]
+            release.set()
+    assert slots.tasks_waiting == 0
