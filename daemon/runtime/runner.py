@@ -3,8 +3,7 @@
 Every run is driven by one coroutine (a task of the runner's group) under its own cancel
 scope, so cancelling a run cancels exactly its attempts. Limits
 (:mod:`~cued.daemon.runtime.slots`): a global limit on running tasks, one per named pool,
-and ``max_active_runs``
-per pipeline (runs beyond it wait in the bounded
+and ``max_active_runs`` per pipeline (runs beyond it wait in the bounded
 :class:`~cued.daemon.runtime.backlog.Backlog`). Every state change goes to the store; a
 task's result is durable before anything downstream of it starts.
 
