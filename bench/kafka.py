@@ -394,6 +394,7 @@ async def cued_throughput(args: argparse.Namespace) -> dict[str, Any]:
                 info.runner.on_run_finished(on_finished)
                 if profiler is not None:
                     profiler.enable()
+                cpu_started = time.process_time()
                 with anyio.fail_after(900):
                     # polled: the source commits inside the daemon, out of our sight
                     while await committed_total(admin, group, tps) < args.messages:  # noqa: ASYNC110 - see above
@@ -401,6 +402,7 @@ async def cued_throughput(args: argparse.Namespace) -> dict[str, Any]:
                     committed_at = time.time()
                     if wait_for_runs:
                         await all_finished.wait()
+                cpu = time.process_time() - cpu_started
                 if profiler is not None:
                     profiler.disable()
                 tg.cancel_scope.cancel()
@@ -423,6 +425,9 @@ async def cued_throughput(args: argparse.Namespace) -> dict[str, Any]:
         "messages": events,
         "seconds": round(elapsed, 3),
         "events_per_s": round(events / elapsed),
+        # CPU time of the whole process (all threads) per event, from the daemon started
+        # to the end: includes the group join's idle wait, not much else on a shared machine
+        "cpu_per_event_us": round(cpu * 1e6 / events, 1),
     }
     if wait_for_runs:
         figures["runs_done_s"] = round(last_finished - first, 3)
@@ -542,6 +547,9 @@ def orchestrate(args: argparse.Namespace) -> None:
             no_latency = ("--latency-messages", "0")
             halves[f"queued_{sync}"] = ("cued", sync, ("--max-active-runs", "100", *no_latency))
             halves[f"events_{sync}"] = ("cued", sync, ("--no-runs", *no_latency))
+        if args.only:
+            wanted = set(args.only.split(","))
+            halves = {key: half for key, half in halves.items() if key in wanted}
         results: dict[str, list[dict[str, Any]]] = {key: [] for key in halves}
         for _ in range(args.rounds):
             for key, (kind, sync, extra) in halves.items():
@@ -613,6 +621,11 @@ def main() -> None:
     parser.add_argument("--latency-messages", type=int, default=200)
     parser.add_argument("--write", action="store_true", help="append to BENCHMARKS.md")
     parser.add_argument("--profile", action="store_true", help="one more cued half, profiled")
+    parser.add_argument(
+        "--only",
+        help="these halves alone, comma-separated (floor_full, runs_full, queued_full, "
+        "events_full, and the same with _normal)",
+    )
     parser.add_argument("--half", choices=["floor", "cued"], help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)

@@ -22,6 +22,7 @@ async with tracing, store, http client, task group:
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import signal
 import socket
@@ -241,6 +242,17 @@ def _runner(
 async def _serving(runner: Runner, *, resume_unfinished: bool) -> AsyncIterator[None]:
     """Serve ``runner`` in a task group of its own for the block's time (its runs are
     cancelled when the block ends)."""
+    # Everything built so far (modules, config, plans) lives as long as the daemon: moved
+    # out of the collector's sight, each collection of the old generation, which the
+    # objects every run makes set off, no longer walks it (about a quarter of the time
+    # per task in bench.cued_workload; see BENCHMARKS.md, "Per-run cost").
+    gc.collect()
+    gc.freeze()
+    # and collections come less often: a daemon with thousands of runs in flight holds
+    # tens of thousands of live objects (tasks, coroutines, rows), which every collection
+    # of an older generation walks again; 50,000 allocations before a young collection
+    # instead of 700 took 10 % of the CPU per run off (bench.run_cost, BENCHMARKS.md)
+    gc.set_threshold(50_000, 20, 100)
     async with anyio.create_task_group() as tg:
         await tg.start(partial(runner.serve, resume_unfinished=resume_unfinished))
         try:

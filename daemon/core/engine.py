@@ -204,7 +204,12 @@ class RunEngine:
 
     def drain_changes(self) -> list[Instance]:
         """Instances whose state changed since the last call, each once."""
-        changes, self._changes = self._changes, []
+        changes = self._changes
+        if len(changes) < 2:  # most calls: nothing to take apart
+            if changes:
+                self._changes = []
+            return changes
+        self._changes = []
         return list({id(i): i for i in changes}.values())
 
     def instances(self) -> list[Instance]:

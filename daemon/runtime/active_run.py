@@ -1,9 +1,12 @@
 """A run in memory: its engine's decisions carried out, attempt by attempt.
 
-The runner starts one coroutine per run (:meth:`ActiveRun.drive`), with a task group of its
-own inside the runner's, so cancelling a run cancels exactly its tasks. Every change the
-engine makes goes to the store; an attempt's result is durable before anything downstream
-of it starts, and the alerts it raises commit with it. A run leaves memory when it ends
+The runner starts one coroutine per run (:meth:`ActiveRun.drive`) under a cancel scope of
+its own, so cancelling a run cancels exactly its attempts. While the engine asks for one
+thing at a time the coroutine carries it out itself; a task group (a task per attempt)
+comes only when two things of the run must go on at once. Every change the engine makes
+goes to the store; an attempt's result is durable before anything downstream of it starts
+(a result nothing starts on rides with the next commit, which the run's end waits for),
+and the alerts it raises commit with it. A run leaves memory when it ends
 (:meth:`ActiveRun.finish`) or when nothing of it runs and a gate waits for a decision
 (:meth:`ActiveRun.park`): it is then in the store only, until the decision resumes it.
 """
@@ -15,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from cued.daemon.core.engine import RunEngine, RunState, Start, State, Wait
+from cued.daemon.core.engine import Finish, RunEngine, RunState, Start, State, Wait
 from cued.daemon.core.ids import now
 from cued.daemon.runtime.asset_events import asset_events, failed_check_events
 from cued.daemon.runtime.attempts import stopped_row
@@ -23,7 +26,7 @@ from cued.daemon.runtime.gates import gate_row
 from cued.daemon.runtime.instance_rows import instance_row
 from cued.daemon.sdk.kinds import Meter
 from cued.daemon.sdk.tracing import NO_SPAN, Span
-from cued.daemon.store import AttemptRow
+from cued.daemon.store import AttemptRow, RunRow
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,7 +43,7 @@ if TYPE_CHECKING:
     from cued.daemon.runtime.slots import Slots
     from cued.daemon.sdk.kinds import AwaitingDecision
     from cued.daemon.sdk.tracing import Tracing
-    from cued.daemon.store import Durable, Row, RunRow, Store
+    from cued.daemon.store import Durable, Row, Store
 
 __all__ = ["ActiveRun", "Driving"]
 
@@ -82,8 +85,8 @@ class ActiveRun:
         self.plan = plan
         self.engine: RunEngine | None = None
         """Set once the run starts (None while it waits for a slot)."""
-        self.done = anyio.Event()
-        """Set when the run leaves memory (ended or parked)."""
+        self._done: anyio.Event | None = None
+        self._left = False
         self.span: Span = NO_SPAN
         """The span of this time the run is driven: its attempts' spans hang from it."""
         self._prior = prior
@@ -92,6 +95,27 @@ class ActiveRun:
         self._scope: anyio.CancelScope | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._cancelled = False
+        self._fresh = False
+
+    @property
+    def left(self) -> bool:
+        """Whether the run has left memory (ended or parked)."""
+        return self._left
+
+    async def wait_left(self) -> None:
+        """Return once the run has left memory (ended or parked)."""
+        if self._left:
+            return
+        if self._done is None:
+            # made only for a waiter: most runs have none, and an event per run costs
+            self._done = anyio.Event()
+        await self._done.wait()
+
+    def _leave(self, ended: bool) -> None:
+        self._left = True
+        if self._done is not None:
+            self._done.set()
+        self._driving.left(self, ended)
 
     @property
     def prior(self) -> dict[str, Instance]:
@@ -100,12 +124,17 @@ class ActiveRun:
 
     async def drive(self) -> RunState | None:
         """Start the run and drive it until nothing of it runs; returns the engine's state
-        then (None if the run was cancelled before it started)."""
+        then (None if the run was cancelled before it started).
+
+        While the engine asks for one thing at a time (one attempt, or one retry's wait),
+        the run's own coroutine carries it out under the run's cancel scope; a task group
+        (a task per attempt) comes only once two things must go on at once. Most runs (one
+        task, or a chain) never need one."""
         if self._cancelled:
             return None  # cancelled between leaving the backlog and starting here
-        self.row = replace(
-            self.row, state=RunState.RUNNING.value, started_at=self.row.started_at or now()
-        )
+        # a run that never started has no log lines yet: its attempts need not look
+        self._fresh = self.row.started_at is None
+        self.row = _run_row(self.row, RunState.RUNNING.value, self.row.started_at or now())
         engine = self.engine = RunEngine(self.plan, self.row.run_id, self.row.inputs, self._prior)
         self._driving.log.info(
             "run_started",
@@ -113,11 +142,25 @@ class ActiveRun:
             pipeline=self.row.pipeline,
             resumed=bool(self._prior),
         )
-        async with anyio.create_task_group() as tg:
-            self._scope, self._tg = tg.cancel_scope, tg
-            self._store.submit([self.row])
-            self._apply(tg, engine.begin())
-        self._tg = None
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            commands = engine.begin()
+            # the start rides with the next commit: nothing waits for it on its own
+            self._write([self.row])
+            while len(commands) == 1 and not isinstance(commands[0], Finish):
+                (command,) = commands
+                if isinstance(command, Start):
+                    commands = await self._attempt_steps(command)
+                elif isinstance(command, Wait):
+                    commands = await self._retry_steps(command)
+                self._write()
+            if any(not isinstance(c, Finish) for c in commands):
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    self._apply(tg, commands)
+                self._tg = None
+            else:
+                self._write()
         return engine.state
 
     async def cancel(self) -> None:
@@ -131,7 +174,7 @@ class ActiveRun:
             self._write()
             if self._scope is not None:
                 self._scope.cancel()
-        await self.done.wait()
+        await self.wait_left()
 
     def settle_gate(self, key: str, *, ok: bool, output: Any, error: str | None) -> bool:
         """Settle the waiting instance ``key`` as recorded; False if the run is not
@@ -151,12 +194,13 @@ class ActiveRun:
     async def park(self) -> None:
         """Nothing of the run runs, and a gate waits for a decision: leave it in the store
         (its slot freed, nothing of it in memory) until the decision resumes it."""
-        self.row = replace(self.row, state=RunState.WAITING.value)
+        self.row = _run_row(
+            self.row, RunState.WAITING.value, self.row.started_at, self.row.ended_at, self.row.error
+        )
         with anyio.CancelScope(shield=True):
             await self._commit([self.row])
         self._driving.log.info("run_waiting", run_id=self.row.run_id, pipeline=self.row.pipeline)
-        self.done.set()
-        self._driving.left(self, False)
+        self._leave(False)
 
     async def finish(self, state: RunState) -> None:
         """Record the run's end in ``state``, with the alert it raises; a succeeded run
@@ -184,7 +228,7 @@ class ActiveRun:
         if state is RunState.FAILED and engine is not None:
             failed = [i for i in engine.instances() if i.state is State.FAILED]
             error = "; ".join(f"{i.key}: {i.error}" for i in failed[:3]) or None
-        self.row = replace(self.row, state=state.value, ended_at=now(), error=error)
+        self.row = _run_row(self.row, state.value, self.row.started_at, now(), error)
         with anyio.CancelScope(shield=True):
             rows: list[Row] = [self.row]
             reruns = 0
@@ -197,8 +241,7 @@ class ActiveRun:
         driving.log.info(
             "run_finished", run_id=self.row.run_id, pipeline=self.row.pipeline, state=state.value
         )
-        self.done.set()
-        driving.left(self, True)
+        self._leave(True)
 
     # -- carrying out the engine's commands --------------------------------------------
 
@@ -226,39 +269,58 @@ class ActiveRun:
         await durable.wait()
 
     async def _retry_later(self, tg: anyio.abc.TaskGroup, command: Wait) -> None:
+        self._apply(tg, await self._retry_steps(command))
+
+    async def _retry_steps(self, command: Wait) -> list[Command]:
+        """Wait out a retry's backoff; returns what the engine asks for then."""
         assert self.engine is not None
         task = self.plan.tasks[command.instance.task].config
         await anyio.sleep(self._driving.retry_delay_s(task, command.attempt))
-        self._apply(tg, self.engine.retry_due(command.instance))
+        return self.engine.retry_due(command.instance)
 
     async def _attempt(self, tg: anyio.abc.TaskGroup, start: Start) -> None:
+        self._apply(tg, await self._attempt_steps(start))
+
+    async def _attempt_steps(self, start: Start) -> list[Command]:
+        """Run the attempt ``start`` and record how it ended; returns what the engine asks
+        for next."""
         engine, driving = self.engine, self._driving
         assert engine is not None
         inst, run_id = start.instance, self.row.run_id
         async with driving.slots.task_slot(self.plan.tasks[inst.task].config.pool):
             engine.started(inst)
             started_at = now()
+            # not waited for: a task that ends before the next commit writes its end alone
             self._write([AttemptRow(run_id, inst.key, start.attempt, "running", started_at)])
             log = driving.log.bind(
                 run_id=run_id, pipeline=self.row.pipeline, task=inst.key, attempt=start.attempt
             )
             log.debug("task_started")
             meter = Meter()
-            span = driving.tracing.start(
-                f"task {inst.key}",
-                parent=self.span,
-                attributes={
-                    "cued.run.id": run_id,
-                    "cued.task": inst.task,
-                    "cued.task.key": inst.key,
-                    "cued.task.kind": self.plan.tasks[inst.task].config.kind,
-                    "cued.attempt": start.attempt,
-                },
-            )
+            span = NO_SPAN
+            if driving.tracing.enabled:
+                span = driving.tracing.start(
+                    f"task {inst.key}",
+                    parent=self.span,
+                    attributes={
+                        "cued.run.id": run_id,
+                        "cued.task": inst.task,
+                        "cued.task.key": inst.key,
+                        "cued.task.kind": self.plan.tasks[inst.task].config.kind,
+                        "cued.attempt": start.attempt,
+                    },
+                )
             with driving.slots.running():
                 try:
-                    with driving.tracing.current(span):
-                        outcome = await driving.attempts.run(self.plan, self.row, start, log, meter)
+                    if span:
+                        with driving.tracing.current(span):
+                            outcome = await driving.attempts.run(
+                                self.plan, self.row, start, log, meter, fresh=self._fresh
+                            )
+                    else:
+                        outcome = await driving.attempts.run(
+                            self.plan, self.row, start, log, meter, fresh=self._fresh
+                        )
                 except anyio.get_cancelled_exc_class():
                     # a cancelled run marks its instances cancelled; a daemon shutting down
                     # leaves them running, so that a restart runs them again
@@ -276,7 +338,7 @@ class ActiveRun:
         )
         if (ask := outcome.awaiting) is not None:
             await self._await_decision(inst, start.attempt, started_at, ask)
-            return
+            return []
         if outcome.error is None:
             log.debug("task_succeeded", duration_s=round(ended_at - started_at, 6))
             commands = engine.succeeded(inst, outcome.output)
@@ -291,11 +353,17 @@ class ActiveRun:
             extra.extend(
                 driving.alerts.task_failed(self.row, inst.key, start.attempt, outcome.error)
             )
-        # durable before anything downstream starts: a succeeded task never runs again
-        await self._commit(extra)
-        if failed_for_good:
+            await self._commit(extra)
             driving.alerts.wake()
-        self._apply(tg, commands)
+        elif all(isinstance(c, Finish) for c in commands):
+            # nothing starts on this result: it rides with the next commit, which whatever
+            # comes next of this run (its end, or a sibling's result) waits for (the store
+            # commits in order)
+            self._write(extra)
+        else:
+            # durable before anything downstream starts: a succeeded task never runs again
+            await self._commit(extra)
+        return commands
 
     async def _await_decision(
         self, inst: Instance, attempt: int, started_at: float, ask: AwaitingDecision
@@ -319,9 +387,33 @@ class ActiveRun:
         self._driving.alerts.wake()
 
 
+def _run_row(
+    row: RunRow,
+    state: str,
+    started_at: float | None,
+    ended_at: float | None = None,
+    error: str | None = None,
+) -> RunRow:
+    """``row`` in ``state``: built, not ``dataclasses.replace``d (twice per run)."""
+    return RunRow(
+        row.run_id,
+        row.pipeline,
+        state,
+        row.inputs,
+        row.created_at,
+        started_at,
+        ended_at,
+        error,
+        row.event_id,
+        row.traceparent,
+    )
+
+
 def _end_attempt_span(span: Span, meter: Meter, state: str, error: str | None) -> None:
     """End an attempt's span with how it ended and what it spent (an AI step's cost and
     tokens, as its kind reported them)."""
+    if not span:
+        return  # tracing is off
     span.set(**{"cued.attempt.state": state, "cued.cost": meter.cost})
     for key, value in (meter.usage or {}).items():
         span.set(**{f"cued.usage.{key}": value})

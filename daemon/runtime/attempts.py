@@ -12,7 +12,7 @@ records the attempt as cancelled or interrupted.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -63,13 +63,14 @@ class Outcome:
         the store, so that downstream tasks see the same after a restart as before one),
         and with its output as JSON; an output that is not JSON fails the attempt for good.
         """
-        kept = replace(self, output=redact(self.output), error=redact(self.error))
-        if kept.error is not None or kept.awaiting is not None:
-            return kept
+        # built once, not by dataclasses.replace: this runs once per attempt
+        output, error = redact(self.output), redact(self.error)
+        if error is not None or isinstance(output, AwaitingDecision):
+            return Outcome(output, error, self.retryable)
         try:
-            return replace(kept, output_json=json.dumps(kept.output))
+            return Outcome(output, None, self.retryable, json.dumps(output))
         except (TypeError, ValueError) as exc:
-            return replace(kept, error=f"output is not JSON-serialisable: {exc}", retryable=False)
+            return Outcome(output, f"output is not JSON-serialisable: {exc}", False)
 
     def attempt_row(
         self, run_id: str, start: Start, started_at: float, ended_at: float, meter: Meter
@@ -140,12 +141,19 @@ class TaskAttempts:
         start: Start,
         log: structlog.typing.FilteringBoundLogger,
         meter: Meter,
+        *,
+        fresh: bool = False,
     ) -> Outcome:
         """Run the attempt ``start`` of a task of the run ``row``; ``meter`` gets what it
-        spent. Returns its outcome as the task left it (see :meth:`Outcome.kept`)."""
+        spent. Returns its outcome as the task left it (see :meth:`Outcome.kept`).
+
+        :param fresh: the run had never started before (it has no log lines yet)
+        """
         if self._logs is None:
             return await self._run(plan, row, start, log, meter, None)
-        async with self._logs.attempt(row.run_id, start.instance.key, start.attempt) as lines:
+        async with self._logs.attempt(
+            row.run_id, start.instance.key, start.attempt, fresh=fresh
+        ) as lines:
             return await self._run(plan, row, start, log, meter, lines)
 
     async def _run(

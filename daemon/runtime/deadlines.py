@@ -45,17 +45,26 @@ class Deadlines:
         self._watched: set[tuple[str, str]] = set()
         self._rows: dict[str, RunRow] = {}
         self._wake = anyio.Event()
+        self._marks: dict[str, list[tuple[str, float]]] = {}
+        """Each pipeline's deadlines (task, seconds; "" for the run's own), made once."""
 
     def watch(self, row: RunRow) -> None:
         """Watch the deadlines of ``row``'s pipeline and tasks (once per run)."""
-        plan = self._plans.get(row.pipeline)
-        if plan is None:
-            return
-        marks = [("", plan.config.deadline)] + [
-            (name, t.config.deadline) for name, t in plan.tasks.items()
-        ]
-        for task, deadline in marks:
-            if deadline is None or (row.run_id, task) in self._watched:
+        marks = self._marks.get(row.pipeline)
+        if marks is None:
+            plan = self._plans.get(row.pipeline)
+            if plan is None:
+                return
+            marks = self._marks[row.pipeline] = [
+                (task, deadline)
+                for task, deadline in [
+                    ("", plan.config.deadline),
+                    *((name, t.config.deadline) for name, t in plan.tasks.items()),
+                ]
+                if deadline is not None
+            ]
+        for task, deadline in marks:  # most pipelines have none: every run comes here
+            if (row.run_id, task) in self._watched:
                 continue
             self._watched.add((row.run_id, task))
             self._rows[row.run_id] = row

@@ -37,7 +37,7 @@ from cued.daemon.core.triggers import Match, match
 from cued.daemon.errors import CuedError, StoreError
 from cued.daemon.logs import get_logger
 from cued.daemon.sdk.sources import Receipt
-from cued.daemon.sdk.tracing import Span, Tracing
+from cued.daemon.sdk.tracing import NO_SPAN, Span, Tracing
 from cued.daemon.store import CursorRow, DedupeRow, EventRow
 
 if TYPE_CHECKING:
@@ -249,10 +249,11 @@ class DaemonIntake:
             status = "invalid" if event.error else ("matched" if started else "unmatched")
             run_ids = tuple(r.run_id for r in started)
             error = "; ".join(errors) or None
-            span.set(**{"cued.event.status": status, "cued.event.runs": len(run_ids)})
-            if event.error:
-                span.fail(event.error)
-            batch.spans.append(span)
+            if span:
+                span.set(**{"cued.event.status": status, "cued.event.runs": len(run_ids)})
+                if event.error:
+                    span.fail(event.error)
+                batch.spans.append(span)
             batch.rows.append(
                 EventRow(
                     event.event_id,
@@ -342,6 +343,8 @@ class DaemonIntake:
         return started, errors
 
     def _event_span(self, event: Event) -> Span:
+        if not self._tracing.enabled:
+            return NO_SPAN
         return self._tracing.start(
             f"event {event.source}",
             parent=_caller(event),

@@ -111,24 +111,45 @@ class Metrics:
         )
         self.registry.register(_RunnerGauges(runner))
         self._pipelines: OrderedDict[str, str] = OrderedDict()
+        self._children: dict[tuple[int, tuple[str, str]], Any] = {}
+        """Each metric's child by labels, bound once (labels are few: pipelines, states,
+        sources, kinds)."""
 
     def committed(self, seconds: float, rows: Sequence[Row]) -> None:
-        """Count what a commit made durable (a ``store.on_commit`` listener)."""
+        """Count what a commit made durable (a ``store.on_commit`` listener).
+
+        The rows of a commit are counted by labels first, and each counter is moved once
+        per labels, through its child bound once (not ``labels()`` per row)."""
         self.commit.observe(seconds)
+        runs: dict[tuple[str, str], int] = {}
+        tasks: dict[tuple[str, str], int] = {}
+        events: dict[tuple[str, str], int] = {}
         for row in rows:  # runs come first: their pipelines name the rows that follow
             if isinstance(row, RunRow):
                 self._remember(row.run_id, row.pipeline)
-                self.runs.labels(row.pipeline, row.state).inc()
+                key = (row.pipeline, row.state)
+                runs[key] = runs.get(key, 0) + 1
             elif isinstance(row, InstanceRow):
-                self.tasks.labels(self._pipeline(row.run_id), row.state).inc()
+                key = (self._pipeline(row.run_id), row.state)
+                tasks[key] = tasks.get(key, 0) + 1
             elif isinstance(row, AttemptRow):
                 if row.ended_at is not None and row.state in _ENDED:
                     pipeline = self._pipeline(row.run_id)
-                    self.task_duration.labels(pipeline, self._kind(pipeline, row.key)).observe(
-                        max(0.0, row.ended_at - row.started_at)
-                    )
+                    self._child(
+                        self.task_duration, (pipeline, self._kind(pipeline, row.key))
+                    ).observe(max(0.0, row.ended_at - row.started_at))
             elif isinstance(row, EventRow):
-                self.events.labels(row.source, row.status).inc()
+                key = (row.source, row.status)
+                events[key] = events.get(key, 0) + 1
+        for counter, counts in ((self.runs, runs), (self.tasks, tasks), (self.events, events)):
+            for labels, n in counts.items():
+                self._child(counter, labels).inc(n)
+
+    def _child(self, metric: Any, labels: tuple[str, str]) -> Any:
+        child = self._children.get((id(metric), labels))
+        if child is None:
+            child = self._children[id(metric), labels] = metric.labels(*labels)
+        return child
 
     def render(self) -> bytes:
         """The metrics in Prometheus' text format (:data:`CONTENT_TYPE`)."""

@@ -1,9 +1,9 @@
 """The runner: carries out the engine's decisions in one task group.
 
-Every run is driven by one coroutine with its own task group inside the runner's, so
-cancelling a run cancels exactly its tasks. Limits (:mod:`~cued.daemon.runtime.slots`): a
-global ``CapacityLimiter`` on running tasks, one per named pool, and ``max_active_runs``
-per pipeline (runs beyond it wait in the bounded
+Every run is driven by one coroutine (a task of the runner's group) under its own cancel
+scope, so cancelling a run cancels exactly its attempts. Limits
+(:mod:`~cued.daemon.runtime.slots`): a global limit on running tasks, one per named pool,
+and ``max_active_runs`` per pipeline (runs beyond it wait in the bounded
 :class:`~cued.daemon.runtime.backlog.Backlog`). Every state change goes to the store; a
 task's result is durable before anything downstream of it starts.
 
@@ -435,7 +435,7 @@ class Runner:
         """
         run = self._runs.get(run_id)
         if run is not None:
-            await run.done.wait()
+            await run.wait_left()
             return run.row
         row = await self.store.get_run(run_id)
         if row is None:
@@ -464,29 +464,32 @@ class Runner:
     async def _drive(self, run: ActiveRun) -> None:
         # one span for each time the run is driven: a resumed run gets another, in the
         # same trace and under the same parent
-        run.span = span = self.tracing.start(
-            f"run {run.row.pipeline}",
-            parent=run.row.traceparent,
-            attributes={
-                "cued.run.id": run.row.run_id,
-                "cued.pipeline": run.row.pipeline,
-                "cued.resumed": bool(run.prior),
-            },
-        )
+        if self.tracing.enabled:
+            run.span = self.tracing.start(
+                f"run {run.row.pipeline}",
+                parent=run.row.traceparent,
+                attributes={
+                    "cued.run.id": run.row.run_id,
+                    "cued.pipeline": run.row.pipeline,
+                    "cued.resumed": bool(run.prior),
+                },
+            )
+        span = run.span
         try:
             state = await run.drive()
             if state is None:
                 return  # cancelled before it started
-            if state in TERMINAL_RUN_STATES and not run.done.is_set():
+            if state in TERMINAL_RUN_STATES and not run.left:
                 await run.finish(state)
             elif run.engine is not None and run.engine.parked():
                 await run.park()
         finally:
             # a run still running here is being stopped with the daemon
-            span.set(**{"cued.run.state": run.row.state})
-            if run.row.error is not None:
-                span.fail(run.row.error)
-            span.end()
+            if span:
+                span.set(**{"cued.run.state": run.row.state})
+                if run.row.error is not None:
+                    span.fail(run.row.error)
+                span.end()
             self.slots.free_run_slot(run.row.pipeline)
             # a paused pipeline keeps what waits in the backlog until it is unpaused
             if (

@@ -9,15 +9,115 @@ counts are also what the metrics' gauges show.
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager, contextmanager
+from collections import deque
 from typing import TYPE_CHECKING
 
 import anyio
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator, Mapping
+    from collections.abc import Mapping
+    from contextlib import AbstractAsyncContextManager, AbstractContextManager
 
 __all__ = ["Slots"]
+
+
+class _Limit:
+    """A number of slots taken and given back in order of asking: anyio's
+    ``CapacityLimiter`` without borrowers or statistics, whose free path (a slot is
+    there) is a compare and an add, as an attempt takes one or two per run."""
+
+    __slots__ = ("_waiters", "total", "used")
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._waiters: deque[anyio.Event] = deque()
+
+    async def acquire(self) -> None:
+        if self.used < self.total and not self._waiters:
+            self.used += 1
+            return
+        handed = anyio.Event()
+        self._waiters.append(handed)
+        try:
+            await handed.wait()  # release() hands its slot over: ``used`` stays
+        except BaseException:
+            if handed.is_set():
+                self.release()  # handed a slot while being cancelled: hand it on
+            else:
+                self._waiters.remove(handed)
+            raise
+
+    def release(self) -> None:
+        # handed over only within the limit: after a reload lowered it, a slot given back
+        # above it goes, and the waiters wait until the ones taken are under the limit
+        if self._waiters and self.used <= self.total:
+            self._waiters.popleft().set()
+        else:
+            self.used -= 1
+
+    def set_total(self, total: int) -> None:
+        """A new limit (a reload): slots it adds go to the waiters at once; one it removes
+        goes as its holder gives it back."""
+        self.total = total
+        while self._waiters and self.used < self.total:
+            self.used += 1
+            self._waiters.popleft().set()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+
+class _TaskSlot:
+    """:meth:`Slots.task_slot`: a class, not a generator, as it runs once per attempt."""
+
+    __slots__ = ("_pool", "_slots")
+
+    def __init__(self, slots: Slots, pool: str | None) -> None:
+        self._slots, self._pool = slots, pool
+
+    async def __aenter__(self) -> None:
+        slots, pool = self._slots, self._pool
+        if pool is not None:
+            await slots._pools[pool].acquire()
+        try:
+            await slots._tasks.acquire()
+        except BaseException:
+            if pool is not None:
+                slots._pools[pool].release()
+            raise
+        if slots._draining:
+            try:
+                await anyio.sleep_forever()  # cancelled at shutdown
+            finally:
+                self._release()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        self._slots._tasks.release()
+        if self._pool is not None:
+            self._slots._pools[self._pool].release()
+
+
+class _Running:
+    """:meth:`Slots.running`, once per attempt too."""
+
+    __slots__ = ("_slots",)
+
+    def __init__(self, slots: Slots) -> None:
+        self._slots = slots
+
+    def __enter__(self) -> None:
+        self._slots.running_tasks += 1
+
+    def __exit__(self, *exc: object) -> None:
+        slots = self._slots
+        slots.running_tasks -= 1
+        if slots._draining and not slots.running_tasks:
+            slots._idle.set()
 
 
 class Slots:
@@ -31,14 +131,15 @@ class Slots:
     def __init__(
         self, max_running_tasks: int, pools: Mapping[str, int], max_active_runs: Mapping[str, int]
     ) -> None:
-        self._tasks = anyio.CapacityLimiter(max_running_tasks)
-        self._pools = {name: anyio.CapacityLimiter(n) for name, n in pools.items()}
+        self._tasks = _Limit(max_running_tasks)
+        self._pools = {name: _Limit(n) for name, n in pools.items()}
         self._max_active_runs = dict(max_active_runs)
         self._active = dict.fromkeys(self._max_active_runs, 0)
         self.running_tasks = 0
         """Attempts running now."""
         self._draining = False
         self._idle = anyio.Event()
+        self._running = _Running(self)
 
     def configure(
         self, max_running_tasks: int, pools: Mapping[str, int], max_active_runs: Mapping[str, int]
@@ -46,12 +147,12 @@ class Slots:
         """Apply the limits of a reloaded configuration in place: attempts and runs that
         hold a slot keep it; a lower limit only makes new ones wait longer. A pool or
         pipeline no longer configured keeps its limit for the runs that still use it."""
-        self._tasks.total_tokens = max_running_tasks
+        self._tasks.set_total(max_running_tasks)
         for name, total in pools.items():
             if (pool := self._pools.get(name)) is None:
-                self._pools[name] = anyio.CapacityLimiter(total)
+                self._pools[name] = _Limit(total)
             else:
-                pool.total_tokens = total
+                pool.set_total(total)
         self._max_active_runs.update(max_active_runs)
         for name in max_active_runs:
             self._active.setdefault(name, 0)
@@ -75,39 +176,19 @@ class Slots:
 
     # -- task attempts ---------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def task_slot(self, pool: str | None) -> AsyncIterator[None]:
+    def task_slot(self, pool: str | None) -> AbstractAsyncContextManager[None]:
         """Hold a slot of ``pool`` (if any), then a global one; while draining, wait until
         cancelled instead (the attempt stays queued in the store and runs after a restart)."""
-        # two plain blocks, not an exit stack: this runs once per attempt
-        if pool is None:
-            async with self._tasks:
-                if self._draining:
-                    await anyio.sleep_forever()  # cancelled at shutdown
-                yield
-        else:
-            async with self._pools[pool], self._tasks:
-                if self._draining:
-                    await anyio.sleep_forever()
-                yield
+        return _TaskSlot(self, pool)
 
-    @contextmanager
-    def running(self) -> Iterator[None]:
+    def running(self) -> AbstractContextManager[None]:
         """Count an attempt as running for the block's time."""
-        self.running_tasks += 1
-        try:
-            yield
-        finally:
-            self.running_tasks -= 1
-            if self._draining and not self.running_tasks:
-                self._idle.set()
+        return self._running
 
     @property
     def tasks_waiting(self) -> int:
         """Attempts ready to run that wait for a slot (global or a pool's)."""
-        return self._tasks.statistics().tasks_waiting + sum(
-            pool.statistics().tasks_waiting for pool in self._pools.values()
-        )
+        return self._tasks.waiting + sum(pool.waiting for pool in self._pools.values())
 
     async def drain(self) -> None:
         """Let no attempt take a slot any more, and return once none runs."""

@@ -177,13 +177,16 @@ class TaskLogs:
                 _log.warning("task_log_lines_lost", lines=len(rows), error=str(exc))
 
     @asynccontextmanager
-    async def attempt(self, run_id: str, key: str, attempt: int) -> AsyncIterator[AttemptLines]:
+    async def attempt(
+        self, run_id: str, key: str, attempt: int, *, fresh: bool = False
+    ) -> AsyncIterator[AttemptLines]:
         """The lines of one attempt while it runs; when it ends, what it wrote is
-        submitted and committed before this returns."""
+        submitted and committed before this returns. ``fresh``: the run had never started
+        before this daemon drove it, so it has no lines in the store."""
         run = self._runs.get(run_id)
         if run is None:
             # numbered on from what an earlier daemon (or an earlier attempt) kept
-            last = await self.store.last_log_seq(run_id)
+            last = 0 if fresh else await self.store.last_log_seq(run_id)
             run = self._runs.setdefault(run_id, _RunLines(last))
         run.open += 1
         lines = AttemptLines(self, run, run_id, key, attempt)
@@ -194,15 +197,15 @@ class TaskLogs:
                 lines.closed = True
                 self._dirty.discard(lines)
                 rows = lines._take()
-            with anyio.CancelScope(shield=True):
-                if lines.written:
-                    # committed (with what was flushed before) before the attempt's end
-                    # is: a reader that sees it ended sees all it wrote; and before the
-                    # run's numbers are forgotten
+            if lines.written:
+                # committed (with what was flushed before) before the attempt's end is: a
+                # reader that sees it ended sees all it wrote; and before the run's
+                # numbers are forgotten
+                with anyio.CancelScope(shield=True):
                     try:
                         await self.store.submit(rows).wait()
                     except StoreError:
                         pass  # the attempt's own row fails to commit too, and says so
-                run.open -= 1
-                if run.open == 0 and self._runs.get(run_id) is run:
-                    del self._runs[run_id]
+            run.open -= 1
+            if run.open == 0 and self._runs.get(run_id) is run:
+                del self._runs[run_id]

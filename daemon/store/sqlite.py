@@ -14,6 +14,7 @@ import os
 import pwd
 from collections import deque
 from contextlib import asynccontextmanager
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -94,6 +95,16 @@ COUNT_RUNS_BY_STATE = "SELECT state, count(*) FROM runs GROUP BY state"
 COUNT_WAITING_APPROVALS = "SELECT count(*) FROM approvals WHERE state = 'waiting'"
 
 
+_KEYED: dict[type, tuple[str, Callable[[Any], Any]]] = {
+    RunRow: ("runs", attrgetter("run_id")),
+    AttemptRow: ("attempts", attrgetter("run_id", "key", "attempt")),
+    EventRow: ("events", attrgetter("event_id")),
+    CursorRow: ("cursors", attrgetter("source")),
+    DedupeRow: ("dedupe", attrgetter("trigger", "key")),
+}
+"""Rows that only replace their like in a batch: the batch's field and the row's key."""
+
+
 class _Batch:
     """Submissions that commit together."""
 
@@ -132,7 +143,11 @@ class _Batch:
 
     def add(self, row: Row) -> None:
         # whole rows: a later submission of the same row replaces the earlier one
-        if isinstance(row, InstanceRow):
+        keyed = _KEYED.get(type(row))
+        if keyed is not None:  # the rows every run writes, found in one look-up
+            field, key = keyed
+            getattr(self, field)[key(row)] = row
+        elif isinstance(row, InstanceRow):
             self.instances[row.run_id, row.key] = row
             self.gone.pop((row.run_id, row.key), None)
         elif isinstance(row, InstanceGone):
@@ -144,14 +159,6 @@ class _Batch:
             self.approvals[row.run_id, row.key] = row
         elif isinstance(row, DecisionRow):
             self.decisions[row.run_id, row.key, row.attempt, row.who] = row
-        elif isinstance(row, AttemptRow):
-            self.attempts[row.run_id, row.key, row.attempt] = row
-        elif isinstance(row, RunRow):
-            self.runs[row.run_id] = row
-        elif isinstance(row, EventRow):
-            self.events[row.event_id] = row
-        elif isinstance(row, DedupeRow):
-            self.dedupe[row.trigger, row.key] = row
         elif isinstance(row, LogLineRow):
             self.log_lines[row.run_id, row.seq] = row
         elif isinstance(row, LogTrim):
@@ -159,7 +166,7 @@ class _Batch:
             if trim is None or trim.before_seq < row.before_seq:
                 self.log_trims[row.run_id, row.key, row.attempt] = row
         else:
-            self.cursors[row.source] = row
+            raise TypeError(f"the store keeps no {type(row).__name__}")
 
     def rows(self) -> list[Row]:
         """Every row of the batch, runs first."""
@@ -322,9 +329,9 @@ class SqliteStore:
 
     async def _commit(self, batch: _Batch) -> float:
         started = anyio.current_time()
-        db = self._writer
+        work: list[tuple[str, list[tuple[Any, ...]]]] = []
         if batch.gone:
-            await db.executemany(_DELETE_INSTANCE, [(g.run_id, g.key) for g in batch.gone.values()])
+            work.append((_DELETE_INSTANCE, [(g.run_id, g.key) for g in batch.gone.values()]))
         for rows, sql in (
             (batch.runs, _UPSERT_RUN),
             (batch.instances, _PUT_INSTANCE),
@@ -335,15 +342,16 @@ class SqliteStore:
             (batch.outbox, _PUT_OUTBOX),
             (batch.approvals, _PUT_APPROVAL),
             (batch.decisions, _PUT_DECISION),
+            (batch.log_lines, _PUT_LOG_LINE),
+            # after the lines: a line of this batch below the cut goes too
+            (batch.log_trims, _TRIM_LOG),
         ):
             if rows:
-                await db.executemany(sql, [_params(row) for row in rows.values()])
-        if batch.log_lines:
-            await db.executemany(_PUT_LOG_LINE, [_params(r) for r in batch.log_lines.values()])
-        if batch.log_trims:
-            # after the lines: a line of this batch below the cut goes too
-            await db.executemany(_TRIM_LOG, [_params(r) for r in batch.log_trims.values()])
-        await db.commit()
+                work.append((sql, [_params(row) for row in rows.values()]))
+        # one trip to the connection's thread for the whole transaction, not one per
+        # statement: each trip is a wake-up of the event loop (aiosqlite has no public way
+        # to run a function on its thread; ``_execute`` is that, in the pinned version)
+        await self._writer._execute(_write_all, self._writer, work)  # type: ignore[no-untyped-call]
         seconds = anyio.current_time() - started
         self.commits += 1
         self.commit_seconds += seconds
@@ -821,11 +829,44 @@ def _approval(r: Any) -> ApprovalRow:
     )
 
 
+def _write_all(db: aiosqlite.Connection, work: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    """On the writing connection's thread: every statement of a group commit, then the
+    commit."""
+    conn = db._conn
+    for sql, params in work:
+        conn.executemany(sql, params)
+    conn.commit()
+
+
 def _params(row: Row) -> tuple[Any, ...]:
-    return tuple(
-        json.dumps(getattr(row, name)) if name in _JSON_FIELDS else getattr(row, name)
-        for name in row.__slots__
+    read = _READERS.get(type(row))
+    if read is None:
+        read = _READERS[type(row)] = _reader(type(row))
+    return read(row)
+
+
+_READERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+"""How to read each row class's parameters: worked out once per class, as every row of a
+commit goes through here."""
+
+
+def _reader(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    names: tuple[str, ...] = getattr(cls, "__slots__")  # noqa: B009 - mypy knows none on type
+    fields: Callable[[Any], tuple[Any, ...]] = (
+        attrgetter(*names) if len(names) > 1 else (lambda row: (getattr(row, names[0]),))
     )
+    encoded = [i for i, name in enumerate(names) if name in _JSON_FIELDS]
+    if not encoded:
+        return fields
+    dumps = json.dumps
+
+    def read(row: Any) -> tuple[Any, ...]:
+        values = list(fields(row))
+        for i in encoded:
+            values[i] = dumps(values[i])
+        return tuple(values)
+
+    return read
 
 
 def _chunks(items: list[str], size: int = 500) -> list[list[str]]:

@@ -89,6 +89,73 @@ async def test_drain_with_nothing_running_returns_at_once():
         await Slots(1, {}, {}).drain()
 
 
+async def test_an_attempt_cancelled_while_it_waits_for_a_slot_takes_none_and_the_next_gets_it():
+    slots = Slots(1, {}, {})
+    release = anyio.Event()
+    entered: list[str] = []
+
+    async def attempt(name: str) -> None:
+        async with slots.task_slot(None):
+            entered.append(name)
+            await release.wait()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(attempt, "holder")
+            await anyio.wait_all_tasks_blocked()
+            with anyio.CancelScope() as waiting:
+                tg.start_soon(attempt, "next")
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(attempt, "cancelled")
+                    await anyio.wait_all_tasks_blocked()
+                    assert slots.tasks_waiting == 2
+                    waiting.cancel()
+            assert slots.tasks_waiting == 1
+            release.set()
+    assert entered == ["holder", "next"]
+    assert slots.tasks_waiting == 0
+
+
+async def test_a_slot_handed_to_an_attempt_as_it_is_cancelled_goes_on_to_the_next():
+    slots = Slots(1, {}, {})
+    entered: list[str] = []
+    release = anyio.Event()
+
+    async def attempt(name: str) -> None:
+        async with slots.task_slot(None):
+            entered.append(name)
+            await release.wait()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            holder = anyio.CancelScope()
+
+            async def held() -> None:
+                with holder:
+                    await attempt("holder")
+
+            tg.start_soon(held)
+            await anyio.wait_all_tasks_blocked()
+            doomed = anyio.CancelScope()
+
+            async def cancelled() -> None:
+                with doomed:
+                    await attempt("doomed")
+
+            tg.start_soon(cancelled)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(attempt, "last")
+            await anyio.wait_all_tasks_blocked()
+            # in one step: the holder leaves (handing its slot to the first waiter), and
+            # that waiter is cancelled before it runs again
+            holder.cancel()
+            doomed.cancel()
+            await anyio.wait_all_tasks_blocked()
+            assert entered == ["holder", "last"]
+            release.set()
+    assert slots.tasks_waiting == 0
+
+
 async def test_a_reload_applies_new_limits_and_keeps_the_slots_held():
     slots = Slots(1, {"db": 1}, {"etl": 1})
     slots.take_run_slot("etl")
@@ -115,3 +182,30 @@ async def test_a_reload_applies_new_limits_and_keeps_the_slots_held():
     assert slots.run_slot_free("added")
     slots.take_run_slot("etl")
     assert not slots.run_slot_free("etl")
+
+
+async def test_a_reload_that_lowers_a_limit_lets_no_new_attempt_in_until_below_it():
+    slots = Slots(2, {}, {})
+    release = {name: anyio.Event() for name in ("a", "b", "c")}
+    entered: list[str] = []
+
+    async def attempt(name: str) -> None:
+        async with slots.task_slot(None):
+            entered.append(name)
+            await release[name].wait()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(attempt, "a")
+            tg.start_soon(attempt, "b")
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(attempt, "c")
+            slots.configure(1, {}, {})  # a reload: one at a time from now on
+            await anyio.wait_all_tasks_blocked()
+            release["a"].set()  # two ran, the limit is one: c still waits
+            await anyio.wait_all_tasks_blocked()
+            assert entered == ["a", "b"]
+            release["b"].set()  # none runs: c's turn
+            await anyio.wait_all_tasks_blocked()
+            assert entered == ["a", "b", "c"]
+            release["c"].set()
