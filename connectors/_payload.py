@@ -68,9 +68,16 @@ class RedeliveryIds:
     of those ids it knows, and the delivery takes that id (and is then a duplicate,
     starting nothing). A flagged delivery found nowhere is new.
 
+    A recognised redelivery keeps its old number while new messages take new ones, and
+    its acknowledgement may be lost again (another crash): then it comes back from
+    further than ``window`` numbers away. So the lowest number recognised is kept as a
+    *floor* (in the cursor, ``NEXT:FLOOR``), and looked down to, until ``window`` new
+    messages have been taken after it in one run of the source: the broker, holding at
+    most ``window`` unacknowledged, has then had its acknowledgement.
+
     What this cannot tell apart: a flagged delivery never recorded, whose content equals
-    a message recorded (and acknowledged) within the last ``window`` numbers, is taken for
-    it (see the README for each source).
+    a message recorded (and acknowledged) within the numbers looked at, is taken for it
+    (see the README for each source).
     """
 
     def __init__(self, source: str, intake: Intake, window: int) -> None:
@@ -78,22 +85,31 @@ class RedeliveryIds:
         self._intake = intake
         self._window = window
         self._next = 0
+        self._floor: int | None = None
+        self._floor_until = 0
 
     async def load(self) -> None:
         """Go on from the sequence number recorded last (0 for a new source)."""
         cursor = await self._intake.cursor(self._source)
-        self._next = (decimal(cursor) or 0) if cursor is not None else 0
+        head, _, floor = (cursor or "").partition(":")
+        self._next = decimal(head) or 0
+        self._floor = decimal(floor) if floor else None
+        if self._floor is not None and self._floor >= self._next:
+            self._floor = None  # not from a cursor this class wrote
+        self._floor_until = self._next + self._window
 
     @property
     def cursor(self) -> str:
         """The cursor to record with the events named so far."""
-        return str(self._next)
+        return str(self._next) if self._floor is None else f"{self._next}:{self._floor}"
 
     async def assign(self, deliveries: list[tuple[str, bool]]) -> list[str]:
         """Ids for ``(digest, flagged)`` deliveries, in order."""
         earlier: dict[str, str] = {}
         if any(flagged for _, flagged in deliveries):
             low = max(0, self._next - self._window)
+            if self._floor is not None:
+                low = min(low, self._floor)
             candidates = [
                 f"{self._source}:{seq}:{d}"
                 for d, flagged in deliveries
@@ -106,7 +122,13 @@ class RedeliveryIds:
         for d, flagged in deliveries:
             if flagged and (found := earlier.pop(d, None)) is not None:
                 ids.append(found)
+                seq = decimal(found.split(":")[-2]) or 0
+                if self._floor is None or seq < self._floor:
+                    self._floor = seq
+                self._floor_until = self._next + self._window
             else:
                 ids.append(f"{self._source}:{self._next}:{d}")
                 self._next += 1
+        if self._floor is not None and self._next >= self._floor_until:
+            self._floor = None  # its acknowledgement has reached the broker
         return ids

@@ -406,6 +406,7 @@ def _run_row(
         error,
         row.event_id,
         row.traceparent,
+        row.config_version,
     )
 
 

@@ -168,6 +168,30 @@ async def test_a_redelivery_is_looked_for_only_within_the_window():
     assert await ids.assign([("aa", True)]) == ["s:40:aa"]
 
 
+async def test_a_redelivery_recognised_again_after_another_crash_is_found_below_the_window():
+    # recorded as 95; redelivered after a crash and recognised, its ack lost again in a
+    # second crash while new messages went on: the floor in the cursor keeps 95 looked at
+    ids = RedeliveryIds("s", Recorded({"s:95:aa"}, "100"), window=10)
+    await ids.load()
+    assert await ids.assign([("aa", True)]) == ["s:95:aa"]
+    assert ids.cursor == "100:95"
+    new = await ids.assign([(f"n{i}", False) for i in range(9)])
+    assert new == [f"s:{100 + i}:n{i}" for i in range(9)]
+    assert ids.cursor == "109:95"
+    again = RedeliveryIds("s", Recorded({"s:95:aa"}, ids.cursor), window=10)
+    await again.load()
+    assert await again.assign([("aa", True)]) == ["s:95:aa"]  # 95 < 109 - 10
+
+
+async def test_the_floor_goes_once_a_window_of_new_messages_followed_it():
+    # the broker holds at most a window unacknowledged: the 95's ack has reached it
+    ids = RedeliveryIds("s", Recorded({"s:95:aa"}, "100"), window=10)
+    await ids.load()
+    await ids.assign([("aa", True)])
+    await ids.assign([(f"n{i}", False) for i in range(10)])
+    assert ids.cursor == "110"
+
+
 async def test_a_cursor_that_is_not_a_number_starts_at_zero():
     ids = RedeliveryIds("s", Recorded(set(), "٣"), window=10)
     await ids.load()
