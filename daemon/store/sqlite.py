@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import pwd
+import sqlite3
 from collections import deque
 from contextlib import asynccontextmanager
 from operator import attrgetter
@@ -351,7 +352,15 @@ class SqliteStore:
         # one trip to the connection's thread for the whole transaction, not one per
         # statement: each trip is a wake-up of the event loop (aiosqlite has no public way
         # to run a function on its thread; ``_execute`` is that, in the pinned version)
-        await self._writer._execute(_write_all, self._writer, work)  # type: ignore[no-untyped-call]
+        delay = _BUSY_RETRY_S[0]
+        while not await self._writer._execute(_write_all, self._writer, work):  # type: ignore[no-untyped-call]
+            # another program holds the file's write lock past busy_timeout (a backup, a
+            # sqlite3 shell left in a transaction): nothing was written; try again rather
+            # than stop the daemon. Meanwhile the writer is stalled, which the watchdog
+            # sees (under systemd, a lock held for ever ends in a restart)
+            get_logger().warning("store_busy", state=self.where, retry_in_s=delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _BUSY_RETRY_S[1])
         seconds = anyio.current_time() - started
         self.commits += 1
         self.commit_seconds += seconds
@@ -829,13 +838,26 @@ def _approval(r: Any) -> ApprovalRow:
     )
 
 
-def _write_all(db: aiosqlite.Connection, work: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+#: How long the writer waits to try a commit again after the file stayed locked by another
+#: program past ``busy_timeout`` (doubling from the first to the second).
+_BUSY_RETRY_S = (0.05, 1.0)
+_BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def _write_all(db: aiosqlite.Connection, work: list[tuple[str, list[tuple[Any, ...]]]]) -> bool:
     """On the writing connection's thread: every statement of a group commit, then the
-    commit."""
+    commit. False, with nothing written, if the file stayed locked by another program."""
     conn = db._conn
-    for sql, params in work:
-        conn.executemany(sql, params)
-    conn.commit()
+    try:
+        for sql, params in work:
+            conn.executemany(sql, params)
+        conn.commit()
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode not in _BUSY:
+            raise
+        conn.rollback()
+        return False
+    return True
 
 
 def _params(row: Row) -> tuple[Any, ...]:
@@ -874,13 +896,15 @@ def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-async def _connect(path: Path, synchronous: Synchronous) -> aiosqlite.Connection:
+async def _connect(
+    path: Path, synchronous: Synchronous, busy_timeout_s: float = 10.0
+) -> aiosqlite.Connection:
     db = await aiosqlite.connect(path)
     try:
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
         # another process (the CLI, a second daemon) may hold the write lock for a moment
-        await db.execute("PRAGMA busy_timeout = 10000")
+        await db.execute(f"PRAGMA busy_timeout = {round(busy_timeout_s * 1000)}")
     except BaseException:
         # closed here: its thread would otherwise answer into a loop that has ended
         await db.close()
@@ -901,7 +925,7 @@ def _not_yours(path: Path, exc: BaseException | str) -> str:
 
 @asynccontextmanager
 async def open_store(
-    path: str | Path, *, synchronous: Synchronous = "full"
+    path: str | Path, *, synchronous: Synchronous = "full", busy_timeout_s: float = 10.0
 ) -> AsyncIterator[SqliteStore]:
     """Open (creating and migrating as needed) the store at ``path``.
 
@@ -909,6 +933,8 @@ async def open_store(
 
     :param synchronous: ``full`` makes every commit survive a power loss; ``normal``
         survives a crash of the process but may lose the last commits on power loss
+    :param busy_timeout_s: how long a statement waits for a lock another program holds
+        (a commit that waited this long tries again, and again, until it can write)
     :raises StoreError: if the file cannot be opened or has a newer schema
     """
     path = Path(path)
@@ -917,14 +943,14 @@ async def open_store(
         raise StoreError(_not_yours(path, "permission denied"))
     try:
         private_state_files(path)  # 0600: it holds payloads, headers and outputs
-        writer = await _connect(path, synchronous)
+        writer = await _connect(path, synchronous, busy_timeout_s)
     except PermissionError as exc:
         raise StoreError(_not_yours(path, exc)) from exc
     except Exception as exc:
         raise StoreError(f"cannot open the state file {str(path)!r}: {exc}") from exc
     try:
         await migrate(writer, path)
-        reader = await _connect(path, synchronous)
+        reader = await _connect(path, synchronous, busy_timeout_s)
     except BaseException:
         await writer.close()
         raise

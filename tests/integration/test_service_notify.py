@@ -8,11 +8,13 @@ import sqlite3
 import time
 
 import anyio
+import structlog
 
 from cued.daemon.core.ids import new_id, now
 from cued.daemon.service.notify import Notifier
 from cued.daemon.store import RunRow
 from cued.daemon.store.sqlite import open_store
+from tests.support.daemon import wait_for
 from tests.support.systemd import NotifySocket
 
 
@@ -35,6 +37,30 @@ async def test_the_writer_counts_as_stalled_while_another_connection_holds_the_l
         with anyio.fail_after(60):
             await committed.wait()
         assert store.writer_stalled_s() == 0.0  # committed: idle again
+
+
+async def test_a_lock_held_past_the_busy_timeout_stalls_the_writer_and_loses_nothing(tmp_path):
+    # a backup or a sqlite3 shell left in a transaction: the commit waits (the writer
+    # counts as stalled, which the watchdog sees) and goes in once the lock is let go,
+    # instead of failing the store and stopping the daemon
+    state = tmp_path / "state.db"
+    run = RunRow(new_id(), "p", "queued", {}, now())
+    async with open_store(state, busy_timeout_s=0.01) as store:
+        lock = sqlite3.connect(state, isolation_level=None, timeout=30)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            with structlog.testing.capture_logs() as logs:
+                committed = store.submit([run])
+                # tried, waited, tried again: and no failure in between
+                await wait_for(lambda: sum(e["event"] == "store_busy" for e in logs) >= 2, 60)
+            assert store.writer_stalled_s() > 0
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        with anyio.fail_after(60):
+            await committed.wait()
+        assert await store.get_run(run.run_id) == run
+        assert store.writer_stalled_s() == 0.0
 
 
 def test_each_notification_is_one_datagram_of_assignments():
