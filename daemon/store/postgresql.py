@@ -24,7 +24,6 @@ second is refused; a daemon killed with -9 loses its session, and with it the lo
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import re
 from contextlib import asynccontextmanager
@@ -42,7 +41,6 @@ from cued.daemon.errors import StoreError
 from cued.daemon.store import (
     ApprovalRow,
     AttemptRow,
-    ConfigVersionRow,
     CursorRow,
     DecisionRow,
     DedupeRow,
@@ -58,7 +56,6 @@ from cued.daemon.store.sqlite import (
     SqliteStore,
     _Batch,
     _Chore,
-    _config_version,
     _event,
     _params,
 )
@@ -299,26 +296,6 @@ class PostgresStore(SqliteStore):
                 )
 
         await self._chore(work)
-
-    async def add_config_version(self, text: str, file: str, at: float) -> ConfigVersionRow:
-        digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
-
-        async def work(db: _Connection) -> ConfigVersionRow:
-            latest = await db.execute_fetchall(
-                "SELECT * FROM config_versions ORDER BY version DESC LIMIT 1"
-            )
-            if latest and latest[0][1] == digest:
-                return _config_version(latest[0])
-            version = int(latest[0][0]) + 1 if latest else 1
-            await db.execute_fetchall(
-                "INSERT INTO config_versions (version, hash, text, file, loaded_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (version, digest, _text(text), _text(file), at),
-            )
-            return ConfigVersionRow(version, digest, text, file, at)
-
-        row: ConfigVersionRow = await self._chore(work)
-        return row
 
     async def list_assets(self) -> list[tuple[str, int, EventRow]]:
         # each asset's latest event (DISTINCT ON keeps the first of each source, newest

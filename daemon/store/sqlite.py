@@ -445,7 +445,9 @@ class SqliteStore:
     async def add_config_version(self, text: str, file: str, at: float) -> ConfigVersionRow:
         digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
-        async def work(db: aiosqlite.Connection) -> ConfigVersionRow:
+        # the version is the latest + 1, given here under the writer (not a rowid or a
+        # sequence): the same on both stores, and `cued store copy` brings versions over
+        async def work(db: Any) -> ConfigVersionRow:
             latest = list(
                 await db.execute_fetchall(
                     "SELECT * FROM config_versions ORDER BY version DESC LIMIT 1"
@@ -453,12 +455,13 @@ class SqliteStore:
             )
             if latest and latest[0][1] == digest:
                 return _config_version(latest[0])
-            cursor = await db.execute(
-                "INSERT INTO config_versions (hash, text, file, loaded_at) VALUES (?, ?, ?, ?)",
-                (digest, text, file, at),
+            version = int(latest[0][0]) + 1 if latest else 1
+            await db.execute_fetchall(
+                "INSERT INTO config_versions (version, hash, text, file, loaded_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (version, digest, text, file, at),
             )
-            assert cursor.lastrowid is not None
-            return ConfigVersionRow(cursor.lastrowid, digest, text, file, at)
+            return ConfigVersionRow(version, digest, text, file, at)
 
         row: ConfigVersionRow = await self._chore(work)
         return row
