@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
         help="fire a schedule source's ticks in [--from, --to) as events",
         description="Record a schedule source's ticks in [--from, --to) as events, as the "
         "source would have (same ids: ticks recorded already, by the source or an earlier "
-        "backfill, start nothing). Times: ISO 8601 (no offset: UTC), 'now' or '-1h'.",
+        "backfill, start nothing). Times: ISO 8601 (no offset: UTC), 'now' or a time ago "
+        "such as --from=-1d (with '=').",
     )
     backfill.add_argument("source", type=_text)
     backfill.add_argument("--from", dest="start", required=True, type=_text, metavar="T")
@@ -256,14 +257,19 @@ def _replay_parser(events: argparse.ArgumentParser) -> None:
         description="Match stored events again against today's triggers: runs that did not "
         "run for an event yet start (all of them with --force), linked to the event. Choose "
         "one event by id, or events by --source, --since, --until and --status. Times: ISO "
-        "8601 (no offset: UTC), 'now' or a time ago such as '-1h'.",
+        "8601 (no offset: UTC), 'now' or a time ago such as --since=-1h (with '=': a "
+        "value that starts with '-' is read as an option otherwise).",
     )
     replay.add_argument("event_id", nargs="?", type=_text)
-    replay.add_argument("--source", dest="replay_source", type=_text)
+    replay.add_argument("--source", dest="replay_source", type=_text, metavar="S")
     replay.add_argument("--since", type=_text, metavar="T", help="received at or after T")
     replay.add_argument("--until", type=_text, metavar="T", help="received before T")
     replay.add_argument(
-        "--status", dest="replay_status", type=_text, help="matched, unmatched or invalid"
+        "--status",
+        dest="replay_status",
+        type=_text,
+        metavar="S",
+        help="matched, unmatched or invalid",
     )
     replay.add_argument(
         "--trigger",
