@@ -65,6 +65,7 @@ from cued.daemon.sdk import ConnectorError, Duration, Event
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from anyio.abc import TaskStatus
 
@@ -287,7 +288,7 @@ class ScheduleSource:
         return self._clock().astimezone(UTC)
 
     @classmethod
-    def backfill(
+    async def backfill(
         cls,
         config: ScheduleConfig,
         source: str,
@@ -296,6 +297,7 @@ class ScheduleSource:
         *,
         at: datetime,
         limit: int,
+        base_dir: Path | None = None,
     ) -> list[tuple[datetime, Event]]:
         """The ticks of ``[start, end)`` as events, oldest first, with the ids the live
         source gives them (``cued backfill``: a tick recorded already starts nothing again).

@@ -252,7 +252,7 @@ async def _backfill(config: Config, args: argparse.Namespace) -> int:
     # the ticks are listed here (checking the arguments, with no daemon asked), then
     # fired in groups of --concurrency: by the daemon, one request per group, or here
     at = now()
-    ticks = backfill_events(config, args.source, args.start, args.end, at=at)
+    ticks = await backfill_events(config, args.source, args.start, args.end, at=at)
     # the groups' spans are sent as instants: "-1h" would move with the daemon's clock
     last = datetime.fromtimestamp(parse_moment(args.end, at, name="--to"), UTC).isoformat()
     if not 1 <= args.concurrency <= MAX_CONCURRENCY:

@@ -71,10 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     _replay_parser(events)
     backfill = sub.add_parser(
         "backfill",
-        help="fire a schedule source's ticks in [--from, --to) as events",
+        help="fire a schedule source's ticks in [--from, --to) as events (kafka: its messages)",
         description="Record a schedule source's ticks in [--from, --to) as events, as the "
         "source would have (same ids: ticks recorded already, by the source or an earlier "
-        "backfill, start nothing). Times: ISO 8601 (no offset: UTC), 'now' or a time ago "
+        "backfill, start nothing); a kafka source's messages with a timestamp in the span, "
+        "read by a consumer in no group (the group's offsets stay as they are). Times: ISO 8601 (no offset: UTC), 'now' or a time ago "
         "such as --from=-1d (with '=').",
     )
     backfill.add_argument("source", type=_text)

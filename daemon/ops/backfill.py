@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from cued.daemon.config.moments import parse_moment
 from cued.daemon.config.registry import source_kinds
 from cued.daemon.core.ids import now
-from cued.daemon.errors import CuedError, InvalidRequest, NotFound
+from cued.daemon.errors import ConnectorError, InvalidRequest, NotFound
 from cued.daemon.runtime.backfill import BackfillReport, record_backfill
 from cued.daemon.sdk.sources import Backfills
 
@@ -30,7 +30,7 @@ MAX_EVENTS = 100_000
 MAX_CONCURRENCY = 1_000
 
 
-def backfill_events(
+async def backfill_events(
     config: Config, source: str, start: str, end: str, *, at: float | None = None
 ) -> list[tuple[datetime, Event]]:
     """The events of source ``source`` in ``[start, end)`` (times as
@@ -51,7 +51,7 @@ def backfill_events(
     if options is None or not isinstance(kind, Backfills):
         raise InvalidRequest(
             f"source {source!r} is of kind {settings.kind!r}, which cannot backfill "
-            "(schedule sources can)"
+            "(schedule and kafka sources can)"
         )
     try:
         lo = parse_moment(start, stamp, name="--from")
@@ -65,15 +65,16 @@ def backfill_events(
             f"--to {end!r} is in the future: backfill fills the past (the source fires the rest)"
         )
     try:
-        return kind.backfill(
+        return await kind.backfill(
             options.model_validate(settings.params),
             source,
             datetime.fromtimestamp(lo, UTC),
             datetime.fromtimestamp(hi, UTC),
             at=datetime.fromtimestamp(stamp, UTC),
             limit=MAX_EVENTS,
+            base_dir=config.base_dir,
         )
-    except CuedError as exc:  # the connector's ConnectorError: too many ticks
+    except ConnectorError as exc:  # too many events, a broker down
         raise InvalidRequest(str(exc)) from None
 
 
@@ -98,7 +99,7 @@ async def backfill(
         raise InvalidRequest(
             f"--concurrency {concurrency!r} is not between 1 and {MAX_CONCURRENCY}"
         )
-    events = [e for _, e in backfill_events(daemon.config, source, start, end)]
+    events = [e for _, e in await backfill_events(daemon.config, source, start, end)]
     return await record_backfill(
         intake, daemon.wait, events, concurrency=concurrency, progress=progress
     )

@@ -156,12 +156,22 @@ class Backfills(Protocol):
     """
 
     @classmethod
-    def backfill(
-        cls, config: Any, source: str, start: datetime, end: datetime, *, at: datetime, limit: int
+    async def backfill(
+        cls,
+        config: Any,
+        source: str,
+        start: datetime,
+        end: datetime,
+        *,
+        at: datetime,
+        limit: int,
+        base_dir: Path,
     ) -> list[tuple[datetime, Event]]:
         """The events of ``[start, end)`` (zone-aware), oldest first, as made at ``at``,
         each with the moment in the span it stands for (a backfill in parts splits there).
 
         :param config: the source's ``Config``, validated
-        :raises ConnectorError: if there are more than ``limit``
+        :param base_dir: the config file's folder (relative paths, secrets in files)
+        :raises ConnectorError: if there are more than ``limit``, or the outside cannot
+            be read (a broker down)
         """

@@ -6,12 +6,17 @@ ticks in a span fired once however often the span is backfilled. On both stores.
 
 from __future__ import annotations
 
+import json
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
+from tests.support.kafka_broker import committed_offsets, create_topics, unique_name
+from tests.support.kafka_source import source_toml
 from tests.support.running import daemon_running, wait_finished
 from tests.support.stores import keeping_state_in
 
@@ -231,3 +236,46 @@ async def test_a_backfill_fires_the_ticks_of_its_span_once(make_config):
         too_many = await backfill("yearly", concurrency=0)
         assert too_many.status_code == 422
         assert (await backfill("yearly", **{"from": "soon"})).status_code == 422
+
+
+async def test_a_kafka_backfill_reads_the_span_by_itself_and_leaves_the_group_alone(
+    make_config, kafka
+):
+    topic, group = unique_name("backfill"), unique_name("backfill-group")
+    await create_topics(kafka.bootstrap, topic, partitions=2)
+    at = {
+        year: int(datetime(year, 1, 1, tzinfo=UTC).timestamp() * 1000) for year in range(2019, 2026)
+    }
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+    await producer.start()
+    try:
+        for partition, year in [(0, 2020), (0, 2021), (0, 2025), (1, 2019), (1, 2022), (1, 2023)]:
+            await producer.send_and_wait(
+                topic,
+                json.dumps({"year": year}).encode(),
+                partition=partition,
+                timestamp_ms=at[year],
+            )
+    finally:
+        await producer.stop()
+    # "latest": the live source takes none of what was there before it joined
+    source = source_toml("stream", kafka.bootstrap, [topic], group, 'auto_offset_reset = "latest"')
+    trigger = '[[triggers]]\nsource = "stream"\npipeline = "first"\ninputs = { order = "{{ event.data.year }}" }\n'
+    async with running(make_config(BASE + source + trigger)) as (info, client):
+        body = {"from": "2020-01-01T00:00:00Z", "to": "2023-01-01T00:00:00Z", "concurrency": 2}
+        first = await client.post("/api/v1/sources/stream/backfill", json=body, headers=OTTO)
+        assert first.status_code == 200, first.text
+        answer = first.json()
+        assert (answer["events"], answer["recorded"], answer["duplicates"]) == (3, 3, 0)
+        runs = await info.runner.store.get_runs(answer["run_ids"])
+        assert sorted(r.inputs["order"] for r in runs) == [2020, 2021, 2022]
+        assert sorted(r.event_id or "" for r in runs) == [
+            f"stream:{topic}:0:0",
+            f"stream:{topic}:0:1",
+            f"stream:{topic}:1:1",
+        ]
+        again = (
+            await client.post("/api/v1/sources/stream/backfill", json=body, headers=OTTO)
+        ).json()
+        assert (again["recorded"], again["duplicates"], again["run_ids"]) == (0, 3, [])
+    assert await committed_offsets(kafka.bootstrap, group, [(topic, 0), (topic, 1)]) == {}

@@ -5,8 +5,10 @@ that names the argument and the forms; the ticks of ``[from, to)`` are exactly t
 from __future__ import annotations
 
 import re
+from functools import partial
 from datetime import UTC, datetime, timedelta, timezone
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -88,13 +90,16 @@ def test_an_empty_or_backward_span_is_refused():
 
 
 def ticks(keys: dict[str, object], start: str, end: str, limit: int = 1000) -> list[str]:
-    events = ScheduleSource.backfill(
-        ScheduleConfig.model_validate(keys),
-        "s",
-        datetime.fromisoformat(start),
-        datetime.fromisoformat(end),
-        at=datetime(2026, 3, 30, tzinfo=UTC),
-        limit=limit,
+    events = anyio.run(
+        partial(
+            ScheduleSource.backfill,
+            ScheduleConfig.model_validate(keys),
+            "s",
+            datetime.fromisoformat(start),
+            datetime.fromisoformat(end),
+            at=datetime(2026, 3, 30, tzinfo=UTC),
+            limit=limit,
+        )
     )
     return [e.event_id for _, e in events]
 
