@@ -48,6 +48,10 @@ fails the whole fetch on one that is not) is recorded as an ``invalid`` event of
 offset, with ``data = null`` and ``meta.encoding = "unreadable"``; so are the messages
 after it in the same producer batch, which aiokafka cannot get past. (In a compacted
 topic, offsets removed just before it may be recorded as well.) The source then reads on.
+
+``cued backfill`` (:meth:`KafkaSource.backfill`) reads the messages of a span of
+timestamps again with a consumer in no group, and hands them to intake with their live ids:
+what the group took already is a duplicate there, and the group's offsets do not move.
 """
 
 from __future__ import annotations
