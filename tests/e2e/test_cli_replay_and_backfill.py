@@ -4,12 +4,14 @@ control socket; what each prints; its arguments refused with one clear line."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 from cued.daemon.assembly import open_intake
 from cued.daemon.config import load_config
 from cued.daemon.sdk.sources import Event
-from tests.support.daemon import Daemon, cued, query
+from tests.support.daemon import Daemon, cued, query, wait_for
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -177,3 +179,50 @@ async def test_backfill_here_then_through_the_daemon_fires_each_tick_once(tmp_pa
         refused = cued(config, "backfill", *args)
         assert refused.returncode == 1, refused.stdout
         assert refused.stderr.startswith(error), refused.stderr
+
+
+async def test_a_backfill_cut_by_kill_9_and_run_again_fires_each_tick_once(tmp_path):
+    config = tmp_path / "config.toml"
+    # each run waits for RELEASE: the first tick's run holds the backfill for sure
+    config.write_text(
+        CONFIG.replace(
+            'argv = ["true"]',
+            f'argv = ["sh", "-c", "while [ ! -e {tmp_path / "RELEASE"} ]; do sleep 0.02; done"]',
+            1,
+        )
+    )
+    state = tmp_path / "state.db"
+    span = ["yearly", "--from", "2020-01-01", "--to", "2024-01-01"]
+    daemon = Daemon(config, state)
+    await daemon.start()
+    backfill = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+        [sys.executable, "-m", "cued.daemon.cli", "--config", str(config), "backfill", *span],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        await wait_for(lambda: len(query(state, "SELECT 1 FROM runs")) == 1)
+        daemon.kill9()
+        _, err = backfill.communicate(timeout=60)
+    finally:
+        if backfill.poll() is None:
+            backfill.kill()
+            backfill.wait()
+    assert backfill.returncode == 1
+    assert err.startswith("cued: error: "), err
+
+    (tmp_path / "RELEASE").touch()
+    await daemon.start()  # the run cut short resumes
+    try:
+        again = cued(config, "backfill", *span, timeout_s=120)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.startswith(
+            "backfill yearly: 4 tick(s), 3 recorded, 1 recorded before (started nothing)"
+        )
+    finally:
+        assert daemon.stop() == 0
+    assert sorted(e for _, e in runs_of(tmp_path, "first")) == [
+        f"yearly:{year}-01-01T00:00:00Z" for year in (2020, 2021, 2022, 2023)
+    ]
+    assert {s for s, _ in runs_of(tmp_path, "first")} == {"succeeded"}

@@ -5,8 +5,8 @@ that names the argument and the forms; the ticks of ``[from, to)`` are exactly t
 from __future__ import annotations
 
 import re
-from functools import partial
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 
 import anyio
 import pytest
