@@ -289,7 +289,9 @@ async def _backfill(config: Config, args: argparse.Namespace) -> int:
                     r.done, r.recorded, r.duplicates, len(r.run_ids), r.ended
                 ),
             )
-        progress(report.done, report.recorded, report.duplicates, len(report.run_ids), report.ended)
+        total.update(recorded=report.recorded, duplicates=report.duplicates)
+        total.update(runs=len(report.run_ids))
+        ended.update(report.ended)
     else:
         done = recorded = duplicates = runs = 0
         states: dict[str, int] = {}
@@ -300,7 +302,7 @@ async def _backfill(config: Config, args: argparse.Namespace) -> int:
             body = {"from": group[0][0].isoformat(), "to": end, "concurrency": len(group)}
             path = f"/api/v1/sources/{quote(args.source, safe='')}/backfill"
             data = (await _control(config, "POST", path, body)).json()
-            done += len(group)
+            done += data["events"]  # Kafka: messages of one timestamp go in one group
             recorded += data["recorded"]
             duplicates += data["duplicates"]
             runs += len(data["run_ids"])

@@ -142,7 +142,6 @@ async def test_backfill_here_then_through_the_daemon_fires_each_tick_once(tmp_pa
     assert here.stderr.splitlines() == [
         "backfill yearly: 3/4 ticks, 3 recorded, 0 recorded before, 3 run(s) started",
         "backfill yearly: 4/4 ticks, 4 recorded, 0 recorded before, 4 run(s) started",
-        "backfill yearly: 4/4 ticks, 4 recorded, 0 recorded before, 4 run(s) started",
     ]
     assert here.stdout == (
         "backfill yearly: 4 tick(s), 4 recorded, 0 recorded before (started nothing), "
