@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         "--concurrency",
         type=int,
         default=1,
+        metavar="N",
         help="ticks fired at once; the next ones once their runs have ended (default 1)",
     )
     cancel = sub.add_parser("cancel", help="cancel a run; its running tasks are cancelled")
@@ -281,6 +282,7 @@ def _replay_parser(events: argparse.ArgumentParser) -> None:
     replay.add_argument(
         "--force", action="store_true", help="start runs again where they ran for the event"
     )
+    _global_options(replay, default=argparse.SUPPRESS)
 
 
 def _text(arg: str) -> str:

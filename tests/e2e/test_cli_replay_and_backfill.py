@@ -98,7 +98,14 @@ async def test_replay_here_and_through_the_daemon(tmp_path):
     run_id = lines[-2].split("started run ")[1].split(";")[0]
     assert "e-1" in cued(config, "show", run_id).stdout
 
-    twice = cued(config, "events", "replay", "e-1")
+    # the config may come after the command too, as everywhere
+    twice = subprocess.run(  # noqa: ASYNC221 - the CLI to its end, as cued() runs it
+        [sys.executable, "-m", "cued.daemon.cli", "events", "replay", "e-1", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert twice.stdout.splitlines()[-1].startswith(
         "replayed 1 event(s): 0 run(s) started, 1 skipped"
     )
