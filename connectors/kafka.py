@@ -48,11 +48,16 @@ fails the whole fetch on one that is not) is recorded as an ``invalid`` event of
 offset, with ``data = null`` and ``meta.encoding = "unreadable"``; so are the messages
 after it in the same producer batch, which aiokafka cannot get past. (In a compacted
 topic, offsets removed just before it may be recorded as well.) The source then reads on.
+
+``cued backfill`` (:meth:`KafkaSource.backfill`) reads the messages of a span of
+timestamps again with a consumer in no group, and hands them to intake with their live ids:
+what the group took already is a duplicate there, and the group's offsets do not move.
 """
 
 from __future__ import annotations
 
 import contextlib
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import anyio
@@ -322,6 +327,50 @@ class KafkaSource:
         self._commit_lock = anyio.Lock()
         self._commit_wanted = anyio.Event()
 
+    @classmethod
+    async def backfill(
+        cls,
+        config: KafkaConfig,
+        source: str,
+        start: datetime,
+        end: datetime,
+        *,
+        at: datetime,
+        limit: int,
+        base_dir: Path,
+    ) -> list[tuple[datetime, Event]]:
+        """The messages of every partition of the topics whose timestamp is in
+        ``[start, end)``, oldest first, as events with the ids the live source gives them
+        (``cued backfill``). Read by a consumer of its own, in no group: the group's
+        offsets are neither read nor moved.
+
+        :raises ConnectorError: if the brokers cannot be read within ``connect_timeout``,
+            or the span holds more than ``limit`` messages
+        """
+        consumer = AIOKafkaConsumer(
+            **client_options(config, base_dir),
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=round(config.fetch_max_wait * 1000),
+        )
+        try:
+            with anyio.fail_after(max(config.connect_timeout, 0.001)):
+                await consumer.start()
+            found = await _read_span(consumer, config, start, end, limit)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise ConnectorError(
+                f"kafka source {source!r}: cannot read {config.bootstrap!r} for a backfill: "
+                f"{_describe(exc)}"
+            ) from exc
+        finally:
+            await _stop(consumer)
+        found.sort(key=lambda r: (r.timestamp, r.topic, r.partition, r.offset))
+        received = at.timestamp()
+        return [
+            (datetime.fromtimestamp(r.timestamp / 1000, UTC), message_event(source, r, received))
+            for r in found
+        ]
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -590,3 +639,47 @@ async def _stop(consumer: AIOKafkaConsumer) -> None:
 
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+async def _read_span(
+    consumer: AIOKafkaConsumer, config: KafkaConfig, start: datetime, end: datetime, limit: int
+) -> list[ConsumerRecord[Any, Any]]:
+    """The records of ``config``'s topics with a timestamp in ``[start, end)``: each
+    partition read from the first offset at ``start`` to its end when the read began
+    (timestamps set by producers need not grow with offsets, so each is checked)."""
+    lo, hi = round(start.timestamp() * 1000), round(end.timestamp() * 1000)
+    await consumer.topics()  # the cluster's metadata: which partitions there are
+    partitions = [
+        TopicPartition(topic, p)
+        for topic in config.topics
+        for p in sorted(consumer.partitions_for_topic(topic) or ())
+    ]
+    if not partitions:
+        return []
+    consumer.assign(partitions)
+    firsts = await consumer.offsets_for_times(dict.fromkeys(partitions, lo))
+    ends = await consumer.end_offsets(partitions)
+    left: dict[TopicPartition, int] = {}
+    for tp in partitions:
+        first = firsts.get(tp)
+        if first is None or first.offset >= ends[tp]:
+            continue  # nothing at or after start
+        consumer.seek(tp, first.offset)
+        left[tp] = ends[tp]
+    found: list[ConsumerRecord[Any, Any]] = []
+    while left:
+        batches = await consumer.getmany(*left, timeout_ms=1000)
+        for tp, records in batches.items():
+            for record in records:
+                if record.offset >= left.get(tp, -1):
+                    continue
+                if lo <= record.timestamp < hi:
+                    if len(found) == limit:
+                        raise ConnectorError(
+                            f"more than {limit} messages in the span: backfill a shorter one"
+                        )
+                    found.append(record)
+        for tp in list(left):
+            if await consumer.position(tp) >= left[tp]:
+                del left[tp]
+    return found

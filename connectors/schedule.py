@@ -65,6 +65,7 @@ from cued.daemon.sdk import ConnectorError, Duration, Event
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from anyio.abc import TaskStatus
 
@@ -286,6 +287,32 @@ class ScheduleSource:
     def _now(self) -> datetime:
         return self._clock().astimezone(UTC)
 
+    @classmethod
+    async def backfill(
+        cls,
+        config: ScheduleConfig,
+        source: str,
+        start: datetime,
+        end: datetime,
+        *,
+        at: datetime,
+        limit: int,
+        base_dir: Path | None = None,
+    ) -> list[tuple[datetime, Event]]:
+        """The ticks of ``[start, end)`` as events, oldest first, with the ids the live
+        source gives them (``cued backfill``: a tick recorded already starts nothing again).
+
+        :raises ConnectorError: if there are more than ``limit``
+        """
+        ticks, more = Schedule(config).recent(start - _US, end - _US, limit)
+        if more:
+            raise ConnectorError(
+                f"more than {limit} ticks of {config.describe()} between {tick_iso(start)} "
+                f"and {tick_iso(end)}: backfill a shorter span at a time"
+            )
+        meta = {"schedule": config.describe(), "timezone": config.timezone, "backfill": True}
+        return [(t, _tick_event(source, t, config.zone, at, meta)) for t in ticks]
+
     async def run(self, *, task_status: TaskStatus[None]) -> None:
         log = self.ctx.log
         cursor = await self._read_cursor()
@@ -364,23 +391,15 @@ class ScheduleSource:
 
     async def _fire(self, tick: datetime, *, catchup: bool) -> None:
         await self.ctx.intake.wait_accepting()
-        now = self._now()
-        iso = tick_iso(tick)
-        event = Event(
-            source=self.ctx.source,
-            event_id=f"{self.ctx.source}:{iso}",
-            data={
-                "tick": tick.astimezone(self.schedule.zone).isoformat(),
-                "tick_utc": iso,
-                "scheduled_for": tick.timestamp(),
-                "late_by_s": round(max(0.0, (now - tick).total_seconds()), 6),
-            },
-            meta=self._meta(catchup),
-            received_at=now.timestamp(),
+        event = _tick_event(
+            self.ctx.source, tick, self.schedule.zone, self._now(), self._meta(catchup)
         )
-        (receipt,) = await self.ctx.intake.record([event], cursor=iso)
+        (receipt,) = await self.ctx.intake.record([event], cursor=tick_iso(tick))
         self.ctx.log.debug(
-            "schedule_tick", tick=iso, status=receipt.status, late_by_s=event.data["late_by_s"]
+            "schedule_tick",
+            tick=event.data["tick_utc"],
+            status=receipt.status,
+            late_by_s=event.data["late_by_s"],
         )
 
     def _meta(self, catchup: bool) -> dict[str, Any]:
@@ -389,3 +408,23 @@ class ScheduleSource:
             "timezone": self.config.timezone,
             "catchup": catchup,
         }
+
+
+def _tick_event(
+    source: str, tick: datetime, zone: ZoneInfo, now: datetime, meta: dict[str, Any]
+) -> Event:
+    """A tick as an event; its id is ``{source}:{tick in UTC}``, for live and backfilled
+    ticks alike."""
+    iso = tick_iso(tick)
+    return Event(
+        source=source,
+        event_id=f"{source}:{iso}",
+        data={
+            "tick": tick.astimezone(zone).isoformat(),
+            "tick_utc": iso,
+            "scheduled_for": tick.timestamp(),
+            "late_by_s": round(max(0.0, (now - tick).total_seconds()), 6),
+        },
+        meta=meta,
+        received_at=now.timestamp(),
+    )

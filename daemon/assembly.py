@@ -98,6 +98,7 @@ __all__ = [
     "DaemonInfo",
     "control_socket_path",
     "copy_state_between",
+    "open_intake",
     "open_runner",
     "open_state",
     "run_daemon",
@@ -143,6 +144,18 @@ async def open_runner(
         runner = _runner(config, store, http, kinds, _backlog(config), alerts, tracing=tracing)
         async with _serving(runner, resume_unfinished=resume):
             yield runner
+
+
+@asynccontextmanager
+async def open_intake(config: Config) -> AsyncIterator[tuple[Runner, DaemonIntake]]:
+    """A runner (as :func:`open_runner`) with an intake of its own serving beside it: for
+    ``cued backfill`` when no daemon runs (no source runs; what is handed to the intake
+    is recorded and started here)."""
+    async with open_runner(config) as runner, anyio.create_task_group() as tg:
+        intake = DaemonIntake(config, runner.store, runner.backlog, runner.tracing)
+        await tg.start(intake.run, runner)
+        yield runner, intake
+        tg.cancel_scope.cancel()
 
 
 @dataclass(frozen=True)
@@ -583,6 +596,7 @@ async def _serve(
             access=access,
             reloader=reloader,
             supervised=supervision,
+            intake=intake,
         )
         front = WebFront(
             with_ui(api, runner, intake, users, access),  # UI: daemon/ui
@@ -599,6 +613,7 @@ async def _serve(
                     ready=ready,
                     reloader=reloader,
                     supervised=supervision,
+                    intake=intake,
                 ),
                 config.http.max_body_bytes,
             ),

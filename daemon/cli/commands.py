@@ -11,6 +11,7 @@ import sys
 import tempfile
 import tomllib
 from contextlib import aclosing
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -22,21 +23,27 @@ from pydantic import ValidationError
 from cued.daemon.assembly import (
     control_socket_path,
     copy_state_between,
+    open_intake,
     open_runner,
     open_state,
     run_daemon,
 )
 from cued.daemon.cli import render
 from cued.daemon.config import Config, DaemonConfig, load_config
+from cued.daemon.config.moments import parse_moment
 from cued.daemon.config.starter import STARTER_CONFIG, STARTER_DROP_FOLDER
 from cued.daemon.config.strict import environment_problems
 from cued.daemon.core import untrusted
+from cued.daemon.core.ids import now
 from cued.daemon.errors import ConfigError, CuedError, DaemonUnavailable, NotFound
 from cued.daemon.logs import configure_logging, get_logger
 from cued.daemon.ops import commands, trials
+from cued.daemon.ops.backfill import MAX_CONCURRENCY, backfill, backfill_events
 from cued.daemon.ops.follow import RunSettled, follow
 from cued.daemon.ops.queries import Queries
+from cued.daemon.ops.replay import ReplayRequest, replay
 from cued.daemon.web.control import os_user_name
+from cued.daemon.web.schemas import ReplayResult
 
 if TYPE_CHECKING:
     import argparse
@@ -198,6 +205,117 @@ async def _trigger(config: Config, args: argparse.Namespace) -> int:
         row = await _follow_run(state.queries, data["run_id"])
     render.out(f"run {row.run_id}: {row.state}" + (f": {row.error}" if row.error else ""))
     return 0 if row.state == "succeeded" else 1
+
+
+async def _events(config: Config, args: argparse.Namespace) -> int:
+    """``cued events replay`` (``cued events`` alone is a read: :mod:`.reads`)."""
+    request = ReplayRequest(
+        event_id=args.event_id,
+        source=args.replay_source,
+        since=args.since,
+        until=args.until,
+        status=args.replay_status,
+        trigger=args.trigger,
+        force=args.force,
+    )
+
+    async def here(daemon: Daemon) -> dict[str, Any]:
+        result = ReplayResult.of(await replay(daemon, request))
+        for event in result.events:  # as `cued trigger` with no daemon: to their end
+            for run_id in event.run_ids:
+                row = await commands.wait(daemon, run_id)
+                render.out(f"run {run_id}: {row.state}" + (f": {row.error}" if row.error else ""))
+        return result.model_dump()
+
+    body = {f: getattr(request, f) for f in request.__slots__}
+    data = await _act(config, "/api/v1/events/replay", body, here)
+    return _say_replay(data)
+
+
+def _say_replay(data: dict[str, Any]) -> int:
+    for event in data["events"]:
+        line = f"event {event['event_id']} ({event['source']}): {event['outcome']}"
+        if event["run_ids"]:
+            line += f", started run {', '.join(event['run_ids'])}"
+        for why in [*event["skipped"], *event["errors"]]:
+            line += f"; {why}"
+        render.out(line)
+    render.out(
+        f"replayed {data['tried']} event(s): {data['runs_started']} run(s) started, "
+        f"{data['duplicates']} skipped as duplicates, {data['unmatched']} no match, "
+        f"{data['invalid']} invalid, {data['errors']} with errors"
+    )
+    return 1 if data["errors"] else 0
+
+
+async def _backfill(config: Config, args: argparse.Namespace) -> int:
+    # the ticks are listed here (checking the arguments, with no daemon asked), then
+    # fired in groups of --concurrency: by the daemon, one request per group, or here
+    at = now()
+    ticks = await backfill_events(config, args.source, args.start, args.end, at=at)
+    # the groups' spans are sent as instants: "-1h" would move with the daemon's clock
+    last = datetime.fromtimestamp(parse_moment(args.end, at, name="--to"), UTC).isoformat()
+    if not 1 <= args.concurrency <= MAX_CONCURRENCY:
+        raise CuedError(
+            f"--concurrency {args.concurrency!r} is not between 1 and {MAX_CONCURRENCY}"
+        )
+    total = {"recorded": 0, "duplicates": 0, "runs": 0}
+    ended: dict[str, int] = {}
+
+    def progress(
+        done: int, recorded: int, duplicates: int, runs: int, states: dict[str, int]
+    ) -> None:
+        total.update(recorded=recorded, duplicates=duplicates, runs=runs)
+        ended.clear()
+        ended.update(states)
+        render.progress(
+            f"backfill {args.source}: {done}/{len(ticks)} ticks, {recorded} recorded, "
+            f"{duplicates} recorded before, {runs} run(s) started"
+        )
+
+    try:
+        # a probe: with no daemon, everything is done here below
+        await _control(config, "GET", "/api/v1/status")
+    except DaemonUnavailable:
+        async with open_intake(config) as (runner, intake):
+            report = await backfill(
+                runner,
+                intake,
+                args.source,
+                args.start,
+                args.end,
+                concurrency=args.concurrency,
+                progress=lambda r: progress(
+                    r.done, r.recorded, r.duplicates, len(r.run_ids), r.ended
+                ),
+            )
+        total.update(recorded=report.recorded, duplicates=report.duplicates)
+        total.update(runs=len(report.run_ids))
+        ended.update(report.ended)
+    else:
+        done = recorded = duplicates = runs = 0
+        states: dict[str, int] = {}
+        for first in range(0, len(ticks), args.concurrency):
+            group = ticks[first : first + args.concurrency]
+            after = first + args.concurrency
+            end = ticks[after][0].isoformat() if after < len(ticks) else last
+            body = {"from": group[0][0].isoformat(), "to": end, "concurrency": len(group)}
+            path = f"/api/v1/sources/{quote(args.source, safe='')}/backfill"
+            data = (await _control(config, "POST", path, body)).json()
+            done += data["events"]  # Kafka: messages of one timestamp go in one group
+            recorded += data["recorded"]
+            duplicates += data["duplicates"]
+            runs += len(data["run_ids"])
+            for state, n in data["ended"].items():
+                states[state] = states.get(state, 0) + n
+            progress(done, recorded, duplicates, runs, states)
+    render.progress_done()
+    how = ", ".join(f"{n} {state}" for state, n in sorted(ended.items())) or "none started"
+    render.out(
+        f"backfill {args.source}: {len(ticks)} tick(s), {total['recorded']} recorded, "
+        f"{total['duplicates']} recorded before (started nothing), {total['runs']} run(s): {how}"
+    )
+    return 0 if set(ended) <= {"succeeded", "waiting"} else 1
 
 
 async def _follow_run(queries: Queries, run_id: str) -> RunRow:
@@ -569,6 +687,8 @@ def _write_whole(path: Path, text: str) -> None:
 
 
 _COMMANDS = {
+    "events": _events,
+    "backfill": _backfill,
     "reload": _reload,
     "config": _config,
     "status": _status,

@@ -68,6 +68,26 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument(
         "--full", action="store_true", help="show errors (and payloads) whole, not cut at 100"
     )
+    _replay_parser(events)
+    backfill = sub.add_parser(
+        "backfill",
+        help="fire a schedule source's ticks in [--from, --to) as events (kafka: its messages)",
+        description="Record a schedule source's ticks in [--from, --to) as events, as the "
+        "source would have (same ids: ticks recorded already, by the source or an earlier "
+        "backfill, start nothing); a kafka source's messages with a timestamp in the span, "
+        "read by a consumer in no group (the group's offsets stay as they are). Times: ISO 8601 (no offset: UTC), 'now' or a time ago "
+        "such as --from=-1d (with '=').",
+    )
+    backfill.add_argument("source", type=_text)
+    backfill.add_argument("--from", dest="start", required=True, type=_text, metavar="T")
+    backfill.add_argument("--to", dest="end", required=True, type=_text, metavar="T")
+    backfill.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        metavar="N",
+        help="ticks fired at once; the next ones once their runs have ended (default 1)",
+    )
     cancel = sub.add_parser("cancel", help="cancel a run; its running tasks are cancelled")
     cancel.add_argument("run_id", type=_text)
     retry = sub.add_parser(
@@ -231,6 +251,40 @@ def _attempt(arg: str) -> int:
     return number
 
 
+def _replay_parser(events: argparse.ArgumentParser) -> None:
+    verbs = events.add_subparsers(dest="events_command", metavar="COMMAND")
+    replay = verbs.add_parser(
+        "replay",
+        help="match stored events again against today's triggers",
+        description="Match stored events again against today's triggers: runs that did not "
+        "run for an event yet start (all of them with --force), linked to the event. Choose "
+        "one event by id, or events by --source, --since, --until and --status. Times: ISO "
+        "8601 (no offset: UTC), 'now' or a time ago such as --since=-1h (with '=': a "
+        "value that starts with '-' is read as an option otherwise).",
+    )
+    replay.add_argument("event_id", nargs="?", type=_text)
+    replay.add_argument("--source", dest="replay_source", type=_text, metavar="S")
+    replay.add_argument("--since", type=_text, metavar="T", help="received at or after T")
+    replay.add_argument("--until", type=_text, metavar="T", help="received before T")
+    replay.add_argument(
+        "--status",
+        dest="replay_status",
+        type=_text,
+        metavar="S",
+        help="matched, unmatched or invalid",
+    )
+    replay.add_argument(
+        "--trigger",
+        type=_text,
+        metavar="N",
+        help="only this trigger: its name, SOURCE->PIPELINE or its number from 1",
+    )
+    replay.add_argument(
+        "--force", action="store_true", help="start runs again where they ran for the event"
+    )
+    _global_options(replay, default=argparse.SUPPRESS)
+
+
 def _text(arg: str) -> str:
     """An argument as text: bytes of it that are not UTF-8 (which Python keeps as lone
     surrogates, and no JSON body, store or terminal takes) escaped as ``\\xNN``."""
@@ -245,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # state file (`cued runs`, `cued show`) only the store
         from cued.daemon.cli import reads
 
-        if args.command in reads.COMMANDS:
+        if args.command in reads.COMMANDS and not getattr(args, "events_command", None):
             status = reads.run(args)
         else:
             from cued.daemon.cli import commands

@@ -61,6 +61,21 @@ def out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
 
+def progress(text: str) -> None:
+    """A progress line on stderr: rewritten in place on a terminal, one line each else."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r\x1b[K{text}")
+    else:
+        sys.stderr.write(f"{text}\n")
+    sys.stderr.flush()
+
+
+def progress_done() -> None:
+    """End the progress line (on a terminal: the next output starts on a line of its own)."""
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+
+
 def timestamp(ts: float | None) -> str:
     """A time as ``2026-01-31 12:00:00`` (UTC); ``-`` for none."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"

@@ -61,6 +61,17 @@ class Daemon(Recorded, Protocol):
         *,
         traceparent: str | None = None,
     ) -> RunRow: ...
+    def new_run(
+        self,
+        pipeline: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        event_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> RunRow:
+        """A queued run to record, then :meth:`enqueue` (replay records its own)."""
+
+    def enqueue(self, row: RunRow) -> None: ...
     async def cancel(self, run_id: str) -> RunRow: ...
     async def wait(self, run_id: str) -> RunRow: ...
     async def resume_recorded(self, run_id: str) -> None: ...

@@ -77,12 +77,21 @@ from cued.daemon.sdk.kinds import (
     TaskKind,
 )
 from cued.daemon.sdk.processes import ProgramExit, run_program
-from cued.daemon.sdk.sources import Event, Intake, Receipt, Source, SourceContext, WebRoutes
+from cued.daemon.sdk.sources import (
+    Backfills,
+    Event,
+    Intake,
+    Receipt,
+    Source,
+    SourceContext,
+    WebRoutes,
+)
 from cued.daemon.sdk.tracing import Span, current_span, current_traceparent, outgoing_span
 
 __all__ = [
     "SHELL_QUOTE_FILTERS",
     "AwaitingDecision",
+    "Backfills",
     "ConnectorError",
     "CuedError",
     "DataCheckFailed",

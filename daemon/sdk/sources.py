@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from datetime import datetime
     from pathlib import Path
 
     import anyio.abc
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
     from starlette.types import ASGIApp
 
-__all__ = ["Event", "Intake", "Receipt", "Source", "SourceContext", "WebRoutes"]
+__all__ = ["Backfills", "Event", "Intake", "Receipt", "Source", "SourceContext", "WebRoutes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,3 +145,33 @@ class Source(Protocol):
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Take events until cancelled; call ``task_status.started()`` once listening."""
+
+
+@runtime_checkable
+class Backfills(Protocol):
+    """A source kind that can make its events of a past span again (``cued backfill``):
+    the schedule, its ticks. Optional; the daemon records what it makes as it records
+    live events, so the ids must be those the live source gives the same thing (a
+    second backfill, or the live source, then starts nothing twice).
+    """
+
+    @classmethod
+    async def backfill(
+        cls,
+        config: Any,
+        source: str,
+        start: datetime,
+        end: datetime,
+        *,
+        at: datetime,
+        limit: int,
+        base_dir: Path,
+    ) -> list[tuple[datetime, Event]]:
+        """The events of ``[start, end)`` (zone-aware), oldest first, as made at ``at``,
+        each with the moment in the span it stands for (a backfill in parts splits there).
+
+        :param config: the source's ``Config``, validated
+        :param base_dir: the config file's folder (relative paths, secrets in files)
+        :raises ConnectorError: if there are more than ``limit``, or the outside cannot
+            be read (a broker down)
+        """

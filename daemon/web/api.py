@@ -20,6 +20,11 @@ GET  /api/v1/approvals                        gates waiting for a decision
 GET  /api/v1/events                           ?source&status&limit&cursor
 GET  /api/v1/events/{event_id}                its data, and the runs it started
 GET  /api/v1/events/{event_id}/lineage        upstream and downstream
+POST /api/v1/events/replay                    (operator) stored events matched again
+                                              against today's triggers {event_id | source,
+                                              since, until, status; trigger, force}
+POST /api/v1/sources/{source}/backfill        (operator) a schedule's ticks in [from, to)
+                                              {from, to, concurrency}
 GET  /api/v1/assets, /api/v1/assets/{name}    assets, their versions
 GET  /api/v1/stream                           live updates (server-sent events)
 GET  /api/v1/retention                        what [retention] lets go now (a dry run)
@@ -69,11 +74,14 @@ from cued.daemon.errors import (
     StoreError,
 )
 from cued.daemon.ops import commands
+from cued.daemon.ops.backfill import backfill as backfill_source
 from cued.daemon.ops.host import Daemon, Reloading
 from cued.daemon.ops.queries import Queries
+from cued.daemon.ops.replay import ReplayRequest, replay
 from cued.daemon.ops.status import Supervised, daemon_status
 from cued.daemon.runtime.metrics import CONTENT_TYPE, Metrics
 from cued.daemon.sdk.http_errors import error_response
+from cued.daemon.sdk.sources import Intake
 from cued.daemon.web.auth import (
     ERRORS,
     ApiContext,
@@ -96,6 +104,8 @@ from cued.daemon.web.schemas import (
     Approval,
     Asset,
     AssetDetail,
+    BackfillBody,
+    BackfillResult,
     DecideBody,
     ErrorResponse,
     EventDetail,
@@ -105,6 +115,8 @@ from cued.daemon.web.schemas import (
     LogPage,
     Pipeline,
     PruneReport,
+    ReplayBody,
+    ReplayResult,
     RetryBody,
     Run,
     RunDetail,
@@ -139,6 +151,7 @@ def build_app(
     access: ControlAccess | None = None,
     reloader: Reloading | None = None,
     supervised: Supervised | None = None,
+    intake: Intake | None = None,
 ) -> FastAPI:
     """The API app.
 
@@ -151,6 +164,7 @@ def build_app(
         root if not given)
     :param reloader: the daemon's reload (``/api/v1/config`` answers ``404`` without one)
     :param supervised: the daemon's start and its sources, for ``/api/v1/status``
+    :param intake: where backfilled events are recorded (backfill answers ``404`` without)
     """
     app = FastAPI(
         title="cued",
@@ -171,6 +185,7 @@ def build_app(
         access or ControlAccess(os.geteuid()),
         reloader,
         supervised,
+        intake,
     )
     # JSON bodies through cued.daemon.core.untrusted before FastAPI parses them: json.loads
     # takes lone surrogates, depth and NaN that no run or answer can keep
@@ -450,6 +465,27 @@ async def list_approvals(ctx: Ctx, caller: Viewer, limit: Limit = 100) -> Respon
 # -- events and lineage ------------------------------------------------------------------
 
 
+@_api.post("/sources/{source}/backfill", response_model=BackfillResult, tags=["events"])
+async def backfill(source: str, body: BackfillBody, ctx: Ctx, caller: Operator) -> Response:
+    """Fire a schedule source's ticks in ``[from, to)`` as events, ``concurrency`` at a
+    time (the next ones once their runs have ended); ticks recorded already (an earlier
+    backfill, or the source itself) start nothing. Answers once all have ended."""
+    if ctx.intake is None:
+        raise NotFound("this API records no events (no intake)")
+    report = await backfill_source(
+        ctx.daemon, ctx.intake, source, body.from_, body.to, concurrency=body.concurrency
+    )
+    return json_response(
+        BackfillResult(
+            events=report.events,
+            recorded=report.recorded,
+            duplicates=report.duplicates,
+            run_ids=report.run_ids,
+            ended=report.ended,
+        )
+    )
+
+
 @_api.get("/events", response_model=EventPage, tags=["events"])
 async def list_events(
     ctx: Ctx,
@@ -462,6 +498,15 @@ async def list_events(
     """Events, newest first, a page at a time (without their data: see one event)."""
     page = await ctx.queries.events_page(limit=limit, source=source, status=status, cursor=cursor)
     return json_response(EventPage.of(page))
+
+
+@_api.post("/events/replay", response_model=ReplayResult, tags=["events"])
+async def replay_events(body: ReplayBody, ctx: Ctx, caller: Operator) -> Response:
+    """Match stored events again against today's triggers (or one of them): those not
+    run for the event yet start (all, with ``force``), their runs linked to the event.
+    Answers once they are recorded."""
+    report = await replay(ctx.daemon, ReplayRequest(**body.model_dump()))
+    return json_response(ReplayResult.of(report))
 
 
 @_api.get("/events/{event_id:path}/lineage", response_model=EventLineage, tags=["events"])

@@ -40,6 +40,7 @@ from cued.daemon.ops.host import Daemon, Reloading
 from cued.daemon.ops.queries import Queries
 from cued.daemon.ops.status import Supervised
 from cued.daemon.runtime.metrics import Metrics
+from cued.daemon.sdk.sources import Intake
 from cued.daemon.web.control import ControlAccess, Peer, os_user_name, peer_of
 from cued.daemon.web.live import Live
 from cued.daemon.web.peers import tcp_client_uid
@@ -158,6 +159,8 @@ class ApiContext:
     """The daemon's reload (``None`` where there is none: ``404``)"""
     supervised: Supervised | None = None
     """The daemon's own life, for ``/api/v1/status`` (404 without it)"""
+    intake: Intake | None = None
+    """Where backfilled events are recorded (backfill answers ``404`` without it)"""
 
 
 def _context(request: Request) -> ApiContext:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from cued.daemon.ops import lineage, queries
     from cued.daemon.ops.cursors import Page
     from cued.daemon.ops.status import DaemonStatus
+    from cued.daemon.runtime.replay import ReplayReport
     from cued.daemon.store import (
         ApprovalRow,
         AttemptRow,
@@ -698,6 +699,75 @@ class PruneCutoffs(_Model):
     dedupe_keys_other: float | None = Field(
         description="keys of triggers no longer configured, seen before this"
     )
+
+
+class ReplayBody(_Body):
+    """Which stored events to match again against today's triggers: one by id, or those
+    of a source received in ``[since, until)`` with a status."""
+
+    event_id: str | None = None
+    source: str | None = None
+    since: str | None = Field(None, description="ISO 8601 (no offset: UTC), 'now' or '-1h'")
+    until: str | None = Field(None, description="the same; the span ends before it")
+    status: Literal["matched", "unmatched", "invalid"] | None = None
+    trigger: str | None = Field(
+        None, description="only this trigger: its name, SOURCE->PIPELINE or number from 1"
+    )
+    force: bool = Field(False, description="start runs again where they ran for the event")
+
+
+class EventReplayed(_Model):
+    event_id: str
+    source: str
+    outcome: Literal["started", "duplicate", "unmatched", "invalid", "error"]
+    run_ids: list[str]
+    skipped: list[str]
+    errors: list[str]
+
+
+class ReplayResult(_Model):
+    """What a replay did: events tried, runs started, skipped as duplicates, no match."""
+
+    tried: int
+    runs_started: int
+    duplicates: int
+    unmatched: int
+    invalid: int
+    errors: int
+    events: list[EventReplayed]
+
+    @classmethod
+    def of(cls, report: ReplayReport) -> ReplayResult:
+        return cls(
+            tried=report.tried,
+            runs_started=report.runs_started,
+            duplicates=report.count("duplicate"),
+            unmatched=report.count("unmatched"),
+            invalid=report.count("invalid"),
+            errors=report.count("error"),
+            events=[EventReplayed.model_validate(e) for e in report.events],
+        )
+
+
+class BackfillBody(_Body):
+    """A span of a source's past to fire again (a schedule's ticks in ``[from, to)``)."""
+
+    from_: str = Field(alias="from", description="ISO 8601 (no offset: UTC), 'now' or '-1h'")
+    to: str = Field(description="the same; the span ends before it, and not after now")
+    concurrency: int = Field(
+        1, description="events recorded at once; the next ones once their runs have ended"
+    )
+
+
+class BackfillResult(_Model):
+    """What a backfill did: events (ticks) in the span, recorded now, recorded before
+    (started nothing), runs started and how they ended."""
+
+    events: int
+    recorded: int
+    duplicates: int
+    run_ids: list[str]
+    ended: dict[str, int]
 
 
 class PruneReport(_Model):

@@ -252,6 +252,21 @@ async def test_the_events_page_shows_a_webhook_event_and_the_run_it_started(conf
             await expect(page.locator("h1")).to_contain_text(event_id)
             await expect(page.locator("main")).to_contain_text('"total": 42')
 
+            # replayed, forced (confirmed in the dialog): a second run of the trigger
+            # starts, listed on the event's page beside the first
+            await page.click("#replay-force")
+            runs = page.locator("dl.facts a[href^='/ui/runs/']")
+            await expect(runs).to_have_count(2)
+            await shot(page, "07b-event-replayed")
+            (replayed,) = [
+                r
+                for r in await info.runner.store.get_runs(
+                    (await info.runner.store.get_events([event_id]))[0].run_ids
+                )
+                if r.run_id != run_id
+            ]
+            assert replayed.event_id == event_id
+
 
 async def test_cancel_then_retry_from_the_run_page(config):
     async with daemon_running(config) as info:

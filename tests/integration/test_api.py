@@ -447,6 +447,7 @@ async def test_no_get_changes_state(make_config):
             f"/api/v1/runs/{run['run_id']}/tasks/gate/reject",
             "/api/v1/retention/prune",
             "/api/v1/config/reload",
+            "/api/v1/sources/orders/backfill",
         ):
             answer = await client.get(path, headers=auth(ROOT))
             assert answer.status_code == 405, path
@@ -470,6 +471,8 @@ async def test_no_get_changes_state(make_config):
         "/api/v1/runs/{run_id}/tasks/{task}/reject",
         "/api/v1/retention/prune",
         "/api/v1/config/reload",
+        "/api/v1/events/replay",
+        "/api/v1/sources/{source}/backfill",
         "/api/v1/session",
     }
 
