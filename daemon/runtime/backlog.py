@@ -4,6 +4,13 @@ Runs wait here for a slot (the pipeline's ``max_active_runs``). Past ``high_wate
 waiting runs the backlog is *saturated*: sources stop taking events (Kafka pauses its
 partitions, webhooks answer 429, the file watcher stops picking files) until it drains
 below ``low_water``. The gap between the marks keeps sources from flapping.
+
+Waiting runs stay on disk: each pipeline keeps at most ``window`` of its new runs *loaded*
+(ready to start, their rows in memory); the runs behind them are *cold*, their ids only,
+their rows in the store until the window runs low and the runner loads the next ones
+(:meth:`take_cold`, :meth:`settle`). A run that has started before (resumed from the
+store with its instances) is always loaded: there are few of those. Order is kept: the
+loaded runs of a pipeline come first, then its cold ones, each in the order they came.
 """
 
 from __future__ import annotations
@@ -26,14 +33,22 @@ class Backlog(Generic[T]):
 
     :param high_water: saturated once this many runs wait
     :param low_water: accepting again once fewer than this wait
+    :param window: new runs of a pipeline kept loaded at most; the rest are ids only
     """
 
-    def __init__(self, high_water: int, low_water: int) -> None:
+    def __init__(self, high_water: int, low_water: int, window: int = 1_000) -> None:
         if not 0 <= low_water < high_water:
             raise ValueError(f"need 0 <= low_water < high_water, got {low_water}, {high_water}")
+        if window < 1:
+            raise ValueError(f"need window >= 1, got {window}")
         self.high_water = high_water
         self.low_water = low_water
+        self.window = window
         self._queues: dict[str, deque[T]] = {}
+        self._cold: dict[str, deque[str]] = {}
+        # the cold ids still waiting: one taken out (cancelled) stays in its deque until
+        # it comes to the front, where it is passed over
+        self._cold_ids: set[str] = set()
         self._depth = 0
         self._saturated = False
         self._accepting = anyio.Event()
@@ -42,8 +57,22 @@ class Backlog(Generic[T]):
 
     @property
     def depth(self) -> int:
-        """How many runs wait."""
+        """How many runs wait (loaded, cold, or being loaded)."""
         return self._depth
+
+    @property
+    def loaded(self) -> int:
+        """How many waiting runs are loaded (in memory, ready to start), over all pipelines."""
+        return sum(len(q) for q in self._queues.values())
+
+    def loaded_of(self, pipeline: str) -> int:
+        """How many waiting runs of ``pipeline`` are loaded."""
+        return len(self._queues.get(pipeline, ()))
+
+    def cold_of(self, pipeline: str) -> int:
+        """How many waiting runs of ``pipeline`` are cold (ids only), an upper bound: ids
+        taken out are counted until they reach the front."""
+        return len(self._cold.get(pipeline, ()))
 
     @property
     def saturated(self) -> bool:
@@ -63,33 +92,83 @@ class Backlog(Generic[T]):
         """Call ``listener(saturated)`` whenever the backpressure state flips."""
         self._listeners.append(listener)
 
+    def has_room(self, pipeline: str) -> bool:
+        """Whether a new run of ``pipeline`` is kept loaded (else it goes cold): nothing of
+        it is cold, and its window is not full."""
+        return not self._cold.get(pipeline) and len(self._queues.get(pipeline, ())) < self.window
+
     def push(self, pipeline: str, item: T) -> None:
+        """A loaded run waits (a new one only if :meth:`has_room`)."""
         self._queues.setdefault(pipeline, deque()).append(item)
-        self._depth += 1
-        if not self._saturated and self._depth >= self.high_water:
-            self._set(True)
+        self._grew()
+
+    def push_cold(self, pipeline: str, run_id: str) -> None:
+        """A recorded run waits, its row in the store only."""
+        self._cold.setdefault(pipeline, deque()).append(run_id)
+        self._cold_ids.add(run_id)
+        self._grew()
 
     def pop(self, pipeline: str) -> T | None:
+        """The next loaded run of ``pipeline``, if any (cold ones are loaded first)."""
         queue = self._queues.get(pipeline)
         if not queue:
             return None
         item = queue.popleft()
-        self._depth -= 1
-        if self._saturated and self._depth < self.low_water:
-            self._set(False)
+        self._shrank()
         return item
 
+    def is_cold(self, run_id: str) -> bool:
+        return run_id in self._cold_ids
+
+    def remove_cold(self, run_id: str) -> bool:
+        """Take a cold run out (cancelled); False if it is not cold."""
+        if run_id not in self._cold_ids:
+            return False
+        self._cold_ids.discard(run_id)
+        self._shrank()
+        return True
+
+    def take_cold(self, pipeline: str, count: int) -> list[str]:
+        """Take the next ``count`` cold runs of ``pipeline`` out, oldest first, to be
+        loaded: they still count as waiting until :meth:`settle` or :meth:`dropped`."""
+        cold = self._cold.get(pipeline)
+        taken: list[str] = []
+        while cold and len(taken) < count:
+            run_id = cold.popleft()
+            if run_id in self._cold_ids:
+                self._cold_ids.discard(run_id)
+                taken.append(run_id)
+        if cold is not None and not cold:
+            del self._cold[pipeline]
+        return taken
+
+    def settle(self, pipeline: str, item: T) -> None:
+        """A run taken out of the cold ones is loaded: it waits at the end of the loaded."""
+        self._queues.setdefault(pipeline, deque()).append(item)
+
+    def dropped(self) -> None:
+        """A run taken out of the cold ones is not to start after all (cancelled, gone)."""
+        self._shrank()
+
     def remove(self, pipeline: str, predicate: Callable[[T], bool]) -> T | None:
-        """Take out the first waiting item of ``pipeline`` for which ``predicate`` holds."""
+        """Take out the first loaded item of ``pipeline`` for which ``predicate`` holds."""
         queue = self._queues.get(pipeline, deque())
         for item in queue:
             if predicate(item):
                 queue.remove(item)
-                self._depth -= 1
-                if self._saturated and self._depth < self.low_water:
-                    self._set(False)
+                self._shrank()
                 return item
         return None
+
+    def _grew(self) -> None:
+        self._depth += 1
+        if not self._saturated and self._depth >= self.high_water:
+            self._set(True)
+
+    def _shrank(self) -> None:
+        self._depth -= 1
+        if self._saturated and self._depth < self.low_water:
+            self._set(False)
 
     def _set(self, saturated: bool) -> None:
         self._saturated = saturated

@@ -141,6 +141,11 @@ class Runner:
             self.tracing,
         )
         self._runs: dict[str, ActiveRun] = {}
+        # each pipeline's cold runs being loaded into its window (a run cancelled
+        # meanwhile is taken out of its set, and not started once its row comes)
+        self._loading: dict[str, set[str]] = {}
+        self._moved = anyio.Event()
+        """Set (and replaced) whenever cold runs are loaded or one is cancelled."""
         self._run_listeners: list[Callable[[RunRow], None]] = []
         self._tg: anyio.abc.TaskGroup | None = None
         self._paused: dict[str, PauseRow] = {}
@@ -213,7 +218,9 @@ class Runner:
         """Go on with every run that was unfinished when the daemon last stopped; a run
         whose pipeline is no longer configured fails. Returns how many go on."""
         resumed = 0
-        for row, instances, outputs in await self.store.runs_to_resume():
+        # the runs that had started, in full; those that had not, by id only (they are
+        # loaded as their turn comes, a window at a time)
+        for row, instances, outputs in await self.store.runs_to_resume(waiting=False):
             if row.pipeline not in self.plans:
                 failed = replace(
                     row,
@@ -227,6 +234,21 @@ class Runner:
                 continue  # it waits in the store until its pipeline is unpaused
             self.enqueue(row, instances_of(instances, outputs))
             resumed += 1
+        gone: list[str] = []
+        for run_id, pipeline in await self.store.waiting_runs():
+            if pipeline not in self.plans:
+                gone.append(run_id)
+            elif pipeline not in self._paused:  # else it waits in the store until unpaused
+                self._enqueue_cold(pipeline, run_id)
+                resumed += 1
+        for row in await self.store.get_runs(gone):
+            failed = replace(
+                row,
+                state=RunState.FAILED.value,
+                ended_at=now(),
+                error=f"pipeline {row.pipeline!r} is no longer in the configuration",
+            )
+            await self.store.submit([failed]).wait()
         if resumed:
             self.log.info("runs_resumed", count=resumed)
         return resumed
@@ -326,13 +348,80 @@ class Runner:
             if (held := self._unpausing.get(row.pipeline)) is not None:
                 held.append(row)
             return
+        self._deadlines.watch(row)
+        pipeline = row.pipeline
+        # a run that never started waits cold (its id only) behind others that do, and
+        # when its pipeline's window is full
+        fresh = not prior and row.started_at is None
+        if fresh and (self.backlog.cold_of(pipeline) or pipeline in self._loading):
+            self._enqueue_cold(pipeline, row.run_id)
+            return
+        free = self.slots.run_slot_free(pipeline)
+        if not free and fresh and not self.backlog.has_room(pipeline):
+            self._enqueue_cold(pipeline, row.run_id)
+            return
         run = ActiveRun(row, self._plan_of(row), prior or {}, self._driving)
         self._runs[row.run_id] = run
-        self._deadlines.watch(row)
-        if self.slots.run_slot_free(row.pipeline):
+        if free:
             self._launch(run)
         else:
-            self.backlog.push(row.pipeline, run)
+            self.backlog.push(pipeline, run)
+
+    def _enqueue_cold(self, pipeline: str, run_id: str) -> None:
+        self.backlog.push_cold(pipeline, run_id)
+        self._refill(pipeline)
+
+    def _refill(self, pipeline: str) -> None:
+        """Load the next cold runs of ``pipeline`` once its window is half empty."""
+        if (
+            pipeline not in self._loading
+            and self.backlog.cold_of(pipeline)
+            and self.backlog.loaded_of(pipeline) <= self.backlog.window // 2
+        ):
+            assert self._tg is not None, "the runner is not serving"
+            self._loading[pipeline] = set()
+            self._tg.start_soon(self._load_cold, pipeline, name=f"load waiting {pipeline}")
+
+    async def _load_cold(self, pipeline: str) -> None:
+        """Load cold runs into ``pipeline``'s window, oldest first, and start what may."""
+        backlog = self.backlog
+        try:
+            while ids := backlog.take_cold(pipeline, backlog.window - backlog.loaded_of(pipeline)):
+                loading = self._loading[pipeline] = set(ids)
+                rows = {row.run_id: row for row in await self.store.get_runs(ids)}
+                for run_id in ids:
+                    row = rows.get(run_id)
+                    # cancelled meanwhile, or no longer queued (gone, or cancelled before)
+                    if run_id not in loading or row is None or row.state != RunState.QUEUED:
+                        backlog.dropped()
+                        continue
+                    run = ActiveRun(row, self._plan_of(row), {}, self._driving)
+                    self._runs[run_id] = run
+                    backlog.settle(pipeline, run)
+                loading.clear()
+                self._moved.set()
+                self._moved = anyio.Event()
+                self._start_waiting(pipeline)
+                if backlog.loaded_of(pipeline) > backlog.window // 2:
+                    break
+        finally:
+            del self._loading[pipeline]
+        self._refill(pipeline)  # what came cold while the last rows were read
+
+    def _start_waiting(self, pipeline: str) -> None:
+        """Start waiting runs of ``pipeline`` while it has free slots (a paused pipeline
+        keeps what waits until it is unpaused)."""
+        while (
+            pipeline not in self._paused
+            and self.slots.run_slot_free(pipeline)
+            and (following := self.backlog.pop(pipeline)) is not None
+        ):
+            self._launch(following)
+        self._refill(pipeline)
+
+    def _is_cold(self, run_id: str) -> bool:
+        """Whether the run waits by its id only (or is being loaded)."""
+        return self.backlog.is_cold(run_id) or any(run_id in s for s in self._loading.values())
 
     # -- pausing pipelines ----------------------------------------------------------------
 
@@ -367,25 +456,18 @@ class Runner:
         self._unpausing[pipeline] = []
         try:
             await self.store.set_paused(pipeline, None)
-            recorded = await self.store.list_runs(
-                pipeline=pipeline, state=RunState.QUEUED.value, limit=1_000_000
-            )
+            recorded = [run_id for run_id, _ in await self.store.waiting_runs(pipeline)]
         finally:
             held = self._unpausing.pop(pipeline)
         del self._paused[pipeline]
-        waiting = {r.run_id: r for r in [*recorded, *held] if not self.is_active(r.run_id)}
-        # what was read may have changed meanwhile (cancelled): read it again, with the
-        # pipeline unpaused, so whatever comes now starts by itself
-        fresh = await self.store.get_runs(sorted(waiting))
+        # by id only: each is read again as its turn comes (one cancelled meanwhile is
+        # passed over then), so a long pause does not come into memory all at once
+        waiting = sorted({*recorded, *(r.run_id for r in held)})
+        self._start_waiting(pipeline)
         started = 0
-        while (
-            self.slots.run_slot_free(pipeline)
-            and (following := self.backlog.pop(pipeline)) is not None
-        ):
-            self._launch(following)
-        for row in sorted(fresh, key=lambda r: r.run_id):
-            if row.state == RunState.QUEUED and not self.is_active(row.run_id):
-                self.enqueue(row, {})
+        for run_id in waiting:
+            if not self.is_active(run_id):
+                self._enqueue_cold(pipeline, run_id)
                 started += 1
         self.log.info("pipeline_unpaused", pipeline=pipeline, by=by, waiting=started)
         return started
@@ -422,7 +504,20 @@ class Runner:
         """
         run = self._runs.get(run_id)
         if run is None:
-            raise NotFound(f"no unfinished run {run_id!r}")
+            if not self.backlog.remove_cold(run_id) and not self._unload(run_id):
+                raise NotFound(f"no unfinished run {run_id!r}")
+            # cold: it will not be started; its row is read to record it cancelled
+            row = await self.store.get_run(run_id)
+            if row is None:
+                raise NotFound(f"no run {run_id!r}")
+            run = ActiveRun(row, self._plan_of(row), {}, self._driving)
+            self._runs[run_id] = run
+            try:
+                await run.cancel()
+            finally:
+                self._moved.set()
+                self._moved = anyio.Event()
+            return run.row
         if run.engine is None:  # still waiting in the backlog, or about to start
             self.backlog.remove(run.row.pipeline, lambda r: r is run)
         await run.cancel()
@@ -433,7 +528,8 @@ class Runner:
 
         :raises NotFound: if the run does not exist
         """
-        run = self._runs.get(run_id)
+        while (run := self._runs.get(run_id)) is None and self._is_cold(run_id):
+            await self._moved.wait()
         if run is not None:
             await run.wait_left()
             return run.row
@@ -443,8 +539,18 @@ class Runner:
         return row
 
     def is_active(self, run_id: str) -> bool:
-        """Whether the run is in memory (queued or running here, not parked or finished)."""
-        return run_id in self._runs
+        """Whether the run is queued or running here (in memory, or cold: waiting by its
+        id), not parked, held for its paused pipeline, or finished."""
+        return run_id in self._runs or self._is_cold(run_id)
+
+    def _unload(self, run_id: str) -> bool:
+        """Take a run being loaded out of its batch (it will not start); False if it is
+        not being loaded."""
+        for loading in self._loading.values():
+            if run_id in loading:
+                loading.discard(run_id)
+                return True
+        return False
 
     def settle_gate(
         self, run_id: str, key: str, *, ok: bool, output: Any, error: str | None
@@ -491,12 +597,7 @@ class Runner:
                     span.fail(run.row.error)
                 span.end()
             self.slots.free_run_slot(run.row.pipeline)
-            # a paused pipeline keeps what waits in the backlog until it is unpaused
-            if (
-                run.row.pipeline not in self._paused
-                and (following := self.backlog.pop(run.row.pipeline)) is not None
-            ):
-                self._launch(following)
+            self._start_waiting(run.row.pipeline)
 
     def _retry_delay_s(self, task: TaskConfig, attempt: int) -> float:
         return backoff_s(
