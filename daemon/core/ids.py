@@ -10,9 +10,19 @@ __all__ = ["id_at", "new_id", "now"]
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
+_last = 0
+
+
 def new_id() -> str:
-    """A sortable unique id (ULID layout: 48-bit milliseconds, then 80 random bits)."""
+    """A sortable unique id (ULID layout: 48-bit milliseconds, then 80 random bits), each
+    one sorting after the one before in this process (within a millisecond, or if the
+    clock steps back, the last one plus one): the store's order of ids is the order runs
+    were made, which is the order waiting runs start in, also after a restart."""
+    global _last
     value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(secrets.token_bytes(10), "big")
+    if value >> 80 <= _last >> 80:
+        value = _last + 1
+    _last = value
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 

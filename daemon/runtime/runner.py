@@ -72,6 +72,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Runner"]
 
+_UNFINISHED = (RunState.QUEUED, RunState.RUNNING)
+
 
 class Runner:
     """Runs pipelines: starts runs as slots free up, runs their task attempts, parks runs
@@ -218,29 +220,34 @@ class Runner:
         """Go on with every run that was unfinished when the daemon last stopped; a run
         whose pipeline is no longer configured fails. Returns how many go on."""
         resumed = 0
-        # the runs that had started, in full; those that had not, by id only (they are
-        # loaded as their turn comes, a window at a time)
-        for row, instances, outputs in await self.store.runs_to_resume(waiting=False):
-            if row.pipeline not in self.plans:
-                failed = replace(
-                    row,
-                    state=RunState.FAILED.value,
-                    ended_at=now(),
-                    error=f"pipeline {row.pipeline!r} is no longer in the configuration",
-                )
-                await self.store.submit([failed]).wait()
-                continue
-            if row.pipeline in self._paused and row.state == RunState.QUEUED and not instances:
-                continue  # it waits in the store until its pipeline is unpaused
-            self.enqueue(row, instances_of(instances, outputs))
-            resumed += 1
+        # the runs that had started, in full (few); those that had not, by id only (there
+        # may be very many: they are loaded as their turn nears); all in creation order
+        started = await self.store.runs_to_resume(waiting=False)
+        waiting = await self.store.waiting_runs()
+        by_id = {row.run_id: (row, instances, outputs) for row, instances, outputs in started}
+        order = sorted([*by_id, *(run_id for run_id, _ in waiting)])
+        pipelines = dict(waiting)
         gone: list[str] = []
-        for run_id, pipeline in await self.store.waiting_runs():
-            if pipeline not in self.plans:
+        for run_id in order:
+            if (found := by_id.get(run_id)) is None:
+                pipeline = pipelines[run_id]
+                if pipeline not in self.plans:
+                    gone.append(run_id)
+                elif pipeline not in self._paused:  # else it waits in the store until unpaused
+                    self._enqueue_cold(pipeline, run_id)
+                    resumed += 1
+                continue
+            row, instances, outputs = found
+            if row.pipeline not in self.plans:
                 gone.append(run_id)
-            elif pipeline not in self._paused:  # else it waits in the store until unpaused
-                self._enqueue_cold(pipeline, run_id)
+            elif self.backlog.cold_of(row.pipeline) or row.pipeline in self._loading:
+                self._deadlines.watch(row)
+                self._enqueue_cold(row.pipeline, run_id)  # behind older ones, to keep order
                 resumed += 1
+            else:
+                self.enqueue(row, instances_of(instances, outputs))
+                resumed += 1
+        del by_id, order, pipelines, waiting, started
         for row in await self.store.get_runs(gone):
             failed = replace(
                 row,
@@ -389,13 +396,22 @@ class Runner:
             while ids := backlog.take_cold(pipeline, backlog.window - backlog.loaded_of(pipeline)):
                 loading = self._loading[pipeline] = set(ids)
                 rows = {row.run_id: row for row in await self.store.get_runs(ids)}
+                priors: dict[str, dict[str, Instance]] = {}
+                for row in list(rows.values()):
+                    # one that had started (at a restart) goes on from its instances
+                    if row.started_at is not None and (
+                        found := await self.store.run_state(row.run_id)
+                    ):
+                        rows[row.run_id], instances, outputs = found
+                        priors[row.run_id] = instances_of(instances, outputs)
                 for run_id in ids:
                     row = rows.get(run_id)
-                    # cancelled meanwhile, or no longer queued (gone, or cancelled before)
-                    if run_id not in loading or row is None or row.state != RunState.QUEUED:
+                    # cancelled meanwhile, or finished (gone, or cancelled before)
+                    if run_id not in loading or row is None or row.state not in _UNFINISHED:
                         backlog.dropped()
                         continue
-                    run = ActiveRun(row, self._plan_of(row), {}, self._driving)
+                    prior = priors.get(run_id, {})
+                    run = ActiveRun(row, self._plan_of(row), prior, self._driving)
                     self._runs[run_id] = run
                     backlog.settle(pipeline, run)
                 loading.clear()
