@@ -77,7 +77,8 @@ async def test_a_cold_run_cancelled_never_starts_and_the_rest_go_on_in_order(mak
             probe.released.set()
             rows = {i: await runner.wait(i) for i in ids}
         recorded = await runner.store.get_run(ids[20])
-    assert recorded is not None and recorded.state == "cancelled"
+    assert recorded is not None
+    assert recorded.state == "cancelled"
     assert rows[ids[20]].state == "cancelled"
     assert [rows[i].state for i in ids if i != ids[20]] == ["succeeded"] * 29
     assert probe.calls == [f"n{n}" for n in range(30) if n != 20]
