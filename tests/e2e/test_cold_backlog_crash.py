@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 
-import anyio
 import httpx
 
 from tests.support.daemon import Daemon, query, wait_for
