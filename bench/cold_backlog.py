@@ -209,12 +209,17 @@ def main() -> None:
             for s in samples
         ),
         "",
-        f"Flood: {flooded['sent_per_s']:,} events/s sent, {flooded['drained_per_s']:,} runs/s "
-        f"drained ({flooded['sent_per_s'] / max(flooded['drained_per_s'], 1):.1f}x); RSS from "
-        f"10 s on between {low:.0f} and {high:.0f} MB ({(high / low - 1) * 100:.1f}% above "
-        f"its low), peak {flooded['peak_rss_mb']:.0f} MB.",
-        f"Restart with {restarted['waiting']:,} runs waiting ({restarted['loaded']:,} loaded): "
-        f"RSS {restarted['rss_mb']:.0f} MB 5 s after start, peak {restarted['peak_rss_mb']:.0f} MB.",
+        (
+            f"Flood: {flooded['sent_per_s']:,} events/s sent, {flooded['drained_per_s']:,} "
+            f"runs/s drained ({flooded['sent_per_s'] / max(flooded['drained_per_s'], 1):.1f}x); "
+            f"RSS from 10 s on between {low:.0f} and {high:.0f} MB "
+            f"({(high / low - 1) * 100:.1f}% above its low), peak {flooded['peak_rss_mb']:.0f} MB."
+        ),
+        (
+            f"Restart with {restarted['waiting']:,} runs waiting ({restarted['loaded']:,} "
+            f"loaded): RSS {restarted['rss_mb']:.0f} MB 5 s after start, peak "
+            f"{restarted['peak_rss_mb']:.0f} MB."
+        ),
     ]
     sys.stdout.write("\n".join(lines) + "\n")
 

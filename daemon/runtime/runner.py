@@ -405,13 +405,17 @@ class Runner:
                         rows[row.run_id], instances, outputs = found
                         priors[row.run_id] = instances_of(instances, outputs)
                 for run_id in ids:
-                    row = rows.get(run_id)
+                    found_row = rows.get(run_id)
                     # cancelled meanwhile, or finished (gone, or cancelled before)
-                    if run_id not in loading or row is None or row.state not in _UNFINISHED:
+                    if (
+                        run_id not in loading
+                        or found_row is None
+                        or found_row.state not in _UNFINISHED
+                    ):
                         backlog.dropped()
                         continue
                     prior = priors.get(run_id, {})
-                    run = ActiveRun(row, self._plan_of(row), prior, self._driving)
+                    run = ActiveRun(found_row, self._plan_of(found_row), prior, self._driving)
                     self._runs[run_id] = run
                     backlog.settle(pipeline, run)
                 loading.clear()
