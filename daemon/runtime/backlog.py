@@ -118,6 +118,19 @@ class Backlog(Generic[T]):
         self._shrank()
         return item
 
+    def cold_ids(self, pipeline: str) -> list[str]:
+        """The ids of ``pipeline``'s cold runs, oldest first (a copy: for an unpause)."""
+        cold = self._cold.get(pipeline)
+        found = cold.ids() if cold is not None else []
+        removed = Counter(self._removed)
+        kept: list[str] = []
+        for run_id in found:
+            if removed[run_id]:
+                removed[run_id] -= 1
+            else:
+                kept.append(run_id)
+        return kept
+
     def is_cold(self, run_id: str) -> bool:
         """Whether the run waits cold (a scan of the ids: for a cancel or a lookup, not
         for every run)."""
@@ -218,6 +231,16 @@ class _ColdIds:
             del self._data[: self._head]  # now and then, not per id: amortised
             self._head = 0
         return self._odd.popleft() if packed == self._ODD else id_from_bytes(packed)
+
+    def ids(self) -> list[str]:
+        odd = iter(self._odd)
+        data = self._data
+        return [
+            next(odd)
+            if data[at : at + 16] == self._ODD
+            else id_from_bytes(bytes(data[at : at + 16]))
+            for at in range(self._head, len(data), 16)
+        ]
 
     def count(self, run_id: str) -> int:
         packed = id_to_bytes(run_id)

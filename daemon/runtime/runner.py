@@ -34,6 +34,7 @@ or are recorded ``skipped`` if its ``when_paused`` says so. Runs that had starte
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +56,7 @@ from cued.daemon.runtime.run_alerts import RunAlerts
 from cued.daemon.runtime.slots import Slots
 from cued.daemon.runtime.task_logs import TaskLogs
 from cued.daemon.sdk.tracing import Tracing
-from cued.daemon.store import PauseRow, RunRow
+from cued.daemon.store import InstanceRow, PauseRow, RunRow
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -73,6 +74,8 @@ if TYPE_CHECKING:
 __all__ = ["Runner"]
 
 _UNFINISHED = (RunState.QUEUED, RunState.RUNNING)
+_PAGE = 10_000
+"""Waiting runs read at a time, at a restart or an unpause."""
 
 
 class Runner:
@@ -148,6 +151,9 @@ class Runner:
         self._loading: dict[str, set[str]] = {}
         self._moved = anyio.Event()
         """Set (and replaced) whenever cold runs are loaded or one is cancelled."""
+        # new runs recorded before unfinished ones are resumed, which come first
+        self._held: list[RunRow] | None = None
+        self._resumed_ids: set[str] = set()
         self._run_listeners: list[Callable[[RunRow], None]] = []
         self._tg: anyio.abc.TaskGroup | None = None
         self._paused: dict[str, PauseRow] = {}
@@ -210,6 +216,8 @@ class Runner:
             }
             if resume_unfinished:
                 await self.resume_unfinished()
+            else:
+                self._held = []  # new runs wait for resume_unfinished: see there
             tg.start_soon(self.gates.expire_when_due)
             tg.start_soon(self.task_logs.serve)
             await tg.start(self._deadlines.run)
@@ -218,37 +226,76 @@ class Runner:
 
     async def resume_unfinished(self) -> int:
         """Go on with every run that was unfinished when the daemon last stopped; a run
-        whose pipeline is no longer configured fails. Returns how many go on."""
+        whose pipeline is no longer configured fails. Returns how many go on.
+
+        The runs that had started are read in full (there are few); those that never
+        started by id only, a page at a time (there may be very many: each is loaded as
+        its turn nears), all in the order they were made. New runs recorded meanwhile
+        (sources run already) are held until then, and come after them."""
+        if self._held is None:
+            self._held = []
+        try:
+            resumed = await self._resume_all()
+        finally:
+            held, self._held = self._held, None
+        # those the store's pages did not have (recorded after the page that would have)
+        resumed_ids = self._resumed_ids
+        self._resumed_ids = set()
+        for row in held:
+            if row.run_id not in resumed_ids:
+                self.enqueue(row)
+        if resumed:
+            self.log.info("runs_resumed", count=resumed)
+        return resumed
+
+    async def _resume_all(self) -> int:
         resumed = 0
-        # the runs that had started, in full (few); those that had not, by id only (there
-        # may be very many: they are loaded as their turn nears); all in creation order
-        started = await self.store.runs_to_resume(waiting=False)
-        waiting = await self.store.waiting_runs()
-        by_id = {row.run_id: (row, instances, outputs) for row, instances, outputs in started}
-        order = sorted([*by_id, *(run_id for run_id, _ in waiting)])
-        pipelines = dict(waiting)
-        gone: list[str] = []
-        for run_id in order:
-            if (found := by_id.get(run_id)) is None:
-                pipeline = pipelines[run_id]
+        started = deque(await self.store.runs_to_resume(waiting=False))
+        after = ""
+        while True:
+            page = await self.store.waiting_runs(after=after, limit=_PAGE)
+            held = {row.run_id for row in self._held or ()}
+            gone: list[str] = []
+            for run_id, pipeline in page:
+                while started and started[0][0].run_id < run_id:
+                    resumed += self._resume_started(*started.popleft(), gone)
+                if run_id in self._runs:
+                    continue  # recorded by this process, and here already
+                if run_id in held:
+                    self._resumed_ids.add(run_id)
                 if pipeline not in self.plans:
                     gone.append(run_id)
                 elif pipeline not in self._paused:  # else it waits in the store until unpaused
                     self._enqueue_cold(pipeline, run_id)
                     resumed += 1
-                continue
-            row, instances, outputs = found
-            if row.pipeline not in self.plans:
-                gone.append(run_id)
-            elif self.backlog.cold_of(row.pipeline) or row.pipeline in self._loading:
-                self._deadlines.watch(row)
-                self._enqueue_cold(row.pipeline, run_id)  # behind older ones, to keep order
-                resumed += 1
-            else:
-                self.enqueue(row, instances_of(instances, outputs))
-                resumed += 1
-        del by_id, order, pipelines, waiting, started
-        for row in await self.store.get_runs(gone):
+            await self._fail_gone(gone)
+            if len(page) < _PAGE:
+                break
+            after = page[-1][0]
+        gone = []
+        while started:
+            resumed += self._resume_started(*started.popleft(), gone)
+        await self._fail_gone(gone)
+        return resumed
+
+    def _resume_started(
+        self, row: RunRow, instances: list[InstanceRow], outputs: dict[str, Any], gone: list[str]
+    ) -> int:
+        if row.pipeline not in self.plans:
+            gone.append(row.run_id)
+            return 0
+        if row.run_id in self._runs:
+            return 0
+        if self.backlog.cold_of(row.pipeline) or row.pipeline in self._loading:
+            self._deadlines.watch(row)
+            self._enqueue_cold(row.pipeline, row.run_id)  # behind older ones, to keep order
+        else:
+            self.enqueue(row, instances_of(instances, outputs))
+        return 1
+
+    async def _fail_gone(self, run_ids: list[str]) -> None:
+        """Fail runs whose pipeline is no longer configured."""
+        for row in await self.store.get_runs(run_ids):
             failed = replace(
                 row,
                 state=RunState.FAILED.value,
@@ -256,9 +303,6 @@ class Runner:
                 error=f"pipeline {row.pipeline!r} is no longer in the configuration",
             )
             await self.store.submit([failed]).wait()
-        if resumed:
-            self.log.info("runs_resumed", count=resumed)
-        return resumed
 
     def on_run_finished(self, listener: Callable[[RunRow], None]) -> None:
         """Call ``listener(row)`` when a run ends (succeeded, failed or cancelled)."""
@@ -348,6 +392,9 @@ class Runner:
         run (no ``prior``) of a paused pipeline waits in the store, a skipped one ends
         here."""
         if row.state == RunState.SKIPPED:
+            return
+        if prior is None and self._held is not None:
+            self._held.append(row)
             return
         if prior is None and row.pipeline in self._paused:
             # its deadline counts from its creation, paused or not (as after a restart)
@@ -474,21 +521,40 @@ class Runner:
         if pipeline not in self._paused or pipeline in self._unpausing:
             return 0
         self._unpausing[pipeline] = []
+        # what of it waits cold already (it was in the backlog when it was paused) is in
+        # the store too: read once here, not once per id
+        cold = set(self.backlog.cold_ids(pipeline))
+        seen: set[str] = set()
+        started = 0
         try:
             await self.store.set_paused(pipeline, None)
-            recorded = [run_id for run_id, _ in await self.store.waiting_runs(pipeline)]
+            after = ""
+            while True:
+                # by id only, a page at a time: each is read again as its turn comes (one
+                # cancelled meanwhile is passed over then), so a long pause does not come
+                # into memory all at once
+                page = await self.store.waiting_runs(pipeline, after=after, limit=_PAGE)
+                held_ids = {row.run_id for row in self._unpausing[pipeline]}
+                loading = self._loading.get(pipeline, set())
+                for run_id, _ in page:
+                    if run_id in self._runs or run_id in cold or run_id in loading:
+                        continue
+                    if run_id in held_ids:
+                        seen.add(run_id)
+                    self._enqueue_cold(pipeline, run_id)
+                    started += 1
+                if len(page) < _PAGE:
+                    break
+                after = page[-1][0]
         finally:
             held = self._unpausing.pop(pipeline)
         del self._paused[pipeline]
-        # by id only: each is read again as its turn comes (one cancelled meanwhile is
-        # passed over then), so a long pause does not come into memory all at once
-        waiting = sorted({*recorded, *(r.run_id for r in held)})
-        self._start_waiting(pipeline)
-        started = 0
-        for run_id in waiting:
-            if not self.is_active(run_id):
-                self._enqueue_cold(pipeline, run_id)
+        # held meanwhile, and not in the pages read (recorded after them)
+        for row in held:
+            if row.run_id not in seen and row.run_id not in self._runs:
+                self._enqueue_cold(pipeline, row.run_id)
                 started += 1
+        self._start_waiting(pipeline)
         self.log.info("pipeline_unpaused", pipeline=pipeline, by=by, waiting=started)
         return started
 

@@ -319,9 +319,12 @@ class Store(Protocol):
             by id with :meth:`waiting_runs`, as there may be very many)
         """
 
-    async def waiting_runs(self, pipeline: str | None = None) -> list[tuple[str, str]]:
+    async def waiting_runs(
+        self, pipeline: str | None = None, *, after: str = "", limit: int = 1_000_000_000
+    ) -> list[tuple[str, str]]:
         """The ids and pipelines of the queued runs that never started, oldest first (of
-        ``pipeline`` only, if given)."""
+        ``pipeline`` only, if given): at most ``limit`` of them, those whose id sorts after
+        ``after`` (a page's cursor)."""
 
     def on_commit(self, listener: Callable[[float, Sequence[Row]], None]) -> None:
         """Call ``listener(seconds, rows)`` after every commit, with how long it took and

@@ -481,12 +481,15 @@ class SqliteStore:
         runs = await self._runs(f"{clause} ORDER BY run_id", ())
         return [(run, *await self._run_state(run.run_id)) for run in runs]
 
-    async def waiting_runs(self, pipeline: str | None = None) -> list[tuple[str, str]]:
+    async def waiting_runs(
+        self, pipeline: str | None = None, *, after: str = "", limit: int = 1_000_000_000
+    ) -> list[tuple[str, str]]:
         # by the index on (state, run_id), or (pipeline, state, run_id)
-        clause, args = ("AND pipeline = ?", (pipeline,)) if pipeline is not None else ("", ())
+        clause, args = ("AND pipeline = ?", [pipeline]) if pipeline is not None else ("", [])
         rows = await self._reader.execute_fetchall(
-            f"SELECT run_id, pipeline FROM runs WHERE {_NEVER_STARTED} {clause} ORDER BY run_id",
-            args,
+            f"SELECT run_id, pipeline FROM runs WHERE {_NEVER_STARTED} {clause} "
+            "AND run_id > ? ORDER BY run_id LIMIT ?",
+            [*args, after, limit],
         )
         return [(run_id, name) for run_id, name in rows]
 

@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 from cued.daemon.assembly import open_runner
+from cued.daemon.runtime import runner as runner_module
 from tests.support import probes
 from tests.support.stores import keeping_state_in
 
@@ -85,8 +86,9 @@ async def test_a_cold_run_cancelled_never_starts_and_the_rest_go_on_in_order(mak
 
 
 async def test_a_restart_loads_a_window_of_the_waiting_runs_and_starts_them_all_in_order(
-    make_config,
+    make_config, monkeypatch
 ):
+    monkeypatch.setattr(runner_module, "_PAGE", 7)  # the waiting runs are read in pages
     probe = probes.reset()
     config = make_config(config_text())
     async with open_runner(config) as runner:
@@ -123,3 +125,26 @@ async def test_cold_runs_count_for_backpressure(make_config):
                 await runner.wait(i)
     assert flips == [True, False]
     assert probe.calls == [f"n{n}" for n in range(13)]
+
+
+async def test_an_unpause_starts_what_waited_cold_and_what_waited_in_the_store_in_order(
+    make_config, monkeypatch
+):
+    monkeypatch.setattr(runner_module, "_PAGE", 7)
+    probe = probes.reset()
+    config = make_config(config_text())
+    async with open_runner(config) as runner:
+        with anyio.fail_after(60):
+            ids = [(await runner.start_run("p", {"n": n})).run_id for n in range(20)]
+            await probe.entered.wait()
+            await runner.pause("p")
+            # recorded while paused: in the store only, not in the backlog
+            ids += [(await runner.start_run("p", {"n": n})).run_id for n in range(20, 40)]
+            assert runner.backlog.depth == 19
+            assert await runner.unpause("p") == 20
+            assert runner.backlog.depth == 39
+            assert runner.backlog.loaded_of("p") <= WINDOW
+            probe.released.set()
+            rows = [await runner.wait(i) for i in ids]
+    assert {r.state for r in rows} == {"succeeded"}
+    assert probe.calls == [f"n{n}" for n in range(40)]
