@@ -112,7 +112,8 @@ async def flood(args: argparse.Namespace) -> dict[str, Any]:
                     "t_s": round(elapsed, 1),
                     "rss_mb": rss_mb(),
                     "waiting": info.runner.backlog.depth,
-                    "loaded": info.runner.backlog.loaded,
+                    # (the tree before issue 10 loaded every waiting run: it has no count)
+                    "loaded": getattr(info.runner.backlog, "loaded", info.runner.backlog.depth),
                     "sent": sent,
                     "finished": finished,
                 }
@@ -144,7 +145,7 @@ async def restart(args: argparse.Namespace) -> dict[str, Any]:
         result = {
             "half": "restart",
             "waiting": info.runner.backlog.depth,
-            "loaded": info.runner.backlog.loaded,
+            "loaded": getattr(info.runner.backlog, "loaded", info.runner.backlog.depth),
             "rss_mb": rss_mb(),
             "peak_rss_mb": peak_rss_mb(),
         }
