@@ -4,8 +4,9 @@ Every run is driven by one coroutine (a task of the runner's group) under its ow
 scope, so cancelling a run cancels exactly its attempts. Limits
 (:mod:`~cued.daemon.runtime.slots`): a global limit on running tasks, one per named pool,
 and ``max_active_runs`` per pipeline (runs beyond it wait in the bounded
-:class:`~cued.daemon.runtime.backlog.Backlog`). Every state change goes to the store; a
-task's result is durable before anything downstream of it starts.
+:class:`~cued.daemon.runtime.backlog.Backlog`: a window of them loaded, the rest by id only,
+their rows read from the store a window at a time as their turn nears). Every state change
+goes to the store; a task's result is durable before anything downstream of it starts.
 
 The runner knows which runs are in memory and starts them as slots free up; the rest it
 is given, or owns as parts:
