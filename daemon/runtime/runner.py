@@ -243,8 +243,15 @@ class Runner:
         resumed_ids = self._resumed_ids
         self._resumed_ids = set()
         for row in held:
-            if row.run_id not in resumed_ids:
-                self.enqueue(row)
+            if row.run_id in resumed_ids:
+                continue
+            if row.pipeline in self._paused:
+                self.enqueue(row)  # it waits in the store until its pipeline is unpaused
+            else:
+                # by id, read again when its turn comes: it was not "active" meanwhile, so
+                # it may have been cancelled in the store
+                self._deadlines.watch(row)
+                self._enqueue_cold(row.pipeline, row.run_id)
         if resumed:
             self.log.info("runs_resumed", count=resumed)
         return resumed
@@ -554,6 +561,7 @@ class Runner:
         for row in held:
             if row.run_id not in seen and row.run_id not in self._runs:
                 self._enqueue_cold(pipeline, row.run_id)
+                started += 1
                 started += 1
         self._start_waiting(pipeline)
         self.log.info("pipeline_unpaused", pipeline=pipeline, by=by, waiting=started)

@@ -148,3 +148,26 @@ async def test_an_unpause_starts_what_waited_cold_and_what_waited_in_the_store_i
             rows = [await runner.wait(i) for i in ids]
     assert {r.state for r in rows} == {"succeeded"}
     assert probe.calls == [f"n{n}" for n in range(40)]
+
+
+async def test_runs_recorded_before_a_restart_resumes_come_after_the_waiting_ones_once(
+    make_config,
+):
+    probe = probes.reset()
+    config = make_config(config_text())
+    async with open_runner(config) as runner:
+        with anyio.fail_after(60):
+            ids = [(await runner.start_run("p", {"n": n})).run_id for n in range(12)]
+            await probe.entered.wait()
+    probe = probes.reset()
+    probe.released.set()
+    # as the daemon does: its sources (here, triggers) run before unfinished runs resume
+    async with open_runner(config, resume=False) as runner:
+        with anyio.fail_after(60):
+            ids += [(await runner.start_run("p", {"n": n})).run_id for n in range(12, 15)]
+            assert runner.backlog.depth == 0  # held until the resume
+            # the three recorded meanwhile are in the store already: they go with the rest
+            assert await runner.resume_unfinished() == 15
+            rows = [await runner.wait(i) for i in ids]
+    assert {r.state for r in rows} == {"succeeded"}
+    assert probe.calls == [f"n{n}" for n in range(15)]
