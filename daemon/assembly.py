@@ -218,7 +218,11 @@ async def _opened(
 
 
 def _backlog(config: Config) -> Backlog[Any]:
-    return Backlog(config.daemon.backlog_high_water, config.daemon.backlog_low_water)
+    return Backlog(
+        config.daemon.backlog_high_water,
+        config.daemon.backlog_low_water,
+        config.daemon.backlog_window,
+    )
 
 
 def _alerts(config: Config, store: Store, http: httpx.AsyncClient) -> Alerts | None:

@@ -78,6 +78,9 @@ class DaemonConfig(_Model):
     """Runs waiting to start at which sources are asked to pause."""
     backlog_low_water: int = Field(5_000, ge=0)
     """Runs waiting to start below which paused sources resume."""
+    backlog_window: int = Field(1_000, ge=1)
+    """New runs of a pipeline waiting to start that are kept in memory, ready; those
+    behind them wait in the state only (their ids in memory) until their turn nears."""
     shutdown_grace: Duration = 30.0
     """At SIGTERM, how long running tasks may take to finish before they are cancelled."""
     synchronous: Synchronous = DEFAULT_SYNCHRONOUS

@@ -135,6 +135,7 @@ DAEMON_KEYS = frozenset(
         "pools",
         "backlog_high_water",
         "backlog_low_water",
+        "backlog_window",
         "shutdown_grace",
         "synchronous",
         "python_modules",

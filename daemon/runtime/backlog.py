@@ -4,14 +4,23 @@ Runs wait here for a slot (the pipeline's ``max_active_runs``). Past ``high_wate
 waiting runs the backlog is *saturated*: sources stop taking events (Kafka pauses its
 partitions, webhooks answer 429, the file watcher stops picking files) until it drains
 below ``low_water``. The gap between the marks keeps sources from flapping.
+
+Waiting runs stay on disk: each pipeline keeps at most ``window`` of its new runs *loaded*
+(ready to start, their rows in memory); the runs behind them are *cold*, their ids only,
+their rows in the store until the window runs low and the runner loads the next ones
+(:meth:`take_cold`, :meth:`settle`). A run that has started before (resumed from the
+store with its instances) is always loaded: there are few of those. Order is kept: the
+loaded runs of a pipeline come first, then its cold ones, each in the order they came.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
+
+from cued.daemon.core.ids import id_from_bytes, id_to_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -26,14 +35,22 @@ class Backlog(Generic[T]):
 
     :param high_water: saturated once this many runs wait
     :param low_water: accepting again once fewer than this wait
+    :param window: new runs of a pipeline kept loaded at most; the rest are ids only
     """
 
-    def __init__(self, high_water: int, low_water: int) -> None:
+    def __init__(self, high_water: int, low_water: int, window: int = 1_000) -> None:
         if not 0 <= low_water < high_water:
             raise ValueError(f"need 0 <= low_water < high_water, got {low_water}, {high_water}")
+        if window < 1:
+            raise ValueError(f"need window >= 1, got {window}")
         self.high_water = high_water
         self.low_water = low_water
+        self.window = window
         self._queues: dict[str, deque[T]] = {}
+        self._cold: dict[str, _ColdIds] = {}
+        # cold runs taken out (cancelled): each stays in its queue until it comes to the
+        # front, where it is passed over
+        self._removed: Counter[str] = Counter()
         self._depth = 0
         self._saturated = False
         self._accepting = anyio.Event()
@@ -42,8 +59,22 @@ class Backlog(Generic[T]):
 
     @property
     def depth(self) -> int:
-        """How many runs wait."""
+        """How many runs wait (loaded, cold, or being loaded)."""
         return self._depth
+
+    @property
+    def loaded(self) -> int:
+        """How many waiting runs are loaded (in memory, ready to start), over all pipelines."""
+        return sum(len(q) for q in self._queues.values())
+
+    def loaded_of(self, pipeline: str) -> int:
+        """How many waiting runs of ``pipeline`` are loaded."""
+        return len(self._queues.get(pipeline, ()))
+
+    def cold_of(self, pipeline: str) -> int:
+        """How many waiting runs of ``pipeline`` are cold (ids only), an upper bound: ids
+        taken out are counted until they reach the front."""
+        return len(self._cold.get(pipeline, ()))
 
     @property
     def saturated(self) -> bool:
@@ -63,33 +94,101 @@ class Backlog(Generic[T]):
         """Call ``listener(saturated)`` whenever the backpressure state flips."""
         self._listeners.append(listener)
 
+    def has_room(self, pipeline: str) -> bool:
+        """Whether a new run of ``pipeline`` is kept loaded (else it goes cold): nothing of
+        it is cold, and its window is not full."""
+        return not self._cold.get(pipeline) and len(self._queues.get(pipeline, ())) < self.window
+
     def push(self, pipeline: str, item: T) -> None:
+        """A loaded run waits (a new one only if :meth:`has_room`)."""
         self._queues.setdefault(pipeline, deque()).append(item)
-        self._depth += 1
-        if not self._saturated and self._depth >= self.high_water:
-            self._set(True)
+        self._grew()
+
+    def push_cold(self, pipeline: str, run_id: str) -> None:
+        """A recorded run waits, its row in the store only."""
+        self._cold.setdefault(pipeline, _ColdIds()).append(run_id)
+        self._grew()
 
     def pop(self, pipeline: str) -> T | None:
+        """The next loaded run of ``pipeline``, if any (cold ones are loaded first)."""
         queue = self._queues.get(pipeline)
         if not queue:
             return None
         item = queue.popleft()
-        self._depth -= 1
-        if self._saturated and self._depth < self.low_water:
-            self._set(False)
+        self._shrank()
         return item
 
+    def cold_ids(self, pipeline: str) -> list[str]:
+        """The ids of ``pipeline``'s cold runs, oldest first (a copy: for an unpause)."""
+        cold = self._cold.get(pipeline)
+        found = cold.ids() if cold is not None else []
+        removed = Counter(self._removed)
+        kept: list[str] = []
+        for run_id in found:
+            if removed[run_id]:
+                removed[run_id] -= 1
+            else:
+                kept.append(run_id)
+        return kept
+
+    def is_cold(self, run_id: str) -> bool:
+        """Whether the run waits cold (a scan of the ids: for a cancel or a lookup, not
+        for every run)."""
+        found = sum(ids.count(run_id) for ids in self._cold.values())
+        return found > self._removed[run_id]
+
+    def remove_cold(self, run_id: str) -> bool:
+        """Take a cold run out (cancelled); False if it is not cold."""
+        if not self.is_cold(run_id):
+            return False
+        self._removed[run_id] += 1
+        self._shrank()
+        return True
+
+    def take_cold(self, pipeline: str, count: int) -> list[str]:
+        """Take the next ``count`` cold runs of ``pipeline`` out, oldest first, to be
+        loaded: they still count as waiting until :meth:`settle` or :meth:`dropped`."""
+        cold = self._cold.get(pipeline)
+        taken: list[str] = []
+        while cold and len(taken) < count:
+            run_id = cold.popleft()
+            if self._removed[run_id]:
+                self._removed[run_id] -= 1
+                if not self._removed[run_id]:
+                    del self._removed[run_id]
+            else:
+                taken.append(run_id)
+        if cold is not None and not cold:
+            del self._cold[pipeline]
+        return taken
+
+    def settle(self, pipeline: str, item: T) -> None:
+        """A run taken out of the cold ones is loaded: it waits at the end of the loaded."""
+        self._queues.setdefault(pipeline, deque()).append(item)
+
+    def dropped(self) -> None:
+        """A run taken out of the cold ones is not to start after all (cancelled, gone)."""
+        self._shrank()
+
     def remove(self, pipeline: str, predicate: Callable[[T], bool]) -> T | None:
-        """Take out the first waiting item of ``pipeline`` for which ``predicate`` holds."""
+        """Take out the first loaded item of ``pipeline`` for which ``predicate`` holds."""
         queue = self._queues.get(pipeline, deque())
         for item in queue:
             if predicate(item):
                 queue.remove(item)
-                self._depth -= 1
-                if self._saturated and self._depth < self.low_water:
-                    self._set(False)
+                self._shrank()
                 return item
         return None
+
+    def _grew(self) -> None:
+        self._depth += 1
+        if not self._saturated and self._depth >= self.high_water:
+            self._set(True)
+
+    def _shrank(self) -> None:
+        self._depth -= 1
+        if self._saturated and self._depth < self.low_water:
+            self._set(False)
 
     def _set(self, saturated: bool) -> None:
         self._saturated = saturated
@@ -99,3 +198,57 @@ class Backlog(Generic[T]):
             self._accepting.set()
         for listener in self._listeners:
             listener(saturated)
+
+
+class _ColdIds:
+    """A queue of run ids, 16 bytes each (as :func:`~cued.daemon.core.ids.new_id` makes
+    them; any other id is kept as it is, beside): a hundred thousand waiting runs cost
+    1.6 MB, not the 12 MB of strings in a deque."""
+
+    _ODD = b"\xff" * 16  # no packed id starts so: their top two bits are zero
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._head = 0
+        self._odd: deque[str] = deque()
+
+    def __len__(self) -> int:
+        return (len(self._data) - self._head) // 16
+
+    def append(self, run_id: str) -> None:
+        packed = id_to_bytes(run_id)
+        if packed is None:
+            self._odd.append(run_id)
+            packed = self._ODD
+        self._data += packed
+
+    def popleft(self) -> str:
+        if not self:
+            raise IndexError("no cold id")
+        packed = bytes(self._data[self._head : self._head + 16])
+        self._head += 16
+        if self._head >= 65_536 and self._head * 2 >= len(self._data):
+            del self._data[: self._head]  # now and then, not per id: amortised
+            self._head = 0
+        return self._odd.popleft() if packed == self._ODD else id_from_bytes(packed)
+
+    def ids(self) -> list[str]:
+        odd = iter(self._odd)
+        data = self._data
+        return [
+            next(odd)
+            if data[at : at + 16] == self._ODD
+            else id_from_bytes(bytes(data[at : at + 16]))
+            for at in range(self._head, len(data), 16)
+        ]
+
+    def count(self, run_id: str) -> int:
+        packed = id_to_bytes(run_id)
+        if packed is None:
+            return self._odd.count(run_id)
+        found, at = 0, self._data.find(packed, self._head)
+        while at != -1:
+            if (at - self._head) % 16 == 0:
+                found += 1
+            at = self._data.find(packed, at + 1)
+        return found

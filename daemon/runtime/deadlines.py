@@ -50,20 +50,8 @@ class Deadlines:
 
     def watch(self, row: RunRow) -> None:
         """Watch the deadlines of ``row``'s pipeline and tasks (once per run)."""
-        marks = self._marks.get(row.pipeline)
-        if marks is None:
-            plan = self._plans.get(row.pipeline)
-            if plan is None:
-                return
-            marks = self._marks[row.pipeline] = [
-                (task, deadline)
-                for task, deadline in [
-                    ("", plan.config.deadline),
-                    *((name, t.config.deadline) for name, t in plan.tasks.items()),
-                ]
-                if deadline is not None
-            ]
-        for task, deadline in marks:  # most pipelines have none: every run comes here
+        # most pipelines have none: every run comes here
+        for task, deadline in self._marks_of(row.pipeline):
             if (row.run_id, task) in self._watched:
                 continue
             self._watched.add((row.run_id, task))
@@ -71,13 +59,39 @@ class Deadlines:
             heapq.heappush(self._due, (row.created_at + deadline, row.run_id, task))
             self._wake.set()
 
+    def _marks_of(self, pipeline: str) -> list[tuple[str, float]]:
+        marks = self._marks.get(pipeline)
+        if marks is None:
+            plan = self._plans.get(pipeline)
+            if plan is None:
+                return []
+            marks = self._marks[pipeline] = [
+                (task, deadline)
+                for task, deadline in [
+                    ("", plan.config.deadline),
+                    *((name, t.config.deadline) for name, t in plan.tasks.items()),
+                ]
+                if deadline is not None
+            ]
+        return marks
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        # runs parked at a gate are not in memory: watch them from the store
-        for state in (RunState.WAITING, RunState.QUEUED, RunState.RUNNING):
-            for row in await self._store.list_runs(state=state.value, limit=1_000_000):
-                self.watch(row)
+        # runs parked at a gate, or waiting cold, are not in memory: watch them from the
+        # store (only those of pipelines with deadlines: a backlog may hold very many)
+        with_deadlines = [
+            name
+            for name, plan in self._plans.items()
+            if plan.config.deadline is not None
+            or any(t.config.deadline is not None for t in plan.tasks.values())
+        ]
+        for pipeline in with_deadlines:
+            for state in (RunState.WAITING, RunState.QUEUED, RunState.RUNNING):
+                for row in await self._store.list_runs(
+                    pipeline=pipeline, state=state.value, limit=1_000_000
+                ):
+                    self.watch(row)
         task_status.started()
         while True:
             self._wake = anyio.Event()

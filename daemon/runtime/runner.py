@@ -4,8 +4,9 @@ Every run is driven by one coroutine (a task of the runner's group) under its ow
 scope, so cancelling a run cancels exactly its attempts. Limits
 (:mod:`~cued.daemon.runtime.slots`): a global limit on running tasks, one per named pool,
 and ``max_active_runs`` per pipeline (runs beyond it wait in the bounded
-:class:`~cued.daemon.runtime.backlog.Backlog`). Every state change goes to the store; a
-task's result is durable before anything downstream of it starts.
+:class:`~cued.daemon.runtime.backlog.Backlog`: a window of them loaded, the rest by id only,
+their rows read from the store a window at a time as their turn nears). Every state change
+goes to the store; a task's result is durable before anything downstream of it starts.
 
 The runner knows which runs are in memory and starts them as slots free up; the rest it
 is given, or owns as parts:
@@ -34,6 +35,7 @@ or are recorded ``skipped`` if its ``when_paused`` says so. Runs that had starte
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +57,7 @@ from cued.daemon.runtime.run_alerts import RunAlerts
 from cued.daemon.runtime.slots import Slots
 from cued.daemon.runtime.task_logs import TaskLogs
 from cued.daemon.sdk.tracing import Tracing
-from cued.daemon.store import PauseRow, RunRow
+from cued.daemon.store import InstanceRow, PauseRow, RunRow
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -71,6 +73,10 @@ if TYPE_CHECKING:
     from cued.daemon.store import Store
 
 __all__ = ["Runner"]
+
+_UNFINISHED = (RunState.QUEUED, RunState.RUNNING)
+_PAGE = 10_000
+"""Waiting runs read at a time, at a restart or an unpause."""
 
 
 class Runner:
@@ -141,6 +147,14 @@ class Runner:
             self.tracing,
         )
         self._runs: dict[str, ActiveRun] = {}
+        # each pipeline's cold runs being loaded into its window (a run cancelled
+        # meanwhile is taken out of its set, and not started once its row comes)
+        self._loading: dict[str, set[str]] = {}
+        self._moved = anyio.Event()
+        """Set (and replaced) whenever cold runs are loaded or one is cancelled."""
+        # new runs recorded before unfinished ones are resumed, which come first
+        self._held: list[RunRow] | None = None
+        self._resumed_ids: set[str] = set()
         self._run_listeners: list[Callable[[RunRow], None]] = []
         self._tg: anyio.abc.TaskGroup | None = None
         self._paused: dict[str, PauseRow] = {}
@@ -203,6 +217,8 @@ class Runner:
             }
             if resume_unfinished:
                 await self.resume_unfinished()
+            else:
+                self._held = []  # new runs wait for resume_unfinished: see there
             tg.start_soon(self.gates.expire_when_due)
             tg.start_soon(self.task_logs.serve)
             await tg.start(self._deadlines.run)
@@ -211,25 +227,90 @@ class Runner:
 
     async def resume_unfinished(self) -> int:
         """Go on with every run that was unfinished when the daemon last stopped; a run
-        whose pipeline is no longer configured fails. Returns how many go on."""
-        resumed = 0
-        for row, instances, outputs in await self.store.runs_to_resume():
-            if row.pipeline not in self.plans:
-                failed = replace(
-                    row,
-                    state=RunState.FAILED.value,
-                    ended_at=now(),
-                    error=f"pipeline {row.pipeline!r} is no longer in the configuration",
-                )
-                await self.store.submit([failed]).wait()
+        whose pipeline is no longer configured fails. Returns how many go on.
+
+        The runs that had started are read in full (there are few); those that never
+        started by id only, a page at a time (there may be very many: each is loaded as
+        its turn nears), all in the order they were made. New runs recorded meanwhile
+        (sources run already) are held until then, and come after them."""
+        if self._held is None:
+            self._held = []
+        try:
+            resumed = await self._resume_all()
+        finally:
+            held, self._held = self._held, None
+        # those the store's pages did not have (recorded after the page that would have)
+        resumed_ids = self._resumed_ids
+        self._resumed_ids = set()
+        for row in held:
+            if row.run_id in resumed_ids:
                 continue
-            if row.pipeline in self._paused and row.state == RunState.QUEUED and not instances:
-                continue  # it waits in the store until its pipeline is unpaused
-            self.enqueue(row, instances_of(instances, outputs))
-            resumed += 1
+            if row.pipeline in self._paused:
+                self.enqueue(row)  # it waits in the store until its pipeline is unpaused
+            else:
+                # by id, read again when its turn comes: it was not "active" meanwhile, so
+                # it may have been cancelled in the store
+                self._deadlines.watch(row)
+                self._enqueue_cold(row.pipeline, row.run_id)
         if resumed:
             self.log.info("runs_resumed", count=resumed)
         return resumed
+
+    async def _resume_all(self) -> int:
+        resumed = 0
+        started = deque(await self.store.runs_to_resume(waiting=False))
+        after = ""
+        while True:
+            page = await self.store.waiting_runs(after=after, limit=_PAGE)
+            held = {row.run_id for row in self._held or ()}
+            gone: list[str] = []
+            for run_id, pipeline in page:
+                while started and started[0][0].run_id < run_id:
+                    resumed += self._resume_started(*started.popleft(), gone)
+                if run_id in self._runs:
+                    continue  # recorded by this process, and here already
+                if run_id in held:
+                    self._resumed_ids.add(run_id)
+                if pipeline not in self.plans:
+                    gone.append(run_id)
+                elif pipeline not in self._paused:  # else it waits in the store until unpaused
+                    self._enqueue_cold(pipeline, run_id)
+                    resumed += 1
+            await self._fail_gone(gone)
+            if len(page) < _PAGE:
+                break
+            after = page[-1][0]
+        gone = []
+        while started:
+            resumed += self._resume_started(*started.popleft(), gone)
+        await self._fail_gone(gone)
+        return resumed
+
+    def _resume_started(
+        self, row: RunRow, instances: list[InstanceRow], outputs: dict[str, Any], gone: list[str]
+    ) -> int:
+        if row.pipeline not in self.plans:
+            gone.append(row.run_id)
+            return 0
+        if row.run_id in self._runs:
+            return 0
+        if self.backlog.cold_of(row.pipeline) or row.pipeline in self._loading:
+            self._deadlines.watch(row)
+            self._enqueue_cold(row.pipeline, row.run_id)  # behind older ones, to keep order
+        else:
+            self.enqueue(row, instances_of(instances, outputs))
+        return 1
+
+    async def _fail_gone(self, run_ids: list[str]) -> None:
+        """Fail runs whose pipeline is no longer configured."""
+        for row in await self.store.get_runs(run_ids):
+            failed = replace(
+                row,
+                state=RunState.FAILED.value,
+                ended_at=now(),
+                error=f"pipeline {row.pipeline!r} is no longer in the configuration",
+            )
+            await self.store.submit([failed]).wait()
 
     def on_run_finished(self, listener: Callable[[RunRow], None]) -> None:
         """Call ``listener(row)`` when a run ends (succeeded, failed or cancelled)."""
@@ -320,19 +401,102 @@ class Runner:
         here."""
         if row.state == RunState.SKIPPED:
             return
+        if prior is None and self._held is not None:
+            self._held.append(row)
+            return
         if prior is None and row.pipeline in self._paused:
             # its deadline counts from its creation, paused or not (as after a restart)
             self._deadlines.watch(row)
             if (held := self._unpausing.get(row.pipeline)) is not None:
                 held.append(row)
             return
+        self._deadlines.watch(row)
+        pipeline = row.pipeline
+        # a run that never started waits cold (its id only) behind others that do, and
+        # when its pipeline's window is full
+        fresh = not prior and row.started_at is None
+        if fresh and (self.backlog.cold_of(pipeline) or pipeline in self._loading):
+            self._enqueue_cold(pipeline, row.run_id)
+            return
+        free = self.slots.run_slot_free(pipeline)
+        if not free and fresh and not self.backlog.has_room(pipeline):
+            self._enqueue_cold(pipeline, row.run_id)
+            return
         run = ActiveRun(row, self._plan_of(row), prior or {}, self._driving)
         self._runs[row.run_id] = run
-        self._deadlines.watch(row)
-        if self.slots.run_slot_free(row.pipeline):
+        if free:
             self._launch(run)
         else:
-            self.backlog.push(row.pipeline, run)
+            self.backlog.push(pipeline, run)
+
+    def _enqueue_cold(self, pipeline: str, run_id: str) -> None:
+        self.backlog.push_cold(pipeline, run_id)
+        self._refill(pipeline)
+
+    def _refill(self, pipeline: str) -> None:
+        """Load the next cold runs of ``pipeline`` once its window is half empty."""
+        if (
+            pipeline not in self._loading
+            and self.backlog.cold_of(pipeline)
+            and self.backlog.loaded_of(pipeline) <= self.backlog.window // 2
+        ):
+            assert self._tg is not None, "the runner is not serving"
+            self._loading[pipeline] = set()
+            self._tg.start_soon(self._load_cold, pipeline, name=f"load waiting {pipeline}")
+
+    async def _load_cold(self, pipeline: str) -> None:
+        """Load cold runs into ``pipeline``'s window, oldest first, and start what may."""
+        backlog = self.backlog
+        try:
+            while ids := backlog.take_cold(pipeline, backlog.window - backlog.loaded_of(pipeline)):
+                loading = self._loading[pipeline] = set(ids)
+                rows = {row.run_id: row for row in await self.store.get_runs(ids)}
+                priors: dict[str, dict[str, Instance]] = {}
+                for row in list(rows.values()):
+                    # one that had started (at a restart) goes on from its instances
+                    if row.started_at is not None and (
+                        found := await self.store.run_state(row.run_id)
+                    ):
+                        rows[row.run_id], instances, outputs = found
+                        priors[row.run_id] = instances_of(instances, outputs)
+                for run_id in ids:
+                    found_row = rows.get(run_id)
+                    # cancelled meanwhile, or finished (gone, or cancelled before)
+                    if (
+                        run_id not in loading
+                        or found_row is None
+                        or found_row.state not in _UNFINISHED
+                    ):
+                        backlog.dropped()
+                        continue
+                    prior = priors.get(run_id, {})
+                    run = ActiveRun(found_row, self._plan_of(found_row), prior, self._driving)
+                    self._runs[run_id] = run
+                    backlog.settle(pipeline, run)
+                loading.clear()
+                self._moved.set()
+                self._moved = anyio.Event()
+                self._start_waiting(pipeline)
+                if backlog.loaded_of(pipeline) > backlog.window // 2:
+                    break
+        finally:
+            del self._loading[pipeline]
+        self._refill(pipeline)  # what came cold while the last rows were read
+
+    def _start_waiting(self, pipeline: str) -> None:
+        """Start waiting runs of ``pipeline`` while it has free slots (a paused pipeline
+        keeps what waits until it is unpaused)."""
+        while (
+            pipeline not in self._paused
+            and self.slots.run_slot_free(pipeline)
+            and (following := self.backlog.pop(pipeline)) is not None
+        ):
+            self._launch(following)
+        self._refill(pipeline)
+
+    def _is_cold(self, run_id: str) -> bool:
+        """Whether the run waits by its id only (or is being loaded)."""
+        return self.backlog.is_cold(run_id) or any(run_id in s for s in self._loading.values())
 
     # -- pausing pipelines ----------------------------------------------------------------
 
@@ -365,28 +529,41 @@ class Runner:
         if pipeline not in self._paused or pipeline in self._unpausing:
             return 0
         self._unpausing[pipeline] = []
+        # what of it waits cold already (it was in the backlog when it was paused) is in
+        # the store too: read once here, not once per id
+        cold = set(self.backlog.cold_ids(pipeline))
+        seen: set[str] = set()
+        started = 0
         try:
             await self.store.set_paused(pipeline, None)
-            recorded = await self.store.list_runs(
-                pipeline=pipeline, state=RunState.QUEUED.value, limit=1_000_000
-            )
+            after = ""
+            while True:
+                # by id only, a page at a time: each is read again as its turn comes (one
+                # cancelled meanwhile is passed over then), so a long pause does not come
+                # into memory all at once
+                page = await self.store.waiting_runs(pipeline, after=after, limit=_PAGE)
+                held_ids = {row.run_id for row in self._unpausing[pipeline]}
+                loading = self._loading.get(pipeline, set())
+                for run_id, _ in page:
+                    if run_id in self._runs or run_id in cold or run_id in loading:
+                        continue
+                    if run_id in held_ids:
+                        seen.add(run_id)
+                    self._enqueue_cold(pipeline, run_id)
+                    started += 1
+                if len(page) < _PAGE:
+                    break
+                after = page[-1][0]
         finally:
             held = self._unpausing.pop(pipeline)
         del self._paused[pipeline]
-        waiting = {r.run_id: r for r in [*recorded, *held] if not self.is_active(r.run_id)}
-        # what was read may have changed meanwhile (cancelled): read it again, with the
-        # pipeline unpaused, so whatever comes now starts by itself
-        fresh = await self.store.get_runs(sorted(waiting))
-        started = 0
-        while (
-            self.slots.run_slot_free(pipeline)
-            and (following := self.backlog.pop(pipeline)) is not None
-        ):
-            self._launch(following)
-        for row in sorted(fresh, key=lambda r: r.run_id):
-            if row.state == RunState.QUEUED and not self.is_active(row.run_id):
-                self.enqueue(row, {})
+        # held meanwhile, and not in the pages read (recorded after them)
+        for row in held:
+            if row.run_id not in seen and row.run_id not in self._runs:
+                self._enqueue_cold(pipeline, row.run_id)
                 started += 1
+                started += 1
+        self._start_waiting(pipeline)
         self.log.info("pipeline_unpaused", pipeline=pipeline, by=by, waiting=started)
         return started
 
@@ -422,7 +599,20 @@ class Runner:
         """
         run = self._runs.get(run_id)
         if run is None:
-            raise NotFound(f"no unfinished run {run_id!r}")
+            if not self.backlog.remove_cold(run_id) and not self._unload(run_id):
+                raise NotFound(f"no unfinished run {run_id!r}")
+            # cold: it will not be started; its row is read to record it cancelled
+            row = await self.store.get_run(run_id)
+            if row is None:
+                raise NotFound(f"no run {run_id!r}")
+            run = ActiveRun(row, self._plan_of(row), {}, self._driving)
+            self._runs[run_id] = run
+            try:
+                await run.cancel()
+            finally:
+                self._moved.set()
+                self._moved = anyio.Event()
+            return run.row
         if run.engine is None:  # still waiting in the backlog, or about to start
             self.backlog.remove(run.row.pipeline, lambda r: r is run)
         await run.cancel()
@@ -433,7 +623,8 @@ class Runner:
 
         :raises NotFound: if the run does not exist
         """
-        run = self._runs.get(run_id)
+        while (run := self._runs.get(run_id)) is None and self._is_cold(run_id):
+            await self._moved.wait()
         if run is not None:
             await run.wait_left()
             return run.row
@@ -443,8 +634,18 @@ class Runner:
         return row
 
     def is_active(self, run_id: str) -> bool:
-        """Whether the run is in memory (queued or running here, not parked or finished)."""
-        return run_id in self._runs
+        """Whether the run is queued or running here (in memory, or cold: waiting by its
+        id), not parked, held for its paused pipeline, or finished."""
+        return run_id in self._runs or self._is_cold(run_id)
+
+    def _unload(self, run_id: str) -> bool:
+        """Take a run being loaded out of its batch (it will not start); False if it is
+        not being loaded."""
+        for loading in self._loading.values():
+            if run_id in loading:
+                loading.discard(run_id)
+                return True
+        return False
 
     def settle_gate(
         self, run_id: str, key: str, *, ok: bool, output: Any, error: str | None
@@ -491,12 +692,7 @@ class Runner:
                     span.fail(run.row.error)
                 span.end()
             self.slots.free_run_slot(run.row.pipeline)
-            # a paused pipeline keeps what waits in the backlog until it is unpaused
-            if (
-                run.row.pipeline not in self._paused
-                and (following := self.backlog.pop(run.row.pipeline)) is not None
-            ):
-                self._launch(following)
+            self._start_waiting(run.row.pipeline)
 
     def _retry_delay_s(self, task: TaskConfig, attempt: int) -> float:
         return backoff_s(

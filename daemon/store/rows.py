@@ -309,9 +309,22 @@ class Store(Protocol):
     def submit(self, rows: list[Row]) -> Durable:
         """Queue rows for the next group commit; all of them commit in one transaction."""
 
-    async def runs_to_resume(self) -> list[tuple[RunRow, list[InstanceRow], dict[str, Any]]]:
+    async def runs_to_resume(
+        self, *, waiting: bool = True
+    ) -> list[tuple[RunRow, list[InstanceRow], dict[str, Any]]]:
         """Runs that are not finished, with their instances and the outputs of the
-        instances that succeeded (by instance key)."""
+        instances that succeeded (by instance key), oldest first.
+
+        :param waiting: also the queued runs that never started (false: those are read
+            by id with :meth:`waiting_runs`, as there may be very many)
+        """
+
+    async def waiting_runs(
+        self, pipeline: str | None = None, *, after: str = "", limit: int = 1_000_000_000
+    ) -> list[tuple[str, str]]:
+        """The ids and pipelines of the queued runs that never started, oldest first (of
+        ``pipeline`` only, if given): at most ``limit`` of them, those whose id sorts after
+        ``after`` (a page's cursor)."""
 
     def on_commit(self, listener: Callable[[float, Sequence[Row]], None]) -> None:
         """Call ``listener(seconds, rows)`` after every commit, with how long it took and

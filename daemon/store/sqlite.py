@@ -482,9 +482,28 @@ class SqliteStore:
 
     # -- reading -----------------------------------------------------------------------
 
-    async def runs_to_resume(self) -> list[tuple[RunRow, list[InstanceRow], dict[str, Any]]]:
-        runs = await self._runs("WHERE state IN ('queued', 'running') ORDER BY run_id", ())
+    async def runs_to_resume(
+        self, *, waiting: bool = True
+    ) -> list[tuple[RunRow, list[InstanceRow], dict[str, Any]]]:
+        clause = (
+            "WHERE state IN ('queued', 'running')"
+            if waiting
+            else f"WHERE state IN ('queued', 'running') AND NOT ({_NEVER_STARTED})"
+        )
+        runs = await self._runs(f"{clause} ORDER BY run_id", ())
         return [(run, *await self._run_state(run.run_id)) for run in runs]
+
+    async def waiting_runs(
+        self, pipeline: str | None = None, *, after: str = "", limit: int = 1_000_000_000
+    ) -> list[tuple[str, str]]:
+        # by the index on (state, run_id), or (pipeline, state, run_id)
+        clause, args = ("AND pipeline = ?", [pipeline]) if pipeline is not None else ("", [])
+        rows = await self._reader.execute_fetchall(
+            f"SELECT run_id, pipeline FROM runs WHERE {_NEVER_STARTED} {clause} "
+            "AND run_id > ? ORDER BY run_id LIMIT ?",
+            [*args, after, limit],
+        )
+        return [(run_id, name) for run_id, name in rows]
 
     async def run_state(
         self, run_id: str
@@ -725,6 +744,10 @@ class SqliteStore:
     async def _runs(self, clause: str, args: tuple[Any, ...]) -> list[RunRow]:
         rows = await self._reader.execute_fetchall(f"SELECT * FROM runs {clause}", args)
         return [_run(r) for r in rows]
+
+
+_NEVER_STARTED = "state = 'queued' AND started_at IS NULL"
+"""A run waiting for its first start (a rerun or a resumed one has started before)."""
 
 
 def runs_query(

@@ -1,0 +1,173 @@
+"""Waiting runs stay on disk: a pipeline keeps at most ``backlog_window`` waiting runs
+loaded; the rest wait in the store, by id, and still start in order, exactly once, also
+after a restart, a cancel, or with backpressure on. On each store (SQLite, PostgreSQL)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from cued.daemon.assembly import open_runner
+from cued.daemon.runtime import runner as runner_module
+from tests.support import probes
+from tests.support.stores import keeping_state_in
+
+WINDOW = 4
+
+
+@pytest.fixture
+def make_config(make_config, store_at):
+    return keeping_state_in(make_config, store_at)
+
+
+def config_text(*, high: int = 10_000, low: int = 5_000) -> str:
+    # one run at a time; each run's task records its number, the first holds until released
+    return f"""
+[daemon]
+backlog_window = {WINDOW}
+backlog_high_water = {high}
+backlog_low_water = {low}
+
+[pipelines.p]
+max_active_runs = 1
+inputs = {{ n = 0 }}
+[pipelines.p.tasks.t]
+kind = "python"
+function = "tests.support.probes:record"
+args = {{ name = "n{{{{ inputs.n }}}}", until_released = true }}
+"""
+
+
+async def test_a_flood_far_past_the_window_starts_every_run_once_in_order(make_config):
+    probe = probes.reset()
+    config = make_config(config_text())
+    loaded: list[int] = []
+    async with open_runner(config) as runner:
+        runner.on_run_finished(lambda _: loaded.append(runner.backlog.loaded_of("p")))
+        with anyio.fail_after(60):
+            ids = []
+            for n in range(120):
+                ids.append((await runner.start_run("p", {"n": n})).run_id)
+                loaded.append(runner.backlog.loaded_of("p"))
+            await probe.entered.wait()
+            # the first holds its slot: the other 119 wait, all but a window of them cold
+            assert runner.backlog.depth == 119
+            assert runner.backlog.loaded_of("p") <= WINDOW
+            assert runner.backlog.cold_of("p") >= 119 - WINDOW
+            assert all(runner.is_active(i) for i in ids)
+            probe.released.set()
+            rows = [await runner.wait(i) for i in ids]
+        assert runner.backlog.depth == 0
+    assert {r.state for r in rows} == {"succeeded"}
+    assert probe.calls == [f"n{n}" for n in range(120)]
+    assert max(loaded) <= WINDOW
+
+
+async def test_a_cold_run_cancelled_never_starts_and_the_rest_go_on_in_order(make_config):
+    probe = probes.reset()
+    config = make_config(config_text())
+    async with open_runner(config) as runner:
+        with anyio.fail_after(60):
+            ids = [(await runner.start_run("p", {"n": n})).run_id for n in range(30)]
+            await probe.entered.wait()
+            assert runner.backlog.cold_of("p") > 0
+            cancelled = await runner.cancel(ids[20])
+            assert cancelled.state == "cancelled"
+            assert not runner.is_active(ids[20])
+            assert runner.backlog.depth == 28
+            probe.released.set()
+            rows = {i: await runner.wait(i) for i in ids}
+        recorded = await runner.store.get_run(ids[20])
+    assert recorded is not None
+    assert recorded.state == "cancelled"
+    assert rows[ids[20]].state == "cancelled"
+    assert [rows[i].state for i in ids if i != ids[20]] == ["succeeded"] * 29
+    assert probe.calls == [f"n{n}" for n in range(30) if n != 20]
+
+
+async def test_a_restart_loads_a_window_of_the_waiting_runs_and_starts_them_all_in_order(
+    make_config, monkeypatch
+):
+    monkeypatch.setattr(runner_module, "_PAGE", 7)  # the waiting runs are read in pages
+    probe = probes.reset()
+    config = make_config(config_text())
+    async with open_runner(config) as runner:
+        with anyio.fail_after(60):
+            ids = [(await runner.start_run("p", {"n": n})).run_id for n in range(40)]
+            await probe.entered.wait()
+    # stopped while the first ran and 39 waited; the next process starts them all
+    probe = probes.reset()
+    probe.released.set()
+    async with open_runner(config) as runner:
+        assert runner.backlog.depth <= 40
+        assert runner.backlog.loaded_of("p") <= WINDOW
+        with anyio.fail_after(60):
+            rows = [await runner.wait(i) for i in ids]
+    assert {r.state for r in rows} == {"succeeded"}
+    assert probe.calls == [f"n{n}" for n in range(40)]
+
+
+async def test_cold_runs_count_for_backpressure(make_config):
+    probe = probes.reset()
+    config = make_config(config_text(high=12, low=6))
+    flips: list[bool] = []
+    async with open_runner(config) as runner:
+        runner.backlog.on_change(flips.append)
+        with anyio.fail_after(60):
+            ids = [(await runner.start_run("p", {"n": n})).run_id for n in range(13)]
+            await probe.entered.wait()
+            # one runs, twelve wait: most of them cold, and the backlog is saturated
+            assert runner.backlog.loaded_of("p") <= WINDOW
+            assert runner.backlog.saturated
+            assert not runner.backlog.accepting()
+            probe.released.set()
+            for i in ids:
+                await runner.wait(i)
+    assert flips == [True, False]
+    assert probe.calls == [f"n{n}" for n in range(13)]
+
+
+async def test_an_unpause_starts_what_waited_cold_and_what_waited_in_the_store_in_order(
+    make_config, monkeypatch
+):
+    monkeypatch.setattr(runner_module, "_PAGE", 7)
+    probe = probes.reset()
+    config = make_config(config_text())
+    async with open_runner(config) as runner:
+        with anyio.fail_after(60):
+            ids = [(await runner.start_run("p", {"n": n})).run_id for n in range(20)]
+            await probe.entered.wait()
+            await runner.pause("p")
+            # recorded while paused: in the store only, not in the backlog
+            ids += [(await runner.start_run("p", {"n": n})).run_id for n in range(20, 40)]
+            assert runner.backlog.depth == 19
+            assert await runner.unpause("p") == 20
+            assert runner.backlog.depth == 39
+            assert runner.backlog.loaded_of("p") <= WINDOW
+            probe.released.set()
+            rows = [await runner.wait(i) for i in ids]
+    assert {r.state for r in rows} == {"succeeded"}
+    assert probe.calls == [f"n{n}" for n in range(40)]
+
+
+async def test_runs_recorded_before_a_restart_resumes_come_after_the_waiting_ones_once(
+    make_config,
+):
+    probe = probes.reset()
+    config = make_config(config_text())
+    async with open_runner(config) as runner:
+        with anyio.fail_after(60):
+            ids = [(await runner.start_run("p", {"n": n})).run_id for n in range(12)]
+            await probe.entered.wait()
+    probe = probes.reset()
+    probe.released.set()
+    # as the daemon does: its sources (here, triggers) run before unfinished runs resume
+    async with open_runner(config, resume=False) as runner:
+        with anyio.fail_after(60):
+            ids += [(await runner.start_run("p", {"n": n})).run_id for n in range(12, 15)]
+            assert runner.backlog.depth == 0  # held until the resume
+            # the three recorded meanwhile are in the store already: they go with the rest
+            assert await runner.resume_unfinished() == 15
+            rows = [await runner.wait(i) for i in ids]
+    assert {r.state for r in rows} == {"succeeded"}
+    assert probe.calls == [f"n{n}" for n in range(15)]
