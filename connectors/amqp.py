@@ -54,6 +54,7 @@ from cued.daemon.sdk import (
     resolve_secret,
 )
 
+from ._flow import Backpressure
 from ._payload import RedeliveryIds, digest, text_map
 
 if TYPE_CHECKING:
@@ -65,8 +66,6 @@ if TYPE_CHECKING:
 __all__ = ["AmqpConfig", "AmqpSource", "message_event"]
 
 _RETRY_S = (0.1, 2.0)
-#: While paused, how often the source looks whether the backlog drained.
-_PAUSED_S = 1.0
 
 
 class AmqpConfig(BaseModel):
@@ -157,7 +156,7 @@ class AmqpSource:
         self.ctx = ctx
         self._url = _secret(config.url, ctx)
         self._ids = RedeliveryIds(ctx.source, ctx.intake, window=config.prefetch)
-        self._paused = False
+        self._backpressure = Backpressure(ctx, "amqp", prefetch=config.prefetch)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -216,19 +215,9 @@ class AmqpSource:
                 delay = min(delay * 2, max_delay)
 
     async def _consume(self, receive: MemoryObjectReceiveStream[Any]) -> None:
-        intake = self.ctx.intake
-        log = self.ctx.log
         while True:
-            if not intake.accepting():
-                if not self._paused:
-                    self._paused = True
-                    log.info("amqp_paused", prefetch=self.config.prefetch)
-                with anyio.move_on_after(_PAUSED_S):
-                    await intake.wait_accepting()
+            if not await self._backpressure.ready():
                 continue
-            if self._paused:
-                self._paused = False
-                log.info("amqp_resumed")
             # what came while the last batch was recorded goes in one transaction; an idle
             # source records a message as soon as it comes
             batch: list[AbstractIncomingMessage] = [await receive.receive()]

@@ -65,6 +65,7 @@ from cued.daemon.sdk import (
     resolve_secret,
 )
 
+from ._flow import Backpressure
 from ._payload import RedeliveryIds, digest, text_map
 
 if TYPE_CHECKING:
@@ -76,7 +77,6 @@ if TYPE_CHECKING:
 __all__ = ["MqttConfig", "MqttSource", "broker_address", "message_event"]
 
 _RETRY_S = (0.1, 2.0)
-_PAUSED_S = 1.0
 #: QoS 0 messages have no flow control: beyond this many waiting, they are dropped.
 _QOS0_BUFFER = 10_000
 _DISCONNECTED = object()
@@ -222,7 +222,9 @@ class MqttSource:
         self._client_id = config.client_id or f"cued-{ctx.source}"
         self._password = _secret(config.password, ctx) if config.password else None
         self._ids = RedeliveryIds(ctx.source, ctx.intake, window=config.receive_maximum)
-        self._paused = False
+        self._backpressure = Backpressure(
+            ctx, "mqtt", receive_maximum=config.receive_maximum
+        )
         self._dropped = 0
 
     async def run(
@@ -326,19 +328,10 @@ class MqttSource:
     async def _consume(
         self, client: aiomqtt.Client, receive: MemoryObjectReceiveStream[Any]
     ) -> None:
-        intake = self.ctx.intake
         log = self.ctx.log
         while True:
-            if not intake.accepting():
-                if not self._paused:
-                    self._paused = True
-                    log.info("mqtt_paused", receive_maximum=self.config.receive_maximum)
-                with anyio.move_on_after(_PAUSED_S):
-                    await intake.wait_accepting()
+            if not await self._backpressure.ready():
                 continue
-            if self._paused:
-                self._paused = False
-                log.info("mqtt_resumed")
             first = await receive.receive()
             batch: list[paho.MQTTMessage] = []
             lost = first is _DISCONNECTED

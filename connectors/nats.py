@@ -59,6 +59,8 @@ from cued.daemon.sdk import (
     resolve_secret,
 )
 
+from ._flow import Backpressure
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -70,9 +72,6 @@ if TYPE_CHECKING:
 
 __all__ = ["NatsConfig", "NatsSource", "connect", "message_event"]
 
-#: While paused, how often the source looks at the backlog again (it resumes at once when
-#: the backlog drains, without waiting for this).
-_PAUSED_POLL_S = 1.0
 #: How long closing the connection may take at shutdown.
 _STOP_TIMEOUT_S = 10.0
 #: A header value is cut past this many characters (headers are metadata, not payload).
@@ -281,20 +280,11 @@ class NatsSource:
         )
 
     async def _consume(self, subscription: JetStreamContext.PullSubscription) -> None:
-        intake = self.ctx.intake
         log = self.ctx.log
-        paused = False
+        backpressure = Backpressure(self.ctx, "nats")
         while True:
-            if not intake.accepting():
-                if not paused:
-                    paused = True
-                    log.info("nats_paused")
-                with anyio.move_on_after(_PAUSED_POLL_S):
-                    await intake.wait_accepting()
+            if not await backpressure.ready():
                 continue
-            if paused:
-                paused = False
-                log.info("nats_resumed")
             try:
                 messages = await subscription.fetch(
                     self.config.max_batch, timeout=self.config.fetch_wait

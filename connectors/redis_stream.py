@@ -44,6 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cued.daemon.sdk import ConnectorError, Duration, Event, message_value, now, parse_traceparent
 
+from ._flow import Backpressure
 from ._payload import text_map
 
 if TYPE_CHECKING:
@@ -53,9 +54,6 @@ __all__ = ["RedisStreamConfig", "RedisStreamSource", "entry_event"]
 
 #: Retry delays while Redis cannot be reached.
 _RETRY_S = (0.1, 2.0)
-#: While paused, how often the source looks whether the backlog drained (it resumes at
-#: once when it does; this bounds only how long a stop waits).
-_PAUSED_S = 1.0
 
 
 class RedisStreamConfig(BaseModel):
@@ -154,7 +152,7 @@ class RedisStreamSource:
         self._stream = config.stream.encode()
         self._group = config.group.encode()
         self._consumer = config.consumer.encode()
-        self._paused = False
+        self._backpressure = Backpressure(ctx, "redis_stream")
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -206,22 +204,13 @@ class RedisStreamSource:
                 delay = min(delay * 2, max_delay)
 
     async def _consume(self) -> None:
-        intake = self.ctx.intake
         log = self.ctx.log
         own_pending = True  # first what this consumer took before a crash
         next_claim = anyio.current_time() + self.config.claim_idle
         delay = _RETRY_S[0]
         while True:
-            if not intake.accepting():
-                if not self._paused:
-                    self._paused = True
-                    log.info("redis_stream_paused")
-                with anyio.move_on_after(_PAUSED_S):
-                    await intake.wait_accepting()
+            if not await self._backpressure.ready():
                 continue
-            if self._paused:
-                self._paused = False
-                log.info("redis_stream_resumed")
             try:
                 if own_pending:
                     entries = await self._read("0")
