@@ -45,17 +45,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cued.daemon.sdk import (
     ConnectorError,
-    CuedError,
     Duration,
     Event,
     message_value,
     now,
     parse_traceparent,
-    resolve_secret,
 )
 
 from ._flow import Backpressure
 from ._payload import RedeliveryIds, digest, text_map
+from ._secrets import source_secret
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
@@ -154,7 +153,7 @@ class AmqpSource:
         """:raises ConnectorError: if the URL's variable is unset or its file unreadable"""
         self.config = config
         self.ctx = ctx
-        self._url = _secret(config.url, ctx)
+        self._url = source_secret(config.url, ctx.base_dir, "an AMQP URL", literal_is_secret=False)
         self._ids = RedeliveryIds(ctx.source, ctx.intake, window=config.prefetch)
         self._backpressure = Backpressure(ctx, "amqp", prefetch=config.prefetch)
 
@@ -248,15 +247,6 @@ class AmqpSource:
                     error=_describe(exc),
                     note="the broker delivers the batch again, and intake recognises it",
                 )
-
-
-def _secret(value: str, ctx: SourceContext) -> str:
-    if not value.startswith(("env:", "file:")):
-        return value
-    try:
-        return resolve_secret(value, ctx.base_dir, what="an AMQP URL")
-    except CuedError as exc:
-        raise ConnectorError(str(exc)) from exc
 
 
 def _describe(exc: BaseException) -> str:

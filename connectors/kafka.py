@@ -68,15 +68,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cued.daemon.sdk import (
     ConnectorError,
-    CuedError,
     Duration,
     Event,
     message_value,
     now,
     parse_traceparent,
-    resolve_secret,
     text_or_base64,
 )
+
+from ._secrets import source_secret
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -176,15 +176,10 @@ def client_options(config: KafkaConfig, base_dir: Path) -> dict[str, Any]:
     if config.sasl_username is not None and config.sasl_password is not None:
         options["sasl_mechanism"] = config.sasl_mechanism
         options["sasl_plain_username"] = config.sasl_username
-        options["sasl_plain_password"] = _secret(config.sasl_password, base_dir)
+        options["sasl_plain_password"] = source_secret(
+            config.sasl_password, base_dir, "a Kafka password"
+        )
     return options
-
-
-def _secret(value: str, base_dir: Path) -> str:
-    try:
-        return resolve_secret(value, base_dir, what="a Kafka password")
-    except CuedError as exc:
-        raise ConnectorError(str(exc)) from exc
 
 
 def message_event(source: str, record: ConsumerRecord[Any, Any], received_at: float) -> Event:

@@ -55,18 +55,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cued.daemon.sdk import (
     ConnectorError,
-    CuedError,
     Duration,
     Event,
     message_value,
     new_id,
     now,
     parse_traceparent,
-    resolve_secret,
 )
 
 from ._flow import Backpressure
 from ._payload import RedeliveryIds, digest, text_map
+from ._secrets import source_secret
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
@@ -220,11 +219,13 @@ class MqttSource:
         self.ctx = ctx
         self._host, self._port, self._tls = broker_address(config.broker)
         self._client_id = config.client_id or f"cued-{ctx.source}"
-        self._password = _secret(config.password, ctx) if config.password else None
-        self._ids = RedeliveryIds(ctx.source, ctx.intake, window=config.receive_maximum)
-        self._backpressure = Backpressure(
-            ctx, "mqtt", receive_maximum=config.receive_maximum
+        self._password = (
+            source_secret(config.password, ctx.base_dir, "an MQTT password")
+            if config.password
+            else None
         )
+        self._ids = RedeliveryIds(ctx.source, ctx.intake, window=config.receive_maximum)
+        self._backpressure = Backpressure(ctx, "mqtt", receive_maximum=config.receive_maximum)
         self._dropped = 0
 
     async def run(
@@ -375,13 +376,6 @@ class MqttSource:
             for message in batch:  # in the order received, as MQTT asks
                 if message.qos > 0:
                     inner.ack(message.mid, message.qos)
-
-
-def _secret(value: str, ctx: SourceContext) -> str:
-    try:
-        return resolve_secret(value, ctx.base_dir, what="an MQTT password")
-    except CuedError as exc:
-        raise ConnectorError(str(exc)) from exc
 
 
 def _describe(exc: BaseException) -> str:

@@ -49,17 +49,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cued.daemon.sdk import (
     ConnectorError,
-    CuedError,
     Duration,
     Event,
     bounded_id,
     message_value,
     now,
     parse_traceparent,
-    resolve_secret,
 )
 
 from ._flow import Backpressure
+from ._secrets import source_secret
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -126,14 +125,11 @@ def connect_options(config: NatsConfig, base_dir: Path) -> dict[str, Any]:
     :raises ConnectorError: if a credential's variable is unset or its file unreadable
     """
     options: dict[str, Any] = {"servers": config.servers, "name": "cued"}
-    try:
-        if config.user is not None and config.password is not None:
-            options["user"] = config.user
-            options["password"] = resolve_secret(config.password, base_dir, what="a NATS password")
-        if config.token is not None:
-            options["token"] = resolve_secret(config.token, base_dir, what="a NATS token")
-    except CuedError as exc:
-        raise ConnectorError(str(exc)) from exc
+    if config.user is not None and config.password is not None:
+        options["user"] = config.user
+        options["password"] = source_secret(config.password, base_dir, "a NATS password")
+    if config.token is not None:
+        options["token"] = source_secret(config.token, base_dir, "a NATS token")
     return options
 
 

@@ -50,15 +50,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cued.daemon.sdk import (
     ConnectorError,
-    CuedError,
     Duration,
     Event,
     bounded_id,
     db_value,
     json_value,
     now,
-    resolve_secret,
 )
+
+from ._secrets import source_secret
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -158,10 +158,7 @@ class PostgresSource:
         self.config = config
         self.ctx = ctx
         self._what = f"postgres source {ctx.source!r}"
-        try:
-            self._dsn = resolve_secret(config.dsn, ctx.base_dir, what="a PostgreSQL DSN")
-        except CuedError as exc:
-            raise ConnectorError(str(exc)) from exc
+        self._dsn = source_secret(config.dsn, ctx.base_dir, "a PostgreSQL DSN")
         self._wake = anyio.Event()
         self._position: str | None = None
 

@@ -46,6 +46,7 @@ from cued.daemon.sdk import ConnectorError, Duration, Event, message_value, now,
 
 from ._flow import Backpressure
 from ._payload import text_map
+from ._secrets import source_secret
 
 if TYPE_CHECKING:
     from cued.daemon.sdk import Receipt, SourceContext
@@ -145,7 +146,7 @@ class RedisStreamSource:
         """:raises ConnectorError: if the URL's variable is unset or its file unreadable"""
         self.config = config
         self.ctx = ctx
-        url = _secret(config.url, ctx)
+        url = source_secret(config.url, ctx.base_dir, "a Redis URL", literal_is_secret=False)
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=config.block + 10, socket_connect_timeout=10
         )
@@ -296,14 +297,3 @@ class RedisStreamSource:
 def _log_duplicates(ctx: SourceContext, receipts: list[Receipt]) -> None:
     if duplicates := sum(r.status == "duplicate" for r in receipts):
         ctx.log.info("redis_stream_redelivered", duplicates=duplicates)
-
-
-def _secret(value: str, ctx: SourceContext) -> str:
-    from cued.daemon.sdk import CuedError, resolve_secret
-
-    if not value.startswith(("env:", "file:")):
-        return value
-    try:
-        return resolve_secret(value, ctx.base_dir, what="a Redis URL")
-    except CuedError as exc:
-        raise ConnectorError(str(exc)) from exc
