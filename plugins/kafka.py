@@ -7,7 +7,6 @@ costs one round trip, not a connection. :meth:`KafkaProduceTask.aclose` stops th
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import anyio
@@ -22,6 +21,8 @@ from cued.daemon.sdk import (
     outgoing_span,
 )
 
+from ._brokers import IDEMPOTENCY_KEY, encode_value
+
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -31,7 +32,7 @@ __all__ = ["IDEMPOTENCY_HEADER", "KafkaProduceParams", "KafkaProduceTask", "enco
 
 #: The header that carries the task instance's idempotency key (the same on every attempt
 #: and across restarts), so consumers can drop a message sent twice by a retry.
-IDEMPOTENCY_HEADER = "cued-idempotency-key"
+IDEMPOTENCY_HEADER = IDEMPOTENCY_KEY
 #: When the daemon stops, how long sending what is buffered and closing may take.
 _CLOSE_TIMEOUT_S = 10.0
 
@@ -57,21 +58,6 @@ class KafkaProduceParams(BaseModel):
     key: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     acks: Literal["all", 0, 1] = "all"
-
-
-def encode_value(value: Any) -> bytes:
-    """A message value as bytes: a string as UTF-8, anything else as compact JSON.
-
-    :raises PermanentTaskError: if the value is not JSON-serialisable
-    """
-    if isinstance(value, str):
-        return value.encode()
-    try:
-        return json.dumps(
-            value, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        ).encode()
-    except (TypeError, ValueError) as exc:
-        raise PermanentTaskError(f"the message value cannot be sent as JSON: {exc}") from exc
 
 
 class KafkaProduceTask:

@@ -32,6 +32,8 @@ from cued.daemon.sdk import (
     resolve_secret,
 )
 
+from ._brokers import encode_value
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from types import TracebackType
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
 
     from cued.daemon.sdk import TaskContext
 
-__all__ = ["MSG_ID_HEADER", "NatsPublishParams", "NatsPublishTask", "encode_body"]
+__all__ = ["MSG_ID_HEADER", "NatsPublishParams", "NatsPublishTask"]
 
 #: JetStream's de-duplication header; it carries the task's idempotency key.
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -80,23 +82,6 @@ class NatsPublishParams(BaseModel):
             yield ParamProblem(("token",), "the token cannot be a template")
 
 
-def encode_body(value: Any) -> bytes:
-    """A string as UTF-8, anything else as compact JSON.
-
-    :raises PermanentTaskError: if the value is not JSON-serialisable
-    """
-    import json
-
-    if isinstance(value, str):
-        return value.encode()
-    try:
-        return json.dumps(
-            value, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        ).encode()
-    except (TypeError, ValueError) as exc:
-        raise PermanentTaskError(f"the message value cannot be sent as JSON: {exc}") from exc
-
-
 class NatsPublishTask:
     """Publish ``value`` to ``subject``; succeed with ``{"stream", "sequence",
     "duplicate"}``."""
@@ -116,7 +101,7 @@ class NatsPublishTask:
             captures the subject
         :raises TaskError: if the servers cannot be reached or do not acknowledge in time
         """
-        body = encode_body(params.value)
+        body = encode_value(params.value)
         headers = {MSG_ID_HEADER: ctx.idempotency_key, **params.headers}
         client = await self._client(params)
         with outgoing_span(
