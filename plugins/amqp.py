@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cued.daemon.sdk import TaskError
 
 from ._brokers import IDEMPOTENCY_KEY, encode_value, resolve_url
+from ._shared import Shared
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractRobustConnection
@@ -65,9 +66,9 @@ class AmqpPublishTask:
     Params: ClassVar[type[BaseModel]] = AmqpPublishParams
 
     def __init__(self) -> None:
-        self._channels: dict[str, tuple[AbstractRobustConnection, AbstractChannel]] = {}
-        self._lock = anyio.Lock()
-        self._closed = False
+        self._channels: Shared[str, tuple[AbstractRobustConnection, AbstractChannel]] = Shared(
+            "amqp"
+        )
 
     async def execute(self, params: AmqpPublishParams, ctx: TaskContext) -> Any:
         """:raises TaskError: if the broker cannot be reached or refuses the message"""
@@ -103,13 +104,8 @@ class AmqpPublishTask:
         }
 
     async def _channel(self, url: str) -> AbstractChannel:
-        if (found := self._channels.get(url)) is not None:
-            return found[1]
-        async with self._lock:
-            if (found := self._channels.get(url)) is not None:
-                return found[1]
-            if self._closed:
-                raise TaskError("the amqp task kind is closed: the daemon is stopping")
+
+        async def connect() -> tuple[AbstractRobustConnection, AbstractChannel]:
             try:
                 with anyio.fail_after(30):
                     connection = await aio_pika.connect_robust(resolve_url(url, "an AMQP URL"))
@@ -118,13 +114,12 @@ class AmqpPublishTask:
                     )
             except (AMQPError, OSError, TimeoutError) as exc:
                 raise TaskError(f"cannot connect to the AMQP broker: {_describe(exc)}") from exc
-            self._channels[url] = (connection, channel)
-            return channel
+            return connection, channel
+
+        return (await self._channels.get(url, connect))[1]
 
     async def aclose(self) -> None:
-        self._closed = True
-        channels, self._channels = list(self._channels.values()), {}
-        for connection, _ in channels:
+        for connection, _ in self._channels.close():
             with anyio.move_on_after(_CLOSE_TIMEOUT_S, shield=True):
                 await connection.close()
 

@@ -7,7 +7,7 @@ costs one round trip, not a connection. :meth:`KafkaProduceTask.aclose` stops th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import anyio
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
@@ -22,10 +22,9 @@ from cued.daemon.sdk import (
 )
 
 from ._brokers import IDEMPOTENCY_KEY, encode_value
+from ._shared import Closing, Shared
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from cued.daemon.sdk import TaskContext
 
 __all__ = ["IDEMPOTENCY_HEADER", "KafkaProduceParams", "KafkaProduceTask", "encode_value"]
@@ -60,7 +59,7 @@ class KafkaProduceParams(BaseModel):
     acks: Literal["all", 0, 1] = "all"
 
 
-class KafkaProduceTask:
+class KafkaProduceTask(Closing):
     """Send ``value`` to ``topic``; succeed with ``{"topic", "partition", "offset"}``.
 
     Every message carries the attempt's idempotency key in the ``cued-idempotency-key``
@@ -72,9 +71,7 @@ class KafkaProduceTask:
     Params: ClassVar[type[BaseModel]] = KafkaProduceParams
 
     def __init__(self) -> None:
-        self._producers: dict[tuple[str, str | int], AIOKafkaProducer] = {}
-        self._lock = anyio.Lock()
-        self._closed = False
+        self._producers: Shared[tuple[str, str | int], AIOKafkaProducer] = Shared("kafka")
 
     async def execute(self, params: KafkaProduceParams, ctx: TaskContext) -> Any:
         """Send the message and wait for the broker's ack.
@@ -130,14 +127,8 @@ class KafkaProduceTask:
 
         :raises TaskError: if it cannot be started (the next attempt tries again)
         """
-        key = (bootstrap, acks)
-        if (producer := self._producers.get(key)) is not None:
-            return producer
-        async with self._lock:  # one start per key, however many tasks wait for it
-            if (producer := self._producers.get(key)) is not None:
-                return producer
-            if self._closed:
-                raise TaskError("the kafka task kind is closed: the daemon is stopping")
+
+        async def start() -> AIOKafkaProducer:
             producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=acks, client_id="cued")
             try:
                 await producer.start()
@@ -149,29 +140,17 @@ class KafkaProduceTask:
             except BaseException:
                 await _stop(producer)
                 raise
-            self._producers[key] = producer
             return producer
+
+        return await self._producers.get((bootstrap, acks), start)
 
     async def aclose(self) -> None:
         """Send what is buffered and stop every producer (bounded, also when cancelled).
 
         The daemon calls this when it stops, after the last task has ended.
         """
-        self._closed = True
-        producers, self._producers = list(self._producers.values()), {}
-        for producer in producers:
+        for producer in self._producers.close():
             await _stop(producer)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 async def _stop(producer: AIOKafkaProducer) -> None:

@@ -13,7 +13,7 @@ task needs it and kept. :meth:`NatsPublishTask.aclose` closes them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 import nats
@@ -33,10 +33,10 @@ from cued.daemon.sdk import (
 )
 
 from ._brokers import encode_value
+from ._shared import Closing, Shared
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from types import TracebackType
 
     from nats.aio.client import Client
 
@@ -82,7 +82,7 @@ class NatsPublishParams(BaseModel):
             yield ParamProblem(("token",), "the token cannot be a template")
 
 
-class NatsPublishTask:
+class NatsPublishTask(Closing):
     """Publish ``value`` to ``subject``; succeed with ``{"stream", "sequence",
     "duplicate"}``."""
 
@@ -90,9 +90,7 @@ class NatsPublishTask:
     Params: ClassVar[type[BaseModel]] = NatsPublishParams
 
     def __init__(self) -> None:
-        self._clients: dict[tuple[tuple[str, ...], str | None], Client] = {}
-        self._lock = anyio.Lock()
-        self._closed = False
+        self._clients: Shared[tuple[tuple[str, ...], str | None], Client] = Shared("nats")
 
     async def execute(self, params: NatsPublishParams, ctx: TaskContext) -> Any:
         """Publish and wait for the stream's acknowledgement.
@@ -140,14 +138,8 @@ class NatsPublishTask:
 
         :raises TaskError: if it cannot be made (the next attempt tries again)
         """
-        key = (tuple(params.servers), params.token)
-        if (client := self._clients.get(key)) is not None:
-            return client
-        async with self._lock:
-            if (client := self._clients.get(key)) is not None:
-                return client
-            if self._closed:
-                raise TaskError("the nats task kind is closed: the daemon is stopping")
+
+        async def connect() -> Client:
             options: dict[str, Any] = {"servers": params.servers, "name": "cued"}
             if params.token is not None:
                 try:
@@ -156,7 +148,7 @@ class NatsPublishTask:
                     raise PermanentTaskError(str(exc)) from exc
             try:
                 with anyio.fail_after(_CONNECT_TIMEOUT_S):
-                    client = await nats.connect(
+                    return await nats.connect(
                         **options,
                         connect_timeout=_CONNECT_TIMEOUT_S,
                         allow_reconnect=True,
@@ -166,27 +158,14 @@ class NatsPublishTask:
                 raise TaskError(
                     f"cannot connect to NATS at {params.servers!r}: {_describe(exc)}"
                 ) from exc
-            self._clients[key] = client
-            return client
+
+        return await self._clients.get((tuple(params.servers), params.token), connect)
 
     async def aclose(self) -> None:
         """Close every connection (bounded, also when cancelled)."""
-        self._closed = True
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
+        for client in self._clients.close():
             with anyio.move_on_after(_CLOSE_TIMEOUT_S, shield=True):
                 await client.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _no_dir() -> Any:

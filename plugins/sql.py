@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 import aiosqlite
@@ -60,9 +60,10 @@ from cued.daemon.sdk import (
     resolve_secret,
 )
 
+from ._shared import Closing, Shared
+
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
-    from types import TracebackType
 
     import aiomysql  # type: ignore[import-untyped]
     import asyncpg
@@ -142,17 +143,15 @@ class SqlParams(BaseModel):
                 )
 
 
-class SqlTask:
+class SqlTask(Closing):
     """Run ``query`` with ``params`` in a transaction; see the module's documentation."""
 
     name: ClassVar[str] = "sql"
     Params: ClassVar[type[BaseModel]] = SqlParams
 
     def __init__(self) -> None:
-        self._pg: dict[str, asyncpg.Pool] = {}
-        self._mysql: dict[str, aiomysql.Pool] = {}
-        self._lock = anyio.Lock()
-        self._closed = False
+        self._pg: Shared[str, asyncpg.Pool] = Shared("sql")
+        self._mysql: Shared[str, aiomysql.Pool] = Shared("sql")
 
     async def execute(self, params: SqlParams, ctx: TaskContext) -> Any:
         """Run the statement and the check in one transaction.
@@ -201,21 +200,15 @@ class SqlTask:
     async def _pg_pool(self, dsn: str) -> asyncpg.Pool:
         import asyncpg
 
-        if (pool := self._pg.get(dsn)) is not None:
-            return pool
-        async with self._lock:
-            if (pool := self._pg.get(dsn)) is not None:
-                return pool
-            if self._closed:
-                raise TaskError("the sql task kind is closed: the daemon is stopping")
+        async def create() -> asyncpg.Pool:
             try:
-                pool = await asyncpg.create_pool(dsn, min_size=0, max_size=10)
+                return await asyncpg.create_pool(dsn, min_size=0, max_size=10)
             except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
                 raise TaskError(f"cannot connect to PostgreSQL: {_describe(exc)}") from exc
             except asyncpg.PostgresError as exc:  # a database or role that does not exist
                 raise PermanentTaskError(f"cannot connect to PostgreSQL: {_describe(exc)}") from exc
-            self._pg[dsn] = pool
-            return pool
+
+        return await self._pg.get(dsn, create)
 
     # -- MariaDB / MySQL -----------------------------------------------------------------
 
@@ -251,16 +244,10 @@ class SqlTask:
         import aiomysql
         import pymysql
 
-        if (pool := self._mysql.get(dsn)) is not None:
-            return pool
-        async with self._lock:
-            if (pool := self._mysql.get(dsn)) is not None:
-                return pool
-            if self._closed:
-                raise TaskError("the sql task kind is closed: the daemon is stopping")
+        async def create() -> aiomysql.Pool:
             url = urlsplit(dsn)
             try:
-                pool = await aiomysql.create_pool(
+                return await aiomysql.create_pool(
                     host=url.hostname or "127.0.0.1",
                     port=url.port or 3306,
                     user=unquote(url.username or "root"),
@@ -273,31 +260,18 @@ class SqlTask:
                 )
             except (OSError, pymysql.err.MySQLError) as exc:
                 raise TaskError(f"cannot connect to MariaDB/MySQL: {_describe(exc)}") from exc
-            self._mysql[dsn] = pool
-            return pool
+
+        return await self._mysql.get(dsn, create)
 
     async def aclose(self) -> None:
         """Close every pool (bounded, also when cancelled)."""
-        self._closed = True
-        pg, self._pg = list(self._pg.values()), {}
-        mysql, self._mysql = list(self._mysql.values()), {}
+        pg, mysql = self._pg.close(), self._mysql.close()
         with anyio.move_on_after(_CLOSE_TIMEOUT_S, shield=True):
             for pool in pg:
                 await pool.close()
             for pool in mysql:
                 pool.close()
                 await pool.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 # -- SQLite ------------------------------------------------------------------------------
