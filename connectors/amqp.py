@@ -54,7 +54,7 @@ from cued.daemon.sdk import (
 
 from ._flow import Backpressure
 from ._payload import RedeliveryIds, digest, text_map
-from ._secrets import source_secret
+from ._secrets import source_secret, url_or_secret
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
@@ -88,12 +88,7 @@ class AmqpConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        if not value.startswith(("amqp://", "amqps://", "env:", "file:")):
-            raise ValueError(
-                f"url must start with amqp:// or amqps:// (or be env:NAME or file:PATH), "
-                f"not {value[:20]!r}"
-            )
-        return value
+        return url_or_secret(value, ("amqp://", "amqps://"))
 
 
 def message_event(

@@ -46,7 +46,7 @@ from cued.daemon.sdk import ConnectorError, Duration, Event, message_value, now,
 
 from ._flow import Backpressure
 from ._payload import text_map
-from ._secrets import source_secret
+from ._secrets import source_secret, url_or_secret
 
 if TYPE_CHECKING:
     from cued.daemon.sdk import Receipt, SourceContext
@@ -88,12 +88,7 @@ class RedisStreamConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://", "env:", "file:")):
-            raise ValueError(
-                f"url must start with redis://, rediss:// or unix:// (or be env:NAME or "
-                f"file:PATH), not {value[:20]!r}"
-            )
-        return value
+        return url_or_secret(value, ("redis://", "rediss://", "unix://"))
 
 
 def entry_event(
