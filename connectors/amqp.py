@@ -47,6 +47,7 @@ from cued.daemon.sdk import (
     ConnectorError,
     Duration,
     Event,
+    describe_error,
     message_value,
     now,
     parse_traceparent,
@@ -181,7 +182,7 @@ class AmqpSource:
             except AMQPError as exc:
                 raise ConnectorError(
                     f"amqp source {self.ctx.source!r}: the broker refuses queue "
-                    f"{self.config.queue!r}: {_describe(exc)}"
+                    f"{self.config.queue!r}: {describe_error(exc)}"
                 ) from exc
             self.ctx.log.info("amqp_consuming", queue=self.config.queue)
             task_status.started()
@@ -202,9 +203,11 @@ class AmqpSource:
                 if anyio.current_time() + delay >= deadline:
                     raise ConnectorError(
                         f"amqp source {self.ctx.source!r}: cannot connect within "
-                        f"{self.config.connect_timeout:g}s (connect_timeout): {_describe(exc)}"
+                        f"{self.config.connect_timeout:g}s (connect_timeout): {describe_error(exc)}"
                     ) from exc
-                self.ctx.log.warning("amqp_unreachable", error=_describe(exc), retry_in_s=delay)
+                self.ctx.log.warning(
+                    "amqp_unreachable", error=describe_error(exc), retry_in_s=delay
+                )
                 await anyio.sleep(delay)
                 delay = min(delay * 2, max_delay)
 
@@ -239,10 +242,6 @@ class AmqpSource:
             except (AMQPError, ChannelInvalidStateError, OSError, TimeoutError) as exc:
                 self.ctx.log.warning(
                     "amqp_ack_failed",
-                    error=_describe(exc),
+                    error=describe_error(exc),
                     note="the broker delivers the batch again, and intake recognises it",
                 )
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

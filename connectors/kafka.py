@@ -70,6 +70,7 @@ from cued.daemon.sdk import (
     ConnectorError,
     Duration,
     Event,
+    describe_error,
     message_value,
     now,
     parse_traceparent,
@@ -372,12 +373,12 @@ class KafkaSource:
                     raise ConnectorError(
                         f"kafka source {self.ctx.source!r}: cannot connect to {config.bootstrap!r}"
                         f" within {config.connect_timeout:g}s (connect_timeout): "
-                        f"{_describe(exc)}"
+                        f"{describe_error(exc)}"
                     ) from exc
                 self.ctx.log.warning(
                     "kafka_unreachable",
                     bootstrap=config.bootstrap,
-                    error=_describe(exc),
+                    error=describe_error(exc),
                     retry_in_s=delay,
                 )
                 await anyio.sleep(delay)
@@ -417,9 +418,9 @@ class KafkaSource:
                 if not exc.retriable:
                     raise ConnectorError(
                         f"kafka source {self.ctx.source!r} ({self.config.bootstrap!r}): "
-                        f"{_describe(exc)}"
+                        f"{describe_error(exc)}"
                     ) from exc
-                log.warning("kafka_poll_failed", error=_describe(exc))
+                log.warning("kafka_poll_failed", error=describe_error(exc))
                 await anyio.sleep(_CONNECT_RETRY_S[0])
                 continue
             if batch:
@@ -484,7 +485,7 @@ class KafkaSource:
         except KafkaError as exc:  # a position not put back could skip messages: stop
             raise ConnectorError(
                 f"kafka source {self.ctx.source!r}: cannot go back to the last recorded "
-                f"offsets after a message that could not be read: {_describe(exc)}"
+                f"offsets after a message that could not be read: {describe_error(exc)}"
             ) from exc
         taken, next_offset = await self._read_one_by_one(consumer, tp)
         async with self._batch_lock:
@@ -525,7 +526,7 @@ class KafkaSource:
                 if unreadable:
                     break
         except KafkaError as exc:  # what was read is recorded; the rest comes again
-            self.ctx.log.warning("kafka_poll_failed", error=_describe(exc))
+            self.ctx.log.warning("kafka_poll_failed", error=describe_error(exc))
         return taken, next_offset
 
     async def _rewind(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
@@ -562,12 +563,12 @@ class KafkaSource:
                 except (CommitFailedError, IllegalStateError) as exc:
                     self.ctx.log.warning(
                         "kafka_commit_failed",
-                        error=_describe(exc),
+                        error=describe_error(exc),
                         note="a rebalance took the partitions; their new owner reads the "
                         "batch again and intake recognises it",
                     )
                 except KafkaError as exc:
-                    self.ctx.log.error("kafka_commit_failed", error=_describe(exc))
+                    self.ctx.log.error("kafka_commit_failed", error=describe_error(exc))
                     retry = True
             if scope.cancelled_caught:
                 self.ctx.log.warning("kafka_commit_timed_out", timeout_s=_COMMIT_TIMEOUT_S)
@@ -581,7 +582,3 @@ async def _stop(consumer: AIOKafkaConsumer) -> None:
     """Leave the group and close the connections, also when cancelled (bounded)."""
     with anyio.move_on_after(_STOP_TIMEOUT_S, shield=True):
         await consumer.stop()
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

@@ -57,6 +57,7 @@ from cued.daemon.sdk import (
     ConnectorError,
     Duration,
     Event,
+    describe_error,
     message_value,
     new_id,
     now,
@@ -260,9 +261,11 @@ class MqttSource:
                     raise ConnectorError(
                         f"mqtt source {self.ctx.source!r}: cannot connect to "
                         f"{self.config.broker!r} within {self.config.connect_timeout:g}s "
-                        f"(connect_timeout): {_describe(exc)}"
+                        f"(connect_timeout): {describe_error(exc)}"
                     ) from exc
-                self.ctx.log.warning("mqtt_disconnected", error=_describe(exc), retry_in_s=delay)
+                self.ctx.log.warning(
+                    "mqtt_disconnected", error=describe_error(exc), retry_in_s=delay
+                )
             await anyio.sleep(delay)
             delay = min(delay * 2, _RETRY_S[1])
 
@@ -376,7 +379,3 @@ class MqttSource:
             for message in batch:  # in the order received, as MQTT asks
                 if message.qos > 0:
                     inner.ack(message.mid, message.qos)
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

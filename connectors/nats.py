@@ -52,6 +52,7 @@ from cued.daemon.sdk import (
     Duration,
     Event,
     bounded_id,
+    describe_error,
     message_value,
     now,
     parse_traceparent,
@@ -151,7 +152,7 @@ async def connect(options: dict[str, Any], timeout_s: float, what: str) -> Clien
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         raise ConnectorError(
             f"{what}: cannot connect to {options['servers']!r} within {timeout_s:g}s "
-            f"(connect_timeout): {_describe(exc)}"
+            f"(connect_timeout): {describe_error(exc)}"
         ) from exc
 
 
@@ -244,12 +245,12 @@ class NatsSource:
             return await js.pull_subscribe_bind(durable=config.durable, stream=config.stream)
         except nats.js.errors.NotFoundError as exc:
             raise ConnectorError(
-                f"{self._what}: the stream {config.stream!r} does not exist: {_describe(exc)}"
+                f"{self._what}: the stream {config.stream!r} does not exist: {describe_error(exc)}"
             ) from exc
         except (nats.errors.Error, TimeoutError) as exc:
             raise ConnectorError(
                 f"{self._what}: cannot bind the consumer {config.durable!r} of stream "
-                f"{config.stream!r}: {_describe(exc)}"
+                f"{config.stream!r}: {describe_error(exc)}"
             ) from exc
 
     def _check_filter(self, wanted: list[str], found: list[str]) -> None:
@@ -288,7 +289,7 @@ class NatsSource:
             except (nats.errors.TimeoutError, TimeoutError):
                 continue  # nothing came
             except nats.errors.Error as exc:  # the connection reconnects by itself
-                log.warning("nats_fetch_failed", error=_describe(exc))
+                log.warning("nats_fetch_failed", error=describe_error(exc))
                 await anyio.sleep(0.2)
                 continue
             await self._record(messages)
@@ -307,7 +308,7 @@ class NatsSource:
                 for msg in messages:
                     await msg.ack()
             except nats.errors.Error as exc:  # redelivered after ack_wait; intake knows it
-                self.ctx.log.warning("nats_ack_failed", error=_describe(exc))
+                self.ctx.log.warning("nats_ack_failed", error=describe_error(exc))
 
 
 def _filters(consumer: ConsumerConfig) -> list[str]:
@@ -315,7 +316,3 @@ def _filters(consumer: ConsumerConfig) -> list[str]:
     if consumer.filter_subjects:
         return sorted(consumer.filter_subjects)
     return [consumer.filter_subject] if consumer.filter_subject else []
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

@@ -42,7 +42,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cued.daemon.sdk import ConnectorError, Duration, Event, message_value, now, parse_traceparent
+from cued.daemon.sdk import (
+    ConnectorError,
+    Duration,
+    Event,
+    describe_error,
+    message_value,
+    now,
+    parse_traceparent,
+)
 
 from ._flow import Backpressure
 from ._payload import text_map
@@ -284,7 +292,7 @@ class RedisStreamSource:
             except (RedisError, OSError, TimeoutError) as exc:
                 self.ctx.log.warning(
                     "redis_stream_ack_failed",
-                    error=str(exc) or type(exc).__name__,
+                    error=describe_error(exc),
                     note="the entries stay pending; read again, intake recognises them",
                 )
 

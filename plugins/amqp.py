@@ -21,7 +21,7 @@ import anyio
 from aio_pika.exceptions import AMQPError, DeliveryError
 from pydantic import BaseModel, ConfigDict, Field
 
-from cued.daemon.sdk import TaskError
+from cued.daemon.sdk import TaskError, describe_error
 
 from ._brokers import IDEMPOTENCY_KEY, encode_value, resolve_url
 from ._shared import Shared
@@ -96,7 +96,7 @@ class AmqpPublishTask:
         except DeliveryError as exc:
             raise TaskError(f"no queue took the message sent to {where}: {exc}") from exc
         except (AMQPError, OSError) as exc:
-            raise TaskError(f"publishing to {where} failed: {_describe(exc)}") from exc
+            raise TaskError(f"publishing to {where} failed: {describe_error(exc)}") from exc
         return {
             "exchange": params.exchange,
             "routing_key": params.routing_key,
@@ -113,7 +113,9 @@ class AmqpPublishTask:
                         publisher_confirms=True, on_return_raises=True
                     )
             except (AMQPError, OSError, TimeoutError) as exc:
-                raise TaskError(f"cannot connect to the AMQP broker: {_describe(exc)}") from exc
+                raise TaskError(
+                    f"cannot connect to the AMQP broker: {describe_error(exc)}"
+                ) from exc
             return connection, channel
 
         return (await self._channels.get(url, connect))[1]
@@ -122,7 +124,3 @@ class AmqpPublishTask:
         for connection, _ in self._channels.close():
             with anyio.move_on_after(_CLOSE_TIMEOUT_S, shield=True):
                 await connection.close()
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

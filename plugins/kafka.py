@@ -18,6 +18,7 @@ from cued.daemon.sdk import (
     PermanentTaskError,
     TaskError,
     current_traceparent,
+    describe_error,
     outgoing_span,
 )
 
@@ -118,7 +119,7 @@ class KafkaProduceTask(Closing):
         except KafkaError as exc:
             raise TaskError(
                 f"sending to topic {params.topic!r} at {params.bootstrap!r} failed: "
-                f"{_describe(exc)}"
+                f"{describe_error(exc)}"
             ) from exc
         return {"topic": sent.topic, "partition": sent.partition, "offset": sent.offset}
 
@@ -135,7 +136,7 @@ class KafkaProduceTask(Closing):
             except KafkaError as exc:
                 await _stop(producer)
                 raise TaskError(
-                    f"cannot connect to the Kafka broker at {bootstrap!r}: {_describe(exc)}"
+                    f"cannot connect to the Kafka broker at {bootstrap!r}: {describe_error(exc)}"
                 ) from exc
             except BaseException:
                 await _stop(producer)
@@ -156,7 +157,3 @@ class KafkaProduceTask(Closing):
 async def _stop(producer: AIOKafkaProducer) -> None:
     with anyio.move_on_after(_CLOSE_TIMEOUT_S, shield=True):
         await producer.stop()
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

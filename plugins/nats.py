@@ -27,6 +27,7 @@ from cued.daemon.sdk import (
     PermanentTaskError,
     TaskError,
     current_traceparent,
+    describe_error,
     has_template,
     outgoing_span,
     resolve_secret,
@@ -123,12 +124,12 @@ class NatsPublishTask(Closing):
                 ) from exc
             except nats.js.errors.BadRequestError as exc:
                 raise PermanentTaskError(
-                    f"the server refused the message for {params.subject!r}: {_describe(exc)}"
+                    f"the server refused the message for {params.subject!r}: {describe_error(exc)}"
                 ) from exc
             except (nats.errors.Error, TimeoutError) as exc:
                 raise TaskError(
                     f"publishing to {params.subject!r} at {params.servers!r} failed: "
-                    f"{_describe(exc)}"
+                    f"{describe_error(exc)}"
                 ) from exc
             span.set(**{"messaging.nats.stream": ack.stream, "messaging.nats.sequence": ack.seq})
         return {"stream": ack.stream, "sequence": ack.seq, "duplicate": bool(ack.duplicate)}
@@ -156,7 +157,7 @@ class NatsPublishTask(Closing):
                     )
             except (OSError, TimeoutError, nats.errors.Error) as exc:
                 raise TaskError(
-                    f"cannot connect to NATS at {params.servers!r}: {_describe(exc)}"
+                    f"cannot connect to NATS at {params.servers!r}: {describe_error(exc)}"
                 ) from exc
 
         return await self._clients.get((tuple(params.servers), params.token), connect)
@@ -174,7 +175,3 @@ def _no_dir() -> Any:
     from pathlib import Path
 
     return Path()
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

@@ -54,6 +54,7 @@ from cued.daemon.sdk import (
     condition_template,
     db_value,
     decimal,
+    describe_error,
     has_template,
     mark_secret,
     parse_template,
@@ -193,9 +194,11 @@ class SqlTask(Closing):
             asyncpg.InterfaceError,
             OSError,
         ) as exc:
-            raise TaskError(f"PostgreSQL: {_describe(exc)}") from exc
+            raise TaskError(f"PostgreSQL: {describe_error(exc)}") from exc
         except (asyncpg.PostgresError, asyncpg.DataError) as exc:
-            raise PermanentTaskError(f"PostgreSQL refused the statement: {_describe(exc)}") from exc
+            raise PermanentTaskError(
+                f"PostgreSQL refused the statement: {describe_error(exc)}"
+            ) from exc
 
     async def _pg_pool(self, dsn: str) -> asyncpg.Pool:
         import asyncpg
@@ -204,9 +207,11 @@ class SqlTask(Closing):
             try:
                 return await asyncpg.create_pool(dsn, min_size=0, max_size=10)
             except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-                raise TaskError(f"cannot connect to PostgreSQL: {_describe(exc)}") from exc
+                raise TaskError(f"cannot connect to PostgreSQL: {describe_error(exc)}") from exc
             except asyncpg.PostgresError as exc:  # a database or role that does not exist
-                raise PermanentTaskError(f"cannot connect to PostgreSQL: {_describe(exc)}") from exc
+                raise PermanentTaskError(
+                    f"cannot connect to PostgreSQL: {describe_error(exc)}"
+                ) from exc
 
         return await self._pg.get(dsn, create)
 
@@ -234,10 +239,10 @@ class SqlTask(Closing):
                     raise
         except pymysql.err.OperationalError as exc:
             # lost connections, lock wait timeouts and deadlocks (1205, 1213)
-            raise TaskError(f"MariaDB/MySQL: {_describe(exc)}") from exc
+            raise TaskError(f"MariaDB/MySQL: {describe_error(exc)}") from exc
         except pymysql.err.MySQLError as exc:
             raise PermanentTaskError(
-                f"MariaDB/MySQL refused the statement: {_describe(exc)}"
+                f"MariaDB/MySQL refused the statement: {describe_error(exc)}"
             ) from exc
 
     async def _mysql_pool(self, dsn: str) -> aiomysql.Pool:
@@ -259,7 +264,7 @@ class SqlTask(Closing):
                     charset="utf8mb4",
                 )
             except (OSError, pymysql.err.MySQLError) as exc:
-                raise TaskError(f"cannot connect to MariaDB/MySQL: {_describe(exc)}") from exc
+                raise TaskError(f"cannot connect to MariaDB/MySQL: {describe_error(exc)}") from exc
 
         return await self._mysql.get(dsn, create)
 
@@ -301,10 +306,10 @@ async def _sqlite(dsn: str, params: SqlParams) -> Any:
                 raise
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
-            raise TaskError(f"SQLite: {_describe(exc)}") from exc
-        raise PermanentTaskError(f"SQLite refused the statement: {_describe(exc)}") from exc
+            raise TaskError(f"SQLite: {describe_error(exc)}") from exc
+        raise PermanentTaskError(f"SQLite refused the statement: {describe_error(exc)}") from exc
     except (sqlite3.Error, ValueError) as exc:
-        raise PermanentTaskError(f"SQLite refused the statement: {_describe(exc)}") from exc
+        raise PermanentTaskError(f"SQLite refused the statement: {describe_error(exc)}") from exc
 
 
 # -- shared ------------------------------------------------------------------------------
@@ -369,7 +374,3 @@ def _resolve(value: str) -> str:
         mark_secret(dsn)
         mark_secret(unquote(password))
     return dsn
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
