@@ -17,12 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from cued.daemon.sdk import (
     PermanentTaskError,
     TaskError,
-    current_traceparent,
     describe_error,
-    outgoing_span,
 )
 
-from ._brokers import IDEMPOTENCY_KEY, encode_value
+from ._brokers import IDEMPOTENCY_KEY, encode_value, producer_span
 from ._shared import Closing, Shared
 
 if TYPE_CHECKING:
@@ -89,17 +87,7 @@ class KafkaProduceTask(Closing):
         headers = {IDEMPOTENCY_HEADER: ctx.idempotency_key, **params.headers}
         producer = await self._producer(params.bootstrap, params.acks)
         try:
-            with outgoing_span(
-                f"kafka produce {params.topic}",
-                kind="producer",
-                attributes={
-                    "messaging.system": "kafka",
-                    "messaging.destination.name": params.topic,
-                },
-            ) as span:
-                # the consumer continues this trace (a cued kafka source does)
-                if (traceparent := current_traceparent()) is not None:
-                    headers.setdefault("traceparent", traceparent)
+            with producer_span("kafka", "produce", params.topic, headers) as span:
                 sent = await producer.send_and_wait(
                     params.topic,
                     value,

@@ -26,14 +26,12 @@ from cued.daemon.sdk import (
     ParamProblem,
     PermanentTaskError,
     TaskError,
-    current_traceparent,
     describe_error,
     has_template,
-    outgoing_span,
     resolve_secret,
 )
 
-from ._brokers import encode_value
+from ._brokers import encode_value, producer_span
 from ._shared import Closing, Shared
 
 if TYPE_CHECKING:
@@ -103,13 +101,7 @@ class NatsPublishTask(Closing):
         body = encode_value(params.value)
         headers = {MSG_ID_HEADER: ctx.idempotency_key, **params.headers}
         client = await self._client(params)
-        with outgoing_span(
-            f"nats publish {params.subject}",
-            kind="producer",
-            attributes={"messaging.system": "nats", "messaging.destination.name": params.subject},
-        ) as span:
-            if (traceparent := current_traceparent()) is not None:
-                headers.setdefault("traceparent", traceparent)
+        with producer_span("nats", "publish", params.subject, headers) as span:
             try:
                 ack = await client.jetstream().publish(
                     params.subject,
