@@ -54,7 +54,7 @@ from cued.daemon.sdk import (
 )
 
 from ._flow import Backpressure
-from ._payload import RedeliveryIds, digest, text_map
+from ._payload import RedeliveryIds, digest, log_redelivered, text_map
 from ._secrets import source_secret, url_or_secret
 
 if TYPE_CHECKING:
@@ -233,9 +233,7 @@ class AmqpSource:
                 for i, m in zip(ids, batch, strict=True)
             ]
             receipts = await self.ctx.intake.record(events, cursor=self._ids.cursor)
-            if duplicates := sum(r.status == "duplicate" for r in receipts):
-                # recorded before a crash or a lost connection, acknowledged only now
-                self.ctx.log.info("amqp_redelivered", duplicates=duplicates)
+            log_redelivered(self.ctx, "amqp", receipts)
             try:
                 with anyio.fail_after(10):
                     await batch[-1].ack(multiple=True)

@@ -65,7 +65,7 @@ from cued.daemon.sdk import (
 )
 
 from ._flow import Backpressure
-from ._payload import RedeliveryIds, digest, text_map
+from ._payload import RedeliveryIds, digest, log_redelivered, text_map
 from ._secrets import source_secret
 
 if TYPE_CHECKING:
@@ -372,9 +372,7 @@ class MqttSource:
                 for i, m in zip(ids, batch, strict=True)
             ]
             receipts = await self.ctx.intake.record(events, cursor=self._ids.cursor)
-            if duplicates := sum(r.status == "duplicate" for r in receipts):
-                # recorded before a crash or a lost connection, acknowledged only now
-                self.ctx.log.info("mqtt_redelivered", duplicates=duplicates)
+            log_redelivered(self.ctx, "mqtt", receipts)
             inner: paho.Client = client._client
             for message in batch:  # in the order received, as MQTT asks
                 if message.qos > 0:

@@ -53,11 +53,11 @@ from cued.daemon.sdk import (
 )
 
 from ._flow import Backpressure
-from ._payload import text_map
+from ._payload import log_redelivered, text_map
 from ._secrets import source_secret, url_or_secret
 
 if TYPE_CHECKING:
-    from cued.daemon.sdk import Receipt, SourceContext
+    from cued.daemon.sdk import SourceContext
 
 __all__ = ["RedisStreamConfig", "RedisStreamSource", "entry_event"]
 
@@ -283,7 +283,7 @@ class RedisStreamSource:
         with anyio.CancelScope(shield=True):
             if events:
                 receipts = await self.ctx.intake.record(events)
-                _log_duplicates(self.ctx, receipts)
+                log_redelivered(self.ctx, "redis_stream", receipts)
             try:
                 with anyio.fail_after(10):
                     await self._redis.xack(
@@ -295,8 +295,3 @@ class RedisStreamSource:
                     error=describe_error(exc),
                     note="the entries stay pending; read again, intake recognises them",
                 )
-
-
-def _log_duplicates(ctx: SourceContext, receipts: list[Receipt]) -> None:
-    if duplicates := sum(r.status == "duplicate" for r in receipts):
-        ctx.log.info("redis_stream_redelivered", duplicates=duplicates)
