@@ -1,7 +1,7 @@
 """What the message-broker sources share beyond the reading of a message's bytes (that is
 the sdk's ``message_value``, one reading for every broker): header-like pairs as text, a
-delivery's fingerprint, and how to name a message that the broker may hand over again
-without an id of its own.
+delivery's fingerprint, how to name a message that the broker may hand over again
+without an id of its own, and how to tell that a batch held such redeliveries.
 
 :class:`RedeliveryIds` names messages of brokers whose deliveries carry no id that a
 redelivery repeats (MQTT, AMQP): see its documentation.
@@ -17,9 +17,9 @@ from cued.daemon.sdk import decimal, text_or_base64
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from cued.daemon.sdk import Intake
+    from cued.daemon.sdk import Intake, Receipt, SourceContext
 
-__all__ = ["RedeliveryIds", "digest", "text_map"]
+__all__ = ["RedeliveryIds", "digest", "log_redelivered", "text_map"]
 
 
 def text_map(
@@ -52,6 +52,13 @@ def digest(*parts: bytes | str | float | None) -> str:
         h.update(len(raw).to_bytes(8, "big"))
         h.update(raw)
     return h.hexdigest()[:12]
+
+
+def log_redelivered(ctx: SourceContext, prefix: str, receipts: list[Receipt]) -> None:
+    """Log ``{prefix}_redelivered`` with how many of a batch's events intake already had:
+    recorded before a crash or a lost connection, acknowledged only now."""
+    if duplicates := sum(r.status == "duplicate" for r in receipts):
+        ctx.log.info(f"{prefix}_redelivered", duplicates=duplicates)
 
 
 class RedeliveryIds:

@@ -45,16 +45,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cued.daemon.sdk import (
     ConnectorError,
-    CuedError,
     Duration,
     Event,
+    describe_error,
     message_value,
     now,
     parse_traceparent,
-    resolve_secret,
 )
 
-from ._payload import RedeliveryIds, digest, text_map
+from ._flow import Backpressure
+from ._payload import RedeliveryIds, digest, log_redelivered, text_map
+from ._secrets import source_secret, url_or_secret
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
@@ -65,8 +66,6 @@ if TYPE_CHECKING:
 __all__ = ["AmqpConfig", "AmqpSource", "message_event"]
 
 _RETRY_S = (0.1, 2.0)
-#: While paused, how often the source looks whether the backlog drained.
-_PAUSED_S = 1.0
 
 
 class AmqpConfig(BaseModel):
@@ -90,12 +89,7 @@ class AmqpConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        if not value.startswith(("amqp://", "amqps://", "env:", "file:")):
-            raise ValueError(
-                f"url must start with amqp:// or amqps:// (or be env:NAME or file:PATH), "
-                f"not {value[:20]!r}"
-            )
-        return value
+        return url_or_secret(value, ("amqp://", "amqps://"))
 
 
 def message_event(
@@ -155,9 +149,9 @@ class AmqpSource:
         """:raises ConnectorError: if the URL's variable is unset or its file unreadable"""
         self.config = config
         self.ctx = ctx
-        self._url = _secret(config.url, ctx)
+        self._url = source_secret(config.url, ctx.base_dir, "an AMQP URL", literal_is_secret=False)
         self._ids = RedeliveryIds(ctx.source, ctx.intake, window=config.prefetch)
-        self._paused = False
+        self._backpressure = Backpressure(ctx, "amqp", prefetch=config.prefetch)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -188,7 +182,7 @@ class AmqpSource:
             except AMQPError as exc:
                 raise ConnectorError(
                     f"amqp source {self.ctx.source!r}: the broker refuses queue "
-                    f"{self.config.queue!r}: {_describe(exc)}"
+                    f"{self.config.queue!r}: {describe_error(exc)}"
                 ) from exc
             self.ctx.log.info("amqp_consuming", queue=self.config.queue)
             task_status.started()
@@ -209,26 +203,18 @@ class AmqpSource:
                 if anyio.current_time() + delay >= deadline:
                     raise ConnectorError(
                         f"amqp source {self.ctx.source!r}: cannot connect within "
-                        f"{self.config.connect_timeout:g}s (connect_timeout): {_describe(exc)}"
+                        f"{self.config.connect_timeout:g}s (connect_timeout): {describe_error(exc)}"
                     ) from exc
-                self.ctx.log.warning("amqp_unreachable", error=_describe(exc), retry_in_s=delay)
+                self.ctx.log.warning(
+                    "amqp_unreachable", error=describe_error(exc), retry_in_s=delay
+                )
                 await anyio.sleep(delay)
                 delay = min(delay * 2, max_delay)
 
     async def _consume(self, receive: MemoryObjectReceiveStream[Any]) -> None:
-        intake = self.ctx.intake
-        log = self.ctx.log
         while True:
-            if not intake.accepting():
-                if not self._paused:
-                    self._paused = True
-                    log.info("amqp_paused", prefetch=self.config.prefetch)
-                with anyio.move_on_after(_PAUSED_S):
-                    await intake.wait_accepting()
+            if not await self._backpressure.ready():
                 continue
-            if self._paused:
-                self._paused = False
-                log.info("amqp_resumed")
             # what came while the last batch was recorded goes in one transaction; an idle
             # source records a message as soon as it comes
             batch: list[AbstractIncomingMessage] = [await receive.receive()]
@@ -247,28 +233,13 @@ class AmqpSource:
                 for i, m in zip(ids, batch, strict=True)
             ]
             receipts = await self.ctx.intake.record(events, cursor=self._ids.cursor)
-            if duplicates := sum(r.status == "duplicate" for r in receipts):
-                # recorded before a crash or a lost connection, acknowledged only now
-                self.ctx.log.info("amqp_redelivered", duplicates=duplicates)
+            log_redelivered(self.ctx, "amqp", receipts)
             try:
                 with anyio.fail_after(10):
                     await batch[-1].ack(multiple=True)
             except (AMQPError, ChannelInvalidStateError, OSError, TimeoutError) as exc:
                 self.ctx.log.warning(
                     "amqp_ack_failed",
-                    error=_describe(exc),
+                    error=describe_error(exc),
                     note="the broker delivers the batch again, and intake recognises it",
                 )
-
-
-def _secret(value: str, ctx: SourceContext) -> str:
-    if not value.startswith(("env:", "file:")):
-        return value
-    try:
-        return resolve_secret(value, ctx.base_dir, what="an AMQP URL")
-    except CuedError as exc:
-        raise ConnectorError(str(exc)) from exc
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

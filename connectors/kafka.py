@@ -73,15 +73,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cued.daemon.sdk import (
     ConnectorError,
-    CuedError,
     Duration,
     Event,
+    describe_error,
     message_value,
     now,
     parse_traceparent,
-    resolve_secret,
     text_or_base64,
 )
+
+from ._secrets import source_secret
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -181,15 +182,10 @@ def client_options(config: KafkaConfig, base_dir: Path) -> dict[str, Any]:
     if config.sasl_username is not None and config.sasl_password is not None:
         options["sasl_mechanism"] = config.sasl_mechanism
         options["sasl_plain_username"] = config.sasl_username
-        options["sasl_plain_password"] = _secret(config.sasl_password, base_dir)
+        options["sasl_plain_password"] = source_secret(
+            config.sasl_password, base_dir, "a Kafka password"
+        )
     return options
-
-
-def _secret(value: str, base_dir: Path) -> str:
-    try:
-        return resolve_secret(value, base_dir, what="a Kafka password")
-    except CuedError as exc:
-        raise ConnectorError(str(exc)) from exc
 
 
 def message_event(source: str, record: ConsumerRecord[Any, Any], received_at: float) -> Event:
@@ -360,7 +356,7 @@ class KafkaSource:
         except (KafkaError, OSError, TimeoutError) as exc:
             raise ConnectorError(
                 f"kafka source {source!r}: cannot read {config.bootstrap!r} for a backfill: "
-                f"{_describe(exc)}"
+                f"{describe_error(exc)}"
             ) from exc
         finally:
             await _stop(consumer)
@@ -426,12 +422,12 @@ class KafkaSource:
                     raise ConnectorError(
                         f"kafka source {self.ctx.source!r}: cannot connect to {config.bootstrap!r}"
                         f" within {config.connect_timeout:g}s (connect_timeout): "
-                        f"{_describe(exc)}"
+                        f"{describe_error(exc)}"
                     ) from exc
                 self.ctx.log.warning(
                     "kafka_unreachable",
                     bootstrap=config.bootstrap,
-                    error=_describe(exc),
+                    error=describe_error(exc),
                     retry_in_s=delay,
                 )
                 await anyio.sleep(delay)
@@ -471,9 +467,9 @@ class KafkaSource:
                 if not exc.retriable:
                     raise ConnectorError(
                         f"kafka source {self.ctx.source!r} ({self.config.bootstrap!r}): "
-                        f"{_describe(exc)}"
+                        f"{describe_error(exc)}"
                     ) from exc
-                log.warning("kafka_poll_failed", error=_describe(exc))
+                log.warning("kafka_poll_failed", error=describe_error(exc))
                 await anyio.sleep(_CONNECT_RETRY_S[0])
                 continue
             if batch:
@@ -538,7 +534,7 @@ class KafkaSource:
         except KafkaError as exc:  # a position not put back could skip messages: stop
             raise ConnectorError(
                 f"kafka source {self.ctx.source!r}: cannot go back to the last recorded "
-                f"offsets after a message that could not be read: {_describe(exc)}"
+                f"offsets after a message that could not be read: {describe_error(exc)}"
             ) from exc
         taken, next_offset = await self._read_one_by_one(consumer, tp)
         async with self._batch_lock:
@@ -579,7 +575,7 @@ class KafkaSource:
                 if unreadable:
                     break
         except KafkaError as exc:  # what was read is recorded; the rest comes again
-            self.ctx.log.warning("kafka_poll_failed", error=_describe(exc))
+            self.ctx.log.warning("kafka_poll_failed", error=describe_error(exc))
         return taken, next_offset
 
     async def _rewind(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
@@ -616,12 +612,12 @@ class KafkaSource:
                 except (CommitFailedError, IllegalStateError) as exc:
                     self.ctx.log.warning(
                         "kafka_commit_failed",
-                        error=_describe(exc),
+                        error=describe_error(exc),
                         note="a rebalance took the partitions; their new owner reads the "
                         "batch again and intake recognises it",
                     )
                 except KafkaError as exc:
-                    self.ctx.log.error("kafka_commit_failed", error=_describe(exc))
+                    self.ctx.log.error("kafka_commit_failed", error=describe_error(exc))
                     retry = True
             if scope.cancelled_caught:
                 self.ctx.log.warning("kafka_commit_timed_out", timeout_s=_COMMIT_TIMEOUT_S)
@@ -635,10 +631,6 @@ async def _stop(consumer: AIOKafkaConsumer) -> None:
     """Leave the group and close the connections, also when cancelled (bounded)."""
     with anyio.move_on_after(_STOP_TIMEOUT_S, shield=True):
         await consumer.stop()
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
 
 
 async def _read_span(

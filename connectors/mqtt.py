@@ -55,17 +55,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cued.daemon.sdk import (
     ConnectorError,
-    CuedError,
     Duration,
     Event,
+    describe_error,
     message_value,
     new_id,
     now,
     parse_traceparent,
-    resolve_secret,
 )
 
-from ._payload import RedeliveryIds, digest, text_map
+from ._flow import Backpressure
+from ._payload import RedeliveryIds, digest, log_redelivered, text_map
+from ._secrets import source_secret
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
@@ -76,7 +77,6 @@ if TYPE_CHECKING:
 __all__ = ["MqttConfig", "MqttSource", "broker_address", "message_event"]
 
 _RETRY_S = (0.1, 2.0)
-_PAUSED_S = 1.0
 #: QoS 0 messages have no flow control: beyond this many waiting, they are dropped.
 _QOS0_BUFFER = 10_000
 _DISCONNECTED = object()
@@ -220,9 +220,13 @@ class MqttSource:
         self.ctx = ctx
         self._host, self._port, self._tls = broker_address(config.broker)
         self._client_id = config.client_id or f"cued-{ctx.source}"
-        self._password = _secret(config.password, ctx) if config.password else None
+        self._password = (
+            source_secret(config.password, ctx.base_dir, "an MQTT password")
+            if config.password
+            else None
+        )
         self._ids = RedeliveryIds(ctx.source, ctx.intake, window=config.receive_maximum)
-        self._paused = False
+        self._backpressure = Backpressure(ctx, "mqtt", receive_maximum=config.receive_maximum)
         self._dropped = 0
 
     async def run(
@@ -257,9 +261,11 @@ class MqttSource:
                     raise ConnectorError(
                         f"mqtt source {self.ctx.source!r}: cannot connect to "
                         f"{self.config.broker!r} within {self.config.connect_timeout:g}s "
-                        f"(connect_timeout): {_describe(exc)}"
+                        f"(connect_timeout): {describe_error(exc)}"
                     ) from exc
-                self.ctx.log.warning("mqtt_disconnected", error=_describe(exc), retry_in_s=delay)
+                self.ctx.log.warning(
+                    "mqtt_disconnected", error=describe_error(exc), retry_in_s=delay
+                )
             await anyio.sleep(delay)
             delay = min(delay * 2, _RETRY_S[1])
 
@@ -326,19 +332,10 @@ class MqttSource:
     async def _consume(
         self, client: aiomqtt.Client, receive: MemoryObjectReceiveStream[Any]
     ) -> None:
-        intake = self.ctx.intake
         log = self.ctx.log
         while True:
-            if not intake.accepting():
-                if not self._paused:
-                    self._paused = True
-                    log.info("mqtt_paused", receive_maximum=self.config.receive_maximum)
-                with anyio.move_on_after(_PAUSED_S):
-                    await intake.wait_accepting()
+            if not await self._backpressure.ready():
                 continue
-            if self._paused:
-                self._paused = False
-                log.info("mqtt_resumed")
             first = await receive.receive()
             batch: list[paho.MQTTMessage] = []
             lost = first is _DISCONNECTED
@@ -375,21 +372,8 @@ class MqttSource:
                 for i, m in zip(ids, batch, strict=True)
             ]
             receipts = await self.ctx.intake.record(events, cursor=self._ids.cursor)
-            if duplicates := sum(r.status == "duplicate" for r in receipts):
-                # recorded before a crash or a lost connection, acknowledged only now
-                self.ctx.log.info("mqtt_redelivered", duplicates=duplicates)
+            log_redelivered(self.ctx, "mqtt", receipts)
             inner: paho.Client = client._client
             for message in batch:  # in the order received, as MQTT asks
                 if message.qos > 0:
                     inner.ack(message.mid, message.qos)
-
-
-def _secret(value: str, ctx: SourceContext) -> str:
-    try:
-        return resolve_secret(value, ctx.base_dir, what="an MQTT password")
-    except CuedError as exc:
-        raise ConnectorError(str(exc)) from exc
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

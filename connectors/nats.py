@@ -49,15 +49,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cued.daemon.sdk import (
     ConnectorError,
-    CuedError,
     Duration,
     Event,
     bounded_id,
+    describe_error,
     message_value,
     now,
     parse_traceparent,
-    resolve_secret,
 )
+
+from ._flow import Backpressure
+from ._secrets import source_secret
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -70,9 +72,6 @@ if TYPE_CHECKING:
 
 __all__ = ["NatsConfig", "NatsSource", "connect", "message_event"]
 
-#: While paused, how often the source looks at the backlog again (it resumes at once when
-#: the backlog drains, without waiting for this).
-_PAUSED_POLL_S = 1.0
 #: How long closing the connection may take at shutdown.
 _STOP_TIMEOUT_S = 10.0
 #: A header value is cut past this many characters (headers are metadata, not payload).
@@ -127,14 +126,11 @@ def connect_options(config: NatsConfig, base_dir: Path) -> dict[str, Any]:
     :raises ConnectorError: if a credential's variable is unset or its file unreadable
     """
     options: dict[str, Any] = {"servers": config.servers, "name": "cued"}
-    try:
-        if config.user is not None and config.password is not None:
-            options["user"] = config.user
-            options["password"] = resolve_secret(config.password, base_dir, what="a NATS password")
-        if config.token is not None:
-            options["token"] = resolve_secret(config.token, base_dir, what="a NATS token")
-    except CuedError as exc:
-        raise ConnectorError(str(exc)) from exc
+    if config.user is not None and config.password is not None:
+        options["user"] = config.user
+        options["password"] = source_secret(config.password, base_dir, "a NATS password")
+    if config.token is not None:
+        options["token"] = source_secret(config.token, base_dir, "a NATS token")
     return options
 
 
@@ -156,7 +152,7 @@ async def connect(options: dict[str, Any], timeout_s: float, what: str) -> Clien
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         raise ConnectorError(
             f"{what}: cannot connect to {options['servers']!r} within {timeout_s:g}s "
-            f"(connect_timeout): {_describe(exc)}"
+            f"(connect_timeout): {describe_error(exc)}"
         ) from exc
 
 
@@ -249,12 +245,12 @@ class NatsSource:
             return await js.pull_subscribe_bind(durable=config.durable, stream=config.stream)
         except nats.js.errors.NotFoundError as exc:
             raise ConnectorError(
-                f"{self._what}: the stream {config.stream!r} does not exist: {_describe(exc)}"
+                f"{self._what}: the stream {config.stream!r} does not exist: {describe_error(exc)}"
             ) from exc
         except (nats.errors.Error, TimeoutError) as exc:
             raise ConnectorError(
                 f"{self._what}: cannot bind the consumer {config.durable!r} of stream "
-                f"{config.stream!r}: {_describe(exc)}"
+                f"{config.stream!r}: {describe_error(exc)}"
             ) from exc
 
     def _check_filter(self, wanted: list[str], found: list[str]) -> None:
@@ -281,20 +277,11 @@ class NatsSource:
         )
 
     async def _consume(self, subscription: JetStreamContext.PullSubscription) -> None:
-        intake = self.ctx.intake
         log = self.ctx.log
-        paused = False
+        backpressure = Backpressure(self.ctx, "nats")
         while True:
-            if not intake.accepting():
-                if not paused:
-                    paused = True
-                    log.info("nats_paused")
-                with anyio.move_on_after(_PAUSED_POLL_S):
-                    await intake.wait_accepting()
+            if not await backpressure.ready():
                 continue
-            if paused:
-                paused = False
-                log.info("nats_resumed")
             try:
                 messages = await subscription.fetch(
                     self.config.max_batch, timeout=self.config.fetch_wait
@@ -302,7 +289,7 @@ class NatsSource:
             except (nats.errors.TimeoutError, TimeoutError):
                 continue  # nothing came
             except nats.errors.Error as exc:  # the connection reconnects by itself
-                log.warning("nats_fetch_failed", error=_describe(exc))
+                log.warning("nats_fetch_failed", error=describe_error(exc))
                 await anyio.sleep(0.2)
                 continue
             await self._record(messages)
@@ -321,7 +308,7 @@ class NatsSource:
                 for msg in messages:
                     await msg.ack()
             except nats.errors.Error as exc:  # redelivered after ack_wait; intake knows it
-                self.ctx.log.warning("nats_ack_failed", error=_describe(exc))
+                self.ctx.log.warning("nats_ack_failed", error=describe_error(exc))
 
 
 def _filters(consumer: ConsumerConfig) -> list[str]:
@@ -329,7 +316,3 @@ def _filters(consumer: ConsumerConfig) -> list[str]:
     if consumer.filter_subjects:
         return sorted(consumer.filter_subjects)
     return [consumer.filter_subject] if consumer.filter_subject else []
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

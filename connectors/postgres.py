@@ -50,15 +50,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cued.daemon.sdk import (
     ConnectorError,
-    CuedError,
     Duration,
     Event,
     bounded_id,
     db_value,
+    describe_error,
     json_value,
     now,
-    resolve_secret,
 )
+
+from ._secrets import source_secret
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -158,10 +159,7 @@ class PostgresSource:
         self.config = config
         self.ctx = ctx
         self._what = f"postgres source {ctx.source!r}"
-        try:
-            self._dsn = resolve_secret(config.dsn, ctx.base_dir, what="a PostgreSQL DSN")
-        except CuedError as exc:
-            raise ConnectorError(str(exc)) from exc
+        self._dsn = source_secret(config.dsn, ctx.base_dir, "a PostgreSQL DSN")
         self._wake = anyio.Event()
         self._position: str | None = None
 
@@ -201,9 +199,9 @@ class PostgresSource:
                     # on from the cursor on a new one; a table gone fails in _prepare
                     if not _passing(exc):
                         raise ConnectorError(
-                            f"{self._what}: reading {config.table!r} failed: {_describe(exc)}"
+                            f"{self._what}: reading {config.table!r} failed: {describe_error(exc)}"
                         ) from exc
-                    self.ctx.log.warning("postgres_connection_lost", error=_describe(exc))
+                    self.ctx.log.warning("postgres_connection_lost", error=describe_error(exc))
                     await _close(conn)
                     await anyio.sleep(_RETRY_S[1] / 5)
                     conn = await self._connect(None)
@@ -234,9 +232,11 @@ class PostgresSource:
                     raise ConnectorError(
                         f"{self._what}: cannot connect to the database"
                         + (f" within {timeout_s:g}s (connect_timeout)" if timeout_s else "")
-                        + f": {_describe(exc)}"
+                        + f": {describe_error(exc)}"
                     ) from exc
-                self.ctx.log.warning("postgres_unreachable", error=_describe(exc), retry_in_s=delay)
+                self.ctx.log.warning(
+                    "postgres_unreachable", error=describe_error(exc), retry_in_s=delay
+                )
                 await anyio.sleep(delay)
                 delay = min(delay * 2, max_delay)
 
@@ -327,7 +327,3 @@ def _passing(exc: BaseException) -> bool:
     if not isinstance(exc, asyncpg.PostgresError):
         return True  # the connection itself: lost, closed, reset
     return str(getattr(exc, "sqlstate", "") or "")[:2] in _PASSING_SQLSTATE
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

@@ -42,20 +42,27 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cued.daemon.sdk import ConnectorError, Duration, Event, message_value, now, parse_traceparent
+from cued.daemon.sdk import (
+    ConnectorError,
+    Duration,
+    Event,
+    describe_error,
+    message_value,
+    now,
+    parse_traceparent,
+)
 
-from ._payload import text_map
+from ._flow import Backpressure
+from ._payload import log_redelivered, text_map
+from ._secrets import source_secret, url_or_secret
 
 if TYPE_CHECKING:
-    from cued.daemon.sdk import Receipt, SourceContext
+    from cued.daemon.sdk import SourceContext
 
 __all__ = ["RedisStreamConfig", "RedisStreamSource", "entry_event"]
 
 #: Retry delays while Redis cannot be reached.
 _RETRY_S = (0.1, 2.0)
-#: While paused, how often the source looks whether the backlog drained (it resumes at
-#: once when it does; this bounds only how long a stop waits).
-_PAUSED_S = 1.0
 
 
 class RedisStreamConfig(BaseModel):
@@ -89,12 +96,7 @@ class RedisStreamConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://", "env:", "file:")):
-            raise ValueError(
-                f"url must start with redis://, rediss:// or unix:// (or be env:NAME or "
-                f"file:PATH), not {value[:20]!r}"
-            )
-        return value
+        return url_or_secret(value, ("redis://", "rediss://", "unix://"))
 
 
 def entry_event(
@@ -147,14 +149,14 @@ class RedisStreamSource:
         """:raises ConnectorError: if the URL's variable is unset or its file unreadable"""
         self.config = config
         self.ctx = ctx
-        url = _secret(config.url, ctx)
+        url = source_secret(config.url, ctx.base_dir, "a Redis URL", literal_is_secret=False)
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=config.block + 10, socket_connect_timeout=10
         )
         self._stream = config.stream.encode()
         self._group = config.group.encode()
         self._consumer = config.consumer.encode()
-        self._paused = False
+        self._backpressure = Backpressure(ctx, "redis_stream")
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -206,22 +208,13 @@ class RedisStreamSource:
                 delay = min(delay * 2, max_delay)
 
     async def _consume(self) -> None:
-        intake = self.ctx.intake
         log = self.ctx.log
         own_pending = True  # first what this consumer took before a crash
         next_claim = anyio.current_time() + self.config.claim_idle
         delay = _RETRY_S[0]
         while True:
-            if not intake.accepting():
-                if not self._paused:
-                    self._paused = True
-                    log.info("redis_stream_paused")
-                with anyio.move_on_after(_PAUSED_S):
-                    await intake.wait_accepting()
+            if not await self._backpressure.ready():
                 continue
-            if self._paused:
-                self._paused = False
-                log.info("redis_stream_resumed")
             try:
                 if own_pending:
                     entries = await self._read("0")
@@ -290,7 +283,7 @@ class RedisStreamSource:
         with anyio.CancelScope(shield=True):
             if events:
                 receipts = await self.ctx.intake.record(events)
-                _log_duplicates(self.ctx, receipts)
+                log_redelivered(self.ctx, "redis_stream", receipts)
             try:
                 with anyio.fail_after(10):
                     await self._redis.xack(
@@ -299,22 +292,6 @@ class RedisStreamSource:
             except (RedisError, OSError, TimeoutError) as exc:
                 self.ctx.log.warning(
                     "redis_stream_ack_failed",
-                    error=str(exc) or type(exc).__name__,
+                    error=describe_error(exc),
                     note="the entries stay pending; read again, intake recognises them",
                 )
-
-
-def _log_duplicates(ctx: SourceContext, receipts: list[Receipt]) -> None:
-    if duplicates := sum(r.status == "duplicate" for r in receipts):
-        ctx.log.info("redis_stream_redelivered", duplicates=duplicates)
-
-
-def _secret(value: str, ctx: SourceContext) -> str:
-    from cued.daemon.sdk import CuedError, resolve_secret
-
-    if not value.startswith(("env:", "file:")):
-        return value
-    try:
-        return resolve_secret(value, ctx.base_dir, what="a Redis URL")
-    except CuedError as exc:
-        raise ConnectorError(str(exc)) from exc

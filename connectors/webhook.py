@@ -55,8 +55,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from cued.daemon.sdk import (
-    ConnectorError,
-    CuedError,
     Event,
     Parsed,
     bounded_id,
@@ -70,12 +68,11 @@ from cued.daemon.sdk import (
     new_id,
     now,
     parse_traceparent,
-    resolve_secret,
 )
 
-if TYPE_CHECKING:
-    from pathlib import Path
+from ._secrets import source_secret
 
+if TYPE_CHECKING:
     import anyio.abc
     from starlette.types import Receive, Scope, Send
 
@@ -114,13 +111,6 @@ class WebhookConfig(BaseModel):
         return self
 
 
-def _secret(value: str, base_dir: Path) -> bytes:
-    try:
-        return resolve_secret(value, base_dir, what="a webhook secret").encode()
-    except CuedError as exc:
-        raise ConnectorError(str(exc)) from exc
-
-
 class _TooLarge(Exception):
     pass
 
@@ -134,7 +124,11 @@ class WebhookSource:
     def __init__(self, config: WebhookConfig, ctx: SourceContext) -> None:
         self.config = config
         self.ctx = ctx
-        self._secret = _secret(config.secret, ctx.base_dir) if config.secret else b""
+        self._secret = (
+            source_secret(config.secret, ctx.base_dir, "a webhook secret").encode()
+            if config.secret
+            else b""
+        )
         self._id_header = config.id_header or (
             "X-GitHub-Delivery" if config.signature == "github" else None
         )

@@ -21,9 +21,10 @@ import anyio
 from aio_pika.exceptions import AMQPError, DeliveryError
 from pydantic import BaseModel, ConfigDict, Field
 
-from cued.daemon.sdk import TaskError
+from cued.daemon.sdk import TaskError, describe_error
 
 from ._brokers import IDEMPOTENCY_KEY, encode_value, resolve_url
+from ._shared import Shared
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractRobustConnection
@@ -65,9 +66,9 @@ class AmqpPublishTask:
     Params: ClassVar[type[BaseModel]] = AmqpPublishParams
 
     def __init__(self) -> None:
-        self._channels: dict[str, tuple[AbstractRobustConnection, AbstractChannel]] = {}
-        self._lock = anyio.Lock()
-        self._closed = False
+        self._channels: Shared[str, tuple[AbstractRobustConnection, AbstractChannel]] = Shared(
+            "amqp"
+        )
 
     async def execute(self, params: AmqpPublishParams, ctx: TaskContext) -> Any:
         """:raises TaskError: if the broker cannot be reached or refuses the message"""
@@ -95,7 +96,7 @@ class AmqpPublishTask:
         except DeliveryError as exc:
             raise TaskError(f"no queue took the message sent to {where}: {exc}") from exc
         except (AMQPError, OSError) as exc:
-            raise TaskError(f"publishing to {where} failed: {_describe(exc)}") from exc
+            raise TaskError(f"publishing to {where} failed: {describe_error(exc)}") from exc
         return {
             "exchange": params.exchange,
             "routing_key": params.routing_key,
@@ -103,13 +104,8 @@ class AmqpPublishTask:
         }
 
     async def _channel(self, url: str) -> AbstractChannel:
-        if (found := self._channels.get(url)) is not None:
-            return found[1]
-        async with self._lock:
-            if (found := self._channels.get(url)) is not None:
-                return found[1]
-            if self._closed:
-                raise TaskError("the amqp task kind is closed: the daemon is stopping")
+
+        async def connect() -> tuple[AbstractRobustConnection, AbstractChannel]:
             try:
                 with anyio.fail_after(30):
                     connection = await aio_pika.connect_robust(resolve_url(url, "an AMQP URL"))
@@ -117,17 +113,14 @@ class AmqpPublishTask:
                         publisher_confirms=True, on_return_raises=True
                     )
             except (AMQPError, OSError, TimeoutError) as exc:
-                raise TaskError(f"cannot connect to the AMQP broker: {_describe(exc)}") from exc
-            self._channels[url] = (connection, channel)
-            return channel
+                raise TaskError(
+                    f"cannot connect to the AMQP broker: {describe_error(exc)}"
+                ) from exc
+            return connection, channel
+
+        return (await self._channels.get(url, connect))[1]
 
     async def aclose(self) -> None:
-        self._closed = True
-        channels, self._channels = list(self._channels.values()), {}
-        for connection, _ in channels:
+        for connection, _ in self._channels.close():
             with anyio.move_on_after(_CLOSE_TIMEOUT_S, shield=True):
                 await connection.close()
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

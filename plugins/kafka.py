@@ -7,8 +7,7 @@ costs one round trip, not a connection. :meth:`KafkaProduceTask.aclose` stops th
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import anyio
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
@@ -18,20 +17,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from cued.daemon.sdk import (
     PermanentTaskError,
     TaskError,
-    current_traceparent,
-    outgoing_span,
+    describe_error,
 )
 
-if TYPE_CHECKING:
-    from types import TracebackType
+from ._brokers import IDEMPOTENCY_KEY, encode_value, producer_span
+from ._shared import Closing, Shared
 
+if TYPE_CHECKING:
     from cued.daemon.sdk import TaskContext
 
 __all__ = ["IDEMPOTENCY_HEADER", "KafkaProduceParams", "KafkaProduceTask", "encode_value"]
 
 #: The header that carries the task instance's idempotency key (the same on every attempt
 #: and across restarts), so consumers can drop a message sent twice by a retry.
-IDEMPOTENCY_HEADER = "cued-idempotency-key"
+IDEMPOTENCY_HEADER = IDEMPOTENCY_KEY
 #: When the daemon stops, how long sending what is buffered and closing may take.
 _CLOSE_TIMEOUT_S = 10.0
 
@@ -59,22 +58,7 @@ class KafkaProduceParams(BaseModel):
     acks: Literal["all", 0, 1] = "all"
 
 
-def encode_value(value: Any) -> bytes:
-    """A message value as bytes: a string as UTF-8, anything else as compact JSON.
-
-    :raises PermanentTaskError: if the value is not JSON-serialisable
-    """
-    if isinstance(value, str):
-        return value.encode()
-    try:
-        return json.dumps(
-            value, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        ).encode()
-    except (TypeError, ValueError) as exc:
-        raise PermanentTaskError(f"the message value cannot be sent as JSON: {exc}") from exc
-
-
-class KafkaProduceTask:
+class KafkaProduceTask(Closing):
     """Send ``value`` to ``topic``; succeed with ``{"topic", "partition", "offset"}``.
 
     Every message carries the attempt's idempotency key in the ``cued-idempotency-key``
@@ -86,9 +70,7 @@ class KafkaProduceTask:
     Params: ClassVar[type[BaseModel]] = KafkaProduceParams
 
     def __init__(self) -> None:
-        self._producers: dict[tuple[str, str | int], AIOKafkaProducer] = {}
-        self._lock = anyio.Lock()
-        self._closed = False
+        self._producers: Shared[tuple[str, str | int], AIOKafkaProducer] = Shared("kafka")
 
     async def execute(self, params: KafkaProduceParams, ctx: TaskContext) -> Any:
         """Send the message and wait for the broker's ack.
@@ -105,17 +87,7 @@ class KafkaProduceTask:
         headers = {IDEMPOTENCY_HEADER: ctx.idempotency_key, **params.headers}
         producer = await self._producer(params.bootstrap, params.acks)
         try:
-            with outgoing_span(
-                f"kafka produce {params.topic}",
-                kind="producer",
-                attributes={
-                    "messaging.system": "kafka",
-                    "messaging.destination.name": params.topic,
-                },
-            ) as span:
-                # the consumer continues this trace (a cued kafka source does)
-                if (traceparent := current_traceparent()) is not None:
-                    headers.setdefault("traceparent", traceparent)
+            with producer_span("kafka", "produce", params.topic, headers) as span:
                 sent = await producer.send_and_wait(
                     params.topic,
                     value,
@@ -135,7 +107,7 @@ class KafkaProduceTask:
         except KafkaError as exc:
             raise TaskError(
                 f"sending to topic {params.topic!r} at {params.bootstrap!r} failed: "
-                f"{_describe(exc)}"
+                f"{describe_error(exc)}"
             ) from exc
         return {"topic": sent.topic, "partition": sent.partition, "offset": sent.offset}
 
@@ -144,54 +116,32 @@ class KafkaProduceTask:
 
         :raises TaskError: if it cannot be started (the next attempt tries again)
         """
-        key = (bootstrap, acks)
-        if (producer := self._producers.get(key)) is not None:
-            return producer
-        async with self._lock:  # one start per key, however many tasks wait for it
-            if (producer := self._producers.get(key)) is not None:
-                return producer
-            if self._closed:
-                raise TaskError("the kafka task kind is closed: the daemon is stopping")
+
+        async def start() -> AIOKafkaProducer:
             producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=acks, client_id="cued")
             try:
                 await producer.start()
             except KafkaError as exc:
                 await _stop(producer)
                 raise TaskError(
-                    f"cannot connect to the Kafka broker at {bootstrap!r}: {_describe(exc)}"
+                    f"cannot connect to the Kafka broker at {bootstrap!r}: {describe_error(exc)}"
                 ) from exc
             except BaseException:
                 await _stop(producer)
                 raise
-            self._producers[key] = producer
             return producer
+
+        return await self._producers.get((bootstrap, acks), start)
 
     async def aclose(self) -> None:
         """Send what is buffered and stop every producer (bounded, also when cancelled).
 
         The daemon calls this when it stops, after the last task has ended.
         """
-        self._closed = True
-        producers, self._producers = list(self._producers.values()), {}
-        for producer in producers:
+        for producer in self._producers.close():
             await _stop(producer)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 async def _stop(producer: AIOKafkaProducer) -> None:
     with anyio.move_on_after(_CLOSE_TIMEOUT_S, shield=True):
         await producer.stop()
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

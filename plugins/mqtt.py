@@ -19,7 +19,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cued.daemon.sdk import TaskError, current_traceparent, new_id
+from cued.daemon.sdk import TaskError, current_traceparent, describe_error, new_id
 
 from ._brokers import IDEMPOTENCY_KEY, encode_value, resolve_url
 
@@ -105,6 +105,6 @@ class MqttPublishTask:
         except aiomqtt.MqttError as exc:
             raise TaskError(
                 f"publishing to topic {params.topic!r} at {params.broker!r} failed: "
-                f"{str(exc) or type(exc).__name__}"
+                f"{describe_error(exc)}"
             ) from exc
         return {"topic": params.topic, "qos": params.qos}

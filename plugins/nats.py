@@ -13,7 +13,7 @@ task needs it and kept. :meth:`NatsPublishTask.aclose` closes them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 import nats
@@ -26,21 +26,22 @@ from cued.daemon.sdk import (
     ParamProblem,
     PermanentTaskError,
     TaskError,
-    current_traceparent,
+    describe_error,
     has_template,
-    outgoing_span,
     resolve_secret,
 )
 
+from ._brokers import encode_value, producer_span
+from ._shared import Closing, Shared
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from types import TracebackType
 
     from nats.aio.client import Client
 
     from cued.daemon.sdk import TaskContext
 
-__all__ = ["MSG_ID_HEADER", "NatsPublishParams", "NatsPublishTask", "encode_body"]
+__all__ = ["MSG_ID_HEADER", "NatsPublishParams", "NatsPublishTask"]
 
 #: JetStream's de-duplication header; it carries the task's idempotency key.
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -80,24 +81,7 @@ class NatsPublishParams(BaseModel):
             yield ParamProblem(("token",), "the token cannot be a template")
 
 
-def encode_body(value: Any) -> bytes:
-    """A string as UTF-8, anything else as compact JSON.
-
-    :raises PermanentTaskError: if the value is not JSON-serialisable
-    """
-    import json
-
-    if isinstance(value, str):
-        return value.encode()
-    try:
-        return json.dumps(
-            value, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        ).encode()
-    except (TypeError, ValueError) as exc:
-        raise PermanentTaskError(f"the message value cannot be sent as JSON: {exc}") from exc
-
-
-class NatsPublishTask:
+class NatsPublishTask(Closing):
     """Publish ``value`` to ``subject``; succeed with ``{"stream", "sequence",
     "duplicate"}``."""
 
@@ -105,9 +89,7 @@ class NatsPublishTask:
     Params: ClassVar[type[BaseModel]] = NatsPublishParams
 
     def __init__(self) -> None:
-        self._clients: dict[tuple[tuple[str, ...], str | None], Client] = {}
-        self._lock = anyio.Lock()
-        self._closed = False
+        self._clients: Shared[tuple[tuple[str, ...], str | None], Client] = Shared("nats")
 
     async def execute(self, params: NatsPublishParams, ctx: TaskContext) -> Any:
         """Publish and wait for the stream's acknowledgement.
@@ -116,16 +98,10 @@ class NatsPublishTask:
             captures the subject
         :raises TaskError: if the servers cannot be reached or do not acknowledge in time
         """
-        body = encode_body(params.value)
+        body = encode_value(params.value)
         headers = {MSG_ID_HEADER: ctx.idempotency_key, **params.headers}
         client = await self._client(params)
-        with outgoing_span(
-            f"nats publish {params.subject}",
-            kind="producer",
-            attributes={"messaging.system": "nats", "messaging.destination.name": params.subject},
-        ) as span:
-            if (traceparent := current_traceparent()) is not None:
-                headers.setdefault("traceparent", traceparent)
+        with producer_span("nats", "publish", params.subject, headers) as span:
             try:
                 ack = await client.jetstream().publish(
                     params.subject,
@@ -140,12 +116,12 @@ class NatsPublishTask:
                 ) from exc
             except nats.js.errors.BadRequestError as exc:
                 raise PermanentTaskError(
-                    f"the server refused the message for {params.subject!r}: {_describe(exc)}"
+                    f"the server refused the message for {params.subject!r}: {describe_error(exc)}"
                 ) from exc
             except (nats.errors.Error, TimeoutError) as exc:
                 raise TaskError(
                     f"publishing to {params.subject!r} at {params.servers!r} failed: "
-                    f"{_describe(exc)}"
+                    f"{describe_error(exc)}"
                 ) from exc
             span.set(**{"messaging.nats.stream": ack.stream, "messaging.nats.sequence": ack.seq})
         return {"stream": ack.stream, "sequence": ack.seq, "duplicate": bool(ack.duplicate)}
@@ -155,14 +131,8 @@ class NatsPublishTask:
 
         :raises TaskError: if it cannot be made (the next attempt tries again)
         """
-        key = (tuple(params.servers), params.token)
-        if (client := self._clients.get(key)) is not None:
-            return client
-        async with self._lock:
-            if (client := self._clients.get(key)) is not None:
-                return client
-            if self._closed:
-                raise TaskError("the nats task kind is closed: the daemon is stopping")
+
+        async def connect() -> Client:
             options: dict[str, Any] = {"servers": params.servers, "name": "cued"}
             if params.token is not None:
                 try:
@@ -171,7 +141,7 @@ class NatsPublishTask:
                     raise PermanentTaskError(str(exc)) from exc
             try:
                 with anyio.fail_after(_CONNECT_TIMEOUT_S):
-                    client = await nats.connect(
+                    return await nats.connect(
                         **options,
                         connect_timeout=_CONNECT_TIMEOUT_S,
                         allow_reconnect=True,
@@ -179,29 +149,16 @@ class NatsPublishTask:
                     )
             except (OSError, TimeoutError, nats.errors.Error) as exc:
                 raise TaskError(
-                    f"cannot connect to NATS at {params.servers!r}: {_describe(exc)}"
+                    f"cannot connect to NATS at {params.servers!r}: {describe_error(exc)}"
                 ) from exc
-            self._clients[key] = client
-            return client
+
+        return await self._clients.get((tuple(params.servers), params.token), connect)
 
     async def aclose(self) -> None:
         """Close every connection (bounded, also when cancelled)."""
-        self._closed = True
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
+        for client in self._clients.close():
             with anyio.move_on_after(_CLOSE_TIMEOUT_S, shield=True):
                 await client.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _no_dir() -> Any:
@@ -210,7 +167,3 @@ def _no_dir() -> Any:
     from pathlib import Path
 
     return Path()
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 import aiosqlite
@@ -54,15 +54,17 @@ from cued.daemon.sdk import (
     condition_template,
     db_value,
     decimal,
+    describe_error,
     has_template,
     mark_secret,
     parse_template,
     resolve_secret,
 )
 
+from ._shared import Closing, Shared
+
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
-    from types import TracebackType
 
     import aiomysql  # type: ignore[import-untyped]
     import asyncpg
@@ -142,17 +144,15 @@ class SqlParams(BaseModel):
                 )
 
 
-class SqlTask:
+class SqlTask(Closing):
     """Run ``query`` with ``params`` in a transaction; see the module's documentation."""
 
     name: ClassVar[str] = "sql"
     Params: ClassVar[type[BaseModel]] = SqlParams
 
     def __init__(self) -> None:
-        self._pg: dict[str, asyncpg.Pool] = {}
-        self._mysql: dict[str, aiomysql.Pool] = {}
-        self._lock = anyio.Lock()
-        self._closed = False
+        self._pg: Shared[str, asyncpg.Pool] = Shared("sql")
+        self._mysql: Shared[str, aiomysql.Pool] = Shared("sql")
 
     async def execute(self, params: SqlParams, ctx: TaskContext) -> Any:
         """Run the statement and the check in one transaction.
@@ -194,28 +194,26 @@ class SqlTask:
             asyncpg.InterfaceError,
             OSError,
         ) as exc:
-            raise TaskError(f"PostgreSQL: {_describe(exc)}") from exc
+            raise TaskError(f"PostgreSQL: {describe_error(exc)}") from exc
         except (asyncpg.PostgresError, asyncpg.DataError) as exc:
-            raise PermanentTaskError(f"PostgreSQL refused the statement: {_describe(exc)}") from exc
+            raise PermanentTaskError(
+                f"PostgreSQL refused the statement: {describe_error(exc)}"
+            ) from exc
 
     async def _pg_pool(self, dsn: str) -> asyncpg.Pool:
         import asyncpg
 
-        if (pool := self._pg.get(dsn)) is not None:
-            return pool
-        async with self._lock:
-            if (pool := self._pg.get(dsn)) is not None:
-                return pool
-            if self._closed:
-                raise TaskError("the sql task kind is closed: the daemon is stopping")
+        async def create() -> asyncpg.Pool:
             try:
-                pool = await asyncpg.create_pool(dsn, min_size=0, max_size=10)
+                return await asyncpg.create_pool(dsn, min_size=0, max_size=10)
             except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-                raise TaskError(f"cannot connect to PostgreSQL: {_describe(exc)}") from exc
+                raise TaskError(f"cannot connect to PostgreSQL: {describe_error(exc)}") from exc
             except asyncpg.PostgresError as exc:  # a database or role that does not exist
-                raise PermanentTaskError(f"cannot connect to PostgreSQL: {_describe(exc)}") from exc
-            self._pg[dsn] = pool
-            return pool
+                raise PermanentTaskError(
+                    f"cannot connect to PostgreSQL: {describe_error(exc)}"
+                ) from exc
+
+        return await self._pg.get(dsn, create)
 
     # -- MariaDB / MySQL -----------------------------------------------------------------
 
@@ -241,26 +239,20 @@ class SqlTask:
                     raise
         except pymysql.err.OperationalError as exc:
             # lost connections, lock wait timeouts and deadlocks (1205, 1213)
-            raise TaskError(f"MariaDB/MySQL: {_describe(exc)}") from exc
+            raise TaskError(f"MariaDB/MySQL: {describe_error(exc)}") from exc
         except pymysql.err.MySQLError as exc:
             raise PermanentTaskError(
-                f"MariaDB/MySQL refused the statement: {_describe(exc)}"
+                f"MariaDB/MySQL refused the statement: {describe_error(exc)}"
             ) from exc
 
     async def _mysql_pool(self, dsn: str) -> aiomysql.Pool:
         import aiomysql
         import pymysql
 
-        if (pool := self._mysql.get(dsn)) is not None:
-            return pool
-        async with self._lock:
-            if (pool := self._mysql.get(dsn)) is not None:
-                return pool
-            if self._closed:
-                raise TaskError("the sql task kind is closed: the daemon is stopping")
+        async def create() -> aiomysql.Pool:
             url = urlsplit(dsn)
             try:
-                pool = await aiomysql.create_pool(
+                return await aiomysql.create_pool(
                     host=url.hostname or "127.0.0.1",
                     port=url.port or 3306,
                     user=unquote(url.username or "root"),
@@ -272,32 +264,19 @@ class SqlTask:
                     charset="utf8mb4",
                 )
             except (OSError, pymysql.err.MySQLError) as exc:
-                raise TaskError(f"cannot connect to MariaDB/MySQL: {_describe(exc)}") from exc
-            self._mysql[dsn] = pool
-            return pool
+                raise TaskError(f"cannot connect to MariaDB/MySQL: {describe_error(exc)}") from exc
+
+        return await self._mysql.get(dsn, create)
 
     async def aclose(self) -> None:
         """Close every pool (bounded, also when cancelled)."""
-        self._closed = True
-        pg, self._pg = list(self._pg.values()), {}
-        mysql, self._mysql = list(self._mysql.values()), {}
+        pg, mysql = self._pg.close(), self._mysql.close()
         with anyio.move_on_after(_CLOSE_TIMEOUT_S, shield=True):
             for pool in pg:
                 await pool.close()
             for pool in mysql:
                 pool.close()
                 await pool.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 # -- SQLite ------------------------------------------------------------------------------
@@ -327,10 +306,10 @@ async def _sqlite(dsn: str, params: SqlParams) -> Any:
                 raise
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
-            raise TaskError(f"SQLite: {_describe(exc)}") from exc
-        raise PermanentTaskError(f"SQLite refused the statement: {_describe(exc)}") from exc
+            raise TaskError(f"SQLite: {describe_error(exc)}") from exc
+        raise PermanentTaskError(f"SQLite refused the statement: {describe_error(exc)}") from exc
     except (sqlite3.Error, ValueError) as exc:
-        raise PermanentTaskError(f"SQLite refused the statement: {_describe(exc)}") from exc
+        raise PermanentTaskError(f"SQLite refused the statement: {describe_error(exc)}") from exc
 
 
 # -- shared ------------------------------------------------------------------------------
@@ -395,7 +374,3 @@ def _resolve(value: str) -> str:
         mark_secret(dsn)
         mark_secret(unquote(password))
     return dsn
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

@@ -23,7 +23,8 @@ sources) and ``plugins/`` (task kinds) may use, and an outside plugin should too
   (:func:`current_span`, to set attributes on), a span for each call a task makes
   (:func:`outgoing_span`), the ``traceparent`` to send on (:func:`current_traceparent`)
   and the one to read from a caller (:func:`parse_traceparent`, for a source's ``meta``);
-* :func:`backoff_s` for retries inside an attempt, :func:`new_id` and :func:`now`, and
+* :func:`backoff_s` for retries inside an attempt, :func:`describe_error` to name a
+  library's exception in an error, :func:`new_id` and :func:`now`, and
   :func:`error_response`, the daemon's one JSON refusal body, for a source serving HTTP.
 
 Import-linter checks (``make check``) that connectors and plugins import nothing else of
@@ -66,6 +67,7 @@ from cued.daemon.errors import (
     TaskError,
     TaskTimeout,
 )
+from cued.daemon.sdk.describe import describe_error
 from cued.daemon.sdk.http_errors import error_response
 from cued.daemon.sdk.kinds import (
     AwaitingDecision,
@@ -127,6 +129,7 @@ __all__ = [
     "db_value",
     "decimal",
     "decode_text",
+    "describe_error",
     "error_response",
     "form_value",
     "has_template",

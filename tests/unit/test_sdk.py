@@ -55,6 +55,7 @@ def test_exported_members():
         "db_value",
         "decimal",
         "decode_text",
+        "describe_error",
         "error_response",
         "form_value",
         "has_template",
