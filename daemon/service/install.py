@@ -40,6 +40,10 @@ class Installed:
     reloaded: bool
 
 
+#: What ``PrivateTmp=yes`` replaces with folders of the service's own.
+_TMPS = (Path("/tmp"), Path("/var/tmp"))
+
+
 def writable_folders(config: Config) -> list[Path]:
     """The folders the daemon writes to under ``config``: the state file's, and each
     ``files`` source's (it moves files into processed/ and failed/ there)."""
@@ -68,6 +72,7 @@ def unit_settings(config: Config, config_path: Path, *, user: str) -> UnitSettin
     return UnitSettings(
         command=command,
         in_home=any(p.is_relative_to(home) for p in read for home in _HOMES),
+        in_tmp=any(p.is_relative_to(tmp) for p in read for tmp in _TMPS),
         config=config_path.resolve(),
         user=user,
         writable=tuple(outside),

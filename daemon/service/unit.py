@@ -42,6 +42,8 @@ class UnitSettings:
     :param shutdown_grace_s: the configuration's ``shutdown_grace``
     :param in_home: something the daemon reads (Python, cued, the config) lies in a home
         folder: ``ProtectHome=read-only`` instead of hiding them
+    :param in_tmp: something the daemon reads or writes lies in /tmp or /var/tmp, which
+        ``PrivateTmp=yes`` would hide from it: ``PrivateTmp=no``
     """
 
     command: tuple[str, ...]
@@ -50,6 +52,7 @@ class UnitSettings:
     writable: tuple[Path, ...] = field(default_factory=tuple)
     shutdown_grace_s: float = 30.0
     in_home: bool = False
+    in_tmp: bool = False
 
 
 def _quote(arg: str | Path, *, command: bool = False) -> str:
@@ -68,6 +71,16 @@ def _protect_home(in_home: bool) -> str:
         "# read-only, not hidden: Python, cued or the config is in a home folder (pyenv,\n"
         "# a virtualenv in ~); install them elsewhere to hide homes (ProtectHome=yes)\n"
         "ProtectHome=read-only"
+    )
+
+
+def _private_tmp(in_tmp: bool) -> str:
+    if not in_tmp:
+        return "PrivateTmp=yes"
+    return (
+        "# no: Python, cued, the config or a folder it writes is in /tmp or /var/tmp, which\n"
+        "# a private /tmp would hide; install them elsewhere to get one (PrivateTmp=yes)\n"
+        "PrivateTmp=no"
     )
 
 
@@ -120,7 +133,7 @@ CapabilityBoundingSet=
 AmbientCapabilities=
 ProtectSystem=strict
 {_protect_home(settings.in_home)}
-PrivateTmp=yes
+{_private_tmp(settings.in_tmp)}
 PrivateDevices=yes
 PrivateMounts=yes
 ProtectHostname=yes

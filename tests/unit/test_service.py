@@ -200,3 +200,15 @@ def test_cued_status_shows_the_daemon_then_each_source():
         "  drop    files     taking events",
         "  orders  kafka     held back",
     ]
+
+
+def test_a_private_tmp_unless_what_the_daemon_reads_lies_in_tmp():
+    # PrivateTmp=yes gives the service a /tmp of its own: a cued installed under /tmp
+    # (a checkout there, a test run) would not be found by systemd at all
+    plain = render_unit(UnitSettings(command=("/usr/bin/cued",), config=Path("/c.toml")))
+    in_tmp = render_unit(
+        UnitSettings(command=("/tmp/x/.venv/bin/cued",), config=Path("/c.toml"), in_tmp=True)
+    )
+    assert "PrivateTmp=yes\n" in plain
+    assert "PrivateTmp=no\n" in in_tmp
+    assert "\nPrivateTmp=yes" not in in_tmp  # (the comment above it names it)
