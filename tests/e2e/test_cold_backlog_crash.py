@@ -4,11 +4,10 @@ event came."""
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 
 from tests.support.daemon import Daemon, query, wait_for
+from tests.support.raw_http import free_port
 
 RUNS, HELD_FROM = 300, 150
 
@@ -39,12 +38,6 @@ source = "hook"
 pipeline = "p"
 inputs = { n = "{{ event.data.n }}" }
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ledger_of(path) -> list[int]:

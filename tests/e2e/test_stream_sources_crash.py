@@ -6,12 +6,12 @@ such, and everything is acknowledged (the consumer's ack floor, the outbox curso
 from __future__ import annotations
 
 import json
-import socket
 
 import anyio
 import asyncpg  # type: ignore[import-untyped]
 
 from tests.support.daemon import Daemon, query, wait_for
+from tests.support.raw_http import free_port
 from tests.support.servers import NATS_URL, nats_stream, postgres_database, unique
 
 CONFIG = """
@@ -56,12 +56,6 @@ inputs = {{ what = "row {{{{ event.data.body.n }}}}" }}
 
 #: Messages and rows in all; every INVALID_EVERY-th is one cued cannot keep.
 MESSAGES, ROWS, INVALID_EVERY = 600, 600, 25
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def too_deep(n: int) -> str:
