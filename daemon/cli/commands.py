@@ -554,7 +554,7 @@ async def _triggers(config: Config, args: argparse.Namespace) -> int:
             state.queries, args.trigger, last=args.last, event_id=args.event
         )
     trigger = tried.trigger
-    render.out(f"trigger {tried.number}: {trigger.key} ({trigger.source} -> {trigger.pipeline})")
+    render.out(f"trigger {tried.number}: {trigger.ref} ({trigger.source} -> {trigger.pipeline})")
     render.out(f"  when    {trigger.when or '(always)'}")
     render.out(f"  inputs  {json.dumps(trigger.inputs)}")
     if trigger.dedupe is not None:

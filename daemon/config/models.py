@@ -191,7 +191,8 @@ class TriggerConfig(_Model):
     dedupe_window: Duration = 86400.0
 
     @property
-    def key(self) -> str:
+    def ref(self) -> str:
+        """What names the trigger: its ``name``, or ``SOURCE->PIPELINE``."""
         return self.name or f"{self.source}->{self.pipeline}"
 
 

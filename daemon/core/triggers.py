@@ -58,7 +58,7 @@ def match(triggers: Sequence[TriggerConfig], event: Event) -> tuple[list[Match],
             try:
                 fired = when_holds(trigger.when, context)
             except TemplateProblem as exc:
-                notes.append(f"trigger {trigger.key!r}: when: {exc}")
+                notes.append(f"trigger {trigger.ref!r}: when: {exc}")
                 continue
             if not fired:
                 continue
@@ -68,14 +68,14 @@ def match(triggers: Sequence[TriggerConfig], event: Event) -> tuple[list[Match],
         except TemplateProblem as exc:
             matches.append(
                 Match(
-                    trigger.key,
+                    trigger.ref,
                     trigger.pipeline,
                     {},
                     None,
                     trigger.dedupe_window,
-                    error=f"trigger {trigger.key!r}: {exc}",
+                    error=f"trigger {trigger.ref!r}: {exc}",
                 )
             )
             continue
-        matches.append(Match(trigger.key, trigger.pipeline, inputs, key, trigger.dedupe_window))
+        matches.append(Match(trigger.ref, trigger.pipeline, inputs, key, trigger.dedupe_window))
     return matches, notes

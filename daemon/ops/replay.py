@@ -57,7 +57,7 @@ async def replay(daemon: Daemon, request: ReplayRequest) -> ReplayReport:
         triggers = [trigger]
         if source is not None and source != trigger.source:
             raise InvalidRequest(
-                f"trigger {trigger.key!r} takes events of {trigger.source!r}, not of {source!r}"
+                f"trigger {trigger.ref!r} takes events of {trigger.source!r}, not of {source!r}"
             )
         source = trigger.source
     events = await _chosen(daemon.store, request, source)

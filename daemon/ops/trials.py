@@ -64,13 +64,13 @@ def find_trigger(triggers: list[TriggerConfig], ref: str) -> tuple[int, TriggerC
     """
     if (number := decimal(ref)) is not None and 1 <= number <= len(triggers):
         return number, triggers[number - 1]
-    found = [(n, t) for n, t in enumerate(triggers, 1) if t.key == ref]
+    found = [(n, t) for n, t in enumerate(triggers, 1) if t.ref == ref]
     if len(found) == 1:
         return found[0]
     if found:
         places = ", ".join(str(n) for n, _ in found)
         raise NotFound(f"{len(found)} triggers are {ref!r} (numbers {places}): give the number")
-    known = ", ".join(f"{n}: {t.key}" for n, t in enumerate(triggers, 1)) or "none"
+    known = ", ".join(f"{n}: {t.ref}" for n, t in enumerate(triggers, 1)) or "none"
     raise NotFound(f"no trigger {ref!r} (known: {known})")
 
 
@@ -89,7 +89,7 @@ async def try_trigger(
         event = await queries.event(event_id)
         if event.source != trigger.source:
             raise InvalidRequest(
-                f"event {event_id!r} is of source {event.source!r}, trigger {trigger.key!r} "
+                f"event {event_id!r} is of source {event.source!r}, trigger {trigger.ref!r} "
                 f"takes events of {trigger.source!r}"
             )
         events = [event]
@@ -106,13 +106,13 @@ async def _with_keys_seen(
 ) -> list[Trial]:
     """Mark the matches whose dedupe key started a run within the trigger's window (as
     intake would find it, were the event to come now)."""
-    keyed = {(trigger.key, t.dedupe_key) for t in trials if t.dedupe_key is not None}
+    keyed = {(trigger.ref, t.dedupe_key) for t in trials if t.dedupe_key is not None}
     seen = await queries.dedupe_seen(sorted(keyed))
     at = now()
     return [
         replace(t, key_seen_at=last)
         if t.dedupe_key is not None
-        and (last := seen.get((trigger.key, t.dedupe_key))) is not None
+        and (last := seen.get((trigger.ref, t.dedupe_key))) is not None
         and at - last < trigger.dedupe_window
         else t
         for t in trials

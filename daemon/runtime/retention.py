@@ -46,7 +46,7 @@ def policy(config: Config, at: float) -> PrunePolicy:
     windows: dict[str, float] = {}
     for trigger in config.triggers:
         if trigger.dedupe is not None:
-            windows[trigger.key] = max(trigger.dedupe_window, windows.get(trigger.key, 0.0))
+            windows[trigger.ref] = max(trigger.dedupe_window, windows.get(trigger.ref, 0.0))
     longest = max([_DEFAULT_DEDUPE_WINDOW_S, *windows.values()])
 
     def before(age_s: float) -> float | None:

@@ -132,7 +132,7 @@ class TriggerSpec(_Model):
     @classmethod
     def of(cls, trigger: TriggerConfig) -> TriggerSpec:
         return cls(
-            name=trigger.key, source=trigger.source, when=trigger.when, dedupe=trigger.dedupe
+            name=trigger.ref, source=trigger.source, when=trigger.when, dedupe=trigger.dedupe
         )
 
 

@@ -66,7 +66,7 @@ async def test_a_trigger_tried_on_the_events_of_its_source(make_config):
         tried = await try_trigger(state.queries, "big-orders")
         runs = await state.queries.runs_page(limit=10)
     assert tried.number == 1
-    assert tried.trigger.key == "big-orders"
+    assert tried.trigger.ref == "big-orders"
     outcomes = {t.event.event_id: t for t in tried.trials}
     assert [t.event.event_id for t in tried.trials] == ["e-4", "e-3", "e-2", "e-1"]  # newest first
     assert outcomes["e-1"].outcome == "matches"

@@ -384,7 +384,7 @@ class _Ui:
                 continue
             event = events.get(run.event_id)
             names = [
-                t.key
+                t.ref
                 for t in triggers
                 if event is not None and t.source == event.source and t.pipeline == run.pipeline
             ]
@@ -404,7 +404,7 @@ class _Ui:
                 {
                     "name": name,
                     "tasks": len(plan.tasks),
-                    "triggers": [t.key for t in config.triggers if t.pipeline == name],
+                    "triggers": [t.ref for t in config.triggers if t.pipeline == name],
                     "pause": paused.get(name),
                     "when_paused": plan.config.when_paused,
                 }
