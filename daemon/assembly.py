@@ -82,7 +82,7 @@ from cued.daemon.web.server import PerConnection, serve_asgi
 from cued.daemon.web.ui import with_ui
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
     from contextlib import AbstractAsyncContextManager
 
     from starlette.types import ASGIApp
@@ -179,7 +179,15 @@ async def _open_parts(config: Config) -> AsyncIterator[_Parts]:
         # succeed through intake, and intake's loop is given the runner to start runs
         intake = DaemonIntake(config, store, backlog, tracing)
         runner = _runner(
-            config, store, http, kinds, backlog, alerts, intake.record, tracing=tracing
+            config,
+            store,
+            http,
+            kinds,
+            backlog,
+            alerts,
+            intake.record,
+            tracing=tracing,
+            events_flushed=intake.flushed,
         )
         # unfinished runs are resumed once the sources have started: a source may first
         # have to finish acknowledging what a crash left recorded but unacknowledged
@@ -241,6 +249,7 @@ def _runner(
     assets: AssetSink | None = None,
     *,
     tracing: Tracing,
+    events_flushed: Callable[[], Awaitable[None]] | None = None,
 ) -> Runner:
     return Runner(
         config,
@@ -252,6 +261,7 @@ def _runner(
         alerts=alerts,
         assets=assets,
         tracing=tracing,
+        events_flushed=events_flushed,
     )
 
 

@@ -1,31 +1,53 @@
-"""The ``sleep`` task kind: wait, then succeed with no output."""
+"""The ``sleep`` task kind: wait, then succeed.
+
+``seconds`` sleeps in the attempt, holding its task slot (the no-op of the benchmarks at
+0); a sleep of :data:`PARK_AFTER_S` or more, and one ``until`` a moment, is a durable timer
+instead: the run waits in the store, holding no slot, and wakes once when the time comes,
+across restarts (not restarted from zero).
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cued.daemon.sdk import AwaitingTime, PermanentTaskError, as_moment, has_template, now
 
 if TYPE_CHECKING:
     from cued.daemon.sdk import TaskContext
 
-__all__ = ["SleepParams", "SleepTask"]
+__all__ = ["PARK_AFTER_S", "SleepParams", "SleepTask"]
+
+PARK_AFTER_S = 60.0
+"""A ``seconds`` sleep this long or longer parks the run on a durable timer."""
 
 
 class SleepParams(BaseModel):
     """Parameters of a ``sleep`` task.
 
     :param seconds: how long to wait; 0 only yields to the event loop once
+    :param until: the moment to wake at: seconds since the epoch, or ISO 8601 (often a
+        template: ``{{ tasks.pay.output.event.received_at | add_duration('1d') }}``)
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    until: float | str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SleepParams:
+        if self.until is not None and self.seconds:
+            raise ValueError("give seconds or until, not both")
+        if isinstance(self.until, str) and not has_template(self.until):
+            as_moment(self.until)  # raises what is wrong with it
+        return self
 
 
 class SleepTask:
-    """Wait for ``seconds``, then succeed with ``None`` as output.
+    """Wait for ``seconds``, or until ``until``, then succeed.
 
     With the default of 0 this is the no-op task of the throughput benchmark, so it does
     nothing beyond the one checkpoint: its cost is the daemon's per-task overhead.
@@ -35,11 +57,19 @@ class SleepTask:
     Params: ClassVar[type[BaseModel]] = SleepParams
 
     async def execute(self, params: SleepParams, ctx: TaskContext) -> Any:
-        """Sleep for ``params.seconds``.
+        """Sleep for ``params.seconds``, or park until ``params.until``.
 
         :param params: the validated parameters
         :param ctx: the attempt's context (unused)
-        :return: ``None``
+        :return: ``None``, or what parks the run on a durable timer
+        :raises PermanentTaskError: if ``until`` is not a time
         """
+        if params.until is not None:
+            try:
+                return AwaitingTime(as_moment(params.until))
+            except ValueError as exc:
+                raise PermanentTaskError(f"until: {exc}") from exc
+        if params.seconds >= PARK_AFTER_S:
+            return AwaitingTime(now() + params.seconds)
         await anyio.sleep(params.seconds)
         return None

@@ -200,6 +200,11 @@ class RunEngine:
                     self._changes.append(inst)
         return [Finish(RunState.CANCELLED)]
 
+    def context_of(self, instance: Instance) -> dict[str, Any]:
+        """The names ``instance``'s templates read (``inputs``, ``tasks``, ``run``,
+        ``item``): what a wait keeps for its ``match``."""
+        return self._context(self.plan.tasks[instance.task], instance.index)
+
     # -- what changed -------------------------------------------------------------------
 
     def drain_changes(self) -> list[Instance]:

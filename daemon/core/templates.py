@@ -13,7 +13,9 @@ Names a template may use:
 * ``run.id``, ``run.pipeline``
 
 Besides Jinja's own filters, ``shell_quote`` (alias ``quote``) makes a value one word of a
-``/bin/sh`` command line, whatever it holds: ``echo {{ inputs.name | shell_quote }}``.
+``/bin/sh`` command line, whatever it holds: ``echo {{ inputs.name | shell_quote }}``; and
+``add_duration`` moves a time (seconds since the epoch, or ISO 8601) on by a duration as
+config writes one: ``{{ event.received_at | add_duration('1d') }}`` (seconds since the epoch).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from jinja2 import (
 )
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from cued.daemon.core.durations import add_duration
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -101,6 +105,7 @@ SHELL_QUOTE_FILTERS = frozenset({"shell_quote", "quote"})
 # printed; ``_compile`` applies ``_defined`` to a whole-expression's native value itself.
 _ENV = _Environment(undefined=StrictUndefined, autoescape=False, finalize=_defined)
 _ENV.filters.update(dict.fromkeys(SHELL_QUOTE_FILTERS, shell_quote))
+_ENV.filters["add_duration"] = add_duration
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
 
 
@@ -125,6 +130,7 @@ class _Missing(ChainableUndefined):
 # keep StrictUndefined, since a value made from nothing would pass on silently
 _WHEN_ENV = _Environment(undefined=_Missing, autoescape=False)
 _WHEN_ENV.filters.update(dict.fromkeys(SHELL_QUOTE_FILTERS, shell_quote))
+_WHEN_ENV.filters["add_duration"] = add_duration
 
 
 @functools.lru_cache(maxsize=1024)

@@ -95,8 +95,8 @@ async def rerun(
 
 
 async def cancel(daemon: Daemon, run_id: str) -> RunRow:
-    """Cancel a run, whether it runs here, is parked waiting for a decision, or waits for
-    its paused pipeline.
+    """Cancel a run, whether it runs here, is parked waiting for a decision, an event or
+    a moment, or waits for its paused pipeline.
 
     :raises NotFound: if there is no such run
     :raises Conflict: if it has finished already
@@ -120,6 +120,11 @@ async def cancel(daemon: Daemon, run_id: str) -> RunRow:
         replace(gate, state="cancelled", decided_at=stamp)
         for gate in await daemon.store.get_approvals(run_id)
         if gate.state == "waiting"
+    )
+    rows.extend(
+        replace(wait, state="cancelled", settled_at=stamp, applied=1)
+        for wait in await daemon.store.get_waits(run_id)
+        if wait.state == "waiting"
     )
     cancelled = replace(run, state=RunState.CANCELLED.value, ended_at=stamp)
     rows.append(cancelled)

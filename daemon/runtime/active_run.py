@@ -24,7 +24,8 @@ from cued.daemon.runtime.asset_events import asset_events, failed_check_events
 from cued.daemon.runtime.attempts import stopped_row
 from cued.daemon.runtime.gates import gate_row
 from cued.daemon.runtime.instance_rows import instance_row
-from cued.daemon.sdk.kinds import Meter
+from cued.daemon.runtime.waits import wait_row
+from cued.daemon.sdk.kinds import AwaitingDecision, Meter
 from cued.daemon.sdk.tracing import NO_SPAN, Span
 from cued.daemon.store import AttemptRow, RunRow
 
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
     from cued.daemon.runtime.gates import Gates
     from cued.daemon.runtime.run_alerts import RunAlerts
     from cued.daemon.runtime.slots import Slots
-    from cued.daemon.sdk.kinds import AwaitingDecision
+    from cued.daemon.runtime.waits import Waits
+    from cued.daemon.sdk.kinds import AwaitingEvent, AwaitingTime
     from cued.daemon.sdk.tracing import Tracing
     from cued.daemon.store import Durable, Row, Store
 
@@ -57,6 +59,7 @@ class Driving:
     slots: Slots
     alerts: RunAlerts
     gates: Gates
+    waits: Waits
     assets: AssetSink | None
     """Where the asset events of a succeeded run go, before the run is recorded as
     succeeded: a crash in between resumes the run, which finishes again and sends the same
@@ -337,7 +340,10 @@ class ActiveRun:
             outcome.error,
         )
         if (ask := outcome.awaiting) is not None:
-            await self._await_decision(inst, start.attempt, started_at, ask)
+            if isinstance(ask, AwaitingDecision):
+                await self._await_decision(inst, start.attempt, started_at, ask)
+            else:
+                await self._await_wakeup(inst, start.attempt, started_at, ask)
             return []
         if outcome.error is None:
             log.debug("task_succeeded", duration_s=round(ended_at - started_at, 6))
@@ -385,6 +391,37 @@ class ActiveRun:
         )
         self._driving.gates.opened()
         self._driving.alerts.wake()
+
+    async def _await_wakeup(
+        self, inst: Instance, attempt: int, started_at: float, ask: AwaitingEvent | AwaitingTime
+    ) -> None:
+        """Park ``inst`` on a wait (an event, or a moment): durable before the run leaves
+        memory, and woken by :class:`~cued.daemon.runtime.waits.Waits`."""
+        engine = self.engine
+        assert engine is not None
+        engine.waiting(inst)
+        wait = wait_row(
+            self.row.run_id,
+            inst.key,
+            attempt,
+            ask,
+            # a wait's task `timeout` is how long to wait for the event
+            timeout_s=self.plan.tasks[inst.task].config.timeout,
+            context=engine.context_of(inst),
+            started_at=started_at,
+        )
+        await self._commit(
+            [AttemptRow(self.row.run_id, inst.key, attempt, "waiting", started_at), wait]
+        )
+        self._driving.log.info(
+            "task_waiting",
+            run_id=self.row.run_id,
+            task=inst.key,
+            kind=wait.kind,
+            source=wait.source,
+            until=wait.deadline_at,
+        )
+        self._driving.waits.wake()
 
 
 def _run_row(

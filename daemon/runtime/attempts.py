@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from cued.daemon.config.secrets import redact
 from cued.daemon.core.ids import now
 from cued.daemon.errors import PermanentTaskError, TaskTimeout
-from cued.daemon.sdk.kinds import AwaitingDecision, TaskContext
+from cued.daemon.sdk.kinds import AwaitingDecision, AwaitingEvent, AwaitingTime, TaskContext
 from cued.daemon.store import AttemptRow
 
 if TYPE_CHECKING:
@@ -34,10 +34,12 @@ if TYPE_CHECKING:
     from cued.daemon.core.engine import Start
     from cued.daemon.core.plan import PipelinePlan
     from cued.daemon.runtime.task_logs import TaskLogs
-    from cued.daemon.sdk.kinds import LineWriter, Meter, Spending, TaskKind
+    from cued.daemon.sdk.kinds import Awaiting, LineWriter, Meter, Spending, TaskKind
     from cued.daemon.store import RunRow
 
 __all__ = ["Outcome", "TaskAttempts", "stopped_row"]
+
+_AWAITING = (AwaitingDecision, AwaitingEvent, AwaitingTime)
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,10 @@ class Outcome:
     """The output as recorded, once :meth:`kept`."""
 
     @property
-    def awaiting(self) -> AwaitingDecision | None:
-        """The decision the attempt asks for (an approval gate), if it does."""
-        if self.error is None and isinstance(self.output, AwaitingDecision):
+    def awaiting(self) -> Awaiting | None:
+        """What the attempt parks its instance for (a decision, an event, a moment), if it
+        does."""
+        if self.error is None and isinstance(self.output, _AWAITING):
             return self.output
         return None
 
@@ -65,7 +68,7 @@ class Outcome:
         """
         # built once, not by dataclasses.replace: this runs once per attempt
         output, error = redact(self.output), redact(self.error)
-        if error is not None or isinstance(output, AwaitingDecision):
+        if error is not None or isinstance(output, _AWAITING):
             return Outcome(output, error, self.retryable)
         try:
             return Outcome(output, None, self.retryable, json.dumps(output))

@@ -9,9 +9,13 @@ check and one commit, not a hundred of each:
 1. drop events already recorded (a redelivery after a crash or a rebalance: same id);
 2. match each against its source's triggers (pure, :mod:`cued.daemon.core.triggers`), and drop
    matches whose dedupe key fired within its window;
-3. submit event rows, run rows, dedupe keys and the sources' cursors as *one* submission,
-   which the store commits in one transaction;
-4. once committed: hand the new runs to the runner (the :class:`RunQueue` the loop is
+3. find the waits (``wait_event`` tasks, parked in the store) of the batch's sources that
+   its events wake: a page of waits at a time, read by the index on source, each
+   evaluated against the batch's events of its source, nothing kept once the batch is
+   prepared;
+4. submit event rows, run rows, dedupe keys, woken waits and the sources' cursors as *one*
+   submission, which the store commits in one transaction;
+5. once committed: hand the new runs to the runner (and the woken waits) (the :class:`RunQueue` the loop is
    given) and answer every caller, which then acknowledges to its source.
 
 Each event recorded gets a span, from matching to commit, a child of the caller's span
@@ -34,8 +38,10 @@ import anyio
 from cued.daemon.core.ids import now
 from cued.daemon.core.tracecontext import parse_traceparent
 from cued.daemon.core.triggers import Match, match
+from cued.daemon.core.waits import event_output, first_match
 from cued.daemon.errors import CuedError, StoreError
 from cued.daemon.logs import get_logger
+from cued.daemon.runtime.waits import settled_wait
 from cued.daemon.sdk.sources import Receipt
 from cued.daemon.sdk.tracing import NO_SPAN, Span, Tracing
 from cued.daemon.store import CursorRow, DedupeRow, EventRow
@@ -48,6 +54,9 @@ if TYPE_CHECKING:
     from cued.daemon.store import Durable, Row, RunRow, Store
 
 __all__ = ["Backpressure", "DaemonIntake", "RunQueue"]
+
+_WAIT_PAGE = 1000
+"""Waits read at a time when an event's source has some."""
 
 
 class Backpressure(Protocol):
@@ -78,6 +87,9 @@ class RunQueue(Protocol):
     def enqueue(self, row: RunRow) -> None:
         """Start, or queue, a run that is recorded."""
 
+    def wake_waits(self) -> None:
+        """Waits were woken by events just recorded: go on with their runs."""
+
 
 @dataclass(eq=False)
 class _Request:
@@ -101,6 +113,10 @@ class _Batch:
     keys: set[tuple[str, str]] = field(default_factory=set)
     spans: list[Span] = field(default_factory=list)
     """The events' spans, ended once the batch is committed."""
+    woken: int = 0
+    """Waits its events woke."""
+    done: anyio.Event = field(default_factory=anyio.Event)
+    """Set once it is committed (or failed)."""
 
 
 class DaemonIntake:
@@ -124,6 +140,8 @@ class DaemonIntake:
         self._backpressure = backpressure
         self._tracing = tracing or Tracing()
         self._triggers = _by_source(config.triggers)
+        self._wait_sources = _wait_sources(config)
+        self._in_hand: set[anyio.Event] = set()
         self._queue: list[_Request] = []
         self._waiting: set[_Request] = set()  # handed in, not yet answered
         self._wake = anyio.Event()
@@ -136,6 +154,15 @@ class DaemonIntake:
         """Match events against ``config``'s triggers from the next batch on (a reload); a
         batch being prepared keeps the triggers it started with."""
         self._triggers = _by_source(config.triggers)
+        # never fewer: waits of the old configuration's tasks may still be parked
+        self._wait_sources |= _wait_sources(config)
+
+    async def flushed(self) -> None:
+        """Return once every batch being prepared or committed now is committed (or
+        failed): what a wait that is committed already does not see in the store, intake
+        has not matched against it yet."""
+        for done in list(self._in_hand):
+            await done.wait()
 
     # -- what sources call ------------------------------------------------------------
 
@@ -203,17 +230,21 @@ class DaemonIntake:
                 requests, self._queue = self._queue, []
                 if not requests:
                     continue
+                batch = _Batch(requests)
+                self._in_hand.add(batch.done)
                 try:
-                    batch, durable = await self._prepare(requests, runs)
+                    durable = await self._prepare(batch, runs)
                 except Exception as exc:  # noqa: BLE001 - the callers get it, the loop goes on
                     for request in requests:
                         request.error = exc
                         request.done.set()
+                    self._in_hand.discard(batch.done)
+                    batch.done.set()
                     continue
                 tg.start_soon(self._complete, batch, durable, runs)
 
-    async def _prepare(self, requests: list[_Request], runs: RunQueue) -> tuple[_Batch, Durable]:
-        batch = _Batch(requests)
+    async def _prepare(self, batch: _Batch, runs: RunQueue) -> Durable:
+        requests = batch.requests
         events = [e for r in requests for e in r.events]
         ids = [e.event_id for e in events]
         known = await self._store.known_events(ids) | (self._pending_ids & set(ids))
@@ -269,13 +300,39 @@ class DaemonIntake:
             batch.runs.extend(started)
             request.receipts.append(Receipt(event.event_id, status, run_ids, error))
             self.received[event.source] += 1
+        await self._wake_waits(batch)
         for request in requests:
             if request.cursor is not None and request.events:
                 batch.rows.append(CursorRow(request.events[0].source, request.cursor, stamp))
         batch.rows.extend(batch.runs)
         self._pending_ids |= batch.ids
         self._pending_keys |= batch.keys
-        return batch, self._store.submit(batch.rows)
+        return self._store.submit(batch.rows)
+
+    async def _wake_waits(self, batch: _Batch) -> None:
+        """Add to ``batch`` the waits its events wake (see the module's step 3)."""
+        recorded = [row for row in batch.rows if isinstance(row, EventRow)]
+        by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in recorded:
+            if row.source in self._wait_sources and row.status != "invalid":
+                by_source[row.source].append(
+                    event_output(row.event_id, row.source, row.data, row.meta, row.received_at)
+                )
+        if not by_source:
+            return
+        after = None
+        while waits := await self._store.waits_of_sources(
+            list(by_source), after=after, limit=_WAIT_PAGE
+        ):
+            for wait in waits:
+                found = first_match(wait.match, wait.context, by_source[wait.source or ""])
+                if found is not None:
+                    batch.rows.append(settled_wait(wait, found))
+                    batch.woken += 1
+            if len(waits) < _WAIT_PAGE:
+                break
+            last = waits[-1]
+            after = (last.run_id, last.key, last.attempt)
 
     async def _complete(self, batch: _Batch, durable: Durable, runs: RunQueue) -> None:
         error: BaseException | None = None
@@ -286,6 +343,8 @@ class DaemonIntake:
         finally:
             self._pending_ids -= batch.ids
             self._pending_keys -= batch.keys
+            self._in_hand.discard(batch.done)
+            batch.done.set()
             for span in batch.spans:
                 if error is not None:
                     span.fail(f"not recorded: {error}")
@@ -301,6 +360,8 @@ class DaemonIntake:
         if error is None:
             for run in batch.runs:
                 runs.enqueue(run)
+            if batch.woken:
+                runs.wake_waits()
 
     def _start_runs(
         self,
@@ -351,6 +412,16 @@ class DaemonIntake:
             kind="consumer",
             attributes={"cued.event.id": event.event_id, "cued.source": event.source},
         )
+
+
+def _wait_sources(config: Config) -> set[str]:
+    """The sources whose events ``wait_event`` tasks of ``config`` wait for."""
+    return {
+        source
+        for pipeline in config.pipelines.values()
+        for task in pipeline.tasks.values()
+        if task.kind == "wait_event" and isinstance(source := task.params.get("source"), str)
+    }
 
 
 def _by_source(triggers: list[TriggerConfig]) -> dict[str, list[TriggerConfig]]:

@@ -20,6 +20,7 @@ alerts          RunAlerts (run_alerts.py) builds the outbox rows committed with 
                 they report, for the AlertSink (alerts.py) the runner is given
 asset events    asset_events.py builds them; the AssetSink it is given (intake) records them
 approval gates  Gates (gates.py) decide and expire them; the runner is their GateHost
+waits           Waits (waits.py) wake runs waiting for an event or a moment, likewise
 deadlines       Deadlines (deadlines.py) watch the runs it starts
 traces          each time a run is driven, a span from the run row's traceparent (its
                 event's span), which its attempts' spans hang from (sdk/tracing.py)
@@ -56,11 +57,12 @@ from cued.daemon.runtime.instance_rows import instances_of
 from cued.daemon.runtime.run_alerts import RunAlerts
 from cued.daemon.runtime.slots import Slots
 from cued.daemon.runtime.task_logs import TaskLogs
+from cued.daemon.runtime.waits import Waits
 from cued.daemon.sdk.tracing import Tracing
 from cued.daemon.store import InstanceRow, PauseRow, RunRow
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     import httpx
     import structlog
@@ -94,6 +96,9 @@ class Runner:
         is recorded as succeeded: a crash in between resumes the run, which finishes again
         and sends the same events, which intake recognises
     :param tracing: makes the spans of runs and attempts (off by default)
+    :param events_flushed: returns once every batch of events intake has in hand is
+        committed (intake's :meth:`~cued.daemon.runtime.intake.DaemonIntake.flushed`), for
+        the lookback of waits
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class Runner:
         alerts: AlertSink | None = None,
         assets: AssetSink | None = None,
         tracing: Tracing | None = None,
+        events_flushed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.config_version: int | None = None
@@ -124,6 +130,8 @@ class Runner:
         )
         self.gates = Gates(store, self)
         """The approval gates of this runner's runs: decide them here."""
+        self.waits = Waits(store, self, events_flushed)
+        """The waits (for an event, for a moment) of this runner's runs."""
         self.log: structlog.typing.FilteringBoundLogger = get_logger()
         self.task_logs = TaskLogs(
             store,
@@ -140,6 +148,7 @@ class Runner:
             self.slots,
             run_alerts,
             self.gates,
+            self.waits,
             assets,
             self._retry_delay_s,
             self._left,
@@ -220,6 +229,7 @@ class Runner:
             else:
                 self._held = []  # new runs wait for resume_unfinished: see there
             tg.start_soon(self.gates.expire_when_due)
+            tg.start_soon(self.waits.serve)
             tg.start_soon(self.task_logs.serve)
             await tg.start(self._deadlines.run)
             task_status.started()
@@ -694,6 +704,10 @@ class Runner:
             self.slots.free_run_slot(run.row.pipeline)
             self._start_waiting(run.row.pipeline)
 
+    def wake_waits(self) -> None:
+        """Waits were settled (intake matched events to them): apply them."""
+        self.waits.wake()
+
     def _retry_delay_s(self, task: TaskConfig, attempt: int) -> float:
         return backoff_s(
             attempt, first_s=task.retry_backoff, max_s=task.retry_backoff_max, rand=random.random()
@@ -701,6 +715,8 @@ class Runner:
 
     def _left(self, run: ActiveRun, ended: bool) -> None:
         self._runs.pop(run.row.run_id, None)
+        if not ended:
+            self.waits.wake()  # a wait of it settled meanwhile is applied now
         if ended:
             for listener in self._run_listeners:
                 listener(run.row)

@@ -39,6 +39,7 @@ from cued.daemon.config.secrets import remember as mark_secret
 from cued.daemon.config.secrets import resolve_secret
 from cued.daemon.core.backoff import backoff_s
 from cued.daemon.core.dbvalues import db_value
+from cued.daemon.core.durations import as_moment
 from cued.daemon.core.ids import new_id, now
 from cued.daemon.core.messages import message_value
 from cued.daemon.core.templates import SHELL_QUOTE_FILTERS, TemplateProblem, has_template
@@ -71,6 +72,8 @@ from cued.daemon.sdk.describe import describe_error
 from cued.daemon.sdk.http_errors import error_response
 from cued.daemon.sdk.kinds import (
     AwaitingDecision,
+    AwaitingEvent,
+    AwaitingTime,
     LineWriter,
     Meter,
     ParamProblem,
@@ -93,6 +96,8 @@ from cued.daemon.sdk.tracing import Span, current_span, current_traceparent, out
 __all__ = [
     "SHELL_QUOTE_FILTERS",
     "AwaitingDecision",
+    "AwaitingEvent",
+    "AwaitingTime",
     "Backfills",
     "ConnectorError",
     "CuedError",
@@ -120,6 +125,7 @@ __all__ = [
     "TaskTimeout",
     "TemplateProblem",
     "WebRoutes",
+    "as_moment",
     "backoff_s",
     "bounded_id",
     "condition_holds",

@@ -11,7 +11,10 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
 __all__ = [
+    "Awaiting",
     "AwaitingDecision",
+    "AwaitingEvent",
+    "AwaitingTime",
     "LineWriter",
     "Meter",
     "ParamProblem",
@@ -42,6 +45,42 @@ class AwaitingDecision:
     timeout_s: float | None = None
     on_timeout: str = "fail"
     payload: Any = None
+
+
+@dataclass(frozen=True)
+class AwaitingEvent:
+    """What a task kind returns to stop its instance until an event of ``source`` comes
+    for which ``match`` holds (a ``wait_event`` task). Like a gate, the run waits in the
+    store, holding no slot; intake wakes it in the transaction that records the event, and
+    the task's output is ``{"event": {id, source, data, meta, received_at}}``. The task's
+    ``timeout`` is how long to wait.
+
+    :param source: the source whose events may wake it
+    :param match: an expression in the trigger ``when`` language over ``event`` and the
+        task's ``inputs``, ``tasks``, ``run`` and ``item``; ``None``: any event of ``source``
+    :param lookback_s: an event recorded this long before the wait began wakes it too
+    :param on_timeout: ``fail`` or ``succeed`` (with ``{"event": None, "timed_out": true}``)
+    """
+
+    source: str
+    match: str | None = None
+    lookback_s: float = 0.0
+    on_timeout: str = "fail"
+
+
+@dataclass(frozen=True)
+class AwaitingTime:
+    """What a task kind returns to stop its instance until a moment (a durable ``sleep``):
+    the run waits in the store, holding no slot, and wakes once at ``at``, across restarts.
+
+    :param at: seconds since the epoch
+    """
+
+    at: float
+
+
+Awaiting = AwaitingDecision | AwaitingEvent | AwaitingTime
+"""What a task kind returns to park its instance instead of an output."""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "paused_pipelines": ("pipeline",),
     "task_logs": ("run_id", "seq"),
     "config_versions": ("version",),
+    "waits": ("run_id", "key", "attempt"),
 }
 
 

@@ -185,6 +185,36 @@ MIGRATIONS: tuple[str, ...] = (
     );
     ALTER TABLE runs ADD COLUMN config_version INTEGER;
     """,
+    # waits: task instances parked until an event (wait_event) or a moment (sleep until);
+    # intake finds the waits of an event's source by waits_by_source, the daemon the
+    # next deadline by waits_by_deadline, and what woke but has not gone on by waits_settled
+    """
+    CREATE TABLE waits (
+        run_id        TEXT NOT NULL,
+        key           TEXT NOT NULL,
+        attempt       INTEGER NOT NULL,
+        kind          TEXT NOT NULL,    -- event, timer
+        source        TEXT,
+        match         TEXT,             -- an expression over event and context
+        context       TEXT NOT NULL,    -- JSON: what match reads besides the event
+        lookback_from REAL,
+        deadline_at   REAL,
+        on_timeout    TEXT NOT NULL,    -- fail, succeed
+        opened_at     REAL NOT NULL,
+        state         TEXT NOT NULL,    -- waiting, matched, expired, cancelled
+        event_id      TEXT,
+        output        TEXT,             -- JSON: the task's output once settled
+        settled_at    REAL,
+        scanned       INTEGER NOT NULL, -- 1: its lookback was checked
+        applied       INTEGER NOT NULL, -- 1: its run went on
+        PRIMARY KEY (run_id, key, attempt)
+    ) WITHOUT ROWID;
+    CREATE INDEX waits_by_source ON waits (source, run_id, key, attempt)
+        WHERE state = 'waiting' AND kind = 'event';
+    CREATE INDEX waits_by_deadline ON waits (deadline_at) WHERE state = 'waiting';
+    CREATE INDEX waits_to_scan ON waits (run_id) WHERE state = 'waiting' AND scanned = 0;
+    CREATE INDEX waits_settled ON waits (run_id) WHERE state <> 'waiting' AND applied = 0;
+    """,
 )
 
 

@@ -172,6 +172,34 @@ PG_MIGRATIONS: tuple[str, ...] = (
     );
     ALTER TABLE runs ADD COLUMN config_version BIGINT;
     """,
+    # waits: task instances parked until an event (wait_event) or a moment (sleep until)
+    """
+    CREATE TABLE waits (
+        run_id        TEXT COLLATE "C" NOT NULL,
+        key           TEXT COLLATE "C" NOT NULL,
+        attempt       BIGINT NOT NULL,
+        kind          TEXT COLLATE "C" NOT NULL,    -- event, timer
+        source        TEXT COLLATE "C",
+        match         TEXT,                         -- an expression over event and context
+        context       TEXT NOT NULL,                -- JSON: what match reads besides the event
+        lookback_from DOUBLE PRECISION,
+        deadline_at   DOUBLE PRECISION,
+        on_timeout    TEXT NOT NULL,                -- fail, succeed
+        opened_at     DOUBLE PRECISION NOT NULL,
+        state         TEXT COLLATE "C" NOT NULL,    -- waiting, matched, expired, cancelled
+        event_id      TEXT COLLATE "C",
+        output        TEXT,                         -- JSON: the task's output once settled
+        settled_at    DOUBLE PRECISION,
+        scanned       BIGINT NOT NULL,              -- 1: its lookback was checked
+        applied       BIGINT NOT NULL,              -- 1: its run went on
+        PRIMARY KEY (run_id, key, attempt)
+    );
+    CREATE INDEX waits_by_source ON waits (source, run_id, key, attempt)
+        WHERE state = 'waiting' AND kind = 'event';
+    CREATE INDEX waits_by_deadline ON waits (deadline_at) WHERE state = 'waiting';
+    CREATE INDEX waits_to_scan ON waits (run_id) WHERE state = 'waiting' AND scanned = 0;
+    CREATE INDEX waits_settled ON waits (run_id) WHERE state <> 'waiting' AND applied = 0;
+    """,
 )
 
 

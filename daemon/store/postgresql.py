@@ -50,6 +50,7 @@ from cued.daemon.store import (
     OutboxRow,
     PauseRow,
     RunRow,
+    WaitRow,
 )
 from cued.daemon.store.pg_migrations import migrate
 from cued.daemon.store.sqlite import (
@@ -139,10 +140,20 @@ class _Pool:
 _FLOATS = frozenset(
     {"created_at", "started_at", "ended_at", "updated_at", "received_at", "seen_at",
      "sent_at", "next_at", "requested_at", "deadline_at", "decided_at", "at", "cost",
-     "paused_at"}
+     "paused_at", "lookback_from", "opened_at", "settled_at"}
 )  # fmt: skip
 _INTS = frozenset(
-    {"map_index", "attempts", "retry_base", "attempt", "min_approvals", "seq", "config_version"}
+    {
+        "map_index",
+        "attempts",
+        "retry_base",
+        "attempt",
+        "min_approvals",
+        "seq",
+        "config_version",
+        "scanned",
+        "applied",
+    }
 )
 
 
@@ -207,6 +218,16 @@ _PUTS: dict[str, _Put] = {
     "approvals": _put(ApprovalRow, "approvals", ("run_id", "key")),
     "decisions": _put(DecisionRow, "decisions", ("run_id", "key", "attempt", "who")),
     "log_lines": _put(LogLineRow, "task_logs", ("run_id", "seq")),
+    # a wait settles once (see the SQLite store's _WAIT_SETTLES)
+    "waits": _put(
+        WaitRow,
+        "waits",
+        ("run_id", "key", "attempt"),
+        update=("state", "event_id", "output", "settled_at", "scanned", "applied"),
+        where=" WHERE (waits.state = 'waiting' AND (excluded.state <> 'waiting' OR "
+        "excluded.scanned > waits.scanned)) OR (waits.state = excluded.state AND "
+        "excluded.applied > waits.applied)",
+    ),
 }
 _PUT_PAUSE = _Put("paused_pipelines", ("pipeline", "paused_at", "paused_by"), ("pipeline",)).sql(
     "VALUES ($1, $2, $3)"

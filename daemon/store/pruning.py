@@ -57,6 +57,7 @@ _OF_RUN: dict[str, tuple[str, ...]] = {
     "approvals": ("run_id", "key"),
     "decisions": ("run_id", "key", "attempt", "who"),
     "task_logs": ("run_id", "seq"),
+    "waits": ("run_id", "key", "attempt"),
 }
 
 _OUTBOX_DONE = "(sent_at IS NOT NULL OR next_at >= ?)"

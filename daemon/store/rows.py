@@ -36,6 +36,7 @@ __all__ = [
     "Row",
     "RunRow",
     "Store",
+    "WaitRow",
 ]
 
 
@@ -191,6 +192,40 @@ class ApprovalRow:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitRow:
+    """A task instance parked until an event comes (``kind`` ``event``: a ``wait_event``
+    task) or a moment (``timer``: a durable ``sleep``), and how that ended.
+
+    ``state`` goes from ``waiting`` to ``matched`` (intake, in the transaction of the
+    event), ``expired`` (its deadline passed) or ``cancelled`` (with its run), once: the
+    store writes a wait that is no longer ``waiting`` only to mark it ``applied`` (its run
+    went on), so two wake-ups racing each other (an event and the deadline) settle it one
+    way. ``scanned``: the events recorded before it (its lookback) have been checked.
+    """
+
+    run_id: str
+    key: str
+    attempt: int
+    kind: str  # event, timer
+    source: str | None
+    match: str | None
+    context: dict[str, Any]
+    """The values ``match`` reads besides the event (``inputs``, ``tasks``, ...)."""
+    lookback_from: float | None
+    """Events recorded from this moment on, before the wait began, wake it too."""
+    deadline_at: float | None
+    on_timeout: str  # fail, succeed
+    opened_at: float
+    state: str = "waiting"  # waiting, matched, expired, cancelled
+    event_id: str | None = None
+    output: str | None = None
+    """The task's output, as JSON, once settled."""
+    settled_at: float | None = None
+    scanned: int = 0
+    applied: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class DecisionRow:
     """One person's decision on a gate: who, when and why."""
 
@@ -238,6 +273,7 @@ Row = (
     | DecisionRow
     | LogLineRow
     | LogTrim
+    | WaitRow
 )
 
 
@@ -249,7 +285,7 @@ class PrunePolicy:
 
     runs_before: float | None = None
     """Finished runs that ended before this, with their task instances, attempts,
-    approval gates, decisions and task log lines."""
+    approval gates, decisions, waits and task log lines."""
     events_before: float | None = None
     """Events received before this (a run keeps its ``event_id``, which may then name
     an event no longer kept)."""
@@ -274,6 +310,7 @@ class PruneCounts:
     events: int = 0
     dedupe_keys: int = 0
     outbox: int = 0
+    waits: int = 0
 
     def __add__(self, other: PruneCounts) -> PruneCounts:
         return PruneCounts(*(getattr(self, f) + getattr(other, f) for f in self.tables()))
@@ -418,6 +455,30 @@ class Store(Protocol):
     async def approvals_due(self, before: float) -> list[ApprovalRow]: ...
 
     async def get_decisions(self, run_id: str, key: str | None = None) -> list[DecisionRow]: ...
+
+    async def waits_of_sources(
+        self, sources: Sequence[str], *, after: tuple[str, str, int] | None = None, limit: int
+    ) -> list[WaitRow]:
+        """Event waits of these sources still ``waiting``, a page at a time (by the index
+        on source and state), in order of (run, key, attempt), after ``after``."""
+
+    async def waits_to_scan(self, limit: int) -> list[WaitRow]:
+        """Event waits still ``waiting`` whose lookback has not been checked yet."""
+
+    async def next_wait_deadline(self) -> float | None:
+        """The earliest deadline of a ``waiting`` wait (a timer's moment), if any."""
+
+    async def waits_due(self, before: float, limit: int) -> list[WaitRow]:
+        """Waits still ``waiting`` whose deadline is ``before`` or earlier."""
+
+    async def waits_settled(self, limit: int) -> list[WaitRow]:
+        """Waits matched or expired whose run has not gone on yet (not ``applied``)."""
+
+    async def get_waits(self, run_id: str) -> list[WaitRow]:
+        """Every wait of a run, whatever its state."""
+
+    async def events_of_source(self, source: str, since: float, *, limit: int) -> list[EventRow]:
+        """Events of ``source`` received at ``since`` or later, oldest first."""
 
     async def outbox_due(self, before: float, limit: int = 100) -> list[OutboxRow]:
         """Unsent alerts whose next try is due by ``before``, oldest first."""

@@ -43,6 +43,7 @@ from cued.daemon.store import (
     PauseRow,
     PruneCounts,
     RunRow,
+    WaitRow,
     pruning,
 )
 from cued.daemon.store.filemodes import private_state_files
@@ -77,6 +78,18 @@ _PUT_INSTANCE = "INSERT OR REPLACE INTO task_instances VALUES (?, ?, ?, ?, ?, ?,
 _DELETE_INSTANCE = "DELETE FROM task_instances WHERE run_id = ? AND key = ?"
 _PUT_APPROVAL = "INSERT OR REPLACE INTO approvals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _PUT_DECISION = "INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# a wait settles once: what is no longer waiting changes only to be marked applied (its
+# run went on), so an event and a deadline racing each other settle it one way
+_WAIT_SETTLES = """
+ON CONFLICT (run_id, key, attempt) DO UPDATE SET state = excluded.state,
+    event_id = excluded.event_id, output = excluded.output,
+    settled_at = excluded.settled_at, scanned = excluded.scanned, applied = excluded.applied
+WHERE (waits.state = 'waiting' AND (excluded.state <> 'waiting' OR excluded.scanned > waits.scanned))
+    OR (waits.state = excluded.state AND excluded.applied > waits.applied)
+"""
+_PUT_WAIT = (
+    "INSERT INTO waits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" + _WAIT_SETTLES
+)
 _PUT_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # an alert already queued keeps its place and its history: only its delivery is updated
 _PUT_OUTBOX = """
@@ -124,6 +137,7 @@ class _Batch:
         "log_trims",
         "outbox",
         "runs",
+        "waits",
     )
 
     def __init__(self) -> None:
@@ -139,6 +153,7 @@ class _Batch:
         self.decisions: dict[tuple[str, str, int, str], DecisionRow] = {}
         self.log_lines: dict[tuple[str, int], LogLineRow] = {}
         self.log_trims: dict[tuple[str, str, int], LogTrim] = {}
+        self.waits: dict[tuple[str, str, int], WaitRow] = {}
         self.done = anyio.Event()
         self.error: BaseException | None = None
 
@@ -162,6 +177,13 @@ class _Batch:
             self.decisions[row.run_id, row.key, row.attempt, row.who] = row
         elif isinstance(row, LogLineRow):
             self.log_lines[row.run_id, row.seq] = row
+        elif isinstance(row, WaitRow):
+            key3 = (row.run_id, row.key, row.attempt)
+            before = self.waits.get(key3)
+            # the later of two only if it is as far along: a settled wait is not made
+            # waiting again by a row submitted after it (as the store's own upsert)
+            if before is None or _wait_rank(row) >= _wait_rank(before):
+                self.waits[key3] = row
         elif isinstance(row, LogTrim):
             trim = self.log_trims.get((row.run_id, row.key, row.attempt))
             if trim is None or trim.before_seq < row.before_seq:
@@ -184,6 +206,7 @@ class _Batch:
             *self.gone.values(),
             *self.log_lines.values(),
             *self.log_trims.values(),
+            *self.waits.values(),
         ]
 
     def __bool__(self) -> bool:
@@ -200,6 +223,7 @@ class _Batch:
             or self.decisions
             or self.log_lines
             or self.log_trims
+            or self.waits
         )
 
     async def wait(self) -> None:
@@ -217,6 +241,7 @@ class _Batch:
             self.gone,
             self.log_lines,
             self.log_trims,
+            self.waits,
         )
         return set(self.runs) | {key[0] for rows in keyed for key in rows}
 
@@ -343,6 +368,7 @@ class SqliteStore:
             (batch.outbox, _PUT_OUTBOX),
             (batch.approvals, _PUT_APPROVAL),
             (batch.decisions, _PUT_DECISION),
+            (batch.waits, _PUT_WAIT),
             (batch.log_lines, _PUT_LOG_LINE),
             # after the lines: a line of this batch below the cut goes too
             (batch.log_trims, _TRIM_LOG),
@@ -552,6 +578,63 @@ class SqliteStore:
             "SELECT * FROM approvals WHERE state = 'waiting' AND deadline_at <= ?", (before,)
         )
         return [_approval(r) for r in rows]
+
+    async def waits_of_sources(
+        self, sources: Sequence[str], *, after: tuple[str, str, int] | None = None, limit: int
+    ) -> list[WaitRow]:
+        marks = ",".join("?" * len(sources))
+        clause, args = "", list[Any](sources)
+        if after is not None:
+            clause = "AND (run_id, key, attempt) > (?, ?, ?)"
+            args.extend(after)
+        rows = await self._reader.execute_fetchall(
+            f"SELECT * FROM waits WHERE state = 'waiting' AND kind = 'event' "
+            f"AND source IN ({marks}) {clause} ORDER BY run_id, key, attempt LIMIT ?",
+            [*args, limit],
+        )
+        return [_wait(r) for r in rows]
+
+    async def waits_to_scan(self, limit: int) -> list[WaitRow]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT * FROM waits WHERE state = 'waiting' AND scanned = 0 ORDER BY run_id LIMIT ?",
+            (limit,),
+        )
+        return [_wait(r) for r in rows]
+
+    async def next_wait_deadline(self) -> float | None:
+        rows = await self._reader.execute_fetchall(
+            "SELECT min(deadline_at) FROM waits WHERE state = 'waiting'"
+        )
+        return next((float(at) for (at,) in rows if at is not None), None)
+
+    async def waits_due(self, before: float, limit: int) -> list[WaitRow]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT * FROM waits WHERE state = 'waiting' AND deadline_at <= ? "
+            "ORDER BY deadline_at LIMIT ?",
+            (before, limit),
+        )
+        return [_wait(r) for r in rows]
+
+    async def waits_settled(self, limit: int) -> list[WaitRow]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT * FROM waits WHERE state <> 'waiting' AND applied = 0 ORDER BY run_id LIMIT ?",
+            (limit,),
+        )
+        return [_wait(r) for r in rows]
+
+    async def get_waits(self, run_id: str) -> list[WaitRow]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT * FROM waits WHERE run_id = ? ORDER BY opened_at, key, attempt", (run_id,)
+        )
+        return [_wait(r) for r in rows]
+
+    async def events_of_source(self, source: str, since: float, *, limit: int) -> list[EventRow]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT * FROM events WHERE source = ? AND received_at >= ? "
+            "ORDER BY received_at, event_id LIMIT ?",
+            (source, since, limit),
+        )
+        return [_event(r) for r in rows]
 
     async def get_decisions(self, run_id: str, key: str | None = None) -> list[DecisionRow]:
         clause, args = ("AND key = ?", [run_id, key]) if key else ("", [run_id])
@@ -844,7 +927,9 @@ def _loads(text: str | None) -> Any:
 
 # Row fields held as JSON text; every other field is stored as it is. A row's fields are
 # in the order of its table's columns.
-_JSON_FIELDS = frozenset({"inputs", "data", "meta", "run_ids", "payload", "usage", "approvers"})
+_JSON_FIELDS = frozenset(
+    {"inputs", "data", "meta", "run_ids", "payload", "usage", "approvers", "context"}
+)
 
 
 def _approval(r: Any) -> ApprovalRow:
@@ -862,6 +947,19 @@ def _approval(r: Any) -> ApprovalRow:
         r[10],
         r[11],
     )
+
+
+def _wait(r: Any) -> WaitRow:
+    return WaitRow(
+        r[0], r[1], r[2], r[3], r[4], r[5],
+        stored(r[6]),  # context: what match reads, event data among it
+        r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15], r[16],
+    )  # fmt: skip
+
+
+def _wait_rank(row: WaitRow) -> int:
+    """How far along a wait is: waiting, scanned, settled, applied."""
+    return 3 if row.applied else 2 if row.state != "waiting" else row.scanned
 
 
 #: How long the writer waits to try a commit again after the file stayed locked by another
