@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cued.daemon.sdk import AwaitingTime, PermanentTaskError, as_moment, has_template, now
 
@@ -37,12 +37,17 @@ class SleepParams(BaseModel):
     seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     until: float | str | None = None
 
+    @field_validator("until")
+    @classmethod
+    def _a_time(cls, until: float | str | None) -> float | str | None:
+        if until is not None and not (isinstance(until, str) and has_template(until)):
+            as_moment(until)  # raises what is wrong with it
+        return until
+
     @model_validator(mode="after")
     def _one_of(self) -> SleepParams:
         if self.until is not None and self.seconds:
             raise ValueError("give seconds or until, not both")
-        if isinstance(self.until, str) and not has_template(self.until):
-            as_moment(self.until)  # raises what is wrong with it
         return self
 
 

@@ -42,6 +42,7 @@ from cued.daemon.config.tomlpos import KeyLines
 from cued.daemon.core import graph, templates
 from cued.daemon.core.assets import asset_of
 from cued.daemon.core.loopback import is_loopback_listen
+from cued.daemon.core.waits import EVENT_FIELDS
 from cued.daemon.errors import ConfigError, ConfigProblem, CuedError
 
 __all__ = [
@@ -466,8 +467,10 @@ class _Checker:
         if not isinstance(pipelines, dict):
             self.add(("pipelines",), "must be a table of pipelines, [pipelines.NAME]")
             pipelines = {}
+        sources = raw.get("sources", {})
         for name, pipeline in pipelines.items():
             self.check_pipeline(name, pipeline, pools)
+            self.check_waits(name, pipeline, sources if isinstance(sources, dict) else {})
         self.validate(RetentionConfig, raw.get("retention", {}), ("retention",))
         if "telemetry" in raw:
             self.validate(TelemetryConfig, raw["telemetry"], ("telemetry",))
@@ -486,7 +489,6 @@ class _Checker:
                 "API and UI take no token: listen on 127.0.0.1, [::1] or localhost, or "
                 "add [auth.users.NAME] with tokens",
             )
-        sources = raw.get("sources", {})
         if not isinstance(sources, dict):
             self.add(("sources",), "must be a table of sources, [sources.NAME]")
             sources = {}
@@ -560,6 +562,41 @@ class _Checker:
             upstream = graph.ancestors(deps, task_name)  # copes with cycles
             known_upstream = None if unread & {task_name, *upstream} else upstream
             self.check_templates(task_name, task, at, inputs, known_upstream)
+
+    def check_waits(self, name: str, raw: Any, sources: dict[str, Any]) -> None:
+        """A ``wait_event`` task's ``source`` is a configured source and its ``match``
+        compiles and reads only what a wait has (its kind's model checks the rest)."""
+        tasks = raw.get("tasks") if isinstance(raw, dict) else None
+        inputs = raw.get("inputs") if isinstance(raw, dict) else None
+        inputs = inputs if isinstance(inputs, dict) else {}
+        for task_name, task in (tasks if isinstance(tasks, dict) else {}).items():
+            if not isinstance(task, dict) or task.get("kind") != "wait_event":
+                continue
+            at: tuple[str | int, ...] = ("pipelines", name, "tasks", task_name)
+            source = task.get("source")
+            if isinstance(source, str) and source not in sources:
+                self.add((*at, "source"), _unknown(source, tuple(sources), "source"))
+            match = task.get("match")
+            if not isinstance(match, str):
+                continue
+            if templates.has_template(match):
+                self.add((*at, "match"), "is an expression, not a template: leave out {{ }}")
+                continue
+            try:
+                refs = templates.references(templates.when_expression(match))
+            except templates.TemplateProblem as exc:
+                self.add((*at, "match"), str(exc))
+                continue
+            for ref in refs:
+                if ref.root == "event":
+                    if ref.name not in (None, *EVENT_FIELDS):
+                        known = ", ".join(f"event.{f}" for f in EVENT_FIELDS)
+                        self.add(
+                            (*at, "match"),
+                            f"refers to event.{ref.name}, which does not exist ({known} do)",
+                        )
+                elif problem := _reference_problem(ref, "match", "map" in task, inputs, None):
+                    self.add((*at, "match"), problem.replace("(use inputs,", "(use event, inputs,"))
 
     def check_source(self, name: str, raw: Any) -> None:
         at: tuple[str | int, ...] = ("sources", name)
