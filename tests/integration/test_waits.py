@@ -4,6 +4,8 @@ that came before, within its lookback), or its timeout settles it; a ``sleep`` w
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import httpx
 import pytest
@@ -90,3 +92,83 @@ async def test_an_event_that_matches_wakes_the_run_and_others_do_not(make_config
     assert output["event"]["source"] == "payments"
     assert (wait.state, wait.applied, wait.event_id) == ("matched", 1, output["event"]["id"])
 
+
+
+async def test_an_event_within_the_lookback_wakes_a_wait_that_began_after_it(make_config):
+    config = make_config(checkout('lookback = "1h"'))
+    async with daemon_running(config) as info:
+        with anyio.fail_after(30):
+            receipt = await _post(info, {"order_id": "A-1"})
+            run_id = (await info.runner.start_run("checkout", {"order_id": "A-1"})).run_id
+            row = await _settled(info, run_id)
+            (wait,) = await info.runner.store.get_waits(run_id)
+    assert row.state == "succeeded"
+    assert (wait.state, wait.event_id) == ("matched", receipt["event_id"])
+
+
+async def test_without_a_lookback_an_earlier_event_does_not_count(make_config):
+    config = make_config(checkout())
+    async with daemon_running(config) as info:
+        with anyio.fail_after(30):
+            await _post(info, {"order_id": "A-1"})
+            run_id = (await info.runner.start_run("checkout", {"order_id": "A-1"})).run_id
+            (wait,) = await _waiting(info, run_id)
+            assert wait.state == "waiting"
+            await repair.cancel(info.runner, run_id)
+            (wait,) = await info.runner.store.get_waits(run_id)
+            row = await info.runner.store.get_run(run_id)
+    assert (row.state, wait.state) == ("cancelled", "cancelled")
+
+
+@pytest.mark.parametrize(
+    ("on_timeout", "run_state", "payment"),
+    [
+        pytest.param("succeed", "succeeded", "succeeded", id="succeed"),
+        pytest.param("fail", "failed", "failed", id="fail"),
+    ],
+)
+async def test_a_wait_that_times_out_settles_as_configured(
+    make_config, on_timeout, run_state, payment
+):
+    config = make_config(checkout(f'timeout = "300ms"\non_timeout = "{on_timeout}"'))
+    async with daemon_running(config) as info:
+        with anyio.fail_after(30):
+            run_id = (await info.runner.start_run("checkout", {"order_id": "A-1"})).run_id
+            row = await _settled(info, run_id)
+            states = {i.key: i.state for i in await info.runner.store.get_instances(run_id)}
+            attempts = {a.key: a for a in await info.runner.store.get_attempts(run_id)}
+            (wait,) = await info.runner.store.get_waits(run_id)
+    assert row.state == run_state
+    assert states["payment"] == payment
+    assert states["after"] == "succeeded"  # all_done: it reads how the wait ended
+    assert attempts["payment"].output == {"event": None, "timed_out": True}
+    assert (wait.state, wait.applied) == ("expired", 1)
+
+
+SLEEPER = """
+[pipelines.nap]
+inputs = { at = 0.0 }
+[pipelines.nap.tasks.first]
+kind = "sleep"
+[pipelines.nap.tasks.until]
+kind = "sleep"
+needs = ["first"]
+until = "{{ inputs.at | add_duration('300ms') }}"
+"""
+
+
+async def test_a_sleep_until_parks_the_run_and_wakes_it_at_the_moment(make_config):
+    config = make_config(SLEEPER)
+    async with daemon_running(config) as info:
+        with anyio.fail_after(30):
+            at = time.time()
+            run_id = (await info.runner.start_run("nap", {"at": at})).run_id
+            parked = await info.runner.wait(run_id)
+            row = await _settled(info, run_id)
+            (wait,) = await info.runner.store.get_waits(run_id)
+            attempts = {a.key: a for a in await info.runner.store.get_attempts(run_id)}
+    assert parked.state in ("waiting", "succeeded")
+    assert row.state == "succeeded"
+    assert (wait.kind, wait.state, wait.deadline_at) == ("timer", "expired", at + 0.3)
+    assert attempts["until"].output == {"until": at + 0.3}
+    assert attempts["until"].ended_at >= at + 0.3
