@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from cued.daemon.ops import repair
+from tests.support import probes
 from tests.support.running import daemon_running
 from tests.support.stores import keeping_state_in
 
@@ -172,3 +173,30 @@ async def test_a_sleep_until_parks_the_run_and_wakes_it_at_the_moment(make_confi
     assert (wait.kind, wait.state, wait.deadline_at) == ("timer", "expired", at + 0.3)
     assert attempts["until"].output == {"until": at + 0.3}
     assert attempts["until"].ended_at >= at + 0.3
+
+
+async def test_an_event_wakes_a_wait_whose_run_still_runs_other_tasks(make_config):
+    """The run is in memory (a sibling holds a slot): the wait is settled there, in the
+    transaction of its mark, and the run does not leave memory for it."""
+    probe = probes.reset()
+    hold = """
+[pipelines.checkout.tasks.hold]
+kind = "python"
+function = "tests.support.probes:record"
+args = { name = "hold", until_released = true }
+"""
+    config = make_config(checkout() + hold)
+    async with daemon_running(config) as info:
+        with anyio.fail_after(30):
+            run_id = (await info.runner.start_run("checkout", {"order_id": "A-1"})).run_id
+            await probe.entered.wait()
+            await _waiting(info, run_id)
+            await _post(info, {"order_id": "A-1"})
+            while (await info.runner.store.get_waits(run_id))[0].applied == 0:
+                await anyio.sleep(0.02)
+            states = {i.key: i.state for i in await info.runner.store.get_instances(run_id)}
+            assert states["payment"] == "succeeded"
+            assert states["hold"] == "running"
+            probe.released.set()
+            row = await _settled(info, run_id)
+    assert row.state == "succeeded"
