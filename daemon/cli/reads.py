@@ -21,6 +21,7 @@ from cued.daemon.cli import render
 from cued.daemon.config.state import StateSettings, read_state_settings, shown_url
 from cued.daemon.errors import NotFound
 from cued.daemon.logs import configure_logging
+from cued.daemon.ops.queries import waits_for
 from cued.daemon.reading import open_reads
 
 if TYPE_CHECKING:
@@ -124,6 +125,21 @@ async def _show(state: StateSettings, args: argparse.Namespace) -> int:
             ]
         )
     render.table(table)
+    if shown.waits:
+        render.out()
+        table = [["WAIT", "STATE", "SINCE", "UNTIL", "FOR", "WOKEN BY"]]
+        table += [
+            [
+                w.key,
+                w.state,
+                render.timestamp(w.opened_at),
+                render.timestamp(w.deadline_at),
+                render.clip(waits_for(w), 60),
+                w.event_id or "-",
+            ]
+            for w in shown.waits
+        ]
+        render.table(table)
     if gates:
         render.out()
         table = [["GATE", "STATE", "ASKED", "WHO", "DECISION", "WHEN", "COMMENT"]]

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         PauseRow,
         RunRow,
         Store,
+        WaitRow,
     )
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "Queries",
     "RunDetail",
     "load",
+    "waits_for",
 ]
 
 
@@ -72,6 +74,15 @@ class Gate:
         )
 
 
+def waits_for(wait: WaitRow) -> str:
+    """What a wait waits for, as the faces say it: ``an event of 'payments' where
+    event.data.order_id == inputs.order_id``, ``the time``."""
+    if wait.kind == "timer":
+        return "the time"
+    where = f" where {wait.match}" if wait.match else ""
+    return f"an event of {wait.source!r}{where}"
+
+
 @dataclass(frozen=True, slots=True)
 class RunDetail:
     """A run with everything recorded about it."""
@@ -86,6 +97,8 @@ class RunDetail:
     """The event that started it, if one did and ``[retention]`` kept it."""
     assets: list[lineage.ProducedAsset]
     """The asset versions it produced, by asset name."""
+    waits: list[WaitRow]
+    """Its waits (for an event, for a moment), by the time each began."""
 
     def attempts_of(self, key: str) -> list[AttemptRow]:
         """The attempts of the instance ``key``, oldest first."""
@@ -248,7 +261,7 @@ class Queries:
 
     async def run_detail(self, run_id: str, *, assets: bool = True) -> RunDetail | None:
         """A run with its task instances, their attempts, its approval gates with their
-        decisions, the event that started it and the assets it produced; ``None`` if
+        decisions, its waits, the event that started it and the assets it produced; ``None`` if
         there is no such run.
 
         :param assets: find the assets it produced (its pipeline's plan says which to
@@ -268,6 +281,7 @@ class Queries:
             [Gate.of(g, decisions) for g in gates],
             started_by[0] if started_by else None,
             await lineage.produced(store, self.plans, run) if assets else [],
+            await store.get_waits(run_id),
         )
 
     async def runs_page(

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cued.daemon.ops.queries import waits_for
+
 if TYPE_CHECKING:
     from cued.daemon.config import PipelineConfig, TriggerConfig
     from cued.daemon.ops import lineage, queries
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
         InstanceRow,
         PauseRow,
         RunRow,
+        WaitRow,
     )
 
 __all__ = [
@@ -73,6 +76,7 @@ __all__ = [
     "TriggerBody",
     "TriggerSpec",
     "UpstreamStep",
+    "Wait",
 ]
 
 
@@ -372,9 +376,45 @@ class AssetRef(_Model):
     runs: list[str]
 
 
+class Wait(_Model):
+    """A task instance parked until an event comes (``wait_event``) or a moment (``sleep``
+    with ``until``)."""
+
+    key: str
+    attempt: int
+    kind: str = Field(description="event or timer")
+    waits_for: str = Field(description="what it waits for, in words")
+    source: str | None
+    match: str | None
+    until: float | None = Field(description="its deadline (timeout), or a timer's moment")
+    on_timeout: str
+    opened_at: float
+    state: str = Field(description="waiting, matched, expired, cancelled")
+    event_id: str | None = Field(description="the event that woke it")
+    settled_at: float | None
+
+    @classmethod
+    def of(cls, row: WaitRow) -> Wait:
+        return cls(
+            key=row.key,
+            attempt=row.attempt,
+            kind=row.kind,
+            waits_for=waits_for(row),
+            source=row.source,
+            match=row.match,
+            until=row.deadline_at,
+            on_timeout=row.on_timeout,
+            opened_at=row.opened_at,
+            state=row.state,
+            event_id=row.event_id,
+            settled_at=row.settled_at,
+        )
+
+
 class RunDetail(Run):
     tasks: list[TaskInstance]
     approvals: list[Approval]
+    waits: list[Wait] = Field(description="its waits for an event or a moment")
     event: EventSummary | None = Field(description="the event that started the run")
     assets: list[AssetRef] = Field(description="the assets the run produced")
 
@@ -384,6 +424,7 @@ class RunDetail(Run):
             **Run.from_row(detail.run).model_dump(),
             tasks=[TaskInstance.of(i, detail.attempts_of(i.key)) for i in detail.instances],
             approvals=[Approval.of(g.gate, g.decisions) for g in detail.gates],
+            waits=[Wait.of(w) for w in detail.waits],
             event=EventSummary.of(detail.event) if detail.event else None,
             assets=[
                 AssetRef(asset=p.asset, event_id=p.event.event_id, runs=list(p.event.run_ids))

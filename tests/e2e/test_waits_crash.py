@@ -87,8 +87,10 @@ async def test_runs_waiting_for_events_and_timers_wake_once_across_kill_9(tmp_pa
             due = time.time() + 15
             runs["timer"] = await _trigger(api, "nap", at=due)
         await wait_for(
-            lambda: all(_state(state, r) == "waiting" for r in runs.values())
-            and all(_waits(state, r) == [("waiting", 0)] for r in runs.values())
+            lambda: (
+                all(_state(state, r) == "waiting" for r in runs.values())
+                and all(_waits(state, r) == [("waiting", 0)] for r in runs.values())
+            )
         )
         (drop / "A").write_text("paid")
         # its run ended before the kill (a task killed mid-attempt runs again: not this)
@@ -124,7 +126,8 @@ async def test_runs_waiting_for_events_and_timers_wake_once_across_kill_9(tmp_pa
     assert ended >= due
     # each wait's attempt ran once: woken, not started again
     attempts = query(
-        state, "SELECT run_id, count(*) FROM attempts WHERE key IN ('payment', 'until') GROUP BY run_id"
+        state,
+        "SELECT run_id, count(*) FROM attempts WHERE key IN ('payment', 'until') GROUP BY run_id",
     )
     assert all(n == 1 for _, n in attempts)
 

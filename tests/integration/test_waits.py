@@ -67,7 +67,8 @@ async def _settled(info, run_id):
 
 
 async def _waiting(info, run_id):
-    while not (waits := await info.runner.store.get_waits(run_id)) or waits[0].scanned == 0:
+    """The run's waits, once its lookback is checked (the store signals nothing: polled)."""
+    while not (waits := await info.runner.store.get_waits(run_id)) or waits[0].scanned == 0:  # noqa: ASYNC110
         await anyio.sleep(0.02)
     return waits
 
@@ -92,7 +93,6 @@ async def test_an_event_that_matches_wakes_the_run_and_others_do_not(make_config
     assert output["event"]["data"] == {"order_id": "A-1", "amount": 3}
     assert output["event"]["source"] == "payments"
     assert (wait.state, wait.applied, wait.event_id) == ("matched", 1, output["event"]["id"])
-
 
 
 async def test_an_event_within_the_lookback_wakes_a_wait_that_began_after_it(make_config):
@@ -192,7 +192,7 @@ args = { name = "hold", until_released = true }
             await probe.entered.wait()
             await _waiting(info, run_id)
             await _post(info, {"order_id": "A-1"})
-            while (await info.runner.store.get_waits(run_id))[0].applied == 0:
+            while (await info.runner.store.get_waits(run_id))[0].applied == 0:  # noqa: ASYNC110
                 await anyio.sleep(0.02)
             states = {i.key: i.state for i in await info.runner.store.get_instances(run_id)}
             assert states["payment"] == "succeeded"

@@ -53,7 +53,7 @@ from starlette.routing import Route
 from cued.daemon.core.assets import asset_of
 from cued.daemon.core.states import TERMINAL_RUN_STATES
 from cued.daemon.errors import InvalidRequest, NotFound
-from cued.daemon.ops.queries import Queries, load
+from cued.daemon.ops.queries import Queries, load, waits_for
 from cued.daemon.web.auth import ApiError, Caller, caller_of
 from cued.daemon.web.ui import draw
 
@@ -490,6 +490,7 @@ class _Ui:
             "timeline": timeline,
             "span": span,
             "gates": detail.gates,
+            "waits": [(w, waits_for(w)) for w in detail.waits],
             "assets": assets,
             "cost": sum(a.cost or 0.0 for a in attempts),
             "has_cost": any(a.cost is not None for a in attempts),
