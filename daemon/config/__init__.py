@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from cued.daemon.config.models import *
 
 __all__ = [
+    "CancelOnConfig",
     "Config",
     "DaemonConfig",
     "HttpConfig",

@@ -46,6 +46,7 @@ from cued.daemon.core.waits import EVENT_FIELDS
 from cued.daemon.errors import ConfigError, ConfigProblem, CuedError
 
 __all__ = [
+    "CancelOnConfig",
     "Config",
     "DaemonConfig",
     "HttpConfig",
@@ -136,6 +137,17 @@ class TaskConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class CancelOnConfig(_Model):
+    """One entry of a pipeline's ``cancel_on``: an event of ``source`` for which ``when``
+    holds cancels the pipeline's unfinished runs for which ``match`` holds."""
+
+    source: str
+    when: str | None = None
+    """Over ``event``; none: every event of the source."""
+    match: str | None = None
+    """Over ``event`` and ``run`` (``run.inputs``, ``run.id``); none: every unfinished run."""
+
+
 class PipelineConfig(_Model):
     """One ``[pipelines.NAME]`` table."""
 
@@ -148,6 +160,8 @@ class PipelineConfig(_Model):
     """While the pipeline is paused (``cued pause``), its new runs are recorded and wait
     until it is resumed (``queue``), or are recorded as ``skipped`` and never start
     (``skip``)."""
+    cancel_on: tuple[CancelOnConfig, ...] = ()
+    """Events that cancel the pipeline's unfinished runs (see :class:`CancelOnConfig`)."""
     tasks: dict[str, TaskConfig]
 
 
@@ -565,7 +579,19 @@ class _Checker:
 
     def check_waits(self, name: str, raw: Any, sources: dict[str, Any]) -> None:
         """A ``wait_event`` task's ``source`` is a configured source and its ``match``
-        compiles and reads only what a wait has (its kind's model checks the rest)."""
+        compiles and reads only what a wait has (its kind's model checks the rest); so
+        are a ``cancel_on``'s (the pipeline's model checks its keys)."""
+        cancels = raw.get("cancel_on") if isinstance(raw, dict) else None
+        for index, cancel in enumerate(cancels if isinstance(cancels, list) else []):
+            at_c: tuple[str | int, ...] = ("pipelines", name, "cancel_on", index)
+            if not isinstance(cancel, dict):
+                continue
+            source = cancel.get("source")
+            if isinstance(source, str) and source not in sources:
+                self.add((*at_c, "source"), _unknown(source, tuple(sources), "source"))
+            for key, roots in (("when", ("event",)), ("match", ("event", "run"))):
+                if isinstance(text := cancel.get(key), str):
+                    self.check_expression((*at_c, key), text, roots)
         tasks = raw.get("tasks") if isinstance(raw, dict) else None
         inputs = raw.get("inputs") if isinstance(raw, dict) else None
         inputs = inputs if isinstance(inputs, dict) else {}
@@ -576,27 +602,56 @@ class _Checker:
             source = task.get("source")
             if isinstance(source, str) and source not in sources:
                 self.add((*at, "source"), _unknown(source, tuple(sources), "source"))
-            match = task.get("match")
-            if not isinstance(match, str):
-                continue
-            if templates.has_template(match):
-                self.add((*at, "match"), "is an expression, not a template: leave out {{ }}")
-                continue
-            try:
-                refs = templates.references(templates.when_expression(match))
-            except templates.TemplateProblem as exc:
-                self.add((*at, "match"), str(exc))
-                continue
-            for ref in refs:
-                if ref.root == "event":
-                    if ref.name not in (None, *EVENT_FIELDS):
-                        known = ", ".join(f"event.{f}" for f in EVENT_FIELDS)
-                        self.add(
-                            (*at, "match"),
-                            f"refers to event.{ref.name}, which does not exist ({known} do)",
-                        )
-                elif problem := _reference_problem(ref, "match", "map" in task, inputs, None):
-                    self.add((*at, "match"), problem.replace("(use inputs,", "(use event, inputs,"))
+            if isinstance(match := task.get("match"), str):
+                self.check_expression(
+                    (*at, "match"),
+                    match,
+                    ("event", "inputs", "tasks", "run", "item"),
+                    inputs,
+                    mapped="map" in task,
+                )
+
+    def check_expression(
+        self,
+        at: tuple[str | int, ...],
+        text: str,
+        roots: tuple[str, ...],
+        inputs: dict[str, Any] | None = None,
+        *,
+        mapped: bool = False,
+    ) -> None:
+        """An expression (a ``match``, a ``when``) compiles and reads only ``roots``.
+
+        :param inputs: the pipeline's declared inputs, where ``inputs`` is among ``roots``
+        """
+        if templates.has_template(text):
+            self.add(at, "is an expression, not a template: leave out {{ }}")
+            return
+        try:
+            refs = templates.references(templates.when_expression(text))
+        except templates.TemplateProblem as exc:
+            self.add(at, str(exc))
+            return
+        for ref in refs:
+            problem = None
+            if ref.root not in roots:
+                problem = (
+                    f"refers to {ref.root!r}, which does not exist here (use {', '.join(roots)})"
+                )
+            elif ref.root == "event":
+                if ref.name not in (None, *EVENT_FIELDS):
+                    known = ", ".join(f"event.{f}" for f in EVENT_FIELDS)
+                    problem = f"refers to event.{ref.name}, which does not exist ({known} do)"
+            elif ref.root == "run" and "inputs" not in roots:  # a cancel_on's run
+                if ref.name not in (None, "id", "pipeline", "inputs"):
+                    problem = (
+                        f"refers to run.{ref.name}, which does not exist "
+                        "(run.id, run.pipeline, run.inputs do)"
+                    )
+            else:
+                problem = _reference_problem(ref, str(at[-1]), mapped, inputs or {}, None)
+            if problem:
+                self.add(at, problem)
 
     def check_source(self, name: str, raw: Any) -> None:
         at: tuple[str | int, ...] = ("sources", name)

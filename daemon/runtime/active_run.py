@@ -98,6 +98,7 @@ class ActiveRun:
         self._scope: anyio.CancelScope | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._cancelled = False
+        self._cancel_reason: str | None = None
         self._fresh = False
 
     @property
@@ -166,9 +167,13 @@ class ActiveRun:
                 self._write()
         return engine.state
 
-    async def cancel(self) -> None:
+    async def cancel(self, reason: str | None = None) -> None:
         """Cancel the run: its running tasks are cancelled, nothing more of it starts.
-        Returns once it has left memory."""
+        Returns once it has left memory.
+
+        :param reason: kept as the run's error (an event that cancelled it)
+        """
+        self._cancel_reason = reason
         if self.engine is None:  # still waiting in the backlog, or about to start
             self._cancelled = True
             await self.finish(RunState.CANCELLED)
@@ -231,6 +236,8 @@ class ActiveRun:
         if state is RunState.FAILED and engine is not None:
             failed = [i for i in engine.instances() if i.state is State.FAILED]
             error = "; ".join(f"{i.key}: {i.error}" for i in failed[:3]) or None
+        elif state is RunState.CANCELLED:
+            error = self._cancel_reason
         self.row = _run_row(self.row, state.value, self.row.started_at, now(), error)
         with anyio.CancelScope(shield=True):
             rows: list[Row] = [self.row]

@@ -12,10 +12,12 @@ check and one commit, not a hundred of each:
 3. find the waits (``wait_event`` tasks, parked in the store) of the batch's sources that
    its events wake: a page of waits at a time, read by the index on source, each
    evaluated against the batch's events of its source, nothing kept once the batch is
-   prepared;
+   prepared; and, for a source that pipelines' ``cancel_on`` names, the unfinished runs
+   its events cancel (read a page at a time as well), as requests to cancel them;
 4. submit event rows, run rows, dedupe keys, woken waits and the sources' cursors as *one*
    submission, which the store commits in one transaction;
-5. once committed: hand the new runs to the runner (and the woken waits) (the :class:`RunQueue` the loop is
+5. once committed: hand the new runs to the runner (and the woken waits, and the runs
+   to cancel) (the :class:`RunQueue` the loop is
    given) and answer every caller, which then acknowledges to its source.
 
 Each event recorded gets a span, from matching to commit, a child of the caller's span
@@ -38,18 +40,18 @@ import anyio
 from cued.daemon.core.ids import now
 from cued.daemon.core.tracecontext import parse_traceparent
 from cued.daemon.core.triggers import Match, match
-from cued.daemon.core.waits import event_output, first_match
+from cued.daemon.core.waits import event_output, first_match, matches
 from cued.daemon.errors import CuedError, StoreError
 from cued.daemon.logs import get_logger
 from cued.daemon.runtime.waits import settled_wait
 from cued.daemon.sdk.sources import Receipt
 from cued.daemon.sdk.tracing import NO_SPAN, Span, Tracing
-from cued.daemon.store import CursorRow, DedupeRow, EventRow
+from cued.daemon.store import CancelRow, CursorRow, DedupeRow, EventRow
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from cued.daemon.config import Config, TriggerConfig
+    from cued.daemon.config import CancelOnConfig, Config, TriggerConfig
     from cued.daemon.sdk.sources import Event
     from cued.daemon.store import Durable, Row, RunRow, Store
 
@@ -88,7 +90,8 @@ class RunQueue(Protocol):
         """Start, or queue, a run that is recorded."""
 
     def wake_waits(self) -> None:
-        """Waits were woken by events just recorded: go on with their runs."""
+        """Waits were woken (or runs asked to be cancelled) by events just recorded: go
+        on with their runs."""
 
 
 @dataclass(eq=False)
@@ -141,6 +144,7 @@ class DaemonIntake:
         self._tracing = tracing or Tracing()
         self._triggers = _by_source(config.triggers)
         self._wait_sources = _wait_sources(config)
+        self._cancel_on = _cancel_on(config)
         self._in_hand: set[anyio.Event] = set()
         self._queue: list[_Request] = []
         self._waiting: set[_Request] = set()  # handed in, not yet answered
@@ -156,6 +160,7 @@ class DaemonIntake:
         self._triggers = _by_source(config.triggers)
         # never fewer: waits of the old configuration's tasks may still be parked
         self._wait_sources |= _wait_sources(config)
+        self._cancel_on = _cancel_on(config)
 
     async def flushed(self) -> None:
         """Return once every batch being prepared or committed now is committed (or
@@ -301,6 +306,7 @@ class DaemonIntake:
             request.receipts.append(Receipt(event.event_id, status, run_ids, error))
             self.received[event.source] += 1
         await self._wake_waits(batch)
+        await self._cancel_runs(batch)
         for request in requests:
             if request.cursor is not None and request.events:
                 batch.rows.append(CursorRow(request.events[0].source, request.cursor, stamp))
@@ -309,15 +315,35 @@ class DaemonIntake:
         self._pending_keys |= batch.keys
         return self._store.submit(batch.rows)
 
+    async def _cancel_runs(self, batch: _Batch) -> None:
+        """Add to ``batch`` requests to cancel the runs its events cancel (a pipeline's
+        ``cancel_on``; see the module's step 3)."""
+        asked: set[str] = set()
+        for source, events in _events_of(batch, set(self._cancel_on)).items():
+            for pipeline, cancel in self._cancel_on[source]:
+                fired = [e for e in events if matches(cancel.when, {}, e)]
+                if not fired:
+                    continue
+                after = ""
+                while runs := await self._store.unfinished_runs(
+                    pipeline, after=after, limit=_WAIT_PAGE
+                ):
+                    for run in runs:
+                        context = {
+                            "run": {"id": run.run_id, "pipeline": pipeline, "inputs": run.inputs}
+                        }
+                        found = first_match(cancel.match, context, fired)
+                        if found is not None and run.run_id not in asked:
+                            asked.add(run.run_id)
+                            batch.rows.append(CancelRow(run.run_id, found["id"], source, now()))
+                            batch.woken += 1
+                    if len(runs) < _WAIT_PAGE:
+                        break
+                    after = runs[-1].run_id
+
     async def _wake_waits(self, batch: _Batch) -> None:
         """Add to ``batch`` the waits its events wake (see the module's step 3)."""
-        recorded = [row for row in batch.rows if isinstance(row, EventRow)]
-        by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for row in recorded:
-            if row.source in self._wait_sources and row.status != "invalid":
-                by_source[row.source].append(
-                    event_output(row.event_id, row.source, row.data, row.meta, row.received_at)
-                )
+        by_source = _events_of(batch, self._wait_sources)
         if not by_source:
             return
         after = None
@@ -412,6 +438,27 @@ class DaemonIntake:
             kind="consumer",
             attributes={"cued.event.id": event.event_id, "cued.source": event.source},
         )
+
+
+def _events_of(batch: _Batch, sources: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """The events ``batch`` records of ``sources`` (not invalid ones), by source, as an
+    expression reads them (``event.*``)."""
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in batch.rows:
+        if isinstance(row, EventRow) and row.source in sources and row.status != "invalid":
+            found[row.source].append(
+                event_output(row.event_id, row.source, row.data, row.meta, row.received_at)
+            )
+    return found
+
+
+def _cancel_on(config: Config) -> dict[str, list[tuple[str, CancelOnConfig]]]:
+    """The pipelines' ``cancel_on``, by the source they name."""
+    found: dict[str, list[tuple[str, CancelOnConfig]]] = defaultdict(list)
+    for name, pipeline in config.pipelines.items():
+        for cancel in pipeline.cancel_on:
+            found[cancel.source].append((name, cancel))
+    return found
 
 
 def _wait_sources(config: Config) -> set[str]:

@@ -43,11 +43,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from cued.daemon.core.backoff import backoff_s
-from cued.daemon.core.engine import Instance, RunState
+from cued.daemon.core.engine import Instance, RunState, State
 from cued.daemon.core.ids import new_id, now
 from cued.daemon.core.plan import PipelinePlan
 from cued.daemon.core.states import TERMINAL_RUN_STATES
-from cued.daemon.errors import InvalidRequest, NotFound
+from cued.daemon.errors import Conflict, InvalidRequest, NotFound
 from cued.daemon.logs import get_logger
 from cued.daemon.runtime.active_run import ActiveRun, Driving
 from cued.daemon.runtime.attempts import TaskAttempts
@@ -62,7 +62,7 @@ from cued.daemon.sdk.tracing import Tracing
 from cued.daemon.store import InstanceRow, PauseRow, RunRow
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
     import httpx
     import structlog
@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from cued.daemon.runtime.backlog import Backlog
     from cued.daemon.runtime.run_alerts import AlertSink
     from cued.daemon.sdk.kinds import Spending, TaskKind
-    from cued.daemon.store import Store
+    from cued.daemon.store import Row, Store
 
 __all__ = ["Runner"]
 
@@ -264,6 +264,7 @@ class Runner:
                 self._enqueue_cold(row.pipeline, row.run_id)
         if resumed:
             self.log.info("runs_resumed", count=resumed)
+        self.waits.wake()  # what waited for the runs to be in memory goes on
         return resumed
 
     async def _resume_all(self) -> int:
@@ -602,9 +603,10 @@ class Runner:
         row, instances, outputs = found
         self.enqueue(row, instances_of(instances, outputs))
 
-    async def cancel(self, run_id: str) -> RunRow:
+    async def cancel(self, run_id: str, *, reason: str | None = None) -> RunRow:
         """Cancel a run: its running tasks are cancelled, nothing more of it starts.
 
+        :param reason: kept as the run's error (an event that cancelled it)
         :raises NotFound: if the run is not known or already finished
         """
         run = self._runs.get(run_id)
@@ -618,15 +620,58 @@ class Runner:
             run = ActiveRun(row, self._plan_of(row), {}, self._driving)
             self._runs[run_id] = run
             try:
-                await run.cancel()
+                await run.cancel(reason)
             finally:
                 self._moved.set()
                 self._moved = anyio.Event()
             return run.row
         if run.engine is None:  # still waiting in the backlog, or about to start
             self.backlog.remove(run.row.pipeline, lambda r: r is run)
-        await run.cancel()
+        await run.cancel(reason)
         return run.row
+
+    async def cancel_stored(
+        self, run_id: str, *, reason: str | None = None, extra: Sequence[Row] = ()
+    ) -> RunRow:
+        """Cancel a run that is not in memory: parked (waiting for a decision, an event or
+        a moment), or held queued while its pipeline is paused; ``extra`` rows commit
+        with it.
+
+        :raises NotFound: if there is no such run
+        :raises Conflict: if it has finished already
+        """
+        found = await self.store.run_state(run_id)
+        if found is None:
+            raise NotFound(f"no run {run_id!r}")
+        run, instances, _ = found
+        if run.state not in (RunState.WAITING, RunState.QUEUED):
+            raise Conflict(f"run {run_id!r} has finished already ({run.state})")
+        stamp = now()
+        rows: list[Row] = [
+            replace(i, state=State.CANCELLED.value, updated_at=stamp)
+            for i in instances
+            if State(i.state) not in (State.SUCCEEDED, State.FAILED, State.UPSTREAM_FAILED)
+        ]
+        rows.extend(
+            replace(gate, state="cancelled", decided_at=stamp)
+            for gate in await self.store.get_approvals(run_id)
+            if gate.state == "waiting"
+        )
+        rows.extend(
+            replace(wait, state="cancelled", settled_at=stamp, applied=1)
+            for wait in await self.store.get_waits(run_id)
+            if wait.state == "waiting"
+        )
+        cancelled = replace(run, state=RunState.CANCELLED.value, ended_at=stamp, error=reason)
+        rows.append(cancelled)
+        rows.extend(extra)
+        await self.store.submit(rows).wait()
+        return cancelled
+
+    def resuming(self) -> bool:
+        """Whether the runs unfinished at the last stop are still to be resumed (a run
+        recorded running is then not in memory yet)."""
+        return self._held is not None
 
     async def wait(self, run_id: str) -> RunRow:
         """Wait for a run to finish (or park at a gate) and return its row.

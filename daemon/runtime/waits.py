@@ -19,6 +19,11 @@ parked, in memory if other tasks of it still run), in one transaction with the m
 kill -9 anywhere in between leaves a settled wait not applied, which the next start
 applies: the run wakes once.
 
+Runs that an event asked to cancel (a pipeline's ``cancel_on``: intake records the
+request in the event's transaction) are cancelled here too, in one transaction with the
+request's mark when the run is in the store only; a run in memory is cancelled, then its
+request marked, and a kill -9 in between finds the run ended and marks it at the start.
+
 Nothing of a wait is held in memory: each pass reads a page of what it has to do.
 """
 
@@ -27,24 +32,26 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
 from cued.daemon.core.engine import RunState, State
 from cued.daemon.core.ids import now
 from cued.daemon.core.waits import event_output, first_match, match_context
+from cued.daemon.errors import Conflict, NotFound
 from cued.daemon.logs import get_logger
 from cued.daemon.sdk.kinds import AwaitingEvent, AwaitingTime
 from cued.daemon.store import AttemptRow, WaitRow
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-    from cued.daemon.runtime.gates import GateHost
-    from cued.daemon.store import EventRow, Row, Store
+    from cued.daemon.store import EventRow, Row, RunRow, Store
 
-__all__ = ["Waits", "settled_wait", "wait_row"]
+from cued.daemon.runtime.gates import GateHost
+
+__all__ = ["WaitHost", "Waits", "settled_wait", "wait_row"]
 
 _PAGE = 500
 """Waits (or events of a lookback) read at a time."""
@@ -119,6 +126,21 @@ def _outcome(wait: WaitRow) -> tuple[bool, Any, str | None]:
     return True, output, None
 
 
+class WaitHost(GateHost, Protocol):
+    """What waking and cancelling runs needs of the runner (a port, as for gates)."""
+
+    def resuming(self) -> bool:
+        """Whether unfinished runs are still to be resumed into memory."""
+
+    async def cancel(self, run_id: str, *, reason: str | None = None) -> RunRow:
+        """Cancel a run in memory."""
+
+    async def cancel_stored(
+        self, run_id: str, *, reason: str | None = None, extra: Sequence[Row] = ()
+    ) -> RunRow:
+        """Cancel a run in the store only, with ``extra`` rows in the same transaction."""
+
+
 class Waits:
     """The waits of a runner's runs: check their lookback, expire them, and apply the
     settled ones (serve :meth:`serve` in the runner's task group).
@@ -132,7 +154,7 @@ class Waits:
     def __init__(
         self,
         store: Store,
-        host: GateHost,
+        host: WaitHost,
         flushed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
@@ -164,6 +186,7 @@ class Waits:
         await self._scan()
         await self._expire()
         await self._apply()
+        await self._cancel()
 
     async def _scan(self) -> None:
         while waits := await self._store.waits_to_scan(_PAGE):
@@ -250,6 +273,31 @@ class Waits:
             self._woke(wait)
             await self._host.resume_recorded(wait.run_id)
         return True
+
+    async def _cancel(self) -> None:
+        """Cancel the runs events asked to cancel (once every unfinished run is in
+        memory: one recorded running and not there yet would otherwise be missed)."""
+        if self._host.resuming():
+            return
+        while asked := await self._store.cancels_pending(_PAGE):
+            for request in asked:
+                reason = f"cancelled by event {request.event_id!r} of {request.source!r}"
+                done = replace(request, done=1)
+                try:
+                    if self._host.is_active(request.run_id):
+                        await self._host.cancel(request.run_id, reason=reason)
+                        await self._store.submit([done]).wait()
+                    else:
+                        await self._host.cancel_stored(
+                            request.run_id, reason=reason, extra=[done]
+                        )
+                except (NotFound, Conflict):  # it ended meanwhile
+                    await self._store.submit([done]).wait()
+                self._log.info(
+                    "run_cancelled_by_event", run_id=request.run_id, event_id=request.event_id
+                )
+            if len(asked) < _PAGE:
+                return
 
     async def _attempt_row(
         self, wait: WaitRow, ok: bool, output: Any, error: str | None

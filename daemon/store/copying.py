@@ -36,6 +36,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "task_logs": ("run_id", "seq"),
     "config_versions": ("version",),
     "waits": ("run_id", "key", "attempt"),
+    "run_cancels": ("run_id",),
 }
 
 

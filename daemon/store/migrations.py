@@ -214,6 +214,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX waits_by_deadline ON waits (deadline_at) WHERE state = 'waiting';
     CREATE INDEX waits_to_scan ON waits (run_id) WHERE state = 'waiting' AND scanned = 0;
     CREATE INDEX waits_settled ON waits (run_id) WHERE state <> 'waiting' AND applied = 0;
+    CREATE TABLE run_cancels (
+        run_id        TEXT PRIMARY KEY,
+        event_id      TEXT NOT NULL,    -- the event of a cancel_on that asked
+        source        TEXT NOT NULL,
+        requested_at  REAL NOT NULL,
+        done          INTEGER NOT NULL  -- 1: the run is cancelled (or had ended)
+    ) WITHOUT ROWID;
+    CREATE INDEX run_cancels_pending ON run_cancels (run_id) WHERE done = 0;
     """,
 )
 

@@ -199,6 +199,14 @@ PG_MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX waits_by_deadline ON waits (deadline_at) WHERE state = 'waiting';
     CREATE INDEX waits_to_scan ON waits (run_id) WHERE state = 'waiting' AND scanned = 0;
     CREATE INDEX waits_settled ON waits (run_id) WHERE state <> 'waiting' AND applied = 0;
+    CREATE TABLE run_cancels (
+        run_id        TEXT COLLATE "C" PRIMARY KEY,
+        event_id      TEXT COLLATE "C" NOT NULL,    -- the event of a cancel_on that asked
+        source        TEXT COLLATE "C" NOT NULL,
+        requested_at  DOUBLE PRECISION NOT NULL,
+        done          BIGINT NOT NULL               -- 1: the run is cancelled (or had ended)
+    );
+    CREATE INDEX run_cancels_pending ON run_cancels (run_id) WHERE done = 0;
     """,
 )
 

@@ -41,6 +41,7 @@ from cued.daemon.errors import StoreError
 from cued.daemon.store import (
     ApprovalRow,
     AttemptRow,
+    CancelRow,
     CursorRow,
     DecisionRow,
     DedupeRow,
@@ -153,6 +154,7 @@ _INTS = frozenset(
         "config_version",
         "scanned",
         "applied",
+        "done",
     }
 )
 
@@ -227,6 +229,14 @@ _PUTS: dict[str, _Put] = {
         where=" WHERE (waits.state = 'waiting' AND (excluded.state <> 'waiting' OR "
         "excluded.scanned > waits.scanned)) OR (waits.state = excluded.state AND "
         "excluded.applied > waits.applied)",
+    ),
+    # the first event to ask keeps the request; it changes only to be marked done
+    "cancels": _put(
+        CancelRow,
+        "run_cancels",
+        ("run_id",),
+        update=("done",),
+        where=" WHERE excluded.done > run_cancels.done",
     ),
 }
 _PUT_PAUSE = _Put("paused_pipelines", ("pipeline", "paused_at", "paused_by"), ("pipeline",)).sql(

@@ -58,6 +58,7 @@ _OF_RUN: dict[str, tuple[str, ...]] = {
     "decisions": ("run_id", "key", "attempt", "who"),
     "task_logs": ("run_id", "seq"),
     "waits": ("run_id", "key", "attempt"),
+    "run_cancels": ("run_id",),
 }
 
 _OUTBOX_DONE = "(sent_at IS NOT NULL OR next_at >= ?)"

@@ -19,6 +19,7 @@ __all__ = [
     "GIVEN_UP_AT",
     "ApprovalRow",
     "AttemptRow",
+    "CancelRow",
     "ConfigVersionRow",
     "CursorRow",
     "DecisionRow",
@@ -226,6 +227,19 @@ class WaitRow:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelRow:
+    """A run to cancel: an event of ``source`` satisfied its pipeline's ``cancel_on``.
+    Recorded in the event's transaction; ``done`` once the run is cancelled (or had
+    ended). The first event to ask is the one kept."""
+
+    run_id: str
+    event_id: str
+    source: str
+    requested_at: float
+    done: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class DecisionRow:
     """One person's decision on a gate: who, when and why."""
 
@@ -274,6 +288,7 @@ Row = (
     | LogLineRow
     | LogTrim
     | WaitRow
+    | CancelRow
 )
 
 
@@ -311,6 +326,7 @@ class PruneCounts:
     dedupe_keys: int = 0
     outbox: int = 0
     waits: int = 0
+    run_cancels: int = 0
 
     def __add__(self, other: PruneCounts) -> PruneCounts:
         return PruneCounts(*(getattr(self, f) + getattr(other, f) for f in self.tables()))
@@ -476,6 +492,18 @@ class Store(Protocol):
 
     async def get_waits(self, run_id: str) -> list[WaitRow]:
         """Every wait of a run, whatever its state."""
+
+    async def unfinished_runs(
+        self, pipeline: str, *, after: str = "", limit: int
+    ) -> list[RunRow]:
+        """Runs of ``pipeline`` not finished (queued, running, waiting), by id, after
+        ``after``."""
+
+    async def cancels_pending(self, limit: int) -> list[CancelRow]:
+        """Runs asked to be cancelled by an event, not yet cancelled."""
+
+    async def get_cancel(self, run_id: str) -> CancelRow | None:
+        """Why a run was asked to be cancelled by an event, if it was."""
 
     async def events_of_source(self, source: str, since: float, *, limit: int) -> list[EventRow]:
         """Events of ``source`` received at ``since`` or later, oldest first."""

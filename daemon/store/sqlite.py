@@ -15,6 +15,7 @@ import pwd
 import sqlite3
 from collections import deque
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,6 +31,7 @@ from cued.daemon.logs import get_logger
 from cued.daemon.store import (
     ApprovalRow,
     AttemptRow,
+    CancelRow,
     ConfigVersionRow,
     CursorRow,
     DecisionRow,
@@ -87,6 +89,11 @@ ON CONFLICT (run_id, key, attempt) DO UPDATE SET state = excluded.state,
 WHERE (waits.state = 'waiting' AND (excluded.state <> 'waiting' OR excluded.scanned > waits.scanned))
     OR (waits.state = excluded.state AND excluded.applied > waits.applied)
 """
+# the first event to ask keeps the request; it changes only to be marked done
+_PUT_CANCEL = """
+INSERT INTO run_cancels VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (run_id) DO UPDATE SET done = excluded.done WHERE excluded.done > run_cancels.done
+"""
 _PUT_WAIT = (
     "INSERT INTO waits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" + _WAIT_SETTLES
 )
@@ -125,6 +132,7 @@ class _Batch:
     __slots__ = (
         "approvals",
         "attempts",
+        "cancels",
         "cursors",
         "decisions",
         "dedupe",
@@ -154,6 +162,7 @@ class _Batch:
         self.log_lines: dict[tuple[str, int], LogLineRow] = {}
         self.log_trims: dict[tuple[str, str, int], LogTrim] = {}
         self.waits: dict[tuple[str, str, int], WaitRow] = {}
+        self.cancels: dict[str, CancelRow] = {}
         self.done = anyio.Event()
         self.error: BaseException | None = None
 
@@ -184,6 +193,10 @@ class _Batch:
             # waiting again by a row submitted after it (as the store's own upsert)
             if before is None or _wait_rank(row) >= _wait_rank(before):
                 self.waits[key3] = row
+        elif isinstance(row, CancelRow):
+            asked = self.cancels.get(row.run_id)
+            if asked is None or row.done > asked.done:
+                self.cancels[row.run_id] = row if asked is None else replace(asked, done=1)
         elif isinstance(row, LogTrim):
             trim = self.log_trims.get((row.run_id, row.key, row.attempt))
             if trim is None or trim.before_seq < row.before_seq:
@@ -207,6 +220,7 @@ class _Batch:
             *self.log_lines.values(),
             *self.log_trims.values(),
             *self.waits.values(),
+            *self.cancels.values(),
         ]
 
     def __bool__(self) -> bool:
@@ -224,6 +238,7 @@ class _Batch:
             or self.log_lines
             or self.log_trims
             or self.waits
+            or self.cancels
         )
 
     async def wait(self) -> None:
@@ -243,7 +258,7 @@ class _Batch:
             self.log_trims,
             self.waits,
         )
-        return set(self.runs) | {key[0] for rows in keyed for key in rows}
+        return set(self.runs) | set(self.cancels) | {key[0] for rows in keyed for key in rows}
 
 
 class _Chore:
@@ -369,6 +384,7 @@ class SqliteStore:
             (batch.approvals, _PUT_APPROVAL),
             (batch.decisions, _PUT_DECISION),
             (batch.waits, _PUT_WAIT),
+            (batch.cancels, _PUT_CANCEL),
             (batch.log_lines, _PUT_LOG_LINE),
             # after the lines: a line of this batch below the cut goes too
             (batch.log_trims, _TRIM_LOG),
@@ -627,6 +643,28 @@ class SqliteStore:
             "SELECT * FROM waits WHERE run_id = ? ORDER BY opened_at, key, attempt", (run_id,)
         )
         return [_wait(r) for r in rows]
+
+    async def unfinished_runs(
+        self, pipeline: str, *, after: str = "", limit: int
+    ) -> list[RunRow]:
+        # by the index on (pipeline, state, run_id), one range per state
+        return await self._runs(
+            "WHERE pipeline = ? AND state IN ('queued', 'running', 'waiting') AND run_id > ? "
+            "ORDER BY run_id LIMIT ?",
+            (pipeline, after, limit),
+        )
+
+    async def cancels_pending(self, limit: int) -> list[CancelRow]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT * FROM run_cancels WHERE done = 0 ORDER BY run_id LIMIT ?", (limit,)
+        )
+        return [CancelRow(*r) for r in rows]
+
+    async def get_cancel(self, run_id: str) -> CancelRow | None:
+        rows = await self._reader.execute_fetchall(
+            "SELECT * FROM run_cancels WHERE run_id = ?", (run_id,)
+        )
+        return next((CancelRow(*r) for r in rows), None)
 
     async def events_of_source(self, source: str, since: float, *, limit: int) -> list[EventRow]:
         rows = await self._reader.execute_fetchall(

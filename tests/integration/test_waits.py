@@ -22,8 +22,9 @@ def make_config(make_config, store_at):
     return keeping_state_in(make_config, store_at)
 
 
-def checkout(wait: str = "", after: str = "") -> str:
-    """A pipeline that waits for the payment of its order, then echoes it."""
+def checkout(wait: str = "", after: str = "", head: str = "") -> str:
+    """A pipeline that waits for the payment of its order, then sleeps; ``head``: more of
+    its own table."""
     return f"""
 [http]
 listen = "127.0.0.1:0"
@@ -34,6 +35,7 @@ path = "/hooks/payments"
 
 [pipelines.checkout]
 inputs = {{ order_id = "" }}
+{head}
 
 [pipelines.checkout.tasks.payment]
 kind = "wait_event"
@@ -200,3 +202,55 @@ args = { name = "hold", until_released = true }
             probe.released.set()
             row = await _settled(info, run_id)
     assert row.state == "succeeded"
+
+
+CANCEL_ON = (
+    """cancel_on = [{ source = "orders", when = "event.data.status == 'cancelled'", """
+    """match = "event.data.id == run.inputs.order_id" }]"""
+)
+ORDERS = """
+[sources.orders]
+kind = "webhook"
+path = "/hooks/orders"
+"""
+
+
+async def test_an_event_of_cancel_on_cancels_the_runs_it_matches_parked_or_running(make_config):
+    probe = probes.reset()
+    hold = """
+[pipelines.checkout.tasks.hold]
+kind = "python"
+function = "tests.support.probes:record"
+args = { name = "{{ inputs.order_id }}", until_released = true }
+"""
+    config = make_config(checkout(head=CANCEL_ON) + hold + ORDERS)
+    async with daemon_running(config) as info:
+        host, port = info.http_address
+        with anyio.fail_after(30):
+            runs = {
+                o: (await info.runner.start_run("checkout", {"order_id": o})).run_id
+                for o in ("A-1", "B-2")
+            }
+            while probe.in_flight < 2:  # noqa: ASYNC110 - the probe signals each entry only once
+                await anyio.sleep(0.02)
+            for run_id in runs.values():
+                await _waiting(info, run_id)
+            async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+                # not cancelled: the wrong status, then another order
+                for data in ({"id": "A-1", "status": "paid"}, {"id": "C-3", "status": "cancelled"}):
+                    assert (await client.post("/hooks/orders", json=data)).status_code == 202
+                answer = await client.post(
+                    "/hooks/orders", json={"id": "A-1", "status": "cancelled"}
+                )
+            event_id = answer.json()["event_id"]
+            cancelled = await _settled(info, runs["A-1"])
+            other = await info.runner.store.get_run(runs["B-2"])
+            # the request is marked once the run has left memory
+            while not (asked := await info.runner.store.get_cancel(runs["A-1"])).done:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+            assert await info.runner.store.get_cancel(runs["B-2"]) is None
+            probe.released.set()
+    assert cancelled.state == "cancelled"
+    assert cancelled.error == f"cancelled by event {event_id!r} of 'orders'"
+    assert other.state == "running"
+    assert (asked.run_id, asked.event_id, asked.done) == (runs["A-1"], event_id, 1)
