@@ -9,6 +9,7 @@ from cued.daemon.core.ids import new_id
 from cued.daemon.store import (
     ApprovalRow,
     AttemptRow,
+    CancelRow,
     CursorRow,
     DecisionRow,
     DedupeRow,
@@ -18,6 +19,7 @@ from cued.daemon.store import (
     OutboxRow,
     PauseRow,
     RunRow,
+    WaitRow,
 )
 from cued.daemon.store.copying import TABLES
 from cued.daemon.store.postgresql import open_pg_store
@@ -46,6 +48,10 @@ def every_kind_of_row(n: int) -> list:
                     T0 + 60, "approved", T0 + 5),
         DecisionRow(run_id, "gate", 1, "ann", "approve", {"p": n}, "fine", T0 + 5),
         LogLineRow(run_id, f"m[{n}]", 2, 1, T0 + 0.7, "stdout", f"line {n}"),
+        WaitRow(run_id, "pay", 1, "event", "payments", "event.data.n == inputs.n",
+                {"inputs": {"n": n}}, T0 - 60, T0 + 3600, "fail", T0, "matched", f"hook:{n}",
+                '{"event": null}', T0 + 1, 1, 1),
+        CancelRow(run_id, f"hook:{n}", "hook", T0 + 2, 1),
     ]  # fmt: skip
 
 
@@ -71,7 +77,7 @@ async def test_a_state_file_moves_to_postgresql_and_back_row_for_row(tmp_path):
         again = cued(config, "store", "copy", "--from", str(source), "--to", url)
         home = cued(config, "store", "copy", "--from", url, "--to", str(back), timeout_s=120)
         assert home.returncode == 0, home.stderr
-    assert "copied 14403 rows; every table holds as many in both" in there.stdout
+    assert "copied 16803 rows; every table holds as many in both" in there.stdout
     assert again.returncode == 1
     assert "is not empty (1200 runs, 1200 task_instances" in again.stderr
     assert dump(back) == dump(source)

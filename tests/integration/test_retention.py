@@ -355,7 +355,7 @@ INDEXES = {
     ),
     "dedupe_keys": ("USING COVERING INDEX dedupe_by_age", "USING PRIMARY KEY (trigger=?"),
     **dict.fromkeys(
-        ("task_instances", "attempts", "approvals", "decisions"),
+        ("task_instances", "attempts", "approvals", "decisions", "waits", "run_cancels"),
         ("USING PRIMARY KEY (run_id=?",),
     ),
     # task log lines are counted in their smaller index, deleted by the primary key

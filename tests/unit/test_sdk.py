@@ -19,6 +19,8 @@ def test_exported_members():
     assert sdk.__all__ == [
         "SHELL_QUOTE_FILTERS",
         "AwaitingDecision",
+        "AwaitingEvent",
+        "AwaitingTime",
         "Backfills",
         "ConnectorError",
         "CuedError",
@@ -46,6 +48,7 @@ def test_exported_members():
         "TaskTimeout",
         "TemplateProblem",
         "WebRoutes",
+        "as_moment",
         "backoff_s",
         "bounded_id",
         "condition_holds",
