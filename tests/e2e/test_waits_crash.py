@@ -1,7 +1,8 @@
 """kill -9 of the daemon while runs wait for an event or for a moment, then restart: each
 run wakes exactly once, from an event delivered before the kill, from one that came while
 the daemon was down (recorded by its source at the restart), or from its timer, which
-is not restarted from zero."""
+is not restarted from zero; and an event of the pipeline's ``cancel_on`` that came while
+it was down cancels its run at the restart."""
 
 from __future__ import annotations
 
@@ -27,8 +28,15 @@ path = "drop"
 stable_for = "0s"
 rescan_every = "100ms"
 
+[sources.cancels]
+kind = "files"
+path = "cancels"
+stable_for = "0s"
+rescan_every = "100ms"
+
 [pipelines.checkout]
 inputs = {{ order_id = "" }}
+cancel_on = [{{ source = "cancels", match = "event.data.name == run.inputs.order_id" }}]
 
 [pipelines.checkout.tasks.payment]
 kind = "wait_event"
@@ -70,8 +78,9 @@ def _waits(state, run_id: str) -> list[tuple[str, int]]:
 
 
 async def test_runs_waiting_for_events_and_timers_wake_once_across_kill_9(tmp_path):
-    ledger, drop = tmp_path / "ledger", tmp_path / "drop"
+    ledger, drop, cancels = tmp_path / "ledger", tmp_path / "drop", tmp_path / "cancels"
     drop.mkdir()
+    cancels.mkdir()
     config = tmp_path / "config.toml"
     port = free_port()
     config.write_text(CONFIG.format(ledger=ledger, port=port))
@@ -81,7 +90,9 @@ async def test_runs_waiting_for_events_and_timers_wake_once_across_kill_9(tmp_pa
     await daemon.start()
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
-            runs = {n: await _trigger(api, "checkout", order_id=n) for n in ("A", "B", "C")}
+            runs = {
+                n: await _trigger(api, "checkout", order_id=n) for n in ("A", "B", "C", "D")
+            }
             # wakes some seconds from now: after the restart below, however slow the
             # machine (a machine too slow for it fails the assertion after the kill)
             due = time.time() + 15
@@ -99,14 +110,16 @@ async def test_runs_waiting_for_events_and_timers_wake_once_across_kill_9(tmp_pa
         daemon.kill9()
 
     assert time.time() < due, "the machine was too slow for this test's timer"
-    # while the daemon is down: the payment of B comes
+    # while the daemon is down: the payment of B comes, and D is cancelled
     (drop / "B").write_text("paid")
+    (cancels / "D").write_text("cancelled")
 
     daemon = Daemon(config, state)
     await daemon.start()
     try:
         await wait_for(
-            lambda: all(_state(state, runs[r]) == "succeeded" for r in ("A", "B", "timer")),
+            lambda: all(_state(state, runs[r]) == "succeeded" for r in ("A", "B", "timer"))
+            and _state(state, runs["D"]) == "cancelled",
             timeout_s=60,
         )
         assert _state(state, runs["C"]) == "waiting"
@@ -119,6 +132,9 @@ async def test_runs_waiting_for_events_and_timers_wake_once_across_kill_9(tmp_pa
         assert _waits(state, runs[name]) == [("matched", 1)]
     assert _waits(state, runs["timer"]) == [("expired", 1)]
     assert _waits(state, runs["C"]) == [("waiting", 0)]
+    assert _waits(state, runs["D"]) == [("cancelled", 1)]
+    ((error,),) = query(state, "SELECT error FROM runs WHERE run_id = ?", runs["D"])
+    assert error.startswith("cancelled by event 'cancels:D:")
     # the timer kept its moment across the kill: it woke at it, not 4 s after the restart
     (ended,) = query(
         state, "SELECT ended_at FROM attempts WHERE run_id = ? AND key = 'until'", runs["timer"]
