@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PARK_AFTER_S", "SleepParams", "SleepTask"]
 
-PARK_AFTER_S = 60.0
+PARK_AFTER_S = 300.0
 """A ``seconds`` sleep this long or longer parks the run on a durable timer."""
 
 

@@ -288,9 +288,7 @@ class Waits:
                         await self._host.cancel(request.run_id, reason=reason)
                         await self._store.submit([done]).wait()
                     else:
-                        await self._host.cancel_stored(
-                            request.run_id, reason=reason, extra=[done]
-                        )
+                        await self._host.cancel_stored(request.run_id, reason=reason, extra=[done])
                 except (NotFound, Conflict):  # it ended meanwhile
                     await self._store.submit([done]).wait()
                 self._log.info(

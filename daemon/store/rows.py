@@ -493,9 +493,7 @@ class Store(Protocol):
     async def get_waits(self, run_id: str) -> list[WaitRow]:
         """Every wait of a run, whatever its state."""
 
-    async def unfinished_runs(
-        self, pipeline: str, *, after: str = "", limit: int
-    ) -> list[RunRow]:
+    async def unfinished_runs(self, pipeline: str, *, after: str = "", limit: int) -> list[RunRow]:
         """Runs of ``pipeline`` not finished (queued, running, waiting), by id, after
         ``after``."""
 

@@ -644,9 +644,7 @@ class SqliteStore:
         )
         return [_wait(r) for r in rows]
 
-    async def unfinished_runs(
-        self, pipeline: str, *, after: str = "", limit: int
-    ) -> list[RunRow]:
+    async def unfinished_runs(self, pipeline: str, *, after: str = "", limit: int) -> list[RunRow]:
         # by the index on (pipeline, state, run_id), one range per state
         return await self._runs(
             "WHERE pipeline = ? AND state IN ('queued', 'running', 'waiting') AND run_id > ? "

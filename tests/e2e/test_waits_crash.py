@@ -90,9 +90,7 @@ async def test_runs_waiting_for_events_and_timers_wake_once_across_kill_9(tmp_pa
     await daemon.start()
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
-            runs = {
-                n: await _trigger(api, "checkout", order_id=n) for n in ("A", "B", "C", "D")
-            }
+            runs = {n: await _trigger(api, "checkout", order_id=n) for n in ("A", "B", "C", "D")}
             # wakes some seconds from now: after the restart below, however slow the
             # machine (a machine too slow for it fails the assertion after the kill)
             due = time.time() + 15
@@ -118,8 +116,10 @@ async def test_runs_waiting_for_events_and_timers_wake_once_across_kill_9(tmp_pa
     await daemon.start()
     try:
         await wait_for(
-            lambda: all(_state(state, runs[r]) == "succeeded" for r in ("A", "B", "timer"))
-            and _state(state, runs["D"]) == "cancelled",
+            lambda: (
+                all(_state(state, runs[r]) == "succeeded" for r in ("A", "B", "timer"))
+                and _state(state, runs["D"]) == "cancelled"
+            ),
             timeout_s=60,
         )
         assert _state(state, runs["C"]) == "waiting"

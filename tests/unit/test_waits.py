@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -13,7 +14,8 @@ from pydantic import ValidationError
 from cued.daemon.core.durations import add_duration, as_moment
 from cued.daemon.core.templates import render
 from cued.daemon.core.waits import event_output, first_match, match_context, matches
-from cued.plugins.sleep import SleepParams
+from cued.daemon.sdk import AwaitingTime
+from cued.plugins.sleep import PARK_AFTER_S, SleepParams, SleepTask
 
 MATCH = "event.data.order_id == inputs.order_id"
 CONTEXT = {"inputs": {"order_id": "A-1", "other": "x" * 1000}, "tasks": {}, "run": {"id": "r"}}
@@ -120,3 +122,13 @@ def test_a_sleep_until_what_is_not_a_time_is_refused(params):
 
 def test_a_sleep_until_a_template_is_checked_once_rendered():
     assert SleepParams.model_validate({"until": "{{ inputs.at }}"}).until == "{{ inputs.at }}"
+
+
+async def test_a_long_seconds_sleep_parks_on_a_timer_and_a_short_one_sleeps(ctx):
+    before = time.time()
+    parked = await SleepTask().execute(SleepParams(seconds=PARK_AFTER_S), ctx)
+    assert isinstance(parked, AwaitingTime)
+    assert before + PARK_AFTER_S <= parked.at <= time.time() + PARK_AFTER_S
+    assert await SleepTask().execute(SleepParams(seconds=0), ctx) is None
+    until = await SleepTask().execute(SleepParams(until="2030-01-01T00:00:00Z"), ctx)
+    assert until == AwaitingTime(datetime(2030, 1, 1, tzinfo=UTC).timestamp())
