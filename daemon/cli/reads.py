@@ -134,7 +134,7 @@ async def _show(state: StateSettings, args: argparse.Namespace) -> int:
                 w.state,
                 render.timestamp(w.opened_at),
                 render.timestamp(w.deadline_at),
-                render.clip(waits_for(w), 60),
+                render.clip(waits_for(w), 80),
                 w.event_id or "-",
             ]
             for w in shown.waits

@@ -444,6 +444,8 @@ def _events_of(batch: _Batch, sources: set[str]) -> dict[str, list[dict[str, Any
     """The events ``batch`` records of ``sources`` (not invalid ones), by source, as an
     expression reads them (``event.*``)."""
     found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    if not sources:
+        return found  # most daemons: nothing waits for events, nothing cancels on one
     for row in batch.rows:
         if isinstance(row, EventRow) and row.source in sources and row.status != "invalid":
             found[row.source].append(

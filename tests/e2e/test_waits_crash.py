@@ -11,7 +11,7 @@ from collections import Counter
 
 import httpx
 
-from tests.support.daemon import Daemon, query, wait_for
+from tests.support.daemon import Daemon, cued, query, wait_for
 from tests.support.raw_http import free_port
 
 CONFIG = """
@@ -133,6 +133,14 @@ async def test_runs_waiting_for_events_and_timers_wake_once_across_kill_9(tmp_pa
     assert _waits(state, runs["timer"]) == [("expired", 1)]
     assert _waits(state, runs["C"]) == [("waiting", 0)]
     assert _waits(state, runs["D"]) == [("cancelled", 1)]
+    shown = cued(config, "show", runs["C"])
+    assert shown.returncode == 0, shown.stderr
+    (line,) = [
+        line
+        for line in shown.stdout.splitlines()
+        if line.startswith("payment ") and "waiting" in line and "event of" in line
+    ]
+    assert "an event of 'payments' where event.data.name == inputs.order_id" in line
     ((error,),) = query(state, "SELECT error FROM runs WHERE run_id = ?", runs["D"])
     assert error.startswith("cancelled by event 'cancels:D:")
     # the timer kept its moment across the kill: it woke at it, not 4 s after the restart

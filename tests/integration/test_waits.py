@@ -51,6 +51,9 @@ trigger_rule = "all_done"
 """
 
 
+MATCH = "event.data.order_id == inputs.order_id"
+
+
 async def _post(info, data):
     host, port = info.http_address
     async with httpx.AsyncClient() as client:
@@ -86,6 +89,14 @@ async def test_an_event_that_matches_wakes_the_run_and_others_do_not(make_config
             await _post(info, {"amount": 2})  # lacks the field: false, not an error
             (wait,) = await info.runner.store.get_waits(run_id)
             assert wait.state == "waiting"
+            # the API and the run page say what it waits for
+            host, port = info.http_address
+            async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+                (shown,) = (await client.get(f"/api/v1/runs/{run_id}")).json()["waits"]
+                page = (await client.get(f"/ui/runs/{run_id}")).text
+            assert shown["waits_for"] == f"an event of 'payments' where {MATCH}"
+            assert (shown["key"], shown["state"], shown["until"]) == ("payment", "waiting", None)
+            assert "waits for an event of &#39;payments&#39; where event.data.order_id" in page
             await _post(info, {"order_id": "A-1", "amount": 3})
             row = await _settled(info, run_id)
             attempts = {a.key: a for a in await info.runner.store.get_attempts(run_id)}
