@@ -189,9 +189,9 @@ class _Batch:
         elif isinstance(row, WaitRow):
             key3 = (row.run_id, row.key, row.attempt)
             before = self.waits.get(key3)
-            # the later of two only if it is as far along: a settled wait is not made
-            # waiting again by a row submitted after it (as the store's own upsert)
-            if before is None or _wait_rank(row) >= _wait_rank(before):
+            # as the store's upsert would take them one after the other: a wait settles
+            # once, whichever of two submissions of one batch comes first
+            if before is None or _wait_advances(before, row):
                 self.waits[key3] = row
         elif isinstance(row, CancelRow):
             asked = self.cancels.get(row.run_id)
@@ -993,9 +993,11 @@ def _wait(r: Any) -> WaitRow:
     )  # fmt: skip
 
 
-def _wait_rank(row: WaitRow) -> int:
-    """How far along a wait is: waiting, scanned, settled, applied."""
-    return 3 if row.applied else 2 if row.state != "waiting" else row.scanned
+def _wait_advances(before: WaitRow, row: WaitRow) -> bool:
+    """Whether ``row`` replaces ``before``: :data:`_WAIT_SETTLES`, in Python."""
+    if before.state == "waiting":
+        return row.state != "waiting" or row.scanned > before.scanned
+    return row.state == before.state and row.applied > before.applied
 
 
 #: How long the writer waits to try a commit again after the file stayed locked by another
