@@ -752,3 +752,35 @@ def test_a_sasl_password_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("KAFKA_PW")
     with pytest.raises(ConnectorError, match="'KAFKA_PW'"):
         client_options(config, tmp_path)
+
+
+# -- waiting for a message ------------------------------------------------------------------
+
+
+async def test_a_run_waits_for_the_message_of_its_order(kafka, make_config):
+    topic, group = unique_name("payments"), unique_name("cued")
+    await create_topics(kafka.bootstrap, topic)
+    config = make_config(
+        daemon_toml(
+            """
+[pipelines.checkout]
+inputs = { order_id = "" }
+[pipelines.checkout.tasks.pay]
+kind = "wait_event"
+source = "payments"
+match = "event.data.order_id == inputs.order_id"
+""",
+            source_toml("payments", kafka.bootstrap, [topic], group),
+        )
+    )
+    async with daemon_running(config) as info:
+        with anyio.fail_after(WAIT_S):
+            run_id = (await info.runner.start_run("checkout", {"order_id": "o2"})).run_id
+            assert (await info.runner.wait(run_id)).state == "waiting"
+            await produce(kafka.bootstrap, topic, [{"order_id": "o1"}, {"order_id": "o2"}])
+            while (row := await info.runner.wait(run_id)).state in ("waiting", "queued"):  # noqa: ASYNC110 - parked: polled in the store
+                await anyio.sleep(0.02)
+            (attempt,) = await info.runner.store.get_attempts(run_id)
+    assert row.state == "succeeded"
+    assert attempt.output["event"]["id"] == f"payments:{topic}:0:1"
+    assert attempt.output["event"]["data"] == {"order_id": "o2"}
