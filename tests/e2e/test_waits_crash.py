@@ -48,6 +48,23 @@ kind = "shell"
 needs = ["payment"]
 command = "echo woke {{{{ inputs.order_id }}}} >> {ledger}"
 
+[pipelines.split]
+inputs = {{ order_id = "" }}
+
+[pipelines.split.tasks.payment]
+kind = "wait_event"
+source = "payments"
+match = "event.data.name == inputs.order_id"
+
+[pipelines.split.tasks.side]
+kind = "shell"
+command = "while [ ! -f {hold} ]; do sleep 0.02; done"
+
+[pipelines.split.tasks.ship]
+kind = "shell"
+needs = ["payment", "side"]
+command = "echo woke {{{{ inputs.order_id }}}} >> {ledger}"
+
 [pipelines.nap]
 inputs = {{ at = 0.0 }}
 
@@ -83,7 +100,15 @@ async def test_runs_waiting_for_events_and_timers_wake_once_across_kill_9(tmp_pa
     cancels.mkdir()
     config = tmp_path / "config.toml"
     port = free_port()
-    config.write_text(CONFIG.format(ledger=ledger, port=port))
+    hold = tmp_path / "hold"
+    config.write_text(CONFIG.format(ledger=ledger, port=port, hold=hold))
+    try:
+        await _kill_9_while_waiting(config, tmp_path, ledger, drop, cancels, hold, port)
+    finally:
+        hold.touch()  # no shell loop of a killed daemon outlives the test
+
+
+async def _kill_9_while_waiting(config, tmp_path, ledger, drop, cancels, hold, port):
     state = tmp_path / "state.db"
 
     daemon = Daemon(config, state)
@@ -91,13 +116,16 @@ async def test_runs_waiting_for_events_and_timers_wake_once_across_kill_9(tmp_pa
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
             runs = {n: await _trigger(api, "checkout", order_id=n) for n in ("A", "B", "C", "D")}
+            # E waits for its payment while a task of it still runs (held): in memory
+            runs["E"] = await _trigger(api, "split", order_id="E")
             # wakes some seconds from now: after the restart below, however slow the
             # machine (a machine too slow for it fails the assertion after the kill)
             due = time.time() + 15
             runs["timer"] = await _trigger(api, "nap", at=due)
         await wait_for(
             lambda: (
-                all(_state(state, r) == "waiting" for r in runs.values())
+                all(_state(state, runs[r]) == "waiting" for r in runs if r != "E")
+                and _state(state, runs["E"]) == "running"
                 and all(_waits(state, r) == [("waiting", 0)] for r in runs.values())
             )
         )
@@ -108,8 +136,9 @@ async def test_runs_waiting_for_events_and_timers_wake_once_across_kill_9(tmp_pa
         daemon.kill9()
 
     assert time.time() < due, "the machine was too slow for this test's timer"
-    # while the daemon is down: the payment of B comes, and D is cancelled
+    # while the daemon is down: the payments of B and E come, and D is cancelled
     (drop / "B").write_text("paid")
+    (drop / "E").write_text("paid")
     (cancels / "D").write_text("cancelled")
 
     daemon = Daemon(config, state)
@@ -119,16 +148,21 @@ async def test_runs_waiting_for_events_and_timers_wake_once_across_kill_9(tmp_pa
             lambda: (
                 all(_state(state, runs[r]) == "succeeded" for r in ("A", "B", "timer"))
                 and _state(state, runs["D"]) == "cancelled"
+                and _waits(state, runs["E"]) == [("matched", 0)]
             ),
             timeout_s=60,
         )
+        # E's side task runs again (it was killed mid-attempt); its wait, matched, goes
+        # on once the run has nothing else running
+        hold.touch()
+        await wait_for(lambda: _state(state, runs["E"]) == "succeeded")
         assert _state(state, runs["C"]) == "waiting"
     finally:
         assert daemon.stop() == 0
 
     woke = Counter(_lines(ledger))
-    assert woke == {"woke A": 1, "woke B": 1, "woke timer": 1}
-    for name in ("A", "B"):
+    assert woke == {"woke A": 1, "woke B": 1, "woke E": 1, "woke timer": 1}
+    for name in ("A", "B", "E"):
         assert _waits(state, runs[name]) == [("matched", 1)]
     assert _waits(state, runs["timer"]) == [("expired", 1)]
     assert _waits(state, runs["C"]) == [("waiting", 0)]
