@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cued.daemon.core.templates import TemplateProblem, render, render_value, when_holds
+from cued.daemon.core.waits import event_output
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -36,13 +37,9 @@ class Match:
 def event_context(event: Event) -> dict[str, Any]:
     """The names a trigger's expressions and templates may use: ``event.*``."""
     return {
-        "event": {
-            "id": event.event_id,
-            "source": event.source,
-            "data": event.data,
-            "meta": event.meta,
-            "received_at": event.received_at,
-        }
+        "event": event_output(
+            event.event_id, event.source, event.data, event.meta, event.received_at
+        )
     }
 
 

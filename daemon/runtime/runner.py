@@ -57,7 +57,7 @@ from cued.daemon.runtime.instance_rows import instances_of
 from cued.daemon.runtime.run_alerts import RunAlerts
 from cued.daemon.runtime.slots import Slots
 from cued.daemon.runtime.task_logs import TaskLogs
-from cued.daemon.runtime.waits import Waits
+from cued.daemon.runtime.waits import Waits, cancelled_waits
 from cued.daemon.sdk.tracing import Tracing
 from cued.daemon.store import InstanceRow, PauseRow, RunRow
 
@@ -628,6 +628,10 @@ class Runner:
         if run.engine is None:  # still waiting in the backlog, or about to start
             self.backlog.remove(run.row.pipeline, lambda r: r is run)
         await run.cancel(reason)
+        # a wait of it (a task waiting for an event while others ran) waits no more (one
+        # left by a crash here wakes nothing: its run has ended)
+        if cancelled := cancelled_waits(await self.store.get_waits(run_id), now()):
+            await self.store.submit(cancelled).wait()
         return run.row
 
     async def cancel_stored(
@@ -657,11 +661,7 @@ class Runner:
             for gate in await self.store.get_approvals(run_id)
             if gate.state == "waiting"
         )
-        rows.extend(
-            replace(wait, state="cancelled", settled_at=stamp, applied=1)
-            for wait in await self.store.get_waits(run_id)
-            if wait.state == "waiting"
-        )
+        rows.extend(cancelled_waits(await self.store.get_waits(run_id), stamp))
         cancelled = replace(run, state=RunState.CANCELLED.value, ended_at=stamp, error=reason)
         rows.append(cancelled)
         rows.extend(extra)

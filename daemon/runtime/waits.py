@@ -45,13 +45,13 @@ from cued.daemon.sdk.kinds import AwaitingEvent, AwaitingTime
 from cued.daemon.store import AttemptRow, WaitRow
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
     from cued.daemon.store import EventRow, Row, RunRow, Store
 
 from cued.daemon.runtime.gates import GateHost
 
-__all__ = ["WaitHost", "Waits", "settled_wait", "wait_row"]
+__all__ = ["WaitHost", "Waits", "cancelled_waits", "settled_wait", "wait_row"]
 
 _PAGE = 500
 """Waits (or events of a lookback) read at a time."""
@@ -94,8 +94,9 @@ def wait_row(
     )
 
 
-def settled_wait(wait: WaitRow, event: EventRow | Mapping[str, Any] | None) -> WaitRow:
-    """``wait`` woken by ``event``, or (``None``) expired."""
+def settled_wait(wait: WaitRow, event: Mapping[str, Any] | None) -> WaitRow:
+    """``wait`` woken by ``event`` (as :func:`~cued.daemon.core.waits.event_output` gives
+    it), or (``None``) expired."""
     at = now()
     if event is None:
         if wait.kind == "timer":
@@ -103,8 +104,6 @@ def settled_wait(wait: WaitRow, event: EventRow | Mapping[str, Any] | None) -> W
         else:
             output = {"event": None, "timed_out": True}
         return replace(wait, state="expired", output=json.dumps(output), settled_at=at)
-    if not isinstance(event, dict):
-        event = _event_of(event)  # type: ignore[arg-type]
     return replace(
         wait,
         state="matched",
@@ -112,6 +111,16 @@ def settled_wait(wait: WaitRow, event: EventRow | Mapping[str, Any] | None) -> W
         output=json.dumps({"event": event}),
         settled_at=at,
     )
+
+
+def cancelled_waits(waits: Iterable[WaitRow], at: float) -> list[Row]:
+    """Those of ``waits`` still waiting, cancelled with their run: no event is matched
+    against them again."""
+    return [
+        replace(w, state="cancelled", settled_at=at, applied=1)
+        for w in waits
+        if w.state == "waiting"
+    ]
 
 
 def _event_of(row: EventRow) -> dict[str, Any]:
@@ -202,7 +211,7 @@ class Waits:
             if len(waits) < _PAGE:
                 return
 
-    async def _lookback(self, wait: WaitRow) -> dict[str, Any] | None:
+    async def _lookback(self, wait: WaitRow) -> Mapping[str, Any] | None:
         """The first event recorded since the wait's ``lookback_from`` that wakes it."""
         if wait.source is None or wait.lookback_from is None:
             return None  # a timer
@@ -210,7 +219,7 @@ class Waits:
         while events := await self._store.events_of_source(wait.source, since, limit=_PAGE):
             found = first_match(wait.match, wait.context, (_event_of(e) for e in events))
             if found is not None:
-                return dict(found)
+                return found
             if len(events) < _PAGE:
                 return None
             # on from just after the last time seen (a page's worth of events at one
