@@ -120,7 +120,7 @@ async def _kill_9_while_waiting(config, tmp_path, ledger, drop, cancels, hold, p
             runs["E"] = await _trigger(api, "split", order_id="E")
             # wakes some seconds from now: after the restart below, however slow the
             # machine (a machine too slow for it fails the assertion after the kill)
-            due = time.time() + 15
+            due = time.time() + 30
             runs["timer"] = await _trigger(api, "nap", at=due)
         await wait_for(
             lambda: (
