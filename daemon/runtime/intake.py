@@ -49,7 +49,7 @@ from cued.daemon.sdk.tracing import NO_SPAN, Span, Tracing
 from cued.daemon.store import CancelRow, CursorRow, DedupeRow, EventRow
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
 
     from cued.daemon.config import CancelOnConfig, Config, TriggerConfig
     from cued.daemon.sdk.sources import Event
@@ -58,7 +58,8 @@ if TYPE_CHECKING:
 __all__ = ["Backpressure", "DaemonIntake", "RunQueue"]
 
 _WAIT_PAGE = 1000
-"""Waits read at a time when an event's source has some."""
+"""Waits (or runs a cancel_on may cancel) read at a time."""
+_UNFINISHED = ("queued", "running", "waiting")
 
 
 class Backpressure(Protocol):
@@ -324,22 +325,28 @@ class DaemonIntake:
                 fired = [e for e in events if matches(cancel.when, {}, e)]
                 if not fired:
                     continue
-                after = ""
-                while runs := await self._store.unfinished_runs(
-                    pipeline, after=after, limit=_WAIT_PAGE
-                ):
-                    for run in runs:
-                        context = {
-                            "run": {"id": run.run_id, "pipeline": pipeline, "inputs": run.inputs}
-                        }
-                        found = first_match(cancel.match, context, fired)
-                        if found is not None and run.run_id not in asked:
-                            asked.add(run.run_id)
-                            batch.rows.append(CancelRow(run.run_id, found["id"], source, now()))
-                            batch.woken += 1
-                    if len(runs) < _WAIT_PAGE:
-                        break
-                    after = runs[-1].run_id
+                async for run in self._unfinished(pipeline):
+                    context = {
+                        "run": {"id": run.run_id, "pipeline": pipeline, "inputs": run.inputs}
+                    }
+                    found = first_match(cancel.match, context, fired)
+                    if found is not None and run.run_id not in asked:
+                        asked.add(run.run_id)
+                        batch.rows.append(CancelRow(run.run_id, found["id"], source, now()))
+                        batch.woken += 1
+
+    async def _unfinished(self, pipeline: str) -> AsyncIterator[RunRow]:
+        """The unfinished runs of ``pipeline``, read a page at a time, state by state."""
+        for state in _UNFINISHED:
+            after = ""
+            while runs := await self._store.runs_in_state(
+                pipeline, state, after=after, limit=_WAIT_PAGE
+            ):
+                for run in runs:
+                    yield run
+                if len(runs) < _WAIT_PAGE:
+                    break
+                after = runs[-1].run_id
 
     async def _wake_waits(self, batch: _Batch) -> None:
         """Add to ``batch`` the waits its events wake (see the module's step 3)."""

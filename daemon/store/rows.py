@@ -493,9 +493,11 @@ class Store(Protocol):
     async def get_waits(self, run_id: str) -> list[WaitRow]:
         """Every wait of a run, whatever its state."""
 
-    async def unfinished_runs(self, pipeline: str, *, after: str = "", limit: int) -> list[RunRow]:
-        """Runs of ``pipeline`` not finished (queued, running, waiting), by id, after
-        ``after``."""
+    async def runs_in_state(
+        self, pipeline: str, state: str, *, after: str = "", limit: int
+    ) -> list[RunRow]:
+        """Runs of ``pipeline`` in ``state``, by id, after ``after`` (by the index on
+        pipeline, state and id: the finished runs of the pipeline are not read)."""
 
     async def cancels_pending(self, limit: int) -> list[CancelRow]:
         """Runs asked to be cancelled by an event, not yet cancelled."""

@@ -644,12 +644,12 @@ class SqliteStore:
         )
         return [_wait(r) for r in rows]
 
-    async def unfinished_runs(self, pipeline: str, *, after: str = "", limit: int) -> list[RunRow]:
-        # by the index on (pipeline, state, run_id), one range per state
+    async def runs_in_state(
+        self, pipeline: str, state: str, *, after: str = "", limit: int
+    ) -> list[RunRow]:
         return await self._runs(
-            "WHERE pipeline = ? AND state IN ('queued', 'running', 'waiting') AND run_id > ? "
-            "ORDER BY run_id LIMIT ?",
-            (pipeline, after, limit),
+            "WHERE pipeline = ? AND state = ? AND run_id > ? ORDER BY run_id LIMIT ?",
+            (pipeline, state, after, limit),
         )
 
     async def cancels_pending(self, limit: int) -> list[CancelRow]:

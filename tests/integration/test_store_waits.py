@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from cued.daemon.store import CancelRow, EventRow, WaitRow
+from cued.daemon.store.sqlite import open_store
 
 if TYPE_CHECKING:
     from tests.support.stores import StoreAt
@@ -103,3 +104,35 @@ async def test_a_cancel_request_keeps_the_first_event_that_asked(store_at: Store
     assert [(c.run_id, c.event_id) for c in pending] == [("r1", "e1"), ("r2", "e3")]
     assert [c.run_id for c in after] == ["r2"]
     assert kept == CancelRow("r1", "e1", "orders", T0, done=1)
+
+
+async def test_what_intake_and_the_daemon_ask_of_waits_is_found_by_an_index(tmp_path):
+    """No wait is looked for by reading the table: each query searches an index, or reads
+    a partial one that holds only what it asks for (SQLite's plans; PostgreSQL has the
+    same indexes)."""
+    path = tmp_path / "state.db"
+    async with open_store(path) as store:
+        await store.submit([wait(f"r{n}") for n in range(50)]).wait()
+        statements: list[str] = []
+        reader = store._reader
+        await reader.set_trace_callback(statements.append)
+        await store.waits_of_sources(["payments"], after=("r1", "pay", 1), limit=10)
+        await store.waits_to_scan(10)
+        await store.next_wait_deadline()
+        await store.waits_due(T0, 10)
+        await store.waits_settled(10)
+        await store.cancels_pending(10)
+        await store.runs_in_state("p", "waiting", limit=10)
+        await store.events_of_source("payments", T0, limit=10)
+        await reader.set_trace_callback(None)
+        plans = {
+            sql: [row[3] for row in await reader.execute_fetchall("EXPLAIN QUERY PLAN " + sql)]
+            for sql in statements
+            if sql.startswith("SELECT")
+        }
+    assert len(plans) == 8, plans
+    for sql, plan in plans.items():
+        for line in plan:
+            # a scan of a partial index reads only what it holds (the waits to check)
+            assert "INDEX" in line or not line.startswith("SCAN"), f"{sql}\n{plan}"
+            assert not line.startswith("USE TEMP B-TREE"), f"{sql}\n{plan}"
