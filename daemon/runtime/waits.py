@@ -280,7 +280,10 @@ class Waits:
         await self._store.submit(rows).wait()
         if instance is not None:
             self._woke(wait)
-            await self._host.resume_recorded(wait.run_id)
+            try:
+                await self._host.resume_recorded(wait.run_id)
+            except NotFound as exc:  # its pipeline left the configuration (a reload)
+                self._log.error("wait_not_resumed", run_id=wait.run_id, error=str(exc))
         return True
 
     async def _cancel(self) -> None:
