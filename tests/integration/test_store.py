@@ -274,7 +274,9 @@ async def test_one_daemon_per_database_and_its_lock_goes_with_its_session():
             db = await asyncpg.connect(url)
             try:
                 held = await db.fetchval(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1",
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1"
+                    # this test's database only: others' tests run beside it
+                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                     DAEMON_LOCK & 0xFFFFFFFF,
                 )
             finally:
@@ -310,7 +312,8 @@ async def test_a_lost_connection_fails_the_store_at_once_not_at_the_next_write()
                 try:
                     await admin.fetchval(
                         "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                        "WHERE locktype = 'advisory' AND objid = $1",
+                        "WHERE locktype = 'advisory' AND objid = $1 AND database = "
+                        "(SELECT oid FROM pg_database WHERE datname = current_database())",
                         DAEMON_LOCK & 0xFFFFFFFF,
                     )
                 finally:
