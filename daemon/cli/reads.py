@@ -103,6 +103,8 @@ async def _show(state: StateSettings, args: argparse.Namespace) -> int:
     order = {i.key: n for n, i in enumerate(instances)}
     gates = sorted((g for g in shown.gates if g.gate.key in order), key=lambda g: order[g.gate.key])
     _print_run(run)
+    if shown.waiting_for:
+        render.out(f"waits     {shown.waiting_for}")
     render.out()
     render.table(
         [["TASK", "STATE", "ATTEMPTS"]] + [[i.key, i.state, str(i.attempts)] for i in instances]
@@ -197,6 +199,10 @@ def _print_run(run: RunRow) -> None:
     render.out(f"inputs    {json.dumps(run.inputs)}")
     if run.event_id:
         render.out(f"event     {run.event_id}")
+    if run.flow_key is not None:
+        limit = f" (limit {run.key_limit})" if run.key_limit is not None else ""
+        render.out(f"key       {run.flow_key}{limit}")
+    render.out(f"priority  {run.priority}")
     if run.config_version is not None:
         version = run.config_version
         render.out(f"config    version {version} (cued config show {version})")

@@ -42,6 +42,7 @@ from cued.daemon.config.tomlpos import KeyLines
 from cued.daemon.core import graph, templates
 from cued.daemon.core.assets import asset_of
 from cued.daemon.core.loopback import is_loopback_listen
+from cued.daemon.core.priorities import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, priority_of
 from cued.daemon.errors import ConfigError, ConfigProblem, CuedError
 
 __all__ = [
@@ -174,6 +175,13 @@ class SourceConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class ConcurrencyConfig(_Model):
+    """A trigger's ``concurrency`` table: runs of one key active at once."""
+
+    limit: int = Field(ge=1)
+    """Active runs per key (started, not yet ended or parked); more wait for their key."""
+
+
 class TriggerConfig(_Model):
     """One ``[[triggers]]`` entry: events of ``source`` that satisfy ``when`` start
     ``pipeline`` with ``inputs``."""
@@ -189,6 +197,13 @@ class TriggerConfig(_Model):
     """A business key: an event whose key started a run within ``dedupe_window`` starts
     nothing."""
     dedupe_window: Duration = 86400.0
+    key: str | None = None
+    """A template: what flow control (debounce, throttle, concurrency) counts by; without it, one key for the whole trigger."""
+    concurrency: ConcurrencyConfig | None = None
+    """How many runs of one key may be active at once (those over it wait, cold)."""
+    priority: Annotated[int, Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)] | str = DEFAULT_PRIORITY
+    """Who starts first when runs wait for a slot: 0 to 9, or a template over the event
+    that renders one (``{{ 9 if event.data.vip else 5 }}``)."""
 
     @property
     def ref(self) -> str:
@@ -614,6 +629,15 @@ class _Checker:
             checked.append(((*at, "when"), templates.when_expression(trigger.when)))
         if trigger.dedupe is not None:
             checked.append(((*at, "dedupe"), trigger.dedupe))
+        if trigger.key is not None:
+            checked.append(((*at, "key"), trigger.key))
+        if isinstance(trigger.priority, str):
+            checked.append(((*at, "priority"), trigger.priority))
+            if not templates.has_template(trigger.priority):
+                try:
+                    priority_of(trigger.priority)
+                except ValueError as exc:
+                    self.add((*at, "priority"), str(exc))
         for where, value in checked:
             try:
                 refs = templates.references(value)

@@ -53,11 +53,12 @@ from cued.daemon.runtime.attempts import TaskAttempts
 from cued.daemon.runtime.deadlines import Deadlines
 from cued.daemon.runtime.gates import Gates
 from cued.daemon.runtime.instance_rows import instances_of
+from cued.daemon.runtime.keys import KeyGate
 from cued.daemon.runtime.run_alerts import RunAlerts
 from cued.daemon.runtime.slots import Slots
 from cued.daemon.runtime.task_logs import TaskLogs
 from cued.daemon.sdk.tracing import Tracing
-from cued.daemon.store import InstanceRow, PauseRow, RunRow
+from cued.daemon.store import InstanceRow, PauseRow, RunRow, WaitingRun
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
     from cued.daemon.config import Config, TaskConfig
     from cued.daemon.runtime.asset_events import AssetSink
     from cued.daemon.runtime.backlog import Backlog
+    from cued.daemon.runtime.keys import Released
     from cued.daemon.runtime.run_alerts import AlertSink
     from cued.daemon.sdk.kinds import Spending, TaskKind
     from cued.daemon.store import Store
@@ -147,6 +149,11 @@ class Runner:
             self.tracing,
         )
         self._runs: dict[str, ActiveRun] = {}
+        self.keys: KeyGate[ActiveRun] = KeyGate()
+        """Runs of each flow key admitted, and those waiting for their key."""
+        # the runs in memory that count for their key (admitted): their key is released
+        # as they leave memory
+        self._keyed: set[str] = set()
         # each pipeline's cold runs being loaded into its window (a run cancelled
         # meanwhile is taken out of its set, and not started once its row comes)
         self._loading: dict[str, set[str]] = {}
@@ -251,7 +258,7 @@ class Runner:
                 # by id, read again when its turn comes: it was not "active" meanwhile, so
                 # it may have been cancelled in the store
                 self._deadlines.watch(row)
-                self._enqueue_cold(row.pipeline, row.run_id)
+                self._admit_cold(row)
         if resumed:
             self.log.info("runs_resumed", count=resumed)
         return resumed
@@ -259,12 +266,17 @@ class Runner:
     async def _resume_all(self) -> int:
         resumed = 0
         started = deque(await self.store.runs_to_resume(waiting=False))
+        # the runs that were running hold their keys before any waiting run is admitted
+        for row, _, _ in started:
+            if _limited(row) and row.state == RunState.RUNNING and row.run_id not in self._runs:
+                self.keys.count(row.pipeline, *_key(row))
         after = ""
         while True:
             page = await self.store.waiting_runs(after=after, limit=_PAGE)
             held = {row.run_id for row in self._held or ()}
             gone: list[str] = []
-            for run_id, pipeline in page:
+            for waiting in page:
+                run_id, pipeline = waiting.run_id, waiting.pipeline
                 while started and started[0][0].run_id < run_id:
                     resumed += self._resume_started(*started.popleft(), gone)
                 if run_id in self._runs:
@@ -274,7 +286,7 @@ class Runner:
                 if pipeline not in self.plans:
                     gone.append(run_id)
                 elif pipeline not in self._paused:  # else it waits in the store until unpaused
-                    self._enqueue_cold(pipeline, run_id)
+                    self._admit_cold(waiting)
                     resumed += 1
             await self._fail_gone(gone)
             if len(page) < _PAGE:
@@ -294,11 +306,15 @@ class Runner:
             return 0
         if row.run_id in self._runs:
             return 0
+        running = row.state == RunState.RUNNING  # counted for its key already (see above)
         if self.backlog.cold_of(row.pipeline) or row.pipeline in self._loading:
             self._deadlines.watch(row)
-            self._enqueue_cold(row.pipeline, row.run_id)  # behind older ones, to keep order
+            if running:  # behind older ones, to keep order
+                self._enqueue_cold(row.pipeline, row.run_id, row.priority)
+            else:
+                self._admit_cold(row)
         else:
-            self.enqueue(row, instances_of(instances, outputs))
+            self.enqueue(row, instances_of(instances, outputs), counted=running)
         return 1
 
     async def _fail_gone(self, run_ids: list[str]) -> None:
@@ -395,10 +411,15 @@ class Runner:
         self.enqueue(row)
         return row
 
-    def enqueue(self, row: RunRow, prior: dict[str, Instance] | None = None) -> None:
+    def enqueue(
+        self, row: RunRow, prior: dict[str, Instance] | None = None, *, counted: bool = False
+    ) -> None:
         """Start a recorded run now if its pipeline has a free slot, else queue it; a new
         run (no ``prior``) of a paused pipeline waits in the store, a skipped one ends
-        here."""
+        here. A run over its key's limit waits for its key (:mod:`.keys`).
+
+        :param counted: the run counts for its key already (it was running at a restart)
+        """
         if row.state == RunState.SKIPPED:
             return
         if prior is None and self._held is not None:
@@ -411,35 +432,77 @@ class Runner:
                 held.append(row)
             return
         self._deadlines.watch(row)
+        fresh = not prior and row.started_at is None
+        if counted or not _limited(row):
+            self._place(row, prior, fresh)
+            return
+        if fresh:
+            self._admit_cold(row, row)
+            return
+        # one that had started waits in memory for its key, as it waits for a slot
+        run = ActiveRun(row, self._plan_of(row), prior or {}, self._driving)
+        self._runs[row.run_id] = run
+        for released in self.keys.admit(row.pipeline, *_key(row), run, row.priority):
+            self._admitted(row.pipeline, released)
+
+    def _place(
+        self,
+        row: RunRow,
+        prior: dict[str, Instance] | None,
+        fresh: bool,
+        run: ActiveRun | None = None,
+    ) -> None:
+        """Start an admitted run now if its pipeline has a free slot, else queue it."""
         pipeline = row.pipeline
         # a run that never started waits cold (its id only) behind others that do, and
         # when its pipeline's window is full
-        fresh = not prior and row.started_at is None
         if fresh and (self.backlog.cold_of(pipeline) or pipeline in self._loading):
-            self._enqueue_cold(pipeline, row.run_id)
+            self._enqueue_cold(pipeline, row.run_id, row.priority)
             return
         free = self.slots.run_slot_free(pipeline)
-        if not free and fresh and not self.backlog.has_room(pipeline):
-            self._enqueue_cold(pipeline, row.run_id)
+        if not free and fresh and not self.backlog.has_room(pipeline, row.priority):
+            self._enqueue_cold(pipeline, row.run_id, row.priority)
             return
-        run = ActiveRun(row, self._plan_of(row), prior or {}, self._driving)
-        self._runs[row.run_id] = run
+        if run is None:
+            run = ActiveRun(row, self._plan_of(row), prior or {}, self._driving)
+            self._runs[row.run_id] = run
+        if _limited(row):
+            self._keyed.add(row.run_id)
         if free:
             self._launch(run)
         else:
-            self.backlog.push(pipeline, run)
+            self.backlog.push(pipeline, run, row.priority)
 
-    def _enqueue_cold(self, pipeline: str, run_id: str) -> None:
-        self.backlog.push_cold(pipeline, run_id)
+    def _admit_cold(self, waiting: RunRow | WaitingRun, row: RunRow | None = None) -> None:
+        """A run that never started (its row in the store, or ``row``) goes on by id: to
+        its pipeline's backlog if its key admits it (or it has no limit), else it waits for
+        its key."""
+        if not _limited(waiting):
+            self._enqueue_cold(waiting.pipeline, waiting.run_id, waiting.priority)
+            return
+        for released in self.keys.admit(
+            waiting.pipeline, *_key(waiting), waiting.run_id, waiting.priority
+        ):
+            if released.run == waiting.run_id and row is not None:
+                self._place(row, None, True)
+            else:
+                self._admitted(waiting.pipeline, released)
+
+    def _admitted(self, pipeline: str, released: Released[ActiveRun]) -> None:
+        """A run its key admitted (as another of it left) goes on to its pipeline."""
+        if isinstance(released.run, str):
+            self._enqueue_cold(pipeline, released.run, released.priority)
+        else:
+            self._place(released.run.row, released.run.prior, False, released.run)
+
+    def _enqueue_cold(self, pipeline: str, run_id: str, priority: int) -> None:
+        self.backlog.push_cold(pipeline, run_id, priority)
         self._refill(pipeline)
 
     def _refill(self, pipeline: str) -> None:
-        """Load the next cold runs of ``pipeline`` once its window is half empty."""
-        if (
-            pipeline not in self._loading
-            and self.backlog.cold_of(pipeline)
-            and self.backlog.loaded_of(pipeline) <= self.backlog.window // 2
-        ):
+        """Load the next cold runs of ``pipeline`` once its window is half empty, or its
+        highest priority waiting is cold only."""
+        if pipeline not in self._loading and self.backlog.wants_load(pipeline):
             assert self._tg is not None, "the runner is not serving"
             self._loading[pipeline] = set()
             self._tg.start_soon(self._load_cold, pipeline, name=f"load waiting {pipeline}")
@@ -448,7 +511,10 @@ class Runner:
         """Load cold runs into ``pipeline``'s window, oldest first, and start what may."""
         backlog = self.backlog
         try:
-            while ids := backlog.take_cold(pipeline, backlog.window - backlog.loaded_of(pipeline)):
+            # at least one: the highest priority's may come while the window is full
+            while ids := backlog.take_cold(
+                pipeline, max(1, backlog.window - backlog.loaded_of(pipeline))
+            ):
                 loading = self._loading[pipeline] = set(ids)
                 rows = {row.run_id: row for row in await self.store.get_runs(ids)}
                 priors: dict[str, dict[str, Instance]] = {}
@@ -462,22 +528,25 @@ class Runner:
                 for run_id in ids:
                     found_row = rows.get(run_id)
                     # cancelled meanwhile, or finished (gone, or cancelled before)
-                    if (
-                        run_id not in loading
-                        or found_row is None
-                        or found_row.state not in _UNFINISHED
-                    ):
+                    if run_id not in loading:  # cancelled meanwhile: its key went with it
                         backlog.dropped()
+                        continue
+                    if found_row is None or found_row.state not in _UNFINISHED:
+                        backlog.dropped()
+                        if found_row is not None and _limited(found_row):
+                            self._release(found_row)
                         continue
                     prior = priors.get(run_id, {})
                     run = ActiveRun(found_row, self._plan_of(found_row), prior, self._driving)
                     self._runs[run_id] = run
-                    backlog.settle(pipeline, run)
+                    if _limited(found_row):
+                        self._keyed.add(run_id)
+                    backlog.settle(pipeline, run, found_row.priority)
                 loading.clear()
                 self._moved.set()
                 self._moved = anyio.Event()
                 self._start_waiting(pipeline)
-                if backlog.loaded_of(pipeline) > backlog.window // 2:
+                if not backlog.wants_load(pipeline):
                     break
         finally:
             del self._loading[pipeline]
@@ -495,8 +564,12 @@ class Runner:
         self._refill(pipeline)
 
     def _is_cold(self, run_id: str) -> bool:
-        """Whether the run waits by its id only (or is being loaded)."""
-        return self.backlog.is_cold(run_id) or any(run_id in s for s in self._loading.values())
+        """Whether the run waits by its id only (or is being loaded, or waits for its key)."""
+        return (
+            self.backlog.is_cold(run_id)
+            or any(run_id in s for s in self._loading.values())
+            or self.keys.holds(run_id)
+        )
 
     # -- pausing pipelines ----------------------------------------------------------------
 
@@ -544,12 +617,15 @@ class Runner:
                 page = await self.store.waiting_runs(pipeline, after=after, limit=_PAGE)
                 held_ids = {row.run_id for row in self._unpausing[pipeline]}
                 loading = self._loading.get(pipeline, set())
-                for run_id, _ in page:
+                for waiting in page:
+                    run_id = waiting.run_id
                     if run_id in self._runs or run_id in cold or run_id in loading:
                         continue
+                    if self.keys.holds(run_id):
+                        continue  # waits for its key already (it came before the pause)
                     if run_id in held_ids:
                         seen.add(run_id)
-                    self._enqueue_cold(pipeline, run_id)
+                    self._admit_cold(waiting)
                     started += 1
                 if len(page) < _PAGE:
                     break
@@ -560,8 +636,7 @@ class Runner:
         # held meanwhile, and not in the pages read (recorded after them)
         for row in held:
             if row.run_id not in seen and row.run_id not in self._runs:
-                self._enqueue_cold(pipeline, row.run_id)
-                started += 1
+                self._admit_cold(row)
                 started += 1
         self._start_waiting(pipeline)
         self.log.info("pipeline_unpaused", pipeline=pipeline, by=by, waiting=started)
@@ -599,7 +674,9 @@ class Runner:
         """
         run = self._runs.get(run_id)
         if run is None:
-            if not self.backlog.remove_cold(run_id) and not self._unload(run_id):
+            # waiting for its key (it holds none), or admitted and cold (it holds one)
+            admitted = not self.keys.remove(run_id)
+            if admitted and not self.backlog.remove_cold(run_id) and not self._unload(run_id):
                 raise NotFound(f"no unfinished run {run_id!r}")
             # cold: it will not be started; its row is read to record it cancelled
             row = await self.store.get_run(run_id)
@@ -607,14 +684,17 @@ class Runner:
                 raise NotFound(f"no run {run_id!r}")
             run = ActiveRun(row, self._plan_of(row), {}, self._driving)
             self._runs[run_id] = run
+            if admitted and _limited(row):
+                self._keyed.add(run_id)
             try:
                 await run.cancel()
             finally:
                 self._moved.set()
                 self._moved = anyio.Event()
             return run.row
-        if run.engine is None:  # still waiting in the backlog, or about to start
+        if run.engine is None:  # still waiting in the backlog (or for its key), or about to start
             self.backlog.remove(run.row.pipeline, lambda r: r is run)
+            self.keys.remove_started(lambda r: r is run)
         await run.cancel()
         return run.row
 
@@ -701,6 +781,26 @@ class Runner:
 
     def _left(self, run: ActiveRun, ended: bool) -> None:
         self._runs.pop(run.row.run_id, None)
+        if run.row.run_id in self._keyed:
+            self._keyed.discard(run.row.run_id)
+            self._release(run.row)
         if ended:
             for listener in self._run_listeners:
                 listener(run.row)
+
+    def _release(self, row: RunRow) -> None:
+        """A run of a limited key left (ended, parked, cancelled): admit the next of it."""
+        for released in self.keys.release(row.pipeline, _key(row)[0]):
+            self._admitted(row.pipeline, released)
+
+
+def _limited(row: RunRow | WaitingRun) -> bool:
+    """Whether the run counts for a key with a limit."""
+    return row.key_limit is not None and row.flow_key is not None
+
+
+def _key(row: RunRow | WaitingRun) -> tuple[str, int]:
+    """The key of a run that counts for one (:func:`_limited`), and its limit."""
+    assert row.flow_key is not None, "the run has no key"
+    assert row.key_limit is not None, "the run's key has no limit"
+    return row.flow_key, row.key_limit

@@ -185,6 +185,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     ALTER TABLE runs ADD COLUMN config_version INTEGER;
     """,
+    # flow control: a run's key, the limit of active runs of its key, and its priority
+    """
+    ALTER TABLE runs ADD COLUMN flow_key TEXT;
+    ALTER TABLE runs ADD COLUMN key_limit INTEGER;
+    ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 5;
+    """,
 )
 
 

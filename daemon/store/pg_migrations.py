@@ -172,6 +172,12 @@ PG_MIGRATIONS: tuple[str, ...] = (
     );
     ALTER TABLE runs ADD COLUMN config_version BIGINT;
     """,
+    # flow control: a run's key, the limit of active runs of its key, and its priority
+    """
+    ALTER TABLE runs ADD COLUMN flow_key TEXT;
+    ALTER TABLE runs ADD COLUMN key_limit BIGINT;
+    ALTER TABLE runs ADD COLUMN priority BIGINT NOT NULL DEFAULT 5;
+    """,
 )
 
 

@@ -142,7 +142,17 @@ _FLOATS = frozenset(
      "paused_at"}
 )  # fmt: skip
 _INTS = frozenset(
-    {"map_index", "attempts", "retry_base", "attempt", "min_approvals", "seq", "config_version"}
+    {
+        "map_index",
+        "attempts",
+        "retry_base",
+        "attempt",
+        "min_approvals",
+        "seq",
+        "config_version",
+        "key_limit",
+        "priority",
+    }
 )
 
 

@@ -43,6 +43,7 @@ from cued.daemon.store import (
     PauseRow,
     PruneCounts,
     RunRow,
+    WaitingRun,
     pruning,
 )
 from cued.daemon.store.filemodes import private_state_files
@@ -69,7 +70,7 @@ _log = get_logger()
 
 
 _UPSERT_RUN = """
-INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
     ended_at = excluded.ended_at, error = excluded.error
 """
@@ -495,15 +496,15 @@ class SqliteStore:
 
     async def waiting_runs(
         self, pipeline: str | None = None, *, after: str = "", limit: int = 1_000_000_000
-    ) -> list[tuple[str, str]]:
+    ) -> list[WaitingRun]:
         # by the index on (state, run_id), or (pipeline, state, run_id)
         clause, args = ("AND pipeline = ?", [pipeline]) if pipeline is not None else ("", [])
         rows = await self._reader.execute_fetchall(
-            f"SELECT run_id, pipeline FROM runs WHERE {_NEVER_STARTED} {clause} "
-            "AND run_id > ? ORDER BY run_id LIMIT ?",
+            "SELECT run_id, pipeline, flow_key, key_limit, priority FROM runs "
+            f"WHERE {_NEVER_STARTED} {clause} AND run_id > ? ORDER BY run_id LIMIT ?",
             [*args, after, limit],
         )
-        return [(run_id, name) for run_id, name in rows]
+        return [WaitingRun(*row) for row in rows]
 
     async def run_state(
         self, run_id: str
@@ -590,6 +591,15 @@ class SqliteStore:
     async def count_runs_by_state(self) -> dict[str, int]:
         rows = await self._reader.execute_fetchall(COUNT_RUNS_BY_STATE)
         return {str(state): int(count) for state, count in rows}
+
+    async def count_running(self, pipeline: str, flow_key: str | None = None) -> int:
+        # by the index on (pipeline, state, run_id): the runs running are few
+        clause, args = ("AND flow_key = ?", [flow_key]) if flow_key is not None else ("", [])
+        ((count,),) = await self._reader.execute_fetchall(
+            f"SELECT count(*) FROM runs WHERE pipeline = ? AND state = 'running' {clause}",
+            [pipeline, *args],
+        )
+        return int(count)
 
     async def get_runs(self, run_ids: Sequence[str]) -> list[RunRow]:
         found: list[RunRow] = []

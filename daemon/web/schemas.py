@@ -212,6 +212,13 @@ class Run(_Model):
         None,
         description="the configuration version it started under (GET /api/v1/config/versions/N)",
     )
+    flow_key: str | None = Field(
+        None, description="the flow-control key its trigger gave it (the trigger's `key`)"
+    )
+    key_limit: int | None = Field(
+        None, description="runs of its key (in its pipeline) that may be active at once"
+    )
+    priority: int = Field(5, description="0-9: the higher starts first when runs wait for a slot")
 
 
 class RunPage(_Model):
@@ -377,10 +384,16 @@ class RunDetail(Run):
     approvals: list[Approval]
     event: EventSummary | None = Field(description="the event that started the run")
     assets: list[AssetRef] = Field(description="the assets the run produced")
+    waiting_for: str | None = Field(
+        None,
+        description="why a queued run has not started: `waiting for key 'K' (limit 1)`, "
+        "`waiting for a run slot (max_active_runs 2)`",
+    )
 
     @classmethod
     def of(cls, detail: queries.RunDetail) -> RunDetail:
         return cls(
+            waiting_for=detail.waiting_for,
             **Run.from_row(detail.run).model_dump(),
             tasks=[TaskInstance.of(i, detail.attempts_of(i.key)) for i in detail.instances],
             approvals=[Approval.of(g.gate, g.decisions) for g in detail.gates],

@@ -490,6 +490,7 @@ class _Ui:
             "timeline": timeline,
             "span": span,
             "gates": detail.gates,
+            "waiting_for": detail.waiting_for,
             "assets": assets,
             "cost": sum(a.cost or 0.0 for a in attempts),
             "has_cost": any(a.cost is not None for a in attempts),
