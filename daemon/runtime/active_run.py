@@ -407,6 +407,9 @@ def _run_row(
         row.event_id,
         row.traceparent,
         row.config_version,
+        row.flow_key,
+        row.key_limit,
+        row.priority,
     )
 
 
