@@ -42,7 +42,7 @@ from cued.daemon.config.tomlpos import KeyLines
 from cued.daemon.core import graph, templates
 from cued.daemon.core.assets import asset_of
 from cued.daemon.core.loopback import is_loopback_listen
-from cued.daemon.core.priorities import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, priority_of
+from cued.daemon.core.priorities import DEFAULT_PRIORITY, priority_of
 from cued.daemon.errors import ConfigError, ConfigProblem, CuedError
 
 __all__ = [
@@ -175,6 +175,13 @@ class SourceConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+def _check_priority(value: int | str) -> int | str:
+    """A priority as written: a number from 0 to 9, or a template that renders one."""
+    if isinstance(value, str) and templates.has_template(value):
+        return value  # rendered on each event, and checked then
+    return priority_of(value)
+
+
 class ConcurrencyConfig(_Model):
     """A trigger's ``concurrency`` table: runs of one key active at once."""
 
@@ -201,7 +208,7 @@ class TriggerConfig(_Model):
     """A template: what flow control (debounce, throttle, concurrency) counts by; without it, one key for the whole trigger."""
     concurrency: ConcurrencyConfig | None = None
     """How many runs of one key may be active at once (those over it wait, cold)."""
-    priority: Annotated[int, Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)] | str = DEFAULT_PRIORITY
+    priority: Annotated[int | str, AfterValidator(_check_priority)] = DEFAULT_PRIORITY
     """Who starts first when runs wait for a slot: 0 to 9, or a template over the event
     that renders one (``{{ 9 if event.data.vip else 5 }}``)."""
 
@@ -633,11 +640,6 @@ class _Checker:
             checked.append(((*at, "key"), trigger.key))
         if isinstance(trigger.priority, str):
             checked.append(((*at, "priority"), trigger.priority))
-            if not templates.has_template(trigger.priority):
-                try:
-                    priority_of(trigger.priority)
-                except ValueError as exc:
-                    self.add((*at, "priority"), str(exc))
         for where, value in checked:
             try:
                 refs = templates.references(value)
