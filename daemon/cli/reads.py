@@ -105,6 +105,8 @@ async def _show(state: StateSettings, args: argparse.Namespace) -> int:
     _print_run(run)
     if shown.waiting_for:
         render.out(f"waits     {shown.waiting_for}")
+    for child in shown.children:
+        render.out(f"child     {child.run_id} ({child.pipeline}, {child.state})")
     render.out()
     render.table(
         [["TASK", "STATE", "ATTEMPTS"]] + [[i.key, i.state, str(i.attempts)] for i in instances]
@@ -199,6 +201,8 @@ def _print_run(run: RunRow) -> None:
     render.out(f"inputs    {json.dumps(run.inputs)}")
     if run.event_id:
         render.out(f"event     {run.event_id}")
+    if run.parent_run_id is not None:
+        render.out(f"parent    {run.parent_run_id} (task {run.parent_key})")
     if run.flow_key is not None:
         limit = f" (limit {run.key_limit})" if run.key_limit is not None else ""
         render.out(f"key       {run.flow_key}{limit}")

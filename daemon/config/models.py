@@ -490,6 +490,7 @@ class _Checker:
             pipelines = {}
         for name, pipeline in pipelines.items():
             self.check_pipeline(name, pipeline, pools)
+        self.check_calls(pipelines)
         self.validate(RetentionConfig, raw.get("retention", {}), ("retention",))
         if "telemetry" in raw:
             self.validate(TelemetryConfig, raw["telemetry"], ("telemetry",))
@@ -529,6 +530,42 @@ class _Checker:
         if self.problems:
             raise ConfigError(self.problems, self.warnings)
         return Config.model_validate(raw)
+
+    def check_calls(self, pipelines: dict[str, Any]) -> None:
+        """Tasks of kind ``pipeline``: the pipeline each runs exists and declares the
+        inputs it is given, and no pipelines run each other in a cycle."""
+        calls: dict[str, list[str]] = {}
+        where: dict[tuple[str, str], tuple[str | int, ...]] = {}
+        for name, raw in pipelines.items():
+            tasks = raw.get("tasks") if isinstance(raw, dict) else None
+            for task_name, task in (tasks if isinstance(tasks, dict) else {}).items():
+                if not isinstance(task, dict) or task.get("kind") != "pipeline":
+                    continue
+                at = ("pipelines", name, "tasks", task_name)
+                child = task.get("pipeline")
+                if not isinstance(child, str):
+                    continue  # the kind's parameters say what is wrong
+                child_raw = pipelines.get(child)
+                if not isinstance(child_raw, dict):
+                    self.add((*at, "pipeline"), _unknown(child, tuple(pipelines), "pipeline"))
+                    continue
+                calls.setdefault(name, []).append(child)
+                where.setdefault((name, child), (*at, "pipeline"))
+                declared = child_raw.get("inputs")
+                known = declared if isinstance(declared, dict) else {}
+                inputs = task.get("inputs")
+                for key in inputs if isinstance(inputs, dict) else {}:
+                    if key not in known:
+                        names = ", ".join(sorted(known)) or "none"
+                        self.add(
+                            (*at, "inputs", key),
+                            f"pipeline {child!r} has no input {key!r} (declared: {names})",
+                        )
+        if cycle := graph.find_cycle(calls):
+            self.add(
+                where[cycle[0], cycle[1]],
+                "pipelines run each other in a cycle: " + " -> ".join(cycle),
+            )
 
     def check_pipeline(self, name: str, raw: Any, pools: set[str]) -> None:
         at: tuple[str | int, ...] = ("pipelines", name)

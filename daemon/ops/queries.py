@@ -86,6 +86,8 @@ class RunDetail:
     """The event that started it, if one did and ``[retention]`` kept it."""
     assets: list[lineage.ProducedAsset]
     """The asset versions it produced, by asset name."""
+    children: list[RunRow]
+    """The child runs its ``pipeline`` tasks started, oldest first."""
     waiting_for: str | None = None
     """Why a queued run has not started: ``waiting for key 'K' (limit 1)``, or ``waiting
     for a run slot (max_active_runs 2)``; None if it does not wait for one of them."""
@@ -271,6 +273,7 @@ class Queries:
             [Gate.of(g, decisions) for g in gates],
             started_by[0] if started_by else None,
             await lineage.produced(store, self.plans, run) if assets else [],
+            await store.children_of(run_id),
             await self.waiting_for(run),
         )
 

@@ -95,33 +95,12 @@ async def rerun(
 
 
 async def cancel(daemon: Daemon, run_id: str) -> RunRow:
-    """Cancel a run, whether it runs here, is parked waiting for a decision, or waits for
-    its paused pipeline.
+    """Cancel a run, whether it runs here, is parked waiting for a decision (or a child
+    run), or waits for its paused pipeline; its unfinished child runs are cancelled too.
 
     :raises NotFound: if there is no such run
     :raises Conflict: if it has finished already
     """
     if daemon.is_active(run_id):
         return await daemon.cancel(run_id)
-    found = await daemon.store.run_state(run_id)
-    if found is None:
-        raise NotFound(f"no run {run_id!r}")
-    run, instances, _ = found
-    # waiting: parked at a gate; queued and not here: held while its pipeline is paused
-    if run.state not in (RunState.WAITING, RunState.QUEUED):
-        raise Conflict(f"run {run_id!r} has finished already ({run.state})")
-    stamp = now()
-    rows: list[Row] = [
-        replace(i, state=State.CANCELLED.value, updated_at=stamp)
-        for i in instances
-        if State(i.state) not in (State.SUCCEEDED, State.FAILED, State.UPSTREAM_FAILED)
-    ]
-    rows.extend(
-        replace(gate, state="cancelled", decided_at=stamp)
-        for gate in await daemon.store.get_approvals(run_id)
-        if gate.state == "waiting"
-    )
-    cancelled = replace(run, state=RunState.CANCELLED.value, ended_at=stamp)
-    rows.append(cancelled)
-    await daemon.store.submit(rows).wait()
-    return cancelled
+    return await daemon.cancel_recorded(run_id)

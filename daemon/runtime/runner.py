@@ -34,6 +34,7 @@ or are recorded ``skipped`` if its ``when_paused`` says so. Runs that had starte
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import deque
 from dataclasses import replace
@@ -42,11 +43,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from cued.daemon.core.backoff import backoff_s
-from cued.daemon.core.engine import Instance, RunState
+from cued.daemon.core.engine import Instance, RunState, State
 from cued.daemon.core.ids import new_id, now
 from cued.daemon.core.plan import PipelinePlan
 from cued.daemon.core.states import TERMINAL_RUN_STATES
-from cued.daemon.errors import InvalidRequest, NotFound
+from cued.daemon.errors import Conflict, InvalidRequest, NotFound
 from cued.daemon.logs import get_logger
 from cued.daemon.runtime.active_run import ActiveRun, Driving
 from cued.daemon.runtime.attempts import TaskAttempts
@@ -71,8 +72,8 @@ if TYPE_CHECKING:
     from cued.daemon.runtime.backlog import Backlog
     from cued.daemon.runtime.keys import Released
     from cued.daemon.runtime.run_alerts import AlertSink
-    from cued.daemon.sdk.kinds import Spending, TaskKind
-    from cued.daemon.store import Store
+    from cued.daemon.sdk.kinds import AwaitingRun, Spending, TaskKind
+    from cued.daemon.store import Row, Store
 
 __all__ = ["Runner"]
 
@@ -147,6 +148,8 @@ class Runner:
             self._left,
             self.log,
             self.tracing,
+            self._new_child,
+            self.enqueue,
         )
         self._runs: dict[str, ActiveRun] = {}
         self.keys: KeyGate[ActiveRun] = KeyGate()
@@ -261,6 +264,7 @@ class Runner:
                 self._admit_cold(row)
         if resumed:
             self.log.info("runs_resumed", count=resumed)
+        await self.settle_children()
         return resumed
 
     async def _resume_all(self) -> int:
@@ -698,6 +702,36 @@ class Runner:
         await run.cancel()
         return run.row
 
+    async def cancel_recorded(self, run_id: str) -> RunRow:
+        """Cancel a run that is not in memory: parked (waiting for a decision or a child
+        run), or held while its pipeline is paused; its unfinished children too.
+
+        :raises NotFound: if there is no such run
+        :raises Conflict: if it has finished already
+        """
+        found = await self.store.run_state(run_id)
+        if found is None:
+            raise NotFound(f"no run {run_id!r}")
+        run, instances, _ = found
+        if run.state not in (RunState.WAITING, RunState.QUEUED):
+            raise Conflict(f"run {run_id!r} has finished already ({run.state})")
+        stamp = now()
+        rows: list[Row] = [
+            replace(i, state=State.CANCELLED.value, updated_at=stamp)
+            for i in instances
+            if State(i.state) not in (State.SUCCEEDED, State.FAILED, State.UPSTREAM_FAILED)
+        ]
+        rows.extend(
+            replace(gate, state="cancelled", decided_at=stamp)
+            for gate in await self.store.get_approvals(run_id)
+            if gate.state == "waiting"
+        )
+        cancelled = replace(run, state=RunState.CANCELLED.value, ended_at=stamp)
+        rows.append(cancelled)
+        await self.store.submit(rows).wait()
+        await self.cancel_children(run_id)
+        return cancelled
+
     async def wait(self, run_id: str) -> RunRow:
         """Wait for a run to finish (or park at a gate) and return its row.
 
@@ -784,9 +818,52 @@ class Runner:
         if run.row.run_id in self._keyed:
             self._keyed.discard(run.row.run_id)
             self._release(run.row)
+        if ended and self._tg is not None:
+            if run.row.parent_run_id is not None:
+                self._tg.start_soon(self.gates.child_ended, run.row)
+            if run.row.state == RunState.CANCELLED:
+                self._tg.start_soon(self.cancel_children, run.row.run_id)
         if ended:
             for listener in self._run_listeners:
                 listener(run.row)
+
+    # -- child runs (``pipeline`` tasks) -----------------------------------------------
+
+    def _new_child(self, parent: RunRow, key: str, attempt: int, ask: AwaitingRun) -> RunRow:
+        """The child run attempt ``attempt`` of ``parent``'s instance ``key`` asks for: in
+        the parent's trace, with its priority (its event is the parent's, through it).
+
+        :raises CuedError: if its pipeline or an input is unknown, or its pipeline is paused
+            with ``when_paused = "skip"``
+        """
+        row = self.new_run(ask.pipeline, ask.inputs, traceparent=parent.traceparent)
+        if row.state == RunState.SKIPPED:
+            raise InvalidRequest(f"pipeline {ask.pipeline!r} is paused (when_paused = 'skip')")
+        return replace(
+            row,
+            priority=parent.priority,
+            parent_run_id=parent.run_id,
+            parent_key=key,
+            parent_attempt=attempt,
+        )
+
+    async def cancel_children(self, run_id: str) -> None:
+        """Cancel the unfinished child runs of a run (it was cancelled), and theirs."""
+        for child in await self.store.children_of(run_id):
+            if child.state in TERMINAL_RUN_STATES:
+                continue
+            if self.is_active(child.run_id):
+                with contextlib.suppress(NotFound):
+                    await self.cancel(child.run_id)  # its own children follow as it ends
+            else:
+                with contextlib.suppress(NotFound, Conflict):
+                    await self.cancel_recorded(child.run_id)
+
+    async def settle_children(self) -> None:
+        """Settle the instances that wait for child runs which ended while the daemon was
+        stopped (the child's end was recorded, its parent's was not yet)."""
+        for child in await self.store.children_to_settle():
+            await self.gates.child_ended(child)
 
     def _release(self, row: RunRow) -> None:
         """A run of a limited key left (ended, parked, cancelled): admit the next of it."""

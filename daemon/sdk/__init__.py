@@ -71,6 +71,7 @@ from cued.daemon.sdk.describe import describe_error
 from cued.daemon.sdk.http_errors import error_response
 from cued.daemon.sdk.kinds import (
     AwaitingDecision,
+    AwaitingRun,
     LineWriter,
     Meter,
     ParamProblem,
@@ -93,6 +94,7 @@ from cued.daemon.sdk.tracing import Span, current_span, current_traceparent, out
 __all__ = [
     "SHELL_QUOTE_FILTERS",
     "AwaitingDecision",
+    "AwaitingRun",
     "Backfills",
     "ConnectorError",
     "CuedError",

@@ -152,6 +152,7 @@ _INTS = frozenset(
         "config_version",
         "key_limit",
         "priority",
+        "parent_attempt",
     }
 )
 

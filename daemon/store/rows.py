@@ -66,6 +66,12 @@ class RunRow:
     trigger's ``concurrency.limit`` when it was made); ``None``: no such limit."""
     priority: int = DEFAULT_PRIORITY
     """0 to 9: the higher starts first when runs wait for a slot."""
+    parent_run_id: str | None = None
+    """The run whose ``pipeline`` task started this one (a child run), if one did."""
+    parent_key: str | None = None
+    """That task's instance in the parent run."""
+    parent_attempt: int | None = None
+    """That instance's attempt: one child per attempt."""
 
 
 class WaitingRun(NamedTuple):
@@ -380,6 +386,13 @@ class Store(Protocol):
         :param created_after: only runs created at or after this time
         :param created_before: only runs created before this time
         """
+
+    async def children_of(self, run_id: str) -> list[RunRow]:
+        """The runs that ``pipeline`` tasks of run ``run_id`` started, oldest first."""
+
+    async def children_to_settle(self) -> list[RunRow]:
+        """Child runs that have ended while the task instance that waits for them still
+        waits (the daemon stopped in between): to settle at a start."""
 
     async def count_running(self, pipeline: str, flow_key: str | None = None) -> int:
         """How many runs of ``pipeline`` (with ``flow_key``, if given) are running now:

@@ -70,7 +70,7 @@ _log = get_logger()
 
 
 _UPSERT_RUN = """
-INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
     ended_at = excluded.ended_at, error = excluded.error
 """
@@ -591,6 +591,20 @@ class SqliteStore:
     async def count_runs_by_state(self) -> dict[str, int]:
         rows = await self._reader.execute_fetchall(COUNT_RUNS_BY_STATE)
         return {str(state): int(count) for state, count in rows}
+
+    async def children_of(self, run_id: str) -> list[RunRow]:
+        # by the index runs_by_parent
+        return await self._runs("WHERE parent_run_id = ? ORDER BY run_id", (run_id,))
+
+    async def children_to_settle(self) -> list[RunRow]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT c.* FROM runs c JOIN task_instances i "
+            "ON i.run_id = c.parent_run_id AND i.key = c.parent_key "
+            "WHERE c.parent_run_id IS NOT NULL "
+            "AND c.state IN ('succeeded', 'failed', 'cancelled', 'skipped') "
+            "AND i.state = 'waiting' AND i.attempts = c.parent_attempt ORDER BY c.run_id"
+        )
+        return [_run(r) for r in rows]
 
     async def count_running(self, pipeline: str, flow_key: str | None = None) -> int:
         # by the index on (pipeline, state, run_id): the runs running are few
