@@ -6,10 +6,13 @@ detail name the link."""
 from __future__ import annotations
 
 
+from dataclasses import replace
+
 import anyio
 import pytest
 
 from cued.daemon.core.states import TERMINAL_RUN_STATES
+from cued.daemon.store import AttemptRow
 from cued.daemon.ops.queries import Queries
 from cued.daemon.ops.repair import cancel
 from tests.support import probes
@@ -101,7 +104,9 @@ async def test_a_child_run_is_started_once_and_its_outputs_come_back(make_config
 async def _lineage_of(store, config, run_id: str) -> list[str]:
     from cued.daemon.ops import lineage
 
-    (found,) = await lineage.downstream(store, Queries(store, config).plans, [run_id], lineage.Budget())
+    (found,) = await lineage.downstream(
+        store, Queries(store, config).plans, [run_id], lineage.Budget()
+    )
     return [c.run.run_id for c in found.children]
 
 
@@ -117,7 +122,9 @@ async def test_a_child_that_fails_fails_the_task_and_its_parent(make_config):
     assert done.state == "failed"
     assert instances["ship"].state == "failed"
     assert instances["after"].state == "upstream_failed"
-    assert instances["ship"].error.startswith(f"child run {child.run_id} of pipeline 'shipping' failed")
+    assert instances["ship"].error.startswith(
+        f"child run {child.run_id} of pipeline 'shipping' failed"
+    )
 
 
 async def test_cancelling_the_parent_cancels_the_child(make_config):
@@ -143,3 +150,36 @@ async def test_cancelling_the_parent_cancels_the_child(make_config):
     assert cancelled.state == "cancelled"
     assert child_done.state == "cancelled"
     assert "after-label-3" not in probe.calls
+
+
+async def test_a_child_that_ended_while_the_daemon_was_down_settles_its_parent_at_start(
+    make_config, store_at
+):
+    # what a kill -9 between the child's end and its parent's settling leaves: the child
+    # ended in the store, the parent's instance still waiting for it
+    probe = probes.reset()
+    config = make_config(CONFIG)
+    async with daemon_running(config) as info:
+        parent = await info.runner.start_run("checkout", {"order_id": 9, "hold": True})
+        store = info.runner.store
+        with anyio.fail_after(30):
+            while (await store.get_run(parent.run_id)).state != "waiting":
+                await anyio.sleep(0.02)
+    async with store_at.open() as store:
+        (child,) = await store.children_of(parent.run_id)
+        (label,) = await store.get_instances(child.run_id)
+        stamp = child.created_at + 1
+        await store.submit(
+            [
+                replace(label, state="succeeded", updated_at=stamp),
+                AttemptRow(child.run_id, "label", 1, "succeeded", stamp, stamp, None, '"label-9"'),
+                replace(child, state="succeeded", started_at=stamp, ended_at=stamp),
+            ]
+        ).wait()
+    probe.released.set()
+    async with daemon_running(config) as info:
+        done = await _ended(info, parent.run_id)
+        children = await info.runner.store.children_of(parent.run_id)
+    assert done.state == "succeeded", done.error
+    assert [c.run_id for c in children] == [child.run_id]
+    assert probe.calls == ["prep-9", "label-9", "after-label-9"]

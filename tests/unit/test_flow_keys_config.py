@@ -105,3 +105,59 @@ def test_a_key_longer_than_the_bound_is_the_events_error():
     (m,), _ = match(config.triggers, _event({"k": "x" * 10_000}))
     assert m.error is not None
     assert "longer than 512 characters" in m.error
+
+
+CALLS = """\
+[pipelines.checkout]
+inputs = { order_id = 0 }
+[pipelines.checkout.tasks.ship]
+kind = "pipeline"
+pipeline = "shipping"
+inputs = { order = "{{ inputs.order_id }}" }
+
+[pipelines.shipping]
+inputs = { order = 0 }
+[pipelines.shipping.tasks.label]
+kind = "shell"
+argv = ["true"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "path", "words"),
+    [
+        pytest.param(
+            'pipeline = "shipping"', 'pipeline = "shiping"', 5,
+            "pipelines.checkout.tasks.ship.pipeline",
+            ["unknown pipeline 'shiping'", "did you mean 'shipping'?"], id="unknown-pipeline",
+        ),
+        pytest.param(
+            'inputs = { order = "{{', 'inputs = { parcel = "{{', 6,
+            "pipelines.checkout.tasks.ship.inputs.parcel",
+            ["pipeline 'shipping' has no input 'parcel' (declared: order)"], id="unknown-input",
+        ),
+        pytest.param(
+            'argv = ["true"]',
+            'argv = ["true"]\n[pipelines.shipping.tasks.back]\nkind = "pipeline"\n'
+            'pipeline = "checkout"',
+            5, "pipelines.checkout.tasks.ship.pipeline",
+            ["pipelines run each other in a cycle: checkout -> shipping -> checkout"],
+            id="cycle",
+        ),
+        pytest.param(
+            'pipeline = "shipping"', 'pipeline = "checkout"', 5,
+            "pipelines.checkout.tasks.ship.pipeline",
+            ["cycle: checkout -> checkout"], id="itself",
+        ),
+    ],
+)  # fmt: skip
+def test_a_pipeline_task_names_a_pipeline_that_exists_takes_its_inputs_and_makes_no_cycle(
+    old, new, line, path, words
+):
+    parse_config(CALLS, file="config.toml")  # as it is, it is valid
+    with pytest.raises(ConfigError) as info:
+        parse_config(CALLS.replace(old, new, 1), file="config.toml")
+    (problem,) = [p for p in info.value.problems if p.path == path]
+    assert (problem.file, problem.line) == ("config.toml", line), problem
+    for word in words:
+        assert word in problem.message, problem
