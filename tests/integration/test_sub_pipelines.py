@@ -5,16 +5,15 @@ detail name the link."""
 
 from __future__ import annotations
 
-
 from dataclasses import replace
 
 import anyio
 import pytest
 
 from cued.daemon.core.states import TERMINAL_RUN_STATES
-from cued.daemon.store import AttemptRow
 from cued.daemon.ops.queries import Queries
 from cued.daemon.ops.repair import cancel
+from cued.daemon.store import AttemptRow, RunRow
 from tests.support import probes
 from tests.support.running import daemon_running
 from tests.support.stores import keeping_state_in
@@ -56,14 +55,17 @@ args = { name = "label-{{ inputs.order }}", fail = "{{ inputs.fail }}", until_re
 """
 
 
-async def _ended(info, run_id: str):
-    """The run once it has ended (a parent parks while its child runs, and comes back)."""
+async def _reaches(store, run_id: str, states) -> RunRow:
+    """The run once its state is one of ``states`` (a parent parks while its child runs,
+    and comes back: the store is where that shows)."""
     with anyio.fail_after(60):
-        while True:
-            row = await info.runner.store.get_run(run_id)
-            if row is not None and row.state in TERMINAL_RUN_STATES:
-                return row
+        while (row := await store.get_run(run_id)) is None or row.state not in states:  # noqa: ASYNC110 - only the store shows it
             await anyio.sleep(0.02)
+    return row
+
+
+async def _ended(info, run_id: str) -> RunRow:
+    return await _reaches(info.runner.store, run_id, TERMINAL_RUN_STATES)
 
 
 async def test_a_child_run_is_started_once_and_its_outputs_come_back(make_config):
@@ -141,9 +143,7 @@ async def test_cancelling_the_parent_cancels_the_child(make_config):
         store = info.runner.store
         (child,) = await store.children_of(parent.run_id)
         # the parent parks while its child runs: it holds no slot
-        with anyio.fail_after(30):
-            while (await store.get_run(parent.run_id)).state != "waiting":
-                await anyio.sleep(0.02)
+        await _reaches(store, parent.run_id, {"waiting"})
         assert info.runner.slots.active_runs == 1  # the child's
         cancelled = await cancel(info.runner, parent.run_id)
         child_done = await _ended(info, child.run_id)
@@ -162,9 +162,7 @@ async def test_a_child_that_ended_while_the_daemon_was_down_settles_its_parent_a
     async with daemon_running(config) as info:
         parent = await info.runner.start_run("checkout", {"order_id": 9, "hold": True})
         store = info.runner.store
-        with anyio.fail_after(30):
-            while (await store.get_run(parent.run_id)).state != "waiting":
-                await anyio.sleep(0.02)
+        await _reaches(store, parent.run_id, {"waiting"})
     async with store_at.open() as store:
         (child,) = await store.children_of(parent.run_id)
         (label,) = await store.get_instances(child.run_id)
