@@ -19,6 +19,7 @@ def test_exported_members():
     assert sdk.__all__ == [
         "SHELL_QUOTE_FILTERS",
         "AwaitingDecision",
+        "AwaitingRun",
         "Backfills",
         "ConnectorError",
         "CuedError",
