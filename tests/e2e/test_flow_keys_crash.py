@@ -10,7 +10,7 @@ from itertools import pairwise
 
 import httpx
 
-from tests.support.daemon import Daemon, query, wait_for
+from tests.support.daemon import Daemon, cued, query, wait_for
 from tests.support.raw_http import free_port
 
 KEYS, PER_KEY = ("a", "b", "c"), 40
@@ -69,6 +69,13 @@ async def test_kill_9_with_runs_waiting_for_their_keys_then_restart_runs_each_on
                     assert len(response.json()["runs"]) == 1
         running = "SELECT count(*) FROM runs WHERE state = 'running'"
         await wait_for(lambda: query(state, running) == [(len(KEYS),)], timeout_s=60)
+        ((waiting_id,),) = query(
+            state, "SELECT max(run_id) FROM runs WHERE state = 'queued' AND flow_key = 'a'"
+        )
+        shown = cued(config, "show", waiting_id)
+        assert shown.returncode == 0, shown.stderr
+        assert "key       a (limit 1)" in shown.stdout
+        assert "waits     waiting for key 'a' (limit 1)" in shown.stdout
     finally:
         daemon.kill9()
     waiting = query(state, "SELECT count(*) FROM runs WHERE state = 'queued'")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.support.daemon import Daemon, query, wait_for
+from tests.support.daemon import Daemon, cued, query, wait_for
 from tests.support.raw_http import free_port
 
 PARENTS = 5
@@ -100,6 +100,12 @@ async def test_kill_9_with_child_runs_running_then_restart_finishes_each_parent_
         state, "SELECT count(DISTINCT event_id), count(*) FROM runs WHERE event_id IS NOT NULL"
     )
     assert per_event == [(PARENTS, PARENTS)]
+    ((parent_id, child_id),) = query(
+        state, "SELECT parent_run_id, run_id FROM runs WHERE parent_run_id IS NOT NULL LIMIT 1"
+    )
+    parent_shown, child_shown = cued(config, "show", parent_id), cued(config, "show", child_id)
+    assert f"child     {child_id} (shipping, succeeded)" in parent_shown.stdout
+    assert f"parent    {parent_id} (task ship)" in child_shown.stdout
     lines = ledger.read_text().split("\n")
     done = sorted(line for line in lines if line.startswith("done "))
     assert done == sorted(f"done label-{n}" for n in range(PARENTS))

@@ -104,6 +104,12 @@ async def test_a_flooded_key_runs_one_at_a_time_and_another_key_starts_before_it
         assert (waiting.run.flow_key, waiting.run.key_limit) == ("hot", 1)
         assert waiting.waiting_for == "waiting for key 'hot' (limit 1)"
         assert info.runner.keys.held == HOT - 1
+        # the API and the UI say the same
+        answer = (await client.get(f"/api/v1/runs/{hot[-1]}")).json()
+        assert (answer["flow_key"], answer["key_limit"], answer["priority"]) == ("hot", 1, 5)
+        assert answer["waiting_for"] == "waiting for key 'hot' (limit 1)"
+        page = (await client.get(f"/ui/runs/{hot[-1]}")).text
+        assert "waiting for key &#39;hot&#39; (limit 1)" in page
         probe.released.set()
         rows = await wait_finished(info, [*hot, other], timeout_s=120)
     assert {r.state for r in rows} == {"succeeded"}
