@@ -5,6 +5,10 @@ waiting runs the backlog is *saturated*: sources stop taking events (Kafka pause
 partitions, webhooks answer 429, the file watcher stops picking files) until it drains
 below ``low_water``. The gap between the marks keeps sources from flapping.
 
+Runs that wait for their key (per-key concurrency, :mod:`~cued.daemon.runtime.keys`) are
+not in these queues but count for backpressure too: a flooded key pauses the sources before
+its waiting runs grow without end.
+
 Waiting runs stay on disk: each pipeline keeps at most ``window`` of its new runs *loaded*
 (ready to start, their rows in memory); the runs behind them are *cold*, their ids only,
 their rows in the store until the window runs low and the runner loads the next ones
@@ -207,6 +211,14 @@ class Backlog(Generic[T]):
                     self._shrank()
                     return item
         return None
+
+    def count_elsewhere(self, delta: int) -> None:
+        """``delta`` more (or fewer) runs wait outside the pipelines' queues, for their key
+        (:mod:`~cued.daemon.runtime.keys`): they count for backpressure all the same."""
+        for _ in range(delta):
+            self._grew()
+        for _ in range(-delta):
+            self._shrank()
 
     def _grew(self) -> None:
         self._depth += 1

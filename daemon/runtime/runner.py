@@ -157,6 +157,8 @@ class Runner:
         # the runs in memory that count for their key (admitted): their key is released
         # as they leave memory
         self._keyed: set[str] = set()
+        self._held_counted = 0
+        """How many runs waiting for their key the backlog counts (for backpressure)."""
         # each pipeline's cold runs being loaded into its window (a run cancelled
         # meanwhile is taken out of its set, and not started once its row comes)
         self._loading: dict[str, set[str]] = {}
@@ -446,7 +448,9 @@ class Runner:
         # one that had started waits in memory for its key, as it waits for a slot
         run = ActiveRun(row, self._plan_of(row), prior or {}, self._driving)
         self._runs[row.run_id] = run
-        for released in self.keys.admit(row.pipeline, *_key(row), run, row.priority):
+        admitted = self.keys.admit(row.pipeline, *_key(row), run, row.priority)
+        self._count_held()
+        for released in admitted:
             self._admitted(row.pipeline, released)
 
     def _place(
@@ -484,9 +488,11 @@ class Runner:
         if not _limited(waiting):
             self._enqueue_cold(waiting.pipeline, waiting.run_id, waiting.priority)
             return
-        for released in self.keys.admit(
+        admitted = self.keys.admit(
             waiting.pipeline, *_key(waiting), waiting.run_id, waiting.priority
-        ):
+        )
+        self._count_held()
+        for released in admitted:
             if released.run == waiting.run_id and row is not None:
                 self._place(row, None, True)
             else:
@@ -680,6 +686,7 @@ class Runner:
         if run is None:
             # waiting for its key (it holds none), or admitted and cold (it holds one)
             admitted = not self.keys.remove(run_id)
+            self._count_held()
             if admitted and not self.backlog.remove_cold(run_id) and not self._unload(run_id):
                 raise NotFound(f"no unfinished run {run_id!r}")
             # cold: it will not be started; its row is read to record it cancelled
@@ -699,6 +706,7 @@ class Runner:
         if run.engine is None:  # still waiting in the backlog (or for its key), or about to start
             self.backlog.remove(run.row.pipeline, lambda r: r is run)
             self.keys.remove_started(lambda r: r is run)
+            self._count_held()
         await run.cancel()
         return run.row
 
@@ -867,8 +875,16 @@ class Runner:
 
     def _release(self, row: RunRow) -> None:
         """A run of a limited key left (ended, parked, cancelled): admit the next of it."""
-        for released in self.keys.release(row.pipeline, _key(row)[0]):
+        admitted = self.keys.release(row.pipeline, _key(row)[0])
+        self._count_held()
+        for released in admitted:
             self._admitted(row.pipeline, released)
+
+    def _count_held(self) -> None:
+        """Keep the backlog's count of runs waiting for their key (backpressure) in step."""
+        held = self.keys.held
+        self.backlog.count_elsewhere(held - self._held_counted)
+        self._held_counted = held
 
 
 def _limited(row: RunRow | WaitingRun) -> bool:

@@ -147,3 +147,31 @@ async def test_a_priority_out_of_range_is_the_events_error_and_starts_nothing(ma
         (event,) = await info.runner.store.list_events(source="orders")
     assert event.error is not None
     assert "priority must be a whole number from 0 to 9, got 12" in event.error
+
+
+async def test_runs_waiting_for_their_key_count_for_backpressure(make_config):
+    probe = probes.reset()
+    config = make_config(
+        CONFIG.replace(
+            '[http]\nlisten = "127.0.0.1:0"',
+            '[http]\nlisten = "127.0.0.1:0"\n[daemon]\nbacklog_high_water = 20\n'
+            "backlog_low_water = 10",
+        )
+    )
+    async with daemon_running(config) as info, httpx.AsyncClient(base_url=base_url(info)) as client:
+        answers = []
+        for n in range(40):
+            response = await client.post(
+                "/orders", json={"kind": "sync", "customer": "hot", "n": n}
+            )
+            answers.append(response.status_code)
+        # one runs (held by the test), twenty wait for their key: the rest are refused
+        assert answers.count(202) == 21
+        assert set(answers[21:]) == {429}
+        assert info.runner.backlog.depth == 20
+        probe.released.set()
+        with anyio.fail_after(60):
+            while info.runner.backlog.saturated:
+                await info.runner.backlog.wait_accepting()
+        late = await client.post("/orders", json={"kind": "sync", "customer": "hot", "n": 99})
+        assert late.status_code == 202
