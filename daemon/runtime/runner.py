@@ -5,7 +5,8 @@ scope, so cancelling a run cancels exactly its attempts. Limits
 (:mod:`~cued.daemon.runtime.slots`): a global limit on running tasks, one per named pool,
 and ``max_active_runs`` per pipeline (runs beyond it wait in the bounded
 :class:`~cued.daemon.runtime.backlog.Backlog`: a window of them loaded, the rest by id only,
-their rows read from the store a window at a time as their turn nears). Every state change
+their rows read from the store a window at a time as their turn nears; the highest
+priority first). Every state change
 goes to the store; a task's result is durable before anything downstream of it starts.
 
 The runner knows which runs are in memory and starts them as slots free up; the rest it
@@ -19,7 +20,10 @@ slots           Slots (slots.py): run slots, task slots, pools, draining
 alerts          RunAlerts (run_alerts.py) builds the outbox rows committed with each change
                 they report, for the AlertSink (alerts.py) the runner is given
 asset events    asset_events.py builds them; the AssetSink it is given (intake) records them
-approval gates  Gates (gates.py) decide and expire them; the runner is their GateHost
+keys            KeyGate (keys.py): runs of a trigger's key admitted at most its
+                concurrency limit at once; the others wait there, by id, by priority
+approval gates  Gates (gates.py) decide and expire them, and settle the instances that
+                wait for child runs (``pipeline`` tasks); the runner is their GateHost
 deadlines       Deadlines (deadlines.py) watch the runs it starts
 traces          each time a run is driven, a span from the run row's traceparent (its
                 event's span), which its attempts' spans hang from (sdk/tracing.py)
