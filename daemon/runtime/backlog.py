@@ -29,9 +29,9 @@ from cued.daemon.core.ids import id_from_bytes, id_to_bytes
 from cued.daemon.core.priorities import DEFAULT_PRIORITY, PRIORITIES
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
-__all__ = ["Backlog", "ColdIds"]
+__all__ = ["Backlog", "ColdIds", "live_ids"]
 
 T = TypeVar("T")
 
@@ -147,15 +147,9 @@ class Backlog(Generic[T]):
 
     def cold_ids(self, pipeline: str) -> list[str]:
         """The ids of ``pipeline``'s cold runs (a copy: for an unpause)."""
-        found = [i for ids in self._cold.get(pipeline, {}).values() for i in ids.ids()]
-        removed = Counter(self._removed)
-        kept: list[str] = []
-        for run_id in found:
-            if removed[run_id]:
-                removed[run_id] -= 1
-            else:
-                kept.append(run_id)
-        return kept
+        return live_ids(
+            (i for ids in self._cold.get(pipeline, {}).values() for i in ids.ids()), self._removed
+        )
 
     def is_cold(self, run_id: str) -> bool:
         """Whether the run waits cold (a scan of the ids: for a cancel or a lookup, not
@@ -238,6 +232,19 @@ class Backlog(Generic[T]):
             self._accepting.set()
         for listener in self._listeners:
             listener(saturated)
+
+
+def live_ids(ids: Iterable[str], removed: Counter[str]) -> list[str]:
+    """``ids`` in order, less those taken out (each counted in ``removed`` is passed over
+    once, as a queue passes it over when it comes to the front)."""
+    left = Counter(removed)
+    kept: list[str] = []
+    for run_id in ids:
+        if left[run_id]:
+            left[run_id] -= 1
+        else:
+            kept.append(run_id)
+    return kept
 
 
 class ColdIds:

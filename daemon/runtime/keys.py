@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from cued.daemon.core.priorities import PRIORITIES
-from cued.daemon.runtime.backlog import ColdIds
+from cued.daemon.runtime.backlog import ColdIds, live_ids
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -160,6 +160,17 @@ class KeyGate(Generic[T]):
         self._removed[run_id] += 1
         self._held -= 1
         return True
+
+    def held_ids(self, pipeline: str) -> set[str]:
+        """The ids of ``pipeline``'s runs that wait for their key (a copy: for an unpause)."""
+        found = (
+            run_id
+            for (name, _), waiting in self._keys.items()
+            if name == pipeline
+            for lane in waiting.lanes.values()
+            for run_id in lane.ids()
+        )
+        return set(live_ids(found, self._removed))
 
     def remove_started(self, predicate: Callable[[T], bool]) -> T | None:
         """Take out the first waiting run that had started for which ``predicate`` holds."""

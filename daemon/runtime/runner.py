@@ -616,9 +616,9 @@ class Runner:
         if pipeline not in self._paused or pipeline in self._unpausing:
             return 0
         self._unpausing[pipeline] = []
-        # what of it waits cold already (it was in the backlog when it was paused) is in
-        # the store too: read once here, not once per id
-        cold = set(self.backlog.cold_ids(pipeline))
+        # what of it waits cold already (it was in the backlog, or waited for its key, when
+        # it was paused) is in the store too: read once here, not once per id
+        cold = set(self.backlog.cold_ids(pipeline)) | self.keys.held_ids(pipeline)
         seen: set[str] = set()
         started = 0
         try:
@@ -635,8 +635,6 @@ class Runner:
                     run_id = waiting.run_id
                     if run_id in self._runs or run_id in cold or run_id in loading:
                         continue
-                    if self.keys.holds(run_id):
-                        continue  # waits for its key already (it came before the pause)
                     if run_id in held_ids:
                         seen.add(run_id)
                     self._admit_cold(waiting)

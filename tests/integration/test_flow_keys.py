@@ -175,3 +175,24 @@ async def test_runs_waiting_for_their_key_count_for_backpressure(make_config):
                 await info.runner.backlog.wait_accepting()
         late = await client.post("/orders", json={"kind": "sync", "customer": "hot", "n": 99})
         assert late.status_code == 202
+
+
+async def test_a_pause_and_resume_start_no_run_waiting_for_its_key_twice(make_config):
+    probe = probes.reset()
+    config = make_config(CONFIG)
+    async with daemon_running(config) as info, httpx.AsyncClient(base_url=base_url(info)) as client:
+        runs = [
+            (await _post(client, {"kind": "sync", "customer": "hot", "n": n}))[0]
+            for n in range(5)
+        ]
+        await _entered(probe, 1)
+        await info.runner.pause("sync")
+        # while paused, new runs wait in the store; those waiting for their key wait on
+        runs += await _post(client, {"kind": "sync", "customer": "hot", "n": 5})
+        assert await info.runner.unpause("sync") == 1
+        assert info.runner.keys.held == 5
+        probe.released.set()
+        rows = await wait_finished(info, runs, timeout_s=60)
+    assert {r.state for r in rows} == {"succeeded"}
+    assert probe.calls == [f"hot-{n}" for n in range(6)]
+    assert probe.max_by_group == {"hot": 1}
