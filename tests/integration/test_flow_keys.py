@@ -182,8 +182,7 @@ async def test_a_pause_and_resume_start_no_run_waiting_for_its_key_twice(make_co
     config = make_config(CONFIG)
     async with daemon_running(config) as info, httpx.AsyncClient(base_url=base_url(info)) as client:
         runs = [
-            (await _post(client, {"kind": "sync", "customer": "hot", "n": n}))[0]
-            for n in range(5)
+            (await _post(client, {"kind": "sync", "customer": "hot", "n": n}))[0] for n in range(5)
         ]
         await _entered(probe, 1)
         await info.runner.pause("sync")
