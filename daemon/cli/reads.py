@@ -104,6 +104,10 @@ async def _show(state: StateSettings, args: argparse.Namespace) -> int:
     order = {i.key: n for n, i in enumerate(instances)}
     gates = sorted((g for g in shown.gates if g.gate.key in order), key=lambda g: order[g.gate.key])
     _print_run(run)
+    if shown.waiting_for:
+        render.out(f"waits     {shown.waiting_for}")
+    for child in shown.children:
+        render.out(f"child     {child.run_id} ({child.pipeline}, {child.state})")
     render.out()
     render.table(
         [["TASK", "STATE", "ATTEMPTS"]] + [[i.key, i.state, str(i.attempts)] for i in instances]
@@ -213,6 +217,12 @@ def _print_run(run: RunRow) -> None:
     render.out(f"inputs    {json.dumps(run.inputs)}")
     if run.event_id:
         render.out(f"event     {run.event_id}")
+    if run.parent_run_id is not None:
+        render.out(f"parent    {run.parent_run_id} (task {run.parent_key})")
+    if run.flow_key is not None:
+        limit = f" (limit {run.key_limit})" if run.key_limit is not None else ""
+        render.out(f"key       {run.flow_key}{limit}")
+    render.out(f"priority  {run.priority}")
     if run.config_version is not None:
         version = run.config_version
         render.out(f"config    version {version} (cued config show {version})")

@@ -43,6 +43,7 @@ from cued.daemon.core import graph, templates
 from cued.daemon.core.assets import asset_of
 from cued.daemon.core.loopback import is_loopback_listen
 from cued.daemon.core.waits import EVENT_FIELDS
+from cued.daemon.core.priorities import DEFAULT_PRIORITY, priority_of
 from cued.daemon.errors import ConfigError, ConfigProblem, CuedError
 
 __all__ = [
@@ -189,6 +190,20 @@ class SourceConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+def _check_priority(value: int | str) -> int | str:
+    """A priority as written: a number from 0 to 9, or a template that renders one."""
+    if isinstance(value, str) and templates.has_template(value):
+        return value  # rendered on each event, and checked then
+    return priority_of(value)
+
+
+class ConcurrencyConfig(_Model):
+    """A trigger's ``concurrency`` table: runs of one key active at once."""
+
+    limit: int = Field(ge=1)
+    """Active runs per key (started, not yet ended or parked); more wait for their key."""
+
+
 class TriggerConfig(_Model):
     """One ``[[triggers]]`` entry: events of ``source`` that satisfy ``when`` start
     ``pipeline`` with ``inputs``."""
@@ -204,6 +219,13 @@ class TriggerConfig(_Model):
     """A business key: an event whose key started a run within ``dedupe_window`` starts
     nothing."""
     dedupe_window: Duration = 86400.0
+    key: str | None = None
+    """A template: what flow control (debounce, throttle, concurrency) counts by; without it, one key for the whole trigger."""
+    concurrency: ConcurrencyConfig | None = None
+    """How many runs of one key may be active at once (those over it wait, cold)."""
+    priority: Annotated[int | str, AfterValidator(_check_priority)] = DEFAULT_PRIORITY
+    """Who starts first when runs wait for a slot: 0 to 9, or a template over the event
+    that renders one (``{{ 9 if event.data.vip else 5 }}``)."""
 
     @property
     def ref(self) -> str:
@@ -485,6 +507,7 @@ class _Checker:
         for name, pipeline in pipelines.items():
             self.check_pipeline(name, pipeline, pools)
             self.check_waits(name, pipeline, sources if isinstance(sources, dict) else {})
+        self.check_calls(pipelines)
         self.validate(RetentionConfig, raw.get("retention", {}), ("retention",))
         if "telemetry" in raw:
             self.validate(TelemetryConfig, raw["telemetry"], ("telemetry",))
@@ -523,6 +546,42 @@ class _Checker:
         if self.problems:
             raise ConfigError(self.problems, self.warnings)
         return Config.model_validate(raw)
+
+    def check_calls(self, pipelines: dict[str, Any]) -> None:
+        """Tasks of kind ``pipeline``: the pipeline each runs exists and declares the
+        inputs it is given, and no pipelines run each other in a cycle."""
+        calls: dict[str, list[str]] = {}
+        where: dict[tuple[str, str], tuple[str | int, ...]] = {}
+        for name, raw in pipelines.items():
+            tasks = raw.get("tasks") if isinstance(raw, dict) else None
+            for task_name, task in (tasks if isinstance(tasks, dict) else {}).items():
+                if not isinstance(task, dict) or task.get("kind") != "pipeline":
+                    continue
+                at = ("pipelines", name, "tasks", task_name)
+                child = task.get("pipeline")
+                if not isinstance(child, str):
+                    continue  # the kind's parameters say what is wrong
+                child_raw = pipelines.get(child)
+                if not isinstance(child_raw, dict):
+                    self.add((*at, "pipeline"), _unknown(child, tuple(pipelines), "pipeline"))
+                    continue
+                calls.setdefault(name, []).append(child)
+                where.setdefault((name, child), (*at, "pipeline"))
+                declared = child_raw.get("inputs")
+                known = declared if isinstance(declared, dict) else {}
+                inputs = task.get("inputs")
+                for key in inputs if isinstance(inputs, dict) else {}:
+                    if key not in known:
+                        names = ", ".join(sorted(known)) or "none"
+                        self.add(
+                            (*at, "inputs", key),
+                            f"pipeline {child!r} has no input {key!r} (declared: {names})",
+                        )
+        if cycle := graph.find_cycle(calls):
+            self.add(
+                where[cycle[0], cycle[1]],
+                "pipelines run each other in a cycle: " + " -> ".join(cycle),
+            )
 
     def check_pipeline(self, name: str, raw: Any, pools: set[str]) -> None:
         at: tuple[str | int, ...] = ("pipelines", name)
@@ -706,6 +765,10 @@ class _Checker:
             checked.append(((*at, "when"), templates.when_expression(trigger.when)))
         if trigger.dedupe is not None:
             checked.append(((*at, "dedupe"), trigger.dedupe))
+        if trigger.key is not None:
+            checked.append(((*at, "key"), trigger.key))
+        if isinstance(trigger.priority, str):
+            checked.append(((*at, "priority"), trigger.priority))
         for where, value in checked:
             try:
                 refs = templates.references(value)

@@ -75,7 +75,8 @@ class Daemon(Recorded, Protocol):
     def wake_waits(self) -> None: ...
     async def cancel(self, run_id: str) -> RunRow: ...
     async def cancel_stored(self, run_id: str) -> RunRow:
-        """Cancel a run that is not in memory (parked, or held for its paused pipeline).
+        """Cancel a run that is not in memory (parked, or held for its paused pipeline),
+        and its unfinished child runs.
 
         :raises NotFound: if there is no such run
         :raises Conflict: if it has finished already

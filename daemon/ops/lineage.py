@@ -12,8 +12,9 @@ what they show (the API: :mod:`cued.daemon.web.schemas`).
 
 ```
 event --run_ids--> run --(produces)--> asset:NAME:RUN --run_ids--> run --> ...
-  ^                 |
-  +---event_id------+        and back: asset event --data.run_id--> run --event_id--> event
+  ^                 |  \
+  +---event_id------+   +--(a pipeline task)--> child run (parent_run_id) --> ...
+                             and back: asset event --data.run_id--> run --event_id--> event
 ```
 """
 
@@ -79,6 +80,8 @@ class LineageRun:
     run: RunRow
     tasks: list[InstanceRow]
     assets: list[LineageAsset]
+    children: list[LineageRun] = field(default_factory=list)
+    """The child runs its ``pipeline`` tasks started, and onwards."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +190,12 @@ async def downstream(
             )
             for p in await produced(store, plans, run)
         ]
-        found.append(LineageRun(run, tasks, assets))
+        children = [c.run_id for c in await store.children_of(run.run_id)]
+        found.append(
+            LineageRun(
+                run, tasks, assets, await downstream(store, plans, children, budget, depth + 1)
+            )
+        )
     return found
 
 

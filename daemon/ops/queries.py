@@ -99,6 +99,11 @@ class RunDetail:
     """The asset versions it produced, by asset name."""
     waits: list[WaitRow]
     """Its waits (for an event, for a moment), by the time each began."""
+    children: list[RunRow]
+    """The child runs its ``pipeline`` tasks started, oldest first."""
+    waiting_for: str | None = None
+    """Why a queued run has not started: ``waiting for key 'K' (limit 1)``, or ``waiting
+    for a run slot (max_active_runs 2)``; None if it does not wait for one of them."""
 
     def attempts_of(self, key: str) -> list[AttemptRow]:
         """The attempts of the instance ``key``, oldest first."""
@@ -282,7 +287,27 @@ class Queries:
             started_by[0] if started_by else None,
             await lineage.produced(store, self.plans, run) if assets else [],
             await store.get_waits(run_id),
+            await store.children_of(run_id),
+            await self.waiting_for(run),
         )
+
+    async def waiting_for(self, run: RunRow) -> str | None:
+        """Why a queued run has not started (its key is at its limit, or its pipeline at
+        its ``max_active_runs``), as the store shows it; None if neither holds it."""
+        if run.state != "queued":
+            return None
+        if run.flow_key is not None and run.key_limit is not None:
+            running = await self._store.count_running(run.pipeline, run.flow_key)
+            if running >= run.key_limit:
+                return f"waiting for key {run.flow_key!r} (limit {run.key_limit})"
+        if self._config is None and self._daemon is None:
+            return None  # the limit is in the configuration
+        pipeline = self.config.pipelines.get(run.pipeline)
+        if pipeline is not None:
+            limit = pipeline.max_active_runs
+            if await self._store.count_running(run.pipeline) >= limit:
+                return f"waiting for a run slot (max_active_runs {limit})"
+        return None
 
     async def runs_page(
         self,

@@ -95,8 +95,9 @@ async def rerun(
 
 
 async def cancel(daemon: Daemon, run_id: str) -> RunRow:
-    """Cancel a run, whether it runs here, is parked waiting for a decision, an event or
-    a moment, or waits for its paused pipeline.
+    """Cancel a run, whether it runs here, is parked waiting for a decision, an event, a
+    moment or a child run, or waits for its paused pipeline; its unfinished child runs are
+    cancelled too.
 
     :raises NotFound: if there is no such run
     :raises Conflict: if it has finished already

@@ -20,6 +20,7 @@ import anyio
 
 from cued.daemon.core.engine import Finish, RunEngine, RunState, Start, State, Wait
 from cued.daemon.core.ids import now
+from cued.daemon.errors import CuedError
 from cued.daemon.runtime.asset_events import asset_events, failed_check_events
 from cued.daemon.runtime.attempts import stopped_row
 from cued.daemon.runtime.gates import gate_row
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from cued.daemon.runtime.run_alerts import RunAlerts
     from cued.daemon.runtime.slots import Slots
     from cued.daemon.runtime.waits import Waits
-    from cued.daemon.sdk.kinds import AwaitingEvent, AwaitingTime
+    from cued.daemon.sdk.kinds import AwaitingEvent, AwaitingRun, AwaitingTime
     from cued.daemon.sdk.tracing import Tracing
     from cued.daemon.store import Durable, Row, Store
 
@@ -71,6 +72,12 @@ class Driving:
     log: structlog.typing.FilteringBoundLogger
     tracing: Tracing
     """Makes the spans of the run's attempts."""
+    new_child: Callable[[RunRow, str, int, AwaitingRun], RunRow]
+    """The child run (to record) that attempt N of a parent's instance asks for.
+
+    :raises CuedError: if it cannot start (unknown pipeline or input, paused to skip)"""
+    start_child: Callable[[RunRow], None]
+    """Queue a child run once it is recorded."""
 
 
 class ActiveRun:
@@ -352,6 +359,8 @@ class ActiveRun:
             else:
                 await self._await_wakeup(inst, start.attempt, started_at, ask)
             return []
+        if (child := outcome.child) is not None:
+            return await self._start_child(inst, start.attempt, started_at, child)
         if outcome.error is None:
             log.debug("task_succeeded", duration_s=round(ended_at - started_at, 6))
             commands = engine.succeeded(inst, outcome.output)
@@ -377,6 +386,30 @@ class ActiveRun:
             # durable before anything downstream starts: a succeeded task never runs again
             await self._commit(extra)
         return commands
+
+    async def _start_child(
+        self, inst: Instance, attempt: int, started_at: float, ask: AwaitingRun
+    ) -> list[Command]:
+        """Record the child run a ``pipeline`` task asks for with the attempt's wait, in one
+        transaction (one child per attempt, whatever crashes), then queue it: the instance
+        waits, holding no slot, until the child ends (:meth:`Gates.child_ended`)."""
+        engine, driving = self.engine, self._driving
+        assert engine is not None
+        run_id = self.row.run_id
+        try:
+            child = driving.new_child(self.row, inst.key, attempt, ask)
+        except CuedError as exc:
+            error = f"child run not started: {exc}"
+            commands = engine.failed(inst, error, retryable=False)
+            await self._commit(
+                [AttemptRow(run_id, inst.key, attempt, "failed", started_at, now(), error)]
+            )
+            return commands
+        engine.waiting(inst)
+        await self._commit([AttemptRow(run_id, inst.key, attempt, "waiting", started_at), child])
+        driving.log.info("child_run_started", run_id=run_id, task=inst.key, child=child.run_id)
+        driving.start_child(child)
+        return []
 
     async def _await_decision(
         self, inst: Instance, attempt: int, started_at: float, ask: AwaitingDecision
@@ -451,6 +484,12 @@ def _run_row(
         row.event_id,
         row.traceparent,
         row.config_version,
+        row.flow_key,
+        row.key_limit,
+        row.priority,
+        row.parent_run_id,
+        row.parent_key,
+        row.parent_attempt,
     )
 
 

@@ -21,7 +21,13 @@ from pydantic import ValidationError
 from cued.daemon.config.secrets import redact
 from cued.daemon.core.ids import now
 from cued.daemon.errors import PermanentTaskError, TaskTimeout
-from cued.daemon.sdk.kinds import AwaitingDecision, AwaitingEvent, AwaitingTime, TaskContext
+from cued.daemon.sdk.kinds import (
+    AwaitingDecision,
+    AwaitingEvent,
+    AwaitingRun,
+    AwaitingTime,
+    TaskContext,
+)
 from cued.daemon.store import AttemptRow
 
 if TYPE_CHECKING:
@@ -61,6 +67,13 @@ class Outcome:
             return self.output
         return None
 
+    @property
+    def child(self) -> AwaitingRun | None:
+        """The child run the attempt asks for (a ``pipeline`` task), if it does."""
+        if self.error is None and isinstance(self.output, AwaitingRun):
+            return self.output
+        return None
+
     def kept(self) -> Outcome:
         """The outcome as it is kept: without a secret the daemon resolved (in memory as in
         the store, so that downstream tasks see the same after a restart as before one),
@@ -68,7 +81,7 @@ class Outcome:
         """
         # built once, not by dataclasses.replace: this runs once per attempt
         output, error = redact(self.output), redact(self.error)
-        if error is not None or isinstance(output, _AWAITING):
+        if error is not None or isinstance(output, (*_AWAITING, AwaitingRun)):
             return Outcome(output, error, self.retryable)
         try:
             return Outcome(output, None, self.retryable, json.dumps(output))

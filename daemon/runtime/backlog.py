@@ -5,12 +5,17 @@ waiting runs the backlog is *saturated*: sources stop taking events (Kafka pause
 partitions, webhooks answer 429, the file watcher stops picking files) until it drains
 below ``low_water``. The gap between the marks keeps sources from flapping.
 
+Runs that wait for their key (per-key concurrency, :mod:`~cued.daemon.runtime.keys`) are
+not in these queues but count for backpressure too: a flooded key pauses the sources before
+its waiting runs grow without end.
+
 Waiting runs stay on disk: each pipeline keeps at most ``window`` of its new runs *loaded*
 (ready to start, their rows in memory); the runs behind them are *cold*, their ids only,
 their rows in the store until the window runs low and the runner loads the next ones
 (:meth:`take_cold`, :meth:`settle`). A run that has started before (resumed from the
-store with its instances) is always loaded: there are few of those. Order is kept: the
-loaded runs of a pipeline come first, then its cold ones, each in the order they came.
+store with its instances) is always loaded: there are few of those. Order is kept: a
+pipeline's runs wait in lanes by priority (0 to 9), the highest first; within a lane the
+loaded runs come first, then the cold ones, each in the order they came.
 """
 
 from __future__ import annotations
@@ -21,17 +26,18 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import anyio
 
 from cued.daemon.core.ids import id_from_bytes, id_to_bytes
+from cued.daemon.core.priorities import DEFAULT_PRIORITY, PRIORITIES
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
-__all__ = ["Backlog"]
+__all__ = ["Backlog", "ColdIds", "live_ids"]
 
 T = TypeVar("T")
 
 
 class Backlog(Generic[T]):
-    """Runs waiting to start, one queue per pipeline.
+    """Runs waiting to start, one queue per pipeline, in lanes by priority.
 
     :param high_water: saturated once this many runs wait
     :param low_water: accepting again once fewer than this wait
@@ -46,8 +52,8 @@ class Backlog(Generic[T]):
         self.high_water = high_water
         self.low_water = low_water
         self.window = window
-        self._queues: dict[str, deque[T]] = {}
-        self._cold: dict[str, _ColdIds] = {}
+        self._queues: dict[str, dict[int, deque[T]]] = {}
+        self._cold: dict[str, dict[int, ColdIds]] = {}
         # cold runs taken out (cancelled): each stays in its queue until it comes to the
         # front, where it is passed over
         self._removed: Counter[str] = Counter()
@@ -65,16 +71,19 @@ class Backlog(Generic[T]):
     @property
     def loaded(self) -> int:
         """How many waiting runs are loaded (in memory, ready to start), over all pipelines."""
-        return sum(len(q) for q in self._queues.values())
+        return sum(len(q) for lanes in self._queues.values() for q in lanes.values())
 
     def loaded_of(self, pipeline: str) -> int:
         """How many waiting runs of ``pipeline`` are loaded."""
-        return len(self._queues.get(pipeline, ()))
+        return sum(len(q) for q in self._queues.get(pipeline, {}).values())
 
-    def cold_of(self, pipeline: str) -> int:
-        """How many waiting runs of ``pipeline`` are cold (ids only), an upper bound: ids
-        taken out are counted until they reach the front."""
-        return len(self._cold.get(pipeline, ()))
+    def cold_of(self, pipeline: str, priority: int | None = None) -> int:
+        """How many waiting runs of ``pipeline`` (of one priority, if given) are cold (ids
+        only), an upper bound: ids taken out are counted until they reach the front."""
+        lanes = self._cold.get(pipeline, {})
+        if priority is not None:
+            return len(lanes.get(priority, ()))
+        return sum(len(ids) for ids in lanes.values())
 
     @property
     def saturated(self) -> bool:
@@ -94,24 +103,42 @@ class Backlog(Generic[T]):
         """Call ``listener(saturated)`` whenever the backpressure state flips."""
         self._listeners.append(listener)
 
-    def has_room(self, pipeline: str) -> bool:
+    def has_room(self, pipeline: str, priority: int = DEFAULT_PRIORITY) -> bool:
         """Whether a new run of ``pipeline`` is kept loaded (else it goes cold): nothing of
-        it is cold, and its window is not full."""
-        return not self._cold.get(pipeline) and len(self._queues.get(pipeline, ())) < self.window
+        its priority is cold, and its window is not full."""
+        return not self.cold_of(pipeline, priority) and self.loaded_of(pipeline) < self.window
 
-    def push(self, pipeline: str, item: T) -> None:
+    def wants_load(self, pipeline: str) -> bool:
+        """Whether cold runs of ``pipeline`` are to be loaded now: its window is half empty,
+        or its highest waiting priority has cold runs only (they start before any other)."""
+        if not self.cold_of(pipeline):
+            return False
+        if self.loaded_of(pipeline) <= self.window // 2:
+            return True
+        top = self._top(pipeline)
+        return top is not None and not self._queues.get(pipeline, {}).get(top)
+
+    def _top(self, pipeline: str) -> int | None:
+        """The highest priority with runs of ``pipeline`` waiting (loaded or cold)."""
+        loaded, cold = self._queues.get(pipeline, {}), self._cold.get(pipeline, {})
+        return next((p for p in PRIORITIES if loaded.get(p) or cold.get(p)), None)
+
+    def push(self, pipeline: str, item: T, priority: int = DEFAULT_PRIORITY) -> None:
         """A loaded run waits (a new one only if :meth:`has_room`)."""
-        self._queues.setdefault(pipeline, deque()).append(item)
+        self._queues.setdefault(pipeline, {}).setdefault(priority, deque()).append(item)
         self._grew()
 
-    def push_cold(self, pipeline: str, run_id: str) -> None:
+    def push_cold(self, pipeline: str, run_id: str, priority: int = DEFAULT_PRIORITY) -> None:
         """A recorded run waits, its row in the store only."""
-        self._cold.setdefault(pipeline, _ColdIds()).append(run_id)
+        self._cold.setdefault(pipeline, {}).setdefault(priority, ColdIds()).append(run_id)
         self._grew()
 
     def pop(self, pipeline: str) -> T | None:
-        """The next loaded run of ``pipeline``, if any (cold ones are loaded first)."""
-        queue = self._queues.get(pipeline)
+        """The next loaded run of ``pipeline``: the oldest of the highest priority; None if
+        none is loaded, or the highest priority waiting has cold runs only (they are to be
+        loaded first)."""
+        top = self._top(pipeline)
+        queue = self._queues.get(pipeline, {}).get(top) if top is not None else None
         if not queue:
             return None
         item = queue.popleft()
@@ -119,22 +146,15 @@ class Backlog(Generic[T]):
         return item
 
     def cold_ids(self, pipeline: str) -> list[str]:
-        """The ids of ``pipeline``'s cold runs, oldest first (a copy: for an unpause)."""
-        cold = self._cold.get(pipeline)
-        found = cold.ids() if cold is not None else []
-        removed = Counter(self._removed)
-        kept: list[str] = []
-        for run_id in found:
-            if removed[run_id]:
-                removed[run_id] -= 1
-            else:
-                kept.append(run_id)
-        return kept
+        """The ids of ``pipeline``'s cold runs (a copy: for an unpause)."""
+        return live_ids(
+            (i for ids in self._cold.get(pipeline, {}).values() for i in ids.ids()), self._removed
+        )
 
     def is_cold(self, run_id: str) -> bool:
         """Whether the run waits cold (a scan of the ids: for a cancel or a lookup, not
         for every run)."""
-        found = sum(ids.count(run_id) for ids in self._cold.values())
+        found = sum(ids.count(run_id) for lanes in self._cold.values() for ids in lanes.values())
         return found > self._removed[run_id]
 
     def remove_cold(self, run_id: str) -> bool:
@@ -146,25 +166,31 @@ class Backlog(Generic[T]):
         return True
 
     def take_cold(self, pipeline: str, count: int) -> list[str]:
-        """Take the next ``count`` cold runs of ``pipeline`` out, oldest first, to be
-        loaded: they still count as waiting until :meth:`settle` or :meth:`dropped`."""
-        cold = self._cold.get(pipeline)
+        """Take the next ``count`` cold runs of ``pipeline`` out, the highest priority
+        first, the oldest first within one, to be loaded: they still count as waiting until
+        :meth:`settle` or :meth:`dropped`."""
+        lanes = self._cold.get(pipeline, {})
         taken: list[str] = []
-        while cold and len(taken) < count:
-            run_id = cold.popleft()
-            if self._removed[run_id]:
-                self._removed[run_id] -= 1
-                if not self._removed[run_id]:
-                    del self._removed[run_id]
-            else:
-                taken.append(run_id)
-        if cold is not None and not cold:
-            del self._cold[pipeline]
+        for priority in PRIORITIES:
+            cold = lanes.get(priority)
+            while cold and len(taken) < count:
+                run_id = cold.popleft()
+                if self._removed[run_id]:
+                    self._removed[run_id] -= 1
+                    if not self._removed[run_id]:
+                        del self._removed[run_id]
+                else:
+                    taken.append(run_id)
+            if cold is not None and not cold:
+                del lanes[priority]
+        if not lanes:
+            self._cold.pop(pipeline, None)
         return taken
 
-    def settle(self, pipeline: str, item: T) -> None:
-        """A run taken out of the cold ones is loaded: it waits at the end of the loaded."""
-        self._queues.setdefault(pipeline, deque()).append(item)
+    def settle(self, pipeline: str, item: T, priority: int = DEFAULT_PRIORITY) -> None:
+        """A run taken out of the cold ones is loaded: it waits at the end of the loaded
+        runs of its priority."""
+        self._queues.setdefault(pipeline, {}).setdefault(priority, deque()).append(item)
 
     def dropped(self) -> None:
         """A run taken out of the cold ones is not to start after all (cancelled, gone)."""
@@ -172,13 +198,21 @@ class Backlog(Generic[T]):
 
     def remove(self, pipeline: str, predicate: Callable[[T], bool]) -> T | None:
         """Take out the first loaded item of ``pipeline`` for which ``predicate`` holds."""
-        queue = self._queues.get(pipeline, deque())
-        for item in queue:
-            if predicate(item):
-                queue.remove(item)
-                self._shrank()
-                return item
+        for queue in self._queues.get(pipeline, {}).values():
+            for item in queue:
+                if predicate(item):
+                    queue.remove(item)
+                    self._shrank()
+                    return item
         return None
+
+    def count_elsewhere(self, delta: int) -> None:
+        """``delta`` more (or fewer) runs wait outside the pipelines' queues, for their key
+        (:mod:`~cued.daemon.runtime.keys`): they count for backpressure all the same."""
+        for _ in range(delta):
+            self._grew()
+        for _ in range(-delta):
+            self._shrank()
 
     def _grew(self) -> None:
         self._depth += 1
@@ -200,7 +234,20 @@ class Backlog(Generic[T]):
             listener(saturated)
 
 
-class _ColdIds:
+def live_ids(ids: Iterable[str], removed: Counter[str]) -> list[str]:
+    """``ids`` in order, less those taken out (each counted in ``removed`` is passed over
+    once, as a queue passes it over when it comes to the front)."""
+    left = Counter(removed)
+    kept: list[str] = []
+    for run_id in ids:
+        if left[run_id]:
+            left[run_id] -= 1
+        else:
+            kept.append(run_id)
+    return kept
+
+
+class ColdIds:
     """A queue of run ids, 16 bytes each (as :func:`~cued.daemon.core.ids.new_id` makes
     them; any other id is kept as it is, beside): a hundred thousand waiting runs cost
     1.6 MB, not the 12 MB of strings in a deque."""

@@ -1,6 +1,7 @@
 """Approval gates: open one when a task asks for a decision, record who decided what, when
 and why, and settle the gate once enough approved (or one rejected, or its time ran out);
-the run then goes on.
+the run then goes on. A task instance that waits for a child run (a ``pipeline`` task) is
+settled here the same way when the child ends (:meth:`Gates.child_ended`).
 
 A gate's run is usually parked (in the store only); settling it commits the decision, the
 gate's outcome and the instance's new state in one transaction, then resumes the run from
@@ -19,6 +20,7 @@ import anyio
 
 from cued.daemon.core.engine import RunState, State
 from cued.daemon.core.ids import now
+from cued.daemon.core.states import TERMINAL_RUN_STATES
 from cued.daemon.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from cued.daemon.logs import get_logger
 from cued.daemon.store import ApprovalRow, AttemptRow, DecisionRow
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from cued.daemon.sdk.kinds import AwaitingDecision
-    from cued.daemon.store import Row, Store
+    from cued.daemon.store import Row, RunRow, Store
 
 __all__ = ["GateHost", "Gates", "gate_row"]
 
@@ -46,6 +48,9 @@ class GateHost(Protocol):
 
     async def resume_recorded(self, run_id: str) -> None:
         """Go on with a parked run whose gate is settled, from the store."""
+
+    async def wait(self, run_id: str) -> Any:
+        """Return once the run has left memory (parked, or ended)."""
 
 
 _UNSET: Any = object()
@@ -214,7 +219,7 @@ class Gates:
             "message": gate.message,
         }
         ok = outcome == "approved"
-        error = None
+        error: str | None = None
         if not ok:
             rejecters = [d for d in decisions if d.decision == "reject"]
             error = (
@@ -234,38 +239,100 @@ class Gates:
         started_at = (
             attempts[gate.attempt].started_at if gate.attempt in attempts else gate.requested_at
         )
-        rows: list[Row] = [
-            settled,
-            *new,
-            AttemptRow(
-                gate.run_id,
-                gate.key,
-                gate.attempt,
-                "succeeded" if ok else "failed",
-                started_at,
-                at,
-                error,
-                json.dumps(output),
-            ),
-        ]
-        in_memory = self._host.is_active(gate.run_id)
-        if not in_memory:
-            rows.extend(await self._parked_rows(gate, ok, error))
-        await self._store.submit(rows).wait()
-        if in_memory:
-            self._host.settle_gate(gate.run_id, gate.key, ok=ok, output=output, error=error)
-        else:
-            await self._host.resume_recorded(gate.run_id)
+        ended = AttemptRow(
+            gate.run_id,
+            gate.key,
+            gate.attempt,
+            "succeeded" if ok else "failed",
+            started_at,
+            at,
+            error,
+            json.dumps(output),
+        )
+        await self._settle_instance(
+            gate.run_id, gate.key, ok, output, error, [settled, *new, ended]
+        )
         return settled
 
-    async def _parked_rows(self, gate: ApprovalRow, ok: bool, error: str | None) -> list[Row]:
-        found = await self._store.run_state(gate.run_id)
+    async def child_ended(self, child: RunRow) -> None:
+        """A child run ended: settle the instance of its parent that waits for it (its
+        outputs are the instance's output; a child that did not succeed fails it). Nothing
+        happens if the instance waits no more (the parent was cancelled, say)."""
+        parent_id, key = child.parent_run_id, child.parent_key
+        if parent_id is None or key is None:
+            return
+        async with self._lock:
+            found = await self._store.run_state(parent_id)
+            if found is None:
+                return
+            parent, instances, _ = found
+            inst = next((i for i in instances if i.key == key), None)
+            if (
+                parent.state in TERMINAL_RUN_STATES
+                or inst is None
+                or inst.state != State.WAITING
+                or inst.attempts != child.parent_attempt
+            ):
+                return
+            ok = child.state == RunState.SUCCEEDED
+            child_state = await self._store.run_state(child.run_id)
+            outputs = child_state[2] if child_state is not None else {}
+            output = {
+                "run_id": child.run_id,
+                "pipeline": child.pipeline,
+                "state": child.state,
+                "outputs": outputs if ok else {},
+            }
+            error = None
+            if not ok:
+                error = f"child run {child.run_id} of pipeline {child.pipeline!r} {child.state}"
+                if child.error:
+                    error += f": {child.error}"
+            attempt = inst.attempts
+            started_at = next(
+                (
+                    a.started_at
+                    for a in await self._store.get_attempts(parent_id)
+                    if a.key == key and a.attempt == attempt
+                ),
+                child.created_at,
+            )
+            ended = AttemptRow(
+                parent_id,
+                key,
+                attempt,
+                "succeeded" if ok else "failed",
+                started_at,
+                now(),
+                error,
+                json.dumps(output),
+            )
+            self._log.info("child_run_ended", run_id=parent_id, task=key, child=child.run_id)
+            await self._settle_instance(parent_id, key, ok, output, error, [ended])
+
+    async def _settle_instance(
+        self, run_id: str, key: str, ok: bool, output: Any, error: str | None, rows: list[Row]
+    ) -> None:
+        """Commit ``rows`` with the waiting instance ``key`` settled, and go on with its run:
+        in memory if it is there (other tasks of it run), else from the store. A run that
+        is about to park (nothing else of it runs) is waited for, then settled parked."""
+        if self._host.is_active(run_id):
+            await self._store.submit(rows).wait()
+            if self._host.settle_gate(run_id, key, ok=ok, output=output, error=error):
+                return
+            await self._host.wait(run_id)
+        found = await self._store.run_state(run_id)
         if found is None:
-            raise NotFound(f"no run {gate.run_id!r}")
+            raise NotFound(f"no run {run_id!r}")
         run, instances, _ = found
-        (inst,) = [i for i in instances if i.key == gate.key]
+        (inst,) = [i for i in instances if i.key == key]
+        if run.state in TERMINAL_RUN_STATES:
+            await self._store.submit(rows).wait()
+            return  # it ended meanwhile (cancelled): nothing goes on
         state = State.SUCCEEDED if ok else State.FAILED
-        return [
+        parked: list[Row] = [
             replace(inst, state=state.value, error=error, updated_at=now()),
             replace(run, state=RunState.QUEUED.value),
         ]
+        await self._store.submit([*rows, *parked]).wait()
+        await self._host.resume_recorded(run_id)

@@ -32,7 +32,7 @@ runs once.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -427,13 +427,14 @@ class DaemonIntake:
                 batch.keys.add(pair)
                 batch.rows.append(DedupeRow(m.trigger, m.dedupe_key, stamp))
             try:
-                started.append(
-                    runs.new_run(
-                        m.pipeline, m.inputs, event_id=event.event_id, traceparent=traceparent
-                    )
+                row = runs.new_run(
+                    m.pipeline, m.inputs, event_id=event.event_id, traceparent=traceparent
                 )
             except CuedError as exc:
                 errors.append(f"trigger {m.trigger!r}: {exc}")
+                continue
+            # what flow control counts it under, and where it waits for a slot
+            started.append(replace(row, **m.flow()))
         return started, errors
 
     def _event_span(self, event: Event) -> Span:

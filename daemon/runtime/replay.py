@@ -121,7 +121,9 @@ async def replay_events(
                     skipped.append(why)
                     continue
                 try:
-                    run = runs.new_run(m.pipeline, m.inputs, event_id=row.event_id)
+                    run = replace(
+                        runs.new_run(m.pipeline, m.inputs, event_id=row.event_id), **m.flow()
+                    )
                 except CuedError as exc:
                     errors.append(f"trigger {m.trigger!r}: {exc}")
                     continue

@@ -5,7 +5,8 @@ scope, so cancelling a run cancels exactly its attempts. Limits
 (:mod:`~cued.daemon.runtime.slots`): a global limit on running tasks, one per named pool,
 and ``max_active_runs`` per pipeline (runs beyond it wait in the bounded
 :class:`~cued.daemon.runtime.backlog.Backlog`: a window of them loaded, the rest by id only,
-their rows read from the store a window at a time as their turn nears). Every state change
+their rows read from the store a window at a time as their turn nears; the highest
+priority first). Every state change
 goes to the store; a task's result is durable before anything downstream of it starts.
 
 The runner knows which runs are in memory and starts them as slots free up; the rest it
@@ -19,7 +20,10 @@ slots           Slots (slots.py): run slots, task slots, pools, draining
 alerts          RunAlerts (run_alerts.py) builds the outbox rows committed with each change
                 they report, for the AlertSink (alerts.py) the runner is given
 asset events    asset_events.py builds them; the AssetSink it is given (intake) records them
-approval gates  Gates (gates.py) decide and expire them; the runner is their GateHost
+keys            KeyGate (keys.py): runs of a trigger's key admitted at most its
+                concurrency limit at once; the others wait there, by id, by priority
+approval gates  Gates (gates.py) decide and expire them, and settle the instances that
+                wait for child runs (``pipeline`` tasks); the runner is their GateHost
 waits           Waits (waits.py) wake runs waiting for an event or a moment, likewise
 deadlines       Deadlines (deadlines.py) watch the runs it starts
 traces          each time a run is driven, a span from the run row's traceparent (its
@@ -35,6 +39,7 @@ or are recorded ``skipped`` if its ``when_paused`` says so. Runs that had starte
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import deque
 from dataclasses import replace
@@ -54,12 +59,13 @@ from cued.daemon.runtime.attempts import TaskAttempts
 from cued.daemon.runtime.deadlines import Deadlines
 from cued.daemon.runtime.gates import Gates
 from cued.daemon.runtime.instance_rows import instances_of
+from cued.daemon.runtime.keys import KeyGate
 from cued.daemon.runtime.run_alerts import RunAlerts
 from cued.daemon.runtime.slots import Slots
 from cued.daemon.runtime.task_logs import TaskLogs
 from cued.daemon.runtime.waits import Waits, cancelled_waits
 from cued.daemon.sdk.tracing import Tracing
-from cued.daemon.store import InstanceRow, PauseRow, RunRow
+from cued.daemon.store import InstanceRow, PauseRow, RunRow, WaitingRun
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -70,8 +76,9 @@ if TYPE_CHECKING:
     from cued.daemon.config import Config, TaskConfig
     from cued.daemon.runtime.asset_events import AssetSink
     from cued.daemon.runtime.backlog import Backlog
+    from cued.daemon.runtime.keys import Released
     from cued.daemon.runtime.run_alerts import AlertSink
-    from cued.daemon.sdk.kinds import Spending, TaskKind
+    from cued.daemon.sdk.kinds import AwaitingRun, Spending, TaskKind
     from cued.daemon.store import Row, Store
 
 __all__ = ["Runner"]
@@ -154,8 +161,17 @@ class Runner:
             self._left,
             self.log,
             self.tracing,
+            self._new_child,
+            self.enqueue,
         )
         self._runs: dict[str, ActiveRun] = {}
+        self.keys: KeyGate[ActiveRun] = KeyGate()
+        """Runs of each flow key admitted, and those waiting for their key."""
+        # the runs in memory that count for their key (admitted): their key is released
+        # as they leave memory
+        self._keyed: set[str] = set()
+        self._held_counted = 0
+        """How many runs waiting for their key the backlog counts (for backpressure)."""
         # each pipeline's cold runs being loaded into its window (a run cancelled
         # meanwhile is taken out of its set, and not started once its row comes)
         self._loading: dict[str, set[str]] = {}
@@ -261,21 +277,27 @@ class Runner:
                 # by id, read again when its turn comes: it was not "active" meanwhile, so
                 # it may have been cancelled in the store
                 self._deadlines.watch(row)
-                self._enqueue_cold(row.pipeline, row.run_id)
+                self._admit_cold(row)
         if resumed:
             self.log.info("runs_resumed", count=resumed)
         self.waits.wake()  # what waited for the runs to be in memory goes on
+        await self.settle_children()
         return resumed
 
     async def _resume_all(self) -> int:
         resumed = 0
         started = deque(await self.store.runs_to_resume(waiting=False))
+        # the runs that were running hold their keys before any waiting run is admitted
+        for row, _, _ in started:
+            if _limited(row) and row.state == RunState.RUNNING and row.run_id not in self._runs:
+                self.keys.count(row.pipeline, *_key(row))
         after = ""
         while True:
             page = await self.store.waiting_runs(after=after, limit=_PAGE)
             held = {row.run_id for row in self._held or ()}
             gone: list[str] = []
-            for run_id, pipeline in page:
+            for waiting in page:
+                run_id, pipeline = waiting.run_id, waiting.pipeline
                 while started and started[0][0].run_id < run_id:
                     resumed += self._resume_started(*started.popleft(), gone)
                 if run_id in self._runs:
@@ -285,7 +307,7 @@ class Runner:
                 if pipeline not in self.plans:
                     gone.append(run_id)
                 elif pipeline not in self._paused:  # else it waits in the store until unpaused
-                    self._enqueue_cold(pipeline, run_id)
+                    self._admit_cold(waiting)
                     resumed += 1
             await self._fail_gone(gone)
             if len(page) < _PAGE:
@@ -305,11 +327,15 @@ class Runner:
             return 0
         if row.run_id in self._runs:
             return 0
+        running = row.state == RunState.RUNNING  # counted for its key already (see above)
         if self.backlog.cold_of(row.pipeline) or row.pipeline in self._loading:
             self._deadlines.watch(row)
-            self._enqueue_cold(row.pipeline, row.run_id)  # behind older ones, to keep order
+            if running:  # behind older ones, to keep order
+                self._enqueue_cold(row.pipeline, row.run_id, row.priority)
+            else:
+                self._admit_cold(row)
         else:
-            self.enqueue(row, instances_of(instances, outputs))
+            self.enqueue(row, instances_of(instances, outputs), counted=running)
         return 1
 
     async def _fail_gone(self, run_ids: list[str]) -> None:
@@ -406,10 +432,15 @@ class Runner:
         self.enqueue(row)
         return row
 
-    def enqueue(self, row: RunRow, prior: dict[str, Instance] | None = None) -> None:
+    def enqueue(
+        self, row: RunRow, prior: dict[str, Instance] | None = None, *, counted: bool = False
+    ) -> None:
         """Start a recorded run now if its pipeline has a free slot, else queue it; a new
         run (no ``prior``) of a paused pipeline waits in the store, a skipped one ends
-        here."""
+        here. A run over its key's limit waits for its key (:mod:`.keys`).
+
+        :param counted: the run counts for its key already (it was running at a restart)
+        """
         if row.state == RunState.SKIPPED:
             return
         if prior is None and self._held is not None:
@@ -422,35 +453,81 @@ class Runner:
                 held.append(row)
             return
         self._deadlines.watch(row)
+        fresh = not prior and row.started_at is None
+        if counted or not _limited(row):
+            self._place(row, prior, fresh)
+            return
+        if fresh:
+            self._admit_cold(row, row)
+            return
+        # one that had started waits in memory for its key, as it waits for a slot
+        run = ActiveRun(row, self._plan_of(row), prior or {}, self._driving)
+        self._runs[row.run_id] = run
+        admitted = self.keys.admit(row.pipeline, *_key(row), run, row.priority)
+        self._count_held()
+        for released in admitted:
+            self._admitted(row.pipeline, released)
+
+    def _place(
+        self,
+        row: RunRow,
+        prior: dict[str, Instance] | None,
+        fresh: bool,
+        run: ActiveRun | None = None,
+    ) -> None:
+        """Start an admitted run now if its pipeline has a free slot, else queue it."""
         pipeline = row.pipeline
         # a run that never started waits cold (its id only) behind others that do, and
         # when its pipeline's window is full
-        fresh = not prior and row.started_at is None
         if fresh and (self.backlog.cold_of(pipeline) or pipeline in self._loading):
-            self._enqueue_cold(pipeline, row.run_id)
+            self._enqueue_cold(pipeline, row.run_id, row.priority)
             return
         free = self.slots.run_slot_free(pipeline)
-        if not free and fresh and not self.backlog.has_room(pipeline):
-            self._enqueue_cold(pipeline, row.run_id)
+        if not free and fresh and not self.backlog.has_room(pipeline, row.priority):
+            self._enqueue_cold(pipeline, row.run_id, row.priority)
             return
-        run = ActiveRun(row, self._plan_of(row), prior or {}, self._driving)
-        self._runs[row.run_id] = run
+        if run is None:
+            run = ActiveRun(row, self._plan_of(row), prior or {}, self._driving)
+            self._runs[row.run_id] = run
+        if _limited(row):
+            self._keyed.add(row.run_id)
         if free:
             self._launch(run)
         else:
-            self.backlog.push(pipeline, run)
+            self.backlog.push(pipeline, run, row.priority)
 
-    def _enqueue_cold(self, pipeline: str, run_id: str) -> None:
-        self.backlog.push_cold(pipeline, run_id)
+    def _admit_cold(self, waiting: RunRow | WaitingRun, row: RunRow | None = None) -> None:
+        """A run that never started (its row in the store, or ``row``) goes on by id: to
+        its pipeline's backlog if its key admits it (or it has no limit), else it waits for
+        its key."""
+        if not _limited(waiting):
+            self._enqueue_cold(waiting.pipeline, waiting.run_id, waiting.priority)
+            return
+        admitted = self.keys.admit(
+            waiting.pipeline, *_key(waiting), waiting.run_id, waiting.priority
+        )
+        self._count_held()
+        for released in admitted:
+            if released.run == waiting.run_id and row is not None:
+                self._place(row, None, True)
+            else:
+                self._admitted(waiting.pipeline, released)
+
+    def _admitted(self, pipeline: str, released: Released[ActiveRun]) -> None:
+        """A run its key admitted (as another of it left) goes on to its pipeline."""
+        if isinstance(released.run, str):
+            self._enqueue_cold(pipeline, released.run, released.priority)
+        else:
+            self._place(released.run.row, released.run.prior, False, released.run)
+
+    def _enqueue_cold(self, pipeline: str, run_id: str, priority: int) -> None:
+        self.backlog.push_cold(pipeline, run_id, priority)
         self._refill(pipeline)
 
     def _refill(self, pipeline: str) -> None:
-        """Load the next cold runs of ``pipeline`` once its window is half empty."""
-        if (
-            pipeline not in self._loading
-            and self.backlog.cold_of(pipeline)
-            and self.backlog.loaded_of(pipeline) <= self.backlog.window // 2
-        ):
+        """Load the next cold runs of ``pipeline`` once its window is half empty, or its
+        highest priority waiting is cold only."""
+        if pipeline not in self._loading and self.backlog.wants_load(pipeline):
             assert self._tg is not None, "the runner is not serving"
             self._loading[pipeline] = set()
             self._tg.start_soon(self._load_cold, pipeline, name=f"load waiting {pipeline}")
@@ -459,7 +536,10 @@ class Runner:
         """Load cold runs into ``pipeline``'s window, oldest first, and start what may."""
         backlog = self.backlog
         try:
-            while ids := backlog.take_cold(pipeline, backlog.window - backlog.loaded_of(pipeline)):
+            # at least one: the highest priority's may come while the window is full
+            while ids := backlog.take_cold(
+                pipeline, max(1, backlog.window - backlog.loaded_of(pipeline))
+            ):
                 loading = self._loading[pipeline] = set(ids)
                 rows = {row.run_id: row for row in await self.store.get_runs(ids)}
                 priors: dict[str, dict[str, Instance]] = {}
@@ -473,22 +553,25 @@ class Runner:
                 for run_id in ids:
                     found_row = rows.get(run_id)
                     # cancelled meanwhile, or finished (gone, or cancelled before)
-                    if (
-                        run_id not in loading
-                        or found_row is None
-                        or found_row.state not in _UNFINISHED
-                    ):
+                    if run_id not in loading:  # cancelled meanwhile: its key went with it
                         backlog.dropped()
+                        continue
+                    if found_row is None or found_row.state not in _UNFINISHED:
+                        backlog.dropped()
+                        if found_row is not None and _limited(found_row):
+                            self._release(found_row)
                         continue
                     prior = priors.get(run_id, {})
                     run = ActiveRun(found_row, self._plan_of(found_row), prior, self._driving)
                     self._runs[run_id] = run
-                    backlog.settle(pipeline, run)
+                    if _limited(found_row):
+                        self._keyed.add(run_id)
+                    backlog.settle(pipeline, run, found_row.priority)
                 loading.clear()
                 self._moved.set()
                 self._moved = anyio.Event()
                 self._start_waiting(pipeline)
-                if backlog.loaded_of(pipeline) > backlog.window // 2:
+                if not backlog.wants_load(pipeline):
                     break
         finally:
             del self._loading[pipeline]
@@ -506,8 +589,12 @@ class Runner:
         self._refill(pipeline)
 
     def _is_cold(self, run_id: str) -> bool:
-        """Whether the run waits by its id only (or is being loaded)."""
-        return self.backlog.is_cold(run_id) or any(run_id in s for s in self._loading.values())
+        """Whether the run waits by its id only (or is being loaded, or waits for its key)."""
+        return (
+            self.backlog.is_cold(run_id)
+            or any(run_id in s for s in self._loading.values())
+            or self.keys.holds(run_id)
+        )
 
     # -- pausing pipelines ----------------------------------------------------------------
 
@@ -540,9 +627,9 @@ class Runner:
         if pipeline not in self._paused or pipeline in self._unpausing:
             return 0
         self._unpausing[pipeline] = []
-        # what of it waits cold already (it was in the backlog when it was paused) is in
-        # the store too: read once here, not once per id
-        cold = set(self.backlog.cold_ids(pipeline))
+        # what of it waits cold already (it was in the backlog, or waited for its key, when
+        # it was paused) is in the store too: read once here, not once per id
+        cold = set(self.backlog.cold_ids(pipeline)) | self.keys.held_ids(pipeline)
         seen: set[str] = set()
         started = 0
         try:
@@ -555,12 +642,13 @@ class Runner:
                 page = await self.store.waiting_runs(pipeline, after=after, limit=_PAGE)
                 held_ids = {row.run_id for row in self._unpausing[pipeline]}
                 loading = self._loading.get(pipeline, set())
-                for run_id, _ in page:
+                for waiting in page:
+                    run_id = waiting.run_id
                     if run_id in self._runs or run_id in cold or run_id in loading:
                         continue
                     if run_id in held_ids:
                         seen.add(run_id)
-                    self._enqueue_cold(pipeline, run_id)
+                    self._admit_cold(waiting)
                     started += 1
                 if len(page) < _PAGE:
                     break
@@ -571,8 +659,7 @@ class Runner:
         # held meanwhile, and not in the pages read (recorded after them)
         for row in held:
             if row.run_id not in seen and row.run_id not in self._runs:
-                self._enqueue_cold(pipeline, row.run_id)
-                started += 1
+                self._admit_cold(row)
                 started += 1
         self._start_waiting(pipeline)
         self.log.info("pipeline_unpaused", pipeline=pipeline, by=by, waiting=started)
@@ -611,7 +698,10 @@ class Runner:
         """
         run = self._runs.get(run_id)
         if run is None:
-            if not self.backlog.remove_cold(run_id) and not self._unload(run_id):
+            # waiting for its key (it holds none), or admitted and cold (it holds one)
+            admitted = not self.keys.remove(run_id)
+            self._count_held()
+            if admitted and not self.backlog.remove_cold(run_id) and not self._unload(run_id):
                 raise NotFound(f"no unfinished run {run_id!r}")
             # cold: it will not be started; its row is read to record it cancelled
             row = await self.store.get_run(run_id)
@@ -619,14 +709,18 @@ class Runner:
                 raise NotFound(f"no run {run_id!r}")
             run = ActiveRun(row, self._plan_of(row), {}, self._driving)
             self._runs[run_id] = run
+            if admitted and _limited(row):
+                self._keyed.add(run_id)
             try:
                 await run.cancel(reason)
             finally:
                 self._moved.set()
                 self._moved = anyio.Event()
             return run.row
-        if run.engine is None:  # still waiting in the backlog, or about to start
+        if run.engine is None:  # still waiting in the backlog (or for its key), or about to start
             self.backlog.remove(run.row.pipeline, lambda r: r is run)
+            self.keys.remove_started(lambda r: r is run)
+            self._count_held()
         await run.cancel(reason)
         # a wait of it (a task waiting for an event while others ran) waits no more (one
         # left by a crash here wakes nothing: its run has ended)
@@ -637,9 +731,9 @@ class Runner:
     async def cancel_stored(
         self, run_id: str, *, reason: str | None = None, extra: Sequence[Row] = ()
     ) -> RunRow:
-        """Cancel a run that is not in memory: parked (waiting for a decision, an event or
-        a moment), or held queued while its pipeline is paused; ``extra`` rows commit
-        with it.
+        """Cancel a run that is not in memory: parked (waiting for a decision, an event, a
+        moment or a child run), or held queued while its pipeline is paused; its unfinished
+        children too; ``extra`` rows commit with it.
 
         :raises NotFound: if there is no such run
         :raises Conflict: if it has finished already
@@ -666,6 +760,7 @@ class Runner:
         rows.append(cancelled)
         rows.extend(extra)
         await self.store.submit(rows).wait()
+        await self.cancel_children(run_id)
         return cancelled
 
     def resuming(self) -> bool:
@@ -762,6 +857,77 @@ class Runner:
         self._runs.pop(run.row.run_id, None)
         if not ended:
             self.waits.wake()  # a wait of it settled meanwhile is applied now
+        if run.row.run_id in self._keyed:
+            self._keyed.discard(run.row.run_id)
+            self._release(run.row)
+        if ended and self._tg is not None:
+            if run.row.parent_run_id is not None:
+                self._tg.start_soon(self.gates.child_ended, run.row)
+            if run.row.state == RunState.CANCELLED:
+                self._tg.start_soon(self.cancel_children, run.row.run_id)
         if ended:
             for listener in self._run_listeners:
                 listener(run.row)
+
+    # -- child runs (``pipeline`` tasks) -----------------------------------------------
+
+    def _new_child(self, parent: RunRow, key: str, attempt: int, ask: AwaitingRun) -> RunRow:
+        """The child run attempt ``attempt`` of ``parent``'s instance ``key`` asks for: in
+        the parent's trace, with its priority (its event is the parent's, through it).
+
+        :raises CuedError: if its pipeline or an input is unknown, or its pipeline is paused
+            with ``when_paused = "skip"``
+        """
+        row = self.new_run(ask.pipeline, ask.inputs, traceparent=parent.traceparent)
+        if row.state == RunState.SKIPPED:
+            raise InvalidRequest(f"pipeline {ask.pipeline!r} is paused (when_paused = 'skip')")
+        return replace(
+            row,
+            priority=parent.priority,
+            parent_run_id=parent.run_id,
+            parent_key=key,
+            parent_attempt=attempt,
+        )
+
+    async def cancel_children(self, run_id: str) -> None:
+        """Cancel the unfinished child runs of a run (it was cancelled), and theirs."""
+        for child in await self.store.children_of(run_id):
+            if child.state in TERMINAL_RUN_STATES:
+                continue
+            if self.is_active(child.run_id):
+                with contextlib.suppress(NotFound):
+                    await self.cancel(child.run_id)  # its own children follow as it ends
+            else:
+                with contextlib.suppress(NotFound, Conflict):
+                    await self.cancel_stored(child.run_id)
+
+    async def settle_children(self) -> None:
+        """Settle the instances that wait for child runs which ended while the daemon was
+        stopped (the child's end was recorded, its parent's was not yet)."""
+        for child in await self.store.children_to_settle():
+            await self.gates.child_ended(child)
+
+    def _release(self, row: RunRow) -> None:
+        """A run of a limited key left (ended, parked, cancelled): admit the next of it."""
+        admitted = self.keys.release(row.pipeline, _key(row)[0])
+        self._count_held()
+        for released in admitted:
+            self._admitted(row.pipeline, released)
+
+    def _count_held(self) -> None:
+        """Keep the backlog's count of runs waiting for their key (backpressure) in step."""
+        held = self.keys.held
+        self.backlog.count_elsewhere(held - self._held_counted)
+        self._held_counted = held
+
+
+def _limited(row: RunRow | WaitingRun) -> bool:
+    """Whether the run counts for a key with a limit."""
+    return row.key_limit is not None and row.flow_key is not None
+
+
+def _key(row: RunRow | WaitingRun) -> tuple[str, int]:
+    """The key of a run that counts for one (:func:`_limited`), and its limit."""
+    assert row.flow_key is not None, "the run has no key"
+    assert row.key_limit is not None, "the run's key has no limit"
+    return row.flow_key, row.key_limit

@@ -15,6 +15,7 @@ __all__ = [
     "AwaitingDecision",
     "AwaitingEvent",
     "AwaitingTime",
+    "AwaitingRun",
     "LineWriter",
     "Meter",
     "ParamProblem",
@@ -77,6 +78,21 @@ class AwaitingTime:
     """
 
     at: float
+
+
+@dataclass(frozen=True)
+class AwaitingRun:
+    """What a task kind returns to run another pipeline (a child run) and wait for it. The
+    child is recorded with the attempt's wait, once per attempt (a crash or a restart does
+    not start it twice); the instance waits in the store, holding no slot, until the child
+    ends: its outputs become the instance's output, its failure the instance's.
+
+    :param pipeline: the pipeline to run
+    :param inputs: its inputs
+    """
+
+    pipeline: str
+    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 Awaiting = AwaitingDecision | AwaitingEvent | AwaitingTime

@@ -223,6 +223,18 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX run_cancels_pending ON run_cancels (run_id) WHERE done = 0;
     """,
+    # flow control: a run's key, the limit of active runs of its key, and its priority;
+    # a child run's parent (the run, task instance and attempt of a `pipeline` task)
+    """
+    ALTER TABLE runs ADD COLUMN flow_key TEXT;
+    ALTER TABLE runs ADD COLUMN key_limit INTEGER;
+    ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 5;
+    ALTER TABLE runs ADD COLUMN parent_run_id TEXT;
+    ALTER TABLE runs ADD COLUMN parent_key TEXT;
+    ALTER TABLE runs ADD COLUMN parent_attempt INTEGER;
+    CREATE UNIQUE INDEX runs_by_parent ON runs (parent_run_id, parent_key, parent_attempt)
+        WHERE parent_run_id IS NOT NULL;
+    """,
 )
 
 

@@ -155,6 +155,9 @@ _INTS = frozenset(
         "scanned",
         "applied",
         "done",
+        "key_limit",
+        "priority",
+        "parent_attempt",
     }
 )
 

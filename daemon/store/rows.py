@@ -9,7 +9,9 @@ the writer can coalesce several submissions for the same row into the last one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from cued.daemon.core.priorities import DEFAULT_PRIORITY
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +40,7 @@ __all__ = [
     "RunRow",
     "Store",
     "WaitRow",
+    "WaitingRun",
 ]
 
 
@@ -58,6 +61,30 @@ class RunRow:
     config_version: int | None = None
     """The configuration version the run started under (``cued config show VERSION``);
     ``None`` for runs recorded before versions were kept."""
+    flow_key: str | None = None
+    """The flow-control key its trigger gave it (``key``), if any."""
+    key_limit: int | None = None
+    """Runs of its pipeline with the same ``flow_key`` that may be active at once (its
+    trigger's ``concurrency.limit`` when it was made); ``None``: no such limit."""
+    priority: int = DEFAULT_PRIORITY
+    """0 to 9: the higher starts first when runs wait for a slot."""
+    parent_run_id: str | None = None
+    """The run whose ``pipeline`` task started this one (a child run), if one did."""
+    parent_key: str | None = None
+    """That task's instance in the parent run."""
+    parent_attempt: int | None = None
+    """That instance's attempt: one child per attempt."""
+
+
+class WaitingRun(NamedTuple):
+    """A queued run that never started, by what its place in the queue needs (its row
+    stays in the store until its turn nears)."""
+
+    run_id: str
+    pipeline: str
+    flow_key: str | None
+    key_limit: int | None
+    priority: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,8 +401,8 @@ class Store(Protocol):
 
     async def waiting_runs(
         self, pipeline: str | None = None, *, after: str = "", limit: int = 1_000_000_000
-    ) -> list[tuple[str, str]]:
-        """The ids and pipelines of the queued runs that never started, oldest first (of
+    ) -> list[WaitingRun]:
+        """The queued runs that never started, by id, oldest first (of
         ``pipeline`` only, if given): at most ``limit`` of them, those whose id sorts after
         ``after`` (a page's cursor)."""
 
@@ -412,6 +439,17 @@ class Store(Protocol):
         :param created_after: only runs created at or after this time
         :param created_before: only runs created before this time
         """
+
+    async def children_of(self, run_id: str) -> list[RunRow]:
+        """The runs that ``pipeline`` tasks of run ``run_id`` started, oldest first."""
+
+    async def children_to_settle(self) -> list[RunRow]:
+        """Child runs that have ended while the task instance that waits for them still
+        waits (the daemon stopped in between): to settle at a start."""
+
+    async def count_running(self, pipeline: str, flow_key: str | None = None) -> int:
+        """How many runs of ``pipeline`` (with ``flow_key``, if given) are running now:
+        why a run waits (``cued show``)."""
 
     async def get_runs(self, run_ids: Sequence[str]) -> list[RunRow]:
         """These runs (those that exist), in no particular order."""

@@ -46,6 +46,7 @@ from cued.daemon.store import (
     PruneCounts,
     RunRow,
     WaitRow,
+    WaitingRun,
     pruning,
 )
 from cued.daemon.store.filemodes import private_state_files
@@ -72,7 +73,7 @@ _log = get_logger()
 
 
 _UPSERT_RUN = """
-INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
     ended_at = excluded.ended_at, error = excluded.error
 """
@@ -537,15 +538,15 @@ class SqliteStore:
 
     async def waiting_runs(
         self, pipeline: str | None = None, *, after: str = "", limit: int = 1_000_000_000
-    ) -> list[tuple[str, str]]:
+    ) -> list[WaitingRun]:
         # by the index on (state, run_id), or (pipeline, state, run_id)
         clause, args = ("AND pipeline = ?", [pipeline]) if pipeline is not None else ("", [])
         rows = await self._reader.execute_fetchall(
-            f"SELECT run_id, pipeline FROM runs WHERE {_NEVER_STARTED} {clause} "
-            "AND run_id > ? ORDER BY run_id LIMIT ?",
+            "SELECT run_id, pipeline, flow_key, key_limit, priority FROM runs "
+            f"WHERE {_NEVER_STARTED} {clause} AND run_id > ? ORDER BY run_id LIMIT ?",
             [*args, after, limit],
         )
-        return [(run_id, name) for run_id, name in rows]
+        return [WaitingRun(*row) for row in rows]
 
     async def run_state(
         self, run_id: str
@@ -709,6 +710,29 @@ class SqliteStore:
     async def count_runs_by_state(self) -> dict[str, int]:
         rows = await self._reader.execute_fetchall(COUNT_RUNS_BY_STATE)
         return {str(state): int(count) for state, count in rows}
+
+    async def children_of(self, run_id: str) -> list[RunRow]:
+        # by the index runs_by_parent
+        return await self._runs("WHERE parent_run_id = ? ORDER BY run_id", (run_id,))
+
+    async def children_to_settle(self) -> list[RunRow]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT c.* FROM runs c JOIN task_instances i "
+            "ON i.run_id = c.parent_run_id AND i.key = c.parent_key "
+            "WHERE c.parent_run_id IS NOT NULL "
+            "AND c.state IN ('succeeded', 'failed', 'cancelled', 'skipped') "
+            "AND i.state = 'waiting' AND i.attempts = c.parent_attempt ORDER BY c.run_id"
+        )
+        return [_run(r) for r in rows]
+
+    async def count_running(self, pipeline: str, flow_key: str | None = None) -> int:
+        # by the index on (pipeline, state, run_id): the runs running are few
+        clause, args = ("AND flow_key = ?", [flow_key]) if flow_key is not None else ("", [])
+        ((count,),) = await self._reader.execute_fetchall(
+            f"SELECT count(*) FROM runs WHERE pipeline = ? AND state = 'running' {clause}",
+            [pipeline, *args],
+        )
+        return int(count)
 
     async def get_runs(self, run_ids: Sequence[str]) -> list[RunRow]:
         found: list[RunRow] = []

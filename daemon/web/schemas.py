@@ -216,6 +216,18 @@ class Run(_Model):
         None,
         description="the configuration version it started under (GET /api/v1/config/versions/N)",
     )
+    flow_key: str | None = Field(
+        None, description="the flow-control key its trigger gave it (the trigger's `key`)"
+    )
+    key_limit: int | None = Field(
+        None, description="runs of its key (in its pipeline) that may be active at once"
+    )
+    priority: int = Field(5, description="0-9: the higher starts first when runs wait for a slot")
+    parent_run_id: str | None = Field(
+        None, description="the run whose `pipeline` task started this one (a child run)"
+    )
+    parent_key: str | None = Field(None, description="that task's instance in the parent")
+    parent_attempt: int | None = Field(None, description="that instance's attempt")
 
 
 class RunPage(_Model):
@@ -417,10 +429,20 @@ class RunDetail(Run):
     waits: list[Wait] = Field(description="its waits for an event or a moment")
     event: EventSummary | None = Field(description="the event that started the run")
     assets: list[AssetRef] = Field(description="the assets the run produced")
+    waiting_for: str | None = Field(
+        None,
+        description="why a queued run has not started: `waiting for key 'K' (limit 1)`, "
+        "`waiting for a run slot (max_active_runs 2)`",
+    )
+    children: list[Run] = Field(
+        default_factory=list, description="the child runs its `pipeline` tasks started"
+    )
 
     @classmethod
     def of(cls, detail: queries.RunDetail) -> RunDetail:
         return cls(
+            waiting_for=detail.waiting_for,
+            children=[Run.from_row(c) for c in detail.children],
             **Run.from_row(detail.run).model_dump(),
             tasks=[TaskInstance.of(i, detail.attempts_of(i.key)) for i in detail.instances],
             approvals=[Approval.of(g.gate, g.decisions) for g in detail.gates],
@@ -483,6 +505,9 @@ class LineageRun(_Model):
     run: Run
     tasks: list[TaskBrief]
     assets: list[LineageAsset]
+    children: list[LineageRun] = Field(
+        default_factory=list, description="the child runs its `pipeline` tasks started"
+    )
 
     @classmethod
     def of(cls, found: lineage.LineageRun) -> LineageRun:
@@ -490,6 +515,7 @@ class LineageRun(_Model):
             run=Run.from_row(found.run),
             tasks=[TaskBrief(key=i.key, task=i.task, state=i.state) for i in found.tasks],
             assets=[LineageAsset.of(a) for a in found.assets],
+            children=[LineageRun.of(c) for c in found.children],
         )
 
 

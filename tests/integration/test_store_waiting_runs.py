@@ -37,9 +37,11 @@ async def test_never_started_runs_are_read_by_id_oldest_first_and_the_rest_in_fu
             ]
         ).wait()
     async with store_at.open() as store:
-        assert await store.waiting_runs() == [(r.run_id, r.pipeline) for r in waiting]
-        assert await store.waiting_runs("p") == [
-            (r.run_id, "p") for r in waiting if r.pipeline == "p"
+        assert await store.waiting_runs() == [
+            (r.run_id, r.pipeline, None, None, 5) for r in waiting
+        ]
+        assert [w.run_id for w in await store.waiting_runs("p")] == [
+            r.run_id for r in waiting if r.pipeline == "p"
         ]
         started = await store.runs_to_resume(waiting=False)
         everything = await store.runs_to_resume()

@@ -215,8 +215,8 @@ ONE_PROBLEM = [
         [
             "unknown task kind 'bash'",
             (
-                "known: amqp, approval, http, kafka, llm, mqtt, nats, python, redis_stream, "
-                "shell, sleep, sql"
+                "known: amqp, approval, http, kafka, llm, mqtt, nats, pipeline, python, "
+                "redis_stream, shell, sleep, sql"
             ),
         ],
         id="unknown-kind",

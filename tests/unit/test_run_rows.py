@@ -12,8 +12,9 @@ from cued.daemon.store import RunRow
 
 def test_a_state_change_keeps_every_other_field_of_the_run():
     created = RunRow(
-        "r-1", "etl", "queued", {"n": 1}, 10.0, None, None, None, "e-1", "00-a-b-01", 7
-    )
+        "r-1", "etl", "queued", {"n": 1}, 10.0, None, None, None, "e-1", "00-a-b-01", 7,
+        "customer-9", 1, 8, "r-0", "ship", 2,
+    )  # fmt: skip
     assert all(getattr(created, f.name) is not None for f in dataclasses.fields(RunRow)
                if f.name not in ("started_at", "ended_at", "error"))  # fmt: skip
     assert _run_row(created, "running", 11.0) == dataclasses.replace(

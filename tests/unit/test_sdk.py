@@ -21,6 +21,7 @@ def test_exported_members():
         "AwaitingDecision",
         "AwaitingEvent",
         "AwaitingTime",
+        "AwaitingRun",
         "Backfills",
         "ConnectorError",
         "CuedError",

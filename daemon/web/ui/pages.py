@@ -491,6 +491,8 @@ class _Ui:
             "span": span,
             "gates": detail.gates,
             "waits": [(w, waits_for(w)) for w in detail.waits],
+            "waiting_for": detail.waiting_for,
+            "children": detail.children,
             "assets": assets,
             "cost": sum(a.cost or 0.0 for a in attempts),
             "has_cost": any(a.cost is not None for a in attempts),
