@@ -42,8 +42,8 @@ from cued.daemon.config.tomlpos import KeyLines
 from cued.daemon.core import graph, templates
 from cued.daemon.core.assets import asset_of
 from cued.daemon.core.loopback import is_loopback_listen
-from cued.daemon.core.waits import EVENT_FIELDS
 from cued.daemon.core.priorities import DEFAULT_PRIORITY, priority_of
+from cued.daemon.core.waits import EVENT_FIELDS
 from cued.daemon.errors import ConfigError, ConfigProblem, CuedError
 
 __all__ = [

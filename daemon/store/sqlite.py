@@ -45,8 +45,8 @@ from cued.daemon.store import (
     PauseRow,
     PruneCounts,
     RunRow,
-    WaitRow,
     WaitingRun,
+    WaitRow,
     pruning,
 )
 from cued.daemon.store.filemodes import private_state_files
