@@ -172,6 +172,36 @@ PG_MIGRATIONS: tuple[str, ...] = (
     );
     ALTER TABLE runs ADD COLUMN config_version BIGINT;
     """,
+    # nodes (cued.daemon.store.nodes, SQLite's migration of the same name): the daemons
+    # sharing the database, each with a lease renewed by the database's clock, and which
+    # node owns each unfinished run. A generation is unique in the database (a sequence),
+    # so a stale incarnation never matches a later one of the same name. cued_fenced
+    # fails a commit of a node whose lease was taken over (see pg_nodes.py).
+    """
+    CREATE SEQUENCE node_generations;
+    CREATE TABLE nodes (
+        node        TEXT COLLATE "C" PRIMARY KEY,
+        generation  BIGINT NOT NULL,
+        alive       INTEGER NOT NULL,
+        host        TEXT NOT NULL,
+        pid         BIGINT NOT NULL,
+        lease_s     DOUBLE PRECISION NOT NULL,
+        started_at  DOUBLE PRECISION NOT NULL,
+        renewed_at  DOUBLE PRECISION NOT NULL,
+        expires_at  DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE run_owners (
+        run_id      TEXT COLLATE "C" PRIMARY KEY,
+        node        TEXT COLLATE "C" NOT NULL
+    );
+    CREATE INDEX run_owners_by_node ON run_owners (node, run_id);
+    CREATE FUNCTION cued_fenced(node TEXT, generation BIGINT) RETURNS INTEGER
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION USING ERRCODE = 'CUF01', MESSAGE = format(
+            'node %s (generation %s) is fenced: its lease was taken over', node, generation);
+    END $$;
+    """,
 )
 
 

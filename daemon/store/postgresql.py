@@ -37,7 +37,8 @@ import asyncpg
 
 from cued.daemon.config.state import is_database_url, shown_url
 from cued.daemon.core.assets import ASSET_SOURCES, asset_of
-from cued.daemon.errors import StoreError
+from cued.daemon.errors import Fenced, StoreError
+from cued.daemon.store import pg_nodes
 from cued.daemon.store import (
     ApprovalRow,
     AttemptRow,
@@ -47,6 +48,7 @@ from cued.daemon.store import (
     EventRow,
     InstanceRow,
     LogLineRow,
+    NodeRow,
     OutboxRow,
     PauseRow,
     RunRow,
@@ -213,9 +215,11 @@ _PUT_PAUSE = _Put("paused_pipelines", ("pipeline", "paused_at", "paused_by"), ("
 )
 
 
-def _batch_sql(batch: _Batch) -> tuple[str, list[Any]]:
+def _batch_sql(batch: _Batch, me: tuple[str, int] | None = None) -> tuple[str, list[Any]]:
     """The whole batch as one statement (and its arguments): each table's rows upserted
-    (or deleted) by a data-modifying ``WITH`` of its own, from one array per column.
+    (or deleted) by a data-modifying ``WITH`` of its own, from one array per column; of a
+    node (``me``: its name and generation), fenced, and its runs' owners kept (see
+    :mod:`~cued.daemon.store.pg_nodes`).
 
     One statement is one round trip and, on its own, one transaction: no BEGIN and COMMIT
     of their own. Its parts share one snapshot and do not see each other's rows, which
@@ -244,8 +248,14 @@ def _batch_sql(batch: _Batch) -> tuple[str, list[Any]]:
             "WHERE t.run_id = c.run_id AND t.key = c.key AND t.attempt = c.attempt "
             "AND t.seq < c.before_seq"
         )
-    steps = ", ".join(f"s{n} AS ({part})" for n, part in enumerate(parts))
-    return f"WITH {steps} SELECT 1", args
+    final = "SELECT 1"
+    if me is not None:
+        parts += pg_nodes.owners_sql(me[0], list(batch.runs.values()), args)
+    steps = [f"s{n} AS ({part})" for n, part in enumerate(parts)]
+    if me is not None:
+        fence, final = pg_nodes.fence_sql(*me, args)
+        steps.insert(0, fence)
+    return f"WITH {', '.join(steps)} {final}", args
 
 
 def _trimmed(line: LogLineRow, batch: _Batch) -> bool:
@@ -261,11 +271,19 @@ class PostgresStore(SqliteStore):
         super().__init__(Path(shown_url(url)), cast("aiosqlite.Connection", None), _Pool(readers))
         self.where = shown_url(url)
         self._db = writer
+        self._pool = readers
+        self._me: tuple[str, int] | None = None
+        """This daemon's node and generation, once it joined: its commits are fenced."""
 
     async def _commit(self, batch: _Batch) -> float:
         started = anyio.current_time()
-        sql, args = _batch_sql(batch)
-        await self._db.execute(sql, *args)
+        sql, args = _batch_sql(batch, self._me)
+        try:
+            await self._db.execute(sql, *args)
+        except asyncpg.PostgresError as exc:
+            if pg_nodes.is_fenced(exc):
+                raise Fenced(str(exc)) from exc
+            raise
         seconds = anyio.current_time() - started
         self.commits += 1
         self.commit_seconds += seconds
@@ -296,6 +314,36 @@ class PostgresStore(SqliteStore):
                 )
 
         await self._chore(work)
+
+    # -- nodes ---------------------------------------------------------------------------
+
+    def _owned(self) -> tuple[str, list[Any]]:
+        if self._me is None:
+            return "", []
+        return "AND run_id IN (SELECT run_id FROM run_owners WHERE node = ?)", [self._me[0]]
+
+    async def join(self, node: str, *, lease_s: float, host: str, pid: int) -> NodeRow:
+        async with self._pool.acquire() as db:
+            row = await pg_nodes.join(
+                db, node, lease_s=lease_s, host=host, pid=pid, where=self.where
+            )
+        self._me = (row.node, row.generation)
+        return row
+
+    def _node(self) -> tuple[str, int]:
+        if self._me is None:
+            raise StoreError("the daemon has not joined as a node")
+        return self._me
+
+    async def renew(self) -> bool:
+        return await pg_nodes.renew(self._pool, *self._node())
+
+    async def adopt(self) -> list[str]:
+        async with self._pool.acquire() as db:
+            return await pg_nodes.adopt(db, *self._node())
+
+    async def list_nodes(self) -> list[NodeRow]:
+        return await pg_nodes.list_nodes(self._pool)
 
     async def list_assets(self) -> list[tuple[str, int, EventRow]]:
         # each asset's latest event (DISTINCT ON keeps the first of each source, newest
@@ -371,6 +419,9 @@ async def open_pg_store(url: str, *, exclusive: bool = False) -> AsyncIterator[P
                 watching.cancel()
                 store._closing = True
                 store._wake.set()  # the loop commits what is left, then returns
+        if store._me is not None and store._failed is None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await pg_nodes.leave(writer, *store._me)
     finally:
         with anyio.CancelScope(shield=True):
             await readers.close()

@@ -29,6 +29,7 @@ __all__ = [
     "InstanceRow",
     "LogLineRow",
     "LogTrim",
+    "NodeRow",
     "OutboxRow",
     "PauseRow",
     "PruneCounts",
@@ -223,6 +224,28 @@ class ConfigVersionRow:
     text: str
     file: str
     loaded_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    """A daemon sharing the state (a node), as :meth:`Store.list_nodes` shows it."""
+
+    node: str
+    generation: int
+    """Its incarnation: a new one at each start (unique in the database)."""
+    alive: bool
+    """False once it left (stopped) or was found dead; its runs go to others."""
+    host: str
+    pid: int
+    lease_s: float
+    """0.0 for the one node of a SQLite state, which holds no lease."""
+    started_at: float
+    renewed_at: float
+    expires_at: float
+    expired: bool = False
+    """Its lease lapsed by the database's clock (when read)."""
+    runs: int = 0
+    """The unfinished runs it owns."""
 
 
 Row = (
@@ -486,3 +509,30 @@ class Store(Protocol):
 
     async def config_version(self, version: int) -> ConfigVersionRow | None:
         """One configuration loaded, or ``None`` if there is no such version."""
+
+    # -- nodes (see cued.daemon.store.nodes) ------------------------------------------
+
+    async def join(self, node: str, *, lease_s: float, host: str, pid: int) -> NodeRow:
+        """Register the daemon as ``node``, with a new generation: from now on every
+        commit is its (and fails with :class:`Fenced` once its lease was taken over). It
+        owns the unfinished runs its name owned, and those no node owns.
+
+        :raises StoreError: if a live node of that name holds its lease
+        """
+
+    async def renew(self) -> bool:
+        """Renew the node's lease (by the database's clock); whether some other node's
+        lease lapsed (its runs are to be adopted).
+
+        :raises Fenced: if the node's lease was taken over
+        """
+
+    async def adopt(self) -> list[str]:
+        """Take over the runs of the nodes whose lease lapsed, or that left; the ids of
+        those unfinished and not parked (to resume, as after a crash), oldest first.
+
+        :raises Fenced: if the node's own lease was taken over
+        """
+
+    async def list_nodes(self) -> list[NodeRow]:
+        """The nodes, by name, each with the unfinished runs it owns."""

@@ -23,7 +23,7 @@ import aiosqlite
 import anyio
 
 from cued.daemon.core.assets import ASSET_SOURCES, asset_of
-from cued.daemon.core.ids import id_at
+from cued.daemon.core.ids import id_at, now
 from cued.daemon.core.untrusted import stored
 from cued.daemon.errors import StoreError
 from cued.daemon.logs import get_logger
@@ -39,6 +39,7 @@ from cued.daemon.store import (
     InstanceRow,
     LogLineRow,
     LogTrim,
+    NodeRow,
     OutboxRow,
     PauseRow,
     PruneCounts,
@@ -253,6 +254,8 @@ class SqliteStore:
         self.commits = 0
         self.commit_seconds = 0.0
         self._commit_listeners: list[Callable[[float, Sequence[Row]], None]] = []
+        self._node_name: str | None = None
+        """The daemon's node, once it joined (marked gone when the store closes)."""
 
     def on_commit(self, listener: Callable[[float, Sequence[Row]], None]) -> None:
         self._commit_listeners.append(listener)
@@ -490,7 +493,8 @@ class SqliteStore:
             if waiting
             else f"WHERE state IN ('queued', 'running') AND NOT ({_NEVER_STARTED})"
         )
-        runs = await self._runs(f"{clause} ORDER BY run_id", ())
+        owned, args = self._owned()
+        runs = await self._runs(f"{clause} {owned} ORDER BY run_id", tuple(args))
         return [(run, *await self._run_state(run.run_id)) for run in runs]
 
     async def waiting_runs(
@@ -498,12 +502,59 @@ class SqliteStore:
     ) -> list[tuple[str, str]]:
         # by the index on (state, run_id), or (pipeline, state, run_id)
         clause, args = ("AND pipeline = ?", [pipeline]) if pipeline is not None else ("", [])
+        owned, owner = self._owned()
         rows = await self._reader.execute_fetchall(
-            f"SELECT run_id, pipeline FROM runs WHERE {_NEVER_STARTED} {clause} "
+            f"SELECT run_id, pipeline FROM runs WHERE {_NEVER_STARTED} {clause} {owned} "
             "AND run_id > ? ORDER BY run_id LIMIT ?",
-            [*args, after, limit],
+            [*args, *owner, after, limit],
         )
         return [(run_id, name) for run_id, name in rows]
+
+    def _owned(self) -> tuple[str, list[Any]]:
+        """The clause that keeps a read of runs to resume to this node's own (and its
+        arguments): none on SQLite, whose one node owns every run."""
+        return "", []
+
+    # -- nodes: one, holding no lease (see cued.daemon.store.nodes) ----------------------
+
+    async def join(self, node: str, *, lease_s: float, host: str, pid: int) -> NodeRow:
+        at = now()
+
+        async def work(db: aiosqlite.Connection) -> int:
+            rows = list(await db.execute_fetchall("SELECT max(generation) FROM nodes"))
+            generation = int(rows[0][0] or 0) + 1
+            # one node: the last one's row goes (a new name at each start, by default)
+            await db.execute("DELETE FROM nodes")
+            await db.execute(
+                "INSERT INTO nodes VALUES (?, ?, 1, ?, ?, 0.0, ?, ?, ?)",
+                (node, generation, host, pid, at, at, at),
+            )
+            return generation
+
+        generation: int = await self._chore(work)
+        self._node_name = node
+        return NodeRow(node, generation, True, host, pid, 0.0, at, at, at)
+
+    async def renew(self) -> bool:
+        return False
+
+    async def adopt(self) -> list[str]:
+        return []
+
+    async def list_nodes(self) -> list[NodeRow]:
+        rows = await self._reader.execute_fetchall("SELECT * FROM nodes ORDER BY node")
+        if not rows:
+            return []
+        ((unfinished,),) = await self._reader.execute_fetchall(
+            "SELECT count(*) FROM runs WHERE state IN ('queued', 'running', 'waiting')"
+        )
+        return [
+            NodeRow(
+                str(r[0]), int(r[1]), bool(r[2]), str(r[3]), int(r[4]), *map(float, r[5:9]),
+                runs=int(unfinished) if r[2] else 0,
+            )
+            for r in rows
+        ]
 
     async def run_state(
         self, run_id: str
@@ -989,6 +1040,12 @@ async def open_store(
             finally:
                 store._closing = True
                 store._wake.set()  # the loop commits what is left, then returns
+        if store._node_name is not None and store._failed is None:
+            with anyio.CancelScope(shield=True):
+                await writer.execute(
+                    "UPDATE nodes SET alive = 0 WHERE node = ?", (store._node_name,)
+                )
+                await writer.commit()
     finally:
         with anyio.CancelScope(shield=True):
             await reader.close()
