@@ -286,6 +286,34 @@ class Runner:
         await self._fail_gone(gone)
         return resumed
 
+    async def resume_adopted(self, run_ids: list[str]) -> int:
+        """Go on with runs this node adopted from a node that is gone (see
+        :class:`~cued.daemon.runtime.membership.Membership`), as after a crash: one that
+        had started from its instances (an attempt that was running runs again, with the
+        same idempotency key; one that succeeded does not), one that never started when
+        its turn comes. Returns how many go on.
+
+        Only after :meth:`resume_unfinished`: the runs are not in memory here."""
+        gone: list[str] = []
+        resumed = 0
+        for row in sorted(await self.store.get_runs(run_ids), key=lambda r: r.run_id):
+            if row.state not in _UNFINISHED or self.is_active(row.run_id):
+                continue
+            if row.started_at is not None:
+                found = await self.store.run_state(row.run_id)
+                if found is not None:
+                    resumed += self._resume_started(*found, gone)
+            elif row.pipeline not in self.plans:
+                gone.append(row.run_id)
+            elif row.pipeline not in self._paused:  # else it waits in the store
+                self._deadlines.watch(row)
+                self._enqueue_cold(row.pipeline, row.run_id)
+                resumed += 1
+        await self._fail_gone(gone)
+        if resumed:
+            self.log.info("runs_adopted", count=resumed)
+        return resumed
+
     def _resume_started(
         self, row: RunRow, instances: list[InstanceRow], outputs: dict[str, Any], gone: list[str]
     ) -> int:

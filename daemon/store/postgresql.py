@@ -336,7 +336,11 @@ class PostgresStore(SqliteStore):
         return self._me
 
     async def renew(self) -> bool:
-        return await pg_nodes.renew(self._pool, *self._node())
+        me = self._node()
+        try:
+            return await pg_nodes.renew(self._pool, *me)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise StoreError(f"cannot renew the lease of node {me[0]!r}: {exc}") from exc
 
     async def adopt(self) -> list[str]:
         async with self._pool.acquire() as db:
@@ -378,14 +382,18 @@ async def _watch(
 
 
 @asynccontextmanager
-async def open_pg_store(url: str, *, exclusive: bool = False) -> AsyncIterator[PostgresStore]:
+async def open_pg_store(
+    url: str, *, exclusive: bool = False, shared: bool = False
+) -> AsyncIterator[PostgresStore]:
     """Open (migrating as needed) the store in the database at ``url``.
 
     On exit, whatever was submitted is committed before the connections close.
 
-    :param exclusive: hold the daemon's advisory lock while open (one daemon per database)
-    :raises StoreError: if the database cannot be reached, another daemon holds the lock,
-        or its schema is newer than this cued knows
+    :param exclusive: hold the advisory lock alone while open (``cued store copy``: no
+        daemon runs on the database meanwhile)
+    :param shared: hold a share of it (a daemon: several share the database)
+    :raises StoreError: if the database cannot be reached, the lock is held against
+        this, or its schema is newer than this cued knows
     """
     where = shown_url(url)
     try:
@@ -396,6 +404,10 @@ async def open_pg_store(url: str, *, exclusive: bool = False) -> AsyncIterator[P
     try:
         if exclusive and not await writer.fetchval("SELECT pg_try_advisory_lock($1)", DAEMON_LOCK):
             raise StoreError(f"another cued daemon is running on {where!r}")
+        if shared and not await writer.fetchval(
+            "SELECT pg_try_advisory_lock_shared($1)", DAEMON_LOCK
+        ):
+            raise StoreError(f"the database {where!r} is being copied (cued store copy)")
         await migrate(writer, where)
         readers = await asyncpg.create_pool(
             url, min_size=1, max_size=4, timeout=10, reset=_as_it_is

@@ -261,9 +261,9 @@ async def test_a_database_from_a_newer_cued_is_refused_with_a_clear_error():
                 pass
 
 
-async def test_one_daemon_per_database_and_its_lock_goes_with_its_session():
+async def test_daemons_share_a_database_a_copy_has_it_alone_and_the_lock_goes_with_a_session():
     async with fresh_database() as url:
-        async with open_pg_store(url, exclusive=True):
+        async with open_pg_store(url, shared=True), open_pg_store(url, shared=True):
             with pytest.raises(StoreError, match="another cued daemon is running on"):
                 async with open_pg_store(url, exclusive=True):
                     pass
@@ -271,6 +271,9 @@ async def test_one_daemon_per_database_and_its_lock_goes_with_its_session():
             async with open_pg_store(url) as reader:
                 await reader.ping()
         async with open_pg_store(url, exclusive=True) as store:
+            with pytest.raises(StoreError, match="is being copied"):
+                async with open_pg_store(url, shared=True):
+                    pass
             db = await asyncpg.connect(url)
             try:
                 held = await db.fetchval(
