@@ -76,6 +76,9 @@ __all__ = ["Runner"]
 
 _UNFINISHED = (RunState.QUEUED, RunState.RUNNING)
 _PAGE = 10_000
+_SLOT_RETRY_S = (0.02, 0.5)
+"""A run whose pipeline's slots the other nodes' runs hold all asks again after these
+(doubling): they free theirs in their own commits, which this node does not see."""
 """Waiting runs read at a time, at a restart or an unpause."""
 
 
@@ -705,6 +708,8 @@ class Runner:
             )
         span = run.span
         try:
+            if not await self._run_slot(run):
+                return  # cancelled while it waited for a slot of the other nodes'
             state = await run.drive()
             if state is None:
                 return  # cancelled before it started
@@ -721,6 +726,23 @@ class Runner:
                 span.end()
             self.slots.free_run_slot(run.row.pipeline)
             self._start_waiting(run.row.pipeline)
+
+    async def _run_slot(self, run: ActiveRun) -> bool:
+        """Take one of the run's pipeline's slots across the nodes (PostgreSQL: its
+        ``max_active_runs`` holds for them all; on SQLite at once), waiting while the
+        other nodes' runs hold them all; False if the run was cancelled meanwhile (a slot
+        taken is given back)."""
+        row, delay = run.row, _SLOT_RETRY_S[0]
+        limit = run.plan.config.max_active_runs
+        while not run.cancelled:
+            if await self.store.take_run_slot(row.pipeline, row.run_id, limit):
+                if run.cancelled:  # while it was taken: the cancel's commit kept it
+                    await self.store.give_back_run_slot(row.run_id)
+                    return False
+                return True
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _SLOT_RETRY_S[1])
+        return False
 
     def _retry_delay_s(self, task: TaskConfig, attempt: int) -> float:
         return backoff_s(

@@ -173,10 +173,12 @@ PG_MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE runs ADD COLUMN config_version BIGINT;
     """,
     # nodes (cued.daemon.store.nodes, SQLite's migration of the same name): the daemons
-    # sharing the database, each with a lease renewed by the database's clock, and which
-    # node owns each unfinished run. A generation is unique in the database (a sequence),
-    # so a stale incarnation never matches a later one of the same name. cued_fenced
-    # fails a commit of a node whose lease was taken over (see pg_nodes.py).
+    # sharing the database, each with a lease renewed by the database's clock, which
+    # node owns each unfinished run, and the runs being driven (a pipeline's run slots,
+    # for max_active_runs across the nodes). A generation is unique in the database (a
+    # sequence), so a stale incarnation never matches a later one of the same name.
+    # cued_fenced fails a commit of a node whose lease was taken over; cued_take_run_slot
+    # takes one of a pipeline's slots (see pg_nodes.py).
     """
     CREATE SEQUENCE node_generations;
     CREATE TABLE nodes (
@@ -195,11 +197,39 @@ PG_MIGRATIONS: tuple[str, ...] = (
         node        TEXT COLLATE "C" NOT NULL
     );
     CREATE INDEX run_owners_by_node ON run_owners (node, run_id);
+    CREATE TABLE run_slots (
+        run_id      TEXT COLLATE "C" PRIMARY KEY,
+        pipeline    TEXT COLLATE "C" NOT NULL,
+        node        TEXT COLLATE "C" NOT NULL
+    );
+    CREATE INDEX run_slots_by_pipeline ON run_slots (pipeline);
     CREATE FUNCTION cued_fenced(node TEXT, generation BIGINT) RETURNS INTEGER
     LANGUAGE plpgsql AS $$
     BEGIN
         RAISE EXCEPTION USING ERRCODE = 'CUF01', MESSAGE = format(
             'node %s (generation %s) is fenced: its lease was taken over', node, generation);
+    END $$;
+    CREATE FUNCTION cued_take_run_slot(
+        p_node TEXT, p_generation BIGINT, p_pipeline TEXT, p_run TEXT, p_limit BIGINT
+    ) RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM 1 FROM nodes
+            WHERE node = p_node AND generation = p_generation AND alive = 1 FOR SHARE;
+        IF NOT FOUND THEN
+            PERFORM cued_fenced(p_node, p_generation);
+        END IF;
+        UPDATE run_slots SET node = p_node WHERE run_id = p_run;
+        IF FOUND THEN
+            RETURN TRUE;
+        END IF;
+        -- one taker of a pipeline's slots at a time; the count below is a statement of
+        -- its own, so it sees every slot taken before this one got the lock
+        PERFORM pg_advisory_xact_lock(hashtextextended('cued:run_slots:' || p_pipeline, 0));
+        IF (SELECT count(*) FROM run_slots WHERE pipeline = p_pipeline) >= p_limit THEN
+            RETURN FALSE;
+        END IF;
+        INSERT INTO run_slots VALUES (p_run, p_pipeline, p_node);
+        RETURN TRUE;
     END $$;
     """,
 )

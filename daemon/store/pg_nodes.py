@@ -13,6 +13,10 @@ lease that it renews, by the database's clock (no node trusts its own).
   there, of its generation, and alive. Adoption locks the dead node's row ``FOR UPDATE``
   and deletes it in the transaction that takes its runs, so the two are serialized: a
   commit is either before the adoption (and the adopter reads what it wrote) or fails.
+- **Run slots**: ``max_active_runs`` holds across the nodes: a run takes one of its
+  pipeline's slots (``run_slots``, counted under a lock of the pipeline's) before it is
+  driven, and gives it back in the commit that records it ended or parked. A dead node's
+  slots go with its runs to the adopter.
 - **Adopting**: on each renewal, a node learns whether another's lease lapsed (or it
   left); it then takes those nodes' runs in one transaction and resumes them as after a
   crash.
@@ -41,6 +45,7 @@ __all__ = [
     "list_nodes",
     "owners_sql",
     "renew",
+    "take_run_slot",
 ]
 
 #: The SQLSTATE ``cued_fenced`` raises (pg_migrations.py).
@@ -104,14 +109,16 @@ def fence_sql(node: str, generation: int, args: list[Any]) -> tuple[str, str]:
     )
 
 
-def owners_sql(node: str, run_rows: Sequence[Any], args: list[Any]) -> list[str]:
-    """The ``WITH`` parts that keep ``run_owners`` in step with the runs of a group
-    commit: a run not ended is owned by ``node`` (if nobody owns it yet), an ended one by
-    nobody. Appends their arguments to ``args``."""
+def owners_sql(node: str | None, run_rows: Sequence[Any], args: list[Any]) -> list[str]:
+    """The ``WITH`` parts that keep ``run_owners`` and ``run_slots`` in step with the
+    runs of a group commit: a run not ended is owned by ``node`` (if nobody owns it yet;
+    ``None``: a commit of no node, the CLI's), an ended one by nobody; one that ended or
+    parked holds no slot. Appends their arguments to ``args``."""
     going = [r.run_id for r in run_rows if r.state in ("queued", "running", "waiting")]
     ended = [r.run_id for r in run_rows if r.state not in ("queued", "running", "waiting")]
+    idle = [r.run_id for r in run_rows if r.state not in ("queued", "running")]
     parts = []
-    if going:
+    if going and node is not None:
         args += [going, node]
         parts.append(
             f"INSERT INTO run_owners SELECT unnest(${len(args) - 1}::text[]), ${len(args)} "
@@ -120,7 +127,31 @@ def owners_sql(node: str, run_rows: Sequence[Any], args: list[Any]) -> list[str]
     if ended:
         args.append(ended)
         parts.append(f"DELETE FROM run_owners WHERE run_id = ANY(${len(args)}::text[])")
+    if idle:
+        args.append(idle)
+        parts.append(f"DELETE FROM run_slots WHERE run_id = ANY(${len(args)}::text[])")
     return parts
+
+
+async def take_run_slot(
+    db: Any, node: str, generation: int, pipeline: str, run_id: str, limit: int
+) -> bool:
+    """Take one of ``pipeline``'s ``limit`` run slots for ``run_id`` (one it holds
+    already is its own still); False if all are taken.
+
+    :raises Fenced: if the node's row is no longer its own, alive
+    """
+    try:
+        return bool(
+            await db.fetchval(
+                "SELECT cued_take_run_slot($1, $2, $3, $4, $5)",
+                node, generation, pipeline, run_id, limit,
+            )  # fmt: skip
+        )
+    except asyncpg.PostgresError as exc:
+        if is_fenced(exc):
+            raise Fenced(str(exc)) from exc
+        raise
 
 
 def _node(r: Any, expired: bool = False, runs: int = 0) -> NodeRow:

@@ -249,8 +249,9 @@ def _batch_sql(batch: _Batch, me: tuple[str, int] | None = None) -> tuple[str, l
             "AND t.seq < c.before_seq"
         )
     final = "SELECT 1"
-    if me is not None:
-        parts += pg_nodes.owners_sql(me[0], list(batch.runs.values()), args)
+    if batch.runs:
+        node = me[0] if me is not None else None
+        parts += pg_nodes.owners_sql(node, list(batch.runs.values()), args)
     steps = [f"s{n} AS ({part})" for n, part in enumerate(parts)]
     if me is not None:
         fence, final = pg_nodes.fence_sql(*me, args)
@@ -348,6 +349,14 @@ class PostgresStore(SqliteStore):
 
     async def list_nodes(self) -> list[NodeRow]:
         return await pg_nodes.list_nodes(self._pool)
+
+    async def take_run_slot(self, pipeline: str, run_id: str, limit: int) -> bool:
+        if self._me is None:
+            return True  # not a node (the CLI): no run is driven here
+        return await pg_nodes.take_run_slot(self._pool, *self._me, pipeline, run_id, limit)
+
+    async def give_back_run_slot(self, run_id: str) -> None:
+        await self._reader.execute_fetchall("DELETE FROM run_slots WHERE run_id = ?", (run_id,))
 
     async def list_assets(self) -> list[tuple[str, int, EventRow]]:
         # each asset's latest event (DISTINCT ON keeps the first of each source, newest

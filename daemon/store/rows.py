@@ -536,3 +536,15 @@ class Store(Protocol):
 
     async def list_nodes(self) -> list[NodeRow]:
         """The nodes, by name, each with the unfinished runs it owns."""
+
+    async def take_run_slot(self, pipeline: str, run_id: str, limit: int) -> bool:
+        """Take one of ``pipeline``'s ``limit`` run slots across the nodes for ``run_id``
+        before it is driven (one it holds already stays its own); False if all are taken
+        (try again later). The commit that records the run ended or parked gives it back.
+        Always true on SQLite, whose one node counts its runs itself.
+
+        :raises Fenced: if the node's lease was taken over
+        """
+
+    async def give_back_run_slot(self, run_id: str) -> None:
+        """Give back the slot of a run cancelled while it was taken."""

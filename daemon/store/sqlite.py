@@ -541,6 +541,12 @@ class SqliteStore:
     async def adopt(self) -> list[str]:
         return []
 
+    async def take_run_slot(self, pipeline: str, run_id: str, limit: int) -> bool:
+        return True  # one node: its runner's own count is the whole count
+
+    async def give_back_run_slot(self, run_id: str) -> None:
+        return None
+
     async def list_nodes(self) -> list[NodeRow]:
         rows = await self._reader.execute_fetchall("SELECT * FROM nodes ORDER BY node")
         if not rows:

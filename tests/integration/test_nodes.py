@@ -187,3 +187,31 @@ async def test_runs_nobody_owns_go_to_the_first_node_that_joins(db: StoreAt):
         b = await stack.enter_async_context(open_store_at(db.location))
         await b.join("b", lease_s=60.0, host="h", pid=2)
         assert await b.waiting_runs() == []
+
+
+async def test_max_active_runs_holds_across_nodes_through_run_slots(db: StoreAt):
+    async with db.open() as a, db.open() as b:
+        await a.join("a", lease_s=60.0, host="h", pid=1)
+        await b.join("b", lease_s=60.0, host="h", pid=2)
+        await a.submit([run(1, "queued"), run(2, "queued")]).wait()
+        assert await a.take_run_slot("p", run(1).run_id, 1) is True
+        assert await a.take_run_slot("p", run(1).run_id, 1) is True  # its own still
+        assert await b.take_run_slot("p", run(2).run_id, 1) is False
+        assert await b.take_run_slot("other", run(2).run_id, 1) is True
+        await b.give_back_run_slot(run(2).run_id)
+        # parked (or ended), a run gives its slot back in the commit that says so
+        await a.submit([run(1, "waiting", started_at=T0)]).wait()
+        assert await b.take_run_slot("p", run(2).run_id, 1) is True
+        assert await a.take_run_slot("p", run(3).run_id, 2) is True
+        assert await a.take_run_slot("p", run(4).run_id, 2) is False
+        # a gone node's slots go with its runs: the adopter's resumed run has its own
+        await lapse(db, "b")
+        assert await a.renew() is True
+        await a.adopt()
+        assert await a.take_run_slot("p", run(2).run_id, 2) is True
+        assert await db.query("SELECT run_id, node FROM run_slots ORDER BY run_id") == [
+            (run(2).run_id, "a"),
+            (run(3).run_id, "a"),
+        ]
+        with pytest.raises(Fenced):
+            await b.take_run_slot("p", run(5).run_id, 9)
