@@ -102,11 +102,12 @@ def fence_sql(node: str, generation: int, args: list[Any]) -> tuple[str, str]:
     Appends its two arguments to ``args``."""
     args += [node, generation]
     n, g = len(args) - 1, len(args)
-    return (
+    fence = (
         f"fence AS (SELECT 1 FROM nodes WHERE node = ${n} AND generation = ${g} "
-        "AND alive = 1 FOR SHARE)",
-        f"SELECT CASE WHEN EXISTS (SELECT 1 FROM fence) THEN 1 ELSE cued_fenced(${n}, ${g}) END",
+        "AND alive = 1 FOR SHARE)"
     )
+    check = f"SELECT CASE WHEN EXISTS (SELECT 1 FROM fence) THEN 1 ELSE cued_fenced(${n}, ${g}) END"
+    return fence, check
 
 
 def owners_sql(node: str | None, run_rows: Sequence[Any], args: list[Any]) -> list[str]:
@@ -141,17 +142,14 @@ async def take_run_slot(
 
     :raises Fenced: if the node's row is no longer its own, alive
     """
+    sql = "SELECT cued_take_run_slot($1, $2, $3, $4, $5)"
     try:
-        return bool(
-            await db.fetchval(
-                "SELECT cued_take_run_slot($1, $2, $3, $4, $5)",
-                node, generation, pipeline, run_id, limit,
-            )  # fmt: skip
-        )
+        taken = await db.fetchval(sql, node, generation, pipeline, run_id, limit)
     except asyncpg.PostgresError as exc:
         if is_fenced(exc):
             raise Fenced(str(exc)) from exc
         raise
+    return bool(taken)
 
 
 def _node(r: Any, expired: bool = False, runs: int = 0) -> NodeRow:
@@ -170,9 +168,7 @@ def _node(r: Any, expired: bool = False, runs: int = 0) -> NodeRow:
     )
 
 
-async def join(
-    db: asyncpg.Connection, node: str, *, lease_s: float, host: str, pid: int, where: str
-) -> NodeRow:
+async def join(db: Any, node: str, *, lease_s: float, host: str, pid: int, where: str) -> NodeRow:
     """Register ``node`` with a new generation (see the module's docstring).
 
     A row of the name that is alive is waited for until its lease lapses (a daemon
@@ -204,7 +200,7 @@ async def join(
         await anyio.sleep(max(0.0, float(left_s)) + 0.05)
 
 
-async def renew(db: asyncpg.Connection | asyncpg.Pool, node: str, generation: int) -> bool:
+async def renew(db: Any, node: str, generation: int) -> bool:
     """Renew the lease; whether another node is gone (its runs are to be adopted).
 
     :raises Fenced: if the node's row is no longer its own, alive
@@ -215,7 +211,7 @@ async def renew(db: asyncpg.Connection | asyncpg.Pool, node: str, generation: in
     return bool(gone)
 
 
-async def adopt(db: asyncpg.Connection, node: str, generation: int) -> list[str]:
+async def adopt(db: Any, node: str, generation: int) -> list[str]:
     """Take the runs of the nodes that are gone (deleting their rows, which fences them);
     the ids of those to resume, oldest first.
 
@@ -223,9 +219,7 @@ async def adopt(db: asyncpg.Connection, node: str, generation: int) -> list[str]
     """
     async with db.transaction():
         if await db.fetchval(_ME, node, generation) is None:
-            raise Fenced(
-                f"node {node!r} (generation {generation}) lost its lease to another node"
-            )
+            raise Fenced(f"node {node!r} (generation {generation}) lost its lease to another node")
         gone = [r[0] for r in await db.fetch(_GONE_NODES, node)]
         if not gone:
             return []
@@ -250,4 +244,3 @@ async def list_nodes(db: Any) -> list[NodeRow]:
 def is_fenced(exc: BaseException) -> bool:
     """Whether a commit failed because the node was fenced."""
     return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == FENCED_SQLSTATE
-

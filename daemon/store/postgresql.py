@@ -38,7 +38,6 @@ import asyncpg
 from cued.daemon.config.state import is_database_url, shown_url
 from cued.daemon.core.assets import ASSET_SOURCES, asset_of
 from cued.daemon.errors import Fenced, StoreError
-from cued.daemon.store import pg_nodes
 from cued.daemon.store import (
     ApprovalRow,
     AttemptRow,
@@ -52,6 +51,7 @@ from cued.daemon.store import (
     OutboxRow,
     PauseRow,
     RunRow,
+    pg_nodes,
 )
 from cued.daemon.store.pg_migrations import migrate
 from cued.daemon.store.sqlite import (

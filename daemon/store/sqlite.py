@@ -556,7 +556,15 @@ class SqliteStore:
         )
         return [
             NodeRow(
-                str(r[0]), int(r[1]), bool(r[2]), str(r[3]), int(r[4]), *map(float, r[5:9]),
+                str(r[0]),
+                int(r[1]),
+                bool(r[2]),
+                str(r[3]),
+                int(r[4]),
+                float(r[5]),
+                float(r[6]),
+                float(r[7]),
+                float(r[8]),
                 runs=int(unfinished) if r[2] else 0,
             )
             for r in rows

@@ -87,9 +87,7 @@ def _node_config(tmp_path: Path, node: str, port: int) -> Path:
     folder.mkdir()
     config = folder / "config.toml"
     config.write_text(
-        CONFIG.format(
-            port=port, node=node, ledger=tmp_path / "ledger", serial=tmp_path / "serial"
-        )
+        CONFIG.format(port=port, node=node, ledger=tmp_path / "ledger", serial=tmp_path / "serial")
     )
     return config
 
@@ -180,10 +178,13 @@ async def _flood(tmp_path: Path, db: StoreAt) -> None:
     assert all(starts[key] <= attempts[key] for key in attempts), {
         k: (starts[k], attempts[k]) for k in attempts if starts[k] > attempts[k]
     }
-    assert await db.query(
-        "SELECT run_id, key FROM attempts WHERE state = 'succeeded' "
-        "GROUP BY run_id, key HAVING count(*) > 1"
-    ) == []
+    assert (
+        await db.query(
+            "SELECT run_id, key FROM attempts WHERE state = 'succeeded' "
+            "GROUP BY run_id, key HAVING count(*) > 1"
+        )
+        == []
+    )
     assert {key: starts[key] for key in done_before if key in starts} == {
         key: 1 for key in done_before if key in starts
     }

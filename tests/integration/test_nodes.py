@@ -69,7 +69,7 @@ async def test_a_node_joins_and_is_listed_alive_then_gone_once_it_stops(store_at
 async def test_a_node_resumes_only_its_own_runs_and_adopts_a_gone_nodes(db: StoreAt):
     async with db.open() as b:
         await b.join("b", lease_s=60.0, host="h", pid=2)
-        with pytest.RaisesGroup(pytest.RaisesExc(StoreError, match="fenced")):  # noqa: PT012
+        with pytest.RaisesGroup(pytest.RaisesExc(StoreError, match="fenced")):
             async with db.open() as a:
                 await a.join("a", lease_s=60.0, host="h", pid=1)
                 await a.submit([*started(1), run(2, "queued"), run(3, "succeeded")]).wait()
@@ -105,7 +105,7 @@ async def test_a_stale_nodes_commit_waiting_on_an_adoption_writes_nothing(db: St
     a commit that comes while the adoption holds it fails once the adoption commits."""
     adopter = await asyncpg.connect(db.location)
     try:
-        with pytest.RaisesGroup(pytest.RaisesExc(StoreError, match="fenced")):  # noqa: PT012
+        with pytest.RaisesGroup(pytest.RaisesExc(StoreError, match="fenced")):
             async with db.open() as a:
                 me = await a.join("a", lease_s=60.0, host="h", pid=1)
                 await a.submit(started(1)).wait()
@@ -135,7 +135,7 @@ async def _adopt_during_a_commit(a, adopter: asyncpg.Connection, generation: int
 async def test_a_node_started_again_under_its_name_gets_a_new_generation_and_its_runs(
     db: StoreAt,
 ):
-    with pytest.RaisesGroup(pytest.RaisesExc(StoreError, match="fenced")):  # noqa: PT012
+    with pytest.RaisesGroup(pytest.RaisesExc(StoreError, match="fenced")):
         async with db.open() as old:
             first = await old.join("a", lease_s=60.0, host="h", pid=1)
             await old.submit(started(1)).wait()
