@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING
 
 import anyio
 import asyncpg
+import httpx
 import pytest
 
 from cued.daemon.core.ids import id_at
 from cued.daemon.errors import Fenced, StoreError
 from cued.daemon.store import AttemptRow, InstanceRow, RunRow
 from cued.daemon.store.opening import open_store_at
+from tests.support.running import daemon_running
 from tests.support.stores import StoreAt, fresh_database
 
 if TYPE_CHECKING:
@@ -215,3 +217,30 @@ async def test_max_active_runs_holds_across_nodes_through_run_slots(db: StoreAt)
         ]
         with pytest.raises(Fenced):
             await b.take_run_slot("p", run(5).run_id, 9)
+
+
+SQLITE_DAEMON = """
+[http]
+listen = "127.0.0.1:0"
+[daemon]
+state = "state.db"
+node = "solo"
+
+[pipelines.p.tasks.wait]
+kind = "approval"
+message = "go on?"
+"""
+
+
+async def test_the_one_node_of_a_sqlite_daemon_is_shown_by_the_api_and_the_ui(make_config):
+    async with daemon_running(make_config(SQLITE_DAEMON)) as info:
+        host, port = info.http_address
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+            started = await client.post("/api/v1/pipelines/p/runs", json={})
+            assert started.status_code == 201, started.text
+            nodes = (await client.get("/api/v1/nodes")).json()
+            overview = (await client.get("/ui/")).text
+    assert [(n["node"], n["alive"], n["expired"], n["lease_s"], n["runs"]) for n in nodes] == [
+        ("solo", True, False, 0.0, 1)
+    ]
+    assert 'data-node="solo"' in overview

@@ -277,7 +277,8 @@ async def test_daemons_share_a_database_a_copy_has_it_alone_and_the_lock_goes_wi
             db = await asyncpg.connect(url)
             try:
                 held = await db.fetchval(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1",
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                     DAEMON_LOCK & 0xFFFFFFFF,
                 )
             finally:
@@ -311,9 +312,11 @@ async def test_a_lost_connection_fails_the_store_at_once_not_at_the_next_write()
             async with open_pg_store(url, exclusive=True) as store:
                 admin = await asyncpg.connect(url)
                 try:
+                    # (of this database only: other tests' daemons hold theirs)
                     await admin.fetchval(
                         "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                        "WHERE locktype = 'advisory' AND objid = $1",
+                        "WHERE locktype = 'advisory' AND objid = $1 AND database = "
+                        "(SELECT oid FROM pg_database WHERE datname = current_database())",
                         DAEMON_LOCK & 0xFFFFFFFF,
                     )
                 finally:
