@@ -38,6 +38,7 @@ import asyncpg
 from cued.daemon.config.state import is_database_url, shown_url
 from cued.daemon.core.assets import ASSET_SOURCES, asset_of
 from cued.daemon.errors import Fenced, StoreError
+from cued.daemon.logs import get_logger
 from cued.daemon.store import (
     ApprovalRow,
     AttemptRow,
@@ -74,6 +75,7 @@ __all__ = ["DAEMON_LOCK", "PostgresStore", "is_database_url", "open_pg_store", "
 #: The advisory lock (its 64-bit key: ``cued:run`` in ASCII) a daemon's session holds.
 DAEMON_LOCK = int.from_bytes(b"cued:run", "big", signed=True)
 
+_log = get_logger()
 _INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
 
 
@@ -440,10 +442,15 @@ async def open_pg_store(
                 watching.cancel()
                 store._closing = True
                 store._wake.set()  # the loop commits what is left, then returns
-        if store._me is not None and store._failed is None:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                await pg_nodes.leave(writer, *store._me)
     finally:
         with anyio.CancelScope(shield=True):
+            # after the last commit (the writer's loop has returned): the node leaves, and
+            # others adopt its unfinished runs at once instead of after its lease
+            if store._me is not None and store._failed is None:
+                with anyio.move_on_after(10):
+                    try:
+                        await pg_nodes.leave(writer, *store._me)
+                    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                        _log.warning("node_not_left", node=store._me[0], error=str(exc))
             await readers.close()
             await writer.close()

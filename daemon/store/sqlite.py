@@ -1054,13 +1054,13 @@ async def open_store(
             finally:
                 store._closing = True
                 store._wake.set()  # the loop commits what is left, then returns
-        if store._node_name is not None and store._failed is None:
-            with anyio.CancelScope(shield=True):
+    finally:
+        with anyio.CancelScope(shield=True):
+            if store._node_name is not None and store._failed is None:
+                # after the last commit: the node is shown gone (`cued nodes`)
                 await writer.execute(
                     "UPDATE nodes SET alive = 0 WHERE node = ?", (store._node_name,)
                 )
                 await writer.commit()
-    finally:
-        with anyio.CancelScope(shield=True):
             await reader.close()
             await writer.close()
