@@ -25,6 +25,7 @@ second is refused; a daemon killed with -9 loses its session, and with it the lo
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ __all__ = ["DAEMON_LOCK", "PostgresStore", "is_database_url", "open_pg_store", "
 DAEMON_LOCK = int.from_bytes(b"cued:run", "big", signed=True)
 
 _log = get_logger()
+# each session says whose it is (pg_stat_activity): a daemon's, by its process id
+_SESSION = {"application_name": f"cued:{os.getpid()}"}
 _INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
 
 
@@ -277,6 +280,10 @@ class PostgresStore(SqliteStore):
         self._pool = readers
         self._me: tuple[str, int] | None = None
         """This daemon's node and generation, once it joined: its commits are fenced."""
+        self._url = url
+        self._lease_db: asyncpg.Connection | None = None
+        self.lease_s_hint = 10.0
+        """How long a connection for a renewal may take to open (the node's lease)."""
 
     async def _commit(self, batch: _Batch) -> float:
         started = anyio.current_time()
@@ -331,6 +338,7 @@ class PostgresStore(SqliteStore):
                 db, node, lease_s=lease_s, host=host, pid=pid, where=self.where
             )
         self._me = (row.node, row.generation)
+        self.lease_s_hint = lease_s
         return row
 
     def _node(self) -> tuple[str, int]:
@@ -339,11 +347,29 @@ class PostgresStore(SqliteStore):
         return self._me
 
     async def renew(self) -> bool:
+        # on a connection of its own: neither the writer's commits nor the readers'
+        # queries hold a renewal back; one that failed (or was given up) is made anew
         me = self._node()
+        renewed = False
         try:
-            return await pg_nodes.renew(self._pool, *me)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            if self._lease_db is None or self._lease_db.is_closed():
+                self._lease_db = await asyncpg.connect(
+                    self._url, timeout=self.lease_s_hint, server_settings=_SESSION
+                )
+            gone = await pg_nodes.renew(self._lease_db, *me)
+            renewed = True
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise StoreError(f"cannot renew the lease of node {me[0]!r}: {exc}") from exc
+        finally:
+            if not renewed:
+                await self._drop_lease_db()
+        return gone
+
+    async def _drop_lease_db(self) -> None:
+        db, self._lease_db = self._lease_db, None
+        if db is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await db.close()
 
     async def adopt(self) -> list[str]:
         async with self._pool.acquire() as db:
@@ -408,7 +434,7 @@ async def open_pg_store(
     """
     where = shown_url(url)
     try:
-        writer = await asyncpg.connect(url, timeout=10)
+        writer = await asyncpg.connect(url, timeout=10, server_settings=_SESSION)
     except Exception as exc:
         raise StoreError(f"cannot connect to the database {where!r}: {exc}") from exc
     readers: asyncpg.Pool | None = None
@@ -421,7 +447,7 @@ async def open_pg_store(
             raise StoreError(f"the database {where!r} is being copied (cued store copy)")
         await migrate(writer, where)
         readers = await asyncpg.create_pool(
-            url, min_size=1, max_size=4, timeout=10, reset=_as_it_is
+            url, min_size=1, max_size=4, timeout=10, reset=_as_it_is, server_settings=_SESSION
         )
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
@@ -452,5 +478,6 @@ async def open_pg_store(
                         await pg_nodes.leave(writer, *store._me)
                     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                         _log.warning("node_not_left", node=store._me[0], error=str(exc))
+            await store._drop_lease_db()
             await readers.close()
             await writer.close()
