@@ -150,7 +150,8 @@ async def _flood(tmp_path: Path, db: StoreAt) -> None:
             # n3 loses the database: it stops at once, and is started again
             down.add("n3")
             cut = await db.query(_TERMINATE, f"cued:{daemons['n3'].process.pid}")
-            assert cut and all(ok for (ok,) in cut)
+            assert cut
+            assert all(ok for (ok,) in cut)
             await until(lambda: _exited(daemons["n3"]))
             _dead(tmp_path, daemons["n3"])
             lost = daemons["n3"].process.returncode
