@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Membership"]
 
+_LOOK_AFTER_S = 0.01
+"""How long after another node's lease lapses (as the database told) to look."""
 _RETRY_S = (0.1, 1.0)
 """A renewal that failed is tried again after these (doubling), while the lease holds."""
 
@@ -89,17 +91,30 @@ class Membership:
         if not self.leased:
             return
         every_s = self.lease_s / 3
+        next_gone_at: float | None = None
         while True:
-            await anyio.sleep(max(0.0, self._renewed_at + every_s - anyio.current_time()))
-            if await self._renew():
+            wake = self._renewed_at + every_s
+            if next_gone_at is not None:
+                # when another's lease lapses, not only at this node's next renewal: its
+                # runs wait for no more than that (a renewal made early costs nothing)
+                wake = min(wake, next_gone_at + _LOOK_AFTER_S)
+            await anyio.sleep(max(0.0, wake - anyio.current_time()))
+            began = anyio.current_time()
+            until_gone = await self._renew()
+            next_gone_at = None if until_gone is None else began + until_gone
+            if until_gone == 0.0:
+                # looked now (a gone node whose row is locked is looked at again at the
+                # next renewal, not in a tight loop)
+                next_gone_at = None
                 adopted = await self.store.adopt()
                 if adopted:
                     self._log.info("node_adopted_runs", runs=len(adopted))
                     await runner.resume_adopted(adopted)
 
-    async def _renew(self) -> bool:
+    async def _renew(self) -> float | None:
         """Renew before the lease lapses (by this node's clock, from the start of the last
-        renewal: never later than the database's); whether another node is gone."""
+        renewal: never later than the database's); in how many seconds another node's
+        lease lapses (see :meth:`Store.renew`)."""
         deadline = self._renewed_at + self.lease_s
         delay = _RETRY_S[0]
         while (left := deadline - anyio.current_time()) > 0:

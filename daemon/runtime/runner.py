@@ -262,6 +262,7 @@ class Runner:
     async def _resume_all(self) -> int:
         resumed = 0
         started = deque(await self.store.runs_to_resume(waiting=False))
+        held = await self.store.run_slots_held([row.run_id for row, _, _ in started])
         after = ""
         while True:
             page = await self.store.waiting_runs(after=after, limit=_PAGE)
@@ -269,7 +270,7 @@ class Runner:
             gone: list[str] = []
             for run_id, pipeline in page:
                 while started and started[0][0].run_id < run_id:
-                    resumed += self._resume_started(*started.popleft(), gone)
+                    resumed += self._resume_started(*started.popleft(), gone, held)
                 if run_id in self._runs:
                     continue  # recorded by this process, and here already
                 if run_id in held:
@@ -285,7 +286,7 @@ class Runner:
             after = page[-1][0]
         gone = []
         while started:
-            resumed += self._resume_started(*started.popleft(), gone)
+            resumed += self._resume_started(*started.popleft(), gone, held)
         await self._fail_gone(gone)
         return resumed
 
@@ -299,13 +300,14 @@ class Runner:
         Only after :meth:`resume_unfinished`: the runs are not in memory here."""
         gone: list[str] = []
         resumed = 0
+        held = await self.store.run_slots_held(run_ids)
         for row in sorted(await self.store.get_runs(run_ids), key=lambda r: r.run_id):
             if row.state not in _UNFINISHED or self.is_active(row.run_id):
                 continue
             if row.started_at is not None:
                 found = await self.store.run_state(row.run_id)
                 if found is not None:
-                    resumed += self._resume_started(*found, gone)
+                    resumed += self._resume_started(*found, gone, held)
             elif row.pipeline not in self.plans:
                 gone.append(row.run_id)
             elif row.pipeline not in self._paused:  # else it waits in the store
@@ -318,13 +320,29 @@ class Runner:
         return resumed
 
     def _resume_started(
-        self, row: RunRow, instances: list[InstanceRow], outputs: dict[str, Any], gone: list[str]
+        self,
+        row: RunRow,
+        instances: list[InstanceRow],
+        outputs: dict[str, Any],
+        gone: list[str],
+        held: set[str],
     ) -> int:
         if row.pipeline not in self.plans:
             gone.append(row.run_id)
             return 0
         if row.run_id in self._runs:
             return 0
+        if row.run_id in held:
+            # it holds one of its pipeline's slots across the nodes (PostgreSQL): it goes
+            # on at once, past this node's own count, or a run here waiting for that slot
+            # could hold the local one it waits for
+            run = ActiveRun(
+                row, self._plan_of(row), instances_of(instances, outputs), self._driving
+            )
+            self._runs[row.run_id] = run
+            self._deadlines.watch(row)
+            self._launch(run)
+            return 1
         if self.backlog.cold_of(row.pipeline) or row.pipeline in self._loading:
             self._deadlines.watch(row)
             self._enqueue_cold(row.pipeline, row.run_id)  # behind older ones, to keep order

@@ -200,9 +200,10 @@ PG_MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE run_slots (
         run_id      TEXT COLLATE "C" PRIMARY KEY,
         pipeline    TEXT COLLATE "C" NOT NULL,
-        node        TEXT COLLATE "C" NOT NULL
+        node        TEXT COLLATE "C" NOT NULL,
+        held        INTEGER NOT NULL            -- 1: holds a slot; 0: waits for one
     );
-    CREATE INDEX run_slots_by_pipeline ON run_slots (pipeline);
+    CREATE INDEX run_slots_by_pipeline ON run_slots (pipeline, held, run_id);
     CREATE FUNCTION cued_fenced(node TEXT, generation BIGINT) RETURNS INTEGER
     LANGUAGE plpgsql AS $$
     BEGIN
@@ -212,23 +213,36 @@ PG_MIGRATIONS: tuple[str, ...] = (
     CREATE FUNCTION cued_take_run_slot(
         p_node TEXT, p_generation BIGINT, p_pipeline TEXT, p_run TEXT, p_limit BIGINT
     ) RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+    DECLARE
+        v_held INTEGER;
+        v_free BIGINT;
     BEGIN
         PERFORM 1 FROM nodes
             WHERE node = p_node AND generation = p_generation AND alive = 1 FOR SHARE;
         IF NOT FOUND THEN
             PERFORM cued_fenced(p_node, p_generation);
         END IF;
-        UPDATE run_slots SET node = p_node WHERE run_id = p_run;
-        IF FOUND THEN
+        -- the run waits for a slot (or holds one already), as this node's
+        INSERT INTO run_slots VALUES (p_run, p_pipeline, p_node, 0)
+            ON CONFLICT (run_id) DO UPDATE SET node = p_node RETURNING held INTO v_held;
+        IF v_held = 1 THEN
             RETURN TRUE;
         END IF;
-        -- one taker of a pipeline's slots at a time; the count below is a statement of
+        -- one taker of a pipeline's slots at a time; each count below is a statement of
         -- its own, so it sees every slot taken before this one got the lock
         PERFORM pg_advisory_xact_lock(hashtextextended('cued:run_slots:' || p_pipeline, 0));
-        IF (SELECT count(*) FROM run_slots WHERE pipeline = p_pipeline) >= p_limit THEN
+        v_free := p_limit - (SELECT count(*) FROM run_slots
+                             WHERE pipeline = p_pipeline AND held = 1);
+        -- the oldest runs waiting on live nodes go first, whichever node asks first
+        IF v_free <= 0 OR v_free <= (
+            SELECT count(*) FROM run_slots s JOIN nodes n ON n.node = s.node
+            WHERE s.pipeline = p_pipeline AND s.held = 0 AND s.run_id < p_run
+                AND n.alive = 1
+                AND n.expires_at > extract(epoch FROM clock_timestamp())::float8
+        ) THEN
             RETURN FALSE;
         END IF;
-        INSERT INTO run_slots VALUES (p_run, p_pipeline, p_node);
+        UPDATE run_slots SET held = 1 WHERE run_id = p_run;
         RETURN TRUE;
     END $$;
     """,

@@ -15,11 +15,13 @@ lease that it renews, by the database's clock (no node trusts its own).
   commit is either before the adoption (and the adopter reads what it wrote) or fails.
 - **Run slots**: ``max_active_runs`` holds across the nodes: a run takes one of its
   pipeline's slots (``run_slots``, counted under a lock of the pipeline's) before it is
-  driven, and gives it back in the commit that records it ended or parked. A dead node's
-  slots go with its runs to the adopter.
-- **Adopting**: on each renewal, a node learns whether another's lease lapsed (or it
-  left); it then takes those nodes' runs in one transaction and resumes them as after a
-  crash.
+  driven, and gives it back in the commit that records it ended or parked. A run that
+  asks and finds none free waits in the same table; the oldest runs waiting on live
+  nodes take the slots first, whichever node asks first (no node starves the others).
+  A dead node's slots go with its runs to the adopter.
+- **Adopting**: on each renewal, a node learns when the next other node's lease lapses
+  (or that one left); it looks again then (not only at its next renewal), takes those
+  nodes' runs in one transaction and resumes them as after a crash.
 """
 
 from __future__ import annotations
@@ -73,10 +75,13 @@ INSERT INTO run_owners SELECT run_id, $1 FROM runs r WHERE state IN {_NOT_ENDED}
     AND NOT EXISTS (SELECT 1 FROM run_owners o WHERE o.run_id = r.run_id)
 ON CONFLICT (run_id) DO NOTHING
 """
+# and in how many seconds the next other node's lease lapses (0: one is gone already)
 _RENEW = f"""
 UPDATE nodes SET renewed_at = {_NOW}, expires_at = {_NOW} + lease_s
 WHERE node = $1 AND generation = $2 AND alive = 1
-RETURNING EXISTS (SELECT 1 FROM nodes n WHERE n.node <> $1 AND {_GONE})
+RETURNING (SELECT min(CASE WHEN n.alive = 0 THEN 0.0
+                           ELSE greatest(n.expires_at - {_NOW}, 0.0) END)
+           FROM nodes n WHERE n.node <> $1)
 """
 _ME = "SELECT 1 FROM nodes WHERE node = $1 AND generation = $2 AND alive = 1 FOR SHARE"
 _GONE_NODES = f"SELECT node FROM nodes n WHERE node <> $1 AND {_GONE} FOR UPDATE SKIP LOCKED"
@@ -200,15 +205,16 @@ async def join(db: Any, node: str, *, lease_s: float, host: str, pid: int, where
         await anyio.sleep(max(0.0, float(left_s)) + 0.05)
 
 
-async def renew(db: Any, node: str, generation: int) -> bool:
-    """Renew the lease; whether another node is gone (its runs are to be adopted).
+async def renew(db: Any, node: str, generation: int) -> float | None:
+    """Renew the lease; in how many seconds the next other node's lease lapses (0.0: one
+    is gone, its runs are to be adopted; None: there is no other node).
 
     :raises Fenced: if the node's row is no longer its own, alive
     """
-    gone = await db.fetchval(_RENEW, node, generation)
-    if gone is None:
+    row = await db.fetchrow(_RENEW, node, generation)
+    if row is None:
         raise Fenced(f"node {node!r} (generation {generation}) lost its lease to another node")
-    return bool(gone)
+    return None if row[0] is None else float(row[0])
 
 
 async def adopt(db: Any, node: str, generation: int) -> list[str]:

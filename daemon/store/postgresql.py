@@ -65,7 +65,7 @@ from cued.daemon.store.sqlite import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable
+    from collections.abc import AsyncIterator, Iterable, Sequence
 
     import aiosqlite
 
@@ -346,7 +346,7 @@ class PostgresStore(SqliteStore):
             raise StoreError("the daemon has not joined as a node")
         return self._me
 
-    async def renew(self) -> bool:
+    async def renew(self) -> float | None:
         # on a connection of its own: neither the writer's commits nor the readers'
         # queries hold a renewal back; one that failed (or was given up) is made anew
         me = self._node()
@@ -385,6 +385,13 @@ class PostgresStore(SqliteStore):
 
     async def give_back_run_slot(self, run_id: str) -> None:
         await self._reader.execute_fetchall("DELETE FROM run_slots WHERE run_id = ?", (run_id,))
+
+    async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
+        rows = await self._pool.fetch(
+            "SELECT run_id FROM run_slots WHERE run_id = ANY($1::text[]) AND held = 1",
+            list(run_ids),
+        )
+        return {str(r[0]) for r in rows}
 
     async def list_assets(self) -> list[tuple[str, int, EventRow]]:
         # each asset's latest event (DISTINCT ON keeps the first of each source, newest

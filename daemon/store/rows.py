@@ -520,9 +520,10 @@ class Store(Protocol):
         :raises StoreError: if a live node of that name holds its lease
         """
 
-    async def renew(self) -> bool:
-        """Renew the node's lease (by the database's clock); whether some other node's
-        lease lapsed (its runs are to be adopted).
+    async def renew(self) -> float | None:
+        """Renew the node's lease (by the database's clock); in how many seconds the next
+        other node's lease lapses (0.0: one lapsed, or the node left: its runs are to be
+        adopted; None: there is no other node).
 
         :raises Fenced: if the node's lease was taken over
         """
@@ -548,3 +549,6 @@ class Store(Protocol):
 
     async def give_back_run_slot(self, run_id: str) -> None:
         """Give back the slot of a run cancelled while it was taken."""
+
+    async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
+        """Which of these runs hold a slot of their pipeline's (none on SQLite)."""

@@ -535,8 +535,8 @@ class SqliteStore:
         self._node_name = node
         return NodeRow(node, generation, True, host, pid, 0.0, at, at, at)
 
-    async def renew(self) -> bool:
-        return False
+    async def renew(self) -> float | None:
+        return None
 
     async def adopt(self) -> list[str]:
         return []
@@ -546,6 +546,9 @@ class SqliteStore:
 
     async def give_back_run_slot(self, run_id: str) -> None:
         return None
+
+    async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
+        return set()
 
     async def list_nodes(self) -> list[NodeRow]:
         rows = await self._reader.execute_fetchall("SELECT * FROM nodes ORDER BY node")

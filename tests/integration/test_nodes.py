@@ -56,6 +56,7 @@ async def lapse(db: StoreAt, node: str) -> None:
 async def test_a_node_joins_and_is_listed_alive_then_gone_once_it_stops(store_at: StoreAt):
     async with store_at.open() as store:
         me = await store.join("a", lease_s=5.0, host="h", pid=7)
+        assert await store.renew() is None  # no other node
         await store.submit([run(1, "queued"), run(2, "succeeded")]).wait()
         listed = await store.list_nodes()
     assert [(n.node, n.generation, n.alive, n.host, n.pid, n.runs) for n in listed] == [
@@ -82,10 +83,10 @@ async def test_a_node_resumes_only_its_own_runs_and_adopts_a_gone_nodes(db: Stor
                 ]
                 assert [i for i, _ in await b.waiting_runs()] == [run(5).run_id]
                 # nobody's lease lapsed: nothing to adopt
-                assert await b.renew() is False
+                assert 0 < await b.renew() <= 60
                 assert await b.adopt() == []
                 await lapse(db, "a")
-                assert await b.renew() is True
+                assert await b.renew() == 0.0
                 adopted = await b.adopt()
                 assert adopted == [run(1).run_id, run(2).run_id]
                 resumable = {r.run_id: (r, i) for r, i, _ in await b.runs_to_resume()}
@@ -174,7 +175,7 @@ async def test_a_lease_that_is_not_renewed_lapses_by_the_databases_clock(db: Sto
         await b.join("b", lease_s=60.0, host="h", pid=2)
         await a.submit([run(1, "queued")]).wait()
         with anyio.fail_after(30):
-            while not await b.renew():  # noqa: ASYNC110 - the database's clock decides
+            while await b.renew() != 0.0:  # noqa: ASYNC110 - the database's clock decides
                 await anyio.sleep(0.05)
         assert await b.adopt() == [run(1).run_id]
 
@@ -199,24 +200,44 @@ async def test_max_active_runs_holds_across_nodes_through_run_slots(db: StoreAt)
         assert await a.take_run_slot("p", run(1).run_id, 1) is True
         assert await a.take_run_slot("p", run(1).run_id, 1) is True  # its own still
         assert await b.take_run_slot("p", run(2).run_id, 1) is False
-        assert await b.take_run_slot("other", run(2).run_id, 1) is True
-        await b.give_back_run_slot(run(2).run_id)
-        # parked (or ended), a run gives its slot back in the commit that says so
+        assert await b.take_run_slot("other", run(6).run_id, 1) is True
+        await b.give_back_run_slot(run(6).run_id)
+        # parked (or ended), a run gives its slot back in the commit that says so; the
+        # oldest run waiting takes it, whichever node asks first
         await a.submit([run(1, "waiting", started_at=T0)]).wait()
+        assert await a.take_run_slot("p", run(3).run_id, 1) is False
         assert await b.take_run_slot("p", run(2).run_id, 1) is True
         assert await a.take_run_slot("p", run(3).run_id, 2) is True
         assert await a.take_run_slot("p", run(4).run_id, 2) is False
+        assert await a.run_slots_held([run(n).run_id for n in range(1, 5)]) == {
+            run(2).run_id,
+            run(3).run_id,
+        }
         # a gone node's slots go with its runs: the adopter's resumed run has its own
         await lapse(db, "b")
-        assert await a.renew() is True
+        assert await a.renew() == 0.0
         await a.adopt()
         assert await a.take_run_slot("p", run(2).run_id, 2) is True
-        assert await db.query("SELECT run_id, node FROM run_slots ORDER BY run_id") == [
+        assert await db.query(
+            "SELECT run_id, node FROM run_slots WHERE held = 1 ORDER BY run_id"
+        ) == [
             (run(2).run_id, "a"),
             (run(3).run_id, "a"),
         ]
         with pytest.raises(Fenced):
             await b.take_run_slot("p", run(5).run_id, 9)
+
+
+async def test_a_run_waiting_on_a_gone_node_holds_back_no_one(db: StoreAt):
+    async with db.open() as a, db.open() as b:
+        await a.join("a", lease_s=60.0, host="h", pid=1)
+        await b.join("b", lease_s=60.0, host="h", pid=2)
+        assert await a.take_run_slot("p", run(1).run_id, 1) is True
+        assert await b.take_run_slot("p", run(2).run_id, 1) is False  # b's waits, oldest
+        await a.submit([run(1, "succeeded", started_at=T0, ended_at=T0)]).wait()
+        assert await a.take_run_slot("p", run(3).run_id, 1) is False  # behind b's
+        await lapse(db, "b")
+        assert await a.take_run_slot("p", run(3).run_id, 1) is True
 
 
 SQLITE_DAEMON = """
