@@ -86,6 +86,7 @@ RETURNING (SELECT min(CASE WHEN n.alive = 0 THEN 0.0
 _ME = "SELECT 1 FROM nodes WHERE node = $1 AND generation = $2 AND alive = 1 FOR SHARE"
 _GONE_NODES = f"SELECT node FROM nodes n WHERE node <> $1 AND {_GONE} FOR UPDATE SKIP LOCKED"
 _TAKE = "UPDATE run_owners SET node = $1 WHERE node = ANY($2::text[]) RETURNING run_id"
+_FORGET_WAITERS = "DELETE FROM run_slots WHERE node = ANY($1::text[]) AND held = 0"
 _TO_RESUME = f"""
 SELECT run_id FROM runs WHERE run_id = ANY($1::text[]) AND state IN {_UNFINISHED}
 ORDER BY run_id
@@ -187,6 +188,9 @@ async def join(db: Any, node: str, *, lease_s: float, host: str, pid: int, where
             row = await db.fetchrow(_REGISTER, node, host, pid, lease_s)
             if row is not None:
                 await db.execute(_CLAIM_ORPHANS, node)
+                # its runs that waited for a slot ask again when their turn comes here
+                # (a waiter that asks no more would hold back every later run)
+                await db.execute(_FORGET_WAITERS, [node])
                 return _node(row)
             other = await db.fetchrow(
                 f"SELECT generation, renewed_at, expires_at - {_NOW}, host, pid "
@@ -232,6 +236,8 @@ async def adopt(db: Any, node: str, generation: int) -> list[str]:
         # a statement of its own, after the rows are locked: its snapshot has every run
         # their last commits recorded
         taken = [r[0] for r in await db.fetch(_TAKE, node, gone)]
+        await db.execute(_FORGET_WAITERS, gone)
+        await db.execute("UPDATE run_slots SET node = $1 WHERE node = ANY($2::text[])", node, gone)
         await db.execute("DELETE FROM nodes WHERE node = ANY($1::text[])", gone)
         return [r[0] for r in await db.fetch(_TO_RESUME, taken)]
 

@@ -265,3 +265,26 @@ async def test_the_one_node_of_a_sqlite_daemon_is_shown_by_the_api_and_the_ui(ma
         ("solo", True, False, 0.0, 1)
     ]
     assert 'data-node="solo"' in overview
+
+
+async def test_runs_that_waited_for_a_slot_on_a_node_that_went_hold_back_no_one(db: StoreAt):
+    """A waiting run asks again only when its turn comes on the node that has it now:
+    what it left waiting when its node went (adopted, or started again) is forgotten."""
+    async with db.open() as a, db.open() as b:
+        await a.join("a", lease_s=60.0, host="h", pid=1)
+        await b.join("b", lease_s=60.0, host="h", pid=2)
+        assert await a.take_run_slot("p", run(1).run_id, 1) is True
+        assert await b.take_run_slot("p", run(2).run_id, 1) is False
+        await a.submit([run(1, "succeeded", started_at=T0, ended_at=T0)]).wait()
+        await lapse(db, "b")
+        assert await a.renew() == 0.0
+        await a.adopt()  # b's run 2 is a's now, cold: it asks when its turn comes
+        assert await a.take_run_slot("p", run(3).run_id, 1) is True
+    async with db.open() as c, db.open() as again:
+        await c.join("c", lease_s=60.0, host="h", pid=3)
+        assert await c.take_run_slot("q", run(4).run_id, 1) is True
+        assert await c.take_run_slot("q", run(5).run_id, 1) is False
+        await c.submit([run(4, "succeeded", started_at=T0, ended_at=T0)]).wait()
+        await lapse(db, "c")
+        await again.join("c", lease_s=60.0, host="h", pid=4)  # started again at once
+        assert await again.take_run_slot("q", run(6).run_id, 1) is True
