@@ -272,6 +272,9 @@ def _trimmed(line: LogLineRow, batch: _Batch) -> bool:
 class PostgresStore(SqliteStore):
     """Runs, task instances, attempts and events in a PostgreSQL database."""
 
+    # (its 64-bit key: ``cued:ver`` in ASCII), held to the end of the version's transaction
+    _VERSIONS_LOCK = f"SELECT pg_advisory_xact_lock({int.from_bytes(b'cued:ver', 'big')})"
+
     def __init__(self, url: str, writer: asyncpg.Connection, readers: asyncpg.Pool) -> None:
         # the SQLite writer is never used: the commit and the chores are overridden below
         super().__init__(Path(shown_url(url)), cast("aiosqlite.Connection", None), _Pool(readers))

@@ -237,6 +237,10 @@ class _Chore:
 class SqliteStore:
     """Runs, task instances, attempts and events in one SQLite file."""
 
+    _VERSIONS_LOCK: str | None = None
+    """What a writer takes before it gives the next config version (PostgreSQL: daemons
+    sharing the database start at once; SQLite's writer is the file's only one)."""
+
     def __init__(
         self, path: Path, writer: aiosqlite.Connection, reader: pruning.Connection
     ) -> None:
@@ -451,6 +455,8 @@ class SqliteStore:
         # the version is the latest + 1, given here under the writer (not a rowid or a
         # sequence): the same on both stores, and `cued store copy` brings versions over
         async def work(db: Any) -> ConfigVersionRow:
+            if self._VERSIONS_LOCK is not None:
+                await db.execute_fetchall(self._VERSIONS_LOCK)
             latest = list(
                 await db.execute_fetchall(
                     "SELECT * FROM config_versions ORDER BY version DESC LIMIT 1"

@@ -288,3 +288,17 @@ async def test_runs_that_waited_for_a_slot_on_a_node_that_went_hold_back_no_one(
         await lapse(db, "c")
         await again.join("c", lease_s=60.0, host="h", pid=4)  # started again at once
         assert await again.take_run_slot("q", run(6).run_id, 1) is True
+
+
+async def test_nodes_starting_at_once_each_record_their_configuration(db: StoreAt):
+    async with db.open() as a, db.open() as b:
+        found: list = []
+
+        async def record(store, text: str) -> None:
+            found.append(await store.add_config_version(text, "config.toml", T0))
+
+        async with anyio.create_task_group() as tg:
+            for n in range(5):
+                tg.start_soon(record, a, f"a{n}")
+                tg.start_soon(record, b, f"b{n}")
+    assert sorted(v.version for v in found) == list(range(1, 11))
