@@ -119,9 +119,11 @@ def fence_sql(node: str, generation: int, args: list[Any]) -> tuple[str, str]:
 def owners_sql(node: str | None, run_rows: Sequence[Any], args: list[Any]) -> list[str]:
     """The ``WITH`` parts that keep ``run_owners`` and ``run_slots`` in step with the
     runs of a group commit: a run not ended is owned by ``node`` (if nobody owns it yet;
-    ``None``: a commit of no node, the CLI's), an ended one by nobody; one that ended or
-    parked holds no slot. Appends their arguments to ``args``."""
-    going = [r.run_id for r in run_rows if r.state in ("queued", "running", "waiting")]
+    one it drives, in any case; ``None``: a commit of no node, the CLI's), an ended one
+    by nobody; one that ended or parked holds no slot. Appends their arguments to
+    ``args``."""
+    going = [r.run_id for r in run_rows if r.state in ("queued", "waiting")]
+    driven = [r.run_id for r in run_rows if r.state == "running"]
     ended = [r.run_id for r in run_rows if r.state not in ("queued", "running", "waiting")]
     idle = [r.run_id for r in run_rows if r.state not in ("queued", "running")]
     parts = []
@@ -130,6 +132,15 @@ def owners_sql(node: str | None, run_rows: Sequence[Any], args: list[Any]) -> li
         parts.append(
             f"INSERT INTO run_owners SELECT unnest(${len(args) - 1}::text[]), ${len(args)} "
             "ON CONFLICT (run_id) DO NOTHING"
+        )
+    if driven and node is not None:
+        # a run is the node's that drives it (one parked elsewhere and resumed here by a
+        # decision, say): it is the one to resume if this node goes
+        args += [driven, node]
+        parts.append(
+            f"INSERT INTO run_owners SELECT unnest(${len(args) - 1}::text[]), ${len(args)} "
+            "ON CONFLICT (run_id) DO UPDATE SET node = excluded.node "
+            "WHERE run_owners.node <> excluded.node"
         )
     if ended:
         args.append(ended)

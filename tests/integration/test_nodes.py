@@ -302,3 +302,17 @@ async def test_nodes_starting_at_once_each_record_their_configuration(db: StoreA
                 tg.start_soon(record, a, f"a{n}")
                 tg.start_soon(record, b, f"b{n}")
     assert sorted(v.version for v in found) == list(range(1, 11))
+
+
+async def test_a_run_is_owned_by_the_node_that_drives_it(db: StoreAt):
+    """A run parked by one node and resumed by another (a decision taken there) is the
+    other's: if that one goes, its adopter resumes the run, not the first node."""
+    async with db.open() as a, db.open() as b:
+        await a.join("a", lease_s=60.0, host="h", pid=1)
+        await b.join("b", lease_s=60.0, host="h", pid=2)
+        await a.submit([run(1, "waiting", started_at=T0)]).wait()
+        await b.submit([run(1, "running", started_at=T0)]).wait()
+        assert await db.query("SELECT node FROM run_owners") == [("b",)]
+        await a.submit([run(2, "queued")]).wait()
+        await b.submit([run(2, "queued")]).wait()  # not driven: still a's
+        assert await db.query("SELECT node FROM run_owners ORDER BY run_id") == [("b",), ("a",)]
