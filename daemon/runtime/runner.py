@@ -76,10 +76,10 @@ __all__ = ["Runner"]
 
 _UNFINISHED = (RunState.QUEUED, RunState.RUNNING)
 _PAGE = 10_000
+"""Waiting runs read at a time, at a restart or an unpause."""
 _SLOT_RETRY_S = (0.02, 0.5)
 """A run whose pipeline's slots the other nodes' runs hold all asks again after these
 (doubling): they free theirs in their own commits, which this node does not see."""
-"""Waiting runs read at a time, at a restart or an unpause."""
 
 
 class Runner:
@@ -262,7 +262,8 @@ class Runner:
     async def _resume_all(self) -> int:
         resumed = 0
         started = deque(await self.store.runs_to_resume(waiting=False))
-        held = await self.store.run_slots_held([row.run_id for row, _, _ in started])
+        # (PostgreSQL) those that hold a slot of their pipeline's across the nodes
+        slots = await self.store.run_slots_held([row.run_id for row, _, _ in started])
         after = ""
         while True:
             page = await self.store.waiting_runs(after=after, limit=_PAGE)
@@ -270,7 +271,7 @@ class Runner:
             gone: list[str] = []
             for run_id, pipeline in page:
                 while started and started[0][0].run_id < run_id:
-                    resumed += self._resume_started(*started.popleft(), gone, held)
+                    resumed += self._resume_started(*started.popleft(), gone, slots)
                 if run_id in self._runs:
                     continue  # recorded by this process, and here already
                 if run_id in held:
@@ -286,7 +287,7 @@ class Runner:
             after = page[-1][0]
         gone = []
         while started:
-            resumed += self._resume_started(*started.popleft(), gone, held)
+            resumed += self._resume_started(*started.popleft(), gone, slots)
         await self._fail_gone(gone)
         return resumed
 
@@ -300,14 +301,14 @@ class Runner:
         Only after :meth:`resume_unfinished`: the runs are not in memory here."""
         gone: list[str] = []
         resumed = 0
-        held = await self.store.run_slots_held(run_ids)
+        slots = await self.store.run_slots_held(run_ids)
         for row in sorted(await self.store.get_runs(run_ids), key=lambda r: r.run_id):
             if row.state not in _UNFINISHED or self.is_active(row.run_id):
                 continue
             if row.started_at is not None:
                 found = await self.store.run_state(row.run_id)
                 if found is not None:
-                    resumed += self._resume_started(*found, gone, held)
+                    resumed += self._resume_started(*found, gone, slots)
             elif row.pipeline not in self.plans:
                 gone.append(row.run_id)
             elif row.pipeline not in self._paused:  # else it waits in the store
@@ -325,14 +326,14 @@ class Runner:
         instances: list[InstanceRow],
         outputs: dict[str, Any],
         gone: list[str],
-        held: set[str],
+        slots: set[str],
     ) -> int:
         if row.pipeline not in self.plans:
             gone.append(row.run_id)
             return 0
         if row.run_id in self._runs:
             return 0
-        if row.run_id in held:
+        if row.run_id in slots:
             # it holds one of its pipeline's slots across the nodes (PostgreSQL): it goes
             # on at once, past this node's own count, or a run here waiting for that slot
             # could hold the local one it waits for
