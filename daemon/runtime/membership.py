@@ -106,7 +106,13 @@ class Membership:
                 # looked now (a gone node whose row is locked is looked at again at the
                 # next renewal, not in a tight loop)
                 next_gone_at = None
-                adopted = await self.store.adopt()
+                try:
+                    adopted = await self.store.adopt()
+                except Fenced:
+                    raise
+                except StoreError as exc:  # tried again at the next renewal
+                    self._log.warning("adoption_failed", error=str(exc))
+                    continue
                 if adopted:
                     self._log.info("node_adopted_runs", runs=len(adopted))
                     await runner.resume_adopted(adopted)

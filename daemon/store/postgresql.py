@@ -375,8 +375,12 @@ class PostgresStore(SqliteStore):
                 await db.close()
 
     async def adopt(self) -> list[str]:
-        async with self._pool.acquire() as db:
-            return await pg_nodes.adopt(db, *self._node())
+        me = self._node()
+        try:
+            async with self._pool.acquire() as db:
+                return await pg_nodes.adopt(db, *me)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise StoreError(f"node {me[0]!r} could not adopt runs: {exc}") from exc
 
     async def list_nodes(self) -> list[NodeRow]:
         return await pg_nodes.list_nodes(self._pool)
