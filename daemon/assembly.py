@@ -48,6 +48,7 @@ from cued.daemon.reading import make_state_folder
 from cued.daemon.runtime.alerts import Alerts
 from cued.daemon.runtime.backlog import Backlog
 from cued.daemon.runtime.intake import DaemonIntake
+from cued.daemon.runtime.membership import Membership
 from cued.daemon.runtime.metrics import Metrics
 from cued.daemon.runtime.reload import Reloader, ReloadOutcome
 from cued.daemon.runtime.retention import prune_periodically
@@ -139,11 +140,13 @@ async def open_runner(
     :param resume: resume unfinished runs at once
     :raises CuedError: if another daemon holds the lock
     """
-    async with _opened(config, lock=lock) as (store, http, kinds, tracing):
+    async with _opened(config, lock=lock) as (store, http, kinds, tracing, node):
         alerts = _alerts(config, store, http)
         runner = _runner(config, store, http, kinds, _backlog(config), alerts, tracing=tracing)
-        async with _serving(runner, resume_unfinished=resume):
+        async with _serving(runner, resume_unfinished=resume), anyio.create_task_group() as tg:
+            await tg.start(node.run, runner)
             yield runner
+            tg.cancel_scope.cancel()
 
 
 @asynccontextmanager
@@ -164,6 +167,7 @@ class _Parts:
     runner: Runner
     intake: DaemonIntake
     alerts: Alerts | None
+    node: Membership
 
 
 @asynccontextmanager
@@ -171,7 +175,7 @@ async def _open_parts(config: Config) -> AsyncIterator[_Parts]:
     """The daemon's store, runner (serving), intake and alerts (their sender runs with no
     channel too: a reload may add one; an alert queued for a channel no longer configured
     is given up when due)."""
-    async with _opened(config, lock=True) as (store, http, kinds, tracing):
+    async with _opened(config, lock=True) as (store, http, kinds, tracing, node):
         # always: a reload may add the first alert channel
         alerts = Alerts(config.alerts, store, http, config.base_dir)
         backlog = _backlog(config)
@@ -192,15 +196,17 @@ async def _open_parts(config: Config) -> AsyncIterator[_Parts]:
         # unfinished runs are resumed once the sources have started: a source may first
         # have to finish acknowledging what a crash left recorded but unacknowledged
         async with _serving(runner, resume_unfinished=False):
-            yield _Parts(store, runner, intake, alerts)
+            yield _Parts(store, runner, intake, alerts, node)
 
 
 @asynccontextmanager
 async def _opened(
     config: Config, *, lock: bool
-) -> AsyncIterator[tuple[Store, httpx.AsyncClient, dict[str, TaskKind], Tracing]]:
+) -> AsyncIterator[tuple[Store, httpx.AsyncClient, dict[str, TaskKind], Tracing, Membership]]:
     """The store, the shared HTTP client, the task kinds and tracing, closed in the
-    reverse order (tracing last: it sends the spans of runs stopped before it)."""
+    reverse order (tracing last: it sends the spans of runs stopped before it); and the
+    daemon's node, joined (before anything is recorded: the runs it records are its own)
+    with the runs of gone nodes adopted."""
     state = config.state_path
     make_state_folder(state)
     config_folder_first(config.base_dir)  # python tasks find modules beside the config
@@ -222,7 +228,9 @@ async def _opened(
             ) as http,
             _closing(kinds := _kinds(config)),
         ):
-            yield store, http, kinds, tracing
+            node = Membership(store, config)
+            await node.join()
+            yield store, http, kinds, tracing, node
 
 
 def _backlog(config: Config) -> Backlog[Any]:
@@ -340,13 +348,13 @@ def _named_store(name: str) -> str:
 
 
 def _open_store(config: Config, *, exclusive: bool) -> AbstractAsyncContextManager[Store]:
-    """The config's store: its SQLite file, or its PostgreSQL database (taking the
-    database's daemon lock if ``exclusive``).
+    """The config's store: its SQLite file, or its PostgreSQL database (with a daemon's
+    share of its lock if ``exclusive``: daemons share a database, a copy has it alone).
 
     :raises CuedError: if a database URL from the environment or a file is not there
     """
     return open_store_at(
-        config.state_location(), synchronous=config.daemon.synchronous, exclusive=exclusive
+        config.state_location(), synchronous=config.daemon.synchronous, shared=exclusive
     )
 
 
@@ -653,6 +661,8 @@ async def _serve(
         async with anyio.create_task_group() as sources_tg:
             await sources_tg.start(sources_set.serve)
             await runner.resume_unfinished()
+            # after the resumption: the runs it adopts are not in memory yet
+            await tg.start(parts.node.run, runner)
             # after the sources' start: the files source first moves what a crash left
             # recorded, which it recognises by the recorded event
             tg.start_soon(prune_periodically, config, store)

@@ -6,6 +6,7 @@ The exceptions cued raises, as a tree:
   x ConnectorError       - an event source cannot start or lost its connection for good
   x AlertDeliveryError   - an alert channel did not take an alert (it is tried again)
   x StoreError           - the durable store cannot be opened or is of an unknown version
+    + Fenced             - this node's lease lapsed and its runs went to other nodes
   x DaemonUnavailable    - no daemon answers on the control socket
   x NotFound             - a run, pipeline or task named by the user does not exist
   x InvalidRequest       - a request names things that exist but asks what cannot be done
@@ -30,6 +31,7 @@ __all__ = [
     "CuedError",
     "DaemonUnavailable",
     "DataCheckFailed",
+    "Fenced",
     "Forbidden",
     "InvalidRequest",
     "NotFound",
@@ -85,6 +87,10 @@ class AlertDeliveryError(CuedError):
 
 class StoreError(CuedError):
     """The durable store cannot be used."""
+
+
+class Fenced(StoreError):
+    """This node's lease lapsed (or another node took it over): it may write no more."""
 
 
 class DaemonUnavailable(CuedError):

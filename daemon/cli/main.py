@@ -124,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
             gate.add_argument("--payload", type=_text, help="the proposal as edited, as JSON")
     _logs_parser(sub)
     sub.add_parser("approvals", help="approval gates waiting for a decision")
+    sub.add_parser("nodes", help="the daemons sharing the state, and the runs each owns")
     prune = sub.add_parser(
         "prune", help="delete what [retention] lets go now (the daemon does it periodically)"
     )

@@ -1,5 +1,5 @@
 """The ``cued`` commands that only read the state file (``runs``, ``show``, ``events``,
-``approvals``, ``logs``): through :class:`cued.daemon.ops.queries.Queries`, opened with
+``approvals``, ``logs``, ``nodes``): through :class:`cued.daemon.ops.queries.Queries`, opened with
 where the state is and nothing else of the configuration
 (:mod:`cued.daemon.config.state`, :mod:`cued.daemon.reading`).
 
@@ -208,6 +208,27 @@ async def _events(state: StateSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _nodes(state: StateSettings, args: argparse.Namespace) -> int:
+    async with open_reads(state) as queries:
+        nodes = await queries.nodes()
+    table = [["NODE", "STATE", "GENERATION", "HOST", "PID", "STARTED", "LEASE UNTIL", "RUNS"]]
+    table.extend(
+        [
+            n.node,
+            "gone" if not n.alive else "lease lapsed" if n.expired else "alive",
+            str(n.generation),
+            n.host,
+            str(n.pid),
+            render.timestamp(n.started_at),
+            render.timestamp(n.expires_at) if n.lease_s else "-",
+            str(n.runs),
+        ]
+        for n in nodes
+    )
+    render.table(table)
+    return 0
+
+
 def _print_run(run: RunRow) -> None:
     render.out(f"run       {run.run_id}")
     render.out(f"pipeline  {run.pipeline}")
@@ -259,6 +280,7 @@ _READS: dict[str, Callable[[StateSettings, argparse.Namespace], Awaitable[int]]]
     "events": _events,
     "approvals": _approvals,
     "logs": _logs,
+    "nodes": _nodes,
 }
 
 #: The commands this module does.

@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 from cued.daemon.config.alerting import ALERT_KINDS, AlertConfig
 from cued.daemon.config.durations import Duration
 from cued.daemon.config.environment import EnvName
+from cued.daemon.config.nodes import NodeName
 from cued.daemon.config.registry import source_kinds, task_kinds
 from cued.daemon.config.secrets import remember, resolve_secret
 from cued.daemon.config.state import (
@@ -105,6 +106,12 @@ class DaemonConfig(_Model):
     """Bytes of live log an attempt keeps at most (its latest lines)."""
     task_log_flush: Duration = Field(0.5, gt=0)
     """How often the live log lines written meanwhile are stored (in one batch)."""
+    node: NodeName | None = None
+    """This daemon's name among the nodes sharing a PostgreSQL state (``cued nodes``);
+    by default the host's name and a short random suffix, new at each start."""
+    lease: Duration = Field(5.0, ge=0.5)
+    """How long a node's runs stay its own without a renewal of its lease (renewed every
+    third of it): a node dead for this long has its runs adopted by the others."""
     control_group: str | None = None
     """An OS group whose members may use the control socket (the CLI), as the daemon's own
     user and root may; the socket's folder and the socket get this group. One group: a

@@ -145,6 +145,8 @@ DAEMON_KEYS = frozenset(
         "task_log_bytes",
         "task_log_flush",
         "control_group",
+        "node",
+        "lease",
     }
 )
 

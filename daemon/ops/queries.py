@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         EventRow,
         InstanceRow,
         LogLineRow,
+        NodeRow,
         PauseRow,
         RunRow,
         Store,
@@ -376,6 +377,13 @@ class Queries:
     async def paused(self) -> dict[str, PauseRow]:
         """The paused pipelines (as recorded), by name."""
         return await self._store.paused_pipelines()
+
+    # -- nodes ----------------------------------------------------------------------------
+
+    async def nodes(self) -> list[NodeRow]:
+        """The daemons sharing the state (one on SQLite), by name, with the unfinished
+        runs each owns."""
+        return await self._store.list_nodes()
 
     # -- configuration versions -----------------------------------------------------------
 

@@ -113,6 +113,11 @@ class ActiveRun:
         """Whether the run has left memory (ended or parked)."""
         return self._left
 
+    @property
+    def cancelled(self) -> bool:
+        """Whether the run was cancelled before it started."""
+        return self._cancelled
+
     async def wait_left(self) -> None:
         """Return once the run has left memory (ended or parked)."""
         if self._left:

@@ -86,6 +86,9 @@ __all__ = ["Runner"]
 _UNFINISHED = (RunState.QUEUED, RunState.RUNNING)
 _PAGE = 10_000
 """Waiting runs read at a time, at a restart or an unpause."""
+_SLOT_RETRY_S = (0.02, 0.5)
+"""A run whose pipeline's slots the other nodes' runs hold all asks again after these
+(doubling): they free theirs in their own commits, which this node does not see."""
 
 
 class Runner:
@@ -291,6 +294,8 @@ class Runner:
         for row, _, _ in started:
             if _limited(row) and row.state == RunState.RUNNING and row.run_id not in self._runs:
                 self.keys.count(row.pipeline, *_key(row))
+        # (PostgreSQL) those that hold a slot of their pipeline's across the nodes
+        slots = await self.store.run_slots_held([row.run_id for row, _, _ in started])
         after = ""
         while True:
             page = await self.store.waiting_runs(after=after, limit=_PAGE)
@@ -299,7 +304,7 @@ class Runner:
             for waiting in page:
                 run_id, pipeline = waiting.run_id, waiting.pipeline
                 while started and started[0][0].run_id < run_id:
-                    resumed += self._resume_started(*started.popleft(), gone)
+                    resumed += self._resume_started(*started.popleft(), gone, slots)
                 if run_id in self._runs:
                     continue  # recorded by this process, and here already
                 if run_id in held:
@@ -315,12 +320,46 @@ class Runner:
             after = page[-1][0]
         gone = []
         while started:
-            resumed += self._resume_started(*started.popleft(), gone)
+            resumed += self._resume_started(*started.popleft(), gone, slots)
         await self._fail_gone(gone)
         return resumed
 
+    async def resume_adopted(self, run_ids: list[str]) -> int:
+        """Go on with runs this node adopted from a node that is gone (see
+        :class:`~cued.daemon.runtime.membership.Membership`), as after a crash: one that
+        had started from its instances (an attempt that was running runs again, with the
+        same idempotency key; one that succeeded does not), one that never started when
+        its turn comes. Returns how many go on.
+
+        Only after :meth:`resume_unfinished`: the runs are not in memory here."""
+        gone: list[str] = []
+        resumed = 0
+        slots = await self.store.run_slots_held(run_ids)
+        for row in sorted(await self.store.get_runs(run_ids), key=lambda r: r.run_id):
+            if row.state not in _UNFINISHED or self.is_active(row.run_id):
+                continue
+            if row.started_at is not None:
+                found = await self.store.run_state(row.run_id)
+                if found is not None:
+                    resumed += self._resume_started(*found, gone, slots)
+            elif row.pipeline not in self.plans:
+                gone.append(row.run_id)
+            elif row.pipeline not in self._paused:  # else it waits in the store
+                self._deadlines.watch(row)
+                self._admit_cold(row)
+                resumed += 1
+        await self._fail_gone(gone)
+        if resumed:
+            self.log.info("runs_adopted", count=resumed)
+        return resumed
+
     def _resume_started(
-        self, row: RunRow, instances: list[InstanceRow], outputs: dict[str, Any], gone: list[str]
+        self,
+        row: RunRow,
+        instances: list[InstanceRow],
+        outputs: dict[str, Any],
+        gone: list[str],
+        slots: set[str],
     ) -> int:
         if row.pipeline not in self.plans:
             gone.append(row.run_id)
@@ -328,6 +367,17 @@ class Runner:
         if row.run_id in self._runs:
             return 0
         running = row.state == RunState.RUNNING  # counted for its key already (see above)
+        if row.run_id in slots:
+            # it holds one of its pipeline's slots across the nodes (PostgreSQL): it goes
+            # on at once, past this node's own count, or a run here waiting for that slot
+            # could hold the local one it waits for
+            run = ActiveRun(
+                row, self._plan_of(row), instances_of(instances, outputs), self._driving
+            )
+            self._runs[row.run_id] = run
+            self._deadlines.watch(row)
+            self._launch(run)
+            return 1
         if self.backlog.cold_of(row.pipeline) or row.pipeline in self._loading:
             self._deadlines.watch(row)
             if running:  # behind older ones, to keep order
@@ -827,6 +877,8 @@ class Runner:
             )
         span = run.span
         try:
+            if not await self._run_slot(run):
+                return  # cancelled while it waited for a slot of the other nodes'
             state = await run.drive()
             if state is None:
                 return  # cancelled before it started
@@ -847,6 +899,23 @@ class Runner:
     def wake_waits(self) -> None:
         """Waits were settled (intake matched events to them): apply them."""
         self.waits.wake()
+
+    async def _run_slot(self, run: ActiveRun) -> bool:
+        """Take one of the run's pipeline's slots across the nodes (PostgreSQL: its
+        ``max_active_runs`` holds for them all; on SQLite at once), waiting while the
+        other nodes' runs hold them all; False if the run was cancelled meanwhile (a slot
+        taken is given back)."""
+        row, delay = run.row, _SLOT_RETRY_S[0]
+        limit = run.plan.config.max_active_runs
+        while not run.cancelled:
+            if await self.store.take_run_slot(row.pipeline, row.run_id, limit):
+                if run.cancelled:  # while it was taken: the cancel's commit kept it
+                    await self.store.give_back_run_slot(row.run_id)
+                    return False
+                return True
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _SLOT_RETRY_S[1])
+        return False
 
     def _retry_delay_s(self, task: TaskConfig, attempt: int) -> float:
         return backoff_s(

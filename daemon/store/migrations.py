@@ -235,6 +235,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX runs_by_parent ON runs (parent_run_id, parent_key, parent_attempt)
         WHERE parent_run_id IS NOT NULL;
     """,
+    # nodes (cued.daemon.store.nodes): the daemon on this file, for `cued nodes`; a
+    # SQLite file has one node, which holds no lease (PostgreSQL's table, its twin)
+    """
+    CREATE TABLE nodes (
+        node        TEXT PRIMARY KEY,
+        generation  INTEGER NOT NULL,   -- its incarnation: a new one at each start
+        alive       INTEGER NOT NULL,   -- 0 once it left or was found dead
+        host        TEXT NOT NULL,
+        pid         INTEGER NOT NULL,
+        lease_s     REAL NOT NULL,
+        started_at  REAL NOT NULL,
+        renewed_at  REAL NOT NULL,
+        expires_at  REAL NOT NULL
+    );
+    """,
 )
 
 

@@ -220,6 +220,80 @@ PG_MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX runs_by_parent ON runs (parent_run_id, parent_key, parent_attempt)
         WHERE parent_run_id IS NOT NULL;
     """,
+    # nodes (cued.daemon.store.nodes, SQLite's migration of the same name): the daemons
+    # sharing the database, each with a lease renewed by the database's clock, which
+    # node owns each unfinished run, and the runs being driven (a pipeline's run slots,
+    # for max_active_runs across the nodes). A generation is unique in the database (a
+    # sequence), so a stale incarnation never matches a later one of the same name.
+    # cued_fenced fails a commit of a node whose lease was taken over; cued_take_run_slot
+    # takes one of a pipeline's slots (see pg_nodes.py).
+    """
+    CREATE SEQUENCE node_generations;
+    CREATE TABLE nodes (
+        node        TEXT COLLATE "C" PRIMARY KEY,
+        generation  BIGINT NOT NULL,
+        alive       INTEGER NOT NULL,
+        host        TEXT NOT NULL,
+        pid         BIGINT NOT NULL,
+        lease_s     DOUBLE PRECISION NOT NULL,
+        started_at  DOUBLE PRECISION NOT NULL,
+        renewed_at  DOUBLE PRECISION NOT NULL,
+        expires_at  DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE run_owners (
+        run_id      TEXT COLLATE "C" PRIMARY KEY,
+        node        TEXT COLLATE "C" NOT NULL
+    );
+    CREATE INDEX run_owners_by_node ON run_owners (node, run_id);
+    CREATE TABLE run_slots (
+        run_id      TEXT COLLATE "C" PRIMARY KEY,
+        pipeline    TEXT COLLATE "C" NOT NULL,
+        node        TEXT COLLATE "C" NOT NULL,
+        held        INTEGER NOT NULL            -- 1: holds a slot; 0: waits for one
+    );
+    CREATE INDEX run_slots_by_pipeline ON run_slots (pipeline, held, run_id);
+    CREATE FUNCTION cued_fenced(node TEXT, generation BIGINT) RETURNS INTEGER
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION USING ERRCODE = 'CUF01', MESSAGE = format(
+            'node %s (generation %s) is fenced: its lease was taken over', node, generation);
+    END $$;
+    CREATE FUNCTION cued_take_run_slot(
+        p_node TEXT, p_generation BIGINT, p_pipeline TEXT, p_run TEXT, p_limit BIGINT
+    ) RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+    DECLARE
+        v_held INTEGER;
+        v_free BIGINT;
+    BEGIN
+        PERFORM 1 FROM nodes
+            WHERE node = p_node AND generation = p_generation AND alive = 1 FOR SHARE;
+        IF NOT FOUND THEN
+            PERFORM cued_fenced(p_node, p_generation);
+        END IF;
+        -- the run waits for a slot (or holds one already), as this node's
+        INSERT INTO run_slots VALUES (p_run, p_pipeline, p_node, 0)
+            ON CONFLICT (run_id) DO UPDATE SET node = p_node RETURNING held INTO v_held;
+        IF v_held = 1 THEN
+            RETURN TRUE;
+        END IF;
+        -- one taker of a pipeline's slots at a time; each count below is a statement of
+        -- its own, so it sees every slot taken before this one got the lock
+        PERFORM pg_advisory_xact_lock(hashtextextended('cued:run_slots:' || p_pipeline, 0));
+        v_free := p_limit - (SELECT count(*) FROM run_slots
+                             WHERE pipeline = p_pipeline AND held = 1);
+        -- the oldest runs waiting on live nodes go first, whichever node asks first
+        IF v_free <= 0 OR v_free <= (
+            SELECT count(*) FROM run_slots s JOIN nodes n ON n.node = s.node
+            WHERE s.pipeline = p_pipeline AND s.held = 0 AND s.run_id < p_run
+                AND n.alive = 1
+                AND n.expires_at > extract(epoch FROM clock_timestamp())::float8
+        ) THEN
+            RETURN FALSE;
+        END IF;
+        UPDATE run_slots SET held = 1 WHERE run_id = p_run;
+        RETURN TRUE;
+    END $$;
+    """,
 )
 
 

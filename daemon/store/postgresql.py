@@ -25,6 +25,7 @@ second is refused; a daemon killed with -9 loses its session, and with it the lo
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ import asyncpg
 
 from cued.daemon.config.state import is_database_url, shown_url
 from cued.daemon.core.assets import ASSET_SOURCES, asset_of
-from cued.daemon.errors import StoreError
+from cued.daemon.errors import Fenced, StoreError
+from cued.daemon.logs import get_logger
 from cued.daemon.store import (
     ApprovalRow,
     AttemptRow,
@@ -48,10 +50,12 @@ from cued.daemon.store import (
     EventRow,
     InstanceRow,
     LogLineRow,
+    NodeRow,
     OutboxRow,
     PauseRow,
     RunRow,
     WaitRow,
+    pg_nodes,
 )
 from cued.daemon.store.pg_migrations import migrate
 from cued.daemon.store.sqlite import (
@@ -63,7 +67,7 @@ from cued.daemon.store.sqlite import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable
+    from collections.abc import AsyncIterator, Iterable, Sequence
 
     import aiosqlite
 
@@ -74,6 +78,9 @@ __all__ = ["DAEMON_LOCK", "PostgresStore", "is_database_url", "open_pg_store", "
 #: The advisory lock (its 64-bit key: ``cued:run`` in ASCII) a daemon's session holds.
 DAEMON_LOCK = int.from_bytes(b"cued:run", "big", signed=True)
 
+_log = get_logger()
+# each session says whose it is (pg_stat_activity): a daemon's, by its process id
+_SESSION = {"application_name": f"cued:{os.getpid()}"}
 _INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
 
 
@@ -247,9 +254,11 @@ _PUT_PAUSE = _Put("paused_pipelines", ("pipeline", "paused_at", "paused_by"), ("
 )
 
 
-def _batch_sql(batch: _Batch) -> tuple[str, list[Any]]:
+def _batch_sql(batch: _Batch, me: tuple[str, int] | None = None) -> tuple[str, list[Any]]:
     """The whole batch as one statement (and its arguments): each table's rows upserted
-    (or deleted) by a data-modifying ``WITH`` of its own, from one array per column.
+    (or deleted) by a data-modifying ``WITH`` of its own, from one array per column; of a
+    node (``me``: its name and generation), fenced, and its runs' owners kept (see
+    :mod:`~cued.daemon.store.pg_nodes`).
 
     One statement is one round trip and, on its own, one transaction: no BEGIN and COMMIT
     of their own. Its parts share one snapshot and do not see each other's rows, which
@@ -278,8 +287,15 @@ def _batch_sql(batch: _Batch) -> tuple[str, list[Any]]:
             "WHERE t.run_id = c.run_id AND t.key = c.key AND t.attempt = c.attempt "
             "AND t.seq < c.before_seq"
         )
-    steps = ", ".join(f"s{n} AS ({part})" for n, part in enumerate(parts))
-    return f"WITH {steps} SELECT 1", args
+    final = "SELECT 1"
+    if batch.runs:
+        node = me[0] if me is not None else None
+        parts += pg_nodes.owners_sql(node, list(batch.runs.values()), args)
+    steps = [f"s{n} AS ({part})" for n, part in enumerate(parts)]
+    if me is not None:
+        fence, final = pg_nodes.fence_sql(*me, args)
+        steps.insert(0, fence)
+    return f"WITH {', '.join(steps)} {final}", args
 
 
 def _trimmed(line: LogLineRow, batch: _Batch) -> bool:
@@ -290,16 +306,31 @@ def _trimmed(line: LogLineRow, batch: _Batch) -> bool:
 class PostgresStore(SqliteStore):
     """Runs, task instances, attempts and events in a PostgreSQL database."""
 
+    # (its 64-bit key: ``cued:ver`` in ASCII), held to the end of the version's transaction
+    _VERSIONS_LOCK = f"SELECT pg_advisory_xact_lock({int.from_bytes(b'cued:ver', 'big')})"
+
     def __init__(self, url: str, writer: asyncpg.Connection, readers: asyncpg.Pool) -> None:
         # the SQLite writer is never used: the commit and the chores are overridden below
         super().__init__(Path(shown_url(url)), cast("aiosqlite.Connection", None), _Pool(readers))
         self.where = shown_url(url)
         self._db = writer
+        self._pool = readers
+        self._me: tuple[str, int] | None = None
+        """This daemon's node and generation, once it joined: its commits are fenced."""
+        self._url = url
+        self._lease_db: asyncpg.Connection | None = None
+        self.lease_s_hint = 10.0
+        """How long a connection for a renewal may take to open (the node's lease)."""
 
     async def _commit(self, batch: _Batch) -> float:
         started = anyio.current_time()
-        sql, args = _batch_sql(batch)
-        await self._db.execute(sql, *args)
+        sql, args = _batch_sql(batch, self._me)
+        try:
+            await self._db.execute(sql, *args)
+        except asyncpg.PostgresError as exc:
+            if pg_nodes.is_fenced(exc):
+                raise Fenced(str(exc)) from exc
+            raise
         seconds = anyio.current_time() - started
         self.commits += 1
         self.commit_seconds += seconds
@@ -330,6 +361,78 @@ class PostgresStore(SqliteStore):
                 )
 
         await self._chore(work)
+
+    # -- nodes ---------------------------------------------------------------------------
+
+    def _owned(self) -> tuple[str, list[Any]]:
+        if self._me is None:
+            return "", []
+        return "AND run_id IN (SELECT run_id FROM run_owners WHERE node = ?)", [self._me[0]]
+
+    async def join(self, node: str, *, lease_s: float, host: str, pid: int) -> NodeRow:
+        async with self._pool.acquire() as db:
+            row = await pg_nodes.join(
+                db, node, lease_s=lease_s, host=host, pid=pid, where=self.where
+            )
+        self._me = (row.node, row.generation)
+        self.lease_s_hint = lease_s
+        return row
+
+    def _node(self) -> tuple[str, int]:
+        if self._me is None:
+            raise StoreError("the daemon has not joined as a node")
+        return self._me
+
+    async def renew(self) -> float | None:
+        # on a connection of its own: neither the writer's commits nor the readers'
+        # queries hold a renewal back; one that failed (or was given up) is made anew
+        me = self._node()
+        renewed = False
+        try:
+            if self._lease_db is None or self._lease_db.is_closed():
+                self._lease_db = await asyncpg.connect(
+                    self._url, timeout=self.lease_s_hint, server_settings=_SESSION
+                )
+            gone = await pg_nodes.renew(self._lease_db, *me)
+            renewed = True
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise StoreError(f"cannot renew the lease of node {me[0]!r}: {exc}") from exc
+        finally:
+            if not renewed:
+                await self._drop_lease_db()
+        return gone
+
+    async def _drop_lease_db(self) -> None:
+        db, self._lease_db = self._lease_db, None
+        if db is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await db.close()
+
+    async def adopt(self) -> list[str]:
+        me = self._node()
+        try:
+            async with self._pool.acquire() as db:
+                return await pg_nodes.adopt(db, *me)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise StoreError(f"node {me[0]!r} could not adopt runs: {exc}") from exc
+
+    async def list_nodes(self) -> list[NodeRow]:
+        return await pg_nodes.list_nodes(self._pool)
+
+    async def take_run_slot(self, pipeline: str, run_id: str, limit: int) -> bool:
+        if self._me is None:
+            return True  # not a node (the CLI): no run is driven here
+        return await pg_nodes.take_run_slot(self._pool, *self._me, pipeline, run_id, limit)
+
+    async def give_back_run_slot(self, run_id: str) -> None:
+        await self._reader.execute_fetchall("DELETE FROM run_slots WHERE run_id = ?", (run_id,))
+
+    async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
+        rows = await self._pool.fetch(
+            "SELECT run_id FROM run_slots WHERE run_id = ANY($1::text[]) AND held = 1",
+            list(run_ids),
+        )
+        return {str(r[0]) for r in rows}
 
     async def list_assets(self) -> list[tuple[str, int, EventRow]]:
         # each asset's latest event (DISTINCT ON keeps the first of each source, newest
@@ -364,27 +467,35 @@ async def _watch(
 
 
 @asynccontextmanager
-async def open_pg_store(url: str, *, exclusive: bool = False) -> AsyncIterator[PostgresStore]:
+async def open_pg_store(
+    url: str, *, exclusive: bool = False, shared: bool = False
+) -> AsyncIterator[PostgresStore]:
     """Open (migrating as needed) the store in the database at ``url``.
 
     On exit, whatever was submitted is committed before the connections close.
 
-    :param exclusive: hold the daemon's advisory lock while open (one daemon per database)
-    :raises StoreError: if the database cannot be reached, another daemon holds the lock,
-        or its schema is newer than this cued knows
+    :param exclusive: hold the advisory lock alone while open (``cued store copy``: no
+        daemon runs on the database meanwhile)
+    :param shared: hold a share of it (a daemon: several share the database)
+    :raises StoreError: if the database cannot be reached, the lock is held against
+        this, or its schema is newer than this cued knows
     """
     where = shown_url(url)
     try:
-        writer = await asyncpg.connect(url, timeout=10)
+        writer = await asyncpg.connect(url, timeout=10, server_settings=_SESSION)
     except Exception as exc:
         raise StoreError(f"cannot connect to the database {where!r}: {exc}") from exc
     readers: asyncpg.Pool | None = None
     try:
         if exclusive and not await writer.fetchval("SELECT pg_try_advisory_lock($1)", DAEMON_LOCK):
             raise StoreError(f"another cued daemon is running on {where!r}")
+        if shared and not await writer.fetchval(
+            "SELECT pg_try_advisory_lock_shared($1)", DAEMON_LOCK
+        ):
+            raise StoreError(f"the database {where!r} is being copied (cued store copy)")
         await migrate(writer, where)
         readers = await asyncpg.create_pool(
-            url, min_size=1, max_size=4, timeout=10, reset=_as_it_is
+            url, min_size=1, max_size=4, timeout=10, reset=_as_it_is, server_settings=_SESSION
         )
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
@@ -407,5 +518,14 @@ async def open_pg_store(url: str, *, exclusive: bool = False) -> AsyncIterator[P
                 store._wake.set()  # the loop commits what is left, then returns
     finally:
         with anyio.CancelScope(shield=True):
+            # after the last commit (the writer's loop has returned): the node leaves, and
+            # others adopt its unfinished runs at once instead of after its lease
+            if store._me is not None and store._failed is None:
+                with anyio.move_on_after(10):
+                    try:
+                        await pg_nodes.leave(writer, *store._me)
+                    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                        _log.warning("node_not_left", node=store._me[0], error=str(exc))
+            await store._drop_lease_db()
             await readers.close()
             await writer.close()

@@ -32,6 +32,7 @@ __all__ = [
     "InstanceRow",
     "LogLineRow",
     "LogTrim",
+    "NodeRow",
     "OutboxRow",
     "PauseRow",
     "PruneCounts",
@@ -299,6 +300,28 @@ class ConfigVersionRow:
     text: str
     file: str
     loaded_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    """A daemon sharing the state (a node), as :meth:`Store.list_nodes` shows it."""
+
+    node: str
+    generation: int
+    """Its incarnation: a new one at each start (unique in the database)."""
+    alive: bool
+    """False once it left (stopped) or was found dead; its runs go to others."""
+    host: str
+    pid: int
+    lease_s: float
+    """0.0 for the one node of a SQLite state, which holds no lease."""
+    started_at: float
+    renewed_at: float
+    expires_at: float
+    expired: bool = False
+    """Its lease lapsed by the database's clock (when read)."""
+    runs: int = 0
+    """The unfinished runs it owns."""
 
 
 Row = (
@@ -613,3 +636,46 @@ class Store(Protocol):
 
     async def config_version(self, version: int) -> ConfigVersionRow | None:
         """One configuration loaded, or ``None`` if there is no such version."""
+
+    # -- nodes (see cued.daemon.store.nodes) ------------------------------------------
+
+    async def join(self, node: str, *, lease_s: float, host: str, pid: int) -> NodeRow:
+        """Register the daemon as ``node``, with a new generation: from now on every
+        commit is its (and fails with :class:`Fenced` once its lease was taken over). It
+        owns the unfinished runs its name owned, and those no node owns.
+
+        :raises StoreError: if a live node of that name holds its lease
+        """
+
+    async def renew(self) -> float | None:
+        """Renew the node's lease (by the database's clock); in how many seconds the next
+        other node's lease lapses (0.0: one lapsed, or the node left: its runs are to be
+        adopted; None: there is no other node).
+
+        :raises Fenced: if the node's lease was taken over
+        """
+
+    async def adopt(self) -> list[str]:
+        """Take over the runs of the nodes whose lease lapsed, or that left; the ids of
+        those unfinished and not parked (to resume, as after a crash), oldest first.
+
+        :raises Fenced: if the node's own lease was taken over
+        """
+
+    async def list_nodes(self) -> list[NodeRow]:
+        """The nodes, by name, each with the unfinished runs it owns."""
+
+    async def take_run_slot(self, pipeline: str, run_id: str, limit: int) -> bool:
+        """Take one of ``pipeline``'s ``limit`` run slots across the nodes for ``run_id``
+        before it is driven (one it holds already stays its own); False if all are taken
+        (try again later). The commit that records the run ended or parked gives it back.
+        Always true on SQLite, whose one node counts its runs itself.
+
+        :raises Fenced: if the node's lease was taken over
+        """
+
+    async def give_back_run_slot(self, run_id: str) -> None:
+        """Give back the slot of a run cancelled while it was taken."""
+
+    async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
+        """Which of these runs hold a slot of their pipeline's (none on SQLite)."""

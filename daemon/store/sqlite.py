@@ -24,7 +24,7 @@ import aiosqlite
 import anyio
 
 from cued.daemon.core.assets import ASSET_SOURCES, asset_of
-from cued.daemon.core.ids import id_at
+from cued.daemon.core.ids import id_at, now
 from cued.daemon.core.untrusted import stored
 from cued.daemon.errors import StoreError
 from cued.daemon.logs import get_logger
@@ -41,6 +41,7 @@ from cued.daemon.store import (
     InstanceRow,
     LogLineRow,
     LogTrim,
+    NodeRow,
     OutboxRow,
     PauseRow,
     PruneCounts,
@@ -277,6 +278,10 @@ class _Chore:
 class SqliteStore:
     """Runs, task instances, attempts and events in one SQLite file."""
 
+    _VERSIONS_LOCK: str | None = None
+    """What a writer takes before it gives the next config version (PostgreSQL: daemons
+    sharing the database start at once; SQLite's writer is the file's only one)."""
+
     def __init__(
         self, path: Path, writer: aiosqlite.Connection, reader: pruning.Connection
     ) -> None:
@@ -294,6 +299,8 @@ class SqliteStore:
         self.commits = 0
         self.commit_seconds = 0.0
         self._commit_listeners: list[Callable[[float, Sequence[Row]], None]] = []
+        self._node_name: str | None = None
+        """The daemon's node, once it joined (marked gone when the store closes)."""
 
     def on_commit(self, listener: Callable[[float, Sequence[Row]], None]) -> None:
         self._commit_listeners.append(listener)
@@ -491,6 +498,8 @@ class SqliteStore:
         # the version is the latest + 1, given here under the writer (not a rowid or a
         # sequence): the same on both stores, and `cued store copy` brings versions over
         async def work(db: Any) -> ConfigVersionRow:
+            if self._VERSIONS_LOCK is not None:
+                await db.execute_fetchall(self._VERSIONS_LOCK)
             latest = list(
                 await db.execute_fetchall(
                     "SELECT * FROM config_versions ORDER BY version DESC LIMIT 1"
@@ -533,7 +542,8 @@ class SqliteStore:
             if waiting
             else f"WHERE state IN ('queued', 'running') AND NOT ({_NEVER_STARTED})"
         )
-        runs = await self._runs(f"{clause} ORDER BY run_id", ())
+        owned, args = self._owned()
+        runs = await self._runs(f"{clause} {owned} ORDER BY run_id", tuple(args))
         return [(run, *await self._run_state(run.run_id)) for run in runs]
 
     async def waiting_runs(
@@ -541,12 +551,76 @@ class SqliteStore:
     ) -> list[WaitingRun]:
         # by the index on (state, run_id), or (pipeline, state, run_id)
         clause, args = ("AND pipeline = ?", [pipeline]) if pipeline is not None else ("", [])
+        owned, owner = self._owned()
         rows = await self._reader.execute_fetchall(
             "SELECT run_id, pipeline, flow_key, key_limit, priority FROM runs "
-            f"WHERE {_NEVER_STARTED} {clause} AND run_id > ? ORDER BY run_id LIMIT ?",
-            [*args, after, limit],
+            f"WHERE {_NEVER_STARTED} {clause} {owned} AND run_id > ? ORDER BY run_id LIMIT ?",
+            [*args, *owner, after, limit],
         )
         return [WaitingRun(*row) for row in rows]
+
+    def _owned(self) -> tuple[str, list[Any]]:
+        """The clause that keeps a read of runs to resume to this node's own (and its
+        arguments): none on SQLite, whose one node owns every run."""
+        return "", []
+
+    # -- nodes: one, holding no lease (see cued.daemon.store.nodes) ----------------------
+
+    async def join(self, node: str, *, lease_s: float, host: str, pid: int) -> NodeRow:
+        at = now()
+
+        async def work(db: aiosqlite.Connection) -> int:
+            rows = list(await db.execute_fetchall("SELECT max(generation) FROM nodes"))
+            generation = int(rows[0][0] or 0) + 1
+            # one node: the last one's row goes (a new name at each start, by default)
+            await db.execute("DELETE FROM nodes")
+            await db.execute(
+                "INSERT INTO nodes VALUES (?, ?, 1, ?, ?, 0.0, ?, ?, ?)",
+                (node, generation, host, pid, at, at, at),
+            )
+            return generation
+
+        generation: int = await self._chore(work)
+        self._node_name = node
+        return NodeRow(node, generation, True, host, pid, 0.0, at, at, at)
+
+    async def renew(self) -> float | None:
+        return None
+
+    async def adopt(self) -> list[str]:
+        return []
+
+    async def take_run_slot(self, pipeline: str, run_id: str, limit: int) -> bool:
+        return True  # one node: its runner's own count is the whole count
+
+    async def give_back_run_slot(self, run_id: str) -> None:
+        return None
+
+    async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
+        return set()
+
+    async def list_nodes(self) -> list[NodeRow]:
+        rows = await self._reader.execute_fetchall("SELECT * FROM nodes ORDER BY node")
+        if not rows:
+            return []
+        ((unfinished,),) = await self._reader.execute_fetchall(
+            "SELECT count(*) FROM runs WHERE state IN ('queued', 'running', 'waiting')"
+        )
+        return [
+            NodeRow(
+                str(r[0]),
+                int(r[1]),
+                bool(r[2]),
+                str(r[3]),
+                int(r[4]),
+                float(r[5]),
+                float(r[6]),
+                float(r[7]),
+                float(r[8]),
+                runs=int(unfinished) if r[2] else 0,
+            )
+            for r in rows
+        ]
 
     async def run_state(
         self, run_id: str
@@ -1151,5 +1225,11 @@ async def open_store(
                 store._wake.set()  # the loop commits what is left, then returns
     finally:
         with anyio.CancelScope(shield=True):
+            if store._node_name is not None and store._failed is None:
+                # after the last commit: the node is shown gone (`cued nodes`)
+                await writer.execute(
+                    "UPDATE nodes SET alive = 0 WHERE node = ?", (store._node_name,)
+                )
+                await writer.commit()
             await reader.close()
             await writer.close()

@@ -17,6 +17,7 @@ POST /api/v1/runs/{run_id}/retry              (operator) {tasks, downstream}, ?w
 POST /api/v1/runs/{run_id}/tasks/{task}/approve, .../reject   (approver, always a token;
                                               recorded under the caller's own name)
 GET  /api/v1/approvals                        gates waiting for a decision
+GET  /api/v1/nodes                            the daemons sharing the state, what each owns
 GET  /api/v1/events                           ?source&status&limit&cursor
 GET  /api/v1/events/{event_id}                its data, and the runs it started
 GET  /api/v1/events/{event_id}/lineage        upstream and downstream
@@ -113,6 +114,7 @@ from cued.daemon.web.schemas import (
     EventPage,
     Health,
     LogPage,
+    Node,
     Pipeline,
     PruneReport,
     ReplayBody,
@@ -460,6 +462,16 @@ async def list_approvals(ctx: Ctx, caller: Viewer, limit: Limit = 100) -> Respon
     """Gates waiting for a decision, oldest first, with the decisions made so far."""
     gates = await ctx.queries.waiting_gates(limit)
     return json_response([Approval.of(g.gate, g.decisions) for g in gates])
+
+
+# -- nodes -------------------------------------------------------------------------------
+
+
+@_api.get("/nodes", response_model=list[Node], tags=["nodes"])
+async def list_nodes(ctx: Ctx, caller: Viewer) -> Response:
+    """The daemons sharing the state (one on SQLite), by name, with the unfinished runs
+    each owns."""
+    return json_response([Node.of(row) for row in await ctx.queries.nodes()])
 
 
 # -- events and lineage ------------------------------------------------------------------

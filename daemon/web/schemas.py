@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         DecisionRow,
         EventRow,
         InstanceRow,
+        NodeRow,
         PauseRow,
         RunRow,
         WaitRow,
@@ -57,6 +58,7 @@ __all__ = [
     "LogPage",
     "LogUpdate",
     "LoginBody",
+    "Node",
     "Pipeline",
     "PruneCutoffs",
     "PruneReport",
@@ -283,6 +285,39 @@ class Decision(_Model):
     comment: str | None
     payload: Any = None
     decided_at: float
+
+
+class Node(_Model):
+    """A daemon sharing the state: one on SQLite; on PostgreSQL each that joined, with
+    its lease (renewed by the database's clock) and what it owns."""
+
+    node: str
+    generation: int = Field(description="its incarnation: a new one at each start")
+    alive: bool = Field(description="false once it stopped, or was found gone")
+    expired: bool = Field(description="its lease lapsed: the other nodes adopt its runs")
+    host: str
+    pid: int
+    lease_s: float = Field(description="0 on SQLite: its one node holds no lease")
+    started_at: float
+    renewed_at: float
+    expires_at: float
+    runs: int = Field(description="the unfinished runs it owns")
+
+    @classmethod
+    def of(cls, row: NodeRow) -> Node:
+        return cls(
+            node=row.node,
+            generation=row.generation,
+            alive=row.alive,
+            expired=row.expired,
+            host=row.host,
+            pid=row.pid,
+            lease_s=row.lease_s,
+            started_at=row.started_at,
+            renewed_at=row.renewed_at,
+            expires_at=row.expires_at,
+            runs=row.runs,
+        )
 
 
 class Approval(_Model):

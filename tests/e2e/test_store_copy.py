@@ -104,7 +104,7 @@ async def test_a_store_with_a_daemon_on_it_is_not_copied_into(tmp_path):
     source = tmp_path / "cued.db"
     async with open_store(source) as store:
         await store.submit(every_kind_of_row(1)).wait()
-    async with fresh_database() as url, open_pg_store(url, exclusive=True):  # its daemon
+    async with fresh_database() as url, open_pg_store(url, shared=True):  # its daemon
         copied = cued(tmp_path / "none.toml", "store", "copy", "--from", str(source), "--to", url)
     assert copied.returncode == 1
     assert "another cued daemon is running on" in copied.stderr

@@ -261,9 +261,9 @@ async def test_a_database_from_a_newer_cued_is_refused_with_a_clear_error():
                 pass
 
 
-async def test_one_daemon_per_database_and_its_lock_goes_with_its_session():
+async def test_daemons_share_a_database_a_copy_has_it_alone_and_the_lock_goes_with_a_session():
     async with fresh_database() as url:
-        async with open_pg_store(url, exclusive=True):
+        async with open_pg_store(url, shared=True), open_pg_store(url, shared=True):
             with pytest.raises(StoreError, match="another cued daemon is running on"):
                 async with open_pg_store(url, exclusive=True):
                     pass
@@ -271,12 +271,14 @@ async def test_one_daemon_per_database_and_its_lock_goes_with_its_session():
             async with open_pg_store(url) as reader:
                 await reader.ping()
         async with open_pg_store(url, exclusive=True) as store:
+            with pytest.raises(StoreError, match="is being copied"):
+                async with open_pg_store(url, shared=True):
+                    pass
             db = await asyncpg.connect(url)
             try:
                 held = await db.fetchval(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1"
-                    # this test's database only: others' tests run beside it
-                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                     DAEMON_LOCK & 0xFFFFFFFF,
                 )
             finally:
@@ -310,6 +312,7 @@ async def test_a_lost_connection_fails_the_store_at_once_not_at_the_next_write()
             async with open_pg_store(url, exclusive=True) as store:
                 admin = await asyncpg.connect(url)
                 try:
+                    # (of this database only: other tests' daemons hold theirs)
                     await admin.fetchval(
                         "SELECT pg_terminate_backend(pid) FROM pg_locks "
                         "WHERE locktype = 'advisory' AND objid = $1 AND database = "

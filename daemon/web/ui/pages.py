@@ -5,7 +5,8 @@ event stream, every action a call of the API from the browser.
 /                     -> /ui/
 /ui/login             a token; the browser posts it to POST /api/v1/session (a cookie)
 /ui/                  overview: sources (rates, totals, backpressure), runs per state,
-                      waiting approvals, pipelines with a trigger form
+                      waiting approvals, the nodes sharing the state and what each owns,
+                      pipelines with a trigger form
 /ui/pipelines         pipelines: tasks, triggers, paused or not
 /ui/pipelines/{name}  a pipeline, also one without a run: task graph, triggers, recent
                       runs, a trigger form with its inputs, pause / resume
@@ -344,6 +345,7 @@ class _Ui:
             "waiting": await queries.waiting_count(),
             "running_tasks": busy.running_tasks,
             "pipelines": pipelines,
+            "nodes": await queries.nodes(),
         }
 
     async def runs(self, request: Request) -> dict[str, Any]:
