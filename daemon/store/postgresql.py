@@ -29,6 +29,7 @@ import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -161,12 +162,19 @@ class _Put:
     update: tuple[str, ...] | None = None
     where: str = ""
 
-    def sql(self, source: str) -> str:
+    def sql(self, source: str, *, new_only: bool = False) -> str:
+        """The upsert of the rows ``source`` selects (``new_only``: the insert of those
+        whose key is not there yet, which leaves the others as they are)."""
+        conflict = f"ON CONFLICT ({', '.join(self.key)}) DO "
+        if new_only:
+            return (
+                f"INSERT INTO {self.table} ({', '.join(self.columns)}) {source} {conflict}NOTHING"
+            )
         changed = self.update or tuple(c for c in self.columns if c not in self.key)
         sets = ", ".join(f"{c} = excluded.{c}" for c in changed)
         return (
             f"INSERT INTO {self.table} ({', '.join(self.columns)}) {source} "
-            f"ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET {sets}{self.where}"
+            f"{conflict}UPDATE SET {sets}{self.where}"
         )
 
     def of_rows(self, rows: Iterable[Row], args: list[Any]) -> str:
@@ -208,6 +216,11 @@ _PUTS: dict[str, _Put] = {
     "decisions": _put(DecisionRow, "decisions", ("run_id", "key", "attempt", "who")),
     "log_lines": _put(LogLineRow, "task_logs", ("run_id", "seq")),
 }
+_EVENT_COLUMNS = _PUTS["events"].columns
+_RUN_COLUMNS = _PUTS["runs"].columns
+# rows that several daemons on one database write alike (a source's cursor, a trigger's
+# dedupe key): in the same order by each, so two commits cannot deadlock on them
+_SHARED = frozenset({"cursors", "dedupe"})
 _PUT_PAUSE = _Put("paused_pipelines", ("pipeline", "paused_at", "paused_by"), ("pipeline",)).sql(
     "VALUES ($1, $2, $3)"
 )
@@ -227,8 +240,13 @@ def _batch_sql(batch: _Batch) -> tuple[str, list[Any]]:
     if batch.gone:
         pairs = _unnest(("run_id", "key"), batch.gone.values(), args)
         parts.append(f"DELETE FROM task_instances WHERE (run_id, key) IN (SELECT * FROM {pairs})")
+    unclaimed = dict(zip(("events", "runs"), batch.unclaimed(), strict=True))
     for name, put in _PUTS.items():
-        rows: list[Row] = list(getattr(batch, name).values())
+        rows: list[Row] = list(
+            unclaimed[name] if name in unclaimed else getattr(batch, name).values()
+        )
+        if name in _SHARED:
+            rows.sort(key=attrgetter(*put.key))
         if name == "log_lines" and batch.log_trims:
             rows = [line for line in batch.log_lines.values() if not _trimmed(line, batch)]
         if rows:
@@ -244,8 +262,33 @@ def _batch_sql(batch: _Batch) -> tuple[str, list[Any]]:
             "WHERE t.run_id = c.run_id AND t.key = c.key AND t.attempt = c.attempt "
             "AND t.seq < c.before_seq"
         )
-    steps = ", ".join(f"s{n} AS ({part})" for n, part in enumerate(parts))
-    return f"WITH {steps} SELECT 1", args
+    steps = [f"s{n} AS ({part})" for n, part in enumerate(parts)]
+    claimed = "'{}'::text[]"
+    events, runs = batch.claimed()
+    if events:
+        # written only if no event of its id is there: a second writer of one event
+        # waits for the first's commit at the unique index, then writes nothing of it
+        steps.append(
+            "claimed AS ("
+            + _PUTS["events"].sql(
+                f"SELECT * FROM {_unnest(_EVENT_COLUMNS, events, args)}", new_only=True
+            )
+            + " RETURNING event_id)"
+        )
+        if runs:
+            source = f"{_unnest(_RUN_COLUMNS, runs, args)} AS u({', '.join(_RUN_COLUMNS)})"
+            steps.append(
+                "claimed_runs AS ("
+                + _PUTS["runs"].sql(
+                    f"SELECT * FROM {source} WHERE u.event_id IN (SELECT event_id FROM claimed)"
+                )
+                + ")"
+            )
+        args.append([e.event_id for e in events])
+        claimed = f"ARRAY(SELECT unnest(${len(args)}::text[]) EXCEPT SELECT event_id FROM claimed)"
+    if not steps:
+        return f"SELECT {claimed}", args
+    return f"WITH {', '.join(steps)} SELECT {claimed}", args
 
 
 def _trimmed(line: LogLineRow, batch: _Batch) -> bool:
@@ -265,7 +308,7 @@ class PostgresStore(SqliteStore):
     async def _commit(self, batch: _Batch) -> float:
         started = anyio.current_time()
         sql, args = _batch_sql(batch)
-        await self._db.execute(sql, *args)
+        batch.duplicates = set(await self._db.fetchval(sql, *args))
         seconds = anyio.current_time() - started
         self.commits += 1
         self.commit_seconds += seconds
