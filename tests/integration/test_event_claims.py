@@ -38,8 +38,16 @@ async def test_a_claimed_event_stored_already_writes_neither_it_nor_its_runs(sto
         again, later = run_of("e1"), run_of("e1")
         cursor = CursorRow("src", "c2", T0)
         done = store.submit(
-            [EventClaim("e1"), event("e1", "unmatched"), again, later, cursor]
-            + [EventClaim("e2"), event("e2"), other]
+            [
+                EventClaim("e1"),
+                event("e1", "unmatched"),
+                again,
+                later,
+                cursor,
+                EventClaim("e2"),
+                event("e2"),
+                other,
+            ]
         )
         await done.wait()
         assert done.duplicates == {"e1"}
@@ -49,8 +57,10 @@ async def test_a_claimed_event_stored_already_writes_neither_it_nor_its_runs(sto
     assert {r.run_id for r in runs} == {first.run_id, other.run_id}
     assert stored == event("e1")  # as first recorded
     assert cursor_now == "c2"  # the rest of the commit is written
-    assert again not in committed and event("e1", "unmatched") not in committed
-    assert other in committed and event("e2") in committed
+    assert again not in committed
+    assert event("e1", "unmatched") not in committed
+    assert other in committed
+    assert event("e2") in committed
 
 
 async def test_an_event_row_without_a_claim_is_written_over_as_before(store_at: StoreAt):
