@@ -200,7 +200,7 @@ async def _opened(
     with _exclusive(state, config.state_shown) if lock else nullcontext():
         async with (
             open_tracing(config.telemetry) as tracing,
-            _open_store(config, exclusive=lock) as store,
+            _open_store(config, shared=lock) as store,
             # no read timeout of its own: each task's `timeout` bounds its requests
             httpx.AsyncClient(
                 limits=limits,
@@ -287,7 +287,7 @@ async def open_state(config: Config) -> AsyncIterator[Local]:
     :raises StoreError: if the file cannot be opened or has a newer schema
     """
     make_state_folder(config.state_path)
-    async with _open_store(config, exclusive=False) as store:
+    async with _open_store(config) as store:
         yield Local(store, config)
 
 
@@ -329,14 +329,14 @@ def _named_store(name: str) -> str:
     return value
 
 
-def _open_store(config: Config, *, exclusive: bool) -> AbstractAsyncContextManager[Store]:
+def _open_store(config: Config, *, shared: bool = False) -> AbstractAsyncContextManager[Store]:
     """The config's store: its SQLite file, or its PostgreSQL database (taking the
-    database's daemon lock if ``exclusive``).
+    database's daemon lock, shared with the other daemons on it, if ``shared``).
 
     :raises CuedError: if a database URL from the environment or a file is not there
     """
     return open_store_at(
-        config.state_location(), synchronous=config.daemon.synchronous, exclusive=exclusive
+        config.state_location(), synchronous=config.daemon.synchronous, shared=shared
     )
 
 

@@ -25,20 +25,22 @@ async def open_store_at(
     *,
     synchronous: Literal["full", "normal"] = "full",
     exclusive: bool = False,
+    shared: bool = False,
 ) -> AsyncIterator[SqliteStore]:
     """Open the store at ``location`` (a SQLite file's path or a database's URL).
 
     :param synchronous: SQLite's (see :func:`cued.daemon.store.sqlite.open_store`);
         PostgreSQL's commits are durable as the server is configured
-    :param exclusive: PostgreSQL only: hold the daemon's lock on the database (a SQLite
-        file's daemon lock is a file beside it, taken by the assembly)
+    :param exclusive: PostgreSQL only: hold the daemons' lock on the database alone (a
+        SQLite file's daemon lock is a file beside it, taken by the assembly)
+    :param shared: PostgreSQL only: hold it shared, as each of several daemons does
     :raises StoreError: if it cannot be opened
     """
     if isinstance(location, str) and is_database_url(location):
         # here, not at the top: asyncpg is for those who keep their state in PostgreSQL
         from cued.daemon.store.postgresql import open_pg_store
 
-        async with open_pg_store(location, exclusive=exclusive) as pg:
+        async with open_pg_store(location, exclusive=exclusive, shared=shared) as pg:
             yield pg
     else:
         async with open_store(Path(location), synchronous=synchronous) as sqlite:

@@ -17,9 +17,10 @@ stores cannot drift apart in what they mean. What differs is here:
 - text: PostgreSQL keeps no NUL character in text, so one (which a task's output line may
   hold) is stored as U+FFFD; JSON is text already, with NULs escaped.
 
-The schema is :mod:`cued.daemon.store.pg_migrations`. With ``exclusive``, the writer's
-session holds an advisory lock for the store's lifetime: one daemon per database (a
-second is refused; a daemon killed with -9 loses its session, and with it the lock).
+The schema is :mod:`cued.daemon.store.pg_migrations`. The writer's session holds an
+advisory lock for the store's lifetime: ``shared`` by each daemon (several share one
+database), ``exclusive`` by ``cued store copy`` (refused while a daemon runs on it, and
+refusing daemons meanwhile); a process killed with -9 loses its session, and the lock.
 """
 
 from __future__ import annotations
@@ -373,14 +374,17 @@ async def _watch(
 
 
 @asynccontextmanager
-async def open_pg_store(url: str, *, exclusive: bool = False) -> AsyncIterator[PostgresStore]:
+async def open_pg_store(
+    url: str, *, exclusive: bool = False, shared: bool = False
+) -> AsyncIterator[PostgresStore]:
     """Open (migrating as needed) the store in the database at ``url``.
 
     On exit, whatever was submitted is committed before the connections close.
 
-    :param exclusive: hold the daemon's advisory lock while open (one daemon per database)
-    :raises StoreError: if the database cannot be reached, another daemon holds the lock,
-        or its schema is newer than this cued knows
+    :param exclusive: hold the daemons' advisory lock alone while open (no daemon runs)
+    :param shared: hold it shared with other daemons (no ``exclusive`` holder meanwhile)
+    :raises StoreError: if the database cannot be reached, the lock is held as it cannot
+        be shared, or its schema is newer than this cued knows
     """
     where = shown_url(url)
     try:
@@ -391,6 +395,10 @@ async def open_pg_store(url: str, *, exclusive: bool = False) -> AsyncIterator[P
     try:
         if exclusive and not await writer.fetchval("SELECT pg_try_advisory_lock($1)", DAEMON_LOCK):
             raise StoreError(f"another cued daemon is running on {where!r}")
+        if shared and not await writer.fetchval(
+            "SELECT pg_try_advisory_lock_shared($1)", DAEMON_LOCK
+        ):
+            raise StoreError(f"{where!r} is held alone by another program (cued store copy?)")
         await migrate(writer, where)
         readers = await asyncpg.create_pool(
             url, min_size=1, max_size=4, timeout=10, reset=_as_it_is
