@@ -95,8 +95,9 @@ async def rerun(
 
 
 async def cancel(daemon: Daemon, run_id: str) -> RunRow:
-    """Cancel a run, whether it runs here, is parked waiting for a decision, or waits for
-    its paused pipeline.
+    """Cancel a run, whether it runs here, is parked waiting for a decision, waits for
+    its paused pipeline, or runs on another daemon on the same database (cancelled in the
+    store, then signalled to that daemon, which stops it).
 
     :raises NotFound: if there is no such run
     :raises Conflict: if it has finished already
@@ -108,20 +109,29 @@ async def cancel(daemon: Daemon, run_id: str) -> RunRow:
         raise NotFound(f"no run {run_id!r}")
     run, instances, _ = found
     # waiting: parked at a gate; queued and not here: held while its pipeline is paused
-    if run.state not in (RunState.WAITING, RunState.QUEUED):
+    # (or queued on another daemon); running and not here: on another daemon
+    unfinished = {RunState.WAITING, RunState.QUEUED}
+    if daemon.signals.enabled:
+        unfinished.add(RunState.RUNNING)
+    if run.state not in unfinished:
         raise Conflict(f"run {run_id!r} has finished already ({run.state})")
     stamp = now()
-    rows: list[Row] = [
-        replace(i, state=State.CANCELLED.value, updated_at=stamp)
-        for i in instances
-        if State(i.state) not in (State.SUCCEEDED, State.FAILED, State.UPSTREAM_FAILED)
-    ]
-    rows.extend(
-        replace(gate, state="cancelled", decided_at=stamp)
-        for gate in await daemon.store.get_approvals(run_id)
-        if gate.state == "waiting"
-    )
+    rows: list[Row] = []
+    # one running elsewhere: its daemon writes its tasks' ends as it stops them (the run's
+    # row says what was asked, should that daemon miss the signal)
+    if run.state != RunState.RUNNING:
+        rows.extend(
+            replace(i, state=State.CANCELLED.value, updated_at=stamp)
+            for i in instances
+            if State(i.state) not in (State.SUCCEEDED, State.FAILED, State.UPSTREAM_FAILED)
+        )
+        rows.extend(
+            replace(gate, state="cancelled", decided_at=stamp)
+            for gate in await daemon.store.get_approvals(run_id)
+            if gate.state == "waiting"
+        )
     cancelled = replace(run, state=RunState.CANCELLED.value, ended_at=stamp)
     rows.append(cancelled)
     await daemon.store.submit(rows).wait()
+    daemon.signals.cancelled(run_id)
     return cancelled

@@ -26,6 +26,7 @@ from cued.daemon.store import ApprovalRow, AttemptRow, DecisionRow
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from cued.daemon.runtime.signals import Signals
     from cued.daemon.sdk.kinds import AwaitingDecision
     from cued.daemon.store import Row, Store
 
@@ -46,6 +47,10 @@ class GateHost(Protocol):
 
     async def resume_recorded(self, run_id: str) -> None:
         """Go on with a parked run whose gate is settled, from the store."""
+
+    @property
+    def signals(self) -> Signals:
+        """What to tell the other daemons on the store (a shared database)."""
 
 
 _UNSET: Any = object()
@@ -249,20 +254,30 @@ class Gates:
             ),
         ]
         in_memory = self._host.is_active(gate.run_id)
-        if not in_memory:
-            rows.extend(await self._parked_rows(gate, ok, error))
+        parked = None if in_memory else await self._parked_rows(gate, ok, error)
+        if parked is not None:
+            rows.extend(parked)
         await self._store.submit(rows).wait()
         if in_memory:
             self._host.settle_gate(gate.run_id, gate.key, ok=ok, output=output, error=error)
+        elif parked is None:
+            # the run runs on another daemon on the store: that one goes on with it
+            self._host.signals.decided(gate.run_id, gate.key)
         else:
             await self._host.resume_recorded(gate.run_id)
         return settled
 
-    async def _parked_rows(self, gate: ApprovalRow, ok: bool, error: str | None) -> list[Row]:
+    async def _parked_rows(
+        self, gate: ApprovalRow, ok: bool, error: str | None
+    ) -> list[Row] | None:
+        """The rows that resume a parked run with its gate settled; ``None`` if the run
+        is not parked but runs on another daemon on the same store."""
         found = await self._store.run_state(gate.run_id)
         if found is None:
             raise NotFound(f"no run {gate.run_id!r}")
         run, instances, _ = found
+        if run.state == RunState.RUNNING and self._host.signals.enabled:
+            return None
         (inst,) = [i for i in instances if i.key == gate.key]
         state = State.SUCCEEDED if ok else State.FAILED
         return [

@@ -365,8 +365,7 @@ def _recorded_elsewhere(batch: _Batch, taken: set[str]) -> None:
     ``duplicate``, and their runs (not written) start nowhere here."""
     for request in batch.requests:
         request.receipts = [
-            Receipt(r.event_id, "duplicate") if r.event_id in taken else r
-            for r in request.receipts
+            Receipt(r.event_id, "duplicate") if r.event_id in taken else r for r in request.receipts
         ]
     batch.runs = [r for r in batch.runs if r.event_id not in taken]
 

@@ -54,6 +54,7 @@ from cued.daemon.runtime.deadlines import Deadlines
 from cued.daemon.runtime.gates import Gates
 from cued.daemon.runtime.instance_rows import instances_of
 from cued.daemon.runtime.run_alerts import RunAlerts
+from cued.daemon.runtime.signals import NO_SIGNALS
 from cued.daemon.runtime.slots import Slots
 from cued.daemon.runtime.task_logs import TaskLogs
 from cued.daemon.sdk.tracing import Tracing
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
     from cued.daemon.runtime.asset_events import AssetSink
     from cued.daemon.runtime.backlog import Backlog
     from cued.daemon.runtime.run_alerts import AlertSink
+    from cued.daemon.runtime.signals import Signals
     from cued.daemon.sdk.kinds import Spending, TaskKind
     from cued.daemon.store import Store
 
@@ -157,6 +159,8 @@ class Runner:
         self._resumed_ids: set[str] = set()
         self._run_listeners: list[Callable[[RunRow], None]] = []
         self._tg: anyio.abc.TaskGroup | None = None
+        self.signals: Signals = NO_SIGNALS
+        """What this runner tells other daemons on its store (a shared database)."""
         self._paused: dict[str, PauseRow] = {}
         # pipelines being unpaused: what is held meanwhile is remembered here, as the
         # store's answer may predate its commit
@@ -516,6 +520,7 @@ class Runner:
         pause = PauseRow(pipeline, now(), by)
         await self.store.set_paused(pipeline, pause)
         self._paused[pipeline] = pause
+        self.signals.pause_changed(pipeline)
         self.log.info("pipeline_paused", pipeline=pipeline, by=by)
         return pause
 
@@ -564,8 +569,23 @@ class Runner:
                 started += 1
                 started += 1
         self._start_waiting(pipeline)
+        self.signals.pause_changed(pipeline)
         self.log.info("pipeline_unpaused", pipeline=pipeline, by=by, waiting=started)
         return started
+
+    def pause_changed(self, pipeline: str, pause: PauseRow | None) -> None:
+        """Another daemon on the store paused (``pause``) or unpaused ``pipeline``: so is
+        it here, in memory (that daemon started the runs that waited in the store)."""
+        if pipeline not in self.plans or pipeline in self._unpausing:
+            return
+        if pause is not None:
+            self._paused.setdefault(pipeline, pause)
+        elif self._paused.pop(pipeline, None) is not None:
+            self._start_waiting(pipeline)
+
+    def pipelines(self) -> list[str]:
+        """The pipelines configured."""
+        return list(self.plans)
 
     def _plan_of(self, row: RunRow) -> PipelinePlan:
         """The plan ``row`` runs on: its configuration version's, if this process loaded
@@ -632,6 +652,10 @@ class Runner:
         if row is None:
             raise NotFound(f"no run {run_id!r}")
         return row
+
+    def active_run_ids(self) -> list[str]:
+        """The runs in memory here (not those waiting by id only)."""
+        return list(self._runs)
 
     def is_active(self, run_id: str) -> bool:
         """Whether the run is queued or running here (in memory, or cold: waiting by its

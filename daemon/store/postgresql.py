@@ -241,10 +241,11 @@ def _batch_sql(batch: _Batch) -> tuple[str, list[Any]]:
     if batch.gone:
         pairs = _unnest(("run_id", "key"), batch.gone.values(), args)
         parts.append(f"DELETE FROM task_instances WHERE (run_id, key) IN (SELECT * FROM {pairs})")
-    unclaimed = dict(zip(("events", "runs"), batch.unclaimed(), strict=True))
+    plain_events, plain_runs = batch.unclaimed()
+    unclaimed: dict[str, list[Row]] = {"events": [*plain_events], "runs": [*plain_runs]}
     for name, put in _PUTS.items():
-        rows: list[Row] = list(
-            unclaimed[name] if name in unclaimed else getattr(batch, name).values()
+        rows: list[Row] = (
+            unclaimed[name] if name in unclaimed else list(getattr(batch, name).values())
         )
         if name in _SHARED:
             rows.sort(key=attrgetter(*put.key))

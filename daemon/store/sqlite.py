@@ -50,7 +50,7 @@ from cued.daemon.store.filemodes import private_state_files
 from cued.daemon.store.migrations import migrate
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
     from cued.daemon.store import PrunePolicy, Row
 
@@ -184,7 +184,8 @@ class _Batch:
     def rows(self) -> list[Row]:
         """Every row of the batch, runs first (once committed: without the events found
         to be duplicates, and their runs, which were not written)."""
-        runs, events = self.runs.values(), self.events.values()
+        runs: Iterable[RunRow] = self.runs.values()
+        events: Iterable[EventRow] = self.events.values()
         if self.duplicates:
             runs = [r for r in runs if r.event_id not in self.duplicates]
             events = [e for e in events if e.event_id not in self.duplicates]
