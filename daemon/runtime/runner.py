@@ -579,8 +579,10 @@ class Runner:
         if pipeline not in self.plans or pipeline in self._unpausing:
             return
         if pause is not None:
-            self._paused.setdefault(pipeline, pause)
+            if self._paused.setdefault(pipeline, pause) is pause:
+                self.log.info("pipeline_paused_by_peer", pipeline=pipeline, by=pause.paused_by)
         elif self._paused.pop(pipeline, None) is not None:
+            self.log.info("pipeline_unpaused_by_peer", pipeline=pipeline)
             self._start_waiting(pipeline)
 
     def pipelines(self) -> list[str]:

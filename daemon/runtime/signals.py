@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from cued.daemon.core.engine import RunState
-from cued.daemon.core.untrusted import stored
 from cued.daemon.errors import CuedError
 from cued.daemon.logs import get_logger
 
@@ -183,8 +182,10 @@ class PeerSignals:
                     self._overflowed, signal = False, None
                 try:
                     await self._apply(host, signal)
-                except CuedError as exc:  # the run went meanwhile: nothing to apply
-                    self._log.info("signal_not_applied", signal=signal, error=str(exc))
+                except CuedError as exc:  # the run went meanwhile, or the store failed
+                    self._log.warning("signal_not_applied", signal=signal, error=str(exc))
+                except Exception as exc:  # noqa: BLE001 - one signal must not stop the daemon
+                    self._log.error("signal_failed", signal=signal, error=repr(exc))
 
     async def _apply(self, host: SignalHost, signal: tuple[str, tuple[str, ...]] | None) -> None:
         if signal is None:
@@ -236,5 +237,5 @@ async def _settle(host: SignalHost, run_id: str, key: str) -> None:
     if attempt is None:
         return
     ok = gate.state == "approved"
-    if host.settle_gate(run_id, key, ok=ok, output=stored(attempt.output), error=attempt.error):
+    if host.settle_gate(run_id, key, ok=ok, output=attempt.output, error=attempt.error):
         get_logger().info("gate_settled_by_peer", run_id=run_id, task=key, state=gate.state)
