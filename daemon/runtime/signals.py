@@ -163,6 +163,8 @@ class PeerSignals:
     def _queue(self, signal: tuple[str, tuple[str, ...]] | None) -> None:
         try:
             self._send.send_nowait(signal)
+        except anyio.ClosedResourceError:
+            pass  # the daemon stops
         except anyio.WouldBlock:
             # too many at once to keep each: compare everything with the store instead
             self._log.warning("signals_overflowed", note="comparing the runs with the store")
@@ -176,7 +178,7 @@ class PeerSignals:
     ) -> None:
         """Apply the signals received to ``host``'s runs, one at a time, until cancelled."""
         task_status.started()
-        async with self._receive:
+        async with self._send, self._receive:
             async for signal in self._receive:
                 if self._overflowed:
                     self._overflowed, signal = False, None
