@@ -933,11 +933,20 @@ def _write_all(
     try:
         for sql, params in work:
             conn.executemany(sql, params)
-        for event_id, event, runs in claimed:
-            if conn.execute(_CLAIM_EVENT, event).rowcount:
-                conn.executemany(_UPSERT_RUN, runs)
-            else:
-                duplicates.add(event_id)
+        if claimed:
+            # with the file's write lock (taken by the writes above, or here): no other
+            # writer's event can come between what this reads and what it writes
+            if not conn.in_transaction:
+                conn.execute("BEGIN IMMEDIATE")
+            for chunk in _chunks([event_id for event_id, _, _ in claimed]):
+                marks = ",".join("?" * len(chunk))
+                found = conn.execute(
+                    f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk
+                )
+                duplicates.update(event_id for (event_id,) in found)
+            fresh = [c for c in claimed if c[0] not in duplicates]
+            conn.executemany(_CLAIM_EVENT, [event for _, event, _ in fresh])
+            conn.executemany(_UPSERT_RUN, [run for _, _, runs in fresh for run in runs])
         conn.commit()
     except sqlite3.OperationalError as exc:
         if exc.sqlite_errorcode not in _BUSY:
