@@ -273,8 +273,10 @@ async def test_one_daemon_per_database_and_its_lock_goes_with_its_session():
         async with open_pg_store(url, exclusive=True) as store:
             db = await asyncpg.connect(url)
             try:
+                # of this database only: other tests' daemons hold theirs meanwhile
                 held = await db.fetchval(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1",
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                     DAEMON_LOCK & 0xFFFFFFFF,
                 )
             finally:
@@ -309,8 +311,10 @@ async def test_a_lost_connection_fails_the_store_at_once_not_at_the_next_write()
                 admin = await asyncpg.connect(url)
                 try:
                     await admin.fetchval(
+                        # of this database only: not other tests' daemons
                         "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                        "WHERE locktype = 'advisory' AND objid = $1",
+                        "WHERE locktype = 'advisory' AND objid = $1 AND database = "
+                        "(SELECT oid FROM pg_database WHERE datname = current_database())",
                         DAEMON_LOCK & 0xFFFFFFFF,
                     )
                 finally:
