@@ -81,7 +81,7 @@ async def _run(rounds: int, seconds: float, settle: float) -> dict[str, object]:
                 folder.mkdir()
                 config = _config(folder, f"{_SERVER}/{cluster}")
                 processes.append(
-                    subprocess.Popen(
+                    subprocess.Popen(  # noqa: ASYNC220 - returns at once
                         [sys.executable, "-m", "cued.daemon.cli", "--config", str(config), "run"],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,

@@ -21,6 +21,9 @@ node A: commit, then notices.send(channel, text) --.             .--> node B: ha
   read what it needs from the store (notices only wake; the store holds the truth).
 - Handlers run in the event loop, called by asyncpg: they must not block (they hand the
   work to a task, or to a memory stream).
+- Each daemon says ``hello`` (channel ``cued_hello``) whenever it starts listening, and
+  answers the hello of a daemon it has not heard yet: :attr:`Notices.peers` tells whether
+  any other daemon is there, so one daemon alone on its database shares nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ __all__ = ["MAX_NOTICE_BYTES", "Notices"]
 MAX_NOTICE_BYTES = 7800
 
 _SEND = "SELECT pg_notify(c, t) FROM unnest($1::text[], $2::text[]) AS n(c, t)"
+_HELLO = "cued_hello"
 
 
 @dataclass
@@ -87,6 +91,10 @@ class Notices:
         self.statements = 0
         self.received = 0
         self.connections = 0
+        self.backend_pid: int | None = None
+        """The server's process of the connection, while connected."""
+        self.peers: set[str] = set()
+        """The tokens of the other daemons heard (said hello, or sent a notice)."""
         self._log = get_logger()
 
     def on(
@@ -157,10 +165,12 @@ class Notices:
         """Listen on ``db`` and send through it until it is lost."""
         lost = anyio.Event()
         db.add_termination_listener(lambda _: lost.set())
-        for channel in self._channels:
+        for channel in (_HELLO, *self._channels):
             await db.add_listener(channel, self._received)
+        self.send(_HELLO, "")  # the daemons already there answer: they are our peers
         again = self.connections > 0
         self.connections += 1
+        self.backend_pid = db.get_server_pid()
         self.listening.set()
         if task_status is not None:
             task_status.started()
@@ -202,6 +212,10 @@ class Notices:
         token, _, text = payload.partition(" ")
         if token == self.token:
             return
+        if token not in self.peers:
+            self.peers.add(token)
+            if channel == _HELLO:
+                self.send(_HELLO, "")  # so that the newcomer knows of this one too
         found = self._channels.get(channel)
         if found is None:
             return

@@ -372,6 +372,8 @@ class LiveShare:
             await self._wake.wait()
             self._wake = anyio.Event()
             rows, self._waiting = list(self._waiting.values()), {}
+            if not self._notices.peers:
+                continue  # alone on the database: nobody to share with
             for notice in _notices_of(_messages(rows)):
                 self._notices.send(LIVE_CHANNEL, notice)
             await anyio.sleep(self.throttle_s)

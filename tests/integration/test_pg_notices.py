@@ -40,22 +40,33 @@ async def test_daemons_hear_each_other_not_themselves_and_listen_again_after_a_l
                 # b's listening connection is cut: it listens again, told it missed some
                 admin = await asyncpg.connect(url)
                 try:
-                    cut = await admin.fetchval(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND query LIKE 'LISTEN%' "
-                        "AND pid <> pg_backend_pid()"
-                    )
+                    cut = await admin.fetchval("SELECT pg_terminate_backend($1)", b.backend_pid)
                 finally:
                     await admin.close()
-                assert cut == 1  # b's (a's last statement was one that sent notices)
+                assert cut
                 await missed.wait()
                 await b.listening.wait()
                 b.send("chan", "from b")
                 await arrived["a"].wait()
                 tg.cancel_scope.cancel()
     assert heard["a"] == ["from b"]  # a never heard itself
-    assert (a.sent, a.statements) == (3, 1)  # sent at once: in one statement
+    assert (a.peers, b.peers) == ({b.token}, {a.token})  # each knows the other is there
     assert (a.connections, b.connections) == (1, 2)
+
+
+async def test_notices_sent_meanwhile_go_in_one_statement_and_a_daemon_alone_has_no_peers():
+    async with fresh_database() as url:
+        alone = Notices(url)
+        for n in range(3):
+            alone.send("chan", f"n{n}")  # before it connects: they wait
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                await tg.start(alone.serve)
+                while alone.sent < 4:  # noqa: ASYNC110 - its counter, nothing to wait on
+                    await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+    assert (alone.sent, alone.statements) == (4, 1)  # with its hello, in one statement
+    assert alone.peers == set()
 
 
 class _Host:
