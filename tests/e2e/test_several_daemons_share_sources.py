@@ -68,6 +68,14 @@ def node(tmp_path: Path, name: str, url: str, source: str, sources: str) -> Daem
     return Daemon(config, folder / "postgresql")
 
 
+def drop_file(folder: Path, name: str) -> None:
+    """Whole at once (written under a hidden name, then renamed): no listing sees it half
+    written, which would be another file (``stable_for`` is 0)."""
+    hidden = folder / f".{name}"
+    hidden.write_text(name)
+    hidden.rename(folder / name)
+
+
 async def one_run_per_event(db: StoreAt, source: str) -> tuple[list[str], Counter[str]]:
     events = [e for (e,) in await db.query("SELECT event_id FROM events WHERE source = ?", source)]
     runs = Counter(e for (e,) in await db.query("SELECT event_id FROM runs"))
@@ -110,7 +118,7 @@ async def test_each_file_of_a_shared_folder_is_recorded_by_one_daemon_through_a_
             await a.start()
             await b.start()
             for name in names[: FILE_COUNT // 2]:
-                (drop / name).write_text(name)
+                drop_file(drop, name)
 
             async def some_recorded() -> bool:
                 return len(await db.query("SELECT 1 FROM events")) >= FILE_COUNT // 10
@@ -118,7 +126,7 @@ async def test_each_file_of_a_shared_folder_is_recorded_by_one_daemon_through_a_
             await until(some_recorded)
             a.kill9()  # mid-way: files it recorded may be left unmoved
             for name in names[FILE_COUNT // 2 :]:
-                (drop / name).write_text(name)
+                drop_file(drop, name)
 
             def all_moved() -> bool:
                 return sorted(p.name for p in (drop / "processed").iterdir()) == names
