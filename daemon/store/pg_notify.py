@@ -28,6 +28,7 @@ node A: commit, then notices.send(channel, text) --.             .--> node B: ha
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
@@ -135,7 +136,12 @@ class Notices:
         started = False
         while True:
             try:
-                db = await asyncpg.connect(self._url, timeout=10)
+                # the session says whose it is (pg_stat_activity): a daemon's, by its pid
+                db = await asyncpg.connect(
+                    self._url,
+                    timeout=10,
+                    server_settings={"application_name": f"cued:{os.getpid()}"},
+                )
             except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
                 self._log.warning(
                     "notices_not_connected", database=self.where, error=str(exc), retry_in_s=delay
