@@ -220,6 +220,7 @@ class Notices:
             return
         if token not in self.peers:
             self.peers.add(token)
+            self._log.info("notices_peer_heard", database=self.where, peers=len(self.peers))
             if channel == _HELLO:
                 self.send(_HELLO, "")  # so that the newcomer knows of this one too
         found = self._channels.get(channel)

@@ -81,6 +81,11 @@ async def test_a_decision_a_cancel_and_a_pause_made_on_one_daemon_reach_the_othe
                 httpx.AsyncClient(base_url=f"http://127.0.0.1:{b_port}", headers=AUTH) as on_b,
                 anyio.create_task_group() as tg,
             ):
+                # a shares its live updates once it knows another daemon is there
+                async def a_heard_b() -> bool:
+                    return "notices_peer_heard" in a.log.read_text()
+
+                await until(a_heard_b)
                 seen_on_b: dict[str, set[str]] = {}
                 streaming = anyio.Event()
                 tg.start_soon(_follow, on_b, seen_on_b, streaming)
