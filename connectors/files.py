@@ -27,6 +27,13 @@ warning (its event's runs will not find their file). ``recursive`` lists sub-fol
 
 A crash between 2 and 3 leaves the file where it was; after the restart it has the same
 event id, intake answers ``duplicate`` and the file is just moved: nothing runs twice.
+
+Several daemons on one PostgreSQL database may watch one shared folder: each file is
+recorded by exactly one of them, since intake claims its event id in the commit (two
+recording it at once: the second gets ``duplicate``, its runs are not written). Whichever
+moves it first moves it; the other finds it gone and leaves it. A daemon killed between
+2 and 3 leaves its files in the folder, where another one finds them at its next listing,
+as duplicates, and moves them.
 An event that is ``unmatched`` (no trigger fired, or a trigger's inputs failed to render:
 the event records that error) is moved to ``processed/`` all the same: the file is fine,
 and dropping the same file again would be a duplicate anyway; fix the trigger and
@@ -546,7 +553,12 @@ class FilesSource:
                     moved, dest = dest, self._destination(f, self._failed)
                     self._rename(moved, dest, self._failed)
         except FileNotFoundError:
-            log.warning("file_vanished", note="removed after its event was recorded")
+            if receipt.status == "duplicate":
+                # several daemons on one database watching one folder: the one that
+                # recorded the file (or another that saw it as a duplicate) moved it
+                log.info("file_moved_elsewhere", note="recorded before, moved by another")
+            else:
+                log.warning("file_vanished", note="removed after its event was recorded")
             return
         except _Escapes as exc:
             self._retry_at[f.path] = time.monotonic() + self.config.rescan_every

@@ -13,8 +13,10 @@ read twice. Every event's id is ``SOURCE:TABLE:CURSOR``, so even a row read twic
 be recognised and start nothing twice. Nothing is written to the application's database.
 
 With ``channel``, the source LISTENs on it and reads as soon as a NOTIFY comes (have the
-application, or a trigger, ``NOTIFY`` it with each insert), and every ``poll_interval``
-besides, in case one was missed while the connection was down; without, it reads every
+application, or a trigger, ``NOTIFY`` it with each insert), and asks the database nothing
+in between: a NOTIFY sent while its connection was down is not missed, since it reads
+on its new connection at once (with ``settle``, it also reads every ``poll_interval``,
+for the rows that were too young to be read). Without ``channel``, it reads every
 ``poll_interval``.
 
 The cursor column must grow in the order rows become visible (commit order): a row
@@ -40,6 +42,7 @@ What an event holds:
 
 from __future__ import annotations
 
+import math
 import re
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -95,7 +98,7 @@ class PostgresConfig(BaseModel):
     channel: str | None = Field(None, pattern=rf"^{_IDENTIFIER}$")
     """LISTEN on this channel and read as soon as a NOTIFY comes."""
     poll_interval: Duration = Field(1.0, gt=0)
-    """How often to read new rows (with ``channel`` too, in case a NOTIFY was missed)."""
+    """How often to read new rows without ``channel`` (with one: only with ``settle``)."""
     max_batch: int = Field(500, ge=1, le=10_000)
     """The most rows read and recorded (in one transaction) at once."""
     start: Literal["beginning", "end"] = "beginning"
@@ -303,7 +306,9 @@ class PostgresSource:
                 await intake.record(events, cursor=position)
             self._position = position
         if len(rows) < self.config.max_batch:
-            with anyio.move_on_after(self.config.poll_interval):
+            config = self.config
+            polled = config.channel is None or config.settle > 0
+            with anyio.move_on_after(config.poll_interval if polled else math.inf):
                 await self._wake.wait()
             self._wake = anyio.Event()
 

@@ -22,6 +22,9 @@ Each tick is one event with the id ``"{source}:{tick in UTC}"``, e.g.
 
 The tick is recorded with the source's cursor (the tick, in UTC) in one transaction, so
 after a restart no tick at or before the cursor fires again; the id is a second guard.
+Several daemons on one database with the same schedule each record every tick, under the
+same id: intake claims it in the commit, so the first records it with its run and the
+others answer ``duplicate`` (a tick fires once in the cluster).
 
 When it ticks:
 

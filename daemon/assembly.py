@@ -53,6 +53,7 @@ from cued.daemon.runtime.metrics import Metrics
 from cued.daemon.runtime.reload import Reloader, ReloadOutcome
 from cued.daemon.runtime.retention import prune_periodically
 from cued.daemon.runtime.runner import Runner
+from cued.daemon.runtime.signals import PeerSignals
 from cued.daemon.runtime.sources import SourceSet
 from cued.daemon.runtime.spending import StoreSpending
 from cued.daemon.runtime.supervision import Supervision
@@ -68,6 +69,7 @@ from cued.daemon.service.watchdog import Progress, ServiceNotices
 from cued.daemon.store.copying import copy_state
 from cued.daemon.store.filemodes import private_file
 from cued.daemon.store.opening import open_store_at
+from cued.daemon.store.pg_notify import Notices
 from cued.daemon.web.api import Caller, Users, build_app
 from cued.daemon.web.body_limit import BodyLimit
 from cued.daemon.web.control import (
@@ -78,7 +80,7 @@ from cued.daemon.web.control import (
     control_socket_path,
 )
 from cued.daemon.web.front import WebFront
-from cued.daemon.web.live import Live, publish_committed
+from cued.daemon.web.live import Live, LiveShare, publish_committed
 from cued.daemon.web.server import PerConnection, serve_asgi
 from cued.daemon.web.ui import with_ui
 
@@ -214,7 +216,7 @@ async def _opened(
     with _exclusive(state, config.state_shown) if lock else nullcontext():
         async with (
             open_tracing(config.telemetry) as tracing,
-            _open_store(config, exclusive=lock) as store,
+            _open_store(config, shared=lock) as store,
             # no read timeout of its own: each task's `timeout` bounds its requests
             httpx.AsyncClient(
                 limits=limits,
@@ -305,7 +307,7 @@ async def open_state(config: Config) -> AsyncIterator[Local]:
     :raises StoreError: if the file cannot be opened or has a newer schema
     """
     make_state_folder(config.state_path)
-    async with _open_store(config, exclusive=False) as store:
+    async with _open_store(config) as store:
         yield Local(store, config)
 
 
@@ -347,14 +349,14 @@ def _named_store(name: str) -> str:
     return value
 
 
-def _open_store(config: Config, *, exclusive: bool) -> AbstractAsyncContextManager[Store]:
-    """The config's store: its SQLite file, or its PostgreSQL database (with a daemon's
-    share of its lock if ``exclusive``: daemons share a database, a copy has it alone).
+def _open_store(config: Config, *, shared: bool = False) -> AbstractAsyncContextManager[Store]:
+    """The config's store: its SQLite file, or its PostgreSQL database (taking the
+    database's daemon lock, shared with the other daemons on it, if ``shared``).
 
     :raises CuedError: if a database URL from the environment or a file is not there
     """
     return open_store_at(
-        config.state_location(), synchronous=config.daemon.synchronous, shared=exclusive
+        config.state_location(), synchronous=config.daemon.synchronous, shared=shared
     )
 
 
@@ -586,6 +588,7 @@ async def _serve(
         store.on_commit(metrics.committed)
         store.on_commit(partial(publish_committed, live))
         await tg.start(live.serve)  # at shutdown, ends open streams: no server waits on them
+        await _join_peers(config, store, runner, live, tg)
         up, stopping = anyio.Event(), anyio.Event()
         supervision = Supervision(lambda: runner.backlog.saturated)
         supervision.config_version = version
@@ -713,6 +716,27 @@ async def _serve(
         if left := runner.slots.running_tasks:
             log.warning("daemon_stopping_tasks", running=left, note="they run again on restart")
         tg.cancel_scope.cancel()
+
+
+async def _join_peers(
+    config: Config, store: Store, runner: Runner, live: Live, tg: anyio.abc.TaskGroup
+) -> None:
+    """With the state in PostgreSQL, other daemons may share it: one connection of this
+    daemon's listens for their notices and sends its own (no daemon asks the database on
+    a timer). Live updates are shared both ways, so each daemon's stream shows every
+    daemon's runs; decisions, cancels and pauses made here reach the daemon that has the
+    run (:mod:`cued.daemon.runtime.signals`). With SQLite, nothing: one daemon."""
+    location = config.state_location()
+    if not is_database_url(location):
+        return
+    notices = Notices(location)
+    share = LiveShare(live, notices)
+    signals = PeerSignals(notices)
+    store.on_commit(share.committed)
+    await tg.start(share.serve)
+    await tg.start(partial(signals.serve, runner))
+    await tg.start(notices.serve)  # after every channel's handlers are registered
+    runner.signals = signals
 
 
 class _ReloadNotices:

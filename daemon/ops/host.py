@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from cued.daemon.runtime.backlog import Backlog
     from cued.daemon.runtime.gates import Gates
     from cued.daemon.runtime.reload import ReloadOutcome
+    from cued.daemon.runtime.signals import Signals
     from cued.daemon.runtime.slots import Slots
     from cued.daemon.store import PauseRow, RunRow, Store
 
@@ -84,6 +85,8 @@ class Daemon(Recorded, Protocol):
 
     async def wait(self, run_id: str) -> RunRow: ...
     async def resume_recorded(self, run_id: str) -> None: ...
+    @property
+    def signals(self) -> Signals: ...
     def is_active(self, run_id: str) -> bool: ...
 
 

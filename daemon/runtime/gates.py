@@ -28,6 +28,7 @@ from cued.daemon.store import ApprovalRow, AttemptRow, DecisionRow
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from cued.daemon.runtime.signals import Signals
     from cued.daemon.sdk.kinds import AwaitingDecision
     from cued.daemon.store import Row, RunRow, Store
 
@@ -51,6 +52,9 @@ class GateHost(Protocol):
 
     async def wait(self, run_id: str) -> Any:
         """Return once the run has left memory (parked, or ended)."""
+    @property
+    def signals(self) -> Signals:
+        """What to tell the other daemons on the store (a shared database)."""
 
 
 _UNSET: Any = object()
@@ -325,6 +329,11 @@ class Gates:
         if found is None:
             raise NotFound(f"no run {run_id!r}")
         run, instances, _ = found
+        if run.state == RunState.RUNNING and self._host.signals.enabled:
+            # the run runs on another daemon on the store: that one goes on with it
+            await self._store.submit(rows).wait()
+            self._host.signals.decided(run_id, key)
+            return
         (inst,) = [i for i in instances if i.key == key]
         if run.state in TERMINAL_RUN_STATES:
             await self._store.submit(rows).wait()

@@ -7,6 +7,10 @@ store does group commit), so a hundred webhook requests in flight cost one dupli
 check and one commit, not a hundred of each:
 
 1. drop events already recorded (a redelivery after a crash or a rebalance: same id);
+   each new one is *claimed* in the commit (:class:`~cued.daemon.store.EventClaim`), so
+   when another daemon on the same database records it first (a schedule tick, a file of
+   a shared folder, a message redelivered to another node), this one records neither it
+   nor its runs, and answers ``duplicate``;
 2. match each against its source's triggers (pure, :mod:`cued.daemon.core.triggers`), and drop
    matches whose dedupe key fired within its window;
 3. find the waits (``wait_event`` tasks, parked in the store) of the batch's sources that
@@ -46,7 +50,7 @@ from cued.daemon.logs import get_logger
 from cued.daemon.runtime.waits import settled_wait
 from cued.daemon.sdk.sources import Receipt
 from cued.daemon.sdk.tracing import NO_SPAN, Span, Tracing
-from cued.daemon.store import CancelRow, CursorRow, DedupeRow, EventRow
+from cued.daemon.store import CancelRow, CursorRow, DedupeRow, EventClaim, EventRow
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -291,6 +295,7 @@ class DaemonIntake:
                 if event.error:
                     span.fail(event.error)
                 batch.spans.append(span)
+            batch.rows.append(EventClaim(event.event_id))
             batch.rows.append(
                 EventRow(
                     event.event_id,
@@ -382,6 +387,8 @@ class DaemonIntake:
                 if error is not None:
                     span.fail(f"not recorded: {error}")
                 span.end()
+        if error is None and (taken := durable.duplicates & batch.ids):
+            _recorded_elsewhere(batch, taken)
         for request in batch.requests:
             request.error = error
             if error is None and request.acknowledge is not None:
@@ -479,6 +486,16 @@ def _wait_sources(config: Config) -> set[str]:
         for task in pipeline.tasks.values()
         if task.kind == "wait_event" and isinstance(source := task.params.get("source"), str)
     }
+
+
+def _recorded_elsewhere(batch: _Batch, taken: set[str]) -> None:
+    """The events ``taken`` were recorded by another daemon first: their callers get
+    ``duplicate``, and their runs (not written) start nowhere here."""
+    for request in batch.requests:
+        request.receipts = [
+            Receipt(r.event_id, "duplicate") if r.event_id in taken else r for r in request.receipts
+        ]
+    batch.runs = [r for r in batch.runs if r.event_id not in taken]
 
 
 def _by_source(triggers: list[TriggerConfig]) -> dict[str, list[TriggerConfig]]:

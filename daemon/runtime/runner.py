@@ -61,6 +61,7 @@ from cued.daemon.runtime.gates import Gates
 from cued.daemon.runtime.instance_rows import instances_of
 from cued.daemon.runtime.keys import KeyGate
 from cued.daemon.runtime.run_alerts import RunAlerts
+from cued.daemon.runtime.signals import NO_SIGNALS
 from cued.daemon.runtime.slots import Slots
 from cued.daemon.runtime.task_logs import TaskLogs
 from cued.daemon.runtime.waits import Waits, cancelled_waits
@@ -78,6 +79,7 @@ if TYPE_CHECKING:
     from cued.daemon.runtime.backlog import Backlog
     from cued.daemon.runtime.keys import Released
     from cued.daemon.runtime.run_alerts import AlertSink
+    from cued.daemon.runtime.signals import Signals
     from cued.daemon.sdk.kinds import AwaitingRun, Spending, TaskKind
     from cued.daemon.store import Row, Store
 
@@ -185,6 +187,8 @@ class Runner:
         self._resumed_ids: set[str] = set()
         self._run_listeners: list[Callable[[RunRow], None]] = []
         self._tg: anyio.abc.TaskGroup | None = None
+        self.signals: Signals = NO_SIGNALS
+        """What this runner tells other daemons on its store (a shared database)."""
         self._paused: dict[str, PauseRow] = {}
         # pipelines being unpaused: what is held meanwhile is remembered here, as the
         # store's answer may predate its commit
@@ -664,6 +668,7 @@ class Runner:
         pause = PauseRow(pipeline, now(), by)
         await self.store.set_paused(pipeline, pause)
         self._paused[pipeline] = pause
+        self.signals.pause_changed(pipeline)
         self.log.info("pipeline_paused", pipeline=pipeline, by=by)
         return pause
 
@@ -712,8 +717,25 @@ class Runner:
                 self._admit_cold(row)
                 started += 1
         self._start_waiting(pipeline)
+        self.signals.pause_changed(pipeline)
         self.log.info("pipeline_unpaused", pipeline=pipeline, by=by, waiting=started)
         return started
+
+    def pause_changed(self, pipeline: str, pause: PauseRow | None) -> None:
+        """Another daemon on the store paused (``pause``) or unpaused ``pipeline``: so is
+        it here, in memory (that daemon started the runs that waited in the store)."""
+        if pipeline not in self.plans or pipeline in self._unpausing:
+            return
+        if pause is not None:
+            if self._paused.setdefault(pipeline, pause) is pause:
+                self.log.info("pipeline_paused_by_peer", pipeline=pipeline, by=pause.paused_by)
+        elif self._paused.pop(pipeline, None) is not None:
+            self.log.info("pipeline_unpaused_by_peer", pipeline=pipeline)
+            self._start_waiting(pipeline)
+
+    def pipelines(self) -> list[str]:
+        """The pipelines configured."""
+        return list(self.plans)
 
     def _plan_of(self, row: RunRow) -> PipelinePlan:
         """The plan ``row`` runs on: its configuration version's, if this process loaded
@@ -782,8 +804,9 @@ class Runner:
         self, run_id: str, *, reason: str | None = None, extra: Sequence[Row] = ()
     ) -> RunRow:
         """Cancel a run that is not in memory: parked (waiting for a decision, an event, a
-        moment or a child run), or held queued while its pipeline is paused; its unfinished
-        children too; ``extra`` rows commit with it.
+        moment or a child run), held queued while its pipeline is paused, or running on
+        another daemon on the same database (cancelled in the store, then signalled to that
+        daemon, which stops it); its unfinished children too; ``extra`` rows commit with it.
 
         :raises NotFound: if there is no such run
         :raises Conflict: if it has finished already
@@ -792,24 +815,32 @@ class Runner:
         if found is None:
             raise NotFound(f"no run {run_id!r}")
         run, instances, _ = found
-        if run.state not in (RunState.WAITING, RunState.QUEUED):
+        unfinished = {RunState.WAITING, RunState.QUEUED}
+        if self.signals.enabled:
+            unfinished.add(RunState.RUNNING)
+        if run.state not in unfinished:
             raise Conflict(f"run {run_id!r} has finished already ({run.state})")
         stamp = now()
-        rows: list[Row] = [
-            replace(i, state=State.CANCELLED.value, updated_at=stamp)
-            for i in instances
-            if State(i.state) not in (State.SUCCEEDED, State.FAILED, State.UPSTREAM_FAILED)
-        ]
-        rows.extend(
-            replace(gate, state="cancelled", decided_at=stamp)
-            for gate in await self.store.get_approvals(run_id)
-            if gate.state == "waiting"
-        )
-        rows.extend(cancelled_waits(await self.store.get_waits(run_id), stamp))
+        rows: list[Row] = []
+        # one running elsewhere: its daemon writes its tasks' ends as it stops them (the
+        # run's row says what was asked, should that daemon miss the signal)
+        if run.state != RunState.RUNNING:
+            rows.extend(
+                replace(i, state=State.CANCELLED.value, updated_at=stamp)
+                for i in instances
+                if State(i.state) not in (State.SUCCEEDED, State.FAILED, State.UPSTREAM_FAILED)
+            )
+            rows.extend(
+                replace(gate, state="cancelled", decided_at=stamp)
+                for gate in await self.store.get_approvals(run_id)
+                if gate.state == "waiting"
+            )
+            rows.extend(cancelled_waits(await self.store.get_waits(run_id), stamp))
         cancelled = replace(run, state=RunState.CANCELLED.value, ended_at=stamp, error=reason)
         rows.append(cancelled)
         rows.extend(extra)
         await self.store.submit(rows).wait()
+        self.signals.cancelled(run_id)
         await self.cancel_children(run_id)
         return cancelled
 
@@ -832,6 +863,10 @@ class Runner:
         if row is None:
             raise NotFound(f"no run {run_id!r}")
         return row
+
+    def active_run_ids(self) -> list[str]:
+        """The runs in memory here (not those waiting by id only)."""
+        return list(self._runs)
 
     def is_active(self, run_id: str) -> bool:
         """Whether the run is queued or running here (in memory, or cold: waiting by its

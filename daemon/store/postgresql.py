@@ -17,9 +17,10 @@ stores cannot drift apart in what they mean. What differs is here:
 - text: PostgreSQL keeps no NUL character in text, so one (which a task's output line may
   hold) is stored as U+FFFD; JSON is text already, with NULs escaped.
 
-The schema is :mod:`cued.daemon.store.pg_migrations`. With ``exclusive``, the writer's
-session holds an advisory lock for the store's lifetime: one daemon per database (a
-second is refused; a daemon killed with -9 loses its session, and with it the lock).
+The schema is :mod:`cued.daemon.store.pg_migrations`. The writer's session holds an
+advisory lock for the store's lifetime: ``shared`` by each daemon (several share one
+database), ``exclusive`` by ``cued store copy`` (refused while a daemon runs on it, and
+refusing daemons meanwhile); a process killed with -9 loses its session, and the lock.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -184,12 +186,19 @@ class _Put:
     update: tuple[str, ...] | None = None
     where: str = ""
 
-    def sql(self, source: str) -> str:
+    def sql(self, source: str, *, new_only: bool = False) -> str:
+        """The upsert of the rows ``source`` selects (``new_only``: the insert of those
+        whose key is not there yet, which leaves the others as they are)."""
+        conflict = f"ON CONFLICT ({', '.join(self.key)}) DO "
+        if new_only:
+            return (
+                f"INSERT INTO {self.table} ({', '.join(self.columns)}) {source} {conflict}NOTHING"
+            )
         changed = self.update or tuple(c for c in self.columns if c not in self.key)
         sets = ", ".join(f"{c} = excluded.{c}" for c in changed)
         return (
             f"INSERT INTO {self.table} ({', '.join(self.columns)}) {source} "
-            f"ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET {sets}{self.where}"
+            f"{conflict}UPDATE SET {sets}{self.where}"
         )
 
     def of_rows(self, rows: Iterable[Row], args: list[Any]) -> str:
@@ -249,6 +258,11 @@ _PUTS: dict[str, _Put] = {
         where=" WHERE excluded.done > run_cancels.done",
     ),
 }
+_EVENT_COLUMNS = _PUTS["events"].columns
+_RUN_COLUMNS = _PUTS["runs"].columns
+# rows that several daemons on one database write alike (a source's cursor, a trigger's
+# dedupe key): in the same order by each, so two commits cannot deadlock on them
+_SHARED = frozenset({"cursors", "dedupe"})
 _PUT_PAUSE = _Put("paused_pipelines", ("pipeline", "paused_at", "paused_by"), ("pipeline",)).sql(
     "VALUES ($1, $2, $3)"
 )
@@ -270,8 +284,14 @@ def _batch_sql(batch: _Batch, me: tuple[str, int] | None = None) -> tuple[str, l
     if batch.gone:
         pairs = _unnest(("run_id", "key"), batch.gone.values(), args)
         parts.append(f"DELETE FROM task_instances WHERE (run_id, key) IN (SELECT * FROM {pairs})")
+    plain_events, plain_runs = batch.unclaimed()
+    unclaimed: dict[str, list[Row]] = {"events": [*plain_events], "runs": [*plain_runs]}
     for name, put in _PUTS.items():
-        rows: list[Row] = list(getattr(batch, name).values())
+        rows: list[Row] = (
+            unclaimed[name] if name in unclaimed else list(getattr(batch, name).values())
+        )
+        if name in _SHARED:
+            rows.sort(key=attrgetter(*put.key))
         if name == "log_lines" and batch.log_trims:
             rows = [line for line in batch.log_lines.values() if not _trimmed(line, batch)]
         if rows:
@@ -287,14 +307,49 @@ def _batch_sql(batch: _Batch, me: tuple[str, int] | None = None) -> tuple[str, l
             "WHERE t.run_id = c.run_id AND t.key = c.key AND t.attempt = c.attempt "
             "AND t.seq < c.before_seq"
         )
-    final = "SELECT 1"
-    if batch.runs:
-        node = me[0] if me is not None else None
-        parts += pg_nodes.owners_sql(node, list(batch.runs.values()), args)
+    node = me[0] if me is not None else None
+    if plain_runs:
+        parts += pg_nodes.owners_sql(node, plain_runs, args)
     steps = [f"s{n} AS ({part})" for n, part in enumerate(parts)]
+    claimed = "'{}'::text[]"
+    events, runs = batch.claimed()
+    if events:
+        # written only if no event of its id is there: a second writer of one event
+        # waits for the first's commit at the unique index, then writes nothing of it
+        steps.append(
+            "claimed AS ("
+            + _PUTS["events"].sql(
+                f"SELECT * FROM {_unnest(_EVENT_COLUMNS, events, args)}", new_only=True
+            )
+            + " RETURNING event_id)"
+        )
+        if runs:
+            source = f"{_unnest(_RUN_COLUMNS, runs, args)} AS u({', '.join(_RUN_COLUMNS)})"
+            steps.append(
+                "claimed_runs AS ("
+                + _PUTS["runs"].sql(
+                    f"SELECT * FROM {source} WHERE u.event_id IN (SELECT event_id FROM claimed)"
+                )
+                + " RETURNING run_id, state)"
+            )
+            if node is not None:
+                # owned by this node: only the runs written, not a losing writer's
+                args.append(node)
+                steps.append(
+                    f"claimed_owners AS (INSERT INTO run_owners SELECT run_id, ${len(args)} "
+                    "FROM claimed_runs WHERE state IN ('queued', 'running', 'waiting') "
+                    "ON CONFLICT (run_id) DO NOTHING)"
+                )
+        args.append([e.event_id for e in events])
+        claimed = f"ARRAY(SELECT unnest(${len(args)}::text[]) EXCEPT SELECT event_id FROM claimed)"
+    final = f"SELECT {claimed}"
     if me is not None:
-        fence, final = pg_nodes.fence_sql(*me, args)
+        fence, check = pg_nodes.fence_sql(*me, args)
         steps.insert(0, fence)
+        # the fence's check fails the whole statement unless the node is still itself
+        final = f"SELECT {claimed} FROM ({check}) AS fenced"
+    if not steps:
+        return final, args
     return f"WITH {', '.join(steps)} {final}", args
 
 
@@ -326,7 +381,7 @@ class PostgresStore(SqliteStore):
         started = anyio.current_time()
         sql, args = _batch_sql(batch, self._me)
         try:
-            await self._db.execute(sql, *args)
+            batch.duplicates = set(await self._db.fetchval(sql, *args))
         except asyncpg.PostgresError as exc:
             if pg_nodes.is_fenced(exc):
                 raise Fenced(str(exc)) from exc

@@ -27,6 +27,7 @@ __all__ = [
     "DecisionRow",
     "DedupeRow",
     "Durable",
+    "EventClaim",
     "EventRow",
     "InstanceGone",
     "InstanceRow",
@@ -185,6 +186,18 @@ class EventRow:
 
 
 @dataclass(frozen=True, slots=True)
+class EventClaim:
+    """Record the event ``event_id`` (its :class:`EventRow`, in the same submission) only
+    if the store holds no event of that id yet: if it does (another daemon on the same
+    database recorded it first), the commit writes neither that row nor the runs it starts
+    (those whose ``event_id`` it is), and :attr:`Durable.duplicates` of the submission
+    names it. Checked and written in the commit's transaction, so of two daemons recording
+    one event at once exactly one records it, with its runs."""
+
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class DedupeRow:
     """A trigger's business key was seen (starting a run) at ``seen_at``."""
 
@@ -329,6 +342,7 @@ Row = (
     | InstanceRow
     | AttemptRow
     | EventRow
+    | EventClaim
     | DedupeRow
     | CursorRow
     | InstanceGone
@@ -399,6 +413,11 @@ class Durable(Protocol):
 
         :raises StoreError: if the transaction holding it failed
         """
+
+    @property
+    def duplicates(self) -> set[str]:
+        """Once committed: the events of :class:`EventClaim` rows (of this submission or
+        another that committed with it) that were stored already, and so not written."""
 
 
 class Store(Protocol):

@@ -36,6 +36,7 @@ from cued.daemon.store import (
     CursorRow,
     DecisionRow,
     DedupeRow,
+    EventClaim,
     EventRow,
     InstanceGone,
     InstanceRow,
@@ -54,7 +55,7 @@ from cued.daemon.store.filemodes import private_state_files
 from cued.daemon.store.migrations import migrate
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
     from cued.daemon.store import PrunePolicy, Row
 
@@ -110,6 +111,9 @@ WHERE excluded.attempts > 0
 _PUT_LOG_LINE = "INSERT OR REPLACE INTO task_logs VALUES (?, ?, ?, ?, ?, ?, ?)"
 _TRIM_LOG = "DELETE FROM task_logs WHERE run_id = ? AND key = ? AND attempt = ? AND seq < ?"
 _PUT_EVENT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_CLAIM_EVENT = (
+    "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
+)
 _PUT_DEDUPE = "INSERT OR REPLACE INTO dedupe_keys VALUES (?, ?, ?)"
 _PUT_CURSOR = "INSERT OR REPLACE INTO source_cursors VALUES (?, ?, ?)"
 # one pass over the index runs_by_state, not over the table
@@ -135,10 +139,12 @@ class _Batch:
         "approvals",
         "attempts",
         "cancels",
+        "claims",
         "cursors",
         "decisions",
         "dedupe",
         "done",
+        "duplicates",
         "error",
         "events",
         "gone",
@@ -165,6 +171,10 @@ class _Batch:
         self.log_trims: dict[tuple[str, str, int], LogTrim] = {}
         self.waits: dict[tuple[str, str, int], WaitRow] = {}
         self.cancels: dict[str, CancelRow] = {}
+        self.claims: set[str] = set()
+        """Events of the batch recorded only if not stored yet (:class:`EventClaim`)."""
+        self.duplicates: set[str] = set()
+        """Once committed: the claimed events that were stored already, not written."""
         self.done = anyio.Event()
         self.error: BaseException | None = None
 
@@ -203,16 +213,24 @@ class _Batch:
             trim = self.log_trims.get((row.run_id, row.key, row.attempt))
             if trim is None or trim.before_seq < row.before_seq:
                 self.log_trims[row.run_id, row.key, row.attempt] = row
+        elif isinstance(row, EventClaim):
+            self.claims.add(row.event_id)
         else:
             raise TypeError(f"the store keeps no {type(row).__name__}")
 
     def rows(self) -> list[Row]:
-        """Every row of the batch, runs first."""
+        """Every row of the batch, runs first (once committed: without the events found
+        to be duplicates, and their runs, which were not written)."""
+        runs: Iterable[RunRow] = self.runs.values()
+        events: Iterable[EventRow] = self.events.values()
+        if self.duplicates:
+            runs = [r for r in runs if r.event_id not in self.duplicates]
+            events = [e for e in events if e.event_id not in self.duplicates]
         return [
-            *self.runs.values(),
+            *runs,
             *self.instances.values(),
             *self.attempts.values(),
-            *self.events.values(),
+            *events,
             *self.approvals.values(),
             *self.decisions.values(),
             *self.outbox.values(),
@@ -247,6 +265,22 @@ class _Batch:
         await self.done.wait()
         if self.error is not None:
             raise StoreError(f"the store could not commit: {self.error}") from self.error
+
+    def claimed(self) -> tuple[list[EventRow], list[RunRow]]:
+        """The claimed events (by id: the order two writers lock them in is the same, so
+        they cannot deadlock) and the runs they start."""
+        events = [self.events[i] for i in sorted(self.claims) if i in self.events]
+        runs = [r for r in self.runs.values() if r.event_id in self.claims]
+        return events, runs
+
+    def unclaimed(self) -> tuple[list[EventRow], list[RunRow]]:
+        """The events and runs of the batch that no :class:`EventClaim` makes conditional."""
+        if not self.claims:
+            return list(self.events.values()), list(self.runs.values())
+        return (
+            [e for e in self.events.values() if e.event_id not in self.claims],
+            [r for r in self.runs.values() if r.event_id not in self.claims],
+        )
 
     def run_ids(self) -> set[str]:
         """The runs that rows of this batch belong to."""
@@ -381,29 +415,33 @@ class SqliteStore:
         work: list[tuple[str, list[tuple[Any, ...]]]] = []
         if batch.gone:
             work.append((_DELETE_INSTANCE, [(g.run_id, g.key) for g in batch.gone.values()]))
+        events, runs = batch.unclaimed()
         for rows, sql in (
-            (batch.runs, _UPSERT_RUN),
-            (batch.instances, _PUT_INSTANCE),
-            (batch.attempts, _PUT_ATTEMPT),
-            (batch.events, _PUT_EVENT),
-            (batch.dedupe, _PUT_DEDUPE),
-            (batch.cursors, _PUT_CURSOR),
-            (batch.outbox, _PUT_OUTBOX),
-            (batch.approvals, _PUT_APPROVAL),
-            (batch.decisions, _PUT_DECISION),
-            (batch.waits, _PUT_WAIT),
-            (batch.cancels, _PUT_CANCEL),
-            (batch.log_lines, _PUT_LOG_LINE),
+            (runs, _UPSERT_RUN),
+            (batch.instances.values(), _PUT_INSTANCE),
+            (batch.attempts.values(), _PUT_ATTEMPT),
+            (events, _PUT_EVENT),
+            (batch.dedupe.values(), _PUT_DEDUPE),
+            (batch.cursors.values(), _PUT_CURSOR),
+            (batch.outbox.values(), _PUT_OUTBOX),
+            (batch.approvals.values(), _PUT_APPROVAL),
+            (batch.decisions.values(), _PUT_DECISION),
+            (batch.waits.values(), _PUT_WAIT),
+            (batch.cancels.values(), _PUT_CANCEL),
+            (batch.log_lines.values(), _PUT_LOG_LINE),
             # after the lines: a line of this batch below the cut goes too
-            (batch.log_trims, _TRIM_LOG),
+            (batch.log_trims.values(), _TRIM_LOG),
         ):
             if rows:
-                work.append((sql, [_params(row) for row in rows.values()]))
+                work.append((sql, [_params(row) for row in rows]))
+        claimed = _claimed_work(batch)
         # one trip to the connection's thread for the whole transaction, not one per
         # statement: each trip is a wake-up of the event loop (aiosqlite has no public way
         # to run a function on its thread; ``_execute`` is that, in the pinned version)
         delay = _BUSY_RETRY_S[0]
-        while not await self._writer._execute(_write_all, self._writer, work):  # type: ignore[no-untyped-call]
+        while (
+            duplicates := await self._writer._execute(_write_all, self._writer, work, claimed)  # type: ignore[no-untyped-call]
+        ) is None:
             # another program holds the file's write lock past busy_timeout (a backup, a
             # sqlite3 shell left in a transaction): nothing was written; try again rather
             # than stop the daemon. Meanwhile the writer is stalled, which the watchdog
@@ -411,6 +449,7 @@ class SqliteStore:
             get_logger().warning("store_busy", state=self.where, retry_in_s=delay)
             await anyio.sleep(delay)
             delay = min(delay * 2, _BUSY_RETRY_S[1])
+        batch.duplicates = duplicates
         seconds = anyio.current_time() - started
         self.commits += 1
         self.commit_seconds += seconds
@@ -1104,20 +1143,51 @@ _BUSY_RETRY_S = (0.05, 1.0)
 _BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
-def _write_all(db: aiosqlite.Connection, work: list[tuple[str, list[tuple[Any, ...]]]]) -> bool:
+_Claimed = list[tuple[str, tuple[Any, ...], list[tuple[Any, ...]]]]
+"""Each claimed event of a commit: its id, its row's parameters, its runs' parameters."""
+
+
+def _claimed_work(batch: _Batch) -> _Claimed:
+    events, runs = batch.claimed()
+    by_event: dict[str | None, list[tuple[Any, ...]]] = {}
+    for run in runs:
+        by_event.setdefault(run.event_id, []).append(_params(run))
+    return [(e.event_id, _params(e), by_event.get(e.event_id, [])) for e in events]
+
+
+def _write_all(
+    db: aiosqlite.Connection, work: list[tuple[str, list[tuple[Any, ...]]]], claimed: _Claimed
+) -> set[str] | None:
     """On the writing connection's thread: every statement of a group commit, then the
-    commit. False, with nothing written, if the file stayed locked by another program."""
+    commit. Returns the claimed events that were stored already (written neither they
+    nor their runs); ``None``, with nothing written, if the file stayed locked by another
+    program."""
     conn = db._conn
+    duplicates: set[str] = set()
     try:
         for sql, params in work:
             conn.executemany(sql, params)
+        if claimed:
+            # with the file's write lock (taken by the writes above, or here): no other
+            # writer's event can come between what this reads and what it writes
+            if not conn.in_transaction:
+                conn.execute("BEGIN IMMEDIATE")
+            for chunk in _chunks([event_id for event_id, _, _ in claimed]):
+                marks = ",".join("?" * len(chunk))
+                found = conn.execute(
+                    f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk
+                )
+                duplicates.update(event_id for (event_id,) in found)
+            fresh = [c for c in claimed if c[0] not in duplicates]
+            conn.executemany(_CLAIM_EVENT, [event for _, event, _ in fresh])
+            conn.executemany(_UPSERT_RUN, [run for _, _, runs in fresh for run in runs])
         conn.commit()
     except sqlite3.OperationalError as exc:
         if exc.sqlite_errorcode not in _BUSY:
             raise
         conn.rollback()
-        return False
-    return True
+        return None
+    return duplicates
 
 
 def _params(row: Row) -> tuple[Any, ...]:

@@ -31,15 +31,25 @@ log       an attempt's live log has new lines: run_id, key, attempt, seq (the la
 reset     the reader missed messages (it fell behind, or reconnected): reload, then
           connect again; the stream ends after it
 ========  ==========================================================================
+
+Several daemons on one PostgreSQL database (:class:`LiveShare`): each shares what it
+commits with the others through ``NOTIFY`` on the channel ``cued_live`` (what its commits
+made durable meanwhile, the latest state of each run, task, gate, one notice per 7.8 kB,
+at most one statement every 50 ms), and publishes what they share to its own readers: a
+stream shows the runs of every daemon. A notice is parsed as if hostile (anyone who can
+write to the database can send one). Notices missed (the listening connection was lost)
+or too big to share end every stream with ``reset``: readers reload.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from cued.daemon.store import (
@@ -50,26 +60,40 @@ from cued.daemon.store import (
     LogLineRow,
     RunRow,
 )
+from cued.daemon.store.pg_notify import MAX_NOTICE_BYTES
 from cued.daemon.web.schemas import (
     ApprovalUpdate,
     DecisionUpdate,
     EventSummary,
+    LogUpdate,
     RunUpdate,
     TaskUpdate,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from types import TracebackType
 
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
     from starlette.types import Receive, Scope, Send
 
     from cued.daemon.store import Row
+    from cued.daemon.store.pg_notify import Notices
 
-__all__ = ["EventStream", "Live", "Message", "Subscription", "publish_committed"]
+__all__ = [
+    "LIVE_CHANNEL",
+    "EventStream",
+    "Live",
+    "LiveShare",
+    "Message",
+    "Subscription",
+    "publish_committed",
+    "shared_messages",
+]
 
 RESET = "reset"
+#: Where daemons on one database share their live updates.
+LIVE_CHANNEL = "cued_live"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +205,13 @@ class Live:
             self._subscribers.add(sub)
         return sub
 
+    def reset_all(self) -> None:
+        """End every subscription with ``reset``: what they show may be stale (updates of
+        other daemons were missed); their readers reload, then subscribe again."""
+        for sub in list(self._subscribers):
+            sub._drop()
+        self._subscribers.clear()
+
     def close(self) -> None:
         """End every subscription (its reader gets what is buffered, then the end), and
         every later one at once: the daemon stops, and open streams must not keep the
@@ -217,6 +248,11 @@ def publish_committed(live: Live, seconds: float, rows: Sequence[Row]) -> None:
     """Publish what a commit made durable (a ``store.on_commit`` listener)."""
     if not live.subscribers:
         return
+    for kind, data in _messages(rows):
+        live.publish(kind, data)
+
+
+def _messages(rows: Iterable[Row]) -> Iterator[tuple[str, dict[str, Any]]]:
     logs: dict[tuple[str, str, int], int] = {}
     for row in rows:
         if isinstance(row, LogLineRow):
@@ -227,9 +263,129 @@ def publish_committed(live: Live, seconds: float, rows: Sequence[Row]) -> None:
         found = _MESSAGES.get(type(row))
         if found is not None:
             kind, fields = found
-            live.publish(kind, {name: getattr(row, name) for name in fields})
+            yield kind, {name: getattr(row, name) for name in fields}
     for (run_id, key, attempt), seq in logs.items():
-        live.publish("log", {"run_id": run_id, "key": key, "attempt": attempt, "seq": seq})
+        yield "log", {"run_id": run_id, "key": key, "attempt": attempt, "seq": seq}
+
+
+# -- several daemons on one database ---------------------------------------------------
+
+# the row a later one of the same thing replaces, while they wait to be shared
+_SAME: dict[type, Callable[[Any], Any]] = {
+    RunRow: attrgetter("run_id"),
+    InstanceRow: attrgetter("run_id", "key"),
+    EventRow: attrgetter("event_id"),
+    ApprovalRow: attrgetter("run_id", "key"),
+    DecisionRow: attrgetter("run_id", "key", "attempt", "who"),
+    LogLineRow: attrgetter("run_id", "key", "attempt"),
+}
+
+# what a notice from another daemon may carry, checked as the stream documents it
+_SHARED: dict[str, type[BaseModel]] = {
+    "run": RunUpdate,
+    "task": TaskUpdate,
+    "event": EventSummary,
+    "approval": ApprovalUpdate,
+    "decision": DecisionUpdate,
+    "log": LogUpdate,
+}
+
+
+def shared_messages(text: str) -> list[tuple[str, dict[str, Any]]] | None:
+    """The messages of a notice another daemon shared (a JSON list of ``[kind, data]``):
+    those that are well-formed, as their model dumps them; ``None`` if the notice asks
+    for a ``reset`` (its sender had more to share than a notice takes) or is not a list
+    of pairs at all. Never raises: the text is whatever was sent on the channel."""
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(found, list):
+        return None
+    messages: list[tuple[str, dict[str, Any]]] = []
+    for item in found:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+            continue
+        kind, data = item
+        if kind == RESET:
+            return None
+        model = _SHARED.get(kind)
+        if model is None or not isinstance(data, dict):
+            continue
+        try:
+            messages.append((kind, model.model_validate(data).model_dump(mode="json")))
+        except ValidationError:
+            continue
+    return messages
+
+
+def _notices_of(messages: Iterable[tuple[str, dict[str, Any]]]) -> Iterator[str]:
+    """``messages`` as notices of at most :data:`MAX_NOTICE_BYTES` each; one too big for a
+    notice of its own becomes a ``reset``."""
+    parts: list[str] = []
+    size = 2
+    for kind, data in messages:
+        part = json.dumps([kind, data], separators=(",", ":"))
+        if len(part.encode()) + 2 > MAX_NOTICE_BYTES:
+            part = json.dumps([RESET, {}])
+        if parts and size + len(part.encode()) + 1 > MAX_NOTICE_BYTES:
+            yield f"[{','.join(parts)}]"
+            parts, size = [], 2
+        parts.append(part)
+        size += len(part.encode()) + 1
+    if parts:
+        yield f"[{','.join(parts)}]"
+
+
+class LiveShare:
+    """Shares this daemon's live updates with the other daemons on its database, and
+    publishes theirs to its readers; serve it with :meth:`serve`, and register
+    :meth:`committed` with ``store.on_commit``.
+
+    :param throttle_s: the least time between two shares (what commits meanwhile waits,
+        only the latest state of each thing kept)
+    """
+
+    def __init__(self, live: Live, notices: Notices, *, throttle_s: float = 0.05) -> None:
+        self._live = live
+        self._notices = notices
+        self.throttle_s = throttle_s
+        self._waiting: dict[tuple[type, Any], Row] = {}
+        self._wake = anyio.Event()
+        notices.on(LIVE_CHANNEL, self.received, missed=live.reset_all)
+
+    def committed(self, seconds: float, rows: Sequence[Row]) -> None:
+        """Keep what a commit made durable, to share (called by the store's writer: it
+        only keeps rows)."""
+        waiting = self._waiting
+        for row in rows:
+            same = _SAME.get(type(row))
+            if same is not None:
+                waiting[type(row), same(row)] = row
+        if waiting:
+            self._wake.set()
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Share what was committed, until cancelled."""
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            rows, self._waiting = list(self._waiting.values()), {}
+            if not self._notices.peers:
+                continue  # alone on the database: nobody to share with
+            for notice in _notices_of(_messages(rows)):
+                self._notices.send(LIVE_CHANNEL, notice)
+            await anyio.sleep(self.throttle_s)
+
+    def received(self, text: str) -> None:
+        """Publish what another daemon shared to this daemon's readers."""
+        messages = shared_messages(text)
+        if messages is None:
+            self._live.reset_all()
+            return
+        for kind, data in messages:
+            self._live.publish(kind, data)
 
 
 class EventStream(Response):

@@ -178,6 +178,35 @@ async def test_a_notify_wakes_the_source_at_once(make_config):
     assert probe.calls == ["woken"]
 
 
+async def test_with_a_channel_nothing_is_read_between_two_notifies(make_config):
+    """The poll interval is 100 ms, yet with a channel the source's connection sends the
+    database no statement while nothing is notified (a window of ten intervals shows it:
+    a negative, so it needs a window; it never fails from slowness)."""
+    probe = probes.reset()
+    async with postgres_database() as dsn:
+        conn = await asyncpg.connect(dsn)
+        await conn.execute(OUTBOX)
+        config = make_config(config_toml(dsn, 'channel = "outbox_new"'))
+        async with daemon_running(config) as info:
+            await insert(conn, ("order", {"id": "first"}))
+            await conn.execute("notify outbox_new")
+            await finished_runs(info, 1)
+            reads = (
+                "SELECT count(*), max(query_start) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'SELECT t.*%'"
+            )
+            before = await conn.fetchrow(reads)
+            await anyio.sleep(1.0)  # ten poll intervals
+            after = await conn.fetchrow(reads)
+            await insert(conn, ("order", {"id": "second"}))
+            await conn.execute("notify outbox_new")
+            await finished_runs(info, 2)
+        await conn.close()
+    assert before[0] == 1  # the source's connection, its last statement a read
+    assert after == before  # no read began since
+    assert probe.calls == ["first", "second"]
+
+
 async def test_start_at_the_end_skips_the_rows_already_there(make_config):
     probe = probes.reset()
     async with postgres_database() as dsn:

@@ -276,6 +276,7 @@ async def test_daemons_share_a_database_a_copy_has_it_alone_and_the_lock_goes_wi
                     pass
             db = await asyncpg.connect(url)
             try:
+                # of this database only: other tests' daemons hold theirs meanwhile
                 held = await db.fetchval(
                     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 "
                     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
@@ -314,6 +315,7 @@ async def test_a_lost_connection_fails_the_store_at_once_not_at_the_next_write()
                 try:
                     # (of this database only: other tests' daemons hold theirs)
                     await admin.fetchval(
+                        # of this database only: not other tests' daemons
                         "SELECT pg_terminate_backend(pid) FROM pg_locks "
                         "WHERE locktype = 'advisory' AND objid = $1 AND database = "
                         "(SELECT oid FROM pg_database WHERE datname = current_database())",
