@@ -52,6 +52,7 @@ class GateHost(Protocol):
 
     async def wait(self, run_id: str) -> Any:
         """Return once the run has left memory (parked, or ended)."""
+
     @property
     def signals(self) -> Signals:
         """What to tell the other daemons on the store (a shared database)."""

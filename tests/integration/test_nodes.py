@@ -81,7 +81,7 @@ async def test_a_node_resumes_only_its_own_runs_and_adopts_a_gone_nodes(db: Stor
                     run(4).run_id,
                     run(5).run_id,
                 ]
-                assert [i for i, _ in await b.waiting_runs()] == [run(5).run_id]
+                assert [w.run_id for w in await b.waiting_runs()] == [run(5).run_id]
                 # nobody's lease lapsed: nothing to adopt
                 assert 0 < await b.renew() <= 60
                 assert await b.adopt() == []
@@ -186,7 +186,7 @@ async def test_runs_nobody_owns_go_to_the_first_node_that_joins(db: StoreAt):
     async with AsyncExitStack() as stack:
         a = await stack.enter_async_context(open_store_at(db.location))
         await a.join("a", lease_s=60.0, host="h", pid=1)
-        assert [i for i, _ in await a.waiting_runs()] == [run(1).run_id]
+        assert [w.run_id for w in await a.waiting_runs()] == [run(1).run_id]
         b = await stack.enter_async_context(open_store_at(db.location))
         await b.join("b", lease_s=60.0, host="h", pid=2)
         assert await b.waiting_runs() == []
