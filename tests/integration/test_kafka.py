@@ -399,9 +399,7 @@ class HeldIntake(AcceptingIntake):
         return {(e.meta["partition"], e.meta["offset"]) for i in indexes for e in self.batches[i]}
 
 
-async def test_two_batches_are_in_flight_and_offsets_are_committed_in_their_order(
-    kafka, tmp_path
-):
+async def test_two_batches_are_in_flight_and_offsets_are_committed_in_their_order(kafka, tmp_path):
     """The second batch is handed in while the first is being recorded; recorded first,
     it commits nothing until the first is recorded too."""
     topic, group = unique_name("raw"), unique_name("cued")
@@ -436,15 +434,17 @@ async def test_a_batch_recorded_after_one_that_failed_is_not_committed(kafka, tm
     await create_topics(kafka.bootstrap, topic)
     await produce(kafka.bootstrap, topic, [{"n": i} for i in range(6)])
     failing = HeldIntake()
-    with pytest.raises(ExceptionGroup) as caught:
+
+    async def second_recorded_then_first_fails() -> None:
         async with anyio.create_task_group() as tg:
-            source = bare_source(
-                kafka, failing, tmp_path, topics=[topic], group=group, max_batch=3
-            )
+            source = bare_source(kafka, failing, tmp_path, topics=[topic], group=group, max_batch=3)
             await tg.start(source.run)
             await failing.entered(2)
             await failing.release(1)
             await failing.release(0, fail=True)
+
+    with pytest.raises(ExceptionGroup) as caught:
+        await second_recorded_then_first_fails()
     assert caught.group_contains(StoreError)
     assert await committed_offsets(kafka.bootstrap, group, [(topic, 0)]) == {}
 
