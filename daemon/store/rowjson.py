@@ -8,9 +8,9 @@ differs where it cannot write a value, or writes it otherwise:
 * it refuses integers beyond 64 bits, keys that are not strings, strings with lone
   surrogates, and values nested deeper than 254 levels: ``json.dumps`` writes those;
 * it writes ``NaN`` and the infinities as ``null`` (``json.dumps`` as ``NaN`` and
-  ``Infinity``, which ``json.loads`` reads back): so orjson's text is kept only when it
-  holds no ``null`` at all (a ``null`` of ``None``, or in a string, only costs the slower
-  path);
+  ``Infinity``, which ``json.loads`` reads back): orjson's text is kept when it holds no
+  ``null``, or when a walk over the value finds no such float (a Kafka message without
+  a key has a ``null`` in its meta);
 * it writes dataclasses, datetimes and subclasses of the JSON types its own way: those go
   to ``json.dumps`` too, which writes them (an ``IntEnum``, a subclass of ``str``) or
   refuses them as before. Only enums and UUIDs, which ``json.dumps`` refuses (failing the
@@ -23,6 +23,7 @@ values read back do not: ``tests/unit/test_rowjson.py`` checks it over arbitrary
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -50,6 +51,20 @@ def dumps(value: Any) -> str:
         text = orjson.dumps(value, default=_refuse, option=_PASSTHROUGH)
     except TypeError:  # orjson.JSONEncodeError is one
         return json.dumps(value)
-    if b"null" in text:  # perhaps a NaN or an infinity
+    if b"null" in text and not _finite(value):  # orjson wrote a NaN or an infinity so
         return json.dumps(value)
     return text.decode()
+
+
+def _finite(value: Any) -> bool:
+    """Whether ``value`` holds no ``NaN`` and no infinity."""
+    todo = [value]
+    for item in todo:  # a breadth-first walk: todo grows as it goes
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, list | tuple):
+            todo.extend(item)
+    return True
