@@ -60,11 +60,11 @@ def _finite(value: Any) -> bool:
     """Whether ``value`` holds no ``NaN`` and no infinity."""
     todo = [value]
     for item in todo:  # a breadth-first walk: todo grows as it goes
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                return False
-        elif isinstance(item, dict):
+        kind = type(item)  # orjson took it: JSON's own types, no subclasses
+        if kind is dict:
             todo.extend(item.values())
-        elif isinstance(item, list | tuple):
+        elif kind is list or kind is tuple:
             todo.extend(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            return False
     return True
