@@ -27,7 +27,8 @@ to the end of its batch's SQLite commit.
 
 Prints every JSON line on stderr and a Markdown table on stdout; ``--write`` appends the
 table to BENCHMARKS.md under ``## Kafka source``. ``--profile`` runs one more cued half
-under cProfile and prints where its time goes.
+(the first one ``--only`` picks, else one with runs) under cProfile and prints where its
+time goes.
 """
 
 from __future__ import annotations
@@ -554,8 +555,11 @@ def orchestrate(args: argparse.Namespace) -> None:
         for _ in range(args.rounds):
             for key, (kind, sync, extra) in halves.items():
                 results[key].append(half(kind, args, sync, *extra))
-        if args.profile:
-            half("cued", args, "full", "--profile")
+        if args.profile:  # the first cued half picked, else one with runs
+            _kind, sync, extra = next(
+                (h for h in halves.values() if h[0] == "cued"), ("cued", "full", ())
+            )
+            half("cued", args, sync, *extra, "--profile")
 
     def med(key: str, field: str) -> float:
         return statistics.median(float(r[field]) for r in results[key])
@@ -620,7 +624,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-messages", type=int, default=200)
     parser.add_argument("--write", action="store_true", help="append to BENCHMARKS.md")
-    parser.add_argument("--profile", action="store_true", help="one more cued half, profiled")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="one more cued half, profiled: the first picked by --only, else one with runs",
+    )
     parser.add_argument(
         "--only",
         help="these halves alone, comma-separated (floor_full, runs_full, queued_full, "

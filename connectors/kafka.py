@@ -2,11 +2,14 @@
 
 The loop, per batch of up to ``max_batch`` messages::
 
-    getmany  ->  one Event per message  ->  await intake.record(events)  ->  commit offsets
+    getmany  ->  one Event per message  ->  intake.record(events)  ->  commit offsets
 
-Offsets are committed only after intake has committed the events (and the runs they start)
-to the store, so a crash in between redelivers the batch. The commit goes on in the
-background while the next batch is taken (commits that pile up meanwhile go as one). Every event's id is
+Two batches are in flight at once: while intake records one (its transaction commits on
+the store's thread), the next is fetched, parsed and handed in. Offsets are committed
+only after intake has committed the events (and the runs they start) to the store, and in
+the order the batches were taken: a batch's offsets wait for the batches before it, so a
+crash in between redelivers what was not committed. The commit goes on in the background
+(commits that pile up meanwhile go as one). Every event's id is
 ``SOURCE:TOPIC:PARTITION:OFFSET``, the same on every delivery of a message, so intake
 recognises a redelivery as a duplicate and starts nothing twice: at-least-once delivery,
 exactly-once runs. (A topic deleted and created again under the same name starts its
@@ -17,9 +20,10 @@ Backpressure: while the daemon's backlog is saturated the consumer pauses every 
 partition and keeps polling (which returns nothing for paused partitions but keeps the
 member in its group), and resumes once the backlog has drained.
 
-Rebalances: the batch in flight is recorded, and every recorded offset committed, before
-the consumer gives its partitions up, so the member that takes them over starts after it; messages fetched for a
-partition that was taken away meanwhile are dropped, for its new owner to read.
+Rebalances: the batches in flight are recorded, and every recorded offset committed, before
+the consumer gives its partitions up, so the member that takes them over starts after
+them; a batch fetched before the rebalance and not yet handed in is dropped (every
+partition, kept or not, is read again from its committed offset after a rebalance).
 
 What an event holds (everything from the message goes through
 :mod:`cued.daemon.core.untrusted`: no message, of any bytes, stops the source):
@@ -57,6 +61,8 @@ what the group took already is a duplicate there, and the group's offsets do not
 from __future__ import annotations
 
 import contextlib
+from collections import deque
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -98,6 +104,8 @@ _POLL_MS = 1000
 #: While paused, how often the consumer polls (keeping its place in the group) and checks
 #: the backlog; resuming happens at once when the backlog drains, without waiting for it.
 _PAUSED_POLL_S = 1.0
+#: Batches handed to intake at once: the next is fetched and parsed while one commits.
+_IN_FLIGHT = 2
 #: How long a commit may take before it is given up (the next batch's commit covers it).
 _COMMIT_TIMEOUT_S = 10.0
 #: How long a rebalance waits for this member to rejoin: it first records and commits its
@@ -256,6 +264,17 @@ def _unreadable_event(
     )
 
 
+@dataclass(eq=False)
+class _InFlight:
+    """A batch handed to intake: its offsets are due once it and every batch handed in
+    before it are recorded."""
+
+    offsets: dict[TopicPartition, int]
+    recorded: bool = False
+    done: anyio.Event = field(default_factory=anyio.Event)
+    """Set once it is recorded, or failed to be."""
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     """Hands partitions over only between batches, and keeps new ones paused while the
     source is."""
@@ -265,11 +284,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # The batch in flight holds the lock while it is recorded: once we have it, every
-        # batch taken is recorded; commit what is not yet, and the member that gets these
-        # partitions next starts after it.
-        async with self._source._batch_lock:
-            await self._source._commit(self._consumer)
+        # Holding the lock, no batch is handed in (and one fetched before this is dropped);
+        # once the batches in flight are recorded, commit what is not yet: the member that
+        # gets these partitions next starts after them.
+        source = self._source
+        async with source._batch_lock:
+            source._rebalances += 1
+            await source._settled()
+            await source._commit(self._consumer)
         for tp in revoked:  # its next owner starts from the committed offset
             self._source._next.pop(tp, None)
         if revoked:
@@ -315,6 +337,12 @@ class KafkaSource:
         self.ctx = ctx
         self._options = client_options(config, ctx.base_dir)
         self._batch_lock = anyio.Lock()
+        """Held to hand a batch in, and by a rebalance while it hands partitions over."""
+        self._rebalances = 0
+        """Rebalances begun: a batch fetched before one is not handed in."""
+        self._slots = anyio.Semaphore(_IN_FLIGHT)
+        self._in_flight: deque[_InFlight] = deque()
+        """Batches handed to intake, in the order taken, until their offsets are due."""
         self._paused = False
         self._uncommitted: dict[TopicPartition, int] = {}
         """Offsets to commit: of messages recorded, not yet acknowledged to the broker."""
@@ -388,7 +416,7 @@ class KafkaSource:
             task_status.started()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._commit_loop, consumer)
-                await self._consume(consumer)
+                await self._consume(consumer, tg)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._commit(consumer)  # what was recorded is acknowledged
@@ -436,72 +464,111 @@ class KafkaSource:
                 await _stop(consumer)
                 raise
 
-    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+    async def _consume(self, consumer: AIOKafkaConsumer, tg: anyio.abc.TaskGroup) -> None:
+        """Fetch batch after batch and hand each to intake, at most ``_IN_FLIGHT`` of them
+        being recorded at once: a batch holds a slot from before its fetch until it is
+        recorded."""
+        while True:
+            await self._slots.acquire()
+            handed = False
+            try:
+                handed = await self._fetch(consumer, tg)
+            finally:
+                if not handed:
+                    self._slots.release()
+
+    async def _fetch(self, consumer: AIOKafkaConsumer, tg: anyio.abc.TaskGroup) -> bool:
+        """Take a batch and hand it in; whether one was (its recording frees the slot)."""
         intake = self.ctx.intake
         log = self.ctx.log
-        while True:
-            if intake.accepting():
-                if self._paused:
-                    self._paused = False
-                    consumer.resume(*consumer.assignment())
-                    log.info("kafka_resumed")
-                timeout_ms = _POLL_MS
-            else:
-                if not self._paused:
-                    self._paused = True
-                    log.info("kafka_paused", partitions=_names(consumer.assignment()))
-                consumer.pause(*consumer.assignment())
-                with anyio.move_on_after(_PAUSED_POLL_S):
-                    await intake.wait_accepting()
-                # polling keeps the member in its group (max.poll.interval); paused
-                # partitions return nothing (and drop what was prefetched for them)
-                timeout_ms = 0
-            try:
-                batch = await consumer.getmany(
-                    timeout_ms=timeout_ms, max_records=self.config.max_batch
-                )
-            except UnicodeDecodeError as exc:
-                await self._read_past_unreadable(consumer, exc)
-                continue
-            except KafkaError as exc:
-                if not exc.retriable:
-                    raise ConnectorError(
-                        f"kafka source {self.ctx.source!r} ({self.config.bootstrap!r}): "
-                        f"{describe_error(exc)}"
-                    ) from exc
-                log.warning("kafka_poll_failed", error=describe_error(exc))
-                await anyio.sleep(_CONNECT_RETRY_S[0])
-                continue
-            if batch:
-                await self._record(consumer, batch)
+        if intake.accepting():
+            if self._paused:
+                self._paused = False
+                consumer.resume(*consumer.assignment())
+                log.info("kafka_resumed")
+            timeout_ms = _POLL_MS
+        else:
+            if not self._paused:
+                self._paused = True
+                log.info("kafka_paused", partitions=_names(consumer.assignment()))
+            consumer.pause(*consumer.assignment())
+            with anyio.move_on_after(_PAUSED_POLL_S):
+                await intake.wait_accepting()
+            # polling keeps the member in its group (max.poll.interval); paused
+            # partitions return nothing (and drop what was prefetched for them)
+            timeout_ms = 0
+        try:
+            batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.config.max_batch)
+        except UnicodeDecodeError as exc:
+            await self._read_past_unreadable(consumer, exc)
+            return False
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise ConnectorError(
+                    f"kafka source {self.ctx.source!r} ({self.config.bootstrap!r}): "
+                    f"{describe_error(exc)}"
+                ) from exc
+            log.warning("kafka_poll_failed", error=describe_error(exc))
+            await anyio.sleep(_CONNECT_RETRY_S[0])
+            return False
+        # taken under the assignment of now: a rebalance from here on drops it
+        return bool(batch) and await self._hand_in(consumer, tg, batch, self._rebalances)
 
-    async def _record(
+    async def _hand_in(
         self,
         consumer: AIOKafkaConsumer,
+        tg: anyio.abc.TaskGroup,
         batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]],
-    ) -> None:
-        """Record a batch, and have its offsets committed."""
+        rebalances: int,
+    ) -> bool:
+        """Start recording a batch fetched when ``rebalances`` had begun; whether it was
+        (not when a rebalance began since: it is read again from the committed offsets)."""
+        received_at = now()
+        source = self.ctx.source
+        # parsed before taking the lock: this is what overlaps the batch being recorded
+        parsed = [
+            (tp, [message_event(source, r, received_at) for r in records], records[-1].offset)
+            for tp, records in batch.items()
+        ]
         async with self._batch_lock:
+            if self._rebalances != rebalances:
+                return False
             assigned = consumer.assignment()
-            received_at = now()
-            source = self.ctx.source
             events: list[Event] = []
             offsets: dict[TopicPartition, int] = {}
-            for tp, records in batch.items():
-                if tp not in assigned:
-                    continue  # taken away meanwhile: its new owner reads it from the last commit
-                events.extend(message_event(source, r, received_at) for r in records)
-                offsets[tp] = records[-1].offset + 1
-            await self._recorded(events, offsets)
+            for tp, taken, last in parsed:
+                if tp in assigned:  # else taken away: its new owner reads it from the commit
+                    events += taken
+                    offsets[tp] = last + 1
+            if not events:
+                return False
+            flight = _InFlight(offsets)
+            self._in_flight.append(flight)
+            tg.start_soon(self._record, flight, events)
+        return True
 
-    async def _recorded(self, events: list[Event], offsets: dict[TopicPartition, int]) -> None:
-        """Record ``events`` and have ``offsets`` committed (holding the batch lock)."""
-        if not events:
-            return
-        # A batch taken is recorded even when the daemon stops meanwhile (intake returns
-        # once the store has committed, which it does at shutdown too)
-        with anyio.CancelScope(shield=True):
-            await self.ctx.intake.record(events)
+    async def _record(self, flight: _InFlight, events: list[Event]) -> None:
+        """Record a batch handed in; then the offsets of the batches recorded, up to the
+        first one that is not (yet), are due."""
+        try:
+            # A batch taken is recorded even when the daemon stops meanwhile (intake returns
+            # once the store has committed, which it does at shutdown too)
+            with anyio.CancelScope(shield=True):
+                await self.ctx.intake.record(events)
+            flight.recorded = True
+            while self._in_flight and self._in_flight[0].recorded:
+                self._due(self._in_flight.popleft().offsets)
+        finally:  # a batch that failed stays first: no later offset is ever due
+            flight.done.set()
+            self._slots.release()
+
+    async def _settled(self) -> None:
+        """Return once every batch handed in so far is recorded (or failed)."""
+        for flight in list(self._in_flight):
+            await flight.done.wait()
+
+    def _due(self, offsets: dict[TopicPartition, int]) -> None:
+        """``offsets`` were recorded: commit them (in the background)."""
         self._next.update(offsets)
         self._uncommitted.update(offsets)
         self._commit_wanted.set()
@@ -527,6 +594,7 @@ class KafkaSource:
             raise ConnectorError(
                 f"kafka source {self.ctx.source!r}: a message could not be read: {error}"
             ) from error
+        await self._settled()  # the positions go back to what they recorded
         try:
             for assigned in consumer.assignment():
                 with contextlib.suppress(IllegalStateError):  # taken away meanwhile: its
@@ -539,7 +607,9 @@ class KafkaSource:
         taken, next_offset = await self._read_one_by_one(consumer, tp)
         async with self._batch_lock:
             if taken and tp in consumer.assignment():
-                await self._recorded(taken, {tp: next_offset})
+                with anyio.CancelScope(shield=True):  # as :meth:`_record`
+                    await self.ctx.intake.record(taken)
+                self._due({tp: next_offset})
 
     async def _read_one_by_one(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition

@@ -283,12 +283,22 @@ class DaemonIntake:
                 request.receipts.append(Receipt(event.event_id, "duplicate"))
                 continue
             span = self._event_span(event)
-            started, errors = self._start_runs(
-                runs, event, fired, seen, batch, stamp, span.traceparent or _caller(event)
-            )
-            errors = [*([event.error] if event.error else []), *notes, *errors]
+            started: list[RunRow] = []
+            errors: list[str] = [event.error] if event.error else []
+            errors += notes
+            if fired:
+                started = self._start_runs(
+                    runs,
+                    event,
+                    fired,
+                    seen,
+                    batch,
+                    stamp,
+                    span.traceparent or _caller(event),
+                    errors,
+                )
             status = "invalid" if event.error else ("matched" if started else "unmatched")
-            run_ids = tuple(r.run_id for r in started)
+            run_ids = tuple([r.run_id for r in started])
             error = "; ".join(errors) or None
             if span:
                 span.set(**{"cued.event.status": status, "cued.event.runs": len(run_ids)})
@@ -412,9 +422,10 @@ class DaemonIntake:
         batch: _Batch,
         stamp: float,
         traceparent: str | None,
-    ) -> tuple[list[RunRow], list[str]]:
+        errors: list[str],
+    ) -> list[RunRow]:
+        """The runs ``matches`` start; what stops one is added to ``errors``."""
         started: list[RunRow] = []
-        errors: list[str] = []
         for m in matches:
             if m.error is not None:
                 errors.append(m.error)
@@ -442,7 +453,7 @@ class DaemonIntake:
                 continue
             # what flow control counts it under, and where it waits for a slot
             started.append(replace(row, **m.flow()))
-        return started, errors
+        return started
 
     def _event_span(self, event: Event) -> Span:
         if not self._tracing.enabled:

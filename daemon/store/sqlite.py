@@ -53,6 +53,7 @@ from cued.daemon.store import (
 )
 from cued.daemon.store.filemodes import private_state_files
 from cued.daemon.store.migrations import migrate
+from cued.daemon.store.rowjson import dumps
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -1210,7 +1211,6 @@ def _reader(cls: type) -> Callable[[Any], tuple[Any, ...]]:
     encoded = [i for i, name in enumerate(names) if name in _JSON_FIELDS]
     if not encoded:
         return fields
-    dumps = json.dumps
 
     def read(row: Any) -> tuple[Any, ...]:
         values = list(fields(row))

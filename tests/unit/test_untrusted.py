@@ -6,6 +6,7 @@ import base64
 import json
 import math
 import os
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -15,6 +16,8 @@ from cued.daemon.core.untrusted import (
     MAX_DEPTH,
     MAX_FORM_FIELDS,
     MAX_ID_CHARS,
+    Parsed,
+    _decoded,
     bounded_id,
     clean,
     decimal,
@@ -48,6 +51,73 @@ def test_any_bytes_parse_or_give_an_error_never_raise(raw: bytes) -> None:
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(), st.lists, max_leaves=30))
 def test_json_documents_come_back_as_they_were(value: object) -> None:
     assert json_value(json.dumps(value).encode()).data == value
+
+
+def _by_json_alone(raw: bytes) -> Parsed:
+    """What :func:`json_value` gave before it read with orjson first (``json`` alone)."""
+    return _decoded(raw, MAX_DEPTH)
+
+
+_NUMBERS = (
+    st.integers()  # past 64 bits too
+    | st.integers(min_value=-(2**64), max_value=2**64).map(lambda n: n * 10)
+    | st.floats(allow_nan=False, allow_infinity=False)
+)
+_DOCUMENTS = st.recursive(
+    st.none() | st.booleans() | _NUMBERS | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=30,
+)
+_LAYOUTS = st.sampled_from([{}, {"indent": 1}, {"ensure_ascii": False}, {"separators": (",", ":")}])
+
+
+@given(_DOCUMENTS, _LAYOUTS)
+def test_a_document_reads_as_json_alone_reads_it(value: object, layout: dict[str, Any]) -> None:
+    raw = json.dumps(value, **layout).encode()
+    assert repr(json_value(raw)) == repr(_by_json_alone(raw))
+
+
+_PIECES = st.sampled_from(
+    [
+        b"[",
+        b"]",
+        b"{",
+        b"}",
+        b",",
+        b":",
+        b'"',
+        b"\\",
+        b"\\u",
+        b"d800",
+        b"dc00",
+        b"00e9",
+        b" ",
+        b"\n",
+        b"\xef\xbb\xbf",
+        b"\xff",
+        b"1",
+        b"-",
+        b"0",
+        b".",
+        b"e",
+        b"E",
+        b"+",
+        b"9" * 19,
+        b"1e999",
+        b"NaN",
+        b"Infinity",
+        b"true",
+        b"null",
+        b'"a"',
+        b"\x00",
+        b"\t",
+    ]
+)
+
+
+@given(st.binary(max_size=300) | st.lists(_PIECES, max_size=40).map(b"".join))
+def test_any_bytes_read_as_json_alone_reads_them(raw: bytes) -> None:
+    assert repr(json_value(raw)) == repr(_by_json_alone(raw))
 
 
 @pytest.mark.parametrize(
