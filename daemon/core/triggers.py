@@ -2,13 +2,15 @@
 
 A trigger's ``when`` is an expression in the same sandboxed language as templates
 (``event.data.status == 'paid' and event.data.total > 100``): no ``eval``, no access to
-Python internals. Its ``inputs`` and ``dedupe`` key are templates over the event.
+Python internals. Its ``inputs``, ``dedupe`` and flow-control ``key`` are templates over
+the event. The inputs of a run that flow control held back are rendered when it starts
+(:func:`held_inputs`), over the event it kept, or all of them (``event.batch``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cued.daemon.core.templates import TemplateProblem, render, render_value, when_holds
 
@@ -18,7 +20,22 @@ if TYPE_CHECKING:
     from cued.daemon.config import TriggerConfig
     from cued.daemon.sdk.sources import Event
 
-__all__ = ["Match", "event_context", "match"]
+__all__ = ["EventLike", "Match", "event_context", "held_inputs", "match"]
+
+
+class EventLike(Protocol):
+    """An event as a source makes it, or as the store kept it."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def data(self) -> Any: ...
+    @property
+    def meta(self) -> Any: ...
+    @property
+    def received_at(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,19 +48,41 @@ class Match:
     dedupe_key: str | None
     dedupe_window_s: float
     error: str | None = None
+    key: str = ""
+    """The flow-control key (the trigger's ``key`` rendered; ``""`` without one)."""
 
 
-def event_context(event: Event) -> dict[str, Any]:
-    """The names a trigger's expressions and templates may use: ``event.*``."""
+def _view(event: EventLike) -> dict[str, Any]:
     return {
-        "event": {
-            "id": event.event_id,
-            "source": event.source,
-            "data": event.data,
-            "meta": event.meta,
-            "received_at": event.received_at,
-        }
+        "id": event.event_id,
+        "source": event.source,
+        "data": event.data,
+        "meta": event.meta,
+        "received_at": event.received_at,
     }
+
+
+def event_context(event: EventLike) -> dict[str, Any]:
+    """The names a trigger's expressions and templates may use: ``event.*``."""
+    return {"event": _view(event)}
+
+
+def held_inputs(
+    trigger: TriggerConfig, events: Sequence[EventLike], keep: str = "last"
+) -> dict[str, Any]:
+    """The inputs of a run that flow control held back, over the events of its window (in
+    the order they came): ``event`` is the first of them (``keep = "first"``) or the last;
+    with a batch, or ``keep = "all"``, ``event.batch`` lists them all (each as ``event``
+    is: ``id``, ``source``, ``data``, ``meta``, ``received_at``).
+
+    :raises TemplateProblem: if an input's template fails on them
+    """
+    chosen = events[0] if keep == "first" else events[-1]
+    context = event_context(chosen)
+    if trigger.sees_batch:
+        context["event"]["batch"] = [_view(e) for e in events]
+    rendered: dict[str, Any] = render_value(trigger.inputs, context)
+    return rendered
 
 
 def match(triggers: Sequence[TriggerConfig], event: Event) -> tuple[list[Match], list[str]]:
@@ -63,8 +102,11 @@ def match(triggers: Sequence[TriggerConfig], event: Event) -> tuple[list[Match],
             if not fired:
                 continue
         try:
-            inputs = render_value(trigger.inputs, context)
+            # inputs that read event.batch are rendered when the run starts, over its
+            # window's events (a held run's others are then rendered again, over its kept one)
+            inputs = {} if trigger.sees_batch else render_value(trigger.inputs, context)
             key = None if trigger.dedupe is None else str(render(trigger.dedupe, context))
+            flow_key = "" if trigger.key is None else str(render(trigger.key, context))
         except TemplateProblem as exc:
             matches.append(
                 Match(
@@ -77,5 +119,7 @@ def match(triggers: Sequence[TriggerConfig], event: Event) -> tuple[list[Match],
                 )
             )
             continue
-        matches.append(Match(trigger.ref, trigger.pipeline, inputs, key, trigger.dedupe_window))
+        matches.append(
+            Match(trigger.ref, trigger.pipeline, inputs, key, trigger.dedupe_window, key=flow_key)
+        )
     return matches, notes

@@ -23,7 +23,7 @@ __all__ = ["MAX_EVENTS", "ReplayRequest", "replay"]
 MAX_EVENTS = 10_000
 """The most events one replay takes: more is a mistake more often than not (narrow it)."""
 _PAGE = 500
-STATUSES = ("matched", "unmatched", "invalid")
+STATUSES = ("matched", "unmatched", "invalid", "held", "dropped")
 
 
 @dataclass(frozen=True, slots=True)

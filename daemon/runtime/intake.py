@@ -8,9 +8,11 @@ check and one commit, not a hundred of each:
 
 1. drop events already recorded (a redelivery after a crash or a rebalance: same id);
 2. match each against its source's triggers (pure, :mod:`cued.daemon.core.triggers`), and drop
-   matches whose dedupe key fired within its window;
-3. submit event rows, run rows, dedupe keys and the sources' cursors as *one* submission,
-   which the store commits in one transaction;
+   matches whose dedupe key fired within its window; a match of a trigger with flow
+   control (debounce, throttle, batch: :mod:`cued.daemon.runtime.flow`) may be held
+   instead of starting its run, or dropped;
+3. submit event rows, run rows, holds, dedupe keys and the sources' cursors as *one*
+   submission, which the store commits in one transaction;
 4. once committed: hand the new runs to the runner (the :class:`RunQueue` the loop is
    given) and answer every caller, which then acknowledges to its source.
 
@@ -36,6 +38,7 @@ from cued.daemon.core.tracecontext import parse_traceparent
 from cued.daemon.core.triggers import Match, match
 from cued.daemon.errors import CuedError, StoreError
 from cued.daemon.logs import get_logger
+from cued.daemon.runtime.flow import FlowControl
 from cued.daemon.sdk.sources import Receipt
 from cued.daemon.sdk.tracing import NO_SPAN, Span, Tracing
 from cued.daemon.store import CursorRow, DedupeRow, EventRow
@@ -99,6 +102,8 @@ class _Batch:
     runs: list[RunRow] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
     keys: set[tuple[str, str]] = field(default_factory=set)
+    due_at: float | None = None
+    """The earliest time a window held by this batch is due."""
     spans: list[Span] = field(default_factory=list)
     """The events' spans, ended once the batch is committed."""
 
@@ -124,6 +129,7 @@ class DaemonIntake:
         self._backpressure = backpressure
         self._tracing = tracing or Tracing()
         self._triggers = _by_source(config.triggers)
+        self.flow = FlowControl(config, store)
         self._queue: list[_Request] = []
         self._waiting: set[_Request] = set()  # handed in, not yet answered
         self._wake = anyio.Event()
@@ -136,6 +142,7 @@ class DaemonIntake:
         """Match events against ``config``'s triggers from the next batch on (a reload); a
         batch being prepared keeps the triggers it started with."""
         self._triggers = _by_source(config.triggers)
+        self.flow.reconfigure(config)
 
     # -- what sources call ------------------------------------------------------------
 
@@ -195,7 +202,9 @@ class DaemonIntake:
 
         :param runs: where the runs that events start go, once recorded
         """
+        await self.flow.load()
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self.flow.run, runs)
             task_status.started()
             while True:
                 await self._wake.wait()
@@ -242,11 +251,21 @@ class DaemonIntake:
                 request.receipts.append(Receipt(event.event_id, "duplicate"))
                 continue
             span = self._event_span(event)
-            started, errors = self._start_runs(
+            started, errors, held, dropped = self._start_runs(
                 runs, event, fired, seen, batch, stamp, span.traceparent or _caller(event)
             )
             errors = [*([event.error] if event.error else []), *notes, *errors]
-            status = "invalid" if event.error else ("matched" if started else "unmatched")
+            status = (
+                "invalid"
+                if event.error
+                else "held"
+                if held
+                else "matched"
+                if started
+                else "dropped"
+                if dropped
+                else "unmatched"
+            )
             run_ids = tuple(r.run_id for r in started)
             error = "; ".join(errors) or None
             if span:
@@ -275,7 +294,10 @@ class DaemonIntake:
         batch.rows.extend(batch.runs)
         self._pending_ids |= batch.ids
         self._pending_keys |= batch.keys
-        return batch, self._store.submit(batch.rows)
+        durable = self._store.submit(batch.rows)
+        if batch.due_at is not None:
+            self.flow.submitted(durable)
+        return batch, durable
 
     async def _complete(self, batch: _Batch, durable: Durable, runs: RunQueue) -> None:
         error: BaseException | None = None
@@ -301,6 +323,8 @@ class DaemonIntake:
         if error is None:
             for run in batch.runs:
                 runs.enqueue(run)
+            if batch.due_at is not None:
+                self.flow.written(batch.due_at)
 
     def _start_runs(
         self,
@@ -311,9 +335,12 @@ class DaemonIntake:
         batch: _Batch,
         stamp: float,
         traceparent: str | None,
-    ) -> tuple[list[RunRow], list[str]]:
+    ) -> tuple[list[RunRow], list[str], bool, bool]:
+        """The runs ``event`` starts now, notes on its matches, whether flow control holds
+        it (for one trigger at least) and whether it dropped a run."""
         started: list[RunRow] = []
         errors: list[str] = []
+        held = dropped = False
         for m in matches:
             if m.error is not None:
                 errors.append(m.error)
@@ -332,6 +359,17 @@ class DaemonIntake:
                     continue
                 batch.keys.add(pair)
                 batch.rows.append(DedupeRow(m.trigger, m.dedupe_key, stamp))
+            if self.flow.controls(m.trigger):
+                admitted = self.flow.admit(m, event.event_id, stamp)
+                batch.rows.extend(admitted.rows)
+                if admitted.note is not None:
+                    errors.append(admitted.note)
+                if admitted.due_at is not None:
+                    batch.due_at = min(batch.due_at or admitted.due_at, admitted.due_at)
+                held = held or admitted.held
+                dropped = dropped or not (admitted.start or admitted.held)
+                if not admitted.start:
+                    continue
             try:
                 started.append(
                     runs.new_run(
@@ -340,7 +378,7 @@ class DaemonIntake:
                 )
             except CuedError as exc:
                 errors.append(f"trigger {m.trigger!r}: {exc}")
-        return started, errors
+        return started, errors, held, dropped
 
     def _event_span(self, event: Event) -> Span:
         if not self._tracing.enabled:

@@ -35,6 +35,9 @@ TABLES: dict[str, tuple[str, ...]] = {
     "paused_pipelines": ("pipeline",),
     "task_logs": ("run_id", "seq"),
     "config_versions": ("version",),
+    "flow_windows": ("window_id",),
+    "flow_holds": ("window_id", "seq"),
+    "flow_throttles": ("trigger", "key"),
 }
 
 

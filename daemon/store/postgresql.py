@@ -45,11 +45,14 @@ from cued.daemon.store import (
     DecisionRow,
     DedupeRow,
     EventRow,
+    HoldRow,
     InstanceRow,
     LogLineRow,
     OutboxRow,
     PauseRow,
     RunRow,
+    ThrottleRow,
+    WindowRow,
 )
 from cued.daemon.store.pg_migrations import migrate
 from cued.daemon.store.sqlite import (
@@ -139,10 +142,19 @@ class _Pool:
 _FLOATS = frozenset(
     {"created_at", "started_at", "ended_at", "updated_at", "received_at", "seen_at",
      "sent_at", "next_at", "requested_at", "deadline_at", "decided_at", "at", "cost",
-     "paused_at"}
+     "paused_at", "opened_at", "due_at", "held_at", "expires_at"}
 )  # fmt: skip
 _INTS = frozenset(
-    {"map_index", "attempts", "retry_base", "attempt", "min_approvals", "seq", "config_version"}
+    {
+        "map_index",
+        "attempts",
+        "retry_base",
+        "attempt",
+        "min_approvals",
+        "seq",
+        "config_version",
+        "held",
+    }
 )
 
 
@@ -207,6 +219,9 @@ _PUTS: dict[str, _Put] = {
     "approvals": _put(ApprovalRow, "approvals", ("run_id", "key")),
     "decisions": _put(DecisionRow, "decisions", ("run_id", "key", "attempt", "who")),
     "log_lines": _put(LogLineRow, "task_logs", ("run_id", "seq")),
+    "windows": _put(WindowRow, "flow_windows", ("window_id",)),
+    "holds": _put(HoldRow, "flow_holds", ("window_id", "seq")),
+    "throttles": _put(ThrottleRow, "flow_throttles", ("trigger", "key")),
 }
 _PUT_PAUSE = _Put("paused_pipelines", ("pipeline", "paused_at", "paused_by"), ("pipeline",)).sql(
     "VALUES ($1, $2, $3)"
@@ -227,6 +242,10 @@ def _batch_sql(batch: _Batch) -> tuple[str, list[Any]]:
     if batch.gone:
         pairs = _unnest(("run_id", "key"), batch.gone.values(), args)
         parts.append(f"DELETE FROM task_instances WHERE (run_id, key) IN (SELECT * FROM {pairs})")
+    if batch.windows_gone:
+        gone = _unnest(("window_id",), batch.windows_gone.values(), args)
+        parts.append(f"DELETE FROM flow_holds WHERE window_id IN (SELECT * FROM {gone})")
+        parts.append(f"DELETE FROM flow_windows WHERE window_id IN (SELECT * FROM {gone})")
     for name, put in _PUTS.items():
         rows: list[Row] = list(getattr(batch, name).values())
         if name == "log_lines" and batch.log_trims:
@@ -283,6 +302,14 @@ class PostgresStore(SqliteStore):
             self.commit_seconds += anyio.current_time() - started
         finally:
             chore.done.set()
+
+    async def _write_rows(self, db: _Connection, rows: list[Row]) -> None:
+        batch = _Batch()
+        for row in rows:
+            batch.add(row)
+        if batch:
+            sql, args = _batch_sql(batch)
+            await db.execute_fetchall(sql, args)
 
     async def set_paused(self, pipeline: str, pause: PauseRow | None) -> None:
         async def work(db: _Connection) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "DedupeRow",
     "Durable",
     "EventRow",
+    "HoldRow",
     "InstanceGone",
     "InstanceRow",
     "LogLineRow",
@@ -36,6 +37,9 @@ __all__ = [
     "Row",
     "RunRow",
     "Store",
+    "ThrottleRow",
+    "WindowGone",
+    "WindowRow",
 ]
 
 
@@ -164,6 +168,51 @@ class DedupeRow:
 
 
 @dataclass(frozen=True, slots=True)
+class WindowRow:
+    """Events a trigger's flow control holds for one key, to start one run when due (see
+    :mod:`cued.daemon.core.flow`)."""
+
+    window_id: str
+    trigger: str
+    key: str
+    kind: str  # debounce, batch, delay
+    phase: str  # open, closed, slotted
+    opened_at: float
+    due_at: float | None
+    """``None``: no time closes it (a batch with a size only)."""
+    held: int
+    """Events held in it."""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRow:
+    """An event held in a window, the ``seq``-th to join it."""
+
+    window_id: str
+    seq: int
+    event_id: str
+    held_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WindowGone:
+    """A window released: it goes with its holds."""
+
+    window_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleRow:
+    """The latest throttle slots a trigger's key took (ascending, some may lie ahead), kept
+    until ``expires_at``, when the latest is a period behind."""
+
+    trigger: str
+    key: str
+    starts: tuple[float, ...]
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class CursorRow:
     """A source's position, committed with the events that moved it."""
 
@@ -238,6 +287,10 @@ Row = (
     | DecisionRow
     | LogLineRow
     | LogTrim
+    | WindowRow
+    | HoldRow
+    | WindowGone
+    | ThrottleRow
 )
 
 
@@ -398,6 +451,34 @@ class Store(Protocol):
         """When each of these (trigger, business key) pairs last started a run."""
 
     async def get_cursor(self, source: str) -> str | None: ...
+
+    async def flow_state(self) -> tuple[list[WindowRow], list[ThrottleRow]]:
+        """What flow control needs in memory at a start: the windows still open (one per
+        key at most) and the throttles' slots (those that may still count)."""
+
+    async def flow_next_due(self) -> float | None:
+        """When the earliest window held is due, if any is."""
+
+    async def flow_due(self, before: float, limit: int = 500) -> list[WindowRow]:
+        """Windows due by ``before``, earliest first."""
+
+    async def event_holds(self, event_ids: Sequence[str]) -> list[tuple[HoldRow, WindowRow]]:
+        """Where these events are held (an event may be held by several triggers)."""
+
+    async def settle_windows(
+        self,
+        windows: Sequence[str],
+        settle: Callable[[WindowRow, list[tuple[HoldRow, EventRow | None]], set[str]], list[Row]],
+    ) -> list[Row]:
+        """Release windows, each in the same transaction as what it starts: for each of
+        ``windows`` still held, ``settle(window, holds, elsewhere)`` is given its holds (in
+        order, with their events: ``None`` for one no longer kept) and which of those
+        events are held in other windows too, and returns the rows to write (runs, the
+        events updated, the window gone or kept); all are committed in one transaction
+        (a chore of the writer's) before this returns what was written.
+
+        :raises StoreError: if it could not be recorded (nothing of it was)
+        """
 
     async def run_state(
         self, run_id: str

@@ -35,6 +35,7 @@ from cued.daemon.store import (
     DecisionRow,
     DedupeRow,
     EventRow,
+    HoldRow,
     InstanceGone,
     InstanceRow,
     LogLineRow,
@@ -43,6 +44,9 @@ from cued.daemon.store import (
     PauseRow,
     PruneCounts,
     RunRow,
+    ThrottleRow,
+    WindowGone,
+    WindowRow,
     pruning,
 )
 from cued.daemon.store.filemodes import private_state_files
@@ -90,6 +94,11 @@ _TRIM_LOG = "DELETE FROM task_logs WHERE run_id = ? AND key = ? AND attempt = ? 
 _PUT_EVENT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _PUT_DEDUPE = "INSERT OR REPLACE INTO dedupe_keys VALUES (?, ?, ?)"
 _PUT_CURSOR = "INSERT OR REPLACE INTO source_cursors VALUES (?, ?, ?)"
+_PUT_WINDOW = "INSERT OR REPLACE INTO flow_windows VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_PUT_HOLD = "INSERT OR REPLACE INTO flow_holds VALUES (?, ?, ?, ?)"
+_PUT_THROTTLE = "INSERT OR REPLACE INTO flow_throttles VALUES (?, ?, ?, ?)"
+_HOLDS_GONE = "DELETE FROM flow_holds WHERE window_id = ?"
+_WINDOW_GONE = "DELETE FROM flow_windows WHERE window_id = ?"
 # one pass over the index runs_by_state, not over the table
 COUNT_RUNS_BY_STATE = "SELECT state, count(*) FROM runs GROUP BY state"
 # the literal lets SQLite count the partial index approvals_waiting
@@ -102,6 +111,8 @@ _KEYED: dict[type, tuple[str, Callable[[Any], Any]]] = {
     EventRow: ("events", attrgetter("event_id")),
     CursorRow: ("cursors", attrgetter("source")),
     DedupeRow: ("dedupe", attrgetter("trigger", "key")),
+    HoldRow: ("holds", attrgetter("window_id", "seq")),
+    ThrottleRow: ("throttles", attrgetter("trigger", "key")),
 }
 """Rows that only replace their like in a batch: the batch's field and the row's key."""
 
@@ -119,11 +130,15 @@ class _Batch:
         "error",
         "events",
         "gone",
+        "holds",
         "instances",
         "log_lines",
         "log_trims",
         "outbox",
         "runs",
+        "throttles",
+        "windows",
+        "windows_gone",
     )
 
     def __init__(self) -> None:
@@ -139,6 +154,10 @@ class _Batch:
         self.decisions: dict[tuple[str, str, int, str], DecisionRow] = {}
         self.log_lines: dict[tuple[str, int], LogLineRow] = {}
         self.log_trims: dict[tuple[str, str, int], LogTrim] = {}
+        self.windows: dict[str, WindowRow] = {}
+        self.holds: dict[tuple[str, int], HoldRow] = {}
+        self.windows_gone: dict[str, WindowGone] = {}
+        self.throttles: dict[tuple[str, str], ThrottleRow] = {}
         self.done = anyio.Event()
         self.error: BaseException | None = None
 
@@ -162,6 +181,12 @@ class _Batch:
             self.decisions[row.run_id, row.key, row.attempt, row.who] = row
         elif isinstance(row, LogLineRow):
             self.log_lines[row.run_id, row.seq] = row
+        elif isinstance(row, WindowRow):
+            self.windows[row.window_id] = row
+            self.windows_gone.pop(row.window_id, None)
+        elif isinstance(row, WindowGone):
+            self.windows_gone[row.window_id] = row
+            self.windows.pop(row.window_id, None)
         elif isinstance(row, LogTrim):
             trim = self.log_trims.get((row.run_id, row.key, row.attempt))
             if trim is None or trim.before_seq < row.before_seq:
@@ -184,6 +209,10 @@ class _Batch:
             *self.gone.values(),
             *self.log_lines.values(),
             *self.log_trims.values(),
+            *self.windows.values(),
+            *self.holds.values(),
+            *self.windows_gone.values(),
+            *self.throttles.values(),
         ]
 
     def __bool__(self) -> bool:
@@ -200,6 +229,10 @@ class _Batch:
             or self.decisions
             or self.log_lines
             or self.log_trims
+            or self.windows
+            or self.holds
+            or self.windows_gone
+            or self.throttles
         )
 
     async def wait(self) -> None:
@@ -330,25 +363,7 @@ class SqliteStore:
 
     async def _commit(self, batch: _Batch) -> float:
         started = anyio.current_time()
-        work: list[tuple[str, list[tuple[Any, ...]]]] = []
-        if batch.gone:
-            work.append((_DELETE_INSTANCE, [(g.run_id, g.key) for g in batch.gone.values()]))
-        for rows, sql in (
-            (batch.runs, _UPSERT_RUN),
-            (batch.instances, _PUT_INSTANCE),
-            (batch.attempts, _PUT_ATTEMPT),
-            (batch.events, _PUT_EVENT),
-            (batch.dedupe, _PUT_DEDUPE),
-            (batch.cursors, _PUT_CURSOR),
-            (batch.outbox, _PUT_OUTBOX),
-            (batch.approvals, _PUT_APPROVAL),
-            (batch.decisions, _PUT_DECISION),
-            (batch.log_lines, _PUT_LOG_LINE),
-            # after the lines: a line of this batch below the cut goes too
-            (batch.log_trims, _TRIM_LOG),
-        ):
-            if rows:
-                work.append((sql, [_params(row) for row in rows.values()]))
+        work = _statements(batch)
         # one trip to the connection's thread for the whole transaction, not one per
         # statement: each trip is a wake-up of the event loop (aiosqlite has no public way
         # to run a function on its thread; ``_execute`` is that, in the pinned version)
@@ -711,6 +726,88 @@ class SqliteStore:
         )
         return next((str(cursor) for (cursor,) in rows), None)
 
+    async def flow_state(self) -> tuple[list[WindowRow], list[ThrottleRow]]:
+        windows = await self._reader.execute_fetchall(
+            "SELECT * FROM flow_windows WHERE phase = 'open'"
+        )
+        throttles = await self._reader.execute_fetchall("SELECT * FROM flow_throttles")
+        return [WindowRow(*r) for r in windows], [
+            ThrottleRow(r[0], r[1], tuple(json.loads(r[2])), r[3]) for r in throttles
+        ]
+
+    async def flow_next_due(self) -> float | None:
+        rows = await self._reader.execute_fetchall(
+            "SELECT min(due_at) FROM flow_windows WHERE due_at IS NOT NULL"
+        )
+        return next((float(at) for (at,) in rows if at is not None), None)
+
+    async def flow_due(self, before: float, limit: int = 500) -> list[WindowRow]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT * FROM flow_windows WHERE due_at IS NOT NULL AND due_at <= ? "
+            "ORDER BY due_at, window_id LIMIT ?",
+            (before, limit),
+        )
+        return [WindowRow(*r) for r in rows]
+
+    async def event_holds(self, event_ids: Sequence[str]) -> list[tuple[HoldRow, WindowRow]]:
+        found: list[tuple[HoldRow, WindowRow]] = []
+        for chunk in _chunks(list(event_ids)):
+            rows = await self._reader.execute_fetchall(
+                "SELECT h.*, w.* FROM flow_holds h JOIN flow_windows w USING (window_id) "
+                f"WHERE h.event_id IN ({','.join('?' * len(chunk))}) ORDER BY h.held_at",
+                chunk,
+            )
+            found += [(HoldRow(*r[:4]), WindowRow(*r[4:])) for r in rows]
+        return found
+
+    async def settle_windows(
+        self,
+        windows: Sequence[str],
+        settle: Callable[[WindowRow, list[tuple[HoldRow, EventRow | None]], set[str]], list[Row]],
+    ) -> list[Row]:
+        async def work(db: Any) -> list[Row]:
+            written: list[Row] = []
+            for window_id in windows:
+                found = list(
+                    await db.execute_fetchall(
+                        "SELECT * FROM flow_windows WHERE window_id = ?", (window_id,)
+                    )
+                )
+                if not found:
+                    continue
+                holds = [
+                    (HoldRow(*r[:4]), None if r[4] is None else _event(r[4:]))
+                    for r in await db.execute_fetchall(
+                        "SELECT h.*, e.* FROM flow_holds h LEFT JOIN events e USING (event_id) "
+                        "WHERE h.window_id = ? ORDER BY h.seq",
+                        (window_id,),
+                    )
+                ]
+                elsewhere = {
+                    str(event_id)
+                    for (event_id,) in await db.execute_fetchall(
+                        "SELECT DISTINCT o.event_id FROM flow_holds h JOIN flow_holds o "
+                        "ON o.event_id = h.event_id AND o.window_id != h.window_id "
+                        "WHERE h.window_id = ?",
+                        (window_id,),
+                    )
+                }
+                rows = settle(WindowRow(*found[0]), holds, elsewhere)
+                await self._write_rows(db, rows)
+                written += rows
+            return written
+
+        result: list[Row] = await self._chore(work)
+        return result
+
+    async def _write_rows(self, db: Any, rows: list[Row]) -> None:
+        """Write ``rows`` in a chore's transaction."""
+        batch = _Batch()
+        for row in rows:
+            batch.add(row)
+        for sql, params in _statements(batch):
+            await db.executemany(sql, params)
+
     async def list_events(
         self,
         *,
@@ -844,7 +941,9 @@ def _loads(text: str | None) -> Any:
 
 # Row fields held as JSON text; every other field is stored as it is. A row's fields are
 # in the order of its table's columns.
-_JSON_FIELDS = frozenset({"inputs", "data", "meta", "run_ids", "payload", "usage", "approvers"})
+_JSON_FIELDS = frozenset(
+    {"inputs", "data", "meta", "run_ids", "payload", "usage", "approvers", "starts"}
+)
 
 
 def _approval(r: Any) -> ApprovalRow:
@@ -868,6 +967,36 @@ def _approval(r: Any) -> ApprovalRow:
 #: program past ``busy_timeout`` (doubling from the first to the second).
 _BUSY_RETRY_S = (0.05, 1.0)
 _BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def _statements(batch: _Batch) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The statements of ``batch``'s transaction, each with its rows' parameters."""
+    work: list[tuple[str, list[tuple[Any, ...]]]] = []
+    if batch.gone:
+        work.append((_DELETE_INSTANCE, [(g.run_id, g.key) for g in batch.gone.values()]))
+    if batch.windows_gone:
+        gone = [(g.window_id,) for g in batch.windows_gone.values()]
+        work += [(_HOLDS_GONE, gone), (_WINDOW_GONE, gone)]
+    for rows, sql in (
+        (batch.runs, _UPSERT_RUN),
+        (batch.instances, _PUT_INSTANCE),
+        (batch.attempts, _PUT_ATTEMPT),
+        (batch.events, _PUT_EVENT),
+        (batch.dedupe, _PUT_DEDUPE),
+        (batch.cursors, _PUT_CURSOR),
+        (batch.outbox, _PUT_OUTBOX),
+        (batch.approvals, _PUT_APPROVAL),
+        (batch.decisions, _PUT_DECISION),
+        (batch.log_lines, _PUT_LOG_LINE),
+        # after the lines: a line of this batch below the cut goes too
+        (batch.log_trims, _TRIM_LOG),
+        (batch.windows, _PUT_WINDOW),
+        (batch.holds, _PUT_HOLD),
+        (batch.throttles, _PUT_THROTTLE),
+    ):
+        if rows:
+            work.append((sql, [_params(row) for row in rows.values()]))
+    return work
 
 
 def _write_all(db: aiosqlite.Connection, work: list[tuple[str, list[tuple[Any, ...]]]]) -> bool:

@@ -709,7 +709,7 @@ class ReplayBody(_Body):
     source: str | None = None
     since: str | None = Field(None, description="ISO 8601 (no offset: UTC), 'now' or '-1h'")
     until: str | None = Field(None, description="the same; the span ends before it")
-    status: Literal["matched", "unmatched", "invalid"] | None = None
+    status: Literal["matched", "unmatched", "invalid", "held", "dropped"] | None = None
     trigger: str | None = Field(
         None, description="only this trigger: its name, SOURCE->PIPELINE or number from 1"
     )

@@ -541,7 +541,7 @@ class _Ui:
             "source": source or "",
             "status": status or "",
             "sources": sources,
-            "statuses": ("matched", "unmatched", "invalid"),
+            "statuses": ("matched", "unmatched", "invalid", "held", "dropped"),
             "newest": _url("/ui/events", query) if before else None,
             "older": _url("/ui/events", {**query, "before": older}) if older else None,
             "self_url": _url("/ui/events", {**query, "before": q.get("before")}),

@@ -1,0 +1,347 @@
+"""Flow control at run time: events held in windows (debounce, batch, a throttle's delay),
+and the one timer that releases the windows when they are due.
+
+Intake asks :meth:`FlowControl.admit` what becomes of an event that fired a trigger with
+flow control, and records the answer (a hold, a window, a throttle's slots) in the same
+transaction as the event. The decisions are :mod:`cued.daemon.core.flow`'s; what they need
+of each key (its open window, its latest throttle slots) is kept here, per key, and read
+back from the store at a start. The events held are in the store only.
+
+The timer (:meth:`FlowControl.run`, one task) sleeps until the earliest window is due (the
+store's index on ``due_at``), or until intake writes an earlier one, and then settles the
+windows due: in one transaction, the run each starts, its events updated (their runs, and
+a note of what became of them) and the window gone. Before it reads the store it waits for
+every hold submitted so far to be committed, so a window is never released without an event
+that joined it. A kill -9 at any point leaves either the window (released again at the
+next start) or its run, never both, never neither.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from cued.daemon.core.flow import (
+    Defer,
+    Drop,
+    Hold,
+    KeyState,
+    NotYet,
+    Rule,
+    Start,
+    Window,
+    admit,
+    forgettable,
+    release,
+)
+from cued.daemon.core.ids import new_id, now
+from cued.daemon.core.templates import TemplateProblem
+from cued.daemon.core.triggers import held_inputs
+from cued.daemon.errors import CuedError, StoreError
+from cued.daemon.logs import get_logger
+from cued.daemon.store import (
+    EventRow,
+    HoldRow,
+    RunRow,
+    ThrottleRow,
+    WindowGone,
+    WindowRow,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from cued.daemon.config import Config, TriggerConfig
+    from cued.daemon.core.triggers import Match
+    from cued.daemon.runtime.intake import RunQueue
+    from cued.daemon.store import Durable, Row, Store
+
+__all__ = ["Admission", "FlowControl"]
+
+#: Windows settled in one transaction, at most.
+_SETTLE_BATCH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What becomes of one match under flow control: start its run now (``start``), or
+    not (held or dropped, as ``note`` says); ``rows`` go with the event."""
+
+    start: bool
+    held: bool
+    rows: list[Row]
+    note: str | None
+    due_at: float | None = None
+
+
+def _at(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
+
+class FlowControl:
+    """Debounce, throttle and batch of the triggers of ``config``.
+
+    :param clock: seconds since the epoch (tests give their own)
+    """
+
+    def __init__(self, config: Config, store: Store, *, clock: Callable[[], float] = now) -> None:
+        self._store = store
+        self._clock = clock
+        self._rules: dict[str, tuple[TriggerConfig, Rule]] = {}
+        self._keys: dict[tuple[str, str], KeyState] = {}
+        self._durable: Durable | None = None
+        self._wake = anyio.Event()
+        self._until = float("inf")
+        self.released = 0
+        """Windows settled since the start (each started a run, or dropped it)."""
+        self._log = get_logger()
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Decide by ``config``'s triggers from now on; a window of a trigger no longer
+        configured is dropped when due (its events say so)."""
+        self._rules = {
+            t.ref: (t, rule) for t in config.triggers if (rule := Rule.of(t)) is not None
+        }
+        self._wake.set()
+
+    def controls(self, trigger: str) -> bool:
+        return trigger in self._rules
+
+    async def load(self) -> None:
+        """Read what each key needs from the store (at a start)."""
+        windows, throttles = await self._store.flow_state()
+        at = self._clock()
+        for t in throttles:
+            if t.expires_at > at:
+                self._keys[t.trigger, t.key] = KeyState(starts=t.starts)
+        for w in windows:
+            state = self._keys.get((w.trigger, w.key), KeyState())
+            window = Window(w.window_id, w.opened_at, w.due_at, w.held)
+            self._keys[w.trigger, w.key] = replace(state, window=window)
+
+    def held_keys(self) -> int:
+        """Keys whose state is in memory (a window filling, or throttle slots counting)."""
+        return len(self._keys)
+
+    # -- intake ------------------------------------------------------------------------
+
+    def admit(self, m: Match, event_id: str, at: float) -> Admission:
+        """What becomes of ``m``, the match of a trigger with flow control by the event
+        ``event_id`` received at ``at`` (synchronous: intake records the rows it gives)."""
+        _, rule = self._rules[m.trigger]
+        name = (m.trigger, m.key)
+        state, outcome = admit(rule, self._keys.get(name, KeyState()), at, new_id())
+        self._remember(name, rule, state, at)
+        rows: list[Row] = self._throttle_rows(name, rule, state)
+        if isinstance(outcome, Start):
+            return Admission(True, False, rows, None)
+        if isinstance(outcome, Drop):
+            return Admission(
+                False, False, rows, f"{_who(m.trigger, m.key)}: dropped ({outcome.reason})"
+            )
+        rows += [
+            HoldRow(outcome.window_id, outcome.seq, event_id, at),
+            WindowRow(
+                outcome.window_id,
+                m.trigger,
+                m.key,
+                outcome.kind,
+                outcome.phase,
+                outcome.opened_at,
+                outcome.due_at,
+                outcome.seq,
+            ),
+        ]
+        return Admission(False, True, rows, _held_note(m.trigger, m.key, outcome), outcome.due_at)
+
+    def submitted(self, durable: Durable) -> None:
+        """Intake submitted holds: the timer reads the store only once they are committed."""
+        self._durable = durable
+
+    def written(self, due_at: float) -> None:
+        """A window due at ``due_at`` is committed: wake the timer if it sleeps past it."""
+        if due_at < self._until:
+            self._wake.set()
+
+    # -- the timer ---------------------------------------------------------------------
+
+    async def run(
+        self,
+        runs: RunQueue,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Release the windows when due, until cancelled."""
+        task_status.started()
+        while True:
+            self._wake = anyio.Event()
+            due = await self._store.flow_next_due()
+            self._until = float("inf") if due is None else due
+            wait_s = self._until - self._clock()
+            if wait_s > 0:
+                with anyio.move_on_after(wait_s):
+                    await self._wake.wait()
+            self._until = -float("inf")  # awake: whatever is written is seen next turn
+            try:
+                await self.settle_due(runs)
+            except StoreError as exc:
+                # the writer failed: the daemon stops; nothing of the windows was released
+                self._log.error("flow_settle_failed", error=str(exc))
+                raise
+
+    async def settle_due(self, runs: RunQueue) -> int:
+        """Settle the windows due now; return how many were."""
+        if self._durable is not None:
+            await self._durable.wait()
+        at = self._clock()
+        outcomes: dict[str, Start | Defer | Drop] = {}
+        for w in await self._store.flow_due(at, _SETTLE_BATCH):
+            outcome = self._decide(w, at)
+            if outcome is not None:
+                outcomes[w.window_id] = outcome
+        if not outcomes:
+            return 0
+        # holds that joined a window before it was decided on may still be committing
+        if self._durable is not None:
+            await self._durable.wait()
+
+        def settle(
+            window: WindowRow, holds: list[tuple[HoldRow, EventRow | None]], elsewhere: set[str]
+        ) -> list[Row]:
+            return self._settle(window, outcomes[window.window_id], holds, elsewhere, runs, at)
+
+        written = await self._store.settle_windows(list(outcomes), settle)
+        self.released += sum(1 for o in outcomes.values() if not isinstance(o, Defer))
+        for row in written:
+            if isinstance(row, RunRow):
+                runs.enqueue(row)
+        return len(outcomes)
+
+    def _decide(self, w: WindowRow, at: float) -> Start | Defer | Drop | None:
+        found = self._rules.get(w.trigger)
+        if found is None:
+            return Drop(f"trigger {w.trigger!r} is no longer configured")
+        _, rule = found
+        name = (w.trigger, w.key)
+        state, outcome = release(rule, self._keys.get(name, KeyState()), w.window_id, w.phase, at)
+        if isinstance(outcome, NotYet):
+            return None
+        self._remember(name, rule, state, at)
+        return outcome
+
+    def _settle(
+        self,
+        window: WindowRow,
+        outcome: Start | Defer | Drop,
+        holds: list[tuple[HoldRow, EventRow | None]],
+        elsewhere: set[str],
+        runs: RunQueue,
+        at: float,
+    ) -> list[Row]:
+        found = self._rules.get(window.trigger)
+        name = (window.trigger, window.key)
+        rows: list[Row] = [] if found is None else self._throttle_rows(name, found[1], None)
+        who = _who(window.trigger, window.key, window.kind)
+        events = [e for _, e in holds if e is not None]
+        if isinstance(outcome, Defer):
+            note = f"{who}: the throttle delays its run to {_at(outcome.due_at)}"
+            kept = replace(window, phase="slotted", due_at=outcome.due_at)
+            return [
+                *rows,
+                kept,
+                *_noted(events, note, None, elsewhere | {e.event_id for e in events}),
+            ]
+        run: RunRow | None = None
+        if isinstance(outcome, Drop):
+            note = f"{who}: dropped ({outcome.reason})"
+        elif not events or found is None:
+            note = f"{who}: its events are no longer kept: no run"
+        else:
+            trigger, rule = found
+            keep = rule.keep if window.kind == "debounce" else "last"
+            try:
+                inputs = held_inputs(trigger, events, keep)
+                chosen = events[0] if keep == "first" else events[-1]
+                run = runs.new_run(trigger.pipeline, inputs, event_id=chosen.event_id)
+            except (TemplateProblem, CuedError) as exc:
+                note = f"{who}: no run: {exc}"
+            else:
+                note = f"{who}: {len(events)} event(s) of window {window.window_id} started run {run.run_id}"
+                if window.kind == "debounce" and keep != "all":
+                    note += f" with the inputs of event {chosen.event_id}"
+                elif window.kind == "delay":
+                    note = f"{who}: delayed, started run {run.run_id} at {_at(at)}"
+        return [
+            *([] if run is None else [run]),
+            *rows,
+            WindowGone(window.window_id),
+            *_noted(events, note, run, elsewhere),
+        ]
+
+    # -- what each key needs -----------------------------------------------------------
+
+    def _remember(self, name: tuple[str, str], rule: Rule, state: KeyState, at: float) -> None:
+        if forgettable(rule, state, at):
+            self._keys.pop(name, None)
+        else:
+            self._keys[name] = state
+
+    def _throttle_rows(
+        self, name: tuple[str, str], rule: Rule, state: KeyState | None
+    ) -> list[Row]:
+        if rule.limit is None:
+            return []
+        state = self._keys.get(name) if state is None else state
+        if state is None or not state.starts:
+            return []
+        return [ThrottleRow(*name, state.starts, state.starts[-1] + rule.period_s)]
+
+
+def _who(trigger: str, key: str, kind: str | None = None) -> str:
+    return f"trigger {trigger!r}" + (f" {kind}" if kind else "") + f" of key {key!r}"
+
+
+def _held_note(trigger: str, key: str, hold: Hold) -> str:
+    what = {
+        "debounce": "waits in debounce window",
+        "batch": "waits in batch",
+        "delay": "delayed by the throttle in window",
+    }[hold.kind]
+    until = "" if hold.due_at is None else f" until {_at(hold.due_at)}"
+    return f"{_who(trigger, key)}: {what} {hold.window_id} (event {hold.seq}){until}"
+
+
+def _noted(
+    events: list[EventRow], note: str, run: RunRow | None, elsewhere: set[str]
+) -> list[EventRow]:
+    """The events of a window settled: with ``run`` among their runs and ``note`` among
+    their notes; ``held`` still if another window holds them."""
+    out: list[EventRow] = []
+    for e in events:
+        run_ids = e.run_ids if run is None else (*e.run_ids, run.run_id)
+        status = "held" if e.event_id in elsewhere else ("matched" if run_ids else "dropped")
+        error = note if not e.error else f"{e.error}; {note}"
+        out.append(replace(e, status=status, run_ids=run_ids, error=error))
+    return out
+
+
+def describe_holds(holds: list[tuple[HoldRow, WindowRow]]) -> list[dict[str, Any]]:
+    """Where events are held, for the API and the CLI."""
+    return [
+        {
+            "event_id": h.event_id,
+            "trigger": w.trigger,
+            "key": w.key,
+            "kind": w.kind,
+            "window": w.window_id,
+            "phase": w.phase,
+            "seq": h.seq,
+            "held": w.held,
+            "due_at": w.due_at,
+        }
+        for h, w in holds
+    ]
