@@ -89,7 +89,8 @@ class FlowControl:
 
     def __init__(self, config: Config, store: Store, *, clock: Callable[[], float] = now) -> None:
         self._store = store
-        self._clock = clock
+        self.clock = clock
+        self._settling = anyio.Lock()
         self._rules: dict[str, tuple[TriggerConfig, Rule]] = {}
         self._keys: dict[tuple[str, str], KeyState] = {}
         self._durable: Durable | None = None
@@ -114,7 +115,7 @@ class FlowControl:
     async def load(self) -> None:
         """Read what each key needs from the store (at a start)."""
         windows, throttles = await self._store.flow_state()
-        at = self._clock()
+        at = self.clock()
         for t in throttles:
             if t.expires_at > at:
                 self._keys[t.trigger, t.key] = KeyState(starts=t.starts)
@@ -129,9 +130,10 @@ class FlowControl:
 
     # -- intake ------------------------------------------------------------------------
 
-    def admit(self, m: Match, event_id: str, at: float) -> Admission:
+    def admit(self, m: Match, event_id: str) -> Admission:
         """What becomes of ``m``, the match of a trigger with flow control by the event
-        ``event_id`` received at ``at`` (synchronous: intake records the rows it gives)."""
+        ``event_id``, now (synchronous: intake records the rows it gives)."""
+        at = self.clock()
         _, rule = self._rules[m.trigger]
         name = (m.trigger, m.key)
         state, outcome = admit(rule, self._keys.get(name, KeyState()), at, new_id())
@@ -162,6 +164,10 @@ class FlowControl:
         """Intake submitted holds: the timer reads the store only once they are committed."""
         self._durable = durable
 
+    def poke(self) -> None:
+        """Look at what is due now (a test moved its clock)."""
+        self._wake.set()
+
     def written(self, due_at: float) -> None:
         """A window due at ``due_at`` is committed: wake the timer if it sleeps past it."""
         if due_at < self._until:
@@ -181,7 +187,7 @@ class FlowControl:
             self._wake = anyio.Event()
             due = await self._store.flow_next_due()
             self._until = float("inf") if due is None else due
-            wait_s = self._until - self._clock()
+            wait_s = self._until - self.clock()
             if wait_s > 0:
                 with anyio.move_on_after(wait_s):
                     await self._wake.wait()
@@ -195,9 +201,13 @@ class FlowControl:
 
     async def settle_due(self, runs: RunQueue) -> int:
         """Settle the windows due now; return how many were."""
+        async with self._settling:
+            return await self._settle_due(runs)
+
+    async def _settle_due(self, runs: RunQueue) -> int:
         if self._durable is not None:
             await self._durable.wait()
-        at = self._clock()
+        at = self.clock()
         outcomes: dict[str, Start | Defer | Drop] = {}
         for w in await self._store.flow_due(at, _SETTLE_BATCH):
             outcome = self._decide(w, at)

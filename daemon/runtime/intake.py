@@ -360,7 +360,7 @@ class DaemonIntake:
                 batch.keys.add(pair)
                 batch.rows.append(DedupeRow(m.trigger, m.dedupe_key, stamp))
             if self.flow.controls(m.trigger):
-                admitted = self.flow.admit(m, event.event_id, stamp)
+                admitted = self.flow.admit(m, event.event_id)
                 batch.rows.extend(admitted.rows)
                 if admitted.note is not None:
                     errors.append(admitted.note)
