@@ -61,7 +61,9 @@ async def replay(daemon: Daemon, request: ReplayRequest) -> ReplayReport:
             )
         source = trigger.source
     events = await _chosen(daemon.store, request, source)
-    return await replay_events(daemon.store, triggers, daemon, events, force=request.force)
+    return await replay_events(
+        daemon.store, triggers, daemon, events, force=request.force, flow=daemon.flow
+    )
 
 
 async def _chosen(store: Store, request: ReplayRequest, source: str | None) -> list[EventRow]:

@@ -719,7 +719,7 @@ class ReplayBody(_Body):
 class EventReplayed(_Model):
     event_id: str
     source: str
-    outcome: Literal["started", "duplicate", "unmatched", "invalid", "error"]
+    outcome: Literal["started", "held", "duplicate", "unmatched", "invalid", "error"]
     run_ids: list[str]
     skipped: list[str]
     errors: list[str]
@@ -730,6 +730,7 @@ class ReplayResult(_Model):
 
     tried: int
     runs_started: int
+    held: int
     duplicates: int
     unmatched: int
     invalid: int
@@ -741,6 +742,7 @@ class ReplayResult(_Model):
         return cls(
             tried=report.tried,
             runs_started=report.runs_started,
+            held=report.count("held"),
             duplicates=report.count("duplicate"),
             unmatched=report.count("unmatched"),
             invalid=report.count("invalid"),

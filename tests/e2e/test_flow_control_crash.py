@@ -41,20 +41,25 @@ key = "{{{{ event.data.customer }}}}"
 # checks that they are held when it kills
 CASES = {
     "debounce": (
-        'debounce = { period = "8s", keep = "all" }\n'
-        "inputs = { ids = \"{{ event.batch | map(attribute='id') | join(' ') }}\" }",
+        (
+            'debounce = { period = "8s", keep = "all" }\n'
+            "inputs = { ids = \"{{ event.batch | map(attribute='id') | join(' ') }}\" }"
+        ),
         [f"c{i % 4}" for i in range(20)],
         4,  # one run per key's burst
     ),
     "throttle": (
-        'throttle = { limit = 2, period = "4s", excess = "delay" }\n'
-        'inputs = { ids = "{{ event.id }}" }',
+        (
+            'throttle = { limit = 2, period = "4s", excess = "delay" }\ninputs = { ids = "{{ event.id }}" }'
+        ),
         ["c0"] * 6,
         6,  # every event, two per period
     ),
     "batch": (
-        'batch = { size = 5, timeout = "8s" }\n'
-        "inputs = { ids = \"{{ event.batch | map(attribute='id') | join(' ') }}\" }",
+        (
+            'batch = { size = 5, timeout = "8s" }\n'
+            "inputs = { ids = \"{{ event.batch | map(attribute='id') | join(' ') }}\" }"
+        ),
         ["c0"] * 12,
         3,  # two full batches at once, the half-full third at its timeout
     ),
@@ -62,9 +67,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-async def test_kill_9_while_events_are_held_then_restart_accounts_for_each_once(
-    tmp_path, case
-):
+async def test_kill_9_while_events_are_held_then_restart_accounts_for_each_once(tmp_path, case):
     flow, customers, runs_expected = CASES[case]
     ledger, state = tmp_path / "ledger", tmp_path / "state.db"
     port = free_port()

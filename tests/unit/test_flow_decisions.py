@@ -137,7 +137,8 @@ def test_a_debounce_window_moved_by_a_later_event_is_not_due_yet():
     state, hold = admit(rule, KeyState(), 0.0, "w1")
     assert isinstance(hold, Hold)
     state, again = admit(rule, state, 5.0, "w2")
-    assert isinstance(again, Hold) and again.window_id == "w1" and again.due_at == 15.0
+    assert isinstance(again, Hold)
+    assert (again.window_id, again.due_at) == ("w1", 15.0)
     # the store still says 10 (the update is being committed): not due
     assert release(rule, state, "w1", "open", 10.0) == (state, NotYet())
     state, outcome = release(rule, state, "w1", "open", 15.0)
