@@ -44,6 +44,7 @@ from cued.daemon.errors import CuedError, StoreError
 from cued.daemon.logs import get_logger
 from cued.daemon.store import (
     EventRow,
+    EventSettled,
     HoldRow,
     RunRow,
     ThrottleRow,
@@ -136,7 +137,10 @@ class FlowControl:
         at = self.clock()
         _, rule = self._rules[m.trigger]
         name = (m.trigger, m.key)
-        state, outcome = admit(rule, self._keys.get(name, KeyState()), at, new_id())
+        state = self._keys.get(name, KeyState())
+        # most events join the window being filled: an id only for a new one
+        window_id = new_id() if state.window is None else state.window.window_id
+        state, outcome = admit(rule, state, at, window_id)
         self._remember(name, rule, state, at)
         rows: list[Row] = self._throttle_rows(name, rule, state)
         if isinstance(outcome, Start):
@@ -327,15 +331,15 @@ def _held_note(trigger: str, key: str, hold: Hold) -> str:
 
 def _noted(
     events: list[EventRow], note: str, run: RunRow | None, elsewhere: set[str]
-) -> list[EventRow]:
+) -> list[EventSettled]:
     """The events of a window settled: with ``run`` among their runs and ``note`` among
     their notes; ``held`` still if another window holds them."""
-    out: list[EventRow] = []
+    out: list[EventSettled] = []
     for e in events:
         run_ids = e.run_ids if run is None else (*e.run_ids, run.run_id)
         status = "held" if e.event_id in elsewhere else ("matched" if run_ids else "dropped")
         error = note if not e.error else f"{e.error}; {note}"
-        out.append(replace(e, status=status, run_ids=run_ids, error=error))
+        out.append(EventSettled(status, run_ids, error, e.event_id))
     return out
 
 

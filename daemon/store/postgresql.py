@@ -252,6 +252,12 @@ def _batch_sql(batch: _Batch) -> tuple[str, list[Any]]:
             rows = [line for line in batch.log_lines.values() if not _trimmed(line, batch)]
         if rows:
             parts.append(put.of_rows(rows, args))
+    if batch.settled:
+        settled = _unnest(("status", "run_ids", "error", "event_id"), batch.settled.values(), args)
+        parts.append(
+            f"UPDATE events e SET status = u.status, run_ids = u.run_ids, error = u.error "
+            f"FROM {settled} AS u(status, run_ids, error, event_id) WHERE e.event_id = u.event_id"
+        )
     if batch.log_trims:
         cuts = _unnest(
             ("run_id", "key", "attempt", "seq"),

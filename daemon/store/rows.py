@@ -25,6 +25,7 @@ __all__ = [
     "DedupeRow",
     "Durable",
     "EventRow",
+    "EventSettled",
     "HoldRow",
     "InstanceGone",
     "InstanceRow",
@@ -168,6 +169,17 @@ class DedupeRow:
 
 
 @dataclass(frozen=True, slots=True)
+class EventSettled:
+    """An event recorded before gets a new status, runs and notes (flow control released
+    the window that held it): its data stay as they are."""
+
+    status: str
+    run_ids: tuple[str, ...]
+    error: str | None
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class WindowRow:
     """Events a trigger's flow control holds for one key, to start one run when due (see
     :mod:`cued.daemon.core.flow`)."""
@@ -287,6 +299,7 @@ Row = (
     | DecisionRow
     | LogLineRow
     | LogTrim
+    | EventSettled
     | WindowRow
     | HoldRow
     | WindowGone

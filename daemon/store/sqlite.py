@@ -35,6 +35,7 @@ from cued.daemon.store import (
     DecisionRow,
     DedupeRow,
     EventRow,
+    EventSettled,
     HoldRow,
     InstanceGone,
     InstanceRow,
@@ -97,6 +98,8 @@ _PUT_CURSOR = "INSERT OR REPLACE INTO source_cursors VALUES (?, ?, ?)"
 _PUT_WINDOW = "INSERT OR REPLACE INTO flow_windows VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _PUT_HOLD = "INSERT OR REPLACE INTO flow_holds VALUES (?, ?, ?, ?)"
 _PUT_THROTTLE = "INSERT OR REPLACE INTO flow_throttles VALUES (?, ?, ?, ?)"
+# the fields of EventSettled in its order
+_SETTLE_EVENT = "UPDATE events SET status = ?, run_ids = ?, error = ? WHERE event_id = ?"
 _HOLDS_GONE = "DELETE FROM flow_holds WHERE window_id = ?"
 _WINDOW_GONE = "DELETE FROM flow_windows WHERE window_id = ?"
 # one pass over the index runs_by_state, not over the table
@@ -112,6 +115,7 @@ _KEYED: dict[type, tuple[str, Callable[[Any], Any]]] = {
     CursorRow: ("cursors", attrgetter("source")),
     DedupeRow: ("dedupe", attrgetter("trigger", "key")),
     HoldRow: ("holds", attrgetter("window_id", "seq")),
+    EventSettled: ("settled", attrgetter("event_id")),
     ThrottleRow: ("throttles", attrgetter("trigger", "key")),
 }
 """Rows that only replace their like in a batch: the batch's field and the row's key."""
@@ -136,6 +140,7 @@ class _Batch:
         "log_trims",
         "outbox",
         "runs",
+        "settled",
         "throttles",
         "windows",
         "windows_gone",
@@ -158,6 +163,7 @@ class _Batch:
         self.holds: dict[tuple[str, int], HoldRow] = {}
         self.windows_gone: dict[str, WindowGone] = {}
         self.throttles: dict[tuple[str, str], ThrottleRow] = {}
+        self.settled: dict[str, EventSettled] = {}
         self.done = anyio.Event()
         self.error: BaseException | None = None
 
@@ -213,6 +219,7 @@ class _Batch:
             *self.holds.values(),
             *self.windows_gone.values(),
             *self.throttles.values(),
+            *self.settled.values(),
         ]
 
     def __bool__(self) -> bool:
@@ -233,6 +240,7 @@ class _Batch:
             or self.holds
             or self.windows_gone
             or self.throttles
+            or self.settled
         )
 
     async def wait(self) -> None:
@@ -766,35 +774,40 @@ class SqliteStore:
         settle: Callable[[WindowRow, list[tuple[HoldRow, EventRow | None]], set[str]], list[Row]],
     ) -> list[Row]:
         async def work(db: Any) -> list[Row]:
+            # a few reads for all the windows (each a trip to the connection's thread),
+            # then one write of everything
             written: list[Row] = []
-            for window_id in windows:
-                found = list(
-                    await db.execute_fetchall(
-                        "SELECT * FROM flow_windows WHERE window_id = ?", (window_id,)
-                    )
-                )
-                if not found:
-                    continue
-                holds = [
-                    (HoldRow(*r[:4]), None if r[4] is None else _event(r[4:]))
+            for chunk in _chunks(list(windows)):
+                marks = ",".join("?" * len(chunk))
+                found = [
+                    WindowRow(*r)
                     for r in await db.execute_fetchall(
-                        "SELECT h.*, e.* FROM flow_holds h LEFT JOIN events e USING (event_id) "
-                        "WHERE h.window_id = ? ORDER BY h.seq",
-                        (window_id,),
+                        f"SELECT * FROM flow_windows WHERE window_id IN ({marks})", chunk
                     )
                 ]
+                holds: dict[str, list[tuple[HoldRow, EventRow | None]]] = {}
+                for r in await db.execute_fetchall(
+                    "SELECT h.*, e.* FROM flow_holds h LEFT JOIN events e USING (event_id) "
+                    f"WHERE h.window_id IN ({marks}) ORDER BY h.window_id, h.seq",
+                    chunk,
+                ):
+                    hold = HoldRow(*r[:4])
+                    holds.setdefault(hold.window_id, []).append(
+                        (hold, None if r[4] is None else _event(r[4:]))
+                    )
                 elsewhere = {
                     str(event_id)
                     for (event_id,) in await db.execute_fetchall(
                         "SELECT DISTINCT o.event_id FROM flow_holds h JOIN flow_holds o "
                         "ON o.event_id = h.event_id AND o.window_id != h.window_id "
-                        "WHERE h.window_id = ?",
-                        (window_id,),
+                        f"WHERE h.window_id IN ({marks})",
+                        chunk,
                     )
                 }
-                rows = settle(WindowRow(*found[0]), holds, elsewhere)
-                await self._write_rows(db, rows)
-                written += rows
+                for window in sorted(found, key=lambda w: chunk.index(w.window_id)):
+                    written += settle(window, holds.get(window.window_id, []), elsewhere)
+            if written:
+                await self._write_rows(db, written)
             return written
 
         result: list[Row] = await self._chore(work)
@@ -993,6 +1006,8 @@ def _statements(batch: _Batch) -> list[tuple[str, list[tuple[Any, ...]]]]:
         (batch.windows, _PUT_WINDOW),
         (batch.holds, _PUT_HOLD),
         (batch.throttles, _PUT_THROTTLE),
+        # after the events: one of this batch is settled as it is recorded
+        (batch.settled, _SETTLE_EVENT),
     ):
         if rows:
             work.append((sql, [_params(row) for row in rows.values()]))
