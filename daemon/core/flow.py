@@ -188,6 +188,7 @@ def admit(
         if isinstance(outcome, Defer):
             return state, Hold(new_window, "delay", 1, at, outcome.due_at, "slotted")
         return state, outcome
+    # (objects made directly, not with dataclasses.replace: this runs for every event)
     window = state.window or Window(
         new_window,
         at,
@@ -195,17 +196,17 @@ def admit(
         0,
     )
     count = window.count + 1
+    due_at = window.due_at
     if kind == "debounce":
         assert rule.debounce_s is not None
-        window = replace(window, count=count, due_at=at + rule.debounce_s)
+        due_at = at + rule.debounce_s
     elif rule.size is not None and count >= rule.size:
         # full: due now, and the key's next event opens a new batch
         hold = Hold(window.window_id, kind, count, window.opened_at, at, "closed")
-        return replace(state, window=None), hold
-    else:
-        window = replace(window, count=count)
-    hold = Hold(window.window_id, kind, count, window.opened_at, window.due_at, "open")
-    return replace(state, window=window), hold
+        return KeyState(None, state.starts), hold
+    window = Window(window.window_id, window.opened_at, due_at, count)
+    hold = Hold(window.window_id, kind, count, window.opened_at, due_at, "open")
+    return KeyState(window, state.starts), hold
 
 
 def release(

@@ -18,6 +18,7 @@ next start) or its run, never both, never neither.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -78,6 +79,7 @@ class Admission:
     due_at: float | None = None
 
 
+@functools.lru_cache(maxsize=256)  # a batch's events share their window's due time
 def _at(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
 
