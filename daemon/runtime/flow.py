@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -343,21 +343,3 @@ def _noted(
         error = note if not e.error else f"{e.error}; {note}"
         out.append(EventSettled(status, run_ids, error, e.event_id))
     return out
-
-
-def describe_holds(holds: list[tuple[HoldRow, WindowRow]]) -> list[dict[str, Any]]:
-    """Where events are held, for the API and the CLI."""
-    return [
-        {
-            "event_id": h.event_id,
-            "trigger": w.trigger,
-            "key": w.key,
-            "kind": w.kind,
-            "window": w.window_id,
-            "phase": w.phase,
-            "seq": h.seq,
-            "held": w.held,
-            "due_at": w.due_at,
-        }
-        for h, w in holds
-    ]

@@ -354,13 +354,32 @@ class EventPage(_Model):
         return cls(items=[EventSummary.of(r) for r in page.items], next_cursor=page.next_cursor)
 
 
+class EventHold(_Model):
+    """Flow control (debounce, throttle, batch) holds the event in a window."""
+
+    trigger: str
+    key: str = Field(description="the flow-control key the trigger's `key` gave")
+    kind: Literal["debounce", "batch", "delay"]
+    window: str
+    phase: Literal["open", "closed", "slotted"]
+    seq: int = Field(description="the event's place in the window")
+    held: int = Field(description="events in the window so far")
+    due_at: float | None = Field(description="when the window is released")
+
+
 class EventDetail(Event):
     runs: list[Run] = Field(description="the runs it started")
+    holds: list[EventHold] = Field(
+        description="where flow control holds it now (why it waits: which trigger, key, "
+        "window or batch, until when); its notes in `error` say what became of it"
+    )
 
     @classmethod
     def of_detail(cls, detail: queries.EventDetail) -> EventDetail:
         return cls(
-            **Event.of(detail.event).model_dump(), runs=[Run.from_row(r) for r in detail.runs]
+            **Event.of(detail.event).model_dump(),
+            runs=[Run.from_row(r) for r in detail.runs],
+            holds=[EventHold.model_validate(h, from_attributes=True) for h in detail.holds],
         )
 
 

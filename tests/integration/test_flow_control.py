@@ -200,6 +200,19 @@ batch = { size = 3, timeout = "5s" }
         info.intake.flow.clock = clock
         answers = await _post(info, [{"x": i} for i in range(7)])
         assert [a["status"] for a in answers] == ["held"] * 7
+        # why the seventh waits: in the API's event view and on the UI's event page
+        host, port = info.http_address
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+            seventh = answers[6]["event_id"]
+            shown = (await client.get(f"/api/v1/events/{seventh}")).json()
+            page = (await client.get(f"/ui/events/{seventh}")).text
+        assert shown["status"] == "held"
+        ((hold),) = shown["holds"]
+        assert (hold["kind"], hold["phase"], hold["seq"], hold["held"]) == ("batch", "open", 1, 1)
+        assert hold["due_at"] == t0 + 5
+        assert "waits in batch" in shown["error"]
+        assert "Held by flow control" in page
+        assert hold["window"] in page
         # the two full batches are due at once; the seventh waits for the timeout
         assert await _settle(info, clock, t0 + 4) == 2
         assert await _settle(info, clock, t0 + 5) == 3

@@ -550,9 +550,10 @@ class _Ui:
     async def event(self, request: Request) -> dict[str, Any] | _NotFound:
         event_id = request.path_params["event_id"]
         try:
-            return {"active": "/ui/events", "e": await self.queries.event(event_id)}
+            e = await self.queries.event(event_id)
         except NotFound as exc:
             return _NotFound(str(exc))
+        return {"active": "/ui/events", "e": e, "holds": await self.queries.event_holds(event_id)}
 
     async def static(self, request: Request) -> Response:
         asset = self.assets.get(request.path_params["name"])
