@@ -249,3 +249,49 @@ debounce = { period = "10s" }
     event = events[answer["event_id"]]
     assert event.status == "dropped"
     assert "is no longer configured" in (event.error or "")
+
+
+async def test_replay_through_a_debounce_trigger_holds_the_event_again(make_config):
+    config = make_config(
+        HEAD
+        + """
+[[triggers]]
+source = "orders"
+pipeline = "sync"
+inputs = { x = "{{ event.data.x }}" }
+debounce = { period = "10s" }
+"""
+    )
+    clock = Clock()
+    t0 = clock.at
+    async with daemon_running(config) as info:
+        info.intake.flow.clock = clock
+        (answer,) = await _post(info, [{"x": 7}])
+        assert await _settle(info, clock, t0 + 10) == 1
+        host, port = info.http_address
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+
+            async def replay(force: bool) -> dict:
+                body = {"event_id": answer["event_id"], "force": force}
+                response = await client.post("/api/v1/events/replay", json=body)
+                assert response.status_code == 200, response.text
+                return response.json()
+
+            # it ran for this pipeline already: nothing, unless forced
+            assert (await replay(False))["duplicates"] == 1
+            forced = await replay(True)
+            assert (forced["held"], forced["runs_started"]) == (1, 0)
+            # held now: a replay leaves it be
+            assert (await replay(False))["events"][0]["skipped"] == [
+                "flow control holds the event now"
+            ]
+        (event,) = (await _events(info)).values()
+        assert event.status == "held"
+        assert await _settle(info, clock, t0 + 19) == 1
+        assert await _settle(info, clock, t0 + 21) == 2
+        runs = await _runs(info)
+        await wait_finished(info, [r.run_id for r in runs])
+        (event,) = (await _events(info)).values()
+    assert event.status == "matched"
+    assert event.run_ids == tuple(r.run_id for r in runs)
+    assert [r.inputs["x"] for r in runs] == [7, 7]
