@@ -1,6 +1,8 @@
 """kill -9 of the daemon while flow control holds events (inside a debounce window, with
 delayed events queued, with a batch half full), then a restart: every event is accounted
-for exactly once: one run per window, batch or delay, none twice, none lost."""
+for exactly once: one run per window, batch or delay, none twice, none lost. And the
+command line of a daemon that holds events: ``cued events`` says why, ``cued validate``
+names bad settings with their line."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.support.daemon import Daemon, query, wait_for
+from tests.support.daemon import Daemon, cued, query, wait_for
 from tests.support.raw_http import free_port
 
 CONFIG = """
@@ -111,3 +113,42 @@ async def test_kill_9_while_events_are_held_then_restart_accounts_for_each_once(
     assert sorted(noted) == sorted(e for e, _, _ in events)
     assert set(noted.values()) == {1}
     assert query(state, "SELECT count(*) FROM flow_windows") == [(0,)]
+
+
+async def test_cued_events_says_why_an_event_waits_and_validate_names_bad_settings(tmp_path):
+    ledger, state = tmp_path / "ledger", tmp_path / "state.db"
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        CONFIG.format(port=port, ledger=ledger, flow='batch = { size = 3, timeout = "1h" }')
+    )
+    daemon = Daemon(config, state)
+    await daemon.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            answer = await client.post("/hooks/orders", json={"customer": "c7"})
+        assert answer.json()["status"] == "held"
+        shown = cued(config, "events", "--status", "held", "--full")
+    finally:
+        assert daemon.stop() == 0
+    assert shown.returncode == 0, shown.stderr
+    assert answer.json()["event_id"] in shown.stdout
+    assert "trigger 'orders->sync' of key 'c7': waits in batch" in shown.stdout
+
+    config.write_text(
+        CONFIG.format(
+            port=port,
+            ledger=ledger,
+            flow='throttle = { limit = 0, period = "1m", excess = "later" }',
+        )
+    )
+    checked = cued(config, "validate")
+    assert checked.returncode == 2
+    line = (
+        config.read_text()
+        .splitlines()
+        .index('throttle = { limit = 0, period = "1m", excess = "later" }')
+        + 1
+    )
+    assert f"{config}:{line}: triggers.0.throttle.limit" in checked.stderr
+    assert f"{config}:{line}: triggers.0.throttle.excess" in checked.stderr
