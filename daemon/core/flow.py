@@ -79,21 +79,6 @@ class Rule:
             return "batch"
         return None
 
-    def describe(self) -> str:
-        """The rule in a few words, for notes on events."""
-        parts = []
-        if self.debounce_s is not None:
-            parts.append(f"debounce {self.debounce_s:g}s keep {self.keep}")
-        if self.collects == "batch":
-            parts.append(
-                "batch"
-                + (f" of {self.size}" if self.size else "")
-                + (f" or {self.timeout_s:g}s" if self.timeout_s else "")
-            )
-        if self.limit is not None:
-            parts.append(f"throttle {self.limit} per {self.period_s:g}s")
-        return ", ".join(parts)
-
 
 @dataclass(frozen=True, slots=True)
 class Window:

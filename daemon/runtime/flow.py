@@ -65,6 +65,8 @@ __all__ = ["Admission", "FlowControl"]
 
 #: Windows settled in one transaction, at most.
 _SETTLE_BATCH = 200
+#: How often keys whose throttle slots no longer count are forgotten (memory and store).
+_SWEEP_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +101,6 @@ class FlowControl:
         self._durable: Durable | None = None
         self._wake = anyio.Event()
         self._until = float("inf")
-        self.released = 0
-        """Windows settled since the start (each started a run, or dropped it)."""
         self._log = get_logger()
         self.reconfigure(config)
 
@@ -189,11 +189,15 @@ class FlowControl:
     ) -> None:
         """Release the windows when due, until cancelled."""
         task_status.started()
+        swept_at = self.clock()
         while True:
             self._wake = anyio.Event()
             due = await self._store.flow_next_due()
             self._until = float("inf") if due is None else due
-            wait_s = self._until - self.clock()
+            if self.clock() - swept_at >= _SWEEP_S:
+                swept_at = self.clock()
+                await self.sweep()
+            wait_s = min(self._until - self.clock(), _SWEEP_S)
             if wait_s > 0:
                 with anyio.move_on_after(wait_s):
                     await self._wake.wait()
@@ -231,11 +235,20 @@ class FlowControl:
             return self._settle(window, outcomes[window.window_id], holds, elsewhere, runs, at)
 
         written = await self._store.settle_windows(list(outcomes), settle)
-        self.released += sum(1 for o in outcomes.values() if not isinstance(o, Defer))
         for row in written:
             if isinstance(row, RunRow):
                 runs.enqueue(row)
         return len(outcomes)
+
+    async def sweep(self) -> None:
+        """Forget the keys whose state is of no more use (their throttle slots are a
+        period behind): in memory, and their rows in the store."""
+        at = self.clock()
+        for name, state in list(self._keys.items()):
+            found = self._rules.get(name[0])
+            if forgettable(None if found is None else found[1], state, at):
+                del self._keys[name]
+        await self._store.forget_throttles(at)
 
     def _decide(self, w: WindowRow, at: float) -> Start | Defer | Drop | None:
         found = self._rules.get(w.trigger)

@@ -469,6 +469,10 @@ class Store(Protocol):
         """What flow control needs in memory at a start: the windows still open (one per
         key at most) and the throttles' slots (those that may still count)."""
 
+    async def forget_throttles(self, before: float) -> None:
+        """Delete the throttle slots that expired before ``before`` (in a transaction of
+        its own)."""
+
     async def flow_next_due(self) -> float | None:
         """When the earliest window held is due, if any is."""
 

@@ -743,6 +743,12 @@ class SqliteStore:
             ThrottleRow(r[0], r[1], tuple(json.loads(r[2])), r[3]) for r in throttles
         ]
 
+    async def forget_throttles(self, before: float) -> None:
+        async def work(db: Any) -> None:
+            await db.execute_fetchall("DELETE FROM flow_throttles WHERE expires_at < ?", (before,))
+
+        await self._chore(work)
+
     async def flow_next_due(self) -> float | None:
         rows = await self._reader.execute_fetchall(
             "SELECT min(due_at) FROM flow_windows WHERE due_at IS NOT NULL"

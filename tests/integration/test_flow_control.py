@@ -176,6 +176,15 @@ throttle = { limit = 1, period = "1h", excess = "drop" }
         )
         await wait_finished(info, [r for a in answers for r in a["runs"]])
         events = await _events(info)
+        # the slots of keys a and b count for an hour; then both are forgotten
+        assert info.intake.flow.held_keys() == 2
+        clock.at += 3599
+        await info.intake.flow.sweep()
+        assert info.intake.flow.held_keys() == 2
+        clock.at += 2
+        await info.intake.flow.sweep()
+        assert info.intake.flow.held_keys() == 0
+        assert (await info.runner.store.flow_state())[1] == []
     assert [a["status"] for a in answers] == ["matched", "dropped", "matched", "dropped"]
     dropped = events[answers[1]["event_id"]]
     assert "of key 'a': dropped (throttle: 1 runs per 3600s reached)" in (dropped.error or "")

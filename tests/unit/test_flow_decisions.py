@@ -219,4 +219,3 @@ def test_a_flow_controlled_trigger_validates_and_gives_its_rule():
     )
     (trigger,) = config.triggers
     assert Rule.of(trigger) == Rule(limit=10, period_s=60.0, size=500, timeout_s=5.0)
-    assert Rule.of(trigger).describe() == "batch of 500 or 5s, throttle 10 per 60s"
