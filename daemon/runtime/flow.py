@@ -228,14 +228,25 @@ class FlowControl:
         # holds that joined a window before it was decided on may still be committing
         if self._durable is not None:
             await self._durable.wait()
-
-        def settle(
-            window: WindowRow, holds: list[tuple[HoldRow, EventRow | None]], elsewhere: set[str]
-        ) -> list[Row]:
-            return self._settle(window, outcomes[window.window_id], holds, elsewhere, runs, at)
-
-        written = await self._store.settle_windows(list(outcomes), settle)
-        for row in written:
+        # read beside the writer (the windows decided on take no more events, and only
+        # this task settles windows), then one submission: the runs, the events settled,
+        # the windows gone or kept, committed in one transaction
+        windows, holds, held_in = await self._store.window_holds(list(outcomes))
+        rows: list[Row] = []
+        events: dict[str, _Settling] = {}
+        gone: set[str] = set()
+        for window in windows:
+            held = holds.get(window.window_id, [])
+            made, note, run = self._settle(window, outcomes[window.window_id], held, runs, at)
+            rows += made
+            if not isinstance(outcomes[window.window_id], Defer):
+                gone.add(window.window_id)
+            for _, event in held:
+                if event is not None:
+                    events.setdefault(event.event_id, _Settling(event)).add(note, run)
+        rows += [s.row(held_in.get(e, set()) - gone) for e, s in events.items()]
+        await self._store.submit(rows).wait()
+        for row in rows:
             if isinstance(row, RunRow):
                 runs.enqueue(row)
         return len(outcomes)
@@ -267,10 +278,11 @@ class FlowControl:
         window: WindowRow,
         outcome: Start | Defer | Drop,
         holds: list[tuple[HoldRow, EventRow | None]],
-        elsewhere: set[str],
         runs: RunQueue,
         at: float,
-    ) -> list[Row]:
+    ) -> tuple[list[Row], str, RunRow | None]:
+        """The rows that settle ``window`` (its run, the window gone or kept, the key's
+        throttle slots), the note its events get, and its run."""
         found = self._rules.get(window.trigger)
         name = (window.trigger, window.key)
         rows: list[Row] = [] if found is None else self._throttle_rows(name, found[1], None)
@@ -279,11 +291,7 @@ class FlowControl:
         if isinstance(outcome, Defer):
             note = f"{who}: the throttle delays its run to {_at(outcome.due_at)}"
             kept = replace(window, phase="slotted", due_at=outcome.due_at)
-            return [
-                *rows,
-                kept,
-                *_noted(events, note, None, elsewhere | {e.event_id for e in events}),
-            ]
+            return [*rows, kept], note, None
         run: RunRow | None = None
         if isinstance(outcome, Drop):
             note = f"{who}: dropped ({outcome.reason})"
@@ -304,12 +312,8 @@ class FlowControl:
                     note += f" with the inputs of event {chosen.event_id}"
                 elif window.kind == "delay":
                     note = f"{who}: delayed, started run {run.run_id} at {_at(at)}"
-        return [
-            *([] if run is None else [run]),
-            *rows,
-            WindowGone(window.window_id),
-            *_noted(events, note, run, elsewhere),
-        ]
+        made: list[Row] = [*([] if run is None else [run]), *rows, WindowGone(window.window_id)]
+        return made, note, run
 
     # -- what each key needs -----------------------------------------------------------
 
@@ -344,15 +348,22 @@ def _held_note(trigger: str, key: str, hold: Hold) -> str:
     return f"{_who(trigger, key)}: {what} {hold.window_id} (event {hold.seq}){until}"
 
 
-def _noted(
-    events: list[EventRow], note: str, run: RunRow | None, elsewhere: set[str]
-) -> list[EventSettled]:
-    """The events of a window settled: with ``run`` among their runs and ``note`` among
-    their notes; ``held`` still if another window holds them."""
-    out: list[EventSettled] = []
-    for e in events:
-        run_ids = e.run_ids if run is None else (*e.run_ids, run.run_id)
-        status = "held" if e.event_id in elsewhere else ("matched" if run_ids else "dropped")
-        error = note if not e.error else f"{e.error}; {note}"
-        out.append(EventSettled(status, run_ids, error, e.event_id))
-    return out
+class _Settling:
+    """An event of windows being settled: the runs and notes they give it."""
+
+    __slots__ = ("event", "notes", "run_ids")
+
+    def __init__(self, event: EventRow) -> None:
+        self.event = event
+        self.run_ids = list(event.run_ids)
+        self.notes = [event.error] if event.error else []
+
+    def add(self, note: str, run: RunRow | None) -> None:
+        self.notes.append(note)
+        if run is not None:
+            self.run_ids.append(run.run_id)
+
+    def row(self, still_held_in: set[str]) -> EventSettled:
+        """The event settled: ``held`` still if a window not released holds it."""
+        status = "held" if still_held_in else ("matched" if self.run_ids else "dropped")
+        return EventSettled(status, tuple(self.run_ids), "; ".join(self.notes), self.event.event_id)

@@ -309,14 +309,6 @@ class PostgresStore(SqliteStore):
         finally:
             chore.done.set()
 
-    async def _write_rows(self, db: _Connection, rows: list[Row]) -> None:
-        batch = _Batch()
-        for row in rows:
-            batch.add(row)
-        if batch:
-            sql, args = _batch_sql(batch)
-            await db.execute_fetchall(sql, args)
-
     async def set_paused(self, pipeline: str, pause: PauseRow | None) -> None:
         async def work(db: _Connection) -> None:
             if pause is None:

@@ -482,20 +482,13 @@ class Store(Protocol):
     async def event_holds(self, event_ids: Sequence[str]) -> list[tuple[HoldRow, WindowRow]]:
         """Where these events are held (an event may be held by several triggers)."""
 
-    async def settle_windows(
-        self,
-        windows: Sequence[str],
-        settle: Callable[[WindowRow, list[tuple[HoldRow, EventRow | None]], set[str]], list[Row]],
-    ) -> list[Row]:
-        """Release windows, each in the same transaction as what it starts: for each of
-        ``windows`` still held, ``settle(window, holds, elsewhere)`` is given its holds (in
-        order, with their events: ``None`` for one no longer kept) and which of those
-        events are held in other windows too, and returns the rows to write (runs, the
-        events updated, the window gone or kept); all are committed in one transaction
-        (a chore of the writer's) before this returns what was written.
-
-        :raises StoreError: if it could not be recorded (nothing of it was)
-        """
+    async def window_holds(
+        self, windows: Sequence[str]
+    ) -> tuple[
+        list[WindowRow], dict[str, list[tuple[HoldRow, EventRow | None]]], dict[str, set[str]]
+    ]:
+        """Windows (those still held), the events each holds in order (``None`` for one no
+        longer kept), and every window that holds each of those events."""
 
     async def run_state(
         self, run_id: str

@@ -774,58 +774,37 @@ class SqliteStore:
             found += [(HoldRow(*r[:4]), WindowRow(*r[4:])) for r in rows]
         return found
 
-    async def settle_windows(
-        self,
-        windows: Sequence[str],
-        settle: Callable[[WindowRow, list[tuple[HoldRow, EventRow | None]], set[str]], list[Row]],
-    ) -> list[Row]:
-        async def work(db: Any) -> list[Row]:
-            # a few reads for all the windows (each a trip to the connection's thread),
-            # then one write of everything
-            written: list[Row] = []
-            for chunk in _chunks(list(windows)):
-                marks = ",".join("?" * len(chunk))
-                found = [
-                    WindowRow(*r)
-                    for r in await db.execute_fetchall(
-                        f"SELECT * FROM flow_windows WHERE window_id IN ({marks})", chunk
-                    )
-                ]
-                holds: dict[str, list[tuple[HoldRow, EventRow | None]]] = {}
-                for r in await db.execute_fetchall(
-                    "SELECT h.*, e.* FROM flow_holds h LEFT JOIN events e USING (event_id) "
-                    f"WHERE h.window_id IN ({marks}) ORDER BY h.window_id, h.seq",
-                    chunk,
-                ):
-                    hold = HoldRow(*r[:4])
-                    holds.setdefault(hold.window_id, []).append(
-                        (hold, None if r[4] is None else _event(r[4:]))
-                    )
-                elsewhere = {
-                    str(event_id)
-                    for (event_id,) in await db.execute_fetchall(
-                        "SELECT DISTINCT o.event_id FROM flow_holds h JOIN flow_holds o "
-                        "ON o.event_id = h.event_id AND o.window_id != h.window_id "
-                        f"WHERE h.window_id IN ({marks})",
-                        chunk,
-                    )
-                }
-                for window in sorted(found, key=lambda w: chunk.index(w.window_id)):
-                    written += settle(window, holds.get(window.window_id, []), elsewhere)
-            if written:
-                await self._write_rows(db, written)
-            return written
-
-        result: list[Row] = await self._chore(work)
-        return result
-
-    async def _write_rows(self, db: Any, rows: list[Row]) -> None:
-        """Write ``rows`` in a chore's transaction."""
-        batch = _Batch()
-        for row in rows:
-            batch.add(row)
-        for sql, params in _statements(batch):
-            await db.executemany(sql, params)
+    async def window_holds(
+        self, windows: Sequence[str]
+    ) -> tuple[
+        list[WindowRow], dict[str, list[tuple[HoldRow, EventRow | None]]], dict[str, set[str]]
+    ]:
+        found: list[WindowRow] = []
+        holds: dict[str, list[tuple[HoldRow, EventRow | None]]] = {}
+        held_in: dict[str, set[str]] = {}
+        for chunk in _chunks(list(windows)):
+            marks = ",".join("?" * len(chunk))
+            found += [
+                WindowRow(*r)
+                for r in await self._reader.execute_fetchall(
+                    f"SELECT * FROM flow_windows WHERE window_id IN ({marks})", chunk
+                )
+            ]
+            for r in await self._reader.execute_fetchall(
+                "SELECT h.*, e.* FROM flow_holds h LEFT JOIN events e USING (event_id) "
+                f"WHERE h.window_id IN ({marks}) ORDER BY h.window_id, h.seq",
+                chunk,
+            ):
+                hold = HoldRow(*r[:4])
+                event = None if r[4] is None else _event(r[4:])
+                holds.setdefault(hold.window_id, []).append((hold, event))
+            for event_id, window_id in await self._reader.execute_fetchall(
+                "SELECT DISTINCT o.event_id, o.window_id FROM flow_holds h JOIN flow_holds o "
+                f"ON o.event_id = h.event_id WHERE h.window_id IN ({marks})",
+                chunk,
+            ):
+                held_in.setdefault(str(event_id), set()).add(str(window_id))
+        return found, holds, held_in
 
     async def list_events(
         self,
