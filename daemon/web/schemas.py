@@ -316,9 +316,15 @@ class EventSummary(_Model):
     event_id: str
     source: str = Field(description="a source's name, or asset:NAME")
     received_at: float
-    status: str = Field(description="matched, unmatched, invalid")
-    run_ids: list[str] = Field(description="the runs it started")
-    error: str | None
+    status: str = Field(
+        description="matched, unmatched, invalid; held (flow control holds it: see `holds` "
+        "of the event) or dropped (a throttle dropped its run)"
+    )
+    run_ids: list[str] = Field(description="the runs it started, or that it was merged into")
+    error: str | None = Field(
+        description="what went wrong, and notes: which trigger and key hold it and until "
+        "when, the run it was merged into, or why it was dropped"
+    )
 
     @classmethod
     def of(cls, row: EventRow) -> EventSummary:

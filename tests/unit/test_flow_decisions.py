@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cued.daemon.config import parse_config
+from cued.daemon.config import TriggerConfig, parse_config
 from cued.daemon.core.flow import (
     Defer,
     Drop,
@@ -23,7 +23,9 @@ from cued.daemon.core.flow import (
     release,
     take_slot,
 )
+from cued.daemon.core.triggers import match
 from cued.daemon.errors import ConfigError
+from cued.daemon.sdk.sources import Event
 
 _ids = (f"w{i}" for i in itertools.count())
 
@@ -219,3 +221,21 @@ def test_a_flow_controlled_trigger_validates_and_gives_its_rule():
     )
     (trigger,) = config.triggers
     assert Rule.of(trigger) == Rule(limit=10, period_s=60.0, size=500, timeout_s=5.0)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(_json, st.text())
+def test_a_flow_key_over_any_event_data_is_text_or_a_note_never_a_crash(data, raw):
+    """The key comes from outside (an event's data): whatever it holds, the match has a
+    key of text, or an error that intake notes on the event."""
+    trigger = TriggerConfig(
+        source="s", pipeline="p", key="{{ event.data.k }}", debounce={"period": 1}
+    )
+    (m,) = match([trigger], Event("s", "e", {"k": data, "raw": raw}))[0]
+    assert m.error is not None or isinstance(m.key, str)
