@@ -103,6 +103,11 @@ async def _show(state: StateSettings, args: argparse.Namespace) -> int:
     order = {i.key: n for n, i in enumerate(instances)}
     gates = sorted((g for g in shown.gates if g.gate.key in order), key=lambda g: order[g.gate.key])
     _print_run(run)
+    # a run flow control started: its event's note says which window (key, batch) and
+    # how many events it took in
+    for note in (shown.event.error or "").split("; ") if shown.event else ():
+        if run.run_id in note:
+            render.out(f"held      {note}")
     render.out()
     render.table(
         [["TASK", "STATE", "ATTEMPTS"]] + [[i.key, i.state, str(i.attempts)] for i in instances]

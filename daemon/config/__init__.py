@@ -14,14 +14,17 @@ if TYPE_CHECKING:
     from cued.daemon.config.models import *
 
 __all__ = [
+    "BatchConfig",
     "Config",
     "DaemonConfig",
+    "DebounceConfig",
     "HttpConfig",
     "PipelineConfig",
     "RetentionConfig",
     "SourceConfig",
     "TaskConfig",
     "TelemetryConfig",
+    "ThrottleConfig",
     "TriggerConfig",
     "load_config",
     "parse_config",

@@ -127,13 +127,22 @@ async def test_cued_events_says_why_an_event_waits_and_validate_names_bad_settin
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             answer = await client.post("/hooks/orders", json={"customer": "c7"})
-        assert answer.json()["status"] == "held"
-        shown = cued(config, "events", "--status", "held", "--full")
+            assert answer.json()["status"] == "held"
+            listed = cued(config, "events", "--status", "held", "--full")
+            for _ in range(2):  # the batch is full: its run starts
+                await client.post("/hooks/orders", json={"customer": "c7"})
+        await wait_for(lambda: query(state, "SELECT count(*) FROM runs") == [(1,)])
+        ((run_id,),) = query(state, "SELECT run_id FROM runs")
+        shown = cued(config, "show", run_id)
     finally:
         assert daemon.stop() == 0
+    assert listed.returncode == 0, listed.stderr
+    assert answer.json()["event_id"] in listed.stdout
+    assert "trigger 'orders->sync' of key 'c7': waits in batch" in listed.stdout
     assert shown.returncode == 0, shown.stderr
-    assert answer.json()["event_id"] in shown.stdout
-    assert "trigger 'orders->sync' of key 'c7': waits in batch" in shown.stdout
+    assert "trigger 'orders->sync' batch of key 'c7': 3 event(s) of window" in shown.stdout, (
+        shown.stdout
+    )
 
     config.write_text(
         CONFIG.format(
