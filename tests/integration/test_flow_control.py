@@ -304,3 +304,38 @@ debounce = { period = "10s" }
     assert event.status == "matched"
     assert event.run_ids == tuple(r.run_id for r in runs)
     assert [r.inputs["x"] for r in runs] == [7, 7]
+
+
+async def test_a_debounce_under_a_throttle_waits_for_a_slot_after_its_window(make_config):
+    config = make_config(
+        HEAD
+        + """
+[[triggers]]
+source = "orders"
+pipeline = "sync"
+inputs = { x = "{{ event.data.x }}" }
+debounce = { period = "10s", keep = "first" }
+throttle = { limit = 1, period = "1m" }
+"""
+    )
+    clock = Clock()
+    t0 = clock.at
+    async with daemon_running(config) as info:
+        info.intake.flow.clock = clock
+        await _post(info, [{"x": 1}, {"x": 2}])
+        assert await _settle(info, clock, t0 + 10) == 1
+        clock.at = t0 + 11
+        (later,) = await _post(info, [{"x": 3}])
+        # its window is due at +21, but the key's one slot a minute is taken until +70
+        assert await _settle(info, clock, t0 + 21) == 1
+        (held,) = await info.runner.store.event_holds([later["event_id"]])
+        assert (held[1].phase, held[1].due_at) == ("slotted", t0 + 70)
+        assert (await _events(info))[later["event_id"]].status == "held"
+        assert await _settle(info, clock, t0 + 69) == 1
+        assert await _settle(info, clock, t0 + 70) == 2
+        runs = await _runs(info)
+        await wait_finished(info, [r.run_id for r in runs])
+        event = (await _events(info))[later["event_id"]]
+    assert [r.inputs["x"] for r in runs] == [1, 3]
+    assert event.status == "matched"
+    assert "the throttle delays its run to" in (event.error or "")
