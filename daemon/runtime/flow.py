@@ -100,7 +100,8 @@ class FlowControl:
         self._keys: dict[tuple[str, str], KeyState] = {}
         self._durable: Durable | None = None
         self._wake = anyio.Event()
-        self._until = float("inf")
+        self._until: float | None = None
+        """When the timer sleeps until (``None``: it is awake, reading or settling)."""
         self._log = get_logger()
         self.reconfigure(config)
 
@@ -176,8 +177,8 @@ class FlowControl:
 
     def written(self, due_at: float) -> None:
         """A window due at ``due_at`` is committed: wake the timer if it sleeps past it."""
-        if due_at < self._until:
-            self._wake.set()
+        if self._until is None or due_at < self._until:
+            self._wake.set()  # awake: it looks again before it sleeps
 
     # -- the timer ---------------------------------------------------------------------
 
@@ -191,17 +192,19 @@ class FlowControl:
         task_status.started()
         swept_at = self.clock()
         while True:
+            # a window written from here on wakes the sleep below at once
             self._wake = anyio.Event()
             due = await self._store.flow_next_due()
-            self._until = float("inf") if due is None else due
             if self.clock() - swept_at >= _SWEEP_S:
                 swept_at = self.clock()
                 await self.sweep()
-            wait_s = min(self._until - self.clock(), _SWEEP_S)
+            until = float("inf") if due is None else due
+            self._until = until
+            wait_s = min(until - self.clock(), _SWEEP_S)
             if wait_s > 0:
                 with anyio.move_on_after(wait_s):
                     await self._wake.wait()
-            self._until = -float("inf")  # awake: whatever is written is seen next turn
+            self._until = None
             try:
                 await self.settle_due(runs)
             except StoreError as exc:

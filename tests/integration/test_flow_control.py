@@ -339,3 +339,41 @@ throttle = { limit = 1, period = "1m" }
     assert [r.inputs["x"] for r in runs] == [1, 3]
     assert event.status == "matched"
     assert "the throttle delays its run to" in (event.error or "")
+
+
+async def test_the_timer_releases_windows_by_itself_on_the_real_clock(make_config):
+    config = make_config(
+        HEAD
+        + """
+[[triggers]]
+source = "orders"
+pipeline = "sync"
+key = "{{ event.data.customer }}"
+inputs = { customer = "{{ event.data.customer }}" }
+debounce = { period = "200ms" }
+
+[[triggers]]
+source = "orders"
+pipeline = "sync"
+name = "batches"
+inputs = { n = "{{ event.batch | length }}" }
+batch = { size = 2, timeout = "300ms" }
+"""
+    )
+    async with daemon_running(config) as info:
+        answers = await _post(info, [{"customer": "a"}, {"customer": "b"}, {"customer": "a"}])
+        ids = [a["event_id"] for a in answers]
+        with anyio.fail_after(60):
+            # nobody moves a clock here: the timer sleeps until each window is due
+            while any(e.status == "held" for e in (await _events(info)).values()):  # noqa: ASYNC110 - the daemon's timer, out of our hands
+                await anyio.sleep(0.05)
+        runs = await _runs(info)
+        await wait_finished(info, [r.run_id for r in runs])
+        events = await _events(info)
+    debounced = sorted(r.inputs["customer"] for r in runs if r.inputs["customer"])
+    batched = sorted(r.inputs["n"] for r in runs if r.inputs["n"])
+    # a and b: a window each (however slow the posts, at least one run per key); the
+    # batches: every event in exactly one
+    assert set(debounced) == {"a", "b"}
+    assert sum(batched) == 3
+    assert all(len(events[i].run_ids) == 2 for i in ids)  # one of each trigger
