@@ -63,8 +63,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Admission", "FlowControl"]
 
-#: Windows settled in one transaction, at most.
+#: Windows settled in one transaction, at most, and the events they hold (past it, the
+#: rest wait for the next turn: what a release reads back stays bounded).
 _SETTLE_BATCH = 200
+_SETTLE_EVENTS = 5_000
 #: How often keys whose throttle slots no longer count are forgotten (memory and store).
 _SWEEP_S = 60.0
 
@@ -222,10 +224,14 @@ class FlowControl:
             await self._durable.wait()
         at = self.clock()
         outcomes: dict[str, Start | Defer | Drop] = {}
+        events = 0
         for w in await self._store.flow_due(at, _SETTLE_BATCH):
+            if outcomes and events + w.held > _SETTLE_EVENTS:
+                break
             outcome = self._decide(w, at)
             if outcome is not None:
                 outcomes[w.window_id] = outcome
+                events += w.held
         if not outcomes:
             return 0
         # holds that joined a window before it was decided on may still be committing
@@ -236,7 +242,7 @@ class FlowControl:
         # the windows gone or kept, committed in one transaction
         windows, holds, held_in = await self._store.window_holds(list(outcomes))
         rows: list[Row] = []
-        events: dict[str, _Settling] = {}
+        settling: dict[str, _Settling] = {}
         gone: set[str] = set()
         for window in windows:
             held = holds.get(window.window_id, [])
@@ -246,8 +252,8 @@ class FlowControl:
                 gone.add(window.window_id)
             for _, event in held:
                 if event is not None:
-                    events.setdefault(event.event_id, _Settling(event)).add(note, run)
-        rows += [s.row(held_in.get(e, set()) - gone) for e, s in events.items()]
+                    settling.setdefault(event.event_id, _Settling(event)).add(note, run)
+        rows += [s.row(held_in.get(e, set()) - gone) for e, s in settling.items()]
         await self._store.submit(rows).wait()
         for row in rows:
             if isinstance(row, RunRow):
