@@ -102,6 +102,9 @@ class _Batch:
     runs: list[RunRow] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
     keys: set[tuple[str, str]] = field(default_factory=set)
+    flowed: bool = False
+    """Flow control held (or dropped) events of this batch: the timer reads the store only
+    once it is committed."""
     due_at: float | None = None
     """The earliest time a window held by this batch is due."""
     spans: list[Span] = field(default_factory=list)
@@ -295,7 +298,7 @@ class DaemonIntake:
         self._pending_ids |= batch.ids
         self._pending_keys |= batch.keys
         durable = self._store.submit(batch.rows)
-        if batch.due_at is not None:
+        if batch.flowed:
             self.flow.submitted(durable)
         return batch, durable
 
@@ -361,6 +364,7 @@ class DaemonIntake:
                 batch.rows.append(DedupeRow(m.trigger, m.dedupe_key, stamp))
             if self.flow.controls(m.trigger):
                 admitted = self.flow.admit(m, event.event_id)
+                batch.flowed = True
                 batch.rows.extend(admitted.rows)
                 if admitted.note is not None:
                     errors.append(admitted.note)

@@ -54,9 +54,10 @@ class EventReplay:
     event_id: str
     source: str
     outcome: str
-    """``started`` (runs started), ``held`` (flow control holds it), ``duplicate`` (every trigger that matches ran already),
-    ``unmatched`` (no trigger matches), ``invalid`` (recorded invalid: starts nothing) or
-    ``error`` (a trigger's when, inputs or dedupe key failed on it)"""
+    """``started`` (runs started), ``held`` (flow control holds it), ``duplicate`` (every
+    trigger that matches ran already), ``unmatched`` (no trigger matches), ``invalid``
+    (recorded invalid: starts nothing) or ``error`` (a trigger's when, inputs or dedupe key
+    failed on it)"""
     run_ids: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
     """Why each trigger that matches started nothing."""
@@ -115,6 +116,7 @@ async def replay_events(
         stamp = now()
         flowing = {t.ref for t in triggers if t.flow_controlled}
         due: float | None = None
+        flowed = False
         report = ReplayReport()
         submission: list[Row] = []
         new_runs: list[RunRow] = []
@@ -147,11 +149,9 @@ async def replay_events(
                     submission.extend(admitted.rows)
                     flow_notes += [admitted.note] if admitted.note else []
                     held = held or admitted.held
-                    due = (
-                        admitted.due_at
-                        if due is None or admitted.due_at is None
-                        else min(due, admitted.due_at)
-                    )
+                    flowed = True
+                    if admitted.due_at is not None:
+                        due = admitted.due_at if due is None else min(due, admitted.due_at)
                     if not admitted.start:
                         continue
                 try:
@@ -187,7 +187,7 @@ async def replay_events(
             )
         if submission:
             durable = store.submit([*submission, *new_runs])
-            if flow is not None and due is not None:
+            if flow is not None and flowed:
                 flow.submitted(durable)
             await durable.wait()
             if flow is not None and due is not None:
