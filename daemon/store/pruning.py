@@ -32,7 +32,7 @@ __all__ = ["Connection", "count", "step"]
 
 #: An event flow control holds (a debounce window, a batch, a delay) is kept, however old:
 #: its run has not started yet.
-_NOT_HELD = "NOT EXISTS (SELECT 1 FROM flow_holds h WHERE h.event_id = events.event_id)"
+_NOT_HELD = "NOT EXISTS (SELECT 1 FROM flow_holds WHERE flow_holds.event_id = events.event_id)"
 
 
 class Connection(Protocol):

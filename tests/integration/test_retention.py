@@ -356,6 +356,8 @@ INDEXES = {
         "USING COVERING INDEX sqlite_autoindex_outbox_1",
     ),
     "dedupe_keys": ("USING COVERING INDEX dedupe_by_age", "USING PRIMARY KEY (trigger=?"),
+    # an event flow control holds is kept: looked up by the event's id
+    "flow_holds": ("USING COVERING INDEX flow_holds_by_event (event_id=?)",),
     **dict.fromkeys(
         ("task_instances", "attempts", "approvals", "decisions"),
         ("USING PRIMARY KEY (run_id=?",),
