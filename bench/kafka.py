@@ -343,6 +343,8 @@ async def cued(args: argparse.Namespace) -> dict[str, Any]:
     latencies = await cued_latency(args) if args.latency_messages else []
     if not args.runs:
         kind = "events only"
+    elif args.batch:
+        kind = f"one sleep-0 run per batch of {args.batch} events"
     elif args.max_active_runs >= args.messages:
         kind = "one sleep-0 run per event, started at once"
     else:
@@ -362,9 +364,12 @@ async def cued_throughput(args: argparse.Namespace) -> dict[str, Any]:
     body = THROUGHPUT_CONFIG
     if args.runs:
         body += '\n[[triggers]]\nsource = "bench"\npipeline = "noop"\n'
+        if args.batch:
+            body += f"batch = {{{{ size = {args.batch} }}}}\n"
+    expected_runs = args.messages // args.batch if args.batch else args.messages
     tps = [TopicPartition(args.topic, p) for p in range(args.partitions)]
     # with few run slots, runs wait in the backlog: time the intake, not the draining
-    wait_for_runs = args.runs and args.max_active_runs >= args.messages
+    wait_for_runs = args.runs and args.max_active_runs >= expected_runs
     finished = 0
     all_finished = anyio.Event()
     last_finished = 0.0
@@ -372,7 +377,7 @@ async def cued_throughput(args: argparse.Namespace) -> dict[str, Any]:
     def on_finished(row: Any) -> None:
         nonlocal finished, last_finished
         finished += 1
-        if finished == args.messages:
+        if finished == expected_runs:
             last_finished = time.time()
             all_finished.set()
 
@@ -420,7 +425,7 @@ async def cued_throughput(args: argparse.Namespace) -> dict[str, Any]:
             pstats.Stats(profiler, stream=out).sort_stats(order).print_stats(50)
             sys.stderr.write(out.getvalue())
     assert events == args.messages, events
-    assert runs == (args.messages if args.runs else 0), runs
+    assert runs == (expected_runs if args.runs else 0), runs
     elapsed = committed_at - first
     figures: dict[str, Any] = {
         "messages": events,
@@ -548,6 +553,7 @@ def orchestrate(args: argparse.Namespace) -> None:
             no_latency = ("--latency-messages", "0")
             halves[f"queued_{sync}"] = ("cued", sync, ("--max-active-runs", "100", *no_latency))
             halves[f"events_{sync}"] = ("cued", sync, ("--no-runs", *no_latency))
+            halves[f"batch_{sync}"] = ("cued", sync, ("--batch", "500", *no_latency))
         if args.only:
             wanted = set(args.only.split(","))
             halves = {key: half for key, half in halves.items() if key in wanted}
@@ -574,6 +580,7 @@ def orchestrate(args: argparse.Namespace) -> None:
         "runs": "cued: kafka source, intake, one sleep-0 run per event started at once",
         "queued": "cued: the same, max_active_runs = 100 (runs recorded, wait their turn)",
         "events": "cued: kafka source and intake only (no trigger: events recorded)",
+        "batch": "cued: kafka source, intake, batch = { size = 500 }: one sleep-0 run per 500",
     }
     rows = [
         (
@@ -585,7 +592,7 @@ def orchestrate(args: argparse.Namespace) -> None:
     ]
     for key, (_kind, sync, _extra) in halves.items():
         variant = key.split("_")[0]
-        runs_done = f"{med(key, 'runs_per_s'):,.0f}" if variant == "runs" else "-"
+        runs_done = f"{med(key, 'runs_per_s'):,.0f}" if variant in ("runs", "batch") else "-"
         rows.append(
             f"| {labels[variant]} | {sync} | {med(key, 'events_per_s'):,.0f} "
             f"| {med(key, 'events_per_s') / med(f'floor_{sync}', 'events_per_s'):.3f}x "
@@ -632,7 +639,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         help="these halves alone, comma-separated (floor_full, runs_full, queued_full, "
-        "events_full, and the same with _normal)",
+        "events_full, batch_full, and the same with _normal)",
     )
     parser.add_argument("--half", choices=["floor", "cued"], help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
@@ -648,6 +655,7 @@ def main() -> None:
     )
     parser.add_argument("--no-runs", dest="runs", action="store_false", help=argparse.SUPPRESS)
     parser.add_argument("--max-active-runs", type=int, default=10_000_000, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.half is None:
         orchestrate(args)

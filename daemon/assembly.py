@@ -158,6 +158,7 @@ async def open_intake(config: Config) -> AsyncIterator[tuple[Runner, DaemonIntak
     is recorded and started here)."""
     async with open_runner(config) as runner, anyio.create_task_group() as tg:
         intake = DaemonIntake(config, runner.store, runner.backlog, runner.tracing)
+        runner.flow = intake.flow
         await tg.start(intake.run, runner)
         yield runner, intake
         tg.cancel_scope.cancel()
@@ -195,6 +196,7 @@ async def _open_parts(config: Config) -> AsyncIterator[_Parts]:
             tracing=tracing,
             events_flushed=intake.flushed,
         )
+        runner.flow = intake.flow
         # unfinished runs are resumed once the sources have started: a source may first
         # have to finish acknowledging what a crash left recorded but unacknowledged
         async with _serving(runner, resume_unfinished=False):

@@ -242,7 +242,8 @@ def _say_replay(data: dict[str, Any]) -> int:
         render.out(line)
     render.out(
         f"replayed {data['tried']} event(s): {data['runs_started']} run(s) started, "
-        f"{data['duplicates']} skipped as duplicates, {data['unmatched']} no match, "
+        + (f"{data['held']} held by flow control, " if data["held"] else "")
+        + f"{data['duplicates']} skipped as duplicates, {data['unmatched']} no match, "
         f"{data['invalid']} invalid, {data['errors']} with errors"
     )
     return 1 if data["errors"] else 0

@@ -62,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
         "events", help="recent events: matched, unmatched or invalid, with their runs"
     )
     events.add_argument("--source", "-S", type=_text)
-    events.add_argument("--status", "-s", choices=["matched", "unmatched", "invalid"])
+    events.add_argument(
+        "--status", "-s", choices=["matched", "unmatched", "invalid", "held", "dropped"]
+    )
     events.add_argument("--limit", "-n", type=int, default=20)
     events.add_argument("--data", action="store_true", help="show each event's payload")
     events.add_argument(

@@ -108,6 +108,11 @@ async def _show(state: StateSettings, args: argparse.Namespace) -> int:
         render.out(f"waits     {shown.waiting_for}")
     for child in shown.children:
         render.out(f"child     {child.run_id} ({child.pipeline}, {child.state})")
+    # a run flow control started: its event's note says which window (key, batch) and
+    # how many events it took in
+    for note in (shown.event.error or "").split("; ") if shown.event else ():
+        if run.run_id in note:
+            render.out(f"held      {note}")
     render.out()
     render.table(
         [["TASK", "STATE", "ATTEMPTS"]] + [[i.key, i.state, str(i.attempts)] for i in instances]

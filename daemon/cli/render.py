@@ -52,6 +52,8 @@ _STYLES = {
     "up_for_retry": "yellow",
     "waiting": "blue",
     "unmatched": "dim",
+    "held": "blue",
+    "dropped": "magenta",
     "no match": "dim",
 }
 

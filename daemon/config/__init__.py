@@ -14,15 +14,18 @@ if TYPE_CHECKING:
     from cued.daemon.config.models import *
 
 __all__ = [
+    "BatchConfig",
     "CancelOnConfig",
     "Config",
     "DaemonConfig",
+    "DebounceConfig",
     "HttpConfig",
     "PipelineConfig",
     "RetentionConfig",
     "SourceConfig",
     "TaskConfig",
     "TelemetryConfig",
+    "ThrottleConfig",
     "TriggerConfig",
     "load_config",
     "parse_config",

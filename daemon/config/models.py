@@ -48,15 +48,18 @@ from cued.daemon.core.waits import EVENT_FIELDS
 from cued.daemon.errors import ConfigError, ConfigProblem, CuedError
 
 __all__ = [
+    "BatchConfig",
     "CancelOnConfig",
     "Config",
     "DaemonConfig",
+    "DebounceConfig",
     "HttpConfig",
     "PipelineConfig",
     "RetentionConfig",
     "SourceConfig",
     "TaskConfig",
     "TelemetryConfig",
+    "ThrottleConfig",
     "TriggerConfig",
     "load_config",
     "parse_config",
@@ -209,6 +212,32 @@ class ConcurrencyConfig(_Model):
 
     limit: int = Field(ge=1)
     """Active runs per key (started, not yet ended or parked); more wait for their key."""
+class DebounceConfig(_Model):
+    """A trigger's ``debounce``: one run per burst of a key, ``period`` after its last
+    event (trailing edge)."""
+
+    period: Duration = Field(gt=0)
+    keep: Literal["first", "last", "all"] = "last"
+    """Whose data the run's inputs see: the burst's first event, its last, or all of them
+    (``event.batch``)."""
+
+
+class ThrottleConfig(_Model):
+    """A trigger's ``throttle``: at most ``limit`` runs per ``period`` of a key."""
+
+    limit: int = Field(ge=1)
+    period: Duration = Field(gt=0)
+    excess: Literal["delay", "drop"] = "delay"
+    """What becomes of a run past the limit: held until a slot is free (in order), or
+    dropped (recorded on its event)."""
+
+
+class BatchConfig(_Model):
+    """A trigger's ``batch``: one run per ``size`` events of a key, or ``timeout`` after
+    the first event of a batch, whichever comes first."""
+
+    size: int | None = Field(None, ge=1)
+    timeout: Duration | None = Field(None, gt=0)
 
 
 class TriggerConfig(_Model):
@@ -233,6 +262,24 @@ class TriggerConfig(_Model):
     priority: Annotated[int | str, AfterValidator(_check_priority)] = DEFAULT_PRIORITY
     """Who starts first when runs wait for a slot: 0 to 9, or a template over the event
     that renders one (``{{ 9 if event.data.vip else 5 }}``)."""
+    debounce: DebounceConfig | None = None
+    """One run per quiet ``period`` of a key (the window restarts at each event)."""
+    throttle: ThrottleConfig | None = None
+    """At most ``limit`` runs per ``period`` of a key."""
+    batch: BatchConfig | None = None
+    """One run per ``size`` events of a key, or per ``timeout`` from its first."""
+
+    @property
+    def flow_controlled(self) -> bool:
+        """Whether events may be held (debounce, throttle or batch) rather than start a
+        run at once."""
+        return self.debounce is not None or self.throttle is not None or self.batch is not None
+
+    @property
+    def sees_batch(self) -> bool:
+        """Whether the trigger's runs see ``event.batch`` (a batch, or debounce ``keep =
+        "all"``)."""
+        return self.batch is not None or (self.debounce is not None and self.debounce.keep == "all")
 
     @property
     def ref(self) -> str:
@@ -767,6 +814,7 @@ class _Checker:
                         (*at, "inputs", key),
                         f"pipeline {trigger.pipeline!r} has no input {key!r} (declared: {names})",
                     )
+        self.check_flow(trigger, at)
         checked: list[tuple[tuple[str | int, ...], Any]] = [((*at, "inputs"), trigger.inputs)]
         if trigger.when is not None:
             checked.append(((*at, "when"), templates.when_expression(trigger.when)))
@@ -776,6 +824,7 @@ class _Checker:
             checked.append(((*at, "key"), trigger.key))
         if isinstance(trigger.priority, str):
             checked.append(((*at, "priority"), trigger.priority))
+        fields = ("id", "source", "data", "meta", "received_at")
         for where, value in checked:
             try:
                 refs = templates.references(value)
@@ -787,12 +836,38 @@ class _Checker:
                     self.add(
                         where, f"refers to {ref.root!r}, which does not exist here (use event)"
                     )
-                elif ref.name not in (None, "id", "source", "data", "meta", "received_at"):
+                elif ref.name == "batch" and where[-1] == "inputs" and trigger.sees_batch:
+                    continue
+                elif ref.name == "batch":
+                    self.add(
+                        where,
+                        "refers to event.batch, which only the inputs of a trigger with "
+                        "batch, or debounce keep = 'all', have",
+                    )
+                elif ref.name not in (None, *fields):
                     self.add(
                         where,
                         f"refers to event.{ref.name}, which does not exist "
                         "(event.id, event.source, event.data, event.meta, event.received_at do)",
                     )
+
+    def check_flow(self, trigger: TriggerConfig, at: tuple[str | int, ...]) -> None:
+        """What the models of debounce, throttle and batch cannot check alone."""
+        if trigger.batch is not None:
+            if trigger.batch.size is None and trigger.batch.timeout is None:
+                self.add((*at, "batch"), "a batch needs a size, a timeout or both")
+            if trigger.dedupe is not None:
+                self.add(
+                    (*at, "dedupe"),
+                    "a batch trigger cannot have a dedupe key: a run is started by many "
+                    "events (dedupe the events' source instead)",
+                )
+            if trigger.debounce is not None:
+                self.add(
+                    (*at, "debounce"),
+                    "a trigger has debounce or batch, not both (debounce keep = 'all' "
+                    "gives the run every event of a burst)",
+                )
 
     def check_alert(self, name: str, raw: Any, pipelines: dict[str, Any]) -> None:
         at: tuple[str | int, ...] = ("alerts", name)

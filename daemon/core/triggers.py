@@ -2,13 +2,15 @@
 
 A trigger's ``when`` is an expression in the same sandboxed language as templates
 (``event.data.status == 'paid' and event.data.total > 100``): no ``eval``, no access to
-Python internals. Its ``inputs`` and ``dedupe`` key are templates over the event.
+Python internals. Its ``inputs``, ``dedupe`` and flow-control ``key`` are templates over
+the event. The inputs of a run that flow control held back are rendered when it starts
+(:func:`held_inputs`), over the event it kept, or all of them (``event.batch``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cued.daemon.core.priorities import DEFAULT_PRIORITY, priority_of
 from cued.daemon.core.templates import TemplateProblem, render, render_value, when_holds
@@ -20,7 +22,22 @@ if TYPE_CHECKING:
     from cued.daemon.config import TriggerConfig
     from cued.daemon.sdk.sources import Event
 
-__all__ = ["MAX_KEY_LENGTH", "Match", "event_context", "match"]
+__all__ = ["MAX_KEY_LENGTH", "EventLike", "Match", "event_context", "held_inputs", "match"]
+
+
+class EventLike(Protocol):
+    """An event as a source makes it, or as the store kept it."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def data(self) -> Any: ...
+    @property
+    def meta(self) -> Any: ...
+    @property
+    def received_at(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +62,31 @@ class Match:
         return {"flow_key": self.key, "key_limit": self.key_limit, "priority": self.priority}
 
 
-def event_context(event: Event) -> dict[str, Any]:
+def _view(event: EventLike) -> dict[str, Any]:
+    return event_output(event.event_id, event.source, event.data, event.meta, event.received_at)
+
+
+def event_context(event: EventLike) -> dict[str, Any]:
     """The names a trigger's expressions and templates may use: ``event.*``."""
-    return {
-        "event": event_output(
-            event.event_id, event.source, event.data, event.meta, event.received_at
-        )
-    }
+    return {"event": _view(event)}
+
+
+def held_inputs(
+    trigger: TriggerConfig, events: Sequence[EventLike], keep: str = "last"
+) -> dict[str, Any]:
+    """The inputs of a run that flow control held back, over the events of its window (in
+    the order they came): ``event`` is the first of them (``keep = "first"``) or the last;
+    with a batch, or ``keep = "all"``, ``event.batch`` lists them all (each as ``event``
+    is: ``id``, ``source``, ``data``, ``meta``, ``received_at``).
+
+    :raises TemplateProblem: if an input's template fails on them
+    """
+    chosen = events[0] if keep == "first" else events[-1]
+    context = event_context(chosen)
+    if trigger.sees_batch:
+        context["event"]["batch"] = [_view(e) for e in events]
+    rendered: dict[str, Any] = render_value(trigger.inputs, context)
+    return rendered
 
 
 def match(triggers: Sequence[TriggerConfig], event: Event) -> tuple[list[Match], list[str]]:
@@ -71,7 +106,9 @@ def match(triggers: Sequence[TriggerConfig], event: Event) -> tuple[list[Match],
             if not fired:
                 continue
         try:
-            inputs = render_value(trigger.inputs, context)
+            # inputs that read event.batch are rendered when the run starts, over its
+            # window's events (a held run's others are then rendered again, over its kept one)
+            inputs = {} if trigger.sees_batch else render_value(trigger.inputs, context)
             key = None if trigger.dedupe is None else str(render(trigger.dedupe, context))
             flow_key = _flow_key(trigger, context)
             priority = priority_of(render_value(trigger.priority, context))

@@ -64,7 +64,7 @@ def matches(match: str | None, context: Mapping[str, Any], event: Mapping[str, A
 
 
 def event_output(
-    event_id: str, source: str, data: Any, meta: Any, received_at: float
+    event_id: str, source: str, data: Any, meta: Any, received_at: float | None
 ) -> dict[str, Any]:
     """An event as a ``match`` reads it (``event.*``) and as the woken task's output gives
     it (``tasks.NAME.output.event``)."""

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from cued.daemon.config import Config
     from cued.daemon.core.plan import PipelinePlan
     from cued.daemon.runtime.backlog import Backlog
+    from cued.daemon.runtime.flow import FlowControl
     from cued.daemon.runtime.gates import Gates
     from cued.daemon.runtime.reload import ReloadOutcome
     from cued.daemon.runtime.signals import Signals
@@ -53,6 +54,10 @@ class Daemon(Recorded, Protocol):
     def log(self) -> structlog.typing.FilteringBoundLogger: ...
     @property
     def paused(self) -> Mapping[str, PauseRow]: ...
+    @property
+    def flow(self) -> FlowControl | None:
+        """The daemon's flow control (debounce, throttle, batch), if intake runs."""
+
     async def pause(self, pipeline: str, *, by: str | None = None) -> PauseRow: ...
     async def unpause(self, pipeline: str, *, by: str | None = None) -> int: ...
     async def start_run(

@@ -10,7 +10,7 @@ the UI into HTML, the CLI into tables).
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cued.daemon.core.assets import asset_source
@@ -44,6 +44,7 @@ __all__ = [
     "AssetDetail",
     "AssetSummary",
     "EventDetail",
+    "EventHold",
     "EventLineage",
     "Gate",
     "Load",
@@ -128,11 +129,34 @@ class LogPage:
 
 
 @dataclass(frozen=True, slots=True)
+class EventHold:
+    """Flow control holds an event (for one of its triggers): in which window, of which
+    key, until when."""
+
+    trigger: str
+    key: str
+    kind: str
+    """``debounce``, ``batch`` or ``delay`` (a throttle's)"""
+    window: str
+    phase: str
+    """``open`` (more events may join), ``closed`` (full) or ``slotted`` (it took a
+    throttle slot: its run starts at ``due_at``)"""
+    seq: int
+    """The event's place in the window."""
+    held: int
+    """Events in the window so far."""
+    due_at: float | None
+    """When the window is released (``None``: a batch that only its size closes)."""
+
+
+@dataclass(frozen=True, slots=True)
 class EventDetail:
     """An event and the runs it started (those still kept), in the order it started them."""
 
     event: EventRow
     runs: list[RunRow]
+    holds: list[EventHold] = field(default_factory=list)
+    """Where flow control holds it now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,7 +495,14 @@ class Queries:
         :raises NotFound: if there is no such event
         """
         event = await self.event(event_id)
-        return EventDetail(event, await self.runs(event.run_ids))
+        return EventDetail(event, await self.runs(event.run_ids), await self.event_holds(event_id))
+
+    async def event_holds(self, event_id: str) -> list[EventHold]:
+        """Where flow control holds an event now (nowhere, once its windows are released)."""
+        return [
+            EventHold(w.trigger, w.key, w.kind, w.window_id, w.phase, h.seq, w.held, w.due_at)
+            for h, w in await self._store.event_holds([event_id])
+        ]
 
     async def lineage(self, event_id: str) -> EventLineage:
         """Where an event came from (for an asset event: the run that produced it, the

@@ -23,7 +23,7 @@ __all__ = ["MAX_EVENTS", "ReplayRequest", "replay"]
 MAX_EVENTS = 10_000
 """The most events one replay takes: more is a mistake more often than not (narrow it)."""
 _PAGE = 500
-STATUSES = ("matched", "unmatched", "invalid")
+STATUSES = ("matched", "unmatched", "invalid", "held", "dropped")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,9 @@ async def replay(daemon: Daemon, request: ReplayRequest) -> ReplayReport:
             )
         source = trigger.source
     events = await _chosen(daemon.store, request, source)
-    return await replay_events(daemon.store, triggers, daemon, events, force=request.force)
+    return await replay_events(
+        daemon.store, triggers, daemon, events, force=request.force, flow=daemon.flow
+    )
 
 
 async def _chosen(store: Store, request: ReplayRequest, source: str | None) -> list[EventRow]:

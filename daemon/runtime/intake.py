@@ -12,14 +12,16 @@ check and one commit, not a hundred of each:
    a shared folder, a message redelivered to another node), this one records neither it
    nor its runs, and answers ``duplicate``;
 2. match each against its source's triggers (pure, :mod:`cued.daemon.core.triggers`), and drop
-   matches whose dedupe key fired within its window;
+   matches whose dedupe key fired within its window; a match of a trigger with flow
+   control (debounce, throttle, batch: :mod:`cued.daemon.runtime.flow`) may be held
+   instead of starting its run, or dropped;
 3. find the waits (``wait_event`` tasks, parked in the store) of the batch's sources that
    its events wake: a page of waits at a time, read by the index on source, each
    evaluated against the batch's events of its source, nothing kept once the batch is
    prepared; and, for a source that pipelines' ``cancel_on`` names, the unfinished runs
    its events cancel (read a page at a time as well), as requests to cancel them;
-4. submit event rows, run rows, dedupe keys, woken waits and the sources' cursors as *one*
-   submission, which the store commits in one transaction;
+4. submit event rows, run rows, holds, dedupe keys, woken waits and the sources' cursors
+   as *one* submission, which the store commits in one transaction;
 5. once committed: hand the new runs to the runner (and the woken waits, and the runs
    to cancel) (the :class:`RunQueue` the loop is
    given) and answer every caller, which then acknowledges to its source.
@@ -47,6 +49,7 @@ from cued.daemon.core.triggers import Match, match
 from cued.daemon.core.waits import event_output, first_match, matches
 from cued.daemon.errors import CuedError, StoreError
 from cued.daemon.logs import get_logger
+from cued.daemon.runtime.flow import FlowControl
 from cued.daemon.runtime.waits import settled_wait
 from cued.daemon.sdk.sources import Receipt
 from cued.daemon.sdk.tracing import NO_SPAN, Span, Tracing
@@ -119,6 +122,11 @@ class _Batch:
     runs: list[RunRow] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
     keys: set[tuple[str, str]] = field(default_factory=set)
+    flowed: bool = False
+    """Flow control held (or dropped) events of this batch: the timer reads the store only
+    once it is committed."""
+    due_at: float | None = None
+    """The earliest time a window held by this batch is due."""
     spans: list[Span] = field(default_factory=list)
     """The events' spans, ended once the batch is committed."""
     woken: int = 0
@@ -151,6 +159,7 @@ class DaemonIntake:
         self._wait_sources = _wait_sources(config)
         self._cancel_on = _cancel_on(config)
         self._in_hand: set[anyio.Event] = set()
+        self.flow = FlowControl(config, store)
         self._queue: list[_Request] = []
         self._waiting: set[_Request] = set()  # handed in, not yet answered
         self._wake = anyio.Event()
@@ -163,6 +172,7 @@ class DaemonIntake:
         """Match events against ``config``'s triggers from the next batch on (a reload); a
         batch being prepared keeps the triggers it started with."""
         self._triggers = _by_source(config.triggers)
+        self.flow.reconfigure(config)
         # never fewer: waits of the old configuration's tasks may still be parked
         self._wait_sources |= _wait_sources(config)
         self._cancel_on = _cancel_on(config)
@@ -232,7 +242,9 @@ class DaemonIntake:
 
         :param runs: where the runs that events start go, once recorded
         """
+        await self.flow.load()
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self.flow.run, runs)
             task_status.started()
             while True:
                 await self._wake.wait()
@@ -286,8 +298,9 @@ class DaemonIntake:
             started: list[RunRow] = []
             errors: list[str] = [event.error] if event.error else []
             errors += notes
+            held = dropped = False
             if fired:
-                started = self._start_runs(
+                started, held, dropped = self._start_runs(
                     runs,
                     event,
                     fired,
@@ -297,7 +310,17 @@ class DaemonIntake:
                     span.traceparent or _caller(event),
                     errors,
                 )
-            status = "invalid" if event.error else ("matched" if started else "unmatched")
+            status = (
+                "invalid"
+                if event.error
+                else "held"
+                if held
+                else "matched"
+                if started
+                else "dropped"
+                if dropped
+                else "unmatched"
+            )
             run_ids = tuple([r.run_id for r in started])
             error = "; ".join(errors) or None
             if span:
@@ -329,7 +352,10 @@ class DaemonIntake:
         batch.rows.extend(batch.runs)
         self._pending_ids |= batch.ids
         self._pending_keys |= batch.keys
-        return self._store.submit(batch.rows)
+        durable = self._store.submit(batch.rows)
+        if batch.flowed:
+            self.flow.submitted(durable)
+        return durable
 
     async def _cancel_runs(self, batch: _Batch) -> None:
         """Add to ``batch`` requests to cancel the runs its events cancel (a pipeline's
@@ -382,6 +408,7 @@ class DaemonIntake:
             last = waits[-1]
             after = (last.run_id, last.key, last.attempt)
 
+
     async def _complete(self, batch: _Batch, durable: Durable, runs: RunQueue) -> None:
         error: BaseException | None = None
         try:
@@ -412,6 +439,8 @@ class DaemonIntake:
                 runs.enqueue(run)
             if batch.woken:
                 runs.wake_waits()
+            if batch.due_at is not None:
+                self.flow.written(batch.due_at)
 
     def _start_runs(
         self,
@@ -423,9 +452,11 @@ class DaemonIntake:
         stamp: float,
         traceparent: str | None,
         errors: list[str],
-    ) -> list[RunRow]:
-        """The runs ``matches`` start; what stops one is added to ``errors``."""
+    ) -> tuple[list[RunRow], bool, bool]:
+        """The runs ``event`` starts now (what stops one is added to ``errors``), whether
+        flow control holds it (for one trigger at least) and whether it dropped a run."""
         started: list[RunRow] = []
+        held = dropped = False
         for m in matches:
             if m.error is not None:
                 errors.append(m.error)
@@ -444,6 +475,18 @@ class DaemonIntake:
                     continue
                 batch.keys.add(pair)
                 batch.rows.append(DedupeRow(m.trigger, m.dedupe_key, stamp))
+            if self.flow.controls(m.trigger):
+                admitted = self.flow.admit(m, event.event_id)
+                batch.flowed = True
+                batch.rows.extend(admitted.rows)
+                if admitted.note is not None:
+                    errors.append(admitted.note)
+                if admitted.due_at is not None:
+                    batch.due_at = min(batch.due_at or admitted.due_at, admitted.due_at)
+                held = held or admitted.held
+                dropped = dropped or not (admitted.start or admitted.held)
+                if not admitted.start:
+                    continue
             try:
                 row = runs.new_run(
                     m.pipeline, m.inputs, event_id=event.event_id, traceparent=traceparent
@@ -453,7 +496,7 @@ class DaemonIntake:
                 continue
             # what flow control counts it under, and where it waits for a slot
             started.append(replace(row, **m.flow()))
-        return started
+        return started, held, dropped
 
     def _event_span(self, event: Event) -> Span:
         if not self._tracing.enabled:

@@ -10,7 +10,11 @@ What counts as done already (skipped unless ``force``):
 * a trigger whose pipeline has a run started by this event (the first time, or by an
   earlier replay): runs do not record their trigger, so two triggers of one source that
   start the same pipeline count as one here;
-* a trigger whose dedupe key started a run within its window, as intake would find it.
+* a trigger whose dedupe key started a run within its window, as intake would find it;
+* an event that flow control holds now (``held``).
+
+A trigger with flow control (debounce, throttle, batch) takes a replayed event as intake
+takes a new one: held in its key's window (or delayed, or dropped), released by the timer.
 
 Replays of the daemon take turns (one lock per store), so two replays of one event at
 once start its runs once.
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from cued.daemon.config import TriggerConfig
+    from cued.daemon.runtime.flow import FlowControl
     from cued.daemon.runtime.intake import RunQueue
     from cued.daemon.store import EventRow, Row, RunRow, Store
 
@@ -49,9 +54,10 @@ class EventReplay:
     event_id: str
     source: str
     outcome: str
-    """``started`` (runs started), ``duplicate`` (every trigger that matches ran already),
-    ``unmatched`` (no trigger matches), ``invalid`` (recorded invalid: starts nothing) or
-    ``error`` (a trigger's when, inputs or dedupe key failed on it)"""
+    """``started`` (runs started), ``held`` (flow control holds it), ``duplicate`` (every
+    trigger that matches ran already), ``unmatched`` (no trigger matches), ``invalid``
+    (recorded invalid: starts nothing) or ``error`` (a trigger's when, inputs or dedupe key
+    failed on it)"""
     run_ids: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
     """Why each trigger that matches started nothing."""
@@ -83,10 +89,14 @@ async def replay_events(
     events: Sequence[EventRow],
     *,
     force: bool = False,
+    flow: FlowControl | None = None,
 ) -> ReplayReport:
     """Match ``events`` against ``triggers`` (of each event's source) and start what they
     ask for that has not run for the event yet (everything, with ``force``); recorded
     before this returns.
+
+    :param flow: the daemon's flow control, which holds what triggers with flow control
+        match (without it, they start nothing: the daemon is not running)
 
     :raises StoreError: if the transaction failed (nothing of it was recorded)
     """
@@ -95,14 +105,18 @@ async def replay_events(
         # read inside the lock: a replay that just committed is seen
         current = {e.event_id: e for e in await store.get_events([e.event_id for e in events])}
         rows = [current[e.event_id] for e in events if e.event_id in current]
-        earlier = await store.get_runs([r for e in rows for r in e.run_ids])
-        ran = {(r.event_id, r.pipeline) for r in earlier}
+        earlier = {r.run_id: r for r in await store.get_runs([r for e in rows for r in e.run_ids])}
+        # the runs an event is in: those it started, and those a window it was held in did
+        ran = {(e.event_id, earlier[r].pipeline) for e in rows for r in e.run_ids if r in earlier}
         planned = [(row, *_matches(triggers, row)) for row in rows]
         wanted = sorted(
             {(m.trigger, m.dedupe_key) for _, ms, _ in planned for m in ms if m.dedupe_key}
         )
         seen = await store.dedupe_seen(wanted) if wanted and not force else {}
         stamp = now()
+        flowing = {t.ref for t in triggers if t.flow_controlled}
+        due: float | None = None
+        flowed = False
         report = ReplayReport()
         submission: list[Row] = []
         new_runs: list[RunRow] = []
@@ -113,6 +127,11 @@ async def replay_events(
             started: list[RunRow] = []
             skipped: list[str] = []
             errors = list(notes)
+            flow_notes: list[str] = []
+            held = False
+            if row.status == "held" and not force:
+                skipped.append("flow control holds the event now")
+                matches = []
             for m in matches:
                 if m.error is not None:
                     errors.append(m.error)
@@ -120,6 +139,21 @@ async def replay_events(
                 if not force and (why := _done(m, row.event_id, ran, seen, stamp)):
                     skipped.append(why)
                     continue
+                if m.trigger in flowing:
+                    if flow is None or not flow.controls(m.trigger):
+                        errors.append(
+                            f"trigger {m.trigger!r} has flow control: replay it while the daemon runs"
+                        )
+                        continue
+                    admitted = flow.admit(m, row.event_id)
+                    submission.extend(admitted.rows)
+                    flow_notes += [admitted.note] if admitted.note else []
+                    held = held or admitted.held
+                    flowed = True
+                    if admitted.due_at is not None:
+                        due = admitted.due_at if due is None else min(due, admitted.due_at)
+                    if not admitted.start:
+                        continue
                 try:
                     run = replace(
                         runs.new_run(m.pipeline, m.inputs, event_id=row.event_id), **m.flow()
@@ -133,12 +167,17 @@ async def replay_events(
                     seen[m.trigger, m.dedupe_key] = stamp
                     submission.append(DedupeRow(m.trigger, m.dedupe_key, stamp))
             ids = tuple(r.run_id for r in started)
-            if started:
-                submission.append(replace(row, status="matched", run_ids=(*row.run_ids, *ids)))
+            if started or flow_notes:
+                run_ids = (*row.run_ids, *ids)
+                status = "held" if held else "matched" if run_ids else "dropped"
+                error = "; ".join([*([row.error] if row.error else []), *flow_notes]) or None
+                submission.append(replace(row, status=status, run_ids=run_ids, error=error))
                 new_runs.extend(started)
             outcome = (
                 "started"
                 if started
+                else "held"
+                if held
                 else "duplicate"
                 if skipped
                 else "error"
@@ -149,7 +188,12 @@ async def replay_events(
                 EventReplay(row.event_id, row.source, outcome, ids, tuple(skipped), tuple(errors))
             )
         if submission:
-            await store.submit([*submission, *new_runs]).wait()
+            durable = store.submit([*submission, *new_runs])
+            if flow is not None and flowed:
+                flow.submitted(durable)
+            await durable.wait()
+            if flow is not None and due is not None:
+                flow.written(due)
     for run in new_runs:
         runs.enqueue(run)
     return report
@@ -165,7 +209,7 @@ def _matches(triggers: Sequence[TriggerConfig], row: EventRow) -> tuple[list[Mat
 def _done(
     m: Match,
     event_id: str,
-    ran: set[tuple[str | None, str]],
+    ran: set[tuple[str, str]],
     seen: dict[tuple[str, str], float],
     stamp: float,
 ) -> str | None:

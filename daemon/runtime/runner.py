@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from cued.daemon.runtime.asset_events import AssetSink
     from cued.daemon.runtime.backlog import Backlog
     from cued.daemon.runtime.keys import Released
+    from cued.daemon.runtime.flow import FlowControl
     from cued.daemon.runtime.run_alerts import AlertSink
     from cued.daemon.runtime.signals import Signals
     from cued.daemon.sdk.kinds import AwaitingRun, Spending, TaskKind
@@ -132,6 +133,9 @@ class Runner:
         """The configuration version new runs start under (recorded with each)."""
         self.tracing = tracing or Tracing()
         self.store = store
+        self.flow: FlowControl | None = None
+        """Intake's flow control, where intake runs beside this runner (replay goes
+        through it)."""
         self.kinds = kinds
         self.plans = {name: PipelinePlan.build(name, p) for name, p in config.pipelines.items()}
         self.backlog: Backlog[ActiveRun] = backlog

@@ -37,6 +37,9 @@ TABLES: dict[str, tuple[str, ...]] = {
     "config_versions": ("version",),
     "waits": ("run_id", "key", "attempt"),
     "run_cancels": ("run_id",),
+    "flow_windows": ("window_id",),
+    "flow_holds": ("window_id", "seq"),
+    "flow_throttles": ("trigger", "key"),
 }
 
 

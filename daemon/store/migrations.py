@@ -248,6 +248,36 @@ MIGRATIONS: tuple[str, ...] = (
         started_at  REAL NOT NULL,
         renewed_at  REAL NOT NULL,
         expires_at  REAL NOT NULL
+    """,
+    # flow control (cued.daemon.core.flow): the windows (debounce, batch, a throttle's
+    # delay) holding a trigger's events for a key, by when they are due (the timer's
+    # index); the events each holds, in order; each throttled key's latest slots
+    """
+    CREATE TABLE flow_windows (
+        window_id   TEXT PRIMARY KEY,
+        trigger     TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        kind        TEXT NOT NULL,      -- debounce, batch, delay
+        phase       TEXT NOT NULL,      -- open, closed, slotted
+        opened_at   REAL NOT NULL,
+        due_at      REAL,               -- NULL: a batch with a size only, not full
+        held        INTEGER NOT NULL
+    );
+    CREATE INDEX flow_windows_by_due ON flow_windows (due_at) WHERE due_at IS NOT NULL;
+    CREATE TABLE flow_holds (
+        window_id   TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        event_id    TEXT NOT NULL,
+        held_at     REAL NOT NULL,
+        PRIMARY KEY (window_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX flow_holds_by_event ON flow_holds (event_id);
+    CREATE TABLE flow_throttles (
+        trigger     TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        starts      TEXT NOT NULL,      -- JSON: the latest slots taken, ascending
+        expires_at  REAL NOT NULL,
+        PRIMARY KEY (trigger, key)
     );
     """,
 )

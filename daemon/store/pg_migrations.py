@@ -294,6 +294,36 @@ PG_MIGRATIONS: tuple[str, ...] = (
         RETURN TRUE;
     END $$;
     """,
+    # flow control (SQLite's migration of the same tables): windows holding a trigger's
+    # events for a key, the events each holds, each throttled key's latest slots
+    """
+    CREATE TABLE flow_windows (
+        window_id   TEXT COLLATE "C" PRIMARY KEY,
+        trigger     TEXT COLLATE "C" NOT NULL,
+        key         TEXT COLLATE "C" NOT NULL,
+        kind        TEXT NOT NULL,
+        phase       TEXT NOT NULL,
+        opened_at   DOUBLE PRECISION NOT NULL,
+        due_at      DOUBLE PRECISION,
+        held        BIGINT NOT NULL
+    );
+    CREATE INDEX flow_windows_by_due ON flow_windows (due_at) WHERE due_at IS NOT NULL;
+    CREATE TABLE flow_holds (
+        window_id   TEXT COLLATE "C" NOT NULL,
+        seq         BIGINT NOT NULL,
+        event_id    TEXT COLLATE "C" NOT NULL,
+        held_at     DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (window_id, seq)
+    );
+    CREATE INDEX flow_holds_by_event ON flow_holds (event_id);
+    CREATE TABLE flow_throttles (
+        trigger     TEXT COLLATE "C" NOT NULL,
+        key         TEXT COLLATE "C" NOT NULL,
+        starts      TEXT NOT NULL,
+        expires_at  DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (trigger, key)
+    );
+    """,
 )
 
 

@@ -50,6 +50,7 @@ from cued.daemon.store import (
     DecisionRow,
     DedupeRow,
     EventRow,
+    HoldRow,
     InstanceRow,
     LogLineRow,
     NodeRow,
@@ -58,6 +59,8 @@ from cued.daemon.store import (
     RunRow,
     WaitRow,
     pg_nodes,
+    ThrottleRow,
+    WindowRow,
 )
 from cued.daemon.store.pg_migrations import migrate
 from cued.daemon.store.sqlite import (
@@ -150,7 +153,8 @@ class _Pool:
 _FLOATS = frozenset(
     {"created_at", "started_at", "ended_at", "updated_at", "received_at", "seen_at",
      "sent_at", "next_at", "requested_at", "deadline_at", "decided_at", "at", "cost",
-     "paused_at", "lookback_from", "opened_at", "settled_at"}
+     "paused_at", "lookback_from", "opened_at", "settled_at", "due_at", "held_at",
+     "expires_at"}
 )  # fmt: skip
 _INTS = frozenset(
     {
@@ -167,6 +171,7 @@ _INTS = frozenset(
         "key_limit",
         "priority",
         "parent_attempt",
+        "held",
     }
 )
 
@@ -257,6 +262,9 @@ _PUTS: dict[str, _Put] = {
         update=("done",),
         where=" WHERE excluded.done > run_cancels.done",
     ),
+    "windows": _put(WindowRow, "flow_windows", ("window_id",)),
+    "holds": _put(HoldRow, "flow_holds", ("window_id", "seq")),
+    "throttles": _put(ThrottleRow, "flow_throttles", ("trigger", "key")),
 }
 _EVENT_COLUMNS = _PUTS["events"].columns
 _RUN_COLUMNS = _PUTS["runs"].columns
@@ -286,6 +294,10 @@ def _batch_sql(batch: _Batch, me: tuple[str, int] | None = None) -> tuple[str, l
         parts.append(f"DELETE FROM task_instances WHERE (run_id, key) IN (SELECT * FROM {pairs})")
     plain_events, plain_runs = batch.unclaimed()
     unclaimed: dict[str, list[Row]] = {"events": [*plain_events], "runs": [*plain_runs]}
+    if batch.windows_gone:
+        gone = _unnest(("window_id",), batch.windows_gone.values(), args)
+        parts.append(f"DELETE FROM flow_holds WHERE window_id IN (SELECT * FROM {gone})")
+        parts.append(f"DELETE FROM flow_windows WHERE window_id IN (SELECT * FROM {gone})")
     for name, put in _PUTS.items():
         rows: list[Row] = (
             unclaimed[name] if name in unclaimed else list(getattr(batch, name).values())
@@ -296,6 +308,12 @@ def _batch_sql(batch: _Batch, me: tuple[str, int] | None = None) -> tuple[str, l
             rows = [line for line in batch.log_lines.values() if not _trimmed(line, batch)]
         if rows:
             parts.append(put.of_rows(rows, args))
+    if batch.settled:
+        settled = _unnest(("status", "run_ids", "error", "event_id"), batch.settled.values(), args)
+        parts.append(
+            f"UPDATE events e SET status = u.status, run_ids = u.run_ids, error = u.error "
+            f"FROM {settled} AS u(status, run_ids, error, event_id) WHERE e.event_id = u.event_id"
+        )
     if batch.log_trims:
         cuts = _unnest(
             ("run_id", "key", "attempt", "seq"),

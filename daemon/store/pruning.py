@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection", "count", "step"]
 
+#: An event flow control holds (a debounce window, a batch, a delay) is kept, however old:
+#: its run has not started yet.
+_NOT_HELD = "NOT EXISTS (SELECT 1 FROM flow_holds WHERE flow_holds.event_id = events.event_id)"
+
 
 class Connection(Protocol):
     """What pruning needs of a connection: a statement's rows (aiosqlite's method)."""
@@ -82,7 +86,7 @@ async def step(
         counts["events"] = n = await _deleted(
             db,
             "DELETE FROM events WHERE event_id IN (SELECT event_id FROM events "
-            "WHERE received_at < ? ORDER BY received_at LIMIT ?)",
+            f"WHERE received_at < ? AND {_NOT_HELD} ORDER BY received_at LIMIT ?)",
             (policy.events_before, left),
         )
         left -= n
@@ -199,7 +203,9 @@ async def count(db: Connection, policy: PrunePolicy) -> PruneCounts:
             )
     if policy.events_before is not None:
         counts["events"] = await _count(
-            db, "SELECT count(*) FROM events WHERE received_at < ?", policy.events_before
+            db,
+            f"SELECT count(*) FROM events WHERE received_at < ? AND {_NOT_HELD}",
+            policy.events_before,
         )
     trigger = await _next_trigger(db, None)
     while trigger is not None:

@@ -29,6 +29,8 @@ __all__ = [
     "Durable",
     "EventClaim",
     "EventRow",
+    "EventSettled",
+    "HoldRow",
     "InstanceGone",
     "InstanceRow",
     "LogLineRow",
@@ -43,6 +45,9 @@ __all__ = [
     "Store",
     "WaitRow",
     "WaitingRun",
+    "ThrottleRow",
+    "WindowGone",
+    "WindowRow",
 ]
 
 
@@ -207,6 +212,62 @@ class DedupeRow:
 
 
 @dataclass(frozen=True, slots=True)
+class EventSettled:
+    """An event recorded before gets a new status, runs and notes (flow control released
+    the window that held it): its data stay as they are."""
+
+    status: str
+    run_ids: tuple[str, ...]
+    error: str | None
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRow:
+    """Events a trigger's flow control holds for one key, to start one run when due (see
+    :mod:`cued.daemon.core.flow`)."""
+
+    window_id: str
+    trigger: str
+    key: str
+    kind: str  # debounce, batch, delay
+    phase: str  # open, closed, slotted
+    opened_at: float
+    due_at: float | None
+    """``None``: no time closes it (a batch with a size only)."""
+    held: int
+    """Events held in it."""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRow:
+    """An event held in a window, the ``seq``-th to join it."""
+
+    window_id: str
+    seq: int
+    event_id: str
+    held_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WindowGone:
+    """A window released: it goes with its holds."""
+
+    window_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleRow:
+    """The latest throttle slots a trigger's key took (ascending, some may lie ahead), kept
+    until ``expires_at``, when the latest is a period behind."""
+
+    trigger: str
+    key: str
+    starts: tuple[float, ...]
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class CursorRow:
     """A source's position, committed with the events that moved it."""
 
@@ -353,6 +414,11 @@ Row = (
     | LogTrim
     | WaitRow
     | CancelRow
+    | EventSettled
+    | WindowRow
+    | HoldRow
+    | WindowGone
+    | ThrottleRow
 )
 
 
@@ -531,6 +597,31 @@ class Store(Protocol):
         """When each of these (trigger, business key) pairs last started a run."""
 
     async def get_cursor(self, source: str) -> str | None: ...
+
+    async def flow_state(self) -> tuple[list[WindowRow], list[ThrottleRow]]:
+        """What flow control needs in memory at a start: the windows still open (one per
+        key at most) and the throttles' slots (those that may still count)."""
+
+    async def forget_throttles(self, before: float) -> None:
+        """Delete the throttle slots that expired before ``before`` (in a transaction of
+        its own)."""
+
+    async def flow_next_due(self) -> float | None:
+        """When the earliest window held is due, if any is."""
+
+    async def flow_due(self, before: float, limit: int = 500) -> list[WindowRow]:
+        """Windows due by ``before``, earliest first."""
+
+    async def event_holds(self, event_ids: Sequence[str]) -> list[tuple[HoldRow, WindowRow]]:
+        """Where these events are held (an event may be held by several triggers)."""
+
+    async def window_holds(
+        self, windows: Sequence[str]
+    ) -> tuple[
+        list[WindowRow], dict[str, list[tuple[HoldRow, EventRow | None]]], dict[str, set[str]]
+    ]:
+        """Windows (those still held), the events each holds in order (``None`` for one no
+        longer kept), and every window that holds each of those events."""
 
     async def run_state(
         self, run_id: str

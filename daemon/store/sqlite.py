@@ -38,6 +38,8 @@ from cued.daemon.store import (
     DedupeRow,
     EventClaim,
     EventRow,
+    EventSettled,
+    HoldRow,
     InstanceGone,
     InstanceRow,
     LogLineRow,
@@ -49,6 +51,9 @@ from cued.daemon.store import (
     RunRow,
     WaitingRun,
     WaitRow,
+    ThrottleRow,
+    WindowGone,
+    WindowRow,
     pruning,
 )
 from cued.daemon.store.filemodes import private_state_files
@@ -117,6 +122,13 @@ _CLAIM_EVENT = (
 )
 _PUT_DEDUPE = "INSERT OR REPLACE INTO dedupe_keys VALUES (?, ?, ?)"
 _PUT_CURSOR = "INSERT OR REPLACE INTO source_cursors VALUES (?, ?, ?)"
+_PUT_WINDOW = "INSERT OR REPLACE INTO flow_windows VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_PUT_HOLD = "INSERT OR REPLACE INTO flow_holds VALUES (?, ?, ?, ?)"
+_PUT_THROTTLE = "INSERT OR REPLACE INTO flow_throttles VALUES (?, ?, ?, ?)"
+# the fields of EventSettled in its order
+_SETTLE_EVENT = "UPDATE events SET status = ?, run_ids = ?, error = ? WHERE event_id = ?"
+_HOLDS_GONE = "DELETE FROM flow_holds WHERE window_id = ?"
+_WINDOW_GONE = "DELETE FROM flow_windows WHERE window_id = ?"
 # one pass over the index runs_by_state, not over the table
 COUNT_RUNS_BY_STATE = "SELECT state, count(*) FROM runs GROUP BY state"
 # the literal lets SQLite count the partial index approvals_waiting
@@ -129,6 +141,9 @@ _KEYED: dict[type, tuple[str, Callable[[Any], Any]]] = {
     EventRow: ("events", attrgetter("event_id")),
     CursorRow: ("cursors", attrgetter("source")),
     DedupeRow: ("dedupe", attrgetter("trigger", "key")),
+    HoldRow: ("holds", attrgetter("window_id", "seq")),
+    EventSettled: ("settled", attrgetter("event_id")),
+    ThrottleRow: ("throttles", attrgetter("trigger", "key")),
 }
 """Rows that only replace their like in a batch: the batch's field and the row's key."""
 
@@ -149,12 +164,17 @@ class _Batch:
         "error",
         "events",
         "gone",
+        "holds",
         "instances",
         "log_lines",
         "log_trims",
         "outbox",
         "runs",
         "waits",
+        "settled",
+        "throttles",
+        "windows",
+        "windows_gone",
     )
 
     def __init__(self) -> None:
@@ -176,6 +196,11 @@ class _Batch:
         """Events of the batch recorded only if not stored yet (:class:`EventClaim`)."""
         self.duplicates: set[str] = set()
         """Once committed: the claimed events that were stored already, not written."""
+        self.windows: dict[str, WindowRow] = {}
+        self.holds: dict[tuple[str, int], HoldRow] = {}
+        self.windows_gone: dict[str, WindowGone] = {}
+        self.throttles: dict[tuple[str, str], ThrottleRow] = {}
+        self.settled: dict[str, EventSettled] = {}
         self.done = anyio.Event()
         self.error: BaseException | None = None
 
@@ -210,6 +235,12 @@ class _Batch:
             asked = self.cancels.get(row.run_id)
             if asked is None or row.done > asked.done:
                 self.cancels[row.run_id] = row if asked is None else replace(asked, done=1)
+        elif isinstance(row, WindowRow):
+            self.windows[row.window_id] = row
+            self.windows_gone.pop(row.window_id, None)
+        elif isinstance(row, WindowGone):
+            self.windows_gone[row.window_id] = row
+            self.windows.pop(row.window_id, None)
         elif isinstance(row, LogTrim):
             trim = self.log_trims.get((row.run_id, row.key, row.attempt))
             if trim is None or trim.before_seq < row.before_seq:
@@ -242,6 +273,11 @@ class _Batch:
             *self.log_trims.values(),
             *self.waits.values(),
             *self.cancels.values(),
+            *self.windows.values(),
+            *self.holds.values(),
+            *self.windows_gone.values(),
+            *self.throttles.values(),
+            *self.settled.values(),
         ]
 
     def __bool__(self) -> bool:
@@ -260,6 +296,11 @@ class _Batch:
             or self.log_trims
             or self.waits
             or self.cancels
+            or self.windows
+            or self.holds
+            or self.windows_gone
+            or self.throttles
+            or self.settled
         )
 
     async def wait(self) -> None:
@@ -413,28 +454,7 @@ class SqliteStore:
 
     async def _commit(self, batch: _Batch) -> float:
         started = anyio.current_time()
-        work: list[tuple[str, list[tuple[Any, ...]]]] = []
-        if batch.gone:
-            work.append((_DELETE_INSTANCE, [(g.run_id, g.key) for g in batch.gone.values()]))
-        events, runs = batch.unclaimed()
-        for rows, sql in (
-            (runs, _UPSERT_RUN),
-            (batch.instances.values(), _PUT_INSTANCE),
-            (batch.attempts.values(), _PUT_ATTEMPT),
-            (events, _PUT_EVENT),
-            (batch.dedupe.values(), _PUT_DEDUPE),
-            (batch.cursors.values(), _PUT_CURSOR),
-            (batch.outbox.values(), _PUT_OUTBOX),
-            (batch.approvals.values(), _PUT_APPROVAL),
-            (batch.decisions.values(), _PUT_DECISION),
-            (batch.waits.values(), _PUT_WAIT),
-            (batch.cancels.values(), _PUT_CANCEL),
-            (batch.log_lines.values(), _PUT_LOG_LINE),
-            # after the lines: a line of this batch below the cut goes too
-            (batch.log_trims.values(), _TRIM_LOG),
-        ):
-            if rows:
-                work.append((sql, [_params(row) for row in rows]))
+        work = _statements(batch)
         claimed = _claimed_work(batch)
         # one trip to the connection's thread for the whole transaction, not one per
         # statement: each trip is a wake-up of the event loop (aiosqlite has no public way
@@ -968,6 +988,78 @@ class SqliteStore:
         )
         return next((str(cursor) for (cursor,) in rows), None)
 
+    async def flow_state(self) -> tuple[list[WindowRow], list[ThrottleRow]]:
+        windows = await self._reader.execute_fetchall(
+            "SELECT * FROM flow_windows WHERE phase = 'open'"
+        )
+        throttles = await self._reader.execute_fetchall("SELECT * FROM flow_throttles")
+        return [WindowRow(*r) for r in windows], [
+            ThrottleRow(r[0], r[1], tuple(json.loads(r[2])), r[3]) for r in throttles
+        ]
+
+    async def forget_throttles(self, before: float) -> None:
+        async def work(db: Any) -> None:
+            await db.execute_fetchall("DELETE FROM flow_throttles WHERE expires_at < ?", (before,))
+
+        await self._chore(work)
+
+    async def flow_next_due(self) -> float | None:
+        rows = await self._reader.execute_fetchall(
+            "SELECT min(due_at) FROM flow_windows WHERE due_at IS NOT NULL"
+        )
+        return next((float(at) for (at,) in rows if at is not None), None)
+
+    async def flow_due(self, before: float, limit: int = 500) -> list[WindowRow]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT * FROM flow_windows WHERE due_at IS NOT NULL AND due_at <= ? "
+            "ORDER BY due_at, window_id LIMIT ?",
+            (before, limit),
+        )
+        return [WindowRow(*r) for r in rows]
+
+    async def event_holds(self, event_ids: Sequence[str]) -> list[tuple[HoldRow, WindowRow]]:
+        found: list[tuple[HoldRow, WindowRow]] = []
+        for chunk in _chunks(list(event_ids)):
+            rows = await self._reader.execute_fetchall(
+                "SELECT h.*, w.* FROM flow_holds h JOIN flow_windows w USING (window_id) "
+                f"WHERE h.event_id IN ({','.join('?' * len(chunk))}) ORDER BY h.held_at",
+                chunk,
+            )
+            found += [(HoldRow(*r[:4]), WindowRow(*r[4:])) for r in rows]
+        return found
+
+    async def window_holds(
+        self, windows: Sequence[str]
+    ) -> tuple[
+        list[WindowRow], dict[str, list[tuple[HoldRow, EventRow | None]]], dict[str, set[str]]
+    ]:
+        found: list[WindowRow] = []
+        holds: dict[str, list[tuple[HoldRow, EventRow | None]]] = {}
+        held_in: dict[str, set[str]] = {}
+        for chunk in _chunks(list(windows)):
+            marks = ",".join("?" * len(chunk))
+            found += [
+                WindowRow(*r)
+                for r in await self._reader.execute_fetchall(
+                    f"SELECT * FROM flow_windows WHERE window_id IN ({marks})", chunk
+                )
+            ]
+            for r in await self._reader.execute_fetchall(
+                "SELECT h.*, e.* FROM flow_holds h LEFT JOIN events e USING (event_id) "
+                f"WHERE h.window_id IN ({marks}) ORDER BY h.window_id, h.seq",
+                chunk,
+            ):
+                hold = HoldRow(*r[:4])
+                event = None if r[4] is None else _event(r[4:])
+                holds.setdefault(hold.window_id, []).append((hold, event))
+            for event_id, window_id in await self._reader.execute_fetchall(
+                "SELECT DISTINCT o.event_id, o.window_id FROM flow_holds h JOIN flow_holds o "
+                f"ON o.event_id = h.event_id WHERE h.window_id IN ({marks})",
+                chunk,
+            ):
+                held_in.setdefault(str(event_id), set()).add(str(window_id))
+        return found, holds, held_in
+
     async def list_events(
         self,
         *,
@@ -1102,7 +1194,7 @@ def _loads(text: str | None) -> Any:
 # Row fields held as JSON text; every other field is stored as it is. A row's fields are
 # in the order of its table's columns.
 _JSON_FIELDS = frozenset(
-    {"inputs", "data", "meta", "run_ids", "payload", "usage", "approvers", "context"}
+    {"inputs", "data", "meta", "run_ids", "payload", "usage", "approvers", "context", "starts"}
 )
 
 
@@ -1154,6 +1246,42 @@ def _claimed_work(batch: _Batch) -> _Claimed:
     for run in runs:
         by_event.setdefault(run.event_id, []).append(_params(run))
     return [(e.event_id, _params(e), by_event.get(e.event_id, [])) for e in events]
+
+
+def _statements(batch: _Batch) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The statements of ``batch``'s transaction, each with its rows' parameters (but the
+    claimed events' and their runs': :func:`_claimed_work`)."""
+    work: list[tuple[str, list[tuple[Any, ...]]]] = []
+    if batch.gone:
+        work.append((_DELETE_INSTANCE, [(g.run_id, g.key) for g in batch.gone.values()]))
+    if batch.windows_gone:
+        gone = [(g.window_id,) for g in batch.windows_gone.values()]
+        work += [(_HOLDS_GONE, gone), (_WINDOW_GONE, gone)]
+    events, runs = batch.unclaimed()
+    for rows, sql in (
+        (runs, _UPSERT_RUN),
+        (batch.instances.values(), _PUT_INSTANCE),
+        (batch.attempts.values(), _PUT_ATTEMPT),
+        (events, _PUT_EVENT),
+        (batch.dedupe.values(), _PUT_DEDUPE),
+        (batch.cursors.values(), _PUT_CURSOR),
+        (batch.outbox.values(), _PUT_OUTBOX),
+        (batch.approvals.values(), _PUT_APPROVAL),
+        (batch.decisions.values(), _PUT_DECISION),
+        (batch.waits.values(), _PUT_WAIT),
+        (batch.cancels.values(), _PUT_CANCEL),
+        (batch.log_lines.values(), _PUT_LOG_LINE),
+        # after the lines: a line of this batch below the cut goes too
+        (batch.log_trims.values(), _TRIM_LOG),
+        (batch.windows.values(), _PUT_WINDOW),
+        (batch.holds.values(), _PUT_HOLD),
+        (batch.throttles.values(), _PUT_THROTTLE),
+        # after the events: one of this batch is settled as it is recorded
+        (batch.settled.values(), _SETTLE_EVENT),
+    ):
+        if rows:
+            work.append((sql, [_params(row) for row in rows]))
+    return work
 
 
 def _write_all(

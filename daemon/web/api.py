@@ -137,7 +137,7 @@ _READY_TIMEOUT_S = 2.0
 RunStateName = Literal[
     "queued", "running", "waiting", "succeeded", "failed", "cancelled", "skipped"
 ]
-EventStatus = Literal["matched", "unmatched", "invalid"]
+EventStatus = Literal["matched", "unmatched", "invalid", "held", "dropped"]
 Limit = Annotated[int, Query(ge=1, le=_MAX_LIMIT, description="items per page")]
 Cursor = Annotated[str | None, Query(description="next_cursor of the page before")]
 

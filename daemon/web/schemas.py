@@ -367,9 +367,15 @@ class EventSummary(_Model):
     event_id: str
     source: str = Field(description="a source's name, or asset:NAME")
     received_at: float
-    status: str = Field(description="matched, unmatched, invalid")
-    run_ids: list[str] = Field(description="the runs it started")
-    error: str | None
+    status: str = Field(
+        description="matched, unmatched, invalid; held (flow control holds it: see `holds` "
+        "of the event) or dropped (a throttle dropped its run)"
+    )
+    run_ids: list[str] = Field(description="the runs it started, or that it was merged into")
+    error: str | None = Field(
+        description="what went wrong, and notes: which trigger and key hold it and until "
+        "when, the run it was merged into, or why it was dropped"
+    )
 
     @classmethod
     def of(cls, row: EventRow) -> EventSummary:
@@ -405,13 +411,32 @@ class EventPage(_Model):
         return cls(items=[EventSummary.of(r) for r in page.items], next_cursor=page.next_cursor)
 
 
+class EventHold(_Model):
+    """Flow control (debounce, throttle, batch) holds the event in a window."""
+
+    trigger: str
+    key: str = Field(description="the flow-control key the trigger's `key` gave")
+    kind: Literal["debounce", "batch", "delay"]
+    window: str
+    phase: Literal["open", "closed", "slotted"]
+    seq: int = Field(description="the event's place in the window")
+    held: int = Field(description="events in the window so far")
+    due_at: float | None = Field(description="when the window is released")
+
+
 class EventDetail(Event):
     runs: list[Run] = Field(description="the runs it started")
+    holds: list[EventHold] = Field(
+        description="where flow control holds it now (why it waits: which trigger, key, "
+        "window or batch, until when); its notes in `error` say what became of it"
+    )
 
     @classmethod
     def of_detail(cls, detail: queries.EventDetail) -> EventDetail:
         return cls(
-            **Event.of(detail.event).model_dump(), runs=[Run.from_row(r) for r in detail.runs]
+            **Event.of(detail.event).model_dump(),
+            runs=[Run.from_row(r) for r in detail.runs],
+            holds=[EventHold.model_validate(h, from_attributes=True) for h in detail.holds],
         )
 
 
@@ -811,7 +836,7 @@ class ReplayBody(_Body):
     source: str | None = None
     since: str | None = Field(None, description="ISO 8601 (no offset: UTC), 'now' or '-1h'")
     until: str | None = Field(None, description="the same; the span ends before it")
-    status: Literal["matched", "unmatched", "invalid"] | None = None
+    status: Literal["matched", "unmatched", "invalid", "held", "dropped"] | None = None
     trigger: str | None = Field(
         None, description="only this trigger: its name, SOURCE->PIPELINE or number from 1"
     )
@@ -821,7 +846,7 @@ class ReplayBody(_Body):
 class EventReplayed(_Model):
     event_id: str
     source: str
-    outcome: Literal["started", "duplicate", "unmatched", "invalid", "error"]
+    outcome: Literal["started", "held", "duplicate", "unmatched", "invalid", "error"]
     run_ids: list[str]
     skipped: list[str]
     errors: list[str]
@@ -832,6 +857,7 @@ class ReplayResult(_Model):
 
     tried: int
     runs_started: int
+    held: int
     duplicates: int
     unmatched: int
     invalid: int
@@ -843,6 +869,7 @@ class ReplayResult(_Model):
         return cls(
             tried=report.tried,
             runs_started=report.runs_started,
+            held=report.count("held"),
             duplicates=report.count("duplicate"),
             unmatched=report.count("unmatched"),
             invalid=report.count("invalid"),

@@ -14,12 +14,15 @@ from cued.daemon.store import (
     DecisionRow,
     DedupeRow,
     EventRow,
+    HoldRow,
     InstanceRow,
     LogLineRow,
     OutboxRow,
     PauseRow,
     RunRow,
     WaitRow,
+    ThrottleRow,
+    WindowRow,
 )
 from cued.daemon.store.copying import TABLES
 from cued.daemon.store.postgresql import open_pg_store
@@ -52,6 +55,9 @@ def every_kind_of_row(n: int) -> list:
                 {"inputs": {"n": n}}, T0 - 60, T0 + 3600, "fail", T0, "matched", f"hook:{n}",
                 '{"event": null}', T0 + 1, 1, 1),
         CancelRow(run_id, f"hook:{n}", "hook", T0 + 2, 1),
+        WindowRow(f"w{n}", "orders->p", f"c{n}", "batch", "open", T0, None if n % 2 else T0 + 5, 1),
+        HoldRow(f"w{n}", 1, f"hook:{n}", T0),
+        ThrottleRow("orders->p", f"c{n}", (T0, T0 + 0.5), T0 + 60.5),
     ]  # fmt: skip
 
 
@@ -77,7 +83,7 @@ async def test_a_state_file_moves_to_postgresql_and_back_row_for_row(tmp_path):
         again = cued(config, "store", "copy", "--from", str(source), "--to", url)
         home = cued(config, "store", "copy", "--from", url, "--to", str(back), timeout_s=120)
         assert home.returncode == 0, home.stderr
-    assert "copied 16803 rows; every table holds as many in both" in there.stdout
+    assert "copied 20403 rows; every table holds as many in both" in there.stdout
     assert again.returncode == 1
     assert "is not empty (1200 runs, 1200 task_instances" in again.stderr
     assert dump(back) == dump(source)

@@ -20,11 +20,13 @@ from cued.daemon.runtime import retention
 from cued.daemon.store import (
     AttemptRow,
     DedupeRow,
+    HoldRow,
     InstanceRow,
     OutboxRow,
     PruneCounts,
     PrunePolicy,
     RunRow,
+    WindowRow,
     pruning,
 )
 from cued.daemon.store.sqlite import open_store
@@ -354,6 +356,8 @@ INDEXES = {
         "USING COVERING INDEX sqlite_autoindex_outbox_1",
     ),
     "dedupe_keys": ("USING COVERING INDEX dedupe_by_age", "USING PRIMARY KEY (trigger=?"),
+    # an event flow control holds is kept: looked up by the event's id
+    "flow_holds": ("USING COVERING INDEX flow_holds_by_event (event_id=?)",),
     **dict.fromkeys(
         ("task_instances", "attempts", "approvals", "decisions", "waits", "run_cancels"),
         ("USING PRIMARY KEY (run_id=?",),
@@ -364,3 +368,19 @@ INDEXES = {
         ("USING PRIMARY KEY (run_id=?", "USING COVERING INDEX task_logs_by_attempt (run_id=?)"),
     ),
 }
+
+
+async def test_an_old_event_that_flow_control_holds_is_kept(
+    tmp_path: Path, store_at: StoreAt
+) -> None:
+    config = config_of(tmp_path, "[retention]\nevents = '1d'")
+    held, other = event_row(OLD), event_row(OLD)
+    window = WindowRow("w1", "orders->p", "", "batch", "open", OLD, None, 1)
+    async with store_at.open() as store:
+        await store.submit([held, other, window, HoldRow("w1", 1, held.event_id, OLD)]).wait()
+        policy = retention.policy(config, NOW)
+        assert (await store.prunable(policy)).events == 1
+        pruned = await store.prune(policy)
+        kept = await stored_ids(store_at, "events", "event_id")
+    assert pruned.events == 1
+    assert kept == {held.event_id}

@@ -546,7 +546,7 @@ class _Ui:
             "source": source or "",
             "status": status or "",
             "sources": sources,
-            "statuses": ("matched", "unmatched", "invalid"),
+            "statuses": ("matched", "unmatched", "invalid", "held", "dropped"),
             "newest": _url("/ui/events", query) if before else None,
             "older": _url("/ui/events", {**query, "before": older}) if older else None,
             "self_url": _url("/ui/events", {**query, "before": q.get("before")}),
@@ -555,9 +555,10 @@ class _Ui:
     async def event(self, request: Request) -> dict[str, Any] | _NotFound:
         event_id = request.path_params["event_id"]
         try:
-            return {"active": "/ui/events", "e": await self.queries.event(event_id)}
+            e = await self.queries.event(event_id)
         except NotFound as exc:
             return _NotFound(str(exc))
+        return {"active": "/ui/events", "e": e, "holds": await self.queries.event_holds(event_id)}
 
     async def static(self, request: Request) -> Response:
         asset = self.assets.get(request.path_params["name"])
