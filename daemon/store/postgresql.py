@@ -57,10 +57,10 @@ from cued.daemon.store import (
     OutboxRow,
     PauseRow,
     RunRow,
-    WaitRow,
-    pg_nodes,
     ThrottleRow,
+    WaitRow,
     WindowRow,
+    pg_nodes,
 )
 from cued.daemon.store.pg_migrations import migrate
 from cued.daemon.store.sqlite import (

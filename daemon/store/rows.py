@@ -43,9 +43,9 @@ __all__ = [
     "Row",
     "RunRow",
     "Store",
+    "ThrottleRow",
     "WaitRow",
     "WaitingRun",
-    "ThrottleRow",
     "WindowGone",
     "WindowRow",
 ]
