@@ -57,11 +57,11 @@ class AttemptLines:
     __slots__ = (
         "_attempt",
         "_dropped",
-        "_marker_seq",
         "_kept",
         "_kept_bytes",
         "_key",
         "_logs",
+        "_marker_seq",
         "_pending",
         "_run",
         "_run_id",

@@ -269,7 +269,9 @@ async def test_a_task_that_ends_before_any_commit_writes_its_end_rows_only(make_
 async def test_a_task_still_running_at_a_commit_has_its_start_committed(make_config):
     """A long task is seen running in the store while it runs, with nothing else to
     commit: the writer commits a provisional start it did not see end."""
-    config = make_config(probe_pipeline("p", {"long": 'args = { name = "long", until_released = true }'}))
+    config = make_config(
+        probe_pipeline("p", {"long": 'args = { name = "long", until_released = true }'})
+    )
     probe = probes.reset()
     async with open_runner(config) as runner:
         seen_running = anyio.Event()
