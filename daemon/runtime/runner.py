@@ -161,7 +161,7 @@ class Runner:
         self._resumed_ids: set[str] = set()
         self._run_listeners: list[Callable[[RunRow], None]] = []
         self._tg: anyio.abc.TaskGroup | None = None
-        self._drivers: Drivers[ActiveRun] | None = None
+        self._drivers: Drivers | None = None
         self._paused: dict[str, PauseRow] = {}
         # pipelines being unpaused: what is held meanwhile is remembered here, as the
         # store's answer may predate its commit
@@ -214,7 +214,7 @@ class Runner:
         started: see :meth:`resume_unfinished`)."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            self._drivers = Drivers(tg, self._drive, _IDLE_DRIVERS)
+            self._drivers = Drivers(tg, _IDLE_DRIVERS)
             # before anything starts a run: a pause outlives a restart
             self._paused = {
                 name: pause
@@ -666,7 +666,7 @@ class Runner:
     def _launch(self, run: ActiveRun) -> None:
         assert self._drivers is not None, "the runner is not serving"
         self.slots.take_run_slot(run.row.pipeline)
-        self._drivers.launch(run)
+        self._drivers.launch(self._drive, run)
 
     async def _drive(self, run: ActiveRun) -> None:
         # one span for each time the run is driven: a resumed run gets another, in the
