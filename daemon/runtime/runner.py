@@ -62,7 +62,7 @@ from cued.daemon.sdk.tracing import Tracing
 from cued.daemon.store import InstanceRow, PauseRow, RunRow
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     import httpx
     import structlog
@@ -145,6 +145,7 @@ class Runner:
             run_alerts,
             self.gates,
             assets,
+            self._launch_part,
             self._retry_delay_s,
             self._left,
             self.log,
@@ -667,6 +668,10 @@ class Runner:
         assert self._drivers is not None, "the runner is not serving"
         self.slots.take_run_slot(run.row.pipeline)
         self._drivers.launch(self._drive, run)
+
+    def _launch_part(self, func: Callable[[Any], Awaitable[None]], item: Any) -> None:
+        assert self._drivers is not None, "the runner is not serving"
+        self._drivers.launch(func, item)
 
     async def _drive(self, run: ActiveRun) -> None:
         # one span for each time the run is driven: a resumed run gets another, in the

@@ -295,6 +295,69 @@ async def test_a_task_still_running_at_a_commit_has_its_start_committed(make_con
     assert [(a.state, a.attempt) for a in attempts] == [("succeeded", 1)]
 
 
+PARALLEL = probe_pipeline(
+    "p",
+    {
+        "a": 'args = { name = "a", until_released = true }',
+        "b": 'args = { name = "b", until_released = true }',
+        "c": 'args = { name = "c", until_released = true }',
+        "last": 'needs = ["a", "b", "c"]',
+    },
+    head="",
+)
+
+
+async def test_cancelling_a_run_cancels_its_attempts_running_at_once(make_config):
+    """Its attempts run in the runner's drivers, each under a cancel scope the run's
+    cancellation cancels; one waiting for a task slot never starts; the run ends after
+    they have recorded how they ended."""
+    config = make_config("[daemon]\nmax_running_tasks = 2\n" + PARALLEL)
+    probe = probes.reset(barrier=2)
+    async with open_runner(config) as runner:
+        with anyio.fail_after(20):
+            run_id = (await runner.start_run("p")).run_id
+            await probe.all_arrived.wait()
+            assert runner.slots.tasks_waiting == 1
+            row = await runner.cancel(run_id)
+            instances = {i.key: i.state for i in await runner.store.get_instances(run_id)}
+            attempts = sorted((a.key, a.state) for a in await runner.store.get_attempts(run_id))
+        assert runner.slots.running_tasks == 0
+        assert runner.slots.tasks_waiting == 0
+    assert row.state == "cancelled"
+    assert instances == dict.fromkeys(["a", "b", "c", "last"], "cancelled")
+    assert sorted(probe.calls) == ["a", "b"]
+    assert [state for _, state in attempts] == ["cancelled", "cancelled"]
+    assert probe.in_flight == 0
+
+
+async def test_a_runner_stopped_mid_parallel_attempts_interrupts_them_and_resumes_the_run(
+    make_config,
+):
+    config = make_config("[daemon]\nmax_running_tasks = 2\n" + PARALLEL)
+    probe = probes.reset(barrier=2)
+    async with open_runner(config) as runner:
+        with anyio.fail_after(20):
+            run_id = (await runner.start_run("p")).run_id
+            await probe.all_arrived.wait()
+    async with open_runner(config, resume=False) as runner:
+        interrupted = sorted((a.key, a.state) for a in await runner.store.get_attempts(run_id))
+    probe = probes.reset()
+    probe.released.set()
+    async with open_runner(config) as runner:
+        with anyio.fail_after(20):
+            row = await runner.wait(run_id)
+        attempts = sorted((a.key, a.attempt, a.state) for a in await runner.store.get_attempts(run_id))
+    assert interrupted == [("a", "interrupted"), ("b", "interrupted")]
+    assert row.state == "succeeded"
+    assert sorted(probe.calls) == ["a", "b", "c", "last"]
+    assert [(k, n, st) for k, n, st in attempts if st == "succeeded"] == [
+        ("a", 2, "succeeded"),
+        ("b", 2, "succeeded"),
+        ("c", 2, "succeeded"),
+        ("last", 1, "succeeded"),
+    ]
+
+
 async def test_inputs_are_checked_and_defaults_filled(make_config):
     config = make_config(
         probe_pipeline(
