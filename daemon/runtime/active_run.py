@@ -1,11 +1,9 @@
 """A run in memory: its engine's decisions carried out, attempt by attempt.
 
-A driver of the runner (:mod:`~cued.daemon.runtime.drivers`) drives each run
-(:meth:`ActiveRun.drive`) under a cancel scope of its own, so cancelling a run cancels
-exactly its attempts. While the engine asks for one thing at a time the run's coroutine
-carries it out itself; once two things of the run must go on at once, each attempt (or
-retry's wait) is handed to a driver too, under a cancel scope of its own that the run's
-cancellation cancels, and the run waits until none is left. Every change the engine makes
+The runner starts one coroutine per run (:meth:`ActiveRun.drive`) under a cancel scope of
+its own, so cancelling a run cancels exactly its attempts. While the engine asks for one
+thing at a time the coroutine carries it out itself; a task group (a task per attempt)
+comes only when two things of the run must go on at once. Every change the engine makes
 goes to the store; an attempt's result is durable before anything downstream of it starts
 (a result nothing starts on rides with the next commit, which the run's end waits for),
 and the alerts it raises commit with it. A run leaves memory when it ends
@@ -31,7 +29,7 @@ from cued.daemon.sdk.tracing import NO_SPAN, Span
 from cued.daemon.store import AttemptRow, RunRow
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable
 
     import structlog
 
@@ -63,8 +61,6 @@ class Driving:
     """Where the asset events of a succeeded run go, before the run is recorded as
     succeeded: a crash in between resumes the run, which finishes again and sends the same
     events, which intake recognises."""
-    launch: Callable[[Callable[[Any], Awaitable[None]], Any], None]
-    """Have a driver await ``func(item)``: an attempt of a run whose tasks run at once."""
     retry_delay_s: Callable[[TaskConfig, int], float]
     """How long to wait before the retry that follows an attempt of a task."""
     left: Callable[[ActiveRun, bool], None]
@@ -97,12 +93,7 @@ class ActiveRun:
         self._driving = driving
         self._store = driving.store
         self._scope: anyio.CancelScope | None = None
-        # while its tasks run at once: attempts and retry waits handed to drivers and not
-        # ended, their cancel scopes, and what is set when none is left
-        self._parallel = False
-        self._parts = 0
-        self._part_scopes: set[anyio.CancelScope] = set()
-        self._parts_done: anyio.Event | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
         self._cancelled = False
         self._fresh = False
 
@@ -136,10 +127,9 @@ class ActiveRun:
         then (None if the run was cancelled before it started).
 
         While the engine asks for one thing at a time (one attempt, or one retry's wait),
-        the run's own coroutine carries it out under the run's cancel scope; once two
-        things must go on at once, each goes to a driver, and the run waits until none is
-        left (also when it is cancelled: its attempts record how they ended first). Most
-        runs (one task, or a chain) never need one."""
+        the run's own coroutine carries it out under the run's cancel scope; a task group
+        (a task per attempt) comes only once two things must go on at once. Most runs (one
+        task, or a chain) never need one."""
         if self._cancelled:
             return None  # cancelled between leaving the backlog and starting here
         # a run that never started has no log lines yet: its attempts need not look
@@ -165,15 +155,12 @@ class ActiveRun:
                     commands = await self._retry_steps(command)
                 self._write()
             if any(not isinstance(c, Finish) for c in commands):
-                self._parallel = True
-                self._apply(commands)
-                await self._parts_ended()
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    self._apply(tg, commands)
+                self._tg = None
             else:
                 self._write()
-        # cancelled (its own scope): what it handed to drivers ends first, cancelled or
-        # not begun; a daemon stopping cancels the drivers too, and does not come here
-        await self._parts_ended()
-        self._parallel = False
         return engine.state
 
     async def cancel(self) -> None:
@@ -187,14 +174,12 @@ class ActiveRun:
             self._write()
             if self._scope is not None:
                 self._scope.cancel()
-            for scope in self._part_scopes:
-                scope.cancel()
         await self.wait_left()
 
     def settle_gate(self, key: str, *, ok: bool, output: Any, error: str | None) -> bool:
         """Settle the waiting instance ``key`` as recorded; False if the run is not
         running, or ``key`` does not wait."""
-        if self.engine is None or not self._parallel:
+        if self.engine is None or self._tg is None:
             return False
         inst = next((i for i in self.engine.instances() if i.key == key), None)
         if inst is None or inst.state is not State.WAITING:
@@ -203,7 +188,7 @@ class ActiveRun:
             commands = self.engine.succeeded(inst, output)
         else:
             commands = self.engine.failed(inst, error or "rejected", retryable=False, output=output)
-        self._apply(commands)
+        self._apply(self._tg, commands)
         return True
 
     async def park(self) -> None:
@@ -260,43 +245,14 @@ class ActiveRun:
 
     # -- carrying out the engine's commands --------------------------------------------
 
-    def _apply(self, commands: list[Command]) -> None:
+    def _apply(self, tg: anyio.abc.TaskGroup, commands: list[Command]) -> None:
         self._write()
         for command in commands:
             if isinstance(command, Start):
-                self._launch(self._attempt, command)
+                tg.start_soon(self._attempt, tg, command)
             elif isinstance(command, Wait):
-                self._launch(self._retry_later, command)
-            # Finish needs nothing here: the last part ends and drive returns
-
-    def _launch(self, func: Callable[[Any], Awaitable[None]], command: Command) -> None:
-        self._parts += 1
-        self._driving.launch(self._part, (func, command))
-
-    async def _part(self, work: tuple[Callable[[Any], Awaitable[None]], Command]) -> None:
-        """One attempt or retry's wait, in a driver, under a cancel scope of its own."""
-        try:
-            if self.engine is None or self.engine.state is not RunState.RUNNING:
-                return  # the run was cancelled before this began
-            func, command = work
-            with anyio.CancelScope() as scope:
-                self._part_scopes.add(scope)
-                try:
-                    await func(command)
-                finally:
-                    self._part_scopes.discard(scope)
-        finally:
-            self._parts -= 1
-            if not self._parts and self._parts_done is not None:
-                self._parts_done.set()
-
-    async def _parts_ended(self) -> None:
-        """Return once nothing this run handed to drivers is left."""
-        while self._parts:
-            # made afresh each time: a part may hand on another before its own ends
-            self._parts_done = anyio.Event()
-            await self._parts_done.wait()
-        self._parts_done = None
+                tg.start_soon(self._retry_later, tg, command)
+            # Finish needs nothing here: the run's task group empties and drive returns
 
     def _write(self, extra: list[Row] | None = None) -> Durable | None:
         """Submit the instances the engine changed, and ``extra`` rows, in one go."""
@@ -312,8 +268,8 @@ class ActiveRun:
         assert durable is not None
         await durable.wait()
 
-    async def _retry_later(self, command: Wait) -> None:
-        self._apply(await self._retry_steps(command))
+    async def _retry_later(self, tg: anyio.abc.TaskGroup, command: Wait) -> None:
+        self._apply(tg, await self._retry_steps(command))
 
     async def _retry_steps(self, command: Wait) -> list[Command]:
         """Wait out a retry's backoff; returns what the engine asks for then."""
@@ -322,8 +278,8 @@ class ActiveRun:
         await anyio.sleep(self._driving.retry_delay_s(task, command.attempt))
         return self.engine.retry_due(command.instance)
 
-    async def _attempt(self, start: Start) -> None:
-        self._apply(await self._attempt_steps(start))
+    async def _attempt(self, tg: anyio.abc.TaskGroup, start: Start) -> None:
+        self._apply(tg, await self._attempt_steps(start))
 
     async def _attempt_steps(self, start: Start) -> list[Command]:
         """Run the attempt ``start`` and record how it ended; returns what the engine asks

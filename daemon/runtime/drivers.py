@@ -1,21 +1,19 @@
-"""Drivers: the tasks that drive runs and attempts, one after another, instead of a task
-for each.
+"""Drivers: the tasks that drive runs, each run after run, instead of a task per run.
 
 Starting a task of an anyio task group costs several times a run's own bookkeeping (a
 handle, a cancel scope and an event of its own, and its share of every walk of the group
-once thousands are in flight). So a driver that has done one piece of work (a run, or an
-attempt of a run whose tasks run at once) takes the next one waiting, and, when none
-waits, stays idle until one comes; a new driver starts only when none is idle. Every
-driver is a task of the group it is given (structured as before: a driver ends with its
-group, and what a piece of work raises ends the group); a run, or an attempt, is cancelled
-by a cancel scope of its own (see :mod:`~cued.daemon.runtime.active_run`), which leaves
-its driver free for the next.
+once thousands are in flight). So a driver that has driven a run takes the next one
+waiting, and, when none waits, stays idle until one comes; a new driver starts only when
+none is idle. Every driver is a task of the group it is given (structured as before: a
+driver ends with its group, and what a run raises ends the group); a run is cancelled by
+its own cancel scope (:meth:`~cued.daemon.runtime.active_run.ActiveRun.drive`), which
+leaves its driver free for the next.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
 
@@ -29,26 +27,28 @@ __all__ = ["Drivers"]
 T = TypeVar("T")
 
 
-class Drivers:
-    """Tasks of ``tg`` that call ``func(item)`` for every ``func, item`` :meth:`launch` is
-    given, in the order given, as many at once as are launched and not done.
+class Drivers(Generic[T]):
+    """Tasks of ``tg`` that call ``drive(item)`` for every item :meth:`launch` is given, in
+    the order given, as many at once as are launched and not done.
 
     :param tg: the task group the drivers are tasks of
+    :param drive: what a driver does with an item
     :param max_idle: drivers that may stay idle (the rest end once nothing waits): what a
-        burst of work left behind
+        burst of runs left behind
     """
 
-    def __init__(self, tg: TaskGroup, max_idle: int) -> None:
+    def __init__(self, tg: TaskGroup, drive: Callable[[T], Awaitable[None]], max_idle: int) -> None:
         self._tg = tg
+        self._drive = drive
         self._max_idle = max_idle
-        self._waiting: deque[tuple[Callable[[Any], Awaitable[None]], Any]] = deque()
+        self._waiting: deque[T] = deque()
         self._idle: list[anyio.Event] = []
         self.drivers = 0
         """Drivers now (busy or idle)."""
 
-    def launch(self, func: Callable[[T], Awaitable[None]], item: T) -> None:
-        """Have ``func(item)`` awaited: by an idle driver, or a new one if none is idle."""
-        self._waiting.append((func, item))
+    def launch(self, item: T) -> None:
+        """Have ``item`` driven: by an idle driver, or a new one if none is idle."""
+        self._waiting.append(item)
         if self._idle:
             # one driver is woken for each item: whichever driver looks first takes it
             self._idle.pop().set()
@@ -66,8 +66,7 @@ class Drivers:
         try:
             while True:
                 while waiting:
-                    func, item = waiting.popleft()
-                    await func(item)
+                    await self._drive(waiting.popleft())
                 if len(idle) >= self._max_idle:
                     return
                 woken = anyio.Event()

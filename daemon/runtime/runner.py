@@ -62,7 +62,7 @@ from cued.daemon.sdk.tracing import Tracing
 from cued.daemon.store import InstanceRow, PauseRow, RunRow
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable
 
     import httpx
     import structlog
@@ -145,7 +145,6 @@ class Runner:
             run_alerts,
             self.gates,
             assets,
-            self._launch_part,
             self._retry_delay_s,
             self._left,
             self.log,
@@ -162,7 +161,7 @@ class Runner:
         self._resumed_ids: set[str] = set()
         self._run_listeners: list[Callable[[RunRow], None]] = []
         self._tg: anyio.abc.TaskGroup | None = None
-        self._drivers: Drivers | None = None
+        self._drivers: Drivers[ActiveRun] | None = None
         self._paused: dict[str, PauseRow] = {}
         # pipelines being unpaused: what is held meanwhile is remembered here, as the
         # store's answer may predate its commit
@@ -215,7 +214,7 @@ class Runner:
         started: see :meth:`resume_unfinished`)."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            self._drivers = Drivers(tg, _IDLE_DRIVERS)
+            self._drivers = Drivers(tg, self._drive, _IDLE_DRIVERS)
             # before anything starts a run: a pause outlives a restart
             self._paused = {
                 name: pause
@@ -667,11 +666,7 @@ class Runner:
     def _launch(self, run: ActiveRun) -> None:
         assert self._drivers is not None, "the runner is not serving"
         self.slots.take_run_slot(run.row.pipeline)
-        self._drivers.launch(self._drive, run)
-
-    def _launch_part(self, func: Callable[[Any], Awaitable[None]], item: Any) -> None:
-        assert self._drivers is not None, "the runner is not serving"
-        self._drivers.launch(func, item)
+        self._drivers.launch(run)
 
     async def _drive(self, run: ActiveRun) -> None:
         # one span for each time the run is driven: a resumed run gets another, in the

@@ -21,9 +21,9 @@ async def test_items_launched_at_once_are_driven_at_once_in_order():
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
-            drivers = Drivers(tg, max_idle=10)
+            drivers = Drivers(tg, drive, max_idle=10)
             for item in range(5):
-                drivers.launch(drive, item)
+                drivers.launch(item)
             await anyio.wait_all_tasks_blocked()
             assert began == [0, 1, 2, 3, 4]
             assert drivers.drivers == 5
@@ -44,18 +44,18 @@ async def test_a_driver_left_idle_drives_the_next_item_and_no_new_one_starts():
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
-            drivers = Drivers(tg, max_idle=10)
-            drivers.launch(drive, "first")
+            drivers = Drivers(tg, drive, max_idle=10)
+            drivers.launch("first")
             await anyio.wait_all_tasks_blocked()
             assert (drivers.drivers, drivers.idle) == (1, 1)
             for item in ("second", "third"):
-                drivers.launch(drive, item)
+                drivers.launch(item)
                 await anyio.wait_all_tasks_blocked()
             assert driven == ["first", "second", "third"]
             assert (drivers.drivers, drivers.idle) == (1, 1)
             # two at once: the idle one takes one, a new driver the other
-            drivers.launch(drive, "fourth")
-            drivers.launch(drive, "fifth")
+            drivers.launch("fourth")
+            drivers.launch("fifth")
             await anyio.wait_all_tasks_blocked()
             assert driven[3:] == ["fourth", "fifth"]
             assert (drivers.drivers, drivers.idle) == (2, 2)
@@ -70,9 +70,9 @@ async def test_drivers_beyond_max_idle_end_once_nothing_waits():
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
-            drivers = Drivers(tg, max_idle=2)
+            drivers = Drivers(tg, drive, max_idle=2)
             for item in range(6):
-                drivers.launch(drive, item)
+                drivers.launch(item)
             await anyio.wait_all_tasks_blocked()
             assert drivers.drivers == 6
             release.set()
@@ -88,5 +88,5 @@ async def test_what_a_drive_raises_ends_the_group():
 
     with anyio.fail_after(5), pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="x broke")):
         async with anyio.create_task_group() as tg:
-            Drivers(tg, max_idle=2).launch(drive, "x")
+            Drivers(tg, drive, max_idle=2).launch("x")
             await anyio.sleep_forever()
