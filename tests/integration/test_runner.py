@@ -346,7 +346,9 @@ async def test_a_runner_stopped_mid_parallel_attempts_interrupts_them_and_resume
     async with open_runner(config) as runner:
         with anyio.fail_after(20):
             row = await runner.wait(run_id)
-        attempts = sorted((a.key, a.attempt, a.state) for a in await runner.store.get_attempts(run_id))
+        attempts = sorted(
+            (a.key, a.attempt, a.state) for a in await runner.store.get_attempts(run_id)
+        )
     assert interrupted == [("a", "interrupted"), ("b", "interrupted")]
     assert row.state == "succeeded"
     assert sorted(probe.calls) == ["a", "b", "c", "last"]
