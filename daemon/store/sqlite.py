@@ -330,8 +330,8 @@ class SqliteStore:
                 self._wake = anyio.Event()
                 batch, self._batch = self._batch, _Batch()
                 if self._provisional:
-                    # attempts still running: their starts join this commit, if there is
-                    # one (there is, unless the writer was woken for a chore alone)
+                    # attempts still running: their starts join this commit (and make
+                    # one, if nothing else was submitted: a long task is seen running)
                     for provisional in self._provisional:
                         for row in provisional.rows():
                             batch.add(row)
