@@ -257,6 +257,8 @@ class DaemonIntake:
                 try:
                     durable = await self._prepare(batch, runs)
                 except Exception as exc:  # noqa: BLE001 - the callers get it, the loop goes on
+                    if batch.flowed:
+                        self.flow.submitted(None)  # nothing of it comes: the timer goes on
                     for request in requests:
                         request.error = exc
                         request.done.set()

@@ -349,7 +349,13 @@ class Runner:
         gone: list[str] = []
         resumed = 0
         slots = await self.store.run_slots_held(run_ids)
-        for row in sorted(await self.store.get_runs(run_ids), key=lambda r: r.run_id):
+        rows = sorted(await self.store.get_runs(run_ids), key=lambda r: r.run_id)
+        # the adopted runs that were running hold their keys here from now on, as at a
+        # restart (see _resume_all): _resume_started takes them as counted
+        for row in rows:
+            if _limited(row) and row.state == RunState.RUNNING and not self.is_active(row.run_id):
+                self.keys.count(row.pipeline, *_key(row))
+        for row in rows:
             if row.state not in _UNFINISHED or self.is_active(row.run_id):
                 continue
             if row.started_at is not None:
@@ -390,6 +396,10 @@ class Runner:
             )
             self._runs[row.run_id] = run
             self._deadlines.watch(row)
+            if _limited(row):
+                if not running:  # else counted for its key already
+                    self.keys.count(row.pipeline, *_key(row))
+                self._keyed.add(row.run_id)  # its key is released as it leaves
             self._launch(run)
             return 1
         if self.backlog.cold_of(row.pipeline) or row.pipeline in self._loading:
