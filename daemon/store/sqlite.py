@@ -751,14 +751,17 @@ class SqliteStore:
         return next((int(n) for (n,) in rows), 0)
 
     async def next_approval_deadline(self) -> float | None:
+        owned, owner = self._owned()
         rows = await self._reader.execute_fetchall(
-            "SELECT min(deadline_at) FROM approvals WHERE state = 'waiting'"
+            f"SELECT min(deadline_at) FROM approvals WHERE state = 'waiting' {owned}", owner
         )
         return next((float(at) for (at,) in rows if at is not None), None)
 
     async def approvals_due(self, before: float) -> list[ApprovalRow]:
+        owned, owner = self._owned()  # several nodes: each expires its own runs' gates
         rows = await self._reader.execute_fetchall(
-            "SELECT * FROM approvals WHERE state = 'waiting' AND deadline_at <= ?", (before,)
+            f"SELECT * FROM approvals WHERE state = 'waiting' AND deadline_at <= ? {owned}",
+            [before, *owner],
         )
         return [_approval(r) for r in rows]
 
@@ -778,30 +781,36 @@ class SqliteStore:
         return [_wait(r) for r in rows]
 
     async def waits_to_scan(self, limit: int) -> list[WaitRow]:
+        owned, owner = self._owned()  # several nodes: each looks after its own runs' waits
         rows = await self._reader.execute_fetchall(
-            "SELECT * FROM waits WHERE state = 'waiting' AND scanned = 0 ORDER BY run_id LIMIT ?",
-            (limit,),
+            f"SELECT * FROM waits WHERE state = 'waiting' AND scanned = 0 {owned} "
+            "ORDER BY run_id LIMIT ?",
+            [*owner, limit],
         )
         return [_wait(r) for r in rows]
 
     async def next_wait_deadline(self) -> float | None:
+        owned, owner = self._owned()
         rows = await self._reader.execute_fetchall(
-            "SELECT min(deadline_at) FROM waits WHERE state = 'waiting'"
+            f"SELECT min(deadline_at) FROM waits WHERE state = 'waiting' {owned}", owner
         )
         return next((float(at) for (at,) in rows if at is not None), None)
 
     async def waits_due(self, before: float, limit: int) -> list[WaitRow]:
+        owned, owner = self._owned()
         rows = await self._reader.execute_fetchall(
-            "SELECT * FROM waits WHERE state = 'waiting' AND deadline_at <= ? "
+            f"SELECT * FROM waits WHERE state = 'waiting' AND deadline_at <= ? {owned} "
             "ORDER BY deadline_at LIMIT ?",
-            (before, limit),
+            [before, *owner, limit],
         )
         return [_wait(r) for r in rows]
 
     async def waits_settled(self, limit: int) -> list[WaitRow]:
+        owned, owner = self._owned()
         rows = await self._reader.execute_fetchall(
-            "SELECT * FROM waits WHERE state <> 'waiting' AND applied = 0 ORDER BY run_id LIMIT ?",
-            (limit,),
+            f"SELECT * FROM waits WHERE state <> 'waiting' AND applied = 0 {owned} "
+            "ORDER BY run_id LIMIT ?",
+            [*owner, limit],
         )
         return [_wait(r) for r in rows]
 
@@ -820,8 +829,10 @@ class SqliteStore:
         )
 
     async def cancels_pending(self, limit: int) -> list[CancelRow]:
+        owned, owner = self._owned()
         rows = await self._reader.execute_fetchall(
-            "SELECT * FROM run_cancels WHERE done = 0 ORDER BY run_id LIMIT ?", (limit,)
+            f"SELECT * FROM run_cancels WHERE done = 0 {owned} ORDER BY run_id LIMIT ?",
+            [*owner, limit],
         )
         return [CancelRow(*r) for r in rows]
 
