@@ -9,6 +9,7 @@ import itertools
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import httpx
 import pytest
 
@@ -142,9 +143,14 @@ async def test_resuming_starts_the_waiting_runs_as_max_active_runs_allows(make_c
         resumed = await client.post("/api/v1/pipelines/work/resume", headers=OTTO)
         assert resumed.json()["started"] == 3
         waiting = await runs_of(info, "work")
-        # all three in memory: one holds the pipeline's one slot, two wait in the backlog
-        assert all(info.runner.is_active(r.run_id) for r in waiting)
-        assert info.runner.backlog.depth == 2
+        # soon all three in memory (they are read back from the store by id, as they
+        # waited there): one holds the pipeline's one slot, two wait in the backlog
+        with anyio.fail_after(30):
+            while True:
+                active = all(info.runner.is_active(r.run_id) for r in waiting)
+                if active and info.runner.backlog.depth == 2:
+                    break
+                await anyio.sleep(0.01)
         (tmp_path / "release").touch()
         finished = await wait_finished(info, [r.run_id for r in waiting])
         assert [r.state for r in finished] == ["succeeded"] * 3
