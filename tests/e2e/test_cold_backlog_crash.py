@@ -11,25 +11,16 @@ from tests.support.daemon import (
     run_to_the_end,
     stopped_after,
     wait_for,
+    webhook_config,
     write_config,
 )
 from tests.support.raw_http import free_port
 
 RUNS, HELD_FROM = 300, 150
 
-CONFIG = """
-[http]
-listen = "127.0.0.1:@PORT@"
-[daemon]
-state = "state.db"
-backlog_window = 5
-shutdown_grace = "1s"
-
-[sources.hook]
-kind = "webhook"
-path = "/hook"
-id_header = "X-Delivery"
-
+CONFIG = (
+    webhook_config("backlog_window = 5")
+    + """
 [pipelines.p]
 max_active_runs = 1
 inputs = { n = 0 }
@@ -44,6 +35,7 @@ source = "hook"
 pipeline = "p"
 inputs = { n = "{{ event.data.n }}" }
 """
+)
 
 
 def ledger_of(path) -> list[int]:

@@ -15,25 +15,16 @@ from tests.support.daemon import (
     query,
     run_to_the_end,
     wait_for,
+    webhook_config,
     write_config,
 )
 from tests.support.raw_http import free_port
 
 KEYS, PER_KEY = ("a", "b", "c"), 40
 
-CONFIG = """
-[http]
-listen = "127.0.0.1:@PORT@"
-[daemon]
-state = "state.db"
-backlog_window = 5
-shutdown_grace = "1s"
-
-[sources.hook]
-kind = "webhook"
-path = "/hook"
-id_header = "X-Delivery"
-
+CONFIG = (
+    webhook_config("backlog_window = 5")
+    + """
 [pipelines.p]
 inputs = { key = "", n = 0 }
 [pipelines.p.tasks.t]
@@ -50,6 +41,7 @@ key = "{{ event.data.key }}"
 concurrency = { limit = 1 }
 priority = "{{ 9 if event.data.n % 3 == 1 else 2 }}"
 """
+)
 
 
 async def test_kill_9_with_runs_waiting_for_their_keys_then_restart_runs_each_once(tmp_path):

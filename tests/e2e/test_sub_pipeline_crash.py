@@ -11,24 +11,16 @@ from tests.support.daemon import (
     query,
     run_to_the_end,
     wait_for,
+    webhook_config,
     write_config,
 )
 from tests.support.raw_http import free_port
 
 PARENTS = 5
 
-CONFIG = """
-[http]
-listen = "127.0.0.1:@PORT@"
-[daemon]
-state = "state.db"
-shutdown_grace = "1s"
-
-[sources.hook]
-kind = "webhook"
-path = "/hook"
-id_header = "X-Delivery"
-
+CONFIG = (
+    webhook_config()
+    + """
 [pipelines.checkout]
 inputs = { order = 0 }
 [pipelines.checkout.tasks.ship]
@@ -52,6 +44,7 @@ source = "hook"
 pipeline = "checkout"
 inputs = { order = "{{ event.data.order }}" }
 """
+)
 
 
 async def test_kill_9_with_child_runs_running_then_restart_finishes_each_parent_once(tmp_path):

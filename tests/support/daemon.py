@@ -84,6 +84,25 @@ class Daemon:
         return self.process.returncode
 
 
+def webhook_config(daemon: str = "") -> str:
+    """The head of a config for :func:`write_config` and :func:`post_events`: the HTTP front
+    on ``@PORT@``, the state in ``state.db``, ``[daemon]`` settings ``daemon`` besides, and
+    the webhook source ``hook`` at ``/hook`` (the delivery id in ``X-Delivery``)."""
+    return f"""
+[http]
+listen = "127.0.0.1:@PORT@"
+[daemon]
+state = "state.db"
+{daemon}
+shutdown_grace = "1s"
+
+[sources.hook]
+kind = "webhook"
+path = "/hook"
+id_header = "X-Delivery"
+"""
+
+
 def write_config(directory: Path, template: str, **values: object) -> Path:
     """``directory``/config.toml: ``template`` with each ``@NAME@`` replaced by ``values[NAME]``."""
     for name, value in values.items():
