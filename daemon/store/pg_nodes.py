@@ -169,22 +169,6 @@ async def take_run_slot(
     return bool(taken)
 
 
-def _node(r: Any, expired: bool = False, runs: int = 0) -> NodeRow:
-    return NodeRow(
-        str(r[0]),
-        int(r[1]),
-        bool(r[2]),
-        str(r[3]),
-        int(r[4]),
-        float(r[5]),
-        float(r[6]),
-        float(r[7]),
-        float(r[8]),
-        expired,
-        runs,
-    )
-
-
 async def join(db: Any, node: str, *, lease_s: float, host: str, pid: int, where: str) -> NodeRow:
     """Register ``node`` with a new generation (see the module's docstring).
 
@@ -202,7 +186,7 @@ async def join(db: Any, node: str, *, lease_s: float, host: str, pid: int, where
                 # its runs that waited for a slot ask again when their turn comes here
                 # (a waiter that asks no more would hold back every later run)
                 await db.execute(_FORGET_WAITERS, [node])
-                return _node(row)
+                return NodeRow.read(row)
             other = await db.fetchrow(
                 f"SELECT generation, renewed_at, expires_at - {_NOW}, host, pid "
                 "FROM nodes WHERE node = $1",
@@ -261,7 +245,7 @@ async def leave(db: asyncpg.Connection, node: str, generation: int) -> None:
 
 async def list_nodes(db: Any) -> list[NodeRow]:
     """Every node, by name, with the runs it owns (``db``: a connection or the pool)."""
-    return [_node(r, bool(r[9]), int(r[10])) for r in await db.fetch(_LIST)]
+    return [NodeRow.read(r, bool(r[9]), int(r[10])) for r in await db.fetch(_LIST)]
 
 
 def is_fenced(exc: BaseException) -> bool:

@@ -398,6 +398,23 @@ class NodeRow:
     runs: int = 0
     """The unfinished runs it owns."""
 
+    @classmethod
+    def read(cls, r: Any, expired: bool = False, runs: int = 0) -> NodeRow:
+        """The row of a ``nodes`` table (its first nine columns, SQLite's order)."""
+        return cls(
+            str(r[0]),
+            int(r[1]),
+            bool(r[2]),
+            str(r[3]),
+            int(r[4]),
+            float(r[5]),
+            float(r[6]),
+            float(r[7]),
+            float(r[8]),
+            expired,
+            runs,
+        )
+
 
 Row = (
     RunRow

@@ -698,21 +698,7 @@ class SqliteStore:
         ((unfinished,),) = await self._reader.execute_fetchall(
             "SELECT count(*) FROM runs WHERE state IN ('queued', 'running', 'waiting')"
         )
-        return [
-            NodeRow(
-                str(r[0]),
-                int(r[1]),
-                bool(r[2]),
-                str(r[3]),
-                int(r[4]),
-                float(r[5]),
-                float(r[6]),
-                float(r[7]),
-                float(r[8]),
-                runs=int(unfinished) if r[2] else 0,
-            )
-            for r in rows
-        ]
+        return [NodeRow.read(r, runs=int(unfinished) if r[2] else 0) for r in rows]
 
     async def run_state(
         self, run_id: str

@@ -471,7 +471,7 @@ async def list_approvals(ctx: Ctx, caller: Viewer, limit: Limit = 100) -> Respon
 async def list_nodes(ctx: Ctx, caller: Viewer) -> Response:
     """The daemons sharing the state (one on SQLite), by name, with the unfinished runs
     each owns."""
-    return json_response([Node.of(row) for row in await ctx.queries.nodes()])
+    return json_response([Node.from_row(row) for row in await ctx.queries.nodes()])
 
 
 # -- events and lineage ------------------------------------------------------------------

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
         DecisionRow,
         EventRow,
         InstanceRow,
-        NodeRow,
         PauseRow,
         RunRow,
         WaitRow,
@@ -303,22 +302,6 @@ class Node(_Model):
     expires_at: float
     runs: int = Field(description="the unfinished runs it owns")
 
-    @classmethod
-    def of(cls, row: NodeRow) -> Node:
-        return cls(
-            node=row.node,
-            generation=row.generation,
-            alive=row.alive,
-            expired=row.expired,
-            host=row.host,
-            pid=row.pid,
-            lease_s=row.lease_s,
-            started_at=row.started_at,
-            renewed_at=row.renewed_at,
-            expires_at=row.expires_at,
-            runs=row.runs,
-        )
-
 
 class Approval(_Model):
     """An approval gate: what it asks, and who decided what."""
@@ -436,7 +419,7 @@ class EventDetail(Event):
         return cls(
             **Event.of(detail.event).model_dump(),
             runs=[Run.from_row(r) for r in detail.runs],
-            holds=[EventHold.model_validate(h, from_attributes=True) for h in detail.holds],
+            holds=[EventHold.from_row(h) for h in detail.holds],
         )
 
 

@@ -4,26 +4,23 @@ event came."""
 
 from __future__ import annotations
 
-import httpx
-
-from tests.support.daemon import Daemon, query, wait_for
+from tests.support.daemon import (
+    killed_after,
+    post_events,
+    query,
+    run_to_the_end,
+    stopped_after,
+    wait_for,
+    webhook_config,
+    write_config,
+)
 from tests.support.raw_http import free_port
 
 RUNS, HELD_FROM = 300, 150
 
-CONFIG = """
-[http]
-listen = "127.0.0.1:@PORT@"
-[daemon]
-state = "state.db"
-backlog_window = 5
-shutdown_grace = "1s"
-
-[sources.hook]
-kind = "webhook"
-path = "/hook"
-id_header = "X-Delivery"
-
+CONFIG = (
+    webhook_config("backlog_window = 5")
+    + """
 [pipelines.p]
 max_active_runs = 1
 inputs = { n = 0 }
@@ -38,6 +35,7 @@ source = "hook"
 pipeline = "p"
 inputs = { n = "{{ event.data.n }}" }
 """
+)
 
 
 def ledger_of(path) -> list[int]:
@@ -46,40 +44,19 @@ def ledger_of(path) -> list[int]:
 
 async def test_kill_9_with_runs_waiting_cold_then_restart_starts_each_once_in_order(tmp_path):
     port, ledger, go = free_port(), tmp_path / "ledger", tmp_path / "go"
-    config = tmp_path / "config.toml"
-    config.write_text(
-        CONFIG.replace("@PORT@", str(port))
-        .replace("@HELD@", str(HELD_FROM))
-        .replace("@GO@", str(go))
-        .replace("@LEDGER@", str(ledger))
-    )
+    config = write_config(tmp_path, CONFIG, PORT=port, HELD=HELD_FROM, GO=go, LEDGER=ledger)
     state = tmp_path / "state.db"
 
-    daemon = Daemon(config, state)
-    await daemon.start()
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            for n in range(RUNS):
-                response = await client.post(
-                    "/hook", json={"n": n}, headers={"x-delivery": f"d{n}"}
-                )
-                assert response.status_code == 202, response.text
+    async with killed_after(config, state):
+        await post_events(port, [(f"d{n}", {"n": n}) for n in range(RUNS)])
         await wait_for(lambda: len(ledger_of(ledger)) == HELD_FROM, timeout_s=120)
         running = "SELECT count(*) FROM runs WHERE state = 'running'"
         await wait_for(lambda: query(state, running) == [(1,)])
-    finally:
-        daemon.kill9()
     waiting = query(state, "SELECT count(*) FROM runs WHERE state = 'queued'")
     assert waiting == [(RUNS - HELD_FROM - 1,)]
     go.touch()
 
-    daemon = Daemon(config, state)
-    await daemon.start()
-    try:
-        unfinished = "SELECT count(*) FROM runs WHERE state IN ('queued', 'running')"
-        await wait_for(lambda: query(state, unfinished) == [(0,)], timeout_s=120)
-    finally:
-        assert daemon.stop() == 0
+    await run_to_the_end(config, state)
 
     # each run ran once, in order; but the one the kill interrupted: its task's process,
     # orphaned by the kill, may write too, beside the attempt that resumed it
@@ -96,35 +73,18 @@ async def test_kill_9_with_runs_waiting_cold_then_restart_starts_each_once_in_or
 
 async def test_a_source_is_still_refused_past_the_high_water_mark_with_runs_cold(tmp_path):
     port, ledger, go = free_port(), tmp_path / "ledger", tmp_path / "go"
-    config = tmp_path / "config.toml"
-    config.write_text(
-        CONFIG.replace("@PORT@", str(port))
-        .replace("@HELD@", "0")
-        .replace("@GO@", str(go))
-        .replace("@LEDGER@", str(ledger))
-        .replace(
-            "backlog_window = 5",
-            "backlog_window = 5\nbacklog_high_water = 20\nbacklog_low_water = 10",
-        )
+    template = CONFIG.replace(
+        "backlog_window = 5",
+        "backlog_window = 5\nbacklog_high_water = 20\nbacklog_low_water = 10",
     )
-    state = tmp_path / "state.db"
-    daemon = Daemon(config, state)
-    await daemon.start()
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            answers = []
-            for n in range(40):
-                response = await client.post(
-                    "/hook", json={"n": n}, headers={"x-delivery": f"d{n}"}
-                )
-                answers.append(response.status_code)
-            # one runs (held), twenty wait (most of them cold): the rest are refused
-            assert answers.count(202) == 21
-            assert set(answers[21:]) == {429}
-            go.touch()
-            await wait_for(lambda: len(ledger_of(ledger)) == 21, timeout_s=60)
-            # all of them started: the backlog drained, the source is accepted again
-            late = await client.post("/hook", json={"n": 99}, headers={"x-delivery": "late"})
-            assert late.status_code == 202
-    finally:
-        assert daemon.stop() == 0
+    config = write_config(tmp_path, template, PORT=port, HELD=0, GO=go, LEDGER=ledger)
+    async with stopped_after(config, tmp_path / "state.db"):
+        events = [(f"d{n}", {"n": n}) for n in range(40)]
+        answers = [r.status_code for r in await post_events(port, events, check=False)]
+        # one runs (held), twenty wait (most of them cold): the rest are refused
+        assert answers.count(202) == 21
+        assert set(answers[21:]) == {429}
+        go.touch()
+        await wait_for(lambda: len(ledger_of(ledger)) == 21, timeout_s=60)
+        # all of them started: the backlog drained, the source is accepted again
+        await post_events(port, [("late", {"n": 99})])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 from collections import Counter
 
-from tests.support.daemon import Daemon, cued, query, wait_for
+from tests.support.daemon import Daemon, cued, query, stopped_after, wait_for
 
 CONFIG = """
 [http]
@@ -46,6 +46,16 @@ command = "echo start last $CUED_IDEMPOTENCY_KEY >> {ledger}"
 
 def lines(path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
+
+
+async def restart_until_succeeded(config, state, run_id: str) -> None:
+    """Start the daemon again, wait until run ``run_id`` succeeded, and stop it."""
+    async with stopped_after(config, state):
+        await wait_for(
+            lambda: (
+                query(state, "SELECT state FROM runs WHERE run_id = ?", run_id) == [("succeeded",)]
+            )
+        )
 
 
 async def test_kill_9_mid_run_then_restart_completes_it_without_rerunning_finished_tasks(tmp_path):
@@ -168,16 +178,7 @@ async def test_sigterm_lets_running_tasks_finish_and_the_rest_runs_after_restart
     ]
     assert query(state, "SELECT state FROM runs WHERE run_id = ?", run_id) == [("running",)]
 
-    daemon = Daemon(config, state)
-    await daemon.start()
-    try:
-        await wait_for(
-            lambda: (
-                query(state, "SELECT state FROM runs WHERE run_id = ?", run_id) == [("succeeded",)]
-            )
-        )
-    finally:
-        assert daemon.stop() == 0
+    await restart_until_succeeded(config, state, run_id)
     assert lines(ledger) == ["start a", "end a", "start b"]
 
 
@@ -246,16 +247,7 @@ async def test_kill_9_before_an_attempts_start_is_committed_runs_it_again(tmp_pa
         ("a", "succeeded")
     ]
 
-    daemon = Daemon(config, state)
-    await daemon.start()
-    try:
-        await wait_for(
-            lambda: (
-                query(state, "SELECT state FROM runs WHERE run_id = ?", run_id) == [("succeeded",)]
-            )
-        )
-    finally:
-        assert daemon.stop() == 0
+    await restart_until_succeeded(config, state, run_id)
     # a ran once; b again, with the same idempotency key, as its next attempt
     assert lines(ledger) == [f"start a {run_id}/a", f"start b {run_id}/b", f"start b {run_id}/b"]
     assert query(

@@ -8,26 +8,23 @@ from __future__ import annotations
 import json
 from itertools import pairwise
 
-import httpx
-
-from tests.support.daemon import Daemon, cued, query, wait_for
+from tests.support.daemon import (
+    cued,
+    killed_after,
+    post_events,
+    query,
+    run_to_the_end,
+    wait_for,
+    webhook_config,
+    write_config,
+)
 from tests.support.raw_http import free_port
 
 KEYS, PER_KEY = ("a", "b", "c"), 40
 
-CONFIG = """
-[http]
-listen = "127.0.0.1:@PORT@"
-[daemon]
-state = "state.db"
-backlog_window = 5
-shutdown_grace = "1s"
-
-[sources.hook]
-kind = "webhook"
-path = "/hook"
-id_header = "X-Delivery"
-
+CONFIG = (
+    webhook_config("backlog_window = 5")
+    + """
 [pipelines.p]
 inputs = { key = "", n = 0 }
 [pipelines.p.tasks.t]
@@ -44,29 +41,18 @@ key = "{{ event.data.key }}"
 concurrency = { limit = 1 }
 priority = "{{ 9 if event.data.n % 3 == 1 else 2 }}"
 """
+)
 
 
 async def test_kill_9_with_runs_waiting_for_their_keys_then_restart_runs_each_once(tmp_path):
     port, ledger, go = free_port(), tmp_path / "ledger", tmp_path / "go"
-    config = tmp_path / "config.toml"
-    config.write_text(
-        CONFIG.replace("@PORT@", str(port))
-        .replace("@GO@", str(go))
-        .replace("@LEDGER@", str(ledger))
-    )
+    config = write_config(tmp_path, CONFIG, PORT=port, GO=go, LEDGER=ledger)
     state = tmp_path / "state.db"
 
-    daemon = Daemon(config, state)
-    await daemon.start()
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            for n in range(PER_KEY):
-                for key in KEYS:
-                    response = await client.post(
-                        "/hook", json={"key": key, "n": n}, headers={"x-delivery": f"{key}{n}"}
-                    )
-                    assert response.status_code == 202, response.text
-                    assert len(response.json()["runs"]) == 1
+    async with killed_after(config, state):
+        events = [(f"{key}{n}", {"key": key, "n": n}) for n in range(PER_KEY) for key in KEYS]
+        for response in await post_events(port, events):
+            assert len(response.json()["runs"]) == 1
         running = "SELECT count(*) FROM runs WHERE state = 'running'"
         await wait_for(lambda: query(state, running) == [(len(KEYS),)], timeout_s=60)
         ((waiting_id,),) = query(
@@ -76,19 +62,11 @@ async def test_kill_9_with_runs_waiting_for_their_keys_then_restart_runs_each_on
         assert shown.returncode == 0, shown.stderr
         assert "key       a (limit 1)" in shown.stdout
         assert "waits     waiting for key 'a' (limit 1)" in shown.stdout
-    finally:
-        daemon.kill9()
     waiting = query(state, "SELECT count(*) FROM runs WHERE state = 'queued'")
     assert waiting == [(len(KEYS) * (PER_KEY - 1),)]
     go.touch()
 
-    daemon = Daemon(config, state)
-    await daemon.start()
-    try:
-        unfinished = "SELECT count(*) FROM runs WHERE state IN ('queued', 'running')"
-        await wait_for(lambda: query(state, unfinished) == [(0,)], timeout_s=180)
-    finally:
-        assert daemon.stop() == 0
+    await run_to_the_end(config, state, timeout_s=180)
 
     total = len(KEYS) * PER_KEY
     assert query(state, "SELECT state, count(*) FROM runs GROUP BY state") == [("succeeded", total)]

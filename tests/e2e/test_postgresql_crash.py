@@ -6,17 +6,14 @@ success was recorded runs again. The state's URL comes from the environment
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 import anyio
 import httpx
 
 from tests.support.daemon import Daemon, cued
+from tests.support.flood import Sender, none_unfinished, succeeded_tasks, until
 from tests.support.raw_http import free_port
 from tests.support.stores import StoreAt, fresh_database
-
-if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
 
 CONFIG = """
 [http]
@@ -49,13 +46,6 @@ pipeline = "p"
 HOOKS = 120
 
 
-async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 60) -> None:
-    """Poll ``check`` until true: the daemon is another process, which cannot signal us."""
-    with anyio.fail_after(timeout_s):
-        while not await check():  # noqa: ASYNC110 - effects in another process
-            await anyio.sleep(0.05)
-
-
 async def test_kill_9_of_a_daemon_on_postgresql_mid_flood_loses_and_doubles_nothing(
     tmp_path, monkeypatch
 ):
@@ -71,57 +61,33 @@ async def _kill_9_mid_flood(tmp_path, db: StoreAt) -> None:
     checked = cued(config, "validate", "--strict")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     local = tmp_path / "postgresql"  # the name of the daemon's socket and lock
-    acked: dict[str, str] = {}  # delivery id -> event id, answered 202 or 200
-
-    async def post_hooks(client: httpx.AsyncClient, numbers: range) -> None:
-        for n in numbers:
-            if f"d{n}" in acked:
-                continue
-            try:
-                response = await client.post(
-                    "/hook", json={"n": n}, headers={"x-delivery": f"d{n}"}
-                )
-            except httpx.TransportError:
-                continue  # the daemon is down: the sender tries again later
-            if response.status_code in (200, 202):
-                acked[f"d{n}"] = response.json()["event_id"]
-
-    async def succeeded() -> int:
-        return (await db.query("SELECT count(*) FROM task_instances WHERE state = 'succeeded'"))[0][
-            0
-        ]
 
     daemon = Daemon(config, local)
     await daemon.start()
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        sender = Sender({"only": client})
         try:
             async with anyio.create_task_group() as tg:
                 # two senders at once: the intake batches what arrives together
-                tg.start_soon(post_hooks, client, range(0, HOOKS, 2))
-                tg.start_soon(post_hooks, client, range(1, HOOKS, 2))
+                tg.start_soon(sender.post, range(0, HOOKS, 2))
+                tg.start_soon(sender.post, range(1, HOOKS, 2))
                 # in the thick of it: events recorded, tasks done, much still coming
-                await until(lambda: _at_least(len(acked), 30, succeeded, 10))
+                await until(lambda: _thick(len(sender.acked), db))
                 daemon.kill9()
         finally:
             daemon.kill9()
-        acked_before = dict(acked)
-        done_before = {
-            f"{run_id}/{key}"
-            for run_id, key in await db.query(
-                "SELECT run_id, key FROM task_instances WHERE state = 'succeeded'"
-            )
-        }
+        acked_before = dict(sender.acked)
+        done_before = await succeeded_tasks(db)
 
         daemon = Daemon(config, local)
         await daemon.start()
         try:
             # senders try again what was not acknowledged, with the same delivery ids
-            with anyio.fail_after(60):
-                while len(acked) < HOOKS:
-                    await post_hooks(client, range(HOOKS))
-            await until(lambda: _none_unfinished(db))
+            await sender.post_all(HOOKS)
+            await until(lambda: none_unfinished(db))
         finally:
             assert daemon.stop() == 0
+    acked = sender.acked
 
     assert len(acked_before) < HOOKS, "the kill came after the flood"
     assert done_before, "nothing had finished at the kill"
@@ -156,12 +122,5 @@ async def _kill_9_mid_flood(tmp_path, db: StoreAt) -> None:
     assert "second" in shown.stdout
 
 
-async def _at_least(
-    acked: int, want: int, succeeded: Callable[[], Awaitable[int]], tasks: int
-) -> bool:
-    return acked >= want and await succeeded() >= tasks
-
-
-async def _none_unfinished(db: StoreAt) -> bool:
-    rows = await db.query("SELECT count(*) FROM runs WHERE state NOT IN ('succeeded', 'failed')")
-    return rows[0][0] == 0 and len(await db.query("SELECT 1 FROM events")) > 0
+async def _thick(acked: int, db: StoreAt) -> bool:
+    return acked >= 30 and len(await succeeded_tasks(db)) >= 10

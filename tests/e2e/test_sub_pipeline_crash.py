@@ -4,25 +4,23 @@ every parent completes with its child's output."""
 
 from __future__ import annotations
 
-import httpx
-
-from tests.support.daemon import Daemon, cued, query, wait_for
+from tests.support.daemon import (
+    cued,
+    killed_after,
+    post_events,
+    query,
+    run_to_the_end,
+    wait_for,
+    webhook_config,
+    write_config,
+)
 from tests.support.raw_http import free_port
 
 PARENTS = 5
 
-CONFIG = """
-[http]
-listen = "127.0.0.1:@PORT@"
-[daemon]
-state = "state.db"
-shutdown_grace = "1s"
-
-[sources.hook]
-kind = "webhook"
-path = "/hook"
-id_header = "X-Delivery"
-
+CONFIG = (
+    webhook_config()
+    + """
 [pipelines.checkout]
 inputs = { order = 0 }
 [pipelines.checkout.tasks.ship]
@@ -46,44 +44,23 @@ source = "hook"
 pipeline = "checkout"
 inputs = { order = "{{ event.data.order }}" }
 """
+)
 
 
 async def test_kill_9_with_child_runs_running_then_restart_finishes_each_parent_once(tmp_path):
     port, ledger, go = free_port(), tmp_path / "ledger", tmp_path / "go"
-    config = tmp_path / "config.toml"
-    config.write_text(
-        CONFIG.replace("@PORT@", str(port))
-        .replace("@GO@", str(go))
-        .replace("@LEDGER@", str(ledger))
-    )
+    config = write_config(tmp_path, CONFIG, PORT=port, GO=go, LEDGER=ledger)
     state = tmp_path / "state.db"
 
-    daemon = Daemon(config, state)
-    await daemon.start()
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            for n in range(PARENTS):
-                response = await client.post(
-                    "/hook", json={"order": n}, headers={"x-delivery": f"d{n}"}
-                )
-                assert response.status_code == 202, response.text
+    async with killed_after(config, state):
+        await post_events(port, [(f"d{n}", {"order": n}) for n in range(PARENTS)])
         children = "SELECT count(*) FROM runs WHERE pipeline = 'shipping' AND state = 'running'"
         await wait_for(lambda: query(state, children) == [(PARENTS,)], timeout_s=60)
         parked = "SELECT count(*) FROM runs WHERE pipeline = 'checkout' AND state = 'waiting'"
         await wait_for(lambda: query(state, parked) == [(PARENTS,)], timeout_s=60)
-    finally:
-        daemon.kill9()
     go.touch()
 
-    daemon = Daemon(config, state)
-    await daemon.start()
-    try:
-        unfinished = (
-            "SELECT count(*) FROM runs WHERE state NOT IN ('succeeded', 'failed', 'cancelled')"
-        )
-        await wait_for(lambda: query(state, unfinished) == [(0,)], timeout_s=120)
-    finally:
-        assert daemon.stop() == 0
+    await run_to_the_end(config, state)
 
     by_pipeline = query(
         state, "SELECT pipeline, state, count(*) FROM runs GROUP BY 1, 2 ORDER BY 1"

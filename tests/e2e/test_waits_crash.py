@@ -11,7 +11,7 @@ from collections import Counter
 
 import httpx
 
-from tests.support.daemon import Daemon, cued, query, wait_for
+from tests.support.daemon import cued, killed_after, query, stopped_after, wait_for
 from tests.support.raw_http import free_port
 
 CONFIG = """
@@ -111,9 +111,7 @@ async def test_runs_waiting_for_events_and_timers_wake_once_across_kill_9(tmp_pa
 async def _kill_9_while_waiting(config, tmp_path, ledger, drop, cancels, hold, port):
     state = tmp_path / "state.db"
 
-    daemon = Daemon(config, state)
-    await daemon.start()
-    try:
+    async with killed_after(config, state):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
             runs = {n: await _trigger(api, "checkout", order_id=n) for n in ("A", "B", "C", "D")}
             # E waits for its payment while a task of it still runs (held): in memory
@@ -132,8 +130,6 @@ async def _kill_9_while_waiting(config, tmp_path, ledger, drop, cancels, hold, p
         (drop / "A").write_text("paid")
         # its run ended before the kill (a task killed mid-attempt runs again: not this)
         await wait_for(lambda: _state(state, runs["A"]) == "succeeded")
-    finally:
-        daemon.kill9()
 
     assert time.time() < due, "the machine was too slow for this test's timer"
     # while the daemon is down: the payments of B and E come, and D is cancelled
@@ -141,9 +137,7 @@ async def _kill_9_while_waiting(config, tmp_path, ledger, drop, cancels, hold, p
     (drop / "E").write_text("paid")
     (cancels / "D").write_text("cancelled")
 
-    daemon = Daemon(config, state)
-    await daemon.start()
-    try:
+    async with stopped_after(config, state):
         await wait_for(
             lambda: (
                 all(_state(state, runs[r]) == "succeeded" for r in ("A", "B", "timer"))
@@ -157,8 +151,6 @@ async def _kill_9_while_waiting(config, tmp_path, ledger, drop, cancels, hold, p
         hold.touch()
         await wait_for(lambda: _state(state, runs["E"]) == "succeeded")
         assert _state(state, runs["C"]) == "waiting"
-    finally:
-        assert daemon.stop() == 0
 
     woke = Counter(_lines(ledger))
     assert woke == {"woke A": 1, "woke B": 1, "woke E": 1, "woke timer": 1}

@@ -286,10 +286,42 @@ def bare_source(broker: Broker, intake: GatedIntake, tmp_path: Path, **config: A
     )
 
 
-async def test_offsets_are_committed_only_once_the_batch_is_recorded(kafka, tmp_path):
+async def raw_topic(broker: Broker, count: int, partitions: int = 1) -> tuple[str, str]:
+    """A new topic with messages ``{"n": 0}`` to ``count - 1`` in each partition, and a new
+    group's name."""
     topic, group = unique_name("raw"), unique_name("cued")
-    await create_topics(kafka.bootstrap, topic)
-    await produce(kafka.bootstrap, topic, [{"n": i} for i in range(3)])
+    await create_topics(broker.bootstrap, topic, partitions=partitions)
+    for partition in range(partitions):
+        values = [{"n": i} for i in range(count)]
+        await produce(broker.bootstrap, topic, values, partition=partition)
+    return topic, group
+
+
+async def committed_up_to(broker: Broker, group: str, topic: str, offset: int) -> None:
+    """Wait until ``group`` has committed ``offset`` in partition 0 of ``topic``."""
+    await eventually(
+        lambda: _equals(
+            committed_offsets(broker.bootstrap, group, [(topic, 0)]), {(topic, 0): offset}
+        )
+    )
+
+
+async def read_again(
+    broker: Broker, tmp_path: Path, topic: str, group: str, offset: int
+) -> GatedIntake:
+    """Start ``group``'s source again, recording all, until it committed ``offset``: what it
+    was handed."""
+    again = GatedIntake()
+    again.release.set()
+    async with anyio.create_task_group() as tg:
+        await tg.start(bare_source(broker, again, tmp_path, topics=[topic], group=group).run)
+        await committed_up_to(broker, group, topic, offset)
+        tg.cancel_scope.cancel()
+    return again
+
+
+async def test_offsets_are_committed_only_once_the_batch_is_recorded(kafka, tmp_path):
+    topic, group = await raw_topic(kafka, 3)
     intake = GatedIntake()
     source = bare_source(kafka, intake, tmp_path, topics=[topic], group=group)
     async with anyio.create_task_group() as tg:
@@ -299,19 +331,13 @@ async def test_offsets_are_committed_only_once_the_batch_is_recorded(kafka, tmp_
         # recording is under way: nothing may be committed yet
         assert await committed_offsets(kafka.bootstrap, group, [(topic, 0)]) == {}
         intake.release.set()
-        await eventually(
-            lambda: _equals(
-                committed_offsets(kafka.bootstrap, group, [(topic, 0)]), {(topic, 0): 3}
-            )
-        )
+        await committed_up_to(kafka, group, topic, 3)
         tg.cancel_scope.cancel()
     assert [e.event_id for e in intake.batches[0]] == [f"raw:{topic}:0:{i}" for i in range(3)]
 
 
 async def test_a_batch_that_cannot_be_recorded_is_not_committed_and_comes_again(kafka, tmp_path):
-    topic, group = unique_name("raw"), unique_name("cued")
-    await create_topics(kafka.bootstrap, topic)
-    await produce(kafka.bootstrap, topic, [{"n": i} for i in range(3)])
+    topic, group = await raw_topic(kafka, 3)
     failing = GatedIntake()
     failing.fail = True
     failing.release.set()
@@ -321,16 +347,7 @@ async def test_a_batch_that_cannot_be_recorded_is_not_committed_and_comes_again(
     assert caught.group_contains(StoreError)
     assert await committed_offsets(kafka.bootstrap, group, [(topic, 0)]) == {}
 
-    again = GatedIntake()
-    again.release.set()
-    async with anyio.create_task_group() as tg:
-        await tg.start(bare_source(kafka, again, tmp_path, topics=[topic], group=group).run)
-        await eventually(
-            lambda: _equals(
-                committed_offsets(kafka.bootstrap, group, [(topic, 0)]), {(topic, 0): 3}
-            )
-        )
-        tg.cancel_scope.cancel()
+    again = await read_again(kafka, tmp_path, topic, group, 3)
     ids = [e.event_id for e in failing.batches[0]]
     assert [e.event_id for batch in again.batches for e in batch] == ids
 
@@ -402,9 +419,7 @@ class HeldIntake(AcceptingIntake):
 async def test_two_batches_are_in_flight_and_offsets_are_committed_in_their_order(kafka, tmp_path):
     """The second batch is handed in while the first is being recorded; recorded first,
     it commits nothing until the first is recorded too."""
-    topic, group = unique_name("raw"), unique_name("cued")
-    await create_topics(kafka.bootstrap, topic)
-    await produce(kafka.bootstrap, topic, [{"n": i} for i in range(6)])
+    topic, group = await raw_topic(kafka, 6)
     intake = HeldIntake()
     source = bare_source(kafka, intake, tmp_path, topics=[topic], group=group, max_batch=3)
     async with anyio.create_task_group() as tg:
@@ -419,20 +434,14 @@ async def test_two_batches_are_in_flight_and_offsets_are_committed_in_their_orde
         assert source._uncommitted == {}
         assert await committed_offsets(kafka.bootstrap, group, [(topic, 0)]) == {}
         await intake.release(0)
-        await eventually(
-            lambda: _equals(
-                committed_offsets(kafka.bootstrap, group, [(topic, 0)]), {(topic, 0): 6}
-            )
-        )
+        await committed_up_to(kafka, group, topic, 6)
         tg.cancel_scope.cancel()
 
 
 async def test_a_batch_recorded_after_one_that_failed_is_not_committed(kafka, tmp_path):
     """The first of two batches in flight fails after the second was recorded: the source
     stops with nothing committed, and both batches come again."""
-    topic, group = unique_name("raw"), unique_name("cued")
-    await create_topics(kafka.bootstrap, topic)
-    await produce(kafka.bootstrap, topic, [{"n": i} for i in range(6)])
+    topic, group = await raw_topic(kafka, 6)
     failing = HeldIntake()
 
     async def second_recorded_then_first_fails() -> None:
@@ -448,16 +457,7 @@ async def test_a_batch_recorded_after_one_that_failed_is_not_committed(kafka, tm
     assert caught.group_contains(StoreError)
     assert await committed_offsets(kafka.bootstrap, group, [(topic, 0)]) == {}
 
-    again = GatedIntake()
-    again.release.set()
-    async with anyio.create_task_group() as tg:
-        await tg.start(bare_source(kafka, again, tmp_path, topics=[topic], group=group).run)
-        await eventually(
-            lambda: _equals(
-                committed_offsets(kafka.bootstrap, group, [(topic, 0)]), {(topic, 0): 6}
-            )
-        )
-        tg.cancel_scope.cancel()
+    again = await read_again(kafka, tmp_path, topic, group, 6)
     assert [e.event_id for b in again.batches for e in b] == [
         f"raw:{topic}:0:{i}" for i in range(6)
     ]
@@ -498,24 +498,53 @@ def bare_source_at(bootstrap: str, tmp_path: Path) -> KafkaSource:
     return KafkaSource(config, ctx)
 
 
-async def test_a_rebalance_waits_for_the_batch_in_flight(kafka, tmp_path):
-    """A member joining while a batch is being recorded gets partitions only once that
-    batch is committed, and starts after it: no message is taken by both."""
-    topic, group = unique_name("raw"), unique_name("cued")
-    await create_topics(kafka.bootstrap, topic, partitions=2)
-    for partition in (0, 1):
-        await produce(kafka.bootstrap, topic, [{"n": i} for i in range(10)], partition=partition)
-    intake = GatedIntake()
-    source = bare_source(kafka, intake, tmp_path, topics=[topic], group=group)
-    other = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap,
+def joining_member(broker: Broker, group: str, **config: Any) -> AIOKafkaConsumer:
+    """Another member of ``group``, quick to join and to be seen gone."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=broker.bootstrap,
         group_id=group,
         enable_auto_commit=False,
         session_timeout_ms=2000,
         heartbeat_interval_ms=600,
+        **config,
     )
+
+
+async def assigned_within(member: AIOKafkaConsumer, seconds: float, since: float) -> float | None:
+    """How long after ``since`` ``member`` had partitions, polling for ``seconds`` at most;
+    None if it had none by then."""
+    with anyio.move_on_after(seconds):
+        while not member.assignment():
+            await member.getmany(timeout_ms=100)
+        return anyio.current_time() - since
+    return None
+
+
+async def read_what_comes_next(
+    broker: Broker, topic: str, member: AIOKafkaConsumer
+) -> set[tuple[int, int]]:
+    """Produce offsets 10 to 14 in both partitions of ``topic``; what ``member`` reads,
+    ``(partition, offset)``, until it read offset 14 of each partition it holds."""
+    for partition in (0, 1):
+        values = [{"n": i} for i in range(10, 15)]
+        await produce(broker.bootstrap, topic, values, partition=partition)
     theirs: set[tuple[int, int]] = set()
-    assigned_while_held: float | None = None
+    with anyio.fail_after(WAIT_S):
+        while not member.assignment() or any(
+            (tp.partition, 14) not in theirs for tp in member.assignment()
+        ):
+            for tp, records in (await member.getmany(timeout_ms=100)).items():
+                theirs.update((tp.partition, r.offset) for r in records)
+    return theirs
+
+
+async def test_a_rebalance_waits_for_the_batch_in_flight(kafka, tmp_path):
+    """A member joining while a batch is being recorded gets partitions only once that
+    batch is committed, and starts after it: no message is taken by both."""
+    topic, group = await raw_topic(kafka, 10, partitions=2)
+    intake = GatedIntake()
+    source = bare_source(kafka, intake, tmp_path, topics=[topic], group=group)
+    other = joining_member(kafka, group)
     async with anyio.create_task_group() as tg:
         await tg.start(source.run)
         with anyio.fail_after(WAIT_S):
@@ -527,21 +556,9 @@ async def test_a_rebalance_waits_for_the_batch_in_flight(kafka, tmp_path):
             # An unhindered rebalance takes about 2 s here (heartbeat, then the broker's
             # join delay): hold the batch twice as long.
             joined = anyio.current_time()
-            with anyio.move_on_after(4):
-                while not other.assignment():
-                    await other.getmany(timeout_ms=100)
-                assigned_while_held = anyio.current_time() - joined
+            assigned_while_held = await assigned_within(other, 4, joined)
             intake.release.set()
-            for partition in (0, 1):
-                await produce(
-                    kafka.bootstrap, topic, [{"n": i} for i in range(10, 15)], partition=partition
-                )
-            with anyio.fail_after(WAIT_S):
-                while not other.assignment() or any(
-                    (tp.partition, 14) not in theirs for tp in other.assignment()
-                ):
-                    for tp, records in (await other.getmany(timeout_ms=100)).items():
-                        theirs.update((tp.partition, r.offset) for r in records)
+            theirs = await read_what_comes_next(kafka, topic, other)
         finally:
             intake.release.set()
             await other.stop()
@@ -555,24 +572,12 @@ async def test_a_rebalance_waits_for_the_batch_in_flight(kafka, tmp_path):
 async def test_a_rebalance_waits_for_both_batches_in_flight(kafka, tmp_path):
     """Two batches are being recorded when a member joins: it gets partitions only once
     both are, the second recorded first, and it reads none of their messages again."""
-    topic, group = unique_name("raw"), unique_name("cued")
-    await create_topics(kafka.bootstrap, topic, partitions=2)
-    for partition in (0, 1):
-        await produce(kafka.bootstrap, topic, [{"n": i} for i in range(10)], partition=partition)
+    topic, group = await raw_topic(kafka, 10, partitions=2)
     intake = HeldIntake()
     source = bare_source(kafka, intake, tmp_path, topics=[topic], group=group, max_batch=4)
-    other = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        session_timeout_ms=2000,
-        # a partition the source committed nothing of (both batches may be of the other)
-        # is read from its start: what it took is still none of what the source recorded
-        auto_offset_reset="earliest",
-        heartbeat_interval_ms=600,
-    )
-    theirs: set[tuple[int, int]] = set()
-    assigned_while_held: float | None = None
+    # a partition the source committed nothing of (both batches may be of the other) is
+    # read from its start: what it took is still none of what the source recorded
+    other = joining_member(kafka, group, auto_offset_reset="earliest")
     async with anyio.create_task_group() as tg:
         await tg.start(source.run)
         await intake.entered(2)
@@ -582,27 +587,13 @@ async def test_a_rebalance_waits_for_both_batches_in_flight(kafka, tmp_path):
             other.subscribe([topic])
             # as above: an unhindered rebalance takes about 2 s; hold both twice as long
             joined = anyio.current_time()
-            with anyio.move_on_after(4):
-                while not other.assignment():
-                    await other.getmany(timeout_ms=100)
-                assigned_while_held = anyio.current_time() - joined
+            assigned_while_held = await assigned_within(other, 4, joined)
             await intake.release(1)
-            with anyio.move_on_after(1):  # still held by the first: no partitions yet
-                while not other.assignment():
-                    await other.getmany(timeout_ms=100)
-                assigned_while_held = anyio.current_time() - joined
+            # still held by the first: no partitions yet
+            assigned_while_held = await assigned_within(other, 1, joined)
             await intake.release(0)
             intake.open()
-            for partition in (0, 1):
-                await produce(
-                    kafka.bootstrap, topic, [{"n": i} for i in range(10, 15)], partition=partition
-                )
-            with anyio.fail_after(WAIT_S):
-                while not other.assignment() or any(
-                    (tp.partition, 14) not in theirs for tp in other.assignment()
-                ):
-                    for tp, records in (await other.getmany(timeout_ms=100)).items():
-                        theirs.update((tp.partition, r.offset) for r in records)
+            theirs = await read_what_comes_next(kafka, topic, other)
         finally:
             intake.open()
             await other.stop()
@@ -667,11 +658,7 @@ args = { order_id = "{{ inputs.order_id }}" }
         assert committed[topic, 0] <= backlog.high_water + 2 * 10
         GATE.set()
         runs = await finished_runs(info, "slow", 100)
-        await eventually(
-            lambda: _equals(
-                committed_offsets(kafka.bootstrap, group, [(topic, 0)]), {(topic, 0): 100}
-            )
-        )
+        await committed_up_to(kafka, group, topic, 100)
     assert {r.state for r in runs} == {"succeeded"}
     assert sorted(HELD) == sorted(f"o{i}" for i in range(100))
 

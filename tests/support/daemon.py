@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sqlite3
 import subprocess
@@ -10,12 +11,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import httpx
 
 from cued.daemon.assembly import control_socket_path
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Iterable, Sequence
     from pathlib import Path
+
+UNFINISHED = "SELECT count(*) FROM runs WHERE state NOT IN ('succeeded', 'failed', 'cancelled')"
 
 
 def cued(
@@ -78,6 +82,79 @@ class Daemon:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def webhook_config(daemon: str = "") -> str:
+    """The head of a config for :func:`write_config` and :func:`post_events`: the HTTP front
+    on ``@PORT@``, the state in ``state.db``, ``[daemon]`` settings ``daemon`` besides, and
+    the webhook source ``hook`` at ``/hook`` (the delivery id in ``X-Delivery``)."""
+    return f"""
+[http]
+listen = "127.0.0.1:@PORT@"
+[daemon]
+state = "state.db"
+{daemon}
+shutdown_grace = "1s"
+
+[sources.hook]
+kind = "webhook"
+path = "/hook"
+id_header = "X-Delivery"
+"""
+
+
+def write_config(directory: Path, template: str, **values: object) -> Path:
+    """``directory``/config.toml: ``template`` with each ``@NAME@`` replaced by ``values[NAME]``."""
+    for name, value in values.items():
+        template = template.replace(f"@{name}@", str(value))
+    config = directory / "config.toml"
+    config.write_text(template)
+    return config
+
+
+@contextlib.asynccontextmanager
+async def killed_after(config: Path, state: Path) -> AsyncIterator[Daemon]:
+    """Start the daemon; kill -9 it when the block ends, however it ends."""
+    daemon = Daemon(config, state)
+    await daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.kill9()
+
+
+@contextlib.asynccontextmanager
+async def stopped_after(config: Path, state: Path) -> AsyncIterator[Daemon]:
+    """Start the daemon; stop it when the block ends, and check that it exited with 0."""
+    daemon = Daemon(config, state)
+    await daemon.start()
+    try:
+        yield daemon
+    finally:
+        assert daemon.stop() == 0
+
+
+async def run_to_the_end(config: Path, state: Path, timeout_s: float = 120) -> None:
+    """Start the daemon, wait until every run in ``state`` has ended, and stop it."""
+    async with stopped_after(config, state):
+        await wait_for(lambda: query(state, UNFINISHED) == [(0,)], timeout_s=timeout_s)
+
+
+async def post_events(
+    port: int, events: Iterable[tuple[str, Any]], *, path: str = "/hook", check: bool = True
+) -> list[httpx.Response]:
+    """POST each ``(delivery id, JSON body)`` to the webhook source at ``path``, in order,
+    the id in ``X-Delivery``.
+
+    :param check: assert that each was accepted (202)
+    """
+    responses = []
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        for delivery, body in events:
+            response = await client.post(path, json=body, headers={"x-delivery": delivery})
+            assert not check or response.status_code == 202, response.text
+            responses.append(response)
+    return responses
 
 
 async def _answers(socket_path: Path) -> bool:
