@@ -141,7 +141,7 @@ class FlowControl:
         ``event_id``, now (synchronous: intake records the rows it gives)."""
         at = self.clock()
         _, rule = self._rules[m.trigger]
-        key = key or ""  # no key: one for the whole trigger
+        key = m.key or ""  # no key: one for the whole trigger
         name = (m.trigger, key)
         state = self._keys.get(name, KeyState())
         # most events join the window being filled: an id only for a new one
