@@ -408,7 +408,6 @@ class DaemonIntake:
             last = waits[-1]
             after = (last.run_id, last.key, last.attempt)
 
-
     async def _complete(self, batch: _Batch, durable: Durable, runs: RunQueue) -> None:
         error: BaseException | None = None
         try:

@@ -77,8 +77,8 @@ if TYPE_CHECKING:
     from cued.daemon.config import Config, TaskConfig
     from cued.daemon.runtime.asset_events import AssetSink
     from cued.daemon.runtime.backlog import Backlog
-    from cued.daemon.runtime.keys import Released
     from cued.daemon.runtime.flow import FlowControl
+    from cued.daemon.runtime.keys import Released
     from cued.daemon.runtime.run_alerts import AlertSink
     from cued.daemon.runtime.signals import Signals
     from cued.daemon.sdk.kinds import AwaitingRun, Spending, TaskKind

@@ -29,7 +29,6 @@ __all__ = [
     "Durable",
     "EventClaim",
     "EventRow",
-    "EventSettled",
     "HoldRow",
     "InstanceGone",
     "InstanceRow",
@@ -43,11 +42,12 @@ __all__ = [
     "Row",
     "RunRow",
     "Store",
+    "ThrottleRow",
     "WaitRow",
     "WaitingRun",
-    "ThrottleRow",
     "WindowGone",
     "WindowRow",
+    "WindowSettled",
 ]
 
 
@@ -212,17 +212,6 @@ class DedupeRow:
 
 
 @dataclass(frozen=True, slots=True)
-class EventSettled:
-    """An event recorded before gets a new status, runs and notes (flow control released
-    the window that held it): its data stay as they are."""
-
-    status: str
-    run_ids: tuple[str, ...]
-    error: str | None
-    event_id: str
-
-
-@dataclass(frozen=True, slots=True)
 class WindowRow:
     """Events a trigger's flow control holds for one key, to start one run when due (see
     :mod:`cued.daemon.core.flow`)."""
@@ -247,6 +236,19 @@ class HoldRow:
     seq: int
     event_id: str
     held_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSettled:
+    """A window's events settled at its release, in the store, with one statement: each
+    gets ``note`` (after its notes so far) and ``run_id`` (if any) among its runs, and its
+    status: ``held`` still if a window not released holds it (``gone`` false: this one),
+    else ``matched`` if it started a run, else ``dropped``. Their data stay as they are."""
+
+    window_id: str
+    run_id: str | None
+    note: str
+    gone: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,10 +416,10 @@ Row = (
     | LogTrim
     | WaitRow
     | CancelRow
-    | EventSettled
     | WindowRow
     | HoldRow
     | WindowGone
+    | WindowSettled
     | ThrottleRow
 )
 
@@ -617,11 +619,9 @@ class Store(Protocol):
 
     async def window_holds(
         self, windows: Sequence[str]
-    ) -> tuple[
-        list[WindowRow], dict[str, list[tuple[HoldRow, EventRow | None]]], dict[str, set[str]]
-    ]:
-        """Windows (those still held), the events each holds in order (``None`` for one no
-        longer kept), and every window that holds each of those events."""
+    ) -> tuple[list[WindowRow], dict[str, list[tuple[HoldRow, EventRow | None]]]]:
+        """Windows (those still held), and the events each holds in order (``None`` for
+        one no longer kept)."""
 
     async def run_state(
         self, run_id: str

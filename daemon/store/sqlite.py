@@ -38,7 +38,6 @@ from cued.daemon.store import (
     DedupeRow,
     EventClaim,
     EventRow,
-    EventSettled,
     HoldRow,
     InstanceGone,
     InstanceRow,
@@ -49,11 +48,12 @@ from cued.daemon.store import (
     PauseRow,
     PruneCounts,
     RunRow,
+    ThrottleRow,
     WaitingRun,
     WaitRow,
-    ThrottleRow,
     WindowGone,
     WindowRow,
+    WindowSettled,
     pruning,
 )
 from cued.daemon.store.filemodes import private_state_files
@@ -125,8 +125,21 @@ _PUT_CURSOR = "INSERT OR REPLACE INTO source_cursors VALUES (?, ?, ?)"
 _PUT_WINDOW = "INSERT OR REPLACE INTO flow_windows VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _PUT_HOLD = "INSERT OR REPLACE INTO flow_holds VALUES (?, ?, ?, ?)"
 _PUT_THROTTLE = "INSERT OR REPLACE INTO flow_throttles VALUES (?, ?, ?, ?)"
-# the fields of EventSettled in its order
-_SETTLE_EVENT = "UPDATE events SET status = ?, run_ids = ?, error = ? WHERE event_id = ?"
+# a window's events settled in one statement (the fields of WindowSettled: ?1 window_id,
+# ?2 run_id, ?3 note, ?4 gone), before its holds go: see WindowSettled
+_SETTLE_WINDOW = """
+UPDATE events SET
+    run_ids = CASE WHEN ?2 IS NULL THEN run_ids ELSE json_insert(run_ids, '$[#]', ?2) END,
+    error = CASE WHEN error IS NULL THEN ?3 ELSE error || '; ' || ?3 END,
+    status = CASE
+        WHEN NOT ?4 OR EXISTS (
+            SELECT 1 FROM flow_holds o WHERE o.event_id = events.event_id AND o.window_id <> ?1
+        ) THEN 'held'
+        WHEN ?2 IS NOT NULL OR json_array_length(run_ids) > 0 THEN 'matched'
+        ELSE 'dropped'
+    END
+WHERE event_id IN (SELECT event_id FROM flow_holds WHERE window_id = ?1)
+"""
 _HOLDS_GONE = "DELETE FROM flow_holds WHERE window_id = ?"
 _WINDOW_GONE = "DELETE FROM flow_windows WHERE window_id = ?"
 # one pass over the index runs_by_state, not over the table
@@ -142,7 +155,7 @@ _KEYED: dict[type, tuple[str, Callable[[Any], Any]]] = {
     CursorRow: ("cursors", attrgetter("source")),
     DedupeRow: ("dedupe", attrgetter("trigger", "key")),
     HoldRow: ("holds", attrgetter("window_id", "seq")),
-    EventSettled: ("settled", attrgetter("event_id")),
+    WindowSettled: ("settled", attrgetter("window_id")),
     ThrottleRow: ("throttles", attrgetter("trigger", "key")),
 }
 """Rows that only replace their like in a batch: the batch's field and the row's key."""
@@ -170,9 +183,9 @@ class _Batch:
         "log_trims",
         "outbox",
         "runs",
-        "waits",
         "settled",
         "throttles",
+        "waits",
         "windows",
         "windows_gone",
     )
@@ -200,7 +213,7 @@ class _Batch:
         self.holds: dict[tuple[str, int], HoldRow] = {}
         self.windows_gone: dict[str, WindowGone] = {}
         self.throttles: dict[tuple[str, str], ThrottleRow] = {}
-        self.settled: dict[str, EventSettled] = {}
+        self.settled: dict[str, WindowSettled] = {}
         self.done = anyio.Event()
         self.error: BaseException | None = None
 
@@ -1030,12 +1043,9 @@ class SqliteStore:
 
     async def window_holds(
         self, windows: Sequence[str]
-    ) -> tuple[
-        list[WindowRow], dict[str, list[tuple[HoldRow, EventRow | None]]], dict[str, set[str]]
-    ]:
+    ) -> tuple[list[WindowRow], dict[str, list[tuple[HoldRow, EventRow | None]]]]:
         found: list[WindowRow] = []
         holds: dict[str, list[tuple[HoldRow, EventRow | None]]] = {}
-        held_in: dict[str, set[str]] = {}
         for chunk in _chunks(list(windows)):
             marks = ",".join("?" * len(chunk))
             found += [
@@ -1052,13 +1062,7 @@ class SqliteStore:
                 hold = HoldRow(*r[:4])
                 event = None if r[4] is None else _event(r[4:])
                 holds.setdefault(hold.window_id, []).append((hold, event))
-            for event_id, window_id in await self._reader.execute_fetchall(
-                "SELECT DISTINCT o.event_id, o.window_id FROM flow_holds h JOIN flow_holds o "
-                f"ON o.event_id = h.event_id WHERE h.window_id IN ({marks})",
-                chunk,
-            ):
-                held_in.setdefault(str(event_id), set()).add(str(window_id))
-        return found, holds, held_in
+        return found, holds
 
     async def list_events(
         self,
@@ -1254,9 +1258,6 @@ def _statements(batch: _Batch) -> list[tuple[str, list[tuple[Any, ...]]]]:
     work: list[tuple[str, list[tuple[Any, ...]]]] = []
     if batch.gone:
         work.append((_DELETE_INSTANCE, [(g.run_id, g.key) for g in batch.gone.values()]))
-    if batch.windows_gone:
-        gone = [(g.window_id,) for g in batch.windows_gone.values()]
-        work += [(_HOLDS_GONE, gone), (_WINDOW_GONE, gone)]
     events, runs = batch.unclaimed()
     for rows, sql in (
         (runs, _UPSERT_RUN),
@@ -1276,11 +1277,18 @@ def _statements(batch: _Batch) -> list[tuple[str, list[tuple[Any, ...]]]]:
         (batch.windows.values(), _PUT_WINDOW),
         (batch.holds.values(), _PUT_HOLD),
         (batch.throttles.values(), _PUT_THROTTLE),
-        # after the events: one of this batch is settled as it is recorded
-        (batch.settled.values(), _SETTLE_EVENT),
     ):
         if rows:
             work.append((sql, [_params(row) for row in rows]))
+    # after the events and holds; each window's holds go before the next window is
+    # settled, which then sees whether another window still holds an event of both
+    for settled in batch.settled.values():
+        work.append((_SETTLE_WINDOW, [_params(settled)]))
+        if settled.gone:
+            work.append((_HOLDS_GONE, [(settled.window_id,)]))
+    if batch.windows_gone:
+        gone = [(g.window_id,) for g in batch.windows_gone.values()]
+        work += [(_HOLDS_GONE, gone), (_WINDOW_GONE, gone)]
     return work
 
 
