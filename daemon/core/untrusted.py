@@ -85,6 +85,7 @@ _CUT_LEVELS = 20
 # itself was decoded strictly as UTF-8, which has none.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _TEXT_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_TEXT_LONG_DIGITS = re.compile(r"[0-9]{19}")
 _OPENERS = (b"[", b"{")
 
 
@@ -328,7 +329,7 @@ def stored(doc: str | None, *, max_depth: int = MAX_DEPTH) -> Any:
     if doc is None:
         return None
     try:
-        value = json.loads(doc)
+        value = _stored_value(doc)
     except RecursionError:  # deeper than the stack: keep the start of it
         return _cut_text(doc, f"nests deeper than {max_depth} levels")
     except ValueError as exc:  # not JSON: only a file written by something else
@@ -339,6 +340,20 @@ def stored(doc: str | None, *, max_depth: int = MAX_DEPTH) -> Any:
         return clean(value, max_depth=max_depth, cut=True)
     except RecursionError:  # the walk goes max_depth deep: only on a stack used up already
         return _cut_text(doc, f"nests deeper than {max_depth} levels")
+
+
+def _stored_value(doc: str) -> Any:
+    """``json.loads(doc)``, by orjson where it reads the text alike (3-4x faster: a flow
+    control release reads back every event it held): not past 64 bits (19 digits in a
+    row: perhaps such an integer, which orjson reads as a float), and not what it refuses
+    (NaN, infinities, lone surrogates, deep nesting), which ``json.loads`` reads or
+    refuses as ever."""
+    if not _TEXT_LONG_DIGITS.search(doc):
+        try:
+            return orjson.loads(doc)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(doc)
 
 
 def _cut_text(doc: str, why: str) -> str:

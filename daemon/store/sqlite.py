@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import aiosqlite
 import anyio
+import orjson
 
 from cued.daemon.core.assets import ASSET_SOURCES, asset_of
 from cued.daemon.core.ids import id_at, now
@@ -1186,7 +1187,7 @@ def _event(r: Any) -> EventRow:
         r[3],
         stored(r[4]),
         meta if isinstance(meta, dict) else {"stored": meta},
-        tuple(json.loads(r[6])),
+        tuple(orjson.loads(r[6])),  # run ids this daemon wrote
         r[7],
     )
 
