@@ -224,6 +224,11 @@ class _Batch:
         if keyed is not None:  # the rows every run writes, found in one look-up
             field, key = keyed
             getattr(self, field)[key(row)] = row
+        elif type(row) is EventClaim:  # with every event recorded
+            self.claims.add(row.event_id)
+        elif type(row) is WindowRow:  # with every event held
+            self.windows[row.window_id] = row
+            self.windows_gone.pop(row.window_id, None)
         elif isinstance(row, InstanceRow):
             self.instances[row.run_id, row.key] = row
             self.gone.pop((row.run_id, row.key), None)
@@ -249,9 +254,6 @@ class _Batch:
             asked = self.cancels.get(row.run_id)
             if asked is None or row.done > asked.done:
                 self.cancels[row.run_id] = row if asked is None else replace(asked, done=1)
-        elif isinstance(row, WindowRow):
-            self.windows[row.window_id] = row
-            self.windows_gone.pop(row.window_id, None)
         elif isinstance(row, WindowGone):
             self.windows_gone[row.window_id] = row
             self.windows.pop(row.window_id, None)
@@ -259,8 +261,6 @@ class _Batch:
             trim = self.log_trims.get((row.run_id, row.key, row.attempt))
             if trim is None or trim.before_seq < row.before_seq:
                 self.log_trims[row.run_id, row.key, row.attempt] = row
-        elif isinstance(row, EventClaim):
-            self.claims.add(row.event_id)
         else:
             raise TypeError(f"the store keeps no {type(row).__name__}")
 
