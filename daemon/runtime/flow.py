@@ -220,6 +220,7 @@ class FlowControl:
             await self._durable.wait()
         at = self.clock()
         outcomes: dict[str, Start | Defer | Drop] = {}
+        whole: set[str] = set()
         events = 0
         for w in await self._store.flow_due(at, _SETTLE_BATCH):
             if outcomes and events + w.held > _SETTLE_EVENTS:
@@ -228,6 +229,9 @@ class FlowControl:
             if outcome is not None:
                 outcomes[w.window_id] = outcome
                 events += w.held
+                found = self._rules.get(w.trigger)
+                if isinstance(outcome, Start) and found is not None and found[0].sees_batch:
+                    whole.add(w.window_id)
         if not outcomes:
             return 0
         # holds that joined a window before it was decided on may still be committing
@@ -236,7 +240,8 @@ class FlowControl:
         # read beside the writer (the windows decided on take no more events, and only
         # this task settles windows), then one submission: the runs, the events settled,
         # the windows gone or kept, committed in one transaction
-        windows, holds = await self._store.window_holds(list(outcomes))
+        windows, holds = await self._store.window_holds(list(outcomes), whole)
+        await self._read_kept(windows, holds, outcomes, whole)
         rows: list[Row] = []
         for window in windows:
             held = holds.get(window.window_id, [])
@@ -246,6 +251,36 @@ class FlowControl:
             if isinstance(row, RunRow):
                 runs.enqueue(row)
         return len(outcomes)
+
+    async def _read_kept(
+        self,
+        windows: list[WindowRow],
+        holds: dict[str, list[tuple[HoldRow, EventRow | None]]],
+        outcomes: dict[str, Start | Defer | Drop],
+        whole: set[str],
+    ) -> None:
+        """Of each window to start a run but read without its events' data (its inputs do
+        not read ``event.batch``), the one event the inputs read, read whole (in place)."""
+        kept: list[tuple[str, str, int]] = []
+        for window in windows:
+            found = self._rules.get(window.trigger)
+            if (
+                window.window_id in whole
+                or found is None
+                or not isinstance(outcomes[window.window_id], Start)
+            ):
+                continue
+            held = holds.get(window.window_id, [])
+            there = [i for i, (_, event) in enumerate(held) if event is not None]
+            if there:
+                i = there[0] if _keep(found[1], window) == "first" else there[-1]
+                kept.append((held[i][0].event_id, window.window_id, i))
+        if not kept:
+            return
+        read = {e.event_id: e for e in await self._store.get_events([k[0] for k in kept])}
+        for event_id, window_id, i in kept:
+            hold, _ = holds[window_id][i]
+            holds[window_id][i] = (hold, read.get(event_id))
 
     async def sweep(self) -> None:
         """Forget the keys whose state is of no more use (their throttle slots are a
@@ -295,7 +330,7 @@ class FlowControl:
             note = f"{whose}: its events are no longer kept: no run"
         else:
             trigger, rule = found
-            keep = rule.keep if window.kind == "debounce" else "last"
+            keep = _keep(rule, window)
             try:
                 inputs = held_inputs(trigger, events, keep)
                 chosen = events[0] if keep == "first" else events[-1]
@@ -328,3 +363,8 @@ class FlowControl:
         if state is None or not state.starts:
             return []
         return [ThrottleRow(*name, state.starts, state.starts[-1] + rule.period_s)]
+
+
+def _keep(rule: Rule, window: WindowRow) -> str:
+    """Which event of ``window`` a run's inputs read (``event``): the first or the last."""
+    return rule.keep if window.kind == "debounce" else "last"

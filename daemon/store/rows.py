@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from cued.daemon.core.priorities import DEFAULT_PRIORITY
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Collection, Mapping, Sequence
 
 
 __all__ = [
@@ -618,10 +618,11 @@ class Store(Protocol):
         """Where these events are held (an event may be held by several triggers)."""
 
     async def window_holds(
-        self, windows: Sequence[str]
+        self, windows: Sequence[str], whole: Collection[str] = ()
     ) -> tuple[list[WindowRow], dict[str, list[tuple[HoldRow, EventRow | None]]]]:
         """Windows (those still held), and the events each holds in order (``None`` for
-        one no longer kept)."""
+        one no longer kept): of the windows in ``whole``, with their data and meta; of the
+        others, without (``None`` and ``{}``)."""
 
     async def run_state(
         self, run_id: str

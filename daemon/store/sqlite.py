@@ -62,7 +62,7 @@ from cued.daemon.store.migrations import migrate
 from cued.daemon.store.rowjson import dumps
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 
     from cued.daemon.store import PrunePolicy, Row
 
@@ -143,6 +143,10 @@ WHERE event_id IN (SELECT event_id FROM flow_holds WHERE window_id = ?1)
 """
 _HOLDS_GONE = "DELETE FROM flow_holds WHERE window_id = ?"
 _WINDOW_GONE = "DELETE FROM flow_windows WHERE window_id = ?"
+# an event's columns but its data and meta (read as null and {})
+_EVENT_WITHOUT_DATA = (
+    "e.event_id, e.source, e.received_at, e.status, NULL, '{}', e.run_ids, e.error"
+)
 # one pass over the index runs_by_state, not over the table
 COUNT_RUNS_BY_STATE = "SELECT state, count(*) FROM runs GROUP BY state"
 # the literal lets SQLite count the partial index approvals_waiting
@@ -1043,7 +1047,7 @@ class SqliteStore:
         return found
 
     async def window_holds(
-        self, windows: Sequence[str]
+        self, windows: Sequence[str], whole: Collection[str] = ()
     ) -> tuple[list[WindowRow], dict[str, list[tuple[HoldRow, EventRow | None]]]]:
         found: list[WindowRow] = []
         holds: dict[str, list[tuple[HoldRow, EventRow | None]]] = {}
@@ -1055,14 +1059,21 @@ class SqliteStore:
                     f"SELECT * FROM flow_windows WHERE window_id IN ({marks})", chunk
                 )
             ]
-            for r in await self._reader.execute_fetchall(
-                "SELECT h.*, e.* FROM flow_holds h LEFT JOIN events e USING (event_id) "
-                f"WHERE h.window_id IN ({marks}) ORDER BY h.window_id, h.seq",
-                chunk,
+            for columns, part in (
+                ("e.*", [w for w in chunk if w in whole]),
+                (_EVENT_WITHOUT_DATA, [w for w in chunk if w not in whole]),
             ):
-                hold = HoldRow(*r[:4])
-                event = None if r[4] is None else _event(r[4:])
-                holds.setdefault(hold.window_id, []).append((hold, event))
+                if not part:
+                    continue
+                for r in await self._reader.execute_fetchall(
+                    f"SELECT h.*, {columns} FROM flow_holds h LEFT JOIN events e "
+                    f"USING (event_id) WHERE h.window_id IN ({','.join('?' * len(part))}) "
+                    "ORDER BY h.window_id, h.seq",
+                    part,
+                ):
+                    hold = HoldRow(*r[:4])
+                    event = None if r[4] is None else _event(r[4:])
+                    holds.setdefault(hold.window_id, []).append((hold, event))
         return found, holds
 
     async def list_events(
