@@ -143,10 +143,8 @@ WHERE event_id IN (SELECT event_id FROM flow_holds WHERE window_id = ?1)
 """
 _HOLDS_GONE = "DELETE FROM flow_holds WHERE window_id = ?"
 _WINDOW_GONE = "DELETE FROM flow_windows WHERE window_id = ?"
-# an event's columns but its data and meta (read as null and {})
-_EVENT_WITHOUT_DATA = (
-    "e.event_id, e.source, e.received_at, e.status, NULL, '{}', e.run_ids, e.error"
-)
+# an event's columns but its data and meta (see _event_without_data)
+_EVENT_WITHOUT_DATA = "e.event_id, e.source, e.received_at, e.status, e.run_ids, e.error"
 # one pass over the index runs_by_state, not over the table
 COUNT_RUNS_BY_STATE = "SELECT state, count(*) FROM runs GROUP BY state"
 # the literal lets SQLite count the partial index approvals_waiting
@@ -1059,9 +1057,9 @@ class SqliteStore:
                     f"SELECT * FROM flow_windows WHERE window_id IN ({marks})", chunk
                 )
             ]
-            for columns, part in (
-                ("e.*", [w for w in chunk if w in whole]),
-                (_EVENT_WITHOUT_DATA, [w for w in chunk if w not in whole]),
+            for columns, part, read in (
+                ("e.*", [w for w in chunk if w in whole], _event),
+                (_EVENT_WITHOUT_DATA, [w for w in chunk if w not in whole], _event_without_data),
             ):
                 if not part:
                     continue
@@ -1072,7 +1070,7 @@ class SqliteStore:
                     part,
                 ):
                     hold = HoldRow(*r[:4])
-                    event = None if r[4] is None else _event(r[4:])
+                    event = None if r[4] is None else read(r[4:])
                     holds.setdefault(hold.window_id, []).append((hold, event))
         return found, holds
 
@@ -1201,6 +1199,11 @@ def _event(r: Any) -> EventRow:
         tuple(orjson.loads(r[6])),  # run ids this daemon wrote
         r[7],
     )
+
+
+def _event_without_data(r: Any) -> EventRow:
+    """An event read by :data:`_EVENT_WITHOUT_DATA`: its data ``None``, its meta empty."""
+    return EventRow(r[0], r[1], r[2], r[3], None, {}, tuple(orjson.loads(r[4])), r[5])
 
 
 def _loads(text: str | None) -> Any:
