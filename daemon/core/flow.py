@@ -18,7 +18,9 @@ and batch come first, then the throttle, on the run they start.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -35,8 +37,11 @@ __all__ = [
     "Window",
     "admit",
     "forgettable",
+    "held_note",
     "release",
+    "shown_at",
     "take_slot",
+    "who",
 ]
 
 WindowKind = Literal["debounce", "batch", "delay"]
@@ -216,3 +221,34 @@ def forgettable(rule: Rule | None, state: KeyState, at: float) -> bool:
     if rule is None or rule.limit is None or not state.starts:
         return True
     return state.starts[-1] <= at - rule.period_s
+
+
+# -- what an event is told -------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)  # a batch's events share their window's due time
+def shown_at(seconds: float) -> str:
+    """``seconds`` since the epoch as an ISO time, to the millisecond (UTC)."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
+
+def who(trigger: str, key: str, kind: str | None = None) -> str:
+    """A trigger's key (and its window's kind) as the notes of its events name them."""
+    return f"trigger {trigger!r}" + (f" {kind}" if kind else "") + f" of key {key!r}"
+
+
+_WAITS = {
+    "debounce": "waits in debounce window",
+    "batch": "waits in batch",
+    "delay": "delayed by the throttle in window",
+}
+
+
+def held_note(
+    trigger: str, key: str, kind: str, window_id: str, seq: int, due_at: float | None
+) -> str:
+    """Why an event waits: the ``seq``-th of window ``window_id`` (of ``kind``), due at
+    ``due_at``. Shown with the event while it is held, from its hold: the store keeps no
+    note of it (that would cost a write of every event held)."""
+    until = "" if due_at is None else f" until {shown_at(due_at)}"
+    return f"{who(trigger, key)}: {_WAITS[kind]} {window_id} (event {seq}){until}"

@@ -85,6 +85,7 @@ _CUT_LEVELS = 20
 # itself was decoded strictly as UTF-8, which has none.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _TEXT_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_TEXT_SUSPECT = re.compile(r"[0-9]{19}|\\u[dD][89a-fA-F]")
 _OPENERS = (b"[", b"{")
 
 
@@ -327,18 +328,34 @@ def stored(doc: str | None, *, max_depth: int = MAX_DEPTH) -> Any:
     """
     if doc is None:
         return None
+    # one scan for what orjson reads otherwise than json.loads (19 digits in a row: perhaps
+    # an integer past 64 bits, which it reads as a float) and what needs the walk below (a
+    # lone surrogate's escape, perhaps); what it refuses (NaN, infinities, deep nesting)
+    # goes to json.loads, which reads or refuses it as ever
+    suspect = _TEXT_SUSPECT.search(doc) is not None
     try:
-        value = json.loads(doc)
+        value = json.loads(doc) if suspect else _fast_loads(doc)
     except RecursionError:  # deeper than the stack: keep the start of it
         return _cut_text(doc, f"nests deeper than {max_depth} levels")
     except ValueError as exc:  # not JSON: only a file written by something else
         return _cut_text(doc, f"not JSON: {_short(exc)}")
-    if doc.count("[") + doc.count("{") < max_depth and not _TEXT_SURROGATE_ESCAPE.search(doc):
+    if doc.count("[") + doc.count("{") < max_depth and not (
+        suspect and _TEXT_SURROGATE_ESCAPE.search(doc)
+    ):
         return value
     try:
         return clean(value, max_depth=max_depth, cut=True)
     except RecursionError:  # the walk goes max_depth deep: only on a stack used up already
         return _cut_text(doc, f"nests deeper than {max_depth} levels")
+
+
+def _fast_loads(doc: str) -> Any:
+    """``json.loads(doc)`` by orjson (3-4x faster: a flow control release reads back every
+    event it held), for a text without 19 digits in a row."""
+    try:
+        return orjson.loads(doc)
+    except orjson.JSONDecodeError:
+        return json.loads(doc)
 
 
 def _cut_text(doc: str, why: str) -> str:

@@ -10,10 +10,11 @@ the UI into HTML, the CLI into tables).
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from cued.daemon.core.assets import asset_source
+from cued.daemon.core.flow import held_note
 from cued.daemon.core.states import TERMINAL_RUN_STATES
 from cued.daemon.errors import CuedError, NotFound
 from cued.daemon.ops import lineage
@@ -475,7 +476,7 @@ class Queries:
             status=status,
             before=None if cursor is None else event_position(cursor),
         )
-        return page_of(rows, limit, _event_at)
+        return page_of(await self._why_held(rows), limit, _event_at)
 
     async def dedupe_seen(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], float]:
         """When each (trigger, dedupe key) pair last started a run (pairs never seen, or
@@ -487,7 +488,24 @@ class Queries:
         found = await self._store.get_events([event_id])
         if not found:
             raise NotFound(f"no event {event_id!r}")
-        return found[0]
+        return (await self._why_held(found))[0]
+
+    async def _why_held(self, events: list[EventRow]) -> list[EventRow]:
+        """``events``, those held by flow control with a note of where each waits (from
+        its holds: the store keeps no note of an event held)."""
+        held = [e.event_id for e in events if e.status == "held"]
+        if not held:
+            return events
+        notes: dict[str, list[str]] = {}
+        for h, w in await self._store.event_holds(held):
+            note = held_note(w.trigger, w.key, w.kind, w.window_id, h.seq, w.due_at)
+            notes.setdefault(h.event_id, []).append(note)
+        return [
+            replace(e, error="; ".join([*([e.error] if e.error else []), *notes[e.event_id]]))
+            if e.event_id in notes
+            else e
+            for e in events
+        ]
 
     async def event_detail(self, event_id: str) -> EventDetail:
         """An event and the runs it started.

@@ -18,9 +18,7 @@ next start) or its run, never both, never neither.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import anyio
@@ -28,7 +26,6 @@ import anyio
 from cued.daemon.core.flow import (
     Defer,
     Drop,
-    Hold,
     KeyState,
     NotYet,
     Rule,
@@ -37,6 +34,8 @@ from cued.daemon.core.flow import (
     admit,
     forgettable,
     release,
+    shown_at,
+    who,
 )
 from cued.daemon.core.ids import new_id, now
 from cued.daemon.core.templates import TemplateProblem
@@ -45,12 +44,12 @@ from cued.daemon.errors import CuedError, StoreError
 from cued.daemon.logs import get_logger
 from cued.daemon.store import (
     EventRow,
-    EventSettled,
     HoldRow,
     RunRow,
     ThrottleRow,
     WindowGone,
     WindowRow,
+    WindowSettled,
 )
 
 if TYPE_CHECKING:
@@ -74,18 +73,13 @@ _SWEEP_S = 60.0
 @dataclass(frozen=True, slots=True)
 class Admission:
     """What becomes of one match under flow control: start its run now (``start``), or
-    not (held or dropped, as ``note`` says); ``rows`` go with the event."""
+    not (``held``, or dropped as ``note`` says); ``rows`` go with the event."""
 
     start: bool
     held: bool
     rows: list[Row]
     note: str | None
     due_at: float | None = None
-
-
-@functools.lru_cache(maxsize=256)  # a batch's events share their window's due time
-def _at(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
 
 
 class FlowControl:
@@ -159,7 +153,7 @@ class FlowControl:
             return Admission(True, False, rows, None)
         if isinstance(outcome, Drop):
             return Admission(
-                False, False, rows, f"{_who(m.trigger, key)}: dropped ({outcome.reason})"
+                False, False, rows, f"{who(m.trigger, key)}: dropped ({outcome.reason})"
             )
         rows += [
             HoldRow(outcome.window_id, outcome.seq, event_id, at),
@@ -174,7 +168,8 @@ class FlowControl:
                 outcome.seq,
             ),
         ]
-        return Admission(False, True, rows, _held_note(m.trigger, key, outcome), outcome.due_at)
+        # no note: the hold row says where it waits (see cued.daemon.core.flow.held_note)
+        return Admission(False, True, rows, None, outcome.due_at)
 
     def submitted(self, durable: Durable | None) -> None:
         """Intake submitted holds (``None``: the batch failed before it submitted them):
@@ -238,6 +233,7 @@ class FlowControl:
             await self._durable.wait()
         at = self.clock()
         outcomes: dict[str, Start | Defer | Drop] = {}
+        whole: set[str] = set()
         events = 0
         for w in await self._store.flow_due(at, _SETTLE_BATCH):
             if outcomes and events + w.held > _SETTLE_EVENTS:
@@ -246,6 +242,9 @@ class FlowControl:
             if outcome is not None:
                 outcomes[w.window_id] = outcome
                 events += w.held
+                found = self._rules.get(w.trigger)
+                if isinstance(outcome, Start) and found is not None and found[0].sees_batch:
+                    whole.add(w.window_id)
         if not outcomes:
             return 0
         # holds that joined a window before it was decided on may still be committing
@@ -256,25 +255,47 @@ class FlowControl:
         # read beside the writer (the windows decided on take no more events, and only
         # this task settles windows), then one submission: the runs, the events settled,
         # the windows gone or kept, committed in one transaction
-        windows, holds, held_in = await self._store.window_holds(list(outcomes))
+        windows, holds = await self._store.window_holds(list(outcomes), whole)
+        await self._read_kept(windows, holds, outcomes, whole)
         rows: list[Row] = []
-        settling: dict[str, _Settling] = {}
-        gone: set[str] = set()
         for window in windows:
             held = holds.get(window.window_id, [])
-            made, note, run = self._settle(window, outcomes[window.window_id], held, runs, at)
-            rows += made
-            if not isinstance(outcomes[window.window_id], Defer):
-                gone.add(window.window_id)
-            for _, event in held:
-                if event is not None:
-                    settling.setdefault(event.event_id, _Settling(event)).add(note, run)
-        rows += [s.row(held_in.get(e, set()) - gone) for e, s in settling.items()]
+            rows += self._settle(window, outcomes[window.window_id], held, runs, at)
         await self._store.submit(rows).wait()
         for row in rows:
             if isinstance(row, RunRow):
                 runs.enqueue(row)
         return len(outcomes)
+
+    async def _read_kept(
+        self,
+        windows: list[WindowRow],
+        holds: dict[str, list[tuple[HoldRow, EventRow | None]]],
+        outcomes: dict[str, Start | Defer | Drop],
+        whole: set[str],
+    ) -> None:
+        """Of each window to start a run but read without its events' data (its inputs do
+        not read ``event.batch``), the one event the inputs read, read whole (in place)."""
+        kept: list[tuple[str, str, int]] = []
+        for window in windows:
+            found = self._rules.get(window.trigger)
+            if (
+                window.window_id in whole
+                or found is None
+                or not isinstance(outcomes[window.window_id], Start)
+            ):
+                continue
+            held = holds.get(window.window_id, [])
+            there = [i for i, (_, event) in enumerate(held) if event is not None]
+            if there:
+                i = there[0] if _keep(found[1], window) == "first" else there[-1]
+                kept.append((held[i][0].event_id, window.window_id, i))
+        if not kept:
+            return
+        read = {e.event_id: e for e in await self._store.get_events([k[0] for k in kept])}
+        for event_id, window_id, i in kept:
+            hold, _ = holds[window_id][i]
+            holds[window_id][i] = (hold, read.get(event_id))
 
     async def sweep(self) -> None:
         """Forget the keys whose state is of no more use (their throttle slots are a
@@ -305,26 +326,26 @@ class FlowControl:
         holds: list[tuple[HoldRow, EventRow | None]],
         runs: RunQueue,
         at: float,
-    ) -> tuple[list[Row], str, RunRow | None]:
-        """The rows that settle ``window`` (its run, the window gone or kept, the key's
-        throttle slots), the note its events get, and its run."""
+    ) -> list[Row]:
+        """The rows that settle ``window``: its run, its events (the note they get), the
+        window gone or kept, the key's throttle slots."""
         found = self._rules.get(window.trigger)
         name = (window.trigger, window.key)
         rows: list[Row] = [] if found is None else self._throttle_rows(name, found[1], None)
-        who = _who(window.trigger, window.key, window.kind)
+        whose = who(window.trigger, window.key, window.kind)
         events = [e for _, e in holds if e is not None]
         if isinstance(outcome, Defer):
-            note = f"{who}: the throttle delays its run to {_at(outcome.due_at)}"
+            note = f"{whose}: the throttle delays its run to {shown_at(outcome.due_at)}"
             kept = replace(window, phase="slotted", due_at=outcome.due_at)
-            return [*rows, kept], note, None
+            return [*rows, kept, WindowSettled(window.window_id, None, note, gone=False)]
         run: RunRow | None = None
         if isinstance(outcome, Drop):
-            note = f"{who}: dropped ({outcome.reason})"
+            note = f"{whose}: dropped ({outcome.reason})"
         elif not events or found is None:
-            note = f"{who}: its events are no longer kept: no run"
+            note = f"{whose}: its events are no longer kept: no run"
         else:
             trigger, rule = found
-            keep = rule.keep if window.kind == "debounce" else "last"
+            keep = _keep(rule, window)
             try:
                 inputs = held_inputs(trigger, events, keep)
                 chosen = events[0] if keep == "first" else events[-1]
@@ -332,15 +353,15 @@ class FlowControl:
                 # its key, limit and priority, as a run the trigger started at once has
                 run = replace(run, **flow_of(trigger, chosen))
             except (TemplateProblem, CuedError, ValueError) as exc:
-                note = f"{who}: no run: {exc}"
+                note = f"{whose}: no run: {exc}"
             else:
-                note = f"{who}: {len(events)} event(s) of window {window.window_id} started run {run.run_id}"
+                note = f"{whose}: {len(events)} event(s) of window {window.window_id} started run {run.run_id}"
                 if window.kind == "debounce" and keep != "all":
                     note += f" with the inputs of event {chosen.event_id}"
                 elif window.kind == "delay":
-                    note = f"{who}: delayed, started run {run.run_id} at {_at(at)}"
-        made: list[Row] = [*([] if run is None else [run]), *rows, WindowGone(window.window_id)]
-        return made, note, run
+                    note = f"{whose}: delayed by the throttle, started run {run.run_id} at {shown_at(at)}"
+        settled = WindowSettled(window.window_id, None if run is None else run.run_id, note, True)
+        return [*([] if run is None else [run]), *rows, settled, WindowGone(window.window_id)]
 
     # -- what each key needs -----------------------------------------------------------
 
@@ -361,36 +382,6 @@ class FlowControl:
         return [ThrottleRow(*name, state.starts, state.starts[-1] + rule.period_s)]
 
 
-def _who(trigger: str, key: str, kind: str | None = None) -> str:
-    return f"trigger {trigger!r}" + (f" {kind}" if kind else "") + f" of key {key!r}"
-
-
-def _held_note(trigger: str, key: str, hold: Hold) -> str:
-    what = {
-        "debounce": "waits in debounce window",
-        "batch": "waits in batch",
-        "delay": "delayed by the throttle in window",
-    }[hold.kind]
-    until = "" if hold.due_at is None else f" until {_at(hold.due_at)}"
-    return f"{_who(trigger, key)}: {what} {hold.window_id} (event {hold.seq}){until}"
-
-
-class _Settling:
-    """An event of windows being settled: the runs and notes they give it."""
-
-    __slots__ = ("event", "notes", "run_ids")
-
-    def __init__(self, event: EventRow) -> None:
-        self.event = event
-        self.run_ids = list(event.run_ids)
-        self.notes = [event.error] if event.error else []
-
-    def add(self, note: str, run: RunRow | None) -> None:
-        self.notes.append(note)
-        if run is not None:
-            self.run_ids.append(run.run_id)
-
-    def row(self, still_held_in: set[str]) -> EventSettled:
-        """The event settled: ``held`` still if a window not released holds it."""
-        status = "held" if still_held_in else ("matched" if self.run_ids else "dropped")
-        return EventSettled(status, tuple(self.run_ids), "; ".join(self.notes), self.event.event_id)
+def _keep(rule: Rule, window: WindowRow) -> str:
+    """Which event of ``window`` a run's inputs read (``event``): the first or the last."""
+    return rule.keep if window.kind == "debounce" else "last"

@@ -167,7 +167,7 @@ async def replay_events(
                     seen[m.trigger, m.dedupe_key] = stamp
                     submission.append(DedupeRow(m.trigger, m.dedupe_key, stamp))
             ids = tuple(r.run_id for r in started)
-            if started or flow_notes:
+            if started or flow_notes or held:
                 run_ids = (*row.run_ids, *ids)
                 status = "held" if held else "matched" if run_ids else "dropped"
                 error = "; ".join([*([row.error] if row.error else []), *flow_notes]) or None

@@ -310,11 +310,7 @@ def _batch_sql(batch: _Batch, me: tuple[str, int] | None = None) -> tuple[str, l
         if rows:
             parts.append(put.of_rows(rows, args))
     if batch.settled:
-        settled = _unnest(("status", "run_ids", "error", "event_id"), batch.settled.values(), args)
-        parts.append(
-            f"UPDATE events e SET status = u.status, run_ids = u.run_ids, error = u.error "
-            f"FROM {settled} AS u(status, run_ids, error, event_id) WHERE e.event_id = u.event_id"
-        )
+        parts.append(_settle_sql(batch, args))
     if batch.log_trims:
         cuts = _unnest(
             ("run_id", "key", "attempt", "seq"),
@@ -370,6 +366,36 @@ def _batch_sql(batch: _Batch, me: tuple[str, int] | None = None) -> tuple[str, l
     if not steps:
         return final, args
     return f"WITH {', '.join(steps)} {final}", args
+
+
+def _settle_sql(batch: _Batch, args: list[Any]) -> str:
+    """The events of the windows the batch settles (see ``WindowSettled``), each
+    updated once with what all of them give it: the parts of one statement see the holds
+    as they were before it (those of the windows gone too), and update a row only once."""
+    settled = list(batch.settled.values())
+    args += [
+        [s.window_id for s in settled],
+        [s.run_id for s in settled],
+        [_text(s.note) for s in settled],
+        [g.window_id for g in batch.windows_gone.values()],
+    ]
+    n = len(args)
+    return (
+        "UPDATE events e SET "
+        "run_ids = CASE WHEN u.runs IS NULL THEN e.run_ids "
+        "ELSE (e.run_ids::jsonb || to_jsonb(u.runs))::text END, "
+        "error = CASE WHEN e.error IS NULL THEN u.notes ELSE e.error || '; ' || u.notes END, "
+        "status = CASE WHEN EXISTS (SELECT 1 FROM flow_holds o WHERE o.event_id = e.event_id "
+        f"AND o.window_id <> ALL(${n}::text[])) THEN 'held' "
+        "WHEN u.runs IS NOT NULL OR jsonb_array_length(e.run_ids::jsonb) > 0 THEN 'matched' "
+        "ELSE 'dropped' END "
+        "FROM (SELECT h.event_id, string_agg(s.note, '; ' ORDER BY s.n) AS notes, "
+        "array_agg(s.run_id ORDER BY s.n) FILTER (WHERE s.run_id IS NOT NULL) AS runs "
+        f"FROM unnest(${n - 3}::text[], ${n - 2}::text[], ${n - 1}::text[]) "
+        "WITH ORDINALITY AS s(window_id, run_id, note, n) "
+        "JOIN flow_holds h ON h.window_id = s.window_id GROUP BY h.event_id) AS u "
+        "WHERE e.event_id = u.event_id"
+    )
 
 
 def _trimmed(line: LogLineRow, batch: _Batch) -> bool:

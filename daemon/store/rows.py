@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from cued.daemon.core.priorities import DEFAULT_PRIORITY
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Collection, Mapping, Sequence
 
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "Durable",
     "EventClaim",
     "EventRow",
-    "EventSettled",
     "HoldRow",
     "InstanceGone",
     "InstanceRow",
@@ -49,6 +48,7 @@ __all__ = [
     "WaitingRun",
     "WindowGone",
     "WindowRow",
+    "WindowSettled",
 ]
 
 
@@ -213,17 +213,6 @@ class DedupeRow:
 
 
 @dataclass(frozen=True, slots=True)
-class EventSettled:
-    """An event recorded before gets a new status, runs and notes (flow control released
-    the window that held it): its data stay as they are."""
-
-    status: str
-    run_ids: tuple[str, ...]
-    error: str | None
-    event_id: str
-
-
-@dataclass(frozen=True, slots=True)
 class WindowRow:
     """Events a trigger's flow control holds for one key, to start one run when due (see
     :mod:`cued.daemon.core.flow`)."""
@@ -248,6 +237,19 @@ class HoldRow:
     seq: int
     event_id: str
     held_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSettled:
+    """A window's events settled at its release, in the store, with one statement: each
+    gets ``note`` (after its notes so far) and ``run_id`` (if any) among its runs, and its
+    status: ``held`` still if a window not released holds it (``gone`` false: this one),
+    else ``matched`` if it started a run, else ``dropped``. Their data stay as they are."""
+
+    window_id: str
+    run_id: str | None
+    note: str
+    gone: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,10 +434,10 @@ Row = (
     | LogTrim
     | WaitRow
     | CancelRow
-    | EventSettled
     | WindowRow
     | HoldRow
     | WindowGone
+    | WindowSettled
     | ThrottleRow
 )
 
@@ -651,12 +653,11 @@ class Store(Protocol):
         """Where these events are held (an event may be held by several triggers)."""
 
     async def window_holds(
-        self, windows: Sequence[str]
-    ) -> tuple[
-        list[WindowRow], dict[str, list[tuple[HoldRow, EventRow | None]]], dict[str, set[str]]
-    ]:
-        """Windows (those still held), the events each holds in order (``None`` for one no
-        longer kept), and every window that holds each of those events."""
+        self, windows: Sequence[str], whole: Collection[str] = ()
+    ) -> tuple[list[WindowRow], dict[str, list[tuple[HoldRow, EventRow | None]]]]:
+        """Windows (those still held), and the events each holds in order (``None`` for
+        one no longer kept): of the windows in ``whole``, with their data and meta; of the
+        others, without (``None`` and ``{}``)."""
 
     async def run_state(
         self, run_id: str

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import aiosqlite
 import anyio
 import anyio.lowlevel
+import orjson
 
 from cued.daemon.core.assets import ASSET_SOURCES, asset_of
 from cued.daemon.core.ids import id_at, now
@@ -42,7 +43,6 @@ from cued.daemon.store import (
     DedupeRow,
     EventClaim,
     EventRow,
-    EventSettled,
     HoldRow,
     InstanceGone,
     InstanceRow,
@@ -58,6 +58,7 @@ from cued.daemon.store import (
     WaitRow,
     WindowGone,
     WindowRow,
+    WindowSettled,
     pruning,
 )
 from cued.daemon.store.filemodes import private_state_files
@@ -65,7 +66,7 @@ from cued.daemon.store.migrations import migrate
 from cued.daemon.store.rowjson import dumps
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 
     from cued.daemon.store import Provisional, PrunePolicy, Row
 
@@ -129,10 +130,25 @@ _PUT_CURSOR = "INSERT OR REPLACE INTO source_cursors VALUES (?, ?, ?)"
 _PUT_WINDOW = "INSERT OR REPLACE INTO flow_windows VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _PUT_HOLD = "INSERT OR REPLACE INTO flow_holds VALUES (?, ?, ?, ?)"
 _PUT_THROTTLE = "INSERT OR REPLACE INTO flow_throttles VALUES (?, ?, ?, ?)"
-# the fields of EventSettled in its order
-_SETTLE_EVENT = "UPDATE events SET status = ?, run_ids = ?, error = ? WHERE event_id = ?"
+# a window's events settled in one statement (the fields of WindowSettled: ?1 window_id,
+# ?2 run_id, ?3 note, ?4 gone), before its holds go: see WindowSettled
+_SETTLE_WINDOW = """
+UPDATE events SET
+    run_ids = CASE WHEN ?2 IS NULL THEN run_ids ELSE json_insert(run_ids, '$[#]', ?2) END,
+    error = CASE WHEN error IS NULL THEN ?3 ELSE error || '; ' || ?3 END,
+    status = CASE
+        WHEN NOT ?4 OR EXISTS (
+            SELECT 1 FROM flow_holds o WHERE o.event_id = events.event_id AND o.window_id <> ?1
+        ) THEN 'held'
+        WHEN ?2 IS NOT NULL OR json_array_length(run_ids) > 0 THEN 'matched'
+        ELSE 'dropped'
+    END
+WHERE event_id IN (SELECT event_id FROM flow_holds WHERE window_id = ?1)
+"""
 _HOLDS_GONE = "DELETE FROM flow_holds WHERE window_id = ?"
 _WINDOW_GONE = "DELETE FROM flow_windows WHERE window_id = ?"
+# an event's columns but its data and meta (see _event_without_data)
+_EVENT_WITHOUT_DATA = "e.event_id, e.source, e.received_at, e.status, e.run_ids, e.error"
 # one pass over the index runs_by_state, not over the table
 COUNT_RUNS_BY_STATE = "SELECT state, count(*) FROM runs GROUP BY state"
 # the literal lets SQLite count the partial index approvals_waiting
@@ -146,7 +162,7 @@ _KEYED: dict[type, tuple[str, Callable[[Any], Any]]] = {
     CursorRow: ("cursors", attrgetter("source")),
     DedupeRow: ("dedupe", attrgetter("trigger", "key")),
     HoldRow: ("holds", attrgetter("window_id", "seq")),
-    EventSettled: ("settled", attrgetter("event_id")),
+    WindowSettled: ("settled", attrgetter("window_id")),
     ThrottleRow: ("throttles", attrgetter("trigger", "key")),
 }
 """Rows that only replace their like in a batch: the batch's field and the row's key."""
@@ -204,7 +220,7 @@ class _Batch:
         self.holds: dict[tuple[str, int], HoldRow] = {}
         self.windows_gone: dict[str, WindowGone] = {}
         self.throttles: dict[tuple[str, str], ThrottleRow] = {}
-        self.settled: dict[str, EventSettled] = {}
+        self.settled: dict[str, WindowSettled] = {}
         self.done = anyio.Event()
         self.error: BaseException | None = None
 
@@ -214,6 +230,11 @@ class _Batch:
         if keyed is not None:  # the rows every run writes, found in one look-up
             field, key = keyed
             getattr(self, field)[key(row)] = row
+        elif type(row) is EventClaim:  # with every event recorded
+            self.claims.add(row.event_id)
+        elif type(row) is WindowRow:  # with every event held
+            self.windows[row.window_id] = row
+            self.windows_gone.pop(row.window_id, None)
         elif isinstance(row, InstanceRow):
             self.instances[row.run_id, row.key] = row
             self.gone.pop((row.run_id, row.key), None)
@@ -239,9 +260,6 @@ class _Batch:
             asked = self.cancels.get(row.run_id)
             if asked is None or row.done > asked.done:
                 self.cancels[row.run_id] = row if asked is None else replace(asked, done=1)
-        elif isinstance(row, WindowRow):
-            self.windows[row.window_id] = row
-            self.windows_gone.pop(row.window_id, None)
         elif isinstance(row, WindowGone):
             self.windows_gone[row.window_id] = row
             self.windows.pop(row.window_id, None)
@@ -249,8 +267,6 @@ class _Batch:
             trim = self.log_trims.get((row.run_id, row.key, row.attempt))
             if trim is None or trim.before_seq < row.before_seq:
                 self.log_trims[row.run_id, row.key, row.attempt] = row
-        elif isinstance(row, EventClaim):
-            self.claims.add(row.event_id)
         else:
             raise TypeError(f"the store keeps no {type(row).__name__}")
 
@@ -1058,13 +1074,10 @@ class SqliteStore:
         return found
 
     async def window_holds(
-        self, windows: Sequence[str]
-    ) -> tuple[
-        list[WindowRow], dict[str, list[tuple[HoldRow, EventRow | None]]], dict[str, set[str]]
-    ]:
+        self, windows: Sequence[str], whole: Collection[str] = ()
+    ) -> tuple[list[WindowRow], dict[str, list[tuple[HoldRow, EventRow | None]]]]:
         found: list[WindowRow] = []
         holds: dict[str, list[tuple[HoldRow, EventRow | None]]] = {}
-        held_in: dict[str, set[str]] = {}
         for chunk in _chunks(list(windows)):
             marks = ",".join("?" * len(chunk))
             found += [
@@ -1073,21 +1086,22 @@ class SqliteStore:
                     f"SELECT * FROM flow_windows WHERE window_id IN ({marks})", chunk
                 )
             ]
-            for r in await self._reader.execute_fetchall(
-                "SELECT h.*, e.* FROM flow_holds h LEFT JOIN events e USING (event_id) "
-                f"WHERE h.window_id IN ({marks}) ORDER BY h.window_id, h.seq",
-                chunk,
+            for columns, part, read in (
+                ("e.*", [w for w in chunk if w in whole], _event),
+                (_EVENT_WITHOUT_DATA, [w for w in chunk if w not in whole], _event_without_data),
             ):
-                hold = HoldRow(*r[:4])
-                event = None if r[4] is None else _event(r[4:])
-                holds.setdefault(hold.window_id, []).append((hold, event))
-            for event_id, window_id in await self._reader.execute_fetchall(
-                "SELECT DISTINCT o.event_id, o.window_id FROM flow_holds h JOIN flow_holds o "
-                f"ON o.event_id = h.event_id WHERE h.window_id IN ({marks})",
-                chunk,
-            ):
-                held_in.setdefault(str(event_id), set()).add(str(window_id))
-        return found, holds, held_in
+                if not part:
+                    continue
+                for r in await self._reader.execute_fetchall(
+                    f"SELECT h.*, {columns} FROM flow_holds h LEFT JOIN events e "
+                    f"USING (event_id) WHERE h.window_id IN ({','.join('?' * len(part))}) "
+                    "ORDER BY h.window_id, h.seq",
+                    part,
+                ):
+                    hold = HoldRow(*r[:4])
+                    event = None if r[4] is None else read(r[4:])
+                    holds.setdefault(hold.window_id, []).append((hold, event))
+        return found, holds
 
     async def list_events(
         self,
@@ -1211,9 +1225,14 @@ def _event(r: Any) -> EventRow:
         r[3],
         stored(r[4]),
         meta if isinstance(meta, dict) else {"stored": meta},
-        tuple(json.loads(r[6])),
+        tuple(orjson.loads(r[6])),  # run ids this daemon wrote
         r[7],
     )
+
+
+def _event_without_data(r: Any) -> EventRow:
+    """An event read by :data:`_EVENT_WITHOUT_DATA`: its data ``None``, its meta empty."""
+    return EventRow(r[0], r[1], r[2], r[3], None, {}, tuple(orjson.loads(r[4])), r[5])
 
 
 def _loads(text: str | None) -> Any:
@@ -1288,9 +1307,6 @@ def _statements(batch: _Batch) -> list[tuple[str, list[tuple[Any, ...]]]]:
     work: list[tuple[str, list[tuple[Any, ...]]]] = []
     if batch.gone:
         work.append((_DELETE_INSTANCE, [(g.run_id, g.key) for g in batch.gone.values()]))
-    if batch.windows_gone:
-        gone = [(g.window_id,) for g in batch.windows_gone.values()]
-        work += [(_HOLDS_GONE, gone), (_WINDOW_GONE, gone)]
     events, runs = batch.unclaimed()
     for rows, sql in (
         (runs, _UPSERT_RUN),
@@ -1310,11 +1326,18 @@ def _statements(batch: _Batch) -> list[tuple[str, list[tuple[Any, ...]]]]:
         (batch.windows.values(), _PUT_WINDOW),
         (batch.holds.values(), _PUT_HOLD),
         (batch.throttles.values(), _PUT_THROTTLE),
-        # after the events: one of this batch is settled as it is recorded
-        (batch.settled.values(), _SETTLE_EVENT),
     ):
         if rows:
             work.append((sql, [_params(row) for row in rows]))
+    # after the events and holds; each window's holds go before the next window is
+    # settled, which then sees whether another window still holds an event of both
+    for settled in batch.settled.values():
+        work.append((_SETTLE_WINDOW, [_params(settled)]))
+        if settled.gone:
+            work.append((_HOLDS_GONE, [(settled.window_id,)]))
+    if batch.windows_gone:
+        gone = [(g.window_id,) for g in batch.windows_gone.values()]
+        work += [(_HOLDS_GONE, gone), (_WINDOW_GONE, gone)]
     return work
 
 

@@ -121,10 +121,8 @@ debounce = { period = "30s", keep = "last" }
     c1_events = [e for e in events.values() if e.data["customer"] == "c1"]
     assert len(c1_events) == 3
     assert {e.run_ids for e in c1_events} == {(c1_run.run_id,)}
-    assert all(
-        "3 event(s) of window" in (e.error or "") and "waits in debounce window" in (e.error or "")
-        for e in c1_events
-    )
+    # what the release says (while held, where each waited was shown from its hold)
+    assert all("3 event(s) of window" in (e.error or "") for e in c1_events)
 
 
 async def test_throttle_delays_the_excess_in_order_into_the_next_slots(make_config):
@@ -377,3 +375,52 @@ batch = { size = 2, timeout = "300ms" }
     assert set(debounced) == {"a", "b"}
     assert sum(batched) == 3
     assert all(len(events[i].run_ids) == 2 for i in ids)  # one of each trigger
+
+
+@pytest.mark.parametrize("apart", [True, False], ids=["released-apart", "released-together"])
+async def test_an_event_two_windows_hold_is_held_until_both_are_released(make_config, apart):
+    config = make_config(
+        HEAD
+        + """
+[[triggers]]
+source = "orders"
+pipeline = "sync"
+inputs = { x = "{{ event.data.x }}" }
+batch = { size = 2, timeout = "1h" }
+
+[pipelines.load.tasks.noop]
+kind = "python"
+function = "tests.support.probes:record"
+args = { name = "load" }
+
+[[triggers]]
+source = "orders"
+pipeline = "load"
+debounce = { period = "10s" }
+"""
+    )
+    clock = Clock()
+    t0 = clock.at
+    async with daemon_running(config) as info:
+        info.intake.flow.clock = clock
+        answers = await _post(info, [{"x": 1}, {"x": 2}])
+        assert [a["status"] for a in answers] == ["held"] * 2
+        ids = [a["event_id"] for a in answers]
+        if apart:
+            assert await _settle(info, clock, t0 + 1) == 1  # the full batch only
+            events = await _events(info)
+            # the debounce window still holds them: held, with the batch's run and note
+            assert {events[i].status for i in ids} == {"held"}
+            assert {len(events[i].run_ids) for i in ids} == {1}
+            assert all("batch of key" in (events[i].error or "") for i in ids)
+        assert await _settle(info, clock, t0 + 11) == 2
+        runs = await _runs(info)
+        await wait_finished(info, [r.run_id for r in runs])
+        events = await _events(info)
+        assert await info.runner.store.event_holds(ids) == []
+    assert {events[i].status for i in ids} == {"matched"}
+    assert all(sorted(events[i].run_ids) == [r.run_id for r in runs] for i in ids)
+    for i in ids:
+        error = events[i].error or ""
+        assert "batch of key" in error
+        assert "debounce of key" in error
