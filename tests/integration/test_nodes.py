@@ -316,3 +316,54 @@ async def test_a_run_is_owned_by_the_node_that_drives_it(db: StoreAt):
         await a.submit([run(2, "queued")]).wait()
         await b.submit([run(2, "queued")]).wait()  # not driven: still a's
         assert await db.query("SELECT node FROM run_owners ORDER BY run_id") == [("b",), ("a",)]
+
+
+SERIAL_NODE = """
+[daemon]
+state = "{url}"
+node = "a"
+lease = "1s"
+[http]
+listen = "127.0.0.1:0"
+[pipelines.p]
+max_active_runs = 1
+[pipelines.p.tasks.t]
+kind = "sleep"
+seconds = 0
+"""
+
+
+async def test_a_run_adopted_with_a_slot_taken_before_its_start_was_recorded_goes_on(
+    db: StoreAt, make_config
+):
+    """Node b took the one slot of ``p`` for a run and died before it recorded the start;
+    node a, whose own run of ``p`` waits for that slot, adopts b's run: it goes on at once
+    (it must not wait for a's own slot, which a's run holds while it waits for it), and
+    then a's own run."""
+    adopted, own = run(1, "queued").run_id, ""
+    async with db.open() as b:
+        await b.join("b", lease_s=60.0, host="h", pid=2)
+        await b.submit([run(1, "queued")]).wait()
+        assert await b.take_run_slot("p", adopted, 1) is True
+        async with daemon_running(make_config(SERIAL_NODE.format(url=db.location))) as info:
+            own = (await info.runner.start_run("p")).run_id
+
+            async def waits_for_the_slot() -> bool:
+                found = await db.query("SELECT held FROM run_slots WHERE run_id = ?", own)
+                return found == [(0,)]
+
+            await _until(waits_for_the_slot)
+            await lapse(db, "b")
+
+            async def both_succeeded() -> bool:
+                states = await db.query("SELECT DISTINCT state FROM runs")
+                return states == [("succeeded",)]
+
+            await _until(both_succeeded)
+    assert {r for (r,) in await db.query("SELECT run_id FROM runs")} == {adopted, own}
+
+
+async def _until(check, timeout_s: float = 60) -> None:
+    with anyio.fail_after(timeout_s):
+        while not await check():  # noqa: ASYNC110 - the store's rows: nothing signals them
+            await anyio.sleep(0.05)
