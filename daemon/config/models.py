@@ -212,6 +212,8 @@ class ConcurrencyConfig(_Model):
 
     limit: int = Field(ge=1)
     """Active runs per key (started, not yet ended or parked); more wait for their key."""
+
+
 class DebounceConfig(_Model):
     """A trigger's ``debounce``: one run per burst of a key, ``period`` after its last
     event (trailing edge)."""

@@ -132,11 +132,12 @@ class RunEngine:
         return commands
 
     def started(self, instance: Instance) -> None:
-        """The runner gave ``instance`` a slot and its attempt is running now."""
+        """The runner gave ``instance`` a slot and its attempt is running now. Not a change
+        :meth:`drain_changes` returns: the runner writes the start itself, only if a commit
+        comes while the attempt runs (most short ones end first, and write their end)."""
         if instance.state in TERMINAL_TASK_STATES:
             return  # cancelled while it waited for the slot
         instance.state = State.RUNNING
-        self._changes.append(instance)
 
     def waiting(self, instance: Instance) -> None:
         """The attempt asks for a decision (an approval gate) and ends; the instance waits,

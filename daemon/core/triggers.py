@@ -22,7 +22,15 @@ if TYPE_CHECKING:
     from cued.daemon.config import TriggerConfig
     from cued.daemon.sdk.sources import Event
 
-__all__ = ["MAX_KEY_LENGTH", "EventLike", "Match", "event_context", "held_inputs", "match"]
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "EventLike",
+    "Match",
+    "event_context",
+    "flow_of",
+    "held_inputs",
+    "match",
+]
 
 
 class EventLike(Protocol):
@@ -138,6 +146,22 @@ def match(triggers: Sequence[TriggerConfig], event: Event) -> tuple[list[Match],
             )
         )
     return matches, notes
+
+
+def flow_of(trigger: TriggerConfig, event: EventLike) -> dict[str, Any]:
+    """What a run ``trigger`` starts on ``event`` records for flow control (its key, the
+    key's limit, its priority), as :meth:`Match.flow` gives it: for a run that debounce,
+    throttle or batch held back, rendered on the event whose inputs it takes.
+
+    :raises TemplateProblem: if the key's or the priority's template fails on it
+    :raises ValueError: if the key is too long or the priority not one of 0 to 9
+    """
+    context = event_context(event)
+    return {
+        "flow_key": _flow_key(trigger, context),
+        "key_limit": trigger.concurrency.limit if trigger.concurrency is not None else None,
+        "priority": priority_of(render_value(trigger.priority, context)),
+    }
 
 
 #: A flow-control key's length at most: it comes from an event, and is kept with each run.

@@ -312,8 +312,11 @@ class ActiveRun:
         async with driving.slots.task_slot(self.plan.tasks[inst.task].config.pool):
             engine.started(inst)
             started_at = now()
-            # not waited for: a task that ends before the next commit writes its end alone
-            self._write([AttemptRow(run_id, inst.key, start.attempt, "running", started_at)])
+            # built only if a commit begins while it runs: an attempt that ends first
+            # writes its end alone (a kill -9 before that commit leaves it queued: it
+            # runs again after the restart, with the same idempotency key)
+            running = _Running(run_id, start, started_at)
+            self._store.provisional(running)
             log = driving.log.bind(
                 run_id=run_id, pipeline=self.row.pipeline, task=inst.key, attempt=start.attempt
             )
@@ -346,10 +349,17 @@ class ActiveRun:
                 except anyio.get_cancelled_exc_class():
                     # a cancelled run marks its instances cancelled; a daemon shutting down
                     # leaves them running, so that a restart runs them again
+                    self._store.withdraw(running)
                     state = "cancelled" if engine.state is RunState.CANCELLED else "interrupted"
-                    self._store.submit([stopped_row(run_id, start, state, started_at, meter)])
+                    self._store.submit(
+                        [
+                            instance_row(run_id, inst),
+                            stopped_row(run_id, start, state, started_at, meter),
+                        ]
+                    )
                     _end_attempt_span(span, meter, state, None)
                     raise
+        self._store.withdraw(running)  # what it ended as replaces it
         ended_at = now()
         outcome = outcome.kept()
         _end_attempt_span(
@@ -467,6 +477,24 @@ class ActiveRun:
             until=wait.deadline_at,
         )
         self._driving.waits.wake()
+
+
+class _Running:
+    """An attempt's start, left :meth:`~cued.daemon.store.Store.provisional`: its
+    instance running and its attempt's row, built only if a commit begins while it runs."""
+
+    __slots__ = ("_run_id", "_start", "_started_at")
+
+    def __init__(self, run_id: str, start: Start, started_at: float) -> None:
+        self._run_id, self._start, self._started_at = run_id, start, started_at
+
+    def rows(self) -> list[Row]:
+        start = self._start
+        inst = start.instance
+        return [
+            instance_row(self._run_id, inst),
+            AttemptRow(self._run_id, inst.key, start.attempt, "running", self._started_at),
+        ]
 
 
 def _run_row(

@@ -40,7 +40,7 @@ from cued.daemon.core.flow import (
 )
 from cued.daemon.core.ids import new_id, now
 from cued.daemon.core.templates import TemplateProblem
-from cued.daemon.core.triggers import held_inputs
+from cued.daemon.core.triggers import flow_of, held_inputs
 from cued.daemon.errors import CuedError, StoreError
 from cued.daemon.logs import get_logger
 from cued.daemon.store import (
@@ -101,6 +101,8 @@ class FlowControl:
         self._rules: dict[str, tuple[TriggerConfig, Rule]] = {}
         self._keys: dict[tuple[str, str], KeyState] = {}
         self._durable: Durable | None = None
+        self._admitting: anyio.Event | None = None
+        """Set while intake prepares a batch with holds not yet submitted (see admit)."""
         self._wake = anyio.Event()
         self._until: float | None = None
         """When the timer sleeps until (``None``: it is awake, reading or settling)."""
@@ -140,8 +142,12 @@ class FlowControl:
         """What becomes of ``m``, the match of a trigger with flow control by the event
         ``event_id``, now (synchronous: intake records the rows it gives)."""
         at = self.clock()
+        if self._admitting is None:
+            # until intake submits this batch, the timer decides on no window: one it
+            # released meanwhile would lose (or, written again, double) this hold
+            self._admitting = anyio.Event()
         _, rule = self._rules[m.trigger]
-        key = key or ""  # no key: one for the whole trigger
+        key = m.key or ""  # no key: one for the whole trigger
         name = (m.trigger, key)
         state = self._keys.get(name, KeyState())
         # most events join the window being filled: an id only for a new one
@@ -170,9 +176,14 @@ class FlowControl:
         ]
         return Admission(False, True, rows, _held_note(m.trigger, key, outcome), outcome.due_at)
 
-    def submitted(self, durable: Durable) -> None:
-        """Intake submitted holds: the timer reads the store only once they are committed."""
-        self._durable = durable
+    def submitted(self, durable: Durable | None) -> None:
+        """Intake submitted holds (``None``: the batch failed before it submitted them):
+        the timer reads the store only once they are committed."""
+        if durable is not None:
+            self._durable = durable
+        if self._admitting is not None:
+            self._admitting.set()
+            self._admitting = None
 
     def poke(self) -> None:
         """Look at what is due now (a test moved its clock)."""
@@ -221,6 +232,8 @@ class FlowControl:
             return await self._settle_due(runs)
 
     async def _settle_due(self, runs: RunQueue) -> int:
+        while self._admitting is not None:
+            await self._admitting.wait()
         if self._durable is not None:
             await self._durable.wait()
         at = self.clock()
@@ -236,6 +249,8 @@ class FlowControl:
         if not outcomes:
             return 0
         # holds that joined a window before it was decided on may still be committing
+        while self._admitting is not None:
+            await self._admitting.wait()
         if self._durable is not None:
             await self._durable.wait()
         # read beside the writer (the windows decided on take no more events, and only
@@ -314,7 +329,9 @@ class FlowControl:
                 inputs = held_inputs(trigger, events, keep)
                 chosen = events[0] if keep == "first" else events[-1]
                 run = runs.new_run(trigger.pipeline, inputs, event_id=chosen.event_id)
-            except (TemplateProblem, CuedError) as exc:
+                # its key, limit and priority, as a run the trigger started at once has
+                run = replace(run, **flow_of(trigger, chosen))
+            except (TemplateProblem, CuedError, ValueError) as exc:
                 note = f"{who}: no run: {exc}"
             else:
                 note = f"{who}: {len(events)} event(s) of window {window.window_id} started run {run.run_id}"

@@ -257,6 +257,8 @@ class DaemonIntake:
                 try:
                     durable = await self._prepare(batch, runs)
                 except Exception as exc:  # noqa: BLE001 - the callers get it, the loop goes on
+                    if batch.flowed:
+                        self.flow.submitted(None)  # nothing of it comes: the timer goes on
                     for request in requests:
                         request.error = exc
                         request.done.set()
@@ -407,7 +409,6 @@ class DaemonIntake:
                 break
             last = waits[-1]
             after = (last.run_id, last.key, last.attempt)
-
 
     async def _complete(self, batch: _Batch, durable: Durable, runs: RunQueue) -> None:
         error: BaseException | None = None

@@ -194,6 +194,8 @@ async def replay_events(
             await durable.wait()
             if flow is not None and due is not None:
                 flow.written(due)
+        elif flow is not None and flowed:
+            flow.submitted(None)  # admitted, nothing to write: the timer goes on
     for run in new_runs:
         runs.enqueue(run)
     return report

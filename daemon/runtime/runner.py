@@ -1,7 +1,8 @@
 """The runner: carries out the engine's decisions in one task group.
 
-Every run is driven by one coroutine (a task of the runner's group) under its own cancel
-scope, so cancelling a run cancels exactly its attempts. Limits
+Every run is driven by one coroutine under its own cancel scope, so cancelling a run
+cancels exactly its attempts; the runner's group holds the tasks that drive them, run after
+run (:mod:`~cued.daemon.runtime.drivers`: a task costs more than a run's own bookkeeping). Limits
 (:mod:`~cued.daemon.runtime.slots`): a global limit on running tasks, one per named pool,
 and ``max_active_runs`` per pipeline (runs beyond it wait in the bounded
 :class:`~cued.daemon.runtime.backlog.Backlog`: a window of them loaded, the rest by id only,
@@ -57,6 +58,7 @@ from cued.daemon.logs import get_logger
 from cued.daemon.runtime.active_run import ActiveRun, Driving
 from cued.daemon.runtime.attempts import TaskAttempts
 from cued.daemon.runtime.deadlines import Deadlines
+from cued.daemon.runtime.drivers import Drivers
 from cued.daemon.runtime.gates import Gates
 from cued.daemon.runtime.instance_rows import instances_of
 from cued.daemon.runtime.keys import KeyGate
@@ -77,8 +79,8 @@ if TYPE_CHECKING:
     from cued.daemon.config import Config, TaskConfig
     from cued.daemon.runtime.asset_events import AssetSink
     from cued.daemon.runtime.backlog import Backlog
-    from cued.daemon.runtime.keys import Released
     from cued.daemon.runtime.flow import FlowControl
+    from cued.daemon.runtime.keys import Released
     from cued.daemon.runtime.run_alerts import AlertSink
     from cued.daemon.runtime.signals import Signals
     from cued.daemon.sdk.kinds import AwaitingRun, Spending, TaskKind
@@ -92,6 +94,8 @@ _PAGE = 10_000
 _SLOT_RETRY_S = (0.02, 0.5)
 """A run whose pipeline's slots the other nodes' runs hold all asks again after these
 (doubling): they free theirs in their own commits, which this node does not see."""
+_IDLE_DRIVERS = 1_000
+"""Tasks that drive runs kept idle for the runs to come (one each: a few KB)."""
 
 
 class Runner:
@@ -193,6 +197,7 @@ class Runner:
         self._tg: anyio.abc.TaskGroup | None = None
         self.signals: Signals = NO_SIGNALS
         """What this runner tells other daemons on its store (a shared database)."""
+        self._drivers: Drivers[ActiveRun] | None = None
         self._paused: dict[str, PauseRow] = {}
         # pipelines being unpaused: what is held meanwhile is remembered here, as the
         # store's answer may predate its commit
@@ -245,6 +250,7 @@ class Runner:
         started: see :meth:`resume_unfinished`)."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            self._drivers = Drivers(tg, self._drive, _IDLE_DRIVERS)
             # before anything starts a run: a pause outlives a restart
             self._paused = {
                 name: pause
@@ -347,7 +353,13 @@ class Runner:
         gone: list[str] = []
         resumed = 0
         slots = await self.store.run_slots_held(run_ids)
-        for row in sorted(await self.store.get_runs(run_ids), key=lambda r: r.run_id):
+        rows = sorted(await self.store.get_runs(run_ids), key=lambda r: r.run_id)
+        # the adopted runs that were running hold their keys here from now on, as at a
+        # restart (see _resume_all): _resume_started takes them as counted
+        for row in rows:
+            if _limited(row) and row.state == RunState.RUNNING and not self.is_active(row.run_id):
+                self.keys.count(row.pipeline, *_key(row))
+        for row in rows:
             if row.state not in _UNFINISHED or self.is_active(row.run_id):
                 continue
             if row.started_at is not None:
@@ -413,9 +425,10 @@ class Runner:
 
         :param counted: the run counts for its key already
         """
-        if _limited(row) and not counted:
-            self.keys.count(row.pipeline, *_key(row))
-            self._keyed.add(row.run_id)  # released when it leaves
+        if _limited(row):
+            if not counted:
+                self.keys.count(row.pipeline, *_key(row))
+            self._keyed.add(row.run_id)  # its key is released as it leaves
         run = ActiveRun(row, self._plan_of(row), prior, self._driving)
         self._runs[row.run_id] = run
         self._deadlines.watch(row)
@@ -922,9 +935,9 @@ class Runner:
     # -- driving runs -------------------------------------------------------------------
 
     def _launch(self, run: ActiveRun) -> None:
-        assert self._tg is not None, "the runner is not serving"
+        assert self._drivers is not None, "the runner is not serving"
         self.slots.take_run_slot(run.row.pipeline)
-        self._tg.start_soon(self._drive, run, name=f"run {run.row.run_id}")
+        self._drivers.launch(run)
 
     async def _drive(self, run: ActiveRun) -> None:
         # one span for each time the run is driven: a resumed run gets another, in the

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,7 +31,7 @@ from cued.daemon.logs import get_logger
 from cued.daemon.store import LogLineRow, LogTrim
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from contextlib import AbstractAsyncContextManager
 
     from cued.daemon.store import Row, Store
 
@@ -44,7 +43,7 @@ _STREAM_CHARS = 32  # a stream's name is cut to this
 _log = get_logger()
 
 
-@dataclass
+@dataclass(slots=True)
 class _RunLines:
     """A run's line numbers, while attempts of it are open."""
 
@@ -54,6 +53,22 @@ class _RunLines:
 
 class AttemptLines:
     """One attempt's lines (a :class:`~cued.daemon.sdk.LineWriter`)."""
+
+    __slots__ = (
+        "_attempt",
+        "_dropped",
+        "_kept",
+        "_kept_bytes",
+        "_key",
+        "_logs",
+        "_marker_seq",
+        "_pending",
+        "_run",
+        "_run_id",
+        "_trim",
+        "closed",
+        "written",
+    )
 
     def __init__(self, logs: TaskLogs, run: _RunLines, run_id: str, key: str, attempt: int):
         self._logs = logs
@@ -176,36 +191,51 @@ class TaskLogs:
                 # must not take the runner down with them
                 _log.warning("task_log_lines_lost", lines=len(rows), error=str(exc))
 
-    @asynccontextmanager
-    async def attempt(
+    def attempt(
         self, run_id: str, key: str, attempt: int, *, fresh: bool = False
-    ) -> AsyncIterator[AttemptLines]:
+    ) -> AbstractAsyncContextManager[AttemptLines]:
         """The lines of one attempt while it runs; when it ends, what it wrote is
         submitted and committed before this returns. ``fresh``: the run had never started
         before this daemon drove it, so it has no lines in the store."""
-        run = self._runs.get(run_id)
+        return _Attempt(self, run_id, key, attempt, fresh)
+
+
+class _Attempt:
+    """:meth:`TaskLogs.attempt`: a class, not a generator, as it runs once per attempt."""
+
+    __slots__ = ("_attempt", "_fresh", "_key", "_lines", "_logs", "_run_id")
+
+    def __init__(self, logs: TaskLogs, run_id: str, key: str, attempt: int, fresh: bool) -> None:
+        self._logs, self._run_id, self._key = logs, run_id, key
+        self._attempt, self._fresh = attempt, fresh
+
+    async def __aenter__(self) -> AttemptLines:
+        logs, run_id = self._logs, self._run_id
+        run = logs._runs.get(run_id)
         if run is None:
             # numbered on from what an earlier daemon (or an earlier attempt) kept
-            last = 0 if fresh else await self.store.last_log_seq(run_id)
-            run = self._runs.setdefault(run_id, _RunLines(last))
+            last = 0 if self._fresh else await logs.store.last_log_seq(run_id)
+            run = logs._runs.setdefault(run_id, _RunLines(last))
         run.open += 1
-        lines = AttemptLines(self, run, run_id, key, attempt)
-        try:
-            yield lines
-        finally:
-            with self._lock:
-                lines.closed = True
-                self._dirty.discard(lines)
-                rows = lines._take()
-            if lines.written:
-                # committed (with what was flushed before) before the attempt's end is: a
-                # reader that sees it ended sees all it wrote; and before the run's
-                # numbers are forgotten
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await self.store.submit(rows).wait()
-                    except StoreError:
-                        pass  # the attempt's own row fails to commit too, and says so
-            run.open -= 1
-            if run.open == 0 and self._runs.get(run_id) is run:
-                del self._runs[run_id]
+        self._lines = AttemptLines(logs, run, run_id, self._key, self._attempt)
+        return self._lines
+
+    async def __aexit__(self, *exc: object) -> None:
+        logs, lines = self._logs, self._lines
+        with logs._lock:
+            lines.closed = True
+            logs._dirty.discard(lines)
+            rows = lines._take()
+        if lines.written:
+            # committed (with what was flushed before) before the attempt's end is: a
+            # reader that sees it ended sees all it wrote; and before the run's numbers
+            # are forgotten
+            with anyio.CancelScope(shield=True):
+                try:
+                    await logs.store.submit(rows).wait()
+                except StoreError:
+                    pass  # the attempt's own row fails to commit too, and says so
+        run = lines._run
+        run.open -= 1
+        if run.open == 0 and logs._runs.get(self._run_id) is run:
+            del logs._runs[self._run_id]

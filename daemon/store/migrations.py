@@ -248,6 +248,7 @@ MIGRATIONS: tuple[str, ...] = (
         started_at  REAL NOT NULL,
         renewed_at  REAL NOT NULL,
         expires_at  REAL NOT NULL
+    );
     """,
     # flow control (cued.daemon.core.flow): the windows (debounce, batch, a throttle's
     # delay) holding a trigger's events for a key, by when they are due (the timer's

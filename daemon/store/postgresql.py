@@ -57,10 +57,10 @@ from cued.daemon.store import (
     OutboxRow,
     PauseRow,
     RunRow,
-    WaitRow,
-    pg_nodes,
     ThrottleRow,
+    WaitRow,
     WindowRow,
+    pg_nodes,
 )
 from cued.daemon.store.pg_migrations import migrate
 from cued.daemon.store.sqlite import (
@@ -269,8 +269,9 @@ _PUTS: dict[str, _Put] = {
 _EVENT_COLUMNS = _PUTS["events"].columns
 _RUN_COLUMNS = _PUTS["runs"].columns
 # rows that several daemons on one database write alike (a source's cursor, a trigger's
-# dedupe key): in the same order by each, so two commits cannot deadlock on them
-_SHARED = frozenset({"cursors", "dedupe"})
+# dedupe key, a throttled key's slots, a wait, a cancel request): in the same order by
+# each, so two commits cannot deadlock on them
+_SHARED = frozenset({"cursors", "dedupe", "throttles", "waits", "cancels"})
 _PUT_PAUSE = _Put("paused_pipelines", ("pipeline", "paused_at", "paused_by"), ("pipeline",)).sql(
     "VALUES ($1, $2, $3)"
 )

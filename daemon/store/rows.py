@@ -38,14 +38,15 @@ __all__ = [
     "NodeRow",
     "OutboxRow",
     "PauseRow",
+    "Provisional",
     "PruneCounts",
     "PrunePolicy",
     "Row",
     "RunRow",
     "Store",
+    "ThrottleRow",
     "WaitRow",
     "WaitingRun",
-    "ThrottleRow",
     "WindowGone",
     "WindowRow",
 ]
@@ -486,6 +487,14 @@ class Durable(Protocol):
         another that committed with it) that were stored already, and so not written."""
 
 
+class Provisional(Protocol):
+    """Rows that are only worth writing if a commit begins before they are withdrawn (see
+    :meth:`Store.provisional`)."""
+
+    def rows(self) -> list[Row]:
+        """The rows, as of now."""
+
+
 class Store(Protocol):
     """Durable state of runs, task instances, attempts and events."""
 
@@ -496,6 +505,15 @@ class Store(Protocol):
 
     def submit(self, rows: list[Row]) -> Durable:
         """Queue rows for the next group commit; all of them commit in one transaction."""
+
+    def provisional(self, rows: Provisional) -> None:
+        """Have ``rows.rows()`` join the next commit if it begins before :meth:`withdraw`:
+        an attempt's start, which its end replaces, so that an attempt that ends before
+        the next commit has its end rows built and written, and nothing else. Once a
+        commit has taken them, they stay with it (a later withdraw does nothing)."""
+
+    def withdraw(self, rows: Provisional) -> None:
+        """Take back what :meth:`provisional` left, unless a commit has taken it."""
 
     async def runs_to_resume(
         self, *, waiting: bool = True

@@ -3,7 +3,10 @@
 One connection writes and one reads (WAL lets readers go on while the writer commits).
 Every submission joins the open batch; the writer commits a whole batch in one transaction
 with one ``executemany`` per table, so the cost of an fsync is shared by every state change
-that arrived meanwhile instead of paid by each.
+that arrived meanwhile instead of paid by each. Before it takes a batch, the writer lets
+whatever is ready to run have a turn or three of the event loop: an attempt that ends
+meanwhile replaces its start (left :meth:`~SqliteStore.provisional`) before the start is
+ever built.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import aiosqlite
 import anyio
+import anyio.lowlevel
 
 from cued.daemon.core.assets import ASSET_SOURCES, asset_of
 from cued.daemon.core.ids import id_at, now
@@ -49,9 +53,9 @@ from cued.daemon.store import (
     PauseRow,
     PruneCounts,
     RunRow,
+    ThrottleRow,
     WaitingRun,
     WaitRow,
-    ThrottleRow,
     WindowGone,
     WindowRow,
     pruning,
@@ -63,7 +67,7 @@ from cued.daemon.store.rowjson import dumps
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
-    from cued.daemon.store import PrunePolicy, Row
+    from cued.daemon.store import Provisional, PrunePolicy, Row
 
 __all__ = [
     "COUNT_RUNS_BY_STATE",
@@ -170,9 +174,9 @@ class _Batch:
         "log_trims",
         "outbox",
         "runs",
-        "waits",
         "settled",
         "throttles",
+        "waits",
         "windows",
         "windows_gone",
     )
@@ -366,6 +370,8 @@ class SqliteStore:
         self._writer = writer
         self._reader = reader
         self._batch = _Batch()
+        # insertion-ordered: their rows join a commit in the order they were left
+        self._provisional: dict[Provisional, None] = {}
         self._wake = anyio.Event()
         self._closing = False
         self._failed: StoreError | None = None
@@ -394,15 +400,26 @@ class SqliteStore:
     # -- writing -----------------------------------------------------------------------
 
     def submit(self, rows: list[Row]) -> _Batch:
-        if self._failed is not None:
-            raise self._failed
-        if self._closing:
-            raise StoreError("the store is closed")
+        self._check_open()
         batch = self._batch
         for row in rows:
             batch.add(row)
         self._work_came()
         return batch
+
+    def provisional(self, rows: Provisional) -> None:
+        self._check_open()
+        self._provisional[rows] = None
+        self._work_came()
+
+    def withdraw(self, rows: Provisional) -> None:
+        self._provisional.pop(rows, None)
+
+    def _check_open(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+        if self._closing:
+            raise StoreError("the store is closed")
 
     def _work_came(self) -> None:
         if self._busy_since is None:
@@ -426,8 +443,23 @@ class SqliteStore:
         with anyio.CancelScope(shield=True):
             while True:
                 await self._wake.wait()
+                # a few turns of the loop for what is ready to run while attempts whose
+                # start is provisional run: one that ends meanwhile writes its end only
+                # (its start is never built), and its run's end commits with it
+                await anyio.lowlevel.checkpoint()
+                for _ in range(_PROVISIONAL_TURNS):
+                    if not self._provisional:
+                        break
+                    await anyio.lowlevel.checkpoint()
                 self._wake = anyio.Event()
                 batch, self._batch = self._batch, _Batch()
+                if self._provisional:
+                    # attempts still running: their starts join this commit (and make
+                    # one, if nothing else was submitted: a long task is seen running)
+                    for provisional in self._provisional:
+                        for row in provisional.rows():
+                            batch.add(row)
+                    self._provisional.clear()
                 if batch:
                     try:
                         self._committed(await self._commit(batch), batch)
@@ -719,14 +751,17 @@ class SqliteStore:
         return next((int(n) for (n,) in rows), 0)
 
     async def next_approval_deadline(self) -> float | None:
+        owned, owner = self._owned()
         rows = await self._reader.execute_fetchall(
-            "SELECT min(deadline_at) FROM approvals WHERE state = 'waiting'"
+            f"SELECT min(deadline_at) FROM approvals WHERE state = 'waiting' {owned}", owner
         )
         return next((float(at) for (at,) in rows if at is not None), None)
 
     async def approvals_due(self, before: float) -> list[ApprovalRow]:
+        owned, owner = self._owned()  # several nodes: each expires its own runs' gates
         rows = await self._reader.execute_fetchall(
-            "SELECT * FROM approvals WHERE state = 'waiting' AND deadline_at <= ?", (before,)
+            f"SELECT * FROM approvals WHERE state = 'waiting' AND deadline_at <= ? {owned}",
+            [before, *owner],
         )
         return [_approval(r) for r in rows]
 
@@ -746,30 +781,36 @@ class SqliteStore:
         return [_wait(r) for r in rows]
 
     async def waits_to_scan(self, limit: int) -> list[WaitRow]:
+        owned, owner = self._owned()  # several nodes: each looks after its own runs' waits
         rows = await self._reader.execute_fetchall(
-            "SELECT * FROM waits WHERE state = 'waiting' AND scanned = 0 ORDER BY run_id LIMIT ?",
-            (limit,),
+            f"SELECT * FROM waits WHERE state = 'waiting' AND scanned = 0 {owned} "
+            "ORDER BY run_id LIMIT ?",
+            [*owner, limit],
         )
         return [_wait(r) for r in rows]
 
     async def next_wait_deadline(self) -> float | None:
+        owned, owner = self._owned()
         rows = await self._reader.execute_fetchall(
-            "SELECT min(deadline_at) FROM waits WHERE state = 'waiting'"
+            f"SELECT min(deadline_at) FROM waits WHERE state = 'waiting' {owned}", owner
         )
         return next((float(at) for (at,) in rows if at is not None), None)
 
     async def waits_due(self, before: float, limit: int) -> list[WaitRow]:
+        owned, owner = self._owned()
         rows = await self._reader.execute_fetchall(
-            "SELECT * FROM waits WHERE state = 'waiting' AND deadline_at <= ? "
+            f"SELECT * FROM waits WHERE state = 'waiting' AND deadline_at <= ? {owned} "
             "ORDER BY deadline_at LIMIT ?",
-            (before, limit),
+            [before, *owner, limit],
         )
         return [_wait(r) for r in rows]
 
     async def waits_settled(self, limit: int) -> list[WaitRow]:
+        owned, owner = self._owned()
         rows = await self._reader.execute_fetchall(
-            "SELECT * FROM waits WHERE state <> 'waiting' AND applied = 0 ORDER BY run_id LIMIT ?",
-            (limit,),
+            f"SELECT * FROM waits WHERE state <> 'waiting' AND applied = 0 {owned} "
+            "ORDER BY run_id LIMIT ?",
+            [*owner, limit],
         )
         return [_wait(r) for r in rows]
 
@@ -788,8 +829,10 @@ class SqliteStore:
         )
 
     async def cancels_pending(self, limit: int) -> list[CancelRow]:
+        owned, owner = self._owned()
         rows = await self._reader.execute_fetchall(
-            "SELECT * FROM run_cancels WHERE done = 0 ORDER BY run_id LIMIT ?", (limit,)
+            f"SELECT * FROM run_cancels WHERE done = 0 {owned} ORDER BY run_id LIMIT ?",
+            [*owner, limit],
         )
         return [CancelRow(*r) for r in rows]
 
@@ -1229,6 +1272,11 @@ def _wait_advances(before: WaitRow, row: WaitRow) -> bool:
         return row.state != "waiting" or row.scanned > before.scanned
     return row.state == before.state and row.applied > before.applied
 
+
+#: Turns of the event loop the writer gives attempts whose start is provisional to end,
+#: before it takes a batch: a no-op attempt started in one turn ends in the next (more
+#: turns only delay every commit a little, for attempts that take longer anyway).
+_PROVISIONAL_TURNS = 2
 
 #: How long the writer waits to try a commit again after the file stayed locked by another
 #: program past ``busy_timeout`` (doubling from the first to the second).

@@ -179,3 +179,85 @@ async def test_sigterm_lets_running_tasks_finish_and_the_rest_runs_after_restart
     finally:
         assert daemon.stop() == 0
     assert lines(ledger) == ["start a", "end a", "start b"]
+
+
+UNCOMMITTED = """
+[http]
+listen = "127.0.0.1:0"
+
+[daemon]
+state = "state.db"
+
+[pipelines.pair]
+[pipelines.pair.tasks.a]
+kind = "python"
+function = "steps:step"
+args = {{ name = "a", ledger = "{ledger}" }}
+[pipelines.pair.tasks.b]
+kind = "python"
+function = "steps:step"
+needs = ["a"]
+args = {{ name = "b", ledger = "{ledger}" }}
+"""
+
+# b's first attempt kills the daemon before it awaits anything: its start is still
+# provisional (a's success, which b waits for, is committed; b's start rides with the
+# next commit, which never comes)
+STEPS = """
+import os, signal
+
+async def step(name, ledger, ctx):
+    with open(ledger, "a") as out:
+        out.write(f"start {name} {ctx.idempotency_key}\\n")
+    if name == "b" and not os.path.exists(ledger + ".killed"):
+        open(ledger + ".killed", "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return name
+"""
+
+
+async def test_kill_9_before_an_attempts_start_is_committed_runs_it_again(tmp_path):
+    folder = tmp_path / "p"  # short: the control socket's path is bounded
+    folder.mkdir()
+    ledger = folder / "ledger"
+    (folder / "steps.py").write_text(STEPS)
+    config = folder / "config.toml"
+    config.write_text(UNCOMMITTED.format(ledger=ledger))
+    state = folder / "state.db"
+
+    daemon = Daemon(config, state)
+    await daemon.start()
+    try:
+        triggered = cued(config, "trigger", "pair")
+        assert triggered.returncode == 0, triggered.stderr
+        run_id = triggered.stdout.split()[2]
+        assert daemon.process is not None
+        process = daemon.process
+        await wait_for(lambda: process.poll() is not None)
+    finally:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.kill9()
+    assert daemon.process.returncode == -signal.SIGKILL
+    # a's success is durable; b's attempt never was: b is as a's commit left it, queued
+    assert query(
+        state, "SELECT key, state FROM task_instances WHERE run_id = ? ORDER BY key", run_id
+    ) == [("a", "succeeded"), ("b", "queued")]
+    assert query(state, "SELECT key, state FROM attempts WHERE run_id = ?", run_id) == [
+        ("a", "succeeded")
+    ]
+
+    daemon = Daemon(config, state)
+    await daemon.start()
+    try:
+        await wait_for(
+            lambda: (
+                query(state, "SELECT state FROM runs WHERE run_id = ?", run_id) == [("succeeded",)]
+            )
+        )
+    finally:
+        assert daemon.stop() == 0
+    # a ran once; b again, with the same idempotency key, as its next attempt
+    assert lines(ledger) == [f"start a {run_id}/a", f"start b {run_id}/b", f"start b {run_id}/b"]
+    assert query(
+        state, "SELECT key, attempt, state FROM attempts WHERE run_id = ? ORDER BY key", run_id
+    ) == [("a", 1, "succeeded"), ("b", 2, "succeeded")]

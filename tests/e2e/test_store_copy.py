@@ -20,8 +20,8 @@ from cued.daemon.store import (
     OutboxRow,
     PauseRow,
     RunRow,
-    WaitRow,
     ThrottleRow,
+    WaitRow,
     WindowRow,
 )
 from cued.daemon.store.copying import TABLES

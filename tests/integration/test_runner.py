@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from cued.daemon.assembly import open_runner
 from cued.daemon.errors import InvalidRequest, NotFound
+from cued.daemon.store import AttemptRow, InstanceRow
 from tests.support import probes
 from tests.support.http_server import serve_app
 from tests.support.stores import keeping_state_in
@@ -237,6 +238,126 @@ async def test_cancelling_a_run_cancels_its_running_tasks(make_config):
     assert instances == {"long": "cancelled", "next": "cancelled"}
     assert [a.state for a in attempts] == ["cancelled"]
     assert probe.in_flight == 0
+
+
+def committed_rows(runner) -> list:
+    """Every row the runner's store commits from now on, in order."""
+    rows: list = []
+    runner.store.on_commit(lambda _seconds, batch: rows.extend(batch))
+    return rows
+
+
+async def test_a_task_that_ends_before_any_commit_writes_its_end_rows_only(make_config):
+    """Its start is provisional: built only if a commit begins while it runs. A no-op task
+    ends in the loop turn after it starts, before the writer takes the batch."""
+    config = make_config('[pipelines.p]\n[pipelines.p.tasks.t]\nkind = "sleep"\n')
+    async with open_runner(config) as runner:
+        rows = committed_rows(runner)
+        with anyio.fail_after(10):
+            run_id = (await runner.start_run("p")).run_id
+            row = await runner.wait(run_id)
+        attempts = await runner.store.get_attempts(run_id)
+        instances = await runner.store.get_instances(run_id)
+    assert row.state == "succeeded"
+    mine = [r for r in rows if getattr(r, "run_id", None) == run_id]
+    assert [(r.state, r.attempt) for r in mine if isinstance(r, AttemptRow)] == [("succeeded", 1)]
+    assert [r.state for r in mine if isinstance(r, InstanceRow)] == ["succeeded"]
+    assert [(a.state, a.attempt) for a in attempts] == [("succeeded", 1)]
+    assert [(i.key, i.state, i.attempts) for i in instances] == [("t", "succeeded", 1)]
+
+
+async def test_a_task_still_running_at_a_commit_has_its_start_committed(make_config):
+    """A long task is seen running in the store while it runs, with nothing else to
+    commit: the writer commits a provisional start it did not see end."""
+    config = make_config(
+        probe_pipeline("p", {"long": 'args = { name = "long", until_released = true }'})
+    )
+    probe = probes.reset()
+    async with open_runner(config) as runner:
+        seen_running = anyio.Event()
+
+        def watch(_seconds: float, batch) -> None:
+            if any(isinstance(r, AttemptRow) and r.state == "running" for r in batch):
+                seen_running.set()
+
+        runner.store.on_commit(watch)
+        with anyio.fail_after(20):
+            run_id = (await runner.start_run("p")).run_id
+            await seen_running.wait()
+            running = [(a.state, a.attempt) for a in await runner.store.get_attempts(run_id)]
+            instances = [(i.key, i.state) for i in await runner.store.get_instances(run_id)]
+            probe.released.set()
+            row = await runner.wait(run_id)
+        attempts = await runner.store.get_attempts(run_id)
+    assert running == [("running", 1)]
+    assert instances == [("long", "running")]
+    assert row.state == "succeeded"
+    assert [(a.state, a.attempt) for a in attempts] == [("succeeded", 1)]
+
+
+PARALLEL = probe_pipeline(
+    "p",
+    {
+        "a": 'args = { name = "a", until_released = true }',
+        "b": 'args = { name = "b", until_released = true }',
+        "c": 'args = { name = "c", until_released = true }',
+        "last": 'needs = ["a", "b", "c"]',
+    },
+    head="",
+)
+
+
+async def test_cancelling_a_run_cancels_its_attempts_running_at_once(make_config):
+    """Its attempts run in the runner's drivers, each under a cancel scope the run's
+    cancellation cancels; one waiting for a task slot never starts; the run ends after
+    they have recorded how they ended."""
+    config = make_config("[daemon]\nmax_running_tasks = 2\n" + PARALLEL)
+    probe = probes.reset(barrier=2)
+    async with open_runner(config) as runner:
+        with anyio.fail_after(20):
+            run_id = (await runner.start_run("p")).run_id
+            await probe.all_arrived.wait()
+            assert runner.slots.tasks_waiting == 1
+            row = await runner.cancel(run_id)
+            instances = {i.key: i.state for i in await runner.store.get_instances(run_id)}
+            attempts = sorted((a.key, a.state) for a in await runner.store.get_attempts(run_id))
+        assert runner.slots.running_tasks == 0
+        assert runner.slots.tasks_waiting == 0
+    assert row.state == "cancelled"
+    assert instances == dict.fromkeys(["a", "b", "c", "last"], "cancelled")
+    assert sorted(probe.calls) == ["a", "b"]
+    assert [state for _, state in attempts] == ["cancelled", "cancelled"]
+    assert probe.in_flight == 0
+
+
+async def test_a_runner_stopped_mid_parallel_attempts_interrupts_them_and_resumes_the_run(
+    make_config,
+):
+    config = make_config("[daemon]\nmax_running_tasks = 2\n" + PARALLEL)
+    probe = probes.reset(barrier=2)
+    async with open_runner(config) as runner:
+        with anyio.fail_after(20):
+            run_id = (await runner.start_run("p")).run_id
+            await probe.all_arrived.wait()
+    async with open_runner(config, resume=False) as runner:
+        interrupted = sorted((a.key, a.state) for a in await runner.store.get_attempts(run_id))
+    probe = probes.reset()
+    probe.released.set()
+    async with open_runner(config) as runner:
+        with anyio.fail_after(20):
+            row = await runner.wait(run_id)
+        attempts = sorted(
+            (a.key, a.attempt, a.state) for a in await runner.store.get_attempts(run_id)
+        )
+    assert interrupted == [("a", "interrupted"), ("b", "interrupted")]
+    assert row.state == "succeeded"
+    assert sorted(probe.calls) == ["a", "b", "c", "last"]
+    assert [(k, n, st) for k, n, st in attempts if st == "succeeded"] == [
+        ("a", 2, "succeeded"),
+        ("b", 2, "succeeded"),
+        ("c", 2, "succeeded"),
+        ("last", 1, "succeeded"),
+    ]
 
 
 async def test_inputs_are_checked_and_defaults_filled(make_config):

@@ -539,6 +539,18 @@ def test_drain_changes_returns_each_changed_instance_once():
     assert [i.key for i in engine.drain_changes()] == ["b"]
 
 
+def test_an_attempt_starting_is_not_a_change_to_drain():
+    """The runner writes an attempt's start itself, only if a commit comes while it runs."""
+    engine = engine_for(pipeline({"a": 'kind = "sleep"'}))
+    (start,) = engine.begin()
+    assert [i.key for i in engine.drain_changes()] == ["a"]  # queued
+    engine.started(start.instance)
+    assert start.instance.state is State.RUNNING
+    assert engine.drain_changes() == []
+    engine.succeeded(start.instance, None)
+    assert [(i.key, i.state) for i in engine.drain_changes()] == [("a", State.SUCCEEDED)]
+
+
 def test_drain_changes_includes_instances_that_never_started():
     engine = engine_for(pipeline({"a": 'kind = "sleep"', "b": 'kind = "sleep"\nneeds = ["a"]'}))
     (start,) = engine.begin()
