@@ -369,13 +369,14 @@ async def _chaos(cluster: Cluster, also: Callable[[], Awaitable[bool]] | None = 
             "SELECT run_id, key FROM task_instances WHERE state = 'succeeded'"
         )
     }
-    # n3 loses the database: it stops at once, and is started again
+    # n3 loses the database: it stops at once (marked dead before, as it may take a
+    # while: its runs are adopted once its lease lapses), and is started again
     cluster.down.add("n3")
+    _dead(cluster.tmp_path, daemons["n3"])
     cut = await db.query(_TERMINATE, f"cued:{daemons['n3'].process.pid}")
     assert cut
     assert all(ok for (ok,) in cut)
     await until(lambda: _exited(daemons["n3"]))
-    _dead(cluster.tmp_path, daemons["n3"])
     lost = daemons["n3"].process.returncode
     await cluster.daemon("n3").start(timeout_s=60)
     cluster.down.discard("n3")
@@ -503,12 +504,14 @@ async def _exited(daemon: Daemon) -> bool:
 
 def _never_two_at_once(lines: list[str]) -> None:
     inside: dict[str, str] = {}  # run -> the daemon running it
+    dead: set[str] = set()
     for line in lines:
         what, *rest = line.split()
         if what == "dead":  # what it ran is not running (and runs again elsewhere)
-            inside = {run_id: pid for run_id, pid in inside.items() if pid != rest[0]}
+            dead.add(rest[0])
         elif what == "in":
-            assert not inside, f"{rest[0]} started while {inside} ran"
+            alive = {run_id for run_id, pid in inside.items() if pid not in dead}
+            assert not alive, f"{rest[0]} started while {alive} ran"
             inside[rest[0]] = rest[1]
         elif inside.get(rest[0]) == rest[1]:
             del inside[rest[0]]
