@@ -354,13 +354,27 @@ async def test_a_run_adopted_with_a_slot_taken_before_its_start_was_recorded_goe
 
             await _until(waits_for_the_slot)
             await lapse(db, "b")
-
-            async def both_succeeded() -> bool:
-                states = await db.query("SELECT DISTINCT state FROM runs")
-                return states == [("succeeded",)]
-
-            await _until(both_succeeded)
+            await _until(lambda: _all_succeeded(db))
     assert {r for (r,) in await db.query("SELECT run_id FROM runs")} == {adopted, own}
+
+
+async def test_a_node_started_again_goes_on_with_its_run_that_held_a_slot_before_it_started(
+    db: StoreAt, make_config
+):
+    """The node took the one slot of ``p`` for its newer run and stopped before it
+    recorded the start; started again, it goes on with that run at once, though its older
+    run (which waits for that slot) comes first in its order."""
+    async with db.open() as a:
+        await a.join("a", lease_s=60.0, host="h", pid=1)
+        await a.submit([run(1, "queued"), run(2, "queued")]).wait()
+        assert await a.take_run_slot("p", run(2).run_id, 1) is True
+    async with daemon_running(make_config(SERIAL_NODE.format(url=db.location))):
+        await _until(lambda: _all_succeeded(db))
+    assert await db.query("SELECT count(*) FROM runs") == [(2,)]
+
+
+async def _all_succeeded(db: StoreAt) -> bool:
+    return await db.query("SELECT DISTINCT state FROM runs") == [("succeeded",)]
 
 
 async def _until(check, timeout_s: float = 60) -> None:
