@@ -41,6 +41,7 @@ or are recorded ``skipped`` if its ``when_paused`` says so. Runs that had starte
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from collections import deque
 from dataclasses import replace
@@ -723,6 +724,15 @@ class Runner:
         self._plan(pipeline)
         if pipeline not in self._paused or pipeline in self._unpausing:
             return 0
+        started = await self._resume(pipeline, durably=True)
+        self.signals.pause_changed(pipeline)
+        self.log.info("pipeline_unpaused", pipeline=pipeline, by=by, waiting=started)
+        return started
+
+    async def _resume(self, pipeline: str, *, durably: bool) -> int:
+        """Unpause ``pipeline`` here (and in the store if ``durably``) and start its runs
+        that waited in the store (this node's own, on a shared database); returns how
+        many."""
         self._unpausing[pipeline] = []
         # what of it waits cold already (it was in the backlog, or waited for its key, when
         # it was paused) is in the store too: read once here, not once per id
@@ -730,7 +740,8 @@ class Runner:
         seen: set[str] = set()
         started = 0
         try:
-            await self.store.set_paused(pipeline, None)
+            if durably:
+                await self.store.set_paused(pipeline, None)
             after = ""
             while True:
                 # by id only, a page at a time: each is read again as its turn comes (one
@@ -752,28 +763,28 @@ class Runner:
                 after = page[-1][0]
         finally:
             held = self._unpausing.pop(pipeline)
-        del self._paused[pipeline]
+        self._paused.pop(pipeline, None)
         # held meanwhile, and not in the pages read (recorded after them)
         for row in held:
             if row.run_id not in seen and row.run_id not in self._runs:
                 self._admit_cold(row)
                 started += 1
         self._start_waiting(pipeline)
-        self.signals.pause_changed(pipeline)
-        self.log.info("pipeline_unpaused", pipeline=pipeline, by=by, waiting=started)
         return started
 
     def pause_changed(self, pipeline: str, pause: PauseRow | None) -> None:
         """Another daemon on the store paused (``pause``) or unpaused ``pipeline``: so is
-        it here, in memory (that daemon started the runs that waited in the store)."""
+        it here, in memory; an unpause starts the runs this daemon recorded meanwhile,
+        which wait in the store (the other daemon starts its own)."""
         if pipeline not in self.plans or pipeline in self._unpausing:
             return
         if pause is not None:
             if self._paused.setdefault(pipeline, pause) is pause:
                 self.log.info("pipeline_paused_by_peer", pipeline=pipeline, by=pause.paused_by)
-        elif self._paused.pop(pipeline, None) is not None:
+        elif pipeline in self._paused:
             self.log.info("pipeline_unpaused_by_peer", pipeline=pipeline)
-            self._start_waiting(pipeline)
+            assert self._tg is not None, "the runner is not serving"
+            self._tg.start_soon(functools.partial(self._resume, pipeline, durably=False))
 
     def pipelines(self) -> list[str]:
         """The pipelines configured."""

@@ -170,11 +170,16 @@ class Waits:
         self._host = host
         self._flushed = flushed
         self._wake = anyio.Event()
+        self._idle = anyio.Event()
         self._log = get_logger()
 
     def wake(self) -> None:
         """Something changed: a wait opened, one was matched, or a run left memory."""
         self._wake.set()
+
+    async def idle(self) -> None:
+        """Return once a pass is done and the loop sleeps (until something wakes it)."""
+        await self._idle.wait()
 
     async def serve(self) -> None:
         """Check, expire and apply waits until cancelled; wakes at the earliest deadline
@@ -186,8 +191,10 @@ class Waits:
             delay = math.inf if next_at is None else max(0.0, next_at - now())
             if delay == 0.0:
                 continue
+            self._idle.set()
             with anyio.move_on_after(delay):
                 await self._wake.wait()
+            self._idle = anyio.Event()
 
     async def work(self) -> None:
         """One pass: check the lookback of new waits, expire those due, apply those

@@ -124,7 +124,7 @@ async def test_a_decision_a_cancel_and_a_pause_made_on_one_daemon_reach_the_othe
 
                 await until(stopped)
 
-                # paused on b: a holds its new runs; b's resume starts them (on b)
+                # paused on b: a holds its new runs; b's resume reaches a, which starts them (its own)
                 paused = await on_b.post("/api/v1/pipelines/quick/pause")
                 assert paused.status_code == 200, paused.text
 
@@ -147,7 +147,7 @@ async def test_a_decision_a_cancel_and_a_pause_made_on_one_daemon_reach_the_othe
                     daemon.stop()
         (run_state,) = await db.query("SELECT state FROM runs WHERE run_id = ?", run_id)
     assert run_state == ("cancelled",)
-    assert sorted(ledger.read_text().splitlines()) == ["after a", "busy a", "quick b"]
+    assert sorted(ledger.read_text().splitlines()) == ["after a", "busy a", "quick a"]
 
 
 async def _state(db: StoreAt, run_id: str, key: str) -> str | None:

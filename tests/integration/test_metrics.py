@@ -152,6 +152,8 @@ async def test_not_ready_until_sources_start_nor_once_the_store_is_gone(make_con
             before = await client.get("/readyz")
             started = True
             after = await client.get("/readyz")
+            # the runner's first look at the waits reads the store: done, before it goes
+            await runner.waits.idle()
             await runner.store._reader.close()  # type: ignore[attr-defined]
             gone = await client.get("/readyz")
             alive = await client.get("/healthz")
