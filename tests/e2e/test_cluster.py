@@ -156,16 +156,11 @@ async def test_three_nodes_share_webhooks_a_kafka_group_and_a_schedule_through_k
             for chunk in range(CHUNKS):
                 await until(lambda c=chunk: _tried(cluster, c * HOOKS // CHUNKS))
                 numbers = range(chunk * MESSAGES // CHUNKS, (chunk + 1) * MESSAGES // CHUNKS)
-                sent = [
-                    (
-                        m,
-                        await producer.send(
-                            topic, json.dumps({"m": m}).encode(), partition=m % PARTITIONS
-                        ),
-                    )
-                    for m in numbers
-                ]
-                for m, delivery in sent:
+                sent = {}  # all of the chunk on its way at once, then each one's answer
+                for m in numbers:
+                    value = json.dumps({"m": m}).encode()
+                    sent[m] = await producer.send(topic, value, partition=m % PARTITIONS)
+                for m, delivery in sent.items():
                     taken = await delivery
                     produced[f"orders:{topic}:{taken.partition}:{taken.offset}"] = m
         finally:
