@@ -314,6 +314,7 @@ class Runner:
         after = ""
         while True:
             page = await self.store.waiting_runs(after=after, limit=_PAGE)
+            holders = await self._slot_holders([waiting.run_id for waiting in page])
             held = {row.run_id for row in self._held or ()}
             gone: list[str] = []
             for waiting in page:
@@ -326,6 +327,9 @@ class Runner:
                     self._resumed_ids.add(run_id)
                 if pipeline not in self.plans:
                     gone.append(run_id)
+                elif run_id in holders:
+                    self._launch_holder(holders[run_id], {}, counted=False)
+                    resumed += 1
                 elif pipeline not in self._paused:  # else it waits in the store until unpaused
                     self._admit_cold(waiting)
                     resumed += 1
@@ -365,6 +369,10 @@ class Runner:
                     resumed += self._resume_started(*found, gone, slots)
             elif row.pipeline not in self.plans:
                 gone.append(row.run_id)
+            elif row.run_id in slots:
+                # its node took a slot for it and died before it recorded the start
+                self._launch_holder(row, {}, counted=False)
+                resumed += 1
             elif row.pipeline not in self._paused:  # else it waits in the store
                 self._deadlines.watch(row)
                 self._admit_cold(row)
@@ -389,19 +397,7 @@ class Runner:
             return 0
         running = row.state == RunState.RUNNING  # counted for its key already (see above)
         if row.run_id in slots:
-            # it holds one of its pipeline's slots across the nodes (PostgreSQL): it goes
-            # on at once, past this node's own count, or a run here waiting for that slot
-            # could hold the local one it waits for
-            run = ActiveRun(
-                row, self._plan_of(row), instances_of(instances, outputs), self._driving
-            )
-            self._runs[row.run_id] = run
-            self._deadlines.watch(row)
-            if _limited(row):
-                if not running:  # else counted for its key already
-                    self.keys.count(row.pipeline, *_key(row))
-                self._keyed.add(row.run_id)  # its key is released as it leaves
-            self._launch(run)
+            self._launch_holder(row, instances_of(instances, outputs), counted=running)
             return 1
         if self.backlog.cold_of(row.pipeline) or row.pipeline in self._loading:
             self._deadlines.watch(row)
@@ -412,6 +408,32 @@ class Runner:
         else:
             self.enqueue(row, instances_of(instances, outputs), counted=running)
         return 1
+
+    async def _slot_holders(self, run_ids: list[str]) -> dict[str, RunRow]:
+        """The rows of those of ``run_ids`` that hold a slot of their pipeline's across
+        the nodes (PostgreSQL; on SQLite none does)."""
+        holding = await self.store.run_slots_held(run_ids)
+        if not holding:
+            return {}
+        return {row.run_id: row for row in await self.store.get_runs(sorted(holding))}
+
+    def _launch_holder(self, row: RunRow, prior: dict[str, Instance], *, counted: bool) -> None:
+        """Go on at once with a run that holds one of its pipeline's slots across the
+        nodes (PostgreSQL), started or not (its node may have taken the slot and died
+        before it recorded the start): past this node's own count, or a run here waiting
+        for that slot could hold the local one this run would wait for, and neither would
+        ever go on.
+
+        :param counted: the run counts for its key already
+        """
+        if _limited(row):
+            if not counted:
+                self.keys.count(row.pipeline, *_key(row))
+            self._keyed.add(row.run_id)  # its key is released as it leaves
+        run = ActiveRun(row, self._plan_of(row), prior, self._driving)
+        self._runs[row.run_id] = run
+        self._deadlines.watch(row)
+        self._launch(run)
 
     async def _fail_gone(self, run_ids: list[str]) -> None:
         """Fail runs whose pipeline is no longer configured."""

@@ -316,3 +316,68 @@ async def test_a_run_is_owned_by_the_node_that_drives_it(db: StoreAt):
         await a.submit([run(2, "queued")]).wait()
         await b.submit([run(2, "queued")]).wait()  # not driven: still a's
         assert await db.query("SELECT node FROM run_owners ORDER BY run_id") == [("b",), ("a",)]
+
+
+SERIAL_NODE = """
+[daemon]
+state = "{url}"
+node = "a"
+lease = "1s"
+[http]
+listen = "127.0.0.1:0"
+[pipelines.p]
+max_active_runs = 1
+[pipelines.p.tasks.t]
+kind = "sleep"
+seconds = 0
+"""
+
+
+async def test_a_run_adopted_with_a_slot_taken_before_its_start_was_recorded_goes_on(
+    db: StoreAt, make_config
+):
+    """Node b took the one slot of ``p`` for a run and died before it recorded the start;
+    node a, whose own run of ``p`` waits for that slot, adopts b's run: it goes on at once
+    (it must not wait for a's own slot, which a's run holds while it waits for it), and
+    then a's own run."""
+    adopted, own = run(1, "queued").run_id, ""
+    async with db.open() as b:
+        await b.join("b", lease_s=60.0, host="h", pid=2)
+        await b.submit([run(1, "queued")]).wait()
+        assert await b.take_run_slot("p", adopted, 1) is True
+        async with daemon_running(make_config(SERIAL_NODE.format(url=db.location))) as info:
+            own = (await info.runner.start_run("p")).run_id
+
+            async def waits_for_the_slot() -> bool:
+                found = await db.query("SELECT held FROM run_slots WHERE run_id = ?", own)
+                return found == [(0,)]
+
+            await _until(waits_for_the_slot)
+            await lapse(db, "b")
+            await _until(lambda: _all_succeeded(db))
+    assert {r for (r,) in await db.query("SELECT run_id FROM runs")} == {adopted, own}
+
+
+async def test_a_node_started_again_goes_on_with_its_run_that_held_a_slot_before_it_started(
+    db: StoreAt, make_config
+):
+    """The node took the one slot of ``p`` for its newer run and stopped before it
+    recorded the start; started again, it goes on with that run at once, though its older
+    run (which waits for that slot) comes first in its order."""
+    async with db.open() as a:
+        await a.join("a", lease_s=60.0, host="h", pid=1)
+        await a.submit([run(1, "queued"), run(2, "queued")]).wait()
+        assert await a.take_run_slot("p", run(2).run_id, 1) is True
+    async with daemon_running(make_config(SERIAL_NODE.format(url=db.location))):
+        await _until(lambda: _all_succeeded(db))
+    assert await db.query("SELECT count(*) FROM runs") == [(2,)]
+
+
+async def _all_succeeded(db: StoreAt) -> bool:
+    return await db.query("SELECT DISTINCT state FROM runs") == [("succeeded",)]
+
+
+async def _until(check, timeout_s: float = 60) -> None:
+    with anyio.fail_after(timeout_s):
+        while not await check():  # noqa: ASYNC110 - the store's rows: nothing signals them
+            await anyio.sleep(0.05)
