@@ -26,6 +26,7 @@ import httpx
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from tests.support.daemon import Daemon, cued
+from tests.support.flood import none_unfinished, until
 from tests.support.kafka_broker import (
     committed_offsets,
     create_topics,
@@ -117,13 +118,6 @@ MESSAGES = 240
 CHUNKS = 20
 
 
-async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 120) -> None:
-    """Poll ``check`` until true: the daemons are other processes, which cannot signal us."""
-    with anyio.fail_after(timeout_s):
-        while not await check():  # noqa: ASYNC110 - effects in other processes
-            await anyio.sleep(0.05)
-
-
 async def test_three_nodes_share_a_flood_and_adopt_the_runs_of_one_killed_with_9(
     tmp_path, monkeypatch
 ):
@@ -154,7 +148,7 @@ async def test_three_nodes_share_webhooks_a_kafka_group_and_a_schedule_through_k
         await producer.start()
         try:
             for chunk in range(CHUNKS):
-                await until(lambda c=chunk: _tried(cluster, c * HOOKS // CHUNKS))
+                await until(lambda c=chunk: _tried(cluster, c * HOOKS // CHUNKS), 120)
                 numbers = range(chunk * MESSAGES // CHUNKS, (chunk + 1) * MESSAGES // CHUNKS)
                 sent = {}  # all of the chunk on its way at once, then each one's answer
                 for m in numbers:
@@ -176,15 +170,15 @@ async def test_three_nodes_share_webhooks_a_kafka_group_and_a_schedule_through_k
         db = StoreAt("postgresql", url)
         async with _cluster(tmp_path, db, sources + TICKS) as cluster:
             # the three share the partitions before the flood
-            await until(lambda: _all_hold_partitions(cluster))
+            await until(lambda: _all_hold_partitions(cluster), 120)
             async with anyio.create_task_group() as tg:
                 cluster.flood(tg)
                 tg.start_soon(produce, cluster)
                 chaos = await _chaos(cluster, also=kafka_and_ticks_in)
             # every message recorded, and ticks fired after n3 came back
-            await until(lambda: _at_least(_count(db, "orders"), MESSAGES))
+            await until(lambda: _at_least(_count(db, "orders"), MESSAGES), 120)
             ticked = await _count(db, "tick")
-            await until(lambda: _at_least(_count(db, "tick"), ticked + 3))
+            await until(lambda: _at_least(_count(db, "tick"), ticked + 3), 120)
             # the schedule is taken out of the config: no tick starts a run after the end
             for node in ("n1", "n3"):
                 cluster.write_config(node, sources)
@@ -197,7 +191,7 @@ async def test_three_nodes_share_webhooks_a_kafka_group_and_a_schedule_through_k
                 offsets = await committed_offsets(kafka.bootstrap, group, partitions)
                 return sum(offsets.values()) == MESSAGES
 
-            await until(all_committed)
+            await until(all_committed, 120)
         await _check(cluster, chaos)
         ticks = await db.query("SELECT event_id, data FROM events WHERE source = 'tick'")
         messages = await db.query("SELECT event_id, data FROM events WHERE source = 'orders'")
@@ -292,7 +286,7 @@ class Cluster:
         with anyio.fail_after(120):
             while len(self.acked) < HOOKS:
                 await self.post(range(HOOKS))
-        await until(lambda: _none_unfinished(self.db))
+        await until(lambda: none_unfinished(self.db), 120)
         listed = cued(self.configs["n1"], "nodes")
         assert listed.returncode == 0, listed.stderr
         self.listed = listed.stdout
@@ -351,7 +345,7 @@ async def _chaos(cluster: Cluster, also: Callable[[], Awaitable[bool]] | None = 
             return False
         return bool(await db.query(_UNFINISHED_OF, "n2"))
 
-    await until(thick)
+    await until(thick, 120)
     daemons["n2"].kill9()
     _dead(cluster.tmp_path, daemons["n2"])
     cluster.down.add("n2")
@@ -371,7 +365,7 @@ async def _chaos(cluster: Cluster, also: Callable[[], Awaitable[bool]] | None = 
     cut = await db.query(_TERMINATE, f"cued:{daemons['n3'].process.pid}")
     assert cut
     assert all(ok for (ok,) in cut)
-    await until(lambda: _exited(daemons["n3"]))
+    await until(lambda: _exited(daemons["n3"]), 120)
     lost = daemons["n3"].process.returncode
     await cluster.daemon("n3").start(timeout_s=60)
     cluster.down.discard("n3")
@@ -510,8 +504,3 @@ def _never_two_at_once(lines: list[str]) -> None:
             inside[rest[0]] = rest[1]
         elif inside.get(rest[0]) == rest[1]:
             del inside[rest[0]]
-
-
-async def _none_unfinished(db: StoreAt) -> bool:
-    rows = await db.query("SELECT count(*) FROM runs WHERE state NOT IN ('succeeded', 'failed')")
-    return rows[0][0] == 0 and len(await db.query("SELECT 1 FROM events")) > 0
