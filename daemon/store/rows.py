@@ -811,6 +811,10 @@ class Store(Protocol):
     async def list_nodes(self) -> list[NodeRow]:
         """The nodes, by name, each with the unfinished runs it owns."""
 
+    shares_run_slots: bool
+    """Whether runs take :meth:`take_run_slot` before they are driven (several nodes);
+    False: the runner's own count is the whole count, and nothing is asked."""
+
     async def take_run_slot(self, pipeline: str, run_id: str, limit: int) -> bool:
         """Take one of ``pipeline``'s ``limit`` run slots across the nodes for ``run_id``
         before it is driven (one it holds already stays its own); False if all are taken
