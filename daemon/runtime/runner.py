@@ -31,48 +31,53 @@ traces          each time a run is driven, a span from the run row's traceparent
                 event's span), which its attempts' spans hang from (sdk/tracing.py)
 ```
 
-A paused pipeline (:meth:`Runner.pause`, recorded in the store) starts no new run: its
-new runs are recorded queued and stay in the store only (not in memory, not in the
-backlog, so a long pause neither fills memory nor holds back other pipelines' sources),
-or are recorded ``skipped`` if its ``when_paused`` says so. Runs that had started go on.
-:meth:`Runner.unpause` starts what waited, oldest first, as its slots allow.
+The runner itself is made of parts, one concept each, that share its state:
+
+```
+admission       Admission (admission.py): the runs in memory, and how each gets to
+                start: its key, its pipeline's slots, the backlog's window and cold runs
+resumption      Resumption (resumption.py): runs go on from the store (unfinished at the
+                last stop, adopted from a node that is gone, parked, rerun)
+pausing         Pausing (pausing.py): a paused pipeline starts no new run
+cancellation    Cancellation (cancellation.py): runs in memory or in the store, and their
+                child runs
+```
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import random
-from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from cued.daemon.core.backoff import backoff_s
-from cued.daemon.core.engine import Instance, RunState, State
+from cued.daemon.core.engine import RunState
 from cued.daemon.core.ids import new_id, now
 from cued.daemon.core.plan import PipelinePlan
 from cued.daemon.core.states import TERMINAL_RUN_STATES
-from cued.daemon.errors import Conflict, InvalidRequest, NotFound
+from cued.daemon.errors import InvalidRequest, NotFound
 from cued.daemon.logs import get_logger
 from cued.daemon.runtime.active_run import ActiveRun, Driving
 from cued.daemon.runtime.attempts import TaskAttempts
+from cued.daemon.runtime.cancellation import Cancellation
 from cued.daemon.runtime.deadlines import Deadlines
 from cued.daemon.runtime.drivers import Drivers
 from cued.daemon.runtime.gates import Gates
-from cued.daemon.runtime.instance_rows import instances_of
 from cued.daemon.runtime.keys import KeyGate
+from cued.daemon.runtime.pausing import Pausing
+from cued.daemon.runtime.resumption import Resumption
 from cued.daemon.runtime.run_alerts import RunAlerts
 from cued.daemon.runtime.signals import NO_SIGNALS
 from cued.daemon.runtime.slots import Slots
 from cued.daemon.runtime.task_logs import TaskLogs
-from cued.daemon.runtime.waits import Waits, cancelled_waits
+from cued.daemon.runtime.waits import Waits
 from cued.daemon.sdk.tracing import Tracing
-from cued.daemon.store import InstanceRow, PauseRow, RunRow, WaitingRun
+from cued.daemon.store import PauseRow, RunRow
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable
 
     import httpx
     import structlog
@@ -81,17 +86,13 @@ if TYPE_CHECKING:
     from cued.daemon.runtime.asset_events import AssetSink
     from cued.daemon.runtime.backlog import Backlog
     from cued.daemon.runtime.flow import FlowControl
-    from cued.daemon.runtime.keys import Released
     from cued.daemon.runtime.run_alerts import AlertSink
     from cued.daemon.runtime.signals import Signals
     from cued.daemon.sdk.kinds import AwaitingRun, Spending, TaskKind
-    from cued.daemon.store import Row, Store
+    from cued.daemon.store import Store
 
 __all__ = ["Runner"]
 
-_UNFINISHED = (RunState.QUEUED, RunState.RUNNING)
-_PAGE = 10_000
-"""Waiting runs read at a time, at a restart or an unpause."""
 _SLOT_RETRY_S = (0.02, 0.5)
 """A run whose pipeline's slots the other nodes' runs hold all asks again after these
 (doubling): they free theirs in their own commits, which this node does not see."""
@@ -99,7 +100,7 @@ _IDLE_DRIVERS = 1_000
 """Tasks that drive runs kept idle for the runs to come (one each: a few KB)."""
 
 
-class Runner:
+class Runner(Resumption, Pausing, Cancellation):
     """Runs pipelines: starts runs as slots free up, runs their task attempts, parks runs
     at approval gates and resumes them, and resumes unfinished ones.
 
@@ -269,183 +270,6 @@ class Runner:
             task_status.started()
             await anyio.sleep_forever()
 
-    async def resume_unfinished(self) -> int:
-        """Go on with every run that was unfinished when the daemon last stopped; a run
-        whose pipeline is no longer configured fails. Returns how many go on.
-
-        The runs that had started are read in full (there are few); those that never
-        started by id only, a page at a time (there may be very many: each is loaded as
-        its turn nears), all in the order they were made. New runs recorded meanwhile
-        (sources run already) are held until then, and come after them."""
-        if self._held is None:
-            self._held = []
-        try:
-            resumed = await self._resume_all()
-        finally:
-            held, self._held = self._held, None
-        # those the store's pages did not have (recorded after the page that would have)
-        resumed_ids = self._resumed_ids
-        self._resumed_ids = set()
-        for row in held:
-            if row.run_id in resumed_ids:
-                continue
-            if row.pipeline in self._paused:
-                self.enqueue(row)  # it waits in the store until its pipeline is unpaused
-            else:
-                # by id, read again when its turn comes: it was not "active" meanwhile, so
-                # it may have been cancelled in the store
-                self._deadlines.watch(row)
-                self._admit_cold(row)
-        if resumed:
-            self.log.info("runs_resumed", count=resumed)
-        self.waits.wake()  # what waited for the runs to be in memory goes on
-        await self.settle_children()
-        return resumed
-
-    async def _resume_all(self) -> int:
-        resumed = 0
-        started = deque(await self.store.runs_to_resume(waiting=False))
-        # the runs that were running hold their keys before any waiting run is admitted
-        for row, _, _ in started:
-            if _limited(row) and row.state == RunState.RUNNING and row.run_id not in self._runs:
-                self.keys.count(row.pipeline, *_key(row))
-        # (PostgreSQL) those that hold a slot of their pipeline's across the nodes
-        slots = await self.store.run_slots_held([row.run_id for row, _, _ in started])
-        after = ""
-        while True:
-            page = await self.store.waiting_runs(after=after, limit=_PAGE)
-            holders = await self._slot_holders([waiting.run_id for waiting in page])
-            held = {row.run_id for row in self._held or ()}
-            gone: list[str] = []
-            for waiting in page:
-                run_id, pipeline = waiting.run_id, waiting.pipeline
-                while started and started[0][0].run_id < run_id:
-                    resumed += self._resume_started(*started.popleft(), gone, slots)
-                if run_id in self._runs:
-                    continue  # recorded by this process, and here already
-                if run_id in held:
-                    self._resumed_ids.add(run_id)
-                if pipeline not in self.plans:
-                    gone.append(run_id)
-                elif run_id in holders:
-                    self._launch_holder(holders[run_id], {}, counted=False)
-                    resumed += 1
-                elif pipeline not in self._paused:  # else it waits in the store until unpaused
-                    self._admit_cold(waiting)
-                    resumed += 1
-            await self._fail_gone(gone)
-            if len(page) < _PAGE:
-                break
-            after = page[-1][0]
-        gone = []
-        while started:
-            resumed += self._resume_started(*started.popleft(), gone, slots)
-        await self._fail_gone(gone)
-        return resumed
-
-    async def resume_adopted(self, run_ids: list[str]) -> int:
-        """Go on with runs this node adopted from a node that is gone (see
-        :class:`~cued.daemon.runtime.membership.Membership`), as after a crash: one that
-        had started from its instances (an attempt that was running runs again, with the
-        same idempotency key; one that succeeded does not), one that never started when
-        its turn comes. Returns how many go on.
-
-        Only after :meth:`resume_unfinished`: the runs are not in memory here."""
-        gone: list[str] = []
-        resumed = 0
-        slots = await self.store.run_slots_held(run_ids)
-        rows = sorted(await self.store.get_runs(run_ids), key=lambda r: r.run_id)
-        # the adopted runs that were running hold their keys here from now on, as at a
-        # restart (see _resume_all): _resume_started takes them as counted
-        for row in rows:
-            if _limited(row) and row.state == RunState.RUNNING and not self.is_active(row.run_id):
-                self.keys.count(row.pipeline, *_key(row))
-        for row in rows:
-            if row.state not in _UNFINISHED or self.is_active(row.run_id):
-                continue
-            if row.started_at is not None:
-                found = await self.store.run_state(row.run_id)
-                if found is not None:
-                    resumed += self._resume_started(*found, gone, slots)
-            elif row.pipeline not in self.plans:
-                gone.append(row.run_id)
-            elif row.run_id in slots:
-                # its node took a slot for it and died before it recorded the start
-                self._launch_holder(row, {}, counted=False)
-                resumed += 1
-            elif row.pipeline not in self._paused:  # else it waits in the store
-                self._deadlines.watch(row)
-                self._admit_cold(row)
-                resumed += 1
-        await self._fail_gone(gone)
-        if resumed:
-            self.log.info("runs_adopted", count=resumed)
-        return resumed
-
-    def _resume_started(
-        self,
-        row: RunRow,
-        instances: list[InstanceRow],
-        outputs: dict[str, Any],
-        gone: list[str],
-        slots: set[str],
-    ) -> int:
-        if row.pipeline not in self.plans:
-            gone.append(row.run_id)
-            return 0
-        if row.run_id in self._runs:
-            return 0
-        running = row.state == RunState.RUNNING  # counted for its key already (see above)
-        if row.run_id in slots:
-            self._launch_holder(row, instances_of(instances, outputs), counted=running)
-            return 1
-        if self.backlog.cold_of(row.pipeline) or row.pipeline in self._loading:
-            self._deadlines.watch(row)
-            if running:  # behind older ones, to keep order
-                self._enqueue_cold(row.pipeline, row.run_id, row.priority)
-            else:
-                self._admit_cold(row)
-        else:
-            self.enqueue(row, instances_of(instances, outputs), counted=running)
-        return 1
-
-    async def _slot_holders(self, run_ids: list[str]) -> dict[str, RunRow]:
-        """The rows of those of ``run_ids`` that hold a slot of their pipeline's across
-        the nodes (PostgreSQL; on SQLite none does)."""
-        holding = await self.store.run_slots_held(run_ids)
-        if not holding:
-            return {}
-        return {row.run_id: row for row in await self.store.get_runs(sorted(holding))}
-
-    def _launch_holder(self, row: RunRow, prior: dict[str, Instance], *, counted: bool) -> None:
-        """Go on at once with a run that holds one of its pipeline's slots across the
-        nodes (PostgreSQL), started or not (its node may have taken the slot and died
-        before it recorded the start): past this node's own count, or a run here waiting
-        for that slot could hold the local one this run would wait for, and neither would
-        ever go on.
-
-        :param counted: the run counts for its key already
-        """
-        if _limited(row):
-            if not counted:
-                self.keys.count(row.pipeline, *_key(row))
-            self._keyed.add(row.run_id)  # its key is released as it leaves
-        run = ActiveRun(row, self._plan_of(row), prior, self._driving)
-        self._runs[row.run_id] = run
-        self._deadlines.watch(row)
-        self._launch(run)
-
-    async def _fail_gone(self, run_ids: list[str]) -> None:
-        """Fail runs whose pipeline is no longer configured."""
-        for row in await self.store.get_runs(run_ids):
-            failed = replace(
-                row,
-                state=RunState.FAILED.value,
-                ended_at=now(),
-                error=f"pipeline {row.pipeline!r} is no longer in the configuration",
-            )
-            await self.store.submit([failed]).wait()
-
     def on_run_finished(self, listener: Callable[[RunRow], None]) -> None:
         """Call ``listener(row)`` when a run ends (succeeded, failed or cancelled)."""
         self._run_listeners.append(listener)
@@ -529,378 +353,9 @@ class Runner:
         self.enqueue(row)
         return row
 
-    def enqueue(
-        self, row: RunRow, prior: dict[str, Instance] | None = None, *, counted: bool = False
-    ) -> None:
-        """Start a recorded run now if its pipeline has a free slot, else queue it; a new
-        run (no ``prior``) of a paused pipeline waits in the store, a skipped one ends
-        here. A run over its key's limit waits for its key (:mod:`.keys`).
-
-        :param counted: the run counts for its key already (it was running at a restart)
-        """
-        if row.state == RunState.SKIPPED:
-            return
-        if prior is None and self._held is not None:
-            self._held.append(row)
-            return
-        if prior is None and row.pipeline in self._paused:
-            # its deadline counts from its creation, paused or not (as after a restart)
-            self._deadlines.watch(row)
-            if (held := self._unpausing.get(row.pipeline)) is not None:
-                held.append(row)
-            return
-        self._deadlines.watch(row)
-        fresh = not prior and row.started_at is None
-        if counted or not _limited(row):
-            self._place(row, prior, fresh)
-            return
-        if fresh:
-            self._admit_cold(row, row)
-            return
-        # one that had started waits in memory for its key, as it waits for a slot
-        run = ActiveRun(row, self._plan_of(row), prior or {}, self._driving)
-        self._runs[row.run_id] = run
-        admitted = self.keys.admit(row.pipeline, *_key(row), run, row.priority)
-        self._count_held()
-        for released in admitted:
-            self._admitted(row.pipeline, released)
-
-    def _place(
-        self,
-        row: RunRow,
-        prior: dict[str, Instance] | None,
-        fresh: bool,
-        run: ActiveRun | None = None,
-    ) -> None:
-        """Start an admitted run now if its pipeline has a free slot, else queue it."""
-        pipeline = row.pipeline
-        # a run that never started waits cold (its id only) behind others that do, and
-        # when its pipeline's window is full
-        if fresh and (self.backlog.cold_of(pipeline) or pipeline in self._loading):
-            self._enqueue_cold(pipeline, row.run_id, row.priority)
-            return
-        free = self.slots.run_slot_free(pipeline)
-        if not free and fresh and not self.backlog.has_room(pipeline, row.priority):
-            self._enqueue_cold(pipeline, row.run_id, row.priority)
-            return
-        if run is None:
-            run = ActiveRun(row, self._plan_of(row), prior or {}, self._driving)
-            self._runs[row.run_id] = run
-        if _limited(row):
-            self._keyed.add(row.run_id)
-        if free:
-            self._launch(run)
-        else:
-            self.backlog.push(pipeline, run, row.priority)
-
-    def _admit_cold(self, waiting: RunRow | WaitingRun, row: RunRow | None = None) -> None:
-        """A run that never started (its row in the store, or ``row``) goes on by id: to
-        its pipeline's backlog if its key admits it (or it has no limit), else it waits for
-        its key."""
-        if not _limited(waiting):
-            self._enqueue_cold(waiting.pipeline, waiting.run_id, waiting.priority)
-            return
-        admitted = self.keys.admit(
-            waiting.pipeline, *_key(waiting), waiting.run_id, waiting.priority
-        )
-        self._count_held()
-        for released in admitted:
-            if released.run == waiting.run_id and row is not None:
-                self._place(row, None, True)
-            else:
-                self._admitted(waiting.pipeline, released)
-
-    def _admitted(self, pipeline: str, released: Released[ActiveRun]) -> None:
-        """A run its key admitted (as another of it left) goes on to its pipeline."""
-        if isinstance(released.run, str):
-            self._enqueue_cold(pipeline, released.run, released.priority)
-        else:
-            self._place(released.run.row, released.run.prior, False, released.run)
-
-    def _enqueue_cold(self, pipeline: str, run_id: str, priority: int) -> None:
-        self.backlog.push_cold(pipeline, run_id, priority)
-        self._refill(pipeline)
-
-    def _refill(self, pipeline: str) -> None:
-        """Load the next cold runs of ``pipeline`` once its window is half empty, or its
-        highest priority waiting is cold only."""
-        if pipeline not in self._loading and self.backlog.wants_load(pipeline):
-            assert self._tg is not None, "the runner is not serving"
-            self._loading[pipeline] = set()
-            self._tg.start_soon(self._load_cold, pipeline, name=f"load waiting {pipeline}")
-
-    async def _load_cold(self, pipeline: str) -> None:
-        """Load cold runs into ``pipeline``'s window, oldest first, and start what may."""
-        backlog = self.backlog
-        try:
-            # at least one: the highest priority's may come while the window is full
-            while ids := backlog.take_cold(
-                pipeline, max(1, backlog.window - backlog.loaded_of(pipeline))
-            ):
-                loading = self._loading[pipeline] = set(ids)
-                rows = {row.run_id: row for row in await self.store.get_runs(ids)}
-                priors: dict[str, dict[str, Instance]] = {}
-                for row in list(rows.values()):
-                    # one that had started (at a restart) goes on from its instances
-                    if row.started_at is not None and (
-                        found := await self.store.run_state(row.run_id)
-                    ):
-                        rows[row.run_id], instances, outputs = found
-                        priors[row.run_id] = instances_of(instances, outputs)
-                for run_id in ids:
-                    found_row = rows.get(run_id)
-                    # cancelled meanwhile, or finished (gone, or cancelled before)
-                    if run_id not in loading:  # cancelled meanwhile: its key went with it
-                        backlog.dropped()
-                        continue
-                    if found_row is None or found_row.state not in _UNFINISHED:
-                        backlog.dropped()
-                        if found_row is not None and _limited(found_row):
-                            self._release(found_row)
-                        continue
-                    prior = priors.get(run_id, {})
-                    run = ActiveRun(found_row, self._plan_of(found_row), prior, self._driving)
-                    self._runs[run_id] = run
-                    if _limited(found_row):
-                        self._keyed.add(run_id)
-                    backlog.settle(pipeline, run, found_row.priority)
-                loading.clear()
-                self._moved.set()
-                self._moved = anyio.Event()
-                self._start_waiting(pipeline)
-                if not backlog.wants_load(pipeline):
-                    break
-        finally:
-            del self._loading[pipeline]
-        self._refill(pipeline)  # what came cold while the last rows were read
-
-    def _start_waiting(self, pipeline: str) -> None:
-        """Start waiting runs of ``pipeline`` while it has free slots (a paused pipeline
-        keeps what waits until it is unpaused)."""
-        while (
-            pipeline not in self._paused
-            and self.slots.run_slot_free(pipeline)
-            and (following := self.backlog.pop(pipeline)) is not None
-        ):
-            self._launch(following)
-        self._refill(pipeline)
-
-    def _is_cold(self, run_id: str) -> bool:
-        """Whether the run waits by its id only (or is being loaded, or waits for its key)."""
-        return (
-            self.backlog.is_cold(run_id)
-            or any(run_id in s for s in self._loading.values())
-            or self.keys.holds(run_id)
-        )
-
-    # -- pausing pipelines ----------------------------------------------------------------
-
-    @property
-    def paused(self) -> dict[str, PauseRow]:
-        """The paused pipelines, by name."""
-        return dict(self._paused)
-
-    async def pause(self, pipeline: str, *, by: str | None = None) -> PauseRow:
-        """Pause a pipeline, durably: no new run of it starts until :meth:`unpause`.
-
-        :raises NotFound: if there is no such pipeline
-        """
-        self._plan(pipeline)
-        if (pause := self._paused.get(pipeline)) is not None:
-            return pause
-        pause = PauseRow(pipeline, now(), by)
-        await self.store.set_paused(pipeline, pause)
-        self._paused[pipeline] = pause
-        self.signals.pause_changed(pipeline)
-        self.log.info("pipeline_paused", pipeline=pipeline, by=by)
-        return pause
-
-    async def unpause(self, pipeline: str, *, by: str | None = None) -> int:
-        """Resume a paused pipeline, durably, and start what waited (oldest first, as
-        ``max_active_runs`` allows); returns how many runs had waited in the store.
-
-        :raises NotFound: if there is no such pipeline
-        """
-        self._plan(pipeline)
-        if pipeline not in self._paused or pipeline in self._unpausing:
-            return 0
-        started = await self._resume(pipeline, durably=True)
-        self.signals.pause_changed(pipeline)
-        self.log.info("pipeline_unpaused", pipeline=pipeline, by=by, waiting=started)
-        return started
-
-    async def _resume(self, pipeline: str, *, durably: bool) -> int:
-        """Unpause ``pipeline`` here (and in the store if ``durably``) and start its runs
-        that waited in the store (this node's own, on a shared database); returns how
-        many."""
-        self._unpausing[pipeline] = []
-        # what of it waits cold already (it was in the backlog, or waited for its key, when
-        # it was paused) is in the store too: read once here, not once per id
-        cold = set(self.backlog.cold_ids(pipeline)) | self.keys.held_ids(pipeline)
-        seen: set[str] = set()
-        started = 0
-        try:
-            if durably:
-                await self.store.set_paused(pipeline, None)
-            after = ""
-            while True:
-                # by id only, a page at a time: each is read again as its turn comes (one
-                # cancelled meanwhile is passed over then), so a long pause does not come
-                # into memory all at once
-                page = await self.store.waiting_runs(pipeline, after=after, limit=_PAGE)
-                held_ids = {row.run_id for row in self._unpausing[pipeline]}
-                loading = self._loading.get(pipeline, set())
-                for waiting in page:
-                    run_id = waiting.run_id
-                    if run_id in self._runs or run_id in cold or run_id in loading:
-                        continue
-                    if run_id in held_ids:
-                        seen.add(run_id)
-                    self._admit_cold(waiting)
-                    started += 1
-                if len(page) < _PAGE:
-                    break
-                after = page[-1][0]
-        finally:
-            held = self._unpausing.pop(pipeline)
-        self._paused.pop(pipeline, None)
-        # held meanwhile, and not in the pages read (recorded after them)
-        for row in held:
-            if row.run_id not in seen and row.run_id not in self._runs:
-                self._admit_cold(row)
-                started += 1
-        self._start_waiting(pipeline)
-        return started
-
-    def pause_changed(self, pipeline: str, pause: PauseRow | None) -> None:
-        """Another daemon on the store paused (``pause``) or unpaused ``pipeline``: so is
-        it here, in memory; an unpause starts the runs this daemon recorded meanwhile,
-        which wait in the store (the other daemon starts its own)."""
-        if pipeline not in self.plans or pipeline in self._unpausing:
-            return
-        if pause is not None:
-            if self._paused.setdefault(pipeline, pause) is pause:
-                self.log.info("pipeline_paused_by_peer", pipeline=pipeline, by=pause.paused_by)
-        elif pipeline in self._paused:
-            self.log.info("pipeline_unpaused_by_peer", pipeline=pipeline)
-            assert self._tg is not None, "the runner is not serving"
-            self._tg.start_soon(functools.partial(self._resume, pipeline, durably=False))
-
     def pipelines(self) -> list[str]:
         """The pipelines configured."""
         return list(self.plans)
-
-    def _plan_of(self, row: RunRow) -> PipelinePlan:
-        """The plan ``row`` runs on: its configuration version's, if this process loaded
-        it, else the current one."""
-        plan = self._plans_of.get(row.config_version, {}).get(row.pipeline)
-        return plan if plan is not None else self._plan(row.pipeline)
-
-    def _plan(self, pipeline: str) -> PipelinePlan:
-        plan = self.plans.get(pipeline)
-        if plan is None:
-            known = ", ".join(sorted(self.plans)) or "none"
-            raise NotFound(f"no pipeline {pipeline!r} (known: {known})")
-        return plan
-
-    async def resume_recorded(self, run_id: str) -> None:
-        """Go on with a recorded run that is not in memory: a parked one whose decision
-        came, or one that is rerun.
-
-        :raises NotFound: if the run does not exist
-        """
-        found = await self.store.run_state(run_id)
-        if found is None:
-            raise NotFound(f"no run {run_id!r}")
-        row, instances, outputs = found
-        self.enqueue(row, instances_of(instances, outputs))
-
-    async def cancel(self, run_id: str, *, reason: str | None = None) -> RunRow:
-        """Cancel a run: its running tasks are cancelled, nothing more of it starts.
-
-        :param reason: kept as the run's error (an event that cancelled it)
-        :raises NotFound: if the run is not known or already finished
-        """
-        run = self._runs.get(run_id)
-        if run is None:
-            # waiting for its key (it holds none), or admitted and cold (it holds one)
-            admitted = not self.keys.remove(run_id)
-            self._count_held()
-            if admitted and not self.backlog.remove_cold(run_id) and not self._unload(run_id):
-                raise NotFound(f"no unfinished run {run_id!r}")
-            # cold: it will not be started; its row is read to record it cancelled
-            row = await self.store.get_run(run_id)
-            if row is None:
-                raise NotFound(f"no run {run_id!r}")
-            run = ActiveRun(row, self._plan_of(row), {}, self._driving)
-            self._runs[run_id] = run
-            if admitted and _limited(row):
-                self._keyed.add(run_id)
-            try:
-                await run.cancel(reason)
-            finally:
-                self._moved.set()
-                self._moved = anyio.Event()
-            return run.row
-        if run.engine is None:  # still waiting in the backlog (or for its key), or about to start
-            self.backlog.remove(run.row.pipeline, lambda r: r is run)
-            self.keys.remove_started(lambda r: r is run)
-            self._count_held()
-        await run.cancel(reason)
-        # a wait of it (a task waiting for an event while others ran) waits no more (one
-        # left by a crash here wakes nothing: its run has ended)
-        if cancelled := cancelled_waits(await self.store.get_waits(run_id), now()):
-            await self.store.submit(cancelled).wait()
-        return run.row
-
-    async def cancel_stored(
-        self, run_id: str, *, reason: str | None = None, extra: Sequence[Row] = ()
-    ) -> RunRow:
-        """Cancel a run that is not in memory: parked (waiting for a decision, an event, a
-        moment or a child run), held queued while its pipeline is paused, or running on
-        another daemon on the same database (cancelled in the store, then signalled to that
-        daemon, which stops it); its unfinished children too; ``extra`` rows commit with it.
-
-        :raises NotFound: if there is no such run
-        :raises Conflict: if it has finished already
-        """
-        found = await self.store.run_state(run_id)
-        if found is None:
-            raise NotFound(f"no run {run_id!r}")
-        run, instances, _ = found
-        unfinished = {RunState.WAITING, RunState.QUEUED}
-        if self.signals.enabled:
-            unfinished.add(RunState.RUNNING)
-        if run.state not in unfinished:
-            raise Conflict(f"run {run_id!r} has finished already ({run.state})")
-        stamp = now()
-        rows: list[Row] = []
-        # one running elsewhere: its daemon writes its tasks' ends as it stops them (the
-        # run's row says what was asked, should that daemon miss the signal)
-        if run.state != RunState.RUNNING:
-            rows.extend(
-                replace(i, state=State.CANCELLED.value, updated_at=stamp)
-                for i in instances
-                if State(i.state) not in (State.SUCCEEDED, State.FAILED, State.UPSTREAM_FAILED)
-            )
-            rows.extend(
-                replace(gate, state="cancelled", decided_at=stamp)
-                for gate in await self.store.get_approvals(run_id)
-                if gate.state == "waiting"
-            )
-            rows.extend(cancelled_waits(await self.store.get_waits(run_id), stamp))
-        cancelled = replace(run, state=RunState.CANCELLED.value, ended_at=stamp, error=reason)
-        rows.append(cancelled)
-        rows.extend(extra)
-        await self.store.submit(rows).wait()
-        self.signals.cancelled(run_id)
-        await self.cancel_children(run_id)
-        return cancelled
-
-    def resuming(self) -> bool:
-        """Whether the runs unfinished at the last stop are still to be resumed (a run
-        recorded running is then not in memory yet)."""
-        return self._held is not None
 
     async def wait(self, run_id: str) -> RunRow:
         """Wait for a run to finish (or park at a gate) and return its row.
@@ -921,20 +376,6 @@ class Runner:
         """The runs in memory here (not those waiting by id only)."""
         return list(self._runs)
 
-    def is_active(self, run_id: str) -> bool:
-        """Whether the run is queued or running here (in memory, or cold: waiting by its
-        id), not parked, held for its paused pipeline, or finished."""
-        return run_id in self._runs or self._is_cold(run_id)
-
-    def _unload(self, run_id: str) -> bool:
-        """Take a run being loaded out of its batch (it will not start); False if it is
-        not being loaded."""
-        for loading in self._loading.values():
-            if run_id in loading:
-                loading.discard(run_id)
-                return True
-        return False
-
     def settle_gate(
         self, run_id: str, key: str, *, ok: bool, output: Any, error: str | None
     ) -> bool:
@@ -944,11 +385,6 @@ class Runner:
         return run is not None and run.settle_gate(key, ok=ok, output=output, error=error)
 
     # -- driving runs -------------------------------------------------------------------
-
-    def _launch(self, run: ActiveRun) -> None:
-        assert self._drivers is not None, "the runner is not serving"
-        self.slots.take_run_slot(run.row.pipeline)
-        self._drivers.launch(run)
 
     async def _drive(self, run: ActiveRun) -> None:
         # one span for each time the run is driven: a resumed run gets another, in the
@@ -1046,46 +482,3 @@ class Runner:
             parent_key=key,
             parent_attempt=attempt,
         )
-
-    async def cancel_children(self, run_id: str) -> None:
-        """Cancel the unfinished child runs of a run (it was cancelled), and theirs."""
-        for child in await self.store.children_of(run_id):
-            if child.state in TERMINAL_RUN_STATES:
-                continue
-            if self.is_active(child.run_id):
-                with contextlib.suppress(NotFound):
-                    await self.cancel(child.run_id)  # its own children follow as it ends
-            else:
-                with contextlib.suppress(NotFound, Conflict):
-                    await self.cancel_stored(child.run_id)
-
-    async def settle_children(self) -> None:
-        """Settle the instances that wait for child runs which ended while the daemon was
-        stopped (the child's end was recorded, its parent's was not yet)."""
-        for child in await self.store.children_to_settle():
-            await self.gates.child_ended(child)
-
-    def _release(self, row: RunRow) -> None:
-        """A run of a limited key left (ended, parked, cancelled): admit the next of it."""
-        admitted = self.keys.release(row.pipeline, _key(row)[0])
-        self._count_held()
-        for released in admitted:
-            self._admitted(row.pipeline, released)
-
-    def _count_held(self) -> None:
-        """Keep the backlog's count of runs waiting for their key (backpressure) in step."""
-        held = self.keys.held
-        self.backlog.count_elsewhere(held - self._held_counted)
-        self._held_counted = held
-
-
-def _limited(row: RunRow | WaitingRun) -> bool:
-    """Whether the run counts for a key with a limit."""
-    return row.key_limit is not None and row.flow_key is not None
-
-
-def _key(row: RunRow | WaitingRun) -> tuple[str, int]:
-    """The key of a run that counts for one (:func:`_limited`), and its limit."""
-    assert row.flow_key is not None, "the run has no key"
-    assert row.key_limit is not None, "the run's key has no limit"
-    return row.flow_key, row.key_limit

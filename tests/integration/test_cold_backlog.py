@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from cued.daemon.assembly import open_runner
-from cued.daemon.runtime import runner as runner_module
+from cued.daemon.runtime import pausing, resumption
 from tests.support import probes
 from tests.support.stores import keeping_state_in
 
@@ -18,6 +18,12 @@ WINDOW = 4
 @pytest.fixture
 def make_config(make_config, store_at):
     return keeping_state_in(make_config, store_at)
+
+
+def read_in_pages_of(monkeypatch, size: int) -> None:
+    """The waiting runs are read ``size`` at a time, at a restart and at an unpause."""
+    for module in (resumption, pausing):
+        monkeypatch.setattr(module, "PAGE", size)
 
 
 def config_text(*, high: int = 10_000, low: int = 5_000) -> str:
@@ -88,7 +94,7 @@ async def test_a_cold_run_cancelled_never_starts_and_the_rest_go_on_in_order(mak
 async def test_a_restart_loads_a_window_of_the_waiting_runs_and_starts_them_all_in_order(
     make_config, monkeypatch
 ):
-    monkeypatch.setattr(runner_module, "_PAGE", 7)  # the waiting runs are read in pages
+    read_in_pages_of(monkeypatch, 7)
     probe = probes.reset()
     config = make_config(config_text())
     async with open_runner(config) as runner:
@@ -130,7 +136,7 @@ async def test_cold_runs_count_for_backpressure(make_config):
 async def test_an_unpause_starts_what_waited_cold_and_what_waited_in_the_store_in_order(
     make_config, monkeypatch
 ):
-    monkeypatch.setattr(runner_module, "_PAGE", 7)
+    read_in_pages_of(monkeypatch, 7)
     probe = probes.reset()
     config = make_config(config_text())
     async with open_runner(config) as runner:
