@@ -62,14 +62,10 @@ from cued.daemon.store import (
     WindowRow,
     pg_nodes,
 )
+from cued.daemon.store._selects import _event
+from cued.daemon.store._sqlite_commit import _params
 from cued.daemon.store.pg_migrations import migrate
-from cued.daemon.store.sqlite import (
-    SqliteStore,
-    _Batch,
-    _Chore,
-    _event,
-    _params,
-)
+from cued.daemon.store.sqlite import SqliteStore, _Chore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Sequence
@@ -77,6 +73,7 @@ if TYPE_CHECKING:
     import aiosqlite
 
     from cued.daemon.store import Row
+    from cued.daemon.store._batch import _Batch
 
 __all__ = ["DAEMON_LOCK", "PostgresStore", "is_database_url", "open_pg_store", "pg_sql"]
 
