@@ -735,6 +735,8 @@ async def _join_peers(
     share = LiveShare(live, notices)
     signals = PeerSignals(notices)
     store.on_commit(share.committed)
+    if runner.slots.shared is not None:
+        runner.slots.shared.listen(notices)  # woken as pool and key slots free up
     await tg.start(share.serve)
     await tg.start(partial(signals.serve, runner))
     await tg.start(notices.serve)  # after every channel's handlers are registered

@@ -309,7 +309,8 @@ class ActiveRun:
         engine, driving = self.engine, self._driving
         assert engine is not None
         inst, run_id = start.instance, self.row.run_id
-        async with driving.slots.task_slot(self.plan.tasks[inst.task].config.pool):
+        pool = self.plan.tasks[inst.task].config.pool
+        async with driving.slots.task_slot(pool, (run_id, inst.key, start.attempt)):
             engine.started(inst)
             started_at = now()
             # built only if a commit begins while it runs: an attempt that ends first

@@ -69,6 +69,7 @@ from cued.daemon.runtime.keys import KeyGate
 from cued.daemon.runtime.pausing import Pausing
 from cued.daemon.runtime.resumption import Resumption
 from cued.daemon.runtime.run_alerts import RunAlerts
+from cued.daemon.runtime.shared_slots import SharedSlots
 from cued.daemon.runtime.signals import NO_SIGNALS
 from cued.daemon.runtime.slots import Slots
 from cued.daemon.runtime.task_logs import TaskLogs
@@ -149,6 +150,7 @@ class Runner(Resumption, Pausing, Cancellation):
             config.daemon.max_running_tasks,
             config.daemon.pools,
             {name: plan.config.max_active_runs for name, plan in self.plans.items()},
+            SharedSlots(store) if store.shares_run_slots else None,
         )
         self.gates = Gates(store, self)
         """The approval gates of this runner's runs: decide them here."""
@@ -429,9 +431,16 @@ class Runner(Resumption, Pausing, Cancellation):
         """Take one of the run's pipeline's slots across the nodes (PostgreSQL: its
         ``max_active_runs`` holds for them all; on SQLite at once), waiting while the
         other nodes' runs hold them all; False if the run was cancelled meanwhile (a slot
-        taken is given back)."""
+        taken is given back). A run of a limited key takes one of its key's first."""
         row, delay = run.row, _SLOT_RETRY_S[0]
         limit = run.plan.config.max_active_runs
+        if _limited(row) and self.slots.shared is not None:
+            key, key_limit = _key(row)
+            at = (row.pipeline, key, row.run_id)
+            if not await self.slots.shared.key_slot(
+                at, row.priority, key_limit, lambda: run.cancelled
+            ):
+                return False
         while not run.cancelled:
             if await self.store.take_run_slot(row.pipeline, row.run_id, limit):
                 if run.cancelled:  # while it was taken: the cancel's commit kept it
@@ -440,6 +449,7 @@ class Runner(Resumption, Pausing, Cancellation):
                 return True
             await anyio.sleep(delay)
             delay = min(delay * 2, _SLOT_RETRY_S[1])
+        await self.store.give_back_run_slot(row.run_id)  # and its key's
         return False
 
     def _retry_delay_s(self, task: TaskConfig, attempt: int) -> float:

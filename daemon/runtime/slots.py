@@ -2,7 +2,9 @@
 
 A run holds one of its pipeline's ``max_active_runs`` slots from its start until it ends or
 parks at a gate (runs beyond wait in the backlog). A task attempt holds a slot of its pool,
-if it names one, and one of the ``max_running_tasks`` global slots while it runs. Draining
+if it names one, and one of the ``max_running_tasks`` global slots while it runs; with
+several nodes on one database, its pool's slot is also one of the pool's across them
+(:mod:`~cued.daemon.runtime.shared_slots`), and ``max_running_tasks`` stays each node's. Draining
 (at shutdown) lets no attempt start any more and waits for the running ones to end. The
 counts are also what the metrics' gauges show.
 """
@@ -17,6 +19,8 @@ import anyio
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from contextlib import AbstractAsyncContextManager, AbstractContextManager
+
+    from cued.daemon.runtime.shared_slots import SharedSlots
 
 __all__ = ["Slots"]
 
@@ -72,26 +76,42 @@ class _Limit:
 class _TaskSlot:
     """:meth:`Slots.task_slot`: a class, not a generator, as it runs once per attempt."""
 
-    __slots__ = ("_pool", "_slots")
+    __slots__ = ("_holder", "_pool", "_slots")
 
-    def __init__(self, slots: Slots, pool: str | None) -> None:
-        self._slots, self._pool = slots, pool
+    def __init__(
+        self, slots: Slots, pool: str | None, holder: tuple[str, str, int] | None
+    ) -> None:
+        self._slots, self._pool, self._holder = slots, pool, holder
 
     async def __aenter__(self) -> None:
         slots, pool = self._slots, self._pool
+        shared = None
         if pool is not None:
-            await slots._pools[pool].acquire()
+            limit = slots._pools[pool]
+            await limit.acquire()
+            if (shared := slots.shared) is not None:
+                assert self._holder is not None, "an attempt of a shared pool names itself"
+                try:
+                    await shared.pool_slot(pool, self._holder, lambda: limit.total)
+                except BaseException:
+                    limit.release()
+                    raise
         try:
             await slots._tasks.acquire()
         except BaseException:
             if pool is not None:
                 slots._pools[pool].release()
+            if shared is not None and self._holder is not None:
+                await shared.give_back_pool_slot(self._holder)
             raise
         if slots._draining:
             try:
                 await anyio.sleep_forever()  # cancelled at shutdown
             finally:
                 self._release()
+                if shared is not None and self._holder is not None:
+                    # the attempt did not start: it records no end that would free it
+                    await shared.give_back_pool_slot(self._holder)
 
     async def __aexit__(self, *exc: object) -> None:
         self._release()
@@ -126,11 +146,18 @@ class Slots:
     :param max_running_tasks: attempts that may run at once in all
     :param pools: attempts that may run at once in each named pool
     :param max_active_runs: runs that may hold a slot at once, by pipeline
+    :param shared: the slots of pools (and keys) across the nodes sharing the database
     """
 
     def __init__(
-        self, max_running_tasks: int, pools: Mapping[str, int], max_active_runs: Mapping[str, int]
+        self,
+        max_running_tasks: int,
+        pools: Mapping[str, int],
+        max_active_runs: Mapping[str, int],
+        shared: SharedSlots | None = None,
     ) -> None:
+        self.shared = shared
+        """With several nodes (PostgreSQL): where pool and key slots are taken too."""
         self._tasks = _Limit(max_running_tasks)
         self._pools = {name: _Limit(n) for name, n in pools.items()}
         self._max_active_runs = dict(max_active_runs)
@@ -176,10 +203,14 @@ class Slots:
 
     # -- task attempts ---------------------------------------------------------------------
 
-    def task_slot(self, pool: str | None) -> AbstractAsyncContextManager[None]:
-        """Hold a slot of ``pool`` (if any), then a global one; while draining, wait until
-        cancelled instead (the attempt stays queued in the store and runs after a restart)."""
-        return _TaskSlot(self, pool)
+    def task_slot(
+        self, pool: str | None, holder: tuple[str, str, int] | None = None
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold a slot of ``pool`` (if any; across the nodes too, for ``holder``: the
+        attempt's run, instance and attempt), then a global one; while draining, wait
+        until cancelled instead (the attempt stays queued in the store and runs after a
+        restart)."""
+        return _TaskSlot(self, pool, holder)
 
     def running(self) -> AbstractContextManager[None]:
         """Count an attempt as running for the block's time."""

@@ -324,6 +324,107 @@ PG_MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (trigger, key)
     );
     """,
+    # slots across the nodes (pg_nodes.py), as run_slots for max_active_runs: a flow
+    # key's (a trigger's concurrency limit), taken by a run before its pipeline's; a
+    # pool's, taken by a task attempt. A row with held = 0 waits (the first in order on
+    # a live node goes first). cued_take_key_slot and cued_take_pool_slot take one.
+    """
+    CREATE TABLE key_slots (
+        run_id      TEXT COLLATE "C" PRIMARY KEY,
+        pipeline    TEXT COLLATE "C" NOT NULL,
+        key         TEXT COLLATE "C" NOT NULL,
+        node        TEXT COLLATE "C" NOT NULL,
+        priority    BIGINT NOT NULL,
+        held        INTEGER NOT NULL            -- 1: holds a slot; 0: waits for one
+    );
+    CREATE INDEX key_slots_by_key ON key_slots (pipeline, key, held);
+    CREATE INDEX key_slots_by_node ON key_slots (node);
+    CREATE TABLE pool_slots (
+        run_id      TEXT COLLATE "C" NOT NULL,
+        key         TEXT COLLATE "C" NOT NULL,  -- the task instance's
+        attempt     BIGINT NOT NULL,
+        pool        TEXT COLLATE "C" NOT NULL,
+        node        TEXT COLLATE "C" NOT NULL,
+        asked_at    DOUBLE PRECISION NOT NULL,  -- by the database's clock: the order
+        held        INTEGER NOT NULL,
+        PRIMARY KEY (run_id, key, attempt)
+    );
+    CREATE INDEX pool_slots_by_pool ON pool_slots (pool, held, asked_at);
+    CREATE INDEX pool_slots_by_node ON pool_slots (node);
+    CREATE FUNCTION cued_take_key_slot(
+        p_node TEXT, p_generation BIGINT, p_pipeline TEXT, p_key TEXT, p_run TEXT,
+        p_priority BIGINT, p_limit BIGINT
+    ) RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+    DECLARE
+        v_held INTEGER;
+        v_free BIGINT;
+    BEGIN
+        PERFORM 1 FROM nodes
+            WHERE node = p_node AND generation = p_generation AND alive = 1 FOR SHARE;
+        IF NOT FOUND THEN
+            PERFORM cued_fenced(p_node, p_generation);
+        END IF;
+        INSERT INTO key_slots VALUES (p_run, p_pipeline, p_key, p_node, p_priority, 0)
+            ON CONFLICT (run_id) DO UPDATE SET node = p_node, priority = p_priority
+            RETURNING held INTO v_held;
+        IF v_held = 1 THEN
+            RETURN TRUE;
+        END IF;
+        -- one taker of a key's slots at a time (see cued_take_run_slot)
+        PERFORM pg_advisory_xact_lock(
+            hashtextextended('cued:key_slots:' || p_pipeline || chr(0) || p_key, 0));
+        v_free := p_limit - (SELECT count(*) FROM key_slots
+                             WHERE pipeline = p_pipeline AND key = p_key AND held = 1);
+        -- the runs waiting on live nodes go first by priority, then the oldest
+        IF v_free <= 0 OR v_free <= (
+            SELECT count(*) FROM key_slots s JOIN nodes n ON n.node = s.node
+            WHERE s.pipeline = p_pipeline AND s.key = p_key AND s.held = 0
+                AND (s.priority > p_priority OR (s.priority = p_priority AND s.run_id < p_run))
+                AND n.alive = 1
+                AND n.expires_at > extract(epoch FROM clock_timestamp())::float8
+        ) THEN
+            RETURN FALSE;
+        END IF;
+        UPDATE key_slots SET held = 1 WHERE run_id = p_run;
+        RETURN TRUE;
+    END $$;
+    CREATE FUNCTION cued_take_pool_slot(
+        p_node TEXT, p_generation BIGINT, p_pool TEXT, p_run TEXT, p_key TEXT,
+        p_attempt BIGINT, p_limit BIGINT
+    ) RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+    DECLARE
+        v_held INTEGER;
+        v_asked DOUBLE PRECISION;
+        v_free BIGINT;
+    BEGIN
+        PERFORM 1 FROM nodes
+            WHERE node = p_node AND generation = p_generation AND alive = 1 FOR SHARE;
+        IF NOT FOUND THEN
+            PERFORM cued_fenced(p_node, p_generation);
+        END IF;
+        INSERT INTO pool_slots VALUES (p_run, p_key, p_attempt, p_pool, p_node,
+                extract(epoch FROM clock_timestamp())::float8, 0)
+            ON CONFLICT (run_id, key, attempt) DO UPDATE SET node = p_node
+            RETURNING held, asked_at INTO v_held, v_asked;
+        IF v_held = 1 THEN
+            RETURN TRUE;
+        END IF;
+        PERFORM pg_advisory_xact_lock(hashtextextended('cued:pool_slots:' || p_pool, 0));
+        v_free := p_limit - (SELECT count(*) FROM pool_slots WHERE pool = p_pool AND held = 1);
+        -- the attempts waiting on live nodes go first, the first to ask first
+        IF v_free <= 0 OR v_free <= (
+            SELECT count(*) FROM pool_slots s JOIN nodes n ON n.node = s.node
+            WHERE s.pool = p_pool AND s.held = 0
+                AND (s.asked_at, s.run_id, s.key, s.attempt) < (v_asked, p_run, p_key, p_attempt)
+                AND n.alive = 1
+                AND n.expires_at > extract(epoch FROM clock_timestamp())::float8
+        ) THEN
+            RETURN FALSE;
+        END IF;
+        UPDATE pool_slots SET held = 1 WHERE run_id = p_run AND key = p_key AND attempt = p_attempt;
+        RETURN TRUE;
+    END $$;
+    """,
 )
 
 

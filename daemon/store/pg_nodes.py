@@ -19,6 +19,15 @@ lease that it renews, by the database's clock (no node trusts its own).
   asks and finds none free waits in the same table; the oldest runs waiting on live
   nodes take the slots first, whichever node asks first (no node starves the others).
   A dead node's slots go with its runs to the adopter.
+- **Key and pool slots**, alike: a run of a trigger's key with a concurrency limit takes
+  one of its key's slots (``key_slots``) before its pipeline's, the waiting runs of the
+  highest priority first, then the oldest; a task attempt of a pool takes one of the
+  pool's (``pool_slots``), the first to ask first. The commit that records the run ended
+  or parked gives its key slot back; the one that records the attempt's end, its pool
+  slot. A commit that frees a slot others wait for wakes them (``NOTIFY`` on
+  :data:`SLOTS_CHANNEL`, as it commits). A dead node's pool slots are freed when it is
+  adopted (its attempts ran there), and its key slots too but those of runs holding a
+  run slot, which go on with them on the adopter at once.
 - **Adopting**: on each renewal, a node learns when the next other node's lease lapses
   (or that one left); it looks again then (not only at its next renewal), takes those
   nodes' runs in one transaction and resumes them as after a crash.
@@ -32,6 +41,7 @@ import anyio
 import asyncpg
 
 from cued.daemon.errors import Fenced, StoreError
+from cued.daemon.store.pg_notify import SLOTS_CHANNEL
 from cued.daemon.store.rows import NodeRow
 
 if TYPE_CHECKING:
@@ -41,12 +51,15 @@ __all__ = [
     "FENCED_SQLSTATE",
     "adopt",
     "fence_sql",
+    "freed_slots_sql",
     "is_fenced",
     "join",
     "leave",
     "list_nodes",
     "owners_sql",
     "renew",
+    "take_key_slot",
+    "take_pool_slot",
     "take_run_slot",
 ]
 
@@ -87,6 +100,13 @@ _ME = "SELECT 1 FROM nodes WHERE node = $1 AND generation = $2 AND alive = 1 FOR
 _GONE_NODES = f"SELECT node FROM nodes n WHERE node <> $1 AND {_GONE} FOR UPDATE SKIP LOCKED"
 _TAKE = "UPDATE run_owners SET node = $1 WHERE node = ANY($2::text[]) RETURNING run_id"
 _FORGET_WAITERS = "DELETE FROM run_slots WHERE node = ANY($1::text[]) AND held = 0"
+# a gone node's attempts ran there: their pool slots are free; its runs' key slots too,
+# but those of the runs that hold their run slot (resumed at once, holding both)
+_FREE_POOLS = "DELETE FROM pool_slots WHERE node = ANY($1::text[])"
+_FREE_KEYS = """
+DELETE FROM key_slots k WHERE node = ANY($1::text[]) AND (held = 0 OR NOT EXISTS (
+    SELECT 1 FROM run_slots s WHERE s.run_id = k.run_id AND s.held = 1))
+"""
 _TO_RESUME = f"""
 SELECT run_id FROM runs WHERE run_id = ANY($1::text[]) AND state IN {_UNFINISHED}
 ORDER BY run_id
@@ -151,6 +171,59 @@ def owners_sql(node: str | None, run_rows: Sequence[Any], args: list[Any]) -> li
     return parts
 
 
+def freed_slots_sql(
+    run_rows: Sequence[Any],
+    pool_holders: Sequence[tuple[str, str, int]],
+    token: str | None,
+    args: list[Any],
+) -> list[str]:
+    """The named ``WITH`` parts of a group commit that free key and pool slots: those of
+    the runs of a key (``run_rows``) that ended or parked, those of ``pool_holders`` (the
+    attempts that ended, and any of those runs); and, if ``token`` (the node's, for its
+    notices), one that wakes whoever waits for what they free, on :data:`SLOTS_CHANNEL`,
+    once it commits. The statement's final ``SELECT`` must read ``notified`` (one row),
+    if it is there. Appends their arguments to ``args``."""
+    idle = [
+        r.run_id
+        for r in run_rows
+        if r.state not in ("queued", "running") and r.key_limit is not None and r.flow_key
+    ]
+    steps: list[str] = []
+    woken: list[str] = []
+    if idle:
+        args.append(idle)
+        steps.append(
+            f"freed_keys AS (DELETE FROM key_slots WHERE run_id = ANY(${len(args)}::text[]) "
+            "RETURNING pipeline, key, held)"
+        )
+        woken.append(
+            "SELECT 'key ' || f.pipeline FROM freed_keys f WHERE f.held = 1 AND EXISTS ("
+            "SELECT 1 FROM key_slots o WHERE o.pipeline = f.pipeline AND o.key = f.key "
+            "AND o.held = 0)"
+        )
+    if pool_holders:
+        args += [[h[0] for h in pool_holders], [h[1] for h in pool_holders]]
+        args.append([h[2] for h in pool_holders])
+        n = len(args)
+        steps.append(
+            "freed_pools AS (DELETE FROM pool_slots WHERE (run_id, key, attempt) IN ("
+            f"SELECT * FROM unnest(${n - 2}::text[], ${n - 1}::text[], ${n}::bigint[])) "
+            "RETURNING pool, held)"
+        )
+        woken.append(
+            "SELECT 'pool ' || f.pool FROM freed_pools f WHERE f.held = 1 AND EXISTS ("
+            "SELECT 1 FROM pool_slots o WHERE o.pool = f.pool AND o.held = 0)"
+        )
+    if woken and token is not None:
+        args += [SLOTS_CHANNEL, token]
+        n = len(args)
+        steps.append(
+            f"notified AS (SELECT count(pg_notify(${n - 1}, ${n} || ' ' || w)) "
+            f"FROM ({' UNION '.join(woken)}) AS w(w))"
+        )
+    return steps
+
+
 async def take_run_slot(
     db: Any, node: str, generation: int, pipeline: str, run_id: str, limit: int
 ) -> bool:
@@ -160,8 +233,43 @@ async def take_run_slot(
     :raises Fenced: if the node's row is no longer its own, alive
     """
     sql = "SELECT cued_take_run_slot($1, $2, $3, $4, $5)"
+    return await _take(db, sql, node, generation, pipeline, run_id, limit)
+
+
+async def take_key_slot(
+    db: Any,
+    node: str,
+    generation: int,
+    at: tuple[str, str, str],
+    priority: int,
+    limit: int,
+) -> bool:
+    """Take one of the ``limit`` slots of a pipeline's key for a run (``at``: the
+    pipeline, the key and the run; one it holds already is its own still); False if all
+    are taken.
+
+    :raises Fenced: if the node's row is no longer its own, alive
+    """
+    sql = "SELECT cued_take_key_slot($1, $2, $3, $4, $5, $6, $7)"
+    return await _take(db, sql, node, generation, *at, priority, limit)
+
+
+async def take_pool_slot(
+    db: Any, node: str, generation: int, pool: str, holder: tuple[str, str, int], limit: int
+) -> bool:
+    """Take one of ``pool``'s ``limit`` slots for a task attempt (``holder``: its run,
+    task instance and attempt; one it holds already is its own still); False if all are
+    taken.
+
+    :raises Fenced: if the node's row is no longer its own, alive
+    """
+    sql = "SELECT cued_take_pool_slot($1, $2, $3, $4, $5, $6, $7)"
+    return await _take(db, sql, node, generation, pool, *holder, limit)
+
+
+async def _take(db: Any, sql: str, *args: Any) -> bool:
     try:
-        taken = await db.fetchval(sql, node, generation, pipeline, run_id, limit)
+        taken = await db.fetchval(sql, *args)
     except asyncpg.PostgresError as exc:
         if is_fenced(exc):
             raise Fenced(str(exc)) from exc
@@ -186,6 +294,8 @@ async def join(db: Any, node: str, *, lease_s: float, host: str, pid: int, where
                 # its runs that waited for a slot ask again when their turn comes here
                 # (a waiter that asks no more would hold back every later run)
                 await db.execute(_FORGET_WAITERS, [node])
+                await db.execute(_FREE_POOLS, [node])
+                await db.execute(_FREE_KEYS, [node])
                 return NodeRow.read(row)
             other = await db.fetchrow(
                 f"SELECT generation, renewed_at, expires_at - {_NOW}, host, pid "
@@ -232,7 +342,10 @@ async def adopt(db: Any, node: str, generation: int) -> list[str]:
         # their last commits recorded
         taken = [r[0] for r in await db.fetch(_TAKE, node, gone)]
         await db.execute(_FORGET_WAITERS, gone)
+        await db.execute(_FREE_POOLS, gone)
+        await db.execute(_FREE_KEYS, gone)
         await db.execute("UPDATE run_slots SET node = $1 WHERE node = ANY($2::text[])", node, gone)
+        await db.execute("UPDATE key_slots SET node = $1 WHERE node = ANY($2::text[])", node, gone)
         await db.execute("DELETE FROM nodes WHERE node = ANY($1::text[])", gone)
         return [r[0] for r in await db.fetch(_TO_RESUME, taken)]
 

@@ -44,11 +44,15 @@ if TYPE_CHECKING:
 
     import asyncpg
 
-__all__ = ["MAX_NOTICE_BYTES", "Notices"]
+__all__ = ["MAX_NOTICE_BYTES", "SLOTS_CHANNEL", "Notices"]
 
 #: The longest text one notice may carry (PostgreSQL's limit is 8000 bytes, with the
 #: sender's token in front).
 MAX_NOTICE_BYTES = 7800
+
+#: Where a commit that frees a key's or a pool's slot others wait for says so (in SQL,
+#: pg_nodes.py): ``key PIPELINE`` or ``pool POOL``, after the sender's token.
+SLOTS_CHANNEL = "cued_slots"
 
 _SEND = "SELECT pg_notify(c, t) FROM unnest($1::text[], $2::text[]) AS n(c, t)"
 _HELLO = "cued_hello"
@@ -58,6 +62,8 @@ _HELLO = "cued_hello"
 class _Channel:
     handlers: list[Callable[[str], None]] = field(default_factory=list)
     missed: list[Callable[[], None]] = field(default_factory=list)
+    own: bool = False
+    """Its notices are handed to their sender too (one sent by a commit, in SQL)."""
 
 
 class Notices:
@@ -104,11 +110,13 @@ class Notices:
         handler: Callable[[str], None],
         *,
         missed: Callable[[], None] | None = None,
+        own: bool = False,
     ) -> None:
-        """Hand each notice on ``channel`` from another daemon to ``handler`` (its text,
-        without the token); call ``missed`` each time the connection listens again after
-        it was lost. Register before :meth:`serve`."""
+        """Hand each notice on ``channel`` from another daemon (and this one's, if
+        ``own``) to ``handler`` (its text, without the token); call ``missed`` each time
+        the connection listens again after it was lost. Register before :meth:`serve`."""
         found = self._channels.setdefault(channel, _Channel())
+        found.own = found.own or own
         found.handlers.append(handler)
         if missed is not None:
             found.missed.append(missed)
@@ -217,6 +225,9 @@ class Notices:
             return
         token, _, text = payload.partition(" ")
         if token == self.token:
+            found = self._channels.get(channel)
+            if found is not None and found.own:
+                self._handle(found, text)
             return
         if token not in self.peers:
             self.peers.add(token)
@@ -224,8 +235,10 @@ class Notices:
             if channel == _HELLO:
                 self.send(_HELLO, "")  # so that the newcomer knows of this one too
         found = self._channels.get(channel)
-        if found is None:
-            return
+        if found is not None:
+            self._handle(found, text)
+
+    def _handle(self, found: _Channel, text: str) -> None:
         self.received += 1
         for handler in found.handlers:
             self._call(handler, text)

@@ -274,11 +274,18 @@ _PUT_PAUSE = _Put("paused_pipelines", ("pipeline", "paused_at", "paused_by"), ("
 )
 
 
-def _batch_sql(batch: _Batch, me: tuple[str, int] | None = None) -> tuple[str, list[Any]]:
+def _batch_sql(
+    batch: _Batch,
+    me: tuple[str, int] | None = None,
+    pool_holders: Sequence[tuple[str, str, int]] = (),
+    token: str | None = None,
+) -> tuple[str, list[Any]]:
     """The whole batch as one statement (and its arguments): each table's rows upserted
     (or deleted) by a data-modifying ``WITH`` of its own, from one array per column; of a
     node (``me``: its name and generation), fenced, and its runs' owners kept (see
-    :mod:`~cued.daemon.store.pg_nodes`).
+    :mod:`~cued.daemon.store.pg_nodes`), with the key slots of its runs that ended or
+    parked and the pool slots of ``pool_holders`` freed (waking the waiters, through
+    the notices of ``token``'s).
 
     One statement is one round trip and, on its own, one transaction: no BEGIN and COMMIT
     of their own. Its parts share one snapshot and do not see each other's rows, which
@@ -323,6 +330,8 @@ def _batch_sql(batch: _Batch, me: tuple[str, int] | None = None) -> tuple[str, l
     if plain_runs:
         parts += pg_nodes.owners_sql(node, plain_runs, args)
     steps = [f"s{n} AS ({part})" for n, part in enumerate(parts)]
+    if plain_runs or pool_holders:
+        steps += pg_nodes.freed_slots_sql(plain_runs, pool_holders, token, args)
     claimed = "'{}'::text[]"
     events, runs = batch.claimed()
     if events:
@@ -354,12 +363,14 @@ def _batch_sql(batch: _Batch, me: tuple[str, int] | None = None) -> tuple[str, l
                 )
         args.append([e.event_id for e in events])
         claimed = f"ARRAY(SELECT unnest(${len(args)}::text[]) EXCEPT SELECT event_id FROM claimed)"
-    final = f"SELECT {claimed}"
+    # (a WITH part that changes nothing is run only if read)
+    notified = any(step.startswith("notified ") for step in steps)
+    final = f"SELECT {claimed}" + (" FROM notified" if notified else "")
     if me is not None:
         fence, check = pg_nodes.fence_sql(*me, args)
         steps.insert(0, fence)
         # the fence's check fails the whole statement unless the node is still itself
-        final = f"SELECT {claimed} FROM ({check}) AS fenced"
+        final = f"SELECT {claimed} FROM ({check}) AS fenced" + (", notified" if notified else "")
     if not steps:
         return final, args
     return f"WITH {', '.join(steps)} {final}", args
@@ -418,12 +429,17 @@ class PostgresStore(SqliteStore):
         """This daemon's node and generation, once it joined: its commits are fenced."""
         self._url = url
         self._lease_db: asyncpg.Connection | None = None
+        # the pool slots this node asked for (held or waited for), by run: each is freed
+        # by the commit that records its attempt's end (or its run's), and only those
+        # commits free any
+        self._pool_asks: dict[str, set[tuple[str, int]]] = {}
+        self._notices_token: str | None = None
         self.lease_s_hint = 10.0
         """How long a connection for a renewal may take to open (the node's lease)."""
 
     async def _commit(self, batch: _Batch) -> float:
         started = anyio.current_time()
-        sql, args = _batch_sql(batch, self._me)
+        sql, args = _batch_sql(batch, self._me, self._pools_freed(batch), self._notices_token)
         try:
             batch.duplicates = set(await self._db.fetchval(sql, *args))
         except asyncpg.PostgresError as exc:
@@ -524,7 +540,62 @@ class PostgresStore(SqliteStore):
         return await pg_nodes.take_run_slot(self._pool, *self._me, pipeline, run_id, limit)
 
     async def give_back_run_slot(self, run_id: str) -> None:
-        await self._reader.execute_fetchall("DELETE FROM run_slots WHERE run_id = ?", (run_id,))
+        await self._pool.execute(
+            "WITH k AS (DELETE FROM key_slots WHERE run_id = $1) "
+            "DELETE FROM run_slots WHERE run_id = $1",
+            run_id,
+        )
+
+    async def take_key_slot(
+        self, pipeline: str, key: str, run_id: str, priority: int, limit: int
+    ) -> bool:
+        if self._me is None:
+            return True  # not a node (the CLI): no run is driven here
+        return await pg_nodes.take_key_slot(
+            self._pool, *self._me, (pipeline, key, run_id), priority, limit
+        )
+
+    async def take_pool_slot(self, pool: str, holder: tuple[str, str, int], limit: int) -> bool:
+        if self._me is None:
+            return True
+        run_id, key, attempt = holder
+        # asked before the call: a commit meanwhile of the attempt's end frees what it took
+        self._pool_asks.setdefault(run_id, set()).add((key, attempt))
+        return await pg_nodes.take_pool_slot(self._pool, *self._me, pool, holder, limit)
+
+    async def give_back_pool_slot(self, holder: tuple[str, str, int]) -> None:
+        await self._pool.execute(
+            "DELETE FROM pool_slots WHERE run_id = $1 AND key = $2 AND attempt = $3", *holder
+        )
+        run_id, key, attempt = holder
+        if (asks := self._pool_asks.get(run_id)) is not None:
+            asks.discard((key, attempt))
+            if not asks:
+                del self._pool_asks[run_id]
+
+    def wake_slot_waiters_as(self, token: str | None) -> None:
+        self._notices_token = token
+
+    def _pools_freed(self, batch: _Batch) -> list[tuple[str, str, int]]:
+        """The pool slots this node asked for that the batch frees: of the attempts it
+        records ended, and of the runs it records ended or parked (forgotten here)."""
+        asks = self._pool_asks
+        if not asks:
+            return []
+        freed: list[tuple[str, str, int]] = []
+        for (run_id, key, attempt), row in batch.attempts.items():
+            held = asks.get(run_id)
+            if held and row.state != "running" and (key, attempt) in held:
+                held.discard((key, attempt))
+                freed.append((run_id, key, attempt))
+        for run in batch.runs.values():
+            if run.state not in ("queued", "running") and (held := asks.get(run.run_id)):
+                freed += [(run.run_id, key, attempt) for key, attempt in held]
+                held.clear()
+        for run_id in {f[0] for f in freed}:
+            if not asks[run_id]:
+                del asks[run_id]
+        return freed
 
     async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
         rows = await self._pool.fetch(

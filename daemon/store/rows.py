@@ -825,7 +825,37 @@ class Store(Protocol):
         """
 
     async def give_back_run_slot(self, run_id: str) -> None:
-        """Give back the slot of a run cancelled while it was taken."""
+        """Give back the slots of a run cancelled while it was taken (its pipeline's and
+        its key's)."""
 
     async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
         """Which of these runs hold a slot of their pipeline's (none on SQLite)."""
+
+    async def take_key_slot(
+        self, pipeline: str, key: str, run_id: str, priority: int, limit: int
+    ) -> bool:
+        """Take one of the ``limit`` slots of ``pipeline``'s flow ``key`` across the nodes
+        for ``run_id`` (before its pipeline's run slot; one it holds already stays its
+        own): the runs waiting on live nodes go first, the highest ``priority`` first,
+        then the oldest. False if all are taken (try again later). The commit that
+        records the run ended or parked gives it back. Asked only if
+        :attr:`shares_run_slots`.
+
+        :raises Fenced: if the node's lease was taken over
+        """
+
+    async def take_pool_slot(self, pool: str, holder: tuple[str, str, int], limit: int) -> bool:
+        """Take one of ``pool``'s ``limit`` slots across the nodes for a task attempt
+        (``holder``: its run, task instance and attempt), the first to ask first; False if
+        all are taken (try again later). The commit that records the attempt's end (or
+        its run's) gives it back. Asked only if :attr:`shares_run_slots`.
+
+        :raises Fenced: if the node's lease was taken over
+        """
+
+    async def give_back_pool_slot(self, holder: tuple[str, str, int]) -> None:
+        """Give back (or stop waiting for) the pool slot of an attempt that did not start."""
+
+    def wake_slot_waiters_as(self, token: str | None) -> None:
+        """Have the commits that free key or pool slots others wait for wake them, with
+        notices of ``token``'s (the daemon's, pg_notify.py); None: they do not."""

@@ -375,6 +375,21 @@ class SqliteStore(StoreReads):
     async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
         return set()
 
+    # (key and pool slots: never asked, the runner's own counts are the whole counts)
+    async def take_key_slot(
+        self, pipeline: str, key: str, run_id: str, priority: int, limit: int
+    ) -> bool:
+        return True
+
+    async def take_pool_slot(self, pool: str, holder: tuple[str, str, int], limit: int) -> bool:
+        return True
+
+    async def give_back_pool_slot(self, holder: tuple[str, str, int]) -> None:
+        return None
+
+    def wake_slot_waiters_as(self, token: str | None) -> None:
+        return None
+
 
 #: Turns of the event loop the writer gives attempts whose start is provisional to end,
 #: before it takes a batch: a no-op attempt started in one turn ends in the next (more
