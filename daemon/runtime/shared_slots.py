@@ -130,4 +130,3 @@ class SharedSlots:
             event = self._waiting[what] = anyio.Event()
         with anyio.move_on_after(delay):
             await event.wait()
-

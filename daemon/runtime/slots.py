@@ -78,9 +78,7 @@ class _TaskSlot:
 
     __slots__ = ("_holder", "_pool", "_slots")
 
-    def __init__(
-        self, slots: Slots, pool: str | None, holder: tuple[str, str, int] | None
-    ) -> None:
+    def __init__(self, slots: Slots, pool: str | None, holder: tuple[str, str, int] | None) -> None:
         self._slots, self._pool, self._holder = slots, pool, holder
 
     async def __aenter__(self) -> None:

@@ -372,7 +372,7 @@ PG_MIGRATIONS: tuple[str, ...] = (
         END IF;
         -- one taker of a key's slots at a time (see cued_take_run_slot)
         PERFORM pg_advisory_xact_lock(
-            hashtextextended('cued:key_slots:' || p_pipeline || chr(0) || p_key, 0));
+            hashtextextended(p_key, hashtextextended('cued:key_slots:' || p_pipeline, 0)));
         v_free := p_limit - (SELECT count(*) FROM key_slots
                              WHERE pipeline = p_pipeline AND key = p_key AND held = 1);
         -- the runs waiting on live nodes go first by priority, then the oldest
