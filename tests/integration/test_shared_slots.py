@@ -164,7 +164,7 @@ max_active_runs = 20
 [pipelines.p.tasks.t]
 kind = "shell"
 pool = "two"
-command = "echo in {node} $CUED_IDEMPOTENCY_KEY >> {ledger}; sleep 0.1; echo out {node} $CUED_IDEMPOTENCY_KEY >> {ledger}"
+command = "echo in {node} $CUED_IDEMPOTENCY_KEY >> {ledger}; sleep 0.5; echo out {node} $CUED_IDEMPOTENCY_KEY >> {ledger}"
 [pipelines.k]
 max_active_runs = 20
 [pipelines.k.tasks.t]
@@ -198,8 +198,9 @@ async def test_two_nodes_run_a_pool_of_two_at_most_two_at_once_and_a_key_one_at_
         started: list[str] = []
 
         async def start(info: DaemonInfo) -> None:
-            for n in range(6):
+            for _ in range(6):
                 started.append((await info.runner.start_run("p")).run_id)
+            for n in range(6):
                 await _post(info, {"k": "k1", "n": n})
 
         async with anyio.create_task_group() as tg:
