@@ -6,10 +6,10 @@ count with one node. With several, what a node admits so also takes a slot in th
 (:mod:`cued.daemon.store.pg_nodes`) before it goes on: a run one of its key's, before its
 pipeline's run slot; an attempt one of its pool's, before a global task slot. The commit
 that records the run ended or parked (the attempt ended) gives it back, and wakes whoever
-waits for that key or pool, on any node (a notice as it commits); a waiter asks again
-then, or after a backoff that grows to half a second (a notice may be missed: one sent
-while it was not listening, or by an adoption, which frees a gone node's slots). Nothing
-waits, nothing is asked.
+waits for that key or pool: on the other nodes, a notice it sends as it commits; on its
+own, the commit's listener here. A waiter asks again then, or after a backoff that grows
+to half a second (a notice may be missed: one sent while it was not listening, or by an
+adoption, which frees a gone node's slots). Nothing waits, nothing is asked.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING
 import anyio
 
 from cued.daemon.logs import get_logger
+from cued.daemon.store import AttemptRow, RunRow
 from cued.daemon.store.pg_notify import SLOTS_CHANNEL
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
-    from cued.daemon.store import Store
+    from cued.daemon.store import Row, Store
     from cued.daemon.store.pg_notify import Notices
 
 __all__ = ["SharedSlots", "parse_wake"]
@@ -54,19 +55,42 @@ class SharedSlots:
         self._store = store
         # one event per key's pipeline or pool waited for, set (and dropped) by a notice
         self._waiting: dict[tuple[str, str], anyio.Event] = {}
+        # the pool of each attempt here that holds a slot of one: its end wakes the pool
+        self._held: dict[tuple[str, str, int], str] = {}
         self._log = get_logger()
+        store.on_commit(self._committed)
 
     def listen(self, notices: Notices) -> None:
-        """Be woken by ``notices`` (before they serve), and have the store's commits send
-        them (this node's own too: its waiters wait for its commits as well)."""
-        notices.on(SLOTS_CHANNEL, self.wake, missed=self.wake_all, own=True)
+        """Be woken by the other nodes' ``notices`` (before they serve), and have the
+        store's commits send them."""
+        notices.on(SLOTS_CHANNEL, self.wake, missed=self.wake_all)
         self._store.wake_slot_waiters_as(notices.token)
+
+    def _committed(self, _seconds: float, rows: Sequence[Row]) -> None:
+        """This node's commit: wake its own waiters for the slots it freed (a run of a
+        key that ended or parked, an attempt of a pool that ended)."""
+        if not self._waiting and not self._held:
+            return
+        for row in rows:
+            if isinstance(row, AttemptRow):
+                if row.state != "running" and (
+                    pool := self._held.pop((row.run_id, row.key, row.attempt), None)
+                ):
+                    self._wake(("pool", pool))
+            elif (
+                isinstance(row, RunRow)
+                and row.state not in ("queued", "running")
+                and row.key_limit is not None
+            ):
+                self._wake(("key", row.pipeline))
 
     def wake(self, text: str) -> None:
         """A notice: a slot of a key of a pipeline, or of a pool, was freed."""
-        if (found := parse_wake(text)) is not None and (
-            event := self._waiting.pop(found, None)
-        ) is not None:
+        if (found := parse_wake(text)) is not None:
+            self._wake(found)
+
+    def _wake(self, what: tuple[str, str]) -> None:
+        if (event := self._waiting.pop(what, None)) is not None:
             event.set()
 
     def wake_all(self) -> None:
@@ -114,10 +138,12 @@ class SharedSlots:
         except BaseException:
             await self.give_back_pool_slot(holder)
             raise
+        self._held[holder] = pool
 
     async def give_back_pool_slot(self, holder: tuple[str, str, int]) -> None:
         """Give back (or stop waiting for) the pool slot of an attempt that did not start;
         one the database cannot be told of is freed with its run (or the node)."""
+        self._held.pop(holder, None)
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
             try:
                 await self._store.give_back_pool_slot(holder)

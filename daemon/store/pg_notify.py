@@ -62,8 +62,6 @@ _HELLO = "cued_hello"
 class _Channel:
     handlers: list[Callable[[str], None]] = field(default_factory=list)
     missed: list[Callable[[], None]] = field(default_factory=list)
-    own: bool = False
-    """Its notices are handed to their sender too (one sent by a commit, in SQL)."""
 
 
 class Notices:
@@ -110,13 +108,11 @@ class Notices:
         handler: Callable[[str], None],
         *,
         missed: Callable[[], None] | None = None,
-        own: bool = False,
     ) -> None:
-        """Hand each notice on ``channel`` from another daemon (and this one's, if
-        ``own``) to ``handler`` (its text, without the token); call ``missed`` each time
-        the connection listens again after it was lost. Register before :meth:`serve`."""
+        """Hand each notice on ``channel`` from another daemon to ``handler`` (its text,
+        without the token); call ``missed`` each time the connection listens again after
+        it was lost. Register before :meth:`serve`."""
         found = self._channels.setdefault(channel, _Channel())
-        found.own = found.own or own
         found.handlers.append(handler)
         if missed is not None:
             found.missed.append(missed)
@@ -225,9 +221,6 @@ class Notices:
             return
         token, _, text = payload.partition(" ")
         if token == self.token:
-            found = self._channels.get(channel)
-            if found is not None and found.own:
-                self._handle(found, text)
             return
         if token not in self.peers:
             self.peers.add(token)
@@ -235,10 +228,8 @@ class Notices:
             if channel == _HELLO:
                 self.send(_HELLO, "")  # so that the newcomer knows of this one too
         found = self._channels.get(channel)
-        if found is not None:
-            self._handle(found, text)
-
-    def _handle(self, found: _Channel, text: str) -> None:
+        if found is None:
+            return
         self.received += 1
         for handler in found.handlers:
             self._call(handler, text)
