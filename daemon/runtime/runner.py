@@ -60,6 +60,7 @@ from cued.daemon.core.states import TERMINAL_RUN_STATES
 from cued.daemon.errors import InvalidRequest, NotFound
 from cued.daemon.logs import get_logger
 from cued.daemon.runtime.active_run import ActiveRun, Driving
+from cued.daemon.runtime.admission import key_of, limited
 from cued.daemon.runtime.attempts import TaskAttempts
 from cued.daemon.runtime.cancellation import Cancellation
 from cued.daemon.runtime.deadlines import Deadlines
@@ -434,8 +435,8 @@ class Runner(Resumption, Pausing, Cancellation):
         taken is given back). A run of a limited key takes one of its key's first."""
         row, delay = run.row, _SLOT_RETRY_S[0]
         limit = run.plan.config.max_active_runs
-        if _limited(row) and self.slots.shared is not None:
-            key, key_limit = _key(row)
+        if limited(row) and self.slots.shared is not None:
+            key, key_limit = key_of(row)
             at = (row.pipeline, key, row.run_id)
             if not await self.slots.shared.key_slot(
                 at, row.priority, key_limit, lambda: run.cancelled
