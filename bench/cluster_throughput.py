@@ -229,6 +229,12 @@ async def one_half(server: str | None, nodes: int, args: argparse.Namespace) -> 
                 )
             await _up(ports, daemons)
             found = await _drive(ports, _State(where), args.events, args.concurrency, args.paced)
+        except Exception:
+            # what the daemons said (and whether they still run) goes with the failure
+            for n, daemon in enumerate(daemons):
+                said = (Path(tmp) / f"n{n}" / "log").read_text(errors="replace")[-3000:]
+                sys.stderr.write(f"node n{n}, exit status {daemon.poll()}:\n{said}\n")
+            raise
         finally:
             for daemon in daemons:
                 daemon.terminate()
@@ -256,15 +262,24 @@ async def main() -> None:
         halves[f"{nodes} node{'s' if nodes > 1 else ''}, PostgreSQL"] = (args.server, nodes)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in halves}
     loads = [os.getloadavg()]
+    failed: dict[str, int] = dict.fromkeys(halves, 0)
     for round_no in range(args.rounds):
         for name, (server, nodes) in halves.items():
-            found = await one_half(server, nodes, args)
-            loads.append(os.getloadavg())
+            try:
+                found = await one_half(server, nodes, args)
+            except (httpx.HTTPError, RuntimeError, TimeoutError) as exc:
+                # reported beside the medians of the rounds that completed
+                failed[name] += 1
+                sys.stderr.write(f"round {round_no}, {name}: failed: {exc!r}\n")
+                continue
+            finally:
+                loads.append(os.getloadavg())
             sys.stderr.write(json.dumps({"round": round_no, "half": name, **found}) + "\n")
             results[name].append(found)
 
     def med(name: str, key: str) -> float:
-        return statistics.median(float(r[key]) for r in results[name])
+        found = [float(r[key]) for r in results[name]]
+        return statistics.median(found) if found else float("nan")
 
     pg1 = next(name for name in halves if name.endswith("PostgreSQL"))
     one_minute = [load[0] for load in loads]
@@ -277,21 +292,28 @@ async def main() -> None:
             "per run."
         ),
         "",
-        "| what | runs/s | task instances/s | vs 1 node on PostgreSQL | vs SQLite "
-        "| event to task start p50 / p99, flood | the same, one at a time | 429s |",
+        (
+            "| what | runs/s | task instances/s | vs 1 node on PostgreSQL | vs SQLite "
+            "| event to task start p50 / p99, flood | the same, one at a time | 429s |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in halves:
-        lines.append(
-            f"| {name} | {med(name, 'runs_per_s'):,.0f} | {med(name, 'tasks_per_s'):,.0f} "
-            f"| {med(name, 'runs_per_s') / med(pg1, 'runs_per_s'):.2f}x "
-            f"| {med(name, 'runs_per_s') / med('1 node, SQLite', 'runs_per_s'):.2f}x "
-            f"| {med(name, 'event_to_task_p50_ms'):.1f} ms / "
-            f"{med(name, 'event_to_task_p99_ms'):.1f} ms "
-            f"| {med(name, 'idle_event_to_task_p50_ms'):.1f} ms / "
-            f"{med(name, 'idle_event_to_task_p99_ms'):.1f} ms "
-            f"| {sum(int(r['refused_429']) for r in results[name])} |"
-        )
+    lines.extend(
+        f"| {name} | {med(name, 'runs_per_s'):,.0f} | {med(name, 'tasks_per_s'):,.0f} "
+        f"| {med(name, 'runs_per_s') / med(pg1, 'runs_per_s'):.2f}x "
+        f"| {med(name, 'runs_per_s') / med('1 node, SQLite', 'runs_per_s'):.2f}x "
+        f"| {med(name, 'event_to_task_p50_ms'):.1f} ms / "
+        f"{med(name, 'event_to_task_p99_ms'):.1f} ms "
+        f"| {med(name, 'idle_event_to_task_p50_ms'):.1f} ms / "
+        f"{med(name, 'idle_event_to_task_p99_ms'):.1f} ms "
+        f"| {sum(int(r['refused_429']) for r in results[name])} |"
+        for name in halves
+    )
+    lines.extend(
+        f"\n{name}: {count} of {args.rounds} rounds failed (see stderr); medians of the others."
+        for name, count in failed.items()
+        if count
+    )
     sys.stdout.write("\n".join(lines) + "\n")
 
 
