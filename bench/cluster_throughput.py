@@ -141,15 +141,18 @@ async def _post(client: httpx.AsyncClient, port: int, n: int) -> tuple[str, floa
 async def _drive(
     ports: list[int], state: _State, events: int, concurrency: int, paced: int
 ) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        warm = 5 * len(ports)
+    # a client per phase: a connection left idle between phases (longer than the server
+    # keeps it open) would be closed under a request sent on it
+    warm = 5 * len(ports)
+    async with httpx.AsyncClient(timeout=60) as client:
         for n in range(warm):
             await _post(client, ports[n % len(ports)], -1)
-        await _until_ended(state, warm)
-        sent: list[tuple[str, float]] = []
-        refused = 0
-        counter = iter(range(events))
+    await _until_ended(state, warm)
+    sent: list[tuple[str, float]] = []
+    refused = 0
+    counter = iter(range(events))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
 
         async def worker(i: int) -> None:
             nonlocal refused
@@ -160,9 +163,10 @@ async def _drive(
                 refused += r
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
-        await _until_ended(state, warm + events)
-        # then one at a time, each to its end, over the nodes in turn
-        idle: list[tuple[str, float]] = []
+    await _until_ended(state, warm + events)
+    # then one at a time, each to its end, over the nodes in turn
+    idle: list[tuple[str, float]] = []
+    async with httpx.AsyncClient(timeout=60) as client:
         for n in range(paced):
             run_id, at, _ = await _post(client, ports[n % len(ports)], n)
             idle.append((run_id, at))
