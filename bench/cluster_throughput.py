@@ -138,21 +138,28 @@ async def _post(client: httpx.AsyncClient, port: int, n: int) -> tuple[str, floa
         await asyncio.sleep(0.05)
 
 
+def _client(connections: int) -> httpx.AsyncClient:
+    # a connection idle for as long as the daemon keeps one open (uvicorn's keep-alive,
+    # 5 s, httpx's default expiry too) may be closed under the request sent on it: on a
+    # starved machine the flood's connections idle that long, so they expire sooner
+    limits = httpx.Limits(
+        max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=2
+    )
+    return httpx.AsyncClient(timeout=60, limits=limits)
+
+
 async def _drive(
     ports: list[int], state: _State, events: int, concurrency: int, paced: int
 ) -> dict[str, Any]:
-    # a client per phase: a connection left idle between phases (longer than the server
-    # keeps it open) would be closed under a request sent on it
     warm = 5 * len(ports)
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with _client(len(ports)) as client:
         for n in range(warm):
             await _post(client, ports[n % len(ports)], -1)
     await _until_ended(state, warm)
     sent: list[tuple[str, float]] = []
     refused = 0
     counter = iter(range(events))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+    async with _client(concurrency) as client:
 
         async def worker(i: int) -> None:
             nonlocal refused
@@ -166,7 +173,7 @@ async def _drive(
     await _until_ended(state, warm + events)
     # then one at a time, each to its end, over the nodes in turn
     idle: list[tuple[str, float]] = []
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with _client(len(ports)) as client:
         for n in range(paced):
             run_id, at, _ = await _post(client, ports[n % len(ports)], n)
             idle.append((run_id, at))
