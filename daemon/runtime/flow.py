@@ -215,7 +215,9 @@ class FlowControl:
             if self._keys and self.clock() - swept_at >= _SWEEP_S:
                 swept_at = self.clock()
                 await self.sweep()
-            until = float("inf") if due is None else due
+            # a window due is looked at again within a sweep period all the same (its due
+            # time is by the wall clock, which may step meanwhile)
+            until = float("inf") if due is None else min(due, self.clock() + _SWEEP_S)
             if self._keys:
                 # keys kept are forgotten in time; with none, nothing is looked at on a
                 # timer (a key kept from now on wakes this: see _remember)
