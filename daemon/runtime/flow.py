@@ -10,10 +10,11 @@ back from the store at a start. The events held are in the store only.
 The timer (:meth:`FlowControl.run`, one task) sleeps until the earliest window is due (the
 store's index on ``due_at``), or until intake writes an earlier one, and then settles the
 windows due: in one transaction, the run each starts, its events updated (their runs, and
-a note of what became of them) and the window gone. Before it reads the store it waits for
-every hold submitted so far to be committed, so a window is never released without an event
-that joined it. A kill -9 at any point leaves either the window (released again at the
-next start) or its run, never both, never neither.
+a note of what became of them) and the window gone. With no window and no key's throttle
+slots kept it sleeps until woken: an idle daemon asks its store nothing on a timer. Before
+it reads the store it waits for every hold submitted so far to be committed, so a window
+is never released without an event that joined it. A kill -9 at any point leaves either
+the window (released again at the next start) or its run, never both, never neither.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ class FlowControl:
         """Set while intake prepares a batch with holds not yet submitted (see admit)."""
         self._wake = anyio.Event()
         self._until: float | None = None
-        """When the timer sleeps until (``None``: it is awake, reading or settling)."""
+        """When the timer looks again by itself (``inf``: only when woken; ``None``: it is
+        awake, reading or settling)."""
         self._log = get_logger()
         self.reconfigure(config)
 
@@ -180,6 +182,12 @@ class FlowControl:
             self._admitting.set()
             self._admitting = None
 
+    @property
+    def looks_at(self) -> float | None:
+        """When the timer looks at the store again by itself (``inf``: only when intake
+        writes a window, a key is kept, or a reload; ``None``: it is awake)."""
+        return self._until
+
     def poke(self) -> None:
         """Look at what is due now (a test moved its clock)."""
         self._wake.set()
@@ -204,12 +212,18 @@ class FlowControl:
             # a window written from here on wakes the sleep below at once
             self._wake = anyio.Event()
             due = await self._store.flow_next_due()
-            if self.clock() - swept_at >= _SWEEP_S:
+            if self._keys and self.clock() - swept_at >= _SWEEP_S:
                 swept_at = self.clock()
                 await self.sweep()
-            until = float("inf") if due is None else due
+            # a window due is looked at again within a sweep period all the same (its due
+            # time is by the wall clock, which may step meanwhile)
+            until = float("inf") if due is None else min(due, self.clock() + _SWEEP_S)
+            if self._keys:
+                # keys kept are forgotten in time; with none, nothing is looked at on a
+                # timer (a key kept from now on wakes this: see _remember)
+                until = min(until, swept_at + _SWEEP_S)
             self._until = until
-            wait_s = min(until - self.clock(), _SWEEP_S)
+            wait_s = until - self.clock()
             if wait_s > 0:
                 with anyio.move_on_after(wait_s):
                     await self._wake.wait()
@@ -369,6 +383,8 @@ class FlowControl:
         if forgettable(rule, state, at):
             self._keys.pop(name, None)
         else:
+            if not self._keys and self._until == float("inf"):
+                self._wake.set()  # the timer sleeps with no sweep to make: it has one now
             self._keys[name] = state
 
     def _throttle_rows(

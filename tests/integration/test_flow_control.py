@@ -8,6 +8,7 @@ import anyio
 import httpx
 import pytest
 
+from tests.support.flood import until
 from tests.support.running import daemon_running, wait_finished
 from tests.support.stores import keeping_state_in
 
@@ -424,3 +425,34 @@ debounce = { period = "10s" }
         error = events[i].error or ""
         assert "batch of key" in error
         assert "debounce of key" in error
+
+
+async def test_the_idle_timer_looks_at_the_store_only_while_a_key_is_kept(make_config):
+    # an idle daemon (no window, no key's throttle slots) sends its store nothing on a
+    # timer; a key kept gives the timer its sweep to make, and once forgotten, none
+    config = make_config(
+        HEAD
+        + """
+[[triggers]]
+source = "orders"
+pipeline = "sync"
+key = "{{ event.data.customer }}"
+throttle = { limit = 1, period = "1h", excess = "drop" }
+"""
+    )
+    clock = Clock()
+    async with daemon_running(config) as info:
+        flow = info.intake.flow
+        flow.clock = clock
+
+        async def looks_at(when: float) -> bool:
+            return flow.looks_at == when
+
+        await until(lambda: looks_at(float("inf")))
+        answers = await _post(info, [{"customer": "a"}])
+        await wait_finished(info, answers[0]["runs"])
+        await until(lambda: looks_at(clock.at + 60))
+        clock.at += 3601  # the slot no longer counts
+        flow.poke()
+        await until(lambda: looks_at(float("inf")))
+        assert flow.held_keys() == 0
