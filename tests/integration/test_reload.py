@@ -14,7 +14,7 @@ import json
 import os
 import signal
 from collections.abc import Sized
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import httpx
