@@ -28,7 +28,8 @@ to the end of its batch's SQLite commit.
 Prints every JSON line on stderr and a Markdown table on stdout; ``--write`` appends the
 table to BENCHMARKS.md under ``## Kafka source``. ``--profile`` runs one more cued half
 (the first one ``--only`` picks, else one with runs) under cProfile and prints where its
-time goes.
+time goes (and, with ``CUED_BENCH_PROFILE_FILE`` set, writes the stats there for
+``pstats``).
 """
 
 from __future__ import annotations
@@ -420,6 +421,8 @@ async def cued_throughput(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await admin.close()
     if profiler is not None:
+        if out_file := os.environ.get("CUED_BENCH_PROFILE_FILE"):
+            profiler.dump_stats(out_file)
         for order in ("tottime", "cumulative"):
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats(order).print_stats(50)

@@ -7,10 +7,12 @@ store does group commit), so a hundred webhook requests in flight cost one dupli
 check and one commit, not a hundred of each:
 
 1. drop events already recorded (a redelivery after a crash or a rebalance: same id);
-   each new one is *claimed* in the commit (:class:`~cued.daemon.store.EventClaim`), so
-   when another daemon on the same database records it first (a schedule tick, a file of
-   a shared folder, a message redelivered to another node), this one records neither it
-   nor its runs, and answers ``duplicate``;
+   on a store several daemons share (``Store.shares_events``: PostgreSQL) each new one
+   is *claimed* in the commit (:class:`~cued.daemon.store.EventClaim`), so when another
+   daemon on the same database records it first (a schedule tick, a file of a shared
+   folder, a message redelivered to another node), this one records neither it nor its
+   runs, and answers ``duplicate``; a SQLite file has one daemon, whose check here (and
+   of the ids it has in hand) is the whole check;
 2. match each against its source's triggers (pure, :mod:`cued.daemon.core.triggers`), and drop
    matches whose dedupe key fired within its window; a match of a trigger with flow
    control (debounce, throttle, batch: :mod:`cued.daemon.runtime.flow`) may be held
@@ -285,23 +287,28 @@ class DaemonIntake:
                 if event.error is not None:
                     plans.append((request, event, [], []))
                     continue
-                matches, notes = match(self._triggers.get(event.source, ()), event)
+                triggers = self._triggers.get(event.source)
+                if not triggers:  # nothing to evaluate it against (no context built)
+                    plans.append((request, event, [], []))
+                    continue
+                matches, notes = match(triggers, event)
                 wanted.extend(
                     (m.trigger, m.dedupe_key) for m in matches if m.dedupe_key is not None
                 )
                 plans.append((request, event, matches, notes))
         seen = await self._store.dedupe_seen(wanted) if wanted else {}
 
+        claims = self._store.shares_events  # several daemons: each event claimed
+        tracing = self._tracing.enabled
+        rows = batch.rows
         for request, event, fired, notes in plans:
+            event_id = event.event_id
             if fired is None:
-                request.receipts.append(Receipt(event.event_id, "duplicate"))
+                request.receipts.append(Receipt(event_id, "duplicate"))
                 continue
-            span = self._event_span(event)
-            started: list[RunRow] = []
-            errors: list[str] = [event.error] if event.error else []
-            errors += notes
-            held = dropped = False
-            if fired:
+            span = self._event_span(event) if tracing else NO_SPAN
+            if fired:  # (an invalid event fires nothing)
+                errors = list(notes)
                 started, held, dropped = self._start_runs(
                     runs,
                     event,
@@ -312,28 +319,32 @@ class DaemonIntake:
                     span.traceparent or _caller(event),
                     errors,
                 )
-            status = (
-                "invalid"
-                if event.error
-                else "held"
-                if held
-                else "matched"
-                if started
-                else "dropped"
-                if dropped
-                else "unmatched"
-            )
-            run_ids = tuple([r.run_id for r in started])
+                status = (
+                    "held"
+                    if held
+                    else "matched"
+                    if started
+                    else "dropped"
+                    if dropped
+                    else "unmatched"
+                )
+                run_ids: tuple[str, ...] = tuple([r.run_id for r in started])
+                batch.runs.extend(started)
+            else:
+                errors = [event.error, *notes] if event.error else notes
+                status = "invalid" if event.error else "unmatched"
+                run_ids = ()
             error = "; ".join(errors) or None
             if span:
                 span.set(**{"cued.event.status": status, "cued.event.runs": len(run_ids)})
                 if event.error:
                     span.fail(event.error)
                 batch.spans.append(span)
-            batch.rows.append(EventClaim(event.event_id))
-            batch.rows.append(
+            if claims:
+                rows.append(EventClaim(event_id))
+            rows.append(
                 EventRow(
-                    event.event_id,
+                    event_id,
                     event.source,
                     event.received_at or stamp,
                     status,
@@ -343,8 +354,7 @@ class DaemonIntake:
                     error,
                 )
             )
-            batch.runs.extend(started)
-            request.receipts.append(Receipt(event.event_id, status, run_ids, error))
+            request.receipts.append(Receipt(event_id, status, run_ids, error))
             self.received[event.source] += 1
         await self._wake_waits(batch)
         await self._cancel_runs(batch)

@@ -415,6 +415,7 @@ class PostgresStore(SqliteStore):
     """Runs, task instances, attempts and events in a PostgreSQL database."""
 
     shares_run_slots = True  # several nodes: max_active_runs is counted in the database
+    shares_events = True  # several nodes may take one event: each is claimed in the commit
 
     # (its 64-bit key: ``cued:ver`` in ASCII), held to the end of the version's transaction
     _VERSIONS_LOCK = f"SELECT pg_advisory_xact_lock({int.from_bytes(b'cued:ver', 'big')})"

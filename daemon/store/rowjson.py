@@ -41,12 +41,17 @@ def _refuse(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} goes to json.dumps")
 
 
+_NO_ITEMS = ()
+
+
 def dumps(value: Any) -> str:
     """``value`` as JSON text that reads back as ``json.dumps(value)`` does.
 
     :raises TypeError: if ``json.dumps`` refuses ``value``
     :raises ValueError: likewise (a value that holds itself)
     """
+    if value is _NO_ITEMS:  # the run ids of most events (CPython has one empty tuple)
+        return "[]"
     try:
         text = orjson.dumps(value, default=_refuse, option=_PASSTHROUGH)
     except TypeError:  # orjson.JSONEncodeError is one

@@ -815,6 +815,12 @@ class Store(Protocol):
     """Whether runs take :meth:`take_run_slot` before they are driven (several nodes);
     False: the runner's own count is the whole count, and nothing is asked."""
 
+    shares_events: bool
+    """Whether other daemons may record events in it at the same time (several nodes), so
+    that intake claims each new event (:class:`EventClaim`); False (one daemon per file):
+    intake's own check of what is recorded is the whole check, and the commit reads
+    nothing for it."""
+
     async def take_run_slot(self, pipeline: str, run_id: str, limit: int) -> bool:
         """Take one of ``pipeline``'s ``limit`` run slots across the nodes for ``run_id``
         before it is driven (one it holds already stays its own); False if all are taken

@@ -86,6 +86,7 @@ class SqliteStore(StoreReads):
     """Runs, task instances, attempts and events in one SQLite file."""
 
     shares_run_slots = False  # one node: its runner counts its runs itself
+    shares_events = False  # one daemon per file: intake's check of known events is enough
     _VERSIONS_LOCK: str | None = None
     """What a writer takes before it gives the next config version (PostgreSQL: daemons
     sharing the database start at once; SQLite's writer is the file's only one)."""

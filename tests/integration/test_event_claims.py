@@ -10,10 +10,15 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from cued.daemon.assembly import open_runner
 from cued.daemon.core.ids import new_id
+from cued.daemon.runtime.intake import DaemonIntake
+from cued.daemon.sdk.sources import Event
 from cued.daemon.store import CursorRow, DedupeRow, EventClaim, EventRow, RunRow
+from tests.support.stores import keeping_state_in
 
 if TYPE_CHECKING:
+    from cued.daemon.store import Durable, Row
     from tests.support.stores import StoreAt
 
 T0 = 1_800_000_000.0
@@ -105,3 +110,31 @@ async def test_two_stores_on_one_database_claiming_the_same_events_record_each_o
     assert sorted(taken["a"] + taken["b"]) == ids  # each taken by exactly one of them
     assert sorted(e.event_id for e in events) == ids
     assert sorted(r.event_id or "" for r in runs) == ids  # one run each, of the taker
+
+
+async def test_intake_claims_events_only_where_other_daemons_record_too(store_at, make_config):
+    """PostgreSQL (several daemons): each new event is claimed in its commit; SQLite (one
+    daemon per file): not, and a redelivery is still told apart, by intake's own check."""
+    config = keeping_state_in(make_config, store_at)(
+        '[sources.hook]\nkind = "webhook"\npath = "/hook"\n'
+    )
+    submitted: list[object] = []
+    async with open_runner(config) as runner, anyio.create_task_group() as tg:
+        submit = runner.store.submit
+
+        def noting(rows: list[Row]) -> Durable:  # what intake asks the store to commit
+            submitted.extend(rows)
+            return submit(rows)
+
+        runner.store.submit = noting  # type: ignore[method-assign]
+        intake = DaemonIntake(runner.config, runner.store, runner.backlog)
+        await tg.start(intake.run, runner)
+        first = await intake.record([Event("hook", "e-1", {"n": 1})])
+        again = await intake.record([Event("hook", "e-1", {"n": 1}), Event("hook", "e-2", 2)])
+        events = await runner.store.list_events()
+        tg.cancel_scope.cancel()
+    assert [r.status for r in first] == ["unmatched"]
+    assert [r.status for r in again] == ["duplicate", "unmatched"]
+    assert sorted(e.event_id for e in events) == ["e-1", "e-2"]
+    claims = sorted(r.event_id for r in submitted if isinstance(r, EventClaim))
+    assert claims == (["e-1", "e-2"] if store_at.kind == "postgresql" else [])

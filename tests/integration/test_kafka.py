@@ -44,11 +44,12 @@ from tests.support.kafka_source import (
     record,
     source_toml,
 )
+from tests.support.logs import info_logs
 from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.running import daemon_running
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator, MutableMapping
     from pathlib import Path
 
     from cued.daemon.assembly import DaemonInfo
@@ -641,30 +642,48 @@ args = { order_id = "{{ inputs.order_id }}" }
         )
     )
     await produce(kafka.bootstrap, topic, [{"id": f"o{i}"} for i in range(100)])
-    async with daemon_running(config) as info:
-        backlog = info.runner.backlog
-        await eventually(lambda: _true(backlog.saturated))
-        committed = await eventually(
-            lambda: committed_offsets(kafka.bootstrap, group, [(topic, 0)])
-        )
-        # saturated: the consumer takes no more, however long the backlog stays full
-        for _ in range(3):
-            await anyio.sleep(0.5)
-            assert await committed_offsets(kafka.bootstrap, group, [(topic, 0)]) == committed
-            assert len(await events_of(info, "shop")) == committed[topic, 0]
-        assert backlog.saturated
-        # two batches past the mark at most: the second was taken while the first was
-        # being recorded, before its runs filled the backlog
-        assert committed[topic, 0] <= backlog.high_water + 2 * 10
-        GATE.set()
-        runs = await finished_runs(info, "slow", 100)
-        await committed_up_to(kafka, group, topic, 100)
+    with info_logs() as logs:
+        async with daemon_running(config) as info:
+            await _paused_and_settled(info, logs, kafka.bootstrap, group, topic)
+            committed = await committed_offsets(kafka.bootstrap, group, [(topic, 0)])
+            backlog = info.runner.backlog
+            # saturated: the consumer takes no more, however long the backlog stays full
+            for _ in range(3):
+                await anyio.sleep(0.5)
+                assert await committed_offsets(kafka.bootstrap, group, [(topic, 0)]) == committed
+                assert len(await events_of(info, "shop")) == committed[topic, 0]
+            assert backlog.saturated
+            # two batches past the mark at most: the second was taken while the first was
+            # being recorded, before its runs filled the backlog
+            assert committed[topic, 0] <= backlog.high_water + 2 * 10
+            GATE.set()
+            runs = await finished_runs(info, "slow", 100)
+            await committed_up_to(kafka, group, topic, 100)
     assert {r.state for r in runs} == {"succeeded"}
     assert sorted(HELD) == sorted(f"o{i}" for i in range(100))
 
 
-async def _true(value: bool) -> bool:
-    return value
+async def _paused_and_settled(
+    info: DaemonInfo, logs: list[MutableMapping[str, Any]], bootstrap: str, group: str, topic: str
+) -> None:
+    """Wait until the source has paused its partitions and what it took before is recorded
+    and committed: from then on nothing moves while the backlog stays saturated.
+
+    The source pauses when it goes to fetch a batch and the backlog is saturated; the batch
+    it took before that one (two are in flight) may still be being recorded then, and its
+    offset committed later: a snapshot of the offsets taken before it settles is not the
+    one the source stays at (it was 10, then 20)."""
+
+    async def settled() -> bool:
+        if not any(r["event"] == "kafka_paused" for r in logs):
+            return False
+        if info.intake.stalled_s() > 0:  # a batch handed in is not recorded yet
+            return False
+        committed = await committed_offsets(bootstrap, group, [(topic, 0)])
+        recorded = len(await events_of(info, "shop"))
+        return bool(committed) and committed[topic, 0] == recorded
+
+    await eventually(settled)
 
 
 # -- the kafka task kind --------------------------------------------------------------------

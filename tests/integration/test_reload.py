@@ -10,13 +10,11 @@ definition they started with.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import signal
 from collections.abc import Sized
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import httpx
@@ -28,12 +26,13 @@ from cued.daemon.ops import commands
 from tests.support import probes
 from tests.support.kafka_broker import create_topics, unique_name
 from tests.support.kafka_source import daemon_toml, eventually, produce, source_toml
+from tests.support.logs import info_logs
 from tests.support.running import daemon_running
 
 Sized_T = TypeVar("Sized_T", bound=Sized)
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Iterator, MutableMapping
+    from collections.abc import Awaitable
     from pathlib import Path
 
     from cued.daemon.assembly import DaemonInfo
@@ -366,18 +365,6 @@ def _kafka_generation(g: int, bootstrap: str, topics: dict[str, str]) -> str:
     if g % 2:
         parts += [source("extra"), trigger("extra")]
     return daemon_toml(*parts).replace('listen = "127.0.0.1:0"', 'listen = ""')
-
-
-@contextlib.contextmanager
-def info_logs() -> Iterator[list[MutableMapping[str, Any]]]:
-    """Capture the log records of info level and above (the tests log warnings only)."""
-    saved = structlog.get_config()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
-    try:
-        with structlog.testing.capture_logs() as logs:
-            yield logs
-    finally:
-        structlog.configure(**saved)
 
 
 async def _produce_until(bootstrap: str, topic: str, stop: anyio.Event, sent: list[str]) -> None:
