@@ -56,7 +56,7 @@ from cued.daemon.sdk.tracing import NO_SPAN, Span, Tracing
 from cued.daemon.store import CancelRow, CursorRow, DedupeRow, EventClaim, EventRow
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Collection
 
     from cued.daemon.config import CancelOnConfig, Config, TriggerConfig
     from cued.daemon.sdk.sources import Event
@@ -97,9 +97,9 @@ class RunQueue(Protocol):
     def enqueue(self, row: RunRow) -> None:
         """Start, or queue, a run that is recorded."""
 
-    def wake_waits(self) -> None:
-        """Waits were woken (or runs asked to be cancelled) by events just recorded: go
-        on with their runs."""
+    def wake_waits(self, run_ids: Collection[str] = ()) -> None:
+        """Waits of these runs were woken (or the runs asked to be cancelled) by events
+        just recorded: go on with them, wherever they are."""
 
 
 @dataclass(eq=False)
@@ -129,8 +129,8 @@ class _Batch:
     """The earliest time a window held by this batch is due."""
     spans: list[Span] = field(default_factory=list)
     """The events' spans, ended once the batch is committed."""
-    woken: int = 0
-    """Waits its events woke."""
+    woken: set[str] = field(default_factory=set)
+    """The runs whose waits its events woke, or that they asked to cancel."""
     done: anyio.Event = field(default_factory=anyio.Event)
     """Set once it is committed (or failed)."""
 
@@ -376,7 +376,7 @@ class DaemonIntake:
                     if found is not None and run.run_id not in asked:
                         asked.add(run.run_id)
                         batch.rows.append(CancelRow(run.run_id, found["id"], source, now()))
-                        batch.woken += 1
+                        batch.woken.add(run.run_id)
 
     async def _unfinished(self, pipeline: str) -> AsyncIterator[RunRow]:
         """The unfinished runs of ``pipeline``, read a page at a time, state by state."""
@@ -404,7 +404,7 @@ class DaemonIntake:
                 found = first_match(wait.match, wait.context, by_source[wait.source or ""])
                 if found is not None:
                     batch.rows.append(settled_wait(wait, found))
-                    batch.woken += 1
+                    batch.woken.add(wait.run_id)
             if len(waits) < _WAIT_PAGE:
                 break
             last = waits[-1]
@@ -439,7 +439,7 @@ class DaemonIntake:
             for run in batch.runs:
                 runs.enqueue(run)
             if batch.woken:
-                runs.wake_waits()
+                runs.wake_waits(batch.woken)
             if batch.due_at is not None:
                 self.flow.written(batch.due_at)
 

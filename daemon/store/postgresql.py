@@ -26,6 +26,7 @@ refusing daemons meanwhile); a process killed with -9 loses its session, and the
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 from contextlib import asynccontextmanager
@@ -61,6 +62,7 @@ from cued.daemon.store import (
     WaitRow,
     WindowRow,
     pg_nodes,
+    pg_outbox,
 )
 from cued.daemon.store.pg_migrations import migrate
 from cued.daemon.store.sqlite import (
@@ -398,6 +400,10 @@ def _settle_sql(batch: _Batch, args: list[Any]) -> str:
     )
 
 
+def _outbox(r: tuple[Any, ...]) -> OutboxRow:
+    return OutboxRow(r[0], r[1], r[2], json.loads(r[3]), *r[4:])
+
+
 def _trimmed(line: LogLineRow, batch: _Batch) -> bool:
     trim = batch.log_trims.get((line.run_id, line.key, line.attempt))
     return trim is not None and line.seq < trim.before_seq
@@ -535,6 +541,43 @@ class PostgresStore(SqliteStore):
             list(run_ids),
         )
         return {str(r[0]) for r in rows}
+
+    async def run_owners(self, run_ids: Sequence[str]) -> dict[str, str]:
+        rows = await self._pool.fetch(
+            "SELECT run_id, node FROM run_owners WHERE run_id = ANY($1::text[])", list(run_ids)
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    # -- the alert outbox: each alert delivered by one node (see pg_outbox) ---------------
+
+    async def claim_outbox(self, before: float, limit: int = 100) -> list[OutboxRow]:
+        if self._me is None:
+            return await self.outbox_due(before, limit)  # not a node (the CLI) sends nothing
+        rows = await self._pool.fetch(pg_outbox.CLAIM, before, limit, self._me[0])
+        return [_outbox(tuple(r)) for r in rows]
+
+    async def outbox_due(self, before: float, limit: int = 100) -> list[OutboxRow]:
+        mine, me = self._not_anothers()
+        rows = await self._reader.execute_fetchall(
+            f"SELECT * FROM outbox o WHERE sent_at IS NULL AND next_at <= ? {mine} "
+            "ORDER BY next_at LIMIT ?",
+            [before, *me, limit],
+        )
+        return [_outbox(r) for r in rows]
+
+    async def outbox_next_at(self) -> float | None:
+        mine, me = self._not_anothers()
+        rows = await self._reader.execute_fetchall(
+            f"SELECT min(next_at) FROM outbox o WHERE sent_at IS NULL {mine}", me
+        )
+        return next((float(at) for (at,) in rows if at is not None), None)
+
+    def _not_anothers(self) -> tuple[str, list[Any]]:
+        """The clause that leaves out the alerts another live node claimed (none for the
+        CLI, which is no node), and its argument."""
+        if self._me is None:
+            return "", []
+        return pg_outbox.NOT_ANOTHERS, [self._me[0]]
 
     async def list_assets(self) -> list[tuple[str, int, EventRow]]:
         # each asset's latest event (DISTINCT ON keeps the first of each source, newest

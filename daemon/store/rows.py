@@ -719,7 +719,14 @@ class Store(Protocol):
         """Unsent alerts whose next try is due by ``before``, oldest first."""
 
     async def outbox_next_at(self) -> float | None:
-        """When the earliest unsent alert is due, if any is."""
+        """When the earliest unsent alert is due, if any is (with several nodes: of those
+        no other live node claimed)."""
+
+    async def claim_outbox(self, before: float, limit: int = 100) -> list[OutboxRow]:
+        """:meth:`outbox_due`, claimed for this node to deliver: with several nodes, an
+        alert claimed by another live node is not among them, and one claimed here is no
+        other live node's to send (a gone node's are taken over). On SQLite, its one node
+        sends every alert: :meth:`outbox_due`."""
 
     async def costs(self, *, run_id: str | None = None, since: float | None = None) -> float:
         """Money spent by attempts (of one run, or since a time)."""
@@ -829,3 +836,7 @@ class Store(Protocol):
 
     async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
         """Which of these runs hold a slot of their pipeline's (none on SQLite)."""
+
+    async def run_owners(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """The node that owns each of these runs that is unfinished (on SQLite, its one
+        node owns every run)."""

@@ -708,6 +708,9 @@ class SqliteStore:
     async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
         return set()
 
+    async def run_owners(self, run_ids: Sequence[str]) -> dict[str, str]:
+        return dict.fromkeys(run_ids, self._node_name or "")  # its one node owns them all
+
     async def list_nodes(self) -> list[NodeRow]:
         rows = await self._reader.execute_fetchall("SELECT * FROM nodes ORDER BY node")
         if not rows:
@@ -1013,6 +1016,9 @@ class SqliteStore:
             "SELECT min(next_at) FROM outbox WHERE sent_at IS NULL"
         )
         return next((float(at) for (at,) in rows if at is not None), None)
+
+    async def claim_outbox(self, before: float, limit: int = 100) -> list[OutboxRow]:
+        return await self.outbox_due(before, limit)  # one node: every alert is its own
 
     async def costs(self, *, run_id: str | None = None, since: float | None = None) -> float:
         where: list[str] = ["cost IS NOT NULL"]
