@@ -128,7 +128,7 @@ class Gates:
         :raises Conflict: if the gate was settled already
         :raises Forbidden: if ``who`` is not among its approvers
         """
-        async with self._lock:
+        async with self._lock, self._store.deciding():
             gate = await self._waiting_gate(run_id, key)
             allowed = set(gate.approvers)
             if allowed and who not in allowed and not {f"group:{g}" for g in groups} & allowed:
@@ -175,7 +175,7 @@ class Gates:
     async def expire_due(self) -> None:
         """Settle every waiting gate whose time is up, as its ``on_timeout`` says."""
         for due in await self._store.approvals_due(now()):
-            async with self._lock:
+            async with self._lock, self._store.deciding():
                 try:
                     gate = await self._waiting_gate(due.run_id, due.key)
                 except (NotFound, InvalidRequest):

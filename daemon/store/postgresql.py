@@ -84,6 +84,8 @@ __all__ = ["DAEMON_LOCK", "PostgresStore", "is_database_url", "open_pg_store", "
 
 #: The advisory lock (its 64-bit key: ``cued:run`` in ASCII) a daemon's session holds.
 DAEMON_LOCK = int.from_bytes(b"cued:run", "big", signed=True)
+#: The advisory lock (``cued:gat``) held while a gate is decided: one node at a time.
+DECIDING_LOCK = int.from_bytes(b"cued:gat", "big", signed=True)
 
 _log = get_logger()
 # each session says whose it is (pg_stat_activity): a daemon's, by its process id
@@ -427,6 +429,9 @@ class PostgresStore(SqliteStore):
         """This daemon's node and generation, once it joined: its commits are fenced."""
         self._url = url
         self._lease_db: asyncpg.Connection | None = None
+        self._deciding_db: asyncpg.Connection | None = None
+        """The session that holds the lock of gate decisions, while one is made here."""
+        self._deciding = anyio.Lock()
         self.lease_s_hint = 10.0
         """How long a connection for a renewal may take to open (the node's lease)."""
 
@@ -541,6 +546,31 @@ class PostgresStore(SqliteStore):
             list(run_ids),
         )
         return {str(r[0]) for r in rows}
+
+    @asynccontextmanager
+    async def deciding(self) -> AsyncIterator[None]:
+        # a session lock on a connection of its own (held across the decision's reads and
+        # its commit, made on other connections); the server lets it go if the session is
+        # lost with this node
+        async with self._deciding:
+            try:
+                if self._deciding_db is None or self._deciding_db.is_closed():
+                    self._deciding_db = await asyncpg.connect(
+                        self._url, timeout=10, server_settings=_SESSION
+                    )
+                await self._deciding_db.execute("SELECT pg_advisory_lock($1)", DECIDING_LOCK)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise StoreError(f"cannot lock the gates of {self.where!r}: {exc}") from exc
+            try:
+                yield
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                    try:
+                        await self._deciding_db.execute(
+                            "SELECT pg_advisory_unlock($1)", DECIDING_LOCK
+                        )
+                    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                        self._deciding_db.terminate()  # the lock goes with the session
 
     async def run_owners(self, run_ids: Sequence[str]) -> dict[str, str]:
         rows = await self._pool.fetch(
@@ -672,5 +702,7 @@ async def open_pg_store(
                     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                         _log.warning("node_not_left", node=store._me[0], error=str(exc))
             await store._drop_lease_db()
+            if store._deciding_db is not None:
+                store._deciding_db.terminate()
             await readers.close()
             await writer.close()

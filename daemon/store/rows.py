@@ -15,6 +15,7 @@ from cued.daemon.core.priorities import DEFAULT_PRIORITY
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping, Sequence
+    from contextlib import AbstractAsyncContextManager
 
 
 __all__ = [
@@ -836,6 +837,12 @@ class Store(Protocol):
 
     async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
         """Which of these runs hold a slot of their pipeline's (none on SQLite)."""
+
+    def deciding(self) -> AbstractAsyncContextManager[None]:
+        """Held while a gate is decided (or its time runs out): with several nodes, by one
+        node at a time, so that two decisions made on two nodes at once neither both
+        settle a gate nor miss each other's approval (on SQLite, its one node's own lock
+        is enough: nothing is held)."""
 
     async def run_owners(self, run_ids: Sequence[str]) -> dict[str, str]:
         """The node that owns each of these runs that is unfinished (on SQLite, its one

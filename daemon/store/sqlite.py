@@ -17,7 +17,7 @@ import os
 import pwd
 import sqlite3
 from collections import deque
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import replace
 from operator import attrgetter
 from pathlib import Path
@@ -707,6 +707,9 @@ class SqliteStore:
 
     async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
         return set()
+
+    def deciding(self) -> AbstractAsyncContextManager[None]:
+        return nullcontext()  # one node: its gates' own lock serializes its decisions
 
     async def run_owners(self, run_ids: Sequence[str]) -> dict[str, str]:
         return dict.fromkeys(run_ids, self._node_name or "")  # its one node owns them all

@@ -99,6 +99,9 @@ class _Host:
     def pipelines(self) -> list[str]:
         return ["p", "q"]
 
+    def wake_waits(self, run_ids=()) -> None:
+        self.done.append(("wake waits", *run_ids))
+
 
 async def test_after_a_lost_connection_the_runs_here_are_compared_with_the_store(tmp_path):
     from cued.daemon.runtime.signals import PeerSignals
@@ -125,6 +128,7 @@ async def test_after_a_lost_connection_the_runs_here_are_compared_with_the_store
                 await host.settled.wait()
                 tg.cancel_scope.cancel()
     assert host.done == [
+        ("wake waits",),  # waits woken elsewhere meanwhile are applied
         ("pause", "p", "False"),
         ("pause", "q", "True"),
         ("cancel", "r1"),
