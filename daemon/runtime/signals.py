@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from cued.daemon.core.engine import RunState
+from cued.daemon.core.states import TERMINAL_RUN_STATES
 from cued.daemon.errors import CuedError
 from cued.daemon.logs import get_logger
 
@@ -250,7 +251,7 @@ class PeerSignals:
 
     async def _compare(self, host: SignalHost) -> None:
         """What a lost connection may have missed, from the store: pauses, cancelled
-        runs, settled gates, settled waits."""
+        runs, settled gates, ended child runs, settled waits."""
         host.wake_waits()
         for pipeline in host.pipelines():
             await _pause(host, pipeline)
@@ -262,6 +263,9 @@ class PeerSignals:
             for gate in await host.store.get_approvals(run_id):
                 if gate.state != "waiting" and host.is_active(run_id):
                     await _settle(host, run_id, gate.key)
+            for child in await host.store.children_of(run_id):  # ended on another node
+                if child.state in TERMINAL_RUN_STATES and child.parent_key is not None:
+                    await _settle(host, run_id, child.parent_key)
 
 
 async def _pause(host: SignalHost, pipeline: str) -> None:
