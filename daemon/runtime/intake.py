@@ -53,7 +53,14 @@ from cued.daemon.runtime.flow import FlowControl
 from cued.daemon.runtime.waits import settled_wait
 from cued.daemon.sdk.sources import Receipt
 from cued.daemon.sdk.tracing import NO_SPAN, Span, Tracing
-from cued.daemon.store import CancelRow, CursorRow, DedupeRow, EventClaim, EventRow
+from cued.daemon.store import (
+    CancelRow,
+    CursorRow,
+    DedupeClaim,
+    DedupeRow,
+    EventClaim,
+    EventRow,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Collection
@@ -427,6 +434,10 @@ class DaemonIntake:
                 span.end()
         if error is None and (taken := durable.duplicates & batch.ids):
             _recorded_elsewhere(batch, taken)
+        if error is None and durable.deduped:
+            # their key was recorded by another daemon just before: recorded skipped
+            batch.runs = [r for r in batch.runs if r.run_id not in durable.deduped]
+            self._log.info("runs_skipped_as_duplicates", runs=len(durable.deduped))
         for request in batch.requests:
             request.error = error
             if error is None and request.acknowledge is not None:
@@ -497,6 +508,12 @@ class DaemonIntake:
                 continue
             # what flow control counts it under, and where it waits for a slot
             started.append(replace(row, **m.flow()))
+            if m.dedupe_key is not None:
+                # another daemon on the database may record the key at the same moment:
+                # the commit writes the run only if the key is still free there
+                batch.rows.append(
+                    DedupeClaim(m.trigger, m.dedupe_key, m.dedupe_window_s, row.run_id)
+                )
         return started, held, dropped
 
     def _event_span(self, event: Event) -> Span:

@@ -49,6 +49,7 @@ from cued.daemon.store import (
     CancelRow,
     CursorRow,
     DecisionRow,
+    DedupeClaim,
     DedupeRow,
     EventRow,
     HoldRow,
@@ -298,7 +299,17 @@ def _batch_sql(batch: _Batch, me: tuple[str, int] | None = None) -> tuple[str, l
         pairs = _unnest(("run_id", "key"), batch.gone.values(), args)
         parts.append(f"DELETE FROM task_instances WHERE (run_id, key) IN (SELECT * FROM {pairs})")
     plain_events, plain_runs = batch.unclaimed()
-    unclaimed: dict[str, list[Row]] = {"events": [*plain_events], "runs": [*plain_runs]}
+    # the runs a dedupe key must be free for, and those keys: written apart (see below)
+    keyed = _dedupe_claims(batch)
+    if keyed:
+        plain_runs = [r for r in plain_runs if r.run_id not in keyed]
+    unclaimed: dict[str, list[Row]] = {
+        "events": [*plain_events],
+        "runs": [*plain_runs],
+        "dedupe": [
+            d for d in batch.dedupe.values() if not keyed or (d.trigger, d.key) not in _keys(keyed)
+        ],
+    }
     if batch.windows_gone:
         gone = _unnest(("window_id",), batch.windows_gone.values(), args)
         parts.append(f"DELETE FROM flow_holds WHERE window_id IN (SELECT * FROM {gone})")
@@ -332,6 +343,8 @@ def _batch_sql(batch: _Batch, me: tuple[str, int] | None = None) -> tuple[str, l
     steps = [f"s{n} AS ({part})" for n, part in enumerate(parts)]
     claimed = "'{}'::text[]"
     events, runs = batch.claimed()
+    if keyed:
+        runs = [r for r in runs if r.run_id not in keyed]
     if events:
         # written only if no event of its id is there: a second writer of one event
         # waits for the first's commit at the unique index, then writes nothing of it
@@ -361,15 +374,113 @@ def _batch_sql(batch: _Batch, me: tuple[str, int] | None = None) -> tuple[str, l
                 )
         args.append([e.event_id for e in events])
         claimed = f"ARRAY(SELECT unnest(${len(args)}::text[]) EXCEPT SELECT event_id FROM claimed)"
-    final = f"SELECT {claimed}"
+    lost = "'{}'::text[]"
+    if keyed:
+        lost = _dedupe_sql(batch, keyed, bool(events), node, steps, args)
+    final = f"SELECT {claimed}, {lost}"
     if me is not None:
         fence, check = pg_nodes.fence_sql(*me, args)
         steps.insert(0, fence)
         # the fence's check fails the whole statement unless the node is still itself
-        final = f"SELECT {claimed} FROM ({check}) AS fenced"
+        final = f"SELECT {claimed}, {lost} FROM ({check}) AS fenced"
     if not steps:
         return final, args
     return f"WITH {', '.join(steps)} {final}", args
+
+
+def _dedupe_claims(batch: _Batch) -> dict[str, DedupeClaim]:
+    """The batch's runs that start only if their dedupe key is free (by run id), with
+    their key's row and their run in the batch."""
+    return {
+        run_id: c
+        for run_id, c in batch.dedupe_claims.items()
+        if run_id in batch.runs and (c.trigger, c.key) in batch.dedupe
+    }
+
+
+def _keys(keyed: dict[str, DedupeClaim]) -> set[tuple[str, str]]:
+    return {(c.trigger, c.key) for c in keyed.values()}
+
+
+_SKIPPED_AS_DUPLICATE = "duplicate of its dedupe key, which another daemon recorded just before"
+
+
+def _dedupe_sql(
+    batch: _Batch,
+    keyed: dict[str, DedupeClaim],
+    events_claimed: bool,
+    node: str | None,
+    steps: list[str],
+    args: list[Any],
+) -> str:
+    """The ``WITH`` parts (appended to ``steps``) that write the keys of ``keyed`` only if
+    free, and their runs as asked if the key was, else ``skipped`` as duplicates; the
+    expression of the runs skipped so.
+
+    A key is free if no row of it is there (the insert of a key that another writer
+    inserts at once waits for that one's commit, then writes nothing), or if its row is
+    older than its window (the update of a row that another writer updates at once waits,
+    then finds the row young, and writes nothing): of two daemons recording one key at
+    once, one starts its run.
+    """
+    claims = sorted(keyed.values(), key=attrgetter("trigger", "key"))
+    seen = [batch.dedupe[c.trigger, c.key].seen_at for c in claims]
+    args += [
+        [c.trigger for c in claims],
+        [c.key for c in claims],
+        seen,
+        [c.window_s for c in claims],
+        [c.run_id for c in claims],
+    ]
+    n = len(args)
+    steps.append(
+        f"dedupe_asked AS (SELECT * FROM unnest(${n - 4}::text[], ${n - 3}::text[], "
+        f"${n - 2}::float8[], ${n - 1}::float8[], ${n}::text[]) "
+        "AS c(trigger, key, seen_at, window_s, run_id))"
+    )
+    steps.append(
+        "dedupe_aged AS (UPDATE dedupe_keys d SET seen_at = c.seen_at FROM dedupe_asked c "
+        "WHERE d.trigger = c.trigger AND d.key = c.key AND d.seen_at <= c.seen_at - c.window_s "
+        "RETURNING d.trigger, d.key)"
+    )
+    steps.append(
+        "dedupe_new AS (INSERT INTO dedupe_keys (trigger, key, seen_at) "
+        "SELECT trigger, key, seen_at FROM dedupe_asked ORDER BY trigger, key "
+        "ON CONFLICT (trigger, key) DO NOTHING RETURNING trigger, key)"
+    )
+    steps.append(
+        "dedupe_won AS (SELECT c.run_id FROM dedupe_asked c JOIN (SELECT * FROM dedupe_aged "
+        "UNION ALL SELECT * FROM dedupe_new) AS f USING (trigger, key))"
+    )
+    runs = [batch.runs[c.run_id] for c in claims]
+    free = "w.run_id IS NOT NULL"
+    args.append(_SKIPPED_AS_DUPLICATE)
+    changed = {
+        "state": f"CASE WHEN {free} THEN u.state ELSE 'skipped' END",
+        "ended_at": f"CASE WHEN {free} THEN u.ended_at ELSE u.created_at END",
+        "error": f"CASE WHEN {free} THEN u.error ELSE ${len(args)} END",
+    }
+    columns = ", ".join(changed.get(c, f"u.{c}") for c in _RUN_COLUMNS)
+    source = (
+        f"SELECT {columns} FROM {_unnest(_RUN_COLUMNS, runs, args)} "
+        f"AS u({', '.join(_RUN_COLUMNS)}) LEFT JOIN dedupe_won w USING (run_id)"
+    )
+    if events_claimed:
+        # a run of an event another daemon recorded first is not written at all
+        args.append(sorted(batch.claims))
+        source += (
+            f" WHERE u.event_id <> ALL(${len(args)}::text[]) "
+            "OR u.event_id IN (SELECT event_id FROM claimed)"
+        )
+    steps.append(f"dedupe_runs AS ({_PUTS['runs'].sql(source)} RETURNING run_id, state)")
+    if node is not None:
+        args.append(node)
+        steps.append(
+            f"dedupe_owners AS (INSERT INTO run_owners SELECT run_id, ${len(args)} "
+            "FROM dedupe_runs WHERE state IN ('queued', 'running', 'waiting') "
+            "ON CONFLICT (run_id) DO NOTHING)"
+        )
+    return "ARRAY(SELECT run_id FROM dedupe_asked EXCEPT SELECT run_id FROM dedupe_won)"
 
 
 def _settle_sql(batch: _Batch, args: list[Any]) -> str:
@@ -439,7 +550,9 @@ class PostgresStore(SqliteStore):
         started = anyio.current_time()
         sql, args = _batch_sql(batch, self._me)
         try:
-            batch.duplicates = set(await self._db.fetchval(sql, *args))
+            found = await self._db.fetchrow(sql, *args)
+            assert found is not None, "a commit's statement ends in a SELECT of one row"
+            batch.duplicates, batch.deduped = set(found[0]), set(found[1])
         except asyncpg.PostgresError as exc:
             if pg_nodes.is_fenced(exc):
                 raise Fenced(str(exc)) from exc

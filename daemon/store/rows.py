@@ -26,6 +26,7 @@ __all__ = [
     "ConfigVersionRow",
     "CursorRow",
     "DecisionRow",
+    "DedupeClaim",
     "DedupeRow",
     "Durable",
     "EventClaim",
@@ -202,6 +203,21 @@ class EventClaim:
     one event at once exactly one records it, with its runs."""
 
     event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeClaim:
+    """The run ``run_id`` (of the same submission) starts only if the key of its
+    :class:`DedupeRow` (in the same submission) started no run within ``window_s``: with
+    several daemons on one database, checked and written in the commit's transaction, so
+    of two daemons recording one key at once exactly one starts a run. The other's run is
+    recorded ``skipped`` (as a duplicate), and :attr:`Durable.deduped` names it. On SQLite
+    (one daemon, whose intake checks its keys itself) nothing more is done."""
+
+    trigger: str
+    key: str
+    window_s: float
+    run_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +441,7 @@ Row = (
     | AttemptRow
     | EventRow
     | EventClaim
+    | DedupeClaim
     | DedupeRow
     | CursorRow
     | InstanceGone
@@ -505,6 +522,12 @@ class Durable(Protocol):
     def duplicates(self) -> set[str]:
         """Once committed: the events of :class:`EventClaim` rows (of this submission or
         another that committed with it) that were stored already, and so not written."""
+
+    @property
+    def deduped(self) -> set[str]:
+        """Once committed: the runs of :class:`DedupeClaim` rows (of this submission or
+        another that committed with it) whose key another daemon had just recorded, and
+        so recorded ``skipped``."""
 
 
 class Provisional(Protocol):

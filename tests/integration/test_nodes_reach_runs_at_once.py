@@ -3,12 +3,14 @@ one reaches a run the other owns at once (``NOTIFY cued_signal``), not at that n
 start: a child run that ends on b settles its parent's task on a; an event recorded by b
 wakes a wait of a run of a's, and cancels (``cancel_on``) another; a timer of a's run is
 a's, and fires once. Alerts are delivered once in the cluster, a gone node's taken over; an
-approval quorum reached by decisions on both nodes settles the gate once.
+approval quorum reached by decisions on both nodes settles the gate once; a dedupe key
+recorded on both nodes at once starts one run.
 
 Nothing here waits for a node's restart: each daemon runs until the test ends."""
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import AsyncExitStack
 from functools import partial
@@ -84,6 +86,19 @@ kind = "approval"
 message = "two of us?"
 approvers = ["alice", "bob"]
 min_approvals = 2
+
+[pipelines.once]
+inputs = {{ key = "" }}
+[pipelines.once.tasks.t]
+kind = "sleep"
+seconds = 0
+
+[[triggers]]
+source = "hook"
+pipeline = "once"
+when = "event.data.n == 3"
+inputs = {{ key = "{{{{ event.data.key }}}}" }}
+dedupe = "{{{{ event.data.key }}}}"
 """
 
 
@@ -214,6 +229,25 @@ async def test_two_approvals_on_two_nodes_reach_the_quorum_and_settle_the_gate_o
             assert attempts == [("succeeded",)]
 
 
+async def test_a_dedupe_key_recorded_on_both_nodes_at_once_starts_one_run(tmp_path, db):
+    """Two events of one key (two ids), each recorded by another node at the same moment:
+    one starts its run; the other's is recorded skipped, as a duplicate, and runs nowhere."""
+    keys = [f"k{n}" for n in range(8)]
+    async with AsyncExitStack() as stack:
+        a, b = await nodes(stack, tmp_path, db)
+        for key in keys:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(post, a, {"n": 3, "key": key})
+                tg.start_soon(post, b, {"n": 3, "key": key})
+        await until(lambda: _all_ended(db, 2 * len(keys)))
+    found = await db.query("SELECT inputs, state FROM runs WHERE pipeline = 'once'")
+    started = sorted(json.loads(inputs)["key"] for inputs, state in found if state != "skipped")
+    assert started == keys  # one run of each key
+    assert {state for _, state in found} <= {"succeeded", "skipped"}
+    assert await db.query("SELECT count(*) FROM events") == [(2 * len(keys),)]
+    assert await db.query("SELECT count(*) FROM run_owners") == [(0,)]
+
+
 ALERTS = """
 [alerts.hook]
 kind = "webhook"
@@ -262,6 +296,15 @@ async def test_each_alert_is_delivered_by_one_node_and_a_gone_nodes_are_taken_ov
     tries = receiver.tries("/alerts")
     assert sorted(tries) == [alert(n, 0).alert_id for n in range(45)]
     assert set(tries.values()) == {1}
+
+
+async def _all_ended(db: StoreAt, events: int) -> bool:
+    """Every event was recorded, and every run has ended (succeeded, or skipped)."""
+    (recorded,) = await db.query("SELECT count(*) FROM events")
+    (unfinished,) = await db.query(
+        "SELECT count(*) FROM runs WHERE state IN ('queued', 'running', 'waiting')"
+    )
+    return recorded == (events,) and unfinished == (0,)
 
 
 async def _is(value, expected) -> bool:
