@@ -584,13 +584,14 @@ async def _serve(
         if parts.alerts is not None:
             # the sender first sends what a crash (or `cued trigger` without a daemon) left
             await tg.start(parts.alerts.run)
+            parts.node.on_gone.append(parts.alerts.wake)  # a gone node's alerts are ours too
         await tg.start(intake.run, runner)
         # live updates and metrics follow the store: they show only what is committed
         live, metrics = Live(), Metrics(runner)
         store.on_commit(metrics.committed)
         store.on_commit(partial(publish_committed, live))
         await tg.start(live.serve)  # at shutdown, ends open streams: no server waits on them
-        await _join_peers(config, store, runner, live, tg)
+        await _join_peers(config, store, runner, live, tg, parts.node.name)
         up, stopping = anyio.Event(), anyio.Event()
         supervision = Supervision(lambda: runner.backlog.saturated)
         supervision.config_version = version
@@ -721,7 +722,12 @@ async def _serve(
 
 
 async def _join_peers(
-    config: Config, store: Store, runner: Runner, live: Live, tg: anyio.abc.TaskGroup
+    config: Config,
+    store: Store,
+    runner: Runner,
+    live: Live,
+    tg: anyio.abc.TaskGroup,
+    node: str,
 ) -> None:
     """With the state in PostgreSQL, other daemons may share it: one connection of this
     daemon's listens for their notices and sends its own (no daemon asks the database on
@@ -733,7 +739,7 @@ async def _join_peers(
         return
     notices = Notices(location)
     share = LiveShare(live, notices)
-    signals = PeerSignals(notices)
+    signals = PeerSignals(notices, node)
     store.on_commit(share.committed)
     if runner.slots.shared is not None:
         runner.slots.shared.listen(notices)  # woken as pool and key slots free up

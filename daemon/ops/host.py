@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping
 
     import structlog
 
@@ -78,7 +78,7 @@ class Daemon(Recorded, Protocol):
         """A queued run to record, then :meth:`enqueue` (replay records its own)."""
 
     def enqueue(self, row: RunRow) -> None: ...
-    def wake_waits(self) -> None: ...
+    def wake_waits(self, run_ids: Collection[str] = ()) -> None: ...
     async def cancel(self, run_id: str) -> RunRow: ...
     async def cancel_stored(self, run_id: str) -> RunRow:
         """Cancel a run that is not in memory (parked, or held for its paused pipeline),

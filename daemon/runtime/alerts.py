@@ -13,8 +13,12 @@ Alerts.run: outbox_due(now) -> deliver each (bounded, with a timeout) -> submit 
     gave up      after max_attempts: next_at = never, and an error in the log
 ```
 
+With several nodes on one PostgreSQL database, each alert is claimed by the node that
+sends it (:meth:`~cued.daemon.store.Store.claim_outbox`): no two live nodes send one
+alert; a gone node's unsent alerts are taken over (see :mod:`cued.daemon.store.pg_outbox`).
+
 Delivery is at least once: a crash between a send and the commit of its ``sent_at`` sends
-the alert again after the restart, with the same id (the ``Idempotency-Key`` header of a
+the alert again after the restart (or by the node that takes it over), with the same id (the ``Idempotency-Key`` header of a
 webhook, an email's ``Message-ID``, a command's ``CUED_ALERT_ID``), so a receiver can drop
 the repeat. A channel that fails or hangs holds up neither runs nor the other channels.
 
@@ -167,7 +171,7 @@ class Alerts:
                     # what was in flight before the read may end during it: a row read before
                     # its delivery committed is stale, and must not be sent again
                     busy = set(self._in_flight)
-                    due = await self.store.outbox_due(now(), limit=room + len(busy))
+                    due = await self.store.claim_outbox(now(), limit=room + len(busy))
                     busy |= self._in_flight
                     fresh = [r for r in due if r.alert_id not in busy]
                     for row in fresh[:room]:

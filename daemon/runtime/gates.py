@@ -128,7 +128,7 @@ class Gates:
         :raises Conflict: if the gate was settled already
         :raises Forbidden: if ``who`` is not among its approvers
         """
-        async with self._lock:
+        async with self._lock, self._store.deciding():
             gate = await self._waiting_gate(run_id, key)
             allowed = set(gate.approvers)
             if allowed and who not in allowed and not {f"group:{g}" for g in groups} & allowed:
@@ -175,7 +175,7 @@ class Gates:
     async def expire_due(self) -> None:
         """Settle every waiting gate whose time is up, as its ``on_timeout`` says."""
         for due in await self._store.approvals_due(now()):
-            async with self._lock:
+            async with self._lock, self._store.deciding():
                 try:
                     gate = await self._waiting_gate(due.run_id, due.key)
                 except (NotFound, InvalidRequest):
@@ -314,6 +314,41 @@ class Gates:
             )
             self._log.info("child_run_ended", run_id=parent_id, task=key, child=child.run_id)
             await self._settle_instance(parent_id, key, ok, output, error, [ended])
+
+    async def go_on(
+        self, run_id: str, key: str, attempt: int, *, ok: bool, output: Any, error: str | None
+    ) -> None:
+        """Go on with a run of this node's whose waiting instance ``key`` (its attempt
+        ``attempt``) another node settled in the store (a gate decided there, a child run
+        ended there) while the run was in memory here, about to park: once parked, its
+        instance ends as recorded and the run goes on from the store. Nothing happens if
+        the instance waits no more (settled here meanwhile, or its run ended)."""
+        if self._host.is_active(run_id):
+            if self._host.settle_gate(run_id, key, ok=ok, output=output, error=error):
+                return
+            await self._host.wait(run_id)  # (not under the lock: it may run on for long)
+        async with self._lock:
+            found = await self._store.run_state(run_id)
+            if found is None:
+                return
+            run, instances, _ = found
+            inst = next((i for i in instances if i.key == key), None)
+            if (
+                run.state != RunState.WAITING
+                or inst is None
+                or inst.state != State.WAITING
+                or inst.attempts != attempt
+            ):
+                return
+            state = State.SUCCEEDED if ok else State.FAILED
+            await self._store.submit(
+                [
+                    replace(inst, state=state.value, error=error, updated_at=now()),
+                    replace(run, state=RunState.QUEUED.value),
+                ]
+            ).wait()
+            self._log.info("run_goes_on_as_settled_elsewhere", run_id=run_id, task=key)
+            await self._host.resume_recorded(run_id)
 
     async def _settle_instance(
         self, run_id: str, key: str, ok: bool, output: Any, error: str | None, rows: list[Row]

@@ -55,10 +55,17 @@ from cued.daemon.runtime.flow import FlowControl
 from cued.daemon.runtime.waits import settled_wait
 from cued.daemon.sdk.sources import Receipt
 from cued.daemon.sdk.tracing import NO_SPAN, Span, Tracing
-from cued.daemon.store import CancelRow, CursorRow, DedupeRow, EventClaim, EventRow
+from cued.daemon.store import (
+    CancelRow,
+    CursorRow,
+    DedupeClaim,
+    DedupeRow,
+    EventClaim,
+    EventRow,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Collection
 
     from cued.daemon.config import CancelOnConfig, Config, TriggerConfig
     from cued.daemon.sdk.sources import Event
@@ -99,9 +106,9 @@ class RunQueue(Protocol):
     def enqueue(self, row: RunRow) -> None:
         """Start, or queue, a run that is recorded."""
 
-    def wake_waits(self) -> None:
-        """Waits were woken (or runs asked to be cancelled) by events just recorded: go
-        on with their runs."""
+    def wake_waits(self, run_ids: Collection[str] = ()) -> None:
+        """Waits of these runs were woken (or the runs asked to be cancelled) by events
+        just recorded: go on with them, wherever they are."""
 
 
 @dataclass(eq=False)
@@ -131,8 +138,8 @@ class _Batch:
     """The earliest time a window held by this batch is due."""
     spans: list[Span] = field(default_factory=list)
     """The events' spans, ended once the batch is committed."""
-    woken: int = 0
-    """Waits its events woke."""
+    woken: set[str] = field(default_factory=set)
+    """The runs whose waits its events woke, or that they asked to cancel."""
     done: anyio.Event = field(default_factory=anyio.Event)
     """Set once it is committed (or failed)."""
 
@@ -386,7 +393,7 @@ class DaemonIntake:
                     if found is not None and run.run_id not in asked:
                         asked.add(run.run_id)
                         batch.rows.append(CancelRow(run.run_id, found["id"], source, now()))
-                        batch.woken += 1
+                        batch.woken.add(run.run_id)
 
     async def _unfinished(self, pipeline: str) -> AsyncIterator[RunRow]:
         """The unfinished runs of ``pipeline``, read a page at a time, state by state."""
@@ -414,7 +421,7 @@ class DaemonIntake:
                 found = first_match(wait.match, wait.context, by_source[wait.source or ""])
                 if found is not None:
                     batch.rows.append(settled_wait(wait, found))
-                    batch.woken += 1
+                    batch.woken.add(wait.run_id)
             if len(waits) < _WAIT_PAGE:
                 break
             last = waits[-1]
@@ -437,6 +444,10 @@ class DaemonIntake:
                 span.end()
         if error is None and (taken := durable.duplicates & batch.ids):
             _recorded_elsewhere(batch, taken)
+        if error is None and durable.deduped:
+            # their key was recorded by another daemon just before: recorded skipped
+            batch.runs = [r for r in batch.runs if r.run_id not in durable.deduped]
+            self._log.info("runs_skipped_as_duplicates", runs=len(durable.deduped))
         for request in batch.requests:
             request.error = error
             if error is None and request.acknowledge is not None:
@@ -449,7 +460,7 @@ class DaemonIntake:
             for run in batch.runs:
                 runs.enqueue(run)
             if batch.woken:
-                runs.wake_waits()
+                runs.wake_waits(batch.woken)
             if batch.due_at is not None:
                 self.flow.written(batch.due_at)
 
@@ -507,6 +518,12 @@ class DaemonIntake:
                 continue
             # what flow control counts it under, and where it waits for a slot
             started.append(replace(row, **m.flow()))
+            if m.dedupe_key is not None:
+                # another daemon on the database may record the key at the same moment:
+                # the commit writes the run only if the key is still free there
+                batch.rows.append(
+                    DedupeClaim(m.trigger, m.dedupe_key, m.dedupe_window_s, row.run_id)
+                )
         return started, held, dropped
 
     def _event_span(self, event: Event) -> Span:

@@ -30,6 +30,8 @@ from cued.daemon.errors import Fenced, StoreError
 from cued.daemon.logs import get_logger
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cued.daemon.config import Config
     from cued.daemon.runtime.runner import Runner
     from cued.daemon.store import NodeRow, Store
@@ -50,6 +52,9 @@ class Membership:
         self.name = config.daemon.node or default_node_name()
         self.lease_s = config.daemon.lease
         self.row: NodeRow | None = None
+        self.on_gone: list[Callable[[], None]] = []
+        """Called when another node was found gone and its runs adopted (what it had
+        claimed is for the others to take over: its unsent alerts)."""
         self._log = get_logger().bind(node=self.name)
 
     async def join(self) -> list[str]:
@@ -113,6 +118,8 @@ class Membership:
                 except StoreError as exc:  # tried again at the next renewal
                     self._log.warning("adoption_failed", error=str(exc))
                     continue
+                for gone in self.on_gone:
+                    gone()
                 if adopted:
                     self._log.info("node_adopted_runs", runs=len(adopted))
                     await runner.resume_adopted(adopted)

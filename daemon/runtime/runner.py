@@ -79,7 +79,7 @@ from cued.daemon.sdk.tracing import Tracing
 from cued.daemon.store import PauseRow, RunRow
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Collection
 
     import httpx
     import structlog
@@ -424,9 +424,12 @@ class Runner(Resumption, Pausing, Cancellation):
             self.slots.free_run_slot(run.row.pipeline)
             self._start_waiting(run.row.pipeline)
 
-    def wake_waits(self) -> None:
-        """Waits were settled (intake matched events to them): apply them."""
+    def wake_waits(self, run_ids: Collection[str] = ()) -> None:
+        """Waits of these runs were settled (intake matched events to them), or the runs
+        asked to be cancelled: apply them (and tell the nodes that own those of others)."""
         self.waits.wake()
+        if run_ids:
+            self.signals.waits_woken(run_ids)
 
     async def _run_slot(self, run: ActiveRun) -> bool:
         """Take one of the run's pipeline's slots across the nodes (PostgreSQL: its

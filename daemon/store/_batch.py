@@ -17,6 +17,7 @@ from cued.daemon.store import (
     CancelRow,
     CursorRow,
     DecisionRow,
+    DedupeClaim,
     DedupeRow,
     EventClaim,
     EventRow,
@@ -64,6 +65,8 @@ class _Batch:
         "cursors",
         "decisions",
         "dedupe",
+        "dedupe_claims",
+        "deduped",
         "done",
         "duplicates",
         "error",
@@ -101,6 +104,10 @@ class _Batch:
         """Events of the batch recorded only if not stored yet (:class:`EventClaim`)."""
         self.duplicates: set[str] = set()
         """Once committed: the claimed events that were stored already, not written."""
+        self.dedupe_claims: dict[str, DedupeClaim] = {}
+        """The runs of the batch started only if their dedupe key is free (by run)."""
+        self.deduped: set[str] = set()
+        """Once committed: the runs whose key was taken meanwhile, recorded skipped."""
         self.windows: dict[str, WindowRow] = {}
         self.holds: dict[tuple[str, int], HoldRow] = {}
         self.windows_gone: dict[str, WindowGone] = {}
@@ -117,6 +124,8 @@ class _Batch:
             getattr(self, field)[key(row)] = row
         elif type(row) is EventClaim:  # with every event recorded
             self.claims.add(row.event_id)
+        elif type(row) is DedupeClaim:  # (SQLite: its one intake checked the key)
+            self.dedupe_claims[row.run_id] = row
         elif type(row) is WindowRow:  # with every event held
             self.windows[row.window_id] = row
             self.windows_gone.pop(row.window_id, None)
@@ -163,6 +172,8 @@ class _Batch:
         if self.duplicates:
             runs = [r for r in runs if r.event_id not in self.duplicates]
             events = [e for e in events if e.event_id not in self.duplicates]
+        if self.deduped:
+            runs = [r for r in runs if r.run_id not in self.deduped]
         return [
             *runs,
             *self.instances.values(),

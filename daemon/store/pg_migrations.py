@@ -425,6 +425,14 @@ PG_MIGRATIONS: tuple[str, ...] = (
         RETURN TRUE;
     END $$;
     """,
+    # several nodes: the node that delivers each alert (no table of SQLite's: its one node
+    # sends them all); a claim goes with its alert when the outbox is pruned
+    """
+    CREATE TABLE outbox_claims (
+        alert_id    TEXT COLLATE "C" PRIMARY KEY REFERENCES outbox ON DELETE CASCADE,
+        node        TEXT COLLATE "C" NOT NULL
+    );
+    """,
 )
 
 

@@ -26,6 +26,7 @@ refusing daemons meanwhile); a process killed with -9 loses its session, and the
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 from contextlib import asynccontextmanager
@@ -48,6 +49,7 @@ from cued.daemon.store import (
     CancelRow,
     CursorRow,
     DecisionRow,
+    DedupeClaim,
     DedupeRow,
     EventRow,
     HoldRow,
@@ -61,6 +63,7 @@ from cued.daemon.store import (
     WaitRow,
     WindowRow,
     pg_nodes,
+    pg_outbox,
 )
 from cued.daemon.store._selects import _event
 from cued.daemon.store._sqlite_commit import _params
@@ -79,6 +82,8 @@ __all__ = ["DAEMON_LOCK", "PostgresStore", "is_database_url", "open_pg_store", "
 
 #: The advisory lock (its 64-bit key: ``cued:run`` in ASCII) a daemon's session holds.
 DAEMON_LOCK = int.from_bytes(b"cued:run", "big", signed=True)
+#: The advisory lock (``cued:gat``) held while a gate is decided: one node at a time.
+DECIDING_LOCK = int.from_bytes(b"cued:gat", "big", signed=True)
 
 _log = get_logger()
 # each session says whose it is (pg_stat_activity): a daemon's, by its process id
@@ -298,7 +303,17 @@ def _batch_sql(
         pairs = _unnest(("run_id", "key"), batch.gone.values(), args)
         parts.append(f"DELETE FROM task_instances WHERE (run_id, key) IN (SELECT * FROM {pairs})")
     plain_events, plain_runs = batch.unclaimed()
-    unclaimed: dict[str, list[Row]] = {"events": [*plain_events], "runs": [*plain_runs]}
+    # the runs a dedupe key must be free for, and those keys: written apart (see below)
+    keyed = _dedupe_claims(batch)
+    if keyed:
+        plain_runs = [r for r in plain_runs if r.run_id not in keyed]
+    unclaimed: dict[str, list[Row]] = {
+        "events": [*plain_events],
+        "runs": [*plain_runs],
+        "dedupe": [
+            d for d in batch.dedupe.values() if not keyed or (d.trigger, d.key) not in _keys(keyed)
+        ],
+    }
     if batch.windows_gone:
         gone = _unnest(("window_id",), batch.windows_gone.values(), args)
         parts.append(f"DELETE FROM flow_holds WHERE window_id IN (SELECT * FROM {gone})")
@@ -334,6 +349,8 @@ def _batch_sql(
         steps += pg_nodes.freed_slots_sql(plain_runs, pool_holders, token, args)
     claimed = "'{}'::text[]"
     events, runs = batch.claimed()
+    if keyed:
+        runs = [r for r in runs if r.run_id not in keyed]
     if events:
         # written only if no event of its id is there: a second writer of one event
         # waits for the first's commit at the unique index, then writes nothing of it
@@ -363,17 +380,117 @@ def _batch_sql(
                 )
         args.append([e.event_id for e in events])
         claimed = f"ARRAY(SELECT unnest(${len(args)}::text[]) EXCEPT SELECT event_id FROM claimed)"
+    lost = "'{}'::text[]"
+    if keyed:
+        lost = _dedupe_sql(batch, keyed, bool(events), node, steps, args)
     # (a WITH part that changes nothing is run only if read)
     notified = any(step.startswith("notified ") for step in steps)
-    final = f"SELECT {claimed}" + (" FROM notified" if notified else "")
+    final = f"SELECT {claimed}, {lost}" + (" FROM notified" if notified else "")
     if me is not None:
         fence, check = pg_nodes.fence_sql(*me, args)
         steps.insert(0, fence)
         # the fence's check fails the whole statement unless the node is still itself
-        final = f"SELECT {claimed} FROM ({check}) AS fenced" + (", notified" if notified else "")
+        final = f"SELECT {claimed}, {lost} FROM ({check}) AS fenced" + (
+            ", notified" if notified else ""
+        )
     if not steps:
         return final, args
     return f"WITH {', '.join(steps)} {final}", args
+
+
+def _dedupe_claims(batch: _Batch) -> dict[str, DedupeClaim]:
+    """The batch's runs that start only if their dedupe key is free (by run id), with
+    their key's row and their run in the batch."""
+    return {
+        run_id: c
+        for run_id, c in batch.dedupe_claims.items()
+        if run_id in batch.runs and (c.trigger, c.key) in batch.dedupe
+    }
+
+
+def _keys(keyed: dict[str, DedupeClaim]) -> set[tuple[str, str]]:
+    return {(c.trigger, c.key) for c in keyed.values()}
+
+
+_SKIPPED_AS_DUPLICATE = "duplicate of its dedupe key, which another daemon recorded just before"
+
+
+def _dedupe_sql(
+    batch: _Batch,
+    keyed: dict[str, DedupeClaim],
+    events_claimed: bool,
+    node: str | None,
+    steps: list[str],
+    args: list[Any],
+) -> str:
+    """The ``WITH`` parts (appended to ``steps``) that write the keys of ``keyed`` only if
+    free, and their runs as asked if the key was, else ``skipped`` as duplicates; the
+    expression of the runs skipped so.
+
+    A key is free if no row of it is there (the insert of a key that another writer
+    inserts at once waits for that one's commit, then writes nothing), or if its row is
+    older than its window (the update of a row that another writer updates at once waits,
+    then finds the row young, and writes nothing): of two daemons recording one key at
+    once, one starts its run.
+    """
+    claims = sorted(keyed.values(), key=attrgetter("trigger", "key"))
+    seen = [batch.dedupe[c.trigger, c.key].seen_at for c in claims]
+    args += [
+        [c.trigger for c in claims],
+        [c.key for c in claims],
+        seen,
+        [c.window_s for c in claims],
+        [c.run_id for c in claims],
+    ]
+    n = len(args)
+    steps.append(
+        f"dedupe_asked AS (SELECT * FROM unnest(${n - 4}::text[], ${n - 3}::text[], "
+        f"${n - 2}::float8[], ${n - 1}::float8[], ${n}::text[]) "
+        "AS c(trigger, key, seen_at, window_s, run_id))"
+    )
+    steps.append(
+        "dedupe_aged AS (UPDATE dedupe_keys d SET seen_at = c.seen_at FROM dedupe_asked c "
+        "WHERE d.trigger = c.trigger AND d.key = c.key AND d.seen_at <= c.seen_at - c.window_s "
+        "RETURNING d.trigger, d.key)"
+    )
+    steps.append(
+        "dedupe_new AS (INSERT INTO dedupe_keys (trigger, key, seen_at) "
+        "SELECT trigger, key, seen_at FROM dedupe_asked ORDER BY trigger, key "
+        "ON CONFLICT (trigger, key) DO NOTHING RETURNING trigger, key)"
+    )
+    steps.append(
+        "dedupe_won AS (SELECT c.run_id FROM dedupe_asked c JOIN (SELECT * FROM dedupe_aged "
+        "UNION ALL SELECT * FROM dedupe_new) AS f USING (trigger, key))"
+    )
+    runs = [batch.runs[c.run_id] for c in claims]
+    free = "w.run_id IS NOT NULL"
+    args.append(_SKIPPED_AS_DUPLICATE)
+    changed = {
+        "state": f"CASE WHEN {free} THEN u.state ELSE 'skipped' END",
+        "ended_at": f"CASE WHEN {free} THEN u.ended_at ELSE u.created_at END",
+        "error": f"CASE WHEN {free} THEN u.error ELSE ${len(args)} END",
+    }
+    columns = ", ".join(changed.get(c, f"u.{c}") for c in _RUN_COLUMNS)
+    source = (
+        f"SELECT {columns} FROM {_unnest(_RUN_COLUMNS, runs, args)} "
+        f"AS u({', '.join(_RUN_COLUMNS)}) LEFT JOIN dedupe_won w USING (run_id)"
+    )
+    if events_claimed:
+        # a run of an event another daemon recorded first is not written at all
+        args.append(sorted(batch.claims))
+        source += (
+            f" WHERE u.event_id <> ALL(${len(args)}::text[]) "
+            "OR u.event_id IN (SELECT event_id FROM claimed)"
+        )
+    steps.append(f"dedupe_runs AS ({_PUTS['runs'].sql(source)} RETURNING run_id, state)")
+    if node is not None:
+        args.append(node)
+        steps.append(
+            f"dedupe_owners AS (INSERT INTO run_owners SELECT run_id, ${len(args)} "
+            "FROM dedupe_runs WHERE state IN ('queued', 'running', 'waiting') "
+            "ON CONFLICT (run_id) DO NOTHING)"
+        )
+    return "ARRAY(SELECT run_id FROM dedupe_asked EXCEPT SELECT run_id FROM dedupe_won)"
 
 
 def _settle_sql(batch: _Batch, args: list[Any]) -> str:
@@ -406,6 +523,10 @@ def _settle_sql(batch: _Batch, args: list[Any]) -> str:
     )
 
 
+def _outbox(r: tuple[Any, ...]) -> OutboxRow:
+    return OutboxRow(r[0], r[1], r[2], json.loads(r[3]), *r[4:])
+
+
 def _trimmed(line: LogLineRow, batch: _Batch) -> bool:
     trim = batch.log_trims.get((line.run_id, line.key, line.attempt))
     return trim is not None and line.seq < trim.before_seq
@@ -435,6 +556,9 @@ class PostgresStore(SqliteStore):
         # commits free any
         self._pool_asks: dict[str, set[tuple[str, int]]] = {}
         self._notices_token: str | None = None
+        self._deciding_db: asyncpg.Connection | None = None
+        """The session that holds the lock of gate decisions, while one is made here."""
+        self._deciding = anyio.Lock()
         self.lease_s_hint = 10.0
         """How long a connection for a renewal may take to open (the node's lease)."""
 
@@ -442,7 +566,9 @@ class PostgresStore(SqliteStore):
         started = anyio.current_time()
         sql, args = _batch_sql(batch, self._me, self._pools_freed(batch), self._notices_token)
         try:
-            batch.duplicates = set(await self._db.fetchval(sql, *args))
+            found = await self._db.fetchrow(sql, *args)
+            assert found is not None, "a commit's statement ends in a SELECT of one row"
+            batch.duplicates, batch.deduped = set(found[0]), set(found[1])
         except asyncpg.PostgresError as exc:
             if pg_nodes.is_fenced(exc):
                 raise Fenced(str(exc)) from exc
@@ -605,6 +731,68 @@ class PostgresStore(SqliteStore):
         )
         return {str(r[0]) for r in rows}
 
+    @asynccontextmanager
+    async def deciding(self) -> AsyncIterator[None]:
+        # a session lock on a connection of its own (held across the decision's reads and
+        # its commit, made on other connections); the server lets it go if the session is
+        # lost with this node
+        async with self._deciding:
+            try:
+                if self._deciding_db is None or self._deciding_db.is_closed():
+                    self._deciding_db = await asyncpg.connect(
+                        self._url, timeout=10, server_settings=_SESSION
+                    )
+                await self._deciding_db.execute("SELECT pg_advisory_lock($1)", DECIDING_LOCK)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise StoreError(f"cannot lock the gates of {self.where!r}: {exc}") from exc
+            try:
+                yield
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                    try:
+                        await self._deciding_db.execute(
+                            "SELECT pg_advisory_unlock($1)", DECIDING_LOCK
+                        )
+                    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                        self._deciding_db.terminate()  # the lock goes with the session
+
+    async def run_owners(self, run_ids: Sequence[str]) -> dict[str, str]:
+        rows = await self._pool.fetch(
+            "SELECT run_id, node FROM run_owners WHERE run_id = ANY($1::text[])", list(run_ids)
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    # -- the alert outbox: each alert delivered by one node (see pg_outbox) ---------------
+
+    async def claim_outbox(self, before: float, limit: int = 100) -> list[OutboxRow]:
+        if self._me is None:
+            return await self.outbox_due(before, limit)  # not a node (the CLI) sends nothing
+        rows = await self._pool.fetch(pg_outbox.CLAIM, before, limit, self._me[0])
+        return [_outbox(tuple(r)) for r in rows]
+
+    async def outbox_due(self, before: float, limit: int = 100) -> list[OutboxRow]:
+        mine, me = self._not_anothers()
+        rows = await self._reader.execute_fetchall(
+            f"SELECT * FROM outbox o WHERE sent_at IS NULL AND next_at <= ? {mine} "
+            "ORDER BY next_at LIMIT ?",
+            [before, *me, limit],
+        )
+        return [_outbox(r) for r in rows]
+
+    async def outbox_next_at(self) -> float | None:
+        mine, me = self._not_anothers()
+        rows = await self._reader.execute_fetchall(
+            f"SELECT min(next_at) FROM outbox o WHERE sent_at IS NULL {mine}", me
+        )
+        return next((float(at) for (at,) in rows if at is not None), None)
+
+    def _not_anothers(self) -> tuple[str, list[Any]]:
+        """The clause that leaves out the alerts another live node claimed (none for the
+        CLI, which is no node), and its argument."""
+        if self._me is None:
+            return "", []
+        return pg_outbox.NOT_ANOTHERS, [self._me[0]]
+
     async def list_assets(self) -> list[tuple[str, int, EventRow]]:
         # each asset's latest event (DISTINCT ON keeps the first of each source, newest
         # first), with how many there are, in one range scan of events_by_source_time
@@ -698,5 +886,7 @@ async def open_pg_store(
                     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                         _log.warning("node_not_left", node=store._me[0], error=str(exc))
             await store._drop_lease_db()
+            if store._deciding_db is not None:
+                store._deciding_db.terminate()
             await readers.close()
             await writer.close()

@@ -15,6 +15,7 @@ from cued.daemon.core.priorities import DEFAULT_PRIORITY
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping, Sequence
+    from contextlib import AbstractAsyncContextManager
 
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigVersionRow",
     "CursorRow",
     "DecisionRow",
+    "DedupeClaim",
     "DedupeRow",
     "Durable",
     "EventClaim",
@@ -201,6 +203,21 @@ class EventClaim:
     one event at once exactly one records it, with its runs."""
 
     event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeClaim:
+    """The run ``run_id`` (of the same submission) starts only if the key of its
+    :class:`DedupeRow` (in the same submission) started no run within ``window_s``: with
+    several daemons on one database, checked and written in the commit's transaction, so
+    of two daemons recording one key at once exactly one starts a run. The other's run is
+    recorded ``skipped`` (as a duplicate), and :attr:`Durable.deduped` names it. On SQLite
+    (one daemon, whose intake checks its keys itself) nothing more is done."""
+
+    trigger: str
+    key: str
+    window_s: float
+    run_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +441,7 @@ Row = (
     | AttemptRow
     | EventRow
     | EventClaim
+    | DedupeClaim
     | DedupeRow
     | CursorRow
     | InstanceGone
@@ -504,6 +522,12 @@ class Durable(Protocol):
     def duplicates(self) -> set[str]:
         """Once committed: the events of :class:`EventClaim` rows (of this submission or
         another that committed with it) that were stored already, and so not written."""
+
+    @property
+    def deduped(self) -> set[str]:
+        """Once committed: the runs of :class:`DedupeClaim` rows (of this submission or
+        another that committed with it) whose key another daemon had just recorded, and
+        so recorded ``skipped``."""
 
 
 class Provisional(Protocol):
@@ -719,7 +743,14 @@ class Store(Protocol):
         """Unsent alerts whose next try is due by ``before``, oldest first."""
 
     async def outbox_next_at(self) -> float | None:
-        """When the earliest unsent alert is due, if any is."""
+        """When the earliest unsent alert is due, if any is (with several nodes: of those
+        no other live node claimed)."""
+
+    async def claim_outbox(self, before: float, limit: int = 100) -> list[OutboxRow]:
+        """:meth:`outbox_due`, claimed for this node to deliver: with several nodes, an
+        alert claimed by another live node is not among them, and one claimed here is no
+        other live node's to send (a gone node's are taken over). On SQLite, its one node
+        sends every alert: :meth:`outbox_due`."""
 
     async def costs(self, *, run_id: str | None = None, since: float | None = None) -> float:
         """Money spent by attempts (of one run, or since a time)."""
@@ -865,3 +896,13 @@ class Store(Protocol):
     def wake_slot_waiters_as(self, token: str | None) -> None:
         """Have the commits that free key or pool slots others wait for wake them, with
         notices of ``token``'s (the daemon's, pg_notify.py); None: they do not."""
+
+    def deciding(self) -> AbstractAsyncContextManager[None]:
+        """Held while a gate is decided (or its time runs out): with several nodes, by one
+        node at a time, so that two decisions made on two nodes at once neither both
+        settle a gate nor miss each other's approval (on SQLite, its one node's own lock
+        is enough: nothing is held)."""
+
+    async def run_owners(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """The node that owns each of these runs that is unfinished (on SQLite, its one
+        node owns every run)."""

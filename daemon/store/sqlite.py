@@ -20,7 +20,7 @@ import hashlib
 import os
 import pwd
 from collections import deque
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -54,7 +54,7 @@ from cued.daemon.store.migrations import migrate
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-    from cued.daemon.store import Provisional, PrunePolicy, Row
+    from cued.daemon.store import OutboxRow, Provisional, PrunePolicy, Row
 
 __all__ = [
     "COUNT_RUNS_BY_STATE",
@@ -375,6 +375,15 @@ class SqliteStore(StoreReads):
 
     async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
         return set()
+
+    def deciding(self) -> AbstractAsyncContextManager[None]:
+        return nullcontext()  # one node: its gates' own lock serializes its decisions
+
+    async def run_owners(self, run_ids: Sequence[str]) -> dict[str, str]:
+        return dict.fromkeys(run_ids, self._node_name or "")  # its one node owns them all
+
+    async def claim_outbox(self, before: float, limit: int = 100) -> list[OutboxRow]:
+        return await self.outbox_due(before, limit)  # one node: every alert is its own
 
     # (key and pool slots: never asked, the runner's own counts are the whole counts)
     async def take_key_slot(

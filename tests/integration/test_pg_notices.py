@@ -72,11 +72,12 @@ async def test_notices_sent_meanwhile_go_in_one_statement_and_a_daemon_alone_has
 class _Host:
     """The runner as signals see it: these runs in memory, what was done to them."""
 
-    def __init__(self, store, active: set[str]) -> None:
+    def __init__(self, store, active: set[str], settles: int = 1) -> None:
         self.store = store
         self.active = active
         self.done: list[tuple[str, ...]] = []
         self.settled = anyio.Event()
+        self._settles = settles
 
     def is_active(self, run_id: str) -> bool:
         return run_id in self.active
@@ -90,7 +91,9 @@ class _Host:
 
     def settle_gate(self, run_id, key, *, ok, output, error) -> bool:
         self.done.append(("settle", run_id, key, str(ok), str(output), str(error)))
-        self.settled.set()
+        self._settles -= 1
+        if self._settles == 0:
+            self.settled.set()
         return True
 
     def pause_changed(self, pipeline, pause) -> None:
@@ -98,6 +101,9 @@ class _Host:
 
     def pipelines(self) -> list[str]:
         return ["p", "q"]
+
+    def wake_waits(self, run_ids=()) -> None:
+        self.done.append(("wake waits", *run_ids))
 
 
 async def test_after_a_lost_connection_the_runs_here_are_compared_with_the_store(tmp_path):
@@ -112,11 +118,14 @@ async def test_after_a_lost_connection_the_runs_here_are_compared_with_the_store
         ApprovalRow("r2", "g", 1, "ok?", (), 1, "fail", None, 1.0, None, "approved", 2.0),
         AttemptRow("r2", "g", 1, "succeeded", 1.0, 2.0, None, '{"decision": "approved"}'),
         ApprovalRow("r3", "g", 1, "ok?", (), 1, "fail", None, 1.0, None, "waiting"),
+        RunRow("r4", "p", "running", {}, 1.0),  # its child ended on another daemon
+        RunRow("r5", "k", "failed", {}, 1.0, parent_run_id="r4", parent_key="kid"),
+        AttemptRow("r4", "kid", 1, "failed", 1.0, 2.0, "child failed", '{"state": "failed"}'),
     ]
     async with open_store(tmp_path / "state.db") as store:
         await store.submit(rows).wait()
         await store.set_paused("q", PauseRow("q", 1.0, "ann"))
-        host = _Host(store, {"r1", "r2", "r3"})
+        host = _Host(store, {"r1", "r2", "r3", "r4"}, settles=2)
         signals = PeerSignals(Notices("postgresql://nobody@127.0.0.1:1/none"))
         with anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
@@ -125,8 +134,10 @@ async def test_after_a_lost_connection_the_runs_here_are_compared_with_the_store
                 await host.settled.wait()
                 tg.cancel_scope.cancel()
     assert host.done == [
+        ("wake waits",),  # waits woken elsewhere meanwhile are applied
         ("pause", "p", "False"),
         ("pause", "q", "True"),
         ("cancel", "r1"),
         ("settle", "r2", "g", "True", "{'decision': 'approved'}", "None"),
+        ("settle", "r4", "kid", "False", "{'state': 'failed'}", "child failed"),
     ]

@@ -20,7 +20,7 @@ _json = st.recursive(
     max_leaves=12,
 )
 _texts = st.text() | _json.map(json.dumps)
-_kinds = st.sampled_from(["cancel", "gate", "pause", "reset", "run", "nope"])
+_kinds = st.sampled_from(["cancel", "gate", "pause", "waits", "reset", "run", "nope"])
 
 
 @given(st.one_of(_texts, st.lists(st.one_of(_kinds, _json)).map(json.dumps)))
@@ -28,7 +28,7 @@ def test_a_signal_of_any_text_is_a_known_kind_with_its_names_or_none(text):
     found = parse_signal(text)
     if found is not None:
         kind, names = found
-        assert (kind, len(names)) in {("cancel", 1), ("gate", 2), ("pause", 1)}
+        assert (kind, len(names)) in {("cancel", 1), ("gate", 2), ("pause", 1), ("waits", 1)}
         assert all(isinstance(n, str) and n for n in names)
 
 
@@ -36,6 +36,8 @@ def test_signals_as_sent_are_read_back():
     assert parse_signal('["cancel", "r1"]') == ("cancel", ("r1",))
     assert parse_signal('["gate", "r1", "approve"]') == ("gate", ("r1", "approve"))
     assert parse_signal('["pause", "p"]') == ("pause", ("p",))
+    assert parse_signal('["waits", "node-a"]') == ("waits", ("node-a",))
+    assert parse_signal('["waits"]') is None
     assert parse_signal('["gate", "r1"]') is None
     assert parse_signal('["cancel", ""]') is None
     assert parse_signal('["cancel", 7]') is None
