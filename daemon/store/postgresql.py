@@ -665,8 +665,9 @@ async def open_pg_store(
     try:
         writer = await asyncpg.connect(url, timeout=10, server_settings=_SESSION)
     except Exception as exc:
-        error = DatabaseLost if is_connection_lost(exc) else StoreError
-        raise error(f"cannot connect to the database {where!r}: {exc}") from exc
+        # whatever the reason (the server down, starting, refusing this database for now,
+        # out of connections): a daemon that had the database waits for it (DatabaseLost)
+        raise DatabaseLost(f"cannot connect to the database {where!r}: {exc}") from exc
     readers: asyncpg.Pool | None = None
     try:
         if exclusive and not await writer.fetchval("SELECT pg_try_advisory_lock($1)", DAEMON_LOCK):
@@ -676,9 +677,12 @@ async def open_pg_store(
         ):
             raise StoreError(f"the database {where!r} is being copied (cued store copy)")
         await migrate(writer, where)
-        readers = await asyncpg.create_pool(
-            url, min_size=1, max_size=4, timeout=10, reset=_as_it_is, server_settings=_SESSION
-        )
+        try:
+            readers = await asyncpg.create_pool(
+                url, min_size=1, max_size=4, timeout=10, reset=_as_it_is, server_settings=_SESSION
+            )
+        except Exception as exc:
+            raise DatabaseLost(f"cannot connect to the database {where!r}: {exc}") from exc
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
             await writer.close()
