@@ -189,8 +189,11 @@ class _Pool:
     async def execute_fetchall(
         self, sql: str, parameters: Iterable[Any] | None = None
     ) -> list[tuple[Any, ...]]:
-        async with self._pool.acquire() as db:
-            rows = await db.fetch(pg_sql(sql), *_args(parameters))
+        try:
+            async with self._pool.acquire() as db:
+                rows = await db.fetch(pg_sql(sql), *_args(parameters))
+        except _LOST as exc:  # the API answers 503; the daemon reconnects
+            raise DatabaseLost(f"cannot read from the database: {exc}") from exc
         return [tuple(r) for r in rows]
 
     async def close(self) -> None:

@@ -297,4 +297,3 @@ async def test_runs_adopted_while_a_daemon_was_cut_off_are_not_run_by_it_when_it
                 assert _lines(ledger, "done a n1") == 0
                 assert _lines(ledger, "done b n1") == 1
                 await _stale_commit_fails(direct, before.node, before.generation, run_id)
-
