@@ -66,6 +66,10 @@ inputs = {{ n = "{{{{ event.data.n }}}}" }}
 # every session of the test's own database (the test's admin session is on another)
 _TERMINATE = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1"
 _STATE = "SELECT state FROM runs WHERE run_id = ?"
+# a session of the test's database waits for a lock (the daemon's commit, for the test's)
+_WAITING = (
+    "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'"
+)
 
 
 def _config(folder: Path, url: str, node: str, ledger: Path, go: Path, lease: str = "5s") -> Config:
@@ -146,9 +150,34 @@ async def test_a_daemon_that_loses_its_database_stays_up_and_goes_on_once_it_is_
 
                     await until(running)
 
+                    # a webhook in flight: its commit waits for the node's row, which the
+                    # test holds locked, when the daemon loses the database
+                    blocker = await asyncpg.connect(url)
+                    await blocker.execute("BEGIN")
+                    await blocker.execute("SELECT 1 FROM nodes WHERE node = 'a' FOR UPDATE")
+                    in_flight: list[httpx.Response] = []
+
+                    async def post_in_flight() -> None:
+                        in_flight.append(await _post(http, 3))
+
+                    tg.start_soon(post_in_flight)
+
+                    async def commit_waits() -> bool:
+                        return bool(await admin.fetchval(_WAITING, name))
+
+                    await until(commit_waits)
+
                     # the database refuses new sessions, and the daemon's are terminated
                     await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
                     await admin.fetch(_TERMINATE, name)
+                    blocker.terminate()
+
+                    async def answered() -> bool:
+                        return bool(in_flight)
+
+                    # not recorded, or not known to be: not acknowledged
+                    await until(answered)
+                    assert in_flight[0].status_code == 503, in_flight[0].text
 
                     async def lost() -> bool:
                         return link.problem is not None and link.tries >= 2
@@ -192,24 +221,29 @@ async def test_a_daemon_that_loses_its_database_stays_up_and_goes_on_once_it_is_
                     assert link.node is not None
                     assert link.node.node == "a"
                     assert link.node.generation > before.generation
-                    # the refused event is taken now, and the run that was running goes on
+                    # the refused events are taken now (the one in flight was not recorded),
+                    # and the run that was running goes on
+                    assert await db.query("SELECT 1 FROM events WHERE event_id = 'hook:d3'") == []
                     assert (await _post(http, 2)).status_code == 202
-                    second = await _run_of(db, 2)
+                    assert (await _post(http, 3)).status_code == 202
+                    second, third = await _run_of(db, 2), await _run_of(db, 3)
 
-                    async def both_run() -> bool:
+                    async def all_run() -> bool:
                         text = ledger.read_text()
-                        return "start a n2" in text and _lines(ledger, "start a n1") == 2
+                        again = _lines(ledger, "start a n1") == 2
+                        return again and "start a n2" in text and "start a n3" in text
 
-                    await until(both_run)
+                    await until(all_run)
                     go.touch()
 
                     async def finished() -> bool:
-                        states = [(await db.query(_STATE, r))[0][0] for r in (first, second)]
-                        return states == ["succeeded", "succeeded"]
+                        runs = (first, second, third)
+                        states = [(await db.query(_STATE, r))[0][0] for r in runs]
+                        return states == ["succeeded"] * 3
 
                     await until(finished)
-                    assert _lines(ledger, "done a n1") == 1
-                    assert _lines(ledger, "done a n2") == 1
+                    for n in (1, 2, 3):
+                        assert _lines(ledger, f"done a n{n}") == 1
 
                     # the incarnation before the loss is fenced: a commit of it changes nothing
                     await _stale_commit_fails(url, before.node, before.generation, first)
