@@ -119,23 +119,31 @@ def lost_database(exc: BaseException) -> StoreError | None:
     that the daemon lost its database or its node's lease: a :class:`DatabaseLost`, a
     :class:`Fenced`, or asyncpg's error of a session that is gone (as a DatabaseLost).
     None: the daemon failed for another reason (the other errors a loss brings about,
-    commits and reads that failed with it, come with one of these)."""
+    commits and reads that failed with it, come with one of these). A Fenced comes
+    first: the lease lost is why the connections were then dropped."""
     seen: set[int] = set()
     todo = [exc]
+    found: StoreError | None = None
     while todo:
         error = todo.pop()
         if id(error) in seen:
             continue
         seen.add(id(error))
-        if isinstance(error, DatabaseLost | Fenced):
+        if isinstance(error, Fenced):
             return error
-        if isinstance(error, _LOST) and not isinstance(error, OSError | TimeoutError):
-            return DatabaseLost(f"lost the connection to the database: {error}")
+        if found is None and isinstance(error, DatabaseLost):
+            found = error
+        elif (
+            found is None
+            and isinstance(error, _LOST)
+            and not isinstance(error, OSError | TimeoutError)
+        ):
+            found = DatabaseLost(f"lost the connection to the database: {error}")
         if isinstance(error, BaseExceptionGroup):
             todo.extend(error.exceptions)
         if error.__cause__ is not None:
             todo.append(error.__cause__)
-    return None
+    return found
 
 
 @lru_cache(maxsize=2048)

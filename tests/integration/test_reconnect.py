@@ -55,7 +55,7 @@ id_header = "X-Delivery"
 inputs = {{ n = 0 }}
 [pipelines.work.tasks.step]
 kind = "shell"
-argv = ["sh", "-c", "echo start {node} $1 >> {ledger}; while [ ! -e {go} ]; do sleep 0.05; done; echo done {node} $1 >> {ledger}", "sh", "n{{{{ inputs.n }}}}"]
+argv = ["sh", "-c", "echo $1 $$ >> {ledger}.pids; echo start {node} $1 >> {ledger}; while [ ! -e {go} ]; do sleep 0.05; done; echo done {node} $1 >> {ledger}", "sh", "n{{{{ inputs.n }}}}"]
 
 [[triggers]]
 source = "hook"
@@ -331,3 +331,72 @@ async def test_runs_adopted_while_a_daemon_was_cut_off_are_not_run_by_it_when_it
                 assert _lines(ledger, "done a n1") == 0
                 assert _lines(ledger, "done b n1") == 1
                 await _stale_commit_fails(direct, before.node, before.generation, run_id)
+
+
+async def test_a_node_that_cannot_renew_its_lease_stops_its_tasks_and_joins_again(tmp_path):
+    ledger, go = tmp_path / "ledger", tmp_path / "go"
+    ledger.touch()
+    async with fresh_database() as url:
+        db = StoreAt("postgresql", url)
+        config = _config(tmp_path / "a", url, "a", ledger, go, lease="2s")
+        async with (
+            daemon_running(config) as info,
+            httpx.AsyncClient(base_url=_base_url(info), timeout=30) as http,
+        ):
+            link = info.link
+            assert link is not None
+            before = link.node
+            assert before is not None
+            assert (await _post(http, 1)).status_code == 202
+            run_id = await _run_of(db, 1)
+
+            async def running() -> bool:
+                return _lines(ledger, "start a n1") == 1
+
+            await until(running)
+            (pid,) = [
+                int(line.split()[1]) for line in (tmp_path / "ledger.pids").read_text().splitlines()
+            ]
+            # the node's row locked by another session: no renewal (nor commit) goes through
+            blocker = await asyncpg.connect(url)
+            try:
+                await blocker.execute("BEGIN")
+                await blocker.execute("SELECT 1 FROM nodes WHERE node = 'a' FOR UPDATE")
+
+                async def gave_up() -> bool:
+                    return link.problem is not None
+
+                await until(gave_up)
+                assert "could not renew its lease" in link.problem
+
+                # its task was stopped with it (another node could have adopted the run)
+                async def task_gone() -> bool:
+                    return not _alive(pid)
+
+                await until(task_gone)
+                await blocker.execute("ROLLBACK")
+
+                async def back() -> bool:
+                    return link.problem is None and link.reconnections == 1
+
+                await until(back)
+            finally:
+                await blocker.close()
+            assert link.node is not None
+            assert link.node.generation > before.generation
+            go.touch()
+
+            async def finished() -> bool:
+                return (await db.query(_STATE, run_id)) == [("succeeded",)]
+
+            await until(finished)
+            assert _lines(ledger, "start a n1") == 2
+            assert _lines(ledger, "done a n1") == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -36,6 +36,11 @@ def _caused(error: BaseException, cause: BaseException) -> BaseException:
             id="fenced-deep-in-groups",
         ),
         pytest.param(
+            ExceptionGroup("tg", [_caused(StoreError("w"), DatabaseLost("cut")), Fenced("lapsed")]),
+            Fenced,
+            id="the-lease-lost-is-why-the-connection-was-cut",
+        ),
+        pytest.param(
             _caused(StoreError("cannot write"), DatabaseLost("gone")),
             DatabaseLost,
             id="a-commit-that-failed-with-it",
