@@ -17,6 +17,11 @@ async with tracing, store, http client, task group:
                         reload, STOPPING=1 at SIGTERM; HTTP on the sockets it passes
                         (daemon/service/)
 ```
+
+With the state in PostgreSQL, all of the above but the servers, the signals and systemd
+is one *session* on the database: a session that loses it (or its node's lease) is torn
+down, the servers answer 503 meanwhile, and a new session starts once the database
+answers (daemon/runtime/reconnect.py).
 """
 
 from __future__ import annotations
