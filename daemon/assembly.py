@@ -871,6 +871,7 @@ async def _session(
             await runner.drain()
         if left := runner.slots.running_tasks:
             log.warning("daemon_stopping_tasks", running=left, note="they run again on restart")
+        live.close()  # open streams end: the servers do not wait for them
         await faces.close()  # before the store closes: open requests may still record
         tg.cancel_scope.cancel()
 
