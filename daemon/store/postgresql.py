@@ -186,6 +186,16 @@ class _Connection:
         await self._db.executemany(pg_sql(sql), [_args(p) for p in parameters])
 
 
+@asynccontextmanager
+async def _away_as_lost() -> AsyncIterator[None]:
+    """A lost session raises :class:`DatabaseLost` (the API answers 503; the daemon
+    reconnects), not the driver's or the socket's error."""
+    try:
+        yield
+    except _LOST as exc:
+        raise DatabaseLost(f"the database does not answer: {exc}") from exc
+
+
 class _Pool:
     """The readers: ``execute_fetchall`` on a connection of the pool."""
 
@@ -197,11 +207,11 @@ class _Pool:
     async def execute_fetchall(
         self, sql: str, parameters: Iterable[Any] | None = None
     ) -> list[tuple[Any, ...]]:
-        try:
+        try:  # (as _away_as_lost, without a context manager's cost on every read)
             async with self._pool.acquire() as db:
                 rows = await db.fetch(pg_sql(sql), *_args(parameters))
-        except _LOST as exc:  # the API answers 503; the daemon reconnects
-            raise DatabaseLost(f"cannot read from the database: {exc}") from exc
+        except _LOST as exc:
+            raise DatabaseLost(f"the database does not answer: {exc}") from exc
         return [tuple(r) for r in rows]
 
     async def close(self) -> None:
@@ -563,7 +573,7 @@ class PostgresStore(SqliteStore):
     async def join(
         self, node: str, *, lease_s: float, host: str, pid: int, replacing: int | None = None
     ) -> NodeRow:
-        async with self._pool.acquire() as db:
+        async with _away_as_lost(), self._pool.acquire() as db:
             row = await pg_nodes.join(
                 db, node, lease_s=lease_s, host=host, pid=pid, where=self.where, replacing=replacing
             )
@@ -604,27 +614,30 @@ class PostgresStore(SqliteStore):
     async def adopt(self) -> list[str]:
         me = self._node()
         try:
-            async with self._pool.acquire() as db:
+            async with _away_as_lost(), self._pool.acquire() as db:
                 return await pg_nodes.adopt(db, *me)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except asyncpg.PostgresError as exc:
             raise StoreError(f"node {me[0]!r} could not adopt runs: {exc}") from exc
 
     async def list_nodes(self) -> list[NodeRow]:
-        return await pg_nodes.list_nodes(self._pool)
+        async with _away_as_lost():
+            return await pg_nodes.list_nodes(self._pool)
 
     async def take_run_slot(self, pipeline: str, run_id: str, limit: int) -> bool:
         if self._me is None:
             return True  # not a node (the CLI): no run is driven here
-        return await pg_nodes.take_run_slot(self._pool, *self._me, pipeline, run_id, limit)
+        async with _away_as_lost():
+            return await pg_nodes.take_run_slot(self._pool, *self._me, pipeline, run_id, limit)
 
     async def give_back_run_slot(self, run_id: str) -> None:
         await self._reader.execute_fetchall("DELETE FROM run_slots WHERE run_id = ?", (run_id,))
 
     async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
-        rows = await self._pool.fetch(
-            "SELECT run_id FROM run_slots WHERE run_id = ANY($1::text[]) AND held = 1",
-            list(run_ids),
-        )
+        async with _away_as_lost():
+            rows = await self._pool.fetch(
+                "SELECT run_id FROM run_slots WHERE run_id = ANY($1::text[]) AND held = 1",
+                list(run_ids),
+            )
         return {str(r[0]) for r in rows}
 
     async def list_assets(self) -> list[tuple[str, int, EventRow]]:
