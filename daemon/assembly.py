@@ -17,6 +17,11 @@ async with tracing, store, http client, task group:
                         reload, STOPPING=1 at SIGTERM; HTTP on the sockets it passes
                         (daemon/service/)
 ```
+
+With the state in PostgreSQL, all of the above but the servers, the signals and systemd
+is one *session* on the database: a session that loses it (or its node's lease) is torn
+down, the servers answer 503 meanwhile, and a new session starts once the database
+answers (daemon/runtime/reconnect.py).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from cued.daemon.runtime.backlog import Backlog
 from cued.daemon.runtime.intake import DaemonIntake
 from cued.daemon.runtime.membership import Membership
 from cued.daemon.runtime.metrics import Metrics
+from cued.daemon.runtime.reconnect import DatabaseLink
 from cued.daemon.runtime.reload import Reloader, ReloadOutcome
 from cued.daemon.runtime.retention import prune_periodically
 from cued.daemon.runtime.runner import Runner
@@ -65,11 +71,12 @@ from cued.daemon.service.notify import (
     discard_service_environment,
     watchdog_interval_s,
 )
-from cued.daemon.service.watchdog import Progress, ServiceNotices
+from cued.daemon.service.watchdog import Progress, ServiceNotices, keep_alive
 from cued.daemon.store.copying import copy_state
 from cued.daemon.store.filemodes import private_file
 from cued.daemon.store.opening import open_store_at
 from cued.daemon.store.pg_notify import Notices
+from cued.daemon.store.postgresql import PostgresStore, lost_database
 from cued.daemon.web.api import Caller, Users, build_app
 from cued.daemon.web.body_limit import BodyLimit
 from cued.daemon.web.control import (
@@ -81,6 +88,7 @@ from cued.daemon.web.control import (
 )
 from cued.daemon.web.front import WebFront
 from cued.daemon.web.live import Live, LiveShare, publish_committed
+from cued.daemon.web.outage import Switch, outage_app
 from cued.daemon.web.server import PerConnection, serve_asgi
 from cued.daemon.web.ui import with_ui
 
@@ -95,7 +103,7 @@ if TYPE_CHECKING:
     from cued.daemon.sdk.kinds import TaskKind
     from cued.daemon.sdk.sources import Source
     from cued.daemon.sdk.tracing import Tracing
-    from cued.daemon.store import Store
+    from cued.daemon.store import NodeRow, Store
 
 __all__ = [
     "DaemonInfo",
@@ -174,11 +182,20 @@ class _Parts:
 
 
 @asynccontextmanager
-async def _open_parts(config: Config) -> AsyncIterator[_Parts]:
+async def _open_parts(config: Config, before: NodeRow | None) -> AsyncIterator[_Parts]:
     """The daemon's store, runner (serving), intake and alerts (their sender runs with no
     channel too: a reload may add one; an alert queued for a channel no longer configured
-    is given up when due)."""
-    async with _opened(config, lock=True) as (store, http, kinds, tracing, node):
+    is given up when due). The caller holds the state's lock.
+
+    :param before: the daemon's node before it lost the database (it joins again)
+    """
+    async with _opened(config, lock=False, shared=True, before=before) as (
+        store,
+        http,
+        kinds,
+        tracing,
+        node,
+    ):
         # always: a reload may add the first alert channel
         alerts = Alerts(config.alerts, store, http, config.base_dir)
         backlog = _backlog(config)
@@ -205,12 +222,17 @@ async def _open_parts(config: Config) -> AsyncIterator[_Parts]:
 
 @asynccontextmanager
 async def _opened(
-    config: Config, *, lock: bool
+    config: Config, *, lock: bool, shared: bool | None = None, before: NodeRow | None = None
 ) -> AsyncIterator[tuple[Store, httpx.AsyncClient, dict[str, TaskKind], Tracing, Membership]]:
     """The store, the shared HTTP client, the task kinds and tracing, closed in the
     reverse order (tracing last: it sends the spans of runs stopped before it); and the
     daemon's node, joined (before anything is recorded: the runs it records are its own)
-    with the runs of gone nodes adopted."""
+    with the runs of gone nodes adopted.
+
+    :param lock: take the state's daemon lock
+    :param shared: take a share of the database's lock (by default, if ``lock``)
+    :param before: the node this process was before it lost the database
+    """
     state = config.state_path
     make_state_folder(state)
     config_folder_first(config.base_dir)  # python tasks find modules beside the config
@@ -218,7 +240,7 @@ async def _opened(
     with _exclusive(state, config.state_shown) if lock else nullcontext():
         async with (
             open_tracing(config.telemetry) as tracing,
-            _open_store(config, shared=lock) as store,
+            _open_store(config, shared=lock if shared is None else shared) as store,
             # no read timeout of its own: each task's `timeout` bounds its requests
             httpx.AsyncClient(
                 limits=limits,
@@ -232,9 +254,16 @@ async def _opened(
             ) as http,
             _closing(kinds := _kinds(config)),
         ):
-            node = Membership(store, config)
+            node = Membership(store, config, before)
             await node.join()
-            yield store, http, kinds, tracing, node
+            try:
+                yield store, http, kinds, tracing, node
+            except BaseException as exc:
+                if (lost := lost_database(exc)) is not None and isinstance(store, PostgresStore):
+                    # its lease lapsed (or was taken): not a word more to the database, and
+                    # no wait for a server that may not answer
+                    store.abandon(lost)
+                raise
 
 
 def _backlog(config: Config) -> Backlog[Any]:
@@ -503,6 +532,9 @@ class DaemonInfo:
     reloader: Reloader | None = None
     sources: SourceSet | None = None
     supervision: Supervision | None = None
+    link: DatabaseLink[DaemonInfo] | None = None
+    """The daemon's hold on its database: after a reconnection, ``link.current`` is the
+    daemon's parts anew (these are those it first started with)."""
 
 
 async def run_daemon(
@@ -573,12 +605,149 @@ async def _serve(
     systemd: _Systemd,
     task_status: anyio.abc.TaskStatus[DaemonInfo],
 ) -> None:
+    """Serve until SIGTERM or SIGINT; with the state in PostgreSQL, reconnect in place
+    whenever the database is lost once up (:mod:`cued.daemon.runtime.reconnect`)."""
+    link: DatabaseLink[DaemonInfo] = DatabaseLink(config)
+    stop = anyio.Event()
+    reconnects = is_database_url(config.state_location())
+    make_state_folder(config.state_path)
+    # the state's lock for the process's whole life, not per connection to the database:
+    # no second daemon takes this config folder over while this one reconnects
+    with _exclusive(config.state_path, config.state_shown):
+        async with anyio.create_task_group() as tg:
+            faces = _Faces(config, systemd, link, tg)
+            tg.start_soon(_take_signals, signals, stop, link, config.daemon.shutdown_grace)
+            first = True
+            while not stop.is_set():
+                try:
+                    await _session(link, faces, systemd, stop, task_status if first else None)
+                except Exception as exc:
+                    lost = lost_database(exc) if reconnects and link.current is not None else None
+                    if lost is None:
+                        raise
+                    faces.outage()
+                    if link.problem is None:  # lost now (not a try that failed)
+                        link.lost(lost)
+                        keep = partial(keep_alive, systemd.notifier, systemd.watchdog_s)
+                        await tg.start(link.keep_alive_while_away, partial(keep, link.status_line))
+                    else:
+                        link.failed(lost)
+                    await link.wait_to_retry(stop)
+                else:
+                    break
+                first = False
+            if link.problem is not None:
+                systemd.notifier.stopping("stopping: the database was away")
+            await faces.close()
+            tg.cancel_scope.cancel()
+
+
+async def _take_signals(
+    signals: AsyncIterator[int], stop: anyio.Event, link: DatabaseLink[DaemonInfo], grace: float
+) -> None:
+    """SIGHUP: reload the configuration file; SIGTERM, SIGINT: stop."""
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            link.hup()
+            continue
+        get_logger().info("daemon_stopping", signal=signal.Signals(signum).name, grace_s=grace)
+        stop.set()
+        return
+
+
+class _Faces:
+    """The control socket's and the HTTP front's servers: made once the daemon first
+    starts, they outlive a loss of the database, and each serves a
+    :class:`~cued.daemon.web.outage.Switch` (the daemon's apps while it has the database,
+    an answer that it reconnects while it has not)."""
+
+    def __init__(
+        self,
+        config: Config,
+        systemd: _Systemd,
+        link: DatabaseLink[DaemonInfo],
+        tg: anyio.abc.TaskGroup,
+    ) -> None:
+        self._config = config
+        self._systemd = systemd
+        self._tg = tg
+        self._outage = outage_app(link.outage_problem)
+        self.control = Switch(self._outage)
+        self.front = Switch(self._outage)
+        self.address: tuple[str, int] | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._stopped = anyio.Event()
+
+    async def serve(self, control: ASGIApp, front: ASGIApp) -> None:
+        """Serve ``control`` and ``front`` (the first time: bind and start the servers)."""
+        self.control.app, self.front.app = control, front
+        if self._scope is None:
+            await self._tg.start(self._run)
+
+    def outage(self) -> None:
+        self.control.app = self.front.app = self._outage
+
+    async def close(self) -> None:
+        """Stop the servers (open requests get ``shutdown_grace``)."""
+        if self._scope is not None:
+            self._scope.cancel()
+            await self._stopped.wait()
+
+    async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        config = self._config
+        grace = config.daemon.shutdown_grace
+        access = ControlAccess.of(config.daemon.control_group)
+        guarded = ControlGuard(BodyLimit(self.control, config.http.max_body_bytes), access)
+        try:
+            with anyio.CancelScope() as self._scope:
+                async with anyio.create_task_group() as tg:
+                    # under the state's lock
+                    control_sock = bind_control_socket(
+                        control_socket_path(config.state_path), access
+                    )
+                    await tg.start(
+                        partial(
+                            serve_asgi,
+                            guarded,
+                            sockets=[control_sock],
+                            http=PeerCredentials,
+                            grace_s=grace,
+                        )
+                    )
+                    if listening := _listening(config, self._systemd):
+                        self.address = _address(listening[0])
+                        # one memo per connection: the open API learns who opened it once
+                        await tg.start(
+                            partial(
+                                serve_asgi,
+                                self.front,
+                                sockets=listening,
+                                http=PerConnection,
+                                grace_s=grace,
+                            )
+                        )
+                    task_status.started()
+        finally:
+            self._stopped.set()
+
+
+async def _session(
+    link: DatabaseLink[DaemonInfo],
+    faces: _Faces,
+    systemd: _Systemd,
+    stop: anyio.Event,
+    task_status: anyio.abc.TaskStatus[DaemonInfo] | None,
+) -> None:
+    """The daemon on its store, from opening it until ``stop`` (or until it is lost):
+    ``task_status`` is told once it is up, the first time."""
     log = get_logger()
+    config = link.config
     socket_path = control_socket_path(config.state_path)
     # callers are named by their OS user, and only those `access` allows get in
     access = ControlAccess.of(config.daemon.control_group)
-    async with _open_parts(config) as parts, anyio.create_task_group() as tg:
+    async with _open_parts(config, link.node) as parts, anyio.create_task_group() as tg:
         store, runner, intake = parts.store, parts.runner, parts.intake
+        link.node = parts.node.row
         version = await _record_version(config, store)
         runner.reconfigure(config, version, {})
         if parts.alerts is not None:
@@ -631,93 +800,80 @@ async def _serve(
             max_body_bytes=config.http.max_body_bytes,
         )
         build_sources.front = front
-        control = ControlGuard(
-            BodyLimit(
-                build_app(
-                    runner,
-                    trusted=True,
-                    live=live,
-                    metrics=metrics,
-                    ready=ready,
-                    reloader=reloader,
-                    supervised=supervision,
-                    intake=intake,
-                ),
-                config.http.max_body_bytes,
-            ),
-            access,
-        )
-        grace = config.daemon.shutdown_grace
-        control_sock = bind_control_socket(socket_path, access)  # under the state's lock
-        await tg.start(
-            partial(
-                serve_asgi, control, sockets=[control_sock], http=PeerCredentials, grace_s=grace
-            )
+        control = build_app(
+            runner,
+            trusted=True,
+            live=live,
+            metrics=metrics,
+            ready=ready,
+            reloader=reloader,
+            supervised=supervision,
+            intake=intake,
         )
         # made before the server listens: a webhook reserves its path, which answers
         # 503 (not 404) until the source has started
         sources_set.build(config.sources)
-        address = None
-        if listening := _listening(config, systemd):
-            address = _address(listening[0])
-            # one memo per connection: the open API learns who opened it once (api_auth)
-            await tg.start(
-                partial(serve_asgi, front, sockets=listening, http=PerConnection, grace_s=grace)
-            )
-        async with anyio.create_task_group() as sources_tg:
-            await sources_tg.start(sources_set.serve)
-            await runner.resume_unfinished()
-            # after the resumption: the runs it adopts are not in memory yet
-            await tg.start(parts.node.run, runner)
-            # after the sources' start: the files source first moves what a crash left
-            # recorded, which it recognises by the recorded event
-            tg.start_soon(prune_periodically, config, store)
-            log.info(
-                "daemon_started",
-                state=config.state_shown,
-                control_socket=str(socket_path),
-                http=f"http://{_host(address[0])}:{address[1]}" if address else None,
-                # where a person goes first: the UI (the API is under /api/v1 beside it)
-                ui=f"http://{_host(address[0])}:{address[1]}/ui/" if address else None,
-                pipelines=sorted(config.pipelines),
-                sources=sorted(config.sources),
-                config_version=version,
-                socket_activated=bool(systemd.sockets),
-            )
-            notices = ServiceNotices(
-                systemd.notifier,
-                runner,
-                supervision,
-                partial(_progress, store, intake, supervision),
-                watchdog_s=systemd.watchdog_s,
-            )
-            store.on_commit(notices.changed)
-            runner.backlog.on_change(notices.changed)
-            reloader.on_reload(_ReloadNotices(notices, supervision))
-            up.set()
-            # the store is open, unfinished runs resumed, every source takes events and
-            # the HTTP front listens: `After=cued.service` may count on all of it now
-            notices.ready()
-            await tg.start(notices.run)  # after READY=1: its first STATUS= follows it
-            task_status.started(
-                DaemonInfo(
-                    runner, intake, address, live, metrics, reloader, sources_set, supervision
+        await faces.serve(control, front)
+        address = faces.address
+        try:
+            async with anyio.create_task_group() as sources_tg:
+                await sources_tg.start(sources_set.serve)
+                await runner.resume_unfinished()
+                # after the resumption: the runs it adopts are not in memory yet
+                await tg.start(parts.node.run, runner)
+                # after the sources' start: the files source first moves what a crash left
+                # recorded, which it recognises by the recorded event
+                tg.start_soon(prune_periodically, config, store)
+                log.info(
+                    "daemon_started" if task_status is not None else "daemon_resumed",
+                    state=config.state_shown,
+                    control_socket=str(socket_path),
+                    http=f"http://{_host(address[0])}:{address[1]}" if address else None,
+                    # where a person goes first: the UI (the API is under /api/v1 beside it)
+                    ui=f"http://{_host(address[0])}:{address[1]}/ui/" if address else None,
+                    pipelines=sorted(config.pipelines),
+                    sources=sorted(config.sources),
+                    config_version=version,
+                    socket_activated=bool(systemd.sockets),
+                    node=parts.node.name,
+                    generation=parts.node.row.generation if parts.node.row else None,
                 )
-            )
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    await reloader.reload()
-                    continue
-                log.info("daemon_stopping", signal=signal.Signals(signum).name, grace_s=grace)
-                break
-            notices.stopping()
-            stopping.set()
-            supervision.stopping()
-            sources_tg.cancel_scope.cancel()
+                notices = ServiceNotices(
+                    systemd.notifier,
+                    runner,
+                    supervision,
+                    partial(_progress, store, intake, supervision),
+                    watchdog_s=systemd.watchdog_s,
+                )
+                store.on_commit(notices.changed)
+                runner.backlog.on_change(notices.changed)
+                reloader.on_reload(_ReloadNotices(notices, supervision))
+                up.set()
+                info = DaemonInfo(
+                    runner, intake, address, live, metrics, reloader, sources_set, supervision, link
+                )
+                link.connected(info)
+                # the store is open, unfinished runs resumed, every source takes events and
+                # the HTTP front listens: `After=cued.service` may count on all of it now
+                notices.ready()
+                await tg.start(notices.run)  # after READY=1: its first STATUS= follows it
+                if task_status is not None:
+                    task_status.started(info)
+                async with link.reloads(reloader.reload):
+                    await stop.wait()
+                notices.stopping()
+                stopping.set()
+                supervision.stopping()
+                sources_tg.cancel_scope.cancel()
+        finally:
+            link.config = reloader.config  # the daemon goes on with the last one applied
+        grace = config.daemon.shutdown_grace
         with anyio.move_on_after(grace):
             await runner.drain()
         if left := runner.slots.running_tasks:
             log.warning("daemon_stopping_tasks", running=left, note="they run again on restart")
+        live.close()  # open streams end: the servers do not wait for them
+        await faces.close()  # before the store closes: open requests may still record
         tg.cancel_scope.cancel()
 
 

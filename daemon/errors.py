@@ -7,6 +7,7 @@ The exceptions cued raises, as a tree:
   x AlertDeliveryError   - an alert channel did not take an alert (it is tried again)
   x StoreError           - the durable store cannot be opened or is of an unknown version
     + Fenced             - this node's lease lapsed and its runs went to other nodes
+    + DatabaseLost       - the daemon's connection to its PostgreSQL database was lost
   x DaemonUnavailable    - no daemon answers on the control socket
   x NotFound             - a run, pipeline or task named by the user does not exist
   x InvalidRequest       - a request names things that exist but asks what cannot be done
@@ -31,6 +32,7 @@ __all__ = [
     "CuedError",
     "DaemonUnavailable",
     "DataCheckFailed",
+    "DatabaseLost",
     "Fenced",
     "Forbidden",
     "InvalidRequest",
@@ -91,6 +93,10 @@ class StoreError(CuedError):
 
 class Fenced(StoreError):
     """This node's lease lapsed (or another node took it over): it may write no more."""
+
+
+class DatabaseLost(StoreError):
+    """The daemon's connection to its PostgreSQL database was lost (the daemon reconnects)."""
 
 
 class DaemonUnavailable(CuedError):

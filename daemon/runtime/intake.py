@@ -252,6 +252,18 @@ class DaemonIntake:
         :param runs: where the runs that events start go, once recorded
         """
         await self.flow.load()
+        try:
+            await self._loop(runs, task_status)
+        finally:
+            # the loop is over (the daemon stops, or lost its database and starts anew):
+            # what still waits was not recorded, or is not known to be, and hears so now
+            # (its source does not acknowledge it) instead of waiting for ever
+            for request in self._waiting:
+                if not request.done.is_set():
+                    request.error = StoreError("intake stopped before the events were recorded")
+                    request.done.set()
+
+    async def _loop(self, runs: RunQueue, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.flow.run, runs)
             task_status.started()

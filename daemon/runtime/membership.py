@@ -12,9 +12,10 @@ the fencing):
   says whether another node is gone, and then the node adopts that node's runs and
   resumes them as after a crash;
 - a node that cannot renew its lease before it lapses (the database is unreachable, the
-  process was stopped) stops: its runs are the others' now. Its commits would be refused
-  anyway (fencing); stopping also stops the tasks it runs. Its supervisor starts it again,
-  and it joins with a new generation.
+  process was stopped) gives up: its runs are the others' now. Its commits would be
+  refused anyway (fencing); the daemon stops the tasks it runs, drops its runs from
+  memory and, once the database answers, joins again with a new generation
+  (:mod:`cued.daemon.runtime.reconnect`).
 """
 
 from __future__ import annotations
@@ -47,14 +48,17 @@ _RETRY_S = (0.1, 1.0)
 class Membership:
     """The daemon's node: :meth:`join` once, then :meth:`run` beside the runner."""
 
-    def __init__(self, store: Store, config: Config) -> None:
+    def __init__(self, store: Store, config: Config, before: NodeRow | None = None) -> None:
+        """:param before: this process's node before it lost the database: the node
+        joins again under its name, replacing that generation at once"""
         self.store = store
-        self.name = config.daemon.node or default_node_name()
+        self.name = before.node if before is not None else config.daemon.node or default_node_name()
         self.lease_s = config.daemon.lease
         self.row: NodeRow | None = None
         self.on_gone: list[Callable[[], None]] = []
         """Called when another node was found gone and its runs adopted (what it had
         claimed is for the others to take over: its unsent alerts)."""
+        self._replacing = before.generation if before is not None else None
         self._log = get_logger().bind(node=self.name)
 
     async def join(self) -> list[str]:
@@ -64,14 +68,18 @@ class Membership:
         :raises StoreError: if a live node of this name holds its lease
         """
         self.row = await self.store.join(
-            self.name, lease_s=self.lease_s, host=socket.gethostname(), pid=os.getpid()
+            self.name,
+            lease_s=self.lease_s,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            replacing=self._replacing,
         )
         self._renewed_at = anyio.current_time()
         adopted = await self.store.adopt()
         # SQLite's one node is news to nobody (and the CLI's own runner says nothing)
         log = self._log.info if self.leased else self._log.debug
         log(
-            "node_joined",
+            "node_joined" if self._replacing is None else "node_rejoined",
             generation=self.row.generation,
             lease_s=self.lease_s,
             adopted=len(adopted),
@@ -146,5 +154,5 @@ class Membership:
                 delay = min(delay * 2, _RETRY_S[1])
         raise Fenced(
             f"node {self.name!r} could not renew its lease within {self.lease_s}s: its runs "
-            "are other nodes' now; it stops (started again, it joins anew)"
+            "are other nodes' now; its tasks stop (it joins anew once the database answers)"
         )

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from cued.daemon.runtime.supervision import Supervision
     from cued.daemon.service.notify import Notifier
 
-__all__ = ["Progress", "ServiceNotices", "progress_problems", "status_line"]
+__all__ = ["Progress", "ServiceNotices", "keep_alive", "progress_problems", "status_line"]
 
 _STATUS_EVERY_S = 1.0
 _log = get_logger()
@@ -165,3 +165,22 @@ class ServiceNotices:
             if not problems:
                 self._notifier.watchdog()
             self._send_status()
+
+
+async def keep_alive(notifier: Notifier, watchdog_s: float | None, line: Callable[[], str]) -> None:
+    """While the daemon reconnects to its database: ``STATUS=`` says so (``line()``, sent
+    as it changes), and the watchdog is pinged, until cancelled. The pings go on because
+    the process is healthy (its event loop turns; it waits for the database, which a
+    restart would only wait for again); they come from the event loop, so a blocked one
+    still gets the daemon restarted."""
+    if not notifier.enabled:
+        await anyio.sleep_forever()
+    every_s = _STATUS_EVERY_S if watchdog_s is None else min(_STATUS_EVERY_S, watchdog_s / 2)
+    last = ""
+    while True:
+        if (now_line := line()) != last:
+            last = now_line
+            notifier.status(now_line)
+        if watchdog_s is not None:
+            notifier.watchdog()
+        await anyio.sleep(every_s)

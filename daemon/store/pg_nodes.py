@@ -79,7 +79,7 @@ ON CONFLICT (node) DO UPDATE SET generation = excluded.generation, alive = 1,
     host = excluded.host, pid = excluded.pid, lease_s = excluded.lease_s,
     started_at = excluded.started_at, renewed_at = excluded.renewed_at,
     expires_at = excluded.expires_at
-WHERE nodes.alive = 0 OR nodes.expires_at < excluded.started_at
+WHERE nodes.alive = 0 OR nodes.expires_at < excluded.started_at OR nodes.generation = $5
 RETURNING *
 """
 # the unfinished runs nobody owns (copied from SQLite, or recorded without a daemon)
@@ -277,18 +277,31 @@ async def _take(db: Any, sql: str, *args: Any) -> bool:
     return bool(taken)
 
 
-async def join(db: Any, node: str, *, lease_s: float, host: str, pid: int, where: str) -> NodeRow:
+async def join(
+    db: Any,
+    node: str,
+    *,
+    lease_s: float,
+    host: str,
+    pid: int,
+    where: str,
+    replacing: int | None = None,
+) -> NodeRow:
     """Register ``node`` with a new generation (see the module's docstring).
 
     A row of the name that is alive is waited for until its lease lapses (a daemon
     killed and started again at once finds its own), unless it is renewed meanwhile.
+
+    :param replacing: this process's own generation before it lost the database: its
+        row is taken over at once, lease or not (that incarnation stopped its tasks and
+        can write no more), with its runs, unless another node adopted them meanwhile
 
     :raises StoreError: if a live node of that name renews its lease
     """
     seen: tuple[int, float] | None = None
     while True:
         async with db.transaction():
-            row = await db.fetchrow(_REGISTER, node, host, pid, lease_s)
+            row = await db.fetchrow(_REGISTER, node, host, pid, lease_s, replacing)
             if row is not None:
                 await db.execute(_CLAIM_ORPHANS, node)
                 # its runs that waited for a slot ask again when their turn comes here

@@ -12,8 +12,10 @@ stores cannot drift apart in what they mean. What differs is here:
   UPDATE``; the latest event of each asset is a ``DISTINCT ON``); the reads' SQL is SQLite's,
   translated by :func:`pg_sql` (``?`` placeholders numbered, index hints dropped);
 - reads go through a small pool of connections, so the API's reads run beside the writer;
-- a lost connection: the writer's fails the store at once (it held the daemon's lock),
-  and so stops the daemon; the readers' pool reconnects by itself;
+- a lost connection: the writer's fails the store at once (it held the daemon's lock)
+  with :class:`~cued.daemon.errors.DatabaseLost`, which the daemon answers by opening the
+  store again (see the README, "State in PostgreSQL"); the readers' pool reconnects by
+  itself;
 - text: PostgreSQL keeps no NUL character in text, so one (which a task's output line may
   hold) is stored as U+FFFD; JSON is text already, with NULs escaped.
 
@@ -41,7 +43,7 @@ import asyncpg
 
 from cued.daemon.config.state import is_database_url, shown_url
 from cued.daemon.core.assets import ASSET_SOURCES, asset_of
-from cued.daemon.errors import Fenced, StoreError
+from cued.daemon.errors import DatabaseLost, Fenced, StoreError
 from cued.daemon.logs import get_logger
 from cued.daemon.store import (
     ApprovalRow,
@@ -78,7 +80,15 @@ if TYPE_CHECKING:
     from cued.daemon.store import Row
     from cued.daemon.store._batch import _Batch
 
-__all__ = ["DAEMON_LOCK", "PostgresStore", "is_database_url", "open_pg_store", "pg_sql"]
+__all__ = [
+    "DAEMON_LOCK",
+    "PostgresStore",
+    "is_connection_lost",
+    "is_database_url",
+    "lost_database",
+    "open_pg_store",
+    "pg_sql",
+]
 
 #: The advisory lock (its 64-bit key: ``cued:run`` in ASCII) a daemon's session holds.
 DAEMON_LOCK = int.from_bytes(b"cued:run", "big", signed=True)
@@ -89,6 +99,53 @@ _log = get_logger()
 # each session says whose it is (pg_stat_activity): a daemon's, by its process id
 _SESSION = {"application_name": f"cued:{os.getpid()}"}
 _INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
+# what a session that is gone raises: its socket closed or cut, the server shutting down
+# or terminating it (pg_terminate_backend), or asyncpg's own "connection is closed"
+_LOST = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection to the database is gone (not that a statement
+    was wrong): what waits for the database to come back."""
+    return isinstance(exc, _LOST)
+
+
+def lost_database(exc: BaseException) -> StoreError | None:
+    """What in ``exc`` (an error, or a task group's group of them, with their causes) says
+    that the daemon lost its database or its node's lease: a :class:`DatabaseLost`, a
+    :class:`Fenced`, or asyncpg's error of a session that is gone (as a DatabaseLost).
+    None: the daemon failed for another reason (the other errors a loss brings about,
+    commits and reads that failed with it, come with one of these). A Fenced comes
+    first: the lease lost is why the connections were then dropped."""
+    seen: set[int] = set()
+    todo = [exc]
+    found: StoreError | None = None
+    while todo:
+        error = todo.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, Fenced):
+            return error
+        if found is None and isinstance(error, DatabaseLost):
+            found = error
+        elif (
+            found is None
+            and isinstance(error, _LOST)
+            and not isinstance(error, OSError | TimeoutError)
+        ):
+            found = DatabaseLost(f"lost the connection to the database: {error}")
+        if isinstance(error, BaseExceptionGroup):
+            todo.extend(error.exceptions)
+        if error.__cause__ is not None:
+            todo.append(error.__cause__)
+    return found
 
 
 @lru_cache(maxsize=2048)
@@ -131,6 +188,16 @@ class _Connection:
         await self._db.executemany(pg_sql(sql), [_args(p) for p in parameters])
 
 
+@asynccontextmanager
+async def _away_as_lost() -> AsyncIterator[None]:
+    """A lost session raises :class:`DatabaseLost` (the API answers 503; the daemon
+    reconnects), not the driver's or the socket's error."""
+    try:
+        yield
+    except _LOST as exc:
+        raise DatabaseLost(f"the database does not answer: {exc}") from exc
+
+
 class _Pool:
     """The readers: ``execute_fetchall`` on a connection of the pool."""
 
@@ -142,8 +209,11 @@ class _Pool:
     async def execute_fetchall(
         self, sql: str, parameters: Iterable[Any] | None = None
     ) -> list[tuple[Any, ...]]:
-        async with self._pool.acquire() as db:
-            rows = await db.fetch(pg_sql(sql), *_args(parameters))
+        try:  # (as _away_as_lost, without a context manager's cost on every read)
+            async with self._pool.acquire() as db:
+                rows = await db.fetch(pg_sql(sql), *_args(parameters))
+        except _LOST as exc:
+            raise DatabaseLost(f"the database does not answer: {exc}") from exc
         return [tuple(r) for r in rows]
 
     async def close(self) -> None:
@@ -572,7 +642,13 @@ class PostgresStore(SqliteStore):
         except asyncpg.PostgresError as exc:
             if pg_nodes.is_fenced(exc):
                 raise Fenced(str(exc)) from exc
+            if is_connection_lost(exc):
+                raise self.abandon(self._lost(exc)) from exc
             raise
+        except _LOST as exc:
+            # whether the commit happened is unknown: its batch fails, so nothing of it is
+            # acknowledged (a source sends it again; its event's id claims it once)
+            raise self.abandon(self._lost(exc)) from exc
         seconds = anyio.current_time() - started
         self.commits += 1
         self.commit_seconds += seconds
@@ -590,6 +666,29 @@ class PostgresStore(SqliteStore):
             self.commit_seconds += anyio.current_time() - started
         finally:
             chore.done.set()
+
+    def _lost(self, exc: BaseException | None = None) -> DatabaseLost:
+        why = f": {exc}" if exc is not None and str(exc) else ""
+        return DatabaseLost(f"lost the connection to the database {self.where!r}{why}")
+
+    def abandon(self, error: StoreError) -> StoreError:
+        """Give the store up at once (the database is lost, or the node's lease): what
+        waits for a commit or a chore fails with ``error``, nothing more is written, and
+        the connections are dropped without a word to the server (which may not answer).
+        Returns ``error``."""
+        if self._failed is None:
+            self._failed = error
+        pending, self._batch = self._batch, _Batch()
+        pending.error = error
+        pending.done.set()
+        self._provisional.clear()
+        self._drop_chores(error)
+        self._db.terminate()
+        if self._lease_db is not None:
+            self._lease_db.terminate()
+            self._lease_db = None
+        self._pool.terminate()
+        return error
 
     async def set_paused(self, pipeline: str, pause: PauseRow | None) -> None:
         async def work(db: _Connection) -> None:
@@ -611,10 +710,12 @@ class PostgresStore(SqliteStore):
             return "", []
         return "AND run_id IN (SELECT run_id FROM run_owners WHERE node = ?)", [self._me[0]]
 
-    async def join(self, node: str, *, lease_s: float, host: str, pid: int) -> NodeRow:
-        async with self._pool.acquire() as db:
+    async def join(
+        self, node: str, *, lease_s: float, host: str, pid: int, replacing: int | None = None
+    ) -> NodeRow:
+        async with _away_as_lost(), self._pool.acquire() as db:
             row = await pg_nodes.join(
-                db, node, lease_s=lease_s, host=host, pid=pid, where=self.where
+                db, node, lease_s=lease_s, host=host, pid=pid, where=self.where, replacing=replacing
             )
         self._me = (row.node, row.generation)
         self.lease_s_hint = lease_s
@@ -653,18 +754,20 @@ class PostgresStore(SqliteStore):
     async def adopt(self) -> list[str]:
         me = self._node()
         try:
-            async with self._pool.acquire() as db:
+            async with _away_as_lost(), self._pool.acquire() as db:
                 return await pg_nodes.adopt(db, *me)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except asyncpg.PostgresError as exc:
             raise StoreError(f"node {me[0]!r} could not adopt runs: {exc}") from exc
 
     async def list_nodes(self) -> list[NodeRow]:
-        return await pg_nodes.list_nodes(self._pool)
+        async with _away_as_lost():
+            return await pg_nodes.list_nodes(self._pool)
 
     async def take_run_slot(self, pipeline: str, run_id: str, limit: int) -> bool:
         if self._me is None:
             return True  # not a node (the CLI): no run is driven here
-        return await pg_nodes.take_run_slot(self._pool, *self._me, pipeline, run_id, limit)
+        async with _away_as_lost():
+            return await pg_nodes.take_run_slot(self._pool, *self._me, pipeline, run_id, limit)
 
     async def give_back_run_slot(self, run_id: str) -> None:
         await self._pool.execute(
@@ -725,10 +828,11 @@ class PostgresStore(SqliteStore):
         return freed
 
     async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
-        rows = await self._pool.fetch(
-            "SELECT run_id FROM run_slots WHERE run_id = ANY($1::text[]) AND held = 1",
-            list(run_ids),
-        )
+        async with _away_as_lost():
+            rows = await self._pool.fetch(
+                "SELECT run_id FROM run_slots WHERE run_id = ANY($1::text[]) AND held = 1",
+                list(run_ids),
+            )
         return {str(r[0]) for r in rows}
 
     @asynccontextmanager
@@ -816,13 +920,12 @@ async def _watch(
     with it went the daemon's lock, and an idle daemon might otherwise go on for long
     without it.
 
-    :raises StoreError: when the connection is lost
+    :raises DatabaseLost: when the connection is lost
     """
     with anyio.CancelScope() as scope:
         task_status.started(scope)
         await lost.wait()
-        store._failed = StoreError(f"lost the connection to the database {store.where!r}")
-        raise store._failed
+        raise store.abandon(store._lost())
 
 
 @asynccontextmanager
@@ -843,7 +946,9 @@ async def open_pg_store(
     try:
         writer = await asyncpg.connect(url, timeout=10, server_settings=_SESSION)
     except Exception as exc:
-        raise StoreError(f"cannot connect to the database {where!r}: {exc}") from exc
+        # whatever the reason (the server down, starting, refusing this database for now,
+        # out of connections): a daemon that had the database waits for it (DatabaseLost)
+        raise DatabaseLost(f"cannot connect to the database {where!r}: {exc}") from exc
     readers: asyncpg.Pool | None = None
     try:
         if exclusive and not await writer.fetchval("SELECT pg_try_advisory_lock($1)", DAEMON_LOCK):
@@ -853,12 +958,17 @@ async def open_pg_store(
         ):
             raise StoreError(f"the database {where!r} is being copied (cued store copy)")
         await migrate(writer, where)
-        readers = await asyncpg.create_pool(
-            url, min_size=1, max_size=4, timeout=10, reset=_as_it_is, server_settings=_SESSION
-        )
+        try:
+            readers = await asyncpg.create_pool(
+                url, min_size=1, max_size=4, timeout=10, reset=_as_it_is, server_settings=_SESSION
+            )
+        except Exception as exc:
+            raise DatabaseLost(f"cannot connect to the database {where!r}: {exc}") from exc
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
             await writer.close()
+        if is_connection_lost(exc):
+            raise DatabaseLost(f"cannot open the database {where!r}: {exc}") from exc
         if isinstance(exc, asyncpg.PostgresError | OSError):
             raise StoreError(f"cannot open the database {where!r}: {exc}") from exc
         raise
@@ -885,6 +995,8 @@ async def open_pg_store(
                         await pg_nodes.leave(writer, *store._me)
                     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                         _log.warning("node_not_left", node=store._me[0], error=str(exc))
+            if store._failed is not None:
+                store.abandon(store._failed)  # a lost server is not waited for
             await store._drop_lease_db()
             if store._deciding_db is not None:
                 store._deciding_db.terminate()

@@ -816,10 +816,15 @@ class Store(Protocol):
 
     # -- nodes (see cued.daemon.store.nodes) ------------------------------------------
 
-    async def join(self, node: str, *, lease_s: float, host: str, pid: int) -> NodeRow:
+    async def join(
+        self, node: str, *, lease_s: float, host: str, pid: int, replacing: int | None = None
+    ) -> NodeRow:
         """Register the daemon as ``node``, with a new generation: from now on every
         commit is its (and fails with :class:`Fenced` once its lease was taken over). It
         owns the unfinished runs its name owned, and those no node owns.
+
+        :param replacing: the generation this process had before it lost the database
+            (PostgreSQL): that row is taken over at once instead of after its lease
 
         :raises StoreError: if a live node of that name holds its lease
         """

@@ -343,7 +343,9 @@ class SqliteStore(StoreReads):
 
     # -- nodes: one, holding no lease (see cued.daemon.store.nodes) ----------------------
 
-    async def join(self, node: str, *, lease_s: float, host: str, pid: int) -> NodeRow:
+    async def join(
+        self, node: str, *, lease_s: float, host: str, pid: int, replacing: int | None = None
+    ) -> NodeRow:
         at = now()
 
         async def work(db: aiosqlite.Connection) -> int:

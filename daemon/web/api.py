@@ -69,6 +69,8 @@ from cued.daemon.core.tracecontext import parse_traceparent
 from cued.daemon.errors import (
     Conflict,
     CuedError,
+    DatabaseLost,
+    Fenced,
     Forbidden,
     InvalidRequest,
     NotFound,
@@ -227,7 +229,20 @@ async def _cued_error(request: Request, exc: Exception) -> Response:
         return error_response(409, "invalid_request", message)
     if isinstance(exc, InvalidRequest):
         return error_response(422, "invalid_request", message)
+    if _database_away(exc):
+        # (PostgreSQL) the daemon reconnects: asked again later, it answers
+        return error_response(503, "store_unavailable", message, **{"Retry-After": "5"})
     return error_response(500, "error", message)
+
+
+def _database_away(exc: BaseException | None) -> bool:
+    """Whether ``exc`` comes of a database lost (or a node's lease), which the daemon
+    reconnects to, not of a store that is broken."""
+    while exc is not None:
+        if isinstance(exc, DatabaseLost | Fenced):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
