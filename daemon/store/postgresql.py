@@ -67,6 +67,7 @@ from cued.daemon.store import (
     pg_nodes,
     pg_outbox,
 )
+from cued.daemon.store._batch import _Batch
 from cued.daemon.store._selects import _event
 from cued.daemon.store._sqlite_commit import _params
 from cued.daemon.store.pg_migrations import migrate
@@ -78,7 +79,6 @@ if TYPE_CHECKING:
     import aiosqlite
 
     from cued.daemon.store import Row
-    from cued.daemon.store._batch import _Batch
 
 __all__ = [
     "DAEMON_LOCK",
