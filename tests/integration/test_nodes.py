@@ -322,7 +322,7 @@ SERIAL_NODE = """
 [daemon]
 state = "{url}"
 node = "a"
-lease = "1s"
+lease = "10s"
 [http]
 listen = "127.0.0.1:0"
 [pipelines.p]

@@ -159,7 +159,7 @@ NODE = """
 [daemon]
 state = "{url}"
 node = "{node}"
-lease = "1s"
+lease = "10s"
 max_running_tasks = 8
 pools = {{ two = 2 }}
 [http]
