@@ -53,6 +53,7 @@ from cued.daemon.runtime.metrics import Metrics
 from cued.daemon.runtime.reload import Reloader, ReloadOutcome
 from cued.daemon.runtime.retention import prune_periodically
 from cued.daemon.runtime.runner import Runner
+from cued.daemon.runtime.flow import FLOW_CHANNEL
 from cued.daemon.runtime.signals import PeerSignals
 from cued.daemon.runtime.sources import SourceSet
 from cued.daemon.runtime.spending import StoreSpending
@@ -727,7 +728,8 @@ async def _join_peers(
     daemon's listens for their notices and sends its own (no daemon asks the database on
     a timer). Live updates are shared both ways, so each daemon's stream shows every
     daemon's runs; decisions, cancels and pauses made here reach the daemon that has the
-    run (:mod:`cued.daemon.runtime.signals`). With SQLite, nothing: one daemon."""
+    run (:mod:`cued.daemon.runtime.signals`), and windows of flow control written here
+    wake every node's timer. With SQLite, nothing: one daemon."""
     location = config.state_location()
     if not is_database_url(location):
         return
@@ -735,6 +737,10 @@ async def _join_peers(
     share = LiveShare(live, notices)
     signals = PeerSignals(notices)
     store.on_commit(share.committed)
+    if runner.flow is not None:
+        # each node's timer learns of the windows the others write (see pg_flow)
+        notices.on(FLOW_CHANNEL, runner.flow.heard, missed=runner.flow.poke)
+        runner.flow.tell_with(partial(notices.send, FLOW_CHANNEL))
     await tg.start(share.serve)
     await tg.start(partial(signals.serve, runner))
     await tg.start(notices.serve)  # after every channel's handlers are registered

@@ -19,6 +19,7 @@ and batch come first, then the throttle, on the run they start.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
@@ -37,7 +38,9 @@ __all__ = [
     "Window",
     "admit",
     "forgettable",
+    "gather",
     "held_note",
+    "parse_due",
     "release",
     "shown_at",
     "take_slot",
@@ -178,13 +181,27 @@ def admit(
         if isinstance(outcome, Defer):
             return state, Hold(new_window, "delay", 1, at, outcome.due_at, "slotted")
         return state, outcome
+    window, hold = gather(rule, kind, state.window, at, new_window)
+    return KeyState(window, state.starts), hold
+
+
+def gather(
+    rule: Rule, kind: WindowKind, window: Window | None, at: float, new_window: str
+) -> tuple[Window | None, Hold]:
+    """The event at ``at`` joins ``window`` (or opens ``new_window``) of ``kind``
+    (``rule.collects``): where it is held, and the window the key's next event joins
+    (``None``: it opens a new one). Of a cluster's nodes, the one that records the event
+    decides with the window the database has (see :mod:`cued.daemon.store.pg_flow`)."""
+    if kind == "delay":  # nothing gathers (a throttle alone): one window per event
+        return None, Hold(new_window, kind, 1, at, at, "open")
     # (objects made directly, not with dataclasses.replace: this runs for every event)
-    window = state.window or Window(
-        new_window,
-        at,
-        None if rule.timeout_s is None or kind == "debounce" else at + rule.timeout_s,
-        0,
-    )
+    if window is None:
+        window = Window(
+            new_window,
+            at,
+            None if rule.timeout_s is None or kind == "debounce" else at + rule.timeout_s,
+            0,
+        )
     count = window.count + 1
     due_at = window.due_at
     if kind == "debounce":
@@ -192,11 +209,9 @@ def admit(
         due_at = at + rule.debounce_s
     elif rule.size is not None and count >= rule.size:
         # full: due now, and the key's next event opens a new batch
-        hold = Hold(window.window_id, kind, count, window.opened_at, at, "closed")
-        return KeyState(None, state.starts), hold
+        return None, Hold(window.window_id, kind, count, window.opened_at, at, "closed")
     window = Window(window.window_id, window.opened_at, due_at, count)
-    hold = Hold(window.window_id, kind, count, window.opened_at, due_at, "open")
-    return KeyState(window, state.starts), hold
+    return window, Hold(window.window_id, kind, count, window.opened_at, due_at, "open")
 
 
 def release(
@@ -221,6 +236,19 @@ def forgettable(rule: Rule | None, state: KeyState, at: float) -> bool:
     if rule is None or rule.limit is None or not state.starts:
         return True
     return state.starts[-1] <= at - rule.period_s
+
+
+def parse_due(text: str) -> float | None:
+    """The time a node's notice says a window is due (seconds since the epoch, as
+    ``repr`` of a float gives it), or ``None`` if the text is not one: it comes over the
+    database from whoever may send notices, and is only a reason to look."""
+    if len(text) > 32:
+        return None
+    try:
+        due_at = float(text)
+    except ValueError:
+        return None
+    return due_at if math.isfinite(due_at) else None
 
 
 # -- what an event is told -------------------------------------------------------------

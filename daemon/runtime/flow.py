@@ -33,6 +33,7 @@ from cued.daemon.core.flow import (
     Window,
     admit,
     forgettable,
+    parse_due,
     release,
     shown_at,
     who,
@@ -44,6 +45,8 @@ from cued.daemon.errors import CuedError, StoreError
 from cued.daemon.logs import get_logger
 from cued.daemon.store import (
     EventRow,
+    FlowJoin,
+    FlowRelease,
     HoldRow,
     RunRow,
     ThrottleRow,
@@ -60,7 +63,10 @@ if TYPE_CHECKING:
     from cued.daemon.runtime.intake import RunQueue
     from cued.daemon.store import Durable, Row, Store
 
-__all__ = ["Admission", "FlowControl"]
+__all__ = ["FLOW_CHANNEL", "Admission", "FlowControl"]
+
+#: Where nodes sharing a database tell each other when a window they wrote is due.
+FLOW_CHANNEL = "cued_flow"
 
 #: Windows settled in one transaction, at most, and the events they hold (past it, the
 #: rest wait for the next turn: what a release reads back stays bounded).
@@ -101,6 +107,10 @@ class FlowControl:
         self._until: float | None = None
         """When the timer sleeps until (``None``: it is awake, reading or settling)."""
         self._log = get_logger()
+        self._shared = store if isinstance(store, FlowRelease) else None
+        """The store's, when nodes share it: the windows and throttle slots are the
+        database's, decided in its transactions (nothing of them is kept here)."""
+        self._tell: Callable[[str], None] | None = None
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -116,6 +126,8 @@ class FlowControl:
 
     async def load(self) -> None:
         """Read what each key needs from the store (at a start)."""
+        if self._shared is not None:
+            return  # the database decides: nothing to hold in memory
         windows, throttles = await self._store.flow_state()
         at = self.clock()
         for t in throttles:
@@ -142,6 +154,11 @@ class FlowControl:
             self._admitting = anyio.Event()
         _, rule = self._rules[m.trigger]
         key = m.key or ""  # no key: one for the whole trigger
+        if self._shared is not None:
+            # held, in whichever window the commit finds in the database; the timers of
+            # every node are told when it may be due (a batch may be full at once)
+            due = at if rule.size is not None else _opened_due(rule, at)
+            return Admission(False, True, [FlowJoin(m.trigger, key, event_id, at, rule)], None, due)
         name = (m.trigger, key)
         state = self._keys.get(name, KeyState())
         # most events join the window being filled: an id only for a new one
@@ -185,9 +202,28 @@ class FlowControl:
         self._wake.set()
 
     def written(self, due_at: float) -> None:
-        """A window due at ``due_at`` is committed: wake the timer if it sleeps past it."""
+        """A window due at ``due_at`` is committed: wake the timer if it sleeps past it
+        (and, of nodes sharing the store, every node's)."""
+        if self._tell is not None:
+            self._tell(repr(due_at))
+        self.heard_due(due_at)
+
+    def heard_due(self, due_at: float) -> None:
         if self._until is None or due_at < self._until:
             self._wake.set()  # awake: it looks again before it sleeps
+
+    def tell_with(self, send: Callable[[str], None]) -> None:
+        """Tell the other nodes of windows written here with ``send`` (a notice on
+        :data:`FLOW_CHANNEL`)."""
+        self._tell = send
+
+    def heard(self, text: str) -> None:
+        """A notice from another node: a window it wrote is due at the time it says."""
+        due_at = parse_due(text)
+        if due_at is None:
+            self._log.warning("flow_notice_not_understood", text=text[:100])
+            return
+        self.heard_due(due_at)
 
     # -- the timer ---------------------------------------------------------------------
 
@@ -227,6 +263,8 @@ class FlowControl:
             return await self._settle_due(runs)
 
     async def _settle_due(self, runs: RunQueue) -> int:
+        if self._shared is not None:
+            return await self._release_claimed(self._shared, runs)
         while self._admitting is not None:
             await self._admitting.wait()
         if self._durable is not None:
@@ -266,6 +304,42 @@ class FlowControl:
             if isinstance(row, RunRow):
                 runs.enqueue(row)
         return len(outcomes)
+
+    async def _release_claimed(self, store: FlowRelease, runs: RunQueue) -> int:
+        """Release the windows due that this node claims in the database (another node
+        may have released some already, or be deciding on their keys now: those are not
+        this node's to release)."""
+        at = self.clock()
+
+        def settle(
+            windows: list[WindowRow],
+            holds: dict[str, list[tuple[HoldRow, EventRow | None]]],
+            starts: dict[tuple[str, str], tuple[float, ...]],
+        ) -> list[Row]:
+            keys = {name: KeyState(starts=s) for name, s in starts.items()}
+            rows: list[Row] = []
+            for window in windows:
+                name = (window.trigger, window.key)
+                found = self._rules.get(window.trigger)
+                if found is None:
+                    outcome: Start | Defer | Drop = Drop(
+                        f"trigger {window.trigger!r} is no longer configured"
+                    )
+                else:
+                    state, decided = release(
+                        found[1], keys.get(name, KeyState()), window.window_id, window.phase, at
+                    )
+                    assert not isinstance(decided, NotYet), "a claimed window is due"
+                    keys[name], outcome = state, decided
+                    rows += self._throttle_rows(name, found[1], state)
+                rows += self._settle(window, outcome, holds.get(window.window_id, []), runs, at)
+            return rows
+
+        rows = await store.flow_release(at, _SETTLE_BATCH, settle)
+        for row in rows:
+            if isinstance(row, RunRow):
+                runs.enqueue(row)
+        return sum(isinstance(row, WindowSettled) for row in rows)
 
     async def _read_kept(
         self,
@@ -358,6 +432,10 @@ class FlowControl:
                 note = f"{whose}: {len(events)} event(s) of window {window.window_id} started run {run.run_id}"
                 if window.kind == "debounce" and keep != "all":
                     note += f" with the inputs of event {chosen.event_id}"
+                elif window.kind == "delay" and window.phase != "slotted":
+                    # (nodes sharing the store: an event of a throttle alone waits for
+                    # its release, which finds its slot free)
+                    note = f"{whose}: within the throttle's limit, started run {run.run_id}"
                 elif window.kind == "delay":
                     note = f"{whose}: delayed by the throttle, started run {run.run_id} at {shown_at(at)}"
         settled = WindowSettled(window.window_id, None if run is None else run.run_id, note, True)
@@ -380,6 +458,15 @@ class FlowControl:
         if state is None or not state.starts:
             return []
         return [ThrottleRow(*name, state.starts, state.starts[-1] + rule.period_s)]
+
+
+def _opened_due(rule: Rule, at: float) -> float | None:
+    """When a window an event at ``at`` opens is due (``None``: no time closes it)."""
+    if rule.debounce_s is not None:
+        return at + rule.debounce_s
+    if rule.collects is None:
+        return at  # a throttle alone: its slot is decided at once, when released
+    return None if rule.timeout_s is None else at + rule.timeout_s
 
 
 def _keep(rule: Rule, window: WindowRow) -> str:

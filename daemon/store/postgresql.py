@@ -60,6 +60,7 @@ from cued.daemon.store import (
     ThrottleRow,
     WaitRow,
     WindowRow,
+    pg_flow,
     pg_nodes,
 )
 from cued.daemon.store.pg_migrations import migrate
@@ -72,7 +73,7 @@ from cued.daemon.store.sqlite import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
     import aiosqlite
 
@@ -84,6 +85,9 @@ __all__ = ["DAEMON_LOCK", "PostgresStore", "is_database_url", "open_pg_store", "
 DAEMON_LOCK = int.from_bytes(b"cued:run", "big", signed=True)
 
 _log = get_logger()
+#: How many times a release of windows goes again after the database gave it up (a
+#: deadlock with another node's release: see PostgresStore.flow_release).
+_RELEASE_TRIES = 5
 # each session says whose it is (pg_stat_activity): a daemon's, by its process id
 _SESSION = {"application_name": f"cued:{os.getpid()}"}
 _INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
@@ -426,9 +430,17 @@ class PostgresStore(SqliteStore):
 
     async def _commit(self, batch: _Batch) -> float:
         started = anyio.current_time()
-        sql, args = _batch_sql(batch, self._me)
         try:
-            batch.duplicates = set(await self._db.fetchval(sql, *args))
+            if batch.joins:
+                # events held: their windows are decided with the database's, under the
+                # keys' locks, in the transaction that records them (see pg_flow)
+                async with self._db.transaction():
+                    await pg_flow.join(self._db, batch.joins, batch.add)
+                    sql, args = _batch_sql(batch, self._me)
+                    batch.duplicates = set(await self._db.fetchval(sql, *args))
+            else:
+                sql, args = _batch_sql(batch, self._me)
+                batch.duplicates = set(await self._db.fetchval(sql, *args))
         except asyncpg.PostgresError as exc:
             if pg_nodes.is_fenced(exc):
                 raise Fenced(str(exc)) from exc
@@ -463,6 +475,47 @@ class PostgresStore(SqliteStore):
                 )
 
         await self._chore(work)
+
+    # -- flow control across nodes -----------------------------------------------------
+
+    async def flow_release(
+        self,
+        at: float,
+        limit: int,
+        settle: Callable[
+            [
+                list[WindowRow],
+                dict[str, list[tuple[HoldRow, EventRow | None]]],
+                dict[tuple[str, str], tuple[float, ...]],
+            ],
+            list[Row],
+        ],
+    ) -> list[Row]:
+        async def work(_: _Connection) -> list[Row]:
+            windows, holds, starts = await pg_flow.release(self._db, at, limit, _event)
+            if not windows:
+                return []
+            rows = settle(windows, holds, starts)
+            batch = _Batch()
+            for row in rows:
+                batch.add(row)
+            sql, args = _batch_sql(batch, self._me)
+            await self._db.fetchval(sql, *args)
+            return rows
+
+        for attempt in itertools.count(1):
+            try:
+                found: list[Row] = await self._chore(work)
+            except StoreError as exc:
+                # two releases of windows that hold one event (two triggers) may meet on
+                # its row in either order: the database gives up one, which goes again
+                if attempt < _RELEASE_TRIES and isinstance(
+                    exc.__cause__, asyncpg.DeadlockDetectedError
+                ):
+                    continue
+                raise
+            return found
+        raise AssertionError("unreachable")
 
     # -- nodes ---------------------------------------------------------------------------
 

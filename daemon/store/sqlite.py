@@ -43,6 +43,7 @@ from cued.daemon.store import (
     DedupeRow,
     EventClaim,
     EventRow,
+    FlowJoin,
     HoldRow,
     InstanceGone,
     InstanceRow,
@@ -186,6 +187,7 @@ class _Batch:
         "gone",
         "holds",
         "instances",
+        "joins",
         "log_lines",
         "log_trims",
         "outbox",
@@ -221,6 +223,8 @@ class _Batch:
         self.windows_gone: dict[str, WindowGone] = {}
         self.throttles: dict[tuple[str, str], ThrottleRow] = {}
         self.settled: dict[str, WindowSettled] = {}
+        self.joins: list[FlowJoin] = []
+        """Events held where the database says (a shared store's commit decides them)."""
         self.done = anyio.Event()
         self.error: BaseException | None = None
 
@@ -235,6 +239,8 @@ class _Batch:
         elif type(row) is WindowRow:  # with every event held
             self.windows[row.window_id] = row
             self.windows_gone.pop(row.window_id, None)
+        elif type(row) is FlowJoin:
+            self.joins.append(row)
         elif isinstance(row, InstanceRow):
             self.instances[row.run_id, row.key] = row
             self.gone.pop((row.run_id, row.key), None)
@@ -321,6 +327,7 @@ class _Batch:
             or self.windows_gone
             or self.throttles
             or self.settled
+            or self.joins
         )
 
     async def wait(self) -> None:
