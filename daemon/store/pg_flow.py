@@ -76,15 +76,25 @@ def _keys(pairs: set[tuple[str, str]]) -> tuple[list[str], list[str]]:
     return [t for t, _ in ordered], [k for _, k in ordered]
 
 
-async def join(db: asyncpg.Connection, joins: list[FlowJoin], add: Callable[[Row], None]) -> None:
+async def join(
+    db: asyncpg.Connection,
+    joins: list[FlowJoin],
+    claims: set[str],
+    add: Callable[[Row], None],
+) -> None:
     """Decide where each of ``joins`` is held, with the windows the database has, and
     ``add`` the holds and windows to the commit (in the transaction that records the
-    events, which holds the keys' locks until it ends)."""
+    events, which holds the keys' locks until it ends).
+
+    :param claims: the events the commit records only if no node has (``EventClaim``)
+    """
     keys = _keys({(j.trigger, j.key) for j in joins})
     await db.execute(_LOCK, *keys)
     # an event another node recorded first (a source's redelivery) it holds already: the
-    # commit does not write this node's copy (its claim), nor its hold here
-    recorded = {r[0] for r in await db.fetch(_RECORDED, [j.event_id for j in joins])}
+    # commit does not write this node's copy (its claim), nor its hold here; that node's
+    # commit held the key's lock too, so it is committed by now
+    claimed = [j.event_id for j in joins if j.event_id in claims]
+    recorded = {r[0] for r in await db.fetch(_RECORDED, claimed)} if claimed else set()
     windows: dict[tuple[str, str], Window | None] = {}
     kinds: dict[str, str] = {}
     for r in await db.fetch(_OPEN, *keys):

@@ -435,7 +435,7 @@ class PostgresStore(SqliteStore):
                 # events held: their windows are decided with the database's, under the
                 # keys' locks, in the transaction that records them (see pg_flow)
                 async with self._db.transaction():
-                    await pg_flow.join(self._db, batch.joins, batch.add)
+                    await pg_flow.join(self._db, batch.joins, batch.claims, batch.add)
                     sql, args = _batch_sql(batch, self._me)
                     batch.duplicates = set(await self._db.fetchval(sql, *args))
             else:
