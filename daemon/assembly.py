@@ -53,7 +53,6 @@ from cued.daemon.runtime.metrics import Metrics
 from cued.daemon.runtime.reload import Reloader, ReloadOutcome
 from cued.daemon.runtime.retention import prune_periodically
 from cued.daemon.runtime.runner import Runner
-from cued.daemon.runtime.flow import FLOW_CHANNEL
 from cued.daemon.runtime.signals import PeerSignals
 from cued.daemon.runtime.sources import SourceSet
 from cued.daemon.runtime.spending import StoreSpending
@@ -70,6 +69,7 @@ from cued.daemon.service.watchdog import Progress, ServiceNotices
 from cued.daemon.store.copying import copy_state
 from cued.daemon.store.filemodes import private_file
 from cued.daemon.store.opening import open_store_at
+from cued.daemon.store.pg_flow import FLOW_CHANNEL
 from cued.daemon.store.pg_notify import Notices
 from cued.daemon.web.api import Caller, Users, build_app
 from cued.daemon.web.body_limit import BodyLimit
@@ -740,7 +740,6 @@ async def _join_peers(
     if runner.flow is not None:
         # each node's timer learns of the windows the others write (see pg_flow)
         notices.on(FLOW_CHANNEL, runner.flow.heard, missed=runner.flow.poke)
-        runner.flow.tell_with(partial(notices.send, FLOW_CHANNEL))
     await tg.start(share.serve)
     await tg.start(partial(signals.serve, runner))
     await tg.start(notices.serve)  # after every channel's handlers are registered

@@ -63,10 +63,7 @@ if TYPE_CHECKING:
     from cued.daemon.runtime.intake import RunQueue
     from cued.daemon.store import Durable, Row, Store
 
-__all__ = ["FLOW_CHANNEL", "Admission", "FlowControl"]
-
-#: Where nodes sharing a database tell each other when a window they wrote is due.
-FLOW_CHANNEL = "cued_flow"
+__all__ = ["Admission", "FlowControl"]
 
 #: Windows settled in one transaction, at most, and the events they hold (past it, the
 #: rest wait for the next turn: what a release reads back stays bounded).
@@ -110,7 +107,6 @@ class FlowControl:
         self._shared = store if isinstance(store, FlowRelease) else None
         """The store's, when nodes share it: the windows and throttle slots are the
         database's, decided in its transactions (nothing of them is kept here)."""
-        self._tell: Callable[[str], None] | None = None
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -202,28 +198,18 @@ class FlowControl:
         self._wake.set()
 
     def written(self, due_at: float) -> None:
-        """A window due at ``due_at`` is committed: wake the timer if it sleeps past it
-        (and, of nodes sharing the store, every node's)."""
-        if self._tell is not None:
-            self._tell(repr(due_at))
-        self.heard_due(due_at)
-
-    def heard_due(self, due_at: float) -> None:
+        """A window due at ``due_at`` is committed: wake the timer if it sleeps past it."""
         if self._until is None or due_at < self._until:
             self._wake.set()  # awake: it looks again before it sleeps
 
-    def tell_with(self, send: Callable[[str], None]) -> None:
-        """Tell the other nodes of windows written here with ``send`` (a notice on
-        :data:`FLOW_CHANNEL`)."""
-        self._tell = send
-
     def heard(self, text: str) -> None:
-        """A notice from another node: a window it wrote is due at the time it says."""
+        """A notice of a commit of any node (see :mod:`cued.daemon.store.pg_flow`): a
+        window it wrote is due at the time it says."""
         due_at = parse_due(text)
         if due_at is None:
             self._log.warning("flow_notice_not_understood", text=text[:100])
             return
-        self.heard_due(due_at)
+        self.written(due_at)
 
     # -- the timer ---------------------------------------------------------------------
 

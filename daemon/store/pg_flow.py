@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from cued.daemon.core.flow import Window, gather
 from cued.daemon.core.ids import new_id
+from cued.daemon.store.pg_notify import FROM_A_COMMIT
 from cued.daemon.store.rows import EventRow, HoldRow, WindowRow
 
 if TYPE_CHECKING:
@@ -38,7 +39,11 @@ if TYPE_CHECKING:
 
     from cued.daemon.store.rows import FlowJoin, Row
 
-__all__ = ["join", "release"]
+__all__ = ["FLOW_CHANNEL", "join", "release", "tell_due"]
+
+#: Where a commit that writes windows tells every node when the earliest is due.
+FLOW_CHANNEL = "cued_flow"
+_TELL = f"SELECT pg_notify('{FLOW_CHANNEL}', '{FROM_A_COMMIT} ' || $1::text)"
 
 #: The first key of the keys' advisory locks (``cuef`` in ASCII): a space of their own,
 #: apart from the one-key locks of the daemon and of the config versions.
@@ -76,6 +81,14 @@ def _keys(pairs: set[tuple[str, str]]) -> tuple[list[str], list[str]]:
     return [t for t, _ in ordered], [k for _, k in ordered]
 
 
+async def tell_due(db: asyncpg.Connection, rows: list[Row]) -> None:
+    """Tell every node's timer, once the transaction commits (and only then, whatever
+    becomes of the node that wrote them), when the earliest window of ``rows`` is due."""
+    due = [r.due_at for r in rows if isinstance(r, WindowRow) and r.due_at is not None]
+    if due:
+        await db.execute(_TELL, repr(min(due)))
+
+
 async def join(
     db: asyncpg.Connection,
     joins: list[FlowJoin],
@@ -90,6 +103,7 @@ async def join(
     """
     keys = _keys({(j.trigger, j.key) for j in joins})
     await db.execute(_LOCK, *keys)
+    written: list[Row] = []
     # an event another node recorded first (a source's redelivery) it holds already: the
     # commit does not write this node's copy (its claim), nor its hold here; that node's
     # commit held the key's lock too, so it is committed by now
@@ -109,7 +123,7 @@ async def join(
         windows[name] = window
         kind = kinds.setdefault(hold.window_id, hold.kind)
         add(HoldRow(hold.window_id, hold.seq, j.event_id, j.at))
-        add(
+        written.append(
             WindowRow(
                 hold.window_id,
                 j.trigger,
@@ -121,6 +135,9 @@ async def join(
                 hold.seq,
             )
         )
+    for row in written:
+        add(row)
+    await tell_due(db, written)
 
 
 async def release(

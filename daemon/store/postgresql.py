@@ -501,6 +501,7 @@ class PostgresStore(SqliteStore):
                 batch.add(row)
             sql, args = _batch_sql(batch, self._me)
             await self._db.fetchval(sql, *args)
+            await pg_flow.tell_due(self._db, rows)  # windows a throttle delays
             return rows
 
         for attempt in itertools.count(1):

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 from cued.daemon.core.priorities import DEFAULT_PRIORITY
 
 if TYPE_CHECKING:
-    from cued.daemon.core.flow import Rule
     from collections.abc import Callable, Collection, Mapping, Sequence
+
+    from cued.daemon.core.flow import Rule
 
 
 __all__ = [
