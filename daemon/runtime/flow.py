@@ -144,17 +144,18 @@ class FlowControl:
         """What becomes of ``m``, the match of a trigger with flow control by the event
         ``event_id``, now (synchronous: intake records the rows it gives)."""
         at = self.clock()
+        _, rule = self._rules[m.trigger]
+        key = m.key or ""  # no key: one for the whole trigger
+        if self._shared is not None:
+            # held, in whichever window the commit finds in the database (the release
+            # and the commit take turns on the key there: nothing to wait for here); the
+            # timer looks when it may be due (a batch may be full at once)
+            due = at if rule.size is not None else _opened_due(rule, at)
+            return Admission(False, True, [FlowJoin(m.trigger, key, event_id, at, rule)], None, due)
         if self._admitting is None:
             # until intake submits this batch, the timer decides on no window: one it
             # released meanwhile would lose (or, written again, double) this hold
             self._admitting = anyio.Event()
-        _, rule = self._rules[m.trigger]
-        key = m.key or ""  # no key: one for the whole trigger
-        if self._shared is not None:
-            # held, in whichever window the commit finds in the database; the timers of
-            # every node are told when it may be due (a batch may be full at once)
-            due = at if rule.size is not None else _opened_due(rule, at)
-            return Admission(False, True, [FlowJoin(m.trigger, key, event_id, at, rule)], None, due)
         name = (m.trigger, key)
         state = self._keys.get(name, KeyState())
         # most events join the window being filled: an id only for a new one
