@@ -181,27 +181,13 @@ def admit(
         if isinstance(outcome, Defer):
             return state, Hold(new_window, "delay", 1, at, outcome.due_at, "slotted")
         return state, outcome
-    window, hold = gather(rule, kind, state.window, at, new_window)
-    return KeyState(window, state.starts), hold
-
-
-def gather(
-    rule: Rule, kind: WindowKind, window: Window | None, at: float, new_window: str
-) -> tuple[Window | None, Hold]:
-    """The event at ``at`` joins ``window`` (or opens ``new_window``) of ``kind``
-    (``rule.collects``): where it is held, and the window the key's next event joins
-    (``None``: it opens a new one). Of a cluster's nodes, the one that records the event
-    decides with the window the database has (see :mod:`cued.daemon.store.pg_flow`)."""
-    if kind == "delay":  # nothing gathers (a throttle alone): one window per event
-        return None, Hold(new_window, kind, 1, at, at, "open")
     # (objects made directly, not with dataclasses.replace: this runs for every event)
-    if window is None:
-        window = Window(
-            new_window,
-            at,
-            None if rule.timeout_s is None or kind == "debounce" else at + rule.timeout_s,
-            0,
-        )
+    window = state.window or Window(
+        new_window,
+        at,
+        None if rule.timeout_s is None or kind == "debounce" else at + rule.timeout_s,
+        0,
+    )
     count = window.count + 1
     due_at = window.due_at
     if kind == "debounce":
@@ -209,9 +195,26 @@ def gather(
         due_at = at + rule.debounce_s
     elif rule.size is not None and count >= rule.size:
         # full: due now, and the key's next event opens a new batch
-        return None, Hold(window.window_id, kind, count, window.opened_at, at, "closed")
+        hold = Hold(window.window_id, kind, count, window.opened_at, at, "closed")
+        return KeyState(None, state.starts), hold
     window = Window(window.window_id, window.opened_at, due_at, count)
-    return window, Hold(window.window_id, kind, count, window.opened_at, due_at, "open")
+    hold = Hold(window.window_id, kind, count, window.opened_at, due_at, "open")
+    return KeyState(window, state.starts), hold
+
+
+def gather(
+    rule: Rule, window: Window | None, at: float, new_window: str
+) -> tuple[Window | None, Hold]:
+    """Where an event at ``at`` is held when nodes share the store, with ``window`` the
+    key's open window in the database (see :mod:`cued.daemon.store.pg_flow`): it joins
+    it, or opens ``new_window``, as :func:`admit` decides; with a throttle alone, each
+    event is held in a window of its own, due at once (its release takes the slot). The
+    window the key's next event joins comes with it (``None``: it opens a new one)."""
+    if rule.collects is None:
+        return None, Hold(new_window, "delay", 1, at, at, "open")
+    state, hold = admit(rule, KeyState(window), at, new_window)
+    assert isinstance(hold, Hold), "events that gather are held"
+    return state.window, hold
 
 
 def release(

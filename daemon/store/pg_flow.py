@@ -119,7 +119,7 @@ async def join(
         if j.event_id in recorded:
             continue
         name = (j.trigger, j.key)
-        window, hold = gather(j.rule, j.rule.collects or "delay", windows.get(name), j.at, new_id())
+        window, hold = gather(j.rule, windows.get(name), j.at, new_id())
         windows[name] = window
         kind = kinds.setdefault(hold.window_id, hold.kind)
         add(HoldRow(hold.window_id, hold.seq, j.event_id, j.at))
