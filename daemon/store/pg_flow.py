@@ -112,9 +112,11 @@ async def join(
     windows: dict[tuple[str, str], Window | None] = {}
     kinds: dict[str, str] = {}
     for r in await db.fetch(_OPEN, *keys):
-        row = WindowRow(*r)
-        windows[row.trigger, row.key] = Window(row.window_id, row.opened_at, row.due_at, row.held)
-        kinds[row.window_id] = row.kind
+        found = WindowRow(*r)
+        windows[found.trigger, found.key] = Window(
+            found.window_id, found.opened_at, found.due_at, found.held
+        )
+        kinds[found.window_id] = found.kind
     for j in joins:
         if j.event_id in recorded:
             continue
@@ -135,8 +137,8 @@ async def join(
                 hold.seq,
             )
         )
-    for row in written:
-        add(row)
+    for window_row in written:
+        add(window_row)
     await tell_due(db, written)
 
 
