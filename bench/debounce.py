@@ -7,6 +7,10 @@ robin over the keys. Flow control's clock stands still while the events come (so
 slow the machine, all of them fall in one quiet window per key), then moves past the
 period and the timer releases the windows.
 
+``--pg postgresql://USER@HOST:PORT`` keeps the state in a new database of that server
+(dropped after): there, flow control decides in the database's transactions, as for
+several nodes (``cued.daemon.store.pg_flow``).
+
 Figures: events/s through intake (recorded and held, one transaction per batch), runs
 started (there must be exactly one per key), how long the release of every window took,
 the keys flow control kept in memory, and the process's RSS before the events, with all
@@ -16,14 +20,20 @@ of them held, and at the peak.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
+import secrets
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 CONFIG = """
 [daemon]
@@ -51,6 +61,30 @@ debounce = {{ period = "30s", keep = "{keep}" }}
 """
 
 
+@contextlib.contextmanager
+def _state(server: str | None) -> Iterator[str]:
+    """Where the state is kept: ``state.db``, or a new database of ``server``."""
+    if server is None:
+        yield "state.db"
+        return
+    import asyncpg
+
+    name = f"cued_bench_{secrets.token_hex(4)}"
+
+    async def admin(sql: str) -> None:
+        db = await asyncpg.connect(f"{server}/postgres")
+        try:
+            await db.execute(sql)
+        finally:
+            await db.close()
+
+    anyio.run(admin, f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{server}/{name}"
+    finally:
+        anyio.run(admin, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -66,8 +100,9 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
     from cued.daemon.sdk.sources import Event
 
     configure_logging("warning", json=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        config = parse_config(CONFIG.format(keep=args.keep), file="bench", base_dir=Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp, _state(args.pg) as state:
+        text = CONFIG.format(keep=args.keep).replace('state = "state.db"', f'state = "{state}"')
+        config = parse_config(text, file="bench", base_dir=Path(tmp))
         async with open_intake(config) as (runner, intake):
             clock_at = time.time()
             intake.flow.clock = lambda: clock_at
@@ -97,6 +132,7 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         "events": args.events,
         "keys": args.keys,
         "keep": args.keep,
+        "store": "postgresql" if args.pg else "sqlite",
         "intake_events_per_s": round(args.events / intake_s),
         "runs_started": len(runs),
         "release_s": round(release_s, 3),
@@ -112,6 +148,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--keys", type=int, default=1_000)
     parser.add_argument("--keep", choices=["first", "last", "all"], default="last")
+    parser.add_argument("--pg", help="a PostgreSQL server (URL without a database)")
     args = parser.parse_args()
     sys.stdout.write(json.dumps(anyio.run(bench, args)) + "\n")
 

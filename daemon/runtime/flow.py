@@ -69,6 +69,9 @@ __all__ = ["Admission", "FlowControl"]
 #: rest wait for the next turn: what a release reads back stays bounded).
 _SETTLE_BATCH = 200
 _SETTLE_EVENTS = 5_000
+#: How long the timer waits before it looks again at a window due that another node is
+#: deciding on (its commit holds the key's lock for a moment).
+_BUSY_S = 0.02
 #: How often keys whose throttle slots no longer count are forgotten (memory and store).
 _SWEEP_S = 60.0
 
@@ -238,11 +241,15 @@ class FlowControl:
                     await self._wake.wait()
             self._until = None
             try:
-                await self.settle_due(runs)
+                settled = await self.settle_due(runs)
             except StoreError as exc:
                 # the writer failed: the daemon stops; nothing of the windows was released
                 self._log.error("flow_settle_failed", error=str(exc))
                 raise
+            if not settled and self._shared is not None and due is not None and due <= self.clock():
+                # due, and not released: another node's commit holds its key now (or that
+                # node released it meanwhile): look again shortly, not at once
+                await anyio.sleep(_BUSY_S)
 
     async def settle_due(self, runs: RunQueue) -> int:
         """Settle the windows due now; return how many were."""
@@ -297,6 +304,9 @@ class FlowControl:
         may have released some already, or be deciding on their keys now: those are not
         this node's to release)."""
         at = self.clock()
+        due = await self._store.flow_next_due()
+        if due is None or due > at:
+            return 0  # (a read beside the writer: the claim is a transaction of the writer's)
 
         def settle(
             windows: list[WindowRow],

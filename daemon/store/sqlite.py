@@ -239,8 +239,6 @@ class _Batch:
         elif type(row) is WindowRow:  # with every event held
             self.windows[row.window_id] = row
             self.windows_gone.pop(row.window_id, None)
-        elif type(row) is FlowJoin:
-            self.joins.append(row)
         elif isinstance(row, InstanceRow):
             self.instances[row.run_id, row.key] = row
             self.gone.pop((row.run_id, row.key), None)
@@ -273,6 +271,8 @@ class _Batch:
             trim = self.log_trims.get((row.run_id, row.key, row.attempt))
             if trim is None or trim.before_seq < row.before_seq:
                 self.log_trims[row.run_id, row.key, row.attempt] = row
+        elif type(row) is FlowJoin:  # a shared store's (see PostgresStore._commit)
+            self.joins.append(row)
         else:
             raise TypeError(f"the store keeps no {type(row).__name__}")
 
