@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator
 
 CONFIG = """
 [daemon]
@@ -61,8 +61,8 @@ debounce = {{ period = "30s", keep = "{keep}" }}
 """
 
 
-@contextlib.contextmanager
-def _state(server: str | None) -> Iterator[str]:
+@contextlib.asynccontextmanager
+async def _state(server: str | None) -> AsyncIterator[str]:
     """Where the state is kept: ``state.db``, or a new database of ``server``."""
     if server is None:
         yield "state.db"
@@ -78,11 +78,11 @@ def _state(server: str | None) -> Iterator[str]:
         finally:
             await db.close()
 
-    anyio.run(admin, f'CREATE DATABASE "{name}"')
+    await admin(f'CREATE DATABASE "{name}"')
     try:
         yield f"{server}/{name}"
     finally:
-        anyio.run(admin, f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def rss_mb() -> float:
@@ -100,32 +100,33 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
     from cued.daemon.sdk.sources import Event
 
     configure_logging("warning", json=True)
-    with tempfile.TemporaryDirectory() as tmp, _state(args.pg) as state:
-        text = CONFIG.format(keep=args.keep).replace('state = "state.db"', f'state = "{state}"')
-        config = parse_config(text, file="bench", base_dir=Path(tmp))
-        async with open_intake(config) as (runner, intake):
-            clock_at = time.time()
-            intake.flow.clock = lambda: clock_at
-            rss_before = rss_mb()
-            started = time.perf_counter()
-            for first in range(0, args.events, 500):
-                batch = [
-                    Event("feed", f"e{i}", {"k": f"k{i % args.keys}", "i": i})
-                    for i in range(first, min(first + 500, args.events))
-                ]
-                await intake.record(batch)
-            intake_s = time.perf_counter() - started
-            rss_held = rss_mb()
-            keys_in_memory = intake.flow.held_keys()
-            runs_before = len(await runner.store.list_runs(limit=10_000_000))
-            released_at = time.perf_counter()
-            clock_at += 31
-            with anyio.fail_after(600):
-                while await runner.store.flow_next_due() is not None:
-                    await intake.flow.settle_due(runner)
-            release_s = time.perf_counter() - released_at
-            runs = await runner.store.list_runs(limit=10_000_000)
-            keys = {r.inputs["k"] for r in runs}
+    with tempfile.TemporaryDirectory() as tmp:
+        async with _state(args.pg) as state:
+            text = CONFIG.format(keep=args.keep).replace('state = "state.db"', f'state = "{state}"')
+            config = parse_config(text, file="bench", base_dir=Path(tmp))
+            async with open_intake(config) as (runner, intake):
+                clock_at = time.time()
+                intake.flow.clock = lambda: clock_at
+                rss_before = rss_mb()
+                started = time.perf_counter()
+                for first in range(0, args.events, 500):
+                    batch = [
+                        Event("feed", f"e{i}", {"k": f"k{i % args.keys}", "i": i})
+                        for i in range(first, min(first + 500, args.events))
+                    ]
+                    await intake.record(batch)
+                intake_s = time.perf_counter() - started
+                rss_held = rss_mb()
+                keys_in_memory = intake.flow.held_keys()
+                runs_before = len(await runner.store.list_runs(limit=10_000_000))
+                released_at = time.perf_counter()
+                clock_at += 31
+                with anyio.fail_after(600):
+                    while await runner.store.flow_next_due() is not None:
+                        await intake.flow.settle_due(runner)
+                release_s = time.perf_counter() - released_at
+                runs = await runner.store.list_runs(limit=10_000_000)
+                keys = {r.inputs["k"] for r in runs}
     assert runs_before == 0, runs_before
     assert len(runs) == args.keys == len(keys), (len(runs), len(keys))
     return {
