@@ -56,11 +56,14 @@ _LOCK = (
     f"FROM (SELECT DISTINCT {_HASH} AS h FROM {_KEYS} ORDER BY h) AS s"
 )
 _TRY_LOCK = f"SELECT t, k FROM {_KEYS} WHERE pg_try_advisory_xact_lock({_SPACE}, {_HASH})"
+# the keys' open windows, then (window_id alone) the claimed events recorded already: one
+# round trip, after the locks (a statement reads what was committed when it began)
 _OPEN = (
     f"SELECT w.* FROM flow_windows w JOIN {_KEYS} ON w.trigger = u.t AND w.key = u.k "
-    "WHERE w.phase = 'open' AND w.kind <> 'delay'"
+    "WHERE w.phase = 'open' AND w.kind <> 'delay' UNION ALL "
+    "SELECT event_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM events "
+    "WHERE event_id = ANY($3::text[])"
 )
-_RECORDED = "SELECT event_id FROM events WHERE event_id = ANY($1::text[])"
 _DUE_KEYS = (
     "SELECT trigger, key FROM flow_windows WHERE due_at IS NOT NULL AND due_at <= $1 "
     "ORDER BY due_at, window_id LIMIT $2"
@@ -81,12 +84,16 @@ def _keys(pairs: set[tuple[str, str]]) -> tuple[list[str], list[str]]:
     return [t for t, _ in ordered], [k for _, k in ordered]
 
 
-async def tell_due(db: asyncpg.Connection, rows: list[Row]) -> None:
+async def tell_due(db: asyncpg.Connection, due: list[float]) -> None:
     """Tell every node's timer, once the transaction commits (and only then, whatever
-    becomes of the node that wrote them), when the earliest window of ``rows`` is due."""
-    due = [r.due_at for r in rows if isinstance(r, WindowRow) and r.due_at is not None]
+    becomes of the node that wrote them), when the earliest of windows ``due`` is due."""
     if due:
         await db.execute(_TELL, repr(min(due)))
+
+
+def due_of(rows: list[Row]) -> list[float]:
+    """When the windows of ``rows`` are due."""
+    return [r.due_at for r in rows if isinstance(r, WindowRow) and r.due_at is not None]
 
 
 async def join(
@@ -104,14 +111,20 @@ async def join(
     keys = _keys({(j.trigger, j.key) for j in joins})
     await db.execute(_LOCK, *keys)
     written: list[Row] = []
+    opened: list[float | None] = []
+    """When the windows opened, or closed (a full batch), are due: a window that an
+    event moves later wakes a timer at its old time, which finds the new one."""
     # an event another node recorded first (a source's redelivery) it holds already: the
     # commit does not write this node's copy (its claim), nor its hold here; that node's
     # commit held the key's lock too, so it is committed by now
     claimed = [j.event_id for j in joins if j.event_id in claims]
-    recorded = {r[0] for r in await db.fetch(_RECORDED, claimed)} if claimed else set()
+    recorded: set[str] = set()
     windows: dict[tuple[str, str], Window | None] = {}
     kinds: dict[str, str] = {}
-    for r in await db.fetch(_OPEN, *keys):
+    for r in await db.fetch(_OPEN, *keys, claimed):
+        if r[1] is None:
+            recorded.add(r[0])
+            continue
         found = WindowRow(*r)
         windows[found.trigger, found.key] = Window(
             found.window_id, found.opened_at, found.due_at, found.held
@@ -121,9 +134,14 @@ async def join(
         if j.event_id in recorded:
             continue
         name = (j.trigger, j.key)
-        window, hold = gather(j.rule, windows.get(name), j.at, new_id())
+        joined = windows.get(name)
+        # most events join the window being filled: an id only for a new one
+        fresh = joined is None or j.rule.collects is None
+        window, hold = gather(j.rule, joined, j.at, new_id() if fresh else "")
         windows[name] = window
         kind = kinds.setdefault(hold.window_id, hold.kind)
+        if fresh or hold.phase == "closed":
+            opened.append(hold.due_at)
         add(HoldRow(hold.window_id, hold.seq, j.event_id, j.at))
         written.append(
             WindowRow(
@@ -139,22 +157,24 @@ async def join(
         )
     for window_row in written:
         add(window_row)
-    await tell_due(db, written)
+    await tell_due(db, [due for due in opened if due is not None])
 
 
 async def release(
     db: asyncpg.Connection,
     at: float,
     limit: int,
+    max_events: int,
     read_event: Callable[[Any], EventRow],
 ) -> tuple[
     list[WindowRow],
     dict[str, list[tuple[HoldRow, EventRow | None]]],
     dict[tuple[str, str], tuple[float, ...]],
 ]:
-    """Claim up to ``limit`` windows due by ``at`` whose keys no other transaction holds
-    (their locks are this transaction's until it ends): the windows, the events each holds
-    (whole), and the throttle slots of their keys."""
+    """Claim up to ``limit`` windows due by ``at`` (holding ``max_events`` events at most,
+    but for the first) whose keys no other transaction holds (their locks are this
+    transaction's until it ends): the windows, the events each holds (whole), and the
+    throttle slots of their keys."""
     due = {(str(r[0]), str(r[1])) for r in await db.fetch(_DUE_KEYS, at, limit)}
     if not due:
         return [], {}, {}
@@ -162,7 +182,14 @@ async def release(
     if not locked:
         return [], {}, {}
     keys = _keys(locked)
-    windows = [WindowRow(*r) for r in await db.fetch(_DUE, *keys, at, limit)]
+    windows: list[WindowRow] = []
+    events = 0
+    for r in await db.fetch(_DUE, *keys, at, limit):
+        window = WindowRow(*r)
+        if windows and events + window.held > max_events:
+            break  # the rest at the next turn: what a release reads back stays bounded
+        windows.append(window)
+        events += window.held
     holds: dict[str, list[tuple[HoldRow, EventRow | None]]] = {}
     for r in await db.fetch(_HOLDS, [w.window_id for w in windows]):
         hold = HoldRow(*r[:4])

@@ -88,6 +88,8 @@ _log = get_logger()
 #: How many times a release of windows goes again after the database gave it up (a
 #: deadlock with another node's release: see PostgresStore.flow_release).
 _RELEASE_TRIES = 5
+#: The events the windows of one release hold, at most (but for its first window).
+_RELEASE_EVENTS = 5_000
 # each session says whose it is (pg_stat_activity): a daemon's, by its process id
 _SESSION = {"application_name": f"cued:{os.getpid()}"}
 _INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
@@ -492,7 +494,9 @@ class PostgresStore(SqliteStore):
         ],
     ) -> list[Row]:
         async def work(_: _Connection) -> list[Row]:
-            windows, holds, starts = await pg_flow.release(self._db, at, limit, _event)
+            windows, holds, starts = await pg_flow.release(
+                self._db, at, limit, _RELEASE_EVENTS, _event
+            )
             if not windows:
                 return []
             rows = settle(windows, holds, starts)
@@ -501,7 +505,7 @@ class PostgresStore(SqliteStore):
                 batch.add(row)
             sql, args = _batch_sql(batch, self._me)
             await self._db.fetchval(sql, *args)
-            await pg_flow.tell_due(self._db, rows)  # windows a throttle delays
+            await pg_flow.tell_due(self._db, pg_flow.due_of(rows))  # windows a throttle delays
             return rows
 
         for attempt in itertools.count(1):
