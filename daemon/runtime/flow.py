@@ -14,6 +14,14 @@ a note of what became of them) and the window gone. Before it reads the store it
 every hold submitted so far to be committed, so a window is never released without an event
 that joined it. A kill -9 at any point leaves either the window (released again at the
 next start) or its run, never both, never neither.
+
+On a store several nodes share (PostgreSQL: :class:`~cued.daemon.store.FlowRelease`),
+nothing of the keys is kept here: an event held goes to the store as a
+:class:`~cued.daemon.store.FlowJoin`, and the commit that records it decides its window
+with the database's (under the key's lock); the timer claims the windows due in the
+transaction that starts their runs, whichever node opened them, and counts the throttle's
+slots from the database (see :mod:`cued.daemon.store.pg_flow`). Every node's timer hears
+of a window opened anywhere (a notice of the commit, :meth:`FlowControl.heard`).
 """
 
 from __future__ import annotations
