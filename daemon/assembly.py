@@ -75,6 +75,7 @@ from cued.daemon.service.watchdog import Progress, ServiceNotices, keep_alive
 from cued.daemon.store.copying import copy_state
 from cued.daemon.store.filemodes import private_file
 from cued.daemon.store.opening import open_store_at
+from cued.daemon.store.pg_flow import FLOW_CHANNEL
 from cued.daemon.store.pg_notify import Notices
 from cued.daemon.store.postgresql import PostgresStore, lost_database
 from cued.daemon.web.api import Caller, Users, build_app
@@ -889,7 +890,8 @@ async def _join_peers(
     daemon's listens for their notices and sends its own (no daemon asks the database on
     a timer). Live updates are shared both ways, so each daemon's stream shows every
     daemon's runs; decisions, cancels and pauses made here reach the daemon that has the
-    run (:mod:`cued.daemon.runtime.signals`). With SQLite, nothing: one daemon."""
+    run (:mod:`cued.daemon.runtime.signals`), and windows of flow control written here
+    wake every node's timer. With SQLite, nothing: one daemon."""
     location = config.state_location()
     if not is_database_url(location):
         return
@@ -899,6 +901,9 @@ async def _join_peers(
     store.on_commit(share.committed)
     if runner.slots.shared is not None:
         runner.slots.shared.listen(notices)  # woken as pool and key slots free up
+    if runner.flow is not None:
+        # each node's timer learns of the windows the others write (see pg_flow)
+        notices.on(FLOW_CHANNEL, runner.flow.heard, missed=runner.flow.poke)
     await tg.start(share.serve)
     await tg.start(partial(signals.serve, runner))
     await tg.start(notices.serve)  # after every channel's handlers are registered

@@ -19,6 +19,7 @@ and batch come first, then the throttle, on the run they start.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
@@ -37,7 +38,9 @@ __all__ = [
     "Window",
     "admit",
     "forgettable",
+    "gather",
     "held_note",
+    "parse_due",
     "release",
     "shown_at",
     "take_slot",
@@ -199,6 +202,21 @@ def admit(
     return KeyState(window, state.starts), hold
 
 
+def gather(
+    rule: Rule, window: Window | None, at: float, new_window: str
+) -> tuple[Window | None, Hold]:
+    """Where an event at ``at`` is held when nodes share the store, with ``window`` the
+    key's open window in the database (see :mod:`cued.daemon.store.pg_flow`): it joins
+    it, or opens ``new_window``, as :func:`admit` decides; with a throttle alone, each
+    event is held in a window of its own, due at once (its release takes the slot). The
+    window the key's next event joins comes with it (``None``: it opens a new one)."""
+    if rule.collects is None:
+        return None, Hold(new_window, "delay", 1, at, at, "open")
+    state, hold = admit(rule, KeyState(window), at, new_window)
+    assert isinstance(hold, Hold), "events that gather are held"
+    return state.window, hold
+
+
 def release(
     rule: Rule, state: KeyState, window_id: str, phase: str, at: float
 ) -> tuple[KeyState, Start | Defer | Drop | NotYet]:
@@ -221,6 +239,19 @@ def forgettable(rule: Rule | None, state: KeyState, at: float) -> bool:
     if rule is None or rule.limit is None or not state.starts:
         return True
     return state.starts[-1] <= at - rule.period_s
+
+
+def parse_due(text: str) -> float | None:
+    """The time a node's notice says a window is due (seconds since the epoch, as
+    ``repr`` of a float gives it), or ``None`` if the text is not one: it comes over the
+    database from whoever may send notices, and is only a reason to look."""
+    if len(text) > 32:
+        return None
+    try:
+        due_at = float(text)
+    except ValueError:
+        return None
+    return due_at if math.isfinite(due_at) else None
 
 
 # -- what an event is told -------------------------------------------------------------

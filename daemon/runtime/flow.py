@@ -15,6 +15,14 @@ slots kept it sleeps until woken: an idle daemon asks its store nothing on a tim
 it reads the store it waits for every hold submitted so far to be committed, so a window
 is never released without an event that joined it. A kill -9 at any point leaves either
 the window (released again at the next start) or its run, never both, never neither.
+
+On a store several nodes share (PostgreSQL: :class:`~cued.daemon.store.FlowRelease`),
+nothing of the keys is kept here: an event held goes to the store as a
+:class:`~cued.daemon.store.FlowJoin`, and the commit that records it decides its window
+with the database's (under the key's lock); the timer claims the windows due in the
+transaction that starts their runs, whichever node opened them, and counts the throttle's
+slots from the database (see :mod:`cued.daemon.store.pg_flow`). Every node's timer hears
+of a window opened anywhere (a notice of the commit, :meth:`FlowControl.heard`).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from cued.daemon.core.flow import (
     Window,
     admit,
     forgettable,
+    parse_due,
     release,
     shown_at,
     who,
@@ -45,6 +54,8 @@ from cued.daemon.errors import CuedError, StoreError
 from cued.daemon.logs import get_logger
 from cued.daemon.store import (
     EventRow,
+    FlowJoin,
+    FlowRelease,
     HoldRow,
     RunRow,
     ThrottleRow,
@@ -67,6 +78,9 @@ __all__ = ["Admission", "FlowControl"]
 #: rest wait for the next turn: what a release reads back stays bounded).
 _SETTLE_BATCH = 200
 _SETTLE_EVENTS = 5_000
+#: How long the timer waits before it looks again at a window due that another node is
+#: deciding on (its commit holds the key's lock for a moment).
+_BUSY_S = 0.02
 #: How often keys whose throttle slots no longer count are forgotten (memory and store).
 _SWEEP_S = 60.0
 
@@ -103,6 +117,9 @@ class FlowControl:
         """When the timer looks again by itself (``inf``: only when woken; ``None``: it is
         awake, reading or settling)."""
         self._log = get_logger()
+        self._shared = store if isinstance(store, FlowRelease) else None
+        """The store's, when nodes share it: the windows and throttle slots are the
+        database's, decided in its transactions (nothing of them is kept here)."""
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -118,6 +135,8 @@ class FlowControl:
 
     async def load(self) -> None:
         """Read what each key needs from the store (at a start)."""
+        if self._shared is not None:
+            return  # the database decides: nothing to hold in memory
         windows, throttles = await self._store.flow_state()
         at = self.clock()
         for t in throttles:
@@ -138,12 +157,18 @@ class FlowControl:
         """What becomes of ``m``, the match of a trigger with flow control by the event
         ``event_id``, now (synchronous: intake records the rows it gives)."""
         at = self.clock()
+        _, rule = self._rules[m.trigger]
+        key = m.key or ""  # no key: one for the whole trigger
+        if self._shared is not None:
+            # held, in whichever window the commit finds in the database (the release
+            # and the commit take turns on the key there: nothing to wait for here); the
+            # timer looks when it may be due (a batch may be full at once)
+            due = at if rule.size is not None else _opened_due(rule, at)
+            return Admission(False, True, [FlowJoin(m.trigger, key, event_id, at, rule)], None, due)
         if self._admitting is None:
             # until intake submits this batch, the timer decides on no window: one it
             # released meanwhile would lose (or, written again, double) this hold
             self._admitting = anyio.Event()
-        _, rule = self._rules[m.trigger]
-        key = m.key or ""  # no key: one for the whole trigger
         name = (m.trigger, key)
         state = self._keys.get(name, KeyState())
         # most events join the window being filled: an id only for a new one
@@ -197,6 +222,15 @@ class FlowControl:
         if self._until is None or due_at < self._until:
             self._wake.set()  # awake: it looks again before it sleeps
 
+    def heard(self, text: str) -> None:
+        """A notice of a commit of any node (see :mod:`cued.daemon.store.pg_flow`): a
+        window it wrote is due at the time it says."""
+        due_at = parse_due(text)
+        if due_at is None:
+            self._log.warning("flow_notice_not_understood", text=text[:100])
+            return
+        self.written(due_at)
+
     # -- the timer ---------------------------------------------------------------------
 
     async def run(
@@ -229,11 +263,15 @@ class FlowControl:
                     await self._wake.wait()
             self._until = None
             try:
-                await self.settle_due(runs)
+                settled = await self.settle_due(runs)
             except StoreError as exc:
                 # the writer failed: the daemon stops; nothing of the windows was released
                 self._log.error("flow_settle_failed", error=str(exc))
                 raise
+            if not settled and self._shared is not None and due is not None and due <= self.clock():
+                # due, and not released: another node's commit holds its key now (or that
+                # node released it meanwhile): look again shortly, not at once
+                await anyio.sleep(_BUSY_S)
 
     async def settle_due(self, runs: RunQueue) -> int:
         """Settle the windows due now; return how many were."""
@@ -241,6 +279,8 @@ class FlowControl:
             return await self._settle_due(runs)
 
     async def _settle_due(self, runs: RunQueue) -> int:
+        if self._shared is not None:
+            return await self._release_claimed(self._shared, runs)
         while self._admitting is not None:
             await self._admitting.wait()
         if self._durable is not None:
@@ -280,6 +320,45 @@ class FlowControl:
             if isinstance(row, RunRow):
                 runs.enqueue(row)
         return len(outcomes)
+
+    async def _release_claimed(self, store: FlowRelease, runs: RunQueue) -> int:
+        """Release the windows due that this node claims in the database (another node
+        may have released some already, or be deciding on their keys now: those are not
+        this node's to release)."""
+        at = self.clock()
+        due = await self._store.flow_next_due()
+        if due is None or due > at:
+            return 0  # (a read beside the writer: the claim is a transaction of the writer's)
+
+        def settle(
+            windows: list[WindowRow],
+            holds: dict[str, list[tuple[HoldRow, EventRow | None]]],
+            starts: dict[tuple[str, str], tuple[float, ...]],
+        ) -> list[Row]:
+            keys = {name: KeyState(starts=s) for name, s in starts.items()}
+            rows: list[Row] = []
+            for window in windows:
+                name = (window.trigger, window.key)
+                found = self._rules.get(window.trigger)
+                if found is None:
+                    outcome: Start | Defer | Drop = Drop(
+                        f"trigger {window.trigger!r} is no longer configured"
+                    )
+                else:
+                    state, decided = release(
+                        found[1], keys.get(name, KeyState()), window.window_id, window.phase, at
+                    )
+                    assert not isinstance(decided, NotYet), "a claimed window is due"
+                    keys[name], outcome = state, decided
+                    rows += self._throttle_rows(name, found[1], state)
+                rows += self._settle(window, outcome, holds.get(window.window_id, []), runs, at)
+            return rows
+
+        rows = await store.flow_release(at, _SETTLE_BATCH, settle)
+        for row in rows:
+            if isinstance(row, RunRow):
+                runs.enqueue(row)
+        return sum(isinstance(row, WindowSettled) for row in rows)
 
     async def _read_kept(
         self,
@@ -372,6 +451,10 @@ class FlowControl:
                 note = f"{whose}: {len(events)} event(s) of window {window.window_id} started run {run.run_id}"
                 if window.kind == "debounce" and keep != "all":
                     note += f" with the inputs of event {chosen.event_id}"
+                elif window.kind == "delay" and window.phase != "slotted":
+                    # (nodes sharing the store: an event of a throttle alone waits for
+                    # its release, which finds its slot free)
+                    note = f"{whose}: within the throttle's limit, started run {run.run_id}"
                 elif window.kind == "delay":
                     note = f"{whose}: delayed by the throttle, started run {run.run_id} at {shown_at(at)}"
         settled = WindowSettled(window.window_id, None if run is None else run.run_id, note, True)
@@ -396,6 +479,15 @@ class FlowControl:
         if state is None or not state.starts:
             return []
         return [ThrottleRow(*name, state.starts, state.starts[-1] + rule.period_s)]
+
+
+def _opened_due(rule: Rule, at: float) -> float | None:
+    """When a window an event at ``at`` opens is due (``None``: no time closes it)."""
+    if rule.debounce_s is not None:
+        return at + rule.debounce_s
+    if rule.collects is None:
+        return at  # a throttle alone: its slot is decided at once, when released
+    return None if rule.timeout_s is None else at + rule.timeout_s
 
 
 def _keep(rule: Rule, window: WindowRow) -> str:

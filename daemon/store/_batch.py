@@ -21,6 +21,7 @@ from cued.daemon.store import (
     DedupeRow,
     EventClaim,
     EventRow,
+    FlowJoin,
     HoldRow,
     InstanceGone,
     InstanceRow,
@@ -74,6 +75,7 @@ class _Batch:
         "gone",
         "holds",
         "instances",
+        "joins",
         "log_lines",
         "log_trims",
         "outbox",
@@ -113,6 +115,8 @@ class _Batch:
         self.windows_gone: dict[str, WindowGone] = {}
         self.throttles: dict[tuple[str, str], ThrottleRow] = {}
         self.settled: dict[str, WindowSettled] = {}
+        self.joins: list[FlowJoin] = []
+        """Events held where the database says (a shared store's commit decides them)."""
         self.done = anyio.Event()
         self.error: BaseException | None = None
 
@@ -161,6 +165,8 @@ class _Batch:
             trim = self.log_trims.get((row.run_id, row.key, row.attempt))
             if trim is None or trim.before_seq < row.before_seq:
                 self.log_trims[row.run_id, row.key, row.attempt] = row
+        elif type(row) is FlowJoin:  # a shared store's (see PostgresStore._commit)
+            self.joins.append(row)
         else:
             raise TypeError(f"the store keeps no {type(row).__name__}")
 
@@ -217,6 +223,7 @@ class _Batch:
             or self.windows_gone
             or self.throttles
             or self.settled
+            or self.joins
         )
 
     async def wait(self) -> None:

@@ -21,6 +21,8 @@ node A: commit, then notices.send(channel, text) --.             .--> node B: ha
   read what it needs from the store (notices only wake; the store holds the truth).
 - Handlers run in the event loop, called by asyncpg: they must not block (they hand the
   work to a task, or to a memory stream).
+- A commit may send a notice of its own (token :data:`FROM_A_COMMIT`): every daemon
+  hears it, once the commit is durable (a window of flow control, see ``pg_flow``).
 - Each daemon says ``hello`` (channel ``cued_hello``) whenever it starts listening, and
   answers the hello of a daemon it has not heard yet: :attr:`Notices.peers` tells whether
   any other daemon is there, so one daemon alone on its database shares nothing.
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 
     import asyncpg
 
-__all__ = ["MAX_NOTICE_BYTES", "SLOTS_CHANNEL", "Notices"]
+__all__ = ["FROM_A_COMMIT", "MAX_NOTICE_BYTES", "SLOTS_CHANNEL", "Notices"]
 
 #: The longest text one notice may carry (PostgreSQL's limit is 8000 bytes, with the
 #: sender's token in front).
@@ -53,6 +55,10 @@ MAX_NOTICE_BYTES = 7800
 #: Where a commit that frees a key's or a pool's slot others wait for says so (in SQL,
 #: pg_nodes.py): ``key PIPELINE`` or ``pool POOL``, after the sender's token.
 SLOTS_CHANNEL = "cued_slots"
+#: The token of a notice a transaction sends itself (``pg_notify`` in a commit, delivered
+#: only if it commits, even if its daemon is killed right after): no daemon's, so every
+#: daemon is handed it, the one that committed too, and none counts it as a peer.
+FROM_A_COMMIT = "-"
 
 _SEND = "SELECT pg_notify(c, t) FROM unnest($1::text[], $2::text[]) AS n(c, t)"
 _HELLO = "cued_hello"
@@ -222,7 +228,7 @@ class Notices:
         token, _, text = payload.partition(" ")
         if token == self.token:
             return
-        if token not in self.peers:
+        if token != FROM_A_COMMIT and token not in self.peers:
             self.peers.add(token)
             self._log.info("notices_peer_heard", database=self.where, peers=len(self.peers))
             if channel == _HELLO:

@@ -64,6 +64,7 @@ from cued.daemon.store import (
     ThrottleRow,
     WaitRow,
     WindowRow,
+    pg_flow,
     pg_nodes,
     pg_outbox,
 )
@@ -74,7 +75,7 @@ from cued.daemon.store.pg_migrations import migrate
 from cued.daemon.store.sqlite import SqliteStore, _Chore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
     import aiosqlite
 
@@ -96,6 +97,11 @@ DAEMON_LOCK = int.from_bytes(b"cued:run", "big", signed=True)
 DECIDING_LOCK = int.from_bytes(b"cued:gat", "big", signed=True)
 
 _log = get_logger()
+#: How many times a release of windows goes again after the database gave it up (a
+#: deadlock with another node's release: see PostgresStore.flow_release).
+_RELEASE_TRIES = 5
+#: The events the windows of one release hold, at most (but for its first window).
+_RELEASE_EVENTS = 5_000
 # each session says whose it is (pg_stat_activity): a daemon's, by its process id
 _SESSION = {"application_name": f"cued:{os.getpid()}"}
 _INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
@@ -634,10 +640,15 @@ class PostgresStore(SqliteStore):
 
     async def _commit(self, batch: _Batch) -> float:
         started = anyio.current_time()
-        sql, args = _batch_sql(batch, self._me, self._pools_freed(batch), self._notices_token)
         try:
-            found = await self._db.fetchrow(sql, *args)
-            assert found is not None, "a commit's statement ends in a SELECT of one row"
+            if batch.joins:
+                # events held: their windows are decided with the database's, under the
+                # keys' locks, in the transaction that records them (see pg_flow)
+                async with self._db.transaction():
+                    await pg_flow.join(self._db, batch.joins, batch.claims, batch.add)
+                    found = await self._commit_statement(batch)
+            else:
+                found = await self._commit_statement(batch)
             batch.duplicates, batch.deduped = set(found[0]), set(found[1])
         except asyncpg.PostgresError as exc:
             if pg_nodes.is_fenced(exc):
@@ -653,6 +664,14 @@ class PostgresStore(SqliteStore):
         self.commits += 1
         self.commit_seconds += seconds
         return seconds
+
+    async def _commit_statement(self, batch: _Batch) -> asyncpg.Record:
+        """Write ``batch`` in one statement: the events it found recorded already, and
+        the runs it found deduplicated meanwhile."""
+        sql, args = _batch_sql(batch, self._me, self._pools_freed(batch), self._notices_token)
+        found = await self._db.fetchrow(sql, *args)
+        assert found is not None, "a commit's statement ends in a SELECT of one row"
+        return found
 
     async def _do_chore(self, chore: _Chore) -> None:
         started = anyio.current_time()
@@ -702,6 +721,50 @@ class PostgresStore(SqliteStore):
                 )
 
         await self._chore(work)
+
+    # -- flow control across nodes -----------------------------------------------------
+
+    async def flow_release(
+        self,
+        at: float,
+        limit: int,
+        settle: Callable[
+            [
+                list[WindowRow],
+                dict[str, list[tuple[HoldRow, EventRow | None]]],
+                dict[tuple[str, str], tuple[float, ...]],
+            ],
+            list[Row],
+        ],
+    ) -> list[Row]:
+        async def work(_: _Connection) -> list[Row]:
+            windows, holds, starts = await pg_flow.release(
+                self._db, at, limit, _RELEASE_EVENTS, _event
+            )
+            if not windows:
+                return []
+            rows = settle(windows, holds, starts)
+            batch = _Batch()
+            for row in rows:
+                batch.add(row)
+            sql, args = _batch_sql(batch, self._me)
+            await self._db.fetchval(sql, *args)
+            await pg_flow.tell_due(self._db, pg_flow.due_of(rows))  # windows a throttle delays
+            return rows
+
+        for attempt in itertools.count(1):
+            try:
+                found: list[Row] = await self._chore(work)
+            except StoreError as exc:
+                # two releases of windows that hold one event (two triggers) may meet on
+                # its row in either order: the database gives up one, which goes again
+                if attempt < _RELEASE_TRIES and isinstance(
+                    exc.__cause__, asyncpg.DeadlockDetectedError
+                ):
+                    continue
+                raise
+            return found
+        raise AssertionError("unreachable")
 
     # -- nodes ---------------------------------------------------------------------------
 

@@ -9,13 +9,15 @@ the writer can coalesce several submissions for the same row into the last one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from cued.daemon.core.priorities import DEFAULT_PRIORITY
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping, Sequence
     from contextlib import AbstractAsyncContextManager
+
+    from cued.daemon.core.flow import Rule
 
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "Durable",
     "EventClaim",
     "EventRow",
+    "FlowJoin",
+    "FlowRelease",
     "HoldRow",
     "InstanceGone",
     "InstanceRow",
@@ -288,6 +292,20 @@ class ThrottleRow:
 
 
 @dataclass(frozen=True, slots=True)
+class FlowJoin:
+    """An event of ``key`` held by a trigger's flow control, where the database says (a
+    store several nodes share): in the transaction that records it, the store decides
+    with ``rule`` which window it joins, or opens, from the windows the database holds
+    (see :mod:`cued.daemon.store.pg_flow`)."""
+
+    trigger: str
+    key: str
+    event_id: str
+    at: float
+    rule: Rule
+
+
+@dataclass(frozen=True, slots=True)
 class CursorRow:
     """A source's position, committed with the events that moved it."""
 
@@ -457,6 +475,7 @@ Row = (
     | WindowGone
     | WindowSettled
     | ThrottleRow
+    | FlowJoin
 )
 
 
@@ -911,3 +930,26 @@ class Store(Protocol):
     async def run_owners(self, run_ids: Sequence[str]) -> dict[str, str]:
         """The node that owns each of these runs that is unfinished (on SQLite, its one
         node owns every run)."""
+
+@runtime_checkable
+class FlowRelease(Protocol):
+    """A store several nodes share (PostgreSQL): its flow control's windows are the
+    database's, and each is released once in the cluster, by whichever node claims it."""
+
+    async def flow_release(
+        self,
+        at: float,
+        limit: int,
+        settle: Callable[
+            [
+                list[WindowRow],
+                dict[str, list[tuple[HoldRow, EventRow | None]]],
+                dict[tuple[str, str], tuple[float, ...]],
+            ],
+            list[Row],
+        ],
+    ) -> list[Row]:
+        """Claim up to ``limit`` windows due by ``at`` that no other node is deciding on
+        now, and commit what ``settle`` makes of them (given the windows, the events each
+        holds, whole, and the throttle slots their keys took in the cluster) in the same
+        transaction; return the rows committed (none: nothing was due, or free)."""

@@ -18,8 +18,11 @@ from cued.daemon.core.flow import (
     NotYet,
     Rule,
     Start,
+    Window,
     admit,
     forgettable,
+    gather,
+    parse_due,
     release,
     take_slot,
 )
@@ -239,3 +242,24 @@ def test_a_flow_key_over_any_event_data_is_text_or_a_note_never_a_crash(data, ra
     )
     (m,) = match([trigger], Event("s", "e", {"k": data, "raw": raw}))[0]
     assert m.error is not None or isinstance(m.key, str)
+
+
+@given(st.text())
+def test_a_notice_of_a_due_time_is_a_finite_time_or_nothing_whatever_its_text(text):
+    due = parse_due(text)
+    assert due is None or (isinstance(due, float) and due - due == 0.0)
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_a_due_time_told_as_its_repr_is_read_back_exactly(due):
+    assert parse_due(repr(due)) == due
+
+
+@given(_times)
+def test_events_of_a_throttle_alone_gather_in_no_window_each_held_due_at_once(times):
+    # (nodes sharing a database: each waits for its release, which counts the slots)
+    rule = Rule(limit=1, period_s=60.0)
+    for at in times:
+        window, hold = gather(rule, Window("w0", 0.0, None, 3), at, "new")
+        assert window is None
+        assert hold == Hold("new", "delay", 1, at, at, "open")
