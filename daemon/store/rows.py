@@ -931,6 +931,7 @@ class Store(Protocol):
         """The node that owns each of these runs that is unfinished (on SQLite, its one
         node owns every run)."""
 
+
 @runtime_checkable
 class FlowRelease(Protocol):
     """A store several nodes share (PostgreSQL): its flow control's windows are the
