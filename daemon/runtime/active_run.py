@@ -13,8 +13,9 @@ and the alerts it raises commit with it. A run leaves memory when it ends
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
@@ -24,6 +25,7 @@ from cued.daemon.errors import CuedError
 from cued.daemon.runtime.asset_events import asset_events, failed_check_events
 from cued.daemon.runtime.attempts import stopped_row
 from cued.daemon.runtime.gates import gate_row
+from cued.daemon.runtime.inline import Begun, LazyLog, Stepper
 from cued.daemon.runtime.instance_rows import instance_row
 from cued.daemon.runtime.waits import wait_row
 from cued.daemon.sdk.kinds import AwaitingDecision, Meter
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from cued.daemon.core.engine import Command, Instance
     from cued.daemon.core.plan import PipelinePlan
     from cued.daemon.runtime.asset_events import AssetSink
-    from cued.daemon.runtime.attempts import TaskAttempts
+    from cued.daemon.runtime.attempts import InlineAttempt, Outcome, TaskAttempts
     from cued.daemon.runtime.gates import Gates
     from cued.daemon.runtime.run_alerts import RunAlerts
     from cued.daemon.runtime.slots import Slots
@@ -104,6 +106,7 @@ class ActiveRun:
         self._store = driving.store
         self._scope: anyio.CancelScope | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._stepper: Stepper | None = None
         self._cancelled = False
         self._cancel_reason: str | None = None
         self._fresh = False
@@ -173,8 +176,11 @@ class ActiveRun:
             if any(not isinstance(c, Finish) for c in commands):
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
+                    self._stepper = Stepper(
+                        tg, self._inline_ended, self._inline_waits, self._inline_stopped
+                    )
                     self._apply(tg, commands)
-                self._tg = None
+                self._tg = self._stepper = None
             else:
                 self._write()
         return engine.state
@@ -271,7 +277,8 @@ class ActiveRun:
         self._write()
         for command in commands:
             if isinstance(command, Start):
-                tg.start_soon(self._attempt, tg, command)
+                if not self._inline(command):
+                    tg.start_soon(self._attempt, tg, command)
             elif isinstance(command, Wait):
                 tg.start_soon(self._retry_later, tg, command)
             # Finish needs nothing here: the run's task group empties and drive returns
@@ -306,101 +313,231 @@ class ActiveRun:
     async def _attempt_steps(self, start: Start) -> list[Command]:
         """Run the attempt ``start`` and record how it ended; returns what the engine asks
         for next."""
-        engine, driving = self.engine, self._driving
-        assert engine is not None
-        inst, run_id = start.instance, self.row.run_id
-        async with driving.slots.task_slot(self.plan.tasks[inst.task].config.pool):
-            engine.started(inst)
-            started_at = now()
-            # built only if a commit begins while it runs: an attempt that ends first
-            # writes its end alone (a kill -9 before that commit leaves it queued: it
-            # runs again after the restart, with the same idempotency key)
-            running = _Running(run_id, start, started_at)
-            self._store.provisional(running)
-            log = driving.log.bind(
-                run_id=run_id, pipeline=self.row.pipeline, task=inst.key, attempt=start.attempt
-            )
-            log.debug("task_started")
-            meter = Meter()
-            span = NO_SPAN
-            if driving.tracing.enabled:
-                span = driving.tracing.start(
-                    f"task {inst.key}",
-                    parent=self.span,
-                    attributes={
-                        "cued.run.id": run_id,
-                        "cued.task": inst.task,
-                        "cued.task.key": inst.key,
-                        "cued.task.kind": self.plan.tasks[inst.task].config.kind,
-                        "cued.attempt": start.attempt,
-                    },
-                )
+        driving = self._driving
+        pool = self.plan.tasks[start.instance.task].config.pool
+        async with driving.slots.task_slot(pool):
+            begun = self._begin(start, pool, self._attempt_log(start), Meter())
+            span = begun.span = self._attempt_span(start)
             with driving.slots.running():
                 try:
                     if span:
                         with driving.tracing.current(span):
                             outcome = await driving.attempts.run(
-                                self.plan, self.row, start, log, meter, fresh=self._fresh
+                                self.plan,
+                                self.row,
+                                start,
+                                begun.log,
+                                begun.meter,
+                                fresh=self._fresh,
                             )
                     else:
                         outcome = await driving.attempts.run(
-                            self.plan, self.row, start, log, meter, fresh=self._fresh
+                            self.plan, self.row, start, begun.log, begun.meter, fresh=self._fresh
                         )
                 except anyio.get_cancelled_exc_class():
-                    # a cancelled run marks its instances cancelled; a daemon shutting down
-                    # leaves them running, so that a restart runs them again
-                    self._store.withdraw(running)
-                    state = "cancelled" if engine.state is RunState.CANCELLED else "interrupted"
-                    self._store.submit(
-                        [
-                            instance_row(run_id, inst),
-                            stopped_row(run_id, start, state, started_at, meter),
-                        ]
-                    )
-                    _end_attempt_span(span, meter, state, None)
+                    self._stopped(begun)
                     raise
-        self._store.withdraw(running)  # what it ended as replaces it
-        ended_at = now()
+        return await self._ended(begun, self._kept(begun, outcome))
+
+    def _attempt_log(self, start: Start) -> structlog.typing.FilteringBoundLogger:
+        return cast(
+            "structlog.typing.FilteringBoundLogger",
+            LazyLog(
+                self._driving.log,
+                run_id=self.row.run_id,
+                pipeline=self.row.pipeline,
+                task=start.instance.key,
+                attempt=start.attempt,
+            ),
+        )
+
+    def _attempt_span(self, start: Start) -> Span:
+        tracing = self._driving.tracing
+        if not tracing.enabled:
+            return NO_SPAN
+        inst = start.instance
+        return tracing.start(
+            f"task {inst.key}",
+            parent=self.span,
+            attributes={
+                "cued.run.id": self.row.run_id,
+                "cued.task": inst.task,
+                "cued.task.key": inst.key,
+                "cued.task.kind": self.plan.tasks[inst.task].config.kind,
+                "cued.attempt": start.attempt,
+            },
+        )
+
+    def _begin(
+        self,
+        start: Start,
+        pool: str | None,
+        log: structlog.typing.FilteringBoundLogger,
+        meter: Meter,
+    ) -> Begun:
+        """Mark ``start``'s instance running (its slot taken)."""
+        assert self.engine is not None
+        self.engine.started(start.instance)
+        started_at = now()
+        # built only if a commit begins while it runs: an attempt that ends first writes
+        # its end alone (a kill -9 before that commit leaves it queued: it runs again
+        # after the restart, with the same idempotency key)
+        running = _Running(self.row.run_id, start, started_at)
+        self._store.provisional(running)
+        if self._driving.log.is_enabled_for(logging.DEBUG):
+            log.debug("task_started")
+        return Begun(start, pool, started_at, running, log, meter, NO_SPAN)
+
+    def _stopped(self, begun: Begun) -> None:
+        """Record an attempt stopped before it ended: a cancelled run marks its instances
+        cancelled; a daemon shutting down leaves them running, so that a restart runs
+        them again."""
+        assert self.engine is not None
+        self._store.withdraw(begun.running)
+        state = "cancelled" if self.engine.state is RunState.CANCELLED else "interrupted"
+        run_id, start = self.row.run_id, begun.start
+        self._store.submit(
+            [
+                instance_row(run_id, start.instance),
+                stopped_row(run_id, start, state, begun.started_at, begun.meter),
+            ]
+        )
+        _end_attempt_span(begun.span, begun.meter, state, None)
+
+    def _kept(self, begun: Begun, outcome: Outcome) -> Outcome:
+        """The attempt ended as ``outcome``: as it is kept, its start withdrawn."""
+        self._store.withdraw(begun.running)  # what it ended as replaces it
         outcome = outcome.kept()
         _end_attempt_span(
-            span,
-            meter,
+            begun.span,
+            begun.meter,
             "failed" if outcome.error else ("waiting" if outcome.awaiting else "succeeded"),
             outcome.error,
         )
+        return outcome
+
+    async def _ended(self, begun: Begun, outcome: Outcome) -> list[Command]:
+        """Record how an attempt ended (``outcome``, kept); returns what the engine asks
+        for next."""
+        inst, attempt, started_at = begun.start.instance, begun.start.attempt, begun.started_at
         if (ask := outcome.awaiting) is not None:
             if isinstance(ask, AwaitingDecision):
-                await self._await_decision(inst, start.attempt, started_at, ask)
+                await self._await_decision(inst, attempt, started_at, ask)
             else:
-                await self._await_wakeup(inst, start.attempt, started_at, ask)
+                await self._await_wakeup(inst, attempt, started_at, ask)
             return []
         if (child := outcome.child) is not None:
-            return await self._start_child(inst, start.attempt, started_at, child)
+            return await self._start_child(inst, attempt, started_at, child)
+        commands, durable_first = self._concluded(begun, outcome)
+        if durable_first:
+            await self._commit(durable_first)
+            self._driving.alerts.wake()
+        return commands
+
+    def _concluded(self, begun: Begun, outcome: Outcome) -> tuple[list[Command], list[Row]]:
+        """Tell the engine how an attempt ended (succeeded or failed); returns what it asks
+        for next, and the rows to commit before that is carried out (empty: submitted)."""
+        engine, driving, start = self.engine, self._driving, begun.start
+        assert engine is not None
+        inst, run_id = start.instance, self.row.run_id
+        ended_at = now()
         if outcome.error is None:
-            log.debug("task_succeeded", duration_s=round(ended_at - started_at, 6))
+            if driving.log.is_enabled_for(logging.DEBUG):
+                begun.log.debug("task_succeeded", duration_s=round(ended_at - begun.started_at, 6))
             commands = engine.succeeded(inst, outcome.output)
         else:
             commands = engine.failed(inst, outcome.error, retryable=outcome.retryable)
-            log.warning(
+            begun.log.warning(
                 "task_failed", error=outcome.error, will_retry=inst.state is State.UP_FOR_RETRY
             )
-        extra: list[Row] = [outcome.attempt_row(run_id, start, started_at, ended_at, meter)]
-        failed_for_good = inst.state is State.FAILED  # no retry left, or none would help
-        if failed_for_good:
+        extra: list[Row] = [
+            outcome.attempt_row(run_id, start, begun.started_at, ended_at, begun.meter)
+        ]
+        if inst.state is State.FAILED:  # no retry left, or none would help
             extra.extend(
                 driving.alerts.task_failed(self.row, inst.key, start.attempt, outcome.error)
             )
-            await self._commit(extra)
-            driving.alerts.wake()
-        elif all(isinstance(c, Finish) for c in commands):
+            return commands, extra
+        if all(isinstance(c, Finish) for c in commands):
             # nothing starts on this result: it rides with the next commit, which whatever
             # comes next of this run (its end, or a sibling's result) waits for (the store
             # commits in order)
             self._write(extra)
+            return commands, []
+        # durable before anything downstream starts: a succeeded task never runs again
+        return commands, extra
+
+    # -- attempts stepped by the run's stepper (inline.py) -----------------------------
+
+    def _inline(self, start: Start) -> bool:
+        """Begin ``start`` as an attempt the run's stepper steps, if it can be one: its
+        kind runs inline, a slot is free now, and tracing is off (a span is made current
+        in the attempt's context); False, with nothing begun, if not."""
+        driving, stepper = self._driving, self._stepper
+        if stepper is None or driving.tracing.enabled:
+            return False
+        pool = self.plan.tasks[start.instance.task].config.pool
+        if not driving.slots.take_task_slot_now(pool):
+            return False
+        log, meter = self._attempt_log(start), Meter()
+        attempt = driving.attempts.inline(self.plan, self.row, start, log, meter, fresh=self._fresh)
+        if attempt is None:
+            driving.slots.give_back_task_slot(pool)
+            return False
+        stepper.add(self._begin(start, pool, log, meter), attempt)
+        return True
+
+    def _inline_ended(self, begun: Begun, attempt: InlineAttempt, outcome: Outcome) -> None:
+        tg = self._tg
+        assert tg is not None
+        if attempt.lines is not None and not attempt.lines.exit_now():
+            # it wrote lines: they commit before its end does (a task waits for that)
+            tg.start_soon(self._inline_ended_later, begun, attempt, outcome)
+            return
+        self._driving.slots.give_back_task_slot(begun.pool)
+        outcome = self._kept(begun, outcome)
+        if outcome.awaiting is not None or outcome.child is not None:
+            tg.start_soon(self._inline_ended_later, begun, None, outcome)
+            return
+        commands, durable_first = self._concluded(begun, outcome)
+        if durable_first:
+            tg.start_soon(self._commit_then_apply, durable_first, commands)
         else:
-            # durable before anything downstream starts: a succeeded task never runs again
-            await self._commit(extra)
-        return commands
+            self._apply(tg, commands)
+
+    async def _commit_then_apply(self, rows: list[Row], commands: list[Command]) -> None:
+        assert self._tg is not None
+        await self._commit(rows)
+        self._driving.alerts.wake()
+        self._apply(self._tg, commands)
+
+    async def _inline_ended_later(
+        self, begun: Begun, attempt: InlineAttempt | None, outcome: Outcome
+    ) -> None:
+        """The end of an inline attempt that waits for a commit (its lines', or its
+        result's), in a task of its own; ``attempt`` is given if its lines wait."""
+        tg = self._tg
+        assert tg is not None
+        if attempt is not None:
+            assert attempt.lines is not None
+            await attempt.lines.__aexit__(None, None, None)
+            self._driving.slots.give_back_task_slot(begun.pool)
+            outcome = self._kept(begun, outcome)
+        self._apply(tg, await self._ended(begun, outcome))
+
+    async def _inline_waits(self, begun: Begun, attempt: InlineAttempt) -> None:
+        try:
+            outcome = await attempt.resume()
+        except anyio.get_cancelled_exc_class():
+            await self._inline_stopped(begun, attempt)
+            raise
+        self._inline_ended(begun, attempt, outcome)
+
+    async def _inline_stopped(self, begun: Begun, attempt: InlineAttempt) -> None:
+        if attempt.lines is not None and not attempt.lines.exit_now():
+            await attempt.lines.__aexit__(None, None, None)  # shielded: commits its lines
+        self._stopped(begun)
+        self._driving.slots.give_back_task_slot(begun.pool)
 
     async def _start_child(
         self, inst: Instance, attempt: int, started_at: float, ask: AwaitingRun
