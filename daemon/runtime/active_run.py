@@ -195,6 +195,7 @@ class ActiveRun:
         if self.engine is None:  # still waiting in the backlog, or about to start
             self._cancelled = True
             await self.finish(RunState.CANCELLED)
+            await self.wait_left()
             return
         if self.engine.cancel():  # empty if it has just finished: let it finish as it did
             self._write()
@@ -231,7 +232,8 @@ class ActiveRun:
     async def finish(self, state: RunState) -> None:
         """Record the run's end in ``state``, with the alert it raises; a succeeded run
         first hands on the events of the assets it produced, a failed one the bad versions
-        its data checks found."""
+        its data checks found. Returns once the end is submitted: the run leaves memory
+        once it is committed (:meth:`wait_left`)."""
         engine, driving = self.engine, self._driving
         if (
             state is RunState.SUCCEEDED
@@ -257,17 +259,25 @@ class ActiveRun:
         elif state is RunState.CANCELLED:
             error = self._cancel_reason
         self.row = _run_row(self.row, state.value, self.row.started_at, now(), error)
-        with anyio.CancelScope(shield=True):
-            rows: list[Row] = [self.row]
-            reruns = 0
-            if engine is not None:
-                rows.extend(instance_row(self.row.run_id, i) for i in engine.drain_changes())
-                reruns = sum(i.retry_base for i in engine.instances())
-            rows.extend(driving.alerts.run_ended(self.row, state, reruns, error))
-            await self._store.submit(rows).wait()
-            driving.alerts.wake()
+        rows: list[Row] = [self.row]
+        reruns = 0
+        if engine is not None:
+            rows.extend(instance_row(self.row.run_id, i) for i in engine.drain_changes())
+            reruns = sum(i.retry_base for i in engine.instances())
+        rows.extend(driving.alerts.run_ended(self.row, state, reruns, error))
+        # nothing waits here for the commit (no task, no shielded scope per run): the run
+        # leaves memory, and is seen to have ended, when the writer calls back; what the
+        # runner does meanwhile (the next run started) commits after it, in order
+        self._store.submit(rows).then(self._end_recorded)
+
+    def _end_recorded(self, error: BaseException | None) -> None:
+        """The writer's call once the run's end is committed."""
+        if error is not None:
+            return  # the writer has stopped, and the daemon with it: a restart resumes it
+        driving = self._driving
+        driving.alerts.wake()
         driving.log.info(
-            "run_finished", run_id=self.row.run_id, pipeline=self.row.pipeline, state=state.value
+            "run_finished", run_id=self.row.run_id, pipeline=self.row.pipeline, state=self.row.state
         )
         self._leave(True)
 
