@@ -25,8 +25,15 @@ from cued.daemon.errors import CuedError
 from cued.daemon.runtime.asset_events import asset_events, failed_check_events
 from cued.daemon.runtime.attempts import stopped_row
 from cued.daemon.runtime.gates import gate_row
-from cued.daemon.runtime.inline import Begun, LazyLog, Stepper
-from cued.daemon.runtime.instance_rows import instance_row
+from cued.daemon.runtime.inline import (
+    Begun,
+    LazyLog,
+    RunningRows,
+    Stepper,
+    attempt_span,
+    end_attempt_span,
+)
+from cued.daemon.runtime.instance_rows import instance_row, run_row
 from cued.daemon.runtime.waits import wait_row
 from cued.daemon.sdk.kinds import AwaitingDecision, Meter
 from cued.daemon.sdk.tracing import NO_SPAN, Span
@@ -153,7 +160,7 @@ class ActiveRun:
             return None  # cancelled between leaving the backlog and starting here
         # a run that never started has no log lines yet: its attempts need not look
         self._fresh = self.row.started_at is None
-        self.row = _run_row(self.row, RunState.RUNNING.value, self.row.started_at or now())
+        self.row = run_row(self.row, RunState.RUNNING.value, self.row.started_at or now())
         engine = self.engine = RunEngine(self.plan, self.row.run_id, self.row.inputs, self._prior)
         self._driving.log.info(
             "run_started",
@@ -221,7 +228,7 @@ class ActiveRun:
     async def park(self) -> None:
         """Nothing of the run runs, and a gate waits for a decision: leave it in the store
         (its slot freed, nothing of it in memory) until the decision resumes it."""
-        self.row = _run_row(
+        self.row = run_row(
             self.row, RunState.WAITING.value, self.row.started_at, self.row.ended_at, self.row.error
         )
         with anyio.CancelScope(shield=True):
@@ -258,7 +265,7 @@ class ActiveRun:
             error = "; ".join(f"{i.key}: {i.error}" for i in failed[:3]) or None
         elif state is RunState.CANCELLED:
             error = self._cancel_reason
-        self.row = _run_row(self.row, state.value, self.row.started_at, now(), error)
+        self.row = run_row(self.row, state.value, self.row.started_at, now(), error)
         rows: list[Row] = [self.row]
         reruns = 0
         if engine is not None:
@@ -323,31 +330,39 @@ class ActiveRun:
     async def _attempt_steps(self, start: Start) -> list[Command]:
         """Run the attempt ``start`` and record how it ended; returns what the engine asks
         for next."""
-        driving = self._driving
+        slots = self._driving.slots
         pool = self.plan.tasks[start.instance.task].config.pool
-        async with driving.slots.task_slot(pool):
-            begun = self._begin(start, pool, self._attempt_log(start), Meter())
-            span = begun.span = self._attempt_span(start)
-            with driving.slots.running():
-                try:
-                    if span:
-                        with driving.tracing.current(span):
-                            outcome = await driving.attempts.run(
-                                self.plan,
-                                self.row,
-                                start,
-                                begun.log,
-                                begun.meter,
-                                fresh=self._fresh,
-                            )
-                    else:
-                        outcome = await driving.attempts.run(
-                            self.plan, self.row, start, begun.log, begun.meter, fresh=self._fresh
-                        )
-                except anyio.get_cancelled_exc_class():
-                    self._stopped(begun)
-                    raise
+        if slots.take_task_slot_now(pool):  # the usual case: no context managers to enter
+            try:
+                begun, outcome = await self._attempt_run(start, pool)
+            finally:
+                slots.give_back_task_slot(pool)
+        else:
+            async with slots.task_slot(pool):
+                with slots.running():
+                    begun, outcome = await self._attempt_run(start, pool)
         return await self._ended(begun, self._kept(begun, outcome))
+
+    async def _attempt_run(self, start: Start, pool: str | None) -> tuple[Begun, Outcome]:
+        """Run the attempt ``start`` (its slot taken) until it ends, as it ended."""
+        driving = self._driving
+        begun = self._begin(start, pool, self._attempt_log(start), Meter())
+        span = begun.span = attempt_span(
+            driving.tracing,
+            self.span,
+            self.row,
+            start,
+            self.plan.tasks[start.instance.task].config.kind,
+        )
+        args = (self.plan, self.row, start, begun.log, begun.meter)
+        try:
+            if span:
+                with driving.tracing.current(span):
+                    return begun, await driving.attempts.run(*args, fresh=self._fresh)
+            return begun, await driving.attempts.run(*args, fresh=self._fresh)
+        except anyio.get_cancelled_exc_class():
+            self._stopped(begun)
+            raise
 
     def _attempt_log(self, start: Start) -> structlog.typing.FilteringBoundLogger:
         return cast(
@@ -359,23 +374,6 @@ class ActiveRun:
                 task=start.instance.key,
                 attempt=start.attempt,
             ),
-        )
-
-    def _attempt_span(self, start: Start) -> Span:
-        tracing = self._driving.tracing
-        if not tracing.enabled:
-            return NO_SPAN
-        inst = start.instance
-        return tracing.start(
-            f"task {inst.key}",
-            parent=self.span,
-            attributes={
-                "cued.run.id": self.row.run_id,
-                "cued.task": inst.task,
-                "cued.task.key": inst.key,
-                "cued.task.kind": self.plan.tasks[inst.task].config.kind,
-                "cued.attempt": start.attempt,
-            },
         )
 
     def _begin(
@@ -392,7 +390,7 @@ class ActiveRun:
         # built only if a commit begins while it runs: an attempt that ends first writes
         # its end alone (a kill -9 before that commit leaves it queued: it runs again
         # after the restart, with the same idempotency key)
-        running = _Running(self.row.run_id, start, started_at)
+        running = RunningRows(self.row.run_id, start, started_at)
         self._store.provisional(running)
         if self._driving.log.is_enabled_for(logging.DEBUG):
             log.debug("task_started")
@@ -412,13 +410,13 @@ class ActiveRun:
                 stopped_row(run_id, start, state, begun.started_at, begun.meter),
             ]
         )
-        _end_attempt_span(begun.span, begun.meter, state, None)
+        end_attempt_span(begun.span, begun.meter, state, None)
 
     def _kept(self, begun: Begun, outcome: Outcome) -> Outcome:
         """The attempt ended as ``outcome``: as it is kept, its start withdrawn."""
         self._store.withdraw(begun.running)  # what it ended as replaces it
         outcome = outcome.kept()
-        _end_attempt_span(
+        end_attempt_span(
             begun.span,
             begun.meter,
             "failed" if outcome.error else ("waiting" if outcome.awaiting else "succeeded"),
@@ -624,63 +622,3 @@ class ActiveRun:
             until=wait.deadline_at,
         )
         self._driving.waits.wake()
-
-
-class _Running:
-    """An attempt's start, left :meth:`~cued.daemon.store.Store.provisional`: its
-    instance running and its attempt's row, built only if a commit begins while it runs."""
-
-    __slots__ = ("_run_id", "_start", "_started_at")
-
-    def __init__(self, run_id: str, start: Start, started_at: float) -> None:
-        self._run_id, self._start, self._started_at = run_id, start, started_at
-
-    def rows(self) -> list[Row]:
-        start = self._start
-        inst = start.instance
-        return [
-            instance_row(self._run_id, inst),
-            AttemptRow(self._run_id, inst.key, start.attempt, "running", self._started_at),
-        ]
-
-
-def _run_row(
-    row: RunRow,
-    state: str,
-    started_at: float | None,
-    ended_at: float | None = None,
-    error: str | None = None,
-) -> RunRow:
-    """``row`` in ``state``: built, not ``dataclasses.replace``d (twice per run)."""
-    return RunRow(
-        row.run_id,
-        row.pipeline,
-        state,
-        row.inputs,
-        row.created_at,
-        started_at,
-        ended_at,
-        error,
-        row.event_id,
-        row.traceparent,
-        row.config_version,
-        row.flow_key,
-        row.key_limit,
-        row.priority,
-        row.parent_run_id,
-        row.parent_key,
-        row.parent_attempt,
-    )
-
-
-def _end_attempt_span(span: Span, meter: Meter, state: str, error: str | None) -> None:
-    """End an attempt's span with how it ended and what it spent (an AI step's cost and
-    tokens, as its kind reported them)."""
-    if not span:
-        return  # tracing is off
-    span.set(**{"cued.attempt.state": state, "cued.cost": meter.cost})
-    for key, value in (meter.usage or {}).items():
-        span.set(**{f"cued.usage.{key}": value})
-    if error is not None:
-        span.fail(error)
-    span.end()

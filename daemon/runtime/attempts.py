@@ -79,6 +79,8 @@ class Outcome:
         the store, so that downstream tasks see the same after a restart as before one),
         and with its output as JSON; an output that is not JSON fails the attempt for good.
         """
+        if self.output is None and self.error is None:  # a no-op's: nothing to look at
+            return Outcome(None, None, self.retryable, "null")
         # built once, not by dataclasses.replace: this runs once per attempt
         output, error = redact(self.output), redact(self.error)
         if error is not None or isinstance(output, (*_AWAITING, AwaitingRun)):

@@ -17,6 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.lowlevel
 
+from cued.daemon.runtime.instance_rows import instance_row
+from cued.daemon.sdk.tracing import NO_SPAN
+from cued.daemon.store import AttemptRow
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
 
@@ -26,10 +30,17 @@ if TYPE_CHECKING:
     from cued.daemon.core.engine import Start
     from cued.daemon.runtime.attempts import InlineAttempt, Outcome
     from cued.daemon.sdk.kinds import Meter
-    from cued.daemon.sdk.tracing import Span
-    from cued.daemon.store import Provisional
+    from cued.daemon.sdk.tracing import Span, Tracing
+    from cued.daemon.store import Provisional, Row, RunRow
 
-__all__ = ["Begun", "LazyLog", "Stepper"]
+__all__ = [
+    "Begun",
+    "LazyLog",
+    "RunningRows",
+    "Stepper",
+    "attempt_span",
+    "end_attempt_span",
+]
 
 
 class Begun:
@@ -127,3 +138,52 @@ class Stepper:
             raise
         finally:
             self._on = False
+
+
+class RunningRows:
+    """An attempt's start, left :meth:`~cued.daemon.store.Store.provisional`: its
+    instance running and its attempt's row, built only if a commit begins while it runs."""
+
+    __slots__ = ("_run_id", "_start", "_started_at")
+
+    def __init__(self, run_id: str, start: Start, started_at: float) -> None:
+        self._run_id, self._start, self._started_at = run_id, start, started_at
+
+    def rows(self) -> list[Row]:
+        start = self._start
+        inst = start.instance
+        return [
+            instance_row(self._run_id, inst),
+            AttemptRow(self._run_id, inst.key, start.attempt, "running", self._started_at),
+        ]
+
+
+def attempt_span(tracing: Tracing, parent: Span, row: RunRow, start: Start, kind: str) -> Span:
+    """The span of the attempt ``start`` of a task of kind ``kind`` in the run ``row``."""
+    if not tracing.enabled:
+        return NO_SPAN
+    inst = start.instance
+    return tracing.start(
+        f"task {inst.key}",
+        parent=parent,
+        attributes={
+            "cued.run.id": row.run_id,
+            "cued.task": inst.task,
+            "cued.task.key": inst.key,
+            "cued.task.kind": kind,
+            "cued.attempt": start.attempt,
+        },
+    )
+
+
+def end_attempt_span(span: Span, meter: Meter, state: str, error: str | None) -> None:
+    """End an attempt's span with how it ended and what it spent (an AI step's cost and
+    tokens, as its kind reported them)."""
+    if not span:
+        return  # tracing is off
+    span.set(**{"cued.attempt.state": state, "cued.cost": meter.cost})
+    for key, value in (meter.usage or {}).items():
+        span.set(**{f"cued.usage.{key}": value})
+    if error is not None:
+        span.fail(error)
+    span.end()

@@ -17,12 +17,12 @@ from cued.daemon.store._batch import _Batch
 
 async def turns(n: int, output: Any = None) -> Any:
     for _ in range(n):
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
     return output
 
 
 async def raises(exc: Exception) -> Any:
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     raise exc
 
 
@@ -69,9 +69,7 @@ async def test_attempts_end_in_turns_without_a_task_each():
             stepper.add(begun("one"), InlineAttempt(turns(1, [1]), None))
             stepper.add(begun("three"), InlineAttempt(turns(3, {"x": 3}), None))
             stepper.add(begun("fails"), InlineAttempt(raises(ValueError("bad")), None))
-            stepper.add(
-                begun("for good"), InlineAttempt(raises(PermanentTaskError("never")), None)
-            )
+            stepper.add(begun("for good"), InlineAttempt(raises(PermanentTaskError("never")), None))
             for _ in range(3):
                 await anyio.lowlevel.checkpoint()
                 seen_tasks = max(seen_tasks, len(anyio.get_running_tasks()) - tasks_before)
@@ -83,7 +81,8 @@ async def test_attempts_end_in_turns_without_a_task_each():
         "for good": Outcome(error="never", retryable=False),
     }
     assert seen_tasks == 1  # the stepper, for five attempts
-    assert record.stopped == [] and record.in_task == []
+    assert record.stopped == []
+    assert record.in_task == []
 
 
 async def test_an_attempt_that_waits_on_something_goes_on_in_a_task_of_its_own():
@@ -91,7 +90,7 @@ async def test_an_attempt_that_waits_on_something_goes_on_in_a_task_of_its_own()
     event = anyio.Event()
 
     async def waits() -> str:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         await event.wait()
         return "woken"
 
@@ -114,7 +113,7 @@ async def test_cancelling_the_run_stops_every_attempt_still_stepped_or_waiting()
     async def forever(name: str) -> None:
         try:
             while True:
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
         finally:
             closed.append(name)
 
