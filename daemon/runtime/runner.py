@@ -460,6 +460,8 @@ class Runner(Resumption, Pausing, Cancellation):
 
     def _left(self, run: ActiveRun, ended: bool) -> None:
         self._runs.pop(run.row.run_id, None)
+        if self._tg is None:
+            return  # its end committed after the runner stopped: nothing is started now
         if not ended:
             self.waits.wake()  # a wait of it settled meanwhile is applied now
         if run.row.run_id in self._keyed:
