@@ -2,13 +2,15 @@
 
 The runner starts one coroutine per run (:meth:`ActiveRun.drive`) under a cancel scope of
 its own, so cancelling a run cancels exactly its attempts. While the engine asks for one
-thing at a time the coroutine carries it out itself; a task group (a task per attempt)
-comes only when two things of the run must go on at once. Every change the engine makes
-goes to the store; an attempt's result is durable before anything downstream of it starts
-(a result nothing starts on rides with the next commit, which the run's end waits for),
-and the alerts it raises commit with it. A run leaves memory when it ends
-(:meth:`ActiveRun.finish`) or when nothing of it runs and a gate waits for a decision
-(:meth:`ActiveRun.park`): it is then in the store only, until the decision resumes it.
+thing at a time the coroutine carries it out itself; a task group comes only when two
+things of the run must go on at once, and in it attempts of kinds that do no I/O are
+stepped in turns by one task (:mod:`~cued.daemon.runtime.inline`), the others get a task
+each. Every change the engine makes goes to the store; an attempt's result is durable
+before anything downstream of it starts (a result nothing starts on rides with the next
+commit, which commits before the run's end), and the alerts it raises commit with it. A
+run leaves memory when its end is committed (:meth:`ActiveRun.finish`: the writer calls
+back) or when nothing of it runs and a gate waits for a decision (:meth:`ActiveRun.park`):
+it is then in the store only, until the decision resumes it.
 """
 
 from __future__ import annotations
