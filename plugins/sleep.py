@@ -61,6 +61,11 @@ class SleepTask:
     name: ClassVar[str] = "sleep"
     Params: ClassVar[type[BaseModel]] = SleepParams
 
+    def runs_inline(self, params: SleepParams) -> bool:
+        """Whether :meth:`execute` with ``params`` does no I/O (it yields to the event loop
+        once at most): a sleep of 0, and one long enough to park on a durable timer."""
+        return params.until is None and (params.seconds == 0 or params.seconds >= PARK_AFTER_S)
+
     async def execute(self, params: SleepParams, ctx: TaskContext) -> Any:
         """Sleep for ``params.seconds``, or park until ``params.until``.
 

@@ -2,19 +2,22 @@
 
 The runner starts one coroutine per run (:meth:`ActiveRun.drive`) under a cancel scope of
 its own, so cancelling a run cancels exactly its attempts. While the engine asks for one
-thing at a time the coroutine carries it out itself; a task group (a task per attempt)
-comes only when two things of the run must go on at once. Every change the engine makes
-goes to the store; an attempt's result is durable before anything downstream of it starts
-(a result nothing starts on rides with the next commit, which the run's end waits for),
-and the alerts it raises commit with it. A run leaves memory when it ends
-(:meth:`ActiveRun.finish`) or when nothing of it runs and a gate waits for a decision
-(:meth:`ActiveRun.park`): it is then in the store only, until the decision resumes it.
+thing at a time the coroutine carries it out itself; a task group comes only when two
+things of the run must go on at once, and in it attempts of kinds that do no I/O are
+stepped in turns by one task (:mod:`~cued.daemon.runtime.inline`), the others get a task
+each. Every change the engine makes goes to the store; an attempt's result is durable
+before anything downstream of it starts (a result nothing starts on rides with the next
+commit, which commits before the run's end), and the alerts it raises commit with it. A
+run leaves memory when its end is committed (:meth:`ActiveRun.finish`: the writer calls
+back) or when nothing of it runs and a gate waits for a decision (:meth:`ActiveRun.park`):
+it is then in the store only, until the decision resumes it.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
@@ -24,7 +27,15 @@ from cued.daemon.errors import CuedError
 from cued.daemon.runtime.asset_events import asset_events, failed_check_events
 from cued.daemon.runtime.attempts import stopped_row
 from cued.daemon.runtime.gates import gate_row
-from cued.daemon.runtime.instance_rows import instance_row
+from cued.daemon.runtime.inline import (
+    Begun,
+    LazyLog,
+    RunningRows,
+    Stepper,
+    attempt_span,
+    end_attempt_span,
+)
+from cued.daemon.runtime.instance_rows import instance_row, run_row
 from cued.daemon.runtime.waits import wait_row
 from cued.daemon.sdk.kinds import AwaitingDecision, Meter
 from cued.daemon.sdk.tracing import NO_SPAN, Span
@@ -39,7 +50,7 @@ if TYPE_CHECKING:
     from cued.daemon.core.engine import Command, Instance
     from cued.daemon.core.plan import PipelinePlan
     from cued.daemon.runtime.asset_events import AssetSink
-    from cued.daemon.runtime.attempts import TaskAttempts
+    from cued.daemon.runtime.attempts import InlineAttempt, Outcome, TaskAttempts
     from cued.daemon.runtime.gates import Gates
     from cued.daemon.runtime.run_alerts import RunAlerts
     from cued.daemon.runtime.slots import Slots
@@ -104,6 +115,7 @@ class ActiveRun:
         self._store = driving.store
         self._scope: anyio.CancelScope | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._stepper: Stepper | None = None
         self._cancelled = False
         self._cancel_reason: str | None = None
         self._fresh = False
@@ -150,7 +162,7 @@ class ActiveRun:
             return None  # cancelled between leaving the backlog and starting here
         # a run that never started has no log lines yet: its attempts need not look
         self._fresh = self.row.started_at is None
-        self.row = _run_row(self.row, RunState.RUNNING.value, self.row.started_at or now())
+        self.row = run_row(self.row, RunState.RUNNING.value, self.row.started_at or now())
         engine = self.engine = RunEngine(self.plan, self.row.run_id, self.row.inputs, self._prior)
         self._driving.log.info(
             "run_started",
@@ -173,8 +185,11 @@ class ActiveRun:
             if any(not isinstance(c, Finish) for c in commands):
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
+                    self._stepper = Stepper(
+                        tg, self._inline_ended, self._inline_waits, self._inline_stopped
+                    )
                     self._apply(tg, commands)
-                self._tg = None
+                self._tg = self._stepper = None
             else:
                 self._write()
         return engine.state
@@ -189,6 +204,7 @@ class ActiveRun:
         if self.engine is None:  # still waiting in the backlog, or about to start
             self._cancelled = True
             await self.finish(RunState.CANCELLED)
+            await self.wait_left()
             return
         if self.engine.cancel():  # empty if it has just finished: let it finish as it did
             self._write()
@@ -214,7 +230,7 @@ class ActiveRun:
     async def park(self) -> None:
         """Nothing of the run runs, and a gate waits for a decision: leave it in the store
         (its slot freed, nothing of it in memory) until the decision resumes it."""
-        self.row = _run_row(
+        self.row = run_row(
             self.row, RunState.WAITING.value, self.row.started_at, self.row.ended_at, self.row.error
         )
         with anyio.CancelScope(shield=True):
@@ -225,7 +241,8 @@ class ActiveRun:
     async def finish(self, state: RunState) -> None:
         """Record the run's end in ``state``, with the alert it raises; a succeeded run
         first hands on the events of the assets it produced, a failed one the bad versions
-        its data checks found."""
+        its data checks found. Returns once the end is submitted: the run leaves memory
+        once it is committed (:meth:`wait_left`)."""
         engine, driving = self.engine, self._driving
         if (
             state is RunState.SUCCEEDED
@@ -250,18 +267,26 @@ class ActiveRun:
             error = "; ".join(f"{i.key}: {i.error}" for i in failed[:3]) or None
         elif state is RunState.CANCELLED:
             error = self._cancel_reason
-        self.row = _run_row(self.row, state.value, self.row.started_at, now(), error)
-        with anyio.CancelScope(shield=True):
-            rows: list[Row] = [self.row]
-            reruns = 0
-            if engine is not None:
-                rows.extend(instance_row(self.row.run_id, i) for i in engine.drain_changes())
-                reruns = sum(i.retry_base for i in engine.instances())
-            rows.extend(driving.alerts.run_ended(self.row, state, reruns, error))
-            await self._store.submit(rows).wait()
-            driving.alerts.wake()
+        self.row = run_row(self.row, state.value, self.row.started_at, now(), error)
+        rows: list[Row] = [self.row]
+        reruns = 0
+        if engine is not None:
+            rows.extend(instance_row(self.row.run_id, i) for i in engine.drain_changes())
+            reruns = sum(i.retry_base for i in engine.instances())
+        rows.extend(driving.alerts.run_ended(self.row, state, reruns, error))
+        # nothing waits here for the commit (no task, no shielded scope per run): the run
+        # leaves memory, and is seen to have ended, when the writer calls back; what the
+        # runner does meanwhile (the next run started) commits after it, in order
+        self._store.submit(rows).then(self._end_recorded)
+
+    def _end_recorded(self, error: BaseException | None) -> None:
+        """The writer's call once the run's end is committed."""
+        if error is not None:
+            return  # the writer has stopped, and the daemon with it: a restart resumes it
+        driving = self._driving
+        driving.alerts.wake()
         driving.log.info(
-            "run_finished", run_id=self.row.run_id, pipeline=self.row.pipeline, state=state.value
+            "run_finished", run_id=self.row.run_id, pipeline=self.row.pipeline, state=self.row.state
         )
         self._leave(True)
 
@@ -271,7 +296,8 @@ class ActiveRun:
         self._write()
         for command in commands:
             if isinstance(command, Start):
-                tg.start_soon(self._attempt, tg, command)
+                if not self._inline(command):
+                    tg.start_soon(self._attempt, tg, command)
             elif isinstance(command, Wait):
                 tg.start_soon(self._retry_later, tg, command)
             # Finish needs nothing here: the run's task group empties and drive returns
@@ -306,102 +332,223 @@ class ActiveRun:
     async def _attempt_steps(self, start: Start) -> list[Command]:
         """Run the attempt ``start`` and record how it ended; returns what the engine asks
         for next."""
-        engine, driving = self.engine, self._driving
-        assert engine is not None
-        inst, run_id = start.instance, self.row.run_id
-        pool = self.plan.tasks[inst.task].config.pool
-        async with driving.slots.task_slot(pool, (run_id, inst.key, start.attempt)):
-            engine.started(inst)
-            started_at = now()
-            # built only if a commit begins while it runs: an attempt that ends first
-            # writes its end alone (a kill -9 before that commit leaves it queued: it
-            # runs again after the restart, with the same idempotency key)
-            running = _Running(run_id, start, started_at)
-            self._store.provisional(running)
-            log = driving.log.bind(
-                run_id=run_id, pipeline=self.row.pipeline, task=inst.key, attempt=start.attempt
-            )
+        slots = self._driving.slots
+        pool = self.plan.tasks[start.instance.task].config.pool
+        if slots.take_task_slot_now(pool):  # the usual case: no context managers to enter
+            try:
+                begun, outcome = await self._attempt_run(start, pool)
+            finally:
+                slots.give_back_task_slot(pool)
+        else:
+            holder = (self.row.run_id, start.instance.key, start.attempt)
+            async with slots.task_slot(pool, holder):
+                with slots.running():
+                    begun, outcome = await self._attempt_run(start, pool)
+        return await self._ended(begun, self._kept(begun, outcome))
+
+    async def _attempt_run(self, start: Start, pool: str | None) -> tuple[Begun, Outcome]:
+        """Run the attempt ``start`` (its slot taken) until it ends, as it ended."""
+        driving = self._driving
+        begun = self._begin(start, pool, self._attempt_log(start), Meter())
+        span = begun.span = attempt_span(
+            driving.tracing,
+            self.span,
+            self.row,
+            start,
+            self.plan.tasks[start.instance.task].config.kind,
+        )
+        args = (self.plan, self.row, start, begun.log, begun.meter)
+        try:
+            if span:
+                with driving.tracing.current(span):
+                    return begun, await driving.attempts.run(*args, fresh=self._fresh)
+            return begun, await driving.attempts.run(*args, fresh=self._fresh)
+        except anyio.get_cancelled_exc_class():
+            self._stopped(begun)
+            raise
+
+    def _attempt_log(self, start: Start) -> structlog.typing.FilteringBoundLogger:
+        return cast(
+            "structlog.typing.FilteringBoundLogger",
+            LazyLog(
+                self._driving.log,
+                run_id=self.row.run_id,
+                pipeline=self.row.pipeline,
+                task=start.instance.key,
+                attempt=start.attempt,
+            ),
+        )
+
+    def _begin(
+        self,
+        start: Start,
+        pool: str | None,
+        log: structlog.typing.FilteringBoundLogger,
+        meter: Meter,
+    ) -> Begun:
+        """Mark ``start``'s instance running (its slot taken)."""
+        assert self.engine is not None
+        self.engine.started(start.instance)
+        started_at = now()
+        # built only if a commit begins while it runs: an attempt that ends first writes
+        # its end alone (a kill -9 before that commit leaves it queued: it runs again
+        # after the restart, with the same idempotency key)
+        running = RunningRows(self.row.run_id, start, started_at)
+        self._store.provisional(running)
+        if self._driving.log.is_enabled_for(logging.DEBUG):
             log.debug("task_started")
-            meter = Meter()
-            span = NO_SPAN
-            if driving.tracing.enabled:
-                span = driving.tracing.start(
-                    f"task {inst.key}",
-                    parent=self.span,
-                    attributes={
-                        "cued.run.id": run_id,
-                        "cued.task": inst.task,
-                        "cued.task.key": inst.key,
-                        "cued.task.kind": self.plan.tasks[inst.task].config.kind,
-                        "cued.attempt": start.attempt,
-                    },
-                )
-            with driving.slots.running():
-                try:
-                    if span:
-                        with driving.tracing.current(span):
-                            outcome = await driving.attempts.run(
-                                self.plan, self.row, start, log, meter, fresh=self._fresh
-                            )
-                    else:
-                        outcome = await driving.attempts.run(
-                            self.plan, self.row, start, log, meter, fresh=self._fresh
-                        )
-                except anyio.get_cancelled_exc_class():
-                    # a cancelled run marks its instances cancelled; a daemon shutting down
-                    # leaves them running, so that a restart runs them again
-                    self._store.withdraw(running)
-                    state = "cancelled" if engine.state is RunState.CANCELLED else "interrupted"
-                    self._store.submit(
-                        [
-                            instance_row(run_id, inst),
-                            stopped_row(run_id, start, state, started_at, meter),
-                        ]
-                    )
-                    _end_attempt_span(span, meter, state, None)
-                    raise
-        self._store.withdraw(running)  # what it ended as replaces it
-        ended_at = now()
+        return Begun(start, pool, started_at, running, log, meter, NO_SPAN)
+
+    def _stopped(self, begun: Begun) -> None:
+        """Record an attempt stopped before it ended: a cancelled run marks its instances
+        cancelled; a daemon shutting down leaves them running, so that a restart runs
+        them again."""
+        assert self.engine is not None
+        self._store.withdraw(begun.running)
+        state = "cancelled" if self.engine.state is RunState.CANCELLED else "interrupted"
+        run_id, start = self.row.run_id, begun.start
+        self._store.submit(
+            [
+                instance_row(run_id, start.instance),
+                stopped_row(run_id, start, state, begun.started_at, begun.meter),
+            ]
+        )
+        end_attempt_span(begun.span, begun.meter, state, None)
+
+    def _kept(self, begun: Begun, outcome: Outcome) -> Outcome:
+        """The attempt ended as ``outcome``: as it is kept, its start withdrawn."""
+        self._store.withdraw(begun.running)  # what it ended as replaces it
         outcome = outcome.kept()
-        _end_attempt_span(
-            span,
-            meter,
+        end_attempt_span(
+            begun.span,
+            begun.meter,
             "failed" if outcome.error else ("waiting" if outcome.awaiting else "succeeded"),
             outcome.error,
         )
+        return outcome
+
+    async def _ended(self, begun: Begun, outcome: Outcome) -> list[Command]:
+        """Record how an attempt ended (``outcome``, kept); returns what the engine asks
+        for next."""
+        inst, attempt, started_at = begun.start.instance, begun.start.attempt, begun.started_at
         if (ask := outcome.awaiting) is not None:
             if isinstance(ask, AwaitingDecision):
-                await self._await_decision(inst, start.attempt, started_at, ask)
+                await self._await_decision(inst, attempt, started_at, ask)
             else:
-                await self._await_wakeup(inst, start.attempt, started_at, ask)
+                await self._await_wakeup(inst, attempt, started_at, ask)
             return []
         if (child := outcome.child) is not None:
-            return await self._start_child(inst, start.attempt, started_at, child)
+            return await self._start_child(inst, attempt, started_at, child)
+        commands, durable_first = self._concluded(begun, outcome)
+        if durable_first:
+            await self._commit(durable_first)
+            self._driving.alerts.wake()
+        return commands
+
+    def _concluded(self, begun: Begun, outcome: Outcome) -> tuple[list[Command], list[Row]]:
+        """Tell the engine how an attempt ended (succeeded or failed); returns what it asks
+        for next, and the rows to commit before that is carried out (empty: submitted)."""
+        engine, driving, start = self.engine, self._driving, begun.start
+        assert engine is not None
+        inst, run_id = start.instance, self.row.run_id
+        ended_at = now()
         if outcome.error is None:
-            log.debug("task_succeeded", duration_s=round(ended_at - started_at, 6))
+            if driving.log.is_enabled_for(logging.DEBUG):
+                begun.log.debug("task_succeeded", duration_s=round(ended_at - begun.started_at, 6))
             commands = engine.succeeded(inst, outcome.output)
         else:
             commands = engine.failed(inst, outcome.error, retryable=outcome.retryable)
-            log.warning(
+            begun.log.warning(
                 "task_failed", error=outcome.error, will_retry=inst.state is State.UP_FOR_RETRY
             )
-        extra: list[Row] = [outcome.attempt_row(run_id, start, started_at, ended_at, meter)]
-        failed_for_good = inst.state is State.FAILED  # no retry left, or none would help
-        if failed_for_good:
+        extra: list[Row] = [
+            outcome.attempt_row(run_id, start, begun.started_at, ended_at, begun.meter)
+        ]
+        if inst.state is State.FAILED:  # no retry left, or none would help
             extra.extend(
                 driving.alerts.task_failed(self.row, inst.key, start.attempt, outcome.error)
             )
-            await self._commit(extra)
-            driving.alerts.wake()
-        elif all(isinstance(c, Finish) for c in commands):
+            return commands, extra
+        if all(isinstance(c, Finish) for c in commands):
             # nothing starts on this result: it rides with the next commit, which whatever
             # comes next of this run (its end, or a sibling's result) waits for (the store
             # commits in order)
             self._write(extra)
+            return commands, []
+        # durable before anything downstream starts: a succeeded task never runs again
+        return commands, extra
+
+    # -- attempts stepped by the run's stepper (inline.py) -----------------------------
+
+    def _inline(self, start: Start) -> bool:
+        """Begin ``start`` as an attempt the run's stepper steps, if it can be one: its
+        kind runs inline, a slot is free now, and tracing is off (a span is made current
+        in the attempt's context); False, with nothing begun, if not."""
+        driving, stepper = self._driving, self._stepper
+        if stepper is None or driving.tracing.enabled:
+            return False
+        pool = self.plan.tasks[start.instance.task].config.pool
+        if not driving.slots.take_task_slot_now(pool):
+            return False
+        log, meter = self._attempt_log(start), Meter()
+        attempt = driving.attempts.inline(self.plan, self.row, start, log, meter, fresh=self._fresh)
+        if attempt is None:
+            driving.slots.give_back_task_slot(pool)
+            return False
+        stepper.add(self._begin(start, pool, log, meter), attempt)
+        return True
+
+    def _inline_ended(self, begun: Begun, attempt: InlineAttempt, outcome: Outcome) -> None:
+        tg = self._tg
+        assert tg is not None
+        if attempt.lines is not None and not attempt.lines.exit_now():
+            # it wrote lines: they commit before its end does (a task waits for that)
+            tg.start_soon(self._inline_ended_later, begun, attempt, outcome)
+            return
+        self._driving.slots.give_back_task_slot(begun.pool)
+        outcome = self._kept(begun, outcome)
+        if outcome.awaiting is not None or outcome.child is not None:
+            tg.start_soon(self._inline_ended_later, begun, None, outcome)
+            return
+        commands, durable_first = self._concluded(begun, outcome)
+        if durable_first:
+            tg.start_soon(self._commit_then_apply, durable_first, commands)
         else:
-            # durable before anything downstream starts: a succeeded task never runs again
-            await self._commit(extra)
-        return commands
+            self._apply(tg, commands)
+
+    async def _commit_then_apply(self, rows: list[Row], commands: list[Command]) -> None:
+        assert self._tg is not None
+        await self._commit(rows)
+        self._driving.alerts.wake()
+        self._apply(self._tg, commands)
+
+    async def _inline_ended_later(
+        self, begun: Begun, attempt: InlineAttempt | None, outcome: Outcome
+    ) -> None:
+        """The end of an inline attempt that waits for a commit (its lines', or its
+        result's), in a task of its own; ``attempt`` is given if its lines wait."""
+        tg = self._tg
+        assert tg is not None
+        if attempt is not None:
+            assert attempt.lines is not None
+            await attempt.lines.__aexit__(None, None, None)
+            self._driving.slots.give_back_task_slot(begun.pool)
+            outcome = self._kept(begun, outcome)
+        self._apply(tg, await self._ended(begun, outcome))
+
+    async def _inline_waits(self, begun: Begun, attempt: InlineAttempt) -> None:
+        try:
+            outcome = await attempt.resume()
+        except anyio.get_cancelled_exc_class():
+            await self._inline_stopped(begun, attempt)
+            raise
+        self._inline_ended(begun, attempt, outcome)
+
+    async def _inline_stopped(self, begun: Begun, attempt: InlineAttempt) -> None:
+        if attempt.lines is not None and not attempt.lines.exit_now():
+            await attempt.lines.__aexit__(None, None, None)  # shielded: commits its lines
+        self._stopped(begun)
+        self._driving.slots.give_back_task_slot(begun.pool)
 
     async def _start_child(
         self, inst: Instance, attempt: int, started_at: float, ask: AwaitingRun
@@ -478,63 +625,3 @@ class ActiveRun:
             until=wait.deadline_at,
         )
         self._driving.waits.wake()
-
-
-class _Running:
-    """An attempt's start, left :meth:`~cued.daemon.store.Store.provisional`: its
-    instance running and its attempt's row, built only if a commit begins while it runs."""
-
-    __slots__ = ("_run_id", "_start", "_started_at")
-
-    def __init__(self, run_id: str, start: Start, started_at: float) -> None:
-        self._run_id, self._start, self._started_at = run_id, start, started_at
-
-    def rows(self) -> list[Row]:
-        start = self._start
-        inst = start.instance
-        return [
-            instance_row(self._run_id, inst),
-            AttemptRow(self._run_id, inst.key, start.attempt, "running", self._started_at),
-        ]
-
-
-def _run_row(
-    row: RunRow,
-    state: str,
-    started_at: float | None,
-    ended_at: float | None = None,
-    error: str | None = None,
-) -> RunRow:
-    """``row`` in ``state``: built, not ``dataclasses.replace``d (twice per run)."""
-    return RunRow(
-        row.run_id,
-        row.pipeline,
-        state,
-        row.inputs,
-        row.created_at,
-        started_at,
-        ended_at,
-        error,
-        row.event_id,
-        row.traceparent,
-        row.config_version,
-        row.flow_key,
-        row.key_limit,
-        row.priority,
-        row.parent_run_id,
-        row.parent_key,
-        row.parent_attempt,
-    )
-
-
-def _end_attempt_span(span: Span, meter: Meter, state: str, error: str | None) -> None:
-    """End an attempt's span with how it ended and what it spent (an AI step's cost and
-    tokens, as its kind reported them)."""
-    if not span:
-        return  # tracing is off
-    span.set(**{"cued.attempt.state": state, "cued.cost": meter.cost})
-    for key, value in (meter.usage or {}).items():
-        span.set(**{f"cued.usage.{key}": value})
-    if error is not None:
-        span.fail(error)
-    span.end()

@@ -31,7 +31,7 @@ from cued.daemon.sdk.kinds import (
 from cued.daemon.store import AttemptRow
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Coroutine, Generator, Sequence
 
     import httpx
     import structlog
@@ -39,11 +39,11 @@ if TYPE_CHECKING:
 
     from cued.daemon.core.engine import Start
     from cued.daemon.core.plan import PipelinePlan
-    from cued.daemon.runtime.task_logs import TaskLogs
+    from cued.daemon.runtime.task_logs import OpenLines, TaskLogs
     from cued.daemon.sdk.kinds import Awaiting, LineWriter, Meter, Spending, TaskKind
     from cued.daemon.store import RunRow
 
-__all__ = ["Outcome", "TaskAttempts", "stopped_row"]
+__all__ = ["InlineAttempt", "Outcome", "TaskAttempts", "stopped_row"]
 
 _AWAITING = (AwaitingDecision, AwaitingEvent, AwaitingTime)
 
@@ -79,6 +79,8 @@ class Outcome:
         the store, so that downstream tasks see the same after a restart as before one),
         and with its output as JSON; an output that is not JSON fails the attempt for good.
         """
+        if self.output is None and self.error is None:  # a no-op's: nothing to look at
+            return Outcome(None, None, self.retryable, "null")
         # built once, not by dataclasses.replace: this runs once per attempt
         output, error = redact(self.output), redact(self.error)
         if error is not None or isinstance(output, (*_AWAITING, AwaitingRun)):
@@ -121,6 +123,71 @@ def stopped_row(
         cost=meter.cost,
         usage=meter.usage,
     )
+
+
+class InlineAttempt:
+    """An attempt stepped in its run's own coroutine instead of a task of its own.
+
+    Its kind said (``runs_inline(params)``) that ``execute`` with these parameters does no
+    I/O: it returns at once, or after yielding to the event loop (``anyio.sleep(0)``), and
+    enters no cancel scope (anyio's scopes belong to the task that enters them, and one
+    task steps many of these in turns). One that waits on something all the same is
+    handed to a task of its own (:meth:`resume`), where it goes on as it would have.
+
+    :param lines: the attempt's live log, entered (None: no live logs)
+    """
+
+    __slots__ = ("_coro", "lines", "waiting_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], lines: OpenLines | None) -> None:
+        self._coro = coro
+        self.lines = lines
+        self.waiting_on: Any = None
+        """What it yielded at its last step: None for a turn of the event loop."""
+
+    def step(self) -> Outcome | None:
+        """Step it once: its outcome (as the task left it) once it has ended, None while
+        it waits (see :attr:`waiting_on`)."""
+        try:
+            self.waiting_on = self._coro.send(None)
+        except StopIteration as stop:
+            return Outcome(stop.value)
+        except Exception as exc:  # noqa: BLE001 - whatever a task raises fails its attempt
+            return _failed(exc)
+        return None
+
+    async def resume(self) -> Outcome:
+        """Go on with it in the current task, from what it waits on."""
+        try:
+            return Outcome(await _Resumed(self._coro, self.waiting_on))
+        except Exception as exc:  # noqa: BLE001 - whatever a task raises fails its attempt
+            return _failed(exc)
+
+    def stop(self) -> None:
+        """Stop it where it is (its run is cancelled, or the daemon stops)."""
+        self._coro.close()
+
+
+class _Resumed:
+    """Awaits a coroutine that was stepped elsewhere, from what it yielded there."""
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self._coro, self._yielded = coro, yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, yielded = self._coro, self._yielded
+        while True:
+            try:
+                try:
+                    sent = yield yielded
+                except BaseException as exc:  # noqa: BLE001 - handed on to the coroutine
+                    yielded = coro.throw(exc)
+                else:
+                    yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 class TaskAttempts:
@@ -211,10 +278,56 @@ class TaskAttempts:
                 return Outcome(await kind.execute(params, ctx))
         except TimeoutError:
             return Outcome(error=str(TaskTimeout(inst.key, task.timeout or 0)))
-        except PermanentTaskError as exc:
-            return Outcome(error=_describe(exc), retryable=False)
         except Exception as exc:  # noqa: BLE001 - whatever a task raises fails its attempt
-            return Outcome(error=_describe(exc))
+            return _failed(exc)
+
+    def inline(
+        self,
+        plan: PipelinePlan,
+        row: RunRow,
+        start: Start,
+        log: structlog.typing.FilteringBoundLogger,
+        meter: Meter,
+        *,
+        fresh: bool = False,
+    ) -> InlineAttempt | None:
+        """The attempt ``start``, begun to be stepped in its run's own coroutine (see
+        :class:`~cued.daemon.runtime.inline.InlineAttempt`), if nothing of it needs a task:
+        its kind says it runs inline with these parameters, the task has no ``timeout``
+        to enforce, and its live log opens without waiting; otherwise None, and nothing
+        is begun (:meth:`run` runs it)."""
+        inst = start.instance
+        task = plan.tasks[inst.task].config
+        kind = self._kinds[task.kind]
+        runs_inline = getattr(kind, "runs_inline", None)
+        if runs_inline is None or task.timeout is not None:
+            return None
+        try:
+            params = self._params(plan, inst.task, start.params)
+        except ValidationError:
+            return None  # :meth:`run` fails the attempt, and says why
+        if not runs_inline(params):
+            return None
+        opened = None
+        if self._logs is not None:
+            opened = self._logs.attempt_now(row.run_id, inst.key, start.attempt, fresh=fresh)
+            if opened is None:
+                return None
+        ctx = TaskContext(
+            run_id=row.run_id,
+            pipeline=row.pipeline,
+            task=inst.task,
+            map_index=inst.index,
+            attempt=start.attempt,
+            idempotency_key=f"{row.run_id}/{inst.key}",
+            log=log,
+            http=self._http,
+            meter=meter,
+            spending=self._spending,
+            pass_env=self._task_env,
+            lines=None if opened is None else opened.lines,
+        )
+        return InlineAttempt(kind.execute(params, ctx), opened)
 
     def _params(self, plan: PipelinePlan, name: str, params: dict[str, Any]) -> BaseModel:
         model = self._kinds[plan.tasks[name].config.kind].Params
@@ -225,6 +338,14 @@ class TaskAttempts:
         if cached is None or cached[0] is not plan:
             cached = self._static_params[key] = (plan, model.model_validate(params))
         return cached[1]
+
+
+def _failed(exc: Exception) -> Outcome:
+    """The outcome of an attempt whose task raised ``exc``: a task's own
+    :class:`~cued.daemon.errors.PermanentTaskError` fails it for good."""
+    if isinstance(exc, PermanentTaskError):
+        return Outcome(error=_describe(exc), retryable=False)
+    return Outcome(error=_describe(exc))
 
 
 def _describe(exc: BaseException) -> str:

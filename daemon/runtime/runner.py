@@ -47,6 +47,7 @@ cancellation    Cancellation (cancellation.py): runs in memory or in the store, 
 from __future__ import annotations
 
 import random
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +80,7 @@ from cued.daemon.sdk.tracing import Tracing
 from cued.daemon.store import PauseRow, RunRow
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Collection
+    from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
     import httpx
     import structlog
@@ -253,8 +254,7 @@ class Runner(Resumption, Pausing, Cancellation):
         """Run whatever is started until cancelled; first resume unfinished runs, unless
         ``resume_unfinished`` is false (the daemon resumes them once its sources have
         started: see :meth:`resume_unfinished`)."""
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
+        async with self._group() as tg:
             self._drivers = Drivers(tg, self._drive, _IDLE_DRIVERS)
             # before anything starts a run: a pause outlives a restart
             self._paused = {
@@ -272,6 +272,17 @@ class Runner(Resumption, Pausing, Cancellation):
             await tg.start(self._deadlines.run)
             task_status.started()
             await anyio.sleep_forever()
+
+    @asynccontextmanager
+    async def _group(self) -> AsyncIterator[anyio.abc.TaskGroup]:
+        """The runner's task group, forgotten once it has ended: a run whose end the
+        writer records after that starts nothing (see :meth:`_left`)."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                yield tg
+        finally:
+            self._tg = None
 
     def on_run_finished(self, listener: Callable[[RunRow], None]) -> None:
         """Call ``listener(row)`` when a run ends (succeeded, failed or cancelled)."""
@@ -463,6 +474,8 @@ class Runner(Resumption, Pausing, Cancellation):
 
     def _left(self, run: ActiveRun, ended: bool) -> None:
         self._runs.pop(run.row.run_id, None)
+        if self._tg is None:
+            return  # its end committed after the runner stopped: nothing is started now
         if not ended:
             self.waits.wake()  # a wait of it settled meanwhile is applied now
         if run.row.run_id in self._keyed:

@@ -72,6 +72,11 @@ class _Limit:
     def waiting(self) -> int:
         return len(self._waiters)
 
+    @property
+    def free(self) -> bool:
+        """Whether :meth:`acquire` would take a slot without waiting."""
+        return self.used < self.total and not self._waiters
+
 
 class _TaskSlot:
     """:meth:`Slots.task_slot`: a class, not a generator, as it runs once per attempt."""
@@ -213,6 +218,29 @@ class Slots:
     def running(self) -> AbstractContextManager[None]:
         """Count an attempt as running for the block's time."""
         return self._running
+
+    def take_task_slot_now(self, pool: str | None) -> bool:
+        """Take what :meth:`task_slot` holds, if it is free now (no one waits for it, and
+        the runner is not draining), and count the attempt as running; False, taking
+        nothing, if it would have to wait. Given back by :meth:`give_back_task_slot`."""
+        if self._draining or (pool is not None and self.shared is not None):
+            return False  # (a pool's slot across the nodes is the database's to give)
+        tasks = self._tasks
+        limit = None if pool is None else self._pools[pool]
+        if not tasks.free or (limit is not None and not limit.free):
+            return False
+        tasks.used += 1
+        if limit is not None:
+            limit.used += 1
+        self.running_tasks += 1
+        return True
+
+    def give_back_task_slot(self, pool: str | None) -> None:
+        """Give back what :meth:`take_task_slot_now` took."""
+        self._running.__exit__()
+        self._tasks.release()
+        if pool is not None:
+            self._pools[pool].release()
 
     @property
     def tasks_waiting(self) -> int:

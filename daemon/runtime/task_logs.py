@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from cued.daemon.store import Row, Store
 
-__all__ = ["MARKER_STREAM", "AttemptLines", "TaskLogs"]
+__all__ = ["MARKER_STREAM", "AttemptLines", "OpenLines", "TaskLogs"]
 
 #: The stream of the lines the daemon writes itself (the marker of dropped lines).
 MARKER_STREAM = "cued"
@@ -197,11 +197,25 @@ class TaskLogs:
         """The lines of one attempt while it runs; when it ends, what it wrote is
         submitted and committed before this returns. ``fresh``: the run had never started
         before this daemon drove it, so it has no lines in the store."""
-        return _Attempt(self, run_id, key, attempt, fresh)
+        return OpenLines(self, run_id, key, attempt, fresh)
+
+    def attempt_now(
+        self, run_id: str, key: str, attempt: int, *, fresh: bool = False
+    ) -> OpenLines | None:
+        """:meth:`attempt`, entered without waiting; None if it would have to wait (a
+        resumed run's line numbers are read from the store first). Left by its
+        ``exit_now``, or, if the attempt wrote lines, by awaiting its ``__aexit__``."""
+        opened = OpenLines(self, run_id, key, attempt, fresh)
+        return opened if opened.enter_now() is not None else None
 
 
-class _Attempt:
+class OpenLines:
     """:meth:`TaskLogs.attempt`: a class, not a generator, as it runs once per attempt."""
+
+    @property
+    def lines(self) -> AttemptLines:
+        """The attempt's lines (once entered)."""
+        return self._lines
 
     __slots__ = ("_attempt", "_fresh", "_key", "_lines", "_logs", "_run_id")
 
@@ -216,9 +230,34 @@ class _Attempt:
             # numbered on from what an earlier daemon (or an earlier attempt) kept
             last = 0 if self._fresh else await logs.store.last_log_seq(run_id)
             run = logs._runs.setdefault(run_id, _RunLines(last))
+        return self._open(run)
+
+    def enter_now(self) -> AttemptLines | None:
+        """Enter without waiting: None (nothing entered) if the run's line numbers must be
+        read from the store first."""
+        logs, run_id = self._logs, self._run_id
+        run = logs._runs.get(run_id)
+        if run is None:
+            if not self._fresh:
+                return None
+            run = logs._runs[run_id] = _RunLines(0)
+        return self._open(run)
+
+    def _open(self, run: _RunLines) -> AttemptLines:
         run.open += 1
-        self._lines = AttemptLines(logs, run, run_id, self._key, self._attempt)
+        self._lines = AttemptLines(self._logs, run, self._run_id, self._key, self._attempt)
         return self._lines
+
+    def exit_now(self) -> bool:
+        """Leave without waiting if the attempt wrote no line (True); False, leaving
+        nothing, if it wrote some: their commit is :meth:`__aexit__`'s to wait for."""
+        logs, lines = self._logs, self._lines
+        with logs._lock:
+            if lines.written:
+                return False
+            lines.closed = True
+        self._forget()
+        return True
 
     async def __aexit__(self, *exc: object) -> None:
         logs, lines = self._logs, self._lines
@@ -235,7 +274,10 @@ class _Attempt:
                     await logs.store.submit(rows).wait()
                 except StoreError:
                     pass  # the attempt's own row fails to commit too, and says so
-        run = lines._run
+        self._forget()
+
+    def _forget(self) -> None:
+        run = self._lines._run
         run.open -= 1
-        if run.open == 0 and logs._runs.get(self._run_id) is run:
-            del logs._runs[self._run_id]
+        if run.open == 0 and self._logs._runs.get(self._run_id) is run:
+            del self._logs._runs[self._run_id]

@@ -222,6 +222,13 @@ class TaskKind(Protocol):
     (``cued validate``: a python function its module beside the config lacks), and
     ``environment_problems`` for what this machine shows (``cued validate --strict``:
     the function imported).
+
+    A kind may have ``runs_inline(self, params) -> bool``: True promises that ``execute``
+    with these parameters does no I/O and enters no cancel scope (it returns at once, or
+    after ``await anyio.sleep(0)``). The runner then steps such an attempt in its run's own
+    task, with the run's other such attempts, instead of giving it a task of its own; one
+    that waits on something all the same goes on in a task of its own (correct, only
+    slower). Attempts of a task with a ``timeout`` always get a task.
     """
 
     name: ClassVar[str]

@@ -9,6 +9,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 
 from cued.daemon.errors import StoreError
 from cued.daemon.store import (
@@ -53,6 +54,42 @@ _KEYED: dict[type, tuple[str, Callable[[Any], Any]]] = {
     ThrottleRow: ("throttles", attrgetter("trigger", "key")),
 }
 """Rows that only replace their like in a batch: the batch's field and the row's key."""
+
+
+class _Done:
+    """Set once a batch is committed (or has failed): awaited (an event, made only for a
+    waiter), or called back (:meth:`then`), in the writer's task, in the order given."""
+
+    __slots__ = ("_callbacks", "_event", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: anyio.Event | None = None
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        if self._event is not None:
+            self._event.set()
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    async def wait(self) -> None:
+        if self._set:
+            await anyio.lowlevel.checkpoint()
+            return
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
+
+    def then(self, callback: Callable[[], None]) -> None:
+        if self._set:
+            callback()
+        else:
+            self._callbacks.append(callback)
 
 
 class _Batch:
@@ -117,7 +154,7 @@ class _Batch:
         self.settled: dict[str, WindowSettled] = {}
         self.joins: list[FlowJoin] = []
         """Events held where the database says (a shared store's commit decides them)."""
-        self.done = anyio.Event()
+        self.done = _Done()
         self.error: BaseException | None = None
 
     def add(self, row: Row) -> None:
@@ -230,6 +267,9 @@ class _Batch:
         await self.done.wait()
         if self.error is not None:
             raise StoreError(f"the store could not commit: {self.error}") from self.error
+
+    def then(self, callback: Callable[[BaseException | None], None]) -> None:
+        self.done.then(lambda: callback(self.error))
 
     def claimed(self) -> tuple[list[EventRow], list[RunRow]]:
         """The claimed events (by id: the order two writers lock them in is the same, so

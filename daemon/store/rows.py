@@ -537,6 +537,11 @@ class Durable(Protocol):
         :raises StoreError: if the transaction holding it failed
         """
 
+    def then(self, callback: Callable[[BaseException | None], None]) -> None:
+        """Call ``callback`` once the submission is committed (with None), or its
+        transaction has failed (with the error), in the writer's task: what must happen
+        only once rows are durable, without a task waiting for it. It must not raise."""
+
     @property
     def duplicates(self) -> set[str]:
         """Once committed: the events of :class:`EventClaim` rows (of this submission or

@@ -220,6 +220,55 @@ args = { name = "{{ tasks.each.output | length }}:{{ tasks.each.output[999] }}" 
     assert probe.calls[-1] == "1000:item-999"
 
 
+async def test_mapped_no_op_attempts_stepped_by_their_run_end_as_tasks_of_their_own_would(
+    make_config,
+):
+    """``sleep 0`` runs inline: the attempts that find a slot free are stepped by one task
+    of their run, the rest wait for a slot in tasks of their own; a sleep long enough to
+    park goes through the same path. Every attempt is recorded once, as it ended, and the
+    downstream task gets every output."""
+    config = make_config(
+        """
+[daemon]
+max_running_tasks = 4
+[pipelines.fan]
+inputs = { n = 20 }
+[pipelines.fan.tasks.each]
+kind = "sleep"
+map = "{{ range(inputs.n) | list }}"
+[pipelines.fan.tasks.total]
+kind = "python"
+function = "tests.support.probes:record"
+needs = ["each"]
+args = { name = "{{ tasks.each.output | length }}" }
+[pipelines.parks]
+[pipelines.parks.tasks.later]
+kind = "sleep"
+seconds = 3600
+map = "{{ [1, 2, 3] }}"
+"""
+    )
+    probe = probes.reset()
+    async with open_runner(config) as runner:
+        with anyio.fail_after(30):
+            row = await runner.wait((await runner.start_run("fan")).run_id)
+            attempts = await runner.store.get_attempts(row.run_id)
+            parked = await runner.wait((await runner.start_run("parks")).run_id)
+            waits = await runner.store.get_attempts(parked.run_id)
+        assert runner.slots.running_tasks == 0
+    assert row.state == "succeeded"
+    assert probe.calls == [20]
+    assert sorted((a.key, a.attempt, a.state) for a in attempts) == sorted(
+        [(f"each[{i}]", 1, "succeeded") for i in range(20)] + [("total", 1, "succeeded")]
+    )
+    assert parked.state == "waiting"
+    assert sorted((a.key, a.state) for a in waits) == [
+        ("later[0]", "waiting"),
+        ("later[1]", "waiting"),
+        ("later[2]", "waiting"),
+    ]
+
+
 async def test_cancelling_a_run_cancels_its_running_tasks(make_config):
     config = make_config(
         probe_pipeline(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from cued.daemon.runtime.active_run import _run_row
+from cued.daemon.runtime.instance_rows import run_row
 from cued.daemon.store import RunRow
 
 
@@ -17,9 +17,9 @@ def test_a_state_change_keeps_every_other_field_of_the_run():
     )  # fmt: skip
     assert all(getattr(created, f.name) is not None for f in dataclasses.fields(RunRow)
                if f.name not in ("started_at", "ended_at", "error"))  # fmt: skip
-    assert _run_row(created, "running", 11.0) == dataclasses.replace(
+    assert run_row(created, "running", 11.0) == dataclasses.replace(
         created, state="running", started_at=11.0
     )
-    assert _run_row(created, "failed", 11.0, 12.0, "boom") == dataclasses.replace(
+    assert run_row(created, "failed", 11.0, 12.0, "boom") == dataclasses.replace(
         created, state="failed", started_at=11.0, ended_at=12.0, error="boom"
     )
