@@ -111,6 +111,9 @@ _LOST = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
+    # a session whose protocol is left mid-operation (seen on the writer's session as the
+    # server terminated it): unusable, and whether its last statement happened unknown
+    asyncpg.exceptions._base.InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
 )
