@@ -168,7 +168,7 @@ class Resumption(Admission):
         if self.backlog.cold_of(row.pipeline) or row.pipeline in self._loading:
             self._deadlines.watch(row)
             if running:  # behind older ones, to keep order
-                self._enqueue_cold(row.pipeline, row.run_id, row.priority)
+                self._enqueue_cold(row.pipeline, row.run_id, row.priority, stored=False)
             else:
                 self._admit_cold(row)
         else:

@@ -59,6 +59,7 @@ from cued.daemon.core.plan import PipelinePlan
 from cued.daemon.core.states import TERMINAL_RUN_STATES
 from cued.daemon.errors import InvalidRequest, NotFound
 from cued.daemon.logs import get_logger
+from cued.daemon.runtime.admission import tell_nobody
 from cued.daemon.runtime.active_run import ActiveRun, Driving
 from cued.daemon.runtime.attempts import TaskAttempts
 from cued.daemon.runtime.cancellation import Cancellation
@@ -192,6 +193,9 @@ class Runner(Resumption, Pausing, Cancellation):
         self._loading: dict[str, set[str]] = {}
         self._moved = anyio.Event()
         """Set (and replaced) whenever cold runs are loaded or one is cancelled."""
+        self._stopped: dict[str, set[str]] = {}
+        self._elsewhere: set[str] = set()
+        self._waiting_notice: Callable[[str], None] = tell_nobody
         # new runs recorded before unfinished ones are resumed, which come first
         self._held: list[RunRow] | None = None
         self._resumed_ids: set[str] = set()
@@ -362,8 +366,14 @@ class Runner(Resumption, Pausing, Cancellation):
 
         :raises NotFound: if the run does not exist
         """
-        while (run := self._runs.get(run_id)) is None and self._is_cold(run_id):
-            await self._moved.wait()
+        while (run := self._runs.get(run_id)) is None:
+            moved = self._moved
+            if not self._is_cold(run_id):
+                # counted in the store, if anywhere here: read as its turn comes
+                waiting = await self.store.get_run(run_id)
+                if waiting is None or not self._waits_stored(waiting):
+                    break
+            await moved.wait()
         if run is not None:
             await run.wait_left()
             return run.row

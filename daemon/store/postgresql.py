@@ -64,6 +64,7 @@ from cued.daemon.store import (
 )
 from cued.daemon.store._selects import _event
 from cued.daemon.store._sqlite_commit import _params
+from cued.daemon.store import pg_claims
 from cued.daemon.store.pg_migrations import migrate
 from cued.daemon.store.sqlite import SqliteStore, _Chore
 
@@ -525,6 +526,28 @@ class PostgresStore(SqliteStore):
 
     async def give_back_run_slot(self, run_id: str) -> None:
         await self._reader.execute_fetchall("DELETE FROM run_slots WHERE run_id = ?", (run_id,))
+
+    @property
+    def claims_waiting_runs(self) -> bool:  # type: ignore[override]
+        return self._me is not None  # a node: its waiting runs are claimed (pg_claims)
+
+    async def next_waiting(
+        self, pipeline: str, priority: int, *, after: str, limit: int, anyone: bool = False
+    ) -> list[RunRow]:
+        if self._me is None:
+            return await super().next_waiting(pipeline, priority, after=after, limit=limit)
+        async with self._pool.acquire() as db:
+            claimed = await pg_claims.claim_next(
+                db, *self._me, pipeline, priority, after=after, limit=limit, anyone=anyone
+            )
+        return sorted(await self.get_runs(claimed), key=attrgetter("run_id"))
+
+    async def claim_runs(self, run_ids: Sequence[str]) -> list[RunRow]:
+        if self._me is None or not run_ids:
+            return await super().claim_runs(run_ids)
+        async with self._pool.acquire() as db:
+            claimed = await pg_claims.claim_by_id(db, *self._me, run_ids)
+        return await self.get_runs(claimed)
 
     async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
         rows = await self._pool.fetch(
