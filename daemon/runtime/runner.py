@@ -371,6 +371,8 @@ class Runner(Resumption, Pausing, Cancellation):
             if not self._is_cold(run_id):
                 # counted in the store, if anywhere here: read as its turn comes
                 waiting = await self.store.get_run(run_id)
+                if moved.is_set():
+                    continue  # loaded (or started) while it was read
                 if waiting is None or not self._waits_stored(waiting):
                     break
             await moved.wait()
