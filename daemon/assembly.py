@@ -53,6 +53,7 @@ from cued.daemon.runtime.metrics import Metrics
 from cued.daemon.runtime.reload import Reloader, ReloadOutcome
 from cued.daemon.runtime.retention import prune_periodically
 from cued.daemon.runtime.runner import Runner
+from cued.daemon.runtime.claims import WaitingNotices
 from cued.daemon.runtime.signals import PeerSignals
 from cued.daemon.runtime.sources import SourceSet
 from cued.daemon.runtime.spending import StoreSpending
@@ -734,11 +735,14 @@ async def _join_peers(
     notices = Notices(location)
     share = LiveShare(live, notices)
     signals = PeerSignals(notices)
+    waiting = WaitingNotices(notices)
     store.on_commit(share.committed)
     await tg.start(share.serve)
     await tg.start(partial(signals.serve, runner))
+    await tg.start(partial(waiting.serve, runner))
     await tg.start(notices.serve)  # after every channel's handlers are registered
     runner.signals = signals
+    runner.on_waiting(waiting.waiting)  # other nodes claim what waits here
 
 
 class _ReloadNotices:

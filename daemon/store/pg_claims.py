@@ -39,25 +39,27 @@ _CLAIMABLE = """
     NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node = o.node AND n.generation = o.claimed)
     AND NOT EXISTS (SELECT 1 FROM run_slots s WHERE s.run_id = o.run_id)
 """
+# the candidates are locked first (others' locked ones skipped), then claimed by a
+# statement of their own: its snapshot sees every claim committed before the locks were
+# taken (a check in the locking statement would not: a claim committed meanwhile is
+# checked again only on the row itself, not on the node it names)
 _NEXT = f"""
-UPDATE run_owners c SET node = $1, claimed = $2 FROM (
-    SELECT o.run_id FROM runs r JOIN run_owners o ON o.run_id = r.run_id
-    WHERE r.pipeline = $3 AND r.priority = $4 AND r.state = 'queued'
-        AND r.started_at IS NULL AND (r.key_limit IS NULL OR r.flow_key IS NULL)
-        AND r.run_id > $5 AND ($7 OR o.node = $1) AND {_CLAIMABLE}
-    ORDER BY r.run_id LIMIT $6
-    FOR UPDATE OF o SKIP LOCKED
-) picked WHERE c.run_id = picked.run_id
-RETURNING c.run_id
+SELECT o.run_id FROM runs r JOIN run_owners o ON o.run_id = r.run_id
+WHERE r.pipeline = $1 AND r.priority = $2 AND r.state = 'queued'
+    AND r.started_at IS NULL AND (r.key_limit IS NULL OR r.flow_key IS NULL)
+    AND r.run_id > $3 AND ($6 OR o.node = $5) AND {_CLAIMABLE}
+ORDER BY r.run_id LIMIT $4
+FOR UPDATE OF o SKIP LOCKED
 """
-_BY_ID = f"""
-UPDATE run_owners c SET node = $1, claimed = $2 FROM (
-    SELECT o.run_id FROM run_owners o JOIN runs r ON r.run_id = o.run_id
-    WHERE o.run_id = ANY($3::text[]) AND (
-        o.node = $1 OR (r.state = 'queued' AND r.started_at IS NULL AND {_CLAIMABLE}))
-    FOR UPDATE OF o SKIP LOCKED
-) picked WHERE c.run_id = picked.run_id
-RETURNING c.run_id
+_BY_ID = """
+SELECT run_id FROM run_owners WHERE run_id = ANY($1::text[]) FOR UPDATE SKIP LOCKED
+"""
+_CLAIM = f"""
+UPDATE run_owners o SET node = $1, claimed = $2 FROM runs r
+WHERE r.run_id = o.run_id AND o.run_id = ANY($3::text[]) AND (
+    o.node = $1 AND NOT $4
+    OR r.state = 'queued' AND r.started_at IS NULL AND {_CLAIMABLE})
+RETURNING o.run_id
 """
 
 
@@ -77,7 +79,8 @@ async def claim_next(
 
     :raises Fenced: if the node's row is no longer its own, alive
     """
-    return await _claim(db, node, generation, _NEXT, pipeline, priority, after, limit, anyone)
+    args = (pipeline, priority, after, limit, node, anyone)
+    return await _claim(db, node, generation, _NEXT, args, lane=True)
 
 
 async def claim_by_id(db: Any, node: str, generation: int, run_ids: Sequence[str]) -> list[str]:
@@ -86,17 +89,23 @@ async def claim_by_id(db: Any, node: str, generation: int, run_ids: Sequence[str
 
     :raises Fenced: if the node's row is no longer its own, alive
     """
-    return await _claim(db, node, generation, _BY_ID, list(run_ids))
+    return await _claim(db, node, generation, _BY_ID, (list(run_ids),), lane=False)
 
 
-async def _claim(db: Any, node: str, generation: int, sql: str, *args: Any) -> list[str]:
+async def _claim(
+    db: Any, node: str, generation: int, lock: str, args: tuple[Any, ...], *, lane: bool
+) -> list[str]:
     try:
         async with db.transaction():
             if await db.fetchval(_ME, node, generation) is None:
                 raise Fenced(
                     f"node {node!r} (generation {generation}) lost its lease to another node"
                 )
-            rows = await db.fetch(sql, node, generation, *args)
+            locked = [r[0] for r in await db.fetch(lock, *args)]
+            if not locked:
+                return []
+            # of a lane: each one as claimable; by id: the node's own ones too
+            rows = await db.fetch(_CLAIM, node, generation, locked, lane)
     except asyncpg.PostgresError as exc:
         if pg_nodes.is_fenced(exc):
             raise Fenced(str(exc)) from exc
