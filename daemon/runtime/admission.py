@@ -285,6 +285,7 @@ class Admission:
                         continue
                     self._loaded(pipeline, rows.get(run_id), priors.get(run_id, {}))
                 loading.clear()
+                backlog.loaded_all(pipeline)
                 self._moved.set()
                 self._moved = anyio.Event()
                 self._start_waiting(pipeline)
@@ -303,6 +304,7 @@ class Admission:
                 backlog.push(pipeline, run, row.priority)
                 self._start_waiting(pipeline)
         finally:
+            backlog.loaded_all(pipeline)
             del self._loading[pipeline]
             del self._stopped[pipeline]
         self._refill(pipeline)  # what came cold while the last rows were read

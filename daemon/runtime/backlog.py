@@ -96,6 +96,9 @@ class Backlog(Generic[T]):
         # cold runs taken out (cancelled): each stays in its queue until it comes to the
         # front, where it is passed over
         self._removed: Counter[str] = Counter()
+        # the lanes whose cold runs are being read: they wait still (none of a lower
+        # priority starts meanwhile)
+        self._reading: dict[str, set[int]] = {}
         self._depth = 0
         self._saturated = False
         self._accepting = anyio.Event()
@@ -161,7 +164,10 @@ class Backlog(Generic[T]):
     def _top(self, pipeline: str) -> int | None:
         """The highest priority with runs of ``pipeline`` waiting (loaded or cold)."""
         loaded, cold = self._queues.get(pipeline, {}), self._cold.get(pipeline, {})
-        return next((p for p in PRIORITIES if loaded.get(p) or cold.get(p)), None)
+        reading = self._reading.get(pipeline, ())
+        return next(
+            (p for p in PRIORITIES if loaded.get(p) or cold.get(p) or p in reading), None
+        )
 
     def push(self, pipeline: str, item: T, priority: int = DEFAULT_PRIORITY) -> None:
         """A loaded run waits (a new one only if :meth:`has_room`)."""
@@ -268,10 +274,12 @@ class Backlog(Generic[T]):
         lanes = self._cold.get(pipeline, {})
         taken = Taken([], [])
         left = count
+        reading = self._reading.setdefault(pipeline, set())
         for priority in PRIORITIES:
             lane = lanes.get(priority)
-            if lane is None:
+            if not lane:
                 continue
+            reading.add(priority)
             cold = lane.ids
             while cold and left:
                 run_id = cold.popleft()
@@ -283,13 +291,17 @@ class Backlog(Generic[T]):
                     taken.ids.append(run_id)
                     left -= 1
             if stored and lane.stored and left:
-                reading = min(left, lane.stored)
-                lane.stored -= reading
-                left -= reading
-                taken.stored.append((priority, lane.after, reading))
+                asked = min(left, lane.stored)
+                lane.stored -= asked
+                left -= asked
+                taken.stored.append((priority, lane.after, asked))
             if not left:
                 break
         return taken
+
+    def loaded_all(self, pipeline: str) -> None:
+        """What :meth:`take` took out of ``pipeline``'s lanes is loaded (or dropped)."""
+        self._reading.pop(pipeline, None)
 
     def read(self, pipeline: str, priority: int, asked: int, found: list[str]) -> None:
         """The store's read of a lane taken out (:meth:`take`) found these runs, in order:
