@@ -47,13 +47,13 @@ from cued.daemon.ops.status import Reload
 from cued.daemon.reading import make_state_folder
 from cued.daemon.runtime.alerts import Alerts
 from cued.daemon.runtime.backlog import Backlog
+from cued.daemon.runtime.claims import WaitingNotices
 from cued.daemon.runtime.intake import DaemonIntake
 from cued.daemon.runtime.membership import Membership
 from cued.daemon.runtime.metrics import Metrics
 from cued.daemon.runtime.reload import Reloader, ReloadOutcome
 from cued.daemon.runtime.retention import prune_periodically
 from cued.daemon.runtime.runner import Runner
-from cued.daemon.runtime.claims import WaitingNotices
 from cued.daemon.runtime.signals import PeerSignals
 from cued.daemon.runtime.sources import SourceSet
 from cued.daemon.runtime.spending import StoreSpending
@@ -728,7 +728,9 @@ async def _join_peers(
     daemon's listens for their notices and sends its own (no daemon asks the database on
     a timer). Live updates are shared both ways, so each daemon's stream shows every
     daemon's runs; decisions, cancels and pauses made here reach the daemon that has the
-    run (:mod:`cued.daemon.runtime.signals`). With SQLite, nothing: one daemon."""
+    run (:mod:`cued.daemon.runtime.signals`); runs that wait here are claimed by nodes
+    with a free slot (:mod:`cued.daemon.runtime.claims`). With SQLite, nothing: one
+    daemon."""
     location = config.state_location()
     if not is_database_url(location):
         return

@@ -319,9 +319,7 @@ class Admission:
                 priors[row.run_id] = instances_of(instances, outputs)
         return priors
 
-    def _loaded(
-        self, pipeline: str, row: RunRow | None, prior: dict[str, Instance]
-    ) -> None:
+    def _loaded(self, pipeline: str, row: RunRow | None, prior: dict[str, Instance]) -> None:
         """A cold run read from the store waits loaded; one cancelled or finished
         meanwhile (or gone) waits no more."""
         backlog = self.backlog
@@ -336,9 +334,7 @@ class Admission:
             self._keyed.add(row.run_id)
         backlog.settle(pipeline, run, row.priority)
 
-    async def _read_taken(
-        self, pipeline: str, taken: Taken
-    ) -> tuple[list[str], dict[str, RunRow]]:
+    async def _read_taken(self, pipeline: str, taken: Taken) -> tuple[list[str], dict[str, RunRow]]:
         """The rows of cold runs taken out (claimed, on a shared database), and their ids in
         the order they are to wait: those known by id, then each lane's read."""
         ordered = list(taken.ids)

@@ -165,9 +165,7 @@ class Backlog(Generic[T]):
         """The highest priority with runs of ``pipeline`` waiting (loaded or cold)."""
         loaded, cold = self._queues.get(pipeline, {}), self._cold.get(pipeline, {})
         reading = self._reading.get(pipeline, ())
-        return next(
-            (p for p in PRIORITIES if loaded.get(p) or cold.get(p) or p in reading), None
-        )
+        return next((p for p in PRIORITIES if loaded.get(p) or cold.get(p) or p in reading), None)
 
     def push(self, pipeline: str, item: T, priority: int = DEFAULT_PRIORITY) -> None:
         """A loaded run waits (a new one only if :meth:`has_room`)."""
@@ -202,8 +200,7 @@ class Backlog(Generic[T]):
         """A run of the lane that never started went into memory without waiting cold (its
         pipeline had room): the store's reads of the lane start after it."""
         lane = self._lane(pipeline, priority)
-        if run_id > lane.after:
-            lane.after = run_id
+        lane.after = max(lane.after, run_id)
 
     def is_stored(self, pipeline: str, run_id: str, priority: int) -> bool:
         """Whether the run (one that never started and counts for no key's limit) may be
@@ -250,7 +247,9 @@ class Backlog(Generic[T]):
     def is_cold(self, run_id: str) -> bool:
         """Whether the run waits cold by its id (a scan of the ids: for a cancel or a
         lookup, not for every run)."""
-        found = sum(lane.ids.count(run_id) for lanes in self._cold.values() for lane in lanes.values())
+        found = sum(
+            lane.ids.count(run_id) for lanes in self._cold.values() for lane in lanes.values()
+        )
         return found > self._removed[run_id]
 
     def remove_cold(self, run_id: str) -> bool:

@@ -93,7 +93,10 @@ class WaitingNotices:
         self._wake.set()
 
     async def serve(
-        self, host: ClaimHost, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        host: ClaimHost,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Hand the notices heard to ``host`` (in a task, as a handler must not do work),
         until cancelled."""

@@ -59,8 +59,8 @@ from cued.daemon.core.plan import PipelinePlan
 from cued.daemon.core.states import TERMINAL_RUN_STATES
 from cued.daemon.errors import InvalidRequest, NotFound
 from cued.daemon.logs import get_logger
-from cued.daemon.runtime.admission import tell_nobody
 from cued.daemon.runtime.active_run import ActiveRun, Driving
+from cued.daemon.runtime.admission import tell_nobody
 from cued.daemon.runtime.attempts import TaskAttempts
 from cued.daemon.runtime.cancellation import Cancellation
 from cued.daemon.runtime.deadlines import Deadlines

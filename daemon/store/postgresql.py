@@ -60,11 +60,11 @@ from cued.daemon.store import (
     ThrottleRow,
     WaitRow,
     WindowRow,
+    pg_claims,
     pg_nodes,
 )
 from cued.daemon.store._selects import _event
 from cued.daemon.store._sqlite_commit import _params
-from cued.daemon.store import pg_claims
 from cued.daemon.store.pg_migrations import migrate
 from cued.daemon.store.sqlite import SqliteStore, _Chore
 
@@ -475,6 +475,7 @@ class PostgresStore(SqliteStore):
                 db, node, lease_s=lease_s, host=host, pid=pid, where=self.where
             )
         self._me = (row.node, row.generation)
+        self.claims_waiting_runs = True  # a node: the runs that wait are claimed (pg_claims)
         self.lease_s_hint = lease_s
         return row
 
@@ -526,10 +527,6 @@ class PostgresStore(SqliteStore):
 
     async def give_back_run_slot(self, run_id: str) -> None:
         await self._reader.execute_fetchall("DELETE FROM run_slots WHERE run_id = ?", (run_id,))
-
-    @property
-    def claims_waiting_runs(self) -> bool:  # type: ignore[override]
-        return self._me is not None  # a node: its waiting runs are claimed (pg_claims)
 
     async def next_waiting(
         self, pipeline: str, priority: int, *, after: str, limit: int, anyone: bool = False

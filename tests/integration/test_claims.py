@@ -4,7 +4,6 @@ with a free slot claims the runs recorded on a busy one, and no run is started t
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -23,6 +22,7 @@ from tests.support.stores import StoreAt, fresh_database
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
     from cued.daemon.config import Config
 
@@ -135,9 +135,7 @@ async def test_runs_recorded_on_a_busy_node_are_driven_by_an_idle_one_each_once(
     count = 40
 
     async def all_parked() -> bool:
-        return await db.query(
-            "SELECT count(*) FROM runs WHERE state = 'waiting'"
-        ) == [(count,)]
+        return await db.query("SELECT count(*) FROM runs WHERE state = 'waiting'") == [(count,)]
 
     async with (
         daemon_running(node_config(db, tmp_path / "b", "b")),
