@@ -50,6 +50,8 @@ __all__ = ["PAGE", "UNFINISHED", "Admission", "key_of", "limited", "tell_nobody"
 UNFINISHED = (RunState.QUEUED, RunState.RUNNING)
 PAGE = 10_000
 """Waiting runs read at a time, at a restart or an unpause."""
+TELL_EVERY_S = 0.1
+"""The other nodes are told that runs of a pipeline wait here at most this often."""
 
 
 class Admission:
@@ -88,6 +90,8 @@ class Admission:
     the read may have found them still queued."""
     _waiting_notice: Callable[[str], None]
     """Tells the other nodes that runs of a pipeline wait here (a no-op alone)."""
+    _told: dict[str, float]
+    """When each pipeline's waiting runs were last told of."""
 
     def _plan_of(self, row: RunRow) -> PipelinePlan:
         """The plan ``row`` runs on: its configuration version's, if this process loaded
@@ -220,8 +224,16 @@ class Admission:
         else:
             backlog.push_cold(pipeline, run_id, priority)
         self._refill(pipeline)
-        if pipeline not in self._loading and backlog.cold_of(pipeline) == 1:
-            self._waiting_notice(pipeline)  # runs of it come to wait here, past a window
+        if pipeline not in self._loading:
+            self._tell_waiting(pipeline)  # it waits here, past a window
+
+    def _tell_waiting(self, pipeline: str) -> None:
+        """Tell the other nodes that runs of ``pipeline`` wait here: at most every
+        :data:`TELL_EVERY_S` (a flood of runs is one notice, not one per run)."""
+        at = anyio.current_time()
+        if at - self._told.get(pipeline, -TELL_EVERY_S) >= TELL_EVERY_S:
+            self._told[pipeline] = at
+            self._waiting_notice(pipeline)
 
     def _refill(self, pipeline: str) -> None:
         """Load the next cold runs of ``pipeline`` once its window is half empty, or its
@@ -290,7 +302,7 @@ class Admission:
                 self._moved = anyio.Event()
                 self._start_waiting(pipeline)
                 if taken.stored and backlog.cold_of(pipeline):
-                    self._waiting_notice(pipeline)  # runs wait here past a window
+                    self._tell_waiting(pipeline)  # runs wait here past a window
                 if not backlog.wants_load(pipeline):
                     break
             while self._may_claim(pipeline) and (row := await self._claim_elsewhere(pipeline)):

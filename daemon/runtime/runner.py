@@ -196,6 +196,7 @@ class Runner(Resumption, Pausing, Cancellation):
         self._stopped: dict[str, set[str]] = {}
         self._elsewhere: set[str] = set()
         self._waiting_notice: Callable[[str], None] = tell_nobody
+        self._told: dict[str, float] = {}
         # new runs recorded before unfinished ones are resumed, which come first
         self._held: list[RunRow] | None = None
         self._resumed_ids: set[str] = set()

@@ -16,6 +16,7 @@ from cued.daemon.core.ids import new_id
 from cued.daemon.errors import Fenced
 from cued.daemon.runtime.claims import parse_waiting
 from cued.daemon.store import RunRow
+from tests.support import probes
 from tests.support.flood import until
 from tests.support.running import daemon_running
 from tests.support.stores import StoreAt, fresh_database
@@ -113,9 +114,15 @@ backlog_window = 2
 listen = "127.0.0.1:0"
 [pipelines.p]
 max_active_runs = 1
+inputs = {{ n = 0 }}
+[pipelines.p.tasks.hold]
+kind = "python"
+function = "tests.support.probes:record"
+args = {{ name = "n{{{{ inputs.n }}}}", until_released = true }}
 [pipelines.p.tasks.gate]
 kind = "approval"
 message = "go on?"
+needs = ["hold"]
 """
 
 
@@ -129,10 +136,15 @@ def node_config(db: StoreAt, folder: Path, node: str) -> Config:
 async def test_runs_recorded_on_a_busy_node_are_driven_by_an_idle_one_each_once(
     db: StoreAt, tmp_path: Path
 ):
-    """Node a records every run; each run parks at its gate once driven (its owner is
-    then the node that drove it). Node b records none: it hears that runs wait on a and
-    claims them as its slot frees, so both drive runs, and each run is driven once."""
-    count = 40
+    """Node a records every run; its first holds the pipeline's one slot (across the
+    nodes) until released. Node b records none: it hears that runs wait on a and claims
+    one for its free slot. Once released, every run is driven, parking at its gate (its
+    owner is then the node that drove it): each run once, some on b."""
+    probe = probes.reset()
+    count = 30
+
+    async def b_claimed() -> bool:
+        return await db.query("SELECT count(*) FROM run_owners WHERE node = 'b'") != [(0,)]
 
     async def all_parked() -> bool:
         return await db.query("SELECT count(*) FROM runs WHERE state = 'waiting'") == [(count,)]
@@ -141,14 +153,18 @@ async def test_runs_recorded_on_a_busy_node_are_driven_by_an_idle_one_each_once(
         daemon_running(node_config(db, tmp_path / "b", "b")),
         daemon_running(node_config(db, tmp_path / "a", "a")) as a,
     ):
-        ids = [(await a.runner.start_run("p")).run_id for _ in range(count)]
         with anyio.fail_after(120):
+            ids = [(await a.runner.start_run("p", {"n": n})).run_id for n in range(count)]
+            await probe.entered.wait()
+            await until(b_claimed)
+            probe.released.set()
             await until(all_parked)
         owners = dict(await db.query("SELECT run_id, node FROM run_owners"))
-        attempts = await db.query("SELECT run_id, count(*) FROM attempts GROUP BY run_id")
+        attempts = await db.query("SELECT run_id, key, count(*) FROM attempts GROUP BY 1, 2")
     assert sorted(owners) == sorted(ids)
     assert set(owners.values()) == {"a", "b"}
-    assert sorted(attempts) == sorted((run_id, 1) for run_id in ids)
+    assert sorted(attempts) == sorted((i, key, 1) for i in ids for key in ("hold", "gate"))
+    assert sorted(probe.calls) == sorted(f"n{n}" for n in range(count))
 
 
 @given(st.text())
