@@ -5,9 +5,9 @@ cancels exactly its attempts; the runner's group holds the tasks that drive them
 run (:mod:`~cued.daemon.runtime.drivers`: a task costs more than a run's own bookkeeping). Limits
 (:mod:`~cued.daemon.runtime.slots`): a global limit on running tasks, one per named pool,
 and ``max_active_runs`` per pipeline (runs beyond it wait in the bounded
-:class:`~cued.daemon.runtime.backlog.Backlog`: a window of them loaded, the rest by id only,
-their rows read from the store a window at a time as their turn nears; the highest
-priority first). Every state change
+:class:`~cued.daemon.runtime.backlog.Backlog`: a window of them loaded, the rest counted
+per priority lane, their rows read from the store a window at a time as their turn nears;
+the highest priority first; on a shared database, claimed by the node that drives them). Every state change
 goes to the store; a task's result is durable before anything downstream of it starts.
 
 The runner knows which runs are in memory and starts them as slots free up; the rest it
