@@ -166,16 +166,20 @@ class Admission:
         """Start an admitted run now if its pipeline has a free slot, else queue it."""
         pipeline = row.pipeline
         # a run that never started waits cold behind others that do, and when its
-        # pipeline's window is full; where nodes claim the runs, always (it is driven by
-        # the node that claims it)
-        if fresh and (
-            self.backlog.cold_of(pipeline)
-            or pipeline in self._loading
-            or self.store.claims_waiting_runs
-        ):
+        # pipeline's window is full
+        if fresh and (self.backlog.cold_of(pipeline) or pipeline in self._loading):
             self._enqueue_cold(pipeline, row.run_id, row.priority, stored=not limited(row))
             return
         free = self.slots.run_slot_free(pipeline)
+        if fresh and self.store.claims_waiting_runs:
+            # where nodes claim the runs, it is claimed before it starts (another node may
+            # have claimed it first): by its id if a slot is free here, so that it is
+            # known here (active: a cancel or a rerun finds it) until it starts; counted in
+            # the store if it has to wait, for any node to claim
+            self._enqueue_cold(
+                pipeline, row.run_id, row.priority, stored=not free and not limited(row)
+            )
+            return
         if not free and fresh and not self.backlog.has_room(pipeline, row.priority):
             self._enqueue_cold(pipeline, row.run_id, row.priority, stored=not limited(row))
             return
@@ -224,8 +228,8 @@ class Admission:
         else:
             backlog.push_cold(pipeline, run_id, priority)
         self._refill(pipeline)
-        if pipeline not in self._loading:
-            self._tell_waiting(pipeline)  # it waits here, past a window
+        if stored and pipeline not in self._loading:
+            self._tell_waiting(pipeline)  # it waits here, past a window, for any node
 
     def _tell_waiting(self, pipeline: str) -> None:
         """Tell the other nodes that runs of ``pipeline`` wait here: at most every

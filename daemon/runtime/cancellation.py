@@ -124,10 +124,10 @@ class Cancellation(Admission):
     async def _stop_stored(self, run: RunRow) -> None:
         """A run that waited cold in the store (counted, not known by id) was cancelled
         there: it counts no more, and one read meanwhile does not start."""
-        if (reading := self._stopped.get(run.pipeline)) is not None:
+        if run.run_id in self._runs:
+            await self.cancel(run.run_id)  # read (and placed) before the cancel's commit
+        elif (reading := self._stopped.get(run.pipeline)) is not None:
             reading.add(run.run_id)  # the read out may have found it queued: passed over
-        elif run.run_id in self._runs:
-            await self.cancel(run.run_id)  # read before the cancel's commit
         else:
             self.backlog.remove_stored(run.pipeline, run.run_id, run.priority)
 
