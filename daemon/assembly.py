@@ -52,6 +52,7 @@ from cued.daemon.ops.status import Reload
 from cued.daemon.reading import make_state_folder
 from cued.daemon.runtime.alerts import Alerts
 from cued.daemon.runtime.backlog import Backlog
+from cued.daemon.runtime.claims import WaitingNotices
 from cued.daemon.runtime.intake import DaemonIntake
 from cued.daemon.runtime.membership import Membership
 from cued.daemon.runtime.metrics import Metrics
@@ -890,14 +891,16 @@ async def _join_peers(
     daemon's listens for their notices and sends its own (no daemon asks the database on
     a timer). Live updates are shared both ways, so each daemon's stream shows every
     daemon's runs; decisions, cancels and pauses made here reach the daemon that has the
-    run (:mod:`cued.daemon.runtime.signals`), and windows of flow control written here
-    wake every node's timer. With SQLite, nothing: one daemon."""
+    run (:mod:`cued.daemon.runtime.signals`), windows of flow control written here wake
+    every node's timer, and runs that wait here are claimed by nodes with a free slot
+    (:mod:`cued.daemon.runtime.claims`). With SQLite, nothing: one daemon."""
     location = config.state_location()
     if not is_database_url(location):
         return
     notices = Notices(location)
     share = LiveShare(live, notices)
     signals = PeerSignals(notices, node)
+    waiting = WaitingNotices(notices)
     store.on_commit(share.committed)
     if runner.slots.shared is not None:
         runner.slots.shared.listen(notices)  # woken as pool and key slots free up
@@ -906,8 +909,10 @@ async def _join_peers(
         notices.on(FLOW_CHANNEL, runner.flow.heard, missed=runner.flow.poke)
     await tg.start(share.serve)
     await tg.start(partial(signals.serve, runner))
+    await tg.start(partial(waiting.serve, runner))
     await tg.start(notices.serve)  # after every channel's handlers are registered
     runner.signals = signals
+    runner.on_waiting(waiting.waiting)  # other nodes claim what waits here
 
 
 class _ReloadNotices:

@@ -10,17 +10,25 @@ not in these queues but count for backpressure too: a flooded key pauses the sou
 its waiting runs grow without end.
 
 Waiting runs stay on disk: each pipeline keeps at most ``window`` of its new runs *loaded*
-(ready to start, their rows in memory); the runs behind them are *cold*, their ids only,
-their rows in the store until the window runs low and the runner loads the next ones
-(:meth:`take_cold`, :meth:`settle`). A run that has started before (resumed from the
-store with its instances) is always loaded: there are few of those. Order is kept: a
-pipeline's runs wait in lanes by priority (0 to 9), the highest first; within a lane the
-loaded runs come first, then the cold ones, each in the order they came.
+(ready to start, their rows in memory); the runs behind them are *cold*, their rows in the
+store until the window runs low and the runner loads the next ones (:meth:`take`,
+:meth:`settle`). Memory does not grow with the cold runs: each lane keeps a *count* of
+them and a *cursor*, the id of the last of its runs that went into memory; the cold ones
+are the lane's runs in the store past the cursor, read in order by an index (the store's
+``next_waiting``). Only a few runs wait cold by their id (16 bytes each, :class:`ColdIds`):
+those the store's read of a lane would not find past its cursor (admitted by their key as
+another of it left, started before and resumed, or older than the cursor).
+
+A run that has started before is loaded when its turn comes like the others. Order is
+kept: a pipeline's runs wait in lanes by priority (0 to 9), the highest first; within a
+lane the loaded runs come first, then those known by id, then those in the store, each in
+the order they came.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
@@ -31,9 +39,40 @@ from cued.daemon.core.priorities import DEFAULT_PRIORITY, PRIORITIES
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-__all__ = ["Backlog", "ColdIds", "live_ids"]
+__all__ = ["Backlog", "ColdIds", "Taken", "live_ids"]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """Cold runs of a pipeline taken out to be loaded (:meth:`Backlog.take`), in order:
+    those known by id (``ids``), and per lane the number to read from the store past its
+    cursor (``stored``: ``(priority, after, count)``, the highest priority first)."""
+
+    ids: list[str]
+    stored: list[tuple[int, str, int]]
+
+    def __bool__(self) -> bool:
+        return bool(self.ids or self.stored)
+
+
+@dataclass
+class _Lane:
+    """A lane's cold runs: those in the store past ``after`` (``stored`` of them), and
+    those known by id."""
+
+    ids: ColdIds = field(default_factory=lambda: ColdIds())
+    stored: int = 0
+    after: str = ""
+    """The id of the last run of the lane that went into memory (its runs at or before it
+    are loaded, started, or known by id)."""
+    last: str = ""
+    """The id of the last run counted (those past it in the store are not: recorded while
+    the pipeline was paused, say)."""
+
+    def __len__(self) -> int:
+        return len(self.ids) + self.stored
 
 
 class Backlog(Generic[T]):
@@ -53,10 +92,13 @@ class Backlog(Generic[T]):
         self.low_water = low_water
         self.window = window
         self._queues: dict[str, dict[int, deque[T]]] = {}
-        self._cold: dict[str, dict[int, ColdIds]] = {}
+        self._cold: dict[str, dict[int, _Lane]] = {}
         # cold runs taken out (cancelled): each stays in its queue until it comes to the
         # front, where it is passed over
         self._removed: Counter[str] = Counter()
+        # the lanes whose cold runs are being read: they wait still (none of a lower
+        # priority starts meanwhile)
+        self._reading: dict[str, set[int]] = {}
         self._depth = 0
         self._saturated = False
         self._accepting = anyio.Event()
@@ -78,8 +120,9 @@ class Backlog(Generic[T]):
         return sum(len(q) for q in self._queues.get(pipeline, {}).values())
 
     def cold_of(self, pipeline: str, priority: int | None = None) -> int:
-        """How many waiting runs of ``pipeline`` (of one priority, if given) are cold (ids
-        only), an upper bound: ids taken out are counted until they reach the front."""
+        """How many waiting runs of ``pipeline`` (of one priority, if given) are cold, an
+        upper bound: ids taken out are counted until they reach the front, and runs of the
+        store's cancelled or claimed by another node meanwhile until they are read."""
         lanes = self._cold.get(pipeline, {})
         if priority is not None:
             return len(lanes.get(priority, ()))
@@ -121,7 +164,8 @@ class Backlog(Generic[T]):
     def _top(self, pipeline: str) -> int | None:
         """The highest priority with runs of ``pipeline`` waiting (loaded or cold)."""
         loaded, cold = self._queues.get(pipeline, {}), self._cold.get(pipeline, {})
-        return next((p for p in PRIORITIES if loaded.get(p) or cold.get(p)), None)
+        reading = self._reading.get(pipeline, ())
+        return next((p for p in PRIORITIES if loaded.get(p) or cold.get(p) or p in reading), None)
 
     def push(self, pipeline: str, item: T, priority: int = DEFAULT_PRIORITY) -> None:
         """A loaded run waits (a new one only if :meth:`has_room`)."""
@@ -129,9 +173,57 @@ class Backlog(Generic[T]):
         self._grew()
 
     def push_cold(self, pipeline: str, run_id: str, priority: int = DEFAULT_PRIORITY) -> None:
-        """A recorded run waits, its row in the store only."""
-        self._cold.setdefault(pipeline, {}).setdefault(priority, ColdIds()).append(run_id)
+        """A recorded run waits by its id, its row in the store only."""
+        self._lane(pipeline, priority).ids.append(run_id)
         self._grew()
+
+    def push_stored(self, pipeline: str, run_id: str, priority: int = DEFAULT_PRIORITY) -> None:
+        """A recorded run that never started and counts for no key's limit waits in the
+        store: counted only, if the store's read of its lane finds it past the cursor (as
+        a new run's id sorts after every other), else by its id."""
+        lane = self._lane(pipeline, priority)
+        if run_id > lane.after:
+            lane.stored += 1
+            lane.last = max(lane.last, run_id)
+        else:
+            lane.ids.append(run_id)
+        self._grew()
+
+    def recount(self, pipeline: str, priority: int = DEFAULT_PRIORITY) -> None:
+        """One more run waits in the store past the lane's cursor: a read took a run that
+        was recorded but not yet counted (intake hands a run over after its commit) in the
+        place of one that was."""
+        self._lane(pipeline, priority).stored += 1
+        self._grew()
+
+    def passed(self, pipeline: str, run_id: str, priority: int = DEFAULT_PRIORITY) -> None:
+        """A run of the lane that never started went into memory without waiting cold (its
+        pipeline had room): the store's reads of the lane start after it."""
+        lane = self._lane(pipeline, priority)
+        lane.after = max(lane.after, run_id)
+
+    def is_stored(self, pipeline: str, run_id: str, priority: int) -> bool:
+        """Whether the run (one that never started and counts for no key's limit) may be
+        one of the lane's runs counted in the store: some are, and its id is past the
+        lane's cursor and not past the last counted."""
+        lane = self._cold.get(pipeline, {}).get(priority)
+        return lane is not None and lane.stored > 0 and lane.after < run_id <= lane.last
+
+    def remove_stored(self, pipeline: str, run_id: str, priority: int) -> bool:
+        """Take out a run of the store's that was cancelled there: False if it is not one
+        this backlog counts (its id is not past its lane's cursor)."""
+        if not self.is_stored(pipeline, run_id, priority):
+            return False
+        self._cold[pipeline][priority].stored -= 1
+        self._shrank()
+        return True
+
+    def _lane(self, pipeline: str, priority: int) -> _Lane:
+        lanes = self._cold.setdefault(pipeline, {})
+        lane = lanes.get(priority)
+        if lane is None:
+            lane = lanes[priority] = _Lane()
+        return lane
 
     def pop(self, pipeline: str) -> T | None:
         """The next loaded run of ``pipeline``: the oldest of the highest priority; None if
@@ -146,15 +238,18 @@ class Backlog(Generic[T]):
         return item
 
     def cold_ids(self, pipeline: str) -> list[str]:
-        """The ids of ``pipeline``'s cold runs (a copy: for an unpause)."""
+        """The ids of ``pipeline``'s cold runs known by id (a copy: for an unpause)."""
         return live_ids(
-            (i for ids in self._cold.get(pipeline, {}).values() for i in ids.ids()), self._removed
+            (i for lane in self._cold.get(pipeline, {}).values() for i in lane.ids.ids()),
+            self._removed,
         )
 
     def is_cold(self, run_id: str) -> bool:
-        """Whether the run waits cold (a scan of the ids: for a cancel or a lookup, not
-        for every run)."""
-        found = sum(ids.count(run_id) for lanes in self._cold.values() for ids in lanes.values())
+        """Whether the run waits cold by its id (a scan of the ids: for a cancel or a
+        lookup, not for every run)."""
+        found = sum(
+            lane.ids.count(run_id) for lanes in self._cold.values() for lane in lanes.values()
+        )
         return found > self._removed[run_id]
 
     def remove_cold(self, run_id: str) -> bool:
@@ -166,26 +261,56 @@ class Backlog(Generic[T]):
         return True
 
     def take_cold(self, pipeline: str, count: int) -> list[str]:
+        """Take the next ``count`` cold runs of ``pipeline`` known by id out, the highest
+        priority first, the oldest first within one (those of the store stay)."""
+        return self.take(pipeline, count, stored=False).ids
+
+    def take(self, pipeline: str, count: int, *, stored: bool = True) -> Taken:
         """Take the next ``count`` cold runs of ``pipeline`` out, the highest priority
-        first, the oldest first within one, to be loaded: they still count as waiting until
-        :meth:`settle` or :meth:`dropped`."""
+        first, within one those known by id first, then those of the store, to be loaded:
+        they still count as waiting until :meth:`settle` or :meth:`dropped` (a lane's
+        cursor moves as :meth:`read` says what its read found)."""
         lanes = self._cold.get(pipeline, {})
-        taken: list[str] = []
+        taken = Taken([], [])
+        left = count
+        reading = self._reading.setdefault(pipeline, set())
         for priority in PRIORITIES:
-            cold = lanes.get(priority)
-            while cold and len(taken) < count:
+            lane = lanes.get(priority)
+            if not lane:
+                continue
+            reading.add(priority)
+            cold = lane.ids
+            while cold and left:
                 run_id = cold.popleft()
                 if self._removed[run_id]:
                     self._removed[run_id] -= 1
                     if not self._removed[run_id]:
                         del self._removed[run_id]
                 else:
-                    taken.append(run_id)
-            if cold is not None and not cold:
-                del lanes[priority]
-        if not lanes:
-            self._cold.pop(pipeline, None)
+                    taken.ids.append(run_id)
+                    left -= 1
+            if stored and lane.stored and left:
+                asked = min(left, lane.stored)
+                lane.stored -= asked
+                left -= asked
+                taken.stored.append((priority, lane.after, asked))
+            if not left:
+                break
         return taken
+
+    def loaded_all(self, pipeline: str) -> None:
+        """What :meth:`take` took out of ``pipeline``'s lanes is loaded (or dropped)."""
+        self._reading.pop(pipeline, None)
+
+    def read(self, pipeline: str, priority: int, asked: int, found: list[str]) -> None:
+        """The store's read of a lane taken out (:meth:`take`) found these runs, in order:
+        the cursor moves past them; those asked for and not found were cancelled there, or
+        claimed by another node, and wait no more."""
+        if found:
+            lane = self._lane(pipeline, priority)
+            lane.after = max(lane.after, found[-1])
+        for _ in range(asked - len(found)):
+            self._shrank()
 
     def settle(self, pipeline: str, item: T, priority: int = DEFAULT_PRIORITY) -> None:
         """A run taken out of the cold ones is loaded: it waits at the end of the loaded

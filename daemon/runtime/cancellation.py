@@ -44,6 +44,10 @@ class Cancellation(Admission):
             admitted = not self.keys.remove(run_id)
             self._count_held()
             if admitted and not self.backlog.remove_cold(run_id) and not self._unload(run_id):
+                # counted in the store, if anywhere here: cancelled there
+                stored = await self.store.get_run(run_id)
+                if stored is not None and self._waits_stored(stored):
+                    return await self.cancel_stored(run_id, reason=reason)
                 raise NotFound(f"no unfinished run {run_id!r}")
             # cold: it will not be started; its row is read to record it cancelled
             row = await self.store.get_run(run_id)
@@ -109,10 +113,23 @@ class Cancellation(Admission):
         cancelled = replace(run, state=RunState.CANCELLED.value, ended_at=stamp, error=reason)
         rows.append(cancelled)
         rows.extend(extra)
+        stored_here = self._waits_stored(run)
         await self.store.submit(rows).wait()
+        if stored_here:
+            await self._stop_stored(run)
         self.signals.cancelled(run_id)
         await self.cancel_children(run_id)
         return cancelled
+
+    async def _stop_stored(self, run: RunRow) -> None:
+        """A run that waited cold in the store (counted, not known by id) was cancelled
+        there: it counts no more, and one read meanwhile does not start."""
+        if run.run_id in self._runs:
+            await self.cancel(run.run_id)  # read (and placed) before the cancel's commit
+        elif (reading := self._stopped.get(run.pipeline)) is not None:
+            reading.add(run.run_id)  # the read out may have found it queued: passed over
+        else:
+            self.backlog.remove_stored(run.pipeline, run.run_id, run.priority)
 
     async def cancel_children(self, run_id: str) -> None:
         """Cancel the unfinished child runs of a run (it was cancelled), and theirs."""

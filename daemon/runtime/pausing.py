@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 
 from cued.daemon.core.ids import now
-from cued.daemon.runtime.admission import PAGE, Admission
+from cued.daemon.runtime.admission import PAGE, Admission, limited
 from cued.daemon.store import PauseRow
 
 __all__ = ["Pausing"]
@@ -62,7 +62,8 @@ class Pausing(Admission):
         many."""
         self._unpausing[pipeline] = []
         # what of it waits cold already (it was in the backlog, or waited for its key, when
-        # it was paused) is in the store too: read once here, not once per id
+        # it was paused) is in the store too: its ids read once here, not once per id;
+        # what waits counted in the store is known by its lane's cursor
         cold = set(self.backlog.cold_ids(pipeline)) | self.keys.held_ids(pipeline)
         seen: set[str] = set()
         started = 0
@@ -81,6 +82,10 @@ class Pausing(Admission):
                     run_id = waiting.run_id
                     if run_id in self._runs or run_id in cold or run_id in loading:
                         continue
+                    if not limited(waiting) and self.backlog.is_stored(
+                        pipeline, run_id, waiting.priority
+                    ):
+                        continue  # counted in the store already
                     if run_id in held_ids:
                         seen.add(run_id)
                     self._admit_cold(waiting)

@@ -3,8 +3,9 @@ memory: those unfinished when the daemon last stopped (:meth:`Resumption.resume_
 those adopted from a node that is gone (:meth:`Resumption.resume_adopted`), and a parked
 one whose decision came, or one that is rerun (:meth:`Resumption.resume_recorded`).
 
-A run that had started goes on from its instances; one that never started waits cold, by
-id, until its turn comes. On PostgreSQL a run that holds one of its pipeline's slots across
+A run that had started goes on from its instances; one that never started waits cold
+(counted in its lane, its row in the store; by id if it counts for a key's limit) until
+its turn comes. On PostgreSQL a run that holds one of its pipeline's slots across
 the nodes goes on at once (:meth:`Resumption._launch_holder`).
 """
 
@@ -168,7 +169,7 @@ class Resumption(Admission):
         if self.backlog.cold_of(row.pipeline) or row.pipeline in self._loading:
             self._deadlines.watch(row)
             if running:  # behind older ones, to keep order
-                self._enqueue_cold(row.pipeline, row.run_id, row.priority)
+                self._enqueue_cold(row.pipeline, row.run_id, row.priority, stored=False)
             else:
                 self._admit_cold(row)
         else:

@@ -5,9 +5,9 @@ cancels exactly its attempts; the runner's group holds the tasks that drive them
 run (:mod:`~cued.daemon.runtime.drivers`: a task costs more than a run's own bookkeeping). Limits
 (:mod:`~cued.daemon.runtime.slots`): a global limit on running tasks, one per named pool,
 and ``max_active_runs`` per pipeline (runs beyond it wait in the bounded
-:class:`~cued.daemon.runtime.backlog.Backlog`: a window of them loaded, the rest by id only,
-their rows read from the store a window at a time as their turn nears; the highest
-priority first). Every state change
+:class:`~cued.daemon.runtime.backlog.Backlog`: a window of them loaded, the rest counted
+per priority lane, their rows read from the store a window at a time as their turn nears;
+the highest priority first; on a shared database, claimed by the node that drives them). Every state change
 goes to the store; a task's result is durable before anything downstream of it starts.
 
 The runner knows which runs are in memory and starts them as slots free up; the rest it
@@ -61,7 +61,7 @@ from cued.daemon.core.states import TERMINAL_RUN_STATES
 from cued.daemon.errors import InvalidRequest, NotFound
 from cued.daemon.logs import get_logger
 from cued.daemon.runtime.active_run import ActiveRun, Driving
-from cued.daemon.runtime.admission import key_of, limited
+from cued.daemon.runtime.admission import key_of, limited, tell_nobody
 from cued.daemon.runtime.attempts import TaskAttempts
 from cued.daemon.runtime.cancellation import Cancellation
 from cued.daemon.runtime.deadlines import Deadlines
@@ -196,6 +196,10 @@ class Runner(Resumption, Pausing, Cancellation):
         self._loading: dict[str, set[str]] = {}
         self._moved = anyio.Event()
         """Set (and replaced) whenever cold runs are loaded or one is cancelled."""
+        self._stopped: dict[str, set[str]] = {}
+        self._elsewhere: set[str] = set()
+        self._waiting_notice: Callable[[str], None] = tell_nobody
+        self._told: dict[str, float] = {}
         # new runs recorded before unfinished ones are resumed, which come first
         self._held: list[RunRow] | None = None
         self._resumed_ids: set[str] = set()
@@ -376,8 +380,16 @@ class Runner(Resumption, Pausing, Cancellation):
 
         :raises NotFound: if the run does not exist
         """
-        while (run := self._runs.get(run_id)) is None and self._is_cold(run_id):
-            await self._moved.wait()
+        while (run := self._runs.get(run_id)) is None:
+            moved = self._moved
+            if not self._is_cold(run_id):
+                # counted in the store, if anywhere here: read as its turn comes
+                waiting = await self.store.get_run(run_id)
+                if moved.is_set():
+                    continue  # loaded (or started) while it was read
+                if waiting is None or not self._waits_stored(waiting):
+                    break
+            await moved.wait()
         if run is not None:
             await run.wait_left()
             return run.row

@@ -36,6 +36,7 @@ from cued.daemon.store import (
 from cued.daemon.store._selects import (
     _EVENT_WITHOUT_DATA,
     _NEVER_STARTED,
+    _NO_KEY_LIMIT,
     COUNT_RUNS_BY_STATE,
     COUNT_WAITING_APPROVALS,
     _approval,
@@ -105,6 +106,21 @@ class StoreReads:
             [*args, *owner, after, limit],
         )
         return [WaitingRun(*row) for row in rows]
+
+    claims_waiting_runs = False
+
+    async def next_waiting(
+        self, pipeline: str, priority: int, *, after: str, limit: int, anyone: bool = False
+    ) -> list[RunRow]:
+        # by the partial index runs_waiting_lane: the lane's waiting runs, in order
+        return await self._runs(
+            f"WHERE pipeline = ? AND priority = ? AND {_NEVER_STARTED} AND {_NO_KEY_LIMIT} "
+            "AND run_id > ? ORDER BY run_id LIMIT ?",
+            (pipeline, priority, after, limit),
+        )
+
+    async def claim_runs(self, run_ids: Sequence[str]) -> list[RunRow]:
+        return await self.get_runs(run_ids)
 
     def _owned(self) -> tuple[str, list[Any]]:
         """The clause that keeps a read of runs to resume to this node's own (and its

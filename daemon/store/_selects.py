@@ -30,6 +30,8 @@ COUNT_WAITING_APPROVALS = "SELECT count(*) FROM approvals WHERE state = 'waiting
 
 _NEVER_STARTED = "state = 'queued' AND started_at IS NULL"
 """A run waiting for its first start (a rerun or a resumed one has started before)."""
+_NO_KEY_LIMIT = "(key_limit IS NULL OR flow_key IS NULL)"
+"""A run that counts for no key's limit (one that does waits for its key by id)."""
 
 
 def runs_query(

@@ -281,6 +281,13 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (trigger, key)
     );
     """,
+    # waiting runs stay in the store, a count and a cursor per pipeline and priority in
+    # memory: the next ones of a lane are read in order by this index
+    """
+    CREATE INDEX runs_waiting_lane ON runs (pipeline, priority, run_id)
+        WHERE state = 'queued' AND started_at IS NULL
+            AND (key_limit IS NULL OR flow_key IS NULL);
+    """,
 )
 
 

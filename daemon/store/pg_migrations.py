@@ -433,6 +433,15 @@ PG_MIGRATIONS: tuple[str, ...] = (
         node        TEXT COLLATE "C" NOT NULL
     );
     """,
+    # waiting runs: a lane's next ones read in order by this index, and claimed by the
+    # node that drives them (``claimed``: that node's generation then; a claim of a
+    # generation that is no longer its node's counts for nothing)
+    """
+    CREATE INDEX runs_waiting_lane ON runs (pipeline, priority, run_id)
+        WHERE state = 'queued' AND started_at IS NULL
+            AND (key_limit IS NULL OR flow_key IS NULL);
+    ALTER TABLE run_owners ADD COLUMN claimed BIGINT NOT NULL DEFAULT 0;
+    """,
 )
 
 

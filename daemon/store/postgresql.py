@@ -64,6 +64,7 @@ from cued.daemon.store import (
     ThrottleRow,
     WaitRow,
     WindowRow,
+    pg_claims,
     pg_flow,
     pg_nodes,
     pg_outbox,
@@ -784,6 +785,7 @@ class PostgresStore(SqliteStore):
                 db, node, lease_s=lease_s, host=host, pid=pid, where=self.where, replacing=replacing
             )
         self._me = (row.node, row.generation)
+        self.claims_waiting_runs = True  # a node: the runs that wait are claimed (pg_claims)
         self.lease_s_hint = lease_s
         return row
 
@@ -892,6 +894,24 @@ class PostgresStore(SqliteStore):
             if not asks[run_id]:
                 del asks[run_id]
         return freed
+
+    async def next_waiting(
+        self, pipeline: str, priority: int, *, after: str, limit: int, anyone: bool = False
+    ) -> list[RunRow]:
+        if self._me is None:
+            return await super().next_waiting(pipeline, priority, after=after, limit=limit)
+        async with self._pool.acquire() as db:
+            claimed = await pg_claims.claim_next(
+                db, *self._me, pipeline, priority, after=after, limit=limit, anyone=anyone
+            )
+        return sorted(await self.get_runs(claimed), key=attrgetter("run_id"))
+
+    async def claim_runs(self, run_ids: Sequence[str]) -> list[RunRow]:
+        if self._me is None or not run_ids:
+            return await super().claim_runs(run_ids)
+        async with self._pool.acquire() as db:
+            claimed = await pg_claims.claim_by_id(db, *self._me, run_ids)
+        return await self.get_runs(claimed)
 
     async def run_slots_held(self, run_ids: Sequence[str]) -> set[str]:
         async with _away_as_lost():

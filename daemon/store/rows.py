@@ -599,6 +599,32 @@ class Store(Protocol):
         ``pipeline`` only, if given): at most ``limit`` of them, those whose id sorts after
         ``after`` (a page's cursor)."""
 
+    claims_waiting_runs: bool
+    """Whether the runs that wait are claimed (several nodes on one database: a run waiting
+    is driven by whichever node claims it, :meth:`next_waiting`); False: this daemon's
+    runs are its own, read as their turn comes."""
+
+    async def next_waiting(
+        self, pipeline: str, priority: int, *, after: str, limit: int, anyone: bool = False
+    ) -> list[RunRow]:
+        """The next queued runs of ``pipeline``'s lane ``priority`` that never started and
+        count for no key's limit, oldest first: at most ``limit``, those whose id sorts
+        after ``after`` (the lane's cursor). On a shared database (a node), those of this
+        node (of any node's if ``anyone``) that no live node has claimed, each claimed for
+        this node in the same transaction (``FOR UPDATE SKIP LOCKED``): no other node
+        drives them.
+
+        :raises Fenced: if the node's lease was taken over
+        """
+
+    async def claim_runs(self, run_ids: Sequence[str]) -> list[RunRow]:
+        """The rows of ``run_ids`` (runs to load that are known by id), in any order; on a
+        shared database (a node), only those this node claims now: its own, and others'
+        that no live node has claimed and that never started.
+
+        :raises Fenced: if the node's lease was taken over
+        """
+
     def on_commit(self, listener: Callable[[float, Sequence[Row]], None]) -> None:
         """Call ``listener(seconds, rows)`` after every commit, with how long it took and
         the rows it committed (a row submitted twice within one commit is there once, as

@@ -60,7 +60,8 @@ async def test_a_flood_far_past_the_window_starts_every_run_once_in_order(make_c
             assert runner.backlog.depth == 119
             assert runner.backlog.loaded_of("p") <= WINDOW
             assert runner.backlog.cold_of("p") >= 119 - WINDOW
-            assert all(runner.is_active(i) for i in ids)
+            # nothing of a cold run is in memory: it waits counted in its lane
+            assert sum(runner.is_active(i) for i in ids) <= WINDOW + 1
             probe.released.set()
             rows = [await runner.wait(i) for i in ids]
         assert runner.backlog.depth == 0

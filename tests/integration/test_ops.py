@@ -229,6 +229,29 @@ async def test_commands_refuse_what_a_runs_state_does_not_allow_now_as_a_conflic
     assert cancelled.state == "cancelled"
 
 
+async def test_a_run_waiting_for_a_slot_is_refused_likewise(make_config):
+    # the second run waits (on PostgreSQL, counted in the database for any node to
+    # claim, not known here by its id): a cancel twice is a conflict all the same
+    config = make_config(
+        CONFIG
+        + "\n[pipelines.single]\nmax_active_runs = 1\n"
+        + '[pipelines.single.tasks.wait]\nkind = "sleep"\nseconds = 60\n'
+    )
+    async with open_runner(config) as daemon:
+        with anyio.fail_after(20):
+            first = await commands.trigger(daemon, "single")
+            second = await commands.trigger(daemon, "single")
+            with pytest.raises(Conflict, match="still running"):
+                await commands.rerun(daemon, first.run_id)
+            with pytest.raises(Conflict):
+                await commands.rerun(daemon, second.run_id)
+            cancelled = await commands.cancel(daemon, second.run_id)
+            with pytest.raises(Conflict, match="has finished already"):
+                await commands.cancel(daemon, second.run_id)
+            await commands.cancel(daemon, first.run_id)
+    assert cancelled.state == "cancelled"
+
+
 async def test_a_decision_on_a_settled_gate_is_a_conflict(make_config):
     config = make_config(CONFIG)
     async with open_runner(config) as daemon:

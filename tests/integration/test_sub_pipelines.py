@@ -15,6 +15,7 @@ from cued.daemon.ops.queries import Queries
 from cued.daemon.ops.repair import cancel
 from cued.daemon.store import AttemptRow, RunRow
 from tests.support import probes
+from tests.support.flood import until
 from tests.support.running import daemon_running
 from tests.support.stores import keeping_state_in
 
@@ -62,6 +63,25 @@ async def _reaches(store, run_id: str, states) -> RunRow:
         while (row := await store.get_run(run_id)) is None or row.state not in states:  # noqa: ASYNC110 - only the store shows it
             await anyio.sleep(0.02)
     return row
+
+
+async def _entered(probe, call: str) -> None:
+    """Once the probe's task has been entered with ``call`` (it holds there)."""
+    with anyio.fail_after(30):
+        while call not in probe.calls:
+            probe.entered = anyio.Event()
+            if call in probe.calls:
+                break
+            await probe.entered.wait()
+
+
+def _holding(slots, count: int):
+    """A check for :func:`until`: exactly ``count`` runs hold a slot."""
+
+    async def check() -> bool:
+        return slots.active_runs == count
+
+    return check
 
 
 async def _ended(info, run_id: str) -> RunRow:
@@ -134,17 +154,14 @@ async def test_cancelling_the_parent_cancels_the_child(make_config):
     config = make_config(CONFIG)
     async with daemon_running(config) as info:
         parent = await info.runner.start_run("checkout", {"order_id": 3, "hold": True})
-        with anyio.fail_after(30):
-            while "label-3" not in probe.calls:
-                probe.entered = anyio.Event()
-                if "label-3" in probe.calls:
-                    break
-                await probe.entered.wait()
+        await _entered(probe, "label-3")
         store = info.runner.store
         (child,) = await store.children_of(parent.run_id)
         # the parent parks while its child runs: it holds no slot
         await _reaches(store, parent.run_id, {"waiting"})
-        assert info.runner.slots.active_runs == 1  # the child's
+        # the child's alone (the parent frees its slot once its parking is committed, so
+        # after the store shows it waiting)
+        await until(_holding(info.runner.slots, 1))
         cancelled = await cancel(info.runner, parent.run_id)
         child_done = await _ended(info, child.run_id)
     assert cancelled.state == "cancelled"
@@ -163,6 +180,9 @@ async def test_a_child_that_ended_while_the_daemon_was_down_settles_its_parent_a
         parent = await info.runner.start_run("checkout", {"order_id": 9, "hold": True})
         store = info.runner.store
         await _reaches(store, parent.run_id, {"waiting"})
+        # the child's task has started (its instance is recorded): the parent parks as
+        # its child is recorded, and the child is claimed and started after that
+        await _entered(probe, "label-9")
     async with store_at.open() as store:
         (child,) = await store.children_of(parent.run_id)
         (label,) = await store.get_instances(child.run_id)

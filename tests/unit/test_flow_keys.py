@@ -136,21 +136,28 @@ def test_a_raised_limit_admits_as_many_more_as_it_allows():
     steps=st.lists(st.one_of(st.integers(0, 9), st.just("pop")), max_size=120),
 )
 def test_the_backlog_hands_out_the_highest_priority_first_then_the_oldest(window, steps):
-    # as the runner does: a new run is loaded if there is room, else it waits cold; a pop
-    # that finds the top priority cold loads it (at least one) and tries again
+    # as the runner does: a new run is loaded if there is room, else it waits cold,
+    # counted in its lane (in the store: here a list per lane); a pop that finds the top
+    # priority cold loads it (at least one) and tries again
     backlog: Backlog[str] = Backlog(high_water=10_000, low_water=1, window=window)
     priority: dict[str, int] = {}
     order: dict[str, int] = {}
     waiting: set[str] = set()
+    stored: dict[int, list[str]] = {}
 
     def pop() -> str | None:
         while True:
             found = backlog.pop("p")
             if found is not None or not backlog.wants_load("p"):
                 return found
-            taken = backlog.take_cold("p", max(1, window - backlog.loaded_of("p")))
-            for run_id in taken:
-                backlog.settle("p", run_id, priority[run_id])
+            taken = backlog.take("p", max(1, window - backlog.loaded_of("p")))
+            assert not taken.ids  # nothing waits by id: each lane's count and cursor
+            for lane, after, asked in taken.stored:
+                read = [r for r in stored[lane] if r > after][:asked]
+                backlog.read("p", lane, asked, read)
+                for run_id in read:
+                    backlog.settle("p", run_id, lane)
+            backlog.loaded_all("p")
 
     for step in steps:
         if step == "pop":
@@ -161,10 +168,12 @@ def test_the_backlog_hands_out_the_highest_priority_first_then_the_oldest(window
         run_id = new_id()
         priority[run_id], order[run_id] = step, len(order)
         waiting.add(run_id)
+        stored.setdefault(step, []).append(run_id)
         if backlog.has_room("p", step) and not backlog.cold_of("p"):
+            backlog.passed("p", run_id, step)
             backlog.push("p", run_id, step)
         else:
-            backlog.push_cold("p", run_id, step)
+            backlog.push_stored("p", run_id, step)
         assert backlog.loaded_of("p") <= window + 10  # a window, and one per priority
     rest = sorted(waiting, key=lambda r: (-priority[r], order[r]))
     assert [pop() for _ in rest] == rest
