@@ -444,9 +444,7 @@ debounce = { period = "10s" }
         assert "debounce of key" in error
 
 
-async def test_the_idle_timer_looks_at_the_store_only_while_a_key_is_kept(
-    make_config, store_at
-):
+async def test_the_idle_timer_looks_at_the_store_only_while_a_key_is_kept(make_config, store_at):
     # an idle daemon (no window, no key's throttle slots) sends its store nothing on a
     # timer; a key kept gives the timer its sweep to make, and once forgotten, none (a
     # store nodes share keeps the keys itself: there the timer never has one to sweep)
