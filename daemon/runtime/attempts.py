@@ -250,20 +250,7 @@ class TaskAttempts:
     ) -> Outcome:
         inst = start.instance
         task = plan.tasks[inst.task].config
-        ctx = TaskContext(
-            run_id=row.run_id,
-            pipeline=row.pipeline,
-            task=inst.task,
-            map_index=inst.index,
-            attempt=start.attempt,
-            idempotency_key=f"{row.run_id}/{inst.key}",
-            log=log,
-            http=self._http,
-            meter=meter,
-            spending=self._spending,
-            pass_env=self._task_env,
-            lines=lines,
-        )
+        ctx = self._context(row, start, log, meter, lines)
         kind = self._kinds[task.kind]
         try:
             try:
@@ -280,6 +267,31 @@ class TaskAttempts:
             return Outcome(error=str(TaskTimeout(inst.key, task.timeout or 0)))
         except Exception as exc:  # noqa: BLE001 - whatever a task raises fails its attempt
             return _failed(exc)
+
+    def _context(
+        self,
+        row: RunRow,
+        start: Start,
+        log: structlog.typing.FilteringBoundLogger,
+        meter: Meter,
+        lines: LineWriter | None,
+    ) -> TaskContext:
+        """What the attempt ``start`` of a task of ``row`` is given to run with."""
+        inst = start.instance
+        return TaskContext(
+            run_id=row.run_id,
+            pipeline=row.pipeline,
+            task=inst.task,
+            map_index=inst.index,
+            attempt=start.attempt,
+            idempotency_key=f"{row.run_id}/{inst.key}",
+            log=log,
+            http=self._http,
+            meter=meter,
+            spending=self._spending,
+            pass_env=self._task_env,
+            lines=lines,
+        )
 
     def inline(
         self,
@@ -313,20 +325,7 @@ class TaskAttempts:
             opened = self._logs.attempt_now(row.run_id, inst.key, start.attempt, fresh=fresh)
             if opened is None:
                 return None
-        ctx = TaskContext(
-            run_id=row.run_id,
-            pipeline=row.pipeline,
-            task=inst.task,
-            map_index=inst.index,
-            attempt=start.attempt,
-            idempotency_key=f"{row.run_id}/{inst.key}",
-            log=log,
-            http=self._http,
-            meter=meter,
-            spending=self._spending,
-            pass_env=self._task_env,
-            lines=None if opened is None else opened.lines,
-        )
+        ctx = self._context(row, start, log, meter, None if opened is None else opened.lines)
         return InlineAttempt(kind.execute(params, ctx), opened)
 
     def _params(self, plan: PipelinePlan, name: str, params: dict[str, Any]) -> BaseModel:
