@@ -277,7 +277,7 @@ async def test_each_alert_is_delivered_by_one_node_and_a_gone_nodes_are_taken_ov
         async with AsyncExitStack() as stack:
             for node in ("a", "b"):
                 await stack.enter_async_context(
-                    daemon_running(config(tmp_path, db, node, extra, lease="1s"))
+                    daemon_running(config(tmp_path, db, node, extra, lease="10s"))
                 )
             both = 2 * Alerts.max_concurrent
             await receiver.until(lambda: receiver.hanging >= both)

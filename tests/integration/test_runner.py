@@ -14,6 +14,7 @@ from cued.daemon.assembly import open_runner
 from cued.daemon.errors import InvalidRequest, NotFound
 from cued.daemon.store import AttemptRow, InstanceRow
 from tests.support import probes
+from tests.support.flood import until
 from tests.support.http_server import serve_app
 from tests.support.stores import keeping_state_in
 
@@ -117,9 +118,14 @@ async def test_max_active_runs_queues_the_rest_in_the_backlog(make_config):
     async with open_runner(config) as runner:
         with anyio.fail_after(20):
             # the first two hold their slots until released: however slow the machine,
-            # the other eight wait in the backlog meanwhile
+            # the other eight wait in the backlog meanwhile (on a store nodes share, a run
+            # is counted waiting until its node's claim of it is read back: wait for that)
             ids = [(await runner.start_run("p")).run_id for _ in range(10)]
-            assert runner.backlog.depth == 8
+
+            async def eight_wait() -> bool:
+                return runner.backlog.depth == 8 and probe.in_flight == 2
+
+            await until(eight_wait)
             probe.released.set()
             rows = [await runner.wait(i) for i in ids]
     assert {r.state for r in rows} == {"succeeded"}
