@@ -24,6 +24,7 @@ from cued.daemon.store import (
     InstanceRow,
     RunRow,
 )
+from tests.support.flood import until
 from tests.support.stores import keeping_state_in
 
 
@@ -245,11 +246,19 @@ async def test_a_run_waiting_for_a_slot_is_refused_likewise(make_config):
                 await commands.rerun(daemon, first.run_id)
             with pytest.raises(Conflict):
                 await commands.rerun(daemon, second.run_id)
+            # once no read of waiting runs is out: a cancel that races a claim's read of
+            # the run it cancels may still be answered twice (an open race, issue 11's
+            # closing note), which this test is not about
+            await until(lambda: _is("single" not in daemon._loading))
             cancelled = await commands.cancel(daemon, second.run_id)
             with pytest.raises(Conflict, match="has finished already"):
                 await commands.cancel(daemon, second.run_id)
             await commands.cancel(daemon, first.run_id)
     assert cancelled.state == "cancelled"
+
+
+async def _is(value: bool) -> bool:
+    return value
 
 
 async def test_a_decision_on_a_settled_gate_is_a_conflict(make_config):
