@@ -205,7 +205,14 @@ class DaemonIntake:
         return await self._store.get_cursor(source)
 
     async def known(self, event_ids: list[str]) -> set[str]:
-        return await self._store.known_events(event_ids) | (self._pending_ids & set(event_ids))
+        return await self._known(event_ids)
+
+    async def _known(self, event_ids: list[str]) -> set[str]:
+        # The ids in flight are taken before the store is read, not after: a batch that
+        # commits while the read is out leaves `_pending_ids` during it, and a read that
+        # began before that commit may not see it either; snapshotted first, it is in one.
+        pending = self._pending_ids & set(event_ids)
+        return await self._store.known_events(event_ids) | pending
 
     async def record(
         self,
@@ -292,7 +299,7 @@ class DaemonIntake:
         requests = batch.requests
         events = [e for r in requests for e in r.events]
         ids = [e.event_id for e in events]
-        known = await self._store.known_events(ids) | (self._pending_ids & set(ids))
+        known = await self._known(ids)
         stamp = now()
         plans: list[tuple[_Request, Event, list[Match] | None, list[str]]] = []
         wanted: list[tuple[str, str]] = []

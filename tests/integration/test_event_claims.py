@@ -18,6 +18,9 @@ from cued.daemon.store import CursorRow, DedupeRow, EventClaim, EventRow, RunRow
 from tests.support.stores import keeping_state_in
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from cued.daemon.sdk.sources import Receipt
     from cued.daemon.store import Durable, Row
     from tests.support.stores import StoreAt
 
@@ -138,3 +141,66 @@ async def test_intake_claims_events_only_where_other_daemons_record_too(store_at
     assert sorted(e.event_id for e in events) == ["e-1", "e-2"]
     claims = sorted(r.event_id for r in submitted if isinstance(r, EventClaim))
     assert claims == (["e-1", "e-2"] if store_at.kind == "postgresql" else [])
+
+
+class _Held:
+    """A commit that begins only once ``release`` is set: holds a batch's events in flight."""
+
+    def __init__(self, submit: Callable[[], Durable], release: anyio.Event) -> None:
+        self._submit, self._release = submit, release
+        self._durable: Durable | None = None
+
+    async def wait(self) -> None:
+        await self._release.wait()
+        self._durable = self._submit()
+        await self._durable.wait()
+
+    @property
+    def duplicates(self) -> set[str]:
+        assert self._durable is not None
+        return self._durable.duplicates
+
+    @property
+    def deduped(self) -> set[str]:
+        assert self._durable is not None
+        return self._durable.deduped
+
+
+async def test_a_copy_that_comes_while_its_first_commits_is_a_duplicate(store_at, make_config):
+    """The copy's read of known ids begins before its first commits and ends after: the
+    first is in neither the store's answer nor, by then, among the ids in flight. Intake
+    takes the ids in flight before it reads, so it finds the first there."""
+    config = keeping_state_in(make_config, store_at)(
+        '[sources.hook]\nkind = "webhook"\npath = "/hook"\n'
+    )
+    release, in_flight, first_done = anyio.Event(), anyio.Event(), anyio.Event()
+    first: list[Receipt] = []
+    async with open_runner(config) as runner, anyio.create_task_group() as tg:
+        submit, known_events = runner.store.submit, runner.store.known_events
+        intake = DaemonIntake(runner.config, runner.store, runner.backlog)
+
+        def held(rows: list[Row]) -> Durable:
+            in_flight.set()
+            return _Held(lambda: submit(rows), release)  # type: ignore[return-value]
+
+        async def read_across_the_commit(ids: list[str]) -> set[str]:
+            found = await known_events(ids)
+            release.set()  # the first commits now, while this read is out
+            await first_done.wait()  # and has left the ids in flight
+            return found
+
+        async def record_first() -> None:
+            first.extend(await intake.record([Event("hook", "e-1", {"n": 1})]))
+            first_done.set()
+
+        await tg.start(intake.run, runner)
+        runner.store.submit = held  # type: ignore[method-assign]
+        tg.start_soon(record_first)
+        with anyio.fail_after(30):
+            await in_flight.wait()
+            runner.store.submit = submit  # type: ignore[method-assign]
+            runner.store.known_events = read_across_the_commit  # type: ignore[method-assign]
+            again = await intake.record([Event("hook", "e-1", {"n": 1})])
+        tg.cancel_scope.cancel()
+    assert [r.status for r in first] == ["unmatched"]
+    assert [r.status for r in again] == ["duplicate"]
