@@ -166,19 +166,28 @@ def _structlog_logger(bound: dict[str, Any]) -> structlog.typing.FilteringBoundL
         _pending = None
         _configure(level, json)
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("cued")
-    return logger.bind(**bound) if bound else logger
+    # bound even with nothing to bind: the logger itself, not structlog's lazy proxy
+    return logger.bind(**bound)
 
 
 class _LazyLogger:
-    """Stands for ``structlog.get_logger("cued").bind(**bound)`` until first used."""
+    """Stands for ``structlog.get_logger("cued").bind(**bound)`` until first used.
 
-    __slots__ = ("_bound", "_logger")
+    Once used, each method looked up is kept on the instance, so the next call finds it
+    directly: a lookup through this class and structlog's own lazy proxy cost a few µs per
+    line, also for the lines the level filters out (two per run). Loggers are cached on
+    first use (``cache_logger_on_first_use``) anyway: what a method is does not change.
+    """
 
     def __init__(self, bound: dict[str, Any]) -> None:
         self._bound = bound
         self._logger: structlog.typing.FilteringBoundLogger | None = None
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)  # copy and pickle look for these: not a logger's
         if self._logger is None:
             self._logger = _structlog_logger(self._bound)
-        return getattr(self._logger, name)
+        value = getattr(self._logger, name)
+        self.__dict__[name] = value
+        return value

@@ -36,6 +36,8 @@ class PipelinePlan:
     order: tuple[str, ...]
     """Tasks in dependency order."""
     roots: tuple[str, ...] = field(default=())
+    produces_assets: bool = False
+    """Whether a task of it ``produces`` assets: its succeeded runs hand on their events."""
 
     @classmethod
     def build(cls, name: str, config: PipelineConfig) -> PipelinePlan:
@@ -57,4 +59,11 @@ class PipelinePlan:
         }
         order = tuple(graph.topological_order(deps))
         roots = tuple(t for t in order if not deps[t])
-        return cls(name=name, config=config, tasks=tasks, order=order, roots=roots)
+        return cls(
+            name=name,
+            config=config,
+            tasks=tasks,
+            order=order,
+            roots=roots,
+            produces_assets=any(c.produces for c in config.tasks.values()),
+        )

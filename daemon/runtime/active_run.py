@@ -1,7 +1,10 @@
 """A run in memory: its engine's decisions carried out, attempt by attempt.
 
-The runner starts one coroutine per run (:meth:`ActiveRun.drive`) under a cancel scope of
-its own, so cancelling a run cancels exactly its attempts. While the engine asks for one
+The runner drives a run in one coroutine (:meth:`ActiveRun.drive`) under a cancel scope
+of its own, so cancelling a run cancels exactly its attempts; a run whose first attempt
+runs inline begins instead in the runner's stepper with no coroutine of its own
+(:meth:`ActiveRun.begin_stepped`), waiting in line for a task slot if none is free, and
+gets a driver only if something of it has to wait. While the engine asks for one
 thing at a time the coroutine carries it out itself; a task group comes only when two
 things of the run must go on at once, and in it attempts of kinds that do no I/O are
 stepped in turns by one task (:mod:`~cued.daemon.runtime.inline`), the others get a task
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -42,7 +46,7 @@ from cued.daemon.sdk.tracing import NO_SPAN, Span
 from cued.daemon.store import AttemptRow, RunRow
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     import structlog
 
@@ -89,6 +93,12 @@ class Driving:
     :raises CuedError: if it cannot start (unknown pipeline or input, paused to skip)"""
     start_child: Callable[[RunRow], None]
     """Queue a child run once it is recorded."""
+    hand_on: Callable[[ActiveRun], None]
+    """Have a driver drive a run the runner's stepper stepped (see
+    :meth:`ActiveRun.begin_stepped`) from where it is: it needs to wait for something."""
+    stepped_ended: Callable[[ActiveRun], None]
+    """A run the runner's stepper stepped has nothing left to run: record its end, as a
+    driver would once :meth:`ActiveRun.drive` returns, and free its slot."""
 
 
 class ActiveRun:
@@ -116,6 +126,14 @@ class ActiveRun:
         self._scope: anyio.CancelScope | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._stepper: Stepper | None = None
+        self._stepped: tuple[Stepper, Begun, InlineAttempt] | None = None
+        """Its attempt the runner's stepper steps, while it does (no driver drives it)."""
+        self._slot_wait: Callable[[], bool] | None = None
+        """Takes the run out of the line for a task slot it waits in to begin stepped."""
+        self._pending: list[Command] = []
+        """What the engine asked for when the run was begun, for :meth:`drive` to do."""
+        self._handed: Callable[[], Awaitable[list[Command]]] | None = None
+        """What a driver does first when it is handed a run the runner stepped."""
         self._cancelled = False
         self._cancel_reason: str | None = None
         self._fresh = False
@@ -150,16 +168,9 @@ class ActiveRun:
         """Its instances as recorded when it came into memory (empty for a new run)."""
         return self._prior
 
-    async def drive(self) -> RunState | None:
-        """Start the run and drive it until nothing of it runs; returns the engine's state
-        then (None if the run was cancelled before it started).
-
-        While the engine asks for one thing at a time (one attempt, or one retry's wait),
-        the run's own coroutine carries it out under the run's cancel scope; a task group
-        (a task per attempt) comes only once two things must go on at once. Most runs (one
-        task, or a chain) never need one."""
-        if self._cancelled:
-            return None  # cancelled between leaving the backlog and starting here
+    def _open(self) -> list[Command]:
+        """Start the run in memory: its engine, and its start (which rides with the next
+        commit: nothing waits for it on its own); returns what the engine asks for first."""
         # a run that never started has no log lines yet: its attempts need not look
         self._fresh = self.row.started_at is None
         self.row = run_row(self.row, RunState.RUNNING.value, self.row.started_at or now())
@@ -170,11 +181,91 @@ class ActiveRun:
             pipeline=self.row.pipeline,
             resumed=bool(self._prior),
         )
+        commands = engine.begin()
+        self._write([self.row])
+        return commands
+
+    def begin_stepped(self, stepper: Stepper) -> bool:
+        """Start the run with its first attempt stepped by the runner's ``stepper``, with no
+        driver, task or cancel scope of its own, if it can be: it starts with one attempt
+        that runs inline (:meth:`_inline`). Most runs of one cheap task then start and end
+        in the stepper's turns. False if not: the run may have started all the same, and
+        :meth:`drive` goes on from where it is.
+
+        The stepped attempt's end is told to :meth:`attempt_ended`; whatever then has to
+        wait (a commit before a downstream task, a live log, a gate) is handed to a driver
+        (``Driving.hand_on``), and a run with nothing left to run ends there and then
+        (``Driving.stepped_ended``)."""
+        if self._cancelled:
+            return False
+        commands = self._open()
+        if len(commands) == 1 and isinstance(commands[0], Start):
+            start = commands[0]
+            if self._inline(start, stepper) or self._queue_inline(start, stepper):
+                return True
+        self._pending = commands
+        return False
+
+    def _queue_inline(self, start: Start, stepper: Stepper) -> bool:
+        """Wait in line for a global task slot, with no task, to begin ``start`` stepped
+        once it is handed one (an attempt of no pool that runs inline); False if it cannot."""
+        driving = self._driving
+        if (
+            self.plan.tasks[start.instance.task].config.pool is not None
+            or driving.tracing.enabled
+            or driving.slots.task_slot_free  # free, so :meth:`_inline` failed for another cause
+            or not driving.attempts.runs_inline(self.plan, start)
+        ):
+            return False
+        forget = driving.slots.take_task_slot_later(partial(self._slot_handed, start, stepper))
+        if forget is None:
+            return False  # draining
+        self._slot_wait = forget
+        return True
+
+    def _slot_handed(self, start: Start, stepper: Stepper) -> None:
+        """A global task slot was handed to the run that waits in line for one (see
+        :meth:`_queue_inline`): its attempt begins stepped. Called from the code that gave
+        the slot back, so nothing here gives one back there and then: a run whose attempt
+        cannot begin inline after all (its live log does not open now) hands the slot back
+        in its driver."""
+        self._slot_wait = None
+        if stepper.stopping:
+            # given back by an attempt the stopping runner stops: the run stays as it is
+            # in the store (its attempt queued) for the restart, and the slot with it
+            return
+        if not self._inline_begin(start, None, stepper):
+            self._handed = partial(self._slot_given_back, start)
+            self._driving.hand_on(self)
+
+    async def _slot_given_back(self, start: Start) -> list[Command]:
+        self._driving.slots.give_back_task_slot(None)
+        return [start]
+
+    async def drive(self) -> RunState | None:
+        """Start the run (or go on with one :meth:`begin_stepped` began) and drive it until
+        nothing of it runs; returns the engine's state then (None if the run was cancelled
+        before it started).
+
+        While the engine asks for one thing at a time (one attempt, or one retry's wait),
+        the run's own coroutine carries it out under the run's cancel scope; a task group
+        (a task per attempt) comes only once two things must go on at once. Most runs (one
+        task, or a chain) never need one."""
+        if self._cancelled:
+            return None  # cancelled between leaving the backlog and starting here
+        if self.engine is None:
+            commands = self._open()
+        else:
+            commands, self._pending = self._pending, []
+        engine = self.engine
+        assert engine is not None
         with anyio.CancelScope() as scope:
             self._scope = scope
-            commands = engine.begin()
-            # the start rides with the next commit: nothing waits for it on its own
-            self._write([self.row])
+            if (handed := self._handed) is not None:
+                self._handed = None
+                commands = await handed()
+            if engine.state is not RunState.RUNNING:
+                commands = []  # cancelled while it waited for a driver: nothing starts
             while len(commands) == 1 and not isinstance(commands[0], Finish):
                 (command,) = commands
                 if isinstance(command, Start):
@@ -185,9 +276,7 @@ class ActiveRun:
             if any(not isinstance(c, Finish) for c in commands):
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
-                    self._stepper = Stepper(
-                        tg, self._inline_ended, self._inline_waits, self._inline_stopped
-                    )
+                    self._stepper = Stepper(tg)
                     self._apply(tg, commands)
                 self._tg = self._stepper = None
             else:
@@ -210,6 +299,20 @@ class ActiveRun:
             self._write()
             if self._scope is not None:
                 self._scope.cancel()
+            elif (forget := self._slot_wait) is not None:
+                # in line for a task slot to begin stepped: out of it, and it ends here
+                self._slot_wait = None
+                if forget():
+                    self._driving.stepped_ended(self)
+            elif (stepped := self._stepped) is not None:
+                # stepped by the runner: no scope to cancel; its attempt is stopped here
+                self._stepped = None
+                stepper, begun, attempt = stepped
+                if stepper.withdraw(begun):
+                    attempt.stop()
+                    await self.attempt_stopped(begun, attempt)
+                    self._driving.stepped_ended(self)
+            # else it waits for a driver (handed on): the driver finds it cancelled
         await self.wait_left()
 
     def settle_gate(self, key: str, *, ok: bool, output: Any, error: str | None) -> bool:
@@ -261,6 +364,12 @@ class ActiveRun:
             and (bad := failed_check_events(self.plan, self.row, engine.instances()))
         ):
             await driving.assets(bad)  # recorded before the run's end, like a good version
+        self.record_end(state)
+
+    def record_end(self, state: RunState) -> None:
+        """Submit the run's end in ``state``, with the alert it raises (see
+        :meth:`finish`, which first hands on the events of its assets)."""
+        engine, driving = self.engine, self._driving
         error = None
         if state is RunState.FAILED and engine is not None:
             failed = [i for i in engine.instances() if i.state is State.FAILED]
@@ -478,77 +587,129 @@ class ActiveRun:
         # durable before anything downstream starts: a succeeded task never runs again
         return commands, extra
 
-    # -- attempts stepped by the run's stepper (inline.py) -----------------------------
+    # -- attempts stepped in turns (inline.py): by the run's stepper, or the runner's ------
 
-    def _inline(self, start: Start) -> bool:
-        """Begin ``start`` as an attempt the run's stepper steps, if it can be one: its
-        kind runs inline, a slot is free now, and tracing is off (a span is made current
-        in the attempt's context); False, with nothing begun, if not."""
-        driving, stepper = self._driving, self._stepper
-        if stepper is None or driving.tracing.enabled:
+    def _inline(self, start: Start, stepper: Stepper | None = None) -> bool:
+        """Begin ``start`` as an attempt ``stepper`` (the run's own by default) steps, if it
+        can be one: its kind runs inline, a slot is free now, and tracing is off (a span is
+        made current in the attempt's context); False, with nothing begun, if not."""
+        driving = self._driving
+        if (stepper or self._stepper) is None or driving.tracing.enabled:
             return False
         pool = self.plan.tasks[start.instance.task].config.pool
         if not driving.slots.take_task_slot_now(pool):
             return False
+        if self._inline_begin(start, pool, stepper):
+            return True
+        driving.slots.give_back_task_slot(pool)
+        return False
+
+    def _inline_begin(self, start: Start, pool: str | None, stepper: Stepper | None) -> bool:
+        """Begin ``start`` stepped by ``stepper`` (the runner's; None: the run's own), its
+        slot taken; False, beginning nothing, if it cannot run inline."""
+        driving = self._driving
         log, meter = self._attempt_log(start), Meter()
         attempt = driving.attempts.inline(self.plan, self.row, start, log, meter, fresh=self._fresh)
         if attempt is None:
-            driving.slots.give_back_task_slot(pool)
             return False
-        stepper.add(self._begin(start, pool, log, meter), attempt)
+        begun = self._begin(start, pool, log, meter)
+        if stepper is not None:
+            self._stepped = (stepper, begun, attempt)
+        else:
+            stepper = self._stepper
+            assert stepper is not None
+        stepper.add(begun, attempt, self)
         return True
 
-    def _inline_ended(self, begun: Begun, attempt: InlineAttempt, outcome: Outcome) -> None:
-        tg = self._tg
-        assert tg is not None
+    def attempt_ended(self, begun: Begun, attempt: InlineAttempt, outcome: Outcome) -> None:
+        """See :class:`~cued.daemon.runtime.inline.Stepped`."""
+        self._stepped = None
         if attempt.lines is not None and not attempt.lines.exit_now():
             # it wrote lines: they commit before its end does (a task waits for that)
-            tg.start_soon(self._inline_ended_later, begun, attempt, outcome)
+            self._go_on(partial(self._end_later, begun, attempt, outcome))
             return
         self._driving.slots.give_back_task_slot(begun.pool)
         outcome = self._kept(begun, outcome)
         if outcome.awaiting is not None or outcome.child is not None:
-            tg.start_soon(self._inline_ended_later, begun, None, outcome)
+            self._go_on(partial(self._end_later, begun, None, outcome))
             return
         commands, durable_first = self._concluded(begun, outcome)
         if durable_first:
-            tg.start_soon(self._commit_then_apply, durable_first, commands)
-        else:
+            self._go_on(partial(self._commit_first, durable_first, commands))
+        elif (tg := self._tg) is not None:
             self._apply(tg, commands)
+        elif all(isinstance(c, Finish) for c in commands):
+            # stepped by the runner, and nothing of the run is left to run: it ends here,
+            # with no driver (its result rides with the run's end, in one commit)
+            self._write()
+            self._driving.stepped_ended(self)
+        else:
+            self._pending = commands
+            self._driving.hand_on(self)
 
-    async def _commit_then_apply(self, rows: list[Row], commands: list[Command]) -> None:
-        assert self._tg is not None
+    def attempt_waits(self, begun: Begun, attempt: InlineAttempt) -> None:
+        """See :class:`~cued.daemon.runtime.inline.Stepped`."""
+        self._stepped = None
+        self._go_on(partial(self._resume, begun, attempt))
+
+    async def attempt_stopped(self, begun: Begun, attempt: InlineAttempt) -> None:
+        """See :class:`~cued.daemon.runtime.inline.Stepped`."""
+        if attempt.lines is not None and not attempt.lines.exit_now():
+            await attempt.lines.__aexit__(None, None, None)  # shielded: commits its lines
+        self._stopped(begun)
+        self._driving.slots.give_back_task_slot(begun.pool)
+
+    def _go_on(self, later: Callable[[], Awaitable[list[Command]]]) -> None:
+        """Go on with ``later`` where it can wait, then with what the engine asks for: in a
+        task of the run's group, or, for a run the runner's stepper stepped, in a driver
+        (under the run's cancel scope)."""
+        if (tg := self._tg) is not None:
+            tg.start_soon(self._apply_later, tg, later)
+        else:
+            self._handed = later
+            self._driving.hand_on(self)
+
+    async def _apply_later(
+        self, tg: anyio.abc.TaskGroup, later: Callable[[], Awaitable[list[Command]]]
+    ) -> None:
+        self._apply(tg, await later())
+
+    async def _commit_first(self, rows: list[Row], commands: list[Command]) -> list[Command]:
         await self._commit(rows)
         self._driving.alerts.wake()
-        self._apply(self._tg, commands)
+        return commands
 
-    async def _inline_ended_later(
+    async def _end_later(
         self, begun: Begun, attempt: InlineAttempt | None, outcome: Outcome
-    ) -> None:
+    ) -> list[Command]:
         """The end of an inline attempt that waits for a commit (its lines', or its
-        result's), in a task of its own; ``attempt`` is given if its lines wait."""
-        tg = self._tg
-        assert tg is not None
+        result's) or parks (a gate, a wait, a child run); ``attempt`` is given if its lines
+        wait. Returns what the engine asks for next."""
         if attempt is not None:
             assert attempt.lines is not None
             await attempt.lines.__aexit__(None, None, None)
             self._driving.slots.give_back_task_slot(begun.pool)
             outcome = self._kept(begun, outcome)
-        self._apply(tg, await self._ended(begun, outcome))
+        return await self._ended(begun, outcome)
 
-    async def _inline_waits(self, begun: Begun, attempt: InlineAttempt) -> None:
+    async def _resume(self, begun: Begun, attempt: InlineAttempt) -> list[Command]:
+        """Go on with an inline attempt that waits on something after all, until it ends;
+        returns what the engine asks for next."""
+        assert self.engine is not None
+        if self.engine.state is not RunState.RUNNING:
+            # cancelled while it waited for a driver (the runner's stepper let it go)
+            attempt.stop()
+            await self.attempt_stopped(begun, attempt)
+            return []
         try:
             outcome = await attempt.resume()
         except anyio.get_cancelled_exc_class():
-            await self._inline_stopped(begun, attempt)
+            await self.attempt_stopped(begun, attempt)
             raise
-        self._inline_ended(begun, attempt, outcome)
-
-    async def _inline_stopped(self, begun: Begun, attempt: InlineAttempt) -> None:
         if attempt.lines is not None and not attempt.lines.exit_now():
-            await attempt.lines.__aexit__(None, None, None)  # shielded: commits its lines
-        self._stopped(begun)
+            return await self._end_later(begun, attempt, outcome)
         self._driving.slots.give_back_task_slot(begun.pool)
+        return await self._ended(begun, self._kept(begun, outcome))
 
     async def _start_child(
         self, inst: Instance, attempt: int, started_at: float, ask: AwaitingRun

@@ -39,10 +39,12 @@ if TYPE_CHECKING:
     from cued.daemon.runtime.deadlines import Deadlines
     from cued.daemon.runtime.drivers import Drivers
     from cued.daemon.runtime.gates import Gates
+    from cued.daemon.runtime.inline import Stepper
     from cued.daemon.runtime.keys import KeyGate, Released
     from cued.daemon.runtime.signals import Signals
     from cued.daemon.runtime.slots import Slots
     from cued.daemon.runtime.waits import Waits
+    from cued.daemon.sdk.tracing import Tracing
     from cued.daemon.store import PauseRow, RunRow, Store, WaitingRun
 
 __all__ = ["PAGE", "UNFINISHED", "Admission", "key_of", "limited", "tell_nobody"]
@@ -61,6 +63,7 @@ class Admission:
     what each is)."""
 
     store: Store
+    tracing: Tracing
     plans: dict[str, PipelinePlan]
     backlog: Backlog[ActiveRun]
     slots: Slots
@@ -79,6 +82,7 @@ class Admission:
     _held: list[RunRow] | None
     _tg: anyio.abc.TaskGroup | None
     _drivers: Drivers[ActiveRun] | None
+    _stepper: Stepper | None
     _paused: dict[str, PauseRow]
     _unpausing: dict[str, list[RunRow]]
     _plans_of: dict[int | None, dict[str, PipelinePlan]]
@@ -389,6 +393,18 @@ class Admission:
     def _launch(self, run: ActiveRun) -> None:
         assert self._drivers is not None, "the runner is not serving"
         self.slots.take_run_slot(run.row.pipeline)
+        # a run whose first (and often only) attempt runs inline begins in the runner's
+        # stepper, and gets a driver only if it has to wait for something: a driver, its
+        # wake-up and a cancel scope per run were most of a one-task run's cost. Not where
+        # a run slot is the other nodes' too (taking it awaits), nor with tracing (a run's
+        # span is the driver's to open and close)
+        if (
+            self._stepper is not None
+            and not self.store.shares_run_slots
+            and not self.tracing.enabled
+            and run.begin_stepped(self._stepper)
+        ):
+            return
         self._drivers.launch(run)
 
     def _is_cold(self, run_id: str) -> bool:

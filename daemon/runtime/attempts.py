@@ -309,17 +309,10 @@ class TaskAttempts:
         to enforce, and its live log opens without waiting; otherwise None, and nothing
         is begun (:meth:`run` runs it)."""
         inst = start.instance
-        task = plan.tasks[inst.task].config
-        kind = self._kinds[task.kind]
-        runs_inline = getattr(kind, "runs_inline", None)
-        if runs_inline is None or task.timeout is not None:
+        params = self._inline_params(plan, start)
+        if params is None:
             return None
-        try:
-            params = self._params(plan, inst.task, start.params)
-        except ValidationError:
-            return None  # :meth:`run` fails the attempt, and says why
-        if not runs_inline(params):
-            return None
+        kind = self._kinds[plan.tasks[inst.task].config.kind]
         opened = None
         if self._logs is not None:
             opened = self._logs.attempt_now(row.run_id, inst.key, start.attempt, fresh=fresh)
@@ -327,6 +320,23 @@ class TaskAttempts:
                 return None
         ctx = self._context(row, start, log, meter, None if opened is None else opened.lines)
         return InlineAttempt(kind.execute(params, ctx), opened)
+
+    def runs_inline(self, plan: PipelinePlan, start: Start) -> bool:
+        """Whether :meth:`inline` would begin ``start`` if its live log opened now."""
+        return self._inline_params(plan, start) is not None
+
+    def _inline_params(self, plan: PipelinePlan, start: Start) -> BaseModel | None:
+        """The parameters of ``start`` if it may run inline: its kind says so for them, and
+        the task has no ``timeout`` to enforce; else None."""
+        task = plan.tasks[start.instance.task].config
+        runs_inline = getattr(self._kinds[task.kind], "runs_inline", None)
+        if runs_inline is None or task.timeout is not None:
+            return None
+        try:
+            params = self._params(plan, start.instance.task, start.params)
+        except ValidationError:
+            return None  # :meth:`run` fails the attempt, and says why
+        return params if runs_inline(params) else None
 
     def _params(self, plan: PipelinePlan, name: str, params: dict[str, Any]) -> BaseModel:
         model = self._kinds[plan.tasks[name].config.kind].Params

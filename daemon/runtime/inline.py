@@ -9,11 +9,17 @@ group, steps every such attempt of the run once per turn of the event loop, and 
 to a task of its own any that waits on something else after all. Cancelling the run (or
 stopping the daemon) cancels the stepper with the run's other tasks, and it stops, and
 records as stopped, every attempt it still steps, as those tasks would have.
+
+The runner has a stepper too, for the first attempt of runs that begin stepped (a run of
+one ``sleep 0``, or whose first task is such): those runs get no driver, task or cancel
+scope at all unless something of them has to wait (see
+:meth:`~cued.daemon.runtime.active_run.ActiveRun.begin_stepped`); a cancel withdraws
+the run's attempt from it (:meth:`Stepper.withdraw`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.lowlevel
 
@@ -22,8 +28,6 @@ from cued.daemon.sdk.tracing import NO_SPAN
 from cued.daemon.store import AttemptRow
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine
-
     import structlog
     from anyio.abc import TaskGroup
 
@@ -37,6 +41,7 @@ __all__ = [
     "Begun",
     "LazyLog",
     "RunningRows",
+    "Stepped",
     "Stepper",
     "attempt_span",
     "end_attempt_span",
@@ -81,59 +86,77 @@ class LazyLog:
         return getattr(bound, name)
 
 
+class Stepped(Protocol):
+    """What owns attempts a :class:`Stepper` steps: a run, told how each goes."""
+
+    def attempt_ended(self, begun: Begun, attempt: InlineAttempt, outcome: Outcome) -> None:
+        """``attempt`` has ended as ``outcome``."""
+
+    def attempt_waits(self, begun: Begun, attempt: InlineAttempt) -> None:
+        """``attempt`` waits on something (not a turn of the event loop): the stepper has
+        let it go, and the owner goes on with it (:meth:`InlineAttempt.resume`)."""
+
+    async def attempt_stopped(self, begun: Begun, attempt: InlineAttempt) -> None:
+        """``attempt`` was stopped where it was: the stepper was cancelled (its run, or the
+        daemon)."""
+
+
 class Stepper:
-    """Steps a run's inline attempts, a task of the run's task group ``tg`` while it has
-    any.
+    """Steps inline attempts in turns, as one task of ``tg`` while it has any: a run's
+    attempts, as a task of the run's group, or the first attempts of many runs, as a task
+    of the runner's (see :meth:`ActiveRun.begin_stepped`)."""
 
-    :param ended: called with an attempt that has ended, and its outcome
-    :param waits: run as a task for an attempt that waits on something (not a turn)
-    :param stopped: awaited for each attempt still stepped when the stepper is cancelled,
-        once the attempt is stopped
-    """
+    __slots__ = ("_on", "_stepping", "_tg", "stopping")
 
-    __slots__ = ("_ended", "_on", "_stepping", "_stopped", "_tg", "_waits")
-
-    def __init__(
-        self,
-        tg: TaskGroup,
-        ended: Callable[[Begun, InlineAttempt, Outcome], None],
-        waits: Callable[[Begun, InlineAttempt], Coroutine[Any, Any, None]],
-        stopped: Callable[[Begun, InlineAttempt], Awaitable[None]],
-    ) -> None:
-        self._tg, self._ended, self._waits, self._stopped = tg, ended, waits, stopped
-        self._stepping: list[tuple[Begun, InlineAttempt]] = []
+    def __init__(self, tg: TaskGroup) -> None:
+        self._tg = tg
+        self._stepping: list[tuple[Begun, InlineAttempt, Stepped]] = []
         self._on = False
+        self.stopping = False
+        """Set once it was cancelled (its group is ending): it takes no more attempts."""
 
-    def add(self, begun: Begun, attempt: InlineAttempt) -> None:
-        """Step ``attempt`` from the next turn on."""
-        self._stepping.append((begun, attempt))
+    def add(self, begun: Begun, attempt: InlineAttempt, owner: Stepped) -> None:
+        """Step ``attempt`` from the next turn on, telling ``owner`` how it goes."""
+        self._stepping.append((begun, attempt, owner))
         if not self._on:
             self._on = True
             self._tg.start_soon(self._steps, name="inline attempts")
 
+    def withdraw(self, begun: Begun) -> bool:
+        """Step the attempt ``begun`` no more (its run is cancelled: the owner stops it);
+        False if it is not stepped here. Called from another task, so while the stepper
+        waits for its next turn, with every attempt it steps in its list."""
+        for at, (stepped, _, _) in enumerate(self._stepping):
+            if stepped is begun:
+                del self._stepping[at]
+                return True
+        return False
+
     async def _steps(self) -> None:
-        batch: list[tuple[Begun, InlineAttempt]] = []
+        batch: list[tuple[Begun, InlineAttempt, Stepped]] = []
         done = 0
         try:
             while self._stepping:
                 batch, self._stepping, done = self._stepping, [], 0
-                for done, (begun, attempt) in enumerate(batch, 1):  # noqa: B007 - read below
+                for done, item in enumerate(batch, 1):  # noqa: B007 - read below
+                    begun, attempt, owner = item
                     outcome = attempt.step()
                     if outcome is not None:
-                        self._ended(begun, attempt, outcome)  # may add attempts: next turn
+                        owner.attempt_ended(begun, attempt, outcome)  # may add: next turn
                     elif attempt.waiting_on is None:
-                        self._stepping.append((begun, attempt))
+                        self._stepping.append(item)
                     else:
-                        self._tg.start_soon(self._waits, begun, attempt, name="attempt")
+                        owner.attempt_waits(begun, attempt)
                 batch, done = [], 0
                 if self._stepping:
                     await anyio.lowlevel.checkpoint()
         except BaseException:
             # cancelled with the run (or the daemon), or failed: every attempt still
             # stepped stops here, as its own task would have
-            for begun, attempt in (*batch[done:], *self._stepping):
+            self.stopping = True
+            for begun, attempt, owner in (*batch[done:], *self._stepping):
                 attempt.stop()
-                await self._stopped(begun, attempt)
+                await owner.attempt_stopped(begun, attempt)
             self._stepping = []
             raise
         finally:

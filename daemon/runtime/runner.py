@@ -67,6 +67,7 @@ from cued.daemon.runtime.cancellation import Cancellation
 from cued.daemon.runtime.deadlines import Deadlines
 from cued.daemon.runtime.drivers import Drivers
 from cued.daemon.runtime.gates import Gates
+from cued.daemon.runtime.inline import Stepper
 from cued.daemon.runtime.keys import KeyGate
 from cued.daemon.runtime.pausing import Pausing
 from cued.daemon.runtime.resumption import Resumption
@@ -182,6 +183,8 @@ class Runner(Resumption, Pausing, Cancellation):
             self.tracing,
             self._new_child,
             self.enqueue,
+            self._hand_on,
+            self._stepped_ended,
         )
         self._runs: dict[str, ActiveRun] = {}
         self.keys: KeyGate[ActiveRun] = KeyGate()
@@ -208,6 +211,8 @@ class Runner(Resumption, Pausing, Cancellation):
         self.signals: Signals = NO_SIGNALS
         """What this runner tells other daemons on its store (a shared database)."""
         self._drivers: Drivers[ActiveRun] | None = None
+        self._stepper: Stepper | None = None
+        """Steps the first attempts of runs that begin stepped (see :meth:`_launch`)."""
         self._paused: dict[str, PauseRow] = {}
         # pipelines being unpaused: what is held meanwhile is remembered here, as the
         # store's answer may predate its commit
@@ -260,6 +265,7 @@ class Runner(Resumption, Pausing, Cancellation):
         started: see :meth:`resume_unfinished`)."""
         async with self._group() as tg:
             self._drivers = Drivers(tg, self._drive, _IDLE_DRIVERS)
+            self._stepper = Stepper(tg)
             # before anything starts a run: a pause outlives a restart
             self._paused = {
                 name: pause
@@ -444,8 +450,33 @@ class Runner(Resumption, Pausing, Cancellation):
                 if run.row.error is not None:
                     span.fail(run.row.error)
                 span.end()
-            self.slots.free_run_slot(run.row.pipeline)
-            self._start_waiting(run.row.pipeline)
+            self._settled(run)
+
+    def _settled(self, run: ActiveRun) -> None:
+        """Nothing of ``run`` runs any more: its slot goes to the next run waiting."""
+        self.slots.free_run_slot(run.row.pipeline)
+        self._start_waiting(run.row.pipeline)
+
+    def _hand_on(self, run: ActiveRun) -> None:
+        """A run that began stepped (its slot taken) has to wait for something: a driver
+        drives it on from there."""
+        assert self._drivers is not None, "the runner is not serving"
+        self._drivers.launch(run)
+
+    def _stepped_ended(self, run: ActiveRun) -> None:
+        """A run that began stepped has nothing left to run: its end is recorded here, as
+        :meth:`_drive` records a driven run's. One whose end hands on asset events (an
+        await) is left to a driver."""
+        assert run.engine is not None
+        state = run.engine.state
+        if state not in TERMINAL_RUN_STATES or (
+            state is RunState.SUCCEEDED and run.plan.produces_assets
+        ):
+            self._hand_on(run)
+            return
+        if not run.left:
+            run.record_end(state)
+        self._settled(run)
 
     def wake_waits(self, run_ids: Collection[str] = ()) -> None:
         """Waits of these runs were settled (intake matched events to them), or the runs

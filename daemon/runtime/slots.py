@@ -12,12 +12,13 @@ counts are also what the metrics' gauges show.
 from __future__ import annotations
 
 from collections import deque
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from contextlib import AbstractAsyncContextManager, AbstractContextManager
 
     from cued.daemon.runtime.shared_slots import SharedSlots
@@ -28,35 +29,48 @@ __all__ = ["Slots"]
 class _Limit:
     """A number of slots taken and given back in order of asking: anyio's
     ``CapacityLimiter`` without borrowers or statistics, whose free path (a slot is
-    there) is a compare and an add, as an attempt takes one or two per run."""
+    there) is a compare and an add, as an attempt takes one or two per run. A waiter is
+    what is called when a slot is handed to it: a task's event set, or a callback."""
 
     __slots__ = ("_waiters", "total", "used")
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.used = 0
-        self._waiters: deque[anyio.Event] = deque()
+        self._waiters: deque[Callable[[], object]] = deque()
 
     async def acquire(self) -> None:
         if self.used < self.total and not self._waiters:
             self.used += 1
             return
         handed = anyio.Event()
-        self._waiters.append(handed)
+        self._waiters.append(handed.set)
         try:
             await handed.wait()  # release() hands its slot over: ``used`` stays
         except BaseException:
             if handed.is_set():
                 self.release()  # handed a slot while being cancelled: hand it on
             else:
-                self._waiters.remove(handed)
+                self._waiters.remove(handed.set)
             raise
+
+    def queue(self, handed: Callable[[], object]) -> None:
+        """Call ``handed`` once a slot is handed to it (it then holds it)."""
+        self._waiters.append(handed)
+
+    def forget(self, handed: Callable[[], object]) -> bool:
+        """Hand ``handed`` no slot (False if it is not waiting: it was handed one)."""
+        try:
+            self._waiters.remove(handed)
+        except ValueError:
+            return False
+        return True
 
     def release(self) -> None:
         # handed over only within the limit: after a reload lowered it, a slot given back
         # above it goes, and the waiters wait until the ones taken are under the limit
         if self._waiters and self.used <= self.total:
-            self._waiters.popleft().set()
+            self._waiters.popleft()()
         else:
             self.used -= 1
 
@@ -66,7 +80,7 @@ class _Limit:
         self.total = total
         while self._waiters and self.used < self.total:
             self.used += 1
-            self._waiters.popleft().set()
+            self._waiters.popleft()()
 
     @property
     def waiting(self) -> int:
@@ -234,6 +248,33 @@ class Slots:
             limit.used += 1
         self.running_tasks += 1
         return True
+
+    @property
+    def task_slot_free(self) -> bool:
+        """Whether a global task slot is free now (and no one waits for one)."""
+        return self._tasks.free and not self._draining
+
+    def take_task_slot_later(self, handed: Callable[[], None]) -> Callable[[], bool] | None:
+        """Queue for a global slot (an attempt of no pool) like a task waiting in
+        :meth:`task_slot`, in the same line, but with no task: ``handed()`` is called once
+        the slot is handed over, counted as :meth:`take_task_slot_now` counts it, and given
+        back by :meth:`give_back_task_slot`. Returns what takes it out of the line (False
+        if it was handed the slot already); None, queueing nothing, while draining."""
+        if self._draining:
+            return None
+
+        def take() -> None:
+            if self._draining:
+                # handed over as the runner stops: the attempt stays queued in the store,
+                # and the slot goes (not on to the next in line: a release from here
+                # would call each waiter from the one before, as deep as the line is long)
+                self._tasks.used -= 1
+                return
+            self.running_tasks += 1
+            handed()
+
+        self._tasks.queue(take)
+        return partial(self._tasks.forget, take)
 
     def give_back_task_slot(self, pool: str | None) -> None:
         """Give back what :meth:`take_task_slot_now` took."""

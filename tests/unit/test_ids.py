@@ -35,3 +35,11 @@ def test_what_is_no_id_is_not_packed_and_what_is_comes_back_the_same(text):
     packed = id_to_bytes(text)
     if packed is not None:
         assert id_from_bytes(packed) == text
+
+
+@given(st.integers(min_value=0, max_value=(1 << 128) - 1))
+def test_any_128_bits_pack_into_16_bytes_and_read_back_as_26_digits_of_5_bits(value):
+    made = id_from_bytes(value.to_bytes(16, "big"))
+    digits = "0123456789abcdefghjkmnpqrstvwxyz"
+    assert made == "".join(digits[(value >> shift) & 31] for shift in range(125, -1, -5))
+    assert id_to_bytes(made) == value.to_bytes(16, "big")

@@ -27,19 +27,25 @@ async def raises(exc: Exception) -> Any:
 
 
 class Record:
-    """What the stepper called back, by attempt name."""
+    """What the stepper told of each attempt, by its name (the owner of every attempt)."""
 
     def __init__(self) -> None:
         self.ended: dict[str, Outcome] = {}
         self.waited: dict[str, Outcome] = {}
         self.stopped: list[str] = []
         self.in_task: list[str] = []
+        self._tg: anyio.abc.TaskGroup | None = None
 
     def stepper(self, tg: anyio.abc.TaskGroup) -> Stepper:
-        return Stepper(tg, self._ended, self._waits, self._stopped)
+        self._tg = tg
+        return Stepper(tg)
 
-    def _ended(self, begun: Begun, attempt: InlineAttempt, outcome: Outcome) -> None:
+    def attempt_ended(self, begun: Begun, attempt: InlineAttempt, outcome: Outcome) -> None:
         self.ended[begun.log] = outcome  # type: ignore[index]
+
+    def attempt_waits(self, begun: Begun, attempt: InlineAttempt) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(self._waits, begun, attempt)
 
     async def _waits(self, begun: Begun, attempt: InlineAttempt) -> None:
         self.in_task.append(begun.log)  # type: ignore[arg-type]
@@ -49,7 +55,7 @@ class Record:
             self.stopped.append(begun.log)  # type: ignore[arg-type]
             raise
 
-    async def _stopped(self, begun: Begun, attempt: InlineAttempt) -> None:
+    async def attempt_stopped(self, begun: Begun, attempt: InlineAttempt) -> None:
         self.stopped.append(begun.log)  # type: ignore[arg-type]
 
 
@@ -65,11 +71,13 @@ async def test_attempts_end_in_turns_without_a_task_each():
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             stepper = record.stepper(tg)
-            stepper.add(begun("none"), InlineAttempt(turns(0, "a"), None))
-            stepper.add(begun("one"), InlineAttempt(turns(1, [1]), None))
-            stepper.add(begun("three"), InlineAttempt(turns(3, {"x": 3}), None))
-            stepper.add(begun("fails"), InlineAttempt(raises(ValueError("bad")), None))
-            stepper.add(begun("for good"), InlineAttempt(raises(PermanentTaskError("never")), None))
+            stepper.add(begun("none"), InlineAttempt(turns(0, "a"), None), record)
+            stepper.add(begun("one"), InlineAttempt(turns(1, [1]), None), record)
+            stepper.add(begun("three"), InlineAttempt(turns(3, {"x": 3}), None), record)
+            stepper.add(begun("fails"), InlineAttempt(raises(ValueError("bad")), None), record)
+            stepper.add(
+                begun("for good"), InlineAttempt(raises(PermanentTaskError("never")), None), record
+            )
             for _ in range(3):
                 await anyio.lowlevel.checkpoint()
                 seen_tasks = max(seen_tasks, len(anyio.get_running_tasks()) - tasks_before)
@@ -97,8 +105,8 @@ async def test_an_attempt_that_waits_on_something_goes_on_in_a_task_of_its_own()
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             stepper = record.stepper(tg)
-            stepper.add(begun("waits"), InlineAttempt(waits(), None))
-            stepper.add(begun("quick"), InlineAttempt(turns(1, "q"), None))
+            stepper.add(begun("waits"), InlineAttempt(waits(), None), record)
+            stepper.add(begun("quick"), InlineAttempt(turns(1, "q"), None), record)
             await anyio.wait_all_tasks_blocked()
             assert record.in_task == ["waits"]
             assert record.ended == {"quick": Outcome("q")}
@@ -120,10 +128,10 @@ async def test_cancelling_the_run_stops_every_attempt_still_stepped_or_waiting()
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             stepper = record.stepper(tg)
-            stepper.add(begun("a"), InlineAttempt(forever("a"), None))
-            stepper.add(begun("b"), InlineAttempt(forever("b"), None))
-            stepper.add(begun("waits"), InlineAttempt(anyio.sleep_forever(), None))
-            stepper.add(begun("quick"), InlineAttempt(turns(1), None))
+            stepper.add(begun("a"), InlineAttempt(forever("a"), None), record)
+            stepper.add(begun("b"), InlineAttempt(forever("b"), None), record)
+            stepper.add(begun("waits"), InlineAttempt(anyio.sleep_forever(), None), record)
+            stepper.add(begun("quick"), InlineAttempt(turns(1), None), record)
             for _ in range(5):
                 await anyio.lowlevel.checkpoint()
             tg.cancel_scope.cancel()
@@ -137,11 +145,37 @@ async def test_the_stepper_starts_again_for_attempts_added_after_it_ended():
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             stepper = record.stepper(tg)
-            stepper.add(begun("first"), InlineAttempt(turns(1, 1), None))
+            stepper.add(begun("first"), InlineAttempt(turns(1, 1), None), record)
             await anyio.wait_all_tasks_blocked()
             assert record.ended == {"first": Outcome(1)}
-            stepper.add(begun("second"), InlineAttempt(turns(2, 2), None))
+            stepper.add(begun("second"), InlineAttempt(turns(2, 2), None), record)
     assert record.ended == {"first": Outcome(1), "second": Outcome(2)}
+
+
+async def test_an_attempt_withdrawn_is_stepped_no_more_and_the_rest_go_on():
+    record = Record()
+    closed: list[str] = []
+
+    async def forever() -> None:
+        try:
+            while True:
+                await anyio.lowlevel.checkpoint()
+        finally:
+            closed.append("withdrawn")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            stepper = record.stepper(tg)
+            withdrawn, attempt = begun("withdrawn"), InlineAttempt(forever(), None)
+            stepper.add(withdrawn, attempt, record)
+            stepper.add(begun("later"), InlineAttempt(turns(3, "l"), None), record)
+            await anyio.lowlevel.checkpoint()
+            assert stepper.withdraw(withdrawn)
+            assert not stepper.withdraw(withdrawn)  # once
+            attempt.stop()  # the owner's to stop
+    assert closed == ["withdrawn"]
+    assert record.ended == {"later": Outcome("l")}
+    assert record.stopped == []
 
 
 def test_a_lazy_log_binds_its_context_only_when_used():
