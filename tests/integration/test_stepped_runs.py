@@ -21,6 +21,7 @@ from tests.support.stores import keeping_state_in
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from cued.daemon.runtime.runner import Runner
     from cued.daemon.sdk.kinds import TaskContext
 
 
@@ -191,7 +192,7 @@ async def test_runs_beyond_the_task_slots_wait_in_line_and_one_cancelled_there_e
             ids = [(await runner.start_run("one")).run_id for _ in range(5)]
             await until(_turning(2))
             turning = set(Turns.turning)
-            assert runner.slots.tasks_waiting == 3
+            await until(_waiting(runner, 3))  # (driven runs on PostgreSQL get there later)
             in_line = [i for i in ids if i not in turning]
             cancelled = await runner.cancel(in_line[1])
             assert runner.slots.tasks_waiting == 2
@@ -217,5 +218,12 @@ async def test_runs_beyond_the_task_slots_wait_in_line_and_one_cancelled_there_e
 def _turning(n: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return len(Turns.turning) == n
+
+    return check
+
+
+def _waiting(runner: Runner, n: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return runner.slots.tasks_waiting == n
 
     return check
