@@ -141,9 +141,7 @@ async def test_cancelling_a_run_whose_attempt_is_being_stepped_stops_it_there(ma
     config = make_config(ONE_TASK)
     async with open_runner(config) as runner:
         with anyio.fail_after(20):
-            run_id = (await runner.start_run("one")).run_id
-            assert Turns.begun is not None
-            await Turns.begun.wait()
+            run_id = await _started_turning(runner)
             row = await runner.cancel(run_id, reason="no longer wanted")
             instances = {i.key: i.state for i in await runner.store.get_instances(run_id)}
             attempts = [(a.key, a.state) for a in await runner.store.get_attempts(run_id)]
@@ -164,9 +162,7 @@ async def test_a_runner_stopped_while_it_steps_an_attempt_interrupts_it_and_a_re
     config = make_config(ONE_TASK)
     async with open_runner(config) as runner:
         with anyio.fail_after(20):
-            run_id = (await runner.start_run("one")).run_id
-            assert Turns.begun is not None
-            await Turns.begun.wait()
+            run_id = await _started_turning(runner)
     async with open_runner(config, resume=False) as runner:
         interrupted = [(a.key, a.state) for a in await runner.store.get_attempts(run_id)]
     assert run_id not in Turns.turning
@@ -227,3 +223,11 @@ def _waiting(runner: Runner, n: int) -> Callable[[], Awaitable[bool]]:
         return runner.slots.tasks_waiting == n
 
     return check
+
+
+async def _started_turning(runner: Runner) -> str:
+    """Start a run of ``one``; its id once its attempt is being stepped."""
+    run_id = (await runner.start_run("one")).run_id
+    assert Turns.begun is not None
+    await Turns.begun.wait()
+    return run_id
