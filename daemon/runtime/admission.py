@@ -348,6 +348,12 @@ class Admission:
             if row is not None and limited(row):
                 self._release(row)
             return
+        if row.run_id in self._runs:
+            # placed in memory another way while it was read (a clean-clone CI run saw a
+            # node adopting runs drive one twice at once, the second from a cold read
+            # with its first start in it): a run is driven once; the other counts its key
+            backlog.dropped()
+            return
         run = ActiveRun(row, self._plan_of(row), prior, self._driving)
         self._runs[row.run_id] = run
         if limited(row):
