@@ -12,10 +12,12 @@ import pytest
 
 from tests.support.daemon import Daemon
 from tests.support.flood import none_unfinished, until
+from tests.support.flow_ledger import NOTED_ORDERS
 from tests.support.raw_http import free_port
 from tests.support.stores import StoreAt, fresh_database
 
-CONFIG = """
+CONFIG = (
+    """
 [http]
 listen = "127.0.0.1:{port}"
 [daemon]
@@ -23,24 +25,12 @@ state = "env:CUED_DATABASE_URL"
 node = "{node}"
 lease = "3s"
 shutdown_grace = "1s"
-
-[sources.orders]
-kind = "webhook"
-path = "/hooks/orders"
-
-[pipelines.sync]
-inputs = {{ ids = "" }}
-[pipelines.sync.tasks.note]
-kind = "shell"
-command = "echo {{{{ inputs.ids | shell_quote }}}} >> {ledger}"
-
-[[triggers]]
-source = "orders"
-pipeline = "sync"
-key = "{{{{ event.data.customer }}}}"
-inputs = {{ ids = "{{{{ event.batch | map(attribute='id') | join(' ') }}}}" }}
+"""
+    + NOTED_ORDERS
+    + """inputs = {{ ids = "{{{{ event.batch | map(attribute='id') | join(' ') }}}}" }}
 {flow}
 """
+)
 
 # long enough that the kill falls inside the windows, whatever the machine's load: the test
 # checks that they are held when it kills

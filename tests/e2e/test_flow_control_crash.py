@@ -13,32 +13,21 @@ import httpx
 import pytest
 
 from tests.support.daemon import Daemon, cued, query, wait_for
+from tests.support.flow_ledger import NOTED_ORDERS
 from tests.support.raw_http import free_port
 
-CONFIG = """
+CONFIG = (
+    """
 [http]
 listen = "127.0.0.1:{port}"
 
 [daemon]
 state = "state.db"
 shutdown_grace = "1s"
-
-[sources.orders]
-kind = "webhook"
-path = "/hooks/orders"
-
-[pipelines.sync]
-inputs = {{ ids = "" }}
-[pipelines.sync.tasks.note]
-kind = "shell"
-command = "echo {{{{ inputs.ids | shell_quote }}}} >> {ledger}"
-
-[[triggers]]
-source = "orders"
-pipeline = "sync"
-key = "{{{{ event.data.customer }}}}"
-{flow}
 """
+    + NOTED_ORDERS
+    + "{flow}\n"
+)
 
 # long enough that the kill falls inside the windows, whatever the machine's load: the test
 # checks that they are held when it kills
