@@ -66,8 +66,17 @@ class Match:
     priority: int = DEFAULT_PRIORITY
 
     def flow(self) -> dict[str, Any]:
-        """What the run it starts records for flow control: ``replace(row, **m.flow())``."""
-        return {"flow_key": self.key, "key_limit": self.key_limit, "priority": self.priority}
+        """What the run it starts records for flow control, beyond a run's defaults (no
+        key, no limit, the default priority): ``replace(row, **m.flow())``; empty for
+        most matches, which then need no copy of the row."""
+        flow: dict[str, Any] = {}
+        if self.key is not None:
+            flow["flow_key"] = self.key
+        if self.key_limit is not None:
+            flow["key_limit"] = self.key_limit
+        if self.priority != DEFAULT_PRIORITY:
+            flow["priority"] = self.priority
+        return flow
 
 
 def _view(event: EventLike) -> dict[str, Any]:

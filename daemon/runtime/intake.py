@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from cued.daemon.core.ids import now
-from cued.daemon.core.priorities import DEFAULT_PRIORITY
 from cued.daemon.core.tracecontext import parse_traceparent
 from cued.daemon.core.triggers import Match, match
 from cued.daemon.core.waits import event_output, first_match, matches
@@ -538,8 +537,8 @@ class DaemonIntake:
                 continue
             # what flow control counts it under, and where it waits for a slot (most
             # matches have nothing to add: a replace costs ~5 µs per run)
-            if m.key is not None or m.key_limit is not None or m.priority != DEFAULT_PRIORITY:
-                row = replace(row, **m.flow())
+            if flow := m.flow():
+                row = replace(row, **flow)
             started.append(row)
             if m.dedupe_key is not None:
                 # another daemon on the database may record the key at the same moment:

@@ -85,8 +85,10 @@ def test_without_a_key_a_limited_trigger_is_one_key_and_without_either_there_is_
     limited = parse_config(BASE + "concurrency = { limit = 1 }\n", file="config.toml")
     (m,), _ = match(limited.triggers, _event({}))
     assert (m.key, m.key_limit, m.priority) == ("orders->sync", 1, 5)
+    assert m.flow() == {"flow_key": "orders->sync", "key_limit": 1}  # the default priority
     (m,), _ = match(parse_config(BASE, file="config.toml").triggers, _event({}))
     assert (m.key, m.key_limit, m.priority) == (None, None, 5)
+    assert m.flow() == {}  # a run's defaults: its row is kept as made
 
 
 @pytest.mark.parametrize("rendered", ["12", "-1", "nine", "", "5.5"])
