@@ -1,18 +1,21 @@
-"""A group commit on SQLite: the statements of a batch (one ``executemany`` per table, each
-row's parameters read once per row class), its claimed events, and the transaction that
-writes them, on the writing connection's thread."""
+"""A group commit on SQLite: the statements of a batch (one per table, over all its rows:
+:mod:`cued.daemon.store._sqlite_bulk`; each row's parameters read once per row class), its
+claimed events, and the transaction that writes them, on the writing connection's thread."""
 
 from __future__ import annotations
 
 import sqlite3
+import typing
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from cued.daemon.store import EventRow, RunRow
 from cued.daemon.store._selects import _chunks
+from cued.daemon.store._sqlite_bulk import bulk_sql, put_rows
 from cued.daemon.store.rowjson import dumps
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     import aiosqlite
 
@@ -90,6 +93,41 @@ _JSON_FIELDS = frozenset(
 
 _BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
+_BULK = {
+    sql: bulk_sql(sql)
+    for sql in (
+        _UPSERT_RUN,
+        _PUT_INSTANCE,
+        _PUT_APPROVAL,
+        _PUT_DECISION,
+        _PUT_CANCEL,
+        _PUT_WAIT,
+        _PUT_ATTEMPT,
+        _PUT_OUTBOX,
+        _PUT_LOG_LINE,
+        _PUT_EVENT,
+        _CLAIM_EVENT,
+        _PUT_DEDUPE,
+        _PUT_CURSOR,
+        _PUT_WINDOW,
+        _PUT_HOLD,
+        _PUT_THROTTLE,
+    )
+}
+"""Each row-inserting statement as one statement over all its rows."""
+
+
+class _Statement(NamedTuple):
+    """One statement of a commit, run for each row of ``params``."""
+
+    sql: str
+    params: list[tuple[Any, ...]]
+    floats: tuple[int, ...] = ()
+    """Where a row's parameters may hold a float."""
+
+    def run(self, conn: sqlite3.Connection) -> None:
+        put_rows(conn, self.sql, _BULK.get(self.sql), self.params, self.floats)
+
 
 _Claimed = list[tuple[str, tuple[Any, ...], list[tuple[Any, ...]]]]
 """Each claimed event of a commit: its id, its row's parameters, its runs' parameters."""
@@ -103,12 +141,12 @@ def _claimed_work(batch: _Batch) -> _Claimed:
     return [(e.event_id, _params(e), by_event.get(e.event_id, [])) for e in events]
 
 
-def _statements(batch: _Batch) -> list[tuple[str, list[tuple[Any, ...]]]]:
+def _statements(batch: _Batch) -> list[_Statement]:
     """The statements of ``batch``'s transaction, each with its rows' parameters (but the
     claimed events' and their runs': :func:`_claimed_work`)."""
-    work: list[tuple[str, list[tuple[Any, ...]]]] = []
+    work: list[_Statement] = []
     if batch.gone:
-        work.append((_DELETE_INSTANCE, [(g.run_id, g.key) for g in batch.gone.values()]))
+        work.append(_Statement(_DELETE_INSTANCE, [(g.run_id, g.key) for g in batch.gone.values()]))
     events, runs = batch.unclaimed()
     for rows, sql in (
         (runs, _UPSERT_RUN),
@@ -130,21 +168,29 @@ def _statements(batch: _Batch) -> list[tuple[str, list[tuple[Any, ...]]]]:
         (batch.throttles.values(), _PUT_THROTTLE),
     ):
         if rows:
-            work.append((sql, [_params(row) for row in rows]))
+            work.append(_rows_of(sql, rows))
     # after the events and holds; each window's holds go before the next window is
     # settled, which then sees whether another window still holds an event of both
     for settled in batch.settled.values():
-        work.append((_SETTLE_WINDOW, [_params(settled)]))
+        work.append(_Statement(_SETTLE_WINDOW, [_params(settled)]))
         if settled.gone:
-            work.append((_HOLDS_GONE, [(settled.window_id,)]))
+            work.append(_Statement(_HOLDS_GONE, [(settled.window_id,)]))
     if batch.windows_gone:
         gone = [(g.window_id,) for g in batch.windows_gone.values()]
-        work += [(_HOLDS_GONE, gone), (_WINDOW_GONE, gone)]
+        work += [_Statement(_HOLDS_GONE, gone), _Statement(_WINDOW_GONE, gone)]
     return work
 
 
+def _rows_of(sql: str, rows: Iterable[Row]) -> _Statement:
+    """``sql`` over ``rows`` (not empty, of one class)."""
+    params = [_params(row) for row in rows]
+    for row in rows:  # the first: its class says where floats are
+        return _Statement(sql, params, _floats(type(row)))
+    return _Statement(sql, params)
+
+
 def _write_all(
-    db: aiosqlite.Connection, work: list[tuple[str, list[tuple[Any, ...]]]], claimed: _Claimed
+    db: aiosqlite.Connection, work: list[_Statement], claimed: _Claimed
 ) -> set[str] | None:
     """On the writing connection's thread: every statement of a group commit, then the
     commit. Returns the claimed events that were stored already (written neither they
@@ -153,8 +199,8 @@ def _write_all(
     conn = db._conn
     duplicates: set[str] = set()
     try:
-        for sql, params in work:
-            conn.executemany(sql, params)
+        for statement in work:
+            statement.run(conn)
         if claimed:
             # with the file's write lock (taken by the writes above, or here): no other
             # writer's event can come between what this reads and what it writes
@@ -167,8 +213,10 @@ def _write_all(
                 )
                 duplicates.update(event_id for (event_id,) in found)
             fresh = [c for c in claimed if c[0] not in duplicates]
-            conn.executemany(_CLAIM_EVENT, [event for _, event, _ in fresh])
-            conn.executemany(_UPSERT_RUN, [run for _, _, runs in fresh for run in runs])
+            events = [event for _, event, _ in fresh]
+            runs = [run for _, _, runs in fresh for run in runs]
+            _Statement(_CLAIM_EVENT, events, _floats(EventRow)).run(conn)
+            _Statement(_UPSERT_RUN, runs, _floats(RunRow)).run(conn)
         conn.commit()
     except sqlite3.OperationalError as exc:
         if exc.sqlite_errorcode not in _BUSY:
@@ -206,3 +254,27 @@ def _reader(cls: type) -> Callable[[Any], tuple[Any, ...]]:
         return tuple(values)
 
     return read
+
+
+_FLOATS: dict[type, tuple[int, ...]] = {}
+
+
+def _floats(cls: type) -> tuple[int, ...]:
+    """Where the parameters of a row of ``cls`` may hold a float (its fields typed so, but
+    the JSON ones, which are text by then); worked out once per class."""
+    found = _FLOATS.get(cls)
+    if found is None:
+        names: tuple[str, ...] = getattr(cls, "__slots__")  # noqa: B009 - as _reader
+        try:
+            hints = typing.get_type_hints(cls)
+        except NameError:  # a type named for type checkers only: every field is looked at
+            found = tuple(range(len(names)))
+        else:
+            found = tuple(
+                i
+                for i, name in enumerate(names)
+                if name not in _JSON_FIELDS
+                and float in (hints[name], *typing.get_args(hints[name]))
+            )
+        _FLOATS[cls] = found
+    return found

@@ -2,8 +2,9 @@
 
 One connection writes and one reads (WAL lets readers go on while the writer commits).
 Every submission joins the open batch; the writer commits a whole batch in one transaction
-with one ``executemany`` per table, so the cost of an fsync is shared by every state change
-that arrived meanwhile instead of paid by each. Before it takes a batch, the writer lets
+with one statement per table over all its rows, so the cost of an fsync is shared by every
+state change that arrived meanwhile instead of paid by each, and SQLite writes the rows
+without taking the GIL back row by row (:mod:`cued.daemon.store._sqlite_bulk`). Before it takes a batch, the writer lets
 whatever is ready to run have a turn or three of the event loop: an attempt that ends
 meanwhile replaces its start (left :meth:`~SqliteStore.provisional`) before the start is
 ever built.

@@ -1,0 +1,106 @@
+"""Many rows in one SQLite statement: the rows as one JSON array, unpacked by ``json_each``.
+
+Why: ``executemany`` steps its statement once per row, and Python's ``sqlite3`` lets go of
+the GIL around every step and takes it back after. The writer's thread then waits for the
+GIL once per row while the event loop's thread runs Python (up to the switch interval,
+5 ms, each time): a group commit of 3,000 rows took ~100 ms in the Kafka benchmark, and
+spent half of it waiting; with a busy thread beside it, 30 ms of inserts took seconds. One
+``INSERT ... SELECT ... FROM json_each(?)`` is one step: the GIL is let go once, and SQLite
+does the whole table's rows on the other core.
+
+The JSON text must read back as exactly the values ``executemany`` would bind, or the rows
+go through ``executemany`` as before (:func:`as_json` says None). orjson writes them, and
+SQLite's JSON reads them back as they were but for these, which fall back:
+
+* a string holding U+0000 (SQLite's JSON cuts the text there);
+* an integer beyond 53 bits (orjson's strict integers: SQLite reads one past 63 bits as
+  a float, where ``sqlite3`` refuses it; those within are exact but rare here);
+* a float that is not finite (orjson writes ``null``; SQLite stores an infinity, and a
+  ``NaN`` as NULL);
+* anything orjson does not write as ``sqlite3`` binds it: bytes, strings with lone
+  surrogates (which ``sqlite3`` refuses as before).
+
+``tests/unit/test_sqlite_bulk.py`` writes arbitrary rows both ways and compares the tables.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["as_json", "bulk_sql", "put_rows"]
+
+_VALUES = re.compile(r"\bVALUES \(((?:\?, )*\?)\)")
+
+
+def _json_works() -> bool:
+    """Whether this SQLite has its JSON functions (built in since 3.38, an extension
+    every common build had long before)."""
+    db = sqlite3.connect(":memory:")
+    try:
+        got = db.execute("SELECT json_extract(value, '$[0]') FROM json_each('[[1]]')").fetchall()
+    except sqlite3.Error:
+        return False
+    finally:
+        db.close()
+    return bool(got == [(1,)])
+
+
+_JSON_WORKS = _json_works()
+
+
+def bulk_sql(sql: str) -> str | None:
+    """``sql``, an ``INSERT ... VALUES (?, ...) [ON CONFLICT ...]`` of one row, as a
+    statement over every row of a JSON array (the one parameter); None for any other
+    statement, or if this SQLite has no JSON functions."""
+    found = _VALUES.search(sql)
+    if not _JSON_WORKS or found is None or not sql.lstrip().startswith("INSERT"):
+        return None
+    columns = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(found.group(1).count("?")))
+    # "WHERE true": an upsert after a SELECT needs a WHERE (SQLite's parser, see "upsert")
+    select = f"SELECT {columns} FROM json_each(?) WHERE true"
+    return sql[: found.start()] + select + sql[found.end() :]
+
+
+def as_json(params: Sequence[tuple[Any, ...]], floats: tuple[int, ...]) -> str | None:
+    """``params`` (rows of parameters) as a JSON array that SQLite's JSON reads back as
+    exactly these values, or None if it would not (see the module).
+
+    :param floats: where a row may hold a float (others are not looked at)
+    """
+    try:
+        text = orjson.dumps(params, option=orjson.OPT_STRICT_INTEGER)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return None
+    if b"\\u0000" in text:  # also an escaped one inside a JSON field: rare, and safe
+        return None
+    if b"null" in text and floats:  # orjson writes a NaN or an infinity as null
+        isfinite = math.isfinite
+        for row in params:
+            for i in floats:
+                value = row[i]
+                if type(value) is float and not isfinite(value):
+                    return None
+    return text.decode()
+
+
+def put_rows(
+    conn: sqlite3.Connection,
+    sql: str,
+    bulk: str | None,
+    params: Sequence[tuple[Any, ...]],
+    floats: tuple[int, ...],
+) -> None:
+    """Run ``sql`` for each row of ``params``: as ``bulk`` (its :func:`bulk_sql`) over all
+    of them in one statement where it can, else by ``executemany``."""
+    if bulk is not None and len(params) > 1 and (text := as_json(params, floats)) is not None:
+        conn.execute(bulk, (text,))
+    else:
+        conn.executemany(sql, params)
