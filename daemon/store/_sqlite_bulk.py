@@ -20,6 +20,12 @@ SQLite's JSON reads them back as they were but for these, which fall back:
 * anything orjson does not write as ``sqlite3`` binds it: bytes, strings with lone
   surrogates (which ``sqlite3`` refuses as before).
 
+Only from :data:`BULK_FROM` rows on: SQLite reading the JSON costs ~1 µs of CPU more per
+row than binding (~3 µs for a statement of two rows) and makes the commit longer, which
+a run's next task waits for. Where a statement has hundreds of rows (a flood's group
+commits) the GIL comes back hundreds of times, and one statement pays; below that it did
+not (BENCHMARKS.md, "One statement per table": at 32 rows the core workload lost 9 %).
+
 ``tests/unit/test_sqlite_bulk.py`` writes arbitrary rows both ways and compares the tables.
 """
 
@@ -28,14 +34,22 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
+from functools import partial
+from itertools import chain
+from operator import is_not, itemgetter
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
-__all__ = ["as_json", "bulk_sql", "put_rows"]
+__all__ = ["BULK_FROM", "as_json", "bulk_sql", "put_rows"]
+
+BULK_FROM = 256
+"""Statements of fewer rows go by ``executemany`` (see the module)."""
+
+_is_not_none = partial(is_not, None)
 
 _VALUES = re.compile(r"\bVALUES \(((?:\?, )*\?)\)")
 
@@ -81,14 +95,23 @@ def as_json(params: Sequence[tuple[Any, ...]], floats: tuple[int, ...]) -> str |
         return None
     if b"\\u0000" in text:  # also an escaped one inside a JSON field: rare, and safe
         return None
-    if b"null" in text and floats:  # orjson writes a NaN or an infinity as null
-        isfinite = math.isfinite
-        for row in params:
-            for i in floats:
-                value = row[i]
-                if type(value) is float and not isfinite(value):
-                    return None
+    if b"null" in text and floats and not _finite(params, floats):
+        return None  # orjson wrote a NaN or an infinity as null
     return text.decode()
+
+
+def _finite(params: Sequence[tuple[Any, ...]], floats: tuple[int, ...]) -> bool:
+    """Whether no row of ``params`` holds a NaN or an infinity where it may hold a float
+    (False also for finite floats near the largest, whose sum is not finite)."""
+    values: Iterable[Any] = map(itemgetter(*floats), params)
+    if len(floats) > 1:
+        values = chain.from_iterable(values)
+    try:  # the sum of the numbers, in C: a NaN or an infinity makes it not finite
+        return math.isfinite(sum(filter(_is_not_none, values)))
+    except TypeError:  # something else than a number where a float may be: one by one
+        return not any(
+            type(row[i]) is float and not math.isfinite(row[i]) for row in params for i in floats
+        )
 
 
 def put_rows(
@@ -97,10 +120,13 @@ def put_rows(
     bulk: str | None,
     params: Sequence[tuple[Any, ...]],
     floats: tuple[int, ...],
+    *,
+    least: int = BULK_FROM,
 ) -> None:
     """Run ``sql`` for each row of ``params``: as ``bulk`` (its :func:`bulk_sql`) over all
-    of them in one statement where it can, else by ``executemany``."""
-    if bulk is not None and len(params) > 1 and (text := as_json(params, floats)) is not None:
+    of them in one statement where it can and they are ``least`` rows or more, else by
+    ``executemany``."""
+    if bulk is not None and len(params) >= least and (text := as_json(params, floats)) is not None:
         conn.execute(bulk, (text,))
     else:
         conn.executemany(sql, params)

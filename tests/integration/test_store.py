@@ -5,6 +5,7 @@ everything is cancelled. Then what is each engine's own: migrations, query plans
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 import anyio
 import asyncpg
@@ -13,7 +14,8 @@ import pytest
 from cued.daemon.config.state import shown_url
 from cued.daemon.core.ids import new_id, now
 from cued.daemon.errors import StoreError
-from cued.daemon.store import AttemptRow, InstanceRow, RunRow
+from cued.daemon.store import AttemptRow, EventRow, InstanceRow, RunRow
+from cued.daemon.store._sqlite_bulk import BULK_FROM
 from cued.daemon.store.migrations import MIGRATIONS
 from cued.daemon.store.pg_migrations import PG_MIGRATIONS
 from cued.daemon.store.postgresql import DAEMON_LOCK, open_pg_store, pg_sql
@@ -89,6 +91,40 @@ async def test_many_submissions_share_few_commits_and_the_last_row_wins(store_at
     assert commits < 10, "each submission paid for its own commit"
     assert len(instances) == 10
     assert {i.attempts for i in instances} == set(range(990, 1000))
+
+
+@pytest.mark.parametrize("odd", [None, "nul \x00 in it"], ids=["plain", "a-nul-in-one-row"])
+async def test_a_commit_as_big_as_a_floods_reads_back_as_submitted(store_at, odd):
+    """Each table's rows in one statement (SQLite: as JSON), or row by row where one of
+    them holds what the JSON would not keep (PostgreSQL keeps no NUL: U+FFFD)."""
+    n = BULK_FROM + 10
+    runs = [
+        RunRow(new_id(), "p", "succeeded", {"i": i, "é": [None, 1.5]}, now(), now(), now() + 1)
+        for i in range(n)
+    ]
+    runs[7] = RunRow(runs[7].run_id, "p", "failed", {}, 1.0e9, None, 2.5, odd, priority=9)
+    events = [
+        EventRow(new_id(), "s", now(), "matched", {"n": i}, {"key": None}, (runs[i].run_id,))
+        for i in range(n)
+    ]
+    rows = [
+        *runs,
+        *events,
+        *(InstanceRow(r.run_id, "t", "t", None, "succeeded", 1, None, now()) for r in runs),
+        *(AttemptRow(r.run_id, "t", 1, "succeeded", now(), now(), None, '{"ok": 1}') for r in runs),
+    ]
+    async with store_at.open() as store:
+        await store.submit(rows).wait()
+        got_runs = await store.get_runs([r.run_id for r in runs])
+        got_events = await store.get_events([e.event_id for e in events])
+        attempts = await store.get_attempts(runs[7].run_id)
+        instances = await store.get_instances(runs[-1].run_id)
+    if odd is not None and store_at.kind == "postgresql":
+        runs[7] = replace(runs[7], error=odd.replace("\x00", "\ufffd"))
+    assert sorted(got_runs, key=lambda r: r.run_id) == sorted(runs, key=lambda r: r.run_id)
+    assert sorted(got_events, key=lambda e: e.event_id) == sorted(events, key=lambda e: e.event_id)
+    assert [(a.state, a.output) for a in attempts] == [("succeeded", {"ok": 1})]
+    assert [(i.key, i.state) for i in instances] == [("t", "succeeded")]
 
 
 async def test_unfinished_runs_come_back_with_the_outputs_of_succeeded_instances(store_at):

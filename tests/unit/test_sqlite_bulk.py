@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cued.daemon.store import EventRow, RunRow
-from cued.daemon.store._sqlite_bulk import as_json, bulk_sql, put_rows
+from cued.daemon.store._sqlite_bulk import BULK_FROM, as_json, bulk_sql, put_rows
 from cued.daemon.store._sqlite_commit import _BULK, _UPSERT_RUN, _rows_of
 
 # what a row's parameters hold: text (control characters, NUL, "null", non-ASCII),
@@ -52,7 +52,7 @@ def _table(rows: list[tuple[Any, ...]], sql: str, bulk: str | None) -> list[tupl
         db.text_factory = bytes
         db.execute(_TABLE)
         try:
-            put_rows(db, sql, bulk, rows, floats=(1, 2, 3))
+            put_rows(db, sql, bulk, rows, floats=(1, 2, 3), least=1)
         except (sqlite3.Error, UnicodeEncodeError, OverflowError) as exc:
             return [("refused", type(exc).__name__)]
         return db.execute(
@@ -77,6 +77,19 @@ def test_rows_of_any_values_end_as_executemany_leaves_them(
     assert bulk is not None
     # SQLite keeps no NaN (it stores NULL): the tables compare as plain values
     assert _table(rows, sql, bulk) == _table(rows, sql, None)
+
+
+@pytest.mark.parametrize(("rows", "statements"), [(BULK_FROM, 1), (BULK_FROM - 1, BULK_FROM - 1)])
+def test_many_rows_go_in_one_statement_few_row_by_row(rows: int, statements: int) -> None:
+    ran: list[str] = []
+    with sqlite3.connect(":memory:") as db:
+        db.execute(_TABLE)
+        db.set_trace_callback(ran.append)
+        put_rows(db, _INSERT, bulk_sql(_INSERT), [(k, "x", 1.5, "y") for k in range(rows)], (2,))
+        db.set_trace_callback(None)
+        assert db.execute("SELECT count(*) FROM t").fetchone() == (rows,)
+    inserts = [sql for sql in ran if sql.startswith("INSERT")]
+    assert len(inserts) == statements
 
 
 def test_values_json_would_change_go_through_executemany() -> None:
