@@ -49,6 +49,10 @@ __all__ = ["BULK_FROM", "as_json", "bulk_sql", "put_rows"]
 BULK_FROM = 256
 """Statements of fewer rows go by ``executemany`` (see the module)."""
 
+BULK_MAX_BYTES = 4 << 20
+"""Rows whose JSON is longer go by ``executemany``: the JSON is a copy of every value, and
+rows that large (big event bodies) are few per commit, so their GIL round trips are too."""
+
 _is_not_none = partial(is_not, None)
 
 _VALUES = re.compile(r"\bVALUES \(((?:\?, )*\?)\)")
@@ -93,7 +97,8 @@ def as_json(params: Sequence[tuple[Any, ...]], floats: tuple[int, ...]) -> str |
         text = orjson.dumps(params, option=orjson.OPT_STRICT_INTEGER)
     except TypeError:  # orjson.JSONEncodeError is one
         return None
-    if b"\\u0000" in text:  # also an escaped one inside a JSON field: rare, and safe
+    # a NUL (or an escaped one inside a JSON field's text: rare, and safe to send apart)
+    if len(text) > BULK_MAX_BYTES or b"\\u0000" in text:
         return None
     if b"null" in text and floats and not _finite(params, floats):
         return None  # orjson wrote a NaN or an infinity as null

@@ -12,7 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cued.daemon.store import EventRow, RunRow
-from cued.daemon.store._sqlite_bulk import BULK_FROM, as_json, bulk_sql, put_rows
+from cued.daemon.store._sqlite_bulk import (
+    BULK_FROM,
+    BULK_MAX_BYTES,
+    as_json,
+    bulk_sql,
+    put_rows,
+)
 from cued.daemon.store._sqlite_commit import _BULK, _UPSERT_RUN, _rows_of
 
 # what a row's parameters hold: text (control characters, NUL, "null", non-ASCII),
@@ -90,6 +96,12 @@ def test_many_rows_go_in_one_statement_few_row_by_row(rows: int, statements: int
         assert db.execute("SELECT count(*) FROM t").fetchone() == (rows,)
     inserts = [sql for sql in ran if sql.startswith("INSERT")]
     assert len(inserts) == statements
+
+
+def test_rows_too_big_for_one_json_text_go_row_by_row() -> None:
+    body = "x" * (BULK_MAX_BYTES // 4)
+    assert as_json([(1, body)] * 3, floats=()) is not None
+    assert as_json([(1, body)] * 5, floats=()) is None
 
 
 def test_values_json_would_change_go_through_executemany() -> None:
