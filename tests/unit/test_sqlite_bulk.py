@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from cued.daemon.store import EventRow, RunRow
 from cued.daemon.store._sqlite_bulk import (
+    BULK_CHUNK,
     BULK_FROM,
     BULK_MAX_BYTES,
     as_json,
@@ -58,7 +59,9 @@ def _table(rows: list[tuple[Any, ...]], sql: str, bulk: str | None) -> list[tupl
         db.text_factory = bytes
         db.execute(_TABLE)
         try:
-            put_rows(db, sql, bulk, rows, floats=(1, 2, 3), least=1)
+            # in chunks of three: a row meets its like in an earlier chunk, and chunks
+            # that go as JSON sit between chunks that go row by row
+            put_rows(db, sql, bulk, rows, floats=(1, 2, 3), least=1, chunk=3)
         except (sqlite3.Error, UnicodeEncodeError, OverflowError) as exc:
             return [("refused", type(exc).__name__)]
         return db.execute(
@@ -85,7 +88,10 @@ def test_rows_of_any_values_end_as_executemany_leaves_them(
     assert _table(rows, sql, bulk) == _table(rows, sql, None)
 
 
-@pytest.mark.parametrize(("rows", "statements"), [(BULK_FROM, 1), (BULK_FROM - 1, BULK_FROM - 1)])
+@pytest.mark.parametrize(
+    ("rows", "statements"),
+    [(BULK_FROM, 1), (BULK_FROM - 1, BULK_FROM - 1), (2 * BULK_CHUNK + 1, 3)],
+)
 def test_many_rows_go_in_one_statement_few_row_by_row(rows: int, statements: int) -> None:
     ran: list[str] = []
     with sqlite3.connect(":memory:") as db:
