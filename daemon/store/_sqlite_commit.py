@@ -184,9 +184,7 @@ def _statements(batch: _Batch) -> list[_Statement]:
 def _rows_of(sql: str, rows: Iterable[Row]) -> _Statement:
     """``sql`` over ``rows`` (not empty, of one class)."""
     params = [_params(row) for row in rows]
-    for row in rows:  # the first: its class says where floats are
-        return _Statement(sql, params, _floats(type(row)))
-    return _Statement(sql, params)
+    return _Statement(sql, params, _floats(type(next(iter(rows)))))
 
 
 def _write_all(
