@@ -44,7 +44,7 @@ import orjson
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-__all__ = ["BULK_FROM", "as_json", "bulk_sql", "put_rows"]
+__all__ = ["BULK_CHUNK", "BULK_FROM", "BULK_MAX_BYTES", "as_json", "bulk_sql", "put_rows"]
 
 BULK_FROM = 256
 """Statements of fewer rows go by ``executemany`` (see the module)."""
