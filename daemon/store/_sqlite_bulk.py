@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
-from functools import partial
+from functools import cache, partial
 from itertools import chain
 from operator import is_not, itemgetter
 from typing import TYPE_CHECKING, Any
@@ -79,6 +79,7 @@ def _json_works() -> bool:
 _JSON_WORKS = _json_works()
 
 
+@cache  # a handful of statements, each asked for at every commit
 def bulk_sql(sql: str) -> str | None:
     """``sql``, an ``INSERT ... VALUES (?, ...) [ON CONFLICT ...]`` of one row, as a
     statement over every row of a JSON array (the one parameter); None for any other
@@ -127,16 +128,15 @@ def _finite(params: Sequence[tuple[Any, ...]], floats: tuple[int, ...]) -> bool:
 def put_rows(
     conn: sqlite3.Connection,
     sql: str,
-    bulk: str | None,
     params: Sequence[tuple[Any, ...]],
     floats: tuple[int, ...],
     *,
     least: int = BULK_FROM,
     chunk: int = BULK_CHUNK,
 ) -> None:
-    """Run ``sql`` for each row of ``params``: if they are ``least`` rows or more, as
-    ``bulk`` (its :func:`bulk_sql`) over ``chunk`` rows at a time where it can, else by
-    ``executemany``."""
+    """Run ``sql`` for each row of ``params``: if they are ``least`` rows or more, as its
+    :func:`bulk_sql` over ``chunk`` rows at a time where it can, else by ``executemany``."""
+    bulk = bulk_sql(sql)
     if bulk is None or len(params) < least:
         conn.executemany(sql, params)
         return

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cued.daemon.store import EventRow, RunRow
 from cued.daemon.store._selects import _chunks
-from cued.daemon.store._sqlite_bulk import bulk_sql, put_rows
+from cued.daemon.store._sqlite_bulk import put_rows
 from cued.daemon.store.rowjson import dumps
 
 if TYPE_CHECKING:
@@ -93,29 +93,6 @@ _JSON_FIELDS = frozenset(
 
 _BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
-_BULK = {
-    sql: bulk_sql(sql)
-    for sql in (
-        _UPSERT_RUN,
-        _PUT_INSTANCE,
-        _PUT_APPROVAL,
-        _PUT_DECISION,
-        _PUT_CANCEL,
-        _PUT_WAIT,
-        _PUT_ATTEMPT,
-        _PUT_OUTBOX,
-        _PUT_LOG_LINE,
-        _PUT_EVENT,
-        _CLAIM_EVENT,
-        _PUT_DEDUPE,
-        _PUT_CURSOR,
-        _PUT_WINDOW,
-        _PUT_HOLD,
-        _PUT_THROTTLE,
-    )
-}
-"""Each row-inserting statement as one statement over all its rows."""
-
 
 class _Statement(NamedTuple):
     """One statement of a commit, run for each row of ``params``."""
@@ -126,7 +103,7 @@ class _Statement(NamedTuple):
     """Where a row's parameters may hold a float."""
 
     def run(self, conn: sqlite3.Connection) -> None:
-        put_rows(conn, self.sql, _BULK.get(self.sql), self.params, self.floats)
+        put_rows(conn, self.sql, self.params, self.floats)
 
 
 _Claimed = list[tuple[str, tuple[Any, ...], list[tuple[Any, ...]]]]
@@ -213,8 +190,8 @@ def _write_all(
             fresh = [c for c in claimed if c[0] not in duplicates]
             events = [event for _, event, _ in fresh]
             runs = [run for _, _, runs in fresh for run in runs]
-            _Statement(_CLAIM_EVENT, events, _floats(EventRow)).run(conn)
-            _Statement(_UPSERT_RUN, runs, _floats(RunRow)).run(conn)
+            put_rows(conn, _CLAIM_EVENT, events, _floats(EventRow))
+            put_rows(conn, _UPSERT_RUN, runs, _floats(RunRow))
         conn.commit()
     except sqlite3.OperationalError as exc:
         if exc.sqlite_errorcode not in _BUSY:

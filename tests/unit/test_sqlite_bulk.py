@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cued.daemon.store import EventRow, RunRow
+from cued.daemon.store import EventRow, RunRow, _sqlite_commit
 from cued.daemon.store._sqlite_bulk import (
     BULK_CHUNK,
     BULK_FROM,
@@ -20,7 +20,7 @@ from cued.daemon.store._sqlite_bulk import (
     bulk_sql,
     put_rows,
 )
-from cued.daemon.store._sqlite_commit import _BULK, _UPSERT_RUN, _rows_of
+from cued.daemon.store._sqlite_commit import _UPSERT_RUN, _rows_of
 
 # what a row's parameters hold: text (control characters, NUL, "null", non-ASCII),
 # integers (past 53 bits), finite floats (-0.0, subnormals, the largest), None, booleans
@@ -51,17 +51,20 @@ _UPSERT = """INSERT INTO t VALUES (?, ?, ?, ?)
 ON CONFLICT (k) DO UPDATE SET a = excluded.a, c = t.c || excluded.c WHERE excluded.b > t.b"""
 
 
-def _table(rows: list[tuple[Any, ...]], sql: str, bulk: str | None) -> list[tuple[Any, ...]]:
-    """The table after ``rows`` went in by ``put_rows`` (``bulk`` as its one statement),
+def _table(rows: list[tuple[Any, ...]], sql: str, *, bulk: bool) -> list[tuple[Any, ...]]:
+    """The table after ``rows`` went in by ``put_rows`` (``bulk``) or by ``executemany``,
     each value with its SQLite type (so 1 and 1.0 differ) and text as its bytes, or the
     error sqlite3 raised."""
     with sqlite3.connect(":memory:") as db:
         db.text_factory = bytes
         db.execute(_TABLE)
         try:
-            # in chunks of three: a row meets its like in an earlier chunk, and chunks
-            # that go as JSON sit between chunks that go row by row
-            put_rows(db, sql, bulk, rows, floats=(1, 2, 3), least=1, chunk=3)
+            if bulk:
+                # in chunks of three: a row meets its like in an earlier chunk, and chunks
+                # that go as JSON sit between chunks that go row by row
+                put_rows(db, sql, rows, floats=(1, 2, 3), least=1, chunk=3)
+            else:
+                db.executemany(sql, rows)
         except (sqlite3.Error, UnicodeEncodeError, OverflowError) as exc:
             return [("refused", type(exc).__name__)]
         return db.execute(
@@ -82,10 +85,9 @@ def test_rows_of_any_values_end_as_executemany_leaves_them(
             max_size=12,
         )
     )
-    bulk = bulk_sql(sql)
-    assert bulk is not None
+    assert bulk_sql(sql) is not None
     # SQLite keeps no NaN (it stores NULL): the tables compare as plain values
-    assert _table(rows, sql, bulk) == _table(rows, sql, None)
+    assert _table(rows, sql, bulk=True) == _table(rows, sql, bulk=False)
 
 
 @pytest.mark.parametrize(
@@ -97,7 +99,7 @@ def test_many_rows_go_in_one_statement_few_row_by_row(rows: int, statements: int
     with sqlite3.connect(":memory:") as db:
         db.execute(_TABLE)
         db.set_trace_callback(ran.append)
-        put_rows(db, _INSERT, bulk_sql(_INSERT), [(k, "x", 1.5, "y") for k in range(rows)], (2,))
+        put_rows(db, _INSERT, [(k, "x", 1.5, "y") for k in range(rows)], (2,))
         db.set_trace_callback(None)
         assert db.execute("SELECT count(*) FROM t").fetchone() == (rows,)
     inserts = [sql for sql in ran if sql.startswith("INSERT")]
@@ -132,9 +134,16 @@ def test_only_inserts_of_one_row_of_values_have_a_bulk_form() -> None:
 
 
 def test_the_store_writes_its_usual_rows_in_one_statement_per_table() -> None:
-    """Not the fallback by accident: every statement of a commit that puts rows has its
-    one-statement form, and the rows of runs and events go as JSON."""
-    assert all(_BULK.values()), [sql for sql, bulk in _BULK.items() if bulk is None]
+    """Not the fallback by accident: every statement of a commit that puts rows (each an
+    ``INSERT`` of the commit's module) has its one-statement form, and the rows of runs and
+    events go as JSON."""
+    inserts = [
+        sql
+        for sql in vars(_sqlite_commit).values()
+        if isinstance(sql, str) and sql.lstrip().startswith("INSERT")
+    ]
+    assert len(inserts) >= 16
+    assert [sql for sql in inserts if bulk_sql(sql) is None] == []
     runs = [RunRow(f"r{i}", "p", "queued", {"n": i}, 1733000000.5 + i) for i in range(3)]
     events = [
         EventRow(f"e{i}", "s", 1733000000.25, "matched", {"x": None}, {}, (f"r{i}",))
