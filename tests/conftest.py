@@ -74,6 +74,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(name)
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """At the end of the run (in the process that ran it, or that led its workers): the
+    migrated PostgreSQL templates go (see :mod:`tests.support.stores`)."""
+    if hasattr(session.config, "workerinput"):
+        return  # a worker: the others may still copy the template
+    import anyio
+
+    from tests.support.stores import drop_templates
+
+    anyio.run(drop_templates)
+
+
 def _markers_of(item: pytest.Item) -> set[str]:
     """The markers a test has by its folder and the fixtures it uses (see the docstring)."""
     found: set[str] = set()

@@ -50,7 +50,7 @@ async def test_the_windows_of_a_node_killed_with_9_are_released_by_the_other(
     ledger = tmp_path / "ledger"
     ports = {node: free_port() for node in ("n1", "n2")}
     daemons: dict[str, Daemon] = {}
-    async with fresh_database() as url:
+    async with fresh_database(migrated=True) as url:
         monkeypatch.setenv("CUED_DATABASE_URL", url)  # the daemons inherit it
         db = StoreAt("postgresql", url)
         for node, port in ports.items():

@@ -49,7 +49,7 @@ HOOKS = 120
 async def test_kill_9_of_a_daemon_on_postgresql_mid_flood_loses_and_doubles_nothing(
     tmp_path, monkeypatch
 ):
-    async with fresh_database() as url:
+    async with fresh_database(migrated=True) as url:
         monkeypatch.setenv("CUED_DATABASE_URL", url)  # the daemons inherit it
         await _kill_9_mid_flood(tmp_path, StoreAt("postgresql", url))
 

@@ -70,7 +70,7 @@ def node(tmp_path: Path, name: str, url: str, ledger: Path) -> tuple[Daemon, int
 async def test_a_decision_a_cancel_and_a_pause_made_on_one_daemon_reach_the_other(tmp_path):
     ledger = tmp_path / "ledger"
     ledger.touch()
-    async with fresh_database() as url:
+    async with fresh_database(migrated=True) as url:
         db = StoreAt("postgresql", url)
         (a, a_port), (b, b_port) = (node(tmp_path, n, url, ledger) for n in ("a", "b"))
         try:

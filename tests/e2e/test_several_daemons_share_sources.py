@@ -83,7 +83,7 @@ async def one_run_per_event(db: StoreAt, source: str) -> tuple[list[str], Counte
 
 
 async def test_a_schedule_tick_fires_once_in_two_daemons(tmp_path):
-    async with fresh_database() as url:
+    async with fresh_database(migrated=True) as url:
         db = StoreAt("postgresql", url)
         nodes = [node(tmp_path, name, url, "tick", SCHEDULE) for name in ("a", "b")]
         try:
@@ -110,7 +110,7 @@ async def test_each_file_of_a_shared_folder_is_recorded_by_one_daemon_through_a_
     drop = tmp_path / "drop"
     drop.mkdir()
     sources = FILES.format(folder=drop)
-    async with fresh_database() as url:
+    async with fresh_database(migrated=True) as url:
         db = StoreAt("postgresql", url)
         a, b = (node(tmp_path, name, url, "drop", sources) for name in ("a", "b"))
         names = [f"f{n:04d}.csv" for n in range(FILE_COUNT)]

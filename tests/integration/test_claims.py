@@ -36,7 +36,7 @@ def queued(pipeline: str = "p", priority: int = 5, **kw) -> RunRow:
 
 @pytest.fixture
 async def db() -> AsyncIterator[StoreAt]:
-    async with fresh_database() as url:
+    async with fresh_database(migrated=True) as url:
         yield StoreAt("postgresql", url)
 
 

@@ -61,7 +61,7 @@ class Clock:
 
 @pytest.fixture
 async def db() -> AsyncIterator[StoreAt]:
-    async with fresh_database() as url:
+    async with fresh_database(migrated=True) as url:
         yield StoreAt("postgresql", url)
 
 

@@ -109,7 +109,11 @@ async def _play(
     started: list[tuple[float, RunRow]] = []
     came: list[tuple[float, str]] = []
     turns = itertools.cycle(first)
-    async with fresh_database() as url, open_store_at(url) as a, open_store_at(url) as b:
+    async with (
+        fresh_database(migrated=True) as url,
+        open_store_at(url) as a,
+        open_store_at(url) as b,
+    ):
         stores: list[Store] = [a, b]
         nodes = [FlowControl(config, s, clock=clock) for s in stores]
         queues = [Runs(clock, started), Runs(clock, started)]

@@ -44,7 +44,7 @@ def started(n: int) -> list:
 
 @pytest.fixture
 async def db() -> AsyncIterator[StoreAt]:
-    async with fresh_database() as url:
+    async with fresh_database(migrated=True) as url:
         yield StoreAt("postgresql", url)
 
 

@@ -104,7 +104,7 @@ dedupe = "{{{{ event.data.key }}}}"
 
 @pytest.fixture
 async def db() -> AsyncIterator[StoreAt]:
-    async with fresh_database() as url:
+    async with fresh_database(migrated=True) as url:
         yield StoreAt("postgresql", url)
 
 

@@ -122,7 +122,7 @@ async def test_a_daemon_that_loses_its_database_stays_up_and_goes_on_once_it_is_
 ):
     ledger, go = tmp_path / "ledger", tmp_path / "go"
     ledger.touch()
-    async with fresh_database() as url:
+    async with fresh_database(migrated=True) as url:
         name = url.rsplit("/", 1)[1]
         db = StoreAt("postgresql", url)
         config = _config(tmp_path / "a", url, "a", ledger, go)
@@ -272,7 +272,7 @@ async def test_runs_adopted_while_a_daemon_was_cut_off_are_not_run_by_it_when_it
 ):
     ledger, go = tmp_path / "ledger", tmp_path / "go"
     ledger.touch()
-    async with fresh_database() as direct:
+    async with fresh_database(migrated=True) as direct:
         db = StoreAt("postgresql", direct)
         host, port = "127.0.0.1", 5432
         async with tcp_proxy(host, port) as proxy:
@@ -336,7 +336,7 @@ async def test_runs_adopted_while_a_daemon_was_cut_off_are_not_run_by_it_when_it
 async def test_a_node_that_cannot_renew_its_lease_stops_its_tasks_and_joins_again(tmp_path):
     ledger, go = tmp_path / "ledger", tmp_path / "go"
     ledger.touch()
-    async with fresh_database() as url:
+    async with fresh_database(migrated=True) as url:
         db = StoreAt("postgresql", url)
         config = _config(tmp_path / "a", url, "a", ledger, go, lease="2s")
         async with (

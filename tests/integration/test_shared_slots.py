@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 async def db() -> AsyncIterator[StoreAt]:
-    async with fresh_database() as url:
+    async with fresh_database(migrated=True) as url:
         yield StoreAt("postgresql", url)
 
 
