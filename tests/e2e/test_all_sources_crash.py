@@ -8,10 +8,14 @@ import socket
 
 import anyio
 import httpx
-from aiokafka import AIOKafkaProducer
 
 from tests.support.daemon import Daemon, query, wait_for
-from tests.support.kafka_broker import committed_offsets, create_topics, unique_name
+from tests.support.kafka_broker import (
+    committed_offsets,
+    create_topics,
+    started_producer,
+    unique_name,
+)
 
 CONFIG = """
 [http]
@@ -99,14 +103,10 @@ async def test_kill_9_while_events_pour_in_from_every_source_loses_and_doubles_n
             if response.status_code in (200, 202):
                 acked[f"d{n}"] = response.json()["event_id"]
 
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
-    await producer.start()
-    try:
+    async with started_producer(kafka.bootstrap) as producer:
         for n in range(ORDERS):
             await producer.send(topic, json.dumps({"n": n}).encode())
         await producer.flush()
-    finally:
-        await producer.stop()
 
     daemon = Daemon(config, state)
     await daemon.start()

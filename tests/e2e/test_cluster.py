@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING
 
 import anyio
 import httpx
-from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from tests.support.daemon import Daemon, cued
 from tests.support.flood import none_unfinished, until
 from tests.support.kafka_broker import (
     committed_offsets,
     create_topics,
+    started_producer,
     unique_name,
 )
 from tests.support.raw_http import free_port
@@ -121,7 +121,7 @@ CHUNKS = 20
 async def test_three_nodes_share_a_flood_and_adopt_the_runs_of_one_killed_with_9(
     tmp_path, monkeypatch
 ):
-    async with fresh_database() as url:
+    async with fresh_database(migrated=True) as url:
         monkeypatch.setenv("CUED_DATABASE_URL", url)  # the daemons inherit it
         db = StoreAt("postgresql", url)
         async with _cluster(tmp_path, db) as cluster:
@@ -144,9 +144,7 @@ async def test_three_nodes_share_webhooks_a_kafka_group_and_a_schedule_through_k
     async def produce(cluster: Cluster) -> None:
         """The messages in chunks, each once the sender has tried as many webhooks: they
         pour in beside the webhooks, through the kill and the cut."""
-        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=5)
-        await producer.start()
-        try:
+        async with started_producer(kafka.bootstrap, linger_ms=5) as producer:
             for chunk in range(CHUNKS):
                 await until(lambda c=chunk: _tried(cluster, c * HOOKS // CHUNKS), 120)
                 numbers = range(chunk * MESSAGES // CHUNKS, (chunk + 1) * MESSAGES // CHUNKS)
@@ -157,15 +155,13 @@ async def test_three_nodes_share_webhooks_a_kafka_group_and_a_schedule_through_k
                 for m, delivery in sent.items():
                     taken = await delivery
                     produced[f"orders:{topic}:{taken.partition}:{taken.offset}"] = m
-        finally:
-            await producer.stop()
 
     async def kafka_and_ticks_in() -> bool:
         return len(await db.query(_OF_SOURCE, "orders")) >= 30 and (
             len(await db.query(_OF_SOURCE, "tick")) >= 2
         )
 
-    async with fresh_database() as url:
+    async with fresh_database(migrated=True) as url:
         monkeypatch.setenv("CUED_DATABASE_URL", url)
         db = StoreAt("postgresql", url)
         async with _cluster(tmp_path, db, sources + TICKS) as cluster:
@@ -366,8 +362,9 @@ async def _chaos(cluster: Cluster, also: Callable[[], Awaitable[bool]] | None = 
     pid = n3.process.pid
     _dead(cluster.tmp_path, n3)
     cut = await db.query(_TERMINATE, f"cued:{pid}")
-    assert cut
-    assert all(ok for (ok,) in cut)
+    # (false for a connection that ended on its own between the read of pg_stat_activity
+    # and its terminate, such as the lease's after a renewal timed out: gone already)
+    assert any(ok for (ok,) in cut), cut
     await until(lambda: _logged(n3, "database_reconnected"), 120)
     # what the incarnation before the cut ran is over: the ledgers go on with the new one
     _dead(cluster.tmp_path, n3)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 
-from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
-
 from tests.support.daemon import Daemon, query, wait_for
-from tests.support.kafka_broker import committed_offsets, create_topics, unique_name
+from tests.support.kafka_broker import (
+    committed_offsets,
+    create_topics,
+    started_producer,
+    unique_name,
+)
 from tests.support.kafka_source import eventually
 from tests.support.raw_http import free_port
 
@@ -47,14 +50,10 @@ async def test_kill_9_with_two_batches_in_flight_commits_nothing_ahead_and_loses
 ):
     topic, group = unique_name("orders"), unique_name("cued")
     await create_topics(kafka.bootstrap, topic, partitions=PARTITIONS)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=5)
-    await producer.start()
-    try:
+    async with started_producer(kafka.bootstrap, linger_ms=5) as producer:
         for n in range(MESSAGES):
             await producer.send(topic, json.dumps({"n": n}).encode(), partition=n % PARTITIONS)
         await producer.flush()
-    finally:
-        await producer.stop()
     config = tmp_path / "config.toml"
     config.write_text(
         CONFIG.format(port=free_port(), bootstrap=kafka.bootstrap, topic=topic, group=group)

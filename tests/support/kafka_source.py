@@ -7,7 +7,9 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from aiokafka import AIOKafkaProducer, ConsumerRecord  # type: ignore[import-untyped]
+from aiokafka import ConsumerRecord  # type: ignore[import-untyped]
+
+from tests.support.kafka_broker import started_producer
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -49,15 +51,11 @@ async def produce(
     headers: list[tuple[str, bytes]] | None = None,
     partition: int | None = None,
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
+    async with started_producer(bootstrap) as producer:
         for value in values:
             await producer.send_and_wait(
                 topic, to_bytes(value), key=key, headers=headers, partition=partition
             )
-    finally:
-        await producer.stop()
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = WAIT_S) -> Any:
