@@ -48,7 +48,7 @@ from cued.daemon.assembly._daemon import run_daemon
 from cued.daemon.assembly._info import DaemonInfo
 from cued.daemon.assembly._parts import open_intake, open_runner
 from cued.daemon.assembly._state import copy_state_between, open_state
-from cued.daemon.web.control import control_socket_path
+from cued.daemon.web.control_path import control_socket_path
 
 __all__ = [
     "DaemonInfo",

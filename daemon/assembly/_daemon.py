@@ -20,7 +20,7 @@ from cued.daemon.reading import make_state_folder
 from cued.daemon.runtime.reconnect import DatabaseLink
 from cued.daemon.service.watchdog import keep_alive
 from cued.daemon.store.postgresql import lost_database
-from cued.daemon.web.control import control_socket_path
+from cued.daemon.web.control_path import control_socket_path
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

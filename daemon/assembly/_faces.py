@@ -17,8 +17,8 @@ from cued.daemon.web.control import (
     ControlGuard,
     PeerCredentials,
     bind_control_socket,
-    control_socket_path,
 )
+from cued.daemon.web.control_path import control_socket_path
 from cued.daemon.web.outage import Switch, outage_app
 from cued.daemon.web.server import PerConnection, serve_asgi
 

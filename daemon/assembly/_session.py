@@ -24,7 +24,8 @@ from cued.daemon.runtime.sources import SourceSet
 from cued.daemon.runtime.supervision import Supervision
 from cued.daemon.service.watchdog import ServiceNotices
 from cued.daemon.web.api import Caller, Users, build_app
-from cued.daemon.web.control import ControlAccess, control_socket_path
+from cued.daemon.web.control import ControlAccess
+from cued.daemon.web.control_path import control_socket_path
 from cued.daemon.web.front import WebFront
 from cued.daemon.web.live import Live, publish_committed
 from cued.daemon.web.ui import with_ui

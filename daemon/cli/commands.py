@@ -20,36 +20,27 @@ import anyio
 import httpx
 from pydantic import ValidationError
 
-from cued.daemon.assembly import (
-    control_socket_path,
-    copy_state_between,
-    open_intake,
-    open_runner,
-    open_state,
-    run_daemon,
-)
 from cued.daemon.cli import render
 from cued.daemon.config import Config, DaemonConfig, load_config
 from cued.daemon.config.moments import parse_moment
 from cued.daemon.config.starter import STARTER_CONFIG, STARTER_DROP_FOLDER
-from cued.daemon.config.strict import environment_problems
+from cued.daemon.config.state import read_state_settings
 from cued.daemon.core import untrusted
 from cued.daemon.core.ids import now
 from cued.daemon.errors import ConfigError, CuedError, DaemonUnavailable, NotFound
 from cued.daemon.logs import configure_logging, get_logger
-from cued.daemon.ops import commands, trials
-from cued.daemon.ops.backfill import MAX_CONCURRENCY, backfill, backfill_events
-from cued.daemon.ops.follow import RunSettled, follow
-from cued.daemon.ops.queries import Queries
-from cued.daemon.ops.replay import ReplayRequest, replay
-from cued.daemon.web.control import os_user_name
-from cued.daemon.web.schemas import ReplayResult
+from cued.daemon.web.control_path import control_socket_path, os_user_name
 
+# Imported where a command needs them, not here: the daemon's wiring (the assembly, with
+# the web server, the store and every connector), the actions and the reads of ops, the
+# API's models. A command that goes through the running daemon's socket needs none of
+# them, and they are most of a second of its start (bench/cli.py).
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Awaitable, Callable
 
     from cued.daemon.ops.host import Daemon
+    from cued.daemon.ops.queries import Queries
     from cued.daemon.store import RunRow
 
 __all__ = ["run"]
@@ -61,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
         return _init(args)
     if args.command in ("reload", "config", "status"):
         # these must work when the file is invalid: a rollback is how to mend it, and
-        # the daemon runs on its last good configuration meanwhile
-        config = _state_of(args.config)
+        # the daemon runs on its last good configuration meanwhile; reload and status
+        # only ask the daemon, and read no more of the file than where its socket is
+        config = _state_of(args.config, whole=args.command == "config")
         configure_logging(config.daemon.log_level)
         return anyio.run(_COMMANDS[args.command], config, args)
     if args.command == "store":  # no configuration: both stores are named
@@ -72,8 +64,11 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "service":
         return _service(config, args)
     if args.command == "validate":
-        if args.strict and (problems := environment_problems(config, args.config)):
-            raise ConfigError(problems, list(config.warnings))
+        if args.strict:
+            from cued.daemon.config.strict import environment_problems
+
+            if problems := environment_problems(config, args.config):
+                raise ConfigError(problems, list(config.warnings))
         for warning in config.warnings:
             sys.stderr.write(f"{warning}\n")
         pipelines = len(config.pipelines)
@@ -83,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         render.out(f"{args.config}: valid ({pipelines} pipelines, {tasks} tasks{warned}){here}")
         return 0
     if args.command == "run":
+        from cued.daemon.assembly import run_daemon
+
         log = get_logger()
         for warning in config.warnings:
             log.warning("config_warning", problem=str(warning))
@@ -182,6 +179,10 @@ async def _trigger(config: Config, args: argparse.Namespace) -> int:
         response = await _control(config, "POST", path, {"inputs": inputs})
     except DaemonUnavailable:
         # no daemon on this state file: run it here, to the end
+        from cued.daemon.assembly import open_runner
+        from cued.daemon.ops import commands
+        from cued.daemon.ops.queries import Queries
+
         async with open_runner(config) as daemon:
             run_id = (await commands.trigger(daemon, args.pipeline, inputs)).run_id
             if args.pipeline in daemon.paused:
@@ -198,6 +199,8 @@ async def _trigger(config: Config, args: argparse.Namespace) -> int:
         render.out(f"started run {data['run_id']} of {args.pipeline}")
         return 0
     # the run is followed in the state file the daemon writes, as it goes
+    from cued.daemon.assembly import open_state
+
     async with open_state(config) as state:
         if data.get("state") == "queued" and args.pipeline in await state.queries.paused():
             render.out(_waits_paused(args.pipeline, data["run_id"]))
@@ -209,6 +212,10 @@ async def _trigger(config: Config, args: argparse.Namespace) -> int:
 
 async def _events(config: Config, args: argparse.Namespace) -> int:
     """``cued events replay`` (``cued events`` alone is a read: :mod:`.reads`)."""
+    from cued.daemon.ops import commands
+    from cued.daemon.ops.replay import ReplayRequest, replay
+    from cued.daemon.web.schemas import ReplayResult
+
     request = ReplayRequest(
         event_id=args.event_id,
         source=args.replay_source,
@@ -252,6 +259,8 @@ def _say_replay(data: dict[str, Any]) -> int:
 async def _backfill(config: Config, args: argparse.Namespace) -> int:
     # the ticks are listed here (checking the arguments, with no daemon asked), then
     # fired in groups of --concurrency: by the daemon, one request per group, or here
+    from cued.daemon.ops.backfill import MAX_CONCURRENCY, backfill, backfill_events
+
     at = now()
     ticks = await backfill_events(config, args.source, args.start, args.end, at=at)
     # the groups' spans are sent as instants: "-1h" would move with the daemon's clock
@@ -278,6 +287,8 @@ async def _backfill(config: Config, args: argparse.Namespace) -> int:
         # a probe: with no daemon, everything is done here below
         await _control(config, "GET", "/api/v1/status")
     except DaemonUnavailable:
+        from cued.daemon.assembly import open_intake
+
         async with open_intake(config) as (runner, intake):
             report = await backfill(
                 runner,
@@ -322,6 +333,8 @@ async def _backfill(config: Config, args: argparse.Namespace) -> int:
 async def _follow_run(queries: Queries, run_id: str) -> RunRow:
     """Show run ``run_id``'s tasks as they start and end; its row once it has ended (or
     waits for a decision)."""
+    from cued.daemon.ops.follow import RunSettled, follow
+
     with render.run_view() as view:
         async with aclosing(follow(queries, run_id)) as changes:
             async for change in changes:
@@ -338,6 +351,8 @@ async def _act(
     try:
         return dict((await _control(config, "POST", path, body)).json())
     except DaemonUnavailable:
+        from cued.daemon.assembly import open_runner
+
         async with open_runner(config) as daemon:
             return await here(daemon)
 
@@ -352,6 +367,8 @@ def _say_run(data: dict[str, Any]) -> int:
 
 async def _cancel(config: Config, args: argparse.Namespace) -> int:
     async def here(daemon: Daemon) -> dict[str, Any]:
+        from cued.daemon.ops import commands
+
         return _fields(await commands.cancel(daemon, args.run_id))
 
     data = await _act(config, f"/api/v1/runs/{args.run_id}/cancel", None, here)
@@ -363,6 +380,8 @@ async def _retry(config: Config, args: argparse.Namespace) -> int:
     downstream = getattr(args, "downstream", True)
 
     async def here(daemon: Daemon) -> dict[str, Any]:
+        from cued.daemon.ops import commands
+
         row = await commands.rerun(daemon, args.run_id, tasks=args.task, downstream=downstream)
         return _fields(await commands.wait(daemon, row.run_id))
 
@@ -387,6 +406,8 @@ async def _decide(config: Config, args: argparse.Namespace) -> int:
         body["payload"] = parsed.data
 
     async def here(daemon: Daemon) -> dict[str, Any]:
+        from cued.daemon.ops import commands
+
         found = await commands.decide(
             daemon,
             args.run_id,
@@ -418,6 +439,8 @@ async def _pause(config: Config, args: argparse.Namespace) -> int:
     who = os_user_name(os.geteuid())  # as the daemon names us over the control socket
 
     async def here(daemon: Daemon) -> dict[str, Any]:
+        from cued.daemon.ops import commands
+
         if pausing:
             await commands.pause(daemon, args.pipeline, who=who)
             return {"paused": True, "when_paused": config.pipelines[args.pipeline].when_paused}
@@ -483,6 +506,9 @@ async def _prune(config: Config, args: argparse.Namespace) -> int:
             response = await _control(config, "POST", "/api/v1/retention/prune")
         done = dict(response.json())
     except DaemonUnavailable:
+        from cued.daemon.assembly import open_state
+        from cued.daemon.ops import commands
+
         async with open_state(config) as state:
             done = await commands.prune(state, dry_run=args.dry_run)
     cutoffs = done["cutoffs"]
@@ -521,6 +547,8 @@ async def _store_copy(args: argparse.Namespace) -> int:
         sys.stderr.write(f"\r{table}: {rows} rows")
         sys.stderr.flush()
 
+    from cued.daemon.assembly import copy_state_between
+
     counts = await copy_state_between(args.source, args.target, progress=progress)
     sys.stderr.write("\n")
     render.table([["TABLE", "ROWS"], *([table, str(n)] for table, n in counts.items())])
@@ -550,6 +578,9 @@ def _init(args: argparse.Namespace) -> int:
 
 
 async def _triggers(config: Config, args: argparse.Namespace) -> int:
+    from cued.daemon.assembly import open_state
+    from cued.daemon.ops import trials
+
     async with open_state(config) as state:
         tried = await trials.try_trigger(
             state.queries, args.trigger, last=args.last, event_id=args.event
@@ -594,23 +625,37 @@ async def _triggers(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _state_of(path: str) -> Config:
-    """The configuration at ``path``, or, if it is invalid, one with only its ``[daemon]
-    state`` (which says where the daemon's state and control socket are).
+def _state_of(path: str, *, whole: bool) -> Config:
+    """The configuration at ``path``, or one with only its ``[daemon] state`` (which says
+    where the daemon's state and control socket are): that alone unless ``whole``, if its
+    ``[daemon]`` table is plainly valid; else if the whole file is invalid.
 
     :raises ConfigError: if not even that can be read
     """
+    if not whole and read_state_settings(path) is not None:
+        lenient = _daemon_only(path)
+        if lenient is not None:
+            return lenient
     try:
         return load_config(path)
-    except ConfigError as exc:
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-            state = raw.get("daemon", {}).get("state", DaemonConfig().state)
-            lenient = Config(daemon=DaemonConfig(state=state))
-        except (OSError, ValueError, AttributeError, ValidationError):
-            raise exc from None
-        lenient._base_dir = Path(path).absolute().parent
+    except ConfigError:
+        lenient = _daemon_only(path)
+        if lenient is None:
+            raise
         return lenient
+
+
+def _daemon_only(path: str) -> Config | None:
+    """A configuration of only the ``[daemon] state`` of the file at ``path``, if it has
+    one that reads."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        state = raw.get("daemon", {}).get("state", DaemonConfig().state)
+        lenient = Config(daemon=DaemonConfig(state=state))
+    except (OSError, ValueError, AttributeError, ValidationError):
+        return None
+    lenient._base_dir = Path(path).absolute().parent
+    return lenient
 
 
 async def _reload(config: Config, args: argparse.Namespace) -> int:
@@ -637,6 +682,8 @@ def _say_reload(outcome: dict[str, Any]) -> int:
 
 async def _config(config: Config, args: argparse.Namespace) -> int:
     verb = args.config_command
+    from cued.daemon.assembly import open_state
+
     async with open_state(config) as state:
         queries = state.queries
         if verb == "history":

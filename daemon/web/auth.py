@@ -41,7 +41,8 @@ from cued.daemon.ops.queries import Queries
 from cued.daemon.ops.status import Supervised
 from cued.daemon.runtime.metrics import Metrics
 from cued.daemon.sdk.sources import Intake
-from cued.daemon.web.control import ControlAccess, Peer, os_user_name, peer_of
+from cued.daemon.web.control import ControlAccess, Peer, peer_of
+from cued.daemon.web.control_path import os_user_name
 from cued.daemon.web.live import Live
 from cued.daemon.web.peers import tcp_client_uid
 from cued.daemon.web.schemas import ErrorResponse, LoginBody, Session, SessionCreated

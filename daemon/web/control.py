@@ -1,4 +1,5 @@
-"""The control socket: the CLI's way into the running daemon, where it is and who may use it.
+"""The control socket: the CLI's way into the running daemon, who may use it (where it is:
+:mod:`cued.daemon.web.control_path`).
 
 ```
 STATE.d/                a folder beside the state file (cued.db -> cued.db.d/), owned by
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import grp
 import os
-import pwd
 import socket
 import stat
 import struct
@@ -32,6 +32,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cued.daemon.errors import CuedError
 from cued.daemon.sdk.http_errors import error_response
+from cued.daemon.web.control_path import os_user_name
 
 if TYPE_CHECKING:
     import asyncio
@@ -45,39 +46,11 @@ __all__ = [
     "Peer",
     "PeerCredentials",
     "bind_control_socket",
-    "control_socket_path",
-    "os_user_name",
     "peer_of",
 ]
 
-_MAX_SUN_PATH = 107  # sun_path is 108 bytes on Linux, with the path's terminating NUL
 _PEER_KEY = "cued.peer"
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-def control_socket_path(state: Path) -> Path:
-    """The daemon's control socket for the state file ``state``: ``STATE.d/control.sock``.
-
-    :raises CuedError: if the path is too long for a Unix socket
-    """
-    state = state.resolve()
-    path = state.with_name(state.name + ".d") / "control.sock"
-    size = len(os.fsencode(path))
-    if size > _MAX_SUN_PATH:
-        raise CuedError(
-            f"the control socket {str(path)!r} would be {size} bytes long, and a Unix "
-            f"socket's path may have at most {_MAX_SUN_PATH}: move the state file "
-            f"([daemon] state) to a folder with a shorter path"
-        )
-    return path
-
-
-def os_user_name(uid: int) -> str:
-    """The login name of ``uid``, or ``uid:N`` if it has none."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid:{uid}"
 
 
 @dataclass(frozen=True)

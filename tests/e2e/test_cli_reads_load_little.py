@@ -1,8 +1,10 @@
 """The CLI's reads (``cued runs``, ``show``, ``events``, ``approvals``, ``logs``) and
 ``cued --help`` load neither the web stack, Kafka, HTTP, the configuration's models nor
-structlog and rich, beside a running daemon or with none: what each process imported is
-read from its ``sys.modules`` at the end, so a heavy import that creeps back in fails here
-(how long they take is measured in bench/cli.py, never in a test)."""
+structlog and rich, beside a running daemon or with none; and the commands that only ask
+the daemon through its socket (``cued status``, ``reload``) load neither its server nor
+its wiring. What each process imported is read from its ``sys.modules`` at the end, so a
+heavy import that creeps back in fails here (how long they take is measured in
+bench/cli.py, never in a test)."""
 
 from __future__ import annotations
 
@@ -60,6 +62,21 @@ HEAVY = (
     "cued.plugins",
 )
 
+#: Modules a command through the daemon's socket must not load: it parses the config's
+#: ``[daemon]`` table and speaks HTTP, no more.
+SERVER = (
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "aiokafka",
+    "cued.daemon.assembly",
+    "cued.daemon.runtime",
+    "cued.daemon.web.control",
+    "cued.daemon.web.api",
+    "cued.connectors",
+    "cued.plugins",
+)
+
 #: Runs the command line as ``cued`` does, then writes the names in sys.modules.
 HOOK = """
 import json, sys
@@ -88,8 +105,8 @@ def run_and_list_modules(tmp_path, config, *args):
     return done.stdout, set(found["modules"])
 
 
-def heavy(modules):
-    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+def heavy(modules, of=HEAVY):
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in of))
 
 
 @pytest.fixture
@@ -129,6 +146,12 @@ async def test_reads_beside_a_running_daemon_load_no_more(tmp_path, config_with_
     await daemon.start()
     try:
         assert_reads_load_little(tmp_path, config, run_id)
+        out, modules = run_and_list_modules(tmp_path, config, "status")
+        assert "config version: 1" in out, out
+        assert heavy(modules, SERVER) == []
+        out, modules = run_and_list_modules(tmp_path, config, "reload")
+        assert "reloaded" in out, out
+        assert heavy(modules, SERVER) == []
     finally:
         daemon.stop()
 
