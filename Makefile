@@ -67,12 +67,16 @@ $(SYSTEMD_ANALYZE):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y systemd \
 		|| (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y systemd)
 
-# Three workers on two cores: most tests wait on processes, sockets and fsync, not on a
-# core (and every test waits for conditions, never for a time, so a loaded core slows it
-# without failing it); work stealing hands the long crash and cluster tests' tail to a
-# worker that is free. On this machine: 6m51s with three, 10m35s with two.
+# Four workers on two cores: most tests wait on processes, sockets, leases and fsync, not
+# on a core (and every test waits for conditions, never for a time, so a loaded core slows
+# it without failing it); work stealing hands the long crash and cluster tests' tail to a
+# worker that is free. Python may cache bytecode even where the shell says not to
+# (PYTHONDONTWRITEBYTECODE): the suite starts the daemon and the CLI as processes some
+# hundreds of times, and without the cache each compiles cued's ~190 modules again
+# (a quarter of a second of CPU each time). On this machine (BENCHMARKS.md, "The suite's
+# time"): 8m53s with three workers and no cache, 7m51s with four.
 test: check $(CHROMIUM) $(CURL) $(SYSTEMD_ANALYZE)
-	$(BIN)/pytest -q -n 3 --dist worksteal
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -n 4 --dist worksteal
 
 # Lanes (tests/conftest.py): tests/unit/ is pure, tests/integration/ uses one real component
 # (SQLite, loopback HTTP, the Kafka broker, a daemon in-process), tests/e2e/ processes and
