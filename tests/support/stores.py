@@ -78,6 +78,10 @@ async def _make_template(admin: asyncpg.Connection) -> None:
         finally:
             await db.close()
         await admin.execute(f'ALTER DATABASE "{building}" RENAME TO "{TEMPLATE}"')
+        # no session, autovacuum's included, may be in it when a copy is made of it
+        await admin.execute(
+            f'ALTER DATABASE "{TEMPLATE}" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false'
+        )
     finally:
         await admin.execute("SELECT pg_advisory_unlock($1)", _TEMPLATE_LOCK)
 
@@ -90,6 +94,7 @@ async def drop_templates() -> None:
             "SELECT datname FROM pg_database WHERE datname LIKE 'cued\\_template\\_%'"
         )
         for (name,) in names:
+            await admin.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE false')
             await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     finally:
         await admin.close()
