@@ -74,16 +74,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(name)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """In the process that runs the tests or starts the workers (which inherit it): the
+    run's id, which names its migrated PostgreSQL template (:mod:`tests.support.stores`)."""
+    if not hasattr(config, "workerinput"):
+        import os
+        import secrets
+
+        os.environ["CUED_TEST_RUN"] = secrets.token_hex(4)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """At the end of the run (in the process that ran it, or that led its workers): the
-    migrated PostgreSQL templates go (see :mod:`tests.support.stores`)."""
+    run's migrated PostgreSQL template goes (see :mod:`tests.support.stores`)."""
     if hasattr(session.config, "workerinput"):
         return  # a worker: the others may still copy the template
     import anyio
 
-    from tests.support.stores import drop_templates
+    from tests.support.stores import drop_template
 
-    anyio.run(drop_templates)
+    anyio.run(drop_template)
 
 
 def _markers_of(item: pytest.Item) -> set[str]:

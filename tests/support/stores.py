@@ -5,11 +5,12 @@ a server that is not there fails the test, it is never skipped).
 A test that does not test migrations takes its database migrated already: a copy of a
 template migrated once per run of the suite (``CREATE DATABASE ... TEMPLATE``, ~20 times
 faster than migrating each database), named after the migrations it holds and dropped by
-:func:`drop_templates` when the run ends."""
+:func:`drop_template` when the run ends."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import secrets
 from contextlib import asynccontextmanager
@@ -33,8 +34,13 @@ PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 KINDS = ("sqlite", "postgresql")
 
 
-#: The migrated template of this cued's schema: a new migration makes a new one.
-TEMPLATE = "cued_template_" + hashlib.sha256("\0".join(PG_MIGRATIONS).encode()).hexdigest()[:12]
+#: The migrated template of this run of the suite (its workers share it: the run's id is
+#: set in the environment by the process that starts them, tests/conftest.py), of this
+#: cued's schema. Another run beside it, on the same server, has its own.
+TEMPLATE = "cued_template_{}_{}".format(
+    hashlib.sha256("\0".join(PG_MIGRATIONS).encode()).hexdigest()[:12],
+    os.environ.setdefault("CUED_TEST_RUN", secrets.token_hex(4)),
+)
 #: Taken while a template is looked for and made: the suite's workers make it once.
 _TEMPLATE_LOCK = 0x637565645F746D70  # "cued_tmp"
 
@@ -77,21 +83,23 @@ async def _make_template(admin: asyncpg.Connection) -> None:
             await migrate(db, building)
         finally:
             await db.close()
-        await admin.execute(f'ALTER DATABASE "{building}" RENAME TO "{TEMPLATE}"')
         # no session, autovacuum's included, may be in it when a copy is made of it
         await admin.execute(
-            f'ALTER DATABASE "{TEMPLATE}" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false'
+            f'ALTER DATABASE "{building}" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false'
         )
+        await admin.execute(f'ALTER DATABASE "{building}" RENAME TO "{TEMPLATE}"')
     finally:
         await admin.execute("SELECT pg_advisory_unlock($1)", _TEMPLATE_LOCK)
 
 
-async def drop_templates() -> None:
-    """Drop every migrated template (this run's, and any an interrupted run left)."""
+async def drop_template() -> None:
+    """Drop this run's template (and what a worker left half made of it)."""
     admin = await asyncpg.connect(f"{PG_SERVER}/postgres", timeout=10)
     try:
         names = await admin.fetch(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'cued\\_template\\_%'"
+            "SELECT datname FROM pg_database WHERE datname = $1 OR datname LIKE $2",
+            TEMPLATE,
+            TEMPLATE.replace("_", "\\_") + "\\_%",
         )
         for (name,) in names:
             await admin.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE false')
