@@ -57,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
         config = _state_of(args.config, whole=args.command == "config")
         configure_logging(config.daemon.log_level)
         return anyio.run(_COMMANDS[args.command], config, args)
+    if args.command in _THROUGH_THE_DAEMON and not getattr(args, "wait", False):
+        # a running daemon checked its own configuration: here only where its socket is
+        # is read, and the whole file only if none runs and the command is done here
+        config = _state_of(args.config, whole=False)
+        configure_logging(config.daemon.log_level)
+        return anyio.run(_COMMANDS[args.command], config, args)
     if args.command == "store":  # no configuration: both stores are named
         return anyio.run(_store_copy, args)
     config = load_config(args.config)
@@ -86,6 +92,21 @@ def run(args: argparse.Namespace) -> int:
         anyio.run(run_daemon, config)
         return 0
     return anyio.run(_COMMANDS[args.command], config, args)
+
+
+#: The commands that ask the running daemon, or with none do it here (``trigger --wait``
+#: follows the run in the state, through the pipelines' plans: the whole file first).
+_THROUGH_THE_DAEMON = frozenset(
+    {"trigger", "cancel", "retry", "clear", "approve", "reject", "pause", "resume"}
+)
+
+
+def _whole(path: str) -> Config:
+    """The whole configuration at ``path``, for a command done here (no daemon runs),
+    checked as ``cued run`` checks it, and logging as it says."""
+    config = load_config(path)
+    configure_logging(config.daemon.log_level)
+    return config
 
 
 def _parse_inputs(pairs: list[str]) -> dict[str, Any]:
@@ -183,7 +204,7 @@ async def _trigger(config: Config, args: argparse.Namespace) -> int:
         from cued.daemon.ops import commands
         from cued.daemon.ops.queries import Queries
 
-        async with open_runner(config) as daemon:
+        async with open_runner(_whole(args.config)) as daemon:
             run_id = (await commands.trigger(daemon, args.pipeline, inputs)).run_id
             if args.pipeline in daemon.paused:
                 render.out(_waits_paused(args.pipeline, run_id))
@@ -235,7 +256,7 @@ async def _events(config: Config, args: argparse.Namespace) -> int:
         return result.model_dump()
 
     body = {f: getattr(request, f) for f in request.__slots__}
-    data = await _act(config, "/api/v1/events/replay", body, here)
+    data = await _act(config, args, "/api/v1/events/replay", body, here)
     return _say_replay(data)
 
 
@@ -345,15 +366,20 @@ async def _follow_run(queries: Queries, run_id: str) -> RunRow:
 
 
 async def _act(
-    config: Config, path: str, body: Any, here: Callable[[Daemon], Awaitable[dict[str, Any]]]
+    config: Config,
+    args: argparse.Namespace,
+    path: str,
+    body: Any,
+    here: Callable[[Daemon], Awaitable[dict[str, Any]]],
 ) -> dict[str, Any]:
-    """POST to the running daemon, or, if none runs on this state file, do it here."""
+    """POST to the running daemon, or, if none runs on this state file, do it here (on
+    the whole configuration of ``args.config``)."""
     try:
         return dict((await _control(config, "POST", path, body)).json())
     except DaemonUnavailable:
         from cued.daemon.assembly import open_runner
 
-        async with open_runner(config) as daemon:
+        async with open_runner(_whole(args.config)) as daemon:
             return await here(daemon)
 
 
@@ -371,7 +397,7 @@ async def _cancel(config: Config, args: argparse.Namespace) -> int:
 
         return _fields(await commands.cancel(daemon, args.run_id))
 
-    data = await _act(config, f"/api/v1/runs/{args.run_id}/cancel", None, here)
+    data = await _act(config, args, f"/api/v1/runs/{args.run_id}/cancel", None, here)
     render.out(f"run {data['run_id']}: {data['state']}")
     return 0
 
@@ -386,7 +412,8 @@ async def _retry(config: Config, args: argparse.Namespace) -> int:
         return _fields(await commands.wait(daemon, row.run_id))
 
     body = {"tasks": args.task, "downstream": downstream}
-    return _say_run(await _act(config, f"/api/v1/runs/{args.run_id}/retry?wait=true", body, here))
+    path = f"/api/v1/runs/{args.run_id}/retry?wait=true"
+    return _say_run(await _act(config, args, path, body, here))
 
 
 async def _decide(config: Config, args: argparse.Namespace) -> int:
@@ -423,7 +450,7 @@ async def _decide(config: Config, args: argparse.Namespace) -> int:
         return _fields(found.gate)
 
     path = f"/api/v1/runs/{args.run_id}/tasks/{args.task}/{args.command}"
-    gate = await _act(config, path, body, here)
+    gate = await _act(config, args, path, body, here)
     if gate["state"] == "waiting":
         render.out(
             f"gate {args.task} of run {args.run_id}: {args.command}d by {who}; "
@@ -443,13 +470,14 @@ async def _pause(config: Config, args: argparse.Namespace) -> int:
 
         if pausing:
             await commands.pause(daemon, args.pipeline, who=who)
-            return {"paused": True, "when_paused": config.pipelines[args.pipeline].when_paused}
+            plan = daemon.plans[args.pipeline]  # there: pause raised NotFound if not
+            return {"paused": True, "when_paused": plan.config.when_paused}
         state = await commands.unpause(daemon, args.pipeline, who=who)
         return {"paused": False, "started": state.started}
 
     verb = "pause" if pausing else "resume"
     data = await _act(
-        config, f"/api/v1/pipelines/{quote(args.pipeline, safe='')}/{verb}", None, here
+        config, args, f"/api/v1/pipelines/{quote(args.pipeline, safe='')}/{verb}", None, here
     )
     if data["paused"]:
         waits = "are skipped" if data.get("when_paused") == "skip" else "wait"

@@ -1,8 +1,11 @@
 """The CLI's reads (``cued runs``, ``show``, ``events``, ``approvals``, ``logs``) and
 ``cued --help`` load neither the web stack, Kafka, HTTP, the configuration's models nor
 structlog and rich, beside a running daemon or with none; and the commands that only ask
-the daemon through its socket (``cued status``, ``reload``) load neither its server nor
-its wiring. What each process imported is read from its ``sys.modules`` at the end, so a
+the daemon through its socket (``cued status``, ``reload``, ``trigger``) load neither its
+server nor
+its wiring (nor ``cued trigger``, ``cancel``, ``pause``, ... the task kinds of the whole
+configuration, which they read only when no daemon runs and they act here). What each
+process imported is read from its ``sys.modules`` at the end, so a
 heavy import that creeps back in fails here (how long they take is measured in
 bench/cli.py, never in a test)."""
 
@@ -140,20 +143,34 @@ def test_reads_with_no_daemon_load_neither_the_web_kafka_nor_the_models(
     assert_reads_load_little(tmp_path, config, run_id)
 
 
-async def test_reads_beside_a_running_daemon_load_no_more(tmp_path, config_with_a_run):
+async def test_reads_and_commands_beside_a_running_daemon_load_no_more(tmp_path, config_with_a_run):
     config, run_id = config_with_a_run
     daemon = Daemon(config, tmp_path / "state.db")
     await daemon.start()
     try:
         assert_reads_load_little(tmp_path, config, run_id)
-        out, modules = run_and_list_modules(tmp_path, config, "status")
-        assert "config version: 1" in out, out
-        assert heavy(modules, SERVER) == []
-        out, modules = run_and_list_modules(tmp_path, config, "reload")
-        assert "reloaded" in out, out
-        assert heavy(modules, SERVER) == []
+        for args, shown in [
+            (("status",), "config version: 1"),
+            (("reload",), "reloaded"),
+            (("trigger", "hello"), "started run"),
+            (("pause", "hello"), "paused"),
+            (("resume", "hello"), "resumed"),
+        ]:
+            out, modules = run_and_list_modules(tmp_path, config, *args)
+            assert shown in out, (args, out)
+            assert heavy(modules, SERVER) == [], args
+        # the daemon runs on the configuration it checked: a mistake written into the
+        # file since stops no command through it; with no daemon, the command done here
+        # checks the whole file first
+        config.write_text(CONFIG + '\n[pipelines.broken.tasks.t]\nkind = "sleep"\nneeds = ["x"]\n')
+        through = cued(config, "trigger", "hello")
+        assert through.returncode == 0, through.stderr
+        assert "started run" in through.stdout
     finally:
         daemon.stop()
+    here = cued(config, "trigger", "hello")
+    assert here.returncode == 2
+    assert "needs" in here.stderr
 
 
 def test_what_reads_more_than_the_state_still_loads_the_configuration(tmp_path, config_with_a_run):
