@@ -130,7 +130,7 @@ async def test_a_redelivery_starts_nothing_twice(make_config):
     """A message recorded but not acknowledged (the daemon died in between) comes again
     with the same id: intake knows it."""
     probe = probes.reset()
-    async with nats_stream(["shop.>"]) as (client, stream):
+    async with nats_stream(["redo.>"]) as (client, stream):
         js = client.jetstream()
         durable = unique("cued")
         config = make_config(
@@ -138,7 +138,7 @@ async def test_a_redelivery_starts_nothing_twice(make_config):
                 PROBE_PIPELINE, source_toml("shop", stream, durable, 'ack_wait = "1s"'), TRIGGER
             )
         )
-        await js.publish("shop.orders", b'{"id": "o1"}')
+        await js.publish("redo.orders", b'{"id": "o1"}')
         async with daemon_running(config) as info:
             await finished_runs(info, "orders", 1)
         # the server forgets the acknowledgement: the consumer starts from the beginning
@@ -166,7 +166,7 @@ async def test_a_saturated_backlog_stops_fetching_until_it_drains(make_config):
     global GATE
     GATE = anyio.Event()
     HELD.clear()
-    async with nats_stream(["shop.>"]) as (client, stream):
+    async with nats_stream(["busy.>"]) as (client, stream):
         js = client.jetstream()
         durable = unique("cued")
         config = make_config(
@@ -187,7 +187,7 @@ args = { order_id = "{{ inputs.order_id }}" }
             )
         )
         for i in range(100):
-            await js.publish("shop.orders", f'{{"id": "o{i}"}}'.encode())
+            await js.publish("busy.orders", f'{{"id": "o{i}"}}'.encode())
         async with daemon_running(config) as info:
             backlog = info.runner.backlog
             await eventually(lambda: _true(backlog.saturated))

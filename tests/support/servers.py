@@ -8,6 +8,8 @@ that is not there fails the test, loudly: these tests are never skipped.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import uuid
 from typing import TYPE_CHECKING
 
@@ -46,10 +48,20 @@ def unique(prefix: str) -> str:
 
 @contextlib.asynccontextmanager
 async def nats_stream(subjects: list[str]) -> AsyncIterator[tuple[Client, str]]:
-    """A connection and a new JetStream stream capturing ``subjects``; deleted after."""
+    """A connection and a new JetStream stream capturing ``subjects``; deleted after.
+
+    The stream is named after the test's process: one that a killed run left behind (its
+    process gone) is deleted first, since its subjects would overlap this one's. The
+    subjects of the tests of one run must not overlap each other's (they run at once)."""
     client = await nats.connect(NATS_URL, connect_timeout=5, max_reconnect_attempts=0)
-    stream = unique("CUED").upper()
     js = client.jetstream()
+    for info in await js.streams_info():
+        name = info.config.name or ""
+        left = re.fullmatch(r"CUED_P(\d+)_[0-9A-F]+", name)
+        if left is not None and not _alive(int(left[1])):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(name)
+    stream = f"CUED_P{os.getpid()}_{uuid.uuid4().hex[:12].upper()}"
     await js.add_stream(name=stream, subjects=subjects)
     try:
         yield client, stream
@@ -57,6 +69,16 @@ async def nats_stream(subjects: list[str]) -> AsyncIterator[tuple[Client, str]]:
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(stream)
         await client.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 async def create_postgres_database() -> str:
