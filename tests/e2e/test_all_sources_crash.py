@@ -4,7 +4,6 @@ every acknowledged event started its runs exactly once, and nothing was lost."""
 from __future__ import annotations
 
 import json
-import socket
 
 import anyio
 import httpx
@@ -16,6 +15,7 @@ from tests.support.kafka_broker import (
     started_producer,
     unique_name,
 )
+from tests.support.raw_http import free_port
 
 CONFIG = """
 [http]
@@ -72,12 +72,6 @@ inputs = {{ what = "tick {{{{ event.data.tick_utc }}}}" }}
 """
 
 HOOKS, FILES, ORDERS = 150, 40, 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_kill_9_while_events_pour_in_from_every_source_loses_and_doubles_nothing(

@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.attacks import API
 from tests.support.daemon import Daemon, query, wait_for
+from tests.support.raw_http import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -101,12 +102,6 @@ def listening(port: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_in_open_mode_another_local_user_cannot_start_runs_as_the_daemons_user(

