@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 def _kinds(config: Config) -> dict[str, TaskKind]:
     used = {t.kind for p in config.pipelines.values() for t in p.tasks.values()}
-    return {name: cls() for name, cls in task_kinds().items() if name in used}
+    kinds = task_kinds()
+    return {name: kinds[name]() for name in sorted(used) if name in kinds}
 
 
 @asynccontextmanager

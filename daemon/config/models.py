@@ -905,7 +905,7 @@ class _Checker:
 
     def check_kind(self, task: _TaskKeys, at: tuple[str | int, ...]) -> None:
         kinds = task_kinds()
-        if task.kind not in kinds:
+        if task.kind is None or task.kind not in kinds:
             self.add(
                 (*at, "kind"),
                 f"unknown task kind {task.kind!r} (known: {', '.join(sorted(kinds))})",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator, MutableMapping
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -14,28 +15,62 @@ TASK_KINDS_GROUP = "cued.task_kinds"
 SOURCES_GROUP = "cued.sources"
 
 
+class _Group(MutableMapping[str, Any]):
+    """The entry points of a group by name, each imported when first looked up: a
+    configuration that uses two task kinds imports those two, not every source and task
+    kind installed (Kafka's, MQTT's, AMQP's, Redis', NATS', SQL's clients: most of a
+    second of each daemon's and each command's start). Names are listed, and checked
+    with ``in``, without importing anything."""
+
+    def __init__(self, group: str) -> None:
+        self._group = group
+        self._points = {ep.name: ep for ep in entry_points(group=group)}
+        self._loaded: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._loaded:
+            point = self._points[name]  # KeyError: no such entry point
+            try:
+                self._loaded[name] = point.load()
+            except Exception as exc:
+                raise CuedError(
+                    f"cannot load {self._group} entry point {name!r} ({point.value}): {exc}"
+                ) from exc
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self._loaded[name] = value  # a test's own kind
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self:
+            raise KeyError(name)
+        self._loaded.pop(name, None)
+        self._points.pop(name, None)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._points or name in self._loaded
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys([*self._points, *self._loaded]))
+
+    def __len__(self) -> int:
+        return len(set(self._points) | set(self._loaded))
+
+
 @functools.cache
-def load_group(group: str) -> dict[str, Any]:
-    """Load every entry point of ``group``, by name.
+def load_group(group: str) -> MutableMapping[str, Any]:
+    """The entry points of ``group``, by name, each imported when first looked up.
 
-    :raises CuedError: if an entry point cannot be imported (named, with the reason)
+    :raises CuedError: on looking up one that cannot be imported (named, with the reason)
     """
-    found: dict[str, Any] = {}
-    for ep in entry_points(group=group):
-        try:
-            found[ep.name] = ep.load()
-        except Exception as exc:
-            raise CuedError(
-                f"cannot load {group} entry point {ep.name!r} ({ep.value}): {exc}"
-            ) from exc
-    return found
+    return _Group(group)
 
 
-def task_kinds() -> dict[str, Any]:
+def task_kinds() -> MutableMapping[str, Any]:
     """The task-kind classes by name (``http``, ``shell``, ...)."""
     return load_group(TASK_KINDS_GROUP)
 
 
-def source_kinds() -> dict[str, Any]:
+def source_kinds() -> MutableMapping[str, Any]:
     """The event-source classes by kind (``webhook``, ``kafka``, ...)."""
     return load_group(SOURCES_GROUP)

@@ -187,10 +187,11 @@ class Reloader:
 
     def _new_kinds(self, config: Config) -> dict[str, TaskKind]:
         used = {t.kind for p in config.pipelines.values() for t in p.tasks.values()}
+        kinds = task_kinds()
         return {
-            name: cls()
-            for name, cls in task_kinds().items()
-            if name in used and name not in self._runner.kinds
+            name: kinds[name]()
+            for name in sorted(used)
+            if name in kinds and name not in self._runner.kinds
         }
 
     def _refused(self, started: float, problems: list[str]) -> ReloadOutcome:

@@ -230,3 +230,22 @@ print("structlog" in sys.modules)
         "cli",
         1,
     )
+
+
+def test_checking_a_configuration_imports_only_the_kinds_it_uses(tmp_path):
+    # every source and task kind installed is listed (an unknown one is named among
+    # them), but only those the file uses are imported: here a shell task and a webhook
+    config = tmp_path / "config.toml"
+    config.write_text(
+        CONFIG.split("# never run here")[0] + CONFIG.split('value = "{{ inputs }}"')[1]
+    )
+    out, modules = run_and_list_modules(tmp_path, config, "validate")
+    assert "valid (1 pipelines, 1 tasks)" in out, out
+    assert "cued.plugins.shell" in modules
+    assert "cued.connectors.webhook" in modules
+    unused = ("aiokafka", "aiomqtt", "aio_pika", "redis", "nats", "aiomysql", "cued.plugins.kafka")
+    assert heavy(modules, unused) == []
+    config.write_text(CONFIG.replace('kind = "kafka"', 'kind = "kafak"'))
+    refused = cued(config, "validate")
+    assert refused.returncode == 2
+    assert "unknown task kind 'kafak' (known: amqp, approval, http, kafka," in refused.stderr
