@@ -61,7 +61,7 @@ for package in (cued.daemon, cued.connectors, cued.plugins):
 """
 
 
-def _compile(cued: Path) -> None:
+def compile_install(cued: Path) -> None:
     """Bytecode for the install behind ``cued`` (its own python), as pip leaves it."""
     python = cued.parent / "python"
     where = subprocess.run(
@@ -71,7 +71,7 @@ def _compile(cued: Path) -> None:
     subprocess.run([python, "-m", "compileall", "-q", *where], check=True, env=env)
 
 
-def _start_daemon(cued: Path, config: Path, state: Path) -> subprocess.Popen[bytes]:
+def start_daemon(cued: Path, config: Path, state: Path) -> subprocess.Popen[bytes]:
     daemon = subprocess.Popen(
         [cued, "--config", config, "run"], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
     )
@@ -84,7 +84,7 @@ def _start_daemon(cued: Path, config: Path, state: Path) -> subprocess.Popen[byt
     return daemon
 
 
-def _stop(daemon: subprocess.Popen[bytes]) -> None:
+def stop_daemon(daemon: subprocess.Popen[bytes]) -> None:
     daemon.send_signal(signal.SIGTERM)
     daemon.wait(timeout=60)
 
@@ -164,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     installs = [p.absolute() for p in args.cued or [Path(sys.executable).parent / "cued"]]
     for cued in installs:
-        _compile(cued)
+        compile_install(cued)
     python = str(installs[0].parent / "python")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -174,11 +174,11 @@ def main() -> None:
         (folder / "drop").mkdir()
         state = folder / "cued.db"
         (folder / "floor_read.py").write_text(FLOOR_READ)
-        daemon = _start_daemon(installs[0], config, state)
+        daemon = start_daemon(installs[0], config, state)
         try:
             run_id = _populate(state, args.populate)
         except BaseException:
-            _stop(daemon)
+            stop_daemon(daemon)
             raise
 
         def commands() -> dict[str, list[str]]:
@@ -197,7 +197,7 @@ def main() -> None:
         try:
             beside = _hyperfine(commands(), args.rounds, args.runs, args.warmup, folder / "b.json")
         finally:
-            _stop(daemon)
+            stop_daemon(daemon)
         alone = _hyperfine(commands(), args.rounds, args.runs, args.warmup, folder / "a.json")
     runs = args.rounds * args.runs
     _say(f"wall: median of {runs} runs ({args.rounds} rounds); cpu: user + system, mean per run")

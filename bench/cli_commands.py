@@ -3,8 +3,8 @@ processes: ``status``, ``trigger``, ``pause``, ``resume`` (and ``validate``, whi
 the whole file), for one install or several side by side.
 
 Each install gets its own folder with the example ``config.toml`` (its HTTP front on a
-free port) and its own daemon; bytecode is compiled for each first, as pip leaves an
-installed program's. In ``--rounds`` rounds, each command runs once per install, the
+free port) and its own daemon, started and its bytecode compiled first as
+:mod:`bench.cli` does. In ``--rounds`` rounds, each command runs once per install, the
 installs in turn and in reverse order every other round; the median wall time and the
 median CPU time (user + system, of the command's process) are printed as a Markdown
 table, with the CPU ratio of each install to the first.
@@ -15,10 +15,9 @@ table, with the CPU ratio of each install to the first.
 from __future__ import annotations
 
 import argparse
-import os
+import re
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "config.toml"
+from bench.cli import EXAMPLE, compile_install, start_daemon, stop_daemon
+
 COMMANDS = (
     ("status",),
     ("trigger", "hello"),
@@ -34,46 +34,14 @@ COMMANDS = (
     ("resume", "hello"),
     ("validate",),
 )
-#: The environment of every process: bytecode cached (these machines set
-#: PYTHONDONTWRITEBYTECODE, which an installed program does not meet).
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start(cued: Path, folder: Path) -> subprocess.Popen[bytes]:
-    python = cued.parent / "python"
-    where = subprocess.run(
-        [
-            python,
-            "-c",
-            "import os, cued.daemon as d; print(os.path.dirname(os.path.dirname(d.__file__)))",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=ENV,
-    ).stdout.strip()
-    subprocess.run([python, "-m", "compileall", "-q", where], check=False, env=ENV)
-    text = EXAMPLE.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{_free_port()}")
-    (folder / "config.toml").write_text(text)
+    compile_install(cued)
+    config = folder / "config.toml"
+    config.write_text(re.sub(r'listen = "[^"]*"', 'listen = "127.0.0.1:0"', EXAMPLE.read_text()))
     (folder / "drop").mkdir()
-    daemon = subprocess.Popen(
-        [cued, "--config", folder / "config.toml", "run"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=ENV,
-    )
-    deadline = time.monotonic() + 60
-    while not (folder / "cued.db.d" / "control.sock").exists():
-        if daemon.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the daemon of {cued} did not start")
-        time.sleep(0.05)
-    return daemon
+    return start_daemon(cued, config, folder / "cued.db")
 
 
 def _timed(cued: Path, folder: Path, command: tuple[str, ...]) -> tuple[float, float]:
@@ -82,7 +50,6 @@ def _timed(cued: Path, folder: Path, command: tuple[str, ...]) -> tuple[float, f
     done = subprocess.run(
         [cued, "--config", folder / "config.toml", *command],
         capture_output=True,
-        env=ENV,
         check=False,
     )
     wall = time.perf_counter() - started
@@ -116,8 +83,7 @@ def main() -> None:
                     )
     finally:
         for daemon in daemons:
-            daemon.terminate()
-            daemon.wait()
+            stop_daemon(daemon)
         shutil.rmtree(root, ignore_errors=True)
     lines = ["| command | install | wall (median) | CPU (median) | CPU / first install |"]
     lines.append("|---|---|---|---|---|")

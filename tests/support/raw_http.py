@@ -60,14 +60,14 @@ _next_port = _ports_of_this_worker()
 def free_port() -> int:
     """A loopback port nothing listens on now, that no other test and no outgoing
     connection is handed meanwhile (for a daemon started in another process)."""
-    for port in _next_port:
+    while True:
+        port = next(_next_port)
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue  # something listens there (or it has just been let go)
-            return port
-    raise AssertionError("unreachable: the ports cycle")  # pragma: no cover
+        return port
 
 
 def _head(method: str, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
