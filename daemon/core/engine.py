@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cued.daemon.core.records import record
 from cued.daemon.core.states import TERMINAL_TASK_STATES, RunState, State
 from cued.daemon.core.templates import TemplateProblem, render, render_value
 
@@ -59,7 +60,7 @@ class Instance:
         return instance_key(self.task, self.index)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Start:
     """Run attempt ``attempt`` of ``instance`` with these rendered parameters."""
 
@@ -68,7 +69,7 @@ class Start:
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Wait:
     """Attempt ``attempt`` failed; call ``retry_due`` after the backoff delay."""
 
@@ -76,7 +77,7 @@ class Wait:
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Finish:
     """Every instance is done: the run ends in ``state``."""
 

@@ -9,10 +9,10 @@ the event. The inputs of a run that flow control held back are rendered when it 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cued.daemon.core.priorities import DEFAULT_PRIORITY, priority_of
+from cued.daemon.core.records import record
 from cued.daemon.core.templates import TemplateProblem, render, render_value, when_holds
 from cued.daemon.core.waits import event_output
 
@@ -48,7 +48,7 @@ class EventLike(Protocol):
     def received_at(self) -> float | None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Match:
     """An event fired a trigger: start ``pipeline`` with ``inputs`` (unless ``error``)."""
 

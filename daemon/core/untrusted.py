@@ -32,11 +32,12 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
+
+from cued.daemon.core.records import record
 
 __all__ = [
     "MAX_CURSOR_CHARS",
@@ -89,7 +90,7 @@ _TEXT_SUSPECT = re.compile(r"[0-9]{19}|\\u[dD][89a-fA-F]")
 _OPENERS = (b"[", b"{")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Parsed:
     """Data from outside: ``data`` if it parsed, else escaped text with an ``error``."""
 

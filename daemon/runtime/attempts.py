@@ -12,7 +12,6 @@ records the attempt as cancelled or interrupted.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -20,6 +19,7 @@ from pydantic import ValidationError
 
 from cued.daemon.config.secrets import redact
 from cued.daemon.core.ids import now
+from cued.daemon.core.records import record
 from cued.daemon.errors import PermanentTaskError, TaskTimeout
 from cued.daemon.sdk.kinds import (
     AwaitingDecision,
@@ -48,7 +48,7 @@ __all__ = ["InlineAttempt", "Outcome", "TaskAttempts", "stopped_row"]
 _AWAITING = (AwaitingDecision, AwaitingEvent, AwaitingTime)
 
 
-@dataclass(frozen=True)
+@record
 class Outcome:
     """What an attempt ended as: ``output`` if ``error`` is None."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
+from cued.daemon.core.records import record
+
 if TYPE_CHECKING:
     import httpx
     import structlog
@@ -150,7 +152,7 @@ class LineWriter(Protocol):
         ``stream``; never blocks, and may be called from any thread."""
 
 
-@dataclass(frozen=True)
+@record
 class TaskContext:
     """What a task attempt knows of the world besides its parameters.
 

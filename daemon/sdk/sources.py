@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
+from cued.daemon.core.records import record
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from datetime import datetime
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["Backfills", "Event", "Intake", "Receipt", "Source", "SourceContext", "WebRoutes"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Event:
     """Something that happened at a source.
 
@@ -53,7 +55,7 @@ class Event:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Receipt:
     """What intake did with one event."""
 

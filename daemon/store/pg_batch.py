@@ -131,7 +131,7 @@ def _unnest(columns: tuple[str, ...], rows: Iterable[Row], args: list[Any]) -> s
 
 
 def _put(row: type[Row], table: str, key: tuple[str, ...], **kw: Any) -> _Put:
-    return _Put(table, row.__slots__, key, **kw)
+    return _Put(table, getattr(row, "__slots__"), key, **kw)  # noqa: B009 - a record's, unknown to mypy
 
 
 _PUTS: dict[str, _Put] = {

@@ -8,10 +8,11 @@ the writer can coalesce several submissions for the same row into the last one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from cued.daemon.core.priorities import DEFAULT_PRIORITY
+from cued.daemon.core.records import record
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping, Sequence
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RunRow:
     run_id: str
     pipeline: str
@@ -101,7 +102,7 @@ class WaitingRun(NamedTuple):
     priority: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class InstanceRow:
     run_id: str
     key: str
@@ -115,7 +116,7 @@ class InstanceRow:
     """Attempts made before the latest rerun: retries count from there."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AttemptRow:
     run_id: str
     key: str
@@ -131,7 +132,7 @@ class AttemptRow:
     """Token usage reported by an AI step."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class InstanceGone:
     """Remove an instance that a rerun replaces and that has no attempts to keep (the
     placeholder of a mapped task that never expanded)."""
@@ -140,7 +141,7 @@ class InstanceGone:
     key: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LogLineRow:
     """One line a task attempt wrote while it ran (stdout, stderr, a log record, a
     request), numbered by ``seq`` in the order of the whole run's lines."""
@@ -154,7 +155,7 @@ class LogLineRow:
     line: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LogTrim:
     """Drop an attempt's lines numbered below ``before_seq``: it wrote more than it may
     keep (committed after the lines of the same batch, so a line of the batch goes too)."""
@@ -170,7 +171,7 @@ class LogTrim:
 GIVEN_UP_AT = 253402300799.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OutboxRow:
     """An alert to send; ``alert_id`` is the same on every resend."""
 
@@ -185,7 +186,7 @@ class OutboxRow:
     next_at: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EventRow:
     event_id: str
     source: str
@@ -197,7 +198,7 @@ class EventRow:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EventClaim:
     """Record the event ``event_id`` (its :class:`EventRow`, in the same submission) only
     if the store holds no event of that id yet: if it does (another daemon on the same
@@ -209,7 +210,7 @@ class EventClaim:
     event_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DedupeClaim:
     """The run ``run_id`` (of the same submission) starts only if the key of its
     :class:`DedupeRow` (in the same submission) started no run within ``window_s``: with
@@ -224,7 +225,7 @@ class DedupeClaim:
     run_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DedupeRow:
     """A trigger's business key was seen (starting a run) at ``seen_at``."""
 
@@ -233,7 +234,7 @@ class DedupeRow:
     seen_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WindowRow:
     """Events a trigger's flow control holds for one key, to start one run when due (see
     :mod:`cued.daemon.core.flow`)."""
@@ -250,7 +251,7 @@ class WindowRow:
     """Events held in it."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HoldRow:
     """An event held in a window, the ``seq``-th to join it."""
 
@@ -260,7 +261,7 @@ class HoldRow:
     held_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WindowSettled:
     """A window's events settled at its release, in the store, with one statement: each
     gets ``note`` (after its notes so far) and ``run_id`` (if any) among its runs, and its
@@ -273,14 +274,14 @@ class WindowSettled:
     gone: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WindowGone:
     """A window released: it goes with its holds."""
 
     window_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ThrottleRow:
     """The latest throttle slots a trigger's key took (ascending, some may lie ahead), kept
     until ``expires_at``, when the latest is a period behind."""
@@ -291,7 +292,7 @@ class ThrottleRow:
     expires_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FlowJoin:
     """An event of ``key`` held by a trigger's flow control, where the database says (a
     store several nodes share): in the transaction that records it, the store decides
@@ -305,7 +306,7 @@ class FlowJoin:
     rule: Rule
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CursorRow:
     """A source's position, committed with the events that moved it."""
 
@@ -314,7 +315,7 @@ class CursorRow:
     updated_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ApprovalRow:
     """An approval gate's request, and how it was settled."""
 
@@ -332,7 +333,7 @@ class ApprovalRow:
     decided_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WaitRow:
     """A task instance parked until an event comes (``kind`` ``event``: a ``wait_event``
     task) or a moment (``timer``: a durable ``sleep``), and how that ended.
@@ -366,7 +367,7 @@ class WaitRow:
     applied: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CancelRow:
     """A run to cancel: an event of ``source`` satisfied its pipeline's ``cancel_on``.
     Recorded in the event's transaction; ``done`` once the run is cancelled (or had
@@ -379,7 +380,7 @@ class CancelRow:
     done: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DecisionRow:
     """One person's decision on a gate: who, when and why."""
 
@@ -393,7 +394,7 @@ class DecisionRow:
     decided_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PauseRow:
     """A pipeline is paused: its new runs wait (or are skipped) until it is resumed."""
 
@@ -402,7 +403,7 @@ class PauseRow:
     paused_by: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ConfigVersionRow:
     """A configuration the daemon loaded: at start, or at a reload."""
 
@@ -414,7 +415,7 @@ class ConfigVersionRow:
     loaded_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NodeRow:
     """A daemon sharing the state (a node), as :meth:`Store.list_nodes` shows it."""
 
@@ -479,7 +480,7 @@ Row = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PrunePolicy:
     """What may be deleted: rows older than a cutoff (seconds since the epoch); a cutoff
     of ``None`` keeps everything of its kind. Unfinished runs, and runs parked at an
@@ -499,7 +500,7 @@ class PrunePolicy:
     """Dedupe keys of the triggers not in ``dedupe_before`` (no longer configured)."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PruneCounts:
     """Rows deleted (or that would be), by table."""
 
