@@ -117,6 +117,11 @@ class Alerts:
         for config in configs.values():
             _remember_secrets(config, base_dir)
         self.configs, self._channels = dict(configs), channels
+        self._rules = frozenset(rule for config in configs.values() for rule in config.on)
+
+    def wants(self, rule: str) -> bool:
+        """Whether a configured channel takes alerts of ``rule``."""
+        return rule in self._rules
 
     def rows(self, rule: str, key: str, payload: dict[str, Any]) -> list[OutboxRow]:
         """One outbox row per channel that wants an alert of ``rule`` about this pipeline.

@@ -27,6 +27,10 @@ _RULE_OF_END = {RunState.FAILED: "run_failed", RunState.SUCCEEDED: "run_succeede
 class AlertSink(Protocol):
     """The outbox, as whoever raises alerts sees it."""
 
+    def wants(self, rule: str) -> bool:
+        """Whether a channel is configured for alerts of ``rule`` (nothing is built for
+        one that none wants: a run's end asks this once per run)."""
+
     def rows(self, rule: str, key: str, payload: dict[str, Any]) -> Sequence[Row]:
         """Outbox rows for an alert of ``rule`` (one per channel that wants it). ``key``
         names the occurrence (rule, run, task, attempt) and makes the alert id, the same
@@ -78,7 +82,7 @@ class RunAlerts:
     def _rows(
         self, rule: str, row: RunRow, *, occurrence: str | None = None, **details: Any
     ) -> list[Row]:
-        if self._sink is None:
+        if self._sink is None or not self._sink.wants(rule):
             return []
         parts = [rule, row.run_id]
         if "task" in details:

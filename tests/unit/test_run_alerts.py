@@ -15,9 +15,14 @@ from cued.daemon.store import RunRow
 class _Sink:
     """An outbox that keeps what it is asked for: (rule, key, payload) per alert."""
 
-    def __init__(self) -> None:
+    def __init__(self, wanted: set[str] | None = None) -> None:
         self.asked: list[tuple[str, str, dict[str, Any]]] = []
         self.woken = 0
+        self.wanted = wanted
+        """The rules a channel is configured for (None: every rule)."""
+
+    def wants(self, rule: str) -> bool:
+        return self.wanted is None or rule in self.wanted
 
     def rows(self, rule: str, key: str, payload: dict[str, Any]) -> list[Any]:
         self.asked.append((rule, key, payload))
@@ -44,6 +49,15 @@ def test_task_failed_is_keyed_by_run_task_and_attempt():
         "attempt": 3,
         "error": "boom",
     }
+
+
+def test_an_alert_no_channel_wants_is_not_built():
+    sink = _Sink(wanted={"run_failed"})
+    alerts = RunAlerts(sink)
+    assert alerts.run_ended(RUN, RunState.SUCCEEDED, 0, None) == []
+    assert alerts.task_failed(RUN, "load", 1, "boom") == []
+    assert sink.asked == []
+    assert alerts.run_ended(RUN, RunState.FAILED, 0, "load: boom") == [("row", "run_failed:r1")]
 
 
 def test_approval_waiting_carries_the_gates_message():

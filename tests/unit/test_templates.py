@@ -14,6 +14,7 @@ from cued.daemon.core.templates import (
     references,
     render,
     render_value,
+    when_holds,
 )
 
 CONTEXT = {
@@ -190,6 +191,15 @@ def test_references_of_several_expressions_in_one_string():
 )
 def test_jinja_globals_and_local_names_are_not_references(text):
     assert references(text) == []
+
+
+def test_templates_and_conditions_see_jinjas_globals_and_the_values_given_over_them():
+    assert render("{{ range(3) | list }}", {}) == [0, 1, 2]
+    assert render("{{ namespace(x=2).x + dict(a=1).a }}", {}) == 3
+    assert when_holds("range(n) | list == [0, 1]", {"n": 2})
+    # a value given under a global's name is the value, for that evaluation only
+    assert render("{{ range }}", {"range": 7}) == 7
+    assert render("{{ range(1) | list }}", {}) == [0]
 
 
 def test_references_raise_template_problem_on_syntax_error():
