@@ -24,7 +24,6 @@ cued_backpressure                     1 while the backlog is saturated (sources 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -110,7 +109,10 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_RunnerGauges(runner))
-        self._pipelines: OrderedDict[str, str] = OrderedDict()
+        self._pipelines: dict[str, str] = {}
+        """Run id to pipeline, for rows that do not name their pipeline: every change of
+        a run's tasks commits after (or with) a row of the run itself (queued, running, or
+        requeued by a rerun or a decision); the last written kept."""
         self._children: dict[tuple[int, tuple[str, str]], Any] = {}
         """Each metric's child by labels, bound once (labels are few: pipelines, states,
         sources, kinds)."""
@@ -124,23 +126,29 @@ class Metrics:
         runs: dict[tuple[str, str], int] = {}
         tasks: dict[tuple[str, str], int] = {}
         events: dict[tuple[str, str], int] = {}
+        pipelines = self._pipelines
         for row in rows:  # runs come first: their pipelines name the rows that follow
-            if isinstance(row, RunRow):
-                self._remember(row.run_id, row.pipeline)
+            kind = type(row)  # rows are records, never subclassed: one look at each
+            if kind is RunRow:
+                # the pipeline of a run whose row was written last moves to the end
+                pipelines.pop(row.run_id, None)
+                pipelines[row.run_id] = row.pipeline
                 key = (row.pipeline, row.state)
                 runs[key] = runs.get(key, 0) + 1
-            elif isinstance(row, InstanceRow):
-                key = (self._pipeline(row.run_id), row.state)
+            elif kind is InstanceRow:
+                key = (pipelines.get(row.run_id, "unknown"), row.state)
                 tasks[key] = tasks.get(key, 0) + 1
-            elif isinstance(row, AttemptRow):
+            elif kind is AttemptRow:
                 if row.ended_at is not None and row.state in _ENDED:
-                    pipeline = self._pipeline(row.run_id)
+                    pipeline = pipelines.get(row.run_id, "unknown")
                     self._child(
                         self.task_duration, (pipeline, self._kind(pipeline, row.key))
                     ).observe(max(0.0, row.ended_at - row.started_at))
-            elif isinstance(row, EventRow):
+            elif kind is EventRow:
                 key = (row.source, row.status)
                 events[key] = events.get(key, 0) + 1
+        while len(pipelines) > _PIPELINES_KEPT:  # the oldest written go first
+            del pipelines[next(iter(pipelines))]
         for counter, counts in ((self.runs, runs), (self.tasks, tasks), (self.events, events)):
             for labels, n in counts.items():
                 self._child(counter, labels).inc(n)
@@ -154,17 +162,6 @@ class Metrics:
     def render(self) -> bytes:
         """The metrics in Prometheus' text format (:data:`CONTENT_TYPE`)."""
         return generate_latest(self.registry)
-
-    def _remember(self, run_id: str, pipeline: str) -> None:
-        self._pipelines[run_id] = pipeline
-        self._pipelines.move_to_end(run_id)
-        if len(self._pipelines) > _PIPELINES_KEPT:
-            self._pipelines.popitem(last=False)
-
-    def _pipeline(self, run_id: str) -> str:
-        # every change of a run's tasks commits after (or with) a row of the run itself:
-        # queued, running, or requeued by a rerun or a decision
-        return self._pipelines.get(run_id, "unknown")
 
     def _kind(self, pipeline: str, key: str) -> str:
         plan = self._runner.plans.get(pipeline)
