@@ -46,6 +46,8 @@ class Cancellation(Admission):
             if admitted and not self.backlog.remove_cold(run_id) and not self._unload(run_id):
                 # counted in the store, if anywhere here: cancelled there
                 stored = await self.store.get_run(run_id)
+                if run_id in self._runs:  # placed meanwhile, by a read of the waiting runs
+                    return await self.cancel(run_id, reason=reason)
                 if stored is not None and self._waits_stored(stored):
                     return await self.cancel_stored(run_id, reason=reason)
                 raise NotFound(f"no unfinished run {run_id!r}")
@@ -64,7 +66,8 @@ class Cancellation(Admission):
                 self._moved = anyio.Event()
             return run.row
         if run.engine is None:  # still waiting in the backlog (or for its key), or about to start
-            self.backlog.remove(run.row.pipeline, lambda r: r is run)
+            if self.backlog.remove(run.row.pipeline, lambda r: r is run) is not None:
+                self._refill(run.row.pipeline)  # the next cold ones, if the window half-empties
             self.keys.remove_started(lambda r: r is run)
             self._count_held()
         await run.cancel(reason)
@@ -113,17 +116,26 @@ class Cancellation(Admission):
         cancelled = replace(run, state=RunState.CANCELLED.value, ended_at=stamp, error=reason)
         rows.append(cancelled)
         rows.extend(extra)
-        stored_here = self._waits_stored(run)
         await self.store.submit(rows).wait()
-        if stored_here:
-            await self._stop_stored(run)
+        # a read of the waiting runs out meanwhile may have found it queued (and placed
+        # it), here or, for a run another node waits, there (told by the signal)
+        await self._stop_stored(run)
         self.signals.cancelled(run_id)
         await self.cancel_children(run_id)
         return cancelled
 
+    def cancelled_elsewhere(self, run_id: str) -> None:
+        """Another node cancelled a run that is not in memory here: a read of waiting runs
+        out now (a claim) may have found it queued before that cancel's commit, and passes
+        it over (one that placed it already made it active: it is cancelled as such)."""
+        for reading in self._stopped.values():
+            reading.add(run_id)
+
     async def _stop_stored(self, run: RunRow) -> None:
-        """A run that waited cold in the store (counted, not known by id) was cancelled
-        there: it counts no more, and one read meanwhile does not start."""
+        """A run not in memory was cancelled in the store: if it waited cold there
+        (counted, not known by id), it counts no more; one a read meanwhile found before
+        the cancel's commit does not start, whether the read is still out or has placed
+        it in memory (a read of the waiting runs, or a decision that resumed it)."""
         if run.run_id in self._runs:
             await self.cancel(run.run_id)  # read (and placed) before the cancel's commit
         elif (reading := self._stopped.get(run.pipeline)) is not None:

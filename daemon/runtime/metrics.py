@@ -128,23 +128,23 @@ class Metrics:
         events: dict[tuple[str, str], int] = {}
         pipelines = self._pipelines
         for row in rows:  # runs come first: their pipelines name the rows that follow
-            kind = type(row)  # rows are records, never subclassed: one look at each
-            if kind is RunRow:
+            # rows are records, never subclassed: their type is looked at, not their bases
+            if type(row) is RunRow:
                 # the pipeline of a run whose row was written last moves to the end
                 pipelines.pop(row.run_id, None)
                 pipelines[row.run_id] = row.pipeline
                 key = (row.pipeline, row.state)
                 runs[key] = runs.get(key, 0) + 1
-            elif kind is InstanceRow:
+            elif type(row) is InstanceRow:
                 key = (pipelines.get(row.run_id, "unknown"), row.state)
                 tasks[key] = tasks.get(key, 0) + 1
-            elif kind is AttemptRow:
+            elif type(row) is AttemptRow:
                 if row.ended_at is not None and row.state in _ENDED:
                     pipeline = pipelines.get(row.run_id, "unknown")
                     self._child(
                         self.task_duration, (pipeline, self._kind(pipeline, row.key))
                     ).observe(max(0.0, row.ended_at - row.started_at))
-            elif kind is EventRow:
+            elif type(row) is EventRow:
                 key = (row.source, row.status)
                 events[key] = events.get(key, 0) + 1
         while len(pipelines) > _PIPELINES_KEPT:  # the oldest written go first

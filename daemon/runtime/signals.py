@@ -111,6 +111,8 @@ class SignalHost(Protocol):
 
     async def cancel(self, run_id: str) -> RunRow: ...
 
+    def cancelled_elsewhere(self, run_id: str) -> None: ...
+
     def settle_gate(
         self, run_id: str, key: str, *, ok: bool, output: Any, error: str | None
     ) -> bool: ...
@@ -246,6 +248,8 @@ class PeerSignals:
             if host.is_active(names[0]):
                 await host.cancel(names[0])
                 self._log.info("run_cancelled_by_peer", run_id=names[0])
+            else:  # a claim's read out here may have found it queued before the cancel
+                host.cancelled_elsewhere(names[0])
         elif kind == "gate":
             await _settle(host, *names, node=self.node, later=self._tg)
 

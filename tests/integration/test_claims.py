@@ -184,3 +184,60 @@ def test_a_waiting_notice_names_its_pipeline():
     assert parse_waiting('["waiting", ""]') is None
     assert parse_waiting('["cancel", "orders"]') is None
     assert parse_waiting('["waiting", 3]') is None
+
+
+async def test_a_run_cancelled_on_one_node_while_another_claims_it_never_starts(
+    db: StoreAt, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Node b's claim of a run that waits on a is out (it read the run queued) when a
+    cancels the run in the store and signals the nodes: b, hearing it while its read is
+    out, does not start the run the read brings back."""
+    probe = probes.reset()
+    count = 6
+
+    async def settled() -> bool:
+        found = await db.query(
+            "SELECT count(*) FROM runs WHERE state IN ('waiting', 'cancelled', 'succeeded')"
+        )
+        return found == [(count,)]
+
+    async with (
+        daemon_running(node_config(db, tmp_path / "b", "b")) as b,
+        daemon_running(node_config(db, tmp_path / "a", "a")) as a,
+    ):
+        claimed, heard, go_on = anyio.Event(), anyio.Event(), anyio.Event()
+        target: list[RunRow] = []
+        read, is_active = b.runner.store.next_waiting, b.runner.is_active
+
+        async def held_claim(*args, **kwargs):
+            found = await read(*args, **kwargs)
+            if found and kwargs.get("anyone") and not target:
+                target.append(found[0])
+                claimed.set()
+                await go_on.wait()  # out, having read the run queued
+            return found
+
+        def seen(run_id: str) -> bool:
+            if target and run_id == target[0].run_id:
+                heard.set()  # the signal of the cancel is applied here
+            return is_active(run_id)
+
+        monkeypatch.setattr(b.runner.store, "next_waiting", held_claim)
+        monkeypatch.setattr(b.runner, "is_active", seen)
+        with anyio.fail_after(120):
+            ids = [(await a.runner.start_run("p", {"n": n})).run_id for n in range(count)]
+            await probe.entered.wait()
+            await claimed.wait()
+            (run,) = target
+            cancelled = await a.runner.cancel_stored(run.run_id)
+            assert cancelled.state == "cancelled"
+            await heard.wait()
+            go_on.set()
+            probe.released.set()
+            await until(settled)
+        recorded = dict(await db.query("SELECT run_id, state FROM runs"))
+        attempts = await db.query("SELECT run_id FROM attempts")
+    assert sorted(recorded) == sorted(ids)
+    assert recorded[run.run_id] == "cancelled"
+    assert (run.run_id,) not in attempts
+    assert f"n{run.inputs['n']}" not in probe.calls

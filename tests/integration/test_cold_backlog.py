@@ -178,3 +178,54 @@ async def test_runs_recorded_before_a_restart_resumes_come_after_the_waiting_one
             rows = [await runner.wait(i) for i in ids]
     assert {r.state for r in rows} == {"succeeded"}
     assert probe.calls == [f"n{n}" for n in range(15)]
+
+
+async def test_a_cold_run_cancelled_while_a_read_of_it_is_out_never_starts(
+    make_config, monkeypatch
+):
+    """The read of the next waiting runs (a claim, on PostgreSQL) is out; the cancel finds
+    the run waiting in the store and cancels it there, and the read, which found it queued,
+    places it in memory before the cancel's commit: the run is cancelled in memory too."""
+    probe = probes.reset()
+    config = make_config(config_text())
+    async with open_runner(config) as runner:
+        store = runner.store
+        with anyio.fail_after(60):
+            ids = [(await runner.start_run("p", {"n": n})).run_id for n in range(12)]
+            await probe.entered.wait()
+            target = ids[WINDOW + 1]  # the first cold one: the next read's
+            assert not runner.is_active(target)
+            read_back = anyio.Event()
+            read, run_state = store.next_waiting, store.run_state
+
+            async def held_read(*args, **kwargs):
+                found = await read(*args, **kwargs)
+                if any(row.run_id == target for row in found):
+                    await read_back.wait()  # out until the cancel has looked at the run
+                return found
+
+            async def placed_meanwhile(run_id):
+                if run_id == target and not read_back.is_set():
+                    # the cancel reads the run's state: the read comes back meanwhile, and
+                    # places the run (queued, as it read it) in memory
+                    read_back.set()
+                    while not runner.is_active(target):  # noqa: ASYNC110 - nothing signals a placement
+                        await anyio.sleep(0.01)
+                return await run_state(run_id)
+
+            monkeypatch.setattr(store, "next_waiting", held_read)
+            monkeypatch.setattr(store, "run_state", placed_meanwhile)
+            # three of the loaded ones go: the window half empties, and a read goes out
+            for run_id in ids[1:4]:
+                await runner.cancel(run_id)
+            cancelled = await runner.cancel(target)
+            assert cancelled.state == "cancelled"
+            assert read_back.is_set()  # (the interleaving this test is about took place)
+            probe.released.set()
+            rows = {i: await runner.wait(i) for i in ids}
+        recorded = await store.get_run(target)
+    assert recorded is not None
+    assert recorded.state == "cancelled"
+    assert rows[target].state == "cancelled"
+    gone = {1, 2, 3, WINDOW + 1}
+    assert probe.calls == [f"n{n}" for n in range(12) if n not in gone]

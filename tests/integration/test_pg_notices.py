@@ -89,6 +89,9 @@ class _Host:
         self.done.append(("cancel", run_id))
         self.active.discard(run_id)
 
+    def cancelled_elsewhere(self, run_id: str) -> None:
+        self.done.append(("cancelled elsewhere", run_id))
+
     def settle_gate(self, run_id, key, *, ok, output, error) -> bool:
         self.done.append(("settle", run_id, key, str(ok), str(output), str(error)))
         self._settles -= 1
