@@ -29,7 +29,10 @@ Prints every JSON line on stderr and a Markdown table on stdout; ``--write`` app
 table to BENCHMARKS.md under ``## Kafka source``. ``--profile`` runs one more cued half
 (the first one ``--only`` picks, else one with runs) under cProfile and prints where its
 time goes (and, with ``CUED_BENCH_PROFILE_FILE`` set, writes the stats there for
-``pstats``).
+``pstats``). cProfile charges every Python call, so it inflates what makes many small
+calls; ``--spy FILE`` samples the cued halves with py-spy instead (``pip install
+py-spy``; 250 samples/s, each thread apart, raw stacks to ``FILE``), which
+``python -m bench.spy_summary FILE`` sums up per function.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import platform
 import pstats
 import random
 import resource
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -495,8 +499,7 @@ def peak_rss_mb() -> float:
 
 
 def half(name: str, args: argparse.Namespace, synchronous: str, *extra: str) -> dict[str, Any]:
-    command = [
-        sys.executable,
+    command_args = [
         "-m",
         "bench.kafka",
         "--half",
@@ -517,13 +520,23 @@ def half(name: str, args: argparse.Namespace, synchronous: str, *extra: str) -> 
         str(args.latency_fetch_max_wait_ms),
         *extra,
     ]
+    command = [sys.executable, *command_args]
+    if name == "cued" and args.spy:
+        spy = shutil.which("py-spy")
+        if spy is None:
+            raise SystemExit("--spy needs py-spy on PATH (pip install py-spy)")
+        # every thread apart (-t), as raw stacks: bench.spy_summary reads them
+        command = [spy, "record", "-r", "250", "-t", "--format", "raw", "-o", args.spy, "--"]
+        command += [sys.executable, *command_args]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
         raise SystemExit(f"{name} half failed ({done.returncode})")
     if "--profile" in extra:
         sys.stderr.write(done.stderr)
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    # the half's figures are its last JSON line (py-spy writes lines of its own)
+    last = [line for line in done.stdout.splitlines() if line.startswith("{")][-1]
+    result: dict[str, Any] = json.loads(last)
     sys.stderr.write(json.dumps(result) + "\n")
     return result
 
@@ -638,6 +651,11 @@ def main() -> None:
         "--profile",
         action="store_true",
         help="one more cued half, profiled: the first picked by --only, else one with runs",
+    )
+    parser.add_argument(
+        "--spy",
+        metavar="FILE",
+        help="sample the cued halves with py-spy, raw stacks to FILE (the last half's)",
     )
     parser.add_argument(
         "--only",
