@@ -180,12 +180,21 @@ async def test_runs_recorded_before_a_restart_resumes_come_after_the_waiting_one
     assert probe.calls == [f"n{n}" for n in range(15)]
 
 
+@pytest.mark.parametrize(
+    "comes_back_during",
+    [
+        pytest.param("get_run", id="the-cancels-first-look"),
+        pytest.param("run_state", id="the-cancels-read-of-its-state"),
+    ],
+)
 async def test_a_cold_run_cancelled_while_a_read_of_it_is_out_never_starts(
-    make_config, monkeypatch
+    make_config, monkeypatch, comes_back_during
 ):
-    """The read of the next waiting runs (a claim, on PostgreSQL) is out; the cancel finds
-    the run waiting in the store and cancels it there, and the read, which found it queued,
-    places it in memory before the cancel's commit: the run is cancelled in memory too."""
+    """The read of the next waiting runs (a claim, on PostgreSQL) is out when a cancel of
+    one of them comes; the read, which found it queued, comes back while the cancel awaits
+    a read of its own (its first look at the run, or its read of the run's state before it
+    cancels it in the store) and places the run in memory: the run is cancelled there too,
+    and never starts."""
     probe = probes.reset()
     config = make_config(config_text())
     async with open_runner(config) as runner:
@@ -196,25 +205,25 @@ async def test_a_cold_run_cancelled_while_a_read_of_it_is_out_never_starts(
             target = ids[WINDOW + 1]  # the first cold one: the next read's
             assert not runner.is_active(target)
             read_back = anyio.Event()
-            read, run_state = store.next_waiting, store.run_state
+            read, cancels_read = store.next_waiting, getattr(store, comes_back_during)
 
             async def held_read(*args, **kwargs):
                 found = await read(*args, **kwargs)
                 if any(row.run_id == target for row in found):
-                    await read_back.wait()  # out until the cancel has looked at the run
+                    await read_back.wait()  # out until the cancel reads the run
                 return found
 
             async def placed_meanwhile(run_id):
                 if run_id == target and not read_back.is_set():
-                    # the cancel reads the run's state: the read comes back meanwhile, and
-                    # places the run (queued, as it read it) in memory
+                    # the cancel reads the run: the read comes back meanwhile, and places
+                    # the run (queued, as it read it) in memory
                     read_back.set()
                     while not runner.is_active(target):  # noqa: ASYNC110 - nothing signals a placement
                         await anyio.sleep(0.01)
-                return await run_state(run_id)
+                return await cancels_read(run_id)
 
             monkeypatch.setattr(store, "next_waiting", held_read)
-            monkeypatch.setattr(store, "run_state", placed_meanwhile)
+            monkeypatch.setattr(store, comes_back_during, placed_meanwhile)
             # three of the loaded ones go: the window half empties, and a read goes out
             for run_id in ids[1:4]:
                 await runner.cancel(run_id)
