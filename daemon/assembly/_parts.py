@@ -16,7 +16,7 @@ import anyio
 import httpx
 
 from cued.daemon.assembly._state import _exclusive, _open_store
-from cued.daemon.config.registry import task_kinds
+from cued.daemon.config.registry import task_kinds_used
 from cued.daemon.config.strict import config_folder_first
 from cued.daemon.reading import make_state_folder
 from cued.daemon.runtime.alerts import Alerts
@@ -39,9 +39,7 @@ if TYPE_CHECKING:
 
 
 def _kinds(config: Config) -> dict[str, TaskKind]:
-    used = {t.kind for p in config.pipelines.values() for t in p.tasks.values()}
-    kinds = task_kinds()
-    return {name: kinds[name]() for name in sorted(used) if name in kinds}
+    return {name: cls() for name, cls in task_kinds_used(config).items()}
 
 
 @asynccontextmanager

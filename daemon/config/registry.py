@@ -5,11 +5,21 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, MutableMapping
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cued.daemon.errors import CuedError
 
-__all__ = ["SOURCES_GROUP", "TASK_KINDS_GROUP", "load_group", "source_kinds", "task_kinds"]
+if TYPE_CHECKING:
+    from cued.daemon.config.models import Config
+
+__all__ = [
+    "SOURCES_GROUP",
+    "TASK_KINDS_GROUP",
+    "load_group",
+    "source_kinds",
+    "task_kinds",
+    "task_kinds_used",
+]
 
 TASK_KINDS_GROUP = "cued.task_kinds"
 SOURCES_GROUP = "cued.sources"
@@ -74,3 +84,11 @@ def task_kinds() -> MutableMapping[str, Any]:
 def source_kinds() -> MutableMapping[str, Any]:
     """The event-source classes by kind (``webhook``, ``kafka``, ...)."""
     return load_group(SOURCES_GROUP)
+
+
+def task_kinds_used(config: Config) -> dict[str, Any]:
+    """The task-kind classes by name that ``config``'s tasks use, imported now, and only
+    those (a kind no task uses is not imported: see :class:`_Group`)."""
+    kinds = task_kinds()
+    used = {t.kind for p in config.pipelines.values() for t in p.tasks.values()}
+    return {name: kinds[name] for name in sorted(used) if name in kinds}

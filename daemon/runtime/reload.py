@@ -28,7 +28,7 @@ import anyio
 
 from cued.daemon.config import load_config
 from cued.daemon.config.changes import changes, reload_problems, running_config
-from cued.daemon.config.registry import task_kinds
+from cued.daemon.config.registry import task_kinds_used
 from cued.daemon.core.ids import now
 from cued.daemon.errors import ConfigError, CuedError, StoreError
 from cued.daemon.logs import get_logger
@@ -186,12 +186,10 @@ class Reloader:
         return outcome
 
     def _new_kinds(self, config: Config) -> dict[str, TaskKind]:
-        used = {t.kind for p in config.pipelines.values() for t in p.tasks.values()}
-        kinds = task_kinds()
         return {
-            name: kinds[name]()
-            for name in sorted(used)
-            if name in kinds and name not in self._runner.kinds
+            name: cls()
+            for name, cls in task_kinds_used(config).items()
+            if name not in self._runner.kinds
         }
 
     def _refused(self, started: float, problems: list[str]) -> ReloadOutcome:
