@@ -520,14 +520,14 @@ def half(name: str, args: argparse.Namespace, synchronous: str, *extra: str) -> 
         str(args.latency_fetch_max_wait_ms),
         *extra,
     ]
-    command = [sys.executable, *command_args]
+    sampled: list[str] = []
     if name == "cued" and args.spy:
         spy = shutil.which("py-spy")
         if spy is None:
             raise SystemExit("--spy needs py-spy on PATH (pip install py-spy)")
         # every thread apart (-t), as raw stacks: bench.spy_summary reads them
-        command = [spy, "record", "-r", "250", "-t", "--format", "raw", "-o", args.spy, "--"]
-        command += [sys.executable, *command_args]
+        sampled = [spy, "record", "-r", "250", "-t", "--format", "raw", "-o", args.spy, "--"]
+    command = [*sampled, sys.executable, *command_args]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.stderr.write(done.stderr)

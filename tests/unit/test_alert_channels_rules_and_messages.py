@@ -60,6 +60,14 @@ url = "env:HOOK_URL"
     assert [r.channel for r in good] == ["all", "good_only", "defaults"]
     assert [r.channel for r in alerts.rows("run_succeeded", "k", payload)] == ["all"]
     assert alerts.rows("approval_waiting", "k", payload) == []
+    # what a run asks before it builds an alert's payload: some channel takes the rule
+    assert alerts.wants("run_succeeded")
+    assert alerts.wants("task_failed")
+    assert not alerts.wants("approval_waiting")
+    # a reload's channels: from then on
+    alerts.configure({"good_only": config.alerts["good_only"]}, tmp_path)
+    assert alerts.wants("run_failed")
+    assert not alerts.wants("run_succeeded")
 
 
 RUNNER_PAYLOADS = {

@@ -39,7 +39,10 @@ def test_a_record_is_changed_by_making_another() -> None:
     assert (running.state, running.started_at, running.inputs) == ("running", 2.0, row.inputs)
 
 
-def test_a_record_has_slots_and_no_instance_dict() -> None:
+def test_rows_commands_and_events_are_slotted_dataclasses() -> None:
+    for cls in (RunRow, Start, Event):
+        assert dataclasses.is_dataclass(cls)
+        assert "__slots__" in vars(cls)
     assert not hasattr(_run(), "__dict__")
     assert RunRow.__slots__[:3] == ("run_id", "pipeline", "state")
 
@@ -79,9 +82,3 @@ def test_the_type_checker_refuses_an_assignment_to_a_records_field(tmp_path: Pat
     for line, field in ((7, "state"), (8, "attempt"), (9, "data")):
         assert f'snippet.py:{line}: error: Property "{field}"' in out, out
     assert "read-only" in out
-
-
-def test_start_and_event_are_records() -> None:
-    for cls in (Start, Event, RunRow):
-        assert dataclasses.is_dataclass(cls)
-        assert "__slots__" in vars(cls)
