@@ -65,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
         return anyio.run(_COMMANDS[args.command], config, args)
     if args.command == "store":  # no configuration: both stores are named
         return anyio.run(_store_copy, args)
-    config = load_config(args.config)
-    configure_logging(config.daemon.log_level)
+    config = _whole(args.config)
     if args.command == "service":
         return _service(config, args)
     if args.command == "validate":
